@@ -1,0 +1,110 @@
+//! The one error type jobs return, and the exit-code class each error maps to.
+//! The CLI turns [`ExitKind`] into a process exit code in one place (`src/exit.rs`).
+
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+/// How a job ended, as the process exit code documents it (README "Exit codes").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExitKind {
+    /// 0: the job did what it was asked.
+    Success,
+    /// 1: the job failed (some tenant or archive named in the report).
+    Failure,
+    /// 2: bad command line, config or desired state; nothing was touched.
+    Usage,
+    /// 3: a rollout halted; the failing tenant was restored to its prior container and data.
+    Halted,
+    /// 4: an undo failed; a person is needed (the report names the tenant and its state).
+    PersonNeeded,
+    /// 5: another slipway job holds the host lock.
+    LockBusy,
+    /// 6: the remote store refused our credentials.
+    RemoteAuth,
+    /// 7: interrupted by SIGINT/SIGTERM; the current tenant was finished or undone.
+    Interrupted,
+    /// 8: `status` found something that needs attention.
+    Attention,
+}
+
+impl ExitKind {
+    /// The process exit code.
+    pub fn code(self) -> u8 {
+        match self {
+            ExitKind::Success => 0,
+            ExitKind::Failure => 1,
+            ExitKind::Usage => 2,
+            ExitKind::Halted => 3,
+            ExitKind::PersonNeeded => 4,
+            ExitKind::LockBusy => 5,
+            ExitKind::RemoteAuth => 6,
+            ExitKind::Interrupted => 7,
+            ExitKind::Attention => 8,
+        }
+    }
+}
+
+/// Errors a job can end with before it produces a report.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A configuration file or desired-state file is wrong: names the file, key and fix.
+    #[error("{0}")]
+    Config(String),
+    /// Command-line input names something that does not exist (tenant, run, day).
+    #[error("{0}")]
+    Usage(String),
+    /// The host lock is held by another job.
+    #[error("{0}")]
+    LockBusy(String),
+    /// The remote refused the credentials.
+    #[error("remote: {0}")]
+    RemoteAuth(String),
+    /// Docker engine error, with what we were doing.
+    #[error("docker: {0}")]
+    Docker(String),
+    /// git error, with the repo and ref.
+    #[error("git: {0}")]
+    Git(String),
+    /// Remote store error.
+    #[error("remote: {0}")]
+    Remote(String),
+    /// An archive is wrong or could not be written or read.
+    #[error("archive: {0}")]
+    Archive(String),
+    /// A filesystem operation failed on a path.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The path involved.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The run record failed.
+    #[error("state: {0}")]
+    State(#[from] slipway_state::StateError),
+    /// Anything else, with context.
+    #[error("{0}")]
+    Other(String),
+}
+
+impl Error {
+    /// The exit class for this error.
+    pub fn exit_kind(&self) -> ExitKind {
+        match self {
+            Error::Config(_) | Error::Usage(_) => ExitKind::Usage,
+            Error::LockBusy(_) => ExitKind::LockBusy,
+            Error::RemoteAuth(_) => ExitKind::RemoteAuth,
+            _ => ExitKind::Failure,
+        }
+    }
+
+    /// An `Io` error on `path`.
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Error {
+        Error::Io { path: path.into(), source }
+    }
+}
+
+/// Result with the jobs' [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,112 @@
+//! Durable file writes. Everything slipway writes for others to read (archives, manifests,
+//! metrics, configs) goes through [`atomic_write`] or [`AtomicFile`]: written under a temporary
+//! name in the same directory, fsynced, renamed over the final name, and the directory fsynced.
+//! A reader never sees a half-written file under its final name.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+/// A file being written under a temporary name next to its final path.
+/// Dropped without [`AtomicFile::commit`], the temporary file is removed.
+pub struct AtomicFile {
+    file: Option<File>,
+    tmp: PathBuf,
+    dest: PathBuf,
+}
+
+impl AtomicFile {
+    /// Create `<dir>/.<name>.tmp-<pid>` with `mode`, to become `dest` on commit.
+    pub fn create(dest: &Path, mode: u32) -> io::Result<AtomicFile> {
+        let dir = dest.parent().unwrap_or(Path::new("."));
+        let name = dest.file_name().ok_or_else(|| {
+            io::Error::new(io::ErrorKind::InvalidInput, format!("{} has no file name", dest.display()))
+        })?;
+        let tmp = dir.join(format!(".{}.tmp-{}", name.to_string_lossy(), std::process::id()));
+        let file = OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(&tmp)?;
+        Ok(AtomicFile { file: Some(file), tmp, dest: dest.to_path_buf() })
+    }
+
+    /// The open temporary file.
+    pub fn file(&mut self) -> &mut File {
+        // Invariant: `file` is Some until commit consumes self.
+        self.file.as_mut().expect("AtomicFile used after commit")
+    }
+
+    /// The temporary path (for error messages).
+    pub fn tmp_path(&self) -> &Path {
+        &self.tmp
+    }
+
+    /// fsync the data, rename to the final name, fsync the directory.
+    pub fn commit(mut self) -> io::Result<()> {
+        let file = self.file.take().expect("AtomicFile committed twice");
+        file.sync_all()?;
+        drop(file);
+        fs::rename(&self.tmp, &self.dest)?;
+        sync_dir(self.dest.parent().unwrap_or(Path::new(".")))
+    }
+}
+
+impl Write for AtomicFile {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.file().write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.file().flush()
+    }
+}
+
+impl Drop for AtomicFile {
+    fn drop(&mut self) {
+        if self.file.take().is_some() {
+            let _ = fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+/// Write `data` to `dest` atomically with `mode`.
+pub fn atomic_write(dest: &Path, data: &[u8], mode: u32) -> io::Result<()> {
+    let mut f = AtomicFile::create(dest, mode)?;
+    f.write_all(data)?;
+    f.commit()
+}
+
+/// fsync a directory so that a rename or create inside it survives a power loss.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Create `dir` and its missing parents with mode 0700 (backup and state dirs).
+pub fn create_private_dir(dir: &Path) -> io::Result<()> {
+    fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn atomic_write_replaces_and_leaves_no_temp() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("m.json");
+        atomic_write(&p, b"one", 0o600).unwrap();
+        atomic_write(&p, b"two", 0o600).unwrap();
+        assert_eq!(fs::read(&p).unwrap(), b"two");
+        assert_eq!(fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(fs::read_dir(d.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn dropped_atomic_file_leaves_nothing() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("a");
+        {
+            let mut f = AtomicFile::create(&p, 0o600).unwrap();
+            f.write_all(b"half").unwrap();
+        }
+        assert_eq!(fs::read_dir(d.path()).unwrap().count(), 0);
+    }
+}

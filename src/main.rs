@@ -1,0 +1,2 @@
+//! slipway CLI (skeleton).
+fn main() {}
