@@ -1,4 +1,23 @@
-//! slipway-state: the run record. TODO: filled in by the foundation work.
+//! slipway-state: the run record, a SQLite file (`<state_dir>/state.db`).
+//!
+//! One row per job run and one per step of a run, written **before** a step starts and
+//! **after** it ends: the journal `recover` reads after a crash. Also the per-tenant results of
+//! rollouts (downtime) and the snapshots slipway wrote. The schema is versioned by numbered
+//! migrations (`PRAGMA user_version`), applied in one transaction each when the store opens.
+//! WAL mode and a busy timeout let two processes write at once: the second waits.
+//! Never stores secrets. All SQL of the project lives in this crate.
+
+use std::path::Path;
+use std::time::Duration;
+
+use rusqlite::{params, Connection, OptionalExtension, Row};
+use serde::Serialize;
+
+/// Migrations, in order; the schema version is the number applied.
+const MIGRATIONS: &[&str] = &[include_str!("migrations/0001_init.sql")];
+
+/// How long a writer waits for another before giving up.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Errors of the run-record store.
 #[derive(Debug, thiserror::Error)]
@@ -6,4 +25,577 @@ pub enum StateError {
     /// SQLite failed.
     #[error("{0}")]
     Sqlite(#[from] rusqlite::Error),
+    /// The database was written by a newer slipway.
+    #[error("state.db has schema version {found}, newer than this slipway knows ({known}); upgrade slipway")]
+    TooNew {
+        /// Version in the file.
+        found: i64,
+        /// Highest version this build knows.
+        known: i64,
+    },
+}
+
+/// Result with [`StateError`].
+pub type Result<T, E = StateError> = std::result::Result<T, E>;
+
+/// The now, as stored (RFC 3339, UTC, millisecond precision).
+pub fn now() -> String {
+    jiff::Timestamp::now()
+        .round(jiff::Unit::Millisecond)
+        .unwrap_or(jiff::Timestamp::now())
+        .to_string()
+}
+
+/// An open run record.
+pub struct Store {
+    conn: Connection,
+}
+
+/// A new run, as it starts.
+#[derive(Debug, Clone, Default)]
+pub struct NewRun<'a> {
+    /// Run id (sorts by time).
+    pub id: &'a str,
+    /// Job name.
+    pub job: &'a str,
+    /// What started it.
+    pub trigger: &'a str,
+    /// App, for rollout-like jobs.
+    pub app: Option<&'a str>,
+    /// Desired-state commit.
+    pub git_commit: Option<&'a str>,
+    /// Pinned digest.
+    pub digest: Option<&'a str>,
+}
+
+/// A run row.
+#[derive(Debug, Clone, Serialize)]
+pub struct Run {
+    /// Run id.
+    pub id: String,
+    /// Job name.
+    pub job: String,
+    /// What started it.
+    pub trigger: String,
+    /// App.
+    pub app: Option<String>,
+    /// Desired-state commit.
+    pub git_commit: Option<String>,
+    /// Pinned digest.
+    pub digest: Option<String>,
+    /// Process id of the job.
+    pub pid: i64,
+    /// Start time.
+    pub started_at: String,
+    /// End time; none while running (or after a crash).
+    pub finished_at: Option<String>,
+    /// Outcome word.
+    pub outcome: Option<String>,
+    /// Process exit code.
+    pub exit_code: Option<i64>,
+    /// One-line summary.
+    pub summary: Option<String>,
+    /// When a halted run was settled.
+    pub resolved_at: Option<String>,
+    /// What settled it.
+    pub resolved_by: Option<String>,
+}
+
+/// A step row.
+#[derive(Debug, Clone, Serialize)]
+pub struct Step {
+    /// Step row id.
+    pub id: i64,
+    /// Its run.
+    pub run_id: String,
+    /// Tenant the step acts on.
+    pub tenant: Option<String>,
+    /// Step name.
+    pub step: String,
+    /// Start time.
+    pub started_at: String,
+    /// End time; none while running or when the process died in it.
+    pub finished_at: Option<String>,
+    /// ok, failed, skipped; none while running.
+    pub outcome: Option<String>,
+    /// JSON detail (undo information).
+    pub detail: Option<String>,
+}
+
+/// The result of a rollout for one tenant.
+#[derive(Debug, Clone, Serialize)]
+pub struct TenantResult {
+    /// Run id.
+    pub run_id: String,
+    /// Tenant.
+    pub tenant: String,
+    /// Digest before.
+    pub from_digest: Option<String>,
+    /// Digest rolled to.
+    pub to_digest: Option<String>,
+    /// Outcome word.
+    pub outcome: String,
+    /// Stop begun → healthy, in ms.
+    pub downtime_ms: Option<i64>,
+    /// Free text.
+    pub detail: Option<String>,
+}
+
+/// A snapshot archive slipway wrote.
+#[derive(Debug, Clone, Serialize)]
+pub struct SnapshotRow {
+    /// Path relative to the backup root.
+    pub path: String,
+    /// daily, rollout, control-plane.
+    pub kind: String,
+    /// The day or run id.
+    pub snap: String,
+    /// Tenant, if any.
+    pub tenant: Option<String>,
+    /// Run that wrote it.
+    pub run_id: Option<String>,
+    /// sha256 of the archive.
+    pub sha256: String,
+    /// Archive size in bytes.
+    pub size: i64,
+    /// Entries.
+    pub files: i64,
+    /// When written.
+    pub created_at: String,
+    /// When verified on the remote.
+    pub remote_verified_at: Option<String>,
+}
+
+impl Store {
+    /// Open (creating if needed) and migrate the store at `path`.
+    pub fn open(path: &Path) -> Result<Store> {
+        let conn = Connection::open(path)?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        let mut store = Store { conn };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    fn migrate(&mut self) -> Result<()> {
+        let known = MIGRATIONS.len() as i64;
+        loop {
+            // IMMEDIATE: two processes opening a fresh file at once must not both migrate.
+            let tx = self
+                .conn
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+            if version > known {
+                return Err(StateError::TooNew {
+                    found: version,
+                    known,
+                });
+            }
+            if version == known {
+                return Ok(());
+            }
+            tx.execute_batch(MIGRATIONS[version as usize])?;
+            tx.pragma_update(None, "user_version", version + 1)?;
+            tx.commit()?;
+        }
+    }
+
+    /// The schema version in the file.
+    pub fn schema_version(&self) -> Result<i64> {
+        Ok(self
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))?)
+    }
+
+    /// Record a run as started.
+    pub fn start_run(&self, r: &NewRun<'_>) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO runs (id, job, trigger, app, git_commit, digest, pid, started_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![
+                r.id,
+                r.job,
+                r.trigger,
+                r.app,
+                r.git_commit,
+                r.digest,
+                std::process::id(),
+                now()
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Fill in the desired-state commit and digest once known.
+    pub fn set_run_target(
+        &self,
+        id: &str,
+        app: Option<&str>,
+        git_commit: Option<&str>,
+        digest: Option<&str>,
+    ) -> Result<()> {
+        self.conn.execute(
+            "UPDATE runs SET app = COALESCE(?2, app), git_commit = COALESCE(?3, git_commit), digest = COALESCE(?4, digest) WHERE id = ?1",
+            params![id, app, git_commit, digest],
+        )?;
+        Ok(())
+    }
+
+    /// Record a run as finished.
+    pub fn finish_run(&self, id: &str, outcome: &str, exit_code: i64, summary: &str) -> Result<()> {
+        self.conn.execute(
+            "UPDATE runs SET finished_at = ?2, outcome = ?3, exit_code = ?4, summary = ?5 WHERE id = ?1",
+            params![id, now(), outcome, exit_code, summary],
+        )?;
+        Ok(())
+    }
+
+    /// Mark a halted or crashed run as settled by something later (a rollback, recover).
+    pub fn resolve_run(&self, id: &str, by: &str) -> Result<()> {
+        self.conn.execute(
+            "UPDATE runs SET resolved_at = ?2, resolved_by = ?3 WHERE id = ?1",
+            params![id, now(), by],
+        )?;
+        Ok(())
+    }
+
+    /// Journal a step as begun; returns its row id.
+    pub fn begin_step(
+        &self,
+        run_id: &str,
+        tenant: Option<&str>,
+        step: &str,
+        detail: &str,
+    ) -> Result<i64> {
+        self.conn.execute(
+            "INSERT INTO steps (run_id, tenant, step, started_at, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![run_id, tenant, step, now(), detail],
+        )?;
+        Ok(self.conn.last_insert_rowid())
+    }
+
+    /// Journal a step as ended; `detail` replaces the begun detail when given.
+    pub fn end_step(&self, step_id: i64, outcome: &str, detail: Option<&str>) -> Result<()> {
+        self.conn.execute(
+            "UPDATE steps SET finished_at = ?2, outcome = ?3, detail = COALESCE(?4, detail) WHERE id = ?1",
+            params![step_id, now(), outcome, detail],
+        )?;
+        Ok(())
+    }
+
+    /// Record (or replace) one tenant's rollout result.
+    pub fn record_tenant(&self, t: &TenantResult) -> Result<()> {
+        self.conn.execute(
+            "INSERT OR REPLACE INTO run_tenants (run_id, tenant, from_digest, to_digest, outcome, downtime_ms, detail)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![t.run_id, t.tenant, t.from_digest, t.to_digest, t.outcome, t.downtime_ms, t.detail],
+        )?;
+        Ok(())
+    }
+
+    /// The newest runs first, at most `limit`.
+    pub fn runs(&self, limit: usize) -> Result<Vec<Run>> {
+        let mut st = self.conn.prepare(&format!(
+            "SELECT {RUN_COLS} FROM runs ORDER BY id DESC LIMIT ?1"
+        ))?;
+        let rows = st.query_map([limit as i64], run_from_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// One run.
+    pub fn run(&self, id: &str) -> Result<Option<Run>> {
+        Ok(self
+            .conn
+            .query_row(
+                &format!("SELECT {RUN_COLS} FROM runs WHERE id = ?1"),
+                [id],
+                run_from_row,
+            )
+            .optional()?)
+    }
+
+    /// Runs that never finished (the process died), oldest first.
+    pub fn unfinished_runs(&self) -> Result<Vec<Run>> {
+        let mut st = self.conn.prepare(&format!(
+            "SELECT {RUN_COLS} FROM runs WHERE finished_at IS NULL ORDER BY id"
+        ))?;
+        let rows = st.query_map([], run_from_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// The newest finished run of `job` for (app, digest), if any.
+    pub fn last_run_for(&self, job: &str, app: &str, digest: &str) -> Result<Option<Run>> {
+        Ok(self
+            .conn
+            .query_row(
+                &format!(
+                    "SELECT {RUN_COLS} FROM runs WHERE job = ?1 AND app = ?2 AND digest = ?3
+                     AND finished_at IS NOT NULL ORDER BY id DESC LIMIT 1"
+                ),
+                params![job, app, digest],
+                run_from_row,
+            )
+            .optional()?)
+    }
+
+    /// The newest finished run of `job` (any app).
+    pub fn last_run_of(&self, job: &str) -> Result<Option<Run>> {
+        Ok(self
+            .conn
+            .query_row(
+                &format!("SELECT {RUN_COLS} FROM runs WHERE job = ?1 AND finished_at IS NOT NULL ORDER BY id DESC LIMIT 1"),
+                [job],
+                run_from_row,
+            )
+            .optional()?)
+    }
+
+    /// Halted runs not yet settled by a rollback or recover.
+    pub fn unresolved_halts(&self) -> Result<Vec<Run>> {
+        let mut st = self.conn.prepare(&format!(
+            "SELECT {RUN_COLS} FROM runs WHERE outcome IN ('halted', 'person_needed') AND resolved_at IS NULL ORDER BY id"
+        ))?;
+        let rows = st.query_map([], run_from_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// The steps of a run, in order.
+    pub fn steps(&self, run_id: &str) -> Result<Vec<Step>> {
+        let mut st = self.conn.prepare(
+            "SELECT id, run_id, tenant, step, started_at, finished_at, outcome, detail FROM steps WHERE run_id = ?1 ORDER BY id",
+        )?;
+        let rows = st.query_map([run_id], |r| {
+            Ok(Step {
+                id: r.get(0)?,
+                run_id: r.get(1)?,
+                tenant: r.get(2)?,
+                step: r.get(3)?,
+                started_at: r.get(4)?,
+                finished_at: r.get(5)?,
+                outcome: r.get(6)?,
+                detail: r.get(7)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Per-tenant results of a run.
+    pub fn tenants(&self, run_id: &str) -> Result<Vec<TenantResult>> {
+        let mut st = self.conn.prepare(
+            "SELECT run_id, tenant, from_digest, to_digest, outcome, downtime_ms, detail FROM run_tenants WHERE run_id = ?1 ORDER BY rowid",
+        )?;
+        let rows = st.query_map([run_id], |r| {
+            Ok(TenantResult {
+                run_id: r.get(0)?,
+                tenant: r.get(1)?,
+                from_digest: r.get(2)?,
+                to_digest: r.get(3)?,
+                outcome: r.get(4)?,
+                downtime_ms: r.get(5)?,
+                detail: r.get(6)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Record (or replace) a snapshot archive.
+    pub fn record_snapshot(&self, s: &SnapshotRow) -> Result<()> {
+        self.conn.execute(
+            "INSERT OR REPLACE INTO snapshots (path, kind, snap, tenant, run_id, sha256, size, files, created_at, remote_verified_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            params![s.path, s.kind, s.snap, s.tenant, s.run_id, s.sha256, s.size, s.files, s.created_at, s.remote_verified_at],
+        )?;
+        Ok(())
+    }
+
+    /// Mark a snapshot as uploaded and verified on the remote.
+    pub fn mark_remote_verified(&self, path: &str) -> Result<()> {
+        self.conn.execute(
+            "UPDATE snapshots SET remote_verified_at = ?2 WHERE path = ?1",
+            params![path, now()],
+        )?;
+        Ok(())
+    }
+
+    /// Forget a snapshot (pruned).
+    pub fn forget_snapshot(&self, path: &str) -> Result<()> {
+        self.conn
+            .execute("DELETE FROM snapshots WHERE path = ?1", [path])?;
+        Ok(())
+    }
+
+    /// All snapshots, oldest first.
+    pub fn snapshots(&self) -> Result<Vec<SnapshotRow>> {
+        let mut st = self.conn.prepare(
+            "SELECT path, kind, snap, tenant, run_id, sha256, size, files, created_at, remote_verified_at FROM snapshots ORDER BY created_at, path",
+        )?;
+        let rows = st.query_map([], |r| {
+            Ok(SnapshotRow {
+                path: r.get(0)?,
+                kind: r.get(1)?,
+                snap: r.get(2)?,
+                tenant: r.get(3)?,
+                run_id: r.get(4)?,
+                sha256: r.get(5)?,
+                size: r.get(6)?,
+                files: r.get(7)?,
+                created_at: r.get(8)?,
+                remote_verified_at: r.get(9)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+}
+
+const RUN_COLS: &str =
+    "id, job, trigger, app, git_commit, digest, pid, started_at, finished_at, outcome, exit_code, summary, resolved_at, resolved_by";
+
+fn run_from_row(r: &Row<'_>) -> rusqlite::Result<Run> {
+    Ok(Run {
+        id: r.get(0)?,
+        job: r.get(1)?,
+        trigger: r.get(2)?,
+        app: r.get(3)?,
+        git_commit: r.get(4)?,
+        digest: r.get(5)?,
+        pid: r.get(6)?,
+        started_at: r.get(7)?,
+        finished_at: r.get(8)?,
+        outcome: r.get(9)?,
+        exit_code: r.get(10)?,
+        summary: r.get(11)?,
+        resolved_at: r.get(12)?,
+        resolved_by: r.get(13)?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run<'a>(id: &'a str, job: &'a str) -> NewRun<'a> {
+        NewRun {
+            id,
+            job,
+            trigger: "manual",
+            app: Some("pulse"),
+            git_commit: Some("abc"),
+            digest: Some("sha256:d1"),
+        }
+    }
+
+    #[test]
+    fn migrates_from_empty_and_reopens_at_the_same_version() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("state.db");
+        let s = Store::open(&p).unwrap();
+        assert_eq!(s.schema_version().unwrap(), MIGRATIONS.len() as i64);
+        s.start_run(&run("20261122T030000Z-0001", "rollout"))
+            .unwrap();
+        drop(s);
+        let s = Store::open(&p).unwrap();
+        assert_eq!(s.schema_version().unwrap(), MIGRATIONS.len() as i64);
+        assert_eq!(s.runs(10).unwrap().len(), 1);
+        let mode: String = s
+            .conn
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(mode, "wal");
+    }
+
+    #[test]
+    fn a_newer_schema_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("state.db");
+        Connection::open(&p)
+            .unwrap()
+            .pragma_update(None, "user_version", 99)
+            .unwrap();
+        assert!(matches!(
+            Store::open(&p),
+            Err(StateError::TooNew { found: 99, .. })
+        ));
+    }
+
+    #[test]
+    fn runs_and_steps_journal_before_and_after() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(&d.path().join("state.db")).unwrap();
+        let id = "20261122T030000Z-0001";
+        s.start_run(&run(id, "rollout")).unwrap();
+        let st = s
+            .begin_step(id, Some("t1"), "stop", "{\"container\":\"c1\"}")
+            .unwrap();
+        assert_eq!(s.unfinished_runs().unwrap().len(), 1);
+        assert_eq!(s.steps(id).unwrap()[0].finished_at, None);
+        s.end_step(st, "ok", None).unwrap();
+        s.record_tenant(&TenantResult {
+            run_id: id.into(),
+            tenant: "t1".into(),
+            from_digest: None,
+            to_digest: Some("sha256:d1".into()),
+            outcome: "halted".into(),
+            downtime_ms: Some(1200),
+            detail: None,
+        })
+        .unwrap();
+        s.finish_run(id, "halted", 3, "canary t1 failed").unwrap();
+        assert!(s.unfinished_runs().unwrap().is_empty());
+        let step = &s.steps(id).unwrap()[0];
+        assert_eq!(
+            (step.outcome.as_deref(), step.detail.as_deref()),
+            (Some("ok"), Some("{\"container\":\"c1\"}"))
+        );
+        assert_eq!(
+            s.last_run_for("rollout", "pulse", "sha256:d1")
+                .unwrap()
+                .unwrap()
+                .outcome
+                .as_deref(),
+            Some("halted")
+        );
+        assert_eq!(s.unresolved_halts().unwrap().len(), 1);
+        s.resolve_run(id, "rollback 20261122T040000Z-0002").unwrap();
+        assert!(s.unresolved_halts().unwrap().is_empty());
+        assert_eq!(s.tenants(id).unwrap()[0].downtime_ms, Some(1200));
+    }
+
+    #[test]
+    fn two_writers_at_once_wait_rather_than_fail() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("state.db");
+        Store::open(&p).unwrap();
+        let handles: Vec<_> = (0..2)
+            .map(|w| {
+                let p = p.clone();
+                std::thread::spawn(move || {
+                    let s = Store::open(&p).unwrap();
+                    for i in 0..200 {
+                        let id = format!("20261122T03{w:02}{:02}Z-{i:04}", i % 60);
+                        s.start_run(&run(&id, "snapshot")).unwrap();
+                        let st = s.begin_step(&id, None, "archive", "{}").unwrap();
+                        s.end_step(st, "ok", None).unwrap();
+                    }
+                })
+            })
+            .collect();
+        // A third connection holds a write lock for a while: the writers must wait, not fail.
+        let mut blocker = Connection::open(&p).unwrap();
+        let tx = blocker
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        tx.commit().unwrap();
+        for h in handles {
+            h.join().unwrap();
+        }
+        let s = Store::open(&p).unwrap();
+        let n: i64 = s
+            .conn
+            .query_row("SELECT COUNT(*) FROM steps", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 400);
+    }
 }
