@@ -1,1 +1,117 @@
-//! TODO: context
+//! What every job run shares: the host config, the run record, the run's id, how it was
+//! triggered, and the flag a SIGINT/SIGTERM sets. Also the journal helpers (a step row is
+//! written before the step starts and after it ends) and the test-only crash points.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use serde::Serialize;
+use slipway_state::{NewRun, Store};
+
+use crate::config::HostConfig;
+use crate::error::{Error, Result};
+use crate::types::RunId;
+
+/// Set when the process got SIGINT or SIGTERM: jobs finish or undo the current step and stop.
+#[derive(Clone, Default)]
+pub struct Cancel(Arc<AtomicBool>);
+
+impl Cancel {
+    /// A flag nobody has set.
+    pub fn new() -> Cancel {
+        Cancel::default()
+    }
+    /// Ask the job to stop at the next safe point.
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+    /// Whether a stop was asked for.
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// The shared inputs of a job run.
+pub struct Ctx {
+    /// Host config.
+    pub cfg: HostConfig,
+    /// The run record.
+    pub store: Store,
+    /// This run's id.
+    pub run_id: RunId,
+    /// manual, timer, hook, reconcile, …
+    pub trigger: String,
+    /// SIGINT/SIGTERM flag.
+    pub cancel: Cancel,
+}
+
+impl Ctx {
+    /// Open the run record in the state dir (created 0700 if missing).
+    pub fn open(cfg: HostConfig, trigger: &str, cancel: Cancel) -> Result<Ctx> {
+        crate::fsutil::create_private_dir(&cfg.state_dir)
+            .map_err(|e| Error::io(&cfg.state_dir, e))?;
+        let store = Store::open(&cfg.state_dir.join("state.db"))?;
+        Ok(Ctx {
+            cfg,
+            store,
+            run_id: RunId::new(),
+            trigger: trigger.to_string(),
+            cancel,
+        })
+    }
+
+    /// Record this run as started.
+    pub fn start_run(
+        &self,
+        job: &str,
+        app: Option<&str>,
+        commit: Option<&str>,
+        digest: Option<&str>,
+    ) -> Result<()> {
+        self.store.start_run(&NewRun {
+            id: self.run_id.as_str(),
+            job,
+            trigger: &self.trigger,
+            app,
+            git_commit: commit,
+            digest,
+        })?;
+        Ok(())
+    }
+
+    /// Journal a step as begun with its undo detail.
+    pub fn begin(&self, tenant: Option<&str>, step: &str, detail: &impl Serialize) -> Result<i64> {
+        let d = serde_json::to_string(detail).map_err(|e| Error::Other(e.to_string()))?;
+        Ok(self
+            .store
+            .begin_step(self.run_id.as_str(), tenant, step, &d)?)
+    }
+
+    /// Journal a step as ended.
+    pub fn end(&self, step: i64, outcome: &str, detail: Option<&impl Serialize>) -> Result<()> {
+        let d = detail.map(|d| serde_json::to_string(d).unwrap_or_default());
+        Ok(self.store.end_step(step, outcome, d.as_deref())?)
+    }
+}
+
+/// A test-only crash point: with the `test-crash` feature, the process dies here (no
+/// destructors, no journal update, like SIGKILL) when `SLIPWAY_TEST_CRASH_AT` names `point`;
+/// with `SLIPWAY_TEST_SIGNAL_AT` naming it, the process sends itself SIGTERM and goes on.
+/// Without the feature it compiles to nothing.
+#[inline]
+pub fn crash_point(point: &str) {
+    #[cfg(feature = "test-crash")]
+    {
+        if std::env::var("SLIPWAY_TEST_CRASH_AT").is_ok_and(|p| p == point) {
+            std::process::abort();
+        }
+        if std::env::var("SLIPWAY_TEST_SIGNAL_AT").is_ok_and(|p| p == point) {
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &std::process::id().to_string()])
+                .status();
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    }
+    #[cfg(not(feature = "test-crash"))]
+    let _ = point;
+}

@@ -1,1 +1,709 @@
-//! TODO: docker
+//! The Docker engine adapter: the few container and image operations the jobs need, with
+//! domain types in and out. It owns the rule for recreating a tenant's container on a new
+//! image: carry over what the operator set (labels, env, binds and volumes, networks with
+//! aliases, restart policy, limits, ports, log config) and drop what came from the old image's
+//! defaults (Cmd, Entrypoint, image Env and Labels, ExposedPorts, WorkingDir, User,
+//! Healthcheck), by comparing the container's config with its old image's config.
+//! The API version is negotiated, so it works with Docker 20.10 (API 1.41) and current engines.
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::IpAddr;
+use std::time::Duration;
+
+use bollard::models::{
+    ContainerConfig, ContainerCreateBody, ContainerInspectResponse, ContainerStateStatusEnum,
+    EndpointSettings, ImageConfig, NetworkConnectRequest, NetworkingConfig,
+};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, CreateImageOptionsBuilder, ListContainersOptionsBuilder,
+    RemoveContainerOptionsBuilder, RenameContainerOptionsBuilder, StopContainerOptionsBuilder,
+};
+use bollard::Docker;
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+
+use crate::config::{App, DockerConfig};
+use crate::error::{Error, Result};
+use crate::types::{Digest, PinnedImage, TenantId};
+
+/// Per-request timeout of the engine client; `stop` adds the stop timeout on top.
+const CLIENT_TIMEOUT_S: u64 = 120;
+
+/// A connection to the Docker engine.
+#[derive(Clone)]
+pub struct Engine {
+    docker: Docker,
+}
+
+/// A tenant's container as the jobs see it.
+#[derive(Debug, Clone, Serialize)]
+pub struct TenantContainer {
+    /// Tenant id derived from the name or label.
+    pub tenant: TenantId,
+    /// Container name (without the leading '/').
+    pub name: String,
+    /// Container id.
+    pub id: String,
+    /// The image reference the container was created from.
+    pub image_ref: String,
+    /// The digest it runs, if known (from the reference or the image's repo digests).
+    pub digest: Option<Digest>,
+    /// running, exited, paused, …
+    pub state: String,
+}
+
+/// The state of a container, as the health gate needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunState {
+    /// Running (not restarting).
+    pub running: bool,
+    /// The engine is restarting it.
+    pub restarting: bool,
+    /// Paused.
+    pub paused: bool,
+    /// Times restarted.
+    pub restart_count: i64,
+    /// Last exit code.
+    pub exit_code: i64,
+    /// Status word.
+    pub status: String,
+}
+
+/// What is needed to recreate a container on another image: its full inspect, and the
+/// config of the image it was created from (to tell operator settings from image defaults).
+#[derive(Clone)]
+pub struct ContainerSpec {
+    inspect: ContainerInspectResponse,
+    image_config: ImageConfig,
+}
+
+/// Undo and check information kept in the journal about a container.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct OperatorSettings {
+    /// Container name.
+    pub name: String,
+    /// Labels the operator set (image labels removed).
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// Networks and their non-generated aliases.
+    pub networks: std::collections::BTreeMap<String, BTreeSet<String>>,
+    /// Mounts as `source:destination:rw|ro`.
+    pub mounts: BTreeSet<String>,
+    /// Env keys the operator set (image env removed).
+    pub env_keys: BTreeSet<String>,
+}
+
+fn derr(what: impl std::fmt::Display, e: bollard::errors::Error) -> Error {
+    Error::Docker(format!("{what}: {e}"))
+}
+
+fn is_not_found(e: &bollard::errors::Error) -> bool {
+    matches!(
+        e,
+        bollard::errors::Error::DockerResponseServerError {
+            status_code: 404,
+            ..
+        }
+    )
+}
+
+impl Engine {
+    /// Connect to the engine named in the host config (else `$DOCKER_HOST`, else the local
+    /// socket) and negotiate the API version.
+    pub async fn connect(cfg: &DockerConfig) -> Result<Engine> {
+        let docker = match &cfg.host {
+            Some(h) => Docker::connect_with_host(h),
+            None => Docker::connect_with_defaults(),
+        }
+        .map_err(|e| Error::Docker(format!("cannot connect to the Docker engine: {e}")))?;
+        let docker = docker
+            .with_timeout(Duration::from_secs(CLIENT_TIMEOUT_S))
+            .negotiate_version()
+            .await
+            .map_err(|e| {
+                Error::Docker(format!(
+                    "cannot reach the Docker engine (is dockerd running?): {e}"
+                ))
+            })?;
+        Ok(Engine { docker })
+    }
+
+    /// Every container (running or not) of `app`, by tenant, sorted by tenant id. Containers
+    /// renamed aside by a rollout (`*.pre-rollout-*`) are not tenants.
+    pub async fn tenants(&self, app: &App) -> Result<Vec<TenantContainer>> {
+        let mut filters = HashMap::new();
+        filters.insert("label".to_string(), vec![app.select.filter()]);
+        let opts = ListContainersOptionsBuilder::default()
+            .all(true)
+            .filters(&filters)
+            .build();
+        let list = self
+            .docker
+            .list_containers(Some(opts))
+            .await
+            .map_err(|e| derr(format!("listing containers of app \"{}\"", app.name), e))?;
+        let mut out = Vec::new();
+        for c in list {
+            let Some(name) = c
+                .names
+                .as_ref()
+                .and_then(|n| n.first())
+                .map(|n| n.trim_start_matches('/').to_string())
+            else {
+                continue;
+            };
+            if name.contains(".pre-rollout-") {
+                continue;
+            }
+            let labels = c.labels.clone().unwrap_or_default();
+            let Some(tenant) = app.tenant_from.tenant_of(&name, &labels) else {
+                continue;
+            };
+            let tenant: TenantId = tenant.parse().map_err(|e| {
+                Error::Config(format!("container \"{name}\" of app \"{}\": {e}", app.name))
+            })?;
+            let image_ref = c.image.clone().unwrap_or_default();
+            let digest = match digest_of_ref(&image_ref) {
+                Some(d) => Some(d),
+                None => {
+                    self.image_digest(c.image_id.as_deref().unwrap_or(&image_ref), &image_ref)
+                        .await?
+                }
+            };
+            out.push(TenantContainer {
+                tenant,
+                name,
+                id: c.id.unwrap_or_default(),
+                image_ref,
+                digest,
+                state: c.state.map(|s| s.to_string()).unwrap_or_default(),
+            });
+        }
+        out.sort_by(|a, b| a.tenant.cmp(&b.tenant));
+        Ok(out)
+    }
+
+    /// The repo digest of an image id whose repository matches `reference`'s.
+    async fn image_digest(&self, image: &str, reference: &str) -> Result<Option<Digest>> {
+        let repo = reference.split('@').next().unwrap_or(reference);
+        let repo = match repo.rsplit_once(':') {
+            Some((r, t)) if !t.contains('/') => r,
+            _ => repo,
+        };
+        match self.docker.inspect_image(image).await {
+            Ok(i) => Ok(i
+                .repo_digests
+                .unwrap_or_default()
+                .iter()
+                .filter_map(|rd| rd.split_once('@'))
+                .find(|(r, _)| *r == repo)
+                .and_then(|(_, d)| d.parse().ok())),
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(e) => Err(derr(format!("inspecting image {image}"), e)),
+        }
+    }
+
+    /// Pull the pinned image and check that what the engine has is that digest.
+    pub async fn pull(&self, image: &PinnedImage) -> Result<()> {
+        let opts = CreateImageOptionsBuilder::default()
+            .from_image(&image.reference())
+            .build();
+        let mut stream = self.docker.create_image(Some(opts), None, None);
+        while let Some(item) = stream.next().await {
+            if let Err(e) = item {
+                return Err(Error::Docker(format!(
+                    "pulling {image} failed: {e}; check that the registry has this digest (nothing was changed)"
+                )));
+            }
+        }
+        let found = self
+            .image_digest(&image.reference(), &image.reference())
+            .await?;
+        if found.as_ref() != Some(image.digest()) {
+            return Err(Error::Docker(format!(
+                "pulled {image} but the engine reports digest {}; refusing to roll out (nothing was changed)",
+                found.map_or("none".to_string(), |d| d.to_string())
+            )));
+        }
+        Ok(())
+    }
+
+    /// Whether a container with this name or id exists.
+    pub async fn exists(&self, name: &str) -> Result<bool> {
+        match self.docker.inspect_container(name, None).await {
+            Ok(_) => Ok(true),
+            Err(e) if is_not_found(&e) => Ok(false),
+            Err(e) => Err(derr(format!("inspecting container {name}"), e)),
+        }
+    }
+
+    /// The id of a container by name, if it exists.
+    pub async fn id_of(&self, name: &str) -> Result<Option<String>> {
+        match self.docker.inspect_container(name, None).await {
+            Ok(i) => Ok(i.id),
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(e) => Err(derr(format!("inspecting container {name}"), e)),
+        }
+    }
+
+    /// The image reference a container was created from.
+    pub async fn image_ref_of(&self, name: &str) -> Result<String> {
+        let i = self.inspect(name).await?;
+        Ok(i.config.and_then(|c| c.image).unwrap_or_default())
+    }
+
+    async fn inspect(&self, name: &str) -> Result<ContainerInspectResponse> {
+        self.docker
+            .inspect_container(name, None)
+            .await
+            .map_err(|e| derr(format!("inspecting container {name}"), e))
+    }
+
+    /// The state of a container.
+    pub async fn state(&self, name: &str) -> Result<RunState> {
+        let i = self.inspect(name).await?;
+        let s = i.state.unwrap_or_default();
+        Ok(RunState {
+            running: s.running.unwrap_or(false) && !s.restarting.unwrap_or(false),
+            restarting: s.restarting.unwrap_or(false),
+            paused: s.paused.unwrap_or(false),
+            restart_count: i.restart_count.unwrap_or(0),
+            exit_code: s.exit_code.unwrap_or(0),
+            status: s
+                .status
+                .unwrap_or(ContainerStateStatusEnum::EMPTY)
+                .to_string(),
+        })
+    }
+
+    /// The container's IP address on the first of its networks that has one, preferring `network`.
+    pub async fn ip(&self, name: &str) -> Result<Option<IpAddr>> {
+        let i = self.inspect(name).await?;
+        let nets = i
+            .network_settings
+            .and_then(|n| n.networks)
+            .unwrap_or_default();
+        let mut names: Vec<&String> = nets.keys().collect();
+        names.sort();
+        Ok(names
+            .into_iter()
+            .filter_map(|n| nets[n].ip_address.as_deref())
+            .find_map(|ip| ip.parse().ok()))
+    }
+
+    /// Stop with `timeout_s` before SIGKILL. Stopping a stopped container is fine.
+    pub async fn stop(&self, name: &str, timeout_s: u64) -> Result<()> {
+        let opts = StopContainerOptionsBuilder::default()
+            .t(timeout_s.min(i32::MAX as u64) as i32)
+            .build();
+        // The engine waits up to the stop timeout before it answers: allow for it.
+        let docker = self
+            .docker
+            .clone()
+            .with_timeout(Duration::from_secs(CLIENT_TIMEOUT_S + timeout_s));
+        match docker.stop_container(name, Some(opts)).await {
+            Ok(()) => Ok(()),
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 304, ..
+            }) => Ok(()),
+            Err(e) => Err(derr(format!("stopping container {name}"), e)),
+        }
+    }
+
+    /// Start. Starting a running container is fine.
+    pub async fn start(&self, name: &str) -> Result<()> {
+        match self.docker.start_container(name, None).await {
+            Ok(()) => Ok(()),
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 304, ..
+            }) => Ok(()),
+            Err(e) => Err(derr(format!("starting container {name}"), e)),
+        }
+    }
+
+    /// Rename a container.
+    pub async fn rename(&self, from: &str, to: &str) -> Result<()> {
+        let opts = RenameContainerOptionsBuilder::default().name(to).build();
+        self.docker
+            .rename_container(from, opts)
+            .await
+            .map_err(|e| derr(format!("renaming container {from} to {to}"), e))
+    }
+
+    /// Force-remove a container (its volumes are kept). Removing a missing one is fine.
+    pub async fn remove(&self, name: &str) -> Result<()> {
+        let opts = RemoveContainerOptionsBuilder::default().force(true).build();
+        match self.docker.remove_container(name, Some(opts)).await {
+            Ok(()) => Ok(()),
+            Err(e) if is_not_found(&e) => Ok(()),
+            Err(e) => Err(derr(format!("removing container {name}"), e)),
+        }
+    }
+
+    /// `docker pause`.
+    pub async fn pause(&self, name: &str) -> Result<()> {
+        self.docker
+            .pause_container(name)
+            .await
+            .map_err(|e| derr(format!("pausing container {name}"), e))
+    }
+
+    /// `docker unpause`; unpausing a container that is not paused is fine.
+    pub async fn unpause(&self, name: &str) -> Result<()> {
+        match self.docker.unpause_container(name).await {
+            Ok(()) => Ok(()),
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 409, ..
+            }) => Ok(()),
+            Err(e) => Err(derr(format!("unpausing container {name}"), e)),
+        }
+    }
+
+    /// Read what is needed to recreate `name` on another image.
+    pub async fn spec(&self, name: &str) -> Result<ContainerSpec> {
+        let inspect = self.inspect(name).await?;
+        let image_id = inspect.image.clone().unwrap_or_default();
+        let image = self.docker.inspect_image(&image_id).await.map_err(|e| {
+            Error::Docker(format!(
+                "container {name}: its image {image_id} is gone from the engine, so its settings cannot be told \
+                 from the image's defaults: {e}"
+            ))
+        })?;
+        Ok(ContainerSpec {
+            inspect,
+            image_config: image.config.unwrap_or_default(),
+        })
+    }
+
+    /// Create a container named `name` from `spec` on `image`, connected to all of the old
+    /// container's networks with their aliases, not started. Returns its id.
+    pub async fn create_from(
+        &self,
+        name: &str,
+        spec: &ContainerSpec,
+        image: &str,
+    ) -> Result<String> {
+        let (body, extra_networks) = spec.create_body(image);
+        let opts = CreateContainerOptionsBuilder::default().name(name).build();
+        let created = self
+            .docker
+            .create_container(Some(opts), body)
+            .await
+            .map_err(|e| derr(format!("creating container {name} from {image}"), e))?;
+        // API < 1.44 accepts one network at create; the others are connected before start.
+        for (net, endpoint) in extra_networks {
+            let req = NetworkConnectRequest {
+                container: created.id.clone(),
+                endpoint_config: Some(endpoint),
+            };
+            if let Err(e) = self.docker.connect_network(&net, req).await {
+                let _ = self.remove(&created.id).await;
+                return Err(derr(
+                    format!("connecting container {name} to network {net}"),
+                    e,
+                ));
+            }
+        }
+        Ok(created.id)
+    }
+
+    /// Everything a container has (for checking a new container against the old one's
+    /// operator settings).
+    pub async fn actual_settings(&self, name: &str) -> Result<OperatorSettings> {
+        Ok(self.spec(name).await?.actual_settings())
+    }
+}
+
+/// The digest in a `repo@sha256:…` reference.
+pub fn digest_of_ref(reference: &str) -> Option<Digest> {
+    reference.split_once('@').and_then(|(_, d)| d.parse().ok())
+}
+
+impl ContainerSpec {
+    fn config(&self) -> ContainerConfig {
+        self.inspect.config.clone().unwrap_or_default()
+    }
+
+    fn short_id(&self) -> String {
+        self.inspect
+            .id
+            .as_deref()
+            .unwrap_or_default()
+            .chars()
+            .take(12)
+            .collect()
+    }
+
+    /// The container's name, without the leading '/'.
+    pub fn name(&self) -> String {
+        self.inspect
+            .name
+            .as_deref()
+            .unwrap_or_default()
+            .trim_start_matches('/')
+            .to_string()
+    }
+
+    /// What the operator set, with image defaults and engine-generated values removed.
+    pub fn operator_settings(&self) -> OperatorSettings {
+        self.settings(true)
+    }
+
+    /// Everything the container has (image defaults included): the side a check compares to.
+    pub fn actual_settings(&self) -> OperatorSettings {
+        self.settings(false)
+    }
+
+    fn settings(&self, strip_image_defaults: bool) -> OperatorSettings {
+        let cfg = self.config();
+        let empty = ImageConfig::default();
+        let img = if strip_image_defaults {
+            &self.image_config
+        } else {
+            &empty
+        };
+        let img_labels = img.labels.clone().unwrap_or_default();
+        let labels = cfg
+            .labels
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|(k, v)| img_labels.get(k) != Some(v))
+            .collect();
+        let img_env: BTreeSet<String> = img.env.clone().unwrap_or_default().into_iter().collect();
+        let env_keys = cfg
+            .env
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|e| !img_env.contains(e))
+            .map(|e| e.split_once('=').map_or(e.clone(), |(k, _)| k.to_string()))
+            .collect();
+        let short = self.short_id();
+        let networks = self
+            .inspect
+            .network_settings
+            .as_ref()
+            .and_then(|n| n.networks.clone())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(net, ep)| {
+                let aliases = ep
+                    .aliases
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter(|a| *a != short)
+                    .collect();
+                (net, aliases)
+            })
+            .collect();
+        let mounts = self
+            .inspect
+            .mounts
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|m| {
+                let src = m.name.or(m.source).unwrap_or_default();
+                format!(
+                    "{src}:{}:{}",
+                    m.destination.unwrap_or_default(),
+                    if m.rw.unwrap_or(true) { "rw" } else { "ro" }
+                )
+            })
+            .collect();
+        OperatorSettings {
+            name: self.name(),
+            labels,
+            networks,
+            mounts,
+            env_keys,
+        }
+    }
+
+    /// The create body for the same container on `image`, and the networks to connect after
+    /// create. Image defaults of the old image are dropped so the new image's defaults apply.
+    fn create_body(&self, image: &str) -> (ContainerCreateBody, Vec<(String, EndpointSettings)>) {
+        let cfg = self.config();
+        let img = &self.image_config;
+        let same = |a: &Option<Vec<String>>, b: &Option<Vec<String>>| {
+            a.as_deref().unwrap_or_default() == b.as_deref().unwrap_or_default()
+        };
+        let drop_if_default =
+            |v: Option<Vec<String>>, d: &Option<Vec<String>>| if same(&v, d) { None } else { v };
+        let img_env: BTreeSet<String> = img.env.clone().unwrap_or_default().into_iter().collect();
+        let env: Vec<String> = cfg
+            .env
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|e| !img_env.contains(e))
+            .collect();
+        let img_labels = img.labels.clone().unwrap_or_default();
+        let labels: HashMap<String, String> = cfg
+            .labels
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|(k, v)| img_labels.get(k) != Some(v))
+            .collect();
+        let img_ports: BTreeSet<String> = img
+            .exposed_ports
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
+        let ports: Vec<String> = cfg
+            .exposed_ports
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|p| !img_ports.contains(p))
+            .collect();
+        let img_vols: BTreeSet<String> = img
+            .volumes
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
+        let vols: Vec<String> = cfg
+            .volumes
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|v| !img_vols.contains(v))
+            .collect();
+        let str_default = |v: Option<String>, d: &Option<String>| {
+            if v.as_deref().unwrap_or_default() == d.as_deref().unwrap_or_default() {
+                None
+            } else {
+                v
+            }
+        };
+        let short = self.short_id();
+        let hostname = cfg.hostname.clone().filter(|h| *h != short);
+        let entrypoint_default = same(&cfg.entrypoint, &img.entrypoint);
+        let cmd_default = same(&cfg.cmd, &img.cmd);
+        // An operator entrypoint with the image's cmd: Docker had reset Cmd; keep what ran.
+        let cmd = if cmd_default && entrypoint_default {
+            None
+        } else {
+            cfg.cmd.clone()
+        };
+        let healthcheck = if cfg.healthcheck == img.healthcheck {
+            None
+        } else {
+            cfg.healthcheck.clone()
+        };
+
+        let mut nets: Vec<(String, EndpointSettings)> = self
+            .inspect
+            .network_settings
+            .as_ref()
+            .and_then(|n| n.networks.clone())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(net, ep)| {
+                let aliases: Vec<String> = ep
+                    .aliases
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter(|a| *a != short)
+                    .collect();
+                let endpoint = EndpointSettings {
+                    aliases: if aliases.is_empty() {
+                        None
+                    } else {
+                        Some(aliases)
+                    },
+                    ipam_config: ep.ipam_config,
+                    links: ep.links,
+                    driver_opts: ep.driver_opts,
+                    ..Default::default()
+                };
+                (net, endpoint)
+            })
+            .collect();
+        let host = self.inspect.host_config.clone().unwrap_or_default();
+        let mode = host.network_mode.clone().unwrap_or_default();
+        // The network named by NetworkMode goes in the create call; the rest are connected after.
+        nets.sort_by_key(|(n, _)| (n != &mode, n.clone()));
+        let first: Vec<(String, EndpointSettings)> = nets.drain(..nets.len().min(1)).collect();
+        let container_net_mode = mode.starts_with("container:") || mode == "host" || mode == "none";
+        let networking_config = if first.is_empty() || container_net_mode {
+            None
+        } else {
+            Some(NetworkingConfig {
+                endpoints_config: Some(first.into_iter().collect()),
+            })
+        };
+        let extra = if container_net_mode { Vec::new() } else { nets };
+
+        let body = ContainerCreateBody {
+            hostname,
+            domainname: cfg.domainname.clone(),
+            user: str_default(cfg.user.clone(), &img.user),
+            attach_stdin: cfg.attach_stdin,
+            attach_stdout: cfg.attach_stdout,
+            attach_stderr: cfg.attach_stderr,
+            exposed_ports: if ports.is_empty() { None } else { Some(ports) },
+            tty: cfg.tty,
+            open_stdin: cfg.open_stdin,
+            stdin_once: cfg.stdin_once,
+            env: if env.is_empty() { None } else { Some(env) },
+            cmd,
+            healthcheck,
+            args_escaped: None,
+            image: Some(image.to_string()),
+            volumes: if vols.is_empty() { None } else { Some(vols) },
+            working_dir: str_default(cfg.working_dir.clone(), &img.working_dir),
+            entrypoint: drop_if_default(cfg.entrypoint.clone(), &img.entrypoint),
+            network_disabled: cfg.network_disabled,
+            on_build: None,
+            labels: if labels.is_empty() {
+                None
+            } else {
+                Some(labels)
+            },
+            stop_signal: str_default(cfg.stop_signal.clone(), &img.stop_signal),
+            stop_timeout: cfg.stop_timeout,
+            shell: drop_if_default(cfg.shell.clone(), &img.shell),
+            host_config: Some(host),
+            networking_config,
+        };
+        (body, extra)
+    }
+}
+
+impl OperatorSettings {
+    /// What `self` (the old container) had that `new` lacks; empty when nothing was lost.
+    pub fn lost_in(&self, new: &OperatorSettings) -> Vec<String> {
+        let mut lost = Vec::new();
+        if self.name != new.name {
+            lost.push(format!("name {} became {}", self.name, new.name));
+        }
+        for (k, v) in &self.labels {
+            if new.labels.get(k) != Some(v) {
+                lost.push(format!("label {k}={v}"));
+            }
+        }
+        for (net, aliases) in &self.networks {
+            match new.networks.get(net) {
+                None => lost.push(format!("network {net}")),
+                Some(a) => lost.extend(
+                    aliases
+                        .difference(a)
+                        .map(|x| format!("alias {x} on network {net}")),
+                ),
+            }
+        }
+        lost.extend(
+            self.mounts
+                .difference(&new.mounts)
+                .map(|m| format!("mount {m}")),
+        );
+        lost.extend(
+            self.env_keys
+                .difference(&new.env_keys)
+                .map(|k| format!("env {k}")),
+        );
+        lost
+    }
+}

@@ -1,1 +1,116 @@
-//! TODO: health
+//! The health gate: `GET http://<container IP on its network>:<port><path>` until a 2xx
+//! answer, within a deadline, failing fast when the container exits or restarts (a crashing
+//! app must not cost the whole timeout). Probes are plain HTTP to the container's own address;
+//! nothing is published on the host.
+
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::config::HealthSpec;
+use crate::docker::Engine;
+use crate::error::{Error, Result};
+
+/// Why a container did not pass its health gate.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub enum Unhealthy {
+    /// It stopped running (exit code).
+    Exited(i64),
+    /// The engine restarted it.
+    Restarted,
+    /// No 2xx answer within the timeout; the last answer or error.
+    TimedOut(String),
+}
+
+impl std::fmt::Display for Unhealthy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Unhealthy::Exited(c) => write!(f, "the container exited with code {c}"),
+            Unhealthy::Restarted => write!(f, "the container restarted"),
+            Unhealthy::TimedOut(last) => {
+                write!(f, "no 2xx answer before the timeout (last: {last})")
+            }
+        }
+    }
+}
+
+/// An HTTP client for probes.
+#[derive(Clone)]
+pub struct Prober {
+    client: reqwest::Client,
+}
+
+impl Prober {
+    /// A client with short per-request timeouts and no proxy (probes go to container IPs).
+    pub fn new() -> Result<Prober> {
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .connect_timeout(Duration::from_millis(1000))
+            .timeout(Duration::from_secs(3))
+            .build()
+            .map_err(|e| {
+                Error::Other(format!(
+                    "cannot build the HTTP client for health probes: {e}"
+                ))
+            })?;
+        Ok(Prober { client })
+    }
+
+    /// One probe of `url`: Ok(()) on 2xx, else what came back.
+    pub async fn probe(&self, url: &str) -> std::result::Result<(), String> {
+        match self.client.get(url).send().await {
+            Ok(r) if r.status().is_success() => Ok(()),
+            Ok(r) => Err(format!("HTTP {}", r.status().as_u16())),
+            Err(e) => Err(if e.is_connect() {
+                "connection refused".to_string()
+            } else if e.is_timeout() {
+                "timed out".to_string()
+            } else {
+                e.to_string()
+            }),
+        }
+    }
+
+    /// Wait until `container` answers its health check, with `timeout` (default: the spec's).
+    /// Ok(Ok(elapsed)) when healthy; Ok(Err(reason)) when not; Err on engine errors.
+    pub async fn gate(
+        &self,
+        engine: &Engine,
+        container: &str,
+        spec: &HealthSpec,
+        timeout: Option<Duration>,
+    ) -> Result<std::result::Result<Duration, Unhealthy>> {
+        let start = Instant::now();
+        let deadline = start + timeout.unwrap_or(Duration::from_secs(spec.timeout_s));
+        let initial = engine.state(container).await?.restart_count;
+        let mut last: String;
+        let mut pause = Duration::from_millis(50);
+        loop {
+            let st = engine.state(container).await?;
+            if st.restart_count > initial || st.restarting {
+                return Ok(Err(Unhealthy::Restarted));
+            }
+            if !st.running && !st.paused && st.status != "created" {
+                return Ok(Err(Unhealthy::Exited(st.exit_code)));
+            }
+            if let Some(ip) = engine.ip(container).await? {
+                let host = match ip {
+                    std::net::IpAddr::V6(v6) => format!("[{v6}]"),
+                    std::net::IpAddr::V4(v4) => v4.to_string(),
+                };
+                let url = format!("http://{host}:{}{}", spec.port, spec.path);
+                match self.probe(&url).await {
+                    Ok(()) => return Ok(Ok(start.elapsed())),
+                    Err(e) => last = e,
+                }
+            } else {
+                last = "the container has no IP address on its networks".into();
+            }
+            if Instant::now() >= deadline {
+                return Ok(Err(Unhealthy::TimedOut(last)));
+            }
+            tokio::time::sleep(pause.min(deadline.saturating_duration_since(Instant::now()))).await;
+            pause = (pause * 2).min(Duration::from_millis(250));
+        }
+    }
+}

@@ -16,6 +16,7 @@ pub mod error;
 pub mod fsutil;
 pub mod health;
 pub mod lock;
+pub mod manifest;
 pub mod metrics;
 pub mod notify;
 pub mod progress;

@@ -1,1 +1,148 @@
-//! TODO: reconcile
+//! `reconcile`: fetch the desired state; for each app whose pin differs from what runs, run
+//! `rollout` — unless that exact (app, digest) already halted a rollout. Then nothing changes
+//! until git pins another digest or a person passes `--retry`: a timer firing every minute must
+//! never turn one bad release into a restart loop.
+
+use std::fmt;
+
+use serde::Serialize;
+
+use crate::context::Ctx;
+use crate::desired;
+use crate::docker::Engine;
+use crate::error::{ExitKind, Result};
+use crate::rollout::{self, worst, AppReport, RolloutOptions};
+
+/// Options of `reconcile`.
+#[derive(Debug, Clone, Default)]
+pub struct ReconcileOptions {
+    /// Try a digest again even though it halted a rollout.
+    pub retry: bool,
+    /// Reconcile to this ref (the git hook passes the pushed commit).
+    pub git_ref: Option<String>,
+    /// Show what would happen, change nothing.
+    pub dry_run: bool,
+}
+
+/// What reconcile decided for one app.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum AppAction {
+    /// Every tenant runs the pin (or is held).
+    UpToDate {
+        /// App.
+        app: String,
+    },
+    /// The pin halted an earlier rollout; not retried.
+    SkippedHalted {
+        /// App.
+        app: String,
+        /// The digest.
+        digest: String,
+        /// The run it halted in.
+        run_id: String,
+    },
+    /// A rollout ran (or would run, in a dry run).
+    RolledOut(Box<AppReport>),
+}
+
+/// The result of `slipway reconcile`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReconcileReport {
+    /// Desired-state commit.
+    pub commit: String,
+    /// Per app.
+    pub apps: Vec<AppAction>,
+}
+
+impl ReconcileReport {
+    /// The worst outcome of the rollouts it ran.
+    pub fn exit_kind(&self) -> ExitKind {
+        worst(self.apps.iter().map(|a| match a {
+            AppAction::RolledOut(r) => r.outcome,
+            _ => ExitKind::Success,
+        }))
+    }
+}
+
+/// Run `reconcile`.
+pub async fn reconcile(ctx: &mut Ctx, opts: &ReconcileOptions) -> Result<ReconcileReport> {
+    let state = desired::read(
+        &ctx.cfg.desired,
+        &ctx.cfg.state_dir,
+        opts.git_ref.as_deref(),
+    )?;
+    let engine = Engine::connect(&ctx.cfg.docker).await?;
+    let mut apps = Vec::new();
+    for app in &state.fleet.apps {
+        let tenants = engine.tenants(app).await?;
+        let plan = rollout::plan(app, &state.commit, &tenants, &[])?;
+        if plan.items.is_empty() {
+            apps.push(AppAction::UpToDate {
+                app: app.name.clone(),
+            });
+            continue;
+        }
+        let digest = app.image.digest().to_string();
+        if !opts.retry {
+            if let Some(run) = ctx.store.last_run_for("rollout", &app.name, &digest)? {
+                if matches!(
+                    run.outcome.as_deref(),
+                    Some("halted") | Some("person_needed")
+                ) {
+                    apps.push(AppAction::SkippedHalted {
+                        app: app.name.clone(),
+                        digest,
+                        run_id: run.id,
+                    });
+                    continue;
+                }
+            }
+        }
+        let ro = RolloutOptions {
+            app: Some(app.name.clone()),
+            git_ref: Some(state.commit.clone()),
+            dry_run: opts.dry_run,
+            ..Default::default()
+        };
+        let report = rollout::rollout(ctx, &ro).await?;
+        let stop = report.exit_kind() != ExitKind::Success;
+        apps.extend(
+            report
+                .apps
+                .into_iter()
+                .map(|a| AppAction::RolledOut(Box::new(a))),
+        );
+        if stop {
+            break;
+        }
+    }
+    Ok(ReconcileReport {
+        commit: state.commit,
+        apps,
+    })
+}
+
+impl fmt::Display for ReconcileReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "desired state at commit {}",
+            &self.commit[..12.min(self.commit.len())]
+        )?;
+        for a in &self.apps {
+            match a {
+                AppAction::UpToDate { app } => writeln!(f, "app {app}: up to date")?,
+                AppAction::SkippedHalted { app, digest, run_id } => writeln!(
+                    f,
+                    "app {app}: {digest} halted run {run_id}; not retried until git pins another digest or `slipway reconcile --retry`"
+                )?,
+                AppAction::RolledOut(r) => {
+                    let one = rollout::RolloutReport { dry_run: false, commit: self.commit.clone(), apps: vec![(**r).clone()] };
+                    write!(f, "{one}")?;
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,1 +1,324 @@
-//! TODO: recover
+//! `recover`, also run at the start of every job that changes containers: find runs that
+//! never finished (the process was killed: OOM, reboot, SIGKILL) and bring every tenant they
+//! caught mid-step to a safe state, from the journal alone:
+//! - a rollout tenant whose new container had passed its health gate keeps it (the prior
+//!   container is removed unless the run kept it);
+//! - any other rollout tenant is undone: new container removed, data restored from the run's
+//!   snapshot if the new version was started, prior container back, started, health-checked;
+//! - a tenant a snapshot paused or stopped is unpaused or started again; a restore's stopped
+//!   container is started.
+//! Each run is then marked finished with outcome `recovered`. Idempotent: a second run finds
+//! nothing unfinished and changes nothing.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use slipway_state::{Run, Step};
+
+use crate::context::Ctx;
+use crate::docker::Engine;
+use crate::error::{ExitKind, Result};
+use crate::health::Prober;
+use crate::rollout::{undo_tenant, TenantJournal};
+
+/// Options of `recover`.
+#[derive(Debug, Clone, Default)]
+pub struct RecoverOptions {
+    /// Say what would be done; change nothing.
+    pub dry_run: bool,
+}
+
+/// What was (or would be) done for one tenant.
+#[derive(Debug, Clone, Serialize)]
+pub struct TenantAction {
+    /// Tenant or container.
+    pub tenant: String,
+    /// What was found.
+    pub found: String,
+    /// What was done.
+    pub action: String,
+    /// Whether it ended safe (running, healthy).
+    pub ok: bool,
+}
+
+/// One unfinished run.
+#[derive(Debug, Clone, Serialize)]
+pub struct RecoveredRun {
+    /// Run id.
+    pub run_id: String,
+    /// Its job.
+    pub job: String,
+    /// Per tenant.
+    pub tenants: Vec<TenantAction>,
+}
+
+/// The result of `recover`.
+#[derive(Debug, Clone, Serialize)]
+pub struct RecoverReport {
+    /// Whether this was a dry run.
+    pub dry_run: bool,
+    /// Every unfinished run found.
+    pub runs: Vec<RecoveredRun>,
+}
+
+impl RecoverReport {
+    /// PersonNeeded when a tenant could not be brought to a safe state.
+    pub fn exit_kind(&self) -> ExitKind {
+        if self.runs.iter().flat_map(|r| &r.tenants).all(|t| t.ok) {
+            ExitKind::Success
+        } else {
+            ExitKind::PersonNeeded
+        }
+    }
+}
+
+/// A container a job paused or stopped while it worked on it (snapshot quiesce, restore).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HeldContainer {
+    /// Container name.
+    pub container: String,
+    /// `pause` or `stop`.
+    pub hold: String,
+}
+
+fn pid_alive(pid: i64) -> bool {
+    if pid <= 0 || pid as u32 == std::process::id() {
+        return false;
+    }
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .is_ok_and(|c| String::from_utf8_lossy(&c).contains("slipway"))
+}
+
+/// Run `recover`.
+pub async fn recover(ctx: &Ctx, opts: &RecoverOptions) -> Result<RecoverReport> {
+    let mut runs = Vec::new();
+    let unfinished: Vec<Run> = ctx
+        .store
+        .unfinished_runs()?
+        .into_iter()
+        .filter(|r| r.id != ctx.run_id.as_str() && !pid_alive(r.pid))
+        .collect();
+    if unfinished.is_empty() {
+        return Ok(RecoverReport {
+            dry_run: opts.dry_run,
+            runs,
+        });
+    }
+    let engine = Engine::connect(&ctx.cfg.docker).await?;
+    let prober = Prober::new()?;
+    for run in unfinished {
+        let steps = ctx.store.steps(&run.id)?;
+        let tenants = match run.job.as_str() {
+            "rollout" | "rollback" => {
+                recover_rollout(ctx, &engine, &prober, &run, &steps, opts.dry_run).await?
+            }
+            _ => recover_held(&engine, &steps, opts.dry_run).await?,
+        };
+        if !opts.dry_run {
+            let ok = tenants.iter().all(|t| t.ok);
+            let summary = format!(
+                "killed mid-run; recovered by {}: {}",
+                ctx.run_id,
+                tenants
+                    .iter()
+                    .map(|t| format!("{} {}", t.tenant, t.action))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            );
+            let (word, kind) = if ok {
+                ("recovered", ExitKind::Failure)
+            } else {
+                ("person_needed", ExitKind::PersonNeeded)
+            };
+            ctx.store
+                .finish_run(&run.id, word, kind.code() as i64, &summary)?;
+            if ok {
+                ctx.store
+                    .resolve_run(&run.id, &format!("recover {}", ctx.run_id))?;
+            }
+        }
+        runs.push(RecoveredRun {
+            run_id: run.id,
+            job: run.job,
+            tenants,
+        });
+    }
+    Ok(RecoverReport {
+        dry_run: opts.dry_run,
+        runs,
+    })
+}
+
+async fn recover_rollout(
+    ctx: &Ctx,
+    engine: &Engine,
+    prober: &Prober,
+    run: &Run,
+    steps: &[Step],
+    dry_run: bool,
+) -> Result<Vec<TenantAction>> {
+    // Per tenant: its newest journal and which steps it reached.
+    let mut by_tenant: BTreeMap<String, (TenantJournal, Vec<&Step>)> = BTreeMap::new();
+    for s in steps {
+        let Some(t) = &s.tenant else { continue };
+        let j = s
+            .detail
+            .as_deref()
+            .and_then(|d| serde_json::from_str::<TenantJournal>(d).ok());
+        let e = by_tenant.entry(t.clone());
+        match (e, j) {
+            (std::collections::btree_map::Entry::Occupied(mut o), j) => {
+                if let Some(j) = j {
+                    o.get_mut().0 = j;
+                }
+                o.get_mut().1.push(s);
+            }
+            (std::collections::btree_map::Entry::Vacant(v), Some(j)) => {
+                v.insert((j, vec![s]));
+            }
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    for (tenant, (j, st)) in by_tenant {
+        let reached = |name: &str| st.iter().any(|s| s.step == name);
+        let ended_ok = |name: &str| {
+            st.iter()
+                .any(|s| s.step == name && s.outcome.as_deref() == Some("ok"))
+        };
+        let undoing = st.iter().any(|s| s.step.starts_with("undo-"));
+        let healthy_new = run.job == "rollout" && ended_ok("health") && !undoing;
+        let last = st.last().map(|s| {
+            format!(
+                "{} ({})",
+                s.step,
+                s.outcome.as_deref().unwrap_or("unfinished")
+            )
+        });
+        let found = format!("last step {}", last.unwrap_or_default());
+        if healthy_new {
+            let mut action = "kept the new version (it had passed its health gate)".to_string();
+            if !j.keep_old && engine.exists(&j.pre_name).await? {
+                action.push_str("; removed the prior container");
+                if !dry_run {
+                    engine.remove(&j.pre_name).await?;
+                }
+            }
+            out.push(TenantAction {
+                tenant,
+                found,
+                action,
+                ok: true,
+            });
+            continue;
+        }
+        // Was the tenant touched at all? A journal with only a finished, successful undo is settled.
+        let settled = ended_ok("undo-health-prior")
+            && st.last().is_some_and(|s| s.step == "undo-health-prior");
+        if settled {
+            out.push(TenantAction {
+                tenant,
+                found,
+                action: "already restored".into(),
+                ok: true,
+            });
+            continue;
+        }
+        let restore = reached("start") || run.job == "rollback";
+        let action = if restore {
+            "restore data from the run's snapshot and bring back the prior container"
+        } else {
+            "bring back the prior container (its data was not touched)"
+        };
+        if dry_run {
+            out.push(TenantAction {
+                tenant,
+                found,
+                action: format!("would {action}"),
+                ok: true,
+            });
+            continue;
+        }
+        let r = undo_tenant(ctx, engine, prober, &j, restore).await?;
+        out.push(TenantAction {
+            tenant,
+            found,
+            action: r.detail,
+            ok: r.ok,
+        });
+    }
+    Ok(out)
+}
+
+async fn recover_held(engine: &Engine, steps: &[Step], dry_run: bool) -> Result<Vec<TenantAction>> {
+    let mut out = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
+    for s in steps.iter().rev() {
+        let Some(h) = s
+            .detail
+            .as_deref()
+            .and_then(|d| serde_json::from_str::<HeldContainer>(d).ok())
+        else {
+            continue;
+        };
+        if !seen.insert(h.container.clone()) || !engine.exists(&h.container).await? {
+            continue;
+        }
+        let st = engine.state(&h.container).await?;
+        let found = format!(
+            "{} ({}), step {} {}",
+            h.container,
+            st.status,
+            s.step,
+            s.outcome.as_deref().unwrap_or("unfinished")
+        );
+        let action = if st.paused {
+            if !dry_run {
+                engine.unpause(&h.container).await?;
+            }
+            "unpaused"
+        } else if !st.running {
+            if !dry_run {
+                engine.start(&h.container).await?;
+            }
+            "started"
+        } else {
+            "already running"
+        };
+        let action = if dry_run && action != "already running" {
+            format!("would be {action}")
+        } else {
+            action.to_string()
+        };
+        out.push(TenantAction {
+            tenant: s.tenant.clone().unwrap_or(h.container),
+            found,
+            action,
+            ok: true,
+        });
+    }
+    Ok(out)
+}
+
+impl fmt::Display for RecoverReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.runs.is_empty() {
+            return writeln!(f, "no unfinished runs; nothing to recover");
+        }
+        for r in &self.runs {
+            writeln!(f, "run {} ({}) never finished:", r.run_id, r.job)?;
+            for t in &r.tenants {
+                writeln!(
+                    f,
+                    "  {}: {}; {}{}",
+                    t.tenant,
+                    t.found,
+                    t.action,
+                    if t.ok { "" } else { "  <- A PERSON IS NEEDED" }
+                )?;
+            }
+        }
+        Ok(())
+    }
+}

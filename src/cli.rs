@@ -1,0 +1,267 @@
+//! The command line: every job of DESIGN.md as a subcommand, with the global options.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use slipway_jobs::types::{RunId, TenantId};
+
+/// GitOps-driven rollout and backup engine for Docker hosts that run one container per tenant.
+///
+/// Every command is a one-shot job (cron, systemd timer, git hook or by hand): it reads the
+/// desired state from git, looks at what runs, does its work and records it in SQLite.
+#[derive(Debug, Parser)]
+#[command(
+    name = "slipway",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
+pub struct Cli {
+    /// Host config file [default: $SLIPWAY_CONFIG, else /etc/slipway/config.toml]
+    #[arg(long, global = true, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// Print one JSON object on stdout instead of human output.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Print nothing on stdout unless something failed.
+    #[arg(long, short, global = true)]
+    pub quiet: bool,
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human)]
+    pub log_format: LogFormat,
+    /// Wait for the host lock (optionally at most SECONDS) instead of exiting with code 5.
+    #[arg(long, global = true, value_name = "SECONDS", num_args = 0..=1, default_missing_value = "0")]
+    pub wait: Option<u64>,
+    /// Write Prometheus metrics to this file after the job [default: [metrics] file].
+    #[arg(long, global = true, value_name = "PATH")]
+    pub metrics_file: Option<PathBuf>,
+    /// What started this job, recorded with the run (manual, timer, cron, hook).
+    #[arg(long, global = true, default_value = "manual", hide = true)]
+    pub trigger: String,
+    /// The job to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Readable lines.
+    Human,
+    /// One JSON object per line (journald, Loki).
+    Json,
+}
+
+/// The jobs.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Roll every tenant of an app to the digest pinned in git, canary first, one at a time.
+    Rollout(RolloutArgs),
+    /// Fetch the desired state and roll out any app whose pin differs (never retries a halted digest).
+    Reconcile(ReconcileArgs),
+    /// Undo a halted or finished rollout: prior container and snapshot back.
+    Rollback(RollbackArgs),
+    /// Archive every tenant's data dir (and the control plane) into today's daily snapshot.
+    Snapshot(SnapshotArgs),
+    /// Bring one tenant's data back from a daily or rollout snapshot, local or remote.
+    Restore(RestoreArgs),
+    /// Re-hash archives against their manifests; --deep also extracts and checks every file.
+    Verify(VerifyArgs),
+    /// Apply the retention policy to local and remote snapshots.
+    Prune(DryRunArgs),
+    /// Upload snapshots the remote lacks, verified by sha256.
+    Sync(DryRunArgs),
+    /// Finish or undo runs that a crash or kill left unfinished.
+    Recover(DryRunArgs),
+    /// What runs vs what is desired; exits 8 when a person is needed.
+    Status,
+    /// Run history from the run record.
+    Runs(RunsArgs),
+    /// Check the host config and the desired state without touching anything.
+    Config {
+        /// What to do.
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
+    /// Print shell completions.
+    Completions {
+        /// Shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff).
+    Man,
+}
+
+/// `config` actions.
+#[derive(Debug, Subcommand)]
+pub enum ConfigAction {
+    /// Load and validate the host config and fleet.toml at the branch head.
+    Check,
+}
+
+/// `rollout`.
+#[derive(Debug, Args)]
+pub struct RolloutArgs {
+    /// Only this app.
+    #[arg(long)]
+    pub app: Option<String>,
+    /// Desired state at this git ref (branch, tag or commit) instead of the configured branch.
+    #[arg(long = "ref", value_name = "GIT_REF")]
+    pub git_ref: Option<String>,
+    /// Only this tenant (repeatable).
+    #[arg(long = "tenant", value_name = "ID")]
+    pub tenants: Vec<TenantId>,
+    /// Print the plan and touch nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Keep the pre-rollout containers after a successful rollout.
+    #[arg(long)]
+    pub keep_old: bool,
+}
+
+/// `reconcile`.
+#[derive(Debug, Args)]
+pub struct ReconcileArgs {
+    /// Try a digest that halted a rollout again.
+    #[arg(long)]
+    pub retry: bool,
+    /// Reconcile to this ref (the git hook passes the pushed commit).
+    #[arg(long = "ref", value_name = "GIT_REF")]
+    pub git_ref: Option<String>,
+    /// Show what would happen and touch nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+/// `rollback`.
+#[derive(Debug, Args)]
+pub struct RollbackArgs {
+    /// The rollout run to undo (see `slipway runs`).
+    #[arg(long, value_name = "RUN_ID")]
+    pub run: RunId,
+    /// Only this tenant (repeatable).
+    #[arg(long = "tenant", value_name = "ID")]
+    pub tenants: Vec<TenantId>,
+    /// Show what would be undone and touch nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+/// `snapshot`.
+#[derive(Debug, Args)]
+pub struct SnapshotArgs {
+    /// Only this tenant (repeatable).
+    #[arg(long = "tenant", value_name = "ID")]
+    pub tenants: Vec<TenantId>,
+    /// Also archive the control-plane dirs.
+    #[arg(long)]
+    pub control_plane: bool,
+    /// Redo archives already complete today.
+    #[arg(long)]
+    pub force: bool,
+    /// Show the plan and touch nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+/// `restore`.
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// The tenant to restore.
+    #[arg(long, value_name = "ID")]
+    pub tenant: TenantId,
+    /// From the daily snapshot of this day (YYYY-MM-DD).
+    #[arg(long, value_name = "YYYY-MM-DD", group = "source")]
+    pub day: Option<String>,
+    /// From the snapshot taken by this rollout run.
+    #[arg(long, value_name = "RUN_ID", group = "source")]
+    pub run: Option<RunId>,
+    /// From the newest snapshot of the tenant.
+    #[arg(long, group = "source")]
+    pub latest: bool,
+    /// Download the archive from the remote first.
+    #[arg(long)]
+    pub remote: bool,
+    /// Restore into this directory instead; touch no container.
+    #[arg(long, value_name = "DIR")]
+    pub to: Option<PathBuf>,
+    /// Show what would be restored and touch nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+/// `verify`.
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// Only this day (YYYY-MM-DD).
+    #[arg(long, value_name = "YYYY-MM-DD")]
+    pub day: Option<String>,
+    /// Also extract into a scratch dir and check every file's hash.
+    #[arg(long)]
+    pub deep: bool,
+    /// Verify the remote copies instead of the local ones.
+    #[arg(long)]
+    pub remote: bool,
+}
+
+/// Jobs whose only option is `--dry-run`.
+#[derive(Debug, Args)]
+pub struct DryRunArgs {
+    /// Show what would be done and touch nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+/// `runs`.
+#[derive(Debug, Args)]
+pub struct RunsArgs {
+    /// Show one run.
+    #[command(subcommand)]
+    pub show: Option<RunsShow>,
+    /// How many runs to list.
+    #[arg(long, default_value_t = 20)]
+    pub limit: usize,
+}
+
+/// `runs show`.
+#[derive(Debug, Subcommand)]
+pub enum RunsShow {
+    /// Every step of one run.
+    Show {
+        /// Run id.
+        run: String,
+    },
+}
+
+impl Command {
+    /// The job name recorded and reported.
+    pub fn job(&self) -> &'static str {
+        match self {
+            Command::Rollout(_) => "rollout",
+            Command::Reconcile(_) => "reconcile",
+            Command::Rollback(_) => "rollback",
+            Command::Snapshot(_) => "snapshot",
+            Command::Restore(_) => "restore",
+            Command::Verify(_) => "verify",
+            Command::Prune(_) => "prune",
+            Command::Sync(_) => "sync",
+            Command::Recover(_) => "recover",
+            Command::Status => "status",
+            Command::Runs(_) => "runs",
+            Command::Config { .. } => "config",
+            Command::Completions { .. } => "completions",
+            Command::Man => "man",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_cli_definition_is_valid() {
+        Cli::command().debug_assert();
+    }
+}

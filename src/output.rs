@@ -1,0 +1,160 @@
+//! The one printer: results to stdout (human `Display` or one `--json` object), diagnostics to
+//! stderr through tracing. Knows `--json` and `--quiet`.
+
+use std::fmt::Display;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde::Serialize;
+use slipway_jobs::config::HostConfig;
+use slipway_jobs::desired::DesiredState;
+use slipway_jobs::error::{Error, ExitKind};
+
+use crate::cli::LogFormat;
+
+/// Set up tracing to stderr; `SLIPWAY_LOG` sets the filter (default `info`).
+pub fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SLIPWAY_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Human => builder.with_target(false).init(),
+    }
+}
+
+/// How a job ended, for the exit code.
+pub struct Outcome {
+    /// Exit class.
+    pub kind: ExitKind,
+    /// Run id, if the job recorded one.
+    pub run_id: Option<String>,
+}
+
+/// Prints reports and errors.
+pub struct Printer {
+    json: bool,
+    quiet: bool,
+}
+
+#[derive(Serialize)]
+struct Envelope<'a, R: Serialize> {
+    ok: bool,
+    job: &'a str,
+    run_id: Option<&'a str>,
+    duration_ms: u64,
+    exit_code: u8,
+    outcome: ExitKind,
+    report: &'a R,
+}
+
+impl Printer {
+    /// A printer for these flags.
+    pub fn new(json: bool, quiet: bool) -> Printer {
+        Printer { json, quiet }
+    }
+
+    /// Print a job's report and return its outcome.
+    pub fn report<R: Serialize + Display>(
+        &self,
+        job: &str,
+        run_id: Option<String>,
+        started: Instant,
+        kind: ExitKind,
+        report: &R,
+    ) -> Outcome {
+        if self.json {
+            let env = Envelope {
+                ok: kind == ExitKind::Success,
+                job,
+                run_id: run_id.as_deref(),
+                duration_ms: started.elapsed().as_millis() as u64,
+                exit_code: kind.code(),
+                outcome: kind,
+                report,
+            };
+            match serde_json::to_string(&env) {
+                Ok(s) => println!("{s}"),
+                Err(e) => eprintln!("error: cannot render the report as JSON: {e}"),
+            }
+        } else if !self.quiet || kind != ExitKind::Success {
+            print!("{report}");
+        }
+        Outcome { kind, run_id }
+    }
+
+    /// Print an error that ended a job before it produced a report.
+    pub fn error(&self, job: &str, e: &Error, started: Instant) {
+        let kind = e.exit_kind();
+        if self.json {
+            let v = serde_json::json!({
+                "ok": false,
+                "job": job,
+                "run_id": null,
+                "duration_ms": started.elapsed().as_millis() as u64,
+                "exit_code": kind.code(),
+                "outcome": kind,
+                "error": e.to_string(),
+            });
+            println!("{v}");
+        }
+        eprintln!("error: {e}");
+    }
+}
+
+/// The report of `config check`.
+#[derive(Serialize)]
+pub struct ConfigCheck {
+    config: PathBuf,
+    desired_repo: String,
+    commit: String,
+    apps: Vec<AppLine>,
+}
+
+#[derive(Serialize)]
+struct AppLine {
+    name: String,
+    image: String,
+    canary: Option<String>,
+    hold: Vec<String>,
+}
+
+impl ConfigCheck {
+    /// Summarise a valid config and fleet.
+    pub fn new(path: &Path, cfg: &HostConfig, state: &DesiredState) -> ConfigCheck {
+        ConfigCheck {
+            config: path.to_path_buf(),
+            desired_repo: cfg.desired.repo.clone(),
+            commit: state.commit.clone(),
+            apps: state
+                .fleet
+                .apps
+                .iter()
+                .map(|a| AppLine {
+                    name: a.name.clone(),
+                    image: a.image.to_string(),
+                    canary: a.canary.as_ref().map(|c| c.to_string()),
+                    hold: a.hold.iter().map(|h| h.to_string()).collect(),
+                })
+                .collect(),
+        }
+    }
+}
+
+impl Display for ConfigCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "{}: ok", self.config.display())?;
+        writeln!(
+            f,
+            "desired state {} at commit {}: ok",
+            self.desired_repo,
+            &self.commit[..12.min(self.commit.len())]
+        )?;
+        for a in &self.apps {
+            writeln!(f, "  app {} -> {}", a.name, a.image)?;
+        }
+        Ok(())
+    }
+}
