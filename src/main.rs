@@ -12,7 +12,7 @@ use clap::{CommandFactory, Parser};
 use slipway_jobs::config::HostConfig;
 use slipway_jobs::context::{Cancel, Ctx};
 use slipway_jobs::error::{Error, ExitKind};
-use slipway_jobs::{reconcile, recover, rollback, rollout, runs};
+use slipway_jobs::{reconcile, recover, restore, rollback, rollout, runs, snapshot, verify};
 
 use crate::cli::{Cli, Command, ConfigAction, RunsShow};
 use crate::output::{Outcome, Printer};

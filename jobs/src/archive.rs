@@ -29,3 +29,22 @@ pub fn restore_swap(_a: &Path, _s: &str, _t: &Path) -> Result<u64, ArchiveError>
 pub fn sha256_file(_p: &Path) -> Result<(String, u64), ArchiveError> {
     Err(ArchiveError)
 }
+#[derive(Debug, Clone, Default)]
+pub struct FileList {
+    pub entries: Vec<()>,
+}
+pub fn read_file_list(_p: &Path) -> Result<FileList, ArchiveError> {
+    Err(ArchiveError)
+}
+pub fn tree_unchanged(_s: &Path, _l: &FileList) -> Result<bool, ArchiveError> {
+    Err(ArchiveError)
+}
+pub fn reuse(_p: &Path, _d: &Path) -> Result<(), ArchiveError> {
+    Err(ArchiveError)
+}
+pub fn extract_into(_a: &Path, _s: &str, _d: &Path) -> Result<u64, ArchiveError> {
+    Err(ArchiveError)
+}
+pub fn deep_verify(_a: &Path, _s: &str, _l: &FileList) -> Result<(), ArchiveError> {
+    Err(ArchiveError)
+}

@@ -1,1 +1,304 @@
-//! TODO: restore
+//! `restore`: bring one tenant's data back from a daily or rollout snapshot. The archive's
+//! sha256 is checked against its manifest before anything is touched; then the tenant's
+//! container is stopped, the data dir swapped for the extracted snapshot (extracted beside it
+//! first, so a failed restore leaves the old data in place), the container started and
+//! health-checked. `--to DIR` extracts into a directory and touches no container.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::archive;
+use crate::context::{crash_point, Ctx};
+use crate::desired;
+use crate::docker::Engine;
+use crate::error::{Error, ExitKind, Result};
+use crate::health::Prober;
+use crate::manifest::{ArchiveEntry, Manifest};
+use crate::recover::HeldContainer;
+use crate::types::{RunId, TenantId};
+
+/// Which snapshot to restore from.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// `daily/<day>/`.
+    Day(String),
+    /// `rollout/<run_id>/`.
+    Run(RunId),
+    /// The newest snapshot holding the tenant.
+    Latest,
+}
+
+/// Options of `restore`.
+#[derive(Debug, Clone)]
+pub struct RestoreOptions {
+    /// The tenant.
+    pub tenant: TenantId,
+    /// Which snapshot.
+    pub source: Source,
+    /// Fetch the archive from the remote first.
+    pub remote: bool,
+    /// Extract into this dir instead of the tenant's data dir; touch no container.
+    pub to: Option<PathBuf>,
+    /// Say what would be restored; touch nothing.
+    pub dry_run: bool,
+}
+
+/// The result of `slipway restore`.
+#[derive(Debug, Clone, Serialize)]
+pub struct RestoreReport {
+    /// The tenant.
+    pub tenant: String,
+    /// The archive restored from.
+    pub archive: PathBuf,
+    /// Its verified sha256.
+    pub sha256: String,
+    /// Where the data went.
+    pub target: PathBuf,
+    /// The container stopped and started, if any.
+    pub container: Option<String>,
+    /// Entries restored.
+    pub entries: u64,
+    /// Whether this was a dry run.
+    pub dry_run: bool,
+    /// How it ended.
+    pub outcome: ExitKind,
+    /// What happened.
+    pub detail: String,
+}
+
+/// A located snapshot archive of a tenant.
+#[derive(Debug, Clone)]
+pub struct Located {
+    /// The snapshot directory (`daily/<day>` or `rollout/<run>`).
+    pub dir: PathBuf,
+    /// Its manifest entry for the tenant.
+    pub entry: ArchiveEntry,
+}
+
+/// Find the tenant's archive in the local backup root.
+pub fn locate(backup_root: &Path, tenant: &TenantId, source: &Source) -> Result<Located> {
+    let find = |dir: PathBuf| -> Result<Option<(String, Located)>> {
+        let Some(m) = Manifest::read(&dir)? else {
+            return Ok(None);
+        };
+        Ok(m.tenant(tenant.as_str()).map(|e| {
+            (
+                m.created.clone(),
+                Located {
+                    dir: dir.clone(),
+                    entry: e.clone(),
+                },
+            )
+        }))
+    };
+    let missing = |what: String| {
+        Error::Usage(format!(
+            "no complete snapshot of tenant {tenant} {what}; see `slipway status`"
+        ))
+    };
+    match source {
+        Source::Day(d) => {
+            jiff::civil::Date::strptime("%Y-%m-%d", d).map_err(|_| {
+                Error::Usage(format!("--day \"{d}\" is not a date; use YYYY-MM-DD"))
+            })?;
+            find(backup_root.join("daily").join(d))?
+                .map(|x| x.1)
+                .ok_or_else(|| missing(format!("on {d}")))
+        }
+        Source::Run(r) => find(backup_root.join("rollout").join(r.as_str()))?
+            .map(|x| x.1)
+            .ok_or_else(|| missing(format!("from run {r}"))),
+        Source::Latest => {
+            let mut best: Option<(String, Located)> = None;
+            for kind in ["daily", "rollout"] {
+                let Ok(rd) = std::fs::read_dir(backup_root.join(kind)) else {
+                    continue;
+                };
+                for e in rd.flatten() {
+                    if let Some((created, loc)) = find(e.path())? {
+                        if best.as_ref().is_none_or(|(c, _)| created > *c) {
+                            best = Some((created, loc));
+                        }
+                    }
+                }
+            }
+            best.map(|x| x.1).ok_or_else(|| missing("anywhere".into()))
+        }
+    }
+}
+
+/// Run `restore`.
+pub async fn restore(ctx: &Ctx, opts: &RestoreOptions) -> Result<RestoreReport> {
+    let loc = if opts.remote {
+        crate::sync::fetch_for_restore(&ctx.cfg, &opts.tenant, &opts.source).await?
+    } else {
+        locate(&ctx.cfg.backup_root, &opts.tenant, &opts.source)?
+    };
+    let archive_path = loc.dir.join(&loc.entry.path);
+    // Verify before touching anything.
+    let (a, want) = (archive_path.clone(), loc.entry.sha256.clone());
+    let (got, _) = tokio::task::spawn_blocking(move || archive::sha256_file(&a))
+        .await
+        .map_err(|e| Error::Other(format!("hash task failed: {e}")))??;
+    if got != want {
+        return Err(Error::Archive(format!(
+            "{}: sha256 is {got}, the manifest says {want}; the archive is damaged, nothing was touched \
+             (try another --day or `restore --remote`)",
+            archive_path.display()
+        )));
+    }
+    let mut report = RestoreReport {
+        tenant: opts.tenant.to_string(),
+        archive: archive_path.clone(),
+        sha256: got.clone(),
+        target: PathBuf::new(),
+        container: None,
+        entries: 0,
+        dry_run: opts.dry_run,
+        outcome: ExitKind::Success,
+        detail: String::new(),
+    };
+    if let Some(to) = &opts.to {
+        report.target = to.clone();
+        if opts.dry_run {
+            report.detail = format!("would extract into {}", to.display());
+            return Ok(report);
+        }
+        if to.exists()
+            && std::fs::read_dir(to)
+                .map_err(|e| Error::io(to, e))?
+                .next()
+                .is_some()
+        {
+            return Err(Error::Usage(format!(
+                "--to {}: the directory is not empty; give a new or empty one",
+                to.display()
+            )));
+        }
+        crate::fsutil::create_private_dir(to).map_err(|e| Error::io(to, e))?;
+        let (a, h, d) = (archive_path, got, to.clone());
+        report.entries = tokio::task::spawn_blocking(move || archive::extract_into(&a, &h, &d))
+            .await
+            .map_err(|e| Error::Other(format!("extract task failed: {e}")))??;
+        report.detail = format!("extracted {} entries into {}", report.entries, to.display());
+        return Ok(report);
+    }
+
+    // Into the tenant's data dir, with its container stopped.
+    let state = desired::read(&ctx.cfg.desired, &ctx.cfg.state_dir, None)?;
+    let engine = Engine::connect(&ctx.cfg.docker).await?;
+    let mut found = None;
+    for app in &state.fleet.apps {
+        if let Some(c) = engine
+            .tenants(app)
+            .await?
+            .into_iter()
+            .find(|c| c.tenant == opts.tenant)
+        {
+            found = Some((app.clone(), c));
+            break;
+        }
+    }
+    let Some((app, container)) = found else {
+        return Err(Error::Usage(format!(
+            "tenant {} has no container in any app of fleet.toml; use --to DIR to extract its data elsewhere",
+            opts.tenant
+        )));
+    };
+    let data_dir = app.data_dir_of(&opts.tenant);
+    report.target = data_dir.clone();
+    report.container = Some(container.name.clone());
+    if opts.dry_run {
+        report.detail = format!(
+            "would stop {}, restore {} into {}, start it",
+            container.name,
+            archive_path.display(),
+            data_dir.display()
+        );
+        return Ok(report);
+    }
+    ctx.start_run("restore", Some(&app.name), Some(&state.commit), None)?;
+    let held = HeldContainer {
+        container: container.name.clone(),
+        hold: "stop".into(),
+    };
+    let s = ctx.begin(Some(opts.tenant.as_str()), "stop", &held)?;
+    engine.stop(&container.name, app.stop_timeout_s).await?;
+    ctx.end(s, "ok", None::<&()>)?;
+    crash_point("restore-before-swap");
+    let s = ctx.begin(Some(opts.tenant.as_str()), "restore", &held)?;
+    let (a, h, d) = (archive_path.clone(), got.clone(), data_dir.clone());
+    let restored = tokio::task::spawn_blocking(move || archive::restore_swap(&a, &h, &d))
+        .await
+        .map_err(|e| Error::Other(format!("restore task failed: {e}")))?;
+    ctx.end(
+        s,
+        if restored.is_ok() { "ok" } else { "failed" },
+        None::<&()>,
+    )?;
+    let s = ctx.begin(Some(opts.tenant.as_str()), "start", &held)?;
+    let started = engine.start(&container.name).await;
+    ctx.end(
+        s,
+        if started.is_ok() { "ok" } else { "failed" },
+        None::<&()>,
+    )?;
+    let health = match &started {
+        Ok(()) => Prober::new()?
+            .gate(&engine, &container.name, &app.health, None)
+            .await?
+            .map_err(|u| u.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    match (&restored, &health) {
+        (Ok(n), Ok(_)) => {
+            report.entries = *n;
+            report.detail = format!(
+                "restored {n} entries into {}; {} is running and healthy",
+                data_dir.display(),
+                container.name
+            );
+        }
+        (Err(e), Ok(_)) => {
+            report.outcome = ExitKind::Failure;
+            report.detail = format!(
+                "restore failed, the old data is still in place and {} runs on it: {e}",
+                container.name
+            );
+        }
+        (_, Err(e)) => {
+            report.outcome = ExitKind::PersonNeeded;
+            report.detail = format!(
+                "{} is not healthy after the restore: {e}; a person is needed",
+                container.name
+            );
+        }
+    }
+    let word = match report.outcome {
+        ExitKind::Success => "success",
+        ExitKind::PersonNeeded => "person_needed",
+        _ => "failed",
+    };
+    ctx.store.finish_run(
+        ctx.run_id.as_str(),
+        word,
+        report.outcome.code() as i64,
+        &report.detail,
+    )?;
+    Ok(report)
+}
+
+impl fmt::Display for RestoreReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "restore tenant {} from {} (sha256 {} verified)",
+            self.tenant,
+            self.archive.display(),
+            &self.sha256[..12.min(self.sha256.len())]
+        )?;
+        writeln!(f, "  {}", self.detail)
+    }
+}

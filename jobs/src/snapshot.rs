@@ -1,1 +1,563 @@
-//! TODO: snapshot
+//! `snapshot`: the daily archive of every tenant's data dir, one tenant at a time, into
+//! `daily/<YYYY-MM-DD>/tenants/<tenant>.tar.zst`, and of the control-plane dirs into
+//! `daily/<YYYY-MM-DD>/control-plane.tar.zst`.
+//!
+//! Invariants: a tenant is quiesced (paused by default) only while its tree is read, and is
+//! unpaused right after — also on error, and by `recover` if the process dies (the hold is
+//! journaled before it starts). Every SQLite database in a control-plane dir is copied through
+//! SQLite's online backup API and passes `PRAGMA integrity_check` before it is archived. The
+//! day's `MANIFEST.json` lists exactly the archives that are complete; it is rewritten
+//! atomically after each one. A tenant whose tree is unchanged since its previous snapshot
+//! reuses that archive (hard link). One failing tenant does not stop the others.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::archive;
+use crate::config::{App, Quiesce};
+use crate::context::{crash_point, Ctx};
+use crate::desired;
+use crate::docker::Engine;
+use crate::error::{Error, ExitKind, Result};
+use crate::fsutil::create_private_dir;
+use crate::manifest::{ArchiveEntry, Manifest, SnapshotKind, MANIFEST};
+use crate::recover::HeldContainer;
+use crate::types::TenantId;
+
+/// Options of `snapshot`.
+#[derive(Debug, Clone, Default)]
+pub struct SnapshotOptions {
+    /// Only these tenants (default: all).
+    pub tenants: Vec<TenantId>,
+    /// Also archive the control-plane dirs.
+    pub control_plane: bool,
+    /// Redo archives already complete today.
+    pub force: bool,
+    /// Show the plan, touch nothing.
+    pub dry_run: bool,
+}
+
+/// What happened to one archive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ArchiveOutcome {
+    /// Compressed now.
+    Archived,
+    /// The tree was unchanged: the previous archive was linked.
+    Reused,
+    /// Already complete today.
+    AlreadyDone,
+    /// Would be archived (dry run).
+    Planned,
+    /// Failed; see detail.
+    Failed,
+}
+
+/// One archive of the run.
+#[derive(Debug, Clone, Serialize)]
+pub struct ArchiveReport {
+    /// Tenant, or none for the control plane.
+    pub tenant: Option<String>,
+    /// Archive path.
+    pub path: PathBuf,
+    /// Outcome.
+    pub outcome: ArchiveOutcome,
+    /// Archive size.
+    pub size: u64,
+    /// Bytes of file content read.
+    pub bytes_in: u64,
+    /// Time spent.
+    pub duration_ms: u64,
+    /// Error, if failed.
+    pub detail: Option<String>,
+}
+
+/// The result of `slipway snapshot`.
+#[derive(Debug, Clone, Serialize)]
+pub struct SnapshotReport {
+    /// The day.
+    pub day: String,
+    /// The day's directory.
+    pub dir: PathBuf,
+    /// Whether this was a dry run.
+    pub dry_run: bool,
+    /// Per archive.
+    pub archives: Vec<ArchiveReport>,
+}
+
+impl SnapshotReport {
+    /// Failure when any archive failed.
+    pub fn exit_kind(&self) -> ExitKind {
+        if self
+            .archives
+            .iter()
+            .any(|a| a.outcome == ArchiveOutcome::Failed)
+        {
+            ExitKind::Failure
+        } else {
+            ExitKind::Success
+        }
+    }
+    /// Bytes written by this run.
+    pub fn archived_bytes(&self) -> u64 {
+        self.archives
+            .iter()
+            .filter(|a| a.outcome == ArchiveOutcome::Archived)
+            .map(|a| a.size)
+            .sum()
+    }
+}
+
+/// Today's day name (UTC).
+pub fn today() -> String {
+    jiff::Timestamp::now().strftime("%Y-%m-%d").to_string()
+}
+
+/// Run `snapshot`.
+pub async fn snapshot(ctx: &Ctx, opts: &SnapshotOptions) -> Result<SnapshotReport> {
+    let state = desired::read(&ctx.cfg.desired, &ctx.cfg.state_dir, None)?;
+    let engine = Engine::connect(&ctx.cfg.docker).await?;
+    // Every tenant of every app, checked against --tenant before anything is touched.
+    let mut work: Vec<(&App, TenantId, String)> = Vec::new();
+    for app in &state.fleet.apps {
+        for c in engine.tenants(app).await? {
+            work.push((app, c.tenant, c.name));
+        }
+    }
+    for t in &opts.tenants {
+        if !work.iter().any(|(_, w, _)| w == t) {
+            return Err(Error::Usage(format!(
+                "no tenant \"{t}\" in any app of fleet.toml; see `slipway status`"
+            )));
+        }
+    }
+    if !opts.tenants.is_empty() {
+        work.retain(|(_, t, _)| opts.tenants.contains(t));
+    }
+    let day = today();
+    let root = ctx.cfg.backup_root.join("daily");
+    let dir = root.join(&day);
+    let mut manifest =
+        Manifest::read(&dir)?.unwrap_or_else(|| Manifest::new(SnapshotKind::Daily, &day));
+    let previous = previous_manifests(&root, &day)?;
+    let mut archives = Vec::new();
+    if !opts.dry_run {
+        ctx.start_run("snapshot", None, Some(&state.commit), None)?;
+        create_private_dir(&dir.join("tenants")).map_err(|e| Error::io(&dir, e))?;
+    }
+    for (app, tenant, container) in &work {
+        let rel = format!("tenants/{tenant}.tar.zst");
+        let dest = dir.join(&rel);
+        let mut rep = ArchiveReport {
+            tenant: Some(tenant.to_string()),
+            path: dest.clone(),
+            outcome: ArchiveOutcome::Planned,
+            size: 0,
+            bytes_in: 0,
+            duration_ms: 0,
+            detail: None,
+        };
+        if !opts.force && manifest.archives.iter().any(|a| a.path == rel) && dest.exists() {
+            rep.outcome = ArchiveOutcome::AlreadyDone;
+            archives.push(rep);
+            continue;
+        }
+        if opts.dry_run {
+            archives.push(rep);
+            continue;
+        }
+        let t = Instant::now();
+        let prev = previous
+            .iter()
+            .find_map(|(d, m)| m.tenant(tenant.as_str()).map(|e| (d.clone(), e.clone())));
+        match snapshot_tenant(ctx, &engine, app, tenant, container, &dest, prev).await {
+            Ok((entry_summary, reused, bytes_in)) => {
+                rep.outcome = if reused {
+                    ArchiveOutcome::Reused
+                } else {
+                    ArchiveOutcome::Archived
+                };
+                rep.size = entry_summary.size;
+                rep.bytes_in = bytes_in;
+                manifest.upsert(ArchiveEntry {
+                    path: rel.clone(),
+                    tenant: Some(tenant.to_string()),
+                    ..entry_summary
+                });
+                manifest.write(&dir)?;
+                record(
+                    ctx,
+                    &day,
+                    Some(tenant.as_str()),
+                    &format!("daily/{day}/{rel}"),
+                    manifest.archives.iter().find(|a| a.path == rel),
+                )?;
+            }
+            Err(e) => {
+                rep.outcome = ArchiveOutcome::Failed;
+                rep.detail = Some(e.to_string());
+            }
+        }
+        rep.duration_ms = t.elapsed().as_millis() as u64;
+        archives.push(rep);
+    }
+    if opts.control_plane && !ctx.cfg.control_plane.is_empty() {
+        let rel = "control-plane.tar.zst".to_string();
+        let dest = dir.join(&rel);
+        let mut rep = ArchiveReport {
+            tenant: None,
+            path: dest.clone(),
+            outcome: ArchiveOutcome::Planned,
+            size: 0,
+            bytes_in: 0,
+            duration_ms: 0,
+            detail: None,
+        };
+        if !opts.force && manifest.archives.iter().any(|a| a.path == rel) && dest.exists() {
+            rep.outcome = ArchiveOutcome::AlreadyDone;
+        } else if !opts.dry_run {
+            let t = Instant::now();
+            let (dirs, d2, dest2) = (ctx.cfg.control_plane.clone(), dir.clone(), dest.clone());
+            let r = tokio::task::spawn_blocking(move || snapshot_control_plane(&dirs, &d2, &dest2))
+                .await
+                .map_err(|e| Error::Other(format!("control-plane task failed: {e}")))?;
+            match r {
+                Ok(s) => {
+                    rep.outcome = ArchiveOutcome::Archived;
+                    rep.size = s.size;
+                    rep.bytes_in = s.bytes_in;
+                    manifest.upsert(entry_of(&rel, None, &dest, &s));
+                    manifest.write(&dir)?;
+                    record(
+                        ctx,
+                        &day,
+                        None,
+                        &format!("daily/{day}/{rel}"),
+                        manifest.archives.iter().find(|a| a.path == rel),
+                    )?;
+                }
+                Err(e) => {
+                    rep.outcome = ArchiveOutcome::Failed;
+                    rep.detail = Some(e.to_string());
+                }
+            }
+            rep.duration_ms = t.elapsed().as_millis() as u64;
+        }
+        archives.push(rep);
+    }
+    let report = SnapshotReport {
+        day,
+        dir,
+        dry_run: opts.dry_run,
+        archives,
+    };
+    if !opts.dry_run {
+        let failed: Vec<String> = report
+            .archives
+            .iter()
+            .filter(|a| a.outcome == ArchiveOutcome::Failed)
+            .map(|a| a.tenant.clone().unwrap_or_else(|| "control-plane".into()))
+            .collect();
+        let summary = if failed.is_empty() {
+            format!(
+                "{} archive(s) complete for {}",
+                report.archives.len(),
+                report.day
+            )
+        } else {
+            format!("FAILED: {}", failed.join(", "))
+        };
+        let kind = report.exit_kind();
+        let word = if kind == ExitKind::Success {
+            "success"
+        } else {
+            "failed"
+        };
+        ctx.store
+            .finish_run(ctx.run_id.as_str(), word, kind.code() as i64, &summary)?;
+    }
+    Ok(report)
+}
+
+fn entry_of(
+    rel: &str,
+    tenant: Option<&str>,
+    dest: &Path,
+    s: &archive::ArchiveSummary,
+) -> ArchiveEntry {
+    let list = archive::file_list_path(dest);
+    let list_rel = Path::new(rel).with_file_name(list.file_name().unwrap_or_default());
+    ArchiveEntry {
+        path: rel.to_string(),
+        tenant: tenant.map(str::to_string),
+        sha256: s.sha256.clone(),
+        size: s.size,
+        files: s.files,
+        file_list: list_rel.to_string_lossy().into_owned(),
+        file_list_sha256: s.file_list_sha256.clone(),
+    }
+}
+
+fn record(
+    ctx: &Ctx,
+    day: &str,
+    tenant: Option<&str>,
+    path: &str,
+    e: Option<&ArchiveEntry>,
+) -> Result<()> {
+    let Some(e) = e else { return Ok(()) };
+    ctx.store.record_snapshot(&slipway_state::SnapshotRow {
+        path: path.to_string(),
+        kind: if tenant.is_some() {
+            "daily".into()
+        } else {
+            "control-plane".into()
+        },
+        snap: day.to_string(),
+        tenant: tenant.map(str::to_string),
+        run_id: Some(ctx.run_id.to_string()),
+        sha256: e.sha256.clone(),
+        size: e.size as i64,
+        files: e.files as i64,
+        created_at: slipway_state::now(),
+        remote_verified_at: None,
+    })?;
+    Ok(())
+}
+
+/// Complete daily snapshots before `day`, newest first.
+fn previous_manifests(root: &Path, day: &str) -> Result<Vec<(PathBuf, Manifest)>> {
+    let mut days: Vec<String> = match std::fs::read_dir(root) {
+        Ok(rd) => rd
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|d| d.as_str() < day)
+            .collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(Error::io(root, e)),
+    };
+    days.sort_unstable_by(|a, b| b.cmp(a));
+    let mut out = Vec::new();
+    for d in days.into_iter().take(7) {
+        let dir = root.join(&d);
+        if dir.join(MANIFEST).exists() {
+            if let Some(m) = Manifest::read(&dir)? {
+                out.push((dir, m));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Archive one tenant under its app's quiesce mode; returns (entry, reused, bytes read).
+async fn snapshot_tenant(
+    ctx: &Ctx,
+    engine: &Engine,
+    app: &App,
+    tenant: &TenantId,
+    container: &str,
+    dest: &Path,
+    prev: Option<(PathBuf, ArchiveEntry)>,
+) -> Result<(ArchiveEntry, bool, u64)> {
+    let data_dir = app.data_dir_of(tenant);
+    if !data_dir.is_dir() {
+        return Err(Error::Usage(format!(
+            "tenant {tenant}: data dir {} does not exist",
+            data_dir.display()
+        )));
+    }
+    let running = engine
+        .state(container)
+        .await
+        .map(|s| s.running)
+        .unwrap_or(false);
+    let hold = match app.quiesce {
+        Quiesce::Pause if running => Some("pause"),
+        Quiesce::Stop if running => Some("stop"),
+        _ => None,
+    };
+    let held = HeldContainer {
+        container: container.to_string(),
+        hold: hold.unwrap_or("none").to_string(),
+    };
+    let step = ctx.begin(Some(tenant.as_str()), "archive", &held)?;
+    match hold {
+        Some("pause") => engine.pause(container).await?,
+        Some("stop") => engine.stop(container, app.stop_timeout_s).await?,
+        _ => {}
+    }
+    crash_point("snapshot-quiesced");
+    let (src, d) = (data_dir.clone(), dest.to_path_buf());
+    let work = tokio::task::spawn_blocking(move || -> Result<(archive::ArchiveSummary, bool)> {
+        if let Some((prev_dir, e)) = &prev {
+            let list_path = prev_dir.join(&e.file_list);
+            if let Ok(list) = archive::read_file_list(&list_path) {
+                if archive::tree_unchanged(&src, &list)? {
+                    archive::reuse(&prev_dir.join(&e.path), &d)?;
+                    let s = archive::ArchiveSummary {
+                        sha256: e.sha256.clone(),
+                        size: e.size,
+                        files: e.files,
+                        bytes_in: 0,
+                        file_list_sha256: e.file_list_sha256.clone(),
+                    };
+                    return Ok((s, true));
+                }
+            }
+        }
+        Ok((archive::create(&src, &d)?, false))
+    })
+    .await
+    .map_err(|e| Error::Other(format!("archive task failed: {e}")));
+    // Unquiesce right away, whatever happened.
+    let resumed = match hold {
+        Some("pause") => engine.unpause(container).await,
+        Some("stop") => engine.start(container).await,
+        _ => Ok(()),
+    };
+    let result = work.and_then(|r| r);
+    ctx.end(
+        step,
+        if result.is_ok() && resumed.is_ok() {
+            "ok"
+        } else {
+            "failed"
+        },
+        None::<&()>,
+    )?;
+    resumed?;
+    let (s, reused) = result?;
+    let rel = format!("tenants/{tenant}.tar.zst");
+    Ok((
+        entry_of(&rel, Some(tenant.as_str()), dest, &s),
+        reused,
+        s.bytes_in,
+    ))
+}
+
+/// Stage the control-plane dirs (SQLite databases through the online backup API, checked with
+/// `PRAGMA integrity_check`; other files copied) and archive the staging dir.
+fn snapshot_control_plane(
+    dirs: &[PathBuf],
+    day_dir: &Path,
+    dest: &Path,
+) -> Result<archive::ArchiveSummary> {
+    let staging = tempfile::Builder::new()
+        .prefix(".control-plane-staging-")
+        .tempdir_in(day_dir)
+        .map_err(|e| Error::io(day_dir, e))?;
+    for d in dirs {
+        let name = d
+            .to_string_lossy()
+            .trim_start_matches('/')
+            .replace('/', "_");
+        stage_dir(d, &staging.path().join(name))?;
+    }
+    Ok(archive::create(staging.path(), dest)?)
+}
+
+fn is_sqlite(p: &Path) -> bool {
+    use std::io::Read;
+    let mut head = [0u8; 16];
+    std::fs::File::open(p)
+        .and_then(|mut f| f.read_exact(&mut head))
+        .is_ok()
+        && &head == b"SQLite format 3\0"
+}
+
+fn stage_dir(src: &Path, dst: &Path) -> Result<()> {
+    create_private_dir(dst).map_err(|e| Error::io(dst, e))?;
+    let rd = std::fs::read_dir(src).map_err(|e| Error::io(src, e))?;
+    for entry in rd {
+        let entry = entry.map_err(|e| Error::io(src, e))?;
+        let p = entry.path();
+        let to = dst.join(entry.file_name());
+        let ft = entry.file_type().map_err(|e| Error::io(&p, e))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if ft.is_dir() {
+            stage_dir(&p, &to)?;
+        } else if ft.is_symlink() {
+            let target = std::fs::read_link(&p).map_err(|e| Error::io(&p, e))?;
+            std::os::unix::fs::symlink(target, &to).map_err(|e| Error::io(&to, e))?;
+        } else if name.ends_with("-wal") || name.ends_with("-shm") || name.ends_with("-journal") {
+            // Part of a live SQLite database: its committed content is in the backup copy.
+            continue;
+        } else if ft.is_file() && is_sqlite(&p) {
+            backup_sqlite(&p, &to)?;
+        } else if ft.is_file() {
+            std::fs::copy(&p, &to).map_err(|e| Error::io(&p, e))?;
+        }
+    }
+    Ok(())
+}
+
+/// Copy a live SQLite database consistently with the online backup API, then check it.
+fn backup_sqlite(src: &Path, dst: &Path) -> Result<()> {
+    let e = |what: &str, err: rusqlite::Error| {
+        Error::Archive(format!("{}: {what}: {err}", src.display()))
+    };
+    let from =
+        rusqlite::Connection::open_with_flags(src, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .map_err(|x| e("cannot open", x))?;
+    from.busy_timeout(Duration::from_secs(30))
+        .map_err(|x| e("busy timeout", x))?;
+    let mut to = rusqlite::Connection::open(dst).map_err(|x| e("cannot create the copy", x))?;
+    {
+        let backup = rusqlite::backup::Backup::new(&from, &mut to).map_err(|x| e("backup", x))?;
+        // All pages in one step: one read transaction, so the copy is one consistent state.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            match backup.step(-1).map_err(|x| e("backup step", x))? {
+                rusqlite::backup::StepResult::Done => break,
+                _ if Instant::now() > deadline => {
+                    return Err(Error::Archive(format!(
+                        "{}: database stayed locked for 60 s",
+                        src.display()
+                    )))
+                }
+                _ => std::thread::sleep(Duration::from_millis(50)),
+            }
+        }
+    }
+    let check: String = to
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .map_err(|x| e("integrity_check", x))?;
+    if check != "ok" {
+        return Err(Error::Archive(format!(
+            "{}: the backup copy failed integrity_check: {check}",
+            src.display()
+        )));
+    }
+    // The copy is archived as one file, not a WAL pair.
+    to.pragma_update(None, "journal_mode", "DELETE")
+        .map_err(|x| e("journal mode", x))?;
+    Ok(())
+}
+
+impl fmt::Display for SnapshotReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "snapshot {} -> {}{}",
+            self.day,
+            self.dir.display(),
+            if self.dry_run { " (dry run)" } else { "" }
+        )?;
+        for a in &self.archives {
+            let who = a.tenant.as_deref().unwrap_or("control-plane");
+            let what = match a.outcome {
+                ArchiveOutcome::Archived => {
+                    format!("archived {} bytes in {} ms", a.size, a.duration_ms)
+                }
+                ArchiveOutcome::Reused => "unchanged, previous archive reused".into(),
+                ArchiveOutcome::AlreadyDone => "already complete today".into(),
+                ArchiveOutcome::Planned => "would archive".into(),
+                ArchiveOutcome::Failed => format!("FAILED: {}", a.detail.as_deref().unwrap_or("")),
+            };
+            writeln!(f, "  {who:<24} {what}")?;
+        }
+        Ok(())
+    }
+}
