@@ -10,12 +10,7 @@ use slipway_jobs::types::{RunId, TenantId};
 /// Every command is a one-shot job (cron, systemd timer, git hook or by hand): it reads the
 /// desired state from git, looks at what runs, does its work and records it in SQLite.
 #[derive(Debug, Parser)]
-#[command(
-    name = "slipway",
-    version,
-    propagate_version = true,
-    max_term_width = 100
-)]
+#[command(name = "slipway", version, propagate_version = true, max_term_width = 100)]
 pub struct Cli {
     /// Host config file [default: $SLIPWAY_CONFIG, else /etc/slipway/config.toml]
     #[arg(long, global = true, value_name = "PATH")]

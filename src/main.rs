@@ -23,12 +23,7 @@ fn main() -> ExitCode {
     let printer = Printer::new(cli.json, cli.quiet);
     match &cli.command {
         Command::Completions { shell } => {
-            clap_complete::generate(
-                *shell,
-                &mut Cli::command(),
-                "slipway",
-                &mut std::io::stdout(),
-            );
+            clap_complete::generate(*shell, &mut Cli::command(), "slipway", &mut std::io::stdout());
             return ExitCode::SUCCESS;
         }
         Command::Man => {
@@ -42,10 +37,7 @@ fn main() -> ExitCode {
         }
         _ => {}
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -75,9 +67,7 @@ fn watch_signals(cancel: Cancel) {
         if let Ok(mut s) = signal(kind) {
             tokio::spawn(async move {
                 while s.recv().await.is_some() {
-                    tracing::warn!(
-                        "signal received: finishing or undoing the current step, then stopping"
-                    );
+                    tracing::warn!("signal received: finishing or undoing the current step, then stopping");
                     cancel.cancel();
                 }
             });
@@ -89,10 +79,7 @@ async fn run(cli: &Cli, printer: &Printer, started: Instant) -> Result<Outcome, 
     let path = HostConfig::locate(cli.config.as_deref());
     let cfg = HostConfig::load(&path)?;
     let job = cli.command.job();
-    if let Command::Config {
-        action: ConfigAction::Check,
-    } = &cli.command
-    {
+    if let Command::Config { action: ConfigAction::Check } = &cli.command {
         let state = slipway_jobs::desired::read(&cfg.desired, &cfg.state_dir, None)?;
         let report = output::ConfigCheck::new(&path, &cfg, &state);
         return Ok(printer.report(job, None, started, ExitKind::Success, &report));
@@ -123,29 +110,17 @@ async fn run(cli: &Cli, printer: &Printer, started: Instant) -> Result<Outcome, 
     }
 
     // Jobs that change containers first finish or undo what a killed run left behind.
-    let changes_containers = matches!(
-        cli.command,
-        Command::Rollout(_) | Command::Reconcile(_) | Command::Rollback(_) | Command::Restore(_)
-    );
+    let changes_containers =
+        matches!(cli.command, Command::Rollout(_) | Command::Reconcile(_) | Command::Rollback(_) | Command::Restore(_));
     let dry = matches!(&cli.command, Command::Rollout(a) if a.dry_run)
         || matches!(&cli.command, Command::Reconcile(a) if a.dry_run)
         || matches!(&cli.command, Command::Rollback(a) if a.dry_run);
     if changes_containers && !dry {
         let r = recover::recover(&ctx, &recover::RecoverOptions { dry_run: false }).await?;
         if !r.runs.is_empty() {
-            tracing::warn!(
-                "recovered {} unfinished run(s) before {job}: {}",
-                r.runs.len(),
-                r.to_string().trim_end()
-            );
+            tracing::warn!("recovered {} unfinished run(s) before {job}: {}", r.runs.len(), r.to_string().trim_end());
             if r.exit_kind() != ExitKind::Success {
-                return Ok(printer.report(
-                    "recover",
-                    Some(ctx.run_id.to_string()),
-                    started,
-                    r.exit_kind(),
-                    &r,
-                ));
+                return Ok(printer.report("recover", Some(ctx.run_id.to_string()), started, r.exit_kind(), &r));
             }
         }
     }
@@ -160,47 +135,58 @@ async fn run(cli: &Cli, printer: &Printer, started: Instant) -> Result<Outcome, 
                 keep_old: a.keep_old,
             };
             let r = rollout::rollout(&mut ctx, &opts).await?;
-            let id = r
-                .apps
-                .iter()
-                .rev()
-                .find_map(|a| a.run_id.as_ref())
-                .map(|r| r.to_string());
+            let id = r.apps.iter().rev().find_map(|a| a.run_id.as_ref()).map(|r| r.to_string());
             printer.report(job, id, started, r.exit_kind(), &r)
         }
         Command::Reconcile(a) => {
-            let opts = reconcile::ReconcileOptions {
-                retry: a.retry,
-                git_ref: a.git_ref.clone(),
-                dry_run: a.dry_run,
-            };
+            let opts = reconcile::ReconcileOptions { retry: a.retry, git_ref: a.git_ref.clone(), dry_run: a.dry_run };
             let r = reconcile::reconcile(&mut ctx, &opts).await?;
             printer.report(job, None, started, r.exit_kind(), &r)
         }
         Command::Rollback(a) => {
-            let opts = rollback::RollbackOptions {
-                run: a.run.clone(),
-                tenants: a.tenants.clone(),
-                dry_run: a.dry_run,
-            };
+            let opts = rollback::RollbackOptions { run: a.run.clone(), tenants: a.tenants.clone(), dry_run: a.dry_run };
             let r = rollback::rollback(&ctx, &opts).await?;
             printer.report(job, Some(ctx.run_id.to_string()), started, r.outcome, &r)
         }
         Command::Recover(_) => {
             let r = recover::recover(&ctx, &recover::RecoverOptions { dry_run: false }).await?;
-            printer.report(
-                job,
-                Some(ctx.run_id.to_string()),
-                started,
-                r.exit_kind(),
-                &r,
-            )
+            printer.report(job, Some(ctx.run_id.to_string()), started, r.exit_kind(), &r)
         }
-        _ => {
-            return Err(Error::Usage(format!(
-                "`slipway {job}` is not available in this build yet"
-            )))
+        Command::Snapshot(a) => {
+            let opts = snapshot::SnapshotOptions {
+                tenants: a.tenants.clone(),
+                control_plane: a.control_plane,
+                force: a.force,
+                dry_run: a.dry_run,
+            };
+            let r = snapshot::snapshot(&ctx, &opts).await?;
+            printer.report(job, Some(ctx.run_id.to_string()), started, r.exit_kind(), &r)
         }
+        Command::Restore(a) => {
+            let source = match (&a.day, &a.run) {
+                (Some(d), _) => restore::Source::Day(d.clone()),
+                (_, Some(r)) => restore::Source::Run(r.clone()),
+                _ if a.latest => restore::Source::Latest,
+                _ => {
+                    return Err(Error::Usage("restore needs one of --day YYYY-MM-DD, --run RUN_ID or --latest".into()))
+                }
+            };
+            let opts = restore::RestoreOptions {
+                tenant: a.tenant.clone(),
+                source,
+                remote: a.remote,
+                to: a.to.clone(),
+                dry_run: a.dry_run,
+            };
+            let r = restore::restore(&ctx, &opts).await?;
+            printer.report(job, Some(ctx.run_id.to_string()), started, r.outcome, &r)
+        }
+        Command::Verify(a) => {
+            let opts = verify::VerifyOptions { day: a.day.clone(), deep: a.deep, remote: a.remote };
+            let r = verify::verify(&ctx.cfg.backup_root, &opts).await?;
+            printer.report(job, None, started, r.exit_kind(), &r)
+        }
+        _ => return Err(Error::Usage(format!("`slipway {job}` is not available in this build yet"))),
     };
     Ok(outcome)
 }

@@ -16,9 +16,7 @@ use crate::cli::LogFormat;
 pub fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("SLIPWAY_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Human => builder.with_target(false).init(),
@@ -146,12 +144,7 @@ impl ConfigCheck {
 impl Display for ConfigCheck {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(f, "{}: ok", self.config.display())?;
-        writeln!(
-            f,
-            "desired state {} at commit {}: ok",
-            self.desired_repo,
-            &self.commit[..12.min(self.commit.len())]
-        )?;
+        writeln!(f, "desired state {} at commit {}: ok", self.desired_repo, &self.commit[..12.min(self.commit.len())])?;
         for a in &self.apps {
             writeln!(f, "  app {} -> {}", a.name, a.image)?;
         }

@@ -164,12 +164,7 @@ pub struct MetricsConfig {
 }
 
 /// Environment variables that start with `SLIPWAY_` but are not config overrides.
-const NON_CONFIG_ENV: &[&str] = &[
-    "SLIPWAY_CONFIG",
-    "SLIPWAY_LOG",
-    "SLIPWAY_BIN",
-    "SLIPWAY_TEST_CRASH_AT",
-];
+const NON_CONFIG_ENV: &[&str] = &["SLIPWAY_CONFIG", "SLIPWAY_LOG", "SLIPWAY_BIN", "SLIPWAY_TEST_CRASH_AT"];
 
 #[derive(Clone, Copy)]
 enum Kind {
@@ -188,69 +183,21 @@ const ENV_KEYS: &[(&str, &[&str], Kind)] = &[
     ("SLIPWAY_DESIRED_BRANCH", &["desired", "branch"], Kind::Str),
     ("SLIPWAY_DESIRED_FILE", &["desired", "file"], Kind::Str),
     ("SLIPWAY_DOCKER_HOST", &["docker", "host"], Kind::Str),
-    (
-        "SLIPWAY_RETENTION_KEEP_LAST",
-        &["retention", "keep_last"],
-        Kind::Int,
-    ),
-    (
-        "SLIPWAY_RETENTION_KEEP_DAILY",
-        &["retention", "keep_daily"],
-        Kind::Int,
-    ),
-    (
-        "SLIPWAY_RETENTION_KEEP_WEEKLY",
-        &["retention", "keep_weekly"],
-        Kind::Int,
-    ),
-    (
-        "SLIPWAY_RETENTION_KEEP_MONTHLY",
-        &["retention", "keep_monthly"],
-        Kind::Int,
-    ),
-    (
-        "SLIPWAY_RETENTION_KEEP_YEARLY",
-        &["retention", "keep_yearly"],
-        Kind::Int,
-    ),
-    (
-        "SLIPWAY_RETENTION_KEEP_WITHIN",
-        &["retention", "keep_within"],
-        Kind::Str,
-    ),
-    (
-        "SLIPWAY_RETENTION_KEEP_ROLLOUT_RUNS",
-        &["retention", "keep_rollout_runs"],
-        Kind::Int,
-    ),
-    (
-        "SLIPWAY_REMOTE_ENDPOINT",
-        &["remote", "endpoint"],
-        Kind::Str,
-    ),
+    ("SLIPWAY_RETENTION_KEEP_LAST", &["retention", "keep_last"], Kind::Int),
+    ("SLIPWAY_RETENTION_KEEP_DAILY", &["retention", "keep_daily"], Kind::Int),
+    ("SLIPWAY_RETENTION_KEEP_WEEKLY", &["retention", "keep_weekly"], Kind::Int),
+    ("SLIPWAY_RETENTION_KEEP_MONTHLY", &["retention", "keep_monthly"], Kind::Int),
+    ("SLIPWAY_RETENTION_KEEP_YEARLY", &["retention", "keep_yearly"], Kind::Int),
+    ("SLIPWAY_RETENTION_KEEP_WITHIN", &["retention", "keep_within"], Kind::Str),
+    ("SLIPWAY_RETENTION_KEEP_ROLLOUT_RUNS", &["retention", "keep_rollout_runs"], Kind::Int),
+    ("SLIPWAY_REMOTE_ENDPOINT", &["remote", "endpoint"], Kind::Str),
     ("SLIPWAY_REMOTE_REGION", &["remote", "region"], Kind::Str),
     ("SLIPWAY_REMOTE_BUCKET", &["remote", "bucket"], Kind::Str),
     ("SLIPWAY_REMOTE_PREFIX", &["remote", "prefix"], Kind::Str),
-    (
-        "SLIPWAY_REMOTE_PATH_STYLE",
-        &["remote", "path_style"],
-        Kind::Bool,
-    ),
-    (
-        "SLIPWAY_REMOTE_CREDENTIALS_FILE",
-        &["remote", "credentials_file"],
-        Kind::Str,
-    ),
-    (
-        "SLIPWAY_REMOTE_PART_SIZE_MB",
-        &["remote", "part_size_mb"],
-        Kind::Int,
-    ),
-    (
-        "SLIPWAY_REMOTE_CONCURRENCY",
-        &["remote", "concurrency"],
-        Kind::Int,
-    ),
+    ("SLIPWAY_REMOTE_PATH_STYLE", &["remote", "path_style"], Kind::Bool),
+    ("SLIPWAY_REMOTE_CREDENTIALS_FILE", &["remote", "credentials_file"], Kind::Str),
+    ("SLIPWAY_REMOTE_PART_SIZE_MB", &["remote", "part_size_mb"], Kind::Int),
+    ("SLIPWAY_REMOTE_CONCURRENCY", &["remote", "concurrency"], Kind::Int),
     ("SLIPWAY_NOTIFY_WEBHOOK", &["notify", "webhook"], Kind::Str),
     ("SLIPWAY_METRICS_FILE", &["metrics", "file"], Kind::Str),
 ];
@@ -286,13 +233,9 @@ impl HostConfig {
     }
 
     /// Parse config text with the given environment (testable without touching the process env).
-    pub fn parse(
-        text: &str,
-        origin: &str,
-        env: impl IntoIterator<Item = (String, String)>,
-    ) -> Result<HostConfig> {
-        let mut table: toml::Table = toml::from_str(text)
-            .map_err(|e| Error::Config(format!("{origin}: {}", e.to_string().trim_end())))?;
+    pub fn parse(text: &str, origin: &str, env: impl IntoIterator<Item = (String, String)>) -> Result<HostConfig> {
+        let mut table: toml::Table =
+            toml::from_str(text).map_err(|e| Error::Config(format!("{origin}: {}", e.to_string().trim_end())))?;
         for (name, value) in env {
             if !name.starts_with("SLIPWAY_") || NON_CONFIG_ENV.contains(&name.as_str()) {
                 continue;
@@ -307,9 +250,7 @@ impl HostConfig {
             let v = match kind {
                 Kind::Str => toml::Value::String(value),
                 Kind::Int => toml::Value::Integer(value.trim().parse().map_err(|_| {
-                    Error::Config(format!(
-                        "environment variable {name}={value:?}: expected a whole number"
-                    ))
+                    Error::Config(format!("environment variable {name}={value:?}: expected a whole number"))
                 })?),
                 Kind::Bool => toml::Value::Boolean(match value.trim() {
                     "1" | "true" | "yes" => true,
@@ -321,48 +262,32 @@ impl HostConfig {
                     }
                 }),
                 Kind::PathList => toml::Value::Array(
-                    value
-                        .split(':')
-                        .filter(|s| !s.is_empty())
-                        .map(|s| toml::Value::String(s.into()))
-                        .collect(),
+                    value.split(':').filter(|s| !s.is_empty()).map(|s| toml::Value::String(s.into())).collect(),
                 ),
             };
             set_path(&mut table, path, v);
         }
-        let cfg: HostConfig =
-            toml::Value::Table(table)
-                .try_into()
-                .map_err(|e: toml::de::Error| {
-                    Error::Config(format!("{origin}: {}", e.to_string().trim_end()))
-                })?;
+        let cfg: HostConfig = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| Error::Config(format!("{origin}: {}", e.to_string().trim_end())))?;
         cfg.validate(origin)?;
         Ok(cfg)
     }
 
     fn validate(&self, origin: &str) -> Result<()> {
         let bad = |key: &str, msg: String| Err(Error::Config(format!("{origin}: {key}: {msg}")));
-        for (key, p) in [
-            ("state_dir", &self.state_dir),
-            ("backup_root", &self.backup_root),
-        ] {
+        for (key, p) in [("state_dir", &self.state_dir), ("backup_root", &self.backup_root)] {
             if !p.is_absolute() {
                 return bad(key, format!("\"{}\" must be an absolute path", p.display()));
             }
         }
         for p in &self.control_plane {
             if !p.is_absolute() {
-                return bad(
-                    "control_plane",
-                    format!("\"{}\" must be an absolute path", p.display()),
-                );
+                return bad("control_plane", format!("\"{}\" must be an absolute path", p.display()));
             }
         }
         if self.desired.repo.trim().is_empty() {
-            return bad(
-                "desired.repo",
-                "is empty; give a local path or a git URL".into(),
-            );
+            return bad("desired.repo", "is empty; give a local path or a git URL".into());
         }
         if let Some(r) = &self.remote {
             if r.bucket.trim().is_empty() {
@@ -370,18 +295,12 @@ impl HostConfig {
             }
             if let Some(c) = r.concurrency {
                 if !(1..=10).contains(&c) {
-                    return bad(
-                        "remote.concurrency",
-                        format!("{c} is out of range; use 1 to 10"),
-                    );
+                    return bad("remote.concurrency", format!("{c} is out of range; use 1 to 10"));
                 }
             }
             if let Some(e) = &r.endpoint {
                 if !(e.starts_with("http://") || e.starts_with("https://")) {
-                    return bad(
-                        "remote.endpoint",
-                        format!("\"{e}\" must start with https:// (or http://)"),
-                    );
+                    return bad("remote.endpoint", format!("\"{e}\" must start with https:// (or http://)"));
                 }
             }
         }
@@ -393,9 +312,7 @@ fn set_path(table: &mut toml::Table, path: &[&str], v: toml::Value) {
     let (last, parents) = path.split_last().expect("env key paths are never empty");
     let mut t = table;
     for p in parents {
-        let entry = t
-            .entry(p.to_string())
-            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        let entry = t.entry(p.to_string()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
         if !entry.is_table() {
             *entry = toml::Value::Table(toml::Table::new());
         }
@@ -427,11 +344,7 @@ pub enum TenantFrom {
 
 impl TenantFrom {
     /// The tenant id for a container with this name and labels, if the pattern matches.
-    pub fn tenant_of(
-        &self,
-        name: &str,
-        labels: &std::collections::HashMap<String, String>,
-    ) -> Option<String> {
+    pub fn tenant_of(&self, name: &str, labels: &std::collections::HashMap<String, String>) -> Option<String> {
         match self {
             TenantFrom::Name { prefix, suffix } => name
                 .strip_prefix(prefix.as_str())
@@ -552,12 +465,9 @@ impl Fleet {
     /// Parse and validate `fleet.toml`; `origin` names it in errors (file, commit).
     pub fn parse(text: &str, origin: &str) -> Result<Fleet> {
         let cfg = |msg: String| Error::Config(format!("{origin}: {msg}"));
-        let mut table: toml::Table =
-            toml::from_str(text).map_err(|e| cfg(e.to_string().trim_end().to_string()))?;
+        let mut table: toml::Table = toml::from_str(text).map_err(|e| cfg(e.to_string().trim_end().to_string()))?;
         if let Some(k) = table.keys().find(|k| k.as_str() != "app") {
-            return Err(cfg(format!(
-                "unknown key `{k}`; the file holds only [[app]] tables"
-            )));
+            return Err(cfg(format!("unknown key `{k}`; the file holds only [[app]] tables")));
         }
         let Some(apps) = table.remove("app") else {
             return Err(cfg("no [[app]] table; add one per app".into()));
@@ -572,14 +482,11 @@ impl Fleet {
                 .get("name")
                 .and_then(|n| n.as_str())
                 .map_or_else(|| format!("app #{}", i + 1), |n| format!("app \"{n}\""));
-            let raw: RawApp = v.try_into().map_err(|e: toml::de::Error| {
-                cfg(format!("{label}: {}", e.message().trim_end()))
-            })?;
+            let raw: RawApp =
+                v.try_into().map_err(|e: toml::de::Error| cfg(format!("{label}: {}", e.message().trim_end())))?;
             let app = raw.validate().map_err(|m| cfg(format!("{label}: {m}")))?;
             if !names.insert(app.name.clone()) {
-                return Err(cfg(format!(
-                    "{label}: the name is used twice; app names must be unique"
-                )));
+                return Err(cfg(format!("{label}: the name is used twice; app names must be unique")));
             }
             out.push(app);
         }
@@ -590,10 +497,7 @@ impl Fleet {
     pub fn app(&self, name: &str) -> Result<&App> {
         self.apps.iter().find(|a| a.name == name).ok_or_else(|| {
             let names: Vec<&str> = self.apps.iter().map(|a| a.name.as_str()).collect();
-            Error::Usage(format!(
-                "no app \"{name}\" in fleet.toml; apps are: {}",
-                names.join(", ")
-            ))
+            Error::Usage(format!("no app \"{name}\" in fleet.toml; apps are: {}", names.join(", ")))
         })
     }
 }
@@ -601,32 +505,15 @@ impl Fleet {
 impl RawApp {
     fn validate(self) -> std::result::Result<App, String> {
         if self.name.is_empty()
-            || !self
-                .name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+            || !self.name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
         {
-            return Err(format!(
-                "name \"{}\" must be letters, digits, '-', '_' or '.'",
-                self.name
-            ));
+            return Err(format!("name \"{}\" must be letters, digits, '-', '_' or '.'", self.name));
         }
         let image: PinnedImage = self.image.parse().map_err(|e| format!("image: {e}"))?;
         let select = match self.select.split_once('=') {
-            Some((k, v)) if !k.is_empty() => Selector {
-                key: k.into(),
-                value: Some(v.into()),
-            },
-            None if !self.select.is_empty() => Selector {
-                key: self.select.clone(),
-                value: None,
-            },
-            _ => {
-                return Err(format!(
-                    "select \"{}\" must be `label=value` or `label`",
-                    self.select
-                ))
-            }
+            Some((k, v)) if !k.is_empty() => Selector { key: k.into(), value: Some(v.into()) },
+            None if !self.select.is_empty() => Selector { key: self.select.clone(), value: None },
+            _ => return Err(format!("select \"{}\" must be `label=value` or `label`", self.select)),
         };
         let tenant_from = if let Some(pat) = self.tenant_from.strip_prefix("name:") {
             match pat.split_once("{tenant}") {
@@ -638,11 +525,7 @@ impl RawApp {
                     ))
                 }
             }
-        } else if let Some(l) = self
-            .tenant_from
-            .strip_prefix("label:")
-            .filter(|l| !l.is_empty())
-        {
+        } else if let Some(l) = self.tenant_from.strip_prefix("label:").filter(|l| !l.is_empty()) {
             TenantFrom::Label(l.into())
         } else {
             return Err(format!(
@@ -657,22 +540,14 @@ impl RawApp {
             ));
         }
         if !self.health.path.starts_with('/') {
-            return Err(format!(
-                "health.path \"{}\" must start with '/'",
-                self.health.path
-            ));
+            return Err(format!("health.path \"{}\" must start with '/'", self.health.path));
         }
         if self.health.port == 0 || self.health.timeout_s == 0 {
             return Err("health.port and health.timeout_s must be greater than 0".into());
         }
-        let tenant =
-            |key: &str, s: String| s.parse::<TenantId>().map_err(|e| format!("{key}: {e}"));
+        let tenant = |key: &str, s: String| s.parse::<TenantId>().map_err(|e| format!("{key}: {e}"));
         let canary = self.canary.map(|c| tenant("canary", c)).transpose()?;
-        let hold = self
-            .hold
-            .into_iter()
-            .map(|h| tenant("hold", h))
-            .collect::<std::result::Result<_, _>>()?;
+        let hold = self.hold.into_iter().map(|h| tenant("hold", h)).collect::<std::result::Result<_, _>>()?;
         Ok(App {
             name: self.name,
             image,
@@ -696,11 +571,7 @@ mod tests {
     const HEX: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 
     fn host(text: &str, env: &[(&str, &str)]) -> Result<HostConfig> {
-        HostConfig::parse(
-            text,
-            "config.toml",
-            env.iter().map(|(a, b)| (a.to_string(), b.to_string())),
-        )
+        HostConfig::parse(text, "config.toml", env.iter().map(|(a, b)| (a.to_string(), b.to_string())))
     }
 
     fn app(extra: &str) -> String {
@@ -737,42 +608,22 @@ mod tests {
         assert_eq!(c.backup_root, PathBuf::from("/b"));
         let r = c.remote.unwrap();
         assert_eq!((r.bucket.as_str(), r.path_style), ("bk", true));
-        let e = host(
-            "[desired]\nrepo = \"/r\"\n",
-            &[("SLIPWAY_BACKUP_RUT", "/b")],
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(
-            e.contains("SLIPWAY_BACKUP_RUT") && e.contains("SLIPWAY_BACKUP_ROOT"),
-            "{e}"
-        );
+        let e = host("[desired]\nrepo = \"/r\"\n", &[("SLIPWAY_BACKUP_RUT", "/b")]).unwrap_err().to_string();
+        assert!(e.contains("SLIPWAY_BACKUP_RUT") && e.contains("SLIPWAY_BACKUP_ROOT"), "{e}");
     }
 
     #[test]
     fn bad_host_configs_name_the_file_and_key() {
         let cases: &[(&str, &str)] = &[
-            (
-                "[desired]\nrepo = \"/r\"\nbackup_rot = \"/x\"\n",
-                "backup_rot",
-            ),
+            ("[desired]\nrepo = \"/r\"\nbackup_rot = \"/x\"\n", "backup_rot"),
             ("backup_root = \"/x\"\n", "desired"),
-            (
-                "[desired]\nrepo = \"/r\"\n[remote]\nbucket = \"b\"\nconcurrency = 11\n",
-                "remote.concurrency",
-            ),
-            (
-                "[desired]\nrepo = \"/r\"\nstate_dir = \"rel\"\n",
-                "state_dir",
-            ),
+            ("[desired]\nrepo = \"/r\"\n[remote]\nbucket = \"b\"\nconcurrency = 11\n", "remote.concurrency"),
+            ("[desired]\nrepo = \"/r\"\nstate_dir = \"rel\"\n", "state_dir"),
             ("[desired\nrepo=", "config.toml"),
         ];
         for (text, needle) in cases {
             let e = host(text, &[]).unwrap_err().to_string();
-            assert!(
-                e.contains("config.toml") && e.contains(needle),
-                "{text:?} -> {e}"
-            );
+            assert!(e.contains("config.toml") && e.contains(needle), "{text:?} -> {e}");
         }
     }
 
@@ -785,45 +636,22 @@ mod tests {
         assert_eq!(a.quiesce, Quiesce::Pause);
         assert_eq!(a.hold[0].as_str(), "t-2");
         let labels = Default::default();
-        assert_eq!(
-            a.tenant_from.tenant_of("pulse-t-1", &labels).as_deref(),
-            Some("t-1")
-        );
+        assert_eq!(a.tenant_from.tenant_of("pulse-t-1", &labels).as_deref(), Some("t-1"));
         assert_eq!(a.tenant_from.tenant_of("other", &labels), None);
-        assert_eq!(
-            a.data_dir_of(&"t-1".parse().unwrap()),
-            PathBuf::from("/data/tenants/t-1")
-        );
+        assert_eq!(a.data_dir_of(&"t-1".parse().unwrap()), PathBuf::from("/data/tenants/t-1"));
     }
 
     #[test]
     fn each_bad_fleet_input_gets_a_message_naming_file_app_and_key() {
         let tag = app("").replace(&format!("reg/pulse@sha256:{HEX}"), "reg/pulse:latest");
         let cases: Vec<(String, &[&str])> = vec![
-            (
-                tag,
-                &[
-                    "fleet.toml",
-                    "app \"pulse\"",
-                    "not pinned by digest",
-                    "reg/pulse@sha256:",
-                ],
-            ),
+            (tag, &["fleet.toml", "app \"pulse\"", "not pinned by digest", "reg/pulse@sha256:"]),
             (app("").replace(HEX, "abc"), &["app \"pulse\"", "sha256"]),
-            (
-                app("canary = \"../etc\"\n"),
-                &["app \"pulse\"", "canary", "../etc"],
-            ),
+            (app("canary = \"../etc\"\n"), &["app \"pulse\"", "canary", "../etc"]),
             (app("hold = [\"a b\"]\n"), &["hold", "a b"]),
             (app("colour = 1\n"), &["app \"pulse\"", "colour"]),
-            (
-                app("").replace("name:pulse-{tenant}", "pulse"),
-                &["tenant_from"],
-            ),
-            (
-                app("").replace("/data/tenants/{tenant}", "data"),
-                &["data_dir"],
-            ),
+            (app("").replace("name:pulse-{tenant}", "pulse"), &["tenant_from"]),
+            (app("").replace("/data/tenants/{tenant}", "data"), &["data_dir"]),
             (format!("{}\n{}", app(""), app("")), &["used twice"]),
             ("apps = 1\n".into(), &["unknown key `apps`"]),
             ("[[app]\nname=".into(), &["fleet.toml"]),

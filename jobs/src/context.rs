@@ -48,26 +48,13 @@ pub struct Ctx {
 impl Ctx {
     /// Open the run record in the state dir (created 0700 if missing).
     pub fn open(cfg: HostConfig, trigger: &str, cancel: Cancel) -> Result<Ctx> {
-        crate::fsutil::create_private_dir(&cfg.state_dir)
-            .map_err(|e| Error::io(&cfg.state_dir, e))?;
+        crate::fsutil::create_private_dir(&cfg.state_dir).map_err(|e| Error::io(&cfg.state_dir, e))?;
         let store = Store::open(&cfg.state_dir.join("state.db"))?;
-        Ok(Ctx {
-            cfg,
-            store,
-            run_id: RunId::new(),
-            trigger: trigger.to_string(),
-            cancel,
-        })
+        Ok(Ctx { cfg, store, run_id: RunId::new(), trigger: trigger.to_string(), cancel })
     }
 
     /// Record this run as started.
-    pub fn start_run(
-        &self,
-        job: &str,
-        app: Option<&str>,
-        commit: Option<&str>,
-        digest: Option<&str>,
-    ) -> Result<()> {
+    pub fn start_run(&self, job: &str, app: Option<&str>, commit: Option<&str>, digest: Option<&str>) -> Result<()> {
         self.store.start_run(&NewRun {
             id: self.run_id.as_str(),
             job,
@@ -82,9 +69,7 @@ impl Ctx {
     /// Journal a step as begun with its undo detail.
     pub fn begin(&self, tenant: Option<&str>, step: &str, detail: &impl Serialize) -> Result<i64> {
         let d = serde_json::to_string(detail).map_err(|e| Error::Other(e.to_string()))?;
-        Ok(self
-            .store
-            .begin_step(self.run_id.as_str(), tenant, step, &d)?)
+        Ok(self.store.begin_step(self.run_id.as_str(), tenant, step, &d)?)
     }
 
     /// Journal a step as ended.
@@ -106,9 +91,7 @@ pub fn crash_point(point: &str) {
             std::process::abort();
         }
         if std::env::var("SLIPWAY_TEST_SIGNAL_AT").is_ok_and(|p| p == point) {
-            let _ = std::process::Command::new("kill")
-                .args(["-TERM", &std::process::id().to_string()])
-                .status();
+            let _ = std::process::Command::new("kill").args(["-TERM", &std::process::id().to_string()]).status();
             std::thread::sleep(std::time::Duration::from_millis(200));
         }
     }

@@ -20,12 +20,7 @@ pub struct DesiredState {
 }
 
 fn gerr(cfg: &DesiredConfig, what: &str, e: git2::Error) -> Error {
-    Error::Git(format!(
-        "{} ({}): {what}: {}",
-        cfg.repo,
-        cfg.branch,
-        e.message()
-    ))
+    Error::Git(format!("{} ({}): {what}: {}", cfg.repo, cfg.branch, e.message()))
 }
 
 fn is_url(repo: &str) -> bool {
@@ -35,8 +30,7 @@ fn is_url(repo: &str) -> bool {
 /// Open the desired-state repo, fetching it first when it is a URL.
 fn open(cfg: &DesiredConfig, state_dir: &Path) -> Result<(Repository, bool)> {
     if !is_url(&cfg.repo) {
-        let repo =
-            Repository::open(&cfg.repo).map_err(|e| gerr(cfg, "cannot open the repository", e))?;
+        let repo = Repository::open(&cfg.repo).map_err(|e| gerr(cfg, "cannot open the repository", e))?;
         return Ok((repo, false));
     }
     let mirror = state_dir.join("desired.git");
@@ -44,34 +38,23 @@ fn open(cfg: &DesiredConfig, state_dir: &Path) -> Result<(Repository, bool)> {
         Ok(r) => r,
         Err(_) => {
             crate::fsutil::create_private_dir(state_dir).map_err(|e| Error::io(state_dir, e))?;
-            Repository::init_bare(&mirror)
-                .map_err(|e| gerr(cfg, "cannot create the local mirror", e))?
+            Repository::init_bare(&mirror).map_err(|e| gerr(cfg, "cannot create the local mirror", e))?
         }
     };
     {
-        let mut remote = repo
-            .remote_anonymous(&cfg.repo)
-            .map_err(|e| gerr(cfg, "bad remote URL", e))?;
+        let mut remote = repo.remote_anonymous(&cfg.repo).map_err(|e| gerr(cfg, "bad remote URL", e))?;
         let mut cb = RemoteCallbacks::new();
         cb.credentials(|url, user, allowed| {
             if allowed.contains(git2::CredentialType::SSH_KEY) {
                 git2::Cred::ssh_key_from_agent(user.unwrap_or("git"))
             } else {
-                git2::Config::open_default()
-                    .and_then(|c| git2::Cred::credential_helper(&c, url, user))
+                git2::Config::open_default().and_then(|c| git2::Cred::credential_helper(&c, url, user))
             }
         });
         let mut fo = FetchOptions::new();
         fo.remote_callbacks(cb);
         remote
-            .fetch(
-                &[
-                    "+refs/heads/*:refs/remotes/origin/*",
-                    "+refs/tags/*:refs/tags/*",
-                ],
-                Some(&mut fo),
-                None,
-            )
+            .fetch(&["+refs/heads/*:refs/remotes/origin/*", "+refs/tags/*:refs/tags/*"], Some(&mut fo), None)
             .map_err(|e| gerr(cfg, "fetch failed", e))?;
     }
     Ok((repo, true))
@@ -90,21 +73,12 @@ pub fn read(cfg: &DesiredConfig, state_dir: &Path, git_ref: Option<&str>) -> Res
     candidates.push(wanted.to_string());
     let commit = candidates
         .iter()
-        .find_map(|c| {
-            repo.revparse_single(c)
-                .ok()
-                .and_then(|o| o.peel_to_commit().ok())
-        })
+        .find_map(|c| repo.revparse_single(c).ok().and_then(|o| o.peel_to_commit().ok()))
         .ok_or_else(|| {
-            Error::Git(format!(
-                "{}: no branch, tag or commit \"{wanted}\"; check [desired] branch or --ref",
-                cfg.repo
-            ))
+            Error::Git(format!("{}: no branch, tag or commit \"{wanted}\"; check [desired] branch or --ref", cfg.repo))
         })?;
     let id = commit.id().to_string();
-    let tree = commit
-        .tree()
-        .map_err(|e| gerr(cfg, "cannot read the commit's tree", e))?;
+    let tree = commit.tree().map_err(|e| gerr(cfg, "cannot read the commit's tree", e))?;
     let entry = tree.get_path(Path::new(&cfg.file)).map_err(|_| {
         Error::Config(format!(
             "{}: commit {} has no file \"{}\"; commit it or set [desired] file",
@@ -117,17 +91,8 @@ pub fn read(cfg: &DesiredConfig, state_dir: &Path, git_ref: Option<&str>) -> Res
         .to_object(&repo)
         .and_then(|o| o.peel_to_blob())
         .map_err(|e| gerr(cfg, &format!("cannot read {}", cfg.file), e))?;
-    let text = std::str::from_utf8(blob.content()).map_err(|_| {
-        Error::Config(format!(
-            "{} at commit {}: {} is not UTF-8 text",
-            cfg.repo,
-            &id[..12],
-            cfg.file
-        ))
-    })?;
-    let fleet = Fleet::parse(
-        text,
-        &format!("{} (commit {} of {})", cfg.file, &id[..12], cfg.repo),
-    )?;
+    let text = std::str::from_utf8(blob.content())
+        .map_err(|_| Error::Config(format!("{} at commit {}: {} is not UTF-8 text", cfg.repo, &id[..12], cfg.file)))?;
+    let fleet = Fleet::parse(text, &format!("{} (commit {} of {})", cfg.file, &id[..12], cfg.repo))?;
     Ok(DesiredState { commit: id, fleet })
 }

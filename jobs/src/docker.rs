@@ -11,8 +11,8 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use bollard::models::{
-    ContainerConfig, ContainerCreateBody, ContainerInspectResponse, ContainerStateStatusEnum,
-    EndpointSettings, ImageConfig, NetworkConnectRequest, NetworkingConfig,
+    ContainerConfig, ContainerCreateBody, ContainerInspectResponse, ContainerStateStatusEnum, EndpointSettings,
+    ImageConfig, NetworkConnectRequest, NetworkingConfig,
 };
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, CreateImageOptionsBuilder, ListContainersOptionsBuilder,
@@ -97,13 +97,7 @@ fn derr(what: impl std::fmt::Display, e: bollard::errors::Error) -> Error {
 }
 
 fn is_not_found(e: &bollard::errors::Error) -> bool {
-    matches!(
-        e,
-        bollard::errors::Error::DockerResponseServerError {
-            status_code: 404,
-            ..
-        }
-    )
+    matches!(e, bollard::errors::Error::DockerResponseServerError { status_code: 404, .. })
 }
 
 impl Engine {
@@ -119,11 +113,7 @@ impl Engine {
             .with_timeout(Duration::from_secs(CLIENT_TIMEOUT_S))
             .negotiate_version()
             .await
-            .map_err(|e| {
-                Error::Docker(format!(
-                    "cannot reach the Docker engine (is dockerd running?): {e}"
-                ))
-            })?;
+            .map_err(|e| Error::Docker(format!("cannot reach the Docker engine (is dockerd running?): {e}")))?;
         Ok(Engine { docker })
     }
 
@@ -132,10 +122,7 @@ impl Engine {
     pub async fn tenants(&self, app: &App) -> Result<Vec<TenantContainer>> {
         let mut filters = HashMap::new();
         filters.insert("label".to_string(), vec![app.select.filter()]);
-        let opts = ListContainersOptionsBuilder::default()
-            .all(true)
-            .filters(&filters)
-            .build();
+        let opts = ListContainersOptionsBuilder::default().all(true).filters(&filters).build();
         let list = self
             .docker
             .list_containers(Some(opts))
@@ -143,11 +130,7 @@ impl Engine {
             .map_err(|e| derr(format!("listing containers of app \"{}\"", app.name), e))?;
         let mut out = Vec::new();
         for c in list {
-            let Some(name) = c
-                .names
-                .as_ref()
-                .and_then(|n| n.first())
-                .map(|n| n.trim_start_matches('/').to_string())
+            let Some(name) = c.names.as_ref().and_then(|n| n.first()).map(|n| n.trim_start_matches('/').to_string())
             else {
                 continue;
             };
@@ -158,16 +141,13 @@ impl Engine {
             let Some(tenant) = app.tenant_from.tenant_of(&name, &labels) else {
                 continue;
             };
-            let tenant: TenantId = tenant.parse().map_err(|e| {
-                Error::Config(format!("container \"{name}\" of app \"{}\": {e}", app.name))
-            })?;
+            let tenant: TenantId = tenant
+                .parse()
+                .map_err(|e| Error::Config(format!("container \"{name}\" of app \"{}\": {e}", app.name)))?;
             let image_ref = c.image.clone().unwrap_or_default();
             let digest = match digest_of_ref(&image_ref) {
                 Some(d) => Some(d),
-                None => {
-                    self.image_digest(c.image_id.as_deref().unwrap_or(&image_ref), &image_ref)
-                        .await?
-                }
+                None => self.image_digest(c.image_id.as_deref().unwrap_or(&image_ref), &image_ref).await?,
             };
             out.push(TenantContainer {
                 tenant,
@@ -204,9 +184,7 @@ impl Engine {
 
     /// Pull the pinned image and check that what the engine has is that digest.
     pub async fn pull(&self, image: &PinnedImage) -> Result<()> {
-        let opts = CreateImageOptionsBuilder::default()
-            .from_image(&image.reference())
-            .build();
+        let opts = CreateImageOptionsBuilder::default().from_image(&image.reference()).build();
         let mut stream = self.docker.create_image(Some(opts), None, None);
         while let Some(item) = stream.next().await {
             if let Err(e) = item {
@@ -215,9 +193,7 @@ impl Engine {
                 )));
             }
         }
-        let found = self
-            .image_digest(&image.reference(), &image.reference())
-            .await?;
+        let found = self.image_digest(&image.reference(), &image.reference()).await?;
         if found.as_ref() != Some(image.digest()) {
             return Err(Error::Docker(format!(
                 "pulled {image} but the engine reports digest {}; refusing to roll out (nothing was changed)",
@@ -252,10 +228,7 @@ impl Engine {
     }
 
     async fn inspect(&self, name: &str) -> Result<ContainerInspectResponse> {
-        self.docker
-            .inspect_container(name, None)
-            .await
-            .map_err(|e| derr(format!("inspecting container {name}"), e))
+        self.docker.inspect_container(name, None).await.map_err(|e| derr(format!("inspecting container {name}"), e))
     }
 
     /// The state of a container.
@@ -268,43 +241,27 @@ impl Engine {
             paused: s.paused.unwrap_or(false),
             restart_count: i.restart_count.unwrap_or(0),
             exit_code: s.exit_code.unwrap_or(0),
-            status: s
-                .status
-                .unwrap_or(ContainerStateStatusEnum::EMPTY)
-                .to_string(),
+            status: s.status.unwrap_or(ContainerStateStatusEnum::EMPTY).to_string(),
         })
     }
 
     /// The container's IP address on the first of its networks that has one, preferring `network`.
     pub async fn ip(&self, name: &str) -> Result<Option<IpAddr>> {
         let i = self.inspect(name).await?;
-        let nets = i
-            .network_settings
-            .and_then(|n| n.networks)
-            .unwrap_or_default();
+        let nets = i.network_settings.and_then(|n| n.networks).unwrap_or_default();
         let mut names: Vec<&String> = nets.keys().collect();
         names.sort();
-        Ok(names
-            .into_iter()
-            .filter_map(|n| nets[n].ip_address.as_deref())
-            .find_map(|ip| ip.parse().ok()))
+        Ok(names.into_iter().filter_map(|n| nets[n].ip_address.as_deref()).find_map(|ip| ip.parse().ok()))
     }
 
     /// Stop with `timeout_s` before SIGKILL. Stopping a stopped container is fine.
     pub async fn stop(&self, name: &str, timeout_s: u64) -> Result<()> {
-        let opts = StopContainerOptionsBuilder::default()
-            .t(timeout_s.min(i32::MAX as u64) as i32)
-            .build();
+        let opts = StopContainerOptionsBuilder::default().t(timeout_s.min(i32::MAX as u64) as i32).build();
         // The engine waits up to the stop timeout before it answers: allow for it.
-        let docker = self
-            .docker
-            .clone()
-            .with_timeout(Duration::from_secs(CLIENT_TIMEOUT_S + timeout_s));
+        let docker = self.docker.clone().with_timeout(Duration::from_secs(CLIENT_TIMEOUT_S + timeout_s));
         match docker.stop_container(name, Some(opts)).await {
             Ok(()) => Ok(()),
-            Err(bollard::errors::Error::DockerResponseServerError {
-                status_code: 304, ..
-            }) => Ok(()),
+            Err(bollard::errors::Error::DockerResponseServerError { status_code: 304, .. }) => Ok(()),
             Err(e) => Err(derr(format!("stopping container {name}"), e)),
         }
     }
@@ -313,9 +270,7 @@ impl Engine {
     pub async fn start(&self, name: &str) -> Result<()> {
         match self.docker.start_container(name, None).await {
             Ok(()) => Ok(()),
-            Err(bollard::errors::Error::DockerResponseServerError {
-                status_code: 304, ..
-            }) => Ok(()),
+            Err(bollard::errors::Error::DockerResponseServerError { status_code: 304, .. }) => Ok(()),
             Err(e) => Err(derr(format!("starting container {name}"), e)),
         }
     }
@@ -341,19 +296,14 @@ impl Engine {
 
     /// `docker pause`.
     pub async fn pause(&self, name: &str) -> Result<()> {
-        self.docker
-            .pause_container(name)
-            .await
-            .map_err(|e| derr(format!("pausing container {name}"), e))
+        self.docker.pause_container(name).await.map_err(|e| derr(format!("pausing container {name}"), e))
     }
 
     /// `docker unpause`; unpausing a container that is not paused is fine.
     pub async fn unpause(&self, name: &str) -> Result<()> {
         match self.docker.unpause_container(name).await {
             Ok(()) => Ok(()),
-            Err(bollard::errors::Error::DockerResponseServerError {
-                status_code: 409, ..
-            }) => Ok(()),
+            Err(bollard::errors::Error::DockerResponseServerError { status_code: 409, .. }) => Ok(()),
             Err(e) => Err(derr(format!("unpausing container {name}"), e)),
         }
     }
@@ -368,20 +318,12 @@ impl Engine {
                  from the image's defaults: {e}"
             ))
         })?;
-        Ok(ContainerSpec {
-            inspect,
-            image_config: image.config.unwrap_or_default(),
-        })
+        Ok(ContainerSpec { inspect, image_config: image.config.unwrap_or_default() })
     }
 
     /// Create a container named `name` from `spec` on `image`, connected to all of the old
     /// container's networks with their aliases, not started. Returns its id.
-    pub async fn create_from(
-        &self,
-        name: &str,
-        spec: &ContainerSpec,
-        image: &str,
-    ) -> Result<String> {
+    pub async fn create_from(&self, name: &str, spec: &ContainerSpec, image: &str) -> Result<String> {
         let (body, extra_networks) = spec.create_body(image);
         let opts = CreateContainerOptionsBuilder::default().name(name).build();
         let created = self
@@ -391,16 +333,10 @@ impl Engine {
             .map_err(|e| derr(format!("creating container {name} from {image}"), e))?;
         // API < 1.44 accepts one network at create; the others are connected before start.
         for (net, endpoint) in extra_networks {
-            let req = NetworkConnectRequest {
-                container: created.id.clone(),
-                endpoint_config: Some(endpoint),
-            };
+            let req = NetworkConnectRequest { container: created.id.clone(), endpoint_config: Some(endpoint) };
             if let Err(e) = self.docker.connect_network(&net, req).await {
                 let _ = self.remove(&created.id).await;
-                return Err(derr(
-                    format!("connecting container {name} to network {net}"),
-                    e,
-                ));
+                return Err(derr(format!("connecting container {name} to network {net}"), e));
             }
         }
         Ok(created.id)
@@ -424,23 +360,12 @@ impl ContainerSpec {
     }
 
     fn short_id(&self) -> String {
-        self.inspect
-            .id
-            .as_deref()
-            .unwrap_or_default()
-            .chars()
-            .take(12)
-            .collect()
+        self.inspect.id.as_deref().unwrap_or_default().chars().take(12).collect()
     }
 
     /// The container's name, without the leading '/'.
     pub fn name(&self) -> String {
-        self.inspect
-            .name
-            .as_deref()
-            .unwrap_or_default()
-            .trim_start_matches('/')
-            .to_string()
+        self.inspect.name.as_deref().unwrap_or_default().trim_start_matches('/').to_string()
     }
 
     /// What the operator set, with image defaults and engine-generated values removed.
@@ -456,18 +381,9 @@ impl ContainerSpec {
     fn settings(&self, strip_image_defaults: bool) -> OperatorSettings {
         let cfg = self.config();
         let empty = ImageConfig::default();
-        let img = if strip_image_defaults {
-            &self.image_config
-        } else {
-            &empty
-        };
+        let img = if strip_image_defaults { &self.image_config } else { &empty };
         let img_labels = img.labels.clone().unwrap_or_default();
-        let labels = cfg
-            .labels
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|(k, v)| img_labels.get(k) != Some(v))
-            .collect();
+        let labels = cfg.labels.unwrap_or_default().into_iter().filter(|(k, v)| img_labels.get(k) != Some(v)).collect();
         let img_env: BTreeSet<String> = img.env.clone().unwrap_or_default().into_iter().collect();
         let env_keys = cfg
             .env
@@ -485,12 +401,7 @@ impl ContainerSpec {
             .unwrap_or_default()
             .into_iter()
             .map(|(net, ep)| {
-                let aliases = ep
-                    .aliases
-                    .unwrap_or_default()
-                    .into_iter()
-                    .filter(|a| *a != short)
-                    .collect();
+                let aliases = ep.aliases.unwrap_or_default().into_iter().filter(|a| *a != short).collect();
                 (net, aliases)
             })
             .collect();
@@ -509,13 +420,7 @@ impl ContainerSpec {
                 )
             })
             .collect();
-        OperatorSettings {
-            name: self.name(),
-            labels,
-            networks,
-            mounts,
-            env_keys,
-        }
+        OperatorSettings { name: self.name(), labels, networks, mounts, env_keys }
     }
 
     /// The create body for the same container on `image`, and the networks to connect after
@@ -526,50 +431,19 @@ impl ContainerSpec {
         let same = |a: &Option<Vec<String>>, b: &Option<Vec<String>>| {
             a.as_deref().unwrap_or_default() == b.as_deref().unwrap_or_default()
         };
-        let drop_if_default =
-            |v: Option<Vec<String>>, d: &Option<Vec<String>>| if same(&v, d) { None } else { v };
+        let drop_if_default = |v: Option<Vec<String>>, d: &Option<Vec<String>>| if same(&v, d) { None } else { v };
         let img_env: BTreeSet<String> = img.env.clone().unwrap_or_default().into_iter().collect();
-        let env: Vec<String> = cfg
-            .env
-            .clone()
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|e| !img_env.contains(e))
-            .collect();
+        let env: Vec<String> =
+            cfg.env.clone().unwrap_or_default().into_iter().filter(|e| !img_env.contains(e)).collect();
         let img_labels = img.labels.clone().unwrap_or_default();
-        let labels: HashMap<String, String> = cfg
-            .labels
-            .clone()
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|(k, v)| img_labels.get(k) != Some(v))
-            .collect();
-        let img_ports: BTreeSet<String> = img
-            .exposed_ports
-            .clone()
-            .unwrap_or_default()
-            .into_iter()
-            .collect();
-        let ports: Vec<String> = cfg
-            .exposed_ports
-            .clone()
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|p| !img_ports.contains(p))
-            .collect();
-        let img_vols: BTreeSet<String> = img
-            .volumes
-            .clone()
-            .unwrap_or_default()
-            .into_iter()
-            .collect();
-        let vols: Vec<String> = cfg
-            .volumes
-            .clone()
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|v| !img_vols.contains(v))
-            .collect();
+        let labels: HashMap<String, String> =
+            cfg.labels.clone().unwrap_or_default().into_iter().filter(|(k, v)| img_labels.get(k) != Some(v)).collect();
+        let img_ports: BTreeSet<String> = img.exposed_ports.clone().unwrap_or_default().into_iter().collect();
+        let ports: Vec<String> =
+            cfg.exposed_ports.clone().unwrap_or_default().into_iter().filter(|p| !img_ports.contains(p)).collect();
+        let img_vols: BTreeSet<String> = img.volumes.clone().unwrap_or_default().into_iter().collect();
+        let vols: Vec<String> =
+            cfg.volumes.clone().unwrap_or_default().into_iter().filter(|v| !img_vols.contains(v)).collect();
         let str_default = |v: Option<String>, d: &Option<String>| {
             if v.as_deref().unwrap_or_default() == d.as_deref().unwrap_or_default() {
                 None
@@ -582,16 +456,8 @@ impl ContainerSpec {
         let entrypoint_default = same(&cfg.entrypoint, &img.entrypoint);
         let cmd_default = same(&cfg.cmd, &img.cmd);
         // An operator entrypoint with the image's cmd: Docker had reset Cmd; keep what ran.
-        let cmd = if cmd_default && entrypoint_default {
-            None
-        } else {
-            cfg.cmd.clone()
-        };
-        let healthcheck = if cfg.healthcheck == img.healthcheck {
-            None
-        } else {
-            cfg.healthcheck.clone()
-        };
+        let cmd = if cmd_default && entrypoint_default { None } else { cfg.cmd.clone() };
+        let healthcheck = if cfg.healthcheck == img.healthcheck { None } else { cfg.healthcheck.clone() };
 
         let mut nets: Vec<(String, EndpointSettings)> = self
             .inspect
@@ -601,18 +467,9 @@ impl ContainerSpec {
             .unwrap_or_default()
             .into_iter()
             .map(|(net, ep)| {
-                let aliases: Vec<String> = ep
-                    .aliases
-                    .unwrap_or_default()
-                    .into_iter()
-                    .filter(|a| *a != short)
-                    .collect();
+                let aliases: Vec<String> = ep.aliases.unwrap_or_default().into_iter().filter(|a| *a != short).collect();
                 let endpoint = EndpointSettings {
-                    aliases: if aliases.is_empty() {
-                        None
-                    } else {
-                        Some(aliases)
-                    },
+                    aliases: if aliases.is_empty() { None } else { Some(aliases) },
                     ipam_config: ep.ipam_config,
                     links: ep.links,
                     driver_opts: ep.driver_opts,
@@ -630,9 +487,7 @@ impl ContainerSpec {
         let networking_config = if first.is_empty() || container_net_mode {
             None
         } else {
-            Some(NetworkingConfig {
-                endpoints_config: Some(first.into_iter().collect()),
-            })
+            Some(NetworkingConfig { endpoints_config: Some(first.into_iter().collect()) })
         };
         let extra = if container_net_mode { Vec::new() } else { nets };
 
@@ -657,11 +512,7 @@ impl ContainerSpec {
             entrypoint: drop_if_default(cfg.entrypoint.clone(), &img.entrypoint),
             network_disabled: cfg.network_disabled,
             on_build: None,
-            labels: if labels.is_empty() {
-                None
-            } else {
-                Some(labels)
-            },
+            labels: if labels.is_empty() { None } else { Some(labels) },
             stop_signal: str_default(cfg.stop_signal.clone(), &img.stop_signal),
             stop_timeout: cfg.stop_timeout,
             shell: drop_if_default(cfg.shell.clone(), &img.shell),
@@ -687,23 +538,11 @@ impl OperatorSettings {
         for (net, aliases) in &self.networks {
             match new.networks.get(net) {
                 None => lost.push(format!("network {net}")),
-                Some(a) => lost.extend(
-                    aliases
-                        .difference(a)
-                        .map(|x| format!("alias {x} on network {net}")),
-                ),
+                Some(a) => lost.extend(aliases.difference(a).map(|x| format!("alias {x} on network {net}"))),
             }
         }
-        lost.extend(
-            self.mounts
-                .difference(&new.mounts)
-                .map(|m| format!("mount {m}")),
-        );
-        lost.extend(
-            self.env_keys
-                .difference(&new.env_keys)
-                .map(|k| format!("env {k}")),
-        );
+        lost.extend(self.mounts.difference(&new.mounts).map(|m| format!("mount {m}")));
+        lost.extend(self.env_keys.difference(&new.env_keys).map(|k| format!("env {k}")));
         lost
     }
 }

@@ -21,27 +21,11 @@ impl AtomicFile {
     pub fn create(dest: &Path, mode: u32) -> io::Result<AtomicFile> {
         let dir = dest.parent().unwrap_or(Path::new("."));
         let name = dest.file_name().ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("{} has no file name", dest.display()),
-            )
+            io::Error::new(io::ErrorKind::InvalidInput, format!("{} has no file name", dest.display()))
         })?;
-        let tmp = dir.join(format!(
-            ".{}.tmp-{}",
-            name.to_string_lossy(),
-            std::process::id()
-        ));
-        let file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(mode)
-            .open(&tmp)?;
-        Ok(AtomicFile {
-            file: Some(file),
-            tmp,
-            dest: dest.to_path_buf(),
-        })
+        let tmp = dir.join(format!(".{}.tmp-{}", name.to_string_lossy(), std::process::id()));
+        let file = OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(&tmp)?;
+        Ok(AtomicFile { file: Some(file), tmp, dest: dest.to_path_buf() })
     }
 
     /// The open temporary file.
@@ -96,10 +80,7 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
 
 /// Create `dir` and its missing parents with mode 0700 (backup and state dirs).
 pub fn create_private_dir(dir: &Path) -> io::Result<()> {
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
+    fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
 }
 
 #[cfg(test)]
@@ -114,10 +95,7 @@ mod tests {
         atomic_write(&p, b"one", 0o600).unwrap();
         atomic_write(&p, b"two", 0o600).unwrap();
         assert_eq!(fs::read(&p).unwrap(), b"two");
-        assert_eq!(
-            fs::metadata(&p).unwrap().permissions().mode() & 0o777,
-            0o600
-        );
+        assert_eq!(fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
         assert_eq!(fs::read_dir(d.path()).unwrap().count(), 1);
     }
 

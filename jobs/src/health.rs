@@ -48,11 +48,7 @@ impl Prober {
             .connect_timeout(Duration::from_millis(1000))
             .timeout(Duration::from_secs(3))
             .build()
-            .map_err(|e| {
-                Error::Other(format!(
-                    "cannot build the HTTP client for health probes: {e}"
-                ))
-            })?;
+            .map_err(|e| Error::Other(format!("cannot build the HTTP client for health probes: {e}")))?;
         Ok(Prober { client })
     }
 

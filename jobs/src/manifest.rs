@@ -96,8 +96,6 @@ impl Manifest {
 
     /// The entry of a tenant.
     pub fn tenant(&self, tenant: &str) -> Option<&ArchiveEntry> {
-        self.archives
-            .iter()
-            .find(|a| a.tenant.as_deref() == Some(tenant))
+        self.archives.iter().find(|a| a.tenant.as_deref() == Some(tenant))
     }
 }

@@ -67,34 +67,21 @@ impl ReconcileReport {
 
 /// Run `reconcile`.
 pub async fn reconcile(ctx: &mut Ctx, opts: &ReconcileOptions) -> Result<ReconcileReport> {
-    let state = desired::read(
-        &ctx.cfg.desired,
-        &ctx.cfg.state_dir,
-        opts.git_ref.as_deref(),
-    )?;
+    let state = desired::read(&ctx.cfg.desired, &ctx.cfg.state_dir, opts.git_ref.as_deref())?;
     let engine = Engine::connect(&ctx.cfg.docker).await?;
     let mut apps = Vec::new();
     for app in &state.fleet.apps {
         let tenants = engine.tenants(app).await?;
         let plan = rollout::plan(app, &state.commit, &tenants, &[])?;
         if plan.items.is_empty() {
-            apps.push(AppAction::UpToDate {
-                app: app.name.clone(),
-            });
+            apps.push(AppAction::UpToDate { app: app.name.clone() });
             continue;
         }
         let digest = app.image.digest().to_string();
         if !opts.retry {
             if let Some(run) = ctx.store.last_run_for("rollout", &app.name, &digest)? {
-                if matches!(
-                    run.outcome.as_deref(),
-                    Some("halted") | Some("person_needed")
-                ) {
-                    apps.push(AppAction::SkippedHalted {
-                        app: app.name.clone(),
-                        digest,
-                        run_id: run.id,
-                    });
+                if matches!(run.outcome.as_deref(), Some("halted") | Some("person_needed")) {
+                    apps.push(AppAction::SkippedHalted { app: app.name.clone(), digest, run_id: run.id });
                     continue;
                 }
             }
@@ -107,29 +94,17 @@ pub async fn reconcile(ctx: &mut Ctx, opts: &ReconcileOptions) -> Result<Reconci
         };
         let report = rollout::rollout(ctx, &ro).await?;
         let stop = report.exit_kind() != ExitKind::Success;
-        apps.extend(
-            report
-                .apps
-                .into_iter()
-                .map(|a| AppAction::RolledOut(Box::new(a))),
-        );
+        apps.extend(report.apps.into_iter().map(|a| AppAction::RolledOut(Box::new(a))));
         if stop {
             break;
         }
     }
-    Ok(ReconcileReport {
-        commit: state.commit,
-        apps,
-    })
+    Ok(ReconcileReport { commit: state.commit, apps })
 }
 
 impl fmt::Display for ReconcileReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(
-            f,
-            "desired state at commit {}",
-            &self.commit[..12.min(self.commit.len())]
-        )?;
+        writeln!(f, "desired state at commit {}", &self.commit[..12.min(self.commit.len())])?;
         for a in &self.apps {
             match a {
                 AppAction::UpToDate { app } => writeln!(f, "app {app}: up to date")?,

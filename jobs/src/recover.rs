@@ -86,33 +86,23 @@ fn pid_alive(pid: i64) -> bool {
     if pid <= 0 || pid as u32 == std::process::id() {
         return false;
     }
-    std::fs::read(format!("/proc/{pid}/cmdline"))
-        .is_ok_and(|c| String::from_utf8_lossy(&c).contains("slipway"))
+    std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| String::from_utf8_lossy(&c).contains("slipway"))
 }
 
 /// Run `recover`.
 pub async fn recover(ctx: &Ctx, opts: &RecoverOptions) -> Result<RecoverReport> {
     let mut runs = Vec::new();
-    let unfinished: Vec<Run> = ctx
-        .store
-        .unfinished_runs()?
-        .into_iter()
-        .filter(|r| r.id != ctx.run_id.as_str() && !pid_alive(r.pid))
-        .collect();
+    let unfinished: Vec<Run> =
+        ctx.store.unfinished_runs()?.into_iter().filter(|r| r.id != ctx.run_id.as_str() && !pid_alive(r.pid)).collect();
     if unfinished.is_empty() {
-        return Ok(RecoverReport {
-            dry_run: opts.dry_run,
-            runs,
-        });
+        return Ok(RecoverReport { dry_run: opts.dry_run, runs });
     }
     let engine = Engine::connect(&ctx.cfg.docker).await?;
     let prober = Prober::new()?;
     for run in unfinished {
         let steps = ctx.store.steps(&run.id)?;
         let tenants = match run.job.as_str() {
-            "rollout" | "rollback" => {
-                recover_rollout(ctx, &engine, &prober, &run, &steps, opts.dry_run).await?
-            }
+            "rollout" | "rollback" => recover_rollout(ctx, &engine, &prober, &run, &steps, opts.dry_run).await?,
             _ => recover_held(&engine, &steps, opts.dry_run).await?,
         };
         if !opts.dry_run {
@@ -120,34 +110,18 @@ pub async fn recover(ctx: &Ctx, opts: &RecoverOptions) -> Result<RecoverReport> 
             let summary = format!(
                 "killed mid-run; recovered by {}: {}",
                 ctx.run_id,
-                tenants
-                    .iter()
-                    .map(|t| format!("{} {}", t.tenant, t.action))
-                    .collect::<Vec<_>>()
-                    .join("; ")
+                tenants.iter().map(|t| format!("{} {}", t.tenant, t.action)).collect::<Vec<_>>().join("; ")
             );
-            let (word, kind) = if ok {
-                ("recovered", ExitKind::Failure)
-            } else {
-                ("person_needed", ExitKind::PersonNeeded)
-            };
-            ctx.store
-                .finish_run(&run.id, word, kind.code() as i64, &summary)?;
+            let (word, kind) =
+                if ok { ("recovered", ExitKind::Failure) } else { ("person_needed", ExitKind::PersonNeeded) };
+            ctx.store.finish_run(&run.id, word, kind.code() as i64, &summary)?;
             if ok {
-                ctx.store
-                    .resolve_run(&run.id, &format!("recover {}", ctx.run_id))?;
+                ctx.store.resolve_run(&run.id, &format!("recover {}", ctx.run_id))?;
             }
         }
-        runs.push(RecoveredRun {
-            run_id: run.id,
-            job: run.job,
-            tenants,
-        });
+        runs.push(RecoveredRun { run_id: run.id, job: run.job, tenants });
     }
-    Ok(RecoverReport {
-        dry_run: opts.dry_run,
-        runs,
-    })
+    Ok(RecoverReport { dry_run: opts.dry_run, runs })
 }
 
 async fn recover_rollout(
@@ -162,10 +136,7 @@ async fn recover_rollout(
     let mut by_tenant: BTreeMap<String, (TenantJournal, Vec<&Step>)> = BTreeMap::new();
     for s in steps {
         let Some(t) = &s.tenant else { continue };
-        let j = s
-            .detail
-            .as_deref()
-            .and_then(|d| serde_json::from_str::<TenantJournal>(d).ok());
+        let j = s.detail.as_deref().and_then(|d| serde_json::from_str::<TenantJournal>(d).ok());
         let e = by_tenant.entry(t.clone());
         match (e, j) {
             (std::collections::btree_map::Entry::Occupied(mut o), j) => {
@@ -183,19 +154,10 @@ async fn recover_rollout(
     let mut out = Vec::new();
     for (tenant, (j, st)) in by_tenant {
         let reached = |name: &str| st.iter().any(|s| s.step == name);
-        let ended_ok = |name: &str| {
-            st.iter()
-                .any(|s| s.step == name && s.outcome.as_deref() == Some("ok"))
-        };
+        let ended_ok = |name: &str| st.iter().any(|s| s.step == name && s.outcome.as_deref() == Some("ok"));
         let undoing = st.iter().any(|s| s.step.starts_with("undo-"));
         let healthy_new = run.job == "rollout" && ended_ok("health") && !undoing;
-        let last = st.last().map(|s| {
-            format!(
-                "{} ({})",
-                s.step,
-                s.outcome.as_deref().unwrap_or("unfinished")
-            )
-        });
+        let last = st.last().map(|s| format!("{} ({})", s.step, s.outcome.as_deref().unwrap_or("unfinished")));
         let found = format!("last step {}", last.unwrap_or_default());
         if healthy_new {
             let mut action = "kept the new version (it had passed its health gate)".to_string();
@@ -205,24 +167,13 @@ async fn recover_rollout(
                     engine.remove(&j.pre_name).await?;
                 }
             }
-            out.push(TenantAction {
-                tenant,
-                found,
-                action,
-                ok: true,
-            });
+            out.push(TenantAction { tenant, found, action, ok: true });
             continue;
         }
         // Was the tenant touched at all? A journal with only a finished, successful undo is settled.
-        let settled = ended_ok("undo-health-prior")
-            && st.last().is_some_and(|s| s.step == "undo-health-prior");
+        let settled = ended_ok("undo-health-prior") && st.last().is_some_and(|s| s.step == "undo-health-prior");
         if settled {
-            out.push(TenantAction {
-                tenant,
-                found,
-                action: "already restored".into(),
-                ok: true,
-            });
+            out.push(TenantAction { tenant, found, action: "already restored".into(), ok: true });
             continue;
         }
         let restore = reached("start") || run.job == "rollback";
@@ -232,21 +183,11 @@ async fn recover_rollout(
             "bring back the prior container (its data was not touched)"
         };
         if dry_run {
-            out.push(TenantAction {
-                tenant,
-                found,
-                action: format!("would {action}"),
-                ok: true,
-            });
+            out.push(TenantAction { tenant, found, action: format!("would {action}"), ok: true });
             continue;
         }
         let r = undo_tenant(ctx, engine, prober, &j, restore).await?;
-        out.push(TenantAction {
-            tenant,
-            found,
-            action: r.detail,
-            ok: r.ok,
-        });
+        out.push(TenantAction { tenant, found, action: r.detail, ok: r.ok });
     }
     Ok(out)
 }
@@ -255,11 +196,7 @@ async fn recover_held(engine: &Engine, steps: &[Step], dry_run: bool) -> Result<
     let mut out = Vec::new();
     let mut seen = std::collections::BTreeSet::new();
     for s in steps.iter().rev() {
-        let Some(h) = s
-            .detail
-            .as_deref()
-            .and_then(|d| serde_json::from_str::<HeldContainer>(d).ok())
-        else {
+        let Some(h) = s.detail.as_deref().and_then(|d| serde_json::from_str::<HeldContainer>(d).ok()) else {
             continue;
         };
         if !seen.insert(h.container.clone()) || !engine.exists(&h.container).await? {
@@ -286,17 +223,9 @@ async fn recover_held(engine: &Engine, steps: &[Step], dry_run: bool) -> Result<
         } else {
             "already running"
         };
-        let action = if dry_run && action != "already running" {
-            format!("would be {action}")
-        } else {
-            action.to_string()
-        };
-        out.push(TenantAction {
-            tenant: s.tenant.clone().unwrap_or(h.container),
-            found,
-            action,
-            ok: true,
-        });
+        let action =
+            if dry_run && action != "already running" { format!("would be {action}") } else { action.to_string() };
+        out.push(TenantAction { tenant: s.tenant.clone().unwrap_or(h.container), found, action, ok: true });
     }
     Ok(out)
 }

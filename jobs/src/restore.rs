@@ -83,29 +83,15 @@ pub fn locate(backup_root: &Path, tenant: &TenantId, source: &Source) -> Result<
         let Some(m) = Manifest::read(&dir)? else {
             return Ok(None);
         };
-        Ok(m.tenant(tenant.as_str()).map(|e| {
-            (
-                m.created.clone(),
-                Located {
-                    dir: dir.clone(),
-                    entry: e.clone(),
-                },
-            )
-        }))
+        Ok(m.tenant(tenant.as_str()).map(|e| (m.created.clone(), Located { dir: dir.clone(), entry: e.clone() })))
     };
-    let missing = |what: String| {
-        Error::Usage(format!(
-            "no complete snapshot of tenant {tenant} {what}; see `slipway status`"
-        ))
-    };
+    let missing =
+        |what: String| Error::Usage(format!("no complete snapshot of tenant {tenant} {what}; see `slipway status`"));
     match source {
         Source::Day(d) => {
-            jiff::civil::Date::strptime("%Y-%m-%d", d).map_err(|_| {
-                Error::Usage(format!("--day \"{d}\" is not a date; use YYYY-MM-DD"))
-            })?;
-            find(backup_root.join("daily").join(d))?
-                .map(|x| x.1)
-                .ok_or_else(|| missing(format!("on {d}")))
+            jiff::civil::Date::strptime("%Y-%m-%d", d)
+                .map_err(|_| Error::Usage(format!("--day \"{d}\" is not a date; use YYYY-MM-DD")))?;
+            find(backup_root.join("daily").join(d))?.map(|x| x.1).ok_or_else(|| missing(format!("on {d}")))
         }
         Source::Run(r) => find(backup_root.join("rollout").join(r.as_str()))?
             .map(|x| x.1)
@@ -166,12 +152,7 @@ pub async fn restore(ctx: &Ctx, opts: &RestoreOptions) -> Result<RestoreReport> 
             report.detail = format!("would extract into {}", to.display());
             return Ok(report);
         }
-        if to.exists()
-            && std::fs::read_dir(to)
-                .map_err(|e| Error::io(to, e))?
-                .next()
-                .is_some()
-        {
+        if to.exists() && std::fs::read_dir(to).map_err(|e| Error::io(to, e))?.next().is_some() {
             return Err(Error::Usage(format!(
                 "--to {}: the directory is not empty; give a new or empty one",
                 to.display()
@@ -191,12 +172,7 @@ pub async fn restore(ctx: &Ctx, opts: &RestoreOptions) -> Result<RestoreReport> 
     let engine = Engine::connect(&ctx.cfg.docker).await?;
     let mut found = None;
     for app in &state.fleet.apps {
-        if let Some(c) = engine
-            .tenants(app)
-            .await?
-            .into_iter()
-            .find(|c| c.tenant == opts.tenant)
-        {
+        if let Some(c) = engine.tenants(app).await?.into_iter().find(|c| c.tenant == opts.tenant) {
             found = Some((app.clone(), c));
             break;
         }
@@ -220,10 +196,7 @@ pub async fn restore(ctx: &Ctx, opts: &RestoreOptions) -> Result<RestoreReport> 
         return Ok(report);
     }
     ctx.start_run("restore", Some(&app.name), Some(&state.commit), None)?;
-    let held = HeldContainer {
-        container: container.name.clone(),
-        hold: "stop".into(),
-    };
+    let held = HeldContainer { container: container.name.clone(), hold: "stop".into() };
     let s = ctx.begin(Some(opts.tenant.as_str()), "stop", &held)?;
     engine.stop(&container.name, app.stop_timeout_s).await?;
     ctx.end(s, "ok", None::<&()>)?;
@@ -233,47 +206,28 @@ pub async fn restore(ctx: &Ctx, opts: &RestoreOptions) -> Result<RestoreReport> 
     let restored = tokio::task::spawn_blocking(move || archive::restore_swap(&a, &h, &d))
         .await
         .map_err(|e| Error::Other(format!("restore task failed: {e}")))?;
-    ctx.end(
-        s,
-        if restored.is_ok() { "ok" } else { "failed" },
-        None::<&()>,
-    )?;
+    ctx.end(s, if restored.is_ok() { "ok" } else { "failed" }, None::<&()>)?;
     let s = ctx.begin(Some(opts.tenant.as_str()), "start", &held)?;
     let started = engine.start(&container.name).await;
-    ctx.end(
-        s,
-        if started.is_ok() { "ok" } else { "failed" },
-        None::<&()>,
-    )?;
+    ctx.end(s, if started.is_ok() { "ok" } else { "failed" }, None::<&()>)?;
     let health = match &started {
-        Ok(()) => Prober::new()?
-            .gate(&engine, &container.name, &app.health, None)
-            .await?
-            .map_err(|u| u.to_string()),
+        Ok(()) => Prober::new()?.gate(&engine, &container.name, &app.health, None).await?.map_err(|u| u.to_string()),
         Err(e) => Err(e.to_string()),
     };
     match (&restored, &health) {
         (Ok(n), Ok(_)) => {
             report.entries = *n;
-            report.detail = format!(
-                "restored {n} entries into {}; {} is running and healthy",
-                data_dir.display(),
-                container.name
-            );
+            report.detail =
+                format!("restored {n} entries into {}; {} is running and healthy", data_dir.display(), container.name);
         }
         (Err(e), Ok(_)) => {
             report.outcome = ExitKind::Failure;
-            report.detail = format!(
-                "restore failed, the old data is still in place and {} runs on it: {e}",
-                container.name
-            );
+            report.detail =
+                format!("restore failed, the old data is still in place and {} runs on it: {e}", container.name);
         }
         (_, Err(e)) => {
             report.outcome = ExitKind::PersonNeeded;
-            report.detail = format!(
-                "{} is not healthy after the restore: {e}; a person is needed",
-                container.name
-            );
+            report.detail = format!("{} is not healthy after the restore: {e}; a person is needed", container.name);
         }
     }
     let word = match report.outcome {
@@ -281,12 +235,7 @@ pub async fn restore(ctx: &Ctx, opts: &RestoreOptions) -> Result<RestoreReport> 
         ExitKind::PersonNeeded => "person_needed",
         _ => "failed",
     };
-    ctx.store.finish_run(
-        ctx.run_id.as_str(),
-        word,
-        report.outcome.code() as i64,
-        &report.detail,
-    )?;
+    ctx.store.finish_run(ctx.run_id.as_str(), word, report.outcome.code() as i64, &report.detail)?;
     Ok(report)
 }
 

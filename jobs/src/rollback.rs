@@ -49,26 +49,17 @@ pub struct RollbackReport {
 
 /// Run `rollback`.
 pub async fn rollback(ctx: &Ctx, opts: &RollbackOptions) -> Result<RollbackReport> {
-    let run = ctx.store.run(opts.run.as_str())?.ok_or_else(|| {
-        Error::Usage(format!(
-            "no run {} in the run record; see `slipway runs`",
-            opts.run
-        ))
-    })?;
+    let run = ctx
+        .store
+        .run(opts.run.as_str())?
+        .ok_or_else(|| Error::Usage(format!("no run {} in the run record; see `slipway runs`", opts.run)))?;
     if run.job != "rollout" {
-        return Err(Error::Usage(format!(
-            "run {} is a {} run, not a rollout",
-            run.id, run.job
-        )));
+        return Err(Error::Usage(format!("run {} is a {} run, not a rollout", run.id, run.job)));
     }
     // The newest journal of each tenant the run touched, in the order they were rolled.
     let mut journals: Vec<(TenantJournal, bool)> = Vec::new();
     for step in ctx.store.steps(&run.id)? {
-        let Some(j) = step
-            .detail
-            .as_deref()
-            .and_then(|d| serde_json::from_str::<TenantJournal>(d).ok())
-        else {
+        let Some(j) = step.detail.as_deref().and_then(|d| serde_json::from_str::<TenantJournal>(d).ok()) else {
             continue;
         };
         let started = step.step == "start" || step.step == "health";
@@ -80,19 +71,11 @@ pub async fn rollback(ctx: &Ctx, opts: &RollbackOptions) -> Result<RollbackRepor
             None => journals.push((j, started)),
         }
     }
-    let rolled: Vec<String> = ctx
-        .store
-        .tenants(&run.id)?
-        .into_iter()
-        .filter(|t| t.outcome == "rolled")
-        .map(|t| t.tenant)
-        .collect();
+    let rolled: Vec<String> =
+        ctx.store.tenants(&run.id)?.into_iter().filter(|t| t.outcome == "rolled").map(|t| t.tenant).collect();
     for t in &opts.tenants {
         if !journals.iter().any(|(j, _)| j.tenant == t.as_str()) {
-            return Err(Error::Usage(format!(
-                "run {} did not touch tenant \"{t}\"",
-                run.id
-            )));
+            return Err(Error::Usage(format!("run {} did not touch tenant \"{t}\"", run.id)));
         }
     }
     let chosen: Vec<(TenantJournal, bool)> = journals
@@ -106,26 +89,10 @@ pub async fn rollback(ctx: &Ctx, opts: &RollbackOptions) -> Result<RollbackRepor
         })
         .collect();
     if opts.dry_run {
-        let tenants = chosen
-            .iter()
-            .map(|(j, _)| RollbackTenant {
-                tenant: j.tenant.clone(),
-                result: None,
-            })
-            .collect();
-        return Ok(RollbackReport {
-            rollout_run: run.id,
-            dry_run: true,
-            tenants,
-            outcome: ExitKind::Success,
-        });
+        let tenants = chosen.iter().map(|(j, _)| RollbackTenant { tenant: j.tenant.clone(), result: None }).collect();
+        return Ok(RollbackReport { rollout_run: run.id, dry_run: true, tenants, outcome: ExitKind::Success });
     }
-    ctx.start_run(
-        "rollback",
-        run.app.as_deref(),
-        run.git_commit.as_deref(),
-        run.digest.as_deref(),
-    )?;
+    ctx.start_run("rollback", run.app.as_deref(), run.git_commit.as_deref(), run.digest.as_deref())?;
     let engine = Engine::connect(&ctx.cfg.docker).await?;
     let prober = Prober::new()?;
     let mut tenants = Vec::new();
@@ -135,41 +102,23 @@ pub async fn rollback(ctx: &Ctx, opts: &RollbackOptions) -> Result<RollbackRepor
         if !r.ok {
             outcome = ExitKind::PersonNeeded;
         }
-        tenants.push(RollbackTenant {
-            tenant: j.tenant.clone(),
-            result: Some(r),
-        });
+        tenants.push(RollbackTenant { tenant: j.tenant.clone(), result: Some(r) });
         if outcome != ExitKind::Success {
             break;
         }
     }
     let summary = format!("rolled back {} tenant(s) of run {}", tenants.len(), run.id);
-    let word = if outcome == ExitKind::Success {
-        "success"
-    } else {
-        "person_needed"
-    };
-    ctx.store
-        .finish_run(ctx.run_id.as_str(), word, outcome.code() as i64, &summary)?;
+    let word = if outcome == ExitKind::Success { "success" } else { "person_needed" };
+    ctx.store.finish_run(ctx.run_id.as_str(), word, outcome.code() as i64, &summary)?;
     if outcome == ExitKind::Success {
-        ctx.store
-            .resolve_run(&run.id, &format!("rollback {}", ctx.run_id))?;
+        ctx.store.resolve_run(&run.id, &format!("rollback {}", ctx.run_id))?;
     }
-    Ok(RollbackReport {
-        rollout_run: run.id,
-        dry_run: false,
-        tenants,
-        outcome,
-    })
+    Ok(RollbackReport { rollout_run: run.id, dry_run: false, tenants, outcome })
 }
 
 impl fmt::Display for RollbackReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let verb = if self.dry_run {
-            "would roll back"
-        } else {
-            "rolled back"
-        };
+        let verb = if self.dry_run { "would roll back" } else { "rolled back" };
         writeln!(f, "rollback of run {}:", self.rollout_run)?;
         for t in &self.tenants {
             match &t.result {

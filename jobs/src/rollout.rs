@@ -216,11 +216,7 @@ pub struct TenantJournal {
 
 /// Run `rollout`.
 pub async fn rollout(ctx: &mut Ctx, opts: &RolloutOptions) -> Result<RolloutReport> {
-    let state = desired::read(
-        &ctx.cfg.desired,
-        &ctx.cfg.state_dir,
-        opts.git_ref.as_deref(),
-    )?;
+    let state = desired::read(&ctx.cfg.desired, &ctx.cfg.state_dir, opts.git_ref.as_deref())?;
     let apps: Vec<&App> = match &opts.app {
         Some(name) => vec![state.fleet.app(name)?],
         None => state.fleet.apps.iter().collect(),
@@ -232,26 +228,11 @@ pub async fn rollout(ctx: &mut Ctx, opts: &RolloutOptions) -> Result<RolloutRepo
         let plan = plan(app, &state.commit, &tenants, &opts.tenants)?;
         if opts.dry_run || plan.items.is_empty() {
             let summary = if plan.items.is_empty() {
-                format!(
-                    "app {}: every tenant already runs {}",
-                    app.name,
-                    app.image.digest().short()
-                )
+                format!("app {}: every tenant already runs {}", app.name, app.image.digest().short())
             } else {
-                format!(
-                    "app {}: would roll {} tenant(s) to {}",
-                    app.name,
-                    plan.items.len(),
-                    app.image.digest().short()
-                )
+                format!("app {}: would roll {} tenant(s) to {}", app.name, plan.items.len(), app.image.digest().short())
             };
-            reports.push(AppReport {
-                plan,
-                run_id: None,
-                tenants: Vec::new(),
-                outcome: ExitKind::Success,
-                summary,
-            });
+            reports.push(AppReport { plan, run_id: None, tenants: Vec::new(), outcome: ExitKind::Success, summary });
             continue;
         }
         let report = rollout_app(ctx, &engine, app, plan, opts.keep_old).await?;
@@ -261,31 +242,18 @@ pub async fn rollout(ctx: &mut Ctx, opts: &RolloutOptions) -> Result<RolloutRepo
             break;
         }
     }
-    Ok(RolloutReport {
-        dry_run: opts.dry_run,
-        commit: state.commit,
-        apps: reports,
-    })
+    Ok(RolloutReport { dry_run: opts.dry_run, commit: state.commit, apps: reports })
 }
 
 /// Compute the plan: tenants whose digest differs from the pin, minus `hold`, canary first.
-pub fn plan(
-    app: &App,
-    commit: &str,
-    tenants: &[TenantContainer],
-    only: &[TenantId],
-) -> Result<RolloutPlan> {
+pub fn plan(app: &App, commit: &str, tenants: &[TenantContainer], only: &[TenantId]) -> Result<RolloutPlan> {
     for t in only {
         if !tenants.iter().any(|c| &c.tenant == t) {
             let known: Vec<&str> = tenants.iter().map(|c| c.tenant.as_str()).collect();
             return Err(Error::Usage(format!(
                 "app {}: no tenant \"{t}\" (tenants: {})",
                 app.name,
-                if known.is_empty() {
-                    "none".to_string()
-                } else {
-                    known.join(", ")
-                }
+                if known.is_empty() { "none".to_string() } else { known.join(", ") }
             )));
         }
     }
@@ -312,11 +280,7 @@ pub fn plan(
         }
     }
     // Tenants arrive sorted; the configured canary (if it is in the plan) goes first.
-    let canary_pos = app
-        .canary
-        .as_ref()
-        .and_then(|c| items.iter().position(|i| &i.tenant == c))
-        .unwrap_or(0);
+    let canary_pos = app.canary.as_ref().and_then(|c| items.iter().position(|i| &i.tenant == c)).unwrap_or(0);
     if !items.is_empty() {
         let c = items.remove(canary_pos);
         items.insert(0, c);
@@ -343,20 +307,11 @@ async fn rollout_app(
     engine.pull(&app.image).await?;
     ctx.run_id = RunId::new();
     let digest = app.image.digest().to_string();
-    ctx.start_run(
-        "rollout",
-        Some(&app.name),
-        Some(&plan.commit),
-        Some(&digest),
-    )?;
+    ctx.start_run("rollout", Some(&app.name), Some(&plan.commit), Some(&digest))?;
     let prober = Prober::new()?;
     let mut tenants = Vec::new();
     let mut outcome = ExitKind::Success;
-    let run_dir = ctx
-        .cfg
-        .backup_root
-        .join("rollout")
-        .join(ctx.run_id.as_str());
+    let run_dir = ctx.cfg.backup_root.join("rollout").join(ctx.run_id.as_str());
     let mut manifest = Manifest::new(SnapshotKind::Rollout, ctx.run_id.as_str());
     for (i, item) in plan.items.iter().enumerate() {
         if outcome != ExitKind::Success || ctx.cancel.is_cancelled() {
@@ -366,17 +321,7 @@ async fn rollout_app(
             tenants.push(not_reached(item));
             continue;
         }
-        let report = roll_tenant(
-            ctx,
-            engine,
-            &prober,
-            app,
-            item,
-            &run_dir,
-            &mut manifest,
-            keep_old,
-        )
-        .await?;
+        let report = roll_tenant(ctx, engine, &prober, app, item, &run_dir, &mut manifest, keep_old).await?;
         outcome = match report.outcome {
             TenantOutcome::Rolled => ExitKind::Success,
             TenantOutcome::Restored if ctx.cancel.is_cancelled() => ExitKind::Interrupted,
@@ -405,20 +350,11 @@ async fn rollout_app(
             }
         }
     }
-    let rolled = tenants
-        .iter()
-        .filter(|t| t.outcome == TenantOutcome::Rolled)
-        .count();
+    let rolled = tenants.iter().filter(|t| t.outcome == TenantOutcome::Rolled).count();
     let summary = match outcome {
-        ExitKind::Success => format!(
-            "app {}: rolled {rolled} tenant(s) to {}",
-            app.name,
-            app.image.digest().short()
-        ),
+        ExitKind::Success => format!("app {}: rolled {rolled} tenant(s) to {}", app.name, app.image.digest().short()),
         ExitKind::Halted => {
-            let t = tenants
-                .iter()
-                .find(|t| t.outcome == TenantOutcome::Restored);
+            let t = tenants.iter().find(|t| t.outcome == TenantOutcome::Restored);
             format!(
                 "app {}: HALTED at tenant {} ({}); it was restored to its prior container and data; {} tenant(s) rolled, the rest untouched",
                 app.name,
@@ -427,14 +363,11 @@ async fn rollout_app(
                 rolled
             )
         }
-        ExitKind::Interrupted => format!(
-            "app {}: interrupted; {rolled} tenant(s) rolled, no tenant left stopped",
-            app.name
-        ),
+        ExitKind::Interrupted => {
+            format!("app {}: interrupted; {rolled} tenant(s) rolled, no tenant left stopped", app.name)
+        }
         _ => {
-            let t = tenants
-                .iter()
-                .find(|t| t.outcome == TenantOutcome::PersonNeeded);
+            let t = tenants.iter().find(|t| t.outcome == TenantOutcome::PersonNeeded);
             format!(
                 "app {}: ROLLBACK FAILED at tenant {}: {}; a person is needed",
                 app.name,
@@ -450,15 +383,8 @@ async fn rollout_app(
         ExitKind::PersonNeeded => "person_needed",
         _ => "failed",
     };
-    ctx.store
-        .finish_run(ctx.run_id.as_str(), word, outcome.code() as i64, &summary)?;
-    Ok(AppReport {
-        plan,
-        run_id: Some(ctx.run_id.clone()),
-        tenants,
-        outcome,
-        summary,
-    })
+    ctx.store.finish_run(ctx.run_id.as_str(), word, outcome.code() as i64, &summary)?;
+    Ok(AppReport { plan, run_id: Some(ctx.run_id.clone()), tenants, outcome, summary })
 }
 
 fn not_reached(item: &PlanItem) -> TenantReport {
@@ -486,43 +412,23 @@ async fn soak_canary(
     let soak = Duration::from_secs(app.canary_soak_s);
     let until = Instant::now() + soak;
     while Instant::now() < until && !ctx.cancel.is_cancelled() {
-        tokio::time::sleep(
-            Duration::from_millis(200).min(until.saturating_duration_since(Instant::now())),
-        )
-        .await;
+        tokio::time::sleep(Duration::from_millis(200).min(until.saturating_duration_since(Instant::now()))).await;
     }
-    let step = ctx.begin(
-        Some(item.tenant.as_str()),
-        "canary-soak",
-        &serde_json::json!({"soak_s": app.canary_soak_s}),
-    )?;
-    let check = prober
-        .gate(
-            engine,
-            &item.container,
-            &app.health,
-            Some(Duration::from_secs(5)),
-        )
-        .await?;
+    let step =
+        ctx.begin(Some(item.tenant.as_str()), "canary-soak", &serde_json::json!({"soak_s": app.canary_soak_s}))?;
+    let check = prober.gate(engine, &item.container, &app.health, Some(Duration::from_secs(5))).await?;
     match check {
         Ok(_) => {
             ctx.end(step, "ok", None::<&()>)?;
             Ok(None)
         }
         Err(why) => {
-            ctx.end(
-                step,
-                "failed",
-                Some(&serde_json::json!({"reason": why.to_string()})),
-            )?;
+            ctx.end(step, "failed", Some(&serde_json::json!({"reason": why.to_string()})))?;
             // The canary went bad during the soak: undo it from the journal of its rollout.
             let journal = last_journal(ctx, item.tenant.as_str())?
                 .ok_or_else(|| Error::Other(format!("no journal for canary {}", item.tenant)))?;
             let undo = undo_tenant(ctx, engine, prober, &journal, true).await?;
-            let detail = format!(
-                "canary unhealthy after the {}s soak: {why}; {}",
-                app.canary_soak_s, undo.detail
-            );
+            let detail = format!("canary unhealthy after the {}s soak: {why}; {}", app.canary_soak_s, undo.detail);
             Ok(Some(if undo.ok {
                 (ExitKind::Halted, TenantOutcome::Restored, detail)
             } else {
@@ -574,29 +480,12 @@ async fn roll_tenant(
     // Read everything before touching anything: a failure here changes nothing.
     let spec = match engine.spec(&name).await {
         Ok(s) => s,
-        Err(e) => {
-            return Ok(report(
-                TenantOutcome::Restored,
-                None,
-                None,
-                timings,
-                Some(format!("not touched: {e}")),
-            ))
-        }
+        Err(e) => return Ok(report(TenantOutcome::Restored, None, None, timings, Some(format!("not touched: {e}")))),
     };
     let data_dir = app.data_dir_of(&item.tenant);
     if !data_dir.is_dir() {
-        let detail = format!(
-            "not touched: data dir {} does not exist",
-            data_dir.display()
-        );
-        return Ok(report(
-            TenantOutcome::Restored,
-            None,
-            None,
-            timings,
-            Some(detail),
-        ));
+        let detail = format!("not touched: data dir {} does not exist", data_dir.display());
+        return Ok(report(TenantOutcome::Restored, None, None, timings, Some(detail)));
     }
     let old_id = engine.id_of(&name).await?.unwrap_or_default();
     let mut j = TenantJournal {
@@ -653,18 +542,8 @@ async fn roll_tenant(
         Err(e) => {
             ctx.end(s, "failed", Some(&j))?;
             let undo = undo_tenant(ctx, engine, prober, &j, false).await?;
-            let detail = format!(
-                "snapshot of {} failed: {e}; {}",
-                data_dir.display(),
-                undo.detail
-            );
-            return Ok(report(
-                undo.outcome(),
-                Some(t0.elapsed()),
-                None,
-                timings,
-                Some(detail),
-            ));
+            let detail = format!("snapshot of {} failed: {e}; {}", data_dir.display(), undo.detail);
+            return Ok(report(undo.outcome(), Some(t0.elapsed()), None, timings, Some(detail)));
         }
     };
     timings.snapshot_ms = ms(t.elapsed());
@@ -686,13 +565,10 @@ async fn roll_tenant(
         ctx.end(s, "ok", Some(&j))?;
         crash_point("after-rename");
         let s = ctx.begin(Some(tenant), "create", &j)?;
-        let id = engine
-            .create_from(&name, &spec, &j.new_image)
-            .await
-            .map_err(|e| {
-                let _ = ctx.end(s, "failed", Some(&j));
-                e
-            })?;
+        let id = engine.create_from(&name, &spec, &j.new_image).await.map_err(|e| {
+            let _ = ctx.end(s, "failed", Some(&j));
+            e
+        })?;
         j.new_id = Some(id);
         ctx.end(s, "ok", Some(&j))?;
         crash_point("after-create");
@@ -700,10 +576,7 @@ async fn roll_tenant(
         let lost = j.settings.lost_in(&engine.actual_settings(&name).await?);
         if !lost.is_empty() {
             ctx.end(s, "failed", Some(&j))?;
-            return Err(Error::Other(format!(
-                "the new container lost what the operator set: {}",
-                lost.join(", ")
-            )));
+            return Err(Error::Other(format!("the new container lost what the operator set: {}", lost.join(", "))));
         }
         ctx.end(s, "ok", Some(&j))?;
         Ok::<_, Error>(())
@@ -714,13 +587,7 @@ async fn roll_tenant(
     if let Err(detail) = created {
         let undo = undo_tenant(ctx, engine, prober, &j, false).await?;
         let detail = format!("{detail}; {}", undo.detail);
-        return Ok(report(
-            undo.outcome(),
-            Some(t0.elapsed()),
-            Some(archive_path),
-            timings,
-            Some(detail),
-        ));
+        return Ok(report(undo.outcome(), Some(t0.elapsed()), Some(archive_path), timings, Some(detail)));
     }
 
     // 6. start; 7. health gate. From here on the new version may write to the data dir.
@@ -749,31 +616,15 @@ async fn roll_tenant(
             if !keep_old {
                 let s = ctx.begin(Some(tenant), "cleanup", &j)?;
                 // The new version is healthy; failing to remove the old container is only untidy.
-                let outcome = if engine.remove(&j.pre_name).await.is_ok() {
-                    "ok"
-                } else {
-                    "failed"
-                };
+                let outcome = if engine.remove(&j.pre_name).await.is_ok() { "ok" } else { "failed" };
                 ctx.end(s, outcome, Some(&j))?;
             }
-            Ok(report(
-                TenantOutcome::Rolled,
-                Some(downtime),
-                Some(archive_path),
-                timings,
-                None,
-            ))
+            Ok(report(TenantOutcome::Rolled, Some(downtime), Some(archive_path), timings, None))
         }
         Err(why) => {
             let undo = undo_tenant(ctx, engine, prober, &j, true).await?;
             let detail = format!("new version failed: {why}; {}", undo.detail);
-            Ok(report(
-                undo.outcome(),
-                Some(t0.elapsed()),
-                Some(archive_path),
-                timings,
-                Some(detail),
-            ))
+            Ok(report(undo.outcome(), Some(t0.elapsed()), Some(archive_path), timings, Some(detail)))
         }
     }
 }
@@ -809,12 +660,7 @@ fn record_rollout_snapshot(
     s: &archive::ArchiveSummary,
 ) -> Result<()> {
     let file_list = archive::file_list_path(archive_path);
-    let rel = |p: &Path| {
-        p.strip_prefix(run_dir)
-            .unwrap_or(p)
-            .to_string_lossy()
-            .into_owned()
-    };
+    let rel = |p: &Path| p.strip_prefix(run_dir).unwrap_or(p).to_string_lossy().into_owned();
     manifest.upsert(ArchiveEntry {
         path: rel(archive_path),
         tenant: Some(tenant.to_string()),
@@ -825,9 +671,7 @@ fn record_rollout_snapshot(
         file_list_sha256: s.file_list_sha256.clone(),
     });
     manifest.write(run_dir)?;
-    let rel_root = archive_path
-        .strip_prefix(&ctx.cfg.backup_root)
-        .unwrap_or(archive_path);
+    let rel_root = archive_path.strip_prefix(&ctx.cfg.backup_root).unwrap_or(archive_path);
     ctx.store.record_snapshot(&slipway_state::SnapshotRow {
         path: rel_root.to_string_lossy().into_owned(),
         kind: "rollout".into(),
@@ -878,11 +722,7 @@ pub async fn undo_tenant(
     let mut done = Vec::new();
     let current = engine.id_of(&j.name).await?;
     let pre = engine.id_of(&j.pre_name).await?;
-    let old_by_id = if j.old_id.is_empty() {
-        None
-    } else {
-        engine.id_of(&j.old_id).await?
-    };
+    let old_by_id = if j.old_id.is_empty() { None } else { engine.id_of(&j.old_id).await? };
     let fail = |step: i64, what: String, done: &[String]| -> Result<UndoResult> {
         ctx.end(step, "failed", Some(&serde_json::json!({"error": what})))?;
         let state = if done.is_empty() {
@@ -890,10 +730,7 @@ pub async fn undo_tenant(
         } else {
             format!("done so far: {}", done.join(", "))
         };
-        Ok(UndoResult {
-            ok: false,
-            detail: format!("UNDO FAILED for tenant {}: {what}; {state}", j.tenant),
-        })
+        Ok(UndoResult { ok: false, detail: format!("UNDO FAILED for tenant {}: {what}; {state}", j.tenant) })
     };
 
     // The container under the tenant's name, if it is not the prior one, is the new version.
@@ -905,16 +742,8 @@ pub async fn undo_tenant(
             // from the new one's settings on the prior image.
             recreate_from = Some(engine.spec(id).await?);
         }
-        if let Err(e) = engine
-            .stop(id, j.stop_timeout_s)
-            .await
-            .and(engine.remove(id).await)
-        {
-            return fail(
-                s,
-                format!("cannot remove the new container {}: {e}", j.name),
-                &done,
-            );
+        if let Err(e) = engine.stop(id, j.stop_timeout_s).await.and(engine.remove(id).await) {
+            return fail(s, format!("cannot remove the new container {}: {e}", j.name), &done);
         }
         ctx.end(s, "ok", None::<&()>)?;
         done.push("new container removed".to_string());
@@ -933,11 +762,7 @@ pub async fn undo_tenant(
             if let Err(e) = r {
                 return fail(
                     s,
-                    format!(
-                        "restoring {} from {} failed: {e}",
-                        j.data_dir.display(),
-                        snap.display()
-                    ),
+                    format!("restoring {} from {} failed: {e}", j.data_dir.display(), snap.display()),
                     &done,
                 );
             }
@@ -948,36 +773,21 @@ pub async fn undo_tenant(
     if let Some(spec) = recreate_from {
         let s = ctx.begin(tenant, "undo-recreate-prior", j)?;
         if let Err(e) = engine.create_from(&j.name, &spec, &j.old_image).await {
-            return fail(
-                s,
-                format!(
-                    "cannot recreate the prior container from {}: {e}",
-                    j.old_image
-                ),
-                &done,
-            );
+            return fail(s, format!("cannot recreate the prior container from {}: {e}", j.old_image), &done);
         }
         ctx.end(s, "ok", None::<&()>)?;
         done.push(format!("prior container recreated from {}", j.old_image));
     } else if pre.is_some() {
         let s = ctx.begin(tenant, "undo-rename-back", j)?;
         if let Err(e) = engine.rename(&j.pre_name, &j.name).await {
-            return fail(
-                s,
-                format!("cannot rename {} back to {}: {e}", j.pre_name, j.name),
-                &done,
-            );
+            return fail(s, format!("cannot rename {} back to {}: {e}", j.pre_name, j.name), &done);
         }
         ctx.end(s, "ok", None::<&()>)?;
         done.push("prior container renamed back".to_string());
     }
     let s = ctx.begin(tenant, "undo-start-prior", j)?;
     if let Err(e) = engine.start(&j.name).await {
-        return fail(
-            s,
-            format!("cannot start the prior container {}: {e}", j.name),
-            &done,
-        );
+        return fail(s, format!("cannot start the prior container {}: {e}", j.name), &done);
     }
     ctx.end(s, "ok", None::<&()>)?;
     let s = ctx.begin(tenant, "undo-health-prior", j)?;
@@ -985,16 +795,9 @@ pub async fn undo_tenant(
         Ok(_) => {
             ctx.end(s, "ok", None::<&()>)?;
             done.push("prior container running and healthy".to_string());
-            Ok(UndoResult {
-                ok: true,
-                detail: done.join(", "),
-            })
+            Ok(UndoResult { ok: true, detail: done.join(", ") })
         }
-        Err(why) => fail(
-            s,
-            format!("the prior container {} is not healthy: {why}", j.name),
-            &done,
-        ),
+        Err(why) => fail(s, format!("the prior container {} is not healthy: {why}", j.name), &done),
     }
 }
 
@@ -1002,13 +805,7 @@ impl fmt::Display for RolloutReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for app in &self.apps {
             let p = &app.plan;
-            writeln!(
-                f,
-                "app {} -> {} (commit {})",
-                p.app,
-                p.image,
-                &p.commit[..12.min(p.commit.len())]
-            )?;
+            writeln!(f, "app {} -> {} (commit {})", p.app, p.image, &p.commit[..12.min(p.commit.len())])?;
             if let Some(id) = &app.run_id {
                 writeln!(f, "  run {id}")?;
             }
@@ -1025,15 +822,8 @@ impl fmt::Display for RolloutReport {
                 }
             }
             for t in &app.tenants {
-                let down = t
-                    .downtime_ms
-                    .map_or(String::new(), |d| format!(" downtime {d} ms"));
-                writeln!(
-                    f,
-                    "  {:<24} {:<14}{down}",
-                    t.tenant.as_str(),
-                    t.outcome.word()
-                )?;
+                let down = t.downtime_ms.map_or(String::new(), |d| format!(" downtime {d} ms"));
+                writeln!(f, "  {:<24} {:<14}{down}", t.tenant.as_str(), t.outcome.word())?;
                 if let Some(d) = &t.detail {
                     writeln!(f, "      {d}")?;
                 }

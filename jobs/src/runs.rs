@@ -28,38 +28,23 @@ pub struct RunDetail {
 
 /// List the newest `limit` runs.
 pub fn list(ctx: &Ctx, limit: usize) -> Result<RunsReport> {
-    Ok(RunsReport {
-        runs: ctx.store.runs(limit)?,
-    })
+    Ok(RunsReport { runs: ctx.store.runs(limit)? })
 }
 
 /// Show one run.
 pub fn show(ctx: &Ctx, id: &str) -> Result<RunDetail> {
-    let run = ctx.store.run(id)?.ok_or_else(|| {
-        Error::Usage(format!("no run {id} in the run record; see `slipway runs`"))
-    })?;
-    Ok(RunDetail {
-        tenants: ctx.store.tenants(id)?,
-        steps: ctx.store.steps(id)?,
-        run,
-    })
+    let run =
+        ctx.store.run(id)?.ok_or_else(|| Error::Usage(format!("no run {id} in the run record; see `slipway runs`")))?;
+    Ok(RunDetail { tenants: ctx.store.tenants(id)?, steps: ctx.store.steps(id)?, run })
 }
 
 fn outcome(r: &Run) -> &str {
-    r.outcome.as_deref().unwrap_or(if r.finished_at.is_none() {
-        "unfinished"
-    } else {
-        "?"
-    })
+    r.outcome.as_deref().unwrap_or(if r.finished_at.is_none() { "unfinished" } else { "?" })
 }
 
 impl fmt::Display for RunsReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(
-            f,
-            "{:<22} {:<10} {:<10} {:<14} {}",
-            "RUN", "JOB", "TRIGGER", "OUTCOME", "SUMMARY"
-        )?;
+        writeln!(f, "{:<22} {:<10} {:<10} {:<14} {}", "RUN", "JOB", "TRIGGER", "OUTCOME", "SUMMARY")?;
         for r in &self.runs {
             writeln!(
                 f,
@@ -78,25 +63,12 @@ impl fmt::Display for RunsReport {
 impl fmt::Display for RunDetail {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let r = &self.run;
-        writeln!(
-            f,
-            "run {} ({} by {}, pid {})",
-            r.id, r.job, r.trigger, r.pid
-        )?;
+        writeln!(f, "run {} ({} by {}, pid {})", r.id, r.job, r.trigger, r.pid)?;
         writeln!(f, "  started  {}", r.started_at)?;
         writeln!(f, "  finished {}", r.finished_at.as_deref().unwrap_or("-"))?;
-        writeln!(
-            f,
-            "  outcome  {} (exit {})",
-            outcome(r),
-            r.exit_code.map_or("-".into(), |c| c.to_string())
-        )?;
+        writeln!(f, "  outcome  {} (exit {})", outcome(r), r.exit_code.map_or("-".into(), |c| c.to_string()))?;
         if let Some(app) = &r.app {
-            writeln!(
-                f,
-                "  app      {app} @ {}",
-                r.digest.as_deref().unwrap_or("-")
-            )?;
+            writeln!(f, "  app      {app} @ {}", r.digest.as_deref().unwrap_or("-"))?;
         }
         if let Some(c) = &r.git_commit {
             writeln!(f, "  commit   {c}")?;
@@ -109,11 +81,7 @@ impl fmt::Display for RunDetail {
         }
         for t in &self.tenants {
             let down = t.downtime_ms.map_or("-".to_string(), |d| format!("{d} ms"));
-            writeln!(
-                f,
-                "  tenant {:<20} {:<14} downtime {down}",
-                t.tenant, t.outcome
-            )?;
+            writeln!(f, "  tenant {:<20} {:<14} downtime {down}", t.tenant, t.outcome)?;
         }
         writeln!(f, "  steps:")?;
         for s in &self.steps {

@@ -91,11 +91,7 @@ pub struct SnapshotReport {
 impl SnapshotReport {
     /// Failure when any archive failed.
     pub fn exit_kind(&self) -> ExitKind {
-        if self
-            .archives
-            .iter()
-            .any(|a| a.outcome == ArchiveOutcome::Failed)
-        {
+        if self.archives.iter().any(|a| a.outcome == ArchiveOutcome::Failed) {
             ExitKind::Failure
         } else {
             ExitKind::Success
@@ -103,11 +99,7 @@ impl SnapshotReport {
     }
     /// Bytes written by this run.
     pub fn archived_bytes(&self) -> u64 {
-        self.archives
-            .iter()
-            .filter(|a| a.outcome == ArchiveOutcome::Archived)
-            .map(|a| a.size)
-            .sum()
+        self.archives.iter().filter(|a| a.outcome == ArchiveOutcome::Archived).map(|a| a.size).sum()
     }
 }
 
@@ -129,9 +121,7 @@ pub async fn snapshot(ctx: &Ctx, opts: &SnapshotOptions) -> Result<SnapshotRepor
     }
     for t in &opts.tenants {
         if !work.iter().any(|(_, w, _)| w == t) {
-            return Err(Error::Usage(format!(
-                "no tenant \"{t}\" in any app of fleet.toml; see `slipway status`"
-            )));
+            return Err(Error::Usage(format!("no tenant \"{t}\" in any app of fleet.toml; see `slipway status`")));
         }
     }
     if !opts.tenants.is_empty() {
@@ -140,8 +130,7 @@ pub async fn snapshot(ctx: &Ctx, opts: &SnapshotOptions) -> Result<SnapshotRepor
     let day = today();
     let root = ctx.cfg.backup_root.join("daily");
     let dir = root.join(&day);
-    let mut manifest =
-        Manifest::read(&dir)?.unwrap_or_else(|| Manifest::new(SnapshotKind::Daily, &day));
+    let mut manifest = Manifest::read(&dir)?.unwrap_or_else(|| Manifest::new(SnapshotKind::Daily, &day));
     let previous = previous_manifests(&root, &day)?;
     let mut archives = Vec::new();
     if !opts.dry_run {
@@ -170,23 +159,13 @@ pub async fn snapshot(ctx: &Ctx, opts: &SnapshotOptions) -> Result<SnapshotRepor
             continue;
         }
         let t = Instant::now();
-        let prev = previous
-            .iter()
-            .find_map(|(d, m)| m.tenant(tenant.as_str()).map(|e| (d.clone(), e.clone())));
+        let prev = previous.iter().find_map(|(d, m)| m.tenant(tenant.as_str()).map(|e| (d.clone(), e.clone())));
         match snapshot_tenant(ctx, &engine, app, tenant, container, &dest, prev).await {
             Ok((entry_summary, reused, bytes_in)) => {
-                rep.outcome = if reused {
-                    ArchiveOutcome::Reused
-                } else {
-                    ArchiveOutcome::Archived
-                };
+                rep.outcome = if reused { ArchiveOutcome::Reused } else { ArchiveOutcome::Archived };
                 rep.size = entry_summary.size;
                 rep.bytes_in = bytes_in;
-                manifest.upsert(ArchiveEntry {
-                    path: rel.clone(),
-                    tenant: Some(tenant.to_string()),
-                    ..entry_summary
-                });
+                manifest.upsert(ArchiveEntry { path: rel.clone(), tenant: Some(tenant.to_string()), ..entry_summary });
                 manifest.write(&dir)?;
                 record(
                     ctx,
@@ -248,12 +227,7 @@ pub async fn snapshot(ctx: &Ctx, opts: &SnapshotOptions) -> Result<SnapshotRepor
         }
         archives.push(rep);
     }
-    let report = SnapshotReport {
-        day,
-        dir,
-        dry_run: opts.dry_run,
-        archives,
-    };
+    let report = SnapshotReport { day, dir, dry_run: opts.dry_run, archives };
     if !opts.dry_run {
         let failed: Vec<String> = report
             .archives
@@ -262,32 +236,18 @@ pub async fn snapshot(ctx: &Ctx, opts: &SnapshotOptions) -> Result<SnapshotRepor
             .map(|a| a.tenant.clone().unwrap_or_else(|| "control-plane".into()))
             .collect();
         let summary = if failed.is_empty() {
-            format!(
-                "{} archive(s) complete for {}",
-                report.archives.len(),
-                report.day
-            )
+            format!("{} archive(s) complete for {}", report.archives.len(), report.day)
         } else {
             format!("FAILED: {}", failed.join(", "))
         };
         let kind = report.exit_kind();
-        let word = if kind == ExitKind::Success {
-            "success"
-        } else {
-            "failed"
-        };
-        ctx.store
-            .finish_run(ctx.run_id.as_str(), word, kind.code() as i64, &summary)?;
+        let word = if kind == ExitKind::Success { "success" } else { "failed" };
+        ctx.store.finish_run(ctx.run_id.as_str(), word, kind.code() as i64, &summary)?;
     }
     Ok(report)
 }
 
-fn entry_of(
-    rel: &str,
-    tenant: Option<&str>,
-    dest: &Path,
-    s: &archive::ArchiveSummary,
-) -> ArchiveEntry {
+fn entry_of(rel: &str, tenant: Option<&str>, dest: &Path, s: &archive::ArchiveSummary) -> ArchiveEntry {
     let list = archive::file_list_path(dest);
     let list_rel = Path::new(rel).with_file_name(list.file_name().unwrap_or_default());
     ArchiveEntry {
@@ -301,21 +261,11 @@ fn entry_of(
     }
 }
 
-fn record(
-    ctx: &Ctx,
-    day: &str,
-    tenant: Option<&str>,
-    path: &str,
-    e: Option<&ArchiveEntry>,
-) -> Result<()> {
+fn record(ctx: &Ctx, day: &str, tenant: Option<&str>, path: &str, e: Option<&ArchiveEntry>) -> Result<()> {
     let Some(e) = e else { return Ok(()) };
     ctx.store.record_snapshot(&slipway_state::SnapshotRow {
         path: path.to_string(),
-        kind: if tenant.is_some() {
-            "daily".into()
-        } else {
-            "control-plane".into()
-        },
+        kind: if tenant.is_some() { "daily".into() } else { "control-plane".into() },
         snap: day.to_string(),
         tenant: tenant.map(str::to_string),
         run_id: Some(ctx.run_id.to_string()),
@@ -331,10 +281,7 @@ fn record(
 /// Complete daily snapshots before `day`, newest first.
 fn previous_manifests(root: &Path, day: &str) -> Result<Vec<(PathBuf, Manifest)>> {
     let mut days: Vec<String> = match std::fs::read_dir(root) {
-        Ok(rd) => rd
-            .filter_map(|e| e.ok()?.file_name().into_string().ok())
-            .filter(|d| d.as_str() < day)
-            .collect(),
+        Ok(rd) => rd.filter_map(|e| e.ok()?.file_name().into_string().ok()).filter(|d| d.as_str() < day).collect(),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
         Err(e) => return Err(Error::io(root, e)),
     };
@@ -363,25 +310,15 @@ async fn snapshot_tenant(
 ) -> Result<(ArchiveEntry, bool, u64)> {
     let data_dir = app.data_dir_of(tenant);
     if !data_dir.is_dir() {
-        return Err(Error::Usage(format!(
-            "tenant {tenant}: data dir {} does not exist",
-            data_dir.display()
-        )));
+        return Err(Error::Usage(format!("tenant {tenant}: data dir {} does not exist", data_dir.display())));
     }
-    let running = engine
-        .state(container)
-        .await
-        .map(|s| s.running)
-        .unwrap_or(false);
+    let running = engine.state(container).await.map(|s| s.running).unwrap_or(false);
     let hold = match app.quiesce {
         Quiesce::Pause if running => Some("pause"),
         Quiesce::Stop if running => Some("stop"),
         _ => None,
     };
-    let held = HeldContainer {
-        container: container.to_string(),
-        hold: hold.unwrap_or("none").to_string(),
-    };
+    let held = HeldContainer { container: container.to_string(), hold: hold.unwrap_or("none").to_string() };
     let step = ctx.begin(Some(tenant.as_str()), "archive", &held)?;
     match hold {
         Some("pause") => engine.pause(container).await?,
@@ -418,41 +355,22 @@ async fn snapshot_tenant(
         _ => Ok(()),
     };
     let result = work.and_then(|r| r);
-    ctx.end(
-        step,
-        if result.is_ok() && resumed.is_ok() {
-            "ok"
-        } else {
-            "failed"
-        },
-        None::<&()>,
-    )?;
+    ctx.end(step, if result.is_ok() && resumed.is_ok() { "ok" } else { "failed" }, None::<&()>)?;
     resumed?;
     let (s, reused) = result?;
     let rel = format!("tenants/{tenant}.tar.zst");
-    Ok((
-        entry_of(&rel, Some(tenant.as_str()), dest, &s),
-        reused,
-        s.bytes_in,
-    ))
+    Ok((entry_of(&rel, Some(tenant.as_str()), dest, &s), reused, s.bytes_in))
 }
 
 /// Stage the control-plane dirs (SQLite databases through the online backup API, checked with
 /// `PRAGMA integrity_check`; other files copied) and archive the staging dir.
-fn snapshot_control_plane(
-    dirs: &[PathBuf],
-    day_dir: &Path,
-    dest: &Path,
-) -> Result<archive::ArchiveSummary> {
+fn snapshot_control_plane(dirs: &[PathBuf], day_dir: &Path, dest: &Path) -> Result<archive::ArchiveSummary> {
     let staging = tempfile::Builder::new()
         .prefix(".control-plane-staging-")
         .tempdir_in(day_dir)
         .map_err(|e| Error::io(day_dir, e))?;
     for d in dirs {
-        let name = d
-            .to_string_lossy()
-            .trim_start_matches('/')
-            .replace('/', "_");
+        let name = d.to_string_lossy().trim_start_matches('/').replace('/', "_");
         stage_dir(d, &staging.path().join(name))?;
     }
     Ok(archive::create(staging.path(), dest)?)
@@ -461,10 +379,7 @@ fn snapshot_control_plane(
 fn is_sqlite(p: &Path) -> bool {
     use std::io::Read;
     let mut head = [0u8; 16];
-    std::fs::File::open(p)
-        .and_then(|mut f| f.read_exact(&mut head))
-        .is_ok()
-        && &head == b"SQLite format 3\0"
+    std::fs::File::open(p).and_then(|mut f| f.read_exact(&mut head)).is_ok() && &head == b"SQLite format 3\0"
 }
 
 fn stage_dir(src: &Path, dst: &Path) -> Result<()> {
@@ -495,14 +410,10 @@ fn stage_dir(src: &Path, dst: &Path) -> Result<()> {
 
 /// Copy a live SQLite database consistently with the online backup API, then check it.
 fn backup_sqlite(src: &Path, dst: &Path) -> Result<()> {
-    let e = |what: &str, err: rusqlite::Error| {
-        Error::Archive(format!("{}: {what}: {err}", src.display()))
-    };
-    let from =
-        rusqlite::Connection::open_with_flags(src, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-            .map_err(|x| e("cannot open", x))?;
-    from.busy_timeout(Duration::from_secs(30))
-        .map_err(|x| e("busy timeout", x))?;
+    let e = |what: &str, err: rusqlite::Error| Error::Archive(format!("{}: {what}: {err}", src.display()));
+    let from = rusqlite::Connection::open_with_flags(src, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .map_err(|x| e("cannot open", x))?;
+    from.busy_timeout(Duration::from_secs(30)).map_err(|x| e("busy timeout", x))?;
     let mut to = rusqlite::Connection::open(dst).map_err(|x| e("cannot create the copy", x))?;
     {
         let backup = rusqlite::backup::Backup::new(&from, &mut to).map_err(|x| e("backup", x))?;
@@ -512,39 +423,25 @@ fn backup_sqlite(src: &Path, dst: &Path) -> Result<()> {
             match backup.step(-1).map_err(|x| e("backup step", x))? {
                 rusqlite::backup::StepResult::Done => break,
                 _ if Instant::now() > deadline => {
-                    return Err(Error::Archive(format!(
-                        "{}: database stayed locked for 60 s",
-                        src.display()
-                    )))
+                    return Err(Error::Archive(format!("{}: database stayed locked for 60 s", src.display())))
                 }
                 _ => std::thread::sleep(Duration::from_millis(50)),
             }
         }
     }
-    let check: String = to
-        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
-        .map_err(|x| e("integrity_check", x))?;
+    let check: String =
+        to.query_row("PRAGMA integrity_check", [], |r| r.get(0)).map_err(|x| e("integrity_check", x))?;
     if check != "ok" {
-        return Err(Error::Archive(format!(
-            "{}: the backup copy failed integrity_check: {check}",
-            src.display()
-        )));
+        return Err(Error::Archive(format!("{}: the backup copy failed integrity_check: {check}", src.display())));
     }
     // The copy is archived as one file, not a WAL pair.
-    to.pragma_update(None, "journal_mode", "DELETE")
-        .map_err(|x| e("journal mode", x))?;
+    to.pragma_update(None, "journal_mode", "DELETE").map_err(|x| e("journal mode", x))?;
     Ok(())
 }
 
 impl fmt::Display for SnapshotReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(
-            f,
-            "snapshot {} -> {}{}",
-            self.day,
-            self.dir.display(),
-            if self.dry_run { " (dry run)" } else { "" }
-        )?;
+        writeln!(f, "snapshot {} -> {}{}", self.day, self.dir.display(), if self.dry_run { " (dry run)" } else { "" })?;
         for a in &self.archives {
             let who = a.tenant.as_deref().unwrap_or("control-plane");
             let what = match a.outcome {

@@ -6,7 +6,5 @@ pub async fn fetch_for_restore(
     _tenant: &crate::types::TenantId,
     _source: &crate::restore::Source,
 ) -> crate::error::Result<crate::restore::Located> {
-    Err(crate::error::Error::Usage(
-        "restore --remote is not available in this build yet".into(),
-    ))
+    Err(crate::error::Error::Usage("restore --remote is not available in this build yet".into()))
 }

@@ -25,17 +25,11 @@ impl Digest {
 impl FromStr for Digest {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let hex = s.strip_prefix("sha256:").ok_or_else(|| {
-            format!("\"{s}\" is not a sha256 digest; expected \"sha256:<64 hex digits>\"")
-        })?;
-        if hex.len() != 64
-            || !hex
-                .bytes()
-                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
-        {
-            return Err(format!(
-                "\"{s}\" is not a sha256 digest; expected \"sha256:\" and 64 lowercase hex digits"
-            ));
+        let hex = s
+            .strip_prefix("sha256:")
+            .ok_or_else(|| format!("\"{s}\" is not a sha256 digest; expected \"sha256:<64 hex digits>\""))?;
+        if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) {
+            return Err(format!("\"{s}\" is not a sha256 digest; expected \"sha256:\" and 64 lowercase hex digits"));
         }
         Ok(Digest(s.to_string()))
     }
@@ -86,13 +80,8 @@ impl FromStr for PinnedImage {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         let Some((name, digest)) = s.split_once('@') else {
-            let repo = s
-                .rsplit_once(':')
-                .filter(|(_, t)| !t.contains('/'))
-                .map_or(s, |(r, _)| r);
-            return Err(format!(
-                "image \"{s}\" is not pinned by digest; use \"{repo}@sha256:<64 hex digits>\""
-            ));
+            let repo = s.rsplit_once(':').filter(|(_, t)| !t.contains('/')).map_or(s, |(r, _)| r);
+            return Err(format!("image \"{s}\" is not pinned by digest; use \"{repo}@sha256:<64 hex digits>\""));
         };
         let digest: Digest = digest.parse().map_err(|e| format!("image \"{s}\": {e}"))?;
         // Drop a tag before the digest: `repo:tag@sha256:…` runs the digest, not the tag.
@@ -101,14 +90,9 @@ impl FromStr for PinnedImage {
             _ => name,
         };
         if repo.is_empty() || repo.contains(char::is_whitespace) {
-            return Err(format!(
-                "image \"{s}\" has no repository name before the '@'"
-            ));
+            return Err(format!("image \"{s}\" has no repository name before the '@'"));
         }
-        Ok(PinnedImage {
-            repo: repo.to_string(),
-            digest,
-        })
+        Ok(PinnedImage { repo: repo.to_string(), digest })
     }
 }
 impl TryFrom<String> for PinnedImage {
@@ -145,14 +129,11 @@ impl FromStr for TenantId {
         let ok = !s.is_empty()
             && s.len() <= 63
             && s.as_bytes()[0].is_ascii_alphanumeric()
-            && s.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.' || b == b'-');
+            && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.' || b == b'-');
         if ok {
             Ok(TenantId(s.to_string()))
         } else {
-            Err(format!(
-                "tenant id \"{s}\" is invalid; it must match [A-Za-z0-9][A-Za-z0-9_.-]{{0,62}}"
-            ))
+            Err(format!("tenant id \"{s}\" is invalid; it must match [A-Za-z0-9][A-Za-z0-9_.-]{{0,62}}"))
         }
     }
 }
@@ -245,9 +226,7 @@ mod tests {
     fn pinned_image_accepts_digest_and_drops_tag() {
         let p: PinnedImage = format!("ghcr.io/x/pulse:1.2@sha256:{HEX}").parse().unwrap();
         assert_eq!(p.repo(), "ghcr.io/x/pulse");
-        let p: PinnedImage = format!("127.0.0.1:5000/pulse@sha256:{HEX}")
-            .parse()
-            .unwrap();
+        let p: PinnedImage = format!("127.0.0.1:5000/pulse@sha256:{HEX}").parse().unwrap();
         assert_eq!(p.repo(), "127.0.0.1:5000/pulse");
     }
 
@@ -260,11 +239,7 @@ mod tests {
 
     #[test]
     fn bad_digests_are_refused() {
-        for bad in [
-            "sha256:abc",
-            "md5:x",
-            &format!("sha256:{}", HEX.to_uppercase()),
-        ] {
+        for bad in ["sha256:abc", "md5:x", &format!("sha256:{}", HEX.to_uppercase())] {
             assert!(bad.parse::<Digest>().is_err(), "{bad}");
         }
     }
@@ -283,9 +258,6 @@ mod tests {
     fn run_ids_round_trip_and_sort_by_time() {
         let a = RunId::new();
         assert_eq!(a.as_str().parse::<RunId>().unwrap(), a);
-        assert!(
-            "20261122T030000Z-7f3a".parse::<RunId>().unwrap()
-                < "20261122T030001Z-0000".parse().unwrap()
-        );
+        assert!("20261122T030000Z-7f3a".parse::<RunId>().unwrap() < "20261122T030001Z-0000".parse().unwrap());
     }
 }

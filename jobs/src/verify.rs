@@ -61,10 +61,7 @@ pub fn snapshot_dirs(backup_root: &Path, day: Option<&str>) -> Result<Vec<PathBu
     if let Some(d) = day {
         let dir = backup_root.join("daily").join(d);
         if !dir.is_dir() {
-            return Err(Error::Usage(format!(
-                "no daily snapshot for {d} in {}",
-                backup_root.display()
-            )));
+            return Err(Error::Usage(format!("no daily snapshot for {d} in {}", backup_root.display())));
         }
         return Ok(vec![dir]);
     }
@@ -73,11 +70,7 @@ pub fn snapshot_dirs(backup_root: &Path, day: Option<&str>) -> Result<Vec<PathBu
         let Ok(rd) = std::fs::read_dir(backup_root.join(kind)) else {
             continue;
         };
-        let mut dirs: Vec<PathBuf> = rd
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| p.is_dir())
-            .collect();
+        let mut dirs: Vec<PathBuf> = rd.flatten().map(|e| e.path()).filter(|p| p.is_dir()).collect();
         dirs.sort();
         out.extend(dirs);
     }
@@ -96,18 +89,13 @@ pub fn check_archive(dir: &Path, e: &crate::manifest::ArchiveEntry, deep: bool) 
             return Err(format!("sha256 is {sha}, the manifest says {}", e.sha256));
         }
         if deep {
-            let list =
-                archive::read_file_list(&dir.join(&e.file_list)).map_err(|x| x.to_string())?;
+            let list = archive::read_file_list(&dir.join(&e.file_list)).map_err(|x| x.to_string())?;
             archive::deep_verify(&path, &e.sha256, &list).map_err(|x| x.to_string())?;
         }
         Ok(())
     })()
     .err();
-    Checked {
-        archive: path,
-        ok: detail.is_none(),
-        detail,
-    }
+    Checked { archive: path, ok: detail.is_none(), detail }
 }
 
 /// Run `verify` on the local backup root.
@@ -123,11 +111,7 @@ pub async fn verify(backup_root: &Path, opts: &VerifyOptions) -> Result<VerifyRe
                 Some(m) => archives.extend(m.archives.iter().map(|e| check_archive(&dir, e, deep))),
             }
         }
-        Ok(VerifyReport {
-            archives,
-            incomplete,
-            deep,
-        })
+        Ok(VerifyReport { archives, incomplete, deep })
     })
     .await
     .map_err(|e| Error::Other(format!("verify task failed: {e}")))?
@@ -137,12 +121,7 @@ impl fmt::Display for VerifyReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let bad: Vec<&Checked> = self.archives.iter().filter(|a| !a.ok).collect();
         for a in &bad {
-            writeln!(
-                f,
-                "MISMATCH {}: {}",
-                a.archive.display(),
-                a.detail.as_deref().unwrap_or("")
-            )?;
+            writeln!(f, "MISMATCH {}: {}", a.archive.display(), a.detail.as_deref().unwrap_or(""))?;
         }
         for d in &self.incomplete {
             writeln!(f, "incomplete (no MANIFEST.json): {}", d.display())?;

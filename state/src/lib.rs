@@ -40,10 +40,7 @@ pub type Result<T, E = StateError> = std::result::Result<T, E>;
 
 /// The now, as stored (RFC 3339, UTC, millisecond precision).
 pub fn now() -> String {
-    jiff::Timestamp::now()
-        .round(jiff::Unit::Millisecond)
-        .unwrap_or(jiff::Timestamp::now())
-        .to_string()
+    jiff::Timestamp::now().round(jiff::Unit::Millisecond).unwrap_or(jiff::Timestamp::now()).to_string()
 }
 
 /// An open run record.
@@ -183,15 +180,10 @@ impl Store {
         let known = MIGRATIONS.len() as i64;
         loop {
             // IMMEDIATE: two processes opening a fresh file at once must not both migrate.
-            let tx = self
-                .conn
-                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
             if version > known {
-                return Err(StateError::TooNew {
-                    found: version,
-                    known,
-                });
+                return Err(StateError::TooNew { found: version, known });
             }
             if version == known {
                 return Ok(());
@@ -204,9 +196,7 @@ impl Store {
 
     /// The schema version in the file.
     pub fn schema_version(&self) -> Result<i64> {
-        Ok(self
-            .conn
-            .query_row("PRAGMA user_version", [], |r| r.get(0))?)
+        Ok(self.conn.query_row("PRAGMA user_version", [], |r| r.get(0))?)
     }
 
     /// Record a run as started.
@@ -214,16 +204,7 @@ impl Store {
         self.conn.execute(
             "INSERT INTO runs (id, job, trigger, app, git_commit, digest, pid, started_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            params![
-                r.id,
-                r.job,
-                r.trigger,
-                r.app,
-                r.git_commit,
-                r.digest,
-                std::process::id(),
-                now()
-            ],
+            params![r.id, r.job, r.trigger, r.app, r.git_commit, r.digest, std::process::id(), now()],
         )?;
         Ok(())
     }
@@ -254,21 +235,13 @@ impl Store {
 
     /// Mark a halted or crashed run as settled by something later (a rollback, recover).
     pub fn resolve_run(&self, id: &str, by: &str) -> Result<()> {
-        self.conn.execute(
-            "UPDATE runs SET resolved_at = ?2, resolved_by = ?3 WHERE id = ?1",
-            params![id, now(), by],
-        )?;
+        self.conn
+            .execute("UPDATE runs SET resolved_at = ?2, resolved_by = ?3 WHERE id = ?1", params![id, now(), by])?;
         Ok(())
     }
 
     /// Journal a step as begun; returns its row id.
-    pub fn begin_step(
-        &self,
-        run_id: &str,
-        tenant: Option<&str>,
-        step: &str,
-        detail: &str,
-    ) -> Result<i64> {
+    pub fn begin_step(&self, run_id: &str, tenant: Option<&str>, step: &str, detail: &str) -> Result<i64> {
         self.conn.execute(
             "INSERT INTO steps (run_id, tenant, step, started_at, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
             params![run_id, tenant, step, now(), detail],
@@ -297,30 +270,20 @@ impl Store {
 
     /// The newest runs first, at most `limit`.
     pub fn runs(&self, limit: usize) -> Result<Vec<Run>> {
-        let mut st = self.conn.prepare(&format!(
-            "SELECT {RUN_COLS} FROM runs ORDER BY id DESC LIMIT ?1"
-        ))?;
+        let mut st = self.conn.prepare(&format!("SELECT {RUN_COLS} FROM runs ORDER BY id DESC LIMIT ?1"))?;
         let rows = st.query_map([limit as i64], run_from_row)?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
     /// One run.
     pub fn run(&self, id: &str) -> Result<Option<Run>> {
-        Ok(self
-            .conn
-            .query_row(
-                &format!("SELECT {RUN_COLS} FROM runs WHERE id = ?1"),
-                [id],
-                run_from_row,
-            )
-            .optional()?)
+        Ok(self.conn.query_row(&format!("SELECT {RUN_COLS} FROM runs WHERE id = ?1"), [id], run_from_row).optional()?)
     }
 
     /// Runs that never finished (the process died), oldest first.
     pub fn unfinished_runs(&self) -> Result<Vec<Run>> {
-        let mut st = self.conn.prepare(&format!(
-            "SELECT {RUN_COLS} FROM runs WHERE finished_at IS NULL ORDER BY id"
-        ))?;
+        let mut st =
+            self.conn.prepare(&format!("SELECT {RUN_COLS} FROM runs WHERE finished_at IS NULL ORDER BY id"))?;
         let rows = st.query_map([], run_from_row)?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
@@ -345,7 +308,9 @@ impl Store {
         Ok(self
             .conn
             .query_row(
-                &format!("SELECT {RUN_COLS} FROM runs WHERE job = ?1 AND finished_at IS NOT NULL ORDER BY id DESC LIMIT 1"),
+                &format!(
+                    "SELECT {RUN_COLS} FROM runs WHERE job = ?1 AND finished_at IS NOT NULL ORDER BY id DESC LIMIT 1"
+                ),
                 [job],
                 run_from_row,
             )
@@ -412,17 +377,13 @@ impl Store {
 
     /// Mark a snapshot as uploaded and verified on the remote.
     pub fn mark_remote_verified(&self, path: &str) -> Result<()> {
-        self.conn.execute(
-            "UPDATE snapshots SET remote_verified_at = ?2 WHERE path = ?1",
-            params![path, now()],
-        )?;
+        self.conn.execute("UPDATE snapshots SET remote_verified_at = ?2 WHERE path = ?1", params![path, now()])?;
         Ok(())
     }
 
     /// Forget a snapshot (pruned).
     pub fn forget_snapshot(&self, path: &str) -> Result<()> {
-        self.conn
-            .execute("DELETE FROM snapshots WHERE path = ?1", [path])?;
+        self.conn.execute("DELETE FROM snapshots WHERE path = ?1", [path])?;
         Ok(())
     }
 
@@ -476,14 +437,7 @@ mod tests {
     use super::*;
 
     fn run<'a>(id: &'a str, job: &'a str) -> NewRun<'a> {
-        NewRun {
-            id,
-            job,
-            trigger: "manual",
-            app: Some("pulse"),
-            git_commit: Some("abc"),
-            digest: Some("sha256:d1"),
-        }
+        NewRun { id, job, trigger: "manual", app: Some("pulse"), git_commit: Some("abc"), digest: Some("sha256:d1") }
     }
 
     #[test]
@@ -492,16 +446,12 @@ mod tests {
         let p = d.path().join("state.db");
         let s = Store::open(&p).unwrap();
         assert_eq!(s.schema_version().unwrap(), MIGRATIONS.len() as i64);
-        s.start_run(&run("20261122T030000Z-0001", "rollout"))
-            .unwrap();
+        s.start_run(&run("20261122T030000Z-0001", "rollout")).unwrap();
         drop(s);
         let s = Store::open(&p).unwrap();
         assert_eq!(s.schema_version().unwrap(), MIGRATIONS.len() as i64);
         assert_eq!(s.runs(10).unwrap().len(), 1);
-        let mode: String = s
-            .conn
-            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
-            .unwrap();
+        let mode: String = s.conn.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
         assert_eq!(mode, "wal");
     }
 
@@ -509,14 +459,8 @@ mod tests {
     fn a_newer_schema_is_refused() {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("state.db");
-        Connection::open(&p)
-            .unwrap()
-            .pragma_update(None, "user_version", 99)
-            .unwrap();
-        assert!(matches!(
-            Store::open(&p),
-            Err(StateError::TooNew { found: 99, .. })
-        ));
+        Connection::open(&p).unwrap().pragma_update(None, "user_version", 99).unwrap();
+        assert!(matches!(Store::open(&p), Err(StateError::TooNew { found: 99, .. })));
     }
 
     #[test]
@@ -525,9 +469,7 @@ mod tests {
         let s = Store::open(&d.path().join("state.db")).unwrap();
         let id = "20261122T030000Z-0001";
         s.start_run(&run(id, "rollout")).unwrap();
-        let st = s
-            .begin_step(id, Some("t1"), "stop", "{\"container\":\"c1\"}")
-            .unwrap();
+        let st = s.begin_step(id, Some("t1"), "stop", "{\"container\":\"c1\"}").unwrap();
         assert_eq!(s.unfinished_runs().unwrap().len(), 1);
         assert_eq!(s.steps(id).unwrap()[0].finished_at, None);
         s.end_step(st, "ok", None).unwrap();
@@ -544,16 +486,9 @@ mod tests {
         s.finish_run(id, "halted", 3, "canary t1 failed").unwrap();
         assert!(s.unfinished_runs().unwrap().is_empty());
         let step = &s.steps(id).unwrap()[0];
+        assert_eq!((step.outcome.as_deref(), step.detail.as_deref()), (Some("ok"), Some("{\"container\":\"c1\"}")));
         assert_eq!(
-            (step.outcome.as_deref(), step.detail.as_deref()),
-            (Some("ok"), Some("{\"container\":\"c1\"}"))
-        );
-        assert_eq!(
-            s.last_run_for("rollout", "pulse", "sha256:d1")
-                .unwrap()
-                .unwrap()
-                .outcome
-                .as_deref(),
+            s.last_run_for("rollout", "pulse", "sha256:d1").unwrap().unwrap().outcome.as_deref(),
             Some("halted")
         );
         assert_eq!(s.unresolved_halts().unwrap().len(), 1);
@@ -583,19 +518,14 @@ mod tests {
             .collect();
         // A third connection holds a write lock for a while: the writers must wait, not fail.
         let mut blocker = Connection::open(&p).unwrap();
-        let tx = blocker
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-            .unwrap();
+        let tx = blocker.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).unwrap();
         std::thread::sleep(Duration::from_millis(300));
         tx.commit().unwrap();
         for h in handles {
             h.join().unwrap();
         }
         let s = Store::open(&p).unwrap();
-        let n: i64 = s
-            .conn
-            .query_row("SELECT COUNT(*) FROM steps", [], |r| r.get(0))
-            .unwrap();
+        let n: i64 = s.conn.query_row("SELECT COUNT(*) FROM steps", [], |r| r.get(0)).unwrap();
         assert_eq!(n, 400);
     }
 }
