@@ -186,6 +186,10 @@ async fn run(cli: &Cli, printer: &Printer, started: Instant) -> Result<Outcome, 
             let r = verify::verify(&ctx.cfg.backup_root, &opts).await?;
             printer.report(job, None, started, r.exit_kind(), &r)
         }
+        Command::Status => {
+            let r = slipway_jobs::status::status(&ctx).await?;
+            printer.report(job, None, started, r.exit_kind(), &r)
+        }
         _ => return Err(Error::Usage(format!("`slipway {job}` is not available in this build yet"))),
     };
     Ok(outcome)

@@ -1,1 +1,217 @@
-//! TODO: status
+//! `status`: per app and tenant, what runs against what is desired — container state, running
+//! digest vs pinned, health now, last snapshot and sync age, last rollout outcome — and the
+//! list of things that need a person (unhealthy tenant, snapshot older than 26 h, a halted
+//! rollout not yet resolved, a run killed mid-way). `status` exits 8 when that list is not
+//! empty, so cron, Gatus or any monitor can alert on it.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::context::Ctx;
+use crate::desired;
+use crate::docker::Engine;
+use crate::error::{ExitKind, Result};
+use crate::health::Prober;
+
+/// A snapshot older than this needs a person.
+pub const MAX_SNAPSHOT_AGE_S: i64 = 26 * 3600;
+
+/// One tenant.
+#[derive(Debug, Clone, Serialize)]
+pub struct TenantStatus {
+    /// Tenant id.
+    pub tenant: String,
+    /// Container name.
+    pub container: String,
+    /// running, exited, paused, …
+    pub state: String,
+    /// Digest it runs.
+    pub digest: Option<String>,
+    /// Runs the pinned digest.
+    pub up_to_date: bool,
+    /// Listed in `hold`.
+    pub held: bool,
+    /// Answered its health check just now.
+    pub healthy: bool,
+    /// Why not, if not.
+    pub health_detail: Option<String>,
+    /// When its newest snapshot was taken.
+    pub last_snapshot: Option<String>,
+    /// Age of that snapshot in seconds.
+    pub snapshot_age_s: Option<i64>,
+    /// Age of its newest snapshot verified on the remote, in seconds.
+    pub sync_age_s: Option<i64>,
+}
+
+/// One app.
+#[derive(Debug, Clone, Serialize)]
+pub struct AppStatus {
+    /// App name.
+    pub app: String,
+    /// Pinned image.
+    pub pinned: String,
+    /// Last rollout run of the app: (run id, outcome).
+    pub last_rollout: Option<(String, String)>,
+    /// Tenants.
+    pub tenants: Vec<TenantStatus>,
+}
+
+/// The result of `slipway status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct StatusReport {
+    /// Desired-state commit.
+    pub commit: String,
+    /// Per app.
+    pub apps: Vec<AppStatus>,
+    /// What needs a person, one line each.
+    pub attention: Vec<String>,
+}
+
+impl StatusReport {
+    /// Attention when anything needs a person.
+    pub fn exit_kind(&self) -> ExitKind {
+        if self.attention.is_empty() {
+            ExitKind::Success
+        } else {
+            ExitKind::Attention
+        }
+    }
+}
+
+fn age_s(ts: &str) -> Option<i64> {
+    let t: jiff::Timestamp = ts.parse().ok()?;
+    Some(jiff::Timestamp::now().as_second() - t.as_second())
+}
+
+/// Run `status`.
+pub async fn status(ctx: &Ctx) -> Result<StatusReport> {
+    let state = desired::read(&ctx.cfg.desired, &ctx.cfg.state_dir, None)?;
+    let engine = Engine::connect(&ctx.cfg.docker).await?;
+    let prober = Prober::new()?;
+    let mut attention = Vec::new();
+    // Newest snapshot and newest synced snapshot per tenant.
+    let mut newest: HashMap<String, String> = HashMap::new();
+    let mut synced: HashMap<String, String> = HashMap::new();
+    for s in ctx.store.snapshots()? {
+        let Some(t) = s.tenant.clone() else { continue };
+        if newest.get(&t).is_none_or(|c| s.created_at > *c) {
+            newest.insert(t.clone(), s.created_at.clone());
+        }
+        if let Some(v) = &s.remote_verified_at {
+            if synced.get(&t).is_none_or(|c| s.created_at > *c) {
+                synced.insert(t, v.clone());
+            }
+        }
+    }
+    let mut apps = Vec::new();
+    for app in &state.fleet.apps {
+        let mut tenants = Vec::new();
+        for c in engine.tenants(app).await? {
+            let t = c.tenant.to_string();
+            let health = if c.state == "running" {
+                prober
+                    .gate(&engine, &c.name, &app.health, Some(Duration::from_secs(3)))
+                    .await?
+                    .map_err(|u| u.to_string())
+            } else {
+                Err(format!("container is {}", c.state))
+            };
+            let last_snapshot = newest.get(&t).cloned();
+            let snapshot_age_s = last_snapshot.as_deref().and_then(age_s);
+            if let Err(why) = &health {
+                attention.push(format!("app {} tenant {t}: unhealthy: {why}", app.name));
+            }
+            match snapshot_age_s {
+                None => attention.push(format!("app {} tenant {t}: no snapshot yet; run `slipway snapshot`", app.name)),
+                Some(a) if a > MAX_SNAPSHOT_AGE_S => attention.push(format!(
+                    "app {} tenant {t}: newest snapshot is {} h old (limit 26 h)",
+                    app.name,
+                    a / 3600
+                )),
+                _ => {}
+            }
+            tenants.push(TenantStatus {
+                up_to_date: c.digest.as_ref() == Some(app.image.digest()),
+                held: app.hold.contains(&c.tenant),
+                healthy: health.is_ok(),
+                health_detail: health.err(),
+                sync_age_s: synced.get(&t).and_then(|s| age_s(s)),
+                last_snapshot,
+                snapshot_age_s,
+                digest: c.digest.map(|d| d.to_string()),
+                state: c.state,
+                container: c.name,
+                tenant: t,
+            });
+        }
+        let last_rollout = ctx
+            .store
+            .runs(200)?
+            .into_iter()
+            .find(|r| r.job == "rollout" && r.app.as_deref() == Some(app.name.as_str()))
+            .map(|r| (r.id, r.outcome.unwrap_or_else(|| "unfinished".into())));
+        apps.push(AppStatus { app: app.name.clone(), pinned: app.image.to_string(), last_rollout, tenants });
+    }
+    for r in ctx.store.unresolved_halts()? {
+        attention.push(format!(
+            "run {} ({} of app {}) is {} and not resolved: see `slipway runs show {}`, then `slipway rollback --run {}` or fix and `reconcile --retry`",
+            r.id,
+            r.job,
+            r.app.as_deref().unwrap_or("-"),
+            r.outcome.as_deref().unwrap_or("?"),
+            r.id,
+            r.id
+        ));
+    }
+    for r in ctx.store.unfinished_runs()? {
+        if r.id != ctx.run_id.as_str() {
+            attention.push(format!("run {} ({}) never finished; run `slipway recover`", r.id, r.job));
+        }
+    }
+    Ok(StatusReport { commit: state.commit, apps, attention })
+}
+
+impl fmt::Display for StatusReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let age = |s: Option<i64>| s.map_or("-".to_string(), |s| format!("{}h{:02}m", s / 3600, (s % 3600) / 60));
+        for a in &self.apps {
+            writeln!(f, "app {} pinned {}", a.app, a.pinned)?;
+            if let Some((id, o)) = &a.last_rollout {
+                writeln!(f, "  last rollout {id}: {o}")?;
+            }
+            writeln!(
+                f,
+                "  {:<22} {:<9} {:<14} {:<9} {:<9} {}",
+                "TENANT", "STATE", "DIGEST", "HEALTH", "SNAPSHOT", "SYNCED"
+            )?;
+            for t in &a.tenants {
+                let digest = t.digest.as_deref().map_or("-".to_string(), |d| {
+                    let short = d.get(7..19).unwrap_or(d);
+                    format!("{short}{}", if t.up_to_date { "" } else { "*" })
+                });
+                writeln!(
+                    f,
+                    "  {:<22} {:<9} {:<14} {:<9} {:<9} {}",
+                    t.tenant,
+                    t.state,
+                    digest,
+                    if t.healthy { "ok" } else { "FAILING" },
+                    age(t.snapshot_age_s),
+                    age(t.sync_age_s)
+                )?;
+            }
+        }
+        if self.attention.is_empty() {
+            writeln!(f, "all good")?;
+        } else {
+            writeln!(f, "needs attention:")?;
+            for a in &self.attention {
+                writeln!(f, "  - {a}")?;
+            }
+        }
+        Ok(())
+    }
+}
