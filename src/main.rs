@@ -110,11 +110,11 @@ async fn run(cli: &Cli, printer: &Printer, started: Instant) -> Result<Outcome, 
     }
 
     // Jobs that change containers first finish or undo what a killed run left behind.
-    let changes_containers =
-        matches!(cli.command, Command::Rollout(_) | Command::Reconcile(_) | Command::Rollback(_) | Command::Restore(_));
-    let dry = matches!(&cli.command, Command::Rollout(a) if a.dry_run)
-        || matches!(&cli.command, Command::Reconcile(a) if a.dry_run)
-        || matches!(&cli.command, Command::Rollback(a) if a.dry_run);
+    let changes_containers = matches!(
+        cli.command,
+        Command::Rollout(_) | Command::Reconcile(_) | Command::Rollback(_) | Command::Restore(_) | Command::Snapshot(_)
+    );
+    let dry = cli.command.dry_run();
     if changes_containers && !dry {
         let r = recover::recover(&ctx, &recover::RecoverOptions { dry_run: false }).await?;
         if !r.runs.is_empty() {

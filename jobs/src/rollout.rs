@@ -508,6 +508,16 @@ async fn roll_tenant(
     };
 
     let t0 = Instant::now();
+    // SIGINT/SIGTERM between steps: undo this tenant now rather than go on.
+    macro_rules! stop_if_cancelled {
+        ($restore:expr, $snap:expr) => {
+            if ctx.cancel.is_cancelled() {
+                let undo = undo_tenant(ctx, engine, prober, &j, $restore).await?;
+                let detail = format!("interrupted by a signal; {}", undo.detail);
+                return Ok(report(undo.outcome(), Some(t0.elapsed()), $snap, timings, Some(detail)));
+            }
+        };
+    }
     // 1. stop
     let s = ctx.begin(Some(tenant), "stop", &j)?;
     let t = Instant::now();
@@ -525,6 +535,7 @@ async fn roll_tenant(
     timings.stop_ms = ms(t.elapsed());
     ctx.end(s, "ok", Some(&j))?;
     crash_point("after-stop");
+    stop_if_cancelled!(false, None);
 
     // 2. snapshot (the data is still only the prior version's)
     let s = ctx.begin(Some(tenant), "snapshot", &j)?;
@@ -552,6 +563,7 @@ async fn roll_tenant(
     record_rollout_snapshot(ctx, run_dir, manifest, tenant, &archive_path, &summary)?;
     ctx.end(s, "ok", Some(&j))?;
     crash_point("after-snapshot");
+    stop_if_cancelled!(false, Some(archive_path.clone()));
 
     // 3. rename the prior container aside; 4. create the new one; 5. check it.
     let t = Instant::now();
@@ -590,6 +602,7 @@ async fn roll_tenant(
         return Ok(report(undo.outcome(), Some(t0.elapsed()), Some(archive_path), timings, Some(detail)));
     }
 
+    stop_if_cancelled!(false, Some(archive_path.clone()));
     // 6. start; 7. health gate. From here on the new version may write to the data dir.
     let s = ctx.begin(Some(tenant), "start", &j)?;
     let t = Instant::now();

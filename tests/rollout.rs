@@ -1,0 +1,284 @@
+//! Rollout, reconcile and rollback against a real Docker engine, registry and git repo.
+//! Each test reads like the runbook's checklist: set up tenants, act, check what an operator
+//! would check (exit code, digests, labels, data dir tree hash).
+
+use crate::support::{tree_hash, Env, Sandbox};
+
+/// Three tenants on v1 with some data in each.
+fn three_tenants(s: &Sandbox, image: &str) -> Vec<String> {
+    ["t1", "t2", "t3"]
+        .iter()
+        .map(|t| {
+            s.write_data(t, "db/records.txt", &format!("{t} customer rows\n").repeat(100));
+            s.add_tenant(t, image)
+        })
+        .collect()
+}
+
+fn image_of(s: &Sandbox, container: &str) -> String {
+    s.inspect(container)["Config"]["Image"].as_str().unwrap_or_default().to_string()
+}
+
+#[test]
+fn dry_run_prints_the_plan_and_touches_nothing() {
+    let s = Sandbox::new();
+    let v1 = s.push_fixture_as("v1", "app");
+    let v2 = s.push_fixture_as("v2", "app");
+    let names = three_tenants(&s, &v1);
+    s.write_fleet(&s.fleet_app(&v2, ""));
+    let before: Vec<String> = names.iter().map(|n| s.inspect(n)["Id"].as_str().unwrap().to_string()).collect();
+    let out = s.slipway(&["rollout", "--dry-run", "--json"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let plan = &out.json()["report"]["apps"][0]["plan"]["items"];
+    assert_eq!(plan.as_array().unwrap().len(), 3);
+    assert_eq!(plan[0]["canary"], true);
+    for (n, id) in names.iter().zip(before) {
+        assert_eq!(s.inspect(n)["Id"].as_str().unwrap(), id, "container {n} was replaced by a dry run");
+        assert_eq!(image_of(&s, n), v1);
+    }
+    assert!(!s.backups().join("rollout").exists(), "a dry run wrote snapshots");
+}
+
+#[test]
+fn full_rollout_of_three_tenants_keeps_operator_settings_and_drops_image_defaults() {
+    let s = Sandbox::new();
+    let v1 = s.push_fixture_as("v1", "app");
+    let v2 = s.push_fixture_as("v2", "app");
+    let names = three_tenants(&s, &v1);
+    let old = s.inspect(&names[0]);
+    s.write_fleet(&s.fleet_app(&v2, ""));
+    let out = s.slipway(&["rollout", "--json"]);
+    assert_eq!(out.code, 0, "stdout {} stderr {}", out.stdout, out.stderr);
+    let report = out.json();
+    let tenants = report["report"]["apps"][0]["tenants"].as_array().unwrap().clone();
+    assert_eq!(tenants.len(), 3);
+    for t in &tenants {
+        assert_eq!(t["outcome"], "rolled", "{t}");
+        assert!(t["downtime_ms"].as_u64().unwrap() > 0);
+    }
+    for n in &names {
+        let new = s.inspect(n);
+        assert_eq!(image_of(&s, n), v2);
+        assert_eq!(new["State"]["Running"], true);
+        // What the operator set is carried over ...
+        for key in ["traefik.http.routers.app.rule", "app.managed", "slipway.test"] {
+            assert_eq!(new["Config"]["Labels"][key], old["Config"]["Labels"][key], "label {key}");
+        }
+        let env: Vec<&str> = new["Config"]["Env"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+        assert!(env.iter().any(|e| e.starts_with("TENANT=")), "{env:?}");
+        // ... and the old image's defaults are not: the new image's own apply.
+        assert!(env.contains(&"SWFIX_VERSION=v2"), "{env:?}");
+        assert_eq!(new["Config"]["Labels"]["fixture.version"], "v2");
+        assert_eq!(new["HostConfig"]["RestartPolicy"], old["HostConfig"]["RestartPolicy"]);
+        assert_eq!(new["HostConfig"]["Memory"], old["HostConfig"]["Memory"]);
+        assert_eq!(new["HostConfig"]["Binds"].as_array().unwrap().len(), 1);
+        let aliases = &new["NetworkSettings"]["Networks"][s.network()]["Aliases"];
+        assert!(
+            aliases
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|a| a.as_str() == Some(n.trim_start_matches(&format!("{}-", s.id())))),
+            "{aliases}"
+        );
+        let body = s.http_get(&format!("http://{}:8080/api/health", s.container_ip(n)));
+        assert!(body.contains("v2"), "{body}");
+        assert!(!s.container_exists(&format!("{n}.pre-rollout-{}", report["run_id"].as_str().unwrap())));
+    }
+    // Every tenant's data was snapshotted before it was touched.
+    let run_dir = s.backups().join("rollout").join(report["run_id"].as_str().unwrap());
+    for t in ["t1", "t2", "t3"] {
+        assert!(run_dir.join(format!("{t}.tar.zst")).is_file());
+    }
+    assert!(run_dir.join("MANIFEST.json").is_file());
+    // A second rollout has nothing to do.
+    let again = s.slipway(&["rollout", "--json"]);
+    assert_eq!(again.code, 0);
+    assert_eq!(again.json()["report"]["apps"][0]["plan"]["items"].as_array().unwrap().len(), 0);
+}
+
+#[test]
+fn canary_failure_restores_data_byte_identical_and_halts_with_code_3() {
+    let s = Sandbox::new();
+    let v1 = s.push_fixture_as("v1", "app");
+    let bad = s.push_fixture_as("unhealthy", "app");
+    let names = three_tenants(&s, &v1);
+    let before: Vec<(serde_json::Value, String)> =
+        names.iter().zip(["t1", "t2", "t3"]).map(|(n, t)| (s.inspect(n), tree_hash(&s.data_dir(t)))).collect();
+    s.write_fleet(&s.fleet_app(&bad, "health = { path = \"/api/health\", port = 8080, timeout_s = 4 }\n"));
+    let out = s.slipway(&["rollout", "--json"]);
+    assert_eq!(out.code, 3, "stdout {} stderr {}", out.stdout, out.stderr);
+    let r = out.json();
+    let tenants = &r["report"]["apps"][0]["tenants"];
+    assert_eq!(tenants[0]["tenant"], "t1");
+    assert_eq!(tenants[0]["outcome"], "restored");
+    assert_eq!(tenants[1]["outcome"], "not_reached");
+    for ((n, t), (old, hash)) in names.iter().zip(["t1", "t2", "t3"]).zip(&before) {
+        let now = s.inspect(n);
+        assert_eq!(now["Id"], old["Id"], "{n}: the prior container must be back, not a copy");
+        assert_eq!(image_of(&s, n), v1);
+        assert_eq!(now["State"]["Running"], true);
+        assert_eq!(now["Config"]["Labels"], old["Config"]["Labels"]);
+        assert_eq!(now["Config"]["Env"], old["Config"]["Env"]);
+        assert_eq!(now["Mounts"], old["Mounts"]);
+        assert_eq!(
+            now["NetworkSettings"]["Networks"][s.network()]["Aliases"],
+            old["NetworkSettings"]["Networks"][s.network()]["Aliases"]
+        );
+        assert_eq!(&tree_hash(&s.data_dir(t)), hash, "{t}: data dir differs from before the rollout");
+    }
+    assert!(s.http_get(&format!("http://{}:8080/api/health", s.container_ip(&names[0]))).contains("v1"));
+    // The run record says what happened.
+    let shown = s.slipway(&["runs", "show", r["run_id"].as_str().unwrap(), "--json"]);
+    assert_eq!(shown.json()["report"]["run"]["outcome"], "halted");
+}
+
+#[test]
+fn an_image_that_exits_at_once_halts_fast_and_restores_the_canary() {
+    let s = Sandbox::new();
+    let v1 = s.push_fixture_as("v1", "app");
+    let crash = s.push_fixture_as("crash", "app");
+    let names = three_tenants(&s, &v1);
+    s.write_fleet(&s.fleet_app(&crash, "health = { path = \"/api/health\", port = 8080, timeout_s = 60 }\n"));
+    let started = std::time::Instant::now();
+    let out = s.slipway(&["rollout", "--json"]);
+    assert_eq!(out.code, 3, "{}", out.stderr);
+    assert!(started.elapsed().as_secs() < 45, "an exiting container must fail fast, not wait out the 60 s timeout");
+    assert!(out.json()["report"]["apps"][0]["tenants"][0]["detail"].as_str().unwrap().contains("exited"));
+    for n in &names {
+        assert_eq!(image_of(&s, n), v1);
+        assert_eq!(s.inspect(n)["State"]["Running"], true);
+    }
+}
+
+#[test]
+fn a_slow_image_rolls_within_its_timeout_and_halts_beyond_it() {
+    let s = Sandbox::new();
+    let v1 = s.push_fixture_as("v1", "app");
+    let slow = s.push_fixture_as("slow", "app");
+    let names: Vec<String> = ["t1"].iter().map(|t| s.add_tenant(t, &v1)).collect();
+    // The slow fixture turns healthy after SWFIX_DELAY seconds (default 8).
+    s.write_fleet(&s.fleet_app(&slow, "health = { path = \"/api/health\", port = 8080, timeout_s = 3 }\n"));
+    let out = s.slipway(&["rollout", "--json"]);
+    assert_eq!(out.code, 3, "beyond the timeout: {}", out.stdout);
+    assert_eq!(image_of(&s, &names[0]), v1);
+    s.write_fleet(&s.fleet_app(&slow, "health = { path = \"/api/health\", port = 8080, timeout_s = 30 }\n"));
+    let out = s.slipway(&["rollout", "--json"]);
+    assert_eq!(out.code, 0, "within the timeout: {} {}", out.stdout, out.stderr);
+    assert_eq!(image_of(&s, &names[0]), slow);
+}
+
+#[test]
+fn a_tag_only_image_is_refused_naming_the_fix_and_nothing_is_touched() {
+    let s = Sandbox::new();
+    let v1 = s.push_fixture_as("v1", "app");
+    let name = s.add_tenant("t1", &v1);
+    let repo = v1.split('@').next().unwrap().to_string();
+    s.write_fleet(&s.fleet_app(&format!("{repo}:latest"), ""));
+    let out = s.slipway(&["rollout"]);
+    assert_eq!(out.code, 2);
+    assert!(out.stderr.contains("not pinned by digest") && out.stderr.contains("fleet.toml"), "{}", out.stderr);
+    assert_eq!(image_of(&s, &name), v1);
+    assert_eq!(s.inspect(&name)["State"]["Running"], true);
+}
+
+#[test]
+fn a_digest_the_registry_does_not_have_is_refused_with_nothing_touched() {
+    let s = Sandbox::new();
+    let v1 = s.push_fixture_as("v1", "app");
+    let name = s.add_tenant("t1", &v1);
+    let id = s.inspect(&name)["Id"].clone();
+    let repo = v1.split('@').next().unwrap().to_string();
+    s.write_fleet(&s.fleet_app(&format!("{repo}@sha256:{}", "0".repeat(64)), ""));
+    let out = s.slipway(&["rollout", "--json"]);
+    assert_eq!(out.code, 1, "{}", out.stdout);
+    assert!(out.json()["error"].as_str().unwrap().contains("nothing was changed"));
+    assert_eq!(s.inspect(&name)["Id"], id);
+    assert_eq!(s.inspect(&name)["State"]["Running"], true);
+    assert!(!s.backups().join("rollout").exists());
+}
+
+#[test]
+fn reconcile_does_not_retry_a_halted_digest_until_git_pins_another_or_retry() {
+    let s = Sandbox::new();
+    let v1 = s.push_fixture_as("v1", "app");
+    let bad = s.push_fixture_as("unhealthy", "app");
+    let v2 = s.push_fixture_as("v2", "app");
+    let name = s.add_tenant("t1", &v1);
+    s.write_fleet(&s.fleet_app(&bad, "health = { path = \"/api/health\", port = 8080, timeout_s = 3 }\n"));
+    assert_eq!(s.slipway(&["reconcile"]).code, 3);
+    let id = s.inspect(&name)["Id"].clone();
+    // The timer fires again: nothing is touched.
+    let again = s.slipway(&["reconcile", "--json"]);
+    assert_eq!(again.code, 0, "{}", again.stdout);
+    assert_eq!(again.json()["report"]["apps"][0]["action"], "skipped_halted");
+    assert_eq!(s.inspect(&name)["Id"], id, "reconcile restarted a tenant for a digest that already halted");
+    // A person asks for a retry: it runs (and halts) again.
+    assert_eq!(s.slipway(&["reconcile", "--retry"]).code, 3);
+    // Git pins another digest: it rolls.
+    s.write_fleet(&s.fleet_app(&v2, ""));
+    assert_eq!(s.slipway(&["reconcile"]).code, 0);
+    assert_eq!(image_of(&s, &name), v2);
+}
+
+#[test]
+fn rollback_of_a_finished_run_brings_back_the_prior_image_and_data() {
+    let s = Sandbox::new();
+    let v1 = s.push_fixture_as("v1", "app");
+    let writer = s.push_fixture_as("writer", "app");
+    let name = s.add_tenant("t1", &v1);
+    s.write_data("t1", "db/records.txt", "precious\n");
+    let hash = tree_hash(&s.data_dir("t1"));
+    s.write_fleet(&s.fleet_app(&writer, ""));
+    let out = s.slipway(&["rollout", "--json"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let run = out.json()["run_id"].as_str().unwrap().to_string();
+    assert_ne!(tree_hash(&s.data_dir("t1")), hash, "the writer fixture should have changed the data");
+    let rb = s.slipway(&["rollback", "--run", &run, "--json"]);
+    assert_eq!(rb.code, 0, "{} {}", rb.stdout, rb.stderr);
+    assert_eq!(image_of(&s, &name), v1);
+    assert_eq!(s.inspect(&name)["State"]["Running"], true);
+    assert_eq!(tree_hash(&s.data_dir("t1")), hash);
+    assert_eq!(s.inspect(&name)["Config"]["Labels"]["fixture.version"], "v1");
+}
+
+#[test]
+fn a_changed_default_cmd_in_the_new_image_is_honoured() {
+    let s = Sandbox::new();
+    let v1 = s.push_fixture_as("v1", "app");
+    let cmd2 = s.push_fixture_as("cmd2", "app");
+    let name = s.add_tenant("t1", &v1);
+    let new_image_cmd = s.image_inspect(&cmd2)["Config"]["Cmd"].clone();
+    assert_ne!(s.inspect(&name)["Config"]["Cmd"], new_image_cmd);
+    s.write_fleet(&s.fleet_app(&cmd2, ""));
+    assert_eq!(s.slipway(&["rollout"]).code, 0);
+    assert_eq!(s.inspect(&name)["Config"]["Cmd"], new_image_cmd);
+}
+
+#[test]
+fn a_tenant_that_ignores_sigterm_is_stopped_after_its_stop_timeout() {
+    let s = Sandbox::new();
+    let noterm = s.push_fixture_as("noterm", "app");
+    let v2 = s.push_fixture_as("v2", "app");
+    let name = s.add_tenant("t1", &noterm);
+    s.write_fleet(&s.fleet_app(&v2, "stop_timeout_s = 2\n").replace("stop_timeout_s = 5\n", ""));
+    let out = s.slipway(&["rollout", "--json"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let t = &out.json()["report"]["apps"][0]["tenants"][0];
+    assert!(t["timings"]["stop_ms"].as_u64().unwrap() >= 2000, "{t}");
+    assert_eq!(image_of(&s, &name), v2);
+}
+
+#[test]
+fn held_tenants_and_the_configured_canary_shape_the_plan() {
+    let s = Sandbox::new();
+    let v1 = s.push_fixture_as("v1", "app");
+    let v2 = s.push_fixture_as("v2", "app");
+    three_tenants(&s, &v1);
+    s.write_fleet(&s.fleet_app(&v2, "canary = \"t2\"\nhold = [\"t3\"]\n"));
+    let out = s.slipway(&["rollout", "--dry-run", "--json"]);
+    let items = out.json()["report"]["apps"][0]["plan"]["items"].clone();
+    let order: Vec<&str> = items.as_array().unwrap().iter().map(|i| i["tenant"].as_str().unwrap()).collect();
+    assert_eq!(order, ["t2", "t1"]);
+    let _ = Env::get();
+}
