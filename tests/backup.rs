@@ -1,0 +1,204 @@
+//! Daily snapshots, restore and verify against real files and a real Docker engine.
+
+use std::process::Command;
+
+use crate::support::{tree_hash, Sandbox};
+
+fn snapshot_json(s: &Sandbox, args: &[&str]) -> serde_json::Value {
+    let mut a = vec!["snapshot", "--json"];
+    a.extend_from_slice(args);
+    let out = s.slipway(&a);
+    assert_eq!(out.code, 0, "{} {}", out.stdout, out.stderr);
+    out.json()
+}
+
+#[test]
+fn restore_of_a_tenant_brings_back_exactly_the_snapshot_tree_and_a_healthy_container() {
+    let s = Sandbox::new();
+    let v1 = s.push_fixture_as("v1", "app");
+    let name = s.add_tenant("t1", &v1);
+    s.write_data("t1", "db/records.txt", &"row\n".repeat(1000));
+    s.write_data("t1", "uploads/a.bin", "binary-ish");
+    s.write_fleet(&s.fleet_app(&v1, ""));
+    let snap = snapshot_json(&s, &[]);
+    assert_eq!(snap["report"]["archives"][0]["outcome"], "archived");
+    let day = snap["report"]["day"].as_str().unwrap().to_string();
+    let at_snapshot = tree_hash(&s.data_dir("t1"));
+    // The tenant goes on writing; then a person restores yesterday's data.
+    s.write_data("t1", "db/records.txt", "overwritten by mistake\n");
+    s.write_data("t1", "junk/new.txt", "created after the snapshot\n");
+    let out = s.slipway(&["restore", "--tenant", "t1", "--day", &day, "--json"]);
+    assert_eq!(out.code, 0, "{} {}", out.stdout, out.stderr);
+    assert_eq!(tree_hash(&s.data_dir("t1")), at_snapshot);
+    assert_eq!(s.inspect(&name)["State"]["Running"], true);
+    assert!(s.http_get(&format!("http://{}:8080/api/health", s.container_ip(&name))).contains("v1"));
+    // --to extracts elsewhere and touches no container.
+    let id = s.inspect(&name)["Id"].clone();
+    let to = s.root().join("restored-copy");
+    let out = s.slipway(&["restore", "--tenant", "t1", "--latest", "--to", to.to_str().unwrap()]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(tree_hash(&to), at_snapshot);
+    assert_eq!(s.inspect(&name)["Id"], id);
+}
+
+#[test]
+fn a_flipped_bit_is_caught_by_verify_and_refused_by_restore() {
+    let s = Sandbox::new();
+    let v1 = s.push_fixture_as("v1", "app");
+    let name = s.add_tenant("t1", &v1);
+    s.write_data("t1", "db/records.txt", &"row\n".repeat(5000));
+    s.write_fleet(&s.fleet_app(&v1, ""));
+    let snap = snapshot_json(&s, &[]);
+    assert_eq!(s.slipway(&["verify", "--deep"]).code, 0);
+    let archive = std::path::PathBuf::from(snap["report"]["archives"][0]["path"].as_str().unwrap());
+    let mut bytes = std::fs::read(&archive).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x01;
+    std::fs::write(&archive, bytes).unwrap();
+    let v = s.slipway(&["verify", "--json"]);
+    assert_eq!(v.code, 1);
+    assert!(v.stdout.contains("t1.tar.zst"), "{}", v.stdout);
+    let before = tree_hash(&s.data_dir("t1"));
+    let id = s.inspect(&name)["State"]["StartedAt"].clone();
+    let r = s.slipway(&["restore", "--tenant", "t1", "--latest"]);
+    assert_ne!(r.code, 0);
+    assert!(r.stderr.contains("sha256"), "{}", r.stderr);
+    assert_eq!(tree_hash(&s.data_dir("t1")), before);
+    assert_eq!(s.inspect(&name)["State"]["StartedAt"], id);
+    assert_eq!(s.inspect(&name)["State"]["Running"], true);
+}
+
+#[test]
+fn a_second_snapshot_the_same_day_redoes_nothing_and_an_unchanged_tenant_reuses_its_archive() {
+    let s = Sandbox::new();
+    let v1 = s.push_fixture_as("v1", "app");
+    s.add_tenant("t1", &v1);
+    s.add_tenant("t2", &v1);
+    s.write_data("t1", "a.txt", "one");
+    s.write_data("t2", "b.txt", "two");
+    s.write_fleet(&s.fleet_app(&v1, ""));
+    let first = snapshot_json(&s, &[]);
+    let again = snapshot_json(&s, &[]);
+    for a in again["report"]["archives"].as_array().unwrap() {
+        assert_eq!(a["outcome"], "already_done", "{a}");
+    }
+    // Make today's snapshot yesterday's, change t2 only, snapshot again.
+    let day = first["report"]["day"].as_str().unwrap();
+    let daily = s.backups().join("daily");
+    std::fs::rename(daily.join(day), daily.join("2000-01-01")).unwrap();
+    s.write_data("t2", "b.txt", "two, changed");
+    let third = snapshot_json(&s, &[]);
+    let by: std::collections::HashMap<String, String> = third["report"]["archives"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| (a["tenant"].as_str().unwrap().to_string(), a["outcome"].as_str().unwrap().to_string()))
+        .collect();
+    assert_eq!(by["t1"], "reused");
+    assert_eq!(by["t2"], "archived");
+    use std::os::unix::fs::MetadataExt;
+    let old = std::fs::metadata(daily.join("2000-01-01/tenants/t1.tar.zst")).unwrap();
+    let new = std::fs::metadata(daily.join(day).join("tenants/t1.tar.zst")).unwrap();
+    assert_eq!(old.ino(), new.ino(), "an unchanged tenant's archive should be a hard link");
+    assert_eq!(s.slipway(&["verify", "--deep"]).code, 0);
+}
+
+#[test]
+fn disk_full_during_a_snapshot_leaves_no_archive_and_the_tenant_running_unpaused() {
+    let s = Sandbox::new();
+    let v1 = s.push_fixture_as("v1", "app");
+    let name = s.add_tenant("t1", &v1);
+    // Incompressible data larger than the backup filesystem.
+    let mut noise = vec![0u8; 3 << 20];
+    let mut x: u64 = 0x9e3779b97f4a7c15;
+    for b in noise.iter_mut() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *b = x as u8;
+    }
+    std::fs::create_dir_all(s.data_dir("t1")).unwrap();
+    std::fs::write(s.data_dir("t1").join("noise.bin"), &noise).unwrap();
+    s.write_fleet(&s.fleet_app(&v1, ""));
+    let _tmpfs = s.mount_tmpfs(&s.backups(), "1m");
+    let out = s.slipway(&["snapshot", "--json"]);
+    assert_eq!(out.code, 1, "{}", out.stdout);
+    assert_eq!(out.json()["report"]["archives"][0]["outcome"], "failed");
+    let st = &s.inspect(&name)["State"];
+    assert_eq!((st["Running"].as_bool(), st["Paused"].as_bool()), (Some(true), Some(false)));
+    let final_name = s.backups().join("daily").join(out.json()["report"]["day"].as_str().unwrap()).join("tenants/t1.tar.zst");
+    assert!(!final_name.exists());
+}
+
+#[test]
+fn a_control_plane_sqlite_db_with_a_concurrent_writer_is_backed_up_whole_and_intact() {
+    let s = Sandbox::new();
+    let v1 = s.push_fixture_as("v1", "app");
+    s.add_tenant("t1", &v1);
+    let cp = s.root().join("control-plane");
+    std::fs::create_dir_all(&cp).unwrap();
+    std::fs::write(cp.join("settings.json"), "{}").unwrap();
+    let db = cp.join("platform.db");
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+    conn.execute_batch("CREATE TABLE events (id INTEGER PRIMARY KEY, body TEXT NOT NULL)").unwrap();
+    for i in 0..2000 {
+        conn.execute("INSERT INTO events (body) VALUES (?1)", [format!("event {i} {}", "x".repeat(200))]).unwrap();
+    }
+    drop(conn);
+    s.set_config("control_plane", &format!("[\"{}\"]", cp.display()));
+    s.write_fleet(&s.fleet_app(&v1, ""));
+    // A writer keeps committing while the snapshot runs.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (db, stop) = (db.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let c = rusqlite::Connection::open(&db).unwrap();
+            c.busy_timeout(std::time::Duration::from_secs(10)).unwrap();
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                c.execute("INSERT INTO events (body) VALUES ('live')", []).unwrap();
+                n += 1;
+            }
+            n
+        })
+    };
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let snap = snapshot_json(&s, &["--control-plane"]);
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    assert!(writer.join().unwrap() > 0);
+    let cp_archive = snap["report"]["archives"].as_array().unwrap().iter().find(|a| a["tenant"].is_null()).unwrap()["path"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let out = s.root().join("cp-extract");
+    std::fs::create_dir_all(&out).unwrap();
+    let st = Command::new("sh")
+        .arg("-c")
+        .arg(format!("zstd -dc '{cp_archive}' | tar -x -C '{}'", out.display()))
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let copy = walk_find(&out, "platform.db").expect("platform.db in the control-plane archive");
+    let c = rusqlite::Connection::open(&copy).unwrap();
+    let check: String = c.query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap();
+    assert_eq!(check, "ok");
+    let n: i64 = c.query_row("SELECT COUNT(*) FROM events WHERE body LIKE 'event %'", [], |r| r.get(0)).unwrap();
+    assert_eq!(n, 2000, "every row committed before the snapshot must be in it");
+    assert!(walk_find(&out, "settings.json").is_some());
+}
+
+fn walk_find(dir: &std::path::Path, name: &str) -> Option<std::path::PathBuf> {
+    for e in std::fs::read_dir(dir).ok()?.flatten() {
+        let p = e.path();
+        if p.file_name().is_some_and(|n| n == name) {
+            return Some(p);
+        }
+        if p.is_dir() {
+            if let Some(f) = walk_find(&p, name) {
+                return Some(f);
+            }
+        }
+    }
+    None
+}
