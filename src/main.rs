@@ -122,6 +122,8 @@ async fn run(cli: &Cli, printer: &Printer, started: Instant) -> Result<Outcome, 
             if r.exit_kind() != ExitKind::Success {
                 return Ok(printer.report("recover", Some(ctx.run_id.to_string()), started, r.exit_kind(), &r));
             }
+            // The recover run used this id; the job gets its own.
+            ctx.run_id = slipway_jobs::types::RunId::new();
         }
     }
 

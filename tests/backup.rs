@@ -126,7 +126,8 @@ fn disk_full_during_a_snapshot_leaves_no_archive_and_the_tenant_running_unpaused
     assert_eq!(out.json()["report"]["archives"][0]["outcome"], "failed");
     let st = &s.inspect(&name)["State"];
     assert_eq!((st["Running"].as_bool(), st["Paused"].as_bool()), (Some(true), Some(false)));
-    let final_name = s.backups().join("daily").join(out.json()["report"]["day"].as_str().unwrap()).join("tenants/t1.tar.zst");
+    let final_name =
+        s.backups().join("daily").join(out.json()["report"]["day"].as_str().unwrap()).join("tenants/t1.tar.zst");
     assert!(!final_name.exists());
 }
 
@@ -167,7 +168,8 @@ fn a_control_plane_sqlite_db_with_a_concurrent_writer_is_backed_up_whole_and_int
     let snap = snapshot_json(&s, &["--control-plane"]);
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     assert!(writer.join().unwrap() > 0);
-    let cp_archive = snap["report"]["archives"].as_array().unwrap().iter().find(|a| a["tenant"].is_null()).unwrap()["path"]
+    let cp_archive = snap["report"]["archives"].as_array().unwrap().iter().find(|a| a["tenant"].is_null()).unwrap()
+        ["path"]
         .as_str()
         .unwrap()
         .to_string();

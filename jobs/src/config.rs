@@ -164,7 +164,8 @@ pub struct MetricsConfig {
 }
 
 /// Environment variables that start with `SLIPWAY_` but are not config overrides.
-const NON_CONFIG_ENV: &[&str] = &["SLIPWAY_CONFIG", "SLIPWAY_LOG", "SLIPWAY_BIN", "SLIPWAY_TEST_CRASH_AT"];
+const NON_CONFIG_ENV: &[&str] =
+    &["SLIPWAY_CONFIG", "SLIPWAY_LOG", "SLIPWAY_BIN", "SLIPWAY_TEST_CRASH_AT", "SLIPWAY_TEST_SIGNAL_AT"];
 
 #[derive(Clone, Copy)]
 enum Kind {

@@ -99,6 +99,9 @@ pub async fn recover(ctx: &Ctx, opts: &RecoverOptions) -> Result<RecoverReport> 
     }
     let engine = Engine::connect(&ctx.cfg.docker).await?;
     let prober = Prober::new()?;
+    if !opts.dry_run {
+        ctx.start_run("recover", None, None, None)?;
+    }
     for run in unfinished {
         let steps = ctx.store.steps(&run.id)?;
         let tenants = match run.job.as_str() {
@@ -121,7 +124,14 @@ pub async fn recover(ctx: &Ctx, opts: &RecoverOptions) -> Result<RecoverReport> 
         }
         runs.push(RecoveredRun { run_id: run.id, job: run.job, tenants });
     }
-    Ok(RecoverReport { dry_run: opts.dry_run, runs })
+    let report = RecoverReport { dry_run: opts.dry_run, runs };
+    if !opts.dry_run {
+        let kind = report.exit_kind();
+        let word = if kind == ExitKind::Success { "success" } else { "person_needed" };
+        let summary = format!("recovered {} unfinished run(s)", report.runs.len());
+        ctx.store.finish_run(ctx.run_id.as_str(), word, kind.code() as i64, &summary)?;
+    }
+    Ok(report)
 }
 
 async fn recover_rollout(
