@@ -102,8 +102,12 @@ pub struct StepTimings {
     pub stop_ms: u64,
     /// Archiving the data dir.
     pub snapshot_ms: u64,
-    /// Rename + create + check.
+    /// Renaming the prior container aside.
+    pub rename_ms: u64,
+    /// `docker create` (and network connects).
     pub create_ms: u64,
+    /// Checking the new container against the old one.
+    pub check_ms: u64,
     /// `docker start`.
     pub start_ms: u64,
     /// Start → first 2xx.
@@ -566,16 +570,18 @@ async fn roll_tenant(
     stop_if_cancelled!(false, Some(archive_path.clone()));
 
     // 3. rename the prior container aside; 4. create the new one; 5. check it.
-    let t = Instant::now();
     let failed = |detail: String| detail;
     let created: std::result::Result<(), String> = async {
+        let t = Instant::now();
         let s = ctx.begin(Some(tenant), "rename", &j)?;
         engine.rename(&name, &j.pre_name).await.map_err(|e| {
             let _ = ctx.end(s, "failed", Some(&j));
             e
         })?;
         ctx.end(s, "ok", Some(&j))?;
+        timings.rename_ms = ms(t.elapsed());
         crash_point("after-rename");
+        let t = Instant::now();
         let s = ctx.begin(Some(tenant), "create", &j)?;
         let id = engine.create_from(&name, &spec, &j.new_image).await.map_err(|e| {
             let _ = ctx.end(s, "failed", Some(&j));
@@ -583,7 +589,9 @@ async fn roll_tenant(
         })?;
         j.new_id = Some(id);
         ctx.end(s, "ok", Some(&j))?;
+        timings.create_ms = ms(t.elapsed());
         crash_point("after-create");
+        let t = Instant::now();
         let s = ctx.begin(Some(tenant), "check", &j)?;
         let lost = j.settings.lost_in(&engine.actual_settings(&name).await?);
         if !lost.is_empty() {
@@ -591,11 +599,11 @@ async fn roll_tenant(
             return Err(Error::Other(format!("the new container lost what the operator set: {}", lost.join(", "))));
         }
         ctx.end(s, "ok", Some(&j))?;
+        timings.check_ms = ms(t.elapsed());
         Ok::<_, Error>(())
     }
     .await
     .map_err(|e| failed(e.to_string()));
-    timings.create_ms = ms(t.elapsed());
     if let Err(detail) = created {
         let undo = undo_tenant(ctx, engine, prober, &j, false).await?;
         let detail = format!("{detail}; {}", undo.detail);
