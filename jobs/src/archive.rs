@@ -21,7 +21,7 @@ fn e(x: impl std::fmt::Display) -> ArchiveError {
     ArchiveError(x.to_string())
 }
 pub fn create(src: &Path, dest: &Path) -> Result<ArchiveSummary, ArchiveError> {
-    std::fs::create_dir_all(dest.parent().unwrap()).map_err(e)?;
+    std::fs::create_dir_all(dest.parent().unwrap_or(Path::new("."))).map_err(e)?;
     let f = std::fs::File::create(dest).map_err(e)?;
     let enc = zstd::Encoder::new(f, 3).map_err(e)?;
     let mut b = tar::Builder::new(enc);

@@ -7,6 +7,7 @@
 //!   snapshot if the new version was started, prior container back, started, health-checked;
 //! - a tenant a snapshot paused or stopped is unpaused or started again; a restore's stopped
 //!   container is started.
+//!
 //! Each run is then marked finished with outcome `recovered`. Idempotent: a second run finds
 //! nothing unfinished and changes nothing.
 

@@ -574,18 +574,16 @@ async fn roll_tenant(
     let created: std::result::Result<(), String> = async {
         let t = Instant::now();
         let s = ctx.begin(Some(tenant), "rename", &j)?;
-        engine.rename(&name, &j.pre_name).await.map_err(|e| {
+        engine.rename(&name, &j.pre_name).await.inspect_err(|_| {
             let _ = ctx.end(s, "failed", Some(&j));
-            e
         })?;
         ctx.end(s, "ok", Some(&j))?;
         timings.rename_ms = ms(t.elapsed());
         crash_point("after-rename");
         let t = Instant::now();
         let s = ctx.begin(Some(tenant), "create", &j)?;
-        let id = engine.create_from(&name, &spec, &j.new_image).await.map_err(|e| {
+        let id = engine.create_from(&name, &spec, &j.new_image).await.inspect_err(|_| {
             let _ = ctx.end(s, "failed", Some(&j));
-            e
         })?;
         j.new_id = Some(id);
         ctx.end(s, "ok", Some(&j))?;

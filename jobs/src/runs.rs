@@ -44,7 +44,7 @@ fn outcome(r: &Run) -> &str {
 
 impl fmt::Display for RunsReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "{:<22} {:<10} {:<10} {:<14} {}", "RUN", "JOB", "TRIGGER", "OUTCOME", "SUMMARY")?;
+        writeln!(f, "{:<22} {:<10} {:<10} {:<14} SUMMARY", "RUN", "JOB", "TRIGGER", "OUTCOME")?;
         for r in &self.runs {
             writeln!(
                 f,

@@ -182,11 +182,7 @@ impl fmt::Display for StatusReport {
             if let Some((id, o)) = &a.last_rollout {
                 writeln!(f, "  last rollout {id}: {o}")?;
             }
-            writeln!(
-                f,
-                "  {:<22} {:<9} {:<14} {:<9} {:<9} {}",
-                "TENANT", "STATE", "DIGEST", "HEALTH", "SNAPSHOT", "SYNCED"
-            )?;
+            writeln!(f, "  {:<22} {:<9} {:<14} {:<9} {:<9} SYNCED", "TENANT", "STATE", "DIGEST", "HEALTH", "SNAPSHOT")?;
             for t in &a.tenants {
                 let digest = t.digest.as_deref().map_or("-".to_string(), |d| {
                     let short = d.get(7..19).unwrap_or(d);
