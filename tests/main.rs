@@ -1,1 +1,10 @@
-fn main() {}
+//! slipway's end-to-end tests: the real binary against a real Docker engine, registry, git
+//! repos, SQLite files and S3 server, all started by `make test` (scripts/testenv.sh), which
+//! exports their addresses as `SWTEST_*` variables. One test binary, one harness
+//! (`support`), as `just` and ripgrep do.
+
+mod support;
+
+mod backup;
+mod crash;
+mod rollout;

@@ -67,3 +67,27 @@ pub fn extract_into(_a: &Path, _s: &str, _d: &Path) -> Result<u64, ArchiveError>
 pub fn deep_verify(_a: &Path, _s: &str, _l: &FileList) -> Result<(), ArchiveError> {
     Err(e("stub"))
 }
+pub fn tree_digest(dir: &Path) -> Result<String, ArchiveError> {
+    use sha2::Digest;
+    use std::os::unix::fs::MetadataExt;
+    fn walk(base: &Path, dir: &Path, h: &mut sha2::Sha256) -> Result<(), ArchiveError> {
+        let mut names: Vec<_> = std::fs::read_dir(dir).map_err(e)?.flatten().map(|x| x.path()).collect();
+        names.sort();
+        for p in names {
+            let m = std::fs::symlink_metadata(&p).map_err(e)?;
+            let rel = p.strip_prefix(base).unwrap_or(&p).to_string_lossy().into_owned();
+            h.update(format!("{rel}\0{:o}\0{}\0{}\0{}\0", m.mode(), m.uid(), m.gid(), m.mtime()).as_bytes());
+            if m.is_dir() {
+                walk(base, &p, h)?;
+            } else if m.file_type().is_symlink() {
+                h.update(std::fs::read_link(&p).map_err(e)?.to_string_lossy().as_bytes());
+            } else {
+                h.update(std::fs::read(&p).map_err(e)?);
+            }
+        }
+        Ok(())
+    }
+    let mut h = sha2::Sha256::new();
+    walk(dir, dir, &mut h)?;
+    Ok(hex::encode(h.finalize()))
+}

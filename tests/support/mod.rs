@@ -1,0 +1,374 @@
+//! The test harness. [`Sandbox`] gives each test its own temp dirs (state, backups, tenant
+//! data), Docker network, desired-state git repo (bare + clone, changed by real pushes), host
+//! config and registry repos, and removes its containers and network on `Drop`, so tests run
+//! in parallel and leave nothing behind. [`Env`] is what `make test` started.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
+
+/// What `make test` started: registry, S3 server, fixture images.
+pub struct Env {
+    /// `127.0.0.1:PORT` of the local registry.
+    pub registry: String,
+    /// `http://127.0.0.1:PORT` of the S3 server.
+    pub s3_endpoint: String,
+    /// S3 access key.
+    pub s3_access_key: String,
+    /// S3 secret key.
+    pub s3_secret_key: String,
+    /// S3 region.
+    pub s3_region: String,
+    /// Fixture name (lowercase) → `repo@sha256:…`.
+    pub fixtures: HashMap<String, String>,
+}
+
+fn var(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!("{name} is not set: the end-to-end tests need the test environment; run `make test` (or `scripts/testenv.sh up && . .testenv/env`)")
+    })
+}
+
+impl Env {
+    /// The environment, read once.
+    pub fn get() -> &'static Env {
+        static ENV: OnceLock<Env> = OnceLock::new();
+        ENV.get_or_init(|| Env {
+            registry: var("SWTEST_REGISTRY"),
+            s3_endpoint: var("SWTEST_S3_ENDPOINT"),
+            s3_access_key: var("SWTEST_S3_ACCESS_KEY"),
+            s3_secret_key: var("SWTEST_S3_SECRET_KEY"),
+            s3_region: std::env::var("SWTEST_S3_REGION").unwrap_or_else(|_| "us-east-1".into()),
+            fixtures: std::env::vars()
+                .filter_map(|(k, v)| k.strip_prefix("SWTEST_FIXTURE_").map(|f| (f.to_lowercase(), v)))
+                .collect(),
+        })
+    }
+
+    /// The `repo@sha256:…` of a fixture image.
+    pub fn fixture(&self, name: &str) -> &str {
+        self.fixtures.get(name).unwrap_or_else(|| panic!("no fixture {name}; have {:?}", self.fixtures.keys()))
+    }
+}
+
+/// Run a command, panic with its output if it fails, return stdout.
+pub fn sh(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn docker(args: &[&str]) -> String {
+    sh(Command::new("docker").args(args))
+}
+
+/// The output of one slipway run.
+#[derive(Debug)]
+pub struct Out {
+    /// Exit code; -1 when killed by a signal.
+    pub code: i32,
+    /// stdout.
+    pub stdout: String,
+    /// stderr.
+    pub stderr: String,
+}
+
+impl Out {
+    /// stdout parsed as the `--json` object.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(self.stdout.trim())
+            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}\nstderr: {}", self.stdout, self.stderr))
+    }
+}
+
+/// One test's world.
+pub struct Sandbox {
+    id: String,
+    root: tempfile::TempDir,
+    network: String,
+    config_extra: std::cell::RefCell<String>,
+}
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+impl Sandbox {
+    /// A fresh sandbox with its own network, git repo and host config.
+    pub fn new() -> Sandbox {
+        Env::get();
+        let id = format!(
+            "sw{}x{}x{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::SeqCst),
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_micros() % 1000
+        );
+        let root = tempfile::Builder::new().prefix(&format!("{id}-")).tempdir().unwrap();
+        for d in ["state", "backups", "data"] {
+            std::fs::create_dir_all(root.path().join(d)).unwrap();
+        }
+        let network = format!("{id}-net");
+        docker(&["network", "create", "--label", &format!("slipway.test={id}"), &network]);
+        let s = Sandbox { id, root, network, config_extra: Default::default() };
+        sh(Command::new("git").args(["init", "-q", "--bare", "-b", "main"]).arg(s.root().join("fleet.git")));
+        sh(Command::new("git").args(["init", "-q", "-b", "main"]).arg(s.root().join("fleet")));
+        s.write_config();
+        s
+    }
+
+    /// Unique id of this sandbox (container name prefix, label value).
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+    /// The temp root.
+    pub fn root(&self) -> &Path {
+        self.root.path()
+    }
+    /// The sandbox's Docker network.
+    pub fn network(&self) -> &str {
+        &self.network
+    }
+    /// The backup root.
+    pub fn backups(&self) -> PathBuf {
+        self.root().join("backups")
+    }
+    /// The state dir.
+    pub fn state(&self) -> PathBuf {
+        self.root().join("state")
+    }
+    /// A tenant's data dir.
+    pub fn data_dir(&self, tenant: &str) -> PathBuf {
+        self.root().join("data").join(tenant)
+    }
+    /// The host config file.
+    pub fn config_path(&self) -> PathBuf {
+        self.root().join("config.toml")
+    }
+
+    fn write_config(&self) {
+        use std::os::unix::fs::PermissionsExt;
+        let text = format!(
+            "{}state_dir = \"{}\"\nbackup_root = \"{}\"\n\n[desired]\nrepo = \"{}\"\nbranch = \"main\"\n",
+            self.config_extra.borrow(),
+            self.state().display(),
+            self.backups().display(),
+            self.root().join("fleet.git").display()
+        );
+        std::fs::write(self.config_path(), text).unwrap();
+        std::fs::set_permissions(self.config_path(), std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+
+    /// Add a top-level key (TOML value text) to the host config.
+    pub fn set_config(&self, key: &str, toml_value: &str) {
+        self.config_extra.borrow_mut().push_str(&format!("{key} = {toml_value}\n"));
+        self.write_config();
+    }
+
+    /// Append whole tables to the host config (e.g. `[remote]…`).
+    pub fn append_config(&self, tables: &str) {
+        let mut text = std::fs::read_to_string(self.config_path()).unwrap();
+        text.push('\n');
+        text.push_str(tables);
+        std::fs::write(self.config_path(), text).unwrap();
+    }
+
+    /// An `[[app]]` named "app" selecting this sandbox's tenants, pinned to `image`.
+    pub fn fleet_app(&self, image: &str, extra: &str) -> String {
+        let mut app = format!(
+            "[[app]]\nname = \"app\"\nimage = \"{image}\"\nselect = \"slipway.test={id}\"\n\
+             tenant_from = \"name:{id}-{{tenant}}\"\ndata_dir = \"{data}/{{tenant}}\"\n",
+            id = self.id,
+            data = self.root().join("data").display()
+        );
+        if !extra.contains("health =") {
+            app.push_str("health = { path = \"/api/health\", port = 8080, timeout_s = 20 }\n");
+        }
+        if !extra.contains("stop_timeout_s") {
+            app.push_str("stop_timeout_s = 5\n");
+        }
+        app.push_str(extra);
+        app
+    }
+
+    /// Commit `fleet.toml` and push it to the bare repo; returns the commit id.
+    pub fn write_fleet(&self, text: &str) -> String {
+        let work = self.root().join("fleet");
+        std::fs::write(work.join("fleet.toml"), text).unwrap();
+        let git = |args: &[&str]| {
+            sh(Command::new("git")
+                .arg("-C")
+                .arg(&work)
+                .args(["-c", "user.name=test", "-c", "user.email=test@localhost"])
+                .args(args))
+        };
+        git(&["add", "fleet.toml"]);
+        git(&["commit", "-q", "--allow-empty", "-m", "pin"]);
+        git(&["push", "-q", self.root().join("fleet.git").to_str().unwrap(), "HEAD:main"]);
+        git(&["rev-parse", "HEAD"])
+    }
+
+    /// Tag and push a fixture into a per-test registry repo; returns `repo@sha256:…`.
+    pub fn push_fixture_as(&self, fixture: &str, suffix: &str) -> String {
+        let env = Env::get();
+        let src = env.fixture(fixture);
+        let repo = format!("{}/{}-{suffix}", env.registry, self.id);
+        let tag = format!("{repo}:{fixture}");
+        docker(&["tag", src, &tag]);
+        let out = docker(&["push", &tag]);
+        let digest = out
+            .split_whitespace()
+            .find(|w| w.starts_with("sha256:") && w.len() == 71)
+            .unwrap_or_else(|| panic!("no digest in push output: {out}"))
+            .to_string();
+        format!("{repo}@{digest}")
+    }
+
+    /// Create and start a tenant container `<id>-<tenant>` as an operator would.
+    pub fn add_tenant(&self, tenant: &str, image: &str) -> String {
+        let name = format!("{}-{tenant}", self.id);
+        let data = self.data_dir(tenant);
+        std::fs::create_dir_all(&data).unwrap();
+        docker(&[
+            "run",
+            "-d",
+            "--name",
+            &name,
+            "--network",
+            &self.network,
+            "--network-alias",
+            tenant,
+            "--label",
+            &format!("slipway.test={}", self.id),
+            "--label",
+            "app.managed=true",
+            "--label",
+            &format!("traefik.http.routers.app.rule=Host(`{tenant}.example.test`)"),
+            "--env",
+            &format!("TENANT={tenant}"),
+            "--volume",
+            &format!("{}:/data", data.display()),
+            "--restart",
+            "unless-stopped",
+            "--memory",
+            "64m",
+            image,
+        ]);
+        name
+    }
+
+    /// Write a file into a tenant's data dir.
+    pub fn write_data(&self, tenant: &str, rel: &str, content: &str) {
+        let p = self.data_dir(tenant).join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, content).unwrap();
+    }
+
+    /// Run slipway with this sandbox's config.
+    pub fn slipway(&self, args: &[&str]) -> Out {
+        self.slipway_env(args, &[])
+    }
+
+    /// Run slipway with extra environment variables.
+    pub fn slipway_env(&self, args: &[&str], env: &[(&str, &str)]) -> Out {
+        let out = Command::new(env!("CARGO_BIN_EXE_slipway"))
+            .arg("--config")
+            .arg(self.config_path())
+            .args(args)
+            .envs(env.iter().copied())
+            .env("SLIPWAY_LOG", "info")
+            .output()
+            .unwrap();
+        Out {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// `docker inspect` of a container.
+    pub fn inspect(&self, name: &str) -> serde_json::Value {
+        let v: serde_json::Value = serde_json::from_str(&docker(&["inspect", name])).unwrap();
+        v[0].clone()
+    }
+
+    /// `docker image inspect`.
+    pub fn image_inspect(&self, image: &str) -> serde_json::Value {
+        let v: serde_json::Value = serde_json::from_str(&docker(&["image", "inspect", image])).unwrap();
+        v[0].clone()
+    }
+
+    /// Whether a container exists.
+    pub fn container_exists(&self, name: &str) -> bool {
+        Command::new("docker").args(["inspect", name]).output().unwrap().status.success()
+    }
+
+    /// This sandbox's containers whose name contains `part`.
+    pub fn containers_named_like(&self, part: &str) -> Vec<String> {
+        docker(&["ps", "-a", "--filter", &format!("label=slipway.test={}", self.id), "--format", "{{.Names}}"])
+            .lines()
+            .filter(|n| n.contains(part))
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// The container's IP on the sandbox network.
+    pub fn container_ip(&self, name: &str) -> String {
+        self.inspect(name)["NetworkSettings"]["Networks"][&self.network]["IPAddress"].as_str().unwrap().to_string()
+    }
+
+    /// GET a URL, retrying briefly; the body (panics if no 2xx within 10 s).
+    pub fn http_get(&self, url: &str) -> String {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let r = Command::new("curl").args(["-fsS", "-m", "2", url]).output().unwrap();
+            if r.status.success() {
+                return String::from_utf8_lossy(&r.stdout).into_owned();
+            }
+            assert!(std::time::Instant::now() < deadline, "GET {url}: {}", String::from_utf8_lossy(&r.stderr));
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    }
+
+    /// Mount a tmpfs of `size` over `dir` until the guard drops.
+    pub fn mount_tmpfs(&self, dir: &Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(dir).unwrap();
+        sh(Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700"), "tmpfs"]).arg(dir));
+        Tmpfs(dir.to_path_buf())
+    }
+}
+
+/// A mounted tmpfs, unmounted on drop.
+pub struct Tmpfs(PathBuf);
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        let ids = Command::new("docker")
+            .args(["ps", "-aq", "--filter", &format!("label=slipway.test={}", self.id)])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        let ids: Vec<&str> = ids.split_whitespace().collect();
+        if !ids.is_empty() {
+            let _ = Command::new("docker").args(["rm", "-f"]).args(&ids).output();
+        }
+        let _ = Command::new("docker").args(["network", "rm", &self.network]).output();
+    }
+}
+
+/// A digest of a whole tree (paths, kinds, modes, owners, mtimes, contents, link targets), to
+/// compare data dirs byte for byte.
+pub fn tree_hash(dir: &Path) -> String {
+    slipway_jobs::archive::tree_digest(dir).unwrap_or_else(|e| panic!("tree digest of {}: {e}", dir.display()))
+}
