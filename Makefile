@@ -1,0 +1,39 @@
+# slipway — the two commands a user needs are `make demo` and `make test`.
+SHELL := /bin/bash
+CARGO ?= cargo
+TEST_THREADS ?= 4
+
+.PHONY: test demo bench lint testenv-up testenv-down build
+
+build:
+	$(CARGO) build --release
+
+## make test: start the real test environment (Docker, registry, S3 server, fixtures), run every
+## test against it, stop what was started. The tests' exit code is kept.
+test:
+	scripts/testenv.sh up
+	set -a; . .testenv/env; set +a; \
+	  $(CARGO) test --workspace --features test-crash -- --test-threads=$(TEST_THREADS); rc=$$?; \
+	  scripts/testenv.sh down; exit $$rc
+
+## make demo: rollout v1 -> v2 on three throw-away tenants, then a broken release caught at the
+## canary and restored, then the run history. Removes everything it started.
+demo:
+	scripts/demo.sh
+
+## make bench: the benchmarks of the README's Performance section (slipway next to the tool a
+## user would otherwise use, same data, same run).
+bench:
+	@for b in bench/*.sh; do echo "== $$b"; bash "$$b" || exit 1; done
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets --features test-crash -- -D warnings
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	@if [ -x scripts/check-units.sh ]; then scripts/check-units.sh; fi
+
+testenv-up:
+	scripts/testenv.sh up
+
+testenv-down:
+	scripts/testenv.sh down

