@@ -6,5 +6,6 @@
 mod support;
 
 mod backup;
+mod foundation;
 mod crash;
 mod rollout;
