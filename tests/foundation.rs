@@ -61,7 +61,9 @@ fn the_fixtures_behave_as_documented() {
 
 #[tokio::test]
 async fn an_object_is_put_listed_and_read_back_through_s3() {
-    use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation};
+    use aws_sdk_s3::config::{
+        BehaviorVersion, Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
+    };
     let env = Env::get();
     let conf = aws_sdk_s3::config::Builder::new()
         .behavior_version(BehaviorVersion::latest())

@@ -6,6 +6,6 @@
 mod support;
 
 mod backup;
-mod foundation;
 mod crash;
+mod foundation;
 mod rollout;
