@@ -600,7 +600,7 @@ fn extract_checked(archive: &Path, expected: &str, dir: &Path) -> Result<u64, Ar
         });
     }
     // Directories last, deepest first: their modes may forbid writing, and children touch mtimes.
-    dirs.sort_by(|a, b| b.0.components().count().cmp(&a.0.components().count()));
+    dirs.sort_by_key(|d| std::cmp::Reverse(d.0.components().count()));
     for (d, mode, uid, gid, mtime) in dirs {
         std::os::unix::fs::lchown(&d, Some(uid as u32), Some(gid as u32)).map_err(ioe(&d))?;
         fs::set_permissions(&d, fs::Permissions::from_mode(mode)).map_err(ioe(&d))?;
