@@ -3,6 +3,8 @@
 //! exports their addresses as `SWTEST_*` variables. One test binary, one harness
 //! (`support`), as `just` and ripgrep do.
 
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 mod backup;
