@@ -359,12 +359,11 @@ async fn rollout_app(
         ExitKind::Success => format!("app {}: rolled {rolled} tenant(s) to {}", app.name, app.image.digest().short()),
         ExitKind::Halted => {
             let t = tenants.iter().find(|t| t.outcome == TenantOutcome::Restored);
+            let untouched = tenants.iter().filter(|t| t.outcome == TenantOutcome::NotReached).count();
             format!(
-                "app {}: HALTED at tenant {} ({}); it was restored to its prior container and data; {} tenant(s) rolled, the rest untouched",
+                "app {}: HALTED at tenant {}: restored to its prior container and data; {rolled} rolled, {untouched} untouched",
                 app.name,
                 t.map_or("?", |t| t.tenant.as_str()),
-                t.and_then(|t| t.detail.as_deref()).unwrap_or("failed"),
-                rolled
             )
         }
         ExitKind::Interrupted => {

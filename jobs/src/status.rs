@@ -96,6 +96,10 @@ pub async fn status(ctx: &Ctx) -> Result<StatusReport> {
     let mut newest: HashMap<String, String> = HashMap::new();
     let mut synced: HashMap<String, String> = HashMap::new();
     for s in ctx.store.snapshots()? {
+        // Daily snapshots are the backups; a rollout snapshot is not a substitute for one.
+        if s.kind != "daily" {
+            continue;
+        }
         let Some(t) = s.tenant.clone() else { continue };
         if newest.get(&t).is_none_or(|c| s.created_at > *c) {
             newest.insert(t.clone(), s.created_at.clone());
