@@ -1,1 +1,202 @@
-//! TODO: metrics
+//! Prometheus metrics for node_exporter's textfile collector, rewritten atomically after every
+//! job. The file holds the series of every job: each job updates its own and keeps the others
+//! (kept in a JSON sidecar `<file>.json`, so the text file is always regenerated whole).
+//!
+//! Series (all gauges):
+//! - `slipway_last_run_timestamp_seconds{job}`: when the job last ended
+//! - `slipway_last_run_success{job}`: 1 if it succeeded, else 0
+//! - `slipway_last_run_exit_code{job}`: its exit code
+//! - `slipway_last_run_duration_seconds{job}`: how long it took
+//! - `slipway_archived_bytes{job}`: bytes of archives written by its last run
+//! - `slipway_uploaded_bytes{job}`: bytes uploaded by its last run
+//! - `slipway_rollout_tenants_rolled`, `slipway_rollout_tenants_halted`: the last rollout's counts
+//! - `slipway_snapshot_age_seconds{tenant}`: age of each tenant's newest daily snapshot
+//! - `slipway_snapshot_last_success_timestamp_seconds{tenant}`: when it was taken
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// What one job reports.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct JobMetrics {
+    /// Job name.
+    pub job: String,
+    /// Exit code.
+    pub exit_code: u8,
+    /// When it ended (unix seconds).
+    pub ended: i64,
+    /// Duration in seconds.
+    pub duration_s: f64,
+    /// Bytes archived.
+    pub archived_bytes: Option<u64>,
+    /// Bytes uploaded.
+    pub uploaded_bytes: Option<u64>,
+    /// Tenants rolled (rollout/reconcile).
+    pub rolled: Option<u64>,
+    /// Tenants halted (rollout/reconcile).
+    pub halted: Option<u64>,
+    /// Newest daily snapshot per tenant (unix seconds).
+    pub snapshots: BTreeMap<String, i64>,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct State {
+    jobs: BTreeMap<String, JobMetrics>,
+    snapshots: BTreeMap<String, i64>,
+    rolled: Option<u64>,
+    halted: Option<u64>,
+}
+
+fn sidecar(path: &Path) -> PathBuf {
+    let mut p = path.as_os_str().to_owned();
+    p.push(".json");
+    PathBuf::from(p)
+}
+
+/// Merge `m` into the metrics file at `path` and rewrite it atomically.
+pub fn record(path: &Path, m: &JobMetrics) -> Result<()> {
+    let side = sidecar(path);
+    let mut state: State = std::fs::read(&side).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
+    state.jobs.insert(m.job.clone(), m.clone());
+    state.snapshots.extend(m.snapshots.iter().map(|(k, v)| (k.clone(), *v)));
+    if m.rolled.is_some() || m.halted.is_some() {
+        state.rolled = m.rolled;
+        state.halted = m.halted;
+    }
+    let text = render(&state, jiff::Timestamp::now().as_second());
+    let json = serde_json::to_vec(&state).map_err(|e| Error::Other(e.to_string()))?;
+    crate::fsutil::atomic_write(&side, &json, 0o644).map_err(|e| Error::io(&side, e))?;
+    crate::fsutil::atomic_write(path, text.as_bytes(), 0o644).map_err(|e| Error::io(path, e))
+}
+
+fn esc(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+fn render(s: &State, now: i64) -> String {
+    let mut o = String::new();
+    let mut gauge = |name: &str, help: &str, rows: Vec<(String, String)>| {
+        if rows.is_empty() {
+            return;
+        }
+        let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} gauge");
+        for (labels, v) in rows {
+            let _ = writeln!(o, "{name}{labels} {v}");
+        }
+    };
+    let per_job = |f: &dyn Fn(&JobMetrics) -> Option<String>| -> Vec<(String, String)> {
+        s.jobs.values().filter_map(|j| f(j).map(|v| (format!("{{job=\"{}\"}}", esc(&j.job)), v))).collect()
+    };
+    gauge(
+        "slipway_last_run_timestamp_seconds",
+        "When the job last ended (unix time).",
+        per_job(&|j| Some(j.ended.to_string())),
+    );
+    gauge(
+        "slipway_last_run_success",
+        "1 if the job's last run succeeded, else 0.",
+        per_job(&|j| Some(u8::from(j.exit_code == 0).to_string())),
+    );
+    gauge(
+        "slipway_last_run_exit_code",
+        "Exit code of the job's last run.",
+        per_job(&|j| Some(j.exit_code.to_string())),
+    );
+    gauge(
+        "slipway_last_run_duration_seconds",
+        "Duration of the job's last run.",
+        per_job(&|j| Some(format!("{:.3}", j.duration_s))),
+    );
+    gauge(
+        "slipway_archived_bytes",
+        "Bytes of archives written by the job's last run.",
+        per_job(&|j| j.archived_bytes.map(|v| v.to_string())),
+    );
+    gauge(
+        "slipway_uploaded_bytes",
+        "Bytes uploaded by the job's last run.",
+        per_job(&|j| j.uploaded_bytes.map(|v| v.to_string())),
+    );
+    gauge(
+        "slipway_rollout_tenants_rolled",
+        "Tenants rolled by the last rollout.",
+        s.rolled.map(|v| (String::new(), v.to_string())).into_iter().collect(),
+    );
+    gauge(
+        "slipway_rollout_tenants_halted",
+        "Tenants halted (and restored) by the last rollout.",
+        s.halted.map(|v| (String::new(), v.to_string())).into_iter().collect(),
+    );
+    let snaps = |f: &dyn Fn(i64) -> i64| -> Vec<(String, String)> {
+        s.snapshots.iter().map(|(t, ts)| (format!("{{tenant=\"{}\"}}", esc(t)), f(*ts).to_string())).collect()
+    };
+    gauge("slipway_snapshot_age_seconds", "Age of the tenant's newest daily snapshot.", snaps(&|ts| now - ts));
+    gauge(
+        "slipway_snapshot_last_success_timestamp_seconds",
+        "When the tenant's newest daily snapshot was taken (unix time).",
+        snaps(&|ts| ts),
+    );
+    o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_file_parses_as_prometheus_text_and_keeps_every_jobs_series() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("slipway.prom");
+        let mut snap = JobMetrics {
+            job: "snapshot".into(),
+            exit_code: 0,
+            ended: 1_700_000_000,
+            duration_s: 12.5,
+            archived_bytes: Some(4096),
+            ..Default::default()
+        };
+        snap.snapshots.insert("t1".into(), 1_699_999_000);
+        record(&p, &snap).unwrap();
+        let roll = JobMetrics {
+            job: "rollout".into(),
+            exit_code: 3,
+            ended: 1_700_000_100,
+            duration_s: 2.0,
+            rolled: Some(0),
+            halted: Some(1),
+            ..Default::default()
+        };
+        record(&p, &roll).unwrap();
+        let text = std::fs::read_to_string(&p).unwrap();
+        let lines = text.lines().map(|l| Ok(l.to_string()));
+        let scrape = prometheus_parse::Scrape::parse(lines).unwrap();
+        let get = |name: &str, label: Option<(&str, &str)>| {
+            scrape
+                .samples
+                .iter()
+                .find(|s| s.metric == name && label.is_none_or(|(k, v)| s.labels.get(k) == Some(v)))
+                .map(|s| match s.value {
+                    prometheus_parse::Value::Gauge(v) | prometheus_parse::Value::Untyped(v) => v,
+                    _ => f64::NAN,
+                })
+                .unwrap_or_else(|| panic!("no {name} {label:?} in\n{text}"))
+        };
+        assert_eq!(get("slipway_last_run_success", Some(("job", "snapshot"))), 1.0);
+        assert_eq!(get("slipway_last_run_success", Some(("job", "rollout"))), 0.0);
+        assert_eq!(get("slipway_last_run_exit_code", Some(("job", "rollout"))), 3.0);
+        assert_eq!(get("slipway_last_run_timestamp_seconds", Some(("job", "snapshot"))), 1_700_000_000.0);
+        assert_eq!(get("slipway_last_run_duration_seconds", Some(("job", "snapshot"))), 12.5);
+        assert_eq!(get("slipway_archived_bytes", Some(("job", "snapshot"))), 4096.0);
+        assert_eq!(get("slipway_rollout_tenants_halted", None), 1.0);
+        assert_eq!(get("slipway_rollout_tenants_rolled", None), 0.0);
+        assert_eq!(get("slipway_snapshot_last_success_timestamp_seconds", Some(("tenant", "t1"))), 1_699_999_000.0);
+        assert!(get("slipway_snapshot_age_seconds", Some(("tenant", "t1"))) > 0.0);
+        assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o644);
+    }
+    use std::os::unix::fs::PermissionsExt;
+}
