@@ -29,6 +29,8 @@ pub struct Outcome {
     pub kind: ExitKind,
     /// Run id, if the job recorded one.
     pub run_id: Option<String>,
+    /// The report's last lines, for notifications.
+    pub summary: String,
 }
 
 /// Prints reports and errors.
@@ -80,7 +82,10 @@ impl Printer {
         } else if !self.quiet || kind != ExitKind::Success {
             print!("{report}");
         }
-        Outcome { kind, run_id }
+        let text = report.to_string();
+        let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+        let summary = lines[lines.len().saturating_sub(3)..].join(" / ");
+        Outcome { kind, run_id, summary }
     }
 
     /// Print an error that ended a job before it produced a report.

@@ -10,4 +10,5 @@ mod support;
 mod backup;
 mod crash;
 mod foundation;
+mod offsite;
 mod rollout;

@@ -1,1 +1,387 @@
-//! TODO: prune
+//! `prune`: apply the retention policy ([`crate::retention`], restic `forget` semantics) per
+//! tenant to daily snapshots, and `keep_rollout_runs` to rollout runs — locally with
+//! `[retention]` and, when a remote is configured, on the remote with `[remote.retention]`
+//! (default: the same policy). Never deleted: the newest complete snapshot of each tenant; the
+//! snapshots of a halted rollout not yet resolved; incomplete directories (being written, or
+//! left by a crash); and, when a remote is configured, any local archive not yet uploaded and
+//! verified there. A day's manifest is rewritten before archives it no longer lists are
+//! deleted, so a manifest never names a missing archive. `--dry-run` lists what would go and,
+//! for each survivor, which rule kept it.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt;
+use std::path::Path;
+
+use jiff::Timestamp;
+use serde::Serialize;
+
+use crate::config::Retention;
+use crate::context::Ctx;
+use crate::error::{Error, ExitKind, Result};
+use crate::manifest::{Manifest, MANIFEST};
+use crate::remote::Remote;
+use crate::retention::{self, Policy, SnapshotRef};
+
+/// Options of `prune`.
+#[derive(Debug, Clone, Default)]
+pub struct PruneOptions {
+    /// List what would go; delete nothing.
+    pub dry_run: bool,
+}
+
+/// One snapshot's fate.
+#[derive(Debug, Clone, Serialize)]
+pub struct PruneItem {
+    /// local or remote.
+    pub location: String,
+    /// daily or rollout.
+    pub kind: String,
+    /// The day or run id.
+    pub snapshot: String,
+    /// The tenant (daily), or none for a whole rollout run.
+    pub tenant: Option<String>,
+    /// Kept?
+    pub keep: bool,
+    /// Which rules kept it.
+    pub reasons: Vec<String>,
+}
+
+/// The result of `slipway prune`.
+#[derive(Debug, Clone, Serialize)]
+pub struct PruneReport {
+    /// Whether this was a dry run.
+    pub dry_run: bool,
+    /// Every snapshot considered.
+    pub items: Vec<PruneItem>,
+    /// Files (local) and objects (remote) deleted.
+    pub deleted: usize,
+}
+
+impl PruneReport {
+    /// Always success once the plan is applied (errors end the job before).
+    pub fn exit_kind(&self) -> ExitKind {
+        ExitKind::Success
+    }
+}
+
+fn day_time(day: &str) -> Option<Timestamp> {
+    format!("{day}T00:00:00Z").parse().ok()
+}
+
+fn run_time(run: &str) -> Option<Timestamp> {
+    let s = run.get(..16)?;
+    jiff::civil::DateTime::strptime("%Y%m%dT%H%M%SZ", s)
+        .ok()?
+        .to_zoned(jiff::tz::TimeZone::UTC)
+        .ok()
+        .map(|z| z.timestamp())
+}
+
+/// A snapshot set: daily manifests by day and rollout manifests by run id.
+struct Inventory {
+    daily: BTreeMap<String, Manifest>,
+    rollout: BTreeMap<String, Manifest>,
+}
+
+/// Decide per tenant (daily) and per run (rollout).
+fn plan(
+    location: &str,
+    inv: &Inventory,
+    policy: &Policy,
+    keep_runs: u32,
+    halted: &HashSet<String>,
+    unsynced: &dyn Fn(&str) -> bool,
+) -> Vec<PruneItem> {
+    let mut items = Vec::new();
+    let mut by_tenant: BTreeMap<String, Vec<SnapshotRef>> = BTreeMap::new();
+    for (day, m) in &inv.daily {
+        let Some(t) = day_time(day) else { continue };
+        for a in &m.archives {
+            let tenant = a.tenant.clone().unwrap_or_else(|| "control-plane".into());
+            by_tenant.entry(tenant).or_default().push(SnapshotRef { id: day.clone(), time: t });
+        }
+    }
+    let now = Timestamp::now();
+    for (tenant, list) in by_tenant {
+        for (i, d) in retention::apply(policy, &list, now).into_iter().enumerate() {
+            let mut reasons = d.reasons;
+            if i == 0 && reasons.is_empty() {
+                reasons.push("newest".into());
+            }
+            let rel = inv.daily[&d.id]
+                .archives
+                .iter()
+                .find(|a| a.tenant.as_deref().unwrap_or("control-plane") == tenant)
+                .map(|a| format!("daily/{}/{}", d.id, a.path))
+                .unwrap_or_default();
+            if unsynced(&rel) {
+                reasons.push("not yet synced".into());
+            }
+            items.push(PruneItem {
+                location: location.into(),
+                kind: "daily".into(),
+                snapshot: d.id,
+                tenant: Some(tenant.clone()),
+                keep: !reasons.is_empty(),
+                reasons,
+            });
+        }
+    }
+    let mut runs: Vec<&String> = inv.rollout.keys().collect();
+    runs.sort_by(|a, b| b.cmp(a));
+    for (i, run) in runs.into_iter().enumerate() {
+        let mut reasons = Vec::new();
+        if (i as u32) < keep_runs {
+            reasons.push("rollout_runs".to_string());
+        }
+        if halted.contains(run) {
+            reasons.push("halted rollout not yet resolved".into());
+        }
+        if inv.rollout[run].archives.iter().any(|a| unsynced(&format!("rollout/{run}/{}", a.path))) {
+            reasons.push("not yet synced".into());
+        }
+        if run_time(run).is_none() {
+            reasons.push("unrecognised run id".into());
+        }
+        items.push(PruneItem {
+            location: location.into(),
+            kind: "rollout".into(),
+            snapshot: run.clone(),
+            tenant: None,
+            keep: !reasons.is_empty(),
+            reasons,
+        });
+    }
+    items
+}
+
+fn local_inventory(root: &Path) -> Result<Inventory> {
+    let mut inv = Inventory { daily: BTreeMap::new(), rollout: BTreeMap::new() };
+    for (kind, map) in [("daily", &mut inv.daily), ("rollout", &mut inv.rollout)] {
+        let Ok(rd) = std::fs::read_dir(root.join(kind)) else { continue };
+        for e in rd.flatten() {
+            let Ok(name) = e.file_name().into_string() else { continue };
+            if name.starts_with('.') {
+                continue;
+            }
+            // No manifest: incomplete, being written or crashed: never touched.
+            if let Some(m) = Manifest::read(&e.path())? {
+                map.insert(name, m);
+            }
+        }
+    }
+    Ok(inv)
+}
+
+async fn remote_inventory(remote: &Remote, scratch: &Path) -> Result<Inventory> {
+    let mut inv = Inventory { daily: BTreeMap::new(), rollout: BTreeMap::new() };
+    for o in remote.list("").await? {
+        let Some(prefix) = o.key.strip_suffix(&format!("/{MANIFEST}")) else { continue };
+        let Some((kind, id)) = prefix.split_once('/') else { continue };
+        let dir = scratch.join(prefix);
+        remote.download(&o.key, &dir.join(MANIFEST), None).await?;
+        if let Some(m) = Manifest::read(&dir)? {
+            match kind {
+                "daily" => inv.daily.insert(id.to_string(), m),
+                "rollout" => inv.rollout.insert(id.to_string(), m),
+                _ => None,
+            };
+        }
+    }
+    Ok(inv)
+}
+
+/// Run `prune`.
+pub async fn prune(ctx: &Ctx, opts: &PruneOptions) -> Result<PruneReport> {
+    let policy = |r: &Retention, key: &str| Policy::from_config(r).map_err(|e| Error::Config(format!("[{key}]: {e}")));
+    let local_policy = policy(&ctx.cfg.retention, "retention")?;
+    let halted: HashSet<String> = ctx.store.unresolved_halts()?.into_iter().map(|r| r.id).collect();
+    let remote_cfg = ctx.cfg.remote.clone();
+    let remote_policy = match &remote_cfg {
+        Some(r) => Some(policy(r.retention.as_ref().unwrap_or(&ctx.cfg.retention), "remote.retention")?),
+        None => None,
+    };
+    let verified: HashMap<String, (String, u64)> = ctx.store.remote_objects()?;
+    let local = local_inventory(&ctx.cfg.backup_root)?;
+    let sha_of: HashMap<String, String> =
+        local
+            .daily
+            .iter()
+            .flat_map(|(d, m)| m.archives.iter().map(move |a| (format!("daily/{d}/{}", a.path), a.sha256.clone())))
+            .chain(local.rollout.iter().flat_map(|(r, m)| {
+                m.archives.iter().map(move |a| (format!("rollout/{r}/{}", a.path), a.sha256.clone()))
+            }))
+            .collect();
+    let unsynced = |rel: &str| remote_cfg.is_some() && verified.get(rel).map(|v| &v.0) != sha_of.get(rel);
+    let keep_runs = ctx.cfg.retention.keep_rollout_runs.unwrap_or(5);
+    let mut items = plan("local", &local, &local_policy, keep_runs, &halted, &unsynced);
+    let remote = match &remote_cfg {
+        Some(r) => Some(Remote::connect(r).await?),
+        None => None,
+    };
+    let scratch =
+        tempfile::Builder::new().prefix("slipway-prune-").tempdir().map_err(|e| Error::io(std::env::temp_dir(), e))?;
+    let remote_inv = match &remote {
+        Some(r) => Some(remote_inventory(r, scratch.path()).await?),
+        None => None,
+    };
+    if let (Some(inv), Some(p)) = (&remote_inv, &remote_policy) {
+        let remote_keep_runs = remote_cfg
+            .as_ref()
+            .and_then(|r| r.retention.as_ref())
+            .and_then(|r| r.keep_rollout_runs)
+            .unwrap_or(keep_runs);
+        items.extend(plan("remote", inv, p, remote_keep_runs, &halted, &|_| false));
+    }
+    let mut deleted = 0;
+    if !opts.dry_run {
+        ctx.start_run("prune", None, None, None)?;
+        deleted += apply_local(ctx, &local, &items)?;
+        if let (Some(r), Some(inv)) = (&remote, &remote_inv) {
+            deleted += apply_remote(ctx, r, inv, &items, scratch.path()).await?;
+        }
+        let gone = items.iter().filter(|i| !i.keep).count();
+        ctx.store.finish_run(
+            ctx.run_id.as_str(),
+            "success",
+            0,
+            &format!("{gone} snapshot(s) pruned, {deleted} file(s) deleted"),
+        )?;
+    }
+    Ok(PruneReport { dry_run: opts.dry_run, items, deleted })
+}
+
+/// Forgotten archives of one manifest: (archive path, file list path) of the tenants going.
+fn going<'a>(
+    m: &'a Manifest,
+    kind: &str,
+    id: &str,
+    location: &str,
+    items: &[PruneItem],
+) -> Vec<&'a crate::manifest::ArchiveEntry> {
+    m.archives
+        .iter()
+        .filter(|a| {
+            let t = a.tenant.as_deref().unwrap_or("control-plane");
+            items.iter().any(|i| {
+                i.location == location
+                    && i.kind == kind
+                    && i.snapshot == id
+                    && i.tenant.as_deref() == Some(t)
+                    && !i.keep
+            })
+        })
+        .collect()
+}
+
+fn apply_local(ctx: &Ctx, inv: &Inventory, items: &[PruneItem]) -> Result<usize> {
+    let root = &ctx.cfg.backup_root;
+    let mut n = 0;
+    let rm = |p: &Path| match std::fs::remove_file(p) {
+        Ok(()) => Ok(1),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+        Err(e) => Err(Error::io(p, e)),
+    };
+    for (day, m) in &inv.daily {
+        let gone = going(m, "daily", day, "local", items);
+        if gone.is_empty() {
+            continue;
+        }
+        let dir = root.join("daily").join(day);
+        let mut kept = m.clone();
+        kept.archives.retain(|a| !gone.iter().any(|g| g.path == a.path));
+        if kept.archives.is_empty() {
+            // Manifest first: the day turns incomplete before any archive goes.
+            n += rm(&dir.join(MANIFEST))?;
+        } else {
+            kept.write(&dir)?;
+        }
+        for a in gone {
+            n += rm(&dir.join(&a.path))? + rm(&dir.join(&a.file_list))?;
+            ctx.store.forget_snapshot(&format!("daily/{day}/{}", a.path))?;
+        }
+        if kept.archives.is_empty() {
+            std::fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        }
+    }
+    for i in items.iter().filter(|i| i.location == "local" && i.kind == "rollout" && !i.keep) {
+        let dir = root.join("rollout").join(&i.snapshot);
+        n += rm(&dir.join(MANIFEST))?;
+        if let Some(m) = inv.rollout.get(&i.snapshot) {
+            for a in &m.archives {
+                ctx.store.forget_snapshot(&format!("rollout/{}/{}", i.snapshot, a.path))?;
+            }
+        }
+        std::fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        n += 1;
+    }
+    Ok(n)
+}
+
+async fn apply_remote(
+    ctx: &Ctx,
+    remote: &Remote,
+    inv: &Inventory,
+    items: &[PruneItem],
+    scratch: &Path,
+) -> Result<usize> {
+    let mut n = 0;
+    for (day, m) in &inv.daily {
+        let gone = going(m, "daily", day, "remote", items);
+        if gone.is_empty() {
+            continue;
+        }
+        let prefix = format!("daily/{day}");
+        let mut kept = m.clone();
+        kept.archives.retain(|a| !gone.iter().any(|g| g.path == a.path));
+        let mkey = format!("{prefix}/{MANIFEST}");
+        if kept.archives.is_empty() {
+            remote.delete(std::slice::from_ref(&mkey)).await?;
+            ctx.store.forget_remote_object(&mkey)?;
+        } else {
+            let dir = scratch.join("rewrite").join(&prefix);
+            crate::fsutil::create_private_dir(&dir).map_err(|e| Error::io(&dir, e))?;
+            kept.write(&dir)?;
+            let (sha, size) = crate::archive::sha256_file(&dir.join(MANIFEST))?;
+            remote.upload(&dir.join(MANIFEST), &mkey, &sha, size).await?;
+            ctx.store.record_remote_object(&mkey, &sha, size)?;
+        }
+        n += 1;
+        for a in gone {
+            let keys = vec![format!("{prefix}/{}", a.path), format!("{prefix}/{}", a.file_list)];
+            remote.delete(&keys).await?;
+            for k in &keys {
+                ctx.store.forget_remote_object(k)?;
+            }
+            n += keys.len();
+        }
+    }
+    for i in items.iter().filter(|i| i.location == "remote" && i.kind == "rollout" && !i.keep) {
+        let prefix = format!("rollout/{}/", i.snapshot);
+        let mkey = format!("{prefix}{MANIFEST}");
+        remote.delete(std::slice::from_ref(&mkey)).await?;
+        let keys: Vec<String> = remote.list(&prefix).await?.into_iter().map(|o| o.key).collect();
+        remote.delete(&keys).await?;
+        for k in keys.iter().chain(std::iter::once(&mkey)) {
+            ctx.store.forget_remote_object(k)?;
+        }
+        n += keys.len() + 1;
+    }
+    Ok(n)
+}
+
+impl fmt::Display for PruneReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let verb = if self.dry_run { "would forget" } else { "forgot" };
+        for i in &self.items {
+            let who = i.tenant.as_deref().map_or(String::new(), |t| format!(" {t}"));
+            if i.keep {
+                writeln!(f, "  {:<6} keep   {} {}{who}  ({})", i.location, i.kind, i.snapshot, i.reasons.join(", "))?;
+            } else {
+                writeln!(f, "  {:<6} {verb} {} {}{who}", i.location, i.kind, i.snapshot)?;
+            }
+        }
+        let gone = self.items.iter().filter(|i| !i.keep).count();
+        writeln!(f, "{gone} snapshot(s) {verb}, {} kept; {} file(s) deleted", self.items.len() - gone, self.deleted)
+    }
+}

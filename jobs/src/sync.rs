@@ -1,10 +1,361 @@
-//! TODO: sync
+//! `sync`: upload every complete local snapshot the remote lacks, mirroring local keys under
+//! the remote prefix (`daily/<day>/…`, `rollout/<run>/…`). An object counts as present only if
+//! its size and its sha256 (object metadata written at upload) match the manifest; a snapshot
+//! directory's `MANIFEST.json` goes up last, so a remote directory without it is incomplete by
+//! definition. Verified uploads are remembered in the run record, so a sync with nothing new
+//! costs one listing. Also the remote halves of `restore --remote` and `verify --remote`.
 
-/// TEMPORARY until the remote work lands: download a tenant's archive for `restore --remote`.
-pub async fn fetch_for_restore(
-    _cfg: &crate::config::HostConfig,
-    _tenant: &crate::types::TenantId,
-    _source: &crate::restore::Source,
-) -> crate::error::Result<crate::restore::Located> {
-    Err(crate::error::Error::Usage("restore --remote is not available in this build yet".into()))
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::archive;
+use crate::config::{HostConfig, RemoteConfig};
+use crate::context::Ctx;
+use crate::error::{Error, ExitKind, Result};
+use crate::manifest::{Manifest, MANIFEST};
+use crate::remote::Remote;
+use crate::restore::{Located, Source};
+use crate::types::TenantId;
+use crate::verify::{Checked, VerifyOptions, VerifyReport};
+
+/// Options of `sync`.
+#[derive(Debug, Clone, Default)]
+pub struct SyncOptions {
+    /// List what would be uploaded; upload nothing.
+    pub dry_run: bool,
+}
+
+/// One file that was (or would be) uploaded, or failed.
+#[derive(Debug, Clone, Serialize)]
+pub struct FileSync {
+    /// Key under the prefix (the same as the path under the backup root).
+    pub key: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// uploaded, would_upload, failed.
+    pub action: String,
+    /// The error, if failed.
+    pub detail: Option<String>,
+}
+
+/// The result of `slipway sync`.
+#[derive(Debug, Clone, Serialize)]
+pub struct SyncReport {
+    /// Whether this was a dry run.
+    pub dry_run: bool,
+    /// Where (endpoint and bucket; never credentials).
+    pub remote: String,
+    /// Files already present and verified.
+    pub present: usize,
+    /// Files uploaded, would be uploaded, or failed.
+    pub files: Vec<FileSync>,
+    /// Bytes uploaded.
+    pub uploaded_bytes: u64,
+    /// Upload throughput in MB/s (uploaded bytes over the time spent uploading).
+    pub mb_per_s: f64,
+    /// Stale multipart uploads aborted.
+    pub aborted_stale_uploads: usize,
+}
+
+impl SyncReport {
+    /// Failure when any file failed.
+    pub fn exit_kind(&self) -> ExitKind {
+        if self.files.iter().any(|f| f.action == "failed") {
+            ExitKind::Failure
+        } else {
+            ExitKind::Success
+        }
+    }
+}
+
+/// A file of a local snapshot directory, as it must be on the remote.
+#[derive(Debug, Clone)]
+struct Wanted {
+    key: String,
+    path: PathBuf,
+    sha256: String,
+    size: u64,
+}
+
+/// The complete snapshot dirs under the backup root: (key prefix like `daily/2026-11-22`, dir).
+pub fn complete_dirs(backup_root: &Path) -> Vec<(String, PathBuf)> {
+    let mut out = Vec::new();
+    for kind in ["daily", "rollout"] {
+        let Ok(rd) = std::fs::read_dir(backup_root.join(kind)) else { continue };
+        let mut dirs: Vec<(String, PathBuf)> = rd
+            .flatten()
+            .filter(|e| e.path().join(MANIFEST).is_file())
+            .filter_map(|e| e.file_name().into_string().ok().map(|n| (format!("{kind}/{n}"), e.path())))
+            .filter(|(n, _)| !n.contains("/."))
+            .collect();
+        dirs.sort();
+        out.extend(dirs);
+    }
+    out
+}
+
+/// What one snapshot dir must have on the remote: archives and file lists, then the manifest.
+fn wanted(prefix: &str, dir: &Path) -> Result<Vec<Wanted>> {
+    let Some(m) = Manifest::read(dir)? else { return Ok(Vec::new()) };
+    let mut out = Vec::new();
+    for a in &m.archives {
+        out.push(Wanted {
+            key: format!("{prefix}/{}", a.path),
+            path: dir.join(&a.path),
+            sha256: a.sha256.clone(),
+            size: a.size,
+        });
+        let lp = dir.join(&a.file_list);
+        let size = std::fs::metadata(&lp).map_err(|e| Error::io(&lp, e))?.len();
+        out.push(Wanted {
+            key: format!("{prefix}/{}", a.file_list),
+            path: lp,
+            sha256: a.file_list_sha256.clone(),
+            size,
+        });
+    }
+    let mp = dir.join(MANIFEST);
+    let (sha256, size) = archive::sha256_file(&mp)?;
+    out.push(Wanted { key: format!("{prefix}/{MANIFEST}"), path: mp, sha256, size });
+    Ok(out)
+}
+
+fn remote_cfg(cfg: &HostConfig) -> Result<&RemoteConfig> {
+    cfg.remote.as_ref().ok_or_else(|| {
+        Error::Config(
+            "no [remote] in the host config; add endpoint, bucket and prefix (see deploy/config.example.toml)".into(),
+        )
+    })
+}
+
+/// Run `sync`.
+pub async fn sync(ctx: &Ctx, opts: &SyncOptions) -> Result<SyncReport> {
+    let remote = Remote::connect(remote_cfg(&ctx.cfg)?).await?;
+    let mut report = SyncReport {
+        dry_run: opts.dry_run,
+        remote: remote.place().to_string(),
+        present: 0,
+        files: Vec::new(),
+        uploaded_bytes: 0,
+        mb_per_s: 0.0,
+        aborted_stale_uploads: 0,
+    };
+    let listed: HashMap<String, u64> = remote.list("").await?.into_iter().map(|o| (o.key, o.size)).collect();
+    let mut known = ctx.store.remote_objects()?;
+    if !opts.dry_run {
+        ctx.start_run("sync", None, None, None)?;
+        report.aborted_stale_uploads = remote.abort_stale_uploads().await;
+    }
+    let mut upload_time = std::time::Duration::ZERO;
+    for (prefix, dir) in complete_dirs(&ctx.cfg.backup_root) {
+        let files = wanted(&prefix, &dir)?;
+        let mut dir_ok = true;
+        for w in files {
+            let is_manifest = w.key.ends_with(MANIFEST);
+            if is_manifest && !dir_ok {
+                // The manifest goes up only after everything it lists is there.
+                break;
+            }
+            if listed.get(&w.key) == Some(&w.size) {
+                if known.get(&w.key).is_some_and(|(s, z)| *s == w.sha256 && *z == w.size) {
+                    report.present += 1;
+                    continue;
+                }
+                if let Some(h) = remote.head(&w.key).await? {
+                    if h.size == w.size && h.sha256.as_deref() == Some(w.sha256.as_str()) {
+                        if !opts.dry_run {
+                            ctx.store.record_remote_object(&w.key, &w.sha256, w.size)?;
+                            known.insert(w.key.clone(), (w.sha256.clone(), w.size));
+                        }
+                        report.present += 1;
+                        continue;
+                    }
+                }
+            }
+            if opts.dry_run {
+                report.files.push(FileSync { key: w.key, size: w.size, action: "would_upload".into(), detail: None });
+                continue;
+            }
+            let t = Instant::now();
+            let up = async {
+                remote.upload(&w.path, &w.key, &w.sha256, w.size).await?;
+                match remote.head(&w.key).await? {
+                    Some(h) if h.size == w.size && h.sha256.as_deref() == Some(w.sha256.as_str()) => Ok(()),
+                    other => Err(Error::Remote(format!(
+                        "{}: {} after upload has size {:?} and sha256 {:?}, expected {} and {}",
+                        remote.place(),
+                        w.key,
+                        other.as_ref().map(|h| h.size),
+                        other.as_ref().and_then(|h| h.sha256.clone()),
+                        w.size,
+                        w.sha256
+                    ))),
+                }
+            }
+            .await;
+            upload_time += t.elapsed();
+            match up {
+                Ok(()) => {
+                    ctx.store.record_remote_object(&w.key, &w.sha256, w.size)?;
+                    report.uploaded_bytes += w.size;
+                    report.files.push(FileSync { key: w.key, size: w.size, action: "uploaded".into(), detail: None });
+                }
+                Err(e @ Error::RemoteAuth(_)) => return Err(e),
+                Err(e) => {
+                    dir_ok = false;
+                    ctx.store.forget_remote_object(&w.key)?;
+                    report.files.push(FileSync {
+                        key: w.key,
+                        size: w.size,
+                        action: "failed".into(),
+                        detail: Some(e.to_string()),
+                    });
+                }
+            }
+        }
+        if dir_ok && !opts.dry_run {
+            if let Some(m) = Manifest::read(&dir)? {
+                for a in &m.archives {
+                    ctx.store.mark_remote_verified(&format!("{prefix}/{}", a.path))?;
+                }
+            }
+        }
+    }
+    if upload_time.as_secs_f64() > 0.0 {
+        report.mb_per_s = report.uploaded_bytes as f64 / 1e6 / upload_time.as_secs_f64();
+    }
+    if !opts.dry_run {
+        let kind = report.exit_kind();
+        let failed = report.files.iter().filter(|f| f.action == "failed").count();
+        let summary = format!(
+            "{} uploaded ({} bytes), {} present, {failed} failed",
+            report.files.len() - failed,
+            report.uploaded_bytes,
+            report.present
+        );
+        ctx.store.finish_run(
+            ctx.run_id.as_str(),
+            if failed == 0 { "success" } else { "failed" },
+            kind.code() as i64,
+            &summary,
+        )?;
+    }
+    Ok(report)
+}
+
+/// Download a tenant's archive (and the manifest naming it) into `<state_dir>/remote-cache/`
+/// for `restore --remote`; the archive's sha256 is checked on the way.
+pub async fn fetch_for_restore(cfg: &HostConfig, tenant: &TenantId, source: &Source) -> Result<Located> {
+    let remote = Remote::connect(remote_cfg(cfg)?).await?;
+    let cache = cfg.state_dir.join("remote-cache");
+    let candidates: Vec<String> = match source {
+        Source::Day(d) => vec![format!("daily/{d}")],
+        Source::Run(r) => vec![format!("rollout/{r}")],
+        Source::Latest => {
+            let mut days: Vec<String> = remote
+                .list("daily/")
+                .await?
+                .into_iter()
+                .filter_map(|o| o.key.strip_suffix(&format!("/{MANIFEST}")).map(str::to_string))
+                .collect();
+            days.sort_unstable_by(|a, b| b.cmp(a));
+            days
+        }
+    };
+    for prefix in candidates {
+        let dir = cache.join(&prefix);
+        let mkey = format!("{prefix}/{MANIFEST}");
+        if remote.head(&mkey).await?.is_none() {
+            continue;
+        }
+        remote.download(&mkey, &dir.join(MANIFEST), None).await?;
+        let Some(m) = Manifest::read(&dir)? else { continue };
+        let Some(entry) = m.tenant(tenant.as_str()).cloned() else { continue };
+        remote.download(&format!("{prefix}/{}", entry.path), &dir.join(&entry.path), Some(&entry.sha256)).await?;
+        return Ok(Located { dir, entry });
+    }
+    Err(Error::Usage(format!("no complete remote snapshot of tenant {tenant} at {}", remote.place())))
+}
+
+/// `verify --remote`: each remote archive's size and sha256 metadata against its remote
+/// manifest; `--deep` downloads each archive and checks every file.
+pub async fn verify_remote(cfg: &HostConfig, opts: &VerifyOptions) -> Result<VerifyReport> {
+    let remote = Remote::connect(remote_cfg(cfg)?).await?;
+    let listing = remote.list("").await?;
+    let sizes: HashMap<&str, u64> = listing.iter().map(|o| (o.key.as_str(), o.size)).collect();
+    let mut prefixes: Vec<&str> = listing.iter().filter_map(|o| o.key.strip_suffix(&format!("/{MANIFEST}"))).collect();
+    if let Some(d) = &opts.day {
+        let want = format!("daily/{d}");
+        prefixes.retain(|p| *p == want);
+        if prefixes.is_empty() {
+            return Err(Error::Usage(format!("no complete remote snapshot for {d} at {}", remote.place())));
+        }
+    }
+    let scratch =
+        tempfile::Builder::new().prefix("slipway-verify-").tempdir().map_err(|e| Error::io(std::env::temp_dir(), e))?;
+    let mut archives = Vec::new();
+    for prefix in prefixes {
+        let dir = scratch.path().join(prefix);
+        remote.download(&format!("{prefix}/{MANIFEST}"), &dir.join(MANIFEST), None).await?;
+        let Some(m) = Manifest::read(&dir)? else { continue };
+        for a in &m.archives {
+            let key = format!("{prefix}/{}", a.path);
+            let mut detail = None;
+            match remote.head(&key).await? {
+                None => detail = Some("missing on the remote".to_string()),
+                Some(h) if h.size != a.size || sizes.get(key.as_str()) != Some(&a.size) => {
+                    detail = Some(format!("size is {}, the manifest says {}", h.size, a.size))
+                }
+                Some(h) if h.sha256.as_deref() != Some(a.sha256.as_str()) => {
+                    detail = Some(format!("sha256 metadata is {:?}, the manifest says {}", h.sha256, a.sha256))
+                }
+                Some(_) if opts.deep => {
+                    let local = dir.join(&a.path);
+                    let list_path = dir.join(&a.file_list);
+                    let r = async {
+                        remote.download(&key, &local, Some(&a.sha256)).await?;
+                        remote
+                            .download(&format!("{prefix}/{}", a.file_list), &list_path, Some(&a.file_list_sha256))
+                            .await?;
+                        let (l, p, s, lp) =
+                            (local.clone(), a.sha256.clone(), archive::read_file_list(&list_path)?, list_path.clone());
+                        tokio::task::spawn_blocking(move || archive::deep_verify(&l, &p, &s))
+                            .await
+                            .map_err(|e| Error::Other(e.to_string()))??;
+                        let _ = std::fs::remove_file(&local);
+                        let _ = std::fs::remove_file(lp);
+                        Ok::<_, Error>(())
+                    }
+                    .await;
+                    detail = r.err().map(|e| e.to_string());
+                }
+                Some(_) => {}
+            }
+            archives.push(Checked { archive: PathBuf::from(&key), ok: detail.is_none(), detail });
+        }
+    }
+    Ok(VerifyReport { archives, incomplete: Vec::new(), deep: opts.deep })
+}
+
+impl fmt::Display for SyncReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "sync to {}{}", self.remote, if self.dry_run { " (dry run)" } else { "" })?;
+        for x in &self.files {
+            match &x.detail {
+                Some(d) => writeln!(f, "  {:<13} {} ({} bytes): {d}", x.action, x.key, x.size)?,
+                None => writeln!(f, "  {:<13} {} ({} bytes)", x.action, x.key, x.size)?,
+            }
+        }
+        writeln!(
+            f,
+            "{} file(s) already present; {} bytes uploaded{}",
+            self.present,
+            self.uploaded_bytes,
+            if self.uploaded_bytes > 0 { format!(" at {:.0} MB/s", self.mb_per_s) } else { String::new() }
+        )
+    }
 }

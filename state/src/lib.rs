@@ -14,7 +14,8 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 use serde::Serialize;
 
 /// Migrations, in order; the schema version is the number applied.
-const MIGRATIONS: &[&str] = &[include_str!("migrations/0001_init.sql")];
+const MIGRATIONS: &[&str] =
+    &[include_str!("migrations/0001_init.sql"), include_str!("migrations/0002_remote_objects.sql")];
 
 /// How long a writer waits for another before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -378,6 +379,29 @@ impl Store {
     /// Mark a snapshot as uploaded and verified on the remote.
     pub fn mark_remote_verified(&self, path: &str) -> Result<()> {
         self.conn.execute("UPDATE snapshots SET remote_verified_at = ?2 WHERE path = ?1", params![path, now()])?;
+        Ok(())
+    }
+
+    /// Remember an object as uploaded and verified (size and sha256 metadata checked).
+    pub fn record_remote_object(&self, key: &str, sha256: &str, size: u64) -> Result<()> {
+        self.conn.execute(
+            "INSERT OR REPLACE INTO remote_objects (key, sha256, size, verified_at) VALUES (?1, ?2, ?3, ?4)",
+            params![key, sha256, size as i64, now()],
+        )?;
+        Ok(())
+    }
+
+    /// Every object known to be verified on the remote: key -> (sha256, size).
+    pub fn remote_objects(&self) -> Result<std::collections::HashMap<String, (String, u64)>> {
+        let mut st = self.conn.prepare("SELECT key, sha256, size FROM remote_objects")?;
+        let rows =
+            st.query_map([], |r| Ok((r.get::<_, String>(0)?, (r.get::<_, String>(1)?, r.get::<_, i64>(2)? as u64))))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Forget a remote object (deleted or found missing).
+    pub fn forget_remote_object(&self, key: &str) -> Result<()> {
+        self.conn.execute("DELETE FROM remote_objects WHERE key = ?1", [key])?;
         Ok(())
     }
 

@@ -372,3 +372,134 @@ impl Drop for Sandbox {
 pub fn tree_hash(dir: &Path) -> String {
     slipway_jobs::archive::tree_digest(dir).unwrap_or_else(|e| panic!("tree digest of {}: {e}", dir.display()))
 }
+
+/// An S3 server of a test's own (`rclone serve s3` on a free 127.0.0.1 port over a temp dir),
+/// for tests that kill and restart it without disturbing the shared one.
+pub struct S3Server {
+    dir: tempfile::TempDir,
+    port: u16,
+    child: Option<std::process::Child>,
+    /// Access key.
+    pub key: String,
+    /// Secret key.
+    pub secret: String,
+}
+
+impl S3Server {
+    /// Start one.
+    pub fn start() -> S3Server {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut s = S3Server {
+            dir: tempfile::tempdir().unwrap(),
+            port,
+            child: None,
+            key: format!("k{port}"),
+            secret: format!("s3cret-{port}-{}", std::process::id()),
+        };
+        s.restart();
+        s
+    }
+    /// The endpoint URL.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+    /// Kill it (SIGKILL), as a crash would.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+    /// (Re)start it on the same port and data.
+    pub fn restart(&mut self) {
+        self.kill();
+        let child = Command::new("rclone")
+            .args([
+                "serve",
+                "s3",
+                "--addr",
+                &format!("127.0.0.1:{}", self.port),
+                "--auth-key",
+                &format!("{},{}", self.key, self.secret),
+            ])
+            .args(["--force-path-style", "--no-cleanup"])
+            .arg(self.dir.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(std::time::Instant::now() < deadline, "rclone serve s3 did not start");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+impl Sandbox {
+    /// Point the host config at an S3 server: a fresh bucket, a credentials file, `extra` keys.
+    pub fn use_remote(&self, endpoint: &str, key: &str, secret: &str, extra: &str) -> String {
+        let bucket = format!("b-{}", self.id.to_lowercase());
+        let creds = self.root().join("s3.credentials");
+        std::fs::write(&creds, format!("[default]\naws_access_key_id = {key}\naws_secret_access_key = {secret}\n"))
+            .unwrap();
+        self.append_config(&format!(
+            "[remote]\nendpoint = \"{endpoint}\"\nregion = \"us-east-1\"\nbucket = \"{bucket}\"\nprefix = \"slipway/host-1\"\npath_style = true\ncredentials_file = \"{}\"\n{extra}",
+            creds.display()
+        ));
+        // The bucket exists before the first sync, as it would on Spaces.
+        let st = Command::new("rclone")
+            .args(["mkdir", &format!(":s3:{bucket}")])
+            .env("RCLONE_S3_PROVIDER", "Other")
+            .env("RCLONE_S3_ENDPOINT", endpoint)
+            .env("RCLONE_S3_ACCESS_KEY_ID", key)
+            .env("RCLONE_S3_SECRET_ACCESS_KEY", secret)
+            .env("RCLONE_S3_FORCE_PATH_STYLE", "true")
+            .output()
+            .unwrap();
+        assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+        bucket
+    }
+
+    /// `use_remote` against the shared S3 server of `make test`.
+    pub fn use_shared_remote(&self, extra: &str) -> String {
+        let env = Env::get();
+        self.use_remote(&env.s3_endpoint, &env.s3_access_key, &env.s3_secret_key, extra)
+    }
+
+    /// Every object key in the bucket under the sandbox prefix, with sizes (via rclone).
+    pub fn remote_objects(&self, endpoint: &str, key: &str, secret: &str, bucket: &str) -> Vec<(String, u64)> {
+        let out = Command::new("rclone")
+            .args([
+                "lsf",
+                "-R",
+                "--files-only",
+                "--format",
+                "ps",
+                "--separator",
+                "\t",
+                &format!(":s3:{bucket}/slipway/host-1"),
+            ])
+            .env("RCLONE_S3_PROVIDER", "Other")
+            .env("RCLONE_S3_ENDPOINT", endpoint)
+            .env("RCLONE_S3_ACCESS_KEY_ID", key)
+            .env("RCLONE_S3_SECRET_ACCESS_KEY", secret)
+            .env("RCLONE_S3_FORCE_PATH_STYLE", "true")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let mut v: Vec<(String, u64)> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split_once('\t').map(|(p, s)| (p.to_string(), s.parse().unwrap_or(0))))
+            .collect();
+        v.sort();
+        v
+    }
+}

@@ -1,0 +1,269 @@
+//! Off-site sync and retention against real S3 servers (`rclone serve s3`).
+
+use std::path::Path;
+
+use crate::support::{S3Server, Sandbox};
+
+/// One tenant with data and today's snapshot taken.
+fn with_snapshot(s: &Sandbox, data: &[u8]) -> String {
+    let v1 = s.push_fixture_as("v1", "app");
+    s.add_tenant("t1", &v1);
+    std::fs::create_dir_all(s.data_dir("t1")).unwrap();
+    std::fs::write(s.data_dir("t1").join("blob.bin"), data).unwrap();
+    s.write_fleet(&s.fleet_app(&v1, ""));
+    let out = s.slipway(&["snapshot", "--json"]);
+    assert_eq!(out.code, 0, "{} {}", out.stdout, out.stderr);
+    out.json()["report"]["day"].as_str().unwrap().to_string()
+}
+
+fn noise(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+#[test]
+fn sync_then_sync_again_uploads_nothing_and_a_changed_archive_goes_up_again() {
+    let s = Sandbox::new();
+    let day = with_snapshot(&s, &noise(200_000, 1));
+    let env = crate::support::Env::get();
+    let bucket = s.use_shared_remote("");
+    let dry = s.slipway(&["sync", "--dry-run", "--json"]);
+    assert_eq!(dry.code, 0, "{}", dry.stderr);
+    assert_eq!(dry.json()["report"]["files"].as_array().unwrap().len(), 3);
+    assert!(
+        s.remote_objects(&env.s3_endpoint, &env.s3_access_key, &env.s3_secret_key, &bucket).is_empty(),
+        "a dry run uploaded"
+    );
+    let first = s.slipway(&["sync", "--json"]);
+    assert_eq!(first.code, 0, "{} {}", first.stdout, first.stderr);
+    let objects = s.remote_objects(&env.s3_endpoint, &env.s3_access_key, &env.s3_secret_key, &bucket);
+    let keys: Vec<&str> = objects.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(
+        keys,
+        [
+            format!("daily/{day}/MANIFEST.json"),
+            format!("daily/{day}/tenants/t1.files.json.zst"),
+            format!("daily/{day}/tenants/t1.tar.zst")
+        ]
+    );
+    let again = s.slipway(&["sync", "--json"]);
+    assert_eq!(again.json()["report"]["files"].as_array().unwrap().len(), 0, "{}", again.stdout);
+    assert_eq!(again.json()["report"]["uploaded_bytes"], 0);
+    // The tenant changes and today's snapshot is redone: the new archive goes up again.
+    std::fs::write(s.data_dir("t1").join("blob.bin"), noise(100_000, 2)).unwrap();
+    assert_eq!(s.slipway(&["snapshot", "--force"]).code, 0);
+    let third = s.slipway(&["sync", "--json"]);
+    let up: Vec<String> = third.json()["report"]["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["key"].as_str().unwrap().to_string())
+        .collect();
+    assert!(up.contains(&format!("daily/{day}/tenants/t1.tar.zst")), "{up:?}");
+    assert!(up.last().unwrap().ends_with("MANIFEST.json"), "the manifest must go up last: {up:?}");
+    // Restore from the remote on a host that lost its local backups.
+    let want = crate::support::tree_hash(&s.data_dir("t1"));
+    std::fs::remove_dir_all(s.backups().join("daily")).unwrap();
+    std::fs::write(s.data_dir("t1").join("blob.bin"), "lost").unwrap();
+    let r = s.slipway(&["restore", "--tenant", "t1", "--latest", "--remote", "--json"]);
+    assert_eq!(r.code, 0, "{} {}", r.stdout, r.stderr);
+    assert_eq!(crate::support::tree_hash(&s.data_dir("t1")), want);
+    let v = s.slipway(&["verify", "--remote", "--deep", "--json"]);
+    assert_eq!(v.code, 0, "{}", v.stdout);
+}
+
+#[test]
+fn a_sync_killed_with_the_s3_server_mid_multipart_is_completed_by_the_next_run() {
+    let s = Sandbox::new();
+    with_snapshot(&s, &noise(40 << 20, 3));
+    let mut server = S3Server::start();
+    let bucket = s.use_remote(&server.endpoint(), &server.key, &server.secret, "part_size_mb = 5\nconcurrency = 2\n");
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_slipway"))
+        .arg("--config")
+        .arg(s.config_path())
+        .args(["sync", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    server.kill();
+    let out = child.wait_with_output().unwrap();
+    assert_ne!(out.status.code(), Some(0), "the sync should have failed: {}", String::from_utf8_lossy(&out.stdout));
+    server.restart();
+    // Nothing half-uploaded counts as present.
+    let objects = s.remote_objects(&server.endpoint(), &server.key, &server.secret, &bucket);
+    assert!(!objects.iter().any(|(k, _)| k.ends_with("MANIFEST.json")), "{objects:?}");
+    let next = s.slipway(&["sync", "--json"]);
+    assert_eq!(next.code, 0, "{} {}", next.stdout, next.stderr);
+    let local: Vec<(String, u64)> = walk(&s.backups().join("daily"))
+        .into_iter()
+        .map(|p| {
+            (p.strip_prefix(s.backups()).unwrap().to_string_lossy().into_owned(), std::fs::metadata(&p).unwrap().len())
+        })
+        .collect();
+    let remote = s.remote_objects(&server.endpoint(), &server.key, &server.secret, &bucket);
+    assert_eq!(remote, local);
+    // Every sha256 matches: verify --remote --deep downloads and re-hashes each archive.
+    let v = s.slipway(&["verify", "--remote", "--deep", "--json"]);
+    assert_eq!(v.code, 0, "{}", v.stdout);
+    assert_eq!(v.json()["report"]["archives"][0]["ok"], true);
+}
+
+#[test]
+fn wrong_credentials_get_a_clear_error_and_exit_code_6_and_no_secret_is_shown() {
+    let s = Sandbox::new();
+    with_snapshot(&s, b"data");
+    let env = crate::support::Env::get();
+    s.use_shared_remote("");
+    let creds = s.root().join("s3.credentials");
+    std::fs::write(
+        &creds,
+        format!("[default]\naws_access_key_id = {}\naws_secret_access_key = not-the-secret-XYZZY\n", env.s3_access_key),
+    )
+    .unwrap();
+    let out = s.slipway(&["sync", "--json"]);
+    assert_eq!(out.code, 6, "{} {}", out.stdout, out.stderr);
+    assert!(out.stderr.contains("credentials"), "{}", out.stderr);
+    for text in [&out.stdout, &out.stderr] {
+        assert!(!text.contains("not-the-secret-XYZZY"), "the secret leaked: {text}");
+    }
+}
+
+#[test]
+fn secrets_appear_in_no_output_record_or_metrics() {
+    let s = Sandbox::new();
+    with_snapshot(&s, b"data");
+    let env = crate::support::Env::get();
+    s.use_shared_remote("");
+    let metrics = s.root().join("slipway.prom");
+    let mut seen = String::new();
+    for args in [
+        vec!["sync", "--json"],
+        vec!["sync"],
+        vec!["prune", "--dry-run"],
+        vec!["verify", "--remote"],
+        vec!["status", "--json"],
+    ] {
+        let mut a = args.clone();
+        a.extend(["--metrics-file", metrics.to_str().unwrap()]);
+        let out = s.slipway(&a);
+        seen.push_str(&out.stdout);
+        seen.push_str(&out.stderr);
+    }
+    seen.push_str(&String::from_utf8_lossy(&std::fs::read(s.state().join("state.db")).unwrap()));
+    if let Ok(m) = std::fs::read_to_string(&metrics) {
+        seen.push_str(&m);
+    }
+    assert!(!seen.contains(&env.s3_secret_key), "the S3 secret key leaked");
+}
+
+/// Dates 2026-07-26 .. 2026-11-22: 120 days.
+fn days() -> Vec<String> {
+    let start: jiff::civil::Date = "2026-07-26".parse().unwrap();
+    (0..120).map(|i| start.checked_add(jiff::Span::new().days(i)).unwrap().to_string()).collect()
+}
+
+/// Turn today's snapshot into a 120-day history of the same tenant.
+fn history(s: &Sandbox, today: &str) {
+    let daily = s.backups().join("daily");
+    let template = s.root().join("template");
+    std::fs::rename(daily.join(today), &template).unwrap();
+    for d in days() {
+        let dir = daily.join(&d);
+        std::fs::create_dir_all(dir.join("tenants")).unwrap();
+        for f in ["tenants/t1.tar.zst", "tenants/t1.files.json.zst"] {
+            std::fs::copy(template.join(f), dir.join(f)).unwrap();
+        }
+        let m = std::fs::read_to_string(template.join("MANIFEST.json")).unwrap().replace(today, &d);
+        std::fs::write(dir.join("MANIFEST.json"), m).unwrap();
+    }
+}
+
+fn kept_days(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> =
+        std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    v.sort();
+    v
+}
+
+const TABLE: [&str; 12] = [
+    "2026-09-30",
+    "2026-10-31",
+    "2026-11-01",
+    "2026-11-08",
+    "2026-11-15",
+    "2026-11-16",
+    "2026-11-17",
+    "2026-11-18",
+    "2026-11-19",
+    "2026-11-20",
+    "2026-11-21",
+    "2026-11-22",
+];
+
+#[test]
+fn prune_keeps_exactly_the_policy_table_over_120_days_locally_and_remotely() {
+    let s = Sandbox::new();
+    let today = with_snapshot(&s, b"tenant data");
+    history(&s, &today);
+    s.append_config("[retention]\nkeep_daily = 7\nkeep_weekly = 4\nkeep_monthly = 3\n");
+    // Dry run: lists, deletes nothing.
+    let dry = s.slipway(&["prune", "--dry-run", "--json"]);
+    assert_eq!(dry.code, 0, "{} {}", dry.stdout, dry.stderr);
+    let items = dry.json()["report"]["items"].as_array().unwrap().clone();
+    let mut kept: Vec<String> =
+        items.iter().filter(|i| i["keep"] == true).map(|i| i["snapshot"].as_str().unwrap().to_string()).collect();
+    kept.sort();
+    assert_eq!(kept, TABLE);
+    assert!(items.iter().filter(|i| i["keep"] == true).all(|i| !i["reasons"].as_array().unwrap().is_empty()));
+    assert_eq!(kept_days(&s.backups().join("daily")).len(), 120, "a dry run deleted something");
+    // With a remote: unsynced snapshots are protected until synced; the remote has its own policy.
+    s.use_shared_remote("[remote.retention]\nkeep_daily = 3\n");
+    let protected = s.slipway(&["prune", "--dry-run", "--json"]);
+    let all_kept = protected.json()["report"]["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["location"] == "local")
+        .all(|i| i["keep"] == true);
+    assert!(all_kept, "local snapshots not yet synced must be kept");
+    assert_eq!(s.slipway(&["sync"]).code, 0);
+    let out = s.slipway(&["prune", "--json"]);
+    assert_eq!(out.code, 0, "{} {}", out.stdout, out.stderr);
+    assert_eq!(kept_days(&s.backups().join("daily")), TABLE);
+    let env = crate::support::Env::get();
+    let bucket = std::fs::read_to_string(s.config_path())
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("bucket = \"").map(|b| b.trim_end_matches('"').to_string()))
+        .unwrap();
+    let remote_days: std::collections::BTreeSet<String> = s
+        .remote_objects(&env.s3_endpoint, &env.s3_access_key, &env.s3_secret_key, &bucket)
+        .into_iter()
+        .map(|(k, _)| k.split('/').nth(1).unwrap().to_string())
+        .collect();
+    assert_eq!(remote_days.into_iter().collect::<Vec<_>>(), ["2026-11-20", "2026-11-21", "2026-11-22"]);
+    assert_eq!(s.slipway(&["verify"]).code, 0, "what is left locally must still verify");
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out.sort();
+    out
+}
