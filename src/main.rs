@@ -115,6 +115,8 @@ async fn run(cli: &Cli, printer: &Printer, started: Instant) -> Result<Outcome, 
         let wait = cli.wait.map(|s| if s == 0 { Duration::MAX } else { Duration::from_secs(s) });
         Some(lock::acquire(&ctx.cfg.state_dir, job, &ctx.run_id, wait)?)
     };
+    slipway_jobs::context::test_pause("after-lock");
+    slipway_jobs::context::crash_point("after-lock");
 
     let result = dispatch(cli, printer, started, &mut ctx).await;
     let (kind, run_id, summary, extra) = match &result {

@@ -11,4 +11,5 @@ mod backup;
 mod crash;
 mod foundation;
 mod offsite;
+mod ops;
 mod rollout;

@@ -164,8 +164,16 @@ pub struct MetricsConfig {
 }
 
 /// Environment variables that start with `SLIPWAY_` but are not config overrides.
-const NON_CONFIG_ENV: &[&str] =
-    &["SLIPWAY_CONFIG", "SLIPWAY_LOG", "SLIPWAY_BIN", "SLIPWAY_TEST_CRASH_AT", "SLIPWAY_TEST_SIGNAL_AT"];
+const NON_CONFIG_ENV: &[&str] = &[
+    "SLIPWAY_CONFIG",
+    "SLIPWAY_LOG",
+    "SLIPWAY_BIN",
+    "SLIPWAY_BRANCH",
+    "SLIPWAY_HOOK_LOG",
+    "SLIPWAY_TEST_CRASH_AT",
+    "SLIPWAY_TEST_SIGNAL_AT",
+    "SLIPWAY_TEST_PAUSE_AT",
+];
 
 #[derive(Clone, Copy)]
 enum Kind {
@@ -581,6 +589,12 @@ mod tests {
              tenant_from = \"name:pulse-{{tenant}}\"\ndata_dir = \"/data/tenants/{{tenant}}\"\n\
              health = {{ path = \"/api/health\", port = 8080 }}\n{extra}"
         )
+    }
+
+    #[test]
+    fn the_deploy_examples_parse() {
+        host(include_str!("../../deploy/config.example.toml"), &[]).unwrap();
+        Fleet::parse(include_str!("../../deploy/fleet.example.toml"), "fleet.example.toml").unwrap();
     }
 
     #[test]

@@ -79,6 +79,19 @@ impl Ctx {
     }
 }
 
+/// A test-only pause: with the `test-crash` feature and `SLIPWAY_TEST_PAUSE_AT=<point>:<ms>`,
+/// sleep there (to hold the host lock long enough for a concurrency test).
+pub fn test_pause(point: &str) {
+    #[cfg(feature = "test-crash")]
+    if let Ok(v) = std::env::var("SLIPWAY_TEST_PAUSE_AT") {
+        if let Some(ms) = v.strip_prefix(point).and_then(|r| r.strip_prefix(':')).and_then(|m| m.parse().ok()) {
+            std::thread::sleep(std::time::Duration::from_millis(ms));
+        }
+    }
+    #[cfg(not(feature = "test-crash"))]
+    let _ = point;
+}
+
 /// A test-only crash point: with the `test-crash` feature, the process dies here (no
 /// destructors, no journal update, like SIGKILL) when `SLIPWAY_TEST_CRASH_AT` names `point`;
 /// with `SLIPWAY_TEST_SIGNAL_AT` naming it, the process sends itself SIGTERM and goes on.

@@ -1,0 +1,273 @@
+//! Running slipway the way operators do: the host lock, the git push hook, status exit codes,
+//! the metrics file, webhook notifications, install and the systemd units.
+
+use std::io::{Read, Write};
+use std::process::{Command, Stdio};
+
+use crate::support::Sandbox;
+
+fn spawn(s: &Sandbox, args: &[&str], env: &[(&str, &str)]) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_slipway"))
+        .arg("--config")
+        .arg(s.config_path())
+        .args(args)
+        .envs(env.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+#[test]
+fn two_jobs_started_at_once_one_runs_and_the_other_exits_with_the_lock_code() {
+    let s = Sandbox::new();
+    let v1 = s.push_fixture_as("v1", "app");
+    s.add_tenant("t1", &v1);
+    s.write_fleet(&s.fleet_app(&v1, ""));
+    let a = spawn(&s, &["snapshot"], &[("SLIPWAY_TEST_PAUSE_AT", "after-lock:3000")]);
+    let b = spawn(&s, &["snapshot"], &[("SLIPWAY_TEST_PAUSE_AT", "after-lock:3000")]);
+    let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    let mut codes = [a.status.code().unwrap(), b.status.code().unwrap()];
+    codes.sort();
+    assert_eq!(codes, [0, 5]);
+    let loser = if a.status.code() == Some(5) { &a } else { &b };
+    let msg = String::from_utf8_lossy(&loser.stderr);
+    assert!(msg.contains("holds the host lock") && msg.contains("job snapshot") && msg.contains("pid"), "{msg}");
+    // --wait queues behind the holder instead.
+    let c = spawn(&s, &["snapshot", "--force"], &[("SLIPWAY_TEST_PAUSE_AT", "after-lock:1500")]);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let waited = s.slipway(&["--wait=30", "verify"]);
+    assert_eq!(waited.code, 0, "{}", waited.stderr);
+    assert!(c.wait_with_output().unwrap().status.success());
+}
+
+#[test]
+fn the_lock_of_a_sigkilled_job_is_taken_over() {
+    let s = Sandbox::new();
+    let v1 = s.push_fixture_as("v1", "app");
+    s.add_tenant("t1", &v1);
+    s.write_fleet(&s.fleet_app(&v1, ""));
+    let dead = s.slipway_env(&["snapshot"], &[("SLIPWAY_TEST_CRASH_AT", "after-lock")]);
+    assert_eq!(dead.code, -1, "the job should have died holding the lock");
+    let next = s.slipway(&["snapshot"]);
+    assert_eq!(next.code, 0, "{}", next.stderr);
+}
+
+#[test]
+fn a_git_push_to_the_bare_repo_with_the_hook_installed_triggers_reconcile() {
+    let s = Sandbox::new();
+    let v1 = s.push_fixture_as("v1", "app");
+    let v2 = s.push_fixture_as("v2", "app");
+    let name = s.add_tenant("t1", &v1);
+    s.write_fleet(&s.fleet_app(&v1, ""));
+    let hook = s.root().join("fleet.git/hooks/post-receive");
+    std::fs::copy(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/git/post-receive"), &hook).unwrap();
+    // The hook's environment, as an operator would set it for the repo's owner.
+    let work = s.root().join("fleet");
+    std::fs::write(work.join("fleet.toml"), s.fleet_app(&v2, "")).unwrap();
+    let git = |args: &[&str]| {
+        Command::new("git")
+            .arg("-C")
+            .arg(&work)
+            .args(["-c", "user.name=t", "-c", "user.email=t@localhost"])
+            .args(args)
+            .env("SLIPWAY_BIN", env!("CARGO_BIN_EXE_slipway"))
+            .env("SLIPWAY_CONFIG", s.config_path())
+            .env("SLIPWAY_HOOK_LOG", s.root().join("hook.log"))
+            .output()
+            .unwrap()
+    };
+    git(&["commit", "-qam", "release v2"]);
+    let t = std::time::Instant::now();
+    let push = git(&["push", "-q", s.root().join("fleet.git").to_str().unwrap(), "HEAD:main"]);
+    assert!(push.status.success(), "{}", String::from_utf8_lossy(&push.stderr));
+    assert!(t.elapsed().as_secs() < 5, "the push waited for the rollout");
+    assert!(String::from_utf8_lossy(&push.stderr).contains("reconcile"), "{}", String::from_utf8_lossy(&push.stderr));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let img = s.inspect(&name)["Config"]["Image"].as_str().unwrap_or_default().to_string();
+        if img == v2 && s.inspect(&name)["State"]["Running"] == true {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "reconcile did not roll t1: {}",
+            std::fs::read_to_string(s.root().join("hook.log")).unwrap_or_default()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    let runs = s.slipway(&["runs", "--json"]).json();
+    assert!(runs["report"]["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|r| r["trigger"] == "hook" && r["outcome"] == "success"));
+}
+
+#[test]
+fn status_exits_8_for_each_condition_that_needs_a_person_and_0_when_all_is_well() {
+    let s = Sandbox::new();
+    let v1 = s.push_fixture_as("v1", "app");
+    let bad = s.push_fixture_as("unhealthy", "app");
+    let name = s.add_tenant("t1", &v1);
+    s.write_fleet(&s.fleet_app(&v1, ""));
+    let st = s.slipway(&["status", "--json"]);
+    assert_eq!(st.code, 8, "no snapshot yet: {}", st.stdout);
+    assert!(st.json()["report"]["attention"][0].as_str().unwrap().contains("no snapshot"));
+    assert_eq!(s.slipway(&["snapshot"]).code, 0);
+    assert_eq!(s.slipway(&["status"]).code, 0, "all is well");
+    // An unhealthy tenant.
+    Command::new("docker").args(["pause", &name]).output().unwrap();
+    let st = s.slipway(&["status", "--json"]);
+    assert_eq!(st.code, 8);
+    Command::new("docker").args(["unpause", &name]).output().unwrap();
+    assert_eq!(s.slipway(&["status"]).code, 0);
+    // A snapshot older than 26 hours.
+    let db = rusqlite::Connection::open(s.state().join("state.db")).unwrap();
+    db.execute("UPDATE snapshots SET created_at = '2000-01-01T00:00:00Z'", []).unwrap();
+    let st = s.slipway(&["status", "--json"]);
+    assert_eq!(st.code, 8);
+    assert!(st.stdout.contains("limit 26 h"), "{}", st.stdout);
+    assert_eq!(s.slipway(&["snapshot", "--force"]).code, 0);
+    assert_eq!(s.slipway(&["status"]).code, 0);
+    // A halted rollout.
+    s.write_fleet(&s.fleet_app(&bad, "health = { path = \"/api/health\", port = 8080, timeout_s = 3 }\n"));
+    assert_eq!(s.slipway(&["rollout"]).code, 3);
+    let st = s.slipway(&["status", "--json"]);
+    assert_eq!(st.code, 8);
+    assert!(st.stdout.contains("halted"), "{}", st.stdout);
+}
+
+/// A one-request HTTP listener on 127.0.0.1; returns its URL and the body it will receive.
+fn listener() -> (String, std::thread::JoinHandle<String>) {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/hooks/T000/secret", l.local_addr().unwrap());
+    let h = std::thread::spawn(move || {
+        let (mut c, _) = l.accept().unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 8192];
+        loop {
+            let n = c.read(&mut buf).unwrap();
+            got.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&got).into_owned();
+            if let Some(i) = text.find("\r\n\r\n") {
+                let len: usize = text
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap())
+                    })
+                    .unwrap_or(0);
+                if got.len() >= i + 4 + len {
+                    c.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n").unwrap();
+                    return text[i + 4..].to_string();
+                }
+            }
+        }
+    });
+    (url, h)
+}
+
+#[test]
+fn a_halt_is_posted_to_the_webhook_and_a_dead_webhook_does_not_change_the_outcome() {
+    let s = Sandbox::new();
+    let v1 = s.push_fixture_as("v1", "app");
+    let bad = s.push_fixture_as("unhealthy", "app");
+    s.add_tenant("t1", &v1);
+    let (url, got) = listener();
+    s.append_config(&format!("[notify]\nwebhook = \"{url}\"\n"));
+    s.write_fleet(&s.fleet_app(&bad, "health = { path = \"/api/health\", port = 8080, timeout_s = 3 }\n"));
+    assert_eq!(s.slipway(&["rollout"]).code, 3);
+    let body: serde_json::Value = serde_json::from_str(&got.join().unwrap()).unwrap();
+    assert_eq!(body["job"], "rollout");
+    assert_eq!(body["outcome"], "halted");
+    assert_eq!(body["exit_code"], 3);
+    assert!(body["text"].as_str().unwrap().contains("HALTED"), "{body}");
+    // Nobody listens on the webhook now: the job's exit code is the same.
+    let cfg = std::fs::read_to_string(s.config_path()).unwrap();
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    std::fs::write(s.config_path(), cfg.replace(&url, &format!("http://{dead}/x"))).unwrap();
+    let out = s.slipway(&["reconcile", "--retry"]);
+    assert_eq!(out.code, 3, "{}", out.stderr);
+}
+
+#[test]
+fn the_metrics_file_parses_as_prometheus_text_with_the_documented_series() {
+    let s = Sandbox::new();
+    let v1 = s.push_fixture_as("v1", "app");
+    let v2 = s.push_fixture_as("v2", "app");
+    s.add_tenant("t1", &v1);
+    s.write_fleet(&s.fleet_app(&v2, ""));
+    let m = s.root().join("textfile/slipway.prom");
+    std::fs::create_dir_all(m.parent().unwrap()).unwrap();
+    let mf = m.to_str().unwrap();
+    assert_eq!(s.slipway(&["--metrics-file", mf, "snapshot"]).code, 0);
+    assert_eq!(s.slipway(&["--metrics-file", mf, "rollout"]).code, 0);
+    let text = std::fs::read_to_string(&m).unwrap();
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap();
+    let has = |name: &str, label: Option<(&str, &str)>| {
+        scrape.samples.iter().any(|x| x.metric == name && label.is_none_or(|(k, v)| x.labels.get(k) == Some(v)))
+    };
+    for job in ["snapshot", "rollout"] {
+        for series in [
+            "slipway_last_run_timestamp_seconds",
+            "slipway_last_run_success",
+            "slipway_last_run_exit_code",
+            "slipway_last_run_duration_seconds",
+        ] {
+            assert!(has(series, Some(("job", job))), "{series}{{job={job}}} missing:\n{text}");
+        }
+    }
+    assert!(has("slipway_archived_bytes", Some(("job", "snapshot"))));
+    assert!(has("slipway_rollout_tenants_rolled", None) && has("slipway_rollout_tenants_halted", None));
+    assert!(has("slipway_snapshot_age_seconds", Some(("tenant", "t1"))));
+    assert!(has("slipway_snapshot_last_success_timestamp_seconds", Some(("tenant", "t1"))));
+}
+
+#[test]
+fn install_is_idempotent_and_lays_out_dirs_with_the_right_modes() {
+    use std::os::unix::fs::PermissionsExt;
+    let root = tempfile::tempdir().unwrap();
+    let run = |extra: &[&str]| {
+        let out = Command::new("bash")
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/install.sh"))
+            .args(["--bin", env!("CARGO_BIN_EXE_slipway"), "--destdir"])
+            .arg(root.path())
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let dry = run(&["--dry-run"]);
+    assert!(dry.contains("would:"));
+    assert_eq!(std::fs::read_dir(root.path()).unwrap().count(), 0, "--dry-run wrote something");
+    run(&[]);
+    std::fs::write(root.path().join("etc/slipway/config.toml"), "# edited by the operator\n").unwrap();
+    run(&[]);
+    assert_eq!(
+        std::fs::read_to_string(root.path().join("etc/slipway/config.toml")).unwrap(),
+        "# edited by the operator\n"
+    );
+    let mode = |p: &str| std::fs::metadata(root.path().join(p)).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode("etc/slipway"), 0o700);
+    assert_eq!(mode("var/lib/slipway"), 0o700);
+    assert_eq!(mode("data/backups"), 0o700);
+    assert_eq!(mode("usr/local/bin/slipway"), 0o755);
+    assert!(root.path().join("etc/systemd/system/slipway-reconcile.timer").is_file());
+    assert!(root.path().join("etc/cron.d/slipway").is_file());
+}
+
+#[test]
+fn every_systemd_unit_passes_systemd_analyze_verify() {
+    let out =
+        Command::new("bash").arg(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/check-units.sh")).output().unwrap();
+    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn the_man_page_and_completions_are_generated_from_the_cli() {
+    let man = Command::new(env!("CARGO_BIN_EXE_slipway")).arg("man").output().unwrap();
+    assert!(man.status.success() && String::from_utf8_lossy(&man.stdout).contains(".TH slipway"));
+    let comp = Command::new(env!("CARGO_BIN_EXE_slipway")).args(["completions", "bash"]).output().unwrap();
+    assert!(comp.status.success() && String::from_utf8_lossy(&comp.stdout).contains("reconcile"));
+}
