@@ -90,6 +90,7 @@ async fn run(cli: &Cli, printer: &Printer, started: Instant) -> Result<Outcome, 
     let cancel = Cancel::new();
     watch_signals(cancel.clone());
     let mut ctx = Ctx::open(cfg, &cli.trigger, cancel)?;
+    ctx.progress = std::sync::Arc::new(output::CliProgress::new(cli.json));
 
     // Read-only work takes no lock and records no metrics.
     match &cli.command {

@@ -156,3 +156,70 @@ impl Display for ConfigCheck {
         Ok(())
     }
 }
+
+/// Progress on stderr: an indicatif bar or spinner on a terminal, log lines otherwise.
+pub struct CliProgress {
+    bar: std::sync::Mutex<Option<indicatif::ProgressBar>>,
+    terminal: bool,
+    current: std::sync::Mutex<(String, Instant)>,
+}
+
+impl CliProgress {
+    /// Bars only when stderr is a terminal and output is not JSON.
+    pub fn new(json: bool) -> CliProgress {
+        use std::io::IsTerminal;
+        CliProgress {
+            bar: std::sync::Mutex::new(None),
+            terminal: std::io::stderr().is_terminal() && !json,
+            current: std::sync::Mutex::new((String::new(), Instant::now())),
+        }
+    }
+}
+
+impl slipway_jobs::progress::Progress for CliProgress {
+    fn start(&self, what: &str, total: Option<u64>) {
+        if let Ok(mut c) = self.current.lock() {
+            *c = (what.to_string(), Instant::now());
+        }
+        if !self.terminal {
+            tracing::info!("{what}…");
+            return;
+        }
+        let bar = match total {
+            Some(n) => {
+                let b = indicatif::ProgressBar::new(n);
+                if let Ok(style) =
+                    indicatif::ProgressStyle::with_template("{msg} {bar:30} {bytes}/{total_bytes} {bytes_per_sec}")
+                {
+                    b.set_style(style);
+                }
+                b
+            }
+            None => indicatif::ProgressBar::new_spinner(),
+        };
+        bar.set_message(what.to_string());
+        bar.enable_steady_tick(std::time::Duration::from_millis(120));
+        if let Ok(mut b) = self.bar.lock() {
+            *b = Some(bar);
+        }
+    }
+    fn advance(&self, n: u64) {
+        if let Ok(b) = self.bar.lock() {
+            if let Some(b) = b.as_ref() {
+                b.inc(n);
+            }
+        }
+    }
+    fn finish(&self) {
+        if let Ok(mut b) = self.bar.lock() {
+            if let Some(b) = b.take() {
+                b.finish_and_clear();
+            }
+        }
+        if !self.terminal {
+            if let Ok(c) = self.current.lock() {
+                tracing::info!("{} done in {} ms", c.0, c.1.elapsed().as_millis());
+            }
+        }
+    }
+}

@@ -43,6 +43,8 @@ pub struct Ctx {
     pub trigger: String,
     /// SIGINT/SIGTERM flag.
     pub cancel: Cancel,
+    /// Where long work reports progress (bars on a terminal, log lines otherwise).
+    pub progress: Arc<dyn crate::progress::Progress>,
 }
 
 impl Ctx {
@@ -50,7 +52,14 @@ impl Ctx {
     pub fn open(cfg: HostConfig, trigger: &str, cancel: Cancel) -> Result<Ctx> {
         crate::fsutil::create_private_dir(&cfg.state_dir).map_err(|e| Error::io(&cfg.state_dir, e))?;
         let store = Store::open(&cfg.state_dir.join("state.db"))?;
-        Ok(Ctx { cfg, store, run_id: RunId::new(), trigger: trigger.to_string(), cancel })
+        Ok(Ctx {
+            cfg,
+            store,
+            run_id: RunId::new(),
+            trigger: trigger.to_string(),
+            cancel,
+            progress: Arc::new(crate::progress::NoProgress),
+        })
     }
 
     /// Record this run as started.

@@ -308,7 +308,10 @@ async fn rollout_app(
     keep_old: bool,
 ) -> Result<AppReport> {
     // Pre-pull before touching any tenant: a missing digest changes nothing.
-    engine.pull(&app.image).await?;
+    ctx.progress.start(&format!("pull {}", app.image), None);
+    let pulled = engine.pull(&app.image).await;
+    ctx.progress.finish();
+    pulled?;
     ctx.run_id = RunId::new();
     let digest = app.image.digest().to_string();
     ctx.start_run("rollout", Some(&app.name), Some(&plan.commit), Some(&digest))?;

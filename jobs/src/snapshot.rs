@@ -159,6 +159,7 @@ pub async fn snapshot(ctx: &Ctx, opts: &SnapshotOptions) -> Result<SnapshotRepor
             continue;
         }
         let t = Instant::now();
+        ctx.progress.start(&format!("snapshot {tenant}"), None);
         let prev = previous.iter().find_map(|(d, m)| m.tenant(tenant.as_str()).map(|e| (d.clone(), e.clone())));
         match snapshot_tenant(ctx, &engine, app, tenant, container, &dest, prev).await {
             Ok((entry_summary, reused, bytes_in)) => {
@@ -181,6 +182,7 @@ pub async fn snapshot(ctx: &Ctx, opts: &SnapshotOptions) -> Result<SnapshotRepor
             }
         }
         rep.duration_ms = t.elapsed().as_millis() as u64;
+        ctx.progress.finish();
         archives.push(rep);
     }
     if opts.control_plane && !ctx.cfg.control_plane.is_empty() {

@@ -181,6 +181,7 @@ pub async fn sync(ctx: &Ctx, opts: &SyncOptions) -> Result<SyncReport> {
                 continue;
             }
             let t = Instant::now();
+            ctx.progress.start(&format!("upload {}", w.key), Some(w.size));
             let up = async {
                 remote.upload(&w.path, &w.key, &w.sha256, w.size).await?;
                 match remote.head(&w.key).await? {
@@ -198,6 +199,8 @@ pub async fn sync(ctx: &Ctx, opts: &SyncOptions) -> Result<SyncReport> {
             }
             .await;
             upload_time += t.elapsed();
+            ctx.progress.advance(w.size);
+            ctx.progress.finish();
             match up {
                 Ok(()) => {
                     ctx.store.record_remote_object(&w.key, &w.sha256, w.size)?;
