@@ -363,6 +363,23 @@ impl ContainerSpec {
         self.inspect.id.as_deref().unwrap_or_default().chars().take(12).collect()
     }
 
+    /// The container's networks, each with the aliases the operator gave (the engine adds the
+    /// short container id as an alias; that one is not carried over).
+    fn networks(&self) -> Vec<(String, EndpointSettings, Vec<String>)> {
+        let short = self.short_id();
+        self.inspect
+            .network_settings
+            .as_ref()
+            .and_then(|n| n.networks.clone())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(net, mut ep)| {
+                let aliases = ep.aliases.take().unwrap_or_default().into_iter().filter(|a| *a != short).collect();
+                (net, ep, aliases)
+            })
+            .collect()
+    }
+
     /// The container's name, without the leading '/'.
     pub fn name(&self) -> String {
         self.inspect.name.as_deref().unwrap_or_default().trim_start_matches('/').to_string()
@@ -392,19 +409,8 @@ impl ContainerSpec {
             .filter(|e| !img_env.contains(e))
             .map(|e| e.split_once('=').map_or(e.clone(), |(k, _)| k.to_string()))
             .collect();
-        let short = self.short_id();
-        let networks = self
-            .inspect
-            .network_settings
-            .as_ref()
-            .and_then(|n| n.networks.clone())
-            .unwrap_or_default()
-            .into_iter()
-            .map(|(net, ep)| {
-                let aliases = ep.aliases.unwrap_or_default().into_iter().filter(|a| *a != short).collect();
-                (net, aliases)
-            })
-            .collect();
+        let networks =
+            self.networks().into_iter().map(|(net, _, aliases)| (net, aliases.into_iter().collect())).collect();
         let mounts = self
             .inspect
             .mounts
@@ -460,14 +466,9 @@ impl ContainerSpec {
         let healthcheck = if cfg.healthcheck == img.healthcheck { None } else { cfg.healthcheck.clone() };
 
         let mut nets: Vec<(String, EndpointSettings)> = self
-            .inspect
-            .network_settings
-            .as_ref()
-            .and_then(|n| n.networks.clone())
-            .unwrap_or_default()
+            .networks()
             .into_iter()
-            .map(|(net, ep)| {
-                let aliases: Vec<String> = ep.aliases.unwrap_or_default().into_iter().filter(|a| *a != short).collect();
+            .map(|(net, ep, aliases)| {
                 let endpoint = EndpointSettings {
                     aliases: if aliases.is_empty() { None } else { Some(aliases) },
                     ipam_config: ep.ipam_config,

@@ -140,16 +140,8 @@ pub async fn snapshot(ctx: &Ctx, opts: &SnapshotOptions) -> Result<SnapshotRepor
     for (app, tenant, container) in &work {
         let rel = format!("tenants/{tenant}.tar.zst");
         let dest = dir.join(&rel);
-        let mut rep = ArchiveReport {
-            tenant: Some(tenant.to_string()),
-            path: dest.clone(),
-            outcome: ArchiveOutcome::Planned,
-            size: 0,
-            bytes_in: 0,
-            duration_ms: 0,
-            detail: None,
-        };
-        if !opts.force && manifest.archives.iter().any(|a| a.path == rel) && dest.exists() {
+        let mut rep = ArchiveReport::planned(Some(tenant.as_str()), dest.clone());
+        if already_done(&manifest, &rel, &dest, opts.force) {
             rep.outcome = ArchiveOutcome::AlreadyDone;
             archives.push(rep);
             continue;
@@ -166,14 +158,12 @@ pub async fn snapshot(ctx: &Ctx, opts: &SnapshotOptions) -> Result<SnapshotRepor
                 rep.outcome = if reused { ArchiveOutcome::Reused } else { ArchiveOutcome::Archived };
                 rep.size = entry_summary.size;
                 rep.bytes_in = bytes_in;
-                manifest.upsert(ArchiveEntry { path: rel.clone(), tenant: Some(tenant.to_string()), ..entry_summary });
-                manifest.write(&dir)?;
-                record(
+                commit_entry(
                     ctx,
+                    &mut manifest,
+                    &dir,
                     &day,
-                    Some(tenant.as_str()),
-                    &format!("daily/{day}/{rel}"),
-                    manifest.archives.iter().find(|a| a.path == rel),
+                    ArchiveEntry { path: rel.clone(), tenant: Some(tenant.to_string()), ..entry_summary },
                 )?;
             }
             Err(e) => {
@@ -188,16 +178,8 @@ pub async fn snapshot(ctx: &Ctx, opts: &SnapshotOptions) -> Result<SnapshotRepor
     if opts.control_plane && !ctx.cfg.control_plane.is_empty() {
         let rel = "control-plane.tar.zst".to_string();
         let dest = dir.join(&rel);
-        let mut rep = ArchiveReport {
-            tenant: None,
-            path: dest.clone(),
-            outcome: ArchiveOutcome::Planned,
-            size: 0,
-            bytes_in: 0,
-            duration_ms: 0,
-            detail: None,
-        };
-        if !opts.force && manifest.archives.iter().any(|a| a.path == rel) && dest.exists() {
+        let mut rep = ArchiveReport::planned(None, dest.clone());
+        if already_done(&manifest, &rel, &dest, opts.force) {
             rep.outcome = ArchiveOutcome::AlreadyDone;
         } else if !opts.dry_run {
             let t = Instant::now();
@@ -210,15 +192,7 @@ pub async fn snapshot(ctx: &Ctx, opts: &SnapshotOptions) -> Result<SnapshotRepor
                     rep.outcome = ArchiveOutcome::Archived;
                     rep.size = s.size;
                     rep.bytes_in = s.bytes_in;
-                    manifest.upsert(entry_of(&rel, None, &dest, &s));
-                    manifest.write(&dir)?;
-                    record(
-                        ctx,
-                        &day,
-                        None,
-                        &format!("daily/{day}/{rel}"),
-                        manifest.archives.iter().find(|a| a.path == rel),
-                    )?;
+                    commit_entry(ctx, &mut manifest, &dir, &day, entry_of(&rel, None, &dest, &s))?;
                 }
                 Err(e) => {
                     rep.outcome = ArchiveOutcome::Failed;
@@ -247,6 +221,34 @@ pub async fn snapshot(ctx: &Ctx, opts: &SnapshotOptions) -> Result<SnapshotRepor
         ctx.store.finish_run(ctx.run_id.as_str(), word, kind.code() as i64, &summary)?;
     }
     Ok(report)
+}
+
+impl ArchiveReport {
+    fn planned(tenant: Option<&str>, path: PathBuf) -> ArchiveReport {
+        ArchiveReport {
+            tenant: tenant.map(str::to_string),
+            path,
+            outcome: ArchiveOutcome::Planned,
+            size: 0,
+            bytes_in: 0,
+            duration_ms: 0,
+            detail: None,
+        }
+    }
+}
+
+/// Whether `rel` is complete today (listed in the manifest and present) and not forced again.
+fn already_done(manifest: &Manifest, rel: &str, dest: &Path, force: bool) -> bool {
+    !force && manifest.archives.iter().any(|a| a.path == rel) && dest.exists()
+}
+
+/// List a finished archive in the day's manifest (rewritten atomically) and the run record.
+fn commit_entry(ctx: &Ctx, manifest: &mut Manifest, dir: &Path, day: &str, entry: ArchiveEntry) -> Result<()> {
+    let rel = entry.path.clone();
+    let tenant = entry.tenant.clone();
+    manifest.upsert(entry);
+    manifest.write(dir)?;
+    record(ctx, day, tenant.as_deref(), &format!("daily/{day}/{rel}"), manifest.archives.iter().find(|a| a.path == rel))
 }
 
 fn entry_of(rel: &str, tenant: Option<&str>, dest: &Path, s: &archive::ArchiveSummary) -> ArchiveEntry {

@@ -373,6 +373,18 @@ pub fn tree_hash(dir: &Path) -> String {
     slipway_jobs::archive::tree_digest(dir).unwrap_or_else(|e| panic!("tree digest of {}: {e}", dir.display()))
 }
 
+/// `rclone` configured for an S3 endpoint through its environment (no config file).
+fn rclone(endpoint: &str, key: &str, secret: &str) -> Command {
+    let mut c = Command::new("rclone");
+    c.env("RCLONE_CONFIG", "/dev/null")
+        .env("RCLONE_S3_PROVIDER", "Other")
+        .env("RCLONE_S3_ENDPOINT", endpoint)
+        .env("RCLONE_S3_ACCESS_KEY_ID", key)
+        .env("RCLONE_S3_SECRET_ACCESS_KEY", secret)
+        .env("RCLONE_S3_FORCE_PATH_STYLE", "true");
+    c
+}
+
 /// An S3 server of a test's own (`rclone serve s3` on a free 127.0.0.1 port over a temp dir),
 /// for tests that kill and restart it without disturbing the shared one.
 pub struct S3Server {
@@ -455,15 +467,7 @@ impl Sandbox {
             creds.display()
         ));
         // The bucket exists before the first sync, as it would on Spaces.
-        let st = Command::new("rclone")
-            .args(["mkdir", &format!(":s3:{bucket}")])
-            .env("RCLONE_S3_PROVIDER", "Other")
-            .env("RCLONE_S3_ENDPOINT", endpoint)
-            .env("RCLONE_S3_ACCESS_KEY_ID", key)
-            .env("RCLONE_S3_SECRET_ACCESS_KEY", secret)
-            .env("RCLONE_S3_FORCE_PATH_STYLE", "true")
-            .output()
-            .unwrap();
+        let st = rclone(endpoint, key, secret).args(["mkdir", &format!(":s3:{bucket}")]).output().unwrap();
         assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
         bucket
     }
