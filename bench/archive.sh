@@ -75,6 +75,7 @@ r_size=$(du -sb "$work/restic" | cut -f1)
 echo "restoring ..." >&2
 read -r sr_sec sr_rss < <(measure slipway-restore "$AB" restore "$work/sl/day1/t1.tar.zst" "$s_sha" "$work/restore-sl")
 read -r tr_sec tr_rss < <(measure tar-restore sh -c "mkdir -p '$work/restore-tar' && zstd -dc '$work/pipe.tar.zst' | tar -x -C '$work/restore-tar'")
+read -r ts_sec ts_rss < <(measure tar-restore-sync sh -c "mkdir -p '$work/restore-tar2' && zstd -dc '$work/pipe.tar.zst' | tar -x -C '$work/restore-tar2' && sync")
 read -r rr_sec rr_rss < <(measure restic-restore restic restore -q latest --target "$work/restore-restic")
 diff -r "$work/src" "$work/restore-sl" >/dev/null || { echo "slipway restore differs from the source!" >&2; exit 1; }
 echo "unchanged re-snapshot ..." >&2
@@ -94,6 +95,7 @@ read -r ru_sec ru_rss < <(measure restic-backup2 restic backup -q "$work/src")
   echo "|---|---:|---:|---:|---:|"
   row "slipway restore (checked, swapped in, synced)" "$sr_sec" "$sr_rss" "-"
   row "zstd -dc \| tar -x" "$tr_sec" "$tr_rss" "-"
+  row "zstd -dc \| tar -x && sync (durable, like slipway)" "$ts_sec" "$ts_rss" "-"
   row "restic 0.14 restore" "$rr_sec" "$rr_rss" "-"
   echo
   python3 -c "print(f'Unchanged re-snapshot: slipway {$u_sec:.2f} s ({$s_sec/max($u_sec,0.01):.0f}x faster than its first snapshot; target 20x); restic re-backup {$ru_sec:.2f} s.')"

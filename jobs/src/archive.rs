@@ -29,6 +29,8 @@ use crate::fsutil::{create_private_dir, sync_dir, AtomicFile};
 
 /// zstd level (the same as `zstd -3`, the default).
 const LEVEL: i32 = 3;
+/// zstd job size per worker (bounds memory; large enough to keep the ratio of `zstd -T0 -3`).
+const JOB_SIZE: u32 = 4 << 20;
 /// Read and write buffer size.
 const BUF: usize = 256 * 1024;
 
@@ -272,17 +274,17 @@ pub fn create(src: &Path, dest: &Path) -> Result<ArchiveSummary, ArchiveError> {
     let mut file = AtomicFile::create(dest, 0o600).map_err(ioe(dest))?;
     let hw = HashWriter { inner: BufWriter::with_capacity(BUF, file.file()), hash: Sha256::new(), len: 0 };
     let mut enc = zstd::Encoder::new(hw, LEVEL).map_err(ioe(dest))?;
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
-    if threads > 1 {
-        enc.multithread(threads).map_err(ioe(dest))?;
-    }
+    // One more worker than cores: the calling thread spends much of its time reading files and
+    // hashing, so the cores stay busy compressing. Smaller jobs bound the workers' buffers.
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32 + 1;
+    enc.multithread(threads).map_err(ioe(dest))?;
+    enc.set_parameter(zstd::zstd_safe::CParameter::JobSize(JOB_SIZE)).map_err(ioe(dest))?;
     let mut tar = tar::Builder::new(enc);
     tar.mode(tar::HeaderMode::Complete);
 
     let mut list = FileList::default();
     let mut links: HashMap<(u64, u64), String> = HashMap::new();
     let mut bytes_in = 0u64;
-    let mut buf = vec![0u8; BUF];
     for (rel, path, m) in items {
         let ft = m.file_type();
         if ft.is_dir() {
@@ -316,8 +318,9 @@ pub fn create(src: &Path, dest: &Path) -> Result<ArchiveSummary, ArchiveError> {
             let mut r = HashReader { inner: f.take(e.size), hash: Sha256::new(), len: 0 };
             let mut h = h;
             // A file that shrank while read is an error, not silently padded.
-            tar.append_data(&mut h, &rel, ReadExact { inner: &mut r, left: e.size, path: &path, buf: &mut buf })
-                .map_err(ioe(&path))?;
+            // Large reads: io::copy uses a BufReader's own buffer instead of 8 KiB at a time.
+            let exact = ReadExact { inner: &mut r, left: e.size, path: &path };
+            tar.append_data(&mut h, &rel, io::BufReader::with_capacity(BUF, exact)).map_err(ioe(&path))?;
             e.sha256 = Some(hex::encode(r.hash.finalize()));
             bytes_in += e.size;
             list.entries.push(e);
@@ -331,18 +334,21 @@ pub fn create(src: &Path, dest: &Path) -> Result<ArchiveSummary, ArchiveError> {
     let (sha256, size) = (hex::encode(hash.finalize()), len);
 
     // The list goes first: an archive never exists under its final name without its list.
+    // It is streamed (JSON into zstd into the file), never held whole in memory.
     let list_path = file_list_path(dest);
-    let json = serde_json::to_vec(&list).map_err(|e| ArchiveError::Io { path: list_path.clone(), source: e.into() })?;
-    let compressed = zstd::encode_all(&json[..], LEVEL).map_err(ioe(&list_path))?;
-    crate::fsutil::atomic_write(&list_path, &compressed, 0o600).map_err(ioe(&list_path))?;
+    let file_list_sha256 = {
+        let mut lf = AtomicFile::create(&list_path, 0o600).map_err(ioe(&list_path))?;
+        let hw = HashWriter { inner: BufWriter::new(lf.file()), hash: Sha256::new(), len: 0 };
+        let mut z = zstd::Encoder::new(hw, LEVEL).map_err(ioe(&list_path))?;
+        serde_json::to_writer(&mut z, &list)
+            .map_err(|e| ArchiveError::Io { path: list_path.clone(), source: e.into() })?;
+        let HashWriter { inner, hash, .. } = z.finish().map_err(ioe(&list_path))?;
+        inner.into_inner().map_err(|e| ArchiveError::Io { path: list_path.clone(), source: e.into_error() })?;
+        lf.commit().map_err(ioe(&list_path))?;
+        hex::encode(hash.finalize())
+    };
     file.commit().map_err(ioe(dest))?;
-    Ok(ArchiveSummary {
-        sha256,
-        size,
-        files: list.entries.len() as u64,
-        bytes_in,
-        file_list_sha256: hex::encode(Sha256::digest(&compressed)),
-    })
+    Ok(ArchiveSummary { sha256, size, files: list.entries.len() as u64, bytes_in, file_list_sha256 })
 }
 
 /// Feeds exactly `left` bytes of a file to tar, failing if the file is shorter (it changed
@@ -351,7 +357,6 @@ struct ReadExact<'a, R> {
     inner: &'a mut R,
     left: u64,
     path: &'a Path,
-    buf: &'a mut Vec<u8>,
 }
 
 impl<R: Read> Read for ReadExact<'_, R> {
@@ -359,7 +364,7 @@ impl<R: Read> Read for ReadExact<'_, R> {
         if self.left == 0 {
             return Ok(0);
         }
-        let want = out.len().min(self.buf.len()).min(self.left as usize);
+        let want = out.len().min(usize::try_from(self.left).unwrap_or(usize::MAX));
         let n = self.inner.read(&mut out[..want])?;
         if n == 0 {
             return Err(io::Error::new(
