@@ -32,7 +32,7 @@ docker network create "$net" >/dev/null
 make_data() { # dir
   mkdir -p "$1/db" "$1/blobs"
   head -c $((DATA_MB / 2 * 1024 * 1024)) /dev/urandom > "$1/blobs/random.bin"
-  yes "tenant row: customer data that compresses well, 0123456789" | head -c $((DATA_MB / 2 * 1024 * 1024)) > "$1/db/rows.txt"
+  python3 -c "import sys; line=b'tenant row: customer data that compresses well, 0123456789\n'; n=int(sys.argv[1]); sys.stdout.buffer.write((line*(n//len(line)+1))[:n])" $((DATA_MB / 2 * 1024 * 1024)) > "$1/db/rows.txt"
 }
 
 run_tenant() { # name datadir image

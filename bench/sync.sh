@@ -92,6 +92,7 @@ t0=$(date +%s%N)
 rclone copy "$work/many" :s3:noop-bench/rclone >/dev/null 2>&1
 rcnoop_ms=$(( ($(date +%s%N) - t0) / 1000000 ))
 
+echo "raw: sl=$sl_ms rc=$rc_ms nb=$nb_ms noop=$noop_ms rcnoop=$rcnoop_ms" >&2
 python3 - "$work/sync.json" "$work/noop.json" "$sl_ms" "$rc_ms" "$nb_ms" "$noop_ms" "$rcnoop_ms" "$SIZE_MB" <<'PY' | tee bench/out/sync.md
 import json, sys
 s = json.load(open(sys.argv[1]))["report"]; n = json.load(open(sys.argv[2]))["report"]

