@@ -263,8 +263,15 @@ fn header(kind: tar::EntryType, e: &FileEntry) -> tar::Header {
     h
 }
 
-/// Archive `src` into `dest` and its per-file list into [`file_list_path`]`(dest)`.
+/// Archive `src` into `dest` and its per-file list into [`file_list_path`]`(dest)`, at zstd
+/// level 3 (the daily snapshots).
 pub fn create(src: &Path, dest: &Path) -> Result<ArchiveSummary, ArchiveError> {
+    create_with_level(src, dest, LEVEL)
+}
+
+/// [`create`] at another zstd level: rollout snapshots are taken while the tenant is down and
+/// kept only a few runs, so they trade ratio for speed (level 1).
+pub fn create_with_level(src: &Path, dest: &Path, level: i32) -> Result<ArchiveSummary, ArchiveError> {
     if let Some(parent) = dest.parent() {
         create_private_dir(parent).map_err(ioe(parent))?;
     }
@@ -273,7 +280,7 @@ pub fn create(src: &Path, dest: &Path) -> Result<ArchiveSummary, ArchiveError> {
 
     let mut file = AtomicFile::create(dest, 0o600).map_err(ioe(dest))?;
     let hw = HashWriter { inner: BufWriter::with_capacity(BUF, file.file()), hash: Sha256::new(), len: 0 };
-    let mut enc = zstd::Encoder::new(hw, LEVEL).map_err(ioe(dest))?;
+    let mut enc = zstd::Encoder::new(hw, level).map_err(ioe(dest))?;
     // One more worker than cores: the calling thread spends much of its time reading files and
     // hashing, so the cores stay busy compressing. Smaller jobs bound the workers' buffers.
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32 + 1;

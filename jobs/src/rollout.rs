@@ -23,6 +23,9 @@ use crate::health::Prober;
 use crate::manifest::{ArchiveEntry, Manifest, SnapshotKind};
 use crate::types::{Digest, RunId, TenantId};
 
+/// zstd level of rollout snapshots: taken while the tenant is down, so speed over ratio.
+const ROLLOUT_ZSTD_LEVEL: i32 = 1;
+
 /// What to roll out.
 #[derive(Debug, Clone, Default)]
 pub struct RolloutOptions {
@@ -550,7 +553,7 @@ async fn roll_tenant(
     let archive_path = run_dir.join(format!("{tenant}.tar.zst"));
     let snap = {
         let (src, dest) = (data_dir.clone(), archive_path.clone());
-        tokio::task::spawn_blocking(move || archive::create(&src, &dest))
+        tokio::task::spawn_blocking(move || archive::create_with_level(&src, &dest, ROLLOUT_ZSTD_LEVEL))
             .await
             .map_err(|e| Error::Other(format!("snapshot task failed: {e}")))?
     };
