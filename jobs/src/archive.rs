@@ -897,7 +897,9 @@ mod tests {
         let outside = d.path().join("outside");
         fs::create_dir_all(&outside).unwrap();
         let out = outside.display().to_string();
-        let cases: Vec<(&str, Vec<(tar::EntryType, String, Option<String>, &[u8])>)> = vec![
+        /// (kind, name, link target, data) of one raw entry.
+        type Raw = (tar::EntryType, String, Option<String>, &'static [u8]);
+        let cases: Vec<(&str, Vec<Raw>)> = vec![
             ("absolute", vec![(Regular, format!("{out}/pwned"), None, b"x")]),
             ("dotdot", vec![(Regular, "../outside/pwned".into(), None, b"x")]),
             (
