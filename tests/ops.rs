@@ -96,12 +96,20 @@ fn a_git_push_to_the_bare_repo_with_the_hook_installed_triggers_reconcile() {
         );
         std::thread::sleep(std::time::Duration::from_millis(300));
     }
-    let runs = s.slipway(&["runs", "--json"]).json();
-    assert!(runs["report"]["runs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .any(|r| r["trigger"] == "hook" && r["outcome"] == "success"));
+    // The run record is closed once the health gate has passed: wait for it too.
+    loop {
+        let runs = s.slipway(&["runs", "--json"]).json();
+        let done = runs["report"]["runs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["trigger"] == "hook" && r["outcome"] == "success");
+        if done {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no successful hook-triggered run: {runs}");
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
 }
 
 #[test]

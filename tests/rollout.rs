@@ -283,3 +283,23 @@ fn held_tenants_and_the_configured_canary_shape_the_plan() {
     assert_eq!(order, ["t2", "t1"]);
     let _ = Env::get();
 }
+
+#[test]
+fn keep_old_keeps_the_prior_container_and_rollback_renames_it_back() {
+    let s = Sandbox::new();
+    let v1 = s.push_fixture_as("v1", "app");
+    let v2 = s.push_fixture_as("v2", "app");
+    let name = s.add_tenant("t1", &v1);
+    let old_id = s.inspect(&name)["Id"].clone();
+    s.write_fleet(&s.fleet_app(&v2, ""));
+    let out = s.slipway(&["rollout", "--keep-old", "--json"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let run = out.json()["run_id"].as_str().unwrap().to_string();
+    let pre = format!("{name}.pre-rollout-{run}");
+    assert_eq!(s.inspect(&pre)["Id"], old_id, "the prior container is kept under its pre-rollout name");
+    assert_eq!(s.inspect(&pre)["State"]["Running"], false);
+    assert_eq!(s.slipway(&["rollback", "--run", &run]).code, 0);
+    assert_eq!(s.inspect(&name)["Id"], old_id, "rollback brings back the very same prior container");
+    assert_eq!(image_of(&s, &name), v1);
+    assert!(!s.container_exists(&pre));
+}

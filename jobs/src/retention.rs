@@ -119,6 +119,17 @@ fn buckets(t: Timestamp) -> [i64; 4] {
     ]
 }
 
+/// `t` plus years, months and days with Go's `time.AddDate` normalisation, as restic uses it:
+/// a day past the end of the month rolls over (31 March minus one month is 3 March).
+fn go_add_date(t: Timestamp, years: i64, months: i64, days: i64) -> Timestamp {
+    let z = t.to_zoned(jiff::tz::TimeZone::UTC);
+    let total = (z.year() as i64 + years) * 12 + (z.month() as i64 - 1) + months;
+    let (year, month) = (total.div_euclid(12), total.rem_euclid(12) + 1);
+    let Ok(first) = jiff::civil::Date::new(year as i16, month as i8, 1) else { return t };
+    let Ok(date) = first.checked_add((z.day() as i64 - 1 + days).days()) else { return t };
+    date.to_datetime(z.time()).to_zoned(jiff::tz::TimeZone::UTC).map_or(t, |z| z.timestamp())
+}
+
 /// Apply the policy to one tenant's snapshots; decisions come newest first.
 pub fn apply(p: &Policy, list: &[SnapshotRef], now: Timestamp) -> Vec<Decision> {
     let mut list: Vec<&SnapshotRef> = list.iter().collect();
@@ -126,7 +137,13 @@ pub fn apply(p: &Policy, list: &[SnapshotRef], now: Timestamp) -> Vec<Decision> 
     if list.is_empty() {
         return Vec::new();
     }
-    let latest = list.iter().map(|s| s.time).filter(|t| *t < now).max().unwrap_or(list[0].time);
+    // restic measures keep_within back from the newest snapshot that is not in the future.
+    let latest = list.iter().map(|s| s.time).filter(|t| *t < now).max();
+    let within_from = p.within.map(|(y, m, d, h)| match latest {
+        Some(l) => go_add_date(l, -y, -m, -d) - h.hours(),
+        // No snapshot before now: like restic (which then measures from year 1), keep them all.
+        None => Timestamp::MIN,
+    });
     // (count left, last bucket value, reason)
     let mut rules: [(u32, i64, &str); 5] = [
         (p.last, -1, "last"),
@@ -135,11 +152,6 @@ pub fn apply(p: &Policy, list: &[SnapshotRef], now: Timestamp) -> Vec<Decision> 
         (p.monthly, -1, "monthly"),
         (p.yearly, -1, "yearly"),
     ];
-    let within_from = p.within.map(|(y, m, d, h)| {
-        let z = latest.to_zoned(jiff::tz::TimeZone::UTC);
-        let back = z.checked_sub(y.years().months(m).days(d)).unwrap_or(z.clone());
-        back.timestamp() - h.hours()
-    });
     let n = list.len();
     let mut out = Vec::with_capacity(n);
     for (nr, cur) in list.into_iter().enumerate() {
@@ -196,6 +208,17 @@ mod tests {
         let mut k: Vec<String> = apply(p, &history(), now).into_iter().filter(|d| d.keep).map(|d| d.id).collect();
         k.sort();
         k
+    }
+
+    #[test]
+    fn keep_within_counts_months_back_the_way_go_and_restic_do() {
+        let t: Timestamp = "2026-03-31T03:00:00Z".parse().unwrap();
+        assert_eq!(go_add_date(t, 0, -1, 0), "2026-03-03T03:00:00Z".parse::<Timestamp>().unwrap());
+        assert_eq!(go_add_date(t, -1, 0, -30), "2025-03-01T03:00:00Z".parse::<Timestamp>().unwrap());
+        // Every snapshot in the future (a wrong clock): keep_within keeps them all.
+        let p = policy(|r| r.keep_within = Some("1d".into()));
+        let d = apply(&p, &history(), day("2000-01-01"));
+        assert!(d.iter().all(|d| d.keep));
     }
 
     #[test]
