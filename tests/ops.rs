@@ -85,9 +85,11 @@ fn a_git_push_to_the_bare_repo_with_the_hook_installed_triggers_reconcile() {
     assert!(String::from_utf8_lossy(&push.stderr).contains("reconcile"), "{}", String::from_utf8_lossy(&push.stderr));
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     loop {
-        let img = s.inspect(&name)["Config"]["Image"].as_str().unwrap_or_default().to_string();
-        if img == v2 && s.inspect(&name)["State"]["Running"] == true {
-            break;
+        // While the rollout is between rename and create, the name is briefly free.
+        if let Some(c) = s.try_inspect(&name) {
+            if c["Config"]["Image"].as_str() == Some(v2.as_str()) && c["State"]["Running"] == true {
+                break;
+            }
         }
         assert!(
             std::time::Instant::now() < deadline,

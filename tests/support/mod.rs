@@ -298,6 +298,15 @@ impl Sandbox {
         v[0].clone()
     }
 
+    /// `docker inspect`, or None while the container does not exist (mid-rollout, say).
+    pub fn try_inspect(&self, name: &str) -> Option<serde_json::Value> {
+        let out = Command::new("docker").args(["inspect", name]).output().ok()?;
+        if !out.status.success() {
+            return None;
+        }
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).ok().map(|v| v[0].clone())
+    }
+
     /// `docker image inspect`.
     pub fn image_inspect(&self, image: &str) -> serde_json::Value {
         let v: serde_json::Value = serde_json::from_str(&docker(&["image", "inspect", image])).unwrap();
