@@ -81,6 +81,24 @@ impl Ctx {
         Ok(self.store.begin_step(self.run_id.as_str(), tenant, step, &d)?)
     }
 
+    /// Record an archive this run wrote in the run record (`rel` is relative to the backup root;
+    /// `kind` daily, rollout or control-plane; `snap` the day or run id).
+    pub fn record_archive(&self, rel: &str, kind: &str, snap: &str, e: &crate::manifest::ArchiveEntry) -> Result<()> {
+        self.store.record_snapshot(&slipway_state::SnapshotRow {
+            path: rel.to_string(),
+            kind: kind.to_string(),
+            snap: snap.to_string(),
+            tenant: e.tenant.clone(),
+            run_id: Some(self.run_id.to_string()),
+            sha256: e.sha256.clone(),
+            size: e.size as i64,
+            files: e.files as i64,
+            created_at: slipway_state::now(),
+            remote_verified_at: None,
+        })?;
+        Ok(())
+    }
+
     /// Journal a step as ended.
     pub fn end(&self, step: i64, outcome: &str, detail: Option<&impl Serialize>) -> Result<()> {
         let d = detail.map(|d| serde_json::to_string(d).unwrap_or_default());

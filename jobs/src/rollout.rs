@@ -685,7 +685,7 @@ fn record_rollout_snapshot(
 ) -> Result<()> {
     let file_list = archive::file_list_path(archive_path);
     let rel = |p: &Path| p.strip_prefix(run_dir).unwrap_or(p).to_string_lossy().into_owned();
-    manifest.upsert(ArchiveEntry {
+    let entry = ArchiveEntry {
         path: rel(archive_path),
         tenant: Some(tenant.to_string()),
         sha256: s.sha256.clone(),
@@ -693,22 +693,11 @@ fn record_rollout_snapshot(
         files: s.files,
         file_list: rel(&file_list),
         file_list_sha256: s.file_list_sha256.clone(),
-    });
+    };
+    manifest.upsert(entry.clone());
     manifest.write(run_dir)?;
     let rel_root = archive_path.strip_prefix(&ctx.cfg.backup_root).unwrap_or(archive_path);
-    ctx.store.record_snapshot(&slipway_state::SnapshotRow {
-        path: rel_root.to_string_lossy().into_owned(),
-        kind: "rollout".into(),
-        snap: ctx.run_id.to_string(),
-        tenant: Some(tenant.to_string()),
-        run_id: Some(ctx.run_id.to_string()),
-        sha256: s.sha256.clone(),
-        size: s.size as i64,
-        files: s.files as i64,
-        created_at: slipway_state::now(),
-        remote_verified_at: None,
-    })?;
-    Ok(())
+    ctx.record_archive(&rel_root.to_string_lossy(), "rollout", ctx.run_id.as_str(), &entry)
 }
 
 /// The result of undoing a tenant.

@@ -248,7 +248,11 @@ fn commit_entry(ctx: &Ctx, manifest: &mut Manifest, dir: &Path, day: &str, entry
     let tenant = entry.tenant.clone();
     manifest.upsert(entry);
     manifest.write(dir)?;
-    record(ctx, day, tenant.as_deref(), &format!("daily/{day}/{rel}"), manifest.archives.iter().find(|a| a.path == rel))
+    let kind = if tenant.is_some() { "daily" } else { "control-plane" };
+    match manifest.archives.iter().find(|a| a.path == rel) {
+        Some(e) => ctx.record_archive(&format!("daily/{day}/{rel}"), kind, day, e),
+        None => Ok(()),
+    }
 }
 
 fn entry_of(rel: &str, tenant: Option<&str>, dest: &Path, s: &archive::ArchiveSummary) -> ArchiveEntry {
@@ -263,23 +267,6 @@ fn entry_of(rel: &str, tenant: Option<&str>, dest: &Path, s: &archive::ArchiveSu
         file_list: list_rel.to_string_lossy().into_owned(),
         file_list_sha256: s.file_list_sha256.clone(),
     }
-}
-
-fn record(ctx: &Ctx, day: &str, tenant: Option<&str>, path: &str, e: Option<&ArchiveEntry>) -> Result<()> {
-    let Some(e) = e else { return Ok(()) };
-    ctx.store.record_snapshot(&slipway_state::SnapshotRow {
-        path: path.to_string(),
-        kind: if tenant.is_some() { "daily".into() } else { "control-plane".into() },
-        snap: day.to_string(),
-        tenant: tenant.map(str::to_string),
-        run_id: Some(ctx.run_id.to_string()),
-        sha256: e.sha256.clone(),
-        size: e.size as i64,
-        files: e.files as i64,
-        created_at: slipway_state::now(),
-        remote_verified_at: None,
-    })?;
-    Ok(())
 }
 
 /// Complete daily snapshots before `day`, newest first.
