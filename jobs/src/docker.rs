@@ -221,12 +221,6 @@ impl Engine {
         }
     }
 
-    /// The image reference a container was created from.
-    pub async fn image_ref_of(&self, name: &str) -> Result<String> {
-        let i = self.inspect(name).await?;
-        Ok(i.config.and_then(|c| c.image).unwrap_or_default())
-    }
-
     async fn inspect(&self, name: &str) -> Result<ContainerInspectResponse> {
         self.docker.inspect_container(name, None).await.map_err(|e| derr(format!("inspecting container {name}"), e))
     }
@@ -378,6 +372,16 @@ impl ContainerSpec {
                 (net, ep, aliases)
             })
             .collect()
+    }
+
+    /// The container's id.
+    pub fn id(&self) -> String {
+        self.inspect.id.clone().unwrap_or_default()
+    }
+
+    /// The image reference the container was created from.
+    pub fn image_ref(&self) -> String {
+        self.config().image.unwrap_or_default()
     }
 
     /// The container's name, without the leading '/'.

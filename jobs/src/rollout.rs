@@ -496,14 +496,13 @@ async fn roll_tenant(
         let detail = format!("not touched: data dir {} does not exist", data_dir.display());
         return Ok(report(TenantOutcome::Restored, None, None, timings, Some(detail)));
     }
-    let old_id = engine.id_of(&name).await?.unwrap_or_default();
     let mut j = TenantJournal {
         app: app.name.clone(),
         tenant: tenant.to_string(),
         name: name.clone(),
         pre_name: format!("{name}.pre-rollout-{}", ctx.run_id),
-        old_id,
-        old_image: engine.image_ref_of(&name).await?,
+        old_id: spec.id(),
+        old_image: spec.image_ref(),
         old_digest: item.from.as_ref().map(|d| d.to_string()),
         new_image: app.image.reference(),
         new_id: None,
