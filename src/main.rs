@@ -10,13 +10,12 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::{CommandFactory, Parser};
+use slipway_jobs::adapters::{lock, metrics, notify};
 use slipway_jobs::config::HostConfig;
 use slipway_jobs::context::{Cancel, Ctx};
 use slipway_jobs::error::{Error, ExitKind};
 use slipway_jobs::types::RunId;
-use slipway_jobs::{
-    lock, metrics, notify, prune, reconcile, recover, restore, rollback, rollout, runs, snapshot, status, sync, verify,
-};
+use slipway_jobs::{prune, reconcile, recover, restore, rollback, rollout, runs, snapshot, status, sync, verify};
 
 use crate::cli::{Cli, Command, ConfigAction, RunsShow};
 use crate::output::{Outcome, Printer};
@@ -83,7 +82,7 @@ async fn run(cli: &Cli, printer: &Printer, started: Instant) -> Result<Outcome, 
     let cfg = HostConfig::load(&path)?;
     let job = cli.command.job();
     if let Command::Config { action: ConfigAction::Check } = &cli.command {
-        let state = slipway_jobs::desired::read(&cfg.desired, &cfg.state_dir, None)?;
+        let state = slipway_jobs::adapters::desired::read(&cfg.desired, &cfg.state_dir, None)?;
         let report = output::ConfigCheck::new(&path, &cfg, &state);
         return Ok(printer.report(job, None, started, ExitKind::Success, &report));
     }

@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use serde::Serialize;
+use slipway_jobs::adapters::desired::DesiredState;
 use slipway_jobs::config::HostConfig;
-use slipway_jobs::desired::DesiredState;
 use slipway_jobs::error::{Error, ExitKind};
 
 use crate::cli::LogFormat;

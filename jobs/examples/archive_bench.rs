@@ -7,7 +7,7 @@
 use std::path::Path;
 use std::time::Instant;
 
-use slipway_jobs::archive;
+use slipway_jobs::adapters::archive;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();

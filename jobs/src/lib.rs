@@ -7,23 +7,16 @@
 //! system each, with domain types in and out. Library code never prints.
 #![deny(clippy::print_stdout, clippy::print_stderr)]
 
-pub mod archive;
+pub mod adapters;
 pub mod config;
 pub mod context;
-pub mod desired;
-pub mod docker;
 pub mod error;
 pub mod fsutil;
-pub mod health;
-pub mod lock;
 pub mod manifest;
-pub mod metrics;
-pub mod notify;
 pub mod progress;
 pub mod prune;
 pub mod reconcile;
 pub mod recover;
-pub mod remote;
 pub mod restore;
 pub mod retention;
 pub mod rollback;
@@ -36,3 +29,43 @@ pub mod types;
 pub mod verify;
 
 pub use error::{Error, ExitKind, Result};
+
+#[cfg(test)]
+mod architecture_tests {
+    //! The rooms' rules, read from the sources: adapters know nothing of jobs.
+
+    use std::path::Path;
+
+    /// The job modules: adapters may not name any of them.
+    const JOBS: &[&str] = &[
+        "prune",
+        "reconcile",
+        "recover",
+        "restore",
+        "rollback",
+        "rollout",
+        "runs",
+        "snapshot",
+        "status",
+        "sync",
+        "verify",
+        "retention",
+        "context",
+    ];
+
+    #[test]
+    fn adapters_use_no_job_module() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/adapters");
+        let mut offences = Vec::new();
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let text = std::fs::read_to_string(&path).unwrap();
+            for job in JOBS {
+                if text.contains(&format!("crate::{job}::")) || text.contains(&format!("crate::{job};")) {
+                    offences.push(format!("{} uses crate::{job}", path.display()));
+                }
+            }
+        }
+        assert!(offences.is_empty(), "adapters must not depend on jobs: {offences:?}");
+    }
+}

@@ -15,11 +15,11 @@ use std::path::Path;
 use jiff::Timestamp;
 use serde::Serialize;
 
+use crate::adapters::remote::Remote;
 use crate::config::Retention;
 use crate::context::Ctx;
 use crate::error::{Error, ExitKind, Result};
 use crate::manifest::{Manifest, MANIFEST};
-use crate::remote::Remote;
 use crate::retention::{self, Policy, SnapshotRef};
 
 /// Options of `prune`.
@@ -342,7 +342,7 @@ async fn apply_remote(
             let dir = scratch.join("rewrite").join(&prefix);
             crate::fsutil::create_private_dir(&dir).map_err(|e| Error::io(&dir, e))?;
             kept.write(&dir)?;
-            let (sha, size) = crate::archive::sha256_file(&dir.join(MANIFEST))?;
+            let (sha, size) = crate::adapters::archive::sha256_file(&dir.join(MANIFEST))?;
             remote.upload(&dir.join(MANIFEST), &mkey, &sha, size).await?;
             ctx.store.record_remote_object(&mkey, &sha, size)?;
         }

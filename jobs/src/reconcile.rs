@@ -7,9 +7,9 @@ use std::fmt;
 
 use serde::Serialize;
 
+use crate::adapters::desired;
+use crate::adapters::docker::Engine;
 use crate::context::Ctx;
-use crate::desired;
-use crate::docker::Engine;
 use crate::error::{ExitKind, Result};
 use crate::rollout::{self, worst, AppReport, RolloutOptions};
 

@@ -17,10 +17,10 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use slipway_state::{Run, Step};
 
+use crate::adapters::docker::Engine;
+use crate::adapters::health::Prober;
 use crate::context::Ctx;
-use crate::docker::Engine;
 use crate::error::{ExitKind, Result};
-use crate::health::Prober;
 use crate::rollout::{undo_tenant, TenantJournal};
 
 /// Options of `recover`.

@@ -9,12 +9,12 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::archive;
+use crate::adapters::archive;
+use crate::adapters::desired;
+use crate::adapters::docker::Engine;
+use crate::adapters::health::Prober;
 use crate::context::{crash_point, Ctx};
-use crate::desired;
-use crate::docker::Engine;
 use crate::error::{Error, ExitKind, Result};
-use crate::health::Prober;
 use crate::manifest::{ArchiveEntry, Manifest};
 use crate::recover::HeldContainer;
 use crate::types::{RunId, TenantId};

@@ -7,10 +7,10 @@ use std::fmt;
 
 use serde::Serialize;
 
+use crate::adapters::docker::Engine;
+use crate::adapters::health::Prober;
 use crate::context::Ctx;
-use crate::docker::Engine;
 use crate::error::{Error, ExitKind, Result};
-use crate::health::Prober;
 use crate::rollout::{undo_tenant, TenantJournal, UndoResult};
 use crate::types::{RunId, TenantId};
 

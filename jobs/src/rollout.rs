@@ -13,13 +13,13 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::archive;
+use crate::adapters::archive;
+use crate::adapters::desired;
+use crate::adapters::docker::{Engine, OperatorSettings, TenantContainer};
+use crate::adapters::health::Prober;
 use crate::config::{App, HealthSpec};
 use crate::context::{crash_point, Ctx};
-use crate::desired;
-use crate::docker::{Engine, OperatorSettings, TenantContainer};
 use crate::error::{Error, ExitKind, Result};
-use crate::health::Prober;
 use crate::manifest::{ArchiveEntry, Manifest, SnapshotKind};
 use crate::types::{Digest, RunId, TenantId};
 

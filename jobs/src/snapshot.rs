@@ -16,11 +16,11 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::archive;
+use crate::adapters::archive;
+use crate::adapters::desired;
+use crate::adapters::docker::Engine;
 use crate::config::{App, Quiesce};
 use crate::context::{crash_point, Ctx};
-use crate::desired;
-use crate::docker::Engine;
 use crate::error::{Error, ExitKind, Result};
 use crate::fsutil::create_private_dir;
 use crate::manifest::{ArchiveEntry, Manifest, SnapshotKind, MANIFEST};

@@ -10,11 +10,11 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::adapters::desired;
+use crate::adapters::docker::Engine;
+use crate::adapters::health::Prober;
 use crate::context::Ctx;
-use crate::desired;
-use crate::docker::Engine;
 use crate::error::{ExitKind, Result};
-use crate::health::Prober;
 
 /// A snapshot older than this needs a person.
 pub const MAX_SNAPSHOT_AGE_S: i64 = 26 * 3600;

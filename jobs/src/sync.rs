@@ -13,12 +13,12 @@ use std::time::Instant;
 use futures_util::StreamExt;
 use serde::Serialize;
 
-use crate::archive;
+use crate::adapters::archive;
+use crate::adapters::remote::Remote;
 use crate::config::{HostConfig, RemoteConfig};
 use crate::context::Ctx;
 use crate::error::{Error, ExitKind, Result};
 use crate::manifest::{Manifest, MANIFEST};
-use crate::remote::Remote;
 use crate::restore::{Located, Source};
 use crate::types::TenantId;
 use crate::verify::{Checked, VerifyOptions, VerifyReport};

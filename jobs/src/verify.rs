@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::archive;
+use crate::adapters::archive;
 use crate::error::{Error, ExitKind, Result};
 use crate::manifest::Manifest;
 

@@ -389,7 +389,8 @@ impl Drop for Sandbox {
 /// A digest of a whole tree (paths, kinds, modes, owners, mtimes, contents, link targets), to
 /// compare data dirs byte for byte.
 pub fn tree_hash(dir: &Path) -> String {
-    slipway_jobs::archive::tree_digest(dir).unwrap_or_else(|e| panic!("tree digest of {}: {e}", dir.display()))
+    slipway_jobs::adapters::archive::tree_digest(dir)
+        .unwrap_or_else(|e| panic!("tree digest of {}: {e}", dir.display()))
 }
 
 /// `rclone` configured for an S3 endpoint through its environment (no config file).

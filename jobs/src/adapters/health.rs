@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use crate::adapters::docker::Engine;
 use crate::config::HealthSpec;
-use crate::docker::Engine;
 use crate::error::{Error, Result};
 
 /// Why a container did not pass its health gate.

@@ -1,0 +1,253 @@
+//! `fleet.toml`, the desired state read from git: every app, its pinned image, how its tenants
+//! are found, where their data lives and how their health is checked.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::types::{PinnedImage, TenantId};
+
+/// `fleet.toml`: the desired state.
+#[derive(Debug, Clone, Serialize)]
+pub struct Fleet {
+    /// Every app, in file order.
+    pub apps: Vec<App>,
+}
+
+/// How a tenant id is derived from a container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum TenantFrom {
+    /// `name:pulse-{tenant}`: the container name with the pattern's prefix and suffix removed.
+    Name {
+        /// Text before `{tenant}`.
+        prefix: String,
+        /// Text after `{tenant}`.
+        suffix: String,
+    },
+    /// `label:pulse.tenant`: the value of that label.
+    Label(String),
+}
+
+impl TenantFrom {
+    /// The tenant id for a container with this name and labels, if the pattern matches.
+    pub fn tenant_of(&self, name: &str, labels: &std::collections::HashMap<String, String>) -> Option<String> {
+        match self {
+            TenantFrom::Name { prefix, suffix } => name
+                .strip_prefix(prefix.as_str())
+                .and_then(|s| s.strip_suffix(suffix.as_str()))
+                .filter(|s| !s.is_empty())
+                .map(str::to_string),
+            TenantFrom::Label(l) => labels.get(l).cloned(),
+        }
+    }
+}
+
+/// A label filter: `key=value` or `key` (any value).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Selector {
+    /// Label key.
+    pub key: String,
+    /// Required value; none = the label only has to exist.
+    pub value: Option<String>,
+}
+
+impl Selector {
+    /// The Docker `label` filter string.
+    pub fn filter(&self) -> String {
+        match &self.value {
+            Some(v) => format!("{}={v}", self.key),
+            None => self.key.clone(),
+        }
+    }
+}
+
+/// How a tenant's data is held still while it is archived by `snapshot`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Quiesce {
+    /// `docker pause` while reading, unpause right after.
+    #[default]
+    Pause,
+    /// Stop the container while reading, start it after.
+    Stop,
+    /// Read while it runs.
+    None,
+}
+
+/// The health probe of an app.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthSpec {
+    /// HTTP path, e.g. `/api/health`.
+    pub path: String,
+    /// Container port.
+    pub port: u16,
+    /// Seconds a new container has to answer 2xx.
+    #[serde(default = "default_health_timeout")]
+    pub timeout_s: u64,
+}
+fn default_health_timeout() -> u64 {
+    60
+}
+
+/// One `[[app]]` of `fleet.toml`.
+#[derive(Debug, Clone, Serialize)]
+pub struct App {
+    /// App name (`--app`).
+    pub name: String,
+    /// The pinned image every tenant should run.
+    pub image: PinnedImage,
+    /// Which containers are this app's tenants.
+    pub select: Selector,
+    /// How tenant ids are derived.
+    pub tenant_from: TenantFrom,
+    /// Data dir pattern with `{tenant}`.
+    pub data_dir: String,
+    /// Health probe.
+    pub health: HealthSpec,
+    /// Seconds `docker stop` waits before SIGKILL.
+    pub stop_timeout_s: u64,
+    /// The canary tenant; default: first in sorted order.
+    pub canary: Option<TenantId>,
+    /// Seconds to wait after the canary is healthy before checking it again and going on.
+    pub canary_soak_s: u64,
+    /// Tenants rollout must not touch.
+    pub hold: Vec<TenantId>,
+    /// How `snapshot` holds the data still.
+    pub quiesce: Quiesce,
+}
+
+impl App {
+    /// The data dir of `tenant`.
+    pub fn data_dir_of(&self, tenant: &TenantId) -> PathBuf {
+        PathBuf::from(self.data_dir.replace("{tenant}", tenant.as_str()))
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawApp {
+    name: String,
+    image: String,
+    select: String,
+    tenant_from: String,
+    data_dir: String,
+    health: HealthSpec,
+    #[serde(default = "default_stop_timeout")]
+    stop_timeout_s: u64,
+    canary: Option<String>,
+    #[serde(default)]
+    canary_soak_s: u64,
+    #[serde(default)]
+    hold: Vec<String>,
+    #[serde(default)]
+    quiesce: Quiesce,
+}
+fn default_stop_timeout() -> u64 {
+    30
+}
+
+impl Fleet {
+    /// Parse and validate `fleet.toml`; `origin` names it in errors (file, commit).
+    pub fn parse(text: &str, origin: &str) -> Result<Fleet> {
+        let cfg = |msg: String| Error::Config(format!("{origin}: {msg}"));
+        let mut table: toml::Table = toml::from_str(text).map_err(|e| cfg(e.to_string().trim_end().to_string()))?;
+        if let Some(k) = table.keys().find(|k| k.as_str() != "app") {
+            return Err(cfg(format!("unknown key `{k}`; the file holds only [[app]] tables")));
+        }
+        let Some(apps) = table.remove("app") else {
+            return Err(cfg("no [[app]] table; add one per app".into()));
+        };
+        let toml::Value::Array(apps) = apps else {
+            return Err(cfg("`app` must be an array of tables: write [[app]]".into()));
+        };
+        let mut names = BTreeSet::new();
+        let mut out = Vec::new();
+        for (i, v) in apps.into_iter().enumerate() {
+            let label = v
+                .get("name")
+                .and_then(|n| n.as_str())
+                .map_or_else(|| format!("app #{}", i + 1), |n| format!("app \"{n}\""));
+            let raw: RawApp =
+                v.try_into().map_err(|e: toml::de::Error| cfg(format!("{label}: {}", e.message().trim_end())))?;
+            let app = raw.validate().map_err(|m| cfg(format!("{label}: {m}")))?;
+            if !names.insert(app.name.clone()) {
+                return Err(cfg(format!("{label}: the name is used twice; app names must be unique")));
+            }
+            out.push(app);
+        }
+        Ok(Fleet { apps: out })
+    }
+
+    /// The app named `name`, or a usage error listing the ones there are.
+    pub fn app(&self, name: &str) -> Result<&App> {
+        self.apps.iter().find(|a| a.name == name).ok_or_else(|| {
+            let names: Vec<&str> = self.apps.iter().map(|a| a.name.as_str()).collect();
+            Error::Usage(format!("no app \"{name}\" in fleet.toml; apps are: {}", names.join(", ")))
+        })
+    }
+}
+
+impl RawApp {
+    fn validate(self) -> std::result::Result<App, String> {
+        if self.name.is_empty()
+            || !self.name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+        {
+            return Err(format!("name \"{}\" must be letters, digits, '-', '_' or '.'", self.name));
+        }
+        let image: PinnedImage = self.image.parse().map_err(|e| format!("image: {e}"))?;
+        let select = match self.select.split_once('=') {
+            Some((k, v)) if !k.is_empty() => Selector { key: k.into(), value: Some(v.into()) },
+            None if !self.select.is_empty() => Selector { key: self.select.clone(), value: None },
+            _ => return Err(format!("select \"{}\" must be `label=value` or `label`", self.select)),
+        };
+        let tenant_from = if let Some(pat) = self.tenant_from.strip_prefix("name:") {
+            match pat.split_once("{tenant}") {
+                Some((p, s)) if !s.contains("{tenant}") => TenantFrom::Name { prefix: p.into(), suffix: s.into() },
+                _ => {
+                    return Err(format!(
+                        "tenant_from \"{}\" must contain {{tenant}} exactly once, e.g. \"name:pulse-{{tenant}}\"",
+                        self.tenant_from
+                    ))
+                }
+            }
+        } else if let Some(l) = self.tenant_from.strip_prefix("label:").filter(|l| !l.is_empty()) {
+            TenantFrom::Label(l.into())
+        } else {
+            return Err(format!(
+                "tenant_from \"{}\" must be \"name:<pattern with {{tenant}}>\" or \"label:<label key>\"",
+                self.tenant_from
+            ));
+        };
+        if !self.data_dir.starts_with('/') || !self.data_dir.contains("{tenant}") {
+            return Err(format!(
+                "data_dir \"{}\" must be an absolute path containing {{tenant}}, e.g. \"/data/tenants/{{tenant}}\"",
+                self.data_dir
+            ));
+        }
+        if !self.health.path.starts_with('/') {
+            return Err(format!("health.path \"{}\" must start with '/'", self.health.path));
+        }
+        if self.health.port == 0 || self.health.timeout_s == 0 {
+            return Err("health.port and health.timeout_s must be greater than 0".into());
+        }
+        let tenant = |key: &str, s: String| s.parse::<TenantId>().map_err(|e| format!("{key}: {e}"));
+        let canary = self.canary.map(|c| tenant("canary", c)).transpose()?;
+        let hold = self.hold.into_iter().map(|h| tenant("hold", h)).collect::<std::result::Result<_, _>>()?;
+        Ok(App {
+            name: self.name,
+            image,
+            select,
+            tenant_from,
+            data_dir: self.data_dir,
+            health: self.health,
+            stop_timeout_s: self.stop_timeout_s,
+            canary,
+            canary_soak_s: self.canary_soak_s,
+            hold,
+            quiesce: self.quiesce,
+        })
+    }
+}

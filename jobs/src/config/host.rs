@@ -1,0 +1,327 @@
+//! The host config (`/etc/slipway/config.toml`): where state and backups live, the desired-state
+//! repo, the Docker engine, retention, the remote store, notifications and metrics. Every key can
+//! be overridden by a `SLIPWAY_…` environment variable; an unknown one is an error.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// Where the host config is looked for when neither `--config` nor `$SLIPWAY_CONFIG` is given.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/slipway/config.toml";
+
+/// The host config (`/etc/slipway/config.toml`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostConfig {
+    /// Holds `state.db` and `slipway.lock`.
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+    /// Root of `daily/` and `rollout/` snapshots.
+    #[serde(default = "default_backup_root")]
+    pub backup_root: PathBuf,
+    /// Directories archived by `snapshot --control-plane`.
+    #[serde(default)]
+    pub control_plane: Vec<PathBuf>,
+    /// Where the desired state lives.
+    pub desired: DesiredConfig,
+    /// How to reach the Docker engine.
+    #[serde(default)]
+    pub docker: DockerConfig,
+    /// Local retention policy (restic `forget` semantics).
+    #[serde(default)]
+    pub retention: Retention,
+    /// Optional off-site store (DigitalOcean Spaces or any S3 API).
+    #[serde(default)]
+    pub remote: Option<RemoteConfig>,
+    /// Failure notifications.
+    #[serde(default)]
+    pub notify: NotifyConfig,
+    /// Prometheus textfile output.
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+}
+
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("/var/lib/slipway")
+}
+fn default_backup_root() -> PathBuf {
+    PathBuf::from("/data/backups")
+}
+
+/// `[desired]`: the git repository holding `fleet.toml`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DesiredConfig {
+    /// Local path, `file://`, `https://` or `ssh://` URL.
+    pub repo: String,
+    /// Branch to follow.
+    #[serde(default = "default_branch")]
+    pub branch: String,
+    /// Path of the fleet file inside the repo.
+    #[serde(default = "default_fleet_file")]
+    pub file: String,
+}
+fn default_branch() -> String {
+    "main".into()
+}
+fn default_fleet_file() -> String {
+    "fleet.toml".into()
+}
+
+/// `[docker]`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DockerConfig {
+    /// `unix:///var/run/docker.sock` or `tcp://…`; default: `$DOCKER_HOST`, then the local socket.
+    pub host: Option<String>,
+}
+
+/// `[retention]` and `[remote.retention]`: restic `forget` rules, applied per tenant.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Retention {
+    /// Keep the n newest snapshots.
+    pub keep_last: Option<u32>,
+    /// Keep the newest snapshot of each of the last n days that have one.
+    pub keep_daily: Option<u32>,
+    /// … of the last n ISO weeks (Monday–Sunday).
+    pub keep_weekly: Option<u32>,
+    /// … of the last n months.
+    pub keep_monthly: Option<u32>,
+    /// … of the last n years.
+    pub keep_yearly: Option<u32>,
+    /// Keep everything newer than this duration before the newest snapshot (`30d`, `2w`, `1y6m`).
+    pub keep_within: Option<String>,
+    /// Keep the snapshots of the n newest rollout runs.
+    pub keep_rollout_runs: Option<u32>,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Retention {
+            keep_last: None,
+            keep_daily: Some(7),
+            keep_weekly: None,
+            keep_monthly: None,
+            keep_yearly: None,
+            keep_within: None,
+            keep_rollout_runs: Some(5),
+        }
+    }
+}
+
+/// `[remote]`: an S3-compatible store.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RemoteConfig {
+    /// Custom endpoint, e.g. `https://nyc3.digitaloceanspaces.com`; none = AWS.
+    pub endpoint: Option<String>,
+    /// Signing region (Spaces accepts `us-east-1`).
+    #[serde(default = "default_region")]
+    pub region: String,
+    /// Bucket name.
+    pub bucket: String,
+    /// Key prefix under which `daily/` and `rollout/` are mirrored.
+    #[serde(default)]
+    pub prefix: String,
+    /// Path-style addressing (`endpoint/bucket/key`) instead of virtual-host style.
+    #[serde(default)]
+    pub path_style: bool,
+    /// AWS shared-credentials file (profile `default`); else the standard AWS chain.
+    pub credentials_file: Option<PathBuf>,
+    /// Remote retention; none = the local policy.
+    pub retention: Option<Retention>,
+    /// Multipart part size in MiB (raised when an archive would need more than 10 000 parts).
+    pub part_size_mb: Option<u64>,
+    /// Parts in flight per object (at most 10, Spaces' limit).
+    pub concurrency: Option<usize>,
+}
+fn default_region() -> String {
+    "us-east-1".into()
+}
+
+/// `[notify]`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotifyConfig {
+    /// JSON POST target on failures and halts (Slack-compatible `text`).
+    pub webhook: Option<String>,
+}
+
+/// `[metrics]`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Prometheus text file rewritten after every job.
+    pub file: Option<PathBuf>,
+}
+
+/// Environment variables that start with `SLIPWAY_` but are not config overrides.
+const NON_CONFIG_ENV: &[&str] = &[
+    "SLIPWAY_CONFIG",
+    "SLIPWAY_LOG",
+    "SLIPWAY_BIN",
+    "SLIPWAY_BRANCH",
+    "SLIPWAY_HOOK_LOG",
+    "SLIPWAY_TEST_CRASH_AT",
+    "SLIPWAY_TEST_SIGNAL_AT",
+    "SLIPWAY_TEST_PAUSE_AT",
+];
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Str,
+    Int,
+    Bool,
+    PathList,
+}
+
+/// `SLIPWAY_…` overrides: variable, key path in the TOML, value kind.
+const ENV_KEYS: &[(&str, &[&str], Kind)] = &[
+    ("SLIPWAY_STATE_DIR", &["state_dir"], Kind::Str),
+    ("SLIPWAY_BACKUP_ROOT", &["backup_root"], Kind::Str),
+    ("SLIPWAY_CONTROL_PLANE", &["control_plane"], Kind::PathList),
+    ("SLIPWAY_DESIRED_REPO", &["desired", "repo"], Kind::Str),
+    ("SLIPWAY_DESIRED_BRANCH", &["desired", "branch"], Kind::Str),
+    ("SLIPWAY_DESIRED_FILE", &["desired", "file"], Kind::Str),
+    ("SLIPWAY_DOCKER_HOST", &["docker", "host"], Kind::Str),
+    ("SLIPWAY_RETENTION_KEEP_LAST", &["retention", "keep_last"], Kind::Int),
+    ("SLIPWAY_RETENTION_KEEP_DAILY", &["retention", "keep_daily"], Kind::Int),
+    ("SLIPWAY_RETENTION_KEEP_WEEKLY", &["retention", "keep_weekly"], Kind::Int),
+    ("SLIPWAY_RETENTION_KEEP_MONTHLY", &["retention", "keep_monthly"], Kind::Int),
+    ("SLIPWAY_RETENTION_KEEP_YEARLY", &["retention", "keep_yearly"], Kind::Int),
+    ("SLIPWAY_RETENTION_KEEP_WITHIN", &["retention", "keep_within"], Kind::Str),
+    ("SLIPWAY_RETENTION_KEEP_ROLLOUT_RUNS", &["retention", "keep_rollout_runs"], Kind::Int),
+    ("SLIPWAY_REMOTE_ENDPOINT", &["remote", "endpoint"], Kind::Str),
+    ("SLIPWAY_REMOTE_REGION", &["remote", "region"], Kind::Str),
+    ("SLIPWAY_REMOTE_BUCKET", &["remote", "bucket"], Kind::Str),
+    ("SLIPWAY_REMOTE_PREFIX", &["remote", "prefix"], Kind::Str),
+    ("SLIPWAY_REMOTE_PATH_STYLE", &["remote", "path_style"], Kind::Bool),
+    ("SLIPWAY_REMOTE_CREDENTIALS_FILE", &["remote", "credentials_file"], Kind::Str),
+    ("SLIPWAY_REMOTE_PART_SIZE_MB", &["remote", "part_size_mb"], Kind::Int),
+    ("SLIPWAY_REMOTE_CONCURRENCY", &["remote", "concurrency"], Kind::Int),
+    ("SLIPWAY_NOTIFY_WEBHOOK", &["notify", "webhook"], Kind::Str),
+    ("SLIPWAY_METRICS_FILE", &["metrics", "file"], Kind::Str),
+];
+
+impl HostConfig {
+    /// Which file to load: `--config`, else `$SLIPWAY_CONFIG`, else the default path.
+    pub fn locate(flag: Option<&Path>) -> PathBuf {
+        flag.map(Path::to_path_buf)
+            .or_else(|| std::env::var_os("SLIPWAY_CONFIG").map(PathBuf::from))
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH))
+    }
+
+    /// Load `path`, apply the process environment's `SLIPWAY_…` overrides and validate.
+    pub fn load(path: &Path) -> Result<HostConfig> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Error::Config(format!(
+                "{}: cannot read the host config: {e}; pass --config PATH or set SLIPWAY_CONFIG \
+                 (an example is deploy/config.example.toml)",
+                path.display()
+            ))
+        })?;
+        if let Ok(meta) = std::fs::metadata(path) {
+            let mode = meta.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                return Err(Error::Config(format!(
+                    "{}: mode {mode:04o} lets other users read the host config; run `chmod 600 {}`",
+                    path.display(),
+                    path.display()
+                )));
+            }
+        }
+        HostConfig::parse(&text, &path.display().to_string(), std::env::vars())
+    }
+
+    /// Parse config text with the given environment (testable without touching the process env).
+    pub fn parse(text: &str, origin: &str, env: impl IntoIterator<Item = (String, String)>) -> Result<HostConfig> {
+        let mut table: toml::Table =
+            toml::from_str(text).map_err(|e| Error::Config(format!("{origin}: {}", e.to_string().trim_end())))?;
+        for (name, value) in env {
+            if !name.starts_with("SLIPWAY_") || NON_CONFIG_ENV.contains(&name.as_str()) {
+                continue;
+            }
+            let Some((_, path, kind)) = ENV_KEYS.iter().find(|(n, _, _)| *n == name) else {
+                let known: Vec<&str> = ENV_KEYS.iter().map(|(n, _, _)| *n).collect();
+                return Err(Error::Config(format!(
+                    "environment variable {name} is not a slipway setting; unset it or use one of: {}",
+                    known.join(", ")
+                )));
+            };
+            let v = match kind {
+                Kind::Str => toml::Value::String(value),
+                Kind::Int => toml::Value::Integer(value.trim().parse().map_err(|_| {
+                    Error::Config(format!("environment variable {name}={value:?}: expected a whole number"))
+                })?),
+                Kind::Bool => toml::Value::Boolean(match value.trim() {
+                    "1" | "true" | "yes" => true,
+                    "0" | "false" | "no" => false,
+                    _ => {
+                        return Err(Error::Config(format!(
+                            "environment variable {name}={value:?}: expected true or false"
+                        )))
+                    }
+                }),
+                Kind::PathList => toml::Value::Array(
+                    value.split(':').filter(|s| !s.is_empty()).map(|s| toml::Value::String(s.into())).collect(),
+                ),
+            };
+            set_path(&mut table, path, v);
+        }
+        let cfg: HostConfig = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| Error::Config(format!("{origin}: {}", e.to_string().trim_end())))?;
+        cfg.validate(origin)?;
+        Ok(cfg)
+    }
+
+    fn validate(&self, origin: &str) -> Result<()> {
+        let bad = |key: &str, msg: String| Err(Error::Config(format!("{origin}: {key}: {msg}")));
+        for (key, p) in [("state_dir", &self.state_dir), ("backup_root", &self.backup_root)] {
+            if !p.is_absolute() {
+                return bad(key, format!("\"{}\" must be an absolute path", p.display()));
+            }
+        }
+        for p in &self.control_plane {
+            if !p.is_absolute() {
+                return bad("control_plane", format!("\"{}\" must be an absolute path", p.display()));
+            }
+        }
+        if self.desired.repo.trim().is_empty() {
+            return bad("desired.repo", "is empty; give a local path or a git URL".into());
+        }
+        if let Some(r) = &self.remote {
+            if r.bucket.trim().is_empty() {
+                return bad("remote.bucket", "is empty".into());
+            }
+            if let Some(c) = r.concurrency {
+                if !(1..=10).contains(&c) {
+                    return bad("remote.concurrency", format!("{c} is out of range; use 1 to 10"));
+                }
+            }
+            if let Some(e) = &r.endpoint {
+                if !(e.starts_with("http://") || e.starts_with("https://")) {
+                    return bad("remote.endpoint", format!("\"{e}\" must start with https:// (or http://)"));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn set_path(table: &mut toml::Table, path: &[&str], v: toml::Value) {
+    let (last, parents) = path.split_last().expect("env key paths are never empty");
+    let mut t = table;
+    for p in parents {
+        let entry = t.entry(p.to_string()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        if !entry.is_table() {
+            *entry = toml::Value::Table(toml::Table::new());
+        }
+        t = entry.as_table_mut().expect("just made a table");
+    }
+    t.insert(last.to_string(), v);
+}

@@ -1,0 +1,121 @@
+//! The two configuration files, each validated completely when loaded: unknown keys, tag-only
+//! images, bad tenant ids and impossible values are errors that name the file, the key and the
+//! fix. [`host`]: the host config (TOML on the host, never in git, every key overridable by a
+//! `SLIPWAY_…` environment variable). [`fleet`]: `fleet.toml`, the desired state read from git.
+//! Defaults live in these two files and nowhere else; `deploy/config.example.toml` documents them.
+
+pub mod fleet;
+pub mod host;
+
+pub use fleet::*;
+pub use host::*;
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+    use crate::error::Result;
+
+    const HEX: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    fn host(text: &str, env: &[(&str, &str)]) -> Result<HostConfig> {
+        HostConfig::parse(text, "config.toml", env.iter().map(|(a, b)| (a.to_string(), b.to_string())))
+    }
+
+    fn app(extra: &str) -> String {
+        format!(
+            "[[app]]\nname = \"pulse\"\nimage = \"reg/pulse@sha256:{HEX}\"\nselect = \"pulse.managed=true\"\n\
+             tenant_from = \"name:pulse-{{tenant}}\"\ndata_dir = \"/data/tenants/{{tenant}}\"\n\
+             health = {{ path = \"/api/health\", port = 8080 }}\n{extra}"
+        )
+    }
+
+    #[test]
+    fn the_deploy_examples_parse() {
+        host(include_str!("../../../deploy/config.example.toml"), &[]).unwrap();
+        Fleet::parse(include_str!("../../../deploy/fleet.example.toml"), "fleet.example.toml").unwrap();
+    }
+
+    #[test]
+    fn minimal_host_config_gets_the_documented_defaults() {
+        let c = host("[desired]\nrepo = \"/srv/git/fleet.git\"\n", &[]).unwrap();
+        assert_eq!(c.state_dir, PathBuf::from("/var/lib/slipway"));
+        assert_eq!(c.backup_root, PathBuf::from("/data/backups"));
+        assert_eq!(c.desired.branch, "main");
+        assert_eq!(c.retention.keep_daily, Some(7));
+        assert_eq!(c.retention.keep_rollout_runs, Some(5));
+        assert!(c.remote.is_none());
+    }
+
+    #[test]
+    fn environment_overrides_keys_and_unknown_variables_are_errors() {
+        let c = host(
+            "[desired]\nrepo = \"/r\"\n",
+            &[
+                ("SLIPWAY_BACKUP_ROOT", "/b"),
+                ("SLIPWAY_REMOTE_BUCKET", "bk"),
+                ("SLIPWAY_REMOTE_PATH_STYLE", "true"),
+                ("SLIPWAY_CONFIG", "/ignored"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.backup_root, PathBuf::from("/b"));
+        let r = c.remote.unwrap();
+        assert_eq!((r.bucket.as_str(), r.path_style), ("bk", true));
+        let e = host("[desired]\nrepo = \"/r\"\n", &[("SLIPWAY_BACKUP_RUT", "/b")]).unwrap_err().to_string();
+        assert!(e.contains("SLIPWAY_BACKUP_RUT") && e.contains("SLIPWAY_BACKUP_ROOT"), "{e}");
+    }
+
+    #[test]
+    fn bad_host_configs_name_the_file_and_key() {
+        let cases: &[(&str, &str)] = &[
+            ("[desired]\nrepo = \"/r\"\nbackup_rot = \"/x\"\n", "backup_rot"),
+            ("backup_root = \"/x\"\n", "desired"),
+            ("[desired]\nrepo = \"/r\"\n[remote]\nbucket = \"b\"\nconcurrency = 11\n", "remote.concurrency"),
+            ("[desired]\nrepo = \"/r\"\nstate_dir = \"rel\"\n", "state_dir"),
+            ("[desired\nrepo=", "config.toml"),
+        ];
+        for (text, needle) in cases {
+            let e = host(text, &[]).unwrap_err().to_string();
+            assert!(e.contains("config.toml") && e.contains(needle), "{text:?} -> {e}");
+        }
+    }
+
+    #[test]
+    fn a_valid_fleet_parses_with_defaults() {
+        let f = Fleet::parse(&app("hold = [\"t-2\"]\n"), "fleet.toml").unwrap();
+        let a = &f.apps[0];
+        assert_eq!(a.stop_timeout_s, 30);
+        assert_eq!(a.health.timeout_s, 60);
+        assert_eq!(a.quiesce, Quiesce::Pause);
+        assert_eq!(a.hold[0].as_str(), "t-2");
+        let labels = Default::default();
+        assert_eq!(a.tenant_from.tenant_of("pulse-t-1", &labels).as_deref(), Some("t-1"));
+        assert_eq!(a.tenant_from.tenant_of("other", &labels), None);
+        assert_eq!(a.data_dir_of(&"t-1".parse().unwrap()), PathBuf::from("/data/tenants/t-1"));
+    }
+
+    #[test]
+    fn each_bad_fleet_input_gets_a_message_naming_file_app_and_key() {
+        let tag = app("").replace(&format!("reg/pulse@sha256:{HEX}"), "reg/pulse:latest");
+        let cases: Vec<(String, &[&str])> = vec![
+            (tag, &["fleet.toml", "app \"pulse\"", "not pinned by digest", "reg/pulse@sha256:"]),
+            (app("").replace(HEX, "abc"), &["app \"pulse\"", "sha256"]),
+            (app("canary = \"../etc\"\n"), &["app \"pulse\"", "canary", "../etc"]),
+            (app("hold = [\"a b\"]\n"), &["hold", "a b"]),
+            (app("colour = 1\n"), &["app \"pulse\"", "colour"]),
+            (app("").replace("name:pulse-{tenant}", "pulse"), &["tenant_from"]),
+            (app("").replace("/data/tenants/{tenant}", "data"), &["data_dir"]),
+            (format!("{}\n{}", app(""), app("")), &["used twice"]),
+            ("apps = 1\n".into(), &["unknown key `apps`"]),
+            ("[[app]\nname=".into(), &["fleet.toml"]),
+        ];
+        for (text, needles) in cases {
+            let e = Fleet::parse(&text, "fleet.toml").unwrap_err().to_string();
+            for n in needles {
+                assert!(e.contains(n), "missing {n:?} in: {e}");
+            }
+        }
+    }
+}
