@@ -2,14 +2,15 @@
 
 use std::process::Command;
 
-use crate::support::{tree_hash, Sandbox};
+use crate::support::reports::Snapshot;
+use crate::support::{files_under, noise, tree_hash, Sandbox};
 
-fn snapshot_json(s: &Sandbox, args: &[&str]) -> serde_json::Value {
+fn snapshot_json(s: &Sandbox, args: &[&str]) -> Snapshot {
     let mut a = vec!["snapshot", "--json"];
     a.extend_from_slice(args);
     let out = s.slipway(&a);
     assert_eq!(out.code, 0, "{} {}", out.stdout, out.stderr);
-    out.json()
+    out.report()
 }
 
 #[test]
@@ -21,8 +22,8 @@ fn restore_of_a_tenant_brings_back_exactly_the_snapshot_tree_and_a_healthy_conta
     s.write_data("t1", "uploads/a.bin", "binary-ish");
     s.write_fleet(&s.fleet_app(&v1, ""));
     let snap = snapshot_json(&s, &[]);
-    assert_eq!(snap["report"]["archives"][0]["outcome"], "archived");
-    let day = snap["report"]["day"].as_str().unwrap().to_string();
+    assert_eq!(snap.archives[0].outcome, "archived");
+    let day = snap.day;
     let at_snapshot = tree_hash(&s.data_dir("t1"));
     // The tenant goes on writing; then a person restores yesterday's data.
     s.write_data("t1", "db/records.txt", "overwritten by mistake\n");
@@ -50,7 +51,7 @@ fn a_flipped_bit_is_caught_by_verify_and_refused_by_restore() {
     s.write_fleet(&s.fleet_app(&v1, ""));
     let snap = snapshot_json(&s, &[]);
     assert_eq!(s.slipway(&["verify", "--deep"]).code, 0);
-    let archive = std::path::PathBuf::from(snap["report"]["archives"][0]["path"].as_str().unwrap());
+    let archive = snap.archives[0].path.clone();
     let mut bytes = std::fs::read(&archive).unwrap();
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0x01;
@@ -79,21 +80,17 @@ fn a_second_snapshot_the_same_day_redoes_nothing_and_an_unchanged_tenant_reuses_
     s.write_fleet(&s.fleet_app(&v1, ""));
     let first = snapshot_json(&s, &[]);
     let again = snapshot_json(&s, &[]);
-    for a in again["report"]["archives"].as_array().unwrap() {
-        assert_eq!(a["outcome"], "already_done", "{a}");
+    for a in &again.archives {
+        assert_eq!(a.outcome, "already_done", "{a:?}");
     }
     // Make today's snapshot yesterday's, change t2 only, snapshot again.
-    let day = first["report"]["day"].as_str().unwrap();
+    let day = &first.day;
     let daily = s.backups().join("daily");
     std::fs::rename(daily.join(day), daily.join("2000-01-01")).unwrap();
     s.write_data("t2", "b.txt", "two, changed");
     let third = snapshot_json(&s, &[]);
-    let by: std::collections::HashMap<String, String> = third["report"]["archives"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| (a["tenant"].as_str().unwrap().to_string(), a["outcome"].as_str().unwrap().to_string()))
-        .collect();
+    let by: std::collections::HashMap<String, String> =
+        third.archives.into_iter().map(|a| (a.tenant.unwrap(), a.outcome)).collect();
     assert_eq!(by["t1"], "reused");
     assert_eq!(by["t2"], "archived");
     use std::os::unix::fs::MetadataExt;
@@ -109,25 +106,18 @@ fn disk_full_during_a_snapshot_leaves_no_archive_and_the_tenant_running_unpaused
     let v1 = s.push_fixture_as("v1", "app");
     let name = s.add_tenant("t1", &v1);
     // Incompressible data larger than the backup filesystem.
-    let mut noise = vec![0u8; 3 << 20];
-    let mut x: u64 = 0x9e3779b97f4a7c15;
-    for b in noise.iter_mut() {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        *b = x as u8;
-    }
+    let noise = noise(3 << 20, 0x9e3779b97f4a7c15);
     std::fs::create_dir_all(s.data_dir("t1")).unwrap();
     std::fs::write(s.data_dir("t1").join("noise.bin"), &noise).unwrap();
     s.write_fleet(&s.fleet_app(&v1, ""));
     let _tmpfs = s.mount_tmpfs(&s.backups(), "1m");
     let out = s.slipway(&["snapshot", "--json"]);
     assert_eq!(out.code, 1, "{}", out.stdout);
-    assert_eq!(out.json()["report"]["archives"][0]["outcome"], "failed");
+    let report: Snapshot = out.report();
+    assert_eq!(report.archives[0].outcome, "failed");
     let st = &s.inspect(&name)["State"];
     assert_eq!((st["Running"].as_bool(), st["Paused"].as_bool()), (Some(true), Some(false)));
-    let final_name =
-        s.backups().join("daily").join(out.json()["report"]["day"].as_str().unwrap()).join("tenants/t1.tar.zst");
+    let final_name = s.backups().join("daily").join(&report.day).join("tenants/t1.tar.zst");
     assert!(!final_name.exists());
 }
 
@@ -168,11 +158,7 @@ fn a_control_plane_sqlite_db_with_a_concurrent_writer_is_backed_up_whole_and_int
     let snap = snapshot_json(&s, &["--control-plane"]);
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     assert!(writer.join().unwrap() > 0);
-    let cp_archive = snap["report"]["archives"].as_array().unwrap().iter().find(|a| a["tenant"].is_null()).unwrap()
-        ["path"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let cp_archive = snap.archives.iter().find(|a| a.tenant.is_none()).unwrap().path.display().to_string();
     let out = s.root().join("cp-extract");
     std::fs::create_dir_all(&out).unwrap();
     let st = Command::new("sh")
@@ -181,26 +167,14 @@ fn a_control_plane_sqlite_db_with_a_concurrent_writer_is_backed_up_whole_and_int
         .status()
         .unwrap();
     assert!(st.success());
-    let copy = walk_find(&out, "platform.db").expect("platform.db in the control-plane archive");
+    let copy = files_under(&out)
+        .into_iter()
+        .find(|p| p.ends_with("platform.db"))
+        .expect("platform.db in the control-plane archive");
     let c = rusqlite::Connection::open(&copy).unwrap();
     let check: String = c.query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap();
     assert_eq!(check, "ok");
     let n: i64 = c.query_row("SELECT COUNT(*) FROM events WHERE body LIKE 'event %'", [], |r| r.get(0)).unwrap();
     assert_eq!(n, 2000, "every row committed before the snapshot must be in it");
-    assert!(walk_find(&out, "settings.json").is_some());
-}
-
-fn walk_find(dir: &std::path::Path, name: &str) -> Option<std::path::PathBuf> {
-    for e in std::fs::read_dir(dir).ok()?.flatten() {
-        let p = e.path();
-        if p.file_name().is_some_and(|n| n == name) {
-            return Some(p);
-        }
-        if p.is_dir() {
-            if let Some(f) = walk_find(&p, name) {
-                return Some(f);
-            }
-        }
-    }
-    None
+    assert!(files_under(&out).iter().any(|p| p.ends_with("settings.json")));
 }
