@@ -3,7 +3,7 @@
 use std::process::Command;
 
 use crate::support::reports::Snapshot;
-use crate::support::{files_under, noise, tree_hash, Sandbox};
+use crate::support::{files_under, noise, sh, tree_hash, Sandbox};
 
 fn snapshot_json(s: &Sandbox, args: &[&str]) -> Snapshot {
     let mut a = vec!["snapshot", "--json"];
@@ -177,4 +177,29 @@ fn a_control_plane_sqlite_db_with_a_concurrent_writer_is_backed_up_whole_and_int
     let n: i64 = c.query_row("SELECT COUNT(*) FROM events WHERE body LIKE 'event %'", [], |r| r.get(0)).unwrap();
     assert_eq!(n, 2000, "every row committed before the snapshot must be in it");
     assert!(files_under(&out).iter().any(|p| p.ends_with("settings.json")));
+}
+
+#[test]
+fn a_same_size_rewrite_whose_mtime_was_put_back_is_archived_not_reused() {
+    let s = Sandbox::new();
+    let v1 = s.push_fixture_as("v1", "app");
+    s.add_tenant("t1", &v1);
+    s.write_data("t1", "db/ledger.txt", "balance: 100\n");
+    s.write_fleet(&s.fleet_app(&v1, ""));
+    let first = snapshot_json(&s, &[]);
+    let daily = s.backups().join("daily");
+    std::fs::rename(daily.join(&first.day), daily.join("2000-01-01")).unwrap();
+    // The way `cp -p` or `rsync -t` leave a file: new bytes, same size, the old mtime.
+    let f = s.data_dir("t1").join("db/ledger.txt");
+    let stamp = s.root().join("stamp");
+    sh(Command::new("touch").arg("-r").arg(&f).arg(&stamp));
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    std::fs::write(&f, "balance: 999\n").unwrap();
+    sh(Command::new("touch").arg("-r").arg(&stamp).arg(&f));
+    let second = snapshot_json(&s, &[]);
+    assert_eq!(second.archives[0].outcome, "archived", "{:?}", second.archives);
+    let to = s.root().join("check");
+    let out = s.slipway(&["restore", "--tenant", "t1", "--day", &second.day, "--to", to.to_str().unwrap()]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(std::fs::read_to_string(to.join("db/ledger.txt")).unwrap(), "balance: 999\n");
 }

@@ -9,7 +9,14 @@
 //!   size, mode, owner, mtime, inode, sha256 of content), written first; both go through
 //!   [`AtomicFile`] (temporary name, fsync, rename, directory fsync), mode 0600.
 //! - Modes, numeric uid/gid, mtimes (whole seconds), symlinks, hard links and empty dirs are
-//!   kept. Sockets, fifos and device nodes are not archived (counted as skipped).
+//!   kept, and so are the owner, mode and mtime of the archived dir itself (a `./` entry, and
+//!   `root` in the file list). Sockets, fifos and device nodes are not archived (counted as
+//!   skipped).
+//! - Names are bytes: a file name that is not UTF-8 is archived and restored byte for byte; the
+//!   file list carries it lossily in `path` for people and exactly in `path_hex`.
+//! - An unchanged tree (for reusing yesterday's archive) is judged as restic does: path, kind,
+//!   size, inode, mode, owner, mtime *and ctime*, so a same-size rewrite whose mtime was put
+//!   back (`touch -r`, `cp -p`, `rsync -t`) still counts as a change.
 //! - Extraction refuses absolute paths, `..`, writing through a symlink, hard links to
 //!   anything outside or not yet extracted, and device nodes and fifos; it extracts into a
 //!   sibling temporary dir, checks the archive's sha256, and only then swaps it in (an atomic
@@ -18,6 +25,7 @@
 use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::time::{Duration, UNIX_EPOCH};
@@ -84,10 +92,57 @@ pub struct FileEntry {
     pub mtime_nsec: u32,
     /// Inode number when archived.
     pub ino: u64,
+    /// Status change time, seconds (0 in lists written before it was recorded).
+    #[serde(default)]
+    pub ctime: i64,
+    /// Status change time, nanoseconds part.
+    #[serde(default)]
+    pub ctime_nsec: u32,
     /// Hex sha256 of a regular file's content.
     pub sha256: Option<String>,
     /// Symlink target, or the first path of a hard-link group.
     pub target: Option<String>,
+    /// The path's exact bytes, hex, when they are not UTF-8 (`path` is then lossy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_hex: Option<String>,
+    /// The target's exact bytes, hex, when they are not UTF-8.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_hex: Option<String>,
+}
+
+/// Text for people and, when the bytes are not UTF-8, their exact hex.
+fn text_and_hex(b: &[u8]) -> (String, Option<String>) {
+    match std::str::from_utf8(b) {
+        Ok(t) => (t.to_string(), None),
+        Err(_) => (String::from_utf8_lossy(b).into_owned(), Some(hex::encode(b))),
+    }
+}
+
+/// The exact bytes of a name stored as text plus optional hex (a bad hex never matches a real
+/// name: it decodes to nothing).
+fn stored_bytes<'a>(text: &'a str, hex_bytes: &Option<String>) -> std::borrow::Cow<'a, [u8]> {
+    match hex_bytes {
+        None => std::borrow::Cow::Borrowed(text.as_bytes()),
+        Some(h) => std::borrow::Cow::Owned(hex::decode(h).unwrap_or_default()),
+    }
+}
+
+impl FileEntry {
+    /// The entry's relative path, exactly as on disk.
+    pub fn path_bytes(&self) -> std::borrow::Cow<'_, [u8]> {
+        stored_bytes(&self.path, &self.path_hex)
+    }
+
+    /// The symlink target or hard-link source, exactly.
+    pub fn target_bytes(&self) -> Option<std::borrow::Cow<'_, [u8]>> {
+        self.target.as_ref().map(|t| stored_bytes(t, &self.target_hex))
+    }
+
+    fn set_target(&mut self, b: &[u8]) {
+        let (t, h) = text_and_hex(b);
+        self.target = Some(t);
+        self.target_hex = h;
+    }
 }
 
 /// The per-file list of an archive.
@@ -98,6 +153,9 @@ pub struct FileList {
     /// Special files (sockets, fifos, devices) not archived.
     #[serde(default)]
     pub skipped: Vec<String>,
+    /// The archived dir itself (owner, mode, times); none in lists written before it was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root: Option<FileEntry>,
 }
 
 /// Archive errors; each names the archive, path or entry.
@@ -211,8 +269,11 @@ pub fn sha256_file(path: &Path) -> Result<(String, u64), ArchiveError> {
     Ok((hex::encode(r.hash.finalize()), r.len))
 }
 
-/// Walk `dir` in a stable order (sorted by name, depth first), not following symlinks.
-fn walk(dir: &Path, rel: &str, out: &mut Vec<(String, PathBuf, fs::Metadata)>) -> Result<(), ArchiveError> {
+/// One walked path: its relative name (bytes, '/'-separated), full path and metadata.
+type Walked = (Vec<u8>, PathBuf, fs::Metadata);
+
+/// Walk `dir` in a stable order (sorted by name bytewise, depth first), not following symlinks.
+fn walk(dir: &Path, rel: &[u8], out: &mut Vec<Walked>) -> Result<(), ArchiveError> {
     let mut names: Vec<_> = fs::read_dir(dir)
         .map_err(ioe(dir))?
         .map(|e| e.map(|e| e.file_name()))
@@ -222,11 +283,11 @@ fn walk(dir: &Path, rel: &str, out: &mut Vec<(String, PathBuf, fs::Metadata)>) -
     for name in names {
         let path = dir.join(&name);
         let meta = fs::symlink_metadata(&path).map_err(ioe(&path))?;
-        let r = if rel.is_empty() {
-            name.to_string_lossy().into_owned()
-        } else {
-            format!("{rel}/{}", name.to_string_lossy())
-        };
+        let mut r = rel.to_vec();
+        if !r.is_empty() {
+            r.push(b'/');
+        }
+        r.extend_from_slice(name.as_bytes());
         let is_dir = meta.is_dir();
         out.push((r.clone(), path.clone(), meta));
         if is_dir {
@@ -236,9 +297,11 @@ fn walk(dir: &Path, rel: &str, out: &mut Vec<(String, PathBuf, fs::Metadata)>) -
     Ok(())
 }
 
-fn base_entry(path: &str, kind: EntryKind, m: &fs::Metadata) -> FileEntry {
+fn base_entry(path: &[u8], kind: EntryKind, m: &fs::Metadata) -> FileEntry {
+    let (path, path_hex) = text_and_hex(path);
     FileEntry {
-        path: path.to_string(),
+        path,
+        path_hex,
         kind,
         size: 0,
         mode: m.mode() & 0o7777,
@@ -247,9 +310,17 @@ fn base_entry(path: &str, kind: EntryKind, m: &fs::Metadata) -> FileEntry {
         mtime: m.mtime(),
         mtime_nsec: m.mtime_nsec() as u32,
         ino: m.ino(),
+        ctime: m.ctime(),
+        ctime_nsec: m.ctime_nsec() as u32,
         sha256: None,
         target: None,
+        target_hex: None,
     }
+}
+
+/// A relative name as a path for the tar writer.
+fn os_path(rel: &[u8]) -> &Path {
+    Path::new(std::ffi::OsStr::from_bytes(rel))
 }
 
 fn header(kind: tar::EntryType, e: &FileEntry) -> tar::Header {
@@ -275,8 +346,9 @@ pub fn create_with_level(src: &Path, dest: &Path, level: i32) -> Result<ArchiveS
     if let Some(parent) = dest.parent() {
         create_private_dir(parent).map_err(ioe(parent))?;
     }
+    let root_meta = fs::metadata(src).map_err(ioe(src))?;
     let mut items = Vec::new();
-    walk(src, "", &mut items)?;
+    walk(src, b"", &mut items)?;
 
     let mut file = AtomicFile::create(dest, 0o600).map_err(ioe(dest))?;
     let hw = HashWriter { inner: BufWriter::with_capacity(BUF, file.file()), hash: Sha256::new(), len: 0 };
@@ -290,29 +362,35 @@ pub fn create_with_level(src: &Path, dest: &Path, level: i32) -> Result<ArchiveS
     tar.mode(tar::HeaderMode::Complete);
 
     let mut list = FileList::default();
-    let mut links: HashMap<(u64, u64), String> = HashMap::new();
+    // The dir itself first, as `./`: its owner, mode and mtime are restored too.
+    let root = base_entry(b"", EntryKind::Dir, &root_meta);
+    tar.append_data(&mut header(tar::EntryType::Directory, &root), "./", io::empty()).map_err(ioe(dest))?;
+    list.root = Some(root);
+    let mut links: HashMap<(u64, u64), Vec<u8>> = HashMap::new();
     let mut bytes_in = 0u64;
     for (rel, path, m) in items {
         let ft = m.file_type();
         if ft.is_dir() {
             let e = base_entry(&rel, EntryKind::Dir, &m);
             let mut h = header(tar::EntryType::Directory, &e);
-            tar.append_data(&mut h, format!("{rel}/"), io::empty()).map_err(ioe(dest))?;
+            let mut with_slash = rel.clone();
+            with_slash.push(b'/');
+            tar.append_data(&mut h, os_path(&with_slash), io::empty()).map_err(ioe(dest))?;
             list.entries.push(e);
         } else if ft.is_symlink() {
             let target = fs::read_link(&path).map_err(ioe(&path))?;
             let mut e = base_entry(&rel, EntryKind::Symlink, &m);
-            e.target = Some(target.to_string_lossy().into_owned());
+            e.set_target(target.as_os_str().as_bytes());
             let mut h = header(tar::EntryType::Symlink, &e);
-            tar.append_link(&mut h, &rel, &target).map_err(ioe(dest))?;
+            tar.append_link(&mut h, os_path(&rel), &target).map_err(ioe(dest))?;
             list.entries.push(e);
         } else if ft.is_file() {
             if m.nlink() > 1 {
                 if let Some(first) = links.get(&(m.dev(), m.ino())) {
                     let mut e = base_entry(&rel, EntryKind::HardLink, &m);
-                    e.target = Some(first.clone());
+                    e.set_target(first);
                     let mut h = header(tar::EntryType::Link, &e);
-                    tar.append_link(&mut h, &rel, first).map_err(ioe(dest))?;
+                    tar.append_link(&mut h, os_path(&rel), os_path(first)).map_err(ioe(dest))?;
                     list.entries.push(e);
                     continue;
                 }
@@ -327,12 +405,12 @@ pub fn create_with_level(src: &Path, dest: &Path, level: i32) -> Result<ArchiveS
             // A file that shrank while read is an error, not silently padded.
             // Large reads: io::copy uses a BufReader's own buffer instead of 8 KiB at a time.
             let exact = ReadExact { inner: &mut r, left: e.size, path: &path };
-            tar.append_data(&mut h, &rel, io::BufReader::with_capacity(BUF, exact)).map_err(ioe(&path))?;
+            tar.append_data(&mut h, os_path(&rel), io::BufReader::with_capacity(BUF, exact)).map_err(ioe(&path))?;
             e.sha256 = Some(hex::encode(r.hash.finalize()));
             bytes_in += e.size;
             list.entries.push(e);
         } else {
-            list.skipped.push(rel);
+            list.skipped.push(String::from_utf8_lossy(&rel).into_owned());
         }
     }
     let enc = tar.into_inner().map_err(ioe(dest))?;
@@ -392,11 +470,31 @@ pub fn read_file_list(path: &Path) -> Result<FileList, ArchiveError> {
         .map_err(|e| ArchiveError::Corrupt { archive: path.to_path_buf(), what: format!("not a file list: {e}") })
 }
 
-/// True when `src`'s tree (paths, kinds, sizes, mtimes, inodes, modes) is what `list` says: the
-/// previous archive can be reused instead of compressing again.
+/// Whether `m` still has the metadata recorded in `e`: inode, mode, owner, mtime and ctime (to
+/// the nanosecond), and size for files. ctime cannot be set back by a user, so a rewrite whose
+/// mtime was restored (`touch -r`, `cp -p`, `rsync -t`) is still seen.
+fn same_meta(m: &fs::Metadata, e: &FileEntry) -> bool {
+    m.ino() == e.ino
+        && m.mtime() == e.mtime
+        && m.mtime_nsec() as u32 == e.mtime_nsec
+        && m.ctime() == e.ctime
+        && m.ctime_nsec() as u32 == e.ctime_nsec
+        && m.mode() & 0o7777 == e.mode
+        && m.uid() == e.uid
+        && m.gid() == e.gid
+        && (e.kind != EntryKind::File || m.len() == e.size)
+}
+
+/// True when `src`'s tree is what `list` says (paths as bytes, kinds, and [`same_meta`] for
+/// each entry and the dir itself): the previous archive can be reused instead of compressing
+/// again. A list without the dir's own entry (written by an older slipway) never matches.
 pub fn tree_unchanged(src: &Path, list: &FileList) -> Result<bool, ArchiveError> {
+    let Some(root) = &list.root else { return Ok(false) };
+    if !same_meta(&fs::metadata(src).map_err(ioe(src))?, root) {
+        return Ok(false);
+    }
     let mut items = Vec::new();
-    walk(src, "", &mut items)?;
+    walk(src, b"", &mut items)?;
     let items: Vec<_> =
         items.into_iter().filter(|(_, _, m)| m.is_dir() || m.is_file() || m.file_type().is_symlink()).collect();
     if items.len() != list.entries.len() {
@@ -408,16 +506,7 @@ pub fn tree_unchanged(src: &Path, list: &FileList) -> Result<bool, ArchiveError>
             EntryKind::Symlink => m.file_type().is_symlink(),
             EntryKind::File | EntryKind::HardLink => m.is_file(),
         };
-        let same = kind_ok
-            && *rel == e.path
-            && m.ino() == e.ino
-            && m.mtime() == e.mtime
-            && m.mtime_nsec() as u32 == e.mtime_nsec
-            && m.mode() & 0o7777 == e.mode
-            && m.uid() == e.uid
-            && m.gid() == e.gid
-            && (e.kind != EntryKind::File || m.len() == e.size);
-        if !same {
+        if !(kind_ok && rel[..] == e.path_bytes()[..] && same_meta(m, e)) {
             return Ok(false);
         }
     }
@@ -512,21 +601,51 @@ fn set_times(path: &Path, mtime: u64, symlink: bool) -> io::Result<()> {
     }
 }
 
+/// What [`extract_checked`] did.
+struct Extracted {
+    /// Entries extracted (the dir's own `./` entry not counted).
+    entries: u64,
+    /// Whether the archive carried the dir's own owner, mode and mtime (and they were applied).
+    root: bool,
+}
+
 /// Extract every entry of `archive` into the existing, empty `dir`, checking each; verify the
-/// archive bytes hash to `expected`. Returns the number of entries.
-fn extract_checked(archive: &Path, expected: &str, dir: &Path) -> Result<u64, ArchiveError> {
+/// archive bytes hash to `expected`.
+fn extract_checked(archive: &Path, expected: &str, dir: &Path) -> Result<Extracted, ArchiveError> {
     let f = File::open(archive).map_err(ioe(archive))?;
     let hr = HashReader { inner: f, hash: Sha256::new(), len: 0 };
     let dec = zstd::Decoder::with_buffer(BufReader::with_capacity(BUF, hr)).map_err(ioe(archive))?;
     let mut tar = tar::Archive::new(dec);
     let corrupt = |e: io::Error| ArchiveError::Corrupt { archive: archive.to_path_buf(), what: e.to_string() };
     let mut dirs: Vec<(PathBuf, u32, u64, u64, u64)> = Vec::new();
+    let mut root: Option<(u32, u64, u64, u64)> = None;
     let mut count = 0u64;
     let mut buf = vec![0u8; BUF];
     for entry in tar.entries().map_err(corrupt)? {
         let mut entry = entry.map_err(corrupt)?;
         let raw = entry.path().map_err(corrupt)?.into_owned();
         let raw_s = raw.display().to_string();
+        if entry.header().entry_type() == tar::EntryType::Directory
+            && raw.components().all(|c| c == Component::CurDir)
+            && !raw.as_os_str().is_empty()
+        {
+            // `./`: the dir itself. Applied last, like every directory's metadata.
+            let h = entry.header();
+            if root.is_some() {
+                return Err(ArchiveError::Refused {
+                    archive: archive.to_path_buf(),
+                    entry: raw_s,
+                    why: "a second entry for the archived dir itself".into(),
+                });
+            }
+            root = Some((
+                h.mode().map_err(corrupt)? & 0o7777,
+                h.uid().map_err(corrupt)?,
+                h.gid().map_err(corrupt)?,
+                h.mtime().map_err(corrupt)?,
+            ));
+            continue;
+        }
         let rel = safe_rel(archive, &raw)?;
         no_symlink_ancestor(archive, dir, &rel, &raw_s)?;
         let target = dir.join(&rel);
@@ -613,14 +732,17 @@ fn extract_checked(archive: &Path, expected: &str, dir: &Path) -> Result<u64, Ar
     }
     // Directories last, deepest first: their modes may forbid writing, and children touch mtimes.
     dirs.sort_by_key(|d| std::cmp::Reverse(d.0.components().count()));
+    if let Some((mode, uid, gid, mtime)) = root {
+        dirs.push((dir.to_path_buf(), mode, uid, gid, mtime));
+    }
     for (d, mode, uid, gid, mtime) in dirs {
         std::os::unix::fs::lchown(&d, Some(uid as u32), Some(gid as u32)).map_err(ioe(&d))?;
         fs::set_permissions(&d, fs::Permissions::from_mode(mode)).map_err(ioe(&d))?;
         set_times(&d, mtime, false).map_err(ioe(&d))?;
     }
-    let root = File::open(dir).map_err(ioe(dir))?;
-    rustix::fs::syncfs(&root).map_err(|e| ArchiveError::Io { path: dir.to_path_buf(), source: e.into() })?;
-    Ok(count)
+    let rootf = File::open(dir).map_err(ioe(dir))?;
+    rustix::fs::syncfs(&rootf).map_err(|e| ArchiveError::Io { path: dir.to_path_buf(), source: e.into() })?;
+    Ok(Extracted { entries: count, root: root.is_some() })
 }
 
 /// A fresh temporary dir beside `target` (same filesystem, so it can be swapped in).
@@ -638,11 +760,12 @@ fn sibling_tmp(target: &Path, what: &str) -> Result<PathBuf, ArchiveError> {
 
 /// Restore `archive` in place of `target`: extract into a sibling temp dir with every check,
 /// verify the sha256, then swap it in. On any error `target` is untouched and the temp dir
-/// removed. The new root dir keeps the old one's owner and mode.
+/// removed. The new root dir gets the archived dir's owner, mode and mtime (archives made
+/// before those were kept: the old dir's owner and mode).
 pub fn restore_swap(archive: &Path, expected_sha256: &str, target: &Path) -> Result<u64, ArchiveError> {
     let tmp = sibling_tmp(target, "restore")?;
-    let n = match extract_checked(archive, expected_sha256, &tmp) {
-        Ok(n) => n,
+    let done = match extract_checked(archive, expected_sha256, &tmp) {
+        Ok(x) => x,
         Err(e) => {
             let _ = fs::remove_dir_all(&tmp);
             return Err(e);
@@ -651,8 +774,10 @@ pub fn restore_swap(archive: &Path, expected_sha256: &str, target: &Path) -> Res
     let parent = target.parent().unwrap_or(Path::new("."));
     match fs::symlink_metadata(target) {
         Ok(old) if old.is_dir() => {
-            let _ = std::os::unix::fs::lchown(&tmp, Some(old.uid()), Some(old.gid()));
-            let _ = fs::set_permissions(&tmp, fs::Permissions::from_mode(old.mode() & 0o7777));
+            if !done.root {
+                let _ = std::os::unix::fs::lchown(&tmp, Some(old.uid()), Some(old.gid()));
+                let _ = fs::set_permissions(&tmp, fs::Permissions::from_mode(old.mode() & 0o7777));
+            }
             let pfd = File::open(parent).map_err(ioe(parent))?;
             rustix::fs::renameat_with(
                 &pfd,
@@ -673,12 +798,14 @@ pub fn restore_swap(archive: &Path, expected_sha256: &str, target: &Path) -> Res
             });
         }
         Err(_) => {
-            let _ = fs::set_permissions(&tmp, fs::Permissions::from_mode(0o755));
+            if !done.root {
+                let _ = fs::set_permissions(&tmp, fs::Permissions::from_mode(0o755));
+            }
             fs::rename(&tmp, target).map_err(ioe(target))?;
         }
     }
     sync_dir(parent).map_err(ioe(parent))?;
-    Ok(n)
+    Ok(done.entries)
 }
 
 /// Extract into `dir` (new or empty) with the same checks and hash verification, for
@@ -686,10 +813,10 @@ pub fn restore_swap(archive: &Path, expected_sha256: &str, target: &Path) -> Res
 pub fn extract_into(archive: &Path, expected_sha256: &str, dir: &Path) -> Result<u64, ArchiveError> {
     let tmp = sibling_tmp(dir, "extract")?;
     match extract_checked(archive, expected_sha256, &tmp) {
-        Ok(n) => {
+        Ok(x) => {
             let _ = fs::remove_dir(dir);
             fs::rename(&tmp, dir).map_err(ioe(dir))?;
-            Ok(n)
+            Ok(x.entries)
         }
         Err(e) => {
             let _ = fs::remove_dir_all(&tmp);
@@ -712,14 +839,34 @@ pub fn deep_verify(archive: &Path, expected_sha256: &str, list: &FileList) -> Re
         file: file.to_string(),
         what,
     };
+    // Owner, mode and mtime (whole seconds, as archived) of each entry, as the list says.
+    let meta_differs = |m: &fs::Metadata, e: &FileEntry| -> Option<String> {
+        let symlink = m.file_type().is_symlink();
+        let want = (if symlink { 0 } else { e.mode }, e.uid, e.gid, e.mtime.max(0));
+        let got = (if symlink { 0 } else { m.mode() & 0o7777 }, m.uid(), m.gid(), m.mtime());
+        (want != got).then(|| {
+            format!(
+                "mode/uid/gid/mtime are {:o}/{}/{}/{}, the list says {:o}/{}/{}/{}",
+                got.0, got.1, got.2, got.3, want.0, want.1, want.2, want.3
+            )
+        })
+    };
+    if let Some(r) = &list.root {
+        if let Some(what) = meta_differs(&fs::metadata(&root).map_err(ioe(&root))?, r) {
+            return Err(mismatch(".", what));
+        }
+    }
     let mut found = Vec::new();
-    walk(&root, "", &mut found)?;
+    walk(&root, b"", &mut found)?;
     if found.len() != list.entries.len() {
         return Err(mismatch("*", format!("{} entries extracted, the list has {}", found.len(), list.entries.len())));
     }
     for ((rel, path, m), e) in found.iter().zip(&list.entries) {
-        if *rel != e.path {
-            return Err(mismatch(&e.path, format!("extracted as \"{rel}\"")));
+        if rel[..] != e.path_bytes()[..] {
+            return Err(mismatch(&e.path, format!("extracted as \"{}\"", String::from_utf8_lossy(rel))));
+        }
+        if let Some(what) = meta_differs(m, e) {
+            return Err(mismatch(&e.path, what));
         }
         match e.kind {
             EntryKind::File | EntryKind::HardLink if m.is_file() => {
@@ -733,7 +880,7 @@ pub fn deep_verify(archive: &Path, expected_sha256: &str, list: &FileList) -> Re
             EntryKind::Dir if m.is_dir() => {}
             EntryKind::Symlink if m.file_type().is_symlink() => {
                 let t = fs::read_link(path).map_err(ioe(path))?;
-                if Some(t.to_string_lossy().as_ref()) != e.target.as_deref() {
+                if Some(t.as_os_str().as_bytes()) != e.target_bytes().as_deref() {
                     return Err(mismatch(&e.path, "symlink target differs".into()));
                 }
             }
@@ -747,18 +894,23 @@ pub fn deep_verify(archive: &Path, expected_sha256: &str, list: &FileList) -> Re
 /// symlink targets and hard-link grouping. Tests compare data dirs byte for byte with it.
 pub fn tree_digest(dir: &Path) -> Result<String, ArchiveError> {
     let mut items = Vec::new();
-    walk(dir, "", &mut items)?;
+    walk(dir, b"", &mut items)?;
     let mut h = Sha256::new();
-    let mut groups: HashMap<(u64, u64), String> = HashMap::new();
+    let r = fs::metadata(dir).map_err(ioe(dir))?;
+    h.update(format!(".\0{:o}\0{}\0{}\0{}\n", r.mode(), r.uid(), r.gid(), r.mtime()).as_bytes());
+    let mut groups: HashMap<(u64, u64), Vec<u8>> = HashMap::new();
     for (rel, path, m) in items {
-        h.update(format!("{rel}\0{:o}\0{}\0{}\0{}\0", m.mode(), m.uid(), m.gid(), m.mtime()).as_bytes());
+        h.update(&rel);
+        h.update(format!("\0{:o}\0{}\0{}\0{}\0", m.mode(), m.uid(), m.gid(), m.mtime()).as_bytes());
         if m.file_type().is_symlink() {
             h.update(b"L");
-            h.update(fs::read_link(&path).map_err(ioe(&path))?.to_string_lossy().as_bytes());
+            h.update(fs::read_link(&path).map_err(ioe(&path))?.as_os_str().as_bytes());
         } else if m.is_file() {
             if m.nlink() > 1 {
                 let first = groups.entry((m.dev(), m.ino())).or_insert_with(|| rel.clone());
-                h.update(format!("H{first}\0").as_bytes());
+                h.update(b"H");
+                h.update(&first[..]);
+                h.update(b"\0");
             }
             let (sha, _) = sha256_file(&path)?;
             h.update(sha.as_bytes());
@@ -842,6 +994,123 @@ mod tests {
         assert!(file_list_path(&a2).is_file());
         fs::write(src.join("db/records.txt"), "changed").unwrap();
         assert!(!tree_unchanged(&src, &list).unwrap());
+    }
+
+    #[test]
+    fn a_same_size_rewrite_with_its_mtime_put_back_is_a_change() {
+        let d = tempfile::tempdir().unwrap();
+        let src = d.path().join("src");
+        fs::create_dir_all(&src).unwrap();
+        let f = src.join("db.bin");
+        fs::write(&f, "version one").unwrap();
+        let archive = d.path().join("t1.tar.zst");
+        create(&src, &archive).unwrap();
+        let list = read_file_list(&file_list_path(&archive)).unwrap();
+        assert!(tree_unchanged(&src, &list).unwrap());
+        // `touch -r` / `cp -p` / `rsync -t`: same size, same inode, mtime restored. Only ctime moved.
+        let before = fs::metadata(&f).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        fs::OpenOptions::new().write(true).open(&f).unwrap().write_all(b"version two").unwrap();
+        filetime::set_file_mtime(&f, filetime::FileTime::from_last_modification_time(&before)).unwrap();
+        let after = fs::metadata(&f).unwrap();
+        assert_eq!(
+            (after.len(), after.ino(), after.mtime(), after.mtime_nsec()),
+            (before.len(), before.ino(), before.mtime(), before.mtime_nsec())
+        );
+        assert!(!tree_unchanged(&src, &list).unwrap(), "a rewrite with mtime put back must not reuse the archive");
+        // A list written before ctime and the root were recorded never matches: archive afresh.
+        let mut old = list.clone();
+        old.root = None;
+        assert!(!tree_unchanged(&src, &old).unwrap());
+    }
+
+    #[test]
+    fn the_archived_dirs_own_owner_mode_and_mtime_come_back() {
+        let d = tempfile::tempdir().unwrap();
+        let src = d.path().join("src");
+        fs::create_dir_all(&src).unwrap();
+        fs::write(src.join("a"), "a").unwrap();
+        // An app running as uid 1000 owns its data dir.
+        std::os::unix::fs::lchown(&src, Some(1000), Some(1000)).unwrap();
+        fs::set_permissions(&src, fs::Permissions::from_mode(0o750)).unwrap();
+        let t = filetime::FileTime::from_unix_time(1_700_000_000, 0);
+        filetime::set_file_times(&src, t, t).unwrap();
+        let archive = d.path().join("t1.tar.zst");
+        let s = create(&src, &archive).unwrap();
+        let list = read_file_list(&file_list_path(&archive)).unwrap();
+        assert_eq!(list.root.as_ref().map(|r| (r.uid, r.mode)), Some((1000, 0o750)));
+        let want = |p: &Path| {
+            let m = fs::metadata(p).unwrap();
+            (m.uid(), m.gid(), m.mode() & 0o7777, m.mtime())
+        };
+        // Over an existing dir owned by someone else, into a new dir, and with --to.
+        let existing = d.path().join("existing");
+        fs::create_dir_all(&existing).unwrap();
+        fs::set_permissions(&existing, fs::Permissions::from_mode(0o700)).unwrap();
+        restore_swap(&archive, &s.sha256, &existing).unwrap();
+        assert_eq!(want(&existing), (1000, 1000, 0o750, 1_700_000_000));
+        let fresh = d.path().join("fresh");
+        restore_swap(&archive, &s.sha256, &fresh).unwrap();
+        assert_eq!(want(&fresh), (1000, 1000, 0o750, 1_700_000_000));
+        let to = d.path().join("to");
+        extract_into(&archive, &s.sha256, &to).unwrap();
+        assert_eq!(want(&to), (1000, 1000, 0o750, 1_700_000_000));
+        assert_eq!(tree_digest(&to).unwrap(), tree_digest(&src).unwrap());
+        // The listing agrees, and a changed root mode is a change.
+        deep_verify(&archive, &s.sha256, &list).unwrap();
+        assert!(tree_unchanged(&src, &list).unwrap());
+        fs::set_permissions(&src, fs::Permissions::from_mode(0o755)).unwrap();
+        assert!(!tree_unchanged(&src, &list).unwrap());
+    }
+
+    #[test]
+    fn names_that_are_not_utf8_round_trip_byte_for_byte_and_never_collide() {
+        use std::ffi::OsStr;
+        let d = tempfile::tempdir().unwrap();
+        let src = d.path().join("src");
+        fs::create_dir_all(&src).unwrap();
+        // Two Latin-1 names whose lossy UTF-8 renderings are the same ("caf\u{fffd}").
+        let a = OsStr::from_bytes(b"caf\xe9");
+        let b = OsStr::from_bytes(b"caf\xe8");
+        fs::write(src.join(a), "first").unwrap();
+        fs::write(src.join(b), "second").unwrap();
+        let long_dir = [b"dir-\xff-".to_vec(), vec![b'x'; 120]].concat();
+        fs::create_dir_all(src.join(OsStr::from_bytes(&long_dir))).unwrap();
+        fs::write(src.join(OsStr::from_bytes(&long_dir)).join(OsStr::from_bytes(b"f\xfe")), "deep").unwrap();
+        symlink(OsStr::from_bytes(b"caf\xe9"), src.join("link")).unwrap();
+        let archive = d.path().join("t1.tar.zst");
+        let s = create(&src, &archive).unwrap();
+        let list = read_file_list(&file_list_path(&archive)).unwrap();
+        let exact: Vec<Vec<u8>> = list.entries.iter().map(|e| e.path_bytes().into_owned()).collect();
+        assert!(exact.contains(&b"caf\xe9".to_vec()) && exact.contains(&b"caf\xe8".to_vec()), "{exact:?}");
+        assert!(tree_unchanged(&src, &list).unwrap());
+        deep_verify(&archive, &s.sha256, &list).unwrap();
+        let out = d.path().join("out");
+        restore_swap(&archive, &s.sha256, &out).unwrap();
+        assert_eq!(fs::read_to_string(out.join(a)).unwrap(), "first");
+        assert_eq!(fs::read_to_string(out.join(b)).unwrap(), "second");
+        assert_eq!(fs::read_link(out.join("link")).unwrap().as_os_str().as_bytes(), b"caf\xe9");
+        assert_eq!(tree_digest(&out).unwrap(), tree_digest(&src).unwrap());
+        // The digest tells the two names apart.
+        fs::rename(out.join(a), out.join(OsStr::from_bytes(b"caf\xea"))).unwrap();
+        assert_ne!(tree_digest(&out).unwrap(), tree_digest(&src).unwrap());
+    }
+
+    #[test]
+    fn a_deep_verify_names_a_file_whose_mode_or_owner_differs_from_the_list() {
+        let d = tempfile::tempdir().unwrap();
+        let src = d.path().join("src");
+        rich_tree(&src);
+        let archive = d.path().join("t1.tar.zst");
+        let s = create(&src, &archive).unwrap();
+        let mut list = read_file_list(&file_list_path(&archive)).unwrap();
+        let i = list.entries.iter().position(|e| e.path == "db/records.txt").unwrap();
+        list.entries[i].mode = 0o644;
+        let err = deep_verify(&archive, &s.sha256, &list).unwrap_err().to_string();
+        assert!(err.contains("db/records.txt") && err.contains("mode"), "{err}");
+        list.entries[i].mode = 0o751;
+        list.entries[i].uid = 4242;
+        assert!(deep_verify(&archive, &s.sha256, &list).is_err());
     }
 
     #[test]
