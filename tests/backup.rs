@@ -203,3 +203,40 @@ fn a_same_size_rewrite_whose_mtime_was_put_back_is_archived_not_reused() {
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert_eq!(std::fs::read_to_string(to.join("db/ledger.txt")).unwrap(), "balance: 999\n");
 }
+
+#[test]
+fn a_damaged_previous_archive_is_never_reused_and_force_always_archives_afresh() {
+    let s = Sandbox::new();
+    let v1 = s.push_fixture_as("v1", "app");
+    s.add_tenant("t1", &v1);
+    s.write_data("t1", "db/records.txt", &"row\n".repeat(2000));
+    s.write_fleet(&s.fleet_app(&v1, ""));
+    let first = snapshot_json(&s, &[]);
+    let daily = s.backups().join("daily");
+    std::fs::rename(daily.join(&first.day), daily.join("2000-01-01")).unwrap();
+    // Yesterday's archive rots on disk; the tenant itself is unchanged.
+    let old = daily.join("2000-01-01/tenants/t1.tar.zst");
+    let mut bytes = std::fs::read(&old).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x40;
+    std::fs::write(&old, bytes).unwrap();
+    let second = snapshot_json(&s, &[]);
+    assert_eq!(second.archives[0].outcome, "archived", "a damaged archive was linked into today");
+    let today = daily.join(&second.day).join("tenants/t1.tar.zst");
+    use std::os::unix::fs::MetadataExt;
+    assert_ne!(std::fs::metadata(&today).unwrap().ino(), std::fs::metadata(&old).unwrap().ino());
+    let v = s.slipway(&["verify", "--deep", "--json"]);
+    // Today's copy is good; yesterday's damage is still reported.
+    assert_eq!(v.code, 1, "{}", v.stdout);
+    let checked = v.report::<crate::support::reports::Verify>().archives;
+    let bad: Vec<_> = checked.iter().filter(|c| !c.ok).map(|c| c.archive.clone()).collect();
+    assert_eq!(bad, [old], "{checked:?}");
+    // With an intact previous archive, `--force` still archives afresh.
+    std::fs::remove_dir_all(daily.join("2000-01-01")).unwrap();
+    std::fs::rename(daily.join(&second.day), daily.join("2000-01-02")).unwrap();
+    let third = snapshot_json(&s, &["--force"]);
+    assert_eq!(third.archives[0].outcome, "archived");
+    let fourth_day = daily.join(&third.day);
+    std::fs::rename(&fourth_day, daily.join("2000-01-03")).unwrap();
+    assert_eq!(snapshot_json(&s, &[]).archives[0].outcome, "reused", "an intact unchanged archive is reused");
+}

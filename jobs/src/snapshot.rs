@@ -152,7 +152,12 @@ pub async fn snapshot(ctx: &Ctx, opts: &SnapshotOptions) -> Result<SnapshotRepor
         }
         let t = Instant::now();
         ctx.progress.start(&format!("snapshot {tenant}"), None);
-        let prev = previous.iter().find_map(|(d, m)| m.tenant(tenant.as_str()).map(|e| (d.clone(), e.clone())));
+        // `--force` never reuses: it archives every tenant afresh.
+        let prev = if opts.force {
+            None
+        } else {
+            previous.iter().find_map(|(d, m)| m.tenant(tenant.as_str()).map(|e| (d.clone(), e.clone())))
+        };
         match snapshot_tenant(ctx, &engine, app, tenant, container, &dest, prev).await {
             Ok((entry_summary, reused, bytes_in)) => {
                 rep.outcome = if reused { ArchiveOutcome::Reused } else { ArchiveOutcome::Archived };
@@ -309,6 +314,29 @@ async fn snapshot_tenant(
         Quiesce::Stop if running => Some("stop"),
         _ => None,
     };
+    // A previous archive is reused only if it is still exactly what its manifest recorded: its
+    // file list and its bytes are re-hashed now, before the tenant is paused, so a damaged or
+    // missing archive is never linked into today (a fresh archive is made instead).
+    let prev = match prev {
+        Some((dir, e)) => {
+            let (list, arch) = (dir.join(&e.file_list), dir.join(&e.path));
+            let (fl, es) = (e.file_list_sha256.clone(), (e.sha256.clone(), e.size));
+            let intact = tokio::task::spawn_blocking(move || {
+                archive::sha256_file(&list).is_ok_and(|(h, _)| h == fl)
+                    && archive::sha256_file(&arch).is_ok_and(|(h, n)| (h, n) == es)
+            })
+            .await
+            .unwrap_or(false);
+            if !intact {
+                tracing::warn!(
+                    "tenant {tenant}: the previous archive {} does not match its manifest; archiving afresh",
+                    dir.join(&e.path).display()
+                );
+            }
+            intact.then_some((dir, e))
+        }
+        None => None,
+    };
     let held = HeldContainer { container: container.to_string(), hold: hold.unwrap_or("none").to_string() };
     let step = ctx.begin(Some(tenant.as_str()), "archive", &held)?;
     match hold {
@@ -321,18 +349,17 @@ async fn snapshot_tenant(
     let work = tokio::task::spawn_blocking(move || -> Result<(archive::ArchiveSummary, bool)> {
         if let Some((prev_dir, e)) = &prev {
             let list_path = prev_dir.join(&e.file_list);
-            if let Ok(list) = archive::read_file_list(&list_path) {
-                if archive::tree_unchanged(&src, &list)? {
-                    archive::reuse(&prev_dir.join(&e.path), &d)?;
-                    let s = archive::ArchiveSummary {
-                        sha256: e.sha256.clone(),
-                        size: e.size,
-                        files: e.files,
-                        bytes_in: 0,
-                        file_list_sha256: e.file_list_sha256.clone(),
-                    };
-                    return Ok((s, true));
-                }
+            // An unreadable list or a walk that fails here: archive afresh (which reports it).
+            if archive::tree_unchanged(&src, &list_path).unwrap_or(false) {
+                archive::reuse(&prev_dir.join(&e.path), &d)?;
+                let s = archive::ArchiveSummary {
+                    sha256: e.sha256.clone(),
+                    size: e.size,
+                    files: e.files,
+                    bytes_in: 0,
+                    file_list_sha256: e.file_list_sha256.clone(),
+                };
+                return Ok((s, true));
             }
         }
         Ok((archive::create(&src, &d)?, false))

@@ -373,8 +373,7 @@ pub async fn verify_remote(cfg: &HostConfig, opts: &VerifyOptions) -> Result<Ver
                         remote
                             .download(&format!("{prefix}/{}", a.file_list), &list_path, Some(&a.file_list_sha256))
                             .await?;
-                        let (l, p, s, lp) =
-                            (local.clone(), a.sha256.clone(), archive::read_file_list(&list_path)?, list_path.clone());
+                        let (l, p, s, lp) = (local.clone(), a.sha256.clone(), list_path.clone(), list_path.clone());
                         tokio::task::spawn_blocking(move || archive::deep_verify(&l, &p, &s))
                             .await
                             .map_err(|e| Error::Other(e.to_string()))??;

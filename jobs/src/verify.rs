@@ -89,8 +89,7 @@ pub fn check_archive(dir: &Path, e: &crate::manifest::ArchiveEntry, deep: bool) 
             return Err(format!("sha256 is {sha}, the manifest says {}", e.sha256));
         }
         if deep {
-            let list = archive::read_file_list(&dir.join(&e.file_list)).map_err(|x| x.to_string())?;
-            archive::deep_verify(&path, &e.sha256, &list).map_err(|x| x.to_string())?;
+            archive::deep_verify(&path, &e.sha256, &dir.join(&e.file_list)).map_err(|x| x.to_string())?;
         }
         Ok(())
     })()
