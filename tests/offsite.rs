@@ -103,6 +103,36 @@ fn a_sync_killed_with_the_s3_server_mid_multipart_is_completed_by_the_next_run()
 }
 
 #[test]
+fn an_archive_damaged_after_the_snapshot_is_never_uploaded_or_recorded_as_verified() {
+    // Both upload paths: one small object, and a multipart upload (5 MB parts).
+    for (size, extra) in [(200_000usize, ""), (12 << 20, "part_size_mb = 5\nconcurrency = 2\n")] {
+        let s = Sandbox::new();
+        let day = with_snapshot(&s, &noise(size, 9));
+        let env = crate::support::Env::get();
+        let bucket = s.use_shared_remote(extra);
+        let archive = s.backups().join("daily").join(&day).join("tenants/t1.tar.zst");
+        let mut bytes = std::fs::read(&archive).unwrap();
+        let at = bytes.len() - 100;
+        bytes[at] ^= 0x01;
+        std::fs::write(&archive, bytes).unwrap();
+        let out = s.slipway(&["sync", "--json"]);
+        assert_ne!(out.code, 0, "{size}: a damaged archive was synced: {}", out.stdout);
+        assert!(
+            out.stdout.contains("t1.tar.zst") || out.stderr.contains("t1.tar.zst"),
+            "{} {}",
+            out.stdout,
+            out.stderr
+        );
+        let objects = s.remote_objects(&env.s3_endpoint, &env.s3_access_key, &env.s3_secret_key, &bucket);
+        let keys: Vec<&str> = objects.iter().map(|(k, _)| k.as_str()).collect();
+        assert!(!keys.iter().any(|k| k.ends_with("t1.tar.zst") || k.ends_with("MANIFEST.json")), "{size}: {keys:?}");
+        // Nothing was recorded as verified: the next sync tries (and refuses) again.
+        let again = s.slipway(&["sync", "--json"]);
+        assert_ne!(again.code, 0, "{size}: {}", again.stdout);
+    }
+}
+
+#[test]
 fn wrong_credentials_get_a_clear_error_and_exit_code_6_and_no_secret_is_shown() {
     let s = Sandbox::new();
     with_snapshot(&s, b"data");
