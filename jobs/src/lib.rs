@@ -13,6 +13,7 @@ pub mod context;
 pub mod error;
 pub mod fsutil;
 pub mod manifest;
+pub mod naming;
 pub mod progress;
 pub mod prune;
 pub mod reconcile;

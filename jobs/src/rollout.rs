@@ -21,6 +21,7 @@ use crate::config::{App, HealthSpec};
 use crate::context::{crash_point, Ctx};
 use crate::error::{Error, ExitKind, Result};
 use crate::manifest::{ArchiveEntry, Manifest, SnapshotKind};
+use crate::naming;
 use crate::types::{Digest, RunId, TenantId};
 
 /// zstd level of rollout snapshots: taken while the tenant is down, so speed over ratio.
@@ -500,7 +501,7 @@ async fn roll_tenant(
         app: app.name.clone(),
         tenant: tenant.to_string(),
         name: name.clone(),
-        pre_name: format!("{name}.pre-rollout-{}", ctx.run_id),
+        pre_name: naming::pre_rollout(&name, &ctx.run_id),
         old_id: spec.id(),
         old_image: spec.image_ref(),
         old_digest: item.from.as_ref().map(|d| d.to_string()),
