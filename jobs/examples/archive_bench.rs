@@ -23,7 +23,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         Some("resnapshot") => {
             let (src, prev, dest) = (Path::new(&args[2]), Path::new(&args[3]), Path::new(&args[4]));
-            let list = archive::read_file_list(&archive::file_list_path(prev))?;
+            let list = archive::read_file_list(&slipway_jobs::layout::file_list_path(prev))?;
             if archive::tree_unchanged(src, &list)? {
                 archive::reuse(prev, dest)?;
                 println!("reused {:.3}", t.elapsed().as_secs_f64());

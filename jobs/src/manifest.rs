@@ -7,19 +7,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-
-/// File name of the manifest inside a snapshot directory.
-pub const MANIFEST: &str = "MANIFEST.json";
-
-/// Daily or rollout snapshot directory.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SnapshotKind {
-    /// `daily/<YYYY-MM-DD>/`
-    Daily,
-    /// `rollout/<run_id>/`
-    Rollout,
-}
+use crate::layout::{manifest_path, SnapshotId, SnapshotKind};
 
 /// One archive in a snapshot directory.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -57,19 +45,19 @@ pub struct Manifest {
 
 impl Manifest {
     /// An empty manifest for a snapshot directory.
-    pub fn new(kind: SnapshotKind, id: &str) -> Manifest {
+    pub fn new(snap: &SnapshotId) -> Manifest {
         Manifest {
             version: 1,
-            kind,
-            id: id.to_string(),
+            kind: snap.kind(),
+            id: snap.id().to_string(),
             created: jiff::Timestamp::now().to_string(),
             archives: Vec::new(),
         }
     }
 
-    /// Read `<dir>/MANIFEST.json`; Ok(None) when the directory has none (incomplete).
+    /// Read the directory's manifest; Ok(None) when the directory has none (incomplete).
     pub fn read(dir: &Path) -> Result<Option<Manifest>> {
-        let p = dir.join(MANIFEST);
+        let p = manifest_path(dir);
         match std::fs::read(&p) {
             Ok(b) => serde_json::from_slice(&b)
                 .map(Some)
@@ -86,11 +74,11 @@ impl Manifest {
         self.archives.sort_by(|a, b| a.path.cmp(&b.path));
     }
 
-    /// Write `<dir>/MANIFEST.json` atomically (mode 0600).
+    /// Write the directory's manifest atomically (mode 0600).
     pub fn write(&mut self, dir: &Path) -> Result<()> {
         self.created = jiff::Timestamp::now().to_string();
         let json = serde_json::to_vec_pretty(self).map_err(|e| Error::Other(e.to_string()))?;
-        let p = dir.join(MANIFEST);
+        let p = manifest_path(dir);
         crate::fsutil::atomic_write(&p, &json, 0o600).map_err(|e| Error::io(p, e))
     }
 

@@ -26,6 +26,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::fsutil::{create_private_dir, sync_dir, AtomicFile};
+use crate::layout::file_list_path;
 
 /// zstd level (the same as `zstd -3`, the default).
 const LEVEL: i32 = 3;
@@ -194,13 +195,6 @@ impl<R: Read> Read for HashReader<R> {
         self.len += n as u64;
         Ok(n)
     }
-}
-
-/// The per-file list's path beside an archive: `t1.tar.zst` → `t1.files.json.zst`.
-pub fn file_list_path(archive: &Path) -> PathBuf {
-    let name = archive.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let stem = name.strip_suffix(".tar.zst").unwrap_or(&name);
-    archive.with_file_name(format!("{stem}.files.json.zst"))
 }
 
 /// Stream-hash a file: (hex sha256, size).
