@@ -69,6 +69,41 @@ fn a_flipped_bit_is_caught_by_verify_and_refused_by_restore() {
 }
 
 #[test]
+fn verify_fails_on_a_damaged_file_list_and_on_a_snapshot_dir_without_its_manifest() {
+    let s = Sandbox::new();
+    let v1 = s.push_fixture_as("v1", "app");
+    s.add_tenant("t1", &v1);
+    s.write_data("t1", "db/records.txt", &"row\n".repeat(5000));
+    s.write_fleet(&s.fleet_app(&v1, ""));
+    let snap = snapshot_json(&s, &[]);
+    let day = snap["report"]["day"].as_str().unwrap().to_string();
+    assert_eq!(s.slipway(&["verify"]).code, 0);
+    // The archive is intact; the file list beside it is not.
+    let list = s.backups().join("daily").join(&day).join("tenants/t1.files.json.zst");
+    let good = std::fs::read(&list).unwrap();
+    let mut bad = good.clone();
+    let mid = bad.len() / 2;
+    bad[mid] ^= 0x01;
+    std::fs::write(&list, &bad).unwrap();
+    let v = s.slipway(&["verify", "--json"]);
+    assert_eq!(v.code, 1, "{}", v.stdout);
+    let checked = &v.json()["report"]["archives"][0];
+    assert_eq!(checked["ok"], false);
+    assert!(checked["detail"].as_str().unwrap().contains("t1.files.json.zst"), "{checked}");
+    std::fs::write(&list, &good).unwrap();
+    assert_eq!(s.slipway(&["verify"]).code, 0);
+    // A day dir without MANIFEST.json (a snapshot that never finished) is named and fails verify.
+    let unfinished = s.backups().join("daily/2000-01-01");
+    std::fs::create_dir_all(unfinished.join("tenants")).unwrap();
+    let v = s.slipway(&["verify", "--json"]);
+    assert_eq!(v.code, 1, "{}", v.stdout);
+    assert_eq!(v.json()["report"]["incomplete"][0], unfinished.to_str().unwrap());
+    let v = s.slipway(&["verify", "--day", "2000-01-01"]);
+    assert_eq!(v.code, 1);
+    assert!(v.stdout.contains("2000-01-01"), "{}", v.stdout);
+}
+
+#[test]
 fn a_second_snapshot_the_same_day_redoes_nothing_and_an_unchanged_tenant_reuses_its_archive() {
     let s = Sandbox::new();
     let v1 = s.push_fixture_as("v1", "app");

@@ -1,8 +1,10 @@
-//! `verify`: re-hash every archive of every complete snapshot directory (or one day) against
-//! its `MANIFEST.json`; `--deep` also extracts each into a scratch dir and checks every file's
-//! hash against the archive's file list. Any mismatch names the archive (and file) and makes
-//! the job fail. `--remote` checks the remote copies: each archive's size and sha256 metadata
-//! against the remote manifest (and, with `--deep`, every file of a downloaded copy).
+//! `verify`: re-hash every archive of every complete snapshot directory (or one day), and the
+//! file list beside it, against its `MANIFEST.json`; `--deep` also extracts each into a scratch
+//! dir and checks every file's content hash, mode, owner and mtime against the file list. Any
+//! mismatch names the archive (and file) and makes the job fail; so does a snapshot dir
+//! without a manifest, which nothing can be checked against or restored from. `--remote`
+//! checks the remote copies: each archive's size and sha256 metadata, and its file list's
+//! sha256 metadata, against the remote manifest (with `--deep`, a downloaded copy file by file).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -44,16 +46,17 @@ pub struct Checked {
 pub struct VerifyReport {
     /// Per archive.
     pub archives: Vec<Checked>,
-    /// Snapshot dirs without a manifest (incomplete; nothing to check against).
+    /// Snapshot dirs without a manifest (incomplete; nothing to check against): a failure.
     pub incomplete: Vec<PathBuf>,
     /// Whether files were checked too.
     pub deep: bool,
 }
 
 impl VerifyReport {
-    /// Failure on any mismatch.
+    /// Failure on any mismatch, and on any snapshot dir without a manifest (nothing in it can
+    /// be trusted or restored).
     pub fn exit_kind(&self) -> ExitKind {
-        if self.archives.iter().all(|a| a.ok) {
+        if self.archives.iter().all(|a| a.ok) && self.incomplete.is_empty() {
             ExitKind::Success
         } else {
             ExitKind::Failure
@@ -88,8 +91,18 @@ pub fn check_archive(dir: &Path, e: &ArchiveEntry, deep: bool) -> Checked {
         if sha != e.sha256 {
             return Err(format!("sha256 is {sha}, the manifest says {}", e.sha256));
         }
+        // The file list is what --deep and the next snapshot's reuse trust: it is checked too.
+        let list_path = dir.join(&e.file_list);
+        let (list_sha, _) = archive::sha256_file(&list_path).map_err(|x| x.to_string())?;
+        if list_sha != e.file_list_sha256 {
+            return Err(format!(
+                "file list {}: sha256 is {list_sha}, the manifest says {}",
+                list_path.display(),
+                e.file_list_sha256
+            ));
+        }
         if deep {
-            let list = archive::read_file_list(&dir.join(&e.file_list)).map_err(|x| x.to_string())?;
+            let list = archive::read_file_list(&list_path).map_err(|x| x.to_string())?;
             archive::deep_verify(&path, &e.sha256, &list).map_err(|x| x.to_string())?;
         }
         Ok(())
@@ -166,7 +179,19 @@ pub async fn verify_remote(cfg: &HostConfig, opts: &VerifyOptions) -> Result<Ver
                     .await;
                     detail = r.err().map(|e| e.to_string());
                 }
-                Some(_) => {}
+                Some(_) => {
+                    let list_key = snap.key(&a.file_list);
+                    match remote.head(&list_key).await? {
+                        None => detail = Some(format!("file list {list_key} is missing on the remote")),
+                        Some(h) if h.sha256.as_deref() != Some(a.file_list_sha256.as_str()) => {
+                            detail = Some(format!(
+                                "file list {list_key}: sha256 metadata is {:?}, the manifest says {}",
+                                h.sha256, a.file_list_sha256
+                            ))
+                        }
+                        Some(_) => {}
+                    }
+                }
             }
             archives.push(Checked { archive: PathBuf::from(&key), ok: detail.is_none(), detail });
         }
@@ -181,14 +206,20 @@ impl fmt::Display for VerifyReport {
             writeln!(f, "MISMATCH {}: {}", a.archive.display(), a.detail.as_deref().unwrap_or(""))?;
         }
         for d in &self.incomplete {
-            writeln!(f, "incomplete (no {MANIFEST}): {}", d.display())?;
+            writeln!(
+                f,
+                "INCOMPLETE {}: no {MANIFEST}, so nothing in it can be checked or restored \
+                 (a snapshot that did not finish; check it and remove it, or snapshot again)",
+                d.display()
+            )?;
         }
         writeln!(
             f,
-            "{} archive(s) checked{}, {} mismatch(es)",
+            "{} archive(s) checked{}, {} mismatch(es), {} incomplete snapshot dir(s)",
             self.archives.len(),
             if self.deep { " file by file" } else { "" },
-            bad.len()
+            bad.len(),
+            self.incomplete.len()
         )
     }
 }

@@ -733,6 +733,22 @@ pub fn deep_verify(archive: &Path, expected_sha256: &str, list: &FileList) -> Re
             }
             _ => return Err(mismatch(&e.path, "kind differs".into())),
         }
+        // What a restore would set, as extracted from the archive's headers. A symlink's own
+        // mode cannot be set on Linux, so only its owner and mtime count.
+        let mode = m.mode() & 0o7777;
+        if e.kind != EntryKind::Symlink && mode != e.mode {
+            return Err(mismatch(&e.path, format!("mode is {mode:04o}, the list says {:04o}", e.mode)));
+        }
+        if (m.uid(), m.gid()) != (e.uid, e.gid) {
+            return Err(mismatch(
+                &e.path,
+                format!("owner is {}:{}, the list says {}:{}", m.uid(), m.gid(), e.uid, e.gid),
+            ));
+        }
+        // Archives keep whole seconds, and no time before 1970.
+        if m.mtime() != e.mtime.max(0) {
+            return Err(mismatch(&e.path, format!("mtime is {}, the list says {}", m.mtime(), e.mtime)));
+        }
     }
     Ok(())
 }
@@ -818,6 +834,32 @@ mod tests {
         let names: Vec<String> =
             fs::read_dir(d.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
         assert!(names.iter().all(|n| !n.starts_with('.')), "{names:?}");
+    }
+
+    #[test]
+    fn deep_verify_catches_a_file_list_that_disagrees_on_mode_owner_or_mtime() {
+        let d = tempfile::tempdir().unwrap();
+        let src = d.path().join("src");
+        rich_tree(&src);
+        let archive = d.path().join("t1.tar.zst");
+        let s = create(&src, &archive).unwrap();
+        let list = read_file_list(&file_list_path(&archive)).unwrap();
+        deep_verify(&archive, &s.sha256, &list).unwrap();
+        type Change = fn(&mut FileEntry);
+        let changes: [(&str, &str, Change); 6] = [
+            ("db/records.txt", "mode", |e| e.mode = 0o644),
+            ("db/nested", "mode", |e| e.mode = 0o750),
+            ("empty-file", "owner", |e| e.uid = 0),
+            ("absolute-link", "owner", |e| e.gid = 1),
+            ("empty-file", "mtime", |e| e.mtime += 1),
+            ("empty-dir", "mtime", |e| e.mtime = 1_500_000_000),
+        ];
+        for (path, what, change) in changes {
+            let mut wrong = list.clone();
+            change(wrong.entries.iter_mut().find(|e| e.path == path).unwrap());
+            let err = deep_verify(&archive, &s.sha256, &wrong).unwrap_err().to_string();
+            assert!(err.contains(path) && err.contains(what), "{path} {what}: {err}");
+        }
     }
 
     #[test]
