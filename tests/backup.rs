@@ -104,6 +104,38 @@ fn verify_fails_on_a_damaged_file_list_and_on_a_snapshot_dir_without_its_manifes
 }
 
 #[test]
+fn restore_latest_takes_the_newest_snapshot_even_after_prune_rewrote_an_older_manifest() {
+    let s = Sandbox::new();
+    let v1 = s.push_fixture_as("v1", "app");
+    s.add_tenant("t1", &v1);
+    s.add_tenant("t2", &v1);
+    s.write_data("t1", "db/records.txt", "old rows\n");
+    s.write_data("t2", "db/records.txt", "t2 rows\n");
+    s.write_fleet(&s.fleet_app(&v1, ""));
+    let daily = s.backups().join("daily");
+    // Day A holds both tenants, day C only t2, today both: t1 changed since A.
+    let today = snapshot_json(&s, &[])["report"]["day"].as_str().unwrap().to_string();
+    std::fs::rename(daily.join(&today), daily.join("2000-01-01")).unwrap();
+    snapshot_json(&s, &["--tenant", "t2"]);
+    std::fs::rename(daily.join(&today), daily.join("2000-01-02")).unwrap();
+    s.write_data("t1", "db/records.txt", "new rows\n");
+    let newest = tree_hash(&s.data_dir("t1"));
+    snapshot_json(&s, &["--force"]);
+    // keep_last = 2 keeps both of t1's snapshots and drops t2's oldest: prune rewrites day A.
+    s.append_config("[retention]\nkeep_last = 2\n");
+    let p = s.slipway(&["prune", "--json"]);
+    assert_eq!(p.code, 0, "{} {}", p.stdout, p.stderr);
+    let a: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(daily.join("2000-01-01/MANIFEST.json")).unwrap()).unwrap();
+    let tenants: Vec<&str> = a["archives"].as_array().unwrap().iter().map(|e| e["tenant"].as_str().unwrap()).collect();
+    assert_eq!(tenants, ["t1"], "prune should have rewritten day A without t2");
+    let to = s.root().join("latest-t1");
+    let r = s.slipway(&["restore", "--tenant", "t1", "--latest", "--to", to.to_str().unwrap(), "--json"]);
+    assert_eq!(r.code, 0, "{} {}", r.stdout, r.stderr);
+    assert_eq!(tree_hash(&to), newest, "restore --latest took {}", r.json()["report"]["archive"]);
+}
+
+#[test]
 fn a_second_snapshot_the_same_day_redoes_nothing_and_an_unchanged_tenant_reuses_its_archive() {
     let s = Sandbox::new();
     let v1 = s.push_fixture_as("v1", "app");

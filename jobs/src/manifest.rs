@@ -26,6 +26,18 @@ pub struct ArchiveEntry {
     pub file_list: String,
     /// sha256 of the per-file list.
     pub file_list_sha256: String,
+    /// When the archive was taken (RFC 3339), stamped as it enters the manifest; absent in
+    /// manifests written before slipway stamped entries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created: Option<String>,
+}
+
+impl ArchiveEntry {
+    /// When the archive was taken: its stamp, else (older manifests) the time its snapshot's
+    /// name gives. Never the manifest's own time, which every rewrite (prune) moves.
+    pub fn taken(&self, snap: &SnapshotId) -> Option<jiff::Timestamp> {
+        self.created.as_deref().and_then(|c| c.parse().ok()).or_else(|| snap.time())
+    }
 }
 
 /// The manifest of one snapshot directory.
@@ -37,7 +49,8 @@ pub struct Manifest {
     pub kind: SnapshotKind,
     /// The day or the run id.
     pub id: String,
-    /// When written (RFC 3339).
+    /// When last written (RFC 3339): moves with every rewrite, so it says nothing of when
+    /// the archives in it were taken (see [`ArchiveEntry::taken`]).
     pub created: String,
     /// Archives, sorted by path.
     pub archives: Vec<ArchiveEntry>,
@@ -67,8 +80,9 @@ impl Manifest {
         }
     }
 
-    /// Add or replace the entry for `path`.
-    pub fn upsert(&mut self, entry: ArchiveEntry) {
+    /// Add or replace the entry for `path`, stamped now unless it carries its own time.
+    pub fn upsert(&mut self, mut entry: ArchiveEntry) {
+        entry.created.get_or_insert_with(|| jiff::Timestamp::now().to_string());
         self.archives.retain(|a| a.path != entry.path);
         self.archives.push(entry);
         self.archives.sort_by(|a, b| a.path.cmp(&b.path));
@@ -85,5 +99,51 @@ impl Manifest {
     /// The entry of a tenant.
     pub fn tenant(&self, tenant: &str) -> Option<&ArchiveEntry> {
         self.archives.iter().find(|a| a.tenant.as_deref() == Some(tenant))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(path: &str) -> ArchiveEntry {
+        ArchiveEntry {
+            path: path.into(),
+            tenant: Some("t1".into()),
+            sha256: "00".into(),
+            size: 1,
+            files: 1,
+            file_list: "l".into(),
+            file_list_sha256: "00".into(),
+            created: None,
+        }
+    }
+
+    #[test]
+    fn an_entry_is_stamped_once_and_its_time_survives_a_rewrite_of_the_manifest() {
+        let d = tempfile::tempdir().unwrap();
+        let snap = SnapshotId::daily("2026-11-22").unwrap();
+        let mut m = Manifest::new(&snap);
+        m.upsert(entry("a"));
+        let stamped = m.archives[0].created.clone().expect("upsert stamps the entry");
+        m.write(d.path()).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        let mut again = Manifest::read(d.path()).unwrap().unwrap();
+        again.write(d.path()).unwrap();
+        let read = Manifest::read(d.path()).unwrap().unwrap();
+        assert_ne!(read.created, m.created, "a rewrite moves the manifest's time");
+        assert_eq!(read.archives[0].created.as_deref(), Some(stamped.as_str()));
+        assert_eq!(read.archives[0].taken(&snap), stamped.parse().ok());
+    }
+
+    #[test]
+    fn an_entry_of_an_older_manifest_is_as_old_as_its_snapshot_name() {
+        let day = SnapshotId::daily("2026-11-22").unwrap();
+        assert_eq!(entry("a").taken(&day).unwrap().to_string(), "2026-11-22T00:00:00Z");
+        let old: ArchiveEntry = serde_json::from_str(
+            r#"{"path":"a","tenant":"t1","sha256":"00","size":1,"files":1,"file_list":"l","file_list_sha256":"00"}"#,
+        )
+        .unwrap();
+        assert_eq!(old.created, None);
     }
 }

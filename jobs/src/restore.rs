@@ -16,7 +16,7 @@ use crate::adapters::health::Prober;
 use crate::config::HostConfig;
 use crate::context::{crash_point, Ctx};
 use crate::error::{Error, ExitKind, Result};
-use crate::layout::{self, SnapshotId, SnapshotKind};
+use crate::layout::{self, SnapshotId};
 use crate::manifest::{ArchiveEntry, Manifest};
 use crate::offsite;
 use crate::recover::HeldContainer;
@@ -29,7 +29,7 @@ pub enum Source {
     Day(String),
     /// `rollout/<run_id>/`.
     Run(RunId),
-    /// The newest snapshot holding the tenant.
+    /// The newest archive of the tenant, of any kind, by when it was taken.
     Latest,
 }
 
@@ -101,28 +101,34 @@ impl Source {
     }
 }
 
-/// Find the tenant's archive in the local backup root.
+/// The newest of `candidates` by when the tenant's archive was taken
+/// ([`ArchiveEntry::taken`]); on a tie, the later snapshot id.
+fn newest<T>(candidates: impl IntoIterator<Item = (SnapshotId, ArchiveEntry, T)>) -> Option<(ArchiveEntry, T)> {
+    candidates
+        .into_iter()
+        .max_by(|(sa, a, _), (sb, b, _)| (a.taken(sa), sa).cmp(&(b.taken(sb), sb)))
+        .map(|(_, e, t)| (e, t))
+}
+
+/// Find the tenant's archive in the local backup root; `--latest` is the archive taken last,
+/// of any kind.
 pub fn locate(backup_root: &Path, tenant: &TenantId, source: &Source) -> Result<Located> {
-    let find = |dir: PathBuf| -> Result<Option<(String, Located)>> {
-        let Some(m) = Manifest::read(&dir)? else {
-            return Ok(None);
-        };
-        Ok(m.tenant(tenant.as_str()).map(|e| (m.created.clone(), Located { dir: dir.clone(), entry: e.clone() })))
+    let find = |dir: &Path| -> Result<Option<ArchiveEntry>> {
+        Ok(Manifest::read(dir)?.and_then(|m| m.tenant(tenant.as_str()).cloned()))
     };
     let missing =
         || Error::Usage(format!("no complete snapshot of tenant {tenant} {}; see `slipway status`", source.describe()));
     if let Some(snap) = source.snapshot()? {
-        return find(snap.dir(backup_root))?.map(|x| x.1).ok_or_else(missing);
+        let dir = snap.dir(backup_root);
+        return find(&dir)?.map(|entry| Located { dir, entry }).ok_or_else(missing);
     }
-    let mut best: Option<(String, Located)> = None;
+    let mut found = Vec::new();
     for snap in layout::complete(backup_root)? {
-        if let Some((created, loc)) = find(snap.dir)? {
-            if best.as_ref().is_none_or(|(c, _)| created > *c) {
-                best = Some((created, loc));
-            }
+        if let Some(entry) = find(&snap.dir)? {
+            found.push((snap.id, entry, snap.dir));
         }
     }
-    best.map(|x| x.1).ok_or_else(missing)
+    newest(found).map(|(entry, dir)| Located { dir, entry }).ok_or_else(missing)
 }
 
 /// Download a tenant's archive (and the manifest naming it) into the remote cache under the
@@ -132,14 +138,20 @@ pub async fn fetch_remote(cfg: &HostConfig, tenant: &TenantId, source: &Source) 
     let candidates: Vec<SnapshotId> = match source.snapshot()? {
         Some(snap) => vec![snap],
         None => {
-            let mut days: Vec<SnapshotId> = offsite::list(&remote)
-                .await?
-                .snapshots
-                .into_iter()
-                .filter(|s| s.kind() == SnapshotKind::Daily)
-                .collect();
-            days.sort_unstable_by(|a, b| b.cmp(a));
-            days
+            // Every complete remote snapshot of every kind: which holds the tenant's newest
+            // archive is only known once each manifest has been read.
+            let scratch = tempfile::Builder::new()
+                .prefix("slipway-latest-")
+                .tempdir()
+                .map_err(|e| Error::io(std::env::temp_dir(), e))?;
+            let mut found = Vec::new();
+            for snap in offsite::list(&remote).await?.snapshots {
+                let m = offsite::fetch_manifest(&remote, &snap, &snap.dir(scratch.path())).await?;
+                if let Some(entry) = m.as_ref().and_then(|m| m.tenant(tenant.as_str())) {
+                    found.push((snap.clone(), entry.clone(), snap));
+                }
+            }
+            newest(found).map(|(_, snap)| snap).into_iter().collect()
         }
     };
     for snap in candidates {

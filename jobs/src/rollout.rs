@@ -694,6 +694,7 @@ fn record_rollout_snapshot(
         files: s.files,
         file_list: rel(&file_list),
         file_list_sha256: s.file_list_sha256.clone(),
+        created: None,
     };
     manifest.upsert(entry.clone());
     manifest.write(run_dir)?;

@@ -265,6 +265,7 @@ fn entry_of(rel: &str, tenant: Option<&str>, s: &archive::ArchiveSummary) -> Arc
         files: s.files,
         file_list: layout::file_list_of(rel),
         file_list_sha256: s.file_list_sha256.clone(),
+        created: None,
     }
 }
 
