@@ -2,7 +2,7 @@
 
 use std::process::Command;
 
-use crate::support::reports::Snapshot;
+use crate::support::reports::{Snapshot, Verify};
 use crate::support::{files_under, noise, sh, tree_hash, Sandbox};
 
 fn snapshot_json(s: &Sandbox, args: &[&str]) -> Snapshot {
@@ -67,6 +67,73 @@ fn a_flipped_bit_is_caught_by_verify_and_refused_by_restore() {
     assert_eq!(tree_hash(&s.data_dir("t1")), before);
     assert_eq!(s.inspect(&name)["State"]["StartedAt"], id);
     assert_eq!(s.inspect(&name)["State"]["Running"], true);
+}
+
+#[test]
+fn verify_fails_on_a_damaged_file_list_and_on_a_snapshot_dir_without_its_manifest() {
+    let s = Sandbox::new();
+    let v1 = s.push_fixture_as("v1", "app");
+    s.add_tenant("t1", &v1);
+    s.write_data("t1", "db/records.txt", &"row\n".repeat(5000));
+    s.write_fleet(&s.fleet_app(&v1, ""));
+    let snap = snapshot_json(&s, &[]);
+    let day = snap.day;
+    assert_eq!(s.slipway(&["verify"]).code, 0);
+    // The archive is intact; the file list beside it is not.
+    let list = s.backups().join("daily").join(&day).join("tenants/t1.files.json.zst");
+    let good = std::fs::read(&list).unwrap();
+    let mut bad = good.clone();
+    let mid = bad.len() / 2;
+    bad[mid] ^= 0x01;
+    std::fs::write(&list, &bad).unwrap();
+    let v = s.slipway(&["verify", "--json"]);
+    assert_eq!(v.code, 1, "{}", v.stdout);
+    let checked = &v.report::<Verify>().archives[0];
+    assert!(!checked.ok);
+    assert!(checked.detail.as_deref().unwrap_or_default().contains("t1.files.json.zst"), "{checked:?}");
+    std::fs::write(&list, &good).unwrap();
+    assert_eq!(s.slipway(&["verify"]).code, 0);
+    // A day dir without MANIFEST.json (a snapshot that never finished) is named and fails verify.
+    let unfinished = s.backups().join("daily/2000-01-01");
+    std::fs::create_dir_all(unfinished.join("tenants")).unwrap();
+    let v = s.slipway(&["verify", "--json"]);
+    assert_eq!(v.code, 1, "{}", v.stdout);
+    assert_eq!(v.report::<Verify>().incomplete, [unfinished]);
+    let v = s.slipway(&["verify", "--day", "2000-01-01"]);
+    assert_eq!(v.code, 1);
+    assert!(v.stdout.contains("2000-01-01"), "{}", v.stdout);
+}
+
+#[test]
+fn restore_latest_takes_the_newest_snapshot_even_after_prune_rewrote_an_older_manifest() {
+    let s = Sandbox::new();
+    let v1 = s.push_fixture_as("v1", "app");
+    s.add_tenant("t1", &v1);
+    s.add_tenant("t2", &v1);
+    s.write_data("t1", "db/records.txt", "old rows\n");
+    s.write_data("t2", "db/records.txt", "t2 rows\n");
+    s.write_fleet(&s.fleet_app(&v1, ""));
+    let daily = s.backups().join("daily");
+    // Day A holds both tenants, day C only t2, today both: t1 changed since A.
+    let today = snapshot_json(&s, &[]).day;
+    std::fs::rename(daily.join(&today), daily.join("2000-01-01")).unwrap();
+    snapshot_json(&s, &["--tenant", "t2"]);
+    std::fs::rename(daily.join(&today), daily.join("2000-01-02")).unwrap();
+    s.write_data("t1", "db/records.txt", "new rows\n");
+    let newest = tree_hash(&s.data_dir("t1"));
+    snapshot_json(&s, &["--force"]);
+    // keep_last = 2 keeps both of t1's snapshots and drops t2's oldest: prune rewrites day A.
+    s.append_config("[retention]\nkeep_last = 2\n");
+    let p = s.slipway(&["prune", "--json"]);
+    assert_eq!(p.code, 0, "{} {}", p.stdout, p.stderr);
+    let a: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(daily.join("2000-01-01/MANIFEST.json")).unwrap()).unwrap();
+    let tenants: Vec<&str> = a["archives"].as_array().unwrap().iter().map(|e| e["tenant"].as_str().unwrap()).collect();
+    assert_eq!(tenants, ["t1"], "prune should have rewritten day A without t2");
+    let to = s.root().join("latest-t1");
+    let r = s.slipway(&["restore", "--tenant", "t1", "--latest", "--to", to.to_str().unwrap(), "--json"]);
+    assert_eq!(r.code, 0, "{} {}", r.stdout, r.stderr);
+    assert_eq!(tree_hash(&to), newest, "restore --latest took another snapshot: {}", r.stdout);
 }
 
 #[test]
@@ -228,7 +295,7 @@ fn a_damaged_previous_archive_is_never_reused_and_force_always_archives_afresh()
     let v = s.slipway(&["verify", "--deep", "--json"]);
     // Today's copy is good; yesterday's damage is still reported.
     assert_eq!(v.code, 1, "{}", v.stdout);
-    let checked = v.report::<crate::support::reports::Verify>().archives;
+    let checked = v.report::<Verify>().archives;
     let bad: Vec<_> = checked.iter().filter(|c| !c.ok).map(|c| c.archive.clone()).collect();
     assert_eq!(bad, [old], "{checked:?}");
     // With an intact previous archive, `--force` still archives afresh.

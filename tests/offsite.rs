@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use crate::support::reports::{Prune, Snapshot, Sync, Verify};
-use crate::support::{files_under, noise, S3Server, Sandbox};
+use crate::support::{files_under, noise, tree_hash, S3Server, Sandbox};
 
 /// One tenant with data and today's snapshot taken.
 fn with_snapshot(s: &Sandbox, data: &[u8]) -> String {
@@ -261,4 +261,28 @@ fn prune_keeps_exactly_the_policy_table_over_120_days_locally_and_remotely() {
         .collect();
     assert_eq!(remote_days.into_iter().collect::<Vec<_>>(), ["2026-11-20", "2026-11-21", "2026-11-22"]);
     assert_eq!(s.slipway(&["verify"]).code, 0, "what is left locally must still verify");
+}
+
+#[test]
+fn restore_remote_latest_takes_a_rollout_snapshot_newer_than_the_newest_daily() {
+    let s = Sandbox::new();
+    let v1 = s.push_fixture_as("v1", "app");
+    let v2 = s.push_fixture_as("v2", "app");
+    s.add_tenant("t1", &v1);
+    s.write_data("t1", "db/records.txt", "rows of the daily snapshot\n");
+    s.write_fleet(&s.fleet_app(&v1, ""));
+    assert_eq!(s.slipway(&["snapshot"]).code, 0);
+    // Later the tenant has more data, and a rollout snapshots it before moving it to v2.
+    s.write_data("t1", "db/records.txt", "rows written after the daily snapshot\n");
+    let at_rollout = tree_hash(&s.data_dir("t1"));
+    s.write_fleet(&s.fleet_app(&v2, ""));
+    let r = s.slipway(&["rollout", "--json"]);
+    assert_eq!(r.code, 0, "{} {}", r.stdout, r.stderr);
+    s.use_shared_remote("");
+    let sync = s.slipway(&["sync", "--json"]);
+    assert_eq!(sync.code, 0, "{} {}", sync.stdout, sync.stderr);
+    let to = s.root().join("from-remote");
+    let out = s.slipway(&["restore", "--tenant", "t1", "--latest", "--remote", "--to", to.to_str().unwrap(), "--json"]);
+    assert_eq!(out.code, 0, "{} {}", out.stdout, out.stderr);
+    assert_eq!(tree_hash(&to), at_rollout, "restore --remote --latest took another snapshot: {}", out.stdout);
 }

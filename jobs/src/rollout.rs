@@ -20,7 +20,9 @@ use crate::adapters::health::Prober;
 use crate::config::{App, HealthSpec};
 use crate::context::{crash_point, Ctx};
 use crate::error::{Error, ExitKind, Result};
-use crate::manifest::{ArchiveEntry, Manifest, SnapshotKind};
+use crate::layout::{self, SnapshotId, SnapshotKind};
+use crate::manifest::{ArchiveEntry, Manifest};
+use crate::naming;
 use crate::types::{Digest, RunId, TenantId};
 
 /// zstd level of rollout snapshots: taken while the tenant is down, so speed over ratio.
@@ -321,8 +323,8 @@ async fn rollout_app(
     let prober = Prober::new()?;
     let mut tenants = Vec::new();
     let mut outcome = ExitKind::Success;
-    let run_dir = ctx.cfg.backup_root.join("rollout").join(ctx.run_id.as_str());
-    let mut manifest = Manifest::new(SnapshotKind::Rollout, ctx.run_id.as_str());
+    let run_dir = SnapshotId::rollout(&ctx.run_id).dir(&ctx.cfg.backup_root);
+    let mut manifest = Manifest::new(&SnapshotId::rollout(&ctx.run_id));
     for (i, item) in plan.items.iter().enumerate() {
         if outcome != ExitKind::Success || ctx.cancel.is_cancelled() {
             if outcome == ExitKind::Success {
@@ -500,7 +502,7 @@ async fn roll_tenant(
         app: app.name.clone(),
         tenant: tenant.to_string(),
         name: name.clone(),
-        pre_name: format!("{name}.pre-rollout-{}", ctx.run_id),
+        pre_name: naming::pre_rollout(&name, &ctx.run_id),
         old_id: spec.id(),
         old_image: spec.image_ref(),
         old_digest: item.from.as_ref().map(|d| d.to_string()),
@@ -549,7 +551,7 @@ async fn roll_tenant(
     let s = ctx.begin(Some(tenant), "snapshot", &j)?;
     crash_point("during-snapshot");
     let t = Instant::now();
-    let archive_path = run_dir.join(format!("{tenant}.tar.zst"));
+    let archive_path = run_dir.join(layout::tenant_archive(SnapshotKind::Rollout, tenant));
     let snap = {
         let (src, dest) = (data_dir.clone(), archive_path.clone());
         tokio::task::spawn_blocking(move || archive::create_with_level(&src, &dest, ROLLOUT_ZSTD_LEVEL))
@@ -682,7 +684,7 @@ fn record_rollout_snapshot(
     archive_path: &Path,
     s: &archive::ArchiveSummary,
 ) -> Result<()> {
-    let file_list = archive::file_list_path(archive_path);
+    let file_list = layout::file_list_path(archive_path);
     let rel = |p: &Path| p.strip_prefix(run_dir).unwrap_or(p).to_string_lossy().into_owned();
     let entry = ArchiveEntry {
         path: rel(archive_path),
@@ -692,11 +694,12 @@ fn record_rollout_snapshot(
         files: s.files,
         file_list: rel(&file_list),
         file_list_sha256: s.file_list_sha256.clone(),
+        created: None,
     };
     manifest.upsert(entry.clone());
     manifest.write(run_dir)?;
-    let rel_root = archive_path.strip_prefix(&ctx.cfg.backup_root).unwrap_or(archive_path);
-    ctx.record_archive(&rel_root.to_string_lossy(), "rollout", ctx.run_id.as_str(), &entry)
+    let snap = SnapshotId::rollout(&ctx.run_id);
+    ctx.record_archive(&snap.key(&entry.path), SnapshotKind::Rollout.as_str(), snap.id(), &entry)
 }
 
 /// The result of undoing a tenant.

@@ -132,6 +132,9 @@ pub struct SyncFile {
 #[derive(Debug, Deserialize)]
 pub struct Verify {
     pub archives: Vec<Checked>,
+    /// Snapshot dirs without a manifest.
+    #[serde(default)]
+    pub incomplete: Vec<PathBuf>,
 }
 
 /// One archive verified.

@@ -92,17 +92,17 @@ pub fn deep_verify(archive: &Path, expected_sha256: &str, list_path: &Path) -> R
         file: file.to_string(),
         what,
     };
-    // Owner, mode and mtime (whole seconds, as archived) of each entry, as the list says.
+    // What a restore would set, as extracted from the archive's headers: mode (a symlink's own
+    // mode cannot be set on Linux), owner, and mtime (whole seconds, none before 1970).
     let meta_differs = |m: &fs::Metadata, e: &FileEntry| -> Option<String> {
-        let symlink = m.file_type().is_symlink();
-        let want = (if symlink { 0 } else { e.mode }, e.uid, e.gid, e.mtime.max(0));
-        let got = (if symlink { 0 } else { m.mode() & 0o7777 }, m.uid(), m.gid(), m.mtime());
-        (want != got).then(|| {
-            format!(
-                "mode/uid/gid/mtime are {:o}/{}/{}/{}, the list says {:o}/{}/{}/{}",
-                got.0, got.1, got.2, got.3, want.0, want.1, want.2, want.3
-            )
-        })
+        let mode = m.mode() & 0o7777;
+        if !m.file_type().is_symlink() && mode != e.mode {
+            return Some(format!("mode is {mode:04o}, the list says {:04o}", e.mode));
+        }
+        if (m.uid(), m.gid()) != (e.uid, e.gid) {
+            return Some(format!("owner is {}:{}, the list says {}:{}", m.uid(), m.gid(), e.uid, e.gid));
+        }
+        (m.mtime() != e.mtime.max(0)).then(|| format!("mtime is {}, the list says {}", m.mtime(), e.mtime))
     };
     let mut walk = Walker::open(&root)?;
     let mut listed = 0u64;

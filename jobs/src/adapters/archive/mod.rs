@@ -45,6 +45,9 @@ pub use extract::{extract_into, restore_swap};
 pub use list::{read_file_list, EntryKind, FileEntry, FileList};
 pub use write::{create, create_with_level, reuse};
 
+/// Where an archive's file list lies (the store's layout decides).
+pub use crate::layout::file_list_path;
+
 /// zstd level (the same as `zstd -3`, the default).
 const LEVEL: i32 = 3;
 /// zstd job size per worker (bounds memory; large enough to keep the ratio of `zstd -T0 -3`).
@@ -161,13 +164,6 @@ impl<R: Read> Read for HashReader<R> {
         self.len += n as u64;
         Ok(n)
     }
-}
-
-/// The per-file list's path beside an archive: `t1.tar.zst` → `t1.files.json.zst`.
-pub fn file_list_path(archive: &Path) -> PathBuf {
-    let name = archive.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let stem = name.strip_suffix(".tar.zst").unwrap_or(&name);
-    archive.with_file_name(format!("{stem}.files.json.zst"))
 }
 
 /// Stream-hash a file: (hex sha256, size).

@@ -356,3 +356,29 @@ fn memory_use_does_not_depend_on_holding_the_list_a_big_flat_dir_round_trips() {
     assert!(!tree_unchanged(&src, &file_list_path(&archive)).unwrap());
     assert_eq!(s2.files, s.files + 1);
 }
+
+#[test]
+fn deep_verify_catches_a_file_list_that_disagrees_on_mode_owner_or_mtime() {
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("src");
+    rich_tree(&src);
+    let archive = d.path().join("t1.tar.zst");
+    let s = create(&src, &archive).unwrap();
+    let list = read_file_list(&file_list_path(&archive)).unwrap();
+    deep_verify(&archive, &s.sha256, &file_list_path(&archive)).unwrap();
+    type Change = fn(&mut FileEntry);
+    let changes: [(&str, &str, Change); 6] = [
+        ("db/records.txt", "mode", |e| e.mode = 0o644),
+        ("db/nested", "mode", |e| e.mode = 0o750),
+        ("empty-file", "owner", |e| e.uid = 0),
+        ("absolute-link", "owner", |e| e.gid = 1),
+        ("empty-file", "mtime", |e| e.mtime += 1),
+        ("empty-dir", "mtime", |e| e.mtime = 1_500_000_000),
+    ];
+    for (path, what, change) in changes {
+        let mut wrong = list.clone();
+        change(wrong.entries.iter_mut().find(|e| e.path == path).unwrap());
+        let err = deep_verify(&archive, &s.sha256, &write_list(d.path(), &wrong)).unwrap_err().to_string();
+        assert!(err.contains(path) && err.contains(what), "{path} {what}: {err}");
+    }
+}
