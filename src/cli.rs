@@ -112,6 +112,9 @@ pub struct RolloutArgs {
     /// Keep the pre-rollout containers after a successful rollout.
     #[arg(long)]
     pub keep_old: bool,
+    /// Deploy a commit that is not a descendant of the one last deployed (after a force-push).
+    #[arg(long)]
+    pub allow_rewind: bool,
 }
 
 /// `reconcile`.
@@ -126,6 +129,9 @@ pub struct ReconcileArgs {
     /// Show what would happen and touch nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Deploy a commit that is not a descendant of the one last deployed (after a force-push).
+    #[arg(long)]
+    pub allow_rewind: bool,
 }
 
 /// `rollback`.

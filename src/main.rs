@@ -175,6 +175,7 @@ async fn dispatch(cli: &Cli, printer: &Printer, started: Instant, ctx: &mut Ctx)
                 tenants: a.tenants.clone(),
                 dry_run: a.dry_run,
                 keep_old: a.keep_old,
+                allow_rewind: a.allow_rewind,
             };
             let r = rollout::rollout(ctx, &opts).await?;
             let id = r.apps.iter().rev().find_map(|a| a.run_id.as_ref()).map(|r| r.to_string());
@@ -182,7 +183,12 @@ async fn dispatch(cli: &Cli, printer: &Printer, started: Instant, ctx: &mut Ctx)
             (printer.report(job, id, started, r.exit_kind(), &r), extra)
         }
         Command::Reconcile(a) => {
-            let opts = reconcile::ReconcileOptions { retry: a.retry, git_ref: a.git_ref.clone(), dry_run: a.dry_run };
+            let opts = reconcile::ReconcileOptions {
+                retry: a.retry,
+                git_ref: a.git_ref.clone(),
+                dry_run: a.dry_run,
+                allow_rewind: a.allow_rewind,
+            };
             let r = reconcile::reconcile(ctx, &opts).await?;
             let apps: Vec<&rollout::AppReport> = r
                 .apps

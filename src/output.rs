@@ -113,6 +113,8 @@ pub struct ConfigCheck {
     config: PathBuf,
     desired_repo: String,
     commit: String,
+    /// The head's signature, as checked against `[desired] allowed_signers`.
+    signature: slipway_jobs::adapters::desired::Signature,
     apps: Vec<AppLine>,
 }
 
@@ -131,6 +133,7 @@ impl ConfigCheck {
             config: path.to_path_buf(),
             desired_repo: cfg.desired.repo.clone(),
             commit: state.commit.clone(),
+            signature: state.signature.clone(),
             apps: state
                 .fleet
                 .apps
@@ -150,6 +153,7 @@ impl Display for ConfigCheck {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(f, "{}: ok", self.config.display())?;
         writeln!(f, "desired state {} at commit {}: ok", self.desired_repo, &self.commit[..12.min(self.commit.len())])?;
+        writeln!(f, "  signature: {}", self.signature)?;
         for a in &self.apps {
             writeln!(f, "  app {} -> {}", a.name, a.image)?;
         }

@@ -13,3 +13,4 @@ mod foundation;
 mod offsite;
 mod ops;
 mod rollout;
+mod trust;

@@ -32,6 +32,7 @@ pub mod runs;
 pub mod snapshot;
 pub mod status;
 pub mod sync;
+pub mod trust;
 pub mod types;
 pub mod verify;
 

@@ -22,6 +22,8 @@ pub struct ReconcileOptions {
     pub git_ref: Option<String>,
     /// Show what would happen, change nothing.
     pub dry_run: bool,
+    /// Deploy a commit that does not descend from the one last deployed (a person's decision).
+    pub allow_rewind: bool,
 }
 
 /// What reconcile decided for one app.
@@ -90,6 +92,7 @@ pub async fn reconcile(ctx: &mut Ctx, opts: &ReconcileOptions) -> Result<Reconci
             app: Some(app.name.clone()),
             git_ref: Some(state.commit.clone()),
             dry_run: opts.dry_run,
+            allow_rewind: opts.allow_rewind,
             ..Default::default()
         };
         let report = rollout::rollout(ctx, &ro).await?;
@@ -113,7 +116,9 @@ impl fmt::Display for ReconcileReport {
                     "app {app}: {digest} halted run {run_id}; not retried until git pins another digest or `slipway reconcile --retry`"
                 )?,
                 AppAction::RolledOut(r) => {
-                    let one = rollout::RolloutReport { dry_run: false, commit: self.commit.clone(), apps: vec![(**r).clone()] };
+                    let one = rollout::RolloutReport { dry_run: false, commit: self.commit.clone(), apps: vec![(**r).clone()],
+                        trust: None,
+                    };
                     write!(f, "{one}")?;
                 }
             }

@@ -41,6 +41,8 @@ pub struct RolloutOptions {
     pub dry_run: bool,
     /// Keep the pre-rollout containers after success.
     pub keep_old: bool,
+    /// Deploy a commit that does not descend from the one last deployed (a person's decision).
+    pub allow_rewind: bool,
 }
 
 /// One tenant to roll.
@@ -164,6 +166,9 @@ pub struct RolloutReport {
     pub commit: String,
     /// One entry per app considered.
     pub apps: Vec<AppReport>,
+    /// What admitted the commit: its signer and, per app, the allow-list rule.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trust: Option<crate::trust::Admission>,
 }
 
 impl RolloutReport {
@@ -230,6 +235,8 @@ pub async fn rollout(ctx: &mut Ctx, opts: &RolloutOptions) -> Result<RolloutRepo
         Some(name) => vec![state.fleet.app(name)?],
         None => state.fleet.apps.iter().collect(),
     };
+    let names: Vec<&str> = apps.iter().map(|a| a.name.as_str()).collect();
+    let trust = crate::trust::admit(ctx, &state, &names, opts.allow_rewind)?;
     let engine = Engine::connect(&ctx.cfg.docker).await?;
     let mut reports = Vec::new();
     for app in apps {
@@ -251,7 +258,7 @@ pub async fn rollout(ctx: &mut Ctx, opts: &RolloutOptions) -> Result<RolloutRepo
             break;
         }
     }
-    Ok(RolloutReport { dry_run: opts.dry_run, commit: state.commit, apps: reports })
+    Ok(RolloutReport { dry_run: opts.dry_run, commit: state.commit, apps: reports, trust: Some(trust) })
 }
 
 /// Compute the plan: tenants whose digest differs from the pin, minus `hold`, canary first.
@@ -818,6 +825,10 @@ pub async fn undo_tenant(
 
 impl fmt::Display for RolloutReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(t) = self.trust.as_ref().filter(|t| t.signature != crate::adapters::desired::Signature::NotChecked)
+        {
+            writeln!(f, "commit {}: {}", &t.commit[..12.min(t.commit.len())], t.signature)?;
+        }
         for app in &self.apps {
             let p = &app.plan;
             writeln!(f, "app {} -> {} (commit {})", p.app, p.image, &p.commit[..12.min(p.commit.len())])?;

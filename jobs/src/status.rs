@@ -171,6 +171,14 @@ pub async fn status(ctx: &Ctx) -> Result<StatusReport> {
             r.id
         ));
     }
+    // The newest rollout decision was a refusal of the desired state (trust rules).
+    if let Some(r) = ctx.store.last_run_of("rollout")?.filter(|r| r.outcome.as_deref() == Some("refused")) {
+        attention.push(format!(
+            "run {}: the desired state was refused: {}",
+            r.id,
+            r.summary.as_deref().unwrap_or("see `slipway runs show`")
+        ));
+    }
     for r in ctx.store.unfinished_runs()? {
         if r.id != ctx.run_id.as_str() {
             attention.push(format!("run {} ({}) never finished; run `slipway recover`", r.id, r.job));

@@ -304,6 +304,19 @@ impl Store {
             .optional()?)
     }
 
+    /// The desired-state commit of `app`'s newest successful rollout: what it last deployed.
+    pub fn last_deployed_commit(&self, app: &str) -> Result<Option<String>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT git_commit FROM runs WHERE job = 'rollout' AND app = ?1 AND outcome = 'success'
+                 AND git_commit IS NOT NULL ORDER BY id DESC LIMIT 1",
+                [app],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
     /// The newest finished run of `job` (any app).
     pub fn last_run_of(&self, job: &str) -> Result<Option<Run>> {
         Ok(self

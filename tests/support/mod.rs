@@ -268,6 +268,24 @@ impl Sandbox {
 
     /// Commit `fleet.toml` and push it to the bare repo; returns the commit id.
     pub fn write_fleet(&self, text: &str) -> String {
+        self.write_fleet_with(text, &[])
+    }
+
+    /// [`Sandbox::write_fleet`] with extra `git commit` arguments and config (`-S`, say).
+    pub fn write_fleet_signed(&self, text: &str, key: &Path) -> String {
+        self.write_fleet_with(text, &["-c", "gpg.format=ssh", "-c", &format!("user.signingkey={}", key.display())])
+    }
+
+    /// Run git in the fleet work tree; stdout.
+    pub fn fleet_git(&self, args: &[&str]) -> String {
+        sh(Command::new("git")
+            .arg("-C")
+            .arg(self.root().join("fleet"))
+            .args(["-c", "user.name=test", "-c", "user.email=test@localhost"])
+            .args(args))
+    }
+
+    fn write_fleet_with(&self, text: &str, config: &[&str]) -> String {
         let work = self.root().join("fleet");
         std::fs::write(work.join("fleet.toml"), text).unwrap();
         let git = |args: &[&str]| {
@@ -278,7 +296,12 @@ impl Sandbox {
                 .args(args))
         };
         git(&["add", "fleet.toml"]);
-        git(&["commit", "-q", "--allow-empty", "-m", "pin"]);
+        let mut commit: Vec<&str> = config.to_vec();
+        commit.extend(["commit", "-q", "--allow-empty", "-m", "pin"]);
+        if !config.is_empty() {
+            commit.push("-S");
+        }
+        git(&commit);
         git(&["push", "-q", self.root().join("fleet.git").to_str().unwrap(), "HEAD:main"]);
         git(&["rev-parse", "HEAD"])
     }

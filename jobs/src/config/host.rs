@@ -63,6 +63,16 @@ pub struct DesiredConfig {
     /// Path of the fleet file inside the repo.
     #[serde(default = "default_fleet_file")]
     pub file: String,
+    /// Image repositories fleet.toml may pin (`ghcr.io/example/pulse`, or a prefix ending in
+    /// `/*`); unset: any. Registry names are normalised (`docker.io/library/x` = `x`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_images: Option<Vec<String>>,
+    /// Deploy only commits with a valid SSH signature by a key in `allowed_signers`.
+    #[serde(default)]
+    pub require_signed: bool,
+    /// OpenSSH allowed-signers file (as `git config gpg.ssh.allowedSignersFile` takes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_signers: Option<PathBuf>,
 }
 fn default_branch() -> String {
     "main".into()
@@ -293,6 +303,28 @@ impl HostConfig {
         }
         if self.desired.repo.trim().is_empty() {
             return bad("desired.repo", "is empty; give a local path or a git URL".into());
+        }
+        match &self.desired.allowed_signers {
+            Some(p) if !p.is_absolute() => {
+                return bad("desired.allowed_signers", format!("\"{}\" must be an absolute path", p.display()))
+            }
+            None if self.desired.require_signed => {
+                return bad(
+                    "desired.require_signed",
+                    "is true but desired.allowed_signers is not set; point it at an OpenSSH allowed-signers file"
+                        .into(),
+                )
+            }
+            _ => {}
+        }
+        for img in self.desired.allowed_images.iter().flatten() {
+            let repo = img.strip_suffix("/*").unwrap_or(img);
+            if repo.is_empty() || repo.contains('@') || repo.rsplit('/').next().is_some_and(|last| last.contains(':')) {
+                return bad(
+                    "desired.allowed_images",
+                    format!("\"{img}\" must be an image repository (\"ghcr.io/example/pulse\") or a prefix ending in \"/*\", without tag or digest"),
+                );
+            }
         }
         if let Some(r) = &self.remote {
             if r.bucket.trim().is_empty() {
