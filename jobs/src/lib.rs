@@ -24,8 +24,10 @@ pub mod rollout;
 pub mod runs;
 pub mod snapshot;
 pub mod status;
+pub mod step;
 pub mod sync;
 pub mod types;
+pub mod undo;
 pub mod verify;
 
 pub use error::{Error, ExitKind, Result};
@@ -51,6 +53,7 @@ mod architecture_tests {
         "verify",
         "retention",
         "context",
+        "undo",
     ];
 
     #[test]
