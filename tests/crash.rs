@@ -5,7 +5,7 @@
 //! the rollout's are derived from its steps (`Step::ALL`), so a new step is tested here as
 //! soon as it exists, and every test checks that its point was really reached.
 
-use slipway_jobs::step::{CrashPoint, Moment, Step};
+use slipway_jobs::step::{CrashPoint, Moment, Step, UndoStep};
 
 use crate::support::{tree_hash, Out, Sandbox};
 
@@ -99,6 +99,77 @@ fn a_rollout_killed_at_every_step_is_finished_or_undone_by_recover() {
 fn a_rollout_sent_sigterm_at_every_step_leaves_no_tenant_stopped() {
     for (step, point) in rollout_points() {
         killed_at(step, point, SIGNAL);
+    }
+}
+
+/// Where a test makes undo run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum UndoCase {
+    /// A rollout sent SIGTERM once its new version started: the prior container is renamed back.
+    Interrupted,
+    /// A rollback of a finished rollout: the prior container was removed and is recreated.
+    Rollback,
+}
+
+impl UndoCase {
+    /// Whether undo goes through `step` in this case.
+    fn reaches(self, step: UndoStep) -> bool {
+        !matches!(
+            (self, step),
+            (UndoCase::Interrupted, UndoStep::RecreatePrior) | (UndoCase::Rollback, UndoStep::RenameBack)
+        )
+    }
+}
+
+/// Make undo run on t1 (its data changed by the `writer` version), kill slipway at `point` of
+/// the undo, run recover: t1 must be back on its prior image, running, with its data as before.
+fn undo_killed_at(case: UndoCase, point: CrashPoint) {
+    let point_name = point.to_string();
+    let point = point_name.as_str();
+    let s = Sandbox::new();
+    let v1 = s.push_fixture_as("v1", "app");
+    let writer = s.push_fixture_as("writer", "app");
+    let name = s.add_tenant("t1", &v1);
+    s.write_data("t1", "db/records.txt", &"customer row\n".repeat(500));
+    let before = tree_hash(&s.data_dir("t1"));
+    s.write_fleet(&s.fleet_app(&writer, ""));
+
+    let out = match case {
+        UndoCase::Interrupted => s.slipway_env(&["rollout", "--json"], &[(SIGNAL, "after-start"), (CRASH, point)]),
+        UndoCase::Rollback => {
+            let rolled = s.slipway(&["rollout", "--json"]);
+            assert_eq!(rolled.code, 0, "{point}: {}", rolled.stdout);
+            assert_eq!(image_of(&s, &name), writer);
+            let run = rolled.json()["report"]["apps"][0]["run_id"].as_str().unwrap().to_string();
+            s.slipway_env(&["rollback", "--run", &run, "--json"], &[(CRASH, point)])
+        }
+    };
+    assert_stopped_at(&out, point, CRASH);
+    let rec = s.slipway(&["recover", "--json"]);
+    assert_eq!(rec.code, 0, "{case:?} {point}: recover failed: {} {}", rec.stdout, rec.stderr);
+    let again = s.slipway(&["recover", "--json"]);
+    assert_eq!(again.json()["report"]["runs"].as_array().unwrap().len(), 0, "{case:?} {point}");
+
+    assert_eq!(s.inspect(&name)["State"]["Running"], true, "{case:?} {point}: tenant left stopped");
+    assert_eq!(image_of(&s, &name), v1, "{case:?} {point}: not back on the prior image");
+    let body = s.http_get(&format!("http://{}:8080/api/health", s.container_ip(&name)));
+    assert!(!body.contains("writer"), "{case:?} {point}: {body}");
+    assert_eq!(tree_hash(&s.data_dir("t1")), before, "{case:?} {point}: data dir not restored");
+    let leftovers = s.containers_named_like(".pre-rollout-");
+    assert!(leftovers.is_empty(), "{case:?} {point}: {leftovers:?}");
+}
+
+#[test]
+fn an_undo_killed_at_every_undo_step_is_finished_by_recover() {
+    for step in UndoStep::ALL {
+        let cases: Vec<UndoCase> =
+            [UndoCase::Interrupted, UndoCase::Rollback].into_iter().filter(|c| c.reaches(step)).collect();
+        assert!(!cases.is_empty(), "no test reaches undo step {step}");
+        for case in cases {
+            for point in [step.during(), step.after()] {
+                undo_killed_at(case, point);
+            }
+        }
     }
 }
 

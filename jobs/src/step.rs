@@ -101,12 +101,12 @@ impl Step {
 /// One step of undoing a tenant's rollout, in the order they run (each only when needed).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum UndoStep {
+    /// Recreate the prior container aside, from the prior image (it was removed).
+    RecreatePrior,
     /// Stop and remove the new container.
     RemoveNew,
     /// Restore the data dir from the run's snapshot.
     Restore,
-    /// Recreate the prior container from the prior image (it was removed).
-    RecreatePrior,
     /// Rename the prior container back to the tenant's name.
     RenameBack,
     /// Start the prior container.
@@ -118,9 +118,9 @@ pub enum UndoStep {
 impl UndoStep {
     /// Every undo step, in the order they run.
     pub const ALL: [UndoStep; 6] = [
+        UndoStep::RecreatePrior,
         UndoStep::RemoveNew,
         UndoStep::Restore,
-        UndoStep::RecreatePrior,
         UndoStep::RenameBack,
         UndoStep::StartPrior,
         UndoStep::HealthPrior,

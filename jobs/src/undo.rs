@@ -38,9 +38,13 @@ fn end_ok(ctx: &Ctx, id: i64, step: UndoStep) -> Result<()> {
 }
 
 /// Bring a tenant back to its prior container and data, whatever step it was caught in:
-/// remove a new container, restore the snapshot when the new version may have written to the
-/// data (`restore_data`), rename the prior container back (or recreate it from the prior image
-/// when it is gone), start it and health-check it.
+/// recreate the prior container aside from the prior image when it is gone, remove a new
+/// container, restore the snapshot when the new version may have written to the data
+/// (`restore_data`), rename the prior container back, start it and health-check it.
+///
+/// The prior container exists again before the new one is removed, so a crash anywhere in
+/// here leaves `recover` a prior container to bring back (the recreated one's id is journaled
+/// with the steps after it).
 pub async fn undo_tenant(
     ctx: &Ctx,
     engine: &Engine,
@@ -48,9 +52,10 @@ pub async fn undo_tenant(
     j: &TenantJournal,
     restore_data: bool,
 ) -> Result<UndoResult> {
+    let mut j = j.clone();
     let mut done = Vec::new();
     let current = engine.id_of(&j.name).await?;
-    let pre = engine.id_of(&j.pre_name).await?;
+    let mut pre = engine.id_of(&j.pre_name).await?;
     let old_by_id = if j.old_id.is_empty() { None } else { engine.id_of(&j.old_id).await? };
     let fail = |step: i64, what: String, done: &[String]| -> Result<UndoResult> {
         ctx.end(step, "failed", Some(&serde_json::json!({"error": what})))?;
@@ -63,14 +68,30 @@ pub async fn undo_tenant(
     };
 
     // The container under the tenant's name, if it is not the prior one, is the new version.
-    let mut recreate_from = None;
-    if let Some(id) = current.as_deref().filter(|id| *id != j.old_id) {
-        let s = begin(ctx, j, UndoStep::RemoveNew)?;
-        if old_by_id.is_none() && pre.is_none() {
-            // The prior container is gone (a finished run without --keep-old): rebuild it
-            // from the new one's settings on the prior image.
-            recreate_from = Some(engine.spec(id).await?);
+    let new = current.filter(|id| *id != j.old_id);
+    if let Some(id) = new.as_deref().filter(|_| old_by_id.is_none() && pre.is_none()) {
+        // The prior container is gone (a finished run without --keep-old): rebuild it aside,
+        // from the new one's settings on the prior image.
+        let s = begin(ctx, &j, UndoStep::RecreatePrior)?;
+        let created = match engine.spec(id).await {
+            Ok(spec) => engine.create_from(&j.pre_name, &spec, &j.old_image).await,
+            Err(e) => Err(e),
+        };
+        match created {
+            Ok(prior) => {
+                j.old_id = prior.clone();
+                pre = Some(prior);
+            }
+            Err(e) => {
+                return fail(s, format!("cannot recreate the prior container from {}: {e}", j.old_image), &done);
+            }
         }
+        ctx.end(s, "ok", Some(&j))?;
+        UndoStep::RecreatePrior.after().reach();
+        done.push(format!("prior container recreated from {}", j.old_image));
+    }
+    if let Some(id) = new.as_deref() {
+        let s = begin(ctx, &j, UndoStep::RemoveNew)?;
         if let Err(e) = engine.stop(id, j.stop_timeout_s).await.and(engine.remove(id).await) {
             return fail(s, format!("cannot remove the new container {}: {e}", j.name), &done);
         }
@@ -78,14 +99,14 @@ pub async fn undo_tenant(
         done.push("new container removed".to_string());
     }
     if restore_data {
-        if let (Some(snap), Some(sha)) = (&j.snapshot, &j.sha256) {
-            let s = begin(ctx, j, UndoStep::Restore)?;
+        if let (Some(snap), Some(sha)) = (j.snapshot.clone(), j.sha256.clone()) {
+            let s = begin(ctx, &j, UndoStep::Restore)?;
             // Stop the prior container too if something started it: nothing may hold the data.
             if let Some(p) = pre.as_deref().or(old_by_id.as_deref()) {
                 let _ = engine.stop(p, j.stop_timeout_s).await;
             }
-            let (a, h, d) = (snap.clone(), sha.clone(), j.data_dir.clone());
-            let r = tokio::task::spawn_blocking(move || archive::restore_swap(&a, &h, &d))
+            let (a, d) = (snap.clone(), j.data_dir.clone());
+            let r = tokio::task::spawn_blocking(move || archive::restore_swap(&a, &sha, &d))
                 .await
                 .map_err(|e| Error::Other(format!("restore task failed: {e}")))?;
             if let Err(e) = r {
@@ -99,27 +120,20 @@ pub async fn undo_tenant(
             done.push(format!("data restored from {}", snap.display()));
         }
     }
-    if let Some(spec) = recreate_from {
-        let s = begin(ctx, j, UndoStep::RecreatePrior)?;
-        if let Err(e) = engine.create_from(&j.name, &spec, &j.old_image).await {
-            return fail(s, format!("cannot recreate the prior container from {}: {e}", j.old_image), &done);
-        }
-        end_ok(ctx, s, UndoStep::RecreatePrior)?;
-        done.push(format!("prior container recreated from {}", j.old_image));
-    } else if pre.is_some() {
-        let s = begin(ctx, j, UndoStep::RenameBack)?;
+    if pre.is_some() {
+        let s = begin(ctx, &j, UndoStep::RenameBack)?;
         if let Err(e) = engine.rename(&j.pre_name, &j.name).await {
             return fail(s, format!("cannot rename {} back to {}: {e}", j.pre_name, j.name), &done);
         }
         end_ok(ctx, s, UndoStep::RenameBack)?;
         done.push("prior container renamed back".to_string());
     }
-    let s = begin(ctx, j, UndoStep::StartPrior)?;
+    let s = begin(ctx, &j, UndoStep::StartPrior)?;
     if let Err(e) = engine.start(&j.name).await {
         return fail(s, format!("cannot start the prior container {}: {e}", j.name), &done);
     }
     end_ok(ctx, s, UndoStep::StartPrior)?;
-    let s = begin(ctx, j, UndoStep::HealthPrior)?;
+    let s = begin(ctx, &j, UndoStep::HealthPrior)?;
     match prober.gate(engine, &j.name, &j.health, None).await? {
         Ok(_) => {
             end_ok(ctx, s, UndoStep::HealthPrior)?;
