@@ -102,6 +102,28 @@ fn a_rollout_sent_sigterm_at_every_step_leaves_no_tenant_stopped() {
     }
 }
 
+#[test]
+fn a_rollout_sent_sighup_when_the_operators_session_drops_undoes_the_tenant_like_sigterm() {
+    let s = Sandbox::new();
+    let v1 = s.push_fixture_as("v1", "app");
+    let writer = s.push_fixture_as("writer", "app");
+    let name = s.add_tenant("t1", &v1);
+    s.write_data("t1", "db/records.txt", &"customer row\n".repeat(500));
+    let before = tree_hash(&s.data_dir("t1"));
+    s.write_fleet(&s.fleet_app(&writer, ""));
+    // After start: the new version has run on the data, so the undo must restore it too.
+    let out = s.slipway_env(&["rollout", "--json"], &[(SIGNAL, "after-start:HUP")]);
+    assert_stopped_at(&out, "after-start", SIGNAL);
+    assert_eq!(out.json()["report"]["apps"][0]["tenants"][0]["outcome"], "restored", "{}", out.stdout);
+    assert_eq!(s.inspect(&name)["State"]["Running"], true, "tenant left stopped");
+    assert_eq!(image_of(&s, &name), v1);
+    assert_eq!(tree_hash(&s.data_dir("t1")), before, "data dir not restored");
+    assert!(s.containers_named_like(".pre-rollout-").is_empty());
+    let runs = s.slipway(&["runs", "--json"]).json();
+    let rollout = runs["report"]["runs"].as_array().unwrap().iter().find(|r| r["job"] == "rollout").cloned();
+    assert_eq!(rollout.map(|r| r["outcome"].clone()), Some("interrupted".into()), "{runs}");
+}
+
 /// Where a test makes undo run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum UndoCase {
