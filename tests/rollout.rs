@@ -303,3 +303,37 @@ fn keep_old_keeps_the_prior_container_and_rollback_renames_it_back() {
     assert_eq!(image_of(&s, &name), v1);
     assert!(!s.container_exists(&pre));
 }
+
+#[test]
+fn the_prior_container_aside_cannot_restart_by_itself_and_gets_its_restart_policy_back() {
+    let s = Sandbox::new();
+    let v1 = s.push_fixture_as("v1", "app");
+    let v2 = s.push_fixture_as("v2", "app");
+    let name = s.add_tenant("t1", &v1);
+    let policy = |c: &str| s.inspect(c)["HostConfig"]["RestartPolicy"]["Name"].as_str().unwrap_or_default().to_string();
+    assert_eq!(policy(&name), "unless-stopped");
+    s.write_fleet(&s.fleet_app(&v2, ""));
+
+    // Kept aside after a finished run: a daemon restart must not start it beside the new one.
+    let out = s.slipway(&["rollout", "--keep-old", "--json"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let run = out.json()["run_id"].as_str().unwrap().to_string();
+    let pre = format!("{name}.pre-rollout-{run}");
+    assert_eq!(policy(&pre), "no", "the prior container aside keeps a restart policy");
+    assert_eq!(policy(&name), "unless-stopped", "the new container has the tenant's policy");
+    // Rollback brings it back with its own policy.
+    assert_eq!(s.slipway(&["rollback", "--run", &run]).code, 0);
+    assert_eq!(image_of(&s, &name), v1);
+    assert_eq!(policy(&name), "unless-stopped", "rollback did not put the restart policy back");
+
+    // Killed while the prior container is aside: recover puts the policy back too.
+    let out = s.slipway_env(&["rollout", "--json"], &[("SLIPWAY_TEST_CRASH_AT", "after-rename")]);
+    assert_eq!(out.code, -1, "{}", out.stderr);
+    let aside = s.containers_named_like(".pre-rollout-");
+    assert_eq!(aside.len(), 1, "{aside:?}");
+    assert_eq!(policy(&aside[0]), "no");
+    assert_eq!(s.slipway(&["recover"]).code, 0);
+    assert_eq!(image_of(&s, &name), v1);
+    assert_eq!(s.inspect(&name)["State"]["Running"], true);
+    assert_eq!(policy(&name), "unless-stopped", "recover did not put the restart policy back");
+}

@@ -1,6 +1,6 @@
 //! `rollout`: roll every tenant of an app to the digest pinned in git, canary first, one
 //! tenant at a time. Each tenant goes through the state machine of [`Step::ALL`] — stop,
-//! snapshot, rename, create, check, start, health, (canary) soak, cleanup — one small function
+//! snapshot, rename (aside, restart policy `no`), create, check, start, health, (canary) soak, cleanup — one small function
 //! per step, each journaled before and after with everything needed to undo it
 //! ([`TenantJournal`]). One place decides to undo ([`TenantRoll::go`]): a failed step, or a
 //! SIGINT/SIGTERM between steps before the new version passed its health gate; the undo
@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::adapters::archive;
 use crate::adapters::desired;
-use crate::adapters::docker::{ContainerSpec, Engine, TenantContainer};
+use crate::adapters::docker::{ContainerSpec, Engine, Restart, TenantContainer};
 use crate::adapters::health::Prober;
 use crate::config::{App, HealthSpec};
 use crate::context::Ctx;
@@ -469,6 +469,7 @@ async fn roll_tenant(run: &AppRun<'_>, item: &PlanItem, manifest: &mut Manifest,
         health: run.app.health.clone(),
         keep_old: run.keep_old,
         settings: spec.operator_settings(),
+        restart: Some(spec.restart()),
     };
     let mut t = TenantRoll {
         run,
@@ -583,7 +584,14 @@ impl TenantRoll<'_> {
     }
 
     async fn rename(&mut self) -> StepResult {
-        self.run.engine.rename(&self.j.name, &self.j.pre_name).await.map_err(|e| e.to_string())
+        let engine = self.run.engine;
+        engine.rename(&self.j.name, &self.j.pre_name).await.map_err(|e| e.to_string())?;
+        // Aside, the prior container must not come back by itself: a daemon restart would
+        // start it beside the new one, on the same data dir. Undo puts its policy back.
+        if self.j.restart.as_ref().is_some_and(Restart::restarts) {
+            engine.set_restart(&self.j.pre_name, &Restart::never()).await.map_err(|e| e.to_string())?;
+        }
+        Ok(())
     }
 
     async fn create(&mut self) -> StepResult {

@@ -13,7 +13,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::adapters::docker::OperatorSettings;
+use crate::adapters::docker::{OperatorSettings, Restart};
 use crate::config::HealthSpec;
 use crate::error::{Error, Result};
 
@@ -324,6 +324,10 @@ pub struct TenantJournal {
     pub keep_old: bool,
     /// The prior container's operator settings (to check the new one against).
     pub settings: OperatorSettings,
+    /// The prior container's restart policy: set to `no` while it is renamed aside, put back
+    /// by undo. None in journals of versions that did not change it.
+    #[serde(default)]
+    pub restart: Option<Restart>,
 }
 
 #[cfg(test)]

@@ -40,7 +40,8 @@ fn end_ok(ctx: &Ctx, id: i64, step: UndoStep) -> Result<()> {
 /// Bring a tenant back to its prior container and data, whatever step it was caught in:
 /// recreate the prior container aside from the prior image when it is gone, remove a new
 /// container, restore the snapshot when the new version may have written to the data
-/// (`restore_data`), rename the prior container back, start it and health-check it.
+/// (`restore_data`), rename the prior container back, put its restart policy back, start it
+/// and health-check it.
 ///
 /// The prior container exists again before the new one is removed, so a crash anywhere in
 /// here leaves `recover` a prior container to bring back (the recreated one's id is journaled
@@ -129,6 +130,17 @@ pub async fn undo_tenant(
         done.push("prior container renamed back".to_string());
     }
     let s = begin(ctx, &j, UndoStep::StartPrior)?;
+    // Its restart policy was set to `no` while it was aside; put it back whatever step the
+    // rollout was caught in (setting it again is harmless).
+    if let Some(restart) = j.restart.as_ref().filter(|r| r.restarts()) {
+        if let Err(e) = engine.set_restart(&j.name, restart).await {
+            return fail(
+                s,
+                format!("cannot put back the restart policy {restart} of the prior container {}: {e}", j.name),
+                &done,
+            );
+        }
+    }
     if let Err(e) = engine.start(&j.name).await {
         return fail(s, format!("cannot start the prior container {}: {e}", j.name), &done);
     }
