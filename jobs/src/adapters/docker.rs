@@ -376,9 +376,12 @@ impl Engine {
             "always" => RestartPolicyNameEnum::ALWAYS,
             "unless-stopped" => RestartPolicyNameEnum::UNLESS_STOPPED,
             "on-failure" => RestartPolicyNameEnum::ON_FAILURE,
-            other => return Err(Error::Docker(format!(
-                "container {name}: unknown restart policy \"{other}\" (known: no, always, unless-stopped, on-failure)"
-            ))),
+            other => {
+                let known = "no, always, unless-stopped, on-failure";
+                return Err(Error::Docker(format!(
+                    "container {name}: unknown restart policy \"{other}\" (known: {known})"
+                )));
+            }
         };
         let retries = (policy == RestartPolicyNameEnum::ON_FAILURE).then_some(restart.max_retries);
         let body = ContainerUpdateBody {
