@@ -1,13 +1,13 @@
 //! `rollout`: roll every tenant of an app to the digest pinned in git, canary first, one
 //! tenant at a time. Each tenant goes through the state machine of [`Step::ALL`] — stop,
-//! snapshot, rename (aside, restart policy `no`), create, check, start, health, (canary) soak, cleanup — one small function
-//! per step, each journaled before and after with everything needed to undo it
-//! ([`TenantJournal`]). One place decides to undo ([`TenantRoll::go`]): a failed step, or a
-//! SIGINT/SIGTERM between steps before the new version passed its health gate; the undo
-//! ([`undo_tenant`]) removes the new container, restores the data from the snapshot when the
-//! new version may have written to it, renames the prior container back, starts and
-//! health-checks it; the run halts. Customer data is never changed before a verified snapshot
-//! of it exists.
+//! snapshot, rename aside (restart policy `no`), create, check, start, health, canary soak,
+//! cleanup — one small function per step, each journaled before and after with everything
+//! needed to undo it ([`TenantJournal`]). One place decides to undo (`TenantRoll::go`): a
+//! failed step, or a SIGINT/SIGTERM/SIGHUP between steps before the new version passed its
+//! health gate. The undo ([`undo_tenant`]) removes the new container, restores the data from
+//! the snapshot when the new version may have written to it, brings the prior container back,
+//! starts and health-checks it; the run halts. Customer data is never changed before a
+//! verified snapshot of it exists.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
