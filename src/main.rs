@@ -240,7 +240,7 @@ async fn dispatch(cli: &Cli, printer: &Printer, started: Instant, ctx: &mut Ctx)
         Command::Verify(a) => {
             let opts = verify::VerifyOptions { day: a.day.clone(), deep: a.deep, remote: a.remote };
             let r = if a.remote {
-                sync::verify_remote(&ctx.cfg, &opts).await?
+                verify::verify_remote(&ctx.cfg, &opts).await?
             } else {
                 verify::verify(&ctx.cfg.backup_root, &opts).await?
             };

@@ -2,14 +2,15 @@
 
 use std::process::Command;
 
-use crate::support::{tree_hash, Sandbox};
+use crate::support::reports::{Snapshot, Verify};
+use crate::support::{files_under, noise, sh, tree_hash, Sandbox};
 
-fn snapshot_json(s: &Sandbox, args: &[&str]) -> serde_json::Value {
+fn snapshot_json(s: &Sandbox, args: &[&str]) -> Snapshot {
     let mut a = vec!["snapshot", "--json"];
     a.extend_from_slice(args);
     let out = s.slipway(&a);
     assert_eq!(out.code, 0, "{} {}", out.stdout, out.stderr);
-    out.json()
+    out.report()
 }
 
 #[test]
@@ -21,8 +22,8 @@ fn restore_of_a_tenant_brings_back_exactly_the_snapshot_tree_and_a_healthy_conta
     s.write_data("t1", "uploads/a.bin", "binary-ish");
     s.write_fleet(&s.fleet_app(&v1, ""));
     let snap = snapshot_json(&s, &[]);
-    assert_eq!(snap["report"]["archives"][0]["outcome"], "archived");
-    let day = snap["report"]["day"].as_str().unwrap().to_string();
+    assert_eq!(snap.archives[0].outcome, "archived");
+    let day = snap.day;
     let at_snapshot = tree_hash(&s.data_dir("t1"));
     // The tenant goes on writing; then a person restores yesterday's data.
     s.write_data("t1", "db/records.txt", "overwritten by mistake\n");
@@ -50,7 +51,7 @@ fn a_flipped_bit_is_caught_by_verify_and_refused_by_restore() {
     s.write_fleet(&s.fleet_app(&v1, ""));
     let snap = snapshot_json(&s, &[]);
     assert_eq!(s.slipway(&["verify", "--deep"]).code, 0);
-    let archive = std::path::PathBuf::from(snap["report"]["archives"][0]["path"].as_str().unwrap());
+    let archive = snap.archives[0].path.clone();
     let mut bytes = std::fs::read(&archive).unwrap();
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0x01;
@@ -69,6 +70,73 @@ fn a_flipped_bit_is_caught_by_verify_and_refused_by_restore() {
 }
 
 #[test]
+fn verify_fails_on_a_damaged_file_list_and_on_a_snapshot_dir_without_its_manifest() {
+    let s = Sandbox::new();
+    let v1 = s.push_fixture_as("v1", "app");
+    s.add_tenant("t1", &v1);
+    s.write_data("t1", "db/records.txt", &"row\n".repeat(5000));
+    s.write_fleet(&s.fleet_app(&v1, ""));
+    let snap = snapshot_json(&s, &[]);
+    let day = snap.day;
+    assert_eq!(s.slipway(&["verify"]).code, 0);
+    // The archive is intact; the file list beside it is not.
+    let list = s.backups().join("daily").join(&day).join("tenants/t1.files.json.zst");
+    let good = std::fs::read(&list).unwrap();
+    let mut bad = good.clone();
+    let mid = bad.len() / 2;
+    bad[mid] ^= 0x01;
+    std::fs::write(&list, &bad).unwrap();
+    let v = s.slipway(&["verify", "--json"]);
+    assert_eq!(v.code, 1, "{}", v.stdout);
+    let checked = &v.report::<Verify>().archives[0];
+    assert!(!checked.ok);
+    assert!(checked.detail.as_deref().unwrap_or_default().contains("t1.files.json.zst"), "{checked:?}");
+    std::fs::write(&list, &good).unwrap();
+    assert_eq!(s.slipway(&["verify"]).code, 0);
+    // A day dir without MANIFEST.json (a snapshot that never finished) is named and fails verify.
+    let unfinished = s.backups().join("daily/2000-01-01");
+    std::fs::create_dir_all(unfinished.join("tenants")).unwrap();
+    let v = s.slipway(&["verify", "--json"]);
+    assert_eq!(v.code, 1, "{}", v.stdout);
+    assert_eq!(v.report::<Verify>().incomplete, [unfinished]);
+    let v = s.slipway(&["verify", "--day", "2000-01-01"]);
+    assert_eq!(v.code, 1);
+    assert!(v.stdout.contains("2000-01-01"), "{}", v.stdout);
+}
+
+#[test]
+fn restore_latest_takes_the_newest_snapshot_even_after_prune_rewrote_an_older_manifest() {
+    let s = Sandbox::new();
+    let v1 = s.push_fixture_as("v1", "app");
+    s.add_tenant("t1", &v1);
+    s.add_tenant("t2", &v1);
+    s.write_data("t1", "db/records.txt", "old rows\n");
+    s.write_data("t2", "db/records.txt", "t2 rows\n");
+    s.write_fleet(&s.fleet_app(&v1, ""));
+    let daily = s.backups().join("daily");
+    // Day A holds both tenants, day C only t2, today both: t1 changed since A.
+    let today = snapshot_json(&s, &[]).day;
+    std::fs::rename(daily.join(&today), daily.join("2000-01-01")).unwrap();
+    snapshot_json(&s, &["--tenant", "t2"]);
+    std::fs::rename(daily.join(&today), daily.join("2000-01-02")).unwrap();
+    s.write_data("t1", "db/records.txt", "new rows\n");
+    let newest = tree_hash(&s.data_dir("t1"));
+    snapshot_json(&s, &["--force"]);
+    // keep_last = 2 keeps both of t1's snapshots and drops t2's oldest: prune rewrites day A.
+    s.append_config("[retention]\nkeep_last = 2\n");
+    let p = s.slipway(&["prune", "--json"]);
+    assert_eq!(p.code, 0, "{} {}", p.stdout, p.stderr);
+    let a: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(daily.join("2000-01-01/MANIFEST.json")).unwrap()).unwrap();
+    let tenants: Vec<&str> = a["archives"].as_array().unwrap().iter().map(|e| e["tenant"].as_str().unwrap()).collect();
+    assert_eq!(tenants, ["t1"], "prune should have rewritten day A without t2");
+    let to = s.root().join("latest-t1");
+    let r = s.slipway(&["restore", "--tenant", "t1", "--latest", "--to", to.to_str().unwrap(), "--json"]);
+    assert_eq!(r.code, 0, "{} {}", r.stdout, r.stderr);
+    assert_eq!(tree_hash(&to), newest, "restore --latest took another snapshot: {}", r.stdout);
+}
+
+#[test]
 fn a_second_snapshot_the_same_day_redoes_nothing_and_an_unchanged_tenant_reuses_its_archive() {
     let s = Sandbox::new();
     let v1 = s.push_fixture_as("v1", "app");
@@ -79,21 +147,17 @@ fn a_second_snapshot_the_same_day_redoes_nothing_and_an_unchanged_tenant_reuses_
     s.write_fleet(&s.fleet_app(&v1, ""));
     let first = snapshot_json(&s, &[]);
     let again = snapshot_json(&s, &[]);
-    for a in again["report"]["archives"].as_array().unwrap() {
-        assert_eq!(a["outcome"], "already_done", "{a}");
+    for a in &again.archives {
+        assert_eq!(a.outcome, "already_done", "{a:?}");
     }
     // Make today's snapshot yesterday's, change t2 only, snapshot again.
-    let day = first["report"]["day"].as_str().unwrap();
+    let day = &first.day;
     let daily = s.backups().join("daily");
     std::fs::rename(daily.join(day), daily.join("2000-01-01")).unwrap();
     s.write_data("t2", "b.txt", "two, changed");
     let third = snapshot_json(&s, &[]);
-    let by: std::collections::HashMap<String, String> = third["report"]["archives"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| (a["tenant"].as_str().unwrap().to_string(), a["outcome"].as_str().unwrap().to_string()))
-        .collect();
+    let by: std::collections::HashMap<String, String> =
+        third.archives.into_iter().map(|a| (a.tenant.unwrap(), a.outcome)).collect();
     assert_eq!(by["t1"], "reused");
     assert_eq!(by["t2"], "archived");
     use std::os::unix::fs::MetadataExt;
@@ -109,25 +173,18 @@ fn disk_full_during_a_snapshot_leaves_no_archive_and_the_tenant_running_unpaused
     let v1 = s.push_fixture_as("v1", "app");
     let name = s.add_tenant("t1", &v1);
     // Incompressible data larger than the backup filesystem.
-    let mut noise = vec![0u8; 3 << 20];
-    let mut x: u64 = 0x9e3779b97f4a7c15;
-    for b in noise.iter_mut() {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        *b = x as u8;
-    }
+    let noise = noise(3 << 20, 0x9e3779b97f4a7c15);
     std::fs::create_dir_all(s.data_dir("t1")).unwrap();
     std::fs::write(s.data_dir("t1").join("noise.bin"), &noise).unwrap();
     s.write_fleet(&s.fleet_app(&v1, ""));
     let _tmpfs = s.mount_tmpfs(&s.backups(), "1m");
     let out = s.slipway(&["snapshot", "--json"]);
     assert_eq!(out.code, 1, "{}", out.stdout);
-    assert_eq!(out.json()["report"]["archives"][0]["outcome"], "failed");
+    let report: Snapshot = out.report();
+    assert_eq!(report.archives[0].outcome, "failed");
     let st = &s.inspect(&name)["State"];
     assert_eq!((st["Running"].as_bool(), st["Paused"].as_bool()), (Some(true), Some(false)));
-    let final_name =
-        s.backups().join("daily").join(out.json()["report"]["day"].as_str().unwrap()).join("tenants/t1.tar.zst");
+    let final_name = s.backups().join("daily").join(&report.day).join("tenants/t1.tar.zst");
     assert!(!final_name.exists());
 }
 
@@ -168,11 +225,7 @@ fn a_control_plane_sqlite_db_with_a_concurrent_writer_is_backed_up_whole_and_int
     let snap = snapshot_json(&s, &["--control-plane"]);
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     assert!(writer.join().unwrap() > 0);
-    let cp_archive = snap["report"]["archives"].as_array().unwrap().iter().find(|a| a["tenant"].is_null()).unwrap()
-        ["path"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let cp_archive = snap.archives.iter().find(|a| a.tenant.is_none()).unwrap().path.display().to_string();
     let out = s.root().join("cp-extract");
     std::fs::create_dir_all(&out).unwrap();
     let st = Command::new("sh")
@@ -181,26 +234,76 @@ fn a_control_plane_sqlite_db_with_a_concurrent_writer_is_backed_up_whole_and_int
         .status()
         .unwrap();
     assert!(st.success());
-    let copy = walk_find(&out, "platform.db").expect("platform.db in the control-plane archive");
+    let copy = files_under(&out)
+        .into_iter()
+        .find(|p| p.ends_with("platform.db"))
+        .expect("platform.db in the control-plane archive");
     let c = rusqlite::Connection::open(&copy).unwrap();
     let check: String = c.query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap();
     assert_eq!(check, "ok");
     let n: i64 = c.query_row("SELECT COUNT(*) FROM events WHERE body LIKE 'event %'", [], |r| r.get(0)).unwrap();
     assert_eq!(n, 2000, "every row committed before the snapshot must be in it");
-    assert!(walk_find(&out, "settings.json").is_some());
+    assert!(files_under(&out).iter().any(|p| p.ends_with("settings.json")));
 }
 
-fn walk_find(dir: &std::path::Path, name: &str) -> Option<std::path::PathBuf> {
-    for e in std::fs::read_dir(dir).ok()?.flatten() {
-        let p = e.path();
-        if p.file_name().is_some_and(|n| n == name) {
-            return Some(p);
-        }
-        if p.is_dir() {
-            if let Some(f) = walk_find(&p, name) {
-                return Some(f);
-            }
-        }
-    }
-    None
+#[test]
+fn a_same_size_rewrite_whose_mtime_was_put_back_is_archived_not_reused() {
+    let s = Sandbox::new();
+    let v1 = s.push_fixture_as("v1", "app");
+    s.add_tenant("t1", &v1);
+    s.write_data("t1", "db/ledger.txt", "balance: 100\n");
+    s.write_fleet(&s.fleet_app(&v1, ""));
+    let first = snapshot_json(&s, &[]);
+    let daily = s.backups().join("daily");
+    std::fs::rename(daily.join(&first.day), daily.join("2000-01-01")).unwrap();
+    // The way `cp -p` or `rsync -t` leave a file: new bytes, same size, the old mtime.
+    let f = s.data_dir("t1").join("db/ledger.txt");
+    let stamp = s.root().join("stamp");
+    sh(Command::new("touch").arg("-r").arg(&f).arg(&stamp));
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    std::fs::write(&f, "balance: 999\n").unwrap();
+    sh(Command::new("touch").arg("-r").arg(&stamp).arg(&f));
+    let second = snapshot_json(&s, &[]);
+    assert_eq!(second.archives[0].outcome, "archived", "{:?}", second.archives);
+    let to = s.root().join("check");
+    let out = s.slipway(&["restore", "--tenant", "t1", "--day", &second.day, "--to", to.to_str().unwrap()]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(std::fs::read_to_string(to.join("db/ledger.txt")).unwrap(), "balance: 999\n");
+}
+
+#[test]
+fn a_damaged_previous_archive_is_never_reused_and_force_always_archives_afresh() {
+    let s = Sandbox::new();
+    let v1 = s.push_fixture_as("v1", "app");
+    s.add_tenant("t1", &v1);
+    s.write_data("t1", "db/records.txt", &"row\n".repeat(2000));
+    s.write_fleet(&s.fleet_app(&v1, ""));
+    let first = snapshot_json(&s, &[]);
+    let daily = s.backups().join("daily");
+    std::fs::rename(daily.join(&first.day), daily.join("2000-01-01")).unwrap();
+    // Yesterday's archive rots on disk; the tenant itself is unchanged.
+    let old = daily.join("2000-01-01/tenants/t1.tar.zst");
+    let mut bytes = std::fs::read(&old).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x40;
+    std::fs::write(&old, bytes).unwrap();
+    let second = snapshot_json(&s, &[]);
+    assert_eq!(second.archives[0].outcome, "archived", "a damaged archive was linked into today");
+    let today = daily.join(&second.day).join("tenants/t1.tar.zst");
+    use std::os::unix::fs::MetadataExt;
+    assert_ne!(std::fs::metadata(&today).unwrap().ino(), std::fs::metadata(&old).unwrap().ino());
+    let v = s.slipway(&["verify", "--deep", "--json"]);
+    // Today's copy is good; yesterday's damage is still reported.
+    assert_eq!(v.code, 1, "{}", v.stdout);
+    let checked = v.report::<Verify>().archives;
+    let bad: Vec<_> = checked.iter().filter(|c| !c.ok).map(|c| c.archive.clone()).collect();
+    assert_eq!(bad, [old], "{checked:?}");
+    // With an intact previous archive, `--force` still archives afresh.
+    std::fs::remove_dir_all(daily.join("2000-01-01")).unwrap();
+    std::fs::rename(daily.join(&second.day), daily.join("2000-01-02")).unwrap();
+    let third = snapshot_json(&s, &["--force"]);
+    assert_eq!(third.archives[0].outcome, "archived");
+    let fourth_day = daily.join(&third.day);
+    std::fs::rename(&fourth_day, daily.join("2000-01-03")).unwrap();
+    assert_eq!(snapshot_json(&s, &[]).archives[0].outcome, "reused", "an intact unchanged archive is reused");
 }

@@ -2,7 +2,8 @@
 
 use std::path::Path;
 
-use crate::support::{S3Server, Sandbox};
+use crate::support::reports::{Prune, Snapshot, Sync, Verify};
+use crate::support::{files_under, noise, tree_hash, S3Server, Sandbox};
 
 /// One tenant with data and today's snapshot taken.
 fn with_snapshot(s: &Sandbox, data: &[u8]) -> String {
@@ -13,19 +14,7 @@ fn with_snapshot(s: &Sandbox, data: &[u8]) -> String {
     s.write_fleet(&s.fleet_app(&v1, ""));
     let out = s.slipway(&["snapshot", "--json"]);
     assert_eq!(out.code, 0, "{} {}", out.stdout, out.stderr);
-    out.json()["report"]["day"].as_str().unwrap().to_string()
-}
-
-fn noise(n: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+    out.report::<Snapshot>().day
 }
 
 #[test]
@@ -36,7 +25,7 @@ fn sync_then_sync_again_uploads_nothing_and_a_changed_archive_goes_up_again() {
     let bucket = s.use_shared_remote("");
     let dry = s.slipway(&["sync", "--dry-run", "--json"]);
     assert_eq!(dry.code, 0, "{}", dry.stderr);
-    assert_eq!(dry.json()["report"]["files"].as_array().unwrap().len(), 3);
+    assert_eq!(dry.report::<Sync>().files.len(), 3);
     assert!(
         s.remote_objects(&env.s3_endpoint, &env.s3_access_key, &env.s3_secret_key, &bucket).is_empty(),
         "a dry run uploaded"
@@ -54,18 +43,14 @@ fn sync_then_sync_again_uploads_nothing_and_a_changed_archive_goes_up_again() {
         ]
     );
     let again = s.slipway(&["sync", "--json"]);
-    assert_eq!(again.json()["report"]["files"].as_array().unwrap().len(), 0, "{}", again.stdout);
-    assert_eq!(again.json()["report"]["uploaded_bytes"], 0);
+    let again_report: Sync = again.report();
+    assert_eq!(again_report.files.len(), 0, "{}", again.stdout);
+    assert_eq!(again_report.uploaded_bytes, 0);
     // The tenant changes and today's snapshot is redone: the new archive goes up again.
     std::fs::write(s.data_dir("t1").join("blob.bin"), noise(100_000, 2)).unwrap();
     assert_eq!(s.slipway(&["snapshot", "--force"]).code, 0);
     let third = s.slipway(&["sync", "--json"]);
-    let up: Vec<String> = third.json()["report"]["files"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|f| f["key"].as_str().unwrap().to_string())
-        .collect();
+    let up: Vec<String> = third.report::<Sync>().files.into_iter().map(|f| f.key).collect();
     assert!(up.contains(&format!("daily/{day}/tenants/t1.tar.zst")), "{up:?}");
     assert!(up.last().unwrap().ends_with("MANIFEST.json"), "the manifest must go up last: {up:?}");
     // Restore from the remote on a host that lost its local backups.
@@ -103,7 +88,7 @@ fn a_sync_killed_with_the_s3_server_mid_multipart_is_completed_by_the_next_run()
     assert!(!objects.iter().any(|(k, _)| k.ends_with("MANIFEST.json")), "{objects:?}");
     let next = s.slipway(&["sync", "--json"]);
     assert_eq!(next.code, 0, "{} {}", next.stdout, next.stderr);
-    let local: Vec<(String, u64)> = walk(&s.backups().join("daily"))
+    let local: Vec<(String, u64)> = files_under(&s.backups().join("daily"))
         .into_iter()
         .map(|p| {
             (p.strip_prefix(s.backups()).unwrap().to_string_lossy().into_owned(), std::fs::metadata(&p).unwrap().len())
@@ -114,7 +99,37 @@ fn a_sync_killed_with_the_s3_server_mid_multipart_is_completed_by_the_next_run()
     // Every sha256 matches: verify --remote --deep downloads and re-hashes each archive.
     let v = s.slipway(&["verify", "--remote", "--deep", "--json"]);
     assert_eq!(v.code, 0, "{}", v.stdout);
-    assert_eq!(v.json()["report"]["archives"][0]["ok"], true);
+    assert!(v.report::<Verify>().archives[0].ok, "{}", v.stdout);
+}
+
+#[test]
+fn an_archive_damaged_after_the_snapshot_is_never_uploaded_or_recorded_as_verified() {
+    // Both upload paths: one small object, and a multipart upload (5 MB parts).
+    for (size, extra) in [(200_000usize, ""), (12 << 20, "part_size_mb = 5\nconcurrency = 2\n")] {
+        let s = Sandbox::new();
+        let day = with_snapshot(&s, &noise(size, 9));
+        let env = crate::support::Env::get();
+        let bucket = s.use_shared_remote(extra);
+        let archive = s.backups().join("daily").join(&day).join("tenants/t1.tar.zst");
+        let mut bytes = std::fs::read(&archive).unwrap();
+        let at = bytes.len() - 100;
+        bytes[at] ^= 0x01;
+        std::fs::write(&archive, bytes).unwrap();
+        let out = s.slipway(&["sync", "--json"]);
+        assert_ne!(out.code, 0, "{size}: a damaged archive was synced: {}", out.stdout);
+        assert!(
+            out.stdout.contains("t1.tar.zst") || out.stderr.contains("t1.tar.zst"),
+            "{} {}",
+            out.stdout,
+            out.stderr
+        );
+        let objects = s.remote_objects(&env.s3_endpoint, &env.s3_access_key, &env.s3_secret_key, &bucket);
+        let keys: Vec<&str> = objects.iter().map(|(k, _)| k.as_str()).collect();
+        assert!(!keys.iter().any(|k| k.ends_with("t1.tar.zst") || k.ends_with("MANIFEST.json")), "{size}: {keys:?}");
+        // Nothing was recorded as verified: the next sync tries (and refuses) again.
+        let again = s.slipway(&["sync", "--json"]);
+        assert_ne!(again.code, 0, "{size}: {}", again.stdout);
+    }
 }
 
 #[test]
@@ -218,22 +233,16 @@ fn prune_keeps_exactly_the_policy_table_over_120_days_locally_and_remotely() {
     // Dry run: lists, deletes nothing.
     let dry = s.slipway(&["prune", "--dry-run", "--json"]);
     assert_eq!(dry.code, 0, "{} {}", dry.stdout, dry.stderr);
-    let items = dry.json()["report"]["items"].as_array().unwrap().clone();
-    let mut kept: Vec<String> =
-        items.iter().filter(|i| i["keep"] == true).map(|i| i["snapshot"].as_str().unwrap().to_string()).collect();
+    let items = dry.report::<Prune>().items;
+    let mut kept: Vec<String> = items.iter().filter(|i| i.keep).map(|i| i.snapshot.clone()).collect();
     kept.sort();
     assert_eq!(kept, TABLE);
-    assert!(items.iter().filter(|i| i["keep"] == true).all(|i| !i["reasons"].as_array().unwrap().is_empty()));
+    assert!(items.iter().filter(|i| i.keep).all(|i| !i.reasons.is_empty()), "a kept snapshot names no rule");
     assert_eq!(kept_days(&s.backups().join("daily")).len(), 120, "a dry run deleted something");
     // With a remote: unsynced snapshots are protected until synced; the remote has its own policy.
     s.use_shared_remote("[remote.retention]\nkeep_daily = 3\n");
     let protected = s.slipway(&["prune", "--dry-run", "--json"]);
-    let all_kept = protected.json()["report"]["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|i| i["location"] == "local")
-        .all(|i| i["keep"] == true);
+    let all_kept = protected.report::<Prune>().items.iter().filter(|i| i.location == "local").all(|i| i.keep);
     assert!(all_kept, "local snapshots not yet synced must be kept");
     assert_eq!(s.slipway(&["sync"]).code, 0);
     let out = s.slipway(&["prune", "--json"]);
@@ -254,16 +263,26 @@ fn prune_keeps_exactly_the_policy_table_over_120_days_locally_and_remotely() {
     assert_eq!(s.slipway(&["verify"]).code, 0, "what is left locally must still verify");
 }
 
-fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap().flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            out.extend(walk(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out.sort();
-    out
+#[test]
+fn restore_remote_latest_takes_a_rollout_snapshot_newer_than_the_newest_daily() {
+    let s = Sandbox::new();
+    let v1 = s.push_fixture_as("v1", "app");
+    let v2 = s.push_fixture_as("v2", "app");
+    s.add_tenant("t1", &v1);
+    s.write_data("t1", "db/records.txt", "rows of the daily snapshot\n");
+    s.write_fleet(&s.fleet_app(&v1, ""));
+    assert_eq!(s.slipway(&["snapshot"]).code, 0);
+    // Later the tenant has more data, and a rollout snapshots it before moving it to v2.
+    s.write_data("t1", "db/records.txt", "rows written after the daily snapshot\n");
+    let at_rollout = tree_hash(&s.data_dir("t1"));
+    s.write_fleet(&s.fleet_app(&v2, ""));
+    let r = s.slipway(&["rollout", "--json"]);
+    assert_eq!(r.code, 0, "{} {}", r.stdout, r.stderr);
+    s.use_shared_remote("");
+    let sync = s.slipway(&["sync", "--json"]);
+    assert_eq!(sync.code, 0, "{} {}", sync.stdout, sync.stderr);
+    let to = s.root().join("from-remote");
+    let out = s.slipway(&["restore", "--tenant", "t1", "--latest", "--remote", "--to", to.to_str().unwrap(), "--json"]);
+    assert_eq!(out.code, 0, "{} {}", out.stdout, out.stderr);
+    assert_eq!(tree_hash(&to), at_rollout, "restore --remote --latest took another snapshot: {}", out.stdout);
 }

@@ -1,10 +1,10 @@
 //! Running slipway the way operators do: the host lock, the git push hook, status exit codes,
 //! the metrics file, webhook notifications, install and the systemd units.
 
-use std::io::{Read, Write};
 use std::process::{Command, Stdio};
 
-use crate::support::Sandbox;
+use crate::support::reports::{Runs, Status};
+use crate::support::{Sandbox, Webhook};
 
 fn spawn(s: &Sandbox, args: &[&str], env: &[(&str, &str)]) -> std::process::Child {
     Command::new(env!("CARGO_BIN_EXE_slipway"))
@@ -100,16 +100,13 @@ fn a_git_push_to_the_bare_repo_with_the_hook_installed_triggers_reconcile() {
     }
     // The run record is closed once the health gate has passed: wait for it too.
     loop {
-        let runs = s.slipway(&["runs", "--json"]).json();
-        let done = runs["report"]["runs"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|r| r["trigger"] == "hook" && r["outcome"] == "success");
+        let runs = s.slipway(&["runs", "--json"]);
+        let done =
+            runs.report::<Runs>().runs.iter().any(|r| r.trigger == "hook" && r.outcome.as_deref() == Some("success"));
         if done {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "no successful hook-triggered run: {runs}");
+        assert!(std::time::Instant::now() < deadline, "no successful hook-triggered run: {}", runs.stdout);
         std::thread::sleep(std::time::Duration::from_millis(300));
     }
 }
@@ -123,7 +120,7 @@ fn status_exits_8_for_each_condition_that_needs_a_person_and_0_when_all_is_well(
     s.write_fleet(&s.fleet_app(&v1, ""));
     let st = s.slipway(&["status", "--json"]);
     assert_eq!(st.code, 8, "no snapshot yet: {}", st.stdout);
-    assert!(st.json()["report"]["attention"][0].as_str().unwrap().contains("no snapshot"));
+    assert!(st.report::<Status>().attention[0].contains("no snapshot"), "{}", st.stdout);
     assert_eq!(s.slipway(&["snapshot"]).code, 0);
     assert_eq!(s.slipway(&["status"]).code, 0, "all is well");
     // An unhealthy tenant.
@@ -148,54 +145,25 @@ fn status_exits_8_for_each_condition_that_needs_a_person_and_0_when_all_is_well(
     assert!(st.stdout.contains("halted"), "{}", st.stdout);
 }
 
-/// A one-request HTTP listener on 127.0.0.1; returns its URL and the body it will receive.
-fn listener() -> (String, std::thread::JoinHandle<String>) {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}/hooks/T000/secret", l.local_addr().unwrap());
-    let h = std::thread::spawn(move || {
-        let (mut c, _) = l.accept().unwrap();
-        let mut got = Vec::new();
-        let mut buf = [0u8; 8192];
-        loop {
-            let n = c.read(&mut buf).unwrap();
-            got.extend_from_slice(&buf[..n]);
-            let text = String::from_utf8_lossy(&got).into_owned();
-            if let Some(i) = text.find("\r\n\r\n") {
-                let len: usize = text
-                    .lines()
-                    .find_map(|l| {
-                        l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap())
-                    })
-                    .unwrap_or(0);
-                if got.len() >= i + 4 + len {
-                    c.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n").unwrap();
-                    return text[i + 4..].to_string();
-                }
-            }
-        }
-    });
-    (url, h)
-}
-
 #[test]
 fn a_halt_is_posted_to_the_webhook_and_a_dead_webhook_does_not_change_the_outcome() {
     let s = Sandbox::new();
     let v1 = s.push_fixture_as("v1", "app");
     let bad = s.push_fixture_as("unhealthy", "app");
     s.add_tenant("t1", &v1);
-    let (url, got) = listener();
+    let hook = Webhook::listen("/hooks/T000/secret");
+    let url = hook.url.clone();
     s.append_config(&format!("[notify]\nwebhook = \"{url}\"\n"));
     s.write_fleet(&s.fleet_app(&bad, "health = { path = \"/api/health\", port = 8080, timeout_s = 3 }\n"));
     assert_eq!(s.slipway(&["rollout"]).code, 3);
-    let body: serde_json::Value = serde_json::from_str(&got.join().unwrap()).unwrap();
+    let body: serde_json::Value = serde_json::from_str(&hook.body()).unwrap();
     assert_eq!(body["job"], "rollout");
     assert_eq!(body["outcome"], "halted");
     assert_eq!(body["exit_code"], 3);
     assert!(body["text"].as_str().unwrap().contains("HALTED"), "{body}");
     // Nobody listens on the webhook now: the job's exit code is the same.
     let cfg = std::fs::read_to_string(s.config_path()).unwrap();
-    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-    std::fs::write(s.config_path(), cfg.replace(&url, &format!("http://{dead}/x"))).unwrap();
+    std::fs::write(s.config_path(), cfg.replace(&url, &Webhook::dead_url())).unwrap();
     let out = s.slipway(&["reconcile", "--retry"]);
     assert_eq!(out.code, 3, "{}", out.stderr);
 }

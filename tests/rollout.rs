@@ -2,6 +2,7 @@
 //! Each test reads like the runbook's checklist: set up tenants, act, check what an operator
 //! would check (exit code, digests, labels, data dir tree hash).
 
+use crate::support::reports::{Rollout, RunShow};
 use crate::support::{tree_hash, Env, Sandbox};
 
 /// Three tenants on v1 with some data in each.
@@ -15,10 +16,6 @@ fn three_tenants(s: &Sandbox, image: &str) -> Vec<String> {
         .collect()
 }
 
-fn image_of(s: &Sandbox, container: &str) -> String {
-    s.inspect(container)["Config"]["Image"].as_str().unwrap_or_default().to_string()
-}
-
 #[test]
 fn dry_run_prints_the_plan_and_touches_nothing() {
     let s = Sandbox::new();
@@ -29,12 +26,13 @@ fn dry_run_prints_the_plan_and_touches_nothing() {
     let before: Vec<String> = names.iter().map(|n| s.inspect(n)["Id"].as_str().unwrap().to_string()).collect();
     let out = s.slipway(&["rollout", "--dry-run", "--json"]);
     assert_eq!(out.code, 0, "{}", out.stderr);
-    let plan = &out.json()["report"]["apps"][0]["plan"]["items"];
-    assert_eq!(plan.as_array().unwrap().len(), 3);
-    assert_eq!(plan[0]["canary"], true);
+    let report: Rollout = out.report();
+    let plan = &report.apps[0].plan.as_ref().unwrap().items;
+    assert_eq!(plan.len(), 3);
+    assert!(plan[0].canary);
     for (n, id) in names.iter().zip(before) {
         assert_eq!(s.inspect(n)["Id"].as_str().unwrap(), id, "container {n} was replaced by a dry run");
-        assert_eq!(image_of(&s, n), v1);
+        assert_eq!(s.image_of(n), v1);
     }
     assert!(!s.backups().join("rollout").exists(), "a dry run wrote snapshots");
 }
@@ -49,16 +47,17 @@ fn full_rollout_of_three_tenants_keeps_operator_settings_and_drops_image_default
     s.write_fleet(&s.fleet_app(&v2, ""));
     let out = s.slipway(&["rollout", "--json"]);
     assert_eq!(out.code, 0, "stdout {} stderr {}", out.stdout, out.stderr);
-    let report = out.json();
-    let tenants = report["report"]["apps"][0]["tenants"].as_array().unwrap().clone();
+    let run_id = out.run_id();
+    let report: Rollout = out.report();
+    let tenants = &report.apps[0].tenants;
     assert_eq!(tenants.len(), 3);
-    for t in &tenants {
-        assert_eq!(t["outcome"], "rolled", "{t}");
-        assert!(t["downtime_ms"].as_u64().unwrap() > 0);
+    for t in tenants {
+        assert_eq!(t.outcome, "rolled", "{t:?}");
+        assert!(t.downtime_ms.unwrap() > 0);
     }
     for (n, old) in names.iter().zip(&olds) {
         let new = s.inspect(n);
-        assert_eq!(image_of(&s, n), v2);
+        assert_eq!(s.image_of(n), v2);
         assert_eq!(new["State"]["Running"], true);
         // What the operator set is carried over ...
         for key in ["traefik.http.routers.app.rule", "app.managed", "slipway.test"] {
@@ -83,10 +82,10 @@ fn full_rollout_of_three_tenants_keeps_operator_settings_and_drops_image_default
         );
         let body = s.http_get(&format!("http://{}:8080/api/health", s.container_ip(n)));
         assert!(body.contains("v2"), "{body}");
-        assert!(!s.container_exists(&format!("{n}.pre-rollout-{}", report["run_id"].as_str().unwrap())));
+        assert!(!s.container_exists(&format!("{n}.pre-rollout-{run_id}")));
     }
     // Every tenant's data was snapshotted before it was touched.
-    let run_dir = s.backups().join("rollout").join(report["run_id"].as_str().unwrap());
+    let run_dir = s.backups().join("rollout").join(&run_id);
     for t in ["t1", "t2", "t3"] {
         assert!(run_dir.join(format!("{t}.tar.zst")).is_file());
     }
@@ -94,7 +93,7 @@ fn full_rollout_of_three_tenants_keeps_operator_settings_and_drops_image_default
     // A second rollout has nothing to do.
     let again = s.slipway(&["rollout", "--json"]);
     assert_eq!(again.code, 0);
-    assert_eq!(again.json()["report"]["apps"][0]["plan"]["items"].as_array().unwrap().len(), 0);
+    assert_eq!(again.report::<Rollout>().apps[0].plan.as_ref().unwrap().items.len(), 0);
 }
 
 #[test]
@@ -108,15 +107,16 @@ fn canary_failure_restores_data_byte_identical_and_halts_with_code_3() {
     s.write_fleet(&s.fleet_app(&bad, "health = { path = \"/api/health\", port = 8080, timeout_s = 4 }\n"));
     let out = s.slipway(&["rollout", "--json"]);
     assert_eq!(out.code, 3, "stdout {} stderr {}", out.stdout, out.stderr);
-    let r = out.json();
-    let tenants = &r["report"]["apps"][0]["tenants"];
-    assert_eq!(tenants[0]["tenant"], "t1");
-    assert_eq!(tenants[0]["outcome"], "restored");
-    assert_eq!(tenants[1]["outcome"], "not_reached");
+    let run_id = out.run_id();
+    let report: Rollout = out.report();
+    let tenants = &report.apps[0].tenants;
+    assert_eq!(tenants[0].tenant, "t1");
+    assert_eq!(tenants[0].outcome, "restored");
+    assert_eq!(tenants[1].outcome, "not_reached");
     for ((n, t), (old, hash)) in names.iter().zip(["t1", "t2", "t3"]).zip(&before) {
         let now = s.inspect(n);
         assert_eq!(now["Id"], old["Id"], "{n}: the prior container must be back, not a copy");
-        assert_eq!(image_of(&s, n), v1);
+        assert_eq!(s.image_of(n), v1);
         assert_eq!(now["State"]["Running"], true);
         assert_eq!(now["Config"]["Labels"], old["Config"]["Labels"]);
         assert_eq!(now["Config"]["Env"], old["Config"]["Env"]);
@@ -129,8 +129,8 @@ fn canary_failure_restores_data_byte_identical_and_halts_with_code_3() {
     }
     assert!(s.http_get(&format!("http://{}:8080/api/health", s.container_ip(&names[0]))).contains("v1"));
     // The run record says what happened.
-    let shown = s.slipway(&["runs", "show", r["run_id"].as_str().unwrap(), "--json"]);
-    assert_eq!(shown.json()["report"]["run"]["outcome"], "halted");
+    let shown = s.slipway(&["runs", "show", &run_id, "--json"]);
+    assert_eq!(shown.report::<RunShow>().run.outcome.as_deref(), Some("halted"), "{}", shown.stdout);
 }
 
 #[test]
@@ -144,10 +144,10 @@ fn an_image_that_exits_at_once_halts_fast_and_restores_the_canary() {
     let out = s.slipway(&["rollout", "--json"]);
     assert_eq!(out.code, 3, "{}", out.stderr);
     assert!(started.elapsed().as_secs() < 45, "an exiting container must fail fast, not wait out the 60 s timeout");
-    let detail = out.json()["report"]["apps"][0]["tenants"][0]["detail"].as_str().unwrap().to_string();
+    let detail = out.report::<Rollout>().apps[0].tenants[0].detail.clone().unwrap();
     assert!(detail.contains("exited") || detail.contains("restarted"), "{detail}");
     for n in &names {
-        assert_eq!(image_of(&s, n), v1);
+        assert_eq!(s.image_of(n), v1);
         assert_eq!(s.inspect(n)["State"]["Running"], true);
     }
 }
@@ -162,11 +162,11 @@ fn a_slow_image_rolls_within_its_timeout_and_halts_beyond_it() {
     s.write_fleet(&s.fleet_app(&slow, "health = { path = \"/api/health\", port = 8080, timeout_s = 3 }\n"));
     let out = s.slipway(&["rollout", "--json"]);
     assert_eq!(out.code, 3, "beyond the timeout: {}", out.stdout);
-    assert_eq!(image_of(&s, &names[0]), v1);
+    assert_eq!(s.image_of(&names[0]), v1);
     s.write_fleet(&s.fleet_app(&slow, "health = { path = \"/api/health\", port = 8080, timeout_s = 30 }\n"));
     let out = s.slipway(&["rollout", "--json"]);
     assert_eq!(out.code, 0, "within the timeout: {} {}", out.stdout, out.stderr);
-    assert_eq!(image_of(&s, &names[0]), slow);
+    assert_eq!(s.image_of(&names[0]), slow);
 }
 
 #[test]
@@ -179,7 +179,7 @@ fn a_tag_only_image_is_refused_naming_the_fix_and_nothing_is_touched() {
     let out = s.slipway(&["rollout"]);
     assert_eq!(out.code, 2);
     assert!(out.stderr.contains("not pinned by digest") && out.stderr.contains("fleet.toml"), "{}", out.stderr);
-    assert_eq!(image_of(&s, &name), v1);
+    assert_eq!(s.image_of(&name), v1);
     assert_eq!(s.inspect(&name)["State"]["Running"], true);
 }
 
@@ -193,7 +193,8 @@ fn a_digest_the_registry_does_not_have_is_refused_with_nothing_touched() {
     s.write_fleet(&s.fleet_app(&format!("{repo}@sha256:{}", "0".repeat(64)), ""));
     let out = s.slipway(&["rollout", "--json"]);
     assert_eq!(out.code, 1, "{}", out.stdout);
-    assert!(out.json()["error"].as_str().unwrap().contains("nothing was changed"));
+    let error = out.envelope::<Rollout>().error.unwrap_or_default();
+    assert!(error.contains("nothing was changed"), "{}", out.stdout);
     assert_eq!(s.inspect(&name)["Id"], id);
     assert_eq!(s.inspect(&name)["State"]["Running"], true);
     assert!(!s.backups().join("rollout").exists());
@@ -212,14 +213,14 @@ fn reconcile_does_not_retry_a_halted_digest_until_git_pins_another_or_retry() {
     // The timer fires again: nothing is touched.
     let again = s.slipway(&["reconcile", "--json"]);
     assert_eq!(again.code, 0, "{}", again.stdout);
-    assert_eq!(again.json()["report"]["apps"][0]["action"], "skipped_halted");
+    assert_eq!(again.report::<Rollout>().apps[0].action.as_deref(), Some("skipped_halted"));
     assert_eq!(s.inspect(&name)["Id"], id, "reconcile restarted a tenant for a digest that already halted");
     // A person asks for a retry: it runs (and halts) again.
     assert_eq!(s.slipway(&["reconcile", "--retry"]).code, 3);
     // Git pins another digest: it rolls.
     s.write_fleet(&s.fleet_app(&v2, ""));
     assert_eq!(s.slipway(&["reconcile"]).code, 0);
-    assert_eq!(image_of(&s, &name), v2);
+    assert_eq!(s.image_of(&name), v2);
 }
 
 #[test]
@@ -233,11 +234,11 @@ fn rollback_of_a_finished_run_brings_back_the_prior_image_and_data() {
     s.write_fleet(&s.fleet_app(&writer, ""));
     let out = s.slipway(&["rollout", "--json"]);
     assert_eq!(out.code, 0, "{}", out.stderr);
-    let run = out.json()["run_id"].as_str().unwrap().to_string();
+    let run = out.run_id();
     assert_ne!(tree_hash(&s.data_dir("t1")), hash, "the writer fixture should have changed the data");
     let rb = s.slipway(&["rollback", "--run", &run, "--json"]);
     assert_eq!(rb.code, 0, "{} {}", rb.stdout, rb.stderr);
-    assert_eq!(image_of(&s, &name), v1);
+    assert_eq!(s.image_of(&name), v1);
     assert_eq!(s.inspect(&name)["State"]["Running"], true);
     assert_eq!(tree_hash(&s.data_dir("t1")), hash);
     assert_eq!(s.inspect(&name)["Config"]["Labels"]["fixture.version"], "v1");
@@ -265,9 +266,10 @@ fn a_tenant_that_ignores_sigterm_is_stopped_after_its_stop_timeout() {
     s.write_fleet(&s.fleet_app(&v2, "stop_timeout_s = 2\n").replace("stop_timeout_s = 5\n", ""));
     let out = s.slipway(&["rollout", "--json"]);
     assert_eq!(out.code, 0, "{}", out.stderr);
-    let t = &out.json()["report"]["apps"][0]["tenants"][0];
-    assert!(t["timings"]["stop_ms"].as_u64().unwrap() >= 2000, "{t}");
-    assert_eq!(image_of(&s, &name), v2);
+    let report: Rollout = out.report();
+    let t = &report.apps[0].tenants[0];
+    assert!(t.timings.stop_ms >= 2000, "{t:?}");
+    assert_eq!(s.image_of(&name), v2);
 }
 
 #[test]
@@ -278,8 +280,8 @@ fn held_tenants_and_the_configured_canary_shape_the_plan() {
     three_tenants(&s, &v1);
     s.write_fleet(&s.fleet_app(&v2, "canary = \"t2\"\nhold = [\"t3\"]\n"));
     let out = s.slipway(&["rollout", "--dry-run", "--json"]);
-    let items = out.json()["report"]["apps"][0]["plan"]["items"].clone();
-    let order: Vec<&str> = items.as_array().unwrap().iter().map(|i| i["tenant"].as_str().unwrap()).collect();
+    let report: Rollout = out.report();
+    let order: Vec<&str> = report.apps[0].plan.as_ref().unwrap().items.iter().map(|i| i.tenant.as_str()).collect();
     assert_eq!(order, ["t2", "t1"]);
     let _ = Env::get();
 }
@@ -294,13 +296,13 @@ fn keep_old_keeps_the_prior_container_and_rollback_renames_it_back() {
     s.write_fleet(&s.fleet_app(&v2, ""));
     let out = s.slipway(&["rollout", "--keep-old", "--json"]);
     assert_eq!(out.code, 0, "{}", out.stderr);
-    let run = out.json()["run_id"].as_str().unwrap().to_string();
+    let run = out.run_id();
     let pre = format!("{name}.pre-rollout-{run}");
     assert_eq!(s.inspect(&pre)["Id"], old_id, "the prior container is kept under its pre-rollout name");
     assert_eq!(s.inspect(&pre)["State"]["Running"], false);
     assert_eq!(s.slipway(&["rollback", "--run", &run]).code, 0);
     assert_eq!(s.inspect(&name)["Id"], old_id, "rollback brings back the very same prior container");
-    assert_eq!(image_of(&s, &name), v1);
+    assert_eq!(s.image_of(&name), v1);
     assert!(!s.container_exists(&pre));
 }
 
@@ -323,7 +325,7 @@ fn the_prior_container_aside_cannot_restart_by_itself_and_gets_its_restart_polic
     assert_eq!(policy(&name), "unless-stopped", "the new container has the tenant's policy");
     // Rollback brings it back with its own policy.
     assert_eq!(s.slipway(&["rollback", "--run", &run]).code, 0);
-    assert_eq!(image_of(&s, &name), v1);
+    assert_eq!(s.image_of(&name), v1);
     assert_eq!(policy(&name), "unless-stopped", "rollback did not put the restart policy back");
 
     // Killed while the prior container is aside: recover puts the policy back too.
@@ -333,7 +335,7 @@ fn the_prior_container_aside_cannot_restart_by_itself_and_gets_its_restart_polic
     assert_eq!(aside.len(), 1, "{aside:?}");
     assert_eq!(policy(&aside[0]), "no");
     assert_eq!(s.slipway(&["recover"]).code, 0);
-    assert_eq!(image_of(&s, &name), v1);
+    assert_eq!(s.image_of(&name), v1);
     assert_eq!(s.inspect(&name)["State"]["Running"], true);
     assert_eq!(policy(&name), "unless-stopped", "recover did not put the restart policy back");
 }
@@ -396,7 +398,7 @@ fn a_canary_that_fails_its_soak_gets_its_prior_container_back_and_is_recorded_as
     assert_eq!(now["State"]["Running"], true);
     assert_eq!(tree_hash(&s.data_dir("t1")), before, "data dir not restored");
     assert!(s.containers_named_like(".pre-rollout-").is_empty());
-    assert_eq!(image_of(&s, &names[1]), v1, "t2 was touched");
+    assert_eq!(s.image_of(&names[1]), v1, "t2 was touched");
     // The run record agrees with the report: the canary was restored, not rolled.
     let shown = s.slipway(&["runs", "show", r["report"]["apps"][0]["run_id"].as_str().unwrap(), "--json"]);
     let shown = shown.json();

@@ -2,6 +2,7 @@
 //!   archive_bench create SRC DEST            -> archive SRC into DEST
 //!   archive_bench restore ARCHIVE SHA TARGET -> restore_swap
 //!   archive_bench resnapshot SRC PREV DEST   -> tree_unchanged + reuse (or create when changed)
+//!   archive_bench verify ARCHIVE SHA         -> deep_verify against its file list
 #![allow(clippy::print_stdout)]
 
 use std::path::Path;
@@ -23,8 +24,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         Some("resnapshot") => {
             let (src, prev, dest) = (Path::new(&args[2]), Path::new(&args[3]), Path::new(&args[4]));
-            let list = archive::read_file_list(&archive::file_list_path(prev))?;
-            if archive::tree_unchanged(src, &list)? {
+            if archive::tree_unchanged(src, &archive::file_list_path(prev))? {
                 archive::reuse(prev, dest)?;
                 println!("reused {:.3}", t.elapsed().as_secs_f64());
             } else {
@@ -32,7 +32,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 println!("archived {:.3}", t.elapsed().as_secs_f64());
             }
         }
-        _ => return Err("usage: archive_bench create|restore|resnapshot ...".into()),
+        Some("verify") => {
+            let a = Path::new(&args[2]);
+            archive::deep_verify(a, &args[3], &archive::file_list_path(a))?;
+            println!("ok {:.3}", t.elapsed().as_secs_f64());
+        }
+        _ => return Err("usage: archive_bench create|restore|resnapshot|verify ...".into()),
     }
     Ok(())
 }

@@ -7,19 +7,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-
-/// File name of the manifest inside a snapshot directory.
-pub const MANIFEST: &str = "MANIFEST.json";
-
-/// Daily or rollout snapshot directory.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SnapshotKind {
-    /// `daily/<YYYY-MM-DD>/`
-    Daily,
-    /// `rollout/<run_id>/`
-    Rollout,
-}
+use crate::layout::{manifest_path, SnapshotId, SnapshotKind};
 
 /// One archive in a snapshot directory.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -38,6 +26,18 @@ pub struct ArchiveEntry {
     pub file_list: String,
     /// sha256 of the per-file list.
     pub file_list_sha256: String,
+    /// When the archive was taken (RFC 3339), stamped as it enters the manifest; absent in
+    /// manifests written before slipway stamped entries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created: Option<String>,
+}
+
+impl ArchiveEntry {
+    /// When the archive was taken: its stamp, else (older manifests) the time its snapshot's
+    /// name gives. Never the manifest's own time, which every rewrite (prune) moves.
+    pub fn taken(&self, snap: &SnapshotId) -> Option<jiff::Timestamp> {
+        self.created.as_deref().and_then(|c| c.parse().ok()).or_else(|| snap.time())
+    }
 }
 
 /// The manifest of one snapshot directory.
@@ -49,7 +49,8 @@ pub struct Manifest {
     pub kind: SnapshotKind,
     /// The day or the run id.
     pub id: String,
-    /// When written (RFC 3339).
+    /// When last written (RFC 3339): moves with every rewrite, so it says nothing of when
+    /// the archives in it were taken (see [`ArchiveEntry::taken`]).
     pub created: String,
     /// Archives, sorted by path.
     pub archives: Vec<ArchiveEntry>,
@@ -57,19 +58,19 @@ pub struct Manifest {
 
 impl Manifest {
     /// An empty manifest for a snapshot directory.
-    pub fn new(kind: SnapshotKind, id: &str) -> Manifest {
+    pub fn new(snap: &SnapshotId) -> Manifest {
         Manifest {
             version: 1,
-            kind,
-            id: id.to_string(),
+            kind: snap.kind(),
+            id: snap.id().to_string(),
             created: jiff::Timestamp::now().to_string(),
             archives: Vec::new(),
         }
     }
 
-    /// Read `<dir>/MANIFEST.json`; Ok(None) when the directory has none (incomplete).
+    /// Read the directory's manifest; Ok(None) when the directory has none (incomplete).
     pub fn read(dir: &Path) -> Result<Option<Manifest>> {
-        let p = dir.join(MANIFEST);
+        let p = manifest_path(dir);
         match std::fs::read(&p) {
             Ok(b) => serde_json::from_slice(&b)
                 .map(Some)
@@ -79,23 +80,70 @@ impl Manifest {
         }
     }
 
-    /// Add or replace the entry for `path`.
-    pub fn upsert(&mut self, entry: ArchiveEntry) {
+    /// Add or replace the entry for `path`, stamped now unless it carries its own time.
+    pub fn upsert(&mut self, mut entry: ArchiveEntry) {
+        entry.created.get_or_insert_with(|| jiff::Timestamp::now().to_string());
         self.archives.retain(|a| a.path != entry.path);
         self.archives.push(entry);
         self.archives.sort_by(|a, b| a.path.cmp(&b.path));
     }
 
-    /// Write `<dir>/MANIFEST.json` atomically (mode 0600).
+    /// Write the directory's manifest atomically (mode 0600).
     pub fn write(&mut self, dir: &Path) -> Result<()> {
         self.created = jiff::Timestamp::now().to_string();
         let json = serde_json::to_vec_pretty(self).map_err(|e| Error::Other(e.to_string()))?;
-        let p = dir.join(MANIFEST);
+        let p = manifest_path(dir);
         crate::fsutil::atomic_write(&p, &json, 0o600).map_err(|e| Error::io(p, e))
     }
 
     /// The entry of a tenant.
     pub fn tenant(&self, tenant: &str) -> Option<&ArchiveEntry> {
         self.archives.iter().find(|a| a.tenant.as_deref() == Some(tenant))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(path: &str) -> ArchiveEntry {
+        ArchiveEntry {
+            path: path.into(),
+            tenant: Some("t1".into()),
+            sha256: "00".into(),
+            size: 1,
+            files: 1,
+            file_list: "l".into(),
+            file_list_sha256: "00".into(),
+            created: None,
+        }
+    }
+
+    #[test]
+    fn an_entry_is_stamped_once_and_its_time_survives_a_rewrite_of_the_manifest() {
+        let d = tempfile::tempdir().unwrap();
+        let snap = SnapshotId::daily("2026-11-22").unwrap();
+        let mut m = Manifest::new(&snap);
+        m.upsert(entry("a"));
+        let stamped = m.archives[0].created.clone().expect("upsert stamps the entry");
+        m.write(d.path()).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        let mut again = Manifest::read(d.path()).unwrap().unwrap();
+        again.write(d.path()).unwrap();
+        let read = Manifest::read(d.path()).unwrap().unwrap();
+        assert_ne!(read.created, m.created, "a rewrite moves the manifest's time");
+        assert_eq!(read.archives[0].created.as_deref(), Some(stamped.as_str()));
+        assert_eq!(read.archives[0].taken(&snap), stamped.parse().ok());
+    }
+
+    #[test]
+    fn an_entry_of_an_older_manifest_is_as_old_as_its_snapshot_name() {
+        let day = SnapshotId::daily("2026-11-22").unwrap();
+        assert_eq!(entry("a").taken(&day).unwrap().to_string(), "2026-11-22T00:00:00Z");
+        let old: ArchiveEntry = serde_json::from_str(
+            r#"{"path":"a","tenant":"t1","sha256":"00","size":1,"files":1,"file_list":"l","file_list_sha256":"00"}"#,
+        )
+        .unwrap();
+        assert_eq!(old.created, None);
     }
 }

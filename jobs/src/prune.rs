@@ -19,7 +19,9 @@ use crate::adapters::remote::Remote;
 use crate::config::Retention;
 use crate::context::Ctx;
 use crate::error::{Error, ExitKind, Result};
-use crate::manifest::{Manifest, MANIFEST};
+use crate::layout::{self, SnapshotId, SnapshotKind, CONTROL_PLANE};
+use crate::manifest::{ArchiveEntry, Manifest};
+use crate::offsite;
 use crate::retention::{self, Policy, SnapshotRef};
 
 /// Options of `prune`.
@@ -35,7 +37,7 @@ pub struct PruneItem {
     /// local or remote.
     pub location: String,
     /// daily or rollout.
-    pub kind: String,
+    pub kind: SnapshotKind,
     /// The day or run id.
     pub snapshot: String,
     /// The tenant (daily), or none for a whole rollout run.
@@ -64,23 +66,26 @@ impl PruneReport {
     }
 }
 
-fn day_time(day: &str) -> Option<Timestamp> {
-    format!("{day}T00:00:00Z").parse().ok()
-}
-
-fn run_time(run: &str) -> Option<Timestamp> {
-    let s = run.get(..16)?;
-    jiff::civil::DateTime::strptime("%Y%m%dT%H%M%SZ", s)
-        .ok()?
-        .to_zoned(jiff::tz::TimeZone::UTC)
-        .ok()
-        .map(|z| z.timestamp())
-}
-
 /// A snapshot set: daily manifests by day and rollout manifests by run id.
+#[derive(Default)]
 struct Inventory {
-    daily: BTreeMap<String, Manifest>,
-    rollout: BTreeMap<String, Manifest>,
+    daily: BTreeMap<SnapshotId, Manifest>,
+    rollout: BTreeMap<SnapshotId, Manifest>,
+}
+
+impl Inventory {
+    /// File a complete snapshot's manifest under its kind.
+    fn insert(&mut self, snap: SnapshotId, m: Manifest) {
+        match snap.kind() {
+            SnapshotKind::Daily => self.daily.insert(snap, m),
+            SnapshotKind::Rollout => self.rollout.insert(snap, m),
+        };
+    }
+}
+
+/// The name a manifest entry goes by in the plan: its tenant, or the control plane.
+fn owner(a: &ArchiveEntry) -> &str {
+    a.tenant.as_deref().unwrap_or(CONTROL_PLANE)
 }
 
 /// Decide per tenant (daily) and per run (rollout).
@@ -94,11 +99,11 @@ fn plan(
 ) -> Vec<PruneItem> {
     let mut items = Vec::new();
     let mut by_tenant: BTreeMap<String, Vec<SnapshotRef>> = BTreeMap::new();
+    let days: HashMap<&str, &SnapshotId> = inv.daily.keys().map(|s| (s.id(), s)).collect();
     for (day, m) in &inv.daily {
-        let Some(t) = day_time(day) else { continue };
+        let Some(t) = day.time() else { continue };
         for a in &m.archives {
-            let tenant = a.tenant.clone().unwrap_or_else(|| "control-plane".into());
-            by_tenant.entry(tenant).or_default().push(SnapshotRef { id: day.clone(), time: t });
+            by_tenant.entry(owner(a).to_string()).or_default().push(SnapshotRef { id: day.id().to_string(), time: t });
         }
     }
     let now = Timestamp::now();
@@ -108,18 +113,19 @@ fn plan(
             if i == 0 && reasons.is_empty() {
                 reasons.push("newest".into());
             }
-            let rel = inv.daily[&d.id]
+            let day = days[d.id.as_str()];
+            let rel = inv.daily[day]
                 .archives
                 .iter()
-                .find(|a| a.tenant.as_deref().unwrap_or("control-plane") == tenant)
-                .map(|a| format!("daily/{}/{}", d.id, a.path))
+                .find(|a| owner(a) == tenant)
+                .map(|a| day.key(&a.path))
                 .unwrap_or_default();
             if unsynced(&rel) {
                 reasons.push("not yet synced".into());
             }
             items.push(PruneItem {
                 location: location.into(),
-                kind: "daily".into(),
+                kind: SnapshotKind::Daily,
                 snapshot: d.id,
                 tenant: Some(tenant.clone()),
                 keep: !reasons.is_empty(),
@@ -127,26 +133,24 @@ fn plan(
             });
         }
     }
-    let mut runs: Vec<&String> = inv.rollout.keys().collect();
-    runs.sort_by(|a, b| b.cmp(a));
-    for (i, run) in runs.into_iter().enumerate() {
+    for (i, (run, m)) in inv.rollout.iter().rev().enumerate() {
         let mut reasons = Vec::new();
         if (i as u32) < keep_runs {
             reasons.push("rollout_runs".to_string());
         }
-        if halted.contains(run) {
+        if halted.contains(run.id()) {
             reasons.push("halted rollout not yet resolved".into());
         }
-        if inv.rollout[run].archives.iter().any(|a| unsynced(&format!("rollout/{run}/{}", a.path))) {
+        if m.archives.iter().any(|a| unsynced(&run.key(&a.path))) {
             reasons.push("not yet synced".into());
         }
-        if run_time(run).is_none() {
+        if run.time().is_none() {
             reasons.push("unrecognised run id".into());
         }
         items.push(PruneItem {
             location: location.into(),
-            kind: "rollout".into(),
-            snapshot: run.clone(),
+            kind: SnapshotKind::Rollout,
+            snapshot: run.id().to_string(),
             tenant: None,
             keep: !reasons.is_empty(),
             reasons,
@@ -156,36 +160,21 @@ fn plan(
 }
 
 fn local_inventory(root: &Path) -> Result<Inventory> {
-    let mut inv = Inventory { daily: BTreeMap::new(), rollout: BTreeMap::new() };
-    for (kind, map) in [("daily", &mut inv.daily), ("rollout", &mut inv.rollout)] {
-        let Ok(rd) = std::fs::read_dir(root.join(kind)) else { continue };
-        for e in rd.flatten() {
-            let Ok(name) = e.file_name().into_string() else { continue };
-            if name.starts_with('.') {
-                continue;
-            }
-            // No manifest: incomplete, being written or crashed: never touched.
-            if let Some(m) = Manifest::read(&e.path())? {
-                map.insert(name, m);
-            }
+    let mut inv = Inventory::default();
+    // Only complete snapshots: an incomplete one (being written, or crashed) is never touched.
+    for snap in layout::complete(root)? {
+        if let Some(m) = Manifest::read(&snap.dir)? {
+            inv.insert(snap.id, m);
         }
     }
     Ok(inv)
 }
 
 async fn remote_inventory(remote: &Remote, scratch: &Path) -> Result<Inventory> {
-    let mut inv = Inventory { daily: BTreeMap::new(), rollout: BTreeMap::new() };
-    for o in remote.list("").await? {
-        let Some(prefix) = o.key.strip_suffix(&format!("/{MANIFEST}")) else { continue };
-        let Some((kind, id)) = prefix.split_once('/') else { continue };
-        let dir = scratch.join(prefix);
-        remote.download(&o.key, &dir.join(MANIFEST), None).await?;
-        if let Some(m) = Manifest::read(&dir)? {
-            match kind {
-                "daily" => inv.daily.insert(id.to_string(), m),
-                "rollout" => inv.rollout.insert(id.to_string(), m),
-                _ => None,
-            };
+    let mut inv = Inventory::default();
+    for snap in offsite::list(remote).await?.snapshots {
+        if let Some(m) = offsite::fetch_manifest(remote, &snap, &snap.dir(scratch)).await? {
+            inv.insert(snap, m);
         }
     }
     Ok(inv)
@@ -203,15 +192,12 @@ pub async fn prune(ctx: &Ctx, opts: &PruneOptions) -> Result<PruneReport> {
     };
     let verified: HashMap<String, (String, u64)> = ctx.store.remote_objects()?;
     let local = local_inventory(&ctx.cfg.backup_root)?;
-    let sha_of: HashMap<String, String> =
-        local
-            .daily
-            .iter()
-            .flat_map(|(d, m)| m.archives.iter().map(move |a| (format!("daily/{d}/{}", a.path), a.sha256.clone())))
-            .chain(local.rollout.iter().flat_map(|(r, m)| {
-                m.archives.iter().map(move |a| (format!("rollout/{r}/{}", a.path), a.sha256.clone()))
-            }))
-            .collect();
+    let sha_of: HashMap<String, String> = local
+        .daily
+        .iter()
+        .chain(&local.rollout)
+        .flat_map(|(s, m)| m.archives.iter().map(move |a| (s.key(&a.path), a.sha256.clone())))
+        .collect();
     let unsynced = |rel: &str| remote_cfg.is_some() && verified.get(rel).map(|v| &v.0) != sha_of.get(rel);
     let keep_runs = ctx.cfg.retention.keep_rollout_runs.unwrap_or(5);
     let mut items = plan("local", &local, &local_policy, keep_runs, &halted, &unsynced);
@@ -252,22 +238,15 @@ pub async fn prune(ctx: &Ctx, opts: &PruneOptions) -> Result<PruneReport> {
 }
 
 /// Forgotten archives of one manifest: (archive path, file list path) of the tenants going.
-fn going<'a>(
-    m: &'a Manifest,
-    kind: &str,
-    id: &str,
-    location: &str,
-    items: &[PruneItem],
-) -> Vec<&'a crate::manifest::ArchiveEntry> {
+fn going<'a>(m: &'a Manifest, snap: &SnapshotId, location: &str, items: &[PruneItem]) -> Vec<&'a ArchiveEntry> {
     m.archives
         .iter()
         .filter(|a| {
-            let t = a.tenant.as_deref().unwrap_or("control-plane");
             items.iter().any(|i| {
                 i.location == location
-                    && i.kind == kind
-                    && i.snapshot == id
-                    && i.tenant.as_deref() == Some(t)
+                    && i.kind == snap.kind()
+                    && i.snapshot == snap.id()
+                    && i.tenant.as_deref() == Some(owner(a))
                     && !i.keep
             })
         })
@@ -283,34 +262,38 @@ fn apply_local(ctx: &Ctx, inv: &Inventory, items: &[PruneItem]) -> Result<usize>
         Err(e) => Err(Error::io(p, e)),
     };
     for (day, m) in &inv.daily {
-        let gone = going(m, "daily", day, "local", items);
+        let gone = going(m, day, "local", items);
         if gone.is_empty() {
             continue;
         }
-        let dir = root.join("daily").join(day);
+        let dir = day.dir(root);
         let mut kept = m.clone();
         kept.archives.retain(|a| !gone.iter().any(|g| g.path == a.path));
         if kept.archives.is_empty() {
             // Manifest first: the day turns incomplete before any archive goes.
-            n += rm(&dir.join(MANIFEST))?;
+            n += rm(&layout::manifest_path(&dir))?;
         } else {
             kept.write(&dir)?;
         }
         for a in gone {
             n += rm(&dir.join(&a.path))? + rm(&dir.join(&a.file_list))?;
-            ctx.store.forget_snapshot(&format!("daily/{day}/{}", a.path))?;
+            ctx.store.forget_snapshot(&day.key(&a.path))?;
         }
         if kept.archives.is_empty() {
             std::fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
         }
     }
-    for i in items.iter().filter(|i| i.location == "local" && i.kind == "rollout" && !i.keep) {
-        let dir = root.join("rollout").join(&i.snapshot);
-        n += rm(&dir.join(MANIFEST))?;
-        if let Some(m) = inv.rollout.get(&i.snapshot) {
-            for a in &m.archives {
-                ctx.store.forget_snapshot(&format!("rollout/{}/{}", i.snapshot, a.path))?;
-            }
+    for (run, m) in &inv.rollout {
+        if !items
+            .iter()
+            .any(|i| i.location == "local" && i.kind == SnapshotKind::Rollout && i.snapshot == run.id() && !i.keep)
+        {
+            continue;
+        }
+        let dir = run.dir(root);
+        n += rm(&layout::manifest_path(&dir))?;
+        for a in &m.archives {
+            ctx.store.forget_snapshot(&run.key(&a.path))?;
         }
         std::fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
         n += 1;
@@ -327,28 +310,28 @@ async fn apply_remote(
 ) -> Result<usize> {
     let mut n = 0;
     for (day, m) in &inv.daily {
-        let gone = going(m, "daily", day, "remote", items);
+        let gone = going(m, day, "remote", items);
         if gone.is_empty() {
             continue;
         }
-        let prefix = format!("daily/{day}");
         let mut kept = m.clone();
         kept.archives.retain(|a| !gone.iter().any(|g| g.path == a.path));
-        let mkey = format!("{prefix}/{MANIFEST}");
+        let mkey = day.manifest_key();
         if kept.archives.is_empty() {
             remote.delete(std::slice::from_ref(&mkey)).await?;
             ctx.store.forget_remote_object(&mkey)?;
         } else {
-            let dir = scratch.join("rewrite").join(&prefix);
+            let dir = day.dir(&scratch.join("rewrite"));
             crate::fsutil::create_private_dir(&dir).map_err(|e| Error::io(&dir, e))?;
             kept.write(&dir)?;
-            let (sha, size) = crate::adapters::archive::sha256_file(&dir.join(MANIFEST))?;
-            remote.upload(&dir.join(MANIFEST), &mkey, &sha, size).await?;
+            let mp = layout::manifest_path(&dir);
+            let (sha, size) = crate::adapters::archive::sha256_file(&mp)?;
+            remote.upload(&mp, &mkey, &sha, size).await?;
             ctx.store.record_remote_object(&mkey, &sha, size)?;
         }
         n += 1;
         for a in gone {
-            let keys = vec![format!("{prefix}/{}", a.path), format!("{prefix}/{}", a.file_list)];
+            let keys = vec![day.key(&a.path), day.key(&a.file_list)];
             remote.delete(&keys).await?;
             for k in &keys {
                 ctx.store.forget_remote_object(k)?;
@@ -356,11 +339,16 @@ async fn apply_remote(
             n += keys.len();
         }
     }
-    for i in items.iter().filter(|i| i.location == "remote" && i.kind == "rollout" && !i.keep) {
-        let prefix = format!("rollout/{}/", i.snapshot);
-        let mkey = format!("{prefix}{MANIFEST}");
+    for run in inv.rollout.keys() {
+        if !items
+            .iter()
+            .any(|i| i.location == "remote" && i.kind == SnapshotKind::Rollout && i.snapshot == run.id() && !i.keep)
+        {
+            continue;
+        }
+        let mkey = run.manifest_key();
         remote.delete(std::slice::from_ref(&mkey)).await?;
-        let keys: Vec<String> = remote.list(&prefix).await?.into_iter().map(|o| o.key).collect();
+        let keys: Vec<String> = remote.list(&run.key_prefix()).await?.into_iter().map(|o| o.key).collect();
         remote.delete(&keys).await?;
         for k in keys.iter().chain(std::iter::once(&mkey)) {
             ctx.store.forget_remote_object(k)?;

@@ -13,9 +13,12 @@ use crate::adapters::archive;
 use crate::adapters::desired;
 use crate::adapters::docker::Engine;
 use crate::adapters::health::Prober;
+use crate::config::HostConfig;
 use crate::context::{crash_point, Ctx};
 use crate::error::{Error, ExitKind, Result};
+use crate::layout::{self, SnapshotId};
 use crate::manifest::{ArchiveEntry, Manifest};
+use crate::offsite;
 use crate::recover::HeldContainer;
 use crate::types::{RunId, TenantId};
 
@@ -26,7 +29,7 @@ pub enum Source {
     Day(String),
     /// `rollout/<run_id>/`.
     Run(RunId),
-    /// The newest snapshot holding the tenant.
+    /// The newest archive of the tenant, of any kind, by when it was taken.
     Latest,
 }
 
@@ -77,48 +80,97 @@ pub struct Located {
     pub entry: ArchiveEntry,
 }
 
-/// Find the tenant's archive in the local backup root.
-pub fn locate(backup_root: &Path, tenant: &TenantId, source: &Source) -> Result<Located> {
-    let find = |dir: PathBuf| -> Result<Option<(String, Located)>> {
-        let Some(m) = Manifest::read(&dir)? else {
-            return Ok(None);
-        };
-        Ok(m.tenant(tenant.as_str()).map(|e| (m.created.clone(), Located { dir: dir.clone(), entry: e.clone() })))
-    };
-    let missing =
-        |what: String| Error::Usage(format!("no complete snapshot of tenant {tenant} {what}; see `slipway status`"));
-    match source {
-        Source::Day(d) => {
-            jiff::civil::Date::strptime("%Y-%m-%d", d)
-                .map_err(|_| Error::Usage(format!("--day \"{d}\" is not a date; use YYYY-MM-DD")))?;
-            find(backup_root.join("daily").join(d))?.map(|x| x.1).ok_or_else(|| missing(format!("on {d}")))
-        }
-        Source::Run(r) => find(backup_root.join("rollout").join(r.as_str()))?
-            .map(|x| x.1)
-            .ok_or_else(|| missing(format!("from run {r}"))),
-        Source::Latest => {
-            let mut best: Option<(String, Located)> = None;
-            for kind in ["daily", "rollout"] {
-                let Ok(rd) = std::fs::read_dir(backup_root.join(kind)) else {
-                    continue;
-                };
-                for e in rd.flatten() {
-                    if let Some((created, loc)) = find(e.path())? {
-                        if best.as_ref().is_none_or(|(c, _)| created > *c) {
-                            best = Some((created, loc));
-                        }
-                    }
-                }
-            }
-            best.map(|x| x.1).ok_or_else(|| missing("anywhere".into()))
+impl Source {
+    /// The one snapshot this source names, or None for `--latest`; a `--day` that is not a day
+    /// is a usage error.
+    fn snapshot(&self) -> Result<Option<SnapshotId>> {
+        match self {
+            Source::Day(d) => SnapshotId::daily(d).map(Some).map_err(|e| Error::Usage(format!("--day {e}"))),
+            Source::Run(r) => Ok(Some(SnapshotId::rollout(r))),
+            Source::Latest => Ok(None),
         }
     }
+
+    /// How a missing snapshot is named in an error: `on 2026-11-22`, `from run …`, `anywhere`.
+    fn describe(&self) -> String {
+        match self {
+            Source::Day(d) => format!("on {d}"),
+            Source::Run(r) => format!("from run {r}"),
+            Source::Latest => "anywhere".into(),
+        }
+    }
+}
+
+/// The newest of `candidates` by when the tenant's archive was taken
+/// ([`ArchiveEntry::taken`]); on a tie, the later snapshot id.
+fn newest<T>(candidates: impl IntoIterator<Item = (SnapshotId, ArchiveEntry, T)>) -> Option<(ArchiveEntry, T)> {
+    candidates
+        .into_iter()
+        .max_by(|(sa, a, _), (sb, b, _)| (a.taken(sa), sa).cmp(&(b.taken(sb), sb)))
+        .map(|(_, e, t)| (e, t))
+}
+
+/// Find the tenant's archive in the local backup root; `--latest` is the archive taken last,
+/// of any kind.
+pub fn locate(backup_root: &Path, tenant: &TenantId, source: &Source) -> Result<Located> {
+    let find = |dir: &Path| -> Result<Option<ArchiveEntry>> {
+        Ok(Manifest::read(dir)?.and_then(|m| m.tenant(tenant.as_str()).cloned()))
+    };
+    let missing =
+        || Error::Usage(format!("no complete snapshot of tenant {tenant} {}; see `slipway status`", source.describe()));
+    if let Some(snap) = source.snapshot()? {
+        let dir = snap.dir(backup_root);
+        return find(&dir)?.map(|entry| Located { dir, entry }).ok_or_else(missing);
+    }
+    let mut found = Vec::new();
+    for snap in layout::complete(backup_root)? {
+        if let Some(entry) = find(&snap.dir)? {
+            found.push((snap.id, entry, snap.dir));
+        }
+    }
+    newest(found).map(|(entry, dir)| Located { dir, entry }).ok_or_else(missing)
+}
+
+/// Download a tenant's archive (and the manifest naming it) into the remote cache under the
+/// state dir for `restore --remote`; the archive's sha256 is checked on the way.
+pub async fn fetch_remote(cfg: &HostConfig, tenant: &TenantId, source: &Source) -> Result<Located> {
+    let remote = offsite::connect(cfg).await?;
+    let candidates: Vec<SnapshotId> = match source.snapshot()? {
+        Some(snap) => vec![snap],
+        None => {
+            // Every complete remote snapshot of every kind: which holds the tenant's newest
+            // archive is only known once each manifest has been read.
+            let scratch = tempfile::Builder::new()
+                .prefix("slipway-latest-")
+                .tempdir()
+                .map_err(|e| Error::io(std::env::temp_dir(), e))?;
+            let mut found = Vec::new();
+            for snap in offsite::list(&remote).await?.snapshots {
+                let m = offsite::fetch_manifest(&remote, &snap, &snap.dir(scratch.path())).await?;
+                if let Some(entry) = m.as_ref().and_then(|m| m.tenant(tenant.as_str())) {
+                    found.push((snap.clone(), entry.clone(), snap));
+                }
+            }
+            newest(found).map(|(_, snap)| snap).into_iter().collect()
+        }
+    };
+    for snap in candidates {
+        let dir = snap.cache_dir(&cfg.state_dir);
+        if remote.head(&snap.manifest_key()).await?.is_none() {
+            continue;
+        }
+        let Some(m) = offsite::fetch_manifest(&remote, &snap, &dir).await? else { continue };
+        let Some(entry) = m.tenant(tenant.as_str()).cloned() else { continue };
+        remote.download(&snap.key(&entry.path), &dir.join(&entry.path), Some(&entry.sha256)).await?;
+        return Ok(Located { dir, entry });
+    }
+    Err(Error::Usage(format!("no complete remote snapshot of tenant {tenant} at {}", remote.place())))
 }
 
 /// Run `restore`.
 pub async fn restore(ctx: &Ctx, opts: &RestoreOptions) -> Result<RestoreReport> {
     let loc = if opts.remote {
-        crate::sync::fetch_for_restore(&ctx.cfg, &opts.tenant, &opts.source).await?
+        fetch_remote(&ctx.cfg, &opts.tenant, &opts.source).await?
     } else {
         locate(&ctx.cfg.backup_root, &opts.tenant, &opts.source)?
     };

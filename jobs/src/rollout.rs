@@ -22,7 +22,9 @@ use crate::adapters::health::Prober;
 use crate::config::{App, HealthSpec};
 use crate::context::Ctx;
 use crate::error::{Error, ExitKind, Result};
-use crate::manifest::{ArchiveEntry, Manifest, SnapshotKind};
+use crate::layout::{self, SnapshotId, SnapshotKind};
+use crate::manifest::{ArchiveEntry, Manifest};
+use crate::naming;
 use crate::step::{Step, TenantJournal};
 use crate::types::{Digest, RunId, TenantId};
 use crate::undo::undo_tenant;
@@ -303,12 +305,12 @@ async fn rollout_app(
         engine,
         prober: &prober,
         app,
-        run_dir: ctx.cfg.backup_root.join("rollout").join(ctx.run_id.as_str()),
+        run_dir: SnapshotId::rollout(&ctx.run_id).dir(&ctx.cfg.backup_root),
         keep_old,
     };
     let mut tenants = Vec::new();
     let mut outcome = ExitKind::Success;
-    let mut manifest = Manifest::new(SnapshotKind::Rollout, ctx.run_id.as_str());
+    let mut manifest = Manifest::new(&SnapshotId::rollout(&ctx.run_id));
     for (i, item) in plan.items.iter().enumerate() {
         if outcome != ExitKind::Success || ctx.cancel.is_cancelled() {
             if outcome == ExitKind::Success {
@@ -455,7 +457,7 @@ async fn roll_tenant(run: &AppRun<'_>, item: &PlanItem, manifest: &mut Manifest,
     let j = TenantJournal {
         app: run.app.name.clone(),
         tenant: item.tenant.to_string(),
-        pre_name: format!("{name}.pre-rollout-{}", run.ctx.run_id),
+        pre_name: naming::pre_rollout(&name, &run.ctx.run_id),
         name,
         old_id: spec.id(),
         old_image: spec.image_ref(),
@@ -570,7 +572,7 @@ impl TenantRoll<'_> {
     async fn snapshot(&mut self) -> StepResult {
         let data_dir = self.j.data_dir.clone();
         let failed = |e: &dyn fmt::Display| format!("snapshot of {} failed: {e}", data_dir.display());
-        let archive_path = self.run.run_dir.join(format!("{}.tar.zst", self.j.tenant));
+        let archive_path = self.run.run_dir.join(layout::tenant_archive(SnapshotKind::Rollout, &self.j.tenant));
         let (src, dest) = (data_dir.clone(), archive_path.clone());
         let summary = tokio::task::spawn_blocking(move || archive::create_with_level(&src, &dest, ROLLOUT_ZSTD_LEVEL))
             .await
@@ -688,7 +690,7 @@ fn record_rollout_snapshot(
     archive_path: &Path,
     s: &archive::ArchiveSummary,
 ) -> Result<()> {
-    let file_list = archive::file_list_path(archive_path);
+    let file_list = layout::file_list_path(archive_path);
     let rel = |p: &Path| p.strip_prefix(run_dir).unwrap_or(p).to_string_lossy().into_owned();
     let entry = ArchiveEntry {
         path: rel(archive_path),
@@ -698,11 +700,12 @@ fn record_rollout_snapshot(
         files: s.files,
         file_list: rel(&file_list),
         file_list_sha256: s.file_list_sha256.clone(),
+        created: None,
     };
     manifest.upsert(entry.clone());
     manifest.write(run_dir)?;
-    let rel_root = archive_path.strip_prefix(&ctx.cfg.backup_root).unwrap_or(archive_path);
-    ctx.record_archive(&rel_root.to_string_lossy(), "rollout", ctx.run_id.as_str(), &entry)
+    let snap = SnapshotId::rollout(&ctx.run_id);
+    ctx.record_archive(&snap.key(&entry.path), SnapshotKind::Rollout.as_str(), snap.id(), &entry)
 }
 
 impl fmt::Display for RolloutReport {

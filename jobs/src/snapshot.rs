@@ -23,7 +23,8 @@ use crate::config::{App, Quiesce};
 use crate::context::{crash_point, Ctx};
 use crate::error::{Error, ExitKind, Result};
 use crate::fsutil::create_private_dir;
-use crate::manifest::{ArchiveEntry, Manifest, SnapshotKind, MANIFEST};
+use crate::layout::{self, SnapshotId, SnapshotKind, CONTROL_PLANE};
+use crate::manifest::{ArchiveEntry, Manifest};
 use crate::recover::HeldContainer;
 use crate::types::TenantId;
 
@@ -128,17 +129,17 @@ pub async fn snapshot(ctx: &Ctx, opts: &SnapshotOptions) -> Result<SnapshotRepor
         work.retain(|(_, t, _)| opts.tenants.contains(t));
     }
     let day = today();
-    let root = ctx.cfg.backup_root.join("daily");
-    let dir = root.join(&day);
-    let mut manifest = Manifest::read(&dir)?.unwrap_or_else(|| Manifest::new(SnapshotKind::Daily, &day));
-    let previous = previous_manifests(&root, &day)?;
+    let snap = SnapshotId::daily(&day).map_err(|e| Error::Other(format!("today's snapshot: {e}")))?;
+    let dir = snap.dir(&ctx.cfg.backup_root);
+    let mut manifest = Manifest::read(&dir)?.unwrap_or_else(|| Manifest::new(&snap));
+    let previous = previous_manifests(&ctx.cfg.backup_root, &snap)?;
     let mut archives = Vec::new();
     if !opts.dry_run {
         ctx.start_run("snapshot", None, Some(&state.commit), None)?;
-        create_private_dir(&dir.join("tenants")).map_err(|e| Error::io(&dir, e))?;
+        create_private_dir(&layout::tenants_dir(&dir)).map_err(|e| Error::io(&dir, e))?;
     }
     for (app, tenant, container) in &work {
-        let rel = format!("tenants/{tenant}.tar.zst");
+        let rel = layout::tenant_archive(SnapshotKind::Daily, tenant.as_str());
         let dest = dir.join(&rel);
         let mut rep = ArchiveReport::planned(Some(tenant.as_str()), dest.clone());
         if already_done(&manifest, &rel, &dest, opts.force) {
@@ -152,7 +153,12 @@ pub async fn snapshot(ctx: &Ctx, opts: &SnapshotOptions) -> Result<SnapshotRepor
         }
         let t = Instant::now();
         ctx.progress.start(&format!("snapshot {tenant}"), None);
-        let prev = previous.iter().find_map(|(d, m)| m.tenant(tenant.as_str()).map(|e| (d.clone(), e.clone())));
+        // `--force` never reuses: it archives every tenant afresh.
+        let prev = if opts.force {
+            None
+        } else {
+            previous.iter().find_map(|(d, m)| m.tenant(tenant.as_str()).map(|e| (d.clone(), e.clone())))
+        };
         match snapshot_tenant(ctx, &engine, app, tenant, container, &dest, prev).await {
             Ok((entry_summary, reused, bytes_in)) => {
                 rep.outcome = if reused { ArchiveOutcome::Reused } else { ArchiveOutcome::Archived };
@@ -161,8 +167,8 @@ pub async fn snapshot(ctx: &Ctx, opts: &SnapshotOptions) -> Result<SnapshotRepor
                 commit_entry(
                     ctx,
                     &mut manifest,
+                    &snap,
                     &dir,
-                    &day,
                     ArchiveEntry { path: rel.clone(), tenant: Some(tenant.to_string()), ..entry_summary },
                 )?;
             }
@@ -176,7 +182,7 @@ pub async fn snapshot(ctx: &Ctx, opts: &SnapshotOptions) -> Result<SnapshotRepor
         archives.push(rep);
     }
     if opts.control_plane && !ctx.cfg.control_plane.is_empty() {
-        let rel = "control-plane.tar.zst".to_string();
+        let rel = layout::control_plane_archive();
         let dest = dir.join(&rel);
         let mut rep = ArchiveReport::planned(None, dest.clone());
         if already_done(&manifest, &rel, &dest, opts.force) {
@@ -192,7 +198,7 @@ pub async fn snapshot(ctx: &Ctx, opts: &SnapshotOptions) -> Result<SnapshotRepor
                     rep.outcome = ArchiveOutcome::Archived;
                     rep.size = s.size;
                     rep.bytes_in = s.bytes_in;
-                    commit_entry(ctx, &mut manifest, &dir, &day, entry_of(&rel, None, &dest, &s))?;
+                    commit_entry(ctx, &mut manifest, &snap, &dir, entry_of(&rel, None, &s))?;
                 }
                 Err(e) => {
                     rep.outcome = ArchiveOutcome::Failed;
@@ -209,7 +215,7 @@ pub async fn snapshot(ctx: &Ctx, opts: &SnapshotOptions) -> Result<SnapshotRepor
             .archives
             .iter()
             .filter(|a| a.outcome == ArchiveOutcome::Failed)
-            .map(|a| a.tenant.clone().unwrap_or_else(|| "control-plane".into()))
+            .map(|a| a.tenant.clone().unwrap_or_else(|| CONTROL_PLANE.into()))
             .collect();
         let summary = if failed.is_empty() {
             format!("{} archive(s) complete for {}", report.archives.len(), report.day)
@@ -243,47 +249,46 @@ fn already_done(manifest: &Manifest, rel: &str, dest: &Path, force: bool) -> boo
 }
 
 /// List a finished archive in the day's manifest (rewritten atomically) and the run record.
-fn commit_entry(ctx: &Ctx, manifest: &mut Manifest, dir: &Path, day: &str, entry: ArchiveEntry) -> Result<()> {
+fn commit_entry(ctx: &Ctx, manifest: &mut Manifest, snap: &SnapshotId, dir: &Path, entry: ArchiveEntry) -> Result<()> {
     let rel = entry.path.clone();
     let tenant = entry.tenant.clone();
     manifest.upsert(entry);
     manifest.write(dir)?;
-    let kind = if tenant.is_some() { "daily" } else { "control-plane" };
+    let kind = if tenant.is_some() { SnapshotKind::Daily.as_str() } else { CONTROL_PLANE };
     match manifest.archives.iter().find(|a| a.path == rel) {
-        Some(e) => ctx.record_archive(&format!("daily/{day}/{rel}"), kind, day, e),
+        Some(e) => ctx.record_archive(&snap.key(&rel), kind, snap.id(), e),
         None => Ok(()),
     }
 }
 
-fn entry_of(rel: &str, tenant: Option<&str>, dest: &Path, s: &archive::ArchiveSummary) -> ArchiveEntry {
-    let list = archive::file_list_path(dest);
-    let list_rel = Path::new(rel).with_file_name(list.file_name().unwrap_or_default());
+fn entry_of(rel: &str, tenant: Option<&str>, s: &archive::ArchiveSummary) -> ArchiveEntry {
     ArchiveEntry {
         path: rel.to_string(),
         tenant: tenant.map(str::to_string),
         sha256: s.sha256.clone(),
         size: s.size,
         files: s.files,
-        file_list: list_rel.to_string_lossy().into_owned(),
+        file_list: layout::file_list_of(rel),
         file_list_sha256: s.file_list_sha256.clone(),
+        created: None,
     }
 }
 
-/// Complete daily snapshots before `day`, newest first.
-fn previous_manifests(root: &Path, day: &str) -> Result<Vec<(PathBuf, Manifest)>> {
-    let mut days: Vec<String> = match std::fs::read_dir(root) {
-        Ok(rd) => rd.filter_map(|e| e.ok()?.file_name().into_string().ok()).filter(|d| d.as_str() < day).collect(),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-        Err(e) => return Err(Error::io(root, e)),
-    };
-    days.sort_unstable_by(|a, b| b.cmp(a));
+/// The complete daily snapshots among the 7 days before `today` that have a directory, newest first.
+fn previous_manifests(backup_root: &Path, today: &SnapshotId) -> Result<Vec<(PathBuf, Manifest)>> {
+    let walk = layout::walk(backup_root)?;
+    let mut days: Vec<layout::SnapshotDir> = walk
+        .complete
+        .into_iter()
+        .chain(walk.incomplete)
+        .filter(|s| s.id.kind() == SnapshotKind::Daily && s.id < *today)
+        .collect();
+    days.sort_unstable_by(|a, b| b.id.cmp(&a.id));
     let mut out = Vec::new();
+    // The 7 newest days, complete or not: only a complete one is reused from.
     for d in days.into_iter().take(7) {
-        let dir = root.join(&d);
-        if dir.join(MANIFEST).exists() {
-            if let Some(m) = Manifest::read(&dir)? {
-                out.push((dir, m));
-            }
+        if let Some(m) = Manifest::read(&d.dir)? {
+            out.push((d.dir, m));
         }
     }
     Ok(out)
@@ -309,6 +314,29 @@ async fn snapshot_tenant(
         Quiesce::Stop if running => Some("stop"),
         _ => None,
     };
+    // A previous archive is reused only if it is still exactly what its manifest recorded: its
+    // file list and its bytes are re-hashed now, before the tenant is paused, so a damaged or
+    // missing archive is never linked into today (a fresh archive is made instead).
+    let prev = match prev {
+        Some((dir, e)) => {
+            let (list, arch) = (dir.join(&e.file_list), dir.join(&e.path));
+            let (fl, es) = (e.file_list_sha256.clone(), (e.sha256.clone(), e.size));
+            let intact = tokio::task::spawn_blocking(move || {
+                archive::sha256_file(&list).is_ok_and(|(h, _)| h == fl)
+                    && archive::sha256_file(&arch).is_ok_and(|(h, n)| (h, n) == es)
+            })
+            .await
+            .unwrap_or(false);
+            if !intact {
+                tracing::warn!(
+                    "tenant {tenant}: the previous archive {} does not match its manifest; archiving afresh",
+                    dir.join(&e.path).display()
+                );
+            }
+            intact.then_some((dir, e))
+        }
+        None => None,
+    };
     let held = HeldContainer { container: container.to_string(), hold: hold.unwrap_or("none").to_string() };
     let step = ctx.begin(Some(tenant.as_str()), "archive", &held)?;
     match hold {
@@ -321,18 +349,17 @@ async fn snapshot_tenant(
     let work = tokio::task::spawn_blocking(move || -> Result<(archive::ArchiveSummary, bool)> {
         if let Some((prev_dir, e)) = &prev {
             let list_path = prev_dir.join(&e.file_list);
-            if let Ok(list) = archive::read_file_list(&list_path) {
-                if archive::tree_unchanged(&src, &list)? {
-                    archive::reuse(&prev_dir.join(&e.path), &d)?;
-                    let s = archive::ArchiveSummary {
-                        sha256: e.sha256.clone(),
-                        size: e.size,
-                        files: e.files,
-                        bytes_in: 0,
-                        file_list_sha256: e.file_list_sha256.clone(),
-                    };
-                    return Ok((s, true));
-                }
+            // An unreadable list or a walk that fails here: archive afresh (which reports it).
+            if archive::tree_unchanged(&src, &list_path).unwrap_or(false) {
+                archive::reuse(&prev_dir.join(&e.path), &d)?;
+                let s = archive::ArchiveSummary {
+                    sha256: e.sha256.clone(),
+                    size: e.size,
+                    files: e.files,
+                    bytes_in: 0,
+                    file_list_sha256: e.file_list_sha256.clone(),
+                };
+                return Ok((s, true));
             }
         }
         Ok((archive::create(&src, &d)?, false))
@@ -349,8 +376,8 @@ async fn snapshot_tenant(
     ctx.end(step, if result.is_ok() && resumed.is_ok() { "ok" } else { "failed" }, None::<&()>)?;
     resumed?;
     let (s, reused) = result?;
-    let rel = format!("tenants/{tenant}.tar.zst");
-    Ok((entry_of(&rel, Some(tenant.as_str()), dest, &s), reused, s.bytes_in))
+    let rel = layout::tenant_archive(SnapshotKind::Daily, tenant.as_str());
+    Ok((entry_of(&rel, Some(tenant.as_str()), &s), reused, s.bytes_in))
 }
 
 /// Stage the control-plane dirs (SQLite databases through the online backup API, checked with
@@ -434,7 +461,7 @@ impl fmt::Display for SnapshotReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "snapshot {} -> {}{}", self.day, self.dir.display(), if self.dry_run { " (dry run)" } else { "" })?;
         for a in &self.archives {
-            let who = a.tenant.as_deref().unwrap_or("control-plane");
+            let who = a.tenant.as_deref().unwrap_or(CONTROL_PLANE);
             let what = match a.outcome {
                 ArchiveOutcome::Archived => {
                     format!("archived {} bytes in {} ms", a.size, a.duration_ms)

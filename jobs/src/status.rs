@@ -15,6 +15,7 @@ use crate::adapters::docker::Engine;
 use crate::adapters::health::Prober;
 use crate::context::Ctx;
 use crate::error::{ExitKind, Result};
+use crate::layout::SnapshotKind;
 
 /// A snapshot older than this needs a person.
 pub const MAX_SNAPSHOT_AGE_S: i64 = 26 * 3600;
@@ -97,7 +98,7 @@ pub async fn status(ctx: &Ctx) -> Result<StatusReport> {
     let mut synced: HashMap<String, String> = HashMap::new();
     for s in ctx.store.snapshots()? {
         // Daily snapshots are the backups; a rollout snapshot is not a substitute for one.
-        if s.kind != "daily" {
+        if s.kind != SnapshotKind::Daily.as_str() {
             continue;
         }
         let Some(t) = s.tenant.clone() else { continue };

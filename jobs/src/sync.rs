@@ -3,11 +3,12 @@
 //! its size and its sha256 (object metadata written at upload) match the manifest; a snapshot
 //! directory's `MANIFEST.json` goes up last, so a remote directory without it is incomplete by
 //! definition. Verified uploads are remembered in the run record, so a sync with nothing new
-//! costs one listing. Also the remote halves of `restore --remote` and `verify --remote`.
+//! costs one listing. Paths and keys come from [`crate::layout`], the listing from
+//! [`crate::offsite`].
 
 use std::collections::HashMap;
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 use futures_util::StreamExt;
@@ -15,13 +16,11 @@ use serde::Serialize;
 
 use crate::adapters::archive;
 use crate::adapters::remote::Remote;
-use crate::config::{HostConfig, RemoteConfig};
 use crate::context::Ctx;
 use crate::error::{Error, ExitKind, Result};
-use crate::manifest::{Manifest, MANIFEST};
-use crate::restore::{Located, Source};
-use crate::types::TenantId;
-use crate::verify::{Checked, VerifyOptions, VerifyReport};
+use crate::layout::{self, SnapshotDir};
+use crate::manifest::Manifest;
+use crate::offsite;
 
 /// Options of `sync`.
 #[derive(Debug, Clone, Default)]
@@ -82,46 +81,20 @@ struct Wanted {
     size: u64,
 }
 
-/// The complete snapshot dirs under the backup root: (key prefix like `daily/2026-11-22`, dir).
-pub fn complete_dirs(backup_root: &Path) -> Vec<(String, PathBuf)> {
-    let mut out = Vec::new();
-    for kind in ["daily", "rollout"] {
-        let Ok(rd) = std::fs::read_dir(backup_root.join(kind)) else { continue };
-        let mut dirs: Vec<(String, PathBuf)> = rd
-            .flatten()
-            .filter(|e| e.path().join(MANIFEST).is_file())
-            .filter_map(|e| e.file_name().into_string().ok().map(|n| (format!("{kind}/{n}"), e.path())))
-            .filter(|(n, _)| !n.contains("/."))
-            .collect();
-        dirs.sort();
-        out.extend(dirs);
-    }
-    out
-}
-
 /// What one snapshot dir must have on the remote: archives and file lists, then the manifest.
-fn wanted(prefix: &str, dir: &Path) -> Result<Vec<Wanted>> {
+fn wanted(snap: &SnapshotDir) -> Result<Vec<Wanted>> {
+    let (id, dir) = (&snap.id, &snap.dir);
     let Some(m) = Manifest::read(dir)? else { return Ok(Vec::new()) };
     let mut out = Vec::new();
     for a in &m.archives {
-        out.push(Wanted {
-            key: format!("{prefix}/{}", a.path),
-            path: dir.join(&a.path),
-            sha256: a.sha256.clone(),
-            size: a.size,
-        });
+        out.push(Wanted { key: id.key(&a.path), path: dir.join(&a.path), sha256: a.sha256.clone(), size: a.size });
         let lp = dir.join(&a.file_list);
         let size = std::fs::metadata(&lp).map_err(|e| Error::io(&lp, e))?.len();
-        out.push(Wanted {
-            key: format!("{prefix}/{}", a.file_list),
-            path: lp,
-            sha256: a.file_list_sha256.clone(),
-            size,
-        });
+        out.push(Wanted { key: id.key(&a.file_list), path: lp, sha256: a.file_list_sha256.clone(), size });
     }
-    let mp = dir.join(MANIFEST);
+    let mp = layout::manifest_path(dir);
     let (sha256, size) = archive::sha256_file(&mp)?;
-    out.push(Wanted { key: format!("{prefix}/{MANIFEST}"), path: mp, sha256, size });
+    out.push(Wanted { key: id.manifest_key(), path: mp, sha256, size });
     Ok(out)
 }
 
@@ -173,17 +146,9 @@ async fn upload_verified(remote: &Remote, w: &Wanted) -> Result<()> {
     }
 }
 
-fn remote_cfg(cfg: &HostConfig) -> Result<&RemoteConfig> {
-    cfg.remote.as_ref().ok_or_else(|| {
-        Error::Config(
-            "no [remote] in the host config; add endpoint, bucket and prefix (see deploy/config.example.toml)".into(),
-        )
-    })
-}
-
 /// Run `sync`.
 pub async fn sync(ctx: &Ctx, opts: &SyncOptions) -> Result<SyncReport> {
-    let remote = Remote::connect(remote_cfg(&ctx.cfg)?).await?;
+    let remote = offsite::connect(&ctx.cfg).await?;
     let mut report = SyncReport {
         dry_run: opts.dry_run,
         remote: remote.place().to_string(),
@@ -193,18 +158,19 @@ pub async fn sync(ctx: &Ctx, opts: &SyncOptions) -> Result<SyncReport> {
         mb_per_s: 0.0,
         aborted_stale_uploads: 0,
     };
-    let listed: HashMap<String, u64> = remote.list("").await?.into_iter().map(|o| (o.key, o.size)).collect();
+    let listed = offsite::list(&remote).await?.sizes;
     let mut known = ctx.store.remote_objects()?;
     if !opts.dry_run {
         ctx.start_run("sync", None, None, None)?;
         report.aborted_stale_uploads = remote.abort_stale_uploads().await;
     }
     let mut upload_time = std::time::Duration::ZERO;
-    for (prefix, dir) in complete_dirs(&ctx.cfg.backup_root) {
-        let files = wanted(&prefix, &dir)?;
+    for snap in layout::complete(&ctx.cfg.backup_root)? {
+        let files = wanted(&snap)?;
+        let manifest_key = snap.id.manifest_key();
         let mut dir_ok = true;
         // Archives and file lists first (a few at a time), the manifest only once they are all there.
-        let (manifest, files): (Vec<Wanted>, Vec<Wanted>) = files.into_iter().partition(|w| w.key.ends_with(MANIFEST));
+        let (manifest, files): (Vec<Wanted>, Vec<Wanted>) = files.into_iter().partition(|w| w.key == manifest_key);
         for batch in [files, manifest] {
             if !dir_ok {
                 break;
@@ -228,7 +194,7 @@ pub async fn sync(ctx: &Ctx, opts: &SyncOptions) -> Result<SyncReport> {
                 continue;
             }
             let t = Instant::now();
-            ctx.progress.start(&format!("upload {prefix}"), Some(need.iter().map(|w| w.size).sum()));
+            ctx.progress.start(&format!("upload {}", snap.id), Some(need.iter().map(|w| w.size).sum()));
             let results: Vec<(Wanted, Result<()>)> = futures_util::stream::iter(need)
                 .map(|w| {
                     let remote = &remote;
@@ -270,9 +236,9 @@ pub async fn sync(ctx: &Ctx, opts: &SyncOptions) -> Result<SyncReport> {
             }
         }
         if dir_ok && !opts.dry_run {
-            if let Some(m) = Manifest::read(&dir)? {
+            if let Some(m) = Manifest::read(&snap.dir)? {
                 for a in &m.archives {
-                    ctx.store.mark_remote_verified(&format!("{prefix}/{}", a.path))?;
+                    ctx.store.mark_remote_verified(&snap.id.key(&a.path))?;
                 }
             }
         }
@@ -297,100 +263,6 @@ pub async fn sync(ctx: &Ctx, opts: &SyncOptions) -> Result<SyncReport> {
         )?;
     }
     Ok(report)
-}
-
-/// Download a tenant's archive (and the manifest naming it) into `<state_dir>/remote-cache/`
-/// for `restore --remote`; the archive's sha256 is checked on the way.
-pub async fn fetch_for_restore(cfg: &HostConfig, tenant: &TenantId, source: &Source) -> Result<Located> {
-    let remote = Remote::connect(remote_cfg(cfg)?).await?;
-    let cache = cfg.state_dir.join("remote-cache");
-    let candidates: Vec<String> = match source {
-        Source::Day(d) => vec![format!("daily/{d}")],
-        Source::Run(r) => vec![format!("rollout/{r}")],
-        Source::Latest => {
-            let mut days: Vec<String> = remote
-                .list("daily/")
-                .await?
-                .into_iter()
-                .filter_map(|o| o.key.strip_suffix(&format!("/{MANIFEST}")).map(str::to_string))
-                .collect();
-            days.sort_unstable_by(|a, b| b.cmp(a));
-            days
-        }
-    };
-    for prefix in candidates {
-        let dir = cache.join(&prefix);
-        let mkey = format!("{prefix}/{MANIFEST}");
-        if remote.head(&mkey).await?.is_none() {
-            continue;
-        }
-        remote.download(&mkey, &dir.join(MANIFEST), None).await?;
-        let Some(m) = Manifest::read(&dir)? else { continue };
-        let Some(entry) = m.tenant(tenant.as_str()).cloned() else { continue };
-        remote.download(&format!("{prefix}/{}", entry.path), &dir.join(&entry.path), Some(&entry.sha256)).await?;
-        return Ok(Located { dir, entry });
-    }
-    Err(Error::Usage(format!("no complete remote snapshot of tenant {tenant} at {}", remote.place())))
-}
-
-/// `verify --remote`: each remote archive's size and sha256 metadata against its remote
-/// manifest; `--deep` downloads each archive and checks every file.
-pub async fn verify_remote(cfg: &HostConfig, opts: &VerifyOptions) -> Result<VerifyReport> {
-    let remote = Remote::connect(remote_cfg(cfg)?).await?;
-    let listing = remote.list("").await?;
-    let sizes: HashMap<&str, u64> = listing.iter().map(|o| (o.key.as_str(), o.size)).collect();
-    let mut prefixes: Vec<&str> = listing.iter().filter_map(|o| o.key.strip_suffix(&format!("/{MANIFEST}"))).collect();
-    if let Some(d) = &opts.day {
-        let want = format!("daily/{d}");
-        prefixes.retain(|p| *p == want);
-        if prefixes.is_empty() {
-            return Err(Error::Usage(format!("no complete remote snapshot for {d} at {}", remote.place())));
-        }
-    }
-    let scratch =
-        tempfile::Builder::new().prefix("slipway-verify-").tempdir().map_err(|e| Error::io(std::env::temp_dir(), e))?;
-    let mut archives = Vec::new();
-    for prefix in prefixes {
-        let dir = scratch.path().join(prefix);
-        remote.download(&format!("{prefix}/{MANIFEST}"), &dir.join(MANIFEST), None).await?;
-        let Some(m) = Manifest::read(&dir)? else { continue };
-        for a in &m.archives {
-            let key = format!("{prefix}/{}", a.path);
-            let mut detail = None;
-            match remote.head(&key).await? {
-                None => detail = Some("missing on the remote".to_string()),
-                Some(h) if h.size != a.size || sizes.get(key.as_str()) != Some(&a.size) => {
-                    detail = Some(format!("size is {}, the manifest says {}", h.size, a.size))
-                }
-                Some(h) if h.sha256.as_deref() != Some(a.sha256.as_str()) => {
-                    detail = Some(format!("sha256 metadata is {:?}, the manifest says {}", h.sha256, a.sha256))
-                }
-                Some(_) if opts.deep => {
-                    let local = dir.join(&a.path);
-                    let list_path = dir.join(&a.file_list);
-                    let r = async {
-                        remote.download(&key, &local, Some(&a.sha256)).await?;
-                        remote
-                            .download(&format!("{prefix}/{}", a.file_list), &list_path, Some(&a.file_list_sha256))
-                            .await?;
-                        let (l, p, s, lp) =
-                            (local.clone(), a.sha256.clone(), archive::read_file_list(&list_path)?, list_path.clone());
-                        tokio::task::spawn_blocking(move || archive::deep_verify(&l, &p, &s))
-                            .await
-                            .map_err(|e| Error::Other(e.to_string()))??;
-                        let _ = std::fs::remove_file(&local);
-                        let _ = std::fs::remove_file(lp);
-                        Ok::<_, Error>(())
-                    }
-                    .await;
-                    detail = r.err().map(|e| e.to_string());
-                }
-                Some(_) => {}
-            }
-            archives.push(Checked { archive: PathBuf::from(&key), ok: detail.is_none(), detail });
-        }
-    }
-    Ok(VerifyReport { archives, incomplete: Vec::new(), deep: opts.deep })
 }
 
 impl fmt::Display for SyncReport {

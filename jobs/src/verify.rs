@@ -1,16 +1,23 @@
-//! `verify`: re-hash every archive of every complete snapshot directory (or one day) against
-//! its `MANIFEST.json`; `--deep` also extracts each into a scratch dir and checks every file's
-//! hash against the archive's file list. Any mismatch names the archive (and file) and makes
-//! the job fail. `--remote` checks the remote copies (see `sync`).
+//! `verify`: re-hash every archive of every complete snapshot directory (or one day), and the
+//! file list beside it, against its `MANIFEST.json`; `--deep` also extracts each into a scratch
+//! dir and checks every file's content hash, mode, owner and mtime against the file list. Any
+//! mismatch names the archive (and file) and makes the job fail; so does a snapshot dir
+//! without a manifest, which nothing can be checked against or restored from. `--remote`
+//! checks the remote copies: each archive's size and sha256 metadata, and its file list's
+//! sha256 metadata, against the remote manifest (with `--deep`, a downloaded copy file by file).
 
+use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
 use crate::adapters::archive;
+use crate::config::HostConfig;
 use crate::error::{Error, ExitKind, Result};
-use crate::manifest::Manifest;
+use crate::layout::{self, SnapshotDir, SnapshotId, MANIFEST};
+use crate::manifest::{ArchiveEntry, Manifest};
+use crate::offsite;
 
 /// Options of `verify`.
 #[derive(Debug, Clone, Default)]
@@ -39,16 +46,17 @@ pub struct Checked {
 pub struct VerifyReport {
     /// Per archive.
     pub archives: Vec<Checked>,
-    /// Snapshot dirs without a manifest (incomplete; nothing to check against).
+    /// Snapshot dirs without a manifest (incomplete; nothing to check against): a failure.
     pub incomplete: Vec<PathBuf>,
     /// Whether files were checked too.
     pub deep: bool,
 }
 
 impl VerifyReport {
-    /// Failure on any mismatch.
+    /// Failure on any mismatch, and on any snapshot dir without a manifest (nothing in it can
+    /// be trusted or restored).
     pub fn exit_kind(&self) -> ExitKind {
-        if self.archives.iter().all(|a| a.ok) {
+        if self.archives.iter().all(|a| a.ok) && self.incomplete.is_empty() {
             ExitKind::Success
         } else {
             ExitKind::Failure
@@ -57,28 +65,23 @@ impl VerifyReport {
 }
 
 /// The snapshot dirs to check: `daily/<day>` for one day, else every daily and rollout dir.
-pub fn snapshot_dirs(backup_root: &Path, day: Option<&str>) -> Result<Vec<PathBuf>> {
+pub fn snapshot_dirs(backup_root: &Path, day: Option<&str>) -> Result<Vec<SnapshotDir>> {
     if let Some(d) = day {
-        let dir = backup_root.join("daily").join(d);
+        let id = SnapshotId::daily(d).map_err(|e| Error::Usage(format!("--day {e}")))?;
+        let dir = id.dir(backup_root);
         if !dir.is_dir() {
             return Err(Error::Usage(format!("no daily snapshot for {d} in {}", backup_root.display())));
         }
-        return Ok(vec![dir]);
+        return Ok(vec![SnapshotDir { id, dir }]);
     }
-    let mut out = Vec::new();
-    for kind in ["daily", "rollout"] {
-        let Ok(rd) = std::fs::read_dir(backup_root.join(kind)) else {
-            continue;
-        };
-        let mut dirs: Vec<PathBuf> = rd.flatten().map(|e| e.path()).filter(|p| p.is_dir()).collect();
-        dirs.sort();
-        out.extend(dirs);
-    }
-    Ok(out)
+    let walk = layout::walk(backup_root)?;
+    let mut dirs: Vec<SnapshotDir> = walk.complete.into_iter().chain(walk.incomplete).collect();
+    dirs.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(dirs)
 }
 
 /// Check one archive against its manifest entry (and its file list when `deep`).
-pub fn check_archive(dir: &Path, e: &crate::manifest::ArchiveEntry, deep: bool) -> Checked {
+pub fn check_archive(dir: &Path, e: &ArchiveEntry, deep: bool) -> Checked {
     let path = dir.join(&e.path);
     let detail = (|| -> std::result::Result<(), String> {
         let (sha, size) = archive::sha256_file(&path).map_err(|x| x.to_string())?;
@@ -88,9 +91,18 @@ pub fn check_archive(dir: &Path, e: &crate::manifest::ArchiveEntry, deep: bool) 
         if sha != e.sha256 {
             return Err(format!("sha256 is {sha}, the manifest says {}", e.sha256));
         }
+        // The file list is what --deep and the next snapshot's reuse trust: it is checked too.
+        let list_path = dir.join(&e.file_list);
+        let (list_sha, _) = archive::sha256_file(&list_path).map_err(|x| x.to_string())?;
+        if list_sha != e.file_list_sha256 {
+            return Err(format!(
+                "file list {}: sha256 is {list_sha}, the manifest says {}",
+                list_path.display(),
+                e.file_list_sha256
+            ));
+        }
         if deep {
-            let list = archive::read_file_list(&dir.join(&e.file_list)).map_err(|x| x.to_string())?;
-            archive::deep_verify(&path, &e.sha256, &list).map_err(|x| x.to_string())?;
+            archive::deep_verify(&path, &e.sha256, &list_path).map_err(|x| x.to_string())?;
         }
         Ok(())
     })()
@@ -105,7 +117,7 @@ pub async fn verify(backup_root: &Path, opts: &VerifyOptions) -> Result<VerifyRe
     tokio::task::spawn_blocking(move || {
         let mut archives = Vec::new();
         let mut incomplete = Vec::new();
-        for dir in dirs {
+        for SnapshotDir { dir, .. } in dirs {
             match Manifest::read(&dir)? {
                 None => incomplete.push(dir),
                 Some(m) => archives.extend(m.archives.iter().map(|e| check_archive(&dir, e, deep))),
@@ -117,6 +129,74 @@ pub async fn verify(backup_root: &Path, opts: &VerifyOptions) -> Result<VerifyRe
     .map_err(|e| Error::Other(format!("verify task failed: {e}")))?
 }
 
+/// `verify --remote`: each remote archive's size and sha256 metadata against its remote
+/// manifest; `--deep` downloads each archive and checks every file.
+pub async fn verify_remote(cfg: &HostConfig, opts: &VerifyOptions) -> Result<VerifyReport> {
+    let remote = offsite::connect(cfg).await?;
+    let listing = offsite::list(&remote).await?;
+    let sizes: HashMap<&str, u64> = listing.sizes.iter().map(|(k, s)| (k.as_str(), *s)).collect();
+    let mut snapshots = listing.snapshots.clone();
+    if let Some(d) = &opts.day {
+        let want = SnapshotId::daily(d).map_err(|e| Error::Usage(format!("--day {e}")))?;
+        snapshots.retain(|s| *s == want);
+        if snapshots.is_empty() {
+            return Err(Error::Usage(format!("no complete remote snapshot for {d} at {}", remote.place())));
+        }
+    }
+    let scratch =
+        tempfile::Builder::new().prefix("slipway-verify-").tempdir().map_err(|e| Error::io(std::env::temp_dir(), e))?;
+    let mut archives = Vec::new();
+    for snap in snapshots {
+        let dir = snap.dir(scratch.path());
+        let Some(m) = offsite::fetch_manifest(&remote, &snap, &dir).await? else { continue };
+        for a in &m.archives {
+            let key = snap.key(&a.path);
+            let mut detail = None;
+            match remote.head(&key).await? {
+                None => detail = Some("missing on the remote".to_string()),
+                Some(h) if h.size != a.size || sizes.get(key.as_str()) != Some(&a.size) => {
+                    detail = Some(format!("size is {}, the manifest says {}", h.size, a.size))
+                }
+                Some(h) if h.sha256.as_deref() != Some(a.sha256.as_str()) => {
+                    detail = Some(format!("sha256 metadata is {:?}, the manifest says {}", h.sha256, a.sha256))
+                }
+                Some(_) if opts.deep => {
+                    let local = dir.join(&a.path);
+                    let list_path = dir.join(&a.file_list);
+                    let r = async {
+                        remote.download(&key, &local, Some(&a.sha256)).await?;
+                        remote.download(&snap.key(&a.file_list), &list_path, Some(&a.file_list_sha256)).await?;
+                        let (l, p, s, lp) = (local.clone(), a.sha256.clone(), list_path.clone(), list_path.clone());
+                        tokio::task::spawn_blocking(move || archive::deep_verify(&l, &p, &s))
+                            .await
+                            .map_err(|e| Error::Other(e.to_string()))??;
+                        let _ = std::fs::remove_file(&local);
+                        let _ = std::fs::remove_file(lp);
+                        Ok::<_, Error>(())
+                    }
+                    .await;
+                    detail = r.err().map(|e| e.to_string());
+                }
+                Some(_) => {
+                    let list_key = snap.key(&a.file_list);
+                    match remote.head(&list_key).await? {
+                        None => detail = Some(format!("file list {list_key} is missing on the remote")),
+                        Some(h) if h.sha256.as_deref() != Some(a.file_list_sha256.as_str()) => {
+                            detail = Some(format!(
+                                "file list {list_key}: sha256 metadata is {:?}, the manifest says {}",
+                                h.sha256, a.file_list_sha256
+                            ))
+                        }
+                        Some(_) => {}
+                    }
+                }
+            }
+            archives.push(Checked { archive: PathBuf::from(&key), ok: detail.is_none(), detail });
+        }
+    }
+    Ok(VerifyReport { archives, incomplete: Vec::new(), deep: opts.deep })
+}
+
 impl fmt::Display for VerifyReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let bad: Vec<&Checked> = self.archives.iter().filter(|a| !a.ok).collect();
@@ -124,14 +204,20 @@ impl fmt::Display for VerifyReport {
             writeln!(f, "MISMATCH {}: {}", a.archive.display(), a.detail.as_deref().unwrap_or(""))?;
         }
         for d in &self.incomplete {
-            writeln!(f, "incomplete (no MANIFEST.json): {}", d.display())?;
+            writeln!(
+                f,
+                "INCOMPLETE {}: no {MANIFEST}, so nothing in it can be checked or restored \
+                 (a snapshot that did not finish; check it and remove it, or snapshot again)",
+                d.display()
+            )?;
         }
         writeln!(
             f,
-            "{} archive(s) checked{}, {} mismatch(es)",
+            "{} archive(s) checked{}, {} mismatch(es), {} incomplete snapshot dir(s)",
             self.archives.len(),
             if self.deep { " file by file" } else { "" },
-            bad.len()
+            bad.len(),
+            self.incomplete.len()
         )
     }
 }

@@ -5,7 +5,10 @@
 
 #![allow(dead_code)]
 
+pub mod reports;
+
 use std::collections::HashMap;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -87,6 +90,72 @@ impl Out {
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_str(self.stdout.trim())
             .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}\nstderr: {}", self.stdout, self.stderr))
+    }
+
+    /// stdout parsed as the `--json` envelope of a report of type `R` (see [`reports`]).
+    pub fn envelope<R: serde::de::DeserializeOwned>(&self) -> reports::Envelope<R> {
+        reports::parse(&self.stdout, &self.stderr)
+    }
+
+    /// The typed report of a `--json` run (panics if the job ended with an error instead).
+    pub fn report<R: serde::de::DeserializeOwned>(&self) -> R {
+        self.envelope::<R>().report()
+    }
+
+    /// The run id of a `--json` run.
+    pub fn run_id(&self) -> String {
+        self.envelope::<serde::de::IgnoredAny>().run_id.unwrap_or_else(|| panic!("no run_id in {}", self.stdout))
+    }
+}
+
+/// A one-request HTTP server on 127.0.0.1 (a webhook receiver): answers 200 and hands over the
+/// request body.
+pub struct Webhook {
+    /// The URL to configure.
+    pub url: String,
+    handle: std::thread::JoinHandle<String>,
+}
+
+impl Webhook {
+    /// Listen on a free port; `path` is the URL path the sender is told to use.
+    pub fn listen(path: &str) -> Webhook {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}{path}", l.local_addr().unwrap());
+        let handle = std::thread::spawn(move || {
+            let (mut c, _) = l.accept().unwrap();
+            let mut got = Vec::new();
+            let mut buf = [0u8; 8192];
+            loop {
+                let n = c.read(&mut buf).unwrap();
+                assert!(n > 0, "the sender closed before the whole request arrived");
+                got.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&got).into_owned();
+                if let Some(i) = text.find("\r\n\r\n") {
+                    let len: usize = text[..i]
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap())
+                        })
+                        .unwrap_or(0);
+                    if got.len() >= i + 4 + len {
+                        c.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n").unwrap();
+                        return text[i + 4..].to_string();
+                    }
+                }
+            }
+        });
+        Webhook { url, handle }
+    }
+
+    /// The body of the one request (blocks until it came).
+    pub fn body(self) -> String {
+        self.handle.join().unwrap()
+    }
+
+    /// A URL on which nothing listens.
+    pub fn dead_url() -> String {
+        let addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        format!("http://{addr}/x")
     }
 }
 
@@ -313,6 +382,11 @@ impl Sandbox {
         v[0].clone()
     }
 
+    /// The image reference a container was created from (`Config.Image`).
+    pub fn image_of(&self, container: &str) -> String {
+        self.inspect(container)["Config"]["Image"].as_str().unwrap_or_default().to_string()
+    }
+
     /// Whether a container exists.
     pub fn container_exists(&self, name: &str) -> bool {
         Command::new("docker").args(["inspect", name]).output().unwrap().status.success()
@@ -384,6 +458,36 @@ impl Drop for Sandbox {
             let _ = Command::new("docker").args(["rmi"]).args(&mine).output();
         }
     }
+}
+
+/// Every file under `dir` (recursively), sorted; empty when `dir` does not exist.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(files_under(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// `n` incompressible pseudo-random bytes (xorshift; the same for the same seed).
+pub fn noise(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
 }
 
 /// A digest of a whole tree (paths, kinds, modes, owners, mtimes, contents, link targets), to

@@ -151,7 +151,7 @@ impl Engine {
     }
 
     /// Every container (running or not) of `app`, by tenant, sorted by tenant id. Containers
-    /// renamed aside by a rollout (`*.pre-rollout-*`) are not tenants.
+    /// a rollout set aside ([`crate::naming::is_pre_rollout`]) are not tenants.
     pub async fn tenants(&self, app: &App) -> Result<Vec<TenantContainer>> {
         let mut filters = HashMap::new();
         filters.insert("label".to_string(), vec![app.select.filter()]);
@@ -167,7 +167,7 @@ impl Engine {
             else {
                 continue;
             };
-            if name.contains(".pre-rollout-") {
+            if crate::naming::is_pre_rollout(&name) {
                 continue;
             }
             let labels = c.labels.clone().unwrap_or_default();

@@ -85,40 +85,13 @@ pub async fn send(webhook: &str, n: &Notification) -> bool {
 
 #[cfg(test)]
 mod tests {
+    //! Delivery to a live receiver is tested end to end (tests/ops.rs, with the one test
+    //! webhook receiver of tests/support); here: what a dead one and a URL in a log look like.
     use super::*;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     #[tokio::test]
-    async fn the_notification_reaches_a_local_listener_and_a_dead_one_is_only_logged() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let server = tokio::spawn(async move {
-            let (mut s, _) = listener.accept().await.unwrap();
-            let mut buf = vec![0u8; 65536];
-            let mut got = Vec::new();
-            loop {
-                let n = s.read(&mut buf).await.unwrap();
-                got.extend_from_slice(&buf[..n]);
-                let text = String::from_utf8_lossy(&got);
-                if let Some(i) = text.find("\r\n\r\n") {
-                    let len: usize = text
-                        .lines()
-                        .find_map(|l| {
-                            l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap())
-                        })
-                        .unwrap_or(0);
-                    if got.len() >= i + 4 + len {
-                        s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n").await.unwrap();
-                        return String::from_utf8_lossy(&got[i + 4..]).into_owned();
-                    }
-                }
-            }
-        });
+    async fn a_dead_webhook_is_only_logged_and_its_url_is_redacted() {
         let n = Notification::new("rollout", Some("20261122T030000Z-0001".into()), "halted", 3, "canary t1 failed");
-        assert!(send(&format!("http://{addr}/hooks/secret-token"), &n).await);
-        let body: serde_json::Value = serde_json::from_str(&server.await.unwrap()).unwrap();
-        assert_eq!(body["outcome"], "halted");
-        assert!(body["text"].as_str().unwrap().contains("rollout"));
         // Nobody listens here: not delivered, no error, no panic.
         let dead = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
         assert!(!send(&format!("http://{dead}/x"), &n).await);

@@ -20,7 +20,7 @@ use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use futures_util::{StreamExt, TryStreamExt};
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::config::RemoteConfig;
 use crate::error::{Error, Result};
@@ -67,6 +67,13 @@ fn upload_id_from_raw<E>(e: &SdkError<E, aws_sdk_s3::config::http::HttpResponse>
     let (_, rest) = text.split_once("<UploadId>")?;
     let (id, rest) = rest.split_once("</UploadId>")?;
     (!rest.contains("<UploadId>") && !id.is_empty()).then(|| id.trim().to_string())
+}
+
+/// The `Content-MD5` header of a body: base64 of its MD5, checked by every S3 server.
+fn content_md5(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    use md5::Digest as _;
+    base64::engine::general_purpose::STANDARD.encode(md5::Md5::digest(bytes))
 }
 
 fn is_auth(code: Option<&str>, status: u16) -> bool {
@@ -197,18 +204,38 @@ impl Remote {
     }
 
     /// Upload a local file with its sha256 as metadata; multipart when larger than a part.
+    ///
+    /// The bytes sent are the bytes hashed: the file is read once, in order, each part (or the
+    /// whole small file) is hashed into the sha256 and carries its own `Content-MD5` (so the
+    /// server refuses a part damaged in transit), and the upload is completed only when the
+    /// sha256 of everything sent is `sha256`, the manifest's. A local archive damaged after the
+    /// snapshot is therefore never uploaded as good: the upload is aborted, nothing is left
+    /// under the key, and the error names the file.
     pub async fn upload(&self, local: &Path, key: &str, sha256: &str, size: u64) -> Result<()> {
         let full = self.full(key);
+        let damaged = |got: &str| {
+            Error::Archive(format!(
+                "{}: sha256 of the bytes read for upload is {got}, the manifest says {sha256}; the local archive \
+                 is damaged and was not uploaded (run `slipway verify`, then snapshot again)",
+                local.display()
+            ))
+        };
+        let mut f = tokio::fs::File::open(local).await.map_err(|e| Error::io(local, e))?;
         if size <= self.part_size {
-            let body =
-                ByteStream::from_path(local).await.map_err(|e| Error::Other(format!("{}: {e}", local.display())))?;
+            let mut buf = Vec::with_capacity(size as usize);
+            f.read_to_end(&mut buf).await.map_err(|e| Error::io(local, e))?;
+            let got = hex::encode(Sha256::digest(&buf));
+            if got != sha256 || buf.len() as u64 != size {
+                return Err(damaged(&got));
+            }
             self.client
                 .put_object()
                 .bucket(&self.bucket)
                 .key(&full)
                 .metadata(SHA256_META, sha256)
                 .content_length(size as i64)
-                .body(body)
+                .content_md5(content_md5(&buf))
+                .body(ByteStream::from(buf))
                 .send()
                 .await
                 .map_err(|e| self.err(&format!("uploading {key}"), e))?;
@@ -227,19 +254,30 @@ impl Remote {
             Ok(c) => c.upload_id().unwrap_or_default().to_string(),
             Err(e) => upload_id_from_raw(&e).ok_or_else(|| self.err(&format!("starting the upload of {key}"), e))?,
         };
+        let abort = || async {
+            let _ =
+                self.client.abort_multipart_upload().bucket(&self.bucket).key(&full).upload_id(&upload_id).send().await;
+        };
         let parts = size.div_ceil(part_size);
+        let hasher = std::sync::Mutex::new(Sha256::new());
+        let file = tokio::sync::Mutex::new(f);
+        // Parts are read (and hashed) strictly in order, one at a time; their uploads overlap.
         let result: Result<Vec<CompletedPart>> = futures_util::stream::iter(1..=parts)
-            .map(|n| {
+            .then(|n| {
+                let (file, hasher) = (&file, &hasher);
+                async move {
+                    let len = part_size.min(size - (n - 1) * part_size);
+                    let mut buf = vec![0u8; len as usize];
+                    file.lock().await.read_exact(&mut buf).await.map_err(|e| Error::io(local, e))?;
+                    hasher.lock().map_err(|_| Error::Other("upload hasher poisoned".into()))?.update(&buf);
+                    Ok::<_, Error>((n, buf))
+                }
+            })
+            .map_ok(|(n, buf)| {
                 let (client, bucket, full, upload_id) =
                     (self.client.clone(), self.bucket.clone(), full.clone(), upload_id.clone());
-                let local = local.to_path_buf();
                 async move {
-                    let offset = (n - 1) * part_size;
-                    let len = part_size.min(size - offset);
-                    let mut f = tokio::fs::File::open(&local).await.map_err(|e| Error::io(&local, e))?;
-                    f.seek(std::io::SeekFrom::Start(offset)).await.map_err(|e| Error::io(&local, e))?;
-                    let mut buf = vec![0u8; len as usize];
-                    f.read_exact(&mut buf).await.map_err(|e| Error::io(&local, e))?;
+                    let len = buf.len();
                     let r = client
                         .upload_part()
                         .bucket(bucket)
@@ -247,6 +285,7 @@ impl Remote {
                         .upload_id(upload_id)
                         .part_number(n as i32)
                         .content_length(len as i64)
+                        .content_md5(content_md5(&buf))
                         .body(ByteStream::from(buf))
                         .send()
                         .await
@@ -254,23 +293,22 @@ impl Remote {
                     Ok(CompletedPart::builder().part_number(n as i32).set_e_tag(r.e_tag().map(str::to_string)).build())
                 }
             })
-            .buffer_unordered(self.concurrency)
+            .try_buffer_unordered(self.concurrency)
             .try_collect()
             .await;
         let mut parts = match result {
             Ok(p) => p,
             Err(e) => {
-                let _ = self
-                    .client
-                    .abort_multipart_upload()
-                    .bucket(&self.bucket)
-                    .key(&full)
-                    .upload_id(&upload_id)
-                    .send()
-                    .await;
+                abort().await;
                 return Err(e);
             }
         };
+        let got =
+            hex::encode(hasher.into_inner().map_err(|_| Error::Other("upload hasher poisoned".into()))?.finalize());
+        if got != sha256 {
+            abort().await;
+            return Err(damaged(&got));
+        }
         parts.sort_by_key(|p| p.part_number());
         let done = self
             .client
@@ -282,8 +320,7 @@ impl Remote {
             .send()
             .await;
         if let Err(e) = done {
-            let _ =
-                self.client.abort_multipart_upload().bucket(&self.bucket).key(&full).upload_id(&upload_id).send().await;
+            abort().await;
             return Err(self.err(&format!("completing the upload of {key}"), e));
         }
         Ok(())

@@ -1,0 +1,185 @@
+//! The tree walk every archive operation shares: depth first, names sorted bytewise, one open
+//! directory per level and the names of one directory at a time in memory (never the whole
+//! tree), so memory stays flat with the file count.
+//!
+//! Every entry is opened relative to its parent's directory fd with `O_NOFOLLOW`: a path that
+//! is swapped for a symlink mid-walk (a live tenant with `quiesce = none`, a control-plane dir)
+//! is never followed; the walk fails naming it instead. The metadata of a file or directory is
+//! the `fstat` of the very fd that is then read, so what is recorded is what was read.
+
+use std::ffi::OsStr;
+use std::fs::{self, File};
+use std::io;
+use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{FileType, Mode, OFlags};
+use rustix::io::Errno;
+
+use super::{ioe, ArchiveError};
+
+/// What a walked entry is, with what is needed to read it.
+pub(super) enum Node {
+    /// A directory (its children follow it in the walk).
+    Dir,
+    /// A regular file, open for reading.
+    File(File),
+    /// A symlink and its target's bytes.
+    Symlink(Vec<u8>),
+    /// A socket, fifo or device node: not archived.
+    Other,
+}
+
+/// One entry of the walk.
+pub(super) struct Item {
+    /// Relative name, '/'-separated bytes.
+    pub rel: Vec<u8>,
+    /// Its metadata (of the entry itself, never of a symlink's target).
+    pub meta: fs::Metadata,
+    /// What it is.
+    pub node: Node,
+}
+
+struct Level {
+    dir: OwnedFd,
+    rel: Vec<u8>,
+    names: std::vec::IntoIter<(Vec<u8>, FileType)>,
+}
+
+/// A walk of the tree under one directory.
+pub(super) struct Walker {
+    root: PathBuf,
+    root_meta: fs::Metadata,
+    stack: Vec<Level>,
+}
+
+fn errno(path: &Path) -> impl FnOnce(Errno) -> ArchiveError + '_ {
+    move |e| ArchiveError::Io { path: path.to_path_buf(), source: e.into() }
+}
+
+fn changed(path: &Path, what: &str) -> ArchiveError {
+    ArchiveError::Io {
+        path: path.to_path_buf(),
+        source: io::Error::other(format!("{what} while it was being read; not followed, try again")),
+    }
+}
+
+/// The sorted names (and types, as the directory reports them) of an open directory.
+fn names(dir: &OwnedFd, path: &Path) -> Result<Vec<(Vec<u8>, FileType)>, ArchiveError> {
+    let mut out = Vec::new();
+    for entry in rustix::fs::Dir::read_from(dir).map_err(errno(path))? {
+        let entry = entry.map_err(errno(path))?;
+        let name = entry.file_name().to_bytes();
+        if name == b"." || name == b".." {
+            continue;
+        }
+        out.push((name.to_vec(), entry.file_type()));
+    }
+    out.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    Ok(out)
+}
+
+impl Walker {
+    /// Start a walk of `root` (which must be a directory).
+    pub fn open(root: &Path) -> Result<Walker, ArchiveError> {
+        let fd = rustix::fs::open(root, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
+            .map_err(errno(root))?;
+        let f = File::from(fd);
+        let root_meta = f.metadata().map_err(ioe(root))?;
+        let dir = OwnedFd::from(f);
+        let names = names(&dir, root)?;
+        Ok(Walker {
+            root: root.to_path_buf(),
+            root_meta,
+            stack: vec![Level { dir, rel: Vec::new(), names: names.into_iter() }],
+        })
+    }
+
+    /// The metadata of the walked directory itself.
+    pub fn root_meta(&self) -> &fs::Metadata {
+        &self.root_meta
+    }
+
+    /// The full path of a relative name, for messages.
+    pub fn path_of(&self, rel: &[u8]) -> PathBuf {
+        self.root.join(OsStr::from_bytes(rel))
+    }
+
+    /// The next entry, depth first; `None` at the end.
+    pub fn next_item(&mut self) -> Result<Option<Item>, ArchiveError> {
+        loop {
+            let Some(top) = self.stack.last_mut() else { return Ok(None) };
+            let Some((name, ft)) = top.names.next() else {
+                self.stack.pop();
+                continue;
+            };
+            let mut rel = top.rel.clone();
+            if !rel.is_empty() {
+                rel.push(b'/');
+            }
+            rel.extend_from_slice(&name);
+            let path = self.root.join(OsStr::from_bytes(&rel));
+            let (meta, node, sub) = open_child(&top.dir, &name, ft, &path)?;
+            if let Some(dir) = sub {
+                let names = names(&dir, &path)?;
+                self.stack.push(Level { dir, rel: rel.clone(), names: names.into_iter() });
+            }
+            return Ok(Some(Item { rel, meta, node }));
+        }
+    }
+}
+
+type Opened = (fs::Metadata, Node, Option<OwnedFd>);
+
+/// Open one entry of `dir` without following a symlink, by the type the directory reported
+/// (or, when it reported none, by what an `O_PATH` open finds).
+fn open_child(dir: &OwnedFd, name: &[u8], ft: FileType, path: &Path) -> Result<Opened, ArchiveError> {
+    let name = OsStr::from_bytes(name);
+    let want_dir = ft == FileType::Directory;
+    if want_dir || ft == FileType::RegularFile {
+        let mut flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NOCTTY | OFlags::NONBLOCK;
+        if want_dir {
+            flags |= OFlags::DIRECTORY;
+        }
+        let fd = match rustix::fs::openat(dir, name, flags, Mode::empty()) {
+            Ok(fd) => fd,
+            Err(Errno::LOOP) => return Err(changed(path, "it became a symlink")),
+            Err(Errno::NOTDIR) if want_dir => {
+                let now = rustix::fs::statat(dir, name, rustix::fs::AtFlags::SYMLINK_NOFOLLOW)
+                    .map(|st| FileType::from_raw_mode(st.st_mode));
+                let what = if now == Ok(FileType::Symlink) { "it became a symlink" } else { "its type changed" };
+                return Err(changed(path, what));
+            }
+            Err(e) => return Err(errno(path)(e)),
+        };
+        let f = File::from(fd);
+        let meta = f.metadata().map_err(ioe(path))?;
+        return if want_dir && meta.is_dir() {
+            Ok((meta, Node::Dir, Some(OwnedFd::from(f))))
+        } else if !want_dir && meta.is_file() {
+            Ok((meta, Node::File(f), None))
+        } else {
+            Err(changed(path, "its type changed"))
+        };
+    }
+    // Symlinks, special files and names of unknown type: look without opening what it is.
+    let fd = rustix::fs::openat(dir, name, OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())
+        .map_err(errno(path))?;
+    let f = File::from(fd);
+    let meta = f.metadata().map_err(ioe(path))?;
+    let t = meta.file_type();
+    if t.is_symlink() {
+        // An empty path reads the link the O_PATH fd refers to: the same one just looked at.
+        let target = rustix::fs::readlinkat(&f, "", Vec::new()).map_err(errno(path))?;
+        Ok((meta, Node::Symlink(target.into_bytes()), None))
+    } else if t.is_dir() && ft == FileType::Unknown {
+        open_child(dir, name.as_bytes(), FileType::Directory, path)
+    } else if t.is_file() && ft == FileType::Unknown {
+        open_child(dir, name.as_bytes(), FileType::RegularFile, path)
+    } else if t.is_dir() || t.is_file() {
+        Err(changed(path, "its type changed"))
+    } else {
+        Ok((meta, Node::Other, None))
+    }
+}

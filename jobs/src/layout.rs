@@ -1,0 +1,401 @@
+//! The backup store's layout: every local path under `backup_root`, every remote key, and the
+//! remote cache under `state_dir`, spelled here and nowhere else.
+//!
+//! ```text
+//! <backup_root>/daily/YYYY-MM-DD/tenants/<tenant>.tar.zst   + <tenant>.files.json.zst
+//! <backup_root>/daily/YYYY-MM-DD/control-plane.tar.zst      + control-plane.files.json.zst
+//! <backup_root>/daily/YYYY-MM-DD/MANIFEST.json
+//! <backup_root>/rollout/<run_id>/<tenant>.tar.zst           + <tenant>.files.json.zst
+//! <backup_root>/rollout/<run_id>/MANIFEST.json
+//! <state_dir>/remote-cache/<kind>/<id>/…                     what `restore --remote` fetched
+//! ```
+//!
+//! A snapshot directory is named by a [`SnapshotId`] (its kind and its day or run id). The
+//! remote mirrors the same relative paths as keys under its prefix, and the run record names an
+//! archive by the same relative path, so one function ([`SnapshotId::key`]) gives all three.
+//!
+//! Invariants: a snapshot directory is complete exactly when its `MANIFEST.json` exists (it is
+//! written last, atomically); [`walk`] is the one walker of the store and lists only
+//! directories whose name is a valid id of their kind (a day, a run id), never dot-names
+//! (temporary files); a remote snapshot is complete exactly when its manifest key exists.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::types::RunId;
+
+/// File name of the manifest inside a snapshot directory.
+pub const MANIFEST: &str = "MANIFEST.json";
+/// Name of the control-plane archive (without suffix), and its kind in the run record.
+pub const CONTROL_PLANE: &str = "control-plane";
+/// The subdirectory of a daily snapshot that holds the tenants' archives.
+const TENANTS: &str = "tenants";
+/// Suffix of an archive.
+const ARCHIVE_SUFFIX: &str = ".tar.zst";
+/// Suffix of the per-file list beside an archive.
+const FILE_LIST_SUFFIX: &str = ".files.json.zst";
+/// The directory under `state_dir` that `restore --remote` downloads into.
+const REMOTE_CACHE: &str = "remote-cache";
+
+/// Daily or rollout snapshot directory. The word ([`SnapshotKind::as_str`]) is the directory
+/// under the backup root, the first part of a remote key, the manifest's `kind` and the
+/// snapshot kind in the run record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SnapshotKind {
+    /// `daily/<YYYY-MM-DD>/`
+    Daily,
+    /// `rollout/<run_id>/`
+    Rollout,
+}
+
+impl SnapshotKind {
+    /// Every kind, in the order the walker lists them.
+    pub const ALL: [SnapshotKind; 2] = [SnapshotKind::Daily, SnapshotKind::Rollout];
+
+    /// The kind's word: `daily` or `rollout`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SnapshotKind::Daily => "daily",
+            SnapshotKind::Rollout => "rollout",
+        }
+    }
+
+    /// The directory of this kind's snapshots under the backup root.
+    pub fn dir(self, backup_root: &Path) -> PathBuf {
+        backup_root.join(self.as_str())
+    }
+}
+
+impl FromStr for SnapshotKind {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        SnapshotKind::ALL
+            .into_iter()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| format!("snapshot kind \"{s}\" is unknown; expected daily or rollout"))
+    }
+}
+
+impl fmt::Display for SnapshotKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One snapshot directory, locally (`<backup_root>/<kind>/<id>`) and on the remote
+/// (`<kind>/<id>/…` under the prefix). Its id is checked when built: a day `YYYY-MM-DD` for a
+/// daily snapshot, a run id for a rollout snapshot — so it is always a single safe path part.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SnapshotId {
+    kind: SnapshotKind,
+    id: String,
+}
+
+/// Whether `s` is a day `YYYY-MM-DD` that exists in the calendar.
+fn is_day(s: &str) -> bool {
+    s.len() == 10 && jiff::civil::Date::strptime("%Y-%m-%d", s).is_ok()
+}
+
+impl SnapshotId {
+    /// A snapshot of `kind` named `id`; refused unless `id` is a day (daily) or a run id (rollout).
+    pub fn new(kind: SnapshotKind, id: &str) -> std::result::Result<SnapshotId, String> {
+        match kind {
+            SnapshotKind::Daily if is_day(id) => Ok(SnapshotId { kind, id: id.to_string() }),
+            SnapshotKind::Daily => Err(format!("\"{id}\" is not a day; use YYYY-MM-DD")),
+            SnapshotKind::Rollout => Ok(SnapshotId::rollout(&id.parse::<RunId>()?)),
+        }
+    }
+
+    /// The daily snapshot of `day` (`YYYY-MM-DD`).
+    pub fn daily(day: &str) -> std::result::Result<SnapshotId, String> {
+        SnapshotId::new(SnapshotKind::Daily, day)
+    }
+
+    /// The rollout snapshot of run `run`.
+    pub fn rollout(run: &RunId) -> SnapshotId {
+        SnapshotId { kind: SnapshotKind::Rollout, id: run.to_string() }
+    }
+
+    /// Daily or rollout.
+    pub fn kind(&self) -> SnapshotKind {
+        self.kind
+    }
+
+    /// The day or the run id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// When the snapshot was taken, from its name: midnight UTC of the day, or the run's start.
+    pub fn time(&self) -> Option<jiff::Timestamp> {
+        match self.kind {
+            SnapshotKind::Daily => format!("{}T00:00:00Z", self.id).parse().ok(),
+            SnapshotKind::Rollout => jiff::civil::DateTime::strptime("%Y%m%dT%H%M%SZ", self.id.get(..16)?)
+                .ok()?
+                .to_zoned(jiff::tz::TimeZone::UTC)
+                .ok()
+                .map(|z| z.timestamp()),
+        }
+    }
+
+    /// The directory relative to the backup root, which is also the remote key prefix:
+    /// `daily/2026-11-22`, `rollout/20261122T030000Z-7f3a`.
+    pub fn rel(&self) -> String {
+        format!("{}/{}", self.kind.as_str(), self.id)
+    }
+
+    /// The local directory under `backup_root`.
+    pub fn dir(&self, backup_root: &Path) -> PathBuf {
+        self.kind.dir(backup_root).join(&self.id)
+    }
+
+    /// A file of the snapshot (`rel` as its manifest names it) relative to the backup root:
+    /// its remote key and its path in the run record (`daily/2026-11-22/tenants/t1.tar.zst`).
+    pub fn key(&self, rel: &str) -> String {
+        format!("{}/{rel}", self.rel())
+    }
+
+    /// The prefix every remote key of this snapshot starts with (`rollout/<run>/`).
+    pub fn key_prefix(&self) -> String {
+        self.key("")
+    }
+
+    /// The remote key of the snapshot's manifest.
+    pub fn manifest_key(&self) -> String {
+        self.key(MANIFEST)
+    }
+
+    /// The snapshot whose manifest `key` is, if it is one (`daily/<day>/MANIFEST.json`).
+    pub fn from_manifest_key(key: &str) -> Option<SnapshotId> {
+        let (kind, rest) = key.split_once('/')?;
+        let id = rest.strip_suffix(MANIFEST)?.strip_suffix('/')?;
+        SnapshotId::new(kind.parse().ok()?, id).ok()
+    }
+
+    /// Where `restore --remote` puts this snapshot's files under the state dir.
+    pub fn cache_dir(&self, state_dir: &Path) -> PathBuf {
+        remote_cache(state_dir).join(self.kind.as_str()).join(&self.id)
+    }
+}
+
+impl fmt::Display for SnapshotId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.rel())
+    }
+}
+
+/// The manifest of a snapshot directory.
+pub fn manifest_path(dir: &Path) -> PathBuf {
+    dir.join(MANIFEST)
+}
+
+/// A tenant's archive inside a snapshot directory: `tenants/<t>.tar.zst` (daily) or
+/// `<t>.tar.zst` (rollout).
+pub fn tenant_archive(kind: SnapshotKind, tenant: &str) -> String {
+    match kind {
+        SnapshotKind::Daily => format!("{TENANTS}/{tenant}{ARCHIVE_SUFFIX}"),
+        SnapshotKind::Rollout => format!("{tenant}{ARCHIVE_SUFFIX}"),
+    }
+}
+
+/// The control-plane archive inside a daily snapshot directory.
+pub fn control_plane_archive() -> String {
+    format!("{CONTROL_PLANE}{ARCHIVE_SUFFIX}")
+}
+
+/// The dir a daily snapshot's tenant archives go in.
+pub fn tenants_dir(day_dir: &Path) -> PathBuf {
+    day_dir.join(TENANTS)
+}
+
+/// The per-file list's path beside an archive: `t1.tar.zst` → `t1.files.json.zst`.
+pub fn file_list_path(archive: &Path) -> PathBuf {
+    let name = archive.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let stem = name.strip_suffix(ARCHIVE_SUFFIX).unwrap_or(&name);
+    archive.with_file_name(format!("{stem}{FILE_LIST_SUFFIX}"))
+}
+
+/// The per-file list of an archive, as a manifest names it (relative to the snapshot dir).
+pub fn file_list_of(archive_rel: &str) -> String {
+    file_list_path(Path::new(archive_rel)).to_string_lossy().into_owned()
+}
+
+/// The remote cache under the state dir.
+pub fn remote_cache(state_dir: &Path) -> PathBuf {
+    state_dir.join(REMOTE_CACHE)
+}
+
+/// A snapshot directory found on disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotDir {
+    /// Its kind and id.
+    pub id: SnapshotId,
+    /// Its path.
+    pub dir: PathBuf,
+}
+
+/// What [`walk`] found under the backup root, each list sorted by kind, then id.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Walk {
+    /// Directories with a `MANIFEST.json`.
+    pub complete: Vec<SnapshotDir>,
+    /// Directories without one: being written, or left by a crash.
+    pub incomplete: Vec<SnapshotDir>,
+}
+
+/// The one walker of the backup store: every snapshot directory of every kind. Entries that
+/// are not a directory, whose name starts with a dot, or whose name is not an id of their kind
+/// (a day, a run id) are not snapshots and are skipped. A missing kind directory is empty.
+pub fn walk(backup_root: &Path) -> Result<Walk> {
+    let mut out = Walk::default();
+    for kind in SnapshotKind::ALL {
+        let root = kind.dir(backup_root);
+        let rd = match std::fs::read_dir(&root) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(Error::io(&root, e)),
+        };
+        let mut found = Vec::new();
+        for entry in rd {
+            let entry = entry.map_err(|e| Error::io(&root, e))?;
+            let Ok(name) = entry.file_name().into_string() else { continue };
+            let Ok(id) = SnapshotId::new(kind, &name) else { continue };
+            let dir = entry.path();
+            if dir.is_dir() {
+                found.push(SnapshotDir { id, dir });
+            }
+        }
+        found.sort_by(|a, b| a.id.cmp(&b.id));
+        for d in found {
+            if manifest_path(&d.dir).is_file() {
+                out.complete.push(d);
+            } else {
+                out.incomplete.push(d);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The complete snapshot directories under the backup root, sorted by kind, then id.
+pub fn complete(backup_root: &Path) -> Result<Vec<SnapshotDir>> {
+    Ok(walk(backup_root)?.complete)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RUN: &str = "20261122T030000Z-7f3a";
+
+    #[test]
+    fn kinds_use_the_words_of_the_run_record_and_json() {
+        for k in SnapshotKind::ALL {
+            assert_eq!(k.as_str().parse::<SnapshotKind>().unwrap(), k);
+            assert_eq!(serde_json::to_string(&k).unwrap(), format!("\"{}\"", k.as_str()));
+        }
+        assert_eq!(SnapshotKind::Daily.as_str(), "daily");
+        assert_eq!(SnapshotKind::Rollout.as_str(), "rollout");
+        assert!("weekly".parse::<SnapshotKind>().is_err());
+    }
+
+    #[test]
+    fn paths_and_keys_are_the_documented_ones() {
+        let root = Path::new("/data/backups");
+        let day = SnapshotId::daily("2026-11-22").unwrap();
+        assert_eq!(day.dir(root), Path::new("/data/backups/daily/2026-11-22"));
+        assert_eq!(day.key(&tenant_archive(SnapshotKind::Daily, "t1")), "daily/2026-11-22/tenants/t1.tar.zst");
+        assert_eq!(day.manifest_key(), "daily/2026-11-22/MANIFEST.json");
+        assert_eq!(day.key(&control_plane_archive()), "daily/2026-11-22/control-plane.tar.zst");
+        let run = SnapshotId::rollout(&RUN.parse().unwrap());
+        assert_eq!(run.dir(root), Path::new("/data/backups/rollout").join(RUN));
+        assert_eq!(run.key(&tenant_archive(SnapshotKind::Rollout, "t1")), format!("rollout/{RUN}/t1.tar.zst"));
+        assert_eq!(run.key_prefix(), format!("rollout/{RUN}/"));
+        assert_eq!(file_list_of("tenants/t1.tar.zst"), "tenants/t1.files.json.zst");
+        assert_eq!(file_list_path(Path::new("/x/t1.tar.zst")), Path::new("/x/t1.files.json.zst"));
+        assert_eq!(tenants_dir(&day.dir(root)), Path::new("/data/backups/daily/2026-11-22/tenants"));
+        assert_eq!(
+            run.cache_dir(Path::new("/var/lib/slipway")),
+            Path::new("/var/lib/slipway/remote-cache/rollout").join(RUN)
+        );
+    }
+
+    #[test]
+    fn a_manifest_key_round_trips_and_other_keys_are_not_manifests() {
+        for id in [SnapshotId::daily("2026-11-22").unwrap(), SnapshotId::rollout(&RUN.parse().unwrap())] {
+            assert_eq!(SnapshotId::from_manifest_key(&id.manifest_key()), Some(id.clone()));
+            assert_eq!(SnapshotId::new(id.kind(), id.id()).unwrap(), id);
+        }
+        for key in [
+            "daily/2026-11-22/tenants/t1.tar.zst",
+            "daily/2026-11-22/x/MANIFEST.json",
+            "daily/2026-13-01/MANIFEST.json",
+            "daily/../MANIFEST.json",
+            "weekly/2026-11-22/MANIFEST.json",
+            "rollout/not-a-run/MANIFEST.json",
+            "MANIFEST.json",
+            "daily/2026-11-22MANIFEST.json",
+        ] {
+            assert_eq!(SnapshotId::from_manifest_key(key), None, "{key}");
+        }
+    }
+
+    #[test]
+    fn ids_are_days_or_run_ids_and_nothing_else() {
+        for bad in ["", ".", "..", "2026-11-22/..", "2026-1-2", "2026-02-30", "../2026-11-22", ".2026-11-22"] {
+            assert!(SnapshotId::daily(bad).is_err(), "{bad}");
+        }
+        assert!(SnapshotId::new(SnapshotKind::Rollout, "2026-11-22").is_err());
+        assert!(SnapshotId::new(SnapshotKind::Rollout, RUN).is_ok());
+    }
+
+    #[test]
+    fn snapshot_time_comes_from_the_name() {
+        let day = SnapshotId::daily("2026-11-22").unwrap();
+        assert_eq!(day.time().unwrap().to_string(), "2026-11-22T00:00:00Z");
+        let run = SnapshotId::rollout(&RUN.parse().unwrap());
+        assert_eq!(run.time().unwrap().to_string(), "2026-11-22T03:00:00Z");
+        // A run id that parses but names no real time has none.
+        let odd = SnapshotId::rollout(&"20261399T030000Z-0000".parse().unwrap());
+        assert_eq!(odd.time(), None);
+    }
+
+    #[test]
+    fn the_walker_lists_complete_dirs_by_kind_and_skips_incomplete_and_foreign_ones() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path();
+        let mk = |rel: &str, manifest: bool| {
+            let p = root.join(rel);
+            std::fs::create_dir_all(&p).unwrap();
+            if manifest {
+                std::fs::write(p.join(MANIFEST), b"{}").unwrap();
+            }
+        };
+        mk("daily/2026-11-22", true);
+        mk("daily/2026-11-21", true);
+        mk("daily/2026-11-23", false); // being written
+        mk("daily/notes", true); // not a day
+        mk("daily/.2026-11-20", true); // a temporary name
+        mk(&format!("rollout/{RUN}"), true);
+        mk("rollout/2026-11-22", true); // not a run id
+        std::fs::write(root.join("daily/2026-11-24"), b"a file, not a dir").unwrap();
+        let w = walk(root).unwrap();
+        let names = |v: &[SnapshotDir]| v.iter().map(|s| s.id.to_string()).collect::<Vec<_>>();
+        assert_eq!(names(&w.complete), ["daily/2026-11-21", "daily/2026-11-22", &format!("rollout/{RUN}")]);
+        assert_eq!(names(&w.incomplete), ["daily/2026-11-23"]);
+        assert_eq!(w.complete[0].dir, root.join("daily/2026-11-21"));
+        assert_eq!(complete(root).unwrap(), w.complete);
+    }
+
+    #[test]
+    fn an_empty_backup_root_has_no_snapshots() {
+        let d = tempfile::tempdir().unwrap();
+        assert_eq!(walk(d.path()).unwrap(), Walk::default());
+        assert_eq!(walk(&d.path().join("missing")).unwrap(), Walk::default());
+    }
+}

@@ -1,0 +1,196 @@
+//! The `--json` output as typed values, for tests to read like a user's tool would.
+//!
+//! These are the parts of the public JSON contract the tests check, written down once: a
+//! field renamed or retyped in a job's report fails here, by name, instead of turning some
+//! `json["report"]["apps"][0]…` lookup into a silent `null`. Fields the tests do not read are
+//! left out (serde ignores them), so a report may grow without touching the tests.
+
+#![allow(dead_code)]
+
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use std::path::PathBuf;
+
+/// Every `--json` line: the envelope, and the job's report (or the error that ended it).
+#[derive(Debug, Deserialize)]
+pub struct Envelope<R> {
+    /// Exit code 0.
+    pub ok: bool,
+    /// The job's name.
+    pub job: String,
+    /// The run record's id, when the job recorded one.
+    pub run_id: Option<String>,
+    /// The exit code the process returned.
+    pub exit_code: u8,
+    /// The outcome word.
+    pub outcome: String,
+    /// The report (absent when an error ended the job first).
+    pub report: Option<R>,
+    /// The error that ended the job before it produced a report.
+    pub error: Option<String>,
+}
+
+/// Parse stdout as an envelope of `R`, panicking with the output when it does not fit.
+pub fn parse<R: DeserializeOwned>(stdout: &str, stderr: &str) -> Envelope<R> {
+    serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|e| panic!("stdout is not the expected JSON report ({e}): {stdout}\nstderr: {stderr}"))
+}
+
+impl<R> Envelope<R> {
+    /// The report; panics when the job ended with an error instead.
+    pub fn report(self) -> R {
+        match self.report {
+            Some(r) => r,
+            None => panic!("no report; the job ended with error {:?}", self.error),
+        }
+    }
+}
+
+/// `rollout` / `reconcile`.
+#[derive(Debug, Deserialize)]
+pub struct Rollout {
+    pub apps: Vec<RolloutApp>,
+}
+
+/// One app of a rollout (reconcile adds `action`).
+#[derive(Debug, Deserialize)]
+pub struct RolloutApp {
+    pub plan: Option<Plan>,
+    #[serde(default)]
+    pub tenants: Vec<TenantResult>,
+    pub run_id: Option<String>,
+    /// reconcile only: what it did with the app.
+    pub action: Option<String>,
+}
+
+/// The plan of one app.
+#[derive(Debug, Deserialize)]
+pub struct Plan {
+    pub items: Vec<PlanItem>,
+    #[serde(default)]
+    pub held: Vec<String>,
+    #[serde(default)]
+    pub up_to_date: Vec<String>,
+}
+
+/// One tenant to roll.
+#[derive(Debug, Deserialize)]
+pub struct PlanItem {
+    pub tenant: String,
+    pub canary: bool,
+}
+
+/// One tenant's rollout result.
+#[derive(Debug, Deserialize)]
+pub struct TenantResult {
+    pub tenant: String,
+    pub outcome: String,
+    pub downtime_ms: Option<u64>,
+    pub detail: Option<String>,
+    pub timings: Timings,
+}
+
+/// Milliseconds per rollout step (the ones the tests check).
+#[derive(Debug, Deserialize)]
+pub struct Timings {
+    pub stop_ms: u64,
+}
+
+/// `snapshot`.
+#[derive(Debug, Deserialize)]
+pub struct Snapshot {
+    pub day: String,
+    pub dir: PathBuf,
+    pub archives: Vec<SnapshotArchive>,
+}
+
+/// One archive of a snapshot.
+#[derive(Debug, Deserialize)]
+pub struct SnapshotArchive {
+    pub tenant: Option<String>,
+    pub path: PathBuf,
+    pub outcome: String,
+    pub detail: Option<String>,
+}
+
+/// `sync`.
+#[derive(Debug, Deserialize)]
+pub struct Sync {
+    pub files: Vec<SyncFile>,
+    pub uploaded_bytes: u64,
+}
+
+/// One file a sync uploaded (or would, or failed).
+#[derive(Debug, Deserialize)]
+pub struct SyncFile {
+    pub key: String,
+    pub size: u64,
+    pub action: String,
+}
+
+/// `verify`.
+#[derive(Debug, Deserialize)]
+pub struct Verify {
+    pub archives: Vec<Checked>,
+    /// Snapshot dirs without a manifest.
+    #[serde(default)]
+    pub incomplete: Vec<PathBuf>,
+}
+
+/// One archive verified.
+#[derive(Debug, Deserialize)]
+pub struct Checked {
+    pub archive: PathBuf,
+    pub ok: bool,
+    pub detail: Option<String>,
+}
+
+/// `prune`.
+#[derive(Debug, Deserialize)]
+pub struct Prune {
+    pub items: Vec<PruneItem>,
+}
+
+/// One snapshot's fate in a prune.
+#[derive(Debug, Clone, Deserialize)]
+pub struct PruneItem {
+    pub location: String,
+    pub kind: String,
+    pub snapshot: String,
+    pub tenant: Option<String>,
+    pub keep: bool,
+    pub reasons: Vec<String>,
+}
+
+/// `runs`.
+#[derive(Debug, Deserialize)]
+pub struct Runs {
+    pub runs: Vec<Run>,
+}
+
+/// One run record.
+#[derive(Debug, Deserialize)]
+pub struct Run {
+    pub id: String,
+    pub job: String,
+    pub trigger: String,
+    pub outcome: Option<String>,
+}
+
+/// `runs show`.
+#[derive(Debug, Deserialize)]
+pub struct RunShow {
+    pub run: Run,
+}
+
+/// `recover`.
+#[derive(Debug, Deserialize)]
+pub struct Recover {
+    pub runs: Vec<serde_json::Value>,
+}
+
+/// `status`.
+#[derive(Debug, Deserialize)]
+pub struct Status {
+    pub attention: Vec<String>,
+}
