@@ -61,10 +61,12 @@ fn main() -> ExitCode {
     ExitCode::from(kind.code())
 }
 
-/// Install SIGINT/SIGTERM handlers that ask the job to stop at its next safe point.
+/// Install SIGINT/SIGTERM/SIGHUP handlers that ask the job to stop at its next safe point.
+/// SIGHUP is an operator's SSH session dropping: its default action would kill the job
+/// mid-step and leave a tenant stopped.
 fn watch_signals(cancel: Cancel) {
     use tokio::signal::unix::{signal, SignalKind};
-    for kind in [SignalKind::interrupt(), SignalKind::terminate()] {
+    for kind in [SignalKind::interrupt(), SignalKind::terminate(), SignalKind::hangup()] {
         let cancel = cancel.clone();
         if let Ok(mut s) = signal(kind) {
             tokio::spawn(async move {

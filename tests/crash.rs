@@ -1,64 +1,84 @@
 //! Crash safety: a rollout killed (SIGKILL-like abort, or SIGTERM) at every step boundary is
 //! finished or undone by `slipway recover`; a snapshot killed mid-archive leaves no archive
 //! under its final name and the tenant unpaused; a restore killed before the swap leaves the
-//! old data in place. The crash points exist only in builds with the `test-crash` feature.
+//! old data in place. The crash points exist only in builds with the `test-crash` feature;
+//! the rollout's are derived from its steps (`Step::ALL`), so a new step is tested here as
+//! soon as it exists, and every test checks that its point was really reached.
 
-use crate::support::{tree_hash, Sandbox};
+use slipway_jobs::step::{CrashPoint, Moment, Step, UndoStep};
 
-const POINTS: &[&str] = &[
-    "after-stop",
-    "during-snapshot",
-    "after-snapshot",
-    "after-rename",
-    "after-create",
-    "after-start",
-    "during-health",
-    "after-health",
-];
+use crate::support::{tree_hash, Out, Sandbox};
+
+const CRASH: &str = "SLIPWAY_TEST_CRASH_AT";
+const SIGNAL: &str = "SLIPWAY_TEST_SIGNAL_AT";
 
 fn image_of(s: &Sandbox, container: &str) -> String {
     s.inspect(container)["Config"]["Image"].as_str().unwrap_or_default().to_string()
 }
 
-/// Roll one tenant to the `writer` fixture (which changes the data dir when it starts), kill
-/// slipway at `point` with `var`, then check what recover (or the run itself) leaves.
-fn killed_at(point: &str, var: &str) {
+/// The process stopped at `point` and nowhere else: the point announced itself, and the exit
+/// says how (killed by the abort, or 7 after a SIGTERM).
+fn assert_stopped_at(out: &Out, point: &str, var: &str) {
+    assert!(
+        out.stderr.contains(&format!("slipway test point reached: {point}")),
+        "{point}: the crash point was never reached (misspelled, or the step did not run): {}",
+        out.stderr
+    );
+    if var == CRASH {
+        assert_eq!(out.code, -1, "{point}: the process should have died (stdout {})", out.stdout);
+    } else {
+        assert_eq!(out.code, 7, "{point}: SIGTERM should end the rollout as interrupted ({})", out.stdout);
+    }
+}
+
+/// Every crash point of a rollout's steps, with the step and moment it sits at.
+fn rollout_points() -> Vec<(Step, CrashPoint)> {
+    Step::ALL.into_iter().flat_map(|s| [(s, s.during()), (s, s.after())]).collect()
+}
+
+/// Roll two tenants to the `writer` fixture (which changes the data dir when it starts), stop
+/// slipway at `point` of the canary t1 with `var`, then check what recover (or the run itself)
+/// leaves. Two tenants, so that the canary goes through every step, the soak included.
+fn killed_at(step: Step, point: CrashPoint, var: &str) {
+    let moment = point.moment();
+    let point_name = point.to_string();
+    let point = point_name.as_str();
     let s = Sandbox::new();
     let v1 = s.push_fixture_as("v1", "app");
     let writer = s.push_fixture_as("writer", "app");
     let name = s.add_tenant("t1", &v1);
+    let other = s.add_tenant("t2", &v1);
     s.write_data("t1", "db/records.txt", &"customer row\n".repeat(500));
     let before = tree_hash(&s.data_dir("t1"));
     s.write_fleet(&s.fleet_app(&writer, ""));
 
     let out = s.slipway_env(&["rollout", "--json"], &[(var, point)]);
-    if var == "SLIPWAY_TEST_CRASH_AT" {
-        assert_eq!(out.code, -1, "{point}: the process should have died (stdout {})", out.stdout);
+    assert_stopped_at(&out, point, var);
+    if var == CRASH {
         let rec = s.slipway(&["recover", "--json"]);
         assert_eq!(rec.code, 0, "{point}: recover failed: {} {}", rec.stdout, rec.stderr);
         assert_eq!(rec.json()["report"]["runs"].as_array().unwrap().len(), 1, "{point}: {}", rec.stdout);
         // Idempotent: a second recover finds nothing.
         let again = s.slipway(&["recover", "--json"]);
         assert_eq!(again.json()["report"]["runs"].as_array().unwrap().len(), 0, "{point}");
-    } else {
-        assert!(out.code == 7 || out.code == 0, "{point}: SIGTERM exit code {} ({})", out.code, out.stdout);
     }
     // Whatever happened: the tenant runs and is healthy under its own name ...
     let c = s.inspect(&name);
     assert_eq!(c["State"]["Running"], true, "{point}: tenant left stopped");
     let body = s.http_get(&format!("http://{}:8080/api/health", s.container_ip(&name)));
-    let img = image_of(&s, &name);
-    // ... and its data is byte-identical to before, unless the new version was healthy and kept.
-    if img == writer {
+    // ... on the new version exactly when that had passed its health gate, else on the prior
+    // version with its data byte-identical to before.
+    let verified = step > Step::Health || (step == Step::Health && moment == Moment::After);
+    if verified {
+        assert_eq!(image_of(&s, &name), writer, "{point}: a verified new version was not kept");
         assert!(body.contains("writer"), "{point}: {body}");
-        assert!(
-            matches!(point, "after-health") || var != "SLIPWAY_TEST_CRASH_AT",
-            "{point}: an unverified new version was kept"
-        );
     } else {
-        assert_eq!(img, v1, "{point}");
+        assert_eq!(image_of(&s, &name), v1, "{point}: an unverified new version was kept");
         assert_eq!(tree_hash(&s.data_dir("t1")), before, "{point}: data dir not restored");
     }
+    // The tenant after the canary was not reached: still on v1, running.
+    assert_eq!(image_of(&s, &other), v1, "{point}: t2 was touched");
+    assert_eq!(s.inspect(&other)["State"]["Running"], true, "{point}: t2 left stopped");
     // Nothing is left renamed aside, and the run record is closed.
     let leftovers = s.containers_named_like(".pre-rollout-");
     assert!(leftovers.is_empty(), "{point}: {leftovers:?}");
@@ -70,16 +90,124 @@ fn killed_at(point: &str, var: &str) {
 
 #[test]
 fn a_rollout_killed_at_every_step_is_finished_or_undone_by_recover() {
-    for p in POINTS {
-        killed_at(p, "SLIPWAY_TEST_CRASH_AT");
+    for (step, point) in rollout_points() {
+        killed_at(step, point, CRASH);
     }
 }
 
 #[test]
 fn a_rollout_sent_sigterm_at_every_step_leaves_no_tenant_stopped() {
-    for p in POINTS {
-        killed_at(p, "SLIPWAY_TEST_SIGNAL_AT");
+    for (step, point) in rollout_points() {
+        killed_at(step, point, SIGNAL);
     }
+}
+
+#[test]
+fn a_rollout_sent_sighup_when_the_operators_session_drops_undoes_the_tenant_like_sigterm() {
+    let s = Sandbox::new();
+    let v1 = s.push_fixture_as("v1", "app");
+    let writer = s.push_fixture_as("writer", "app");
+    let name = s.add_tenant("t1", &v1);
+    s.write_data("t1", "db/records.txt", &"customer row\n".repeat(500));
+    let before = tree_hash(&s.data_dir("t1"));
+    s.write_fleet(&s.fleet_app(&writer, ""));
+    // After start: the new version has run on the data, so the undo must restore it too.
+    let out = s.slipway_env(&["rollout", "--json"], &[(SIGNAL, "after-start:HUP")]);
+    assert_stopped_at(&out, "after-start", SIGNAL);
+    assert_eq!(out.json()["report"]["apps"][0]["tenants"][0]["outcome"], "restored", "{}", out.stdout);
+    assert_eq!(s.inspect(&name)["State"]["Running"], true, "tenant left stopped");
+    assert_eq!(image_of(&s, &name), v1);
+    assert_eq!(tree_hash(&s.data_dir("t1")), before, "data dir not restored");
+    assert!(s.containers_named_like(".pre-rollout-").is_empty());
+    let runs = s.slipway(&["runs", "--json"]).json();
+    let rollout = runs["report"]["runs"].as_array().unwrap().iter().find(|r| r["job"] == "rollout").cloned();
+    assert_eq!(rollout.map(|r| r["outcome"].clone()), Some("interrupted".into()), "{runs}");
+}
+
+/// Where a test makes undo run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum UndoCase {
+    /// A rollout sent SIGTERM once its new version started: the prior container is renamed back.
+    Interrupted,
+    /// A rollback of a finished rollout: the prior container was removed and is recreated.
+    Rollback,
+}
+
+impl UndoCase {
+    /// Whether undo goes through `step` in this case.
+    fn reaches(self, step: UndoStep) -> bool {
+        !matches!(
+            (self, step),
+            (UndoCase::Interrupted, UndoStep::RecreatePrior) | (UndoCase::Rollback, UndoStep::RenameBack)
+        )
+    }
+}
+
+/// Make undo run on t1 (its data changed by the `writer` version), kill slipway at `point` of
+/// the undo, run recover: t1 must be back on its prior image, running, with its data as before.
+fn undo_killed_at(case: UndoCase, point: CrashPoint) {
+    let point_name = point.to_string();
+    let point = point_name.as_str();
+    let s = Sandbox::new();
+    let v1 = s.push_fixture_as("v1", "app");
+    let writer = s.push_fixture_as("writer", "app");
+    let name = s.add_tenant("t1", &v1);
+    s.write_data("t1", "db/records.txt", &"customer row\n".repeat(500));
+    let before = tree_hash(&s.data_dir("t1"));
+    s.write_fleet(&s.fleet_app(&writer, ""));
+
+    let out = match case {
+        UndoCase::Interrupted => s.slipway_env(&["rollout", "--json"], &[(SIGNAL, "after-start"), (CRASH, point)]),
+        UndoCase::Rollback => {
+            let rolled = s.slipway(&["rollout", "--json"]);
+            assert_eq!(rolled.code, 0, "{point}: {}", rolled.stdout);
+            assert_eq!(image_of(&s, &name), writer);
+            let run = rolled.json()["report"]["apps"][0]["run_id"].as_str().unwrap().to_string();
+            s.slipway_env(&["rollback", "--run", &run, "--json"], &[(CRASH, point)])
+        }
+    };
+    assert_stopped_at(&out, point, CRASH);
+    let rec = s.slipway(&["recover", "--json"]);
+    assert_eq!(rec.code, 0, "{case:?} {point}: recover failed: {} {}", rec.stdout, rec.stderr);
+    let again = s.slipway(&["recover", "--json"]);
+    assert_eq!(again.json()["report"]["runs"].as_array().unwrap().len(), 0, "{case:?} {point}");
+
+    assert_eq!(s.inspect(&name)["State"]["Running"], true, "{case:?} {point}: tenant left stopped");
+    assert_eq!(image_of(&s, &name), v1, "{case:?} {point}: not back on the prior image");
+    let body = s.http_get(&format!("http://{}:8080/api/health", s.container_ip(&name)));
+    assert!(!body.contains("writer"), "{case:?} {point}: {body}");
+    assert_eq!(tree_hash(&s.data_dir("t1")), before, "{case:?} {point}: data dir not restored");
+    let leftovers = s.containers_named_like(".pre-rollout-");
+    assert!(leftovers.is_empty(), "{case:?} {point}: {leftovers:?}");
+}
+
+#[test]
+fn an_undo_killed_at_every_undo_step_is_finished_by_recover() {
+    for step in UndoStep::ALL {
+        let cases: Vec<UndoCase> =
+            [UndoCase::Interrupted, UndoCase::Rollback].into_iter().filter(|c| c.reaches(step)).collect();
+        assert!(!cases.is_empty(), "no test reaches undo step {step}");
+        for case in cases {
+            for point in [step.during(), step.after()] {
+                undo_killed_at(case, point);
+            }
+        }
+    }
+}
+
+#[test]
+fn a_misspelled_crash_point_is_reported_as_never_reached() {
+    // The guard the tests above rely on: a point no step has lets the rollout finish, and
+    // `assert_stopped_at` says so instead of passing.
+    let s = Sandbox::new();
+    let v1 = s.push_fixture_as("v1", "app");
+    let v2 = s.push_fixture_as("v2", "app");
+    s.add_tenant("t1", &v1);
+    s.write_fleet(&s.fleet_app(&v2, ""));
+    let out = s.slipway_env(&["rollout", "--json"], &[(CRASH, "after-snapshott")]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let caught = std::panic::catch_unwind(|| assert_stopped_at(&out, "after-snapshott", CRASH));
+    assert!(caught.is_err(), "a crash point that was never reached must fail the test");
 }
 
 #[test]

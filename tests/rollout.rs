@@ -305,3 +305,103 @@ fn keep_old_keeps_the_prior_container_and_rollback_renames_it_back() {
     assert_eq!(s.image_of(&name), v1);
     assert!(!s.container_exists(&pre));
 }
+
+#[test]
+fn the_prior_container_aside_cannot_restart_by_itself_and_gets_its_restart_policy_back() {
+    let s = Sandbox::new();
+    let v1 = s.push_fixture_as("v1", "app");
+    let v2 = s.push_fixture_as("v2", "app");
+    let name = s.add_tenant("t1", &v1);
+    let policy = |c: &str| s.inspect(c)["HostConfig"]["RestartPolicy"]["Name"].as_str().unwrap_or_default().to_string();
+    assert_eq!(policy(&name), "unless-stopped");
+    s.write_fleet(&s.fleet_app(&v2, ""));
+
+    // Kept aside after a finished run: a daemon restart must not start it beside the new one.
+    let out = s.slipway(&["rollout", "--keep-old", "--json"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let run = out.json()["run_id"].as_str().unwrap().to_string();
+    let pre = format!("{name}.pre-rollout-{run}");
+    assert_eq!(policy(&pre), "no", "the prior container aside keeps a restart policy");
+    assert_eq!(policy(&name), "unless-stopped", "the new container has the tenant's policy");
+    // Rollback brings it back with its own policy.
+    assert_eq!(s.slipway(&["rollback", "--run", &run]).code, 0);
+    assert_eq!(s.image_of(&name), v1);
+    assert_eq!(policy(&name), "unless-stopped", "rollback did not put the restart policy back");
+
+    // Killed while the prior container is aside: recover puts the policy back too.
+    let out = s.slipway_env(&["rollout", "--json"], &[("SLIPWAY_TEST_CRASH_AT", "after-rename")]);
+    assert_eq!(out.code, -1, "{}", out.stderr);
+    let aside = s.containers_named_like(".pre-rollout-");
+    assert_eq!(aside.len(), 1, "{aside:?}");
+    assert_eq!(policy(&aside[0]), "no");
+    assert_eq!(s.slipway(&["recover"]).code, 0);
+    assert_eq!(s.image_of(&name), v1);
+    assert_eq!(s.inspect(&name)["State"]["Running"], true);
+    assert_eq!(policy(&name), "unless-stopped", "recover did not put the restart policy back");
+}
+
+#[test]
+fn a_canary_that_fails_its_soak_gets_its_prior_container_back_and_is_recorded_as_restored() {
+    let s = Sandbox::new();
+    let v1 = s.push_fixture_as("v1", "app");
+    let writer = s.push_fixture_as("writer", "app");
+    let names = [s.add_tenant("t1", &v1), s.add_tenant("t2", &v1)];
+    s.write_data("t1", "db/records.txt", &"customer row\n".repeat(100));
+    let before = tree_hash(&s.data_dir("t1"));
+    let old_id = s.inspect(&names[0])["Id"].clone();
+    s.write_fleet(&s.fleet_app(&writer, "canary_soak_s = 6\n"));
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_slipway"))
+        .arg("--config")
+        .arg(s.config_path())
+        .args(["rollout", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Once the canary's new version answers (its health gate passes), break it mid-soak.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        assert!(std::time::Instant::now() < deadline, "the canary never came up on the new version");
+        let c = s.try_inspect(&names[0]);
+        let ip = c
+            .as_ref()
+            .filter(|c| c["Config"]["Image"] == writer.as_str())
+            .and_then(|c| c["NetworkSettings"]["Networks"][s.network()]["IPAddress"].as_str().map(str::to_string));
+        let healthy = ip.is_some_and(|ip| {
+            let url = format!("http://{ip}:8080/api/health");
+            std::process::Command::new("curl").args(["-fsS", "-m", "1", &url]).output().unwrap().status.success()
+        });
+        if healthy {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    // Margin for the gate's own probe to pass too; the soak lasts 6 s from there.
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let rm = std::process::Command::new("docker")
+        .args(["exec", &names[0], "/bin/busybox", "rm", "/www/api/health"])
+        .output()
+        .unwrap();
+    assert!(rm.status.success(), "docker exec: {:?}", rm);
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(3), "{stdout} {}", String::from_utf8_lossy(&out.stderr));
+
+    let r: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    let tenants = &r["report"]["apps"][0]["tenants"];
+    assert_eq!(tenants[0]["outcome"], "restored", "{stdout}");
+    assert!(tenants[0]["detail"].as_str().unwrap_or_default().contains("soak"), "{stdout}");
+    assert_eq!(tenants[1]["outcome"], "not_reached");
+    // The very same prior container is back (it was still aside during the soak), on its data.
+    let now = s.inspect(&names[0]);
+    assert_eq!(now["Id"], old_id, "the prior container must be back, not a copy");
+    assert_eq!(now["State"]["Running"], true);
+    assert_eq!(tree_hash(&s.data_dir("t1")), before, "data dir not restored");
+    assert!(s.containers_named_like(".pre-rollout-").is_empty());
+    assert_eq!(s.image_of(&names[1]), v1, "t2 was touched");
+    // The run record agrees with the report: the canary was restored, not rolled.
+    let shown = s.slipway(&["runs", "show", r["report"]["apps"][0]["run_id"].as_str().unwrap(), "--json"]);
+    let shown = shown.json();
+    assert_eq!(shown["report"]["run"]["outcome"], "halted");
+    assert_eq!(shown["report"]["tenants"][0]["outcome"], "restored", "{shown}");
+}

@@ -121,17 +121,30 @@ pub fn test_pause(point: &str) {
 
 /// A test-only crash point: with the `test-crash` feature, the process dies here (no
 /// destructors, no journal update, like SIGKILL) when `SLIPWAY_TEST_CRASH_AT` names `point`;
-/// with `SLIPWAY_TEST_SIGNAL_AT` naming it, the process sends itself SIGTERM and goes on.
+/// with `SLIPWAY_TEST_SIGNAL_AT` naming it (`<point>` or `<point>:<SIGNAL>`, e.g.
+/// `after-stop:HUP`), the process sends itself that signal (default TERM) and goes on.
+/// Either way it first writes `slipway test point reached: <point>` to stderr, so a test can
+/// tell a point that was reached from one that was misspelled or never reached.
 /// Without the feature it compiles to nothing.
 #[inline]
 pub fn crash_point(point: &str) {
     #[cfg(feature = "test-crash")]
     {
+        use std::io::Write;
+        let reached = || {
+            let _ = writeln!(std::io::stderr(), "slipway test point reached: {point}");
+        };
         if std::env::var("SLIPWAY_TEST_CRASH_AT").is_ok_and(|p| p == point) {
+            reached();
             std::process::abort();
         }
-        if std::env::var("SLIPWAY_TEST_SIGNAL_AT").is_ok_and(|p| p == point) {
-            let _ = std::process::Command::new("kill").args(["-TERM", &std::process::id().to_string()]).status();
+        let signal_at = std::env::var("SLIPWAY_TEST_SIGNAL_AT").unwrap_or_default();
+        let (at, signal) = signal_at.split_once(':').unwrap_or((&signal_at, "TERM"));
+        if at == point {
+            reached();
+            let _ = std::process::Command::new("kill")
+                .args([&format!("-{signal}"), &std::process::id().to_string()])
+                .status();
             std::thread::sleep(std::time::Duration::from_millis(200));
         }
     }

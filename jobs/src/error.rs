@@ -23,7 +23,7 @@ pub enum ExitKind {
     LockBusy,
     /// 6: the remote store refused our credentials.
     RemoteAuth,
-    /// 7: interrupted by SIGINT/SIGTERM; the current tenant was finished or undone.
+    /// 7: interrupted by SIGINT/SIGTERM/SIGHUP; the current tenant was finished or undone.
     Interrupted,
     /// 8: `status` found something that needs attention.
     Attention,

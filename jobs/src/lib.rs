@@ -31,9 +31,11 @@ pub mod rollout;
 pub mod runs;
 pub mod snapshot;
 pub mod status;
+pub mod step;
 pub mod sync;
 pub mod trust;
 pub mod types;
+pub mod undo;
 pub mod verify;
 
 pub use error::{Error, ExitKind, Result};
@@ -62,6 +64,7 @@ mod architecture_tests {
         "verify",
         "retention",
         "context",
+        "undo",
     ];
 
     fn src_dir() -> PathBuf {

@@ -15,13 +15,14 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
-use slipway_state::{Run, Step};
+use slipway_state::{Run, Step as StepRow};
 
 use crate::adapters::docker::Engine;
 use crate::adapters::health::Prober;
 use crate::context::Ctx;
 use crate::error::{ExitKind, Result};
-use crate::rollout::{undo_tenant, TenantJournal};
+use crate::step::{Journaled, Step, TenantJournal, UndoStep};
+use crate::undo::undo_tenant;
 
 /// Options of `recover`.
 #[derive(Debug, Clone, Default)]
@@ -140,13 +141,15 @@ async fn recover_rollout(
     engine: &Engine,
     prober: &Prober,
     run: &Run,
-    steps: &[Step],
+    steps: &[StepRow],
     dry_run: bool,
 ) -> Result<Vec<TenantAction>> {
     // Per tenant: its newest journal and which steps it reached.
-    let mut by_tenant: BTreeMap<String, (TenantJournal, Vec<&Step>)> = BTreeMap::new();
+    type Reached<'a> = Vec<(Journaled, &'a StepRow)>;
+    let mut by_tenant: BTreeMap<String, (TenantJournal, Reached)> = BTreeMap::new();
     for s in steps {
         let Some(t) = &s.tenant else { continue };
+        let word = Journaled::of_row(&run.id, s)?;
         let j = s.detail.as_deref().and_then(|d| serde_json::from_str::<TenantJournal>(d).ok());
         let e = by_tenant.entry(t.clone());
         match (e, j) {
@@ -154,21 +157,20 @@ async fn recover_rollout(
                 if let Some(j) = j {
                     o.get_mut().0 = j;
                 }
-                o.get_mut().1.push(s);
+                o.get_mut().1.push((word, s));
             }
             (std::collections::btree_map::Entry::Vacant(v), Some(j)) => {
-                v.insert((j, vec![s]));
+                v.insert((j, vec![(word, s)]));
             }
             _ => {}
         }
     }
     let mut out = Vec::new();
     for (tenant, (j, st)) in by_tenant {
-        let reached = |name: &str| st.iter().any(|s| s.step == name);
-        let ended_ok = |name: &str| st.iter().any(|s| s.step == name && s.outcome.as_deref() == Some("ok"));
-        let undoing = st.iter().any(|s| s.step.starts_with("undo-"));
-        let healthy_new = run.job == "rollout" && ended_ok("health") && !undoing;
-        let last = st.last().map(|s| format!("{} ({})", s.step, s.outcome.as_deref().unwrap_or("unfinished")));
+        let ended_ok = |word: Journaled| st.iter().any(|(w, s)| *w == word && s.outcome.as_deref() == Some("ok"));
+        let undoing = st.iter().any(|(w, _)| matches!(w, Journaled::Undo(_)));
+        let healthy_new = run.job == "rollout" && ended_ok(Journaled::Roll(Step::Health)) && !undoing;
+        let last = st.last().map(|(w, s)| format!("{w} ({})", s.outcome.as_deref().unwrap_or("unfinished")));
         let found = format!("last step {}", last.unwrap_or_default());
         if healthy_new {
             let mut action = "kept the new version (it had passed its health gate)".to_string();
@@ -182,12 +184,14 @@ async fn recover_rollout(
             continue;
         }
         // Was the tenant touched at all? A journal with only a finished, successful undo is settled.
-        let settled = ended_ok("undo-health-prior") && st.last().is_some_and(|s| s.step == "undo-health-prior");
+        let health_prior = Journaled::Undo(UndoStep::HealthPrior);
+        let settled = ended_ok(health_prior) && st.last().is_some_and(|(w, _)| *w == health_prior);
         if settled {
             out.push(TenantAction { tenant, found, action: "already restored".into(), ok: true });
             continue;
         }
-        let restore = reached("start") || run.job == "rollback";
+        let new_version_ran = st.iter().any(|(w, _)| matches!(w, Journaled::Roll(s) if s.new_version_may_have_run()));
+        let restore = new_version_ran || run.job == "rollback";
         let action = if restore {
             "restore data from the run's snapshot and bring back the prior container"
         } else {
@@ -203,7 +207,7 @@ async fn recover_rollout(
     Ok(out)
 }
 
-async fn recover_held(engine: &Engine, steps: &[Step], dry_run: bool) -> Result<Vec<TenantAction>> {
+async fn recover_held(engine: &Engine, steps: &[StepRow], dry_run: bool) -> Result<Vec<TenantAction>> {
     let mut out = Vec::new();
     let mut seen = std::collections::BTreeSet::new();
     for s in steps.iter().rev() {

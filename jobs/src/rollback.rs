@@ -11,8 +11,9 @@ use crate::adapters::docker::Engine;
 use crate::adapters::health::Prober;
 use crate::context::Ctx;
 use crate::error::{Error, ExitKind, Result};
-use crate::rollout::{undo_tenant, TenantJournal, UndoResult};
+use crate::step::{Journaled, TenantJournal};
 use crate::types::{RunId, TenantId};
+use crate::undo::{undo_tenant, UndoResult};
 
 /// Options of `rollback`.
 #[derive(Debug, Clone)]
@@ -62,7 +63,8 @@ pub async fn rollback(ctx: &Ctx, opts: &RollbackOptions) -> Result<RollbackRepor
         let Some(j) = step.detail.as_deref().and_then(|d| serde_json::from_str::<TenantJournal>(d).ok()) else {
             continue;
         };
-        let started = step.step == "start" || step.step == "health";
+        let word = Journaled::of_row(&run.id, &step)?;
+        let started = matches!(word, Journaled::Roll(s) if s.new_version_may_have_run());
         match journals.iter_mut().find(|(x, _)| x.tenant == j.tenant) {
             Some(e) => {
                 e.1 |= started;

@@ -1,11 +1,13 @@
 //! `rollout`: roll every tenant of an app to the digest pinned in git, canary first, one
-//! tenant at a time. Each tenant goes through an explicit state machine — stop, snapshot,
-//! rename, create, check, start, health, cleanup — each step journaled before and after with
-//! everything needed to undo it ([`TenantJournal`]). On any failure the tenant is undone
-//! ([`undo_tenant`]): new container removed, data restored from the snapshot when the new
-//! version may have written to it, the prior container renamed back, started and
-//! health-checked; the run halts. Customer data is never changed before a verified snapshot
-//! of it exists.
+//! tenant at a time. Each tenant goes through the state machine of [`Step::ALL`] — stop,
+//! snapshot, rename aside (restart policy `no`), create, check, start, health, canary soak,
+//! cleanup — one small function per step, each journaled before and after with everything
+//! needed to undo it ([`TenantJournal`]). One place decides to undo (`TenantRoll::go`): a
+//! failed step, or a SIGINT/SIGTERM/SIGHUP between steps before the new version passed its
+//! health gate. The undo ([`undo_tenant`]) removes the new container, restores the data from
+//! the snapshot when the new version may have written to it, brings the prior container back,
+//! starts and health-checks it; the run halts. Customer data is never changed before a
+//! verified snapshot of it exists.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -15,15 +17,17 @@ use serde::{Deserialize, Serialize};
 
 use crate::adapters::archive;
 use crate::adapters::desired;
-use crate::adapters::docker::{Engine, OperatorSettings, TenantContainer};
+use crate::adapters::docker::{ContainerSpec, Engine, Restart, TenantContainer};
 use crate::adapters::health::Prober;
 use crate::config::{App, HealthSpec};
-use crate::context::{crash_point, Ctx};
+use crate::context::Ctx;
 use crate::error::{Error, ExitKind, Result};
 use crate::layout::{self, SnapshotId, SnapshotKind};
 use crate::manifest::{ArchiveEntry, Manifest};
 use crate::naming;
+use crate::step::{Step, TenantJournal};
 use crate::types::{Digest, RunId, TenantId};
+use crate::undo::undo_tenant;
 
 /// zstd level of rollout snapshots: taken while the tenant is down, so speed over ratio.
 const ROLLOUT_ZSTD_LEVEL: i32 = 1;
@@ -191,43 +195,6 @@ pub fn worst(kinds: impl Iterator<Item = ExitKind>) -> ExitKind {
     kinds.max_by_key(|k| rank(*k)).unwrap_or(ExitKind::Success)
 }
 
-/// Everything needed to finish or undo a tenant's rollout, journaled with every step.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct TenantJournal {
-    /// App.
-    pub app: String,
-    /// Tenant.
-    pub tenant: String,
-    /// Container name.
-    pub name: String,
-    /// Name the prior container is renamed to.
-    pub pre_name: String,
-    /// Id of the prior container.
-    pub old_id: String,
-    /// Image reference of the prior container.
-    pub old_image: String,
-    /// Digest of the prior container.
-    pub old_digest: Option<String>,
-    /// Image reference rolled to.
-    pub new_image: String,
-    /// Id of the new container, once created.
-    pub new_id: Option<String>,
-    /// The tenant's data dir.
-    pub data_dir: PathBuf,
-    /// The snapshot archive, once written.
-    pub snapshot: Option<PathBuf>,
-    /// Its sha256.
-    pub sha256: Option<String>,
-    /// Stop timeout.
-    pub stop_timeout_s: u64,
-    /// Health probe.
-    pub health: HealthSpec,
-    /// Keep the prior container after success.
-    pub keep_old: bool,
-    /// The prior container's operator settings (to check the new one against).
-    pub settings: OperatorSettings,
-}
-
 /// Run `rollout`.
 pub async fn rollout(ctx: &mut Ctx, opts: &RolloutOptions) -> Result<RolloutReport> {
     let state = desired::read(&ctx.cfg.desired, &ctx.cfg.state_dir, opts.git_ref.as_deref())?;
@@ -312,6 +279,17 @@ pub fn plan(app: &App, commit: &str, tenants: &[TenantContainer], only: &[Tenant
     })
 }
 
+/// What every tenant of one app's rollout shares.
+struct AppRun<'a> {
+    ctx: &'a Ctx,
+    engine: &'a Engine,
+    prober: &'a Prober,
+    app: &'a App,
+    /// `rollout/<run id>` under the backup root.
+    run_dir: PathBuf,
+    keep_old: bool,
+}
+
 async fn rollout_app(
     ctx: &mut Ctx,
     engine: &Engine,
@@ -327,10 +305,18 @@ async fn rollout_app(
     ctx.run_id = RunId::new();
     let digest = app.image.digest().to_string();
     ctx.start_run("rollout", Some(&app.name), Some(&plan.commit), Some(&digest))?;
+    let ctx = &*ctx;
     let prober = Prober::new()?;
+    let run = AppRun {
+        ctx,
+        engine,
+        prober: &prober,
+        app,
+        run_dir: SnapshotId::rollout(&ctx.run_id).dir(&ctx.cfg.backup_root),
+        keep_old,
+    };
     let mut tenants = Vec::new();
     let mut outcome = ExitKind::Success;
-    let run_dir = SnapshotId::rollout(&ctx.run_id).dir(&ctx.cfg.backup_root);
     let mut manifest = Manifest::new(&SnapshotId::rollout(&ctx.run_id));
     for (i, item) in plan.items.iter().enumerate() {
         if outcome != ExitKind::Success || ctx.cancel.is_cancelled() {
@@ -340,7 +326,9 @@ async fn rollout_app(
             tenants.push(not_reached(item));
             continue;
         }
-        let report = roll_tenant(ctx, engine, &prober, app, item, &run_dir, &mut manifest, keep_old).await?;
+        // The canary soaks only when it gates tenants after it.
+        let soak = i == 0 && plan.items.len() > 1;
+        let report = roll_tenant(&run, item, &mut manifest, soak).await?;
         outcome = match report.outcome {
             TenantOutcome::Rolled => ExitKind::Success,
             TenantOutcome::Restored if ctx.cancel.is_cancelled() => ExitKind::Interrupted,
@@ -357,17 +345,7 @@ async fn rollout_app(
             downtime_ms: report.downtime_ms.map(|d| d as i64),
             detail: report.detail.clone(),
         })?;
-        let canary_ok = i == 0 && outcome == ExitKind::Success && plan.items.len() > 1;
         tenants.push(report);
-        if canary_ok {
-            if let Some(r) = soak_canary(ctx, engine, &prober, app, item).await? {
-                outcome = r.0;
-                if let Some(t) = tenants.last_mut() {
-                    t.outcome = r.1;
-                    t.detail = Some(r.2);
-                }
-            }
-        }
     }
     let rolled = tenants.iter().filter(|t| t.outcome == TenantOutcome::Rolled).count();
     let summary = match outcome {
@@ -418,246 +396,269 @@ fn not_reached(item: &PlanItem) -> TenantReport {
     }
 }
 
-/// After the canary is healthy: wait `canary_soak_s`, probe again; on failure undo it.
-/// Returns the new outcome when the soak failed.
-async fn soak_canary(
-    ctx: &Ctx,
-    engine: &Engine,
-    prober: &Prober,
-    app: &App,
-    item: &PlanItem,
-) -> Result<Option<(ExitKind, TenantOutcome, String)>> {
-    let soak = Duration::from_secs(app.canary_soak_s);
-    let until = Instant::now() + soak;
-    while Instant::now() < until && !ctx.cancel.is_cancelled() {
-        tokio::time::sleep(Duration::from_millis(200).min(until.saturating_duration_since(Instant::now()))).await;
-    }
-    let step =
-        ctx.begin(Some(item.tenant.as_str()), "canary-soak", &serde_json::json!({"soak_s": app.canary_soak_s}))?;
-    let check = prober.gate(engine, &item.container, &app.health, Some(Duration::from_secs(5))).await?;
-    match check {
-        Ok(_) => {
-            ctx.end(step, "ok", None::<&()>)?;
-            Ok(None)
-        }
-        Err(why) => {
-            ctx.end(step, "failed", Some(&serde_json::json!({"reason": why.to_string()})))?;
-            // The canary went bad during the soak: undo it from the journal of its rollout.
-            let journal = last_journal(ctx, item.tenant.as_str())?
-                .ok_or_else(|| Error::Other(format!("no journal for canary {}", item.tenant)))?;
-            let undo = undo_tenant(ctx, engine, prober, &journal, true).await?;
-            let detail = format!("canary unhealthy after the {}s soak: {why}; {}", app.canary_soak_s, undo.detail);
-            Ok(Some(if undo.ok {
-                (ExitKind::Halted, TenantOutcome::Restored, detail)
-            } else {
-                (ExitKind::PersonNeeded, TenantOutcome::PersonNeeded, detail)
-            }))
-        }
-    }
-}
-
-/// The newest journal detail of a tenant in the current run.
-fn last_journal(ctx: &Ctx, tenant: &str) -> Result<Option<TenantJournal>> {
-    Ok(ctx
-        .store
-        .steps(ctx.run_id.as_str())?
-        .into_iter()
-        .rev()
-        .filter(|s| s.tenant.as_deref() == Some(tenant))
-        .find_map(|s| s.detail.and_then(|d| serde_json::from_str(&d).ok())))
-}
-
 fn ms(d: Duration) -> u64 {
     d.as_millis() as u64
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn roll_tenant(
-    ctx: &Ctx,
-    engine: &Engine,
-    prober: &Prober,
-    app: &App,
-    item: &PlanItem,
-    run_dir: &Path,
-    manifest: &mut Manifest,
-    keep_old: bool,
-) -> Result<TenantReport> {
-    let tenant = item.tenant.as_str();
-    let name = item.container.clone();
-    let mut timings = StepTimings::default();
-    let report = |outcome, downtime: Option<Duration>, snapshot, timings, detail| TenantReport {
+impl StepTimings {
+    fn record(&mut self, step: Step, took: Duration) {
+        let slot = match step {
+            Step::Stop => &mut self.stop_ms,
+            Step::Snapshot => &mut self.snapshot_ms,
+            Step::Rename => &mut self.rename_ms,
+            Step::Create => &mut self.create_ms,
+            Step::Check => &mut self.check_ms,
+            Step::Start => &mut self.start_ms,
+            Step::Health => &mut self.health_ms,
+            Step::Soak | Step::Cleanup => return,
+        };
+        *slot = ms(took);
+    }
+}
+
+/// How one step ended: `Err` says what went wrong, for the report.
+type StepResult = std::result::Result<(), String>;
+
+/// One tenant's rollout in progress: its inputs and what its steps have done so far.
+struct TenantRoll<'a> {
+    run: &'a AppRun<'a>,
+    item: &'a PlanItem,
+    manifest: &'a mut Manifest,
+    /// Whether this tenant is a canary that soaks before the others follow.
+    soak: bool,
+    /// The prior container as inspected before anything was touched.
+    spec: ContainerSpec,
+    /// Journaled with every step; updated as the steps learn things (new id, snapshot).
+    j: TenantJournal,
+    /// When the stop began: downtime is measured from here.
+    t0: Instant,
+    timings: StepTimings,
+    /// Stop begun → the new version healthy.
+    downtime: Option<Duration>,
+}
+
+/// Roll one tenant through [`Step::ALL`]. A failed step or a signal between steps undoes the
+/// tenant from where it was (see [`TenantRoll::undo_from`]); a tenant that cannot even be read
+/// is not touched.
+async fn roll_tenant(run: &AppRun<'_>, item: &PlanItem, manifest: &mut Manifest, soak: bool) -> Result<TenantReport> {
+    let untouched = |detail: String| TenantReport {
         tenant: item.tenant.clone(),
         from: item.from.clone(),
         to: item.to.clone(),
-        outcome,
-        downtime_ms: downtime.map(ms),
-        snapshot,
-        timings,
-        detail,
+        outcome: TenantOutcome::Restored,
+        downtime_ms: None,
+        snapshot: None,
+        timings: StepTimings::default(),
+        detail: Some(format!("not touched: {detail}")),
     };
     // Read everything before touching anything: a failure here changes nothing.
-    let spec = match engine.spec(&name).await {
+    let spec = match run.engine.spec(&item.container).await {
         Ok(s) => s,
-        Err(e) => return Ok(report(TenantOutcome::Restored, None, None, timings, Some(format!("not touched: {e}")))),
+        Err(e) => return Ok(untouched(e.to_string())),
     };
-    let data_dir = app.data_dir_of(&item.tenant);
+    let data_dir = run.app.data_dir_of(&item.tenant);
     if !data_dir.is_dir() {
-        let detail = format!("not touched: data dir {} does not exist", data_dir.display());
-        return Ok(report(TenantOutcome::Restored, None, None, timings, Some(detail)));
+        return Ok(untouched(format!("data dir {} does not exist", data_dir.display())));
     }
-    let mut j = TenantJournal {
-        app: app.name.clone(),
-        tenant: tenant.to_string(),
-        name: name.clone(),
-        pre_name: naming::pre_rollout(&name, &ctx.run_id),
+    let name = item.container.clone();
+    let j = TenantJournal {
+        app: run.app.name.clone(),
+        tenant: item.tenant.to_string(),
+        pre_name: naming::pre_rollout(&name, &run.ctx.run_id),
+        name,
         old_id: spec.id(),
         old_image: spec.image_ref(),
         old_digest: item.from.as_ref().map(|d| d.to_string()),
-        new_image: app.image.reference(),
+        new_image: run.app.image.reference(),
         new_id: None,
-        data_dir: data_dir.clone(),
+        data_dir,
         snapshot: None,
         sha256: None,
-        stop_timeout_s: app.stop_timeout_s,
-        health: app.health.clone(),
-        keep_old,
+        stop_timeout_s: run.app.stop_timeout_s,
+        health: run.app.health.clone(),
+        keep_old: run.keep_old,
         settings: spec.operator_settings(),
+        restart: Some(spec.restart()),
     };
+    let mut t = TenantRoll {
+        run,
+        item,
+        manifest,
+        soak,
+        spec,
+        j,
+        t0: Instant::now(),
+        timings: StepTimings::default(),
+        downtime: None,
+    };
+    t.go().await
+}
 
-    let t0 = Instant::now();
-    // SIGINT/SIGTERM between steps: undo this tenant now rather than go on.
-    macro_rules! stop_if_cancelled {
-        ($restore:expr, $snap:expr) => {
-            if ctx.cancel.is_cancelled() {
-                let undo = undo_tenant(ctx, engine, prober, &j, $restore).await?;
-                let detail = format!("interrupted by a signal; {}", undo.detail);
-                return Ok(report(undo.outcome(), Some(t0.elapsed()), $snap, timings, Some(detail)));
+impl TenantRoll<'_> {
+    /// The state machine: each step journaled before and after, with one place that decides
+    /// to undo.
+    async fn go(&mut self) -> Result<TenantReport> {
+        let ctx = self.run.ctx;
+        let tenant = self.item.tenant.as_str();
+        let mut last: Option<Step> = None;
+        for step in Step::ALL {
+            if !self.applies(step) {
+                continue;
             }
-        };
+            // SIGINT/SIGTERM between steps: undo this tenant now rather than go on, unless its
+            // new version has passed the health gate (then it is finished instead).
+            if let Some(last) = last.filter(|_| ctx.cancel.is_cancelled() && !step.after_health_gate()) {
+                return self.undo_from(last, "interrupted by a signal".into()).await;
+            }
+            let id = ctx.begin(Some(tenant), step.as_str(), &self.j)?;
+            step.during().reach();
+            let began = Instant::now();
+            let result = self.run_step(step).await;
+            self.timings.record(step, began.elapsed());
+            ctx.end(id, if result.is_ok() { "ok" } else { "failed" }, Some(&self.j))?;
+            step.after().reach();
+            match result {
+                Err(why) if step.failure_undoes() => return self.undo_from(step, why).await,
+                _ => last = Some(step),
+            }
+        }
+        Ok(self.report(TenantOutcome::Rolled, None))
     }
-    // 1. stop
-    let s = ctx.begin(Some(tenant), "stop", &j)?;
-    let t = Instant::now();
-    if let Err(e) = engine.stop(&name, app.stop_timeout_s).await {
-        ctx.end(s, "failed", Some(&j))?;
-        let undo = undo_tenant(ctx, engine, prober, &j, false).await?;
-        return Ok(report(
-            undo.outcome(),
-            Some(t0.elapsed()),
-            None,
-            timings,
-            Some(format!("stop failed: {e}; {}", undo.detail)),
-        ));
-    }
-    timings.stop_ms = ms(t.elapsed());
-    ctx.end(s, "ok", Some(&j))?;
-    crash_point("after-stop");
-    stop_if_cancelled!(false, None);
 
-    // 2. snapshot (the data is still only the prior version's)
-    let s = ctx.begin(Some(tenant), "snapshot", &j)?;
-    crash_point("during-snapshot");
-    let t = Instant::now();
-    let archive_path = run_dir.join(layout::tenant_archive(SnapshotKind::Rollout, tenant));
-    let snap = {
+    /// Whether this tenant goes through `step` at all.
+    fn applies(&self, step: Step) -> bool {
+        match step {
+            Step::Soak => self.soak,
+            Step::Cleanup => !self.run.keep_old,
+            _ => true,
+        }
+    }
+
+    async fn run_step(&mut self, step: Step) -> StepResult {
+        match step {
+            Step::Stop => self.stop().await,
+            Step::Snapshot => self.snapshot().await,
+            Step::Rename => self.rename().await,
+            Step::Create => self.create().await,
+            Step::Check => self.check().await,
+            Step::Start => self.start().await,
+            Step::Health => self.health().await,
+            Step::Soak => self.soak().await,
+            Step::Cleanup => self.cleanup().await,
+        }
+    }
+
+    /// Undo the tenant, caught in (or just after) `step`, and report why.
+    async fn undo_from(&mut self, step: Step, why: String) -> Result<TenantReport> {
+        let r = &self.run;
+        let undo = undo_tenant(r.ctx, r.engine, r.prober, &self.j, step.new_version_may_have_run()).await?;
+        self.downtime = Some(self.t0.elapsed());
+        let outcome = if undo.ok { TenantOutcome::Restored } else { TenantOutcome::PersonNeeded };
+        Ok(self.report(outcome, Some(format!("{why}; {}", undo.detail))))
+    }
+
+    fn report(&self, outcome: TenantOutcome, detail: Option<String>) -> TenantReport {
+        TenantReport {
+            tenant: self.item.tenant.clone(),
+            from: self.item.from.clone(),
+            to: self.item.to.clone(),
+            outcome,
+            downtime_ms: self.downtime.map(ms),
+            snapshot: self.j.snapshot.clone(),
+            timings: self.timings.clone(),
+            detail,
+        }
+    }
+
+    async fn stop(&mut self) -> StepResult {
+        self.t0 = Instant::now();
+        self.run.engine.stop(&self.j.name, self.j.stop_timeout_s).await.map_err(|e| format!("stop failed: {e}"))
+    }
+
+    /// The data is still only the prior version's here.
+    async fn snapshot(&mut self) -> StepResult {
+        let data_dir = self.j.data_dir.clone();
+        let failed = |e: &dyn fmt::Display| format!("snapshot of {} failed: {e}", data_dir.display());
+        let archive_path = self.run.run_dir.join(layout::tenant_archive(SnapshotKind::Rollout, &self.j.tenant));
         let (src, dest) = (data_dir.clone(), archive_path.clone());
-        tokio::task::spawn_blocking(move || archive::create_with_level(&src, &dest, ROLLOUT_ZSTD_LEVEL))
+        let summary = tokio::task::spawn_blocking(move || archive::create_with_level(&src, &dest, ROLLOUT_ZSTD_LEVEL))
             .await
-            .map_err(|e| Error::Other(format!("snapshot task failed: {e}")))?
-    };
-    let summary = match snap {
-        Ok(summary) => summary,
-        Err(e) => {
-            ctx.end(s, "failed", Some(&j))?;
-            let undo = undo_tenant(ctx, engine, prober, &j, false).await?;
-            let detail = format!("snapshot of {} failed: {e}; {}", data_dir.display(), undo.detail);
-            return Ok(report(undo.outcome(), Some(t0.elapsed()), None, timings, Some(detail)));
-        }
-    };
-    timings.snapshot_ms = ms(t.elapsed());
-    j.snapshot = Some(archive_path.clone());
-    j.sha256 = Some(summary.sha256.clone());
-    record_rollout_snapshot(ctx, run_dir, manifest, tenant, &archive_path, &summary)?;
-    ctx.end(s, "ok", Some(&j))?;
-    crash_point("after-snapshot");
-    stop_if_cancelled!(false, Some(archive_path.clone()));
-
-    // 3. rename the prior container aside; 4. create the new one; 5. check it.
-    let failed = |detail: String| detail;
-    let created: std::result::Result<(), String> = async {
-        let t = Instant::now();
-        let s = ctx.begin(Some(tenant), "rename", &j)?;
-        engine.rename(&name, &j.pre_name).await.inspect_err(|_| {
-            let _ = ctx.end(s, "failed", Some(&j));
-        })?;
-        ctx.end(s, "ok", Some(&j))?;
-        timings.rename_ms = ms(t.elapsed());
-        crash_point("after-rename");
-        let t = Instant::now();
-        let s = ctx.begin(Some(tenant), "create", &j)?;
-        let id = engine.create_from(&name, &spec, &j.new_image).await.inspect_err(|_| {
-            let _ = ctx.end(s, "failed", Some(&j));
-        })?;
-        j.new_id = Some(id);
-        ctx.end(s, "ok", Some(&j))?;
-        timings.create_ms = ms(t.elapsed());
-        crash_point("after-create");
-        let t = Instant::now();
-        let s = ctx.begin(Some(tenant), "check", &j)?;
-        let lost = j.settings.lost_in(&engine.actual_settings(&name).await?);
-        if !lost.is_empty() {
-            ctx.end(s, "failed", Some(&j))?;
-            return Err(Error::Other(format!("the new container lost what the operator set: {}", lost.join(", "))));
-        }
-        ctx.end(s, "ok", Some(&j))?;
-        timings.check_ms = ms(t.elapsed());
-        Ok::<_, Error>(())
-    }
-    .await
-    .map_err(|e| failed(e.to_string()));
-    if let Err(detail) = created {
-        let undo = undo_tenant(ctx, engine, prober, &j, false).await?;
-        let detail = format!("{detail}; {}", undo.detail);
-        return Ok(report(undo.outcome(), Some(t0.elapsed()), Some(archive_path), timings, Some(detail)));
+            .map_err(|e| failed(&format!("snapshot task failed: {e}")))?
+            .map_err(|e| failed(&e))?;
+        self.j.snapshot = Some(archive_path.clone());
+        self.j.sha256 = Some(summary.sha256.clone());
+        let r = self.run;
+        record_rollout_snapshot(r.ctx, &r.run_dir, self.manifest, &self.j.tenant, &archive_path, &summary)
+            .map_err(|e| failed(&e))
     }
 
-    stop_if_cancelled!(false, Some(archive_path.clone()));
-    // 6. start; 7. health gate. From here on the new version may write to the data dir.
-    let s = ctx.begin(Some(tenant), "start", &j)?;
-    let t = Instant::now();
-    let started = engine.start(&name).await;
-    timings.start_ms = ms(t.elapsed());
-    ctx.end(s, if started.is_ok() { "ok" } else { "failed" }, Some(&j))?;
-    crash_point("after-start");
-    let health = match started {
-        Err(e) => Err(format!("start failed: {e}")),
-        Ok(()) => {
-            let s = ctx.begin(Some(tenant), "health", &j)?;
-            crash_point("during-health");
-            let t = Instant::now();
-            let r = gate_cancellable(ctx, engine, prober, &name, &app.health).await?;
-            timings.health_ms = ms(t.elapsed());
-            ctx.end(s, if r.is_ok() { "ok" } else { "failed" }, Some(&j))?;
-            r
+    async fn rename(&mut self) -> StepResult {
+        let engine = self.run.engine;
+        engine.rename(&self.j.name, &self.j.pre_name).await.map_err(|e| e.to_string())?;
+        // Aside, the prior container must not come back by itself: a daemon restart would
+        // start it beside the new one, on the same data dir. Undo puts its policy back.
+        if self.j.restart.as_ref().is_some_and(Restart::restarts) {
+            engine.set_restart(&self.j.pre_name, &Restart::never()).await.map_err(|e| e.to_string())?;
         }
-    };
-    match health {
-        Ok(()) => {
-            let downtime = t0.elapsed();
-            crash_point("after-health");
-            if !keep_old {
-                let s = ctx.begin(Some(tenant), "cleanup", &j)?;
-                // The new version is healthy; failing to remove the old container is only untidy.
-                let outcome = if engine.remove(&j.pre_name).await.is_ok() { "ok" } else { "failed" };
-                ctx.end(s, outcome, Some(&j))?;
+        Ok(())
+    }
+
+    async fn create(&mut self) -> StepResult {
+        let id = self
+            .run
+            .engine
+            .create_from(&self.j.name, &self.spec, &self.j.new_image)
+            .await
+            .map_err(|e| e.to_string())?;
+        self.j.new_id = Some(id);
+        Ok(())
+    }
+
+    async fn check(&mut self) -> StepResult {
+        let actual = self.run.engine.actual_settings(&self.j.name).await.map_err(|e| e.to_string())?;
+        let lost = self.j.settings.lost_in(&actual);
+        if lost.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("the new container lost what the operator set: {}", lost.join(", ")))
+        }
+    }
+
+    /// From here on the new version may write to the data dir.
+    async fn start(&mut self) -> StepResult {
+        self.run.engine.start(&self.j.name).await.map_err(|e| format!("new version failed: start failed: {e}"))
+    }
+
+    async fn health(&mut self) -> StepResult {
+        let r = &self.run;
+        match gate_cancellable(r.ctx, r.engine, r.prober, &self.j.name, &r.app.health).await {
+            Ok(Ok(())) => {
+                self.downtime = Some(self.t0.elapsed());
+                Ok(())
             }
-            Ok(report(TenantOutcome::Rolled, Some(downtime), Some(archive_path), timings, None))
+            Ok(Err(why)) => Err(format!("new version failed: {why}")),
+            Err(e) => Err(format!("new version failed: {e}")),
         }
-        Err(why) => {
-            let undo = undo_tenant(ctx, engine, prober, &j, true).await?;
-            let detail = format!("new version failed: {why}; {}", undo.detail);
-            Ok(report(undo.outcome(), Some(t0.elapsed()), Some(archive_path), timings, Some(detail)))
+    }
+
+    /// After the canary is healthy: wait `canary_soak_s` (cut short by a signal), probe again.
+    async fn soak(&mut self) -> StepResult {
+        let r = &self.run;
+        let soak_s = r.app.canary_soak_s;
+        let until = Instant::now() + Duration::from_secs(soak_s);
+        while Instant::now() < until && !r.ctx.cancel.is_cancelled() {
+            tokio::time::sleep(Duration::from_millis(200).min(until.saturating_duration_since(Instant::now()))).await;
         }
+        let unhealthy = |why: &dyn fmt::Display| format!("canary unhealthy after the {soak_s}s soak: {why}");
+        match r.prober.gate(r.engine, &self.j.name, &r.app.health, Some(Duration::from_secs(5))).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(why)) => Err(unhealthy(&why)),
+            Err(e) => Err(unhealthy(&e)),
+        }
+    }
+
+    async fn cleanup(&mut self) -> StepResult {
+        self.run.engine.remove(&self.j.pre_name).await.map_err(|e| e.to_string())
     }
 }
 
@@ -669,16 +670,21 @@ async fn gate_cancellable(
     name: &str,
     spec: &HealthSpec,
 ) -> Result<std::result::Result<(), String>> {
+    let interrupted = || Ok(Err("interrupted by a signal during the health gate".into()));
+    if ctx.cancel.is_cancelled() {
+        return interrupted();
+    }
     let gate = prober.gate(engine, name, spec, None);
     tokio::pin!(gate);
     loop {
         tokio::select! {
-            r = &mut gate => return Ok(r?.map(|_| ()).map_err(|u| u.to_string())),
+            biased;
             _ = tokio::time::sleep(Duration::from_millis(100)) => {
                 if ctx.cancel.is_cancelled() {
-                    return Ok(Err("interrupted by a signal during the health gate".into()));
+                    return interrupted();
                 }
             }
+            r = &mut gate => return Ok(r?.map(|_| ()).map_err(|u| u.to_string())),
         }
     }
 }
@@ -707,120 +713,6 @@ fn record_rollout_snapshot(
     manifest.write(run_dir)?;
     let snap = SnapshotId::rollout(&ctx.run_id);
     ctx.record_archive(&snap.key(&entry.path), SnapshotKind::Rollout.as_str(), snap.id(), &entry)
-}
-
-/// The result of undoing a tenant.
-#[derive(Debug, Clone, Serialize)]
-pub struct UndoResult {
-    /// The prior container runs, healthy, on its data.
-    pub ok: bool,
-    /// What was done, or what state it was left in.
-    pub detail: String,
-}
-
-impl UndoResult {
-    fn outcome(&self) -> TenantOutcome {
-        if self.ok {
-            TenantOutcome::Restored
-        } else {
-            TenantOutcome::PersonNeeded
-        }
-    }
-}
-
-/// Bring a tenant back to its prior container and data, whatever step it was caught in:
-/// remove a new container, restore the snapshot when the new version may have written to the
-/// data (`restore_data`), rename the prior container back (or recreate it from the prior image
-/// when it is gone), start it and health-check it. Every action is idempotent and journaled,
-/// so `recover` can call this again after a crash in the middle of it.
-pub async fn undo_tenant(
-    ctx: &Ctx,
-    engine: &Engine,
-    prober: &Prober,
-    j: &TenantJournal,
-    restore_data: bool,
-) -> Result<UndoResult> {
-    let tenant = Some(j.tenant.as_str());
-    let mut done = Vec::new();
-    let current = engine.id_of(&j.name).await?;
-    let pre = engine.id_of(&j.pre_name).await?;
-    let old_by_id = if j.old_id.is_empty() { None } else { engine.id_of(&j.old_id).await? };
-    let fail = |step: i64, what: String, done: &[String]| -> Result<UndoResult> {
-        ctx.end(step, "failed", Some(&serde_json::json!({"error": what})))?;
-        let state = if done.is_empty() {
-            "nothing was undone".to_string()
-        } else {
-            format!("done so far: {}", done.join(", "))
-        };
-        Ok(UndoResult { ok: false, detail: format!("UNDO FAILED for tenant {}: {what}; {state}", j.tenant) })
-    };
-
-    // The container under the tenant's name, if it is not the prior one, is the new version.
-    let mut recreate_from = None;
-    if let Some(id) = current.as_deref().filter(|id| *id != j.old_id) {
-        let s = ctx.begin(tenant, "undo-remove-new", j)?;
-        if old_by_id.is_none() && pre.is_none() {
-            // The prior container is gone (a finished run without --keep-old): rebuild it
-            // from the new one's settings on the prior image.
-            recreate_from = Some(engine.spec(id).await?);
-        }
-        if let Err(e) = engine.stop(id, j.stop_timeout_s).await.and(engine.remove(id).await) {
-            return fail(s, format!("cannot remove the new container {}: {e}", j.name), &done);
-        }
-        ctx.end(s, "ok", None::<&()>)?;
-        done.push("new container removed".to_string());
-    }
-    if restore_data {
-        if let (Some(snap), Some(sha)) = (&j.snapshot, &j.sha256) {
-            let s = ctx.begin(tenant, "undo-restore", j)?;
-            // Stop the prior container too if something started it: nothing may hold the data.
-            if let Some(p) = pre.as_deref().or(old_by_id.as_deref()) {
-                let _ = engine.stop(p, j.stop_timeout_s).await;
-            }
-            let (a, h, d) = (snap.clone(), sha.clone(), j.data_dir.clone());
-            let r = tokio::task::spawn_blocking(move || archive::restore_swap(&a, &h, &d))
-                .await
-                .map_err(|e| Error::Other(format!("restore task failed: {e}")))?;
-            if let Err(e) = r {
-                return fail(
-                    s,
-                    format!("restoring {} from {} failed: {e}", j.data_dir.display(), snap.display()),
-                    &done,
-                );
-            }
-            ctx.end(s, "ok", None::<&()>)?;
-            done.push(format!("data restored from {}", snap.display()));
-        }
-    }
-    if let Some(spec) = recreate_from {
-        let s = ctx.begin(tenant, "undo-recreate-prior", j)?;
-        if let Err(e) = engine.create_from(&j.name, &spec, &j.old_image).await {
-            return fail(s, format!("cannot recreate the prior container from {}: {e}", j.old_image), &done);
-        }
-        ctx.end(s, "ok", None::<&()>)?;
-        done.push(format!("prior container recreated from {}", j.old_image));
-    } else if pre.is_some() {
-        let s = ctx.begin(tenant, "undo-rename-back", j)?;
-        if let Err(e) = engine.rename(&j.pre_name, &j.name).await {
-            return fail(s, format!("cannot rename {} back to {}: {e}", j.pre_name, j.name), &done);
-        }
-        ctx.end(s, "ok", None::<&()>)?;
-        done.push("prior container renamed back".to_string());
-    }
-    let s = ctx.begin(tenant, "undo-start-prior", j)?;
-    if let Err(e) = engine.start(&j.name).await {
-        return fail(s, format!("cannot start the prior container {}: {e}", j.name), &done);
-    }
-    ctx.end(s, "ok", None::<&()>)?;
-    let s = ctx.begin(tenant, "undo-health-prior", j)?;
-    match prober.gate(engine, &j.name, &j.health, None).await? {
-        Ok(_) => {
-            ctx.end(s, "ok", None::<&()>)?;
-            done.push("prior container running and healthy".to_string());
-            Ok(UndoResult { ok: true, detail: done.join(", ") })
-        }
-        Err(why) => fail(s, format!("the prior container {} is not healthy: {why}", j.name), &done),
-    }
 }
 
 impl fmt::Display for RolloutReport {

@@ -11,8 +11,8 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use bollard::models::{
-    ContainerConfig, ContainerCreateBody, ContainerInspectResponse, ContainerStateStatusEnum, EndpointSettings,
-    ImageConfig, NetworkConnectRequest, NetworkingConfig,
+    ContainerConfig, ContainerCreateBody, ContainerInspectResponse, ContainerStateStatusEnum, ContainerUpdateBody,
+    EndpointSettings, ImageConfig, NetworkConnectRequest, NetworkingConfig, RestartPolicy, RestartPolicyNameEnum,
 };
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, CreateImageOptionsBuilder, ListContainersOptionsBuilder,
@@ -75,6 +75,39 @@ pub struct RunState {
 pub struct ContainerSpec {
     inspect: ContainerInspectResponse,
     image_config: ImageConfig,
+}
+
+/// A container's restart policy, as `docker run --restart` names it (`no`, `always`,
+/// `unless-stopped`, `on-failure` with its retry count).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Restart {
+    /// The policy's name; empty means `no`.
+    pub name: String,
+    /// For `on-failure`: how many times to retry.
+    pub max_retries: i64,
+}
+
+impl Restart {
+    /// The policy that never restarts.
+    pub fn never() -> Restart {
+        Restart { name: "no".into(), max_retries: 0 }
+    }
+
+    /// Whether the engine restarts the container by itself under this policy (after a crash
+    /// or a daemon restart).
+    pub fn restarts(&self) -> bool {
+        !matches!(self.name.as_str(), "" | "no")
+    }
+}
+
+impl std::fmt::Display for Restart {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.name.as_str() {
+            "on-failure" if self.max_retries > 0 => write!(f, "on-failure:{}", self.max_retries),
+            "" => f.write_str("no"),
+            n => f.write_str(n),
+        }
+    }
 }
 
 /// Undo and check information kept in the journal about a container.
@@ -336,6 +369,31 @@ impl Engine {
         Ok(created.id)
     }
 
+    /// Set a container's restart policy (nothing else of it changes).
+    pub async fn set_restart(&self, name: &str, restart: &Restart) -> Result<()> {
+        let policy = match restart.name.as_str() {
+            "" | "no" => RestartPolicyNameEnum::NO,
+            "always" => RestartPolicyNameEnum::ALWAYS,
+            "unless-stopped" => RestartPolicyNameEnum::UNLESS_STOPPED,
+            "on-failure" => RestartPolicyNameEnum::ON_FAILURE,
+            other => {
+                let known = "no, always, unless-stopped, on-failure";
+                return Err(Error::Docker(format!(
+                    "container {name}: unknown restart policy \"{other}\" (known: {known})"
+                )));
+            }
+        };
+        let retries = (policy == RestartPolicyNameEnum::ON_FAILURE).then_some(restart.max_retries);
+        let body = ContainerUpdateBody {
+            restart_policy: Some(RestartPolicy { name: Some(policy), maximum_retry_count: retries }),
+            ..Default::default()
+        };
+        self.docker
+            .update_container(name, body)
+            .await
+            .map_err(|e| derr(format!("setting the restart policy of container {name} to {restart}"), e))
+    }
+
     /// Everything a container has (for checking a new container against the old one's
     /// operator settings).
     pub async fn actual_settings(&self, name: &str) -> Result<OperatorSettings> {
@@ -372,6 +430,15 @@ impl ContainerSpec {
                 (net, ep, aliases)
             })
             .collect()
+    }
+
+    /// The container's restart policy.
+    pub fn restart(&self) -> Restart {
+        let policy = self.inspect.host_config.as_ref().and_then(|h| h.restart_policy.clone()).unwrap_or_default();
+        Restart {
+            name: policy.name.map_or(String::new(), |n| n.to_string()),
+            max_retries: policy.maximum_retry_count.unwrap_or(0),
+        }
     }
 
     /// The container's id.

@@ -1,0 +1,401 @@
+//! The rollout's state machine as data: the steps a tenant goes through ([`Step`]), the steps
+//! of undoing it ([`UndoStep`]), the word the journal stores for each, the journal detail
+//! written with every step ([`TenantJournal`]), and the test-only crash points, which are
+//! derived from the steps so that a new step cannot go without one.
+//!
+//! Invariants: the journal words never change (state.db files written by earlier versions must
+//! keep parsing); a word the journal holds that no step has is an error naming the run and the
+//! row, never a silent skip; no other module compares step words.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::adapters::docker::{OperatorSettings, Restart};
+use crate::config::HealthSpec;
+use crate::error::{Error, Result};
+
+/// One step of rolling a tenant to the pinned digest, in the order they run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Step {
+    /// Stop the prior container (its stop timeout, then SIGKILL).
+    Stop,
+    /// Archive the data dir; the data is still only the prior version's.
+    Snapshot,
+    /// Rename the prior container aside, freeing the tenant's name.
+    Rename,
+    /// Create the new container from the prior one's settings on the pinned image.
+    Create,
+    /// Check that the new container kept everything the operator set on the prior one.
+    Check,
+    /// Start the new container: from here on it may write to the data dir.
+    Start,
+    /// Wait until the new container answers its health check.
+    Health,
+    /// The canary only (when tenants follow it): wait `canary_soak_s`, probe again.
+    Soak,
+    /// Remove the prior container (unless `--keep-old`).
+    Cleanup,
+}
+
+impl Step {
+    /// Every step, in the order a tenant goes through them.
+    pub const ALL: [Step; 9] = [
+        Step::Stop,
+        Step::Snapshot,
+        Step::Rename,
+        Step::Create,
+        Step::Check,
+        Step::Start,
+        Step::Health,
+        Step::Soak,
+        Step::Cleanup,
+    ];
+
+    /// The word the journal stores for this step.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Step::Stop => "stop",
+            Step::Snapshot => "snapshot",
+            Step::Rename => "rename",
+            Step::Create => "create",
+            Step::Check => "check",
+            Step::Start => "start",
+            Step::Health => "health",
+            Step::Soak => "canary-soak",
+            Step::Cleanup => "cleanup",
+        }
+    }
+
+    /// Whether the new version may have run on the data dir once this step has begun: undoing
+    /// from here restores the data from the snapshot.
+    pub fn new_version_may_have_run(self) -> bool {
+        self >= Step::Start
+    }
+
+    /// Whether the new version has passed its health gate before this step begins: a signal
+    /// from here on finishes the tenant on the new version instead of undoing it.
+    pub fn after_health_gate(self) -> bool {
+        self > Step::Health
+    }
+
+    /// Whether a failure of this step undoes the tenant. A failed cleanup leaves the healthy
+    /// new version in place: an old container left behind is only untidy.
+    pub fn failure_undoes(self) -> bool {
+        self != Step::Cleanup
+    }
+
+    /// The crash point just after this step was journaled as begun, before it acts.
+    pub fn during(self) -> CrashPoint {
+        CrashPoint { step: self.as_str(), moment: Moment::During }
+    }
+
+    /// The crash point just after this step was journaled as ended.
+    pub fn after(self) -> CrashPoint {
+        CrashPoint { step: self.as_str(), moment: Moment::After }
+    }
+}
+
+/// One step of undoing a tenant's rollout, in the order they run (each only when needed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum UndoStep {
+    /// Recreate the prior container aside, from the prior image (it was removed).
+    RecreatePrior,
+    /// Stop and remove the new container.
+    RemoveNew,
+    /// Restore the data dir from the run's snapshot.
+    Restore,
+    /// Rename the prior container back to the tenant's name.
+    RenameBack,
+    /// Start the prior container.
+    StartPrior,
+    /// Wait until the prior container answers its health check.
+    HealthPrior,
+}
+
+impl UndoStep {
+    /// Every undo step, in the order they run.
+    pub const ALL: [UndoStep; 6] = [
+        UndoStep::RecreatePrior,
+        UndoStep::RemoveNew,
+        UndoStep::Restore,
+        UndoStep::RenameBack,
+        UndoStep::StartPrior,
+        UndoStep::HealthPrior,
+    ];
+
+    /// The word the journal stores for this undo step.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UndoStep::RemoveNew => "undo-remove-new",
+            UndoStep::Restore => "undo-restore",
+            UndoStep::RecreatePrior => "undo-recreate-prior",
+            UndoStep::RenameBack => "undo-rename-back",
+            UndoStep::StartPrior => "undo-start-prior",
+            UndoStep::HealthPrior => "undo-health-prior",
+        }
+    }
+
+    /// The crash point just after this undo step was journaled as begun, before it acts.
+    pub fn during(self) -> CrashPoint {
+        CrashPoint { step: self.as_str(), moment: Moment::During }
+    }
+
+    /// The crash point just after this undo step was journaled as ended.
+    pub fn after(self) -> CrashPoint {
+        CrashPoint { step: self.as_str(), moment: Moment::After }
+    }
+}
+
+/// A step word found in the journal of a rollout or rollback run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Journaled {
+    /// A step of rolling a tenant.
+    Roll(Step),
+    /// A step of undoing one.
+    Undo(UndoStep),
+}
+
+impl Journaled {
+    /// The word the journal stores.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Journaled::Roll(s) => s.as_str(),
+            Journaled::Undo(u) => u.as_str(),
+        }
+    }
+
+    /// Every word a rollout or rollback journal may hold.
+    fn known() -> impl Iterator<Item = Journaled> {
+        Step::ALL.into_iter().map(Journaled::Roll).chain(UndoStep::ALL.into_iter().map(Journaled::Undo))
+    }
+
+    /// Parse the step word of a journal row of run `run`, with an error that names both.
+    pub fn of_row(run: &str, row: &slipway_state::Step) -> Result<Journaled> {
+        row.step.parse().map_err(|e: UnknownStep| {
+            Error::Other(format!(
+                "state.db: run {run}, step row {}: {e}; this journal was written by another slipway version: \
+                 run that version's `slipway recover`, or finish run {run} by hand",
+                row.id
+            ))
+        })
+    }
+}
+
+impl fmt::Display for Journaled {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A step word that no [`Step`] or [`UndoStep`] has.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown step \"{word}\" (known: {known})")]
+pub struct UnknownStep {
+    /// The word found.
+    pub word: String,
+    /// The words that would have been understood.
+    pub known: String,
+}
+
+impl UnknownStep {
+    fn new(word: &str, known: impl Iterator<Item = &'static str>) -> UnknownStep {
+        UnknownStep { word: word.to_string(), known: known.collect::<Vec<_>>().join(", ") }
+    }
+}
+
+impl FromStr for Step {
+    type Err = UnknownStep;
+    fn from_str(word: &str) -> std::result::Result<Step, UnknownStep> {
+        Step::ALL
+            .into_iter()
+            .find(|s| s.as_str() == word)
+            .ok_or_else(|| UnknownStep::new(word, Step::ALL.into_iter().map(Step::as_str)))
+    }
+}
+
+impl FromStr for UndoStep {
+    type Err = UnknownStep;
+    fn from_str(word: &str) -> std::result::Result<UndoStep, UnknownStep> {
+        UndoStep::ALL
+            .into_iter()
+            .find(|s| s.as_str() == word)
+            .ok_or_else(|| UnknownStep::new(word, UndoStep::ALL.into_iter().map(UndoStep::as_str)))
+    }
+}
+
+impl FromStr for Journaled {
+    type Err = UnknownStep;
+    fn from_str(word: &str) -> std::result::Result<Journaled, UnknownStep> {
+        Journaled::known()
+            .find(|s| s.as_str() == word)
+            .ok_or_else(|| UnknownStep::new(word, Journaled::known().map(Journaled::as_str)))
+    }
+}
+
+impl fmt::Display for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl fmt::Display for UndoStep {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Where in a step a crash point sits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Moment {
+    /// Journaled as begun, not yet acted.
+    During,
+    /// Journaled as ended.
+    After,
+}
+
+/// A test-only crash point of a journaled step: `during-<step word>` or `after-<step word>`,
+/// the value `SLIPWAY_TEST_CRASH_AT` / `SLIPWAY_TEST_SIGNAL_AT` name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CrashPoint {
+    step: &'static str,
+    moment: Moment,
+}
+
+impl CrashPoint {
+    /// The moment of the step it sits at.
+    pub fn moment(&self) -> Moment {
+        self.moment
+    }
+
+    /// Die here (or signal ourselves) when a test asks for this point; nothing without the
+    /// `test-crash` feature.
+    #[inline]
+    pub fn reach(self) {
+        #[cfg(feature = "test-crash")]
+        crate::context::crash_point(&self.to_string());
+    }
+}
+
+impl fmt::Display for CrashPoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let moment = match self.moment {
+            Moment::During => "during",
+            Moment::After => "after",
+        };
+        write!(f, "{moment}-{}", self.step)
+    }
+}
+
+/// Everything needed to finish or undo a tenant's rollout, journaled with every step.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TenantJournal {
+    /// App.
+    pub app: String,
+    /// Tenant.
+    pub tenant: String,
+    /// Container name.
+    pub name: String,
+    /// Name the prior container is renamed to.
+    pub pre_name: String,
+    /// Id of the prior container.
+    pub old_id: String,
+    /// Image reference of the prior container.
+    pub old_image: String,
+    /// Digest of the prior container.
+    pub old_digest: Option<String>,
+    /// Image reference rolled to.
+    pub new_image: String,
+    /// Id of the new container, once created.
+    pub new_id: Option<String>,
+    /// The tenant's data dir.
+    pub data_dir: PathBuf,
+    /// The snapshot archive, once written.
+    pub snapshot: Option<PathBuf>,
+    /// Its sha256.
+    pub sha256: Option<String>,
+    /// Stop timeout.
+    pub stop_timeout_s: u64,
+    /// Health probe.
+    pub health: HealthSpec,
+    /// Keep the prior container after success.
+    pub keep_old: bool,
+    /// The prior container's operator settings (to check the new one against).
+    pub settings: OperatorSettings,
+    /// The prior container's restart policy: set to `no` while it is renamed aside, put back
+    /// by undo. None in journals of versions that did not change it.
+    #[serde(default)]
+    pub restart: Option<Restart>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_step_word_parses_back_to_its_step() {
+        for s in Step::ALL {
+            assert_eq!(s.as_str().parse::<Step>(), Ok(s));
+            assert_eq!(s.as_str().parse::<Journaled>(), Ok(Journaled::Roll(s)));
+        }
+        for u in UndoStep::ALL {
+            assert_eq!(u.as_str().parse::<UndoStep>(), Ok(u));
+            assert_eq!(u.as_str().parse::<Journaled>(), Ok(Journaled::Undo(u)));
+        }
+    }
+
+    #[test]
+    fn the_journal_words_of_earlier_versions_still_parse() {
+        // Written by every slipway so far; changing one breaks recover on existing hosts.
+        let words = [
+            "stop",
+            "snapshot",
+            "rename",
+            "create",
+            "check",
+            "start",
+            "health",
+            "canary-soak",
+            "cleanup",
+            "undo-remove-new",
+            "undo-restore",
+            "undo-recreate-prior",
+            "undo-rename-back",
+            "undo-start-prior",
+            "undo-health-prior",
+        ];
+        for w in words {
+            assert_eq!(w.parse::<Journaled>().map(|j| j.as_str()), Ok(w));
+        }
+        assert_eq!(Journaled::known().count(), words.len(), "a new step needs its word listed here");
+    }
+
+    #[test]
+    fn an_unknown_word_is_an_error_that_names_it_and_the_known_words() {
+        let e = "snapshott".parse::<Journaled>().unwrap_err();
+        assert_eq!(e.word, "snapshott");
+        let msg = e.to_string();
+        assert!(msg.contains("\"snapshott\"") && msg.contains("snapshot, rename"), "{msg}");
+        assert!("undo-stop".parse::<UndoStep>().is_err());
+        assert!("undo-remove-new".parse::<Step>().is_err());
+    }
+
+    #[test]
+    fn steps_are_ordered_and_their_rules_follow_the_order() {
+        assert!(Step::ALL.windows(2).all(|w| w[0] < w[1]));
+        let may_have_run: Vec<Step> = Step::ALL.into_iter().filter(|s| s.new_version_may_have_run()).collect();
+        assert_eq!(may_have_run, [Step::Start, Step::Health, Step::Soak, Step::Cleanup]);
+        let after_gate: Vec<Step> = Step::ALL.into_iter().filter(|s| s.after_health_gate()).collect();
+        assert_eq!(after_gate, [Step::Soak, Step::Cleanup]);
+    }
+
+    #[test]
+    fn crash_points_are_named_after_the_journal_words() {
+        assert_eq!(Step::Snapshot.during().to_string(), "during-snapshot");
+        assert_eq!(Step::Health.after().to_string(), "after-health");
+        assert_eq!(Step::Soak.after().to_string(), "after-canary-soak");
+        assert_eq!(UndoStep::RenameBack.during().to_string(), "during-undo-rename-back");
+    }
+}

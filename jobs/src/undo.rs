@@ -1,0 +1,157 @@
+//! Undo of one tenant's rollout, shared by `rollout` (a failed step or a signal), `rollback`
+//! (a person's decision) and `recover` (a killed run): bring the tenant back to its prior
+//! container and data from its [`TenantJournal`] alone, whatever step it was caught in.
+//!
+//! Every action is idempotent and journaled as an [`UndoStep`], so `recover` can run this
+//! again after a crash in the middle of it.
+
+use serde::Serialize;
+
+use crate::adapters::archive;
+use crate::adapters::docker::Engine;
+use crate::adapters::health::Prober;
+use crate::context::Ctx;
+use crate::error::{Error, Result};
+use crate::step::{TenantJournal, UndoStep};
+
+/// The result of undoing a tenant.
+#[derive(Debug, Clone, Serialize)]
+pub struct UndoResult {
+    /// The prior container runs, healthy, on its data.
+    pub ok: bool,
+    /// What was done, or what state it was left in.
+    pub detail: String,
+}
+
+/// Journal an undo step as begun (then its crash point).
+fn begin(ctx: &Ctx, j: &TenantJournal, step: UndoStep) -> Result<i64> {
+    let id = ctx.begin(Some(j.tenant.as_str()), step.as_str(), j)?;
+    step.during().reach();
+    Ok(id)
+}
+
+/// Journal an undo step as ended well (then its crash point).
+fn end_ok(ctx: &Ctx, id: i64, step: UndoStep) -> Result<()> {
+    ctx.end(id, "ok", None::<&()>)?;
+    step.after().reach();
+    Ok(())
+}
+
+/// Bring a tenant back to its prior container and data, whatever step it was caught in:
+/// recreate the prior container aside from the prior image when it is gone, remove a new
+/// container, restore the snapshot when the new version may have written to the data
+/// (`restore_data`), rename the prior container back, put its restart policy back, start it
+/// and health-check it.
+///
+/// The prior container exists again before the new one is removed, so a crash anywhere in
+/// here leaves `recover` a prior container to bring back (the recreated one's id is journaled
+/// with the steps after it).
+pub async fn undo_tenant(
+    ctx: &Ctx,
+    engine: &Engine,
+    prober: &Prober,
+    j: &TenantJournal,
+    restore_data: bool,
+) -> Result<UndoResult> {
+    let mut j = j.clone();
+    let mut done = Vec::new();
+    let current = engine.id_of(&j.name).await?;
+    let mut pre = engine.id_of(&j.pre_name).await?;
+    let old_by_id = if j.old_id.is_empty() { None } else { engine.id_of(&j.old_id).await? };
+    let fail = |step: i64, what: String, done: &[String]| -> Result<UndoResult> {
+        ctx.end(step, "failed", Some(&serde_json::json!({"error": what})))?;
+        let state = if done.is_empty() {
+            "nothing was undone".to_string()
+        } else {
+            format!("done so far: {}", done.join(", "))
+        };
+        Ok(UndoResult { ok: false, detail: format!("UNDO FAILED for tenant {}: {what}; {state}", j.tenant) })
+    };
+
+    // The container under the tenant's name, if it is not the prior one, is the new version.
+    let new = current.filter(|id| *id != j.old_id);
+    if let Some(id) = new.as_deref().filter(|_| old_by_id.is_none() && pre.is_none()) {
+        // The prior container is gone (a finished run without --keep-old): rebuild it aside,
+        // from the new one's settings on the prior image.
+        let s = begin(ctx, &j, UndoStep::RecreatePrior)?;
+        let created = match engine.spec(id).await {
+            Ok(spec) => engine.create_from(&j.pre_name, &spec, &j.old_image).await,
+            Err(e) => Err(e),
+        };
+        match created {
+            Ok(prior) => {
+                j.old_id = prior.clone();
+                pre = Some(prior);
+            }
+            Err(e) => {
+                return fail(s, format!("cannot recreate the prior container from {}: {e}", j.old_image), &done);
+            }
+        }
+        ctx.end(s, "ok", Some(&j))?;
+        UndoStep::RecreatePrior.after().reach();
+        done.push(format!("prior container recreated from {}", j.old_image));
+    }
+    if let Some(id) = new.as_deref() {
+        let s = begin(ctx, &j, UndoStep::RemoveNew)?;
+        if let Err(e) = engine.stop(id, j.stop_timeout_s).await.and(engine.remove(id).await) {
+            return fail(s, format!("cannot remove the new container {}: {e}", j.name), &done);
+        }
+        end_ok(ctx, s, UndoStep::RemoveNew)?;
+        done.push("new container removed".to_string());
+    }
+    if restore_data {
+        if let (Some(snap), Some(sha)) = (j.snapshot.clone(), j.sha256.clone()) {
+            let s = begin(ctx, &j, UndoStep::Restore)?;
+            // Stop the prior container too if something started it: nothing may hold the data.
+            if let Some(p) = pre.as_deref().or(old_by_id.as_deref()) {
+                let _ = engine.stop(p, j.stop_timeout_s).await;
+            }
+            let (a, d) = (snap.clone(), j.data_dir.clone());
+            let r = tokio::task::spawn_blocking(move || archive::restore_swap(&a, &sha, &d))
+                .await
+                .map_err(|e| Error::Other(format!("restore task failed: {e}")))?;
+            if let Err(e) = r {
+                return fail(
+                    s,
+                    format!("restoring {} from {} failed: {e}", j.data_dir.display(), snap.display()),
+                    &done,
+                );
+            }
+            end_ok(ctx, s, UndoStep::Restore)?;
+            done.push(format!("data restored from {}", snap.display()));
+        }
+    }
+    if pre.is_some() {
+        let s = begin(ctx, &j, UndoStep::RenameBack)?;
+        if let Err(e) = engine.rename(&j.pre_name, &j.name).await {
+            return fail(s, format!("cannot rename {} back to {}: {e}", j.pre_name, j.name), &done);
+        }
+        end_ok(ctx, s, UndoStep::RenameBack)?;
+        done.push("prior container renamed back".to_string());
+    }
+    let s = begin(ctx, &j, UndoStep::StartPrior)?;
+    // Its restart policy was set to `no` while it was aside; put it back whatever step the
+    // rollout was caught in (setting it again is harmless).
+    if let Some(restart) = j.restart.as_ref().filter(|r| r.restarts()) {
+        if let Err(e) = engine.set_restart(&j.name, restart).await {
+            return fail(
+                s,
+                format!("cannot put back the restart policy {restart} of the prior container {}: {e}", j.name),
+                &done,
+            );
+        }
+    }
+    if let Err(e) = engine.start(&j.name).await {
+        return fail(s, format!("cannot start the prior container {}: {e}", j.name), &done);
+    }
+    end_ok(ctx, s, UndoStep::StartPrior)?;
+    let s = begin(ctx, &j, UndoStep::HealthPrior)?;
+    match prober.gate(engine, &j.name, &j.health, None).await? {
+        Ok(_) => {
+            end_ok(ctx, s, UndoStep::HealthPrior)?;
+            done.push("prior container running and healthy".to_string());
+            Ok(UndoResult { ok: true, detail: done.join(", ") })
+        }
+        Err(why) => fail(s, format!("the prior container {} is not healthy: {why}", j.name), &done),
+    }
+}
