@@ -11,8 +11,12 @@ build:
 ## make test: start the real test environment (Docker, registry, S3 server, fixtures), run every
 ## test against it, stop what was started. The tests' exit code is kept.
 test:
-	scripts/testenv.sh up
-	set -a; . .testenv/env; set +a; \
+	@scripts/testenv.sh up
+	@mkdir -p target; echo "test: building the tests (log: target/test-build.log)"; \
+	  $(CARGO) test --workspace --features test-crash --no-run >target/test-build.log 2>&1 || \
+	  { tail -n 30 target/test-build.log; echo "test: the build failed; the whole log is target/test-build.log"; \
+	    scripts/testenv.sh down; exit 1; }
+	@set -a; . .testenv/env; set +a; \
 	  $(CARGO) test --workspace --features test-crash -- --test-threads=$(TEST_THREADS); rc=$$?; \
 	  scripts/testenv.sh down; exit $$rc
 
