@@ -3,10 +3,24 @@ SHELL := /bin/bash
 CARGO ?= cargo
 TEST_THREADS ?= 4
 
-.PHONY: test demo bench lint testenv-up testenv-down build
+.PHONY: test demo bench lint testenv-up testenv-down build dist deb check-deb
 
 build:
 	$(CARGO) build --release
+
+## make dist: the lean binary (stripped, <= 30 MB) and its debug file, man pages and completions
+## in target/dist/, from one release build; deploy/install.sh installs from there.
+dist:
+	scripts/dist.sh
+
+## make deb: target/debian/slipway_<version>_amd64.deb (cargo-deb, pinned, installed if absent),
+## from the same release build; prints the binary and package sizes.
+deb:
+	scripts/deb.sh
+
+## make check-deb: what CI checks on the package (contents, modes, lintian, maintainer scripts).
+check-deb:
+	scripts/check-deb.sh
 
 ## make test: start the real test environment (Docker, registry, S3 server, fixtures), run every
 ## test against it, stop what was started. The tests' exit code is kept.

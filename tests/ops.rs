@@ -262,9 +262,15 @@ fn install_is_idempotent_and_lays_out_dirs_with_the_right_modes() {
     assert_eq!(mode("etc/slipway"), 0o700);
     assert_eq!(mode("var/lib/slipway"), 0o700);
     assert_eq!(mode("data/backups"), 0o700);
-    assert_eq!(mode("usr/local/bin/slipway"), 0o755);
-    assert!(root.path().join("etc/systemd/system/slipway-reconcile.timer").is_file());
-    assert!(root.path().join("etc/cron.d/slipway").is_file());
+    assert_eq!(mode("usr/bin/slipway"), 0o755);
+    assert_eq!(mode("etc/slipway/config.toml"), 0o600);
+    assert_eq!(mode("lib/systemd/system/slipway-reconcile.timer"), 0o644);
+    assert!(root.path().join("usr/share/man/man1/slipway-rollout.1.gz").is_file());
+    assert!(root.path().join("usr/share/bash-completion/completions/slipway").is_file());
+    assert!(root.path().join("usr/share/doc/slipway/examples/cron.d/slipway").is_file());
+    // Like the package, --destdir turns nothing on: no timer enabled, no cron job.
+    assert!(!root.path().join("etc/systemd").exists());
+    assert!(!root.path().join("etc/cron.d").exists());
 }
 
 #[test]
