@@ -64,14 +64,28 @@ trap 'rm -rf "$gen"' EXIT
 "$root/scripts/dist.sh" --docs "$bin" "$gen"
 
 # Hosts that ran an earlier install.sh have the binary in /usr/local/bin and the units in
-# /etc/systemd/system (where they would shadow /lib/systemd/system); move them out of the way.
+# /etc/systemd/system, where they would shadow /lib/systemd/system. Such a unit is removed when
+# it is ours as shipped (now, or then with /usr/local/bin/slipway); one the operator edited is
+# kept, with a warning.
 legacy_units=()
-for u in "$D"/etc/systemd/system/slipway-*.service "$D"/etc/systemd/system/slipway-*.timer; do
-  [ -f "$u" ] && grep -q '^ExecStart=/usr/local/bin/slipway ' "$u" && legacy_units+=("$u")
+reenable=()
+for u in "$here"/systemd/*.service "$here"/systemd/*.timer; do
+  old=$D/etc/systemd/system/$(basename "$u")
+  [ -f "$old" ] || continue
+  if cmp -s "$u" "$old" || sed 's|^ExecStart=/usr/bin/slipway |ExecStart=/usr/local/bin/slipway |' "$u" | cmp -s - "$old"; then
+    legacy_units+=("$old")
+  else
+    echo "install.sh: warning: $old differs from what slipway ships and overrides /lib/systemd/system/$(basename "$u"); move your changes to a drop-in ($old.d/*.conf)" >&2
+  fi
 done
 if [ ${#legacy_units[@]} -gt 0 ]; then
-  say "replacing the units an earlier install.sh put in /etc/systemd/system"
+  say "removing the units an earlier install.sh put in /etc/systemd/system"
   if [ -z "$D" ] && [ -d /run/systemd/system ]; then
+    # Their enable links point at the files removed here: disable, and enable the same timers
+    # again once the new units are in place.
+    for t in $TIMERS; do
+      if systemctl -q is-enabled "$t" 2>/dev/null; then reenable+=("$t"); fi
+    done
     # shellcheck disable=SC2086
     run systemctl disable $TIMERS >/dev/null 2>&1 || true
   fi
@@ -117,6 +131,10 @@ else
   DPKG_ROOT=$D SLIPWAY_BACKUP_ROOT=${backup_root:-${SLIPWAY_BACKUP_ROOT:-}} sh "$here/debian/postinst" configure >/dev/null
 fi
 
+if [ $enable = 0 ] && [ ${#reenable[@]} -gt 0 ]; then
+  run systemctl daemon-reload
+  run systemctl enable "${reenable[@]}"
+fi
 if [ $enable = 1 ]; then
   if [ -d /run/systemd/system ]; then
     run systemctl daemon-reload
