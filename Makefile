@@ -11,16 +11,16 @@ build:
 ## make dist: the lean binary (stripped, <= 30 MB) and its debug file, man pages and completions
 ## in target/dist/, from one release build; deploy/install.sh installs from there.
 dist:
-	scripts/dist.sh
+	@scripts/dist.sh
 
 ## make deb: target/debian/slipway_<version>_amd64.deb (cargo-deb, pinned, installed if absent),
 ## from the same release build; prints the binary and package sizes.
 deb:
-	scripts/deb.sh
+	@scripts/deb.sh
 
 ## make check-deb: what CI checks on the package (contents, modes, lintian, maintainer scripts).
 check-deb:
-	scripts/check-deb.sh
+	@scripts/check-deb.sh
 
 ## make test: start the real test environment (Docker, registry, S3 server, fixtures), run every
 ## test against it, stop what was started. The tests' exit code is kept.
@@ -37,7 +37,7 @@ test:
 ## make demo: rollout v1 -> v2 on three throw-away tenants, then a broken release caught at the
 ## canary and restored, then the run history. Removes everything it started.
 demo:
-	scripts/demo.sh
+	@scripts/demo.sh
 
 ## make bench: the benchmarks of the README's Performance section (slipway next to the tool a
 ## user would otherwise use, same data, same run).
