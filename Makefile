@@ -3,23 +3,41 @@ SHELL := /bin/bash
 CARGO ?= cargo
 TEST_THREADS ?= 4
 
-.PHONY: test demo bench lint testenv-up testenv-down build
+.PHONY: test demo bench lint testenv-up testenv-down build dist deb check-deb
 
 build:
 	$(CARGO) build --release
 
+## make dist: the lean binary (stripped, <= 30 MB) and its debug file, man pages and completions
+## in target/dist/, from one release build; deploy/install.sh installs from there.
+dist:
+	@scripts/dist.sh
+
+## make deb: target/debian/slipway_<version>_amd64.deb (cargo-deb, pinned, installed if absent),
+## from the same release build; prints the binary and package sizes.
+deb:
+	@scripts/deb.sh
+
+## make check-deb: what CI checks on the package (contents, modes, lintian, maintainer scripts).
+check-deb:
+	@scripts/check-deb.sh
+
 ## make test: start the real test environment (Docker, registry, S3 server, fixtures), run every
 ## test against it, stop what was started. The tests' exit code is kept.
 test:
-	scripts/testenv.sh up
-	set -a; . .testenv/env; set +a; \
+	@scripts/testenv.sh up
+	@mkdir -p target; echo "test: building the tests (log: target/test-build.log)"; \
+	  $(CARGO) test --workspace --features test-crash --no-run >target/test-build.log 2>&1 || \
+	  { tail -n 30 target/test-build.log; echo "test: the build failed; the whole log is target/test-build.log"; \
+	    scripts/testenv.sh down; exit 1; }
+	@set -a; . .testenv/env; set +a; \
 	  $(CARGO) test --workspace --features test-crash -- --test-threads=$(TEST_THREADS); rc=$$?; \
 	  scripts/testenv.sh down; exit $$rc
 
 ## make demo: rollout v1 -> v2 on three throw-away tenants, then a broken release caught at the
 ## canary and restored, then the run history. Removes everything it started.
 demo:
-	scripts/demo.sh
+	@scripts/demo.sh
 
 ## make bench: the benchmarks of the README's Performance section (slipway next to the tool a
 ## user would otherwise use, same data, same run).

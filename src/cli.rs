@@ -83,8 +83,12 @@ pub enum Command {
         /// Shell.
         shell: clap_complete::Shell,
     },
-    /// Print the man page (roff).
-    Man,
+    /// Print the man page (roff), or write one page per command into a directory.
+    Man {
+        /// Write slipway.1 and one slipway-COMMAND.1 per command into DIR instead of printing.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
 }
 
 /// `config` actions.
@@ -264,7 +268,7 @@ impl Command {
             Command::Runs(_) => "runs",
             Command::Config { .. } => "config",
             Command::Completions { .. } => "completions",
-            Command::Man => "man",
+            Command::Man { .. } => "man",
         }
     }
 }

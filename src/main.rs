@@ -29,8 +29,14 @@ fn main() -> ExitCode {
             clap_complete::generate(*shell, &mut Cli::command(), "slipway", &mut std::io::stdout());
             return ExitCode::SUCCESS;
         }
-        Command::Man => {
-            return match clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout()) {
+        Command::Man { dir } => {
+            let written = match dir {
+                Some(dir) => std::fs::create_dir_all(dir)
+                    .and_then(|()| clap_mangen::generate_to(Cli::command(), dir))
+                    .map_err(|e| format!("cannot write man pages into {}: {e}", dir.display())),
+                None => clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout()).map_err(|e| e.to_string()),
+            };
+            return match written {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("error: {e}");
@@ -261,7 +267,11 @@ async fn dispatch(cli: &Cli, printer: &Printer, started: Instant, ctx: &mut Ctx)
             let r = prune::prune(ctx, &prune::PruneOptions { dry_run: a.dry_run }).await?;
             (printer.report(job, id, started, r.exit_kind(), &r), Extra::default())
         }
-        Command::Runs(_) | Command::Status | Command::Config { .. } | Command::Completions { .. } | Command::Man => {
+        Command::Runs(_)
+        | Command::Status
+        | Command::Config { .. }
+        | Command::Completions { .. }
+        | Command::Man { .. } => {
             unreachable!("handled before the lock")
         }
     })

@@ -230,9 +230,49 @@ fn install_is_idempotent_and_lays_out_dirs_with_the_right_modes() {
     assert_eq!(mode("etc/slipway"), 0o700);
     assert_eq!(mode("var/lib/slipway"), 0o700);
     assert_eq!(mode("data/backups"), 0o700);
-    assert_eq!(mode("usr/local/bin/slipway"), 0o755);
-    assert!(root.path().join("etc/systemd/system/slipway-reconcile.timer").is_file());
-    assert!(root.path().join("etc/cron.d/slipway").is_file());
+    assert_eq!(mode("usr/bin/slipway"), 0o755);
+    assert_eq!(mode("etc/slipway/config.toml"), 0o600);
+    assert_eq!(mode("lib/systemd/system/slipway-reconcile.timer"), 0o644);
+    assert!(root.path().join("usr/share/man/man1/slipway-rollout.1.gz").is_file());
+    assert!(root.path().join("usr/share/bash-completion/completions/slipway").is_file());
+    assert!(root.path().join("usr/share/doc/slipway/examples/cron.d/slipway").is_file());
+    // Like the package, --destdir turns nothing on: no timer enabled, no cron job.
+    assert!(!root.path().join("etc/systemd").exists());
+    assert!(!root.path().join("etc/cron.d").exists());
+}
+
+#[test]
+fn install_moves_a_host_off_an_earlier_install_but_keeps_units_the_operator_edited() {
+    let root = tempfile::tempdir().unwrap();
+    let etc_units = root.path().join("etc/systemd/system");
+    std::fs::create_dir_all(&etc_units).unwrap();
+    std::fs::create_dir_all(root.path().join("usr/local/bin")).unwrap();
+    std::fs::write(root.path().join("usr/local/bin/slipway"), "#!/bin/sh\n").unwrap();
+    // What the earlier install.sh left: every unit in /etc/systemd/system, naming /usr/local/bin.
+    for e in std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/systemd")).unwrap() {
+        let e = e.unwrap();
+        let text = std::fs::read_to_string(e.path()).unwrap().replace("/usr/bin/slipway ", "/usr/local/bin/slipway ");
+        std::fs::write(etc_units.join(e.file_name()), text).unwrap();
+    }
+    let edited = etc_units.join("slipway-sync.timer");
+    let mut text = std::fs::read_to_string(&edited).unwrap();
+    text.push_str("# moved to 02:00 by the operator\n");
+    std::fs::write(&edited, &text).unwrap();
+
+    let out = Command::new("bash")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/install.sh"))
+        .args(["--bin", env!("CARGO_BIN_EXE_slipway"), "--destdir"])
+        .arg(root.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(!root.path().join("usr/local/bin/slipway").exists(), "the old binary would shadow /usr/bin/slipway");
+    let left: Vec<_> = std::fs::read_dir(&etc_units).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(left, ["slipway-sync.timer"], "only the edited unit stays in /etc/systemd/system");
+    assert_eq!(std::fs::read_to_string(&edited).unwrap(), text);
+    assert!(stderr.contains("slipway-sync.timer differs"), "{stderr}");
+    assert!(root.path().join("lib/systemd/system/slipway-reconcile.service").is_file());
 }
 
 #[test]
