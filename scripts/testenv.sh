@@ -45,6 +45,7 @@ install_packages() {
   command -v restic >/dev/null || missing+=(restic)
   command -v git >/dev/null || missing+=(git)
   command -v curl >/dev/null || missing+=(curl)
+  command -v ssh-keygen >/dev/null || missing+=(openssh-client)
   [ -x /usr/bin/time ] || missing+=(time)
   command -v systemd-analyze >/dev/null || missing+=(systemd)
   command -v mount >/dev/null || missing+=(mount)
