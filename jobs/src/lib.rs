@@ -65,6 +65,8 @@ mod architecture_tests {
         "retention",
         "context",
         "undo",
+        "trust",
+        "offsite",
     ];
 
     fn src_dir() -> PathBuf {
