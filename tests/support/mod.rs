@@ -5,6 +5,7 @@
 
 #![allow(dead_code)]
 
+pub mod gitserve;
 pub mod reports;
 
 use std::collections::HashMap;

@@ -174,7 +174,159 @@ pub fn descends_from(cfg: &DesiredConfig, state_dir: &Path, ancestor: &str, comm
 }
 
 fn gerr(cfg: &DesiredConfig, what: &str, e: git2::Error) -> Error {
-    Error::Git(format!("{} ({}): {what}: {}", cfg.repo, cfg.branch, e.message()))
+    Error::Git(format!("{} ({}): {what}: {}", redact(&cfg.repo), cfg.branch, redact(e.message())))
+}
+
+/// A URL (or a message holding one) without any `user:password@` part (a token may be the user).
+pub fn redact(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find("://") {
+        out.push_str(&rest[..i + 3]);
+        rest = &rest[i + 3..];
+        let end = rest.find(['/', ' ', '"', '\'']).unwrap_or(rest.len());
+        if let Some(at) = rest[..end].rfind('@') {
+            out.push_str("***@");
+            rest = &rest[at + 1..];
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Host and port of an `ssh://user@host:port/path` or scp-like `user@host:path` URL.
+fn ssh_host_port(url: &str) -> Option<(String, u16)> {
+    let (authority, default_scp) = match url.strip_prefix("ssh://") {
+        Some(r) => (r.split('/').next()?, false),
+        None => (url.split(':').next()?, true),
+    };
+    let host_port = authority.rsplit('@').next()?;
+    if default_scp {
+        return Some((host_port.to_string(), 22));
+    }
+    if let Some(rest) = host_port.strip_prefix('[') {
+        let (h, p) = rest.split_once(']')?;
+        return Some((h.to_string(), p.strip_prefix(':').and_then(|p| p.parse().ok()).unwrap_or(22)));
+    }
+    match host_port.rsplit_once(':') {
+        Some((h, p)) => Some((h.to_string(), p.parse().ok()?)),
+        None => Some((host_port.to_string(), 22)),
+    }
+}
+
+/// The host keys `known_hosts` lists for (host, port): `host` or `[host]:port` entries
+/// (hashed `|1|` entries and markers such as `@revoked` lines are not matched).
+fn known_host_keys(file: &Path, host: &str, port: u16) -> Result<Vec<Vec<u8>>> {
+    use base64::Engine as _;
+    let text = std::fs::read_to_string(file).map_err(|e| {
+        Error::Config(format!("{}: cannot read the known_hosts file ([desired] known_hosts): {e}", file.display()))
+    })?;
+    let want = if port == 22 { host.to_string() } else { format!("[{host}]:{port}") };
+    let mut keys = Vec::new();
+    for line in text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#') && !l.starts_with('@')) {
+        let mut w = line.split_whitespace();
+        let (Some(hosts), Some(_kind), Some(b64)) = (w.next(), w.next(), w.next()) else { continue };
+        if hosts.split(',').any(|h| h == want) {
+            if let Ok(k) = base64::engine::general_purpose::STANDARD.decode(b64) {
+                keys.push(k);
+            }
+        }
+    }
+    Ok(keys)
+}
+
+/// `user:token` (or a bare token, user `x-access-token`) from a credentials file of mode 0600.
+fn read_token(file: &Path) -> Result<(String, String)> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(file).map_err(|e| {
+        Error::Config(format!(
+            "{}: cannot read the git credentials file ([desired] credentials_file): {e}",
+            file.display()
+        ))
+    })?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        return Err(Error::Config(format!(
+            "{}: the git credentials file must not be readable by others (chmod 600 {})",
+            file.display(),
+            file.display()
+        )));
+    }
+    let text = std::fs::read_to_string(file).map_err(|e| Error::io(file, e))?;
+    let line = text.lines().map(str::trim).find(|l| !l.is_empty() && !l.starts_with('#')).unwrap_or_default();
+    if line.is_empty() {
+        return Err(Error::Config(format!(
+            "{}: the git credentials file is empty; put `user:token` in it",
+            file.display()
+        )));
+    }
+    Ok(match line.split_once(':') {
+        Some((u, t)) => (u.to_string(), t.to_string()),
+        None => ("x-access-token".to_string(), line.to_string()),
+    })
+}
+
+/// Callbacks for fetching: credentials from the host config (a token file for https, a key
+/// file or the agent for ssh), each offered once (a wrong one fails instead of looping), and
+/// an ssh host key checked against known_hosts.
+/// The reason a host key was refused, kept for the error (libgit2 replaces the callback's own).
+type Refusal = std::sync::Arc<std::sync::Mutex<Option<String>>>;
+
+fn callbacks(cfg: &DesiredConfig, refusal: Refusal) -> Result<RemoteCallbacks<'static>> {
+    let token = cfg.credentials_file.as_deref().map(read_token).transpose()?;
+    let ssh_key = cfg.ssh_key.clone();
+    let mut tried = 0u32;
+    let mut cb = RemoteCallbacks::new();
+    cb.credentials(move |url, user, allowed| {
+        tried += 1;
+        if tried > 3 {
+            return Err(git2::Error::from_str("authentication failed with the configured credentials"));
+        }
+        if allowed.contains(git2::CredentialType::SSH_KEY) {
+            let user = user.unwrap_or("git");
+            match &ssh_key {
+                Some(k) => git2::Cred::ssh_key(user, None, k, None),
+                None => git2::Cred::ssh_key_from_agent(user),
+            }
+        } else if allowed.contains(git2::CredentialType::USERNAME) {
+            git2::Cred::username(user.unwrap_or("git"))
+        } else if let (true, Some((u, t))) = (allowed.contains(git2::CredentialType::USER_PASS_PLAINTEXT), &token) {
+            git2::Cred::userpass_plaintext(u, t)
+        } else {
+            git2::Config::open_default().and_then(|c| git2::Cred::credential_helper(&c, url, user))
+        }
+    });
+    if let Some((host, port)) = ssh_host_port(&cfg.repo).filter(|_| !cfg.repo.starts_with("http")) {
+        let file = cfg.known_hosts.clone().unwrap_or_else(|| {
+            std::path::PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into())).join(".ssh/known_hosts")
+        });
+        let keys = known_host_keys(&file, &host, port).unwrap_or_default();
+        cb.certificate_check(move |cert, _| {
+            let Some(hk) = cert.as_hostkey() else { return Ok(git2::CertificateCheckStatus::CertificatePassthrough) };
+            // The raw key where libgit2 gives it, else its SHA-256 (what every version gives).
+            let known = match (hk.hostkey(), hk.hash_sha256()) {
+                (Some(raw), _) => keys.iter().any(|k| k[..] == *raw),
+                (None, Some(hash)) => {
+                    use sha2::Digest as _;
+                    keys.iter().any(|k| sha2::Sha256::digest(k)[..] == hash[..])
+                }
+                (None, None) => false,
+            };
+            if known {
+                return Ok(git2::CertificateCheckStatus::CertificateOk);
+            }
+            let why = format!(
+                "the host key of {host}:{port} is not in {} (or it changed); check it and add it, e.g. \
+                     `ssh-keyscan -p {port} {host} >> {}`",
+                file.display(),
+                file.display()
+            );
+            if let Ok(mut r) = refusal.lock() {
+                *r = Some(why.clone());
+            }
+            Err(git2::Error::from_str(&why))
+        });
+    }
+    Ok(cb)
 }
 
 fn is_url(repo: &str) -> bool {
@@ -197,19 +349,15 @@ fn open(cfg: &DesiredConfig, state_dir: &Path) -> Result<(Repository, bool)> {
     };
     {
         let mut remote = repo.remote_anonymous(&cfg.repo).map_err(|e| gerr(cfg, "bad remote URL", e))?;
-        let mut cb = RemoteCallbacks::new();
-        cb.credentials(|url, user, allowed| {
-            if allowed.contains(git2::CredentialType::SSH_KEY) {
-                git2::Cred::ssh_key_from_agent(user.unwrap_or("git"))
-            } else {
-                git2::Config::open_default().and_then(|c| git2::Cred::credential_helper(&c, url, user))
-            }
-        });
+        let refusal = Refusal::default();
         let mut fo = FetchOptions::new();
-        fo.remote_callbacks(cb);
+        fo.remote_callbacks(callbacks(cfg, refusal.clone())?);
         remote
             .fetch(&["+refs/heads/*:refs/remotes/origin/*", "+refs/tags/*:refs/tags/*"], Some(&mut fo), None)
-            .map_err(|e| gerr(cfg, "fetch failed", e))?;
+            .map_err(|e| match refusal.lock().ok().and_then(|r| r.clone()) {
+                Some(why) => Error::Config(format!("{}: refused: {why}", redact(&cfg.repo))),
+                None => gerr(cfg, "fetch failed", e),
+            })?;
     }
     Ok((repo, true))
 }
@@ -253,4 +401,19 @@ pub fn read(cfg: &DesiredConfig, state_dir: &Path, git_ref: Option<&str>) -> Res
         None => Signature::NotChecked,
     };
     Ok(DesiredState { commit: id, fleet, signature })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_in_urls_are_redacted_and_ssh_hosts_parsed() {
+        assert_eq!(redact("https://deploy:s3cret@git.example.com/fleet.git"), "https://***@git.example.com/fleet.git");
+        assert_eq!(redact("fetch https://t0ken@h/x failed"), "fetch https://***@h/x failed");
+        assert_eq!(redact("/srv/fleet.git"), "/srv/fleet.git");
+        assert_eq!(ssh_host_port("ssh://git@127.0.0.1:2222/srv/fleet.git"), Some(("127.0.0.1".into(), 2222)));
+        assert_eq!(ssh_host_port("ssh://git@example.com/fleet.git"), Some(("example.com".into(), 22)));
+        assert_eq!(ssh_host_port("git@example.com:org/fleet.git"), Some(("example.com".into(), 22)));
+    }
 }

@@ -73,6 +73,16 @@ pub struct DesiredConfig {
     /// OpenSSH allowed-signers file (as `git config gpg.ssh.allowedSignersFile` takes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allowed_signers: Option<PathBuf>,
+    /// For an `https://` repo: a file (mode 0600) holding `user:token` or just a token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_file: Option<PathBuf>,
+    /// For an `ssh://` repo: the private key to authenticate with (default: the ssh agent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh_key: Option<PathBuf>,
+    /// For an `ssh://` repo: the known_hosts file the server's host key must be in
+    /// (default `~/.ssh/known_hosts`). An unknown or changed host key is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub known_hosts: Option<PathBuf>,
 }
 fn default_branch() -> String {
     "main".into()
@@ -303,6 +313,15 @@ impl HostConfig {
         }
         if self.desired.repo.trim().is_empty() {
             return bad("desired.repo", "is empty; give a local path or a git URL".into());
+        }
+        for (key, p) in [
+            ("desired.credentials_file", &self.desired.credentials_file),
+            ("desired.ssh_key", &self.desired.ssh_key),
+            ("desired.known_hosts", &self.desired.known_hosts),
+        ] {
+            if let Some(p) = p.as_ref().filter(|p| !p.is_absolute()) {
+                return bad(key, format!("\"{}\" must be an absolute path", p.display()));
+            }
         }
         match &self.desired.allowed_signers {
             Some(p) if !p.is_absolute() => {
