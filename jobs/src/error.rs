@@ -1,13 +1,14 @@
 //! The one error type jobs return, and the exit-code class each error maps to.
-//! The CLI turns [`ExitKind`] into a process exit code in one place (`src/exit.rs`).
+//! The CLI turns [`ExitKind`] into a process exit code in one place (`src/main.rs`).
 
 use std::path::PathBuf;
 
 use serde::Serialize;
 
-/// How a job ended, as the process exit code documents it (README "Exit codes").
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
+/// How a job ended, as the process exit code documents it (README "Exit codes"). Its
+/// [`ExitKind::word`] is the one outcome word of the `--json` envelope, the webhook, the run
+/// record and `slipway runs`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExitKind {
     /// 0: the job did what it was asked.
     Success,
@@ -30,6 +31,34 @@ pub enum ExitKind {
 }
 
 impl ExitKind {
+    /// Every outcome, in exit-code order.
+    pub const ALL: [ExitKind; 9] = [
+        ExitKind::Success,
+        ExitKind::Failure,
+        ExitKind::Usage,
+        ExitKind::Halted,
+        ExitKind::PersonNeeded,
+        ExitKind::LockBusy,
+        ExitKind::RemoteAuth,
+        ExitKind::Interrupted,
+        ExitKind::Attention,
+    ];
+
+    /// The outcome word, the same in JSON, the webhook, metrics' sidecar and the run record.
+    pub fn word(self) -> &'static str {
+        match self {
+            ExitKind::Success => "success",
+            ExitKind::Failure => "failed",
+            ExitKind::Usage => "usage",
+            ExitKind::Halted => "halted",
+            ExitKind::PersonNeeded => "person_needed",
+            ExitKind::LockBusy => "lock_busy",
+            ExitKind::RemoteAuth => "remote_auth",
+            ExitKind::Interrupted => "interrupted",
+            ExitKind::Attention => "attention",
+        }
+    }
+
     /// The process exit code.
     pub fn code(self) -> u8 {
         match self {
@@ -43,6 +72,18 @@ impl ExitKind {
             ExitKind::Interrupted => 7,
             ExitKind::Attention => 8,
         }
+    }
+}
+
+impl Serialize for ExitKind {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(self.word())
+    }
+}
+
+impl std::fmt::Display for ExitKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.word())
     }
 }
 
@@ -108,3 +149,22 @@ impl Error {
 
 /// Result with the jobs' [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_outcome_has_its_own_word_and_code_and_json_uses_the_word() {
+        let words: std::collections::BTreeSet<_> = ExitKind::ALL.iter().map(|k| k.word()).collect();
+        let codes: std::collections::BTreeSet<_> = ExitKind::ALL.iter().map(|k| k.code()).collect();
+        assert_eq!((words.len(), codes.len()), (ExitKind::ALL.len(), ExitKind::ALL.len()));
+        for k in ExitKind::ALL {
+            assert_eq!(serde_json::to_value(k).unwrap(), k.word());
+        }
+        // The run record's words, which reconcile and `runs` read back.
+        assert_eq!(ExitKind::Failure.word(), "failed");
+        assert_eq!(ExitKind::Halted.word(), "halted");
+        assert_eq!(ExitKind::PersonNeeded.word(), "person_needed");
+    }
+}

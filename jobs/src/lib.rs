@@ -1,6 +1,7 @@
 //! slipway-jobs: every job slipway runs, and the small adapters the jobs drive.
 //!
-//! Each job module (`rollout`, `snapshot`, …) exposes `XOptions`, a plan type where the job
+//! [`runner`] runs every job under one protocol (lock, recover first, run record, metrics,
+//! notifications). Each job module (`rollout`, `snapshot`, …) exposes `XOptions`, a plan type where the job
 //! changes anything, and `pub async fn x(…) -> Result<XReport>`. Reports are plain
 //! `Serialize` structs with a `Display` for humans: the CLI prints one or the other.
 //! Adapters (`desired`, `docker`, `archive`, `remote`, `health`, `lock`) wrap one external
@@ -21,6 +22,7 @@ pub mod restore;
 pub mod retention;
 pub mod rollback;
 pub mod rollout;
+pub mod runner;
 pub mod runs;
 pub mod snapshot;
 pub mod status;
@@ -51,6 +53,7 @@ mod architecture_tests {
         "verify",
         "retention",
         "context",
+        "runner",
     ];
 
     #[test]

@@ -230,12 +230,7 @@ pub async fn restore(ctx: &Ctx, opts: &RestoreOptions) -> Result<RestoreReport> 
             report.detail = format!("{} is not healthy after the restore: {e}; a person is needed", container.name);
         }
     }
-    let word = match report.outcome {
-        ExitKind::Success => "success",
-        ExitKind::PersonNeeded => "person_needed",
-        _ => "failed",
-    };
-    ctx.store.finish_run(ctx.run_id.as_str(), word, report.outcome.code() as i64, &report.detail)?;
+    ctx.finish_run(report.outcome, &report.detail)?;
     Ok(report)
 }
 

@@ -315,7 +315,7 @@ async fn rollout_app(
     let pulled = engine.pull(&app.image).await;
     ctx.progress.finish();
     pulled?;
-    ctx.run_id = RunId::new();
+    ctx.next_run_id();
     let digest = app.image.digest().to_string();
     ctx.start_run("rollout", Some(&app.name), Some(&plan.commit), Some(&digest))?;
     let prober = Prober::new()?;

@@ -217,8 +217,7 @@ pub async fn snapshot(ctx: &Ctx, opts: &SnapshotOptions) -> Result<SnapshotRepor
             format!("FAILED: {}", failed.join(", "))
         };
         let kind = report.exit_kind();
-        let word = if kind == ExitKind::Success { "success" } else { "failed" };
-        ctx.store.finish_run(ctx.run_id.as_str(), word, kind.code() as i64, &summary)?;
+        ctx.finish_run(kind, &summary)?;
     }
     Ok(report)
 }

@@ -289,12 +289,7 @@ pub async fn sync(ctx: &Ctx, opts: &SyncOptions) -> Result<SyncReport> {
             report.uploaded_bytes,
             report.present
         );
-        ctx.store.finish_run(
-            ctx.run_id.as_str(),
-            if failed == 0 { "success" } else { "failed" },
-            kind.code() as i64,
-            &summary,
-        )?;
+        ctx.finish_run(kind, &summary)?;
     }
     Ok(report)
 }
