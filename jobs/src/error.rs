@@ -125,6 +125,14 @@ pub enum Error {
     /// The run record failed.
     #[error("state: {0}")]
     State(#[from] slipway_state::StateError),
+    /// A blocking task (archiving, hashing, extracting) panicked or was cancelled.
+    #[error("{what} task failed: {source}")]
+    Task {
+        /// The work, as the job names it.
+        what: &'static str,
+        /// Why it did not finish.
+        source: tokio::task::JoinError,
+    },
     /// Anything else, with context.
     #[error("{0}")]
     Other(String),

@@ -9,6 +9,7 @@
 #![deny(clippy::print_stdout, clippy::print_stderr)]
 
 pub mod adapters;
+pub mod blocking;
 pub mod config;
 pub mod context;
 pub mod error;
@@ -70,5 +71,25 @@ mod architecture_tests {
             }
         }
         assert!(offences.is_empty(), "adapters must not depend on jobs: {offences:?}");
+    }
+
+    #[test]
+    fn blocking_work_goes_through_the_one_helper() {
+        let mut offences = Vec::new();
+        let mut dirs = vec![Path::new(env!("CARGO_MANIFEST_DIR")).join("src")];
+        while let Some(dir) = dirs.pop() {
+            for entry in std::fs::read_dir(&dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    dirs.push(path);
+                } else if !path.ends_with("blocking.rs") && !path.ends_with("lib.rs") {
+                    let text = std::fs::read_to_string(&path).unwrap();
+                    if text.contains("spawn_blocking(") {
+                        offences.push(path.display().to_string());
+                    }
+                }
+            }
+        }
+        assert!(offences.is_empty(), "use crate::blocking::run instead of spawn_blocking in {offences:?}");
     }
 }

@@ -552,9 +552,7 @@ async fn roll_tenant(
     let archive_path = run_dir.join(format!("{tenant}.tar.zst"));
     let snap = {
         let (src, dest) = (data_dir.clone(), archive_path.clone());
-        tokio::task::spawn_blocking(move || archive::create_with_level(&src, &dest, ROLLOUT_ZSTD_LEVEL))
-            .await
-            .map_err(|e| Error::Other(format!("snapshot task failed: {e}")))?
+        crate::blocking::run("snapshot", move || archive::create_with_level(&src, &dest, ROLLOUT_ZSTD_LEVEL)).await?
     };
     let summary = match snap {
         Ok(summary) => summary,
@@ -768,9 +766,7 @@ pub async fn undo_tenant(
                 let _ = engine.stop(p, j.stop_timeout_s).await;
             }
             let (a, h, d) = (snap.clone(), sha.clone(), j.data_dir.clone());
-            let r = tokio::task::spawn_blocking(move || archive::restore_swap(&a, &h, &d))
-                .await
-                .map_err(|e| Error::Other(format!("restore task failed: {e}")))?;
+            let r = crate::blocking::run("restore", move || archive::restore_swap(&a, &h, &d)).await?;
             if let Err(e) = r {
                 return fail(
                     s,

@@ -184,9 +184,7 @@ pub async fn snapshot(ctx: &Ctx, opts: &SnapshotOptions) -> Result<SnapshotRepor
         } else if !opts.dry_run {
             let t = Instant::now();
             let (dirs, d2, dest2) = (ctx.cfg.control_plane.clone(), dir.clone(), dest.clone());
-            let r = tokio::task::spawn_blocking(move || snapshot_control_plane(&dirs, &d2, &dest2))
-                .await
-                .map_err(|e| Error::Other(format!("control-plane task failed: {e}")))?;
+            let r = crate::blocking::run("control-plane", move || snapshot_control_plane(&dirs, &d2, &dest2)).await?;
             match r {
                 Ok(s) => {
                     rep.outcome = ArchiveOutcome::Archived;
@@ -317,7 +315,7 @@ async fn snapshot_tenant(
     }
     crash_point("snapshot-quiesced");
     let (src, d) = (data_dir.clone(), dest.to_path_buf());
-    let work = tokio::task::spawn_blocking(move || -> Result<(archive::ArchiveSummary, bool)> {
+    let work = crate::blocking::run("archive", move || -> Result<(archive::ArchiveSummary, bool)> {
         if let Some((prev_dir, e)) = &prev {
             let list_path = prev_dir.join(&e.file_list);
             if let Ok(list) = archive::read_file_list(&list_path) {
@@ -336,8 +334,7 @@ async fn snapshot_tenant(
         }
         Ok((archive::create(&src, &d)?, false))
     })
-    .await
-    .map_err(|e| Error::Other(format!("archive task failed: {e}")));
+    .await;
     // Unquiesce right away, whatever happened.
     let resumed = match hold {
         Some("pause") => engine.unpause(container).await,

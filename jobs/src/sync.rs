@@ -370,9 +370,7 @@ pub async fn verify_remote(cfg: &HostConfig, opts: &VerifyOptions) -> Result<Ver
                             .await?;
                         let (l, p, s, lp) =
                             (local.clone(), a.sha256.clone(), archive::read_file_list(&list_path)?, list_path.clone());
-                        tokio::task::spawn_blocking(move || archive::deep_verify(&l, &p, &s))
-                            .await
-                            .map_err(|e| Error::Other(e.to_string()))??;
+                        crate::blocking::run("deep verify", move || archive::deep_verify(&l, &p, &s)).await??;
                         let _ = std::fs::remove_file(&local);
                         let _ = std::fs::remove_file(lp);
                         Ok::<_, Error>(())

@@ -102,7 +102,7 @@ pub fn check_archive(dir: &Path, e: &crate::manifest::ArchiveEntry, deep: bool) 
 pub async fn verify(backup_root: &Path, opts: &VerifyOptions) -> Result<VerifyReport> {
     let dirs = snapshot_dirs(backup_root, opts.day.as_deref())?;
     let deep = opts.deep;
-    tokio::task::spawn_blocking(move || {
+    crate::blocking::run("verify", move || {
         let mut archives = Vec::new();
         let mut incomplete = Vec::new();
         for dir in dirs {
@@ -113,8 +113,7 @@ pub async fn verify(backup_root: &Path, opts: &VerifyOptions) -> Result<VerifyRe
         }
         Ok(VerifyReport { archives, incomplete, deep })
     })
-    .await
-    .map_err(|e| Error::Other(format!("verify task failed: {e}")))?
+    .await?
 }
 
 impl fmt::Display for VerifyReport {
