@@ -102,18 +102,31 @@ pub enum Error {
     /// The remote refused the credentials.
     #[error("remote: {0}")]
     RemoteAuth(String),
-    /// Docker engine error, with what we were doing.
-    #[error("docker: {0}")]
-    Docker(String),
+    /// The Docker engine failed or answered something slipway refuses: what slipway was doing,
+    /// to which container, and the engine's error kept whole.
+    #[error("docker: {op}{}", source.as_ref().map_or(String::new(), |e| format!(": {e}")))]
+    Docker {
+        /// What slipway was doing, in words ("stopping container pulse-t1").
+        op: String,
+        /// The container it was doing it to, if one.
+        container: Option<String>,
+        /// The engine's error, if the engine answered with one.
+        source: Option<bollard::errors::Error>,
+    },
     /// git error, with the repo and ref.
     #[error("git: {0}")]
     Git(String),
     /// Remote store error.
     #[error("remote: {0}")]
     Remote(String),
-    /// An archive is wrong or could not be written or read.
+    /// An archive is wrong or could not be written or read: the archive adapter's error, kept
+    /// whole (a hash mismatch still says which archive, what was expected and what was found).
     #[error("archive: {0}")]
-    Archive(String),
+    Archive(#[from] crate::adapters::archive::ArchiveError),
+    /// A backup that is not one archive went wrong (a manifest, the control-plane database, a
+    /// downloaded copy): says which and how.
+    #[error("archive: {0}")]
+    Backup(String),
     /// A filesystem operation failed on a path.
     #[error("{}: {source}", path.display())]
     Io {
@@ -174,5 +187,43 @@ mod tests {
         assert_eq!(ExitKind::Failure.word(), "failed");
         assert_eq!(ExitKind::Halted.word(), "halted");
         assert_eq!(ExitKind::PersonNeeded.word(), "person_needed");
+    }
+
+    #[test]
+    fn an_archive_hash_mismatch_reaches_the_job_whole_and_keeps_exit_code_1() {
+        use crate::adapters::archive::ArchiveError;
+        fn job() -> Result<()> {
+            Err(ArchiveError::HashMismatch {
+                archive: "/b/t1.tar.zst".into(),
+                expected: "aa".into(),
+                actual: "bb".into(),
+            })?
+        }
+        let e = job().unwrap_err();
+        assert!(
+            matches!(&e, Error::Archive(ArchiveError::HashMismatch { expected, actual, .. }) if expected == "aa" && actual == "bb"),
+            "{e:?}"
+        );
+        assert!(e.to_string().starts_with("archive: /b/t1.tar.zst: sha256 is bb, the manifest says aa"), "{e}");
+        assert_eq!(e.exit_kind(), ExitKind::Failure);
+    }
+
+    #[test]
+    fn a_docker_error_names_the_container_and_keeps_the_engines_error() {
+        use std::error::Error as _;
+        let engine =
+            bollard::errors::Error::DockerResponseServerError { status_code: 404, message: "no such container".into() };
+        let e = Error::Docker {
+            op: "stopping container pulse-t1".into(),
+            container: Some("pulse-t1".into()),
+            source: Some(engine),
+        };
+        assert!(e.to_string().starts_with("docker: stopping container pulse-t1: "), "{e}");
+        assert!(e.to_string().contains("no such container"), "{e}");
+        assert!(e.source().is_some());
+        assert_eq!(e.exit_kind(), ExitKind::Failure);
+        let refused =
+            Error::Docker { op: "pulled x but the engine reports digest none".into(), container: None, source: None };
+        assert_eq!(refused.to_string(), "docker: pulled x but the engine reports digest none");
     }
 }

@@ -73,7 +73,7 @@ impl Manifest {
         match std::fs::read(&p) {
             Ok(b) => serde_json::from_slice(&b)
                 .map(Some)
-                .map_err(|e| Error::Archive(format!("{}: not a valid manifest: {e}", p.display()))),
+                .map_err(|e| Error::Backup(format!("{}: not a valid manifest: {e}", p.display()))),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(Error::io(p, e)),
         }

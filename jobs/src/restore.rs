@@ -127,11 +127,11 @@ pub async fn restore(ctx: &Ctx, opts: &RestoreOptions) -> Result<RestoreReport> 
     let (a, want) = (archive_path.clone(), loc.entry.sha256.clone());
     let (got, _) = crate::blocking::run("hash", move || archive::sha256_file(&a)).await??;
     if got != want {
-        return Err(Error::Archive(format!(
-            "{}: sha256 is {got}, the manifest says {want}; the archive is damaged, nothing was touched \
-             (try another --day or `restore --remote`)",
-            archive_path.display()
-        )));
+        return Err(Error::Archive(archive::ArchiveError::HashMismatch {
+            archive: archive_path,
+            expected: want,
+            actual: got,
+        }));
     }
     let mut report = RestoreReport {
         tenant: opts.tenant.to_string(),

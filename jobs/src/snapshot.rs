@@ -397,7 +397,7 @@ fn stage_dir(src: &Path, dst: &Path) -> Result<()> {
 
 /// Copy a live SQLite database consistently with the online backup API, then check it.
 fn backup_sqlite(src: &Path, dst: &Path) -> Result<()> {
-    let e = |what: &str, err: rusqlite::Error| Error::Archive(format!("{}: {what}: {err}", src.display()));
+    let e = |what: &str, err: rusqlite::Error| Error::Backup(format!("{}: {what}: {err}", src.display()));
     let from = rusqlite::Connection::open_with_flags(src, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
         .map_err(|x| e("cannot open", x))?;
     from.busy_timeout(Duration::from_secs(30)).map_err(|x| e("busy timeout", x))?;
@@ -410,7 +410,7 @@ fn backup_sqlite(src: &Path, dst: &Path) -> Result<()> {
             match backup.step(-1).map_err(|x| e("backup step", x))? {
                 rusqlite::backup::StepResult::Done => break,
                 _ if Instant::now() > deadline => {
-                    return Err(Error::Archive(format!("{}: database stayed locked for 60 s", src.display())))
+                    return Err(Error::Backup(format!("{}: database stayed locked for 60 s", src.display())))
                 }
                 _ => std::thread::sleep(Duration::from_millis(50)),
             }
@@ -419,7 +419,7 @@ fn backup_sqlite(src: &Path, dst: &Path) -> Result<()> {
     let check: String =
         to.query_row("PRAGMA integrity_check", [], |r| r.get(0)).map_err(|x| e("integrity_check", x))?;
     if check != "ok" {
-        return Err(Error::Archive(format!("{}: the backup copy failed integrity_check: {check}", src.display())));
+        return Err(Error::Backup(format!("{}: the backup copy failed integrity_check: {check}", src.display())));
     }
     // The copy is archived as one file, not a WAL pair.
     to.pragma_update(None, "journal_mode", "DELETE").map_err(|x| e("journal mode", x))?;

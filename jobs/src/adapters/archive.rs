@@ -112,7 +112,11 @@ pub enum ArchiveError {
         source: io::Error,
     },
     /// The archive bytes do not hash to what the manifest says.
-    #[error("{}: sha256 is {actual}, expected {expected}; the archive is damaged", archive.display())]
+    #[error(
+        "{}: sha256 is {actual}, the manifest says {expected}; the archive is damaged, nothing was touched \
+         (restore another --day or `restore --remote`)",
+        archive.display()
+    )]
     HashMismatch {
         /// The archive.
         archive: PathBuf,
@@ -149,12 +153,6 @@ pub enum ArchiveError {
         /// What differs.
         what: String,
     },
-}
-
-impl From<ArchiveError> for crate::error::Error {
-    fn from(e: ArchiveError) -> Self {
-        crate::error::Error::Archive(e.to_string())
-    }
 }
 
 fn ioe(path: &Path) -> impl FnOnce(io::Error) -> ArchiveError + '_ {

@@ -346,7 +346,7 @@ impl Remote {
         if let Some(want) = expected_sha256 {
             if actual != want {
                 let _ = tokio::fs::remove_file(&tmp).await;
-                return Err(Error::Archive(format!(
+                return Err(Error::Backup(format!(
                     "{}: {key}: sha256 is {actual}, the manifest says {want}",
                     self.place
                 )));
