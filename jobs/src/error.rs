@@ -100,8 +100,18 @@ pub enum Error {
     #[error("{0}")]
     LockBusy(String),
     /// The remote refused the credentials.
-    #[error("remote: {0}")]
-    RemoteAuth(String),
+    #[error(
+        "remote: {place} refused the credentials ({code}) while {op}; check remote.credentials_file or the AWS_* \
+         environment"
+    )]
+    RemoteAuth {
+        /// The remote's endpoint and bucket (never credentials).
+        place: String,
+        /// What slipway was doing.
+        op: String,
+        /// The store's error code, or the HTTP status.
+        code: String,
+    },
     /// The Docker engine failed or answered something slipway refuses: what slipway was doing,
     /// to which container, and the engine's error kept whole.
     #[error("docker: {op}{}", source.as_ref().map_or(String::new(), |e| format!(": {e}")))]
@@ -113,12 +123,29 @@ pub enum Error {
         /// The engine's error, if the engine answered with one.
         source: Option<bollard::errors::Error>,
     },
-    /// git error, with the repo and ref.
-    #[error("git: {0}")]
-    Git(String),
-    /// Remote store error.
-    #[error("remote: {0}")]
-    Remote(String),
+    /// The desired-state repo could not be read: which repo and ref, what slipway was doing,
+    /// and git's error when there is one.
+    #[error("git: {repo} ({git_ref}): {op}{}", source.as_ref().map_or(String::new(), |e| format!(": {}", e.message())))]
+    Git {
+        /// The repo as configured.
+        repo: String,
+        /// The branch or ref asked for.
+        git_ref: String,
+        /// What slipway was doing, or what is wrong.
+        op: String,
+        /// git's error.
+        source: Option<git2::Error>,
+    },
+    /// The remote store failed: where, what slipway was doing, and what the store said.
+    #[error("remote: {place}: {op}: {detail}")]
+    Remote {
+        /// The remote's endpoint and bucket (never credentials).
+        place: String,
+        /// What slipway was doing ("uploading daily/…").
+        op: String,
+        /// The store's error code and message, or what was wrong with its answer.
+        detail: String,
+    },
     /// An archive is wrong or could not be written or read: the archive adapter's error, kept
     /// whole (a hash mismatch still says which archive, what was expected and what was found).
     #[error("archive: {0}")]
@@ -157,7 +184,7 @@ impl Error {
         match self {
             Error::Config(_) | Error::Usage(_) => ExitKind::Usage,
             Error::LockBusy(_) => ExitKind::LockBusy,
-            Error::RemoteAuth(_) => ExitKind::RemoteAuth,
+            Error::RemoteAuth { .. } => ExitKind::RemoteAuth,
             _ => ExitKind::Failure,
         }
     }
@@ -225,5 +252,28 @@ mod tests {
         let refused =
             Error::Docker { op: "pulled x but the engine reports digest none".into(), container: None, source: None };
         assert_eq!(refused.to_string(), "docker: pulled x but the engine reports digest none");
+    }
+
+    #[test]
+    fn git_and_remote_errors_name_repo_ref_and_place_and_keep_their_exit_codes() {
+        let git = Error::Git {
+            repo: "/srv/git/fleet.git".into(),
+            git_ref: "v9".into(),
+            op: "no branch, tag or commit \"v9\"; check [desired] branch or --ref".into(),
+            source: None,
+        };
+        assert_eq!(
+            git.to_string(),
+            "git: /srv/git/fleet.git (v9): no branch, tag or commit \"v9\"; check [desired] branch or --ref"
+        );
+        let auth =
+            Error::RemoteAuth { place: "s3://b".into(), op: "listing".into(), code: "InvalidAccessKeyId".into() };
+        assert!(auth.to_string().contains("s3://b refused the credentials (InvalidAccessKeyId) while listing"));
+        assert_eq!(auth.exit_kind(), ExitKind::RemoteAuth);
+        let remote = Error::Remote { place: "s3://b".into(), op: "uploading k".into(), detail: "SlowDown".into() };
+        assert_eq!(
+            (remote.to_string().as_str(), remote.exit_kind()),
+            ("remote: s3://b: uploading k: SlowDown", ExitKind::Failure)
+        );
     }
 }

@@ -20,7 +20,7 @@ pub struct DesiredState {
 }
 
 fn gerr(cfg: &DesiredConfig, what: &str, e: git2::Error) -> Error {
-    Error::Git(format!("{} ({}): {what}: {}", cfg.repo, cfg.branch, e.message()))
+    Error::Git { repo: cfg.repo.clone(), git_ref: cfg.branch.clone(), op: what.to_string(), source: Some(e) }
 }
 
 fn is_url(repo: &str) -> bool {
@@ -75,7 +75,8 @@ pub fn read(cfg: &DesiredConfig, state_dir: &Path, git_ref: Option<&str>) -> Res
         .iter()
         .find_map(|c| repo.revparse_single(c).ok().and_then(|o| o.peel_to_commit().ok()))
         .ok_or_else(|| {
-            Error::Git(format!("{}: no branch, tag or commit \"{wanted}\"; check [desired] branch or --ref", cfg.repo))
+            let op = format!("no branch, tag or commit \"{wanted}\"; check [desired] branch or --ref");
+            Error::Git { repo: cfg.repo.clone(), git_ref: wanted.to_string(), op, source: None }
         })?;
     let id = commit.id().to_string();
     let tree = commit.tree().map_err(|e| gerr(cfg, "cannot read the commit's tree", e))?;

@@ -150,18 +150,18 @@ impl Remote {
         let status = e.raw_response().map_or(0, |r| r.status().as_u16());
         let code = e.code().map(str::to_string);
         if is_auth(code.as_deref(), status) {
-            return Error::RemoteAuth(format!(
-                "{} refused the credentials ({}) while {what}; check remote.credentials_file or the AWS_* environment",
-                self.place,
-                code.unwrap_or_else(|| format!("HTTP {status}"))
-            ));
+            return Error::RemoteAuth {
+                place: self.place.clone(),
+                op: what.to_string(),
+                code: code.unwrap_or_else(|| format!("HTTP {status}")),
+            };
         }
         let detail = match (code, e.message()) {
             (Some(c), Some(m)) => format!("{c}: {m}"),
             (Some(c), None) => c,
             _ => format!("{}", aws_smithy_types::error::display::DisplayErrorContext(&e)),
         };
-        Error::Remote(format!("{}: {what}: {detail}", self.place))
+        Error::Remote { place: self.place.clone(), op: what.to_string(), detail }
     }
 
     /// Every object under `key_prefix` (relative), paginated.
@@ -329,9 +329,11 @@ impl Remote {
         let mut body = got.body;
         let mut hash = Sha256::new();
         let res: Result<()> = async {
-            while let Some(chunk) =
-                body.try_next().await.map_err(|e| Error::Remote(format!("{}: downloading {key}: {e}", self.place)))?
-            {
+            while let Some(chunk) = body.try_next().await.map_err(|e| Error::Remote {
+                place: self.place.clone(),
+                op: format!("downloading {key}"),
+                detail: e.to_string(),
+            })? {
                 hash.update(&chunk);
                 f.write_all(&chunk).await.map_err(|e| Error::io(&tmp, e))?;
             }
