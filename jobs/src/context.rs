@@ -116,7 +116,8 @@ impl Ctx {
 
     /// Journal a step as begun with its undo detail.
     pub fn begin(&self, tenant: Option<&str>, step: &str, detail: &impl Serialize) -> Result<i64> {
-        let d = serde_json::to_string(detail).map_err(|e| Error::Other(e.to_string()))?;
+        let d =
+            serde_json::to_string(detail).map_err(|source| Error::Json { what: "a journal step's detail", source })?;
         Ok(self.store.begin_step(self.run_id.as_str(), tenant, step, &d)?)
     }
 

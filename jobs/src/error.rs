@@ -96,9 +96,15 @@ pub enum Error {
     /// Command-line input names something that does not exist (tenant, run, day).
     #[error("{0}")]
     Usage(String),
-    /// The host lock is held by another job.
-    #[error("{0}")]
-    LockBusy(String),
+    /// The host lock is held by another job: the lock file and, once it has published itself,
+    /// who holds it.
+    #[error("{}", busy_text(lock, holder.as_deref()))]
+    LockBusy {
+        /// The lock file.
+        lock: PathBuf,
+        /// The holder (job, run id, pid, since).
+        holder: Option<Box<crate::adapters::lock::LockHolder>>,
+    },
     /// The remote refused the credentials.
     #[error(
         "remote: {place} refused the credentials ({code}) while {op}; check remote.credentials_file or the AWS_* \
@@ -173,6 +179,15 @@ pub enum Error {
         /// Why it did not finish.
         source: tokio::task::JoinError,
     },
+    /// Something slipway writes could not be encoded as JSON (a journal detail, the manifest,
+    /// the lock holder, the metrics sidecar).
+    #[error("cannot encode {what} as JSON: {source}")]
+    Json {
+        /// What was being encoded.
+        what: &'static str,
+        /// serde_json's error.
+        source: serde_json::Error,
+    },
     /// Anything else, with context.
     #[error("{0}")]
     Other(String),
@@ -183,7 +198,7 @@ impl Error {
     pub fn exit_kind(&self) -> ExitKind {
         match self {
             Error::Config(_) | Error::Usage(_) => ExitKind::Usage,
-            Error::LockBusy(_) => ExitKind::LockBusy,
+            Error::LockBusy { .. } => ExitKind::LockBusy,
             Error::RemoteAuth { .. } => ExitKind::RemoteAuth,
             _ => ExitKind::Failure,
         }
@@ -192,6 +207,13 @@ impl Error {
     /// An `Io` error on `path`.
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Error {
         Error::Io { path: path.into(), source }
+    }
+}
+
+fn busy_text(lock: &std::path::Path, holder: Option<&crate::adapters::lock::LockHolder>) -> String {
+    match holder {
+        Some(h) => format!("another slipway job holds the host lock: {h}; try again later or pass --wait"),
+        None => format!("another slipway job holds the host lock {}; try again later or pass --wait", lock.display()),
     }
 }
 

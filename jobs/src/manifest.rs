@@ -89,7 +89,7 @@ impl Manifest {
     /// Write `<dir>/MANIFEST.json` atomically (mode 0600).
     pub fn write(&mut self, dir: &Path) -> Result<()> {
         self.created = jiff::Timestamp::now().to_string();
-        let json = serde_json::to_vec_pretty(self).map_err(|e| Error::Other(e.to_string()))?;
+        let json = serde_json::to_vec_pretty(self).map_err(|source| Error::Json { what: "the manifest", source })?;
         let p = dir.join(MANIFEST);
         crate::fsutil::atomic_write(&p, &json, 0o600).map_err(|e| Error::io(p, e))
     }

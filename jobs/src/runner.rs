@@ -285,7 +285,7 @@ pub async fn run(cfg: HostConfig, job: Job, opts: RunnerOptions) -> Finished {
     };
     ctx.progress = opts.progress.clone();
     if job.read_only() {
-        let result = read_only(&ctx, &job).await;
+        let result = call(&mut ctx, &job).await;
         let outcome = result.as_ref().map_or_else(Error::exit_kind, Report::exit_kind);
         return Finished { job: name, run_id: None, outcome, result };
     }
@@ -299,15 +299,6 @@ pub async fn run(cfg: HostConfig, job: Job, opts: RunnerOptions) -> Finished {
         after_job(&ctx, &opts, reported, outcome, run_id.clone(), &summary, counts, started).await;
     }
     Finished { job: reported, run_id, outcome, result }
-}
-
-async fn read_only(ctx: &Ctx, job: &Job) -> Result<Report> {
-    Ok(match job {
-        Job::Status => Report::Status(status::status(ctx).await?),
-        Job::Runs { limit } => Report::Runs(runs::list(ctx, *limit)?),
-        Job::RunShow { run } => Report::RunShow(runs::show(ctx, run)?),
-        _ => return Err(Error::Other(format!("{} is not a read-only job", job.name()))),
-    })
 }
 
 /// Take the lock, recover first where the job needs it, run the job. Returns the job name to
@@ -360,7 +351,9 @@ async fn call(ctx: &mut Ctx, job: &Job) -> Result<Report> {
         Job::Verify(o) => Report::Verify(verify::verify(&ctx.cfg.backup_root, o).await?),
         Job::Sync(o) => Report::Sync(sync::sync(ctx, o).await?),
         Job::Prune(o) => Report::Prune(prune::prune(ctx, o).await?),
-        Job::Status | Job::Runs { .. } | Job::RunShow { .. } => read_only(ctx, job).await?,
+        Job::Status => Report::Status(status::status(ctx).await?),
+        Job::Runs { limit } => Report::Runs(runs::list(ctx, *limit)?),
+        Job::RunShow { run } => Report::RunShow(runs::show(ctx, run)?),
     })
 }
 

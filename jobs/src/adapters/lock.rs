@@ -93,11 +93,7 @@ fn pid_alive(pid: u32) -> bool {
 }
 
 fn busy(path: &Path, holder: Option<LockHolder>) -> Error {
-    let message = match &holder {
-        Some(h) => format!("another slipway job holds the host lock: {h}; try again later or pass --wait"),
-        None => format!("another slipway job holds the host lock {}; try again later or pass --wait", path.display()),
-    };
-    Error::LockBusy(message)
+    Error::LockBusy { lock: path.to_path_buf(), holder: holder.map(Box::new) }
 }
 
 /// Take the host lock for `job` and publish its holder. With `wait` None, a held lock is an
@@ -166,7 +162,7 @@ impl HostLock {
             pid: std::process::id(),
             since: self.since.clone(),
         };
-        let json = serde_json::to_vec(&me).map_err(|e| Error::Other(e.to_string()))?;
+        let json = serde_json::to_vec(&me).map_err(|source| Error::Json { what: "the lock holder", source })?;
         crate::fsutil::atomic_write(&self.holder_path, &json, 0o600).map_err(|e| Error::io(&self.holder_path, e))
     }
 }
@@ -190,7 +186,7 @@ mod tests {
         let held = acquire(d.path(), "snapshot", &run, None).unwrap();
         // flock is per open file description: a second open in the same process conflicts too.
         let e = acquire(d.path(), "reconcile", &RunId::new(), None).unwrap_err();
-        assert!(matches!(e, Error::LockBusy(_)));
+        assert!(matches!(&e, Error::LockBusy { holder: Some(h), .. } if h.run_id == run.as_str()), "{e:?}");
         let msg = e.to_string();
         assert!(
             msg.contains("job snapshot") && msg.contains(run.as_str()) && msg.contains(&std::process::id().to_string()),

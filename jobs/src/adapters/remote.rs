@@ -200,8 +200,11 @@ impl Remote {
     pub async fn upload(&self, local: &Path, key: &str, sha256: &str, size: u64) -> Result<()> {
         let full = self.full(key);
         if size <= self.part_size {
-            let body =
-                ByteStream::from_path(local).await.map_err(|e| Error::Other(format!("{}: {e}", local.display())))?;
+            let body = ByteStream::from_path(local).await.map_err(|e| Error::Remote {
+                place: self.place.clone(),
+                op: format!("reading {} to upload it as {key}", local.display()),
+                detail: e.to_string(),
+            })?;
             self.client
                 .put_object()
                 .bucket(&self.bucket)
