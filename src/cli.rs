@@ -239,19 +239,6 @@ pub enum RunsShow {
 }
 
 impl Command {
-    /// Whether this invocation only shows what it would do.
-    pub fn dry_run(&self) -> bool {
-        match self {
-            Command::Rollout(a) => a.dry_run,
-            Command::Reconcile(a) => a.dry_run,
-            Command::Rollback(a) => a.dry_run,
-            Command::Snapshot(a) => a.dry_run,
-            Command::Restore(a) => a.dry_run,
-            Command::Prune(a) | Command::Sync(a) | Command::Recover(a) => a.dry_run,
-            _ => false,
-        }
-    }
-
     /// The job name recorded and reported.
     pub fn job(&self) -> &'static str {
         match self {

@@ -23,16 +23,6 @@ pub fn init_logging(format: LogFormat) {
     }
 }
 
-/// How a job ended, for the exit code.
-pub struct Outcome {
-    /// Exit class.
-    pub kind: ExitKind,
-    /// Run id, if the job recorded one.
-    pub run_id: Option<String>,
-    /// The report's last lines, for notifications.
-    pub summary: String,
-}
-
 /// Prints reports and errors.
 pub struct Printer {
     json: bool,
@@ -56,7 +46,7 @@ impl Printer {
         Printer { json, quiet }
     }
 
-    /// Print a job's report and return its outcome.
+    /// Print a job's report.
     pub fn report<R: Serialize + Display>(
         &self,
         job: &str,
@@ -64,7 +54,7 @@ impl Printer {
         started: Instant,
         kind: ExitKind,
         report: &R,
-    ) -> Outcome {
+    ) {
         if self.json {
             let env = Envelope {
                 ok: kind == ExitKind::Success,
@@ -82,10 +72,6 @@ impl Printer {
         } else if !self.quiet || kind != ExitKind::Success {
             print!("{report}");
         }
-        let text = report.to_string();
-        let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-        let summary = lines[lines.len().saturating_sub(3)..].join(" / ");
-        Outcome { kind, run_id, summary }
     }
 
     /// Print an error that ended a job before it produced a report.

@@ -42,6 +42,30 @@ fn two_jobs_started_at_once_one_runs_and_the_other_exits_with_the_lock_code() {
 }
 
 #[test]
+fn the_lock_names_the_rollout_run_that_slipway_runs_shows() {
+    let s = Sandbox::new();
+    let v1 = s.push_fixture_as("v1", "app");
+    let v2 = s.push_fixture_as("v2", "app");
+    s.add_tenant("t1", &v1);
+    s.write_fleet(&s.fleet_app(&v2, ""));
+    let roll = spawn(&s, &["--json", "rollout"], &[("SLIPWAY_TEST_PAUSE_AT", "after-lock:2000")]);
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    let busy = s.slipway(&["snapshot"]);
+    assert_eq!(busy.code, 5, "{}", busy.stderr);
+    let roll = roll.wait_with_output().unwrap();
+    assert!(roll.status.success(), "{}", String::from_utf8_lossy(&roll.stderr));
+    let envelope: serde_json::Value = serde_json::from_slice(&roll.stdout).unwrap();
+    let run_id = envelope["run_id"].as_str().unwrap().to_string();
+    assert!(busy.stderr.contains(&format!("job rollout, run {run_id}, pid")), "{}", busy.stderr);
+    let runs = s.slipway(&["--json", "runs"]);
+    let listed = runs.json()["report"]["runs"].as_array().unwrap().clone();
+    assert!(
+        listed.iter().any(|r| r["id"] == run_id.as_str() && r["job"] == "rollout" && r["outcome"] == "success"),
+        "{listed:?}"
+    );
+}
+
+#[test]
 fn the_lock_of_a_sigkilled_job_is_taken_over() {
     let s = Sandbox::new();
     let v1 = s.push_fixture_as("v1", "app");

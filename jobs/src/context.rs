@@ -1,5 +1,8 @@
 //! What every job run shares: the host config, the run record, the run's id, how it was
-//! triggered, and the flag a SIGINT/SIGTERM sets. Also the journal helpers (a step row is
+//! triggered, the host lock, and the flag a SIGINT/SIGTERM sets. Run ids are made here and only
+//! here: one when the context opens (the id the runner takes the lock with), and a fresh one by
+//! [`Ctx::next_run_id`] when a process starts a second run record (recover before a job, one
+//! rollout run per app). Starting a run record names its job and id as the lock's holder. Also the journal helpers (a step row is
 //! written before the step starts and after it ends) and the test-only crash points.
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -8,8 +11,9 @@ use std::sync::Arc;
 use serde::Serialize;
 use slipway_state::{NewRun, Store};
 
+use crate::adapters::lock::HostLock;
 use crate::config::HostConfig;
-use crate::error::{Error, Result};
+use crate::error::{Error, ExitKind, Result};
 use crate::types::RunId;
 
 /// Set when the process got SIGINT or SIGTERM: jobs finish or undo the current step and stop.
@@ -45,6 +49,10 @@ pub struct Ctx {
     pub cancel: Cancel,
     /// Where long work reports progress (bars on a terminal, log lines otherwise).
     pub progress: Arc<dyn crate::progress::Progress>,
+    /// The host lock, while the runner holds it.
+    lock: Option<HostLock>,
+    /// Whether a run record was started under `run_id`.
+    run_started: AtomicBool,
 }
 
 impl Ctx {
@@ -59,10 +67,30 @@ impl Ctx {
             trigger: trigger.to_string(),
             cancel,
             progress: Arc::new(crate::progress::NoProgress),
+            lock: None,
+            run_started: AtomicBool::new(false),
         })
     }
 
-    /// Record this run as started.
+    /// Keep the host lock for the rest of the run (released when the context drops).
+    pub fn hold_lock(&mut self, lock: HostLock) {
+        self.lock = Some(lock);
+    }
+
+    /// The host lock, while held.
+    pub fn lock(&self) -> Option<&HostLock> {
+        self.lock.as_ref()
+    }
+
+    /// The id for the next run record: `run_id` while no run record uses it, else a fresh one.
+    pub fn next_run_id(&mut self) -> &RunId {
+        if self.run_started.swap(false, Ordering::SeqCst) {
+            self.run_id = RunId::new();
+        }
+        &self.run_id
+    }
+
+    /// Record this run as started, and name it as the lock's holder.
     pub fn start_run(&self, job: &str, app: Option<&str>, commit: Option<&str>, digest: Option<&str>) -> Result<()> {
         self.store.start_run(&NewRun {
             id: self.run_id.as_str(),
@@ -72,12 +100,24 @@ impl Ctx {
             git_commit: commit,
             digest,
         })?;
+        self.run_started.store(true, Ordering::SeqCst);
+        if let Some(lock) = &self.lock {
+            if let Err(e) = lock.publish(job, &self.run_id) {
+                tracing::warn!("cannot name run {} as the lock's holder: {e}", self.run_id);
+            }
+        }
         Ok(())
+    }
+
+    /// Record this run as finished with `kind`'s outcome word and exit code.
+    pub fn finish_run(&self, kind: ExitKind, summary: &str) -> Result<()> {
+        Ok(self.store.finish_run(self.run_id.as_str(), kind.word(), kind.code() as i64, summary)?)
     }
 
     /// Journal a step as begun with its undo detail.
     pub fn begin(&self, tenant: Option<&str>, step: &str, detail: &impl Serialize) -> Result<i64> {
-        let d = serde_json::to_string(detail).map_err(|e| Error::Other(e.to_string()))?;
+        let d =
+            serde_json::to_string(detail).map_err(|source| Error::Json { what: "a journal step's detail", source })?;
         Ok(self.store.begin_step(self.run_id.as_str(), tenant, step, &d)?)
     }
 

@@ -1,6 +1,7 @@
 //! slipway-jobs: every job slipway runs, and the small adapters the jobs drive.
 //!
-//! Each job module (`rollout`, `snapshot`, …) exposes `XOptions`, a plan type where the job
+//! [`runner`] runs every job under one protocol (lock, recover first, run record, metrics,
+//! notifications). Each job module (`rollout`, `snapshot`, …) exposes `XOptions`, a plan type where the job
 //! changes anything, and `pub async fn x(…) -> Result<XReport>`. Reports are plain
 //! `Serialize` structs with a `Display` for humans: the CLI prints one or the other.
 //! Adapters (`desired`, `docker`, `archive`, `remote`, `health`, `lock`) wrap one external
@@ -12,6 +13,7 @@
 #![deny(clippy::print_stdout, clippy::print_stderr)]
 
 pub mod adapters;
+pub mod blocking;
 pub mod config;
 pub mod context;
 pub mod error;
@@ -28,6 +30,7 @@ pub mod restore;
 pub mod retention;
 pub mod rollback;
 pub mod rollout;
+pub mod runner;
 pub mod runs;
 pub mod snapshot;
 pub mod status;
@@ -67,6 +70,7 @@ mod architecture_tests {
         "undo",
         "trust",
         "offsite",
+        "runner",
     ];
 
     fn src_dir() -> PathBuf {
@@ -392,5 +396,25 @@ mod architecture_tests {
         );
         assert!(store_spellings("retention", "fn f() { (1, \"daily\") }").is_empty());
         assert_eq!(store_spellings("status", "fn f() { s.kind == \"daily\" }"), ["status: \"daily\""]);
+    }
+
+    #[test]
+    fn blocking_work_goes_through_the_one_helper() {
+        let mut offences = Vec::new();
+        let mut dirs = vec![Path::new(env!("CARGO_MANIFEST_DIR")).join("src")];
+        while let Some(dir) = dirs.pop() {
+            for entry in std::fs::read_dir(&dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    dirs.push(path);
+                } else if !path.ends_with("blocking.rs") && !path.ends_with("lib.rs") {
+                    let text = std::fs::read_to_string(&path).unwrap();
+                    if text.contains("spawn_blocking(") {
+                        offences.push(path.display().to_string());
+                    }
+                }
+            }
+        }
+        assert!(offences.is_empty(), "use crate::blocking::run instead of spawn_blocking in {offences:?}");
     }
 }

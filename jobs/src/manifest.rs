@@ -74,7 +74,7 @@ impl Manifest {
         match std::fs::read(&p) {
             Ok(b) => serde_json::from_slice(&b)
                 .map(Some)
-                .map_err(|e| Error::Archive(format!("{}: not a valid manifest: {e}", p.display()))),
+                .map_err(|e| Error::Backup(format!("{}: not a valid manifest: {e}", p.display()))),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(Error::io(p, e)),
         }
@@ -91,7 +91,7 @@ impl Manifest {
     /// Write the directory's manifest atomically (mode 0600).
     pub fn write(&mut self, dir: &Path) -> Result<()> {
         self.created = jiff::Timestamp::now().to_string();
-        let json = serde_json::to_vec_pretty(self).map_err(|e| Error::Other(e.to_string()))?;
+        let json = serde_json::to_vec_pretty(self).map_err(|source| Error::Json { what: "the manifest", source })?;
         let p = manifest_path(dir);
         crate::fsutil::atomic_write(&p, &json, 0o600).map_err(|e| Error::io(p, e))
     }

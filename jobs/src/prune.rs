@@ -227,12 +227,7 @@ pub async fn prune(ctx: &Ctx, opts: &PruneOptions) -> Result<PruneReport> {
             deleted += apply_remote(ctx, r, inv, &items, scratch.path()).await?;
         }
         let gone = items.iter().filter(|i| !i.keep).count();
-        ctx.store.finish_run(
-            ctx.run_id.as_str(),
-            "success",
-            0,
-            &format!("{gone} snapshot(s) pruned, {deleted} file(s) deleted"),
-        )?;
+        ctx.finish_run(ExitKind::Success, &format!("{gone} snapshot(s) pruned, {deleted} file(s) deleted"))?;
     }
     Ok(PruneReport { dry_run: opts.dry_run, items, deleted })
 }

@@ -129,9 +129,8 @@ pub async fn recover(ctx: &Ctx, opts: &RecoverOptions) -> Result<RecoverReport> 
     let report = RecoverReport { dry_run: opts.dry_run, runs };
     if !opts.dry_run {
         let kind = report.exit_kind();
-        let word = if kind == ExitKind::Success { "success" } else { "person_needed" };
         let summary = format!("recovered {} unfinished run(s)", report.runs.len());
-        ctx.store.finish_run(ctx.run_id.as_str(), word, kind.code() as i64, &summary)?;
+        ctx.finish_run(kind, &summary)?;
     }
     Ok(report)
 }

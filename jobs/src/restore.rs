@@ -177,15 +177,13 @@ pub async fn restore(ctx: &Ctx, opts: &RestoreOptions) -> Result<RestoreReport> 
     let archive_path = loc.dir.join(&loc.entry.path);
     // Verify before touching anything.
     let (a, want) = (archive_path.clone(), loc.entry.sha256.clone());
-    let (got, _) = tokio::task::spawn_blocking(move || archive::sha256_file(&a))
-        .await
-        .map_err(|e| Error::Other(format!("hash task failed: {e}")))??;
+    let (got, _) = crate::blocking::run("hash", move || archive::sha256_file(&a)).await??;
     if got != want {
-        return Err(Error::Archive(format!(
-            "{}: sha256 is {got}, the manifest says {want}; the archive is damaged, nothing was touched \
-             (try another --day or `restore --remote`)",
-            archive_path.display()
-        )));
+        return Err(Error::Archive(archive::ArchiveError::HashMismatch {
+            archive: archive_path,
+            expected: want,
+            actual: got,
+        }));
     }
     let mut report = RestoreReport {
         tenant: opts.tenant.to_string(),
@@ -212,9 +210,7 @@ pub async fn restore(ctx: &Ctx, opts: &RestoreOptions) -> Result<RestoreReport> 
         }
         crate::fsutil::create_private_dir(to).map_err(|e| Error::io(to, e))?;
         let (a, h, d) = (archive_path, got, to.clone());
-        report.entries = tokio::task::spawn_blocking(move || archive::extract_into(&a, &h, &d))
-            .await
-            .map_err(|e| Error::Other(format!("extract task failed: {e}")))??;
+        report.entries = crate::blocking::run("extract", move || archive::extract_into(&a, &h, &d)).await??;
         report.detail = format!("extracted {} entries into {}", report.entries, to.display());
         return Ok(report);
     }
@@ -255,9 +251,7 @@ pub async fn restore(ctx: &Ctx, opts: &RestoreOptions) -> Result<RestoreReport> 
     crash_point("restore-before-swap");
     let s = ctx.begin(Some(opts.tenant.as_str()), "restore", &held)?;
     let (a, h, d) = (archive_path.clone(), got.clone(), data_dir.clone());
-    let restored = tokio::task::spawn_blocking(move || archive::restore_swap(&a, &h, &d))
-        .await
-        .map_err(|e| Error::Other(format!("restore task failed: {e}")))?;
+    let restored = crate::blocking::run("restore", move || archive::restore_swap(&a, &h, &d)).await?;
     ctx.end(s, if restored.is_ok() { "ok" } else { "failed" }, None::<&()>)?;
     let s = ctx.begin(Some(opts.tenant.as_str()), "start", &held)?;
     let started = engine.start(&container.name).await;
@@ -282,12 +276,7 @@ pub async fn restore(ctx: &Ctx, opts: &RestoreOptions) -> Result<RestoreReport> 
             report.detail = format!("{} is not healthy after the restore: {e}; a person is needed", container.name);
         }
     }
-    let word = match report.outcome {
-        ExitKind::Success => "success",
-        ExitKind::PersonNeeded => "person_needed",
-        _ => "failed",
-    };
-    ctx.store.finish_run(ctx.run_id.as_str(), word, report.outcome.code() as i64, &report.detail)?;
+    ctx.finish_run(report.outcome, &report.detail)?;
     Ok(report)
 }
 

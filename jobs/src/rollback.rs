@@ -110,8 +110,7 @@ pub async fn rollback(ctx: &Ctx, opts: &RollbackOptions) -> Result<RollbackRepor
         }
     }
     let summary = format!("rolled back {} tenant(s) of run {}", tenants.len(), run.id);
-    let word = if outcome == ExitKind::Success { "success" } else { "person_needed" };
-    ctx.store.finish_run(ctx.run_id.as_str(), word, outcome.code() as i64, &summary)?;
+    ctx.finish_run(outcome, &summary)?;
     if outcome == ExitKind::Success {
         ctx.store.resolve_run(&run.id, &format!("rollback {}", ctx.run_id))?;
     }

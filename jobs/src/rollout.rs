@@ -302,7 +302,7 @@ async fn rollout_app(
     let pulled = engine.pull(&app.image).await;
     ctx.progress.finish();
     pulled?;
-    ctx.run_id = RunId::new();
+    ctx.next_run_id();
     let digest = app.image.digest().to_string();
     ctx.start_run("rollout", Some(&app.name), Some(&plan.commit), Some(&digest))?;
     let ctx = &*ctx;
@@ -581,10 +581,11 @@ impl TenantRoll<'_> {
         let failed = |e: &dyn fmt::Display| format!("snapshot of {} failed: {e}", data_dir.display());
         let archive_path = self.run.run_dir.join(layout::tenant_archive(SnapshotKind::Rollout, &self.j.tenant));
         let (src, dest) = (data_dir.clone(), archive_path.clone());
-        let summary = tokio::task::spawn_blocking(move || archive::create_with_level(&src, &dest, ROLLOUT_ZSTD_LEVEL))
-            .await
-            .map_err(|e| failed(&format!("snapshot task failed: {e}")))?
-            .map_err(|e| failed(&e))?;
+        let summary =
+            crate::blocking::run("snapshot", move || archive::create_with_level(&src, &dest, ROLLOUT_ZSTD_LEVEL))
+                .await
+                .map_err(|e| failed(&e))?
+                .map_err(|e| failed(&e))?;
         self.j.snapshot = Some(archive_path.clone());
         self.j.sha256 = Some(summary.sha256.clone());
         let r = self.run;

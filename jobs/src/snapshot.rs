@@ -190,9 +190,9 @@ pub async fn snapshot(ctx: &Ctx, opts: &SnapshotOptions) -> Result<SnapshotRepor
         } else if !opts.dry_run {
             let t = Instant::now();
             let (dirs, d2, dest2) = (ctx.cfg.control_plane.clone(), dir.clone(), dest.clone());
-            let r = tokio::task::spawn_blocking(move || snapshot_control_plane(&dirs, &d2, &dest2))
-                .await
-                .map_err(|e| Error::Other(format!("control-plane task failed: {e}")))?;
+            let r =
+                crate::blocking::run("the control-plane archive", move || snapshot_control_plane(&dirs, &d2, &dest2))
+                    .await?;
             match r {
                 Ok(s) => {
                     rep.outcome = ArchiveOutcome::Archived;
@@ -223,8 +223,7 @@ pub async fn snapshot(ctx: &Ctx, opts: &SnapshotOptions) -> Result<SnapshotRepor
             format!("FAILED: {}", failed.join(", "))
         };
         let kind = report.exit_kind();
-        let word = if kind == ExitKind::Success { "success" } else { "failed" };
-        ctx.store.finish_run(ctx.run_id.as_str(), word, kind.code() as i64, &summary)?;
+        ctx.finish_run(kind, &summary)?;
     }
     Ok(report)
 }
@@ -321,7 +320,7 @@ async fn snapshot_tenant(
         Some((dir, e)) => {
             let (list, arch) = (dir.join(&e.file_list), dir.join(&e.path));
             let (fl, es) = (e.file_list_sha256.clone(), (e.sha256.clone(), e.size));
-            let intact = tokio::task::spawn_blocking(move || {
+            let intact = crate::blocking::run("checking the previous archive", move || {
                 archive::sha256_file(&list).is_ok_and(|(h, _)| h == fl)
                     && archive::sha256_file(&arch).is_ok_and(|(h, n)| (h, n) == es)
             })
@@ -346,7 +345,7 @@ async fn snapshot_tenant(
     }
     crash_point("snapshot-quiesced");
     let (src, d) = (data_dir.clone(), dest.to_path_buf());
-    let work = tokio::task::spawn_blocking(move || -> Result<(archive::ArchiveSummary, bool)> {
+    let work = crate::blocking::run("archive", move || -> Result<(archive::ArchiveSummary, bool)> {
         if let Some((prev_dir, e)) = &prev {
             let list_path = prev_dir.join(&e.file_list);
             // An unreadable list or a walk that fails here: archive afresh (which reports it).
@@ -364,8 +363,7 @@ async fn snapshot_tenant(
         }
         Ok((archive::create(&src, &d)?, false))
     })
-    .await
-    .map_err(|e| Error::Other(format!("archive task failed: {e}")));
+    .await;
     // Unquiesce right away, whatever happened.
     let resumed = match hold {
         Some("pause") => engine.unpause(container).await,
@@ -428,7 +426,7 @@ fn stage_dir(src: &Path, dst: &Path) -> Result<()> {
 
 /// Copy a live SQLite database consistently with the online backup API, then check it.
 fn backup_sqlite(src: &Path, dst: &Path) -> Result<()> {
-    let e = |what: &str, err: rusqlite::Error| Error::Archive(format!("{}: {what}: {err}", src.display()));
+    let e = |what: &str, err: rusqlite::Error| Error::Backup(format!("{}: {what}: {err}", src.display()));
     let from = rusqlite::Connection::open_with_flags(src, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
         .map_err(|x| e("cannot open", x))?;
     from.busy_timeout(Duration::from_secs(30)).map_err(|x| e("busy timeout", x))?;
@@ -441,7 +439,7 @@ fn backup_sqlite(src: &Path, dst: &Path) -> Result<()> {
             match backup.step(-1).map_err(|x| e("backup step", x))? {
                 rusqlite::backup::StepResult::Done => break,
                 _ if Instant::now() > deadline => {
-                    return Err(Error::Archive(format!("{}: database stayed locked for 60 s", src.display())))
+                    return Err(Error::Backup(format!("{}: database stayed locked for 60 s", src.display())))
                 }
                 _ => std::thread::sleep(Duration::from_millis(50)),
             }
@@ -450,7 +448,7 @@ fn backup_sqlite(src: &Path, dst: &Path) -> Result<()> {
     let check: String =
         to.query_row("PRAGMA integrity_check", [], |r| r.get(0)).map_err(|x| e("integrity_check", x))?;
     if check != "ok" {
-        return Err(Error::Archive(format!("{}: the backup copy failed integrity_check: {check}", src.display())));
+        return Err(Error::Backup(format!("{}: the backup copy failed integrity_check: {check}", src.display())));
     }
     // The copy is archived as one file, not a WAL pair.
     to.pragma_update(None, "journal_mode", "DELETE").map_err(|x| e("journal mode", x))?;

@@ -134,15 +134,17 @@ async fn upload_verified(remote: &Remote, w: &Wanted) -> Result<()> {
     remote.upload(&w.path, &w.key, &w.sha256, w.size).await?;
     match remote.head(&w.key).await? {
         Some(h) if h.size == w.size && h.sha256.as_deref() == Some(w.sha256.as_str()) => Ok(()),
-        other => Err(Error::Remote(format!(
-            "{}: {} after upload has size {:?} and sha256 {:?}, expected {} and {}",
-            remote.place(),
-            w.key,
-            other.as_ref().map(|h| h.size),
-            other.as_ref().and_then(|h| h.sha256.clone()),
-            w.size,
-            w.sha256
-        ))),
+        other => Err(Error::Remote {
+            place: remote.place().to_string(),
+            op: format!("checking {} after upload", w.key),
+            detail: format!(
+                "size {:?} and sha256 {:?}, expected {} and {}",
+                other.as_ref().map(|h| h.size),
+                other.as_ref().and_then(|h| h.sha256.clone()),
+                w.size,
+                w.sha256
+            ),
+        }),
     }
 }
 
@@ -221,7 +223,7 @@ pub async fn sync(ctx: &Ctx, opts: &SyncOptions) -> Result<SyncReport> {
                             detail: None,
                         });
                     }
-                    Err(e @ Error::RemoteAuth(_)) => return Err(e),
+                    Err(e @ Error::RemoteAuth { .. }) => return Err(e),
                     Err(e) => {
                         dir_ok = false;
                         ctx.store.forget_remote_object(&w.key)?;
@@ -255,12 +257,7 @@ pub async fn sync(ctx: &Ctx, opts: &SyncOptions) -> Result<SyncReport> {
             report.uploaded_bytes,
             report.present
         );
-        ctx.store.finish_run(
-            ctx.run_id.as_str(),
-            if failed == 0 { "success" } else { "failed" },
-            kind.code() as i64,
-            &summary,
-        )?;
+        ctx.finish_run(kind, &summary)?;
     }
     Ok(report)
 }

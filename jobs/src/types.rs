@@ -216,6 +216,25 @@ impl fmt::Display for RunId {
     }
 }
 
+/// Who holds the lock.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockHolder {
+    /// Job name.
+    pub job: String,
+    /// Run id.
+    pub run_id: String,
+    /// Process id.
+    pub pid: u32,
+    /// Since when (RFC 3339).
+    pub since: String,
+}
+
+impl std::fmt::Display for LockHolder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "job {}, run {}, pid {}, since {}", self.job, self.run_id, self.pid, self.since)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,7 +11,7 @@ use crate::adapters::archive;
 use crate::adapters::docker::Engine;
 use crate::adapters::health::Prober;
 use crate::context::Ctx;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::step::{TenantJournal, UndoStep};
 
 /// The result of undoing a tenant.
@@ -107,9 +107,7 @@ pub async fn undo_tenant(
                 let _ = engine.stop(p, j.stop_timeout_s).await;
             }
             let (a, d) = (snap.clone(), j.data_dir.clone());
-            let r = tokio::task::spawn_blocking(move || archive::restore_swap(&a, &sha, &d))
-                .await
-                .map_err(|e| Error::Other(format!("restore task failed: {e}")))?;
+            let r = crate::blocking::run("restore", move || archive::restore_swap(&a, &sha, &d)).await?;
             if let Err(e) = r {
                 return fail(
                     s,

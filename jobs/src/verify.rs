@@ -114,7 +114,7 @@ pub fn check_archive(dir: &Path, e: &ArchiveEntry, deep: bool) -> Checked {
 pub async fn verify(backup_root: &Path, opts: &VerifyOptions) -> Result<VerifyReport> {
     let dirs = snapshot_dirs(backup_root, opts.day.as_deref())?;
     let deep = opts.deep;
-    tokio::task::spawn_blocking(move || {
+    crate::blocking::run("verify", move || {
         let mut archives = Vec::new();
         let mut incomplete = Vec::new();
         for SnapshotDir { dir, .. } in dirs {
@@ -125,8 +125,7 @@ pub async fn verify(backup_root: &Path, opts: &VerifyOptions) -> Result<VerifyRe
         }
         Ok(VerifyReport { archives, incomplete, deep })
     })
-    .await
-    .map_err(|e| Error::Other(format!("verify task failed: {e}")))?
+    .await?
 }
 
 /// `verify --remote`: each remote archive's size and sha256 metadata against its remote
@@ -167,9 +166,7 @@ pub async fn verify_remote(cfg: &HostConfig, opts: &VerifyOptions) -> Result<Ver
                         remote.download(&key, &local, Some(&a.sha256)).await?;
                         remote.download(&snap.key(&a.file_list), &list_path, Some(&a.file_list_sha256)).await?;
                         let (l, p, s, lp) = (local.clone(), a.sha256.clone(), list_path.clone(), list_path.clone());
-                        tokio::task::spawn_blocking(move || archive::deep_verify(&l, &p, &s))
-                            .await
-                            .map_err(|e| Error::Other(e.to_string()))??;
+                        crate::blocking::run("deep verify", move || archive::deep_verify(&l, &p, &s)).await??;
                         let _ = std::fs::remove_file(&local);
                         let _ = std::fs::remove_file(lp);
                         Ok::<_, Error>(())

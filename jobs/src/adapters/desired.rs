@@ -174,7 +174,7 @@ pub fn descends_from(cfg: &DesiredConfig, state_dir: &Path, ancestor: &str, comm
 }
 
 fn gerr(cfg: &DesiredConfig, what: &str, e: git2::Error) -> Error {
-    Error::Git(format!("{} ({}): {what}: {}", redact(&cfg.repo), cfg.branch, redact(e.message())))
+    Error::Git { repo: redact(&cfg.repo), git_ref: cfg.branch.clone(), op: what.to_string(), source: Some(e) }
 }
 
 /// A URL (or a message holding one) without any `user:password@` part (a token may be the user).
@@ -377,7 +377,8 @@ pub fn read(cfg: &DesiredConfig, state_dir: &Path, git_ref: Option<&str>) -> Res
         .iter()
         .find_map(|c| repo.revparse_single(c).ok().and_then(|o| o.peel_to_commit().ok()))
         .ok_or_else(|| {
-            Error::Git(format!("{}: no branch, tag or commit \"{wanted}\"; check [desired] branch or --ref", cfg.repo))
+            let op = format!("no branch, tag or commit \"{wanted}\"; check [desired] branch or --ref");
+            Error::Git { repo: cfg.repo.clone(), git_ref: wanted.to_string(), op, source: None }
         })?;
     let id = commit.id().to_string();
     let tree = commit.tree().map_err(|e| gerr(cfg, "cannot read the commit's tree", e))?;

@@ -125,8 +125,13 @@ pub struct OperatorSettings {
     pub env_keys: BTreeSet<String>,
 }
 
-fn derr(what: impl std::fmt::Display, e: bollard::errors::Error) -> Error {
-    Error::Docker(format!("{what}: {e}"))
+fn derr(op: impl std::fmt::Display, container: Option<&str>, e: bollard::errors::Error) -> Error {
+    Error::Docker { op: op.to_string(), container: container.map(str::to_string), source: Some(e) }
+}
+
+/// A Docker error without an engine error behind it.
+fn refused(op: String, container: Option<&str>) -> Error {
+    Error::Docker { op, container: container.map(str::to_string), source: None }
 }
 
 fn is_not_found(e: &bollard::errors::Error) -> bool {
@@ -141,12 +146,12 @@ impl Engine {
             Some(h) => Docker::connect_with_host(h),
             None => Docker::connect_with_defaults(),
         }
-        .map_err(|e| Error::Docker(format!("cannot connect to the Docker engine: {e}")))?;
+        .map_err(|e| derr("cannot connect to the Docker engine", None, e))?;
         let docker = docker
             .with_timeout(Duration::from_secs(CLIENT_TIMEOUT_S))
             .negotiate_version()
             .await
-            .map_err(|e| Error::Docker(format!("cannot reach the Docker engine (is dockerd running?): {e}")))?;
+            .map_err(|e| derr("cannot reach the Docker engine (is dockerd running?)", None, e))?;
         Ok(Engine { docker })
     }
 
@@ -160,7 +165,7 @@ impl Engine {
             .docker
             .list_containers(Some(opts))
             .await
-            .map_err(|e| derr(format!("listing containers of app \"{}\"", app.name), e))?;
+            .map_err(|e| derr(format!("listing containers of app \"{}\"", app.name), None, e))?;
         let mut out = Vec::new();
         for c in list {
             let Some(name) = c.names.as_ref().and_then(|n| n.first()).map(|n| n.trim_start_matches('/').to_string())
@@ -211,7 +216,7 @@ impl Engine {
                 .find(|(r, _)| *r == repo)
                 .and_then(|(_, d)| d.parse().ok())),
             Err(e) if is_not_found(&e) => Ok(None),
-            Err(e) => Err(derr(format!("inspecting image {image}"), e)),
+            Err(e) => Err(derr(format!("inspecting image {image}"), None, e)),
         }
     }
 
@@ -221,17 +226,22 @@ impl Engine {
         let mut stream = self.docker.create_image(Some(opts), None, None);
         while let Some(item) = stream.next().await {
             if let Err(e) = item {
-                return Err(Error::Docker(format!(
-                    "pulling {image} failed: {e}; check that the registry has this digest (nothing was changed)"
-                )));
+                return Err(derr(
+                    format!("pulling {image} failed; check that the registry has this digest (nothing was changed)"),
+                    None,
+                    e,
+                ));
             }
         }
         let found = self.image_digest(&image.reference(), &image.reference()).await?;
         if found.as_ref() != Some(image.digest()) {
-            return Err(Error::Docker(format!(
-                "pulled {image} but the engine reports digest {}; refusing to roll out (nothing was changed)",
-                found.map_or("none".to_string(), |d| d.to_string())
-            )));
+            return Err(refused(
+                format!(
+                    "pulled {image} but the engine reports digest {}; refusing to roll out (nothing was changed)",
+                    found.map_or("none".to_string(), |d| d.to_string())
+                ),
+                None,
+            ));
         }
         Ok(())
     }
@@ -241,7 +251,7 @@ impl Engine {
         match self.docker.inspect_container(name, None).await {
             Ok(_) => Ok(true),
             Err(e) if is_not_found(&e) => Ok(false),
-            Err(e) => Err(derr(format!("inspecting container {name}"), e)),
+            Err(e) => Err(derr(format!("inspecting container {name}"), Some(name), e)),
         }
     }
 
@@ -250,12 +260,15 @@ impl Engine {
         match self.docker.inspect_container(name, None).await {
             Ok(i) => Ok(i.id),
             Err(e) if is_not_found(&e) => Ok(None),
-            Err(e) => Err(derr(format!("inspecting container {name}"), e)),
+            Err(e) => Err(derr(format!("inspecting container {name}"), Some(name), e)),
         }
     }
 
     async fn inspect(&self, name: &str) -> Result<ContainerInspectResponse> {
-        self.docker.inspect_container(name, None).await.map_err(|e| derr(format!("inspecting container {name}"), e))
+        self.docker
+            .inspect_container(name, None)
+            .await
+            .map_err(|e| derr(format!("inspecting container {name}"), Some(name), e))
     }
 
     /// The state of a container.
@@ -289,7 +302,7 @@ impl Engine {
         match docker.stop_container(name, Some(opts)).await {
             Ok(()) => Ok(()),
             Err(bollard::errors::Error::DockerResponseServerError { status_code: 304, .. }) => Ok(()),
-            Err(e) => Err(derr(format!("stopping container {name}"), e)),
+            Err(e) => Err(derr(format!("stopping container {name}"), Some(name), e)),
         }
     }
 
@@ -298,7 +311,7 @@ impl Engine {
         match self.docker.start_container(name, None).await {
             Ok(()) => Ok(()),
             Err(bollard::errors::Error::DockerResponseServerError { status_code: 304, .. }) => Ok(()),
-            Err(e) => Err(derr(format!("starting container {name}"), e)),
+            Err(e) => Err(derr(format!("starting container {name}"), Some(name), e)),
         }
     }
 
@@ -308,7 +321,7 @@ impl Engine {
         self.docker
             .rename_container(from, opts)
             .await
-            .map_err(|e| derr(format!("renaming container {from} to {to}"), e))
+            .map_err(|e| derr(format!("renaming container {from} to {to}"), Some(from), e))
     }
 
     /// Force-remove a container (its volumes are kept). Removing a missing one is fine.
@@ -317,13 +330,13 @@ impl Engine {
         match self.docker.remove_container(name, Some(opts)).await {
             Ok(()) => Ok(()),
             Err(e) if is_not_found(&e) => Ok(()),
-            Err(e) => Err(derr(format!("removing container {name}"), e)),
+            Err(e) => Err(derr(format!("removing container {name}"), Some(name), e)),
         }
     }
 
     /// `docker pause`.
     pub async fn pause(&self, name: &str) -> Result<()> {
-        self.docker.pause_container(name).await.map_err(|e| derr(format!("pausing container {name}"), e))
+        self.docker.pause_container(name).await.map_err(|e| derr(format!("pausing container {name}"), Some(name), e))
     }
 
     /// `docker unpause`; unpausing a container that is not paused is fine.
@@ -331,7 +344,7 @@ impl Engine {
         match self.docker.unpause_container(name).await {
             Ok(()) => Ok(()),
             Err(bollard::errors::Error::DockerResponseServerError { status_code: 409, .. }) => Ok(()),
-            Err(e) => Err(derr(format!("unpausing container {name}"), e)),
+            Err(e) => Err(derr(format!("unpausing container {name}"), Some(name), e)),
         }
     }
 
@@ -340,10 +353,11 @@ impl Engine {
         let inspect = self.inspect(name).await?;
         let image_id = inspect.image.clone().unwrap_or_default();
         let image = self.docker.inspect_image(&image_id).await.map_err(|e| {
-            Error::Docker(format!(
+            let op = format!(
                 "container {name}: its image {image_id} is gone from the engine, so its settings cannot be told \
-                 from the image's defaults: {e}"
-            ))
+                 from the image's defaults"
+            );
+            derr(op, Some(name), e)
         })?;
         Ok(ContainerSpec { inspect, image_config: image.config.unwrap_or_default() })
     }
@@ -357,13 +371,13 @@ impl Engine {
             .docker
             .create_container(Some(opts), body)
             .await
-            .map_err(|e| derr(format!("creating container {name} from {image}"), e))?;
+            .map_err(|e| derr(format!("creating container {name} from {image}"), Some(name), e))?;
         // API < 1.44 accepts one network at create; the others are connected before start.
         for (net, endpoint) in extra_networks {
             let req = NetworkConnectRequest { container: created.id.clone(), endpoint_config: Some(endpoint) };
             if let Err(e) = self.docker.connect_network(&net, req).await {
                 let _ = self.remove(&created.id).await;
-                return Err(derr(format!("connecting container {name} to network {net}"), e));
+                return Err(derr(format!("connecting container {name} to network {net}"), Some(name), e));
             }
         }
         Ok(created.id)
@@ -378,9 +392,11 @@ impl Engine {
             "on-failure" => RestartPolicyNameEnum::ON_FAILURE,
             other => {
                 let known = "no, always, unless-stopped, on-failure";
-                return Err(Error::Docker(format!(
-                    "container {name}: unknown restart policy \"{other}\" (known: {known})"
-                )));
+                return Err(Error::Docker {
+                    op: format!("setting an unknown restart policy \"{other}\" (known: {known})"),
+                    container: Some(name.to_string()),
+                    source: None,
+                });
             }
         };
         let retries = (policy == RestartPolicyNameEnum::ON_FAILURE).then_some(restart.max_retries);
@@ -391,7 +407,7 @@ impl Engine {
         self.docker
             .update_container(name, body)
             .await
-            .map_err(|e| derr(format!("setting the restart policy of container {name} to {restart}"), e))
+            .map_err(|e| derr(format!("setting the restart policy to {restart}"), Some(name), e))
     }
 
     /// Everything a container has (for checking a new container against the old one's

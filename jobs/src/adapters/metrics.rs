@@ -69,7 +69,7 @@ pub fn record(path: &Path, m: &JobMetrics) -> Result<()> {
         state.halted = m.halted;
     }
     let text = render(&state, jiff::Timestamp::now().as_second());
-    let json = serde_json::to_vec(&state).map_err(|e| Error::Other(e.to_string()))?;
+    let json = serde_json::to_vec(&state).map_err(|source| Error::Json { what: "the metrics sidecar", source })?;
     crate::fsutil::atomic_write(&side, &json, 0o644).map_err(|e| Error::io(&side, e))?;
     crate::fsutil::atomic_write(path, text.as_bytes(), 0o644).map_err(|e| Error::io(path, e))
 }

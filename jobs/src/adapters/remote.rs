@@ -157,18 +157,18 @@ impl Remote {
         let status = e.raw_response().map_or(0, |r| r.status().as_u16());
         let code = e.code().map(str::to_string);
         if is_auth(code.as_deref(), status) {
-            return Error::RemoteAuth(format!(
-                "{} refused the credentials ({}) while {what}; check remote.credentials_file or the AWS_* environment",
-                self.place,
-                code.unwrap_or_else(|| format!("HTTP {status}"))
-            ));
+            return Error::RemoteAuth {
+                place: self.place.clone(),
+                op: what.to_string(),
+                code: code.unwrap_or_else(|| format!("HTTP {status}")),
+            };
         }
         let detail = match (code, e.message()) {
             (Some(c), Some(m)) => format!("{c}: {m}"),
             (Some(c), None) => c,
             _ => format!("{}", aws_smithy_types::error::display::DisplayErrorContext(&e)),
         };
-        Error::Remote(format!("{}: {what}: {detail}", self.place))
+        Error::Remote { place: self.place.clone(), op: what.to_string(), detail }
     }
 
     /// Every object under `key_prefix` (relative), paginated.
@@ -214,7 +214,7 @@ impl Remote {
     pub async fn upload(&self, local: &Path, key: &str, sha256: &str, size: u64) -> Result<()> {
         let full = self.full(key);
         let damaged = |got: &str| {
-            Error::Archive(format!(
+            Error::Backup(format!(
                 "{}: sha256 of the bytes read for upload is {got}, the manifest says {sha256}; the local archive \
                  is damaged and was not uploaded (run `slipway verify`, then snapshot again)",
                 local.display()
@@ -366,9 +366,11 @@ impl Remote {
         let mut body = got.body;
         let mut hash = Sha256::new();
         let res: Result<()> = async {
-            while let Some(chunk) =
-                body.try_next().await.map_err(|e| Error::Remote(format!("{}: downloading {key}: {e}", self.place)))?
-            {
+            while let Some(chunk) = body.try_next().await.map_err(|e| Error::Remote {
+                place: self.place.clone(),
+                op: format!("downloading {key}"),
+                detail: e.to_string(),
+            })? {
                 hash.update(&chunk);
                 f.write_all(&chunk).await.map_err(|e| Error::io(&tmp, e))?;
             }
@@ -383,7 +385,7 @@ impl Remote {
         if let Some(want) = expected_sha256 {
             if actual != want {
                 let _ = tokio::fs::remove_file(&tmp).await;
-                return Err(Error::Archive(format!(
+                return Err(Error::Backup(format!(
                     "{}: {key}: sha256 is {actual}, the manifest says {want}",
                     self.place
                 )));

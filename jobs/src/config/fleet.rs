@@ -155,7 +155,8 @@ impl Fleet {
         let cfg = |msg: String| Error::Config(format!("{origin}: {msg}"));
         let mut table: toml::Table = toml::from_str(text).map_err(|e| cfg(e.to_string().trim_end().to_string()))?;
         if let Some(k) = table.keys().find(|k| k.as_str() != "app") {
-            return Err(cfg(format!("unknown key `{k}`; the file holds only [[app]] tables")));
+            let guess = if super::closest(k, ["app"]).is_some() { "did you mean `app`? " } else { "" };
+            return Err(cfg(format!("unknown key `{k}`; {guess}the file holds only [[app]] tables")));
         }
         let Some(apps) = table.remove("app") else {
             return Err(cfg("no [[app]] table; add one per app".into()));
@@ -170,8 +171,10 @@ impl Fleet {
                 .get("name")
                 .and_then(|n| n.as_str())
                 .map_or_else(|| format!("app #{}", i + 1), |n| format!("app \"{n}\""));
-            let raw: RawApp =
-                v.try_into().map_err(|e: toml::de::Error| cfg(format!("{label}: {}", e.message().trim_end())))?;
+            let raw: RawApp = v.try_into().map_err(|e: toml::de::Error| {
+                let msg = super::unknown_key(e.message(), None).unwrap_or_else(|| e.message().trim_end().into());
+                cfg(format!("{label}: {msg}"))
+            })?;
             let app = raw.validate().map_err(|m| cfg(format!("{label}: {m}")))?;
             if !names.insert(app.name.clone()) {
                 return Err(cfg(format!("{label}: the name is used twice; app names must be unique")));

@@ -261,16 +261,32 @@ impl HostConfig {
     pub fn parse(text: &str, origin: &str, env: impl IntoIterator<Item = (String, String)>) -> Result<HostConfig> {
         let mut table: toml::Table =
             toml::from_str(text).map_err(|e| Error::Config(format!("{origin}: {}", e.to_string().trim_end())))?;
+        // The file alone, typed, to name an unknown key with its line and table (the merged
+        // table below has no positions).
+        if let Err(e) = toml::from_str::<HostConfig>(text) {
+            if let Some(msg) = unknown_key_at(text, &e) {
+                return Err(Error::Config(format!("{origin}: {msg}")));
+            }
+        }
         for (name, value) in env {
             if !name.starts_with("SLIPWAY_") || NON_CONFIG_ENV.contains(&name.as_str()) {
                 continue;
             }
             let Some((_, path, kind)) = ENV_KEYS.iter().find(|(n, _, _)| *n == name) else {
                 let known: Vec<&str> = ENV_KEYS.iter().map(|(n, _, _)| *n).collect();
-                return Err(Error::Config(format!(
-                    "environment variable {name} is not a slipway setting; unset it or use one of: {}",
-                    known.join(", ")
-                )));
+                // Compared without the shared prefix, which would make any two names look close.
+                let bare = |n: &'static str| n.strip_prefix("SLIPWAY_").unwrap_or(n);
+                let all = known.iter().chain(NON_CONFIG_ENV).copied().map(bare);
+                return Err(Error::Config(match super::closest(bare_name(&name), all) {
+                    Some(k) => format!(
+                        "environment variable {name} is not a slipway setting; did you mean SLIPWAY_{k}? \
+                         (rename or unset it)"
+                    ),
+                    None => format!(
+                        "environment variable {name} is not a slipway setting; unset it or use one of: {}",
+                        known.join(", ")
+                    ),
+                }));
             };
             let v = match kind {
                 Kind::Str => toml::Value::String(value),
@@ -292,9 +308,10 @@ impl HostConfig {
             };
             set_path(&mut table, path, v);
         }
-        let cfg: HostConfig = toml::Value::Table(table)
-            .try_into()
-            .map_err(|e: toml::de::Error| Error::Config(format!("{origin}: {}", e.to_string().trim_end())))?;
+        let cfg: HostConfig = toml::Value::Table(table).try_into().map_err(|e: toml::de::Error| {
+            let msg = e.to_string();
+            Error::Config(format!("{origin}: {}", super::unknown_key(&msg, None).unwrap_or(msg.trim_end().into())))
+        })?;
         cfg.validate(origin)?;
         Ok(cfg)
     }
@@ -362,6 +379,24 @@ impl HostConfig {
         }
         Ok(())
     }
+}
+
+fn bare_name(name: &str) -> &str {
+    name.strip_prefix("SLIPWAY_").unwrap_or(name)
+}
+
+/// "line N: unknown key `table.key`; did you mean …" for an unknown-key error with a position.
+fn unknown_key_at(text: &str, e: &toml::de::Error) -> Option<String> {
+    let start = e.span()?.start;
+    let before = text.get(..start)?;
+    let line = before.matches('\n').count() + 1;
+    // The table the key sits in: the last [header] above it.
+    let table = before.lines().rev().find_map(|l| {
+        let l = l.trim();
+        l.strip_prefix('[').and_then(|h| h.split(']').next()).map(|h| h.trim_matches(['[', ' ']).to_string())
+    });
+    let msg = super::unknown_key(e.message(), table.as_deref())?;
+    Some(format!("line {line}: {msg}"))
 }
 
 fn set_path(table: &mut toml::Table, path: &[&str], v: toml::Value) {

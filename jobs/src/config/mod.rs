@@ -10,6 +10,31 @@ pub mod host;
 pub use fleet::*;
 pub use host::*;
 
+/// The known word `word` is most likely a typo of, if one is close enough (by edit distance).
+pub fn closest<'a>(word: &str, known: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    let limit = (word.chars().count() / 3).max(2);
+    known
+        .into_iter()
+        .map(|k| (strsim::damerau_levenshtein(&word.to_lowercase(), &k.to_lowercase()), k))
+        .filter(|(d, _)| *d <= limit)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, k)| k)
+}
+
+/// serde's "unknown field `x`, expected one of `a`, `b`" as slipway says it: the key, the
+/// closest known key, else the known keys. None when `msg` is about something else.
+pub(crate) fn unknown_key(msg: &str, table: Option<&str>) -> Option<String> {
+    let rest = &msg[msg.find("unknown field `")? + "unknown field `".len()..];
+    let key = &rest[..rest.find('`')?];
+    let known: Vec<&str> = rest[key.len() + 1..].split('`').skip(1).step_by(2).collect();
+    let full = |k: &str| table.map_or_else(|| k.to_string(), |t| format!("{t}.{k}"));
+    Some(match closest(key, known.iter().copied()) {
+        Some(k) => format!("unknown key `{}`; did you mean `{}`?", full(key), full(k)),
+        None if known.is_empty() => format!("unknown key `{}`; this table takes no keys", full(key)),
+        None => format!("unknown key `{}`; known keys: {}", full(key), known.join(", ")),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use std::path::PathBuf;
@@ -64,7 +89,58 @@ mod tests {
         let r = c.remote.unwrap();
         assert_eq!((r.bucket.as_str(), r.path_style), ("bk", true));
         let e = host("[desired]\nrepo = \"/r\"\n", &[("SLIPWAY_BACKUP_RUT", "/b")]).unwrap_err().to_string();
-        assert!(e.contains("SLIPWAY_BACKUP_RUT") && e.contains("SLIPWAY_BACKUP_ROOT"), "{e}");
+        assert!(e.contains("SLIPWAY_BACKUP_RUT") && e.contains("did you mean SLIPWAY_BACKUP_ROOT?"), "{e}");
+    }
+
+    #[test]
+    fn a_misspelled_variable_or_key_names_the_closest_known_one() {
+        let env_cases = [
+            ("SLIPWAY_REMOTE_BUKET", "SLIPWAY_REMOTE_BUCKET"),
+            ("SLIPWAY_CONIFG", "SLIPWAY_CONFIG"),
+            ("SLIPWAY_RETENTION_KEEP_DAYLY", "SLIPWAY_RETENTION_KEEP_DAILY"),
+            ("SLIPWAY_TEST_PAUSE", "SLIPWAY_TEST_PAUSE_AT"),
+        ];
+        for (typo, meant) in env_cases {
+            let e = host("[desired]\nrepo = \"/r\"\n", &[(typo, "x")]).unwrap_err().to_string();
+            assert!(e.contains(typo) && e.contains(&format!("did you mean {meant}?")), "{typo} -> {e}");
+        }
+        // Nothing close: no guess, the list instead.
+        let e = host("[desired]\nrepo = \"/r\"\n", &[("SLIPWAY_ZZZ", "x")]).unwrap_err().to_string();
+        assert!(!e.contains("did you mean") && e.contains("SLIPWAY_BACKUP_ROOT"), "{e}");
+
+        let key_cases = [
+            ("backup_rot = \"/x\"\n[desired]\nrepo = \"/r\"\n", "line 1", "`backup_rot`", "`backup_root`"),
+            (
+                "[desired]\nrepo = \"/r\"\n[retention]\nkepp_daily = 3\n",
+                "line 4",
+                "`retention.kepp_daily`",
+                "`retention.keep_daily`",
+            ),
+            ("[desired]\nrepo = \"/r\"\nbranh = \"x\"\n", "line 3", "`desired.branh`", "`desired.branch`"),
+        ];
+        for (text, line, key, meant) in key_cases {
+            let e = host(text, &[]).unwrap_err().to_string();
+            assert!(
+                e.starts_with(&format!("config.toml: {line}: unknown key {key}; did you mean {meant}?")),
+                "{text:?} -> {e}"
+            );
+        }
+        // The same typo where env supplies a required key: still caught, still a guess.
+        let e = host("[retention]\nkeep_dayly = 3\n", &[("SLIPWAY_DESIRED_REPO", "/r")]).unwrap_err().to_string();
+        assert!(e.contains("`retention.keep_dayly`") && e.contains("did you mean `retention.keep_daily`?"), "{e}");
+
+        for (text, key, meant) in [
+            (app("helth_path = 1\n"), "`helth_path`", None),
+            (app("stop_timout_s = 5\n"), "`stop_timout_s`", Some("`stop_timeout_s`")),
+            (app("").replace("port = 8080", "prot = 8080"), "`prot`", Some("`port`")),
+            ("apps = 1\n".to_string(), "`apps`", Some("`app`")),
+        ] {
+            let e = Fleet::parse(&text, "fleet.toml").unwrap_err().to_string();
+            assert!(e.starts_with("fleet.toml: ") && e.contains(&format!("unknown key {key}")), "{e}");
+            if let Some(m) = meant {
+                assert!(e.contains(&format!("did you mean {m}?")), "{e}");
+            }
+        }
     }
 
     #[test]

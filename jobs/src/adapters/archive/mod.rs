@@ -29,7 +29,7 @@
 
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -70,62 +70,8 @@ pub struct ArchiveSummary {
     pub file_list_sha256: String,
 }
 
-/// Archive errors; each names the archive, path or entry.
-#[derive(Debug, thiserror::Error)]
-pub enum ArchiveError {
-    /// Filesystem error on a path.
-    #[error("{}: {source}", path.display())]
-    Io {
-        /// The path.
-        path: PathBuf,
-        /// The error.
-        source: io::Error,
-    },
-    /// The archive bytes do not hash to what the manifest says.
-    #[error("{}: sha256 is {actual}, expected {expected}; the archive is damaged", archive.display())]
-    HashMismatch {
-        /// The archive.
-        archive: PathBuf,
-        /// Expected hex sha256.
-        expected: String,
-        /// Actual hex sha256.
-        actual: String,
-    },
-    /// An entry would escape the target or is of a refused kind.
-    #[error("{}: refused entry \"{entry}\": {why}; nothing was restored", archive.display())]
-    Refused {
-        /// The archive.
-        archive: PathBuf,
-        /// The entry path as stored.
-        entry: String,
-        /// Why.
-        why: String,
-    },
-    /// The archive is not a valid tar+zstd stream.
-    #[error("{}: {what}", archive.display())]
-    Corrupt {
-        /// The archive.
-        archive: PathBuf,
-        /// What is wrong.
-        what: String,
-    },
-    /// A deep check found a file that differs from the list.
-    #[error("{}: file \"{file}\": {what}", archive.display())]
-    Mismatch {
-        /// The archive.
-        archive: PathBuf,
-        /// The file.
-        file: String,
-        /// What differs.
-        what: String,
-    },
-}
-
-impl From<ArchiveError> for crate::error::Error {
-    fn from(e: ArchiveError) -> Self {
-        crate::error::Error::Archive(e.to_string())
-    }
-}
+/// Archive errors (defined with the other errors, so that `error` needs no adapter).
+pub use crate::error::ArchiveError;
 
 fn ioe(path: &Path) -> impl FnOnce(io::Error) -> ArchiveError + '_ {
     move |source| ArchiveError::Io { path: path.to_path_buf(), source }
