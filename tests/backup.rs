@@ -307,3 +307,31 @@ fn a_damaged_previous_archive_is_never_reused_and_force_always_archives_afresh()
     std::fs::rename(&fourth_day, daily.join("2000-01-03")).unwrap();
     assert_eq!(snapshot_json(&s, &[]).archives[0].outcome, "reused", "an intact unchanged archive is reused");
 }
+
+#[test]
+fn a_tenant_the_snapshot_cannot_unpause_exits_4_and_recover_unpauses_it_later() {
+    let s = Sandbox::new();
+    let v1 = s.push_fixture_as("v1", "app");
+    let name = s.add_tenant("t1", &v1);
+    s.add_tenant("t2", &v1);
+    s.write_data("t1", "a.txt", "one");
+    s.write_data("t2", "b.txt", "two");
+    s.write_fleet(&s.fleet_app(&v1, ""));
+    // The engine refuses every unpause (as a wedged daemon would).
+    let out = s.slipway_env(&["snapshot", "--json"], &[("SLIPWAY_TEST_REFUSE", "unpause")]);
+    assert_eq!(out.code, 4, "{} {}", out.stdout, out.stderr);
+    let report: Snapshot = out.report();
+    assert!(report.archives.iter().all(|a| a.outcome == "frozen"), "{:?}", report.archives);
+    assert_eq!(s.inspect(&name)["State"]["Paused"], true, "the test needs the tenant left paused");
+    // status finds it; recover brings it back; then all is well.
+    let st = s.slipway(&["status", "--json"]);
+    assert_eq!(st.code, 8, "{}", st.stdout);
+    assert!(st.stdout.contains("person_needed"), "{}", st.stdout);
+    let rec = s.slipway(&["recover", "--json"]);
+    assert_eq!(rec.code, 0, "{} {}", rec.stdout, rec.stderr);
+    assert_eq!(s.inspect(&name)["State"]["Paused"], false);
+    assert_eq!(s.inspect(&name)["State"]["Running"], true);
+    assert_eq!(s.slipway(&["snapshot"]).code, 0);
+    let st = s.slipway(&["status"]);
+    assert_eq!(st.code, 0, "{}", st.stdout);
+}

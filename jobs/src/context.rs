@@ -146,6 +146,18 @@ impl Ctx {
     }
 }
 
+/// A test-only refusal: with the `test-crash` feature and `SLIPWAY_TEST_REFUSE=<what>`, the
+/// engine call named `what` (e.g. `unpause`) is treated as failed, as a broken engine would.
+pub fn test_refuses(what: &str) -> bool {
+    #[cfg(feature = "test-crash")]
+    return std::env::var("SLIPWAY_TEST_REFUSE").is_ok_and(|v| v.split(',').any(|w| w == what));
+    #[cfg(not(feature = "test-crash"))]
+    {
+        let _ = what;
+        false
+    }
+}
+
 /// A test-only pause: with the `test-crash` feature and `SLIPWAY_TEST_PAUSE_AT=<point>:<ms>`,
 /// sleep there (to hold the host lock long enough for a concurrency test).
 pub fn test_pause(point: &str) {

@@ -188,6 +188,22 @@ pub enum Error {
         /// serde_json's error.
         source: serde_json::Error,
     },
+    /// A tenant a job paused or stopped could not be brought back: a person is needed, and
+    /// `recover` (or `status`) finds it from the journal.
+    #[error(
+        "container {container} is still {state} after {attempts} attempts to bring it back: {why}; \
+         run `slipway recover` (it retries), or `docker unpause`/`docker start` it by hand"
+    )]
+    Frozen {
+        /// The container.
+        container: String,
+        /// paused or stopped.
+        state: &'static str,
+        /// How many times it was tried.
+        attempts: u32,
+        /// The engine's last answer.
+        why: String,
+    },
     /// Anything else, with context.
     #[error("{0}")]
     Other(String),
@@ -200,6 +216,7 @@ impl Error {
             Error::Config(_) | Error::Usage(_) => ExitKind::Usage,
             Error::LockBusy { .. } => ExitKind::LockBusy,
             Error::RemoteAuth { .. } => ExitKind::RemoteAuth,
+            Error::Frozen { .. } => ExitKind::PersonNeeded,
             _ => ExitKind::Failure,
         }
     }

@@ -94,8 +94,16 @@ fn pid_alive(pid: i64) -> bool {
 /// Run `recover`.
 pub async fn recover(ctx: &Ctx, opts: &RecoverOptions) -> Result<RecoverReport> {
     let mut runs = Vec::new();
-    let unfinished: Vec<Run> =
+    let mut unfinished: Vec<Run> =
         ctx.store.unfinished_runs()?.into_iter().filter(|r| r.id != ctx.run_id.as_str() && !pid_alive(r.pid)).collect();
+    // A snapshot or restore that finished needing a person because it could not bring a
+    // tenant back (left paused or stopped): its journal says which container to bring back.
+    unfinished.extend(
+        ctx.store
+            .unresolved_halts()?
+            .into_iter()
+            .filter(|r| matches!(r.job.as_str(), "snapshot" | "restore") && r.id != ctx.run_id.as_str()),
+    );
     if unfinished.is_empty() {
         return Ok(RecoverReport { dry_run: opts.dry_run, runs });
     }
@@ -112,8 +120,9 @@ pub async fn recover(ctx: &Ctx, opts: &RecoverOptions) -> Result<RecoverReport> 
         };
         if !opts.dry_run {
             let ok = tenants.iter().all(|t| t.ok);
+            let what = if run.finished_at.is_some() { "left a tenant frozen" } else { "killed mid-run" };
             let summary = format!(
-                "killed mid-run; recovered by {}: {}",
+                "{what}; recovered by {}: {}",
                 ctx.run_id,
                 tenants.iter().map(|t| format!("{} {}", t.tenant, t.action)).collect::<Vec<_>>().join("; ")
             );

@@ -55,6 +55,8 @@ pub enum ArchiveOutcome {
     Planned,
     /// Failed; see detail.
     Failed,
+    /// Failed, and the tenant could not be unpaused (or started) again: a person is needed.
+    Frozen,
 }
 
 /// One archive of the run.
@@ -92,7 +94,9 @@ pub struct SnapshotReport {
 impl SnapshotReport {
     /// Failure when any archive failed.
     pub fn exit_kind(&self) -> ExitKind {
-        if self.archives.iter().any(|a| a.outcome == ArchiveOutcome::Failed) {
+        if self.archives.iter().any(|a| a.outcome == ArchiveOutcome::Frozen) {
+            ExitKind::PersonNeeded
+        } else if self.archives.iter().any(|a| a.outcome == ArchiveOutcome::Failed) {
             ExitKind::Failure
         } else {
             ExitKind::Success
@@ -173,7 +177,8 @@ pub async fn snapshot(ctx: &Ctx, opts: &SnapshotOptions) -> Result<SnapshotRepor
                 )?;
             }
             Err(e) => {
-                rep.outcome = ArchiveOutcome::Failed;
+                rep.outcome =
+                    if matches!(e, Error::Frozen { .. }) { ArchiveOutcome::Frozen } else { ArchiveOutcome::Failed };
                 rep.detail = Some(e.to_string());
             }
         }
@@ -293,6 +298,47 @@ fn previous_manifests(backup_root: &Path, today: &SnapshotId) -> Result<Vec<(Pat
     Ok(out)
 }
 
+/// Bring a quiesced tenant back (unpause, or start after a stop), retrying with a backoff; if
+/// the engine still refuses, [`Error::Frozen`]: the job exits 4, its run stays unresolved, and
+/// `recover` unpauses the container from the journal later.
+async fn resume(engine: &Engine, container: &str, hold: Option<&str>) -> Result<()> {
+    const ATTEMPTS: u32 = 4;
+    let Some(hold) = hold else { return Ok(()) };
+    let mut why = String::new();
+    for attempt in 0..ATTEMPTS {
+        if attempt > 0 {
+            tokio::time::sleep(Duration::from_millis(500 << attempt)).await;
+        }
+        let st = match engine.state(container).await {
+            Ok(st) => st,
+            Err(e) => {
+                why = e.to_string();
+                continue;
+            }
+        };
+        let (held, call) = match hold {
+            "pause" => (st.paused, "unpause"),
+            _ => (!st.running, "start"),
+        };
+        if !held {
+            return Ok(());
+        }
+        let r = if crate::context::test_refuses(call) {
+            Err(Error::Other(format!("the engine refused to {call} (test)")))
+        } else if call == "unpause" {
+            engine.unpause(container).await
+        } else {
+            engine.start(container).await
+        };
+        match r {
+            Ok(()) => return Ok(()),
+            Err(e) => why = e.to_string(),
+        }
+    }
+    let state = if hold == "pause" { "paused" } else { "stopped" };
+    Err(Error::Frozen { container: container.to_string(), state, attempts: ATTEMPTS, why })
+}
+
 /// Archive one tenant under its app's quiesce mode; returns (entry, reused, bytes read).
 async fn snapshot_tenant(
     ctx: &Ctx,
@@ -338,10 +384,18 @@ async fn snapshot_tenant(
     };
     let held = HeldContainer { container: container.to_string(), hold: hold.unwrap_or("none").to_string() };
     let step = ctx.begin(Some(tenant.as_str()), "archive", &held)?;
-    match hold {
-        Some("pause") => engine.pause(container).await?,
-        Some("stop") => engine.stop(container, app.stop_timeout_s).await?,
-        _ => {}
+    let quiesced = match hold {
+        Some("pause") => engine.pause(container).await,
+        Some("stop") => engine.stop(container, app.stop_timeout_s).await,
+        _ => Ok(()),
+    };
+    if let Err(e) = quiesced {
+        // A call that failed (or timed out) may still have paused or stopped it: never leave a
+        // tenant frozen because the quiesce itself went wrong.
+        let back = resume(engine, container, hold).await;
+        ctx.end(step, "failed", None::<&()>)?;
+        back?;
+        return Err(e);
     }
     crash_point("snapshot-quiesced");
     let (src, d) = (data_dir.clone(), dest.to_path_buf());
@@ -365,11 +419,7 @@ async fn snapshot_tenant(
     })
     .await;
     // Unquiesce right away, whatever happened.
-    let resumed = match hold {
-        Some("pause") => engine.unpause(container).await,
-        Some("stop") => engine.start(container).await,
-        _ => Ok(()),
-    };
+    let resumed = resume(engine, container, hold).await;
     let result = work.and_then(|r| r);
     ctx.end(step, if result.is_ok() && resumed.is_ok() { "ok" } else { "failed" }, None::<&()>)?;
     resumed?;
@@ -468,6 +518,7 @@ impl fmt::Display for SnapshotReport {
                 ArchiveOutcome::AlreadyDone => "already complete today".into(),
                 ArchiveOutcome::Planned => "would archive".into(),
                 ArchiveOutcome::Failed => format!("FAILED: {}", a.detail.as_deref().unwrap_or("")),
+                ArchiveOutcome::Frozen => format!("FAILED, TENANT LEFT FROZEN: {}", a.detail.as_deref().unwrap_or("")),
             };
             writeln!(f, "  {who:<24} {what}")?;
         }

@@ -189,6 +189,7 @@ const NON_CONFIG_ENV: &[&str] = &[
     "SLIPWAY_TEST_CRASH_AT",
     "SLIPWAY_TEST_SIGNAL_AT",
     "SLIPWAY_TEST_PAUSE_AT",
+    "SLIPWAY_TEST_REFUSE",
 ];
 
 #[derive(Clone, Copy)]
