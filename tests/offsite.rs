@@ -286,3 +286,54 @@ fn restore_remote_latest_takes_a_rollout_snapshot_newer_than_the_newest_daily() 
     assert_eq!(out.code, 0, "{} {}", out.stdout, out.stderr);
     assert_eq!(tree_hash(&to), at_rollout, "restore --remote --latest took another snapshot: {}", out.stdout);
 }
+
+/// The hex sha256 of `bytes`.
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
+#[test]
+fn a_planted_remote_manifest_naming_paths_outside_is_refused_by_restore_verify_and_prune() {
+    let s = Sandbox::new();
+    let day = with_snapshot(&s, &noise(50_000, 4));
+    let bucket = s.use_shared_remote("");
+    assert_eq!(s.slipway(&["sync"]).code, 0);
+    let data_before = tree_hash(&s.data_dir("t1"));
+    let manifest_key = format!("daily/{day}/MANIFEST.json");
+    let original = std::fs::read(s.backups().join(&manifest_key)).unwrap();
+    let outside = s.root().join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    let owned = outside.join("owned");
+    // From the remote cache (<state>/remote-cache/daily/<day>/) up to the sandbox root and out.
+    let climb = "../../../../outside/owned".to_string();
+    for (field, value) in [("path", owned.to_str().unwrap().to_string()), ("file_list", climb)] {
+        let mut m: serde_json::Value = serde_json::from_slice(&original).unwrap();
+        m["archives"][0][field] = serde_json::Value::String(value.clone());
+        let planted = serde_json::to_vec_pretty(&m).unwrap();
+        // Whoever can write the bucket can also write a matching sha256: the paths are checked anyway.
+        s.put_remote_object(&bucket, &manifest_key, &planted, &sha256_hex(&planted));
+        for args in [
+            vec!["restore", "--tenant", "t1", "--day", day.as_str(), "--remote", "--json"],
+            vec!["verify", "--remote", "--deep", "--json"],
+            vec!["prune", "--json"],
+        ] {
+            let out = s.slipway(&args);
+            assert_ne!(out.code, 0, "{args:?} accepted {field} = {value}: {}", out.stdout);
+            let said = format!("{}{}", out.stdout, out.stderr);
+            assert!(said.contains("refused path") && said.contains("MANIFEST.json"), "{args:?}: {said}");
+            assert!(std::fs::read_dir(&outside).unwrap().next().is_none(), "{args:?} wrote outside: {value}");
+        }
+    }
+    // A manifest changed after upload (its sha256 metadata is the uploaded one) is not used.
+    let mut m: serde_json::Value = serde_json::from_slice(&original).unwrap();
+    m["archives"][0]["sha256"] = serde_json::Value::String("00".repeat(32));
+    let changed = serde_json::to_vec_pretty(&m).unwrap();
+    s.put_remote_object(&bucket, &manifest_key, &changed, &sha256_hex(&original));
+    let out = s.slipway(&["restore", "--tenant", "t1", "--day", &day, "--remote", "--json"]);
+    assert_ne!(out.code, 0, "{}", out.stdout);
+    assert!(format!("{}{}", out.stdout, out.stderr).contains("changed after it was uploaded"), "{}", out.stdout);
+    // Nothing was touched: the tenant's data and the local snapshot are as they were.
+    assert_eq!(tree_hash(&s.data_dir("t1")), data_before);
+    assert_eq!(std::fs::read(s.backups().join(&manifest_key)).unwrap(), original);
+}

@@ -230,6 +230,45 @@ pub fn remote_cache(state_dir: &Path) -> PathBuf {
     state_dir.join(REMOTE_CACHE)
 }
 
+/// A relative path read from a manifest or the remote (an archive's `path`, its `file_list`, a
+/// listed object key), checked as archive entries are: '/'-separated normal parts only — not
+/// absolute, no `..`, no `.`, no empty part, no NUL — so that joined to a dir it stays under it.
+/// The error says what is wrong with it.
+pub fn checked_rel(rel: &str) -> std::result::Result<&str, String> {
+    if rel.is_empty() {
+        return Err("it is empty".into());
+    }
+    if rel.starts_with('/') {
+        return Err("it is an absolute path".into());
+    }
+    if rel.contains('\0') {
+        return Err("it contains a NUL byte".into());
+    }
+    for part in rel.split('/') {
+        match part {
+            "" => return Err("it has an empty part (`//` or a trailing `/`)".into()),
+            "." => return Err("it contains `.`".into()),
+            ".." => return Err("it contains `..`".into()),
+            _ => {}
+        }
+    }
+    Ok(rel)
+}
+
+/// `dir` joined with `rel` from a manifest or the remote, once [`checked_rel`] passed: the one way
+/// such a path becomes a local path, so it never lands outside `dir`. `what` names the source
+/// (a manifest, a remote key) in the error.
+pub fn under(dir: &Path, rel: &str, what: &dyn fmt::Display) -> Result<PathBuf> {
+    match checked_rel(rel) {
+        Ok(r) => Ok(dir.join(r)),
+        Err(why) => Err(Error::Archive(format!(
+            "{what}: refused path \"{rel}\": {why}; it would leave {}. The snapshot was damaged or \
+             tampered with: nothing was written; restore from another snapshot or copy",
+            dir.display()
+        ))),
+    }
+}
+
 /// A snapshot directory found on disk.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SnapshotDir {
@@ -390,6 +429,29 @@ mod tests {
         assert_eq!(names(&w.incomplete), ["daily/2026-11-23"]);
         assert_eq!(w.complete[0].dir, root.join("daily/2026-11-21"));
         assert_eq!(complete(root).unwrap(), w.complete);
+    }
+
+    #[test]
+    fn paths_from_a_manifest_or_the_remote_stay_under_their_dir() {
+        for ok in ["tenants/t1.tar.zst", "t1.files.json.zst", "daily/2026-11-22/MANIFEST.json", "a..b/c.d"] {
+            assert_eq!(checked_rel(ok), Ok(ok), "{ok}");
+            assert_eq!(under(Path::new("/c"), ok, &"m").unwrap(), Path::new("/c").join(ok));
+        }
+        for bad in [
+            "",
+            "/tmp/x/owned",
+            "../owned",
+            "tenants/../../owned",
+            "tenants/..",
+            "./t1.tar.zst",
+            "tenants//t1.tar.zst",
+            "tenants/",
+            "a\0b",
+        ] {
+            assert!(checked_rel(bad).is_err(), "{bad:?}");
+            let e = under(Path::new("/c"), bad, &"daily/2026-11-22/MANIFEST.json").unwrap_err().to_string();
+            assert!(e.contains("daily/2026-11-22/MANIFEST.json") && e.contains("refused path"), "{e}");
+        }
     }
 
     #[test]

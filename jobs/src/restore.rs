@@ -161,7 +161,8 @@ pub async fn fetch_remote(cfg: &HostConfig, tenant: &TenantId, source: &Source) 
         }
         let Some(m) = offsite::fetch_manifest(&remote, &snap, &dir).await? else { continue };
         let Some(entry) = m.tenant(tenant.as_str()).cloned() else { continue };
-        remote.download(&snap.key(&entry.path), &dir.join(&entry.path), Some(&entry.sha256)).await?;
+        let key = snap.key(&entry.path);
+        remote.download(&key, &layout::under(&dir, &entry.path, &key)?, Some(&entry.sha256)).await?;
         return Ok(Located { dir, entry });
     }
     Err(Error::Usage(format!("no complete remote snapshot of tenant {tenant} at {}", remote.place())))

@@ -161,9 +161,9 @@ pub async fn verify_remote(cfg: &HostConfig, opts: &VerifyOptions) -> Result<Ver
                     detail = Some(format!("sha256 metadata is {:?}, the manifest says {}", h.sha256, a.sha256))
                 }
                 Some(_) if opts.deep => {
-                    let local = dir.join(&a.path);
-                    let list_path = dir.join(&a.file_list);
                     let r = async {
+                        let local = layout::under(&dir, &a.path, &key)?;
+                        let list_path = layout::under(&dir, &a.file_list, &key)?;
                         remote.download(&key, &local, Some(&a.sha256)).await?;
                         remote.download(&snap.key(&a.file_list), &list_path, Some(&a.file_list_sha256)).await?;
                         let (l, p, s, lp) = (local.clone(), a.sha256.clone(), list_path.clone(), list_path.clone());
