@@ -2,7 +2,7 @@
 
 use std::process::Command;
 
-use crate::support::reports::{Snapshot, Verify};
+use crate::support::reports::{Prune, Restore, Snapshot, Verify};
 use crate::support::{files_under, noise, sh, tree_hash, Sandbox};
 
 fn snapshot_json(s: &Sandbox, args: &[&str]) -> Snapshot {
@@ -306,4 +306,46 @@ fn a_damaged_previous_archive_is_never_reused_and_force_always_archives_afresh()
     let fourth_day = daily.join(&third.day);
     std::fs::rename(&fourth_day, daily.join("2000-01-03")).unwrap();
     assert_eq!(snapshot_json(&s, &[]).archives[0].outcome, "reused", "an intact unchanged archive is reused");
+}
+
+#[test]
+fn a_restore_from_the_wrong_day_keeps_the_newer_data_it_replaced_until_prune_retires_it() {
+    let s = Sandbox::new();
+    let v1 = s.push_fixture_as("v1", "app");
+    s.add_tenant("t1", &v1);
+    s.write_data("t1", "db/records.txt", "old rows\n");
+    s.write_fleet(&s.fleet_app(&v1, ""));
+    let day = snapshot_json(&s, &[]).day;
+    // A day of new work, then a person restores the wrong day.
+    s.write_data("t1", "db/records.txt", "a whole day of new rows\n");
+    s.write_data("t1", "uploads/new.bin", "uploaded after the snapshot");
+    let newer = tree_hash(&s.data_dir("t1"));
+    let out = s.slipway(&["restore", "--tenant", "t1", "--day", &day, "--json"]);
+    assert_eq!(out.code, 0, "{} {}", out.stdout, out.stderr);
+    let run = out.run_id();
+    let r: Restore = out.report();
+    let kept = r.replaced.expect("the restore says where the data it replaced is");
+    assert_eq!(kept, s.backups().join("replaced").join(&run).join("t1"));
+    assert_eq!(tree_hash(&kept), newer, "the replaced data is kept byte for byte");
+    assert!(r.detail.contains(kept.to_str().unwrap()), "{}", r.detail);
+    // The run record names it too.
+    let shown = s.slipway(&["runs", "show", &run, "--json"]);
+    assert!(shown.stdout.contains(kept.to_str().unwrap()), "{}", shown.stdout);
+    // Put back by hand, as the README says: the newer data is all there.
+    let back = s.root().join("back");
+    sh(Command::new("cp").arg("-a").arg(&kept).arg(&back));
+    assert_eq!(tree_hash(&back), newer);
+    // Retention keeps the newest restore runs' data like rollout runs, and retires older ones.
+    s.set_config("retention", "{ keep_daily = 7, keep_rollout_runs = 1 }");
+    let second = s.slipway(&["restore", "--tenant", "t1", "--day", &day, "--json"]);
+    assert_eq!(second.code, 0, "{}", second.stderr);
+    let second_kept = second.report::<Restore>().replaced.unwrap();
+    let dry = s.slipway(&["prune", "--dry-run", "--json"]).report::<Prune>();
+    assert_eq!(
+        dry.replaced.iter().map(|r| (r.run.as_str(), r.keep)).collect::<Vec<_>>(),
+        [(run.as_str(), false), (second.run_id().as_str(), true)]
+    );
+    assert!(kept.exists(), "a dry run removed replaced data");
+    assert_eq!(s.slipway(&["prune"]).code, 0);
+    assert!(!kept.exists() && second_kept.exists());
 }

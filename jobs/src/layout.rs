@@ -7,6 +7,7 @@
 //! <backup_root>/daily/YYYY-MM-DD/MANIFEST.json
 //! <backup_root>/rollout/<run_id>/<tenant>.tar.zst           + <tenant>.files.json.zst
 //! <backup_root>/rollout/<run_id>/MANIFEST.json
+//! <backup_root>/replaced/<run_id>/<tenant>/                  the data a restore replaced, as it was
 //! <state_dir>/remote-cache/<kind>/<id>/…                     what `restore --remote` fetched
 //! ```
 //!
@@ -38,6 +39,8 @@ const TENANTS: &str = "tenants";
 const ARCHIVE_SUFFIX: &str = ".tar.zst";
 /// Suffix of the per-file list beside an archive.
 const FILE_LIST_SUFFIX: &str = ".files.json.zst";
+/// The directory under the backup root that keeps the data each restore replaced.
+const REPLACED: &str = "replaced";
 /// The directory under `state_dir` that `restore --remote` downloads into.
 const REMOTE_CACHE: &str = "remote-cache";
 
@@ -267,6 +270,51 @@ pub fn under(dir: &Path, rel: &str, what: &dyn fmt::Display) -> Result<PathBuf> 
             dir.display()
         ))),
     }
+}
+
+/// Where restore run `run` keeps the tenant's data it replaced: `replaced/<run_id>/<tenant>`.
+pub fn replaced_dir(backup_root: &Path, run: &RunId, tenant: &str) -> PathBuf {
+    backup_root.join(REPLACED).join(run.as_str()).join(tenant)
+}
+
+/// The data a restore replaced, found on disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplacedDir {
+    /// The restore run that replaced it.
+    pub run: RunId,
+    /// Its run's dir, `replaced/<run_id>`.
+    pub run_dir: PathBuf,
+    /// The tenants whose data it keeps, sorted.
+    pub tenants: Vec<String>,
+}
+
+/// Every `replaced/<run_id>/` dir, oldest run first; names that are not run ids (or start with a
+/// dot) are not slipway's and are skipped.
+pub fn replaced(backup_root: &Path) -> Result<Vec<ReplacedDir>> {
+    let root = backup_root.join(REPLACED);
+    let rd = match std::fs::read_dir(&root) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Error::io(&root, e)),
+    };
+    let mut out = Vec::new();
+    for entry in rd {
+        let entry = entry.map_err(|e| Error::io(&root, e))?;
+        let Some(run) = entry.file_name().to_str().and_then(|n| n.parse::<RunId>().ok()) else { continue };
+        let run_dir = entry.path();
+        if !run_dir.is_dir() {
+            continue;
+        }
+        let mut tenants: Vec<String> = std::fs::read_dir(&run_dir)
+            .map_err(|e| Error::io(&run_dir, e))?
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| !n.starts_with('.'))
+            .collect();
+        tenants.sort();
+        out.push(ReplacedDir { run, run_dir, tenants });
+    }
+    out.sort_by(|a, b| a.run.as_str().cmp(b.run.as_str()));
+    Ok(out)
 }
 
 /// A snapshot directory found on disk.

@@ -55,8 +55,39 @@ pub struct PruneReport {
     pub dry_run: bool,
     /// Every snapshot considered.
     pub items: Vec<PruneItem>,
+    /// The data restores replaced (`replaced/<run_id>/`), kept like rollout runs: the newest
+    /// `keep_rollout_runs`.
+    pub replaced: Vec<ReplacedItem>,
     /// Files (local) and objects (remote) deleted.
     pub deleted: usize,
+}
+
+/// The fate of the data one restore run replaced.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReplacedItem {
+    /// The restore run.
+    pub run: String,
+    /// Its dir, `<backup_root>/replaced/<run_id>`.
+    pub dir: std::path::PathBuf,
+    /// The tenants whose data it keeps.
+    pub tenants: Vec<String>,
+    /// Kept?
+    pub keep: bool,
+}
+
+/// Keep the newest `keep_runs` restore runs' replaced data, like rollout runs.
+fn plan_replaced(found: Vec<layout::ReplacedDir>, keep_runs: u32) -> Vec<ReplacedItem> {
+    let n = found.len();
+    found
+        .into_iter()
+        .enumerate()
+        .map(|(i, r)| ReplacedItem {
+            run: r.run.to_string(),
+            dir: r.run_dir,
+            tenants: r.tenants,
+            keep: n - i <= keep_runs as usize,
+        })
+        .collect()
 }
 
 impl PruneReport {
@@ -219,10 +250,15 @@ pub async fn prune(ctx: &Ctx, opts: &PruneOptions) -> Result<PruneReport> {
             .unwrap_or(keep_runs);
         items.extend(plan("remote", inv, p, remote_keep_runs, &halted, &|_| false));
     }
+    let replaced = plan_replaced(layout::replaced(&ctx.cfg.backup_root)?, keep_runs);
     let mut deleted = 0;
     if !opts.dry_run {
         ctx.start_run("prune", None, None, None)?;
         deleted += apply_local(ctx, &local, &items)?;
+        for r in replaced.iter().filter(|r| !r.keep) {
+            std::fs::remove_dir_all(&r.dir).map_err(|e| Error::io(&r.dir, e))?;
+            deleted += 1;
+        }
         if let (Some(r), Some(inv)) = (&remote, &remote_inv) {
             deleted += apply_remote(ctx, r, inv, &items, scratch.path()).await?;
         }
@@ -234,7 +270,7 @@ pub async fn prune(ctx: &Ctx, opts: &PruneOptions) -> Result<PruneReport> {
             &format!("{gone} snapshot(s) pruned, {deleted} file(s) deleted"),
         )?;
     }
-    Ok(PruneReport { dry_run: opts.dry_run, items, deleted })
+    Ok(PruneReport { dry_run: opts.dry_run, items, replaced, deleted })
 }
 
 /// Forgotten archives of one manifest: (archive path, file list path) of the tenants going.
@@ -368,6 +404,10 @@ impl fmt::Display for PruneReport {
             } else {
                 writeln!(f, "  {:<6} {verb} {} {}{who}", i.location, i.kind, i.snapshot)?;
             }
+        }
+        for r in &self.replaced {
+            let what = if r.keep { "keep  " } else { verb };
+            writeln!(f, "  local  {what} replaced {} ({})", r.run, r.tenants.join(", "))?;
         }
         let gone = self.items.iter().filter(|i| !i.keep).count();
         writeln!(f, "{gone} snapshot(s) {verb}, {} kept; {} file(s) deleted", self.items.len() - gone, self.deleted)

@@ -63,6 +63,9 @@ pub struct RestoreReport {
     pub container: Option<String>,
     /// Entries restored.
     pub entries: u64,
+    /// Where the data the restore replaced is kept (`<backup_root>/replaced/<run_id>/<tenant>`),
+    /// if the data dir existed.
+    pub replaced: Option<PathBuf>,
     /// Whether this was a dry run.
     pub dry_run: bool,
     /// How it ended.
@@ -195,6 +198,7 @@ pub async fn restore(ctx: &Ctx, opts: &RestoreOptions) -> Result<RestoreReport> 
         target: PathBuf::new(),
         container: None,
         entries: 0,
+        replaced: None,
         dry_run: opts.dry_run,
         outcome: ExitKind::Success,
         detail: String::new(),
@@ -256,10 +260,22 @@ pub async fn restore(ctx: &Ctx, opts: &RestoreOptions) -> Result<RestoreReport> 
     crash_point("restore-before-swap");
     let s = ctx.begin(Some(opts.tenant.as_str()), "restore", &held)?;
     let (a, h, d) = (archive_path.clone(), got.clone(), data_dir.clone());
-    let restored = tokio::task::spawn_blocking(move || archive::restore_swap(&a, &h, &d))
+    let swapped = tokio::task::spawn_blocking(move || archive::restore_swap_keep(&a, &h, &d))
         .await
         .map_err(|e| Error::Other(format!("restore task failed: {e}")))?;
-    ctx.end(s, if restored.is_ok() { "ok" } else { "failed" }, None::<&()>)?;
+    // The data it replaced is kept, never removed: a wrong --day must not be the end of it.
+    let restored = match swapped {
+        Ok((n, old)) => {
+            report.replaced = old.map(|old| keep_replaced(&ctx.cfg.backup_root, &ctx.run_id, &opts.tenant, &old));
+            Ok(n)
+        }
+        Err(e) => Err(e),
+    };
+    ctx.end(
+        s,
+        if restored.is_ok() { "ok" } else { "failed" },
+        Some(&serde_json::json!({ "replaced": report.replaced })),
+    )?;
     let s = ctx.begin(Some(opts.tenant.as_str()), "start", &held)?;
     let started = engine.start(&container.name).await;
     ctx.end(s, if started.is_ok() { "ok" } else { "failed" }, None::<&()>)?;
@@ -283,6 +299,9 @@ pub async fn restore(ctx: &Ctx, opts: &RestoreOptions) -> Result<RestoreReport> 
             report.detail = format!("{} is not healthy after the restore: {e}; a person is needed", container.name);
         }
     }
+    if let Some(r) = &report.replaced {
+        report.detail.push_str(&format!("; the data it replaced is kept in {}", r.display()));
+    }
     let word = match report.outcome {
         ExitKind::Success => "success",
         ExitKind::PersonNeeded => "person_needed",
@@ -290,6 +309,30 @@ pub async fn restore(ctx: &Ctx, opts: &RestoreOptions) -> Result<RestoreReport> 
     };
     ctx.store.finish_run(ctx.run_id.as_str(), word, report.outcome.code() as i64, &report.detail)?;
     Ok(report)
+}
+
+/// Move the old data a restore swapped out (`old`, beside the data dir) to
+/// `<backup_root>/replaced/<run_id>/<tenant>`, where prune keeps it with the rollout runs. When
+/// that is another filesystem (a rename cannot move it) it stays where it is, and that is the
+/// path returned: it is never deleted.
+fn keep_replaced(backup_root: &Path, run: &RunId, tenant: &TenantId, old: &Path) -> PathBuf {
+    let dest = layout::replaced_dir(backup_root, run, tenant.as_str());
+    let moved = dest
+        .parent()
+        .map_or(Ok(()), crate::fsutil::create_private_dir)
+        .and_then(|()| std::fs::rename(old, &dest))
+        .and_then(|()| dest.parent().map_or(Ok(()), crate::fsutil::sync_dir));
+    match moved {
+        Ok(()) => dest,
+        Err(e) => {
+            tracing::warn!(
+                "tenant {tenant}: the data the restore replaced stays in {} (moving it to {} failed: {e})",
+                old.display(),
+                dest.display()
+            );
+            old.to_path_buf()
+        }
+    }
 }
 
 impl fmt::Display for RestoreReport {

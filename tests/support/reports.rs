@@ -149,6 +149,26 @@ pub struct Checked {
 #[derive(Debug, Deserialize)]
 pub struct Prune {
     pub items: Vec<PruneItem>,
+    #[serde(default)]
+    pub replaced: Vec<PruneReplaced>,
+}
+
+/// The fate of one restore run's replaced data in a prune.
+#[derive(Debug, Clone, Deserialize)]
+pub struct PruneReplaced {
+    pub run: String,
+    pub dir: PathBuf,
+    pub tenants: Vec<String>,
+    pub keep: bool,
+}
+
+/// `slipway restore --json`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Restore {
+    pub target: PathBuf,
+    pub entries: u64,
+    pub replaced: Option<PathBuf>,
+    pub detail: String,
 }
 
 /// One snapshot's fate in a prune.

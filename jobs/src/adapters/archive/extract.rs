@@ -235,8 +235,23 @@ fn sibling_tmp(target: &Path, what: &str) -> Result<PathBuf, ArchiveError> {
 /// Restore `archive` in place of `target`: extract into a sibling temp dir with every check,
 /// verify the sha256, then swap it in. On any error `target` is untouched and the temp dir
 /// removed. The new root dir gets the archived dir's owner, mode and mtime (archives made
-/// before those were kept: the old dir's owner and mode).
+/// before those were kept: the old dir's owner and mode). The data it replaced is removed; see
+/// [`restore_swap_keep`] to keep it.
 pub fn restore_swap(archive: &Path, expected_sha256: &str, target: &Path) -> Result<u64, ArchiveError> {
+    let (n, old) = restore_swap_keep(archive, expected_sha256, target)?;
+    if let Some(old) = old {
+        fs::remove_dir_all(&old).map_err(ioe(&old))?;
+    }
+    Ok(n)
+}
+
+/// [`restore_swap`], keeping what it replaced: returns the entries restored and, when `target`
+/// existed, the sibling dir that now holds its old data (the caller moves it somewhere kept).
+pub fn restore_swap_keep(
+    archive: &Path,
+    expected_sha256: &str,
+    target: &Path,
+) -> Result<(u64, Option<PathBuf>), ArchiveError> {
     let tmp = sibling_tmp(target, "restore")?;
     let done = match extract_checked(archive, expected_sha256, &tmp) {
         Ok(x) => x,
@@ -261,8 +276,9 @@ pub fn restore_swap(archive: &Path, expected_sha256: &str, target: &Path) -> Res
                 rustix::fs::RenameFlags::EXCHANGE,
             )
             .map_err(|e| ArchiveError::Io { path: target.to_path_buf(), source: e.into() })?;
-            // `tmp` now holds the old data.
-            fs::remove_dir_all(&tmp).map_err(ioe(&tmp))?;
+            // `tmp` now holds the old data: the caller decides its fate.
+            sync_dir(parent).map_err(ioe(parent))?;
+            return Ok((done.entries, Some(tmp)));
         }
         Ok(_) => {
             let _ = fs::remove_dir_all(&tmp);
@@ -279,7 +295,7 @@ pub fn restore_swap(archive: &Path, expected_sha256: &str, target: &Path) -> Res
         }
     }
     sync_dir(parent).map_err(ioe(parent))?;
-    Ok(done.entries)
+    Ok((done.entries, None))
 }
 
 /// Extract into `dir` (new or empty) with the same checks and hash verification, for
