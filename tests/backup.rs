@@ -349,3 +349,50 @@ fn a_restore_from_the_wrong_day_keeps_the_newer_data_it_replaced_until_prune_ret
     assert_eq!(s.slipway(&["prune"]).code, 0);
     assert!(!kept.exists() && second_kept.exists());
 }
+
+#[test]
+fn an_unreadable_old_manifest_and_a_damaged_old_archive_are_skipped_and_every_tenant_is_still_snapshotted() {
+    let s = Sandbox::new();
+    let v1 = s.push_fixture_as("v1", "app");
+    for t in ["t1", "t2"] {
+        s.add_tenant(t, &v1);
+        s.write_data(t, "db/records.txt", &format!("{t} rows\n"));
+    }
+    s.write_fleet(&s.fleet_app(&v1, ""));
+    let today = snapshot_json(&s, &[]).day;
+    // Turn today's snapshot into two earlier days, then damage them: the day before yesterday's
+    // t1 archive gets a flipped byte, yesterday's MANIFEST.json is garbage.
+    let date: jiff::civil::Date = today.parse().unwrap();
+    let day = |n: i64| date.checked_sub(jiff::Span::new().days(n)).unwrap().to_string();
+    let daily = s.backups().join("daily");
+    for n in [1, 2] {
+        let dir = daily.join(day(n));
+        sh(Command::new("cp").arg("-a").arg(daily.join(&today)).arg(&dir));
+        let m = std::fs::read_to_string(dir.join("MANIFEST.json")).unwrap().replace(&today, &day(n));
+        std::fs::write(dir.join("MANIFEST.json"), m).unwrap();
+    }
+    std::fs::remove_dir_all(daily.join(&today)).unwrap();
+    std::fs::write(daily.join(day(1)).join("MANIFEST.json"), b"{\"version\": 1, \"trunc").unwrap();
+    let old_t1 = daily.join(day(2)).join("tenants/t1.tar.zst");
+    let mut bytes = std::fs::read(&old_t1).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x40;
+    std::fs::write(&old_t1, bytes).unwrap();
+    let snap = snapshot_json(&s, &[]);
+    let outcome = |t: &str| snap.archives.iter().find(|a| a.tenant.as_deref() == Some(t)).unwrap().outcome.clone();
+    assert_eq!(outcome("t1"), "archived", "a damaged old archive is never reused");
+    assert_eq!(outcome("t2"), "reused", "the intact old archive still is");
+    assert!(snap.skipped.iter().any(|w| w.contains(&day(1)) && w.contains("MANIFEST.json")), "{:?}", snap.skipped);
+    // Today is restorable; verify fails naming both bad things and still checks the rest.
+    let v = s.slipway(&["verify", "--json"]);
+    assert_eq!(v.code, 1, "{}", v.stdout);
+    let report: Verify = v.report();
+    let bad: Vec<String> = report.archives.iter().filter(|a| !a.ok).map(|a| a.archive.display().to_string()).collect();
+    assert_eq!(bad.len(), 2, "{bad:?}");
+    assert!(bad.iter().any(|b| b.ends_with(&format!("{}/MANIFEST.json", day(1)))), "{bad:?}");
+    assert!(bad.iter().any(|b| b.ends_with(&format!("{}/tenants/t1.tar.zst", day(2)))), "{bad:?}");
+    assert!(report.archives.iter().filter(|a| a.ok).count() >= 3, "{}", v.stdout);
+    // Prune leaves the unreadable day alone rather than guessing.
+    assert_eq!(s.slipway(&["prune"]).code, 0);
+    assert!(daily.join(day(1)).join("MANIFEST.json").exists());
+}

@@ -58,6 +58,8 @@ pub struct PruneReport {
     /// The data restores replaced (`replaced/<run_id>/`), kept like rollout runs: the newest
     /// `keep_rollout_runs`.
     pub replaced: Vec<ReplacedItem>,
+    /// Local snapshots whose manifest could not be read: left alone.
+    pub unreadable: Vec<String>,
     /// Files (local) and objects (remote) deleted.
     pub deleted: usize,
 }
@@ -190,15 +192,20 @@ fn plan(
     items
 }
 
-fn local_inventory(root: &Path) -> Result<Inventory> {
+/// The local snapshots, and what was wrong with each whose manifest could not be read (left
+/// alone: prune never deletes what it cannot read; `verify` fails naming it).
+fn local_inventory(root: &Path) -> Result<(Inventory, Vec<String>)> {
     let mut inv = Inventory::default();
+    let mut unreadable = Vec::new();
     // Only complete snapshots: an incomplete one (being written, or crashed) is never touched.
     for snap in layout::complete(root)? {
-        if let Some(m) = Manifest::read(&snap.dir)? {
-            inv.insert(snap.id, m);
+        match Manifest::read(&snap.dir) {
+            Ok(Some(m)) => inv.insert(snap.id, m),
+            Ok(None) => {}
+            Err(e) => unreadable.push(format!("{}: kept, not pruned: {e}", snap.id)),
         }
     }
-    Ok(inv)
+    Ok((inv, unreadable))
 }
 
 async fn remote_inventory(remote: &Remote, scratch: &Path) -> Result<Inventory> {
@@ -222,7 +229,10 @@ pub async fn prune(ctx: &Ctx, opts: &PruneOptions) -> Result<PruneReport> {
         None => None,
     };
     let verified: HashMap<String, (String, u64)> = ctx.store.remote_objects()?;
-    let local = local_inventory(&ctx.cfg.backup_root)?;
+    let (local, unreadable) = local_inventory(&ctx.cfg.backup_root)?;
+    for why in &unreadable {
+        tracing::warn!("{why}");
+    }
     let sha_of: HashMap<String, String> = local
         .daily
         .iter()
@@ -270,7 +280,7 @@ pub async fn prune(ctx: &Ctx, opts: &PruneOptions) -> Result<PruneReport> {
             &format!("{gone} snapshot(s) pruned, {deleted} file(s) deleted"),
         )?;
     }
-    Ok(PruneReport { dry_run: opts.dry_run, items, replaced, deleted })
+    Ok(PruneReport { dry_run: opts.dry_run, items, replaced, unreadable, deleted })
 }
 
 /// Forgotten archives of one manifest: (archive path, file list path) of the tenants going.
@@ -408,6 +418,9 @@ impl fmt::Display for PruneReport {
         for r in &self.replaced {
             let what = if r.keep { "keep  " } else { verb };
             writeln!(f, "  local  {what} replaced {} ({})", r.run, r.tenants.join(", "))?;
+        }
+        for why in &self.unreadable {
+            writeln!(f, "  WARNING {why}")?;
         }
         let gone = self.items.iter().filter(|i| !i.keep).count();
         writeln!(f, "{gone} snapshot(s) {verb}, {} kept; {} file(s) deleted", self.items.len() - gone, self.deleted)

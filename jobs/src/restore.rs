@@ -127,8 +127,11 @@ pub fn locate(backup_root: &Path, tenant: &TenantId, source: &Source) -> Result<
     }
     let mut found = Vec::new();
     for snap in layout::complete(backup_root)? {
-        if let Some(entry) = find(&snap.dir)? {
-            found.push((snap.id, entry, snap.dir));
+        // One unreadable day does not hide every other one from --latest (verify names it).
+        match find(&snap.dir) {
+            Ok(Some(entry)) => found.push((snap.id, entry, snap.dir)),
+            Ok(None) => {}
+            Err(e) => tracing::warn!("{}: skipped: {e}", snap.id),
         }
     }
     newest(found).map(|(entry, dir)| Located { dir, entry }).ok_or_else(missing)

@@ -166,8 +166,20 @@ pub async fn sync(ctx: &Ctx, opts: &SyncOptions) -> Result<SyncReport> {
     }
     let mut upload_time = std::time::Duration::ZERO;
     for snap in layout::complete(&ctx.cfg.backup_root)? {
-        let files = wanted(&snap)?;
         let manifest_key = snap.id.manifest_key();
+        // One unreadable day fails the job, naming it; every other day is still synced.
+        let files = match wanted(&snap) {
+            Ok(f) => f,
+            Err(e) => {
+                report.files.push(FileSync {
+                    key: manifest_key,
+                    size: 0,
+                    action: "failed".into(),
+                    detail: Some(format!("{e}; nothing of {} was uploaded", snap.id)),
+                });
+                continue;
+            }
+        };
         let mut dir_ok = true;
         // Archives and file lists first (a few at a time), the manifest only once they are all there.
         let (manifest, files): (Vec<Wanted>, Vec<Wanted>) = files.into_iter().partition(|w| w.key == manifest_key);

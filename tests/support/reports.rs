@@ -102,6 +102,8 @@ pub struct Snapshot {
     pub day: String,
     pub dir: PathBuf,
     pub archives: Vec<SnapshotArchive>,
+    #[serde(default)]
+    pub skipped: Vec<String>,
 }
 
 /// One archive of a snapshot.
