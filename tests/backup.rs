@@ -396,3 +396,61 @@ fn an_unreadable_old_manifest_and_a_damaged_old_archive_are_skipped_and_every_te
     assert_eq!(s.slipway(&["prune"]).code, 0);
     assert!(daily.join(day(1)).join("MANIFEST.json").exists());
 }
+
+/// Names in `dir` that a failed extraction could have left behind (`.<name>.extract-…`,
+/// `.<name>.restore-…`, `.slipway-extract-…`).
+fn leftovers(dir: &std::path::Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".extract-") || n.contains(".restore-") || n.starts_with(".slipway-"))
+        .collect()
+}
+
+#[test]
+fn restore_checks_free_space_before_extracting_leaves_nothing_behind_and_restores_onto_a_mount() {
+    let s = Sandbox::new();
+    let v1 = s.push_fixture_as("v1", "app");
+    s.add_tenant("t1", &v1);
+    std::fs::create_dir_all(s.data_dir("t1")).unwrap();
+    std::fs::write(s.data_dir("t1").join("noise.bin"), noise(3 << 20, 11)).unwrap();
+    s.write_data("t1", "db/records.txt", "rows\n");
+    s.write_fleet(&s.fleet_app(&v1, ""));
+    snapshot_json(&s, &[]);
+    let want = tree_hash(&s.data_dir("t1"));
+    // Too small for the 3 MiB tree: refused up front, and the mount is as empty as it was.
+    let small = s.root().join("small");
+    let _small = s.mount_tmpfs(&small, "1m");
+    let out = s.slipway(&["restore", "--tenant", "t1", "--latest", "--to", small.to_str().unwrap(), "--json"]);
+    assert_eq!(out.code, 1, "{}", out.stdout);
+    assert!(out.stdout.contains("free"), "{}", out.stdout);
+    assert!(std::fs::read_dir(&small).unwrap().next().is_none(), "something was extracted onto the small mount");
+    assert!(leftovers(s.root()).is_empty(), "{:?}", leftovers(s.root()));
+    // A mount with room: --to restores onto it.
+    let big = s.root().join("big");
+    let _big = s.mount_tmpfs(&big, "16m");
+    let out = s.slipway(&["restore", "--tenant", "t1", "--latest", "--to", big.to_str().unwrap(), "--json"]);
+    assert_eq!(out.code, 0, "{} {}", out.stdout, out.stderr);
+    assert_eq!(tree_hash(&big), want);
+    assert!(leftovers(&big).is_empty() && leftovers(s.root()).is_empty());
+}
+
+#[test]
+fn a_data_dir_that_is_a_mount_point_is_refused_before_anything_is_extracted_or_stopped() {
+    let s = Sandbox::new();
+    let v1 = s.push_fixture_as("v1", "app");
+    let _mount = s.mount_tmpfs(&s.data_dir("t1"), "16m");
+    let name = s.add_tenant("t1", &v1);
+    s.write_data("t1", "db/records.txt", "rows of the snapshot\n");
+    s.write_fleet(&s.fleet_app(&v1, ""));
+    let day = snapshot_json(&s, &[]).day;
+    s.write_data("t1", "db/records.txt", "newer rows\n");
+    let now = tree_hash(&s.data_dir("t1"));
+    let started = s.inspect(&name)["State"]["StartedAt"].clone();
+    let out = s.slipway(&["restore", "--tenant", "t1", "--day", &day, "--json"]);
+    assert_eq!(out.code, 2, "{}", out.stdout);
+    assert!(out.stdout.contains("mount point"), "{}", out.stdout);
+    assert_eq!(tree_hash(&s.data_dir("t1")), now);
+    assert_eq!(s.inspect(&name)["State"]["StartedAt"], started, "the tenant was stopped");
+    assert!(leftovers(s.data_dir("t1").parent().unwrap()).is_empty());
+}

@@ -169,9 +169,53 @@ pub async fn fetch_remote(cfg: &HostConfig, tenant: &TenantId, source: &Source) 
         let Some(entry) = m.tenant(tenant.as_str()).cloned() else { continue };
         let key = snap.key(&entry.path);
         remote.download(&key, &layout::under(&dir, &entry.path, &key)?, Some(&entry.sha256)).await?;
+        // The file list too: the restore's preflight reads it.
+        let list_key = snap.key(&entry.file_list);
+        let list = layout::under(&dir, &entry.file_list, &list_key)?;
+        remote.download(&list_key, &list, Some(&entry.file_list_sha256)).await?;
         return Ok(Located { dir, entry });
     }
     Err(Error::Usage(format!("no complete remote snapshot of tenant {tenant} at {}", remote.place())))
+}
+
+/// Room a restore needs beyond the file contents, per entry (a block for its inode, dir entry
+/// and last partial block).
+const PER_ENTRY_BYTES: u64 = 4096;
+
+/// Before anything is extracted: the file list must be the one the manifest recorded, and the
+/// filesystem the files will land on (`on`: the target, else its nearest existing ancestor) must
+/// have room for every file in it. Read as a stream, so a huge list costs no memory.
+async fn preflight(loc: &Located, target: &Path) -> Result<()> {
+    let list = loc.dir.join(&loc.entry.file_list);
+    let (want, mut on) = (loc.entry.file_list_sha256.clone(), target.to_path_buf());
+    while !on.exists() {
+        match on.parent() {
+            Some(p) => on = p.to_path_buf(),
+            None => break,
+        }
+    }
+    let l = list.clone();
+    let ((sha, _), (bytes, entries)) =
+        tokio::task::spawn_blocking(move || Ok::<_, Error>((archive::sha256_file(&l)?, archive::totals(&l)?)))
+            .await
+            .map_err(|e| Error::Other(format!("preflight task failed: {e}")))??;
+    if sha != want {
+        return Err(Error::Archive(format!(
+            "{}: sha256 is {sha}, the manifest says {want}; the file list is damaged, nothing was touched \
+             (try another --day or `restore --remote`)",
+            list.display()
+        )));
+    }
+    let need = bytes.saturating_add(entries.saturating_mul(PER_ENTRY_BYTES));
+    let free = crate::fsutil::free_bytes(&on).map_err(|e| Error::io(&on, e))?;
+    if free < need {
+        return Err(Error::Archive(format!(
+            "{}: the restore needs about {need} bytes ({bytes} bytes in {entries} entries) but only {free} are free \
+             there; nothing was touched. Free space on that filesystem or restore with --to onto a larger one",
+            on.display()
+        )));
+    }
+    Ok(())
 }
 
 /// Run `restore`.
@@ -208,6 +252,7 @@ pub async fn restore(ctx: &Ctx, opts: &RestoreOptions) -> Result<RestoreReport> 
     };
     if let Some(to) = &opts.to {
         report.target = to.clone();
+        preflight(&loc, to).await?;
         if opts.dry_run {
             report.detail = format!("would extract into {}", to.display());
             return Ok(report);
@@ -246,6 +291,17 @@ pub async fn restore(ctx: &Ctx, opts: &RestoreOptions) -> Result<RestoreReport> 
     let data_dir = app.data_dir_of(&opts.tenant);
     report.target = data_dir.clone();
     report.container = Some(container.name.clone());
+    // A mount point cannot be swapped by rename: refused before anything is touched.
+    if data_dir.exists() && crate::fsutil::is_mount_point(&data_dir).map_err(|e| Error::io(&data_dir, e))? {
+        return Err(Error::Usage(format!(
+            "tenant {}: data dir {} is a mount point, which restore cannot swap; nothing was touched. \
+             Restore with --to into a new dir on that filesystem, then stop the tenant and move the files in",
+            opts.tenant,
+            data_dir.display()
+        )));
+    }
+    // The new tree is extracted beside the data dir, and the old one is kept: room for all of it.
+    preflight(&loc, data_dir.parent().unwrap_or(&data_dir)).await?;
     if opts.dry_run {
         report.detail = format!(
             "would stop {}, restore {} into {}, start it",
