@@ -120,6 +120,8 @@ pub struct SnapshotArchive {
 pub struct Sync {
     pub files: Vec<SyncFile>,
     pub uploaded_bytes: u64,
+    #[serde(default)]
+    pub retired: Vec<String>,
 }
 
 /// One file a sync uploaded (or would, or failed).
