@@ -331,23 +331,23 @@ fn a_restore_from_the_wrong_day_keeps_the_newer_data_it_replaced_until_prune_ret
     // The run record names it too.
     let shown = s.slipway(&["runs", "show", &run, "--json"]);
     assert!(shown.stdout.contains(kept.to_str().unwrap()), "{}", shown.stdout);
-    // Put back by hand, as the README says: the newer data is all there.
-    let back = s.root().join("back");
-    sh(Command::new("cp").arg("-a").arg(&kept).arg(&back));
-    assert_eq!(tree_hash(&back), newer);
+    // `restore --run <that restore's run>` puts it back, keeping what it replaces in turn.
+    let back = s.slipway(&["restore", "--tenant", "t1", "--run", &run, "--json"]);
+    assert_eq!(back.code, 0, "{} {}", back.stdout, back.stderr);
+    assert_eq!(tree_hash(&s.data_dir("t1")), newer, "the newer data is back");
+    let back_run = back.run_id();
+    let again = back.report::<Restore>().replaced.unwrap();
+    assert_eq!(again, s.backups().join("replaced").join(&back_run).join("t1"));
+    assert!(!kept.exists());
+    let day_tree = tree_hash(&again);
     // Retention keeps the newest restore runs' data like rollout runs, and retires older ones.
     s.set_config("retention", "{ keep_daily = 7, keep_rollout_runs = 1 }");
-    let second = s.slipway(&["restore", "--tenant", "t1", "--day", &day, "--json"]);
-    assert_eq!(second.code, 0, "{}", second.stderr);
-    let second_kept = second.report::<Restore>().replaced.unwrap();
     let dry = s.slipway(&["prune", "--dry-run", "--json"]).report::<Prune>();
-    assert_eq!(
-        dry.replaced.iter().map(|r| (r.run.as_str(), r.keep)).collect::<Vec<_>>(),
-        [(run.as_str(), false), (second.run_id().as_str(), true)]
-    );
-    assert!(kept.exists(), "a dry run removed replaced data");
+    let plan: Vec<(&str, bool)> = dry.replaced.iter().map(|r| (r.run.as_str(), r.keep)).collect();
+    assert_eq!(plan, [(run.as_str(), false), (back_run.as_str(), true)]);
     assert_eq!(s.slipway(&["prune"]).code, 0);
-    assert!(!kept.exists() && second_kept.exists());
+    assert!(!s.backups().join("replaced").join(&run).exists());
+    assert_eq!(tree_hash(&again), day_tree, "prune kept the newest replaced data intact");
 }
 
 #[test]

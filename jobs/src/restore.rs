@@ -2,7 +2,11 @@
 //! sha256 is checked against its manifest before anything is touched; then the tenant's
 //! container is stopped, the data dir swapped for the extracted snapshot (extracted beside it
 //! first, so a failed restore leaves the old data in place), the container started and
-//! health-checked. `--to DIR` extracts into a directory and touches no container.
+//! health-checked. The data it replaces is never removed: it moves to
+//! `<backup_root>/replaced/<run_id>/<tenant>`, and `--run <that run id>` puts it back. Before
+//! anything is stopped or extracted, the file list is checked and the target filesystem's free
+//! space compared with its total; a data dir that is a mount point is refused.
+//! `--to DIR` extracts into a directory and touches no container.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -220,6 +224,13 @@ async fn preflight(loc: &Located, target: &Path) -> Result<()> {
 
 /// Run `restore`.
 pub async fn restore(ctx: &Ctx, opts: &RestoreOptions) -> Result<RestoreReport> {
+    // `--run` of an earlier restore: put back the data that restore replaced.
+    if let (Source::Run(r), false) = (&opts.source, opts.remote) {
+        let kept = layout::replaced_dir(&ctx.cfg.backup_root, r, opts.tenant.as_str());
+        if kept.is_dir() {
+            return restore_replaced(ctx, opts, &kept).await;
+        }
+    }
     let loc = if opts.remote {
         fetch_remote(&ctx.cfg, &opts.tenant, &opts.source).await?
     } else {
@@ -352,6 +363,124 @@ pub async fn restore(ctx: &Ctx, opts: &RestoreOptions) -> Result<RestoreReport> 
             report.outcome = ExitKind::Failure;
             report.detail =
                 format!("restore failed, the old data is still in place and {} runs on it: {e}", container.name);
+        }
+        (_, Err(e)) => {
+            report.outcome = ExitKind::PersonNeeded;
+            report.detail = format!("{} is not healthy after the restore: {e}; a person is needed", container.name);
+        }
+    }
+    if let Some(r) = &report.replaced {
+        report.detail.push_str(&format!("; the data it replaced is kept in {}", r.display()));
+    }
+    let word = match report.outcome {
+        ExitKind::Success => "success",
+        ExitKind::PersonNeeded => "person_needed",
+        _ => "failed",
+    };
+    ctx.store.finish_run(ctx.run_id.as_str(), word, report.outcome.code() as i64, &report.detail)?;
+    Ok(report)
+}
+
+/// Put back the data an earlier restore replaced (`kept`, `replaced/<run>/<tenant>`): the tenant
+/// is stopped, `kept` and the data dir are exchanged in one rename (so the data it replaces is
+/// kept in turn, under this run), and the tenant started and health-checked.
+async fn restore_replaced(ctx: &Ctx, opts: &RestoreOptions, kept: &Path) -> Result<RestoreReport> {
+    if opts.to.is_some() {
+        return Err(Error::Usage(format!(
+            "--to: the data an earlier restore replaced is a plain dir, {}; copy it with `cp -a` instead",
+            kept.display()
+        )));
+    }
+    let state = desired::read(&ctx.cfg.desired, &ctx.cfg.state_dir, None)?;
+    let engine = Engine::connect(&ctx.cfg.docker).await?;
+    let mut found = None;
+    for app in &state.fleet.apps {
+        if let Some(c) = engine.tenants(app).await?.into_iter().find(|c| c.tenant == opts.tenant) {
+            found = Some((app.clone(), c));
+            break;
+        }
+    }
+    let Some((app, container)) = found else {
+        return Err(Error::Usage(format!(
+            "tenant {} has no container in any app of fleet.toml; copy {} by hand",
+            opts.tenant,
+            kept.display()
+        )));
+    };
+    let data_dir = app.data_dir_of(&opts.tenant);
+    let mut report = RestoreReport {
+        tenant: opts.tenant.to_string(),
+        archive: kept.to_path_buf(),
+        sha256: String::new(),
+        target: data_dir.clone(),
+        container: Some(container.name.clone()),
+        entries: 0,
+        replaced: None,
+        dry_run: opts.dry_run,
+        outcome: ExitKind::Success,
+        detail: String::new(),
+    };
+    if !data_dir.is_dir() || crate::fsutil::is_mount_point(&data_dir).map_err(|e| Error::io(&data_dir, e))? {
+        return Err(Error::Usage(format!(
+            "tenant {}: data dir {} is missing or a mount point, so it cannot be exchanged with {}; \
+             nothing was touched. Stop the tenant and copy the files in by hand",
+            opts.tenant,
+            data_dir.display(),
+            kept.display()
+        )));
+    }
+    if opts.dry_run {
+        report.detail =
+            format!("would stop {}, put {} back into {}, start it", container.name, kept.display(), data_dir.display());
+        return Ok(report);
+    }
+    ctx.start_run("restore", Some(&app.name), Some(&state.commit), None)?;
+    let held = HeldContainer { container: container.name.clone(), hold: "stop".into() };
+    let s = ctx.begin(Some(opts.tenant.as_str()), "stop", &held)?;
+    engine.stop(&container.name, app.stop_timeout_s).await?;
+    ctx.end(s, "ok", None::<&()>)?;
+    let s = ctx.begin(Some(opts.tenant.as_str()), "restore", &held)?;
+    let exchanged = (|| -> std::io::Result<()> {
+        rustix::fs::renameat_with(
+            rustix::fs::CWD,
+            kept,
+            rustix::fs::CWD,
+            &data_dir,
+            rustix::fs::RenameFlags::EXCHANGE,
+        )?;
+        for d in [kept.parent(), data_dir.parent()].into_iter().flatten() {
+            crate::fsutil::sync_dir(d)?;
+        }
+        Ok(())
+    })()
+    .map_err(|e| Error::io(&data_dir, e));
+    if exchanged.is_ok() {
+        // `kept` now holds the data that was in place: kept in turn, under this run.
+        report.replaced = Some(keep_replaced(&ctx.cfg.backup_root, &ctx.run_id, &opts.tenant, kept));
+    }
+    ctx.end(
+        s,
+        if exchanged.is_ok() { "ok" } else { "failed" },
+        Some(&serde_json::json!({ "from": kept, "replaced": report.replaced })),
+    )?;
+    let s = ctx.begin(Some(opts.tenant.as_str()), "start", &held)?;
+    let started = engine.start(&container.name).await;
+    ctx.end(s, if started.is_ok() { "ok" } else { "failed" }, None::<&()>)?;
+    let health = match &started {
+        Ok(()) => Prober::new()?.gate(&engine, &container.name, &app.health, None).await?.map_err(|u| u.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    match (&exchanged, &health) {
+        (Ok(()), Ok(_)) => {
+            report.detail = format!(
+                "put the data an earlier restore replaced back into {}; {} is running and healthy",
+                data_dir.display(),
+                container.name
+            )
+        }
+        (Err(e), Ok(_)) => {
+            report.outcome = ExitKind::Failure;
+            report.detail = format!("{e}; nothing was moved and {} runs on its data as it was", container.name);
         }
         (_, Err(e)) => {
             report.outcome = ExitKind::PersonNeeded;
