@@ -2,7 +2,7 @@
 
 use std::process::Command;
 
-use crate::support::reports::{Snapshot, Verify};
+use crate::support::reports::{Prune, Restore, Snapshot, Verify};
 use crate::support::{files_under, noise, sh, tree_hash, Sandbox};
 
 fn snapshot_json(s: &Sandbox, args: &[&str]) -> Snapshot {
@@ -334,4 +334,151 @@ fn a_tenant_the_snapshot_cannot_unpause_exits_4_and_recover_unpauses_it_later() 
     assert_eq!(s.slipway(&["snapshot"]).code, 0);
     let st = s.slipway(&["status"]);
     assert_eq!(st.code, 0, "{}", st.stdout);
+}
+
+#[test]
+fn a_restore_from_the_wrong_day_keeps_the_newer_data_it_replaced_until_prune_retires_it() {
+    let s = Sandbox::new();
+    let v1 = s.push_fixture_as("v1", "app");
+    s.add_tenant("t1", &v1);
+    s.write_data("t1", "db/records.txt", "old rows\n");
+    s.write_fleet(&s.fleet_app(&v1, ""));
+    let day = snapshot_json(&s, &[]).day;
+    // A day of new work, then a person restores the wrong day.
+    s.write_data("t1", "db/records.txt", "a whole day of new rows\n");
+    s.write_data("t1", "uploads/new.bin", "uploaded after the snapshot");
+    let newer = tree_hash(&s.data_dir("t1"));
+    let out = s.slipway(&["restore", "--tenant", "t1", "--day", &day, "--json"]);
+    assert_eq!(out.code, 0, "{} {}", out.stdout, out.stderr);
+    let run = out.run_id();
+    let r: Restore = out.report();
+    let kept = r.replaced.expect("the restore says where the data it replaced is");
+    assert_eq!(kept, s.backups().join("replaced").join(&run).join("t1"));
+    assert_eq!(tree_hash(&kept), newer, "the replaced data is kept byte for byte");
+    assert!(r.detail.contains(kept.to_str().unwrap()), "{}", r.detail);
+    // The run record names it too.
+    let shown = s.slipway(&["runs", "show", &run, "--json"]);
+    assert!(shown.stdout.contains(kept.to_str().unwrap()), "{}", shown.stdout);
+    // `restore --run <that restore's run>` puts it back, keeping what it replaces in turn.
+    let back = s.slipway(&["restore", "--tenant", "t1", "--run", &run, "--json"]);
+    assert_eq!(back.code, 0, "{} {}", back.stdout, back.stderr);
+    assert_eq!(tree_hash(&s.data_dir("t1")), newer, "the newer data is back");
+    let back_run = back.run_id();
+    let again = back.report::<Restore>().replaced.unwrap();
+    assert_eq!(again, s.backups().join("replaced").join(&back_run).join("t1"));
+    assert!(!kept.exists());
+    let day_tree = tree_hash(&again);
+    // Retention keeps the newest restore runs' data like rollout runs, and retires older ones.
+    s.set_config("retention", "{ keep_daily = 7, keep_rollout_runs = 1 }");
+    let dry = s.slipway(&["prune", "--dry-run", "--json"]).report::<Prune>();
+    let plan: Vec<(&str, bool)> = dry.replaced.iter().map(|r| (r.run.as_str(), r.keep)).collect();
+    assert_eq!(plan, [(run.as_str(), false), (back_run.as_str(), true)]);
+    assert_eq!(s.slipway(&["prune"]).code, 0);
+    assert!(!s.backups().join("replaced").join(&run).exists());
+    assert_eq!(tree_hash(&again), day_tree, "prune kept the newest replaced data intact");
+}
+
+#[test]
+fn an_unreadable_old_manifest_and_a_damaged_old_archive_are_skipped_and_every_tenant_is_still_snapshotted() {
+    let s = Sandbox::new();
+    let v1 = s.push_fixture_as("v1", "app");
+    for t in ["t1", "t2"] {
+        s.add_tenant(t, &v1);
+        s.write_data(t, "db/records.txt", &format!("{t} rows\n"));
+    }
+    s.write_fleet(&s.fleet_app(&v1, ""));
+    let today = snapshot_json(&s, &[]).day;
+    // Turn today's snapshot into two earlier days, then damage them: the day before yesterday's
+    // t1 archive gets a flipped byte, yesterday's MANIFEST.json is garbage.
+    let date: jiff::civil::Date = today.parse().unwrap();
+    let day = |n: i64| date.checked_sub(jiff::Span::new().days(n)).unwrap().to_string();
+    let daily = s.backups().join("daily");
+    for n in [1, 2] {
+        let dir = daily.join(day(n));
+        sh(Command::new("cp").arg("-a").arg(daily.join(&today)).arg(&dir));
+        let m = std::fs::read_to_string(dir.join("MANIFEST.json")).unwrap().replace(&today, &day(n));
+        std::fs::write(dir.join("MANIFEST.json"), m).unwrap();
+    }
+    std::fs::remove_dir_all(daily.join(&today)).unwrap();
+    std::fs::write(daily.join(day(1)).join("MANIFEST.json"), b"{\"version\": 1, \"trunc").unwrap();
+    let old_t1 = daily.join(day(2)).join("tenants/t1.tar.zst");
+    let mut bytes = std::fs::read(&old_t1).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x40;
+    std::fs::write(&old_t1, bytes).unwrap();
+    let snap = snapshot_json(&s, &[]);
+    let outcome = |t: &str| snap.archives.iter().find(|a| a.tenant.as_deref() == Some(t)).unwrap().outcome.clone();
+    assert_eq!(outcome("t1"), "archived", "a damaged old archive is never reused");
+    assert_eq!(outcome("t2"), "reused", "the intact old archive still is");
+    assert!(snap.skipped.iter().any(|w| w.contains(&day(1)) && w.contains("MANIFEST.json")), "{:?}", snap.skipped);
+    // Today is restorable; verify fails naming both bad things and still checks the rest.
+    let v = s.slipway(&["verify", "--json"]);
+    assert_eq!(v.code, 1, "{}", v.stdout);
+    let report: Verify = v.report();
+    let bad: Vec<String> = report.archives.iter().filter(|a| !a.ok).map(|a| a.archive.display().to_string()).collect();
+    assert_eq!(bad.len(), 2, "{bad:?}");
+    assert!(bad.iter().any(|b| b.ends_with(&format!("{}/MANIFEST.json", day(1)))), "{bad:?}");
+    assert!(bad.iter().any(|b| b.ends_with(&format!("{}/tenants/t1.tar.zst", day(2)))), "{bad:?}");
+    assert!(report.archives.iter().filter(|a| a.ok).count() >= 3, "{}", v.stdout);
+    // Prune leaves the unreadable day alone rather than guessing.
+    assert_eq!(s.slipway(&["prune"]).code, 0);
+    assert!(daily.join(day(1)).join("MANIFEST.json").exists());
+}
+
+/// Names in `dir` that a failed extraction could have left behind (`.<name>.extract-…`,
+/// `.<name>.restore-…`, `.slipway-extract-…`).
+fn leftovers(dir: &std::path::Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".extract-") || n.contains(".restore-") || n.starts_with(".slipway-"))
+        .collect()
+}
+
+#[test]
+fn restore_checks_free_space_before_extracting_leaves_nothing_behind_and_restores_onto_a_mount() {
+    let s = Sandbox::new();
+    let v1 = s.push_fixture_as("v1", "app");
+    s.add_tenant("t1", &v1);
+    std::fs::create_dir_all(s.data_dir("t1")).unwrap();
+    std::fs::write(s.data_dir("t1").join("noise.bin"), noise(3 << 20, 11)).unwrap();
+    s.write_data("t1", "db/records.txt", "rows\n");
+    s.write_fleet(&s.fleet_app(&v1, ""));
+    snapshot_json(&s, &[]);
+    let want = tree_hash(&s.data_dir("t1"));
+    // Too small for the 3 MiB tree: refused up front, and the mount is as empty as it was.
+    let small = s.root().join("small");
+    let _small = s.mount_tmpfs(&small, "1m");
+    let out = s.slipway(&["restore", "--tenant", "t1", "--latest", "--to", small.to_str().unwrap(), "--json"]);
+    assert_eq!(out.code, 1, "{}", out.stdout);
+    assert!(out.stdout.contains("free"), "{}", out.stdout);
+    assert!(std::fs::read_dir(&small).unwrap().next().is_none(), "something was extracted onto the small mount");
+    assert!(leftovers(s.root()).is_empty(), "{:?}", leftovers(s.root()));
+    // A mount with room: --to restores onto it.
+    let big = s.root().join("big");
+    let _big = s.mount_tmpfs(&big, "16m");
+    let out = s.slipway(&["restore", "--tenant", "t1", "--latest", "--to", big.to_str().unwrap(), "--json"]);
+    assert_eq!(out.code, 0, "{} {}", out.stdout, out.stderr);
+    assert_eq!(tree_hash(&big), want);
+    assert!(leftovers(&big).is_empty() && leftovers(s.root()).is_empty());
+}
+
+#[test]
+fn a_data_dir_that_is_a_mount_point_is_refused_before_anything_is_extracted_or_stopped() {
+    let s = Sandbox::new();
+    let v1 = s.push_fixture_as("v1", "app");
+    let _mount = s.mount_tmpfs(&s.data_dir("t1"), "16m");
+    let name = s.add_tenant("t1", &v1);
+    s.write_data("t1", "db/records.txt", "rows of the snapshot\n");
+    s.write_fleet(&s.fleet_app(&v1, ""));
+    let day = snapshot_json(&s, &[]).day;
+    s.write_data("t1", "db/records.txt", "newer rows\n");
+    let now = tree_hash(&s.data_dir("t1"));
+    let started = s.inspect(&name)["State"]["StartedAt"].clone();
+    let out = s.slipway(&["restore", "--tenant", "t1", "--day", &day, "--json"]);
+    assert_eq!(out.code, 2, "{}", out.stdout);
+    assert!(out.stdout.contains("mount point"), "{}", out.stdout);
+    assert_eq!(tree_hash(&s.data_dir("t1")), now);
+    assert_eq!(s.inspect(&name)["State"]["StartedAt"], started, "the tenant was stopped");
+    assert!(leftovers(s.data_dir("t1").parent().unwrap()).is_empty());
 }

@@ -286,3 +286,131 @@ fn restore_remote_latest_takes_a_rollout_snapshot_newer_than_the_newest_daily() 
     assert_eq!(out.code, 0, "{} {}", out.stdout, out.stderr);
     assert_eq!(tree_hash(&to), at_rollout, "restore --remote --latest took another snapshot: {}", out.stdout);
 }
+
+/// The hex sha256 of `bytes`.
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
+#[test]
+fn a_planted_remote_manifest_naming_paths_outside_is_refused_by_restore_verify_and_prune() {
+    let s = Sandbox::new();
+    let day = with_snapshot(&s, &noise(50_000, 4));
+    let bucket = s.use_shared_remote("");
+    assert_eq!(s.slipway(&["sync"]).code, 0);
+    let data_before = tree_hash(&s.data_dir("t1"));
+    let manifest_key = format!("daily/{day}/MANIFEST.json");
+    let original = std::fs::read(s.backups().join(&manifest_key)).unwrap();
+    let outside = s.root().join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    let owned = outside.join("owned");
+    // From the remote cache (<state>/remote-cache/daily/<day>/) up to the sandbox root and out.
+    let climb = "../../../../outside/owned".to_string();
+    for (field, value) in [("path", owned.to_str().unwrap().to_string()), ("file_list", climb)] {
+        let mut m: serde_json::Value = serde_json::from_slice(&original).unwrap();
+        m["archives"][0][field] = serde_json::Value::String(value.clone());
+        let planted = serde_json::to_vec_pretty(&m).unwrap();
+        // Whoever can write the bucket can also write a matching sha256: the paths are checked anyway.
+        s.put_remote_object(&bucket, &manifest_key, &planted, &sha256_hex(&planted));
+        for args in [
+            vec!["restore", "--tenant", "t1", "--day", day.as_str(), "--remote", "--json"],
+            vec!["verify", "--remote", "--deep", "--json"],
+            vec!["prune", "--json"],
+        ] {
+            let out = s.slipway(&args);
+            assert_ne!(out.code, 0, "{args:?} accepted {field} = {value}: {}", out.stdout);
+            let said = format!("{}{}", out.stdout, out.stderr);
+            assert!(said.contains("refused path") && said.contains("MANIFEST.json"), "{args:?}: {said}");
+            assert!(std::fs::read_dir(&outside).unwrap().next().is_none(), "{args:?} wrote outside: {value}");
+        }
+    }
+    // A manifest changed after upload (its sha256 metadata is the uploaded one) is not used.
+    let mut m: serde_json::Value = serde_json::from_slice(&original).unwrap();
+    m["archives"][0]["sha256"] = serde_json::Value::String("00".repeat(32));
+    let changed = serde_json::to_vec_pretty(&m).unwrap();
+    s.put_remote_object(&bucket, &manifest_key, &changed, &sha256_hex(&original));
+    let out = s.slipway(&["restore", "--tenant", "t1", "--day", &day, "--remote", "--json"]);
+    assert_ne!(out.code, 0, "{}", out.stdout);
+    assert!(format!("{}{}", out.stdout, out.stderr).contains("changed after it was uploaded"), "{}", out.stdout);
+    // Nothing was touched: the tenant's data and the local snapshot are as they were.
+    assert_eq!(tree_hash(&s.data_dir("t1")), data_before);
+    assert_eq!(std::fs::read(s.backups().join(&manifest_key)).unwrap(), original);
+}
+
+/// Turn today's snapshot of t1 into the `n` days before and including `today`.
+fn recent_days(s: &Sandbox, today: &str, n: i64) -> Vec<String> {
+    let date: jiff::civil::Date = today.parse().unwrap();
+    let daily = s.backups().join("daily");
+    let days: Vec<String> =
+        (0..n).rev().map(|i| date.checked_sub(jiff::Span::new().days(i)).unwrap().to_string()).collect();
+    for d in days.iter().filter(|d| *d != today) {
+        let dir = daily.join(d);
+        crate::support::sh(std::process::Command::new("cp").arg("-a").arg(daily.join(today)).arg(&dir));
+        let m = std::fs::read_to_string(dir.join("MANIFEST.json")).unwrap().replace(today, d);
+        std::fs::write(dir.join("MANIFEST.json"), m).unwrap();
+    }
+    days
+}
+
+#[test]
+fn a_day_whose_remote_manifest_is_gone_keeps_its_local_copy() {
+    let s = Sandbox::new();
+    let today = with_snapshot(&s, &noise(20_000, 5));
+    let days = recent_days(&s, &today, 3);
+    s.append_config("[retention]\nkeep_daily = 1\n");
+    let bucket = s.use_shared_remote("[remote.retention]\nkeep_daily = 7\n");
+    assert_eq!(s.slipway(&["sync"]).code, 0);
+    // The oldest day's archive is on the remote and was verified, but its MANIFEST.json is not
+    // there any more: the remote copy cannot be restored from, so the local one must stay.
+    let env = crate::support::Env::get();
+    let st = std::process::Command::new("rclone")
+        .env("RCLONE_CONFIG", "/dev/null")
+        .env("RCLONE_S3_PROVIDER", "Other")
+        .env("RCLONE_S3_ENDPOINT", &env.s3_endpoint)
+        .env("RCLONE_S3_ACCESS_KEY_ID", &env.s3_access_key)
+        .env("RCLONE_S3_SECRET_ACCESS_KEY", &env.s3_secret_key)
+        .env("RCLONE_S3_FORCE_PATH_STYLE", "true")
+        .args(["deletefile", &format!(":s3:{bucket}/slipway/host-1/daily/{}/MANIFEST.json", days[0])])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let out = s.slipway(&["prune", "--json"]);
+    assert_eq!(out.code, 0, "{} {}", out.stdout, out.stderr);
+    let kept = kept_days(&s.backups().join("daily"));
+    assert_eq!(kept, [days[0].clone(), days[2].clone()], "{}", out.stdout);
+    let item =
+        out.report::<Prune>().items.into_iter().find(|i| i.location == "local" && i.snapshot == days[0]).unwrap();
+    assert!(item.reasons.iter().any(|r| r == "not yet synced"), "{:?}", item.reasons);
+}
+
+#[test]
+fn a_remote_policy_shorter_than_the_local_one_never_causes_re_uploads() {
+    let s = Sandbox::new();
+    let today = with_snapshot(&s, &noise(20_000, 6));
+    let days = recent_days(&s, &today, 8);
+    s.append_config("[retention]\nkeep_daily = 6\n");
+    let bucket = s.use_shared_remote("[remote.retention]\nkeep_daily = 2\n");
+    assert_eq!(s.slipway(&["sync"]).code, 0);
+    let out = s.slipway(&["prune", "--json"]);
+    assert_eq!(out.code, 0, "{} {}", out.stdout, out.stderr);
+    assert_eq!(kept_days(&s.backups().join("daily")), days[2..]);
+    let env = crate::support::Env::get();
+    let remote_days: std::collections::BTreeSet<String> = s
+        .remote_objects(&env.s3_endpoint, &env.s3_access_key, &env.s3_secret_key, &bucket)
+        .into_iter()
+        .map(|(k, _)| k.split('/').nth(1).unwrap().to_string())
+        .collect();
+    assert_eq!(remote_days.into_iter().collect::<Vec<_>>(), days[6..]);
+    // The days the remote pruned stay local, and the next sync does not send them again.
+    let again = s.slipway(&["sync", "--json"]);
+    assert_eq!(again.code, 0, "{}", again.stdout);
+    let report: Sync = again.report();
+    assert_eq!(report.uploaded_bytes, 0, "{}", again.stdout);
+    assert_eq!(report.retired, days[2..6].iter().map(|d| format!("daily/{d}")).collect::<Vec<_>>());
+    // And prune still lets the local policy decide about them.
+    let out = s.slipway(&["prune", "--dry-run", "--json"]);
+    let local_kept = out.report::<Prune>().items.iter().filter(|i| i.location == "local" && i.keep).count();
+    assert_eq!(local_kept, 6, "{}", out.stdout);
+    assert_eq!(s.slipway(&["verify", "--remote"]).code, 0);
+}

@@ -1,7 +1,8 @@
 //! Durable file writes. Everything slipway writes for others to read (archives, manifests,
 //! metrics, configs) goes through [`atomic_write`] or [`AtomicFile`]: written under a temporary
 //! name in the same directory, fsynced, renamed over the final name, and the directory fsynced.
-//! A reader never sees a half-written file under its final name.
+//! A reader never sees a half-written file under its final name. Also the two filesystem facts a
+//! restore checks first: whether a dir is a mount point, and the free bytes under a path.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -81,6 +82,26 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
 /// Create `dir` and its missing parents with mode 0700 (backup and state dirs).
 pub fn create_private_dir(dir: &Path) -> io::Result<()> {
     fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
+}
+
+/// Whether `dir` is a mount point: on another device than its parent, or listed as one in
+/// `/proc/self/mountinfo` (a bind mount of the same filesystem).
+pub fn is_mount_point(dir: &Path) -> io::Result<bool> {
+    use std::os::unix::fs::MetadataExt;
+    let dir = fs::canonicalize(dir)?;
+    let Some(parent) = dir.parent() else { return Ok(true) };
+    if fs::metadata(&dir)?.dev() != fs::metadata(parent)?.dev() {
+        return Ok(true);
+    }
+    let want = dir.to_string_lossy().replace(' ', "\\040");
+    let info = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    Ok(info.lines().any(|l| l.split(' ').nth(4) == Some(want.as_str())))
+}
+
+/// Bytes free to an unprivileged writer on the filesystem holding `path`.
+pub fn free_bytes(path: &Path) -> io::Result<u64> {
+    let st = rustix::fs::statvfs(path)?;
+    Ok(st.f_bavail.saturating_mul(st.f_frsize))
 }
 
 #[cfg(test)]

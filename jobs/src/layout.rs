@@ -7,6 +7,7 @@
 //! <backup_root>/daily/YYYY-MM-DD/MANIFEST.json
 //! <backup_root>/rollout/<run_id>/<tenant>.tar.zst           + <tenant>.files.json.zst
 //! <backup_root>/rollout/<run_id>/MANIFEST.json
+//! <backup_root>/replaced/<run_id>/<tenant>/                  the data a restore replaced, as it was
 //! <state_dir>/remote-cache/<kind>/<id>/…                     what `restore --remote` fetched
 //! ```
 //!
@@ -38,6 +39,8 @@ const TENANTS: &str = "tenants";
 const ARCHIVE_SUFFIX: &str = ".tar.zst";
 /// Suffix of the per-file list beside an archive.
 const FILE_LIST_SUFFIX: &str = ".files.json.zst";
+/// The directory under the backup root that keeps the data each restore replaced.
+const REPLACED: &str = "replaced";
 /// The directory under `state_dir` that `restore --remote` downloads into.
 const REMOTE_CACHE: &str = "remote-cache";
 
@@ -230,6 +233,90 @@ pub fn remote_cache(state_dir: &Path) -> PathBuf {
     state_dir.join(REMOTE_CACHE)
 }
 
+/// A relative path read from a manifest or the remote (an archive's `path`, its `file_list`, a
+/// listed object key), checked as archive entries are: '/'-separated normal parts only — not
+/// absolute, no `..`, no `.`, no empty part, no NUL — so that joined to a dir it stays under it.
+/// The error says what is wrong with it.
+pub fn checked_rel(rel: &str) -> std::result::Result<&str, String> {
+    if rel.is_empty() {
+        return Err("it is empty".into());
+    }
+    if rel.starts_with('/') {
+        return Err("it is an absolute path".into());
+    }
+    if rel.contains('\0') {
+        return Err("it contains a NUL byte".into());
+    }
+    for part in rel.split('/') {
+        match part {
+            "" => return Err("it has an empty part (`//` or a trailing `/`)".into()),
+            "." => return Err("it contains `.`".into()),
+            ".." => return Err("it contains `..`".into()),
+            _ => {}
+        }
+    }
+    Ok(rel)
+}
+
+/// `dir` joined with `rel` from a manifest or the remote, once [`checked_rel`] passed: the one way
+/// such a path becomes a local path, so it never lands outside `dir`. `what` names the source
+/// (a manifest, a remote key) in the error.
+pub fn under(dir: &Path, rel: &str, what: &dyn fmt::Display) -> Result<PathBuf> {
+    match checked_rel(rel) {
+        Ok(r) => Ok(dir.join(r)),
+        Err(why) => Err(Error::Backup(format!(
+            "{what}: refused path \"{rel}\": {why}; it would leave {}. The snapshot was damaged or \
+             tampered with: nothing was written; restore from another snapshot or copy",
+            dir.display()
+        ))),
+    }
+}
+
+/// Where restore run `run` keeps the tenant's data it replaced: `replaced/<run_id>/<tenant>`.
+pub fn replaced_dir(backup_root: &Path, run: &RunId, tenant: &str) -> PathBuf {
+    backup_root.join(REPLACED).join(run.as_str()).join(tenant)
+}
+
+/// The data a restore replaced, found on disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplacedDir {
+    /// The restore run that replaced it.
+    pub run: RunId,
+    /// Its run's dir, `replaced/<run_id>`.
+    pub run_dir: PathBuf,
+    /// The tenants whose data it keeps, sorted.
+    pub tenants: Vec<String>,
+}
+
+/// Every `replaced/<run_id>/` dir, oldest run first; names that are not run ids (or start with a
+/// dot) are not slipway's and are skipped.
+pub fn replaced(backup_root: &Path) -> Result<Vec<ReplacedDir>> {
+    let root = backup_root.join(REPLACED);
+    let rd = match std::fs::read_dir(&root) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Error::io(&root, e)),
+    };
+    let mut out = Vec::new();
+    for entry in rd {
+        let entry = entry.map_err(|e| Error::io(&root, e))?;
+        let Some(run) = entry.file_name().to_str().and_then(|n| n.parse::<RunId>().ok()) else { continue };
+        let run_dir = entry.path();
+        if !run_dir.is_dir() {
+            continue;
+        }
+        let mut tenants: Vec<String> = std::fs::read_dir(&run_dir)
+            .map_err(|e| Error::io(&run_dir, e))?
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| !n.starts_with('.'))
+            .collect();
+        tenants.sort();
+        out.push(ReplacedDir { run, run_dir, tenants });
+    }
+    out.sort_by(|a, b| a.run.as_str().cmp(b.run.as_str()));
+    Ok(out)
+}
+
 /// A snapshot directory found on disk.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SnapshotDir {
@@ -390,6 +477,29 @@ mod tests {
         assert_eq!(names(&w.incomplete), ["daily/2026-11-23"]);
         assert_eq!(w.complete[0].dir, root.join("daily/2026-11-21"));
         assert_eq!(complete(root).unwrap(), w.complete);
+    }
+
+    #[test]
+    fn paths_from_a_manifest_or_the_remote_stay_under_their_dir() {
+        for ok in ["tenants/t1.tar.zst", "t1.files.json.zst", "daily/2026-11-22/MANIFEST.json", "a..b/c.d"] {
+            assert_eq!(checked_rel(ok), Ok(ok), "{ok}");
+            assert_eq!(under(Path::new("/c"), ok, &"m").unwrap(), Path::new("/c").join(ok));
+        }
+        for bad in [
+            "",
+            "/tmp/x/owned",
+            "../owned",
+            "tenants/../../owned",
+            "tenants/..",
+            "./t1.tar.zst",
+            "tenants//t1.tar.zst",
+            "tenants/",
+            "a\0b",
+        ] {
+            assert!(checked_rel(bad).is_err(), "{bad:?}");
+            let e = under(Path::new("/c"), bad, &"daily/2026-11-22/MANIFEST.json").unwrap_err().to_string();
+            assert!(e.contains("daily/2026-11-22/MANIFEST.json") && e.contains("refused path"), "{e}");
+        }
     }
 
     #[test]

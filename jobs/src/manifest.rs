@@ -72,12 +72,26 @@ impl Manifest {
     pub fn read(dir: &Path) -> Result<Option<Manifest>> {
         let p = manifest_path(dir);
         match std::fs::read(&p) {
-            Ok(b) => serde_json::from_slice(&b)
-                .map(Some)
-                .map_err(|e| Error::Backup(format!("{}: not a valid manifest: {e}", p.display()))),
+            Ok(b) => {
+                let m: Manifest = serde_json::from_slice(&b)
+                    .map_err(|e| Error::Backup(format!("{}: not a valid manifest: {e}", p.display())))?;
+                m.check_paths(&p.display())?;
+                Ok(Some(m))
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(Error::io(p, e)),
         }
+    }
+
+    /// Refuse a manifest naming a path that would leave its snapshot dir (absolute, `..`): the
+    /// same checks as archive entries ([`crate::layout::checked_rel`]). `what` names the manifest.
+    pub fn check_paths(&self, what: &dyn std::fmt::Display) -> Result<()> {
+        for a in &self.archives {
+            for rel in [&a.path, &a.file_list] {
+                crate::layout::under(Path::new("."), rel, what)?;
+            }
+        }
+        Ok(())
     }
 
     /// Add or replace the entry for `path`, stamped now unless it carries its own time.
@@ -134,6 +148,19 @@ mod tests {
         assert_ne!(read.created, m.created, "a rewrite moves the manifest's time");
         assert_eq!(read.archives[0].created.as_deref(), Some(stamped.as_str()));
         assert_eq!(read.archives[0].taken(&snap), stamped.parse().ok());
+    }
+
+    #[test]
+    fn a_manifest_naming_a_path_outside_its_dir_is_refused_when_read() {
+        let d = tempfile::tempdir().unwrap();
+        let snap = SnapshotId::daily("2026-11-22").unwrap();
+        for (path, list) in [("/tmp/x/owned", "l"), ("tenants/t1.tar.zst", "../../owned")] {
+            let mut m = Manifest::new(&snap);
+            m.upsert(ArchiveEntry { file_list: list.into(), ..entry(path) });
+            m.write(d.path()).unwrap();
+            let e = Manifest::read(d.path()).unwrap_err().to_string();
+            assert!(e.contains("MANIFEST.json") && e.contains("refused path"), "{e}");
+        }
     }
 
     #[test]

@@ -38,16 +38,65 @@ pub struct Listing {
     pub snapshots: Vec<SnapshotId>,
 }
 
-/// List the remote once: every object and every complete snapshot.
+/// A listed key, refused unless it is a safe relative path ([`layout::checked_rel`]): the
+/// remote is untrusted input, and a key with `..` or a leading `/` could name a path outside
+/// the dir it is downloaded into, or another object than the one meant.
+fn checked_key<'a>(remote: &Remote, key: &'a str) -> Result<&'a str> {
+    layout::checked_rel(key).map_err(|why| Error::Remote {
+        place: remote.place().to_string(),
+        op: format!("listing object key \"{key}\""),
+        detail: format!(
+            "refused: {why}. slipway never writes such a key; remove the object from the bucket (or move it \
+             out of the prefix) and run again"
+        ),
+    })
+}
+
+/// List the remote once: every object and every complete snapshot. A key that is not a safe
+/// relative path is an error naming it.
 pub async fn list(remote: &Remote) -> Result<Listing> {
     let objects = remote.list("").await?;
+    for o in &objects {
+        checked_key(remote, &o.key)?;
+    }
     let mut snapshots: Vec<SnapshotId> = objects.iter().filter_map(|o| SnapshotId::from_manifest_key(&o.key)).collect();
     snapshots.sort();
     Ok(Listing { sizes: objects.into_iter().map(|o| (o.key, o.size)).collect(), snapshots })
 }
 
-/// Download `snap`'s manifest into `dir` (its local stand-in) and read it.
+/// Download `snap`'s manifest into `dir` (its local stand-in) and read it; None when the remote
+/// has none. Before it is used it must hash to the sha256 recorded as its metadata at upload,
+/// name `snap` itself, and name only paths inside its dir ([`Manifest::read`]).
 pub async fn fetch_manifest(remote: &Remote, snap: &SnapshotId, dir: &Path) -> Result<Option<Manifest>> {
-    remote.download(&snap.manifest_key(), &layout::manifest_path(dir), None).await?;
-    Manifest::read(dir)
+    let key = snap.manifest_key();
+    let Some(head) = remote.head(&key).await? else { return Ok(None) };
+    let Some(sha) = head.sha256 else {
+        return Err(Error::Remote {
+            place: remote.place().to_string(),
+            op: format!("checking {key}"),
+            detail: "it has no sha256 metadata, so it cannot be checked; slipway uploads every manifest with one. \
+                     Run `slipway sync` from the host that owns these backups to upload it again"
+                .into(),
+        });
+    };
+    remote.download(&key, &layout::manifest_path(dir), Some(&sha)).await.map_err(|e| match e {
+        Error::Backup(m) => Error::Backup(format!(
+            "{m} (its sha256 metadata at upload): the remote manifest changed after it was uploaded; \
+             nothing was read from it. Run `slipway sync` to upload it again"
+        )),
+        e => e,
+    })?;
+    let m = Manifest::read(dir).map_err(|e| Error::Backup(format!("{}: {key}: {e}", remote.place())))?;
+    if let Some(m) = &m {
+        if m.kind != snap.kind() || m.id != snap.id() {
+            return Err(Error::Backup(format!(
+                "{}: {key} names snapshot {}/{}, not {snap}; the remote manifest was moved or tampered with, \
+                 nothing was read from it",
+                remote.place(),
+                m.kind,
+                m.id
+            )));
+        }
+    }
+    Ok(m)
 }

@@ -3,8 +3,11 @@
 //! `[retention]` and, when a remote is configured, on the remote with `[remote.retention]`
 //! (default: the same policy). Never deleted: the newest complete snapshot of each tenant; the
 //! snapshots of a halted rollout not yet resolved; incomplete directories (being written, or
-//! left by a crash); and, when a remote is configured, any local archive not yet uploaded and
-//! verified there. A day's manifest is rewritten before archives it no longer lists are
+//! left by a crash); and, when a remote is configured, any local archive not verified off-site:
+//! its day's remote `MANIFEST.json` (fetched, sha256-checked) must list it with the same sha256
+//! and its upload must have been verified — unless it was verified there before and the remote's
+//! own retention forgets it (then only the local policy decides, and `sync` does not upload it
+//! again). A day's manifest is rewritten before archives it no longer lists are
 //! deleted, so a manifest never names a missing archive. `--dry-run` lists what would go and,
 //! for each survivor, which rule kept it.
 
@@ -55,8 +58,41 @@ pub struct PruneReport {
     pub dry_run: bool,
     /// Every snapshot considered.
     pub items: Vec<PruneItem>,
+    /// The data restores replaced (`replaced/<run_id>/`), kept like rollout runs: the newest
+    /// `keep_rollout_runs`.
+    pub replaced: Vec<ReplacedItem>,
+    /// Local snapshots whose manifest could not be read: left alone.
+    pub unreadable: Vec<String>,
     /// Files (local) and objects (remote) deleted.
     pub deleted: usize,
+}
+
+/// The fate of the data one restore run replaced.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReplacedItem {
+    /// The restore run.
+    pub run: String,
+    /// Its dir, `<backup_root>/replaced/<run_id>`.
+    pub dir: std::path::PathBuf,
+    /// The tenants whose data it keeps.
+    pub tenants: Vec<String>,
+    /// Kept?
+    pub keep: bool,
+}
+
+/// Keep the newest `keep_runs` restore runs' replaced data, like rollout runs.
+fn plan_replaced(found: Vec<layout::ReplacedDir>, keep_runs: u32) -> Vec<ReplacedItem> {
+    let n = found.len();
+    found
+        .into_iter()
+        .enumerate()
+        .map(|(i, r)| ReplacedItem {
+            run: r.run.to_string(),
+            dir: r.run_dir,
+            tenants: r.tenants,
+            keep: n - i <= keep_runs as usize,
+        })
+        .collect()
 }
 
 impl PruneReport {
@@ -159,15 +195,20 @@ fn plan(
     items
 }
 
-fn local_inventory(root: &Path) -> Result<Inventory> {
+/// The local snapshots, and what was wrong with each whose manifest could not be read (left
+/// alone: prune never deletes what it cannot read; `verify` fails naming it).
+fn local_inventory(root: &Path) -> Result<(Inventory, Vec<String>)> {
     let mut inv = Inventory::default();
+    let mut unreadable = Vec::new();
     // Only complete snapshots: an incomplete one (being written, or crashed) is never touched.
     for snap in layout::complete(root)? {
-        if let Some(m) = Manifest::read(&snap.dir)? {
-            inv.insert(snap.id, m);
+        match Manifest::read(&snap.dir) {
+            Ok(Some(m)) => inv.insert(snap.id, m),
+            Ok(None) => {}
+            Err(e) => unreadable.push(format!("{}: kept, not pruned: {e}", snap.id)),
         }
     }
-    Ok(inv)
+    Ok((inv, unreadable))
 }
 
 async fn remote_inventory(remote: &Remote, scratch: &Path) -> Result<Inventory> {
@@ -191,16 +232,11 @@ pub async fn prune(ctx: &Ctx, opts: &PruneOptions) -> Result<PruneReport> {
         None => None,
     };
     let verified: HashMap<String, (String, u64)> = ctx.store.remote_objects()?;
-    let local = local_inventory(&ctx.cfg.backup_root)?;
-    let sha_of: HashMap<String, String> = local
-        .daily
-        .iter()
-        .chain(&local.rollout)
-        .flat_map(|(s, m)| m.archives.iter().map(move |a| (s.key(&a.path), a.sha256.clone())))
-        .collect();
-    let unsynced = |rel: &str| remote_cfg.is_some() && verified.get(rel).map(|v| &v.0) != sha_of.get(rel);
+    let (local, unreadable) = local_inventory(&ctx.cfg.backup_root)?;
+    for why in &unreadable {
+        tracing::warn!("{why}");
+    }
     let keep_runs = ctx.cfg.retention.keep_rollout_runs.unwrap_or(5);
-    let mut items = plan("local", &local, &local_policy, keep_runs, &halted, &unsynced);
     let remote = match &remote_cfg {
         Some(r) => Some(Remote::connect(r).await?),
         None => None,
@@ -211,25 +247,87 @@ pub async fn prune(ctx: &Ctx, opts: &PruneOptions) -> Result<PruneReport> {
         Some(r) => Some(remote_inventory(r, scratch.path()).await?),
         None => None,
     };
+    let remote_keep_runs =
+        remote_cfg.as_ref().and_then(|r| r.retention.as_ref()).and_then(|r| r.keep_rollout_runs).unwrap_or(keep_runs);
+    let sha_of: HashMap<String, String> = local
+        .daily
+        .iter()
+        .chain(&local.rollout)
+        .flat_map(|(s, m)| m.archives.iter().map(move |a| (s.key(&a.path), a.sha256.clone())))
+        .collect();
+    // A local archive counts as off-site when the remote's own, verified manifest lists it with
+    // the same sha256 and its upload was verified; or when it was verified there before and the
+    // remote's retention (over the remote's snapshots and the local ones) forgets it anyway.
+    let on_remote: HashSet<String> = remote_inv
+        .iter()
+        .flat_map(|inv| inv.daily.iter().chain(&inv.rollout))
+        .flat_map(|(s, m)| m.archives.iter().map(move |a| (s.key(&a.path), a.sha256.clone())))
+        .filter(|(k, sha)| sha_of.get(k) == Some(sha))
+        .map(|(k, _)| k)
+        .collect();
+    let verified_before: HashMap<String, String> = ctx
+        .store
+        .snapshots()?
+        .into_iter()
+        .filter(|r| r.remote_verified_at.is_some())
+        .map(|r| (r.path, r.sha256))
+        .collect();
+    let remote_forgets: HashSet<String> = match (&remote_inv, &remote_policy) {
+        (Some(inv), Some(p)) => {
+            let mut union = Inventory::default();
+            for (snap, m) in inv.daily.iter().chain(&inv.rollout).chain(local.daily.iter().chain(&local.rollout)) {
+                let known = union.daily.contains_key(snap) || union.rollout.contains_key(snap);
+                if !known {
+                    union.insert(snap.clone(), m.clone());
+                }
+            }
+            let forgotten = plan("remote", &union, p, remote_keep_runs, &halted, &|_| false);
+            let gone = |kind: SnapshotKind, id: &str, who: Option<&str>| {
+                forgotten.iter().any(|i| i.kind == kind && i.snapshot == id && i.tenant.as_deref() == who && !i.keep)
+            };
+            local
+                .daily
+                .iter()
+                .flat_map(|(s, m)| {
+                    m.archives.iter().filter(|a| gone(s.kind(), s.id(), Some(owner(a)))).map(|a| s.key(&a.path))
+                })
+                .chain(
+                    local
+                        .rollout
+                        .iter()
+                        .filter(|(s, _)| gone(s.kind(), s.id(), None))
+                        .flat_map(|(s, m)| m.archives.iter().map(|a| s.key(&a.path))),
+                )
+                .collect()
+        }
+        _ => HashSet::new(),
+    };
+    let offsite = |rel: &str| {
+        let Some(sha) = sha_of.get(rel) else { return false };
+        (verified.get(rel).is_some_and(|v| v.0 == *sha) && on_remote.contains(rel))
+            || (verified_before.get(rel) == Some(sha) && remote_forgets.contains(rel))
+    };
+    let unsynced = |rel: &str| remote_cfg.is_some() && !offsite(rel);
+    let mut items = plan("local", &local, &local_policy, keep_runs, &halted, &unsynced);
     if let (Some(inv), Some(p)) = (&remote_inv, &remote_policy) {
-        let remote_keep_runs = remote_cfg
-            .as_ref()
-            .and_then(|r| r.retention.as_ref())
-            .and_then(|r| r.keep_rollout_runs)
-            .unwrap_or(keep_runs);
         items.extend(plan("remote", inv, p, remote_keep_runs, &halted, &|_| false));
     }
+    let replaced = plan_replaced(layout::replaced(&ctx.cfg.backup_root)?, keep_runs);
     let mut deleted = 0;
     if !opts.dry_run {
         ctx.start_run("prune", None, None, None)?;
         deleted += apply_local(ctx, &local, &items)?;
+        for r in replaced.iter().filter(|r| !r.keep) {
+            std::fs::remove_dir_all(&r.dir).map_err(|e| Error::io(&r.dir, e))?;
+            deleted += 1;
+        }
         if let (Some(r), Some(inv)) = (&remote, &remote_inv) {
             deleted += apply_remote(ctx, r, inv, &items, scratch.path()).await?;
         }
         let gone = items.iter().filter(|i| !i.keep).count();
         ctx.finish_run(ExitKind::Success, &format!("{gone} snapshot(s) pruned, {deleted} file(s) deleted"))?;
     }
-    Ok(PruneReport { dry_run: opts.dry_run, items, deleted })
+    Ok(PruneReport { dry_run: opts.dry_run, items, replaced, unreadable, deleted })
 }
 
 /// Forgotten archives of one manifest: (archive path, file list path) of the tenants going.
@@ -363,6 +461,13 @@ impl fmt::Display for PruneReport {
             } else {
                 writeln!(f, "  {:<6} {verb} {} {}{who}", i.location, i.kind, i.snapshot)?;
             }
+        }
+        for r in &self.replaced {
+            let what = if r.keep { "keep  " } else { verb };
+            writeln!(f, "  local  {what} replaced {} ({})", r.run, r.tenants.join(", "))?;
+        }
+        for why in &self.unreadable {
+            writeln!(f, "  WARNING {why}")?;
         }
         let gone = self.items.iter().filter(|i| !i.keep).count();
         writeln!(f, "{gone} snapshot(s) {verb}, {} kept; {} file(s) deleted", self.items.len() - gone, self.deleted)

@@ -2,7 +2,11 @@
 //! sha256 is checked against its manifest before anything is touched; then the tenant's
 //! container is stopped, the data dir swapped for the extracted snapshot (extracted beside it
 //! first, so a failed restore leaves the old data in place), the container started and
-//! health-checked. `--to DIR` extracts into a directory and touches no container.
+//! health-checked. The data it replaces is never removed: it moves to
+//! `<backup_root>/replaced/<run_id>/<tenant>`, and `--run <that run id>` puts it back. Before
+//! anything is stopped or extracted, the file list is checked and the target filesystem's free
+//! space compared with its total; a data dir that is a mount point is refused.
+//! `--to DIR` extracts into a directory and touches no container.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -63,6 +67,9 @@ pub struct RestoreReport {
     pub container: Option<String>,
     /// Entries restored.
     pub entries: u64,
+    /// Where the data the restore replaced is kept (`<backup_root>/replaced/<run_id>/<tenant>`),
+    /// if the data dir existed.
+    pub replaced: Option<PathBuf>,
     /// Whether this was a dry run.
     pub dry_run: bool,
     /// How it ended.
@@ -124,8 +131,11 @@ pub fn locate(backup_root: &Path, tenant: &TenantId, source: &Source) -> Result<
     }
     let mut found = Vec::new();
     for snap in layout::complete(backup_root)? {
-        if let Some(entry) = find(&snap.dir)? {
-            found.push((snap.id, entry, snap.dir));
+        // One unreadable day does not hide every other one from --latest (verify names it).
+        match find(&snap.dir) {
+            Ok(Some(entry)) => found.push((snap.id, entry, snap.dir)),
+            Ok(None) => {}
+            Err(e) => tracing::warn!("{}: skipped: {e}", snap.id),
         }
     }
     newest(found).map(|(entry, dir)| Located { dir, entry }).ok_or_else(missing)
@@ -161,14 +171,66 @@ pub async fn fetch_remote(cfg: &HostConfig, tenant: &TenantId, source: &Source) 
         }
         let Some(m) = offsite::fetch_manifest(&remote, &snap, &dir).await? else { continue };
         let Some(entry) = m.tenant(tenant.as_str()).cloned() else { continue };
-        remote.download(&snap.key(&entry.path), &dir.join(&entry.path), Some(&entry.sha256)).await?;
+        let key = snap.key(&entry.path);
+        remote.download(&key, &layout::under(&dir, &entry.path, &key)?, Some(&entry.sha256)).await?;
+        // The file list too: the restore's preflight reads it.
+        let list_key = snap.key(&entry.file_list);
+        let list = layout::under(&dir, &entry.file_list, &list_key)?;
+        remote.download(&list_key, &list, Some(&entry.file_list_sha256)).await?;
         return Ok(Located { dir, entry });
     }
     Err(Error::Usage(format!("no complete remote snapshot of tenant {tenant} at {}", remote.place())))
 }
 
+/// Room a restore needs beyond the file contents, per entry (a block for its inode, dir entry
+/// and last partial block).
+const PER_ENTRY_BYTES: u64 = 4096;
+
+/// Before anything is extracted: the file list must be the one the manifest recorded, and the
+/// filesystem the files will land on (`on`: the target, else its nearest existing ancestor) must
+/// have room for every file in it. Read as a stream, so a huge list costs no memory.
+async fn preflight(loc: &Located, target: &Path) -> Result<()> {
+    let list = loc.dir.join(&loc.entry.file_list);
+    let (want, mut on) = (loc.entry.file_list_sha256.clone(), target.to_path_buf());
+    while !on.exists() {
+        match on.parent() {
+            Some(p) => on = p.to_path_buf(),
+            None => break,
+        }
+    }
+    let l = list.clone();
+    let ((sha, _), (bytes, entries)) = crate::blocking::run("restore preflight", move || {
+        Ok::<_, Error>((archive::sha256_file(&l)?, archive::totals(&l)?))
+    })
+    .await??;
+    if sha != want {
+        return Err(Error::Backup(format!(
+            "{}: sha256 is {sha}, the manifest says {want}; the file list is damaged, nothing was touched \
+             (try another --day or `restore --remote`)",
+            list.display()
+        )));
+    }
+    let need = bytes.saturating_add(entries.saturating_mul(PER_ENTRY_BYTES));
+    let free = crate::fsutil::free_bytes(&on).map_err(|e| Error::io(&on, e))?;
+    if free < need {
+        return Err(Error::Backup(format!(
+            "{}: the restore needs about {need} bytes ({bytes} bytes in {entries} entries) but only {free} are free \
+             there; nothing was touched. Free space on that filesystem or restore with --to onto a larger one",
+            on.display()
+        )));
+    }
+    Ok(())
+}
+
 /// Run `restore`.
 pub async fn restore(ctx: &Ctx, opts: &RestoreOptions) -> Result<RestoreReport> {
+    // `--run` of an earlier restore: put back the data that restore replaced.
+    if let (Source::Run(r), false) = (&opts.source, opts.remote) {
+        let kept = layout::replaced_dir(&ctx.cfg.backup_root, r, opts.tenant.as_str());
+        if kept.is_dir() {
+            return restore_replaced(ctx, opts, &kept).await;
+        }
+    }
     let loc = if opts.remote {
         fetch_remote(&ctx.cfg, &opts.tenant, &opts.source).await?
     } else {
@@ -192,12 +254,14 @@ pub async fn restore(ctx: &Ctx, opts: &RestoreOptions) -> Result<RestoreReport> 
         target: PathBuf::new(),
         container: None,
         entries: 0,
+        replaced: None,
         dry_run: opts.dry_run,
         outcome: ExitKind::Success,
         detail: String::new(),
     };
     if let Some(to) = &opts.to {
         report.target = to.clone();
+        preflight(&loc, to).await?;
         if opts.dry_run {
             report.detail = format!("would extract into {}", to.display());
             return Ok(report);
@@ -234,6 +298,17 @@ pub async fn restore(ctx: &Ctx, opts: &RestoreOptions) -> Result<RestoreReport> 
     let data_dir = app.data_dir_of(&opts.tenant);
     report.target = data_dir.clone();
     report.container = Some(container.name.clone());
+    // A mount point cannot be swapped by rename: refused before anything is touched.
+    if data_dir.exists() && crate::fsutil::is_mount_point(&data_dir).map_err(|e| Error::io(&data_dir, e))? {
+        return Err(Error::Usage(format!(
+            "tenant {}: data dir {} is a mount point, which restore cannot swap; nothing was touched. \
+             Restore with --to into a new dir on that filesystem, then stop the tenant and move the files in",
+            opts.tenant,
+            data_dir.display()
+        )));
+    }
+    // The new tree is extracted beside the data dir, and the old one is kept: room for all of it.
+    preflight(&loc, data_dir.parent().unwrap_or(&data_dir)).await?;
     if opts.dry_run {
         report.detail = format!(
             "would stop {}, restore {} into {}, start it",
@@ -251,8 +326,20 @@ pub async fn restore(ctx: &Ctx, opts: &RestoreOptions) -> Result<RestoreReport> 
     crash_point("restore-before-swap");
     let s = ctx.begin(Some(opts.tenant.as_str()), "restore", &held)?;
     let (a, h, d) = (archive_path.clone(), got.clone(), data_dir.clone());
-    let restored = crate::blocking::run("restore", move || archive::restore_swap(&a, &h, &d)).await?;
-    ctx.end(s, if restored.is_ok() { "ok" } else { "failed" }, None::<&()>)?;
+    let swapped = crate::blocking::run("restore", move || archive::restore_swap_keep(&a, &h, &d)).await?;
+    // The data it replaced is kept, never removed: a wrong --day must not be the end of it.
+    let restored = match swapped {
+        Ok((n, old)) => {
+            report.replaced = old.map(|old| keep_replaced(&ctx.cfg.backup_root, &ctx.run_id, &opts.tenant, &old));
+            Ok(n)
+        }
+        Err(e) => Err(e),
+    };
+    ctx.end(
+        s,
+        if restored.is_ok() { "ok" } else { "failed" },
+        Some(&serde_json::json!({ "replaced": report.replaced })),
+    )?;
     let s = ctx.begin(Some(opts.tenant.as_str()), "start", &held)?;
     let started = engine.start(&container.name).await;
     ctx.end(s, if started.is_ok() { "ok" } else { "failed" }, None::<&()>)?;
@@ -276,8 +363,153 @@ pub async fn restore(ctx: &Ctx, opts: &RestoreOptions) -> Result<RestoreReport> 
             report.detail = format!("{} is not healthy after the restore: {e}; a person is needed", container.name);
         }
     }
+    if let Some(r) = &report.replaced {
+        report.detail.push_str(&format!("; the data it replaced is kept in {}", r.display()));
+    }
     ctx.finish_run(report.outcome, &report.detail)?;
     Ok(report)
+}
+
+/// Put back the data an earlier restore replaced (`kept`, `replaced/<run>/<tenant>`): the tenant
+/// is stopped, `kept` and the data dir are exchanged in one rename (so the data it replaces is
+/// kept in turn, under this run), and the tenant started and health-checked.
+async fn restore_replaced(ctx: &Ctx, opts: &RestoreOptions, kept: &Path) -> Result<RestoreReport> {
+    if opts.to.is_some() {
+        return Err(Error::Usage(format!(
+            "--to: the data an earlier restore replaced is a plain dir, {}; copy it with `cp -a` instead",
+            kept.display()
+        )));
+    }
+    let state = desired::read(&ctx.cfg.desired, &ctx.cfg.state_dir, None)?;
+    let engine = Engine::connect(&ctx.cfg.docker).await?;
+    let mut found = None;
+    for app in &state.fleet.apps {
+        if let Some(c) = engine.tenants(app).await?.into_iter().find(|c| c.tenant == opts.tenant) {
+            found = Some((app.clone(), c));
+            break;
+        }
+    }
+    let Some((app, container)) = found else {
+        return Err(Error::Usage(format!(
+            "tenant {} has no container in any app of fleet.toml; copy {} by hand",
+            opts.tenant,
+            kept.display()
+        )));
+    };
+    let data_dir = app.data_dir_of(&opts.tenant);
+    let mut report = RestoreReport {
+        tenant: opts.tenant.to_string(),
+        archive: kept.to_path_buf(),
+        sha256: String::new(),
+        target: data_dir.clone(),
+        container: Some(container.name.clone()),
+        entries: 0,
+        replaced: None,
+        dry_run: opts.dry_run,
+        outcome: ExitKind::Success,
+        detail: String::new(),
+    };
+    if !data_dir.is_dir() || crate::fsutil::is_mount_point(&data_dir).map_err(|e| Error::io(&data_dir, e))? {
+        return Err(Error::Usage(format!(
+            "tenant {}: data dir {} is missing or a mount point, so it cannot be exchanged with {}; \
+             nothing was touched. Stop the tenant and copy the files in by hand",
+            opts.tenant,
+            data_dir.display(),
+            kept.display()
+        )));
+    }
+    if opts.dry_run {
+        report.detail =
+            format!("would stop {}, put {} back into {}, start it", container.name, kept.display(), data_dir.display());
+        return Ok(report);
+    }
+    ctx.start_run("restore", Some(&app.name), Some(&state.commit), None)?;
+    let held = HeldContainer { container: container.name.clone(), hold: "stop".into() };
+    let s = ctx.begin(Some(opts.tenant.as_str()), "stop", &held)?;
+    engine.stop(&container.name, app.stop_timeout_s).await?;
+    ctx.end(s, "ok", None::<&()>)?;
+    let s = ctx.begin(Some(opts.tenant.as_str()), "restore", &held)?;
+    let exchanged = (|| -> std::io::Result<()> {
+        rustix::fs::renameat_with(
+            rustix::fs::CWD,
+            kept,
+            rustix::fs::CWD,
+            &data_dir,
+            rustix::fs::RenameFlags::EXCHANGE,
+        )?;
+        for d in [kept.parent(), data_dir.parent()].into_iter().flatten() {
+            crate::fsutil::sync_dir(d)?;
+        }
+        Ok(())
+    })()
+    .map_err(|e| Error::io(&data_dir, e));
+    if exchanged.is_ok() {
+        // `kept` now holds the data that was in place: kept in turn, under this run.
+        report.replaced = Some(keep_replaced(&ctx.cfg.backup_root, &ctx.run_id, &opts.tenant, kept));
+    }
+    ctx.end(
+        s,
+        if exchanged.is_ok() { "ok" } else { "failed" },
+        Some(&serde_json::json!({ "from": kept, "replaced": report.replaced })),
+    )?;
+    let s = ctx.begin(Some(opts.tenant.as_str()), "start", &held)?;
+    let started = engine.start(&container.name).await;
+    ctx.end(s, if started.is_ok() { "ok" } else { "failed" }, None::<&()>)?;
+    let health = match &started {
+        Ok(()) => Prober::new()?.gate(&engine, &container.name, &app.health, None).await?.map_err(|u| u.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    match (&exchanged, &health) {
+        (Ok(()), Ok(_)) => {
+            report.detail = format!(
+                "put the data an earlier restore replaced back into {}; {} is running and healthy",
+                data_dir.display(),
+                container.name
+            )
+        }
+        (Err(e), Ok(_)) => {
+            report.outcome = ExitKind::Failure;
+            report.detail = format!("{e}; nothing was moved and {} runs on its data as it was", container.name);
+        }
+        (_, Err(e)) => {
+            report.outcome = ExitKind::PersonNeeded;
+            report.detail = format!("{} is not healthy after the restore: {e}; a person is needed", container.name);
+        }
+    }
+    if let Some(r) = &report.replaced {
+        report.detail.push_str(&format!("; the data it replaced is kept in {}", r.display()));
+    }
+    let word = match report.outcome {
+        ExitKind::Success => "success",
+        ExitKind::PersonNeeded => "person_needed",
+        _ => "failed",
+    };
+    ctx.store.finish_run(ctx.run_id.as_str(), word, report.outcome.code() as i64, &report.detail)?;
+    Ok(report)
+}
+
+/// Move the old data a restore swapped out (`old`, beside the data dir) to
+/// `<backup_root>/replaced/<run_id>/<tenant>`, where prune keeps it with the rollout runs. When
+/// that is another filesystem (a rename cannot move it) it stays where it is, and that is the
+/// path returned: it is never deleted.
+fn keep_replaced(backup_root: &Path, run: &RunId, tenant: &TenantId, old: &Path) -> PathBuf {
+    let dest = layout::replaced_dir(backup_root, run, tenant.as_str());
+    let moved = dest
+        .parent()
+        .map_or(Ok(()), crate::fsutil::create_private_dir)
+        .and_then(|()| std::fs::rename(old, &dest))
+        .and_then(|()| dest.parent().map_or(Ok(()), crate::fsutil::sync_dir));
+    match moved {
+        Ok(()) => dest,
+        Err(e) => {
+            tracing::warn!(
+                "tenant {tenant}: the data the restore replaced stays in {} (moving it to {} failed: {e})",
+                old.display(),
+                dest.display()
+            );
+            old.to_path_buf()
+        }
+    }
 }
 
 impl fmt::Display for RestoreReport {

@@ -89,6 +89,9 @@ pub struct SnapshotReport {
     pub dry_run: bool,
     /// Per archive.
     pub archives: Vec<ArchiveReport>,
+    /// Earlier days that could not be read (an unreadable `MANIFEST.json`): skipped, never
+    /// reused from; `verify` fails naming them.
+    pub skipped: Vec<String>,
 }
 
 impl SnapshotReport {
@@ -136,7 +139,10 @@ pub async fn snapshot(ctx: &Ctx, opts: &SnapshotOptions) -> Result<SnapshotRepor
     let snap = SnapshotId::daily(&day).map_err(|e| Error::Other(format!("today's snapshot: {e}")))?;
     let dir = snap.dir(&ctx.cfg.backup_root);
     let mut manifest = Manifest::read(&dir)?.unwrap_or_else(|| Manifest::new(&snap));
-    let previous = previous_manifests(&ctx.cfg.backup_root, &snap)?;
+    let (previous, skipped) = previous_manifests(&ctx.cfg.backup_root, &snap)?;
+    for why in &skipped {
+        tracing::warn!("{why}");
+    }
     let mut archives = Vec::new();
     if !opts.dry_run {
         ctx.start_run("snapshot", None, Some(&state.commit), None)?;
@@ -214,7 +220,7 @@ pub async fn snapshot(ctx: &Ctx, opts: &SnapshotOptions) -> Result<SnapshotRepor
         }
         archives.push(rep);
     }
-    let report = SnapshotReport { day, dir, dry_run: opts.dry_run, archives };
+    let report = SnapshotReport { day, dir, dry_run: opts.dry_run, archives, skipped };
     if !opts.dry_run {
         let failed: Vec<String> = report
             .archives
@@ -278,8 +284,13 @@ fn entry_of(rel: &str, tenant: Option<&str>, s: &archive::ArchiveSummary) -> Arc
     }
 }
 
-/// The complete daily snapshots among the 7 days before `today` that have a directory, newest first.
-fn previous_manifests(backup_root: &Path, today: &SnapshotId) -> Result<Vec<(PathBuf, Manifest)>> {
+/// An earlier day's dir and its manifest.
+type Previous = (PathBuf, Manifest);
+
+/// The complete daily snapshots among the 7 days before `today` that have a directory, newest
+/// first, and what was wrong with each such day whose manifest could not be read (skipped: one
+/// bad day never stops today's backups).
+fn previous_manifests(backup_root: &Path, today: &SnapshotId) -> Result<(Vec<Previous>, Vec<String>)> {
     let walk = layout::walk(backup_root)?;
     let mut days: Vec<layout::SnapshotDir> = walk
         .complete
@@ -288,14 +299,20 @@ fn previous_manifests(backup_root: &Path, today: &SnapshotId) -> Result<Vec<(Pat
         .filter(|s| s.id.kind() == SnapshotKind::Daily && s.id < *today)
         .collect();
     days.sort_unstable_by(|a, b| b.id.cmp(&a.id));
-    let mut out = Vec::new();
+    let (mut out, mut skipped) = (Vec::new(), Vec::new());
     // The 7 newest days, complete or not: only a complete one is reused from.
     for d in days.into_iter().take(7) {
-        if let Some(m) = Manifest::read(&d.dir)? {
-            out.push((d.dir, m));
+        match Manifest::read(&d.dir) {
+            Ok(Some(m)) => out.push((d.dir, m)),
+            Ok(None) => {}
+            Err(e) => skipped.push(format!(
+                "{}: skipped, nothing is reused from it: {e}; run `slipway verify` and restore that day from the remote \
+                 or remove it",
+                d.id
+            )),
         }
     }
-    Ok(out)
+    Ok((out, skipped))
 }
 
 /// Bring a quiesced tenant back (unpause, or start after a stop), retrying with a backoff; if
@@ -521,6 +538,9 @@ impl fmt::Display for SnapshotReport {
                 ArchiveOutcome::Frozen => format!("FAILED, TENANT LEFT FROZEN: {}", a.detail.as_deref().unwrap_or("")),
             };
             writeln!(f, "  {who:<24} {what}")?;
+        }
+        for why in &self.skipped {
+            writeln!(f, "  WARNING {why}")?;
         }
         Ok(())
     }

@@ -3,7 +3,8 @@
 //! its size and its sha256 (object metadata written at upload) match the manifest; a snapshot
 //! directory's `MANIFEST.json` goes up last, so a remote directory without it is incomplete by
 //! definition. Verified uploads are remembered in the run record, so a sync with nothing new
-//! costs one listing. Paths and keys come from [`crate::layout`], the listing from
+//! costs one listing. A snapshot uploaded and verified once that the remote no longer has (its
+//! own, shorter retention pruned it) is not uploaded again. Paths and keys come from [`crate::layout`], the listing from
 //! [`crate::offsite`].
 
 use std::collections::HashMap;
@@ -18,7 +19,7 @@ use crate::adapters::archive;
 use crate::adapters::remote::Remote;
 use crate::context::Ctx;
 use crate::error::{Error, ExitKind, Result};
-use crate::layout::{self, SnapshotDir};
+use crate::layout::{self, SnapshotDir, SnapshotKind, CONTROL_PLANE};
 use crate::manifest::Manifest;
 use crate::offsite;
 
@@ -59,6 +60,9 @@ pub struct SyncReport {
     pub mb_per_s: f64,
     /// Stale multipart uploads aborted.
     pub aborted_stale_uploads: usize,
+    /// Snapshots uploaded and verified before that the remote no longer has (its retention
+    /// pruned them): not uploaded again.
+    pub retired: Vec<String>,
 }
 
 impl SyncReport {
@@ -96,6 +100,16 @@ fn wanted(snap: &SnapshotDir) -> Result<Vec<Wanted>> {
     let (sha256, size) = archive::sha256_file(&mp)?;
     out.push(Wanted { key: id.manifest_key(), path: mp, sha256, size });
     Ok(out)
+}
+
+/// Whether every archive of `snap` was uploaded and verified before, as it is now (same sha256).
+fn retired(snap: &SnapshotDir, verified_before: &HashMap<String, String>) -> bool {
+    match Manifest::read(&snap.dir) {
+        Ok(Some(m)) if !m.archives.is_empty() => {
+            m.archives.iter().all(|a| verified_before.get(&snap.id.key(&a.path)) == Some(&a.sha256))
+        }
+        _ => false,
+    }
 }
 
 /// Files uploaded at once (each multipart with its own parts in flight).
@@ -159,6 +173,7 @@ pub async fn sync(ctx: &Ctx, opts: &SyncOptions) -> Result<SyncReport> {
         uploaded_bytes: 0,
         mb_per_s: 0.0,
         aborted_stale_uploads: 0,
+        retired: Vec::new(),
     };
     let listed = offsite::list(&remote).await?.sizes;
     let mut known = ctx.store.remote_objects()?;
@@ -166,12 +181,36 @@ pub async fn sync(ctx: &Ctx, opts: &SyncOptions) -> Result<SyncReport> {
         ctx.start_run("sync", None, None, None)?;
         report.aborted_stale_uploads = remote.abort_stale_uploads().await;
     }
+    // Archives once uploaded as part of a complete remote snapshot, with the sha256 they had.
+    let rows = ctx.store.snapshots()?;
+    let recorded: HashMap<String, String> = rows.iter().map(|r| (r.path.clone(), r.sha256.clone())).collect();
+    let verified_before: HashMap<String, String> =
+        rows.into_iter().filter(|r| r.remote_verified_at.is_some()).map(|r| (r.path, r.sha256)).collect();
     let mut upload_time = std::time::Duration::ZERO;
     for snap in layout::complete(&ctx.cfg.backup_root)? {
-        let files = wanted(&snap)?;
         let manifest_key = snap.id.manifest_key();
+        // One unreadable day fails the job, naming it; every other day is still synced.
+        let files = match wanted(&snap) {
+            Ok(f) => f,
+            Err(e) => {
+                report.files.push(FileSync {
+                    key: manifest_key,
+                    size: 0,
+                    action: "failed".into(),
+                    detail: Some(format!("{e}; nothing of {} was uploaded", snap.id)),
+                });
+                continue;
+            }
+        };
         let mut dir_ok = true;
         // Archives and file lists first (a few at a time), the manifest only once they are all there.
+        // A whole snapshot the remote had, verified, and no longer has was pruned by the remote's
+        // retention (a shorter policy than the local one): uploading it again would only have the
+        // next prune delete it again.
+        if !listed.contains_key(&manifest_key) && retired(&snap, &verified_before) {
+            report.retired.push(snap.id.to_string());
+            continue;
+        }
         let (manifest, files): (Vec<Wanted>, Vec<Wanted>) = files.into_iter().partition(|w| w.key == manifest_key);
         for batch in [files, manifest] {
             if !dir_ok {
@@ -240,7 +279,17 @@ pub async fn sync(ctx: &Ctx, opts: &SyncOptions) -> Result<SyncReport> {
         if dir_ok && !opts.dry_run {
             if let Some(m) = Manifest::read(&snap.dir)? {
                 for a in &m.archives {
-                    ctx.store.mark_remote_verified(&snap.id.key(&a.path))?;
+                    let key = snap.id.key(&a.path);
+                    // An archive the run record does not know as it is (copied in, restored from
+                    // another host) is recorded now, so its verified upload is remembered.
+                    if recorded.get(&key).is_none_or(|sha| *sha != a.sha256) {
+                        let kind = match (snap.id.kind(), &a.tenant) {
+                            (SnapshotKind::Daily, None) => CONTROL_PLANE,
+                            (k, _) => k.as_str(),
+                        };
+                        ctx.record_archive(&key, kind, snap.id.id(), a)?;
+                    }
+                    ctx.store.mark_remote_verified(&key)?;
                 }
             }
         }
@@ -270,6 +319,9 @@ impl fmt::Display for SyncReport {
                 Some(d) => writeln!(f, "  {:<13} {} ({} bytes): {d}", x.action, x.key, x.size)?,
                 None => writeln!(f, "  {:<13} {} ({} bytes)", x.action, x.key, x.size)?,
             }
+        }
+        if !self.retired.is_empty() {
+            writeln!(f, "  not uploaded again (pruned by the remote's retention): {}", self.retired.join(", "))?;
         }
         writeln!(
             f,

@@ -118,9 +118,15 @@ pub async fn verify(backup_root: &Path, opts: &VerifyOptions) -> Result<VerifyRe
         let mut archives = Vec::new();
         let mut incomplete = Vec::new();
         for SnapshotDir { dir, .. } in dirs {
-            match Manifest::read(&dir)? {
-                None => incomplete.push(dir),
-                Some(m) => archives.extend(m.archives.iter().map(|e| check_archive(&dir, e, deep))),
+            match Manifest::read(&dir) {
+                Ok(None) => incomplete.push(dir),
+                Ok(Some(m)) => archives.extend(m.archives.iter().map(|e| check_archive(&dir, e, deep))),
+                // An unreadable manifest fails the job, naming it; the other days are still checked.
+                Err(e) => archives.push(Checked {
+                    archive: layout::manifest_path(&dir),
+                    ok: false,
+                    detail: Some(e.to_string()),
+                }),
             }
         }
         Ok(VerifyReport { archives, incomplete, deep })
@@ -147,7 +153,20 @@ pub async fn verify_remote(cfg: &HostConfig, opts: &VerifyOptions) -> Result<Ver
     let mut archives = Vec::new();
     for snap in snapshots {
         let dir = snap.dir(scratch.path());
-        let Some(m) = offsite::fetch_manifest(&remote, &snap, &dir).await? else { continue };
+        let m = match offsite::fetch_manifest(&remote, &snap, &dir).await {
+            Ok(Some(m)) => m,
+            Ok(None) => continue,
+            Err(e @ Error::RemoteAuth { .. }) => return Err(e),
+            // A manifest that cannot be trusted fails the job, naming it; the others are still checked.
+            Err(e) => {
+                archives.push(Checked {
+                    archive: PathBuf::from(snap.manifest_key()),
+                    ok: false,
+                    detail: Some(e.to_string()),
+                });
+                continue;
+            }
+        };
         for a in &m.archives {
             let key = snap.key(&a.path);
             let mut detail = None;
@@ -160,9 +179,9 @@ pub async fn verify_remote(cfg: &HostConfig, opts: &VerifyOptions) -> Result<Ver
                     detail = Some(format!("sha256 metadata is {:?}, the manifest says {}", h.sha256, a.sha256))
                 }
                 Some(_) if opts.deep => {
-                    let local = dir.join(&a.path);
-                    let list_path = dir.join(&a.file_list);
                     let r = async {
+                        let local = layout::under(&dir, &a.path, &key)?;
+                        let list_path = layout::under(&dir, &a.file_list, &key)?;
                         remote.download(&key, &local, Some(&a.sha256)).await?;
                         remote.download(&snap.key(&a.file_list), &list_path, Some(&a.file_list_sha256)).await?;
                         let (l, p, s, lp) = (local.clone(), a.sha256.clone(), list_path.clone(), list_path.clone());

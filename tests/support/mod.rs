@@ -626,6 +626,21 @@ impl Sandbox {
         self.use_remote(&env.s3_endpoint, &env.s3_access_key, &env.s3_secret_key, extra)
     }
 
+    /// Put `bytes` at `key` under the sandbox prefix of the shared S3 server with `sha256` as its
+    /// metadata, as whoever can write the bucket could (via rclone).
+    pub fn put_remote_object(&self, bucket: &str, key: &str, bytes: &[u8], sha256: &str) {
+        use std::io::Write;
+        let env = Env::get();
+        let mut child = rclone(&env.s3_endpoint, &env.s3_access_key, &env.s3_secret_key)
+            .args(["rcat", "--header-upload", &format!("x-amz-meta-sha256: {sha256}")])
+            .arg(format!(":s3:{bucket}/slipway/host-1/{key}"))
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(bytes).unwrap();
+        assert!(child.wait().unwrap().success(), "rclone rcat {key}");
+    }
+
     /// Every object key in the bucket under the sandbox prefix, with sizes (via rclone).
     pub fn remote_objects(&self, endpoint: &str, key: &str, secret: &str, bucket: &str) -> Vec<(String, u64)> {
         let out = Command::new("rclone")

@@ -102,6 +102,8 @@ pub struct Snapshot {
     pub day: String,
     pub dir: PathBuf,
     pub archives: Vec<SnapshotArchive>,
+    #[serde(default)]
+    pub skipped: Vec<String>,
 }
 
 /// One archive of a snapshot.
@@ -118,6 +120,8 @@ pub struct SnapshotArchive {
 pub struct Sync {
     pub files: Vec<SyncFile>,
     pub uploaded_bytes: u64,
+    #[serde(default)]
+    pub retired: Vec<String>,
 }
 
 /// One file a sync uploaded (or would, or failed).
@@ -149,6 +153,26 @@ pub struct Checked {
 #[derive(Debug, Deserialize)]
 pub struct Prune {
     pub items: Vec<PruneItem>,
+    #[serde(default)]
+    pub replaced: Vec<PruneReplaced>,
+}
+
+/// The fate of one restore run's replaced data in a prune.
+#[derive(Debug, Clone, Deserialize)]
+pub struct PruneReplaced {
+    pub run: String,
+    pub dir: PathBuf,
+    pub tenants: Vec<String>,
+    pub keep: bool,
+}
+
+/// `slipway restore --json`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Restore {
+    pub target: PathBuf,
+    pub entries: u64,
+    pub replaced: Option<PathBuf>,
+    pub detail: String,
 }
 
 /// One snapshot's fate in a prune.

@@ -235,8 +235,23 @@ fn sibling_tmp(target: &Path, what: &str) -> Result<PathBuf, ArchiveError> {
 /// Restore `archive` in place of `target`: extract into a sibling temp dir with every check,
 /// verify the sha256, then swap it in. On any error `target` is untouched and the temp dir
 /// removed. The new root dir gets the archived dir's owner, mode and mtime (archives made
-/// before those were kept: the old dir's owner and mode).
+/// before those were kept: the old dir's owner and mode). The data it replaced is removed; see
+/// [`restore_swap_keep`] to keep it.
 pub fn restore_swap(archive: &Path, expected_sha256: &str, target: &Path) -> Result<u64, ArchiveError> {
+    let (n, old) = restore_swap_keep(archive, expected_sha256, target)?;
+    if let Some(old) = old {
+        fs::remove_dir_all(&old).map_err(ioe(&old))?;
+    }
+    Ok(n)
+}
+
+/// [`restore_swap`], keeping what it replaced: returns the entries restored and, when `target`
+/// existed, the sibling dir that now holds its old data (the caller moves it somewhere kept).
+pub fn restore_swap_keep(
+    archive: &Path,
+    expected_sha256: &str,
+    target: &Path,
+) -> Result<(u64, Option<PathBuf>), ArchiveError> {
     let tmp = sibling_tmp(target, "restore")?;
     let done = match extract_checked(archive, expected_sha256, &tmp) {
         Ok(x) => x,
@@ -260,9 +275,14 @@ pub fn restore_swap(archive: &Path, expected_sha256: &str, target: &Path) -> Res
                 target.file_name().unwrap_or_default(),
                 rustix::fs::RenameFlags::EXCHANGE,
             )
-            .map_err(|e| ArchiveError::Io { path: target.to_path_buf(), source: e.into() })?;
-            // `tmp` now holds the old data.
-            fs::remove_dir_all(&tmp).map_err(ioe(&tmp))?;
+            .map_err(|e| {
+                // Nothing extracted is left behind.
+                let _ = fs::remove_dir_all(&tmp);
+                ArchiveError::Io { path: target.to_path_buf(), source: e.into() }
+            })?;
+            // `tmp` now holds the old data: the caller decides its fate.
+            sync_dir(parent).map_err(ioe(parent))?;
+            return Ok((done.entries, Some(tmp)));
         }
         Ok(_) => {
             let _ = fs::remove_dir_all(&tmp);
@@ -275,21 +295,31 @@ pub fn restore_swap(archive: &Path, expected_sha256: &str, target: &Path) -> Res
             if !done.root {
                 let _ = fs::set_permissions(&tmp, fs::Permissions::from_mode(0o755));
             }
-            fs::rename(&tmp, target).map_err(ioe(target))?;
+            fs::rename(&tmp, target).map_err(|e| {
+                let _ = fs::remove_dir_all(&tmp);
+                ArchiveError::Io { path: target.to_path_buf(), source: e }
+            })?;
         }
     }
     sync_dir(parent).map_err(ioe(parent))?;
-    Ok(done.entries)
+    Ok((done.entries, None))
 }
 
 /// Extract into `dir` (new or empty) with the same checks and hash verification, for
-/// `restore --to`. On error `dir` is left as it was.
+/// `restore --to`. On error `dir` is left as it was (and nothing extracted is left behind).
+/// An existing `dir` is extracted into from inside (a temporary dir in it whose entries then
+/// move up), so `dir` may be a mount point, which no rename can replace.
 pub fn extract_into(archive: &Path, expected_sha256: &str, dir: &Path) -> Result<u64, ArchiveError> {
+    if dir.is_dir() {
+        return extract_inside(archive, expected_sha256, dir);
+    }
     let tmp = sibling_tmp(dir, "extract")?;
     match extract_checked(archive, expected_sha256, &tmp) {
         Ok(x) => {
-            let _ = fs::remove_dir(dir);
-            fs::rename(&tmp, dir).map_err(ioe(dir))?;
+            fs::rename(&tmp, dir).map_err(|e| {
+                let _ = fs::remove_dir_all(&tmp);
+                ArchiveError::Io { path: dir.to_path_buf(), source: e }
+            })?;
             Ok(x.entries)
         }
         Err(e) => {
@@ -297,4 +327,49 @@ pub fn extract_into(archive: &Path, expected_sha256: &str, dir: &Path) -> Result
             Err(e)
         }
     }
+}
+
+/// [`extract_into`] an existing, empty `dir`: extract into `dir/.slipway-extract-<pid>`, move
+/// each entry up (never replacing one), then give `dir` the archived dir's owner, mode and mtime.
+/// On error everything in `dir` is removed again: it was empty.
+fn extract_inside(archive: &Path, expected_sha256: &str, dir: &Path) -> Result<u64, ArchiveError> {
+    if fs::read_dir(dir).map_err(ioe(dir))?.next().is_some() {
+        return Err(ArchiveError::Io { path: dir.to_path_buf(), source: io::Error::other("is not empty") });
+    }
+    let tmp = dir.join(format!(".slipway-extract-{}", std::process::id()));
+    let r = (|| {
+        fs::DirBuilder::new().mode(0o700).create(&tmp).map_err(ioe(&tmp))?;
+        let x = extract_checked(archive, expected_sha256, &tmp)?;
+        // The archived dir's own metadata, read before moving entries out changes its mtime.
+        let root = fs::symlink_metadata(&tmp).map_err(ioe(&tmp))?;
+        let (tfd, dfd) = (File::open(&tmp).map_err(ioe(&tmp))?, File::open(dir).map_err(ioe(dir))?);
+        for e in fs::read_dir(&tmp).map_err(ioe(&tmp))? {
+            let name = e.map_err(ioe(&tmp))?.file_name();
+            let m = fs::symlink_metadata(tmp.join(&name)).map_err(ioe(&tmp))?;
+            rustix::fs::renameat_with(&tfd, &name, &dfd, &name, rustix::fs::RenameFlags::NOREPLACE)
+                .map_err(|e| ArchiveError::Io { path: dir.join(&name), source: e.into() })?;
+            // Moving a dir rewrites its `..` entry, which moves its mtime on some filesystems.
+            if m.is_dir() {
+                let moved = dir.join(&name);
+                set_times(&moved, m.mtime().max(0) as u64, false).map_err(ioe(&moved))?;
+            }
+        }
+        fs::remove_dir(&tmp).map_err(ioe(&tmp))?;
+        if x.root {
+            std::os::unix::fs::lchown(dir, Some(root.uid()), Some(root.gid())).map_err(ioe(dir))?;
+            fs::set_permissions(dir, fs::Permissions::from_mode(root.mode() & 0o7777)).map_err(ioe(dir))?;
+            set_times(dir, root.mtime().max(0) as u64, false).map_err(ioe(dir))?;
+        }
+        sync_dir(dir).map_err(ioe(dir))?;
+        Ok(x.entries)
+    })();
+    if r.is_err() {
+        if let Ok(rd) = fs::read_dir(dir) {
+            for e in rd.flatten() {
+                let p = e.path();
+                let _ = if p.is_dir() && !p.is_symlink() { fs::remove_dir_all(&p) } else { fs::remove_file(&p) };
+            }
+        }
+    }
+    r
 }

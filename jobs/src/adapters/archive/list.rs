@@ -275,3 +275,19 @@ pub(super) fn stream(
     r.and_then(|()| de.end())
         .map_err(|e| ArchiveError::Corrupt { archive: path.to_path_buf(), what: format!("not a file list: {e}") })
 }
+
+/// What a restore of the list's archive needs on disk, read as a stream (a million-file list
+/// is never held whole): the bytes of every regular file and the number of entries.
+pub fn totals(path: &Path) -> Result<(u64, u64), ArchiveError> {
+    let (mut bytes, mut entries) = (0u64, 0u64);
+    stream(path, |item| {
+        if let ListItem::Entry(e) = item {
+            entries += 1;
+            if e.kind == EntryKind::File {
+                bytes = bytes.saturating_add(e.size);
+            }
+        }
+        Ok(Flow::Go)
+    })?;
+    Ok((bytes, entries))
+}

@@ -41,8 +41,8 @@ mod walk;
 mod write;
 
 pub use check::{deep_verify, tree_digest, tree_unchanged};
-pub use extract::{extract_into, restore_swap};
-pub use list::{read_file_list, EntryKind, FileEntry, FileList};
+pub use extract::{extract_into, restore_swap, restore_swap_keep};
+pub use list::{read_file_list, totals, EntryKind, FileEntry, FileList};
 pub use write::{create, create_with_level, reuse};
 
 /// Where an archive's file list lies (the store's layout decides).

@@ -59,6 +59,11 @@ fn a_tree_with_every_kind_round_trips_byte_identical() {
     let fresh = d.path().join("fresh");
     restore_swap(&archive, &s.sha256, &fresh).unwrap();
     assert_eq!(tree_digest(&fresh).unwrap(), tree_digest(&src).unwrap());
+    // Into an existing, empty dir (as `restore --to` onto a mount point).
+    let empty = d.path().join("empty");
+    fs::create_dir(&empty).unwrap();
+    extract_into(&archive, &s.sha256, &empty).unwrap();
+    assert_eq!(tree_digest(&empty).unwrap(), tree_digest(&src).unwrap());
     deep_verify(&archive, &s.sha256, &file_list_path(&archive)).unwrap();
     // No temp dirs left beside the target.
     let names: Vec<String> =
