@@ -56,6 +56,8 @@ pub struct AppStatus {
     pub pinned: String,
     /// Last rollout run of the app: (run id, outcome).
     pub last_rollout: Option<(String, String)>,
+    /// Why `reconcile` will not roll the pinned digest (it halted, or was rolled back).
+    pub rejected: Option<crate::reconcile::Rejection>,
     /// Tenants.
     pub tenants: Vec<TenantStatus>,
 }
@@ -158,7 +160,17 @@ pub async fn status(ctx: &Ctx) -> Result<StatusReport> {
             .into_iter()
             .find(|r| r.job == "rollout" && r.app.as_deref() == Some(app.name.as_str()))
             .map(|r| (r.id, r.outcome.unwrap_or_else(|| "unfinished".into())));
-        apps.push(AppStatus { app: app.name.clone(), pinned: app.image.to_string(), last_rollout, tenants });
+        let pinned = app.image.digest().to_string();
+        let behind = tenants.iter().any(|t| !t.up_to_date && !t.held);
+        let rejected = if behind { crate::reconcile::rejection(ctx, &app.name, &pinned)? } else { None };
+        if let Some(r) = rejected.as_ref().filter(|r| r.why.starts_with("rolled back")) {
+            // A halted run is already listed below while unresolved; a rollback settles it.
+            attention.push(format!(
+                "app {}: the pinned {pinned} is rejected: run {} was {}; pin another digest in git, or `slipway reconcile --retry`",
+                app.name, r.run_id, r.why
+            ));
+        }
+        apps.push(AppStatus { app: app.name.clone(), pinned: app.image.to_string(), last_rollout, rejected, tenants });
     }
     for r in ctx.store.unresolved_halts()? {
         attention.push(format!(
@@ -194,6 +206,9 @@ impl fmt::Display for StatusReport {
             writeln!(f, "app {} pinned {}", a.app, a.pinned)?;
             if let Some((id, o)) = &a.last_rollout {
                 writeln!(f, "  last rollout {id}: {o}")?;
+            }
+            if let Some(r) = &a.rejected {
+                writeln!(f, "  pinned digest rejected: run {} {}; reconcile will not roll it", r.run_id, r.why)?;
             }
             writeln!(f, "  {:<22} {:<9} {:<14} {:<9} {:<9} SYNCED", "TENANT", "STATE", "DIGEST", "HEALTH", "SNAPSHOT")?;
             for t in &a.tenants {

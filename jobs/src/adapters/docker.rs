@@ -115,7 +115,9 @@ impl std::fmt::Display for Restart {
 pub struct OperatorSettings {
     /// Container name.
     pub name: String,
-    /// Labels the operator set (image labels removed).
+    /// Labels the operator set (image labels removed), each value as `sha256:<hex>` of it:
+    /// label values can be secrets (Traefik basic-auth labels carry password hashes), and this
+    /// is journaled in state.db. Enough to tell a changed value, never the value itself.
     pub labels: std::collections::BTreeMap<String, String>,
     /// Networks and their non-generated aliases.
     pub networks: std::collections::BTreeMap<String, BTreeSet<String>>,
@@ -401,6 +403,14 @@ impl Engine {
     }
 }
 
+/// `sha256:<hex>` of a label value: what the journal keeps instead of the value.
+fn value_hash(value: &str) -> String {
+    use sha2::{Digest as _, Sha256};
+    let hash = Sha256::digest(value.as_bytes());
+    let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256:{hex}")
+}
+
 /// The digest in a `repo@sha256:…` reference.
 pub fn digest_of_ref(reference: &str) -> Option<Digest> {
     reference.split_once('@').and_then(|(_, d)| d.parse().ok())
@@ -471,7 +481,13 @@ impl ContainerSpec {
         let empty = ImageConfig::default();
         let img = if strip_image_defaults { &self.image_config } else { &empty };
         let img_labels = img.labels.clone().unwrap_or_default();
-        let labels = cfg.labels.unwrap_or_default().into_iter().filter(|(k, v)| img_labels.get(k) != Some(v)).collect();
+        let labels = cfg
+            .labels
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|(k, v)| img_labels.get(k) != Some(v))
+            .map(|(k, v)| (k, value_hash(&v)))
+            .collect();
         let img_env: BTreeSet<String> = img.env.clone().unwrap_or_default().into_iter().collect();
         let env_keys = cfg
             .env
@@ -604,7 +620,8 @@ impl OperatorSettings {
         }
         for (k, v) in &self.labels {
             if new.labels.get(k) != Some(v) {
-                lost.push(format!("label {k}={v}"));
+                // The key only: the value may be a secret (and is only a hash here).
+                lost.push(format!("label {k}"));
             }
         }
         for (net, aliases) in &self.networks {

@@ -1,0 +1,154 @@
+//! Rollout safety in an operator's ordinary workflows (issue 11): a rollback a person made
+//! sticks, a rollback touches only what its run created, stopped tenants stay stopped,
+//! containers that cannot be mapped to a tenant never halt the fleet, and secrets carried in
+//! labels or env never reach the run record, a JSON report or the metrics file.
+
+use crate::support::reports::Rollout;
+use crate::support::{tree_hash, Sandbox};
+
+const FAST_HEALTH: &str = "health = { path = \"/api/health\", port = 8080, timeout_s = 4 }\n";
+
+#[test]
+fn reconcile_does_not_roll_a_rolled_back_digest_again_until_git_pins_another_or_retry() {
+    let s = Sandbox::new();
+    let v1 = s.push_fixture_as("v1", "app");
+    let v2 = s.push_fixture_as("v2", "app");
+    let v3 = s.push_fixture_as("cmd2", "app");
+    let name = s.add_tenant("t1", &v1);
+    s.write_fleet(&s.fleet_app(&v2, ""));
+    let out = s.slipway(&["reconcile", "--json"]);
+    assert_eq!(out.code, 0, "{} {}", out.stdout, out.stderr);
+    let run = out.report::<Rollout>().apps[0].run_id.clone().unwrap();
+    // A person decides v2 is bad, though it passed its health gate.
+    let rb = s.slipway(&["rollback", "--run", &run]);
+    assert_eq!(rb.code, 0, "{} {}", rb.stdout, rb.stderr);
+    assert_eq!(s.image_of(&name), v1);
+    let id = s.inspect(&name)["Id"].clone();
+    // The every-minute timer fires: the rolled-back digest is not rolled again.
+    let again = s.slipway(&["reconcile", "--json"]);
+    assert_eq!(again.code, 0, "{} {}", again.stdout, again.stderr);
+    assert_eq!(again.report::<Rollout>().apps[0].action.as_deref(), Some("skipped_halted"), "{}", again.stdout);
+    assert_eq!(s.inspect(&name)["Id"], id, "reconcile rolled a digest a person rolled back");
+    assert_eq!(s.image_of(&name), v1);
+    // status says why the tenant is behind, and asks a person to decide.
+    let st = s.slipway(&["status", "--json"]);
+    let st = st.json();
+    let rejected = &st["report"]["apps"][0]["rejected"];
+    assert_eq!(rejected["run_id"], run.as_str(), "{st}");
+    assert!(rejected["why"].as_str().unwrap().starts_with("rolled back"), "{st}");
+    assert!(st["report"]["attention"].as_array().unwrap().iter().any(|a| a.as_str().unwrap().contains("rejected")));
+    // A person asks for a retry: it rolls.
+    assert_eq!(s.slipway(&["reconcile", "--retry"]).code, 0);
+    assert_eq!(s.image_of(&name), v2);
+    // Git pins another digest: it rolls too.
+    s.write_fleet(&s.fleet_app(&v3, ""));
+    assert_eq!(s.slipway(&["reconcile"]).code, 0);
+    assert_eq!(s.image_of(&name), v3);
+}
+
+#[test]
+fn rollback_leaves_a_tenant_restored_at_the_halt_and_the_data_written_since() {
+    let s = Sandbox::new();
+    let v1 = s.push_fixture_as("v1", "app");
+    let bad = s.push_fixture_as("unhealthy", "app");
+    let name = s.add_tenant("t1", &v1);
+    s.add_tenant("t2", &v1);
+    s.write_data("t1", "db/records.txt", "before the rollout\n");
+    s.write_fleet(&s.fleet_app(&bad, FAST_HEALTH));
+    let out = s.slipway(&["rollout", "--json"]);
+    assert_eq!(out.code, 3, "{} {}", out.stdout, out.stderr);
+    let run = out.run_id();
+    // Customers keep writing on the restored prior container.
+    s.write_data("t1", "db/records.txt", "written after the halt\n");
+    let hash = tree_hash(&s.data_dir("t1"));
+    let id = s.inspect(&name)["Id"].clone();
+    let rb = s.slipway(&["rollback", "--run", &run, "--tenant", "t1", "--json"]);
+    assert_eq!(rb.code, 0, "{} {}", rb.stdout, rb.stderr);
+    let t = &rb.json()["report"]["tenants"][0];
+    assert_eq!(t["tenant"], "t1");
+    assert!(t["skipped"].as_str().unwrap_or_default().contains("prior container"), "{t}");
+    assert_eq!(s.inspect(&name)["Id"], id, "rollback touched a tenant already restored");
+    assert_eq!(tree_hash(&s.data_dir("t1")), hash, "rollback restored an old snapshot over newer data");
+}
+
+#[test]
+fn rollback_of_an_older_run_leaves_a_tenant_a_later_run_rolled() {
+    let s = Sandbox::new();
+    let v1 = s.push_fixture_as("v1", "app");
+    let v2 = s.push_fixture_as("v2", "app");
+    let v3 = s.push_fixture_as("cmd2", "app");
+    let name = s.add_tenant("t1", &v1);
+    s.write_fleet(&s.fleet_app(&v2, ""));
+    let first = s.slipway(&["rollout", "--json"]);
+    assert_eq!(first.code, 0, "{}", first.stderr);
+    let first = first.run_id();
+    s.write_fleet(&s.fleet_app(&v3, ""));
+    assert_eq!(s.slipway(&["rollout"]).code, 0);
+    let id = s.inspect(&name)["Id"].clone();
+    let rb = s.slipway(&["rollback", "--run", &first, "--json"]);
+    assert_eq!(rb.code, 0, "{} {}", rb.stdout, rb.stderr);
+    let t = &rb.json()["report"]["tenants"][0];
+    assert!(t["skipped"].as_str().unwrap_or_default().contains("later run"), "{t}");
+    assert_eq!(s.inspect(&name)["Id"], id, "rollback of an older run replaced a later run's container");
+    assert_eq!(s.image_of(&name), v3);
+}
+
+#[test]
+fn label_and_env_secrets_reach_no_run_record_json_report_or_metrics_file() {
+    let s = Sandbox::new();
+    let v1 = s.push_fixture_as("v1", "app");
+    let v2 = s.push_fixture_as("v2", "app");
+    let bad = s.push_fixture_as("unhealthy", "app");
+    let secrets = ["SECRETHASH", "SECRETVALUE"];
+    s.add_tenant_with(
+        "t1",
+        &v1,
+        &[
+            "--label",
+            "traefik.http.middlewares.auth.basicauth.users=admin:$apr1$SECRETHASH",
+            "--env",
+            "DB_PASSWORD=SECRETVALUE",
+        ],
+    );
+    let metrics = s.root().join("slipway.prom");
+    let m = metrics.to_str().unwrap();
+    let mut outputs = Vec::new();
+    s.write_fleet(&s.fleet_app(&v2, ""));
+    let ok = s.slipway(&["rollout", "--json", "--metrics-file", m]);
+    assert_eq!(ok.code, 0, "{} {}", ok.stdout, ok.stderr);
+    let run = ok.run_id();
+    outputs.push(ok.stdout);
+    s.write_fleet(&s.fleet_app(&bad, FAST_HEALTH));
+    let halted = s.slipway(&["rollout", "--json", "--metrics-file", m]);
+    assert_eq!(halted.code, 3, "{} {}", halted.stdout, halted.stderr);
+    let halted_run = halted.run_id();
+    outputs.push(halted.stdout);
+    for args in [
+        vec!["runs", "--json"],
+        vec!["runs", "show", &run, "--json"],
+        vec!["runs", "show", &halted_run, "--json"],
+        vec!["status", "--json", "--metrics-file", m],
+    ] {
+        outputs.push(s.slipway(&args).stdout);
+    }
+    // The operator's label made it onto the new container: the check compared it.
+    let labels = &s.inspect(&format!("{}-t1", s.id()))["Config"]["Labels"];
+    assert!(labels["traefik.http.middlewares.auth.basicauth.users"].as_str().unwrap().contains("SECRETHASH"));
+    let mut files = vec![("metrics file".to_string(), std::fs::read(&metrics).unwrap())];
+    for entry in std::fs::read_dir(s.state()).unwrap() {
+        let p = entry.unwrap().path();
+        if p.is_file() {
+            files.push((p.display().to_string(), std::fs::read(&p).unwrap()));
+        }
+    }
+    for (i, o) in outputs.iter().enumerate() {
+        files.push((format!("json output #{i}"), o.as_bytes().to_vec()));
+    }
+    assert!(files.iter().any(|(n, _)| n.ends_with("state.db")));
+    for (what, bytes) in &files {
+        for secret in secrets {
+            let found = bytes.windows(secret.len()).any(|w| w == secret.as_bytes());
+            assert!(!found, "{secret} found in {what}");
+        }
+    }
+}
