@@ -152,3 +152,105 @@ fn label_and_env_secrets_reach_no_run_record_json_report_or_metrics_file() {
         }
     }
 }
+
+fn docker(args: &[&str]) {
+    let out = std::process::Command::new("docker").args(args).output().unwrap();
+    assert!(out.status.success(), "docker {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn a_stopped_tenant_is_left_behind_stopped_in_the_plan_the_report_and_status() {
+    let s = Sandbox::new();
+    let v1 = s.push_fixture_as("v1", "app");
+    let v2 = s.push_fixture_as("v2", "app");
+    let running = s.add_tenant("t1", &v1);
+    let suspended = s.add_tenant("t2", &v1);
+    docker(&["stop", "-t", "1", &suspended]);
+    let id = s.inspect(&suspended)["Id"].clone();
+    s.write_fleet(&s.fleet_app(&v2, ""));
+    let plan = s.slipway(&["rollout", "--dry-run", "--json"]).json();
+    assert_eq!(plan["report"]["apps"][0]["plan"]["stopped"][0], "t2", "{plan}");
+    let out = s.slipway(&["rollout", "--json"]);
+    assert_eq!(out.code, 0, "{} {}", out.stdout, out.stderr);
+    let r = out.json();
+    let app = &r["report"]["apps"][0];
+    assert_eq!(app["plan"]["stopped"][0], "t2", "{r}");
+    assert_eq!(app["tenants"].as_array().unwrap().len(), 1, "{r}");
+    assert_eq!(app["tenants"][0]["tenant"], "t1");
+    assert_eq!(s.image_of(&running), v2);
+    // The suspended customer is neither started nor replaced.
+    let now = s.inspect(&suspended);
+    assert_eq!(now["Id"], id);
+    assert_eq!(now["State"]["Running"], false, "rollout started a stopped tenant");
+    assert_eq!(s.image_of(&suspended), v1);
+    let human = s.slipway(&["rollout", "--dry-run"]);
+    assert!(human.stdout.contains("behind (stopped): t2"), "{}", human.stdout);
+    let st = s.slipway(&["status", "--json"]).json();
+    let t2 = st["report"]["apps"][0]["tenants"].as_array().unwrap().iter().find(|t| t["tenant"] == "t2").cloned();
+    assert_eq!(t2.unwrap()["behind"], "behind (stopped)", "{st}");
+    // reconcile neither starts it nor treats it as a failure.
+    assert_eq!(s.slipway(&["reconcile"]).code, 0);
+    assert_eq!(s.inspect(&suspended)["State"]["Running"], false);
+}
+
+#[test]
+fn include_stopped_recreates_a_stopped_tenant_on_the_new_image_without_starting_it() {
+    let s = Sandbox::new();
+    let v1 = s.push_fixture_as("v1", "app");
+    let v2 = s.push_fixture_as("v2", "app");
+    // The stopped tenant sorts first: it must not become the canary either.
+    let suspended = s.add_tenant("a-suspended", &v1);
+    let running = s.add_tenant("t1", &v1);
+    docker(&["stop", "-t", "1", &suspended]);
+    s.write_fleet(&s.fleet_app(&v2, "include_stopped = true\n"));
+    let out = s.slipway(&["rollout", "--json"]);
+    assert_eq!(out.code, 0, "{} {}", out.stdout, out.stderr);
+    let r = out.json();
+    let items = &r["report"]["apps"][0]["plan"]["items"];
+    assert_eq!(items[0]["tenant"], "t1", "{r}");
+    assert_eq!(items[0]["canary"], true);
+    assert_eq!(items[1]["canary"], false);
+    for t in r["report"]["apps"][0]["tenants"].as_array().unwrap() {
+        assert_eq!(t["outcome"], "rolled", "{t}");
+    }
+    assert_eq!(s.image_of(&running), v2);
+    assert_eq!(s.image_of(&suspended), v2);
+    assert_eq!(s.inspect(&suspended)["State"]["Running"], false, "rollout started a stopped tenant");
+    assert!(s.containers_named_like(".pre-rollout-").is_empty());
+}
+
+#[test]
+fn containers_that_map_to_no_tenant_are_skipped_and_reported_never_halting_the_fleet() {
+    let s = Sandbox::new();
+    let v1 = s.push_fixture_as("v1", "app");
+    let v2 = s.push_fixture_as("v2", "app");
+    let good = s.add_tenant("t1", &v1);
+    // A tenant id longer than 63 characters, a name the pattern does not match, no data dir.
+    let long = s.add_tenant(&"x".repeat(70), &v1);
+    let stray = format!("stray-{}", s.id());
+    docker(&["run", "-d", "--name", &stray, "--label", &format!("slipway.test={}", s.id()), &v1]);
+    let no_data = s.add_tenant("t3", &v1);
+    std::fs::remove_dir_all(s.data_dir("t3")).unwrap();
+    s.write_fleet(&s.fleet_app(&v2, ""));
+    let plan = s.slipway(&["rollout", "--dry-run"]);
+    assert_eq!(plan.code, 0, "{} {}", plan.stdout, plan.stderr);
+    for name in [&long, &stray, &no_data] {
+        assert!(plan.stdout.contains(&format!("skipped container {name}")), "{}", plan.stdout);
+    }
+    let out = s.slipway(&["rollout", "--json"]);
+    assert_eq!(out.code, 0, "{} {}", out.stdout, out.stderr);
+    let r = out.json();
+    let skipped: Vec<&str> = r["report"]["apps"][0]["plan"]["skipped"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["container"].as_str().unwrap())
+        .collect();
+    assert_eq!(skipped.len(), 3, "{r}");
+    for name in [&long, &stray, &no_data] {
+        assert!(skipped.contains(&name.as_str()), "{name} not reported: {r}");
+        assert_eq!(s.image_of(name), v1, "{name} was touched");
+    }
+    assert_eq!(r["report"]["apps"][0]["tenants"][0]["outcome"], "rolled", "{r}");
+    assert_eq!(s.image_of(&good), v2);
+}

@@ -101,8 +101,8 @@ pub async fn reconcile(ctx: &mut Ctx, opts: &ReconcileOptions) -> Result<Reconci
     let engine = Engine::connect(&ctx.cfg.docker).await?;
     let mut apps = Vec::new();
     for app in &state.fleet.apps {
-        let tenants = engine.tenants(app).await?;
-        let plan = rollout::plan(app, &state.commit, &tenants, &[])?;
+        let (tenants, unmapped) = engine.tenants_and_unmapped(app).await?;
+        let plan = rollout::plan(app, &state.commit, &tenants, unmapped, &[])?;
         if plan.items.is_empty() {
             apps.push(AppAction::UpToDate { app: app.name.clone() });
             continue;

@@ -35,6 +35,9 @@ pub struct TenantStatus {
     pub up_to_date: bool,
     /// Listed in `hold`.
     pub held: bool,
+    /// `behind (stopped)`: not on the pin because it is not running, and rollout leaves
+    /// stopped tenants alone unless `include_stopped = true`.
+    pub behind: Option<String>,
     /// Answered its health check just now.
     pub healthy: bool,
     /// Why not, if not.
@@ -140,8 +143,11 @@ pub async fn status(ctx: &Ctx) -> Result<StatusReport> {
                 )),
                 _ => {}
             }
+            let up_to_date = c.digest.as_ref() == Some(app.image.digest());
+            let behind = (!up_to_date && !c.is_running()).then(|| "behind (stopped)".to_string());
             tenants.push(TenantStatus {
-                up_to_date: c.digest.as_ref() == Some(app.image.digest()),
+                behind,
+                up_to_date,
                 held: app.hold.contains(&c.tenant),
                 healthy: health.is_ok(),
                 health_detail: health.err(),
@@ -218,13 +224,14 @@ impl fmt::Display for StatusReport {
                 });
                 writeln!(
                     f,
-                    "  {:<22} {:<9} {:<14} {:<9} {:<9} {}",
+                    "  {:<22} {:<9} {:<14} {:<9} {:<9} {}{}",
                     t.tenant,
                     t.state,
                     digest,
                     if t.healthy { "ok" } else { "FAILING" },
                     age(t.snapshot_age_s),
-                    age(t.sync_age_s)
+                    age(t.sync_age_s),
+                    t.behind.as_deref().map_or(String::new(), |b| format!("  {b}"))
                 )?;
             }
         }

@@ -52,6 +52,25 @@ pub struct TenantContainer {
     pub state: String,
 }
 
+impl TenantContainer {
+    /// Whether its container runs (or is paused or restarting): a person may have stopped
+    /// it on purpose (a suspended customer), and a rollout must not start it.
+    pub fn is_running(&self) -> bool {
+        matches!(self.state.as_str(), "running" | "paused" | "restarting")
+    }
+}
+
+/// A container that matches an app's `select` but cannot be mapped to one tenant.
+#[derive(Debug, Clone, Serialize)]
+pub struct Unmapped {
+    /// Container name.
+    pub container: String,
+    /// The tenant it maps to, when that is known.
+    pub tenant: Option<String>,
+    /// Why it was skipped, and what to fix.
+    pub reason: String,
+}
+
 /// The state of a container, as the health gate needs it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunState {
@@ -152,9 +171,22 @@ impl Engine {
         Ok(Engine { docker })
     }
 
-    /// Every container (running or not) of `app`, by tenant, sorted by tenant id. Containers
-    /// a rollout set aside ([`crate::naming::is_pre_rollout`]) are not tenants.
+    /// Every container (running or not) of `app`, by tenant, sorted by tenant id; those that
+    /// cannot be mapped to one tenant are left out (see [`Engine::tenants_and_unmapped`]).
     pub async fn tenants(&self, app: &App) -> Result<Vec<TenantContainer>> {
+        let (tenants, unmapped) = self.tenants_and_unmapped(app).await?;
+        for u in unmapped {
+            tracing::warn!(app = %app.name, container = %u.container, "not a tenant: {}", u.reason);
+        }
+        Ok(tenants)
+    }
+
+    /// Every container (running or not) of `app`, by tenant, sorted by tenant id, and the
+    /// containers `select` matches that map to no tenant (a name `tenant_from` does not
+    /// match, an invalid tenant id, two containers of one tenant): one odd container never
+    /// stops the fleet. Containers a rollout set aside ([`crate::naming::is_pre_rollout`])
+    /// are neither.
+    pub async fn tenants_and_unmapped(&self, app: &App) -> Result<(Vec<TenantContainer>, Vec<Unmapped>)> {
         let mut filters = HashMap::new();
         filters.insert("label".to_string(), vec![app.select.filter()]);
         let opts = ListContainersOptionsBuilder::default().all(true).filters(&filters).build();
@@ -164,6 +196,7 @@ impl Engine {
             .await
             .map_err(|e| derr(format!("listing containers of app \"{}\"", app.name), e))?;
         let mut out = Vec::new();
+        let mut unmapped = Vec::new();
         for c in list {
             let Some(name) = c.names.as_ref().and_then(|n| n.first()).map(|n| n.trim_start_matches('/').to_string())
             else {
@@ -174,11 +207,23 @@ impl Engine {
             }
             let labels = c.labels.clone().unwrap_or_default();
             let Some(tenant) = app.tenant_from.tenant_of(&name, &labels) else {
+                let reason = format!(
+                    "matches select \"{}\" but tenant_from \"{}\" gives no tenant id for it; rename or relabel it, \
+                     or narrow select",
+                    app.select.filter(),
+                    app.tenant_from
+                );
+                unmapped.push(Unmapped { container: name, tenant: None, reason });
                 continue;
             };
-            let tenant: TenantId = tenant
-                .parse()
-                .map_err(|e| Error::Config(format!("container \"{name}\" of app \"{}\": {e}", app.name)))?;
+            let tenant: TenantId = match tenant.parse() {
+                Ok(t) => t,
+                Err(e) => {
+                    let reason = format!("tenant_from \"{}\" gives an invalid tenant id: {e}", app.tenant_from);
+                    unmapped.push(Unmapped { container: name, tenant: None, reason });
+                    continue;
+                }
+            };
             let image_ref = c.image.clone().unwrap_or_default();
             let digest = match digest_of_ref(&image_ref) {
                 Some(d) => Some(d),
@@ -194,7 +239,22 @@ impl Engine {
             });
         }
         out.sort_by(|a, b| a.tenant.cmp(&b.tenant));
-        Ok(out)
+        // Two containers of one tenant: which one holds the tenant is a person's call.
+        let mut dup: Vec<TenantId> =
+            out.windows(2).filter(|w| w[0].tenant == w[1].tenant).map(|w| w[0].tenant.clone()).collect();
+        dup.dedup();
+        for t in dup {
+            let names: Vec<String> = out.iter().filter(|c| c.tenant == t).map(|c| c.name.clone()).collect();
+            for n in &names {
+                let reason = format!(
+                    "tenant {t} maps to several containers ({}); remove or relabel all but one",
+                    names.join(", ")
+                );
+                unmapped.push(Unmapped { container: n.clone(), tenant: Some(t.to_string()), reason });
+            }
+            out.retain(|c| c.tenant != t);
+        }
+        Ok((out, unmapped))
     }
 
     /// The repo digest of an image id whose repository matches `reference`'s.
