@@ -254,3 +254,59 @@ fn containers_that_map_to_no_tenant_are_skipped_and_reported_never_halting_the_f
     assert_eq!(r["report"]["apps"][0]["tenants"][0]["outcome"], "rolled", "{r}");
     assert_eq!(s.image_of(&good), v2);
 }
+
+/// A second Docker network for one test, disconnected and removed at the end.
+struct Network(String);
+
+impl Drop for Network {
+    fn drop(&mut self) {
+        let out = std::process::Command::new("docker")
+            .args(["network", "inspect", "-f", "{{range .Containers}}{{.Name}} {{end}}", &self.0])
+            .output();
+        if let Ok(out) = out {
+            for c in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                let _ = std::process::Command::new("docker").args(["network", "disconnect", "-f", &self.0, c]).output();
+            }
+        }
+        let _ = std::process::Command::new("docker").args(["network", "rm", &self.0]).output();
+    }
+}
+
+#[test]
+fn a_tenant_on_several_networks_is_refused_at_plan_time_until_health_network_names_one() {
+    let s = Sandbox::new();
+    let v1 = s.push_fixture_as("v1", "app");
+    let v2 = s.push_fixture_as("v2", "app");
+    let name = s.add_tenant("t1", &v1);
+    let second = Network(format!("{}-second", s.id()));
+    docker(&["network", "create", &second.0]);
+    docker(&["network", "connect", &second.0, &name]);
+    let id = s.inspect(&name)["Id"].clone();
+    s.write_fleet(&s.fleet_app(&v2, ""));
+    let out = s.slipway(&["rollout"]);
+    assert_eq!(out.code, 2, "{} {}", out.stdout, out.stderr);
+    assert!(out.stderr.contains(&second.0) && out.stderr.contains(s.network()), "{}", out.stderr);
+    assert!(out.stderr.contains("health.network"), "{}", out.stderr);
+    assert_eq!(s.inspect(&name)["Id"], id, "a refused plan touched the tenant");
+    assert_eq!(s.inspect(&name)["State"]["Running"], true);
+    let health =
+        format!("health = {{ path = \"/api/health\", port = 8080, timeout_s = 20, network = \"{}\" }}\n", s.network());
+    s.write_fleet(&s.fleet_app(&v2, &health));
+    let out = s.slipway(&["rollout"]);
+    assert_eq!(out.code, 0, "{} {}", out.stdout, out.stderr);
+    assert_eq!(s.image_of(&name), v2);
+}
+
+#[test]
+fn a_redirect_is_not_healthy() {
+    let s = Sandbox::new();
+    let v1 = s.push_fixture_as("v1", "app");
+    let name = s.add_tenant("t1", &v1);
+    // busybox httpd answers /api with a 302 to /api/, which serves this page.
+    docker(&["exec", &name, "/bin/busybox", "sh", "-c", "echo login > /www/api/index.html"]);
+    s.write_fleet(&s.fleet_app(&v1, "health = { path = \"/api\", port = 8080, timeout_s = 3 }\n"));
+    let st = s.slipway(&["status", "--json"]).json();
+    let t = &st["report"]["apps"][0]["tenants"][0];
+    assert_eq!(t["healthy"], false, "{st}");
+    assert!(t["health_detail"].as_str().unwrap_or_default().contains("HTTP 302"), "{st}");
+}

@@ -258,6 +258,20 @@ pub fn plan(
         }
     }
     let pinned = app.image.digest();
+    // The health probe must know which address to use before any tenant is stopped.
+    let unprobeable: Vec<String> = tenants
+        .iter()
+        .filter(|c| only.is_empty() || only.contains(&c.tenant))
+        .filter(|c| c.digest.as_ref() != Some(pinned) && !app.hold.contains(&c.tenant) && c.is_running())
+        .filter_map(|c| c.probe_network_problem(app.health.network.as_deref()))
+        .collect();
+    if !unprobeable.is_empty() {
+        return Err(Error::Config(format!(
+            "fleet.toml: app \"{}\": the health probe cannot be aimed, so nothing was touched: {}",
+            app.name,
+            unprobeable.join("; ")
+        )));
+    }
     let mut items = Vec::new();
     let mut held = Vec::new();
     let mut up_to_date = Vec::new();

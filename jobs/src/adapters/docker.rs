@@ -50,9 +50,41 @@ pub struct TenantContainer {
     pub digest: Option<Digest>,
     /// running, exited, paused, …
     pub state: String,
+    /// The networks it is connected to, sorted.
+    pub networks: Vec<String>,
+    /// Its network mode: a network name, `bridge`, `host`, `none` or `container:<id>`.
+    pub network_mode: String,
 }
 
 impl TenantContainer {
+    /// Why the health probe cannot tell which address to use, if it cannot: host or
+    /// `container:` networking (no address of its own), or several networks and no
+    /// `health.network`.
+    pub fn probe_network_problem(&self, network: Option<&str>) -> Option<String> {
+        let mode = self.network_mode.as_str();
+        if mode == "host" || mode.starts_with("container:") || mode == "none" {
+            return Some(format!(
+                "container {} uses network mode \"{mode}\": it has no address of its own for the health probe; \
+                 slipway rolls only tenants on a Docker network",
+                self.name
+            ));
+        }
+        match network {
+            Some(n) if self.networks.iter().any(|x| x == n) => None,
+            Some(n) => Some(format!(
+                "container {} is not on health.network \"{n}\" (its networks: {})",
+                self.name,
+                if self.networks.is_empty() { "none".to_string() } else { self.networks.join(", ") }
+            )),
+            None if self.networks.len() > 1 => Some(format!(
+                "container {} is on several networks ({}); set health.network to the one the probe should use",
+                self.name,
+                self.networks.join(", ")
+            )),
+            None => None,
+        }
+    }
+
     /// Whether its container runs (or is paused or restarting): a person may have stopped
     /// it on purpose (a suspended customer), and a rollout must not start it.
     pub fn is_running(&self) -> bool {
@@ -229,6 +261,9 @@ impl Engine {
                 Some(d) => Some(d),
                 None => self.image_digest(c.image_id.as_deref().unwrap_or(&image_ref), &image_ref).await?,
             };
+            let mut networks: Vec<String> =
+                c.network_settings.and_then(|n| n.networks).unwrap_or_default().into_keys().collect();
+            networks.sort();
             out.push(TenantContainer {
                 tenant,
                 name,
@@ -236,6 +271,8 @@ impl Engine {
                 image_ref,
                 digest,
                 state: c.state.map(|s| s.to_string()).unwrap_or_default(),
+                networks,
+                network_mode: c.host_config.and_then(|h| h.network_mode).unwrap_or_default(),
             });
         }
         out.sort_by(|a, b| a.tenant.cmp(&b.tenant));
@@ -334,13 +371,35 @@ impl Engine {
         })
     }
 
-    /// The container's IP address on the first of its networks that has one, preferring `network`.
-    pub async fn ip(&self, name: &str) -> Result<Option<IpAddr>> {
+    /// The container's IP address on `network`, else on its only network. Ok(Err(why)) when
+    /// there is none to use: no address yet, not on that network, or several networks and no
+    /// `network` (never a guess: the wrong network can answer for another service).
+    pub async fn ip(&self, name: &str, network: Option<&str>) -> Result<std::result::Result<IpAddr, String>> {
         let i = self.inspect(name).await?;
         let nets = i.network_settings.and_then(|n| n.networks).unwrap_or_default();
         let mut names: Vec<&String> = nets.keys().collect();
         names.sort();
-        Ok(names.into_iter().filter_map(|n| nets[n].ip_address.as_deref()).find_map(|ip| ip.parse().ok()))
+        let net = match network {
+            Some(n) => match nets.get(n) {
+                Some(ep) => (n.to_string(), ep),
+                None => {
+                    let on: Vec<&str> = names.iter().map(|s| s.as_str()).collect();
+                    return Ok(Err(format!("not on health.network \"{n}\" (its networks: {})", on.join(", "))));
+                }
+            },
+            None if names.len() == 1 => (names[0].clone(), &nets[names[0]]),
+            None if names.is_empty() => return Ok(Err("the container is on no network".into())),
+            None => {
+                let on: Vec<&str> = names.iter().map(|s| s.as_str()).collect();
+                return Ok(Err(format!("on several networks ({}); set health.network", on.join(", "))));
+            }
+        };
+        Ok(net
+            .1
+            .ip_address
+            .as_deref()
+            .and_then(|ip| ip.parse().ok())
+            .ok_or_else(|| format!("the container has no IP address on network {} (yet)", net.0)))
     }
 
     /// Stop with `timeout_s` before SIGKILL. Stopping a stopped container is fine.
@@ -693,5 +752,37 @@ impl OperatorSettings {
         lost.extend(self.mounts.difference(&new.mounts).map(|m| format!("mount {m}")));
         lost.extend(self.env_keys.difference(&new.env_keys).map(|k| format!("env {k}")));
         lost
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tenant(mode: &str, networks: &[&str]) -> TenantContainer {
+        TenantContainer {
+            tenant: "t1".parse().unwrap(),
+            name: "pulse-t1".into(),
+            id: "abc".into(),
+            image_ref: "reg/pulse:v1".into(),
+            digest: None,
+            state: "running".into(),
+            networks: networks.iter().map(|s| s.to_string()).collect(),
+            network_mode: mode.into(),
+        }
+    }
+
+    #[test]
+    fn the_probe_network_is_never_a_guess() {
+        assert_eq!(tenant("front", &["front"]).probe_network_problem(None), None);
+        assert_eq!(tenant("front", &["back", "front"]).probe_network_problem(Some("front")), None);
+        let several = tenant("front", &["back", "front"]).probe_network_problem(None).unwrap();
+        assert!(several.contains("back, front") && several.contains("health.network"), "{several}");
+        let missing = tenant("front", &["front"]).probe_network_problem(Some("back")).unwrap();
+        assert!(missing.contains("\"back\"") && missing.contains("front"), "{missing}");
+        for mode in ["host", "container:0123abcd", "none"] {
+            let why = tenant(mode, &[]).probe_network_problem(None).unwrap();
+            assert!(why.contains(mode) && why.contains("pulse-t1"), "{why}");
+        }
     }
 }

@@ -96,6 +96,10 @@ pub struct HealthSpec {
     /// Seconds a new container has to answer 2xx.
     #[serde(default = "default_health_timeout")]
     pub timeout_s: u64,
+    /// The Docker network whose address the probe uses; default: the container's only one
+    /// (a container on several is refused at plan time: never a guess).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<String>,
 }
 fn default_health_timeout() -> u64 {
     60
