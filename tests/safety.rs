@@ -310,3 +310,29 @@ fn a_redirect_is_not_healthy() {
     assert_eq!(t["healthy"], false, "{st}");
     assert!(t["health_detail"].as_str().unwrap_or_default().contains("HTTP 302"), "{st}");
 }
+
+#[test]
+fn reconcile_backs_off_a_digest_whose_rollout_was_killed_and_recovered() {
+    let s = Sandbox::new();
+    let v1 = s.push_fixture_as("v1", "app");
+    let v2 = s.push_fixture_as("v2", "app");
+    let name = s.add_tenant("t1", &v1);
+    s.write_fleet(&s.fleet_app(&v2, ""));
+    // The release kills slipway mid-rollout (say, an OOM while the tenant is stopped).
+    let out = s.slipway_env(&["reconcile"], &[("SLIPWAY_TEST_CRASH_AT", "during-start")]);
+    assert_eq!(out.code, -1, "{} {}", out.stdout, out.stderr);
+    let rec = s.slipway(&["recover"]);
+    assert_eq!(rec.code, 0, "{} {}", rec.stdout, rec.stderr);
+    assert_eq!(s.image_of(&name), v1);
+    let id = s.inspect(&name)["Id"].clone();
+    // The timer fires again: the tenant is not stopped for the same digest again.
+    let again = s.slipway(&["reconcile", "--json"]);
+    assert_eq!(again.code, 0, "{} {}", again.stdout, again.stderr);
+    assert_eq!(again.report::<Rollout>().apps[0].action.as_deref(), Some("skipped_halted"), "{}", again.stdout);
+    assert_eq!(s.inspect(&name)["Id"], id, "reconcile retried a digest whose rollout was killed");
+    let st = s.slipway(&["status", "--json"]).json();
+    assert_eq!(st["report"]["apps"][0]["rejected"]["why"], "recovered", "{st}");
+    // A person decides it was the host, not the release.
+    assert_eq!(s.slipway(&["reconcile", "--retry"]).code, 0);
+    assert_eq!(s.image_of(&name), v2);
+}

@@ -1,6 +1,6 @@
 //! `reconcile`: fetch the desired state; for each app whose pin differs from what runs, run
-//! `rollout` — unless that exact (app, digest) already halted a rollout or a person rolled its
-//! rollout back ([`rejection`]). Then nothing changes
+//! `rollout` — unless that exact (app, digest) already halted a rollout, failed, was killed
+//! and recovered, or a person rolled its rollout back ([`rejection`]). Then nothing changes
 //! until git pins another digest or a person passes `--retry`: a timer firing every minute must
 //! never turn one bad release into a restart loop.
 
@@ -75,18 +75,20 @@ impl ReconcileReport {
 pub struct Rejection {
     /// The rollout run that halted, or that a person rolled back.
     pub run_id: String,
-    /// `halted`, `person_needed`, or `rolled back by run …`.
+    /// `halted`, `person_needed`, `failed`, `recovered`, or `rolled back by run …`.
     pub why: String,
 }
 
-/// Whether the newest rollout of `digest` for `app` halted, needed a person, or was rolled back
-/// by a person: then the digest is rejected until git pins another or `reconcile --retry`.
+/// Whether the newest rollout of `digest` for `app` halted, needed a person, failed, was
+/// killed and recovered, or was rolled back by a person: then the digest is rejected until git
+/// pins another or `reconcile --retry`. A failed or killed run counts too: a release that
+/// crashes slipway (or the host) must not be stopped, snapshotted and failed every minute.
 pub fn rejection(ctx: &Ctx, app: &str, digest: &str) -> Result<Option<Rejection>> {
     let Some(run) = ctx.store.last_run_for("rollout", app, digest)? else {
         return Ok(None);
     };
     let why = match (run.outcome.as_deref(), run.resolved_by.as_deref()) {
-        (Some(o @ ("halted" | "person_needed")), _) => o.to_string(),
+        (Some(o @ ("halted" | "person_needed" | "failed" | "recovered")), _) => o.to_string(),
         // A rollback settles a halted run too; of a finished run it is a person's verdict on
         // the release, and the every-minute timer must not roll it right back out.
         (_, Some(by)) if by.starts_with("rollback ") => format!("rolled back by run {}", &by["rollback ".len()..]),

@@ -116,6 +116,7 @@ pub async fn status(ctx: &Ctx) -> Result<StatusReport> {
             }
         }
     }
+    let unresolved: Vec<String> = ctx.store.unresolved_halts()?.into_iter().map(|r| r.id).collect();
     let mut apps = Vec::new();
     for app in &state.fleet.apps {
         let mut tenants = Vec::new();
@@ -169,8 +170,8 @@ pub async fn status(ctx: &Ctx) -> Result<StatusReport> {
         let pinned = app.image.digest().to_string();
         let behind = tenants.iter().any(|t| !t.up_to_date && !t.held);
         let rejected = if behind { crate::reconcile::rejection(ctx, &app.name, &pinned)? } else { None };
-        if let Some(r) = rejected.as_ref().filter(|r| r.why.starts_with("rolled back")) {
-            // A halted run is already listed below while unresolved; a rollback settles it.
+        if let Some(r) = rejected.as_ref().filter(|r| !unresolved.contains(&r.run_id)) {
+            // An unresolved halt is listed below already.
             attention.push(format!(
                 "app {}: the pinned {pinned} is rejected: run {} was {}; pin another digest in git, or `slipway reconcile --retry`",
                 app.name, r.run_id, r.why
