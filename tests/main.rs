@@ -13,4 +13,5 @@ mod foundation;
 mod offsite;
 mod ops;
 mod rollout;
+mod safety;
 mod trust;

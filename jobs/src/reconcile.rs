@@ -1,5 +1,6 @@
 //! `reconcile`: fetch the desired state; for each app whose pin differs from what runs, run
-//! `rollout` — unless that exact (app, digest) already halted a rollout. Then nothing changes
+//! `rollout` — unless that exact (app, digest) already halted a rollout, failed, was killed
+//! and recovered, or a person rolled its rollout back ([`rejection`]). Then nothing changes
 //! until git pins another digest or a person passes `--retry`: a timer firing every minute must
 //! never turn one bad release into a restart loop.
 
@@ -35,14 +36,16 @@ pub enum AppAction {
         /// App.
         app: String,
     },
-    /// The pin halted an earlier rollout; not retried.
+    /// The pin halted an earlier rollout, or its rollout was rolled back; not retried.
     SkippedHalted {
         /// App.
         app: String,
         /// The digest.
         digest: String,
-        /// The run it halted in.
+        /// The run it halted in (or the rollout that was rolled back).
         run_id: String,
+        /// Why it is not retried: `halted`, `person_needed` or `rolled back by run …`.
+        why: String,
     },
     /// A rollout ran (or would run, in a dry run).
     RolledOut(Box<AppReport>),
@@ -67,25 +70,50 @@ impl ReconcileReport {
     }
 }
 
+/// Why reconcile will not roll (app, digest) again by itself.
+#[derive(Debug, Clone, Serialize)]
+pub struct Rejection {
+    /// The rollout run that halted, or that a person rolled back.
+    pub run_id: String,
+    /// `halted`, `person_needed`, `failed`, `recovered`, or `rolled back by run …`.
+    pub why: String,
+}
+
+/// Whether the newest rollout of `digest` for `app` halted, needed a person, failed, was
+/// killed and recovered, or was rolled back by a person: then the digest is rejected until git
+/// pins another or `reconcile --retry`. A failed or killed run counts too: a release that
+/// crashes slipway (or the host) must not be stopped, snapshotted and failed every minute.
+pub fn rejection(ctx: &Ctx, app: &str, digest: &str) -> Result<Option<Rejection>> {
+    let Some(run) = ctx.store.last_run_for("rollout", app, digest)? else {
+        return Ok(None);
+    };
+    let why = match (run.outcome.as_deref(), run.resolved_by.as_deref()) {
+        (Some(o @ ("halted" | "person_needed" | "failed" | "recovered")), _) => o.to_string(),
+        // A rollback settles a halted run too; of a finished run it is a person's verdict on
+        // the release, and the every-minute timer must not roll it right back out.
+        (_, Some(by)) if by.starts_with("rollback ") => format!("rolled back by run {}", &by["rollback ".len()..]),
+        _ => return Ok(None),
+    };
+    Ok(Some(Rejection { run_id: run.id, why }))
+}
+
 /// Run `reconcile`.
 pub async fn reconcile(ctx: &mut Ctx, opts: &ReconcileOptions) -> Result<ReconcileReport> {
     let state = desired::read(&ctx.cfg.desired, &ctx.cfg.state_dir, opts.git_ref.as_deref())?;
     let engine = Engine::connect(&ctx.cfg.docker).await?;
     let mut apps = Vec::new();
     for app in &state.fleet.apps {
-        let tenants = engine.tenants(app).await?;
-        let plan = rollout::plan(app, &state.commit, &tenants, &[])?;
+        let (tenants, unmapped) = engine.tenants_and_unmapped(app).await?;
+        let plan = rollout::plan(app, &state.commit, &tenants, unmapped, &[])?;
         if plan.items.is_empty() {
             apps.push(AppAction::UpToDate { app: app.name.clone() });
             continue;
         }
         let digest = app.image.digest().to_string();
         if !opts.retry {
-            if let Some(run) = ctx.store.last_run_for("rollout", &app.name, &digest)? {
-                if matches!(run.outcome.as_deref(), Some("halted") | Some("person_needed")) {
-                    apps.push(AppAction::SkippedHalted { app: app.name.clone(), digest, run_id: run.id });
-                    continue;
-                }
+            if let Some(r) = rejection(ctx, &app.name, &digest)? {
+                apps.push(AppAction::SkippedHalted { app: app.name.clone(), digest, run_id: r.run_id, why: r.why });
+                continue;
             }
         }
         let ro = RolloutOptions {
@@ -111,9 +139,9 @@ impl fmt::Display for ReconcileReport {
         for a in &self.apps {
             match a {
                 AppAction::UpToDate { app } => writeln!(f, "app {app}: up to date")?,
-                AppAction::SkippedHalted { app, digest, run_id } => writeln!(
+                AppAction::SkippedHalted { app, digest, run_id, why } => writeln!(
                     f,
-                    "app {app}: {digest} halted run {run_id}; not retried until git pins another digest or `slipway reconcile --retry`"
+                    "app {app}: {digest} not rolled out: run {run_id} {why}; not retried until git pins another digest or `slipway reconcile --retry`"
                 )?,
                 AppAction::RolledOut(r) => {
                     let one = rollout::RolloutReport { dry_run: false, commit: self.commit.clone(), apps: vec![(**r).clone()],

@@ -2,6 +2,11 @@
 //! run: for each tenant the run rolled (or only `--tenant`), remove the new container, restore
 //! the run's snapshot, bring back the prior container (renamed back, or recreated from the
 //! prior image when it was removed), start it and health-check it. Journaled like a rollout.
+//!
+//! Invariant: a tenant is touched only while its container is the very one the run created
+//! (the id journaled at its create step). A tenant restored at the halt, rolled again by a
+//! later run, or recreated by hand since is skipped with the reason: undoing it would throw
+//! away a newer decision, or restore an old snapshot over data written since.
 
 use std::fmt;
 
@@ -31,8 +36,11 @@ pub struct RollbackOptions {
 pub struct RollbackTenant {
     /// Tenant.
     pub tenant: String,
-    /// The undo's result (none in a dry run).
+    /// The undo's result (none in a dry run, or when skipped).
     pub result: Option<UndoResult>,
+    /// Why it was not touched: its current container is not the one the run created.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub skipped: Option<String>,
 }
 
 /// The result of `slipway rollback`.
@@ -73,8 +81,11 @@ pub async fn rollback(ctx: &Ctx, opts: &RollbackOptions) -> Result<RollbackRepor
             None => journals.push((j, started)),
         }
     }
-    let rolled: Vec<String> =
-        ctx.store.tenants(&run.id)?.into_iter().filter(|t| t.outcome == "rolled").map(|t| t.tenant).collect();
+    let results = ctx.store.tenants(&run.id)?;
+    let rolled: Vec<String> = results.iter().filter(|t| t.outcome == "rolled").map(|t| t.tenant.clone()).collect();
+    // Tenants whose undo failed in the run: a rollback is how a person finishes it.
+    let unfinished: Vec<String> =
+        results.iter().filter(|t| t.outcome == "person_needed").map(|t| t.tenant.clone()).collect();
     for t in &opts.tenants {
         if !journals.iter().any(|(j, _)| j.tenant == t.as_str()) {
             return Err(Error::Usage(format!("run {} did not touch tenant \"{t}\"", run.id)));
@@ -90,31 +101,75 @@ pub async fn rollback(ctx: &Ctx, opts: &RollbackOptions) -> Result<RollbackRepor
             }
         })
         .collect();
+    let engine = Engine::connect(&ctx.cfg.docker).await?;
+    let mut todo = Vec::new();
+    let mut tenants = Vec::new();
+    for (j, started) in chosen {
+        let retry_undo = unfinished.contains(&j.tenant) || run.finished_at.is_none();
+        match not_this_runs(&engine, &run.id, &j, retry_undo).await? {
+            Some(why) => tenants.push(RollbackTenant { tenant: j.tenant.clone(), result: None, skipped: Some(why) }),
+            None => todo.push((j, started)),
+        }
+    }
     if opts.dry_run {
-        let tenants = chosen.iter().map(|(j, _)| RollbackTenant { tenant: j.tenant.clone(), result: None }).collect();
+        tenants.extend(todo.iter().map(|(j, _)| RollbackTenant {
+            tenant: j.tenant.clone(),
+            result: None,
+            skipped: None,
+        }));
         return Ok(RollbackReport { rollout_run: run.id, dry_run: true, tenants, outcome: ExitKind::Success });
     }
     ctx.start_run("rollback", run.app.as_deref(), run.git_commit.as_deref(), run.digest.as_deref())?;
-    let engine = Engine::connect(&ctx.cfg.docker).await?;
     let prober = Prober::new()?;
-    let mut tenants = Vec::new();
     let mut outcome = ExitKind::Success;
-    for (j, started) in chosen {
+    for (j, started) in todo {
         let r = undo_tenant(ctx, &engine, &prober, &j, started).await?;
         if !r.ok {
             outcome = ExitKind::PersonNeeded;
         }
-        tenants.push(RollbackTenant { tenant: j.tenant.clone(), result: Some(r) });
+        tenants.push(RollbackTenant { tenant: j.tenant.clone(), result: Some(r), skipped: None });
         if outcome != ExitKind::Success {
             break;
         }
     }
-    let summary = format!("rolled back {} tenant(s) of run {}", tenants.len(), run.id);
+    let undone = tenants.iter().filter(|t| t.result.is_some()).count();
+    let skipped = tenants.len() - undone;
+    let summary = format!("rolled back {undone} tenant(s) of run {}, skipped {skipped}", run.id);
     ctx.finish_run(outcome, &summary)?;
     if outcome == ExitKind::Success {
         ctx.store.resolve_run(&run.id, &format!("rollback {}", ctx.run_id))?;
     }
     Ok(RollbackReport { rollout_run: run.id, dry_run: false, tenants, outcome })
+}
+
+/// Why rollback must leave this tenant alone, if it must: its container now is not the one
+/// run `run` created for it (journaled id, whose image is the run's digest). With
+/// `retry_undo` (the run's own undo of this tenant failed, or the run never finished) a tenant
+/// part-way back to its prior container is undone again.
+async fn not_this_runs(engine: &Engine, run: &str, j: &TenantJournal, retry_undo: bool) -> Result<Option<String>> {
+    if retry_undo {
+        return Ok(None);
+    }
+    let Some(new_id) = j.new_id.as_deref() else {
+        return Ok(Some(format!("run {run} never created a new container for it; nothing of the run to undo")));
+    };
+    let short = |id: &str| id.chars().take(12).collect::<String>();
+    Ok(match engine.id_of(&j.name).await? {
+        Some(id) if id == new_id => None,
+        Some(id) if id == j.old_id => Some(format!(
+            "container {} is already its prior container {} (restored when the run halted, or rolled back before)",
+            j.name,
+            short(&id)
+        )),
+        Some(id) => Some(format!(
+            "container {} is {}, not {} that run {run} created: it was rolled again by a later run or recreated \
+             since; roll back that run instead, or restore by hand",
+            j.name,
+            short(&id),
+            short(new_id)
+        )),
+        None => Some(format!("no container {} exists; run {run}'s container is gone; see `slipway status`", j.name)),
+    })
 }
 
 impl fmt::Display for RollbackReport {
@@ -123,6 +178,9 @@ impl fmt::Display for RollbackReport {
         writeln!(f, "rollback of run {}:", self.rollout_run)?;
         for t in &self.tenants {
             match &t.result {
+                None if t.skipped.is_some() => {
+                    writeln!(f, "  {}: skipped: {}", t.tenant, t.skipped.as_deref().unwrap_or_default())?
+                }
                 None => writeln!(f, "  {} {verb}", t.tenant)?,
                 Some(r) => writeln!(f, "  {}: {}", t.tenant, r.detail)?,
             }

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::adapters::archive;
 use crate::adapters::desired;
-use crate::adapters::docker::{ContainerSpec, Engine, Restart, TenantContainer};
+use crate::adapters::docker::{ContainerSpec, Engine, Restart, TenantContainer, Unmapped};
 use crate::adapters::health::Prober;
 use crate::config::{App, HealthSpec};
 use crate::context::Ctx;
@@ -62,6 +62,10 @@ pub struct PlanItem {
     pub to: Digest,
     /// The canary goes first and gates the rest.
     pub canary: bool,
+    /// Its container is not running (`include_stopped`): recreated on the new image and left
+    /// stopped; never started, health-checked or the canary.
+    #[serde(default)]
+    pub stopped: bool,
 }
 
 /// The plan for one app.
@@ -79,6 +83,11 @@ pub struct RolloutPlan {
     pub held: Vec<TenantId>,
     /// Tenants already on the pinned digest.
     pub up_to_date: Vec<TenantId>,
+    /// Behind (stopped): not running, so left alone (set `include_stopped = true` to recreate
+    /// them on the new image without starting them).
+    pub stopped: Vec<TenantId>,
+    /// Containers skipped because they cannot be mapped to a tenant or lack a data dir.
+    pub skipped: Vec<Unmapped>,
 }
 
 /// How one tenant ended.
@@ -207,8 +216,8 @@ pub async fn rollout(ctx: &mut Ctx, opts: &RolloutOptions) -> Result<RolloutRepo
     let engine = Engine::connect(&ctx.cfg.docker).await?;
     let mut reports = Vec::new();
     for app in apps {
-        let tenants = engine.tenants(app).await?;
-        let plan = plan(app, &state.commit, &tenants, &opts.tenants)?;
+        let (tenants, unmapped) = engine.tenants_and_unmapped(app).await?;
+        let plan = plan(app, &state.commit, &tenants, unmapped, &opts.tenants)?;
         if opts.dry_run || plan.items.is_empty() {
             let summary = if plan.items.is_empty() {
                 format!("app {}: every tenant already runs {}", app.name, app.image.digest().short())
@@ -228,8 +237,16 @@ pub async fn rollout(ctx: &mut Ctx, opts: &RolloutOptions) -> Result<RolloutRepo
     Ok(RolloutReport { dry_run: opts.dry_run, commit: state.commit, apps: reports, trust: Some(trust) })
 }
 
-/// Compute the plan: tenants whose digest differs from the pin, minus `hold`, canary first.
-pub fn plan(app: &App, commit: &str, tenants: &[TenantContainer], only: &[TenantId]) -> Result<RolloutPlan> {
+/// Compute the plan: tenants whose digest differs from the pin, minus `hold`, minus stopped
+/// tenants (unless `include_stopped`; then they go last), minus tenants without a data dir,
+/// canary first (never a stopped one). `unmapped` containers are carried into `skipped`.
+pub fn plan(
+    app: &App,
+    commit: &str,
+    tenants: &[TenantContainer],
+    unmapped: Vec<Unmapped>,
+    only: &[TenantId],
+) -> Result<RolloutPlan> {
     for t in only {
         if !tenants.iter().any(|c| &c.tenant == t) {
             let known: Vec<&str> = tenants.iter().map(|c| c.tenant.as_str()).collect();
@@ -241,17 +258,47 @@ pub fn plan(app: &App, commit: &str, tenants: &[TenantContainer], only: &[Tenant
         }
     }
     let pinned = app.image.digest();
+    // The health probe must know which address to use before any tenant is stopped.
+    let unprobeable: Vec<String> = tenants
+        .iter()
+        .filter(|c| only.is_empty() || only.contains(&c.tenant))
+        .filter(|c| c.digest.as_ref() != Some(pinned) && !app.hold.contains(&c.tenant) && c.is_running())
+        .filter_map(|c| c.probe_network_problem(app.health.network.as_deref()))
+        .collect();
+    if !unprobeable.is_empty() {
+        return Err(Error::Config(format!(
+            "fleet.toml: app \"{}\": the health probe cannot be aimed, so nothing was touched: {}",
+            app.name,
+            unprobeable.join("; ")
+        )));
+    }
     let mut items = Vec::new();
     let mut held = Vec::new();
     let mut up_to_date = Vec::new();
+    let mut stopped = Vec::new();
+    let mut skipped = unmapped;
     for c in tenants {
         if !only.is_empty() && !only.contains(&c.tenant) {
             continue;
         }
+        let data_dir = app.data_dir_of(&c.tenant);
         if c.digest.as_ref() == Some(pinned) {
             up_to_date.push(c.tenant.clone());
         } else if app.hold.contains(&c.tenant) {
             held.push(c.tenant.clone());
+        } else if !c.is_running() && !app.include_stopped {
+            stopped.push(c.tenant.clone());
+        } else if !data_dir.is_dir() {
+            skipped.push(Unmapped {
+                container: c.name.clone(),
+                tenant: Some(c.tenant.to_string()),
+                reason: format!(
+                    "its data dir {} (data_dir \"{}\") is not a directory; nothing of it can be snapshotted, so it \
+                     is not touched: fix data_dir or create the dir",
+                    data_dir.display(),
+                    app.data_dir
+                ),
+            });
         } else {
             items.push(PlanItem {
                 tenant: c.tenant.clone(),
@@ -259,12 +306,16 @@ pub fn plan(app: &App, commit: &str, tenants: &[TenantContainer], only: &[Tenant
                 from: c.digest.clone(),
                 to: pinned.clone(),
                 canary: false,
+                stopped: !c.is_running(),
             });
         }
     }
+    // Stopped tenants go last: they cannot prove the new version healthy, so never gate.
+    items.sort_by_key(|i| i.stopped);
     // Tenants arrive sorted; the configured canary (if it is in the plan) goes first.
-    let canary_pos = app.canary.as_ref().and_then(|c| items.iter().position(|i| &i.tenant == c)).unwrap_or(0);
-    if !items.is_empty() {
+    let canary_pos =
+        app.canary.as_ref().and_then(|c| items.iter().position(|i| &i.tenant == c && !i.stopped)).unwrap_or(0);
+    if items.first().is_some_and(|i| !i.stopped) {
         let c = items.remove(canary_pos);
         items.insert(0, c);
         items[0].canary = true;
@@ -276,6 +327,8 @@ pub fn plan(app: &App, commit: &str, tenants: &[TenantContainer], only: &[Tenant
         items,
         held,
         up_to_date,
+        stopped,
+        skipped,
     })
 }
 
@@ -318,7 +371,7 @@ async fn rollout_app(
     let mut tenants = Vec::new();
     let mut outcome = ExitKind::Success;
     let mut manifest = Manifest::new(&SnapshotId::rollout(&ctx.run_id));
-    for (i, item) in plan.items.iter().enumerate() {
+    for item in &plan.items {
         if outcome != ExitKind::Success || ctx.cancel.is_cancelled() {
             if outcome == ExitKind::Success {
                 outcome = ExitKind::Interrupted;
@@ -327,10 +380,13 @@ async fn rollout_app(
             continue;
         }
         // The canary soaks only when it gates tenants after it.
-        let soak = i == 0 && plan.items.len() > 1;
+        let soak = item.canary && plan.items.len() > 1;
         let report = roll_tenant(&run, item, &mut manifest, soak).await?;
         outcome = match report.outcome {
             TenantOutcome::Rolled => ExitKind::Success,
+            // A stopped tenant never ran the new version: its failure says nothing of the
+            // release, so it neither halts the run nor marks the digest bad.
+            TenantOutcome::Restored if item.stopped && !ctx.cancel.is_cancelled() => ExitKind::Success,
             TenantOutcome::Restored if ctx.cancel.is_cancelled() => ExitKind::Interrupted,
             TenantOutcome::Restored => ExitKind::Halted,
             TenantOutcome::PersonNeeded => ExitKind::PersonNeeded,
@@ -457,6 +513,7 @@ async fn roll_tenant(run: &AppRun<'_>, item: &PlanItem, manifest: &mut Manifest,
         Err(e) => return Ok(untouched(e.to_string())),
     };
     let data_dir = run.app.data_dir_of(&item.tenant);
+    // Checked at plan time; this catches a dir removed since.
     if !data_dir.is_dir() {
         return Ok(untouched(format!("data dir {} does not exist", data_dir.display())));
     }
@@ -479,6 +536,7 @@ async fn roll_tenant(run: &AppRun<'_>, item: &PlanItem, manifest: &mut Manifest,
         keep_old: run.keep_old,
         settings: spec.operator_settings(),
         restart: Some(spec.restart()),
+        was_running: !item.stopped,
     };
     let mut t = TenantRoll {
         run,
@@ -522,13 +580,16 @@ impl TenantRoll<'_> {
                 _ => last = Some(step),
             }
         }
-        Ok(self.report(TenantOutcome::Rolled, None))
+        let detail = self.item.stopped.then(|| "recreated on the new image and left stopped, as it was".to_string());
+        Ok(self.report(TenantOutcome::Rolled, detail))
     }
 
     /// Whether this tenant goes through `step` at all.
     fn applies(&self, step: Step) -> bool {
         match step {
-            Step::Soak => self.soak,
+            // A tenant that was not running stays stopped: recreated, checked, never started.
+            Step::Start | Step::Health => !self.item.stopped,
+            Step::Soak => self.soak && !self.item.stopped,
             Step::Cleanup => !self.run.keep_old,
             _ => true,
         }
@@ -750,6 +811,17 @@ impl fmt::Display for RolloutReport {
             if !p.held.is_empty() {
                 let held: Vec<&str> = p.held.iter().map(|t| t.as_str()).collect();
                 writeln!(f, "  held: {}", held.join(", "))?;
+            }
+            if !p.stopped.is_empty() {
+                let stopped: Vec<&str> = p.stopped.iter().map(|t| t.as_str()).collect();
+                writeln!(
+                    f,
+                    "  behind (stopped): {} (include_stopped = true recreates them, stopped)",
+                    stopped.join(", ")
+                )?;
+            }
+            for s in &p.skipped {
+                writeln!(f, "  skipped container {}: {}", s.container, s.reason)?;
             }
             writeln!(f, "{}", app.summary)?;
         }

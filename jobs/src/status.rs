@@ -35,6 +35,9 @@ pub struct TenantStatus {
     pub up_to_date: bool,
     /// Listed in `hold`.
     pub held: bool,
+    /// `behind (stopped)`: not on the pin because it is not running, and rollout leaves
+    /// stopped tenants alone unless `include_stopped = true`.
+    pub behind: Option<String>,
     /// Answered its health check just now.
     pub healthy: bool,
     /// Why not, if not.
@@ -56,6 +59,8 @@ pub struct AppStatus {
     pub pinned: String,
     /// Last rollout run of the app: (run id, outcome).
     pub last_rollout: Option<(String, String)>,
+    /// Why `reconcile` will not roll the pinned digest (it halted, or was rolled back).
+    pub rejected: Option<crate::reconcile::Rejection>,
     /// Tenants.
     pub tenants: Vec<TenantStatus>,
 }
@@ -111,6 +116,7 @@ pub async fn status(ctx: &Ctx) -> Result<StatusReport> {
             }
         }
     }
+    let unresolved: Vec<String> = ctx.store.unresolved_halts()?.into_iter().map(|r| r.id).collect();
     let mut apps = Vec::new();
     for app in &state.fleet.apps {
         let mut tenants = Vec::new();
@@ -138,8 +144,11 @@ pub async fn status(ctx: &Ctx) -> Result<StatusReport> {
                 )),
                 _ => {}
             }
+            let up_to_date = c.digest.as_ref() == Some(app.image.digest());
+            let behind = (!up_to_date && !c.is_running()).then(|| "behind (stopped)".to_string());
             tenants.push(TenantStatus {
-                up_to_date: c.digest.as_ref() == Some(app.image.digest()),
+                behind,
+                up_to_date,
                 held: app.hold.contains(&c.tenant),
                 healthy: health.is_ok(),
                 health_detail: health.err(),
@@ -158,7 +167,17 @@ pub async fn status(ctx: &Ctx) -> Result<StatusReport> {
             .into_iter()
             .find(|r| r.job == "rollout" && r.app.as_deref() == Some(app.name.as_str()))
             .map(|r| (r.id, r.outcome.unwrap_or_else(|| "unfinished".into())));
-        apps.push(AppStatus { app: app.name.clone(), pinned: app.image.to_string(), last_rollout, tenants });
+        let pinned = app.image.digest().to_string();
+        let behind = tenants.iter().any(|t| !t.up_to_date && !t.held);
+        let rejected = if behind { crate::reconcile::rejection(ctx, &app.name, &pinned)? } else { None };
+        if let Some(r) = rejected.as_ref().filter(|r| !unresolved.contains(&r.run_id)) {
+            // An unresolved halt is listed below already.
+            attention.push(format!(
+                "app {}: the pinned {pinned} is rejected: run {} was {}; pin another digest in git, or `slipway reconcile --retry`",
+                app.name, r.run_id, r.why
+            ));
+        }
+        apps.push(AppStatus { app: app.name.clone(), pinned: app.image.to_string(), last_rollout, rejected, tenants });
     }
     for r in ctx.store.unresolved_halts()? {
         attention.push(format!(
@@ -195,6 +214,9 @@ impl fmt::Display for StatusReport {
             if let Some((id, o)) = &a.last_rollout {
                 writeln!(f, "  last rollout {id}: {o}")?;
             }
+            if let Some(r) = &a.rejected {
+                writeln!(f, "  pinned digest rejected: run {} {}; reconcile will not roll it", r.run_id, r.why)?;
+            }
             writeln!(f, "  {:<22} {:<9} {:<14} {:<9} {:<9} SYNCED", "TENANT", "STATE", "DIGEST", "HEALTH", "SNAPSHOT")?;
             for t in &a.tenants {
                 let digest = t.digest.as_deref().map_or("-".to_string(), |d| {
@@ -203,13 +225,14 @@ impl fmt::Display for StatusReport {
                 });
                 writeln!(
                     f,
-                    "  {:<22} {:<9} {:<14} {:<9} {:<9} {}",
+                    "  {:<22} {:<9} {:<14} {:<9} {:<9} {}{}",
                     t.tenant,
                     t.state,
                     digest,
                     if t.healthy { "ok" } else { "FAILING" },
                     age(t.snapshot_age_s),
-                    age(t.sync_age_s)
+                    age(t.sync_age_s),
+                    t.behind.as_deref().map_or(String::new(), |b| format!("  {b}"))
                 )?;
             }
         }

@@ -328,6 +328,14 @@ pub struct TenantJournal {
     /// by undo. None in journals of versions that did not change it.
     #[serde(default)]
     pub restart: Option<Restart>,
+    /// Whether the prior container was running before the rollout: undo starts it again only
+    /// then (a suspended tenant stays stopped). True in journals of earlier versions.
+    #[serde(default = "was_running_default")]
+    pub was_running: bool,
+}
+
+fn was_running_default() -> bool {
+    true
 }
 
 #[cfg(test)]

@@ -127,6 +127,22 @@ pub async fn undo_tenant(
         end_ok(ctx, s, UndoStep::RenameBack)?;
         done.push("prior container renamed back".to_string());
     }
+    if !j.was_running {
+        // It was stopped before the rollout (a suspended tenant, say): it stays stopped.
+        done.push("prior container back, left stopped as it was before the rollout".to_string());
+        if let Some(restart) = j.restart.as_ref().filter(|r| r.restarts()) {
+            let s = begin(ctx, &j, UndoStep::StartPrior)?;
+            if let Err(e) = engine.set_restart(&j.name, restart).await {
+                return fail(
+                    s,
+                    format!("cannot put back the restart policy {restart} of the prior container {}: {e}", j.name),
+                    &done,
+                );
+            }
+            end_ok(ctx, s, UndoStep::StartPrior)?;
+        }
+        return Ok(UndoResult { ok: true, detail: done.join(", ") });
+    }
     let s = begin(ctx, &j, UndoStep::StartPrior)?;
     // Its restart policy was set to `no` while it was aside; put it back whatever step the
     // rollout was caught in (setting it again is harmless).

@@ -325,10 +325,20 @@ impl Sandbox {
 
     /// Create and start a tenant container `<id>-<tenant>` as an operator would.
     pub fn add_tenant(&self, tenant: &str, image: &str) -> String {
+        self.add_tenant_with(tenant, image, &[])
+    }
+
+    /// [`Sandbox::add_tenant`] with extra `docker run` options (labels, env) before the image.
+    pub fn add_tenant_with(&self, tenant: &str, image: &str, extra: &[&str]) -> String {
         let name = format!("{}-{tenant}", self.id);
         let data = self.data_dir(tenant);
         std::fs::create_dir_all(&data).unwrap();
-        docker(&[
+        let (label, rule) = (
+            format!("slipway.test={}", self.id),
+            format!("traefik.http.routers.app.rule=Host(`{tenant}.example.test`)"),
+        );
+        let (env, vol) = (format!("TENANT={tenant}"), format!("{}:/data", data.display()));
+        let mut args = vec![
             "run",
             "-d",
             "--name",
@@ -338,21 +348,23 @@ impl Sandbox {
             "--network-alias",
             tenant,
             "--label",
-            &format!("slipway.test={}", self.id),
+            &label,
             "--label",
             "app.managed=true",
             "--label",
-            &format!("traefik.http.routers.app.rule=Host(`{tenant}.example.test`)"),
+            &rule,
             "--env",
-            &format!("TENANT={tenant}"),
+            &env,
             "--volume",
-            &format!("{}:/data", data.display()),
+            &vol,
             "--restart",
             "unless-stopped",
             "--memory",
             "64m",
-            image,
-        ]);
+        ];
+        args.extend_from_slice(extra);
+        args.push(image);
+        docker(&args);
         name
     }
 

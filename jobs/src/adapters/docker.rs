@@ -50,6 +50,57 @@ pub struct TenantContainer {
     pub digest: Option<Digest>,
     /// running, exited, paused, …
     pub state: String,
+    /// The networks it is connected to, sorted.
+    pub networks: Vec<String>,
+    /// Its network mode: a network name, `bridge`, `host`, `none` or `container:<id>`.
+    pub network_mode: String,
+}
+
+impl TenantContainer {
+    /// Why the health probe cannot tell which address to use, if it cannot: host or
+    /// `container:` networking (no address of its own), or several networks and no
+    /// `health.network`.
+    pub fn probe_network_problem(&self, network: Option<&str>) -> Option<String> {
+        let mode = self.network_mode.as_str();
+        if mode == "host" || mode.starts_with("container:") || mode == "none" {
+            return Some(format!(
+                "container {} uses network mode \"{mode}\": it has no address of its own for the health probe; \
+                 slipway rolls only tenants on a Docker network",
+                self.name
+            ));
+        }
+        match network {
+            Some(n) if self.networks.iter().any(|x| x == n) => None,
+            Some(n) => Some(format!(
+                "container {} is not on health.network \"{n}\" (its networks: {})",
+                self.name,
+                if self.networks.is_empty() { "none".to_string() } else { self.networks.join(", ") }
+            )),
+            None if self.networks.len() > 1 => Some(format!(
+                "container {} is on several networks ({}); set health.network to the one the probe should use",
+                self.name,
+                self.networks.join(", ")
+            )),
+            None => None,
+        }
+    }
+
+    /// Whether its container runs (or is paused or restarting): a person may have stopped
+    /// it on purpose (a suspended customer), and a rollout must not start it.
+    pub fn is_running(&self) -> bool {
+        matches!(self.state.as_str(), "running" | "paused" | "restarting")
+    }
+}
+
+/// A container that matches an app's `select` but cannot be mapped to one tenant.
+#[derive(Debug, Clone, Serialize)]
+pub struct Unmapped {
+    /// Container name.
+    pub container: String,
+    /// The tenant it maps to, when that is known.
+    pub tenant: Option<String>,
+    /// Why it was skipped, and what to fix.
+    pub reason: String,
 }
 
 /// The state of a container, as the health gate needs it.
@@ -115,7 +166,9 @@ impl std::fmt::Display for Restart {
 pub struct OperatorSettings {
     /// Container name.
     pub name: String,
-    /// Labels the operator set (image labels removed).
+    /// Labels the operator set (image labels removed), each value as `sha256:<hex>` of it:
+    /// label values can be secrets (Traefik basic-auth labels carry password hashes), and this
+    /// is journaled in state.db. Enough to tell a changed value, never the value itself.
     pub labels: std::collections::BTreeMap<String, String>,
     /// Networks and their non-generated aliases.
     pub networks: std::collections::BTreeMap<String, BTreeSet<String>>,
@@ -155,9 +208,22 @@ impl Engine {
         Ok(Engine { docker })
     }
 
-    /// Every container (running or not) of `app`, by tenant, sorted by tenant id. Containers
-    /// a rollout set aside ([`crate::naming::is_pre_rollout`]) are not tenants.
+    /// Every container (running or not) of `app`, by tenant, sorted by tenant id; those that
+    /// cannot be mapped to one tenant are left out (see [`Engine::tenants_and_unmapped`]).
     pub async fn tenants(&self, app: &App) -> Result<Vec<TenantContainer>> {
+        let (tenants, unmapped) = self.tenants_and_unmapped(app).await?;
+        for u in unmapped {
+            tracing::warn!(app = %app.name, container = %u.container, "not a tenant: {}", u.reason);
+        }
+        Ok(tenants)
+    }
+
+    /// Every container (running or not) of `app`, by tenant, sorted by tenant id, and the
+    /// containers `select` matches that map to no tenant (a name `tenant_from` does not
+    /// match, an invalid tenant id, two containers of one tenant): one odd container never
+    /// stops the fleet. Containers a rollout set aside ([`crate::naming::is_pre_rollout`])
+    /// are neither.
+    pub async fn tenants_and_unmapped(&self, app: &App) -> Result<(Vec<TenantContainer>, Vec<Unmapped>)> {
         let mut filters = HashMap::new();
         filters.insert("label".to_string(), vec![app.select.filter()]);
         let opts = ListContainersOptionsBuilder::default().all(true).filters(&filters).build();
@@ -167,6 +233,7 @@ impl Engine {
             .await
             .map_err(|e| derr(format!("listing containers of app \"{}\"", app.name), None, e))?;
         let mut out = Vec::new();
+        let mut unmapped = Vec::new();
         for c in list {
             let Some(name) = c.names.as_ref().and_then(|n| n.first()).map(|n| n.trim_start_matches('/').to_string())
             else {
@@ -177,16 +244,31 @@ impl Engine {
             }
             let labels = c.labels.clone().unwrap_or_default();
             let Some(tenant) = app.tenant_from.tenant_of(&name, &labels) else {
+                let reason = format!(
+                    "matches select \"{}\" but tenant_from \"{}\" gives no tenant id for it; rename or relabel it, \
+                     or narrow select",
+                    app.select.filter(),
+                    app.tenant_from
+                );
+                unmapped.push(Unmapped { container: name, tenant: None, reason });
                 continue;
             };
-            let tenant: TenantId = tenant
-                .parse()
-                .map_err(|e| Error::Config(format!("container \"{name}\" of app \"{}\": {e}", app.name)))?;
+            let tenant: TenantId = match tenant.parse() {
+                Ok(t) => t,
+                Err(e) => {
+                    let reason = format!("tenant_from \"{}\" gives an invalid tenant id: {e}", app.tenant_from);
+                    unmapped.push(Unmapped { container: name, tenant: None, reason });
+                    continue;
+                }
+            };
             let image_ref = c.image.clone().unwrap_or_default();
             let digest = match digest_of_ref(&image_ref) {
                 Some(d) => Some(d),
                 None => self.image_digest(c.image_id.as_deref().unwrap_or(&image_ref), &image_ref).await?,
             };
+            let mut networks: Vec<String> =
+                c.network_settings.and_then(|n| n.networks).unwrap_or_default().into_keys().collect();
+            networks.sort();
             out.push(TenantContainer {
                 tenant,
                 name,
@@ -194,10 +276,27 @@ impl Engine {
                 image_ref,
                 digest,
                 state: c.state.map(|s| s.to_string()).unwrap_or_default(),
+                networks,
+                network_mode: c.host_config.and_then(|h| h.network_mode).unwrap_or_default(),
             });
         }
         out.sort_by(|a, b| a.tenant.cmp(&b.tenant));
-        Ok(out)
+        // Two containers of one tenant: which one holds the tenant is a person's call.
+        let mut dup: Vec<TenantId> =
+            out.windows(2).filter(|w| w[0].tenant == w[1].tenant).map(|w| w[0].tenant.clone()).collect();
+        dup.dedup();
+        for t in dup {
+            let names: Vec<String> = out.iter().filter(|c| c.tenant == t).map(|c| c.name.clone()).collect();
+            for n in &names {
+                let reason = format!(
+                    "tenant {t} maps to several containers ({}); remove or relabel all but one",
+                    names.join(", ")
+                );
+                unmapped.push(Unmapped { container: n.clone(), tenant: Some(t.to_string()), reason });
+            }
+            out.retain(|c| c.tenant != t);
+        }
+        Ok((out, unmapped))
     }
 
     /// The repo digest of an image id whose repository matches `reference`'s.
@@ -285,13 +384,35 @@ impl Engine {
         })
     }
 
-    /// The container's IP address on the first of its networks that has one, preferring `network`.
-    pub async fn ip(&self, name: &str) -> Result<Option<IpAddr>> {
+    /// The container's IP address on `network`, else on its only network. Ok(Err(why)) when
+    /// there is none to use: no address yet, not on that network, or several networks and no
+    /// `network` (never a guess: the wrong network can answer for another service).
+    pub async fn ip(&self, name: &str, network: Option<&str>) -> Result<std::result::Result<IpAddr, String>> {
         let i = self.inspect(name).await?;
         let nets = i.network_settings.and_then(|n| n.networks).unwrap_or_default();
         let mut names: Vec<&String> = nets.keys().collect();
         names.sort();
-        Ok(names.into_iter().filter_map(|n| nets[n].ip_address.as_deref()).find_map(|ip| ip.parse().ok()))
+        let net = match network {
+            Some(n) => match nets.get(n) {
+                Some(ep) => (n.to_string(), ep),
+                None => {
+                    let on: Vec<&str> = names.iter().map(|s| s.as_str()).collect();
+                    return Ok(Err(format!("not on health.network \"{n}\" (its networks: {})", on.join(", "))));
+                }
+            },
+            None if names.len() == 1 => (names[0].clone(), &nets[names[0]]),
+            None if names.is_empty() => return Ok(Err("the container is on no network".into())),
+            None => {
+                let on: Vec<&str> = names.iter().map(|s| s.as_str()).collect();
+                return Ok(Err(format!("on several networks ({}); set health.network", on.join(", "))));
+            }
+        };
+        Ok(net
+            .1
+            .ip_address
+            .as_deref()
+            .and_then(|ip| ip.parse().ok())
+            .ok_or_else(|| format!("the container has no IP address on network {} (yet)", net.0)))
     }
 
     /// Stop with `timeout_s` before SIGKILL. Stopping a stopped container is fine.
@@ -417,6 +538,14 @@ impl Engine {
     }
 }
 
+/// `sha256:<hex>` of a label value: what the journal keeps instead of the value.
+fn value_hash(value: &str) -> String {
+    use sha2::{Digest as _, Sha256};
+    let hash = Sha256::digest(value.as_bytes());
+    let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256:{hex}")
+}
+
 /// The digest in a `repo@sha256:…` reference.
 pub fn digest_of_ref(reference: &str) -> Option<Digest> {
     reference.split_once('@').and_then(|(_, d)| d.parse().ok())
@@ -487,7 +616,13 @@ impl ContainerSpec {
         let empty = ImageConfig::default();
         let img = if strip_image_defaults { &self.image_config } else { &empty };
         let img_labels = img.labels.clone().unwrap_or_default();
-        let labels = cfg.labels.unwrap_or_default().into_iter().filter(|(k, v)| img_labels.get(k) != Some(v)).collect();
+        let labels = cfg
+            .labels
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|(k, v)| img_labels.get(k) != Some(v))
+            .map(|(k, v)| (k, value_hash(&v)))
+            .collect();
         let img_env: BTreeSet<String> = img.env.clone().unwrap_or_default().into_iter().collect();
         let env_keys = cfg
             .env
@@ -620,7 +755,8 @@ impl OperatorSettings {
         }
         for (k, v) in &self.labels {
             if new.labels.get(k) != Some(v) {
-                lost.push(format!("label {k}={v}"));
+                // The key only: the value may be a secret (and is only a hash here).
+                lost.push(format!("label {k}"));
             }
         }
         for (net, aliases) in &self.networks {
@@ -632,5 +768,37 @@ impl OperatorSettings {
         lost.extend(self.mounts.difference(&new.mounts).map(|m| format!("mount {m}")));
         lost.extend(self.env_keys.difference(&new.env_keys).map(|k| format!("env {k}")));
         lost
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tenant(mode: &str, networks: &[&str]) -> TenantContainer {
+        TenantContainer {
+            tenant: "t1".parse().unwrap(),
+            name: "pulse-t1".into(),
+            id: "abc".into(),
+            image_ref: "reg/pulse:v1".into(),
+            digest: None,
+            state: "running".into(),
+            networks: networks.iter().map(|s| s.to_string()).collect(),
+            network_mode: mode.into(),
+        }
+    }
+
+    #[test]
+    fn the_probe_network_is_never_a_guess() {
+        assert_eq!(tenant("front", &["front"]).probe_network_problem(None), None);
+        assert_eq!(tenant("front", &["back", "front"]).probe_network_problem(Some("front")), None);
+        let several = tenant("front", &["back", "front"]).probe_network_problem(None).unwrap();
+        assert!(several.contains("back, front") && several.contains("health.network"), "{several}");
+        let missing = tenant("front", &["front"]).probe_network_problem(Some("back")).unwrap();
+        assert!(missing.contains("\"back\"") && missing.contains("front"), "{missing}");
+        for mode in ["host", "container:0123abcd", "none"] {
+            let why = tenant(mode, &[]).probe_network_problem(None).unwrap();
+            assert!(why.contains(mode) && why.contains("pulse-t1"), "{why}");
+        }
     }
 }

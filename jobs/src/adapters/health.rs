@@ -1,7 +1,8 @@
 //! The health gate: `GET http://<container IP on its network>:<port><path>` until a 2xx
 //! answer, within a deadline, failing fast when the container exits or restarts (a crashing
 //! app must not cost the whole timeout). Probes are plain HTTP to the container's own address;
-//! nothing is published on the host.
+//! nothing is published on the host. The address is the one on `health.network`, else on the
+//! container's only network. Redirects are not followed: a 302 to a login page is not healthy.
 
 use std::time::{Duration, Instant};
 
@@ -45,6 +46,7 @@ impl Prober {
     pub fn new() -> Result<Prober> {
         let client = reqwest::Client::builder()
             .no_proxy()
+            .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(Duration::from_millis(1000))
             .timeout(Duration::from_secs(3))
             .build()
@@ -89,18 +91,19 @@ impl Prober {
             if !st.running && !st.paused && st.status != "created" {
                 return Ok(Err(Unhealthy::Exited(st.exit_code)));
             }
-            if let Some(ip) = engine.ip(container).await? {
-                let host = match ip {
-                    std::net::IpAddr::V6(v6) => format!("[{v6}]"),
-                    std::net::IpAddr::V4(v4) => v4.to_string(),
-                };
-                let url = format!("http://{host}:{}{}", spec.port, spec.path);
-                match self.probe(&url).await {
-                    Ok(()) => return Ok(Ok(start.elapsed())),
-                    Err(e) => last = e,
+            match engine.ip(container, spec.network.as_deref()).await? {
+                Ok(ip) => {
+                    let host = match ip {
+                        std::net::IpAddr::V6(v6) => format!("[{v6}]"),
+                        std::net::IpAddr::V4(v4) => v4.to_string(),
+                    };
+                    let url = format!("http://{host}:{}{}", spec.port, spec.path);
+                    match self.probe(&url).await {
+                        Ok(()) => return Ok(Ok(start.elapsed())),
+                        Err(e) => last = e,
+                    }
                 }
-            } else {
-                last = "the container has no IP address on its networks".into();
+                Err(why) => last = why,
             }
             if Instant::now() >= deadline {
                 return Ok(Err(Unhealthy::TimedOut(last)));

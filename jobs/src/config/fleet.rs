@@ -44,6 +44,15 @@ impl TenantFrom {
     }
 }
 
+impl std::fmt::Display for TenantFrom {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TenantFrom::Name { prefix, suffix } => write!(f, "name:{prefix}{{tenant}}{suffix}"),
+            TenantFrom::Label(l) => write!(f, "label:{l}"),
+        }
+    }
+}
+
 /// A label filter: `key=value` or `key` (any value).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Selector {
@@ -87,6 +96,10 @@ pub struct HealthSpec {
     /// Seconds a new container has to answer 2xx.
     #[serde(default = "default_health_timeout")]
     pub timeout_s: u64,
+    /// The Docker network whose address the probe uses; default: the container's only one
+    /// (a container on several is refused at plan time: never a guess).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<String>,
 }
 fn default_health_timeout() -> u64 {
     60
@@ -117,6 +130,9 @@ pub struct App {
     pub hold: Vec<TenantId>,
     /// How `snapshot` holds the data still.
     pub quiesce: Quiesce,
+    /// Recreate tenants whose container is not running on the new image too (left stopped);
+    /// by default they are skipped and reported as behind.
+    pub include_stopped: bool,
 }
 
 impl App {
@@ -144,6 +160,8 @@ struct RawApp {
     hold: Vec<String>,
     #[serde(default)]
     quiesce: Quiesce,
+    #[serde(default)]
+    include_stopped: bool,
 }
 fn default_stop_timeout() -> u64 {
     30
@@ -251,6 +269,7 @@ impl RawApp {
             canary_soak_s: self.canary_soak_s,
             hold,
             quiesce: self.quiesce,
+            include_stopped: self.include_stopped,
         })
     }
 }
