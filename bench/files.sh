@@ -13,6 +13,7 @@ for t in zstd /usr/bin/time; do
 done
 cargo build --release -q --example archive_bench -p slipway-jobs
 AB=$PWD/target/release/examples/archive_bench
+mkdir -p bench/out
 work=$(mktemp -d /var/tmp/slipway-bench-files.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 echo "generating $N files in $work/src ..." >&2
