@@ -58,8 +58,8 @@ mod tests {
 
     #[test]
     fn the_deploy_examples_parse() {
-        host(include_str!("../../../deploy/config.example.toml"), &[]).unwrap();
-        Fleet::parse(include_str!("../../../deploy/fleet.example.toml"), "fleet.example.toml").unwrap();
+        host(include_str!("../../../../deploy/config.example.toml"), &[]).unwrap();
+        Fleet::parse(include_str!("../../../../deploy/fleet.example.toml"), "fleet.example.toml").unwrap();
     }
 
     #[test]
