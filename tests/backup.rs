@@ -482,3 +482,41 @@ fn a_data_dir_that_is_a_mount_point_is_refused_before_anything_is_extracted_or_s
     assert_eq!(s.inspect(&name)["State"]["StartedAt"], started, "the tenant was stopped");
     assert!(leftovers(s.data_dir("t1").parent().unwrap()).is_empty());
 }
+
+#[test]
+fn recover_sweeps_what_dead_processes_left_and_says_so_but_never_tenant_data() {
+    let s = Sandbox::new();
+    let v1 = s.push_fixture_as("v1", "app");
+    s.add_tenant("t1", &v1);
+    s.write_data("t1", "db/records.txt", "rows\n");
+    s.write_fleet(&s.fleet_app(&v1, ""));
+    let day = snapshot_json(&s, &[]).day;
+    let data = tree_hash(&s.data_dir("t1"));
+    let tenants = s.backups().join("daily").join(&day).join("tenants");
+    let dead_tmp = tenants.join(".t1.tar.zst.tmp-999999999");
+    let live_tmp = tenants.join(format!(".t1.tar.zst.tmp-{}", std::process::id()));
+    std::fs::write(&dead_tmp, "half an archive").unwrap();
+    std::fs::write(&live_tmp, "being written").unwrap();
+    let unfinished = s.backups().join("daily/2000-01-01");
+    std::fs::create_dir_all(unfinished.join("tenants")).unwrap();
+    std::fs::write(unfinished.join("tenants/t1.tar.zst"), "partial").unwrap();
+    let old_scratch = s.backups().join("daily").join(&day).join(".verify-abc123");
+    std::fs::create_dir_all(old_scratch.join("tree")).unwrap();
+    sh(Command::new("touch").args(["-d", "3 days ago"]).arg(&old_scratch));
+    let cache = s.state().join("remote-cache/daily/2000-01-01");
+    std::fs::create_dir_all(&cache).unwrap();
+    std::fs::write(cache.join("t1.tar.zst"), "downloaded").unwrap();
+    let dry = s.slipway(&["recover", "--dry-run", "--json"]);
+    assert_eq!(dry.code, 0, "{}", dry.stderr);
+    assert!(dead_tmp.exists() && unfinished.exists(), "a dry run removed something");
+    let out = s.slipway(&["recover", "--json"]);
+    assert_eq!(out.code, 0, "{} {}", out.stdout, out.stderr);
+    let swept = out.json()["report"]["swept"].clone();
+    for gone in [&dead_tmp, &unfinished, &old_scratch, &s.state().join("remote-cache")] {
+        assert!(!gone.exists(), "{} was not swept: {swept}", gone.display());
+        assert!(swept.to_string().contains(&*gone.display().to_string()), "{} not reported: {swept}", gone.display());
+    }
+    assert!(live_tmp.exists(), "a live process's temporary file was removed");
+    assert_eq!(tree_hash(&s.data_dir("t1")), data);
+    assert_eq!(s.slipway(&["verify", "--deep"]).code, 0, "the complete snapshot must be untouched");
+}

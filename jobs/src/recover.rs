@@ -62,6 +62,9 @@ pub struct RecoverReport {
     pub dry_run: bool,
     /// Every unfinished run found.
     pub runs: Vec<RecoveredRun>,
+    /// Leftovers of dead processes removed (or, in a dry run, that would be), one line each.
+    #[serde(default)]
+    pub swept: Vec<String>,
 }
 
 impl RecoverReport {
@@ -105,7 +108,8 @@ pub async fn recover(ctx: &Ctx, opts: &RecoverOptions) -> Result<RecoverReport> 
             .filter(|r| matches!(r.job.as_str(), "snapshot" | "restore") && r.id != ctx.run_id.as_str()),
     );
     if unfinished.is_empty() {
-        return Ok(RecoverReport { dry_run: opts.dry_run, runs });
+        let swept = sweep(ctx, opts.dry_run)?;
+        return Ok(RecoverReport { dry_run: opts.dry_run, runs, swept });
     }
     let engine = Engine::connect(&ctx.cfg.docker).await?;
     let prober = Prober::new()?;
@@ -135,13 +139,86 @@ pub async fn recover(ctx: &Ctx, opts: &RecoverOptions) -> Result<RecoverReport> 
         }
         runs.push(RecoveredRun { run_id: run.id, job: run.job, tenants });
     }
-    let report = RecoverReport { dry_run: opts.dry_run, runs };
+    // Only now: an unfinished rollout's snapshot dir may have had no manifest yet, and its
+    // undo above needed the archive in it.
+    let swept = sweep(ctx, opts.dry_run)?;
+    let report = RecoverReport { dry_run: opts.dry_run, runs, swept };
     if !opts.dry_run {
         let kind = report.exit_kind();
         let summary = format!("recovered {} unfinished run(s)", report.runs.len());
         ctx.finish_run(kind, &summary)?;
     }
     Ok(report)
+}
+
+/// The pid in a temporary name `….<what>-<pid>` (AtomicFile's `.tmp-`, reuse's `.link-`).
+fn temp_pid(name: &str) -> Option<i64> {
+    let (_, tail) = name.rsplit_once('-')?;
+    let stem = name.strip_suffix(tail)?.strip_suffix('-')?;
+    (name.starts_with('.') && (stem.ends_with(".tmp") || stem.ends_with(".link"))).then(|| tail.parse().ok())?
+}
+
+/// Remove what dead processes left in the backup store and the state dir, and say so: temporary
+/// files of a write that never committed (`.<name>.tmp-<pid>`, `.<name>.link-<pid>` of a dead
+/// pid), deep-verify scratch dirs (`.verify-*`) older than a day, daily snapshot dirs without a
+/// manifest (no archive in them completed), and the remote cache. It runs
+/// under the host lock, so no live slipway job is writing any of these. Never touches a tenant's
+/// data dir, `replaced/` data, or a rollout's snapshot dir.
+fn sweep(ctx: &Ctx, dry_run: bool) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    let mut remove = |path: &std::path::Path, why: &str| {
+        let r = if dry_run {
+            Ok(())
+        } else if path.is_dir() {
+            std::fs::remove_dir_all(path)
+        } else {
+            std::fs::remove_file(path)
+        };
+        match r {
+            Ok(()) => {
+                out.push(format!("{} {} ({why})", if dry_run { "would remove" } else { "removed" }, path.display()))
+            }
+            Err(e) => out.push(format!("could not remove {} ({why}): {e}", path.display())),
+        }
+    };
+    let walk = crate::layout::walk(&ctx.cfg.backup_root)?;
+    for snap in &walk.incomplete {
+        match snap.id.kind() {
+            // No archive of it completed (the manifest is rewritten after each one).
+            crate::layout::SnapshotKind::Daily => {
+                remove(&snap.dir, "a daily snapshot dir without a manifest, left by a snapshot that died")
+            }
+            // Kept: a rollout's archive may be the only copy of the data its tenant had before a
+            // version that recover finished forward; `rollback --run` would need it.
+            crate::layout::SnapshotKind::Rollout => {}
+        }
+    }
+    // Temporary files inside the complete snapshot dirs (and their tenants/ subdir).
+    let day = std::time::Duration::from_secs(24 * 3600);
+    let mut dirs: Vec<std::path::PathBuf> = walk.complete.iter().map(|s| s.dir.clone()).collect();
+    dirs.extend(walk.complete.iter().map(|s| crate::layout::tenants_dir(&s.dir)));
+    for dir in dirs {
+        let Ok(rd) = std::fs::read_dir(&dir) else { continue };
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let path = e.path();
+            if let Some(pid) = temp_pid(&name) {
+                // Any live process of that pid keeps it (a reused pid errs on keeping).
+                if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                    remove(&path, "a temporary file of a write that never finished");
+                }
+            } else if name.starts_with(".verify-")
+                && e.metadata().and_then(|m| m.modified()).is_ok_and(|t| t.elapsed().is_ok_and(|a| a > day))
+            {
+                remove(&path, "a deep-verify scratch dir older than a day");
+            }
+        }
+    }
+    let cache = crate::layout::remote_cache(&ctx.cfg.state_dir);
+    if std::fs::read_dir(&cache).is_ok_and(|mut rd| rd.next().is_some()) {
+        remove(&cache, "what an earlier restore --remote downloaded");
+    }
+    Ok(out)
 }
 
 async fn recover_rollout(
@@ -255,6 +332,9 @@ async fn recover_held(engine: &Engine, steps: &[StepRow], dry_run: bool) -> Resu
 
 impl fmt::Display for RecoverReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for line in &self.swept {
+            writeln!(f, "{line}")?;
+        }
         if self.runs.is_empty() {
             return writeln!(f, "no unfinished runs; nothing to recover");
         }
