@@ -7,6 +7,7 @@
 
 use slipway_jobs::step::{CrashPoint, Moment, Step, UndoStep};
 
+use crate::support::reports::{Recover, Rollout, Runs};
 use crate::support::{tree_hash, Out, Sandbox};
 
 const CRASH: &str = "SLIPWAY_TEST_CRASH_AT";
@@ -57,10 +58,10 @@ fn killed_at(step: Step, point: CrashPoint, var: &str) {
     if var == CRASH {
         let rec = s.slipway(&["recover", "--json"]);
         assert_eq!(rec.code, 0, "{point}: recover failed: {} {}", rec.stdout, rec.stderr);
-        assert_eq!(rec.json()["report"]["runs"].as_array().unwrap().len(), 1, "{point}: {}", rec.stdout);
+        assert_eq!(rec.report::<Recover>().runs.len(), 1, "{point}: {}", rec.stdout);
         // Idempotent: a second recover finds nothing.
         let again = s.slipway(&["recover", "--json"]);
-        assert_eq!(again.json()["report"]["runs"].as_array().unwrap().len(), 0, "{point}");
+        assert_eq!(again.report::<Recover>().runs.len(), 0, "{point}");
     }
     // Whatever happened: the tenant runs and is healthy under its own name ...
     let c = s.inspect(&name);
@@ -82,9 +83,8 @@ fn killed_at(step: Step, point: CrashPoint, var: &str) {
     // Nothing is left renamed aside, and the run record is closed.
     let leftovers = s.containers_named_like(".pre-rollout-");
     assert!(leftovers.is_empty(), "{point}: {leftovers:?}");
-    let runs = s.slipway(&["runs", "--json"]).json();
-    for r in runs["report"]["runs"].as_array().unwrap() {
-        assert!(!r["finished_at"].is_null(), "{point}: run {} left unfinished", r["id"]);
+    for r in s.slipway(&["runs", "--json"]).report::<Runs>().runs {
+        assert!(r.finished_at.is_some(), "{point}: run {} left unfinished", r.id);
     }
 }
 
@@ -114,14 +114,14 @@ fn a_rollout_sent_sighup_when_the_operators_session_drops_undoes_the_tenant_like
     // After start: the new version has run on the data, so the undo must restore it too.
     let out = s.slipway_env(&["rollout", "--json"], &[(SIGNAL, "after-start:HUP")]);
     assert_stopped_at(&out, "after-start", SIGNAL);
-    assert_eq!(out.json()["report"]["apps"][0]["tenants"][0]["outcome"], "restored", "{}", out.stdout);
+    assert_eq!(out.report::<Rollout>().apps[0].tenants[0].outcome, "restored", "{}", out.stdout);
     assert_eq!(s.inspect(&name)["State"]["Running"], true, "tenant left stopped");
     assert_eq!(image_of(&s, &name), v1);
     assert_eq!(tree_hash(&s.data_dir("t1")), before, "data dir not restored");
     assert!(s.containers_named_like(".pre-rollout-").is_empty());
-    let runs = s.slipway(&["runs", "--json"]).json();
-    let rollout = runs["report"]["runs"].as_array().unwrap().iter().find(|r| r["job"] == "rollout").cloned();
-    assert_eq!(rollout.map(|r| r["outcome"].clone()), Some("interrupted".into()), "{runs}");
+    let runs = s.slipway(&["runs", "--json"]).report::<Runs>().runs;
+    let rollout = runs.iter().find(|r| r.job == "rollout");
+    assert_eq!(rollout.and_then(|r| r.outcome.as_deref()), Some("interrupted"), "{runs:?}");
 }
 
 /// Where a test makes undo run.
@@ -162,7 +162,7 @@ fn undo_killed_at(case: UndoCase, point: CrashPoint) {
             let rolled = s.slipway(&["rollout", "--json"]);
             assert_eq!(rolled.code, 0, "{point}: {}", rolled.stdout);
             assert_eq!(image_of(&s, &name), writer);
-            let run = rolled.json()["report"]["apps"][0]["run_id"].as_str().unwrap().to_string();
+            let run = rolled.report::<Rollout>().apps[0].run_id.clone().unwrap();
             s.slipway_env(&["rollback", "--run", &run, "--json"], &[(CRASH, point)])
         }
     };
@@ -170,7 +170,7 @@ fn undo_killed_at(case: UndoCase, point: CrashPoint) {
     let rec = s.slipway(&["recover", "--json"]);
     assert_eq!(rec.code, 0, "{case:?} {point}: recover failed: {} {}", rec.stdout, rec.stderr);
     let again = s.slipway(&["recover", "--json"]);
-    assert_eq!(again.json()["report"]["runs"].as_array().unwrap().len(), 0, "{case:?} {point}");
+    assert_eq!(again.report::<Recover>().runs.len(), 0, "{case:?} {point}");
 
     assert_eq!(s.inspect(&name)["State"]["Running"], true, "{case:?} {point}: tenant left stopped");
     assert_eq!(image_of(&s, &name), v1, "{case:?} {point}: not back on the prior image");

@@ -58,9 +58,9 @@ fn the_lock_names_the_rollout_run_that_slipway_runs_shows() {
     let run_id = envelope["run_id"].as_str().unwrap().to_string();
     assert!(busy.stderr.contains(&format!("job rollout, run {run_id}, pid")), "{}", busy.stderr);
     let runs = s.slipway(&["--json", "runs"]);
-    let listed = runs.json()["report"]["runs"].as_array().unwrap().clone();
+    let listed = runs.report::<Runs>().runs;
     assert!(
-        listed.iter().any(|r| r["id"] == run_id.as_str() && r["job"] == "rollout" && r["outcome"] == "success"),
+        listed.iter().any(|r| r.id == run_id && r.job == "rollout" && r.outcome.as_deref() == Some("success")),
         "{listed:?}"
     );
 }

@@ -319,7 +319,7 @@ fn the_prior_container_aside_cannot_restart_by_itself_and_gets_its_restart_polic
     // Kept aside after a finished run: a daemon restart must not start it beside the new one.
     let out = s.slipway(&["rollout", "--keep-old", "--json"]);
     assert_eq!(out.code, 0, "{}", out.stderr);
-    let run = out.json()["run_id"].as_str().unwrap().to_string();
+    let run = out.run_id();
     let pre = format!("{name}.pre-rollout-{run}");
     assert_eq!(policy(&pre), "no", "the prior container aside keeps a restart policy");
     assert_eq!(policy(&name), "unless-stopped", "the new container has the tenant's policy");

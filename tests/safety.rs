@@ -3,7 +3,7 @@
 //! containers that cannot be mapped to a tenant never halt the fleet, and secrets carried in
 //! labels or env never reach the run record, a JSON report or the metrics file.
 
-use crate::support::reports::Rollout;
+use crate::support::reports::{Rollback, Rollout};
 use crate::support::{tree_hash, Sandbox};
 
 const FAST_HEALTH: &str = "health = { path = \"/api/health\", port = 8080, timeout_s = 4 }\n";
@@ -64,9 +64,10 @@ fn rollback_leaves_a_tenant_restored_at_the_halt_and_the_data_written_since() {
     let id = s.inspect(&name)["Id"].clone();
     let rb = s.slipway(&["rollback", "--run", &run, "--tenant", "t1", "--json"]);
     assert_eq!(rb.code, 0, "{} {}", rb.stdout, rb.stderr);
-    let t = &rb.json()["report"]["tenants"][0];
-    assert_eq!(t["tenant"], "t1");
-    assert!(t["skipped"].as_str().unwrap_or_default().contains("prior container"), "{t}");
+    let report: Rollback = rb.report();
+    let t = &report.tenants[0];
+    assert_eq!(t.tenant, "t1");
+    assert!(t.skipped.as_deref().unwrap_or_default().contains("prior container"), "{t:?}");
     assert_eq!(s.inspect(&name)["Id"], id, "rollback touched a tenant already restored");
     assert_eq!(tree_hash(&s.data_dir("t1")), hash, "rollback restored an old snapshot over newer data");
 }
@@ -87,8 +88,9 @@ fn rollback_of_an_older_run_leaves_a_tenant_a_later_run_rolled() {
     let id = s.inspect(&name)["Id"].clone();
     let rb = s.slipway(&["rollback", "--run", &first, "--json"]);
     assert_eq!(rb.code, 0, "{} {}", rb.stdout, rb.stderr);
-    let t = &rb.json()["report"]["tenants"][0];
-    assert!(t["skipped"].as_str().unwrap_or_default().contains("later run"), "{t}");
+    let report: Rollback = rb.report();
+    let t = &report.tenants[0];
+    assert!(t.skipped.as_deref().unwrap_or_default().contains("later run"), "{t:?}");
     assert_eq!(s.inspect(&name)["Id"], id, "rollback of an older run replaced a later run's container");
     assert_eq!(s.image_of(&name), v3);
 }

@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 
+use crate::support::reports::Rollout;
 use crate::support::{sh, Sandbox};
 
 /// A throw-away ed25519 key; (private key path, `allowed_signers` line).
@@ -62,10 +63,10 @@ fn only_commits_signed_by_an_allowed_key_roll_and_the_signer_is_named() {
     assert!(check.stdout.contains("signed by alice@example.test"), "{}", check.stdout);
     let out = s.slipway(&["rollout", "--json"]);
     assert_eq!(out.code, 0, "{} {}", out.stdout, out.stderr);
-    let report = out.json();
-    assert_eq!(report["report"]["trust"]["commit"], commit.as_str());
-    assert_eq!(report["report"]["trust"]["signature"]["state"], "valid");
-    assert_eq!(report["report"]["trust"]["signature"]["principal"], "alice@example.test");
+    let trust = out.report::<Rollout>().trust.unwrap();
+    assert_eq!(trust.commit, commit);
+    assert_eq!(trust.signature.state, "valid");
+    assert_eq!(trust.signature.principal.as_deref(), Some("alice@example.test"));
     assert_eq!(s.image_of(&name), v2);
 }
 
@@ -127,7 +128,7 @@ fn an_image_outside_the_allow_list_is_refused_before_anything_is_pulled() {
     s.write_fleet(&s.fleet_app(&v2, ""));
     let out = s.slipway(&["rollout", "--json"]);
     assert_eq!(out.code, 0, "{}", out.stderr);
-    assert_eq!(out.json()["report"]["trust"]["images"][0]["rule"], allowed.as_str());
+    assert_eq!(out.report::<Rollout>().trust.unwrap().images[0].rule, allowed);
 }
 
 #[test]
@@ -184,7 +185,7 @@ fn the_desired_repo_is_fetched_over_http_with_a_token_that_appears_nowhere() {
     desired_at(&s, &format!("{}/fleet.git", server.base), &format!("credentials_file = \"{}\"\n", creds.display()));
     let out = s.slipway(&["rollout", "--dry-run", "--json"]);
     assert_eq!(out.code, 0, "{} {}", out.stdout, out.stderr);
-    assert_eq!(out.json()["report"]["commit"], commit.as_str());
+    assert_eq!(out.report::<Rollout>().commit, commit);
     // A wrong token: a clear error, and neither token is shown or recorded.
     private(&creds, "deploy:tok-WRONG-0815\n");
     let bad = s.slipway(&["rollout", "--dry-run", "--json"]);
@@ -218,7 +219,7 @@ fn the_desired_repo_is_fetched_over_ssh_only_from_a_known_host_with_the_configur
     desired_at(&s, &url, &keys(&server.known_hosts, &server.client_key));
     let out = s.slipway(&["rollout", "--dry-run", "--json"]);
     assert_eq!(out.code, 0, "{} {}", out.stdout, out.stderr);
-    assert_eq!(out.json()["report"]["commit"], commit.as_str());
+    assert_eq!(out.report::<Rollout>().commit, commit);
     // A host whose key is not the one known: refused before any credential is offered.
     let other = s.root().join("other_known_hosts");
     let (_, line) = keypair(&s, "impostor");

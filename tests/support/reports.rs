@@ -50,6 +50,11 @@ impl<R> Envelope<R> {
 #[derive(Debug, Deserialize)]
 pub struct Rollout {
     pub apps: Vec<RolloutApp>,
+    /// The desired-state commit.
+    #[serde(default)]
+    pub commit: String,
+    /// What admitted it (rollout only).
+    pub trust: Option<Trust>,
 }
 
 /// One app of a rollout (reconcile adds `action`).
@@ -61,6 +66,41 @@ pub struct RolloutApp {
     pub run_id: Option<String>,
     /// reconcile only: what it did with the app.
     pub action: Option<String>,
+}
+
+/// What admitted a rollout's commit (`report.trust`).
+#[derive(Debug, Deserialize)]
+pub struct Trust {
+    pub commit: String,
+    pub signature: TrustSignature,
+    pub images: Vec<AdmittedImage>,
+}
+
+/// The commit's signature as checked.
+#[derive(Debug, Deserialize)]
+pub struct TrustSignature {
+    pub state: String,
+    pub principal: Option<String>,
+}
+
+/// The allow-list rule that admitted an app's image.
+#[derive(Debug, Deserialize)]
+pub struct AdmittedImage {
+    pub app: String,
+    pub rule: String,
+}
+
+/// `rollback`.
+#[derive(Debug, Deserialize)]
+pub struct Rollback {
+    pub tenants: Vec<RolledBack>,
+}
+
+/// One tenant of a rollback: undone, or skipped with the reason.
+#[derive(Debug, Deserialize)]
+pub struct RolledBack {
+    pub tenant: String,
+    pub skipped: Option<String>,
 }
 
 /// The plan of one app.
@@ -199,6 +239,7 @@ pub struct Run {
     pub job: String,
     pub trigger: String,
     pub outcome: Option<String>,
+    pub finished_at: Option<String>,
 }
 
 /// `runs show`.
@@ -211,6 +252,9 @@ pub struct RunShow {
 #[derive(Debug, Deserialize)]
 pub struct Recover {
     pub runs: Vec<serde_json::Value>,
+    /// What it swept, one line each.
+    #[serde(default)]
+    pub swept: Vec<String>,
 }
 
 /// `status`.
