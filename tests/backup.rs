@@ -359,6 +359,9 @@ fn a_restore_from_the_wrong_day_keeps_the_newer_data_it_replaced_until_prune_ret
     // The run record names it too.
     let shown = s.slipway(&["runs", "show", &run, "--json"]);
     assert!(shown.stdout.contains(kept.to_str().unwrap()), "{}", shown.stdout);
+    // Run ids order by the second they start in (within one second their order is arbitrary),
+    // and retention below keeps the newest: let the second restore start in a later second.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
     // `restore --run <that restore's run>` puts it back, keeping what it replaces in turn.
     let back = s.slipway(&["restore", "--tenant", "t1", "--run", &run, "--json"]);
     assert_eq!(back.code, 0, "{} {}", back.stdout, back.stderr);

@@ -222,6 +222,21 @@ async fn preflight(loc: &Located, target: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The desired-state commit, and the app and container of `tenant` in it if it has one.
+async fn tenant_container(
+    ctx: &Ctx,
+    engine: &Engine,
+    tenant: &TenantId,
+) -> Result<(String, Option<(crate::config::App, crate::adapters::docker::TenantContainer)>)> {
+    let state = desired::read(&ctx.cfg.desired, &ctx.cfg.state_dir, None)?;
+    for app in &state.fleet.apps {
+        if let Some(c) = engine.tenants(app).await?.into_iter().find(|c| c.tenant == *tenant) {
+            return Ok((state.commit, Some((app.clone(), c))));
+        }
+    }
+    Ok((state.commit, None))
+}
+
 /// Run `restore`.
 pub async fn restore(ctx: &Ctx, opts: &RestoreOptions) -> Result<RestoreReport> {
     // `--run` of an earlier restore: put back the data that restore replaced.
@@ -280,15 +295,8 @@ pub async fn restore(ctx: &Ctx, opts: &RestoreOptions) -> Result<RestoreReport> 
     }
 
     // Into the tenant's data dir, with its container stopped.
-    let state = desired::read(&ctx.cfg.desired, &ctx.cfg.state_dir, None)?;
     let engine = Engine::connect(&ctx.cfg.docker).await?;
-    let mut found = None;
-    for app in &state.fleet.apps {
-        if let Some(c) = engine.tenants(app).await?.into_iter().find(|c| c.tenant == opts.tenant) {
-            found = Some((app.clone(), c));
-            break;
-        }
-    }
+    let (commit, found) = tenant_container(ctx, &engine, &opts.tenant).await?;
     let Some((app, container)) = found else {
         return Err(Error::Usage(format!(
             "tenant {} has no container in any app of fleet.toml; use --to DIR to extract its data elsewhere",
@@ -318,7 +326,7 @@ pub async fn restore(ctx: &Ctx, opts: &RestoreOptions) -> Result<RestoreReport> 
         );
         return Ok(report);
     }
-    ctx.start_run("restore", Some(&app.name), Some(&state.commit), None)?;
+    ctx.start_run("restore", Some(&app.name), Some(&commit), None)?;
     let held = HeldContainer { container: container.name.clone(), hold: "stop".into() };
     let s = ctx.begin(Some(opts.tenant.as_str()), "stop", &held)?;
     engine.stop(&container.name, app.stop_timeout_s).await?;
@@ -380,15 +388,8 @@ async fn restore_replaced(ctx: &Ctx, opts: &RestoreOptions, kept: &Path) -> Resu
             kept.display()
         )));
     }
-    let state = desired::read(&ctx.cfg.desired, &ctx.cfg.state_dir, None)?;
     let engine = Engine::connect(&ctx.cfg.docker).await?;
-    let mut found = None;
-    for app in &state.fleet.apps {
-        if let Some(c) = engine.tenants(app).await?.into_iter().find(|c| c.tenant == opts.tenant) {
-            found = Some((app.clone(), c));
-            break;
-        }
-    }
+    let (commit, found) = tenant_container(ctx, &engine, &opts.tenant).await?;
     let Some((app, container)) = found else {
         return Err(Error::Usage(format!(
             "tenant {} has no container in any app of fleet.toml; copy {} by hand",
@@ -423,7 +424,7 @@ async fn restore_replaced(ctx: &Ctx, opts: &RestoreOptions, kept: &Path) -> Resu
             format!("would stop {}, put {} back into {}, start it", container.name, kept.display(), data_dir.display());
         return Ok(report);
     }
-    ctx.start_run("restore", Some(&app.name), Some(&state.commit), None)?;
+    ctx.start_run("restore", Some(&app.name), Some(&commit), None)?;
     let held = HeldContainer { container: container.name.clone(), hold: "stop".into() };
     let s = ctx.begin(Some(opts.tenant.as_str()), "stop", &held)?;
     engine.stop(&container.name, app.stop_timeout_s).await?;
