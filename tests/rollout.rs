@@ -405,3 +405,29 @@ fn a_canary_that_fails_its_soak_gets_its_prior_container_back_and_is_recorded_as
     assert_eq!(shown["report"]["run"]["outcome"], "halted");
     assert_eq!(shown["report"]["tenants"][0]["outcome"], "restored", "{shown}");
 }
+
+#[test]
+fn what_a_failed_version_wrote_during_its_health_gate_is_kept_not_deleted() {
+    let s = Sandbox::new();
+    let v1 = s.push_fixture_as("v1", "app");
+    let bad = s.push_fixture_as("unhealthy", "app");
+    s.add_tenant("t1", &v1);
+    s.write_data("t1", "db/records.txt", "customer rows\n");
+    let before = tree_hash(&s.data_dir("t1"));
+    // The unhealthy fixture writes into /data at start, then fails its health check.
+    s.write_fleet(&s.fleet_app(&bad, "health = { path = \"/api/health\", port = 8080, timeout_s = 3 }\n"));
+    let out = s.slipway(&["rollout", "--json"]);
+    assert_eq!(out.code, 3, "{} {}", out.stdout, out.stderr);
+    assert_eq!(tree_hash(&s.data_dir("t1")), before, "the data dir must be the pre-rollout data");
+    let run = out.run_id();
+    let kept = s.backups().join("replaced").join(&run).join("t1");
+    let written: Vec<_> = crate::support::files_under(&kept)
+        .into_iter()
+        .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("written-by-unhealthy")))
+        .collect();
+    assert_eq!(written.len(), 1, "the new version's write is not kept in {}", kept.display());
+    let detail = out.report::<Rollout>().apps[0].tenants[0].detail.clone().unwrap_or_default();
+    assert!(detail.contains(&*kept.display().to_string()), "the report does not say where: {detail}");
+    let shown = s.slipway(&["runs", "show", &run, "--json"]);
+    assert!(shown.stdout.contains(&*kept.display().to_string()), "the run record does not list it: {}", shown.stdout);
+}

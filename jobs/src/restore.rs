@@ -338,7 +338,8 @@ pub async fn restore(ctx: &Ctx, opts: &RestoreOptions) -> Result<RestoreReport> 
     // The data it replaced is kept, never removed: a wrong --day must not be the end of it.
     let restored = match swapped {
         Ok((n, old)) => {
-            report.replaced = old.map(|old| keep_replaced(&ctx.cfg.backup_root, &ctx.run_id, &opts.tenant, &old));
+            report.replaced = old
+                .map(|old| crate::fsutil::keep_replaced(&ctx.cfg.backup_root, &ctx.run_id, opts.tenant.as_str(), &old));
             Ok(n)
         }
         Err(e) => Err(e),
@@ -446,7 +447,8 @@ async fn restore_replaced(ctx: &Ctx, opts: &RestoreOptions, kept: &Path) -> Resu
     .map_err(|e| Error::io(&data_dir, e));
     if exchanged.is_ok() {
         // `kept` now holds the data that was in place: kept in turn, under this run.
-        report.replaced = Some(keep_replaced(&ctx.cfg.backup_root, &ctx.run_id, &opts.tenant, kept));
+        report.replaced =
+            Some(crate::fsutil::keep_replaced(&ctx.cfg.backup_root, &ctx.run_id, opts.tenant.as_str(), kept));
     }
     ctx.end(
         s,
@@ -487,30 +489,6 @@ async fn restore_replaced(ctx: &Ctx, opts: &RestoreOptions, kept: &Path) -> Resu
     };
     ctx.store.finish_run(ctx.run_id.as_str(), word, report.outcome.code() as i64, &report.detail)?;
     Ok(report)
-}
-
-/// Move the old data a restore swapped out (`old`, beside the data dir) to
-/// `<backup_root>/replaced/<run_id>/<tenant>`, where prune keeps it with the rollout runs. When
-/// that is another filesystem (a rename cannot move it) it stays where it is, and that is the
-/// path returned: it is never deleted.
-fn keep_replaced(backup_root: &Path, run: &RunId, tenant: &TenantId, old: &Path) -> PathBuf {
-    let dest = layout::replaced_dir(backup_root, run, tenant.as_str());
-    let moved = dest
-        .parent()
-        .map_or(Ok(()), crate::fsutil::create_private_dir)
-        .and_then(|()| std::fs::rename(old, &dest))
-        .and_then(|()| dest.parent().map_or(Ok(()), crate::fsutil::sync_dir));
-    match moved {
-        Ok(()) => dest,
-        Err(e) => {
-            tracing::warn!(
-                "tenant {tenant}: the data the restore replaced stays in {} (moving it to {} failed: {e})",
-                old.display(),
-                dest.display()
-            );
-            old.to_path_buf()
-        }
-    }
 }
 
 impl fmt::Display for RestoreReport {

@@ -107,16 +107,25 @@ pub async fn undo_tenant(
                 let _ = engine.stop(p, j.stop_timeout_s).await;
             }
             let (a, d) = (snap.clone(), j.data_dir.clone());
-            let r = crate::blocking::run("restore", move || archive::restore_swap(&a, &sha, &d)).await?;
-            if let Err(e) = r {
-                return fail(
-                    s,
-                    format!("restoring {} from {} failed: {e}", j.data_dir.display(), snap.display()),
-                    &done,
-                );
-            }
+            let r = crate::blocking::run("restore", move || archive::restore_swap_keep(&a, &sha, &d)).await?;
+            let old = match r {
+                Ok((_, old)) => old,
+                Err(e) => {
+                    return fail(
+                        s,
+                        format!("restoring {} from {} failed: {e}", j.data_dir.display(), snap.display()),
+                        &done,
+                    )
+                }
+            };
+            // What the new version wrote is never deleted: it is kept under replaced/<run>/,
+            // listed here (and so in the run record), and retired by prune like a rollout run.
+            let kept = old.map(|old| crate::fsutil::keep_replaced(&ctx.cfg.backup_root, &ctx.run_id, &j.tenant, &old));
             end_ok(ctx, s, UndoStep::Restore)?;
             done.push(format!("data restored from {}", snap.display()));
+            if let Some(k) = kept {
+                done.push(format!("the data it replaced is kept in {}", k.display()));
+            }
         }
     }
     if pre.is_some() {

@@ -104,6 +104,30 @@ pub fn free_bytes(path: &Path) -> io::Result<u64> {
     Ok(st.f_bavail.saturating_mul(st.f_frsize))
 }
 
+/// Move the old data a restore swapped out (`old`, beside the data dir) to
+/// `<backup_root>/replaced/<run_id>/<tenant>`, where prune keeps it with the rollout runs. When
+/// that is another filesystem (a rename cannot move it) it stays where it is, and that is the
+/// path returned: it is never deleted.
+pub fn keep_replaced(backup_root: &Path, run: &crate::types::RunId, tenant: &str, old: &Path) -> PathBuf {
+    let dest = crate::layout::replaced_dir(backup_root, run, tenant);
+    let moved = dest
+        .parent()
+        .map_or(Ok(()), create_private_dir)
+        .and_then(|()| std::fs::rename(old, &dest))
+        .and_then(|()| dest.parent().map_or(Ok(()), sync_dir));
+    match moved {
+        Ok(()) => dest,
+        Err(e) => {
+            tracing::warn!(
+                "tenant {tenant}: the data it replaced stays in {} (moving it to {} failed: {e})",
+                old.display(),
+                dest.display()
+            );
+            old.to_path_buf()
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
