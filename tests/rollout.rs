@@ -431,3 +431,23 @@ fn what_a_failed_version_wrote_during_its_health_gate_is_kept_not_deleted() {
     let shown = s.slipway(&["runs", "show", &run, "--json"]);
     assert!(shown.stdout.contains(&*kept.display().to_string()), "the run record does not list it: {}", shown.stdout);
 }
+
+#[test]
+fn rollback_pulls_the_prior_image_back_when_the_engine_no_longer_has_it() {
+    let s = Sandbox::new();
+    let v1 = s.push_fixture_as("v1", "app");
+    let v2 = s.push_fixture_as("v2", "app");
+    let name = s.add_tenant("t1", &v1);
+    s.write_fleet(&s.fleet_app(&v2, ""));
+    let out = s.slipway(&["rollout", "--json"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let run = out.run_id();
+    // An image prune removed the prior version's image reference from the engine.
+    crate::support::sh(std::process::Command::new("docker").args(["rmi", &v1]));
+    let gone = std::process::Command::new("docker").args(["image", "inspect", &v1]).output().unwrap();
+    assert!(!gone.status.success(), "the test needs the prior image gone from the engine");
+    let rb = s.slipway(&["rollback", "--run", &run, "--json"]);
+    assert_eq!(rb.code, 0, "{} {}", rb.stdout, rb.stderr);
+    assert_eq!(s.image_of(&name), v1);
+    assert_eq!(s.inspect(&name)["State"]["Running"], true);
+}

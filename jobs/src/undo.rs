@@ -11,7 +11,7 @@ use crate::adapters::archive;
 use crate::adapters::docker::Engine;
 use crate::adapters::health::Prober;
 use crate::context::Ctx;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::step::{TenantJournal, UndoStep};
 
 /// The result of undoing a tenant.
@@ -75,7 +75,25 @@ pub async fn undo_tenant(
         // from the new one's settings on the prior image.
         let s = begin(ctx, &j, UndoStep::RecreatePrior)?;
         let created = match engine.spec(id).await {
-            Ok(spec) => engine.create_from(&j.pre_name, &spec, &j.old_image).await,
+            Ok(spec) => match engine.create_from(&j.pre_name, &spec, &j.old_image).await {
+                // The prior image may have been removed from the engine since (an image prune):
+                // pull it back by its digest, then try once more.
+                Err(e) => match j.old_image.parse::<crate::types::PinnedImage>() {
+                    Ok(img) => match engine.pull(&img).await {
+                        Ok(()) => engine.create_from(&j.pre_name, &spec, &j.old_image).await,
+                        Err(pull) => Err(Error::Docker {
+                            op: format!(
+                                "recreating it from {} ({e}), and pulling that image back ({pull})",
+                                j.old_image
+                            ),
+                            container: Some(j.pre_name.clone()),
+                            source: None,
+                        }),
+                    },
+                    Err(_) => Err(e),
+                },
+                ok => ok,
+            },
             Err(e) => Err(e),
         };
         match created {
