@@ -262,3 +262,49 @@ fn walk(dir: &std::path::Path) -> Vec<String> {
     }
     out
 }
+
+#[test]
+fn recover_converges_when_a_create_in_flight_at_the_kill_takes_the_tenants_name_late() {
+    let s = Sandbox::new();
+    let v1 = s.push_fixture_as("v1", "app");
+    let v2 = s.push_fixture_as("v2", "app");
+    let name = s.add_tenant("t1", &v1);
+    s.write_data("t1", "db/records.txt", "customer rows\n");
+    let (id, data) = (s.inspect(&name)["Id"].clone(), tree_hash(&s.data_dir("t1")));
+    s.write_fleet(&s.fleet_app(&v2, ""));
+    // Killed with the prior container renamed aside and the tenant's name free ...
+    let out = s.slipway_env(&["rollout", "--json"], &[(CRASH, "after-rename")]);
+    assert_stopped_at(&out, "after-rename", CRASH);
+    // ... and the create it had sent completes while recover is already at work.
+    let recover = std::process::Command::new(env!("CARGO_BIN_EXE_slipway"))
+        .arg("--config")
+        .arg(s.config_path())
+        .args(["recover", "--json"])
+        .env("SLIPWAY_TEST_PAUSE_AT", "undo-before-rename-back:3000")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1200));
+    crate::support::sh(std::process::Command::new("docker").args([
+        "create",
+        "--name",
+        &name,
+        "--label",
+        &format!("slipway.test={}", s.id()),
+        &v2,
+    ]));
+    let rec = recover.wait_with_output().unwrap();
+    assert_eq!(
+        rec.status.code(),
+        Some(0),
+        "{} {}",
+        String::from_utf8_lossy(&rec.stdout),
+        String::from_utf8_lossy(&rec.stderr)
+    );
+    let c = s.inspect(&name);
+    assert_eq!(c["Id"], id, "the prior container must hold the tenant's name again");
+    assert_eq!(c["State"]["Running"], true);
+    assert_eq!(tree_hash(&s.data_dir("t1")), data);
+    assert!(s.containers_named_like(".pre-rollout-").is_empty());
+}

@@ -148,7 +148,45 @@ pub async fn undo_tenant(
     }
     if pre.is_some() {
         let s = begin(ctx, &j, UndoStep::RenameBack)?;
-        if let Err(e) = engine.rename(&j.pre_name, &j.name).await {
+        crate::context::test_pause("undo-before-rename-back");
+        // Converge: a Docker call in flight when a run was killed (a create) can complete after
+        // the look above and take the tenant's name. Whatever holds the name that is not the
+        // prior container is the new version: remove it and try again, a few times.
+        let mut last = None;
+        for attempt in 0..3 {
+            match engine.rename(&j.pre_name, &j.name).await {
+                Ok(()) => {
+                    last = None;
+                    break;
+                }
+                Err(e) => {
+                    // The prior container, by id: as found aside above, or as journaled.
+                    let is_prior = |id: &str| pre.as_deref() == Some(id) || j.old_id == id;
+                    let holder = engine.id_of(&j.name).await.ok().flatten();
+                    match holder {
+                        // The rename did happen (its answer was lost): the prior holds the name.
+                        Some(h) if is_prior(&h) => {
+                            last = None;
+                            break;
+                        }
+                        Some(h) => {
+                            tracing::warn!(
+                                "tenant {}: {} appeared under the tenant's name while undoing; removing it (attempt {})",
+                                j.tenant,
+                                &h[..12.min(h.len())],
+                                attempt + 1
+                            );
+                            let _ = engine.stop(&h, j.stop_timeout_s).await;
+                            let _ = engine.remove(&h).await;
+                            done.push(format!("a late-created container {} removed", &h[..12.min(h.len())]));
+                        }
+                        _ => tokio::time::sleep(std::time::Duration::from_millis(500)).await,
+                    }
+                    last = Some(e);
+                }
+            }
+        }
+        if let Some(e) = last {
             return fail(s, format!("cannot rename {} back to {}: {e}", j.pre_name, j.name), &done);
         }
         end_ok(ctx, s, UndoStep::RenameBack)?;
