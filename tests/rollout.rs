@@ -387,11 +387,11 @@ fn a_canary_that_fails_its_soak_gets_its_prior_container_back_and_is_recorded_as
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(3), "{stdout} {}", String::from_utf8_lossy(&out.stderr));
 
-    let r: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
-    let tenants = &r["report"]["apps"][0]["tenants"];
-    assert_eq!(tenants[0]["outcome"], "restored", "{stdout}");
-    assert!(tenants[0]["detail"].as_str().unwrap_or_default().contains("soak"), "{stdout}");
-    assert_eq!(tenants[1]["outcome"], "not_reached");
+    let r: Rollout = crate::support::reports::parse(&stdout, "").report();
+    let tenants = &r.apps[0].tenants;
+    assert_eq!(tenants[0].outcome, "restored", "{stdout}");
+    assert!(tenants[0].detail.as_deref().unwrap_or_default().contains("soak"), "{stdout}");
+    assert_eq!(tenants[1].outcome, "not_reached");
     // The very same prior container is back (it was still aside during the soak), on its data.
     let now = s.inspect(&names[0]);
     assert_eq!(now["Id"], old_id, "the prior container must be back, not a copy");
@@ -400,7 +400,7 @@ fn a_canary_that_fails_its_soak_gets_its_prior_container_back_and_is_recorded_as
     assert!(s.containers_named_like(".pre-rollout-").is_empty());
     assert_eq!(s.image_of(&names[1]), v1, "t2 was touched");
     // The run record agrees with the report: the canary was restored, not rolled.
-    let shown = s.slipway(&["runs", "show", r["report"]["apps"][0]["run_id"].as_str().unwrap(), "--json"]);
+    let shown = s.slipway(&["runs", "show", r.apps[0].run_id.as_deref().unwrap(), "--json"]);
     let shown = shown.json();
     assert_eq!(shown["report"]["run"]["outcome"], "halted");
     assert_eq!(shown["report"]["tenants"][0]["outcome"], "restored", "{shown}");
@@ -450,4 +450,46 @@ fn rollback_pulls_the_prior_image_back_when_the_engine_no_longer_has_it() {
     assert_eq!(rb.code, 0, "{} {}", rb.stdout, rb.stderr);
     assert_eq!(s.image_of(&name), v1);
     assert_eq!(s.inspect(&name)["State"]["Running"], true);
+}
+
+#[test]
+fn a_canary_restarted_by_its_policy_during_the_soak_is_not_healthy() {
+    let s = Sandbox::new();
+    let v1 = s.push_fixture_as("v1", "app");
+    let v2 = s.push_fixture_as("v2", "app");
+    let names = [s.add_tenant("t1", &v1), s.add_tenant("t2", &v1)];
+    let old_id = s.inspect(&names[0])["Id"].clone();
+    s.write_fleet(&s.fleet_app(&v2, "canary_soak_s = 6\n"));
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_slipway"))
+        .arg("--config")
+        .arg(s.config_path())
+        .args(["rollout", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while s.try_inspect(&names[0]).is_none_or(|c| c["Config"]["Image"] != v2.as_str() || c["State"]["Running"] != true)
+    {
+        assert!(std::time::Instant::now() < deadline, "the canary never came up on the new version");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    // Its process exits mid-soak; the restart policy (carried from the prior container) brings
+    // it back at once, healthy again by the time the soak ends — but it did crash.
+    let kill =
+        std::process::Command::new("docker").args(["exec", &names[0], "/bin/busybox", "kill", "1"]).output().unwrap();
+    assert!(kill.status.success(), "docker exec: {kill:?}");
+    let restarted = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while s.try_inspect(&names[0]).is_none_or(|c| c["RestartCount"].as_i64().unwrap_or(0) == 0) {
+        assert!(std::time::Instant::now() < restarted, "the engine did not restart the canary");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(3), "{stdout} {}", String::from_utf8_lossy(&out.stderr));
+    let r: Rollout = crate::support::reports::parse(&stdout, "").report();
+    assert_eq!(r.apps[0].tenants[0].outcome, "restored", "{stdout}");
+    assert!(r.apps[0].tenants[0].detail.as_deref().unwrap_or_default().contains("restarted"), "{stdout}");
+    assert_eq!(s.inspect(&names[0])["Id"], old_id, "the prior container must be back");
 }

@@ -712,7 +712,8 @@ impl TenantRoll<'_> {
             tokio::time::sleep(Duration::from_millis(200).min(until.saturating_duration_since(Instant::now()))).await;
         }
         let unhealthy = |why: &dyn fmt::Display| format!("canary unhealthy after the {soak_s}s soak: {why}");
-        match r.prober.gate(r.engine, &self.j.name, &r.app.health, Some(Duration::from_secs(5))).await {
+        // Restarts count from the new container's start (it had none), not from this probe.
+        match r.prober.gate_since(r.engine, &self.j.name, &r.app.health, Some(Duration::from_secs(5)), Some(0)).await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(why)) => Err(unhealthy(&why)),
             Err(e) => Err(unhealthy(&e)),
@@ -736,7 +737,8 @@ async fn gate_cancellable(
     if ctx.cancel.is_cancelled() {
         return interrupted();
     }
-    let gate = prober.gate(engine, name, spec, None);
+    // A new container: any restart since its start counts.
+    let gate = prober.gate_since(engine, name, spec, None, Some(0));
     tokio::pin!(gate);
     loop {
         tokio::select! {

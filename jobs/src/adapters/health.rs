@@ -78,9 +78,27 @@ impl Prober {
         spec: &HealthSpec,
         timeout: Option<Duration>,
     ) -> Result<std::result::Result<Duration, Unhealthy>> {
+        self.gate_since(engine, container, spec, timeout, None).await
+    }
+
+    /// [`Prober::gate`], counting restarts from `restarts_before` (the engine's restart count
+    /// when the container was started, 0 for a new one) instead of from now: a container that
+    /// crashed and was restarted by its policy before the first probe, or during a soak, is
+    /// not healthy.
+    pub async fn gate_since(
+        &self,
+        engine: &Engine,
+        container: &str,
+        spec: &HealthSpec,
+        timeout: Option<Duration>,
+        restarts_before: Option<i64>,
+    ) -> Result<std::result::Result<Duration, Unhealthy>> {
         let start = Instant::now();
         let deadline = start + timeout.unwrap_or(Duration::from_secs(spec.timeout_s));
-        let initial = engine.state(container).await?.restart_count;
+        let initial = match restarts_before {
+            Some(n) => n,
+            None => engine.state(container).await?.restart_count,
+        };
         let mut last: String;
         let mut pause = Duration::from_millis(50);
         loop {
