@@ -169,7 +169,19 @@ impl Store {
     pub fn open(path: &Path) -> Result<Store> {
         let conn = Connection::open(path)?;
         conn.busy_timeout(BUSY_TIMEOUT)?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
+        // Switching a fresh file to WAL takes an exclusive lock, and SQLite answers BUSY there
+        // without waiting on the busy timeout: two jobs starting at once must retry, not fail.
+        let deadline = std::time::Instant::now() + BUSY_TIMEOUT;
+        loop {
+            match conn.pragma_update(None, "journal_mode", "WAL") {
+                Err(rusqlite::Error::SqliteFailure(e, _))
+                    if e.code == rusqlite::ErrorCode::DatabaseBusy && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                r => break r?,
+            }
+        }
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         let mut store = Store { conn };
@@ -532,6 +544,23 @@ mod tests {
         s.resolve_run(id, "rollback 20261122T040000Z-0002").unwrap();
         assert!(s.unresolved_halts().unwrap().is_empty());
         assert_eq!(s.tenants(id).unwrap()[0].downtime_ms, Some(1200));
+    }
+
+    #[test]
+    fn many_processes_opening_a_fresh_file_at_once_all_get_it() {
+        for _ in 0..20 {
+            let d = tempfile::tempdir().unwrap();
+            let p = d.path().join("state.db");
+            let handles: Vec<_> = (0..6)
+                .map(|_| {
+                    let p = p.clone();
+                    std::thread::spawn(move || Store::open(&p).map(|s| s.schema_version().unwrap()))
+                })
+                .collect();
+            for h in handles {
+                assert_eq!(h.join().unwrap().unwrap(), MIGRATIONS.len() as i64);
+            }
+        }
     }
 
     #[test]
