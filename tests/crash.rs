@@ -276,15 +276,7 @@ fn recover_converges_when_a_create_in_flight_at_the_kill_takes_the_tenants_name_
     let out = s.slipway_env(&["rollout", "--json"], &[(CRASH, "after-rename")]);
     assert_stopped_at(&out, "after-rename", CRASH);
     // ... and the create it had sent completes while recover is already at work.
-    let recover = std::process::Command::new(env!("CARGO_BIN_EXE_slipway"))
-        .arg("--config")
-        .arg(s.config_path())
-        .args(["recover", "--json"])
-        .env("SLIPWAY_TEST_PAUSE_AT", "undo-before-rename-back:3000")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let recover = s.spawn(&["recover", "--json"], &[("SLIPWAY_TEST_PAUSE_AT", "undo-before-rename-back:3000")]);
     std::thread::sleep(std::time::Duration::from_millis(1200));
     crate::support::sh(std::process::Command::new("docker").args([
         "create",

@@ -70,14 +70,7 @@ fn a_sync_killed_with_the_s3_server_mid_multipart_is_completed_by_the_next_run()
     with_snapshot(&s, &noise(40 << 20, 3));
     let mut server = S3Server::start();
     let bucket = s.use_remote(&server.endpoint(), &server.key, &server.secret, "part_size_mb = 5\nconcurrency = 2\n");
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_slipway"))
-        .arg("--config")
-        .arg(s.config_path())
-        .args(["sync", "--json"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = s.spawn(&["sync", "--json"], &[]);
     std::thread::sleep(std::time::Duration::from_millis(700));
     server.kill();
     let out = child.wait_with_output().unwrap();

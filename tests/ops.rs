@@ -1,22 +1,10 @@
 //! Running slipway the way operators do: the host lock, the git push hook, status exit codes,
 //! the metrics file, webhook notifications, install and the systemd units.
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use crate::support::reports::{Runs, Status};
 use crate::support::{Sandbox, Webhook};
-
-fn spawn(s: &Sandbox, args: &[&str], env: &[(&str, &str)]) -> std::process::Child {
-    Command::new(env!("CARGO_BIN_EXE_slipway"))
-        .arg("--config")
-        .arg(s.config_path())
-        .args(args)
-        .envs(env.iter().copied())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
-}
 
 #[test]
 fn two_jobs_started_at_once_one_runs_and_the_other_exits_with_the_lock_code() {
@@ -24,17 +12,17 @@ fn two_jobs_started_at_once_one_runs_and_the_other_exits_with_the_lock_code() {
     let v1 = s.push_fixture_as("v1", "app");
     s.add_tenant("t1", &v1);
     s.write_fleet(&s.fleet_app(&v1, ""));
-    let a = spawn(&s, &["snapshot"], &[("SLIPWAY_TEST_PAUSE_AT", "after-lock:3000")]);
-    let b = spawn(&s, &["snapshot"], &[("SLIPWAY_TEST_PAUSE_AT", "after-lock:3000")]);
+    let a = s.spawn(&["snapshot"], &[("SLIPWAY_TEST_PAUSE_AT", "after-lock:3000")]);
+    let b = s.spawn(&["snapshot"], &[("SLIPWAY_TEST_PAUSE_AT", "after-lock:3000")]);
     let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
     let mut codes = [a.status.code().unwrap(), b.status.code().unwrap()];
     codes.sort();
-    assert_eq!(codes, [0, 5]);
+    assert_eq!(codes, [0, 5], "{}\n{}", String::from_utf8_lossy(&a.stderr), String::from_utf8_lossy(&b.stderr));
     let loser = if a.status.code() == Some(5) { &a } else { &b };
     let msg = String::from_utf8_lossy(&loser.stderr);
     assert!(msg.contains("holds the host lock") && msg.contains("job snapshot") && msg.contains("pid"), "{msg}");
     // --wait queues behind the holder instead.
-    let c = spawn(&s, &["snapshot", "--force"], &[("SLIPWAY_TEST_PAUSE_AT", "after-lock:1500")]);
+    let c = s.spawn(&["snapshot", "--force"], &[("SLIPWAY_TEST_PAUSE_AT", "after-lock:1500")]);
     std::thread::sleep(std::time::Duration::from_millis(300));
     let waited = s.slipway(&["--wait=30", "verify"]);
     assert_eq!(waited.code, 0, "{}", waited.stderr);
@@ -48,7 +36,7 @@ fn the_lock_names_the_rollout_run_that_slipway_runs_shows() {
     let v2 = s.push_fixture_as("v2", "app");
     s.add_tenant("t1", &v1);
     s.write_fleet(&s.fleet_app(&v2, ""));
-    let roll = spawn(&s, &["--json", "rollout"], &[("SLIPWAY_TEST_PAUSE_AT", "after-lock:2000")]);
+    let roll = s.spawn(&["--json", "rollout"], &[("SLIPWAY_TEST_PAUSE_AT", "after-lock:2000")]);
     std::thread::sleep(std::time::Duration::from_millis(700));
     let busy = s.slipway(&["snapshot"]);
     assert_eq!(busy.code, 5, "{}", busy.stderr);

@@ -350,14 +350,7 @@ fn a_canary_that_fails_its_soak_gets_its_prior_container_back_and_is_recorded_as
     let before = tree_hash(&s.data_dir("t1"));
     let old_id = s.inspect(&names[0])["Id"].clone();
     s.write_fleet(&s.fleet_app(&writer, "canary_soak_s = 6\n"));
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_slipway"))
-        .arg("--config")
-        .arg(s.config_path())
-        .args(["rollout", "--json"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = s.spawn(&["rollout", "--json"], &[]);
     // Once the canary's new version answers (its health gate passes), break it mid-soak.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
@@ -460,14 +453,7 @@ fn a_canary_restarted_by_its_policy_during_the_soak_is_not_healthy() {
     let names = [s.add_tenant("t1", &v1), s.add_tenant("t2", &v1)];
     let old_id = s.inspect(&names[0])["Id"].clone();
     s.write_fleet(&s.fleet_app(&v2, "canary_soak_s = 6\n"));
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_slipway"))
-        .arg("--config")
-        .arg(s.config_path())
-        .args(["rollout", "--json"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = s.spawn(&["rollout", "--json"], &[]);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     while s.try_inspect(&names[0]).is_none_or(|c| c["Config"]["Image"] != v2.as_str() || c["State"]["Running"] != true)
     {

@@ -222,6 +222,24 @@ async fn preflight(loc: &Located, target: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Start the tenant's container again (journaled) and health-check it; Err says why not.
+async fn start_and_check(
+    ctx: &Ctx,
+    engine: &Engine,
+    app: &crate::config::App,
+    name: &str,
+    tenant: &TenantId,
+    held: &HeldContainer,
+) -> Result<std::result::Result<std::time::Duration, String>> {
+    let s = ctx.begin(Some(tenant.as_str()), "start", held)?;
+    let started = engine.start(name).await;
+    ctx.end(s, if started.is_ok() { "ok" } else { "failed" }, None::<&()>)?;
+    Ok(match started {
+        Ok(()) => Prober::new()?.gate(engine, name, &app.health, None).await?.map_err(|u| u.to_string()),
+        Err(e) => Err(e.to_string()),
+    })
+}
+
 /// The desired-state commit, and the app and container of `tenant` in it if it has one.
 async fn tenant_container(
     ctx: &Ctx,
@@ -349,13 +367,7 @@ pub async fn restore(ctx: &Ctx, opts: &RestoreOptions) -> Result<RestoreReport> 
         if restored.is_ok() { "ok" } else { "failed" },
         Some(&serde_json::json!({ "replaced": report.replaced })),
     )?;
-    let s = ctx.begin(Some(opts.tenant.as_str()), "start", &held)?;
-    let started = engine.start(&container.name).await;
-    ctx.end(s, if started.is_ok() { "ok" } else { "failed" }, None::<&()>)?;
-    let health = match &started {
-        Ok(()) => Prober::new()?.gate(&engine, &container.name, &app.health, None).await?.map_err(|u| u.to_string()),
-        Err(e) => Err(e.to_string()),
-    };
+    let health = start_and_check(ctx, &engine, &app, &container.name, &opts.tenant, &held).await?;
     match (&restored, &health) {
         (Ok(n), Ok(_)) => {
             report.entries = *n;
@@ -455,13 +467,7 @@ async fn restore_replaced(ctx: &Ctx, opts: &RestoreOptions, kept: &Path) -> Resu
         if exchanged.is_ok() { "ok" } else { "failed" },
         Some(&serde_json::json!({ "from": kept, "replaced": report.replaced })),
     )?;
-    let s = ctx.begin(Some(opts.tenant.as_str()), "start", &held)?;
-    let started = engine.start(&container.name).await;
-    ctx.end(s, if started.is_ok() { "ok" } else { "failed" }, None::<&()>)?;
-    let health = match &started {
-        Ok(()) => Prober::new()?.gate(&engine, &container.name, &app.health, None).await?.map_err(|u| u.to_string()),
-        Err(e) => Err(e.to_string()),
-    };
+    let health = start_and_check(ctx, &engine, &app, &container.name, &opts.tenant, &held).await?;
     match (&exchanged, &health) {
         (Ok(()), Ok(_)) => {
             report.detail = format!(

@@ -397,6 +397,19 @@ impl Sandbox {
         }
     }
 
+    /// Start slipway with this sandbox's config in the background, stdout and stderr piped.
+    pub fn spawn(&self, args: &[&str], env: &[(&str, &str)]) -> std::process::Child {
+        Command::new(env!("CARGO_BIN_EXE_slipway"))
+            .arg("--config")
+            .arg(self.config_path())
+            .args(args)
+            .envs(env.iter().copied())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
     /// `docker inspect` of a container.
     pub fn inspect(&self, name: &str) -> serde_json::Value {
         let v: serde_json::Value = serde_json::from_str(&docker(&["inspect", name])).unwrap();
