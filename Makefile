@@ -27,7 +27,7 @@ check-deb:
 test:
 	@scripts/testenv.sh up
 	@mkdir -p target; echo "test: building the tests (log: target/test-build.log)"; \
-	  $(CARGO) test --workspace --features test-crash --no-run >target/test-build.log 2>&1 || \
+	  $(CARGO) test --workspace --features test-crash --locked --no-run >target/test-build.log 2>&1 || \
 	  { tail -n 30 target/test-build.log; echo "test: the build failed; the whole log is target/test-build.log"; \
 	    scripts/testenv.sh down; exit 1; }
 	@set -a; . .testenv/env; set +a; \

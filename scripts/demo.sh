@@ -17,13 +17,14 @@ scripts/testenv.sh up
 # shellcheck disable=SC1091
 . .testenv/env
 mkdir -p .demo
-echo "demo: building slipway (cargo build --release; log: .demo/build.log)"
-if ! cargo build --release --locked >.demo/build.log 2>&1; then
+# The same build as `make test`'s (dev profile, features test-crash): make test reuses it.
+echo "demo: building slipway (cargo build --workspace --features test-crash; log: .demo/build.log)"
+if ! cargo build --workspace --features test-crash --locked >.demo/build.log 2>&1; then
   tail -n 30 .demo/build.log >&2
   echo "demo: the build failed; the whole log is .demo/build.log" >&2
   exit 1
 fi
-SLIPWAY=${CARGO_TARGET_DIR:-$ROOT/target}/release/slipway
+SLIPWAY=${CARGO_TARGET_DIR:-$ROOT/target}/debug/slipway
 demo=$(mktemp -d /tmp/slipway-demo.XXXXXX)
 id=demo$$
 net=$id-net

@@ -67,6 +67,7 @@ async fn an_object_is_put_listed_and_read_back_through_s3() {
     let env = Env::get();
     let conf = aws_sdk_s3::config::Builder::new()
         .behavior_version(BehaviorVersion::latest())
+        .http_client(slipway_jobs::adapters::remote::https_client())
         .region(Region::new(env.s3_region.clone()))
         .endpoint_url(&env.s3_endpoint)
         .force_path_style(true)

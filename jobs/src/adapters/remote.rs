@@ -91,6 +91,14 @@ fn is_auth(code: Option<&str>, status: u16) -> bool {
         || status == 403
 }
 
+/// The HTTPS client the SDK uses: rustls with ring, the one TLS stack of the binary.
+pub fn https_client() -> aws_sdk_s3::config::SharedHttpClient {
+    use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider};
+    aws_smithy_http_client::Builder::new()
+        .tls_provider(Provider::Rustls(CryptoMode::Ring))
+        .build_https()
+}
+
 impl Remote {
     /// Build a client for `cfg` (no request is made).
     pub async fn connect(cfg: &RemoteConfig) -> Result<Remote> {
@@ -103,6 +111,7 @@ impl Remote {
             .operation_attempt_timeout(Duration::from_secs(300))
             .build();
         let mut loader = aws_config::defaults(BehaviorVersion::latest())
+            .http_client(https_client())
             .region(Region::new(cfg.region.clone()))
             .retry_config(retry)
             .timeout_config(timeouts);
