@@ -123,7 +123,12 @@ impl Remote {
             let files = aws_runtime::env_config::file::EnvConfigFiles::builder()
                 .with_file(aws_runtime::env_config::file::EnvConfigFileKind::Credentials, file)
                 .build();
+            // The provider builds clients of its own (IMDS, for profiles that chain to it): they
+            // get the one HTTPS client too, else the SDK panics for want of a default one.
+            let provider_config =
+                aws_config::provider_config::ProviderConfig::default().with_http_client(https_client());
             let provider = aws_config::profile::ProfileFileCredentialsProvider::builder()
+                .configure(&provider_config)
                 .profile_files(files)
                 .profile_name("default")
                 .build();
