@@ -39,7 +39,8 @@ pub enum Level {
 
 impl fmt::Display for Level {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+        // `pad`, not `write_str`: the human report aligns the words.
+        f.pad(match self {
             Level::Ok => "ok",
             Level::Warn => "warn",
             Level::Fail => "fail",
@@ -196,7 +197,15 @@ pub async fn doctor(cfg: &HostConfig, config: &Path) -> Result<DoctorReport> {
             checks.push(line(
                 "desired",
                 Level::Fail,
-                format!("desired.repo {}: {e}", desired::redact(&cfg.desired.repo)),
+                {
+                    // Most errors name the repo already; say it once.
+                    let (repo, e) = (desired::redact(&cfg.desired.repo), desired::redact(&e.to_string()));
+                    if e.contains(&repo) {
+                        e
+                    } else {
+                        format!("desired.repo {repo}: {e}")
+                    }
+                },
                 Some(
                     "check desired.repo, desired.branch and desired.file; the branch's head must hold fleet.toml \
                      (`slipway init` writes one to start from)"
@@ -312,7 +321,8 @@ async fn dir_check(key: &'static str, path: PathBuf) -> Result<(Check, DirFacts)
         let detail = format!("{}: writable, {fs}, reflinks: {reflinks}, {free} free", path.display());
         let mode = meta.permissions().mode() & 0o777;
         let check = if mode & 0o077 != 0 {
-            let fix = format!("`chmod 700 {}`: it holds tenant data and the run record", path.display());
+            let holds = if key == "state_dir" { "the run record" } else { "every tenant's data" };
+            let fix = format!("`chmod 700 {}`: it holds {holds}", path.display());
             line(key, Level::Warn, format!("{detail}; mode {mode:04o} lets other users read it"), Some(fix))
         } else {
             line(key, Level::Ok, detail, None)
@@ -329,7 +339,12 @@ fn space_check(free: Option<u64>, largest: Option<&LargestTenant>, total: Option
         } else {
             "the tenants are not known (see the docker and desired lines)"
         };
-        return line("free_space", Level::Warn, format!("cannot compare: {why}"), Some("fix the lines above".into()));
+        return line(
+            "free_space",
+            Level::Warn,
+            format!("cannot compare: {why}"),
+            Some("fix the lines above, then run doctor again".into()),
+        );
     };
     let detail = format!(
         "{} free under {}; the largest tenant, {} of app {}, holds {}; all tenants {}",

@@ -572,7 +572,7 @@ fn propose_app<'a>(
     // select: a label all of them carry that no container of another repository has; else
     // their common name prefix, when no container of another repository starts with it.
     let others_have =
-        |pred: &dyn Fn(&HostContainer) -> bool| everyone.iter().any(|(c, r)| pred(*c) && r.as_deref() != Some(key));
+        |pred: &dyn Fn(&HostContainer) -> bool| everyone.iter().any(|(c, r)| pred(c) && r.as_deref() != Some(key));
     let first = tenants_of[0];
     let mut shared: Vec<(&String, &String)> = operator_labels(first)
         .filter(|(k, v)| tenants_of.iter().all(|c| c.labels.get(*k) == Some(*v) && c.image_labels.get(*k) != Some(*v)))
@@ -959,7 +959,8 @@ mod tests {
 
     #[test]
     fn tenant_ids_come_from_the_names_common_prefix_and_suffix_cut_at_a_separator() {
-        let cases: &[(&[&str], Option<(&str, &str)>)] = &[
+        type Case<'a> = (&'a [&'a str], Option<(&'a str, &'a str)>);
+        let cases: &[Case] = &[
             (&["shop-t1", "shop-t2"], Some(("shop-", ""))),
             (&["shop-acme", "shop-apex", "shop-zed"], Some(("shop-", ""))),
             (&["acme-web", "apex-web"], Some(("", "-web"))),
