@@ -280,3 +280,26 @@ fn an_existing_host_is_adopted_by_init_then_snapshotted_and_rolled() {
         assert_eq!(data, format!("records of {t}\n"));
     }
 }
+
+#[test]
+fn a_name_prefix_select_takes_only_the_containers_whose_name_starts_with_it() {
+    let s = Sandbox::new();
+    let v1 = Env::get().fixture("v1");
+    for t in ["t1", "t2"] {
+        s.add_tenant(t, v1);
+        s.write_data(t, "db/records.txt", t);
+    }
+    // The same labels, another name: a label select would take it, the name select does not.
+    let other = format!("{}x-other", s.id());
+    docker(&["run", "-d", "--name", &other, "--label", &format!("slipway.test={}", s.id()), v1]);
+    let by_label = format!("select = \"slipway.test={}\"", s.id());
+    let fleet = s.fleet_app(v1, "").replace(&by_label, &format!("select = \"name:{}-*\"", s.id()));
+    assert!(fleet.contains("select = \"name:"), "{fleet}");
+    s.write_fleet(&fleet);
+    let out = s.slipway(&["snapshot", "--json"]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    let r: crate::support::reports::Snapshot = out.report();
+    let tenants: Vec<&str> = r.archives.iter().filter_map(|a| a.tenant.as_deref()).collect();
+    assert_eq!(tenants, ["t1", "t2"]);
+    assert!(!out.stderr.contains(&other), "{}", out.stderr);
+}
