@@ -94,9 +94,7 @@ fn is_auth(code: Option<&str>, status: u16) -> bool {
 /// The HTTPS client the SDK uses: rustls with ring, the one TLS stack of the binary.
 pub fn https_client() -> aws_sdk_s3::config::SharedHttpClient {
     use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider};
-    aws_smithy_http_client::Builder::new()
-        .tls_provider(Provider::Rustls(CryptoMode::Ring))
-        .build_https()
+    aws_smithy_http_client::Builder::new().tls_provider(Provider::Rustls(CryptoMode::Ring)).build_https()
 }
 
 impl Remote {
@@ -421,6 +419,19 @@ impl Remote {
                 .map_err(|e| self.err(&format!("deleting {k}"), e))?;
         }
         Ok(())
+    }
+
+    /// HEAD the bucket: it exists and the credentials may use it.
+    pub async fn head_bucket(&self) -> Result<()> {
+        match self.client.head_bucket().bucket(&self.bucket).send().await {
+            Ok(_) => Ok(()),
+            Err(SdkError::ServiceError(s)) if s.err().is_not_found() => Err(Error::Remote {
+                place: self.place.clone(),
+                op: "checking the bucket".into(),
+                detail: "no such bucket; create it (or fix remote.bucket)".into(),
+            }),
+            Err(e) => Err(self.err("checking the bucket", e)),
+        }
     }
 
     /// Create the bucket if it does not exist (tests, first use).
