@@ -15,3 +15,5 @@ mod ops;
 mod rollout;
 mod safety;
 mod trust;
+mod undo_errors;
+mod volumes;

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use bollard::models::{
     ContainerConfig, ContainerCreateBody, ContainerInspectResponse, ContainerStateStatusEnum, ContainerUpdateBody,
-    EndpointSettings, ImageConfig, NetworkConnectRequest, NetworkingConfig, RestartPolicy, RestartPolicyNameEnum,
+    EndpointSettings, ImageConfig, Mount, MountType, NetworkConnectRequest, NetworkingConfig, RestartPolicy, RestartPolicyNameEnum,
 };
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, CreateImageOptionsBuilder, ListContainersOptionsBuilder,
@@ -54,6 +54,41 @@ pub struct TenantContainer {
     pub networks: Vec<String>,
     /// Its network mode: a network name, `bridge`, `host`, `none` or `container:<id>`.
     pub network_mode: String,
+    /// What is mounted into it (binds, volumes, tmpfs), as the engine reports it.
+    pub mounts: Vec<TenantMount>,
+}
+
+/// One mount of a tenant's container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TenantMount {
+    /// `bind`, `volume`, `tmpfs`, …
+    pub kind: String,
+    /// The host path of a bind, the name of a volume; empty for a tmpfs.
+    pub source: String,
+    /// Where it is mounted in the container.
+    pub destination: String,
+    /// Mounted read-write.
+    pub writable: bool,
+}
+
+impl TenantMount {
+    /// Whether this is a volume Docker named itself (an image's `VOLUME`, `-v /path`,
+    /// `--mount type=volume` without a source): 64 hex digits.
+    pub fn is_anonymous_volume(&self) -> bool {
+        self.kind == "volume" && self.source.len() == 64 && self.source.bytes().all(|b| b.is_ascii_hexdigit())
+    }
+
+    /// How an operator would name it: `bind /srv/x`, `volume "cache"`, `anonymous volume 3f2a…`.
+    pub fn describe(&self) -> String {
+        match self.kind.as_str() {
+            "bind" => format!("bind mount {} at {}", self.source, self.destination),
+            "volume" if self.is_anonymous_volume() => {
+                format!("anonymous volume {} at {}", &self.source[..12], self.destination)
+            }
+            "volume" => format!("volume \"{}\" at {}", self.source, self.destination),
+            k => format!("{k} mount at {}", self.destination),
+        }
+    }
 }
 
 impl TenantContainer {
@@ -278,6 +313,7 @@ impl Engine {
                 state: c.state.map(|s| s.to_string()).unwrap_or_default(),
                 networks,
                 network_mode: c.host_config.and_then(|h| h.network_mode).unwrap_or_default(),
+                mounts: c.mounts.unwrap_or_default().into_iter().map(tenant_mount).collect(),
             });
         }
         out.sort_by(|a, b| a.tenant.cmp(&b.tenant));
@@ -538,6 +574,19 @@ impl Engine {
     }
 }
 
+/// A mount as the jobs see it: a volume by its name, a bind by its host path.
+fn tenant_mount(m: bollard::models::MountPoint) -> TenantMount {
+    let kind = m.typ.map_or(String::new(), |t| t.to_string());
+    let name = m.name.filter(|n| !n.is_empty());
+    let source = if kind == "volume" { name.or(m.source) } else { m.source.or(name) };
+    TenantMount {
+        kind,
+        source: source.unwrap_or_default(),
+        destination: m.destination.unwrap_or_default(),
+        writable: m.rw.unwrap_or(true),
+    }
+}
+
 /// `sha256:<hex>` of a label value: what the journal keeps instead of the value.
 fn value_hash(value: &str) -> String {
     use sha2::{Digest as _, Sha256};
@@ -633,22 +682,44 @@ impl ContainerSpec {
             .collect();
         let networks =
             self.networks().into_iter().map(|(net, _, aliases)| (net, aliases.into_iter().collect())).collect();
+        // A volume by its name, a bind by its host path: an anonymous volume carried to the
+        // new container by name is the same mount.
         let mounts = self
             .inspect
             .mounts
             .clone()
             .unwrap_or_default()
             .into_iter()
-            .map(|m| {
-                let src = m.name.or(m.source).unwrap_or_default();
-                format!(
-                    "{src}:{}:{}",
-                    m.destination.unwrap_or_default(),
-                    if m.rw.unwrap_or(true) { "rw" } else { "ro" }
-                )
-            })
+            .map(tenant_mount)
+            .map(|m| format!("{}:{}:{}", m.source, m.destination, if m.writable { "rw" } else { "ro" }))
             .collect();
         OperatorSettings { name: self.name(), labels, networks, mounts, env_keys }
+    }
+
+    /// The volumes the container has that its create options do not name (an image's
+    /// `VOLUME`, `-v /path`, `--mount type=volume` without a source), as (name, destination,
+    /// read-only). Recreated as they were, they would come back as fresh, empty volumes.
+    fn unnamed_volumes(&self) -> Vec<(String, String, bool)> {
+        let host = self.inspect.host_config.clone().unwrap_or_default();
+        // `source:destination[:options]`: the destination is the second field.
+        let mut named: BTreeSet<String> =
+            host.binds.unwrap_or_default().iter().filter_map(|b| b.split(':').nth(1).map(str::to_string)).collect();
+        named.extend(
+            host.mounts
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|m| m.source.as_deref().is_some_and(|s| !s.is_empty()))
+                .filter_map(|m| m.target),
+        );
+        self.inspect
+            .mounts
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .map(tenant_mount)
+            .filter(|m| m.kind == "volume" && !m.source.is_empty() && !named.contains(&m.destination))
+            .map(|m| (m.source, m.destination, !m.writable))
+            .collect()
     }
 
     /// The create body for the same container on `image`, and the networks to connect after
@@ -701,7 +772,23 @@ impl ContainerSpec {
                 (net, endpoint)
             })
             .collect();
-        let host = self.inspect.host_config.clone().unwrap_or_default();
+        let mut host = self.inspect.host_config.clone().unwrap_or_default();
+        // Anonymous volumes go to the new container by name, at the same destination (as
+        // Compose does): what they hold stays with the tenant.
+        let unnamed = self.unnamed_volumes();
+        if !unnamed.is_empty() {
+            let mut mounts = host.mounts.take().unwrap_or_default();
+            mounts.retain(|m| !unnamed.iter().any(|(_, dest, _)| m.target.as_ref() == Some(dest)));
+            mounts.extend(unnamed.iter().map(|(name, dest, read_only)| Mount {
+                target: Some(dest.clone()),
+                source: Some(name.clone()),
+                typ: Some(MountType::VOLUME),
+                read_only: Some(*read_only),
+                ..Default::default()
+            }));
+            host.mounts = Some(mounts);
+        }
+        let vols: Vec<String> = vols.into_iter().filter(|v| !unnamed.iter().any(|(_, dest, _)| dest == v)).collect();
         let mode = host.network_mode.clone().unwrap_or_default();
         // The network named by NetworkMode goes in the create call; the rest are connected after.
         nets.sort_by_key(|(n, _)| (n != &mode, n.clone()));
@@ -785,6 +872,7 @@ mod tests {
             state: "running".into(),
             networks: networks.iter().map(|s| s.to_string()).collect(),
             network_mode: mode.into(),
+            mounts: Vec::new(),
         }
     }
 
