@@ -1,8 +1,8 @@
 //! Where a tenant keeps its state (issue 11, item 5): everything it writes must be in its data
 //! dir, the one thing a rollout snapshots. A writable mount outside it, a data dir the
 //! container does not mount, a data dir that is a symlink or a mount point are refused at plan
-//! time (exit 2, nothing touched); a read-only volume, named or anonymous, goes to the new
-//! container by name.
+//! time (exit 2, nothing touched); a read-only volume, and a volume at a path the app names
+//! in `scratch_mounts`, go to the new container by name (an anonymous one too).
 
 use std::process::Command;
 
@@ -96,37 +96,34 @@ fn a_writable_anonymous_volume_is_refused_at_plan_time() {
 }
 
 #[test]
-fn read_only_volumes_named_and_anonymous_are_carried_to_the_new_container_by_name() {
+fn a_read_only_volume_and_a_scratch_anonymous_volume_are_carried_to_the_new_container_by_name() {
     let s = Sandbox::new();
     let v1 = s.push_fixture_as("v1", "app");
     let v2 = s.push_fixture_as("v2", "app");
     let named = Volume(format!("{}-assets", s.id()));
     docker(&["volume", "create", &named.0]);
-    let name = s.add_tenant_with(
-        "t1",
-        &v1,
-        &["--volume", &format!("{}:/assets:ro", named.0), "--mount", "type=volume,dst=/cache,readonly"],
-    );
+    // Docker refuses a read-only anonymous volume; a cache the operator declares scratch is
+    // the anonymous volume a tenant may have.
+    let name = s.add_tenant_with("t1", &v1, &["--volume", &format!("{}:/assets:ro", named.0), "--volume", "/cache"]);
     let anon = Volume(volume_at(&s, &name, "/cache").unwrap());
-    // What the volumes hold (written from a helper container: the tenant mounts them read-only).
     for v in [&named.0, &anon.0] {
         let mount = format!("{v}:/v");
         docker(&["run", "--rm", "-v", &mount, "--entrypoint", "/bin/busybox", &v1, "sh", "-c", "echo kept > /v/f"]);
     }
     let id = s.inspect(&name)["Id"].clone();
-    s.write_fleet(&s.fleet_app(&v2, ""));
+    s.write_fleet(&s.fleet_app(&v2, "scratch_mounts = [\"/cache\"]\n"));
     let out = s.slipway(&["rollout", "--json"]);
     assert_eq!(out.code, 0, "{} {}", out.stdout, out.stderr);
     let report: Rollout = out.report();
     assert_eq!(report.apps[0].tenants[0].outcome, "rolled", "{:?}", report.apps[0].tenants[0]);
     assert_ne!(s.inspect(&name)["Id"], id);
     assert_eq!(s.image_of(&name), v2);
-    // The same volumes, by name, at the same places, read-only as before.
+    // The same volumes, by name, at the same places, as writable as before.
     assert_eq!(volume_at(&s, &name, "/assets").as_deref(), Some(named.0.as_str()));
     assert_eq!(volume_at(&s, &name, "/cache").as_deref(), Some(anon.0.as_str()), "the anonymous volume was not carried");
-    for dest in ["/assets", "/cache"] {
+    for (dest, rw) in [("/assets", false), ("/cache", true)] {
         let m = s.inspect(&name)["Mounts"].as_array().unwrap().iter().find(|m| m["Destination"] == dest).cloned();
-        assert_eq!(m.unwrap()["RW"], false, "{dest} became writable");
+        assert_eq!(m.unwrap()["RW"], rw, "{dest}");
         let file = format!("{dest}/f");
         assert_eq!(docker(&["exec", &name, "/bin/busybox", "cat", &file]), "kept");
     }

@@ -279,7 +279,7 @@ pub fn plan(
         .filter(|c| only.is_empty() || only.contains(&c.tenant))
         .filter(|c| c.digest.as_ref() != Some(pinned) && !app.hold.contains(&c.tenant))
         .filter(|c| c.is_running() || app.include_stopped)
-        .flat_map(|c| data_problems(&app.data_dir_of(&c.tenant), c))
+        .flat_map(|c| data_problems(&app.data_dir_of(&c.tenant), c, &app.scratch_mounts))
         .collect();
     if !unsafe_data.is_empty() {
         return Err(Error::Config(format!(
@@ -354,9 +354,10 @@ pub fn plan(
 /// (a restore swaps the dir by a rename) — that the container bind-mounts, and no other
 /// writable mount may hold state: a named volume, an anonymous one (an image's `VOLUME`, `-v
 /// /path`) or a bind outside the data dir is refused unless it is read-only. A tmpfs, and a
-/// bind of a socket or a device, hold nothing to snapshot. A data dir that does not exist is
-/// not a problem here: the plan skips that tenant.
-fn data_problems(data_dir: &Path, c: &TenantContainer) -> Vec<String> {
+/// bind of a socket or a device, hold nothing to snapshot; nor does a mount at one of the
+/// app's `scratch_mounts`, by the operator's word. A data dir that does not exist is not a
+/// problem here: the plan skips that tenant.
+fn data_problems(data_dir: &Path, c: &TenantContainer, scratch: &[String]) -> Vec<String> {
     let who = |why: String| format!("tenant {} (container {}): {why}", c.tenant, c.name);
     match std::fs::symlink_metadata(data_dir) {
         Ok(m) if m.file_type().is_symlink() => {
@@ -410,18 +411,25 @@ fn data_problems(data_dir: &Path, c: &TenantContainer) -> Vec<String> {
         )));
     }
     for m in &c.mounts {
-        if !m.writable || !matches!(m.kind.as_str(), "bind" | "volume") || in_data_dir(m) || holds_no_state(m) {
+        let by_word = scratch.iter().any(|s| Path::new(s) == Path::new(&m.destination));
+        if !m.writable || !matches!(m.kind.as_str(), "bind" | "volume") || by_word || in_data_dir(m) || holds_no_state(m)
+        {
             continue;
         }
         let fix = if m.is_anonymous_volume() {
             format!(
-                "bind-mount a dir under {} at {} instead, or mount the volume read-only (it is then carried to \
-                 the new container by name)",
+                "bind-mount a dir under {} at {} instead, or, if it holds no customer data (a cache), list it \
+                 in the app's scratch_mounts",
                 data_dir.display(),
                 m.destination
             )
         } else {
-            format!("mount it read-only, or move its data under {} and bind-mount it from there", data_dir.display())
+            format!(
+                "mount it read-only, or move its data under {} and bind-mount it from there, or, if it holds no \
+                 customer data (a cache), list {} in the app's scratch_mounts",
+                data_dir.display(),
+                m.destination
+            )
         };
         problems.push(who(format!(
             "its {} is writable and outside its data dir {}, so a rollout snapshot would miss what it holds: {fix}",
@@ -1011,7 +1019,7 @@ mod tests {
             (mount("bind", "/srv/shared", "/shared", true), Some(&["bind mount /srv/shared at /shared", "read-only"])),
         ];
         for (extra, want) in cases {
-            let problems = data_problems(&data, &tenant(vec![bound.clone(), extra.clone()]));
+            let problems = data_problems(&data, &tenant(vec![bound.clone(), extra.clone()]), &[]);
             match want {
                 None => assert!(problems.is_empty(), "{extra:?}: {problems:?}"),
                 Some(words) => {
@@ -1019,6 +1027,10 @@ mod tests {
                     for w in words {
                         assert!(problems[0].contains(w) && problems[0].contains("tenant t1"), "{w}: {problems:?}");
                     }
+                    // The operator's word that it holds no customer data lets it pass.
+                    let scratch = [extra.destination.clone()];
+                    let by_word = data_problems(&data, &tenant(vec![bound.clone(), extra.clone()]), &scratch);
+                    assert!(by_word.is_empty(), "{extra:?}: {by_word:?}");
                 }
             }
         }
@@ -1030,13 +1042,13 @@ mod tests {
         let data = root.path().join("t1");
         std::fs::create_dir_all(&data).unwrap();
         let elsewhere = mount("bind", "/srv/other", "/data", false);
-        let p = data_problems(&data, &tenant(vec![elsewhere]));
+        let p = data_problems(&data, &tenant(vec![elsewhere]), &[]);
         assert!(p.len() == 1 && p[0].contains("does not bind-mount its data dir"), "{p:?}");
         let link = root.path().join("t2");
         std::os::unix::fs::symlink(&data, &link).unwrap();
-        let p = data_problems(&link, &tenant(vec![mount("bind", &link.display().to_string(), "/data", true)]));
+        let p = data_problems(&link, &tenant(vec![mount("bind", &link.display().to_string(), "/data", true)]), &[]);
         assert!(p.len() == 1 && p[0].contains("symlink"), "{p:?}");
         // A missing data dir is the plan's to skip (with its reason), not a refusal.
-        assert!(data_problems(&root.path().join("t3"), &tenant(Vec::new())).is_empty());
+        assert!(data_problems(&root.path().join("t3"), &tenant(Vec::new()), &[]).is_empty());
     }
 }
