@@ -120,7 +120,11 @@ fn a_read_only_volume_and_a_scratch_anonymous_volume_are_carried_to_the_new_cont
     assert_eq!(s.image_of(&name), v2);
     // The same volumes, by name, at the same places, as writable as before.
     assert_eq!(volume_at(&s, &name, "/assets").as_deref(), Some(named.0.as_str()));
-    assert_eq!(volume_at(&s, &name, "/cache").as_deref(), Some(anon.0.as_str()), "the anonymous volume was not carried");
+    assert_eq!(
+        volume_at(&s, &name, "/cache").as_deref(),
+        Some(anon.0.as_str()),
+        "the anonymous volume was not carried"
+    );
     for (dest, rw) in [("/assets", false), ("/cache", true)] {
         let m = s.inspect(&name)["Mounts"].as_array().unwrap().iter().find(|m| m["Destination"] == dest).cloned();
         assert_eq!(m.unwrap()["RW"], rw, "{dest}");

@@ -6,8 +6,10 @@
 //! failed step, or a SIGINT/SIGTERM/SIGHUP between steps before the new version passed its
 //! health gate. The undo ([`undo_tenant`]) removes the new container, restores the data from
 //! the snapshot when the new version may have written to it, brings the prior container back,
-//! starts and health-checks it; the run halts. Customer data is never changed before a
-//! verified snapshot of it exists.
+//! starts and health-checks it; the run halts. A step whose journal row cannot be written is
+//! not taken, and once the tenant is stopped that undoes it too. Customer data is never
+//! changed before a verified snapshot of it exists, and the plan refuses (before any tenant is
+//! stopped) a tenant that keeps state outside its data dir, where the snapshot cannot see it.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -382,7 +384,9 @@ fn data_problems(data_dir: &Path, c: &TenantContainer, scratch: &[String]) -> Ve
                 data_dir.display()
             ))]
         }
-        Err(e) => return vec![who(format!("cannot tell whether its data dir {} is a mount point: {e}", data_dir.display()))],
+        Err(e) => {
+            return vec![who(format!("cannot tell whether its data dir {} is a mount point: {e}", data_dir.display()))]
+        }
     }
     let real = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
     let data_real = real(data_dir);
@@ -412,7 +416,11 @@ fn data_problems(data_dir: &Path, c: &TenantContainer, scratch: &[String]) -> Ve
     }
     for m in &c.mounts {
         let by_word = scratch.iter().any(|s| Path::new(s) == Path::new(&m.destination));
-        if !m.writable || !matches!(m.kind.as_str(), "bind" | "volume") || by_word || in_data_dir(m) || holds_no_state(m)
+        if !m.writable
+            || !matches!(m.kind.as_str(), "bind" | "volume")
+            || by_word
+            || in_data_dir(m)
+            || holds_no_state(m)
         {
             continue;
         }

@@ -3,7 +3,9 @@
 //! container and data from its [`TenantJournal`] alone, whatever step it was caught in.
 //!
 //! Every action is idempotent and journaled as an [`UndoStep`], so `recover` can run this
-//! again after a crash in the middle of it.
+//! again after a crash in the middle of it. Nothing here returns early with the tenant down: a
+//! journal write that fails is noted and the undo goes on, an engine error ends it with an
+//! [`UndoResult`] that says what was done and what was not (exit 4: a person is needed).
 
 use serde::Serialize;
 

@@ -1,6 +1,7 @@
 //! The Docker engine adapter: the few container and image operations the jobs need, with
 //! domain types in and out. It owns the rule for recreating a tenant's container on a new
-//! image: carry over what the operator set (labels, env, binds and volumes, networks with
+//! image: carry over what the operator set (labels, env, binds and volumes — an anonymous
+//! volume by its name, as Compose does, so it never comes back empty — networks with
 //! aliases, restart policy, limits, ports, log config) and drop what came from the old image's
 //! defaults (Cmd, Entrypoint, image Env and Labels, ExposedPorts, WorkingDir, User,
 //! Healthcheck), by comparing the container's config with its old image's config.
@@ -12,7 +13,8 @@ use std::time::Duration;
 
 use bollard::models::{
     ContainerConfig, ContainerCreateBody, ContainerInspectResponse, ContainerStateStatusEnum, ContainerUpdateBody,
-    EndpointSettings, ImageConfig, Mount, MountType, NetworkConnectRequest, NetworkingConfig, RestartPolicy, RestartPolicyNameEnum,
+    EndpointSettings, ImageConfig, Mount, MountType, NetworkConnectRequest, NetworkingConfig, RestartPolicy,
+    RestartPolicyNameEnum,
 };
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, CreateImageOptionsBuilder, ListContainersOptionsBuilder,
@@ -576,7 +578,7 @@ impl Engine {
 
 /// A mount as the jobs see it: a volume by its name, a bind by its host path.
 fn tenant_mount(m: bollard::models::MountPoint) -> TenantMount {
-    let kind = m.typ.map_or(String::new(), |t| t.to_string());
+    let kind = m.typ.unwrap_or_default();
     let name = m.name.filter(|n| !n.is_empty());
     let source = if kind == "volume" { name.or(m.source) } else { m.source.or(name) };
     TenantMount {
@@ -861,6 +863,7 @@ impl OperatorSettings {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bollard::models::{HostConfig, MountPoint};
 
     fn tenant(mode: &str, networks: &[&str]) -> TenantContainer {
         TenantContainer {
@@ -874,6 +877,59 @@ mod tests {
             network_mode: mode.into(),
             mounts: Vec::new(),
         }
+    }
+
+    fn mount_point(kind: &str, name: Option<&str>, source: &str, destination: &str, rw: bool) -> MountPoint {
+        MountPoint {
+            typ: Some(kind.into()),
+            name: name.map(str::to_string),
+            source: Some(source.into()),
+            destination: Some(destination.into()),
+            rw: Some(rw),
+            ..Default::default()
+        }
+    }
+
+    /// A tenant with its data dir bound, a named volume and an anonymous one (from `-v /cache`).
+    fn spec_with_volumes(anon: &str) -> ContainerSpec {
+        let inspect = ContainerInspectResponse {
+            id: Some("0123456789abcdef".into()),
+            name: Some("/pulse-t1".into()),
+            config: Some(ContainerConfig { volumes: Some(vec!["/cache".into()]), ..Default::default() }),
+            host_config: Some(HostConfig {
+                binds: Some(vec!["/data/t1:/data".into(), "assets:/assets:ro".into()]),
+                ..Default::default()
+            }),
+            mounts: Some(vec![
+                mount_point("bind", None, "/data/t1", "/data", true),
+                mount_point("volume", Some("assets"), "/var/lib/docker/volumes/assets/_data", "/assets", false),
+                mount_point("volume", Some(anon), &format!("/var/lib/docker/volumes/{anon}/_data"), "/cache", true),
+            ]),
+            ..Default::default()
+        };
+        ContainerSpec { inspect, image_config: ImageConfig::default() }
+    }
+
+    #[test]
+    fn an_anonymous_volume_is_created_by_name_and_the_check_finds_it_the_same() {
+        let anon = "ab".repeat(32);
+        let old = spec_with_volumes(&anon);
+        let (body, _) = old.create_body("reg/pulse@sha256:x");
+        let host = body.host_config.unwrap();
+        let mounts = host.mounts.unwrap_or_default();
+        assert_eq!(mounts.len(), 1, "{mounts:?}");
+        assert_eq!(mounts[0].source.as_deref(), Some(anon.as_str()));
+        assert_eq!(mounts[0].target.as_deref(), Some("/cache"));
+        assert_eq!(mounts[0].typ, Some(MountType::VOLUME));
+        // Not asked for again as a fresh anonymous volume; the named one stays a bind string.
+        assert!(body.volumes.unwrap_or_default().is_empty());
+        assert_eq!(host.binds.unwrap().len(), 2);
+        // The new container has the same volume by name: nothing was lost.
+        let new = spec_with_volumes(&anon);
+        assert!(old.operator_settings().lost_in(&new.actual_settings()).is_empty());
+        // A fresh anonymous volume in its place is a lost mount, named in the check.
+        let lost = old.operator_settings().lost_in(&spec_with_volumes(&"cd".repeat(32)).actual_settings());
+        assert_eq!(lost, vec![format!("mount {anon}:/cache:rw")]);
     }
 
     #[test]
