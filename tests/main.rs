@@ -16,3 +16,5 @@ mod ops;
 mod rollout;
 mod safety;
 mod trust;
+mod undo_errors;
+mod volumes;

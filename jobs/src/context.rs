@@ -116,6 +116,7 @@ impl Ctx {
 
     /// Journal a step as begun with its undo detail.
     pub fn begin(&self, tenant: Option<&str>, step: &str, detail: &impl Serialize) -> Result<i64> {
+        journal_refused()?;
         let d =
             serde_json::to_string(detail).map_err(|source| Error::Json { what: "a journal step's detail", source })?;
         Ok(self.store.begin_step(self.run_id.as_str(), tenant, step, &d)?)
@@ -141,9 +142,27 @@ impl Ctx {
 
     /// Journal a step as ended.
     pub fn end(&self, step: i64, outcome: &str, detail: Option<&impl Serialize>) -> Result<()> {
+        journal_refused()?;
         let d = detail.map(|d| serde_json::to_string(d).unwrap_or_default());
         Ok(self.store.end_step(step, outcome, d.as_deref())?)
     }
+}
+
+/// Set once the point `SLIPWAY_TEST_JOURNAL_FAILS_FROM` names is reached: from then on every
+/// journal write fails, as on a state.db that is locked or whose disk is full.
+#[cfg(feature = "test-crash")]
+static JOURNAL_REFUSES: AtomicBool = AtomicBool::new(false);
+
+/// A test-only fault: with the `test-crash` feature, the journal writes after the crash point
+/// `SLIPWAY_TEST_JOURNAL_FAILS_FROM` names fail.
+fn journal_refused() -> Result<()> {
+    #[cfg(feature = "test-crash")]
+    if JOURNAL_REFUSES.load(Ordering::SeqCst) {
+        return Err(Error::Other(
+            "state.db: database is locked (injected by SLIPWAY_TEST_JOURNAL_FAILS_FROM)".to_string(),
+        ));
+    }
+    Ok(())
 }
 
 /// A test-only refusal: with the `test-crash` feature and `SLIPWAY_TEST_REFUSE=<what>`, the
@@ -175,6 +194,7 @@ pub fn test_pause(point: &str) {
 /// destructors, no journal update, like SIGKILL) when `SLIPWAY_TEST_CRASH_AT` names `point`;
 /// with `SLIPWAY_TEST_SIGNAL_AT` naming it (`<point>` or `<point>:<SIGNAL>`, e.g.
 /// `after-stop:HUP`), the process sends itself that signal (default TERM) and goes on.
+/// With `SLIPWAY_TEST_JOURNAL_FAILS_FROM` naming it, every later journal write fails.
 /// Either way it first writes `slipway test point reached: <point>` to stderr, so a test can
 /// tell a point that was reached from one that was misspelled or never reached.
 /// Without the feature it compiles to nothing.
@@ -186,6 +206,10 @@ pub fn crash_point(point: &str) {
         let reached = || {
             let _ = writeln!(std::io::stderr(), "slipway test point reached: {point}");
         };
+        if std::env::var("SLIPWAY_TEST_JOURNAL_FAILS_FROM").is_ok_and(|p| p == point) {
+            reached();
+            JOURNAL_REFUSES.store(true, Ordering::SeqCst);
+        }
         if std::env::var("SLIPWAY_TEST_CRASH_AT").is_ok_and(|p| p == point) {
             reached();
             std::process::abort();

@@ -6,8 +6,10 @@
 //! failed step, or a SIGINT/SIGTERM/SIGHUP between steps before the new version passed its
 //! health gate. The undo ([`undo_tenant`]) removes the new container, restores the data from
 //! the snapshot when the new version may have written to it, brings the prior container back,
-//! starts and health-checks it; the run halts. Customer data is never changed before a
-//! verified snapshot of it exists.
+//! starts and health-checks it; the run halts. A step whose journal row cannot be written is
+//! not taken, and once the tenant is stopped that undoes it too. Customer data is never
+//! changed before a verified snapshot of it exists, and the plan refuses (before any tenant is
+//! stopped) a tenant that keeps state outside its data dir, where the snapshot cannot see it.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -17,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::adapters::archive;
 use crate::adapters::desired;
-use crate::adapters::docker::{ContainerSpec, Engine, Restart, TenantContainer, Unmapped};
+use crate::adapters::docker::{ContainerSpec, Engine, Restart, TenantContainer, TenantMount, Unmapped};
 use crate::adapters::health::Prober;
 use crate::config::{App, HealthSpec};
 use crate::context::Ctx;
@@ -272,6 +274,22 @@ pub fn plan(
             unprobeable.join("; ")
         )));
     }
+    // Everything a tenant keeps must be in its data dir, or the snapshot taken after the stop
+    // would miss it: checked for every tenant before the first is stopped.
+    let unsafe_data: Vec<String> = tenants
+        .iter()
+        .filter(|c| only.is_empty() || only.contains(&c.tenant))
+        .filter(|c| c.digest.as_ref() != Some(pinned) && !app.hold.contains(&c.tenant))
+        .filter(|c| c.is_running() || app.include_stopped)
+        .flat_map(|c| data_problems(&app.data_dir_of(&c.tenant), c, &app.scratch_mounts))
+        .collect();
+    if !unsafe_data.is_empty() {
+        return Err(Error::Config(format!(
+            "app \"{}\": a rollout snapshot would not hold all of a tenant's state, so nothing was touched: {}",
+            app.name,
+            unsafe_data.join("; ")
+        )));
+    }
     let mut items = Vec::new();
     let mut held = Vec::new();
     let mut up_to_date = Vec::new();
@@ -330,6 +348,104 @@ pub fn plan(
         stopped,
         skipped,
     })
+}
+
+/// Why a rollout of tenant `c` could lose state its snapshot misses, checked at plan time
+/// (before any tenant is stopped): its data dir must be a directory of its own — not a symlink
+/// (the snapshot and a restore act on the dir itself, never through a link), not a mount point
+/// (a restore swaps the dir by a rename) — that the container bind-mounts, and no other
+/// writable mount may hold state: a named volume, an anonymous one (an image's `VOLUME`, `-v
+/// /path`) or a bind outside the data dir is refused unless it is read-only. A tmpfs, and a
+/// bind of a socket or a device, hold nothing to snapshot; nor does a mount at one of the
+/// app's `scratch_mounts`, by the operator's word. A data dir that does not exist is not a
+/// problem here: the plan skips that tenant.
+fn data_problems(data_dir: &Path, c: &TenantContainer, scratch: &[String]) -> Vec<String> {
+    let who = |why: String| format!("tenant {} (container {}): {why}", c.tenant, c.name);
+    match std::fs::symlink_metadata(data_dir) {
+        Ok(m) if m.file_type().is_symlink() => {
+            let to = std::fs::read_link(data_dir).map_or_else(|_| "?".to_string(), |t| t.display().to_string());
+            return vec![who(format!(
+                "its data dir {} is a symlink (to {to}); slipway snapshots and restores the dir itself, never \
+                 through a link: set data_dir to the real path",
+                data_dir.display()
+            ))];
+        }
+        Ok(m) if m.is_dir() => {}
+        _ => return Vec::new(),
+    }
+    match crate::fsutil::is_mount_point(data_dir) {
+        Ok(false) => {}
+        Ok(true) => {
+            return vec![who(format!(
+                "its data dir {} is a mount point; a restore replaces the data dir by a rename, which a mount \
+                 point cannot take: make data_dir a directory inside that filesystem (e.g. {}/data) and \
+                 bind-mount that",
+                data_dir.display(),
+                data_dir.display()
+            ))]
+        }
+        Err(e) => {
+            return vec![who(format!("cannot tell whether its data dir {} is a mount point: {e}", data_dir.display()))]
+        }
+    }
+    let real = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    let data_real = real(data_dir);
+    let in_data_dir = |m: &TenantMount| {
+        let src = Path::new(&m.source);
+        m.kind == "bind" && (src.starts_with(data_dir) || real(src).starts_with(&data_real))
+    };
+    // A socket or a device holds nothing a snapshot could take (docker.sock, /dev/fuse).
+    let holds_no_state = |m: &TenantMount| {
+        use std::os::unix::fs::FileTypeExt;
+        m.kind == "bind"
+            && std::fs::metadata(&m.source).is_ok_and(|md| {
+                let t = md.file_type();
+                t.is_socket() || t.is_char_device() || t.is_block_device() || t.is_fifo()
+            })
+    };
+    let mut problems = Vec::new();
+    if !c.mounts.iter().any(in_data_dir) {
+        let mounts: Vec<String> = c.mounts.iter().map(TenantMount::describe).collect();
+        problems.push(who(format!(
+            "the container does not bind-mount its data dir {} (its mounts: {}), so a snapshot of that dir \
+             would hold none of its state: bind-mount {} into the container, or fix data_dir",
+            data_dir.display(),
+            if mounts.is_empty() { "none".to_string() } else { mounts.join(", ") },
+            data_dir.display()
+        )));
+    }
+    for m in &c.mounts {
+        let by_word = scratch.iter().any(|s| Path::new(s) == Path::new(&m.destination));
+        if !m.writable
+            || !matches!(m.kind.as_str(), "bind" | "volume")
+            || by_word
+            || in_data_dir(m)
+            || holds_no_state(m)
+        {
+            continue;
+        }
+        let fix = if m.is_anonymous_volume() {
+            format!(
+                "bind-mount a dir under {} at {} instead, or, if it holds no customer data (a cache), list it \
+                 in the app's scratch_mounts",
+                data_dir.display(),
+                m.destination
+            )
+        } else {
+            format!(
+                "mount it read-only, or move its data under {} and bind-mount it from there, or, if it holds no \
+                 customer data (a cache), list {} in the app's scratch_mounts",
+                data_dir.display(),
+                m.destination
+            )
+        };
+        problems.push(who(format!(
+            "its {} is writable and outside its data dir {}, so a rollout snapshot would miss what it holds: {fix}",
+            m.describe(),
+            data_dir.display()
+        )));
+    }
+    problems
 }
 
 /// What every tenant of one app's rollout shares.
@@ -491,6 +607,8 @@ struct TenantRoll<'a> {
     timings: StepTimings,
     /// Stop begun → the new version healthy.
     downtime: Option<Duration>,
+    /// What a rolled tenant's report should say besides its outcome.
+    notes: Vec<String>,
 }
 
 /// Roll one tenant through [`Step::ALL`]. A failed step or a signal between steps undoes the
@@ -548,6 +666,7 @@ async fn roll_tenant(run: &AppRun<'_>, item: &PlanItem, manifest: &mut Manifest,
         t0: Instant::now(),
         timings: StepTimings::default(),
         downtime: None,
+        notes: Vec::new(),
     };
     t.go().await
 }
@@ -568,19 +687,55 @@ impl TenantRoll<'_> {
             if let Some(last) = last.filter(|_| ctx.cancel.is_cancelled() && !step.after_health_gate()) {
                 return self.undo_from(last, "interrupted by a signal".into()).await;
             }
-            let id = ctx.begin(Some(tenant), step.as_str(), &self.j)?;
+            // A step that cannot be journaled is not taken: without its row, a crash in it
+            // would leave `recover` blind. Once the tenant is stopped, that undoes it here.
+            let id = match ctx.begin(Some(tenant), step.as_str(), &self.j) {
+                Ok(id) => id,
+                Err(e) => {
+                    let why = format!("state.db could not record step {step} as begun: {e}");
+                    match last {
+                        None => return Ok(self.report(TenantOutcome::Restored, Some(format!("not touched: {why}")))),
+                        // Only the cleanup is left: the prior container stays aside, untidy.
+                        Some(_) if !step.failure_undoes() => {
+                            tracing::warn!("tenant {tenant}: {why}; {} is kept", self.j.pre_name);
+                            self.notes.push(format!("{why}; the prior container {} is kept", self.j.pre_name));
+                            continue;
+                        }
+                        Some(last) => return self.undo_from(last, why).await,
+                    }
+                }
+            };
             step.during().reach();
             let began = Instant::now();
             let result = self.run_step(step).await;
             self.timings.record(step, began.elapsed());
-            ctx.end(id, if result.is_ok() { "ok" } else { "failed" }, Some(&self.j))?;
+            // The step has acted: a failure to journal its end undoes the tenant like a failed
+            // step (a cleanup has nothing left to undo).
+            let result = match ctx.end(id, if result.is_ok() { "ok" } else { "failed" }, Some(&self.j)) {
+                Ok(()) => result,
+                Err(e) => {
+                    let why = format!("state.db could not record the end of step {step}: {e}");
+                    tracing::warn!("tenant {tenant}: {why}");
+                    match result {
+                        Ok(()) if !step.failure_undoes() => {
+                            self.notes.push(why);
+                            Ok(())
+                        }
+                        Ok(()) => Err(why),
+                        Err(failed) => Err(format!("{failed}; {why}")),
+                    }
+                }
+            };
             step.after().reach();
             match result {
                 Err(why) if step.failure_undoes() => return self.undo_from(step, why).await,
                 _ => last = Some(step),
             }
         }
-        let detail = self.item.stopped.then(|| "recreated on the new image and left stopped, as it was".to_string());
+        if self.item.stopped {
+            self.notes.insert(0, "recreated on the new image and left stopped, as it was".to_string());
+        }
+        let detail = (!self.notes.is_empty()).then(|| self.notes.join("; "));
         Ok(self.report(TenantOutcome::Rolled, detail))
     }
 
@@ -828,5 +983,80 @@ impl fmt::Display for RolloutReport {
             writeln!(f, "{}", app.summary)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mount(kind: &str, source: &str, destination: &str, writable: bool) -> TenantMount {
+        TenantMount { kind: kind.into(), source: source.into(), destination: destination.into(), writable }
+    }
+
+    fn tenant(mounts: Vec<TenantMount>) -> TenantContainer {
+        TenantContainer {
+            tenant: "t1".parse().unwrap(),
+            name: "pulse-t1".into(),
+            id: "abc".into(),
+            image_ref: "reg/pulse:v1".into(),
+            digest: None,
+            state: "running".into(),
+            networks: vec!["front".into()],
+            network_mode: "front".into(),
+            mounts,
+        }
+    }
+
+    #[test]
+    fn only_state_inside_the_data_dir_or_read_only_passes_the_plan() {
+        let root = tempfile::tempdir().unwrap();
+        let data = root.path().join("t1");
+        std::fs::create_dir_all(data.join("uploads")).unwrap();
+        let d = data.display().to_string();
+        let anon = "a".repeat(64);
+        let bound = mount("bind", &d, "/data", true);
+        // (extra mount, the words its problem must contain; none when it passes)
+        let cases: Vec<(TenantMount, Option<&[&str]>)> = vec![
+            (mount("bind", &format!("{d}/uploads"), "/uploads", true), None),
+            (mount("volume", "assets", "/assets", false), None),
+            (mount("volume", &anon, "/cache", false), None),
+            (mount("tmpfs", "", "/tmp", true), None),
+            (mount("volume", "uploads", "/uploads", true), Some(&["volume \"uploads\" at /uploads", "read-only"])),
+            (mount("volume", &anon, "/cache", true), Some(&["anonymous volume aaaaaaaaaaaa at /cache", "bind-mount"])),
+            (mount("bind", "/srv/shared", "/shared", true), Some(&["bind mount /srv/shared at /shared", "read-only"])),
+        ];
+        for (extra, want) in cases {
+            let problems = data_problems(&data, &tenant(vec![bound.clone(), extra.clone()]), &[]);
+            match want {
+                None => assert!(problems.is_empty(), "{extra:?}: {problems:?}"),
+                Some(words) => {
+                    assert_eq!(problems.len(), 1, "{extra:?}: {problems:?}");
+                    for w in words {
+                        assert!(problems[0].contains(w) && problems[0].contains("tenant t1"), "{w}: {problems:?}");
+                    }
+                    // The operator's word that it holds no customer data lets it pass.
+                    let scratch = [extra.destination.clone()];
+                    let by_word = data_problems(&data, &tenant(vec![bound.clone(), extra.clone()]), &scratch);
+                    assert!(by_word.is_empty(), "{extra:?}: {by_word:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_data_dir_not_mounted_a_symlink_or_missing_is_found_at_plan_time() {
+        let root = tempfile::tempdir().unwrap();
+        let data = root.path().join("t1");
+        std::fs::create_dir_all(&data).unwrap();
+        let elsewhere = mount("bind", "/srv/other", "/data", false);
+        let p = data_problems(&data, &tenant(vec![elsewhere]), &[]);
+        assert!(p.len() == 1 && p[0].contains("does not bind-mount its data dir"), "{p:?}");
+        let link = root.path().join("t2");
+        std::os::unix::fs::symlink(&data, &link).unwrap();
+        let p = data_problems(&link, &tenant(vec![mount("bind", &link.display().to_string(), "/data", true)]), &[]);
+        assert!(p.len() == 1 && p[0].contains("symlink"), "{p:?}");
+        // A missing data dir is the plan's to skip (with its reason), not a refusal.
+        assert!(data_problems(&root.path().join("t3"), &tenant(Vec::new()), &[]).is_empty());
     }
 }

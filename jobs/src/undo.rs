@@ -3,7 +3,9 @@
 //! container and data from its [`TenantJournal`] alone, whatever step it was caught in.
 //!
 //! Every action is idempotent and journaled as an [`UndoStep`], so `recover` can run this
-//! again after a crash in the middle of it.
+//! again after a crash in the middle of it. Nothing here returns early with the tenant down: a
+//! journal write that fails is noted and the undo goes on, an engine error ends it with an
+//! [`UndoResult`] that says what was done and what was not (exit 4: a person is needed).
 
 use serde::Serialize;
 
@@ -23,18 +25,73 @@ pub struct UndoResult {
     pub detail: String,
 }
 
-/// Journal an undo step as begun (then its crash point).
-fn begin(ctx: &Ctx, j: &TenantJournal, step: UndoStep) -> Result<i64> {
-    let id = ctx.begin(Some(j.tenant.as_str()), step.as_str(), j)?;
-    step.during().reach();
-    Ok(id)
+/// The undo's journal. A write that fails (state.db locked, its disk full) is recorded and the
+/// undo goes on: bringing the tenant back matters more than writing down that it was, and
+/// every undo action is idempotent, so a later `recover` replaying an older row is harmless.
+struct UndoJournal<'a> {
+    ctx: &'a Ctx,
+    /// Journal writes that failed, for the result's detail.
+    failed: Vec<String>,
 }
 
-/// Journal an undo step as ended well (then its crash point).
-fn end_ok(ctx: &Ctx, id: i64, step: UndoStep) -> Result<()> {
-    ctx.end(id, "ok", None::<&()>)?;
-    step.after().reach();
-    Ok(())
+impl UndoJournal<'_> {
+    /// Journal an undo step as begun (then its crash point).
+    fn begin(&mut self, j: &TenantJournal, step: UndoStep) -> Option<i64> {
+        let id = match self.ctx.begin(Some(j.tenant.as_str()), step.as_str(), j) {
+            Ok(id) => Some(id),
+            Err(e) => {
+                self.failed(step, "begun", &e);
+                None
+            }
+        };
+        step.during().reach();
+        id
+    }
+
+    /// Journal an undo step as ended with `outcome` and `detail`.
+    fn end(&mut self, id: Option<i64>, step: UndoStep, outcome: &str, detail: Option<&impl Serialize>) {
+        if let Some(id) = id {
+            if let Err(e) = self.ctx.end(id, outcome, detail) {
+                self.failed(step, outcome, &e);
+            }
+        }
+    }
+
+    /// Journal an undo step as ended well (then its crash point).
+    fn end_ok(&mut self, id: Option<i64>, step: UndoStep) {
+        self.end(id, step, "ok", None::<&()>);
+        step.after().reach();
+    }
+
+    fn failed(&mut self, step: UndoStep, what: &str, e: &Error) {
+        tracing::warn!("the journal could not record {step} as {what}: {e}; the undo goes on");
+        self.failed.push(format!("{step} {what} ({e})"));
+    }
+
+    /// What to add to the result's detail.
+    fn note(&self) -> String {
+        if self.failed.is_empty() {
+            String::new()
+        } else {
+            format!("; state.db could not record: {}", self.failed.join(", "))
+        }
+    }
+}
+
+/// The id of the container named `name`, asked up to three times a second apart: a
+/// transient engine error must not end an undo with the tenant down.
+async fn look(engine: &Engine, name: &str) -> Result<Option<String>> {
+    let mut last = None;
+    for attempt in 0..3 {
+        if attempt > 0 {
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        }
+        match engine.id_of(name).await {
+            Ok(id) => return Ok(id),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| Error::Other(format!("inspecting container {name}"))))
 }
 
 /// Bring a tenant back to its prior container and data, whatever step it was caught in:
@@ -53,19 +110,46 @@ pub async fn undo_tenant(
     j: &TenantJournal,
     restore_data: bool,
 ) -> Result<UndoResult> {
+    let mut journal = UndoJournal { ctx, failed: Vec::new() };
+    let result = undo(&mut journal, engine, prober, j, restore_data).await;
+    Ok(UndoResult { ok: result.ok, detail: format!("{}{}", result.detail, journal.note()) })
+}
+
+/// [`undo_tenant`]'s work. It never returns early with an error: whatever fails is an
+/// [`UndoResult`] that says what was done and what was not.
+async fn undo(
+    journal: &mut UndoJournal<'_>,
+    engine: &Engine,
+    prober: &Prober,
+    j: &TenantJournal,
+    restore_data: bool,
+) -> UndoResult {
     let mut j = j.clone();
-    let mut done = Vec::new();
-    let current = engine.id_of(&j.name).await?;
-    let mut pre = engine.id_of(&j.pre_name).await?;
-    let old_by_id = if j.old_id.is_empty() { None } else { engine.id_of(&j.old_id).await? };
-    let fail = |step: i64, what: String, done: &[String]| -> Result<UndoResult> {
-        ctx.end(step, "failed", Some(&serde_json::json!({"error": what})))?;
+    let mut done: Vec<String> = Vec::new();
+    let tenant = j.tenant.clone();
+    let fail = |journal: &mut UndoJournal<'_>, step: Option<(i64, UndoStep)>, what: String, done: &[String]| {
+        if let Some((id, s)) = step {
+            journal.end(Some(id), s, "failed", Some(&serde_json::json!({"error": what})));
+        }
         let state = if done.is_empty() {
             "nothing was undone".to_string()
         } else {
             format!("done so far: {}", done.join(", "))
         };
-        Ok(UndoResult { ok: false, detail: format!("UNDO FAILED for tenant {}: {what}; {state}", j.tenant) })
+        UndoResult { ok: false, detail: format!("UNDO FAILED for tenant {tenant}: {what}; {state}") }
+    };
+    // A step's journal row, when it could be written, for `fail`.
+    let row = |id: Option<i64>, s: UndoStep| id.map(|id| (id, s));
+
+    let looked = async {
+        let current = look(engine, &j.name).await?;
+        let pre = look(engine, &j.pre_name).await?;
+        let old_by_id = if j.old_id.is_empty() { None } else { look(engine, &j.old_id).await? };
+        Ok::<_, Error>((current, pre, old_by_id))
+    };
+    let (current, mut pre, old_by_id) = match looked.await {
+        Ok(l) => l,
+        Err(e) => return fail(journal, None, format!("cannot tell which containers exist: {e}"), &done),
     };
 
     // The container under the tenant's name, if it is not the prior one, is the new version.
@@ -73,7 +157,7 @@ pub async fn undo_tenant(
     if let Some(id) = new.as_deref().filter(|_| old_by_id.is_none() && pre.is_none()) {
         // The prior container is gone (a finished run without --keep-old): rebuild it aside,
         // from the new one's settings on the prior image.
-        let s = begin(ctx, &j, UndoStep::RecreatePrior)?;
+        let s = journal.begin(&j, UndoStep::RecreatePrior);
         let created = match engine.spec(id).await {
             Ok(spec) => match engine.create_from(&j.pre_name, &spec, &j.old_image).await {
                 // The prior image may have been removed from the engine since (an image prune):
@@ -102,44 +186,49 @@ pub async fn undo_tenant(
                 pre = Some(prior);
             }
             Err(e) => {
-                return fail(s, format!("cannot recreate the prior container from {}: {e}", j.old_image), &done);
+                let what = format!("cannot recreate the prior container from {}: {e}", j.old_image);
+                return fail(journal, row(s, UndoStep::RecreatePrior), what, &done);
             }
         }
-        ctx.end(s, "ok", Some(&j))?;
+        // The recreated container's id goes into the journal with this step's end.
+        journal.end(s, UndoStep::RecreatePrior, "ok", Some(&j));
         UndoStep::RecreatePrior.after().reach();
         done.push(format!("prior container recreated from {}", j.old_image));
     }
     if let Some(id) = new.as_deref() {
-        let s = begin(ctx, &j, UndoStep::RemoveNew)?;
+        let s = journal.begin(&j, UndoStep::RemoveNew);
         if let Err(e) = engine.stop(id, j.stop_timeout_s).await.and(engine.remove(id).await) {
-            return fail(s, format!("cannot remove the new container {}: {e}", j.name), &done);
+            let what = format!("cannot remove the new container {}: {e}", j.name);
+            return fail(journal, row(s, UndoStep::RemoveNew), what, &done);
         }
-        end_ok(ctx, s, UndoStep::RemoveNew)?;
+        journal.end_ok(s, UndoStep::RemoveNew);
         done.push("new container removed".to_string());
     }
     if restore_data {
         if let (Some(snap), Some(sha)) = (j.snapshot.clone(), j.sha256.clone()) {
-            let s = begin(ctx, &j, UndoStep::Restore)?;
+            let s = journal.begin(&j, UndoStep::Restore);
             // Stop the prior container too if something started it: nothing may hold the data.
             if let Some(p) = pre.as_deref().or(old_by_id.as_deref()) {
                 let _ = engine.stop(p, j.stop_timeout_s).await;
             }
             let (a, d) = (snap.clone(), j.data_dir.clone());
-            let r = crate::blocking::run("restore", move || archive::restore_swap_keep(&a, &sha, &d)).await?;
+            let r = crate::blocking::run("restore", move || archive::restore_swap_keep(&a, &sha, &d)).await;
             let old = match r {
-                Ok((_, old)) => old,
+                Ok(Ok((_, old))) => old,
+                Ok(Err(e)) => {
+                    let what = format!("restoring {} from {} failed: {e}", j.data_dir.display(), snap.display());
+                    return fail(journal, row(s, UndoStep::Restore), what, &done);
+                }
                 Err(e) => {
-                    return fail(
-                        s,
-                        format!("restoring {} from {} failed: {e}", j.data_dir.display(), snap.display()),
-                        &done,
-                    )
+                    let what = format!("restoring {} from {} failed: {e}", j.data_dir.display(), snap.display());
+                    return fail(journal, row(s, UndoStep::Restore), what, &done);
                 }
             };
             // What the new version wrote is never deleted: it is kept under replaced/<run>/,
             // listed here (and so in the run record), and retired by prune like a rollout run.
+            let ctx = journal.ctx;
             let kept = old.map(|old| crate::fsutil::keep_replaced(&ctx.cfg.backup_root, &ctx.run_id, &j.tenant, &old));
-            end_ok(ctx, s, UndoStep::Restore)?;
+            journal.end_ok(s, UndoStep::Restore);
             done.push(format!("data restored from {}", snap.display()));
             if let Some(k) = kept {
                 done.push(format!("the data it replaced is kept in {}", k.display()));
@@ -147,7 +236,7 @@ pub async fn undo_tenant(
         }
     }
     if pre.is_some() {
-        let s = begin(ctx, &j, UndoStep::RenameBack)?;
+        let s = journal.begin(&j, UndoStep::RenameBack);
         crate::context::test_pause("undo-before-rename-back");
         // Converge: a Docker call in flight when a run was killed (a create) can complete after
         // the look above and take the tenant's name. Whatever holds the name that is not the
@@ -187,50 +276,55 @@ pub async fn undo_tenant(
             }
         }
         if let Some(e) = last {
-            return fail(s, format!("cannot rename {} back to {}: {e}", j.pre_name, j.name), &done);
+            let what = format!("cannot rename {} back to {}: {e}", j.pre_name, j.name);
+            return fail(journal, row(s, UndoStep::RenameBack), what, &done);
         }
-        end_ok(ctx, s, UndoStep::RenameBack)?;
+        journal.end_ok(s, UndoStep::RenameBack);
         done.push("prior container renamed back".to_string());
     }
     if !j.was_running {
         // It was stopped before the rollout (a suspended tenant, say): it stays stopped.
         done.push("prior container back, left stopped as it was before the rollout".to_string());
         if let Some(restart) = j.restart.as_ref().filter(|r| r.restarts()) {
-            let s = begin(ctx, &j, UndoStep::StartPrior)?;
+            let s = journal.begin(&j, UndoStep::StartPrior);
             if let Err(e) = engine.set_restart(&j.name, restart).await {
-                return fail(
-                    s,
-                    format!("cannot put back the restart policy {restart} of the prior container {}: {e}", j.name),
-                    &done,
-                );
+                let what =
+                    format!("cannot put back the restart policy {restart} of the prior container {}: {e}", j.name);
+                return fail(journal, row(s, UndoStep::StartPrior), what, &done);
             }
-            end_ok(ctx, s, UndoStep::StartPrior)?;
+            journal.end_ok(s, UndoStep::StartPrior);
         }
-        return Ok(UndoResult { ok: true, detail: done.join(", ") });
+        return UndoResult { ok: true, detail: done.join(", ") };
     }
-    let s = begin(ctx, &j, UndoStep::StartPrior)?;
+    let s = journal.begin(&j, UndoStep::StartPrior);
     // Its restart policy was set to `no` while it was aside; put it back whatever step the
     // rollout was caught in (setting it again is harmless).
     if let Some(restart) = j.restart.as_ref().filter(|r| r.restarts()) {
         if let Err(e) = engine.set_restart(&j.name, restart).await {
-            return fail(
-                s,
-                format!("cannot put back the restart policy {restart} of the prior container {}: {e}", j.name),
-                &done,
-            );
+            let what = format!("cannot put back the restart policy {restart} of the prior container {}: {e}", j.name);
+            return fail(journal, row(s, UndoStep::StartPrior), what, &done);
         }
     }
     if let Err(e) = engine.start(&j.name).await {
-        return fail(s, format!("cannot start the prior container {}: {e}", j.name), &done);
+        let what = format!("cannot start the prior container {}: {e}", j.name);
+        return fail(journal, row(s, UndoStep::StartPrior), what, &done);
     }
-    end_ok(ctx, s, UndoStep::StartPrior)?;
-    let s = begin(ctx, &j, UndoStep::HealthPrior)?;
-    match prober.gate(engine, &j.name, &j.health, None).await? {
-        Ok(_) => {
-            end_ok(ctx, s, UndoStep::HealthPrior)?;
+    journal.end_ok(s, UndoStep::StartPrior);
+    let s = journal.begin(&j, UndoStep::HealthPrior);
+    let why = match prober.gate(engine, &j.name, &j.health, None).await {
+        Ok(Ok(_)) => None,
+        Ok(Err(why)) => Some(why.to_string()),
+        Err(e) => Some(e.to_string()),
+    };
+    match why {
+        None => {
+            journal.end_ok(s, UndoStep::HealthPrior);
             done.push("prior container running and healthy".to_string());
-            Ok(UndoResult { ok: true, detail: done.join(", ") })
+            UndoResult { ok: true, detail: done.join(", ") }
         }
-        Err(why) => fail(s, format!("the prior container {} is not healthy: {why}", j.name), &done),
+        Some(why) => {
+            let what = format!("the prior container {} is not healthy: {why}", j.name);
+            fail(journal, row(s, UndoStep::HealthPrior), what, &done)
+        }
     }
 }

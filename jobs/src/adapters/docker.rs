@@ -1,6 +1,7 @@
 //! The Docker engine adapter: the few container and image operations the jobs need, with
 //! domain types in and out. It owns the rule for recreating a tenant's container on a new
-//! image: carry over what the operator set (labels, env, binds and volumes, networks with
+//! image: carry over what the operator set (labels, env, binds and volumes — an anonymous
+//! volume by its name, as Compose does, so it never comes back empty — networks with
 //! aliases, restart policy, limits, ports, log config) and drop what came from the old image's
 //! defaults (Cmd, Entrypoint, image Env and Labels, ExposedPorts, WorkingDir, User,
 //! Healthcheck), by comparing the container's config with its old image's config.
@@ -12,7 +13,8 @@ use std::time::Duration;
 
 use bollard::models::{
     ContainerConfig, ContainerCreateBody, ContainerInspectResponse, ContainerStateStatusEnum, ContainerUpdateBody,
-    EndpointSettings, ImageConfig, NetworkConnectRequest, NetworkingConfig, RestartPolicy, RestartPolicyNameEnum,
+    EndpointSettings, ImageConfig, Mount, MountType, NetworkConnectRequest, NetworkingConfig, RestartPolicy,
+    RestartPolicyNameEnum,
 };
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, CreateImageOptionsBuilder, ListContainersOptionsBuilder,
@@ -54,6 +56,41 @@ pub struct TenantContainer {
     pub networks: Vec<String>,
     /// Its network mode: a network name, `bridge`, `host`, `none` or `container:<id>`.
     pub network_mode: String,
+    /// What is mounted into it (binds, volumes, tmpfs), as the engine reports it.
+    pub mounts: Vec<TenantMount>,
+}
+
+/// One mount of a tenant's container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TenantMount {
+    /// `bind`, `volume`, `tmpfs`, …
+    pub kind: String,
+    /// The host path of a bind, the name of a volume; empty for a tmpfs.
+    pub source: String,
+    /// Where it is mounted in the container.
+    pub destination: String,
+    /// Mounted read-write.
+    pub writable: bool,
+}
+
+impl TenantMount {
+    /// Whether this is a volume Docker named itself (an image's `VOLUME`, `-v /path`,
+    /// `--mount type=volume` without a source): 64 hex digits.
+    pub fn is_anonymous_volume(&self) -> bool {
+        self.kind == "volume" && self.source.len() == 64 && self.source.bytes().all(|b| b.is_ascii_hexdigit())
+    }
+
+    /// How an operator would name it: `bind /srv/x`, `volume "cache"`, `anonymous volume 3f2a…`.
+    pub fn describe(&self) -> String {
+        match self.kind.as_str() {
+            "bind" => format!("bind mount {} at {}", self.source, self.destination),
+            "volume" if self.is_anonymous_volume() => {
+                format!("anonymous volume {} at {}", &self.source[..12], self.destination)
+            }
+            "volume" => format!("volume \"{}\" at {}", self.source, self.destination),
+            k => format!("{k} mount at {}", self.destination),
+        }
+    }
 }
 
 impl TenantContainer {
@@ -420,6 +457,7 @@ impl Engine {
                 state: c.state.map(|s| s.to_string()).unwrap_or_default(),
                 networks,
                 network_mode: c.host_config.and_then(|h| h.network_mode).unwrap_or_default(),
+                mounts: c.mounts.unwrap_or_default().into_iter().map(tenant_mount).collect(),
             });
         }
         out.sort_by(|a, b| a.tenant.cmp(&b.tenant));
@@ -680,6 +718,19 @@ impl Engine {
     }
 }
 
+/// A mount as the jobs see it: a volume by its name, a bind by its host path.
+fn tenant_mount(m: bollard::models::MountPoint) -> TenantMount {
+    let kind = m.typ.unwrap_or_default();
+    let name = m.name.filter(|n| !n.is_empty());
+    let source = if kind == "volume" { name.or(m.source) } else { m.source.or(name) };
+    TenantMount {
+        kind,
+        source: source.unwrap_or_default(),
+        destination: m.destination.unwrap_or_default(),
+        writable: m.rw.unwrap_or(true),
+    }
+}
+
 /// `sha256:<hex>` of a label value: what the journal keeps instead of the value.
 fn value_hash(value: &str) -> String {
     use sha2::{Digest as _, Sha256};
@@ -775,22 +826,44 @@ impl ContainerSpec {
             .collect();
         let networks =
             self.networks().into_iter().map(|(net, _, aliases)| (net, aliases.into_iter().collect())).collect();
+        // A volume by its name, a bind by its host path: an anonymous volume carried to the
+        // new container by name is the same mount.
         let mounts = self
             .inspect
             .mounts
             .clone()
             .unwrap_or_default()
             .into_iter()
-            .map(|m| {
-                let src = m.name.or(m.source).unwrap_or_default();
-                format!(
-                    "{src}:{}:{}",
-                    m.destination.unwrap_or_default(),
-                    if m.rw.unwrap_or(true) { "rw" } else { "ro" }
-                )
-            })
+            .map(tenant_mount)
+            .map(|m| format!("{}:{}:{}", m.source, m.destination, if m.writable { "rw" } else { "ro" }))
             .collect();
         OperatorSettings { name: self.name(), labels, networks, mounts, env_keys }
+    }
+
+    /// The volumes the container has that its create options do not name (an image's
+    /// `VOLUME`, `-v /path`, `--mount type=volume` without a source), as (name, destination,
+    /// read-only). Recreated as they were, they would come back as fresh, empty volumes.
+    fn unnamed_volumes(&self) -> Vec<(String, String, bool)> {
+        let host = self.inspect.host_config.clone().unwrap_or_default();
+        // `source:destination[:options]`: the destination is the second field.
+        let mut named: BTreeSet<String> =
+            host.binds.unwrap_or_default().iter().filter_map(|b| b.split(':').nth(1).map(str::to_string)).collect();
+        named.extend(
+            host.mounts
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|m| m.source.as_deref().is_some_and(|s| !s.is_empty()))
+                .filter_map(|m| m.target),
+        );
+        self.inspect
+            .mounts
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .map(tenant_mount)
+            .filter(|m| m.kind == "volume" && !m.source.is_empty() && !named.contains(&m.destination))
+            .map(|m| (m.source, m.destination, !m.writable))
+            .collect()
     }
 
     /// The create body for the same container on `image`, and the networks to connect after
@@ -843,7 +916,23 @@ impl ContainerSpec {
                 (net, endpoint)
             })
             .collect();
-        let host = self.inspect.host_config.clone().unwrap_or_default();
+        let mut host = self.inspect.host_config.clone().unwrap_or_default();
+        // Anonymous volumes go to the new container by name, at the same destination (as
+        // Compose does): what they hold stays with the tenant.
+        let unnamed = self.unnamed_volumes();
+        if !unnamed.is_empty() {
+            let mut mounts = host.mounts.take().unwrap_or_default();
+            mounts.retain(|m| !unnamed.iter().any(|(_, dest, _)| m.target.as_ref() == Some(dest)));
+            mounts.extend(unnamed.iter().map(|(name, dest, read_only)| Mount {
+                target: Some(dest.clone()),
+                source: Some(name.clone()),
+                typ: Some(MountType::VOLUME),
+                read_only: Some(*read_only),
+                ..Default::default()
+            }));
+            host.mounts = Some(mounts);
+        }
+        let vols: Vec<String> = vols.into_iter().filter(|v| !unnamed.iter().any(|(_, dest, _)| dest == v)).collect();
         let mode = host.network_mode.clone().unwrap_or_default();
         // The network named by NetworkMode goes in the create call; the rest are connected after.
         nets.sort_by_key(|(n, _)| (n != &mode, n.clone()));
@@ -916,6 +1005,7 @@ impl OperatorSettings {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bollard::models::{HostConfig, MountPoint};
 
     fn tenant(mode: &str, networks: &[&str]) -> TenantContainer {
         TenantContainer {
@@ -927,7 +1017,61 @@ mod tests {
             state: "running".into(),
             networks: networks.iter().map(|s| s.to_string()).collect(),
             network_mode: mode.into(),
+            mounts: Vec::new(),
         }
+    }
+
+    fn mount_point(kind: &str, name: Option<&str>, source: &str, destination: &str, rw: bool) -> MountPoint {
+        MountPoint {
+            typ: Some(kind.into()),
+            name: name.map(str::to_string),
+            source: Some(source.into()),
+            destination: Some(destination.into()),
+            rw: Some(rw),
+            ..Default::default()
+        }
+    }
+
+    /// A tenant with its data dir bound, a named volume and an anonymous one (from `-v /cache`).
+    fn spec_with_volumes(anon: &str) -> ContainerSpec {
+        let inspect = ContainerInspectResponse {
+            id: Some("0123456789abcdef".into()),
+            name: Some("/pulse-t1".into()),
+            config: Some(ContainerConfig { volumes: Some(vec!["/cache".into()]), ..Default::default() }),
+            host_config: Some(HostConfig {
+                binds: Some(vec!["/data/t1:/data".into(), "assets:/assets:ro".into()]),
+                ..Default::default()
+            }),
+            mounts: Some(vec![
+                mount_point("bind", None, "/data/t1", "/data", true),
+                mount_point("volume", Some("assets"), "/var/lib/docker/volumes/assets/_data", "/assets", false),
+                mount_point("volume", Some(anon), &format!("/var/lib/docker/volumes/{anon}/_data"), "/cache", true),
+            ]),
+            ..Default::default()
+        };
+        ContainerSpec { inspect, image_config: ImageConfig::default() }
+    }
+
+    #[test]
+    fn an_anonymous_volume_is_created_by_name_and_the_check_finds_it_the_same() {
+        let anon = "ab".repeat(32);
+        let old = spec_with_volumes(&anon);
+        let (body, _) = old.create_body("reg/pulse@sha256:x");
+        let host = body.host_config.unwrap();
+        let mounts = host.mounts.unwrap_or_default();
+        assert_eq!(mounts.len(), 1, "{mounts:?}");
+        assert_eq!(mounts[0].source.as_deref(), Some(anon.as_str()));
+        assert_eq!(mounts[0].target.as_deref(), Some("/cache"));
+        assert_eq!(mounts[0].typ, Some(MountType::VOLUME));
+        // Not asked for again as a fresh anonymous volume; the named one stays a bind string.
+        assert!(body.volumes.unwrap_or_default().is_empty());
+        assert_eq!(host.binds.unwrap().len(), 2);
+        // The new container has the same volume by name: nothing was lost.
+        let new = spec_with_volumes(&anon);
+        assert!(old.operator_settings().lost_in(&new.actual_settings()).is_empty());
+        // A fresh anonymous volume in its place is a lost mount, named in the check.
+        let lost = old.operator_settings().lost_in(&spec_with_volumes(&"cd".repeat(32)).actual_settings());
+        assert_eq!(lost, vec![format!("mount {anon}:/cache:rw")]);
     }
 
     #[test]

@@ -183,6 +183,10 @@ pub struct App {
     /// Recreate tenants whose container is not running on the new image too (left stopped);
     /// by default they are skipped and reported as behind.
     pub include_stopped: bool,
+    /// Container paths whose mounts hold no customer data (caches, temp files): a writable
+    /// volume or bind there is allowed though a snapshot misses it; it is kept across a
+    /// rollout (a volume by its name), never snapshotted or restored.
+    pub scratch_mounts: Vec<String>,
 }
 
 impl App {
@@ -212,6 +216,8 @@ struct RawApp {
     quiesce: Quiesce,
     #[serde(default)]
     include_stopped: bool,
+    #[serde(default)]
+    scratch_mounts: Vec<String>,
 }
 fn default_stop_timeout() -> u64 {
     30
@@ -300,6 +306,11 @@ impl RawApp {
         if self.health.port == 0 || self.health.timeout_s == 0 {
             return Err("health.port and health.timeout_s must be greater than 0".into());
         }
+        if let Some(m) = self.scratch_mounts.iter().find(|m| !m.starts_with('/')) {
+            return Err(format!(
+                "scratch_mounts: \"{m}\" must be an absolute path in the container, e.g. \"/var/cache/app\""
+            ));
+        }
         let tenant = |key: &str, s: String| s.parse::<TenantId>().map_err(|e| format!("{key}: {e}"));
         let canary = self.canary.map(|c| tenant("canary", c)).transpose()?;
         let hold = self.hold.into_iter().map(|h| tenant("hold", h)).collect::<std::result::Result<_, _>>()?;
@@ -316,6 +327,7 @@ impl RawApp {
             hold,
             quiesce: self.quiesce,
             include_stopped: self.include_stopped,
+            scratch_mounts: self.scratch_mounts,
         })
     }
 }

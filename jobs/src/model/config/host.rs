@@ -190,6 +190,7 @@ const NON_CONFIG_ENV: &[&str] = &[
     "SLIPWAY_TEST_SIGNAL_AT",
     "SLIPWAY_TEST_PAUSE_AT",
     "SLIPWAY_TEST_REFUSE",
+    "SLIPWAY_TEST_JOURNAL_FAILS_FROM",
 ];
 
 #[derive(Clone, Copy)]

@@ -1,0 +1,189 @@
+//! Where a tenant keeps its state (issue 11, item 5): everything it writes must be in its data
+//! dir, the one thing a rollout snapshots. A writable mount outside it, a data dir the
+//! container does not mount, a data dir that is a symlink or a mount point are refused at plan
+//! time (exit 2, nothing touched); a read-only volume, and a volume at a path the app names
+//! in `scratch_mounts`, go to the new container by name (an anonymous one too).
+
+use std::process::Command;
+
+use crate::support::reports::Rollout;
+use crate::support::{tree_hash, Out, Sandbox};
+
+fn docker(args: &[&str]) -> String {
+    let out = Command::new("docker").args(args).output().unwrap();
+    assert!(out.status.success(), "docker {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// A Docker volume of one test, removed (with the containers using it) at the end.
+struct Volume(String);
+
+impl Drop for Volume {
+    fn drop(&mut self) {
+        let users = Command::new("docker")
+            .args(["ps", "-aq", "--filter", &format!("volume={}", self.0)])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        for id in users.split_whitespace() {
+            let _ = Command::new("docker").args(["rm", "-f", id]).output();
+        }
+        let _ = Command::new("docker").args(["volume", "rm", "-f", &self.0]).output();
+    }
+}
+
+/// The name of the volume mounted at `destination` in `container`.
+fn volume_at(s: &Sandbox, container: &str, destination: &str) -> Option<String> {
+    let inspect = s.inspect(container);
+    inspect["Mounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["Destination"] == destination && m["Type"] == "volume")
+        .map(|m| m["Name"].as_str().unwrap().to_string())
+}
+
+/// The refusal every test here expects: exit 2, the tenant's container untouched and running,
+/// no snapshot taken; returns stderr.
+fn assert_refused_untouched(s: &Sandbox, out: &Out, name: &str, id: &serde_json::Value) -> String {
+    assert_eq!(out.code, 2, "{} {}", out.stdout, out.stderr);
+    let now = s.inspect(name);
+    assert_eq!(now["Id"], *id, "a refused plan touched the tenant");
+    assert_eq!(now["State"]["Running"], true, "a refused plan stopped the tenant");
+    assert!(!s.backups().join("rollout").exists(), "a refused plan took a snapshot");
+    out.stderr.clone()
+}
+
+#[test]
+fn a_tenant_with_an_extra_writable_volume_is_refused_at_plan_time_and_left_running() {
+    let s = Sandbox::new();
+    let v1 = s.push_fixture_as("v1", "app");
+    let v2 = s.push_fixture_as("v2", "app");
+    let vol = Volume(format!("{}-uploads", s.id()));
+    docker(&["volume", "create", &vol.0]);
+    let name = s.add_tenant_with("t1", &v1, &["--volume", &format!("{}:/uploads", vol.0)]);
+    let other = s.add_tenant("t2", &v1);
+    let (id, other_id) = (s.inspect(&name)["Id"].clone(), s.inspect(&other)["Id"].clone());
+    s.write_fleet(&s.fleet_app(&v2, ""));
+    let out = s.slipway(&["rollout"]);
+    let err = assert_refused_untouched(&s, &out, &name, &id);
+    assert!(err.contains("tenant t1") && err.contains(&vol.0) && err.contains("/uploads"), "{err}");
+    assert!(err.contains("read-only") && err.contains(&s.data_dir("t1").display().to_string()), "{err}");
+    // Nothing of the app was touched, not even the tenant without the volume.
+    assert_eq!(s.inspect(&other)["Id"], other_id);
+    // Mounted read-only, it holds nothing the tenant writes: the rollout goes ahead.
+    docker(&["rm", "-f", &name]);
+    let name = s.add_tenant_with("t1", &v1, &["--volume", &format!("{}:/uploads:ro", vol.0)]);
+    let out = s.slipway(&["rollout"]);
+    assert_eq!(out.code, 0, "{} {}", out.stdout, out.stderr);
+    assert_eq!(s.image_of(&name), v2);
+    assert_eq!(volume_at(&s, &name, "/uploads").as_deref(), Some(vol.0.as_str()));
+}
+
+#[test]
+fn a_writable_anonymous_volume_is_refused_at_plan_time() {
+    let s = Sandbox::new();
+    let v1 = s.push_fixture_as("v1", "app");
+    let v2 = s.push_fixture_as("v2", "app");
+    let name = s.add_tenant_with("t1", &v1, &["--volume", "/cache"]);
+    let vol = Volume(volume_at(&s, &name, "/cache").unwrap());
+    let id = s.inspect(&name)["Id"].clone();
+    s.write_fleet(&s.fleet_app(&v2, ""));
+    let out = s.slipway(&["rollout"]);
+    let err = assert_refused_untouched(&s, &out, &name, &id);
+    assert!(err.contains("tenant t1") && err.contains("anonymous volume") && err.contains("/cache"), "{err}");
+    assert!(err.contains(&vol.0[..12]), "{err}");
+}
+
+#[test]
+fn a_read_only_volume_and_a_scratch_anonymous_volume_are_carried_to_the_new_container_by_name() {
+    let s = Sandbox::new();
+    let v1 = s.push_fixture_as("v1", "app");
+    let v2 = s.push_fixture_as("v2", "app");
+    let named = Volume(format!("{}-assets", s.id()));
+    docker(&["volume", "create", &named.0]);
+    // Docker refuses a read-only anonymous volume; a cache the operator declares scratch is
+    // the anonymous volume a tenant may have.
+    let name = s.add_tenant_with("t1", &v1, &["--volume", &format!("{}:/assets:ro", named.0), "--volume", "/cache"]);
+    let anon = Volume(volume_at(&s, &name, "/cache").unwrap());
+    for v in [&named.0, &anon.0] {
+        let mount = format!("{v}:/v");
+        docker(&["run", "--rm", "-v", &mount, "--entrypoint", "/bin/busybox", &v1, "sh", "-c", "echo kept > /v/f"]);
+    }
+    let id = s.inspect(&name)["Id"].clone();
+    s.write_fleet(&s.fleet_app(&v2, "scratch_mounts = [\"/cache\"]\n"));
+    let out = s.slipway(&["rollout", "--json"]);
+    assert_eq!(out.code, 0, "{} {}", out.stdout, out.stderr);
+    let report: Rollout = out.report();
+    assert_eq!(report.apps[0].tenants[0].outcome, "rolled", "{:?}", report.apps[0].tenants[0]);
+    assert_ne!(s.inspect(&name)["Id"], id);
+    assert_eq!(s.image_of(&name), v2);
+    // The same volumes, by name, at the same places, as writable as before.
+    assert_eq!(volume_at(&s, &name, "/assets").as_deref(), Some(named.0.as_str()));
+    assert_eq!(
+        volume_at(&s, &name, "/cache").as_deref(),
+        Some(anon.0.as_str()),
+        "the anonymous volume was not carried"
+    );
+    for (dest, rw) in [("/assets", false), ("/cache", true)] {
+        let m = s.inspect(&name)["Mounts"].as_array().unwrap().iter().find(|m| m["Destination"] == dest).cloned();
+        assert_eq!(m.unwrap()["RW"], rw, "{dest}");
+        let file = format!("{dest}/f");
+        assert_eq!(docker(&["exec", &name, "/bin/busybox", "cat", &file]), "kept");
+    }
+}
+
+#[test]
+fn a_tenant_whose_container_does_not_mount_its_data_dir_is_refused_at_plan_time() {
+    let s = Sandbox::new();
+    let v1 = s.push_fixture_as("v1", "app");
+    let v2 = s.push_fixture_as("v2", "app");
+    let name = s.add_tenant("t1", &v1);
+    let id = s.inspect(&name)["Id"].clone();
+    // data_dir names another dir than the one the container mounts.
+    let elsewhere = s.root().join("elsewhere");
+    std::fs::create_dir_all(elsewhere.join("t1")).unwrap();
+    let data = s.root().join("data").display().to_string();
+    s.write_fleet(&s.fleet_app(&v2, "").replace(&data, &elsewhere.display().to_string()));
+    let out = s.slipway(&["rollout"]);
+    let err = assert_refused_untouched(&s, &out, &name, &id);
+    assert!(err.contains("tenant t1") && err.contains("does not bind-mount its data dir"), "{err}");
+    assert!(err.contains(&elsewhere.join("t1").display().to_string()), "{err}");
+}
+
+#[test]
+fn a_data_dir_that_is_a_symlink_is_refused_at_plan_time() {
+    let s = Sandbox::new();
+    let v1 = s.push_fixture_as("v1", "app");
+    let v2 = s.push_fixture_as("v2", "app");
+    s.write_data("t1", "db/records.txt", "rows\n");
+    let name = s.add_tenant("t1", &v1);
+    let id = s.inspect(&name)["Id"].clone();
+    // The operator moved the data and left a link behind.
+    let real = s.root().join("real-t1");
+    std::fs::rename(s.data_dir("t1"), &real).unwrap();
+    std::os::unix::fs::symlink(&real, s.data_dir("t1")).unwrap();
+    let hash = tree_hash(&real);
+    s.write_fleet(&s.fleet_app(&v2, ""));
+    let out = s.slipway(&["rollout"]);
+    let err = assert_refused_untouched(&s, &out, &name, &id);
+    assert!(err.contains("tenant t1") && err.contains("symlink") && err.contains("real-t1"), "{err}");
+    assert_eq!(tree_hash(&real), hash);
+}
+
+#[test]
+fn a_data_dir_that_is_a_mount_point_is_refused_at_plan_time_not_on_the_failure_path() {
+    let s = Sandbox::new();
+    let v1 = s.push_fixture_as("v1", "app");
+    let bad = s.push_fixture_as("unhealthy", "app");
+    let data = s.data_dir("t1");
+    let _mount = s.mount_tmpfs(&data, "8m");
+    s.write_data("t1", "db/records.txt", "rows\n");
+    let name = s.add_tenant("t1", &v1);
+    let id = s.inspect(&name)["Id"].clone();
+    // A release that fails its health gate would need the data restored: found out now.
+    s.write_fleet(&s.fleet_app(&bad, "health = { path = \"/api/health\", port = 8080, timeout_s = 4 }\n"));
+    let out = s.slipway(&["rollout"]);
+    let err = assert_refused_untouched(&s, &out, &name, &id);
+    assert!(err.contains("tenant t1") && err.contains("mount point"), "{err}");
+}
