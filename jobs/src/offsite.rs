@@ -127,7 +127,12 @@ pub fn forget_manifest(state_dir: &Path, snap: &SnapshotId) {
 /// plaintext — the copy kept at upload, or the snapshot dir's own manifest — when that file
 /// hashes to the plaintext sha256 recorded with the object; else it is decrypted, which needs
 /// the identity (an error saying so without one).
-pub async fn read_manifest(remote: &Remote, cfg: &HostConfig, snap: &SnapshotId, dir: &Path) -> Result<Option<Manifest>> {
+pub async fn read_manifest(
+    remote: &Remote,
+    cfg: &HostConfig,
+    snap: &SnapshotId,
+    dir: &Path,
+) -> Result<Option<Manifest>> {
     let key = snap.manifest_key();
     let Some(head) = remote.head(&key).await? else { return Ok(None) };
     if head.encryption.is_none() || remote.has_identity() {

@@ -14,8 +14,7 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 use serde::Serialize;
 
 /// Migrations, in order; the schema version is the number applied.
-const MIGRATIONS: &[&str] =
-&[
+const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0001_init.sql"),
     include_str!("migrations/0002_remote_objects.sql"),
     include_str!("migrations/0003_remote_object_bytes.sql"),

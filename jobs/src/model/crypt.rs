@@ -288,8 +288,8 @@ mod tests {
     #[test]
     fn a_recipients_file_allows_comments_and_a_bad_line_is_named_with_file_line_and_value() {
         let f = Path::new("/etc/slipway/age-recipients");
-        let ok = parse_recipients(&format!("# ops team\n\n{R1}\n  {R1}  \n"), f, "remote.encrypt.recipients_file")
-            .unwrap();
+        let ok =
+            parse_recipients(&format!("# ops team\n\n{R1}\n  {R1}  \n"), f, "remote.encrypt.recipients_file").unwrap();
         assert_eq!(ok.len(), 2);
         for (text, line, value) in [
             (format!("# x\n{R1}\nage1nope\n"), 3, "age1nope"),

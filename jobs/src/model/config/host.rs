@@ -342,8 +342,8 @@ impl HostConfig {
                 "--identity: the host config has no [remote], so there is nothing to decrypt".into(),
             ));
         };
-        let abs = std::path::absolute(file)
-            .map_err(|e| Error::Config(format!("--identity {}: {e}", file.display())))?;
+        let abs =
+            std::path::absolute(file).map_err(|e| Error::Config(format!("--identity {}: {e}", file.display())))?;
         r.identity_file = Some(abs);
         Ok(())
     }
@@ -409,7 +409,10 @@ impl HostConfig {
             if let Some(enc) = &r.encrypt {
                 let p = &enc.recipients_file;
                 if !p.is_absolute() {
-                    return bad("remote.encrypt.recipients_file", format!("\"{}\" must be an absolute path", p.display()));
+                    return bad(
+                        "remote.encrypt.recipients_file",
+                        format!("\"{}\" must be an absolute path", p.display()),
+                    );
                 }
                 crate::crypt::read_recipients(p, &format!("{origin}: remote.encrypt.recipients_file"))?;
             }
