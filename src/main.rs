@@ -85,7 +85,10 @@ fn watch_signals(cancel: Cancel) {
 
 async fn run(cli: &Cli, printer: &Printer, started: Instant) -> Result<ExitKind, Error> {
     let path = HostConfig::locate(cli.config.as_deref());
-    let cfg = HostConfig::load(&path)?;
+    let mut cfg = HostConfig::load(&path)?;
+    if let Some(file) = &cli.identity {
+        cfg.use_identity(file)?;
+    }
     let job = match job(&cli.command)? {
         Some(job) => job,
         None => {
