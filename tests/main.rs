@@ -9,6 +9,7 @@ mod support;
 
 mod backup;
 mod crash;
+mod crypt;
 mod foundation;
 mod offsite;
 mod ops;
