@@ -2,7 +2,7 @@
 //! server: what the bucket holds, restoring with the right and the wrong identity, and
 //! rotating recipients. Keys are made in-test with the age crate (as `age-keygen` would).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use crate::support::reports::{Snapshot, Sync};
 use crate::support::{noise, tree_hash, Sandbox};
