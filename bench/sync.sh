@@ -3,7 +3,9 @@
 # 127.0.0.1, over a temp dir), in the same run:
 #   1. BENCH_SYNC_MB (default 1024) of archives: `slipway sync` vs `rclone copy` of the same files
 #      to another bucket of the same server
-#   2. a sync with nothing new over 1 000 archives (the no-op a daily timer mostly does)
+#   2. the same archives again with `[remote] encrypt` (age, one X25519 recipient) to a third
+#      bucket: encrypted vs plain sync throughput (target >= 0.9x)
+#   3. a sync with nothing new over 1 000 archives (the no-op a daily timer mostly does)
 # Table in bench/out/sync.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,6 +26,15 @@ export RCLONE_S3_PROVIDER=Other RCLONE_S3_ENDPOINT=http://127.0.0.1:$port RCLONE
 rclone mkdir :s3:slipway-bench
 rclone mkdir :s3:rclone-bench
 rclone mkdir :s3:noop-bench
+rclone mkdir :s3:enc-bench
+# The recipient only encrypts here (nothing is decrypted): age-keygen's when installed (Debian's
+# `age` package), else a fixed public key.
+if command -v age-keygen >/dev/null; then
+  age-keygen -o "$work/identity.txt" 2>/dev/null
+  age-keygen -y "$work/identity.txt" > "$work/recipients"
+else
+  echo "age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p" > "$work/recipients"
+fi
 
 # A backup root of archive-like (incompressible) files with real manifests: 8 tenants.
 make_root() { # root, days, tenants, bytes per archive
@@ -48,7 +59,7 @@ for d in range(days):
         json.dump({"version": 1, "kind": "daily", "id": day, "created": f"{day}T03:00:00Z", "archives": archives}, f)
 PY
 }
-config() { # root, bucket, state
+config() { # root, bucket, state[, extra [remote] line]
   cat > "$work/$2.toml" <<TOML
 state_dir = "$3"
 backup_root = "$1"
@@ -60,6 +71,7 @@ bucket = "$2"
 prefix = "host-1"
 path_style = true
 credentials_file = "$work/creds"
+${4:-}
 TOML
   chmod 600 "$work/$2.toml"
 }
@@ -77,6 +89,16 @@ rc_ms=$(( ($(date +%s%N) - t0) / 1000000 ))
 t0=$(date +%s%N)
 "$SLIPWAY" --config "$work/slipway-bench.toml" --json sync > "$work/noop-big.json"
 nb_ms=$(( ($(date +%s%N) - t0) / 1000000 ))
+config "$work/big" enc-bench "$work/state-enc" "encrypt = { recipients_file = \"$work/recipients\" }"
+t0=$(date +%s%N)
+"$SLIPWAY" --config "$work/enc-bench.toml" --json sync > "$work/sync-enc.json"
+enc_ms=$(( ($(date +%s%N) - t0) / 1000000 ))
+# The plain sync once more after it, so neither run alone had the warmer cache.
+rclone purge :s3:slipway-bench/host-1 >/dev/null 2>&1
+rm -rf "$work/state-big"
+t0=$(date +%s%N)
+"$SLIPWAY" --config "$work/slipway-bench.toml" --json sync > "$work/sync2.json"
+sl2_ms=$(( ($(date +%s%N) - t0) / 1000000 ))
 
 echo "generating 1 000 small archives ..." >&2
 make_root "$work/many" 125 8 4096
@@ -92,11 +114,15 @@ t0=$(date +%s%N)
 rclone copy "$work/many" :s3:noop-bench/rclone >/dev/null 2>&1
 rcnoop_ms=$(( ($(date +%s%N) - t0) / 1000000 ))
 
-echo "raw: sl=$sl_ms rc=$rc_ms nb=$nb_ms noop=$noop_ms rcnoop=$rcnoop_ms" >&2
-python3 - "$work/sync.json" "$work/noop.json" "$sl_ms" "$rc_ms" "$nb_ms" "$noop_ms" "$rcnoop_ms" "$SIZE_MB" <<'PY' | tee bench/out/sync.md
+echo "raw: sl=$sl_ms sl2=$sl2_ms enc=$enc_ms rc=$rc_ms nb=$nb_ms noop=$noop_ms rcnoop=$rcnoop_ms" >&2
+python3 - "$work/sync.json" "$work/noop.json" "$sl_ms" "$rc_ms" "$nb_ms" "$noop_ms" "$rcnoop_ms" "$SIZE_MB" \
+  "$work/sync-enc.json" "$enc_ms" "$sl2_ms" <<'PY' | tee bench/out/sync.md
 import json, sys
 s = json.load(open(sys.argv[1]))["report"]; n = json.load(open(sys.argv[2]))["report"]
 sl, rc, nb, noop, rcnoop, mb = (int(x) for x in sys.argv[3:9])
+e = json.load(open(sys.argv[9]))["report"]; enc, sl2 = int(sys.argv[10]), int(sys.argv[11])
+assert e["encrypted"] and not any(f["action"] == "failed" for f in e["files"]), e
+assert all(f["encryption"] == "age" for f in e["files"]), e
 byt = s["uploaded_bytes"]
 assert byt > 0 and not any(f["action"] == "failed" for f in s["files"]), s
 assert n["uploaded_bytes"] == 0 and n["present"] >= 1000, n
@@ -105,5 +131,11 @@ print("| | slipway sync | rclone copy | ratio (slipway/rclone throughput) |")
 print("|---|---:|---:|---:|")
 print(f"| upload {byt/1e6:.0f} MB | {sl/1000:.2f} s ({byt/1e6/(sl/1000):.0f} MB/s) | {rc/1000:.2f} s ({byt/1e6/(rc/1000):.0f} MB/s) | {(rc/sl):.2f} |")
 print(f"| no-op sync, same 8 archives | {nb/1000:.2f} s | | |")
+plain = min(sl, sl2)
+print(f"\nEncryption (same {byt/1e6:.0f} MB, same run; plain sync run before and after it, the faster counted):\n")
+print("| | time | throughput (archive MB/s) | encrypted / plain |")
+print("|---|---:|---:|---:|")
+print(f"| slipway sync | {plain/1000:.2f} s ({sl/1000:.2f} s, {sl2/1000:.2f} s) | {byt/1e6/(plain/1000):.0f} MB/s | |")
+print(f"| slipway sync, `[remote] encrypt` (age) | {enc/1000:.2f} s | {byt/1e6/(enc/1000):.0f} MB/s | {plain/enc:.2f}x (target >= 0.9x) |")
 print(f"| no-op sync, {n['present']} files of 1 000 archives | {noop/1000:.2f} s (target < 1 s) | {rcnoop/1000:.2f} s | {rcnoop/noop:.1f}x faster |")
 PY

@@ -31,6 +31,10 @@ pub struct Cli {
     /// Write Prometheus metrics to this file after the job [default: [metrics] file].
     #[arg(long, global = true, value_name = "PATH")]
     pub metrics_file: Option<PathBuf>,
+    /// age identity file that decrypts an encrypted off-site copy (restore --remote, verify
+    /// --remote --deep, drill) [default: [remote] identity_file]. Read only when needed, never stored.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub identity: Option<PathBuf>,
     /// What started this job, recorded with the run (manual, timer, cron, hook).
     #[arg(long, global = true, default_value = "manual", hide = true)]
     pub trigger: String,

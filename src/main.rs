@@ -93,7 +93,10 @@ async fn run(cli: &Cli, printer: &Printer, started: Instant) -> Result<ExitKind,
         return Ok(kind);
     }
     let path = HostConfig::locate(cli.config.as_deref());
-    let cfg = HostConfig::load(&path)?;
+    let mut cfg = HostConfig::load(&path)?;
+    if let Some(file) = &cli.identity {
+        cfg.use_identity(file)?;
+    }
     if let Command::Doctor = &cli.command {
         // Not a job: no lock, no run record, so it can run beside any job.
         let report = doctor::doctor(&cfg, &path).await?;

@@ -10,6 +10,7 @@ mod support;
 mod adopt;
 mod backup;
 mod crash;
+mod crypt;
 mod foundation;
 mod offsite;
 mod ops;

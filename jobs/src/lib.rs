@@ -22,6 +22,8 @@ pub mod adapters;
 pub mod blocking;
 #[path = "model/config/mod.rs"]
 pub mod config;
+#[path = "model/crypt.rs"]
+pub mod crypt;
 #[path = "model/error.rs"]
 pub mod error;
 #[path = "model/fsutil.rs"]

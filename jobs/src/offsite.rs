@@ -5,6 +5,12 @@
 //!
 //! Invariant: a remote snapshot is complete exactly when its manifest key is listed (sync
 //! uploads it last), so [`Listing::snapshots`] holds only complete ones.
+//!
+//! Encrypted manifests: the jobs that must read every remote manifest on a timer (`prune`,
+//! `verify --remote`) run without the identity, which stays off the host. When slipway uploads
+//! an encrypted manifest it keeps its plaintext under the state dir ([`keep_manifest`]);
+//! [`read_manifest`] uses that copy (or the snapshot dir's own manifest) when its sha256 is the
+//! plaintext sha256 recorded with the object, and decrypts only when neither is.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -70,7 +76,8 @@ pub async fn list(remote: &Remote) -> Result<Listing> {
 pub async fn fetch_manifest(remote: &Remote, snap: &SnapshotId, dir: &Path) -> Result<Option<Manifest>> {
     let key = snap.manifest_key();
     let Some(head) = remote.head(&key).await? else { return Ok(None) };
-    let Some(sha) = head.sha256 else {
+    // An encrypted manifest is checked by its plaintext's sha256 (and its own, in download).
+    let Some(sha) = head.content_sha256().map(str::to_string) else {
         return Err(Error::Remote {
             place: remote.place().to_string(),
             op: format!("checking {key}"),
@@ -99,4 +106,54 @@ pub async fn fetch_manifest(remote: &Remote, snap: &SnapshotId, dir: &Path) -> R
         }
     }
     Ok(m)
+}
+
+/// Keep the plaintext of the encrypted manifest just uploaded for `snap` (see the module doc).
+pub fn keep_manifest(state_dir: &Path, snap: &SnapshotId, manifest_file: &Path) -> Result<()> {
+    let dir = snap.sealed_manifest_dir(state_dir);
+    crate::fsutil::create_private_dir(&dir).map_err(|e| Error::io(&dir, e))?;
+    let bytes = std::fs::read(manifest_file).map_err(|e| Error::io(manifest_file, e))?;
+    let p = layout::manifest_path(&dir);
+    crate::fsutil::atomic_write(&p, &bytes, 0o600).map_err(|e| Error::io(p, e))
+}
+
+/// Forget the kept plaintext of `snap`'s manifest (the remote one was deleted).
+pub fn forget_manifest(state_dir: &Path, snap: &SnapshotId) {
+    let _ = std::fs::remove_dir_all(snap.sealed_manifest_dir(state_dir));
+}
+
+/// Read `snap`'s remote manifest for a job that has no identity to spare: an unencrypted one
+/// is fetched ([`fetch_manifest`]); an encrypted one is read from a local file known to be its
+/// plaintext — the copy kept at upload, or the snapshot dir's own manifest — when that file
+/// hashes to the plaintext sha256 recorded with the object; else it is decrypted, which needs
+/// the identity (an error saying so without one).
+pub async fn read_manifest(
+    remote: &Remote,
+    cfg: &HostConfig,
+    snap: &SnapshotId,
+    dir: &Path,
+) -> Result<Option<Manifest>> {
+    let key = snap.manifest_key();
+    let Some(head) = remote.head(&key).await? else { return Ok(None) };
+    if head.encryption.is_none() || remote.has_identity() {
+        return fetch_manifest(remote, snap, dir).await;
+    }
+    for known in [snap.sealed_manifest_dir(&cfg.state_dir), snap.dir(&cfg.backup_root)] {
+        let p = layout::manifest_path(&known);
+        let Ok((sha, size)) = crate::adapters::archive::sha256_file(&p) else { continue };
+        if head.holds(&sha, size) {
+            let m = Manifest::read(&known)?;
+            if let Some(m) = &m {
+                if m.kind != snap.kind() || m.id != snap.id() {
+                    continue;
+                }
+            }
+            return Ok(m);
+        }
+    }
+    Err(Error::Config(format!(
+        "{}: {key} is encrypted and this host keeps no copy of it (it was uploaded from another host, or before \
+         this one kept copies); pass --identity FILE (or set [remote] identity_file) so it can be read",
+        remote.place()
+    )))
 }

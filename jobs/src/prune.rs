@@ -211,10 +211,10 @@ fn local_inventory(root: &Path) -> Result<(Inventory, Vec<String>)> {
     Ok((inv, unreadable))
 }
 
-async fn remote_inventory(remote: &Remote, scratch: &Path) -> Result<Inventory> {
+async fn remote_inventory(remote: &Remote, cfg: &crate::config::HostConfig, scratch: &Path) -> Result<Inventory> {
     let mut inv = Inventory::default();
     for snap in offsite::list(remote).await?.snapshots {
-        if let Some(m) = offsite::fetch_manifest(remote, &snap, &snap.dir(scratch)).await? {
+        if let Some(m) = offsite::read_manifest(remote, cfg, &snap, &snap.dir(scratch)).await? {
             inv.insert(snap, m);
         }
     }
@@ -231,7 +231,7 @@ pub async fn prune(ctx: &Ctx, opts: &PruneOptions) -> Result<PruneReport> {
         Some(r) => Some(policy(r.retention.as_ref().unwrap_or(&ctx.cfg.retention), "remote.retention")?),
         None => None,
     };
-    let verified: HashMap<String, (String, u64)> = ctx.store.remote_objects()?;
+    let verified: HashMap<String, slipway_state::RemoteObject> = ctx.store.remote_objects()?;
     let (local, unreadable) = local_inventory(&ctx.cfg.backup_root)?;
     for why in &unreadable {
         tracing::warn!("{why}");
@@ -244,7 +244,7 @@ pub async fn prune(ctx: &Ctx, opts: &PruneOptions) -> Result<PruneReport> {
     let scratch =
         tempfile::Builder::new().prefix("slipway-prune-").tempdir().map_err(|e| Error::io(std::env::temp_dir(), e))?;
     let remote_inv = match &remote {
-        Some(r) => Some(remote_inventory(r, scratch.path()).await?),
+        Some(r) => Some(remote_inventory(r, &ctx.cfg, scratch.path()).await?),
         None => None,
     };
     let remote_keep_runs =
@@ -304,7 +304,7 @@ pub async fn prune(ctx: &Ctx, opts: &PruneOptions) -> Result<PruneReport> {
     };
     let offsite = |rel: &str| {
         let Some(sha) = sha_of.get(rel) else { return false };
-        (verified.get(rel).is_some_and(|v| v.0 == *sha) && on_remote.contains(rel))
+        (verified.get(rel).is_some_and(|v| v.sha256 == *sha) && on_remote.contains(rel))
             || (verified_before.get(rel) == Some(sha) && remote_forgets.contains(rel))
     };
     let unsynced = |rel: &str| remote_cfg.is_some() && !offsite(rel);
@@ -413,14 +413,18 @@ async fn apply_remote(
         if kept.archives.is_empty() {
             remote.delete(std::slice::from_ref(&mkey)).await?;
             ctx.store.forget_remote_object(&mkey)?;
+            offsite::forget_manifest(&ctx.cfg.state_dir, day);
         } else {
             let dir = day.dir(&scratch.join("rewrite"));
             crate::fsutil::create_private_dir(&dir).map_err(|e| Error::io(&dir, e))?;
             kept.write(&dir)?;
             let mp = layout::manifest_path(&dir);
             let (sha, size) = crate::adapters::archive::sha256_file(&mp)?;
-            remote.upload(&mp, &mkey, &sha, size).await?;
-            ctx.store.record_remote_object(&mkey, &sha, size)?;
+            let stored = remote.upload(&mp, &mkey, &sha, size).await?;
+            if stored.encryption.is_some() {
+                offsite::keep_manifest(&ctx.cfg.state_dir, day, &mp)?;
+            }
+            ctx.store.record_remote_object(&mkey, &stored.record(&sha, size))?;
         }
         n += 1;
         for a in gone {
@@ -441,6 +445,7 @@ async fn apply_remote(
         }
         let mkey = run.manifest_key();
         remote.delete(std::slice::from_ref(&mkey)).await?;
+        offsite::forget_manifest(&ctx.cfg.state_dir, run);
         let keys: Vec<String> = remote.list(&run.key_prefix()).await?.into_iter().map(|o| o.key).collect();
         remote.delete(&keys).await?;
         for k in keys.iter().chain(std::iter::once(&mkey)) {

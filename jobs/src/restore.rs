@@ -169,15 +169,30 @@ pub async fn fetch_remote(cfg: &HostConfig, tenant: &TenantId, source: &Source) 
         if remote.head(&snap.manifest_key()).await?.is_none() {
             continue;
         }
-        let Some(m) = offsite::fetch_manifest(&remote, &snap, &dir).await? else { continue };
-        let Some(entry) = m.tenant(tenant.as_str()).cloned() else { continue };
-        let key = snap.key(&entry.path);
-        remote.download(&key, &layout::under(&dir, &entry.path, &key)?, Some(&entry.sha256)).await?;
-        // The file list too: the restore's preflight reads it.
-        let list_key = snap.key(&entry.file_list);
-        let list = layout::under(&dir, &entry.file_list, &list_key)?;
-        remote.download(&list_key, &list, Some(&entry.file_list_sha256)).await?;
-        return Ok(Located { dir, entry });
+        // A failed fetch (a wrong identity, a damaged object) leaves no cache dir it made behind.
+        let made = !dir.exists();
+        let fetched = async {
+            let Some(m) = offsite::fetch_manifest(&remote, &snap, &dir).await? else { return Ok(None) };
+            let Some(entry) = m.tenant(tenant.as_str()).cloned() else { return Ok(None) };
+            let key = snap.key(&entry.path);
+            remote.download(&key, &layout::under(&dir, &entry.path, &key)?, Some(&entry.sha256)).await?;
+            // The file list too: the restore's preflight reads it.
+            let list_key = snap.key(&entry.file_list);
+            let list = layout::under(&dir, &entry.file_list, &list_key)?;
+            remote.download(&list_key, &list, Some(&entry.file_list_sha256)).await?;
+            Ok::<_, Error>(Some(entry))
+        }
+        .await;
+        match fetched {
+            Ok(Some(entry)) => return Ok(Located { dir, entry }),
+            Ok(None) => continue,
+            Err(e) => {
+                if made {
+                    let _ = std::fs::remove_dir_all(&dir);
+                }
+                return Err(e);
+            }
+        }
     }
     Err(Error::Usage(format!("no complete remote snapshot of tenant {tenant} at {}", remote.place())))
 }

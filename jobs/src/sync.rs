@@ -14,9 +14,10 @@ use std::time::Instant;
 
 use futures_util::StreamExt;
 use serde::Serialize;
+use slipway_state::RemoteObject;
 
 use crate::adapters::archive;
-use crate::adapters::remote::Remote;
+use crate::adapters::remote::{Remote, Stored};
 use crate::context::Ctx;
 use crate::error::{Error, ExitKind, Result};
 use crate::layout::{self, SnapshotDir, SnapshotKind, CONTROL_PLANE};
@@ -41,6 +42,10 @@ pub struct FileSync {
     pub action: String,
     /// The error, if failed.
     pub detail: Option<String>,
+    /// sha256 of the object uploaded (the encrypted bytes, when encrypted).
+    pub object_sha256: Option<String>,
+    /// `age` when the upload was encrypted.
+    pub encryption: Option<String>,
 }
 
 /// The result of `slipway sync`.
@@ -54,7 +59,9 @@ pub struct SyncReport {
     pub present: usize,
     /// Files uploaded, would be uploaded, or failed.
     pub files: Vec<FileSync>,
-    /// Bytes uploaded.
+    /// Whether uploads are encrypted (`[remote] encrypt`).
+    pub encrypted: bool,
+    /// Bytes uploaded (as sent: encrypted, when they are).
     pub uploaded_bytes: u64,
     /// Upload throughput in MB/s (uploaded bytes over the time spent uploading).
     pub mb_per_s: f64,
@@ -115,27 +122,31 @@ fn retired(snap: &SnapshotDir, verified_before: &HashMap<String, String>) -> boo
 /// Files uploaded at once (each multipart with its own parts in flight).
 const FILES_IN_FLIGHT: usize = 2;
 
-/// Whether `w` is on the remote with its size and sha256: the listing's size, then our record of
-/// a verified upload, else the object's sha256 metadata (HEAD), recorded when it matches.
+/// Whether `w` is on the remote with its size and sha256: the listing, then our record of a
+/// verified upload (the content's sha256 and size, and the object's size as listed), else the
+/// object's metadata (HEAD), recorded when it matches. An encrypted object holds `w` when its
+/// plaintext's sha256 and size are `w`'s: which recipients it was encrypted to does not matter,
+/// so changing them re-encrypts nothing already uploaded; an object uploaded unencrypted
+/// before encryption was turned on still counts.
 async fn is_present(
     ctx: &Ctx,
     remote: &Remote,
     listed: &HashMap<String, u64>,
-    known: &mut HashMap<String, (String, u64)>,
+    known: &mut HashMap<String, RemoteObject>,
     w: &Wanted,
     dry_run: bool,
 ) -> Result<bool> {
-    if listed.get(&w.key) != Some(&w.size) {
-        return Ok(false);
-    }
-    if known.get(&w.key).is_some_and(|(s, z)| *s == w.sha256 && *z == w.size) {
+    // An encrypted object is larger than its plaintext, never smaller.
+    let Some(&listed_size) = listed.get(&w.key).filter(|s| **s >= w.size) else { return Ok(false) };
+    if known.get(&w.key).is_some_and(|o| o.sha256 == w.sha256 && o.size == w.size && o.object_size == listed_size) {
         return Ok(true);
     }
     match remote.head(&w.key).await? {
-        Some(h) if h.size == w.size && h.sha256.as_deref() == Some(w.sha256.as_str()) => {
+        Some(h) if h.size == listed_size && h.holds(&w.sha256, w.size) => {
             if !dry_run {
-                ctx.store.record_remote_object(&w.key, &w.sha256, w.size)?;
-                known.insert(w.key.clone(), (w.sha256.clone(), w.size));
+                let rec = h.record(&w.sha256, w.size);
+                ctx.store.record_remote_object(&w.key, &rec)?;
+                known.insert(w.key.clone(), rec);
             }
             Ok(true)
         }
@@ -143,19 +154,29 @@ async fn is_present(
     }
 }
 
-/// Upload, then HEAD: only an object whose size and sha256 metadata match counts.
-async fn upload_verified(remote: &Remote, w: &Wanted) -> Result<()> {
-    remote.upload(&w.path, &w.key, &w.sha256, w.size).await?;
+/// Upload, then HEAD: only an object whose size and metadata match what was sent counts (an
+/// encrypted multipart object has no sha256 of its own in metadata: its bytes were known only
+/// once sent; the run record keeps it).
+async fn upload_verified(remote: &Remote, w: &Wanted) -> Result<Stored> {
+    let stored = remote.upload(&w.path, &w.key, &w.sha256, w.size).await?;
     match remote.head(&w.key).await? {
-        Some(h) if h.size == w.size && h.sha256.as_deref() == Some(w.sha256.as_str()) => Ok(()),
+        Some(h)
+            if h.size == stored.size
+                && h.holds(&w.sha256, w.size)
+                && h.encryption == stored.encryption
+                && (h.sha256.as_deref() == Some(stored.sha256.as_str())
+                    || (h.sha256.is_none() && stored.encryption.is_some())) =>
+        {
+            Ok(stored)
+        }
         other => Err(Error::Remote {
             place: remote.place().to_string(),
             op: format!("checking {} after upload", w.key),
             detail: format!(
                 "size {:?} and sha256 {:?}, expected {} and {}",
                 other.as_ref().map(|h| h.size),
-                other.as_ref().and_then(|h| h.sha256.clone()),
-                w.size,
+                other.as_ref().and_then(|h| h.content_sha256().map(str::to_string)),
+                stored.size,
                 w.sha256
             ),
         }),
@@ -170,6 +191,7 @@ pub async fn sync(ctx: &Ctx, opts: &SyncOptions) -> Result<SyncReport> {
         remote: remote.place().to_string(),
         present: 0,
         files: Vec::new(),
+        encrypted: remote.encrypts(),
         uploaded_bytes: 0,
         mb_per_s: 0.0,
         aborted_stale_uploads: 0,
@@ -198,6 +220,8 @@ pub async fn sync(ctx: &Ctx, opts: &SyncOptions) -> Result<SyncReport> {
                     size: 0,
                     action: "failed".into(),
                     detail: Some(format!("{e}; nothing of {} was uploaded", snap.id)),
+                    object_sha256: None,
+                    encryption: None,
                 });
                 continue;
             }
@@ -226,6 +250,8 @@ pub async fn sync(ctx: &Ctx, opts: &SyncOptions) -> Result<SyncReport> {
                         size: w.size,
                         action: "would_upload".into(),
                         detail: None,
+                        object_sha256: None,
+                        encryption: None,
                     });
                 } else {
                     need.push(w);
@@ -236,7 +262,7 @@ pub async fn sync(ctx: &Ctx, opts: &SyncOptions) -> Result<SyncReport> {
             }
             let t = Instant::now();
             ctx.progress.start(&format!("upload {}", snap.id), Some(need.iter().map(|w| w.size).sum()));
-            let results: Vec<(Wanted, Result<()>)> = futures_util::stream::iter(need)
+            let results: Vec<(Wanted, Result<Stored>)> = futures_util::stream::iter(need)
                 .map(|w| {
                     let remote = &remote;
                     async move {
@@ -252,14 +278,19 @@ pub async fn sync(ctx: &Ctx, opts: &SyncOptions) -> Result<SyncReport> {
             upload_time += t.elapsed();
             for (w, r) in results {
                 match r {
-                    Ok(()) => {
-                        ctx.store.record_remote_object(&w.key, &w.sha256, w.size)?;
-                        report.uploaded_bytes += w.size;
+                    Ok(stored) => {
+                        if w.key == manifest_key && stored.encryption.is_some() {
+                            offsite::keep_manifest(&ctx.cfg.state_dir, &snap.id, &w.path)?;
+                        }
+                        ctx.store.record_remote_object(&w.key, &stored.record(&w.sha256, w.size))?;
+                        report.uploaded_bytes += stored.size;
                         report.files.push(FileSync {
                             key: w.key,
                             size: w.size,
                             action: "uploaded".into(),
                             detail: None,
+                            object_sha256: Some(stored.sha256),
+                            encryption: stored.encryption,
                         });
                     }
                     Err(e @ Error::RemoteAuth { .. }) => return Err(e),
@@ -271,6 +302,8 @@ pub async fn sync(ctx: &Ctx, opts: &SyncOptions) -> Result<SyncReport> {
                             size: w.size,
                             action: "failed".into(),
                             detail: Some(e.to_string()),
+                            object_sha256: None,
+                            encryption: None,
                         });
                     }
                 }
@@ -313,7 +346,13 @@ pub async fn sync(ctx: &Ctx, opts: &SyncOptions) -> Result<SyncReport> {
 
 impl fmt::Display for SyncReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "sync to {}{}", self.remote, if self.dry_run { " (dry run)" } else { "" })?;
+        writeln!(
+            f,
+            "sync to {}{}{}",
+            self.remote,
+            if self.encrypted { ", encrypted (age)" } else { "" },
+            if self.dry_run { " (dry run)" } else { "" }
+        )?;
         for x in &self.files {
             match &x.detail {
                 Some(d) => writeln!(f, "  {:<13} {} ({} bytes): {d}", x.action, x.key, x.size)?,

@@ -153,10 +153,10 @@ pub async fn verify_remote(cfg: &HostConfig, opts: &VerifyOptions) -> Result<Ver
     let mut archives = Vec::new();
     for snap in snapshots {
         let dir = snap.dir(scratch.path());
-        let m = match offsite::fetch_manifest(&remote, &snap, &dir).await {
+        let m = match offsite::read_manifest(&remote, cfg, &snap, &dir).await {
             Ok(Some(m)) => m,
             Ok(None) => continue,
-            Err(e @ Error::RemoteAuth { .. }) => return Err(e),
+            Err(e @ (Error::RemoteAuth { .. } | Error::Config(_))) => return Err(e),
             // A manifest that cannot be trusted fails the job, naming it; the others are still checked.
             Err(e) => {
                 archives.push(Checked {
@@ -172,11 +172,14 @@ pub async fn verify_remote(cfg: &HostConfig, opts: &VerifyOptions) -> Result<Ver
             let mut detail = None;
             match remote.head(&key).await? {
                 None => detail = Some("missing on the remote".to_string()),
-                Some(h) if h.size != a.size || sizes.get(key.as_str()) != Some(&a.size) => {
-                    detail = Some(format!("size is {}, the manifest says {}", h.size, a.size))
+                // An encrypted object is checked by its plaintext's size and sha256 (metadata);
+                // --deep decrypts it and hashes both.
+                Some(h) if h.content_size() != Some(a.size) || sizes.get(key.as_str()) != Some(&h.size) => {
+                    detail = Some(format!("size is {:?}, the manifest says {}", h.content_size(), a.size))
                 }
-                Some(h) if h.sha256.as_deref() != Some(a.sha256.as_str()) => {
-                    detail = Some(format!("sha256 metadata is {:?}, the manifest says {}", h.sha256, a.sha256))
+                Some(h) if h.content_sha256() != Some(a.sha256.as_str()) => {
+                    detail =
+                        Some(format!("sha256 metadata is {:?}, the manifest says {}", h.content_sha256(), a.sha256))
                 }
                 Some(_) if opts.deep => {
                     let r = async {
@@ -191,16 +194,21 @@ pub async fn verify_remote(cfg: &HostConfig, opts: &VerifyOptions) -> Result<Ver
                         Ok::<_, Error>(())
                     }
                     .await;
-                    detail = r.err().map(|e| e.to_string());
+                    match r {
+                        // No identity, or the wrong one: exit 2, not a mismatch.
+                        Err(e @ Error::Config(_)) => return Err(e),
+                        r => detail = r.err().map(|e| e.to_string()),
+                    }
                 }
                 Some(_) => {
                     let list_key = snap.key(&a.file_list);
                     match remote.head(&list_key).await? {
                         None => detail = Some(format!("file list {list_key} is missing on the remote")),
-                        Some(h) if h.sha256.as_deref() != Some(a.file_list_sha256.as_str()) => {
+                        Some(h) if h.content_sha256() != Some(a.file_list_sha256.as_str()) => {
                             detail = Some(format!(
                                 "file list {list_key}: sha256 metadata is {:?}, the manifest says {}",
-                                h.sha256, a.file_list_sha256
+                                h.content_sha256(),
+                                a.file_list_sha256
                             ))
                         }
                         Some(_) => {}

@@ -14,8 +14,11 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 use serde::Serialize;
 
 /// Migrations, in order; the schema version is the number applied.
-const MIGRATIONS: &[&str] =
-    &[include_str!("migrations/0001_init.sql"), include_str!("migrations/0002_remote_objects.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("migrations/0001_init.sql"),
+    include_str!("migrations/0002_remote_objects.sql"),
+    include_str!("migrations/0003_remote_object_bytes.sql"),
+];
 
 /// How long a writer waits for another before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -137,6 +140,36 @@ pub struct TenantResult {
     pub downtime_ms: Option<i64>,
     /// Free text.
     pub detail: Option<String>,
+}
+
+/// An object verified on the remote: the archive (file list, manifest) it holds and, when
+/// the object is not those bytes themselves (encrypted), the object's own sha256 and size.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RemoteObject {
+    /// sha256 of the content (the manifest's; after decryption when encrypted).
+    pub sha256: String,
+    /// Size of the content.
+    pub size: u64,
+    /// sha256 of the object as stored; None when not known (an encrypted object uploaded in
+    /// several parts and found on the remote, not uploaded by this host).
+    pub object_sha256: Option<String>,
+    /// Size of the object as stored (the listing's).
+    pub object_size: u64,
+    /// How the object is encrypted (`age`), None when it is the content itself.
+    pub encryption: Option<String>,
+}
+
+impl RemoteObject {
+    /// An object that is the content's own bytes.
+    pub fn plain(sha256: &str, size: u64) -> RemoteObject {
+        RemoteObject {
+            sha256: sha256.to_string(),
+            size,
+            object_sha256: Some(sha256.to_string()),
+            object_size: size,
+            encryption: None,
+        }
+    }
 }
 
 /// A snapshot archive slipway wrote.
@@ -408,19 +441,36 @@ impl Store {
     }
 
     /// Remember an object as uploaded and verified (size and sha256 metadata checked).
-    pub fn record_remote_object(&self, key: &str, sha256: &str, size: u64) -> Result<()> {
+    pub fn record_remote_object(&self, key: &str, o: &RemoteObject) -> Result<()> {
         self.conn.execute(
-            "INSERT OR REPLACE INTO remote_objects (key, sha256, size, verified_at) VALUES (?1, ?2, ?3, ?4)",
-            params![key, sha256, size as i64, now()],
+            "INSERT OR REPLACE INTO remote_objects (key, sha256, size, verified_at, object_sha256, object_size, encryption)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![key, o.sha256, o.size as i64, now(), o.object_sha256, o.object_size as i64, o.encryption],
         )?;
         Ok(())
     }
 
-    /// Every object known to be verified on the remote: key -> (sha256, size).
-    pub fn remote_objects(&self) -> Result<std::collections::HashMap<String, (String, u64)>> {
-        let mut st = self.conn.prepare("SELECT key, sha256, size FROM remote_objects")?;
-        let rows =
-            st.query_map([], |r| Ok((r.get::<_, String>(0)?, (r.get::<_, String>(1)?, r.get::<_, i64>(2)? as u64))))?;
+    /// Every object known to be verified on the remote, by key.
+    pub fn remote_objects(&self) -> Result<std::collections::HashMap<String, RemoteObject>> {
+        let mut st = self
+            .conn
+            .prepare("SELECT key, sha256, size, object_sha256, object_size, encryption FROM remote_objects")?;
+        let rows = st.query_map([], |r| {
+            let (sha256, size) = (r.get::<_, String>(1)?, r.get::<_, i64>(2)? as u64);
+            let encryption: Option<String> = r.get(5)?;
+            // Rows of schema 2, and unencrypted uploads: the object is the archive's bytes.
+            let plain = encryption.is_none();
+            Ok((
+                r.get::<_, String>(0)?,
+                RemoteObject {
+                    object_sha256: r.get::<_, Option<String>>(3)?.or_else(|| plain.then(|| sha256.clone())),
+                    object_size: r.get::<_, Option<i64>>(4)?.map_or(size, |s| s as u64),
+                    encryption,
+                    sha256,
+                    size,
+                },
+            ))
+        })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 

@@ -682,6 +682,19 @@ impl Sandbox {
         assert!(child.wait().unwrap().success(), "rclone rcat {key}");
     }
 
+    /// The bytes of the object at `key` under the sandbox prefix of the shared S3 server, as
+    /// anyone who can read the bucket sees them (via rclone).
+    pub fn remote_object_bytes(&self, bucket: &str, key: &str) -> Vec<u8> {
+        let env = Env::get();
+        let out = rclone(&env.s3_endpoint, &env.s3_access_key, &env.s3_secret_key)
+            .arg("cat")
+            .arg(format!(":s3:{bucket}/slipway/host-1/{key}"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "rclone cat {key}: {}", String::from_utf8_lossy(&out.stderr));
+        out.stdout
+    }
+
     /// Every object key in the bucket under the sandbox prefix, with sizes (via rclone).
     pub fn remote_objects(&self, endpoint: &str, key: &str, secret: &str, bucket: &str) -> Vec<(String, u64)> {
         let out = Command::new("rclone")

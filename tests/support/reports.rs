@@ -170,6 +170,9 @@ pub struct SyncFile {
     pub key: String,
     pub size: u64,
     pub action: String,
+    /// `age` when the upload was encrypted.
+    #[serde(default)]
+    pub encryption: Option<String>,
 }
 
 /// `verify`.

@@ -9,6 +9,7 @@
 //! <backup_root>/rollout/<run_id>/MANIFEST.json
 //! <backup_root>/replaced/<run_id>/<tenant>/                  the data a restore replaced, as it was
 //! <state_dir>/remote-cache/<kind>/<id>/…                     what `restore --remote` fetched
+//! <state_dir>/remote-manifests/<kind>/<id>/MANIFEST.json     the plaintext of an encrypted manifest uploaded
 //! ```
 //!
 //! A snapshot directory is named by a [`SnapshotId`] (its kind and its day or run id). The
@@ -43,6 +44,8 @@ const FILE_LIST_SUFFIX: &str = ".files.json.zst";
 const REPLACED: &str = "replaced";
 /// The directory under `state_dir` that `restore --remote` downloads into.
 const REMOTE_CACHE: &str = "remote-cache";
+/// The directory under `state_dir` keeping the plaintext of each encrypted manifest uploaded.
+const SEALED_MANIFESTS: &str = "remote-manifests";
 
 /// Daily or rollout snapshot directory. The word ([`SnapshotKind::as_str`]) is the directory
 /// under the backup root, the first part of a remote key, the manifest's `kind` and the
@@ -178,6 +181,12 @@ impl SnapshotId {
         let (kind, rest) = key.split_once('/')?;
         let id = rest.strip_suffix(MANIFEST)?.strip_suffix('/')?;
         SnapshotId::new(kind.parse().ok()?, id).ok()
+    }
+
+    /// Where the plaintext of this snapshot's encrypted remote manifest is kept under the state
+    /// dir, so jobs that only list (prune, verify) read it without the identity.
+    pub fn sealed_manifest_dir(&self, state_dir: &Path) -> PathBuf {
+        state_dir.join(SEALED_MANIFESTS).join(self.kind.as_str()).join(&self.id)
     }
 
     /// Where `restore --remote` puts this snapshot's files under the state dir.

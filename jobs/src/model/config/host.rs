@@ -158,6 +158,21 @@ pub struct RemoteConfig {
     pub part_size_mb: Option<u64>,
     /// Parts in flight per object (at most 10, Spaces' limit).
     pub concurrency: Option<usize>,
+    /// Client-side encryption of everything uploaded (age, X25519 recipients).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encrypt: Option<EncryptConfig>,
+    /// The age identity file that decrypts the remote copy (restore, verify --deep, drill);
+    /// `--identity FILE` overrides it. Read only when an encrypted object is, never copied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity_file: Option<PathBuf>,
+}
+
+/// `[remote] encrypt = { recipients_file = "…" }`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EncryptConfig {
+    /// age X25519 recipients (`age1…`), one per line, `#` comments allowed.
+    pub recipients_file: PathBuf,
 }
 fn default_region() -> String {
     "us-east-1".into()
@@ -225,6 +240,8 @@ const ENV_KEYS: &[(&str, &[&str], Kind)] = &[
     ("SLIPWAY_REMOTE_CREDENTIALS_FILE", &["remote", "credentials_file"], Kind::Str),
     ("SLIPWAY_REMOTE_PART_SIZE_MB", &["remote", "part_size_mb"], Kind::Int),
     ("SLIPWAY_REMOTE_CONCURRENCY", &["remote", "concurrency"], Kind::Int),
+    ("SLIPWAY_REMOTE_ENCRYPT_RECIPIENTS_FILE", &["remote", "encrypt", "recipients_file"], Kind::Str),
+    ("SLIPWAY_REMOTE_IDENTITY_FILE", &["remote", "identity_file"], Kind::Str),
     ("SLIPWAY_NOTIFY_WEBHOOK", &["notify", "webhook"], Kind::Str),
     ("SLIPWAY_METRICS_FILE", &["metrics", "file"], Kind::Str),
 ];
@@ -318,6 +335,20 @@ impl HostConfig {
         Ok(cfg)
     }
 
+    /// Decrypt the remote copy with `file` (`--identity`), in place of `[remote] identity_file`.
+    /// Only its path is kept; it is read when an encrypted object is.
+    pub fn use_identity(&mut self, file: &Path) -> Result<()> {
+        let Some(r) = self.remote.as_mut() else {
+            return Err(Error::Config(
+                "--identity: the host config has no [remote], so there is nothing to decrypt".into(),
+            ));
+        };
+        let abs =
+            std::path::absolute(file).map_err(|e| Error::Config(format!("--identity {}: {e}", file.display())))?;
+        r.identity_file = Some(abs);
+        Ok(())
+    }
+
     fn validate(&self, origin: &str) -> Result<()> {
         let bad = |key: &str, msg: String| Err(Error::Config(format!("{origin}: {key}: {msg}")));
         for (key, p) in [("state_dir", &self.state_dir), ("backup_root", &self.backup_root)] {
@@ -372,6 +403,19 @@ impl HostConfig {
                 if !(1..=10).contains(&c) {
                     return bad("remote.concurrency", format!("{c} is out of range; use 1 to 10"));
                 }
+            }
+            if let Some(p) = r.identity_file.as_ref().filter(|p| !p.is_absolute()) {
+                return bad("remote.identity_file", format!("\"{}\" must be an absolute path", p.display()));
+            }
+            if let Some(enc) = &r.encrypt {
+                let p = &enc.recipients_file;
+                if !p.is_absolute() {
+                    return bad(
+                        "remote.encrypt.recipients_file",
+                        format!("\"{}\" must be an absolute path", p.display()),
+                    );
+                }
+                crate::crypt::read_recipients(p, &format!("{origin}: remote.encrypt.recipients_file"))?;
             }
             if let Some(e) = &r.endpoint {
                 if !(e.starts_with("http://") || e.starts_with("https://")) {
