@@ -491,8 +491,10 @@ impl Pass<'_> {
                 self.touched(&rec.rel);
                 std::os::unix::fs::symlink(OsStr::from_bytes(&target), &path).map_err(ioe(&path))?;
                 std::os::unix::fs::lchown(&path, Some(meta.uid()), Some(meta.gid())).map_err(ioe(&path))?;
-                let (a, t) =
-                    (filetime::FileTime::from_last_access_time(&meta), filetime::FileTime::from_last_modification_time(&meta));
+                let (a, t) = (
+                    filetime::FileTime::from_last_access_time(&meta),
+                    filetime::FileTime::from_last_modification_time(&meta),
+                );
                 filetime::set_symlink_file_times(&path, a, t).map_err(ioe(&path))?;
                 self.report.files_copied += 1;
             }
@@ -537,8 +539,11 @@ mod tests {
         fs::create_dir_all(root.join("empty-dir")).unwrap();
         fs::write(root.join("db/records.txt"), "customer rows\n".repeat(1000)).unwrap();
         fs::write(root.join("empty-file"), "").unwrap();
-        fs::write(root.join("db/nested/noise.bin"), (0..100_000u32).map(|i| ((i * 7919) >> 5) as u8).collect::<Vec<_>>())
-            .unwrap();
+        fs::write(
+            root.join("db/nested/noise.bin"),
+            (0..100_000u32).map(|i| ((i * 7919) >> 5) as u8).collect::<Vec<_>>(),
+        )
+        .unwrap();
         symlink("../records.txt", root.join("db/nested/link")).unwrap();
         symlink("/etc/hostname", root.join("absolute-link")).unwrap();
         fs::hard_link(root.join("db/records.txt"), root.join("db/nested/deeper/hardlink")).unwrap();
