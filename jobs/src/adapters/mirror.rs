@@ -12,9 +12,11 @@
 //!   copy's own ctimes say nothing about the source. An entry whose ctime was within
 //!   [`RACY_S`] of the pass's start is recorded as racy and copied again next time (a write in
 //!   the same clock tick as our read leaves ctime as it was — git's "racily clean" problem).
-//! - The index is unlinked before a pass changes the copy and written (atomically, after a
-//!   `syncfs` of the copy) only when the pass completed: a pass cut short leaves no index, and
-//!   the next pass starts the copy afresh rather than trust a half-updated one.
+//! - The index is unlinked before a pass changes the copy and written (atomically) only when
+//!   the pass completed and what it changed is durable — every file it wrote and every dir
+//!   whose entries it changed fsynced (not a `syncfs`: on a busy host that would flush every
+//!   other tenant's writes too, while this one is down). A pass cut short leaves no index,
+//!   and the next pass starts the copy afresh rather than trust a half-updated one.
 //! - The copy gets each entry's content, mode, numeric owner, mtime and atime (nanoseconds),
 //!   symlink targets, and hard links among the tree's files; directories' metadata is applied
 //!   after their children (writing into a dir moves its mtime). Sockets, fifos and device nodes
@@ -188,8 +190,7 @@ pub fn mirror(src: &Path, dst: &Path) -> Result<MirrorReport, ArchiveError> {
     }
     pass.close_dirs_until(&[])?;
     set_meta(dst, &root_meta)?;
-    let root = File::open(dst).map_err(ioe(dst))?;
-    rustix::fs::syncfs(&root).map_err(|e| ArchiveError::Io { path: dst.to_path_buf(), source: e.into() })?;
+    File::open(dst).and_then(|d| d.sync_all()).map_err(ioe(dst))?;
     let out = w.into_inner().map_err(|e| ioe(&index_path)(e.into_error()))?;
     out.commit().map_err(ioe(&index_path))?;
     let mut report = pass.report;
@@ -425,7 +426,10 @@ impl Pass<'_> {
             }
             let d = self.open.pop().unwrap_or_else(|| unreachable!());
             if d.apply {
-                set_meta(&self.path(&d.rel), &d.meta)?;
+                let path = self.path(&d.rel);
+                set_meta(&path, &d.meta)?;
+                // Its entries changed: make them (and its metadata) durable.
+                File::open(&path).and_then(|f| f.sync_all()).map_err(ioe(&path))?;
             }
         }
         Ok(())
@@ -523,7 +527,8 @@ impl Pass<'_> {
         std::os::unix::fs::fchown(&out, Some(m.uid()), Some(m.gid())).map_err(ioe(path))?;
         out.set_permissions(fs::Permissions::from_mode(m.mode() & 0o7777)).map_err(ioe(path))?;
         let (a, t) = (filetime::FileTime::from_last_access_time(m), filetime::FileTime::from_last_modification_time(m));
-        filetime::set_file_handle_times(&out, Some(a), Some(t)).map_err(ioe(path))
+        filetime::set_file_handle_times(&out, Some(a), Some(t)).map_err(ioe(path))?;
+        out.sync_all().map_err(ioe(path))
     }
 }
 
