@@ -540,48 +540,51 @@ impl Engine {
         self.create_body_named(name, body, extra, image).await
     }
 
-    /// The switch of a staged container: rename it from `staged` to the tenant's `name`, give it
-    /// the tenant's aliases on each network (`spec`: the prior container's), and its restart
-    /// policy `restart`. Idempotent: a rename already done, or an alias already set, is fine.
+    /// The switch of a staged container: rename it from `staged` to the tenant's `name`, then
+    /// give it the tenant's aliases on each network (`spec`: the prior container's) and its
+    /// restart policy `restart`, those two at once. A rename already done (its answer lost) is
+    /// fine. Few engine calls, as the tenant is down meanwhile.
     pub async fn switch_in(&self, staged: &str, name: &str, spec: &ContainerSpec, restart: &Restart) -> Result<()> {
-        if self.exists(staged).await? || !self.exists(name).await? {
-            self.rename(staged, name).await?;
-        }
-        let current = self.inspect(name).await?;
-        let connected = current.network_settings.and_then(|n| n.networks).unwrap_or_default();
-        for (net, ep, aliases) in spec.networks() {
-            let have: BTreeSet<&String> =
-                connected.get(&net).and_then(|e| e.aliases.as_ref()).map(|a| a.iter().collect()).unwrap_or_default();
-            if aliases.is_empty() || aliases.iter().all(|a| have.contains(a)) {
-                continue;
+        if let Err(e) = self.rename(staged, name).await {
+            if self.exists(staged).await? || !self.exists(name).await? {
+                return Err(e);
             }
-            // The engine has no call that adds an alias: reconnect with them (the container is
-            // not running, so nothing is cut).
-            let id = current.id.clone().unwrap_or_else(|| name.to_string());
-            if connected.contains_key(&net) {
-                let req = NetworkDisconnectRequest { container: id.clone(), force: Some(false) };
+        }
+        let aliases = async {
+            for (net, ep, aliases) in spec.networks() {
+                if aliases.is_empty() {
+                    continue;
+                }
+                // The engine has no call that adds an alias: reconnect with them (the container
+                // is not running, so nothing is cut).
+                let req = NetworkDisconnectRequest { container: name.to_string(), force: Some(false) };
                 self.docker
                     .disconnect_network(&net, req)
                     .await
                     .map_err(|e| derr(format!("disconnecting container {name} from network {net}"), Some(name), e))?;
+                let endpoint = EndpointSettings {
+                    aliases: Some(aliases),
+                    ipam_config: ep.ipam_config,
+                    links: ep.links,
+                    driver_opts: ep.driver_opts,
+                    ..Default::default()
+                };
+                let req = NetworkConnectRequest { container: name.to_string(), endpoint_config: Some(endpoint) };
+                self.docker
+                    .connect_network(&net, req)
+                    .await
+                    .map_err(|e| derr(format!("connecting container {name} to network {net}"), Some(name), e))?;
             }
-            let endpoint = EndpointSettings {
-                aliases: Some(aliases),
-                ipam_config: ep.ipam_config,
-                links: ep.links,
-                driver_opts: ep.driver_opts,
-                ..Default::default()
-            };
-            let req = NetworkConnectRequest { container: id, endpoint_config: Some(endpoint) };
-            self.docker
-                .connect_network(&net, req)
-                .await
-                .map_err(|e| derr(format!("connecting container {name} to network {net}"), Some(name), e))?;
-        }
-        if restart.restarts() {
-            self.set_restart(name, restart).await?;
-        }
-        Ok(())
+            Ok(())
+        };
+        let policy = async {
+            match restart.restarts() {
+                true => self.set_restart(name, restart).await,
+                false => Ok(()),
+            }
+        };
+        let (a, p) = tokio::join!(aliases, policy);
+        a.and(p)
     }
 
     /// Set a container's restart policy (nothing else of it changes).

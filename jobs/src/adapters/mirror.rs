@@ -12,8 +12,9 @@
 //!   copy's own ctimes say nothing about the source. An entry whose ctime was within
 //!   [`RACY_S`] of the pass's start is recorded as racy and copied again next time (a write in
 //!   the same clock tick as our read leaves ctime as it was — git's "racily clean" problem).
-//! - The index is unlinked before a pass changes the copy and written (atomically) only when
-//!   the pass completed and what it changed is durable — every file it wrote and every dir
+//! - The index is unlinked before a pass changes the copy and written (renamed into place, with
+//!   a trailer line that a torn one lacks) only when the pass completed and what it changed is
+//!   durable — every file it wrote and every dir
 //!   whose entries it changed fsynced (not a `syncfs`: on a busy host that would flush every
 //!   other tenant's writes too, while this one is down). A pass cut short leaves no index,
 //!   and the next pass starts the copy afresh rather than trust a half-updated one.
@@ -30,7 +31,7 @@ use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufRead, BufReader, BufWriter, Write};
+use std::io::{self, BufRead, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -48,6 +49,9 @@ pub const RACY_S: i64 = 2;
 
 /// First line of an index file; a file without it is not an index (the copy starts afresh).
 const INDEX_MAGIC: &str = "slipway-mirror-index 1";
+/// Last line of a complete index. The index is not fsynced (a lost one costs a full copy, not
+/// a wrong one): one cut short by a power loss lacks it and is not used.
+const INDEX_END: &str = "end";
 
 /// How file content was copied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -147,13 +151,18 @@ pub fn mirror(src: &Path, dst: &Path) -> Result<MirrorReport, ArchiveError> {
     // Read the last pass's index from an open fd, then unlink it: from here until this pass
     // completes, the copy is not described by any index.
     let old = match File::open(&index_path) {
-        Ok(f) => {
+        Ok(mut f) => {
             fs::remove_file(&index_path).map_err(ioe(&index_path))?;
+            let mut tail = [0u8; 4];
+            let complete = f.seek(SeekFrom::End(-(tail.len() as i64))).is_ok()
+                && f.read_exact(&mut tail).is_ok()
+                && tail == *format!("{INDEX_END}\n").as_bytes()
+                && f.seek(SeekFrom::Start(0)).is_ok();
             let mut r = BufReader::new(f);
             let mut first = String::new();
             r.read_line(&mut first).map_err(ioe(&index_path))?;
             let dst_is_dir = fs::symlink_metadata(dst).is_ok_and(|m| m.is_dir());
-            (first.trim_end() == source_id && dst_is_dir).then_some(r)
+            (complete && first.trim_end() == source_id && dst_is_dir).then_some(r)
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => None,
         Err(e) => return Err(ioe(&index_path)(e)),
@@ -189,10 +198,18 @@ pub fn mirror(src: &Path, dst: &Path) -> Result<MirrorReport, ArchiveError> {
         pass.remove(&gone.rel)?;
     }
     pass.close_dirs_until(&[])?;
-    set_meta(dst, &root_meta)?;
+    // Set again only when it differs: an unchanged copy's root stays clean, so its fsync is
+    // nearly free while the tenant is down.
+    let now = fs::symlink_metadata(dst).map_err(ioe(dst))?;
+    let same_root = (now.mode(), now.uid(), now.gid(), now.mtime(), now.mtime_nsec())
+        == (root_meta.mode(), root_meta.uid(), root_meta.gid(), root_meta.mtime(), root_meta.mtime_nsec());
+    if !same_root {
+        set_meta(dst, &root_meta)?;
+    }
     File::open(dst).and_then(|d| d.sync_all()).map_err(ioe(dst))?;
+    writeln!(w, "{INDEX_END}").map_err(ioe(&index_path))?;
     let out = w.into_inner().map_err(|e| ioe(&index_path)(e.into_error()))?;
-    out.commit().map_err(ioe(&index_path))?;
+    out.commit_unsynced().map_err(ioe(&index_path))?;
     let mut report = pass.report;
     report.method = if pass.reflink { CopyMethod::Reflink } else { CopyMethod::Copy };
     Ok(report)
@@ -347,7 +364,7 @@ impl IndexReader<'_> {
         if self.head.is_none() {
             if let Some(r) = self.inner.as_mut() {
                 let mut line = String::new();
-                if r.read_line(&mut line).map_err(ioe(self.path))? == 0 {
+                if r.read_line(&mut line).map_err(ioe(self.path))? == 0 || line.trim_end() == INDEX_END {
                     self.inner = None;
                 } else {
                     let rec = Record::parse(line.trim_end_matches('\n')).ok_or_else(|| ArchiveError::Io {
@@ -586,11 +603,13 @@ mod tests {
         let text = fs::read_to_string(&idx).unwrap();
         let mut lines = text.lines();
         let mut out = format!("{}\n", lines.next().unwrap());
-        for l in lines {
+        for l in lines.filter(|l| *l != INDEX_END) {
             let mut r = Record::parse(l).unwrap();
             r.racy = false;
             r.write(&mut out_vec(&mut out)).unwrap();
         }
+        out.push_str(INDEX_END);
+        out.push('\n');
         fs::write(&idx, out).unwrap();
         mirror(src, dst).unwrap()
     }
@@ -715,6 +734,23 @@ mod tests {
         fs::write(other.join("o"), "o").unwrap();
         mirror(&other, &dst).unwrap();
         assert_eq!(digest(&dst), digest(&other));
+    }
+
+    #[test]
+    fn an_index_cut_short_is_not_trusted_and_the_copy_is_made_afresh() {
+        let d = tempfile::tempdir().unwrap();
+        let (src, dst) = (d.path().join("src"), d.path().join("copy"));
+        tree(&src);
+        mirror(&src, &dst).unwrap();
+        // A power cut tore the index after its first lines: the entries after them are missing.
+        let idx = crate::layout::mirror_index(&dst);
+        let text = fs::read_to_string(&idx).unwrap();
+        let torn: String = text.lines().take(3).map(|l| format!("{l}\n")).collect();
+        fs::write(&idx, torn).unwrap();
+        fs::write(dst.join("zz-stale"), "not in the source").unwrap();
+        let r = mirror(&src, &dst).unwrap();
+        assert_eq!(r.unchanged, 0, "{r:?}");
+        assert_eq!(digest(&dst), digest(&src));
     }
 
     #[test]
