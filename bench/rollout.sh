@@ -7,7 +7,8 @@
 #       stop -t 30, `cp -a` snapshot, rename, run, curl loop, rm old.
 #     Per-tenant downtime (median, max), total wall time, and slipway's own overhead
 #     (downtime minus docker stop/start and the app's time to healthy).
-#  2. Downtime against data size: a SMALL_MB (10) and a BIG_MB (1024) tenant rolled v1 -> v2.
+#  2. Downtime against data size: a SMALL_MB (10) and a BIG_MB (1024) tenant rolled
+#     v1 -> v2 -> v1 -> v2 (three rollouts each; medians).
 #  3. The failure path: the BIG_MB tenant rolled to a version that fails its health gate, once
 #     on the pre-copy path (the copy swapped back by a rename) and once with pre_copy = false
 #     (the archive extracted): the time to put the data back, and the prior's start + health.
@@ -129,8 +130,13 @@ done
 sh_total_ms=$(( ($(date +%s%N) - t0) / 1000000 ))
 
 # --- downtime against data size, and the failure path ----------------------------------------
-echo "rolling the $SMALL_MB MB and $BIG_MB MB tenants..." >&2
-"$SLIPWAY" --config "$work/config.toml" rollout --app size --json > "$work/size.json"
+echo "rolling the $SMALL_MB MB and $BIG_MB MB tenants three times..." >&2
+round=0
+for img in "$V2" "$V1" "$V2"; do
+  round=$((round + 1))
+  [ "$round" = 1 ] || pin "$img" "" "size round $round"
+  "$SLIPWAY" --config "$work/config.toml" rollout --app size --json > "$work/size-$round.json"
+done
 echo "failing the $BIG_MB MB tenant's health gate: pre-copy path, then archive path..." >&2
 pin "$BAD" "" "pin a version that fails its health gate"
 "$SLIPWAY" --config "$work/config.toml" rollout --app size --tenant big --json > "$work/fail-copy.json" || true
@@ -138,7 +144,7 @@ pin "$BAD" "pre_copy = false" "the same, archiving while down"
 "$SLIPWAY" --config "$work/config.toml" rollout --app size --tenant big --json > "$work/fail-archive.json" || true
 
 python3 - "$work/slipway.json" "$work/shell.txt" "$sl_total_ms" "$sh_total_ms" "$N" "$DATA_MB" \
-  "$work/size.json" "$work/fail-copy.json" "$work/fail-archive.json" "$SMALL_MB" "$BIG_MB" <<'PY' | tee bench/out/rollout.md
+  "$work/size-1.json,$work/size-2.json,$work/size-3.json" "$work/fail-copy.json" "$work/fail-archive.json" "$SMALL_MB" "$BIG_MB" <<'PY' | tee bench/out/rollout.md
 import json, statistics, sys
 rep = json.load(open(sys.argv[1]))
 tenants = rep["report"]["apps"][0]["tenants"]
@@ -165,17 +171,25 @@ print(f"\nslipway's own overhead per tenant (downtime - docker stop/start - app 
       f"median {med(delta):.0f} ms, the prior's rename aside + the switch (docker rename, alias reconnect, "
       f"restart policy) median {med(switch):.0f} ms")
 
-size = {t["tenant"]: t for t in json.load(open(sys.argv[7]))["report"]["apps"][0]["tenants"]}
-small, big = size["small"], size["big"]
-assert small["outcome"] == big["outcome"] == "rolled", size
+rounds = [{t["tenant"]: t for t in json.load(open(f))["report"]["apps"][0]["tenants"]} for f in sys.argv[7].split(",")]
+for r in rounds:
+    assert all(t["outcome"] == "rolled" for t in r.values()), r
 s_mb, b_mb = sys.argv[10], sys.argv[11]
-print(f"\nDowntime against data size (slipway, same run):\n")
-print("| tenant | downtime | copy delta while down | pre-copy while running | archive after healthy |")
-print("|---|---:|---:|---:|---:|")
-for label, t in ((f"{s_mb} MB", small), (f"{b_mb} MB", big)):
+def own(t):
     g = t["timings"]
-    print(f"| {label} | {t['downtime_ms']} ms | {g['copy_delta_ms']} ms | {g['pre_copy_ms']} ms | {g['archive_ms']} ms |")
-print(f"\n{b_mb} MB / {s_mb} MB downtime: {big['downtime_ms'] / small['downtime_ms']:.2f} (target <= 1.2)")
+    return t["downtime_ms"] - g["stop_ms"] - g["start_ms"] - g["health_ms"]
+print(f"\nDowntime against data size (slipway, same run, median of {len(rounds)} rollouts each):\n")
+print("| tenant | downtime | slipway's own part of it | copy delta while down | pre-copy while running | archive after healthy |")
+print("|---|---:|---:|---:|---:|---:|")
+down = {}
+for label, key in ((f"{s_mb} MB", "small"), (f"{b_mb} MB", "big")):
+    ts = [r[key] for r in rounds]
+    m = lambda f: med([f(t) for t in ts])
+    down[key] = m(lambda t: t["downtime_ms"])
+    own_ms = m(own)
+    print(f"| {label} | {down[key]:.0f} ms | {own_ms:.0f} ms | {m(lambda t: t['timings']['copy_delta_ms']):.0f} ms "
+          f"| {m(lambda t: t['timings']['pre_copy_ms']):.0f} ms | {m(lambda t: t['timings']['archive_ms']):.0f} ms |")
+print(f"\n{b_mb} MB / {s_mb} MB median downtime: {down['big'] / down['small']:.2f} (target <= 1.2)")
 
 print(f"\nFailure path: the {b_mb} MB tenant's new version fails its health gate (timeout 3 s):\n")
 print("| path | data put back | prior start + health | undo total |")

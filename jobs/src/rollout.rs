@@ -714,7 +714,13 @@ impl TenantRoll<'_> {
             step.during().reach();
             let began = Instant::now();
             let result = self.run_step(step).await;
-            self.timings.record(step, began.elapsed());
+            // The stop's time is the engine's stop alone (the restart policy set just before
+            // it is not downtime).
+            let took = match (step, self.t0) {
+                (Step::Stop, Some(t0)) => t0.elapsed(),
+                _ => began.elapsed(),
+            };
+            self.timings.record(step, took);
             ctx.end(id, if result.is_ok() { "ok" } else { "failed" }, Some(&self.j))?;
             step.after().reach();
             match result {
