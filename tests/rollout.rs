@@ -691,3 +691,28 @@ fn the_new_container_is_staged_before_the_stop_without_the_tenants_name_or_alias
     }
     assert!(s.containers_named_like(".next-").is_empty());
 }
+
+#[test]
+fn recover_lists_a_rollout_copy_a_finished_run_left_and_never_removes_it() {
+    let s = Sandbox::new();
+    let v1 = s.push_fixture_as("v1", "app");
+    let v2 = s.push_fixture_as("v2", "app");
+    s.add_tenant("t1", &v1);
+    s.write_data("t1", "db/records.txt", "rows\n");
+    s.write_fleet(&s.fleet_app(&v2, ""));
+    let out = s.slipway(&["rollout", "--json"]);
+    assert_eq!(out.code, 0, "{} {}", out.stdout, out.stderr);
+    let run = out.run_id();
+    // As if the archive of the copy had failed: the copy is still where the run journaled it.
+    let copy = s.root().join("data/.slipway-rollout").join(&run).join("t1");
+    std::fs::create_dir_all(&copy).unwrap();
+    std::fs::write(copy.join("records.txt"), "the data from before the rollout").unwrap();
+    let rec = s.slipway(&["recover", "--json"]);
+    assert_eq!(rec.code, 0, "{} {}", rec.stdout, rec.stderr);
+    let swept = rec.report::<crate::support::reports::Recover>().swept;
+    assert!(
+        swept.iter().any(|l| l.starts_with("kept") && l.contains(&*copy.display().to_string()) && l.contains(&run)),
+        "{swept:?}"
+    );
+    assert!(copy.join("records.txt").is_file(), "recover removed a rollout copy");
+}

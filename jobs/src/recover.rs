@@ -167,7 +167,8 @@ fn temp_pid(name: &str) -> Option<i64> {
 /// pid), deep-verify scratch dirs (`.verify-*`) older than a day, daily snapshot dirs without a
 /// manifest (no archive in them completed), and the remote cache. It runs
 /// under the host lock, so no live slipway job is writing any of these. Never touches a tenant's
-/// data dir, `replaced/` data, or a rollout's snapshot dir.
+/// data dir, `replaced/` data, a rollout's snapshot dir, or a rollout copy beside a data dir
+/// (those a finished run left are listed as kept).
 fn sweep(ctx: &Ctx, dry_run: bool) -> Result<Vec<String>> {
     let mut out = Vec::new();
     let mut remove = |path: &std::path::Path, why: &str| {
@@ -221,6 +222,40 @@ fn sweep(ctx: &Ctx, dry_run: bool) -> Result<Vec<String>> {
     let cache = crate::layout::remote_cache(&ctx.cfg.state_dir);
     if std::fs::read_dir(&cache).is_ok_and(|mut rd| rd.next().is_some()) {
         remove(&cache, "what an earlier restore --remote downloaded");
+    }
+    out.extend(kept_copies(ctx)?);
+    Ok(out)
+}
+
+/// How many of the newest runs the sweep reads for rollout copies still on disk.
+const COPIES_LOOKBACK_RUNS: usize = 50;
+
+/// Rollout copies that finished runs left beside data dirs (an archive of the copy that
+/// failed, say): never removed here — one may be the only copy of a tenant's data from
+/// before its rollout —, only listed, with what to do.
+fn kept_copies(ctx: &Ctx) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
+    for run in ctx.store.runs(COPIES_LOOKBACK_RUNS)? {
+        if run.job != "rollout" || run.finished_at.is_none() {
+            continue;
+        }
+        for s in ctx.store.steps(&run.id)? {
+            let Some(j) = s.detail.as_deref().and_then(|d| serde_json::from_str::<TenantJournal>(d).ok()) else {
+                continue;
+            };
+            if let Some(copy) = j.copy.filter(|c| c.is_dir() && seen.insert(c.clone())) {
+                out.push(format!(
+                    "kept {} (the rollout copy of tenant {} from run {}, never archived: `slipway rollback --run {} \
+                     --tenant {}` puts it back; remove it by hand once it is not needed)",
+                    copy.display(),
+                    j.tenant,
+                    run.id,
+                    run.id,
+                    j.tenant
+                ));
+            }
+        }
     }
     Ok(out)
 }
