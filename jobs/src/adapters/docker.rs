@@ -13,7 +13,8 @@ use std::time::Duration;
 
 use bollard::models::{
     ContainerConfig, ContainerCreateBody, ContainerInspectResponse, ContainerStateStatusEnum, ContainerUpdateBody,
-    EndpointSettings, ImageConfig, Mount, MountType, NetworkConnectRequest, NetworkingConfig, RestartPolicy,
+    EndpointSettings, ImageConfig, Mount, MountType, NetworkConnectRequest, NetworkDisconnectRequest, NetworkingConfig,
+    RestartPolicy,
     RestartPolicyNameEnum,
 };
 use bollard::query_parameters::{
@@ -399,7 +400,7 @@ impl Engine {
     /// Every container (running or not) of `app`, by tenant, sorted by tenant id, and the
     /// containers `select` matches that map to no tenant (a name `tenant_from` does not
     /// match, an invalid tenant id, two containers of one tenant): one odd container never
-    /// stops the fleet. Containers a rollout set aside ([`crate::naming::is_pre_rollout`])
+    /// stops the fleet. Containers a rollout set aside or staged ([`crate::naming::is_set_aside`])
     /// are neither.
     pub async fn tenants_and_unmapped(&self, app: &App) -> Result<(Vec<TenantContainer>, Vec<Unmapped>)> {
         let mut filters = HashMap::new();
@@ -419,7 +420,7 @@ impl Engine {
             else {
                 continue;
             };
-            if crate::naming::is_pre_rollout(&name) || !app.select.name_matches(&name) {
+            if crate::naming::is_set_aside(&name) || !app.select.name_matches(&name) {
                 continue;
             }
             let labels = c.labels.clone().unwrap_or_default();
@@ -667,6 +668,16 @@ impl Engine {
     /// container's networks with their aliases, not started. Returns its id.
     pub async fn create_from(&self, name: &str, spec: &ContainerSpec, image: &str) -> Result<String> {
         let (body, extra_networks) = spec.create_body(image);
+        self.create_body_named(name, body, extra_networks, image).await
+    }
+
+    async fn create_body_named(
+        &self,
+        name: &str,
+        body: ContainerCreateBody,
+        extra_networks: Vec<(String, EndpointSettings)>,
+        image: &str,
+    ) -> Result<String> {
         let opts = CreateContainerOptionsBuilder::default().name(name).build();
         let created = self
             .docker
@@ -682,6 +693,78 @@ impl Engine {
             }
         }
         Ok(created.id)
+    }
+
+    /// Stage the new container before the prior one stops: as [`Engine::create_from`] under the
+    /// staging name `name`, but connected to its networks WITHOUT the tenant's aliases and with
+    /// restart policy `no` (a daemon restart must not start it beside the prior one on the same
+    /// data). [`Engine::switch_in`] gives it both at the switch. Returns its id.
+    ///
+    /// Nothing of the tenant is visible to other containers meanwhile: the name is the staging
+    /// one; the embedded DNS answers only for running containers, and the aliases are not even
+    /// set; the labels are set (the engine cannot add them later), but a created container
+    /// has no address, and label-driven routers (Traefik's Docker provider) route running
+    /// containers only.
+    pub async fn create_staged(&self, name: &str, spec: &ContainerSpec, image: &str) -> Result<String> {
+        let (mut body, extra) = spec.create_body(image);
+        if let Some(eps) = body.networking_config.as_mut().and_then(|n| n.endpoints_config.as_mut()) {
+            for ep in eps.values_mut() {
+                ep.aliases = None;
+            }
+        }
+        if let Some(host) = body.host_config.as_mut() {
+            host.restart_policy =
+                Some(RestartPolicy { name: Some(RestartPolicyNameEnum::NO), maximum_retry_count: None });
+        }
+        let extra = extra.into_iter().map(|(net, ep)| (net, EndpointSettings { aliases: None, ..ep })).collect();
+        self.create_body_named(name, body, extra, image).await
+    }
+
+    /// The switch of a staged container: rename it from `staged` to the tenant's `name`, then
+    /// give it the tenant's aliases on each network (`spec`: the prior container's) and its
+    /// restart policy `restart`, those two at once. A rename already done (its answer lost) is
+    /// fine. Few engine calls, as the tenant is down meanwhile.
+    pub async fn switch_in(&self, staged: &str, name: &str, spec: &ContainerSpec, restart: &Restart) -> Result<()> {
+        if let Err(e) = self.rename(staged, name).await {
+            if self.exists(staged).await? || !self.exists(name).await? {
+                return Err(e);
+            }
+        }
+        let aliases = async {
+            for (net, ep, aliases) in spec.networks() {
+                if aliases.is_empty() {
+                    continue;
+                }
+                // The engine has no call that adds an alias: reconnect with them (the container
+                // is not running, so nothing is cut).
+                let req = NetworkDisconnectRequest { container: name.to_string(), force: Some(false) };
+                self.docker
+                    .disconnect_network(&net, req)
+                    .await
+                    .map_err(|e| derr(format!("disconnecting container {name} from network {net}"), Some(name), e))?;
+                let endpoint = EndpointSettings {
+                    aliases: Some(aliases),
+                    ipam_config: ep.ipam_config,
+                    links: ep.links,
+                    driver_opts: ep.driver_opts,
+                    ..Default::default()
+                };
+                let req = NetworkConnectRequest { container: name.to_string(), endpoint_config: Some(endpoint) };
+                self.docker
+                    .connect_network(&net, req)
+                    .await
+                    .map_err(|e| derr(format!("connecting container {name} to network {net}"), Some(name), e))?;
+            }
+            Ok(())
+        };
+        let policy = async {
+            match restart.restarts() {
+                true => self.set_restart(name, restart).await,
+                false => Ok(()),
+            }
+        };
+        let (a, p) = tokio::join!(aliases, policy);
+        a.and(p)
     }
 
     /// Set a container's restart policy (nothing else of it changes).
@@ -978,6 +1061,16 @@ impl ContainerSpec {
 }
 
 impl OperatorSettings {
+    /// What a container staged from these settings ([`Engine::create_staged`]) must have before
+    /// its switch: all of them but the tenant's name and aliases, which the switch gives it.
+    pub fn as_staged(&self, staged_name: &str) -> OperatorSettings {
+        OperatorSettings {
+            name: staged_name.to_string(),
+            networks: self.networks.keys().map(|n| (n.clone(), BTreeSet::new())).collect(),
+            ..self.clone()
+        }
+    }
+
     /// What `self` (the old container) had that `new` lacks; empty when nothing was lost.
     pub fn lost_in(&self, new: &OperatorSettings) -> Vec<String> {
         let mut lost = Vec::new();

@@ -41,6 +41,15 @@ impl AtomicFile {
         &self.tmp
     }
 
+    /// Rename to the final name without any fsync: for a file whose loss or truncation at a
+    /// power cut its reader detects and recovers from by itself (the mirror's index has a
+    /// trailer; without it the copy is made afresh).
+    pub fn commit_unsynced(mut self) -> io::Result<()> {
+        let file = self.file.take().expect("AtomicFile committed twice");
+        drop(file);
+        fs::rename(&self.tmp, &self.dest)
+    }
+
     /// fsync the data, rename to the final name, fsync the directory.
     pub fn commit(mut self) -> io::Result<()> {
         let file = self.file.take().expect("AtomicFile committed twice");

@@ -187,6 +187,9 @@ pub struct App {
     /// volume or bind there is allowed though a snapshot misses it; it is kept across a
     /// rollout (a volume by its name), never snapshotted or restored.
     pub scratch_mounts: Vec<String>,
+    /// Rollout copies the data dir beside it while the tenant runs and only the delta while it
+    /// is down (default); `false`: archive the whole data dir while the tenant is down.
+    pub pre_copy: bool,
 }
 
 impl App {
@@ -218,6 +221,11 @@ struct RawApp {
     include_stopped: bool,
     #[serde(default)]
     scratch_mounts: Vec<String>,
+    #[serde(default = "default_pre_copy")]
+    pre_copy: bool,
+}
+fn default_pre_copy() -> bool {
+    true
 }
 fn default_stop_timeout() -> u64 {
     30
@@ -328,6 +336,7 @@ impl RawApp {
             quiesce: self.quiesce,
             include_stopped: self.include_stopped,
             scratch_mounts: self.scratch_mounts,
+            pre_copy: self.pre_copy,
         })
     }
 }
