@@ -1,23 +1,36 @@
 #!/usr/bin/env bash
-# Rollout benchmark (issue: rollout performance). Rolls N tenants (default 10) with DATA_MB
-# (default 100) MB of data each from fixture v1 to v2, twice in the same run on the same host:
-#  - slipway rollout
-#  - a plain shell rollout doing the runbook's steps with the docker CLI:
-#    stop -t 30, `cp -a` snapshot, rename, run, curl loop, rm old.
-# Reports per-tenant downtime (median, max), total wall time, and slipway's own overhead
-# (downtime minus docker stop/create/start and the app's time to healthy).
+# Rollout benchmark (issues: rollout performance; downtime independent of data size). In one
+# run on one host:
+#  1. N tenants (default 10) x DATA_MB (default 100) MB, fixture v1 -> v2, twice:
+#     - slipway rollout
+#     - a plain shell rollout doing the runbook's steps with the docker CLI:
+#       stop -t 30, `cp -a` snapshot, rename, run, curl loop, rm old.
+#     Per-tenant downtime (median, max), total wall time, and slipway's own overhead
+#     (downtime minus docker stop/start and the app's time to healthy).
+#  2. Downtime against data size: a SMALL_MB (10) and a BIG_MB (1024) tenant rolled v1 -> v2.
+#  3. The failure path: the BIG_MB tenant rolled to a version that fails its health gate, once
+#     on the pre-copy path (the copy swapped back by a rename) and once with pre_copy = false
+#     (the archive extracted): the time to put the data back, and the prior's start + health.
 # Needs the test environment (scripts/testenv.sh up) for the registry and fixtures.
+# SLIPWAY_BIN=path uses that binary instead of building a release one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${BENCH_TENANTS:-10}
 DATA_MB=${BENCH_DATA_MB:-100}
+SMALL_MB=${BENCH_SMALL_MB:-10}
+BIG_MB=${BENCH_BIG_MB:-1024}
 [ -f .testenv/env ] || scripts/testenv.sh up >&2
 # shellcheck disable=SC1091
 . .testenv/env
-cargo build --release -q
-SLIPWAY=$PWD/target/release/slipway
+if [ -n "${SLIPWAY_BIN:-}" ]; then
+  SLIPWAY=$SLIPWAY_BIN
+else
+  cargo build --release -q
+  SLIPWAY=${CARGO_TARGET_DIR:-$PWD/target}/release/slipway
+fi
 V1=$SWTEST_FIXTURE_V1
 V2=$SWTEST_FIXTURE_V2
+BAD=$SWTEST_FIXTURE_UNHEALTHY
 work=$(mktemp -d /tmp/slipway-bench-rollout.XXXXXX)
 net=swbench-$$
 mkdir -p bench/out
@@ -29,10 +42,11 @@ cleanup() {
 trap cleanup EXIT
 docker network create "$net" >/dev/null
 
-make_data() { # dir
+make_data() { # dir [MB]
+  local mb=${2:-$DATA_MB}
   mkdir -p "$1/db" "$1/blobs"
-  head -c $((DATA_MB / 2 * 1024 * 1024)) /dev/urandom > "$1/blobs/random.bin"
-  python3 -c "import sys; line=b'tenant row: customer data that compresses well, 0123456789\n'; n=int(sys.argv[1]); sys.stdout.buffer.write((line*(n//len(line)+1))[:n])" $((DATA_MB / 2 * 1024 * 1024)) > "$1/db/rows.txt"
+  head -c $((mb * 1024 * 1024 / 2)) /dev/urandom > "$1/blobs/random.bin"
+  python3 -c "import sys; line=b'tenant row: customer data that compresses well, 0123456789\n'; n=int(sys.argv[1]); sys.stdout.buffer.write((line*(n//len(line)+1))[:n])" $((mb * 1024 * 1024 / 2)) > "$1/db/rows.txt"
 }
 
 run_tenant() { # name datadir image
@@ -48,11 +62,17 @@ for i in $(seq 1 "$N"); do
     run_tenant "$set-t$i" "$work/data/$set-t$i" "$V1"
   done
 done
+echo "setting up a $SMALL_MB MB and a $BIG_MB MB tenant..." >&2
+make_data "$work/data/sz-small" "$SMALL_MB"
+make_data "$work/data/sz-big" "$BIG_MB"
+run_tenant sz-small "$work/data/sz-small" "$V1"
+run_tenant sz-big "$work/data/sz-big" "$V1"
 
 # --- slipway -----------------------------------------------------------------------------
 git init -q --bare "$work/fleet.git"
 git clone -q "$work/fleet.git" "$work/fleet" 2>/dev/null
-cat > "$work/fleet/fleet.toml" <<TOML
+pin() { # size-app image, size-app extra keys, message
+  cat > "$work/fleet/fleet.toml" <<TOML
 [[app]]
 name = "bench"
 image = "$V2"
@@ -61,10 +81,22 @@ tenant_from = "name:sl-{tenant}"
 data_dir = "$work/data/sl-{tenant}"
 health = { path = "/api/health", port = 8080, timeout_s = 60 }
 stop_timeout_s = 30
+
+[[app]]
+name = "size"
+image = "$1"
+select = "bench.set=sz"
+tenant_from = "name:sz-{tenant}"
+data_dir = "$work/data/sz-{tenant}"
+health = { path = "/api/health", port = 8080, timeout_s = 3 }
+stop_timeout_s = 30
+$2
 TOML
-git -C "$work/fleet" add fleet.toml
-git -C "$work/fleet" -c user.name=bench -c user.email=bench@localhost commit -qm "pin v2"
-git -C "$work/fleet" push -q origin HEAD:main
+  git -C "$work/fleet" add fleet.toml
+  git -C "$work/fleet" -c user.name=bench -c user.email=bench@localhost commit -qm "$3"
+  git -C "$work/fleet" push -q origin HEAD:main
+}
+pin "$V2" "" "pin v2"
 cat > "$work/config.toml" <<TOML
 state_dir = "$work/state"
 backup_root = "$work/backups"
@@ -74,7 +106,7 @@ TOML
 chmod 600 "$work/config.toml"
 docker pull -q "$V2" >/dev/null
 t0=$(date +%s%N)
-"$SLIPWAY" --config "$work/config.toml" rollout --json > "$work/slipway.json"
+"$SLIPWAY" --config "$work/config.toml" rollout --app bench --json > "$work/slipway.json"
 sl_total_ms=$(( ($(date +%s%N) - t0) / 1000000 ))
 
 # --- shell, the runbook's steps --------------------------------------------------------------
@@ -96,27 +128,62 @@ for i in $(seq 1 "$N"); do
 done
 sh_total_ms=$(( ($(date +%s%N) - t0) / 1000000 ))
 
-python3 - "$work/slipway.json" "$work/shell.txt" "$sl_total_ms" "$sh_total_ms" "$N" "$DATA_MB" <<'PY' | tee bench/out/rollout.md
+# --- downtime against data size, and the failure path ----------------------------------------
+echo "rolling the $SMALL_MB MB and $BIG_MB MB tenants..." >&2
+"$SLIPWAY" --config "$work/config.toml" rollout --app size --json > "$work/size.json"
+echo "failing the $BIG_MB MB tenant's health gate: pre-copy path, then archive path..." >&2
+pin "$BAD" "" "pin a version that fails its health gate"
+"$SLIPWAY" --config "$work/config.toml" rollout --app size --tenant big --json > "$work/fail-copy.json" || true
+pin "$BAD" "pre_copy = false" "the same, archiving while down"
+"$SLIPWAY" --config "$work/config.toml" rollout --app size --tenant big --json > "$work/fail-archive.json" || true
+
+python3 - "$work/slipway.json" "$work/shell.txt" "$sl_total_ms" "$sh_total_ms" "$N" "$DATA_MB" \
+  "$work/size.json" "$work/fail-copy.json" "$work/fail-archive.json" "$SMALL_MB" "$BIG_MB" <<'PY' | tee bench/out/rollout.md
 import json, statistics, sys
 rep = json.load(open(sys.argv[1]))
 tenants = rep["report"]["apps"][0]["tenants"]
 assert all(t["outcome"] == "rolled" for t in tenants), tenants
 sl = [t["downtime_ms"] for t in tenants]
 sh = [int(x) for x in open(sys.argv[2]).read().split()]
-over = []
+over, delta, switch = [], [], []
 for t in tenants:
     g = t["timings"]
-    over.append(t["downtime_ms"] - g["stop_ms"] - g["create_ms"] - g["start_ms"] - g["health_ms"])
-snap = [t["timings"]["snapshot_ms"] for t in tenants]
+    over.append(t["downtime_ms"] - g["stop_ms"] - g["start_ms"] - g["health_ms"])
+    delta.append(g["copy_delta_ms"] or g["snapshot_ms"])
+    switch.append(g["rename_ms"] + g["switch_ms"])
 n, mb = sys.argv[5], sys.argv[6]
-print(f"Rollout of {n} tenants x {mb} MB, fixture v1 -> v2, same host, same run\n")
+med = lambda xs: statistics.median(xs)
+method = (tenants[0].get("pre_copy") or {}).get("method", "archive while down")
+print(f"Rollout of {n} tenants x {mb} MB, fixture v1 -> v2, same host, same run (copy method: {method})\n")
 print("| | slipway | shell (runbook steps, cp -a) | ratio slipway/shell |")
 print("|---|---:|---:|---:|")
-med = lambda xs: statistics.median(xs)
-print(f"| downtime per tenant, median | {med(sl):.0f} ms | {med(sh):.0f} ms | {med(sl)/med(sh):.2f} |")
+print(f"| downtime per tenant, median | {med(sl):.0f} ms | {med(sh):.0f} ms | {med(sl)/med(sh):.2f} (target <= 0.6) |")
 print(f"| downtime per tenant, max | {max(sl)} ms | {max(sh)} ms | {max(sl)/max(sh):.2f} |")
 print(f"| total wall time | {int(sys.argv[3])/1000:.1f} s | {int(sys.argv[4])/1000:.1f} s | {int(sys.argv[3])/int(sys.argv[4]):.2f} |")
-print(f"\nslipway's own overhead per tenant (downtime - docker stop/create/start - app time to healthy): "
-      f"median {med(over):.0f} ms, max {max(over)} ms (target < 300 ms); of which snapshot (tar+zstd+sha256 of {mb} MB): "
-      f"median {med(snap):.0f} ms")
+print(f"\nslipway's own overhead per tenant (downtime - docker stop/start - app time to healthy): "
+      f"median {med(over):.0f} ms, max {max(over)} ms (target < 50 ms); of which the copy's delta pass "
+      f"median {med(delta):.0f} ms, the prior's rename aside + the switch (docker rename, alias reconnect, "
+      f"restart policy) median {med(switch):.0f} ms")
+
+size = {t["tenant"]: t for t in json.load(open(sys.argv[7]))["report"]["apps"][0]["tenants"]}
+small, big = size["small"], size["big"]
+assert small["outcome"] == big["outcome"] == "rolled", size
+s_mb, b_mb = sys.argv[10], sys.argv[11]
+print(f"\nDowntime against data size (slipway, same run):\n")
+print("| tenant | downtime | copy delta while down | pre-copy while running | archive after healthy |")
+print("|---|---:|---:|---:|---:|")
+for label, t in ((f"{s_mb} MB", small), (f"{b_mb} MB", big)):
+    g = t["timings"]
+    print(f"| {label} | {t['downtime_ms']} ms | {g['copy_delta_ms']} ms | {g['pre_copy_ms']} ms | {g['archive_ms']} ms |")
+print(f"\n{b_mb} MB / {s_mb} MB downtime: {big['downtime_ms'] / small['downtime_ms']:.2f} (target <= 1.2)")
+
+print(f"\nFailure path: the {b_mb} MB tenant's new version fails its health gate (timeout 3 s):\n")
+print("| path | data put back | prior start + health | undo total |")
+print("|---|---:|---:|---:|")
+for label, f in (("pre-copy (the copy swapped back, one rename)", sys.argv[8]),
+                 ("archive while down (pre_copy = false: extract)", sys.argv[9])):
+    t = json.load(open(f))["report"]["apps"][0]["tenants"][0]
+    assert t["outcome"] == "restored", t
+    g = t["timings"]
+    print(f"| {label} | {g['undo_restore_ms']} ms | {g['undo_prior_ms']} ms | {g['undo_ms']} ms |")
 PY

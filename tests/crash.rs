@@ -51,7 +51,10 @@ fn killed_at(step: Step, point: CrashPoint, var: &str) {
     let other = s.add_tenant("t2", &v1);
     s.write_data("t1", "db/records.txt", &"customer row\n".repeat(500));
     let before = tree_hash(&s.data_dir("t1"));
-    s.write_fleet(&s.fleet_app(&writer, ""));
+    // The snapshot step is the archive-while-down path's; every other step runs on the
+    // pre-copy path (copy beside the data dir, archive after the health gate).
+    let path = if step == Step::Snapshot { "pre_copy = false\n" } else { "" };
+    s.write_fleet(&s.fleet_app(&writer, path));
 
     let out = s.slipway_env(&["rollout", "--json"], &[(var, point)]);
     assert_stopped_at(&out, point, var);
@@ -80,9 +83,19 @@ fn killed_at(step: Step, point: CrashPoint, var: &str) {
     // The tenant after the canary was not reached: still on v1, running.
     assert_eq!(image_of(&s, &other), v1, "{point}: t2 was touched");
     assert_eq!(s.inspect(&other)["State"]["Running"], true, "{point}: t2 left stopped");
-    // Nothing is left renamed aside, and the run record is closed.
-    let leftovers = s.containers_named_like(".pre-rollout-");
+    // Nothing is left renamed aside or staged, no rollout copy is left beside the data dirs,
+    // and the run record is closed.
+    let mut leftovers = s.containers_named_like(".pre-rollout-");
+    leftovers.extend(s.containers_named_like(".next-"));
     assert!(leftovers.is_empty(), "{point}: {leftovers:?}");
+    let copies = s.root().join("data/.slipway-rollout");
+    assert!(!copies.exists(), "{point}: {:?} left", crate::support::files_under(&copies));
+    // A verified new version's run has the archive of the pre-rollout data.
+    if verified && step > Step::Soak {
+        let run = s.slipway(&["runs", "--json"]).report::<Runs>().runs.into_iter().find(|r| r.job == "rollout");
+        let archive = s.backups().join("rollout").join(run.map(|r| r.id).unwrap_or_default()).join("t1.tar.zst");
+        assert!(archive.is_file(), "{point}: no rollout archive {}", archive.display());
+    }
     for r in s.slipway(&["runs", "--json"]).report::<Runs>().runs {
         assert!(r.finished_at.is_some(), "{point}: run {} left unfinished", r.id);
     }

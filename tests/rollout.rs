@@ -479,3 +479,215 @@ fn a_canary_restarted_by_its_policy_during_the_soak_is_not_healthy() {
     assert!(r.apps[0].tenants[0].detail.as_deref().unwrap_or_default().contains("restarted"), "{stdout}");
     assert_eq!(s.inspect(&names[0])["Id"], old_id, "the prior container must be back");
 }
+
+/// Wait until `path` exists (a point of a background run reached), at most a minute.
+fn wait_for(path: &std::path::Path) {
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !path.exists() {
+        assert!(std::time::Instant::now() < until, "{} never appeared", path.display());
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// The one run dir of rollout copies beside the sandbox's data dirs, once it exists.
+fn copies_of_the_run(s: &Sandbox) -> std::path::PathBuf {
+    let root = s.root().join("data/.slipway-rollout");
+    wait_for(&root);
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        if let Some(run) = std::fs::read_dir(&root).unwrap().flatten().next() {
+            return run.path();
+        }
+        assert!(std::time::Instant::now() < until, "no run dir in {}", root.display());
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn the_copy_made_while_the_tenant_runs_is_exactly_its_data_at_the_stop() {
+    let s = Sandbox::new();
+    let v1 = s.push_fixture_as("v1", "app");
+    let v2 = s.push_fixture_as("v2", "app");
+    let name = s.add_tenant("t1", &v1);
+    let data = s.data_dir("t1");
+    s.write_data("t1", "db/records.txt", &"customer row\n".repeat(5000));
+    s.write_data("t1", "db/old-name", "renamed while running");
+    s.write_data("t1", "gone/file", "deleted while running");
+    s.write_data("t1", "same-size", "version one");
+    s.write_data("t1", "becomes-a-link", "a file, then a symlink");
+    s.write_fleet(&s.fleet_app(&v2, ""));
+    let child = s.spawn(
+        &["rollout", "--json"],
+        &[("SLIPWAY_TEST_PAUSE_AT", "after-pre-copy:3000"), ("SLIPWAY_TEST_CRASH_AT", "after-copy-delta")],
+    );
+    // The pre-copy is done once its index lies beside the copy; the tenant still runs.
+    let run_dir = copies_of_the_run(&s);
+    wait_for(&run_dir.join(".t1.mirror-index"));
+    assert_eq!(s.inspect(&name)["State"]["Running"], true);
+    // Every kind of change a running tenant makes, after the pre-copy and before the stop.
+    std::fs::remove_dir_all(data.join("gone")).unwrap();
+    std::fs::rename(data.join("db/old-name"), data.join("db/new-name")).unwrap();
+    std::fs::set_permissions(data.join("db/records.txt"), std::os::unix::fs::PermissionsExt::from_mode(0o640)).unwrap();
+    std::os::unix::fs::chown(data.join("db/records.txt"), Some(1000), Some(1000)).unwrap();
+    let same = data.join("same-size");
+    let mtime = std::fs::metadata(&same).unwrap().modified().unwrap();
+    std::fs::write(&same, "version two").unwrap();
+    std::fs::File::options().write(true).open(&same).unwrap().set_modified(mtime).unwrap();
+    std::fs::remove_file(data.join("becomes-a-link")).unwrap();
+    std::os::unix::fs::symlink("db/records.txt", data.join("becomes-a-link")).unwrap();
+    std::fs::write(data.join("added"), "written while running").unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("slipway test point reached: after-copy-delta"), "{stderr}");
+    // At the stop, after the delta: the copy is the data dir, byte for byte.
+    let at_stop = tree_hash(&data);
+    assert_eq!(tree_hash(&run_dir.join("t1")), at_stop, "the copy differs from the data dir at the stop");
+    // recover brings the prior container back on that data, and the copy goes.
+    let rec = s.slipway(&["recover", "--json"]);
+    assert_eq!(rec.code, 0, "{} {}", rec.stdout, rec.stderr);
+    assert_eq!(s.image_of(&name), v1);
+    assert_eq!(s.inspect(&name)["State"]["Running"], true);
+    assert_eq!(tree_hash(&data), at_stop);
+    assert!(!run_dir.exists(), "the unneeded copy {} stays", run_dir.display());
+}
+
+#[test]
+fn a_rollout_copies_while_running_archives_after_the_health_gate_and_leaves_no_copy() {
+    let s = Sandbox::new();
+    let v1 = s.push_fixture_as("v1", "app");
+    let v2 = s.push_fixture_as("v2", "app");
+    let names = three_tenants(&s, &v1);
+    let before = tree_hash(&s.data_dir("t1"));
+    s.write_fleet(&s.fleet_app(&v2, ""));
+    let dry = s.slipway(&["rollout", "--dry-run", "--json"]);
+    assert_eq!(dry.code, 0, "{}", dry.stderr);
+    let plan = dry.report::<Rollout>().apps.remove(0).plan.unwrap();
+    for i in &plan.items {
+        let c = i.copy.as_ref().unwrap();
+        assert_eq!(c.path, "pre_copy", "{}: {c:?}", i.tenant);
+        assert!(c.reflink.is_some());
+    }
+    let human = s.slipway(&["rollout", "--dry-run"]);
+    assert!(human.stdout.contains("pre-copy while running"), "{}", human.stdout);
+
+    let out = s.slipway(&["rollout", "--json"]);
+    assert_eq!(out.code, 0, "{} {}", out.stdout, out.stderr);
+    let run = out.run_id();
+    for t in &out.report::<Rollout>().apps[0].tenants {
+        assert_eq!(t.outcome, "rolled");
+        let pre = t.pre_copy.as_ref().expect("a pre-copy pass");
+        assert!(pre.files_copied >= 1, "{pre:?}");
+        let delta = t.copy_delta.as_ref().expect("a delta pass");
+        // Nothing changed while v1 ran: the delta copies nothing.
+        assert_eq!((delta.files_copied, delta.removed), (0, 0), "{}: {delta:?}", t.tenant);
+        assert!(t.snapshot.as_ref().is_some_and(|p| p.is_file()), "{}: no archive {:?}", t.tenant, t.snapshot);
+    }
+    for n in &names {
+        assert_eq!(s.image_of(n), v2);
+        assert_eq!(s.inspect(n)["State"]["Running"], true);
+    }
+    // The archive of the copy is the pre-rollout data, and the copies are gone.
+    let archive = s.backups().join("rollout").join(&run).join("t1.tar.zst");
+    assert!(archive.is_file() && s.backups().join("rollout").join(&run).join("MANIFEST.json").is_file());
+    assert!(!s.root().join("data/.slipway-rollout").join(&run).exists());
+    let verify = s.slipway(&["verify", "--json"]);
+    assert_eq!(verify.code, 0, "{} {}", verify.stdout, verify.stderr);
+    let rb = s.slipway(&["rollback", "--run", &run, "--tenant", "t1", "--json"]);
+    assert_eq!(rb.code, 0, "{} {}", rb.stdout, rb.stderr);
+    assert_eq!(tree_hash(&s.data_dir("t1")), before);
+}
+
+#[test]
+fn a_failed_health_gate_swaps_the_pre_rollout_copy_back_and_keeps_what_it_replaced() {
+    let s = Sandbox::new();
+    let v1 = s.push_fixture_as("v1", "app");
+    let bad = s.push_fixture_as("unhealthy", "app");
+    let name = s.add_tenant("t1", &v1);
+    s.write_data("t1", "db/records.txt", &"customer row\n".repeat(1000));
+    let data = s.data_dir("t1");
+    let before = tree_hash(&data);
+    s.write_fleet(&s.fleet_app(&bad, "health = { path = \"/api/health\", port = 8080, timeout_s = 3 }\n"));
+    let out = s.slipway(&["rollout", "--json"]);
+    assert_eq!(out.code, 3, "{} {}", out.stdout, out.stderr);
+    let run = out.run_id();
+    let t = &out.report::<Rollout>().apps[0].tenants[0];
+    assert_eq!(t.outcome, "restored");
+    let detail = t.detail.clone().unwrap_or_default();
+    assert!(detail.contains("from the rollout copy") && detail.contains("(a rename)"), "{detail}");
+    // No archive was extracted: none was even made on this path before the health gate.
+    assert!(!s.backups().join("rollout").join(&run).join("t1.tar.zst").exists());
+    assert_eq!(tree_hash(&data), before);
+    assert_eq!(s.image_of(&name), v1);
+    // What the failed version wrote is kept, the copy dir is gone.
+    let kept = s.backups().join("replaced").join(&run).join("t1");
+    assert!(crate::support::files_under(&kept).iter().any(|p| p.to_string_lossy().contains("written-by-unhealthy")));
+    assert!(!s.root().join("data/.slipway-rollout").join(&run).exists());
+}
+
+#[test]
+fn pre_copy_false_takes_the_archive_while_down_path_and_the_plan_says_so() {
+    let s = Sandbox::new();
+    let v1 = s.push_fixture_as("v1", "app");
+    let v2 = s.push_fixture_as("v2", "app");
+    s.add_tenant("t1", &v1);
+    s.write_data("t1", "db/records.txt", "rows\n");
+    s.write_fleet(&s.fleet_app(&v2, "pre_copy = false\n"));
+    let dry = s.slipway(&["rollout", "--dry-run", "--json"]);
+    let plan = dry.report::<Rollout>().apps.remove(0).plan.unwrap();
+    let c = plan.items[0].copy.as_ref().map(|c| (c.path.clone(), c.why.clone()));
+    assert_eq!(c.as_ref().map(|c| c.0.as_str()), Some("archive_while_down"), "{}", dry.stdout);
+    assert!(c.and_then(|c| c.1).is_some_and(|w| w.contains("pre_copy = false")));
+    let out = s.slipway(&["rollout", "--json"]);
+    assert_eq!(out.code, 0, "{} {}", out.stdout, out.stderr);
+    let t = &out.report::<Rollout>().apps[0].tenants[0];
+    assert!(t.pre_copy.is_none() && t.copy_delta.is_none(), "{}", out.stdout);
+    assert!(t.snapshot.as_ref().is_some_and(|p| p.is_file()));
+    assert!(!s.root().join("data/.slipway-rollout").exists());
+}
+
+#[test]
+fn the_new_container_is_staged_before_the_stop_without_the_tenants_name_or_aliases() {
+    let s = Sandbox::new();
+    let v1 = s.push_fixture_as("v1", "app");
+    let v2 = s.push_fixture_as("v2", "app");
+    let name = s.add_tenant("t1", &v1);
+    let old = s.inspect(&name);
+    let aliases = old["NetworkSettings"]["Networks"][s.network()]["Aliases"].clone();
+    s.write_fleet(&s.fleet_app(&v2, ""));
+    let child = s.spawn(&["rollout", "--json"], &[("SLIPWAY_TEST_PAUSE_AT", "before-stop:4000")]);
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let staged = loop {
+        if let Some(n) = s.containers_named_like(".next-").into_iter().next() {
+            break n;
+        }
+        assert!(std::time::Instant::now() < until, "no staged container appeared");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    // Staged, not running; the prior container still serves under the tenant's name.
+    let st = s.inspect(&staged);
+    assert_eq!(st["State"]["Running"], false);
+    assert_eq!(st["HostConfig"]["RestartPolicy"]["Name"], "no");
+    let st_aliases = &st["NetworkSettings"]["Networks"][s.network()]["Aliases"];
+    // The engine's own alias (the short id) is the prior container's, not the tenant's.
+    let short = &old["Id"].as_str().unwrap()[..12];
+    let wanted: Vec<String> =
+        aliases.as_array().unwrap().iter().map(|a| a.as_str().unwrap().to_string()).filter(|a| a != short).collect();
+    assert!(!wanted.is_empty(), "the sandbox gives tenants an alias: {aliases}");
+    for a in &wanted {
+        assert!(!st_aliases.to_string().contains(&format!("\"{a}\"")), "staged with alias {a}: {st_aliases}");
+    }
+    assert_eq!(s.inspect(&name)["Id"], old["Id"]);
+    assert_eq!(s.inspect(&name)["State"]["Running"], true);
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    // After the switch: the staged container is the tenant, with its aliases and restart policy.
+    let now = s.inspect(&name);
+    assert_eq!(now["Id"], st["Id"]);
+    assert_eq!(now["HostConfig"]["RestartPolicy"], old["HostConfig"]["RestartPolicy"]);
+    let now_aliases = now["NetworkSettings"]["Networks"][s.network()]["Aliases"].to_string();
+    for a in &wanted {
+        assert!(now_aliases.contains(&format!("\"{a}\"")), "alias {a} missing: {now_aliases}");
+    }
+    assert!(s.containers_named_like(".next-").is_empty());
+}

@@ -2,9 +2,12 @@
 //! never finished (the process was killed: OOM, reboot, SIGKILL) and bring every tenant they
 //! caught mid-step to a safe state, from the journal alone:
 //! - a rollout tenant whose new container had passed its health gate keeps it (the prior
-//!   container is removed unless the run kept it);
-//! - any other rollout tenant is undone: new container removed, data restored from the run's
-//!   snapshot if the new version was started, prior container back, started, health-checked;
+//!   container is removed unless the run kept it), and a rollout copy it left (the archive
+//!   after the health gate was cut short) is archived into the run's snapshot, then removed;
+//! - any other rollout tenant is undone: new (or staged) container removed, data put back if
+//!   the new version was started — the rollout copy swapped back in, or the run's snapshot
+//!   extracted —, prior container back, started, health-checked; a copy that was not needed
+//!   is removed (its data dir was never touched);
 //! - a tenant a snapshot paused or stopped is unpaused or started again; a restore's stopped
 //!   container is started.
 //!
@@ -21,6 +24,7 @@ use crate::adapters::docker::Engine;
 use crate::adapters::health::Prober;
 use crate::context::Ctx;
 use crate::error::{ExitKind, Result};
+use crate::manifest::Manifest;
 use crate::step::{Journaled, Step, TenantJournal, UndoStep};
 use crate::undo::undo_tenant;
 
@@ -259,13 +263,37 @@ async fn recover_rollout(
         let found = format!("last step {}", last.unwrap_or_default());
         if healthy_new {
             let mut action = "kept the new version (it had passed its health gate)".to_string();
+            let mut ok = true;
+            // Its rollout copy (the pre-rollout data) still there: the run's archive of it was
+            // never finished. Make it now, then the copy goes; if that fails the copy stays.
+            if let Some(copy) = j.copy.clone().filter(|c| c.is_dir()) {
+                if dry_run {
+                    action.push_str(&format!("; would archive the rollout copy {} and remove it", copy.display()));
+                } else {
+                    let run_id: crate::types::RunId = run.id.parse().map_err(crate::error::Error::Other)?;
+                    let snap = crate::layout::SnapshotId::rollout(&run_id);
+                    let dir = snap.dir(&ctx.cfg.backup_root);
+                    let mut manifest = crate::manifest::Manifest::read(&dir)?.unwrap_or_else(|| Manifest::new(&snap));
+                    let mut j = j.clone();
+                    match crate::undo::archive_copy(ctx, &run_id, &mut manifest, &mut j).await {
+                        Ok(a) => action.push_str(&format!("; archived its rollout copy to {}", a.display())),
+                        Err(e) => {
+                            ok = false;
+                            action.push_str(&format!(
+                                "; archiving its rollout copy failed ({e}): the data from before the rollout stays in {}",
+                                copy.display()
+                            ));
+                        }
+                    }
+                }
+            }
             if !j.keep_old && engine.exists(&j.pre_name).await? {
                 action.push_str("; removed the prior container");
                 if !dry_run {
                     engine.remove(&j.pre_name).await?;
                 }
             }
-            out.push(TenantAction { tenant, found, action, ok: true });
+            out.push(TenantAction { tenant, found, action, ok });
             continue;
         }
         // Was the tenant touched at all? A journal with only a finished, successful undo is settled.

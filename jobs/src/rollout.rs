@@ -1,13 +1,23 @@
 //! `rollout`: roll every tenant of an app to the digest pinned in git, canary first, one
-//! tenant at a time. Each tenant goes through the state machine of [`Step::ALL`] — stop,
-//! snapshot, rename aside (restart policy `no`), create, check, start, health, canary soak,
-//! cleanup — one small function per step, each journaled before and after with everything
-//! needed to undo it ([`TenantJournal`]). One place decides to undo (`TenantRoll::go`): a
-//! failed step, or a SIGINT/SIGTERM/SIGHUP between steps before the new version passed its
-//! health gate. The undo ([`undo_tenant`]) removes the new container, restores the data from
-//! the snapshot when the new version may have written to it, brings the prior container back,
-//! starts and health-checks it; the run halts. Customer data is never changed before a
-//! verified snapshot of it exists.
+//! tenant at a time. Each tenant goes through the state machine of [`Step::ALL`], one small
+//! function per step, each journaled before and after with everything needed to undo it
+//! ([`TenantJournal`]). One place decides to undo (`TenantRoll::go`): a failed step, or a
+//! SIGINT/SIGTERM/SIGHUP between steps before the new version passed its health gate. The
+//! undo ([`undo_tenant`]) removes the new container, puts the pre-rollout data back when the
+//! new version may have written to it, brings the prior container back, starts and
+//! health-checks it; the run halts. Customer data is never changed before a copy of it exists.
+//!
+//! A tenant's downtime does not grow with its data. While the prior version still serves:
+//! pre-copy (mirror the data dir to a copy beside it, on its filesystem — reflinks where the
+//! filesystem has them), create the new container under a staging name without the tenant's
+//! aliases, check it. Down: stop, copy-delta (only what changed since the pre-copy: the copy is
+//! then exactly the pre-rollout data), rename the prior aside, switch (staging name → the
+//! tenant's, aliases, restart policy), start, health. Once healthy (and soaked): the run's
+//! compressed, hashed archive is made from the copy, and the copy removed — so the archive is
+//! off the critical path and the copy lives only while a failure could need it: an undo swaps
+//! it back with one rename instead of a decompress. Where a copy is not possible (the data dir
+//! is a mount point, too little free space beside it, `pre_copy = false`), the tenant takes the
+//! archive-while-down path (snapshot instead of copy-delta and archive); the plan says which.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -19,18 +29,20 @@ use crate::adapters::archive;
 use crate::adapters::desired;
 use crate::adapters::docker::{ContainerSpec, Engine, Restart, TenantContainer, Unmapped};
 use crate::adapters::health::Prober;
+use crate::adapters::mirror::{self, MirrorReport};
 use crate::config::{App, HealthSpec};
 use crate::context::Ctx;
 use crate::error::{Error, ExitKind, Result};
 use crate::layout::{self, SnapshotId, SnapshotKind};
-use crate::manifest::{ArchiveEntry, Manifest};
+use crate::manifest::Manifest;
 use crate::naming;
 use crate::step::{Step, TenantJournal};
 use crate::types::{Digest, RunId, TenantId};
-use crate::undo::undo_tenant;
+use crate::undo::{archive_copy, record_rollout_archive, undo_tenant, ROLLOUT_ZSTD_LEVEL};
 
-/// zstd level of rollout snapshots: taken while the tenant is down, so speed over ratio.
-const ROLLOUT_ZSTD_LEVEL: i32 = 1;
+/// Free space the filesystem of a copy must keep beyond what the copy takes: a tenant's data
+/// grows while it runs.
+const COPY_MARGIN_MIN: u64 = 64 << 20;
 
 /// What to roll out.
 #[derive(Debug, Clone, Default)]
@@ -66,6 +78,91 @@ pub struct PlanItem {
     /// stopped; never started, health-checked or the canary.
     #[serde(default)]
     pub stopped: bool,
+    /// How its pre-rollout data is kept: a copy beside it made while it runs, or an archive
+    /// made while it is down (decided per tenant once the plan is made).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub copy: Option<CopyPlan>,
+}
+
+/// How a tenant's pre-rollout data is kept during its rollout.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "path", rename_all = "snake_case")]
+pub enum CopyPlan {
+    /// Mirror the data dir beside it while the tenant runs, only the delta while it is down;
+    /// archive the copy once the new version is healthy.
+    PreCopy {
+        /// The filesystem clones files (`FICLONE`): the copy shares the data's extents.
+        reflink: bool,
+        /// Bytes of the tenant's files.
+        data_bytes: u64,
+    },
+    /// Archive the whole data dir while the tenant is down.
+    ArchiveWhileDown {
+        /// Why no copy beside the data dir.
+        why: String,
+    },
+}
+
+impl fmt::Display for CopyPlan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CopyPlan::PreCopy { reflink, data_bytes } => write!(
+                f,
+                "pre-copy while running ({}, {:.1} MB), delta while down",
+                if *reflink { "reflink" } else { "copy" },
+                *data_bytes as f64 / 1e6
+            ),
+            CopyPlan::ArchiveWhileDown { why } => write!(f, "archive while down: {why}"),
+        }
+    }
+}
+
+/// Decide how `data_dir`'s pre-rollout data is kept: a copy beside it when the app allows it,
+/// the data dir is no mount point (a copy beside it must be on its filesystem, for the rename
+/// back) and that filesystem has room for the copy (its data, unless reflinks share it, plus
+/// a margin); else an archive while down. Reads the tree: blocking.
+pub fn copy_plan(app: &App, data_dir: &Path) -> CopyPlan {
+    let fallback = |why: String| CopyPlan::ArchiveWhileDown { why };
+    if !app.pre_copy {
+        return fallback("pre_copy = false in fleet.toml".into());
+    }
+    let Some(parent) = data_dir.parent() else { return fallback("the data dir has no parent dir".into()) };
+    match crate::fsutil::is_mount_point(data_dir) {
+        Ok(false) => {}
+        Ok(true) => {
+            return fallback(format!(
+                "{} is a mount point: a copy beside it would be on another filesystem, which no rename can swap back",
+                data_dir.display()
+            ))
+        }
+        Err(e) => return fallback(format!("cannot tell whether {} is a mount point: {e}", data_dir.display())),
+    }
+    let data_bytes = match mirror::tree_bytes(data_dir) {
+        Ok(n) => n,
+        Err(e) => return fallback(format!("cannot size {}: {e}", data_dir.display())),
+    };
+    let reflink = mirror::supports_reflink(parent);
+    let need = if reflink { 0 } else { data_bytes } + COPY_MARGIN_MIN.max(data_bytes / 10);
+    match crate::fsutil::free_bytes(parent) {
+        Ok(free) if free >= need => CopyPlan::PreCopy { reflink, data_bytes },
+        Ok(free) => fallback(format!(
+            "{:.1} MB free beside {}, the copy needs {:.1} MB ({}data + margin)",
+            free as f64 / 1e6,
+            data_dir.display(),
+            need as f64 / 1e6,
+            if reflink { "no reflink needs no " } else { "" }
+        )),
+        Err(e) => fallback(format!("cannot read the free space beside {}: {e}", data_dir.display())),
+    }
+}
+
+/// Fill in each plan item's [`CopyPlan`] (reads the data dirs, off the async runtime).
+async fn decide_copies(app: &App, plan: &mut RolloutPlan) -> Result<()> {
+    for item in &mut plan.items {
+        let (a, d) = (app.clone(), app.data_dir_of(&item.tenant));
+        item.copy = Some(crate::blocking::run("copy plan", move || copy_plan(&a, &d)).await?);
+    }
+    Ok(())
 }
 
 /// The plan for one app.
@@ -118,20 +215,34 @@ impl TenantOutcome {
 /// Milliseconds spent in each step of a tenant's rollout.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct StepTimings {
+    /// Pre-copy of the data dir while the tenant runs (not downtime).
+    pub pre_copy_ms: u64,
+    /// `docker create` (and network connects); before the stop, so not downtime.
+    pub create_ms: u64,
+    /// Checking the new container against the old one; before the stop.
+    pub check_ms: u64,
     /// `docker stop`.
     pub stop_ms: u64,
-    /// Archiving the data dir.
+    /// Archiving the data dir while down (archive-while-down path).
     pub snapshot_ms: u64,
+    /// Bringing the copy up to date while down (pre-copy path).
+    pub copy_delta_ms: u64,
     /// Renaming the prior container aside.
     pub rename_ms: u64,
-    /// `docker create` (and network connects).
-    pub create_ms: u64,
-    /// Checking the new container against the old one.
-    pub check_ms: u64,
+    /// Switching the new container in: its name, aliases, restart policy.
+    pub switch_ms: u64,
     /// `docker start`.
     pub start_ms: u64,
     /// Start → first 2xx.
     pub health_ms: u64,
+    /// Archiving the copy after the health gate (not downtime).
+    pub archive_ms: u64,
+    /// The whole undo of a failed tenant.
+    pub undo_ms: u64,
+    /// Of which putting the pre-rollout data back (a rename of the copy, or an extract).
+    pub undo_restore_ms: u64,
+    /// Of which the prior container's start and health check.
+    pub undo_prior_ms: u64,
 }
 
 /// The result for one tenant.
@@ -149,6 +260,12 @@ pub struct TenantReport {
     pub downtime_ms: Option<u64>,
     /// Where its data was snapshotted.
     pub snapshot: Option<PathBuf>,
+    /// The pre-copy pass (pre-copy path): how and how much was copied while it ran.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pre_copy: Option<MirrorReport>,
+    /// The delta pass while it was down.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub copy_delta: Option<MirrorReport>,
     /// Step timings.
     pub timings: StepTimings,
     /// What went wrong, and what state it was left in.
@@ -217,7 +334,8 @@ pub async fn rollout(ctx: &mut Ctx, opts: &RolloutOptions) -> Result<RolloutRepo
     let mut reports = Vec::new();
     for app in apps {
         let (tenants, unmapped) = engine.tenants_and_unmapped(app).await?;
-        let plan = plan(app, &state.commit, &tenants, unmapped, &opts.tenants)?;
+        let mut plan = plan(app, &state.commit, &tenants, unmapped, &opts.tenants)?;
+        decide_copies(app, &mut plan).await?;
         if opts.dry_run || plan.items.is_empty() {
             let summary = if plan.items.is_empty() {
                 format!("app {}: every tenant already runs {}", app.name, app.image.digest().short())
@@ -307,6 +425,7 @@ pub fn plan(
                 to: pinned.clone(),
                 canary: false,
                 stopped: !c.is_running(),
+                copy: None,
             });
         }
     }
@@ -447,6 +566,8 @@ fn not_reached(item: &PlanItem) -> TenantReport {
         outcome: TenantOutcome::NotReached,
         downtime_ms: None,
         snapshot: None,
+        pre_copy: None,
+        copy_delta: None,
         timings: StepTimings::default(),
         detail: None,
     }
@@ -459,13 +580,17 @@ fn ms(d: Duration) -> u64 {
 impl StepTimings {
     fn record(&mut self, step: Step, took: Duration) {
         let slot = match step {
-            Step::Stop => &mut self.stop_ms,
-            Step::Snapshot => &mut self.snapshot_ms,
-            Step::Rename => &mut self.rename_ms,
+            Step::PreCopy => &mut self.pre_copy_ms,
             Step::Create => &mut self.create_ms,
             Step::Check => &mut self.check_ms,
+            Step::Stop => &mut self.stop_ms,
+            Step::Snapshot => &mut self.snapshot_ms,
+            Step::CopyDelta => &mut self.copy_delta_ms,
+            Step::Rename => &mut self.rename_ms,
+            Step::Switch => &mut self.switch_ms,
             Step::Start => &mut self.start_ms,
             Step::Health => &mut self.health_ms,
+            Step::Archive => &mut self.archive_ms,
             Step::Soak | Step::Cleanup => return,
         };
         *slot = ms(took);
@@ -487,10 +612,14 @@ struct TenantRoll<'a> {
     /// Journaled with every step; updated as the steps learn things (new id, snapshot).
     j: TenantJournal,
     /// When the stop began: downtime is measured from here.
-    t0: Instant,
+    t0: Option<Instant>,
     timings: StepTimings,
     /// Stop begun → the new version healthy.
     downtime: Option<Duration>,
+    pre_copy: Option<MirrorReport>,
+    copy_delta: Option<MirrorReport>,
+    /// What the report should say besides the outcome (a fallback, an archive that failed).
+    notes: Vec<String>,
 }
 
 /// Roll one tenant through [`Step::ALL`]. A failed step or a signal between steps undoes the
@@ -504,6 +633,8 @@ async fn roll_tenant(run: &AppRun<'_>, item: &PlanItem, manifest: &mut Manifest,
         outcome: TenantOutcome::Restored,
         downtime_ms: None,
         snapshot: None,
+        pre_copy: None,
+        copy_delta: None,
         timings: StepTimings::default(),
         detail: Some(format!("not touched: {detail}")),
     };
@@ -518,6 +649,11 @@ async fn roll_tenant(run: &AppRun<'_>, item: &PlanItem, manifest: &mut Manifest,
         return Ok(untouched(format!("data dir {} does not exist", data_dir.display())));
     }
     let name = item.container.clone();
+    let staged = naming::staged(&name, &run.ctx.run_id);
+    let copy = match &item.copy {
+        Some(CopyPlan::PreCopy { .. }) => layout::rollout_copy(&data_dir, &run.ctx.run_id, item.tenant.as_str()),
+        _ => None,
+    };
     let j = TenantJournal {
         app: run.app.name.clone(),
         tenant: item.tenant.to_string(),
@@ -537,6 +673,9 @@ async fn roll_tenant(run: &AppRun<'_>, item: &PlanItem, manifest: &mut Manifest,
         settings: spec.operator_settings(),
         restart: Some(spec.restart()),
         was_running: !item.stopped,
+        copy,
+        copy_ino: None,
+        staged_name: Some(staged),
     };
     let mut t = TenantRoll {
         run,
@@ -545,9 +684,12 @@ async fn roll_tenant(run: &AppRun<'_>, item: &PlanItem, manifest: &mut Manifest,
         soak,
         spec,
         j,
-        t0: Instant::now(),
+        t0: None,
         timings: StepTimings::default(),
         downtime: None,
+        pre_copy: None,
+        copy_delta: None,
+        notes: Vec::new(),
     };
     t.go().await
 }
@@ -580,7 +722,10 @@ impl TenantRoll<'_> {
                 _ => last = Some(step),
             }
         }
-        let detail = self.item.stopped.then(|| "recreated on the new image and left stopped, as it was".to_string());
+        if self.item.stopped {
+            self.notes.push("recreated on the new image and left stopped, as it was".to_string());
+        }
+        let detail = (!self.notes.is_empty()).then(|| self.notes.join("; "));
         Ok(self.report(TenantOutcome::Rolled, detail))
     }
 
@@ -591,20 +736,28 @@ impl TenantRoll<'_> {
             Step::Start | Step::Health => !self.item.stopped,
             Step::Soak => self.soak && !self.item.stopped,
             Step::Cleanup => !self.run.keep_old,
-            _ => true,
+            // One of two paths: a copy beside the data dir (pre-copy, delta, archive after the
+            // health gate), or the whole archive while down. A failed pre-copy falls back.
+            Step::PreCopy | Step::CopyDelta | Step::Archive => self.j.copy.is_some(),
+            Step::Snapshot => self.j.copy.is_none(),
+            Step::Create | Step::Check | Step::Stop | Step::Rename | Step::Switch => true,
         }
     }
 
     async fn run_step(&mut self, step: Step) -> StepResult {
         match step {
-            Step::Stop => self.stop().await,
-            Step::Snapshot => self.snapshot().await,
-            Step::Rename => self.rename().await,
+            Step::PreCopy => self.pre_copy().await,
             Step::Create => self.create().await,
             Step::Check => self.check().await,
+            Step::Stop => self.stop().await,
+            Step::Snapshot => self.snapshot().await,
+            Step::CopyDelta => self.copy_delta().await,
+            Step::Rename => self.rename().await,
+            Step::Switch => self.switch().await,
             Step::Start => self.start().await,
             Step::Health => self.health().await,
             Step::Soak => self.soak().await,
+            Step::Archive => self.archive().await,
             Step::Cleanup => self.cleanup().await,
         }
     }
@@ -612,8 +765,12 @@ impl TenantRoll<'_> {
     /// Undo the tenant, caught in (or just after) `step`, and report why.
     async fn undo_from(&mut self, step: Step, why: String) -> Result<TenantReport> {
         let r = &self.run;
+        let began = Instant::now();
         let undo = undo_tenant(r.ctx, r.engine, r.prober, &self.j, step.new_version_may_have_run()).await?;
-        self.downtime = Some(self.t0.elapsed());
+        self.timings.undo_ms = ms(began.elapsed());
+        self.timings.undo_restore_ms = undo.timings.restore_ms;
+        self.timings.undo_prior_ms = undo.timings.prior_ms;
+        self.downtime = self.t0.map(|t| t.elapsed());
         let outcome = if undo.ok { TenantOutcome::Restored } else { TenantOutcome::PersonNeeded };
         Ok(self.report(outcome, Some(format!("{why}; {}", undo.detail))))
     }
@@ -626,14 +783,97 @@ impl TenantRoll<'_> {
             outcome,
             downtime_ms: self.downtime.map(ms),
             snapshot: self.j.snapshot.clone(),
+            pre_copy: self.pre_copy.clone(),
+            copy_delta: self.copy_delta.clone(),
             timings: self.timings.clone(),
             detail,
         }
     }
 
+    /// While the prior version still serves: mirror the data dir to the rollout copy. A copy
+    /// that fails (the disk filled up, say) is removed and the tenant takes the
+    /// archive-while-down path instead; nothing of the tenant was touched.
+    async fn pre_copy(&mut self) -> StepResult {
+        let Some(copy) = self.j.copy.clone() else { return Ok(()) };
+        let (src, dst) = (self.j.data_dir.clone(), copy.clone());
+        let r = crate::blocking::run("pre-copy", move || mirror::mirror(&src, &dst)).await;
+        match r {
+            Ok(Ok(report)) => {
+                self.pre_copy = Some(report);
+                crate::context::test_pause("after-pre-copy");
+                Ok(())
+            }
+            Ok(Err(e)) => self.fall_back(&copy, &e).await,
+            Err(e) => self.fall_back(&copy, &e).await,
+        }
+    }
+
+    async fn fall_back(&mut self, copy: &Path, why: &dyn fmt::Display) -> StepResult {
+        let note = format!("pre-copy to {} failed ({why}); archived while down instead", copy.display());
+        let c = copy.to_path_buf();
+        let dropped = crate::blocking::run("drop copy", move || crate::undo::drop_copy(&c)).await;
+        if !matches!(dropped, Ok(Ok(()))) {
+            tracing::warn!("tenant {}: the partial copy {} stays", self.j.tenant, copy.display());
+        }
+        self.j.copy = None;
+        self.notes.push(note);
+        Ok(())
+    }
+
+    /// Down: bring the copy up to date with only what changed since the pre-copy. The copy is
+    /// then exactly the pre-rollout data; its inode is journaled for the swap back.
+    async fn copy_delta(&mut self) -> StepResult {
+        let Some(copy) = self.j.copy.clone() else { return Ok(()) };
+        let failed = |e: &dyn fmt::Display| format!("copy of {} failed: {e}", self.j.data_dir.display());
+        let (src, dst) = (self.j.data_dir.clone(), copy.clone());
+        let report = crate::blocking::run("copy-delta", move || mirror::mirror(&src, &dst))
+            .await
+            .map_err(|e| failed(&e))?
+            .map_err(|e| failed(&e))?;
+        use std::os::unix::fs::MetadataExt;
+        let ino = std::fs::symlink_metadata(&copy).map_err(|e| failed(&e))?.ino();
+        self.j.copy_ino = Some(ino);
+        self.copy_delta = Some(report);
+        Ok(())
+    }
+
+    /// After the health gate (and soak): the run's archive from the copy, then the copy goes.
+    /// A failure keeps the copy (named in the report) and the healthy new version.
+    async fn archive(&mut self) -> StepResult {
+        let r = self.run;
+        let run_id = r.ctx.run_id.clone();
+        match archive_copy(r.ctx, &run_id, self.manifest, &mut self.j).await {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                let copy = self.j.copy.as_deref().map(|c| c.display().to_string()).unwrap_or_default();
+                let why = format!(
+                    "archive of the rollout copy failed ({e}); the data from before the rollout stays in {copy}"
+                );
+                self.notes.push(why.clone());
+                Err(why)
+            }
+        }
+    }
+
+    /// Down, the prior container aside: the staged one takes the tenant's name, aliases and
+    /// restart policy.
+    async fn switch(&mut self) -> StepResult {
+        let staged = self.j.staged_name.clone().unwrap_or_else(|| self.j.name.clone());
+        let restart = self.j.restart.clone().unwrap_or_else(Restart::never);
+        self.run.engine.switch_in(&staged, &self.j.name, &self.spec, &restart).await.map_err(|e| e.to_string())
+    }
+
     async fn stop(&mut self) -> StepResult {
-        self.t0 = Instant::now();
-        self.run.engine.stop(&self.j.name, self.j.stop_timeout_s).await.map_err(|e| format!("stop failed: {e}"))
+        crate::context::test_pause("before-stop");
+        // Stopped and then aside, the prior container must not come back by itself: a daemon
+        // restart would start it beside the new one, on the same data dir. Set just before the
+        // stop (so not downtime); undo puts its policy back.
+        let engine = self.run.engine;
+        if self.j.restart.as_ref().is_some_and(Restart::restarts) {
+            engine.set_restart(&self.j.name, &Restart::never()).await.map_err(|e| e.to_string())?;
+        }
+        self.t0 = Some(Instant::now());
+        engine.stop(&self.j.name, self.j.stop_timeout_s).await.map_err(|e| format!("stop failed: {e}"))
     }
 
     /// The data is still only the prior version's here.
@@ -650,35 +890,30 @@ impl TenantRoll<'_> {
         self.j.snapshot = Some(archive_path.clone());
         self.j.sha256 = Some(summary.sha256.clone());
         let r = self.run;
-        record_rollout_snapshot(r.ctx, &r.run_dir, self.manifest, &self.j.tenant, &archive_path, &summary)
+        let run_id = r.ctx.run_id.clone();
+        record_rollout_archive(r.ctx, &run_id, &r.run_dir, self.manifest, &self.j.tenant, &archive_path, &summary)
             .map_err(|e| failed(&e))
     }
 
     async fn rename(&mut self) -> StepResult {
-        let engine = self.run.engine;
-        engine.rename(&self.j.name, &self.j.pre_name).await.map_err(|e| e.to_string())?;
-        // Aside, the prior container must not come back by itself: a daemon restart would
-        // start it beside the new one, on the same data dir. Undo puts its policy back.
-        if self.j.restart.as_ref().is_some_and(Restart::restarts) {
-            engine.set_restart(&self.j.pre_name, &Restart::never()).await.map_err(|e| e.to_string())?;
-        }
-        Ok(())
+        self.run.engine.rename(&self.j.name, &self.j.pre_name).await.map_err(|e| e.to_string())
     }
 
+    /// While the prior version still serves: the new container, under its staging name.
     async fn create(&mut self) -> StepResult {
-        let id = self
-            .run
-            .engine
-            .create_from(&self.j.name, &self.spec, &self.j.new_image)
-            .await
-            .map_err(|e| e.to_string())?;
+        let staged = self.j.staged_name.clone().unwrap_or_else(|| self.j.name.clone());
+        let id =
+            self.run.engine.create_staged(&staged, &self.spec, &self.j.new_image).await.map_err(|e| e.to_string())?;
         self.j.new_id = Some(id);
         Ok(())
     }
 
+    /// The staged container has everything the operator set on the prior one but the name and
+    /// aliases, which the switch gives it.
     async fn check(&mut self) -> StepResult {
-        let actual = self.run.engine.actual_settings(&self.j.name).await.map_err(|e| e.to_string())?;
-        let lost = self.j.settings.lost_in(&actual);
+        let staged = self.j.staged_name.clone().unwrap_or_else(|| self.j.name.clone());
+        let actual = self.run.engine.actual_settings(&staged).await.map_err(|e| e.to_string())?;
+        let lost = self.j.settings.as_staged(&staged).lost_in(&actual);
         if lost.is_empty() {
             Ok(())
         } else {
@@ -695,7 +930,7 @@ impl TenantRoll<'_> {
         let r = &self.run;
         match gate_cancellable(r.ctx, r.engine, r.prober, &self.j.name, &r.app.health).await {
             Ok(Ok(())) => {
-                self.downtime = Some(self.t0.elapsed());
+                self.downtime = self.t0.map(|t| t.elapsed());
                 Ok(())
             }
             Ok(Err(why)) => Err(format!("new version failed: {why}")),
@@ -753,32 +988,6 @@ async fn gate_cancellable(
     }
 }
 
-fn record_rollout_snapshot(
-    ctx: &Ctx,
-    run_dir: &Path,
-    manifest: &mut Manifest,
-    tenant: &str,
-    archive_path: &Path,
-    s: &archive::ArchiveSummary,
-) -> Result<()> {
-    let file_list = layout::file_list_path(archive_path);
-    let rel = |p: &Path| p.strip_prefix(run_dir).unwrap_or(p).to_string_lossy().into_owned();
-    let entry = ArchiveEntry {
-        path: rel(archive_path),
-        tenant: Some(tenant.to_string()),
-        sha256: s.sha256.clone(),
-        size: s.size,
-        files: s.files,
-        file_list: rel(&file_list),
-        file_list_sha256: s.file_list_sha256.clone(),
-        created: None,
-    };
-    manifest.upsert(entry.clone());
-    manifest.write(run_dir)?;
-    let snap = SnapshotId::rollout(&ctx.run_id);
-    ctx.record_archive(&snap.key(&entry.path), SnapshotKind::Rollout.as_str(), snap.id(), &entry)
-}
-
 impl fmt::Display for RolloutReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if let Some(t) = self.trust.as_ref().filter(|t| t.signature != crate::adapters::desired::Signature::NotChecked)
@@ -801,6 +1010,9 @@ impl fmt::Display for RolloutReport {
                         if i.canary { " (canary)" } else { "" },
                         i.to.short()
                     )?;
+                    if let Some(c) = &i.copy {
+                        writeln!(f, "      {c}")?;
+                    }
                 }
             }
             for t in &app.tenants {

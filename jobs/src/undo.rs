@@ -4,6 +4,15 @@
 //!
 //! Every action is idempotent and journaled as an [`UndoStep`], so `recover` can run this
 //! again after a crash in the middle of it.
+//!
+//! Also the rollout copy's other ends, shared by `rollout` and `recover`: [`archive_copy`]
+//! (the run's archive made from the copy once the tenant is healthy, then the copy removed)
+//! and [`drop_copy`] (a copy the undo did not need: the data dir was never touched).
+//! A copy is removed only once an archive of it is recorded, or while the data dir is still
+//! the very data it copies.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
@@ -11,8 +20,15 @@ use crate::adapters::archive;
 use crate::adapters::docker::Engine;
 use crate::adapters::health::Prober;
 use crate::context::Ctx;
-use crate::error::{Error, Result};
+use crate::error::{ArchiveError, Error, Result};
+use crate::layout::{self, SnapshotId, SnapshotKind};
+use crate::manifest::{ArchiveEntry, Manifest};
 use crate::step::{TenantJournal, UndoStep};
+use crate::types::RunId;
+
+/// zstd level of rollout archives (taken while the tenant is down on the archive path: speed
+/// over ratio; the same level off the critical path keeps one format for both paths).
+pub const ROLLOUT_ZSTD_LEVEL: i32 = 1;
 
 /// The result of undoing a tenant.
 #[derive(Debug, Clone, Serialize)]
@@ -21,6 +37,17 @@ pub struct UndoResult {
     pub ok: bool,
     /// What was done, or what state it was left in.
     pub detail: String,
+    /// How long its parts took.
+    pub timings: UndoTimings,
+}
+
+/// Milliseconds spent in the parts of an undo that a person waits for.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct UndoTimings {
+    /// Putting the pre-rollout data back (a rename of the copy, or an archive extracted).
+    pub restore_ms: u64,
+    /// Starting the prior container and waiting for its health check.
+    pub prior_ms: u64,
 }
 
 /// Journal an undo step as begun (then its crash point).
@@ -65,11 +92,20 @@ pub async fn undo_tenant(
         } else {
             format!("done so far: {}", done.join(", "))
         };
-        Ok(UndoResult { ok: false, detail: format!("UNDO FAILED for tenant {}: {what}; {state}", j.tenant) })
+        Ok(UndoResult {
+            ok: false,
+            detail: format!("UNDO FAILED for tenant {}: {what}; {state}", j.tenant),
+            timings: UndoTimings::default(),
+        })
     };
 
-    // The container under the tenant's name, if it is not the prior one, is the new version.
+    // The container under the tenant's name, if it is not the prior one, is the new version;
+    // so is one still under its staging name (created before the stop, never switched in).
     let new = current.filter(|id| *id != j.old_id);
+    let staged = match j.staged_name.as_deref() {
+        Some(n) => engine.id_of(n).await?.filter(|id| *id != j.old_id && Some(id) != new.as_ref()),
+        None => None,
+    };
     if let Some(id) = new.as_deref().filter(|_| old_by_id.is_none() && pre.is_none()) {
         // The prior container is gone (a finished run without --keep-old): rebuild it aside,
         // from the new one's settings on the prior image.
@@ -109,15 +145,48 @@ pub async fn undo_tenant(
         UndoStep::RecreatePrior.after().reach();
         done.push(format!("prior container recreated from {}", j.old_image));
     }
-    if let Some(id) = new.as_deref() {
+    let to_remove: Vec<&String> = new.iter().chain(staged.iter()).collect();
+    if !to_remove.is_empty() {
         let s = begin(ctx, &j, UndoStep::RemoveNew)?;
-        if let Err(e) = engine.stop(id, j.stop_timeout_s).await.and(engine.remove(id).await) {
-            return fail(s, format!("cannot remove the new container {}: {e}", j.name), &done);
+        for id in to_remove {
+            if let Err(e) = engine.stop(id, j.stop_timeout_s).await.and(engine.remove(id).await) {
+                return fail(s, format!("cannot remove the new container {}: {e}", j.name), &done);
+            }
         }
         end_ok(ctx, s, UndoStep::RemoveNew)?;
         done.push("new container removed".to_string());
     }
-    if restore_data {
+    let mut timings = UndoTimings::default();
+    let restore_began = std::time::Instant::now();
+    let copy_in_place = restore_data && copy_state(&j) != CopyState::Gone;
+    if copy_in_place {
+        // The pre-rollout copy beside the data dir: swapped back in with one rename.
+        let s = begin(ctx, &j, UndoStep::Restore)?;
+        if let Some(p) = pre.as_deref().or(old_by_id.as_deref()) {
+            let _ = engine.stop(p, j.stop_timeout_s).await;
+        }
+        let (copy, ino, d) = (j.copy.clone().unwrap_or_default(), j.copy_ino.unwrap_or_default(), j.data_dir.clone());
+        let c = copy.clone();
+        let old = match crate::blocking::run("restore", move || swap_in_copy(&c, ino, &d)).await? {
+            Ok(old) => old,
+            Err(e) => {
+                return fail(
+                    s,
+                    format!("swapping the rollout copy {} into {} failed: {e}", copy.display(), j.data_dir.display()),
+                    &done,
+                )
+            }
+        };
+        let kept = old.map(|old| crate::fsutil::keep_replaced(&ctx.cfg.backup_root, &ctx.run_id, &j.tenant, &old));
+        let _ = std::fs::remove_file(layout::mirror_index(&copy));
+        remove_empty_parents(&copy);
+        end_ok(ctx, s, UndoStep::Restore)?;
+        done.push(format!("data restored from the rollout copy {} (a rename)", copy.display()));
+        if let Some(k) = kept {
+            done.push(format!("the data it replaced is kept in {}", k.display()));
+        }
+    }
+    if restore_data && !copy_in_place {
         if let (Some(snap), Some(sha)) = (j.snapshot.clone(), j.sha256.clone()) {
             let s = begin(ctx, &j, UndoStep::Restore)?;
             // Stop the prior container too if something started it: nothing may hold the data.
@@ -145,6 +214,9 @@ pub async fn undo_tenant(
                 done.push(format!("the data it replaced is kept in {}", k.display()));
             }
         }
+    }
+    if restore_data {
+        timings.restore_ms = restore_began.elapsed().as_millis() as u64;
     }
     if pre.is_some() {
         let s = begin(ctx, &j, UndoStep::RenameBack)?;
@@ -206,8 +278,10 @@ pub async fn undo_tenant(
             }
             end_ok(ctx, s, UndoStep::StartPrior)?;
         }
-        return Ok(UndoResult { ok: true, detail: done.join(", ") });
+        drop_unneeded_copy(&j, restore_data, &mut done).await?;
+        return Ok(UndoResult { ok: true, detail: done.join(", "), timings });
     }
+    let prior_began = std::time::Instant::now();
     let s = begin(ctx, &j, UndoStep::StartPrior)?;
     // Its restart policy was set to `no` while it was aside; put it back whatever step the
     // rollout was caught in (setting it again is harmless).
@@ -229,8 +303,186 @@ pub async fn undo_tenant(
         Ok(_) => {
             end_ok(ctx, s, UndoStep::HealthPrior)?;
             done.push("prior container running and healthy".to_string());
-            Ok(UndoResult { ok: true, detail: done.join(", ") })
+            timings.prior_ms = prior_began.elapsed().as_millis() as u64;
+            drop_unneeded_copy(&j, restore_data, &mut done).await?;
+            Ok(UndoResult { ok: true, detail: done.join(", "), timings })
         }
         Err(why) => fail(s, format!("the prior container {} is not healthy: {why}", j.name), &done),
+    }
+}
+
+/// Where a journal's rollout copy stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CopyState {
+    /// No copy, or it is gone (archived and removed, or never made).
+    Gone,
+    /// The copy lies beside the data dir, complete (its inode journaled after copy-delta).
+    Ready,
+    /// The data dir is the copy: a swap already happened.
+    Swapped,
+}
+
+fn copy_state(j: &TenantJournal) -> CopyState {
+    let (Some(copy), Some(ino)) = (j.copy.as_deref(), j.copy_ino) else { return CopyState::Gone };
+    // Archived: the copy was removed once its archive was recorded, and its inode number may
+    // have been given to another dir since; only the archive speaks for that data now.
+    if j.snapshot.is_some() {
+        return CopyState::Gone;
+    }
+    let ino_of = |p: &Path| std::fs::symlink_metadata(p).ok().filter(|m| m.is_dir()).map(|m| m.ino());
+    if ino_of(&j.data_dir) == Some(ino) {
+        CopyState::Swapped
+    } else if ino_of(copy) == Some(ino) {
+        CopyState::Ready
+    } else {
+        CopyState::Gone
+    }
+}
+
+/// Swap the complete copy `copy` (inode `ino`) into `data_dir` with `RENAME_EXCHANGE`: one
+/// rename, both on one filesystem. Returns where the data it replaced now is (the copy's old
+/// path), if anything is there. Run again after the swap (a crash before it was journaled), it
+/// sees the data dir is already the copy and does nothing more.
+fn swap_in_copy(copy: &Path, ino: u64, data_dir: &Path) -> std::result::Result<Option<PathBuf>, ArchiveError> {
+    let io = |p: &Path| {
+        let p = p.to_path_buf();
+        move |e: std::io::Error| ArchiveError::Io { path: p, source: e }
+    };
+    let now = std::fs::symlink_metadata(data_dir).map_err(io(data_dir))?;
+    if now.ino() == ino {
+        return Ok(copy.exists().then(|| copy.to_path_buf()));
+    }
+    let c = std::fs::symlink_metadata(copy).map_err(io(copy))?;
+    if !c.is_dir() || c.ino() != ino {
+        return Err(ArchiveError::Io {
+            path: copy.to_path_buf(),
+            source: std::io::Error::other("is not the copy this rollout made (its inode differs); nothing was swapped"),
+        });
+    }
+    let (cp, dp) = (copy.parent().unwrap_or(Path::new("/")), data_dir.parent().unwrap_or(Path::new("/")));
+    let (cfd, dfd) = (std::fs::File::open(cp).map_err(io(cp))?, std::fs::File::open(dp).map_err(io(dp))?);
+    rustix::fs::renameat_with(
+        &cfd,
+        copy.file_name().unwrap_or_default(),
+        &dfd,
+        data_dir.file_name().unwrap_or_default(),
+        rustix::fs::RenameFlags::EXCHANGE,
+    )
+    .map_err(|e| ArchiveError::Io { path: data_dir.to_path_buf(), source: e.into() })?;
+    crate::fsutil::sync_dir(dp).map_err(io(dp))?;
+    crate::fsutil::sync_dir(cp).map_err(io(cp))?;
+    Ok(Some(copy.to_path_buf()))
+}
+
+/// Remove the run's dir of copies (and the copies' dir) beside the data dirs once empty.
+fn remove_empty_parents(copy: &Path) {
+    let mut dir = copy.parent();
+    for _ in 0..2 {
+        match dir {
+            Some(d) if std::fs::remove_dir(d).is_ok() => dir = d.parent(),
+            _ => break,
+        }
+    }
+}
+
+/// After an undo that did not restore data: the rollout copy is a copy of data that was never
+/// touched, so it goes (only while the data dir is not itself the copy).
+async fn drop_unneeded_copy(j: &TenantJournal, restore_data: bool, done: &mut Vec<String>) -> Result<()> {
+    if restore_data || copy_state(j) == CopyState::Swapped {
+        return Ok(());
+    }
+    if let Some(copy) = j.copy.clone().filter(|c| c.exists()) {
+        let c = copy.clone();
+        match crate::blocking::run("drop copy", move || drop_copy(&c)).await? {
+            Ok(()) => done.push(format!("the unneeded rollout copy {} removed", copy.display())),
+            Err(e) => tracing::warn!("tenant {}: the rollout copy {} stays: {e}", j.tenant, copy.display()),
+        }
+    }
+    Ok(())
+}
+
+/// Remove a rollout copy, its mirror index, and the dirs above it once empty.
+pub fn drop_copy(copy: &Path) -> std::result::Result<(), ArchiveError> {
+    if copy.exists() {
+        std::fs::remove_dir_all(copy).map_err(|e| ArchiveError::Io { path: copy.to_path_buf(), source: e })?;
+    }
+    let _ = std::fs::remove_file(layout::mirror_index(copy));
+    remove_empty_parents(copy);
+    Ok(())
+}
+
+/// The run's archive of a tenant, made from its rollout copy once the new version is healthy
+/// (off the critical path): written and hashed into `rollout/<run>/`, put in the run's
+/// `manifest` (rewritten) and the run record; only then is the copy removed. Sets the journal's
+/// `snapshot` and `sha256`. On error the copy stays.
+pub async fn archive_copy(ctx: &Ctx, run: &RunId, manifest: &mut Manifest, j: &mut TenantJournal) -> Result<PathBuf> {
+    let Some(copy) = j.copy.clone() else {
+        return Err(Error::Other(format!("tenant {}: no rollout copy to archive", j.tenant)));
+    };
+    let run_dir = SnapshotId::rollout(run).dir(&ctx.cfg.backup_root);
+    let archive_path = run_dir.join(layout::tenant_archive(SnapshotKind::Rollout, &j.tenant));
+    let (src, dest) = (copy.clone(), archive_path.clone());
+    let summary =
+        crate::blocking::run("archive", move || archive::create_with_level(&src, &dest, ROLLOUT_ZSTD_LEVEL)).await??;
+    record_rollout_archive(ctx, run, &run_dir, manifest, &j.tenant, &archive_path, &summary)?;
+    j.snapshot = Some(archive_path.clone());
+    j.sha256 = Some(summary.sha256.clone());
+    let c = copy.clone();
+    crate::blocking::run("drop copy", move || drop_copy(&c)).await??;
+    Ok(archive_path)
+}
+
+/// Put a tenant's rollout archive in run `run`'s manifest (written) and the run record.
+pub fn record_rollout_archive(
+    ctx: &Ctx,
+    run: &RunId,
+    run_dir: &Path,
+    manifest: &mut Manifest,
+    tenant: &str,
+    archive_path: &Path,
+    s: &archive::ArchiveSummary,
+) -> Result<()> {
+    let file_list = layout::file_list_path(archive_path);
+    let rel = |p: &Path| p.strip_prefix(run_dir).unwrap_or(p).to_string_lossy().into_owned();
+    let entry = ArchiveEntry {
+        path: rel(archive_path),
+        tenant: Some(tenant.to_string()),
+        sha256: s.sha256.clone(),
+        size: s.size,
+        files: s.files,
+        file_list: rel(&file_list),
+        file_list_sha256: s.file_list_sha256.clone(),
+        created: None,
+    };
+    manifest.upsert(entry.clone());
+    manifest.write(run_dir)?;
+    let snap = SnapshotId::rollout(run);
+    ctx.record_archive(&snap.key(&entry.path), SnapshotKind::Rollout.as_str(), snap.id(), &entry)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn swapping_the_copy_in_twice_swaps_it_once_and_says_where_the_replaced_data_is() {
+        let d = tempfile::tempdir().unwrap();
+        let (data, copy) = (d.path().join("t1"), d.path().join(".copies/run/t1"));
+        std::fs::create_dir_all(&data).unwrap();
+        std::fs::create_dir_all(&copy).unwrap();
+        std::fs::write(data.join("f"), "written by the failed version").unwrap();
+        std::fs::write(copy.join("f"), "pre-rollout").unwrap();
+        let ino = std::fs::metadata(&copy).unwrap().ino();
+        for _ in 0..2 {
+            let old = swap_in_copy(&copy, ino, &data).unwrap();
+            assert_eq!(old.as_deref(), Some(copy.as_path()));
+            assert_eq!(std::fs::read_to_string(data.join("f")).unwrap(), "pre-rollout");
+            assert_eq!(std::fs::read_to_string(copy.join("f")).unwrap(), "written by the failed version");
+        }
+        // A dir at the copy's path that is not the copy made is never swapped in.
+        let other = d.path().join("other");
+        std::fs::create_dir(&other).unwrap();
+        assert!(swap_in_copy(&other, ino + 1, &data).is_err());
+        assert_eq!(std::fs::read_to_string(data.join("f")).unwrap(), "pre-rollout");
     }
 }

@@ -118,6 +118,25 @@ pub struct Plan {
 pub struct PlanItem {
     pub tenant: String,
     pub canary: bool,
+    /// How its pre-rollout data is kept.
+    pub copy: Option<CopyPlan>,
+}
+
+/// A plan item's copy path: `pre_copy` (with `reflink`) or `archive_while_down` (with `why`).
+#[derive(Debug, Deserialize)]
+pub struct CopyPlan {
+    pub path: String,
+    pub reflink: Option<bool>,
+    pub why: Option<String>,
+}
+
+/// One mirror pass of a tenant's data dir.
+#[derive(Debug, Deserialize)]
+pub struct MirrorPass {
+    pub method: String,
+    pub files_copied: u64,
+    pub removed: u64,
+    pub unchanged: u64,
 }
 
 /// One tenant's rollout result.
@@ -128,6 +147,9 @@ pub struct TenantResult {
     pub downtime_ms: Option<u64>,
     pub detail: Option<String>,
     pub timings: Timings,
+    pub snapshot: Option<PathBuf>,
+    pub pre_copy: Option<MirrorPass>,
+    pub copy_delta: Option<MirrorPass>,
 }
 
 /// Milliseconds per rollout step (the ones the tests check).

@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use bollard::models::{
     ContainerConfig, ContainerCreateBody, ContainerInspectResponse, ContainerStateStatusEnum, ContainerUpdateBody,
-    EndpointSettings, ImageConfig, NetworkConnectRequest, NetworkingConfig, RestartPolicy, RestartPolicyNameEnum,
+    EndpointSettings, ImageConfig, NetworkConnectRequest, NetworkDisconnectRequest, NetworkingConfig, RestartPolicy,
+    RestartPolicyNameEnum,
 };
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, CreateImageOptionsBuilder, ListContainersOptionsBuilder,
@@ -221,7 +222,7 @@ impl Engine {
     /// Every container (running or not) of `app`, by tenant, sorted by tenant id, and the
     /// containers `select` matches that map to no tenant (a name `tenant_from` does not
     /// match, an invalid tenant id, two containers of one tenant): one odd container never
-    /// stops the fleet. Containers a rollout set aside ([`crate::naming::is_pre_rollout`])
+    /// stops the fleet. Containers a rollout set aside or staged ([`crate::naming::is_set_aside`])
     /// are neither.
     pub async fn tenants_and_unmapped(&self, app: &App) -> Result<(Vec<TenantContainer>, Vec<Unmapped>)> {
         let mut filters = HashMap::new();
@@ -239,7 +240,7 @@ impl Engine {
             else {
                 continue;
             };
-            if crate::naming::is_pre_rollout(&name) {
+            if crate::naming::is_set_aside(&name) {
                 continue;
             }
             let labels = c.labels.clone().unwrap_or_default();
@@ -487,6 +488,16 @@ impl Engine {
     /// container's networks with their aliases, not started. Returns its id.
     pub async fn create_from(&self, name: &str, spec: &ContainerSpec, image: &str) -> Result<String> {
         let (body, extra_networks) = spec.create_body(image);
+        self.create_body_named(name, body, extra_networks, image).await
+    }
+
+    async fn create_body_named(
+        &self,
+        name: &str,
+        body: ContainerCreateBody,
+        extra_networks: Vec<(String, EndpointSettings)>,
+        image: &str,
+    ) -> Result<String> {
         let opts = CreateContainerOptionsBuilder::default().name(name).build();
         let created = self
             .docker
@@ -502,6 +513,75 @@ impl Engine {
             }
         }
         Ok(created.id)
+    }
+
+    /// Stage the new container before the prior one stops: as [`Engine::create_from`] under the
+    /// staging name `name`, but connected to its networks WITHOUT the tenant's aliases and with
+    /// restart policy `no` (a daemon restart must not start it beside the prior one on the same
+    /// data). [`Engine::switch_in`] gives it both at the switch. Returns its id.
+    ///
+    /// Nothing of the tenant is visible to other containers meanwhile: the name is the staging
+    /// one; the embedded DNS answers only for running containers, and the aliases are not even
+    /// set; the labels are set (the engine cannot add them later), but a created container
+    /// has no address, and label-driven routers (Traefik's Docker provider) route running
+    /// containers only.
+    pub async fn create_staged(&self, name: &str, spec: &ContainerSpec, image: &str) -> Result<String> {
+        let (mut body, extra) = spec.create_body(image);
+        if let Some(eps) = body.networking_config.as_mut().and_then(|n| n.endpoints_config.as_mut()) {
+            for ep in eps.values_mut() {
+                ep.aliases = None;
+            }
+        }
+        if let Some(host) = body.host_config.as_mut() {
+            host.restart_policy =
+                Some(RestartPolicy { name: Some(RestartPolicyNameEnum::NO), maximum_retry_count: None });
+        }
+        let extra = extra.into_iter().map(|(net, ep)| (net, EndpointSettings { aliases: None, ..ep })).collect();
+        self.create_body_named(name, body, extra, image).await
+    }
+
+    /// The switch of a staged container: rename it from `staged` to the tenant's `name`, give it
+    /// the tenant's aliases on each network (`spec`: the prior container's), and its restart
+    /// policy `restart`. Idempotent: a rename already done, or an alias already set, is fine.
+    pub async fn switch_in(&self, staged: &str, name: &str, spec: &ContainerSpec, restart: &Restart) -> Result<()> {
+        if self.exists(staged).await? || !self.exists(name).await? {
+            self.rename(staged, name).await?;
+        }
+        let current = self.inspect(name).await?;
+        let connected = current.network_settings.and_then(|n| n.networks).unwrap_or_default();
+        for (net, ep, aliases) in spec.networks() {
+            let have: BTreeSet<&String> =
+                connected.get(&net).and_then(|e| e.aliases.as_ref()).map(|a| a.iter().collect()).unwrap_or_default();
+            if aliases.is_empty() || aliases.iter().all(|a| have.contains(a)) {
+                continue;
+            }
+            // The engine has no call that adds an alias: reconnect with them (the container is
+            // not running, so nothing is cut).
+            let id = current.id.clone().unwrap_or_else(|| name.to_string());
+            if connected.contains_key(&net) {
+                let req = NetworkDisconnectRequest { container: id.clone(), force: Some(false) };
+                self.docker
+                    .disconnect_network(&net, req)
+                    .await
+                    .map_err(|e| derr(format!("disconnecting container {name} from network {net}"), Some(name), e))?;
+            }
+            let endpoint = EndpointSettings {
+                aliases: Some(aliases),
+                ipam_config: ep.ipam_config,
+                links: ep.links,
+                driver_opts: ep.driver_opts,
+                ..Default::default()
+            };
+            let req = NetworkConnectRequest { container: id, endpoint_config: Some(endpoint) };
+            self.docker
+                .connect_network(&net, req)
+                .await
+                .map_err(|e| derr(format!("connecting container {name} to network {net}"), Some(name), e))?;
+        }
+        if restart.restarts() {
+            self.set_restart(name, restart).await?;
+        }
+        Ok(())
     }
 
     /// Set a container's restart policy (nothing else of it changes).
@@ -747,6 +827,16 @@ impl ContainerSpec {
 }
 
 impl OperatorSettings {
+    /// What a container staged from these settings ([`Engine::create_staged`]) must have before
+    /// its switch: all of them but the tenant's name and aliases, which the switch gives it.
+    pub fn as_staged(&self, staged_name: &str) -> OperatorSettings {
+        OperatorSettings {
+            name: staged_name.to_string(),
+            networks: self.networks.keys().map(|n| (n.clone(), BTreeSet::new())).collect(),
+            ..self.clone()
+        }
+    }
+
     /// What `self` (the old container) had that `new` lacks; empty when nothing was lost.
     pub fn lost_in(&self, new: &OperatorSettings) -> Vec<String> {
         let mut lost = Vec::new();

@@ -10,5 +10,6 @@ pub mod docker;
 pub mod health;
 pub mod lock;
 pub mod metrics;
+pub mod mirror;
 pub mod notify;
 pub mod remote;

@@ -9,6 +9,9 @@
 //! <backup_root>/rollout/<run_id>/MANIFEST.json
 //! <backup_root>/replaced/<run_id>/<tenant>/                  the data a restore replaced, as it was
 //! <state_dir>/remote-cache/<kind>/<id>/…                     what `restore --remote` fetched
+//! <data dir's parent>/.slipway-rollout/<run_id>/<tenant>/     a rollout's copy of the data dir,
+//!                                                            beside it on its filesystem, while
+//!                                                            the run needs it
 //! ```
 //!
 //! A snapshot directory is named by a [`SnapshotId`] (its kind and its day or run id). The
@@ -41,6 +44,10 @@ const ARCHIVE_SUFFIX: &str = ".tar.zst";
 const FILE_LIST_SUFFIX: &str = ".files.json.zst";
 /// The directory under the backup root that keeps the data each restore replaced.
 const REPLACED: &str = "replaced";
+/// The hidden dir beside the data dirs that holds a rollout's copies of them.
+const ROLLOUT_COPIES: &str = ".slipway-rollout";
+/// Suffix of a mirror's index file.
+const MIRROR_INDEX_SUFFIX: &str = ".mirror-index";
 /// The directory under `state_dir` that `restore --remote` downloads into.
 const REMOTE_CACHE: &str = "remote-cache";
 
@@ -228,6 +235,21 @@ pub fn file_list_of(archive_rel: &str) -> String {
     file_list_path(Path::new(archive_rel)).to_string_lossy().into_owned()
 }
 
+/// The index a mirror keeps beside its copy `dst` (what each entry of the source looked like at
+/// the last pass): `<parent>/.<name>.mirror-index`.
+pub fn mirror_index(dst: &Path) -> PathBuf {
+    let name = dst.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    dst.with_file_name(format!(".{name}{MIRROR_INDEX_SUFFIX}"))
+}
+
+/// Where run `run` keeps its copy of `tenant`'s data dir `data_dir`: beside it, on its
+/// filesystem (so that undo can swap it back with a rename):
+/// `<parent>/.slipway-rollout/<run_id>/<tenant>`. None for a data dir without a parent.
+pub fn rollout_copy(data_dir: &Path, run: &RunId, tenant: &str) -> Option<PathBuf> {
+    let parent = data_dir.parent().filter(|p| !p.as_os_str().is_empty())?;
+    Some(parent.join(ROLLOUT_COPIES).join(run.as_str()).join(tenant))
+}
+
 /// The remote cache under the state dir.
 pub fn remote_cache(state_dir: &Path) -> PathBuf {
     state_dir.join(REMOTE_CACHE)
@@ -410,6 +432,15 @@ mod tests {
             run.cache_dir(Path::new("/var/lib/slipway")),
             Path::new("/var/lib/slipway/remote-cache/rollout").join(RUN)
         );
+    }
+
+    #[test]
+    fn a_rollout_copy_lies_beside_the_data_dir_and_its_index_beside_the_copy() {
+        let run: RunId = RUN.parse().unwrap();
+        let copy = rollout_copy(Path::new("/data/tenants/t1"), &run, "t1").unwrap();
+        assert_eq!(copy, Path::new("/data/tenants/.slipway-rollout").join(RUN).join("t1"));
+        assert_eq!(mirror_index(&copy), Path::new("/data/tenants/.slipway-rollout").join(RUN).join(".t1.mirror-index"));
+        assert_eq!(rollout_copy(Path::new("/"), &run, "t1"), None);
     }
 
     #[test]

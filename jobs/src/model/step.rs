@@ -17,54 +17,79 @@ use crate::adapters::docker::{OperatorSettings, Restart};
 use crate::config::HealthSpec;
 use crate::error::{Error, Result};
 
-/// One step of rolling a tenant to the pinned digest, in the order they run.
+/// One step of rolling a tenant to the pinned digest, in the order they run. A tenant goes
+/// through one of two paths (see `rollout`): the pre-copy path (pre-copy, create, check, stop,
+/// copy-delta, rename, switch, start, health, soak, archive, cleanup) or, when a copy beside
+/// the data dir is not possible, the archive-while-down path (create, check, stop, snapshot,
+/// rename, switch, start, health, soak, cleanup). Journals of earlier versions ran stop,
+/// snapshot, rename, create (under the tenant's name), check, start, …; their words parse to
+/// the same steps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Step {
+    /// Mirror the data dir to the rollout copy while the tenant still runs.
+    PreCopy,
+    /// Create the new container from the prior one's settings on the pinned image, under a
+    /// staging name, without the tenant's aliases, restart policy `no` (journals of earlier
+    /// versions: under the tenant's name, after the rename).
+    Create,
+    /// Check that the new container kept everything the operator set on the prior one.
+    Check,
     /// Stop the prior container (its stop timeout, then SIGKILL).
     Stop,
     /// Archive the data dir; the data is still only the prior version's.
     Snapshot,
+    /// Bring the rollout copy up to date (only what changed since the pre-copy): the copy is
+    /// then exactly the data before the rollout.
+    CopyDelta,
     /// Rename the prior container aside, freeing the tenant's name.
     Rename,
-    /// Create the new container from the prior one's settings on the pinned image.
-    Create,
-    /// Check that the new container kept everything the operator set on the prior one.
-    Check,
+    /// Give the new container the tenant's name, aliases and restart policy.
+    Switch,
     /// Start the new container: from here on it may write to the data dir.
     Start,
     /// Wait until the new container answers its health check.
     Health,
     /// The canary only (when tenants follow it): wait `canary_soak_s`, probe again.
     Soak,
+    /// Archive the rollout copy (compressed, hashed, in the run's manifest), then remove it.
+    Archive,
     /// Remove the prior container (unless `--keep-old`).
     Cleanup,
 }
 
 impl Step {
     /// Every step, in the order a tenant goes through them.
-    pub const ALL: [Step; 9] = [
-        Step::Stop,
-        Step::Snapshot,
-        Step::Rename,
+    pub const ALL: [Step; 13] = [
+        Step::PreCopy,
         Step::Create,
         Step::Check,
+        Step::Stop,
+        Step::Snapshot,
+        Step::CopyDelta,
+        Step::Rename,
+        Step::Switch,
         Step::Start,
         Step::Health,
         Step::Soak,
+        Step::Archive,
         Step::Cleanup,
     ];
 
     /// The word the journal stores for this step.
     pub fn as_str(self) -> &'static str {
         match self {
-            Step::Stop => "stop",
-            Step::Snapshot => "snapshot",
-            Step::Rename => "rename",
+            Step::PreCopy => "pre-copy",
             Step::Create => "create",
             Step::Check => "check",
+            Step::Stop => "stop",
+            Step::Snapshot => "snapshot",
+            Step::CopyDelta => "copy-delta",
+            Step::Rename => "rename",
+            Step::Switch => "switch",
             Step::Start => "start",
             Step::Health => "health",
             Step::Soak => "canary-soak",
+            Step::Archive => "archive",
             Step::Cleanup => "cleanup",
         }
     }
@@ -82,9 +107,10 @@ impl Step {
     }
 
     /// Whether a failure of this step undoes the tenant. A failed cleanup leaves the healthy
-    /// new version in place: an old container left behind is only untidy.
+    /// new version in place: an old container left behind is only untidy; a failed archive
+    /// keeps the rollout copy (the pre-rollout data) where it is, named in the report.
     pub fn failure_undoes(self) -> bool {
-        self != Step::Cleanup
+        !matches!(self, Step::Cleanup | Step::Archive)
     }
 
     /// The crash point just after this step was journaled as begun, before it acts.
@@ -105,7 +131,8 @@ pub enum UndoStep {
     RecreatePrior,
     /// Stop and remove the new container.
     RemoveNew,
-    /// Restore the data dir from the run's snapshot.
+    /// Restore the data dir: swap the rollout copy back in (a rename), or extract the run's
+    /// snapshot archive.
     Restore,
     /// Rename the prior container back to the tenant's name.
     RenameBack,
@@ -332,6 +359,19 @@ pub struct TenantJournal {
     /// then (a suspended tenant stays stopped). True in journals of earlier versions.
     #[serde(default = "was_running_default")]
     pub was_running: bool,
+    /// The rollout copy of the data dir (pre-copy path), beside it on its filesystem. None in
+    /// journals of the archive-while-down path and of earlier versions.
+    #[serde(default)]
+    pub copy: Option<PathBuf>,
+    /// The copy's inode once it is exactly the pre-rollout data (after copy-delta): undo swaps
+    /// it in only while the data dir is not already that inode, so a swap is never undone by
+    /// running undo again.
+    #[serde(default)]
+    pub copy_ino: Option<u64>,
+    /// The staging name the new container was created under before the stop. None in journals
+    /// of earlier versions (they created it under `name`).
+    #[serde(default)]
+    pub staged_name: Option<String>,
 }
 
 fn was_running_default() -> bool {
@@ -373,6 +413,10 @@ mod tests {
             "undo-rename-back",
             "undo-start-prior",
             "undo-health-prior",
+            "pre-copy",
+            "copy-delta",
+            "switch",
+            "archive",
         ];
         for w in words {
             assert_eq!(w.parse::<Journaled>().map(|j| j.as_str()), Ok(w));
@@ -385,7 +429,7 @@ mod tests {
         let e = "snapshott".parse::<Journaled>().unwrap_err();
         assert_eq!(e.word, "snapshott");
         let msg = e.to_string();
-        assert!(msg.contains("\"snapshott\"") && msg.contains("snapshot, rename"), "{msg}");
+        assert!(msg.contains("\"snapshott\"") && msg.contains("stop, snapshot"), "{msg}");
         assert!("undo-stop".parse::<UndoStep>().is_err());
         assert!("undo-remove-new".parse::<Step>().is_err());
     }
@@ -394,9 +438,24 @@ mod tests {
     fn steps_are_ordered_and_their_rules_follow_the_order() {
         assert!(Step::ALL.windows(2).all(|w| w[0] < w[1]));
         let may_have_run: Vec<Step> = Step::ALL.into_iter().filter(|s| s.new_version_may_have_run()).collect();
-        assert_eq!(may_have_run, [Step::Start, Step::Health, Step::Soak, Step::Cleanup]);
+        assert_eq!(may_have_run, [Step::Start, Step::Health, Step::Soak, Step::Archive, Step::Cleanup]);
         let after_gate: Vec<Step> = Step::ALL.into_iter().filter(|s| s.after_health_gate()).collect();
-        assert_eq!(after_gate, [Step::Soak, Step::Cleanup]);
+        assert_eq!(after_gate, [Step::Soak, Step::Archive, Step::Cleanup]);
+        // Everything before the stop happens while the prior version still serves.
+        assert!(Step::PreCopy < Step::Stop && Step::Create < Step::Stop && Step::Check < Step::Stop);
+    }
+
+    #[test]
+    fn a_journal_detail_of_an_earlier_version_still_parses() {
+        // As written before the pre-copy path existed: no copy, no staging name.
+        let old = r#"{"app":"pulse","tenant":"t1","name":"pulse-t1","pre_name":"pulse-t1.pre-rollout-x",
+            "old_id":"abc","old_image":"reg/pulse@sha256:00","old_digest":null,"new_image":"reg/pulse@sha256:11",
+            "new_id":null,"data_dir":"/data/t1","snapshot":"/b/rollout/x/t1.tar.zst","sha256":"ff",
+            "stop_timeout_s":30,"health":{"path":"/api/health","port":8080},"keep_old":false,
+            "settings":{"name":"pulse-t1","labels":{},"networks":{},"mounts":[],"env_keys":[]}}"#;
+        let j: TenantJournal = serde_json::from_str(old).unwrap();
+        assert_eq!((j.copy, j.copy_ino, j.staged_name), (None, None, None));
+        assert!(j.was_running);
     }
 
     #[test]

@@ -37,7 +37,7 @@ use sha2::{Digest, Sha256};
 mod check;
 mod extract;
 pub mod list;
-mod walk;
+pub(crate) mod walk;
 mod write;
 
 pub use check::{deep_verify, tree_digest, tree_unchanged};

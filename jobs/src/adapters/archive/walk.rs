@@ -6,6 +6,10 @@
 //! is swapped for a symlink mid-walk (a live tenant with `quiesce = none`, a control-plane dir)
 //! is never followed; the walk fails naming it instead. The metadata of a file or directory is
 //! the `fstat` of the very fd that is then read, so what is recorded is what was read.
+//!
+//! A live walk ([`Walker::open_live`], the mirror's pre-copy of a running tenant) skips an entry
+//! that vanished or changed its type between the directory read and the open, instead of
+//! failing: the next pass sees it as it is then.
 
 use std::ffi::OsStr;
 use std::fs::{self, File};
@@ -20,7 +24,7 @@ use rustix::io::Errno;
 use super::{ioe, ArchiveError};
 
 /// What a walked entry is, with what is needed to read it.
-pub(super) enum Node {
+pub(crate) enum Node {
     /// A directory (its children follow it in the walk).
     Dir,
     /// A regular file, open for reading.
@@ -32,7 +36,7 @@ pub(super) enum Node {
 }
 
 /// One entry of the walk.
-pub(super) struct Item {
+pub(crate) struct Item {
     /// Relative name, '/'-separated bytes.
     pub rel: Vec<u8>,
     /// Its metadata (of the entry itself, never of a symlink's target).
@@ -48,10 +52,12 @@ struct Level {
 }
 
 /// A walk of the tree under one directory.
-pub(super) struct Walker {
+pub(crate) struct Walker {
     root: PathBuf,
     root_meta: fs::Metadata,
     stack: Vec<Level>,
+    /// Skip entries that vanish or change type mid-walk (a tree that is being written).
+    live: bool,
 }
 
 fn errno(path: &Path) -> impl FnOnce(Errno) -> ArchiveError + '_ {
@@ -93,7 +99,14 @@ impl Walker {
             root: root.to_path_buf(),
             root_meta,
             stack: vec![Level { dir, rel: Vec::new(), names: names.into_iter() }],
+            live: false,
         })
+    }
+
+    /// A walk of a tree that may change while it is read (a running tenant): an entry that
+    /// vanished, or whose type changed, between the directory read and its open is skipped.
+    pub fn open_live(root: &Path) -> Result<Walker, ArchiveError> {
+        Ok(Walker { live: true, ..Walker::open(root)? })
     }
 
     /// The metadata of the walked directory itself.
@@ -120,13 +133,26 @@ impl Walker {
             }
             rel.extend_from_slice(&name);
             let path = self.root.join(OsStr::from_bytes(&rel));
-            let (meta, node, sub) = open_child(&top.dir, &name, ft, &path)?;
+            let (meta, node, sub) = match open_child(&top.dir, &name, ft, &path) {
+                Ok(o) => o,
+                Err(_) if self.live && vanished_or_retyped(&top.dir, &name, ft) => continue,
+                Err(e) => return Err(e),
+            };
             if let Some(dir) = sub {
                 let names = names(&dir, &path)?;
                 self.stack.push(Level { dir, rel: rel.clone(), names: names.into_iter() });
             }
             return Ok(Some(Item { rel, meta, node }));
         }
+    }
+}
+
+/// Whether `name` in `dir` is gone, or is no longer of the type the directory reported.
+fn vanished_or_retyped(dir: &OwnedFd, name: &[u8], ft: FileType) -> bool {
+    match rustix::fs::statat(dir, OsStr::from_bytes(name), rustix::fs::AtFlags::SYMLINK_NOFOLLOW) {
+        Err(Errno::NOENT) => true,
+        Ok(st) => ft != FileType::Unknown && FileType::from_raw_mode(st.st_mode) != ft,
+        Err(_) => false,
     }
 }
 

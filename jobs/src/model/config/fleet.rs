@@ -133,6 +133,9 @@ pub struct App {
     /// Recreate tenants whose container is not running on the new image too (left stopped);
     /// by default they are skipped and reported as behind.
     pub include_stopped: bool,
+    /// Rollout copies the data dir beside it while the tenant runs and only the delta while it
+    /// is down (default); `false`: archive the whole data dir while the tenant is down.
+    pub pre_copy: bool,
 }
 
 impl App {
@@ -162,6 +165,11 @@ struct RawApp {
     quiesce: Quiesce,
     #[serde(default)]
     include_stopped: bool,
+    #[serde(default = "default_pre_copy")]
+    pre_copy: bool,
+}
+fn default_pre_copy() -> bool {
+    true
 }
 fn default_stop_timeout() -> u64 {
     30
@@ -270,6 +278,7 @@ impl RawApp {
             hold,
             quiesce: self.quiesce,
             include_stopped: self.include_stopped,
+            pre_copy: self.pre_copy,
         })
     }
 }

@@ -1,0 +1,739 @@
+//! Mirror a directory tree into a copy that later passes bring up to date with only what
+//! changed: the rollout's pre-copy of a running tenant, then its delta while the tenant is down.
+//!
+//! Invariants:
+//! - Every source entry is read through its parent's directory fd with `O_NOFOLLOW` (the
+//!   archive's [`Walker`]): a path swapped for a symlink is never followed. While the source is
+//!   live (a running tenant), an entry that vanishes or changes type mid-walk is skipped; the
+//!   next pass copies it as it is then.
+//! - Change detection is the snapshot's reuse rule ([`super::archive::tree_unchanged`]): kind,
+//!   size, inode, mode, owner, mtime and ctime of the *source*, to the nanosecond, as recorded at
+//!   the last pass in an index file beside the copy ([`crate::layout::mirror_index`]). The
+//!   copy's own ctimes say nothing about the source. An entry whose ctime was within
+//!   [`RACY_S`] of the pass's start is recorded as racy and copied again next time (a write in
+//!   the same clock tick as our read leaves ctime as it was — git's "racily clean" problem).
+//! - The index is unlinked before a pass changes the copy and written (atomically) only when
+//!   the pass completed and what it changed is durable — every file it wrote and every dir
+//!   whose entries it changed fsynced (not a `syncfs`: on a busy host that would flush every
+//!   other tenant's writes too, while this one is down). A pass cut short leaves no index,
+//!   and the next pass starts the copy afresh rather than trust a half-updated one.
+//! - The copy gets each entry's content, mode, numeric owner, mtime and atime (nanoseconds),
+//!   symlink targets, and hard links among the tree's files; directories' metadata is applied
+//!   after their children (writing into a dir moves its mtime). Sockets, fifos and device nodes
+//!   are not copied (as archives do not keep them). A file hard-linked to something outside the
+//!   tree is copied as a file of its own.
+//! - File content is cloned with `FICLONE` (btrfs, XFS: shared extents, O(1) per file) where
+//!   the copy's filesystem supports it, else streamed (`copy_file_range` under `io::copy`); the
+//!   report says which ran.
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::fmt;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufRead, BufReader, BufWriter, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+
+use super::archive::walk::{Item, Node, Walker};
+use crate::error::ArchiveError;
+use crate::fsutil::AtomicFile;
+
+/// An entry whose ctime is this close to the start of the pass that read it is copied again
+/// at the next pass: a write in the same coarse clock tick as our read leaves ctime unchanged.
+pub const RACY_S: i64 = 2;
+
+/// First line of an index file; a file without it is not an index (the copy starts afresh).
+const INDEX_MAGIC: &str = "slipway-mirror-index 1";
+
+/// How file content was copied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CopyMethod {
+    /// `FICLONE`: the copy shares the source's extents until either is written.
+    Reflink,
+    /// Streamed copy of the bytes.
+    Copy,
+}
+
+impl fmt::Display for CopyMethod {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            CopyMethod::Reflink => "reflink",
+            CopyMethod::Copy => "copy",
+        })
+    }
+}
+
+/// What one [`mirror`] pass did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MirrorReport {
+    /// How file content was copied (reflink only when every file copied this pass was cloned).
+    pub method: CopyMethod,
+    /// Files and symlinks copied (new or changed since the last pass).
+    pub files_copied: u64,
+    /// Bytes of the files copied (cloned bytes count too).
+    pub bytes_copied: u64,
+    /// Entries removed from the copy because they are gone from the source (a removed dir
+    /// counts once).
+    pub removed: u64,
+    /// Files and symlinks left alone because they had not changed.
+    pub unchanged: u64,
+}
+
+impl fmt::Display for MirrorReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} file(s) copied by {} ({:.1} MB), {} removed, {} unchanged",
+            self.files_copied,
+            self.method,
+            self.bytes_copied as f64 / 1e6,
+            self.removed,
+            self.unchanged
+        )
+    }
+}
+
+fn ioe(path: &Path) -> impl FnOnce(io::Error) -> ArchiveError + '_ {
+    move |source| ArchiveError::Io { path: path.to_path_buf(), source }
+}
+
+/// Whether files in `dir` can be cloned with `FICLONE` (a reflink-capable filesystem: btrfs,
+/// XFS with reflink=1, bcachefs). Probed with two unnamed temporary files; false on any error.
+pub fn supports_reflink(dir: &Path) -> bool {
+    let probe = || -> io::Result<bool> {
+        let mut a = tempfile::tempfile_in(dir)?;
+        a.write_all(b"slipway reflink probe")?;
+        let b = tempfile::tempfile_in(dir)?;
+        Ok(rustix::fs::ioctl_ficlone(&b, &a).is_ok())
+    };
+    probe().unwrap_or(false)
+}
+
+/// Bytes of the regular files under `dir` (symlinks not followed, a hard-linked file counted
+/// at each name): what a copy of it takes without reflinks.
+pub fn tree_bytes(dir: &Path) -> Result<u64, ArchiveError> {
+    let mut walk = Walker::open_live(dir)?;
+    let mut n = 0u64;
+    while let Some(i) = walk.next_item()? {
+        if matches!(i.node, Node::File(_)) {
+            n += i.meta.len();
+        }
+    }
+    Ok(n)
+}
+
+/// Make `dst` an exact copy of the tree `src` (regular files, dirs, symlinks — never
+/// followed —, modes, owners, mtimes; entries gone from src removed from dst), copying only
+/// what changed since the last pass. Change detection like the snapshot's reuse
+/// (archive::tree_unchanged): size, kind, inode, mode, owner, mtime AND ctime of the source,
+/// kept in an index file beside dst (dst's own ctimes are useless), so a pass after the
+/// first copies only the delta. Reflinks (FICLONE) when src and dst are on a filesystem that
+/// supports them, else a streamed copy; the report says which ran.
+///
+/// `dst` is the mirror's own: without a valid index of the same source beside it, whatever is
+/// at `dst` is removed and the copy made afresh. Its parent is created (mode 0700) if missing.
+pub fn mirror(src: &Path, dst: &Path) -> Result<MirrorReport, ArchiveError> {
+    let mut walk = Walker::open_live(src)?;
+    let root_meta = walk.root_meta().clone();
+    let parent = dst.parent().unwrap_or(Path::new("."));
+    crate::fsutil::create_private_dir(parent).map_err(ioe(parent))?;
+    let index_path = crate::layout::mirror_index(dst);
+    let source_id = format!("{INDEX_MAGIC} {} {}", root_meta.dev(), root_meta.ino());
+    // Read the last pass's index from an open fd, then unlink it: from here until this pass
+    // completes, the copy is not described by any index.
+    let old = match File::open(&index_path) {
+        Ok(f) => {
+            fs::remove_file(&index_path).map_err(ioe(&index_path))?;
+            let mut r = BufReader::new(f);
+            let mut first = String::new();
+            r.read_line(&mut first).map_err(ioe(&index_path))?;
+            let dst_is_dir = fs::symlink_metadata(dst).is_ok_and(|m| m.is_dir());
+            (first.trim_end() == source_id && dst_is_dir).then_some(r)
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+        Err(e) => return Err(ioe(&index_path)(e)),
+    };
+    if old.is_none() {
+        clear(dst)?;
+        fs::DirBuilder::new().mode(0o700).create(dst).map_err(ioe(dst))?;
+    }
+    let mut index = IndexReader { inner: old, head: None, path: &index_path };
+    let out = AtomicFile::create(&index_path, 0o600).map_err(ioe(&index_path))?;
+    let mut w = BufWriter::new(out);
+    writeln!(w, "{source_id}").map_err(ioe(&index_path))?;
+    let mut pass = Pass {
+        dst,
+        started: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64),
+        reflink: supports_reflink(parent),
+        links: HashMap::new(),
+        open: Vec::new(),
+        report: MirrorReport { method: CopyMethod::Copy, files_copied: 0, bytes_copied: 0, removed: 0, unchanged: 0 },
+    };
+    while let Some(item) = walk.next_item()? {
+        // Whatever the index lists before this entry is gone from the source.
+        while let Some(gone) = index.take_before(&item.rel)? {
+            pass.remove(&gone.rel)?;
+        }
+        pass.close_dirs_until(&item.rel)?;
+        let last = index.take_equal(&item.rel)?;
+        if let Some(rec) = pass.entry(item, last)? {
+            rec.write(&mut w).map_err(ioe(&index_path))?;
+        }
+    }
+    while let Some(gone) = index.take_before(&[])? {
+        pass.remove(&gone.rel)?;
+    }
+    pass.close_dirs_until(&[])?;
+    set_meta(dst, &root_meta)?;
+    File::open(dst).and_then(|d| d.sync_all()).map_err(ioe(dst))?;
+    let out = w.into_inner().map_err(|e| ioe(&index_path)(e.into_error()))?;
+    out.commit().map_err(ioe(&index_path))?;
+    let mut report = pass.report;
+    report.method = if pass.reflink { CopyMethod::Reflink } else { CopyMethod::Copy };
+    Ok(report)
+}
+
+/// Remove whatever is at `path` (a dir with everything in it); whether something was there.
+fn clear(path: &Path) -> Result<bool, ArchiveError> {
+    let r = match fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => fs::remove_dir_all(path),
+        Ok(_) => fs::remove_file(path),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => Err(e),
+    };
+    match r {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(ioe(path)(e)),
+    }
+}
+
+/// Give `path` (a dir or file, never a symlink) the owner, mode and times of `m`.
+fn set_meta(path: &Path, m: &fs::Metadata) -> Result<(), ArchiveError> {
+    // Owner first: chown clears setuid/setgid bits.
+    std::os::unix::fs::lchown(path, Some(m.uid()), Some(m.gid())).map_err(ioe(path))?;
+    fs::set_permissions(path, fs::Permissions::from_mode(m.mode() & 0o7777)).map_err(ioe(path))?;
+    let (a, t) = (filetime::FileTime::from_last_access_time(m), filetime::FileTime::from_last_modification_time(m));
+    filetime::set_file_times(path, a, t).map_err(ioe(path))
+}
+
+/// Bytewise tree order of the walk: component by component, a dir before what is in it.
+fn tree_cmp(a: &[u8], b: &[u8]) -> std::cmp::Ordering {
+    a.split(|c| *c == b'/').cmp(b.split(|c| *c == b'/'))
+}
+
+/// Whether `rel` is inside the dir `dir` (`dir` empty: the root, which holds everything).
+fn is_under(rel: &[u8], dir: &[u8]) -> bool {
+    dir.is_empty() || (rel.len() > dir.len() && rel.starts_with(dir) && rel[dir.len()] == b'/')
+}
+
+/// An entry's kind in the index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Dir,
+    File,
+    Symlink,
+}
+
+impl Kind {
+    fn letter(self) -> char {
+        match self {
+            Kind::Dir => 'D',
+            Kind::File => 'F',
+            Kind::Symlink => 'L',
+        }
+    }
+}
+
+/// One line of the index: an entry of the source as the last pass saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Record {
+    kind: Kind,
+    racy: bool,
+    size: u64,
+    ino: u64,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+    rel: Vec<u8>,
+}
+
+impl Record {
+    fn of(kind: Kind, m: &fs::Metadata, rel: Vec<u8>, started: i64) -> Record {
+        Record {
+            kind,
+            racy: m.ctime() >= started - RACY_S,
+            size: if kind == Kind::File { m.len() } else { 0 },
+            ino: m.ino(),
+            mode: m.mode() & 0o7777,
+            uid: m.uid(),
+            gid: m.gid(),
+            mtime: (m.mtime(), m.mtime_nsec()),
+            ctime: (m.ctime(), m.ctime_nsec()),
+            rel,
+        }
+    }
+
+    /// Whether `now` (the same path, read this pass) is unchanged since this record.
+    fn same(&self, now: &Record) -> bool {
+        !self.racy
+            && self.kind == now.kind
+            && self.size == now.size
+            && self.ino == now.ino
+            && self.mode == now.mode
+            && (self.uid, self.gid) == (now.uid, now.gid)
+            && self.mtime == now.mtime
+            && self.ctime == now.ctime
+    }
+
+    fn write(&self, w: &mut impl Write) -> io::Result<()> {
+        writeln!(
+            w,
+            "{} {} {} {} {} {} {} {} {} {} {} {}",
+            self.kind.letter(),
+            u8::from(self.racy),
+            self.size,
+            self.ino,
+            self.mode,
+            self.uid,
+            self.gid,
+            self.mtime.0,
+            self.mtime.1,
+            self.ctime.0,
+            self.ctime.1,
+            hex::encode(&self.rel)
+        )
+    }
+
+    fn parse(line: &str) -> Option<Record> {
+        let f: Vec<&str> = line.split(' ').collect();
+        let [kind, racy, size, ino, mode, uid, gid, ms, mns, cs, cns, rel] = f[..] else { return None };
+        Some(Record {
+            kind: match kind {
+                "D" => Kind::Dir,
+                "F" => Kind::File,
+                "L" => Kind::Symlink,
+                _ => return None,
+            },
+            racy: racy == "1",
+            size: size.parse().ok()?,
+            ino: ino.parse().ok()?,
+            mode: mode.parse().ok()?,
+            uid: uid.parse().ok()?,
+            gid: gid.parse().ok()?,
+            mtime: (ms.parse().ok()?, mns.parse().ok()?),
+            ctime: (cs.parse().ok()?, cns.parse().ok()?),
+            rel: hex::decode(rel).ok()?,
+        })
+    }
+}
+
+/// The last pass's index, read as a stream in tree order.
+struct IndexReader<'a> {
+    inner: Option<BufReader<File>>,
+    head: Option<Record>,
+    path: &'a Path,
+}
+
+impl IndexReader<'_> {
+    fn peek(&mut self) -> Result<Option<&Record>, ArchiveError> {
+        if self.head.is_none() {
+            if let Some(r) = self.inner.as_mut() {
+                let mut line = String::new();
+                if r.read_line(&mut line).map_err(ioe(self.path))? == 0 {
+                    self.inner = None;
+                } else {
+                    let rec = Record::parse(line.trim_end_matches('\n')).ok_or_else(|| ArchiveError::Io {
+                        path: self.path.to_path_buf(),
+                        source: io::Error::other(format!("not an index line: {:?}", line.trim_end())),
+                    })?;
+                    self.head = Some(rec);
+                }
+            }
+        }
+        Ok(self.head.as_ref())
+    }
+
+    /// The next record if it sorts before `rel` (empty `rel`: any record left).
+    fn take_before(&mut self, rel: &[u8]) -> Result<Option<Record>, ArchiveError> {
+        let before = match self.peek()? {
+            Some(h) => rel.is_empty() || tree_cmp(&h.rel, rel).is_lt(),
+            None => false,
+        };
+        Ok(if before { self.head.take() } else { None })
+    }
+
+    /// The next record if it is `rel`'s.
+    fn take_equal(&mut self, rel: &[u8]) -> Result<Option<Record>, ArchiveError> {
+        let equal = self.peek()?.is_some_and(|h| h.rel == rel);
+        Ok(if equal { self.head.take() } else { None })
+    }
+}
+
+/// A directory of the copy whose children are being brought up to date.
+struct OpenDir {
+    rel: Vec<u8>,
+    meta: fs::Metadata,
+    /// Its metadata must be applied when it closes: it changed, or something in it did.
+    apply: bool,
+}
+
+/// One pass in progress.
+struct Pass<'a> {
+    dst: &'a Path,
+    started: i64,
+    reflink: bool,
+    /// Source (dev, ino) of a hard-linked file → its name in the copy, this pass.
+    links: HashMap<(u64, u64), PathBuf>,
+    open: Vec<OpenDir>,
+    report: MirrorReport,
+}
+
+impl Pass<'_> {
+    fn path(&self, rel: &[u8]) -> PathBuf {
+        self.dst.join(OsStr::from_bytes(rel))
+    }
+
+    /// Something in the dir holding `rel` changed: its mtime must be put back when it closes.
+    fn touched(&mut self, rel: &[u8]) {
+        let parent = rel.iter().rposition(|c| *c == b'/').map_or(&rel[..0], |i| &rel[..i]);
+        if let Some(d) = self.open.iter_mut().rev().find(|d| d.rel == parent) {
+            d.apply = true;
+        }
+    }
+
+    fn remove(&mut self, rel: &[u8]) -> Result<(), ArchiveError> {
+        if clear(&self.path(rel))? {
+            self.report.removed += 1;
+            self.touched(rel);
+        }
+        Ok(())
+    }
+
+    /// Close (apply the metadata of) every open dir that `rel` is not inside of; an empty
+    /// `rel` closes them all.
+    fn close_dirs_until(&mut self, rel: &[u8]) -> Result<(), ArchiveError> {
+        while let Some(top) = self.open.last() {
+            if !rel.is_empty() && is_under(rel, &top.rel) {
+                break;
+            }
+            let d = self.open.pop().unwrap_or_else(|| unreachable!());
+            if d.apply {
+                let path = self.path(&d.rel);
+                set_meta(&path, &d.meta)?;
+                // Its entries changed: make them (and its metadata) durable.
+                File::open(&path).and_then(|f| f.sync_all()).map_err(ioe(&path))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Bring one source entry's copy up to date; the record to index, if it is kept.
+    fn entry(&mut self, item: Item, last: Option<Record>) -> Result<Option<Record>, ArchiveError> {
+        let Item { rel, meta, node } = item;
+        let kind = match &node {
+            Node::Dir => Kind::Dir,
+            Node::File(_) => Kind::File,
+            Node::Symlink(_) => Kind::Symlink,
+            Node::Other => {
+                // Not copied; whatever the copy had under this name goes.
+                if last.is_some() {
+                    self.remove(&rel)?;
+                }
+                return Ok(None);
+            }
+        };
+        let rec = Record::of(kind, &meta, rel, self.started);
+        let unchanged = last.as_ref().is_some_and(|l| l.same(&rec));
+        let path = self.path(&rec.rel);
+        let hard_linked = kind == Kind::File && meta.nlink() > 1;
+        if unchanged {
+            if kind == Kind::Dir {
+                self.open.push(OpenDir { rel: rec.rel.clone(), meta, apply: false });
+            } else {
+                self.report.unchanged += 1;
+                if hard_linked {
+                    self.links.entry((meta.dev(), meta.ino())).or_insert(path);
+                }
+            }
+            return Ok(Some(rec));
+        }
+        match node {
+            Node::Dir => {
+                if !fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir()) {
+                    clear(&path)?;
+                    fs::DirBuilder::new().mode(0o700).create(&path).map_err(ioe(&path))?;
+                    self.touched(&rec.rel);
+                }
+                self.open.push(OpenDir { rel: rec.rel.clone(), meta, apply: true });
+            }
+            Node::File(f) => {
+                clear(&path)?;
+                self.touched(&rec.rel);
+                let first = if hard_linked { self.links.get(&(meta.dev(), meta.ino())).cloned() } else { None };
+                match first {
+                    Some(first) => fs::hard_link(&first, &path).map_err(ioe(&path))?,
+                    None => {
+                        self.copy_file(&f, &path, &meta)?;
+                        if hard_linked {
+                            self.links.insert((meta.dev(), meta.ino()), path.clone());
+                        }
+                    }
+                }
+                self.report.files_copied += 1;
+                self.report.bytes_copied += meta.len();
+            }
+            Node::Symlink(target) => {
+                clear(&path)?;
+                self.touched(&rec.rel);
+                std::os::unix::fs::symlink(OsStr::from_bytes(&target), &path).map_err(ioe(&path))?;
+                std::os::unix::fs::lchown(&path, Some(meta.uid()), Some(meta.gid())).map_err(ioe(&path))?;
+                let (a, t) = (
+                    filetime::FileTime::from_last_access_time(&meta),
+                    filetime::FileTime::from_last_modification_time(&meta),
+                );
+                filetime::set_symlink_file_times(&path, a, t).map_err(ioe(&path))?;
+                self.report.files_copied += 1;
+            }
+            Node::Other => {}
+        }
+        Ok(Some(rec))
+    }
+
+    /// Copy the open source file `src` to the new file `path`: a clone when the filesystem
+    /// can, else its bytes; then its owner, mode and times.
+    fn copy_file(&mut self, src: &File, path: &Path, m: &fs::Metadata) -> Result<(), ArchiveError> {
+        let mut out = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(path)
+            .map_err(ioe(path))?;
+        let cloned = self.reflink && rustix::fs::ioctl_ficlone(&out, src).is_ok();
+        if !cloned {
+            // Not this filesystem (or not this file): stream the rest of this pass.
+            self.reflink = false;
+            let mut r = src;
+            io::copy(&mut r, &mut out).map_err(ioe(path))?;
+        }
+        std::os::unix::fs::fchown(&out, Some(m.uid()), Some(m.gid())).map_err(ioe(path))?;
+        out.set_permissions(fs::Permissions::from_mode(m.mode() & 0o7777)).map_err(ioe(path))?;
+        let (a, t) = (filetime::FileTime::from_last_access_time(m), filetime::FileTime::from_last_modification_time(m));
+        filetime::set_file_handle_times(&out, Some(a), Some(t)).map_err(ioe(path))?;
+        out.sync_all().map_err(ioe(path))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::adapters::archive::tree_digest;
+    use std::os::unix::fs::symlink;
+
+    /// A tree with every kind of entry a copy keeps.
+    fn tree(root: &Path) {
+        fs::create_dir_all(root.join("db/nested/deeper")).unwrap();
+        fs::create_dir_all(root.join("empty-dir")).unwrap();
+        fs::write(root.join("db/records.txt"), "customer rows\n".repeat(1000)).unwrap();
+        fs::write(root.join("empty-file"), "").unwrap();
+        fs::write(
+            root.join("db/nested/noise.bin"),
+            (0..100_000u32).map(|i| ((i * 7919) >> 5) as u8).collect::<Vec<_>>(),
+        )
+        .unwrap();
+        symlink("../records.txt", root.join("db/nested/link")).unwrap();
+        symlink("/etc/hostname", root.join("absolute-link")).unwrap();
+        fs::hard_link(root.join("db/records.txt"), root.join("db/nested/deeper/hardlink")).unwrap();
+        fs::write(root.join("db/config"), "a=1\n").unwrap();
+        fs::write(root.join("a-c"), "sorts between a and a/x bytewise").unwrap();
+        fs::create_dir_all(root.join("a")).unwrap();
+        fs::write(root.join("a/x"), "x").unwrap();
+        fs::set_permissions(root.join("db/records.txt"), fs::Permissions::from_mode(0o751)).unwrap();
+        fs::set_permissions(root.join("db/nested"), fs::Permissions::from_mode(0o2750)).unwrap();
+        std::os::unix::fs::lchown(root.join("empty-file"), Some(1234), Some(5678)).unwrap();
+        std::os::unix::fs::lchown(root.join("absolute-link"), Some(1234), Some(5678)).unwrap();
+        let t = filetime::FileTime::from_unix_time(1_600_000_000, 0);
+        filetime::set_file_times(root.join("empty-file"), t, t).unwrap();
+        filetime::set_symlink_file_times(root.join("absolute-link"), t, t).unwrap();
+        filetime::set_file_times(root.join("empty-dir"), t, t).unwrap();
+    }
+
+    fn digest(p: &Path) -> String {
+        tree_digest(p).unwrap()
+    }
+
+    /// Put `path`'s mtime back to what it was (a rewrite that hides itself from mtime).
+    fn keep_mtime(path: &Path, f: impl FnOnce()) {
+        let m = fs::symlink_metadata(path).unwrap();
+        f();
+        let t = filetime::FileTime::from_last_modification_time(&m);
+        filetime::set_file_times(path, t, t).unwrap();
+    }
+
+    /// Age every entry's ctime out of the racy window: the test clock jumps instead of waiting.
+    fn pass_later(src: &Path, dst: &Path) -> MirrorReport {
+        // The index marks entries changed within RACY_S of a pass as racy; rewrite it as if the
+        // pass had read them long ago, so the next pass judges by metadata alone.
+        let idx = crate::layout::mirror_index(dst);
+        let text = fs::read_to_string(&idx).unwrap();
+        let mut lines = text.lines();
+        let mut out = format!("{}\n", lines.next().unwrap());
+        for l in lines {
+            let mut r = Record::parse(l).unwrap();
+            r.racy = false;
+            r.write(&mut out_vec(&mut out)).unwrap();
+        }
+        fs::write(&idx, out).unwrap();
+        mirror(src, dst).unwrap()
+    }
+
+    fn out_vec(s: &mut String) -> impl Write + '_ {
+        struct W<'a>(&'a mut String);
+        impl Write for W<'_> {
+            fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+                self.0.push_str(std::str::from_utf8(b).unwrap());
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        W(s)
+    }
+
+    #[test]
+    fn a_first_pass_copies_every_kind_of_entry_exactly() {
+        let d = tempfile::tempdir().unwrap();
+        let (src, dst) = (d.path().join("src"), d.path().join("copy/t1"));
+        tree(&src);
+        let r = mirror(&src, &dst).unwrap();
+        assert_eq!(digest(&dst), digest(&src));
+        assert_eq!(r.removed, 0);
+        assert_eq!(r.unchanged, 0);
+        // 7 files (one a hard link), 2 symlinks.
+        assert_eq!(r.files_copied, 9, "{r:?}");
+        assert!(crate::layout::mirror_index(&dst).is_file());
+    }
+
+    #[test]
+    fn a_second_pass_after_every_kind_of_change_leaves_an_exact_copy_and_copies_only_the_delta() {
+        let d = tempfile::tempdir().unwrap();
+        let (src, dst) = (d.path().join("src"), d.path().join("copy/t1"));
+        tree(&src);
+        mirror(&src, &dst).unwrap();
+        let again = pass_later(&src, &dst);
+        assert_eq!((again.files_copied, again.removed, again.unchanged), (0, 0, 9), "{again:?}");
+
+        // Deletions (a file, a whole dir), a rename, mode, owner and mtime changes, a file
+        // replaced by a symlink, a dir replaced by a file, and a same-size rewrite whose mtime
+        // was put back (only its ctime tells).
+        fs::remove_file(src.join("empty-file")).unwrap();
+        fs::remove_dir_all(src.join("a")).unwrap();
+        fs::rename(src.join("db/config"), src.join("db/config.renamed")).unwrap();
+        fs::set_permissions(src.join("db/nested/noise.bin"), fs::Permissions::from_mode(0o600)).unwrap();
+        std::os::unix::fs::lchown(src.join("a-c"), Some(4321), Some(8765)).unwrap();
+        let t = filetime::FileTime::from_unix_time(1_500_000_000, 0);
+        filetime::set_file_times(src.join("db/records.txt"), t, t).unwrap();
+        fs::remove_file(src.join("absolute-link")).unwrap();
+        fs::write(src.join("absolute-link"), "now a file").unwrap();
+        fs::remove_dir(src.join("empty-dir")).unwrap();
+        fs::write(src.join("empty-dir"), "a dir became a file").unwrap();
+        fs::remove_file(src.join("db/nested/link")).unwrap();
+        fs::write(src.join("db/nested/link"), "a symlink became a file").unwrap();
+        let noise = src.join("db/nested/noise.bin");
+        let before = fs::read(&noise).unwrap();
+        keep_mtime(&noise, || {
+            let mut same_size = before.clone();
+            same_size[10] ^= 0xff;
+            fs::write(&noise, same_size).unwrap();
+        });
+        assert_eq!(fs::metadata(&noise).unwrap().len(), before.len() as u64);
+        let r = pass_later(&src, &dst);
+        assert_eq!(digest(&dst), digest(&src));
+        assert_eq!(r.removed, 3, "{r:?}");
+        assert_eq!(fs::read(dst.join("db/nested/noise.bin")).unwrap(), fs::read(&noise).unwrap());
+
+        // A file replaced by a symlink, and back to a dir.
+        fs::remove_file(src.join("db/config.renamed")).unwrap();
+        symlink("records.txt", src.join("db/config.renamed")).unwrap();
+        fs::remove_file(src.join("empty-dir")).unwrap();
+        fs::create_dir(src.join("empty-dir")).unwrap();
+        fs::write(src.join("empty-dir/inside"), "x").unwrap();
+        pass_later(&src, &dst);
+        assert_eq!(digest(&dst), digest(&src));
+        let m = fs::symlink_metadata(dst.join("db/config.renamed")).unwrap();
+        assert!(m.file_type().is_symlink());
+    }
+
+    #[test]
+    fn a_same_size_rewrite_with_its_mtime_put_back_is_copied_again() {
+        let d = tempfile::tempdir().unwrap();
+        let (src, dst) = (d.path().join("src"), d.path().join("copy"));
+        fs::create_dir(&src).unwrap();
+        fs::write(src.join("f"), "version one").unwrap();
+        mirror(&src, &dst).unwrap();
+        keep_mtime(&src.join("f"), || fs::write(src.join("f"), "version two").unwrap());
+        let r = pass_later(&src, &dst);
+        assert_eq!(r.files_copied, 1, "{r:?}");
+        assert_eq!(fs::read(dst.join("f")).unwrap(), b"version two");
+        assert_eq!(digest(&dst), digest(&src));
+    }
+
+    #[test]
+    fn an_entry_changed_just_before_a_pass_is_copied_again_at_the_next() {
+        let d = tempfile::tempdir().unwrap();
+        let (src, dst) = (d.path().join("src"), d.path().join("copy"));
+        fs::create_dir(&src).unwrap();
+        fs::write(src.join("f"), "fresh").unwrap();
+        mirror(&src, &dst).unwrap();
+        // Its ctime is within RACY_S of that pass: a write in the same clock tick could hide.
+        let r = mirror(&src, &dst).unwrap();
+        assert_eq!(r.files_copied, 1, "{r:?}");
+    }
+
+    #[test]
+    fn a_copy_without_its_index_is_made_afresh() {
+        let d = tempfile::tempdir().unwrap();
+        let (src, dst) = (d.path().join("src"), d.path().join("copy"));
+        tree(&src);
+        mirror(&src, &dst).unwrap();
+        fs::write(dst.join("left-by-a-pass-cut-short"), "stale").unwrap();
+        fs::remove_file(crate::layout::mirror_index(&dst)).unwrap();
+        mirror(&src, &dst).unwrap();
+        assert_eq!(digest(&dst), digest(&src));
+        // An index of another source is no index of this one.
+        let other = d.path().join("other");
+        fs::create_dir(&other).unwrap();
+        fs::write(other.join("o"), "o").unwrap();
+        mirror(&other, &dst).unwrap();
+        assert_eq!(digest(&dst), digest(&other));
+    }
+
+    #[test]
+    fn the_report_says_which_copy_method_ran() {
+        let d = tempfile::tempdir().unwrap();
+        let (src, dst) = (d.path().join("src"), d.path().join("copy"));
+        fs::create_dir(&src).unwrap();
+        fs::write(src.join("f"), "data").unwrap();
+        let r = mirror(&src, &dst).unwrap();
+        let want = if supports_reflink(d.path()) { CopyMethod::Reflink } else { CopyMethod::Copy };
+        assert_eq!(r.method, want);
+        assert_eq!(serde_json::to_value(r.method).unwrap(), want.to_string());
+    }
+
+    #[test]
+    fn tree_order_puts_a_dir_before_its_contents_and_compares_names_bytewise() {
+        let mut v: Vec<&[u8]> = vec![b"a-c", b"a/x", b"a", b"b", b"a/x/y", b"a0"];
+        v.sort_by(|a, b| tree_cmp(a, b));
+        assert_eq!(v, [&b"a"[..], b"a/x", b"a/x/y", b"a-c", b"a0", b"b"]);
+        assert!(is_under(b"a/x", b"a") && !is_under(b"a-c", b"a") && !is_under(b"a", b"a") && is_under(b"a", b""));
+    }
+}
