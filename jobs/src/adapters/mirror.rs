@@ -189,13 +189,69 @@ pub fn mirror(src: &Path, dst: &Path) -> Result<MirrorReport, ArchiveError> {
         pass.remove(&gone.rel)?;
     }
     pass.close_dirs_until(&[])?;
-    set_meta(dst, &root_meta)?;
+    // Only when it differs: an untouched copy keeps its ctimes, so the daily snapshot can tell
+    // that its staging copy did not change since it was archived.
+    if !fs::symlink_metadata(dst).is_ok_and(|m| same_meta(&m, &root_meta)) {
+        set_meta(dst, &root_meta)?;
+    }
     File::open(dst).and_then(|d| d.sync_all()).map_err(ioe(dst))?;
     let out = w.into_inner().map_err(|e| ioe(&index_path)(e.into_error()))?;
     out.commit().map_err(ioe(&index_path))?;
     let mut report = pass.report;
     report.method = if pass.reflink { CopyMethod::Reflink } else { CopyMethod::Copy };
     Ok(report)
+}
+
+/// Whether `copy` has the owner, mode and mtime (to the nanosecond) of `m`.
+fn same_meta(copy: &fs::Metadata, m: &fs::Metadata) -> bool {
+    (copy.uid(), copy.gid(), copy.mode() & 0o7777) == (m.uid(), m.gid(), m.mode() & 0o7777)
+        && (copy.mtime(), copy.mtime_nsec()) == (m.mtime(), m.mtime_nsec())
+}
+
+/// Whether the copy at `path` already is the source entry `node` (metadata `m`): same kind,
+/// owner, mode, mtime, and content or symlink target. A file's content is compared byte for
+/// byte, and the source is rewound for a copy to follow.
+fn copy_matches(path: &Path, node: &Node, m: &fs::Metadata) -> Result<bool, ArchiveError> {
+    let Ok(copy) = fs::symlink_metadata(path) else { return Ok(false) };
+    if !same_meta(&copy, m) {
+        return Ok(false);
+    }
+    match node {
+        Node::Dir => Ok(copy.is_dir()),
+        Node::Symlink(target) => Ok(copy.file_type().is_symlink()
+            && fs::read_link(path).is_ok_and(|t| t.as_os_str().as_bytes() == &target[..])),
+        Node::File(src) if copy.is_file() && copy.len() == m.len() => {
+            let dst = File::open(path).map_err(ioe(path))?;
+            let same = same_bytes(src, &dst).map_err(ioe(path))?;
+            let mut src = src;
+            std::io::Seek::seek(&mut src, io::SeekFrom::Start(0)).map_err(ioe(path))?;
+            Ok(same)
+        }
+        Node::File(_) | Node::Other => Ok(false),
+    }
+}
+
+/// Whether two open files read the same bytes from here on.
+fn same_bytes(mut a: &File, mut b: &File) -> io::Result<bool> {
+    use std::io::Read;
+    let (mut x, mut y) = (vec![0u8; 64 * 1024], vec![0u8; 64 * 1024]);
+    loop {
+        let n = a.read(&mut x)?;
+        if n == 0 {
+            return Ok(b.read(&mut y[..1])? == 0);
+        }
+        let mut got = 0;
+        while got < n {
+            let k = b.read(&mut y[got..n])?;
+            if k == 0 {
+                return Ok(false);
+            }
+            got += k;
+        }
+        if x[..n] != y[..n] {
+            return Ok(false);
+        }
+    }
 }
 
 /// Remove whatever is at `path` (a dir with everything in it); whether something was there.
@@ -451,8 +507,14 @@ impl Pass<'_> {
             }
         };
         let rec = Record::of(kind, &meta, rel, self.started);
-        let unchanged = last.as_ref().is_some_and(|l| l.same(&rec));
         let path = self.path(&rec.rel);
+        let mut unchanged = last.as_ref().is_some_and(|l| l.same(&rec));
+        // Unchanged but for being racy last time: the copy is checked against the source
+        // (content too) instead of made again, so a copy nobody changed keeps its inodes and
+        // ctimes (the daily snapshot reuses yesterday's archive of an unchanged staging copy).
+        if !unchanged && last.as_ref().is_some_and(|l| Record { racy: false, ..l.clone() }.same(&rec)) {
+            unchanged = copy_matches(&path, &node, &meta)?;
+        }
         let hard_linked = kind == Kind::File && meta.nlink() > 1;
         if unchanged {
             if kind == Kind::Dir {
