@@ -8,8 +8,9 @@
 //! paused is only the last delta into the tenant's staging copy (`layout::staging_dir`), which
 //! is brought up to date before the pause with the tenant running and archived after it; the
 //! staging copy is never the only copy of anything, so a crash mid-pass leaves it merely stale
-//! (the mirror's next pass makes it exact again), and the tenant's data dir is only ever read. Every SQLite database in a control-plane dir is copied through
-//! SQLite's online backup API and passes `PRAGMA integrity_check` before it is archived. The
+//! (the mirror's next pass makes it exact again), and the tenant's data dir is only ever read.
+//! Every SQLite database in a control-plane dir is copied through SQLite's online backup API
+//! and passes `PRAGMA integrity_check` before it is archived. The
 //! day's `MANIFEST.json` lists exactly the archives that are complete; it is rewritten
 //! atomically after each one. A tenant whose tree is unchanged since its previous snapshot
 //! reuses that archive (hard link). One failing tenant does not stop the others.
@@ -259,7 +260,7 @@ pub async fn snapshot(ctx: &Ctx, opts: &SnapshotOptions) -> Result<SnapshotRepor
 }
 
 impl ArchiveReport {
-    /// "; paused 120 ms for the last delta (staging copy)" and the like, for people.
+    /// "; paused 120 ms for the last delta (3 files) of the staging copy" and the like.
     fn held(&self) -> String {
         match self.staging {
             Some(Staging::Staged) => {
@@ -592,7 +593,8 @@ async fn snapshot_staged(
     let running = HeldContainer { container: container.to_string(), hold: "none".into() };
     let step = ctx.begin(t, "stage", &running)?;
     let pre = mirror_to(data_dir, stage).await;
-    ctx.end(step, if pre.is_ok() { "ok" } else { "failed" }, pre.as_ref().ok())?;
+    // No detail at the end: the journaled hold stays what `recover` reads.
+    ctx.end(step, if pre.is_ok() { "ok" } else { "failed" }, None::<&()>)?;
     pre?;
     crash_point("snapshot-staged");
 
@@ -609,7 +611,7 @@ async fn snapshot_staged(
     // Unquiesce right away, whatever happened.
     let resumed = resume(engine, container, Some(hold)).await;
     let pause = paused_at.elapsed();
-    ctx.end(step, if delta.is_ok() && resumed.is_ok() { "ok" } else { "failed" }, delta.as_ref().ok())?;
+    ctx.end(step, if delta.is_ok() && resumed.is_ok() { "ok" } else { "failed" }, None::<&()>)?;
     resumed?;
     let delta = delta?;
     crash_point("snapshot-resumed");

@@ -218,8 +218,10 @@ fn copy_matches(path: &Path, node: &Node, m: &fs::Metadata) -> Result<bool, Arch
     }
     match node {
         Node::Dir => Ok(copy.is_dir()),
-        Node::Symlink(target) => Ok(copy.file_type().is_symlink()
-            && fs::read_link(path).is_ok_and(|t| t.as_os_str().as_bytes() == &target[..])),
+        Node::Symlink(target) => {
+            Ok(copy.file_type().is_symlink()
+                && fs::read_link(path).is_ok_and(|t| t.as_os_str().as_bytes() == &target[..]))
+        }
         Node::File(src) if copy.is_file() && copy.len() == m.len() => {
             let dst = File::open(path).map_err(ioe(path))?;
             let same = same_bytes(src, &dst).map_err(ioe(path))?;

@@ -94,9 +94,7 @@ fn is_auth(code: Option<&str>, status: u16) -> bool {
 /// The HTTPS client the SDK uses: rustls with ring, the one TLS stack of the binary.
 pub fn https_client() -> aws_sdk_s3::config::SharedHttpClient {
     use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider};
-    aws_smithy_http_client::Builder::new()
-        .tls_provider(Provider::Rustls(CryptoMode::Ring))
-        .build_https()
+    aws_smithy_http_client::Builder::new().tls_provider(Provider::Rustls(CryptoMode::Ring)).build_https()
 }
 
 impl Remote {

@@ -401,6 +401,12 @@ fn files_across_buffer_boundaries_round_trip_and_the_list_holds_each_files_own_s
         fs::write(src.join(name), bytes(n, n as u32)).unwrap();
     }
     fs::write(src.join("empty"), b"").unwrap();
+    // Incompressible, and larger than all the output buffers together: they are recycled.
+    fs::write(
+        src.join("noise.bin"),
+        bytes(24 << 20, 7).iter().enumerate().map(|(i, b)| b ^ (i >> 7) as u8).collect::<Vec<_>>(),
+    )
+    .unwrap();
     // More small files than buffers in flight between the stages.
     for i in 0..200u32 {
         fs::write(src.join(format!("many/f{i:03}")), bytes(100 + i as usize * 37, i)).unwrap();
@@ -415,7 +421,7 @@ fn files_across_buffer_boundaries_round_trip_and_the_list_holds_each_files_own_s
         assert_eq!((e.sha256.as_deref(), e.size), (Some(want.as_str()), size), "{}", e.path);
         files += 1;
     }
-    assert_eq!(files, 205);
+    assert_eq!(files, 206);
     assert_eq!(s.bytes_in, list.entries.iter().map(|e| e.size).sum::<u64>());
     let target = d.path().join("target");
     restore_swap(&archive, &s.sha256, &target).unwrap();
@@ -426,5 +432,9 @@ fn files_across_buffer_boundaries_round_trip_and_the_list_holds_each_files_own_s
         .arg(format!("zstd -dc '{}' | tar -tf - | wc -l", archive.display()))
         .output()
         .unwrap();
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "207", "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "208", "{out:?}");
+    assert!(
+        s.size > (super::write::OUT_CHUNKS * super::write::OUT_CHUNK) as u64,
+        "the output buffers were not all recycled: {s:?}"
+    );
 }

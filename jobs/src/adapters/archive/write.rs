@@ -67,8 +67,8 @@ pub fn create(src: &Path, dest: &Path) -> Result<ArchiveSummary, ArchiveError> {
 /// `CHUNKS * BUF`).
 const CHUNKS: usize = 16;
 /// Compressed bytes handed to the archive writer at a time, and how many such buffers exist.
-const OUT_CHUNK: usize = 1 << 20;
-const OUT_CHUNKS: usize = 8;
+pub(super) const OUT_CHUNK: usize = 1 << 20;
+pub(super) const OUT_CHUNKS: usize = 8;
 /// Start writing the archive back to disk every this many bytes, so that the fsync at the end
 /// waits for the tail only, not for the whole archive.
 const WRITEBACK: u64 = 8 << 20;
@@ -337,7 +337,9 @@ fn writer_gone() -> io::Error {
 
 impl ChanWriter {
     fn send(&mut self) -> io::Result<()> {
-        let next = self.spare.recv().map_err(|_| writer_gone())?;
+        let mut next = self.spare.recv().map_err(|_| writer_gone())?;
+        // A recycled buffer comes back holding what it carried last time.
+        next.clear();
         let full = std::mem::replace(&mut self.cur, next);
         self.tx.send(full).map_err(|_| writer_gone())
     }
