@@ -402,11 +402,16 @@ fn files_across_buffer_boundaries_round_trip_and_the_list_holds_each_files_own_s
     }
     fs::write(src.join("empty"), b"").unwrap();
     // Incompressible, and larger than all the output buffers together: they are recycled.
-    fs::write(
-        src.join("noise.bin"),
-        bytes(24 << 20, 7).iter().enumerate().map(|(i, b)| b ^ (i >> 7) as u8).collect::<Vec<_>>(),
-    )
-    .unwrap();
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let noise: Vec<u8> = (0..12 << 20)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 32) as u8
+        })
+        .collect();
+    fs::write(src.join("noise.bin"), noise).unwrap();
     // More small files than buffers in flight between the stages.
     for i in 0..200u32 {
         fs::write(src.join(format!("many/f{i:03}")), bytes(100 + i as usize * 37, i)).unwrap();
