@@ -12,8 +12,9 @@ SIZE_MB=${BENCH_SIZE_MB:-1024}
 for t in zstd restic /usr/bin/time; do
   command -v "$t" >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq zstd restic time >/dev/null; break; }
 done
-cargo build --release -q --example archive_bench -p slipway-jobs
-AB=$PWD/target/release/examples/archive_bench
+# One release build of the workspace, binary and examples: the same artifacts as bench/pause.sh.
+cargo build --release -q --workspace --examples
+AB=${CARGO_TARGET_DIR:-$PWD/target}/release/examples/archive_bench
 work=$(mktemp -d /var/tmp/slipway-bench-archive.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 mkdir -p bench/out "$work/src/text" "$work/src/blobs" "$work/src/small"

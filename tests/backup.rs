@@ -523,3 +523,89 @@ fn recover_sweeps_what_dead_processes_left_and_says_so_but_never_tenant_data() {
     assert_eq!(tree_hash(&s.data_dir("t1")), data);
     assert_eq!(s.slipway(&["verify", "--deep"]).code, 0, "the complete snapshot must be untouched");
 }
+
+/// A tenant that never stops writing: appends, new files, deletions and renames, in a loop
+/// inside its container (so `docker pause` freezes it too).
+const WRITER: &str = "i=0; mkdir -p /data/live; while :; do i=$((i+1)); echo \"line $i\" >> /data/live/log; \
+     echo $i > /data/live/n.tmp; mv /data/live/n.tmp /data/live/n; mkdir -p /data/live/d$((i%7)); \
+     echo $i > /data/live/d$((i%7))/f$i; rm -f /data/live/d$((i%7))/f$((i-70)); usleep 2000; done";
+
+#[test]
+fn a_tenant_written_during_its_snapshot_is_paused_only_for_the_delta_and_restores_as_it_was_at_the_pause() {
+    let s = Sandbox::new();
+    let v1 = s.push_fixture_as("v1", "app");
+    let name = s.add_tenant("t1", &v1);
+    for i in 0..300 {
+        s.write_data("t1", &format!("db/part{}/rows{i}.txt", i % 10), &format!("row {i}\n").repeat(300));
+    }
+    s.write_fleet(&s.fleet_app(&v1, ""));
+    sh(Command::new("docker").args(["exec", "-d", &name, "/bin/busybox", "sh", "-c", WRITER]));
+    let live = s.data_dir("t1").join("live/n");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !live.exists() {
+        assert!(std::time::Instant::now() < deadline, "the writer never started");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // Held at the pause for 3 s (after the last delta): long enough to read the frozen tree.
+    let child = s.spawn(&["snapshot", "--json"], &[("SLIPWAY_TEST_PAUSE_AT", "snapshot-delta:3000")]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while s.inspect(&name)["State"]["Paused"] != true {
+        assert!(std::time::Instant::now() < deadline, "the tenant was never paused");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let at_pause = tree_hash(&s.data_dir("t1"));
+    assert_eq!(s.inspect(&name)["State"]["Paused"], true, "the tree must be read within the pause");
+    let out = child.wait_with_output().unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{stdout} {stderr}");
+    let snap: Snapshot = crate::support::reports::parse(&stdout, &stderr).report();
+    let a = &snap.archives[0];
+    assert_eq!((a.outcome.as_str(), a.staging.as_deref()), ("archived", Some("staged")), "{a:?}");
+    // The pause is reported: here it holds the test's 3 s, and the archive was written after it.
+    assert!(a.pause_ms >= 3000 && a.pause_ms < a.duration_ms, "{a:?}");
+    assert!(a.delta.is_some(), "{a:?}");
+    assert_eq!(s.inspect(&name)["State"]["Paused"], false);
+    // The tenant wrote on after the pause; the archive holds the tree as it was at the pause.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while tree_hash(&s.data_dir("t1")) == at_pause {
+        assert!(std::time::Instant::now() < deadline, "the writer stopped: the test proves nothing");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let to = s.root().join("restored");
+    let r = s.slipway(&["restore", "--tenant", "t1", "--latest", "--to", to.to_str().unwrap()]);
+    assert_eq!(r.code, 0, "{} {}", r.stdout, r.stderr);
+    assert_eq!(tree_hash(&to), at_pause);
+    assert_eq!(s.slipway(&["verify", "--deep"]).code, 0);
+}
+
+#[test]
+fn with_staging_off_or_too_little_space_for_the_copy_the_tenant_is_paused_while_archived_and_the_report_says_so() {
+    let s = Sandbox::new();
+    let v1 = s.push_fixture_as("v1", "app");
+    let name = s.add_tenant("t1", &v1);
+    std::fs::create_dir_all(s.data_dir("t1")).unwrap();
+    std::fs::write(s.data_dir("t1").join("noise.bin"), noise(3 << 20, 0x2545f4914f6cdd1d)).unwrap();
+    s.write_fleet(&s.fleet_app(&v1, ""));
+    let staging = s.backups().join("staging/t1");
+    let out = s.slipway_env(&["snapshot", "--json"], &[("SLIPWAY_SNAPSHOT_STAGING", "false")]);
+    assert_eq!(out.code, 0, "{} {}", out.stdout, out.stderr);
+    let a = &out.report::<Snapshot>().archives[0];
+    assert_eq!((a.outcome.as_str(), a.staging.as_deref()), ("archived", Some("off")), "{a:?}");
+    assert!(a.pause_ms > 0, "{a:?}");
+    assert!(!staging.exists(), "staging = false keeps no copy");
+    // 3 MiB of incompressible data on a 5 MiB backup disk: room for its archive, not for a
+    // copy and the archive.
+    let _tmpfs = s.mount_tmpfs(&s.backups(), "5m");
+    let at = tree_hash(&s.data_dir("t1"));
+    let snap = snapshot_json(&s, &[]);
+    let a = &snap.archives[0];
+    assert_eq!((a.outcome.as_str(), a.staging.as_deref()), ("archived", Some("short_of_space")), "{a:?}");
+    assert!(a.note.as_deref().unwrap_or_default().contains("free"), "{a:?}");
+    assert!(!staging.exists(), "no partial copy was started");
+    let st = &s.inspect(&name)["State"];
+    assert_eq!((st["Running"].as_bool(), st["Paused"].as_bool()), (Some(true), Some(false)));
+    let to = s.root().join("restored");
+    let r = s.slipway(&["restore", "--tenant", "t1", "--latest", "--to", to.to_str().unwrap()]);
+    assert_eq!(r.code, 0, "{} {}", r.stdout, r.stderr);
+    assert_eq!(tree_hash(&to), at);
+}

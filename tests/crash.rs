@@ -243,6 +243,39 @@ fn a_snapshot_killed_mid_archive_leaves_no_archive_and_the_tenant_unpaused() {
 }
 
 #[test]
+fn a_snapshot_killed_around_its_paused_delta_is_recovered_and_the_next_one_archives_the_data_exactly() {
+    let s = Sandbox::new();
+    let v1 = s.push_fixture_as("v1", "app");
+    let name = s.add_tenant("t1", &v1);
+    s.write_data("t1", "db/records.txt", &"rows\n".repeat(1000));
+    s.write_fleet(&s.fleet_app(&v1, ""));
+    let staging = s.backups().join("staging/t1");
+    // Before the pause (the copy made while running), and after the unpause (before the archive).
+    for point in ["snapshot-staged", "snapshot-resumed"] {
+        s.write_data("t1", &format!("db/{point}.txt"), "written before the crash");
+        let before = tree_hash(&s.data_dir("t1"));
+        let out = s.slipway_env(&["snapshot", "--force"], &[("SLIPWAY_TEST_CRASH_AT", point)]);
+        assert_stopped_at(&out, point, CRASH);
+        let rec = s.slipway(&["recover"]);
+        assert_eq!(rec.code, 0, "{} {}", rec.stdout, rec.stderr);
+        let st = &s.inspect(&name)["State"];
+        assert_eq!((st["Running"].as_bool(), st["Paused"].as_bool()), (Some(true), Some(false)), "{point}");
+        // recover touched neither the data dir nor the staging copy (a complete pass's copy).
+        assert_eq!(tree_hash(&s.data_dir("t1")), before, "{point}");
+        assert_eq!(tree_hash(&staging), before, "{point}");
+        // The tenant writes on; the next snapshot's archive is exactly the data.
+        s.write_data("t1", "db/after.txt", point);
+        let now = tree_hash(&s.data_dir("t1"));
+        let out = s.slipway(&["snapshot", "--force", "--json"]);
+        assert_eq!(out.code, 0, "{} {}", out.stdout, out.stderr);
+        let to = s.root().join(format!("restored-{point}"));
+        let r = s.slipway(&["restore", "--tenant", "t1", "--latest", "--to", to.to_str().unwrap()]);
+        assert_eq!(r.code, 0, "{} {}", r.stdout, r.stderr);
+        assert_eq!(tree_hash(&to), now, "{point}");
+    }
+}
+
+#[test]
 fn a_restore_killed_before_the_swap_leaves_the_old_data_in_place() {
     let s = Sandbox::new();
     let v1 = s.push_fixture_as("v1", "app");

@@ -4,8 +4,13 @@
 //!
 //! Invariants: a tenant is quiesced (paused by default) only while its tree is read, and is
 //! unpaused right after — also on error, and by `recover` if the process dies (the hold is
-//! journaled before it starts). Every SQLite database in a control-plane dir is copied through
-//! SQLite's online backup API and passes `PRAGMA integrity_check` before it is archived. The
+//! journaled before it starts). With `[snapshot] staging` (the default) the tree read while
+//! paused is only the last delta into the tenant's staging copy (`layout::staging_dir`), which
+//! is brought up to date before the pause with the tenant running and archived after it; the
+//! staging copy is never the only copy of anything, so a crash mid-pass leaves it merely stale
+//! (the mirror's next pass makes it exact again), and the tenant's data dir is only ever read.
+//! Every SQLite database in a control-plane dir is copied through SQLite's online backup API
+//! and passes `PRAGMA integrity_check` before it is archived. The
 //! day's `MANIFEST.json` lists exactly the archives that are complete; it is rewritten
 //! atomically after each one. A tenant whose tree is unchanged since its previous snapshot
 //! reuses that archive (hard link). One failing tenant does not stop the others.
@@ -19,6 +24,7 @@ use serde::Serialize;
 use crate::adapters::archive;
 use crate::adapters::desired;
 use crate::adapters::docker::Engine;
+use crate::adapters::mirror;
 use crate::config::{App, Quiesce};
 use crate::context::{crash_point, Ctx};
 use crate::error::{Error, ExitKind, Result};
@@ -74,6 +80,16 @@ pub struct ArchiveReport {
     pub bytes_in: u64,
     /// Time spent.
     pub duration_ms: u64,
+    /// How long the tenant was paused (or stopped) for it, in ms; 0 when it was not held.
+    pub pause_ms: u64,
+    /// How the tenant was held still (none for the control plane, or when nothing was read).
+    pub staging: Option<Staging>,
+    /// What the paused pass copied into the staging copy (staged archives only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delta: Option<mirror::MirrorReport>,
+    /// Why the staging copy was not used, when it could not be.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
     /// Error, if failed.
     pub detail: Option<String>,
 }
@@ -170,16 +186,20 @@ pub async fn snapshot(ctx: &Ctx, opts: &SnapshotOptions) -> Result<SnapshotRepor
             previous.iter().find_map(|(d, m)| m.tenant(tenant.as_str()).map(|e| (d.clone(), e.clone())))
         };
         match snapshot_tenant(ctx, &engine, app, tenant, container, &dest, prev).await {
-            Ok((entry_summary, reused, bytes_in)) => {
-                rep.outcome = if reused { ArchiveOutcome::Reused } else { ArchiveOutcome::Archived };
-                rep.size = entry_summary.size;
-                rep.bytes_in = bytes_in;
+            Ok(taken) => {
+                rep.outcome = if taken.reused { ArchiveOutcome::Reused } else { ArchiveOutcome::Archived };
+                rep.size = taken.entry.size;
+                rep.bytes_in = taken.bytes_in;
+                rep.pause_ms = taken.pause.as_millis() as u64;
+                rep.staging = Some(taken.staging);
+                rep.delta = taken.delta;
+                rep.note = taken.note;
                 commit_entry(
                     ctx,
                     &mut manifest,
                     &snap,
                     &dir,
-                    ArchiveEntry { path: rel.clone(), tenant: Some(tenant.to_string()), ..entry_summary },
+                    ArchiveEntry { path: rel.clone(), tenant: Some(tenant.to_string()), ..taken.entry },
                 )?;
             }
             Err(e) => {
@@ -240,6 +260,21 @@ pub async fn snapshot(ctx: &Ctx, opts: &SnapshotOptions) -> Result<SnapshotRepor
 }
 
 impl ArchiveReport {
+    /// "; paused 120 ms for the last delta (3 files) of the staging copy" and the like.
+    fn held(&self) -> String {
+        match self.staging {
+            Some(Staging::Staged) => {
+                let copied = self.delta.as_ref().map_or(0, |d| d.files_copied);
+                format!("; paused {} ms for the last delta ({copied} files) of the staging copy", self.pause_ms)
+            }
+            Some(Staging::Off) => format!("; paused {} ms while read (staging off)", self.pause_ms),
+            Some(Staging::ShortOfSpace) => {
+                format!("; paused {} ms while read (too little space for the staging copy)", self.pause_ms)
+            }
+            Some(Staging::NotHeld) | None => String::new(),
+        }
+    }
+
     fn planned(tenant: Option<&str>, path: PathBuf) -> ArchiveReport {
         ArchiveReport {
             tenant: tenant.map(str::to_string),
@@ -248,6 +283,10 @@ impl ArchiveReport {
             size: 0,
             bytes_in: 0,
             duration_ms: 0,
+            pause_ms: 0,
+            staging: None,
+            delta: None,
+            note: None,
             detail: None,
         }
     }
@@ -356,7 +395,93 @@ async fn resume(engine: &Engine, container: &str, hold: Option<&str>) -> Result<
     Err(Error::Frozen { container: container.to_string(), state, attempts: ATTEMPTS, why })
 }
 
-/// Archive one tenant under its app's quiesce mode; returns (entry, reused, bytes read).
+/// How a tenant's archive was made, as far as holding it still goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Staging {
+    /// From the staging copy: brought up to date while the tenant ran, paused for the last
+    /// delta only, archived with the tenant running again.
+    Staged,
+    /// `[snapshot] staging = false`: paused while its tree was read.
+    Off,
+    /// Too little free space for the staging copy: paused while its tree was read (see `note`).
+    ShortOfSpace,
+    /// Not paused at all (`quiesce = "none"`, or the container was not running): read directly.
+    NotHeld,
+}
+
+/// What [`snapshot_tenant`] did.
+struct Taken {
+    entry: ArchiveEntry,
+    reused: bool,
+    bytes_in: u64,
+    /// How long the tenant was paused or stopped.
+    pause: Duration,
+    staging: Staging,
+    /// What the paused pass brought into the staging copy.
+    delta: Option<mirror::MirrorReport>,
+    note: Option<String>,
+}
+
+/// Reuse the previous archive when `src` is still exactly what its file list recorded, else
+/// archive `src` afresh into `dest`; true when reused.
+fn archive_or_reuse(
+    src: &Path,
+    dest: &Path,
+    prev: Option<&(PathBuf, ArchiveEntry)>,
+) -> Result<(archive::ArchiveSummary, bool)> {
+    if let Some((prev_dir, e)) = prev {
+        let list_path = prev_dir.join(&e.file_list);
+        // An unreadable list or a walk that fails here: archive afresh (which reports it).
+        if archive::tree_unchanged(src, &list_path).unwrap_or(false) {
+            archive::reuse(&prev_dir.join(&e.path), dest)?;
+            let s = archive::ArchiveSummary {
+                sha256: e.sha256.clone(),
+                size: e.size,
+                files: e.files,
+                bytes_in: 0,
+                file_list_sha256: e.file_list_sha256.clone(),
+            };
+            return Ok((s, true));
+        }
+    }
+    Ok((archive::create(src, dest)?, false))
+}
+
+/// Pause or stop a tenant for a snapshot; if that fails, bring it back before returning the
+/// error (a call that failed or timed out may still have paused it).
+async fn quiesce(engine: &Engine, app: &App, container: &str, hold: Option<&str>) -> Result<()> {
+    let quiesced = match hold {
+        Some("pause") => engine.pause(container).await,
+        Some("stop") => engine.stop(container, app.stop_timeout_s).await,
+        _ => Ok(()),
+    };
+    if let Err(e) = quiesced {
+        resume(engine, container, hold).await?;
+        return Err(e);
+    }
+    Ok(())
+}
+
+/// Whether the backup disk can take the staging copy of `data_dir` (what it lacks of it) and
+/// then the archive (at most the data's size): `Err(why)` when it cannot.
+fn staging_fits(data_dir: &Path, stage: &Path, backup_root: &Path) -> std::result::Result<(), String> {
+    let data = archive::tree_bytes(data_dir).map_err(|e| format!("could not size the data dir: {e}"))?;
+    let staged = archive::tree_bytes(stage).unwrap_or(0);
+    let need = data.saturating_sub(staged).saturating_add(data);
+    let free = crate::fsutil::free_bytes(backup_root).map_err(|e| format!("{}: {e}", backup_root.display()))?;
+    if free < need {
+        return Err(format!(
+            "{} has {free} bytes free, short of the {need} the staging copy ({} of {data} bytes to copy) and the \
+             archive need; paused while archiving instead",
+            backup_root.display(),
+            data.saturating_sub(staged)
+        ));
+    }
+    Ok(())
+}
+
+/// Archive one tenant under its app's quiesce mode.
 async fn snapshot_tenant(
     ctx: &Ctx,
     engine: &Engine,
@@ -365,7 +490,7 @@ async fn snapshot_tenant(
     container: &str,
     dest: &Path,
     prev: Option<(PathBuf, ArchiveEntry)>,
-) -> Result<(ArchiveEntry, bool, u64)> {
+) -> Result<Taken> {
     let data_dir = app.data_dir_of(tenant);
     if !data_dir.is_dir() {
         return Err(Error::Usage(format!("tenant {tenant}: data dir {} does not exist", data_dir.display())));
@@ -399,50 +524,108 @@ async fn snapshot_tenant(
         }
         None => None,
     };
+    let stage = layout::staging_dir(&ctx.cfg.backup_root, tenant.as_str());
+    let (staging, note) = match hold {
+        None => (Staging::NotHeld, None),
+        Some(_) if !ctx.cfg.snapshot.staging => (Staging::Off, None),
+        Some(_) => {
+            let (d, s, root) = (data_dir.clone(), stage.clone(), ctx.cfg.backup_root.clone());
+            match crate::blocking::run("sizing the staging copy", move || staging_fits(&d, &s, &root)).await? {
+                Ok(()) => (Staging::Staged, None),
+                Err(why) => {
+                    tracing::warn!("tenant {tenant}: {why}");
+                    (Staging::ShortOfSpace, Some(why))
+                }
+            }
+        }
+    };
+    if let (Staging::Staged, Some(hold)) = (staging, hold) {
+        return snapshot_staged(ctx, engine, app, tenant, container, hold, (&data_dir, &stage), dest, prev).await;
+    }
     let held = HeldContainer { container: container.to_string(), hold: hold.unwrap_or("none").to_string() };
     let step = ctx.begin(Some(tenant.as_str()), "archive", &held)?;
-    let quiesced = match hold {
-        Some("pause") => engine.pause(container).await,
-        Some("stop") => engine.stop(container, app.stop_timeout_s).await,
-        _ => Ok(()),
-    };
-    if let Err(e) = quiesced {
-        // A call that failed (or timed out) may still have paused or stopped it: never leave a
-        // tenant frozen because the quiesce itself went wrong.
-        let back = resume(engine, container, hold).await;
+    let paused_at = Instant::now();
+    if let Err(e) = quiesce(engine, app, container, hold).await {
         ctx.end(step, "failed", None::<&()>)?;
-        back?;
         return Err(e);
     }
     crash_point("snapshot-quiesced");
     let (src, d) = (data_dir.clone(), dest.to_path_buf());
-    let work = crate::blocking::run("archive", move || -> Result<(archive::ArchiveSummary, bool)> {
-        if let Some((prev_dir, e)) = &prev {
-            let list_path = prev_dir.join(&e.file_list);
-            // An unreadable list or a walk that fails here: archive afresh (which reports it).
-            if archive::tree_unchanged(&src, &list_path).unwrap_or(false) {
-                archive::reuse(&prev_dir.join(&e.path), &d)?;
-                let s = archive::ArchiveSummary {
-                    sha256: e.sha256.clone(),
-                    size: e.size,
-                    files: e.files,
-                    bytes_in: 0,
-                    file_list_sha256: e.file_list_sha256.clone(),
-                };
-                return Ok((s, true));
-            }
-        }
-        Ok((archive::create(&src, &d)?, false))
-    })
-    .await;
+    let work = crate::blocking::run("archive", move || archive_or_reuse(&src, &d, prev.as_ref())).await;
     // Unquiesce right away, whatever happened.
     let resumed = resume(engine, container, hold).await;
+    let pause = if hold.is_some() { paused_at.elapsed() } else { Duration::ZERO };
     let result = work.and_then(|r| r);
     ctx.end(step, if result.is_ok() && resumed.is_ok() { "ok" } else { "failed" }, None::<&()>)?;
     resumed?;
     let (s, reused) = result?;
     let rel = layout::tenant_archive(SnapshotKind::Daily, tenant.as_str());
-    Ok((entry_of(&rel, Some(tenant.as_str()), &s), reused, s.bytes_in))
+    let entry = entry_of(&rel, Some(tenant.as_str()), &s);
+    Ok(Taken { entry, reused, bytes_in: s.bytes_in, pause, staging, delta: None, note })
+}
+
+/// Bring the staging copy of `data_dir` up to date (reflinked where the filesystem can).
+async fn mirror_to(data_dir: &Path, stage: &Path) -> Result<mirror::MirrorReport> {
+    let (src, dst) = (data_dir.to_path_buf(), stage.to_path_buf());
+    if let Some(parent) = dst.parent() {
+        create_private_dir(parent).map_err(|e| Error::io(parent, e))?;
+    }
+    Ok(crate::blocking::run("staging copy", move || mirror::mirror(&src, &dst)).await??)
+}
+
+/// The staged snapshot of a held tenant: the copy is brought up to date while the tenant runs,
+/// the tenant is paused (or stopped) for the last delta only — journaled, so `recover` brings
+/// it back after a crash — and the archive is made from the copy (or yesterday's is reused when
+/// the copy did not change since it was archived) with the tenant running again.
+#[allow(clippy::too_many_arguments)]
+async fn snapshot_staged(
+    ctx: &Ctx,
+    engine: &Engine,
+    app: &App,
+    tenant: &TenantId,
+    container: &str,
+    hold: &str,
+    (data_dir, stage): (&Path, &Path),
+    dest: &Path,
+    prev: Option<(PathBuf, ArchiveEntry)>,
+) -> Result<Taken> {
+    let t = Some(tenant.as_str());
+    let running = HeldContainer { container: container.to_string(), hold: "none".into() };
+    let step = ctx.begin(t, "stage", &running)?;
+    let pre = mirror_to(data_dir, stage).await;
+    // No detail at the end: the journaled hold stays what `recover` reads.
+    ctx.end(step, if pre.is_ok() { "ok" } else { "failed" }, None::<&()>)?;
+    pre?;
+    crash_point("snapshot-staged");
+
+    let held = HeldContainer { container: container.to_string(), hold: hold.to_string() };
+    let step = ctx.begin(t, "stage-delta", &held)?;
+    let paused_at = Instant::now();
+    if let Err(e) = quiesce(engine, app, container, Some(hold)).await {
+        ctx.end(step, "failed", None::<&()>)?;
+        return Err(e);
+    }
+    crash_point("snapshot-quiesced");
+    let delta = mirror_to(data_dir, stage).await;
+    crate::context::test_pause("snapshot-delta");
+    // Unquiesce right away, whatever happened.
+    let resumed = resume(engine, container, Some(hold)).await;
+    let pause = paused_at.elapsed();
+    ctx.end(step, if delta.is_ok() && resumed.is_ok() { "ok" } else { "failed" }, None::<&()>)?;
+    resumed?;
+    let delta = delta?;
+    crash_point("snapshot-resumed");
+
+    // The copy is the tree as it was at the pause; the tenant runs on meanwhile.
+    let step = ctx.begin(t, "archive", &running)?;
+    let (src, d) = (stage.to_path_buf(), dest.to_path_buf());
+    let work = crate::blocking::run("archive", move || archive_or_reuse(&src, &d, prev.as_ref())).await;
+    let result = work.and_then(|r| r);
+    ctx.end(step, if result.is_ok() { "ok" } else { "failed" }, None::<&()>)?;
+    let (s, reused) = result?;
+    let rel = layout::tenant_archive(SnapshotKind::Daily, tenant.as_str());
+    let entry = entry_of(&rel, Some(tenant.as_str()), &s);
+    Ok(Taken { entry, reused, bytes_in: s.bytes_in, pause, staging: Staging::Staged, delta: Some(delta), note: None })
 }
 
 /// Stage the control-plane dirs (SQLite databases through the online backup API, checked with
@@ -529,9 +712,9 @@ impl fmt::Display for SnapshotReport {
             let who = a.tenant.as_deref().unwrap_or(CONTROL_PLANE);
             let what = match a.outcome {
                 ArchiveOutcome::Archived => {
-                    format!("archived {} bytes in {} ms", a.size, a.duration_ms)
+                    format!("archived {} bytes in {} ms{}", a.size, a.duration_ms, a.held())
                 }
-                ArchiveOutcome::Reused => "unchanged, previous archive reused".into(),
+                ArchiveOutcome::Reused => format!("unchanged, previous archive reused{}", a.held()),
                 ArchiveOutcome::AlreadyDone => "already complete today".into(),
                 ArchiveOutcome::Planned => "would archive".into(),
                 ArchiveOutcome::Failed => format!("FAILED: {}", a.detail.as_deref().unwrap_or("")),

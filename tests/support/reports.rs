@@ -130,11 +130,12 @@ pub struct CopyPlan {
     pub why: Option<String>,
 }
 
-/// One mirror pass of a tenant's data dir.
+/// One mirror pass of a tenant's data dir (a rollout's copy, a snapshot's staging copy).
 #[derive(Debug, Deserialize)]
 pub struct MirrorPass {
     pub method: String,
     pub files_copied: u64,
+    pub bytes_copied: u64,
     pub removed: u64,
     pub unchanged: u64,
 }
@@ -175,6 +176,15 @@ pub struct SnapshotArchive {
     pub path: PathBuf,
     pub outcome: String,
     pub detail: Option<String>,
+    pub duration_ms: u64,
+    /// How long the tenant was paused for it.
+    pub pause_ms: u64,
+    /// `staged`, `off`, `short_of_space`, `not_held`, or none.
+    pub staging: Option<String>,
+    /// What the paused pass copied into the staging copy.
+    pub delta: Option<MirrorPass>,
+    /// Why the staging copy was not used.
+    pub note: Option<String>,
 }
 
 /// `sync`.

@@ -8,6 +8,8 @@
 //! <backup_root>/rollout/<run_id>/<tenant>.tar.zst           + <tenant>.files.json.zst
 //! <backup_root>/rollout/<run_id>/MANIFEST.json
 //! <backup_root>/replaced/<run_id>/<tenant>/                  the data a restore replaced, as it was
+//! <backup_root>/staging/<tenant>/                            the daily snapshot's copy of the tenant's
+//!                                                            data dir (and its mirror index beside it)
 //! <state_dir>/remote-cache/<kind>/<id>/…                     what `restore --remote` fetched
 //! <state_dir>/remote-manifests/<kind>/<id>/MANIFEST.json     the plaintext of an encrypted manifest uploaded
 //! <data dir's parent>/.slipway-rollout/<run_id>/<tenant>/     a rollout's copy of the data dir,
@@ -49,6 +51,8 @@ const REPLACED: &str = "replaced";
 const ROLLOUT_COPIES: &str = ".slipway-rollout";
 /// Suffix of a mirror's index file.
 const MIRROR_INDEX_SUFFIX: &str = ".mirror-index";
+/// The directory under the backup root that holds the daily snapshots' staging copies.
+const STAGING: &str = "staging";
 /// The directory under `state_dir` that `restore --remote` downloads into.
 const REMOTE_CACHE: &str = "remote-cache";
 /// The directory under `state_dir` keeping the plaintext of each encrypted manifest uploaded.
@@ -308,6 +312,14 @@ pub fn replaced_dir(backup_root: &Path, run: &RunId, tenant: &str) -> PathBuf {
     backup_root.join(REPLACED).join(run.as_str()).join(tenant)
 }
 
+/// The staging copy of a tenant's data dir that the daily snapshot brings up to date while the
+/// tenant runs and archives from: `staging/<tenant>`. It is a copy, never the only one: the
+/// tenant's data dir is the original, so a damaged staging copy is only ever brought up to date
+/// again, and nothing else (recover, prune, sync) touches it.
+pub fn staging_dir(backup_root: &Path, tenant: &str) -> PathBuf {
+    backup_root.join(STAGING).join(tenant)
+}
+
 /// The data a restore replaced, found on disk.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReplacedDir {
@@ -437,6 +449,7 @@ mod tests {
         assert_eq!(file_list_of("tenants/t1.tar.zst"), "tenants/t1.files.json.zst");
         assert_eq!(file_list_path(Path::new("/x/t1.tar.zst")), Path::new("/x/t1.files.json.zst"));
         assert_eq!(tenants_dir(&day.dir(root)), Path::new("/data/backups/daily/2026-11-22/tenants"));
+        assert_eq!(staging_dir(root, "t1"), Path::new("/data/backups/staging/t1"));
         assert_eq!(
             run.cache_dir(Path::new("/var/lib/slipway")),
             Path::new("/var/lib/slipway/remote-cache/rollout").join(RUN)

@@ -152,6 +152,24 @@ pub fn deep_verify(archive: &Path, expected_sha256: &str, list_path: &Path) -> R
     Ok(())
 }
 
+/// The bytes of the regular files under `dir`, each hard-linked file once: what a copy of the
+/// tree needs on disk, give or take its directories. A missing `dir` holds nothing.
+pub fn tree_bytes(dir: &Path) -> Result<u64, ArchiveError> {
+    if !dir.exists() {
+        return Ok(0);
+    }
+    let mut walk = Walker::open(dir)?;
+    let mut seen = std::collections::HashSet::new();
+    let mut total = 0u64;
+    while let Some(i) = walk.next_item()? {
+        let m = &i.meta;
+        if matches!(i.node, Node::File(_)) && (m.nlink() < 2 || seen.insert((m.dev(), m.ino()))) {
+            total = total.saturating_add(m.len());
+        }
+    }
+    Ok(total)
+}
+
 /// A digest over a whole tree: the dir's own mode, owner and mtime, then each entry's path
 /// (bytes), mode, owner, mtime (seconds), content, symlink target and hard-link grouping.
 /// Tests compare data dirs byte for byte with it.

@@ -387,3 +387,59 @@ fn deep_verify_catches_a_file_list_that_disagrees_on_mode_owner_or_mtime() {
         assert!(err.contains(path) && err.contains(what), "{path} {what}: {err}");
     }
 }
+
+#[test]
+fn files_across_buffer_boundaries_round_trip_and_the_list_holds_each_files_own_sha256() {
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("src");
+    fs::create_dir_all(src.join("many")).unwrap();
+    let bytes = |n: usize, seed: u32| -> Vec<u8> {
+        (0..n as u32).map(|i| (i.wrapping_add(seed).wrapping_mul(2654435761) >> 11) as u8).collect()
+    };
+    // Exactly one read buffer, one byte past it, several and a tail, tar's 512-byte blocks.
+    for (name, n) in [("one-buffer", BUF), ("one-past", BUF + 1), ("several", 3 * BUF + 17), ("block", 512)] {
+        fs::write(src.join(name), bytes(n, n as u32)).unwrap();
+    }
+    fs::write(src.join("empty"), b"").unwrap();
+    // Incompressible, and larger than all the output buffers together: they are recycled.
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let noise: Vec<u8> = (0..12 << 20)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 32) as u8
+        })
+        .collect();
+    fs::write(src.join("noise.bin"), noise).unwrap();
+    // More small files than buffers in flight between the stages.
+    for i in 0..200u32 {
+        fs::write(src.join(format!("many/f{i:03}")), bytes(100 + i as usize * 37, i)).unwrap();
+    }
+    let archive = d.path().join("out/t1.tar.zst");
+    let s = create(&src, &archive).unwrap();
+    assert_eq!(sha256_file(&archive).unwrap(), (s.sha256.clone(), s.size));
+    let list = read_file_list(&file_list_path(&archive)).unwrap();
+    let mut files = 0;
+    for e in list.entries.iter().filter(|e| e.kind == EntryKind::File) {
+        let (want, size) = sha256_file(&src.join(&e.path)).unwrap();
+        assert_eq!((e.sha256.as_deref(), e.size), (Some(want.as_str()), size), "{}", e.path);
+        files += 1;
+    }
+    assert_eq!(files, 206);
+    assert_eq!(s.bytes_in, list.entries.iter().map(|e| e.size).sum::<u64>());
+    let target = d.path().join("target");
+    restore_swap(&archive, &s.sha256, &target).unwrap();
+    assert_eq!(tree_digest(&target).unwrap(), tree_digest(&src).unwrap());
+    // Plain tar reads it too: the stream is standard tar, whatever wrote the content.
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("zstd -dc '{}' | tar -tf - | wc -l", archive.display()))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "208", "{out:?}");
+    assert!(
+        s.size > (super::write::OUT_CHUNKS * super::write::OUT_CHUNK) as u64,
+        "the output buffers were not all recycled: {s:?}"
+    );
+}

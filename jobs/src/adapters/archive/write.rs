@@ -1,18 +1,22 @@
 //! Writing archives: one pass over the tree, tar into multithreaded zstd, hashed as written,
 //! the file list streamed beside it; and reusing an unchanged tenant's previous archive.
+//! Reading and hashing the files, compressing, and hashing and writing the archive run on
+//! their own threads, joined by bounded channels that pass buffers around.
 
 use std::collections::HashMap;
 use std::fs::{self, File};
-use std::io::{self, BufWriter, Read};
+use std::io::{self, BufWriter, Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 
+use rustix::fs::Advice;
 use sha2::{Digest, Sha256};
 
 use super::list::{text_and_hex, ListWriter};
 use super::walk::{Item, Node, Walker};
-use super::{file_list_path, ioe, ArchiveError, ArchiveSummary, EntryKind, FileEntry, HashReader, HashWriter};
+use super::{file_list_path, ioe, ArchiveError, ArchiveSummary, EntryKind, FileEntry, HashWriter};
 use super::{BUF, JOB_SIZE, LEVEL};
 use crate::fsutil::{create_private_dir, sync_dir, AtomicFile};
 
@@ -59,128 +63,329 @@ pub fn create(src: &Path, dest: &Path) -> Result<ArchiveSummary, ArchiveError> {
     create_with_level(src, dest, LEVEL)
 }
 
+/// Buffers of file content in flight between the reader and the archiver (memory bound:
+/// `CHUNKS * BUF`).
+const CHUNKS: usize = 16;
+/// Compressed bytes handed to the archive writer at a time, and how many such buffers exist.
+pub(super) const OUT_CHUNK: usize = 1 << 20;
+pub(super) const OUT_CHUNKS: usize = 8;
+/// Start writing the archive back to disk every this many bytes, so that the fsync at the end
+/// waits for the tail only, not for the whole archive.
+const WRITEBACK: u64 = 8 << 20;
+
+/// What the reader stage hands the archiver, in walk order.
+enum Piece {
+    /// A directory, symlink, hard link or special file: all there is to archive of it.
+    Entry { rel: Vec<u8>, meta: fs::Metadata, what: What },
+    /// A regular file: its content follows as `Chunk`s, then `FileEnd`.
+    File { rel: Vec<u8>, meta: fs::Metadata },
+    /// The next bytes of the current file.
+    Chunk(Vec<u8>),
+    /// The sha256 of the file just sent, every byte of which was sent.
+    FileEnd([u8; 32]),
+    /// The walk or a read failed; nothing follows.
+    Failed(ArchiveError),
+}
+
+/// What a [`Piece::Entry`] is.
+enum What {
+    Dir,
+    Symlink(Vec<u8>),
+    /// A hard link to the first path of its group, archived earlier.
+    HardLink(Vec<u8>),
+    /// A socket, fifo or device: listed as skipped, not archived.
+    Other,
+}
+
 /// [`create`] at another zstd level: rollout snapshots are taken while the tenant is down and
 /// kept only a few runs, so they trade ratio for speed (level 1).
+///
+/// Three stages, so that hashing never holds up compression: a reader thread walks the tree,
+/// reads every file and hashes it; this thread frames the tar stream and feeds zstd's workers
+/// (one per core); a writer thread hashes the compressed bytes, writes them and starts their
+/// writeback as it goes. Buffers circulate between the stages, so memory stays bounded
+/// (`CHUNKS` content buffers, `OUT_CHUNKS` output buffers, zstd's jobs).
 pub fn create_with_level(src: &Path, dest: &Path, level: i32) -> Result<ArchiveSummary, ArchiveError> {
     if let Some(parent) = dest.parent() {
         create_private_dir(parent).map_err(ioe(parent))?;
     }
     let mut walk = Walker::open(src)?;
-
+    let root_meta = walk.root_meta().clone();
     let mut file = AtomicFile::create(dest, 0o600).map_err(ioe(dest))?;
-    let hw = HashWriter { inner: BufWriter::with_capacity(BUF, file.file()), hash: Sha256::new(), len: 0 };
-    let mut enc = zstd::Encoder::new(hw, level).map_err(ioe(dest))?;
-    // One more worker than cores: the calling thread spends much of its time reading files and
-    // hashing, so the cores stay busy compressing. Smaller jobs bound the workers' buffers.
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32 + 1;
-    enc.multithread(threads).map_err(ioe(dest))?;
-    enc.set_parameter(zstd::zstd_safe::CParameter::JobSize(JOB_SIZE)).map_err(ioe(dest))?;
-    let mut tar = tar::Builder::new(enc);
-    tar.mode(tar::HeaderMode::Complete);
-
-    // The per-file list is streamed beside the archive (JSON into zstd into its own temporary
-    // file) as entries are archived: never held whole in memory.
     let list_path = file_list_path(dest);
     let mut lf = AtomicFile::create(&list_path, 0o600).map_err(ioe(&list_path))?;
-    let lhw = HashWriter { inner: BufWriter::new(lf.file()), hash: Sha256::new(), len: 0 };
-    let lz = zstd::Encoder::new(lhw, LEVEL).map_err(ioe(&list_path))?;
-
-    // The dir itself first, as `./`: its owner, mode and mtime are restored too.
-    let root = base_entry(b"", EntryKind::Dir, walk.root_meta());
-    tar.append_data(&mut header(tar::EntryType::Directory, &root), "./", io::empty()).map_err(ioe(dest))?;
-    let mut list = ListWriter::new(lz, &root).map_err(ioe(&list_path))?;
-    let mut links: HashMap<(u64, u64), Vec<u8>> = HashMap::new();
-    let (mut bytes_in, mut files) = (0u64, 0u64);
-    while let Some(Item { rel, meta: m, node }) = walk.next_item()? {
-        let e = match node {
-            Node::Dir => {
-                let e = base_entry(&rel, EntryKind::Dir, &m);
-                let mut with_slash = rel.clone();
-                with_slash.push(b'/');
-                let mut h = header(tar::EntryType::Directory, &e);
-                tar.append_data(&mut h, os_path(&with_slash), io::empty()).map_err(ioe(dest))?;
-                e
-            }
-            Node::Symlink(target) => {
-                let mut e = base_entry(&rel, EntryKind::Symlink, &m);
-                e.set_target(&target);
-                let mut h = header(tar::EntryType::Symlink, &e);
-                tar.append_link(&mut h, os_path(&rel), os_path(&target)).map_err(ioe(dest))?;
-                e
-            }
-            Node::File(f) => {
-                let first = if m.nlink() > 1 { links.get(&(m.dev(), m.ino())).cloned() } else { None };
-                if let Some(first) = first {
-                    let mut e = base_entry(&rel, EntryKind::HardLink, &m);
-                    e.set_target(&first);
-                    let mut h = header(tar::EntryType::Link, &e);
-                    tar.append_link(&mut h, os_path(&rel), os_path(&first)).map_err(ioe(dest))?;
-                    e
-                } else {
-                    if m.nlink() > 1 {
-                        links.insert((m.dev(), m.ino()), rel.clone());
-                    }
-                    let path = walk.path_of(&rel);
-                    let mut e = base_entry(&rel, EntryKind::File, &m);
-                    e.size = m.len();
-                    let mut h = header(tar::EntryType::Regular, &e);
-                    let mut r = HashReader { inner: f.take(e.size), hash: Sha256::new(), len: 0 };
-                    // A file that shrank while read is an error, not silently padded.
-                    // Large reads: io::copy uses a BufReader's own buffer instead of 8 KiB at a time.
-                    let exact = ReadExact { inner: &mut r, left: e.size, path: &path };
-                    tar.append_data(&mut h, os_path(&rel), io::BufReader::with_capacity(BUF, exact))
-                        .map_err(ioe(&path))?;
-                    e.sha256 = Some(hex::encode(r.hash.finalize()));
-                    bytes_in += e.size;
-                    e
-                }
-            }
-            Node::Other => {
-                list.skip(String::from_utf8_lossy(&rel).into_owned());
-                continue;
-            }
-        };
-        list.push(&e).map_err(ioe(&list_path))?;
-        files += 1;
-    }
-    let enc = tar.into_inner().map_err(ioe(dest))?;
-    let HashWriter { inner, hash, len } = enc.finish().map_err(ioe(dest))?;
-    inner.into_inner().map_err(|e| ArchiveError::Io { path: dest.to_path_buf(), source: e.into_error() })?;
-    let (sha256, size) = (hex::encode(hash.finalize()), len);
-
-    let HashWriter { inner, hash, .. } = list.finish().and_then(|z| z.finish()).map_err(ioe(&list_path))?;
-    inner.into_inner().map_err(|e| ArchiveError::Io { path: list_path.clone(), source: e.into_error() })?;
-    let file_list_sha256 = hex::encode(hash.finalize());
+    let out: &File = file.file();
+    let (archived, written) = std::thread::scope(|s| {
+        let (piece_tx, piece_rx) = sync_channel::<Piece>(4 * CHUNKS);
+        let (chunk_tx, chunk_rx) = sync_channel::<Vec<u8>>(CHUNKS);
+        for _ in 0..CHUNKS {
+            let _ = chunk_tx.send(Vec::with_capacity(BUF));
+        }
+        let walk = &mut walk;
+        s.spawn(move || read_tree(walk, &piece_tx, &chunk_rx));
+        let (out_tx, out_rx) = sync_channel::<Vec<u8>>(OUT_CHUNKS);
+        let (spare_tx, spare_rx) = sync_channel::<Vec<u8>>(OUT_CHUNKS);
+        for _ in 0..OUT_CHUNKS - 1 {
+            let _ = spare_tx.send(Vec::with_capacity(OUT_CHUNK));
+        }
+        let writer = s.spawn(move || write_out(out, out_rx, spare_tx));
+        let sink = ChanWriter { cur: Vec::with_capacity(OUT_CHUNK), tx: out_tx, spare: spare_rx };
+        // Returning drops this stage's ends of the channels, so a reader or writer waiting on
+        // them stops too, and the scope can join them.
+        let stage = Stage { rx: piece_rx, chunks: chunk_tx, dest, list_path: &list_path };
+        let archived = stage.run(sink, level, &root_meta, &mut lf);
+        let written = writer.join().unwrap_or_else(|_| Err(io::Error::other("the archive writer panicked")));
+        (archived, written)
+    });
+    // The writer's error is the cause when both failed (a full disk stops the archiver too).
+    let (sha256, size) = written.map_err(ioe(dest))?;
+    let (files, bytes_in, file_list_sha256) = archived?;
     // The list is committed first: an archive never exists under its final name without its list.
     lf.commit().map_err(ioe(&list_path))?;
     file.commit().map_err(ioe(dest))?;
     Ok(ArchiveSummary { sha256, size, files, bytes_in, file_list_sha256 })
 }
 
-/// Feeds exactly `left` bytes of a file to tar, failing if the file is shorter (it changed
-/// while being archived) instead of letting tar pad it.
-struct ReadExact<'a, R> {
-    inner: &'a mut R,
-    left: u64,
-    path: &'a Path,
+/// The reader stage: walk, read and hash, in walk order. Stops quietly when the archiver hung
+/// up (it reports its own error).
+fn read_tree(walk: &mut Walker, tx: &SyncSender<Piece>, chunks: &Receiver<Vec<u8>>) {
+    if let Err(e) = feed(walk, tx, chunks) {
+        let _ = tx.send(Piece::Failed(e));
+    }
 }
 
-impl<R: Read> Read for ReadExact<'_, R> {
-    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        if self.left == 0 {
-            return Ok(0);
+fn feed(walk: &mut Walker, tx: &SyncSender<Piece>, chunks: &Receiver<Vec<u8>>) -> Result<(), ArchiveError> {
+    let mut links: HashMap<(u64, u64), Vec<u8>> = HashMap::new();
+    while let Some(Item { rel, meta, node }) = walk.next_item()? {
+        let piece = match node {
+            Node::Dir => Piece::Entry { rel, meta, what: What::Dir },
+            Node::Symlink(target) => Piece::Entry { rel, meta, what: What::Symlink(target) },
+            Node::Other => Piece::Entry { rel, meta, what: What::Other },
+            Node::File(mut f) => {
+                let first = if meta.nlink() > 1 { links.get(&(meta.dev(), meta.ino())).cloned() } else { None };
+                if let Some(first) = first {
+                    Piece::Entry { rel, meta, what: What::HardLink(first) }
+                } else {
+                    if meta.nlink() > 1 {
+                        links.insert((meta.dev(), meta.ino()), rel.clone());
+                    }
+                    let path = walk.path_of(&rel);
+                    let mut left = meta.len();
+                    if tx.send(Piece::File { rel, meta }).is_err() {
+                        return Ok(());
+                    }
+                    let mut hash = Sha256::new();
+                    while left > 0 {
+                        let Ok(mut buf) = chunks.recv() else { return Ok(()) };
+                        let want = left.min(BUF as u64);
+                        // Recycled buffers keep their length: zeroed only where they grow.
+                        buf.resize(want as usize, 0);
+                        match f.read_exact(&mut buf) {
+                            Ok(()) => {}
+                            // A file that shrank while read is an error, not silently padded.
+                            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                                let why = format!("{} shrank while it was being archived", path.display());
+                                let source = io::Error::new(io::ErrorKind::UnexpectedEof, why);
+                                return Err(ArchiveError::Io { path, source });
+                            }
+                            Err(e) => return Err(ioe(&path)(e)),
+                        }
+                        hash.update(&buf);
+                        left -= want;
+                        if tx.send(Piece::Chunk(buf)).is_err() {
+                            return Ok(());
+                        }
+                    }
+                    Piece::FileEnd(hash.finalize().into())
+                }
+            }
+        };
+        if tx.send(piece).is_err() {
+            return Ok(());
         }
-        let want = out.len().min(usize::try_from(self.left).unwrap_or(usize::MAX));
-        let n = self.inner.read(&mut out[..want])?;
-        if n == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                format!("{} shrank while it was being archived", self.path.display()),
-            ));
+    }
+    Ok(())
+}
+
+/// The middle stage: tar framing into multithreaded zstd, and the file list beside it.
+struct Stage<'a> {
+    rx: Receiver<Piece>,
+    /// Content buffers go back to the reader through this.
+    chunks: SyncSender<Vec<u8>>,
+    dest: &'a Path,
+    list_path: &'a Path,
+}
+
+impl Stage<'_> {
+    /// The next piece of the current file; a reader that stopped is an error.
+    fn next(&self) -> Result<Piece, ArchiveError> {
+        match self.rx.recv() {
+            Ok(Piece::Failed(err)) => Err(err),
+            Ok(p) => Ok(p),
+            Err(_) => Err(broken(self.dest)),
         }
-        self.left -= n as u64;
+    }
+
+    /// Returns (entries, content bytes, sha256 of the list file).
+    fn run(
+        self,
+        sink: ChanWriter,
+        level: i32,
+        root_meta: &fs::Metadata,
+        lf: &mut AtomicFile,
+    ) -> Result<(u64, u64, String), ArchiveError> {
+        let (dest, list_path) = (self.dest, self.list_path);
+        let mut enc = zstd::Encoder::new(sink, level).map_err(ioe(dest))?;
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
+        enc.multithread(threads).map_err(ioe(dest))?;
+        enc.set_parameter(zstd::zstd_safe::CParameter::JobSize(JOB_SIZE)).map_err(ioe(dest))?;
+        let mut tar = tar::Builder::new(enc);
+        tar.mode(tar::HeaderMode::Complete);
+
+        // The per-file list is streamed beside the archive (JSON into zstd into its own
+        // temporary file) as entries are archived: never held whole in memory.
+        let lhw = HashWriter { inner: BufWriter::new(lf.file()), hash: Sha256::new(), len: 0 };
+        let lz = zstd::Encoder::new(lhw, LEVEL).map_err(ioe(list_path))?;
+
+        // The dir itself first, as `./`: its owner, mode and mtime are restored too.
+        let root = base_entry(b"", EntryKind::Dir, root_meta);
+        tar.append_data(&mut header(tar::EntryType::Directory, &root), "./", io::empty()).map_err(ioe(dest))?;
+        let mut list = ListWriter::new(lz, &root).map_err(ioe(list_path))?;
+        let (mut bytes_in, mut files) = (0u64, 0u64);
+        // The reader hangs up after the last piece.
+        while let Ok(piece) = self.rx.recv() {
+            let e = match piece {
+                Piece::Entry { rel, meta, what: What::Dir } => {
+                    let e = base_entry(&rel, EntryKind::Dir, &meta);
+                    let mut with_slash = rel;
+                    with_slash.push(b'/');
+                    let mut h = header(tar::EntryType::Directory, &e);
+                    tar.append_data(&mut h, os_path(&with_slash), io::empty()).map_err(ioe(dest))?;
+                    e
+                }
+                Piece::Entry { rel, meta, what: What::Symlink(target) } => {
+                    let mut e = base_entry(&rel, EntryKind::Symlink, &meta);
+                    e.set_target(&target);
+                    let mut h = header(tar::EntryType::Symlink, &e);
+                    tar.append_link(&mut h, os_path(&rel), os_path(&target)).map_err(ioe(dest))?;
+                    e
+                }
+                Piece::Entry { rel, meta, what: What::HardLink(first) } => {
+                    let mut e = base_entry(&rel, EntryKind::HardLink, &meta);
+                    e.set_target(&first);
+                    let mut h = header(tar::EntryType::Link, &e);
+                    tar.append_link(&mut h, os_path(&rel), os_path(&first)).map_err(ioe(dest))?;
+                    e
+                }
+                Piece::Entry { rel, what: What::Other, .. } => {
+                    list.skip(String::from_utf8_lossy(&rel).into_owned());
+                    continue;
+                }
+                Piece::File { rel, meta } => {
+                    let mut e = base_entry(&rel, EntryKind::File, &meta);
+                    e.size = meta.len();
+                    let mut h = header(tar::EntryType::Regular, &e);
+                    // The header alone (after a long-name entry when needed): tar pads only what
+                    // it copied, and it copied nothing. The content goes straight from the
+                    // reader's buffers into zstd, then the padding to the next 512-byte block.
+                    tar.append_data(&mut h, os_path(&rel), io::empty()).map_err(ioe(dest))?;
+                    let z = tar.get_mut();
+                    let mut left = e.size;
+                    while left > 0 {
+                        let Piece::Chunk(buf) = self.next()? else { return Err(broken(dest)) };
+                        z.write_all(&buf).map_err(ioe(dest))?;
+                        left = left.saturating_sub(buf.len() as u64);
+                        let _ = self.chunks.send(buf);
+                    }
+                    let pad = (512 - e.size % 512) % 512;
+                    z.write_all(&[0u8; 512][..pad as usize]).map_err(ioe(dest))?;
+                    let Piece::FileEnd(sha) = self.next()? else { return Err(broken(dest)) };
+                    e.sha256 = Some(hex::encode(sha));
+                    bytes_in += e.size;
+                    e
+                }
+                Piece::Failed(err) => return Err(err),
+                Piece::Chunk(_) | Piece::FileEnd(_) => return Err(broken(dest)),
+            };
+            list.push(&e).map_err(ioe(list_path))?;
+            files += 1;
+        }
+        let enc = tar.into_inner().map_err(ioe(dest))?;
+        enc.finish().and_then(ChanWriter::close).map_err(ioe(dest))?;
+
+        let HashWriter { inner, hash, .. } = list.finish().and_then(|z| z.finish()).map_err(ioe(list_path))?;
+        inner.into_inner().map_err(|e| ArchiveError::Io { path: list_path.to_path_buf(), source: e.into_error() })?;
+        Ok((files, bytes_in, hex::encode(hash.finalize())))
+    }
+}
+
+/// The stages disagreed about what comes next, or the reader died: never a property of the tree.
+fn broken(dest: &Path) -> ArchiveError {
+    ArchiveError::Io { path: dest.to_path_buf(), source: io::Error::other("the archive's reader stopped unexpectedly") }
+}
+
+/// zstd's output, handed to the writer stage in `OUT_CHUNK` buffers.
+struct ChanWriter {
+    cur: Vec<u8>,
+    tx: SyncSender<Vec<u8>>,
+    spare: Receiver<Vec<u8>>,
+}
+
+fn writer_gone() -> io::Error {
+    io::Error::other("the archive writer stopped")
+}
+
+impl ChanWriter {
+    fn send(&mut self) -> io::Result<()> {
+        let mut next = self.spare.recv().map_err(|_| writer_gone())?;
+        // A recycled buffer comes back holding what it carried last time.
+        next.clear();
+        let full = std::mem::replace(&mut self.cur, next);
+        self.tx.send(full).map_err(|_| writer_gone())
+    }
+
+    /// Hand over what is left; the writer ends once this (its only sender) is gone.
+    fn close(mut self) -> io::Result<()> {
+        if !self.cur.is_empty() {
+            let last = std::mem::take(&mut self.cur);
+            self.tx.send(last).map_err(|_| writer_gone())?;
+        }
+        Ok(())
+    }
+}
+
+impl Write for ChanWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = buf.len().min(OUT_CHUNK - self.cur.len());
+        self.cur.extend_from_slice(&buf[..n]);
+        if self.cur.len() == OUT_CHUNK {
+            self.send()?;
+        }
         Ok(n)
     }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The writer stage: hash and write the compressed bytes, starting their writeback every
+/// `WRITEBACK` bytes (`POSIX_FADV_DONTNEED` starts it without waiting for it, and drops pages
+/// already on disk: the archive does not crowd the tenants' data out of the page cache).
+/// Returns (hex sha256, size) once the archiver has hung up.
+fn write_out(mut out: &File, rx: Receiver<Vec<u8>>, spare: SyncSender<Vec<u8>>) -> io::Result<(String, u64)> {
+    let (mut hash, mut len, mut started) = (Sha256::new(), 0u64, 0u64);
+    for buf in rx {
+        hash.update(&buf);
+        out.write_all(&buf)?;
+        len += buf.len() as u64;
+        if len - started >= WRITEBACK {
+            // Advice only: if it fails, the fsync at commit does all the work, as before.
+            let _ = rustix::fs::fadvise(out, started, std::num::NonZeroU64::new(len - started), Advice::DontNeed);
+            started = len;
+        }
+        let _ = spare.send(buf);
+    }
+    Ok((hex::encode(hash.finalize()), len))
 }
 
 /// Hard-link (or copy) a previous archive and its file list to a new destination, atomically.

@@ -42,6 +42,9 @@ pub struct HostConfig {
     /// Prometheus textfile output.
     #[serde(default)]
     pub metrics: MetricsConfig,
+    /// How daily snapshots hold a tenant still.
+    #[serde(default)]
+    pub snapshot: SnapshotConfig,
 }
 
 fn default_state_dir() -> PathBuf {
@@ -194,6 +197,26 @@ pub struct MetricsConfig {
     pub file: Option<PathBuf>,
 }
 
+/// `[snapshot]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotConfig {
+    /// Keep a staging copy of each tenant's data dir under the backup root, brought up to date
+    /// while the tenant runs, so that the tenant is paused only for the last delta and the archive
+    /// is made from the copy; `false`: the tenant stays paused while its archive is written.
+    #[serde(default = "default_staging")]
+    pub staging: bool,
+}
+
+impl Default for SnapshotConfig {
+    fn default() -> Self {
+        SnapshotConfig { staging: default_staging() }
+    }
+}
+fn default_staging() -> bool {
+    true
+}
+
 /// Environment variables that start with `SLIPWAY_` but are not config overrides.
 const NON_CONFIG_ENV: &[&str] = &[
     "SLIPWAY_CONFIG",
@@ -244,6 +267,7 @@ const ENV_KEYS: &[(&str, &[&str], Kind)] = &[
     ("SLIPWAY_REMOTE_IDENTITY_FILE", &["remote", "identity_file"], Kind::Str),
     ("SLIPWAY_NOTIFY_WEBHOOK", &["notify", "webhook"], Kind::Str),
     ("SLIPWAY_METRICS_FILE", &["metrics", "file"], Kind::Str),
+    ("SLIPWAY_SNAPSHOT_STAGING", &["snapshot", "staging"], Kind::Bool),
 ];
 
 impl HostConfig {

@@ -71,6 +71,11 @@ mod tests {
         assert_eq!(c.retention.keep_daily, Some(7));
         assert_eq!(c.retention.keep_rollout_runs, Some(5));
         assert!(c.remote.is_none());
+        assert!(c.snapshot.staging, "daily snapshots pause only for the delta unless turned off");
+        let off = host("[desired]\nrepo = \"/r\"\n[snapshot]\nstaging = false\n", &[]).unwrap();
+        assert!(!off.snapshot.staging);
+        let env = host("[desired]\nrepo = \"/r\"\n", &[("SLIPWAY_SNAPSHOT_STAGING", "false")]).unwrap();
+        assert!(!env.snapshot.staging);
     }
 
     #[test]
