@@ -8,6 +8,7 @@
 //! <backup_root>/rollout/<run_id>/<tenant>.tar.zst           + <tenant>.files.json.zst
 //! <backup_root>/rollout/<run_id>/MANIFEST.json
 //! <backup_root>/replaced/<run_id>/<tenant>/                  the data a restore replaced, as it was
+//! <backup_root>/drill/<run_id>/<tenant>/                     a drill's scratch copy, removed after it
 //! <state_dir>/remote-cache/<kind>/<id>/…                     what `restore --remote` fetched
 //! ```
 //!
@@ -41,6 +42,8 @@ const ARCHIVE_SUFFIX: &str = ".tar.zst";
 const FILE_LIST_SUFFIX: &str = ".files.json.zst";
 /// The directory under the backup root that keeps the data each restore replaced.
 const REPLACED: &str = "replaced";
+/// The directory under the backup root that holds the scratch copies of running drills.
+const DRILL: &str = "drill";
 /// The directory under `state_dir` that `restore --remote` downloads into.
 const REMOTE_CACHE: &str = "remote-cache";
 
@@ -277,6 +280,17 @@ pub fn replaced_dir(backup_root: &Path, run: &RunId, tenant: &str) -> PathBuf {
     backup_root.join(REPLACED).join(run.as_str()).join(tenant)
 }
 
+/// Where drills extract their scratch copies: `<backup_root>/drill`. Anything in it outside a
+/// running drill is a leftover (`recover` removes it).
+pub fn drill_root(backup_root: &Path) -> PathBuf {
+    backup_root.join(DRILL)
+}
+
+/// The scratch copy drill run `run` restores `tenant` into: `drill/<run_id>/<tenant>`.
+pub fn drill_scratch(backup_root: &Path, run: &RunId, tenant: &str) -> PathBuf {
+    drill_root(backup_root).join(run.as_str()).join(tenant)
+}
+
 /// The data a restore replaced, found on disk.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReplacedDir {
@@ -406,6 +420,10 @@ mod tests {
         assert_eq!(file_list_of("tenants/t1.tar.zst"), "tenants/t1.files.json.zst");
         assert_eq!(file_list_path(Path::new("/x/t1.tar.zst")), Path::new("/x/t1.files.json.zst"));
         assert_eq!(tenants_dir(&day.dir(root)), Path::new("/data/backups/daily/2026-11-22/tenants"));
+        assert_eq!(
+            drill_scratch(root, &RUN.parse().unwrap(), "t1"),
+            Path::new("/data/backups/drill").join(RUN).join("t1")
+        );
         assert_eq!(
             run.cache_dir(Path::new("/var/lib/slipway")),
             Path::new("/var/lib/slipway/remote-cache/rollout").join(RUN)
