@@ -44,6 +44,7 @@ pub mod types;
 // The jobs (one module each) and the job-side rules several of them share: the runner (the
 // job protocol), the job context, undo, trust and the off-site copy.
 pub mod context;
+pub mod drill;
 pub mod offsite;
 pub mod prune;
 pub mod reconcile;
@@ -73,6 +74,7 @@ mod architecture_tests {
 
     /// The job modules: adapters may not name any of them.
     const JOBS: &[&str] = &[
+        "drill",
         "prune",
         "reconcile",
         "recover",
