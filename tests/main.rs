@@ -9,6 +9,7 @@ mod support;
 
 mod backup;
 mod crash;
+mod drill;
 mod foundation;
 mod offsite;
 mod ops;
