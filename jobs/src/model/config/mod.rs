@@ -92,7 +92,7 @@ mod tests {
                 .to_string();
             assert!(e.contains("drill.strip_labels"), "{bad}: {e}");
         }
-        let e = host("[desired]\nrepo = \"/r\"\n[drill]\nmax_age = 3\n", &[]).unwrap_err().to_string();
+        let e = host("[desired]\nrepo = \"/r\"\n[drill]\nmax_age_day = 3\n", &[]).unwrap_err().to_string();
         assert!(e.contains("did you mean `drill.max_age_days`?"), "{e}");
     }
 
