@@ -125,7 +125,13 @@ impl Remote {
             let files = aws_runtime::env_config::file::EnvConfigFiles::builder()
                 .with_file(aws_runtime::env_config::file::EnvConfigFileKind::Credentials, file)
                 .build();
+            // The provider builds its own clients (IMDS, STS) for profiles that need them; they
+            // get the same HTTPS client, or the SDK has none to give them (a debug assertion).
+            let providers = aws_config::provider_config::ProviderConfig::without_region()
+                .with_region(Some(Region::new(cfg.region.clone())))
+                .with_http_client(https_client());
             let provider = aws_config::profile::ProfileFileCredentialsProvider::builder()
+                .configure(&providers)
                 .profile_files(files)
                 .profile_name("default")
                 .build();
