@@ -210,7 +210,7 @@ pub fn strips_label(key: &str, strip_labels: &[String], app: &App) -> bool {
 /// The tenants to drill, with their app and container, in order; an unknown tenant is a
 /// usage error.
 async fn choose(engine: &Engine, apps: &[App], opts: &DrillOptions) -> Result<Vec<(App, TenantContainer)>> {
-    if opts.all == !opts.tenants.is_empty() {
+    if opts.all != opts.tenants.is_empty() {
         return Err(Error::Usage("drill needs --tenant T (repeatable) or --all, not both".into()));
     }
     let mut found = Vec::new();
