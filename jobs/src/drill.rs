@@ -16,9 +16,9 @@
 //!   drill with no alias of the tenant, publishes no port, never restarts, and carries no
 //!   `traefik.*` label, no label of `[drill] strip_labels` and not the app's `select` label.
 //!   Writable mounts other than the data dir are not carried (they hold live data).
-//! - Everything a drill creates carries [`crate::naming::DRILL_LABEL`]; under the host lock no
-//!   other drill runs, so whatever carries it is a leftover that the next drill or `recover`
-//!   removes.
+//! - Everything a drill creates carries [`crate::naming::DRILL_LABEL`] with the drill's run id;
+//!   under the host lock no other drill of this host runs, so whatever carries the id of one of
+//!   this run record's drills is a leftover that the next drill or `recover` removes.
 //!
 //! The drill does not run `recover` first: it changes no tenant, so a rollout a crash left
 //! unfinished is not its to settle (and a tenant that crash left stopped can still be drilled:

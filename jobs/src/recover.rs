@@ -236,12 +236,40 @@ fn sweep(ctx: &Ctx, dry_run: bool) -> Result<Vec<String>> {
     Ok(out)
 }
 
-/// Remove what restore drills left: every container and network labelled
-/// [`crate::naming::DRILL_LABEL`] and every scratch copy under the drill root, and say so. Under
-/// the host lock no drill runs, so all of it is left over (a drill calls this first too).
+/// Remove what this host's restore drills left: every container and network labelled
+/// [`crate::naming::DRILL_LABEL`] with the id of a drill run in this run record (not this run),
+/// and every scratch copy under the drill root, and say so. Under the host lock no other drill
+/// of this host runs, so all of it is left over (a drill calls this first too). A drill label
+/// naming a run this record does not know is another slipway's (another state dir on the same
+/// engine) and is left alone.
 pub async fn sweep_drills(ctx: &Ctx, engine: &Engine, dry_run: bool) -> Result<Vec<String>> {
     let mut out = Vec::new();
     let (containers, networks) = engine.labelled(crate::naming::DRILL_LABEL).await?;
+    let mut ours = std::collections::HashMap::new();
+    let mut is_ours = |run: &str| -> Result<bool> {
+        if run == ctx.run_id.as_str() {
+            return Ok(false);
+        }
+        if let Some(known) = ours.get(run) {
+            return Ok(*known);
+        }
+        let known = ctx.store.run(run)?.is_some_and(|r| r.job == "drill");
+        ours.insert(run.to_string(), known);
+        Ok(known)
+    };
+    let mut containers_ours = Vec::new();
+    for (c, run) in containers {
+        if is_ours(&run)? {
+            containers_ours.push(c);
+        }
+    }
+    let mut networks_ours = Vec::new();
+    for (n, run) in networks {
+        if is_ours(&run)? {
+            networks_ours.push(n);
+        }
+    }
+    let (containers, networks) = (containers_ours, networks_ours);
     let verb = if dry_run { "would remove" } else { "removed" };
     for c in containers {
         let r = if dry_run { Ok(()) } else { engine.remove_with_volumes(&c).await };

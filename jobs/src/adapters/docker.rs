@@ -598,9 +598,9 @@ impl Engine {
         }
     }
 
-    /// The names of every container and every network carrying label `key` (any value),
+    /// Every container and every network carrying label `key`, as (name, the label's value),
     /// each list sorted.
-    pub async fn labelled(&self, key: &str) -> Result<(Vec<String>, Vec<String>)> {
+    pub async fn labelled(&self, key: &str) -> Result<(Vec<(String, String)>, Vec<(String, String)>)> {
         let mut filters = HashMap::new();
         filters.insert("label".to_string(), vec![key.to_string()]);
         let opts = ListContainersOptionsBuilder::default().all(true).filters(&filters).build();
@@ -609,9 +609,12 @@ impl Engine {
             .list_containers(Some(opts))
             .await
             .map_err(|e| derr(format!("listing containers labelled {key}"), None, e))?;
-        let mut containers: Vec<String> = list
+        let mut containers: Vec<(String, String)> = list
             .into_iter()
-            .filter_map(|c| c.names.and_then(|n| n.first().map(|n| n.trim_start_matches('/').to_string())))
+            .filter_map(|c| {
+                let name = c.names.as_ref()?.first()?.trim_start_matches('/').to_string();
+                Some((name, c.labels.unwrap_or_default().remove(key).unwrap_or_default()))
+            })
             .collect();
         containers.sort();
         let opts = ListNetworksOptionsBuilder::default().filters(&filters).build();
@@ -620,7 +623,10 @@ impl Engine {
             .list_networks(Some(opts))
             .await
             .map_err(|e| derr(format!("listing networks labelled {key}"), None, e))?;
-        let mut networks: Vec<String> = nets.into_iter().filter_map(|n| n.name).collect();
+        let mut networks: Vec<(String, String)> = nets
+            .into_iter()
+            .filter_map(|n| Some((n.name?, n.labels.unwrap_or_default().remove(key).unwrap_or_default())))
+            .collect();
         networks.sort();
         Ok((containers, networks))
     }
