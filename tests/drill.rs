@@ -301,6 +301,14 @@ fn a_drill_from_the_remote_restores_the_off_site_copy_when_the_local_one_is_gone
     assert_eq!(no_remote.code, 2);
     assert!(no_remote.stderr.contains("[remote]"), "{}", no_remote.stderr);
 
+    // --dry-run shows the plan and touches nothing (no run recorded, no container made).
+    let plan = s.slipway(&["drill", "--all", "--dry-run", "--json"]);
+    assert_eq!(plan.code, 0, "{} {}", plan.stdout, plan.stderr);
+    let plan: Drill = plan.report();
+    assert!(plan.tenants.is_empty() && plan.plan.tenants.len() == 1, "{plan:?}");
+    let runs: Runs = s.slipway(&["runs", "--json"]).report();
+    assert!(!runs.runs.iter().any(|r| r.job == "drill"), "{runs:?}");
+
     assert_eq!(s.slipway(&["snapshot"]).code, 0);
     s.use_shared_remote("");
     assert_eq!(s.slipway(&["sync"]).code, 0);
