@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use slipway_jobs::config::Selector;
 use slipway_jobs::types::{RunId, TenantId};
 
 /// GitOps-driven rollout and backup engine for Docker hosts that run one container per tenant.
@@ -74,6 +75,10 @@ pub enum Command {
     Status,
     /// Run history from the run record.
     Runs(RunsArgs),
+    /// Adopt a running host: propose fleet.toml and a host config from the containers that run.
+    Init(InitArgs),
+    /// Check what a first run needs: Docker, dirs, free space, desired repo, remote, timers.
+    Doctor,
     /// Check the host config and the desired state without touching anything.
     Config {
         /// What to do.
@@ -98,6 +103,23 @@ pub enum Command {
 pub enum ConfigAction {
     /// Load and validate the host config and fleet.toml at the branch head.
     Check,
+}
+
+/// `init`.
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// Write config.toml (mode 0600) and fleet.toml into DIR.
+    #[arg(long, value_name = "DIR", default_value = ".")]
+    pub dir: PathBuf,
+    /// Print the proposal and both files; write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Overwrite config.toml and fleet.toml if they exist.
+    #[arg(long)]
+    pub force: bool,
+    /// Only look at containers this selector matches: LABEL=VALUE, LABEL or name:PREFIX*.
+    #[arg(long, value_name = "SELECT")]
+    pub only: Option<Selector>,
 }
 
 /// `rollout`.
@@ -281,6 +303,8 @@ impl Command {
             Command::Sync(_) => "sync",
             Command::Recover(_) => "recover",
             Command::Status => "status",
+            Command::Init(_) => "init",
+            Command::Doctor => "doctor",
             Command::Runs(_) => "runs",
             Command::Config { .. } => "config",
             Command::Completions { .. } => "completions",

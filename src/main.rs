@@ -13,7 +13,7 @@ use slipway_jobs::config::HostConfig;
 use slipway_jobs::context::Cancel;
 use slipway_jobs::error::{Error, ExitKind};
 use slipway_jobs::runner::{self, Job, RunnerOptions};
-use slipway_jobs::{drill, prune, reconcile, recover, restore, rollback, rollout, snapshot, sync, verify};
+use slipway_jobs::{doctor, drill, init, prune, reconcile, recover, restore, rollback, rollout, snapshot, sync, verify};
 
 use crate::cli::{Cli, Command, ConfigAction, RunsShow};
 use crate::output::Printer;
@@ -84,8 +84,23 @@ fn watch_signals(cancel: Cancel) {
 }
 
 async fn run(cli: &Cli, printer: &Printer, started: Instant) -> Result<ExitKind, Error> {
+    if let Command::Init(a) = &cli.command {
+        // The one command that needs no host config: it writes one.
+        let opts = init::InitOptions { dir: a.dir.clone(), dry_run: a.dry_run, force: a.force, only: a.only.clone() };
+        let report = init::init(&opts).await?;
+        let kind = report.exit_kind();
+        printer.report("init", None, started, kind, &report);
+        return Ok(kind);
+    }
     let path = HostConfig::locate(cli.config.as_deref());
     let cfg = HostConfig::load(&path)?;
+    if let Command::Doctor = &cli.command {
+        // Not a job: no lock, no run record, so it can run beside any job.
+        let report = doctor::doctor(&cfg, &path).await?;
+        let kind = report.exit_kind();
+        printer.report("doctor", None, started, kind, &report);
+        return Ok(kind);
+    }
     let job = match job(&cli.command)? {
         Some(job) => job,
         None => {
@@ -179,7 +194,7 @@ fn job(command: &Command) -> Result<Option<Job>, Error> {
             None => Job::Runs { limit: a.limit },
         },
         Command::Config { action: ConfigAction::Check } => return Ok(None),
-        Command::Completions { .. } | Command::Man { .. } => {
+        Command::Completions { .. } | Command::Man { .. } | Command::Init(_) | Command::Doctor => {
             return Err(Error::Usage(format!("{} is not a job", command.job())));
         }
     }))

@@ -7,6 +7,7 @@
 
 mod support;
 
+mod adopt;
 mod backup;
 mod crash;
 mod drill;

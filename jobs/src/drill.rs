@@ -35,7 +35,7 @@ use crate::adapters::archive;
 use crate::adapters::desired;
 use crate::adapters::docker::{DrillChanges, DrillSpec, Engine, TenantContainer};
 use crate::adapters::health::{Prober, Unhealthy};
-use crate::config::{label_matches, App};
+use crate::config::{label_matches, App, Selector};
 use crate::context::{crash_point, test_pause, Cancel, Ctx};
 use crate::error::{Error, ExitKind, Result};
 use crate::restore::{self, Fetched, Source};
@@ -201,10 +201,11 @@ pub struct DrillJournal {
 }
 
 /// Whether a label of the tenant must not reach the drill's container: every `traefik.*`
-/// label, any key `strip_labels` names, and the app's `select` label (the drill's container is
-/// never one of the app's tenants).
+/// label, any key `strip_labels` names, and the app's `select` label when it selects by label
+/// (the drill's container is never one of the app's tenants).
 pub fn strips_label(key: &str, strip_labels: &[String], app: &App) -> bool {
-    key.starts_with("traefik.") || key == app.select.key || strip_labels.iter().any(|p| label_matches(p, key))
+    let select = matches!(&app.select, Selector::Label { key: k, .. } if k == key);
+    key.starts_with("traefik.") || select || strip_labels.iter().any(|p| label_matches(p, key))
 }
 
 /// The tenants to drill, with their app and container, in order; an unknown tenant is a

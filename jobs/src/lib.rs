@@ -44,7 +44,9 @@ pub mod types;
 // The jobs (one module each) and the job-side rules several of them share: the runner (the
 // job protocol), the job context, undo, trust and the off-site copy.
 pub mod context;
+pub mod doctor;
 pub mod drill;
+pub mod init;
 pub mod offsite;
 pub mod prune;
 pub mod reconcile;
@@ -74,7 +76,9 @@ mod architecture_tests {
 
     /// The job modules: adapters may not name any of them.
     const JOBS: &[&str] = &[
+        "doctor",
         "drill",
+        "init",
         "prune",
         "reconcile",
         "recover",

@@ -109,6 +109,22 @@ impl Out {
     }
 }
 
+/// Run slipway with another host config than a sandbox's (one `slipway init` wrote, say).
+pub fn slipway_with_config(config: &Path, args: &[&str]) -> Out {
+    let out = Command::new(env!("CARGO_BIN_EXE_slipway"))
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .env("SLIPWAY_LOG", "info")
+        .output()
+        .unwrap();
+    Out {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
 /// A one-request HTTP server on 127.0.0.1 (a webhook receiver): answers 200 and hands over the
 /// request body.
 pub struct Webhook {

@@ -323,3 +323,83 @@ pub struct DrillChanges {
     pub ports_unpublished: Vec<String>,
     pub restart_replaced: String,
 }
+
+/// `init`.
+#[derive(Debug, Deserialize)]
+pub struct Init {
+    pub containers: usize,
+    pub apps: Vec<InitApp>,
+    pub skipped: Vec<InitSkipped>,
+    pub config: InitFile,
+    pub fleet: InitFile,
+    pub next: Vec<String>,
+}
+
+/// One proposed app.
+#[derive(Debug, Deserialize)]
+pub struct InitApp {
+    pub name: String,
+    pub repository: String,
+    pub image: String,
+    pub select: String,
+    pub tenant_from: String,
+    pub data_dir: String,
+    pub health_port: u16,
+    pub health_path: String,
+    pub health_checked: bool,
+    pub tenants: Vec<InitTenant>,
+}
+
+/// One tenant of a proposed app.
+#[derive(Debug, Deserialize)]
+pub struct InitTenant {
+    pub tenant: String,
+    pub container: String,
+}
+
+/// A container init left out.
+#[derive(Debug, Deserialize)]
+pub struct InitSkipped {
+    pub container: String,
+    pub reason: String,
+}
+
+/// A file init wrote (or would write).
+#[derive(Debug, Deserialize)]
+pub struct InitFile {
+    pub path: PathBuf,
+    pub written: bool,
+    pub text: String,
+}
+
+/// `doctor`.
+#[derive(Debug, Deserialize)]
+pub struct Doctor {
+    pub checks: Vec<DoctorCheck>,
+    pub dirs: Vec<DoctorDir>,
+}
+
+/// One line of doctor.
+#[derive(Debug, Deserialize)]
+pub struct DoctorCheck {
+    pub check: String,
+    pub level: String,
+    pub detail: String,
+    pub fix: Option<String>,
+}
+
+/// A directory as doctor found it.
+#[derive(Debug, Deserialize)]
+pub struct DoctorDir {
+    pub key: String,
+    pub writable: bool,
+    pub filesystem: Option<String>,
+    pub reflinks: Option<bool>,
+}
+
+impl Doctor {
+    /// The line of one check (panics when there is none).
+    pub fn line(&self, check: &str) -> &DoctorCheck {
+        self.checks.iter().find(|c| c.check == check).unwrap_or_else(|| panic!("no {check} line in {:?}", self.checks))
+    }
+}

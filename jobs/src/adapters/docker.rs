@@ -104,6 +104,58 @@ pub struct Unmapped {
     pub reason: String,
 }
 
+/// A container as `init` inventories the host: what it runs and what it carries, read from
+/// the engine and never changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct HostContainer {
+    /// Container name (without the leading '/').
+    pub name: String,
+    /// Running (or paused or restarting): the containers `init` groups into apps.
+    pub running: bool,
+    /// The image reference it was created from (`Config.Image`): `repo:tag`, `repo@sha256:…`
+    /// or an image id.
+    pub image_ref: String,
+    /// The id of the image it runs.
+    pub image_id: String,
+    /// That image's `RepoTags`.
+    pub repo_tags: Vec<String>,
+    /// That image's `RepoDigests` (`repo@sha256:…`): what a registry knows it as.
+    pub repo_digests: Vec<String>,
+    /// That image's own labels (a container label with the same value came from the image,
+    /// not from the operator, and changes with the next image).
+    pub image_labels: std::collections::BTreeMap<String, String>,
+    /// Its labels.
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// Its bind mounts (running containers only).
+    pub binds: Vec<Bind>,
+    /// The container paths of its named volumes (running containers only).
+    pub volumes: Vec<String>,
+    /// The TCP ports it exposes, sorted (running containers only).
+    pub exposed_ports: Vec<u16>,
+    /// The networks it is on, sorted.
+    pub networks: Vec<String>,
+}
+
+/// A bind mount: a host path mounted into a container.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct Bind {
+    /// The host path.
+    pub source: String,
+    /// The path inside the container.
+    pub destination: String,
+}
+
+/// The engine's version, and the API version the client speaks with it.
+#[derive(Debug, Clone, Serialize)]
+pub struct EngineVersion {
+    /// The engine's release (`24.0.7`).
+    pub version: String,
+    /// The newest API version the engine speaks (`1.43`).
+    pub api_version: String,
+    /// The API version negotiated for this client.
+    pub negotiated: String,
+}
+
 /// The state of a container, as the health gate needs it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunState {
@@ -243,6 +295,95 @@ impl Engine {
         Ok(Engine { docker })
     }
 
+    /// The engine's version and the negotiated API version.
+    pub async fn version(&self) -> Result<EngineVersion> {
+        let v = self.docker.version().await.map_err(|e| derr("asking the engine for its version", None, e))?;
+        let c = self.docker.client_version();
+        Ok(EngineVersion {
+            version: v.version.unwrap_or_default(),
+            api_version: v.api_version.unwrap_or_default(),
+            negotiated: format!("{}.{}", c.major_version, c.minor_version),
+        })
+    }
+
+    /// Every container on the host (running or not), with its image's tags and repo digests;
+    /// mounts and exposed ports for the running ones. Sorted by name. Read only.
+    pub async fn inventory(&self) -> Result<Vec<HostContainer>> {
+        let opts = ListContainersOptionsBuilder::default().all(true).build();
+        let list = self.docker.list_containers(Some(opts)).await.map_err(|e| derr("listing containers", None, e))?;
+        type ImageNames = (Vec<String>, Vec<String>, std::collections::BTreeMap<String, String>);
+        let mut images: HashMap<String, ImageNames> = HashMap::new();
+        let mut out = Vec::new();
+        for c in list {
+            let Some(name) = c.names.as_ref().and_then(|n| n.first()).map(|n| n.trim_start_matches('/').to_string())
+            else {
+                continue;
+            };
+            let running = matches!(
+                c.state,
+                Some(
+                    bollard::models::ContainerSummaryStateEnum::RUNNING
+                        | bollard::models::ContainerSummaryStateEnum::PAUSED
+                        | bollard::models::ContainerSummaryStateEnum::RESTARTING
+                )
+            );
+            let image_id = c.image_id.clone().unwrap_or_default();
+            if !images.contains_key(&image_id) {
+                let found = match self.docker.inspect_image(&image_id).await {
+                    Ok(i) => (
+                        i.repo_tags.unwrap_or_default(),
+                        i.repo_digests.unwrap_or_default(),
+                        i.config.and_then(|c| c.labels).unwrap_or_default().into_iter().collect(),
+                    ),
+                    Err(e) if is_not_found(&e) => Default::default(),
+                    Err(e) => return Err(derr(format!("inspecting image {image_id}"), None, e)),
+                };
+                images.insert(image_id.clone(), found);
+            }
+            let (repo_tags, repo_digests, image_labels) = images.get(&image_id).cloned().unwrap_or_default();
+            let mut networks: Vec<String> =
+                c.network_settings.and_then(|n| n.networks).unwrap_or_default().into_keys().collect();
+            networks.sort();
+            let mut h = HostContainer {
+                name,
+                running,
+                image_ref: c.image.clone().unwrap_or_default(),
+                image_id,
+                repo_tags,
+                repo_digests,
+                image_labels,
+                labels: c.labels.unwrap_or_default().into_iter().collect(),
+                networks,
+                ..Default::default()
+            };
+            if running {
+                // A container removed since the list is simply not there any more.
+                let i = match self.docker.inspect_container(&h.name, None).await {
+                    Ok(i) => i,
+                    Err(e) if is_not_found(&e) => continue,
+                    Err(e) => return Err(derr(format!("inspecting container {}", h.name), Some(&h.name), e)),
+                };
+                for m in i.mounts.unwrap_or_default() {
+                    let dest = m.destination.unwrap_or_default();
+                    match m.typ.as_deref() {
+                        Some("bind") => h.binds.push(Bind { source: m.source.unwrap_or_default(), destination: dest }),
+                        Some("volume") => h.volumes.push(dest),
+                        _ => {}
+                    }
+                }
+                h.binds.sort();
+                h.volumes.sort();
+                let ports = i.config.and_then(|c| c.exposed_ports).unwrap_or_default();
+                h.exposed_ports = ports.iter().filter_map(|p| p.strip_suffix("/tcp")?.parse().ok()).collect();
+                h.exposed_ports.sort_unstable();
+                h.exposed_ports.dedup();
+            }
+            out.push(h);
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
     /// Every container (running or not) of `app`, by tenant, sorted by tenant id; those that
     /// cannot be mapped to one tenant are left out (see [`Engine::tenants_and_unmapped`]).
     pub async fn tenants(&self, app: &App) -> Result<Vec<TenantContainer>> {
@@ -260,7 +401,9 @@ impl Engine {
     /// and a drill's throw-away containers ([`crate::naming::is_drill`]) are neither.
     pub async fn tenants_and_unmapped(&self, app: &App) -> Result<(Vec<TenantContainer>, Vec<Unmapped>)> {
         let mut filters = HashMap::new();
-        filters.insert("label".to_string(), vec![app.select.filter()]);
+        if let Some(label) = app.select.label_filter() {
+            filters.insert("label".to_string(), vec![label]);
+        }
         let opts = ListContainersOptionsBuilder::default().all(true).filters(&filters).build();
         let list = self
             .docker
@@ -274,7 +417,7 @@ impl Engine {
             else {
                 continue;
             };
-            if crate::naming::is_pre_rollout(&name) || crate::naming::is_drill(&name) {
+            if crate::naming::is_pre_rollout(&name) || crate::naming::is_drill(&name) || !app.select.name_matches(&name) {
                 continue;
             }
             let labels = c.labels.clone().unwrap_or_default();
@@ -282,8 +425,7 @@ impl Engine {
                 let reason = format!(
                     "matches select \"{}\" but tenant_from \"{}\" gives no tenant id for it; rename or relabel it, \
                      or narrow select",
-                    app.select.filter(),
-                    app.tenant_from
+                    app.select, app.tenant_from
                 );
                 unmapped.push(Unmapped { container: name, tenant: None, reason });
                 continue;

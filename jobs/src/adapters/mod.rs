@@ -12,3 +12,4 @@ pub mod lock;
 pub mod metrics;
 pub mod notify;
 pub mod remote;
+pub mod systemd;

@@ -94,9 +94,7 @@ fn is_auth(code: Option<&str>, status: u16) -> bool {
 /// The HTTPS client the SDK uses: rustls with ring, the one TLS stack of the binary.
 pub fn https_client() -> aws_sdk_s3::config::SharedHttpClient {
     use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider};
-    aws_smithy_http_client::Builder::new()
-        .tls_provider(Provider::Rustls(CryptoMode::Ring))
-        .build_https()
+    aws_smithy_http_client::Builder::new().tls_provider(Provider::Rustls(CryptoMode::Ring)).build_https()
 }
 
 impl Remote {
@@ -125,13 +123,12 @@ impl Remote {
             let files = aws_runtime::env_config::file::EnvConfigFiles::builder()
                 .with_file(aws_runtime::env_config::file::EnvConfigFileKind::Credentials, file)
                 .build();
-            // The provider builds its own clients (IMDS, STS) for profiles that need them; they
-            // get the same HTTPS client, or the SDK has none to give them (a debug assertion).
-            let providers = aws_config::provider_config::ProviderConfig::without_region()
-                .with_region(Some(Region::new(cfg.region.clone())))
-                .with_http_client(https_client());
+            // The provider builds clients of its own (IMDS, for profiles that chain to it): they
+            // get the one HTTPS client too, else the SDK panics for want of a default one.
+            let provider_config =
+                aws_config::provider_config::ProviderConfig::default().with_http_client(https_client());
             let provider = aws_config::profile::ProfileFileCredentialsProvider::builder()
-                .configure(&providers)
+                .configure(&provider_config)
                 .profile_files(files)
                 .profile_name("default")
                 .build();
@@ -422,6 +419,19 @@ impl Remote {
                 .map_err(|e| self.err(&format!("deleting {k}"), e))?;
         }
         Ok(())
+    }
+
+    /// HEAD the bucket: it exists and the credentials may use it.
+    pub async fn head_bucket(&self) -> Result<()> {
+        match self.client.head_bucket().bucket(&self.bucket).send().await {
+            Ok(_) => Ok(()),
+            Err(SdkError::ServiceError(s)) if s.err().is_not_found() => Err(Error::Remote {
+                place: self.place.clone(),
+                op: "checking the bucket".into(),
+                detail: "no such bucket; create it (or fix remote.bucket)".into(),
+            }),
+            Err(e) => Err(self.err("checking the bucket", e)),
+        }
     }
 
     /// Create the bucket if it does not exist (tests, first use).

@@ -1,8 +1,9 @@
 //! Durable file writes. Everything slipway writes for others to read (archives, manifests,
 //! metrics, configs) goes through [`atomic_write`] or [`AtomicFile`]: written under a temporary
 //! name in the same directory, fsynced, renamed over the final name, and the directory fsynced.
-//! A reader never sees a half-written file under its final name. Also the two filesystem facts a
-//! restore checks first: whether a dir is a mount point, and the free bytes under a path.
+//! A reader never sees a half-written file under its final name. Also the filesystem facts a
+//! restore checks first (whether a dir is a mount point, the free bytes under a path) and those
+//! `doctor` reports (the filesystem's type, whether it can clone files, a tree's size).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -104,6 +105,65 @@ pub fn free_bytes(path: &Path) -> io::Result<u64> {
     Ok(st.f_bavail.saturating_mul(st.f_frsize))
 }
 
+/// The type of the filesystem holding `path`, by name (`ext4`, `xfs`, `btrfs`, …), or its
+/// magic number in hex when slipway does not know it.
+pub fn fs_type_name(path: &Path) -> io::Result<String> {
+    let st = rustix::fs::statfs(path)?;
+    #[allow(clippy::unnecessary_cast)]
+    let magic = st.f_type as u64 & 0xffff_ffff;
+    let name = match magic {
+        0xEF53 => "ext4",
+        0x5846_5342 => "xfs",
+        0x9123_683E => "btrfs",
+        0x2FC1_2FC1 => "zfs",
+        0xCA45_1A4E => "bcachefs",
+        0xF2F5_2010 => "f2fs",
+        0x0102_1994 => "tmpfs",
+        0x8584_58F6 => "ramfs",
+        0x794C_7630 => "overlay",
+        0x6969 => "nfs",
+        0xFF53_4D42 => "cifs",
+        0xFE53_4D42 => "smb2",
+        0x6573_5546 => "fuse",
+        0x00C3_6400 => "ceph",
+        0x0102_1997 => "9p",
+        0x5265_4973 => "reiserfs",
+        0x4d44 => "vfat",
+        0x7371_7368 => "squashfs",
+        other => return Ok(format!("unknown (0x{other:x})")),
+    };
+    Ok(name.to_string())
+}
+
+/// Whether the filesystem holding `dir` clones files (FICLONE, as `cp --reflink` does): tried
+/// on a pair of temporary files in `dir`, removed after.
+pub fn supports_reflink(dir: &Path) -> io::Result<bool> {
+    let mut src = tempfile::Builder::new().prefix(".slipway-reflink-").tempfile_in(dir)?;
+    src.write_all(&[0u8; 4096])?;
+    src.as_file().sync_all()?;
+    let dst = tempfile::Builder::new().prefix(".slipway-reflink-").tempfile_in(dir)?;
+    Ok(rustix::fs::ioctl_ficlone(dst.as_file(), src.as_file()).is_ok())
+}
+
+/// The bytes of every regular file under `dir` (symlinks not followed), as an archive of it
+/// would read them.
+pub fn tree_size(dir: &Path) -> io::Result<u64> {
+    let mut total = 0u64;
+    let mut dirs = vec![dir.to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        for e in fs::read_dir(&d)? {
+            let e = e?;
+            let meta = e.path().symlink_metadata()?;
+            if meta.is_dir() {
+                dirs.push(e.path());
+            } else if meta.is_file() {
+                total = total.saturating_add(meta.len());
+            }
+        }
+    }
+    Ok(total)
+}
+
 /// Move the old data a restore swapped out (`old`, beside the data dir) to
 /// `<backup_root>/replaced/<run_id>/<tenant>`, where prune keeps it with the rollout runs. When
 /// that is another filesystem (a rename cannot move it) it stays where it is, and that is the
@@ -142,6 +202,21 @@ mod tests {
         assert_eq!(fs::read(&p).unwrap(), b"two");
         assert_eq!(fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
         assert_eq!(fs::read_dir(d.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn doctor_facts_name_the_filesystem_and_sum_a_tree_and_leave_nothing_behind() {
+        let d = tempfile::tempdir().unwrap();
+        fs::create_dir_all(d.path().join("a/b")).unwrap();
+        fs::write(d.path().join("a/one"), [1u8; 1000]).unwrap();
+        fs::write(d.path().join("a/b/two"), [2u8; 24]).unwrap();
+        std::os::unix::fs::symlink("/etc", d.path().join("a/link")).unwrap();
+        assert_eq!(tree_size(d.path()).unwrap(), 1024);
+        let name = fs_type_name(d.path()).unwrap();
+        assert!(!name.is_empty(), "{name}");
+        let _ = supports_reflink(d.path()).unwrap();
+        let left: Vec<_> = fs::read_dir(d.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(left, ["a"]);
     }
 
     #[test]

@@ -53,21 +53,71 @@ impl std::fmt::Display for TenantFrom {
     }
 }
 
-/// A label filter: `key=value` or `key` (any value).
+/// Which containers are an app's tenants: a label filter (`key=value`, or `key` with any
+/// value), or a container-name prefix (`name:pulse-*`) for hosts whose containers carry no
+/// label of their own.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Selector {
-    /// Label key.
-    pub key: String,
-    /// Required value; none = the label only has to exist.
-    pub value: Option<String>,
+pub enum Selector {
+    /// `key=value` or `key`.
+    Label {
+        /// Label key.
+        key: String,
+        /// Required value; none = the label only has to exist.
+        value: Option<String>,
+    },
+    /// `name:<prefix>*`: every container whose name starts with the prefix.
+    Name {
+        /// What the name starts with.
+        prefix: String,
+    },
 }
 
 impl Selector {
-    /// The Docker `label` filter string.
-    pub fn filter(&self) -> String {
-        match &self.value {
-            Some(v) => format!("{}={v}", self.key),
-            None => self.key.clone(),
+    /// The Docker `label` filter string, for a label selector.
+    pub fn label_filter(&self) -> Option<String> {
+        match self {
+            Selector::Label { key, value: Some(v) } => Some(format!("{key}={v}")),
+            Selector::Label { key, value: None } => Some(key.clone()),
+            Selector::Name { .. } => None,
+        }
+    }
+
+    /// Whether a container with this name (without the leading '/') is selected by name;
+    /// always true for a label selector (the engine filters by label).
+    pub fn name_matches(&self, name: &str) -> bool {
+        match self {
+            Selector::Label { .. } => true,
+            Selector::Name { prefix } => name.starts_with(prefix.as_str()),
+        }
+    }
+}
+
+impl std::fmt::Display for Selector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Selector::Name { prefix } => write!(f, "name:{prefix}*"),
+            label => f.write_str(&label.label_filter().unwrap_or_default()),
+        }
+    }
+}
+
+impl std::str::FromStr for Selector {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Selector, String> {
+        if let Some(pat) = s.strip_prefix("name:") {
+            return match pat.strip_suffix('*') {
+                Some(prefix) if !prefix.is_empty() && !prefix.contains('*') => {
+                    Ok(Selector::Name { prefix: prefix.into() })
+                }
+                _ => Err(format!(
+                    "select \"{s}\": a name selector is a prefix and one trailing '*', e.g. \"name:pulse-*\""
+                )),
+            };
+        }
+        match s.split_once('=') {
+            Some((k, v)) if !k.is_empty() => Ok(Selector::Label { key: k.into(), value: Some(v.into()) }),
+            None if !s.is_empty() => Ok(Selector::Label { key: s.into(), value: None }),
+            _ => Err(format!("select \"{s}\" must be `label=value`, `label` or `name:<prefix>*`")),
         }
     }
 }
@@ -219,11 +269,7 @@ impl RawApp {
             return Err(format!("name \"{}\" must be letters, digits, '-', '_' or '.'", self.name));
         }
         let image: PinnedImage = self.image.parse().map_err(|e| format!("image: {e}"))?;
-        let select = match self.select.split_once('=') {
-            Some((k, v)) if !k.is_empty() => Selector { key: k.into(), value: Some(v.into()) },
-            None if !self.select.is_empty() => Selector { key: self.select.clone(), value: None },
-            _ => return Err(format!("select \"{}\" must be `label=value` or `label`", self.select)),
-        };
+        let select: Selector = self.select.parse()?;
         let tenant_from = if let Some(pat) = self.tenant_from.strip_prefix("name:") {
             match pat.split_once("{tenant}") {
                 Some((p, s)) if !s.contains("{tenant}") => TenantFrom::Name { prefix: p.into(), suffix: s.into() },

@@ -214,6 +214,35 @@ mod tests {
     }
 
     #[test]
+    fn select_is_a_label_filter_or_a_name_prefix() {
+        let cases: &[(&str, Result<Selector, &str>)] = &[
+            ("pulse.managed=true", Ok(Selector::Label { key: "pulse.managed".into(), value: Some("true".into()) })),
+            ("pulse.managed", Ok(Selector::Label { key: "pulse.managed".into(), value: None })),
+            ("name:pulse-*", Ok(Selector::Name { prefix: "pulse-".into() })),
+            ("name:pulse-", Err("trailing '*'")),
+            ("name:*", Err("trailing '*'")),
+            ("name:pu*lse-*", Err("trailing '*'")),
+            ("=x", Err("name:<prefix>*")),
+        ];
+        for (text, want) in cases {
+            let got = text.parse::<Selector>();
+            match (want, &got) {
+                (Ok(w), Ok(g)) => {
+                    assert_eq!(g, w, "{text}");
+                    assert_eq!(g.to_string(), *text, "round trip");
+                }
+                (Err(needle), Err(e)) => assert!(e.contains(needle) && e.contains(text), "{text}: {e}"),
+                _ => panic!("{text}: {got:?}"),
+            }
+        }
+        let by_name: Selector = "name:pulse-*".parse().unwrap();
+        assert!(by_name.name_matches("pulse-t1") && !by_name.name_matches("other-pulse-t1"));
+        assert_eq!(by_name.label_filter(), None);
+        let f = Fleet::parse(&app("").replace("pulse.managed=true", "name:pulse-*"), "fleet.toml").unwrap();
+        assert_eq!(f.apps[0].select, by_name);
+    }
+
+    #[test]
     fn each_bad_fleet_input_gets_a_message_naming_file_app_and_key() {
         let tag = app("").replace(&format!("reg/pulse@sha256:{HEX}"), "reg/pulse:latest");
         let cases: Vec<(String, &[&str])> = vec![

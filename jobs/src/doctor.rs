@@ -1,0 +1,497 @@
+//! `doctor`: what a first run needs, checked one line at a time — the Docker engine and its
+//! API version, the state dir and backup root (writable, which filesystem, whether it clones
+//! files), free space against the largest tenant, the desired-state repo and its head's
+//! `fleet.toml`, the remote (a HEAD on the bucket with the configured credentials) and the
+//! timers. Each line is ok, warn or fail, with the fix; any fail makes the exit code 1.
+//!
+//! It changes nothing it reports on: the writability and reflink probes are temporary files
+//! removed at once; it takes no lock and records no run, so it can run beside any job.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::adapters::docker::{Engine, EngineVersion};
+use crate::adapters::remote::Remote;
+use crate::adapters::{desired, systemd};
+use crate::config::HostConfig;
+use crate::error::{Error, ExitKind, Result};
+
+/// The oldest Docker API slipway is tested against (Docker 20.10).
+pub const MIN_API: (u32, u32) = (1, 41);
+
+/// How long the remote may take to answer the HEAD.
+const REMOTE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How a check came out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Level {
+    /// Fine.
+    Ok,
+    /// Works, but something should be done.
+    Warn,
+    /// A first run would fail.
+    Fail,
+}
+
+impl fmt::Display for Level {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // `pad`, not `write_str`: the human report aligns the words.
+        f.pad(match self {
+            Level::Ok => "ok",
+            Level::Warn => "warn",
+            Level::Fail => "fail",
+        })
+    }
+}
+
+/// One line of the report.
+#[derive(Debug, Clone, Serialize)]
+pub struct Check {
+    /// What was checked: `docker`, `state_dir`, `backup_root`, `free_space`, `desired`,
+    /// `remote`, `timers`.
+    pub check: String,
+    /// How it came out.
+    pub level: Level,
+    /// What was found.
+    pub detail: String,
+    /// What to do, when not ok.
+    pub fix: Option<String>,
+}
+
+/// A directory slipway writes to, as found.
+#[derive(Debug, Clone, Serialize)]
+pub struct DirFacts {
+    /// The config key (`state_dir`, `backup_root`).
+    pub key: String,
+    /// The path.
+    pub path: PathBuf,
+    /// A file could be created in it.
+    pub writable: bool,
+    /// The filesystem's type.
+    pub filesystem: Option<String>,
+    /// Whether that filesystem clones files (FICLONE).
+    pub reflinks: Option<bool>,
+    /// Bytes free to slipway there.
+    pub free_bytes: Option<u64>,
+}
+
+/// The largest tenant data dir.
+#[derive(Debug, Clone, Serialize)]
+pub struct LargestTenant {
+    /// App.
+    pub app: String,
+    /// Tenant.
+    pub tenant: String,
+    /// Its data dir.
+    pub data_dir: PathBuf,
+    /// Bytes in it.
+    pub bytes: u64,
+}
+
+/// The result of `slipway doctor`.
+#[derive(Debug, Clone, Serialize)]
+pub struct DoctorReport {
+    /// The host config checked.
+    pub config: PathBuf,
+    /// Every check, in order.
+    pub checks: Vec<Check>,
+    /// The engine, when it answered.
+    pub docker: Option<EngineVersion>,
+    /// The state dir and the backup root.
+    pub dirs: Vec<DirFacts>,
+    /// The largest tenant, when the fleet and the engine could be read.
+    pub largest_tenant: Option<LargestTenant>,
+    /// Bytes in all tenants' data dirs together.
+    pub tenants_bytes: Option<u64>,
+}
+
+impl DoctorReport {
+    /// Failure when any check failed.
+    pub fn exit_kind(&self) -> ExitKind {
+        if self.checks.iter().any(|c| c.level == Level::Fail) {
+            ExitKind::Failure
+        } else {
+            ExitKind::Success
+        }
+    }
+}
+
+fn line(check: &str, level: Level, detail: String, fix: Option<String>) -> Check {
+    Check { check: check.into(), level, detail, fix }
+}
+
+/// Run `doctor` on the host config loaded from `config`.
+pub async fn doctor(cfg: &HostConfig, config: &Path) -> Result<DoctorReport> {
+    let mut checks = vec![line("config", Level::Ok, format!("{} loads", config.display()), None)];
+
+    // The engine.
+    let (engine, docker) = match Engine::connect(&cfg.docker).await {
+        Ok(e) => match e.version().await {
+            Ok(v) => {
+                let old = api_tuple(&v.negotiated).is_some_and(|a| a < MIN_API);
+                let detail =
+                    format!("Docker {} reachable, API {} (slipway speaks {})", v.version, v.api_version, v.negotiated);
+                checks.push(if old {
+                    line(
+                        "docker",
+                        Level::Warn,
+                        detail,
+                        Some(format!(
+                            "upgrade the engine: slipway is tested with API {}.{} (Docker 20.10) and newer",
+                            MIN_API.0, MIN_API.1
+                        )),
+                    )
+                } else {
+                    line("docker", Level::Ok, detail, None)
+                });
+                (Some(e), Some(v))
+            }
+            Err(err) => {
+                checks.push(docker_fail(cfg, &err));
+                (None, None)
+            }
+        },
+        Err(err) => {
+            checks.push(docker_fail(cfg, &err));
+            (None, None)
+        }
+    };
+
+    // The dirs slipway writes.
+    let mut dirs = Vec::new();
+    for (key, path) in [("state_dir", &cfg.state_dir), ("backup_root", &cfg.backup_root)] {
+        let (check, facts) = dir_check(key, path.clone()).await?;
+        checks.push(check);
+        dirs.push(facts);
+    }
+
+    // The desired state (before the free space: the tenants come from it).
+    let state = {
+        let (d, s) = (cfg.desired.clone(), cfg.state_dir.clone());
+        crate::blocking::run("reading the desired state", move || desired::read(&d, &s, None)).await?
+    };
+    let fleet = match state {
+        Ok(st) => {
+            let names: Vec<&str> = st.fleet.apps.iter().map(|a| a.name.as_str()).collect();
+            checks.push(line(
+                "desired",
+                Level::Ok,
+                format!(
+                    "{} ({}) at commit {}: {} parses, {} app(s): {}",
+                    desired::redact(&cfg.desired.repo),
+                    cfg.desired.branch,
+                    &st.commit[..12.min(st.commit.len())],
+                    cfg.desired.file,
+                    names.len(),
+                    names.join(", ")
+                ),
+                None,
+            ));
+            Some(st.fleet)
+        }
+        Err(e) => {
+            checks.push(line(
+                "desired",
+                Level::Fail,
+                {
+                    // Most errors name the repo already; say it once.
+                    let (repo, e) = (desired::redact(&cfg.desired.repo), desired::redact(&e.to_string()));
+                    if e.contains(&repo) {
+                        e
+                    } else {
+                        format!("desired.repo {repo}: {e}")
+                    }
+                },
+                Some(
+                    "check desired.repo, desired.branch and desired.file; the branch's head must hold fleet.toml \
+                     (`slipway init` writes one to start from)"
+                        .into(),
+                ),
+            ));
+            None
+        }
+    };
+
+    // Free space against the tenants.
+    let (largest_tenant, tenants_bytes) = match (&engine, &fleet) {
+        (Some(engine), Some(fleet)) => {
+            let mut dirs_of = Vec::new();
+            for app in &fleet.apps {
+                match engine.tenants(app).await {
+                    Ok(ts) => dirs_of.extend(
+                        ts.into_iter().map(|t| (app.name.clone(), t.tenant.to_string(), app.data_dir_of(&t.tenant))),
+                    ),
+                    Err(e) => tracing::warn!("app {}: cannot list its tenants: {e}", app.name),
+                }
+            }
+            crate::blocking::run("measuring the tenants' data", move || {
+                let mut largest: Option<LargestTenant> = None;
+                let mut total = 0u64;
+                for (app, tenant, dir) in dirs_of {
+                    let bytes = crate::fsutil::tree_size(&dir).unwrap_or(0);
+                    total = total.saturating_add(bytes);
+                    if largest.as_ref().is_none_or(|l| bytes > l.bytes) {
+                        largest = Some(LargestTenant { app, tenant, data_dir: dir, bytes });
+                    }
+                }
+                (largest, Some(total))
+            })
+            .await?
+        }
+        _ => (None, None),
+    };
+    let free = dirs.iter().find(|d| d.key == "backup_root").and_then(|d| d.free_bytes);
+    checks.push(space_check(free, largest_tenant.as_ref(), tenants_bytes, &cfg.backup_root));
+
+    // The remote.
+    checks.push(remote_check(cfg).await);
+
+    // The timers.
+    checks.push(crate::blocking::run("asking systemd about the timers", timers_check).await?);
+
+    Ok(DoctorReport { config: config.to_path_buf(), checks, docker, dirs, largest_tenant, tenants_bytes })
+}
+
+fn docker_fail(cfg: &HostConfig, err: &Error) -> Check {
+    let place = cfg.docker.host.clone().unwrap_or_else(|| "$DOCKER_HOST, else the local socket".into());
+    line(
+        "docker",
+        Level::Fail,
+        format!("{err} ({place})"),
+        Some(
+            "start the engine (`systemctl start docker`), or point [docker] host at it; slipway needs API 1.41 \
+             (Docker 20.10) or newer"
+                .into(),
+        ),
+    )
+}
+
+fn api_tuple(v: &str) -> Option<(u32, u32)> {
+    let (a, b) = v.split_once('.')?;
+    Some((a.parse().ok()?, b.parse().ok()?))
+}
+
+/// Exists, writable (a temporary file created and removed), which filesystem, reflinks, free.
+async fn dir_check(key: &'static str, path: PathBuf) -> Result<(Check, DirFacts)> {
+    crate::blocking::run("checking a directory", move || {
+        use std::os::unix::fs::PermissionsExt;
+        let mut facts = DirFacts {
+            key: key.into(),
+            path: path.clone(),
+            writable: false,
+            filesystem: None,
+            reflinks: None,
+            free_bytes: None,
+        };
+        let meta = match std::fs::metadata(&path) {
+            Ok(m) if m.is_dir() => m,
+            Ok(_) => {
+                let fix = format!("{key} must be a directory; point {key} at one");
+                return (line(key, Level::Fail, format!("{} is not a directory", path.display()), Some(fix)), facts);
+            }
+            Err(e) => {
+                let fix = format!(
+                    "`sudo deploy/install.sh` creates it (or the package does), or `sudo install -d -m 700 {}`",
+                    path.display()
+                );
+                return (line(key, Level::Fail, format!("{}: {e}", path.display()), Some(fix)), facts);
+            }
+        };
+        let probe = tempfile::Builder::new().prefix(".slipway-doctor-").tempfile_in(&path);
+        if let Err(e) = probe.and_then(|f| f.as_file().sync_all()) {
+            let fix = "run slipway as the user the timers run as (root by default), or chown the directory to it";
+            let detail = format!("{}: cannot create a file in it: {e}", path.display());
+            return (line(key, Level::Fail, detail, Some(fix.into())), facts);
+        }
+        facts.writable = true;
+        facts.filesystem = crate::fsutil::fs_type_name(&path).ok();
+        facts.reflinks = crate::fsutil::supports_reflink(&path).ok();
+        facts.free_bytes = crate::fsutil::free_bytes(&path).ok();
+        let fs = facts.filesystem.clone().unwrap_or_else(|| "an unknown filesystem".into());
+        let reflinks = match facts.reflinks {
+            Some(true) => "yes",
+            Some(false) => "no",
+            None => "unknown",
+        };
+        let free = facts.free_bytes.map_or("?".into(), human_bytes);
+        let detail = format!("{}: writable, {fs}, reflinks: {reflinks}, {free} free", path.display());
+        let mode = meta.permissions().mode() & 0o777;
+        let check = if mode & 0o077 != 0 {
+            let holds = if key == "state_dir" { "the run record" } else { "every tenant's data" };
+            let fix = format!("`chmod 700 {}`: it holds {holds}", path.display());
+            line(key, Level::Warn, format!("{detail}; mode {mode:04o} lets other users read it"), Some(fix))
+        } else {
+            line(key, Level::Ok, detail, None)
+        };
+        (check, facts)
+    })
+    .await
+}
+
+fn space_check(free: Option<u64>, largest: Option<&LargestTenant>, total: Option<u64>, root: &Path) -> Check {
+    let (Some(free), Some(l), Some(total)) = (free, largest, total) else {
+        let why = if free.is_none() {
+            "the backup root cannot be read"
+        } else {
+            "the tenants are not known (see the docker and desired lines)"
+        };
+        return line(
+            "free_space",
+            Level::Warn,
+            format!("cannot compare: {why}"),
+            Some("fix the lines above, then run doctor again".into()),
+        );
+    };
+    let detail = format!(
+        "{} free under {}; the largest tenant, {} of app {}, holds {}; all tenants {}",
+        human_bytes(free),
+        root.display(),
+        l.tenant,
+        l.app,
+        human_bytes(l.bytes),
+        human_bytes(total)
+    );
+    if free < l.bytes {
+        line(
+            "free_space",
+            Level::Fail,
+            detail,
+            Some(format!(
+                "make room under {} (or point backup_root at a bigger disk): a rollout's snapshot of {} may not fit",
+                root.display(),
+                l.tenant
+            )),
+        )
+    } else if free < total {
+        line(
+            "free_space",
+            Level::Warn,
+            detail,
+            Some("a daily snapshot of every tenant may not fit if the data does not compress; add room".into()),
+        )
+    } else {
+        line("free_space", Level::Ok, detail, None)
+    }
+}
+
+async fn remote_check(cfg: &HostConfig) -> Check {
+    let Some(rc) = &cfg.remote else {
+        return line(
+            "remote",
+            Level::Warn,
+            "no [remote]: the snapshots stay on this host only".into(),
+            Some("add [remote] (DigitalOcean Spaces or any S3 API) to the host config, then run doctor again".into()),
+        );
+    };
+    let place = format!("{} bucket {}", rc.endpoint.as_deref().unwrap_or("AWS S3"), rc.bucket);
+    let head = async {
+        let remote = Remote::connect(rc).await?;
+        remote.head_bucket().await
+    };
+    match tokio::time::timeout(REMOTE_TIMEOUT, head).await {
+        Ok(Ok(())) => line("remote", Level::Ok, format!("{place}: reachable with the credentials"), None),
+        Ok(Err(e @ Error::RemoteAuth { .. })) => line(
+            "remote",
+            Level::Fail,
+            format!("{place}: {e}"),
+            Some("check remote.credentials_file (profile default) or the AWS_* environment".into()),
+        ),
+        Ok(Err(e)) => line(
+            "remote",
+            Level::Fail,
+            format!("{place}: {e}"),
+            Some("check remote.endpoint, remote.bucket and that this host can reach the store".into()),
+        ),
+        Err(_) => line(
+            "remote",
+            Level::Fail,
+            format!("{place}: no answer within {} s", REMOTE_TIMEOUT.as_secs()),
+            Some("check remote.endpoint and that this host can reach the store".into()),
+        ),
+    }
+}
+
+fn timers_check() -> Check {
+    if !systemd::is_systemd_host() {
+        return if Path::new(systemd::CRON_FILE).is_file() {
+            line("timers", Level::Ok, format!("not a systemd host; {} is installed", systemd::CRON_FILE), None)
+        } else {
+            line(
+                "timers",
+                Level::Warn,
+                format!("not a systemd host, and {} is not installed: nothing runs the jobs", systemd::CRON_FILE),
+                Some(format!(
+                    "`sudo deploy/install.sh` installs it (or copy deploy/cron.d/slipway to {})",
+                    systemd::CRON_FILE
+                )),
+            )
+        };
+    }
+    let states = systemd::enabled_states(systemd::TIMERS);
+    let off: Vec<&(String, String)> = states.iter().filter(|(_, s)| s != "enabled").collect();
+    if off.is_empty() {
+        return line("timers", Level::Ok, format!("enabled: {}", systemd::TIMERS.join(", ")), None);
+    }
+    let detail = off.iter().map(|(u, s)| format!("{u} ({s})")).collect::<Vec<_>>().join(", ");
+    let missing = off.iter().any(|(_, s)| s == "not-found");
+    let fix = if missing {
+        "install the units: `sudo deploy/install.sh` (or the package), which enables them".to_string()
+    } else {
+        format!("sudo systemctl enable --now {}", off.iter().map(|(u, _)| u.as_str()).collect::<Vec<_>>().join(" "))
+    };
+    line("timers", Level::Warn, format!("not enabled: {detail}"), Some(fix))
+}
+
+/// `1.5 GiB`.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+impl fmt::Display for DoctorReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for c in &self.checks {
+            writeln!(f, "{:<4}  {:<11}  {}", c.level, c.check, c.detail)?;
+            if let Some(fix) = &c.fix {
+                writeln!(f, "      {:<11}  fix: {fix}", "")?;
+            }
+        }
+        let fails = self.checks.iter().filter(|c| c.level == Level::Fail).count();
+        let warns = self.checks.iter().filter(|c| c.level == Level::Warn).count();
+        writeln!(f, "{fails} fail, {warns} warn")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn free_space_fails_below_the_largest_tenant_and_warns_below_all_of_them() {
+        let l = LargestTenant { app: "a".into(), tenant: "t1".into(), data_dir: "/d/t1".into(), bytes: 100 };
+        let root = Path::new("/b");
+        let cases = [(99, Level::Fail), (100, Level::Warn), (250, Level::Warn), (300, Level::Ok)];
+        for (free, want) in cases {
+            let c = space_check(Some(free), Some(&l), Some(300), root);
+            assert_eq!(c.level, want, "{free}: {}", c.detail);
+            assert_eq!(c.fix.is_some(), want != Level::Ok);
+        }
+        assert_eq!(space_check(Some(1), None, None, root).level, Level::Warn);
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(api_tuple("1.41"), Some((1, 41)));
+    }
+}
