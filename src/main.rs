@@ -13,7 +13,9 @@ use slipway_jobs::config::HostConfig;
 use slipway_jobs::context::Cancel;
 use slipway_jobs::error::{Error, ExitKind};
 use slipway_jobs::runner::{self, Job, RunnerOptions};
-use slipway_jobs::{doctor, drill, init, prune, reconcile, recover, restore, rollback, rollout, snapshot, sync, verify};
+use slipway_jobs::{
+    doctor, drill, init, prune, reconcile, recover, restore, rollback, rollout, snapshot, sync, verify,
+};
 
 use crate::cli::{Cli, Command, ConfigAction, RunsShow};
 use crate::output::Printer;

@@ -417,7 +417,8 @@ impl Engine {
             else {
                 continue;
             };
-            if crate::naming::is_pre_rollout(&name) || crate::naming::is_drill(&name) || !app.select.name_matches(&name) {
+            if crate::naming::is_pre_rollout(&name) || crate::naming::is_drill(&name) || !app.select.name_matches(&name)
+            {
                 continue;
             }
             let labels = c.labels.clone().unwrap_or_default();
