@@ -35,7 +35,7 @@ done
 run() { if [ $dry = 1 ]; then echo "would: $*"; else "$@"; fi; }
 say() { echo "install: $*"; }
 D=$destdir
-TIMERS="slipway-reconcile.timer slipway-snapshot.timer slipway-sync.timer slipway-prune.timer slipway-verify.timer"
+TIMERS="slipway-reconcile.timer slipway-snapshot.timer slipway-sync.timer slipway-prune.timer slipway-verify.timer slipway-drill.timer"
 
 # The assets list: one ["source", "destination", "mode"] per line of the array. A line in the
 # array that is not in that form is an error, so the list can never be read half.

@@ -26,7 +26,7 @@ cleanup() {
 trap cleanup EXIT
 fail() { echo "check-deb: FAIL: $*" >&2; exit 1; }
 ok() { echo "check-deb: ok: $*"; }
-TIMERS="reconcile snapshot sync prune verify"
+TIMERS="reconcile snapshot sync prune verify drill"
 
 # 1. contents and modes
 dpkg-deb -c "$deb" | awk '{ print $1, $6 }' >"$tmp/contents"

@@ -65,6 +65,8 @@ pub enum Command {
     Snapshot(SnapshotArgs),
     /// Bring one tenant's data back from a daily or rollout snapshot, local or remote.
     Restore(RestoreArgs),
+    /// Prove a backup restores: restore tenants into scratch and health-check a throw-away copy.
+    Drill(DrillArgs),
     /// Re-hash archives against their manifests; --deep also extracts and checks every file.
     Verify(VerifyArgs),
     /// Apply the retention policy to local and remote snapshots.
@@ -221,6 +223,32 @@ pub struct RestoreArgs {
     pub dry_run: bool,
 }
 
+/// `drill`: restore each chosen tenant's snapshot into a scratch dir and start a throw-away
+/// container of its current image on it, on an internal network of its own with no routing
+/// labels, no published ports and no alias of the tenant; health-check it, record the times,
+/// remove it all. The live tenant is never touched.
+#[derive(Debug, Args)]
+pub struct DrillArgs {
+    /// Drill this tenant (repeatable).
+    #[arg(long = "tenant", value_name = "ID", required_unless_present = "all", conflicts_with = "all")]
+    pub tenants: Vec<TenantId>,
+    /// Drill every tenant of every app, one at a time.
+    #[arg(long)]
+    pub all: bool,
+    /// Fetch the archives from the remote (as `restore --remote` does).
+    #[arg(long)]
+    pub remote: bool,
+    /// From the daily snapshot of this day (YYYY-MM-DD).
+    #[arg(long, value_name = "YYYY-MM-DD", conflicts_with = "latest")]
+    pub day: Option<String>,
+    /// From each tenant's newest snapshot (the default).
+    #[arg(long)]
+    pub latest: bool,
+    /// Show which tenants would be drilled and touch nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
 /// `verify`.
 #[derive(Debug, Args)]
 pub struct VerifyArgs {
@@ -273,6 +301,7 @@ impl Command {
             Command::Rollback(_) => "rollback",
             Command::Snapshot(_) => "snapshot",
             Command::Restore(_) => "restore",
+            Command::Drill(_) => "drill",
             Command::Verify(_) => "verify",
             Command::Prune(_) => "prune",
             Command::Sync(_) => "sync",

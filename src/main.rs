@@ -13,7 +13,9 @@ use slipway_jobs::config::HostConfig;
 use slipway_jobs::context::Cancel;
 use slipway_jobs::error::{Error, ExitKind};
 use slipway_jobs::runner::{self, Job, RunnerOptions};
-use slipway_jobs::{doctor, init, prune, reconcile, recover, restore, rollback, rollout, snapshot, sync, verify};
+use slipway_jobs::{
+    doctor, drill, init, prune, reconcile, recover, restore, rollback, rollout, snapshot, sync, verify,
+};
 
 use crate::cli::{Cli, Command, ConfigAction, RunsShow};
 use crate::output::Printer;
@@ -178,6 +180,16 @@ fn job(command: &Command) -> Result<Option<Job>, Error> {
                 dry_run: a.dry_run,
             })
         }
+        Command::Drill(a) => Job::Drill(drill::DrillOptions {
+            tenants: a.tenants.clone(),
+            all: a.all,
+            remote: a.remote,
+            source: match &a.day {
+                Some(d) => restore::Source::Day(d.clone()),
+                None => restore::Source::Latest,
+            },
+            dry_run: a.dry_run,
+        }),
         Command::Verify(a) => Job::Verify(verify::VerifyOptions { day: a.day.clone(), deep: a.deep, remote: a.remote }),
         Command::Sync(a) => Job::Sync(sync::SyncOptions { dry_run: a.dry_run }),
         Command::Prune(a) => Job::Prune(prune::PruneOptions { dry_run: a.dry_run }),

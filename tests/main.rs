@@ -11,6 +11,7 @@ mod adopt;
 mod backup;
 mod crash;
 mod crypt;
+mod drill;
 mod foundation;
 mod offsite;
 mod ops;

@@ -832,7 +832,7 @@ fn next_commands(config: &Path, fleet: &Path) -> Vec<String> {
         check,
         "sudo deploy/install.sh && slipway doctor   # installs and enables the timers (with the package: \
          sudo systemctl enable --now slipway-reconcile.timer slipway-snapshot.timer slipway-sync.timer \
-         slipway-prune.timer slipway-verify.timer)"
+         slipway-prune.timer slipway-verify.timer slipway-drill.timer)"
             .to_string(),
     ]
 }

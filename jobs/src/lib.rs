@@ -47,6 +47,7 @@ pub mod types;
 // job protocol), the job context, undo, trust and the off-site copy.
 pub mod context;
 pub mod doctor;
+pub mod drill;
 pub mod init;
 pub mod offsite;
 pub mod prune;
@@ -78,6 +79,7 @@ mod architecture_tests {
     /// The job modules: adapters may not name any of them.
     const JOBS: &[&str] = &[
         "doctor",
+        "drill",
         "init",
         "prune",
         "reconcile",

@@ -9,7 +9,10 @@
 //!   extracted —, prior container back, started, health-checked; a copy that was not needed
 //!   is removed (its data dir was never touched);
 //! - a tenant a snapshot paused or stopped is unpaused or started again; a restore's stopped
-//!   container is started.
+//!   container is started;
+//! - what a killed restore drill made — its throw-away containers and networks (labelled
+//!   [`crate::naming::DRILL_LABEL`]) and its scratch copies — is removed; the drill never
+//!   touched the live tenant, so nothing else is to be done.
 //!
 //! Each run is then marked finished with outcome `recovered`. Idempotent: a second run finds
 //! nothing unfinished and changes nothing.
@@ -111,8 +114,16 @@ pub async fn recover(ctx: &Ctx, opts: &RecoverOptions) -> Result<RecoverReport> 
             .into_iter()
             .filter(|r| matches!(r.job.as_str(), "snapshot" | "restore") && r.id != ctx.run_id.as_str()),
     );
+    // A drill's leftovers: a killed drill's run, or a scratch copy nobody removed.
+    let drill_root = crate::layout::drill_root(&ctx.cfg.backup_root);
+    let drill_left = unfinished.iter().any(|r| r.job == "drill")
+        || std::fs::read_dir(&drill_root).is_ok_and(|mut rd| rd.next().is_some());
     if unfinished.is_empty() {
-        let swept = sweep(ctx, opts.dry_run)?;
+        let mut swept = sweep(ctx, opts.dry_run)?;
+        if drill_left {
+            let engine = Engine::connect(&ctx.cfg.docker).await?;
+            swept.extend(sweep_drills(ctx, &engine, opts.dry_run).await?);
+        }
         return Ok(RecoverReport { dry_run: opts.dry_run, runs, swept });
     }
     let engine = Engine::connect(&ctx.cfg.docker).await?;
@@ -124,6 +135,7 @@ pub async fn recover(ctx: &Ctx, opts: &RecoverOptions) -> Result<RecoverReport> 
         let steps = ctx.store.steps(&run.id)?;
         let tenants = match run.job.as_str() {
             "rollout" | "rollback" => recover_rollout(ctx, &engine, &prober, &run, &steps, opts.dry_run).await?,
+            "drill" => recover_drill(&steps, opts.dry_run),
             _ => recover_held(&engine, &steps, opts.dry_run).await?,
         };
         if !opts.dry_run {
@@ -145,7 +157,10 @@ pub async fn recover(ctx: &Ctx, opts: &RecoverOptions) -> Result<RecoverReport> 
     }
     // Only now: an unfinished rollout's snapshot dir may have had no manifest yet, and its
     // undo above needed the archive in it.
-    let swept = sweep(ctx, opts.dry_run)?;
+    let mut swept = sweep(ctx, opts.dry_run)?;
+    if drill_left {
+        swept.extend(sweep_drills(ctx, &engine, opts.dry_run).await?);
+    }
     let report = RecoverReport { dry_run: opts.dry_run, runs, swept };
     if !opts.dry_run {
         let kind = report.exit_kind();
@@ -258,6 +273,93 @@ fn kept_copies(ctx: &Ctx) -> Result<Vec<String>> {
         }
     }
     Ok(out)
+}
+
+/// Remove what this host's restore drills left: every container and network labelled
+/// [`crate::naming::DRILL_LABEL`] with the id of a drill run in this run record (not this run),
+/// and every scratch copy under the drill root, and say so. Under the host lock no other drill
+/// of this host runs, so all of it is left over (a drill calls this first too). A drill label
+/// naming a run this record does not know is another slipway's (another state dir on the same
+/// engine) and is left alone.
+pub async fn sweep_drills(ctx: &Ctx, engine: &Engine, dry_run: bool) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    let (containers, networks) = engine.labelled(crate::naming::DRILL_LABEL).await?;
+    let mut ours = std::collections::HashMap::new();
+    let mut is_ours = |run: &str| -> Result<bool> {
+        if run == ctx.run_id.as_str() {
+            return Ok(false);
+        }
+        if let Some(known) = ours.get(run) {
+            return Ok(*known);
+        }
+        let known = ctx.store.run(run)?.is_some_and(|r| r.job == "drill");
+        ours.insert(run.to_string(), known);
+        Ok(known)
+    };
+    let mut containers_ours = Vec::new();
+    for (c, run) in containers {
+        if is_ours(&run)? {
+            containers_ours.push(c);
+        }
+    }
+    let mut networks_ours = Vec::new();
+    for (n, run) in networks {
+        if is_ours(&run)? {
+            networks_ours.push(n);
+        }
+    }
+    let (containers, networks) = (containers_ours, networks_ours);
+    let verb = if dry_run { "would remove" } else { "removed" };
+    for c in containers {
+        let r = if dry_run { Ok(()) } else { engine.remove_with_volumes(&c).await };
+        out.push(match r {
+            Ok(()) => format!("{verb} container {c} (a restore drill's, left by a drill that died)"),
+            Err(e) => format!("could not remove container {c} (a restore drill's): {e}"),
+        });
+    }
+    for n in networks {
+        let r = if dry_run { Ok(()) } else { engine.remove_network(&n).await };
+        out.push(match r {
+            Ok(()) => format!("{verb} network {n} (a restore drill's, left by a drill that died)"),
+            Err(e) => format!("could not remove network {n} (a restore drill's): {e}"),
+        });
+    }
+    let root = crate::layout::drill_root(&ctx.cfg.backup_root);
+    if let Ok(rd) = std::fs::read_dir(&root) {
+        for e in rd.flatten() {
+            let path = e.path();
+            let r = if dry_run { Ok(()) } else { std::fs::remove_dir_all(&path) };
+            out.push(match r {
+                Ok(()) => {
+                    format!("{verb} {} (a restore drill's scratch copy, left by a drill that died)", path.display())
+                }
+                Err(e) => format!("could not remove {} (a restore drill's scratch copy): {e}", path.display()),
+            });
+        }
+        if !dry_run {
+            let _ = std::fs::remove_dir(&root);
+        }
+    }
+    Ok(out)
+}
+
+/// A killed drill's tenants: nothing of theirs was touched; what the drill made is removed by
+/// [`sweep_drills`].
+fn recover_drill(steps: &[StepRow], dry_run: bool) -> Vec<TenantAction> {
+    let mut out: Vec<TenantAction> = Vec::new();
+    for s in steps {
+        let Some(t) = &s.tenant else { continue };
+        let found = format!("drill step {} {}", s.step, s.outcome.as_deref().unwrap_or("unfinished"));
+        let action = format!(
+            "{} its throw-away container, network and scratch copy (the live tenant was never touched)",
+            if dry_run { "would remove" } else { "removed" }
+        );
+        match out.iter_mut().find(|a| a.tenant == *t) {
+            Some(a) => a.found = found,
+            None => out.push(TenantAction { tenant: t.clone(), found, action, ok: true }),
+        }
+    }
+    out
 }
 
 async fn recover_rollout(

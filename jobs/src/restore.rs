@@ -81,10 +81,24 @@ pub struct RestoreReport {
 /// A located snapshot archive of a tenant.
 #[derive(Debug, Clone)]
 pub struct Located {
-    /// The snapshot directory (`daily/<day>` or `rollout/<run>`).
+    /// The snapshot directory (`daily/<day>` or `rollout/<run>`), or its stand-in in the remote cache.
     pub dir: PathBuf,
     /// Its manifest entry for the tenant.
     pub entry: ArchiveEntry,
+    /// The snapshot it belongs to.
+    pub snapshot: SnapshotId,
+}
+
+/// A tenant's archive, found locally or fetched from the remote, whose sha256 matched its
+/// manifest entry: what `restore` and `drill` go on from.
+#[derive(Debug, Clone)]
+pub struct Fetched {
+    /// Where it was found.
+    pub loc: Located,
+    /// The archive file.
+    pub archive: PathBuf,
+    /// Its sha256, as checked.
+    pub sha256: String,
 }
 
 impl Source {
@@ -127,18 +141,18 @@ pub fn locate(backup_root: &Path, tenant: &TenantId, source: &Source) -> Result<
         || Error::Usage(format!("no complete snapshot of tenant {tenant} {}; see `slipway status`", source.describe()));
     if let Some(snap) = source.snapshot()? {
         let dir = snap.dir(backup_root);
-        return find(&dir)?.map(|entry| Located { dir, entry }).ok_or_else(missing);
+        return find(&dir)?.map(|entry| Located { dir, entry, snapshot: snap }).ok_or_else(missing);
     }
     let mut found = Vec::new();
     for snap in layout::complete(backup_root)? {
         // One unreadable day does not hide every other one from --latest (verify names it).
         match find(&snap.dir) {
-            Ok(Some(entry)) => found.push((snap.id, entry, snap.dir)),
+            Ok(Some(entry)) => found.push((snap.id.clone(), entry, (snap.dir, snap.id))),
             Ok(None) => {}
             Err(e) => tracing::warn!("{}: skipped: {e}", snap.id),
         }
     }
-    newest(found).map(|(entry, dir)| Located { dir, entry }).ok_or_else(missing)
+    newest(found).map(|(entry, (dir, snapshot))| Located { dir, entry, snapshot }).ok_or_else(missing)
 }
 
 /// Download a tenant's archive (and the manifest naming it) into the remote cache under the
@@ -184,7 +198,7 @@ pub async fn fetch_remote(cfg: &HostConfig, tenant: &TenantId, source: &Source) 
         }
         .await;
         match fetched {
-            Ok(Some(entry)) => return Ok(Located { dir, entry }),
+            Ok(Some(entry)) => return Ok(Located { dir, entry, snapshot: snap }),
             Ok(None) => continue,
             Err(e) => {
                 if made {
@@ -197,6 +211,24 @@ pub async fn fetch_remote(cfg: &HostConfig, tenant: &TenantId, source: &Source) 
     Err(Error::Usage(format!("no complete remote snapshot of tenant {tenant} at {}", remote.place())))
 }
 
+/// The tenant's archive that `source` names, from the backup root or (`remote`) downloaded
+/// into the remote cache, with its sha256 checked against its manifest entry before anything
+/// is touched: the one way `restore` and `drill` get an archive.
+pub async fn fetch_verified(cfg: &HostConfig, tenant: &TenantId, source: &Source, remote: bool) -> Result<Fetched> {
+    let loc = if remote { fetch_remote(cfg, tenant, source).await? } else { locate(&cfg.backup_root, tenant, source)? };
+    let archive_path = loc.dir.join(&loc.entry.path);
+    let (a, want) = (archive_path.clone(), loc.entry.sha256.clone());
+    let (got, _) = crate::blocking::run("hash", move || archive::sha256_file(&a)).await??;
+    if got != want {
+        return Err(Error::Archive(archive::ArchiveError::HashMismatch {
+            archive: archive_path,
+            expected: want,
+            actual: got,
+        }));
+    }
+    Ok(Fetched { loc, archive: archive_path, sha256: got })
+}
+
 /// Room a restore needs beyond the file contents, per entry (a block for its inode, dir entry
 /// and last partial block).
 const PER_ENTRY_BYTES: u64 = 4096;
@@ -204,7 +236,7 @@ const PER_ENTRY_BYTES: u64 = 4096;
 /// Before anything is extracted: the file list must be the one the manifest recorded, and the
 /// filesystem the files will land on (`on`: the target, else its nearest existing ancestor) must
 /// have room for every file in it. Read as a stream, so a huge list costs no memory.
-async fn preflight(loc: &Located, target: &Path) -> Result<()> {
+pub async fn preflight(loc: &Located, target: &Path) -> Result<()> {
     let list = loc.dir.join(&loc.entry.file_list);
     let (want, mut on) = (loc.entry.file_list_sha256.clone(), target.to_path_buf());
     while !on.exists() {
@@ -279,22 +311,9 @@ pub async fn restore(ctx: &Ctx, opts: &RestoreOptions) -> Result<RestoreReport> 
             return restore_replaced(ctx, opts, &kept).await;
         }
     }
-    let loc = if opts.remote {
-        fetch_remote(&ctx.cfg, &opts.tenant, &opts.source).await?
-    } else {
-        locate(&ctx.cfg.backup_root, &opts.tenant, &opts.source)?
-    };
-    let archive_path = loc.dir.join(&loc.entry.path);
-    // Verify before touching anything.
-    let (a, want) = (archive_path.clone(), loc.entry.sha256.clone());
-    let (got, _) = crate::blocking::run("hash", move || archive::sha256_file(&a)).await??;
-    if got != want {
-        return Err(Error::Archive(archive::ArchiveError::HashMismatch {
-            archive: archive_path,
-            expected: want,
-            actual: got,
-        }));
-    }
+    // Verified before anything is touched.
+    let Fetched { loc, archive: archive_path, sha256: got } =
+        fetch_verified(&ctx.cfg, &opts.tenant, &opts.source, opts.remote).await?;
     let mut report = RestoreReport {
         tenant: opts.tenant.to_string(),
         archive: archive_path.clone(),

@@ -20,7 +20,7 @@ use crate::adapters::{lock, metrics, notify};
 use crate::config::HostConfig;
 use crate::context::{Cancel, Ctx};
 use crate::error::{Error, ExitKind, Result};
-use crate::{prune, reconcile, recover, restore, rollback, rollout, runs, snapshot, status, sync, verify};
+use crate::{drill, prune, reconcile, recover, restore, rollback, rollout, runs, snapshot, status, sync, verify};
 
 /// One invocation of a job, with its options.
 #[derive(Debug, Clone)]
@@ -37,6 +37,8 @@ pub enum Job {
     Snapshot(snapshot::SnapshotOptions),
     /// `restore`.
     Restore(restore::RestoreOptions),
+    /// `drill`.
+    Drill(drill::DrillOptions),
     /// `verify` (local, or `--remote`).
     Verify(verify::VerifyOptions),
     /// `sync`.
@@ -67,6 +69,7 @@ impl Job {
             Job::Recover(_) => "recover",
             Job::Snapshot(_) => "snapshot",
             Job::Restore(_) => "restore",
+            Job::Drill(_) => "drill",
             Job::Verify(_) => "verify",
             Job::Sync(_) => "sync",
             Job::Prune(_) => "prune",
@@ -84,6 +87,7 @@ impl Job {
             Job::Recover(o) => o.dry_run,
             Job::Snapshot(o) => o.dry_run,
             Job::Restore(o) => o.dry_run,
+            Job::Drill(o) => o.dry_run,
             Job::Sync(o) => o.dry_run,
             Job::Prune(o) => o.dry_run,
             Job::Verify(_) | Job::Status | Job::Runs { .. } | Job::RunShow { .. } => false,
@@ -95,7 +99,8 @@ impl Job {
         matches!(self, Job::Status | Job::Runs { .. } | Job::RunShow { .. })
     }
 
-    /// Jobs that change containers first finish or undo what a killed run left behind.
+    /// Jobs that change containers first finish or undo what a killed run left behind. `drill`
+    /// does not: it changes no tenant (and removes an earlier drill's leftovers itself).
     fn recovers_first(&self) -> bool {
         matches!(self, Job::Rollout(_) | Job::Reconcile(_) | Job::Rollback(_) | Job::Restore(_) | Job::Snapshot(_))
             && !self.dry_run()
@@ -132,6 +137,8 @@ pub enum Report {
     Snapshot(snapshot::SnapshotReport),
     /// `restore`.
     Restore(restore::RestoreReport),
+    /// `drill`.
+    Drill(drill::DrillReport),
     /// `verify`.
     Verify(verify::VerifyReport),
     /// `sync`.
@@ -155,6 +162,7 @@ impl fmt::Display for Report {
             Report::Recover(r) => r.fmt(f),
             Report::Snapshot(r) => r.fmt(f),
             Report::Restore(r) => r.fmt(f),
+            Report::Drill(r) => r.fmt(f),
             Report::Verify(r) => r.fmt(f),
             Report::Sync(r) => r.fmt(f),
             Report::Prune(r) => r.fmt(f),
@@ -175,6 +183,7 @@ impl Report {
             Report::Recover(r) => r.exit_kind(),
             Report::Snapshot(r) => r.exit_kind(),
             Report::Restore(r) => r.outcome,
+            Report::Drill(r) => r.exit_kind(),
             Report::Verify(r) => r.exit_kind(),
             Report::Sync(r) => r.exit_kind(),
             Report::Prune(r) => r.exit_kind(),
@@ -347,6 +356,7 @@ async fn call(ctx: &mut Ctx, job: &Job) -> Result<Report> {
         Job::Recover(o) => Report::Recover(recover::recover(ctx, o).await?),
         Job::Snapshot(o) => Report::Snapshot(snapshot::snapshot(ctx, o).await?),
         Job::Restore(o) => Report::Restore(restore::restore(ctx, o).await?),
+        Job::Drill(o) => Report::Drill(drill::drill(ctx, o).await?),
         Job::Verify(o) if o.remote => Report::Verify(verify::verify_remote(&ctx.cfg, o).await?),
         Job::Verify(o) => Report::Verify(verify::verify(&ctx.cfg.backup_root, o).await?),
         Job::Sync(o) => Report::Sync(sync::sync(ctx, o).await?),
@@ -368,6 +378,20 @@ fn newest_daily_snapshots(ctx: &Ctx) -> BTreeMap<String, i64> {
         }
     }
     newest
+}
+
+/// Every tenant's newest successful drill in the run record: (unix seconds it ended, seconds
+/// from fetch to healthy).
+fn newest_drills(ctx: &Ctx) -> BTreeMap<String, metrics::DrillMetric> {
+    let mut out = BTreeMap::new();
+    if let Ok(rows) = ctx.store.last_drills(true) {
+        for d in rows {
+            let Ok(ts) = d.finished_at.parse::<jiff::Timestamp>() else { continue };
+            let ms = d.restore_ms.unwrap_or(0) + d.healthy_ms.unwrap_or(0);
+            out.insert(d.tenant, metrics::DrillMetric { at: ts.as_second(), duration_s: ms as f64 / 1000.0 });
+        }
+    }
+    out
 }
 
 /// Metrics and notifications after a job; neither can change the job's outcome.
@@ -393,6 +417,7 @@ async fn after_job(
             rolled: counts.rolled,
             halted: counts.halted,
             snapshots: newest_daily_snapshots(ctx),
+            drills: newest_drills(ctx),
         };
         if let Err(e) = metrics::record(path, &m) {
             tracing::warn!("cannot write the metrics file: {e}");

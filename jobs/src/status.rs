@@ -1,7 +1,8 @@
 //! `status`: per app and tenant, what runs against what is desired — container state, running
 //! digest vs pinned, health now, last snapshot and sync age, last rollout outcome — and the
 //! list of things that need a person (unhealthy tenant, snapshot older than 26 h, a halted
-//! rollout not yet resolved, a run killed mid-way). `status` exits 8 when that list is not
+//! rollout not yet resolved, a run killed mid-way, a restore drill that failed or whose last
+//! success is older than `[drill] max_age_days` — read from the run record). `status` exits 8 when that list is not
 //! empty, so cron, Gatus or any monitor can alert on it.
 
 use std::collections::HashMap;
@@ -48,6 +49,10 @@ pub struct TenantStatus {
     pub snapshot_age_s: Option<i64>,
     /// Age of its newest snapshot verified on the remote, in seconds.
     pub sync_age_s: Option<i64>,
+    /// When its last successful restore drill ended.
+    pub last_drill: Option<String>,
+    /// Age of that drill in seconds.
+    pub drill_age_s: Option<i64>,
 }
 
 /// One app.
@@ -116,6 +121,12 @@ pub async fn status(ctx: &Ctx) -> Result<StatusReport> {
             }
         }
     }
+    // Restore drills: each tenant's newest successful one, and its newest of any outcome.
+    let drilled: HashMap<String, String> =
+        ctx.store.last_drills(true)?.into_iter().map(|d| (d.tenant, d.finished_at)).collect();
+    let last_drill: HashMap<String, slipway_state::DrillRow> =
+        ctx.store.last_drills(false)?.into_iter().map(|d| (d.tenant.clone(), d)).collect();
+    let max_drill_age_s = ctx.cfg.drill.max_age_days as i64 * 86_400;
     let unresolved: Vec<String> = ctx.store.unresolved_halts()?.into_iter().map(|r| r.id).collect();
     let mut apps = Vec::new();
     for app in &state.fleet.apps {
@@ -144,6 +155,26 @@ pub async fn status(ctx: &Ctx) -> Result<StatusReport> {
                 )),
                 _ => {}
             }
+            let drill_age_s = drilled.get(&t).and_then(|d| age_s(d));
+            match (last_drill.get(&t), drill_age_s) {
+                // An interrupted drill says nothing about the backup; a failed one does.
+                (Some(d), _) if d.outcome == "failed" => attention.push(format!(
+                    "app {} tenant {t}: the last restore drill ({}) {}: {}; see `slipway runs show {}`",
+                    app.name,
+                    d.run_id,
+                    d.outcome,
+                    d.detail.as_deref().unwrap_or("-"),
+                    d.run_id
+                )),
+                (_, Some(a)) if max_drill_age_s > 0 && a > max_drill_age_s => attention.push(format!(
+                    "app {} tenant {t}: the last successful restore drill is {} days old (limit {} days); \
+                     run `slipway drill --tenant {t}`",
+                    app.name,
+                    a / 86_400,
+                    ctx.cfg.drill.max_age_days
+                )),
+                _ => {}
+            }
             let up_to_date = c.digest.as_ref() == Some(app.image.digest());
             let behind = (!up_to_date && !c.is_running()).then(|| "behind (stopped)".to_string());
             tenants.push(TenantStatus {
@@ -153,6 +184,8 @@ pub async fn status(ctx: &Ctx) -> Result<StatusReport> {
                 healthy: health.is_ok(),
                 health_detail: health.err(),
                 sync_age_s: synced.get(&t).and_then(|s| age_s(s)),
+                last_drill: drilled.get(&t).cloned(),
+                drill_age_s,
                 last_snapshot,
                 snapshot_age_s,
                 digest: c.digest.map(|d| d.to_string()),
@@ -217,21 +250,27 @@ impl fmt::Display for StatusReport {
             if let Some(r) = &a.rejected {
                 writeln!(f, "  pinned digest rejected: run {} {}; reconcile will not roll it", r.run_id, r.why)?;
             }
-            writeln!(f, "  {:<22} {:<9} {:<14} {:<9} {:<9} SYNCED", "TENANT", "STATE", "DIGEST", "HEALTH", "SNAPSHOT")?;
+            writeln!(
+                f,
+                "  {:<22} {:<9} {:<14} {:<9} {:<9} {:<9} DRILLED",
+                "TENANT", "STATE", "DIGEST", "HEALTH", "SNAPSHOT", "SYNCED"
+            )?;
             for t in &a.tenants {
                 let digest = t.digest.as_deref().map_or("-".to_string(), |d| {
                     let short = d.get(7..19).unwrap_or(d);
                     format!("{short}{}", if t.up_to_date { "" } else { "*" })
                 });
+                let days = |s: Option<i64>| s.map_or("never".to_string(), |s| format!("{}d", s / 86_400));
                 writeln!(
                     f,
-                    "  {:<22} {:<9} {:<14} {:<9} {:<9} {}{}",
+                    "  {:<22} {:<9} {:<14} {:<9} {:<9} {:<9} {}{}",
                     t.tenant,
                     t.state,
                     digest,
                     if t.healthy { "ok" } else { "FAILING" },
                     age(t.snapshot_age_s),
                     age(t.sync_age_s),
+                    days(t.drill_age_s),
                     t.behind.as_deref().map_or(String::new(), |b| format!("  {b}"))
                 )?;
             }

@@ -18,6 +18,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0001_init.sql"),
     include_str!("migrations/0002_remote_objects.sql"),
     include_str!("migrations/0003_remote_object_bytes.sql"),
+    include_str!("migrations/0004_drills.sql"),
 ];
 
 /// How long a writer waits for another before giving up.
@@ -195,6 +196,37 @@ pub struct SnapshotRow {
     pub created_at: String,
     /// When verified on the remote.
     pub remote_verified_at: Option<String>,
+}
+
+/// One tenant's restore drill, as the run record keeps it.
+#[derive(Debug, Clone, Serialize)]
+pub struct DrillRow {
+    /// The drill run.
+    pub run_id: String,
+    /// Tenant drilled.
+    pub tenant: String,
+    /// The snapshot drilled from (`daily/<day>`, `rollout/<run_id>`), if one was found.
+    pub snapshot: Option<String>,
+    /// Whether the archive came from the remote.
+    pub remote: bool,
+    /// The archive's verified sha256.
+    pub sha256: Option<String>,
+    /// Archive size in bytes.
+    pub archive_bytes: Option<i64>,
+    /// Bytes of the files restored.
+    pub data_bytes: Option<i64>,
+    /// Entries restored.
+    pub entries: Option<i64>,
+    /// Fetch, verify and extract, in ms.
+    pub restore_ms: Option<i64>,
+    /// Container start to healthy, in ms.
+    pub healthy_ms: Option<i64>,
+    /// success, failed, interrupted.
+    pub outcome: String,
+    /// What happened.
+    pub detail: Option<String>,
+    /// When it ended.
+    pub finished_at: String,
 }
 
 impl Store {
@@ -509,6 +541,61 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Record (or replace) one tenant's drill result.
+    pub fn record_drill(&self, d: &DrillRow) -> Result<()> {
+        self.conn.execute(
+            &format!("INSERT OR REPLACE INTO drills ({DRILL_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"),
+            params![
+                d.run_id,
+                d.tenant,
+                d.snapshot,
+                d.remote,
+                d.sha256,
+                d.archive_bytes,
+                d.data_bytes,
+                d.entries,
+                d.restore_ms,
+                d.healthy_ms,
+                d.outcome,
+                d.detail,
+                d.finished_at
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Each tenant's newest drill (`only_successful`: its newest successful one), by tenant.
+    pub fn last_drills(&self, only_successful: bool) -> Result<Vec<DrillRow>> {
+        let filter = if only_successful { "AND outcome = 'success'" } else { "" };
+        let mut st = self.conn.prepare(&format!(
+            "SELECT {DRILL_COLS} FROM drills d WHERE finished_at = (SELECT MAX(finished_at) FROM drills \
+             WHERE tenant = d.tenant {filter}) {filter} ORDER BY tenant"
+        ))?;
+        let rows = st.query_map([], |r| {
+            Ok(DrillRow {
+                run_id: r.get(0)?,
+                tenant: r.get(1)?,
+                snapshot: r.get(2)?,
+                remote: r.get(3)?,
+                sha256: r.get(4)?,
+                archive_bytes: r.get(5)?,
+                data_bytes: r.get(6)?,
+                entries: r.get(7)?,
+                restore_ms: r.get(8)?,
+                healthy_ms: r.get(9)?,
+                outcome: r.get(10)?,
+                detail: r.get(11)?,
+                finished_at: r.get(12)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+}
+
+const DRILL_COLS: &str = "run_id, tenant, snapshot, remote, sha256, archive_bytes, data_bytes, entries, restore_ms, \
+                          healthy_ms, outcome, detail, finished_at";
+
 const RUN_COLS: &str =
     "id, job, trigger, app, git_commit, digest, pid, started_at, finished_at, outcome, exit_code, summary, resolved_at, resolved_by";
 
@@ -552,6 +639,40 @@ mod tests {
         assert_eq!(s.runs(10).unwrap().len(), 1);
         let mode: String = s.conn.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
         assert_eq!(mode, "wal");
+    }
+
+    #[test]
+    fn each_tenants_newest_drill_and_newest_successful_drill_are_found() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(&d.path().join("state.db")).unwrap();
+        let drill = |run: &str, tenant: &str, outcome: &str, at: &str| {
+            s.start_run(&NewRun { id: run, job: "drill", trigger: "timer", ..Default::default() }).ok();
+            s.record_drill(&DrillRow {
+                run_id: run.into(),
+                tenant: tenant.into(),
+                snapshot: Some("daily/2026-11-22".into()),
+                remote: false,
+                sha256: None,
+                archive_bytes: Some(10),
+                data_bytes: Some(20),
+                entries: Some(3),
+                restore_ms: Some(5),
+                healthy_ms: Some(7),
+                outcome: outcome.into(),
+                detail: None,
+                finished_at: at.into(),
+            })
+            .unwrap();
+        };
+        drill("20261101T070000Z-0001", "t1", "success", "2026-11-01T07:00:00Z");
+        drill("20261101T070000Z-0001", "t2", "success", "2026-11-01T07:01:00Z");
+        drill("20261201T070000Z-0002", "t1", "failed", "2026-12-01T07:00:00Z");
+        let last: Vec<(String, String)> =
+            s.last_drills(false).unwrap().into_iter().map(|r| (r.tenant, r.outcome)).collect();
+        assert_eq!(last, [("t1".into(), "failed".into()), ("t2".into(), "success".into())]);
+        let ok: Vec<(String, String)> =
+            s.last_drills(true).unwrap().into_iter().map(|r| (r.tenant, r.finished_at)).collect();
+        assert_eq!(ok, [("t1".into(), "2026-11-01T07:00:00Z".into()), ("t2".into(), "2026-11-01T07:01:00Z".into())]);
     }
 
     #[test]

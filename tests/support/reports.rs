@@ -296,6 +296,67 @@ pub struct Recover {
 #[derive(Debug, Deserialize)]
 pub struct Status {
     pub attention: Vec<String>,
+    #[serde(default)]
+    pub apps: Vec<StatusApp>,
+}
+
+/// One app of `status`.
+#[derive(Debug, Deserialize)]
+pub struct StatusApp {
+    pub tenants: Vec<StatusTenant>,
+}
+
+/// One tenant of `status`.
+#[derive(Debug, Deserialize)]
+pub struct StatusTenant {
+    pub tenant: String,
+    /// When its last successful restore drill ended.
+    pub last_drill: Option<String>,
+}
+
+/// `slipway drill --json`.
+#[derive(Debug, Deserialize)]
+pub struct Drill {
+    pub plan: DrillPlan,
+    pub tenants: Vec<DrillTenant>,
+    pub swept: Vec<String>,
+}
+
+/// What a drill set out to do.
+#[derive(Debug, Deserialize)]
+pub struct DrillPlan {
+    pub remote: bool,
+    pub tenants: Vec<serde_json::Value>,
+}
+
+/// One tenant's drill.
+#[derive(Debug, Deserialize)]
+pub struct DrillTenant {
+    pub tenant: String,
+    /// passed, failed, interrupted.
+    pub outcome: String,
+    pub snapshot: Option<String>,
+    pub archive: Option<PathBuf>,
+    pub archive_bytes: u64,
+    pub data_bytes: u64,
+    pub entries: u64,
+    pub restore_ms: Option<u64>,
+    pub healthy_ms: Option<u64>,
+    /// The throw-away container's (and its network's) name.
+    pub container: String,
+    pub changes: Option<DrillChanges>,
+    pub detail: String,
+    pub left: Vec<String>,
+}
+
+/// How a drill's container differed from the tenant's.
+#[derive(Debug, Deserialize)]
+pub struct DrillChanges {
+    pub labels_stripped: Vec<String>,
+    pub networks_left: Vec<String>,
+    pub mounts_left: Vec<String>,
+    pub ports_unpublished: Vec<String>,
+    pub restart_replaced: String,
 }
 
 /// `init`.

@@ -7,18 +7,17 @@
 //! Healthcheck), by comparing the container's config with its old image's config.
 //! The API version is negotiated, so it works with Docker 20.10 (API 1.41) and current engines.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::time::Duration;
 
 use bollard::models::{
     ContainerConfig, ContainerCreateBody, ContainerInspectResponse, ContainerStateStatusEnum, ContainerUpdateBody,
-    EndpointSettings, ImageConfig, Mount, MountType, NetworkConnectRequest, NetworkDisconnectRequest, NetworkingConfig,
-    RestartPolicy,
-    RestartPolicyNameEnum,
+    EndpointSettings, ImageConfig, Mount, MountType, NetworkConnectRequest, NetworkCreateRequest, NetworkDisconnectRequest,
+    NetworkingConfig, RestartPolicy, RestartPolicyNameEnum,
 };
 use bollard::query_parameters::{
-    CreateContainerOptionsBuilder, CreateImageOptionsBuilder, ListContainersOptionsBuilder,
+    CreateContainerOptionsBuilder, CreateImageOptionsBuilder, ListContainersOptionsBuilder, ListNetworksOptionsBuilder,
     RemoveContainerOptionsBuilder, RenameContainerOptionsBuilder, StopContainerOptionsBuilder,
 };
 use bollard::Docker;
@@ -268,6 +267,40 @@ pub struct OperatorSettings {
     pub env_keys: BTreeSet<String>,
 }
 
+/// What a drill's throw-away container gets instead of the tenant's own settings.
+pub struct DrillSpec<'a> {
+    /// Its name.
+    pub name: &'a str,
+    /// The only network it joins (internal, the drill's own); no aliases.
+    pub network: &'a str,
+    /// The tenant's data dir: its bind is pointed at `scratch` instead.
+    pub data_dir: &'a std::path::Path,
+    /// The restored copy.
+    pub scratch: &'a std::path::Path,
+    /// Labels of the drill's own (the run id, the tenant).
+    pub labels: BTreeMap<String, String>,
+    /// Whether a label key must not reach the container (routing labels, the app's select label).
+    pub strip: &'a (dyn Fn(&str) -> bool + Sync),
+}
+
+/// How a drill's container differs from the tenant's, for the report.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct DrillChanges {
+    /// The tenant's label keys it does not carry (values are never reported: they can be secrets).
+    pub labels_stripped: Vec<String>,
+    /// Image labels that route traffic, overridden with an empty value (an image label cannot be
+    /// removed from a container).
+    pub image_labels_blanked: Vec<String>,
+    /// The tenant's networks it does not join.
+    pub networks_left: Vec<String>,
+    /// The tenant's writable mounts besides its data dir, not mounted (they hold live data).
+    pub mounts_left: Vec<String>,
+    /// The tenant's published ports, not published.
+    pub ports_unpublished: Vec<String>,
+    /// The tenant's restart policy, replaced by `no`.
+    pub restart_replaced: String,
+}
+
 fn derr(op: impl std::fmt::Display, container: Option<&str>, e: bollard::errors::Error) -> Error {
     Error::Docker { op: op.to_string(), container: container.map(str::to_string), source: Some(e) }
 }
@@ -401,7 +434,7 @@ impl Engine {
     /// containers `select` matches that map to no tenant (a name `tenant_from` does not
     /// match, an invalid tenant id, two containers of one tenant): one odd container never
     /// stops the fleet. Containers a rollout set aside or staged ([`crate::naming::is_set_aside`])
-    /// are neither.
+    /// and a drill's throw-away containers ([`crate::naming::is_drill`]) are neither.
     pub async fn tenants_and_unmapped(&self, app: &App) -> Result<(Vec<TenantContainer>, Vec<Unmapped>)> {
         let mut filters = HashMap::new();
         if let Some(label) = app.select.label_filter() {
@@ -420,7 +453,8 @@ impl Engine {
             else {
                 continue;
             };
-            if crate::naming::is_set_aside(&name) || !app.select.name_matches(&name) {
+            if crate::naming::is_set_aside(&name) || crate::naming::is_drill(&name) || !app.select.name_matches(&name)
+            {
                 continue;
             }
             let labels = c.labels.clone().unwrap_or_default();
@@ -767,6 +801,109 @@ impl Engine {
         a.and(p)
     }
 
+    /// Create a drill's throw-away container from the tenant's `spec` (not started): the
+    /// tenant's own image and settings, changed as [`ContainerSpec::drill_body`] says.
+    /// Ok(Err(why)) when the tenant's settings cannot be drilled safely (nothing was created).
+    pub async fn create_drill(
+        &self,
+        spec: &ContainerSpec,
+        drill: &DrillSpec<'_>,
+    ) -> Result<std::result::Result<DrillChanges, String>> {
+        let (body, changes) = match spec.drill_body(drill) {
+            Ok(x) => x,
+            Err(why) => return Ok(Err(why)),
+        };
+        let opts = CreateContainerOptionsBuilder::default().name(drill.name).build();
+        self.docker
+            .create_container(Some(opts), body)
+            .await
+            .map_err(|e| derr(format!("creating drill container {}", drill.name), Some(drill.name), e))?;
+        Ok(Ok(changes))
+    }
+
+    /// Create an `--internal` bridge network (no route off the host, no published ports)
+    /// carrying `labels`. Returns its id.
+    pub async fn create_internal_network(&self, name: &str, labels: &BTreeMap<String, String>) -> Result<String> {
+        let req = NetworkCreateRequest {
+            name: name.to_string(),
+            driver: Some("bridge".into()),
+            internal: Some(true),
+            attachable: Some(false),
+            labels: Some(labels.clone().into_iter().collect()),
+            ..Default::default()
+        };
+        let created = self
+            .docker
+            .create_network(req)
+            .await
+            .map_err(|e| derr(format!("creating the internal network {name}"), None, e))?;
+        Ok(created.id)
+    }
+
+    /// Remove a network. Removing a missing one is fine.
+    pub async fn remove_network(&self, name: &str) -> Result<()> {
+        match self.docker.remove_network(name).await {
+            Ok(()) => Ok(()),
+            Err(e) if is_not_found(&e) => Ok(()),
+            Err(e) => Err(derr(format!("removing network {name}"), None, e)),
+        }
+    }
+
+    /// Force-remove a container with its anonymous volumes (named volumes are never removed
+    /// by the engine). Removing a missing one is fine.
+    pub async fn remove_with_volumes(&self, name: &str) -> Result<()> {
+        let opts = RemoveContainerOptionsBuilder::default().force(true).v(true).build();
+        match self.docker.remove_container(name, Some(opts)).await {
+            Ok(()) => Ok(()),
+            Err(e) if is_not_found(&e) => Ok(()),
+            Err(e) => Err(derr(format!("removing container {name}"), Some(name), e)),
+        }
+    }
+
+    /// Every container and every network carrying label `key`, as (name, the label's value),
+    /// each list sorted.
+    pub async fn labelled(&self, key: &str) -> Result<(Vec<(String, String)>, Vec<(String, String)>)> {
+        let mut filters = HashMap::new();
+        filters.insert("label".to_string(), vec![key.to_string()]);
+        let opts = ListContainersOptionsBuilder::default().all(true).filters(&filters).build();
+        let list = self
+            .docker
+            .list_containers(Some(opts))
+            .await
+            .map_err(|e| derr(format!("listing containers labelled {key}"), None, e))?;
+        let mut containers: Vec<(String, String)> = list
+            .into_iter()
+            .filter_map(|c| {
+                let name = c.names.as_ref()?.first()?.trim_start_matches('/').to_string();
+                Some((name, c.labels.unwrap_or_default().remove(key).unwrap_or_default()))
+            })
+            .collect();
+        containers.sort();
+        let opts = ListNetworksOptionsBuilder::default().filters(&filters).build();
+        let nets = self
+            .docker
+            .list_networks(Some(opts))
+            .await
+            .map_err(|e| derr(format!("listing networks labelled {key}"), None, e))?;
+        let mut networks: Vec<(String, String)> = nets
+            .into_iter()
+            .filter_map(|n| Some((n.name?, n.labels.unwrap_or_default().remove(key).unwrap_or_default())))
+            .collect();
+        networks.sort();
+        Ok((containers, networks))
+    }
+
+    /// The networks a container is connected to, and its labels (for checking a drill's
+    /// container).
+    pub async fn networks_and_labels(&self, name: &str) -> Result<(Vec<String>, BTreeMap<String, String>)> {
+        let i = self.inspect(name).await?;
+        let mut nets: Vec<String> =
+            i.network_settings.and_then(|n| n.networks).unwrap_or_default().into_keys().collect();
+        nets.sort();
+        let labels = i.config.and_then(|c| c.labels).unwrap_or_default().into_iter().collect();
+        Ok((nets, labels))
+    }
+
     /// Set a container's restart policy (nothing else of it changes).
     pub async fn set_restart(&self, name: &str, restart: &Restart) -> Result<()> {
         let policy = match restart.name.as_str() {
@@ -1057,6 +1194,124 @@ impl ContainerSpec {
             networking_config,
         };
         (body, extra)
+    }
+}
+
+impl ContainerSpec {
+    /// The create body of a drill's throw-away container: the tenant's own image (by id, so
+    /// exactly what runs) and operator settings — env, cmd, entrypoint, user, working dir,
+    /// limits, read-only mounts — except: `drill.name`; only `drill.network`, with no alias of
+    /// the tenant; the data dir's bind pointed at the scratch copy; no label `drill.strip`
+    /// names (and image labels it names blanked, `traefik.enable=false` if any was traefik's);
+    /// no published ports; restart policy `no`; no writable mount besides the data dir, no
+    /// `volumes_from`, links or another container's namespaces. Err(why) when the tenant has
+    /// no bind of its data dir (the drill could only run on live data).
+    pub fn drill_body(
+        &self,
+        drill: &DrillSpec<'_>,
+    ) -> std::result::Result<(ContainerCreateBody, DrillChanges), String> {
+        let image = self.inspect.image.clone().unwrap_or_else(|| self.image_ref());
+        let (mut body, _) = self.create_body(&image);
+        let mut changes = DrillChanges::default();
+        let mut labels = body.labels.take().unwrap_or_default();
+        changes.labels_stripped = labels.keys().filter(|k| (drill.strip)(k)).cloned().collect();
+        changes.labels_stripped.sort();
+        labels.retain(|k, _| !(drill.strip)(k));
+        let img_labels = self.image_config.labels.clone().unwrap_or_default();
+        changes.image_labels_blanked = img_labels.keys().filter(|k| (drill.strip)(k)).cloned().collect();
+        changes.image_labels_blanked.sort();
+        for k in &changes.image_labels_blanked {
+            labels.insert(k.clone(), String::new());
+        }
+        if changes.image_labels_blanked.iter().any(|k| k.starts_with("traefik.")) {
+            labels.insert("traefik.enable".into(), "false".into());
+        }
+        labels.extend(drill.labels.clone());
+        body.labels = Some(labels);
+
+        changes.networks_left = self.networks().into_iter().map(|(n, _, _)| n).collect();
+        changes.networks_left.sort();
+        let endpoint = EndpointSettings::default();
+        body.networking_config = Some(NetworkingConfig {
+            endpoints_config: Some([(drill.network.to_string(), endpoint)].into_iter().collect()),
+        });
+
+        let mut host = body.host_config.take().unwrap_or_default();
+        host.network_mode = Some(drill.network.to_string());
+        changes.ports_unpublished = host
+            .port_bindings
+            .take()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|(_, b)| b.as_ref().is_some_and(|b| !b.is_empty()))
+            .map(|(p, _)| p)
+            .collect();
+        changes.ports_unpublished.sort();
+        host.publish_all_ports = Some(false);
+        changes.restart_replaced = self.restart().to_string();
+        host.restart_policy = Some(RestartPolicy { name: Some(RestartPolicyNameEnum::NO), maximum_retry_count: None });
+        host.auto_remove = Some(false);
+        host.links = None;
+        if host.volumes_from.take().is_some_and(|v| !v.is_empty()) {
+            changes.mounts_left.push("volumes_from".into());
+        }
+        for mode in [&mut host.pid_mode, &mut host.ipc_mode, &mut host.uts_mode] {
+            if mode.as_deref().is_some_and(|m| m.starts_with("container:")) {
+                *mode = None;
+            }
+        }
+        let scratch = drill.scratch.to_string_lossy().into_owned();
+        let mut data_binds = 0;
+        let mut binds = Vec::new();
+        for b in host.binds.take().unwrap_or_default() {
+            let mut parts = b.splitn(3, ':');
+            let (src, dst, opts) = (parts.next().unwrap_or_default(), parts.next(), parts.next());
+            let read_only = opts.is_some_and(|o| o.split(',').any(|o| o == "ro"));
+            if std::path::Path::new(src) == drill.data_dir {
+                data_binds += 1;
+                let rw: Vec<&str> =
+                    opts.unwrap_or_default().split(',').filter(|o| !o.is_empty() && *o != "ro").collect();
+                let opts = if rw.is_empty() { String::new() } else { format!(":{}", rw.join(",")) };
+                binds.push(format!("{scratch}:{}{opts}", dst.unwrap_or_default()));
+            } else if read_only {
+                binds.push(b);
+            } else {
+                changes.mounts_left.push(b);
+            }
+        }
+        host.binds = if binds.is_empty() { None } else { Some(binds) };
+        let mut mounts = Vec::new();
+        for mut m in host.mounts.take().unwrap_or_default() {
+            let is_data = m.typ == Some(MountType::BIND)
+                && m.source.as_deref().is_some_and(|s| std::path::Path::new(s) == drill.data_dir);
+            if is_data {
+                data_binds += 1;
+                m.source = Some(scratch.clone());
+                m.read_only = Some(false);
+                mounts.push(m);
+            } else if m.typ == Some(MountType::TMPFS) || m.read_only == Some(true) {
+                mounts.push(m);
+            } else {
+                let what = m.typ.map_or("mount".to_string(), |t| t.to_string());
+                changes.mounts_left.push(format!(
+                    "{what} {}:{}",
+                    m.source.unwrap_or_default(),
+                    m.target.unwrap_or_default()
+                ));
+            }
+        }
+        host.mounts = if mounts.is_empty() { None } else { Some(mounts) };
+        if data_binds != 1 {
+            return Err(format!(
+                "container {} has {data_binds} binds of its data dir {} (it needs exactly one, `-v {}:<path>`), so a \
+                 restored copy cannot stand in for it; nothing was started",
+                self.name(),
+                drill.data_dir.display(),
+                drill.data_dir.display()
+            ));
+        }
+        body.host_config = Some(host);
+        Ok((body, changes))
     }
 }
 

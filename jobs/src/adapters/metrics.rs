@@ -12,6 +12,10 @@
 //! - `slipway_rollout_tenants_rolled`, `slipway_rollout_tenants_halted`: the last rollout's counts
 //! - `slipway_snapshot_age_seconds{tenant}`: age of each tenant's newest daily snapshot
 //! - `slipway_snapshot_last_success_timestamp_seconds{tenant}`: when it was taken
+//! - `slipway_drill_last_success_timestamp_seconds{tenant}`: when the tenant's last successful
+//!   restore drill ended
+//! - `slipway_drill_duration_seconds{tenant}`: how long that drill took from fetching the
+//!   archive to the app answering healthy (the restore time you can expect)
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -42,12 +46,26 @@ pub struct JobMetrics {
     pub halted: Option<u64>,
     /// Newest daily snapshot per tenant (unix seconds).
     pub snapshots: BTreeMap<String, i64>,
+    /// Newest successful restore drill per tenant.
+    #[serde(default)]
+    pub drills: BTreeMap<String, DrillMetric>,
+}
+
+/// A tenant's newest successful restore drill.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct DrillMetric {
+    /// When it ended (unix seconds).
+    pub at: i64,
+    /// Fetch to healthy, in seconds.
+    pub duration_s: f64,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct State {
     jobs: BTreeMap<String, JobMetrics>,
     snapshots: BTreeMap<String, i64>,
+    #[serde(default)]
+    drills: BTreeMap<String, DrillMetric>,
     rolled: Option<u64>,
     halted: Option<u64>,
 }
@@ -64,6 +82,7 @@ pub fn record(path: &Path, m: &JobMetrics) -> Result<()> {
     let mut state: State = std::fs::read(&side).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
     state.jobs.insert(m.job.clone(), m.clone());
     state.snapshots.extend(m.snapshots.iter().map(|(k, v)| (k.clone(), *v)));
+    state.drills.extend(m.drills.iter().map(|(k, v)| (k.clone(), *v)));
     if m.rolled.is_some() || m.halted.is_some() {
         state.rolled = m.rolled;
         state.halted = m.halted;
@@ -141,6 +160,19 @@ fn render(s: &State, now: i64) -> String {
         "When the tenant's newest daily snapshot was taken (unix time).",
         snaps(&|ts| ts),
     );
+    let drills = |f: &dyn Fn(&DrillMetric) -> String| -> Vec<(String, String)> {
+        s.drills.iter().map(|(t, d)| (format!("{{tenant=\"{}\"}}", esc(t)), f(d))).collect()
+    };
+    gauge(
+        "slipway_drill_last_success_timestamp_seconds",
+        "When the tenant's last successful restore drill ended (unix time).",
+        drills(&|d| d.at.to_string()),
+    );
+    gauge(
+        "slipway_drill_duration_seconds",
+        "How long the tenant's last successful restore drill took, from fetching the archive to healthy.",
+        drills(&|d| format!("{:.3}", d.duration_s)),
+    );
     o
 }
 
@@ -161,6 +193,7 @@ mod tests {
             ..Default::default()
         };
         snap.snapshots.insert("t1".into(), 1_699_999_000);
+        snap.drills.insert("t1".into(), DrillMetric { at: 1_699_000_000, duration_s: 4.25 });
         record(&p, &snap).unwrap();
         let roll = JobMetrics {
             job: "rollout".into(),
@@ -196,6 +229,8 @@ mod tests {
         assert_eq!(get("slipway_rollout_tenants_rolled", None), 0.0);
         assert_eq!(get("slipway_snapshot_last_success_timestamp_seconds", Some(("tenant", "t1"))), 1_699_999_000.0);
         assert!(get("slipway_snapshot_age_seconds", Some(("tenant", "t1"))) > 0.0);
+        assert_eq!(get("slipway_drill_last_success_timestamp_seconds", Some(("tenant", "t1"))), 1_699_000_000.0);
+        assert_eq!(get("slipway_drill_duration_seconds", Some(("tenant", "t1"))), 4.25);
         assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o644);
     }
     use std::os::unix::fs::PermissionsExt;

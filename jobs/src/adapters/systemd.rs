@@ -12,6 +12,7 @@ pub const TIMERS: &[&str] = &[
     "slipway-sync.timer",
     "slipway-prune.timer",
     "slipway-verify.timer",
+    "slipway-drill.timer",
 ];
 
 /// Where `deploy/install.sh` puts the schedule on a host without systemd.

@@ -10,6 +10,7 @@
 //! <backup_root>/replaced/<run_id>/<tenant>/                  the data a restore replaced, as it was
 //! <backup_root>/staging/<tenant>/                            the daily snapshot's copy of the tenant's
 //!                                                            data dir (and its mirror index beside it)
+//! <backup_root>/drill/<run_id>/<tenant>/                     a drill's scratch copy, removed after it
 //! <state_dir>/remote-cache/<kind>/<id>/…                     what `restore --remote` fetched
 //! <state_dir>/remote-manifests/<kind>/<id>/MANIFEST.json     the plaintext of an encrypted manifest uploaded
 //! <data dir's parent>/.slipway-rollout/<run_id>/<tenant>/     a rollout's copy of the data dir,
@@ -53,6 +54,8 @@ const ROLLOUT_COPIES: &str = ".slipway-rollout";
 const MIRROR_INDEX_SUFFIX: &str = ".mirror-index";
 /// The directory under the backup root that holds the daily snapshots' staging copies.
 const STAGING: &str = "staging";
+/// The directory under the backup root that holds the scratch copies of running drills.
+const DRILL: &str = "drill";
 /// The directory under `state_dir` that `restore --remote` downloads into.
 const REMOTE_CACHE: &str = "remote-cache";
 /// The directory under `state_dir` keeping the plaintext of each encrypted manifest uploaded.
@@ -320,6 +323,17 @@ pub fn staging_dir(backup_root: &Path, tenant: &str) -> PathBuf {
     backup_root.join(STAGING).join(tenant)
 }
 
+/// Where drills extract their scratch copies: `<backup_root>/drill`. Anything in it outside a
+/// running drill is a leftover (`recover` removes it).
+pub fn drill_root(backup_root: &Path) -> PathBuf {
+    backup_root.join(DRILL)
+}
+
+/// The scratch copy drill run `run` restores `tenant` into: `drill/<run_id>/<tenant>`.
+pub fn drill_scratch(backup_root: &Path, run: &RunId, tenant: &str) -> PathBuf {
+    drill_root(backup_root).join(run.as_str()).join(tenant)
+}
+
 /// The data a restore replaced, found on disk.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReplacedDir {
@@ -450,6 +464,10 @@ mod tests {
         assert_eq!(file_list_path(Path::new("/x/t1.tar.zst")), Path::new("/x/t1.files.json.zst"));
         assert_eq!(tenants_dir(&day.dir(root)), Path::new("/data/backups/daily/2026-11-22/tenants"));
         assert_eq!(staging_dir(root, "t1"), Path::new("/data/backups/staging/t1"));
+        assert_eq!(
+            drill_scratch(root, &RUN.parse().unwrap(), "t1"),
+            Path::new("/data/backups/drill").join(RUN).join("t1")
+        );
         assert_eq!(
             run.cache_dir(Path::new("/var/lib/slipway")),
             Path::new("/var/lib/slipway/remote-cache/rollout").join(RUN)

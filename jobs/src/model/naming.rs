@@ -1,8 +1,10 @@
-//! The names slipway gives the containers it sets aside: during a rollout a tenant's prior
-//! container is renamed `<name>.pre-rollout-<run_id>` until the new one is healthy, and the
-//! new one is created before the stop as `<name>.next-<run_id>` until the switch. The rules
-//! are spelled here once; rollout builds such names, and the Docker adapter uses
-//! [`is_set_aside`] to leave them out of an app's tenants.
+//! The names slipway gives the containers it sets aside or makes for itself: during a rollout a
+//! tenant's prior container is renamed `<name>.pre-rollout-<run_id>` until the new one is
+//! healthy, and the new one is created before the stop as `<name>.next-<run_id>` until the
+//! switch; a restore drill runs a throw-away container (and its own network) named
+//! `slipway-drill-<run_id>-<tenant>`, labelled [`DRILL_LABEL`]`=<run_id>`. The rules are
+//! spelled here once; the jobs build such names, and the Docker adapter uses
+//! [`is_set_aside`] and [`is_drill`] to leave them out of an app's tenants.
 
 use crate::types::RunId;
 
@@ -31,6 +33,25 @@ pub fn is_set_aside(name: &str) -> bool {
     is_pre_rollout(name) || name.rsplit_once(STAGED).is_some_and(|(_, run)| run.parse::<RunId>().is_ok())
 }
 
+/// What every drill container and network name starts with.
+const DRILL: &str = "slipway-drill-";
+
+/// The label (value: the drill's run id) on every container and network a drill creates:
+/// whatever carries it is a drill's, never a tenant's, and `recover` removes it.
+pub const DRILL_LABEL: &str = "slipway.drill";
+/// The label naming the tenant a drill container restores.
+pub const DRILL_TENANT_LABEL: &str = "slipway.drill.tenant";
+
+/// The name of the throw-away container (and of its network) drill run `run` makes for `tenant`.
+pub fn drill(tenant: &str, run: &RunId) -> String {
+    format!("{DRILL}{run}-{tenant}")
+}
+
+/// Whether `name` is a drill's throw-away container (never a tenant).
+pub fn is_drill(name: &str) -> bool {
+    name.starts_with(DRILL)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -44,9 +65,13 @@ mod tests {
         for tenant in ["pulse-t1", "pulse-pre-rollout", "pulse-t1.pre", "pulse-t1.next-door"] {
             assert!(!is_pre_rollout(tenant), "{tenant}");
             assert!(!is_set_aside(tenant), "{tenant}");
+            assert!(!is_drill(tenant), "{tenant}");
         }
         let staged = staged("pulse-t1", &run);
         assert_eq!(staged, "pulse-t1.next-20261122T030000Z-7f3a");
         assert!(is_set_aside(&staged) && is_set_aside(&aside) && !is_pre_rollout(&staged));
+        let drill = drill("t1", &run);
+        assert_eq!(drill, "slipway-drill-20261122T030000Z-7f3a-t1");
+        assert!(is_drill(&drill) && !is_pre_rollout(&drill));
     }
 }

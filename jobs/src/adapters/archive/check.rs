@@ -87,6 +87,13 @@ pub fn deep_verify(archive: &Path, expected_sha256: &str, list_path: &Path) -> R
     let root = scratch.path().join("tree");
     fs::DirBuilder::new().mode(0o700).create(&root).map_err(ioe(&root))?;
     extract_checked(archive, expected_sha256, &root)?;
+    matches_list(archive, &root, list_path)
+}
+
+/// Whether the tree at `root`, extracted from `archive`, is exactly what the file list at
+/// `list_path` says: the comparison of [`deep_verify`], for a tree already extracted (a
+/// restore drill's scratch copy, before anything runs on it). Names the first mismatch.
+pub fn matches_list(archive: &Path, root: &Path, list_path: &Path) -> Result<(), ArchiveError> {
     let mismatch = |file: &str, what: String| ArchiveError::Mismatch {
         archive: archive.to_path_buf(),
         file: file.to_string(),
@@ -104,7 +111,7 @@ pub fn deep_verify(archive: &Path, expected_sha256: &str, list_path: &Path) -> R
         }
         (m.mtime() != e.mtime.max(0)).then(|| format!("mtime is {}, the list says {}", m.mtime(), e.mtime))
     };
-    let mut walk = Walker::open(&root)?;
+    let mut walk = Walker::open(root)?;
     let mut listed = 0u64;
     stream(list_path, |item| {
         let e = match item {

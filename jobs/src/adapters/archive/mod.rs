@@ -40,7 +40,7 @@ pub mod list;
 pub(crate) mod walk;
 mod write;
 
-pub use check::{deep_verify, tree_bytes, tree_digest, tree_unchanged};
+pub use check::{deep_verify, matches_list, tree_bytes, tree_digest, tree_unchanged};
 pub use extract::{extract_into, restore_swap, restore_swap_keep};
 pub use list::{read_file_list, totals, EntryKind, FileEntry, FileList};
 pub use write::{create, create_with_level, reuse};

@@ -45,6 +45,9 @@ pub struct HostConfig {
     /// How daily snapshots hold a tenant still.
     #[serde(default)]
     pub snapshot: SnapshotConfig,
+    /// Restore drills (`slipway drill`).
+    #[serde(default)]
+    pub drill: DrillConfig,
 }
 
 fn default_state_dir() -> PathBuf {
@@ -217,6 +220,57 @@ fn default_staging() -> bool {
     true
 }
 
+/// `[drill]`: restore drills.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DrillConfig {
+    /// Label keys the throw-away container must not carry, beyond every `traefik.*` label
+    /// (always removed): exact keys or patterns with `*` (`caddy*`). These are the labels a
+    /// reverse proxy or orchestrator routes traffic (or counts replicas) by.
+    #[serde(default = "default_strip_labels")]
+    pub strip_labels: Vec<String>,
+    /// `status` flags a tenant whose last successful drill is older than this many days
+    /// (0: never).
+    #[serde(default = "default_drill_max_age_days")]
+    pub max_age_days: u64,
+}
+
+impl Default for DrillConfig {
+    fn default() -> Self {
+        DrillConfig { strip_labels: default_strip_labels(), max_age_days: default_drill_max_age_days() }
+    }
+}
+
+/// The labels stripped by default beyond `traefik.*`: caddy-docker-proxy's and Docker
+/// Compose's (a drill container must not count as a replica of a compose service).
+pub fn default_strip_labels() -> Vec<String> {
+    vec!["caddy*".into(), "com.docker.compose.*".into()]
+}
+fn default_drill_max_age_days() -> u64 {
+    35
+}
+
+/// Whether the label `key` matches `pattern`: the same text, where each `*` in the pattern
+/// stands for any run of characters (none included).
+pub fn label_matches(pattern: &str, key: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('*').collect();
+    if parts.len() == 1 {
+        return pattern == key;
+    }
+    let (first, last) = (parts[0], parts[parts.len() - 1]);
+    if key.len() < first.len() + last.len() || !key.starts_with(first) || !key.ends_with(last) {
+        return false;
+    }
+    let mut rest = &key[first.len()..key.len() - last.len()];
+    for mid in &parts[1..parts.len() - 1] {
+        match rest.find(mid) {
+            Some(i) => rest = &rest[i + mid.len()..],
+            None => return false,
+        }
+    }
+    true
+}
+
 /// Environment variables that start with `SLIPWAY_` but are not config overrides.
 const NON_CONFIG_ENV: &[&str] = &[
     "SLIPWAY_CONFIG",
@@ -237,6 +291,7 @@ enum Kind {
     Int,
     Bool,
     PathList,
+    CommaList,
 }
 
 /// `SLIPWAY_…` overrides: variable, key path in the TOML, value kind.
@@ -268,6 +323,8 @@ const ENV_KEYS: &[(&str, &[&str], Kind)] = &[
     ("SLIPWAY_NOTIFY_WEBHOOK", &["notify", "webhook"], Kind::Str),
     ("SLIPWAY_METRICS_FILE", &["metrics", "file"], Kind::Str),
     ("SLIPWAY_SNAPSHOT_STAGING", &["snapshot", "staging"], Kind::Bool),
+    ("SLIPWAY_DRILL_STRIP_LABELS", &["drill", "strip_labels"], Kind::CommaList),
+    ("SLIPWAY_DRILL_MAX_AGE_DAYS", &["drill", "max_age_days"], Kind::Int),
 ];
 
 impl HostConfig {
@@ -348,6 +405,14 @@ impl HostConfig {
                 Kind::PathList => toml::Value::Array(
                     value.split(':').filter(|s| !s.is_empty()).map(|s| toml::Value::String(s.into())).collect(),
                 ),
+                Kind::CommaList => toml::Value::Array(
+                    value
+                        .split(',')
+                        .map(str::trim)
+                        .filter(|s| !s.is_empty())
+                        .map(|s| toml::Value::String(s.into()))
+                        .collect(),
+                ),
             };
             set_path(&mut table, path, v);
         }
@@ -416,6 +481,17 @@ impl HostConfig {
                 return bad(
                     "desired.allowed_images",
                     format!("\"{img}\" must be an image repository (\"ghcr.io/example/pulse\") or a prefix ending in \"/*\", without tag or digest"),
+                );
+            }
+        }
+        for p in &self.drill.strip_labels {
+            if p.trim().is_empty() || p.chars().all(|c| c == '*') || p.chars().any(char::is_whitespace) {
+                return bad(
+                    "drill.strip_labels",
+                    format!(
+                        "\"{p}\" is not a label key or pattern; give keys like \"caddy\" or patterns like \"caddy*\" \
+                         (a pattern that matches every label would strip the app's own)"
+                    ),
                 );
             }
         }

@@ -79,6 +79,47 @@ mod tests {
     }
 
     #[test]
+    fn drill_keys_have_documented_defaults_env_overrides_and_checked_patterns() {
+        let c = host("[desired]\nrepo = \"/r\"\n", &[]).unwrap();
+        assert_eq!(c.drill.max_age_days, 35);
+        assert_eq!(c.drill.strip_labels, ["caddy*", "com.docker.compose.*"]);
+        let c = host(
+            "[desired]\nrepo = \"/r\"\n[drill]\nstrip_labels = [\"x.route\"]\n",
+            &[("SLIPWAY_DRILL_MAX_AGE_DAYS", "7")],
+        )
+        .unwrap();
+        assert_eq!((c.drill.max_age_days, c.drill.strip_labels), (7, vec!["x.route".to_string()]));
+        let c = host("[desired]\nrepo = \"/r\"\n", &[("SLIPWAY_DRILL_STRIP_LABELS", "a.*, b")]).unwrap();
+        assert_eq!(c.drill.strip_labels, ["a.*", "b"]);
+        for bad in ["\"*\"", "\"\"", "\"a b\""] {
+            let e = host(&format!("[desired]\nrepo = \"/r\"\n[drill]\nstrip_labels = [{bad}]\n"), &[])
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("drill.strip_labels"), "{bad}: {e}");
+        }
+        let e = host("[desired]\nrepo = \"/r\"\n[drill]\nmax_age_day = 3\n", &[]).unwrap_err().to_string();
+        assert!(e.contains("did you mean `drill.max_age_days`?"), "{e}");
+    }
+
+    #[test]
+    fn label_patterns_match_whole_keys_with_star_for_any_run() {
+        for (pattern, key, want) in [
+            ("caddy*", "caddy", true),
+            ("caddy*", "caddy.reverse_proxy", true),
+            ("caddy*", "xcaddy", false),
+            ("com.docker.compose.*", "com.docker.compose.project", true),
+            ("com.docker.compose.*", "com.docker.compose", false),
+            ("*.rule", "traefik.http.routers.a.rule", true),
+            ("a*b*c", "a-x-b-y-c", true),
+            ("a*b*c", "a-c-b", false),
+            ("exact", "exact", true),
+            ("exact", "exact.not", false),
+        ] {
+            assert_eq!(label_matches(pattern, key), want, "{pattern} vs {key}");
+        }
+    }
+
+    #[test]
     fn environment_overrides_keys_and_unknown_variables_are_errors() {
         let c = host(
             "[desired]\nrepo = \"/r\"\n",
