@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use bollard::models::{
     ContainerConfig, ContainerCreateBody, ContainerInspectResponse, ContainerStateStatusEnum, ContainerUpdateBody,
-    EndpointSettings, ImageConfig, Mount, MountType, NetworkConnectRequest, NetworkCreateRequest, NetworkDisconnectRequest,
-    NetworkingConfig, RestartPolicy, RestartPolicyNameEnum,
+    EndpointSettings, ImageConfig, Mount, MountType, NetworkConnectRequest, NetworkCreateRequest,
+    NetworkDisconnectRequest, NetworkingConfig, RestartPolicy, RestartPolicyNameEnum,
 };
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, CreateImageOptionsBuilder, ListContainersOptionsBuilder, ListNetworksOptionsBuilder,
@@ -453,8 +453,7 @@ impl Engine {
             else {
                 continue;
             };
-            if crate::naming::is_set_aside(&name) || crate::naming::is_drill(&name) || !app.select.name_matches(&name)
-            {
+            if crate::naming::is_set_aside(&name) || crate::naming::is_drill(&name) || !app.select.name_matches(&name) {
                 continue;
             }
             let labels = c.labels.clone().unwrap_or_default();

@@ -735,7 +735,10 @@ impl Remote {
         let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Vec<u8>>>(8);
         let t = tmp.clone();
         let open = crate::blocking::run("decrypt", move || crypt::unseal_to_file(rx, &identity, &t));
-        let pump = async {
+        // The pump owns the sender: when the body ends, the channel closes and the decryption
+        // sees the end of its input (a sender kept alive here would leave it waiting forever).
+        let place = &self.place;
+        let pump = async move {
             let mut hash = Sha256::new();
             loop {
                 match body.try_next().await {
@@ -750,7 +753,7 @@ impl Remote {
                     Err(e) => {
                         let _ = tx.send(Err(std::io::Error::other(e.to_string()))).await;
                         return Err(Error::Remote {
-                            place: self.place.clone(),
+                            place: place.clone(),
                             op: format!("downloading {key}"),
                             detail: e.to_string(),
                         });
