@@ -440,7 +440,7 @@ impl Remote {
             .try_buffer_unordered(self.concurrency)
             .try_collect()
             .await;
-        let mut parts = match result {
+        let parts = match result {
             Ok(p) => p,
             Err(e) => {
                 abort().await;
@@ -453,21 +453,27 @@ impl Remote {
             abort().await;
             return Err(damaged(&got));
         }
-        parts.sort_by_key(|p| p.part_number());
-        let done = self
-            .client
-            .complete_multipart_upload()
-            .bucket(&self.bucket)
-            .key(&full)
-            .upload_id(&upload_id)
-            .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
-            .send()
-            .await;
-        if let Err(e) = done {
+        if let Err(e) = self.complete(key, &full, &upload_id, parts).await {
             abort().await;
-            return Err(self.err(&format!("completing the upload of {key}"), e));
+            return Err(e);
         }
         Ok(())
+    }
+
+    /// Complete multipart upload `upload_id` of `full` (the object for `key`) from its parts,
+    /// in part order: the one completion both the plain and the encrypted upload end with.
+    async fn complete(&self, key: &str, full: &str, upload_id: &str, mut parts: Vec<CompletedPart>) -> Result<()> {
+        parts.sort_by_key(|p| p.part_number());
+        self.client
+            .complete_multipart_upload()
+            .bucket(&self.bucket)
+            .key(full)
+            .upload_id(upload_id)
+            .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| self.err(&format!("completing the upload of {key}"), e))
     }
 
     /// The upload of an encrypted object. A blocking task reads the file once, hashing the
@@ -580,21 +586,11 @@ impl Remote {
                 put.body(ByteStream::from(buf)).send().await.map_err(|e| self.err(&format!("uploading {key}"), e))?;
                 Ok(Stored { sha256: object_sha, size: len, encryption: Some(ENC_AGE.into()) })
             }
-            Sent::Parts(mut parts, object_sha, len) => {
+            Sent::Parts(parts, object_sha, len) => {
                 let id = upload_id.lock().ok().and_then(|g| g.clone()).unwrap_or_default();
-                parts.sort_by_key(|p| p.part_number());
-                let done = self
-                    .client
-                    .complete_multipart_upload()
-                    .bucket(&self.bucket)
-                    .key(&full)
-                    .upload_id(&id)
-                    .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
-                    .send()
-                    .await;
-                if let Err(e) = done {
+                if let Err(e) = self.complete(key, &full, &id, parts).await {
                     abort().await;
-                    return Err(self.err(&format!("completing the upload of {key}"), e));
+                    return Err(e);
                 }
                 Ok(Stored { sha256: object_sha, size: len, encryption: Some(ENC_AGE.into()) })
             }
