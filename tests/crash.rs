@@ -7,7 +7,7 @@
 
 use slipway_jobs::step::{CrashPoint, Moment, Step, UndoStep};
 
-use crate::support::reports::{Recover, Rollout, Runs};
+use crate::support::reports::{Recover, Rollout, Runs, Snapshot};
 use crate::support::{tree_hash, Out, Sandbox};
 
 const CRASH: &str = "SLIPWAY_TEST_CRASH_AT";
@@ -273,6 +273,49 @@ fn a_snapshot_killed_around_its_paused_delta_is_recovered_and_the_next_one_archi
         assert_eq!(r.code, 0, "{} {}", r.stdout, r.stderr);
         assert_eq!(tree_hash(&to), now, "{point}");
     }
+}
+
+/// systemd stopping the snapshot unit (SIGTERM) before, during and after a tenant's pause: the
+/// job ends at once with exit 7, every tenant running and unpaused without `recover`, nothing
+/// half-written listed in the day's manifest; the next snapshot archives the data exactly.
+#[test]
+fn a_snapshot_sent_sigterm_around_its_pause_leaves_every_tenant_running_and_archives_nothing_half_done() {
+    let s = Sandbox::new();
+    let v1 = s.push_fixture_as("v1", "app");
+    let names = [s.add_tenant("t1", &v1), s.add_tenant("t2", &v1)];
+    for t in ["t1", "t2"] {
+        s.write_data(t, "db/records.txt", &"rows\n".repeat(1000));
+    }
+    s.write_fleet(&s.fleet_app(&v1, ""));
+    for point in ["snapshot-staged", "snapshot-quiesced", "snapshot-resumed"] {
+        s.write_data("t1", &format!("db/{point}.txt"), "written before the signal");
+        let out = s.slipway_env(&["snapshot", "--force", "--json"], &[(SIGNAL, point)]);
+        assert_stopped_at(&out, point, SIGNAL);
+        let report: Snapshot = out.report();
+        assert_eq!(report.archives.len(), 2, "{}", out.stdout);
+        for a in &report.archives {
+            assert_eq!(a.outcome, "interrupted", "{point}: {a:?}");
+        }
+        // Only a pause that had begun when the signal came was taken.
+        let paused: Vec<u64> = report.archives.iter().map(|a| a.pause_ms).collect();
+        if point == "snapshot-staged" {
+            assert_eq!(paused, [0, 0], "{point}: no tenant may be paused after the signal");
+        }
+        for name in &names {
+            let st = &s.inspect(name)["State"];
+            assert_eq!((st["Running"].as_bool(), st["Paused"].as_bool()), (Some(true), Some(false)), "{point} {name}");
+        }
+        let manifest = std::fs::read_to_string(report.dir.join("MANIFEST.json")).unwrap_or_default();
+        assert!(!manifest.contains("tenants/t"), "{point}: nothing of this run may be listed: {manifest}");
+    }
+    // The next run archives every tenant, and a restore is exactly the data.
+    let before = tree_hash(&s.data_dir("t1"));
+    let out = s.slipway(&["snapshot", "--json"]);
+    assert_eq!(out.code, 0, "{} {}", out.stdout, out.stderr);
+    let to = s.root().join("restored");
+    let r = s.slipway(&["restore", "--tenant", "t1", "--latest", "--to", to.to_str().unwrap()]);
+    assert_eq!(r.code, 0, "{} {}", r.stdout, r.stderr);
+    assert_eq!(tree_hash(&to), before);
 }
 
 #[test]

@@ -63,6 +63,8 @@ pub enum ArchiveOutcome {
     Failed,
     /// Failed, and the tenant could not be unpaused (or started) again: a person is needed.
     Frozen,
+    /// Not taken: a signal stopped the job first (the tenant was left running, unpaused).
+    Interrupted,
 }
 
 /// One archive of the run.
@@ -117,6 +119,8 @@ impl SnapshotReport {
             ExitKind::PersonNeeded
         } else if self.archives.iter().any(|a| a.outcome == ArchiveOutcome::Failed) {
             ExitKind::Failure
+        } else if self.archives.iter().any(|a| a.outcome == ArchiveOutcome::Interrupted) {
+            ExitKind::Interrupted
         } else {
             ExitKind::Success
         }
@@ -177,6 +181,14 @@ pub async fn snapshot(ctx: &Ctx, opts: &SnapshotOptions) -> Result<SnapshotRepor
             archives.push(rep);
             continue;
         }
+        // SIGTERM (systemd stopping the unit), SIGINT or SIGHUP: no tenant is held after it;
+        // those not yet taken are left for the next run (today's manifest lists the others).
+        if ctx.cancel.is_cancelled() {
+            rep.outcome = ArchiveOutcome::Interrupted;
+            rep.detail = Some("not taken: interrupted by a signal".into());
+            archives.push(rep);
+            continue;
+        }
         let t = Instant::now();
         ctx.progress.start(&format!("snapshot {tenant}"), None);
         // `--force` never reuses: it archives every tenant afresh.
@@ -203,8 +215,11 @@ pub async fn snapshot(ctx: &Ctx, opts: &SnapshotOptions) -> Result<SnapshotRepor
                 )?;
             }
             Err(e) => {
-                rep.outcome =
-                    if matches!(e, Error::Frozen { .. }) { ArchiveOutcome::Frozen } else { ArchiveOutcome::Failed };
+                rep.outcome = match e {
+                    Error::Frozen { .. } => ArchiveOutcome::Frozen,
+                    Error::Interrupted(_) => ArchiveOutcome::Interrupted,
+                    _ => ArchiveOutcome::Failed,
+                };
                 rep.detail = Some(e.to_string());
             }
         }
@@ -218,6 +233,9 @@ pub async fn snapshot(ctx: &Ctx, opts: &SnapshotOptions) -> Result<SnapshotRepor
         let mut rep = ArchiveReport::planned(None, dest.clone());
         if already_done(&manifest, &rel, &dest, opts.force) {
             rep.outcome = ArchiveOutcome::AlreadyDone;
+        } else if !opts.dry_run && ctx.cancel.is_cancelled() {
+            rep.outcome = ArchiveOutcome::Interrupted;
+            rep.detail = Some("not taken: interrupted by a signal".into());
         } else if !opts.dry_run {
             let t = Instant::now();
             let (dirs, d2, dest2) = (ctx.cfg.control_plane.clone(), dir.clone(), dest.clone());
@@ -248,7 +266,10 @@ pub async fn snapshot(ctx: &Ctx, opts: &SnapshotOptions) -> Result<SnapshotRepor
             .filter(|a| a.outcome == ArchiveOutcome::Failed)
             .map(|a| a.tenant.clone().unwrap_or_else(|| CONTROL_PLANE.into()))
             .collect();
-        let summary = if failed.is_empty() {
+        let interrupted = report.archives.iter().filter(|a| a.outcome == ArchiveOutcome::Interrupted).count();
+        let summary = if failed.is_empty() && interrupted > 0 {
+            format!("interrupted by a signal: {interrupted} archive(s) not taken for {}", report.day)
+        } else if failed.is_empty() {
             format!("{} archive(s) complete for {}", report.archives.len(), report.day)
         } else {
             format!("FAILED: {}", failed.join(", "))
@@ -542,6 +563,9 @@ async fn snapshot_tenant(
     if let (Staging::Staged, Some(hold)) = (staging, hold) {
         return snapshot_staged(ctx, engine, app, tenant, container, hold, (&data_dir, &stage), dest, prev).await;
     }
+    if hold.is_some() && ctx.cancel.is_cancelled() {
+        return Err(Error::Interrupted(format!("tenant {tenant} not paused")));
+    }
     let held = HeldContainer { container: container.to_string(), hold: hold.unwrap_or("none").to_string() };
     let step = ctx.begin(Some(tenant.as_str()), "archive", &held)?;
     let paused_at = Instant::now();
@@ -597,6 +621,10 @@ async fn snapshot_staged(
     ctx.end(step, if pre.is_ok() { "ok" } else { "failed" }, None::<&()>)?;
     pre?;
     crash_point("snapshot-staged");
+    // A signal while the copy was made: the tenant is not paused at all.
+    if ctx.cancel.is_cancelled() {
+        return Err(Error::Interrupted(format!("tenant {tenant} not paused (its staging copy is made)")));
+    }
 
     let held = HeldContainer { container: container.to_string(), hold: hold.to_string() };
     let step = ctx.begin(t, "stage-delta", &held)?;
@@ -615,6 +643,11 @@ async fn snapshot_staged(
     resumed?;
     let delta = delta?;
     crash_point("snapshot-resumed");
+    // A signal during the pause: the tenant runs again; the archive of the staging copy (the
+    // long part) is left to the next run, which finds the copy up to date but for what changed.
+    if ctx.cancel.is_cancelled() {
+        return Err(Error::Interrupted(format!("tenant {tenant}'s archive (it was paused and runs again)")));
+    }
 
     // The copy is the tree as it was at the pause; the tenant runs on meanwhile.
     let step = ctx.begin(t, "archive", &running)?;
@@ -719,6 +752,7 @@ impl fmt::Display for SnapshotReport {
                 ArchiveOutcome::Planned => "would archive".into(),
                 ArchiveOutcome::Failed => format!("FAILED: {}", a.detail.as_deref().unwrap_or("")),
                 ArchiveOutcome::Frozen => format!("FAILED, TENANT LEFT FROZEN: {}", a.detail.as_deref().unwrap_or("")),
+                ArchiveOutcome::Interrupted => "not taken: interrupted by a signal (running, not paused)".into(),
             };
             writeln!(f, "  {who:<24} {what}")?;
         }

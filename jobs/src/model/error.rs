@@ -204,6 +204,10 @@ pub enum Error {
         /// The engine's last answer.
         why: String,
     },
+    /// A signal (SIGTERM, SIGINT, SIGHUP) stopped the job at a safe point before this work:
+    /// nothing of it was done, and what was touched was put back.
+    #[error("not done: {0}, interrupted by a signal")]
+    Interrupted(String),
     /// Anything else, with context.
     #[error("{0}")]
     Other(String),
@@ -217,6 +221,7 @@ impl Error {
             Error::LockBusy { .. } => ExitKind::LockBusy,
             Error::RemoteAuth { .. } => ExitKind::RemoteAuth,
             Error::Frozen { .. } => ExitKind::PersonNeeded,
+            Error::Interrupted(_) => ExitKind::Interrupted,
             _ => ExitKind::Failure,
         }
     }
