@@ -13,15 +13,23 @@ ROOT=$PWD
 bold() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 started_env=0
 [ -f .testenv/env ] || started_env=1
-scripts/testenv.sh up
+mkdir -p .demo
+# The build (CPU) runs while the environment comes up (downloads, apt, pip, the registry):
+# the same build as `make test`'s (dev profile, features test-crash), so make test reuses it.
+echo "demo: building slipway in the background (cargo build --workspace --features test-crash; log: .demo/build.log)"
+cargo build --workspace --features test-crash --locked >.demo/build.log 2>&1 &
+build=$!
+if ! scripts/testenv.sh up; then
+  kill "$build" 2>/dev/null || true
+  exit 1
+fi
 # shellcheck disable=SC1091
 . .testenv/env
-mkdir -p .demo
-# The same build as `make test`'s (dev profile, features test-crash): make test reuses it.
-echo "demo: building slipway (cargo build --workspace --features test-crash; log: .demo/build.log)"
-if ! cargo build --workspace --features test-crash --locked >.demo/build.log 2>&1; then
+echo "demo: waiting for the build"
+if ! wait "$build"; then
   tail -n 30 .demo/build.log >&2
   echo "demo: the build failed; the whole log is .demo/build.log" >&2
+  [ "$started_env" = 0 ] || scripts/testenv.sh down
   exit 1
 fi
 SLIPWAY=${CARGO_TARGET_DIR:-$ROOT/target}/debug/slipway
