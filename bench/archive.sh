@@ -13,7 +13,7 @@ for t in zstd restic /usr/bin/time; do
   command -v "$t" >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq zstd restic time >/dev/null; break; }
 done
 # One release build of the workspace, binary and examples: the same artifacts as bench/pause.sh.
-cargo build --release -q --workspace --examples
+cargo build --release -q --workspace --bins --examples
 AB=${CARGO_TARGET_DIR:-$PWD/target}/release/examples/archive_bench
 work=$(mktemp -d /var/tmp/slipway-bench-archive.XXXXXX)
 trap 'rm -rf "$work"' EXIT

@@ -16,7 +16,7 @@ MB=${BENCH_PAUSE_MB:-1024}
 # shellcheck disable=SC1091
 . .testenv/env
 # BENCH_SLIPWAY=PATH measures that binary instead of a fresh release build.
-if [ -z "${BENCH_SLIPWAY:-}" ]; then cargo build --release -q --workspace --examples; fi
+if [ -z "${BENCH_SLIPWAY:-}" ]; then cargo build --release -q --workspace --bins --examples; fi
 SLIPWAY=${BENCH_SLIPWAY:-${CARGO_TARGET_DIR:-$PWD/target}/release/slipway}
 work=$(mktemp -d /var/tmp/slipway-bench-pause.XXXXXX)
 net=swbench-pause-$$
