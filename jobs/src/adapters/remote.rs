@@ -153,10 +153,10 @@ impl Stored {
 }
 
 /// The upload id of a CreateMultipartUpload answer. Servers built on older gofakes3 (`rclone
-/// serve s3` before v1.66 among them) name the root element `InitiateMultipartUpload` instead of
-/// the S3 API's `InitiateMultipartUploadResult`; the upload id in it is still the one to use, so
-/// an answer with exactly one `<UploadId>` is read whatever its root. (Fixed upstream in
-/// gofakes3 PR #96.)
+/// serve s3` among them, v1.75 included) name the root element `InitiateMultipartUpload`, with
+/// no namespace, instead of the S3 API's `InitiateMultipartUploadResult`, which rusty-s3 rightly
+/// rejects; the upload id in it is still the one to use, so a successful answer with exactly
+/// one `<UploadId>` is read whatever its root. (Fixed upstream in gofakes3 PR #96.)
 fn upload_id_of(text: &str) -> Option<String> {
     if let Ok(r) = CreateMultipartUpload::parse_response(text) {
         return Some(r.upload_id().to_string());
@@ -659,7 +659,10 @@ impl Remote {
         let Ok(text) = listed else { return 0 };
         let mut n = 0;
         for upload in http::elements(&text, "Upload") {
-            if let (Some(k), Some(id)) = (http::tag(upload, "Key"), http::tag(upload, "UploadId")) {
+            let (Some(k), Some(id)) = (http::tag(upload, "Key"), http::tag(upload, "UploadId")) else { continue };
+            // Only this host's: a server that ignores the prefix must not have another host's
+            // uploads, in flight in the same bucket, aborted.
+            if k.starts_with(&self.prefix) {
                 let r = http::send(|| {
                     self.request(&self.bucket().abort_multipart_upload(self.creds(), &k, &id), Some(ATTEMPT_TIMEOUT))
                 })

@@ -293,6 +293,23 @@ mod tests {
         }
     }
 
+    #[tokio::test]
+    async fn a_refused_connection_is_tried_max_attempts_times_and_reported_without_the_signed_url() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let url = format!("http://127.0.0.1:{port}/bucket/key?X-Amz-Signature=c0ffee5ecret");
+        let (client, tries) = (client().unwrap(), std::sync::atomic::AtomicU32::new(0));
+        let f = send(|| {
+            tries.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            client.get(url.as_str())
+        })
+        .await
+        .unwrap_err();
+        assert_eq!(tries.into_inner(), MAX_ATTEMPTS);
+        let Failure::Transport(text) = f else { panic!("{f:?}") };
+        assert!(!text.contains("c0ffee5ecret") && !text.contains("127.0.0.1"), "{text}");
+        assert!(text.contains("onnect"), "{text}");
+    }
+
     #[test]
     fn the_backoff_grows_exponentially_with_jitter_and_is_capped() {
         for n in 1..=12 {
