@@ -255,9 +255,9 @@ impl Remote {
         Some(&self.s3.1)
     }
 
-    /// The request for a signed `action`, with the headers it signed. `timeout`: the attempt's
-    /// limit, answer included (none for a download, whose body streams for as long as it takes;
-    /// the client's read timeout still applies).
+    /// The request for `action`, signed now (the caller adds the headers the action signed, and
+    /// the body). `timeout`: the attempt's limit, answer included (none for a download, whose
+    /// body streams for as long as it takes; the client's read timeout still applies).
     fn request<'a>(&self, action: &impl S3Action<'a>, timeout: Option<std::time::Duration>) -> reqwest::RequestBuilder {
         let method = match action_method(action) {
             rusty_s3::Method::Head => reqwest::Method::HEAD,
