@@ -95,6 +95,54 @@ fn a_sync_killed_with_the_s3_server_mid_multipart_is_completed_by_the_next_run()
     assert!(v.report::<Verify>().archives[0].ok, "{}", v.stdout);
 }
 
+/// The keys of the multipart uploads in progress in `bucket` of the shared S3 server.
+async fn uploads_in_progress(bucket: &rusty_s3::Bucket, creds: &rusty_s3::Credentials) -> Vec<String> {
+    let url = rusty_s3::signing::sign(
+        &jiff::Timestamp::now(),
+        rusty_s3::Method::Get,
+        bucket.base_url().clone(),
+        creds.key(),
+        creds.secret(),
+        None,
+        bucket.region(),
+        600,
+        [("uploads", "1")].into_iter(),
+        std::iter::empty(),
+    );
+    let text = reqwest::get(url).await.unwrap().error_for_status().unwrap().text().await.unwrap();
+    let mut keys: Vec<String> =
+        text.split("<Key>").skip(1).filter_map(|k| k.split_once("</Key>")).map(|(k, _)| k.to_string()).collect();
+    keys.sort();
+    keys
+}
+
+#[test]
+fn a_multipart_upload_left_by_a_dead_run_is_aborted_by_the_next_sync_and_another_hosts_is_not() {
+    use rusty_s3::{S3Action as _, UrlStyle};
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let s = Sandbox::new();
+    with_snapshot(&s, b"data");
+    let env = crate::support::Env::get();
+    let name = s.use_shared_remote("");
+    let bucket =
+        rusty_s3::Bucket::new(env.s3_endpoint.parse().unwrap(), UrlStyle::Path, name, env.s3_region.clone()).unwrap();
+    let creds = rusty_s3::Credentials::new(&env.s3_access_key, &env.s3_secret_key);
+    // What a run killed mid-upload leaves (its parts are never an object), and an upload of
+    // another host writing to the same bucket under its own prefix.
+    let left = "slipway/host-1/daily/2026-01-01/tenants/t9.tar.zst";
+    let other = "slipway/host-10/daily/2026-01-01/tenants/t9.tar.zst";
+    for key in [left, other] {
+        let url = bucket.create_multipart_upload(Some(&creds), key).sign(std::time::Duration::from_secs(600));
+        let r = rt.block_on(reqwest::Client::new().post(url).send()).unwrap();
+        assert!(r.status().is_success(), "{}", r.status());
+    }
+    assert_eq!(rt.block_on(uploads_in_progress(&bucket, &creds)), [left, other]);
+    let out = s.slipway(&["sync", "--json"]);
+    assert_eq!(out.code, 0, "{} {}", out.stdout, out.stderr);
+    assert_eq!(out.report::<Sync>().aborted_stale_uploads, 1, "{}", out.stdout);
+    assert_eq!(rt.block_on(uploads_in_progress(&bucket, &creds)), [other]);
+}
+
 #[test]
 fn an_archive_damaged_after_the_snapshot_is_never_uploaded_or_recorded_as_verified() {
     // Both upload paths: one small object, and a multipart upload (5 MB parts).

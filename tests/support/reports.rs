@@ -194,6 +194,8 @@ pub struct Sync {
     pub uploaded_bytes: u64,
     #[serde(default)]
     pub retired: Vec<String>,
+    /// Multipart uploads of an earlier, interrupted run that this sync aborted.
+    pub aborted_stale_uploads: usize,
 }
 
 /// One file a sync uploaded (or would, or failed).

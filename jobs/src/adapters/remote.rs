@@ -1,12 +1,15 @@
-//! The remote store: DigitalOcean Spaces or any S3-compatible API, through aws-sdk-s3, coded to
-//! the S3 API only. Custom endpoint, region, path-style option; request checksums only when an
-//! operation requires them (S3-compatible stores, Spaces among them, have rejected the SDK's
-//! newer default checksum headers). Credentials come from the standard AWS chain or a
-//! credentials file named in the host config and are never logged or reported.
+//! The remote store: DigitalOcean Spaces or any S3-compatible API, coded to the S3 API only.
+//! Requests are signed by rusty-s3 (SigV4 presigned URLs, `UNSIGNED-PAYLOAD`) and sent by
+//! reqwest (rustls with ring); [`http`] sends them, with timeouts and the AWS SDK's standard
+//! retries, and reads S3's error documents. Custom endpoint, region, path-style or
+//! virtual-host addressing. Credentials come from `[remote] credentials_file`, else the
+//! `AWS_*` environment, else the shared AWS credentials file ([`credentials`] says exactly
+//! how) and are never logged or reported; neither is a signed URL, whose query is a signature.
 //!
 //! Every object slipway uploads carries its sha256 as metadata (`x-amz-meta-sha256`); an
-//! object counts as present only when its size and that sha256 match. Large files go up by
-//! multipart upload with bounded concurrency (parts in flight ≤ 10, Spaces' limit) and a part
+//! object counts as present only when its size and that sha256 match. Every body is sent from
+//! a buffer with its length and its `Content-MD5`: a whole small file in one PUT, a large one
+//! by multipart upload with bounded concurrency (parts in flight ≤ 10, Spaces' limit) and a part
 //! size that fits any file in 10 000 parts; a failed multipart upload is aborted, so an
 //! interrupted transfer is never visible as an object. Downloads are hashed on the way and
 //! renamed into place only when the sha256 matches.
@@ -23,17 +26,20 @@
 //! what was recorded, the plaintext's against the manifest. An unmarked object (uploaded before
 //! encryption was turned on) is read as it is.
 
-use std::path::Path;
-use std::time::Duration;
+pub mod credentials;
+pub mod http;
 
-use aws_sdk_s3::config::{BehaviorVersion, Region, RequestChecksumCalculation, ResponseChecksumValidation};
-use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
-use aws_sdk_s3::primitives::ByteStream;
-use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+use std::path::Path;
+use std::sync::Arc;
+
+use bytes::Bytes;
 use futures_util::{StreamExt, TryStreamExt};
+use rusty_s3::actions::{CreateMultipartUpload, ListObjectsV2, ObjectIdentifier};
+use rusty_s3::{Bucket, Credentials, S3Action, UrlStyle};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use self::http::{Failure, ATTEMPT_TIMEOUT, SIGN_TTL};
 use crate::config::RemoteConfig;
 use crate::crypt::{self, Recipients, UnsealError};
 use crate::error::{Error, Result};
@@ -55,8 +61,9 @@ const MAX_PARTS: u64 = 10_000;
 /// A connected remote.
 #[derive(Clone)]
 pub struct Remote {
-    client: aws_sdk_s3::Client,
-    bucket: String,
+    http: reqwest::Client,
+    /// The bucket's URLs and the credentials that sign requests to it.
+    s3: Arc<(Bucket, Credentials)>,
     prefix: String,
     part_size: u64,
     concurrency: usize,
@@ -145,20 +152,20 @@ impl Stored {
     }
 }
 
-/// The upload id in a CreateMultipartUpload answer the SDK could not parse. Servers built on
-/// older gofakes3 (`rclone serve s3` among them) name the root element `InitiateMultipartUpload`
-/// instead of the S3 API's `InitiateMultipartUploadResult`, which the SDK rightly rejects; the
-/// upload id in it is still the one to use. Only a 200 answer with exactly one `<UploadId>` is
-/// accepted. (Fixed upstream in gofakes3 PR #96.)
-fn upload_id_from_raw<E>(e: &SdkError<E, aws_sdk_s3::config::http::HttpResponse>) -> Option<String> {
-    let raw = e.raw_response()?;
-    if raw.status().as_u16() != 200 {
-        return None;
+/// The upload id of a CreateMultipartUpload answer. Servers built on older gofakes3 (`rclone
+/// serve s3` among them, v1.75 included) name the root element `InitiateMultipartUpload`, with
+/// no namespace, instead of the S3 API's `InitiateMultipartUploadResult`, which rusty-s3 rightly
+/// rejects; the upload id in it is still the one to use, so a successful answer with exactly
+/// one `<UploadId>` is read whatever its root. (Fixed upstream in gofakes3 PR #96.)
+fn upload_id_of(text: &str) -> Option<String> {
+    if let Ok(r) = CreateMultipartUpload::parse_response(text) {
+        return Some(r.upload_id().to_string());
     }
-    let text = std::str::from_utf8(raw.body().bytes()?).ok()?;
-    let (_, rest) = text.split_once("<UploadId>")?;
-    let (id, rest) = rest.split_once("</UploadId>")?;
-    (!rest.contains("<UploadId>") && !id.is_empty()).then(|| id.trim().to_string())
+    let mut ids = http::tags(text, "UploadId");
+    match (ids.next(), ids.next()) {
+        (Some(id), None) if !id.trim().is_empty() => Some(id.trim().to_string()),
+        _ => None,
+    }
 }
 
 /// The `Content-MD5` header of a body: base64 of its MD5, checked by every S3 server.
@@ -183,67 +190,35 @@ fn is_auth(code: Option<&str>, status: u16) -> bool {
         || status == 403
 }
 
-/// The HTTPS client the SDK uses: rustls with ring, the one TLS stack of the binary.
-pub fn https_client() -> aws_sdk_s3::config::SharedHttpClient {
-    use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider};
-    aws_smithy_http_client::Builder::new().tls_provider(Provider::Rustls(CryptoMode::Ring)).build_https()
-}
+/// S3's limit on keys per DeleteObjects request.
+const DELETE_BATCH: usize = 1000;
 
 impl Remote {
-    /// Build a client for `cfg` (no request is made).
+    /// Build a client for `cfg` and find its credentials (no request is made).
     pub async fn connect(cfg: &RemoteConfig) -> Result<Remote> {
-        let retry = aws_sdk_s3::config::retry::RetryConfig::standard()
-            .with_max_attempts(5)
-            .with_initial_backoff(Duration::from_millis(200));
-        let timeouts = aws_sdk_s3::config::timeout::TimeoutConfig::builder()
-            .connect_timeout(Duration::from_secs(10))
-            .read_timeout(Duration::from_secs(60))
-            .operation_attempt_timeout(Duration::from_secs(300))
-            .build();
-        let mut loader = aws_config::defaults(BehaviorVersion::latest())
-            .http_client(https_client())
-            .region(Region::new(cfg.region.clone()))
-            .retry_config(retry)
-            .timeout_config(timeouts);
-        if let Some(file) = &cfg.credentials_file {
-            std::fs::metadata(file).map_err(|e| {
-                Error::Config(format!(
-                    "remote.credentials_file {}: {e}; it must be an AWS shared-credentials file",
-                    file.display()
-                ))
-            })?;
-            let files = aws_runtime::env_config::file::EnvConfigFiles::builder()
-                .with_file(aws_runtime::env_config::file::EnvConfigFileKind::Credentials, file)
-                .build();
-            // The provider builds clients of its own (IMDS, for profiles that chain to it): they
-            // get the one HTTPS client too, else the SDK panics for want of a default one.
-            let provider_config =
-                aws_config::provider_config::ProviderConfig::default().with_http_client(https_client());
-            let provider = aws_config::profile::ProfileFileCredentialsProvider::builder()
-                .configure(&provider_config)
-                .profile_files(files)
-                .profile_name("default")
-                .build();
-            loader = loader.credentials_provider(provider);
-        }
-        let shared = loader.load().await;
-        let mut b = aws_sdk_s3::config::Builder::from(&shared)
-            .force_path_style(cfg.path_style)
-            .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
-            .response_checksum_validation(ResponseChecksumValidation::WhenRequired);
-        if let Some(e) = &cfg.endpoint {
-            b = b.endpoint_url(e);
-        }
+        let creds = credentials::load(cfg.credentials_file.as_deref(), |name| std::env::var(name).ok())?;
+        // No endpoint: AWS S3 itself, the region's endpoint.
+        let endpoint = cfg.endpoint.clone().unwrap_or_else(|| format!("https://s3.{}.amazonaws.com", cfg.region));
+        let url: reqwest::Url = endpoint.parse().map_err(|e| {
+            Error::Config(format!("remote.endpoint \"{endpoint}\": {e}; e.g. \"https://nyc3.digitaloceanspaces.com\""))
+        })?;
+        let style = if cfg.path_style { UrlStyle::Path } else { UrlStyle::VirtualHost };
+        let bucket = Bucket::new(url, style, cfg.bucket.clone(), cfg.region.clone()).map_err(|e| {
+            Error::Config(format!(
+                "remote: bucket \"{}\" at endpoint \"{endpoint}\": {e:?}; the endpoint must be an http(s) URL, and \
+                 a bucket name that is not a host name label or an endpoint that is an IP address needs \
+                 remote.path_style = true",
+                cfg.bucket
+            ))
+        })?;
         let seal = match &cfg.encrypt {
-            Some(e) => {
-                Some(std::sync::Arc::new(crypt::read_recipients(&e.recipients_file, "remote.encrypt.recipients_file")?))
-            }
+            Some(e) => Some(Arc::new(crypt::read_recipients(&e.recipients_file, "remote.encrypt.recipients_file")?)),
             None => None,
         };
         let prefix = cfg.prefix.trim_matches('/').to_string();
         Ok(Remote {
-            client: aws_sdk_s3::Client::from_conf(b.build()),
-            bucket: cfg.bucket.clone(),
+            http: http::client()?,
+            s3: Arc::new((bucket, creds)),
             prefix: if prefix.is_empty() { prefix } else { format!("{prefix}/") },
             part_size: cfg.part_size_mb.unwrap_or(16).max(5) * MIB,
             concurrency: cfg.concurrency.unwrap_or(4).clamp(1, 10),
@@ -272,66 +247,118 @@ impl Remote {
         format!("{}{key}", self.prefix)
     }
 
-    fn err<E>(&self, what: &str, e: SdkError<E, aws_sdk_s3::config::http::HttpResponse>) -> Error
-    where
-        E: ProvideErrorMetadata + std::error::Error + 'static,
-    {
-        let status = e.raw_response().map_or(0, |r| r.status().as_u16());
-        let code = e.code().map(str::to_string);
-        if is_auth(code.as_deref(), status) {
-            return Error::RemoteAuth {
-                place: self.place.clone(),
-                op: what.to_string(),
-                code: code.unwrap_or_else(|| format!("HTTP {status}")),
-            };
-        }
-        let detail = match (code, e.message()) {
-            (Some(c), Some(m)) => format!("{c}: {m}"),
-            (Some(c), None) => c,
-            _ => format!("{}", aws_smithy_types::error::display::DisplayErrorContext(&e)),
+    fn bucket(&self) -> &Bucket {
+        &self.s3.0
+    }
+
+    fn creds(&self) -> Option<&Credentials> {
+        Some(&self.s3.1)
+    }
+
+    /// The request for `action`, signed now (the caller adds the headers the action signed, and
+    /// the body). `timeout`: the attempt's limit, answer included (none for a download, whose
+    /// body streams for as long as it takes; the client's read timeout still applies).
+    fn request<'a>(&self, action: &impl S3Action<'a>, timeout: Option<std::time::Duration>) -> reqwest::RequestBuilder {
+        let method = match action_method(action) {
+            rusty_s3::Method::Head => reqwest::Method::HEAD,
+            rusty_s3::Method::Get => reqwest::Method::GET,
+            rusty_s3::Method::Post => reqwest::Method::POST,
+            rusty_s3::Method::Put => reqwest::Method::PUT,
+            rusty_s3::Method::Delete => reqwest::Method::DELETE,
         };
-        Error::Remote { place: self.place.clone(), op: what.to_string(), detail }
+        let mut r = self.http.request(method, action.sign(SIGN_TTL));
+        if let Some(t) = timeout {
+            r = r.timeout(t);
+        }
+        r
+    }
+
+    fn err(&self, what: &str, f: Failure) -> Error {
+        match f {
+            Failure::Status { status, code, message } => {
+                if is_auth(code.as_deref(), status) {
+                    return Error::RemoteAuth {
+                        place: self.place.clone(),
+                        op: what.to_string(),
+                        code: code.unwrap_or_else(|| format!("HTTP {status}")),
+                    };
+                }
+                let detail = match (code, message) {
+                    (Some(c), Some(m)) => format!("{c}: {m}"),
+                    (Some(c), None) => c,
+                    (None, _) => format!("HTTP {status}"),
+                };
+                Error::Remote { place: self.place.clone(), op: what.to_string(), detail }
+            }
+            Failure::Transport(detail) => Error::Remote { place: self.place.clone(), op: what.to_string(), detail },
+        }
+    }
+
+    /// An answer slipway could not read.
+    fn unreadable(&self, what: &str, e: impl std::fmt::Display) -> Error {
+        Error::Remote { place: self.place.clone(), op: what.to_string(), detail: format!("unreadable answer: {e}") }
     }
 
     /// Every object under `key_prefix` (relative), paginated.
     pub async fn list(&self, key_prefix: &str) -> Result<Vec<ObjectInfo>> {
+        let what = "listing objects";
+        let prefix = self.full(key_prefix);
         let mut out = Vec::new();
-        let mut pages =
-            self.client.list_objects_v2().bucket(&self.bucket).prefix(self.full(key_prefix)).into_paginator().send();
-        while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| self.err("listing objects", e))?;
-            for o in page.contents() {
-                let Some(k) = o.key() else { continue };
+        let mut token: Option<String> = None;
+        loop {
+            let text = http::send_text(|| {
+                let mut a = ListObjectsV2::new(self.bucket(), self.creds());
+                a.with_prefix(prefix.as_str());
+                if let Some(t) = &token {
+                    a.with_continuation_token(t.as_str());
+                }
+                self.request(&a, Some(ATTEMPT_TIMEOUT))
+            })
+            .await
+            .map_err(|f| self.err(what, f))?;
+            let page = ListObjectsV2::parse_response(&text).map_err(|e| self.unreadable(what, e))?;
+            for o in page.contents {
                 out.push(ObjectInfo {
-                    key: k.strip_prefix(&self.prefix).unwrap_or(k).to_string(),
-                    size: o.size().unwrap_or(0).max(0) as u64,
+                    key: o.key.strip_prefix(&self.prefix).unwrap_or(&o.key).to_string(),
+                    size: o.size.unwrap_or(0),
                     sha256: None,
                     encryption: None,
                     plain_sha256: None,
                     plain_size: None,
                 });
             }
+            match page.next_continuation_token {
+                // A server that hands back the token it was given would list forever.
+                Some(t) if token.as_ref() == Some(&t) => {
+                    return Err(self.unreadable(what, "the same continuation token twice"))
+                }
+                Some(t) => token = Some(t),
+                None => return Ok(out),
+            }
         }
-        Ok(out)
     }
 
     /// HEAD one object: its size and sha256 metadata, or None when absent.
     pub async fn head(&self, key: &str) -> Result<Option<ObjectInfo>> {
-        match self.client.head_object().bucket(&self.bucket).key(self.full(key)).send().await {
-            Ok(h) => {
-                let meta = |k: &str| h.metadata().and_then(|m| m.get(k)).cloned();
-                Ok(Some(ObjectInfo {
-                    key: key.to_string(),
-                    size: h.content_length().unwrap_or(0).max(0) as u64,
-                    sha256: meta(SHA256_META),
-                    encryption: meta(ENC_META),
-                    plain_sha256: meta(PLAIN_SHA256_META),
-                    plain_size: meta(PLAIN_SIZE_META).and_then(|s| s.parse().ok()),
-                }))
-            }
-            Err(SdkError::ServiceError(s)) if s.err().is_not_found() => Ok(None),
-            Err(e) => Err(self.err(&format!("checking {key}"), e)),
-        }
+        let full = self.full(key);
+        let sent =
+            http::send(|| self.request(&self.bucket().head_object(self.creds(), &full), Some(ATTEMPT_TIMEOUT))).await;
+        let h = match sent {
+            Ok(h) => h,
+            Err(Failure::Status { status: 404, .. }) => return Ok(None),
+            Err(f) => return Err(self.err(&format!("checking {key}"), f)),
+        };
+        let meta = |k: &str| metadata(h.headers(), k);
+        Ok(Some(ObjectInfo {
+            key: key.to_string(),
+            size: header(h.headers(), reqwest::header::CONTENT_LENGTH.as_str())
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0),
+            sha256: meta(SHA256_META),
+            encryption: meta(ENC_META),
+            plain_sha256: meta(PLAIN_SHA256_META),
+            plain_size: meta(PLAIN_SIZE_META).and_then(|s| s.parse().ok()),
+        }))
     }
 
     /// Upload a local file with its sha256 as metadata; multipart when larger than a part.
@@ -364,6 +391,7 @@ impl Remote {
                 local.display()
             ))
         };
+        let meta = [(SHA256_META, sha256.to_string())];
         let mut f = tokio::fs::File::open(local).await.map_err(|e| Error::io(local, e))?;
         if size <= self.part_size {
             let mut buf = Vec::with_capacity(size as usize);
@@ -372,41 +400,15 @@ impl Remote {
             if got != sha256 || buf.len() as u64 != size {
                 return Err(damaged(&got));
             }
-            self.client
-                .put_object()
-                .bucket(&self.bucket)
-                .key(&full)
-                .metadata(SHA256_META, sha256)
-                .content_length(size as i64)
-                .content_md5(content_md5(&buf))
-                .body(ByteStream::from(buf))
-                .send()
-                .await
-                .map_err(|e| self.err(&format!("uploading {key}"), e))?;
-            return Ok(());
+            return self.put(key, &full, &meta, Bytes::from(buf)).await;
         }
         let part_size = self.part_size.max(size.div_ceil(MAX_PARTS));
-        let created = self
-            .client
-            .create_multipart_upload()
-            .bucket(&self.bucket)
-            .key(&full)
-            .metadata(SHA256_META, sha256)
-            .send()
-            .await;
-        let upload_id = match created {
-            Ok(c) => c.upload_id().unwrap_or_default().to_string(),
-            Err(e) => upload_id_from_raw(&e).ok_or_else(|| self.err(&format!("starting the upload of {key}"), e))?,
-        };
-        let abort = || async {
-            let _ =
-                self.client.abort_multipart_upload().bucket(&self.bucket).key(&full).upload_id(&upload_id).send().await;
-        };
+        let upload_id = self.create_upload(key, &full, &meta).await?;
         let parts = size.div_ceil(part_size);
         let hasher = std::sync::Mutex::new(Sha256::new());
         let file = tokio::sync::Mutex::new(f);
         // Parts are read (and hashed) strictly in order, one at a time; their uploads overlap.
-        let result: Result<Vec<CompletedPart>> = futures_util::stream::iter(1..=parts)
+        let result: Result<Vec<Part>> = futures_util::stream::iter(1..=parts)
             .then(|n| {
                 let (file, hasher) = (&file, &hasher);
                 async move {
@@ -414,66 +416,100 @@ impl Remote {
                     let mut buf = vec![0u8; len as usize];
                     file.lock().await.read_exact(&mut buf).await.map_err(|e| Error::io(local, e))?;
                     hasher.lock().map_err(|_| Error::Other("upload hasher poisoned".into()))?.update(&buf);
-                    Ok::<_, Error>((n, buf))
+                    Ok::<_, Error>((n as u16, Bytes::from(buf)))
                 }
             })
-            .map_ok(|(n, buf)| {
-                let (client, bucket, full, upload_id) =
-                    (self.client.clone(), self.bucket.clone(), full.clone(), upload_id.clone());
-                async move {
-                    let len = buf.len();
-                    let r = client
-                        .upload_part()
-                        .bucket(bucket)
-                        .key(full)
-                        .upload_id(upload_id)
-                        .part_number(n as i32)
-                        .content_length(len as i64)
-                        .content_md5(content_md5(&buf))
-                        .body(ByteStream::from(buf))
-                        .send()
-                        .await
-                        .map_err(|e| self.err(&format!("uploading part {n} of {key}"), e))?;
-                    Ok(CompletedPart::builder().part_number(n as i32).set_e_tag(r.e_tag().map(str::to_string)).build())
-                }
-            })
+            .map_ok(|(n, buf)| self.upload_part(&full, key, &upload_id, n, buf))
             .try_buffer_unordered(self.concurrency)
             .try_collect()
             .await;
         let parts = match result {
             Ok(p) => p,
             Err(e) => {
-                abort().await;
+                self.abort(&full, &upload_id).await;
                 return Err(e);
             }
         };
         let got =
             hex::encode(hasher.into_inner().map_err(|_| Error::Other("upload hasher poisoned".into()))?.finalize());
         if got != sha256 {
-            abort().await;
+            self.abort(&full, &upload_id).await;
             return Err(damaged(&got));
         }
         if let Err(e) = self.complete(key, &full, &upload_id, parts).await {
-            abort().await;
+            self.abort(&full, &upload_id).await;
             return Err(e);
         }
         Ok(())
     }
 
+    /// PUT `body` as the object `full` (for `key`) with `meta`, its length and `Content-MD5`.
+    async fn put(&self, key: &str, full: &str, meta: &[(&str, String)], body: Bytes) -> Result<()> {
+        let md5 = content_md5(&body);
+        http::send(|| {
+            let mut a = self.bucket().put_object(self.creds(), full);
+            let mut r = self.request(with_meta(&mut a, meta), Some(ATTEMPT_TIMEOUT));
+            for (k, v) in meta {
+                r = r.header(format!("x-amz-meta-{k}"), v.as_str());
+            }
+            r.header("content-md5", md5.as_str()).body(body.clone())
+        })
+        .await
+        .map(drop)
+        .map_err(|f| self.err(&format!("uploading {key}"), f))
+    }
+
+    /// Start a multipart upload of `full` (for `key`) with `meta`: its upload id.
+    async fn create_upload(&self, key: &str, full: &str, meta: &[(&str, String)]) -> Result<String> {
+        let what = format!("starting the upload of {key}");
+        let text = http::send_text(|| {
+            let mut a = self.bucket().create_multipart_upload(self.creds(), full);
+            let mut r = self.request(with_meta(&mut a, meta), Some(ATTEMPT_TIMEOUT));
+            for (k, v) in meta {
+                r = r.header(format!("x-amz-meta-{k}"), v.as_str());
+            }
+            r
+        })
+        .await
+        .map_err(|f| self.err(&what, f))?;
+        upload_id_of(&text).ok_or_else(|| self.unreadable(&what, "no upload id"))
+    }
+
+    /// Abort multipart upload `upload_id` of `full`, best effort: a failure leaves an upload
+    /// that no listing shows as an object, and `sync` aborts it next time.
+    async fn abort(&self, full: &str, upload_id: &str) {
+        let r = http::send(|| {
+            self.request(&self.bucket().abort_multipart_upload(self.creds(), full, upload_id), Some(ATTEMPT_TIMEOUT))
+        })
+        .await;
+        if let Err(f) = r {
+            tracing::warn!(place = %self.place, key = full, failure = ?f, "remote: aborting a multipart upload failed");
+        }
+    }
+
     /// Complete multipart upload `upload_id` of `full` (the object for `key`) from its parts,
     /// in part order: the one completion both the plain and the encrypted upload end with.
-    async fn complete(&self, key: &str, full: &str, upload_id: &str, mut parts: Vec<CompletedPart>) -> Result<()> {
-        parts.sort_by_key(|p| p.part_number());
-        self.client
-            .complete_multipart_upload()
-            .bucket(&self.bucket)
-            .key(full)
-            .upload_id(upload_id)
-            .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
-            .send()
-            .await
-            .map(|_| ())
-            .map_err(|e| self.err(&format!("completing the upload of {key}"), e))
+    async fn complete(&self, key: &str, full: &str, upload_id: &str, mut parts: Vec<Part>) -> Result<()> {
+        let what = format!("completing the upload of {key}");
+        parts.sort_by_key(|p| p.0);
+        if parts.iter().enumerate().any(|(i, p)| usize::from(p.0) != i + 1) {
+            return Err(Error::Other(format!("{what}: the parts are not numbered 1 to {}", parts.len())));
+        }
+        // S3 answers a completion that failed with an error document, status 200 or not:
+        // send_text reads the answer and makes it a failure.
+        http::send_text(|| {
+            let a = self.bucket().complete_multipart_upload(
+                self.creds(),
+                full,
+                upload_id,
+                parts.iter().map(|p| p.1.as_str()),
+            );
+            let r = self.request(&a, Some(ATTEMPT_TIMEOUT));
+            r.body(a.body())
+        })
+        .await
+        .map(drop)
+        .map_err(|f| self.err(&what, f))
     }
 
     /// The upload of an encrypted object. A blocking task reads the file once, hashing the
@@ -506,30 +542,22 @@ impl Remote {
         enum Sent {
             Nothing,
             One(Vec<u8>),
-            Parts(Vec<CompletedPart>, String, u64),
+            Parts(Vec<Part>, String, u64),
         }
         let consume = async {
             let Some(first) = rx.recv().await else { return Ok(Sent::Nothing) };
             let Some(second) = rx.recv().await else { return Ok(Sent::One(first)) };
-            let mut create = self.client.create_multipart_upload().bucket(&self.bucket).key(&full);
-            for (k, v) in &meta {
-                create = create.metadata(*k, v);
-            }
-            let id = match create.send().await {
-                Ok(c) => c.upload_id().unwrap_or_default().to_string(),
-                Err(e) => {
-                    upload_id_from_raw(&e).ok_or_else(|| self.err(&format!("starting the upload of {key}"), e))?
-                }
-            };
+            let id = self.create_upload(key, &full, &meta).await?;
             *upload_id.lock().map_err(|_| Error::Other("upload id poisoned".into()))? = Some(id.clone());
             let rest = futures_util::stream::unfold(rx, |mut rx| async { rx.recv().await.map(|p| (p, rx)) });
             let (mut hash, mut sent) = (Sha256::new(), 0u64);
             let numbered = futures_util::stream::iter([first, second]).chain(rest).enumerate().map(|(i, buf)| {
                 hash.update(&buf);
                 sent += buf.len() as u64;
-                (i as i32 + 1, buf)
+                // More than 10 000 parts cannot be (the part size is chosen so): S3 refuses the number.
+                (u16::try_from(i + 1).unwrap_or(u16::MAX), Bytes::from(buf))
             });
-            let parts: Vec<CompletedPart> = numbered
+            let parts: Vec<Part> = numbered
                 .map(|(n, buf)| self.upload_part(&full, key, &id, n, buf))
                 .buffer_unordered(self.concurrency)
                 .try_collect()
@@ -539,7 +567,7 @@ impl Remote {
         let (produced, sent) = tokio::join!(produce, consume);
         let abort = || async {
             if let Ok(Some(id)) = upload_id.lock().map(|g| g.clone()) {
-                let _ = self.client.abort_multipart_upload().bucket(&self.bucket).key(&full).upload_id(id).send().await;
+                self.abort(&full, &id).await;
             }
         };
         // A failed send stops the encryption too (its channel closes): the send's error is the cause.
@@ -572,18 +600,9 @@ impl Remote {
             Sent::One(buf) => {
                 let object_sha = hex::encode(Sha256::digest(&buf));
                 let len = buf.len() as u64;
-                let mut put = self
-                    .client
-                    .put_object()
-                    .bucket(&self.bucket)
-                    .key(&full)
-                    .metadata(SHA256_META, &object_sha)
-                    .content_length(len as i64)
-                    .content_md5(content_md5(&buf));
-                for (k, v) in &meta {
-                    put = put.metadata(*k, v);
-                }
-                put.body(ByteStream::from(buf)).send().await.map_err(|e| self.err(&format!("uploading {key}"), e))?;
+                let mut all = vec![(SHA256_META, object_sha.clone())];
+                all.extend(meta.iter().cloned());
+                self.put(key, &full, &all, Bytes::from(buf)).await?;
                 Ok(Stored { sha256: object_sha, size: len, encryption: Some(ENC_AGE.into()) })
             }
             Sent::Parts(parts, object_sha, len) => {
@@ -597,36 +616,58 @@ impl Remote {
         }
     }
 
-    /// Send part `n` of a multipart upload with its `Content-MD5`.
-    async fn upload_part(&self, full: &str, key: &str, upload_id: &str, n: i32, buf: Vec<u8>) -> Result<CompletedPart> {
-        let len = buf.len();
-        let r = self
-            .client
-            .upload_part()
-            .bucket(&self.bucket)
-            .key(full)
-            .upload_id(upload_id)
-            .part_number(n)
-            .content_length(len as i64)
-            .content_md5(content_md5(&buf))
-            .body(ByteStream::from(buf))
-            .send()
-            .await
-            .map_err(|e| self.err(&format!("uploading part {n} of {key}"), e))?;
-        Ok(CompletedPart::builder().part_number(n).set_e_tag(r.e_tag().map(str::to_string)).build())
+    /// Send part `n` of a multipart upload with its `Content-MD5`: its number and ETag.
+    async fn upload_part(&self, full: &str, key: &str, upload_id: &str, n: u16, buf: Bytes) -> Result<Part> {
+        let md5 = content_md5(&buf);
+        let r = http::send(|| {
+            let a = self.bucket().upload_part(self.creds(), full, n, upload_id);
+            self.request(&a, Some(ATTEMPT_TIMEOUT)).header("content-md5", md5.as_str()).body(buf.clone())
+        })
+        .await
+        .map_err(|f| self.err(&format!("uploading part {n} of {key}"), f))?;
+        let etag = header(r.headers(), reqwest::header::ETAG.as_str())
+            .ok_or_else(|| self.unreadable(&format!("uploading part {n} of {key}"), "no ETag"))?;
+        Ok((n, etag))
     }
 
     /// Abort multipart uploads left by an interrupted run (best effort: not every
-    /// S3-compatible server lists them). Returns how many were aborted.
+    /// S3-compatible server lists them; the first 1 000 listed are aborted, the rest next
+    /// time). Returns how many were aborted.
     pub async fn abort_stale_uploads(&self) -> usize {
-        let Ok(list) = self.client.list_multipart_uploads().bucket(&self.bucket).prefix(&self.prefix).send().await
-        else {
-            return 0;
-        };
+        let listed = http::send_text(|| {
+            // rusty-s3 has no ListMultipartUploads: its signer presigns the URL all the same.
+            let (bucket, creds) = (self.bucket(), &self.s3.1);
+            let mut query = vec![("uploads", "1")];
+            if !self.prefix.is_empty() {
+                query.insert(0, ("prefix", self.prefix.as_str()));
+            }
+            let url = rusty_s3::signing::sign(
+                &jiff::Timestamp::now(),
+                rusty_s3::Method::Get,
+                bucket.base_url().clone(),
+                creds.key(),
+                creds.secret(),
+                creds.token(),
+                bucket.region(),
+                SIGN_TTL.as_secs(),
+                query.into_iter(),
+                std::iter::empty(),
+            );
+            self.http.get(url).timeout(ATTEMPT_TIMEOUT)
+        })
+        .await;
+        let Ok(text) = listed else { return 0 };
         let mut n = 0;
-        for u in list.uploads() {
-            if let (Some(k), Some(id)) = (u.key(), u.upload_id()) {
-                if self.client.abort_multipart_upload().bucket(&self.bucket).key(k).upload_id(id).send().await.is_ok() {
+        for upload in http::elements(&text, "Upload") {
+            let (Some(k), Some(id)) = (http::tag(upload, "Key"), http::tag(upload, "UploadId")) else { continue };
+            // Only this host's: a server that ignores the prefix must not have another host's
+            // uploads, in flight in the same bucket, aborted.
+            if k.starts_with(&self.prefix) {
+                let r = http::send(|| {
+                    self.request(&self.bucket().abort_multipart_upload(self.creds(), &k, &id), Some(ATTEMPT_TIMEOUT))
+                })
+                .await;
+                if r.is_ok() {
                     n += 1;
                 }
             }
@@ -642,18 +683,17 @@ impl Remote {
     /// to, is a config error (exit 2) raised before anything is written. Returns the sha256 of
     /// what was written.
     pub async fn download(&self, key: &str, dest: &Path, expected_sha256: Option<&str>) -> Result<String> {
-        let got = self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(self.full(key))
-            .send()
+        let full = self.full(key);
+        // No limit on the whole answer: the body streams for as long as it takes, each read
+        // within the client's read timeout. A body cut short is not retried (it was partly
+        // written): the download fails and the next run starts it again.
+        let mut got = http::send(|| self.request(&self.bucket().get_object(self.creds(), &full), None))
             .await
-            .map_err(|e| self.err(&format!("downloading {key}"), e))?;
-        let meta = |k: &str| got.metadata().and_then(|m| m.get(k)).cloned();
+            .map_err(|f| self.err(&format!("downloading {key}"), f))?;
+        let meta = |k: &str| metadata(got.headers(), k);
         if let Some(enc) = meta(ENC_META) {
             let object_sha = meta(SHA256_META);
-            return self.download_sealed(key, dest, expected_sha256, &enc, object_sha.as_deref(), got.body).await;
+            return self.download_sealed(key, dest, expected_sha256, &enc, object_sha.as_deref(), got).await;
         }
         if let Some(parent) = dest.parent() {
             crate::fsutil::create_private_dir(parent).map_err(|e| Error::io(parent, e))?;
@@ -664,13 +704,12 @@ impl Remote {
             std::process::id()
         ));
         let mut f = tokio::fs::File::create(&tmp).await.map_err(|e| Error::io(&tmp, e))?;
-        let mut body = got.body;
         let mut hash = Sha256::new();
         let res: Result<()> = async {
-            while let Some(chunk) = body.try_next().await.map_err(|e| Error::Remote {
+            while let Some(chunk) = got.chunk().await.map_err(|e| Error::Remote {
                 place: self.place.clone(),
                 op: format!("downloading {key}"),
-                detail: e.to_string(),
+                detail: http::describe(e),
             })? {
                 hash.update(&chunk);
                 f.write_all(&chunk).await.map_err(|e| Error::io(&tmp, e))?;
@@ -706,7 +745,7 @@ impl Remote {
         expected_sha256: Option<&str>,
         enc: &str,
         object_sha: Option<&str>,
-        mut body: ByteStream,
+        mut body: reqwest::Response,
     ) -> Result<String> {
         if enc != ENC_AGE {
             return Err(Error::Backup(format!(
@@ -737,7 +776,7 @@ impl Remote {
         let pump = async move {
             let mut hash = Sha256::new();
             loop {
-                match body.try_next().await {
+                match body.chunk().await {
                     Ok(Some(chunk)) => {
                         hash.update(&chunk);
                         if tx.send(Ok(chunk.to_vec())).await.is_err() {
@@ -747,12 +786,9 @@ impl Remote {
                     }
                     Ok(None) => return Ok(Some(hex::encode(hash.finalize()))),
                     Err(e) => {
-                        let _ = tx.send(Err(std::io::Error::other(e.to_string()))).await;
-                        return Err(Error::Remote {
-                            place: place.clone(),
-                            op: format!("downloading {key}"),
-                            detail: e.to_string(),
-                        });
+                        let detail = http::describe(e);
+                        let _ = tx.send(Err(std::io::Error::other(detail.clone()))).await;
+                        return Err(Error::Remote { place: place.clone(), op: format!("downloading {key}"), detail });
                     }
                 }
             }
@@ -807,42 +843,119 @@ impl Remote {
         Ok(plain_sha)
     }
 
-    /// Delete objects (relative keys).
+    /// Delete objects (relative keys): DeleteObjects, up to 1 000 keys a request, each request
+    /// with the `Content-MD5` S3 requires. A key that was already gone counts as deleted (as
+    /// S3 answers); any key the store could not delete fails the call, naming it. A store that
+    /// does not implement DeleteObjects (501) has its keys deleted one at a time.
     pub async fn delete(&self, keys: &[String]) -> Result<()> {
-        for k in keys {
-            self.client
-                .delete_object()
-                .bucket(&self.bucket)
-                .key(self.full(k))
-                .send()
-                .await
-                .map_err(|e| self.err(&format!("deleting {k}"), e))?;
+        for batch in keys.chunks(DELETE_BATCH) {
+            let what = match batch {
+                [one] => format!("deleting {one}"),
+                _ => format!("deleting {} objects ({} …)", batch.len(), batch[0]),
+            };
+            let ids: Vec<ObjectIdentifier> = batch.iter().map(|k| ObjectIdentifier::new(self.full(k))).collect();
+            let sent = http::send_text(|| {
+                let mut a = self.bucket().delete_objects(self.creds(), ids.iter());
+                // Quiet: the answer lists only the keys that could not be deleted.
+                a.set_quiet(true);
+                let r = self.request(&a, Some(ATTEMPT_TIMEOUT));
+                let (body, md5) = a.body_with_md5();
+                r.header("content-md5", md5).body(body)
+            })
+            .await;
+            let text = match sent {
+                Ok(t) => t,
+                Err(Failure::Status { status: 501, .. }) => {
+                    for k in batch {
+                        self.delete_one(k).await?;
+                    }
+                    continue;
+                }
+                Err(f) => return Err(self.err(&what, f)),
+            };
+            // The keys not deleted, one `<Error>` each, read with the scanner rather than
+            // rusty-s3's parser: servers differ in the namespace of `<DeleteResult>` (rclone's
+            // declares none), and only these elements matter.
+            let errors: Vec<&str> = http::elements(&text, "Error").collect();
+            if let Some(e) = errors.first() {
+                let full = http::tag(e, "Key").unwrap_or_default();
+                let key = full.strip_prefix(&self.prefix).unwrap_or(&full);
+                let failure =
+                    Failure::Status { status: 200, code: http::tag(e, "Code"), message: http::tag(e, "Message") };
+                let what = format!("deleting {key} ({} of {} keys not deleted)", errors.len(), batch.len());
+                return Err(self.err(&what, failure));
+            }
         }
         Ok(())
     }
 
+    async fn delete_one(&self, key: &str) -> Result<()> {
+        let full = self.full(key);
+        http::send(|| self.request(&self.bucket().delete_object(self.creds(), &full), Some(ATTEMPT_TIMEOUT)))
+            .await
+            .map(drop)
+            .map_err(|f| self.err(&format!("deleting {key}"), f))
+    }
+
     /// HEAD the bucket: it exists and the credentials may use it.
     pub async fn head_bucket(&self) -> Result<()> {
-        match self.client.head_bucket().bucket(&self.bucket).send().await {
+        match http::send(|| self.request(&self.bucket().head_bucket(self.creds()), Some(ATTEMPT_TIMEOUT))).await {
             Ok(_) => Ok(()),
-            Err(SdkError::ServiceError(s)) if s.err().is_not_found() => Err(Error::Remote {
+            Err(Failure::Status { status: 404, .. }) => Err(Error::Remote {
                 place: self.place.clone(),
                 op: "checking the bucket".into(),
                 detail: "no such bucket; create it (or fix remote.bucket)".into(),
             }),
-            Err(e) => Err(self.err("checking the bucket", e)),
+            Err(f) => Err(self.err("checking the bucket", f)),
         }
     }
 
     /// Create the bucket if it does not exist (tests, first use).
     pub async fn ensure_bucket(&self) -> Result<()> {
-        if self.client.head_bucket().bucket(&self.bucket).send().await.is_ok() {
+        if self.head_bucket().await.is_ok() {
             return Ok(());
         }
-        match self.client.create_bucket().bucket(&self.bucket).send().await {
+        let creds = &self.s3.1;
+        let created = http::send(|| {
+            let a = self.bucket().create_bucket(creds);
+            self.request(&a, Some(ATTEMPT_TIMEOUT)).body(a.body())
+        })
+        .await;
+        match created {
             Ok(_) => Ok(()),
-            Err(e) if matches!(e.code(), Some("BucketAlreadyOwnedByYou" | "BucketAlreadyExists")) => Ok(()),
-            Err(e) => Err(self.err("creating the bucket", e)),
+            Err(Failure::Status { code: Some(c), .. })
+                if c == "BucketAlreadyOwnedByYou" || c == "BucketAlreadyExists" =>
+            {
+                Ok(())
+            }
+            Err(f) => Err(self.err("creating the bucket", f)),
         }
     }
+}
+
+/// A part sent: its number and the ETag the store gave it.
+type Part = (u16, String);
+
+/// The method an action is signed for.
+fn action_method<'a, A: S3Action<'a>>(_: &A) -> rusty_s3::Method {
+    A::METHOD
+}
+
+/// Sign the `x-amz-meta-*` headers of `meta` with `action` (S3 refuses unsigned `x-amz-*`
+/// headers); the request must send them too, with the same values.
+fn with_meta<'a, 'b, A: S3Action<'a>>(action: &'b mut A, meta: &[(&str, String)]) -> &'b A {
+    for (k, v) in meta {
+        action.headers_mut().insert(format!("x-amz-meta-{k}"), v.clone());
+    }
+    action
+}
+
+/// A header of an answer, when it is text.
+fn header(headers: &reqwest::header::HeaderMap, name: &str) -> Option<String> {
+    headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string)
+}
+
+/// The `x-amz-meta-<key>` metadata of an answer.
+fn metadata(headers: &reqwest::header::HeaderMap, key: &str) -> Option<String> {
+    header(headers, &format!("x-amz-meta-{key}"))
 }
