@@ -715,8 +715,8 @@ fn the_new_container_is_staged_with_its_final_aliases_and_policy_yet_answers_to_
     // Docker's DNS answers only for running containers: the alias is the prior one's alone,
     // the staging name is nobody's.
     let seen = resolve(&s, &v1, &["t1", &name, &staged]);
-    assert_eq!(seen[0], [old_ip.clone()], "alias t1 while staged");
-    assert_eq!(seen[1], [old_ip.clone()], "the tenant's name while staged");
+    assert_eq!(seen[0], std::slice::from_ref(&old_ip), "alias t1 while staged");
+    assert_eq!(seen[1], std::slice::from_ref(&old_ip), "the tenant's name while staged");
     assert!(seen[2].is_empty(), "the staging name resolves: {:?}", seen[2]);
     let still = s.inspect(&name);
     assert!(still["Id"] == old["Id"] && still["State"]["Running"] == true, "the pause ended before the lookups");
