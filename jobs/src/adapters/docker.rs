@@ -1386,6 +1386,31 @@ mod tests {
     }
 
     #[test]
+    fn a_staged_container_is_checked_for_the_tenants_aliases_exactly() {
+        let settings = |aliases: &[&str]| OperatorSettings {
+            name: "pulse-t1".into(),
+            labels: BTreeMap::new(),
+            networks: [("front".to_string(), aliases.iter().map(|a| a.to_string()).collect())].into(),
+            mounts: BTreeSet::new(),
+            env_keys: BTreeSet::new(),
+        };
+        let prior = settings(&["t1", "t1-api"]);
+        let staged = prior.as_staged("pulse-t1.next-x");
+        let on_engine = |aliases: &[&str]| OperatorSettings { name: "pulse-t1.next-x".into(), ..settings(aliases) };
+        // (what the staged container has, lost, added)
+        let cases: [(&[&str], &[&str], &[&str]); 4] = [
+            (&["t1", "t1-api"], &[], &[]),
+            (&[], &["alias t1 on network front", "alias t1-api on network front"], &[]),
+            (&["t1"], &["alias t1-api on network front"], &[]),
+            (&["t1", "t1-api", "db"], &[], &["alias db on network front"]),
+        ];
+        for (has, lost, added) in cases {
+            assert_eq!(staged.lost_in(&on_engine(has)), lost, "{has:?}");
+            assert_eq!(staged.aliases_added_in(&on_engine(has)), added, "{has:?}");
+        }
+    }
+
+    #[test]
     fn an_anonymous_volume_is_created_by_name_and_the_check_finds_it_the_same() {
         let anon = "ab".repeat(32);
         let old = spec_with_volumes(&anon);

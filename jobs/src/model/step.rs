@@ -123,11 +123,12 @@ impl Step {
 
     /// Whether the end of this step and the begin of `next` are journaled in one write (one
     /// commit, one fsync, both rows or neither): only while the tenant is down (from its stop
-    /// to its health gate), where every commit is downtime. Never into the start: its begin
-    /// stays a row of its own, written after the switch's end, so that a crash before it leaves
-    /// a journal that says the new version never ran (and undo has no data to put back).
+    /// to its health gate), where every commit is downtime, and never across the start: its
+    /// begin stays a row of its own, written after the switch's end, so that a crash before it
+    /// leaves a journal that says the new version never ran (and undo has no data to put back).
     pub fn journals_with(self, next: Step) -> bool {
-        self >= Step::Stop && self < next && next <= Step::Health && next != Step::Start
+        let down = |s: Step| (Step::Stop..=Step::Health).contains(&s);
+        down(self) && down(next) && self < next && self.new_version_may_have_run() == next.new_version_may_have_run()
     }
 
     /// Whether a failure of this step undoes the tenant.    /// Whether a failure of this step undoes the tenant. A failed cleanup leaves the healthy
