@@ -32,9 +32,14 @@ fn assert_stopped_at(out: &Out, point: &str, var: &str) {
     }
 }
 
-/// Every crash point of a rollout's steps, with the step and moment it sits at.
+/// Every crash point of a rollout's steps, with the step and moment it sits at: each step's
+/// before it acts and after its end is journaled, and those inside a step (the switch's, with
+/// the prior container aside and the tenant's name free).
 fn rollout_points() -> Vec<(Step, CrashPoint)> {
-    Step::ALL.into_iter().flat_map(|s| [(s, s.during()), (s, s.after())]).collect()
+    Step::ALL
+        .into_iter()
+        .flat_map(|s| [Some(s.during()), s.halfway(), Some(s.after())].into_iter().flatten().map(move |p| (s, p)))
+        .collect()
 }
 
 /// Roll two tenants to the `writer` fixture (which changes the data dir when it starts), stop
@@ -362,8 +367,8 @@ fn recover_converges_when_a_create_in_flight_at_the_kill_takes_the_tenants_name_
     let (id, data) = (s.inspect(&name)["Id"].clone(), tree_hash(&s.data_dir("t1")));
     s.write_fleet(&s.fleet_app(&v2, ""));
     // Killed with the prior container renamed aside and the tenant's name free ...
-    let out = s.slipway_env(&["rollout", "--json"], &[(CRASH, "after-rename")]);
-    assert_stopped_at(&out, "after-rename", CRASH);
+    let out = s.slipway_env(&["rollout", "--json"], &[(CRASH, "halfway-switch")]);
+    assert_stopped_at(&out, "halfway-switch", CRASH);
     // ... and the create it had sent completes while recover is already at work.
     let recover = s.spawn(&["recover", "--json"], &[("SLIPWAY_TEST_PAUSE_AT", "undo-before-rename-back:3000")]);
     std::thread::sleep(std::time::Duration::from_millis(1200));

@@ -329,7 +329,7 @@ fn the_prior_container_aside_cannot_restart_by_itself_and_gets_its_restart_polic
     assert_eq!(policy(&name), "unless-stopped", "rollback did not put the restart policy back");
 
     // Killed while the prior container is aside: recover puts the policy back too.
-    let out = s.slipway_env(&["rollout", "--json"], &[("SLIPWAY_TEST_CRASH_AT", "after-rename")]);
+    let out = s.slipway_env(&["rollout", "--json"], &[("SLIPWAY_TEST_CRASH_AT", "halfway-switch")]);
     assert_eq!(out.code, -1, "{}", out.stderr);
     let aside = s.containers_named_like(".pre-rollout-");
     assert_eq!(aside.len(), 1, "{aside:?}");
@@ -645,16 +645,47 @@ fn pre_copy_false_takes_the_archive_while_down_path_and_the_plan_says_so() {
     assert!(!s.root().join("data/.slipway-rollout").exists());
 }
 
+/// What `name` resolves to from a throw-away container on the sandbox's network (busybox
+/// `nslookup` against Docker's embedded DNS), one list per name; empty when it does not resolve.
+fn resolve(s: &Sandbox, image: &str, names: &[&str]) -> Vec<Vec<String>> {
+    let script = r#"for n in "$@"; do echo "== $n"; /bin/busybox nslookup "$n" 127.0.0.11 || true; done"#;
+    let label = format!("slipway.test={}", s.id());
+    let mut args = vec!["run", "--rm", "--network", s.network(), "--label", &label, "--entrypoint", "/bin/busybox"];
+    args.extend([image, "sh", "-c", script, "resolve"]);
+    args.extend(names);
+    let out = std::process::Command::new("docker").args(&args).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut found: Vec<Vec<String>> = Vec::new();
+    let mut in_answer = false;
+    for line in text.lines() {
+        if line.starts_with("== ") {
+            found.push(Vec::new());
+            in_answer = false;
+        } else if line.starts_with("Name:") {
+            in_answer = true;
+        } else if let Some(addr) = line.strip_prefix("Address:").filter(|_| in_answer) {
+            let ip = addr.split_whitespace().next().unwrap_or_default().to_string();
+            if let Some(last) = found.last_mut().filter(|l| !l.contains(&ip)) {
+                last.push(ip);
+            }
+        }
+    }
+    assert_eq!(found.len(), names.len(), "{text}");
+    found
+}
+
 #[test]
-fn the_new_container_is_staged_before_the_stop_without_the_tenants_name_or_aliases() {
+fn the_new_container_is_staged_with_its_final_aliases_and_policy_yet_answers_to_nothing_until_it_starts() {
     let s = Sandbox::new();
     let v1 = s.push_fixture_as("v1", "app");
     let v2 = s.push_fixture_as("v2", "app");
     let name = s.add_tenant("t1", &v1);
     let old = s.inspect(&name);
+    let old_ip = s.container_ip(&name);
     let aliases = old["NetworkSettings"]["Networks"][s.network()]["Aliases"].clone();
     s.write_fleet(&s.fleet_app(&v2, ""));
-    let child = s.spawn(&["rollout", "--json"], &[("SLIPWAY_TEST_PAUSE_AT", "before-stop:4000")]);
+    let child = s.spawn(&["rollout", "--json"], &[("SLIPWAY_TEST_PAUSE_AT", "before-stop:8000")]);
     let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
     let staged = loop {
         if let Some(n) = s.containers_named_like(".next-").into_iter().next() {
@@ -664,24 +695,35 @@ fn the_new_container_is_staged_before_the_stop_without_the_tenants_name_or_alias
         std::thread::sleep(std::time::Duration::from_millis(50));
     };
     std::thread::sleep(std::time::Duration::from_millis(500));
-    // Staged, not running; the prior container still serves under the tenant's name.
+    // Staged, not running, with what it will have as the tenant: its aliases and its restart
+    // policy; the prior container still serves under the tenant's name.
     let st = s.inspect(&staged);
     assert_eq!(st["State"]["Running"], false);
-    assert_eq!(st["HostConfig"]["RestartPolicy"]["Name"], "no");
-    let st_aliases = &st["NetworkSettings"]["Networks"][s.network()]["Aliases"];
+    assert_eq!(st["HostConfig"]["RestartPolicy"], old["HostConfig"]["RestartPolicy"]);
+    assert_eq!(st["HostConfig"]["RestartPolicy"]["Name"], "unless-stopped");
+    let st_aliases = st["NetworkSettings"]["Networks"][s.network()]["Aliases"].to_string();
     // The engine's own alias (the short id) is the prior container's, not the tenant's.
     let short = &old["Id"].as_str().unwrap()[..12];
     let wanted: Vec<String> =
         aliases.as_array().unwrap().iter().map(|a| a.as_str().unwrap().to_string()).filter(|a| a != short).collect();
-    assert!(!wanted.is_empty(), "the sandbox gives tenants an alias: {aliases}");
+    assert!(wanted.contains(&"t1".to_string()), "the sandbox gives tenants an alias: {aliases}");
     for a in &wanted {
-        assert!(!st_aliases.to_string().contains(&format!("\"{a}\"")), "staged with alias {a}: {st_aliases}");
+        assert!(st_aliases.contains(&format!("\"{a}\"")), "staged without alias {a}: {st_aliases}");
     }
     assert_eq!(s.inspect(&name)["Id"], old["Id"]);
     assert_eq!(s.inspect(&name)["State"]["Running"], true);
+    // Docker's DNS answers only for running containers: the alias is the prior one's alone,
+    // the staging name is nobody's.
+    let seen = resolve(&s, &v1, &["t1", &name, &staged]);
+    assert_eq!(seen[0], std::slice::from_ref(&old_ip), "alias t1 while staged");
+    assert_eq!(seen[1], std::slice::from_ref(&old_ip), "the tenant's name while staged");
+    assert!(seen[2].is_empty(), "the staging name resolves: {:?}", seen[2]);
+    let still = s.inspect(&name);
+    assert!(still["Id"] == old["Id"] && still["State"]["Running"] == true, "the pause ended before the lookups");
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
-    // After the switch: the staged container is the tenant, with its aliases and restart policy.
+    // After the switch: the staged container is the tenant, unchanged since its check, and
+    // the tenant's alias and name lead to it alone.
     let now = s.inspect(&name);
     assert_eq!(now["Id"], st["Id"]);
     assert_eq!(now["HostConfig"]["RestartPolicy"], old["HostConfig"]["RestartPolicy"]);
@@ -689,6 +731,9 @@ fn the_new_container_is_staged_before_the_stop_without_the_tenants_name_or_alias
     for a in &wanted {
         assert!(now_aliases.contains(&format!("\"{a}\"")), "alias {a} missing: {now_aliases}");
     }
+    let new_ip = s.container_ip(&name);
+    let seen = resolve(&s, &v1, &["t1", &name]);
+    assert_eq!(seen, [[new_ip.clone()], [new_ip]], "after the rollout");
     assert!(s.containers_named_like(".next-").is_empty());
 }
 

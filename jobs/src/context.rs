@@ -122,6 +122,15 @@ impl Ctx {
         Ok(self.store.begin_step(self.run_id.as_str(), tenant, step, &d)?)
     }
 
+    /// Journal step `ended` as ended well and `next` as begun, in one write, both with `detail`
+    /// (nothing happens between them, so it is the same). Returns the begun row's id.
+    pub fn end_and_begin(&self, ended: i64, tenant: Option<&str>, next: &str, detail: &impl Serialize) -> Result<i64> {
+        journal_refused()?;
+        let d =
+            serde_json::to_string(detail).map_err(|source| Error::Json { what: "a journal step's detail", source })?;
+        Ok(self.store.end_step_and_begin(ended, "ok", Some(&d), self.run_id.as_str(), tenant, next, &d)?)
+    }
+
     /// Record an archive this run wrote in the run record (`rel` is relative to the backup root;
     /// `kind` daily, rollout or control-plane; `snap` the day or run id).
     pub fn record_archive(&self, rel: &str, kind: &str, snap: &str, e: &crate::manifest::ArchiveEntry) -> Result<()> {

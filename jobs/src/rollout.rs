@@ -12,10 +12,11 @@
 //!
 //! A tenant's downtime does not grow with its data. While the prior version still serves:
 //! pre-copy (mirror the data dir to a copy beside it, on its filesystem — reflinks where the
-//! filesystem has them), create the new container under a staging name without the tenant's
-//! aliases, check it. Down: stop, copy-delta (only what changed since the pre-copy: the copy is
-//! then exactly the pre-rollout data), rename the prior aside, switch (staging name → the
-//! tenant's, aliases, restart policy), start, health. Once healthy (and soaked): the run's
+//! filesystem has them), create the new container under a staging name with everything final
+//! (the tenant's aliases, its restart policy; it is not reachable and cannot start by itself
+//! while it is only created), check it. Down: stop, copy-delta (only what changed since the
+//! pre-copy: the copy is then exactly the pre-rollout data), switch (two renames: the prior
+//! aside, the staged one to the tenant's name), start, health. Once healthy (and soaked): the run's
 //! compressed, hashed archive is made from the copy, and the copy removed — so the archive is
 //! off the critical path and the copy lives only while a failure could need it: an undo swaps
 //! it back with one rename instead of a decompress. Where a copy is not possible (the data dir
@@ -230,9 +231,9 @@ pub struct StepTimings {
     pub snapshot_ms: u64,
     /// Bringing the copy up to date while down (pre-copy path).
     pub copy_delta_ms: u64,
-    /// Renaming the prior container aside.
+    /// The switch's first half: renaming the prior container aside.
     pub rename_ms: u64,
-    /// Switching the new container in: its name, aliases, restart policy.
+    /// The switch's second half: renaming the staged container to the tenant's name.
     pub switch_ms: u64,
     /// `docker start`.
     pub start_ms: u64,
@@ -704,7 +705,8 @@ impl StepTimings {
             Step::Snapshot => &mut self.snapshot_ms,
             Step::CopyDelta => &mut self.copy_delta_ms,
             Step::Rename => &mut self.rename_ms,
-            Step::Switch => &mut self.switch_ms,
+            // Its two renames are timed apart, by the step itself.
+            Step::Switch => return,
             Step::Start => &mut self.start_ms,
             Step::Health => &mut self.health_ms,
             Step::Archive => &mut self.archive_ms,
@@ -813,35 +815,35 @@ async fn roll_tenant(run: &AppRun<'_>, item: &PlanItem, manifest: &mut Manifest,
 
 impl TenantRoll<'_> {
     /// The state machine: each step journaled before and after, with one place that decides
-    /// to undo.
+    /// to undo. While the tenant is down, the end of a step and the begin of the next are one
+    /// journal write ([`Step::journals_with`]); a signal that comes just after it is heard
+    /// once that next (short) step has acted, as one that comes while a step acts.
     async fn go(&mut self) -> Result<TenantReport> {
         let ctx = self.run.ctx;
         let tenant = self.item.tenant.as_str();
         let mut last: Option<Step> = None;
+        // This step's row, when it was begun with the end of the step before.
+        let mut begun: Option<i64> = None;
         for step in Step::ALL {
             if !self.applies(step) {
                 continue;
             }
-            // SIGINT/SIGTERM between steps: undo this tenant now rather than go on, unless its
-            // new version has passed the health gate (then it is finished instead).
-            if let Some(last) = last.filter(|_| ctx.cancel.is_cancelled() && !step.after_health_gate()) {
-                return self.undo_from(last, "interrupted by a signal".into()).await;
-            }
-            // A step that cannot be journaled is not taken: without its row, a crash in it
-            // would leave `recover` blind. Once the tenant is stopped, that undoes it here.
-            let id = match ctx.begin(Some(tenant), step.as_str(), &self.j) {
-                Ok(id) => id,
-                Err(e) => {
-                    let why = format!("state.db could not record step {step} as begun: {e}");
-                    match last {
-                        None => return Ok(self.report(TenantOutcome::Restored, Some(format!("not touched: {why}")))),
-                        // Only the cleanup is left: the prior container stays aside, untidy.
-                        Some(_) if !step.failure_undoes() => {
-                            tracing::warn!("tenant {tenant}: {why}; {} is kept", self.j.pre_name);
-                            self.notes.push(format!("{why}; the prior container {} is kept", self.j.pre_name));
-                            continue;
-                        }
-                        Some(last) => return self.undo_from(last, why).await,
+            let id = match begun.take() {
+                Some(id) => id,
+                None => {
+                    // SIGINT/SIGTERM between steps: undo this tenant now rather than go on,
+                    // unless its new version has passed the health gate (then it is finished
+                    // instead).
+                    if let Some(last) = last.filter(|_| ctx.cancel.is_cancelled() && !step.after_health_gate()) {
+                        return self.undo_from(last, "interrupted by a signal".into()).await;
+                    }
+                    // A step that cannot be journaled is not taken: without its row, a crash in
+                    // it would leave `recover` blind. Once the tenant is stopped, that undoes it
+                    // here.
+                    match self.begin(step, last).await {
+                        Ok(Some(id)) => id,
+                        Ok(None) => continue,
+                        Err(report) => return report,
                     }
                 }
             };
@@ -857,7 +859,13 @@ impl TenantRoll<'_> {
             self.timings.record(step, took);
             // The step has acted: a failure to journal its end undoes the tenant like a failed
             // step (a cleanup has nothing left to undo).
-            let result = match ctx.end(id, if result.is_ok() { "ok" } else { "failed" }, Some(&self.j)) {
+            let next = Step::ALL.into_iter().find(|n| *n > step && self.applies(*n));
+            let written = match next.filter(|n| result.is_ok() && !ctx.cancel.is_cancelled() && step.journals_with(*n))
+            {
+                Some(n) => ctx.end_and_begin(id, Some(tenant), n.as_str(), &self.j).map(|id| begun = Some(id)),
+                None => ctx.end(id, if result.is_ok() { "ok" } else { "failed" }, Some(&self.j)),
+            };
+            let result = match written {
                 Ok(()) => result,
                 Err(e) => {
                     let why = format!("state.db could not record the end of step {step}: {e}");
@@ -885,6 +893,32 @@ impl TenantRoll<'_> {
         Ok(self.report(TenantOutcome::Rolled, detail))
     }
 
+    /// Journal `step` as begun (`last`: the step before it). Ok(None) when the row cannot be
+    /// written and only the cleanup is left (skipped, the prior container kept); Err(report)
+    /// when it cannot be written otherwise: the tenant is left untouched, or undone.
+    async fn begin(
+        &mut self,
+        step: Step,
+        last: Option<Step>,
+    ) -> std::result::Result<Option<i64>, Result<TenantReport>> {
+        let tenant = self.item.tenant.as_str();
+        let e = match self.run.ctx.begin(Some(tenant), step.as_str(), &self.j) {
+            Ok(id) => return Ok(Some(id)),
+            Err(e) => e,
+        };
+        let why = format!("state.db could not record step {step} as begun: {e}");
+        match last {
+            None => Err(Ok(self.report(TenantOutcome::Restored, Some(format!("not touched: {why}"))))),
+            // Only the cleanup is left: the prior container stays aside, untidy.
+            Some(_) if !step.failure_undoes() => {
+                tracing::warn!("tenant {tenant}: {why}; {} is kept", self.j.pre_name);
+                self.notes.push(format!("{why}; the prior container {} is kept", self.j.pre_name));
+                Ok(None)
+            }
+            Some(last) => Err(self.undo_from(last, why).await),
+        }
+    }
+
     /// Whether this tenant goes through `step` at all.
     fn applies(&self, step: Step) -> bool {
         match step {
@@ -896,7 +930,9 @@ impl TenantRoll<'_> {
             // health gate), or the whole archive while down. A failed pre-copy falls back.
             Step::PreCopy | Step::CopyDelta | Step::Archive => self.j.copy.is_some(),
             Step::Snapshot => self.j.copy.is_none(),
-            Step::Create | Step::Check | Step::Stop | Step::Rename | Step::Switch => true,
+            // Only journals of earlier versions hold it: the switch renames the prior aside.
+            Step::Rename => false,
+            Step::Create | Step::Check | Step::Stop | Step::Switch => true,
         }
     }
 
@@ -908,7 +944,7 @@ impl TenantRoll<'_> {
             Step::Stop => self.stop().await,
             Step::Snapshot => self.snapshot().await,
             Step::CopyDelta => self.copy_delta().await,
-            Step::Rename => self.rename().await,
+            Step::Rename => self.rename_aside().await,
             Step::Switch => self.switch().await,
             Step::Start => self.start().await,
             Step::Health => self.health().await,
@@ -1011,12 +1047,23 @@ impl TenantRoll<'_> {
         }
     }
 
-    /// Down, the prior container aside: the staged one takes the tenant's name, aliases and
-    /// restart policy.
+    /// Down: the prior container aside, the staged one (aliases and restart policy already
+    /// final) to the tenant's name. One journaled step for two renames: a crash between them
+    /// (the tenant's name free) is undone like one before or after them, from what the engine
+    /// holds.
     async fn switch(&mut self) -> StepResult {
+        let began = Instant::now();
+        self.rename_aside().await?;
+        self.timings.rename_ms = ms(began.elapsed());
+        if let Some(point) = Step::Switch.halfway() {
+            point.reach();
+        }
+        let began = Instant::now();
         let staged = self.j.staged_name.clone().unwrap_or_else(|| self.j.name.clone());
-        let restart = self.j.restart.clone().unwrap_or_else(Restart::never);
-        self.run.engine.switch_in(&staged, &self.j.name, &self.spec, &restart).await.map_err(|e| e.to_string())
+        let id = self.j.new_id.clone().unwrap_or_default();
+        let r = self.run.engine.rename_id(&id, &staged, &self.j.name).await.map_err(|e| e.to_string());
+        self.timings.switch_ms = ms(began.elapsed());
+        r
     }
 
     async fn stop(&mut self) -> StepResult {
@@ -1051,8 +1098,9 @@ impl TenantRoll<'_> {
             .map_err(|e| failed(&e))
     }
 
-    async fn rename(&mut self) -> StepResult {
-        self.run.engine.rename(&self.j.name, &self.j.pre_name).await.map_err(|e| e.to_string())
+    /// The prior container (stopped, restart policy `no`) aside, freeing the tenant's name.
+    async fn rename_aside(&mut self) -> StepResult {
+        self.run.engine.rename_id(&self.j.old_id, &self.j.name, &self.j.pre_name).await.map_err(|e| e.to_string())
     }
 
     /// While the prior version still serves: the new container, under its staging name.
@@ -1064,16 +1112,24 @@ impl TenantRoll<'_> {
         Ok(())
     }
 
-    /// The staged container has everything the operator set on the prior one but the name and
-    /// aliases, which the switch gives it.
+    /// The staged container has everything the operator set on the prior one but the name,
+    /// as final values: the same aliases on each network (none lost, none added) and the same
+    /// restart policy. Nothing is set on it after this but its name.
     async fn check(&mut self) -> StepResult {
         let staged = self.j.staged_name.clone().unwrap_or_else(|| self.j.name.clone());
-        let actual = self.run.engine.actual_settings(&staged).await.map_err(|e| e.to_string())?;
-        let lost = self.j.settings.as_staged(&staged).lost_in(&actual);
-        if lost.is_empty() {
-            Ok(())
-        } else {
-            Err(format!("the new container lost what the operator set: {}", lost.join(", ")))
+        let spec = self.run.engine.spec(&staged).await.map_err(|e| e.to_string())?;
+        let actual = spec.actual_settings();
+        let want = self.j.settings.as_staged(&staged);
+        let mut lost = want.lost_in(&actual);
+        let (had, has) = (self.j.restart.clone().unwrap_or_else(Restart::never), spec.restart());
+        if has.to_string() != had.to_string() {
+            lost.push(format!("restart policy {had} became {has}"));
+        }
+        let added = want.aliases_added_in(&actual);
+        match (lost.is_empty(), added.is_empty()) {
+            (true, true) => Ok(()),
+            (false, _) => Err(format!("the new container lost what the operator set: {}", lost.join(", "))),
+            (true, false) => Err(format!("the new container has what the prior one had not: {}", added.join(", "))),
         }
     }
 

@@ -379,15 +379,19 @@ async fn undo(
     }
     let prior_began = std::time::Instant::now();
     let s = journal.begin(&j, UndoStep::StartPrior);
+    // The prior container by its id when it is known (found aside, or by the journaled id):
+    // whatever else may hold the tenant's name by now, only the prior one is ever started here.
+    // A new container (staged with the tenant's final restart policy) was removed above.
+    let prior = pre.clone().or(old_by_id.clone()).unwrap_or_else(|| j.name.clone());
     // Its restart policy was set to `no` while it was aside; put it back whatever step the
     // rollout was caught in (setting it again is harmless).
     if let Some(restart) = j.restart.as_ref().filter(|r| r.restarts()) {
-        if let Err(e) = engine.set_restart(&j.name, restart).await {
+        if let Err(e) = engine.set_restart(&prior, restart).await {
             let what = format!("cannot put back the restart policy {restart} of the prior container {}: {e}", j.name);
             return fail(journal, row(s, UndoStep::StartPrior), what, &done);
         }
     }
-    if let Err(e) = engine.start(&j.name).await {
+    if let Err(e) = engine.start(&prior).await {
         let what = format!("cannot start the prior container {}: {e}", j.name);
         return fail(journal, row(s, UndoStep::StartPrior), what, &done);
     }

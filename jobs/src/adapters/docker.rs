@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use bollard::models::{
     ContainerConfig, ContainerCreateBody, ContainerInspectResponse, ContainerStateStatusEnum, ContainerUpdateBody,
-    EndpointSettings, ImageConfig, Mount, MountType, NetworkConnectRequest, NetworkCreateRequest,
-    NetworkDisconnectRequest, NetworkingConfig, RestartPolicy, RestartPolicyNameEnum,
+    EndpointSettings, ImageConfig, Mount, MountType, NetworkConnectRequest, NetworkCreateRequest, NetworkingConfig,
+    RestartPolicy, RestartPolicyNameEnum,
 };
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, CreateImageOptionsBuilder, ListContainersOptionsBuilder, ListNetworksOptionsBuilder,
@@ -586,47 +586,25 @@ impl Engine {
 
     /// The state of a container.
     pub async fn state(&self, name: &str) -> Result<RunState> {
-        let i = self.inspect(name).await?;
-        let s = i.state.unwrap_or_default();
-        Ok(RunState {
-            running: s.running.unwrap_or(false) && !s.restarting.unwrap_or(false),
-            restarting: s.restarting.unwrap_or(false),
-            paused: s.paused.unwrap_or(false),
-            restart_count: i.restart_count.unwrap_or(0),
-            exit_code: s.exit_code.unwrap_or(0),
-            status: s.status.unwrap_or(ContainerStateStatusEnum::EMPTY).to_string(),
-        })
+        Ok(run_state(&self.inspect(name).await?))
     }
 
     /// The container's IP address on `network`, else on its only network. Ok(Err(why)) when
     /// there is none to use: no address yet, not on that network, or several networks and no
     /// `network` (never a guess: the wrong network can answer for another service).
     pub async fn ip(&self, name: &str, network: Option<&str>) -> Result<std::result::Result<IpAddr, String>> {
+        Ok(ip_of(self.inspect(name).await?, network))
+    }
+
+    /// [`Engine::state`] and [`Engine::ip`] from one inspect: what each poll of a health gate
+    /// needs, in one engine call.
+    pub async fn state_and_ip(
+        &self,
+        name: &str,
+        network: Option<&str>,
+    ) -> Result<(RunState, std::result::Result<IpAddr, String>)> {
         let i = self.inspect(name).await?;
-        let nets = i.network_settings.and_then(|n| n.networks).unwrap_or_default();
-        let mut names: Vec<&String> = nets.keys().collect();
-        names.sort();
-        let net = match network {
-            Some(n) => match nets.get(n) {
-                Some(ep) => (n.to_string(), ep),
-                None => {
-                    let on: Vec<&str> = names.iter().map(|s| s.as_str()).collect();
-                    return Ok(Err(format!("not on health.network \"{n}\" (its networks: {})", on.join(", "))));
-                }
-            },
-            None if names.len() == 1 => (names[0].clone(), &nets[names[0]]),
-            None if names.is_empty() => return Ok(Err("the container is on no network".into())),
-            None => {
-                let on: Vec<&str> = names.iter().map(|s| s.as_str()).collect();
-                return Ok(Err(format!("on several networks ({}); set health.network", on.join(", "))));
-            }
-        };
-        Ok(net
-            .1
-            .ip_address
-            .as_deref()
-            .and_then(|ip| ip.parse().ok())
-            .ok_or_else(|| format!("the container has no IP address on network {} (yet)", net.0)))
+        Ok((run_state(&i), ip_of(i, network)))
     }
 
     /// Stop with `timeout_s` before SIGKILL. Stopping a stopped container is fine.
@@ -728,76 +706,35 @@ impl Engine {
         Ok(created.id)
     }
 
-    /// Stage the new container before the prior one stops: as [`Engine::create_from`] under the
-    /// staging name `name`, but connected to its networks WITHOUT the tenant's aliases and with
-    /// restart policy `no` (a daemon restart must not start it beside the prior one on the same
-    /// data). [`Engine::switch_in`] gives it both at the switch. Returns its id.
+    /// Stage the new container before the prior one stops: [`Engine::create_from`] under the
+    /// staging name `name`, with everything final — the tenant's aliases on each network and
+    /// its restart policy —, so that once the prior one is stopped only renames are left
+    /// before the start. Returns its id.
     ///
-    /// Nothing of the tenant is visible to other containers meanwhile: the name is the staging
-    /// one; the embedded DNS answers only for running containers, and the aliases are not even
-    /// set; the labels are set (the engine cannot add them later), but a created container
-    /// has no address, and label-driven routers (Traefik's Docker provider) route running
-    /// containers only.
+    /// Created and never started, it can neither be reached nor start by itself meanwhile:
+    /// - the embedded DNS answers a name or an alias only for a container that runs (a created
+    ///   one has no endpoint on its networks, nor an address), so the tenant's aliases keep
+    ///   resolving to the prior container alone;
+    /// - on a daemon restart the engine starts only containers that were started before
+    ///   (moby's `restore()`: `AutoRestart && ShouldRestart() && HasBeenStartedBefore`), and
+    ///   the restart manager acts only on a container that exits: a restart policy cannot start
+    ///   it beside the prior one on the same data;
+    /// - its labels are set, but label-driven routers (Traefik's Docker provider) route running
+    ///   containers only.
     pub async fn create_staged(&self, name: &str, spec: &ContainerSpec, image: &str) -> Result<String> {
-        let (mut body, extra) = spec.create_body(image);
-        if let Some(eps) = body.networking_config.as_mut().and_then(|n| n.endpoints_config.as_mut()) {
-            for ep in eps.values_mut() {
-                ep.aliases = None;
-            }
-        }
-        if let Some(host) = body.host_config.as_mut() {
-            host.restart_policy =
-                Some(RestartPolicy { name: Some(RestartPolicyNameEnum::NO), maximum_retry_count: None });
-        }
-        let extra = extra.into_iter().map(|(net, ep)| (net, EndpointSettings { aliases: None, ..ep })).collect();
-        self.create_body_named(name, body, extra, image).await
+        self.create_from(name, spec, image).await
     }
 
-    /// The switch of a staged container: rename it from `staged` to the tenant's `name`, then
-    /// give it the tenant's aliases on each network (`spec`: the prior container's) and its
-    /// restart policy `restart`, those two at once. A rename already done (its answer lost) is
-    /// fine. Few engine calls, as the tenant is down meanwhile.
-    pub async fn switch_in(&self, staged: &str, name: &str, spec: &ContainerSpec, restart: &Restart) -> Result<()> {
-        if let Err(e) = self.rename(staged, name).await {
-            if self.exists(staged).await? || !self.exists(name).await? {
-                return Err(e);
-            }
+    /// Rename the container `id` from `from` to `to`. A rename already done (its answer lost:
+    /// `from` is gone and `to` is that container) is fine.
+    pub async fn rename_id(&self, id: &str, from: &str, to: &str) -> Result<()> {
+        match self.rename(from, to).await {
+            Ok(()) => Ok(()),
+            Err(e) => match (self.id_of(from).await?, self.id_of(to).await?) {
+                (None, Some(now)) if now == id => Ok(()),
+                _ => Err(e),
+            },
         }
-        let aliases = async {
-            for (net, ep, aliases) in spec.networks() {
-                if aliases.is_empty() {
-                    continue;
-                }
-                // The engine has no call that adds an alias: reconnect with them (the container
-                // is not running, so nothing is cut).
-                let req = NetworkDisconnectRequest { container: name.to_string(), force: Some(false) };
-                self.docker
-                    .disconnect_network(&net, req)
-                    .await
-                    .map_err(|e| derr(format!("disconnecting container {name} from network {net}"), Some(name), e))?;
-                let endpoint = EndpointSettings {
-                    aliases: Some(aliases),
-                    ipam_config: ep.ipam_config,
-                    links: ep.links,
-                    driver_opts: ep.driver_opts,
-                    ..Default::default()
-                };
-                let req = NetworkConnectRequest { container: name.to_string(), endpoint_config: Some(endpoint) };
-                self.docker
-                    .connect_network(&net, req)
-                    .await
-                    .map_err(|e| derr(format!("connecting container {name} to network {net}"), Some(name), e))?;
-            }
-            Ok(())
-        };
-        let policy = async {
-            match restart.restarts() {
-                true => self.set_restart(name, restart).await,
-                false => Ok(()),
-            }
-        };
-        let (a, p) = tokio::join!(aliases, policy);
-        a.and(p)
     }
 
     /// Create a drill's throw-away container from the tenant's `spec` (not started): the
@@ -935,6 +872,46 @@ impl Engine {
     pub async fn actual_settings(&self, name: &str) -> Result<OperatorSettings> {
         Ok(self.spec(name).await?.actual_settings())
     }
+}
+
+/// The run state in an inspect.
+fn run_state(i: &ContainerInspectResponse) -> RunState {
+    let s = i.state.clone().unwrap_or_default();
+    RunState {
+        running: s.running.unwrap_or(false) && !s.restarting.unwrap_or(false),
+        restarting: s.restarting.unwrap_or(false),
+        paused: s.paused.unwrap_or(false),
+        restart_count: i.restart_count.unwrap_or(0),
+        exit_code: s.exit_code.unwrap_or(0),
+        status: s.status.unwrap_or(ContainerStateStatusEnum::EMPTY).to_string(),
+    }
+}
+
+/// The address in an inspect, as [`Engine::ip`] chooses it.
+fn ip_of(i: ContainerInspectResponse, network: Option<&str>) -> std::result::Result<IpAddr, String> {
+    let nets = i.network_settings.and_then(|n| n.networks).unwrap_or_default();
+    let mut names: Vec<&String> = nets.keys().collect();
+    names.sort();
+    let net = match network {
+        Some(n) => match nets.get(n) {
+            Some(ep) => (n.to_string(), ep),
+            None => {
+                let on: Vec<&str> = names.iter().map(|s| s.as_str()).collect();
+                return Err(format!("not on health.network \"{n}\" (its networks: {})", on.join(", ")));
+            }
+        },
+        None if names.len() == 1 => (names[0].clone(), &nets[names[0]]),
+        None if names.is_empty() => return Err("the container is on no network".into()),
+        None => {
+            let on: Vec<&str> = names.iter().map(|s| s.as_str()).collect();
+            return Err(format!("on several networks ({}); set health.network", on.join(", ")));
+        }
+    };
+    net.1
+        .ip_address
+        .as_deref()
+        .and_then(|ip| ip.parse().ok())
+        .ok_or_else(|| format!("the container has no IP address on network {} (yet)", net.0))
 }
 
 /// A mount as the jobs see it: a volume by its name, a bind by its host path.
@@ -1316,13 +1293,22 @@ impl ContainerSpec {
 
 impl OperatorSettings {
     /// What a container staged from these settings ([`Engine::create_staged`]) must have before
-    /// its switch: all of them but the tenant's name and aliases, which the switch gives it.
+    /// its switch: all of them, the tenant's aliases included, under the staging name.
     pub fn as_staged(&self, staged_name: &str) -> OperatorSettings {
-        OperatorSettings {
-            name: staged_name.to_string(),
-            networks: self.networks.keys().map(|n| (n.clone(), BTreeSet::new())).collect(),
-            ..self.clone()
-        }
+        OperatorSettings { name: staged_name.to_string(), ..self.clone() }
+    }
+
+    /// Aliases `new` answers to that `self` (the old container) did not: a new container that
+    /// would answer for another service's name.
+    pub fn aliases_added_in(&self, new: &OperatorSettings) -> Vec<String> {
+        let none = BTreeSet::new();
+        new.networks
+            .iter()
+            .flat_map(|(net, aliases)| {
+                let had = self.networks.get(net).unwrap_or(&none);
+                aliases.difference(had).map(move |a| format!("alias {a} on network {net}"))
+            })
+            .collect()
     }
 
     /// What `self` (the old container) had that `new` lacks; empty when nothing was lost.
@@ -1397,6 +1383,31 @@ mod tests {
             ..Default::default()
         };
         ContainerSpec { inspect, image_config: ImageConfig::default() }
+    }
+
+    #[test]
+    fn a_staged_container_is_checked_for_the_tenants_aliases_exactly() {
+        let settings = |aliases: &[&str]| OperatorSettings {
+            name: "pulse-t1".into(),
+            labels: BTreeMap::new(),
+            networks: [("front".to_string(), aliases.iter().map(|a| a.to_string()).collect())].into(),
+            mounts: BTreeSet::new(),
+            env_keys: BTreeSet::new(),
+        };
+        let prior = settings(&["t1", "t1-api"]);
+        let staged = prior.as_staged("pulse-t1.next-x");
+        let on_engine = |aliases: &[&str]| OperatorSettings { name: "pulse-t1.next-x".into(), ..settings(aliases) };
+        // (what the staged container has, lost, added)
+        let cases: [(&[&str], &[&str], &[&str]); 4] = [
+            (&["t1", "t1-api"], &[], &[]),
+            (&[], &["alias t1 on network front", "alias t1-api on network front"], &[]),
+            (&["t1"], &["alias t1-api on network front"], &[]),
+            (&["t1", "t1-api", "db"], &[], &["alias db on network front"]),
+        ];
+        for (has, lost, added) in cases {
+            assert_eq!(staged.lost_in(&on_engine(has)), lost, "{has:?}");
+            assert_eq!(staged.aliases_added_in(&on_engine(has)), added, "{has:?}");
+        }
     }
 
     #[test]

@@ -12,6 +12,15 @@ use crate::adapters::docker::Engine;
 use crate::config::HealthSpec;
 use crate::error::{Error, Result};
 
+/// How often a gate probes while the app is likely still starting: each poll is one engine
+/// inspect and one connect, and the tenant is down until one answers, so the first probe goes
+/// out right after the start and the next ones close behind.
+const FAST_POLL: Duration = Duration::from_millis(20);
+/// How long a gate polls at [`FAST_POLL`] before it backs off.
+const FAST_FOR: Duration = Duration::from_secs(2);
+/// The slowest a gate polls (an app that takes long to start).
+const SLOW_POLL: Duration = Duration::from_millis(250);
+
 /// Why a container did not pass its health gate.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub enum Unhealthy {
@@ -100,16 +109,16 @@ impl Prober {
             None => engine.state(container).await?.restart_count,
         };
         let mut last: String;
-        let mut pause = Duration::from_millis(50);
+        let mut pause = FAST_POLL;
         loop {
-            let st = engine.state(container).await?;
+            let (st, ip) = engine.state_and_ip(container, spec.network.as_deref()).await?;
             if st.restart_count > initial || st.restarting {
                 return Ok(Err(Unhealthy::Restarted));
             }
             if !st.running && !st.paused && st.status != "created" {
                 return Ok(Err(Unhealthy::Exited(st.exit_code)));
             }
-            match engine.ip(container, spec.network.as_deref()).await? {
+            match ip {
                 Ok(ip) => {
                     let host = match ip {
                         std::net::IpAddr::V6(v6) => format!("[{v6}]"),
@@ -127,7 +136,9 @@ impl Prober {
                 return Ok(Err(Unhealthy::TimedOut(last)));
             }
             tokio::time::sleep(pause.min(deadline.saturating_duration_since(Instant::now()))).await;
-            pause = (pause * 2).min(Duration::from_millis(250));
+            if start.elapsed() >= FAST_FOR {
+                pause = (pause * 2).min(SLOW_POLL);
+            }
         }
     }
 }

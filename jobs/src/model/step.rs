@@ -19,18 +19,22 @@ use crate::error::{Error, Result};
 
 /// One step of rolling a tenant to the pinned digest, in the order they run. A tenant goes
 /// through one of two paths (see `rollout`): the pre-copy path (pre-copy, create, check, stop,
-/// copy-delta, rename, switch, start, health, soak, archive, cleanup) or, when a copy beside
-/// the data dir is not possible, the archive-while-down path (create, check, stop, snapshot,
-/// rename, switch, start, health, soak, cleanup). Journals of earlier versions ran stop,
-/// snapshot, rename, create (under the tenant's name), check, start, …; their words parse to
-/// the same steps.
+/// copy-delta, switch, start, health, soak, archive, cleanup) or, when a copy beside the data
+/// dir is not possible, the archive-while-down path (create, check, stop, snapshot, switch,
+/// start, health, soak, cleanup). Journals of earlier versions ran stop, snapshot, rename,
+/// create (under the tenant's name), check, start, …, or create, check, stop, copy-delta,
+/// rename, switch (then a reconnect with the aliases), start, …; their words parse to the same
+/// steps ([`Step::EARLIER`] holds the one no rollout takes any more). Recovery never redoes a
+/// step of those journals: it undoes from what the engine holds, or keeps a version that passed
+/// its health gate (every switch was complete by then).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Step {
     /// Mirror the data dir to the rollout copy while the tenant still runs.
     PreCopy,
     /// Create the new container from the prior one's settings on the pinned image, under a
-    /// staging name, without the tenant's aliases, restart policy `no` (journals of earlier
-    /// versions: under the tenant's name, after the rename).
+    /// staging name, with the tenant's aliases and restart policy — final, so that after the
+    /// stop only renames are left (journals of earlier versions: without the aliases and with
+    /// restart policy `no`, or under the tenant's name after the rename).
     Create,
     /// Check that the new container kept everything the operator set on the prior one.
     Check,
@@ -41,9 +45,12 @@ pub enum Step {
     /// Bring the rollout copy up to date (only what changed since the pre-copy): the copy is
     /// then exactly the data before the rollout.
     CopyDelta,
-    /// Rename the prior container aside, freeing the tenant's name.
+    /// Journals of earlier versions only: rename the prior container aside, freeing the
+    /// tenant's name (now the first half of [`Step::Switch`]).
     Rename,
-    /// Give the new container the tenant's name, aliases and restart policy.
+    /// Rename the prior container aside, then the staged one to the tenant's name: one step,
+    /// as undo brings either half back from what the engine holds (journals of earlier
+    /// versions: only the second rename, then the aliases and the restart policy).
     Switch,
     /// Start the new container: from here on it may write to the data dir.
     Start,
@@ -59,14 +66,13 @@ pub enum Step {
 
 impl Step {
     /// Every step, in the order a tenant goes through them.
-    pub const ALL: [Step; 13] = [
+    pub const ALL: [Step; 12] = [
         Step::PreCopy,
         Step::Create,
         Step::Check,
         Step::Stop,
         Step::Snapshot,
         Step::CopyDelta,
-        Step::Rename,
         Step::Switch,
         Step::Start,
         Step::Health,
@@ -74,6 +80,15 @@ impl Step {
         Step::Archive,
         Step::Cleanup,
     ];
+
+    /// Steps only journals of earlier versions hold: their words still parse, no rollout takes
+    /// them any more.
+    pub const EARLIER: [Step; 1] = [Step::Rename];
+
+    /// Every step a journal may name: [`Step::ALL`] and [`Step::EARLIER`].
+    fn known() -> impl Iterator<Item = Step> {
+        Step::ALL.into_iter().chain(Step::EARLIER)
+    }
 
     /// The word the journal stores for this step.
     pub fn as_str(self) -> &'static str {
@@ -106,7 +121,17 @@ impl Step {
         self > Step::Health
     }
 
-    /// Whether a failure of this step undoes the tenant. A failed cleanup leaves the healthy
+    /// Whether the end of this step and the begin of `next` are journaled in one write (one
+    /// commit, one fsync, both rows or neither): only while the tenant is down (from its stop
+    /// to its health gate), where every commit is downtime, and never across the start: its
+    /// begin stays a row of its own, written after the switch's end, so that a crash before it
+    /// leaves a journal that says the new version never ran (and undo has no data to put back).
+    pub fn journals_with(self, next: Step) -> bool {
+        let down = |s: Step| (Step::Stop..=Step::Health).contains(&s);
+        down(self) && down(next) && self < next && self.new_version_may_have_run() == next.new_version_may_have_run()
+    }
+
+    /// Whether a failure of this step undoes the tenant.    /// Whether a failure of this step undoes the tenant. A failed cleanup leaves the healthy
     /// new version in place: an old container left behind is only untidy; a failed archive
     /// keeps the rollout copy (the pre-rollout data) where it is, named in the report.
     pub fn failure_undoes(self) -> bool {
@@ -121,6 +146,13 @@ impl Step {
     /// The crash point just after this step was journaled as ended.
     pub fn after(self) -> CrashPoint {
         CrashPoint { step: self.as_str(), moment: Moment::After }
+    }
+
+    /// The crash points inside this step, between two engine calls that each leave a state of
+    /// their own: the switch's, with the prior container renamed aside and the tenant's name
+    /// free.
+    pub fn halfway(self) -> Option<CrashPoint> {
+        (self == Step::Switch).then_some(CrashPoint { step: self.as_str(), moment: Moment::Halfway })
     }
 }
 
@@ -196,7 +228,7 @@ impl Journaled {
 
     /// Every word a rollout or rollback journal may hold.
     fn known() -> impl Iterator<Item = Journaled> {
-        Step::ALL.into_iter().map(Journaled::Roll).chain(UndoStep::ALL.into_iter().map(Journaled::Undo))
+        Step::known().map(Journaled::Roll).chain(UndoStep::ALL.into_iter().map(Journaled::Undo))
     }
 
     /// Parse the step word of a journal row of run `run`, with an error that names both.
@@ -236,10 +268,9 @@ impl UnknownStep {
 impl FromStr for Step {
     type Err = UnknownStep;
     fn from_str(word: &str) -> std::result::Result<Step, UnknownStep> {
-        Step::ALL
-            .into_iter()
+        Step::known()
             .find(|s| s.as_str() == word)
-            .ok_or_else(|| UnknownStep::new(word, Step::ALL.into_iter().map(Step::as_str)))
+            .ok_or_else(|| UnknownStep::new(word, Step::known().map(Step::as_str)))
     }
 }
 
@@ -281,6 +312,8 @@ pub enum Moment {
     During,
     /// Journaled as ended.
     After,
+    /// Journaled as begun, partly acted ([`Step::halfway`]).
+    Halfway,
 }
 
 /// A test-only crash point of a journaled step: `during-<step word>` or `after-<step word>`,
@@ -311,6 +344,7 @@ impl fmt::Display for CrashPoint {
         let moment = match self.moment {
             Moment::During => "during",
             Moment::After => "after",
+            Moment::Halfway => "halfway",
         };
         write!(f, "{moment}-{}", self.step)
     }
@@ -384,7 +418,7 @@ mod tests {
 
     #[test]
     fn every_step_word_parses_back_to_its_step() {
-        for s in Step::ALL {
+        for s in Step::known() {
             assert_eq!(s.as_str().parse::<Step>(), Ok(s));
             assert_eq!(s.as_str().parse::<Journaled>(), Ok(Journaled::Roll(s)));
         }
@@ -443,6 +477,27 @@ mod tests {
         assert_eq!(after_gate, [Step::Soak, Step::Archive, Step::Cleanup]);
         // Everything before the stop happens while the prior version still serves.
         assert!(Step::PreCopy < Step::Stop && Step::Create < Step::Stop && Step::Check < Step::Stop);
+        // A step only earlier journals hold sits where those versions ran it: before the start.
+        assert!(Step::EARLIER.iter().all(|s| !Step::ALL.contains(s) && !s.new_version_may_have_run()));
+    }
+
+    #[test]
+    fn only_the_steps_while_down_share_a_journal_write_and_never_into_the_start() {
+        let shared: Vec<(Step, Step)> = Step::ALL
+            .into_iter()
+            .flat_map(|a| Step::ALL.into_iter().map(move |b| (a, b)))
+            .filter(|(a, b)| a.journals_with(*b))
+            .collect();
+        let want = [
+            (Step::Stop, Step::Snapshot),
+            (Step::Stop, Step::CopyDelta),
+            (Step::Stop, Step::Switch),
+            (Step::Snapshot, Step::CopyDelta),
+            (Step::Snapshot, Step::Switch),
+            (Step::CopyDelta, Step::Switch),
+            (Step::Start, Step::Health),
+        ];
+        assert_eq!(shared, want);
     }
 
     #[test]
@@ -464,5 +519,6 @@ mod tests {
         assert_eq!(Step::Health.after().to_string(), "after-health");
         assert_eq!(Step::Soak.after().to_string(), "after-canary-soak");
         assert_eq!(UndoStep::RenameBack.during().to_string(), "during-undo-rename-back");
+        assert_eq!(Step::Switch.halfway().map(|p| p.to_string()).as_deref(), Some("halfway-switch"));
     }
 }
