@@ -761,3 +761,41 @@ fn recover_lists_a_rollout_copy_a_finished_run_left_and_never_removes_it() {
     );
     assert!(copy.join("records.txt").is_file(), "recover removed a rollout copy");
 }
+
+/// The archive of the rollout copy fails (the backup disk is full) after the new version
+/// passed its gate: the tenant stays on it, the copy — its data from before the rollout, which
+/// no archive holds — stays beside the data dir exactly as it was, and `status` names it until
+/// someone deals with it.
+#[test]
+fn a_rollout_copy_whose_archive_failed_is_kept_exactly_and_status_names_it() {
+    let s = Sandbox::new();
+    let v1 = s.push_fixture_as("v1", "app");
+    let v2 = s.push_fixture_as("v2", "app");
+    let name = s.add_tenant("t1", &v1);
+    // Incompressible data larger than the backup filesystem.
+    let noise = crate::support::noise(3 << 20, 0x2545f4914f6cdd1d);
+    std::fs::create_dir_all(s.data_dir("t1")).unwrap();
+    std::fs::write(s.data_dir("t1").join("noise.bin"), &noise).unwrap();
+    let before = tree_hash(&s.data_dir("t1"));
+    s.write_fleet(&s.fleet_app(&v2, ""));
+    let _tmpfs = s.mount_tmpfs(&s.backups(), "1m");
+    let out = s.slipway(&["rollout", "--json"]);
+    assert_eq!(out.code, 0, "{} {}", out.stdout, out.stderr);
+    let run = out.run_id();
+    let report: Rollout = out.report();
+    let t = &report.apps[0].tenants[0];
+    assert_eq!(t.outcome, "rolled", "{}", out.stdout);
+    let detail = t.detail.clone().unwrap_or_default();
+    assert!(detail.contains("archive of the rollout copy failed"), "{detail}");
+    assert_eq!(s.inspect(&name)["Config"]["Image"].as_str(), Some(v2.as_str()));
+    // The copy is where the report says, byte for byte the data from before the rollout.
+    let copies = s.data_dir("t1").parent().unwrap().join(".slipway-rollout");
+    let copy = std::fs::read_dir(&copies).unwrap().next().unwrap().unwrap().path().join("t1");
+    assert!(detail.contains(&copy.display().to_string()), "{detail}");
+    assert_eq!(tree_hash(&copy), before);
+    let st = s.slipway(&["status", "--json"]);
+    let status: crate::support::reports::Status = st.report();
+    let named: Vec<&String> = status.attention.iter().filter(|a| a.contains(&copy.display().to_string())).collect();
+    assert_eq!(named.len(), 1, "{:?}", status.attention);
+    assert!(named[0].contains("tenant t1") && named[0].contains(&run), "{}", named[0]);
+}

@@ -238,17 +238,37 @@ fn sweep(ctx: &Ctx, dry_run: bool) -> Result<Vec<String>> {
     if std::fs::read_dir(&cache).is_ok_and(|mut rd| rd.next().is_some()) {
         remove(&cache, "what an earlier restore --remote downloaded");
     }
-    out.extend(kept_copies(ctx)?);
+    out.extend(kept_copies(ctx)?.into_iter().map(|k| {
+        format!(
+            "kept {} (the rollout copy of tenant {} from run {}, never archived: `slipway rollback --run {} --tenant {}` \
+             puts it back; remove it by hand once it is not needed)",
+            k.copy.display(),
+            k.tenant,
+            k.run,
+            k.run,
+            k.tenant
+        )
+    }));
     Ok(out)
 }
 
 /// How many of the newest runs the sweep reads for rollout copies still on disk.
 const COPIES_LOOKBACK_RUNS: usize = 50;
 
+/// A rollout copy that a finished run left beside a data dir.
+pub(crate) struct KeptCopy {
+    /// The copy: the tenant's data as it was before the run.
+    pub copy: std::path::PathBuf,
+    /// Its tenant.
+    pub tenant: String,
+    /// The run that made it.
+    pub run: String,
+}
+
 /// Rollout copies that finished runs left beside data dirs (an archive of the copy that
 /// failed, say): never removed here — one may be the only copy of a tenant's data from
-/// before its rollout —, only listed, with what to do.
-fn kept_copies(ctx: &Ctx) -> Result<Vec<String>> {
+/// before its rollout —, only listed, with what to do (by the sweep, and by `status`).
+pub(crate) fn kept_copies(ctx: &Ctx) -> Result<Vec<KeptCopy>> {
     let mut out = Vec::new();
     let mut seen = std::collections::BTreeSet::new();
     for run in ctx.store.runs(COPIES_LOOKBACK_RUNS)? {
@@ -260,15 +280,7 @@ fn kept_copies(ctx: &Ctx) -> Result<Vec<String>> {
                 continue;
             };
             if let Some(copy) = j.copy.filter(|c| c.is_dir() && seen.insert(c.clone())) {
-                out.push(format!(
-                    "kept {} (the rollout copy of tenant {} from run {}, never archived: `slipway rollback --run {} \
-                     --tenant {}` puts it back; remove it by hand once it is not needed)",
-                    copy.display(),
-                    j.tenant,
-                    run.id,
-                    run.id,
-                    j.tenant
-                ));
+                out.push(KeptCopy { copy, tenant: j.tenant.to_string(), run: run.id.clone() });
             }
         }
     }

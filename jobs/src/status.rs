@@ -231,6 +231,19 @@ pub async fn status(ctx: &Ctx) -> Result<StatusReport> {
             r.summary.as_deref().unwrap_or("see `slipway runs show`")
         ));
     }
+    // A finished rollout left a tenant's pre-rollout data beside its data dir, unarchived (the
+    // archive of the copy failed): that run has no snapshot of it, and the copy holds disk.
+    for k in crate::recover::kept_copies(ctx)? {
+        attention.push(format!(
+            "tenant {}: run {} could not archive its rollout copy {} (the tenant's data from before that run, kept \
+             as the only copy of it); see `slipway runs show {}`, free space on the backup disk, and remove the copy \
+             by hand once a newer snapshot is enough",
+            k.tenant,
+            k.run,
+            k.copy.display(),
+            k.run
+        ));
+    }
     for r in ctx.store.unfinished_runs()? {
         if r.id != ctx.run_id.as_str() {
             attention.push(format!("run {} ({}) never finished; run `slipway recover`", r.id, r.job));
