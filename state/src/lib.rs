@@ -320,20 +320,12 @@ impl Store {
 
     /// Journal a step as begun; returns its row id.
     pub fn begin_step(&self, run_id: &str, tenant: Option<&str>, step: &str, detail: &str) -> Result<i64> {
-        self.conn.execute(
-            "INSERT INTO steps (run_id, tenant, step, started_at, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![run_id, tenant, step, now(), detail],
-        )?;
-        Ok(self.conn.last_insert_rowid())
+        insert_step(&self.conn, run_id, tenant, step, &now(), detail)
     }
 
     /// Journal a step as ended; `detail` replaces the begun detail when given.
     pub fn end_step(&self, step_id: i64, outcome: &str, detail: Option<&str>) -> Result<()> {
-        self.conn.execute(
-            "UPDATE steps SET finished_at = ?2, outcome = ?3, detail = COALESCE(?4, detail) WHERE id = ?1",
-            params![step_id, now(), outcome, detail],
-        )?;
-        Ok(())
+        finish_step(&self.conn, step_id, &now(), outcome, detail)
     }
 
     /// Journal a step as ended and the next one as begun, in one transaction: one commit (one
@@ -352,15 +344,8 @@ impl Store {
     ) -> Result<i64> {
         let tx = self.conn.unchecked_transaction()?;
         let at = now();
-        tx.execute(
-            "UPDATE steps SET finished_at = ?2, outcome = ?3, detail = COALESCE(?4, detail) WHERE id = ?1",
-            params![step_id, at, outcome, end_detail],
-        )?;
-        tx.execute(
-            "INSERT INTO steps (run_id, tenant, step, started_at, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![run_id, tenant, next, at, next_detail],
-        )?;
-        let id = tx.last_insert_rowid();
+        finish_step(&tx, step_id, &at, outcome, end_detail)?;
+        let id = insert_step(&tx, run_id, tenant, next, &at, next_detail)?;
         tx.commit()?;
         Ok(id)
     }
@@ -645,6 +630,31 @@ fn run_from_row(r: &Row<'_>) -> rusqlite::Result<Run> {
         resolved_at: r.get(12)?,
         resolved_by: r.get(13)?,
     })
+}
+
+/// The row of a step journaled as begun at `at`; its id.
+fn insert_step(
+    conn: &Connection,
+    run_id: &str,
+    tenant: Option<&str>,
+    step: &str,
+    at: &str,
+    detail: &str,
+) -> Result<i64> {
+    conn.execute(
+        "INSERT INTO steps (run_id, tenant, step, started_at, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![run_id, tenant, step, at, detail],
+    )?;
+    Ok(conn.last_insert_rowid())
+}
+
+/// Step `step_id` journaled as ended at `at`; `detail` replaces the begun detail when given.
+fn finish_step(conn: &Connection, step_id: i64, at: &str, outcome: &str, detail: Option<&str>) -> Result<()> {
+    conn.execute(
+        "UPDATE steps SET finished_at = ?2, outcome = ?3, detail = COALESCE(?4, detail) WHERE id = ?1",
+        params![step_id, at, outcome, detail],
+    )?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -131,7 +131,7 @@ impl Step {
         down(self) && down(next) && self < next && self.new_version_may_have_run() == next.new_version_may_have_run()
     }
 
-    /// Whether a failure of this step undoes the tenant.    /// Whether a failure of this step undoes the tenant. A failed cleanup leaves the healthy
+    /// Whether a failure of this step undoes the tenant. A failed cleanup leaves the healthy
     /// new version in place: an old container left behind is only untidy; a failed archive
     /// keeps the rollout copy (the pre-rollout data) where it is, named in the report.
     pub fn failure_undoes(self) -> bool {
