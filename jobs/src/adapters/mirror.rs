@@ -28,18 +28,18 @@
 //!   report says which ran.
 
 use std::collections::HashMap;
-use std::ffi::OsStr;
 use std::fmt;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, BufRead, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
 use super::archive::walk::{Item, Node, Walker};
+use super::confined::{self, Attrs, Root};
 use crate::error::ArchiveError;
 use crate::fsutil::AtomicFile;
 
@@ -145,7 +145,13 @@ pub fn mirror(src: &Path, dst: &Path) -> Result<MirrorReport, ArchiveError> {
     let mut walk = Walker::open_live(src)?;
     let root_meta = walk.root_meta().clone();
     let parent = dst.parent().unwrap_or(Path::new("."));
-    crate::fsutil::create_private_dir(parent).map_err(ioe(parent))?;
+    let name = dst.file_name().map(|n| n.as_bytes().to_vec()).ok_or_else(|| ArchiveError::Io {
+        path: dst.to_path_buf(),
+        source: io::Error::other("a copy needs a name of its own"),
+    })?;
+    // Every change to the copy goes through a handle on its own dir: nothing in it is ever
+    // resolved through a symlink (the copy mirrors a tenant's symlinks, to anywhere).
+    let parent_root = Root::create_private(parent).map_err(ioe(parent))?;
     let index_path = crate::layout::mirror_index(dst);
     let source_id = format!("{INDEX_MAGIC} {} {}", root_meta.dev(), root_meta.ino());
     // Read the last pass's index from an open fd, then unlink it: from here until this pass
@@ -161,49 +167,61 @@ pub fn mirror(src: &Path, dst: &Path) -> Result<MirrorReport, ArchiveError> {
             let mut r = BufReader::new(f);
             let mut first = String::new();
             r.read_line(&mut first).map_err(ioe(&index_path))?;
-            let dst_is_dir = fs::symlink_metadata(dst).is_ok_and(|m| m.is_dir());
+            let dst_is_dir = parent_root.metadata(&name).ok().flatten().is_some_and(|m| m.is_dir());
             (complete && first.trim_end() == source_id && dst_is_dir).then_some(r)
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => None,
         Err(e) => return Err(ioe(&index_path)(e)),
     };
     if old.is_none() {
-        clear(dst)?;
-        fs::DirBuilder::new().mode(0o700).create(dst).map_err(ioe(dst))?;
+        parent_root.remove_all(&name).map_err(ioe(dst))?;
+        parent_root.mkdir(&name, 0o700).map_err(ioe(dst))?;
     }
+    let root = parent_root.open_dir(&name).map_err(ioe(dst))?;
     let mut index = IndexReader { inner: old, head: None, path: &index_path };
     let out = AtomicFile::create(&index_path, 0o600).map_err(ioe(&index_path))?;
     let mut w = BufWriter::new(out);
     writeln!(w, "{source_id}").map_err(ioe(&index_path))?;
     let mut pass = Pass {
-        dst,
+        root: &root,
         started: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64),
         reflink: supports_reflink(parent),
         links: HashMap::new(),
         open: Vec::new(),
         report: MirrorReport { method: CopyMethod::Copy, files_copied: 0, bytes_copied: 0, removed: 0, unchanged: 0 },
     };
+    // A dir of the last pass that is something else now (a symlink, a file): its copy was
+    // removed whole when the new entry replaced it, so what the index recorded under it is
+    // dropped from the index, never removed by name (that name may be a symlink now).
+    let mut replaced_dir: Option<Vec<u8>> = None;
     while let Some(item) = walk.next_item()? {
         // Whatever the index lists before this entry is gone from the source.
         while let Some(gone) = index.take_before(&item.rel)? {
-            pass.remove(&gone.rel)?;
+            if !replaced_dir.as_deref().is_some_and(|d| is_under(&gone.rel, d)) {
+                pass.remove(&gone.rel)?;
+            }
         }
         pass.close_dirs_until(&item.rel)?;
         let last = index.take_equal(&item.rel)?;
+        if last.as_ref().is_some_and(|l| l.kind == Kind::Dir) && !matches!(item.node, Node::Dir) {
+            replaced_dir = Some(item.rel.clone());
+        }
         if let Some(rec) = pass.entry(item, last)? {
             rec.write(&mut w).map_err(ioe(&index_path))?;
         }
     }
     while let Some(gone) = index.take_before(&[])? {
-        pass.remove(&gone.rel)?;
+        if !replaced_dir.as_deref().is_some_and(|d| is_under(&gone.rel, d)) {
+            pass.remove(&gone.rel)?;
+        }
     }
     pass.close_dirs_until(&[])?;
     // Only when it differs: an untouched copy keeps its ctimes, so the daily snapshot can tell
     // that its staging copy did not change since it was archived.
-    if !fs::symlink_metadata(dst).is_ok_and(|m| same_meta(&m, &root_meta)) {
-        set_meta(dst, &root_meta)?;
+    if !root.metadata(b"").ok().flatten().is_some_and(|m| same_meta(&m, &root_meta)) {
+        root.set_attrs(b"", &Attrs::of(&root_meta)).map_err(ioe(dst))?;
     }
-    File::open(dst).and_then(|d| d.sync_all()).map_err(ioe(dst))?;
+    root.sync(b"").map_err(ioe(dst))?;
     writeln!(w, "{INDEX_END}").map_err(ioe(&index_path))?;
     let out = w.into_inner().map_err(|e| ioe(&index_path)(e.into_error()))?;
     out.commit_unsynced().map_err(ioe(&index_path))?;
@@ -221,19 +239,19 @@ fn same_meta(copy: &fs::Metadata, m: &fs::Metadata) -> bool {
 /// Whether the copy at `path` already is the source entry `node` (metadata `m`): same kind,
 /// owner, mode, mtime, and content or symlink target. A file's content is compared byte for
 /// byte, and the source is rewound for a copy to follow.
-fn copy_matches(path: &Path, node: &Node, m: &fs::Metadata) -> Result<bool, ArchiveError> {
-    let Ok(copy) = fs::symlink_metadata(path) else { return Ok(false) };
+fn copy_matches(root: &Root, rel: &[u8], node: &Node, m: &fs::Metadata) -> Result<bool, ArchiveError> {
+    let path = &root.display(rel);
+    let Ok(Some(copy)) = root.metadata(rel) else { return Ok(false) };
     if !same_meta(&copy, m) {
         return Ok(false);
     }
     match node {
         Node::Dir => Ok(copy.is_dir()),
         Node::Symlink(target) => {
-            Ok(copy.file_type().is_symlink()
-                && fs::read_link(path).is_ok_and(|t| t.as_os_str().as_bytes() == &target[..]))
+            Ok(copy.file_type().is_symlink() && root.read_link(rel).is_ok_and(|t| t == target[..]))
         }
         Node::File(src) if copy.is_file() && copy.len() == m.len() => {
-            let dst = File::open(path).map_err(ioe(path))?;
+            let dst = root.open_file(rel).map_err(ioe(path))?;
             let same = same_bytes(src, &dst).map_err(ioe(path))?;
             let mut src = src;
             std::io::Seek::seek(&mut src, io::SeekFrom::Start(0)).map_err(ioe(path))?;
@@ -264,30 +282,6 @@ fn same_bytes(mut a: &File, mut b: &File) -> io::Result<bool> {
             return Ok(false);
         }
     }
-}
-
-/// Remove whatever is at `path` (a dir with everything in it); whether something was there.
-fn clear(path: &Path) -> Result<bool, ArchiveError> {
-    let r = match fs::symlink_metadata(path) {
-        Ok(m) if m.is_dir() => fs::remove_dir_all(path),
-        Ok(_) => fs::remove_file(path),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
-        Err(e) => Err(e),
-    };
-    match r {
-        Ok(()) => Ok(true),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(ioe(path)(e)),
-    }
-}
-
-/// Give `path` (a dir or file, never a symlink) the owner, mode and times of `m`.
-fn set_meta(path: &Path, m: &fs::Metadata) -> Result<(), ArchiveError> {
-    // Owner first: chown clears setuid/setgid bits.
-    std::os::unix::fs::lchown(path, Some(m.uid()), Some(m.gid())).map_err(ioe(path))?;
-    fs::set_permissions(path, fs::Permissions::from_mode(m.mode() & 0o7777)).map_err(ioe(path))?;
-    let (a, t) = (filetime::FileTime::from_last_access_time(m), filetime::FileTime::from_last_modification_time(m));
-    filetime::set_file_times(path, a, t).map_err(ioe(path))
 }
 
 /// Bytewise tree order of the walk: component by component, a dir before what is in it.
@@ -455,18 +449,20 @@ struct OpenDir {
 
 /// One pass in progress.
 struct Pass<'a> {
-    dst: &'a Path,
+    root: &'a Root,
     started: i64,
     reflink: bool,
     /// Source (dev, ino) of a hard-linked file → its name in the copy, this pass.
-    links: HashMap<(u64, u64), PathBuf>,
+    links: HashMap<(u64, u64), Vec<u8>>,
     open: Vec<OpenDir>,
     report: MirrorReport,
 }
 
 impl Pass<'_> {
-    fn path(&self, rel: &[u8]) -> PathBuf {
-        self.dst.join(OsStr::from_bytes(rel))
+    /// An I/O error on `rel`, named by its path in the copy.
+    fn err(&self, rel: &[u8]) -> impl FnOnce(io::Error) -> ArchiveError {
+        let path = self.root.display(rel);
+        move |source| ArchiveError::Io { path, source }
     }
 
     /// Something in the dir holding `rel` changed: its mtime must be put back when it closes.
@@ -478,7 +474,7 @@ impl Pass<'_> {
     }
 
     fn remove(&mut self, rel: &[u8]) -> Result<(), ArchiveError> {
-        if clear(&self.path(rel))? {
+        if self.root.remove_all(rel).map_err(self.err(rel))? {
             self.report.removed += 1;
             self.touched(rel);
         }
@@ -494,10 +490,9 @@ impl Pass<'_> {
             }
             let d = self.open.pop().unwrap_or_else(|| unreachable!());
             if d.apply {
-                let path = self.path(&d.rel);
-                set_meta(&path, &d.meta)?;
+                self.root.set_attrs(&d.rel, &Attrs::of(&d.meta)).map_err(self.err(&d.rel))?;
                 // Its entries changed: make them (and its metadata) durable.
-                File::open(&path).and_then(|f| f.sync_all()).map_err(ioe(&path))?;
+                self.root.sync(&d.rel).map_err(self.err(&d.rel))?;
             }
         }
         Ok(())
@@ -519,13 +514,13 @@ impl Pass<'_> {
             }
         };
         let rec = Record::of(kind, &meta, rel, self.started);
-        let path = self.path(&rec.rel);
+        let rel = rec.rel.clone();
         let mut unchanged = last.as_ref().is_some_and(|l| l.same(&rec));
         // Unchanged but for being racy last time: the copy is checked against the source
         // (content too) instead of made again, so a copy nobody changed keeps its inodes and
         // ctimes (the daily snapshot reuses yesterday's archive of an unchanged staging copy).
         if !unchanged && last.as_ref().is_some_and(|l| Record { racy: false, ..l.clone() }.same(&rec)) {
-            unchanged = copy_matches(&path, &node, &meta)?;
+            unchanged = copy_matches(self.root, &rel, &node, &meta)?;
         }
         let hard_linked = kind == Kind::File && meta.nlink() > 1;
         if unchanged {
@@ -534,30 +529,30 @@ impl Pass<'_> {
             } else {
                 self.report.unchanged += 1;
                 if hard_linked {
-                    self.links.entry((meta.dev(), meta.ino())).or_insert(path);
+                    self.links.entry((meta.dev(), meta.ino())).or_insert(rel);
                 }
             }
             return Ok(Some(rec));
         }
         match node {
             Node::Dir => {
-                if !fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir()) {
-                    clear(&path)?;
-                    fs::DirBuilder::new().mode(0o700).create(&path).map_err(ioe(&path))?;
+                if !self.root.metadata(&rel).map_err(self.err(&rel))?.is_some_and(|m| m.is_dir()) {
+                    self.root.remove_all(&rel).map_err(self.err(&rel))?;
+                    self.root.mkdir(&rel, 0o700).map_err(self.err(&rel))?;
                     self.touched(&rec.rel);
                 }
                 self.open.push(OpenDir { rel: rec.rel.clone(), meta, apply: true });
             }
             Node::File(f) => {
-                clear(&path)?;
+                self.root.remove_all(&rel).map_err(self.err(&rel))?;
                 self.touched(&rec.rel);
                 let first = if hard_linked { self.links.get(&(meta.dev(), meta.ino())).cloned() } else { None };
                 match first {
-                    Some(first) => fs::hard_link(&first, &path).map_err(ioe(&path))?,
+                    Some(first) => self.root.hard_link(&first, &rel).map_err(self.err(&rel))?,
                     None => {
-                        self.copy_file(&f, &path, &meta)?;
+                        self.copy_file(&f, &rel, &meta)?;
                         if hard_linked {
-                            self.links.insert((meta.dev(), meta.ino()), path.clone());
+                            self.links.insert((meta.dev(), meta.ino()), rel.clone());
                         }
                     }
                 }
@@ -565,15 +560,10 @@ impl Pass<'_> {
                 self.report.bytes_copied += meta.len();
             }
             Node::Symlink(target) => {
-                clear(&path)?;
+                self.root.remove_all(&rel).map_err(self.err(&rel))?;
                 self.touched(&rec.rel);
-                std::os::unix::fs::symlink(OsStr::from_bytes(&target), &path).map_err(ioe(&path))?;
-                std::os::unix::fs::lchown(&path, Some(meta.uid()), Some(meta.gid())).map_err(ioe(&path))?;
-                let (a, t) = (
-                    filetime::FileTime::from_last_access_time(&meta),
-                    filetime::FileTime::from_last_modification_time(&meta),
-                );
-                filetime::set_symlink_file_times(&path, a, t).map_err(ioe(&path))?;
+                self.root.symlink(&target, &rel).map_err(self.err(&rel))?;
+                self.root.set_symlink_attrs(&rel, &Attrs::of(&meta)).map_err(self.err(&rel))?;
                 self.report.files_copied += 1;
             }
             Node::Other => {}
@@ -583,26 +573,17 @@ impl Pass<'_> {
 
     /// Copy the open source file `src` to the new file `path`: a clone when the filesystem
     /// can, else its bytes; then its owner, mode and times.
-    fn copy_file(&mut self, src: &File, path: &Path, m: &fs::Metadata) -> Result<(), ArchiveError> {
-        let mut out = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(path)
-            .map_err(ioe(path))?;
+    fn copy_file(&mut self, src: &File, rel: &[u8], m: &fs::Metadata) -> Result<(), ArchiveError> {
+        let mut out = self.root.create_file(rel, 0o600).map_err(self.err(rel))?;
         let cloned = self.reflink && rustix::fs::ioctl_ficlone(&out, src).is_ok();
         if !cloned {
             // Not this filesystem (or not this file): stream the rest of this pass.
             self.reflink = false;
             let mut r = src;
-            io::copy(&mut r, &mut out).map_err(ioe(path))?;
+            io::copy(&mut r, &mut out).map_err(self.err(rel))?;
         }
-        std::os::unix::fs::fchown(&out, Some(m.uid()), Some(m.gid())).map_err(ioe(path))?;
-        out.set_permissions(fs::Permissions::from_mode(m.mode() & 0o7777)).map_err(ioe(path))?;
-        let (a, t) = (filetime::FileTime::from_last_access_time(m), filetime::FileTime::from_last_modification_time(m));
-        filetime::set_file_handle_times(&out, Some(a), Some(t)).map_err(ioe(path))?;
-        out.sync_all().map_err(ioe(path))
+        confined::set_fd_attrs(&out, &Attrs::of(m)).map_err(self.err(rel))?;
+        out.sync_all().map_err(self.err(rel))
     }
 }
 
@@ -610,7 +591,7 @@ impl Pass<'_> {
 mod tests {
     use super::*;
     use crate::adapters::archive::tree_digest;
-    use std::os::unix::fs::symlink;
+    use std::os::unix::fs::{symlink, PermissionsExt};
 
     /// A tree with every kind of entry a copy keeps.
     fn tree(root: &Path) {
@@ -747,6 +728,66 @@ mod tests {
         assert_eq!(digest(&dst), digest(&src));
         let m = fs::symlink_metadata(dst.join("db/config.renamed")).unwrap();
         assert!(m.file_type().is_symlink());
+    }
+
+    /// A host dir outside every tenant tree, with the names a tenant's old tree had.
+    fn host_sentinel(root: &Path) -> std::path::PathBuf {
+        let host = root.join("host");
+        fs::create_dir_all(host.join("victim/sub")).unwrap();
+        fs::write(host.join("victim/a"), "host file a").unwrap();
+        fs::write(host.join("victim/sub/b"), "host file b").unwrap();
+        fs::write(host.join("keep"), "host file").unwrap();
+        host
+    }
+
+    #[test]
+    fn a_dir_swapped_for_a_symlink_to_a_host_dir_between_passes_never_touches_the_host() {
+        let run = || {
+            let d = tempfile::tempdir().unwrap();
+            let host = host_sentinel(d.path());
+            let before = digest(&host);
+            let (src, dst) = (d.path().join("src"), d.path().join("copy/t1"));
+            fs::create_dir_all(src.join("x/victim/sub")).unwrap();
+            fs::write(src.join("x/victim/a"), "tenant a").unwrap();
+            fs::write(src.join("x/victim/sub/b"), "tenant b").unwrap();
+            fs::write(src.join("y"), "after x").unwrap();
+            mirror(&src, &dst).unwrap();
+            // The tenant swaps its dir for a symlink to the host dir between two passes: the
+            // next pass must not remove the stale x/victim through the copy's new symlink.
+            fs::remove_dir_all(src.join("x")).unwrap();
+            symlink(&host, src.join("x")).unwrap();
+            let r = pass_later(&src, &dst);
+            assert_eq!(digest(&host), before, "the host dir was changed through the tenant's symlink");
+            assert_eq!(digest(&dst), digest(&src));
+            assert!(fs::symlink_metadata(dst.join("x")).unwrap().file_type().is_symlink(), "{r:?}");
+            // And back: the symlink becomes a dir again.
+            fs::remove_file(src.join("x")).unwrap();
+            fs::create_dir_all(src.join("x/victim")).unwrap();
+            fs::write(src.join("x/victim/a"), "tenant again").unwrap();
+            mirror(&src, &dst).unwrap();
+            assert_eq!(digest(&host), before);
+            assert_eq!(digest(&dst), digest(&src));
+        };
+        run();
+        confined::with_fallback(run);
+    }
+
+    #[test]
+    fn a_staging_copy_whose_dirs_were_swapped_for_symlinks_is_never_written_through() {
+        let d = tempfile::tempdir().unwrap();
+        let host = host_sentinel(d.path());
+        let before = digest(&host);
+        let (src, dst) = (d.path().join("src"), d.path().join("copy/t1"));
+        fs::create_dir_all(src.join("victim/sub")).unwrap();
+        fs::write(src.join("victim/a"), "tenant a").unwrap();
+        mirror(&src, &dst).unwrap();
+        // Whoever could write the copy (it is slipway's own) swaps a dir of it for a symlink.
+        fs::remove_dir_all(dst.join("victim")).unwrap();
+        symlink(host.join("victim"), dst.join("victim")).unwrap();
+        fs::write(src.join("victim/sub/b"), "new").unwrap();
+        fs::remove_file(src.join("victim/a")).unwrap();
+        let _ = pass_later(&src, &dst);
+        assert_eq!(digest(&host), before);
     }
 
     #[test]

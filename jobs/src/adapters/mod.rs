@@ -5,6 +5,7 @@
 //! The rule is checked by `architecture_tests` in `lib.rs`.
 
 pub mod archive;
+pub mod confined;
 pub mod desired;
 pub mod docker;
 pub mod health;

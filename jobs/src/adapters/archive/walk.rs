@@ -89,9 +89,8 @@ fn names(dir: &OwnedFd, path: &Path) -> Result<Vec<(Vec<u8>, FileType)>, Archive
 impl Walker {
     /// Start a walk of `root` (which must be a directory).
     pub fn open(root: &Path) -> Result<Walker, ArchiveError> {
-        let fd = rustix::fs::open(root, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
-            .map_err(errno(root))?;
-        let f = File::from(fd);
+        // The root itself is not followed either: a data dir swapped for a symlink is refused.
+        let f = File::from(OwnedFd::from(crate::adapters::confined::Root::open(root).map_err(ioe(root))?));
         let root_meta = f.metadata().map_err(ioe(root))?;
         let dir = OwnedFd::from(f);
         let names = names(&dir, root)?;
