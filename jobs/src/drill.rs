@@ -548,11 +548,7 @@ async fn cleanup(ctx: &Ctx, engine: &Engine, j: &DrillJournal) -> Vec<String> {
 
 /// Remove a scratch dir, and its run's dir and the drill root once they are empty.
 pub fn remove_scratch(backup_root: &Path, scratch: &Path) -> std::io::Result<()> {
-    match std::fs::remove_dir_all(scratch) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
-    }
+    crate::adapters::confined::remove_tree(scratch)?;
     let root = crate::layout::drill_root(backup_root);
     let mut dir = scratch.parent();
     while let Some(d) = dir.filter(|d| d.starts_with(&root)) {

@@ -429,6 +429,59 @@ mod architecture_tests {
         assert_eq!(store_spellings("status", "fn f() { s.kind == \"daily\" }"), ["status: \"daily\""]);
     }
 
+    /// Calls that resolve a path by name and act on what they find (following a symlink on
+    /// the way): on a tenant's tree, only `adapters::confined` may make them, beneath a dir fd.
+    const UNCONFINED: &[&str] = &[
+        "remove_dir_all(",
+        "fs::hard_link(",
+        "fs::symlink(",
+        "lchown(",
+        "set_permissions(",
+        "set_file_times(",
+        "set_symlink_file_times(",
+        "renameat_with(",
+        "RenameFlags::EXCHANGE",
+        "fs::copy(",
+    ];
+    /// Where such a call is on no tenant's tree, and why.
+    const UNCONFINED_ALLOWED: &[(&str, &str, &str)] = &[
+        // The control-plane dirs are the host's, named in its config, staged into a temp dir of
+        // slipway's own before they are archived.
+        ("snapshot", "fs::symlink(", "control plane"),
+        ("snapshot", "fs::copy(", "control plane"),
+        // Yesterday's archive linked (or copied) into today's dir of the backup store.
+        ("adapters::archive", "fs::hard_link(", "backup store"),
+        ("adapters::archive", "fs::copy(", "backup store"),
+    ];
+
+    /// The unconfined calls in `module`'s non-test code that no allowance covers.
+    fn unconfined_calls(module: &str, src: &str) -> Vec<String> {
+        let code = lex(src.split("#[cfg(test)]").next().unwrap_or_default()).code;
+        UNCONFINED
+            .iter()
+            .filter(|call| code.contains(**call))
+            .filter(|call| !UNCONFINED_ALLOWED.iter().any(|(m, c, _)| *m == module && c == *call))
+            .map(|call| format!("{module}: {call}"))
+            .collect()
+    }
+
+    #[test]
+    fn only_the_confined_layer_acts_on_a_path_under_a_tenant_root() {
+        let mut offences = Vec::new();
+        for path in sources() {
+            let module = module_of(&path);
+            let test_only = path.file_name().is_some_and(|n| n == "tests.rs");
+            if module != "adapters::confined" && module != "crate" && !test_only {
+                offences.extend(unconfined_calls(&module, &std::fs::read_to_string(&path).unwrap()));
+            }
+        }
+        assert!(offences.is_empty(), "go through adapters::confined (a dir handle, nothing followed): {offences:?}");
+        // The check sees a call in code, not in a comment or a test.
+        let src = "// remove_dir_all( in a comment\nfn f() { std::fs::remove_dir_all(p); }\n#[cfg(test)]\nfn t() { fs::copy(a, b); }";
+        assert_eq!(unconfined_calls("undo", src), ["undo: remove_dir_all("]);
+        assert!(unconfined_calls("snapshot", "fn f() { std::os::unix::fs::symlink(a, b) }").is_empty());
+    }
+
     #[test]
     fn blocking_work_goes_through_the_one_helper() {
         let mut offences = Vec::new();

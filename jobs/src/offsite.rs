@@ -119,7 +119,7 @@ pub fn keep_manifest(state_dir: &Path, snap: &SnapshotId, manifest_file: &Path) 
 
 /// Forget the kept plaintext of `snap`'s manifest (the remote one was deleted).
 pub fn forget_manifest(state_dir: &Path, snap: &SnapshotId) {
-    let _ = std::fs::remove_dir_all(snap.sealed_manifest_dir(state_dir));
+    let _ = crate::adapters::confined::remove_tree(&snap.sealed_manifest_dir(state_dir));
 }
 
 /// Read `snap`'s remote manifest for a job that has no identity to spare: an unencrypted one

@@ -18,6 +18,7 @@ use std::path::Path;
 use jiff::Timestamp;
 use serde::Serialize;
 
+use crate::adapters::confined;
 use crate::adapters::remote::Remote;
 use crate::config::Retention;
 use crate::context::Ctx;
@@ -318,7 +319,7 @@ pub async fn prune(ctx: &Ctx, opts: &PruneOptions) -> Result<PruneReport> {
         ctx.start_run("prune", None, None, None)?;
         deleted += apply_local(ctx, &local, &items)?;
         for r in replaced.iter().filter(|r| !r.keep) {
-            std::fs::remove_dir_all(&r.dir).map_err(|e| Error::io(&r.dir, e))?;
+            confined::remove_tree(&r.dir).map_err(|e| Error::io(&r.dir, e))?;
             deleted += 1;
         }
         if let (Some(r), Some(inv)) = (&remote, &remote_inv) {
@@ -373,7 +374,7 @@ fn apply_local(ctx: &Ctx, inv: &Inventory, items: &[PruneItem]) -> Result<usize>
             ctx.store.forget_snapshot(&day.key(&a.path))?;
         }
         if kept.archives.is_empty() {
-            std::fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+            confined::remove_tree(&dir).map_err(|e| Error::io(&dir, e))?;
         }
     }
     for (run, m) in &inv.rollout {
@@ -388,7 +389,7 @@ fn apply_local(ctx: &Ctx, inv: &Inventory, items: &[PruneItem]) -> Result<usize>
         for a in &m.archives {
             ctx.store.forget_snapshot(&run.key(&a.path))?;
         }
-        std::fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        confined::remove_tree(&dir).map_err(|e| Error::io(&dir, e))?;
         n += 1;
     }
     Ok(n)

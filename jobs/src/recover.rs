@@ -187,13 +187,7 @@ fn temp_pid(name: &str) -> Option<i64> {
 fn sweep(ctx: &Ctx, dry_run: bool) -> Result<Vec<String>> {
     let mut out = Vec::new();
     let mut remove = |path: &std::path::Path, why: &str| {
-        let r = if dry_run {
-            Ok(())
-        } else if path.is_dir() {
-            std::fs::remove_dir_all(path)
-        } else {
-            std::fs::remove_file(path)
-        };
+        let r = if dry_run { Ok(()) } else { crate::adapters::confined::remove_tree(path).map(|_| ()) };
         match r {
             Ok(()) => {
                 out.push(format!("{} {} ({why})", if dry_run { "would remove" } else { "removed" }, path.display()))
@@ -340,7 +334,7 @@ pub async fn sweep_drills(ctx: &Ctx, engine: &Engine, dry_run: bool) -> Result<V
     if let Ok(rd) = std::fs::read_dir(&root) {
         for e in rd.flatten() {
             let path = e.path();
-            let r = if dry_run { Ok(()) } else { std::fs::remove_dir_all(&path) };
+            let r = if dry_run { Ok(()) } else { crate::adapters::confined::remove_tree(&path).map(|_| ()) };
             out.push(match r {
                 Ok(()) => {
                     format!("{verb} {} (a restore drill's scratch copy, left by a drill that died)", path.display())

@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::adapters::archive;
+use crate::adapters::confined;
 use crate::adapters::desired;
 use crate::adapters::docker::Engine;
 use crate::adapters::health::Prober;
@@ -202,7 +203,7 @@ pub async fn fetch_remote(cfg: &HostConfig, tenant: &TenantId, source: &Source) 
             Ok(None) => continue,
             Err(e) => {
                 if made {
-                    let _ = std::fs::remove_dir_all(&dir);
+                    let _ = confined::remove_tree(&dir);
                 }
                 return Err(e);
             }
@@ -477,20 +478,7 @@ async fn restore_replaced(ctx: &Ctx, opts: &RestoreOptions, kept: &Path) -> Resu
     engine.stop(&container.name, app.stop_timeout_s).await?;
     ctx.end(s, "ok", None::<&()>)?;
     let s = ctx.begin(Some(opts.tenant.as_str()), "restore", &held)?;
-    let exchanged = (|| -> std::io::Result<()> {
-        rustix::fs::renameat_with(
-            rustix::fs::CWD,
-            kept,
-            rustix::fs::CWD,
-            &data_dir,
-            rustix::fs::RenameFlags::EXCHANGE,
-        )?;
-        for d in [kept.parent(), data_dir.parent()].into_iter().flatten() {
-            crate::fsutil::sync_dir(d)?;
-        }
-        Ok(())
-    })()
-    .map_err(|e| Error::io(&data_dir, e));
+    let exchanged = confined::exchange(kept, &data_dir).map_err(|e| Error::io(&data_dir, e));
     if exchanged.is_ok() {
         // `kept` now holds the data that was in place: kept in turn, under this run.
         report.replaced =

@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::adapters::archive;
+use crate::adapters::confined;
 use crate::adapters::docker::Engine;
 use crate::adapters::health::Prober;
 use crate::context::Ctx;
@@ -467,18 +468,7 @@ fn swap_in_copy(copy: &Path, ino: u64, data_dir: &Path) -> std::result::Result<O
             source: std::io::Error::other("is not the copy this rollout made (its inode differs); nothing was swapped"),
         });
     }
-    let (cp, dp) = (copy.parent().unwrap_or(Path::new("/")), data_dir.parent().unwrap_or(Path::new("/")));
-    let (cfd, dfd) = (std::fs::File::open(cp).map_err(io(cp))?, std::fs::File::open(dp).map_err(io(dp))?);
-    rustix::fs::renameat_with(
-        &cfd,
-        copy.file_name().unwrap_or_default(),
-        &dfd,
-        data_dir.file_name().unwrap_or_default(),
-        rustix::fs::RenameFlags::EXCHANGE,
-    )
-    .map_err(|e| ArchiveError::Io { path: data_dir.to_path_buf(), source: e.into() })?;
-    crate::fsutil::sync_dir(dp).map_err(io(dp))?;
-    crate::fsutil::sync_dir(cp).map_err(io(cp))?;
+    confined::exchange(copy, data_dir).map_err(io(data_dir))?;
     Ok(Some(copy.to_path_buf()))
 }
 
@@ -511,9 +501,7 @@ async fn drop_unneeded_copy(j: &TenantJournal, restore_data: bool, done: &mut Ve
 
 /// Remove a rollout copy, its mirror index, and the dirs above it once empty.
 pub fn drop_copy(copy: &Path) -> std::result::Result<(), ArchiveError> {
-    if copy.exists() {
-        std::fs::remove_dir_all(copy).map_err(|e| ArchiveError::Io { path: copy.to_path_buf(), source: e })?;
-    }
+    confined::remove_tree(copy).map_err(|e| ArchiveError::Io { path: copy.to_path_buf(), source: e })?;
     let _ = std::fs::remove_file(layout::mirror_index(copy));
     remove_empty_parents(copy);
     Ok(())

@@ -163,10 +163,19 @@ impl Root {
         Ok(Root { fd, path: path.to_path_buf() })
     }
 
-    /// Create `path` (mode 0700, missing parents too) if it is missing, and open it as a root.
+    /// Open a dir of the host's own — one the host config names, or one slipway made there
+    /// (the backup store, the dir holding the data dirs) — as a root: symlinks the host set up
+    /// on its path are followed; nothing beneath it is.
+    pub fn open_host(path: &Path) -> io::Result<Root> {
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+        Ok(Root { fd: rustix::fs::open(path, flags, Mode::empty())?, path: path.to_path_buf() })
+    }
+
+    /// Create the host dir `path` (mode 0700, missing parents too) if it is missing, and open
+    /// it as a root ([`Root::open_host`]).
     pub fn create_private(path: &Path) -> io::Result<Root> {
         crate::fsutil::create_private_dir(path)?;
-        Root::open(path)
+        Root::open_host(path)
     }
 
     /// The path this root was opened as (for messages).
@@ -296,6 +305,15 @@ impl Root {
         set_fd_attrs(&fd, a)
     }
 
+    /// Give the file or dir at `rel` owner and mode (its times as they are); `None` keeps one.
+    pub fn set_owner_mode(&self, rel: &[u8], owner: Option<(u32, u32)>, mode: u32) -> io::Result<()> {
+        let fd = self.open_beneath(rel, OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOCTTY, Mode::empty())?;
+        if let Some((uid, gid)) = owner {
+            rustix::fs::fchown(&fd, Some(rustix::fs::Uid::from_raw(uid)), Some(rustix::fs::Gid::from_raw(gid)))?;
+        }
+        Ok(rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode))?)
+    }
+
     /// Give the symlink at `rel` itself owner and times (a symlink has no mode of its own).
     pub fn set_symlink_attrs(&self, rel: &[u8], a: &Attrs) -> io::Result<()> {
         let p = self.place(rel)?;
@@ -339,6 +357,56 @@ impl Root {
         }
         Ok(true)
     }
+}
+
+/// Remove the tree at `path` — a dir with all it holds, a file or a symlink (the link itself)
+/// — without following any symlink in it; whether something was there. Its parent is opened
+/// as the root (the dirs above a tenant tree are the host's).
+pub fn remove_tree(path: &Path) -> io::Result<bool> {
+    let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "no parent dir or no name"));
+    };
+    let parent = if parent.as_os_str().is_empty() { Path::new(".") } else { parent };
+    match Root::open_host(parent) {
+        Ok(r) => r.remove_all(name.as_bytes()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// The host dir holding `path` (opened as [`Root::open_host`]) and `path`'s name in it.
+fn host_parent(path: &Path) -> io::Result<(Root, Vec<u8>)> {
+    let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{}: no parent dir or no name", path.display()),
+        ));
+    };
+    let parent = if parent.as_os_str().is_empty() { Path::new(".") } else { parent };
+    Ok((Root::open_host(parent)?, name.as_bytes().to_vec()))
+}
+
+/// Exchange the dirs `a` and `b` (on one filesystem) atomically with `RENAME_EXCHANGE`, by name
+/// in their parents (neither followed if it is a symlink), and make both renames durable.
+pub fn exchange(a: &Path, b: &Path) -> io::Result<()> {
+    let ((pa, na), (pb, nb)) = (host_parent(a)?, host_parent(b)?);
+    rustix::fs::renameat_with(pa.fd(), OsStr::from_bytes(&na), pb.fd(), OsStr::from_bytes(&nb), RenameFlags::EXCHANGE)?;
+    rustix::fs::fsync(pa.fd())?;
+    Ok(rustix::fs::fsync(pb.fd())?)
+}
+
+/// Rename `from` to `to` (which must not exist), by name in their host parents.
+pub fn rename_new(from: &Path, to: &Path) -> io::Result<()> {
+    let ((pa, na), (pb, nb)) = (host_parent(from)?, host_parent(to)?);
+    rustix::fs::renameat_with(
+        pa.fd(),
+        OsStr::from_bytes(&na),
+        pb.fd(),
+        OsStr::from_bytes(&nb),
+        RenameFlags::NOREPLACE,
+    )?;
+    rustix::fs::fsync(pa.fd())?;
+    Ok(rustix::fs::fsync(pb.fd())?)
 }
 
 impl From<Root> for OwnedFd {

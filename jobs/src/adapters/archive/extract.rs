@@ -4,13 +4,14 @@
 
 use std::fs::{self, File};
 use std::io::{self, BufReader, Read, Write};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Component, Path, PathBuf};
-use std::time::{Duration, UNIX_EPOCH};
 
 use sha2::{Digest, Sha256};
 
 use super::{ioe, ArchiveError, HashReader, BUF};
+use crate::adapters::confined::{self, Attrs, Root};
 use crate::fsutil::sync_dir;
 
 /// A checked relative path of an entry: no root, no `..`, not empty.
@@ -35,44 +36,31 @@ fn safe_rel(archive: &Path, raw: &Path) -> Result<PathBuf, ArchiveError> {
     Ok(out)
 }
 
-/// Refuse when any existing ancestor of `rel` inside `root` is a symlink (writing through it
-/// could land outside the target).
-fn no_symlink_ancestor(archive: &Path, root: &Path, rel: &Path, raw: &str) -> Result<(), ArchiveError> {
-    let mut p = root.to_path_buf();
-    let comps: Vec<_> = rel.components().collect();
-    for c in &comps[..comps.len().saturating_sub(1)] {
-        p.push(c);
-        match fs::symlink_metadata(&p) {
-            Ok(m) if m.file_type().is_symlink() => {
-                return Err(ArchiveError::Refused {
-                    archive: archive.to_path_buf(),
-                    entry: raw.to_string(),
-                    why: "it would be written through a symlink".into(),
-                })
-            }
-            Ok(m) if !m.is_dir() => {
-                return Err(ArchiveError::Refused {
-                    archive: archive.to_path_buf(),
-                    entry: raw.to_string(),
-                    why: "a parent path is not a directory".into(),
-                })
-            }
-            Ok(_) => {}
-            Err(_) => {
-                fs::DirBuilder::new().mode(0o700).create(&p).map_err(ioe(&p))?;
-            }
+/// Refuse when any existing ancestor of `rel` inside `root` is a symlink or not a dir, and
+/// create the missing ones. (The confined layer would refuse to write through a symlink anyway;
+/// this names the entry and why.)
+fn no_symlink_ancestor(archive: &Path, root: &Root, rel: &[u8], raw: &str) -> Result<(), ArchiveError> {
+    let refuse =
+        |why: &str| ArchiveError::Refused { archive: archive.to_path_buf(), entry: raw.to_string(), why: why.into() };
+    let mut end = 0;
+    while let Some(i) = rel[end..].iter().position(|c| *c == b'/') {
+        end += i;
+        let dir = &rel[..end];
+        match root.metadata(dir).map_err(ioe(&root.display(dir)))? {
+            Some(m) if m.file_type().is_symlink() => return Err(refuse("it would be written through a symlink")),
+            Some(m) if !m.is_dir() => return Err(refuse("a parent path is not a directory")),
+            Some(_) => {}
+            None => root.mkdir(dir, 0o700).map_err(ioe(&root.display(dir)))?,
         }
+        end += 1;
     }
     Ok(())
 }
 
-fn set_times(path: &Path, mtime: u64, symlink: bool) -> io::Result<()> {
-    let t = filetime::FileTime::from_unix_time(mtime as i64, 0);
-    if symlink {
-        filetime::set_symlink_file_times(path, t, t)
-    } else {
-        filetime::set_file_times(path, t, t)
-    }
+/// Attributes from a tar header: atime is set to the mtime (archives keep no atime).
+fn attrs(uid: u64, gid: u64, mode: u32, mtime: u64) -> Attrs {
+    let t = (mtime as i64, 0);
+    Attrs { uid: uid as u32, gid: gid as u32, mode, atime: t, mtime: t }
 }
 
 /// What [`extract_checked`] did.
@@ -86,13 +74,16 @@ pub(super) struct Extracted {
 /// Extract every entry of `archive` into the existing, empty `dir`, checking each; verify the
 /// archive bytes hash to `expected`.
 pub(super) fn extract_checked(archive: &Path, expected: &str, dir: &Path) -> Result<Extracted, ArchiveError> {
+    // Every entry is written beneath a handle on `dir`: nothing resolves through a symlink
+    // (an earlier entry may have planted one) or out of it.
+    let root = Root::open(dir).map_err(ioe(dir))?;
     let f = File::open(archive).map_err(ioe(archive))?;
     let hr = HashReader { inner: f, hash: Sha256::new(), len: 0 };
     let dec = zstd::Decoder::with_buffer(BufReader::with_capacity(BUF, hr)).map_err(ioe(archive))?;
     let mut tar = tar::Archive::new(dec);
     let corrupt = |e: io::Error| ArchiveError::Corrupt { archive: archive.to_path_buf(), what: e.to_string() };
-    let mut dirs: Vec<(PathBuf, u32, u64, u64, u64)> = Vec::new();
-    let mut root: Option<(u32, u64, u64, u64)> = None;
+    let mut dirs: Vec<(Vec<u8>, Attrs)> = Vec::new();
+    let mut own: Option<(u32, u64, u64, u64)> = None;
     let mut count = 0u64;
     let mut buf = vec![0u8; BUF];
     for entry in tar.entries().map_err(corrupt)? {
@@ -105,14 +96,14 @@ pub(super) fn extract_checked(archive: &Path, expected: &str, dir: &Path) -> Res
         {
             // `./`: the dir itself. Applied last, like every directory's metadata.
             let h = entry.header();
-            if root.is_some() {
+            if own.is_some() {
                 return Err(ArchiveError::Refused {
                     archive: archive.to_path_buf(),
                     entry: raw_s,
                     why: "a second entry for the archived dir itself".into(),
                 });
             }
-            root = Some((
+            own = Some((
                 h.mode().map_err(corrupt)? & 0o7777,
                 h.uid().map_err(corrupt)?,
                 h.gid().map_err(corrupt)?,
@@ -121,8 +112,9 @@ pub(super) fn extract_checked(archive: &Path, expected: &str, dir: &Path) -> Res
             continue;
         }
         let rel = safe_rel(archive, &raw)?;
-        no_symlink_ancestor(archive, dir, &rel, &raw_s)?;
-        let target = dir.join(&rel);
+        let rel = rel.as_os_str().as_bytes();
+        no_symlink_ancestor(archive, &root, rel, &raw_s)?;
+        let target = root.display(rel);
         let h = entry.header();
         let (mode, uid, gid, mtime) = (
             h.mode().map_err(corrupt)? & 0o7777,
@@ -135,16 +127,16 @@ pub(super) fn extract_checked(archive: &Path, expected: &str, dir: &Path) -> Res
             |why: &str| ArchiveError::Refused { archive: archive.to_path_buf(), entry: raw_s.clone(), why: why.into() };
         match kind {
             tar::EntryType::Directory => {
-                match fs::symlink_metadata(&target) {
-                    Ok(m) if m.is_dir() => {}
-                    Ok(_) => return Err(refuse("a directory entry collides with an existing file")),
-                    Err(_) => fs::DirBuilder::new().mode(0o700).create(&target).map_err(ioe(&target))?,
+                match root.metadata(rel).map_err(ioe(&target))? {
+                    Some(m) if m.is_dir() => {}
+                    Some(_) => return Err(refuse("a directory entry collides with an existing file")),
+                    None => root.mkdir(rel, 0o700).map_err(ioe(&target))?,
                 }
-                dirs.push((target, mode, uid, gid, mtime));
+                dirs.push((rel.to_vec(), attrs(uid, gid, mode, mtime)));
             }
             tar::EntryType::Regular | tar::EntryType::Continuous => {
-                // create_new: never follows or replaces an existing path (a planted symlink).
-                let mut out = fs::OpenOptions::new().write(true).create_new(true).open(&target).map_err(|e| {
+                // A new file only: never follows or replaces an existing path (a planted symlink).
+                let mut out = root.create_file(rel, 0o600).map_err(|e| {
                     if e.kind() == io::ErrorKind::AlreadyExists {
                         refuse("the path already exists (duplicate entry or symlink)")
                     } else {
@@ -158,27 +150,29 @@ pub(super) fn extract_checked(archive: &Path, expected: &str, dir: &Path) -> Res
                     }
                     out.write_all(&buf[..n]).map_err(ioe(&target))?;
                 }
-                std::os::unix::fs::fchown(&out, Some(uid as u32), Some(gid as u32)).map_err(ioe(&target))?;
-                out.set_permissions(fs::Permissions::from_mode(mode)).map_err(ioe(&target))?;
-                let t = UNIX_EPOCH + Duration::from_secs(mtime);
-                out.set_times(fs::FileTimes::new().set_modified(t).set_accessed(t)).map_err(ioe(&target))?;
+                confined::set_fd_attrs(&out, &attrs(uid, gid, mode, mtime)).map_err(ioe(&target))?;
             }
             tar::EntryType::Symlink => {
                 let link = entry.link_name().map_err(corrupt)?.ok_or_else(|| refuse("a symlink without a target"))?;
-                std::os::unix::fs::symlink(&link, &target).map_err(ioe(&target))?;
-                std::os::unix::fs::lchown(&target, Some(uid as u32), Some(gid as u32)).map_err(ioe(&target))?;
-                set_times(&target, mtime, true).map_err(ioe(&target))?;
+                root.symlink(link.as_os_str().as_bytes(), rel).map_err(|e| {
+                    if e.kind() == io::ErrorKind::AlreadyExists {
+                        refuse("the path already exists (duplicate entry)")
+                    } else {
+                        ArchiveError::Io { path: target.clone(), source: e }
+                    }
+                })?;
+                root.set_symlink_attrs(rel, &attrs(uid, gid, mode, mtime)).map_err(ioe(&target))?;
             }
             tar::EntryType::Link => {
                 let link = entry.link_name().map_err(corrupt)?.ok_or_else(|| refuse("a hard link without a target"))?;
                 let src_rel = safe_rel(archive, &link).map_err(|_| refuse("a hard link to outside the target"))?;
-                let src = dir.join(&src_rel);
-                no_symlink_ancestor(archive, dir, &src_rel, &raw_s)?;
-                match fs::symlink_metadata(&src) {
-                    Ok(m) if m.is_file() => {}
+                let src_rel = src_rel.as_os_str().as_bytes();
+                no_symlink_ancestor(archive, &root, src_rel, &raw_s)?;
+                match root.metadata(src_rel) {
+                    Ok(Some(m)) if m.is_file() => {}
                     _ => return Err(refuse("a hard link to a file not in the archive")),
                 }
-                fs::hard_link(&src, &target).map_err(ioe(&target))?;
+                root.hard_link(src_rel, rel).map_err(ioe(&target))?;
             }
             tar::EntryType::Char | tar::EntryType::Block => return Err(refuse("device nodes are not restored")),
             tar::EntryType::Fifo => return Err(refuse("fifos are not restored")),
@@ -205,18 +199,15 @@ pub(super) fn extract_checked(archive: &Path, expected: &str, dir: &Path) -> Res
         });
     }
     // Directories last, deepest first: their modes may forbid writing, and children touch mtimes.
-    dirs.sort_by_key(|d| std::cmp::Reverse(d.0.components().count()));
-    if let Some((mode, uid, gid, mtime)) = root {
-        dirs.push((dir.to_path_buf(), mode, uid, gid, mtime));
+    dirs.sort_by_key(|d| std::cmp::Reverse(d.0.iter().filter(|c| **c == b'/').count()));
+    if let Some((mode, uid, gid, mtime)) = own {
+        dirs.push((Vec::new(), attrs(uid, gid, mode, mtime)));
     }
-    for (d, mode, uid, gid, mtime) in dirs {
-        std::os::unix::fs::lchown(&d, Some(uid as u32), Some(gid as u32)).map_err(ioe(&d))?;
-        fs::set_permissions(&d, fs::Permissions::from_mode(mode)).map_err(ioe(&d))?;
-        set_times(&d, mtime, false).map_err(ioe(&d))?;
+    for (d, a) in dirs {
+        root.set_attrs(&d, &a).map_err(ioe(&root.display(&d)))?;
     }
-    let rootf = File::open(dir).map_err(ioe(dir))?;
-    rustix::fs::syncfs(&rootf).map_err(|e| ArchiveError::Io { path: dir.to_path_buf(), source: e.into() })?;
-    Ok(Extracted { entries: count, root: root.is_some() })
+    rustix::fs::syncfs(root.fd()).map_err(|e| ArchiveError::Io { path: dir.to_path_buf(), source: e.into() })?;
+    Ok(Extracted { entries: count, root: own.is_some() })
 }
 
 /// A fresh temporary dir beside `target` (same filesystem, so it can be swapped in).
@@ -225,9 +216,7 @@ fn sibling_tmp(target: &Path, what: &str) -> Result<PathBuf, ArchiveError> {
     fs::create_dir_all(parent).map_err(ioe(parent))?;
     let name = target.file_name().unwrap_or_default().to_string_lossy();
     let tmp = parent.join(format!(".{name}.{what}-{}", std::process::id()));
-    if tmp.exists() {
-        fs::remove_dir_all(&tmp).map_err(ioe(&tmp))?;
-    }
+    confined::remove_tree(&tmp).map_err(ioe(&tmp))?;
     fs::DirBuilder::new().mode(0o700).create(&tmp).map_err(ioe(&tmp))?;
     Ok(tmp)
 }
@@ -240,7 +229,7 @@ fn sibling_tmp(target: &Path, what: &str) -> Result<PathBuf, ArchiveError> {
 pub fn restore_swap(archive: &Path, expected_sha256: &str, target: &Path) -> Result<u64, ArchiveError> {
     let (n, old) = restore_swap_keep(archive, expected_sha256, target)?;
     if let Some(old) = old {
-        fs::remove_dir_all(&old).map_err(ioe(&old))?;
+        confined::remove_tree(&old).map_err(ioe(&old))?;
     }
     Ok(n)
 }
@@ -256,7 +245,7 @@ pub fn restore_swap_keep(
     let done = match extract_checked(archive, expected_sha256, &tmp) {
         Ok(x) => x,
         Err(e) => {
-            let _ = fs::remove_dir_all(&tmp);
+            let _ = confined::remove_tree(&tmp);
             return Err(e);
         }
     };
@@ -264,28 +253,20 @@ pub fn restore_swap_keep(
     match fs::symlink_metadata(target) {
         Ok(old) if old.is_dir() => {
             if !done.root {
-                let _ = std::os::unix::fs::lchown(&tmp, Some(old.uid()), Some(old.gid()));
-                let _ = fs::set_permissions(&tmp, fs::Permissions::from_mode(old.mode() & 0o7777));
+                let owner = Some((old.uid(), old.gid()));
+                let _ = Root::open(&tmp).and_then(|r| r.set_owner_mode(b"", owner, old.mode() & 0o7777));
             }
-            let pfd = File::open(parent).map_err(ioe(parent))?;
-            rustix::fs::renameat_with(
-                &pfd,
-                tmp.file_name().unwrap_or_default(),
-                &pfd,
-                target.file_name().unwrap_or_default(),
-                rustix::fs::RenameFlags::EXCHANGE,
-            )
-            .map_err(|e| {
+            confined::exchange(&tmp, target).map_err(|e| {
                 // Nothing extracted is left behind.
-                let _ = fs::remove_dir_all(&tmp);
-                ArchiveError::Io { path: target.to_path_buf(), source: e.into() }
+                let _ = confined::remove_tree(&tmp);
+                ArchiveError::Io { path: target.to_path_buf(), source: e }
             })?;
             // `tmp` now holds the old data: the caller decides its fate.
             sync_dir(parent).map_err(ioe(parent))?;
             return Ok((done.entries, Some(tmp)));
         }
         Ok(_) => {
-            let _ = fs::remove_dir_all(&tmp);
+            let _ = confined::remove_tree(&tmp);
             return Err(ArchiveError::Io {
                 path: target.to_path_buf(),
                 source: io::Error::other("exists and is not a directory"),
@@ -293,10 +274,10 @@ pub fn restore_swap_keep(
         }
         Err(_) => {
             if !done.root {
-                let _ = fs::set_permissions(&tmp, fs::Permissions::from_mode(0o755));
+                let _ = Root::open(&tmp).and_then(|r| r.set_owner_mode(b"", None, 0o755));
             }
-            fs::rename(&tmp, target).map_err(|e| {
-                let _ = fs::remove_dir_all(&tmp);
+            confined::rename_new(&tmp, target).map_err(|e| {
+                let _ = confined::remove_tree(&tmp);
                 ArchiveError::Io { path: target.to_path_buf(), source: e }
             })?;
         }
@@ -316,14 +297,14 @@ pub fn extract_into(archive: &Path, expected_sha256: &str, dir: &Path) -> Result
     let tmp = sibling_tmp(dir, "extract")?;
     match extract_checked(archive, expected_sha256, &tmp) {
         Ok(x) => {
-            fs::rename(&tmp, dir).map_err(|e| {
-                let _ = fs::remove_dir_all(&tmp);
+            confined::rename_new(&tmp, dir).map_err(|e| {
+                let _ = confined::remove_tree(&tmp);
                 ArchiveError::Io { path: dir.to_path_buf(), source: e }
             })?;
             Ok(x.entries)
         }
         Err(e) => {
-            let _ = fs::remove_dir_all(&tmp);
+            let _ = confined::remove_tree(&tmp);
             Err(e)
         }
     }
@@ -333,43 +314,41 @@ pub fn extract_into(archive: &Path, expected_sha256: &str, dir: &Path) -> Result
 /// each entry up (never replacing one), then give `dir` the archived dir's owner, mode and mtime.
 /// On error everything in `dir` is removed again: it was empty.
 fn extract_inside(archive: &Path, expected_sha256: &str, dir: &Path) -> Result<u64, ArchiveError> {
+    let root = Root::open(dir).map_err(ioe(dir))?;
     if fs::read_dir(dir).map_err(ioe(dir))?.next().is_some() {
         return Err(ArchiveError::Io { path: dir.to_path_buf(), source: io::Error::other("is not empty") });
     }
-    let tmp = dir.join(format!(".slipway-extract-{}", std::process::id()));
+    let tmp_name = format!(".slipway-extract-{}", std::process::id()).into_bytes();
+    let tmp = root.display(&tmp_name);
     let r = (|| {
-        fs::DirBuilder::new().mode(0o700).create(&tmp).map_err(ioe(&tmp))?;
+        root.mkdir(&tmp_name, 0o700).map_err(ioe(&tmp))?;
         let x = extract_checked(archive, expected_sha256, &tmp)?;
         // The archived dir's own metadata, read before moving entries out changes its mtime.
-        let root = fs::symlink_metadata(&tmp).map_err(ioe(&tmp))?;
-        let (tfd, dfd) = (File::open(&tmp).map_err(ioe(&tmp))?, File::open(dir).map_err(ioe(dir))?);
+        let own = root.metadata(&tmp_name).map_err(ioe(&tmp))?.ok_or_else(|| ArchiveError::Io {
+            path: tmp.clone(),
+            source: io::Error::other("vanished during the extract"),
+        })?;
         for e in fs::read_dir(&tmp).map_err(ioe(&tmp))? {
             let name = e.map_err(ioe(&tmp))?.file_name();
-            let m = fs::symlink_metadata(tmp.join(&name)).map_err(ioe(&tmp))?;
-            rustix::fs::renameat_with(&tfd, &name, &dfd, &name, rustix::fs::RenameFlags::NOREPLACE)
-                .map_err(|e| ArchiveError::Io { path: dir.join(&name), source: e.into() })?;
+            let name = name.as_bytes();
+            let from = [&tmp_name[..], b"/", name].concat();
+            let m = root.metadata(&from).map_err(ioe(&tmp))?;
+            root.rename(&from, name, false).map_err(ioe(&root.display(name)))?;
             // Moving a dir rewrites its `..` entry, which moves its mtime on some filesystems.
-            if m.is_dir() {
-                let moved = dir.join(&name);
-                set_times(&moved, m.mtime().max(0) as u64, false).map_err(ioe(&moved))?;
+            if let Some(m) = m.filter(|m| m.is_dir()) {
+                root.set_attrs(name, &Attrs::of(&m)).map_err(ioe(&root.display(name)))?;
             }
         }
-        fs::remove_dir(&tmp).map_err(ioe(&tmp))?;
+        root.remove_all(&tmp_name).map_err(ioe(&tmp))?;
         if x.root {
-            std::os::unix::fs::lchown(dir, Some(root.uid()), Some(root.gid())).map_err(ioe(dir))?;
-            fs::set_permissions(dir, fs::Permissions::from_mode(root.mode() & 0o7777)).map_err(ioe(dir))?;
-            set_times(dir, root.mtime().max(0) as u64, false).map_err(ioe(dir))?;
+            root.set_attrs(b"", &Attrs::of(&own)).map_err(ioe(dir))?;
         }
-        sync_dir(dir).map_err(ioe(dir))?;
+        root.sync(b"").map_err(ioe(dir))?;
         Ok(x.entries)
     })();
     if r.is_err() {
-        if let Ok(rd) = fs::read_dir(dir) {
-            for e in rd.flatten() {
-                let p = e.path();
-                let _ = if p.is_dir() && !p.is_symlink() { fs::remove_dir_all(&p) } else { fs::remove_file(&p) };
-            }
-        }
+        // It was empty: nothing extracted stays.
+        let _ = root.remove_all(b"");
     }
     r
 }
