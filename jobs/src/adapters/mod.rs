@@ -15,3 +15,6 @@ pub mod mirror;
 pub mod notify;
 pub mod remote;
 pub mod systemd;
+
+#[cfg(test)]
+mod hostile_tests;

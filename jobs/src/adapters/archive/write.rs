@@ -267,7 +267,15 @@ impl Stage<'_> {
                     let mut e = base_entry(&rel, EntryKind::Symlink, &meta);
                     e.set_target(&target);
                     let mut h = header(tar::EntryType::Symlink, &e);
-                    tar.append_link(&mut h, os_path(&rel), os_path(&target)).map_err(ioe(dest))?;
+                    // A symlink's target is data, kept byte for byte: tar's `set_link_name`
+                    // normalises it as a path ("/" became "//", "a/" lost its slash). A target
+                    // too long for the header goes into a GNU long-link entry, which tar writes
+                    // as the bytes given.
+                    if h.set_link_name_literal(&target).is_ok() {
+                        tar.append_data(&mut h, os_path(&rel), io::empty()).map_err(ioe(dest))?;
+                    } else {
+                        tar.append_link(&mut h, os_path(&rel), os_path(&target)).map_err(ioe(dest))?;
+                    }
                     e
                 }
                 Piece::Entry { rel, meta, what: What::HardLink(first) } => {
