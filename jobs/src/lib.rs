@@ -409,8 +409,8 @@ mod architecture_tests {
         let mut offences = Vec::new();
         for path in sources() {
             let module = module_of(&path);
-            // A `tests.rs` is a module's test code in a file of its own.
-            let test_only = path.file_name().is_some_and(|n| n == "tests.rs");
+            // A `tests.rs` (or `<what>_tests.rs`) is test code in a file of its own.
+            let test_only = path.file_name().is_some_and(|n| n.to_string_lossy().ends_with("tests.rs"));
             if module != "layout" && !test_only {
                 offences.extend(store_spellings(&module, &std::fs::read_to_string(&path).unwrap()));
             }
