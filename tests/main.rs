@@ -13,6 +13,7 @@ mod crash;
 mod crypt;
 mod drill;
 mod foundation;
+mod hostile;
 mod offsite;
 mod ops;
 mod rollout;

@@ -1,0 +1,80 @@
+//! A hostile tenant against the real binary (issue 24): it controls every byte of its data dir
+//! and changes it between slipway's runs. Nothing slipway does as root may reach outside it.
+
+use std::os::unix::fs::symlink;
+
+use crate::support::reports::Snapshot;
+use crate::support::{tree_hash, Sandbox};
+
+fn snapshot(s: &Sandbox) -> Snapshot {
+    let out = s.slipway(&["snapshot", "--json"]);
+    assert_eq!(out.code, 0, "{} {}", out.stdout, out.stderr);
+    out.report()
+}
+
+/// Make today's snapshot an earlier day's, so the next snapshot is a new day's.
+fn age_snapshot(s: &Sandbox, day: &str, to: &str) {
+    let daily = s.backups().join("daily");
+    std::fs::rename(daily.join(day), daily.join(to)).unwrap();
+}
+
+#[test]
+fn a_dir_swapped_for_a_symlink_to_the_data_root_between_two_snapshots_erases_no_tenant() {
+    let s = Sandbox::new();
+    let v1 = s.push_fixture_as("v1", "app");
+    s.add_tenant("t1", &v1);
+    s.add_tenant("t2", &v1);
+    // t1 builds a tree whose names match the other tenants' and the host's.
+    s.write_data("t1", "x/t2/db/rows", "t1's decoy");
+    s.write_data("t1", "x/victim/passwd", "t1's decoy");
+    s.write_data("t2", "db/rows", "t2's customer rows");
+    let host = s.root().join("host");
+    std::fs::create_dir_all(host.join("victim")).unwrap();
+    std::fs::write(host.join("victim/passwd"), "root:x:0:0").unwrap();
+    s.write_fleet(&s.fleet_app(&v1, ""));
+    let first = snapshot(&s);
+    age_snapshot(&s, &first.day, "2000-01-01");
+    let (t2_before, host_before) = (tree_hash(&s.data_dir("t2")), tree_hash(&host));
+
+    // Between two daily snapshots t1 swaps `x` for a symlink to the dir of every data dir.
+    std::fs::remove_dir_all(s.data_dir("t1").join("x")).unwrap();
+    symlink(s.data_dir("t1").parent().unwrap(), s.data_dir("t1").join("x")).unwrap();
+    let second = snapshot(&s);
+    assert_eq!(tree_hash(&s.data_dir("t2")), t2_before, "t2's live data was changed by t1's snapshot");
+    assert!(second.archives.iter().all(|a| a.outcome != "failed"), "{second:?}");
+    age_snapshot(&s, &second.day, "2000-01-02");
+
+    // And to a host dir.
+    std::fs::remove_file(s.data_dir("t1").join("x")).unwrap();
+    symlink(&host, s.data_dir("t1").join("x")).unwrap();
+    snapshot(&s);
+    assert_eq!(tree_hash(&host), host_before, "a host dir was changed by t1's snapshot");
+    assert_eq!(tree_hash(&s.data_dir("t2")), t2_before);
+    // The archive keeps the symlink as a symlink: restoring it gives t1 its tree back.
+    let out = s.slipway(&["verify", "--deep"]);
+    assert_eq!(out.code, 0, "{} {}", out.stdout, out.stderr);
+}
+
+#[test]
+fn a_data_dir_swapped_for_a_symlink_is_refused_by_the_snapshot_and_nothing_outside_is_read() {
+    let s = Sandbox::new();
+    let v1 = s.push_fixture_as("v1", "app");
+    s.add_tenant("t1", &v1);
+    s.add_tenant("t2", &v1);
+    s.write_data("t1", "a", "t1");
+    s.write_data("t2", "b", "t2 data");
+    s.write_fleet(&s.fleet_app(&v1, ""));
+    // Whoever can write the dir of data dirs replaces t1's data dir by a symlink to t2's.
+    let t1 = s.data_dir("t1");
+    std::fs::remove_dir_all(&t1).unwrap();
+    symlink(s.data_dir("t2"), &t1).unwrap();
+    let out = s.slipway(&["snapshot", "--json"]);
+    assert_ne!(out.code, 0, "{} {}", out.stdout, out.stderr);
+    let snap: Snapshot = out.report();
+    let t1_row = snap.archives.iter().find(|a| a.tenant.as_deref() == Some("t1")).unwrap();
+    assert_eq!(t1_row.outcome, "failed", "{snap:?}");
+    assert!(out.stdout.contains("symlink") || out.stderr.contains("symlink"), "{} {}", out.stdout, out.stderr);
+    // t2 is archived as itself, once.
+    let t2_row = snap.archives.iter().find(|a| a.tenant.as_deref() == Some("t2")).unwrap();
+    assert_eq!(t2_row.outcome, "archived", "{snap:?}");
+}
