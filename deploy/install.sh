@@ -137,6 +137,14 @@ if [ $enable = 0 ] && [ ${#reenable[@]} -gt 0 ]; then
 fi
 if [ $enable = 1 ]; then
   if [ -d /run/systemd/system ]; then
+    # The units may write only the dirs of this host's config: a drop-in computed from it (and
+    # fleet.toml). Without a usable config yet, `slipway doctor` says to run it later.
+    if "$bin" config sandbox >/dev/null 2>&1; then
+      run "$bin" config sandbox --write >/dev/null
+      say "wrote /etc/systemd/system/slipway-.service.d/50-write-paths.conf (the dirs the config names)"
+    else
+      say "no loadable config yet: once /etc/slipway/config.toml is set, run 'sudo slipway config sandbox --write'"
+    fi
     run systemctl daemon-reload
     # shellcheck disable=SC2086
     run systemctl enable --now $TIMERS

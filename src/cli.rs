@@ -107,6 +107,13 @@ pub enum Command {
 pub enum ConfigAction {
     /// Load and validate the host config and fleet.toml at the branch head.
     Check,
+    /// Print the systemd drop-in that lets slipway's units write this host's dirs (state, backups,
+    /// every app's data dirs), computed from the config and fleet.toml; --write installs it.
+    Sandbox {
+        /// Write it to /etc/systemd/system/slipway-.service.d/50-write-paths.conf and reload systemd.
+        #[arg(long)]
+        write: bool,
+    },
 }
 
 /// `init`.

@@ -99,6 +99,12 @@ async fn run(cli: &Cli, printer: &Printer, started: Instant) -> Result<ExitKind,
     if let Some(file) = &cli.identity {
         cfg.use_identity(file)?;
     }
+    if let Command::Config { action: ConfigAction::Sandbox { write } } = &cli.command {
+        // Not a job either: it reads the config and fleet.toml and writes one systemd drop-in.
+        let report = doctor::sandbox(&cfg, *write).await?;
+        printer.report("config", None, started, ExitKind::Success, &report);
+        return Ok(ExitKind::Success);
+    }
     if let Command::Doctor = &cli.command {
         // Not a job: no lock, no run record, so it can run beside any job.
         let report = doctor::doctor(&cfg, &path).await?;
@@ -199,7 +205,11 @@ fn job(command: &Command) -> Result<Option<Job>, Error> {
             None => Job::Runs { limit: a.limit },
         },
         Command::Config { action: ConfigAction::Check } => return Ok(None),
-        Command::Completions { .. } | Command::Man { .. } | Command::Init(_) | Command::Doctor => {
+        Command::Completions { .. }
+        | Command::Man { .. }
+        | Command::Init(_)
+        | Command::Doctor
+        | Command::Config { action: ConfigAction::Sandbox { .. } } => {
             return Err(Error::Usage(format!("{} is not a job", command.job())));
         }
     }))

@@ -78,3 +78,22 @@ fn a_data_dir_swapped_for_a_symlink_is_refused_by_the_snapshot_and_nothing_outsi
     let t2_row = snap.archives.iter().find(|a| a.tenant.as_deref() == Some("t2")).unwrap();
     assert_eq!(t2_row.outcome, "archived", "{snap:?}");
 }
+
+#[test]
+fn config_sandbox_lets_the_units_write_exactly_the_dirs_this_host_uses() {
+    let s = Sandbox::new();
+    let v1 = s.push_fixture_as("v1", "app");
+    s.write_fleet(&s.fleet_app(&v1, ""));
+    // Printed only: --write would install the drop-in on this machine's systemd.
+    let out = s.slipway(&["config", "sandbox", "--json"]);
+    assert_eq!(out.code, 0, "{} {}", out.stdout, out.stderr);
+    let r = &out.json()["report"];
+    let paths: Vec<std::path::PathBuf> =
+        r["write_paths"].as_array().unwrap().iter().map(|p| p.as_str().unwrap().into()).collect();
+    let data_root = s.data_dir("t1").parent().unwrap().to_path_buf();
+    for need in [s.state(), s.backups(), data_root] {
+        assert!(paths.iter().any(|p| need.starts_with(p)), "{} not writable in {paths:?}", need.display());
+    }
+    assert_eq!(r["written"], false);
+    assert!(r["text"].as_str().unwrap().contains("ReadWritePaths="), "{r}");
+}

@@ -16,7 +16,7 @@ use serde::Serialize;
 use crate::adapters::docker::{Engine, EngineVersion};
 use crate::adapters::remote::Remote;
 use crate::adapters::{desired, systemd};
-use crate::config::HostConfig;
+use crate::config::{Fleet, HostConfig};
 use crate::error::{Error, ExitKind, Result};
 
 /// The oldest Docker API slipway is tested against (Docker 20.10).
@@ -250,8 +250,12 @@ pub async fn doctor(cfg: &HostConfig, config: &Path) -> Result<DoctorReport> {
     // The remote.
     checks.push(remote_check(cfg).await);
 
-    // The timers.
+    // The timers, and the sandbox of the units they start.
     checks.push(crate::blocking::run("asking systemd about the timers", timers_check).await?);
+    let needed = write_paths(cfg, fleet.as_ref());
+    if let Some(c) = crate::blocking::run("asking systemd about the units", move || sandbox_check(&needed)).await? {
+        checks.push(c);
+    }
 
     Ok(DoctorReport { config: config.to_path_buf(), checks, docker, dirs, largest_tenant, tenants_bytes })
 }
@@ -415,6 +419,127 @@ async fn remote_check(cfg: &HostConfig) -> Check {
     }
 }
 
+/// The dirs slipway's jobs write, for the units' sandbox: the state dir, the backup root, the
+/// metrics file's dir, and for each app the dir holding its data dirs (the template's part
+/// before `{tenant}`: the data dirs, the rollout copies beside them and a restore's scratch).
+/// None inside another.
+pub fn write_paths(cfg: &HostConfig, fleet: Option<&Fleet>) -> Vec<PathBuf> {
+    let mut paths = vec![cfg.state_dir.clone(), cfg.backup_root.clone()];
+    if let Some(dir) = cfg.metrics.file.as_ref().and_then(|f| f.parent()) {
+        paths.push(dir.to_path_buf());
+    }
+    for app in fleet.map(|f| f.apps.as_slice()).unwrap_or_default() {
+        paths.push(data_root(&app.data_dir));
+    }
+    paths.sort();
+    paths.dedup();
+    let all = paths.clone();
+    paths.retain(|p| !all.iter().any(|q| q != p && p.starts_with(q)));
+    paths
+}
+
+/// The fixed dirs of a `data_dir` template, up to the component holding `{tenant}`.
+fn data_root(template: &str) -> PathBuf {
+    Path::new(template).components().take_while(|c| !c.as_os_str().to_string_lossy().contains("{tenant}")).collect()
+}
+
+/// Whether the installed units may write every dir in `needed` and keep setuid bits; `None`
+/// off systemd or when no unit is installed (the timers check says so).
+fn sandbox_check(needed: &[PathBuf]) -> Option<Check> {
+    if !systemd::is_systemd_host() {
+        return None;
+    }
+    let (mut missing, mut suid, mut loaded) = (Vec::new(), Vec::new(), false);
+    for unit in systemd::SERVICES {
+        let u = match systemd::unit_sandbox(unit) {
+            Ok(u) if u.loaded => u,
+            Ok(_) => continue,
+            Err(e) => return Some(line("sandbox", Level::Warn, format!("cannot ask systemd about {unit}: {e}"), None)),
+        };
+        loaded = true;
+        for p in needed.iter().filter(|p| !u.write_paths.iter().any(|w| p.starts_with(w))) {
+            missing.push(format!("{unit}: {}", p.display()));
+        }
+        if u.restricts_suid {
+            suid.push(unit.to_string());
+        }
+    }
+    if !loaded {
+        return None;
+    }
+    if missing.is_empty() && suid.is_empty() {
+        let all: Vec<String> = needed.iter().map(|p| p.display().to_string()).collect();
+        return Some(line("sandbox", Level::Ok, format!("the units may write {}", all.join(", ")), None));
+    }
+    let mut detail = Vec::new();
+    if !missing.is_empty() {
+        detail.push(format!(
+            "the units may not write {} (a pre-copy, an undo or a restore there would fail with the tenant down)",
+            missing.join(", ")
+        ));
+    }
+    if !suid.is_empty() {
+        detail.push(format!(
+            "{} set RestrictSUIDSGID=yes (a tenant's setuid/setgid files could not be copied or restored)",
+            suid.join(", ")
+        ));
+    }
+    Some(line(
+        "sandbox",
+        Level::Fail,
+        detail.join("; "),
+        Some(format!(
+            "`sudo slipway config sandbox --write` writes {} from this config{}",
+            systemd::DROPIN,
+            if suid.is_empty() { "" } else { "; remove RestrictSUIDSGID=yes from your own drop-ins" }
+        )),
+    ))
+}
+
+/// What `config sandbox` computed, and whether it wrote it.
+#[derive(Debug, Clone, Serialize)]
+pub struct SandboxReport {
+    /// The drop-in's path.
+    pub dropin: PathBuf,
+    /// The dirs it lets the units write.
+    pub write_paths: Vec<PathBuf>,
+    /// Its text.
+    pub text: String,
+    /// Whether it was written (and systemd reloaded).
+    pub written: bool,
+}
+
+impl fmt::Display for SandboxReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.written {
+            writeln!(f, "wrote {} (systemd reloaded):", self.dropin.display())?;
+        } else {
+            writeln!(f, "{} (not written; --write writes it):", self.dropin.display())?;
+        }
+        f.write_str(&self.text)
+    }
+}
+
+/// The units' drop-in of write paths for this host's config and fleet.toml; with `write`,
+/// written (0644) and systemd reloaded.
+pub async fn sandbox(cfg: &HostConfig, write: bool) -> Result<SandboxReport> {
+    let (d, s) = (cfg.desired.clone(), cfg.state_dir.clone());
+    let state = crate::blocking::run("reading the desired state", move || desired::read(&d, &s, None)).await??;
+    let paths = write_paths(cfg, Some(&state.fleet));
+    let text = systemd::render_dropin(&paths);
+    let dropin = PathBuf::from(systemd::DROPIN);
+    if write {
+        if let Some(dir) = dropin.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        }
+        crate::fsutil::atomic_write(&dropin, text.as_bytes(), 0o644).map_err(|e| Error::io(&dropin, e))?;
+        if systemd::is_systemd_host() {
+            let _ = std::process::Command::new("systemctl").arg("daemon-reload").status();
+        }
+    }
+    Ok(SandboxReport { dropin, write_paths: paths, text, written: write })
+}
+
 fn timers_check() -> Check {
     if !systemd::is_systemd_host() {
         return if Path::new(systemd::CRON_FILE).is_file() {
@@ -493,5 +618,36 @@ mod tests {
         assert_eq!(space_check(Some(1), None, None, root).level, Level::Warn);
         assert_eq!(human_bytes(1536), "1.5 KiB");
         assert_eq!(api_tuple("1.41"), Some((1, 41)));
+    }
+
+    #[test]
+    fn the_units_must_write_the_state_the_backups_and_every_apps_dir_of_data_dirs_and_nothing_twice() {
+        let hex = "0123456789abcdef".repeat(4);
+        let app = |name: &str, dir: &str| {
+            format!(
+                "[[app]]\nname = \"{name}\"\nimage = \"reg/{name}@sha256:{hex}\"\nselect = \"{name}=1\"\n\
+                 tenant_from = \"label:t\"\ndata_dir = \"{dir}\"\nhealth = {{ path = \"/\", port = 80 }}\n"
+            )
+        };
+        let fleet = Fleet::parse(
+            &[
+                app("a", "/srv/tenants/{tenant}"),
+                app("b", "/mnt/disk2/{tenant}/data"),
+                app("c", "/srv/tenants/c-{tenant}"),
+            ]
+            .concat(),
+            "fleet.toml",
+        )
+        .unwrap();
+        let cfg = HostConfig::parse(
+            "backup_root = \"/srv/tenants/backups\"\n[desired]\nrepo = \"/g\"\n[metrics]\nfile = \"/var/lib/node/slipway.prom\"\n",
+            "config.toml",
+            Vec::new(),
+        )
+        .unwrap();
+        let want: Vec<PathBuf> =
+            ["/mnt/disk2", "/srv/tenants", "/var/lib/node", "/var/lib/slipway"].iter().map(PathBuf::from).collect();
+        assert_eq!(write_paths(&cfg, Some(&fleet)), want);
+        assert_eq!(data_root("/data/{tenant}"), PathBuf::from("/data"));
     }
 }
