@@ -261,6 +261,52 @@ fn copy_matches(root: &Root, rel: &[u8], node: &Node, m: &fs::Metadata) -> Resul
     }
 }
 
+/// Copy the first `len` bytes of `src` into the empty `out`, only where `src` has data
+/// (`SEEK_DATA`/`SEEK_HOLE`): a sparse file stays sparse, so a tenant's 1 TiB file of holes
+/// costs its data, not a terabyte of the host's disk. Filesystems without hole lookup copy it
+/// all. A source that shrinks meanwhile ends the copy early (its next pass copies it again).
+fn copy_sparse(src: &File, out: &File, len: u64) -> io::Result<()> {
+    use rustix::fs::SeekFrom;
+    use rustix::io::Errno;
+    out.set_len(len)?;
+    let mut off = 0u64;
+    while off < len {
+        let (start, end) = match rustix::fs::seek(src, SeekFrom::Data(off)) {
+            Ok(d) => (d, rustix::fs::seek(src, SeekFrom::Hole(d))?.min(len)),
+            // Only holes from here to the end.
+            Err(Errno::NXIO) => break,
+            // No hole lookup here: all of it is data.
+            Err(Errno::INVAL | Errno::OPNOTSUPP) => (off, len),
+            Err(e) => return Err(e.into()),
+        };
+        let mut from = start;
+        while from < end {
+            let (mut a, mut b) = (from, from);
+            let n = match rustix::fs::copy_file_range(src, Some(&mut a), out, Some(&mut b), (end - from) as usize) {
+                Ok(n) => n,
+                // Across filesystems before Linux 5.3, or a filesystem that cannot: read and write.
+                Err(Errno::XDEV | Errno::INVAL | Errno::NOSYS | Errno::OPNOTSUPP) => copy_range(src, out, from, end)?,
+                Err(e) => return Err(e.into()),
+            };
+            if n == 0 {
+                return Ok(());
+            }
+            from += n as u64;
+        }
+        off = end.max(start + 1);
+    }
+    Ok(())
+}
+
+/// Read `src` from `from` to `end` and write it at the same offsets of `out`; bytes copied.
+fn copy_range(src: &File, out: &File, from: u64, end: u64) -> io::Result<usize> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; (end - from).min(1 << 20) as usize];
+    let n = src.read_at(&mut buf, from)?;
+    out.write_all_at(&buf[..n], from)?;
+    Ok(n)
+}
+
 /// Whether two open files read the same bytes from here on.
 fn same_bytes(mut a: &File, mut b: &File) -> io::Result<bool> {
     use std::io::Read;
@@ -574,13 +620,12 @@ impl Pass<'_> {
     /// Copy the open source file `src` to the new file `path`: a clone when the filesystem
     /// can, else its bytes; then its owner, mode and times.
     fn copy_file(&mut self, src: &File, rel: &[u8], m: &fs::Metadata) -> Result<(), ArchiveError> {
-        let mut out = self.root.create_file(rel, 0o600).map_err(self.err(rel))?;
+        let out = self.root.create_file(rel, 0o600).map_err(self.err(rel))?;
         let cloned = self.reflink && rustix::fs::ioctl_ficlone(&out, src).is_ok();
         if !cloned {
             // Not this filesystem (or not this file): stream the rest of this pass.
             self.reflink = false;
-            let mut r = src;
-            io::copy(&mut r, &mut out).map_err(self.err(rel))?;
+            copy_sparse(src, &out, m.len()).map_err(self.err(rel))?;
         }
         confined::set_fd_attrs(&out, &Attrs::of(m)).map_err(self.err(rel))?;
         out.sync_all().map_err(self.err(rel))
@@ -788,6 +833,31 @@ mod tests {
         fs::remove_file(src.join("victim/a")).unwrap();
         let _ = pass_later(&src, &dst);
         assert_eq!(digest(&host), before);
+    }
+
+    #[test]
+    fn a_sparse_file_of_a_terabyte_is_copied_sparse_in_its_data_only() {
+        use std::os::unix::fs::FileExt;
+        let d = tempfile::tempdir().unwrap();
+        let (src, dst) = (d.path().join("src"), d.path().join("copy"));
+        fs::create_dir(&src).unwrap();
+        let f = File::create(src.join("huge")).unwrap();
+        f.set_len(1 << 40).unwrap();
+        f.write_all_at(b"data in the middle", 1 << 39).unwrap();
+        f.write_all_at(b"and at the end", (1 << 40) - 14).unwrap();
+        drop(f);
+        let started = std::time::Instant::now();
+        mirror(&src, &dst).unwrap();
+        let m = fs::metadata(dst.join("huge")).unwrap();
+        assert_eq!(m.len(), 1 << 40);
+        assert!(m.blocks() * 512 < 64 << 20, "the copy takes {} bytes of disk", m.blocks() * 512);
+        let copy = File::open(dst.join("huge")).unwrap();
+        let mut buf = [0u8; 18];
+        copy.read_exact_at(&mut buf, 1 << 39).unwrap();
+        assert_eq!(&buf, b"data in the middle");
+        copy.read_exact_at(&mut buf[..14], (1 << 40) - 14).unwrap();
+        assert_eq!(&buf[..14], b"and at the end");
+        assert!(started.elapsed() < std::time::Duration::from_secs(60), "{:?}", started.elapsed());
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! dir, swapped in only once the archive's sha256 matched.
 
 use std::fs::{self, File};
-use std::io::{self, BufReader, Read, Write};
+use std::io::{self, BufReader, Read};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Component, Path, PathBuf};
@@ -136,20 +136,27 @@ pub(super) fn extract_checked(archive: &Path, expected: &str, dir: &Path) -> Res
             }
             tar::EntryType::Regular | tar::EntryType::Continuous => {
                 // A new file only: never follows or replaces an existing path (a planted symlink).
-                let mut out = root.create_file(rel, 0o600).map_err(|e| {
+                let out = root.create_file(rel, 0o600).map_err(|e| {
                     if e.kind() == io::ErrorKind::AlreadyExists {
                         refuse("the path already exists (duplicate entry or symlink)")
                     } else {
                         ArchiveError::Io { path: target.clone(), source: e }
                     }
                 })?;
+                // Blocks of zeros are left as holes: a sparse file comes back sparse, and a file
+                // of zeros costs no disk.
+                let mut at = 0u64;
                 loop {
                     let n = entry.read(&mut buf).map_err(corrupt)?;
                     if n == 0 {
                         break;
                     }
-                    out.write_all(&buf[..n]).map_err(ioe(&target))?;
+                    if buf[..n].iter().any(|b| *b != 0) {
+                        std::os::unix::fs::FileExt::write_all_at(&out, &buf[..n], at).map_err(ioe(&target))?;
+                    }
+                    at += n as u64;
                 }
+                out.set_len(at).map_err(ioe(&target))?;
                 confined::set_fd_attrs(&out, &attrs(uid, gid, mode, mtime)).map_err(ioe(&target))?;
             }
             tar::EntryType::Symlink => {

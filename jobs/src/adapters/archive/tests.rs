@@ -443,3 +443,23 @@ fn files_across_buffer_boundaries_round_trip_and_the_list_holds_each_files_own_s
         "the output buffers were not all recycled: {s:?}"
     );
 }
+
+#[test]
+fn a_sparse_file_comes_back_sparse_and_identical_from_an_archive() {
+    use std::os::unix::fs::FileExt;
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    let f = std::fs::File::create(src.join("sparse")).unwrap();
+    f.set_len(256 << 20).unwrap();
+    f.write_all_at(b"a few bytes", 100 << 20).unwrap();
+    drop(f);
+    let arch = d.path().join("a.tar.zst");
+    let sum = create(&src, &arch).unwrap();
+    let out = d.path().join("out");
+    extract_into(&arch, &sum.sha256, &out).unwrap();
+    let m = std::fs::metadata(out.join("sparse")).unwrap();
+    assert_eq!(m.len(), 256 << 20);
+    assert!(m.blocks() * 512 < 1 << 20, "restored taking {} bytes of disk", m.blocks() * 512);
+    assert_eq!(tree_digest(&out).unwrap(), tree_digest(&src).unwrap());
+}

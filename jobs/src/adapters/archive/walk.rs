@@ -71,14 +71,38 @@ fn changed(path: &Path, what: &str) -> ArchiveError {
     }
 }
 
+/// The most memory the names of one directory may take (the walk sorts them, so it holds them
+/// all): about 900 000 entries of 8-byte names. A tenant's directory with more is refused,
+/// naming it, instead of taking the host's memory (a snapshot's peak stays bounded).
+pub const NAMES_BUDGET: usize = 48 << 20;
+/// What one name costs in memory besides its bytes (the `Vec`, its type, the allocator).
+const NAME_OVERHEAD: usize = 48;
+
 /// The sorted names (and types, as the directory reports them) of an open directory.
 fn names(dir: &OwnedFd, path: &Path) -> Result<Vec<(Vec<u8>, FileType)>, ArchiveError> {
+    names_within(dir, path, NAMES_BUDGET)
+}
+
+fn names_within(dir: &OwnedFd, path: &Path, budget: usize) -> Result<Vec<(Vec<u8>, FileType)>, ArchiveError> {
     let mut out = Vec::new();
+    let mut bytes = 0usize;
     for entry in rustix::fs::Dir::read_from(dir).map_err(errno(path))? {
         let entry = entry.map_err(errno(path))?;
         let name = entry.file_name().to_bytes();
         if name == b"." || name == b".." {
             continue;
+        }
+        bytes += name.len() + NAME_OVERHEAD;
+        if bytes > budget {
+            return Err(ArchiveError::Io {
+                path: path.to_path_buf(),
+                source: io::Error::other(format!(
+                    "more than {} entries in one directory ({} MiB of names at least); slipway refuses to \
+                     walk it rather than exhaust the host's memory: split it into subdirectories",
+                    out.len(),
+                    budget >> 20
+                )),
+            });
         }
         out.push((name.to_vec(), entry.file_type()));
     }
@@ -206,5 +230,22 @@ fn open_child(dir: &OwnedFd, name: &[u8], ft: FileType, path: &Path) -> Result<O
         Err(changed(path, "its type changed"))
     } else {
         Ok((meta, Node::Other, None))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_directory_with_more_names_than_the_budget_is_refused_naming_it() {
+        let d = tempfile::tempdir().unwrap();
+        for i in 0..2000 {
+            std::fs::write(d.path().join(format!("f{i:05}")), b"").unwrap();
+        }
+        let fd = rustix::fs::open(d.path(), OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty()).unwrap();
+        assert_eq!(names_within(&fd, d.path(), 1 << 20).unwrap().len(), 2000);
+        let e = names_within(&fd, d.path(), 50_000).unwrap_err().to_string();
+        assert!(e.contains(&d.path().display().to_string()) && e.contains("entries in one directory"), "{e}");
     }
 }
