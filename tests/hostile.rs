@@ -97,3 +97,38 @@ fn config_sandbox_lets_the_units_write_exactly_the_dirs_this_host_uses() {
     assert_eq!(r["written"], false);
     assert!(r["text"].as_str().unwrap().contains("ReadWritePaths="), "{r}");
 }
+
+#[test]
+fn a_mount_inside_a_data_dir_is_never_archived_emptied_or_swapped_and_the_plans_name_it() {
+    let s = Sandbox::new();
+    let v1 = s.push_fixture_as("v1", "app");
+    let v2 = s.push_fixture_as("v2", "app");
+    let name = s.add_tenant("t1", &v1);
+    s.write_data("t1", "db/rows", "rows\n");
+    let cache = s.data_dir("t1").join("cache");
+    let _mount = s.mount_tmpfs(&cache, "4m");
+    std::fs::write(cache.join("other-fs"), "mounted by the host").unwrap();
+    s.write_fleet(&s.fleet_app(&v1, ""));
+    let out = s.slipway(&["snapshot", "--json"]);
+    assert_eq!(out.code, 0, "{} {}", out.stdout, out.stderr);
+    let snap: Snapshot = out.report();
+    let list = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("zstd -dc {} | tar -t", snap.archives[0].path.display()))
+        .output()
+        .unwrap();
+    let names = String::from_utf8_lossy(&list.stdout);
+    assert!(names.contains("db/rows") && !names.contains("other-fs"), "{names}");
+    // A restore refuses before it stops anything; a rollout's plan names the mount.
+    let started = s.inspect(&name)["State"]["StartedAt"].clone();
+    let out = s.slipway(&["restore", "--tenant", "t1", "--day", &snap.day, "--json"]);
+    assert_eq!(out.code, 2, "{} {}", out.stdout, out.stderr);
+    assert!(out.stdout.contains("mount point inside"), "{}", out.stdout);
+    s.write_fleet(&s.fleet_app(&v2, ""));
+    let out = s.slipway(&["rollout", "--json"]);
+    assert_ne!(out.code, 0, "{} {}", out.stdout, out.stderr);
+    assert!(out.stdout.contains("mount point inside"), "{}", out.stdout);
+    assert_eq!(s.inspect(&name)["State"]["StartedAt"], started, "the tenant was stopped");
+    assert_eq!(s.image_of(&name), v1);
+    assert_eq!(std::fs::read_to_string(cache.join("other-fs")).unwrap(), "mounted by the host");
+}

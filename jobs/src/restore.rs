@@ -368,6 +368,20 @@ pub async fn restore(ctx: &Ctx, opts: &RestoreOptions) -> Result<RestoreReport> 
             data_dir.display()
         )));
     }
+    // Nor can a dir with another filesystem mounted inside: the mount would go with the old tree.
+    if let Some(m) = data_dir
+        .exists()
+        .then(|| crate::fsutil::mounts_under(&data_dir).unwrap_or_default())
+        .and_then(|v| v.into_iter().next())
+    {
+        return Err(Error::Usage(format!(
+            "tenant {}: {} is a mount point inside its data dir {}, which restore cannot swap around; nothing \
+             was touched. Unmount it (or restore with --to into a new dir), then restore again",
+            opts.tenant,
+            m.display(),
+            data_dir.display()
+        )));
+    }
     // The new tree is extracted beside the data dir, and the old one is kept: room for all of it.
     preflight(&loc, data_dir.parent().unwrap_or(&data_dir)).await?;
     if opts.dry_run {

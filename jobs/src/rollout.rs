@@ -509,6 +509,15 @@ fn data_problems(data_dir: &Path, c: &TenantContainer, scratch: &[String]) -> Ve
             return vec![who(format!("cannot tell whether its data dir {} is a mount point: {e}", data_dir.display()))]
         }
     }
+    if let Some(m) = crate::fsutil::mounts_under(data_dir).ok().and_then(|v| v.into_iter().next()) {
+        return vec![who(format!(
+            "{} is a mount point inside its data dir {}: a snapshot does not copy another filesystem, and a \
+             restore could neither bring it back nor swap the dir around it; mount it beside the data dir \
+             (another bind mount of the container) instead",
+            m.display(),
+            data_dir.display()
+        ))];
+    }
     let real = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
     let data_real = real(data_dir);
     let in_data_dir = |m: &TenantMount| {

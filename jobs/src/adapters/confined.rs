@@ -349,6 +349,9 @@ impl Root {
             Err(e) => return Err(e.into()),
         };
         if rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Directory {
+            if is_mount_root(p.dir.fd(), p.name) {
+                return Err(mounted(p.name));
+            }
             let fd = rustix::fs::openat(p.dir.fd(), p.name, DIR_FLAGS, Mode::empty())?;
             empty_dir(fd)?;
             unlink(p.dir.fd(), p.name, true)?;
@@ -423,6 +426,31 @@ pub fn set_fd_attrs(fd: impl AsFd, a: &Attrs) -> io::Result<()> {
     Ok(rustix::fs::futimens(&fd, &a.times())?)
 }
 
+/// Whether the dir `name` in `dir` is the root of a mount (`STATX_ATTR_MOUNT_ROOT`, Linux 5.8:
+/// bind mounts of the same filesystem too; before that, a device other than its parent's).
+pub fn is_mount_root(dir: BorrowedFd<'_>, name: &OsStr) -> bool {
+    use rustix::fs::{StatxAttributes, StatxFlags};
+    match rustix::fs::statx(dir, name, AtFlags::SYMLINK_NOFOLLOW, StatxFlags::BASIC_STATS) {
+        Ok(st) if st.stx_attributes_mask.contains(StatxAttributes::MOUNT_ROOT) => {
+            st.stx_attributes.contains(StatxAttributes::MOUNT_ROOT)
+        }
+        Ok(st) => rustix::fs::fstat(dir).is_ok_and(|p| (st.stx_dev_major, st.stx_dev_minor) != dev_parts(p.st_dev)),
+        Err(_) => false,
+    }
+}
+
+fn dev_parts(dev: u64) -> (u32, u32) {
+    (rustix::fs::major(dev), rustix::fs::minor(dev))
+}
+
+fn mounted(what: &OsStr) -> io::Error {
+    io::Error::other(format!(
+        "{} is a mount point inside the tree: slipway never empties or removes what is mounted there; \
+         unmount it first",
+        what.to_string_lossy()
+    ))
+}
+
 fn unlink(dir: BorrowedFd<'_>, name: &OsStr, is_dir: bool) -> io::Result<()> {
     let flags = if is_dir { AtFlags::REMOVEDIR } else { AtFlags::empty() };
     match rustix::fs::unlinkat(dir, name, flags) {
@@ -476,6 +504,9 @@ fn empty_dir(top: OwnedFd) -> io::Result<()> {
     loop {
         match clear_files(&cur)? {
             Some(name) => {
+                if is_mount_root(cur.as_fd(), OsStr::from_bytes(&name)) {
+                    return Err(mounted(OsStr::from_bytes(&name)));
+                }
                 let child = rustix::fs::openat(&cur, OsStr::from_bytes(&name), DIR_FLAGS, Mode::empty())?;
                 up.push((id(&cur)?, name));
                 cur = child;
@@ -574,6 +605,25 @@ mod tests {
             assert!(!t.exists());
             assert_eq!(fs::read(host.join("etc/passwd")).unwrap(), b"root:x:0:0");
         });
+    }
+
+    #[test]
+    fn what_is_mounted_inside_a_tree_is_never_emptied() {
+        let d = tempfile::tempdir().unwrap();
+        let m = d.path().join("t/db/mnt");
+        fs::create_dir_all(&m).unwrap();
+        let ok = std::process::Command::new("mount").args(["-t", "tmpfs", "tmpfs"]).arg(&m).status().unwrap();
+        assert!(ok.success(), "the tests run as root and mount a tmpfs");
+        fs::write(m.join("precious"), "on another filesystem").unwrap();
+        fs::write(d.path().join("t/db/file"), "x").unwrap();
+        let r = Root::open(d.path()).unwrap();
+        let e = r.remove_all(b"t").unwrap_err();
+        let e2 = r.remove_all(b"t/db/mnt").unwrap_err();
+        let kept = fs::read(m.join("precious"));
+        let _ = std::process::Command::new("umount").arg(&m).status();
+        assert!(e.to_string().contains("mount point"), "{e}");
+        assert!(e2.to_string().contains("mount point"), "{e2}");
+        assert_eq!(kept.unwrap(), b"on another filesystem");
     }
 
     #[test]

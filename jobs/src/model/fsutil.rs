@@ -108,6 +108,39 @@ pub fn is_mount_point(dir: &Path) -> io::Result<bool> {
     Ok(info.lines().any(|l| l.split(' ').nth(4) == Some(want.as_str())))
 }
 
+/// The mount points strictly inside `dir` (from `/proc/self/mountinfo`): what a snapshot of
+/// `dir` does not copy and a restore could not swap.
+pub fn mounts_under(dir: &Path) -> io::Result<Vec<PathBuf>> {
+    let dir = fs::canonicalize(dir)?;
+    let info = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut out: Vec<PathBuf> = info
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|m| PathBuf::from(unescape_mountinfo(m)))
+        .filter(|m| m.starts_with(&dir) && *m != dir)
+        .collect();
+    out.sort();
+    out.dedup();
+    Ok(out)
+}
+
+/// mountinfo writes a space, tab, newline and backslash in a path as `\ooo` octal.
+fn unescape_mountinfo(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// Bytes free to an unprivileged writer on the filesystem holding `path`.
 pub fn free_bytes(path: &Path) -> io::Result<u64> {
     let st = rustix::fs::statvfs(path)?;

@@ -14,7 +14,7 @@
 use std::ffi::OsStr;
 use std::fs::{self, File};
 use std::io;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
@@ -156,6 +156,22 @@ impl Walker {
             }
             rel.extend_from_slice(&name);
             let path = self.root.join(OsStr::from_bytes(&rel));
+            if ft == FileType::Directory
+                && crate::adapters::confined::is_mount_root(top.dir.as_fd(), OsStr::from_bytes(&name))
+            {
+                // Another filesystem mounted inside the tree: not the tree's data. Reported
+                // like a socket (not archived, not copied, listed as skipped), never descended.
+                tracing::warn!("{}: a mount point inside the tree; not archived or copied", path.display());
+                let fd = rustix::fs::openat(
+                    &top.dir,
+                    OsStr::from_bytes(&name),
+                    OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    Mode::empty(),
+                )
+                .map_err(errno(&path))?;
+                let meta = File::from(fd).metadata().map_err(ioe(&path))?;
+                return Ok(Some(Item { rel, meta, node: Node::Other }));
+            }
             let (meta, node, sub) = match open_child(&top.dir, &name, ft, &path) {
                 Ok(o) => o,
                 Err(_) if self.live && vanished_or_retyped(&top.dir, &name, ft) => continue,
