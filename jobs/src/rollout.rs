@@ -1052,6 +1052,7 @@ impl TenantRoll<'_> {
     /// (the tenant's name free) is undone like one before or after them, from what the engine
     /// holds.
     async fn switch(&mut self) -> StepResult {
+        crate::context::test_pause("before-switch");
         let began = Instant::now();
         self.rename_aside().await?;
         self.timings.rename_ms = ms(began.elapsed());
