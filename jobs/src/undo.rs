@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::adapters::archive;
-use crate::adapters::docker::Engine;
+use crate::adapters::docker::{digest_of_ref, Engine};
 use crate::adapters::health::Prober;
 use crate::context::Ctx;
 use crate::error::{ArchiveError, Error, Result};
@@ -182,6 +182,26 @@ async fn undo(
         Ok(l) => l,
         Err(e) => return fail(journal, None, format!("cannot tell which containers exist: {e}"), &done),
     };
+    // Nothing is touched unless the data can be put back: removing the new version and
+    // starting the prior one on the data the new one wrote would pass for a restore.
+    if let Some(why) = restore_data.then(|| missing_data(&j)).flatten() {
+        let what = format!(
+            "the data from before the rollout cannot be put back: {why}; the tenant was left as it is rather than \
+             start the prior version on the data the new one wrote"
+        );
+        return fail(journal, None, what, &done);
+    }
+    // A container under the set-aside name that is not the prior one slipway set aside (by
+    // the journaled id) is not slipway's to rename back or start.
+    if let Some(p) = pre.as_deref().filter(|p| !j.old_id.is_empty() && *p != j.old_id) {
+        let what = format!(
+            "container {} is {}, not the prior container {} that slipway set aside; it was left alone",
+            j.pre_name,
+            short(p),
+            short(&j.old_id)
+        );
+        return fail(journal, None, what, &done);
+    }
 
     // The container under the tenant's name, if it is not the prior one, is the new version;
     // so is one still under its staging name (created before the stop, never switched in).
@@ -198,24 +218,9 @@ async fn undo(
         // from the new one's settings on the prior image.
         let s = journal.begin(&j, UndoStep::RecreatePrior);
         let created = match engine.spec(id).await {
-            Ok(spec) => match engine.create_from(&j.pre_name, &spec, &j.old_image).await {
-                // The prior image may have been removed from the engine since (an image prune):
-                // pull it back by its digest, then try once more.
-                Err(e) => match j.old_image.parse::<crate::types::PinnedImage>() {
-                    Ok(img) => match engine.pull(&img).await {
-                        Ok(()) => engine.create_from(&j.pre_name, &spec, &j.old_image).await,
-                        Err(pull) => Err(Error::Docker {
-                            op: format!(
-                                "recreating it from {} ({e}), and pulling that image back ({pull})",
-                                j.old_image
-                            ),
-                            container: Some(j.pre_name.clone()),
-                            source: None,
-                        }),
-                    },
-                    Err(_) => Err(e),
-                },
-                ok => ok,
+            Ok(spec) => match prior_image(engine, &j).await {
+                Ok(image) => engine.create_from(&j.pre_name, &spec, &image).await,
+                Err(e) => Err(e),
             },
             Err(e) => Err(e),
         };
@@ -379,10 +384,20 @@ async fn undo(
     }
     let prior_began = std::time::Instant::now();
     let s = journal.begin(&j, UndoStep::StartPrior);
-    // The prior container by its id when it is known (found aside, or by the journaled id):
-    // whatever else may hold the tenant's name by now, only the prior one is ever started here.
-    // A new container (staged with the tenant's final restart policy) was removed above.
-    let prior = pre.clone().or(old_by_id.clone()).unwrap_or_else(|| j.name.clone());
+    // The prior container by its id (found aside, or by the journaled id): whatever else may
+    // hold the tenant's name by now, only the prior one is ever started here, never a
+    // container found by name. A new container (staged with the tenant's final restart
+    // policy) was removed above.
+    let Some(prior) = pre.clone().or(old_by_id.clone()) else {
+        let what = format!(
+            "the prior container of {} is gone ({} exists neither under {} nor by its id) and could not be \
+             recreated: no new container was left to take its settings from",
+            j.name,
+            short(&j.old_id),
+            j.pre_name
+        );
+        return fail(journal, row(s, UndoStep::StartPrior), what, &done);
+    };
     // Its restart policy was set to `no` while it was aside; put it back whatever step the
     // rollout was caught in (setting it again is harmless).
     if let Some(restart) = j.restart.as_ref().filter(|r| r.restarts()) {
@@ -417,6 +432,83 @@ async fn undo(
             fail(journal, row(s, UndoStep::HealthPrior), what, &done)
         }
     }
+}
+
+/// The first 12 hex digits of a container or image id.
+fn short(id: &str) -> String {
+    id.trim_start_matches("sha256:").chars().take(12).collect()
+}
+
+/// The image to recreate the prior container from: exactly the image it ran (by the
+/// journaled image id), under its original reference while that still names it, else its
+/// `repo@digest` (pulled back when the engine lost it), else the bare id. Journals of earlier
+/// versions hold only the reference: it is used, pulled back by its digest when it is gone.
+pub async fn prior_image(engine: &Engine, j: &TenantJournal) -> Result<String> {
+    if let Some(id) = j.old_image_id.as_deref().filter(|id| !id.is_empty()) {
+        let digest = j.old_digest.clone().or_else(|| digest_of_ref(&j.old_image).map(|d| d.to_string()));
+        return engine.image_ref_for(&j.old_image, id, digest.as_deref()).await;
+    }
+    if engine.image_id(&j.old_image).await?.is_some() {
+        return Ok(j.old_image.clone());
+    }
+    let img = j.old_image.parse::<crate::types::PinnedImage>().map_err(|_| Error::Docker {
+        op: format!("the image {} is gone from the engine and has no digest to pull it back by", j.old_image),
+        container: Some(j.pre_name.clone()),
+        source: None,
+    })?;
+    engine.pull(&img).await?;
+    Ok(j.old_image.clone())
+}
+
+/// Why the tenant's data from before the rollout cannot be put back, if it cannot: the
+/// rollout copy is gone (or was never complete) and the run's archive is not there either.
+/// Only what is on disk is looked at (no hashing): the undo of a failed rollout must not wait.
+pub fn missing_data(j: &TenantJournal) -> Option<String> {
+    if copy_state(j) != CopyState::Gone {
+        return None;
+    }
+    match (&j.snapshot, &j.copy) {
+        (Some(a), _) if a.is_file() && j.sha256.is_some() => None,
+        (Some(a), _) => Some(format!("the run's archive of its data, {}, is gone (pruned, or deleted)", a.display())),
+        (None, Some(c)) => Some(format!(
+            "the rollout copy {} is gone (removed by hand?) and no archive of it was ever made",
+            c.display()
+        )),
+        (None, None) => Some("the run journaled no snapshot of its data".to_string()),
+    }
+}
+
+/// [`missing_data`], and the archive re-hashed against the journal and the run's manifest:
+/// what `rollback` checks of every tenant before it touches any. Hashing runs off the async
+/// runtime.
+pub async fn check_data(j: &TenantJournal) -> Result<Option<String>> {
+    if let Some(why) = missing_data(j) {
+        return Ok(Some(why));
+    }
+    let (Some(archive_path), Some(want), CopyState::Gone) = (j.snapshot.clone(), j.sha256.clone(), copy_state(j))
+    else {
+        return Ok(None);
+    };
+    let in_manifest = match archive_path.parent().map(Manifest::read) {
+        Some(Ok(Some(m))) => m.tenant(&j.tenant).map(|e| e.sha256.clone()),
+        Some(Err(e)) => return Ok(Some(format!("the run's manifest beside {} cannot be read: {e}", archive_path.display()))),
+        _ => None,
+    };
+    if in_manifest.as_deref() != Some(want.as_str()) {
+        return Ok(Some(format!(
+            "the run's manifest beside {} does not list it with sha256 {want} (it says {})",
+            archive_path.display(),
+            in_manifest.as_deref().unwrap_or("nothing")
+        )));
+    }
+    let a = archive_path.clone();
+    let (got, _) = crate::blocking::run("hash", move || archive::sha256_file(&a)).await??;
+    Ok((got != want).then(|| {
+        format!(
+            "the run's archive of its data, {}, is damaged: its sha256 is {got}, the run's manifest says {want}",
+            archive_path.display()
+        )
+    }))
 }
 
 /// Where a journal's rollout copy stands.

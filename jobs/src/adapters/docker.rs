@@ -515,11 +515,7 @@ impl Engine {
 
     /// The repo digest of an image id whose repository matches `reference`'s.
     async fn image_digest(&self, image: &str, reference: &str) -> Result<Option<Digest>> {
-        let repo = reference.split('@').next().unwrap_or(reference);
-        let repo = match repo.rsplit_once(':') {
-            Some((r, t)) if !t.contains('/') => r,
-            _ => repo,
-        };
+        let repo = repo_of(reference);
         match self.docker.inspect_image(image).await {
             Ok(i) => Ok(i
                 .repo_digests
@@ -557,6 +553,60 @@ impl Engine {
             ));
         }
         Ok(())
+    }
+
+    /// The id (`sha256:…`) of the image `reference` names on this engine, if it has it.
+    pub async fn image_id(&self, reference: &str) -> Result<Option<String>> {
+        match self.docker.inspect_image(reference).await {
+            Ok(i) => Ok(i.id),
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(e) => Err(derr(format!("inspecting image {reference}"), None, e)),
+        }
+    }
+
+    /// A reference that names exactly the image `id` on this engine, to recreate a container
+    /// it ran: `reference` (what the container was created from) while it still names that
+    /// image; else `repo@digest`, present or pulled back by its digest; else the id itself,
+    /// while the engine still has the image under another name or none. A tag moved or pruned
+    /// since never yields another image. Err when the engine has no such image and it cannot be
+    /// pulled back by its digest.
+    pub async fn image_ref_for(&self, reference: &str, id: &str, digest: Option<&str>) -> Result<String> {
+        if self.image_id(reference).await?.as_deref() == Some(id) {
+            return Ok(reference.to_string());
+        }
+        let pinned = digest.and_then(|d| format!("{}@{d}", repo_of(reference)).parse::<PinnedImage>().ok());
+        let short: String = id.trim_start_matches("sha256:").chars().take(12).collect();
+        let pulled = match &pinned {
+            Some(img) => {
+                if self.image_id(&img.reference()).await?.as_deref() == Some(id) {
+                    return Ok(img.reference());
+                }
+                match self.pull(img).await {
+                    Ok(()) if self.image_id(&img.reference()).await?.as_deref() == Some(id) => {
+                        return Ok(img.reference())
+                    }
+                    Ok(()) => format!("{img} was pulled but is not image {short}"),
+                    Err(e) => format!("pulling it back by its digest failed: {e}"),
+                }
+            }
+            None => "its digest is not known, so it cannot be pulled back".to_string(),
+        };
+        if self.image_id(id).await?.is_some() {
+            return Ok(id.to_string());
+        }
+        Err(refused(format!("the image {reference} (id {short}) is gone from the engine and {pulled}"), None))
+    }
+
+    /// The container paths the image `reference` declares as `VOLUME`s, sorted.
+    pub async fn image_volumes(&self, reference: &str) -> Result<Vec<String>> {
+        let i = self
+            .docker
+            .inspect_image(reference)
+            .await
+            .map_err(|e| derr(format!("inspecting image {reference}"), None, e))?;
+        let mut v: Vec<String> = i.config.and_then(|c| c.volumes).unwrap_or_default().into_iter().collect();
+        v.sort();
+        Ok(v)
     }
 
     /// Whether a container with this name or id exists.
@@ -935,6 +985,16 @@ fn value_hash(value: &str) -> String {
     format!("sha256:{hex}")
 }
 
+/// The repository of an image reference, without its tag or digest (`reg:5000/x/pulse:1.4` →
+/// `reg:5000/x/pulse`).
+fn repo_of(reference: &str) -> &str {
+    let repo = reference.split('@').next().unwrap_or(reference);
+    match repo.rsplit_once(':') {
+        Some((r, t)) if !t.contains('/') => r,
+        _ => repo,
+    }
+}
+
 /// The digest in a `repo@sha256:…` reference.
 pub fn digest_of_ref(reference: &str) -> Option<Digest> {
     reference.split_once('@').and_then(|(_, d)| d.parse().ok())
@@ -978,6 +1038,11 @@ impl ContainerSpec {
     /// The container's id.
     pub fn id(&self) -> String {
         self.inspect.id.clone().unwrap_or_default()
+    }
+
+    /// The id (`sha256:…`) of the image the container runs.
+    pub fn image_id(&self) -> String {
+        self.inspect.image.clone().unwrap_or_default()
     }
 
     /// The image reference the container was created from.
