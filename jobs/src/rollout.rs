@@ -349,7 +349,7 @@ pub async fn rollout(ctx: &mut Ctx, opts: &RolloutOptions) -> Result<RolloutRepo
             reports.push(AppReport { plan, run_id: None, tenants: Vec::new(), outcome: ExitKind::Success, summary });
             continue;
         }
-        let report = rollout_app(ctx, &engine, app, plan, opts.keep_old).await?;
+        let report = rollout_app(ctx, &engine, app, plan, &tenants, opts.keep_old).await?;
         let stop = report.outcome != ExitKind::Success;
         reports.push(report);
         if stop {
@@ -392,6 +392,28 @@ pub fn plan(
             "fleet.toml: app \"{}\": the health probe cannot be aimed, so nothing was touched: {}",
             app.name,
             unprobeable.join("; ")
+        )));
+    }
+    // A container started with `docker run --rm` is deleted by the engine at its stop: a
+    // failed release would leave the tenant with no container at all.
+    let auto_removed: Vec<String> = tenants
+        .iter()
+        .filter(|c| only.is_empty() || only.contains(&c.tenant))
+        .filter(|c| c.digest.as_ref() != Some(pinned) && !app.hold.contains(&c.tenant) && c.auto_remove)
+        .map(|c| {
+            format!(
+                "tenant {} (container {}) was started with `docker run --rm`: Docker deletes it the moment it \
+                 stops, so a failed release could not bring it back; recreate it without --rm (with a restart \
+                 policy, e.g. --restart unless-stopped), then roll out",
+                c.tenant, c.name
+            )
+        })
+        .collect();
+    if !auto_removed.is_empty() {
+        return Err(Error::Config(format!(
+            "app \"{}\": nothing was touched: {}",
+            app.name,
+            auto_removed.join("; ")
         )));
     }
     // Everything a tenant keeps must be in its data dir, or the snapshot taken after the stop
@@ -569,6 +591,28 @@ fn data_problems(data_dir: &Path, c: &TenantContainer, scratch: &[String]) -> Ve
     problems
 }
 
+/// Why the new image's `VOLUME`s (`volumes`) would give tenant `c` state its snapshot misses:
+/// one at a path the prior container mounts nothing at becomes a fresh anonymous volume in the
+/// new container, which the new version writes and no snapshot or undo sees. A path the prior
+/// container mounts (its data dir, a volume carried by name) is covered; so is one the app
+/// names in `scratch_mounts` (a cache, by the operator's word).
+fn new_volume_problems(c: &TenantContainer, volumes: &[String], scratch: &[String]) -> Vec<String> {
+    volumes
+        .iter()
+        .filter(|v| !c.mounts.iter().any(|m| Path::new(&m.destination) == Path::new(v)))
+        .filter(|v| !scratch.iter().any(|s| Path::new(s) == Path::new(v)))
+        .map(|v| {
+            format!(
+                "tenant {} (container {}): the new image declares VOLUME {v}, which the prior container does \
+                 not mount, so the new version would write to a fresh anonymous volume there that no snapshot \
+                 holds: recreate the container with a dir under its data dir bind-mounted at {v}, or, if it \
+                 holds no customer data (a cache), list {v} in the app's scratch_mounts",
+                c.tenant, c.name
+            )
+        })
+        .collect()
+}
+
 /// What every tenant of one app's rollout shares.
 struct AppRun<'a> {
     ctx: &'a Ctx,
@@ -585,6 +629,7 @@ async fn rollout_app(
     engine: &Engine,
     app: &App,
     plan: RolloutPlan,
+    containers: &[TenantContainer],
     keep_old: bool,
 ) -> Result<AppReport> {
     // Pre-pull before touching any tenant: a missing digest changes nothing.
@@ -592,6 +637,23 @@ async fn rollout_app(
     let pulled = engine.pull(&app.image).await;
     ctx.progress.finish();
     pulled?;
+    // A VOLUME the new image adds would be a fresh anonymous volume in the new container,
+    // written by the new version and held by no snapshot: refused before any tenant is touched.
+    let volumes = engine.image_volumes(&app.image.reference()).await?;
+    let unheld: Vec<String> = plan
+        .items
+        .iter()
+        .filter_map(|i| containers.iter().find(|c| c.tenant == i.tenant))
+        .flat_map(|c| new_volume_problems(c, &volumes, &app.scratch_mounts))
+        .collect();
+    if !unheld.is_empty() {
+        return Err(Error::Config(format!(
+            "app \"{}\": the new image {} would give a tenant state no snapshot holds, so nothing was touched: {}",
+            app.name,
+            app.image,
+            unheld.join("; ")
+        )));
+    }
     ctx.next_run_id();
     let digest = app.image.digest().to_string();
     ctx.start_run("rollout", Some(&app.name), Some(&plan.commit), Some(&digest))?;
@@ -1276,6 +1338,7 @@ mod tests {
             networks: vec!["front".into()],
             network_mode: "front".into(),
             mounts,
+            auto_remove: false,
         }
     }
 

@@ -58,6 +58,9 @@ pub struct TenantContainer {
     pub network_mode: String,
     /// What is mounted into it (binds, volumes, tmpfs), as the engine reports it.
     pub mounts: Vec<TenantMount>,
+    /// Started with `docker run --rm` (`HostConfig.AutoRemove`): the engine deletes it as soon
+    /// as it stops, so a rollout could never bring it back.
+    pub auto_remove: bool,
 }
 
 /// One mount of a tenant's container.
@@ -482,16 +485,25 @@ impl Engine {
             let mut networks: Vec<String> =
                 c.network_settings.and_then(|n| n.networks).unwrap_or_default().into_keys().collect();
             networks.sort();
+            let id = c.id.unwrap_or_default();
+            // The list does not carry AutoRemove; one inspect does (a container removed since
+            // the list does not auto-remove any more).
+            let auto_remove = match self.docker.inspect_container(&id, None).await {
+                Ok(i) => i.host_config.and_then(|h| h.auto_remove).unwrap_or(false),
+                Err(e) if is_not_found(&e) => false,
+                Err(e) => return Err(derr(format!("inspecting container {name}"), Some(&name), e)),
+            };
             out.push(TenantContainer {
                 tenant,
                 name,
-                id: c.id.unwrap_or_default(),
+                id,
                 image_ref,
                 digest,
                 state: c.state.map(|s| s.to_string()).unwrap_or_default(),
                 networks,
                 network_mode: c.host_config.and_then(|h| h.network_mode).unwrap_or_default(),
                 mounts: c.mounts.unwrap_or_default().into_iter().map(tenant_mount).collect(),
+                auto_remove,
             });
         }
         out.sort_by(|a, b| a.tenant.cmp(&b.tenant));
@@ -1416,6 +1428,7 @@ mod tests {
             networks: networks.iter().map(|s| s.to_string()).collect(),
             network_mode: mode.into(),
             mounts: Vec::new(),
+            auto_remove: false,
         }
     }
 
