@@ -203,6 +203,9 @@ pub enum TenantOutcome {
     PersonNeeded,
     /// Not reached: an earlier tenant halted the run, or it was interrupted.
     NotReached,
+    /// Not touched: its container or its data dir disappeared between the plan and its turn
+    /// (the report says which); the run goes on without it.
+    Skipped,
 }
 
 impl TenantOutcome {
@@ -212,6 +215,7 @@ impl TenantOutcome {
             TenantOutcome::Restored => "restored",
             TenantOutcome::PersonNeeded => "person_needed",
             TenantOutcome::NotReached => "not_reached",
+            TenantOutcome::Skipped => "skipped",
         }
     }
 }
@@ -670,7 +674,10 @@ async fn rollout_app(
     let mut tenants = Vec::new();
     let mut outcome = ExitKind::Success;
     let mut manifest = Manifest::new(&SnapshotId::rollout(&ctx.run_id));
-    for item in &plan.items {
+    // Whether the tenant rolled next gates the others (the canary, or the first tenant after
+    // a canary that was skipped).
+    let mut gate = true;
+    for (n, item) in plan.items.iter().enumerate() {
         if outcome != ExitKind::Success || ctx.cancel.is_cancelled() {
             if outcome == ExitKind::Success {
                 outcome = ExitKind::Interrupted;
@@ -679,8 +686,11 @@ async fn rollout_app(
             continue;
         }
         // The canary soaks only when it gates tenants after it.
-        let soak = item.canary && plan.items.len() > 1;
+        let soak = gate && !item.stopped && n + 1 < plan.items.len();
         let report = roll_tenant(&run, item, &mut manifest, soak).await?;
+        if report.outcome != TenantOutcome::Skipped {
+            gate = false;
+        }
         outcome = match report.outcome {
             TenantOutcome::Rolled => ExitKind::Success,
             // A stopped tenant never ran the new version: its failure says nothing of the
@@ -690,6 +700,9 @@ async fn rollout_app(
             TenantOutcome::Restored => ExitKind::Halted,
             TenantOutcome::PersonNeeded => ExitKind::PersonNeeded,
             TenantOutcome::NotReached => ExitKind::Interrupted,
+            // Gone before its turn: nothing of it was touched, and it says nothing of the
+            // release.
+            TenantOutcome::Skipped => ExitKind::Success,
         };
         ctx.store.record_tenant(&slipway_state::TenantResult {
             run_id: ctx.run_id.to_string(),
@@ -703,8 +716,18 @@ async fn rollout_app(
         tenants.push(report);
     }
     let rolled = tenants.iter().filter(|t| t.outcome == TenantOutcome::Rolled).count();
+    let skipped: Vec<&str> =
+        tenants.iter().filter(|t| t.outcome == TenantOutcome::Skipped).map(|t| t.tenant.as_str()).collect();
     let summary = match outcome {
-        ExitKind::Success => format!("app {}: rolled {rolled} tenant(s) to {}", app.name, app.image.digest().short()),
+        ExitKind::Success if skipped.is_empty() => {
+            format!("app {}: rolled {rolled} tenant(s) to {}", app.name, app.image.digest().short())
+        }
+        ExitKind::Success => format!(
+            "app {}: rolled {rolled} tenant(s) to {}; skipped {} (gone before its turn, see its detail)",
+            app.name,
+            app.image.digest().short(),
+            skipped.join(", ")
+        ),
         ExitKind::Halted => {
             let t = tenants.iter().find(|t| t.outcome == TenantOutcome::Restored);
             let untouched = tenants.iter().filter(|t| t.outcome == TenantOutcome::NotReached).count();
@@ -807,11 +830,11 @@ struct TenantRoll<'a> {
 /// tenant from where it was (see [`TenantRoll::undo_from`]); a tenant that cannot even be read
 /// is not touched.
 async fn roll_tenant(run: &AppRun<'_>, item: &PlanItem, manifest: &mut Manifest, soak: bool) -> Result<TenantReport> {
-    let untouched = |detail: String| TenantReport {
+    let untouched = |outcome: TenantOutcome, detail: String| TenantReport {
         tenant: item.tenant.clone(),
         from: item.from.clone(),
         to: item.to.clone(),
-        outcome: TenantOutcome::Restored,
+        outcome,
         downtime_ms: None,
         snapshot: None,
         pre_copy: None,
@@ -819,15 +842,22 @@ async fn roll_tenant(run: &AppRun<'_>, item: &PlanItem, manifest: &mut Manifest,
         timings: StepTimings::default(),
         detail: Some(format!("not touched: {detail}")),
     };
-    // Read everything before touching anything: a failure here changes nothing.
+    // Read everything before touching anything: a failure here changes nothing. A tenant
+    // whose container or data dir went away since the plan (removed by hand, a `--rm` one
+    // that stopped) is skipped, named, and the run goes on: it says nothing of the release.
+    let gone = |what: String| untouched(TenantOutcome::Skipped, format!("{what} since the plan; skipped"));
+    match run.engine.id_of(&item.container).await {
+        Ok(Some(_)) => {}
+        Ok(None) => return Ok(gone(format!("its container {} was removed", item.container))),
+        Err(e) => return Ok(untouched(TenantOutcome::Restored, e.to_string())),
+    }
     let spec = match run.engine.spec(&item.container).await {
         Ok(s) => s,
-        Err(e) => return Ok(untouched(e.to_string())),
+        Err(e) => return Ok(untouched(TenantOutcome::Restored, e.to_string())),
     };
     let data_dir = run.app.data_dir_of(&item.tenant);
-    // Checked at plan time; this catches a dir removed since.
     if !data_dir.is_dir() {
-        return Ok(untouched(format!("data dir {} does not exist", data_dir.display())));
+        return Ok(gone(format!("its data dir {} (container {}) disappeared", data_dir.display(), item.container)));
     }
     let name = item.container.clone();
     let staged = naming::staged(&name, &run.ctx.run_id);
