@@ -1147,6 +1147,7 @@ impl TenantRoll<'_> {
     async fn switch(&mut self) -> StepResult {
         crate::context::test_pause("before-switch");
         let began = Instant::now();
+        self.still_stopped().await?;
         self.rename_aside().await?;
         self.timings.rename_ms = ms(began.elapsed());
         if let Some(point) = Step::Switch.halfway() {
@@ -1190,6 +1191,24 @@ impl TenantRoll<'_> {
         let run_id = r.ctx.run_id.clone();
         record_rollout_archive(r.ctx, &run_id, &r.run_dir, self.manifest, &self.j.tenant, &archive_path, &summary)
             .map_err(|e| failed(&e))
+    }
+
+    /// The prior container is still the one stopped at the stop step, and still stopped: a
+    /// systemd unit running `docker start -a`, compose or Portainer may start it again right
+    /// after the stop, and switching then would start the new version beside it on the same
+    /// data dir. Checked just before the switch (its renames are the last thing before the start).
+    async fn still_stopped(&mut self) -> StepResult {
+        let st = self.run.engine.state(&self.j.old_id).await.map_err(|e| e.to_string())?;
+        if st.running || st.restarting || st.paused {
+            return Err(format!(
+                "the prior container {} was started again by something other than slipway after slipway stopped \
+                 it (a systemd unit running `docker start -a`, compose, Portainer?); not switching, so the new \
+                 version never runs beside it on the same data; find what starts it and stop that before the \
+                 next rollout",
+                self.j.name
+            ));
+        }
+        Ok(())
     }
 
     /// The prior container (stopped, restart policy `no`) aside, freeing the tenant's name.

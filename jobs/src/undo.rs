@@ -406,9 +406,22 @@ async fn undo(
             return fail(journal, row(s, UndoStep::StartPrior), what, &done);
         }
     }
-    if let Err(e) = engine.start(&prior).await {
-        let what = format!("cannot start the prior container {}: {e}", j.name);
-        return fail(journal, row(s, UndoStep::StartPrior), what, &done);
+    // Something other than slipway may have started it while slipway had it stopped (a
+    // systemd unit running `docker start -a`, compose, Portainer): it is not started again, and
+    // the report says so.
+    match engine.state(&prior).await {
+        Ok(st) if st.running || st.restarting || st.paused => done.push(
+            "the prior container was already running: something other than slipway started it while slipway had \
+             it stopped (a systemd unit running `docker start -a`, compose, Portainer?); slipway did not start it \
+             again"
+                .to_string(),
+        ),
+        _ => {
+            if let Err(e) = engine.start(&prior).await {
+                let what = format!("cannot start the prior container {}: {e}", j.name);
+                return fail(journal, row(s, UndoStep::StartPrior), what, &done);
+            }
+        }
     }
     journal.end_ok(s, UndoStep::StartPrior);
     let s = journal.begin(&j, UndoStep::HealthPrior);
