@@ -261,3 +261,63 @@ fn a_prior_container_started_again_by_something_else_is_never_given_a_second_wri
     let running = docker(&["ps", "-q", "--filter", &format!("label=slipway.test={}", s.id())]);
     assert_eq!(running.lines().count(), 1, "more than one container of the tenant runs: {running}");
 }
+
+/// The engine restarts for a few seconds (a dockerd upgrade, `systemctl restart docker`)
+/// while a failed canary is being undone: slipway waits for it (up to its stated budget) and
+/// brings the tenant back, rather than give up after a few seconds with the tenant down.
+#[test]
+fn an_engine_restart_of_a_few_seconds_during_an_undo_is_waited_out_and_the_tenant_brought_back() {
+    let s = Sandbox::new();
+    let v1 = s.push_fixture_as("v1", "app");
+    let v2 = s.push_fixture_as("v2", "app");
+    let name = s.add_tenant("t1", &v1);
+    let old_id = s.inspect(&name)["Id"].as_str().unwrap().to_string();
+    s.write_data("t1", "db/records.txt", "rows\n");
+    let data = tree_hash(&s.data_dir("t1"));
+    let proxy = crate::support::EngineProxy::start(&s.root().join("engine.sock"));
+    s.append_config(&format!("[docker]\nhost = \"{}\"\n", proxy.host()));
+    s.write_fleet(&s.fleet_app(&v2, ""));
+    let child = s.spawn(&["rollout", "--json"], &[("SLIPWAY_TEST_PAUSE_AT", "before-switch:1000")]);
+    wait_until("the stop of t1", || {
+        !s.containers_named_like(".next-").is_empty() && s.inspect(&name)["State"]["Running"] == false
+    });
+    // The engine goes away for 6 s while the tenant is down.
+    proxy.down();
+    std::thread::sleep(Duration::from_secs(6));
+    proxy.up();
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(3), "{stdout} {}", String::from_utf8_lossy(&out.stderr));
+    let now = s.inspect(&name);
+    assert_eq!(now["Id"].as_str().unwrap(), old_id);
+    assert_eq!(now["State"]["Running"], true);
+    assert_eq!(s.image_of(&name), v1);
+    assert_eq!(tree_hash(&s.data_dir("t1")), data);
+    assert!(s.containers_named_like(".next-").is_empty());
+}
+
+/// A rollout killed with its tenant stopped, and the engine still restarting when `recover`
+/// runs (as after a host reboot): recover waits for it and brings the tenant back.
+#[test]
+fn recover_waits_for_an_engine_that_is_restarting_and_brings_the_tenant_back() {
+    let s = Sandbox::new();
+    let v1 = s.push_fixture_as("v1", "app");
+    let v2 = s.push_fixture_as("v2", "app");
+    let name = s.add_tenant("t1", &v1);
+    let old_id = s.inspect(&name)["Id"].as_str().unwrap().to_string();
+    let proxy = crate::support::EngineProxy::start(&s.root().join("engine.sock"));
+    s.append_config(&format!("[docker]\nhost = \"{}\"\n", proxy.host()));
+    s.write_fleet(&s.fleet_app(&v2, ""));
+    let out = s.slipway_env(&["rollout"], &[("SLIPWAY_TEST_CRASH_AT", "after-stop")]);
+    assert!(out.stderr.contains("slipway test point reached: after-stop"), "{}", out.stderr);
+    assert_eq!(s.inspect(&name)["State"]["Running"], false);
+    proxy.down();
+    let child = s.spawn(&["recover", "--json"], &[]);
+    std::thread::sleep(Duration::from_secs(5));
+    proxy.up();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
+    let now = s.inspect(&name);
+    assert_eq!(now["Id"].as_str().unwrap(), old_id);
+    assert_eq!(now["State"]["Running"], true);
+}

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::adapters::archive;
-use crate::adapters::docker::{digest_of_ref, Engine};
+use crate::adapters::docker::{digest_of_ref, Engine, ENGINE_WAIT};
 use crate::adapters::health::Prober;
 use crate::context::Ctx;
 use crate::error::{ArchiveError, Error, Result};
@@ -105,20 +105,30 @@ impl UndoJournal<'_> {
     }
 }
 
-/// The id of the container named `name`, asked up to three times a second apart: a
-/// transient engine error must not end an undo with the tenant down.
-async fn look(engine: &Engine, name: &str) -> Result<Option<String>> {
-    let mut last = None;
-    for attempt in 0..3 {
-        if attempt > 0 {
-            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-        }
-        match engine.id_of(name).await {
-            Ok(id) => return Ok(id),
-            Err(e) => last = Some(e),
+/// An engine call of an undo, waiting out an engine that does not answer (dockerd restarting:
+/// its socket gone for seconds) for up to [`ENGINE_WAIT`], then made again; an engine that
+/// answers with an error is not waited for. An undo given up after a few seconds would leave
+/// the tenant down.
+async fn patient<T, F, Fut>(engine: &Engine, mut call: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let deadline = std::time::Instant::now() + ENGINE_WAIT;
+    loop {
+        match call().await {
+            Err(e) if e.engine_unreachable() && std::time::Instant::now() < deadline => {
+                tracing::warn!("{e}; the undo waits for the Docker engine (up to {} s)", ENGINE_WAIT.as_secs());
+                engine.wait_ready(deadline.saturating_duration_since(std::time::Instant::now())).await;
+            }
+            r => return r,
         }
     }
-    Err(last.unwrap_or_else(|| Error::Other(format!("inspecting container {name}"))))
+}
+
+/// The id of the container named `name`, waiting out an engine restart.
+async fn look(engine: &Engine, name: &str) -> Result<Option<String>> {
+    patient(engine, || engine.id_of(name)).await
 }
 
 /// Bring a tenant back to its prior container and data, whatever step it was caught in:
@@ -217,9 +227,9 @@ async fn undo(
         // The prior container is gone (a finished run without --keep-old): rebuild it aside,
         // from the new one's settings on the prior image.
         let s = journal.begin(&j, UndoStep::RecreatePrior);
-        let created = match engine.spec(id).await {
-            Ok(spec) => match prior_image(engine, &j).await {
-                Ok(image) => engine.create_from(&j.pre_name, &spec, &image).await,
+        let created = match patient(engine, || engine.spec(id)).await {
+            Ok(spec) => match patient(engine, || prior_image(engine, &j)).await {
+                Ok(image) => patient(engine, || engine.create_from(&j.pre_name, &spec, &image)).await,
                 Err(e) => Err(e),
             },
             Err(e) => Err(e),
@@ -243,7 +253,12 @@ async fn undo(
     if !to_remove.is_empty() {
         let s = journal.begin(&j, UndoStep::RemoveNew);
         for id in &to_remove {
-            if let Err(e) = engine.stop(id, j.stop_timeout_s).await.and(engine.remove(id).await) {
+            let removed = patient(engine, || async {
+                engine.stop(id, j.stop_timeout_s).await?;
+                engine.remove(id).await
+            })
+            .await;
+            if let Err(e) = removed {
                 let what = format!("cannot remove the new container {}: {e}", j.name);
                 return fail(journal, row(s, UndoStep::RemoveNew), what, &done);
             }
@@ -258,7 +273,7 @@ async fn undo(
         // The pre-rollout copy beside the data dir: swapped back in with one rename.
         let s = journal.begin(&j, UndoStep::Restore);
         if let Some(p) = pre.as_deref().or(old_by_id.as_deref()) {
-            let _ = engine.stop(p, j.stop_timeout_s).await;
+            let _ = patient(engine, || engine.stop(p, j.stop_timeout_s)).await;
         }
         let (copy, ino, d) = (j.copy.clone().unwrap_or_default(), j.copy_ino.unwrap_or_default(), j.data_dir.clone());
         let c = copy.clone();
@@ -289,7 +304,7 @@ async fn undo(
             let s = journal.begin(&j, UndoStep::Restore);
             // Stop the prior container too if something started it: nothing may hold the data.
             if let Some(p) = pre.as_deref().or(old_by_id.as_deref()) {
-                let _ = engine.stop(p, j.stop_timeout_s).await;
+                let _ = patient(engine, || engine.stop(p, j.stop_timeout_s)).await;
             }
             let (a, d) = (snap.clone(), j.data_dir.clone());
             let r = crate::blocking::run("restore", move || archive::restore_swap_keep(&a, &sha, &d)).await;
@@ -326,7 +341,7 @@ async fn undo(
         // prior container is the new version: remove it and try again, a few times.
         let mut last = None;
         for attempt in 0..3 {
-            match engine.rename(&j.pre_name, &j.name).await {
+            match patient(engine, || engine.rename(&j.pre_name, &j.name)).await {
                 Ok(()) => {
                     last = None;
                     break;
@@ -370,7 +385,7 @@ async fn undo(
         done.push("prior container back, left stopped as it was before the rollout".to_string());
         if let Some(restart) = j.restart.as_ref().filter(|r| r.restarts()) {
             let s = journal.begin(&j, UndoStep::StartPrior);
-            if let Err(e) = engine.set_restart(&j.name, restart).await {
+            if let Err(e) = patient(engine, || engine.set_restart(&j.name, restart)).await {
                 let what =
                     format!("cannot put back the restart policy {restart} of the prior container {}: {e}", j.name);
                 return fail(journal, row(s, UndoStep::StartPrior), what, &done);
@@ -401,7 +416,7 @@ async fn undo(
     // Its restart policy was set to `no` while it was aside; put it back whatever step the
     // rollout was caught in (setting it again is harmless).
     if let Some(restart) = j.restart.as_ref().filter(|r| r.restarts()) {
-        if let Err(e) = engine.set_restart(&prior, restart).await {
+        if let Err(e) = patient(engine, || engine.set_restart(&prior, restart)).await {
             let what = format!("cannot put back the restart policy {restart} of the prior container {}: {e}", j.name);
             return fail(journal, row(s, UndoStep::StartPrior), what, &done);
         }
@@ -409,7 +424,7 @@ async fn undo(
     // Something other than slipway may have started it while slipway had it stopped (a
     // systemd unit running `docker start -a`, compose, Portainer): it is not started again, and
     // the report says so.
-    match engine.state(&prior).await {
+    match patient(engine, || engine.state(&prior)).await {
         Ok(st) if st.running || st.restarting || st.paused => done.push(
             "the prior container was already running: something other than slipway started it while slipway had \
              it stopped (a systemd unit running `docker start -a`, compose, Portainer?); slipway did not start it \
@@ -417,7 +432,7 @@ async fn undo(
                 .to_string(),
         ),
         _ => {
-            if let Err(e) = engine.start(&prior).await {
+            if let Err(e) = patient(engine, || engine.start(&prior)).await {
                 let what = format!("cannot start the prior container {}: {e}", j.name);
                 return fail(journal, row(s, UndoStep::StartPrior), what, &done);
             }
@@ -425,7 +440,7 @@ async fn undo(
     }
     journal.end_ok(s, UndoStep::StartPrior);
     let s = journal.begin(&j, UndoStep::HealthPrior);
-    let why = match prober.gate(engine, &j.name, &j.health, None).await {
+    let why = match patient(engine, || prober.gate(engine, &j.name, &j.health, None)).await {
         Ok(Ok(_)) => None,
         Ok(Err(why)) => Some(why.to_string()),
         Err(e) => Some(e.to_string()),

@@ -31,6 +31,11 @@ use crate::types::{Digest, PinnedImage, TenantId};
 /// Per-request timeout of the engine client; `stop` adds the stop timeout on top.
 const CLIENT_TIMEOUT_S: u64 = 120;
 
+/// How long a call that must not be given up on — an undo's, `recover`'s connection — waits for
+/// a Docker engine that does not answer (its socket gone while dockerd restarts) before it
+/// fails. A restart takes seconds; giving up sooner leaves a tenant down.
+pub const ENGINE_WAIT: Duration = Duration::from_secs(60);
+
 /// A connection to the Docker engine.
 #[derive(Clone)]
 pub struct Engine {
@@ -332,6 +337,35 @@ impl Engine {
             .await
             .map_err(|e| derr("cannot reach the Docker engine (is dockerd running?)", None, e))?;
         Ok(Engine { docker })
+    }
+
+    /// [`Engine::connect`], waiting up to `budget` for an engine that does not answer yet
+    /// (dockerd restarting): for `recover`, which must not give up on a tenant left down.
+    pub async fn connect_within(cfg: &DockerConfig, budget: Duration) -> Result<Engine> {
+        let deadline = tokio::time::Instant::now() + budget;
+        loop {
+            match Engine::connect(cfg).await {
+                Err(e) if e.engine_unreachable() && tokio::time::Instant::now() < deadline => {
+                    tracing::warn!("{e}; waiting for the Docker engine (up to {} s in all)", budget.as_secs());
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                r => return r,
+            }
+        }
+    }
+
+    /// Wait until the engine answers a ping, up to `budget`; whether it did.
+    pub async fn wait_ready(&self, budget: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + budget;
+        loop {
+            if self.docker.ping().await.is_ok() {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
     }
 
     /// The engine's version and the negotiated API version.
