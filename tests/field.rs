@@ -135,7 +135,10 @@ fn a_tenant_started_with_docker_run_rm_is_refused_at_plan_time_with_the_fix_and_
     let out = s.slipway(&["rollout", "--json"]);
     assert_eq!(out.code, 2, "{} {}", out.stdout, out.stderr);
     let error = out.envelope::<serde::de::IgnoredAny>().error.unwrap_or_default();
-    assert!(error.contains(&name) && error.contains("--rm"), "the refusal does not name the container and --rm: {error}");
+    assert!(
+        error.contains(&name) && error.contains("--rm"),
+        "the refusal does not name the container and --rm: {error}"
+    );
     assert_eq!(seen(&s, &name, "t1"), before, "a refused plan touched the tenant");
     assert!(!s.backups().join("rollout").exists(), "a refused plan took a snapshot");
 }

@@ -519,7 +519,9 @@ pub async fn check_data(j: &TenantJournal) -> Result<Option<String>> {
     };
     let in_manifest = match archive_path.parent().map(Manifest::read) {
         Some(Ok(Some(m))) => m.tenant(&j.tenant).map(|e| e.sha256.clone()),
-        Some(Err(e)) => return Ok(Some(format!("the run's manifest beside {} cannot be read: {e}", archive_path.display()))),
+        Some(Err(e)) => {
+            return Ok(Some(format!("the run's manifest beside {} cannot be read: {e}", archive_path.display())))
+        }
         _ => None,
     };
     if in_manifest.as_deref() != Some(want.as_str()) {

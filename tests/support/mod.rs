@@ -780,7 +780,8 @@ impl EngineProxy {
                 let mut conns = state.conns.lock().unwrap();
                 conns.push(client.try_clone().unwrap());
                 conns.push(engine.try_clone().unwrap());
-                for (mut from, mut to) in [(client.try_clone().unwrap(), engine.try_clone().unwrap()), (engine, client)] {
+                for (mut from, mut to) in [(client.try_clone().unwrap(), engine.try_clone().unwrap()), (engine, client)]
+                {
                     std::thread::spawn(move || {
                         let _ = std::io::copy(&mut from, &mut to);
                         let _ = to.shutdown(std::net::Shutdown::Both);
