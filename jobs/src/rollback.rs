@@ -172,7 +172,8 @@ async fn undo_blocker(engine: &Engine, j: &TenantJournal, started: bool) -> Resu
     }
     let short = |id: &str| id.chars().take(12).collect::<String>();
     let pre = engine.id_of(&j.pre_name).await?;
-    if let Some(p) = pre.as_deref().filter(|p| !j.old_id.is_empty() && *p != j.old_id) {
+    let by_id = if j.old_id.is_empty() { None } else { engine.id_of(&j.old_id).await? };
+    if let Some(p) = pre.as_deref().filter(|p| !j.old_id.is_empty() && *p != j.old_id && by_id.is_some()) {
         return Ok(Some(format!(
             "container {} is {}, not the prior container {} the run set aside",
             j.pre_name,
@@ -180,7 +181,6 @@ async fn undo_blocker(engine: &Engine, j: &TenantJournal, started: bool) -> Resu
             short(&j.old_id)
         )));
     }
-    let by_id = if j.old_id.is_empty() { None } else { engine.id_of(&j.old_id).await? };
     if pre.is_none() && by_id.is_none() {
         if let Err(e) = prior_image(engine, j).await {
             return Ok(Some(format!("its prior container is gone and cannot be recreated: {e}")));

@@ -202,8 +202,10 @@ async fn undo(
         return fail(journal, None, what, &done);
     }
     // A container under the set-aside name that is not the prior one slipway set aside (by
-    // the journaled id) is not slipway's to rename back or start.
-    if let Some(p) = pre.as_deref().filter(|p| !j.old_id.is_empty() && *p != j.old_id) {
+    // the journaled id), while that one still exists, is not slipway's to rename back or
+    // start. (With the journaled one gone, a container under this run's set-aside name is the
+    // one an earlier undo recreated and was killed before it could journal its id.)
+    if let Some(p) = pre.as_deref().filter(|p| !j.old_id.is_empty() && *p != j.old_id && old_by_id.is_some()) {
         let what = format!(
             "container {} is {}, not the prior container {} that slipway set aside; it was left alone",
             j.pre_name,
