@@ -108,6 +108,29 @@ fn rollback_after_the_kept_copy_was_removed_by_hand_is_refused_and_touches_nothi
     assert_rollback_refused(&s, &name, &run, &before, &["copy"]);
 }
 
+/// The prior version was an image built on the host (never pushed, so no digest to pull it
+/// back by), and an image prune removed it after the rollout: a rollback could not recreate
+/// the prior container, so it refuses before touching the tenant.
+#[test]
+fn rollback_whose_prior_image_is_gone_and_cannot_be_pulled_is_refused_and_touches_nothing() {
+    let s = Sandbox::new();
+    let v1 = s.push_fixture_as("v1", "app");
+    let writer = s.push_fixture_as("writer", "app");
+    let cid = docker(&["create", &v1]);
+    let local = format!("{}-local:v1", s.id().to_lowercase());
+    docker(&["commit", "--change", &format!("LABEL built.on.host={}", s.id()), &cid, &local]);
+    docker(&["rm", &cid]);
+    let name = s.add_tenant("t1", &local);
+    s.write_data("t1", "db/records.txt", "precious\n");
+    s.write_fleet(&s.fleet_app(&writer, ""));
+    let out = s.slipway(&["rollout", "--json"]);
+    assert_eq!(out.code, 0, "{} {}", out.stdout, out.stderr);
+    let run = out.run_id();
+    docker(&["rmi", &local]);
+    let before = seen(&s, &name, "t1");
+    assert_rollback_refused(&s, &name, &run, &before, &["prior container is gone"]);
+}
+
 #[test]
 fn a_tenant_started_with_docker_run_rm_is_refused_at_plan_time_with_the_fix_and_left_running() {
     let s = Sandbox::new();
