@@ -12,6 +12,7 @@ mod backup;
 mod crash;
 mod crypt;
 mod drill;
+mod field;
 mod foundation;
 mod hostile;
 mod offsite;

@@ -23,7 +23,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use slipway_state::{Run, Step as StepRow};
 
-use crate::adapters::docker::Engine;
+use crate::adapters::docker::{Engine, ENGINE_WAIT};
 use crate::adapters::health::Prober;
 use crate::context::Ctx;
 use crate::error::{ExitKind, Result};
@@ -126,7 +126,8 @@ pub async fn recover(ctx: &Ctx, opts: &RecoverOptions) -> Result<RecoverReport> 
         }
         return Ok(RecoverReport { dry_run: opts.dry_run, runs, swept });
     }
-    let engine = Engine::connect(&ctx.cfg.docker).await?;
+    // Unfinished runs may have left a tenant down: wait out an engine that is restarting.
+    let engine = Engine::connect_within(&ctx.cfg.docker, ENGINE_WAIT).await?;
     let prober = Prober::new()?;
     if !opts.dry_run {
         ctx.start_run("recover", None, None, None)?;

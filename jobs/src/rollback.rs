@@ -18,7 +18,7 @@ use crate::context::Ctx;
 use crate::error::{Error, ExitKind, Result};
 use crate::step::{Journaled, TenantJournal};
 use crate::types::{RunId, TenantId};
-use crate::undo::{undo_tenant, UndoResult};
+use crate::undo::{check_data, prior_image, undo_tenant, UndoResult};
 
 /// Options of `rollback`.
 #[derive(Debug, Clone)]
@@ -111,6 +111,23 @@ pub async fn rollback(ctx: &Ctx, opts: &RollbackOptions) -> Result<RollbackRepor
             None => todo.push((j, started)),
         }
     }
+    // Everything each undo needs is checked before any tenant is touched: an undo that finds its
+    // archive or prior image missing halfway would leave the tenant down, or (with its data
+    // gone) start the prior version on the new version's data and call it restored.
+    let mut blocked = Vec::new();
+    for (j, started) in &todo {
+        if let Some(why) = undo_blocker(&engine, j, *started).await? {
+            blocked.push(format!("tenant {}: {why}", j.tenant));
+        }
+    }
+    if !blocked.is_empty() {
+        return Err(Error::Other(format!(
+            "rollback of run {} refused, nothing was touched: {}; to put a tenant back anyway, restore its data \
+             from a snapshot taken before that run (`slipway restore --tenant T --day D`)",
+            run.id,
+            blocked.join("; ")
+        )));
+    }
     if opts.dry_run {
         tenants.extend(todo.iter().map(|(j, _)| RollbackTenant {
             tenant: j.tenant.clone(),
@@ -140,6 +157,36 @@ pub async fn rollback(ctx: &Ctx, opts: &RollbackOptions) -> Result<RollbackRepor
         ctx.store.resolve_run(&run.id, &format!("rollback {}", ctx.run_id))?;
     }
     Ok(RollbackReport { rollout_run: run.id, dry_run: false, tenants, outcome })
+}
+
+/// Why undoing tenant `j` could not finish, checked before anything is touched: its data from
+/// before the run (when the new version ran on it: `started`) is not there whole — the rollout
+/// copy gone and the archive gone, or not matching the run's manifest —; or its prior container
+/// is gone and its image neither on the engine nor pullable by digest; or the container under
+/// the set-aside name is not the prior one.
+async fn undo_blocker(engine: &Engine, j: &TenantJournal, started: bool) -> Result<Option<String>> {
+    if started {
+        if let Some(why) = check_data(j).await? {
+            return Ok(Some(why));
+        }
+    }
+    let short = |id: &str| id.chars().take(12).collect::<String>();
+    let pre = engine.id_of(&j.pre_name).await?;
+    let by_id = if j.old_id.is_empty() { None } else { engine.id_of(&j.old_id).await? };
+    if let Some(p) = pre.as_deref().filter(|p| !j.old_id.is_empty() && *p != j.old_id && by_id.is_some()) {
+        return Ok(Some(format!(
+            "container {} is {}, not the prior container {} the run set aside",
+            j.pre_name,
+            short(p),
+            short(&j.old_id)
+        )));
+    }
+    if pre.is_none() && by_id.is_none() {
+        if let Err(e) = prior_image(engine, j).await {
+            return Ok(Some(format!("its prior container is gone and cannot be recreated: {e}")));
+        }
+    }
+    Ok(None)
 }
 
 /// Why rollback must leave this tenant alone, if it must: its container now is not the one

@@ -20,7 +20,7 @@ use serde::Serialize;
 
 use crate::adapters::archive;
 use crate::adapters::confined;
-use crate::adapters::docker::Engine;
+use crate::adapters::docker::{digest_of_ref, Engine, ENGINE_WAIT};
 use crate::adapters::health::Prober;
 use crate::context::Ctx;
 use crate::error::{ArchiveError, Error, Result};
@@ -106,20 +106,30 @@ impl UndoJournal<'_> {
     }
 }
 
-/// The id of the container named `name`, asked up to three times a second apart: a
-/// transient engine error must not end an undo with the tenant down.
-async fn look(engine: &Engine, name: &str) -> Result<Option<String>> {
-    let mut last = None;
-    for attempt in 0..3 {
-        if attempt > 0 {
-            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-        }
-        match engine.id_of(name).await {
-            Ok(id) => return Ok(id),
-            Err(e) => last = Some(e),
+/// An engine call of an undo, waiting out an engine that does not answer (dockerd restarting:
+/// its socket gone for seconds) for up to [`ENGINE_WAIT`], then made again; an engine that
+/// answers with an error is not waited for. An undo given up after a few seconds would leave
+/// the tenant down.
+async fn patient<T, F, Fut>(engine: &Engine, mut call: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let deadline = std::time::Instant::now() + ENGINE_WAIT;
+    loop {
+        match call().await {
+            Err(e) if e.engine_unreachable() && std::time::Instant::now() < deadline => {
+                tracing::warn!("{e}; the undo waits for the Docker engine (up to {} s)", ENGINE_WAIT.as_secs());
+                engine.wait_ready(deadline.saturating_duration_since(std::time::Instant::now())).await;
+            }
+            r => return r,
         }
     }
-    Err(last.unwrap_or_else(|| Error::Other(format!("inspecting container {name}"))))
+}
+
+/// The id of the container named `name`, waiting out an engine restart.
+async fn look(engine: &Engine, name: &str) -> Result<Option<String>> {
+    patient(engine, || engine.id_of(name)).await
 }
 
 /// Bring a tenant back to its prior container and data, whatever step it was caught in:
@@ -183,6 +193,28 @@ async fn undo(
         Ok(l) => l,
         Err(e) => return fail(journal, None, format!("cannot tell which containers exist: {e}"), &done),
     };
+    // Nothing is touched unless the data can be put back: removing the new version and
+    // starting the prior one on the data the new one wrote would pass for a restore.
+    if let Some(why) = restore_data.then(|| missing_data(&j)).flatten() {
+        let what = format!(
+            "the data from before the rollout cannot be put back: {why}; the tenant was left as it is rather than \
+             start the prior version on the data the new one wrote"
+        );
+        return fail(journal, None, what, &done);
+    }
+    // A container under the set-aside name that is not the prior one slipway set aside (by
+    // the journaled id), while that one still exists, is not slipway's to rename back or
+    // start. (With the journaled one gone, a container under this run's set-aside name is the
+    // one an earlier undo recreated and was killed before it could journal its id.)
+    if let Some(p) = pre.as_deref().filter(|p| !j.old_id.is_empty() && *p != j.old_id && old_by_id.is_some()) {
+        let what = format!(
+            "container {} is {}, not the prior container {} that slipway set aside; it was left alone",
+            j.pre_name,
+            short(p),
+            short(&j.old_id)
+        );
+        return fail(journal, None, what, &done);
+    }
 
     // The container under the tenant's name, if it is not the prior one, is the new version;
     // so is one still under its staging name (created before the stop, never switched in).
@@ -198,25 +230,10 @@ async fn undo(
         // The prior container is gone (a finished run without --keep-old): rebuild it aside,
         // from the new one's settings on the prior image.
         let s = journal.begin(&j, UndoStep::RecreatePrior);
-        let created = match engine.spec(id).await {
-            Ok(spec) => match engine.create_from(&j.pre_name, &spec, &j.old_image).await {
-                // The prior image may have been removed from the engine since (an image prune):
-                // pull it back by its digest, then try once more.
-                Err(e) => match j.old_image.parse::<crate::types::PinnedImage>() {
-                    Ok(img) => match engine.pull(&img).await {
-                        Ok(()) => engine.create_from(&j.pre_name, &spec, &j.old_image).await,
-                        Err(pull) => Err(Error::Docker {
-                            op: format!(
-                                "recreating it from {} ({e}), and pulling that image back ({pull})",
-                                j.old_image
-                            ),
-                            container: Some(j.pre_name.clone()),
-                            source: None,
-                        }),
-                    },
-                    Err(_) => Err(e),
-                },
-                ok => ok,
+        let created = match patient(engine, || engine.spec(id)).await {
+            Ok(spec) => match patient(engine, || prior_image(engine, &j)).await {
+                Ok(image) => patient(engine, || engine.create_from(&j.pre_name, &spec, &image)).await,
+                Err(e) => Err(e),
             },
             Err(e) => Err(e),
         };
@@ -239,7 +256,12 @@ async fn undo(
     if !to_remove.is_empty() {
         let s = journal.begin(&j, UndoStep::RemoveNew);
         for id in &to_remove {
-            if let Err(e) = engine.stop(id, j.stop_timeout_s).await.and(engine.remove(id).await) {
+            let removed = patient(engine, || async {
+                engine.stop(id, j.stop_timeout_s).await?;
+                engine.remove(id).await
+            })
+            .await;
+            if let Err(e) = removed {
                 let what = format!("cannot remove the new container {}: {e}", j.name);
                 return fail(journal, row(s, UndoStep::RemoveNew), what, &done);
             }
@@ -254,7 +276,7 @@ async fn undo(
         // The pre-rollout copy beside the data dir: swapped back in with one rename.
         let s = journal.begin(&j, UndoStep::Restore);
         if let Some(p) = pre.as_deref().or(old_by_id.as_deref()) {
-            let _ = engine.stop(p, j.stop_timeout_s).await;
+            let _ = patient(engine, || engine.stop(p, j.stop_timeout_s)).await;
         }
         let (copy, ino, d) = (j.copy.clone().unwrap_or_default(), j.copy_ino.unwrap_or_default(), j.data_dir.clone());
         let c = copy.clone();
@@ -285,7 +307,7 @@ async fn undo(
             let s = journal.begin(&j, UndoStep::Restore);
             // Stop the prior container too if something started it: nothing may hold the data.
             if let Some(p) = pre.as_deref().or(old_by_id.as_deref()) {
-                let _ = engine.stop(p, j.stop_timeout_s).await;
+                let _ = patient(engine, || engine.stop(p, j.stop_timeout_s)).await;
             }
             let (a, d) = (snap.clone(), j.data_dir.clone());
             let r = crate::blocking::run("restore", move || archive::restore_swap_keep(&a, &sha, &d)).await;
@@ -322,7 +344,7 @@ async fn undo(
         // prior container is the new version: remove it and try again, a few times.
         let mut last = None;
         for attempt in 0..3 {
-            match engine.rename(&j.pre_name, &j.name).await {
+            match patient(engine, || engine.rename(&j.pre_name, &j.name)).await {
                 Ok(()) => {
                     last = None;
                     break;
@@ -366,7 +388,7 @@ async fn undo(
         done.push("prior container back, left stopped as it was before the rollout".to_string());
         if let Some(restart) = j.restart.as_ref().filter(|r| r.restarts()) {
             let s = journal.begin(&j, UndoStep::StartPrior);
-            if let Err(e) = engine.set_restart(&j.name, restart).await {
+            if let Err(e) = patient(engine, || engine.set_restart(&j.name, restart)).await {
                 let what =
                     format!("cannot put back the restart policy {restart} of the prior container {}: {e}", j.name);
                 return fail(journal, row(s, UndoStep::StartPrior), what, &done);
@@ -380,25 +402,48 @@ async fn undo(
     }
     let prior_began = std::time::Instant::now();
     let s = journal.begin(&j, UndoStep::StartPrior);
-    // The prior container by its id when it is known (found aside, or by the journaled id):
-    // whatever else may hold the tenant's name by now, only the prior one is ever started here.
-    // A new container (staged with the tenant's final restart policy) was removed above.
-    let prior = pre.clone().or(old_by_id.clone()).unwrap_or_else(|| j.name.clone());
+    // The prior container by its id (found aside, or by the journaled id): whatever else may
+    // hold the tenant's name by now, only the prior one is ever started here, never a
+    // container found by name. A new container (staged with the tenant's final restart
+    // policy) was removed above.
+    let Some(prior) = pre.clone().or(old_by_id.clone()) else {
+        let what = format!(
+            "the prior container of {} is gone ({} exists neither under {} nor by its id) and could not be \
+             recreated: no new container was left to take its settings from",
+            j.name,
+            short(&j.old_id),
+            j.pre_name
+        );
+        return fail(journal, row(s, UndoStep::StartPrior), what, &done);
+    };
     // Its restart policy was set to `no` while it was aside; put it back whatever step the
     // rollout was caught in (setting it again is harmless).
     if let Some(restart) = j.restart.as_ref().filter(|r| r.restarts()) {
-        if let Err(e) = engine.set_restart(&prior, restart).await {
+        if let Err(e) = patient(engine, || engine.set_restart(&prior, restart)).await {
             let what = format!("cannot put back the restart policy {restart} of the prior container {}: {e}", j.name);
             return fail(journal, row(s, UndoStep::StartPrior), what, &done);
         }
     }
-    if let Err(e) = engine.start(&prior).await {
-        let what = format!("cannot start the prior container {}: {e}", j.name);
-        return fail(journal, row(s, UndoStep::StartPrior), what, &done);
+    // Something other than slipway may have started it while slipway had it stopped (a
+    // systemd unit running `docker start -a`, compose, Portainer): it is not started again, and
+    // the report says so.
+    match patient(engine, || engine.state(&prior)).await {
+        Ok(st) if st.running || st.restarting || st.paused => done.push(
+            "the prior container was already running: something other than slipway started it while slipway had \
+             it stopped (a systemd unit running `docker start -a`, compose, Portainer?); slipway did not start it \
+             again"
+                .to_string(),
+        ),
+        _ => {
+            if let Err(e) = patient(engine, || engine.start(&prior)).await {
+                let what = format!("cannot start the prior container {}: {e}", j.name);
+                return fail(journal, row(s, UndoStep::StartPrior), what, &done);
+            }
+        }
     }
     journal.end_ok(s, UndoStep::StartPrior);
     let s = journal.begin(&j, UndoStep::HealthPrior);
-    let why = match prober.gate(engine, &j.name, &j.health, None).await {
+    let why = match patient(engine, || prober.gate(engine, &j.name, &j.health, None)).await {
         Ok(Ok(_)) => None,
         Ok(Err(why)) => Some(why.to_string()),
         Err(e) => Some(e.to_string()),
@@ -418,6 +463,85 @@ async fn undo(
             fail(journal, row(s, UndoStep::HealthPrior), what, &done)
         }
     }
+}
+
+/// The first 12 hex digits of a container or image id.
+fn short(id: &str) -> String {
+    id.trim_start_matches("sha256:").chars().take(12).collect()
+}
+
+/// The image to recreate the prior container from: exactly the image it ran (by the
+/// journaled image id), under its original reference while that still names it, else its
+/// `repo@digest` (pulled back when the engine lost it), else the bare id. Journals of earlier
+/// versions hold only the reference: it is used, pulled back by its digest when it is gone.
+pub async fn prior_image(engine: &Engine, j: &TenantJournal) -> Result<String> {
+    if let Some(id) = j.old_image_id.as_deref().filter(|id| !id.is_empty()) {
+        let digest = j.old_digest.clone().or_else(|| digest_of_ref(&j.old_image).map(|d| d.to_string()));
+        return engine.image_ref_for(&j.old_image, id, digest.as_deref()).await;
+    }
+    if engine.image_id(&j.old_image).await?.is_some() {
+        return Ok(j.old_image.clone());
+    }
+    let img = j.old_image.parse::<crate::types::PinnedImage>().map_err(|_| Error::Docker {
+        op: format!("the image {} is gone from the engine and has no digest to pull it back by", j.old_image),
+        container: Some(j.pre_name.clone()),
+        source: None,
+    })?;
+    engine.pull(&img).await?;
+    Ok(j.old_image.clone())
+}
+
+/// Why the tenant's data from before the rollout cannot be put back, if it cannot: the
+/// rollout copy is gone (or was never complete) and the run's archive is not there either.
+/// Only what is on disk is looked at (no hashing): the undo of a failed rollout must not wait.
+pub fn missing_data(j: &TenantJournal) -> Option<String> {
+    if copy_state(j) != CopyState::Gone {
+        return None;
+    }
+    match (&j.snapshot, &j.copy) {
+        (Some(a), _) if a.is_file() && j.sha256.is_some() => None,
+        (Some(a), _) => Some(format!("the run's archive of its data, {}, is gone (pruned, or deleted)", a.display())),
+        (None, Some(c)) => Some(format!(
+            "the rollout copy {} is gone (removed by hand?) and no archive of it was ever made",
+            c.display()
+        )),
+        (None, None) => Some("the run journaled no snapshot of its data".to_string()),
+    }
+}
+
+/// [`missing_data`], and the archive re-hashed against the journal and the run's manifest:
+/// what `rollback` checks of every tenant before it touches any. Hashing runs off the async
+/// runtime.
+pub async fn check_data(j: &TenantJournal) -> Result<Option<String>> {
+    if let Some(why) = missing_data(j) {
+        return Ok(Some(why));
+    }
+    let (Some(archive_path), Some(want), CopyState::Gone) = (j.snapshot.clone(), j.sha256.clone(), copy_state(j))
+    else {
+        return Ok(None);
+    };
+    let in_manifest = match archive_path.parent().map(Manifest::read) {
+        Some(Ok(Some(m))) => m.tenant(&j.tenant).map(|e| e.sha256.clone()),
+        Some(Err(e)) => {
+            return Ok(Some(format!("the run's manifest beside {} cannot be read: {e}", archive_path.display())))
+        }
+        _ => None,
+    };
+    if in_manifest.as_deref() != Some(want.as_str()) {
+        return Ok(Some(format!(
+            "the run's manifest beside {} does not list it with sha256 {want} (it says {})",
+            archive_path.display(),
+            in_manifest.as_deref().unwrap_or("nothing")
+        )));
+    }
+    let a = archive_path.clone();
+    let (got, _) = crate::blocking::run("hash", move || archive::sha256_file(&a)).await??;
+    Ok((got != want).then(|| {
+        format!(
+            "the run's archive of its data, {}, is damaged: its sha256 is {got}, the run's manifest says {want}",
+            archive_path.display()
+        )
+    }))
 }
 
 /// Where a journal's rollout copy stands.

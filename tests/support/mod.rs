@@ -724,3 +724,85 @@ impl Sandbox {
         v
     }
 }
+
+/// A stand-in for the Docker engine's socket that can go away and come back, as the engine's
+/// own socket does while dockerd restarts: a unix socket in a temp dir that forwards every
+/// connection to the real engine (`/var/run/docker.sock`). [`EngineProxy::down`] closes every
+/// connection and removes the socket; [`EngineProxy::up`] listens again.
+pub struct EngineProxy {
+    path: PathBuf,
+    state: std::sync::Arc<ProxyState>,
+}
+
+struct ProxyState {
+    up: std::sync::atomic::AtomicBool,
+    conns: std::sync::Mutex<Vec<std::os::unix::net::UnixStream>>,
+}
+
+impl EngineProxy {
+    /// Listen at `path`.
+    pub fn start(path: &Path) -> EngineProxy {
+        let p = EngineProxy {
+            path: path.to_path_buf(),
+            state: std::sync::Arc::new(ProxyState {
+                up: std::sync::atomic::AtomicBool::new(false),
+                conns: std::sync::Mutex::new(Vec::new()),
+            }),
+        };
+        p.up();
+        p
+    }
+
+    /// The `docker.host` value that points at it.
+    pub fn host(&self) -> String {
+        format!("unix://{}", self.path.display())
+    }
+
+    /// Listen (again).
+    pub fn up(&self) {
+        use std::os::unix::net::{UnixListener, UnixStream};
+        let _ = std::fs::remove_file(&self.path);
+        let listener = UnixListener::bind(&self.path).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        self.state.up.store(true, Ordering::SeqCst);
+        let state = self.state.clone();
+        std::thread::spawn(move || {
+            while state.up.load(Ordering::SeqCst) {
+                let client = match listener.accept() {
+                    Ok((c, _)) => c,
+                    Err(_) => {
+                        std::thread::sleep(std::time::Duration::from_millis(10));
+                        continue;
+                    }
+                };
+                client.set_nonblocking(false).unwrap();
+                let Ok(engine) = UnixStream::connect("/var/run/docker.sock") else { continue };
+                let mut conns = state.conns.lock().unwrap();
+                conns.push(client.try_clone().unwrap());
+                conns.push(engine.try_clone().unwrap());
+                for (mut from, mut to) in [(client.try_clone().unwrap(), engine.try_clone().unwrap()), (engine, client)]
+                {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+    }
+
+    /// Go away: every connection closed, the socket removed, as while dockerd restarts.
+    pub fn down(&self) {
+        self.state.up.store(false, Ordering::SeqCst);
+        let _ = std::fs::remove_file(&self.path);
+        for c in self.state.conns.lock().unwrap().drain(..) {
+            let _ = c.shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
+
+impl Drop for EngineProxy {
+    fn drop(&mut self) {
+        self.down();
+    }
+}

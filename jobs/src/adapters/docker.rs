@@ -31,6 +31,11 @@ use crate::types::{Digest, PinnedImage, TenantId};
 /// Per-request timeout of the engine client; `stop` adds the stop timeout on top.
 const CLIENT_TIMEOUT_S: u64 = 120;
 
+/// How long a call that must not be given up on — an undo's, `recover`'s connection — waits for
+/// a Docker engine that does not answer (its socket gone while dockerd restarts) before it
+/// fails. A restart takes seconds; giving up sooner leaves a tenant down.
+pub const ENGINE_WAIT: Duration = Duration::from_secs(60);
+
 /// A connection to the Docker engine.
 #[derive(Clone)]
 pub struct Engine {
@@ -58,6 +63,9 @@ pub struct TenantContainer {
     pub network_mode: String,
     /// What is mounted into it (binds, volumes, tmpfs), as the engine reports it.
     pub mounts: Vec<TenantMount>,
+    /// Started with `docker run --rm` (`HostConfig.AutoRemove`): the engine deletes it as soon
+    /// as it stops, so a rollout could never bring it back.
+    pub auto_remove: bool,
 }
 
 /// One mount of a tenant's container.
@@ -331,6 +339,35 @@ impl Engine {
         Ok(Engine { docker })
     }
 
+    /// [`Engine::connect`], waiting up to `budget` for an engine that does not answer yet
+    /// (dockerd restarting): for `recover`, which must not give up on a tenant left down.
+    pub async fn connect_within(cfg: &DockerConfig, budget: Duration) -> Result<Engine> {
+        let deadline = tokio::time::Instant::now() + budget;
+        loop {
+            match Engine::connect(cfg).await {
+                Err(e) if e.engine_unreachable() && tokio::time::Instant::now() < deadline => {
+                    tracing::warn!("{e}; waiting for the Docker engine (up to {} s in all)", budget.as_secs());
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                r => return r,
+            }
+        }
+    }
+
+    /// Wait until the engine answers a ping, up to `budget`; whether it did.
+    pub async fn wait_ready(&self, budget: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + budget;
+        loop {
+            if self.docker.ping().await.is_ok() {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
     /// The engine's version and the negotiated API version.
     pub async fn version(&self) -> Result<EngineVersion> {
         let v = self.docker.version().await.map_err(|e| derr("asking the engine for its version", None, e))?;
@@ -482,16 +519,25 @@ impl Engine {
             let mut networks: Vec<String> =
                 c.network_settings.and_then(|n| n.networks).unwrap_or_default().into_keys().collect();
             networks.sort();
+            let id = c.id.unwrap_or_default();
+            // The list does not carry AutoRemove; one inspect does (a container removed since
+            // the list does not auto-remove any more).
+            let auto_remove = match self.docker.inspect_container(&id, None).await {
+                Ok(i) => i.host_config.and_then(|h| h.auto_remove).unwrap_or(false),
+                Err(e) if is_not_found(&e) => false,
+                Err(e) => return Err(derr(format!("inspecting container {name}"), Some(&name), e)),
+            };
             out.push(TenantContainer {
                 tenant,
                 name,
-                id: c.id.unwrap_or_default(),
+                id,
                 image_ref,
                 digest,
                 state: c.state.map(|s| s.to_string()).unwrap_or_default(),
                 networks,
                 network_mode: c.host_config.and_then(|h| h.network_mode).unwrap_or_default(),
                 mounts: c.mounts.unwrap_or_default().into_iter().map(tenant_mount).collect(),
+                auto_remove,
             });
         }
         out.sort_by(|a, b| a.tenant.cmp(&b.tenant));
@@ -515,11 +561,7 @@ impl Engine {
 
     /// The repo digest of an image id whose repository matches `reference`'s.
     async fn image_digest(&self, image: &str, reference: &str) -> Result<Option<Digest>> {
-        let repo = reference.split('@').next().unwrap_or(reference);
-        let repo = match repo.rsplit_once(':') {
-            Some((r, t)) if !t.contains('/') => r,
-            _ => repo,
-        };
+        let repo = repo_of(reference);
         match self.docker.inspect_image(image).await {
             Ok(i) => Ok(i
                 .repo_digests
@@ -557,6 +599,60 @@ impl Engine {
             ));
         }
         Ok(())
+    }
+
+    /// The id (`sha256:…`) of the image `reference` names on this engine, if it has it.
+    pub async fn image_id(&self, reference: &str) -> Result<Option<String>> {
+        match self.docker.inspect_image(reference).await {
+            Ok(i) => Ok(i.id),
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(e) => Err(derr(format!("inspecting image {reference}"), None, e)),
+        }
+    }
+
+    /// A reference that names exactly the image `id` on this engine, to recreate a container
+    /// it ran: `reference` (what the container was created from) while it still names that
+    /// image; else `repo@digest`, present or pulled back by its digest; else the id itself,
+    /// while the engine still has the image under another name or none. A tag moved or pruned
+    /// since never yields another image. Err when the engine has no such image and it cannot be
+    /// pulled back by its digest.
+    pub async fn image_ref_for(&self, reference: &str, id: &str, digest: Option<&str>) -> Result<String> {
+        if self.image_id(reference).await?.as_deref() == Some(id) {
+            return Ok(reference.to_string());
+        }
+        let pinned = digest.and_then(|d| format!("{}@{d}", repo_of(reference)).parse::<PinnedImage>().ok());
+        let short: String = id.trim_start_matches("sha256:").chars().take(12).collect();
+        let pulled = match &pinned {
+            Some(img) => {
+                if self.image_id(&img.reference()).await?.as_deref() == Some(id) {
+                    return Ok(img.reference());
+                }
+                match self.pull(img).await {
+                    Ok(()) if self.image_id(&img.reference()).await?.as_deref() == Some(id) => {
+                        return Ok(img.reference())
+                    }
+                    Ok(()) => format!("{img} was pulled but is not image {short}"),
+                    Err(e) => format!("pulling it back by its digest failed: {e}"),
+                }
+            }
+            None => "its digest is not known, so it cannot be pulled back".to_string(),
+        };
+        if self.image_id(id).await?.is_some() {
+            return Ok(id.to_string());
+        }
+        Err(refused(format!("the image {reference} (id {short}) is gone from the engine and {pulled}"), None))
+    }
+
+    /// The container paths the image `reference` declares as `VOLUME`s, sorted.
+    pub async fn image_volumes(&self, reference: &str) -> Result<Vec<String>> {
+        let i = self
+            .docker
+            .inspect_image(reference)
+            .await
+            .map_err(|e| derr(format!("inspecting image {reference}"), None, e))?;
+        let mut v: Vec<String> = i.config.and_then(|c| c.volumes).unwrap_or_default().into_iter().collect();
+        v.sort();
+        Ok(v)
     }
 
     /// Whether a container with this name or id exists.
@@ -935,6 +1031,16 @@ fn value_hash(value: &str) -> String {
     format!("sha256:{hex}")
 }
 
+/// The repository of an image reference, without its tag or digest (`reg:5000/x/pulse:1.4` →
+/// `reg:5000/x/pulse`).
+fn repo_of(reference: &str) -> &str {
+    let repo = reference.split('@').next().unwrap_or(reference);
+    match repo.rsplit_once(':') {
+        Some((r, t)) if !t.contains('/') => r,
+        _ => repo,
+    }
+}
+
 /// The digest in a `repo@sha256:…` reference.
 pub fn digest_of_ref(reference: &str) -> Option<Digest> {
     reference.split_once('@').and_then(|(_, d)| d.parse().ok())
@@ -978,6 +1084,11 @@ impl ContainerSpec {
     /// The container's id.
     pub fn id(&self) -> String {
         self.inspect.id.clone().unwrap_or_default()
+    }
+
+    /// The id (`sha256:…`) of the image the container runs.
+    pub fn image_id(&self) -> String {
+        self.inspect.image.clone().unwrap_or_default()
     }
 
     /// The image reference the container was created from.
@@ -1351,6 +1462,7 @@ mod tests {
             networks: networks.iter().map(|s| s.to_string()).collect(),
             network_mode: mode.into(),
             mounts: Vec::new(),
+            auto_remove: false,
         }
     }
 

@@ -226,6 +226,26 @@ impl Error {
         }
     }
 
+    /// Whether the Docker engine did not answer at all (its socket gone or refusing, a
+    /// timeout) rather than answer with an error: what an engine restart looks like, worth
+    /// waiting out where giving up would leave a tenant down.
+    pub fn engine_unreachable(&self) -> bool {
+        use bollard::errors::Error as B;
+        matches!(
+            self,
+            Error::Docker {
+                source: Some(
+                    B::RequestTimeoutError
+                        | B::IOError { .. }
+                        | B::HyperResponseError { .. }
+                        | B::HyperLegacyError { .. }
+                        | B::SocketNotFoundError(_)
+                ),
+                ..
+            }
+        )
+    }
+
     /// An `Io` error on `path`.
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Error {
         Error::Io { path: path.into(), source }

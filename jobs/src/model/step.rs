@@ -367,6 +367,11 @@ pub struct TenantJournal {
     pub old_image: String,
     /// Digest of the prior container.
     pub old_digest: Option<String>,
+    /// The id of the prior container's image (`sha256:…`): what undo recreates it from, so a
+    /// tag moved or pruned since never gives the tenant another version. None in journals of
+    /// earlier versions (undo then uses `old_image`).
+    #[serde(default)]
+    pub old_image_id: Option<String>,
     /// Image reference rolled to.
     pub new_image: String,
     /// Id of the new container, once created.
@@ -509,7 +514,7 @@ mod tests {
             "stop_timeout_s":30,"health":{"path":"/api/health","port":8080},"keep_old":false,
             "settings":{"name":"pulse-t1","labels":{},"networks":{},"mounts":[],"env_keys":[]}}"#;
         let j: TenantJournal = serde_json::from_str(old).unwrap();
-        assert_eq!((j.copy, j.copy_ino, j.staged_name), (None, None, None));
+        assert_eq!((j.copy, j.copy_ino, j.staged_name, j.old_image_id), (None, None, None, None));
         assert!(j.was_running);
     }
 
