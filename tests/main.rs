@@ -15,6 +15,7 @@ mod drill;
 mod foundation;
 mod offsite;
 mod ops;
+mod remote_truth;
 mod rollout;
 mod safety;
 mod trust;
