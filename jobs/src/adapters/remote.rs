@@ -72,7 +72,13 @@ pub struct Remote {
     seal: Option<std::sync::Arc<Recipients>>,
     /// Decrypt with this identity file (`--identity` or `[remote] identity_file`).
     identity_file: Option<std::path::PathBuf>,
+    /// Called with a part's number once the store has it (tests pause there; see
+    /// [`Remote::on_part_sent`]).
+    part_sent: Option<PartHook>,
 }
+
+/// What [`Remote::on_part_sent`] calls: the number of the part just sent.
+pub type PartHook = Arc<dyn Fn(u16) + Send + Sync>;
 
 /// An object on the remote.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -152,6 +158,28 @@ impl Stored {
     }
 }
 
+/// The continuation tokens one listing was handed. A server that hands back a token it gave
+/// before — the one it was just given, or one from pages ago (a cycle) — would have the listing
+/// go round forever: [`Pages::next`] refuses it.
+#[derive(Debug, Default)]
+struct Pages {
+    seen: std::collections::HashSet<String>,
+}
+
+impl Pages {
+    /// The token to ask for the next page with, or why the listing cannot go on.
+    fn next(&mut self, token: String) -> std::result::Result<String, String> {
+        if self.seen.insert(token.clone()) {
+            return Ok(token);
+        }
+        Err(format!(
+            "after {} page(s) the server handed back continuation token \"{token}\", which it had handed out \
+             before: the listing would never end (a bug of the S3 server; nothing was changed)",
+            self.seen.len() + 1
+        ))
+    }
+}
+
 /// The upload id of a CreateMultipartUpload answer. Servers built on older gofakes3 (`rclone
 /// serve s3` among them, v1.75 included) name the root element `InitiateMultipartUpload`, with
 /// no namespace, instead of the S3 API's `InitiateMultipartUploadResult`, which rusty-s3 rightly
@@ -225,7 +253,16 @@ impl Remote {
             place: format!("{} bucket {}", cfg.endpoint.as_deref().unwrap_or("AWS S3"), cfg.bucket),
             seal,
             identity_file: cfg.identity_file.clone(),
+            part_sent: None,
         })
+    }
+
+    /// Have `hook` called with each part's number once the store has that part of a multipart
+    /// upload: the point a test pauses at to stop the store mid-upload (the `test-crash`
+    /// builds of `sync` set it; nothing else does).
+    pub fn on_part_sent(mut self, hook: PartHook) -> Remote {
+        self.part_sent = Some(hook);
+        self
     }
 
     /// Whether uploads are encrypted (`[remote] encrypt`).
@@ -305,6 +342,7 @@ impl Remote {
         let prefix = self.full(key_prefix);
         let mut out = Vec::new();
         let mut token: Option<String> = None;
+        let mut pages = Pages::default();
         loop {
             let text = http::send_text(|| {
                 let mut a = ListObjectsV2::new(self.bucket(), self.creds());
@@ -328,11 +366,7 @@ impl Remote {
                 });
             }
             match page.next_continuation_token {
-                // A server that hands back the token it was given would list forever.
-                Some(t) if token.as_ref() == Some(&t) => {
-                    return Err(self.unreadable(what, "the same continuation token twice"))
-                }
-                Some(t) => token = Some(t),
+                Some(t) => token = Some(pages.next(t).map_err(|e| self.unreadable(what, e))?),
                 None => return Ok(out),
             }
         }
@@ -627,20 +661,35 @@ impl Remote {
         .map_err(|f| self.err(&format!("uploading part {n} of {key}"), f))?;
         let etag = header(r.headers(), reqwest::header::ETAG.as_str())
             .ok_or_else(|| self.unreadable(&format!("uploading part {n} of {key}"), "no ETag"))?;
+        if let Some(hook) = &self.part_sent {
+            hook(n);
+        }
         Ok((n, etag))
     }
 
     /// Abort multipart uploads left by an interrupted run (best effort: not every
     /// S3-compatible server lists them; the first 1 000 listed are aborted, the rest next
     /// time). Returns how many were aborted.
+    ///
+    /// Only uploads of keys slipway itself writes are touched: under the prefix, and there under
+    /// its own key layout (`daily/`, `rollout/`), listed one layout root at a time. With an
+    /// empty `remote.prefix` the bucket may hold other hosts' and other tools' uploads in
+    /// flight: those are never aborted.
     pub async fn abort_stale_uploads(&self) -> usize {
+        let mut n = 0;
+        for kind in crate::layout::SnapshotKind::ALL {
+            let root = format!("{}{}", self.prefix, kind.key_root());
+            n += self.abort_stale_uploads_under(&root).await;
+        }
+        n
+    }
+
+    /// [`Remote::abort_stale_uploads`] for the keys that start with `root` (prefix included).
+    async fn abort_stale_uploads_under(&self, root: &str) -> usize {
         let listed = http::send_text(|| {
             // rusty-s3 has no ListMultipartUploads: its signer presigns the URL all the same.
             let (bucket, creds) = (self.bucket(), &self.s3.1);
-            let mut query = vec![("uploads", "1")];
-            if !self.prefix.is_empty() {
-                query.insert(0, ("prefix", self.prefix.as_str()));
-            }
+            let query = [("prefix", root), ("uploads", "1")];
             let url = rusty_s3::signing::sign(
                 &jiff::Timestamp::now(),
                 rusty_s3::Method::Get,
@@ -660,9 +709,9 @@ impl Remote {
         let mut n = 0;
         for upload in http::elements(&text, "Upload") {
             let (Some(k), Some(id)) = (http::tag(upload, "Key"), http::tag(upload, "UploadId")) else { continue };
-            // Only this host's: a server that ignores the prefix must not have another host's
-            // uploads, in flight in the same bucket, aborted.
-            if k.starts_with(&self.prefix) {
+            // Checked here too: a server that ignores the prefix must not have another host's
+            // (or another tool's) uploads, in flight in the same bucket, aborted.
+            if k.starts_with(root) {
                 let r = http::send(|| {
                     self.request(&self.bucket().abort_multipart_upload(self.creds(), &k, &id), Some(ATTEMPT_TIMEOUT))
                 })
@@ -958,4 +1007,23 @@ fn header(headers: &reqwest::header::HeaderMap, name: &str) -> Option<String> {
 /// The `x-amz-meta-<key>` metadata of an answer.
 fn metadata(headers: &reqwest::header::HeaderMap, key: &str) -> Option<String> {
     header(headers, &format!("x-amz-meta-{key}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_listing_refuses_a_continuation_token_handed_out_before_however_many_pages_ago() {
+        let mut pages = Pages::default();
+        assert_eq!(pages.next("a".into()), Ok("a".into()));
+        assert_eq!(pages.next("b".into()), Ok("b".into()));
+        assert_eq!(pages.next("c".into()), Ok("c".into()));
+        // A cycle (a → b → c → a) is refused as surely as the token just given (c → c).
+        let cycled = pages.next("a".into()).unwrap_err();
+        assert!(cycled.contains("\"a\"") && cycled.contains("never end"), "{cycled}");
+        let mut again = Pages::default();
+        assert!(again.next("x".into()).is_ok());
+        assert!(again.next("x".into()).is_err());
+    }
 }
