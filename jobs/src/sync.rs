@@ -186,6 +186,9 @@ async fn upload_verified(remote: &Remote, w: &Wanted) -> Result<Stored> {
 /// Run `sync`.
 pub async fn sync(ctx: &Ctx, opts: &SyncOptions) -> Result<SyncReport> {
     let remote = offsite::connect(&ctx.cfg).await?;
+    // A test stops the S3 server while the sync is held after a part (`upload-part-<n>`).
+    #[cfg(feature = "test-crash")]
+    let remote = remote.on_part_sent(std::sync::Arc::new(|n| crate::context::test_pause(&format!("upload-part-{n}"))));
     let mut report = SyncReport {
         dry_run: opts.dry_run,
         remote: remote.place().to_string(),
@@ -259,6 +262,9 @@ pub async fn sync(ctx: &Ctx, opts: &SyncOptions) -> Result<SyncReport> {
             }
             if need.is_empty() {
                 continue;
+            }
+            if need.iter().any(|w| w.key == manifest_key) {
+                crate::context::test_pause("sync-before-manifest");
             }
             let t = Instant::now();
             ctx.progress.start(&format!("upload {}", snap.id), Some(need.iter().map(|w| w.size).sum()));
