@@ -63,6 +63,10 @@ pub struct PruneReport {
     pub replaced: Vec<ReplacedItem>,
     /// Local snapshots whose manifest could not be read: left alone.
     pub unreadable: Vec<String>,
+    /// Remote snapshots whose manifest could not be read (malformed, changed after upload,
+    /// naming paths outside its dir), each with why: left alone on the remote, their local
+    /// copies kept; the job fails naming them once the rest is pruned.
+    pub remote_unreadable: Vec<String>,
     /// Files (local) and objects (remote) deleted.
     pub deleted: usize,
 }
@@ -96,9 +100,14 @@ fn plan_replaced(found: Vec<layout::ReplacedDir>, keep_runs: u32) -> Vec<Replace
 }
 
 impl PruneReport {
-    /// Always success once the plan is applied (errors end the job before).
+    /// Failure when a remote manifest could not be read (a person must look at it), else
+    /// success once the plan is applied (errors end the job before).
     pub fn exit_kind(&self) -> ExitKind {
-        ExitKind::Success
+        if self.remote_unreadable.is_empty() {
+            ExitKind::Success
+        } else {
+            ExitKind::Failure
+        }
     }
 }
 
@@ -131,7 +140,7 @@ fn plan(
     policy: &Policy,
     keep_runs: u32,
     halted: &HashSet<String>,
-    unsynced: &dyn Fn(&str) -> bool,
+    unsynced: &dyn Fn(&str) -> Option<String>,
 ) -> Vec<PruneItem> {
     let mut items = Vec::new();
     let mut by_tenant: BTreeMap<String, Vec<SnapshotRef>> = BTreeMap::new();
@@ -156,8 +165,8 @@ fn plan(
                 .find(|a| owner(a) == tenant)
                 .map(|a| day.key(&a.path))
                 .unwrap_or_default();
-            if unsynced(&rel) {
-                reasons.push("not yet synced".into());
+            if let Some(why) = unsynced(&rel) {
+                reasons.push(why);
             }
             items.push(PruneItem {
                 location: location.into(),
@@ -177,8 +186,8 @@ fn plan(
         if halted.contains(run.id()) {
             reasons.push("halted rollout not yet resolved".into());
         }
-        if m.archives.iter().any(|a| unsynced(&run.key(&a.path))) {
-            reasons.push("not yet synced".into());
+        if let Some(why) = m.archives.iter().find_map(|a| unsynced(&run.key(&a.path))) {
+            reasons.push(why);
         }
         if run.time().is_none() {
             reasons.push("unrecognised run id".into());
@@ -211,14 +220,31 @@ fn local_inventory(root: &Path) -> Result<(Inventory, Vec<String>)> {
     Ok((inv, unreadable))
 }
 
-async fn remote_inventory(remote: &Remote, cfg: &crate::config::HostConfig, scratch: &Path) -> Result<Inventory> {
-    let mut inv = Inventory::default();
-    for snap in offsite::list(remote).await?.snapshots {
-        if let Some(m) = offsite::read_manifest(remote, cfg, &snap, &snap.dir(scratch)).await? {
-            inv.insert(snap, m);
+/// What the remote holds: its listing, the snapshots whose manifest could be read, and each
+/// one whose manifest could not (with why). One bad manifest never stops the prune: that
+/// snapshot is left alone (never delete what cannot be read) and the rest is pruned. Wrong
+/// credentials, or an encrypted manifest with no identity to read it, still end the job.
+struct RemoteView {
+    sizes: HashMap<String, u64>,
+    inv: Inventory,
+    unreadable: BTreeMap<SnapshotId, String>,
+}
+
+async fn remote_inventory(remote: &Remote, cfg: &crate::config::HostConfig, scratch: &Path) -> Result<RemoteView> {
+    let listing = offsite::list(remote).await?;
+    let mut view = RemoteView { sizes: listing.sizes, inv: Inventory::default(), unreadable: BTreeMap::new() };
+    for snap in listing.snapshots {
+        match offsite::read_manifest(remote, cfg, &snap, &snap.dir(scratch)).await {
+            Ok(Some(m)) => view.inv.insert(snap, m),
+            Ok(None) => {}
+            Err(e @ (Error::RemoteAuth { .. } | Error::Config(_))) => return Err(e),
+            Err(e) => {
+                let why = format!("{}: kept, not pruned, and its local copy kept: {e}", snap.manifest_key());
+                view.unreadable.insert(snap, why);
+            }
         }
     }
-    Ok(inv)
+    Ok(view)
 }
 
 /// Run `prune`.
@@ -243,10 +269,18 @@ pub async fn prune(ctx: &Ctx, opts: &PruneOptions) -> Result<PruneReport> {
     };
     let scratch =
         tempfile::Builder::new().prefix("slipway-prune-").tempdir().map_err(|e| Error::io(std::env::temp_dir(), e))?;
-    let remote_inv = match &remote {
+    let view = match &remote {
         Some(r) => Some(remote_inventory(r, &ctx.cfg, scratch.path()).await?),
         None => None,
     };
+    let remote_unreadable: Vec<String> = view.iter().flat_map(|v| v.unreadable.values().cloned()).collect();
+    for why in &remote_unreadable {
+        tracing::warn!("{why}");
+    }
+    let listed: HashMap<String, u64> = view.as_ref().map(|v| v.sizes.clone()).unwrap_or_default();
+    let unreadable_remote: HashSet<String> =
+        view.iter().flat_map(|v| v.unreadable.keys().map(SnapshotId::rel)).collect();
+    let remote_inv = view.map(|v| v.inv);
     let remote_keep_runs =
         remote_cfg.as_ref().and_then(|r| r.retention.as_ref()).and_then(|r| r.keep_rollout_runs).unwrap_or(keep_runs);
     let sha_of: HashMap<String, String> = local
@@ -281,7 +315,7 @@ pub async fn prune(ctx: &Ctx, opts: &PruneOptions) -> Result<PruneReport> {
                     union.insert(snap.clone(), m.clone());
                 }
             }
-            let forgotten = plan("remote", &union, p, remote_keep_runs, &halted, &|_| false);
+            let forgotten = plan("remote", &union, p, remote_keep_runs, &halted, &|_| None);
             let gone = |kind: SnapshotKind, id: &str, who: Option<&str>| {
                 forgotten.iter().any(|i| i.kind == kind && i.snapshot == id && i.tenant.as_deref() == who && !i.keep)
             };
@@ -302,32 +336,71 @@ pub async fn prune(ctx: &Ctx, opts: &PruneOptions) -> Result<PruneReport> {
         }
         _ => HashSet::new(),
     };
-    let offsite = |rel: &str| {
-        let Some(sha) = sha_of.get(rel) else { return false };
-        (verified.get(rel).is_some_and(|v| v.sha256 == *sha) && on_remote.contains(rel))
-            || (verified_before.get(rel) == Some(sha) && remote_forgets.contains(rel))
+    // The local copy of the file list beside each archive, by archive key.
+    let list_of: HashMap<String, String> = local
+        .daily
+        .iter()
+        .chain(&local.rollout)
+        .flat_map(|(s, m)| m.archives.iter().map(move |a| (s.key(&a.path), s.key(&a.file_list))))
+        .collect();
+    // Why a local archive is not (yet) off-site, or None when it is. An archive a remote
+    // manifest lists must also be there as an object, as large as its verified upload, and
+    // so must its file list: a lifecycle rule (or a person) may have deleted objects since
+    // the sync, and the manifest alone would not say so. A listing is enough to tell.
+    let not_offsite = |rel: &str| -> Option<String> {
+        remote_cfg.as_ref()?;
+        let synced = "not yet synced".to_string();
+        let Some(sha) = sha_of.get(rel) else { return Some(synced) };
+        if unreadable_remote.iter().any(|snap| rel.starts_with(&format!("{snap}/"))) {
+            return Some("its remote manifest cannot be read".into());
+        }
+        if verified.get(rel).is_some_and(|v| v.sha256 == *sha) && on_remote.contains(rel) {
+            let keys = [Some(rel), list_of.get(rel).map(String::as_str)];
+            for key in keys {
+                let Some(key) = key else { return Some(synced) };
+                let Some(v) = verified.get(key) else { return Some(synced) };
+                match listed.get(key) {
+                    Some(&size) if size == v.object_size => {}
+                    Some(&size) => {
+                        return Some(format!(
+                            "off-site copy damaged: {key} is {size} bytes on the remote, {} were uploaded",
+                            v.object_size
+                        ))
+                    }
+                    None => return Some(format!("off-site copy missing: {key} is not on the remote")),
+                }
+            }
+            return None;
+        }
+        if verified_before.get(rel) == Some(sha) && remote_forgets.contains(rel) {
+            return None;
+        }
+        Some(synced)
     };
-    let unsynced = |rel: &str| remote_cfg.is_some() && !offsite(rel);
-    let mut items = plan("local", &local, &local_policy, keep_runs, &halted, &unsynced);
+    let mut items = plan("local", &local, &local_policy, keep_runs, &halted, &not_offsite);
     if let (Some(inv), Some(p)) = (&remote_inv, &remote_policy) {
-        items.extend(plan("remote", inv, p, remote_keep_runs, &halted, &|_| false));
+        items.extend(plan("remote", inv, p, remote_keep_runs, &halted, &|_| None));
     }
     let replaced = plan_replaced(layout::replaced(&ctx.cfg.backup_root)?, keep_runs);
-    let mut deleted = 0;
+    let mut report = PruneReport { dry_run: opts.dry_run, items, replaced, unreadable, remote_unreadable, deleted: 0 };
     if !opts.dry_run {
         ctx.start_run("prune", None, None, None)?;
-        deleted += apply_local(ctx, &local, &items)?;
-        for r in replaced.iter().filter(|r| !r.keep) {
+        let mut deleted = apply_local(ctx, &local, &report.items)?;
+        for r in report.replaced.iter().filter(|r| !r.keep) {
             std::fs::remove_dir_all(&r.dir).map_err(|e| Error::io(&r.dir, e))?;
             deleted += 1;
         }
         if let (Some(r), Some(inv)) = (&remote, &remote_inv) {
-            deleted += apply_remote(ctx, r, inv, &items, scratch.path()).await?;
+            deleted += apply_remote(ctx, r, inv, &report.items, scratch.path()).await?;
         }
-        let gone = items.iter().filter(|i| !i.keep).count();
-        ctx.finish_run(ExitKind::Success, &format!("{gone} snapshot(s) pruned, {deleted} file(s) deleted"))?;
+        report.deleted = deleted;
+        let gone = report.items.iter().filter(|i| !i.keep).count();
+        let bad = report.remote_unreadable.len();
+        let summary =
+            format!("{gone} snapshot(s) pruned, {deleted} file(s) deleted, {bad} remote manifest(s) unreadable");
+        ctx.finish_run(report.exit_kind(), &summary)?;
     }
-    Ok(PruneReport { dry_run: opts.dry_run, items, replaced, unreadable, deleted })
+    Ok(report)
 }
 
 /// Forgotten archives of one manifest: (archive path, file list path) of the tenants going.
@@ -473,6 +546,9 @@ impl fmt::Display for PruneReport {
         }
         for why in &self.unreadable {
             writeln!(f, "  WARNING {why}")?;
+        }
+        for why in &self.remote_unreadable {
+            writeln!(f, "  UNREADABLE {why}")?;
         }
         let gone = self.items.iter().filter(|i| !i.keep).count();
         writeln!(f, "{gone} snapshot(s) {verb}, {} kept; {} file(s) deleted", self.items.len() - gone, self.deleted)
