@@ -145,6 +145,8 @@ impl Ctx {
             files: e.files as i64,
             created_at: slipway_state::now(),
             remote_verified_at: None,
+            remote_verified_to: None,
+            remote_retired_at: None,
         })?;
         Ok(())
     }

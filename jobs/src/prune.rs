@@ -4,10 +4,11 @@
 //! (default: the same policy). Never deleted: the newest complete snapshot of each tenant; the
 //! snapshots of a halted rollout not yet resolved; incomplete directories (being written, or
 //! left by a crash); and, when a remote is configured, any local archive not verified off-site:
-//! its day's remote `MANIFEST.json` (fetched, sha256-checked) must list it with the same sha256
-//! and its upload must have been verified — unless it was verified there before and the remote's
-//! own retention forgets it (then only the local policy decides, and `sync` does not upload it
-//! again). A day's manifest is rewritten before archives it no longer lists are
+//! its day's remote `MANIFEST.json` (fetched, sha256-checked) must list it with the same sha256,
+//! its upload must have been verified on this remote (endpoint, bucket and prefix), and the
+//! listing must show it and its file list with the sizes uploaded — unless this prune deleted
+//! it from this remote before (the remote's own retention; then only the local policy decides,
+//! and `sync` does not upload it again). A day's manifest is rewritten before archives it no longer lists are
 //! deleted, so a manifest never names a missing archive. `--dry-run` lists what would go and,
 //! for each survivor, which rule kept it.
 
@@ -257,7 +258,6 @@ pub async fn prune(ctx: &Ctx, opts: &PruneOptions) -> Result<PruneReport> {
         Some(r) => Some(policy(r.retention.as_ref().unwrap_or(&ctx.cfg.retention), "remote.retention")?),
         None => None,
     };
-    let verified: HashMap<String, slipway_state::RemoteObject> = ctx.store.remote_objects()?;
     let (local, unreadable) = local_inventory(&ctx.cfg.backup_root)?;
     for why in &unreadable {
         tracing::warn!("{why}");
@@ -267,6 +267,14 @@ pub async fn prune(ctx: &Ctx, opts: &PruneOptions) -> Result<PruneReport> {
         Some(r) => Some(Remote::connect(r).await?),
         None => None,
     };
+    // What was verified, and retired, on this remote: records of another bucket or prefix
+    // say nothing of this one.
+    let remote_id = remote.as_ref().map(|r| r.id().to_string()).unwrap_or_default();
+    if remote.is_some() {
+        ctx.store.adopt_unscoped_remote_records(&remote_id)?;
+    }
+    let verified: HashMap<String, slipway_state::RemoteObject> =
+        if remote.is_some() { ctx.store.remote_objects(&remote_id)? } else { HashMap::new() };
     let scratch =
         tempfile::Builder::new().prefix("slipway-prune-").tempdir().map_err(|e| Error::io(std::env::temp_dir(), e))?;
     let view = match &remote {
@@ -290,8 +298,8 @@ pub async fn prune(ctx: &Ctx, opts: &PruneOptions) -> Result<PruneReport> {
         .flat_map(|(s, m)| m.archives.iter().map(move |a| (s.key(&a.path), a.sha256.clone())))
         .collect();
     // A local archive counts as off-site when the remote's own, verified manifest lists it with
-    // the same sha256 and its upload was verified; or when it was verified there before and the
-    // remote's retention (over the remote's snapshots and the local ones) forgets it anyway.
+    // the same sha256 and its upload was verified; or when the remote's retention deleted it
+    // there (recorded) and (over the remote's snapshots and the local ones) forgets it anyway.
     let on_remote: HashSet<String> = remote_inv
         .iter()
         .flat_map(|inv| inv.daily.iter().chain(&inv.rollout))
@@ -299,11 +307,11 @@ pub async fn prune(ctx: &Ctx, opts: &PruneOptions) -> Result<PruneReport> {
         .filter(|(k, sha)| sha_of.get(k) == Some(sha))
         .map(|(k, _)| k)
         .collect();
-    let verified_before: HashMap<String, String> = ctx
+    let retired_here: HashMap<String, String> = ctx
         .store
         .snapshots()?
         .into_iter()
-        .filter(|r| r.remote_verified_at.is_some())
+        .filter(|r| r.remote_retired_at.is_some() && r.remote_verified_to.as_deref() == Some(remote_id.as_str()))
         .map(|r| (r.path, r.sha256))
         .collect();
     let remote_forgets: HashSet<String> = match (&remote_inv, &remote_policy) {
@@ -372,7 +380,7 @@ pub async fn prune(ctx: &Ctx, opts: &PruneOptions) -> Result<PruneReport> {
             }
             return None;
         }
-        if verified_before.get(rel) == Some(sha) && remote_forgets.contains(rel) {
+        if retired_here.get(rel) == Some(sha) && remote_forgets.contains(rel) {
             return None;
         }
         Some(synced)
@@ -485,7 +493,7 @@ async fn apply_remote(
         let mkey = day.manifest_key();
         if kept.archives.is_empty() {
             remote.delete(std::slice::from_ref(&mkey)).await?;
-            ctx.store.forget_remote_object(&mkey)?;
+            ctx.store.forget_remote_object(remote.id(), &mkey)?;
             offsite::forget_manifest(&ctx.cfg.state_dir, day);
         } else {
             let dir = day.dir(&scratch.join("rewrite"));
@@ -497,15 +505,17 @@ async fn apply_remote(
             if stored.encryption.is_some() {
                 offsite::keep_manifest(&ctx.cfg.state_dir, day, &mp)?;
             }
-            ctx.store.record_remote_object(&mkey, &stored.record(&sha, size))?;
+            ctx.store.record_remote_object(remote.id(), &mkey, &stored.record(&sha, size))?;
         }
         n += 1;
         for a in gone {
             let keys = vec![day.key(&a.path), day.key(&a.file_list)];
             remote.delete(&keys).await?;
             for k in &keys {
-                ctx.store.forget_remote_object(k)?;
+                ctx.store.forget_remote_object(remote.id(), k)?;
             }
+            // Deleted by this remote's retention: sync does not upload it here again.
+            ctx.store.mark_remote_retired(&keys[0], remote.id())?;
             n += keys.len();
         }
     }
@@ -522,7 +532,8 @@ async fn apply_remote(
         let keys: Vec<String> = remote.list(&run.key_prefix()).await?.into_iter().map(|o| o.key).collect();
         remote.delete(&keys).await?;
         for k in keys.iter().chain(std::iter::once(&mkey)) {
-            ctx.store.forget_remote_object(k)?;
+            ctx.store.forget_remote_object(remote.id(), k)?;
+            ctx.store.mark_remote_retired(k, remote.id())?;
         }
         n += keys.len() + 1;
     }

@@ -2,10 +2,12 @@
 //! the remote prefix (`daily/<day>/…`, `rollout/<run>/…`). An object counts as present only if
 //! its size and its sha256 (object metadata written at upload) match the manifest; a snapshot
 //! directory's `MANIFEST.json` goes up last, so a remote directory without it is incomplete by
-//! definition. Verified uploads are remembered in the run record, so a sync with nothing new
-//! costs one listing. A snapshot uploaded and verified once that the remote no longer has (its
-//! own, shorter retention pruned it) is not uploaded again. Paths and keys come from [`crate::layout`], the listing from
-//! [`crate::offsite`].
+//! definition. Verified uploads are remembered in the run record, tied to the remote (endpoint,
+//! bucket and prefix: [`Remote::id`]), so a sync with nothing new costs one listing, and a sync
+//! to another bucket or prefix uploads everything there. A snapshot that slipway's prune
+//! deleted from this remote (its own, shorter retention) is not uploaded again; one missing for
+//! any other reason (an emptied bucket, a lifecycle rule) is. Paths and keys come from
+//! [`crate::layout`], the listing from [`crate::offsite`].
 
 use std::collections::HashMap;
 use std::fmt;
@@ -67,8 +69,8 @@ pub struct SyncReport {
     pub mb_per_s: f64,
     /// Stale multipart uploads aborted.
     pub aborted_stale_uploads: usize,
-    /// Snapshots uploaded and verified before that the remote no longer has (its retention
-    /// pruned them): not uploaded again.
+    /// Snapshots that slipway's prune deleted from this remote after they were verified there
+    /// (its retention): not uploaded again.
     pub retired: Vec<String>,
 }
 
@@ -109,11 +111,12 @@ fn wanted(snap: &SnapshotDir) -> Result<Vec<Wanted>> {
     Ok(out)
 }
 
-/// Whether every archive of `snap` was uploaded and verified before, as it is now (same sha256).
-fn retired(snap: &SnapshotDir, verified_before: &HashMap<String, String>) -> bool {
+/// Whether every archive of `snap`, as it is now (same sha256), was deleted from this remote
+/// by its retention (slipway's prune) after it had been verified there.
+fn retired(snap: &SnapshotDir, retired_here: &HashMap<String, String>) -> bool {
     match Manifest::read(&snap.dir) {
         Ok(Some(m)) if !m.archives.is_empty() => {
-            m.archives.iter().all(|a| verified_before.get(&snap.id.key(&a.path)) == Some(&a.sha256))
+            m.archives.iter().all(|a| retired_here.get(&snap.id.key(&a.path)) == Some(&a.sha256))
         }
         _ => false,
     }
@@ -137,7 +140,14 @@ async fn is_present(
     dry_run: bool,
 ) -> Result<bool> {
     // An encrypted object is larger than its plaintext, never smaller.
-    let Some(&listed_size) = listed.get(&w.key).filter(|s| **s >= w.size) else { return Ok(false) };
+    let Some(&listed_size) = listed.get(&w.key).filter(|s| **s >= w.size) else {
+        // Recorded as uploaded and not there (an emptied bucket, a lifecycle rule): the record
+        // goes, so nothing counts on it, and the file goes up again.
+        if !dry_run && known.remove(&w.key).is_some() {
+            ctx.store.forget_remote_object(remote.id(), &w.key)?;
+        }
+        return Ok(false);
+    };
     if known.get(&w.key).is_some_and(|o| o.sha256 == w.sha256 && o.size == w.size && o.object_size == listed_size) {
         return Ok(true);
     }
@@ -145,7 +155,7 @@ async fn is_present(
         Some(h) if h.size == listed_size && h.holds(&w.sha256, w.size) => {
             if !dry_run {
                 let rec = h.record(&w.sha256, w.size);
-                ctx.store.record_remote_object(&w.key, &rec)?;
+                ctx.store.record_remote_object(remote.id(), &w.key, &rec)?;
                 known.insert(w.key.clone(), rec);
             }
             Ok(true)
@@ -201,16 +211,21 @@ pub async fn sync(ctx: &Ctx, opts: &SyncOptions) -> Result<SyncReport> {
         retired: Vec::new(),
     };
     let listed = offsite::list(&remote).await?.sizes;
-    let mut known = ctx.store.remote_objects()?;
+    ctx.store.adopt_unscoped_remote_records(remote.id())?;
+    let mut known = ctx.store.remote_objects(remote.id())?;
     if !opts.dry_run {
         ctx.start_run("sync", None, None, None)?;
         report.aborted_stale_uploads = remote.abort_stale_uploads().await;
     }
-    // Archives once uploaded as part of a complete remote snapshot, with the sha256 they had.
+    // Archives this remote's retention deleted after they were verified there, with the sha256
+    // they had.
     let rows = ctx.store.snapshots()?;
     let recorded: HashMap<String, String> = rows.iter().map(|r| (r.path.clone(), r.sha256.clone())).collect();
-    let verified_before: HashMap<String, String> =
-        rows.into_iter().filter(|r| r.remote_verified_at.is_some()).map(|r| (r.path, r.sha256)).collect();
+    let retired_here: HashMap<String, String> = rows
+        .into_iter()
+        .filter(|r| r.remote_retired_at.is_some() && r.remote_verified_to.as_deref() == Some(remote.id()))
+        .map(|r| (r.path, r.sha256))
+        .collect();
     let mut upload_time = std::time::Duration::ZERO;
     for snap in layout::complete(&ctx.cfg.backup_root)? {
         let manifest_key = snap.id.manifest_key();
@@ -234,7 +249,7 @@ pub async fn sync(ctx: &Ctx, opts: &SyncOptions) -> Result<SyncReport> {
         // A whole snapshot the remote had, verified, and no longer has was pruned by the remote's
         // retention (a shorter policy than the local one): uploading it again would only have the
         // next prune delete it again.
-        if !listed.contains_key(&manifest_key) && retired(&snap, &verified_before) {
+        if !listed.contains_key(&manifest_key) && retired(&snap, &retired_here) {
             report.retired.push(snap.id.to_string());
             continue;
         }
@@ -288,7 +303,7 @@ pub async fn sync(ctx: &Ctx, opts: &SyncOptions) -> Result<SyncReport> {
                         if w.key == manifest_key && stored.encryption.is_some() {
                             offsite::keep_manifest(&ctx.cfg.state_dir, &snap.id, &w.path)?;
                         }
-                        ctx.store.record_remote_object(&w.key, &stored.record(&w.sha256, w.size))?;
+                        ctx.store.record_remote_object(remote.id(), &w.key, &stored.record(&w.sha256, w.size))?;
                         report.uploaded_bytes += stored.size;
                         report.files.push(FileSync {
                             key: w.key,
@@ -302,7 +317,7 @@ pub async fn sync(ctx: &Ctx, opts: &SyncOptions) -> Result<SyncReport> {
                     Err(e @ Error::RemoteAuth { .. }) => return Err(e),
                     Err(e) => {
                         dir_ok = false;
-                        ctx.store.forget_remote_object(&w.key)?;
+                        ctx.store.forget_remote_object(remote.id(), &w.key)?;
                         report.files.push(FileSync {
                             key: w.key,
                             size: w.size,
@@ -328,7 +343,7 @@ pub async fn sync(ctx: &Ctx, opts: &SyncOptions) -> Result<SyncReport> {
                         };
                         ctx.record_archive(&key, kind, snap.id.id(), a)?;
                     }
-                    ctx.store.mark_remote_verified(&key)?;
+                    ctx.store.mark_remote_verified(&key, remote.id())?;
                 }
             }
         }

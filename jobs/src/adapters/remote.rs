@@ -68,6 +68,8 @@ pub struct Remote {
     part_size: u64,
     concurrency: usize,
     place: String,
+    /// Which remote this is: endpoint, bucket and prefix ([`Remote::id`]).
+    id: String,
     /// Encrypt every upload to these (`[remote] encrypt`).
     seal: Option<std::sync::Arc<Recipients>>,
     /// Decrypt with this identity file (`--identity` or `[remote] identity_file`).
@@ -244,7 +246,9 @@ impl Remote {
             None => None,
         };
         let prefix = cfg.prefix.trim_matches('/').to_string();
+        let id = format!("{} bucket {} prefix {prefix}", endpoint.trim_end_matches('/'), cfg.bucket);
         Ok(Remote {
+            id,
             http: http::client()?,
             s3: Arc::new((bucket, creds)),
             prefix: if prefix.is_empty() { prefix } else { format!("{prefix}/") },
@@ -278,6 +282,13 @@ impl Remote {
     /// Where the remote is, for messages (never credentials).
     pub fn place(&self) -> &str {
         &self.place
+    }
+
+    /// Which remote this is — endpoint, bucket and prefix — as the run record ties verified
+    /// uploads to it: another bucket or prefix is another remote, whose objects were never
+    /// verified.
+    pub fn id(&self) -> &str {
+        &self.id
     }
 
     fn full(&self, key: &str) -> String {
