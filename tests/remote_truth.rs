@@ -76,6 +76,16 @@ fn a_sync_after_a_local_prune_never_drops_a_tenant_day_the_remote_still_holds() 
             serde_json::from_slice(&s.remote_object_bytes(&bucket, &format!("daily/{d}/MANIFEST.json"))).unwrap();
         assert_eq!(tenants(&remote), ["t1", "t2"], "{d}: the remote manifest lost a tenant it holds");
     }
+    // The merged manifest is what the remote has now: a sync with nothing new sends nothing.
+    let third = s.slipway(&["sync", "--json"]);
+    assert_eq!(third.report::<Sync>().uploaded_bytes, 0, "{}", third.stdout);
+    // The remote's retention sees t2's days there again (it alone decides when they go).
+    let plan = s.slipway(&["prune", "--dry-run", "--json"]).report::<Prune>();
+    assert!(
+        plan.items.iter().any(|i| i.location == "remote" && i.snapshot == days[0] && i.tenant.as_deref() == Some("t2")),
+        "{:?}",
+        plan.items
+    );
     let to = s.root().join("t2-from-remote");
     let r = s.slipway(&["restore", "--tenant", "t2", "--day", &days[0], "--remote", "--to", to.to_str().unwrap()]);
     assert_eq!(r.code, 0, "{} {}", r.stdout, r.stderr);

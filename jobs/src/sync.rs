@@ -122,6 +122,44 @@ fn retired(snap: &SnapshotDir, retired_here: &HashMap<String, String>) -> bool {
     }
 }
 
+/// The manifest to upload for `snap` (`local`: its own): merged with the remote's manifest of
+/// the snapshot when the remote has one, so that it keeps naming every archive the remote still
+/// holds (both the archive and its file list listed) that the local copy no longer has — a
+/// local prune shrinks the local manifest, never the remote's; the remote's retention decides
+/// there. Written under `scratch` when it differs from the local file. A remote manifest that
+/// cannot be read is an error: overwriting it could drop what it names.
+async fn manifest_to_send(
+    ctx: &Ctx,
+    remote: &Remote,
+    listed: &HashMap<String, u64>,
+    snap: &SnapshotDir,
+    local: Wanted,
+    scratch: &std::path::Path,
+) -> Result<Wanted> {
+    if !listed.contains_key(&local.key) {
+        return Ok(local);
+    }
+    let Some(theirs) =
+        offsite::read_manifest(remote, &ctx.cfg, &snap.id, &snap.id.dir(&scratch.join("remote"))).await?
+    else {
+        return Ok(local);
+    };
+    let Some(ours) = Manifest::read(&snap.dir)? else { return Ok(local) };
+    let held = |a: &crate::manifest::ArchiveEntry| {
+        listed.contains_key(&snap.id.key(&a.path)) && listed.contains_key(&snap.id.key(&a.file_list))
+    };
+    let merged = ours.merged_with(&theirs, held);
+    if merged.archives.len() == ours.archives.len() {
+        return Ok(local);
+    }
+    let dir = snap.id.dir(&scratch.join("merged"));
+    crate::fsutil::create_private_dir(&dir).map_err(|e| Error::io(&dir, e))?;
+    merged.write_as_is(&dir)?;
+    let path = layout::manifest_path(&dir);
+    let (sha256, size) = archive::sha256_file(&path)?;
+    Ok(Wanted { key: local.key, path, sha256, size })
+}
+
 /// Files uploaded at once (each multipart with its own parts in flight).
 const FILES_IN_FLIGHT: usize = 2;
 
@@ -211,6 +249,8 @@ pub async fn sync(ctx: &Ctx, opts: &SyncOptions) -> Result<SyncReport> {
         retired: Vec::new(),
     };
     let listed = offsite::list(&remote).await?.sizes;
+    let scratch =
+        tempfile::Builder::new().prefix("slipway-sync-").tempdir().map_err(|e| Error::io(std::env::temp_dir(), e))?;
     ctx.store.adopt_unscoped_remote_records(remote.id())?;
     let mut known = ctx.store.remote_objects(remote.id())?;
     if !opts.dry_run {
@@ -254,10 +294,36 @@ pub async fn sync(ctx: &Ctx, opts: &SyncOptions) -> Result<SyncReport> {
             continue;
         }
         let (manifest, files): (Vec<Wanted>, Vec<Wanted>) = files.into_iter().partition(|w| w.key == manifest_key);
-        for batch in [files, manifest] {
+        for (is_manifest, batch) in [(false, files), (true, manifest)] {
             if !dir_ok {
                 break;
             }
+            let mut merged = Vec::new();
+            for w in batch {
+                if !is_manifest {
+                    merged.push(w);
+                    continue;
+                }
+                match manifest_to_send(ctx, &remote, &listed, &snap, w, scratch.path()).await {
+                    Ok(w) => merged.push(w),
+                    Err(e @ Error::RemoteAuth { .. }) => return Err(e),
+                    Err(e) => {
+                        dir_ok = false;
+                        report.files.push(FileSync {
+                            key: manifest_key.clone(),
+                            size: 0,
+                            action: "failed".into(),
+                            detail: Some(format!(
+                                "{e}; the remote manifest was left as it is: it may name archives the local copy no \
+                                 longer has, and a sync never drops those"
+                            )),
+                            object_sha256: None,
+                            encryption: None,
+                        });
+                    }
+                }
+            }
+            let batch = merged;
             let mut need = Vec::new();
             for w in batch {
                 if is_present(ctx, &remote, &listed, &mut known, &w, opts.dry_run).await? {
