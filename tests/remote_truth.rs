@@ -195,3 +195,38 @@ fn with_an_empty_prefix_sync_aborts_only_its_own_stale_multipart_uploads() {
     assert_eq!(rt.block_on(uploads_in_progress(&bucket, &creds)), [other], "{}", out.stdout);
     assert_eq!(out.report::<Sync>().aborted_stale_uploads, 1, "{}", out.stdout);
 }
+
+/// The bytes a download of day `day`'s t1 archive and file list needs (plain objects).
+fn t1_download_bytes(s: &Sandbox, day: &str) -> u64 {
+    let dir = s.backups().join("daily").join(day).join("tenants");
+    ["t1.tar.zst", "t1.files.json.zst"].iter().map(|f| std::fs::metadata(dir.join(f)).unwrap().len()).sum()
+}
+
+#[test]
+fn restore_remote_and_verify_remote_deep_check_free_space_before_downloading() {
+    let s = Sandbox::new();
+    let day = with_snapshot(&s, &noise(3 << 20, 16));
+    s.use_shared_remote("");
+    assert_eq!(s.slipway(&["sync"]).code, 0);
+    let need = t1_download_bytes(&s, &day).to_string();
+    let data_before = tree_hash(&s.data_dir("t1"));
+    // restore --remote downloads into the remote cache under the state dir: 1 MB there.
+    let cache = s.state().join("remote-cache");
+    let small = s.mount_tmpfs(&cache, "1m");
+    let out = s.slipway(&["restore", "--tenant", "t1", "--latest", "--remote", "--json"]);
+    let said = format!("{}{}", out.stdout, out.stderr);
+    assert_ne!(out.code, 0, "{said}");
+    assert!(said.contains(&cache.display().to_string()) && said.contains(&need), "no dir or bytes named: {said}");
+    assert!(crate::support::files_under(&cache).is_empty(), "something was downloaded");
+    assert_eq!(tree_hash(&s.data_dir("t1")), data_before);
+    drop(small);
+    // verify --remote --deep downloads into the temp dir.
+    let tmp = s.root().join("small-tmp");
+    let _small_tmp = s.mount_tmpfs(&tmp, "1m");
+    let child = s.spawn(&["verify", "--remote", "--deep", "--json"], &[("TMPDIR", tmp.to_str().unwrap())]);
+    let out = child.wait_with_output().unwrap();
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_ne!(out.status.code(), Some(0), "{said}");
+    assert!(said.contains(&tmp.display().to_string()) && said.contains(&need), "no dir or bytes named: {said}");
+    assert!(crate::support::files_under(&tmp).is_empty(), "something was left behind");
+}

@@ -196,6 +196,10 @@ pub async fn verify_remote(cfg: &HostConfig, opts: &VerifyOptions) -> Result<Ver
                     ))
                 }
                 Some(_) if opts.deep => {
+                    // Too little room to download into is the host's problem, not the archive's:
+                    // the job fails naming the dir and the bytes, before anything is downloaded.
+                    let need = offsite::download_bytes(&remote, &snap, a).await?;
+                    offsite::check_room(&dir, need, &key)?;
                     let r = async {
                         let local = layout::under(&dir, &a.path, &key)?;
                         let list_path = layout::under(&dir, &a.file_list, &key)?;
