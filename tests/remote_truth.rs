@@ -46,22 +46,10 @@ fn remote_days(s: &Sandbox, bucket: &str) -> Vec<String> {
 #[test]
 fn a_sync_after_a_local_prune_never_drops_a_tenant_day_the_remote_still_holds() {
     let s = Sandbox::new();
-    let v1 = s.push_fixture_as("v1", "app");
-    for t in ["t1", "t2"] {
-        s.add_tenant(t, &v1);
-        std::fs::write(s.data_dir(t).join("blob.bin"), noise(30_000, if t == "t1" { 11 } else { 12 })).unwrap();
-    }
-    s.write_fleet(&s.fleet_app(&v1, ""));
-    let snap = s.slipway(&["snapshot", "--json"]);
-    assert_eq!(snap.code, 0, "{} {}", snap.stdout, snap.stderr);
-    let today = snap.report::<crate::support::reports::Snapshot>().day;
-    let t2_data = tree_hash(&s.data_dir("t2"));
-    let days = recent_days(&s, &today, 4);
     // t1 was not snapshotted on the last two days: locally its two days are its newest two,
     // while t2's two oldest go.
-    for d in &days[2..] {
-        drop_tenant(&s, d, "t1");
-    }
+    let days = two_tenants_over_days(&s, 4);
+    let t2_data = tree_hash(&s.data_dir("t2"));
     s.append_config("[retention]\nkeep_daily = 2\n");
     let bucket = s.use_shared_remote("[remote.retention]\nkeep_daily = 7\n");
     assert_eq!(s.slipway(&["sync"]).code, 0);
@@ -95,6 +83,48 @@ fn a_sync_after_a_local_prune_never_drops_a_tenant_day_the_remote_still_holds() 
     let checked: Vec<String> =
         v.report::<Verify>().archives.iter().map(|a| a.archive.to_string_lossy().into_owned()).collect();
     assert!(checked.contains(&format!("daily/{}/tenants/t2.tar.zst", days[0])), "{checked:?}");
+}
+
+/// Two tenants with today's snapshot, made into `n` days; t1 is not in the last two. Returns
+/// the days.
+fn two_tenants_over_days(s: &Sandbox, n: i64) -> Vec<String> {
+    let v1 = s.push_fixture_as("v1", "app");
+    for t in ["t1", "t2"] {
+        s.add_tenant(t, &v1);
+        std::fs::write(s.data_dir(t).join("blob.bin"), noise(30_000, if t == "t1" { 11 } else { 12 })).unwrap();
+    }
+    s.write_fleet(&s.fleet_app(&v1, ""));
+    let snap = s.slipway(&["snapshot", "--json"]);
+    assert_eq!(snap.code, 0, "{} {}", snap.stdout, snap.stderr);
+    let today = snap.report::<crate::support::reports::Snapshot>().day;
+    let days = recent_days(s, &today, n);
+    for d in &days[days.len() - 2..] {
+        drop_tenant(s, d, "t1");
+    }
+    days
+}
+
+#[test]
+fn a_tenant_day_the_remote_retention_pruned_from_a_day_it_keeps_is_not_uploaded_again() {
+    let s = Sandbox::new();
+    let days = two_tenants_over_days(&s, 4);
+    // Locally everything stays; on the remote t2's two oldest days go while t1 keeps them.
+    s.append_config("[retention]\nkeep_daily = 7\n");
+    let bucket = s.use_shared_remote("[remote.retention]\nkeep_daily = 2\n");
+    assert_eq!(s.slipway(&["sync"]).code, 0);
+    let out = s.slipway(&["prune", "--json"]);
+    assert_eq!(out.code, 0, "{} {}", out.stdout, out.stderr);
+    let remote_tenants = |d: &str| {
+        tenants(&serde_json::from_slice(&s.remote_object_bytes(&bucket, &format!("daily/{d}/MANIFEST.json"))).unwrap())
+    };
+    assert_eq!(remote_tenants(&days[0]), ["t1"], "the remote prune should have dropped t2 there");
+    let again = s.slipway(&["sync", "--json"]);
+    assert_eq!(again.code, 0, "{} {}", again.stdout, again.stderr);
+    assert_eq!(again.report::<Sync>().uploaded_bytes, 0, "{}", again.stdout);
+    for d in &days[..2] {
+        assert_eq!(remote_tenants(d), ["t1"], "{d}");
+    }
+    assert_eq!(s.slipway(&["verify", "--remote"]).code, 0);
 }
 
 #[test]

@@ -4,8 +4,9 @@
 //! directory's `MANIFEST.json` goes up last, so a remote directory without it is incomplete by
 //! definition. Verified uploads are remembered in the run record, tied to the remote (endpoint,
 //! bucket and prefix: [`Remote::id`]), so a sync with nothing new costs one listing, and a sync
-//! to another bucket or prefix uploads everything there. A snapshot that slipway's prune
-//! deleted from this remote (its own, shorter retention) is not uploaded again; one missing for
+//! to another bucket or prefix uploads everything there. A snapshot — or one tenant's archive
+//! of a day the remote keeps — that slipway's prune deleted from this remote (its own, shorter
+//! retention) is not uploaded again; one missing for
 //! any other reason (an emptied bucket, a lifecycle rule) is. Paths and keys come from
 //! [`crate::layout`], the listing from [`crate::offsite`].
 
@@ -69,8 +70,9 @@ pub struct SyncReport {
     pub mb_per_s: f64,
     /// Stale multipart uploads aborted.
     pub aborted_stale_uploads: usize,
-    /// Snapshots that slipway's prune deleted from this remote after they were verified there
-    /// (its retention): not uploaded again.
+    /// Snapshots (`daily/<day>`), and single archives of snapshots the remote keeps, that
+    /// slipway's prune deleted from this remote after they were verified there (its
+    /// retention): not uploaded again.
     pub retired: Vec<String>,
 }
 
@@ -126,13 +128,14 @@ fn retired(snap: &SnapshotDir, retired_here: &HashMap<String, String>) -> bool {
 /// the snapshot when the remote has one, so that it keeps naming every archive the remote still
 /// holds (both the archive and its file list listed) that the local copy no longer has — a
 /// local prune shrinks the local manifest, never the remote's; the remote's retention decides
-/// there. Written under `scratch` when it differs from the local file. A remote manifest that
-/// cannot be read is an error: overwriting it could drop what it names.
+/// there, and the archives it deleted (`dropped`) are not named again. Written under `scratch`
+/// when it differs from the local file. A remote manifest that cannot be read is an error:
+/// overwriting it could drop what it names.
 async fn manifest_to_send(
     ctx: &Ctx,
     remote: &Remote,
     listed: &HashMap<String, u64>,
-    snap: &SnapshotDir,
+    (snap, dropped): (&SnapshotDir, &[crate::manifest::ArchiveEntry]),
     local: Wanted,
     scratch: &std::path::Path,
 ) -> Result<Wanted> {
@@ -148,9 +151,16 @@ async fn manifest_to_send(
     let held = |a: &crate::manifest::ArchiveEntry| {
         listed.contains_key(&snap.id.key(&a.path)) && listed.contains_key(&snap.id.key(&a.file_list))
     };
-    let merged = ours.merged_with(&theirs, held);
-    if merged.archives.len() == ours.archives.len() {
+    let mut kept = ours.clone();
+    kept.archives.retain(|a| !dropped.contains(a));
+    let mut merged = kept.merged_with(&theirs, held);
+    if merged.archives == ours.archives {
         return Ok(local);
+    }
+    // The remote's already names exactly these: it is sent as it is (the same bytes, so it
+    // counts as present), not restamped with the local manifest's time.
+    if merged.archives == theirs.archives {
+        merged = theirs;
     }
     let dir = snap.id.dir(&scratch.join("merged"));
     crate::fsutil::create_private_dir(&dir).map_err(|e| Error::io(&dir, e))?;
@@ -158,6 +168,23 @@ async fn manifest_to_send(
     let path = layout::manifest_path(&dir);
     let (sha256, size) = archive::sha256_file(&path)?;
     Ok(Wanted { key: local.key, path, sha256, size })
+}
+
+/// The archives of `snap`, as they are now (same sha256), that this remote's retention deleted
+/// after they were verified there and that it does not hold again.
+fn retired_archives(
+    snap: &SnapshotDir,
+    retired_here: &HashMap<String, String>,
+    listed: &HashMap<String, u64>,
+) -> Vec<crate::manifest::ArchiveEntry> {
+    let Ok(Some(m)) = Manifest::read(&snap.dir) else { return Vec::new() };
+    m.archives
+        .into_iter()
+        .filter(|a| {
+            let key = snap.id.key(&a.path);
+            retired_here.get(&key) == Some(&a.sha256) && !listed.contains_key(&key)
+        })
+        .collect()
 }
 
 /// Files uploaded at once (each multipart with its own parts in flight).
@@ -293,6 +320,17 @@ pub async fn sync(ctx: &Ctx, opts: &SyncOptions) -> Result<SyncReport> {
             report.retired.push(snap.id.to_string());
             continue;
         }
+        // Single archives the remote's retention deleted from a snapshot it keeps (a tenant whose
+        // day went while other tenants' stay): not sent again, nor named in the manifest sent.
+        let dropped = if listed.contains_key(&manifest_key) {
+            retired_archives(&snap, &retired_here, &listed)
+        } else {
+            Vec::new()
+        };
+        let skip: Vec<String> =
+            dropped.iter().flat_map(|a| [snap.id.key(&a.path), snap.id.key(&a.file_list)]).collect();
+        report.retired.extend(dropped.iter().map(|a| snap.id.key(&a.path)));
+        let files: Vec<Wanted> = files.into_iter().filter(|w| !skip.contains(&w.key)).collect();
         let (manifest, files): (Vec<Wanted>, Vec<Wanted>) = files.into_iter().partition(|w| w.key == manifest_key);
         for (is_manifest, batch) in [(false, files), (true, manifest)] {
             if !dir_ok {
@@ -304,7 +342,7 @@ pub async fn sync(ctx: &Ctx, opts: &SyncOptions) -> Result<SyncReport> {
                     merged.push(w);
                     continue;
                 }
-                match manifest_to_send(ctx, &remote, &listed, &snap, w, scratch.path()).await {
+                match manifest_to_send(ctx, &remote, &listed, (&snap, &dropped), w, scratch.path()).await {
                     Ok(w) => merged.push(w),
                     Err(e @ Error::RemoteAuth { .. }) => return Err(e),
                     Err(e) => {
@@ -398,7 +436,7 @@ pub async fn sync(ctx: &Ctx, opts: &SyncOptions) -> Result<SyncReport> {
         }
         if dir_ok && !opts.dry_run {
             if let Some(m) = Manifest::read(&snap.dir)? {
-                for a in &m.archives {
+                for a in m.archives.iter().filter(|a| !dropped.contains(a)) {
                     let key = snap.id.key(&a.path);
                     // An archive the run record does not know as it is (copied in, restored from
                     // another host) is recorded now, so its verified upload is remembered.
