@@ -104,11 +104,16 @@ impl PruneReport {
     /// Failure when a remote manifest could not be read (a person must look at it), else
     /// success once the plan is applied (errors end the job before).
     pub fn exit_kind(&self) -> ExitKind {
-        if self.remote_unreadable.is_empty() {
-            ExitKind::Success
-        } else {
-            ExitKind::Failure
-        }
+        exit_kind(&self.remote_unreadable)
+    }
+}
+
+/// A prune's exit: failure when any remote manifest could not be read.
+fn exit_kind(remote_unreadable: &[String]) -> ExitKind {
+    if remote_unreadable.is_empty() {
+        ExitKind::Success
+    } else {
+        ExitKind::Failure
     }
 }
 
@@ -390,25 +395,24 @@ pub async fn prune(ctx: &Ctx, opts: &PruneOptions) -> Result<PruneReport> {
         items.extend(plan("remote", inv, p, remote_keep_runs, &halted, &|_| None));
     }
     let replaced = plan_replaced(layout::replaced(&ctx.cfg.backup_root)?, keep_runs);
-    let mut report = PruneReport { dry_run: opts.dry_run, items, replaced, unreadable, remote_unreadable, deleted: 0 };
+    let mut deleted = 0;
     if !opts.dry_run {
         ctx.start_run("prune", None, None, None)?;
-        let mut deleted = apply_local(ctx, &local, &report.items)?;
-        for r in report.replaced.iter().filter(|r| !r.keep) {
+        deleted += apply_local(ctx, &local, &items)?;
+        for r in replaced.iter().filter(|r| !r.keep) {
             std::fs::remove_dir_all(&r.dir).map_err(|e| Error::io(&r.dir, e))?;
             deleted += 1;
         }
         if let (Some(r), Some(inv)) = (&remote, &remote_inv) {
-            deleted += apply_remote(ctx, r, inv, &report.items, scratch.path()).await?;
+            deleted += apply_remote(ctx, r, inv, &items, scratch.path()).await?;
         }
-        report.deleted = deleted;
-        let gone = report.items.iter().filter(|i| !i.keep).count();
-        let bad = report.remote_unreadable.len();
+        let gone = items.iter().filter(|i| !i.keep).count();
+        let bad = remote_unreadable.len();
         let summary =
             format!("{gone} snapshot(s) pruned, {deleted} file(s) deleted, {bad} remote manifest(s) unreadable");
-        ctx.finish_run(report.exit_kind(), &summary)?;
+        ctx.finish_run(exit_kind(&remote_unreadable), &summary)?;
     }
-    Ok(report)
+    Ok(PruneReport { dry_run: opts.dry_run, items, replaced, unreadable, remote_unreadable, deleted })
 }
 
 /// Forgotten archives of one manifest: (archive path, file list path) of the tenants going.
