@@ -189,6 +189,8 @@ pub async fn fetch_remote(cfg: &HostConfig, tenant: &TenantId, source: &Source) 
         let fetched = async {
             let Some(m) = offsite::fetch_manifest(&remote, &snap, &dir).await? else { return Ok(None) };
             let Some(entry) = m.tenant(tenant.as_str()).cloned() else { return Ok(None) };
+            let need = offsite::download_bytes(&remote, &snap, &entry).await?;
+            offsite::check_room(&dir, need, &format!("the archive of tenant {tenant} from {snap}"))?;
             let key = snap.key(&entry.path);
             remote.download(&key, &layout::under(&dir, &entry.path, &key)?, Some(&entry.sha256)).await?;
             // The file list too: the restore's preflight reads it.
