@@ -494,7 +494,9 @@ async fn restore_replaced(ctx: &Ctx, opts: &RestoreOptions, kept: &Path) -> Resu
     engine.stop(&container.name, app.stop_timeout_s).await?;
     ctx.end(s, "ok", None::<&()>)?;
     let s = ctx.begin(Some(opts.tenant.as_str()), "restore", &held)?;
-    let exchanged = confined::exchange(kept, &data_dir).map_err(|e| Error::io(&data_dir, e));
+    let exchanged = confined::finish_swap(&data_dir)
+        .and_then(|_| confined::exchange(kept, &data_dir))
+        .map_err(|e| Error::io(&data_dir, e));
     if exchanged.is_ok() {
         // `kept` now holds the data that was in place: kept in turn, under this run.
         report.replaced =
