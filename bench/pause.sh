@@ -11,6 +11,7 @@
 # Needs the test environment (scripts/testenv.sh up) for the fixture image.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+[ -x /usr/bin/time ] || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq time >/dev/null; }
 MB=${BENCH_PAUSE_MB:-1024}
 [ -f .testenv/env ] || scripts/testenv.sh up >&2
 # shellcheck disable=SC1091
@@ -69,7 +70,7 @@ done
 
 snap() { # tenant day-label
   sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true
-  "$SLIPWAY" --config "$work/$1.toml" snapshot --tenant "$1" --json > "$work/$1-$2.json"
+  /usr/bin/time -f "%M" -o "$work/$1-$2.rss" "$SLIPWAY" --config "$work/$1.toml" snapshot --tenant "$1" --json > "$work/$1-$2.json"
 }
 echo "day 1: first snapshots ..." >&2
 for t in staged old; do
@@ -112,10 +113,12 @@ assert o["staging"] == "off" and o["outcome"] == "archived", o
 d = s["delta"]
 print(f"Daily snapshot pause: a {mb} MB tenant (text, random bytes, 20 000 small files), 1% of its files rewritten "
       f"since the day before, same run\n")
-print("| | pause (tenant frozen) | snapshot total |")
-print("|---|---:|---:|")
-print(f"| staged (copy brought up to date while running, paused for the delta) | {s['pause_ms']} ms | {s['duration_ms']/1000:.1f} s |")
-print(f"| old (paused while archived, `staging = false`) | {o['pause_ms']} ms | {o['duration_ms']/1000:.1f} s |")
+def rss(t, day):
+    return int(open(f"{work}/{t}-{day}.rss").read().split()[-1]) / 1024
+print("| | pause (tenant frozen) | snapshot total | peak RSS day 1 (full copy + archive) | peak RSS day 2 |")
+print("|---|---:|---:|---:|---:|")
+print(f"| staged (copy brought up to date while running, paused for the delta) | {s['pause_ms']} ms | {s['duration_ms']/1000:.1f} s | {rss('staged','day1'):.0f} MiB | {rss('staged','day2'):.0f} MiB |")
+print(f"| old (paused while archived, `staging = false`) | {o['pause_ms']} ms | {o['duration_ms']/1000:.1f} s | {rss('old','day1'):.0f} MiB | {rss('old','day2'):.0f} MiB |")
 print(f"\nPause staged / old: {s['pause_ms']/max(o['pause_ms'],1):.3f} (target: staged < 500 ms). The paused pass "
       f"copied {d['files_copied']} files ({d['bytes_copied']/1e6:.1f} MB, {d['method']}), {d['unchanged']} unchanged; "
       f"day 1 (first copy while running): staged pause {arch('staged','day1')['pause_ms']} ms, "

@@ -51,7 +51,7 @@ pub use crate::layout::file_list_path;
 /// zstd level (the same as `zstd -3`, the default).
 const LEVEL: i32 = 3;
 /// zstd job size per worker (bounds memory; large enough to keep the ratio of `zstd -T0 -3`).
-const JOB_SIZE: u32 = 4 << 20;
+const JOB_SIZE: u32 = 2 << 20;
 /// Read and write buffer size.
 const BUF: usize = 256 * 1024;
 

@@ -68,7 +68,7 @@ pub fn create(src: &Path, dest: &Path) -> Result<ArchiveSummary, ArchiveError> {
 const CHUNKS: usize = 16;
 /// Compressed bytes handed to the archive writer at a time, and how many such buffers exist.
 pub(super) const OUT_CHUNK: usize = 1 << 20;
-pub(super) const OUT_CHUNKS: usize = 8;
+pub(super) const OUT_CHUNKS: usize = 4;
 /// Start writing the archive back to disk every this many bytes, so that the fsync at the end
 /// waits for the tail only, not for the whole archive.
 const WRITEBACK: u64 = 8 << 20;
