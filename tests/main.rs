@@ -17,6 +17,7 @@ mod foundation;
 mod hostile;
 mod offsite;
 mod ops;
+mod recovery;
 mod rollout;
 mod safety;
 mod trust;

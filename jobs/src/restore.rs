@@ -437,7 +437,25 @@ pub async fn restore(ctx: &Ctx, opts: &RestoreOptions) -> Result<RestoreReport> 
         report.detail.push_str(&format!("; the data it replaced is kept in {}", r.display()));
     }
     ctx.finish_run(report.outcome, &report.detail)?;
+    resolve_earlier(ctx, &opts.tenant, report.outcome)?;
     Ok(report)
+}
+
+/// A restore of `tenant` that succeeded resolves the earlier restores of it that ended needing
+/// a person: the person acted, and the tenant runs healthy on the data put in place now.
+fn resolve_earlier(ctx: &Ctx, tenant: &TenantId, outcome: ExitKind) -> Result<()> {
+    if outcome != ExitKind::Success {
+        return Ok(());
+    }
+    for r in ctx.store.unresolved_halts()? {
+        if r.job == "restore"
+            && r.id != ctx.run_id.as_str()
+            && ctx.store.steps(&r.id)?.iter().any(|s| s.tenant.as_deref() == Some(tenant.as_str()))
+        {
+            ctx.store.resolve_run(&r.id, &format!("restore {}", ctx.run_id))?;
+        }
+    }
+    Ok(())
 }
 
 /// Put back the data an earlier restore replaced (`kept`, `replaced/<run>/<tenant>`): the tenant
@@ -530,6 +548,7 @@ async fn restore_replaced(ctx: &Ctx, opts: &RestoreOptions, kept: &Path) -> Resu
         _ => "failed",
     };
     ctx.store.finish_run(ctx.run_id.as_str(), word, report.outcome.code() as i64, &report.detail)?;
+    resolve_earlier(ctx, &opts.tenant, report.outcome)?;
     Ok(report)
 }
 
