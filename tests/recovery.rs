@@ -128,3 +128,34 @@ fn a_restore_that_needs_a_person_stays_in_status_after_recover_until_a_person_re
     let status: Status = st.report();
     assert!(!status.attention.iter().any(|a| a.contains(&bad_run)), "{:?}", status.attention);
 }
+
+/// `restore --run R` of a rollout that halted restores the run's snapshot — the tenant's data
+/// from before the rollout — not what the failed version wrote (kept under `replaced/R/`).
+#[test]
+fn restore_run_of_a_halted_rollout_restores_the_pre_rollout_snapshot_not_what_the_failed_version_wrote() {
+    let s = Sandbox::new();
+    let v1 = s.push_fixture_as("v1", "app");
+    let bad = s.push_fixture_as("unhealthy", "app");
+    let name = s.add_tenant("t1", &v1);
+    s.write_data("t1", "db/records.txt", &"customer row\n".repeat(100));
+    let before = tree_hash(&s.data_dir("t1"));
+    s.write_fleet(&s.fleet_app(&bad, "pre_copy = false\n"));
+    let out = s.slipway(&["rollout", "--json"]);
+    assert_eq!(out.code, 3, "{} {}", out.stdout, out.stderr);
+    let run = out.run_id();
+    let replaced = s.backups().join(format!("replaced/{run}/t1"));
+    assert!(replaced.is_dir(), "the failed version's tree is kept");
+    assert_ne!(tree_hash(&replaced), before);
+    // The tenant, back on v1, writes on; the operator wants the data from before the rollout.
+    s.write_data("t1", "db/records.txt", "written after the halt\n");
+    let out = s.slipway(&["restore", "--tenant", "t1", "--run", &run, "--json"]);
+    assert_eq!(out.code, 0, "{} {}", out.stdout, out.stderr);
+    let r: Restore = out.report();
+    assert_eq!(tree_hash(&s.data_dir("t1")), before, "{}", r.detail);
+    assert!(
+        out.json()["report"]["archive"].as_str().is_some_and(|a| a.ends_with(&format!("rollout/{run}/t1.tar.zst"))),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(state(&s, &name), (true, false));
+}

@@ -305,16 +305,37 @@ async fn tenant_container(
 
 /// Run `restore`.
 pub async fn restore(ctx: &Ctx, opts: &RestoreOptions) -> Result<RestoreReport> {
-    // `--run` of an earlier restore: put back the data that restore replaced.
+    // `--run` of an earlier restore: put back the data that restore replaced. `--run` of a
+    // rollout is that run's snapshot — the data from before it —, never what its failed version
+    // wrote (which an undo keeps under the same `replaced/<run>/`).
+    let mut replaced_by_rollout = None;
     if let (Source::Run(r), false) = (&opts.source, opts.remote) {
         let kept = layout::replaced_dir(&ctx.cfg.backup_root, r, opts.tenant.as_str());
         if kept.is_dir() {
-            return restore_replaced(ctx, opts, &kept).await;
+            let job = ctx.store.run(r.as_str())?.map(|run| run.job);
+            let has_snapshot = SnapshotId::rollout(r).dir(&ctx.cfg.backup_root).is_dir();
+            match job.as_deref() {
+                Some("restore") => return restore_replaced(ctx, opts, &kept).await,
+                // A run this state dir does not know: what it replaced, unless it is a rollout's.
+                None if !has_snapshot => return restore_replaced(ctx, opts, &kept).await,
+                _ => replaced_by_rollout = Some(kept),
+            }
         }
     }
     // Verified before anything is touched.
-    let Fetched { loc, archive: archive_path, sha256: got } =
-        fetch_verified(&ctx.cfg, &opts.tenant, &opts.source, opts.remote).await?;
+    let fetched = fetch_verified(&ctx.cfg, &opts.tenant, &opts.source, opts.remote).await;
+    let Fetched { loc, archive: archive_path, sha256: got } = match (fetched, replaced_by_rollout) {
+        (Err(Error::Usage(why)), Some(kept)) => {
+            return Err(Error::Usage(format!(
+                "{why}: that run archived no data of tenant {} (its undo swapped its pre-rollout copy back into the \
+                 data dir, so the tenant had its data from before the run again right after the halt); what the \
+                 failed version wrote is kept in {} — copy it with `cp -a` if it is needed",
+                opts.tenant,
+                kept.display()
+            )))
+        }
+        (r, _) => r?,
+    };
     let mut report = RestoreReport {
         tenant: opts.tenant.to_string(),
         archive: archive_path.clone(),
