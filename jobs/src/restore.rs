@@ -327,7 +327,7 @@ pub async fn restore(ctx: &Ctx, opts: &RestoreOptions) -> Result<RestoreReport> 
     let Fetched { loc, archive: archive_path, sha256: got } = match (fetched, replaced_by_rollout) {
         (Err(Error::Usage(why)), Some(kept)) => {
             return Err(Error::Usage(format!(
-                "{why}: that run archived no data of tenant {} (its undo swapped its pre-rollout copy back into the \
+                "{why}: that run archived no data of tenant {} (its undo swapped its copy from before the run back into the \
                  data dir, so the tenant had its data from before the run again right after the halt); what the \
                  failed version wrote is kept in {} — copy it with `cp -a` if it is needed",
                 opts.tenant,
