@@ -751,6 +751,11 @@ mod tests {
 
     /// Age every entry's ctime out of the racy window: the test clock jumps instead of waiting.
     fn pass_later(src: &Path, dst: &Path) -> MirrorReport {
+        derace(dst);
+        mirror(src, dst).unwrap()
+    }
+
+    fn derace(dst: &Path) {
         // The index marks entries changed within RACY_S of a pass as racy; rewrite it as if the
         // pass had read them long ago, so the next pass judges by metadata alone.
         let idx = crate::layout::mirror_index(dst);
@@ -765,7 +770,40 @@ mod tests {
         out.push_str(INDEX_END);
         out.push('\n');
         fs::write(&idx, out).unwrap();
-        mirror(src, dst).unwrap()
+    }
+
+    #[test]
+    fn a_copy_damaged_behind_the_mirrors_back_is_found_by_the_check_and_copied_again() {
+        let d = tempfile::tempdir().unwrap();
+        let (src, dst) = (d.path().join("src"), d.path().join("copy"));
+        fs::create_dir(&src).unwrap();
+        for name in ["a", "b", "c"] {
+            fs::write(src.join(name), format!("the rows of {name}")).unwrap();
+        }
+        mirror(&src, &dst).unwrap();
+        // Metadata alone: the damage is not seen.
+        keep_mtime(&dst.join("b"), || fs::write(dst.join("b"), "the rows of B").unwrap());
+        let r = pass_later(&src, &dst);
+        assert_eq!((r.files_copied, r.checked), (0, 0), "{r:?}");
+        assert_eq!(fs::read(dst.join("b")).unwrap(), b"the rows of B");
+        // Checking every file: found, copied again, named.
+        let all = CopyCheck { period: 1, turn: 0, budget: u64::MAX };
+        derace(&dst);
+        let r = mirror_checked(&src, &dst, all).unwrap();
+        assert_eq!(r.mismatched, ["b"], "{r:?}");
+        assert_eq!((r.files_copied, r.checked), (1, 3), "{r:?}");
+        assert_eq!(digest(&dst), digest(&src));
+        // A budget of 0 bytes checks nothing; a period of 3 checks each file once in 3 turns.
+        derace(&dst);
+        let none = mirror_checked(&src, &dst, CopyCheck { budget: 0, ..all }).unwrap();
+        assert_eq!(none.checked, 0);
+        let turns: u64 = (0..3)
+            .map(|turn| {
+                derace(&dst);
+                mirror_checked(&src, &dst, CopyCheck { period: 3, turn, budget: u64::MAX }).unwrap().checked
+            })
+            .sum();
+        assert_eq!(turns, 3);
     }
 
     fn out_vec(s: &mut String) -> impl Write + '_ {
