@@ -35,7 +35,8 @@ test:
 	  scripts/testenv.sh down; exit $$rc
 
 ## make demo: rollout v1 -> v2 on three throw-away tenants, then a broken release caught at the
-## canary and restored, then the run history. Removes everything it started.
+## canary and restored, then a snapshot, a damaged file restored and a drill, then the run
+## history. Removes everything it started.
 demo:
 	@scripts/demo.sh
 

@@ -132,3 +132,39 @@ fn a_mount_inside_a_data_dir_is_never_archived_emptied_or_swapped_and_the_plans_
     assert_eq!(s.image_of(&name), v1);
     assert_eq!(std::fs::read_to_string(cache.join("other-fs")).unwrap(), "mounted by the host");
 }
+
+#[test]
+fn on_a_filesystem_without_rename_exchange_a_failed_release_still_swaps_the_copy_back() {
+    // SLIPWAY_TEST_NO_EXCHANGE (test builds only) makes every swap take the journaled three
+    // renames, as on OpenZFS before 2.2, NFS or CIFS.
+    let s = Sandbox::new();
+    let v1 = s.push_fixture_as("v1", "app");
+    let bad = s.push_fixture_as("unhealthy", "app");
+    let name = s.add_tenant("t1", &v1);
+    s.write_data("t1", "db/records.txt", &"customer row\n".repeat(1000));
+    let data = s.data_dir("t1");
+    let before = tree_hash(&data);
+    s.write_fleet(&s.fleet_app(&bad, "health = { path = \"/api/health\", port = 8080, timeout_s = 3 }\n"));
+    let out = s.slipway_env(&["rollout", "--json"], &[("SLIPWAY_TEST_NO_EXCHANGE", "1")]);
+    assert_eq!(out.code, 3, "{} {}", out.stdout, out.stderr);
+    let run = out.run_id();
+    assert_eq!(tree_hash(&data), before);
+    assert_eq!(s.image_of(&name), v1);
+    assert_eq!(s.inspect(&name)["State"]["Running"], true);
+    let kept = s.backups().join("replaced").join(&run).join("t1");
+    assert!(crate::support::files_under(&kept).iter().any(|p| p.to_string_lossy().contains("written-by-unhealthy")));
+    // No journal or aside dir is left beside the data dirs.
+    let left: Vec<String> = std::fs::read_dir(data.parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("slipway-swap"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    // A restore takes the same swap.
+    let snap = s.slipway(&["snapshot", "--json"]);
+    assert_eq!(snap.code, 0, "{}", snap.stderr);
+    s.write_data("t1", "db/records.txt", "overwritten\n");
+    let out = s.slipway_env(&["restore", "--tenant", "t1", "--latest", "--json"], &[("SLIPWAY_TEST_NO_EXCHANGE", "1")]);
+    assert_eq!(out.code, 0, "{} {}", out.stdout, out.stderr);
+    assert_eq!(tree_hash(&data), before);
+}

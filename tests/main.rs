@@ -18,6 +18,7 @@ mod hostile;
 mod offsite;
 mod ops;
 mod recovery;
+mod remote_truth;
 mod rollout;
 mod safety;
 mod trust;

@@ -6,7 +6,7 @@ use crate::support::reports::{Prune, Snapshot, Sync, Verify};
 use crate::support::{files_under, noise, tree_hash, S3Server, Sandbox};
 
 /// One tenant with data and today's snapshot taken.
-fn with_snapshot(s: &Sandbox, data: &[u8]) -> String {
+pub(crate) fn with_snapshot(s: &Sandbox, data: &[u8]) -> String {
     let v1 = s.push_fixture_as("v1", "app");
     s.add_tenant("t1", &v1);
     std::fs::create_dir_all(s.data_dir("t1")).unwrap();
@@ -64,21 +64,49 @@ fn sync_then_sync_again_uploads_nothing_and_a_changed_archive_goes_up_again() {
     assert_eq!(v.code, 0, "{}", v.stdout);
 }
 
+/// Spawn `slipway sync` with `SLIPWAY_TEST_PAUSE_AT=<point>:<ms>`, wait until it says it
+/// reached the point (it sleeps there), and kill `server` meanwhile: the server dies at a known
+/// point of the sync, never after a guessed sleep. Returns the sync's exit code.
+fn kill_server_at(s: &Sandbox, server: &mut S3Server, point: &str) -> Option<i32> {
+    use std::io::BufRead;
+    let pause = format!("{point}:4000");
+    let mut child = s.spawn(&["sync", "--json"], &[("SLIPWAY_TEST_PAUSE_AT", pause.as_str())]);
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let said = format!("slipway test point reached: {point}");
+    let reader = std::thread::spawn(move || {
+        let mut seen = String::new();
+        for line in std::io::BufReader::new(stderr).lines() {
+            let line = line.unwrap_or_default();
+            if line.contains(&said) {
+                let _ = tx.send(());
+            }
+            seen.push_str(&line);
+            seen.push('\n');
+        }
+        seen
+    });
+    let reached = rx.recv_timeout(std::time::Duration::from_secs(120)).is_ok();
+    server.kill();
+    let out = child.wait_with_output().unwrap();
+    let stderr = reader.join().unwrap();
+    assert!(reached, "the sync never reached {point}: {stderr}");
+    assert_ne!(out.status.code(), Some(0), "the sync should have failed: {}", String::from_utf8_lossy(&out.stdout));
+    out.status.code()
+}
+
 #[test]
 fn a_sync_killed_with_the_s3_server_mid_multipart_is_completed_by_the_next_run() {
     let s = Sandbox::new();
     with_snapshot(&s, &noise(40 << 20, 3));
     let mut server = S3Server::start();
     let bucket = s.use_remote(&server.endpoint(), &server.key, &server.secret, "part_size_mb = 5\nconcurrency = 2\n");
-    let child = s.spawn(&["sync", "--json"], &[]);
-    std::thread::sleep(std::time::Duration::from_millis(700));
-    server.kill();
-    let out = child.wait_with_output().unwrap();
-    assert_ne!(out.status.code(), Some(0), "the sync should have failed: {}", String::from_utf8_lossy(&out.stdout));
+    // Two of the archive's eight parts are sent when the server dies.
+    kill_server_at(&s, &mut server, "upload-part-2");
     server.restart();
     // Nothing half-uploaded counts as present.
     let objects = s.remote_objects(&server.endpoint(), &server.key, &server.secret, &bucket);
-    assert!(!objects.iter().any(|(k, _)| k.ends_with("MANIFEST.json")), "{objects:?}");
+    assert!(!objects.iter().any(|(k, _)| k.ends_with("MANIFEST.json") || k.ends_with(".tar.zst")), "{objects:?}");
     let next = s.slipway(&["sync", "--json"]);
     assert_eq!(next.code, 0, "{} {}", next.stdout, next.stderr);
     let local: Vec<(String, u64)> = files_under(&s.backups().join("daily"))
@@ -95,8 +123,32 @@ fn a_sync_killed_with_the_s3_server_mid_multipart_is_completed_by_the_next_run()
     assert!(v.report::<Verify>().archives[0].ok, "{}", v.stdout);
 }
 
+#[test]
+fn verify_remote_deep_judges_an_archive_whose_metadata_the_server_lost_by_its_bytes() {
+    let s = Sandbox::new();
+    with_snapshot(&s, &noise(300_000, 8));
+    let mut server = S3Server::start();
+    s.use_remote(&server.endpoint(), &server.key, &server.secret, "");
+    // The archive and its file list are up when the server dies, before the manifest is sent;
+    // `rclone serve s3` keeps object metadata in memory, so after the restart they have no
+    // sha256 metadata. The next sync finds them in its record of verified uploads.
+    kill_server_at(&s, &mut server, "sync-before-manifest");
+    server.restart();
+    let next = s.slipway(&["sync", "--json"]);
+    assert_eq!(next.code, 0, "{} {}", next.stdout, next.stderr);
+    let up: Vec<String> = next.report::<Sync>().files.into_iter().map(|f| f.key).collect();
+    assert!(up.iter().all(|k| k.ends_with("MANIFEST.json")), "{up:?}");
+    // Without --deep only metadata can be checked, and there is none: a mismatch that says so.
+    let shallow = s.slipway(&["verify", "--remote", "--json"]);
+    assert_eq!(shallow.code, 1, "{}", shallow.stdout);
+    // --deep re-hashes the bytes: they are the manifest's, so the archive is good.
+    let v = s.slipway(&["verify", "--remote", "--deep", "--json"]);
+    assert_eq!(v.code, 0, "{}", v.stdout);
+    assert!(v.report::<Verify>().archives.iter().all(|a| a.ok), "{}", v.stdout);
+}
+
 /// The keys of the multipart uploads in progress in `bucket` of the shared S3 server.
-async fn uploads_in_progress(bucket: &rusty_s3::Bucket, creds: &rusty_s3::Credentials) -> Vec<String> {
+pub(crate) async fn uploads_in_progress(bucket: &rusty_s3::Bucket, creds: &rusty_s3::Credentials) -> Vec<String> {
     let url = rusty_s3::signing::sign(
         &jiff::Timestamp::now(),
         rusty_s3::Method::Get,
@@ -243,7 +295,7 @@ fn history(s: &Sandbox, today: &str) {
     }
 }
 
-fn kept_days(dir: &Path) -> Vec<String> {
+pub(crate) fn kept_days(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> =
         std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     v.sort();
@@ -329,7 +381,7 @@ fn restore_remote_latest_takes_a_rollout_snapshot_newer_than_the_newest_daily() 
 }
 
 /// The hex sha256 of `bytes`.
-fn sha256_hex(bytes: &[u8]) -> String {
+pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(bytes))
 }
@@ -380,7 +432,7 @@ fn a_planted_remote_manifest_naming_paths_outside_is_refused_by_restore_verify_a
 }
 
 /// Turn today's snapshot of t1 into the `n` days before and including `today`.
-fn recent_days(s: &Sandbox, today: &str, n: i64) -> Vec<String> {
+pub(crate) fn recent_days(s: &Sandbox, today: &str, n: i64) -> Vec<String> {
     let date: jiff::civil::Date = today.parse().unwrap();
     let daily = s.backups().join("daily");
     let days: Vec<String> =

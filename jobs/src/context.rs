@@ -145,6 +145,8 @@ impl Ctx {
             files: e.files as i64,
             created_at: slipway_state::now(),
             remote_verified_at: None,
+            remote_verified_to: None,
+            remote_retired_at: None,
         })?;
         Ok(())
     }
@@ -187,11 +189,16 @@ pub fn test_refuses(what: &str) -> bool {
 }
 
 /// A test-only pause: with the `test-crash` feature and `SLIPWAY_TEST_PAUSE_AT=<point>:<ms>`,
-/// sleep there (to hold the host lock long enough for a concurrency test).
+/// sleep there (to hold the host lock long enough for a concurrency test, or to let a test stop
+/// the S3 server at a known point of an upload). It first writes `slipway test point reached:
+/// <point>` to stderr, so a test can act while the job is held there rather than guess when.
+/// The sleep blocks the thread: the job's task, and every request it would send, waits.
 pub fn test_pause(point: &str) {
     #[cfg(feature = "test-crash")]
     if let Ok(v) = std::env::var("SLIPWAY_TEST_PAUSE_AT") {
         if let Some(ms) = v.strip_prefix(point).and_then(|r| r.strip_prefix(':')).and_then(|m| m.parse().ok()) {
+            use std::io::Write;
+            let _ = writeln!(std::io::stderr(), "slipway test point reached: {point}");
             std::thread::sleep(std::time::Duration::from_millis(ms));
         }
     }

@@ -252,6 +252,7 @@ pub async fn doctor(cfg: &HostConfig, config: &Path) -> Result<DoctorReport> {
 
     // The timers, and the sandbox of the units they start.
     checks.push(crate::blocking::run("asking systemd about the timers", timers_check).await?);
+    checks.extend(swap_checks(fleet.as_ref()));
     let needed = write_paths(cfg, fleet.as_ref());
     if let Some(c) = crate::blocking::run("asking systemd about the units", move || sandbox_check(&needed)).await? {
         checks.push(c);
@@ -494,6 +495,36 @@ fn sandbox_check(needed: &[PathBuf]) -> Option<Check> {
             if suid.is_empty() { "" } else { "; remove RestrictSUIDSGID=yes from your own drop-ins" }
         )),
     ))
+}
+
+/// Whether the filesystems of the apps' data dirs swap two dirs in one rename
+/// (`RENAME_EXCHANGE`); where they do not (OpenZFS before 2.2, NFS, CIFS) undo and restore
+/// take a journaled swap of three renames, which `recover` finishes after a crash.
+fn swap_checks(fleet: Option<&Fleet>) -> Vec<Check> {
+    let mut roots: Vec<PathBuf> =
+        fleet.map(|f| f.apps.iter().map(|a| data_root(&a.data_dir)).collect()).unwrap_or_default();
+    roots.sort();
+    roots.dedup();
+    roots
+        .into_iter()
+        .filter(|r| r.is_dir())
+        .map(|r| match crate::adapters::confined::supports_exchange(&r) {
+            Ok(true) => {
+                line("swap", Level::Ok, format!("{}: a restore or undo swaps dirs in one rename", r.display()), None)
+            }
+            Ok(false) => line(
+                "swap",
+                Level::Warn,
+                format!(
+                    "{}: this filesystem cannot exchange two dirs in one rename (RENAME_EXCHANGE); a restore or undo \
+                     there takes three journaled renames, which `recover` finishes if a crash cuts them short",
+                    r.display()
+                ),
+                Some("nothing to do; on OpenZFS, 2.2 or newer has the exchange".into()),
+            ),
+            Err(e) => line("swap", Level::Warn, format!("{}: cannot probe a rename there: {e}", r.display()), None),
+        })
+        .collect()
 }
 
 /// What `config sandbox` computed, and whether it wrote it.

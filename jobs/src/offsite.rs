@@ -108,6 +108,34 @@ pub async fn fetch_manifest(remote: &Remote, snap: &SnapshotId, dir: &Path) -> R
     Ok(m)
 }
 
+/// Fail unless the filesystem `dir` is on (its nearest existing ancestor's, when it is not made
+/// yet) has `need` bytes free for downloading `what`: the error names the dir and the bytes
+/// before anything is downloaded, rather than a full disk partway through a large archive.
+pub fn check_room(dir: &Path, need: u64, what: &str) -> Result<()> {
+    let on = dir.ancestors().find(|p| p.exists()).unwrap_or(dir);
+    let free = crate::fsutil::free_bytes(on).map_err(|e| Error::io(on, e))?;
+    if free < need {
+        return Err(Error::Backup(format!(
+            "{}: downloading {what} needs {need} bytes but only {free} are free there; nothing was downloaded. \
+             Free space on that filesystem (or point TMPDIR, or the state dir, at a larger one)",
+            dir.display()
+        )));
+    }
+    Ok(())
+}
+
+/// The bytes downloading `archive` of `snap` and its file list writes: the archive as its
+/// manifest names it (a download is decrypted as it is written) and the file list's object as
+/// listed (an encrypted one is larger than what it holds: an upper bound).
+pub async fn download_bytes(
+    remote: &Remote,
+    snap: &SnapshotId,
+    archive: &crate::manifest::ArchiveEntry,
+) -> Result<u64> {
+    let list = remote.head(&snap.key(&archive.file_list)).await?.map_or(0, |h| h.size);
+    Ok(archive.size.saturating_add(list))
+}
+
 /// Keep the plaintext of the encrypted manifest just uploaded for `snap` (see the module doc).
 pub fn keep_manifest(state_dir: &Path, snap: &SnapshotId, manifest_file: &Path) -> Result<()> {
     let dir = snap.sealed_manifest_dir(state_dir);

@@ -4,10 +4,11 @@
 //! (default: the same policy). Never deleted: the newest complete snapshot of each tenant; the
 //! snapshots of a halted rollout not yet resolved; incomplete directories (being written, or
 //! left by a crash); and, when a remote is configured, any local archive not verified off-site:
-//! its day's remote `MANIFEST.json` (fetched, sha256-checked) must list it with the same sha256
-//! and its upload must have been verified — unless it was verified there before and the remote's
-//! own retention forgets it (then only the local policy decides, and `sync` does not upload it
-//! again). A day's manifest is rewritten before archives it no longer lists are
+//! its day's remote `MANIFEST.json` (fetched, sha256-checked) must list it with the same sha256,
+//! its upload must have been verified on this remote (endpoint, bucket and prefix), and the
+//! listing must show it and its file list with the sizes uploaded — unless this prune deleted
+//! it from this remote before (the remote's own retention; then only the local policy decides,
+//! and `sync` does not upload it again). A day's manifest is rewritten before archives it no longer lists are
 //! deleted, so a manifest never names a missing archive. `--dry-run` lists what would go and,
 //! for each survivor, which rule kept it.
 
@@ -64,6 +65,10 @@ pub struct PruneReport {
     pub replaced: Vec<ReplacedItem>,
     /// Local snapshots whose manifest could not be read: left alone.
     pub unreadable: Vec<String>,
+    /// Remote snapshots whose manifest could not be read (malformed, changed after upload,
+    /// naming paths outside its dir), each with why: left alone on the remote, their local
+    /// copies kept; the job fails naming them once the rest is pruned.
+    pub remote_unreadable: Vec<String>,
     /// Files (local) and objects (remote) deleted.
     pub deleted: usize,
 }
@@ -97,9 +102,19 @@ fn plan_replaced(found: Vec<layout::ReplacedDir>, keep_runs: u32) -> Vec<Replace
 }
 
 impl PruneReport {
-    /// Always success once the plan is applied (errors end the job before).
+    /// Failure when a remote manifest could not be read (a person must look at it), else
+    /// success once the plan is applied (errors end the job before).
     pub fn exit_kind(&self) -> ExitKind {
+        exit_kind(&self.remote_unreadable)
+    }
+}
+
+/// A prune's exit: failure when any remote manifest could not be read.
+fn exit_kind(remote_unreadable: &[String]) -> ExitKind {
+    if remote_unreadable.is_empty() {
         ExitKind::Success
+    } else {
+        ExitKind::Failure
     }
 }
 
@@ -132,7 +147,7 @@ fn plan(
     policy: &Policy,
     keep_runs: u32,
     halted: &HashSet<String>,
-    unsynced: &dyn Fn(&str) -> bool,
+    unsynced: &dyn Fn(&str) -> Option<String>,
 ) -> Vec<PruneItem> {
     let mut items = Vec::new();
     let mut by_tenant: BTreeMap<String, Vec<SnapshotRef>> = BTreeMap::new();
@@ -157,8 +172,8 @@ fn plan(
                 .find(|a| owner(a) == tenant)
                 .map(|a| day.key(&a.path))
                 .unwrap_or_default();
-            if unsynced(&rel) {
-                reasons.push("not yet synced".into());
+            if let Some(why) = unsynced(&rel) {
+                reasons.push(why);
             }
             items.push(PruneItem {
                 location: location.into(),
@@ -178,8 +193,8 @@ fn plan(
         if halted.contains(run.id()) {
             reasons.push("halted rollout not yet resolved".into());
         }
-        if m.archives.iter().any(|a| unsynced(&run.key(&a.path))) {
-            reasons.push("not yet synced".into());
+        if let Some(why) = m.archives.iter().find_map(|a| unsynced(&run.key(&a.path))) {
+            reasons.push(why);
         }
         if run.time().is_none() {
             reasons.push("unrecognised run id".into());
@@ -212,14 +227,31 @@ fn local_inventory(root: &Path) -> Result<(Inventory, Vec<String>)> {
     Ok((inv, unreadable))
 }
 
-async fn remote_inventory(remote: &Remote, cfg: &crate::config::HostConfig, scratch: &Path) -> Result<Inventory> {
-    let mut inv = Inventory::default();
-    for snap in offsite::list(remote).await?.snapshots {
-        if let Some(m) = offsite::read_manifest(remote, cfg, &snap, &snap.dir(scratch)).await? {
-            inv.insert(snap, m);
+/// What the remote holds: its listing, the snapshots whose manifest could be read, and each
+/// one whose manifest could not (with why). One bad manifest never stops the prune: that
+/// snapshot is left alone (never delete what cannot be read) and the rest is pruned. Wrong
+/// credentials, or an encrypted manifest with no identity to read it, still end the job.
+struct RemoteView {
+    sizes: HashMap<String, u64>,
+    inv: Inventory,
+    unreadable: BTreeMap<SnapshotId, String>,
+}
+
+async fn remote_inventory(remote: &Remote, cfg: &crate::config::HostConfig, scratch: &Path) -> Result<RemoteView> {
+    let listing = offsite::list(remote).await?;
+    let mut view = RemoteView { sizes: listing.sizes, inv: Inventory::default(), unreadable: BTreeMap::new() };
+    for snap in listing.snapshots {
+        match offsite::read_manifest(remote, cfg, &snap, &snap.dir(scratch)).await {
+            Ok(Some(m)) => view.inv.insert(snap, m),
+            Ok(None) => {}
+            Err(e @ (Error::RemoteAuth { .. } | Error::Config(_))) => return Err(e),
+            Err(e) => {
+                let why = format!("{}: kept, not pruned, and its local copy kept: {e}", snap.manifest_key());
+                view.unreadable.insert(snap, why);
+            }
         }
     }
-    Ok(inv)
+    Ok(view)
 }
 
 /// Run `prune`.
@@ -232,7 +264,6 @@ pub async fn prune(ctx: &Ctx, opts: &PruneOptions) -> Result<PruneReport> {
         Some(r) => Some(policy(r.retention.as_ref().unwrap_or(&ctx.cfg.retention), "remote.retention")?),
         None => None,
     };
-    let verified: HashMap<String, slipway_state::RemoteObject> = ctx.store.remote_objects()?;
     let (local, unreadable) = local_inventory(&ctx.cfg.backup_root)?;
     for why in &unreadable {
         tracing::warn!("{why}");
@@ -242,12 +273,28 @@ pub async fn prune(ctx: &Ctx, opts: &PruneOptions) -> Result<PruneReport> {
         Some(r) => Some(Remote::connect(r).await?),
         None => None,
     };
+    // What was verified, and retired, on this remote: records of another bucket or prefix
+    // say nothing of this one.
+    let remote_id = remote.as_ref().map(|r| r.id().to_string()).unwrap_or_default();
+    if remote.is_some() {
+        ctx.store.adopt_unscoped_remote_records(&remote_id)?;
+    }
+    let verified: HashMap<String, slipway_state::RemoteObject> =
+        if remote.is_some() { ctx.store.remote_objects(&remote_id)? } else { HashMap::new() };
     let scratch =
         tempfile::Builder::new().prefix("slipway-prune-").tempdir().map_err(|e| Error::io(std::env::temp_dir(), e))?;
-    let remote_inv = match &remote {
+    let view = match &remote {
         Some(r) => Some(remote_inventory(r, &ctx.cfg, scratch.path()).await?),
         None => None,
     };
+    let remote_unreadable: Vec<String> = view.iter().flat_map(|v| v.unreadable.values().cloned()).collect();
+    for why in &remote_unreadable {
+        tracing::warn!("{why}");
+    }
+    let listed: HashMap<String, u64> = view.as_ref().map(|v| v.sizes.clone()).unwrap_or_default();
+    let unreadable_remote: HashSet<String> =
+        view.iter().flat_map(|v| v.unreadable.keys().map(SnapshotId::rel)).collect();
+    let remote_inv = view.map(|v| v.inv);
     let remote_keep_runs =
         remote_cfg.as_ref().and_then(|r| r.retention.as_ref()).and_then(|r| r.keep_rollout_runs).unwrap_or(keep_runs);
     let sha_of: HashMap<String, String> = local
@@ -257,8 +304,8 @@ pub async fn prune(ctx: &Ctx, opts: &PruneOptions) -> Result<PruneReport> {
         .flat_map(|(s, m)| m.archives.iter().map(move |a| (s.key(&a.path), a.sha256.clone())))
         .collect();
     // A local archive counts as off-site when the remote's own, verified manifest lists it with
-    // the same sha256 and its upload was verified; or when it was verified there before and the
-    // remote's retention (over the remote's snapshots and the local ones) forgets it anyway.
+    // the same sha256 and its upload was verified; or when the remote's retention deleted it
+    // there (recorded) and (over the remote's snapshots and the local ones) forgets it anyway.
     let on_remote: HashSet<String> = remote_inv
         .iter()
         .flat_map(|inv| inv.daily.iter().chain(&inv.rollout))
@@ -266,11 +313,11 @@ pub async fn prune(ctx: &Ctx, opts: &PruneOptions) -> Result<PruneReport> {
         .filter(|(k, sha)| sha_of.get(k) == Some(sha))
         .map(|(k, _)| k)
         .collect();
-    let verified_before: HashMap<String, String> = ctx
+    let retired_here: HashMap<String, String> = ctx
         .store
         .snapshots()?
         .into_iter()
-        .filter(|r| r.remote_verified_at.is_some())
+        .filter(|r| r.remote_retired_at.is_some() && r.remote_verified_to.as_deref() == Some(remote_id.as_str()))
         .map(|r| (r.path, r.sha256))
         .collect();
     let remote_forgets: HashSet<String> = match (&remote_inv, &remote_policy) {
@@ -282,7 +329,7 @@ pub async fn prune(ctx: &Ctx, opts: &PruneOptions) -> Result<PruneReport> {
                     union.insert(snap.clone(), m.clone());
                 }
             }
-            let forgotten = plan("remote", &union, p, remote_keep_runs, &halted, &|_| false);
+            let forgotten = plan("remote", &union, p, remote_keep_runs, &halted, &|_| None);
             let gone = |kind: SnapshotKind, id: &str, who: Option<&str>| {
                 forgotten.iter().any(|i| i.kind == kind && i.snapshot == id && i.tenant.as_deref() == who && !i.keep)
             };
@@ -303,15 +350,50 @@ pub async fn prune(ctx: &Ctx, opts: &PruneOptions) -> Result<PruneReport> {
         }
         _ => HashSet::new(),
     };
-    let offsite = |rel: &str| {
-        let Some(sha) = sha_of.get(rel) else { return false };
-        (verified.get(rel).is_some_and(|v| v.sha256 == *sha) && on_remote.contains(rel))
-            || (verified_before.get(rel) == Some(sha) && remote_forgets.contains(rel))
+    // The local copy of the file list beside each archive, by archive key.
+    let list_of: HashMap<String, String> = local
+        .daily
+        .iter()
+        .chain(&local.rollout)
+        .flat_map(|(s, m)| m.archives.iter().map(move |a| (s.key(&a.path), s.key(&a.file_list))))
+        .collect();
+    // Why a local archive is not (yet) off-site, or None when it is. An archive a remote
+    // manifest lists must also be there as an object, as large as its verified upload, and
+    // so must its file list: a lifecycle rule (or a person) may have deleted objects since
+    // the sync, and the manifest alone would not say so. A listing is enough to tell.
+    let not_offsite = |rel: &str| -> Option<String> {
+        remote_cfg.as_ref()?;
+        let synced = "not yet synced".to_string();
+        let Some(sha) = sha_of.get(rel) else { return Some(synced) };
+        if unreadable_remote.iter().any(|snap| rel.starts_with(&format!("{snap}/"))) {
+            return Some("its remote manifest cannot be read".into());
+        }
+        if verified.get(rel).is_some_and(|v| v.sha256 == *sha) && on_remote.contains(rel) {
+            let keys = [Some(rel), list_of.get(rel).map(String::as_str)];
+            for key in keys {
+                let Some(key) = key else { return Some(synced) };
+                let Some(v) = verified.get(key) else { return Some(synced) };
+                match listed.get(key) {
+                    Some(&size) if size == v.object_size => {}
+                    Some(&size) => {
+                        return Some(format!(
+                            "off-site copy damaged: {key} is {size} bytes on the remote, {} were uploaded",
+                            v.object_size
+                        ))
+                    }
+                    None => return Some(format!("off-site copy missing: {key} is not on the remote")),
+                }
+            }
+            return None;
+        }
+        if retired_here.get(rel) == Some(sha) && remote_forgets.contains(rel) {
+            return None;
+        }
+        Some(synced)
     };
-    let unsynced = |rel: &str| remote_cfg.is_some() && !offsite(rel);
-    let mut items = plan("local", &local, &local_policy, keep_runs, &halted, &unsynced);
+    let mut items = plan("local", &local, &local_policy, keep_runs, &halted, &not_offsite);
     if let (Some(inv), Some(p)) = (&remote_inv, &remote_policy) {
-        items.extend(plan("remote", inv, p, remote_keep_runs, &halted, &|_| false));
+        items.extend(plan("remote", inv, p, remote_keep_runs, &halted, &|_| None));
     }
     let replaced = plan_replaced(layout::replaced(&ctx.cfg.backup_root)?, keep_runs);
     let mut deleted = 0;
@@ -326,9 +408,12 @@ pub async fn prune(ctx: &Ctx, opts: &PruneOptions) -> Result<PruneReport> {
             deleted += apply_remote(ctx, r, inv, &items, scratch.path()).await?;
         }
         let gone = items.iter().filter(|i| !i.keep).count();
-        ctx.finish_run(ExitKind::Success, &format!("{gone} snapshot(s) pruned, {deleted} file(s) deleted"))?;
+        let bad = remote_unreadable.len();
+        let summary =
+            format!("{gone} snapshot(s) pruned, {deleted} file(s) deleted, {bad} remote manifest(s) unreadable");
+        ctx.finish_run(exit_kind(&remote_unreadable), &summary)?;
     }
-    Ok(PruneReport { dry_run: opts.dry_run, items, replaced, unreadable, deleted })
+    Ok(PruneReport { dry_run: opts.dry_run, items, replaced, unreadable, remote_unreadable, deleted })
 }
 
 /// Forgotten archives of one manifest: (archive path, file list path) of the tenants going.
@@ -413,7 +498,7 @@ async fn apply_remote(
         let mkey = day.manifest_key();
         if kept.archives.is_empty() {
             remote.delete(std::slice::from_ref(&mkey)).await?;
-            ctx.store.forget_remote_object(&mkey)?;
+            ctx.store.forget_remote_object(remote.id(), &mkey)?;
             offsite::forget_manifest(&ctx.cfg.state_dir, day);
         } else {
             let dir = day.dir(&scratch.join("rewrite"));
@@ -425,15 +510,17 @@ async fn apply_remote(
             if stored.encryption.is_some() {
                 offsite::keep_manifest(&ctx.cfg.state_dir, day, &mp)?;
             }
-            ctx.store.record_remote_object(&mkey, &stored.record(&sha, size))?;
+            ctx.store.record_remote_object(remote.id(), &mkey, &stored.record(&sha, size))?;
         }
         n += 1;
         for a in gone {
             let keys = vec![day.key(&a.path), day.key(&a.file_list)];
             remote.delete(&keys).await?;
             for k in &keys {
-                ctx.store.forget_remote_object(k)?;
+                ctx.store.forget_remote_object(remote.id(), k)?;
             }
+            // Deleted by this remote's retention: sync does not upload it here again.
+            ctx.store.mark_remote_retired(&keys[0], remote.id())?;
             n += keys.len();
         }
     }
@@ -450,7 +537,8 @@ async fn apply_remote(
         let keys: Vec<String> = remote.list(&run.key_prefix()).await?.into_iter().map(|o| o.key).collect();
         remote.delete(&keys).await?;
         for k in keys.iter().chain(std::iter::once(&mkey)) {
-            ctx.store.forget_remote_object(k)?;
+            ctx.store.forget_remote_object(remote.id(), k)?;
+            ctx.store.mark_remote_retired(k, remote.id())?;
         }
         n += keys.len() + 1;
     }
@@ -474,6 +562,9 @@ impl fmt::Display for PruneReport {
         }
         for why in &self.unreadable {
             writeln!(f, "  WARNING {why}")?;
+        }
+        for why in &self.remote_unreadable {
+            writeln!(f, "  UNREADABLE {why}")?;
         }
         let gone = self.items.iter().filter(|i| !i.keep).count();
         writeln!(f, "{gone} snapshot(s) {verb}, {} kept; {} file(s) deleted", self.items.len() - gone, self.deleted)

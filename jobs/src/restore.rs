@@ -189,6 +189,8 @@ pub async fn fetch_remote(cfg: &HostConfig, tenant: &TenantId, source: &Source) 
         let fetched = async {
             let Some(m) = offsite::fetch_manifest(&remote, &snap, &dir).await? else { return Ok(None) };
             let Some(entry) = m.tenant(tenant.as_str()).cloned() else { return Ok(None) };
+            let need = offsite::download_bytes(&remote, &snap, &entry).await?;
+            offsite::check_room(&dir, need, &format!("the archive of tenant {tenant} from {snap}"))?;
             let key = snap.key(&entry.path);
             remote.download(&key, &layout::under(&dir, &entry.path, &key)?, Some(&entry.sha256)).await?;
             // The file list too: the restore's preflight reads it.
@@ -531,7 +533,9 @@ async fn restore_replaced(ctx: &Ctx, opts: &RestoreOptions, kept: &Path) -> Resu
     engine.stop(&container.name, app.stop_timeout_s).await?;
     ctx.end(s, "ok", None::<&()>)?;
     let s = ctx.begin(Some(opts.tenant.as_str()), "restore", &held)?;
-    let exchanged = confined::exchange(kept, &data_dir).map_err(|e| Error::io(&data_dir, e));
+    let exchanged = confined::finish_swap(&data_dir)
+        .and_then(|_| confined::exchange(kept, &data_dir))
+        .map_err(|e| Error::io(&data_dir, e));
     if exchanged.is_ok() {
         // `kept` now holds the data that was in place: kept in turn, under this run.
         report.replaced =

@@ -2,10 +2,13 @@
 //! the remote prefix (`daily/<day>/…`, `rollout/<run>/…`). An object counts as present only if
 //! its size and its sha256 (object metadata written at upload) match the manifest; a snapshot
 //! directory's `MANIFEST.json` goes up last, so a remote directory without it is incomplete by
-//! definition. Verified uploads are remembered in the run record, so a sync with nothing new
-//! costs one listing. A snapshot uploaded and verified once that the remote no longer has (its
-//! own, shorter retention pruned it) is not uploaded again. Paths and keys come from [`crate::layout`], the listing from
-//! [`crate::offsite`].
+//! definition. Verified uploads are remembered in the run record, tied to the remote (endpoint,
+//! bucket and prefix: [`Remote::id`]), so a sync with nothing new costs one listing, and a sync
+//! to another bucket or prefix uploads everything there. A snapshot — or one tenant's archive
+//! of a day the remote keeps — that slipway's prune deleted from this remote (its own, shorter
+//! retention) is not uploaded again; one missing for
+//! any other reason (an emptied bucket, a lifecycle rule) is. Paths and keys come from
+//! [`crate::layout`], the listing from [`crate::offsite`].
 
 use std::collections::HashMap;
 use std::fmt;
@@ -67,8 +70,9 @@ pub struct SyncReport {
     pub mb_per_s: f64,
     /// Stale multipart uploads aborted.
     pub aborted_stale_uploads: usize,
-    /// Snapshots uploaded and verified before that the remote no longer has (its retention
-    /// pruned them): not uploaded again.
+    /// Snapshots (`daily/<day>`), and single archives of snapshots the remote keeps, that
+    /// slipway's prune deleted from this remote after they were verified there (its
+    /// retention): not uploaded again.
     pub retired: Vec<String>,
 }
 
@@ -109,14 +113,78 @@ fn wanted(snap: &SnapshotDir) -> Result<Vec<Wanted>> {
     Ok(out)
 }
 
-/// Whether every archive of `snap` was uploaded and verified before, as it is now (same sha256).
-fn retired(snap: &SnapshotDir, verified_before: &HashMap<String, String>) -> bool {
+/// Whether every archive of `snap`, as it is now (same sha256), was deleted from this remote
+/// by its retention (slipway's prune) after it had been verified there.
+fn retired(snap: &SnapshotDir, retired_here: &HashMap<String, String>) -> bool {
     match Manifest::read(&snap.dir) {
         Ok(Some(m)) if !m.archives.is_empty() => {
-            m.archives.iter().all(|a| verified_before.get(&snap.id.key(&a.path)) == Some(&a.sha256))
+            m.archives.iter().all(|a| retired_here.get(&snap.id.key(&a.path)) == Some(&a.sha256))
         }
         _ => false,
     }
+}
+
+/// The manifest to upload for `snap` (`local`: its own): merged with the remote's manifest of
+/// the snapshot when the remote has one, so that it keeps naming every archive the remote still
+/// holds (both the archive and its file list listed) that the local copy no longer has — a
+/// local prune shrinks the local manifest, never the remote's; the remote's retention decides
+/// there, and the archives it deleted (`dropped`) are not named again. Written under `scratch`
+/// when it differs from the local file. A remote manifest that cannot be read is an error:
+/// overwriting it could drop what it names.
+async fn manifest_to_send(
+    ctx: &Ctx,
+    remote: &Remote,
+    listed: &HashMap<String, u64>,
+    (snap, dropped): (&SnapshotDir, &[crate::manifest::ArchiveEntry]),
+    local: Wanted,
+    scratch: &std::path::Path,
+) -> Result<Wanted> {
+    if !listed.contains_key(&local.key) {
+        return Ok(local);
+    }
+    let Some(theirs) =
+        offsite::read_manifest(remote, &ctx.cfg, &snap.id, &snap.id.dir(&scratch.join("remote"))).await?
+    else {
+        return Ok(local);
+    };
+    let Some(ours) = Manifest::read(&snap.dir)? else { return Ok(local) };
+    let held = |a: &crate::manifest::ArchiveEntry| {
+        listed.contains_key(&snap.id.key(&a.path)) && listed.contains_key(&snap.id.key(&a.file_list))
+    };
+    let mut kept = ours.clone();
+    kept.archives.retain(|a| !dropped.contains(a));
+    let mut merged = kept.merged_with(&theirs, held);
+    if merged.archives == ours.archives {
+        return Ok(local);
+    }
+    // The remote's already names exactly these: it is sent as it is (the same bytes, so it
+    // counts as present), not restamped with the local manifest's time.
+    if merged.archives == theirs.archives {
+        merged = theirs;
+    }
+    let dir = snap.id.dir(&scratch.join("merged"));
+    crate::fsutil::create_private_dir(&dir).map_err(|e| Error::io(&dir, e))?;
+    merged.write_as_is(&dir)?;
+    let path = layout::manifest_path(&dir);
+    let (sha256, size) = archive::sha256_file(&path)?;
+    Ok(Wanted { key: local.key, path, sha256, size })
+}
+
+/// The archives of `snap`, as they are now (same sha256), that this remote's retention deleted
+/// after they were verified there and that it does not hold again.
+fn retired_archives(
+    snap: &SnapshotDir,
+    retired_here: &HashMap<String, String>,
+    listed: &HashMap<String, u64>,
+) -> Vec<crate::manifest::ArchiveEntry> {
+    let Ok(Some(m)) = Manifest::read(&snap.dir) else { return Vec::new() };
+    m.archives
+        .into_iter()
+        .filter(|a| {
+            let key = snap.id.key(&a.path);
+            retired_here.get(&key) == Some(&a.sha256) && !listed.contains_key(&key)
+        })
+        .collect()
 }
 
 /// Files uploaded at once (each multipart with its own parts in flight).
@@ -137,7 +205,14 @@ async fn is_present(
     dry_run: bool,
 ) -> Result<bool> {
     // An encrypted object is larger than its plaintext, never smaller.
-    let Some(&listed_size) = listed.get(&w.key).filter(|s| **s >= w.size) else { return Ok(false) };
+    let Some(&listed_size) = listed.get(&w.key).filter(|s| **s >= w.size) else {
+        // Recorded as uploaded and not there (an emptied bucket, a lifecycle rule): the record
+        // goes, so nothing counts on it, and the file goes up again.
+        if !dry_run && known.remove(&w.key).is_some() {
+            ctx.store.forget_remote_object(remote.id(), &w.key)?;
+        }
+        return Ok(false);
+    };
     if known.get(&w.key).is_some_and(|o| o.sha256 == w.sha256 && o.size == w.size && o.object_size == listed_size) {
         return Ok(true);
     }
@@ -145,7 +220,7 @@ async fn is_present(
         Some(h) if h.size == listed_size && h.holds(&w.sha256, w.size) => {
             if !dry_run {
                 let rec = h.record(&w.sha256, w.size);
-                ctx.store.record_remote_object(&w.key, &rec)?;
+                ctx.store.record_remote_object(remote.id(), &w.key, &rec)?;
                 known.insert(w.key.clone(), rec);
             }
             Ok(true)
@@ -186,6 +261,9 @@ async fn upload_verified(remote: &Remote, w: &Wanted) -> Result<Stored> {
 /// Run `sync`.
 pub async fn sync(ctx: &Ctx, opts: &SyncOptions) -> Result<SyncReport> {
     let remote = offsite::connect(&ctx.cfg).await?;
+    // A test stops the S3 server while the sync is held after a part (`upload-part-<n>`).
+    #[cfg(feature = "test-crash")]
+    let remote = remote.on_part_sent(std::sync::Arc::new(|n| crate::context::test_pause(&format!("upload-part-{n}"))));
     let mut report = SyncReport {
         dry_run: opts.dry_run,
         remote: remote.place().to_string(),
@@ -198,16 +276,23 @@ pub async fn sync(ctx: &Ctx, opts: &SyncOptions) -> Result<SyncReport> {
         retired: Vec::new(),
     };
     let listed = offsite::list(&remote).await?.sizes;
-    let mut known = ctx.store.remote_objects()?;
+    let scratch =
+        tempfile::Builder::new().prefix("slipway-sync-").tempdir().map_err(|e| Error::io(std::env::temp_dir(), e))?;
+    ctx.store.adopt_unscoped_remote_records(remote.id())?;
+    let mut known = ctx.store.remote_objects(remote.id())?;
     if !opts.dry_run {
         ctx.start_run("sync", None, None, None)?;
         report.aborted_stale_uploads = remote.abort_stale_uploads().await;
     }
-    // Archives once uploaded as part of a complete remote snapshot, with the sha256 they had.
+    // Archives this remote's retention deleted after they were verified there, with the sha256
+    // they had.
     let rows = ctx.store.snapshots()?;
     let recorded: HashMap<String, String> = rows.iter().map(|r| (r.path.clone(), r.sha256.clone())).collect();
-    let verified_before: HashMap<String, String> =
-        rows.into_iter().filter(|r| r.remote_verified_at.is_some()).map(|r| (r.path, r.sha256)).collect();
+    let retired_here: HashMap<String, String> = rows
+        .into_iter()
+        .filter(|r| r.remote_retired_at.is_some() && r.remote_verified_to.as_deref() == Some(remote.id()))
+        .map(|r| (r.path, r.sha256))
+        .collect();
     let mut upload_time = std::time::Duration::ZERO;
     for snap in layout::complete(&ctx.cfg.backup_root)? {
         let manifest_key = snap.id.manifest_key();
@@ -231,15 +316,52 @@ pub async fn sync(ctx: &Ctx, opts: &SyncOptions) -> Result<SyncReport> {
         // A whole snapshot the remote had, verified, and no longer has was pruned by the remote's
         // retention (a shorter policy than the local one): uploading it again would only have the
         // next prune delete it again.
-        if !listed.contains_key(&manifest_key) && retired(&snap, &verified_before) {
+        if !listed.contains_key(&manifest_key) && retired(&snap, &retired_here) {
             report.retired.push(snap.id.to_string());
             continue;
         }
+        // Single archives the remote's retention deleted from a snapshot it keeps (a tenant whose
+        // day went while other tenants' stay): not sent again, nor named in the manifest sent.
+        let dropped = if listed.contains_key(&manifest_key) {
+            retired_archives(&snap, &retired_here, &listed)
+        } else {
+            Vec::new()
+        };
+        let skip: Vec<String> =
+            dropped.iter().flat_map(|a| [snap.id.key(&a.path), snap.id.key(&a.file_list)]).collect();
+        report.retired.extend(dropped.iter().map(|a| snap.id.key(&a.path)));
+        let files: Vec<Wanted> = files.into_iter().filter(|w| !skip.contains(&w.key)).collect();
         let (manifest, files): (Vec<Wanted>, Vec<Wanted>) = files.into_iter().partition(|w| w.key == manifest_key);
-        for batch in [files, manifest] {
+        for (is_manifest, batch) in [(false, files), (true, manifest)] {
             if !dir_ok {
                 break;
             }
+            let mut merged = Vec::new();
+            for w in batch {
+                if !is_manifest {
+                    merged.push(w);
+                    continue;
+                }
+                match manifest_to_send(ctx, &remote, &listed, (&snap, &dropped), w, scratch.path()).await {
+                    Ok(w) => merged.push(w),
+                    Err(e @ Error::RemoteAuth { .. }) => return Err(e),
+                    Err(e) => {
+                        dir_ok = false;
+                        report.files.push(FileSync {
+                            key: manifest_key.clone(),
+                            size: 0,
+                            action: "failed".into(),
+                            detail: Some(format!(
+                                "{e}; the remote manifest was left as it is: it may name archives the local copy no \
+                                 longer has, and a sync never drops those"
+                            )),
+                            object_sha256: None,
+                            encryption: None,
+                        });
+                    }
+                }
+            }
+            let batch = merged;
             let mut need = Vec::new();
             for w in batch {
                 if is_present(ctx, &remote, &listed, &mut known, &w, opts.dry_run).await? {
@@ -259,6 +381,9 @@ pub async fn sync(ctx: &Ctx, opts: &SyncOptions) -> Result<SyncReport> {
             }
             if need.is_empty() {
                 continue;
+            }
+            if need.iter().any(|w| w.key == manifest_key) {
+                crate::context::test_pause("sync-before-manifest");
             }
             let t = Instant::now();
             ctx.progress.start(&format!("upload {}", snap.id), Some(need.iter().map(|w| w.size).sum()));
@@ -282,7 +407,7 @@ pub async fn sync(ctx: &Ctx, opts: &SyncOptions) -> Result<SyncReport> {
                         if w.key == manifest_key && stored.encryption.is_some() {
                             offsite::keep_manifest(&ctx.cfg.state_dir, &snap.id, &w.path)?;
                         }
-                        ctx.store.record_remote_object(&w.key, &stored.record(&w.sha256, w.size))?;
+                        ctx.store.record_remote_object(remote.id(), &w.key, &stored.record(&w.sha256, w.size))?;
                         report.uploaded_bytes += stored.size;
                         report.files.push(FileSync {
                             key: w.key,
@@ -296,7 +421,7 @@ pub async fn sync(ctx: &Ctx, opts: &SyncOptions) -> Result<SyncReport> {
                     Err(e @ Error::RemoteAuth { .. }) => return Err(e),
                     Err(e) => {
                         dir_ok = false;
-                        ctx.store.forget_remote_object(&w.key)?;
+                        ctx.store.forget_remote_object(remote.id(), &w.key)?;
                         report.files.push(FileSync {
                             key: w.key,
                             size: w.size,
@@ -311,7 +436,7 @@ pub async fn sync(ctx: &Ctx, opts: &SyncOptions) -> Result<SyncReport> {
         }
         if dir_ok && !opts.dry_run {
             if let Some(m) = Manifest::read(&snap.dir)? {
-                for a in &m.archives {
+                for a in m.archives.iter().filter(|a| !dropped.contains(a)) {
                     let key = snap.id.key(&a.path);
                     // An archive the run record does not know as it is (copied in, restored from
                     // another host) is recorded now, so its verified upload is remembered.
@@ -322,7 +447,7 @@ pub async fn sync(ctx: &Ctx, opts: &SyncOptions) -> Result<SyncReport> {
                         };
                         ctx.record_archive(&key, kind, snap.id.id(), a)?;
                     }
-                    ctx.store.mark_remote_verified(&key)?;
+                    ctx.store.mark_remote_verified(&key, remote.id())?;
                 }
             }
         }

@@ -562,6 +562,10 @@ fn copy_state(j: &TenantJournal) -> CopyState {
     if j.snapshot.is_some() {
         return CopyState::Gone;
     }
+    // A swap without RENAME_EXCHANGE that a crash cut short is finished before anything looks.
+    if let Err(e) = confined::finish_swap(&j.data_dir) {
+        tracing::warn!("tenant {}: {e}", j.tenant);
+    }
     let ino_of = |p: &Path| std::fs::symlink_metadata(p).ok().filter(|m| m.is_dir()).map(|m| m.ino());
     if ino_of(&j.data_dir) == Some(ino) {
         CopyState::Swapped
@@ -581,6 +585,7 @@ fn swap_in_copy(copy: &Path, ino: u64, data_dir: &Path) -> std::result::Result<O
         let p = p.to_path_buf();
         move |e: std::io::Error| ArchiveError::Io { path: p, source: e }
     };
+    confined::finish_swap(data_dir).map_err(io(data_dir))?;
     let now = std::fs::symlink_metadata(data_dir).map_err(io(data_dir))?;
     if now.ino() == ino {
         return Ok(copy.exists().then(|| copy.to_path_buf()));

@@ -136,6 +136,13 @@ pub async fn verify(backup_root: &Path, opts: &VerifyOptions) -> Result<VerifyRe
 
 /// `verify --remote`: each remote archive's size and sha256 metadata against its remote
 /// manifest; `--deep` downloads each archive and checks every file.
+///
+/// An archive whose sha256 metadata is missing (a server that lost it, as `rclone serve s3`
+/// does when it restarts; a copy made by a tool that drops metadata) cannot be judged without
+/// its bytes: a plain `--remote` reports it as a mismatch saying so, while `--deep` judges it
+/// by the bytes it downloads and re-hashes — good exactly when they hash to the manifest's
+/// sha256 and every file checks out. Metadata that is present and names another sha256 is a
+/// mismatch either way: the object was replaced after it was uploaded.
 pub async fn verify_remote(cfg: &HostConfig, opts: &VerifyOptions) -> Result<VerifyReport> {
     let remote = offsite::connect(cfg).await?;
     let listing = offsite::list(&remote).await?;
@@ -177,11 +184,22 @@ pub async fn verify_remote(cfg: &HostConfig, opts: &VerifyOptions) -> Result<Ver
                 Some(h) if h.content_size() != Some(a.size) || sizes.get(key.as_str()) != Some(&h.size) => {
                     detail = Some(format!("size is {:?}, the manifest says {}", h.content_size(), a.size))
                 }
-                Some(h) if h.content_sha256() != Some(a.sha256.as_str()) => {
+                Some(h) if h.content_sha256().is_some_and(|sha| sha != a.sha256) => {
                     detail =
                         Some(format!("sha256 metadata is {:?}, the manifest says {}", h.content_sha256(), a.sha256))
                 }
+                Some(h) if h.content_sha256().is_none() && !opts.deep => {
+                    detail = Some(format!(
+                        "it has no sha256 metadata, so only its bytes can tell; the manifest says {} (run `slipway \
+                         verify --remote --deep` to download and re-hash it)",
+                        a.sha256
+                    ))
+                }
                 Some(_) if opts.deep => {
+                    // Too little room to download into is the host's problem, not the archive's:
+                    // the job fails naming the dir and the bytes, before anything is downloaded.
+                    let need = offsite::download_bytes(&remote, &snap, a).await?;
+                    offsite::check_room(&dir, need, &key)?;
                     let r = async {
                         let local = layout::under(&dir, &a.path, &key)?;
                         let list_path = layout::under(&dir, &a.file_list, &key)?;

@@ -19,7 +19,12 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0002_remote_objects.sql"),
     include_str!("migrations/0003_remote_object_bytes.sql"),
     include_str!("migrations/0004_drills.sql"),
+    include_str!("migrations/0005_remote_scope.sql"),
 ];
+
+/// The remote of rows written before schema 5, which named none (adopted by
+/// [`Store::adopt_unscoped_remote_records`]).
+const UNSCOPED: &str = "";
 
 /// How long a writer waits for another before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -196,6 +201,10 @@ pub struct SnapshotRow {
     pub created_at: String,
     /// When verified on the remote.
     pub remote_verified_at: Option<String>,
+    /// The remote (endpoint, bucket and prefix) it was verified on.
+    pub remote_verified_to: Option<String>,
+    /// When that remote's retention (slipway's prune) deleted it there.
+    pub remote_retired_at: Option<String>,
 }
 
 /// One tenant's restore drill, as the run record keeps it.
@@ -473,35 +482,79 @@ impl Store {
     /// Record (or replace) a snapshot archive.
     pub fn record_snapshot(&self, s: &SnapshotRow) -> Result<()> {
         self.conn.execute(
-            "INSERT OR REPLACE INTO snapshots (path, kind, snap, tenant, run_id, sha256, size, files, created_at, remote_verified_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-            params![s.path, s.kind, s.snap, s.tenant, s.run_id, s.sha256, s.size, s.files, s.created_at, s.remote_verified_at],
+            "INSERT OR REPLACE INTO snapshots (path, kind, snap, tenant, run_id, sha256, size, files, created_at,
+                 remote_verified_at, remote_verified_to, remote_retired_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+            params![
+                s.path,
+                s.kind,
+                s.snap,
+                s.tenant,
+                s.run_id,
+                s.sha256,
+                s.size,
+                s.files,
+                s.created_at,
+                s.remote_verified_at,
+                s.remote_verified_to,
+                s.remote_retired_at
+            ],
         )?;
         Ok(())
     }
 
-    /// Mark a snapshot as uploaded and verified on the remote.
-    pub fn mark_remote_verified(&self, path: &str) -> Result<()> {
-        self.conn.execute("UPDATE snapshots SET remote_verified_at = ?2 WHERE path = ?1", params![path, now()])?;
-        Ok(())
-    }
-
-    /// Remember an object as uploaded and verified (size and sha256 metadata checked).
-    pub fn record_remote_object(&self, key: &str, o: &RemoteObject) -> Result<()> {
+    /// Mark a snapshot as uploaded and verified on `remote` (and not retired there).
+    pub fn mark_remote_verified(&self, path: &str, remote: &str) -> Result<()> {
         self.conn.execute(
-            "INSERT OR REPLACE INTO remote_objects (key, sha256, size, verified_at, object_sha256, object_size, encryption)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            params![key, o.sha256, o.size as i64, now(), o.object_sha256, o.object_size as i64, o.encryption],
+            "UPDATE snapshots SET remote_verified_at = ?2, remote_verified_to = ?3, remote_retired_at = NULL
+             WHERE path = ?1",
+            params![path, now(), remote],
         )?;
         Ok(())
     }
 
-    /// Every object known to be verified on the remote, by key.
-    pub fn remote_objects(&self) -> Result<std::collections::HashMap<String, RemoteObject>> {
-        let mut st = self
-            .conn
-            .prepare("SELECT key, sha256, size, object_sha256, object_size, encryption FROM remote_objects")?;
-        let rows = st.query_map([], |r| {
+    /// Mark a snapshot verified on `remote` as deleted there by that remote's retention.
+    pub fn mark_remote_retired(&self, path: &str, remote: &str) -> Result<()> {
+        self.conn.execute(
+            "UPDATE snapshots SET remote_retired_at = ?2 WHERE path = ?1 AND remote_verified_to = ?3",
+            params![path, now(), remote],
+        )?;
+        Ok(())
+    }
+
+    /// Adopt the remote records written before they named their remote (schema 4 and older) as
+    /// `remote`'s: a host had one remote then, the one its config names now. A key `remote`
+    /// already has a row for keeps that row. Returns how many rows were adopted.
+    pub fn adopt_unscoped_remote_records(&self, remote: &str) -> Result<usize> {
+        let tx = self.conn.unchecked_transaction()?;
+        let mut n =
+            tx.execute("UPDATE OR IGNORE remote_objects SET remote = ?1 WHERE remote = ?2", [remote, UNSCOPED])?;
+        tx.execute("DELETE FROM remote_objects WHERE remote = ?1", [UNSCOPED])?;
+        n += tx.execute(
+            "UPDATE snapshots SET remote_verified_to = ?1 WHERE remote_verified_to = ?2",
+            [remote, UNSCOPED],
+        )?;
+        tx.commit()?;
+        Ok(n)
+    }
+
+    /// Remember an object as uploaded to `remote` and verified (size and sha256 metadata checked).
+    pub fn record_remote_object(&self, remote: &str, key: &str, o: &RemoteObject) -> Result<()> {
+        self.conn.execute(
+            "INSERT OR REPLACE INTO remote_objects
+                 (remote, key, sha256, size, verified_at, object_sha256, object_size, encryption)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![remote, key, o.sha256, o.size as i64, now(), o.object_sha256, o.object_size as i64, o.encryption],
+        )?;
+        Ok(())
+    }
+
+    /// Every object known to be verified on `remote`, by key.
+    pub fn remote_objects(&self, remote: &str) -> Result<std::collections::HashMap<String, RemoteObject>> {
+        let mut st = self.conn.prepare(
+            "SELECT key, sha256, size, object_sha256, object_size, encryption FROM remote_objects WHERE remote = ?1",
+        )?;
+        let rows = st.query_map([remote], |r| {
             let (sha256, size) = (r.get::<_, String>(1)?, r.get::<_, i64>(2)? as u64);
             let encryption: Option<String> = r.get(5)?;
             // Rows of schema 2, and unencrypted uploads: the object is the archive's bytes.
@@ -520,9 +573,9 @@ impl Store {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
-    /// Forget a remote object (deleted or found missing).
-    pub fn forget_remote_object(&self, key: &str) -> Result<()> {
-        self.conn.execute("DELETE FROM remote_objects WHERE key = ?1", [key])?;
+    /// Forget an object of `remote` (deleted or found missing).
+    pub fn forget_remote_object(&self, remote: &str, key: &str) -> Result<()> {
+        self.conn.execute("DELETE FROM remote_objects WHERE remote = ?1 AND key = ?2", [remote, key])?;
         Ok(())
     }
 
@@ -535,7 +588,9 @@ impl Store {
     /// All snapshots, oldest first.
     pub fn snapshots(&self) -> Result<Vec<SnapshotRow>> {
         let mut st = self.conn.prepare(
-            "SELECT path, kind, snap, tenant, run_id, sha256, size, files, created_at, remote_verified_at FROM snapshots ORDER BY created_at, path",
+            "SELECT path, kind, snap, tenant, run_id, sha256, size, files, created_at, remote_verified_at,
+                 remote_verified_to, remote_retired_at
+             FROM snapshots ORDER BY created_at, path",
         )?;
         let rows = st.query_map([], |r| {
             Ok(SnapshotRow {
@@ -549,6 +604,8 @@ impl Store {
                 files: r.get(7)?,
                 created_at: r.get(8)?,
                 remote_verified_at: r.get(9)?,
+                remote_verified_to: r.get(10)?,
+                remote_retired_at: r.get(11)?,
             })
         })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
@@ -678,6 +735,48 @@ mod tests {
         assert_eq!(s.runs(10).unwrap().len(), 1);
         let mode: String = s.conn.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
         assert_eq!(mode, "wal");
+    }
+
+    #[test]
+    fn a_schema_4_record_of_verified_uploads_is_adopted_by_the_first_remote_and_no_other() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("state.db");
+        {
+            let c = Connection::open(&p).unwrap();
+            for m in &MIGRATIONS[..4] {
+                c.execute_batch(m).unwrap();
+            }
+            c.pragma_update(None, "user_version", 4).unwrap();
+            c.execute(
+                "INSERT INTO remote_objects (key, sha256, size, verified_at) VALUES ('daily/d/t1.tar.zst', 'aa', 3, 'x')",
+                [],
+            )
+            .unwrap();
+            c.execute(
+                "INSERT INTO snapshots (path, kind, snap, sha256, size, files, created_at, remote_verified_at)
+                 VALUES ('daily/d/t1.tar.zst', 'daily', 'd', 'aa', 3, 1, 'x', 'y')",
+                [],
+            )
+            .unwrap();
+        }
+        let s = Store::open(&p).unwrap();
+        assert_eq!(s.schema_version().unwrap(), MIGRATIONS.len() as i64);
+        let (first, other) = ("http://s3 b slipway/h1", "http://s3 b2 slipway/h1");
+        assert_eq!(s.adopt_unscoped_remote_records(first).unwrap(), 2);
+        assert_eq!(s.remote_objects(first).unwrap()["daily/d/t1.tar.zst"], RemoteObject::plain("aa", 3));
+        assert!(s.remote_objects(other).unwrap().is_empty());
+        // Adopted once: a later remote finds nothing to adopt.
+        assert_eq!(s.adopt_unscoped_remote_records(other).unwrap(), 0);
+        let row = &s.snapshots().unwrap()[0];
+        assert_eq!(row.remote_verified_to.as_deref(), Some(first));
+        // Retired only on the remote it was verified on.
+        s.mark_remote_retired("daily/d/t1.tar.zst", other).unwrap();
+        assert!(s.snapshots().unwrap()[0].remote_retired_at.is_none());
+        s.mark_remote_retired("daily/d/t1.tar.zst", first).unwrap();
+        assert!(s.snapshots().unwrap()[0].remote_retired_at.is_some());
+        s.mark_remote_verified("daily/d/t1.tar.zst", other).unwrap();
+        let row = &s.snapshots().unwrap()[0];
+        assert_eq!((row.remote_verified_to.as_deref(), row.remote_retired_at.as_deref()), (Some(other), None));
     }
 
     #[test]

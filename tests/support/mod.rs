@@ -695,6 +695,41 @@ impl Sandbox {
         out.stdout
     }
 
+    /// Delete the object at `key` under the sandbox prefix of the shared S3 server, as a
+    /// lifecycle rule or a person with the bucket's keys would (via rclone).
+    pub fn delete_remote_object(&self, bucket: &str, key: &str) {
+        let env = Env::get();
+        let out = rclone(&env.s3_endpoint, &env.s3_access_key, &env.s3_secret_key)
+            .arg("deletefile")
+            .arg(format!(":s3:{bucket}/slipway/host-1/{key}"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "rclone deletefile {key}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// Delete every object under `prefix` in `bucket` of the shared S3 server (an emptied
+    /// bucket), via rclone.
+    pub fn empty_remote(&self, bucket: &str, prefix: &str) {
+        let env = Env::get();
+        let out = rclone(&env.s3_endpoint, &env.s3_access_key, &env.s3_secret_key)
+            .arg("delete")
+            .arg(format!(":s3:{bucket}/{prefix}"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "rclone delete {prefix}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// Replace `remote.prefix` in the host config (`use_remote` sets `slipway/host-1`).
+    pub fn set_remote_prefix(&self, prefix: &str) {
+        let text = std::fs::read_to_string(self.config_path()).unwrap();
+        assert!(text.contains("prefix = \"slipway/host-1\""), "no remote prefix to replace");
+        std::fs::write(
+            self.config_path(),
+            text.replace("prefix = \"slipway/host-1\"", &format!("prefix = \"{prefix}\"")),
+        )
+        .unwrap();
+    }
+
     /// Every object key in the bucket under the sandbox prefix, with sizes (via rclone).
     pub fn remote_objects(&self, endpoint: &str, key: &str, secret: &str, bucket: &str) -> Vec<(String, u64)> {
         let out = Command::new("rclone")

@@ -234,6 +234,9 @@ pub struct Prune {
     pub items: Vec<PruneItem>,
     #[serde(default)]
     pub replaced: Vec<PruneReplaced>,
+    /// Remote snapshots whose manifest could not be read: kept, named with the reason.
+    #[serde(default)]
+    pub remote_unreadable: Vec<String>,
 }
 
 /// The fate of one restore run's replaced data in a prune.

@@ -389,13 +389,176 @@ fn host_parent(path: &Path) -> io::Result<(Root, Vec<u8>)> {
     Ok((Root::open_host(parent)?, name.as_bytes().to_vec()))
 }
 
-/// Exchange the dirs `a` and `b` (on one filesystem) atomically with `RENAME_EXCHANGE`, by name
-/// in their parents (neither followed if it is a symlink), and make both renames durable.
+/// Exchange the dirs `a` and `b` (on one filesystem) with `RENAME_EXCHANGE`, by name in their
+/// parents (neither followed if it is a symlink), and make both renames durable.
+///
+/// A filesystem without `RENAME_EXCHANGE` (OpenZFS before 2.2, NFS, CIFS) gets a journaled
+/// swap of three renames instead: a journal beside `b` names both dirs by inode, `b` goes to
+/// an aside name, `a` to `b`, the aside to `a`. A crash between them leaves the journal, and
+/// [`finish_swap`] (which every caller runs before it looks at `b`) completes the swap. Refused
+/// while a journal of an earlier swap of `b` is there: finish that first.
 pub fn exchange(a: &Path, b: &Path) -> io::Result<()> {
     let ((pa, na), (pb, nb)) = (host_parent(a)?, host_parent(b)?);
-    rustix::fs::renameat_with(pa.fd(), OsStr::from_bytes(&na), pb.fd(), OsStr::from_bytes(&nb), RenameFlags::EXCHANGE)?;
+    if pb.metadata(&journal_name(&nb))?.is_some() {
+        return Err(io::Error::other(format!(
+            "an interrupted swap of {} is pending (its journal is beside it); it must be finished first",
+            b.display()
+        )));
+    }
+    let plain = if no_exchange() {
+        Err(Errno::INVAL)
+    } else {
+        rustix::fs::renameat_with(
+            pa.fd(),
+            OsStr::from_bytes(&na),
+            pb.fd(),
+            OsStr::from_bytes(&nb),
+            RenameFlags::EXCHANGE,
+        )
+    };
+    match plain {
+        Ok(()) => {}
+        // The filesystem has no RENAME_EXCHANGE.
+        Err(Errno::INVAL | Errno::NOSYS | Errno::OPNOTSUPP) => journaled_swap(&pa, &na, &pb, &nb, usize::MAX)?,
+        Err(e) => return Err(e.into()),
+    }
     rustix::fs::fsync(pa.fd())?;
     Ok(rustix::fs::fsync(pb.fd())?)
+}
+
+/// Whether `RENAME_EXCHANGE` works in `dir` (two scratch dirs swapped and removed): without
+/// it, swaps there take the journaled three renames.
+pub fn supports_exchange(dir: &Path) -> io::Result<bool> {
+    let r = Root::open_host(dir)?;
+    let (x, y) =
+        (format!(".slipway-xprobe-{}-a", std::process::id()), format!(".slipway-xprobe-{}-b", std::process::id()));
+    r.mkdir(x.as_bytes(), 0o700)?;
+    let made = r.mkdir(y.as_bytes(), 0o700);
+    let ok = made.is_ok() && r.rename(x.as_bytes(), y.as_bytes(), true).is_ok();
+    let _ = r.remove_all(x.as_bytes());
+    let _ = r.remove_all(y.as_bytes());
+    made.map(|()| ok)
+}
+
+fn journal_name(nb: &[u8]) -> Vec<u8> {
+    [b".", nb, b".slipway-swap"].concat()
+}
+
+fn aside_name(nb: &[u8]) -> Vec<u8> {
+    [b".", nb, b".slipway-swap-aside"].concat()
+}
+
+const JOURNAL_MAGIC: &str = "slipway-swap 1";
+
+#[cfg(test)]
+thread_local! {
+    static NO_EXCHANGE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Swaps on this thread act as on a filesystem without `RENAME_EXCHANGE`.
+#[cfg(test)]
+pub(crate) fn without_exchange<T>(f: impl FnOnce() -> T) -> T {
+    NO_EXCHANGE.with(|c| c.set(true));
+    let out = f();
+    NO_EXCHANGE.with(|c| c.set(false));
+    out
+}
+
+fn no_exchange() -> bool {
+    #[cfg(test)]
+    if NO_EXCHANGE.with(|c| c.get()) {
+        return true;
+    }
+    // The end-to-end tests run the journaled swap on filesystems that have the exchange.
+    cfg!(feature = "test-crash") && std::env::var_os("SLIPWAY_TEST_NO_EXCHANGE").is_some()
+}
+
+/// The three renames of a swap without `RENAME_EXCHANGE`, journaled beside `b`; `steps` cuts
+/// it short after that many (a crash, for tests).
+fn journaled_swap(pa: &Root, na: &[u8], pb: &Root, nb: &[u8], steps: usize) -> io::Result<()> {
+    let ino = |r: &Root, n: &[u8]| -> io::Result<u64> {
+        r.metadata(n)?.map(|m| m.ino()).ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))
+    };
+    let (ia, ib) = (ino(pa, na)?, ino(pb, nb)?);
+    let text =
+        format!("{JOURNAL_MAGIC}\n{}\n{}\n{ia} {ib}\n", hex::encode(pa.path().as_os_str().as_bytes()), hex::encode(na));
+    let journal = pb.display(&journal_name(nb));
+    crate::fsutil::atomic_write(&journal, text.as_bytes(), 0o600)?;
+    let aside = aside_name(nb);
+    let renames: [(&Root, &[u8], &Root, &[u8]); 3] = [(pb, nb, pb, &aside), (pa, na, pb, nb), (pb, &aside, pa, na)];
+    for (i, (r1, n1, r2, n2)) in renames.into_iter().enumerate() {
+        if i == steps {
+            return Ok(());
+        }
+        rename_between(r1, n1, r2, n2)?;
+    }
+    if steps == 3 {
+        // Cut short before the journal goes.
+        return Ok(());
+    }
+    rustix::fs::unlinkat(pb.fd(), OsStr::from_bytes(&journal_name(nb)), AtFlags::empty())?;
+    Ok(rustix::fs::fsync(pb.fd())?)
+}
+
+fn rename_between(r1: &Root, n1: &[u8], r2: &Root, n2: &[u8]) -> io::Result<()> {
+    rustix::fs::renameat_with(r1.fd(), OsStr::from_bytes(n1), r2.fd(), OsStr::from_bytes(n2), RenameFlags::NOREPLACE)?;
+    rustix::fs::fsync(r1.fd())?;
+    Ok(rustix::fs::fsync(r2.fd())?)
+}
+
+/// Complete a journaled swap of `b` that a crash cut short (see [`exchange`]); whether there
+/// was one. What each rename did is told by the inodes the journal recorded, so it is safe to
+/// run any number of times.
+pub fn finish_swap(b: &Path) -> io::Result<bool> {
+    let (pb, nb) = host_parent(b)?;
+    let jname = journal_name(&nb);
+    let journal = pb.display(&jname);
+    let text = match fs::read_to_string(&journal) {
+        Ok(t) => t,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    let bad =
+        || io::Error::other(format!("{}: not a swap journal slipway wrote; left for a person", journal.display()));
+    let mut lines = text.lines();
+    if lines.next() != Some(JOURNAL_MAGIC) {
+        return Err(bad());
+    }
+    let pa_path = lines.next().and_then(|h| hex::decode(h).ok()).ok_or_else(bad)?;
+    let na = lines.next().and_then(|h| hex::decode(h).ok()).ok_or_else(bad)?;
+    let inos: Vec<u64> = lines.next().unwrap_or_default().split(' ').filter_map(|n| n.parse().ok()).collect();
+    let [ia, ib] = inos[..] else { return Err(bad()) };
+    let pa = Root::open_host(Path::new(OsStr::from_bytes(&pa_path)))?;
+    let aside = aside_name(&nb);
+    let ino = |r: &Root, n: &[u8]| r.metadata(n).map(|m| m.map(|m| m.ino()));
+    let (at_b, at_aside) = (ino(&pb, &nb)?, ino(&pb, &aside)?);
+    if at_aside == Some(ib) {
+        if at_b.is_none() && ino(&pa, &na)? == Some(ia) {
+            // b moved aside; a not yet in its place.
+            rename_between(&pa, &na, &pb, &nb)?;
+        }
+        if ino(&pb, &nb)? == Some(ia) && ino(&pa, &na)?.is_none() {
+            rename_between(&pb, &aside, &pa, &na)?;
+        }
+    } else if at_b == Some(ib) && at_aside.is_none() && ino(&pa, &na)? == Some(ia) {
+        // Journaled, nothing renamed yet: the swap was decided, so it is made.
+        return journaled_swap_resume(&pa, &na, &pb, &nb).map(|()| true);
+    }
+    if !(ino(&pb, &nb)? == Some(ia) && ino(&pa, &na)? == Some(ib)) {
+        return Err(io::Error::other(format!(
+            "{}: the dirs it names are not where an interrupted swap leaves them; left for a person",
+            journal.display()
+        )));
+    }
+    rustix::fs::unlinkat(pb.fd(), OsStr::from_bytes(&jname), AtFlags::empty())?;
+    rustix::fs::fsync(pb.fd())?;
+    Ok(true)
+}
+
+/// The renames of a journaled swap whose journal is written and nothing renamed yet.
+fn journaled_swap_resume(pa: &Root, na: &[u8], pb: &Root, nb: &[u8]) -> io::Result<()> {
+    rustix::fs::unlinkat(pb.fd(), OsStr::from_bytes(&journal_name(nb)), AtFlags::empty())?;
+    journaled_swap(pa, na, pb, nb, usize::MAX)
 }
 
 /// Rename `from` to `to` (which must not exist), by name in their host parents.
@@ -624,6 +787,48 @@ mod tests {
         assert!(e.to_string().contains("mount point"), "{e}");
         assert!(e2.to_string().contains("mount point"), "{e2}");
         assert_eq!(kept.unwrap(), b"on another filesystem");
+    }
+
+    /// Two dirs to swap, each with a file naming it.
+    fn pair(d: &Path) -> (PathBuf, PathBuf) {
+        let (a, b) = (d.join("copies/t1"), d.join("data/t1"));
+        fs::create_dir_all(&a).unwrap();
+        fs::create_dir_all(&b).unwrap();
+        fs::write(a.join("f"), "pre-rollout").unwrap();
+        fs::write(b.join("f"), "written by the failed version").unwrap();
+        (a, b)
+    }
+
+    fn swapped(a: &Path, b: &Path) -> bool {
+        fs::read_to_string(b.join("f")).unwrap() == "pre-rollout"
+            && fs::read_to_string(a.join("f")).unwrap() == "written by the failed version"
+    }
+
+    #[test]
+    fn without_rename_exchange_the_swap_takes_three_journaled_renames_and_leaves_nothing() {
+        let d = tempfile::tempdir().unwrap();
+        let (a, b) = pair(d.path());
+        without_exchange(|| exchange(&a, &b)).unwrap();
+        assert!(swapped(&a, &b));
+        assert_eq!(fs::read_dir(b.parent().unwrap()).unwrap().count(), 1, "journal or aside left behind");
+        assert!(!finish_swap(&b).unwrap());
+        assert!(supports_exchange(d.path()).unwrap(), "this filesystem has RENAME_EXCHANGE");
+    }
+
+    #[test]
+    fn a_journaled_swap_cut_short_after_any_rename_is_finished_by_the_next_look() {
+        for steps in 0..=3 {
+            let d = tempfile::tempdir().unwrap();
+            let (a, b) = pair(d.path());
+            let ((pa, na), (pb, nb)) = (host_parent(&a).unwrap(), host_parent(&b).unwrap());
+            journaled_swap(&pa, &na, &pb, &nb, steps).unwrap();
+            // A second swap is refused while the first is pending.
+            assert!(exchange(&a, &b).is_err(), "after {steps} renames");
+            assert!(finish_swap(&b).unwrap(), "after {steps} renames");
+            assert!(swapped(&a, &b), "after {steps} renames");
+            assert_eq!(fs::read_dir(b.parent().unwrap()).unwrap().count(), 1, "after {steps} renames");
+            assert!(!finish_swap(&b).unwrap());
+        }
     }
 
     #[test]

@@ -28,13 +28,14 @@
 
 pub mod credentials;
 pub mod http;
+mod listing;
 
 use std::path::Path;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use futures_util::{StreamExt, TryStreamExt};
-use rusty_s3::actions::{CreateMultipartUpload, ListObjectsV2, ObjectIdentifier};
+use rusty_s3::actions::{CreateMultipartUpload, ObjectIdentifier};
 use rusty_s3::{Bucket, Credentials, S3Action, UrlStyle};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -68,11 +69,19 @@ pub struct Remote {
     part_size: u64,
     concurrency: usize,
     place: String,
+    /// Which remote this is: endpoint, bucket and prefix ([`Remote::id`]).
+    id: String,
     /// Encrypt every upload to these (`[remote] encrypt`).
     seal: Option<std::sync::Arc<Recipients>>,
     /// Decrypt with this identity file (`--identity` or `[remote] identity_file`).
     identity_file: Option<std::path::PathBuf>,
+    /// Called with a part's number once the store has it (tests pause there; see
+    /// [`Remote::on_part_sent`]).
+    part_sent: Option<PartHook>,
 }
+
+/// What [`Remote::on_part_sent`] calls: the number of the part just sent.
+pub type PartHook = Arc<dyn Fn(u16) + Send + Sync>;
 
 /// An object on the remote.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -216,7 +225,9 @@ impl Remote {
             None => None,
         };
         let prefix = cfg.prefix.trim_matches('/').to_string();
+        let id = format!("{} bucket {} prefix {prefix}", endpoint.trim_end_matches('/'), cfg.bucket);
         Ok(Remote {
+            id,
             http: http::client()?,
             s3: Arc::new((bucket, creds)),
             prefix: if prefix.is_empty() { prefix } else { format!("{prefix}/") },
@@ -225,7 +236,16 @@ impl Remote {
             place: format!("{} bucket {}", cfg.endpoint.as_deref().unwrap_or("AWS S3"), cfg.bucket),
             seal,
             identity_file: cfg.identity_file.clone(),
+            part_sent: None,
         })
+    }
+
+    /// Have `hook` called with each part's number once the store has that part of a multipart
+    /// upload: the point a test pauses at to stop the store mid-upload (the `test-crash`
+    /// builds of `sync` set it; nothing else does).
+    pub fn on_part_sent(mut self, hook: PartHook) -> Remote {
+        self.part_sent = Some(hook);
+        self
     }
 
     /// Whether uploads are encrypted (`[remote] encrypt`).
@@ -241,6 +261,13 @@ impl Remote {
     /// Where the remote is, for messages (never credentials).
     pub fn place(&self) -> &str {
         &self.place
+    }
+
+    /// Which remote this is — endpoint, bucket and prefix — as the run record ties verified
+    /// uploads to it: another bucket or prefix is another remote, whose objects were never
+    /// verified.
+    pub fn id(&self) -> &str {
+        &self.id
     }
 
     fn full(&self, key: &str) -> String {
@@ -297,45 +324,6 @@ impl Remote {
     /// An answer slipway could not read.
     fn unreadable(&self, what: &str, e: impl std::fmt::Display) -> Error {
         Error::Remote { place: self.place.clone(), op: what.to_string(), detail: format!("unreadable answer: {e}") }
-    }
-
-    /// Every object under `key_prefix` (relative), paginated.
-    pub async fn list(&self, key_prefix: &str) -> Result<Vec<ObjectInfo>> {
-        let what = "listing objects";
-        let prefix = self.full(key_prefix);
-        let mut out = Vec::new();
-        let mut token: Option<String> = None;
-        loop {
-            let text = http::send_text(|| {
-                let mut a = ListObjectsV2::new(self.bucket(), self.creds());
-                a.with_prefix(prefix.as_str());
-                if let Some(t) = &token {
-                    a.with_continuation_token(t.as_str());
-                }
-                self.request(&a, Some(ATTEMPT_TIMEOUT))
-            })
-            .await
-            .map_err(|f| self.err(what, f))?;
-            let page = ListObjectsV2::parse_response(&text).map_err(|e| self.unreadable(what, e))?;
-            for o in page.contents {
-                out.push(ObjectInfo {
-                    key: o.key.strip_prefix(&self.prefix).unwrap_or(&o.key).to_string(),
-                    size: o.size.unwrap_or(0),
-                    sha256: None,
-                    encryption: None,
-                    plain_sha256: None,
-                    plain_size: None,
-                });
-            }
-            match page.next_continuation_token {
-                // A server that hands back the token it was given would list forever.
-                Some(t) if token.as_ref() == Some(&t) => {
-                    return Err(self.unreadable(what, "the same continuation token twice"))
-                }
-                Some(t) => token = Some(t),
-                None => return Ok(out),
-            }
-        }
     }
 
     /// HEAD one object: its size and sha256 metadata, or None when absent.
@@ -627,52 +615,10 @@ impl Remote {
         .map_err(|f| self.err(&format!("uploading part {n} of {key}"), f))?;
         let etag = header(r.headers(), reqwest::header::ETAG.as_str())
             .ok_or_else(|| self.unreadable(&format!("uploading part {n} of {key}"), "no ETag"))?;
-        Ok((n, etag))
-    }
-
-    /// Abort multipart uploads left by an interrupted run (best effort: not every
-    /// S3-compatible server lists them; the first 1 000 listed are aborted, the rest next
-    /// time). Returns how many were aborted.
-    pub async fn abort_stale_uploads(&self) -> usize {
-        let listed = http::send_text(|| {
-            // rusty-s3 has no ListMultipartUploads: its signer presigns the URL all the same.
-            let (bucket, creds) = (self.bucket(), &self.s3.1);
-            let mut query = vec![("uploads", "1")];
-            if !self.prefix.is_empty() {
-                query.insert(0, ("prefix", self.prefix.as_str()));
-            }
-            let url = rusty_s3::signing::sign(
-                &jiff::Timestamp::now(),
-                rusty_s3::Method::Get,
-                bucket.base_url().clone(),
-                creds.key(),
-                creds.secret(),
-                creds.token(),
-                bucket.region(),
-                SIGN_TTL.as_secs(),
-                query.into_iter(),
-                std::iter::empty(),
-            );
-            self.http.get(url).timeout(ATTEMPT_TIMEOUT)
-        })
-        .await;
-        let Ok(text) = listed else { return 0 };
-        let mut n = 0;
-        for upload in http::elements(&text, "Upload") {
-            let (Some(k), Some(id)) = (http::tag(upload, "Key"), http::tag(upload, "UploadId")) else { continue };
-            // Only this host's: a server that ignores the prefix must not have another host's
-            // uploads, in flight in the same bucket, aborted.
-            if k.starts_with(&self.prefix) {
-                let r = http::send(|| {
-                    self.request(&self.bucket().abort_multipart_upload(self.creds(), &k, &id), Some(ATTEMPT_TIMEOUT))
-                })
-                .await;
-                if r.is_ok() {
-                    n += 1;
-                }
-            }
+        if let Some(hook) = &self.part_sent {
+            hook(n);
         }
-        n
+        Ok((n, etag))
     }
 
     /// Download `key` to `dest`, hashing it; renamed into place only if the sha256 matches.

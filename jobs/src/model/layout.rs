@@ -85,6 +85,12 @@ impl SnapshotKind {
         }
     }
 
+    /// The remote key prefix every object of this kind's snapshots starts with (`daily/`):
+    /// with [`SnapshotKind::ALL`], the only keys slipway writes under `remote.prefix`.
+    pub fn key_root(self) -> String {
+        format!("{}/", self.as_str())
+    }
+
     /// The directory of this kind's snapshots under the backup root.
     pub fn dir(self, backup_root: &Path) -> PathBuf {
         backup_root.join(self.as_str())

@@ -105,9 +105,33 @@ impl Manifest {
     /// Write the directory's manifest atomically (mode 0600).
     pub fn write(&mut self, dir: &Path) -> Result<()> {
         self.created = jiff::Timestamp::now().to_string();
+        self.write_as_is(dir)
+    }
+
+    /// Write the manifest into `dir` atomically (mode 0600) as it is, its time unchanged: the
+    /// same manifest written twice is the same bytes (a merged manifest a sync compares with
+    /// the remote's by sha256).
+    pub fn write_as_is(&self, dir: &Path) -> Result<()> {
         let json = serde_json::to_vec_pretty(self).map_err(|source| Error::Json { what: "the manifest", source })?;
         let p = manifest_path(dir);
         crate::fsutil::atomic_write(&p, &json, 0o600).map_err(|e| Error::io(p, e))
+    }
+
+    /// This manifest (the local one) with the entries of `remote` — the remote's manifest of
+    /// the same snapshot — that it lacks and whose objects the remote still holds
+    /// (`still_held`): what the remote manifest must name, never less than the remote holds.
+    /// A local prune shrinks the local manifest; the remote's own retention, not a sync,
+    /// decides what leaves the remote. An entry both name is this manifest's (a snapshot taken
+    /// again replaces the remote's archive).
+    pub fn merged_with(&self, remote: &Manifest, still_held: impl Fn(&ArchiveEntry) -> bool) -> Manifest {
+        let mut m = self.clone();
+        for r in &remote.archives {
+            if !m.archives.iter().any(|a| a.path == r.path) && still_held(r) {
+                m.archives.push(r.clone());
+            }
+        }
+        m.archives.sort_by(|a, b| a.path.cmp(&b.path));
+        m
     }
 
     /// The entry of a tenant.
@@ -148,6 +172,28 @@ mod tests {
         assert_ne!(read.created, m.created, "a rewrite moves the manifest's time");
         assert_eq!(read.archives[0].created.as_deref(), Some(stamped.as_str()));
         assert_eq!(read.archives[0].taken(&snap), stamped.parse().ok());
+    }
+
+    #[test]
+    fn a_merge_keeps_the_remote_entries_still_held_and_takes_the_local_one_where_both_have_it() {
+        let snap = SnapshotId::daily("2026-11-22").unwrap();
+        let mut local = Manifest::new(&snap);
+        local.upsert(ArchiveEntry { sha256: "new".into(), ..entry("tenants/t1.tar.zst") });
+        let mut remote = Manifest::new(&snap);
+        for e in [entry("tenants/t1.tar.zst"), entry("tenants/t2.tar.zst"), entry("tenants/t3.tar.zst")] {
+            remote.upsert(e);
+        }
+        // t3's objects are gone from the remote: it is not named again.
+        let merged = local.merged_with(&remote, |a| a.path != "tenants/t3.tar.zst");
+        let paths: Vec<&str> = merged.archives.iter().map(|a| a.path.as_str()).collect();
+        assert_eq!(paths, ["tenants/t1.tar.zst", "tenants/t2.tar.zst"]);
+        assert_eq!(merged.archives[0].sha256, "new");
+        assert_eq!(merged.created, local.created);
+        // Written as it is, twice: the same bytes.
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        merged.write_as_is(a.path()).unwrap();
+        merged.write_as_is(b.path()).unwrap();
+        assert_eq!(std::fs::read(manifest_path(a.path())).unwrap(), std::fs::read(manifest_path(b.path())).unwrap());
     }
 
     #[test]

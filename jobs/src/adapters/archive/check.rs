@@ -160,12 +160,14 @@ pub fn matches_list(archive: &Path, root: &Path, list_path: &Path) -> Result<(),
 }
 
 /// The bytes of the regular files under `dir`, each hard-linked file once: what a copy of the
-/// tree needs on disk, give or take its directories. A missing `dir` holds nothing.
+/// tree needs on disk, give or take its directories. A missing `dir` holds nothing. The tree
+/// may be live (a running tenant's, sized before its staging copy): an entry that vanishes
+/// between the directory read and its open is skipped, not an error.
 pub fn tree_bytes(dir: &Path) -> Result<u64, ArchiveError> {
     if !dir.exists() {
         return Ok(0);
     }
-    let mut walk = Walker::open(dir)?;
+    let mut walk = Walker::open_live(dir)?;
     let mut seen = std::collections::HashSet::new();
     let mut total = 0u64;
     while let Some(i) = walk.next_item()? {

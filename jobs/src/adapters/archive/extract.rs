@@ -248,6 +248,8 @@ pub fn restore_swap_keep(
     expected_sha256: &str,
     target: &Path,
 ) -> Result<(u64, Option<PathBuf>), ArchiveError> {
+    // A swap of `target` that a crash cut short is finished before it is looked at.
+    confined::finish_swap(target).map_err(ioe(target))?;
     let tmp = sibling_tmp(target, "restore")?;
     let done = match extract_checked(archive, expected_sha256, &tmp) {
         Ok(x) => x,

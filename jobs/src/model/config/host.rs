@@ -302,6 +302,7 @@ const NON_CONFIG_ENV: &[&str] = &[
     "SLIPWAY_TEST_PAUSE_AT",
     "SLIPWAY_TEST_REFUSE",
     "SLIPWAY_TEST_JOURNAL_FAILS_FROM",
+    "SLIPWAY_TEST_NO_EXCHANGE",
 ];
 
 #[derive(Clone, Copy)]
