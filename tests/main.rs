@@ -17,6 +17,7 @@ mod foundation;
 mod hostile;
 mod offsite;
 mod ops;
+mod recovery;
 mod remote_truth;
 mod rollout;
 mod safety;

@@ -3,13 +3,18 @@
 //! caught mid-step to a safe state, from the journal alone:
 //! - a rollout tenant whose new container had passed its health gate keeps it (the prior
 //!   container is removed unless the run kept it), and a rollout copy it left (the archive
-//!   after the health gate was cut short) is archived into the run's snapshot, then removed;
+//!   after the health gate was cut short) is archived into the run's snapshot, then removed —
+//!   unless the run's manifest already records that archive (the crash came while the copy was
+//!   being removed): then the copy, maybe half gone, is never archived again; it is removed once
+//!   the recorded archive re-hashes to its manifest, else kept and a person is needed;
 //! - any other rollout tenant is undone: new (or staged) container removed, data put back if
 //!   the new version was started — the rollout copy swapped back in, or the run's snapshot
 //!   extracted —, prior container back, started, health-checked; a copy that was not needed
 //!   is removed (its data dir was never touched);
-//! - a tenant a snapshot paused or stopped is unpaused or started again; a restore's stopped
-//!   container is started;
+//! - exactly what a snapshot or restore held is given back (its journaled hold): a container it
+//!   paused is unpaused, one it stopped is started, one it found not running (hold `none`) is
+//!   left stopped; a restore that finished needing a person (its tenant unhealthy) is left
+//!   unresolved, so `status` names it until a person resolves it;
 //! - what a killed restore drill made — its throw-away containers and networks (labelled
 //!   [`crate::naming::DRILL_LABEL`]) and its scratch copies — is removed; the drill never
 //!   touched the live tenant, so nothing else is to be done.
@@ -106,14 +111,17 @@ pub async fn recover(ctx: &Ctx, opts: &RecoverOptions) -> Result<RecoverReport> 
     let mut runs = Vec::new();
     let mut unfinished: Vec<Run> =
         ctx.store.unfinished_runs()?.into_iter().filter(|r| r.id != ctx.run_id.as_str() && !pid_alive(r.pid)).collect();
-    // A snapshot or restore that finished needing a person because it could not bring a
-    // tenant back (left paused or stopped): its journal says which container to bring back.
-    unfinished.extend(
-        ctx.store
-            .unresolved_halts()?
-            .into_iter()
-            .filter(|r| matches!(r.job.as_str(), "snapshot" | "restore") && r.id != ctx.run_id.as_str()),
-    );
+    // A snapshot or restore that finished needing a person with a tenant it could not bring
+    // back (left paused or stopped): its journal says which container to bring back. One that
+    // needs a person for another reason (a restore whose tenant is unhealthy) is not ours.
+    for r in ctx.store.unresolved_halts()? {
+        if matches!(r.job.as_str(), "snapshot" | "restore")
+            && r.id != ctx.run_id.as_str()
+            && !open_holds(&ctx.store.steps(&r.id)?).is_empty()
+        {
+            unfinished.push(r);
+        }
+    }
     // A drill's leftovers: a killed drill's run, or a scratch copy nobody removed.
     let drill_root = crate::layout::drill_root(&ctx.cfg.backup_root);
     let drill_left = unfinished.iter().any(|r| r.job == "drill")
@@ -137,9 +145,13 @@ pub async fn recover(ctx: &Ctx, opts: &RecoverOptions) -> Result<RecoverReport> 
         let tenants = match run.job.as_str() {
             "rollout" | "rollback" => recover_rollout(ctx, &engine, &prober, &run, &steps, opts.dry_run).await?,
             "drill" => recover_drill(&steps, opts.dry_run),
-            _ => recover_held(&engine, &steps, opts.dry_run).await?,
+            _ => recover_held(ctx, &engine, &run, &steps, opts.dry_run).await?,
         };
-        if !opts.dry_run {
+        // A restore that finished needing a person keeps needing one: its container is
+        // brought back, but what made it fail (an unhealthy tenant after the swap, say) is not
+        // recover's to judge. It stays unresolved, in `status`, until a person resolves it.
+        let needs_person = run.finished_at.is_some() && run.job == "restore";
+        if !opts.dry_run && !needs_person {
             let ok = tenants.iter().all(|t| t.ok);
             let what = if run.finished_at.is_some() { "left a tenant frozen" } else { "killed mid-run" };
             let summary = format!(
@@ -412,21 +424,35 @@ async fn recover_rollout(
             // never finished. Make it now, then the copy goes; if that fails the copy stays.
             if let Some(copy) = j.copy.clone().filter(|c| c.is_dir()) {
                 if dry_run {
-                    action.push_str(&format!("; would archive the rollout copy {} and remove it", copy.display()));
+                    action.push_str(&format!(
+                        "; would archive the rollout copy {} and remove it (only remove it, if the run's archive of it \
+                         is already recorded and verifies)",
+                        copy.display()
+                    ));
                 } else {
                     let run_id: crate::types::RunId = run.id.parse().map_err(crate::error::Error::Other)?;
                     let snap = crate::layout::SnapshotId::rollout(&run_id);
                     let dir = snap.dir(&ctx.cfg.backup_root);
                     let mut manifest = crate::manifest::Manifest::read(&dir)?.unwrap_or_else(|| Manifest::new(&snap));
                     let mut j = j.clone();
-                    match crate::undo::archive_copy(ctx, &run_id, &mut manifest, &mut j).await {
-                        Ok(a) => action.push_str(&format!("; archived its rollout copy to {}", a.display())),
-                        Err(e) => {
-                            ok = false;
-                            action.push_str(&format!(
-                                "; archiving its rollout copy failed ({e}): the data from before the rollout stays in {}",
-                                copy.display()
-                            ));
+                    if let Some(entry) = manifest.tenant(&tenant).cloned() {
+                        // The run's archive was recorded before the crash: the copy was being
+                        // removed, and may be half gone. It is never archived again (that could
+                        // put a partial tree over the good archive); the rest of it goes once
+                        // the recorded archive verifies, else it is kept and a person is needed.
+                        let (done, keep_ok) = finish_removing_copy(&dir, entry, copy.clone()).await?;
+                        action.push_str(&format!("; {done}"));
+                        ok = keep_ok;
+                    } else {
+                        match crate::undo::archive_copy(ctx, &run_id, &mut manifest, &mut j).await {
+                            Ok(a) => action.push_str(&format!("; archived its rollout copy to {}", a.display())),
+                            Err(e) => {
+                                ok = false;
+                                action.push_str(&format!(
+                                    "; archiving its rollout copy failed ({e}): the data from before the rollout stays in {}",
+                                    copy.display()
+                                ));
+                            }
                         }
                     }
                 }
@@ -464,39 +490,134 @@ async fn recover_rollout(
     Ok(out)
 }
 
-async fn recover_held(engine: &Engine, steps: &[StepRow], dry_run: bool) -> Result<Vec<TenantAction>> {
+/// A rollout copy whose archive the run's manifest already records (the crash came while the
+/// copy was being removed): re-hash the archive and its file list against the manifest; when
+/// they match, remove what is left of the copy, else keep it and say a person is needed. The
+/// copy is never archived again. Returns what was done and whether that is safe.
+async fn finish_removing_copy(
+    dir: &std::path::Path,
+    entry: crate::manifest::ArchiveEntry,
+    copy: std::path::PathBuf,
+) -> Result<(String, bool)> {
+    let (arch, list) = (dir.join(&entry.path), dir.join(&entry.file_list));
+    let (a, l) = (arch.clone(), list.clone());
+    let verified = crate::blocking::run("checking the run's archive", move || {
+        crate::adapters::archive::sha256_file(&a).is_ok_and(|(h, n)| h == entry.sha256 && n == entry.size)
+            && crate::adapters::archive::sha256_file(&l).is_ok_and(|(h, _)| h == entry.file_list_sha256)
+    })
+    .await?;
+    if !verified {
+        return Ok((
+            format!(
+                "the run's archive {} does not match its manifest, and the rollout copy {} may be partly removed \
+                 (the crash came while it was being removed after the archive was recorded): both are kept, \
+                 neither is trusted; a person is needed",
+                arch.display(),
+                copy.display()
+            ),
+            false,
+        ));
+    }
+    let c = copy.clone();
+    Ok(match crate::blocking::run("drop copy", move || crate::undo::drop_copy(&c)).await? {
+        Ok(()) => (
+            format!(
+                "the run's archive {} was already written and verifies; removed the rest of its rollout copy {}",
+                arch.display(),
+                copy.display()
+            ),
+            true,
+        ),
+        Err(e) => (
+            format!(
+                "the run's archive {} verifies; removing the rest of its rollout copy {} failed: {e}",
+                arch.display(),
+                copy.display()
+            ),
+            false,
+        ),
+    })
+}
+
+/// Steps that, ended `ok`, gave back the hold they journaled: a snapshot's `archive` and
+/// `stage-delta` unpause (or start) the tenant before they end, a restore's `start` starts it.
+/// A restore's `stop` and `restore` end `ok` with the tenant still stopped.
+const RELEASING_STEPS: [&str; 3] = ["archive", "stage-delta", "start"];
+
+/// The step recover journals into a run whose hold it gave back, so that the run is not taken
+/// up again (a finished run that needs a person stays unresolved until a person resolves it).
+const RELEASED_STEP: &str = "released";
+
+/// The holds a run's journal leaves open, newest per container: a pause or stop slipway made
+/// and never gave back. A container the job found stopped (or did not hold: `quiesce = "none"`)
+/// is journaled with hold `none` and is no open hold: recover leaves it as it was found.
+fn open_holds(steps: &[StepRow]) -> Vec<(HeldContainer, &StepRow)> {
     let mut out = Vec::new();
     let mut seen = std::collections::BTreeSet::new();
     for s in steps.iter().rev() {
         let Some(h) = s.detail.as_deref().and_then(|d| serde_json::from_str::<HeldContainer>(d).ok()) else {
             continue;
         };
-        if !seen.insert(h.container.clone()) || !engine.exists(&h.container).await? {
+        if !seen.insert(h.container.clone()) {
+            continue;
+        }
+        let released = s.step == RELEASED_STEP
+            || (s.outcome.as_deref() == Some("ok") && RELEASING_STEPS.contains(&s.step.as_str()));
+        if matches!(h.hold.as_str(), "pause" | "stop") && !released {
+            out.push((h, s));
+        }
+    }
+    out
+}
+
+/// Bring back exactly what a snapshot or restore held: a container it paused is unpaused, one it
+/// stopped is started; one that was not running when the job found it (journaled hold `none`)
+/// is left stopped, and a paused hold found stopped is left as it is (not started).
+async fn recover_held(
+    ctx: &Ctx,
+    engine: &Engine,
+    run: &Run,
+    steps: &[StepRow],
+    dry_run: bool,
+) -> Result<Vec<TenantAction>> {
+    let mut out = Vec::new();
+    for (h, s) in open_holds(steps) {
+        if !engine.exists(&h.container).await? {
             continue;
         }
         let st = engine.state(&h.container).await?;
         let found = format!(
-            "{} ({}), step {} {}",
+            "{} ({}), held by {}, step {} {}",
             h.container,
             st.status,
+            h.hold,
             s.step,
             s.outcome.as_deref().unwrap_or("unfinished")
         );
-        let action = if st.paused {
-            if !dry_run {
-                engine.unpause(&h.container).await?;
+        let action = match h.hold.as_str() {
+            "pause" if st.paused => {
+                if !dry_run {
+                    engine.unpause(&h.container).await?;
+                }
+                "unpaused"
             }
-            "unpaused"
-        } else if !st.running {
-            if !dry_run {
-                engine.start(&h.container).await?;
+            "stop" if !st.running => {
+                if !dry_run {
+                    engine.start(&h.container).await?;
+                }
+                "started"
             }
-            "started"
-        } else {
-            "already running"
+            "pause" if !st.running => "left as found (not paused, not running: not started)",
+            _ => "already running",
         };
-        let action =
-            if dry_run && action != "already running" { format!("would be {action}") } else { action.to_string() };
+        let acted = matches!(action, "unpaused" | "started");
+        let action = if dry_run && acted { format!("would be {action}") } else { action.to_string() };
+        if !dry_run {
+            let released = HeldContainer { container: h.container.clone(), hold: "none".into() };
+            let detail = serde_json::to_string(&released).map_err(|e| crate::error::Error::Other(e.to_string()))?;
+            let id = ctx.store.begin_step(&run.id, s.tenant.as_deref(), RELEASED_STEP, &detail)?;
+            ctx.store.end_step(id, "ok", None)?;
+        }
         out.push(TenantAction { tenant: s.tenant.clone().unwrap_or(h.container), found, action, ok: true });
     }
     Ok(out)

@@ -307,16 +307,37 @@ async fn tenant_container(
 
 /// Run `restore`.
 pub async fn restore(ctx: &Ctx, opts: &RestoreOptions) -> Result<RestoreReport> {
-    // `--run` of an earlier restore: put back the data that restore replaced.
+    // `--run` of an earlier restore: put back the data that restore replaced. `--run` of a
+    // rollout is that run's snapshot — the data from before it —, never what its failed version
+    // wrote (which an undo keeps under the same `replaced/<run>/`).
+    let mut replaced_by_rollout = None;
     if let (Source::Run(r), false) = (&opts.source, opts.remote) {
         let kept = layout::replaced_dir(&ctx.cfg.backup_root, r, opts.tenant.as_str());
         if kept.is_dir() {
-            return restore_replaced(ctx, opts, &kept).await;
+            let job = ctx.store.run(r.as_str())?.map(|run| run.job);
+            let has_snapshot = SnapshotId::rollout(r).dir(&ctx.cfg.backup_root).is_dir();
+            match job.as_deref() {
+                Some("restore") => return restore_replaced(ctx, opts, &kept).await,
+                // A run this state dir does not know: what it replaced, unless it is a rollout's.
+                None if !has_snapshot => return restore_replaced(ctx, opts, &kept).await,
+                _ => replaced_by_rollout = Some(kept),
+            }
         }
     }
     // Verified before anything is touched.
-    let Fetched { loc, archive: archive_path, sha256: got } =
-        fetch_verified(&ctx.cfg, &opts.tenant, &opts.source, opts.remote).await?;
+    let fetched = fetch_verified(&ctx.cfg, &opts.tenant, &opts.source, opts.remote).await;
+    let Fetched { loc, archive: archive_path, sha256: got } = match (fetched, replaced_by_rollout) {
+        (Err(Error::Usage(why)), Some(kept)) => {
+            return Err(Error::Usage(format!(
+                "{why}: that run archived no data of tenant {} (its undo swapped its copy from before the run back into the \
+                 data dir, so the tenant had its data from before the run again right after the halt); what the \
+                 failed version wrote is kept in {} — copy it with `cp -a` if it is needed",
+                opts.tenant,
+                kept.display()
+            )))
+        }
+        (r, _) => r?,
+    };
     let mut report = RestoreReport {
         tenant: opts.tenant.to_string(),
         archive: archive_path.clone(),
@@ -439,7 +460,25 @@ pub async fn restore(ctx: &Ctx, opts: &RestoreOptions) -> Result<RestoreReport> 
         report.detail.push_str(&format!("; the data it replaced is kept in {}", r.display()));
     }
     ctx.finish_run(report.outcome, &report.detail)?;
+    resolve_earlier(ctx, &opts.tenant, report.outcome)?;
     Ok(report)
+}
+
+/// A restore of `tenant` that succeeded resolves the earlier restores of it that ended needing
+/// a person: the person acted, and the tenant runs healthy on the data put in place now.
+fn resolve_earlier(ctx: &Ctx, tenant: &TenantId, outcome: ExitKind) -> Result<()> {
+    if outcome != ExitKind::Success {
+        return Ok(());
+    }
+    for r in ctx.store.unresolved_halts()? {
+        if r.job == "restore"
+            && r.id != ctx.run_id.as_str()
+            && ctx.store.steps(&r.id)?.iter().any(|s| s.tenant.as_deref() == Some(tenant.as_str()))
+        {
+            ctx.store.resolve_run(&r.id, &format!("restore {}", ctx.run_id))?;
+        }
+    }
+    Ok(())
 }
 
 /// Put back the data an earlier restore replaced (`kept`, `replaced/<run>/<tenant>`): the tenant
@@ -534,6 +573,7 @@ async fn restore_replaced(ctx: &Ctx, opts: &RestoreOptions, kept: &Path) -> Resu
         _ => "failed",
     };
     ctx.store.finish_run(ctx.run_id.as_str(), word, report.outcome.code() as i64, &report.detail)?;
+    resolve_earlier(ctx, &opts.tenant, report.outcome)?;
     Ok(report)
 }
 

@@ -89,6 +89,11 @@ pub struct ArchiveReport {
     /// What the paused pass copied into the staging copy (staged archives only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub delta: Option<mirror::MirrorReport>,
+    /// The pass made while the tenant ran (staged archives only): what it copied, and the files
+    /// it compared with the source byte for byte (`[snapshot] check_copy_days`), with any copy
+    /// found damaged (`mismatched`, also named in `note`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pre_pass: Option<mirror::MirrorReport>,
     /// Why the staging copy was not used, when it could not be.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
@@ -110,6 +115,9 @@ pub struct SnapshotReport {
     /// Earlier days that could not be read (an unreadable `MANIFEST.json`): skipped, never
     /// reused from; `verify` fails naming them.
     pub skipped: Vec<String>,
+    /// Staging copies of tenants that are in no app any more, removed (or, in a dry run, that
+    /// would be), one line each; only a snapshot of every tenant (no `--tenant`) removes them.
+    pub staging_removed: Vec<String>,
 }
 
 impl SnapshotReport {
@@ -152,6 +160,7 @@ pub async fn snapshot(ctx: &Ctx, opts: &SnapshotOptions) -> Result<SnapshotRepor
             return Err(Error::Usage(format!("no tenant \"{t}\" in any app of fleet.toml; see `slipway status`")));
         }
     }
+    let known: std::collections::BTreeSet<String> = work.iter().map(|(_, t, _)| t.to_string()).collect();
     if !opts.tenants.is_empty() {
         work.retain(|(_, t, _)| opts.tenants.contains(t));
     }
@@ -205,6 +214,7 @@ pub async fn snapshot(ctx: &Ctx, opts: &SnapshotOptions) -> Result<SnapshotRepor
                 rep.pause_ms = taken.pause.as_millis() as u64;
                 rep.staging = Some(taken.staging);
                 rep.delta = taken.delta;
+                rep.pre_pass = taken.checked;
                 rep.note = taken.note;
                 commit_entry(
                     ctx,
@@ -258,7 +268,13 @@ pub async fn snapshot(ctx: &Ctx, opts: &SnapshotOptions) -> Result<SnapshotRepor
         }
         archives.push(rep);
     }
-    let report = SnapshotReport { day, dir, dry_run: opts.dry_run, archives, skipped };
+    let staging_removed = if opts.tenants.is_empty() {
+        let (root, dry_run) = (ctx.cfg.backup_root.clone(), opts.dry_run);
+        crate::blocking::run("removing staging copies", move || remove_stale_staging(&root, &known, dry_run)).await?
+    } else {
+        Vec::new()
+    };
+    let report = SnapshotReport { day, dir, dry_run: opts.dry_run, archives, skipped, staging_removed };
     if !opts.dry_run {
         let failed: Vec<String> = report
             .archives
@@ -307,6 +323,7 @@ impl ArchiveReport {
             pause_ms: 0,
             staging: None,
             delta: None,
+            pre_pass: None,
             note: None,
             detail: None,
         }
@@ -442,6 +459,8 @@ struct Taken {
     /// What the paused pass brought into the staging copy.
     delta: Option<mirror::MirrorReport>,
     note: Option<String>,
+    /// The pass made while the tenant ran, with the files it compared with the source.
+    checked: Option<mirror::MirrorReport>,
 }
 
 /// Reuse the previous archive when `src` is still exactly what its file list recorded, else
@@ -484,17 +503,33 @@ async fn quiesce(engine: &Engine, app: &App, container: &str, hold: Option<&str>
     Ok(())
 }
 
+/// What the staging copy and the archive must leave free on the backup filesystem — often the
+/// tenants' own (the backup root beside the data dirs): 5% of its size, at most 1 GiB, so that a
+/// snapshot never fills the disk the tenants write to.
+const STAGING_RESERVE_FRACTION: u64 = 20;
+/// The cap of [`STAGING_RESERVE_FRACTION`]'s reserve.
+const STAGING_RESERVE_MAX: u64 = 1 << 30;
+
+/// The free space the staging copy must leave on a filesystem of `total` bytes.
+fn staging_reserve(total: u64) -> u64 {
+    (total / STAGING_RESERVE_FRACTION).min(STAGING_RESERVE_MAX)
+}
+
 /// Whether the backup disk can take the staging copy of `data_dir` (what it lacks of it) and
-/// then the archive (at most the data's size): `Err(why)` when it cannot.
+/// then the archive (at most the data's size), and still keep its reserve
+/// ([`staging_reserve`]) free: `Err(why)` when it cannot.
 fn staging_fits(data_dir: &Path, stage: &Path, backup_root: &Path) -> std::result::Result<(), String> {
     let data = archive::tree_bytes(data_dir).map_err(|e| format!("could not size the data dir: {e}"))?;
     let staged = archive::tree_bytes(stage).unwrap_or(0);
     let need = data.saturating_sub(staged).saturating_add(data);
     let free = crate::fsutil::free_bytes(backup_root).map_err(|e| format!("{}: {e}", backup_root.display()))?;
-    if free < need {
+    let total = crate::fsutil::total_bytes(backup_root).map_err(|e| format!("{}: {e}", backup_root.display()))?;
+    let reserve = staging_reserve(total);
+    if free < need.saturating_add(reserve) {
         return Err(format!(
             "{} has {free} bytes free, short of the {need} the staging copy ({} of {data} bytes to copy) and the \
-             archive need; paused while archiving instead",
+             archive need plus the {reserve} bytes kept free (5% of the filesystem, at most 1 GiB); paused while \
+             archiving instead",
             backup_root.display(),
             data.saturating_sub(staged)
         ));
@@ -585,16 +620,16 @@ async fn snapshot_tenant(
     let (s, reused) = result?;
     let rel = layout::tenant_archive(SnapshotKind::Daily, tenant.as_str());
     let entry = entry_of(&rel, Some(tenant.as_str()), &s);
-    Ok(Taken { entry, reused, bytes_in: s.bytes_in, pause, staging, delta: None, note })
+    Ok(Taken { entry, reused, bytes_in: s.bytes_in, pause, staging, delta: None, note, checked: None })
 }
 
 /// Bring the staging copy of `data_dir` up to date (reflinked where the filesystem can).
-async fn mirror_to(data_dir: &Path, stage: &Path) -> Result<mirror::MirrorReport> {
+async fn mirror_to(data_dir: &Path, stage: &Path, check: mirror::CopyCheck) -> Result<mirror::MirrorReport> {
     let (src, dst) = (data_dir.to_path_buf(), stage.to_path_buf());
     if let Some(parent) = dst.parent() {
         create_private_dir(parent).map_err(|e| Error::io(parent, e))?;
     }
-    Ok(crate::blocking::run("staging copy", move || mirror::mirror(&src, &dst)).await??)
+    Ok(crate::blocking::run("staging copy", move || mirror::mirror_checked(&src, &dst, check)).await??)
 }
 
 /// The staged snapshot of a held tenant: the copy is brought up to date while the tenant runs,
@@ -616,10 +651,26 @@ async fn snapshot_staged(
     let t = Some(tenant.as_str());
     let running = HeldContainer { container: container.to_string(), hold: "none".into() };
     let step = ctx.begin(t, "stage", &running)?;
-    let pre = mirror_to(data_dir, stage).await;
+    let check = mirror::CopyCheck {
+        period: ctx.cfg.snapshot.check_copy_days,
+        turn: jiff::Timestamp::now().as_second().max(0) as u64 / 86_400,
+        budget: ctx.cfg.snapshot.check_copy_mib.saturating_mul(1 << 20),
+    };
+    let pre = mirror_to(data_dir, stage, check).await;
     // No detail at the end: the journaled hold stays what `recover` reads.
     ctx.end(step, if pre.is_ok() { "ok" } else { "failed" }, None::<&()>)?;
-    pre?;
+    let pre = pre?;
+    // The copy differed from a source that had not changed: damaged behind the mirror's back
+    // (recopied now, so this archive is right; the archives before it may not be).
+    let note = (!pre.mismatched.is_empty()).then(|| {
+        let why = format!(
+            "the staging copy differed from the unchanged source in {} file(s), copied again: {}",
+            pre.mismatched.len(),
+            pre.mismatched.join(", ")
+        );
+        tracing::warn!("tenant {tenant}: {why}");
+        why
+    });
     crash_point("snapshot-staged");
     // A signal while the copy was made: the tenant is not paused at all.
     if ctx.cancel.is_cancelled() {
@@ -634,7 +685,7 @@ async fn snapshot_staged(
         return Err(e);
     }
     crash_point("snapshot-quiesced");
-    let delta = mirror_to(data_dir, stage).await;
+    let delta = mirror_to(data_dir, stage, mirror::CopyCheck::NONE).await;
     crate::context::test_pause("snapshot-delta");
     // Unquiesce right away, whatever happened.
     let resumed = resume(engine, container, Some(hold)).await;
@@ -658,7 +709,45 @@ async fn snapshot_staged(
     let (s, reused) = result?;
     let rel = layout::tenant_archive(SnapshotKind::Daily, tenant.as_str());
     let entry = entry_of(&rel, Some(tenant.as_str()), &s);
-    Ok(Taken { entry, reused, bytes_in: s.bytes_in, pause, staging: Staging::Staged, delta: Some(delta), note: None })
+    Ok(Taken {
+        entry,
+        reused,
+        bytes_in: s.bytes_in,
+        pause,
+        staging: Staging::Staged,
+        delta: Some(delta),
+        note,
+        checked: Some(pre),
+    })
+}
+
+/// Remove the staging copy (and its mirror index) of every tenant not in `known` — the tenants
+/// of every app of fleet.toml with a container now — and say so. A tenant that comes back only
+/// costs a full copy at its next snapshot: a staging copy is never the only copy of anything.
+fn remove_stale_staging(backup_root: &Path, known: &std::collections::BTreeSet<String>, dry_run: bool) -> Vec<String> {
+    let root = layout::staging_root(backup_root);
+    let Ok(rd) = std::fs::read_dir(&root) else { return Vec::new() };
+    let mut out = Vec::new();
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        // Mirror indexes are hidden files beside the copies; they go with their copy.
+        if name.starts_with('.') || known.contains(&name) {
+            continue;
+        }
+        let path = e.path();
+        if dry_run {
+            out.push(format!("would remove {} (the staging copy of tenant {name}, in no app now)", path.display()));
+            continue;
+        }
+        let _ = std::fs::remove_file(layout::mirror_index(&path));
+        out.push(match crate::adapters::confined::remove_tree(&path) {
+            Ok(_) => format!("removed {} (the staging copy of tenant {name}, in no app now)", path.display()),
+            Err(e) => {
+                format!("could not remove {} (the staging copy of tenant {name}, in no app now): {e}", path.display())
+            }
+        });
+    }
+    out
 }
 
 /// Stage the control-plane dirs (SQLite databases through the online backup API, checked with
@@ -758,6 +847,9 @@ impl fmt::Display for SnapshotReport {
         }
         for why in &self.skipped {
             writeln!(f, "  WARNING {why}")?;
+        }
+        for line in &self.staging_removed {
+            writeln!(f, "  {line}")?;
         }
         Ok(())
     }

@@ -213,6 +213,18 @@ pub async fn status(ctx: &Ctx) -> Result<StatusReport> {
         apps.push(AppStatus { app: app.name.clone(), pinned: app.image.to_string(), last_rollout, rejected, tenants });
     }
     for r in ctx.store.unresolved_halts()? {
+        if r.job == "restore" {
+            attention.push(format!(
+                "run {} (restore of app {}) is {} and not resolved: see `slipway runs show {}`; a successful \
+                 `slipway restore` of its tenant (`--run {}` puts back the data it replaced) resolves it",
+                r.id,
+                r.app.as_deref().unwrap_or("-"),
+                r.outcome.as_deref().unwrap_or("?"),
+                r.id,
+                r.id
+            ));
+            continue;
+        }
         attention.push(format!(
             "run {} ({} of app {}) is {} and not resolved: see `slipway runs show {}`, then `slipway rollback --run {}` or fix and `reconcile --retry`",
             r.id,

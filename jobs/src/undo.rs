@@ -652,6 +652,8 @@ pub async fn archive_copy(ctx: &Ctx, run: &RunId, manifest: &mut Manifest, j: &m
     record_rollout_archive(ctx, run, &run_dir, manifest, &j.tenant, &archive_path, &summary)?;
     j.snapshot = Some(archive_path.clone());
     j.sha256 = Some(summary.sha256.clone());
+    // The archive is recorded: from here the copy is only being removed.
+    crate::context::crash_point("rollout-copy-removing");
     let c = copy.clone();
     crate::blocking::run("drop copy", move || drop_copy(&c)).await??;
     Ok(archive_path)

@@ -167,6 +167,8 @@ pub struct Snapshot {
     pub archives: Vec<SnapshotArchive>,
     #[serde(default)]
     pub skipped: Vec<String>,
+    #[serde(default)]
+    pub staging_removed: Vec<String>,
 }
 
 /// One archive of a snapshot.

@@ -86,6 +86,40 @@ pub struct MirrorReport {
     pub removed: u64,
     /// Files and symlinks left alone because they had not changed.
     pub unchanged: u64,
+    /// Unchanged files whose copy was compared with the source byte for byte anyway
+    /// ([`CopyCheck`]), and their bytes.
+    pub checked: u64,
+    /// Bytes of the files checked.
+    pub checked_bytes: u64,
+    /// Checked files whose copy differed from a source that had not changed (a damaged copy):
+    /// copied again.
+    pub mismatched: Vec<String>,
+}
+
+/// Which unchanged files a pass compares with the source byte for byte, although their
+/// metadata says the copy is current: those whose path hashes to `turn` modulo `period` (so
+/// over `period` consecutive turns every file comes up once), while `budget` bytes last. The
+/// change detection trusts metadata; this is what catches a copy damaged behind its back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CopyCheck {
+    /// Every file comes up once in this many turns; 0 checks nothing.
+    pub period: u64,
+    /// This pass's turn (the day number, for the daily snapshot).
+    pub turn: u64,
+    /// Bytes this pass may compare at most.
+    pub budget: u64,
+}
+
+impl CopyCheck {
+    /// Check nothing: trust the metadata (the rollout's passes, whose copy is fresh).
+    pub const NONE: CopyCheck = CopyCheck { period: 0, turn: 0, budget: 0 };
+
+    /// Whether this pass compares the file `rel`.
+    fn picks(&self, rel: &[u8]) -> bool {
+        // FNV-1a: stable across versions and hosts, unlike the std hasher.
+        let h = rel.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3));
+        self.period > 0 && h.wrapping_add(self.turn) % self.period == 0
+    }
 }
 
 impl fmt::Display for MirrorReport {
@@ -142,6 +176,13 @@ pub fn tree_bytes(dir: &Path) -> Result<u64, ArchiveError> {
 /// `dst` is the mirror's own: without a valid index of the same source beside it, whatever is
 /// at `dst` is removed and the copy made afresh. Its parent is created (mode 0700) if missing.
 pub fn mirror(src: &Path, dst: &Path) -> Result<MirrorReport, ArchiveError> {
+    mirror_checked(src, dst, CopyCheck::NONE)
+}
+
+/// [`mirror`], comparing the unchanged files `check` picks with the source byte for byte; a
+/// copy that differs from a source whose metadata did not move is copied again and named in
+/// [`MirrorReport::mismatched`].
+pub fn mirror_checked(src: &Path, dst: &Path, check: CopyCheck) -> Result<MirrorReport, ArchiveError> {
     let mut walk = Walker::open_live(src)?;
     let root_meta = walk.root_meta().clone();
     let parent = dst.parent().unwrap_or(Path::new("."));
@@ -188,7 +229,17 @@ pub fn mirror(src: &Path, dst: &Path) -> Result<MirrorReport, ArchiveError> {
         reflink: supports_reflink(parent),
         links: HashMap::new(),
         open: Vec::new(),
-        report: MirrorReport { method: CopyMethod::Copy, files_copied: 0, bytes_copied: 0, removed: 0, unchanged: 0 },
+        report: MirrorReport {
+            method: CopyMethod::Copy,
+            files_copied: 0,
+            bytes_copied: 0,
+            removed: 0,
+            unchanged: 0,
+            checked: 0,
+            checked_bytes: 0,
+            mismatched: Vec::new(),
+        },
+        check,
     };
     // A dir of the last pass that is something else now (a symlink, a file): its copy was
     // removed whole when the new entry replaced it, so what the index recorded under it is
@@ -502,6 +553,7 @@ struct Pass<'a> {
     links: HashMap<(u64, u64), Vec<u8>>,
     open: Vec<OpenDir>,
     report: MirrorReport,
+    check: CopyCheck,
 }
 
 impl Pass<'_> {
@@ -567,6 +619,25 @@ impl Pass<'_> {
         // ctimes (the daily snapshot reuses yesterday's archive of an unchanged staging copy).
         if !unchanged && last.as_ref().is_some_and(|l| Record { racy: false, ..l.clone() }.same(&rec)) {
             unchanged = copy_matches(self.root, &rel, &node, &meta)?;
+        }
+        if unchanged && kind == Kind::File && self.check.picks(&rel) && meta.len() <= self.check.budget {
+            self.check.budget -= meta.len();
+            self.report.checked += 1;
+            self.report.checked_bytes += meta.len();
+            if !copy_matches(self.root, &rel, &node, &meta)? {
+                // A source written meanwhile (its metadata moved) is copied again as any change
+                // is; one whose metadata stayed put means the copy itself was damaged.
+                let still = match &node {
+                    Node::File(f) => f.metadata().is_ok_and(|now| {
+                        Record { racy: false, ..Record::of(kind, &now, rel.clone(), self.started) }.same(&rec)
+                    }),
+                    _ => false,
+                };
+                if still {
+                    self.report.mismatched.push(String::from_utf8_lossy(&rel).into_owned());
+                }
+                unchanged = false;
+            }
         }
         let hard_linked = kind == Kind::File && meta.nlink() > 1;
         if unchanged {
@@ -680,6 +751,11 @@ mod tests {
 
     /// Age every entry's ctime out of the racy window: the test clock jumps instead of waiting.
     fn pass_later(src: &Path, dst: &Path) -> MirrorReport {
+        derace(dst);
+        mirror(src, dst).unwrap()
+    }
+
+    fn derace(dst: &Path) {
         // The index marks entries changed within RACY_S of a pass as racy; rewrite it as if the
         // pass had read them long ago, so the next pass judges by metadata alone.
         let idx = crate::layout::mirror_index(dst);
@@ -694,7 +770,40 @@ mod tests {
         out.push_str(INDEX_END);
         out.push('\n');
         fs::write(&idx, out).unwrap();
-        mirror(src, dst).unwrap()
+    }
+
+    #[test]
+    fn a_copy_damaged_behind_the_mirrors_back_is_found_by_the_check_and_copied_again() {
+        let d = tempfile::tempdir().unwrap();
+        let (src, dst) = (d.path().join("src"), d.path().join("copy"));
+        fs::create_dir(&src).unwrap();
+        for name in ["a", "b", "c"] {
+            fs::write(src.join(name), format!("the rows of {name}")).unwrap();
+        }
+        mirror(&src, &dst).unwrap();
+        // Metadata alone: the damage is not seen.
+        keep_mtime(&dst.join("b"), || fs::write(dst.join("b"), "the rows of B").unwrap());
+        let r = pass_later(&src, &dst);
+        assert_eq!((r.files_copied, r.checked), (0, 0), "{r:?}");
+        assert_eq!(fs::read(dst.join("b")).unwrap(), b"the rows of B");
+        // Checking every file: found, copied again, named.
+        let all = CopyCheck { period: 1, turn: 0, budget: u64::MAX };
+        derace(&dst);
+        let r = mirror_checked(&src, &dst, all).unwrap();
+        assert_eq!(r.mismatched, ["b"], "{r:?}");
+        assert_eq!((r.files_copied, r.checked), (1, 3), "{r:?}");
+        assert_eq!(digest(&dst), digest(&src));
+        // A budget of 0 bytes checks nothing; a period of 3 checks each file once in 3 turns.
+        derace(&dst);
+        let none = mirror_checked(&src, &dst, CopyCheck { budget: 0, ..all }).unwrap();
+        assert_eq!(none.checked, 0);
+        let turns: u64 = (0..3)
+            .map(|turn| {
+                derace(&dst);
+                mirror_checked(&src, &dst, CopyCheck { period: 3, turn, budget: u64::MAX }).unwrap().checked
+            })
+            .sum();
+        assert_eq!(turns, 3);
     }
 
     fn out_vec(s: &mut String) -> impl Write + '_ {

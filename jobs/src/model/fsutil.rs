@@ -147,6 +147,12 @@ pub fn free_bytes(path: &Path) -> io::Result<u64> {
     Ok(st.f_bavail.saturating_mul(st.f_frsize))
 }
 
+/// The size of the filesystem holding `path`, in bytes.
+pub fn total_bytes(path: &Path) -> io::Result<u64> {
+    let st = rustix::fs::statvfs(path)?;
+    Ok(st.f_blocks.saturating_mul(st.f_frsize))
+}
+
 /// The type of the filesystem holding `path`, by name (`ext4`, `xfs`, `btrfs`, …), or its
 /// magic number in hex when slipway does not know it.
 pub fn fs_type_name(path: &Path) -> io::Result<String> {

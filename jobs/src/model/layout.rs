@@ -326,7 +326,12 @@ pub fn replaced_dir(backup_root: &Path, run: &RunId, tenant: &str) -> PathBuf {
 /// tenant's data dir is the original, so a damaged staging copy is only ever brought up to date
 /// again, and nothing else (recover, prune, sync) touches it.
 pub fn staging_dir(backup_root: &Path, tenant: &str) -> PathBuf {
-    backup_root.join(STAGING).join(tenant)
+    staging_root(backup_root).join(tenant)
+}
+
+/// The dir holding every tenant's staging copy (and their mirror indexes): `staging/`.
+pub fn staging_root(backup_root: &Path) -> PathBuf {
+    backup_root.join(STAGING)
 }
 
 /// Where drills extract their scratch copies: `<backup_root>/drill`. Anything in it outside a

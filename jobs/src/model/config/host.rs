@@ -210,12 +210,30 @@ pub struct SnapshotConfig {
     /// is made from the copy; `false`: the tenant stays paused while its archive is written.
     #[serde(default = "default_staging")]
     pub staging: bool,
+    /// Every file of a staging copy is compared with its source byte for byte at least once in
+    /// this many days, although its metadata says the copy is current (a copy damaged behind
+    /// the mirror's back is copied again and reported); 0: never.
+    #[serde(default = "default_check_copy_days")]
+    pub check_copy_days: u64,
+    /// At most this many MiB per tenant and day are compared so.
+    #[serde(default = "default_check_copy_mib")]
+    pub check_copy_mib: u64,
 }
 
 impl Default for SnapshotConfig {
     fn default() -> Self {
-        SnapshotConfig { staging: default_staging() }
+        SnapshotConfig {
+            staging: default_staging(),
+            check_copy_days: default_check_copy_days(),
+            check_copy_mib: default_check_copy_mib(),
+        }
     }
+}
+fn default_check_copy_days() -> u64 {
+    7
+}
+fn default_check_copy_mib() -> u64 {
+    1024
 }
 fn default_staging() -> bool {
     true
@@ -325,6 +343,8 @@ const ENV_KEYS: &[(&str, &[&str], Kind)] = &[
     ("SLIPWAY_NOTIFY_WEBHOOK", &["notify", "webhook"], Kind::Str),
     ("SLIPWAY_METRICS_FILE", &["metrics", "file"], Kind::Str),
     ("SLIPWAY_SNAPSHOT_STAGING", &["snapshot", "staging"], Kind::Bool),
+    ("SLIPWAY_SNAPSHOT_CHECK_COPY_DAYS", &["snapshot", "check_copy_days"], Kind::Int),
+    ("SLIPWAY_SNAPSHOT_CHECK_COPY_MIB", &["snapshot", "check_copy_mib"], Kind::Int),
     ("SLIPWAY_DRILL_STRIP_LABELS", &["drill", "strip_labels"], Kind::CommaList),
     ("SLIPWAY_DRILL_MAX_AGE_DAYS", &["drill", "max_age_days"], Kind::Int),
 ];
