@@ -22,7 +22,9 @@ fn image_of(s: &Sandbox, container: &str) -> String {
 fn assert_stopped_at(out: &Out, point: &str, var: &str) {
     assert!(
         out.stderr.contains(&format!("slipway test point reached: {point}")),
-        "{point}: the crash point was never reached (misspelled, or the step did not run): {}",
+        "{point}: the crash point was never reached (misspelled, or the step did not run): exit {}, {} {}",
+        out.code,
+        out.stdout,
         out.stderr
     );
     if var == CRASH {
