@@ -210,6 +210,25 @@ pub async fn init(opts: &InitOptions) -> Result<InitReport> {
 
 /// Try [`HEALTH_PATHS`] on every tenant of `app` (one GET each, no retries): the first that
 /// answers 2xx on all of them becomes the app's health path.
+/// Wait until every URL answers at all (any HTTP status: the app is up), for at most
+/// [`PROBE_PATIENCE`] in all: an app still starting, or a loaded host, must not make `init`
+/// propose "/" because its first probe was refused.
+async fn until_answering(prober: &Prober, urls: &[String]) {
+    let deadline = std::time::Instant::now() + PROBE_PATIENCE;
+    for u in urls {
+        let url = format!("{u}{}", HEALTH_PATHS[0]);
+        while std::time::Instant::now() < deadline {
+            match prober.probe(&url).await {
+                Err(e) if !e.starts_with("HTTP ") => tokio::time::sleep(std::time::Duration::from_millis(250)).await,
+                _ => break,
+            }
+        }
+    }
+}
+
+/// How long `init` waits, in all, for tenants that do not answer at all.
+const PROBE_PATIENCE: std::time::Duration = std::time::Duration::from_secs(15);
+
 async fn probe_health(engine: &Engine, prober: &Prober, app: &mut ProposedApp) -> Result<()> {
     if app.health_port == 0 {
         return Ok(());
@@ -227,6 +246,7 @@ async fn probe_health(engine: &Engine, prober: &Prober, app: &mut ProposedApp) -
             }
         }
     }
+    until_answering(prober, &urls).await;
     for path in HEALTH_PATHS {
         let mut all = true;
         for u in &urls {
