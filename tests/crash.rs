@@ -372,8 +372,25 @@ fn recover_converges_when_a_create_in_flight_at_the_kill_takes_the_tenants_name_
     let out = s.slipway_env(&["rollout", "--json"], &[(CRASH, "halfway-switch")]);
     assert_stopped_at(&out, "halfway-switch", CRASH);
     // ... and the create it had sent completes while recover is already at work.
-    let recover = s.spawn(&["recover", "--json"], &[("SLIPWAY_TEST_PAUSE_AT", "undo-before-rename-back:3000")]);
-    std::thread::sleep(std::time::Duration::from_millis(1200));
+    let mut recover = s.spawn(&["recover", "--json"], &[("SLIPWAY_TEST_PAUSE_AT", "undo-before-rename-back:3000")]);
+    // Wait for recover to say it is held at the point (not a guessed sleep: on a loaded host
+    // it may take longer than any fixed time to get there).
+    let stderr = recover.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead;
+        let mut seen = String::new();
+        for line in std::io::BufReader::new(stderr).lines() {
+            let line = line.unwrap_or_default();
+            if line.contains("slipway test point reached: undo-before-rename-back") {
+                let _ = tx.send(());
+            }
+            seen.push_str(&line);
+            seen.push('\n');
+        }
+        seen
+    });
+    let reached = rx.recv_timeout(std::time::Duration::from_secs(120)).is_ok();
     crate::support::sh(std::process::Command::new("docker").args([
         "create",
         "--name",
@@ -383,13 +400,9 @@ fn recover_converges_when_a_create_in_flight_at_the_kill_takes_the_tenants_name_
         &v2,
     ]));
     let rec = recover.wait_with_output().unwrap();
-    assert_eq!(
-        rec.status.code(),
-        Some(0),
-        "{} {}",
-        String::from_utf8_lossy(&rec.stdout),
-        String::from_utf8_lossy(&rec.stderr)
-    );
+    let stderr = reader.join().unwrap();
+    assert!(reached, "recover never reached undo-before-rename-back: {stderr}");
+    assert_eq!(rec.status.code(), Some(0), "{} {stderr}", String::from_utf8_lossy(&rec.stdout));
     let c = s.inspect(&name);
     assert_eq!(c["Id"], id, "the prior container must hold the tenant's name again");
     assert_eq!(c["State"]["Running"], true);
