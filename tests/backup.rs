@@ -699,3 +699,25 @@ fn a_damaged_staging_copy_is_found_copied_again_and_reported_and_never_enters_th
     assert_eq!(a["pre_pass"]["mismatched"], serde_json::json!(["db/records.txt"]), "{a}");
     assert!(a["note"].as_str().is_some_and(|n| n.contains("db/records.txt")), "{a}");
 }
+
+#[test]
+fn restore_of_a_stopped_tenant_brings_its_data_back_and_leaves_it_stopped() {
+    let s = Sandbox::new();
+    let v1 = s.push_fixture_as("v1", "app");
+    let name = s.add_tenant("t1", &v1);
+    s.write_data("t1", "db/records.txt", "rows of the snapshot\n");
+    s.write_fleet(&s.fleet_app(&v1, ""));
+    let day = snapshot_json(&s, &[]).day;
+    let at_snapshot = tree_hash(&s.data_dir("t1"));
+    // The operator suspended the tenant, and its data was damaged meanwhile.
+    sh(Command::new("docker").args(["stop", &name]));
+    s.write_data("t1", "db/records.txt", "damaged\n");
+    let out = s.slipway(&["restore", "--tenant", "t1", "--day", &day, "--json"]);
+    assert_eq!(out.code, 0, "{} {}", out.stdout, out.stderr);
+    assert_eq!(tree_hash(&s.data_dir("t1")), at_snapshot);
+    assert_eq!(s.inspect(&name)["State"]["Running"], false, "a restore started a tenant it did not stop");
+    assert!(out.report::<Restore>().detail.contains("left stopped"), "{}", out.stdout);
+    // Started by its operator, it runs on the restored data.
+    sh(Command::new("docker").args(["start", &name]));
+    assert!(s.http_get(&format!("http://{}:8080/api/health", s.container_ip(&name))).contains("v1"));
+}

@@ -417,10 +417,16 @@ pub async fn restore(ctx: &Ctx, opts: &RestoreOptions) -> Result<RestoreReport> 
         return Ok(report);
     }
     ctx.start_run("restore", Some(&app.name), Some(&commit), None)?;
-    let held = HeldContainer { container: container.name.clone(), hold: "stop".into() };
-    let s = ctx.begin(Some(opts.tenant.as_str()), "stop", &held)?;
-    engine.stop(&container.name, app.stop_timeout_s).await?;
-    ctx.end(s, "ok", None::<&()>)?;
+    // A tenant that was not running (suspended, stopped by hand) gets its data back and stays
+    // stopped: a restore never starts what it did not stop (hold `none`: recover leaves it so).
+    let was_running = container.state != "exited" && container.state != "created" && container.state != "dead";
+    let held =
+        HeldContainer { container: container.name.clone(), hold: if was_running { "stop" } else { "none" }.into() };
+    if was_running {
+        let s = ctx.begin(Some(opts.tenant.as_str()), "stop", &held)?;
+        engine.stop(&container.name, app.stop_timeout_s).await?;
+        ctx.end(s, "ok", None::<&()>)?;
+    }
     crash_point("restore-before-swap");
     let s = ctx.begin(Some(opts.tenant.as_str()), "restore", &held)?;
     let (a, h, d) = (archive_path.clone(), got.clone(), data_dir.clone());
@@ -439,8 +445,21 @@ pub async fn restore(ctx: &Ctx, opts: &RestoreOptions) -> Result<RestoreReport> 
         if restored.is_ok() { "ok" } else { "failed" },
         Some(&serde_json::json!({ "replaced": report.replaced })),
     )?;
-    let health = start_and_check(ctx, &engine, &app, &container.name, &opts.tenant, &held).await?;
+    let health = if was_running {
+        start_and_check(ctx, &engine, &app, &container.name, &opts.tenant, &held).await?
+    } else {
+        Ok(std::time::Duration::ZERO)
+    };
     match (&restored, &health) {
+        (Ok(n), Ok(_)) if !was_running => {
+            report.entries = *n;
+            report.detail = format!(
+                "restored {n} entries into {}; {} was not running ({}) and is left stopped",
+                data_dir.display(),
+                container.name,
+                container.state
+            );
+        }
         (Ok(n), Ok(_)) => {
             report.entries = *n;
             report.detail =
@@ -448,8 +467,11 @@ pub async fn restore(ctx: &Ctx, opts: &RestoreOptions) -> Result<RestoreReport> 
         }
         (Err(e), Ok(_)) => {
             report.outcome = ExitKind::Failure;
-            report.detail =
-                format!("restore failed, the old data is still in place and {} runs on it: {e}", container.name);
+            report.detail = format!(
+                "restore failed, the old data is still in place and {} {} on it: {e}",
+                container.name,
+                if was_running { "runs" } else { "stays stopped" }
+            );
         }
         (_, Err(e)) => {
             report.outcome = ExitKind::PersonNeeded;
