@@ -2,8 +2,9 @@
 //! with `extract_into` (the bytes' real sha256 given, so the entry checks are what decides).
 //!
 //! Each input is read twice: as the archive file itself (the zstd decoder's input), and as the
-//! tar stream inside one (compressed here first, so that mutations reach the tar reader and the
-//! entry checks instead of breaking the zstd frame). The first extracts into a new dir, the
+//! tar stream inside one (its header checksums fixed and compressed here first, so that
+//! mutations reach the tar reader and the entry checks instead of breaking the zstd frame or a
+//! checksum). The first extracts into a new dir, the
 //! second into an existing empty one (`restore --to` a mount point); an archive that extracts is
 //! then deep-verified against a file list. Beside the target lies a sentinel tree.
 //!
@@ -16,7 +17,7 @@ use std::path::Path;
 
 use libfuzzer_sys::fuzz_target;
 use sha2::{Digest, Sha256};
-use slipway_fuzz::{names, picture, scratch};
+use slipway_fuzz::{fix_tar_checksums, names, picture, scratch};
 use slipway_jobs::adapters::archive::{deep_verify, extract_into, file_list_path};
 
 fn sha256(b: &[u8]) -> String {
@@ -32,6 +33,16 @@ fn plant(sentinel: &Path) {
     std::os::unix::fs::symlink("keep", sentinel.join("link")).unwrap();
 }
 
+/// With `SLIPWAY_FUZZ_DEBUG` set, what each step returned (replaying one input).
+fn debug<T: std::fmt::Debug, E: std::fmt::Display>(what: &str, r: &Result<T, E>) {
+    if std::env::var_os("SLIPWAY_FUZZ_DEBUG").is_some() {
+        match r {
+            Ok(v) => eprintln!("{what}: ok: {v:?}"),
+            Err(e) => eprintln!("{what}: {e}"),
+        }
+    }
+}
+
 fuzz_target!(|data: &[u8]| {
     let tmp = scratch();
     let base = tmp.path();
@@ -45,22 +56,26 @@ fuzz_target!(|data: &[u8]| {
     fs::write(&raw, data).unwrap();
     let new_dir = base.join("new");
     let r = extract_into(&raw, &sha256(data), &new_dir);
+    debug("as the archive", &r);
     assert_eq!(r.is_ok(), new_dir.exists(), "{r:?}: the new dir exists exactly when the extract succeeded");
 
     // 2. The bytes as the tar stream of an archive, into an existing empty dir.
     let archive = inbox.join("tar.tar.zst");
-    let zst = zstd::encode_all(data, 1).unwrap();
+    let mut stream = data.to_vec();
+    fix_tar_checksums(&mut stream);
+    let zst = zstd::encode_all(&stream[..], 1).unwrap();
     fs::write(&archive, &zst).unwrap();
     let empty_dir = base.join("empty");
     fs::create_dir(&empty_dir).unwrap();
     let r = extract_into(&archive, &sha256(&zst), &empty_dir);
+    debug("as the tar stream", &r);
     if r.is_err() {
         assert_eq!(names(&empty_dir), Vec::<String>::new(), "{r:?}: a failed extract leaves the dir empty");
     } else {
         // Deep verify against a list naming nothing: extracts again, then walks and compares.
         let list = file_list_path(&archive);
         fs::write(&list, zstd::encode_all(&br#"{"entries":[],"skipped":[]}"#[..], 1).unwrap()).unwrap();
-        let _ = deep_verify(&archive, &sha256(&zst), &list);
+        debug("deep verify", &deep_verify(&archive, &sha256(&zst), &list));
         fs::remove_file(&list).unwrap();
     }
 

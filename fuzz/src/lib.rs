@@ -55,3 +55,30 @@ pub fn names(dir: &Path) -> Vec<String> {
     v.sort();
     v
 }
+
+/// Give every header of the tar stream in `data` the checksum it should have, walking it as a
+/// tar reader does (a header, then its data rounded up to 512-byte blocks). Mutations that touch
+/// a header would otherwise nearly always break its checksum, and the reader would refuse it
+/// before any of slipway's checks saw the entry.
+pub fn fix_tar_checksums(data: &mut [u8]) {
+    let mut at = 0usize;
+    while let Some(h) = at.checked_add(512).and_then(|end| data.get_mut(at..end)) {
+        at += 512;
+        if h.iter().all(|b| *b == 0) {
+            continue;
+        }
+        let sum: u32 = h[..148].iter().chain(&[b' '; 8]).chain(&h[156..]).map(|b| u32::from(*b)).sum();
+        h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+        let size = if h[124] & 0x80 != 0 {
+            // GNU base-256: the low 8 bytes are enough for any size that fits in memory.
+            h[128..136].iter().fold(0u64, |n, b| n << 8 | u64::from(*b))
+        } else {
+            let field = &h[124..136];
+            let end = field.iter().position(|b| *b == 0).unwrap_or(field.len());
+            let text = std::str::from_utf8(&field[..end]).unwrap_or("").trim();
+            u64::from_str_radix(text, 8).unwrap_or(0)
+        };
+        let blocks = usize::try_from(size.div_ceil(512)).unwrap_or(usize::MAX);
+        at = at.saturating_add(blocks.saturating_mul(512));
+    }
+}
