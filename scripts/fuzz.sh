@@ -77,8 +77,9 @@ for t in "${targets[@]}"; do
     execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$out" | tail -n 1)
     echo "fuzz: $t: ${execs:-?} inputs in $(($(date +%s) - start)) s, no crash (corpus: fuzz/corpus/$t)"
   else
-    tail -n 40 "$out"
-    echo "fuzz: $t FAILED: the input is $(grep -o "$root/fuzz/artifacts/$t/[^ ]*" "$out" | tail -n 1 || echo "named in target/fuzz-$t.log")"
+    # The panic (libFuzzer also prints the whole input as a byte list: that stays in the log).
+    grep -m 1 -A 4 'panicked at' "$out" || tail -n 20 "$out" | cut -c 1-300
+    echo "fuzz: $t FAILED (log: target/fuzz-$t.log): the input is $(grep -o "$root/fuzz/artifacts/$t/[^ ]*" "$out" | tail -n 1 || echo "named in target/fuzz-$t.log")"
     failed+=("$t")
   fi
 done
