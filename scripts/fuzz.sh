@@ -54,6 +54,7 @@ opts=(--sanitizer "$sanitizer" --codegen-units 16 --target-dir "$target_dir")
 
 mkdir -p "$root/target"
 log=$root/target/fuzz-build.log
+: >"$log"
 echo "fuzz: building ${targets[*]} (log: target/fuzz-build.log)"
 start=$(date +%s)
 for t in "${targets[@]}"; do
