@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 TEST_THREADS ?= 4
 
-.PHONY: test demo bench lint testenv-up testenv-down build dist deb check-deb
+.PHONY: test demo bench lint fuzz testenv-up testenv-down build dist deb check-deb
 
 build:
 	$(CARGO) build --release
@@ -45,8 +45,15 @@ demo:
 bench:
 	@for b in bench/*.sh; do echo "== $$b"; bash "$$b" || exit 1; done
 
+## make fuzz: build the fuzz targets (fuzz/: the archive reader, the file-list and manifest
+## parsers) and run each for FUZZ_SECONDS (15); fails naming the input of any crash.
+FUZZ_SECONDS ?= 15
+fuzz:
+	@scripts/fuzz.sh $(FUZZ_SECONDS)
+
 lint:
 	$(CARGO) fmt --all -- --check
+	rustfmt --edition 2021 --check fuzz/src/*.rs fuzz/fuzz_targets/*.rs
 	$(CARGO) clippy --workspace --all-targets --features test-crash -- -D warnings
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	@if [ -x scripts/check-units.sh ]; then scripts/check-units.sh; fi

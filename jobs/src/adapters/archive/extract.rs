@@ -57,10 +57,22 @@ fn no_symlink_ancestor(archive: &Path, root: &Root, rel: &[u8], raw: &str) -> Re
     Ok(())
 }
 
-/// Attributes from a tar header: atime is set to the mtime (archives keep no atime).
-fn attrs(uid: u64, gid: u64, mode: u32, mtime: u64) -> Attrs {
-    let t = (mtime as i64, 0);
-    Attrs { uid: uid as u32, gid: gid as u32, mode, atime: t, mtime: t }
+/// The owner, mode and mtime of an entry's header (atime is set to the mtime: archives keep no
+/// atime). A uid or gid that is not a 32-bit id, or is `u32::MAX` (-1, which `chown` reads as
+/// "leave unchanged"), is refused: cut to 32 bits it would name another owner (root, for
+/// 2^32), and -1 made the restore panic (found by the fuzz target `archive_extract`).
+fn header_attrs(archive: &Path, entry: &str, h: &tar::Header) -> Result<Attrs, ArchiveError> {
+    let corrupt = |e: io::Error| ArchiveError::Corrupt { archive: archive.to_path_buf(), what: e.to_string() };
+    let id = |v: u64, what: &str| {
+        u32::try_from(v).ok().filter(|v| *v != u32::MAX).ok_or_else(|| ArchiveError::Refused {
+            archive: archive.to_path_buf(),
+            entry: entry.to_string(),
+            why: format!("its {what} {v} is not a valid id"),
+        })
+    };
+    let (uid, gid) = (id(h.uid().map_err(corrupt)?, "uid")?, id(h.gid().map_err(corrupt)?, "gid")?);
+    let t = (h.mtime().map_err(corrupt)? as i64, 0);
+    Ok(Attrs { uid, gid, mode: h.mode().map_err(corrupt)? & 0o7777, atime: t, mtime: t })
 }
 
 /// What [`extract_checked`] did.
@@ -83,7 +95,7 @@ pub(super) fn extract_checked(archive: &Path, expected: &str, dir: &Path) -> Res
     let mut tar = tar::Archive::new(dec);
     let corrupt = |e: io::Error| ArchiveError::Corrupt { archive: archive.to_path_buf(), what: e.to_string() };
     let mut dirs: Vec<(Vec<u8>, Attrs)> = Vec::new();
-    let mut own: Option<(u32, u64, u64, u64)> = None;
+    let mut own: Option<Attrs> = None;
     let mut count = 0u64;
     let mut buf = vec![0u8; BUF];
     for entry in tar.entries().map_err(corrupt)? {
@@ -95,7 +107,6 @@ pub(super) fn extract_checked(archive: &Path, expected: &str, dir: &Path) -> Res
             && !raw.as_os_str().is_empty()
         {
             // `./`: the dir itself. Applied last, like every directory's metadata.
-            let h = entry.header();
             if own.is_some() {
                 return Err(ArchiveError::Refused {
                     archive: archive.to_path_buf(),
@@ -103,26 +114,15 @@ pub(super) fn extract_checked(archive: &Path, expected: &str, dir: &Path) -> Res
                     why: "a second entry for the archived dir itself".into(),
                 });
             }
-            own = Some((
-                h.mode().map_err(corrupt)? & 0o7777,
-                h.uid().map_err(corrupt)?,
-                h.gid().map_err(corrupt)?,
-                h.mtime().map_err(corrupt)?,
-            ));
+            own = Some(header_attrs(archive, &raw_s, entry.header())?);
             continue;
         }
         let rel = safe_rel(archive, &raw)?;
         let rel = rel.as_os_str().as_bytes();
         no_symlink_ancestor(archive, &root, rel, &raw_s)?;
         let target = root.display(rel);
-        let h = entry.header();
-        let (mode, uid, gid, mtime) = (
-            h.mode().map_err(corrupt)? & 0o7777,
-            h.uid().map_err(corrupt)?,
-            h.gid().map_err(corrupt)?,
-            h.mtime().map_err(corrupt)?,
-        );
-        let kind = h.entry_type();
+        let a = header_attrs(archive, &raw_s, entry.header())?;
+        let kind = entry.header().entry_type();
         let refuse =
             |why: &str| ArchiveError::Refused { archive: archive.to_path_buf(), entry: raw_s.clone(), why: why.into() };
         match kind {
@@ -132,7 +132,7 @@ pub(super) fn extract_checked(archive: &Path, expected: &str, dir: &Path) -> Res
                     Some(_) => return Err(refuse("a directory entry collides with an existing file")),
                     None => root.mkdir(rel, 0o700).map_err(ioe(&target))?,
                 }
-                dirs.push((rel.to_vec(), attrs(uid, gid, mode, mtime)));
+                dirs.push((rel.to_vec(), a));
             }
             tar::EntryType::Regular | tar::EntryType::Continuous => {
                 // A new file only: never follows or replaces an existing path (a planted symlink).
@@ -157,7 +157,7 @@ pub(super) fn extract_checked(archive: &Path, expected: &str, dir: &Path) -> Res
                     at += n as u64;
                 }
                 out.set_len(at).map_err(ioe(&target))?;
-                confined::set_fd_attrs(&out, &attrs(uid, gid, mode, mtime)).map_err(ioe(&target))?;
+                confined::set_fd_attrs(&out, &a).map_err(ioe(&target))?;
             }
             tar::EntryType::Symlink => {
                 let link = entry.link_name().map_err(corrupt)?.ok_or_else(|| refuse("a symlink without a target"))?;
@@ -168,7 +168,7 @@ pub(super) fn extract_checked(archive: &Path, expected: &str, dir: &Path) -> Res
                         ArchiveError::Io { path: target.clone(), source: e }
                     }
                 })?;
-                root.set_symlink_attrs(rel, &attrs(uid, gid, mode, mtime)).map_err(ioe(&target))?;
+                root.set_symlink_attrs(rel, &a).map_err(ioe(&target))?;
             }
             tar::EntryType::Link => {
                 let link = entry.link_name().map_err(corrupt)?.ok_or_else(|| refuse("a hard link without a target"))?;
@@ -207,8 +207,8 @@ pub(super) fn extract_checked(archive: &Path, expected: &str, dir: &Path) -> Res
     }
     // Directories last, deepest first: their modes may forbid writing, and children touch mtimes.
     dirs.sort_by_key(|d| std::cmp::Reverse(d.0.iter().filter(|c| **c == b'/').count()));
-    if let Some((mode, uid, gid, mtime)) = own {
-        dirs.push((Vec::new(), attrs(uid, gid, mode, mtime)));
+    if let Some(a) = own {
+        dirs.push((Vec::new(), a));
     }
     for (d, a) in dirs {
         root.set_attrs(&d, &a).map_err(ioe(&root.display(&d)))?;

@@ -463,3 +463,49 @@ fn a_sparse_file_comes_back_sparse_and_identical_from_an_archive() {
     assert!(m.blocks() * 512 < 1 << 20, "restored taking {} bytes of disk", m.blocks() * 512);
     assert_eq!(tree_digest(&out).unwrap(), tree_digest(&src).unwrap());
 }
+
+/// Found by the fuzz target `archive_extract`: a header owner of `u32::MAX` (-1 to `chown`)
+/// made the restore panic, and one past 32 bits was cut to another owner (2^32 to root).
+#[test]
+fn a_header_owner_that_is_not_a_valid_id_is_refused_not_a_panic_or_cut() {
+    let d = tempfile::tempdir().unwrap();
+    let cases: [(&str, tar::EntryType, u64, u64); 6] = [
+        ("./", tar::EntryType::Directory, u64::from(u32::MAX), 0),
+        ("dir/", tar::EntryType::Directory, 0, u64::from(u32::MAX)),
+        ("file", tar::EntryType::Regular, u64::from(u32::MAX), 0),
+        ("link", tar::EntryType::Symlink, 0, u64::from(u32::MAX)),
+        ("file", tar::EntryType::Regular, 1 << 32, 0),
+        ("dir/", tar::EntryType::Directory, 0, (1 << 32) + 1000),
+    ];
+    for (name, kind, uid, gid) in cases {
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(kind);
+        h.set_path(name).unwrap();
+        h.set_mode(0o644);
+        h.set_uid(uid);
+        h.set_gid(gid);
+        h.set_mtime(0);
+        h.set_size(if kind == tar::EntryType::Regular { 1 } else { 0 });
+        if kind == tar::EntryType::Symlink {
+            h.set_link_name("file").unwrap();
+        }
+        h.set_cksum();
+        b.append(&h, if kind == tar::EntryType::Regular { &b"x"[..] } else { &b""[..] }).unwrap();
+        let z = zstd::encode_all(&b.into_inner().unwrap()[..], 3).unwrap();
+        let archive = d.path().join("owner.tar.zst");
+        fs::write(&archive, &z).unwrap();
+        let sha = hex::encode(Sha256::digest(&z));
+        let target = d.path().join("target");
+        fs::create_dir_all(&target).unwrap();
+        fs::write(target.join("keep"), "old").unwrap();
+        let before = tree_digest(&target).unwrap();
+        let err = restore_swap(&archive, &sha, &target).unwrap_err();
+        let what = format!("{name} {kind:?} {uid}:{gid}");
+        assert!(matches!(err, ArchiveError::Refused { .. }), "{what}: {err}");
+        assert!(err.to_string().contains("is not a valid id"), "{what}: {err}");
+        assert_eq!(tree_digest(&target).unwrap(), before, "{what}: target changed");
+        let into = d.path().join("into");
+        assert!(extract_into(&archive, &sha, &into).is_err() && !into.exists(), "{what}");
+    }
+}
