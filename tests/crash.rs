@@ -372,25 +372,9 @@ fn recover_converges_when_a_create_in_flight_at_the_kill_takes_the_tenants_name_
     let out = s.slipway_env(&["rollout", "--json"], &[(CRASH, "halfway-switch")]);
     assert_stopped_at(&out, "halfway-switch", CRASH);
     // ... and the create it had sent completes while recover is already at work.
-    let mut recover = s.spawn(&["recover", "--json"], &[("SLIPWAY_TEST_PAUSE_AT", "undo-before-rename-back:3000")]);
-    // Wait for recover to say it is held at the point (not a guessed sleep: on a loaded host
-    // it may take longer than any fixed time to get there).
-    let stderr = recover.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    let reader = std::thread::spawn(move || {
-        use std::io::BufRead;
-        let mut seen = String::new();
-        for line in std::io::BufReader::new(stderr).lines() {
-            let line = line.unwrap_or_default();
-            if line.contains("slipway test point reached: undo-before-rename-back") {
-                let _ = tx.send(());
-            }
-            seen.push_str(&line);
-            seen.push('\n');
-        }
-        seen
-    });
-    let reached = rx.recv_timeout(std::time::Duration::from_secs(120)).is_ok();
+    // Created once recover says it is held at the point (not after a guessed sleep: on a
+    // loaded host it may take longer than any fixed time to get there).
+    let (recover, reached, reader) = s.spawn_held_at(&["recover", "--json"], "undo-before-rename-back", 3000);
     crate::support::sh(std::process::Command::new("docker").args([
         "create",
         "--name",

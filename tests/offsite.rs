@@ -68,25 +68,7 @@ fn sync_then_sync_again_uploads_nothing_and_a_changed_archive_goes_up_again() {
 /// reached the point (it sleeps there), and kill `server` meanwhile: the server dies at a known
 /// point of the sync, never after a guessed sleep. Returns the sync's exit code.
 fn kill_server_at(s: &Sandbox, server: &mut S3Server, point: &str) -> Option<i32> {
-    use std::io::BufRead;
-    let pause = format!("{point}:4000");
-    let mut child = s.spawn(&["sync", "--json"], &[("SLIPWAY_TEST_PAUSE_AT", pause.as_str())]);
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    let said = format!("slipway test point reached: {point}");
-    let reader = std::thread::spawn(move || {
-        let mut seen = String::new();
-        for line in std::io::BufReader::new(stderr).lines() {
-            let line = line.unwrap_or_default();
-            if line.contains(&said) {
-                let _ = tx.send(());
-            }
-            seen.push_str(&line);
-            seen.push('\n');
-        }
-        seen
-    });
-    let reached = rx.recv_timeout(std::time::Duration::from_secs(120)).is_ok();
+    let (child, reached, reader) = s.spawn_held_at(&["sync", "--json"], point, 4000);
     server.kill();
     let out = child.wait_with_output().unwrap();
     let stderr = reader.join().unwrap();

@@ -426,6 +426,39 @@ impl Sandbox {
             .unwrap()
     }
 
+    /// Spawn slipway with `SLIPWAY_TEST_PAUSE_AT=<point>:<ms>` and wait until it says it is
+    /// held there (it announces a test point on stderr, then sleeps): a test acts while the job
+    /// is held at a known point, never after a guessed sleep. Returns the child (its stderr
+    /// taken), whether the point was reached within 120 s, and a reader that yields all of
+    /// stderr once the child ends.
+    pub fn spawn_held_at(
+        &self,
+        args: &[&str],
+        point: &str,
+        ms: u64,
+    ) -> (std::process::Child, bool, std::thread::JoinHandle<String>) {
+        use std::io::BufRead;
+        let pause = format!("{point}:{ms}");
+        let mut child = self.spawn(args, &[("SLIPWAY_TEST_PAUSE_AT", pause.as_str())]);
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let said = format!("slipway test point reached: {point}");
+        let reader = std::thread::spawn(move || {
+            let mut seen = String::new();
+            for line in std::io::BufReader::new(stderr).lines() {
+                let line = line.unwrap_or_default();
+                if line.contains(&said) {
+                    let _ = tx.send(());
+                }
+                seen.push_str(&line);
+                seen.push('\n');
+            }
+            seen
+        });
+        let reached = rx.recv_timeout(std::time::Duration::from_secs(120)).is_ok();
+        (child, reached, reader)
+    }
+
     /// `docker inspect` of a container.
     pub fn inspect(&self, name: &str) -> serde_json::Value {
         let v: serde_json::Value = serde_json::from_str(&docker(&["inspect", name])).unwrap();

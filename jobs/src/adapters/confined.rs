@@ -77,17 +77,31 @@ static OPENAT2: AtomicU8 = AtomicU8::new(0);
 
 #[cfg(test)]
 thread_local! {
-    /// Tests run the per-component fallback too, on kernels that have `openat2`.
+    /// Tests run the kernel's older paths on a kernel that has the newer ones (this thread
+    /// only): [`with_fallback`] turns off `openat2`, [`without_exchange`] `RENAME_EXCHANGE`.
     static FORCE_FALLBACK: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    static NO_EXCHANGE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Run `f` with `flag` set on this thread.
+#[cfg(test)]
+fn with_flag<T>(flag: &'static std::thread::LocalKey<std::cell::Cell<bool>>, f: impl FnOnce() -> T) -> T {
+    flag.with(|c| c.set(true));
+    let out = f();
+    flag.with(|c| c.set(false));
+    out
 }
 
 /// Run `f` with the per-component resolution instead of `openat2` (this thread only).
 #[cfg(test)]
 pub(crate) fn with_fallback<T>(f: impl FnOnce() -> T) -> T {
-    FORCE_FALLBACK.with(|c| c.set(true));
-    let out = f();
-    FORCE_FALLBACK.with(|c| c.set(false));
-    out
+    with_flag(&FORCE_FALLBACK, f)
+}
+
+/// Swaps on this thread act as on a filesystem without `RENAME_EXCHANGE`.
+#[cfg(test)]
+pub(crate) fn without_exchange<T>(f: impl FnOnce() -> T) -> T {
+    with_flag(&NO_EXCHANGE, f)
 }
 
 fn use_openat2(probe: BorrowedFd<'_>) -> bool {
@@ -449,20 +463,6 @@ fn aside_name(nb: &[u8]) -> Vec<u8> {
 }
 
 const JOURNAL_MAGIC: &str = "slipway-swap 1";
-
-#[cfg(test)]
-thread_local! {
-    static NO_EXCHANGE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
-
-/// Swaps on this thread act as on a filesystem without `RENAME_EXCHANGE`.
-#[cfg(test)]
-pub(crate) fn without_exchange<T>(f: impl FnOnce() -> T) -> T {
-    NO_EXCHANGE.with(|c| c.set(true));
-    let out = f();
-    NO_EXCHANGE.with(|c| c.set(false));
-    out
-}
 
 fn no_exchange() -> bool {
     #[cfg(test)]
