@@ -248,7 +248,7 @@ fn sweep(ctx: &Ctx, dry_run: bool) -> Result<Vec<String>> {
     out.extend(kept_copies(ctx)?.into_iter().map(|k| {
         format!(
             "kept {} (the rollout copy of tenant {} from run {}, never archived: `slipway rollback --run {} --tenant {}` \
-             puts it back; remove it by hand once it is not needed)",
+             puts it back, and refuses once it is gone; remove it by hand once that run will not be rolled back)",
             k.copy.display(),
             k.tenant,
             k.run,

@@ -249,7 +249,7 @@ pub async fn status(ctx: &Ctx) -> Result<StatusReport> {
         attention.push(format!(
             "tenant {}: run {} could not archive its rollout copy {} (the tenant's data from before that run, kept \
              as the only copy of it); see `slipway runs show {}`, free space on the backup disk, and remove the copy \
-             by hand once a newer snapshot is enough",
+             by hand once a newer snapshot is enough (`rollback --run` of that tenant needs it and refuses without it)",
             k.tenant,
             k.run,
             k.copy.display(),
