@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
-"""Writes the fuzz targets' seed corpora into fuzz/seeds/<target>/ (committed; each well under
-10 KB). Needs only Python's standard library and the zstd CLI. Run it again after a format
-change: `python3 fuzz/make_seeds.py`.
+"""Writes the fuzz targets' seed corpora into fuzz/seeds/<target>/ (git-ignored: scripts/fuzz.sh
+writes them afresh before each run; each well under 10 KB). Needs only Python's standard
+library and the zstd CLI.
 
 archive_extract: tar streams as slipway writes them (a `./` entry for the dir itself, dirs,
 files, a symlink, a hard link, a long name, a non-UTF-8 name) and hostile ones (`..`, absolute

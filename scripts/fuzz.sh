@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # scripts/fuzz.sh [SECONDS] — `make fuzz`: build the fuzz targets in fuzz/ (issue #24) and run
-# each for SECONDS (default 15), starting from the seeds in fuzz/seeds/<target>/ and the corpus
+# each for SECONDS (default 15), starting from the seeds fuzz/make_seeds.py writes into
+# fuzz/seeds/<target>/ (git-ignored) and the corpus
 # earlier runs grew in fuzz/corpus/<target>/ (git-ignored).
 #
 #   archive_extract  a .tar.zst from the remote or a damaged disk, extracted with every check
@@ -51,6 +52,10 @@ else
 fi
 # 16 codegen units (cargo fuzz's default is 1): the build takes about half as long on two cores.
 opts=(--sanitizer "$sanitizer" --codegen-units 16 --target-dir "$target_dir")
+
+# The seeds (small archives, file lists, manifests) are generated, never committed.
+command -v zstd >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq zstd >/dev/null; }
+python3 "$root/fuzz/make_seeds.py"
 
 mkdir -p "$root/target"
 log=$root/target/fuzz-build.log
