@@ -380,12 +380,8 @@ impl Root {
 /// — without following any symlink in it; whether something was there. Its parent is opened
 /// as the root (the dirs above a tenant tree are the host's).
 pub fn remove_tree(path: &Path) -> io::Result<bool> {
-    let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "no parent dir or no name"));
-    };
-    let parent = if parent.as_os_str().is_empty() { Path::new(".") } else { parent };
-    match Root::open_host(parent) {
-        Ok(r) => r.remove_all(name.as_bytes()),
+    match host_parent(path) {
+        Ok((r, name)) => r.remove_all(&name),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
         Err(e) => Err(e),
     }

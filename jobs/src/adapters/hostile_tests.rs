@@ -258,10 +258,7 @@ fn listing(p: &Path) -> String {
         .current_dir(p)
         .output()
         .unwrap();
-    let mut lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| l.split('.').next().map(|_| l.to_string()).unwrap_or_default())
-        .collect();
+    let mut lines: Vec<String> = String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect();
     lines.sort();
     lines.join("\n")
 }

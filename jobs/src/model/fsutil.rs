@@ -103,22 +103,22 @@ pub fn is_mount_point(dir: &Path) -> io::Result<bool> {
     if fs::metadata(&dir)?.dev() != fs::metadata(parent)?.dev() {
         return Ok(true);
     }
-    let want = dir.to_string_lossy().replace(' ', "\\040");
+    Ok(mount_points().any(|m| m == dir))
+}
+
+/// The mount points `/proc/self/mountinfo` lists (unescaped); none when it cannot be read.
+fn mount_points() -> impl Iterator<Item = PathBuf> {
     let info = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    Ok(info.lines().any(|l| l.split(' ').nth(4) == Some(want.as_str())))
+    let points: Vec<PathBuf> =
+        info.lines().filter_map(|l| l.split(' ').nth(4)).map(|m| PathBuf::from(unescape_mountinfo(m))).collect();
+    points.into_iter()
 }
 
 /// The mount points strictly inside `dir` (from `/proc/self/mountinfo`): what a snapshot of
 /// `dir` does not copy and a restore could not swap.
 pub fn mounts_under(dir: &Path) -> io::Result<Vec<PathBuf>> {
     let dir = fs::canonicalize(dir)?;
-    let info = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let mut out: Vec<PathBuf> = info
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .map(|m| PathBuf::from(unescape_mountinfo(m)))
-        .filter(|m| m.starts_with(&dir) && *m != dir)
-        .collect();
+    let mut out: Vec<PathBuf> = mount_points().filter(|m| m.starts_with(&dir) && *m != dir).collect();
     out.sort();
     out.dedup();
     Ok(out)
@@ -265,6 +265,13 @@ mod tests {
         let _ = supports_reflink(d.path()).unwrap();
         let left: Vec<_> = fs::read_dir(d.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(left, ["a"]);
+    }
+
+    #[test]
+    fn mountinfo_paths_are_unescaped() {
+        assert_eq!(unescape_mountinfo("/data/my\\040tenants\\011x\\134y"), "/data/my tenants\tx\\y");
+        assert_eq!(unescape_mountinfo("/plain"), "/plain");
+        assert!(mount_points().any(|m| m == Path::new("/")), "/ is always mounted");
     }
 
     #[test]
