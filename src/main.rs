@@ -23,6 +23,7 @@ use crate::output::Printer;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     output::init_logging(cli.log_format);
+    slipway_jobs::fsutil::raise_open_files_limit();
     let printer = Printer::new(cli.json, cli.quiet);
     match &cli.command {
         Command::Completions { shell } => {

@@ -2,6 +2,7 @@
 //! and changes it between slipway's runs. Nothing slipway does as root may reach outside it.
 
 use std::os::unix::fs::symlink;
+use std::process::Command;
 
 use crate::support::reports::Snapshot;
 use crate::support::{tree_hash, Sandbox};
@@ -167,4 +168,65 @@ fn on_a_filesystem_without_rename_exchange_a_failed_release_still_swaps_the_copy
     let out = s.slipway_env(&["restore", "--tenant", "t1", "--latest", "--json"], &[("SLIPWAY_TEST_NO_EXCHANGE", "1")]);
     assert_eq!(out.code, 0, "{} {}", out.stdout, out.stderr);
     assert_eq!(tree_hash(&data), before);
+}
+
+/// Issue #24 item 3, against the real binary: one tenant holds a 1 TiB sparse file, another a
+/// tree 10 000 levels deep, a third a fifo beside its data. The daily snapshot stores the
+/// sparse file sparse (its archive is its data, and so is its restore), refuses the deep tree
+/// naming it, and archives every other tenant as if nothing were there.
+#[test]
+fn a_terabyte_sparse_file_a_10000_deep_tree_and_a_fifo_neither_stall_nor_starve_the_snapshot() {
+    use std::os::unix::fs::{FileExt, MetadataExt};
+    const TIB: u64 = 1 << 40;
+    let s = Sandbox::new();
+    let v1 = s.push_fixture_as("v1", "app");
+    for t in ["t1", "t2", "t3"] {
+        s.add_tenant(t, &v1);
+    }
+    s.write_data("t1", "rows", "t1's rows");
+    let f = std::fs::File::create(s.data_dir("t1").join("disk.img")).unwrap();
+    f.set_len(TIB).unwrap();
+    f.write_all_at(b"the middle of a terabyte", TIB / 2).unwrap();
+    drop(f);
+    let deep = Command::new("python3")
+        .arg("-c")
+        .arg("import os,sys\nos.chdir(sys.argv[1])\nfor _ in range(10000):\n    os.mkdir('d'); os.chdir('d')\nopen('leaf','w').write('x')")
+        .arg(s.data_dir("t2"))
+        .status()
+        .unwrap();
+    assert!(deep.success());
+    s.write_data("t3", "db/rows", "t3's customer rows");
+    let fifo = s.data_dir("t3").join("pipe");
+    assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    s.write_fleet(&s.fleet_app(&v1, ""));
+    let t3_before = tree_hash(&s.data_dir("t3"));
+
+    let started = std::time::Instant::now();
+    let out = s.slipway(&["snapshot", "--json"]);
+    let took = started.elapsed();
+    assert_ne!(out.code, 0, "t2's snapshot failed, so the run is not a success: {} {}", out.stdout, out.stderr);
+    let snap: Snapshot = out.report();
+    let row = |t: &str| snap.archives.iter().find(|a| a.tenant.as_deref() == Some(t)).unwrap();
+    assert_eq!(row("t1").outcome, "archived", "{snap:?}");
+    assert_eq!(row("t3").outcome, "archived", "{snap:?}");
+    assert_eq!(row("t2").outcome, "failed", "{snap:?}");
+    let why = row("t2").detail.clone().unwrap_or_default();
+    assert!(why.contains("PATH_MAX") && why.contains(&s.data_dir("t2").display().to_string()), "{why}");
+    let t1_archive = std::fs::metadata(snap.dir.join(&row("t1").path)).unwrap().len();
+    assert!(t1_archive < 1 << 20, "t1's archive of a sparse TiB is {t1_archive} bytes");
+    assert!(took < std::time::Duration::from_secs(120), "the snapshot took {took:?}");
+    assert_eq!(tree_hash(&s.data_dir("t3")), t3_before);
+
+    // t1 is restored as it was: a terabyte of apparent size, its data, no terabyte of disk.
+    std::fs::remove_file(s.data_dir("t1").join("disk.img")).unwrap();
+    let out = s.slipway(&["restore", "--tenant", "t1", "--latest"]);
+    assert_eq!(out.code, 0, "{} {}", out.stdout, out.stderr);
+    let back = std::fs::File::open(s.data_dir("t1").join("disk.img")).unwrap();
+    let m = back.metadata().unwrap();
+    assert_eq!(m.len(), TIB);
+    assert!(m.blocks() * 512 < 8 << 20, "the restored file takes {} bytes of disk", m.blocks() * 512);
+    let mut got = [0u8; 24];
+    back.read_exact_at(&mut got, TIB / 2).unwrap();
+    assert_eq!(&got, b"the middle of a terabyte");
+    assert_eq!(std::fs::read_to_string(s.data_dir("t1").join("rows")).unwrap(), "t1's rows");
 }

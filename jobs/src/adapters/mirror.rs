@@ -153,13 +153,13 @@ pub fn supports_reflink(dir: &Path) -> bool {
 }
 
 /// Bytes of the regular files under `dir` (symlinks not followed, a hard-linked file counted
-/// at each name): what a copy of it takes without reflinks.
+/// at each name, a sparse one by its data): what a copy of it takes without reflinks.
 pub fn tree_bytes(dir: &Path) -> Result<u64, ArchiveError> {
     let mut walk = Walker::open_live(dir)?;
     let mut n = 0u64;
     while let Some(i) = walk.next_item()? {
         if matches!(i.node, Node::File(_)) {
-            n += i.meta.len();
+            n = n.saturating_add(super::archive::sparse::on_disk(&i.meta));
         }
     }
     Ok(n)
@@ -708,6 +708,23 @@ mod tests {
     use super::*;
     use crate::adapters::archive::tree_digest;
     use std::os::unix::fs::{symlink, PermissionsExt};
+
+    /// Issue #24 item 3: the staging copy refuses a tree deeper than `PATH_MAX` naming it, as
+    /// the archive does (one walker), and copies nothing outside the copy.
+    #[test]
+    fn a_tree_deeper_than_path_max_is_refused_by_the_copy_naming_it() {
+        use rustix::fs::{mkdirat, openat, Mode, OFlags};
+        let d = tempfile::tempdir().unwrap();
+        let src = d.path().join("src");
+        fs::create_dir(&src).unwrap();
+        let mut dir = rustix::fs::open(&src, OFlags::DIRECTORY | OFlags::RDONLY, Mode::empty()).unwrap();
+        for _ in 0..3000 {
+            mkdirat(&dir, "d", Mode::from_raw_mode(0o755)).unwrap();
+            dir = openat(&dir, "d", OFlags::DIRECTORY | OFlags::RDONLY, Mode::empty()).unwrap();
+        }
+        let e = mirror(&src, &d.path().join("stage")).unwrap_err().to_string();
+        assert!(e.contains("PATH_MAX") && e.contains(&src.display().to_string()), "{e}");
+    }
 
     /// A tree with every kind of entry a copy keeps.
     fn tree(root: &Path) {

@@ -236,6 +236,19 @@ pub fn keep_replaced(backup_root: &Path, run: &crate::types::RunId, tenant: &str
     }
 }
 
+/// Raise this process's soft limit on open files to its hard limit (as Go's runtime does): a
+/// walk holds one directory open per level of a tenant's tree, and the mirror and the checks
+/// walk two trees at once. The soft limit is often 1024 (systemd's default) while the hard one
+/// is far higher. Best effort: on failure the limit stays as it was.
+pub fn raise_open_files_limit() {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut lim = getrlimit(Resource::Nofile);
+    if lim.current < lim.maximum {
+        lim.current = lim.maximum;
+        let _ = setrlimit(Resource::Nofile, lim);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

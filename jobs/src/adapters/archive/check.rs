@@ -11,6 +11,7 @@ use sha2::{Digest, Sha256};
 
 use super::extract::extract_checked;
 use super::list::{stream, Flow, ListItem};
+use super::sparse::hole_digest;
 use super::walk::{Node, Walker};
 use super::{ioe, sha256_file, ArchiveError, EntryKind, FileEntry};
 
@@ -136,7 +137,14 @@ pub fn matches_list(archive: &Path, root: &Path, list_path: &Path) -> Result<(),
         match (&i.node, e.kind) {
             (Node::File(_), EntryKind::File | EntryKind::HardLink) => {
                 if let Some(want) = &e.sha256 {
-                    let (got, size) = sha256_file(&walk.path_of(&i.rel))?;
+                    let path = walk.path_of(&i.rel);
+                    let (got, size) = match &i.node {
+                        // Stored sparse: its hole digest, read from its data only.
+                        Node::File(f) if e.holes => {
+                            (hex::encode(hole_digest(f, i.meta.len()).map_err(ioe(&path))?), i.meta.len())
+                        }
+                        _ => sha256_file(&path)?,
+                    };
                     if size != e.size || got != *want {
                         return Err(mismatch(&e.path, format!("content differs (sha256 {got}, list says {want})")));
                     }
@@ -159,8 +167,8 @@ pub fn matches_list(archive: &Path, root: &Path, list_path: &Path) -> Result<(),
     Ok(())
 }
 
-/// The bytes of the regular files under `dir`, each hard-linked file once: what a copy of the
-/// tree needs on disk, give or take its directories. A missing `dir` holds nothing. The tree
+/// The bytes of the regular files under `dir`, each hard-linked file once and a sparse one by
+/// its data: what a copy of the tree needs on disk, give or take its directories. A missing `dir` holds nothing. The tree
 /// may be live (a running tenant's, sized before its staging copy): an entry that vanishes
 /// between the directory read and its open is skipped, not an error.
 pub fn tree_bytes(dir: &Path) -> Result<u64, ArchiveError> {
@@ -173,14 +181,15 @@ pub fn tree_bytes(dir: &Path) -> Result<u64, ArchiveError> {
     while let Some(i) = walk.next_item()? {
         let m = &i.meta;
         if matches!(i.node, Node::File(_)) && (m.nlink() < 2 || seen.insert((m.dev(), m.ino()))) {
-            total = total.saturating_add(m.len());
+            total = total.saturating_add(super::sparse::on_disk(m));
         }
     }
     Ok(total)
 }
 
 /// A digest over a whole tree: the dir's own mode, owner and mtime, then each entry's path
-/// (bytes), mode, owner, mtime (seconds), content, symlink target and hard-link grouping —
+/// (bytes), mode, owner, mtime (seconds), content (its hole digest), symlink target and
+/// hard-link grouping —
 /// what an archive keeps (sockets, fifos and device nodes are left out).
 /// Tests compare data dirs byte for byte with it.
 pub fn tree_digest(dir: &Path) -> Result<String, ArchiveError> {
@@ -209,9 +218,10 @@ pub fn tree_digest(dir: &Path) -> Result<String, ArchiveError> {
                     h.update(&first[..]);
                     h.update(b"\0");
                 }
-                let mut hr = super::HashReader { inner: f, hash: Sha256::new(), len: 0 };
-                std::io::copy(&mut hr, &mut std::io::sink()).map_err(ioe(&walk.path_of(&i.rel)))?;
-                h.update(hex::encode(hr.hash.finalize()).as_bytes());
+                // The hole digest: the same for the same content wherever the holes are, and
+                // a tenant's 1 TiB sparse file is read for its data only.
+                let d = hole_digest(f, m.len()).map_err(ioe(&walk.path_of(&i.rel)))?;
+                h.update(hex::encode(d).as_bytes());
             }
             Node::Dir | Node::Other => {}
         }

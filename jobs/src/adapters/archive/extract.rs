@@ -10,6 +10,7 @@ use std::path::{Component, Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
+use super::sparse::read_map;
 use super::{ioe, ArchiveError, HashReader, BUF};
 use crate::adapters::confined::{self, Attrs, Root};
 use crate::fsutil::sync_dir;
@@ -73,6 +74,30 @@ fn header_attrs(archive: &Path, entry: &str, h: &tar::Header) -> Result<Attrs, A
     let (uid, gid) = (id(h.uid().map_err(corrupt)?, "uid")?, id(h.gid().map_err(corrupt)?, "gid")?);
     let t = (h.mtime().map_err(corrupt)? as i64, 0);
     Ok(Attrs { uid, gid, mode: h.mode().map_err(corrupt)? & 0o7777, atime: t, mtime: t })
+}
+
+/// The size of a file stored sparse (PAX "GNU sparse 1.0", what slipway writes), from its PAX
+/// header; `None` for a file stored whole. Another sparse format is refused, not misread.
+fn sparse_size<R: Read>(entry: &mut tar::Entry<'_, R>) -> Result<Option<u64>, String> {
+    let Some(pax) = entry.pax_extensions().map_err(|e| e.to_string())? else { return Ok(None) };
+    let (mut major, mut minor, mut size, mut other) = (None, None, None, false);
+    for ext in pax {
+        let ext = ext.map_err(|e| e.to_string())?;
+        let value = || ext.value().ok().map(str::to_string);
+        match ext.key_bytes() {
+            b"GNU.sparse.major" => major = value(),
+            b"GNU.sparse.minor" => minor = value(),
+            b"GNU.sparse.realsize" => size = value().and_then(|v| v.parse::<u64>().ok()),
+            b"GNU.sparse.name" => {}
+            k if k.starts_with(b"GNU.sparse.") => other = true,
+            _ => {}
+        }
+    }
+    match (major.as_deref(), minor.as_deref(), size) {
+        (None, None, None) if !other => Ok(None),
+        (Some("1"), Some("0"), Some(size)) => Ok(Some(size)),
+        _ => Err("a sparse file in a format other than PAX GNU sparse 1.0 (with its realsize)".into()),
+    }
 }
 
 /// What [`extract_checked`] did.
@@ -143,20 +168,28 @@ pub(super) fn extract_checked(archive: &Path, expected: &str, dir: &Path) -> Res
                         ArchiveError::Io { path: target.clone(), source: e }
                     }
                 })?;
+                // A file stored sparse: its map first, then the bytes of its data segments.
+                let (segs, size) = match sparse_size(&mut entry).map_err(|w| refuse(&w))? {
+                    Some(realsize) => {
+                        let stored = entry.size();
+                        (read_map(&mut entry, realsize, stored).map_err(|w| refuse(&w))?, realsize)
+                    }
+                    None => (vec![(0, entry.size())], entry.size()),
+                };
                 // Blocks of zeros are left as holes: a sparse file comes back sparse, and a file
                 // of zeros costs no disk.
-                let mut at = 0u64;
-                loop {
-                    let n = entry.read(&mut buf).map_err(corrupt)?;
-                    if n == 0 {
-                        break;
+                for (off, len) in segs {
+                    let mut at = off;
+                    while at < off + len {
+                        let want = (off + len - at).min(buf.len() as u64) as usize;
+                        entry.read_exact(&mut buf[..want]).map_err(corrupt)?;
+                        if buf[..want].iter().any(|b| *b != 0) {
+                            std::os::unix::fs::FileExt::write_all_at(&out, &buf[..want], at).map_err(ioe(&target))?;
+                        }
+                        at += want as u64;
                     }
-                    if buf[..n].iter().any(|b| *b != 0) {
-                        std::os::unix::fs::FileExt::write_all_at(&out, &buf[..n], at).map_err(ioe(&target))?;
-                    }
-                    at += n as u64;
                 }
-                out.set_len(at).map_err(ioe(&target))?;
+                out.set_len(size).map_err(ioe(&target))?;
                 confined::set_fd_attrs(&out, &a).map_err(ioe(&target))?;
             }
             tar::EntryType::Symlink => {

@@ -53,8 +53,16 @@ pub struct FileEntry {
     /// Status change time, nanoseconds part.
     #[serde(default)]
     pub ctime_nsec: u32,
-    /// Hex sha256 of a regular file's content.
+    /// Hex sha256 of a regular file's content; of a file archived sparse (`holes`), its
+    /// [`super::sparse::HoleHash`] (the sha256 of its non-zero 4 KiB blocks with their offsets,
+    /// then its size), which is computed without reading its holes.
     pub sha256: Option<String>,
+    /// Archived sparse (only its data segments stored): `sha256` is then a hole digest.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub holes: bool,
+    /// Of a file archived sparse: the bytes of its data segments (what a restore writes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<u64>,
     /// Symlink target, or the first path of a hard-link group.
     pub target: Option<String>,
     /// The path's exact bytes, hex, when they are not UTF-8 (`path` is then lossy).
@@ -277,14 +285,15 @@ pub(super) fn stream(
 }
 
 /// What a restore of the list's archive needs on disk, read as a stream (a million-file list
-/// is never held whole): the bytes of every regular file and the number of entries.
+/// is never held whole): the bytes of every regular file (of a sparse one, its data) and the
+/// number of entries.
 pub fn totals(path: &Path) -> Result<(u64, u64), ArchiveError> {
     let (mut bytes, mut entries) = (0u64, 0u64);
     stream(path, |item| {
         if let ListItem::Entry(e) = item {
             entries += 1;
             if e.kind == EntryKind::File {
-                bytes = bytes.saturating_add(e.size);
+                bytes = bytes.saturating_add(if e.holes { e.data.unwrap_or(e.size) } else { e.size });
             }
         }
         Ok(Flow::Go)

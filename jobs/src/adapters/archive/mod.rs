@@ -37,6 +37,7 @@ use sha2::{Digest, Sha256};
 mod check;
 mod extract;
 pub mod list;
+pub(crate) mod sparse;
 pub(crate) mod walk;
 mod write;
 

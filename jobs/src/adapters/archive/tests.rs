@@ -509,3 +509,129 @@ fn a_header_owner_that_is_not_a_valid_id_is_refused_not_a_panic_or_cut() {
         assert!(extract_into(&archive, &sha, &into).is_err() && !into.exists(), "{what}");
     }
 }
+
+/// Issue #24 item 3: a tenant's file of 1 TiB apparent size and a few KiB of data is stored
+/// sparse (its data alone, read, hashed and compressed), checked by its data alone, restored
+/// sparse and identical; and GNU tar reads the archive as the same file.
+#[test]
+fn a_terabyte_sparse_file_is_stored_checked_and_restored_by_its_data_alone() {
+    use std::os::unix::fs::FileExt;
+    const TIB: u64 = 1 << 40;
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("src");
+    fs::create_dir(&src).unwrap();
+    // Under a path too long for a tar header's name fields.
+    let deep = ["v".repeat(60), "w".repeat(60), "x".repeat(60), "y".repeat(60), "z".repeat(60)].join("/");
+    fs::create_dir_all(src.join(&deep)).unwrap();
+    let img = format!("{deep}/disk.img");
+    let f = fs::File::create(src.join(&img)).unwrap();
+    f.set_len(TIB).unwrap();
+    let writes: [(u64, &[u8]); 4] =
+        [(0, b"head"), (123_456_789, &[9u8; 70_000]), (TIB / 2 + 5, b"middle"), (TIB - 3, b"end")];
+    for (o, b) in writes {
+        f.write_all_at(b, o).unwrap();
+    }
+    drop(f);
+    fs::write(src.join("plain"), b"beside it").unwrap();
+    let arch = d.path().join("a.tar.zst");
+    let sum = create(&src, &arch).unwrap();
+    assert!(sum.size < 1 << 20, "the archive of a sparse TiB takes {} bytes", sum.size);
+    assert!(sum.bytes_in < 1 << 20, "read {} bytes of a sparse TiB", sum.bytes_in);
+    let list = read_file_list(&file_list_path(&arch)).unwrap();
+    let e = list.entries.iter().find(|e| e.path == img).unwrap();
+    assert!(e.holes && e.size == TIB, "{e:?}");
+    assert!(!list.entries.iter().find(|e| e.path == "plain").unwrap().holes);
+    deep_verify(&arch, &sum.sha256, &file_list_path(&arch)).unwrap();
+
+    let out = d.path().join("out");
+    extract_into(&arch, &sum.sha256, &out).unwrap();
+    let m = fs::metadata(out.join(&img)).unwrap();
+    assert_eq!(m.len(), TIB);
+    assert!(m.blocks() * 512 < 4 << 20, "restored taking {} bytes of disk", m.blocks() * 512);
+    let back = fs::File::open(out.join(&img)).unwrap();
+    for (o, b) in writes {
+        let mut got = vec![0u8; b.len() + 2];
+        let n = back.read_at(&mut got, o.saturating_sub(1)).unwrap();
+        let mut want = vec![0u8; b.len() + 2];
+        want[usize::from(o > 0)..][..b.len()].copy_from_slice(b);
+        assert_eq!(&got[..n], &want[..n], "at {o}");
+    }
+    assert_eq!(tree_digest(&out).unwrap(), tree_digest(&src).unwrap());
+
+    // GNU tar extracts the same file from it (PAX GNU sparse 1.0), sparse too.
+    let gnu = d.path().join("gnu");
+    fs::create_dir(&gnu).unwrap();
+    let st = std::process::Command::new("tar").args(["--zstd", "-xf"]).arg(&arch).arg("-C").arg(&gnu).status().unwrap();
+    assert!(st.success());
+    let g = fs::metadata(gnu.join(&img)).unwrap();
+    assert_eq!(g.len(), TIB);
+    let gf = fs::File::open(gnu.join(&img)).unwrap();
+    assert_eq!(sparse::hole_digest(&gf, TIB).unwrap(), sparse::hole_digest(&back, TIB).unwrap());
+}
+
+/// A sparse file whose data was changed after the archive no longer matches the list; an
+/// archive whose sparse map lies about its data is refused before anything is written.
+#[test]
+fn a_changed_sparse_file_and_a_lying_sparse_map_are_caught() {
+    use std::os::unix::fs::FileExt;
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("src");
+    fs::create_dir(&src).unwrap();
+    let f = fs::File::create(src.join("s")).unwrap();
+    f.set_len(1 << 30).unwrap();
+    f.write_all_at(b"data", 1 << 29).unwrap();
+    drop(f);
+    let arch = d.path().join("a.tar.zst");
+    let sum = create(&src, &arch).unwrap();
+    let out = d.path().join("out");
+    extract_into(&arch, &sum.sha256, &out).unwrap();
+    matches_list(&arch, &out, &file_list_path(&arch)).unwrap();
+    let mtime = filetime::FileTime::from_last_modification_time(&fs::metadata(out.join("s")).unwrap());
+    fs::OpenOptions::new().write(true).open(out.join("s")).unwrap().write_all_at(b"x", 3 << 20).unwrap();
+    filetime::set_file_mtime(out.join("s"), mtime).unwrap();
+    let e = matches_list(&arch, &out, &file_list_path(&arch)).unwrap_err().to_string();
+    assert!(e.contains("content differs"), "{e}");
+
+    // A map listing more data than the entry holds.
+    let mut b = tar::Builder::new(Vec::new());
+    b.append_pax_extensions([
+        ("GNU.sparse.major", &b"1"[..]),
+        ("GNU.sparse.minor", b"0"),
+        ("GNU.sparse.realsize", b"1000000"),
+    ])
+    .unwrap();
+    let mut body = sparse::map_block(&[(0, 4096), (8192, 4096)]);
+    body.extend_from_slice(&[1u8; 4096]);
+    let mut h = tar::Header::new_gnu();
+    h.set_size(body.len() as u64);
+    h.set_mode(0o644);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(0);
+    h.set_entry_type(tar::EntryType::Regular);
+    b.append_data(&mut h, "liar", &body[..]).unwrap();
+    let raw = zstd::encode_all(&b.into_inner().unwrap()[..], 3).unwrap();
+    let bad = d.path().join("bad.tar.zst");
+    fs::write(&bad, &raw).unwrap();
+    let sha = hex::encode(Sha256::digest(&raw));
+    let e = extract_into(&bad, &sha, &d.path().join("o2")).unwrap_err().to_string();
+    assert!(e.contains("liar") && e.contains("sparse map"), "{e}");
+}
+
+/// Issue #24 item 3: a tree deeper than any path a tool can restore is refused naming it
+/// (not walked with one open directory per level until the host runs out). The staging copy
+/// walks with the same walker (`mirror`'s tests).
+#[test]
+fn a_tree_deeper_than_path_max_is_refused_naming_it() {
+    use rustix::fs::{mkdirat, openat, Mode, OFlags};
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("src");
+    fs::create_dir(&src).unwrap();
+    let mut dir = rustix::fs::open(&src, OFlags::DIRECTORY | OFlags::RDONLY, Mode::empty()).unwrap();
+    for _ in 0..10_000 {
+        mkdirat(&dir, "d", Mode::from_raw_mode(0o755)).unwrap();
+        dir = openat(&dir, "d", OFlags::DIRECTORY | OFlags::RDONLY, Mode::empty()).unwrap();
+    }
+    let e = create(&src, &d.path().join("a.tar.zst")).unwrap_err().to_string();
+    assert!(e.contains("PATH_MAX") && e.contains(&src.display().to_string()), "{e}");
+}

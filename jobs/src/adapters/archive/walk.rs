@@ -49,6 +49,8 @@ struct Level {
     dir: OwnedFd,
     rel: Vec<u8>,
     names: std::vec::IntoIter<(Vec<u8>, FileType)>,
+    /// What its names cost (of the walk's [`NAMES_BUDGET`]).
+    cost: usize,
 }
 
 /// A walk of the tree under one directory.
@@ -58,6 +60,8 @@ pub(crate) struct Walker {
     stack: Vec<Level>,
     /// Skip entries that vanish or change type mid-walk (a tree that is being written).
     live: bool,
+    /// The memory the names of the open levels take, all together.
+    held: usize,
 }
 
 fn errno(path: &Path) -> impl FnOnce(Errno) -> ArchiveError + '_ {
@@ -71,19 +75,22 @@ fn changed(path: &Path, what: &str) -> ArchiveError {
     }
 }
 
-/// The most memory the names of one directory may take (the walk sorts them, so it holds them
-/// all): about 900 000 entries of 8-byte names. A tenant's directory with more is refused,
-/// naming it, instead of taking the host's memory (a snapshot's peak stays bounded).
+/// The most memory the names held by one walk may take (the walk sorts a directory's names, so
+/// it holds them all, for each directory it is inside): about 900 000 entries of 8-byte names.
+/// A tenant's directory with more, or a deep tree of large directories, is refused, naming it,
+/// instead of taking the host's memory (a snapshot's peak stays bounded).
 pub const NAMES_BUDGET: usize = 48 << 20;
+/// The longest relative path walked, in bytes: `PATH_MAX` less its NUL. A longer one (a tree
+/// thousands of levels deep) could be archived but never restored by name, by slipway or by
+/// tar; it is refused, naming it. It also bounds the depth, so the open directories (one per
+/// level) and the paths held stay bounded.
+pub const PATH_LIMIT: usize = 4095;
 /// What one name costs in memory besides its bytes (the `Vec`, its type, the allocator).
 const NAME_OVERHEAD: usize = 48;
 
-/// The sorted names (and types, as the directory reports them) of an open directory.
-fn names(dir: &OwnedFd, path: &Path) -> Result<Vec<(Vec<u8>, FileType)>, ArchiveError> {
-    names_within(dir, path, NAMES_BUDGET)
-}
-
-fn names_within(dir: &OwnedFd, path: &Path, budget: usize) -> Result<Vec<(Vec<u8>, FileType)>, ArchiveError> {
+/// The sorted names (and types, as the directory reports them) of an open directory, and what
+/// they cost, within `budget` bytes.
+fn names_within(dir: &OwnedFd, path: &Path, budget: usize) -> Result<Named, ArchiveError> {
     let mut out = Vec::new();
     let mut bytes = 0usize;
     for entry in rustix::fs::Dir::read_from(dir).map_err(errno(path))? {
@@ -97,8 +104,9 @@ fn names_within(dir: &OwnedFd, path: &Path, budget: usize) -> Result<Vec<(Vec<u8
             return Err(ArchiveError::Io {
                 path: path.to_path_buf(),
                 source: io::Error::other(format!(
-                    "more than {} entries in one directory ({} MiB of names at least); slipway refuses to \
-                     walk it rather than exhaust the host's memory: split it into subdirectories",
+                    "more than {} entries in one directory (with the directories it is in, {} MiB of \
+                     names at least); slipway refuses to walk it rather than exhaust the host's memory: \
+                     split it into subdirectories",
                     out.len(),
                     budget >> 20
                 )),
@@ -107,8 +115,10 @@ fn names_within(dir: &OwnedFd, path: &Path, budget: usize) -> Result<Vec<(Vec<u8
         out.push((name.to_vec(), entry.file_type()));
     }
     out.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-    Ok(out)
+    Ok((out, bytes))
 }
+
+type Named = (Vec<(Vec<u8>, FileType)>, usize);
 
 impl Walker {
     /// Start a walk of `root` (which must be a directory).
@@ -117,12 +127,13 @@ impl Walker {
         let f = File::from(OwnedFd::from(crate::adapters::confined::Root::open(root).map_err(ioe(root))?));
         let root_meta = f.metadata().map_err(ioe(root))?;
         let dir = OwnedFd::from(f);
-        let names = names(&dir, root)?;
+        let (names, cost) = names_within(&dir, root, NAMES_BUDGET)?;
         Ok(Walker {
             root: root.to_path_buf(),
             root_meta,
-            stack: vec![Level { dir, rel: Vec::new(), names: names.into_iter() }],
+            stack: vec![Level { dir, rel: Vec::new(), names: names.into_iter(), cost }],
             live: false,
+            held: cost,
         })
     }
 
@@ -147,6 +158,7 @@ impl Walker {
         loop {
             let Some(top) = self.stack.last_mut() else { return Ok(None) };
             let Some((name, ft)) = top.names.next() else {
+                self.held -= top.cost;
                 self.stack.pop();
                 continue;
             };
@@ -155,6 +167,17 @@ impl Walker {
                 rel.push(b'/');
             }
             rel.extend_from_slice(&name);
+            if rel.len() > PATH_LIMIT {
+                let shown = String::from_utf8_lossy(&rel[..200]).into_owned();
+                return Err(ArchiveError::Io {
+                    path: self.root.join(format!("{shown}…")),
+                    source: io::Error::other(format!(
+                        "a path of {} bytes or more, longer than the {PATH_LIMIT} bytes (PATH_MAX) any tool \
+                         can restore by name; slipway refuses to archive or copy it: flatten or shorten the tree",
+                        rel.len()
+                    )),
+                });
+            }
             let path = self.root.join(OsStr::from_bytes(&rel));
             if ft == FileType::Directory
                 && crate::adapters::confined::is_mount_root(top.dir.as_fd(), OsStr::from_bytes(&name))
@@ -178,8 +201,9 @@ impl Walker {
                 Err(e) => return Err(e),
             };
             if let Some(dir) = sub {
-                let names = names(&dir, &path)?;
-                self.stack.push(Level { dir, rel: rel.clone(), names: names.into_iter() });
+                let (names, cost) = names_within(&dir, &path, NAMES_BUDGET.saturating_sub(self.held))?;
+                self.held += cost;
+                self.stack.push(Level { dir, rel: rel.clone(), names: names.into_iter(), cost });
             }
             return Ok(Some(Item { rel, meta, node }));
         }
@@ -260,8 +284,25 @@ mod tests {
             std::fs::write(d.path().join(format!("f{i:05}")), b"").unwrap();
         }
         let fd = rustix::fs::open(d.path(), OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty()).unwrap();
-        assert_eq!(names_within(&fd, d.path(), 1 << 20).unwrap().len(), 2000);
+        assert_eq!(names_within(&fd, d.path(), 1 << 20).unwrap().0.len(), 2000);
         let e = names_within(&fd, d.path(), 50_000).unwrap_err().to_string();
         assert!(e.contains(&d.path().display().to_string()) && e.contains("entries in one directory"), "{e}");
+    }
+
+    /// A fifo where the directory said a file was (a tenant swaps one in between the read and
+    /// the open): opened without blocking, and refused as a changed type, never read.
+    #[test]
+    fn a_fifo_where_a_file_was_is_refused_without_blocking() {
+        let d = tempfile::tempdir().unwrap();
+        rustix::fs::mknodat(rustix::fs::CWD, d.path().join("f"), FileType::Fifo, Mode::from_raw_mode(0o644), 0)
+            .unwrap();
+        let fd = rustix::fs::open(d.path(), OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty()).unwrap();
+        let t = std::time::Instant::now();
+        let e = open_child(&fd, b"f", FileType::RegularFile, &d.path().join("f")).err().expect("refused");
+        assert!(e.to_string().contains("its type changed"), "{e}");
+        assert!(t.elapsed() < std::time::Duration::from_secs(5));
+        // Walked as what it is, it is listed and skipped.
+        let mut w = Walker::open(d.path()).unwrap();
+        assert!(matches!(w.next_item().unwrap().unwrap().node, Node::Other));
     }
 }

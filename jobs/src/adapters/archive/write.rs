@@ -15,6 +15,7 @@ use rustix::fs::Advice;
 use sha2::{Digest, Sha256};
 
 use super::list::{text_and_hex, ListWriter};
+use super::sparse::{self, HoleHash};
 use super::walk::{Item, Node, Walker};
 use super::{file_list_path, ioe, ArchiveError, ArchiveSummary, EntryKind, FileEntry, HashWriter};
 use super::{BUF, JOB_SIZE, LEVEL};
@@ -36,6 +37,8 @@ fn base_entry(path: &[u8], kind: EntryKind, m: &fs::Metadata) -> FileEntry {
         ctime: m.ctime(),
         ctime_nsec: m.ctime_nsec() as u32,
         sha256: None,
+        holes: false,
+        data: None,
         target: None,
         target_hex: None,
     }
@@ -79,6 +82,9 @@ enum Piece {
     Entry { rel: Vec<u8>, meta: fs::Metadata, what: What },
     /// A regular file: its content follows as `Chunk`s, then `FileEnd`.
     File { rel: Vec<u8>, meta: fs::Metadata },
+    /// A regular file with holes, stored sparse: the bytes of its data segments (`offset,
+    /// length`) follow as `Chunk`s, then `FileEnd` with its [`HoleHash`].
+    Sparse { rel: Vec<u8>, meta: fs::Metadata, map: Vec<(u64, u64)> },
     /// The next bytes of the current file.
     Chunk(Vec<u8>),
     /// The sha256 of the file just sent, every byte of which was sent.
@@ -170,6 +176,18 @@ fn feed(walk: &mut Walker, tx: &SyncSender<Piece>, chunks: &Receiver<Vec<u8>>) -
                         links.insert((meta.dev(), meta.ino()), rel.clone());
                     }
                     let path = walk.path_of(&rel);
+                    if sparse::may_have_holes(&meta) {
+                        if let Some(map) = sparse::data_map(&f, meta.len()).map_err(ioe(&path))? {
+                            let Some(sha) = send_sparse(tx, chunks, Piece::Sparse { rel, meta, map }, &f, &path)?
+                            else {
+                                return Ok(());
+                            };
+                            if tx.send(Piece::FileEnd(sha)).is_err() {
+                                return Ok(());
+                            }
+                            continue;
+                        }
+                    }
                     let mut left = meta.len();
                     if tx.send(Piece::File { rel, meta }).is_err() {
                         return Ok(());
@@ -205,6 +223,46 @@ fn feed(walk: &mut Walker, tx: &SyncSender<Piece>, chunks: &Receiver<Vec<u8>>) -
         }
     }
     Ok(())
+}
+
+/// Send a sparse file's piece, then the bytes of its data segments; returns its hole digest,
+/// or `None` when the archiver hung up.
+fn send_sparse(
+    tx: &SyncSender<Piece>,
+    chunks: &Receiver<Vec<u8>>,
+    piece: Piece,
+    f: &File,
+    path: &Path,
+) -> Result<Option<[u8; 32]>, ArchiveError> {
+    use std::os::unix::fs::FileExt;
+    let Piece::Sparse { map, meta, .. } = &piece else { return Err(broken(path)) };
+    let (map, size) = (map.clone(), meta.len());
+    if tx.send(piece).is_err() {
+        return Ok(None);
+    }
+    let mut hash = HoleHash::new();
+    for (off, len) in map {
+        let mut at = off;
+        while at < off + len {
+            let Ok(mut buf) = chunks.recv() else { return Ok(None) };
+            buf.resize((off + len - at).min(BUF as u64) as usize, 0);
+            match f.read_exact_at(&mut buf, at) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                    let why = format!("{} shrank while it was being archived", path.display());
+                    let source = io::Error::new(io::ErrorKind::UnexpectedEof, why);
+                    return Err(ArchiveError::Io { path: path.to_path_buf(), source });
+                }
+                Err(e) => return Err(ioe(path)(e)),
+            }
+            hash.update_at(at, &buf);
+            at += buf.len() as u64;
+            if tx.send(Piece::Chunk(buf)).is_err() {
+                return Ok(None);
+            }
+        }
+    }
+    Ok(Some(hash.finish(size)))
 }
 
 /// The middle stage: tar framing into multithreaded zstd, and the file list beside it.
@@ -310,6 +368,49 @@ impl Stage<'_> {
                     let Piece::FileEnd(sha) = self.next()? else { return Err(broken(dest)) };
                     e.sha256 = Some(hex::encode(sha));
                     bytes_in += e.size;
+                    e
+                }
+                Piece::Sparse { rel, meta, map } => {
+                    let mut e = base_entry(&rel, EntryKind::File, &meta);
+                    e.size = meta.len();
+                    e.holes = true;
+                    e.data = Some(map.iter().map(|s| s.1).sum());
+                    // A PAX "GNU sparse 1.0" entry (see `sparse`): the map, then the data.
+                    let block = sparse::map_block(&map);
+                    let data: u64 = map.iter().map(|s| s.1).sum();
+                    let stored = block.len() as u64 + data;
+                    let size = e.size.to_string();
+                    // The name is the header's (a long one in a GNU long-name entry), not a PAX
+                    // record: tar-rs cannot read a record whose value holds a newline.
+                    let pax: [(&str, &[u8]); 3] = [
+                        ("GNU.sparse.major", b"1"),
+                        ("GNU.sparse.minor", b"0"),
+                        ("GNU.sparse.realsize", size.as_bytes()),
+                    ];
+                    tar.append_pax_extensions(pax).map_err(ioe(dest))?;
+                    // A POSIX header: GNU tar reads PAX sparse only after one.
+                    let mut h = tar::Header::new_ustar();
+                    h.set_entry_type(tar::EntryType::Regular);
+                    h.set_mode(e.mode);
+                    h.set_uid(e.uid as u64);
+                    h.set_gid(e.gid as u64);
+                    h.set_mtime(e.mtime.max(0) as u64);
+                    h.set_size(stored);
+                    tar.append_data(&mut h, os_path(&rel), io::empty()).map_err(ioe(dest))?;
+                    let z = tar.get_mut();
+                    z.write_all(&block).map_err(ioe(dest))?;
+                    let mut left = data;
+                    while left > 0 {
+                        let Piece::Chunk(buf) = self.next()? else { return Err(broken(dest)) };
+                        z.write_all(&buf).map_err(ioe(dest))?;
+                        left = left.saturating_sub(buf.len() as u64);
+                        let _ = self.chunks.send(buf);
+                    }
+                    let pad = (512 - stored % 512) % 512;
+                    z.write_all(&[0u8; 512][..pad as usize]).map_err(ioe(dest))?;
+                    let Piece::FileEnd(sha) = self.next()? else { return Err(broken(dest)) };
+                    e.sha256 = Some(hex::encode(sha));
+                    bytes_in += data;
                     e
                 }
                 Piece::Failed(err) => return Err(err),
