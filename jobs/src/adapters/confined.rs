@@ -347,6 +347,7 @@ impl Root {
     /// root's contents (the root itself stays).
     pub fn remove_all(&self, rel: &[u8]) -> io::Result<bool> {
         if rel.is_empty() {
+            self.no_mount_under(rel)?;
             let fd = rustix::fs::openat(&self.fd, ".", DIR_FLAGS, Mode::empty())?;
             empty_dir(fd)?;
             return Ok(true);
@@ -366,6 +367,7 @@ impl Root {
             if is_mount_root(p.dir.fd(), p.name) {
                 return Err(mounted(p.name));
             }
+            self.no_mount_under(rel)?;
             let fd = rustix::fs::openat(p.dir.fd(), p.name, DIR_FLAGS, Mode::empty())?;
             empty_dir(fd)?;
             unlink(p.dir.fd(), p.name, true)?;
@@ -373,6 +375,17 @@ impl Root {
             unlink(p.dir.fd(), p.name, false)?;
         }
         Ok(true)
+    }
+}
+
+impl Root {
+    /// Refuse, before removing anything, a tree with a mount below it (the mount table names
+    /// them; the walk's own check at each dir stays, for one mounted meanwhile).
+    fn no_mount_under(&self, rel: &[u8]) -> io::Result<()> {
+        match crate::fsutil::mounts_under(&self.display(rel)) {
+            Ok(m) if !m.is_empty() => Err(mounted(m[0].as_os_str())),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -779,10 +792,13 @@ mod tests {
         let e = r.remove_all(b"t").unwrap_err();
         let e2 = r.remove_all(b"t/db/mnt").unwrap_err();
         let kept = fs::read(m.join("precious"));
+        // Refused before anything is removed: not half a tree gone and then an error.
+        let beside = fs::read(d.path().join("t/db/file"));
         let _ = std::process::Command::new("umount").arg(&m).status();
-        assert!(e.to_string().contains("mount point"), "{e}");
+        assert!(e.to_string().contains("mount point") && e.to_string().contains("t/db/mnt"), "{e}");
         assert!(e2.to_string().contains("mount point"), "{e2}");
         assert_eq!(kept.unwrap(), b"on another filesystem");
+        assert_eq!(beside.unwrap(), b"x", "the removal began before it met the mount");
     }
 
     /// Two dirs to swap, each with a file naming it.
