@@ -12,6 +12,8 @@
 //!   kept, and so are the owner, mode and mtime of the archived dir itself (a `./` entry, and
 //!   `root` in the file list). Sockets, fifos and device nodes are not archived (counted as
 //!   skipped).
+//! - A file with holes is stored sparse (its data only, as a PAX "GNU sparse 1.0" entry) and
+//!   listed with a hole digest instead of the sha256 of its apparent bytes ([`sparse`]).
 //! - Names are bytes: a file name that is not UTF-8 is archived and restored byte for byte; the
 //!   file list carries it lossily in `path` for people and exactly in `path_hex`.
 //! - An unchanged tree (for reusing yesterday's archive) is judged as restic does: path, kind,
@@ -25,7 +27,8 @@
 //!
 //! The rooms: [`walk`] (the tree, read through directory fds with `O_NOFOLLOW`), [`list`] (the
 //! per-file list, written and read as a stream), `write` (create, reuse), `extract` (restore,
-//! with the safety checks) and `check` (unchanged?, deep verify, tree digest).
+//! with the safety checks), `check` (unchanged?, deep verify, tree digest) and [`sparse`] (the
+//! data map, its format and the hole digest).
 
 use std::fs::File;
 use std::io::{self, Read, Write};
