@@ -147,7 +147,7 @@ fn a_tenant_whose_container_does_not_mount_its_data_dir_is_refused_at_plan_time(
     s.write_fleet(&s.fleet_app(&v2, "").replace(&data, &elsewhere.display().to_string()));
     let out = s.slipway(&["rollout"]);
     let err = assert_refused_untouched(&s, &out, &name, &id);
-    assert!(err.contains("tenant t1") && err.contains("does not bind-mount its data dir"), "{err}");
+    assert!(err.contains("tenant t1") && err.contains("does not mount its data dir"), "{err}");
     assert!(err.contains(&elsewhere.join("t1").display().to_string()), "{err}");
 }
 
@@ -186,4 +186,77 @@ fn a_data_dir_that_is_a_mount_point_is_refused_at_plan_time_not_on_the_failure_p
     let out = s.slipway(&["rollout"]);
     let err = assert_refused_untouched(&s, &out, &name, &id);
     assert!(err.contains("tenant t1") && err.contains("mount point"), "{err}");
+}
+
+/// Where the engine keeps a local volume's data on this host.
+fn mountpoint(volume: &str) -> std::path::PathBuf {
+    docker(&["volume", "inspect", "--format", "{{.Mountpoint}}", volume]).into()
+}
+
+/// Issue #26 item 1: tenants whose data is a named volume of the local driver (as compose and
+/// Coolify make them), declared by `data_volume`: rolled with the volume re-attached by name, a
+/// broken release undone with the volume's data byte-identical, snapshotted through the staging
+/// copy, restored and drilled — the drill on a scratch copy, never on the live volume.
+#[test]
+fn tenants_whose_data_is_a_named_volume_are_rolled_undone_snapshotted_restored_and_drilled() {
+    let s = Sandbox::new();
+    let v1 = s.push_fixture_as("v1", "app");
+    let v2 = s.push_fixture_as("v2", "app");
+    let bad = s.push_fixture_as("unhealthy", "app");
+    let vols: Vec<Volume> = ["t1", "t2"].iter().map(|t| Volume(format!("{}-{t}_data", s.id()))).collect();
+    let mut names = Vec::new();
+    for (t, v) in ["t1", "t2"].iter().zip(&vols) {
+        docker(&["volume", "create", &v.0]);
+        let dir = mountpoint(&v.0);
+        std::fs::create_dir_all(dir.join("db")).unwrap();
+        std::fs::write(dir.join("db/rows"), format!("{t}'s customer rows\n").repeat(500)).unwrap();
+        names.push(s.add_tenant_on(t, &v1, &v.0, &[]));
+    }
+    let fleet = |image: &str, extra: &str| {
+        let bind = format!("data_dir = \"{}/{{tenant}}\"\n", s.root().join("data").display());
+        let app = s.fleet_app(image, extra);
+        assert!(app.contains(&bind));
+        app.replace(&bind, &format!("data_volume = \"{}-{{tenant}}_data\"\n", s.id()))
+    };
+    let hashes = || vols.iter().map(|v| tree_hash(&mountpoint(&v.0))).collect::<Vec<_>>();
+
+    // A release: both tenants on v2, each on its own volume, by name, with its data.
+    let before = hashes();
+    s.write_fleet(&fleet(&v2, ""));
+    let out = s.slipway(&["rollout", "--json"]);
+    assert_eq!(out.code, 0, "{} {}", out.stdout, out.stderr);
+    for (n, v) in names.iter().zip(&vols) {
+        assert_eq!(s.image_of(n), v2);
+        assert_eq!(volume_at(&s, n, "/data").as_deref(), Some(v.0.as_str()));
+    }
+    assert_eq!(hashes(), before);
+
+    // A broken release halts at the canary: its volume holds the pre-rollout data again, what
+    // the failed version wrote is kept aside, and the container is back on v2 with its volume.
+    s.write_fleet(&fleet(&bad, "health = { path = \"/api/health\", port = 8080, timeout_s = 3 }\n"));
+    let out = s.slipway(&["rollout", "--json"]);
+    assert_eq!(out.code, 3, "{} {}", out.stdout, out.stderr);
+    assert_eq!(hashes(), before, "a volume does not hold its pre-rollout data after the undo");
+    for (n, v) in names.iter().zip(&vols) {
+        assert_eq!(s.image_of(n), v2);
+        assert_eq!(volume_at(&s, n, "/data").as_deref(), Some(v.0.as_str()));
+        assert_eq!(s.inspect(n)["State"]["Running"], true);
+    }
+
+    // The daily snapshot, a damaged file, a restore.
+    s.write_fleet(&fleet(&v2, ""));
+    let out = s.slipway(&["snapshot", "--json"]);
+    assert_eq!(out.code, 0, "{} {}", out.stdout, out.stderr);
+    let t1 = mountpoint(&vols[0].0);
+    std::fs::write(t1.join("db/rows"), "damaged").unwrap();
+    let out = s.slipway(&["restore", "--tenant", "t1", "--latest"]);
+    assert_eq!(out.code, 0, "{} {}", out.stdout, out.stderr);
+    assert_eq!(hashes(), before, "the restored volume differs from the snapshot");
+    assert_eq!(volume_at(&s, &names[0], "/data").as_deref(), Some(vols[0].0.as_str()));
+    assert_eq!(docker(&["exec", &names[0], "/bin/busybox", "head", "-c", "16", "/data/db/rows"]), "t1's customer ro");
+
+    // A drill runs the tenant's image on a scratch copy; the live volume is not touched.
+    let out = s.slipway(&["drill", "--tenant", "t1", "--json"]);
+    assert_eq!(out.code, 0, "{} {}", out.stdout, out.stderr);
+    assert_eq!(hashes(), before, "the drill touched a live volume");
 }

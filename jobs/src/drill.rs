@@ -476,10 +476,12 @@ async fn steps(
     let strip_labels = ctx.cfg.drill.strip_labels.clone();
     let strip = move |k: &str| strips_label(k, &strip_labels, app);
     let data_dir = app.data_dir_of(&c.tenant);
+    let data_volume = app.data_volume_of(&c.tenant);
     let drill = DrillSpec {
         name: &journal.drill_container,
         network: &journal.drill_container,
         data_dir: &data_dir,
+        data_volume: data_volume.as_deref(),
         scratch: &journal.scratch,
         labels,
         strip: &strip,

@@ -346,14 +346,19 @@ impl Sandbox {
 
     /// [`Sandbox::add_tenant`] with extra `docker run` options (labels, env) before the image.
     pub fn add_tenant_with(&self, tenant: &str, image: &str, extra: &[&str]) -> String {
-        let name = format!("{}-{tenant}", self.id);
         let data = self.data_dir(tenant);
         std::fs::create_dir_all(&data).unwrap();
+        self.add_tenant_on(tenant, image, &data.display().to_string(), extra)
+    }
+
+    /// [`Sandbox::add_tenant_with`] with `source` (a host dir, or a volume's name) at `/data`.
+    pub fn add_tenant_on(&self, tenant: &str, image: &str, source: &str, extra: &[&str]) -> String {
+        let name = format!("{}-{tenant}", self.id);
         let (label, rule) = (
             format!("slipway.test={}", self.id),
             format!("traefik.http.routers.app.rule=Host(`{tenant}.example.test`)"),
         );
-        let (env, vol) = (format!("TENANT={tenant}"), format!("{}:/data", data.display()));
+        let (env, vol) = (format!("TENANT={tenant}"), format!("{source}:/data"));
         let mut args = vec![
             "run",
             "-d",

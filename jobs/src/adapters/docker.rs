@@ -79,6 +79,11 @@ pub struct TenantMount {
     pub destination: String,
     /// Mounted read-write.
     pub writable: bool,
+    /// Where it is on this host: a bind's path, a volume's mountpoint (empty when the engine
+    /// does not say).
+    pub host_path: String,
+    /// A volume's driver (`local` keeps it in a dir on this host); empty for other mounts.
+    pub driver: String,
 }
 
 impl TenantMount {
@@ -283,6 +288,9 @@ pub struct DrillSpec<'a> {
     pub network: &'a str,
     /// The tenant's data dir: its bind is pointed at `scratch` instead.
     pub data_dir: &'a std::path::Path,
+    /// The named volume holding the tenant's data, when it is one (`data_volume`): its mount is
+    /// replaced by a bind of `scratch` (never the live volume).
+    pub data_volume: Option<&'a str>,
     /// The restored copy.
     pub scratch: &'a std::path::Path,
     /// Labels of the drill's own (the run id, the tenant).
@@ -1014,12 +1022,15 @@ fn ip_of(i: ContainerInspectResponse, network: Option<&str>) -> std::result::Res
 fn tenant_mount(m: bollard::models::MountPoint) -> TenantMount {
     let kind = m.typ.unwrap_or_default();
     let name = m.name.filter(|n| !n.is_empty());
+    let host_path = m.source.clone().unwrap_or_default();
     let source = if kind == "volume" { name.or(m.source) } else { m.source.or(name) };
     TenantMount {
         kind,
         source: source.unwrap_or_default(),
         destination: m.destination.unwrap_or_default(),
         writable: m.rw.unwrap_or(true),
+        host_path,
+        driver: m.driver.unwrap_or_default(),
     }
 }
 
@@ -1354,7 +1365,7 @@ impl ContainerSpec {
             let mut parts = b.splitn(3, ':');
             let (src, dst, opts) = (parts.next().unwrap_or_default(), parts.next(), parts.next());
             let read_only = opts.is_some_and(|o| o.split(',').any(|o| o == "ro"));
-            if std::path::Path::new(src) == drill.data_dir {
+            if std::path::Path::new(src) == drill.data_dir || drill.data_volume == Some(src) {
                 data_binds += 1;
                 let rw: Vec<&str> =
                     opts.unwrap_or_default().split(',').filter(|o| !o.is_empty() && *o != "ro").collect();
@@ -1369,12 +1380,17 @@ impl ContainerSpec {
         host.binds = if binds.is_empty() { None } else { Some(binds) };
         let mut mounts = Vec::new();
         for mut m in host.mounts.take().unwrap_or_default() {
-            let is_data = m.typ == Some(MountType::BIND)
-                && m.source.as_deref().is_some_and(|s| std::path::Path::new(s) == drill.data_dir);
+            let is_data = (m.typ == Some(MountType::BIND)
+                && m.source.as_deref().is_some_and(|s| std::path::Path::new(s) == drill.data_dir))
+                || (m.typ == Some(MountType::VOLUME)
+                    && drill.data_volume.is_some()
+                    && m.source.as_deref() == drill.data_volume);
             if is_data {
                 data_binds += 1;
+                m.typ = Some(MountType::BIND);
                 m.source = Some(scratch.clone());
                 m.read_only = Some(false);
+                m.volume_options = None;
                 mounts.push(m);
             } else if m.typ == Some(MountType::TMPFS) || m.read_only == Some(true) {
                 mounts.push(m);

@@ -326,9 +326,21 @@ fn data_problems(data_dir: &Path, c: &TenantContainer, scratch: &[String]) -> Ve
     }
     let real = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
     let data_real = real(data_dir);
+    // The data dir is mounted by a bind of it (or of a dir inside it), or it is the mountpoint
+    // of a named volume of the `local` driver (`data_volume`: a dir on this host).
     let in_data_dir = |m: &TenantMount| {
         let src = Path::new(&m.source);
-        m.kind == "bind" && (src.starts_with(data_dir) || real(src).starts_with(&data_real))
+        let host = Path::new(&m.host_path);
+        match m.kind.as_str() {
+            "bind" => src.starts_with(data_dir) || real(src).starts_with(&data_real),
+            "volume" => {
+                !m.is_anonymous_volume()
+                    && m.driver == "local"
+                    && !m.host_path.is_empty()
+                    && (host == data_dir || real(host) == data_real)
+            }
+            _ => false,
+        }
     };
     // A socket or a device holds nothing a snapshot could take (docker.sock, /dev/fuse).
     let holds_no_state = |m: &TenantMount| {
@@ -340,11 +352,30 @@ fn data_problems(data_dir: &Path, c: &TenantContainer, scratch: &[String]) -> Ve
             })
     };
     let mut problems = Vec::new();
+    // A volume whose data lives elsewhere (another driver: NFS, a cloud disk) is no dir here.
+    for m in c.mounts.iter().filter(|m| m.kind == "volume" && m.writable && m.driver != "local" && !m.driver.is_empty())
+    {
+        if scratch.iter().any(|s| Path::new(s) == Path::new(&m.destination)) {
+            continue;
+        }
+        problems.push(who(format!(
+            "its {} uses the volume driver \"{}\", whose data is not a dir on this host that slipway could copy, \
+             snapshot or swap back: move the data to a volume of the local driver (or a bind mount), or, if it \
+             holds no customer data, list {} in the app's scratch_mounts",
+            m.describe(),
+            m.driver,
+            m.destination
+        )));
+    }
+    if !problems.is_empty() {
+        return problems;
+    }
     if !c.mounts.iter().any(in_data_dir) {
         let mounts: Vec<String> = c.mounts.iter().map(TenantMount::describe).collect();
         problems.push(who(format!(
-            "the container does not bind-mount its data dir {} (its mounts: {}), so a snapshot of that dir \
-             would hold none of its state: bind-mount {} into the container, or fix data_dir",
+            "the container does not mount its data dir {} (its mounts: {}), so a snapshot of that dir would \
+             hold none of its state: bind-mount {} into the container, or fix data_dir (or data_volume: the \
+             name of a local volume the container mounts)",
             data_dir.display(),
             if mounts.is_empty() { "none".to_string() } else { mounts.join(", ") },
             data_dir.display()
@@ -411,7 +442,19 @@ mod tests {
     use super::*;
 
     fn mount(kind: &str, source: &str, destination: &str, writable: bool) -> TenantMount {
-        TenantMount { kind: kind.into(), source: source.into(), destination: destination.into(), writable }
+        let (host_path, driver) = match kind {
+            "bind" => (source.to_string(), String::new()),
+            "volume" => (format!("/var/lib/docker/volumes/{source}/_data"), "local".to_string()),
+            _ => (String::new(), String::new()),
+        };
+        TenantMount {
+            kind: kind.into(),
+            source: source.into(),
+            destination: destination.into(),
+            writable,
+            host_path,
+            driver,
+        }
     }
 
     fn tenant(mounts: Vec<TenantMount>) -> TenantContainer {
@@ -472,12 +515,33 @@ mod tests {
         std::fs::create_dir_all(&data).unwrap();
         let elsewhere = mount("bind", "/srv/other", "/data", false);
         let p = data_problems(&data, &tenant(vec![elsewhere]), &[]);
-        assert!(p.len() == 1 && p[0].contains("does not bind-mount its data dir"), "{p:?}");
+        assert!(p.len() == 1 && p[0].contains("does not mount its data dir"), "{p:?}");
         let link = root.path().join("t2");
         std::os::unix::fs::symlink(&data, &link).unwrap();
         let p = data_problems(&link, &tenant(vec![mount("bind", &link.display().to_string(), "/data", true)]), &[]);
         assert!(p.len() == 1 && p[0].contains("symlink"), "{p:?}");
         // A missing data dir is the plan's to skip (with its reason), not a refusal.
         assert!(data_problems(&root.path().join("t3"), &tenant(Vec::new()), &[]).is_empty());
+    }
+
+    /// Issue #26 item 1: a data dir that is the mountpoint of the tenant's named volume (local
+    /// driver) passes; the same volume from another driver, or another local volume than the
+    /// one at the data dir, is refused naming it.
+    #[test]
+    fn a_named_local_volume_at_the_data_dir_passes_and_another_driver_is_refused() {
+        let root = tempfile::tempdir().unwrap();
+        let data = root.path().join("volumes/cf-t1_data/_data");
+        std::fs::create_dir_all(&data).unwrap();
+        let mut vol = mount("volume", "cf-t1_data", "/data", true);
+        vol.host_path = data.display().to_string();
+        assert!(data_problems(&data, &tenant(vec![vol.clone()]), &[]).is_empty());
+        let mut nfs = vol.clone();
+        nfs.driver = "rexray/ebs".into();
+        let p = data_problems(&data, &tenant(vec![nfs]), &[]);
+        assert!(p.len() == 1 && p[0].contains("rexray/ebs") && p[0].contains("cf-t1_data"), "{p:?}");
+        let mut other = vol.clone();
+        other.host_path = root.path().join("volumes/cf-t2_data/_data").display().to_string();
+        let p = data_problems(&data, &tenant(vec![other]), &[]);
+        assert!(p[0].contains("does not mount its data dir"), "{p:?}");
     }
 }

@@ -166,8 +166,14 @@ pub struct App {
     pub select: Selector,
     /// How tenant ids are derived.
     pub tenant_from: TenantFrom,
-    /// Data dir pattern with `{tenant}`.
+    /// Data dir pattern with `{tenant}`: a dir bind-mounted into each tenant's container, or
+    /// the mountpoint of its named volume (`data_volume`).
     pub data_dir: String,
+    /// The name pattern (with `{tenant}`) of the named volume of the `local` driver that holds
+    /// each tenant's data, when it is one (`data_volume` in fleet.toml): `data_dir` is then its
+    /// mountpoint, and the plan checks the container mounts exactly that volume.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_volume: Option<String>,
     /// Health probe.
     pub health: HealthSpec,
     /// Seconds `docker stop` waits before SIGKILL.
@@ -197,6 +203,11 @@ impl App {
     pub fn data_dir_of(&self, tenant: &TenantId) -> PathBuf {
         PathBuf::from(self.data_dir.replace("{tenant}", tenant.as_str()))
     }
+
+    /// The named volume holding `tenant`'s data, when the app keeps it in one.
+    pub fn data_volume_of(&self, tenant: &TenantId) -> Option<String> {
+        self.data_volume.as_ref().map(|v| v.replace("{tenant}", tenant.as_str()))
+    }
 }
 
 #[derive(Deserialize)]
@@ -206,7 +217,10 @@ struct RawApp {
     image: String,
     select: String,
     tenant_from: String,
-    data_dir: String,
+    #[serde(default)]
+    data_dir: Option<String>,
+    #[serde(default)]
+    data_volume: Option<String>,
     health: HealthSpec,
     #[serde(default = "default_stop_timeout")]
     stop_timeout_s: u64,
@@ -224,6 +238,11 @@ struct RawApp {
     #[serde(default = "default_pre_copy")]
     pre_copy: bool,
 }
+/// Where the engine keeps the data of a `local` volume `<name>`: `<VOLUMES_DIR>/<name>/_data`
+/// (Docker's default root). On a host whose Docker root is elsewhere, give `data_dir` as the
+/// volume's mountpoint instead; either way the plan checks the container mounts that dir.
+pub const VOLUMES_DIR: &str = "/var/lib/docker/volumes";
+
 fn default_pre_copy() -> bool {
     true
 }
@@ -302,12 +321,37 @@ impl RawApp {
                 self.tenant_from
             ));
         };
-        if !self.data_dir.starts_with('/') || !self.data_dir.contains("{tenant}") {
-            return Err(format!(
-                "data_dir \"{}\" must be an absolute path containing {{tenant}}, e.g. \"/data/tenants/{{tenant}}\"",
-                self.data_dir
-            ));
-        }
+        let data_dir = match (self.data_dir, &self.data_volume) {
+            (Some(_), Some(_)) => {
+                return Err("give data_dir (a bind-mounted dir) or data_volume (a named volume), not both".into())
+            }
+            (None, None) => {
+                return Err("missing data_dir (e.g. \"/data/tenants/{tenant}\") or data_volume (e.g. \
+                            \"cf-agent-{tenant}_data\"): where each tenant keeps its data"
+                    .into())
+            }
+            (Some(d), None) => {
+                if !d.starts_with('/') || !d.contains("{tenant}") {
+                    return Err(format!(
+                        "data_dir \"{d}\" must be an absolute path containing {{tenant}}, e.g. \"/data/tenants/{{tenant}}\""
+                    ));
+                }
+                d
+            }
+            (None, Some(v)) => {
+                let name_ok = |s: &str| {
+                    s.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-{}".contains(&b))
+                        && s.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric() || b == b'{')
+                };
+                if !v.contains("{tenant}") || !name_ok(v) {
+                    return Err(format!(
+                        "data_volume \"{v}\" must be a volume name containing {{tenant}} (letters, digits, '_', '.', \
+                         '-'), e.g. \"cf-agent-{{tenant}}_data\""
+                    ));
+                }
+                format!("{VOLUMES_DIR}/{v}/_data")
+            }
+        };
         if !self.health.path.starts_with('/') {
             return Err(format!("health.path \"{}\" must start with '/'", self.health.path));
         }
@@ -327,7 +371,8 @@ impl RawApp {
             image,
             select,
             tenant_from,
-            data_dir: self.data_dir,
+            data_dir,
+            data_volume: self.data_volume,
             health: self.health,
             stop_timeout_s: self.stop_timeout_s,
             canary,
