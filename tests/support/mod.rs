@@ -189,6 +189,12 @@ static COUNTER: AtomicUsize = AtomicUsize::new(0);
 impl Sandbox {
     /// A fresh sandbox with its own network, git repo and host config.
     pub fn new() -> Sandbox {
+        Sandbox::new_in(&std::env::temp_dir())
+    }
+
+    /// [`Sandbox::new`] with its root under `parent` rather than the temp dir (a unit with
+    /// `PrivateTmp=yes` sees another `/tmp`).
+    pub fn new_in(parent: &Path) -> Sandbox {
         Env::get();
         let id = format!(
             "sw{}x{}x{}",
@@ -196,7 +202,8 @@ impl Sandbox {
             COUNTER.fetch_add(1, Ordering::SeqCst),
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_micros() % 1000
         );
-        let root = tempfile::Builder::new().prefix(&format!("{id}-")).tempdir().unwrap();
+        std::fs::create_dir_all(parent).unwrap();
+        let root = tempfile::Builder::new().prefix(&format!("{id}-")).tempdir_in(parent).unwrap();
         for d in ["state", "backups", "data"] {
             std::fs::create_dir_all(root.path().join(d)).unwrap();
         }
