@@ -220,6 +220,16 @@ fn tenants_whose_data_is_a_named_volume_are_rolled_undone_snapshotted_restored_a
     };
     let hashes = || vols.iter().map(|v| tree_hash(&mountpoint(&v.0))).collect::<Vec<_>>();
 
+    // `init` proposes the app with its data in the volumes.
+    let dir = s.root().join("etc-slipway");
+    let only = format!("slipway.test={}", s.id());
+    let out = s.slipway(&["init", "--dir", dir.to_str().unwrap(), "--only", &only, "--dry-run", "--json"]);
+    assert_eq!(out.code, 0, "{} {}", out.stdout, out.stderr);
+    let init: crate::support::reports::Init = out.report();
+    assert_eq!(init.apps.len(), 1, "{:?}", init.skipped);
+    let want = format!("data_volume = \"{}-{{tenant}}_data\"", s.id());
+    assert!(init.fleet.text.contains(&want), "{}", init.fleet.text);
+
     // A release: both tenants on v2, each on its own volume, by name, with its data.
     let before = hashes();
     s.write_fleet(&fleet(&v2, ""));

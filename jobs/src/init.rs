@@ -363,6 +363,12 @@ pub fn data_template(source: &str, tenant: &str) -> Option<String> {
         let t: Vec<&str> = parts.iter().map(|p| if *p == tenant { "{tenant}" } else { *p }).collect();
         return Some(t.join("/"));
     }
+    // A local volume's mountpoint: the tenant is in the volume's name (`cf-agent-c1_data`).
+    if let Some(name) = volume_of(source) {
+        if name.matches(tenant).count() == 1 {
+            return Some(format!("{}/{}/_data", crate::config::VOLUMES_DIR, name.replace(tenant, "{tenant}")));
+        }
+    }
     let last = parts.last()?;
     if last.matches(tenant).count() == 1 {
         let mut t = parts[..parts.len() - 1].to_vec();
@@ -465,8 +471,9 @@ fn propose_app<'a>(
                 String::new()
             } else {
                 format!(
-                    "; its data is in Docker volumes at {}: slipway snapshots host directories, so move it to a bind \
-                     mount (/data/tenants/<tenant>) to adopt it",
+                    "; its data is in Docker volumes at {} that are anonymous or not of the local driver: slipway \
+                     snapshots host directories (a bind mount, or a named volume of the local driver), so move it \
+                     to one to adopt it",
                     c.volumes.join(", ")
                 )
             };
@@ -756,6 +763,13 @@ fn short_id(id: &str) -> &str {
     &id[..12.min(id.len())]
 }
 
+/// The volume name pattern of a data dir template that is a local volume's mountpoint
+/// (`/var/lib/docker/volumes/<name>/_data`).
+fn volume_of(template: &str) -> Option<&str> {
+    let rest = template.strip_prefix(crate::config::VOLUMES_DIR)?.strip_prefix('/')?;
+    rest.strip_suffix("/_data").filter(|n| !n.contains('/'))
+}
+
 /// A TOML string literal.
 fn q(s: &str) -> String {
     toml::Value::String(s.to_string()).to_string()
@@ -776,8 +790,16 @@ pub fn render_fleet(apps: &[ProposedApp]) -> String {
         out.push_str(&format!("# select: {}\n", a.select_why));
         out.push_str(&format!("select = {}\n", q(&a.select)));
         out.push_str(&format!("tenant_from = {}\n", q(&a.tenant_from)));
-        out.push_str(&format!("# the bind mount at {} in every tenant's container\n", a.data_mount));
-        out.push_str(&format!("data_dir = {}\n", q(&a.data_dir)));
+        match volume_of(&a.data_dir) {
+            Some(v) => {
+                out.push_str(&format!("# the named volume at {} in every tenant's container\n", a.data_mount));
+                out.push_str(&format!("data_volume = {}\n", q(v)));
+            }
+            None => {
+                out.push_str(&format!("# the bind mount at {} in every tenant's container\n", a.data_mount));
+                out.push_str(&format!("data_dir = {}\n", q(&a.data_dir)));
+            }
+        }
         if a.health_port == 0 {
             out.push_str("# FIXME: no TCP port is exposed by every tenant; set health.port to the app's HTTP port\n");
         }
@@ -1128,5 +1150,27 @@ mod tests {
         assert_eq!((p.containers, p.apps.len(), p.skipped.len()), (2, 1, 0));
         let only: Selector = "name:other-*".parse().unwrap();
         assert_eq!(propose(&h, Some(&only)).apps[0].name, "other");
+    }
+
+    /// Issue #26 item 1: tenants whose data is a named volume (compose's `<project>_data`, as
+    /// the engine lists it: a bind of the volume's mountpoint) are proposed with `data_volume`,
+    /// and the fleet it renders parses.
+    #[test]
+    fn init_proposes_data_volume_for_tenants_whose_data_is_a_named_volume() {
+        let vol = |t: &str| format!("/var/lib/docker/volumes/cf-agent-{t}_data/_data");
+        let (v1, v2) = (vol("c1"), vol("c2"));
+        let host = vec![
+            c("cf-agent-c1", "reg/agent:v1", Some(D1), &[("app", "agent")], &[(&v1, "/app/data")]),
+            c("cf-agent-c2", "reg/agent:v1", Some(D1), &[("app", "agent")], &[(&v2, "/app/data")]),
+        ];
+        let p = propose(&host, None);
+        assert_eq!(p.apps.len(), 1, "{:?}", p.skipped);
+        let text = render_fleet(&p.apps);
+        assert!(text.contains("data_volume = \"cf-agent-{tenant}_data\""), "{text}");
+        assert!(!text.contains("data_dir ="), "{text}");
+        let app =
+            crate::config::Fleet::parse(&text, "proposal").unwrap_or_else(|e| panic!("{e}\n{text}")).apps[0].clone();
+        assert_eq!(app.data_dir_of(&"c1".parse().unwrap()), std::path::PathBuf::from(v1));
+        assert_eq!(app.data_volume_of(&"c1".parse().unwrap()).as_deref(), Some("cf-agent-c1_data"));
     }
 }

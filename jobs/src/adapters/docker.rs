@@ -175,9 +175,11 @@ pub struct HostContainer {
     pub image_labels: std::collections::BTreeMap<String, String>,
     /// Its labels.
     pub labels: std::collections::BTreeMap<String, String>,
-    /// Its bind mounts (running containers only).
+    /// Its bind mounts, and its named volumes of the local driver as binds of their
+    /// mountpoints (running containers only).
     pub binds: Vec<Bind>,
-    /// The container paths of its named volumes (running containers only).
+    /// The container paths of its other volumes: anonymous ones, other drivers' (running
+    /// containers only).
     pub volumes: Vec<String>,
     /// The TCP ports it exposes, sorted (running containers only).
     pub exposed_ports: Vec<u16>,
@@ -448,6 +450,17 @@ impl Engine {
                     let dest = m.destination.unwrap_or_default();
                     match m.typ.as_deref() {
                         Some("bind") => h.binds.push(Bind { source: m.source.unwrap_or_default(), destination: dest }),
+                        // A named volume of the local driver is a dir on this host: offered
+                        // as a data dir like a bind of its mountpoint (`data_volume`).
+                        Some("volume")
+                            if m.driver.as_deref() == Some("local")
+                                && m.source.as_deref().is_some_and(|s| !s.is_empty())
+                                && m.name
+                                    .as_deref()
+                                    .is_some_and(|n| !(n.len() == 64 && n.bytes().all(|b| b.is_ascii_hexdigit()))) =>
+                        {
+                            h.binds.push(Bind { source: m.source.unwrap_or_default(), destination: dest })
+                        }
                         Some("volume") => h.volumes.push(dest),
                         _ => {}
                     }
