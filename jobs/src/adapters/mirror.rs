@@ -27,7 +27,6 @@
 //!   the copy's filesystem supports it, else streamed (`copy_file_range` under `io::copy`); the
 //!   report says which ran.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::fs::{self, File};
 use std::io::{self, BufRead, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
@@ -38,7 +37,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
-use super::archive::walk::{Item, Node, Walker};
+use super::archive::walk::{Item, Links, Node, Walker};
 use super::confined::{self, Attrs, Root};
 use crate::error::ArchiveError;
 use crate::fsutil::AtomicFile;
@@ -227,7 +226,7 @@ pub fn mirror_checked(src: &Path, dst: &Path, check: CopyCheck) -> Result<Mirror
         root: &root,
         started: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64),
         reflink: supports_reflink(parent),
-        links: HashMap::new(),
+        links: Links::default(),
         open: Vec::new(),
         report: MirrorReport {
             method: CopyMethod::Copy,
@@ -550,7 +549,7 @@ struct Pass<'a> {
     started: i64,
     reflink: bool,
     /// Source (dev, ino) of a hard-linked file → its name in the copy, this pass.
-    links: HashMap<(u64, u64), Vec<u8>>,
+    links: Links,
     open: Vec<OpenDir>,
     report: MirrorReport,
     check: CopyCheck,
@@ -646,7 +645,7 @@ impl Pass<'_> {
             } else {
                 self.report.unchanged += 1;
                 if hard_linked {
-                    self.links.entry((meta.dev(), meta.ino())).or_insert(rel);
+                    self.links.remember((meta.dev(), meta.ino()), rel);
                 }
             }
             return Ok(Some(rec));
@@ -669,7 +668,7 @@ impl Pass<'_> {
                     None => {
                         self.copy_file(&f, &rel, &meta)?;
                         if hard_linked {
-                            self.links.insert((meta.dev(), meta.ino()), rel.clone());
+                            self.links.remember((meta.dev(), meta.ino()), rel.clone());
                         }
                     }
                 }

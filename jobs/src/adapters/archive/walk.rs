@@ -273,6 +273,35 @@ fn open_child(dir: &OwnedFd, name: &[u8], ft: FileType, path: &Path) -> Result<O
     }
 }
 
+/// The most memory the first names of hard-linked files may take in one pass (an archive, a
+/// copy): about 400 000 hard-linked files. Past it, a further hard-linked file is kept as a file
+/// of its own (its data is still all there; only the link is not), so a tenant of millions of
+/// hard links cannot take the host's memory.
+pub const LINKS_BUDGET: usize = 32 << 20;
+
+/// The first name of each hard-linked file seen, by (device, inode), within [`LINKS_BUDGET`].
+#[derive(Default)]
+pub(crate) struct Links {
+    map: std::collections::HashMap<(u64, u64), Vec<u8>>,
+    bytes: usize,
+}
+
+impl Links {
+    /// The first name recorded for this file.
+    pub fn get(&self, key: &(u64, u64)) -> Option<&Vec<u8>> {
+        self.map.get(key)
+    }
+
+    /// Record `rel` as the first name of `key` (unless one is recorded, or the budget is spent).
+    pub fn remember(&mut self, key: (u64, u64), rel: Vec<u8>) {
+        let cost = rel.len() + 64;
+        if self.bytes + cost <= LINKS_BUDGET && !self.map.contains_key(&key) {
+            self.bytes += cost;
+            self.map.insert(key, rel);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -304,5 +333,22 @@ mod tests {
         // Walked as what it is, it is listed and skipped.
         let mut w = Walker::open(d.path()).unwrap();
         assert!(matches!(w.next_item().unwrap().unwrap().node, Node::Other));
+    }
+
+    /// Millions of hard-linked files cost at most `LINKS_BUDGET` of names: past it a file is
+    /// kept as a file of its own, and a name recorded is never replaced.
+    #[test]
+    fn hard_link_names_stay_within_their_budget() {
+        let mut l = Links::default();
+        let name = vec![b'n'; 200];
+        let fits = LINKS_BUDGET / (name.len() + 64);
+        for i in 0..fits as u64 + 1000 {
+            l.remember((1, i), name.clone());
+        }
+        assert!(l.get(&(1, 0)).is_some() && l.get(&(1, fits as u64 - 1)).is_some());
+        assert!(l.get(&(1, fits as u64 + 10)).is_none());
+        assert!(l.bytes <= LINKS_BUDGET);
+        l.remember((1, 0), b"other".to_vec());
+        assert_eq!(l.get(&(1, 0)), Some(&name));
     }
 }

@@ -3,7 +3,6 @@
 //! Reading and hashing the files, compressing, and hashing and writing the archive run on
 //! their own threads, joined by bounded channels that pass buffers around.
 
-use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Read, Write};
 use std::os::unix::ffi::OsStrExt;
@@ -16,7 +15,7 @@ use sha2::{Digest, Sha256};
 
 use super::list::{text_and_hex, ListWriter};
 use super::sparse::{self, HoleHash};
-use super::walk::{Item, Node, Walker};
+use super::walk::{Item, Links, Node, Walker};
 use super::{file_list_path, ioe, ArchiveError, ArchiveSummary, EntryKind, FileEntry, HashWriter};
 use super::{BUF, JOB_SIZE, LEVEL};
 use crate::fsutil::{create_private_dir, sync_dir, AtomicFile};
@@ -161,7 +160,7 @@ fn read_tree(walk: &mut Walker, tx: &SyncSender<Piece>, chunks: &Receiver<Vec<u8
 }
 
 fn feed(walk: &mut Walker, tx: &SyncSender<Piece>, chunks: &Receiver<Vec<u8>>) -> Result<(), ArchiveError> {
-    let mut links: HashMap<(u64, u64), Vec<u8>> = HashMap::new();
+    let mut links = Links::default();
     while let Some(Item { rel, meta, node }) = walk.next_item()? {
         let piece = match node {
             Node::Dir => Piece::Entry { rel, meta, what: What::Dir },
@@ -173,7 +172,7 @@ fn feed(walk: &mut Walker, tx: &SyncSender<Piece>, chunks: &Receiver<Vec<u8>>) -
                     Piece::Entry { rel, meta, what: What::HardLink(first) }
                 } else {
                     if meta.nlink() > 1 {
-                        links.insert((meta.dev(), meta.ino()), rel.clone());
+                        links.remember((meta.dev(), meta.ino()), rel.clone());
                     }
                     let path = walk.path_of(&rel);
                     if sparse::may_have_holes(&meta) {
