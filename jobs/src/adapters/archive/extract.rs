@@ -119,7 +119,22 @@ pub(super) fn extract_checked(archive: &Path, expected: &str, dir: &Path) -> Res
     let dec = zstd::Decoder::with_buffer(BufReader::with_capacity(BUF, hr)).map_err(ioe(archive))?;
     let mut tar = tar::Archive::new(dec);
     let corrupt = |e: io::Error| ArchiveError::Corrupt { archive: archive.to_path_buf(), what: e.to_string() };
+    // The dirs whose entries may still come (the current entry's ancestors, in a depth-first
+    // archive as slipway writes), with the owner, mode and mtime to give them once they are
+    // complete: applied as the archive leaves each, so memory follows the depth, not the number
+    // of dirs. In an archive of another order a dir may get an entry after it was finished;
+    // root writes it all the same, and the check against the file list names its mtime.
     let mut dirs: Vec<(Vec<u8>, Attrs)> = Vec::new();
+    let leave = |dirs: &mut Vec<(Vec<u8>, Attrs)>, next: &[u8]| -> Result<(), ArchiveError> {
+        while let Some((d, _)) = dirs.last() {
+            if next.len() > d.len() && next.starts_with(d) && next[d.len()] == b'/' {
+                break;
+            }
+            let (d, a) = dirs.pop().expect("a last dir");
+            root.set_attrs(&d, &a).map_err(ioe(&root.display(&d)))?;
+        }
+        Ok(())
+    };
     let mut own: Option<Attrs> = None;
     let mut count = 0u64;
     let mut buf = vec![0u8; BUF];
@@ -144,6 +159,7 @@ pub(super) fn extract_checked(archive: &Path, expected: &str, dir: &Path) -> Res
         }
         let rel = safe_rel(archive, &raw)?;
         let rel = rel.as_os_str().as_bytes();
+        leave(&mut dirs, rel)?;
         no_symlink_ancestor(archive, &root, rel, &raw_s)?;
         let target = root.display(rel);
         let a = header_attrs(archive, &raw_s, entry.header())?;
@@ -238,8 +254,9 @@ pub(super) fn extract_checked(archive: &Path, expected: &str, dir: &Path) -> Res
             actual,
         });
     }
-    // Directories last, deepest first: their modes may forbid writing, and children touch mtimes.
-    dirs.sort_by_key(|d| std::cmp::Reverse(d.0.iter().filter(|c| **c == b'/').count()));
+    // The dirs still open, deepest first, then the dir itself: their modes may forbid writing,
+    // and children touch mtimes.
+    leave(&mut dirs, b"")?;
     if let Some(a) = own {
         dirs.push((Vec::new(), a));
     }
