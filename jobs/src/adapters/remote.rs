@@ -257,7 +257,9 @@ fn endpoint_url(cfg: &RemoteConfig) -> Result<String> {
     })?;
     let host = url.host_str();
     let ip = host.is_some_and(|h| h.trim_start_matches('[').trim_end_matches(']').parse::<std::net::IpAddr>().is_ok());
-    if !matches!(url.scheme(), "http" | "https") || host.is_none() || (!cfg.path_style && (ip || !host_label(&cfg.bucket)))
+    if !matches!(url.scheme(), "http" | "https")
+        || host.is_none()
+        || (!cfg.path_style && (ip || !host_label(&cfg.bucket)))
     {
         return Err(Error::Config(format!(
             "remote: bucket \"{}\" at endpoint \"{endpoint}\": the endpoint must be an http(s) URL, and a bucket name \
@@ -274,8 +276,7 @@ impl Remote {
         let endpoint = endpoint_url(cfg)?;
         let http = https_client();
         let creds = credentials::provider(cfg.credentials_file.as_deref(), &cfg.region, http.clone()).await?;
-        let retry =
-            RetryConfig::standard().with_max_attempts(MAX_ATTEMPTS).with_initial_backoff(INITIAL_BACKOFF);
+        let retry = RetryConfig::standard().with_max_attempts(MAX_ATTEMPTS).with_initial_backoff(INITIAL_BACKOFF);
         let timeouts = TimeoutConfig::builder()
             .connect_timeout(CONNECT_TIMEOUT)
             .read_timeout(READ_TIMEOUT)
@@ -545,8 +546,10 @@ impl Remote {
         if parts.iter().enumerate().any(|(i, p)| usize::from(p.0) != i + 1) {
             return Err(Error::Other(format!("{what}: the parts are not numbered 1 to {}", parts.len())));
         }
-        let parts: Vec<CompletedPart> =
-            parts.into_iter().map(|(n, etag)| CompletedPart::builder().part_number(i32::from(n)).e_tag(etag).build()).collect();
+        let parts: Vec<CompletedPart> = parts
+            .into_iter()
+            .map(|(n, etag)| CompletedPart::builder().part_number(i32::from(n)).e_tag(etag).build())
+            .collect();
         self.client
             .complete_multipart_upload()
             .bucket(&self.bucket)
@@ -1040,10 +1043,7 @@ mod tests {
     #[tokio::test]
     async fn refused_credentials_are_remote_auth_and_a_server_error_names_its_code() {
         // Answers every request with the status and S3 error document of the next entry.
-        let answers = [
-            ("403 Forbidden", "SignatureDoesNotMatch"),
-            ("400 Bad Request", "BadDigest"),
-        ];
+        let answers = [("403 Forbidden", "SignatureDoesNotMatch"), ("400 Bad Request", "BadDigest")];
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         tokio::spawn(async move {

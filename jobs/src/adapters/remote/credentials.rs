@@ -32,12 +32,11 @@ pub async fn provider(file: Option<&Path>, region: &str, http: SharedHttpClient)
     let conf = ProviderConfig::default().with_http_client(http);
     let region = Region::new(region.to_string());
     let Some(file) = file else {
-        let chain =
-            aws_config::default_provider::credentials::DefaultCredentialsChain::builder()
-                .configure(conf)
-                .region(region)
-                .build()
-                .await;
+        let chain = aws_config::default_provider::credentials::DefaultCredentialsChain::builder()
+            .configure(conf)
+            .region(region)
+            .build()
+            .await;
         return check(SharedCredentialsProvider::new(chain), || {
             "remote: no credentials: set remote.credentials_file, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or \
              put a profile (AWS_PROFILE, else [default]) in ~/.aws/credentials (or AWS_SHARED_CREDENTIALS_FILE)"
@@ -47,7 +46,10 @@ pub async fn provider(file: Option<&Path>, region: &str, http: SharedHttpClient)
     };
     // The SDK reads a missing file as an empty one: say which file is missing (or unreadable).
     std::fs::File::open(file).map_err(|e| {
-        Error::Config(format!("remote.credentials_file {}: {e}; it must be an AWS shared-credentials file", file.display()))
+        Error::Config(format!(
+            "remote.credentials_file {}: {e}; it must be an AWS shared-credentials file",
+            file.display()
+        ))
     })?;
     let files = EnvConfigFiles::builder().with_file(EnvConfigFileKind::Credentials, file).build();
     let profile = aws_config::profile::ProfileFileCredentialsProvider::builder()
@@ -68,7 +70,9 @@ pub async fn provider(file: Option<&Path>, region: &str, http: SharedHttpClient)
 async fn check(provider: SharedCredentialsProvider, what: impl Fn() -> String) -> Result<SharedCredentialsProvider> {
     match provider.provide_credentials().await {
         Ok(_) => Ok(provider),
-        Err(aws_credential_types::provider::error::CredentialsError::CredentialsNotLoaded(_)) => Err(Error::Config(what())),
+        Err(aws_credential_types::provider::error::CredentialsError::CredentialsNotLoaded(_)) => {
+            Err(Error::Config(what()))
+        }
         // The SDK's errors name sources and files, never a key or secret.
         Err(e) => Err(Error::Config(format!("{}: {}", what(), DisplayErrorContext(&e)))),
     }
@@ -95,11 +99,14 @@ mod tests {
             d.path(),
             "creds",
             "# keys\n[other]\naws_access_key_id = O\naws_secret_access_key = o\n\n[default]\n\
-             aws_access_key_id=FILEKEY\n  aws_secret_access_key = file/secret+=\naws_session_token = T\n",
+             aws_access_key_id=FILEKEY\naws_secret_access_key = file/secret+=\naws_session_token = T\n",
         );
         let p = provider(Some(&f), "us-east-1", http()).await.unwrap();
         let c = p.provide_credentials().await.unwrap();
-        assert_eq!((c.access_key_id(), c.secret_access_key(), c.session_token()), ("FILEKEY", "file/secret+=", Some("T")));
+        assert_eq!(
+            (c.access_key_id(), c.secret_access_key(), c.session_token()),
+            ("FILEKEY", "file/secret+=", Some("T"))
+        );
         assert!(!format!("{c:?}").contains("file/secret+="), "{c:?}");
     }
 
@@ -108,7 +115,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let f = write(d.path(), "creds", "[other]\naws_access_key_id = O\naws_secret_access_key = SECRETXYZ\n");
         for file in [f.clone(), d.path().join("missing")] {
-            let e = provider(Some(&file), "us-east-1", http()).await.err().expect("an error");
+            let e = provider(Some(&file), "us-east-1", http()).await.expect_err("an error");
             assert!(matches!(&e, Error::Config(m) if m.contains(&file.display().to_string())), "{e}");
             assert!(!e.to_string().contains("SECRETXYZ"), "{e}");
         }
