@@ -240,6 +240,48 @@ fn wrong_credentials_get_a_clear_error_and_exit_code_6_and_no_secret_is_shown() 
 }
 
 #[test]
+fn without_a_credentials_file_the_keys_come_from_the_environment_or_a_shared_profile_or_exit_2() {
+    let s = Sandbox::new();
+    with_snapshot(&s, b"data");
+    let env = crate::support::Env::get();
+    s.use_shared_remote("");
+    let text = std::fs::read_to_string(s.config_path()).unwrap();
+    let text: String = text.lines().filter(|l| !l.starts_with("credentials_file")).map(|l| format!("{l}\n")).collect();
+    std::fs::write(s.config_path(), text).unwrap();
+    // A home without ~/.aws, and no instance metadata service to wait for.
+    let home = s.root().join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    let home = home.to_str().unwrap();
+    let base = [("HOME", home), ("AWS_EC2_METADATA_DISABLED", "true")];
+    fn with<'a>(base: &[(&'a str, &'a str)], extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+        base.iter().chain(extra).copied().collect()
+    }
+    // 1. AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY.
+    let keys =
+        [("AWS_ACCESS_KEY_ID", env.s3_access_key.as_str()), ("AWS_SECRET_ACCESS_KEY", env.s3_secret_key.as_str())];
+    let out = s.slipway_env(&["sync", "--json"], &with(&base, &keys));
+    assert_eq!(out.code, 0, "{} {}", out.stdout, out.stderr);
+    // 2. The profile AWS_PROFILE of AWS_SHARED_CREDENTIALS_FILE ([default] there holds wrong keys).
+    let shared = s.root().join("shared-credentials");
+    std::fs::write(
+        &shared,
+        format!(
+            "[default]\naws_access_key_id = nobody\naws_secret_access_key = wrong\n[ops]\naws_access_key_id = {}\n\
+             aws_secret_access_key = {}\n",
+            env.s3_access_key, env.s3_secret_key
+        ),
+    )
+    .unwrap();
+    let profile = [("AWS_SHARED_CREDENTIALS_FILE", shared.to_str().unwrap()), ("AWS_PROFILE", "ops")];
+    let out = s.slipway_env(&["verify", "--remote", "--json"], &with(&base, &profile));
+    assert_eq!(out.code, 0, "{} {}", out.stdout, out.stderr);
+    // 3. None at all: a config error before any request, naming the ways to give them.
+    let out = s.slipway_env(&["sync"], &with(&base, &[]));
+    assert_eq!(out.code, 2, "{} {}", out.stdout, out.stderr);
+    assert!(out.stderr.contains("no credentials") && out.stderr.contains("credentials_file"), "{}", out.stderr);
+}
+
+#[test]
 fn secrets_appear_in_no_output_record_or_metrics() {
     let s = Sandbox::new();
     with_snapshot(&s, b"data");

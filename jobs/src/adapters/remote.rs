@@ -231,11 +231,37 @@ fn is_auth(code: Option<&str>, status: u16) -> bool {
 const DELETE_BATCH: usize = 1000;
 
 /// The HTTPS client the SDK uses, for the store and for the credential providers that make
-/// requests: rustls with ring, the one TLS stack of the binary, trusting the system's CA store
-/// (`SSL_CERT_FILE` included).
+/// requests: rustls with ring, the one TLS stack of the binary. It trusts the system's CA store
+/// (`SSL_CERT_FILE` included: an S3 server with a private CA) and Mozilla's roots (a host
+/// without a CA bundle, a minimal container, still reaches an `https://` endpoint), as reqwest
+/// does for the health probes.
 pub fn https_client() -> SharedHttpClient {
-    use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider};
-    aws_smithy_http_client::Builder::new().tls_provider(Provider::Rustls(CryptoMode::Ring)).build_https()
+    use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider, TlsContext, TrustStore};
+    // The SDK refuses (a debug assertion) to enable a system store that holds no certificate.
+    static NATIVE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let native = *NATIVE.get_or_init(|| !rustls_native_certs::load_native_certs().certs.is_empty());
+    let mut store = TrustStore::empty().with_native_roots(native);
+    for cert in webpki_root_certs::TLS_SERVER_ROOT_CERTS {
+        store.add_pem_certificate(pem(cert));
+    }
+    let tls = TlsContext::builder().with_trust_store(store).build().unwrap_or_default();
+    aws_smithy_http_client::Builder::new()
+        .tls_provider(Provider::Rustls(CryptoMode::Ring))
+        .tls_context(tls)
+        .build_https()
+}
+
+/// A DER certificate as PEM, the form the SDK's trust store takes.
+fn pem(der: &[u8]) -> String {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = String::from("-----BEGIN CERTIFICATE-----\n");
+    for line in b64.as_bytes().chunks(64) {
+        out.push_str(&String::from_utf8_lossy(line));
+        out.push('\n');
+    }
+    out.push_str("-----END CERTIFICATE-----\n");
+    out
 }
 
 /// Whether `bucket` can be a host name label of virtual-host addressing (else it needs
