@@ -41,7 +41,7 @@ use aws_sdk_s3::config::{
     BehaviorVersion, Region, RequestChecksumCalculation, ResponseChecksumValidation, SharedHttpClient,
     StalledStreamProtectionConfig,
 };
-use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, Delete, ObjectIdentifier};
 use bytes::Bytes;
@@ -385,7 +385,7 @@ impl Remote {
         let status = e.raw_response().map_or(0, |r| r.status().as_u16());
         let code = e.code().map(str::to_string);
         let message = e.message().map(str::to_string);
-        let fallback = || DisplayErrorContext(&e).to_string();
+        let fallback = || causes(&e);
         self.failure(what, status, code, message, fallback)
     }
 
@@ -557,7 +557,7 @@ impl Remote {
     async fn abort(&self, full: &str, upload_id: &str) {
         let r = self.client.abort_multipart_upload().bucket(&self.bucket).key(full).upload_id(upload_id).send().await;
         if let Err(e) = r {
-            let failure = DisplayErrorContext(&e).to_string();
+            let failure = causes(&e);
             tracing::warn!(place = %self.place, key = full, %failure, "remote: aborting a multipart upload failed");
         }
     }
@@ -988,6 +988,22 @@ fn status_of<E>(e: &SdkError<E, HttpResponse>) -> Option<u16> {
     e.raw_response().map(|r| r.status().as_u16())
 }
 
+/// An error and its causes in words ("dispatch failure: io error: …: Connection refused"), the
+/// way slipway reports a transport failure: no URL, header or body of the request is in them.
+pub(crate) fn causes(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let s_text = s.to_string();
+        if !text.contains(&s_text) {
+            text.push_str(": ");
+            text.push_str(&s_text);
+        }
+        source = s.source();
+    }
+    text
+}
+
 /// A body's length as the SDK takes it (a buffer is never near `i64::MAX`).
 fn len_i64(n: usize) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
@@ -996,7 +1012,7 @@ fn len_i64(n: usize) -> i64 {
 /// One read of a download's body within [`READ_TIMEOUT`]: the next chunk, or None at its end.
 async fn next_chunk(body: &mut ByteStream) -> std::result::Result<Option<Bytes>, String> {
     match tokio::time::timeout(READ_TIMEOUT, body.try_next()).await {
-        Ok(r) => r.map_err(|e| DisplayErrorContext(&e).to_string()),
+        Ok(r) => r.map_err(|e| causes(&e)),
         Err(_) => Err(format!("no data for {} s", READ_TIMEOUT.as_secs())),
     }
 }

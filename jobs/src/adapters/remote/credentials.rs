@@ -20,7 +20,6 @@ use std::path::Path;
 use aws_config::provider_config::ProviderConfig;
 use aws_runtime::env_config::file::{EnvConfigFileKind, EnvConfigFiles};
 use aws_sdk_s3::config::{ProvideCredentials, Region, SharedCredentialsProvider, SharedHttpClient};
-use aws_sdk_s3::error::DisplayErrorContext;
 
 use crate::error::{Error, Result};
 
@@ -74,7 +73,7 @@ async fn check(provider: SharedCredentialsProvider, what: impl Fn() -> String) -
             Err(Error::Config(what()))
         }
         // The SDK's errors name sources and files, never a key or secret.
-        Err(e) => Err(Error::Config(format!("{}: {}", what(), DisplayErrorContext(&e)))),
+        Err(e) => Err(Error::Config(format!("{} (the last source tried: {})", what(), super::causes(&e)))),
     }
 }
 
