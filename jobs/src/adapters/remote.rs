@@ -308,19 +308,22 @@ impl Remote {
             .read_timeout(READ_TIMEOUT)
             .operation_attempt_timeout(ATTEMPT_TIMEOUT)
             .build();
-        let conf = aws_sdk_s3::Config::builder()
+        let mut conf = aws_sdk_s3::Config::builder()
             .behavior_version(BehaviorVersion::latest())
             .http_client(http)
             .region(Region::new(cfg.region.clone()))
-            .endpoint_url(&endpoint)
             .force_path_style(cfg.path_style)
             .credentials_provider(creds)
             .retry_config(retry)
             .timeout_config(timeouts)
             .stalled_stream_protection(StalledStreamProtectionConfig::enabled().grace_period(READ_TIMEOUT).build())
             .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
-            .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
-            .build();
+            .response_checksum_validation(ResponseChecksumValidation::WhenRequired);
+        // No endpoint: AWS S3 itself, whose endpoint the SDK's rules find for the region.
+        if let Some(e) = &cfg.endpoint {
+            conf = conf.endpoint_url(e);
+        }
+        let conf = conf.build();
         let seal = match &cfg.encrypt {
             Some(e) => Some(Arc::new(crypt::read_recipients(&e.recipients_file, "remote.encrypt.recipients_file")?)),
             None => None,
