@@ -1,6 +1,6 @@
 //! The foundation works against the real services: a container created through bollard from a
 //! fixture digest answers its health check on its Docker-network IP; an object goes through
-//! the local S3 server and back, signed by rusty-s3 and sent by reqwest; the fixtures behave as documented.
+//! the local S3 server and back with aws-sdk-s3 (slipway's S3 client); the fixtures behave as documented.
 
 use bollard::models::{ContainerCreateBody, EndpointSettings, NetworkingConfig};
 use bollard::query_parameters::CreateContainerOptionsBuilder;
@@ -61,31 +61,19 @@ fn the_fixtures_behave_as_documented() {
 
 #[tokio::test]
 async fn an_object_is_put_listed_and_read_back_through_s3() {
-    use rusty_s3::actions::ListObjectsV2;
-    use rusty_s3::{Bucket, Credentials, S3Action, UrlStyle};
-    let env = Env::get();
-    let ttl = std::time::Duration::from_secs(600);
-    let name = format!("found-{}-{}", std::process::id(), rand_suffix());
-    let bucket = Bucket::new(env.s3_endpoint.parse().unwrap(), UrlStyle::Path, name, env.s3_region.clone()).unwrap();
-    let creds = Credentials::new(&env.s3_access_key, &env.s3_secret_key);
-    let http = reqwest::Client::new();
-    let ok = |r: reqwest::Response| {
-        assert!(r.status().is_success(), "{}", r.status());
-        r
-    };
-    ok(http.put(bucket.create_bucket(&creds).sign(ttl)).send().await.unwrap());
+    let client = crate::offsite::s3_client();
+    let bucket = format!("found-{}-{}", std::process::id(), rand_suffix());
+    client.create_bucket().bucket(&bucket).send().await.unwrap();
     let body: Vec<u8> = (0..100_000u32).flat_map(|i| i.to_le_bytes()).collect();
     let key = "daily/2026-11-22/tenants/t1.tar.zst";
-    ok(http.put(bucket.put_object(Some(&creds), key).sign(ttl)).body(body.clone()).send().await.unwrap());
-    let mut list = bucket.list_objects_v2(Some(&creds));
-    list.with_prefix("daily/");
-    let text = ok(http.get(list.sign(ttl)).send().await.unwrap()).text().await.unwrap();
-    let keys: Vec<String> = ListObjectsV2::parse_response(&text).unwrap().contents.into_iter().map(|o| o.key).collect();
+    client.put_object().bucket(&bucket).key(key).body(body.clone().into()).send().await.unwrap();
+    let list = client.list_objects_v2().bucket(&bucket).prefix("daily/").send().await.unwrap();
+    let keys: Vec<&str> = list.contents().iter().filter_map(|o| o.key()).collect();
     assert_eq!(keys, [key]);
-    let got = ok(http.get(bucket.get_object(Some(&creds), key).sign(ttl)).send().await.unwrap());
-    assert_eq!(got.bytes().await.unwrap().as_ref(), body.as_slice());
-    ok(http.delete(bucket.delete_object(Some(&creds), key).sign(ttl)).send().await.unwrap());
-    ok(http.delete(bucket.delete_bucket(&creds).sign(ttl)).send().await.unwrap());
+    let got = client.get_object().bucket(&bucket).key(key).send().await.unwrap();
+    assert_eq!(got.body.collect().await.unwrap().into_bytes().as_ref(), body.as_slice());
+    client.delete_object().bucket(&bucket).key(key).send().await.unwrap();
+    client.delete_bucket().bucket(&bucket).send().await.unwrap();
 }
 
 fn rand_suffix() -> u32 {

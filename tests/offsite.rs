@@ -129,52 +129,64 @@ fn verify_remote_deep_judges_an_archive_whose_metadata_the_server_lost_by_its_by
     assert!(v.report::<Verify>().archives.iter().all(|a| a.ok), "{}", v.stdout);
 }
 
+/// An S3 client of the shared S3 server (path-style, the test credentials): the AWS SDK with
+/// slipway's one HTTPS client.
+pub(crate) fn s3_client() -> aws_sdk_s3::Client {
+    use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region, RequestChecksumCalculation};
+    let env = crate::support::Env::get();
+    let conf = aws_sdk_s3::config::Builder::new()
+        .behavior_version(BehaviorVersion::latest())
+        .http_client(slipway_jobs::adapters::remote::https_client())
+        .region(Region::new(env.s3_region.clone()))
+        .endpoint_url(&env.s3_endpoint)
+        .force_path_style(true)
+        .credentials_provider(Credentials::new(&env.s3_access_key, &env.s3_secret_key, None, None, "test"))
+        .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+        .build();
+    aws_sdk_s3::Client::from_conf(conf)
+}
+
+/// Start a multipart upload of `key` in `bucket` of the shared S3 server (what a run killed
+/// mid-upload leaves, or another writer's upload in flight). Servers built on older gofakes3
+/// (rclone) name the answer's root wrongly, which the SDK refuses to read: the upload is
+/// started all the same, and a 200 answer is all this needs.
+pub(crate) async fn start_upload(client: &aws_sdk_s3::Client, bucket: &str, key: &str) {
+    match client.create_multipart_upload().bucket(bucket).key(key).send().await {
+        Ok(_) => {}
+        Err(e) => {
+            let status = e.raw_response().map(|r| r.status().as_u16());
+            assert_eq!(status, Some(200), "{}", aws_sdk_s3::error::DisplayErrorContext(&e));
+        }
+    }
+}
+
 /// The keys of the multipart uploads in progress in `bucket` of the shared S3 server.
-pub(crate) async fn uploads_in_progress(bucket: &rusty_s3::Bucket, creds: &rusty_s3::Credentials) -> Vec<String> {
-    let url = rusty_s3::signing::sign(
-        &jiff::Timestamp::now(),
-        rusty_s3::Method::Get,
-        bucket.base_url().clone(),
-        creds.key(),
-        creds.secret(),
-        None,
-        bucket.region(),
-        600,
-        [("uploads", "1")].into_iter(),
-        std::iter::empty(),
-    );
-    let text = reqwest::get(url).await.unwrap().error_for_status().unwrap().text().await.unwrap();
-    let mut keys: Vec<String> =
-        text.split("<Key>").skip(1).filter_map(|k| k.split_once("</Key>")).map(|(k, _)| k.to_string()).collect();
+pub(crate) async fn uploads_in_progress(client: &aws_sdk_s3::Client, bucket: &str) -> Vec<String> {
+    let out = client.list_multipart_uploads().bucket(bucket).send().await.unwrap();
+    let mut keys: Vec<String> = out.uploads().iter().filter_map(|u| u.key()).map(str::to_string).collect();
     keys.sort();
     keys
 }
 
 #[test]
 fn a_multipart_upload_left_by_a_dead_run_is_aborted_by_the_next_sync_and_another_hosts_is_not() {
-    use rusty_s3::{S3Action as _, UrlStyle};
     let rt = tokio::runtime::Runtime::new().unwrap();
     let s = Sandbox::new();
     with_snapshot(&s, b"data");
-    let env = crate::support::Env::get();
-    let name = s.use_shared_remote("");
-    let bucket =
-        rusty_s3::Bucket::new(env.s3_endpoint.parse().unwrap(), UrlStyle::Path, name, env.s3_region.clone()).unwrap();
-    let creds = rusty_s3::Credentials::new(&env.s3_access_key, &env.s3_secret_key);
+    let bucket = s.use_shared_remote("");
+    let client = s3_client();
     // What a run killed mid-upload leaves (its parts are never an object), and an upload of
     // another host writing to the same bucket under its own prefix.
     let left = "slipway/host-1/daily/2026-01-01/tenants/t9.tar.zst";
     let other = "slipway/host-10/daily/2026-01-01/tenants/t9.tar.zst";
     for key in [left, other] {
-        let url = bucket.create_multipart_upload(Some(&creds), key).sign(std::time::Duration::from_secs(600));
-        let r = rt.block_on(reqwest::Client::new().post(url).send()).unwrap();
-        assert!(r.status().is_success(), "{}", r.status());
+        rt.block_on(start_upload(&client, &bucket, key));
     }
-    assert_eq!(rt.block_on(uploads_in_progress(&bucket, &creds)), [left, other]);
+    assert_eq!(rt.block_on(uploads_in_progress(&client, &bucket)), [left, other]);
     let out = s.slipway(&["sync", "--json"]);
     assert_eq!(out.code, 0, "{} {}", out.stdout, out.stderr);
     assert_eq!(out.report::<Sync>().aborted_stale_uploads, 1, "{}", out.stdout);
-    assert_eq!(rt.block_on(uploads_in_progress(&bucket, &creds)), [other]);
+    assert_eq!(rt.block_on(uploads_in_progress(&client, &bucket)), [other]);
 }
 
 #[test]
@@ -225,6 +237,48 @@ fn wrong_credentials_get_a_clear_error_and_exit_code_6_and_no_secret_is_shown() 
     for text in [&out.stdout, &out.stderr] {
         assert!(!text.contains("not-the-secret-XYZZY"), "the secret leaked: {text}");
     }
+}
+
+#[test]
+fn without_a_credentials_file_the_keys_come_from_the_environment_or_a_shared_profile_or_exit_2() {
+    let s = Sandbox::new();
+    with_snapshot(&s, b"data");
+    let env = crate::support::Env::get();
+    s.use_shared_remote("");
+    let text = std::fs::read_to_string(s.config_path()).unwrap();
+    let text: String = text.lines().filter(|l| !l.starts_with("credentials_file")).map(|l| format!("{l}\n")).collect();
+    std::fs::write(s.config_path(), text).unwrap();
+    // A home without ~/.aws, and no instance metadata service to wait for.
+    let home = s.root().join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    let home = home.to_str().unwrap();
+    let base = [("HOME", home), ("AWS_EC2_METADATA_DISABLED", "true")];
+    fn with<'a>(base: &[(&'a str, &'a str)], extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+        base.iter().chain(extra).copied().collect()
+    }
+    // 1. AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY.
+    let keys =
+        [("AWS_ACCESS_KEY_ID", env.s3_access_key.as_str()), ("AWS_SECRET_ACCESS_KEY", env.s3_secret_key.as_str())];
+    let out = s.slipway_env(&["sync", "--json"], &with(&base, &keys));
+    assert_eq!(out.code, 0, "{} {}", out.stdout, out.stderr);
+    // 2. The profile AWS_PROFILE of AWS_SHARED_CREDENTIALS_FILE ([default] there holds wrong keys).
+    let shared = s.root().join("shared-credentials");
+    std::fs::write(
+        &shared,
+        format!(
+            "[default]\naws_access_key_id = nobody\naws_secret_access_key = wrong\n[ops]\naws_access_key_id = {}\n\
+             aws_secret_access_key = {}\n",
+            env.s3_access_key, env.s3_secret_key
+        ),
+    )
+    .unwrap();
+    let profile = [("AWS_SHARED_CREDENTIALS_FILE", shared.to_str().unwrap()), ("AWS_PROFILE", "ops")];
+    let out = s.slipway_env(&["verify", "--remote", "--json"], &with(&base, &profile));
+    assert_eq!(out.code, 0, "{} {}", out.stdout, out.stderr);
+    // 3. None at all: a config error before any request, naming the ways to give them.
+    let out = s.slipway_env(&["sync"], &with(&base, &[]));
+    assert_eq!(out.code, 2, "{} {}", out.stdout, out.stderr);
+    assert!(out.stderr.contains("no credentials") && out.stderr.contains("credentials_file"), "{}", out.stderr);
 }
 
 #[test]

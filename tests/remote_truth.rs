@@ -3,7 +3,7 @@
 //! prune deletes a local copy only when its remote objects are listed, and one bad remote
 //! manifest or another tool's multipart upload does not derail a job.
 
-use crate::offsite::{kept_days, recent_days, sha256_hex, uploads_in_progress, with_snapshot};
+use crate::offsite::{kept_days, recent_days, s3_client, sha256_hex, start_upload, uploads_in_progress, with_snapshot};
 use crate::support::reports::{Prune, Sync, Verify};
 use crate::support::{noise, tree_hash, Env, Sandbox};
 
@@ -202,27 +202,21 @@ fn one_unreadable_remote_manifest_is_named_and_kept_and_the_rest_is_still_pruned
 
 #[test]
 fn with_an_empty_prefix_sync_aborts_only_its_own_stale_multipart_uploads() {
-    use rusty_s3::{S3Action as _, UrlStyle};
     let rt = tokio::runtime::Runtime::new().unwrap();
     let s = Sandbox::new();
     with_snapshot(&s, b"data");
-    let env = Env::get();
-    let name = s.use_shared_remote("");
+    let bucket = s.use_shared_remote("");
     s.set_remote_prefix("");
-    let bucket =
-        rusty_s3::Bucket::new(env.s3_endpoint.parse().unwrap(), UrlStyle::Path, name, env.s3_region.clone()).unwrap();
-    let creds = rusty_s3::Credentials::new(&env.s3_access_key, &env.s3_secret_key);
+    let client = s3_client();
     // A slipway upload a dead run left, and another tool's upload in flight in the same bucket.
     let left = "daily/2026-01-01/tenants/t9.tar.zst";
     let other = "other-tool/nightly.tar";
     for key in [left, other] {
-        let url = bucket.create_multipart_upload(Some(&creds), key).sign(std::time::Duration::from_secs(600));
-        let r = rt.block_on(reqwest::Client::new().post(url).send()).unwrap();
-        assert!(r.status().is_success(), "{}", r.status());
+        rt.block_on(start_upload(&client, &bucket, key));
     }
     let out = s.slipway(&["sync", "--json"]);
     assert_eq!(out.code, 0, "{} {}", out.stdout, out.stderr);
-    assert_eq!(rt.block_on(uploads_in_progress(&bucket, &creds)), [other], "{}", out.stdout);
+    assert_eq!(rt.block_on(uploads_in_progress(&client, &bucket)), [other], "{}", out.stdout);
     assert_eq!(out.report::<Sync>().aborted_stale_uploads, 1, "{}", out.stdout);
 }
 

@@ -1,10 +1,11 @@
-//! The remote store: DigitalOcean Spaces or any S3-compatible API, coded to the S3 API only.
-//! Requests are signed by rusty-s3 (SigV4 presigned URLs, `UNSIGNED-PAYLOAD`) and sent by
-//! reqwest (rustls with ring); [`http`] sends them, with timeouts and the AWS SDK's standard
-//! retries, and reads S3's error documents. Custom endpoint, region, path-style or
-//! virtual-host addressing. Credentials come from `[remote] credentials_file`, else the
-//! `AWS_*` environment, else the shared AWS credentials file ([`credentials`] says exactly
-//! how) and are never logged or reported; neither is a signed URL, whose query is a signature.
+//! The remote store: DigitalOcean Spaces or any S3-compatible API, coded to the S3 API only,
+//! through the AWS SDK (aws-sdk-s3): it signs every request (SigV4), retries (standard mode:
+//! [`MAX_ATTEMPTS`] attempts, exponential backoff with jitter from [`INITIAL_BACKOFF`]), finds the
+//! credentials ([`credentials`] says exactly where) and reads S3's answers. It is given one
+//! HTTPS client, rustls with ring ([`https_client`]): no other TLS stack is built. Custom
+//! endpoint, region, path-style or virtual-host addressing; request checksums only when an
+//! operation requires them (S3-compatible stores, Spaces among them, have refused the SDK's
+//! newer default checksum headers). Credentials are never logged or reported.
 //!
 //! Every object slipway uploads carries its sha256 as metadata (`x-amz-meta-sha256`); an
 //! object counts as present only when its size and that sha256 match. Every body is sent from
@@ -27,20 +28,27 @@
 //! encryption was turned on) is read as it is.
 
 pub mod credentials;
-pub mod http;
 mod listing;
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
+use aws_sdk_s3::config::http::HttpResponse;
+use aws_sdk_s3::config::retry::RetryConfig;
+use aws_sdk_s3::config::timeout::TimeoutConfig;
+use aws_sdk_s3::config::{
+    BehaviorVersion, Region, RequestChecksumCalculation, ResponseChecksumValidation, SharedHttpClient,
+    StalledStreamProtectionConfig,
+};
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, Delete, ObjectIdentifier};
 use bytes::Bytes;
 use futures_util::{StreamExt, TryStreamExt};
-use rusty_s3::actions::{CreateMultipartUpload, ObjectIdentifier};
-use rusty_s3::{Bucket, Credentials, S3Action, UrlStyle};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use self::http::{Failure, ATTEMPT_TIMEOUT, SIGN_TTL};
 use crate::config::RemoteConfig;
 use crate::crypt::{self, Recipients, UnsealError};
 use crate::error::{Error, Result};
@@ -58,13 +66,27 @@ pub const PLAIN_SIZE_META: &str = "slipway-plain-size";
 const MIB: u64 = 1024 * 1024;
 /// S3's limit on parts per upload.
 const MAX_PARTS: u64 = 10_000;
+/// Attempts per request (the SDK's standard retry mode): on connection errors, timeouts, 5xx
+/// answers, 429 and S3's throttling and transient codes (`SlowDown`, `RequestTimeout`,
+/// `InternalError`, …). Every body is an in-memory buffer, so every request can be sent again.
+pub const MAX_ATTEMPTS: u32 = 5;
+/// The first retry waits up to this long; each later one up to twice the one before (at most
+/// 20 s, the SDK's cap), scaled by a random factor so that clients do not retry in step.
+pub const INITIAL_BACKOFF: Duration = Duration::from_millis(200);
+/// Connecting to the store.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Waiting for an answer to start, and for a body (sent or received) to move: a transfer that
+/// moves no byte for this long fails.
+const READ_TIMEOUT: Duration = Duration::from_secs(60);
+/// One attempt of a request, up to its answer (a download's body then streams for as long as
+/// it takes, each read within [`READ_TIMEOUT`]).
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// A connected remote.
 #[derive(Clone)]
 pub struct Remote {
-    http: reqwest::Client,
-    /// The bucket's URLs and the credentials that sign requests to it.
-    s3: Arc<(Bucket, Credentials)>,
+    client: aws_sdk_s3::Client,
+    bucket: String,
     prefix: String,
     part_size: u64,
     concurrency: usize,
@@ -161,20 +183,26 @@ impl Stored {
     }
 }
 
-/// The upload id of a CreateMultipartUpload answer. Servers built on older gofakes3 (`rclone
-/// serve s3` among them, v1.75 included) name the root element `InitiateMultipartUpload`, with
-/// no namespace, instead of the S3 API's `InitiateMultipartUploadResult`, which rusty-s3 rightly
-/// rejects; the upload id in it is still the one to use, so a successful answer with exactly
-/// one `<UploadId>` is read whatever its root. (Fixed upstream in gofakes3 PR #96.)
+/// The upload id in a CreateMultipartUpload answer the SDK could not read. Servers built on
+/// older gofakes3 (`rclone serve s3` among them, v1.75 included) name the root element
+/// `InitiateMultipartUpload`, with no namespace, instead of the S3 API's
+/// `InitiateMultipartUploadResult`, which the SDK rightly rejects; the upload id in it is still
+/// the one to use, so a successful (200) answer with exactly one `<UploadId>` is read whatever
+/// its root. (Fixed upstream in gofakes3 PR #96.)
+fn upload_id_from_raw<E>(e: &SdkError<E, HttpResponse>) -> Option<String> {
+    let raw = e.raw_response()?;
+    if raw.status().as_u16() != 200 {
+        return None;
+    }
+    upload_id_of(std::str::from_utf8(raw.body().bytes()?).ok()?)
+}
+
+/// The one `<UploadId>` of an XML answer, when there is exactly one and it is not blank.
 fn upload_id_of(text: &str) -> Option<String> {
-    if let Ok(r) = CreateMultipartUpload::parse_response(text) {
-        return Some(r.upload_id().to_string());
-    }
-    let mut ids = http::tags(text, "UploadId");
-    match (ids.next(), ids.next()) {
-        (Some(id), None) if !id.trim().is_empty() => Some(id.trim().to_string()),
-        _ => None,
-    }
+    let (_, rest) = text.split_once("<UploadId>")?;
+    let (id, rest) = rest.split_once("</UploadId>")?;
+    let id = id.trim();
+    (!rest.contains("<UploadId>") && !id.is_empty() && !id.contains(['<', '&'])).then(|| id.to_string())
 }
 
 /// The `Content-MD5` header of a body: base64 of its MD5, checked by every S3 server.
@@ -202,24 +230,100 @@ fn is_auth(code: Option<&str>, status: u16) -> bool {
 /// S3's limit on keys per DeleteObjects request.
 const DELETE_BATCH: usize = 1000;
 
+/// The HTTPS client the SDK uses, for the store and for the credential providers that make
+/// requests: rustls with ring, the one TLS stack of the binary. It trusts the system's CA store
+/// (`SSL_CERT_FILE` included: an S3 server with a private CA) and Mozilla's roots (a host
+/// without a CA bundle, a minimal container, still reaches an `https://` endpoint), as reqwest
+/// does for the health probes.
+pub fn https_client() -> SharedHttpClient {
+    use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider, TlsContext, TrustStore};
+    // The SDK refuses (a debug assertion) to enable a system store that holds no certificate.
+    static NATIVE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let native = *NATIVE.get_or_init(|| !rustls_native_certs::load_native_certs().certs.is_empty());
+    let mut store = TrustStore::empty().with_native_roots(native);
+    for cert in webpki_root_certs::TLS_SERVER_ROOT_CERTS {
+        store.add_pem_certificate(pem(cert));
+    }
+    let tls = TlsContext::builder().with_trust_store(store).build().unwrap_or_default();
+    aws_smithy_http_client::Builder::new()
+        .tls_provider(Provider::Rustls(CryptoMode::Ring))
+        .tls_context(tls)
+        .build_https()
+}
+
+/// A DER certificate as PEM, the form the SDK's trust store takes.
+fn pem(der: &[u8]) -> String {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = String::from("-----BEGIN CERTIFICATE-----\n");
+    for line in b64.as_bytes().chunks(64) {
+        out.push_str(&String::from_utf8_lossy(line));
+        out.push('\n');
+    }
+    out.push_str("-----END CERTIFICATE-----\n");
+    out
+}
+
+/// Whether `bucket` can be a host name label of virtual-host addressing (else it needs
+/// `path_style`): lower-case letters, digits, `-` and `.`, not at either end.
+fn host_label(bucket: &str) -> bool {
+    !bucket.is_empty()
+        && bucket.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        && !bucket.starts_with(['-', '.'])
+        && !bucket.ends_with(['-', '.'])
+}
+
+/// The endpoint of `cfg` as a URL, checked: http(s) with a host, and addressing that can work
+/// (virtual-host style needs a bucket that is a host name label and an endpoint that is a name).
+fn endpoint_url(cfg: &RemoteConfig) -> Result<String> {
+    // No endpoint: AWS S3 itself, the region's endpoint.
+    let endpoint = cfg.endpoint.clone().unwrap_or_else(|| format!("https://s3.{}.amazonaws.com", cfg.region));
+    let url: reqwest::Url = endpoint.parse().map_err(|e| {
+        Error::Config(format!("remote.endpoint \"{endpoint}\": {e}; e.g. \"https://nyc3.digitaloceanspaces.com\""))
+    })?;
+    let host = url.host_str();
+    let ip = host.is_some_and(|h| h.trim_start_matches('[').trim_end_matches(']').parse::<std::net::IpAddr>().is_ok());
+    if !matches!(url.scheme(), "http" | "https")
+        || host.is_none()
+        || (!cfg.path_style && (ip || !host_label(&cfg.bucket)))
+    {
+        return Err(Error::Config(format!(
+            "remote: bucket \"{}\" at endpoint \"{endpoint}\": the endpoint must be an http(s) URL, and a bucket name \
+             that is not a host name label or an endpoint that is an IP address needs remote.path_style = true",
+            cfg.bucket
+        )));
+    }
+    Ok(endpoint)
+}
+
 impl Remote {
-    /// Build a client for `cfg` and find its credentials (no request is made).
+    /// Build a client for `cfg` and find its credentials (no request is made to the store).
     pub async fn connect(cfg: &RemoteConfig) -> Result<Remote> {
-        let creds = credentials::load(cfg.credentials_file.as_deref(), |name| std::env::var(name).ok())?;
-        // No endpoint: AWS S3 itself, the region's endpoint.
-        let endpoint = cfg.endpoint.clone().unwrap_or_else(|| format!("https://s3.{}.amazonaws.com", cfg.region));
-        let url: reqwest::Url = endpoint.parse().map_err(|e| {
-            Error::Config(format!("remote.endpoint \"{endpoint}\": {e}; e.g. \"https://nyc3.digitaloceanspaces.com\""))
-        })?;
-        let style = if cfg.path_style { UrlStyle::Path } else { UrlStyle::VirtualHost };
-        let bucket = Bucket::new(url, style, cfg.bucket.clone(), cfg.region.clone()).map_err(|e| {
-            Error::Config(format!(
-                "remote: bucket \"{}\" at endpoint \"{endpoint}\": {e:?}; the endpoint must be an http(s) URL, and \
-                 a bucket name that is not a host name label or an endpoint that is an IP address needs \
-                 remote.path_style = true",
-                cfg.bucket
-            ))
-        })?;
+        let endpoint = endpoint_url(cfg)?;
+        let http = https_client();
+        let creds = credentials::provider(cfg.credentials_file.as_deref(), &cfg.region, http.clone()).await?;
+        let retry = RetryConfig::standard().with_max_attempts(MAX_ATTEMPTS).with_initial_backoff(INITIAL_BACKOFF);
+        let timeouts = TimeoutConfig::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .read_timeout(READ_TIMEOUT)
+            .operation_attempt_timeout(ATTEMPT_TIMEOUT)
+            .build();
+        let mut conf = aws_sdk_s3::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .http_client(http)
+            .region(Region::new(cfg.region.clone()))
+            .force_path_style(cfg.path_style)
+            .credentials_provider(creds)
+            .retry_config(retry)
+            .timeout_config(timeouts)
+            .stalled_stream_protection(StalledStreamProtectionConfig::enabled().grace_period(READ_TIMEOUT).build())
+            .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+            .response_checksum_validation(ResponseChecksumValidation::WhenRequired);
+        // No endpoint: AWS S3 itself, whose endpoint the SDK's rules find for the region.
+        if let Some(e) = &cfg.endpoint {
+            conf = conf.endpoint_url(e);
+        }
+        let conf = conf.build();
         let seal = match &cfg.encrypt {
             Some(e) => Some(Arc::new(crypt::read_recipients(&e.recipients_file, "remote.encrypt.recipients_file")?)),
             None => None,
@@ -228,8 +332,8 @@ impl Remote {
         let id = format!("{} bucket {} prefix {prefix}", endpoint.trim_end_matches('/'), cfg.bucket);
         Ok(Remote {
             id,
-            http: http::client()?,
-            s3: Arc::new((bucket, creds)),
+            client: aws_sdk_s3::Client::from_conf(conf),
+            bucket: cfg.bucket.clone(),
             prefix: if prefix.is_empty() { prefix } else { format!("{prefix}/") },
             part_size: cfg.part_size_mb.unwrap_or(16).max(5) * MIB,
             concurrency: cfg.concurrency.unwrap_or(4).clamp(1, 10),
@@ -274,51 +378,43 @@ impl Remote {
         format!("{}{key}", self.prefix)
     }
 
-    fn bucket(&self) -> &Bucket {
-        &self.s3.0
+    /// A request that failed, as slipway reports it: refused credentials are `RemoteAuth`
+    /// (exit 6), anything else names S3's code and message, the HTTP status, or the transport
+    /// error (which never holds a credential: requests carry their signature in a header).
+    fn err<E>(&self, what: &str, e: SdkError<E, HttpResponse>) -> Error
+    where
+        E: ProvideErrorMetadata + std::error::Error + 'static,
+    {
+        let status = e.raw_response().map_or(0, |r| r.status().as_u16());
+        let code = e.code().map(str::to_string);
+        let message = e.message().map(str::to_string);
+        let fallback = || causes(&e);
+        self.failure(what, status, code, message, fallback)
     }
 
-    fn creds(&self) -> Option<&Credentials> {
-        Some(&self.s3.1)
-    }
-
-    /// The request for `action`, signed now (the caller adds the headers the action signed, and
-    /// the body). `timeout`: the attempt's limit, answer included (none for a download, whose
-    /// body streams for as long as it takes; the client's read timeout still applies).
-    fn request<'a>(&self, action: &impl S3Action<'a>, timeout: Option<std::time::Duration>) -> reqwest::RequestBuilder {
-        let method = match action_method(action) {
-            rusty_s3::Method::Head => reqwest::Method::HEAD,
-            rusty_s3::Method::Get => reqwest::Method::GET,
-            rusty_s3::Method::Post => reqwest::Method::POST,
-            rusty_s3::Method::Put => reqwest::Method::PUT,
-            rusty_s3::Method::Delete => reqwest::Method::DELETE,
+    /// [`Remote::err`] from its parts; `fallback` describes a failure with no status.
+    fn failure(
+        &self,
+        what: &str,
+        status: u16,
+        code: Option<String>,
+        message: Option<String>,
+        fallback: impl FnOnce() -> String,
+    ) -> Error {
+        if is_auth(code.as_deref(), status) {
+            return Error::RemoteAuth {
+                place: self.place.clone(),
+                op: what.to_string(),
+                code: code.unwrap_or_else(|| format!("HTTP {status}")),
+            };
+        }
+        let detail = match (code, message) {
+            (Some(c), Some(m)) => format!("{c}: {m}"),
+            (Some(c), None) => c,
+            (None, _) if status != 0 => format!("HTTP {status}"),
+            (None, _) => fallback(),
         };
-        let mut r = self.http.request(method, action.sign(SIGN_TTL));
-        if let Some(t) = timeout {
-            r = r.timeout(t);
-        }
-        r
-    }
-
-    fn err(&self, what: &str, f: Failure) -> Error {
-        match f {
-            Failure::Status { status, code, message } => {
-                if is_auth(code.as_deref(), status) {
-                    return Error::RemoteAuth {
-                        place: self.place.clone(),
-                        op: what.to_string(),
-                        code: code.unwrap_or_else(|| format!("HTTP {status}")),
-                    };
-                }
-                let detail = match (code, message) {
-                    (Some(c), Some(m)) => format!("{c}: {m}"),
-                    (Some(c), None) => c,
-                    (None, _) => format!("HTTP {status}"),
-                };
-                Error::Remote { place: self.place.clone(), op: what.to_string(), detail }
-            }
-            Failure::Transport(detail) => Error::Remote { place: self.place.clone(), op: what.to_string(), detail },
-        }
+        Error::Remote { place: self.place.clone(), op: what.to_string(), detail }
     }
 
     /// An answer slipway could not read.
@@ -328,20 +424,15 @@ impl Remote {
 
     /// HEAD one object: its size and sha256 metadata, or None when absent.
     pub async fn head(&self, key: &str) -> Result<Option<ObjectInfo>> {
-        let full = self.full(key);
-        let sent =
-            http::send(|| self.request(&self.bucket().head_object(self.creds(), &full), Some(ATTEMPT_TIMEOUT))).await;
-        let h = match sent {
+        let h = match self.client.head_object().bucket(&self.bucket).key(self.full(key)).send().await {
             Ok(h) => h,
-            Err(Failure::Status { status: 404, .. }) => return Ok(None),
-            Err(f) => return Err(self.err(&format!("checking {key}"), f)),
+            Err(e) if status_of(&e) == Some(404) => return Ok(None),
+            Err(e) => return Err(self.err(&format!("checking {key}"), e)),
         };
-        let meta = |k: &str| metadata(h.headers(), k);
+        let meta = |k: &str| h.metadata().and_then(|m| m.get(k)).cloned();
         Ok(Some(ObjectInfo {
             key: key.to_string(),
-            size: header(h.headers(), reqwest::header::CONTENT_LENGTH.as_str())
-                .and_then(|s| s.parse().ok())
-                .unwrap_or(0),
+            size: h.content_length().and_then(|n| u64::try_from(n).ok()).unwrap_or(0),
             sha256: meta(SHA256_META),
             encryption: meta(ENC_META),
             plain_sha256: meta(PLAIN_SHA256_META),
@@ -433,71 +524,71 @@ impl Remote {
 
     /// PUT `body` as the object `full` (for `key`) with `meta`, its length and `Content-MD5`.
     async fn put(&self, key: &str, full: &str, meta: &[(&str, String)], body: Bytes) -> Result<()> {
-        let md5 = content_md5(&body);
-        http::send(|| {
-            let mut a = self.bucket().put_object(self.creds(), full);
-            let mut r = self.request(with_meta(&mut a, meta), Some(ATTEMPT_TIMEOUT));
-            for (k, v) in meta {
-                r = r.header(format!("x-amz-meta-{k}"), v.as_str());
-            }
-            r.header("content-md5", md5.as_str()).body(body.clone())
-        })
-        .await
-        .map(drop)
-        .map_err(|f| self.err(&format!("uploading {key}"), f))
+        let mut put = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(full)
+            .content_length(len_i64(body.len()))
+            .content_md5(content_md5(&body));
+        for (k, v) in meta {
+            put = put.metadata(*k, v);
+        }
+        put.body(ByteStream::from(body)).send().await.map(drop).map_err(|e| self.err(&format!("uploading {key}"), e))
     }
 
     /// Start a multipart upload of `full` (for `key`) with `meta`: its upload id.
     async fn create_upload(&self, key: &str, full: &str, meta: &[(&str, String)]) -> Result<String> {
         let what = format!("starting the upload of {key}");
-        let text = http::send_text(|| {
-            let mut a = self.bucket().create_multipart_upload(self.creds(), full);
-            let mut r = self.request(with_meta(&mut a, meta), Some(ATTEMPT_TIMEOUT));
-            for (k, v) in meta {
-                r = r.header(format!("x-amz-meta-{k}"), v.as_str());
-            }
-            r
-        })
-        .await
-        .map_err(|f| self.err(&what, f))?;
-        upload_id_of(&text).ok_or_else(|| self.unreadable(&what, "no upload id"))
+        let mut create = self.client.create_multipart_upload().bucket(&self.bucket).key(full);
+        for (k, v) in meta {
+            create = create.metadata(*k, v);
+        }
+        match create.send().await {
+            Ok(c) => c
+                .upload_id()
+                .map(str::trim)
+                .filter(|id| !id.is_empty())
+                .map(str::to_string)
+                .ok_or_else(|| self.unreadable(&what, "no upload id")),
+            Err(e) => upload_id_from_raw(&e).ok_or_else(|| self.err(&what, e)),
+        }
     }
 
     /// Abort multipart upload `upload_id` of `full`, best effort: a failure leaves an upload
     /// that no listing shows as an object, and `sync` aborts it next time.
     async fn abort(&self, full: &str, upload_id: &str) {
-        let r = http::send(|| {
-            self.request(&self.bucket().abort_multipart_upload(self.creds(), full, upload_id), Some(ATTEMPT_TIMEOUT))
-        })
-        .await;
-        if let Err(f) = r {
-            tracing::warn!(place = %self.place, key = full, failure = ?f, "remote: aborting a multipart upload failed");
+        let r = self.client.abort_multipart_upload().bucket(&self.bucket).key(full).upload_id(upload_id).send().await;
+        if let Err(e) = r {
+            let failure = causes(&e);
+            tracing::warn!(place = %self.place, key = full, %failure, "remote: aborting a multipart upload failed");
         }
     }
 
     /// Complete multipart upload `upload_id` of `full` (the object for `key`) from its parts,
-    /// in part order: the one completion both the plain and the encrypted upload end with.
+    /// in part order: the one completion both the plain and the encrypted upload end with. S3
+    /// can answer a completion that failed with an error document and status 200: the SDK
+    /// reads it as the failure it is.
     async fn complete(&self, key: &str, full: &str, upload_id: &str, mut parts: Vec<Part>) -> Result<()> {
         let what = format!("completing the upload of {key}");
         parts.sort_by_key(|p| p.0);
         if parts.iter().enumerate().any(|(i, p)| usize::from(p.0) != i + 1) {
             return Err(Error::Other(format!("{what}: the parts are not numbered 1 to {}", parts.len())));
         }
-        // S3 answers a completion that failed with an error document, status 200 or not:
-        // send_text reads the answer and makes it a failure.
-        http::send_text(|| {
-            let a = self.bucket().complete_multipart_upload(
-                self.creds(),
-                full,
-                upload_id,
-                parts.iter().map(|p| p.1.as_str()),
-            );
-            let r = self.request(&a, Some(ATTEMPT_TIMEOUT));
-            r.body(a.body())
-        })
-        .await
-        .map(drop)
-        .map_err(|f| self.err(&what, f))
+        let parts: Vec<CompletedPart> = parts
+            .into_iter()
+            .map(|(n, etag)| CompletedPart::builder().part_number(i32::from(n)).e_tag(etag).build())
+            .collect();
+        self.client
+            .complete_multipart_upload()
+            .bucket(&self.bucket)
+            .key(full)
+            .upload_id(upload_id)
+            .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
+            .send()
+            .await
+            .map(drop)
+            .map_err(|e| self.err(&what, e))
     }
 
     /// The upload of an encrypted object. A blocking task reads the file once, hashing the
@@ -606,15 +697,21 @@ impl Remote {
 
     /// Send part `n` of a multipart upload with its `Content-MD5`: its number and ETag.
     async fn upload_part(&self, full: &str, key: &str, upload_id: &str, n: u16, buf: Bytes) -> Result<Part> {
-        let md5 = content_md5(&buf);
-        let r = http::send(|| {
-            let a = self.bucket().upload_part(self.creds(), full, n, upload_id);
-            self.request(&a, Some(ATTEMPT_TIMEOUT)).header("content-md5", md5.as_str()).body(buf.clone())
-        })
-        .await
-        .map_err(|f| self.err(&format!("uploading part {n} of {key}"), f))?;
-        let etag = header(r.headers(), reqwest::header::ETAG.as_str())
-            .ok_or_else(|| self.unreadable(&format!("uploading part {n} of {key}"), "no ETag"))?;
+        let what = format!("uploading part {n} of {key}");
+        let r = self
+            .client
+            .upload_part()
+            .bucket(&self.bucket)
+            .key(full)
+            .upload_id(upload_id)
+            .part_number(i32::from(n))
+            .content_length(len_i64(buf.len()))
+            .content_md5(content_md5(&buf))
+            .body(ByteStream::from(buf))
+            .send()
+            .await
+            .map_err(|e| self.err(&what, e))?;
+        let etag = r.e_tag().filter(|t| !t.is_empty()).ok_or_else(|| self.unreadable(&what, "no ETag"))?.to_string();
         if let Some(hook) = &self.part_sent {
             hook(n);
         }
@@ -629,18 +726,23 @@ impl Remote {
     /// to, is a config error (exit 2) raised before anything is written. Returns the sha256 of
     /// what was written.
     pub async fn download(&self, key: &str, dest: &Path, expected_sha256: Option<&str>) -> Result<String> {
-        let full = self.full(key);
         // No limit on the whole answer: the body streams for as long as it takes, each read
-        // within the client's read timeout. A body cut short is not retried (it was partly
-        // written): the download fails and the next run starts it again.
-        let mut got = http::send(|| self.request(&self.bucket().get_object(self.creds(), &full), None))
+        // within the read timeout. A body cut short is not retried (it was partly written):
+        // the download fails and the next run starts it again.
+        let got = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(self.full(key))
+            .send()
             .await
-            .map_err(|f| self.err(&format!("downloading {key}"), f))?;
-        let meta = |k: &str| metadata(got.headers(), k);
+            .map_err(|e| self.err(&format!("downloading {key}"), e))?;
+        let meta = |k: &str| got.metadata().and_then(|m| m.get(k)).cloned();
         if let Some(enc) = meta(ENC_META) {
             let object_sha = meta(SHA256_META);
-            return self.download_sealed(key, dest, expected_sha256, &enc, object_sha.as_deref(), got).await;
+            return self.download_sealed(key, dest, expected_sha256, &enc, object_sha.as_deref(), got.body).await;
         }
+        let mut body = got.body;
         if let Some(parent) = dest.parent() {
             crate::fsutil::create_private_dir(parent).map_err(|e| Error::io(parent, e))?;
         }
@@ -652,10 +754,10 @@ impl Remote {
         let mut f = tokio::fs::File::create(&tmp).await.map_err(|e| Error::io(&tmp, e))?;
         let mut hash = Sha256::new();
         let res: Result<()> = async {
-            while let Some(chunk) = got.chunk().await.map_err(|e| Error::Remote {
+            while let Some(chunk) = next_chunk(&mut body).await.map_err(|detail| Error::Remote {
                 place: self.place.clone(),
                 op: format!("downloading {key}"),
-                detail: http::describe(e),
+                detail,
             })? {
                 hash.update(&chunk);
                 f.write_all(&chunk).await.map_err(|e| Error::io(&tmp, e))?;
@@ -691,7 +793,7 @@ impl Remote {
         expected_sha256: Option<&str>,
         enc: &str,
         object_sha: Option<&str>,
-        mut body: reqwest::Response,
+        mut body: ByteStream,
     ) -> Result<String> {
         if enc != ENC_AGE {
             return Err(Error::Backup(format!(
@@ -722,7 +824,7 @@ impl Remote {
         let pump = async move {
             let mut hash = Sha256::new();
             loop {
-                match body.chunk().await {
+                match next_chunk(&mut body).await {
                     Ok(Some(chunk)) => {
                         hash.update(&chunk);
                         if tx.send(Ok(chunk.to_vec())).await.is_err() {
@@ -731,8 +833,7 @@ impl Remote {
                         }
                     }
                     Ok(None) => return Ok(Some(hex::encode(hash.finalize()))),
-                    Err(e) => {
-                        let detail = http::describe(e);
+                    Err(detail) => {
                         let _ = tx.send(Err(std::io::Error::other(detail.clone()))).await;
                         return Err(Error::Remote { place: place.clone(), op: format!("downloading {key}"), detail });
                     }
@@ -799,60 +900,73 @@ impl Remote {
                 [one] => format!("deleting {one}"),
                 _ => format!("deleting {} objects ({} …)", batch.len(), batch[0]),
             };
-            let ids: Vec<ObjectIdentifier> = batch.iter().map(|k| ObjectIdentifier::new(self.full(k))).collect();
-            let sent = http::send_text(|| {
-                let mut a = self.bucket().delete_objects(self.creds(), ids.iter());
-                // Quiet: the answer lists only the keys that could not be deleted.
-                a.set_quiet(true);
-                let r = self.request(&a, Some(ATTEMPT_TIMEOUT));
-                let (body, md5) = a.body_with_md5();
-                r.header("content-md5", md5).body(body)
-            })
-            .await;
-            let text = match sent {
-                Ok(t) => t,
-                Err(Failure::Status { status: 501, .. }) => {
+            let ids = batch
+                .iter()
+                .map(|k| ObjectIdentifier::builder().key(self.full(k)).build())
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .map_err(|e| Error::Other(format!("{what}: {e}")))?;
+            // Quiet: the answer lists only the keys that could not be deleted.
+            let delete = Delete::builder()
+                .set_objects(Some(ids))
+                .quiet(true)
+                .build()
+                .map_err(|e| Error::Other(format!("{what}: {e}")))?;
+            let sent = self
+                .client
+                .delete_objects()
+                .bucket(&self.bucket)
+                .delete(delete)
+                .customize()
+                // The SDK adds its own CRC32 checksum; stores that predate it want Content-MD5.
+                .mutate_request(|req| {
+                    if let Some(md5) = req.body().bytes().map(content_md5) {
+                        req.headers_mut().insert("content-md5", md5);
+                    }
+                })
+                .send()
+                .await;
+            let out = match sent {
+                Ok(out) => out,
+                Err(e) if status_of(&e) == Some(501) => {
                     for k in batch {
                         self.delete_one(k).await?;
                     }
                     continue;
                 }
-                Err(f) => return Err(self.err(&what, f)),
+                Err(e) => return Err(self.err(&what, e)),
             };
-            // The keys not deleted, one `<Error>` each, read with the scanner rather than
-            // rusty-s3's parser: servers differ in the namespace of `<DeleteResult>` (rclone's
-            // declares none), and only these elements matter.
-            let errors: Vec<&str> = http::elements(&text, "Error").collect();
-            if let Some(e) = errors.first() {
-                let full = http::tag(e, "Key").unwrap_or_default();
-                let key = full.strip_prefix(&self.prefix).unwrap_or(&full);
-                let failure =
-                    Failure::Status { status: 200, code: http::tag(e, "Code"), message: http::tag(e, "Message") };
-                let what = format!("deleting {key} ({} of {} keys not deleted)", errors.len(), batch.len());
-                return Err(self.err(&what, failure));
+            if let Some(e) = out.errors().first() {
+                let full = e.key().unwrap_or_default();
+                let key = full.strip_prefix(&self.prefix).unwrap_or(full);
+                let what = format!("deleting {key} ({} of {} keys not deleted)", out.errors().len(), batch.len());
+                let (code, message) = (e.code().map(str::to_string), e.message().map(str::to_string));
+                return Err(self.failure(&what, 200, code, message, String::new));
             }
         }
         Ok(())
     }
 
     async fn delete_one(&self, key: &str) -> Result<()> {
-        let full = self.full(key);
-        http::send(|| self.request(&self.bucket().delete_object(self.creds(), &full), Some(ATTEMPT_TIMEOUT)))
+        self.client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(self.full(key))
+            .send()
             .await
             .map(drop)
-            .map_err(|f| self.err(&format!("deleting {key}"), f))
+            .map_err(|e| self.err(&format!("deleting {key}"), e))
     }
 
     /// HEAD the bucket: it exists and the credentials may use it.
     pub async fn head_bucket(&self) -> Result<()> {
-        match http::send(|| self.request(&self.bucket().head_bucket(self.creds()), Some(ATTEMPT_TIMEOUT))).await {
+        match self.client.head_bucket().bucket(&self.bucket).send().await {
             Ok(_) => Ok(()),
-            Err(Failure::Status { status: 404, .. }) => Err(Error::Remote {
+            Err(e) if status_of(&e) == Some(404) => Err(Error::Remote {
                 place: self.place.clone(),
                 op: "checking the bucket".into(),
                 detail: "no such bucket; create it (or fix remote.bucket)".into(),
             }),
-            Err(f) => Err(self.err("checking the bucket", f)),
+            Err(e) => Err(self.err("checking the bucket", e)),
         }
     }
 
@@ -861,20 +975,10 @@ impl Remote {
         if self.head_bucket().await.is_ok() {
             return Ok(());
         }
-        let creds = &self.s3.1;
-        let created = http::send(|| {
-            let a = self.bucket().create_bucket(creds);
-            self.request(&a, Some(ATTEMPT_TIMEOUT)).body(a.body())
-        })
-        .await;
-        match created {
+        match self.client.create_bucket().bucket(&self.bucket).send().await {
             Ok(_) => Ok(()),
-            Err(Failure::Status { code: Some(c), .. })
-                if c == "BucketAlreadyOwnedByYou" || c == "BucketAlreadyExists" =>
-            {
-                Ok(())
-            }
-            Err(f) => Err(self.err("creating the bucket", f)),
+            Err(e) if matches!(e.code(), Some("BucketAlreadyOwnedByYou" | "BucketAlreadyExists")) => Ok(()),
+            Err(e) => Err(self.err("creating the bucket", e)),
         }
     }
 }
@@ -882,26 +986,129 @@ impl Remote {
 /// A part sent: its number and the ETag the store gave it.
 type Part = (u16, String);
 
-/// The method an action is signed for.
-fn action_method<'a, A: S3Action<'a>>(_: &A) -> rusty_s3::Method {
-    A::METHOD
+/// The HTTP status of a failed request's answer, when there was one.
+fn status_of<E>(e: &SdkError<E, HttpResponse>) -> Option<u16> {
+    e.raw_response().map(|r| r.status().as_u16())
 }
 
-/// Sign the `x-amz-meta-*` headers of `meta` with `action` (S3 refuses unsigned `x-amz-*`
-/// headers); the request must send them too, with the same values.
-fn with_meta<'a, 'b, A: S3Action<'a>>(action: &'b mut A, meta: &[(&str, String)]) -> &'b A {
-    for (k, v) in meta {
-        action.headers_mut().insert(format!("x-amz-meta-{k}"), v.clone());
+/// An error and its causes in words ("dispatch failure: io error: …: Connection refused"), the
+/// way slipway reports a transport failure: no URL, header or body of the request is in them.
+pub(crate) fn causes(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let s_text = s.to_string();
+        if !text.contains(&s_text) {
+            text.push_str(": ");
+            text.push_str(&s_text);
+        }
+        source = s.source();
     }
-    action
+    text
 }
 
-/// A header of an answer, when it is text.
-fn header(headers: &reqwest::header::HeaderMap, name: &str) -> Option<String> {
-    headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string)
+/// A body's length as the SDK takes it (a buffer is never near `i64::MAX`).
+fn len_i64(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
 }
 
-/// The `x-amz-meta-<key>` metadata of an answer.
-fn metadata(headers: &reqwest::header::HeaderMap, key: &str) -> Option<String> {
-    header(headers, &format!("x-amz-meta-{key}"))
+/// One read of a download's body within [`READ_TIMEOUT`]: the next chunk, or None at its end.
+async fn next_chunk(body: &mut ByteStream) -> std::result::Result<Option<Bytes>, String> {
+    match tokio::time::timeout(READ_TIMEOUT, body.try_next()).await {
+        Ok(r) => r.map_err(|e| causes(&e)),
+        Err(_) => Err(format!("no data for {} s", READ_TIMEOUT.as_secs())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_upload_id_of_an_answer_with_the_wrong_root_is_read_when_it_is_the_only_one() {
+        let rclone = "<?xml version=\"1.0\"?>\n<InitiateMultipartUpload><Bucket>b</Bucket><Key>k</Key>\
+                      <UploadId> abc123 </UploadId></InitiateMultipartUpload>";
+        assert_eq!(upload_id_of(rclone).as_deref(), Some("abc123"));
+        assert_eq!(upload_id_of("<X><UploadId>a</UploadId><UploadId>b</UploadId></X>"), None);
+        assert_eq!(upload_id_of("<X><UploadId> </UploadId></X>"), None);
+        assert_eq!(upload_id_of("<Error><Code>InternalError</Code></Error>"), None);
+    }
+
+    #[test]
+    fn virtual_host_addressing_needs_a_host_label_bucket_and_a_named_endpoint() {
+        let cfg = |endpoint: &str, bucket: &str, path_style: bool| {
+            let mut c: RemoteConfig = toml::from_str(&format!("bucket = \"{bucket}\"")).unwrap();
+            c.endpoint = Some(endpoint.into());
+            c.path_style = path_style;
+            c
+        };
+        assert!(endpoint_url(&cfg("https://nyc3.digitaloceanspaces.com", "my-backups.x", false)).is_ok());
+        for (e, b) in [("http://127.0.0.1:9000", "b1"), ("https://s3.example.com", "Under_Score")] {
+            assert!(matches!(endpoint_url(&cfg(e, b, false)), Err(Error::Config(_))), "{e} {b}");
+            assert!(endpoint_url(&cfg(e, b, true)).is_ok(), "{e} {b}");
+        }
+        assert!(matches!(endpoint_url(&cfg("ftp://h", "b", true)), Err(Error::Config(_))));
+        assert!(matches!(endpoint_url(&cfg("not a url", "b", true)), Err(Error::Config(_))));
+    }
+
+    /// A remote of an S3 "server" at `endpoint`, with a credentials file whose secret is
+    /// `secret`.
+    async fn remote_at(endpoint: &str, secret: &str, dir: &Path) -> Remote {
+        let creds = dir.join("creds");
+        std::fs::write(&creds, format!("[default]\naws_access_key_id = AKIDTEST\naws_secret_access_key = {secret}\n"))
+            .unwrap();
+        let mut cfg: RemoteConfig = toml::from_str("bucket = \"b\"\npath_style = true").unwrap();
+        cfg.endpoint = Some(endpoint.into());
+        cfg.credentials_file = Some(creds);
+        Remote::connect(&cfg).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_dropped_connection_is_tried_max_attempts_times_and_reported_without_the_secret() {
+        // A "server" that accepts each connection and closes it at once, counting them.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let count = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let seen = count.clone();
+        std::thread::spawn(move || {
+            for c in listener.incoming() {
+                seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                drop(c);
+            }
+        });
+        let d = tempfile::tempdir().unwrap();
+        let remote = remote_at(&format!("http://127.0.0.1:{port}"), "c0ffee5ecret", d.path()).await;
+        let e = remote.head("daily/k").await.unwrap_err();
+        assert_eq!(count.load(std::sync::atomic::Ordering::SeqCst), MAX_ATTEMPTS);
+        let text = e.to_string();
+        assert!(matches!(e, Error::Remote { .. }), "{text}");
+        assert!(!text.contains("c0ffee5ecret") && !text.contains("AKIDTEST"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn refused_credentials_are_remote_auth_and_a_server_error_names_its_code() {
+        // Answers every request with the status and S3 error document of the next entry.
+        let answers = [("403 Forbidden", "SignatureDoesNotMatch"), ("400 Bad Request", "BadDigest")];
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            for (status, code) in answers {
+                let (mut c, _) = listener.accept().await.unwrap();
+                let mut buf = vec![0u8; 65536];
+                let _ = c.read(&mut buf).await;
+                let body = format!("<?xml version=\"1.0\"?><Error><Code>{code}</Code><Message>m</Message></Error>");
+                let answer = format!(
+                    "HTTP/1.1 {status}\r\ncontent-type: application/xml\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = c.write_all(answer.as_bytes()).await;
+            }
+        });
+        let d = tempfile::tempdir().unwrap();
+        let remote = remote_at(&format!("http://127.0.0.1:{port}"), "c0ffee5ecret", d.path()).await;
+        let e = remote.list("daily/").await.unwrap_err();
+        assert!(matches!(&e, Error::RemoteAuth { code, .. } if code == "SignatureDoesNotMatch"), "{e}");
+        let e = remote.list("daily/").await.unwrap_err();
+        assert!(matches!(&e, Error::Remote { detail, .. } if detail == "BadDigest: m"), "{e}");
+    }
 }

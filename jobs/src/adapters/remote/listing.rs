@@ -1,11 +1,10 @@
-//! Listing the bucket under the prefix: its objects (ListObjectsV2, paginated, a token
-//! handed out twice refused) and the multipart uploads a dead run left (ListMultipartUploads),
-//! of which only slipway's own are aborted.
+//! Listing the bucket under the prefix: its objects (ListObjectsV2, paginated here so that a
+//! continuation token handed out twice is an error: the SDK's paginator quietly ends a listing
+//! at a token repeated at once, and goes round a cycle forever) and the multipart uploads a
+//! dead run left (ListMultipartUploads), of which only slipway's own are aborted.
 
-use super::http::{self, ATTEMPT_TIMEOUT, SIGN_TTL};
 use super::{ObjectInfo, Remote};
 use crate::error::Result;
-use rusty_s3::actions::ListObjectsV2;
 
 /// The continuation tokens one listing was handed. A server that hands back a token it gave
 /// before — the one it was just given, or one from pages ago (a cycle) — would have the listing
@@ -30,7 +29,8 @@ impl Pages {
 }
 
 impl Remote {
-    /// Every object under `key_prefix` (relative), paginated.
+    /// Every object under `key_prefix` (relative), paginated. The answer is untrusted: an
+    /// object without a key or with a negative size makes the listing unreadable.
     pub async fn list(&self, key_prefix: &str) -> Result<Vec<ObjectInfo>> {
         let what = "listing objects";
         let prefix = self.full(key_prefix);
@@ -38,29 +38,30 @@ impl Remote {
         let mut token: Option<String> = None;
         let mut pages = Pages::default();
         loop {
-            let text = http::send_text(|| {
-                let mut a = ListObjectsV2::new(self.bucket(), self.creds());
-                a.with_prefix(prefix.as_str());
-                if let Some(t) = &token {
-                    a.with_continuation_token(t.as_str());
-                }
-                self.request(&a, Some(ATTEMPT_TIMEOUT))
-            })
-            .await
-            .map_err(|f| self.err(what, f))?;
-            let page = ListObjectsV2::parse_response(&text).map_err(|e| self.unreadable(what, e))?;
-            for o in page.contents {
+            let page = self
+                .client
+                .list_objects_v2()
+                .bucket(&self.bucket)
+                .prefix(&prefix)
+                .set_continuation_token(token.clone())
+                .send()
+                .await
+                .map_err(|e| self.err(what, e))?;
+            for o in page.contents() {
+                let Some(key) = o.key() else { return Err(self.unreadable(what, "an object without a key")) };
+                let size = u64::try_from(o.size().unwrap_or(0))
+                    .map_err(|_| self.unreadable(what, format!("{key}: a negative size")))?;
                 out.push(ObjectInfo {
-                    key: o.key.strip_prefix(&self.prefix).unwrap_or(&o.key).to_string(),
-                    size: o.size.unwrap_or(0),
+                    key: key.strip_prefix(&self.prefix).unwrap_or(key).to_string(),
+                    size,
                     sha256: None,
                     encryption: None,
                     plain_sha256: None,
                     plain_size: None,
                 });
             }
-            match page.next_continuation_token {
-                Some(t) => token = Some(pages.next(t).map_err(|e| self.unreadable(what, e))?),
+            match page.next_continuation_token() {
+                Some(t) => token = Some(pages.next(t.to_string()).map_err(|e| self.unreadable(what, e))?),
                 None => return Ok(out),
             }
         }
@@ -85,36 +86,15 @@ impl Remote {
 
     /// [`Remote::abort_stale_uploads`] for the keys that start with `root` (prefix included).
     async fn abort_stale_uploads_under(&self, root: &str) -> usize {
-        let listed = http::send_text(|| {
-            // rusty-s3 has no ListMultipartUploads: its signer presigns the URL all the same.
-            let (bucket, creds) = (self.bucket(), &self.s3.1);
-            let query = [("prefix", root), ("uploads", "1")];
-            let url = rusty_s3::signing::sign(
-                &jiff::Timestamp::now(),
-                rusty_s3::Method::Get,
-                bucket.base_url().clone(),
-                creds.key(),
-                creds.secret(),
-                creds.token(),
-                bucket.region(),
-                SIGN_TTL.as_secs(),
-                query.into_iter(),
-                std::iter::empty(),
-            );
-            self.http.get(url).timeout(ATTEMPT_TIMEOUT)
-        })
-        .await;
-        let Ok(text) = listed else { return 0 };
+        let listed = self.client.list_multipart_uploads().bucket(&self.bucket).prefix(root).send().await;
+        let Ok(listed) = listed else { return 0 };
         let mut n = 0;
-        for upload in http::elements(&text, "Upload") {
-            let (Some(k), Some(id)) = (http::tag(upload, "Key"), http::tag(upload, "UploadId")) else { continue };
+        for upload in listed.uploads() {
+            let (Some(k), Some(id)) = (upload.key(), upload.upload_id()) else { continue };
             // Checked here too: a server that ignores the prefix must not have another host's
             // (or another tool's) uploads, in flight in the same bucket, aborted.
             if k.starts_with(root) {
-                let r = http::send(|| {
-                    self.request(&self.bucket().abort_multipart_upload(self.creds(), &k, &id), Some(ATTEMPT_TIMEOUT))
-                })
-                .await;
+                let r = self.client.abort_multipart_upload().bucket(&self.bucket).key(k).upload_id(id).send().await;
                 if r.is_ok() {
                     n += 1;
                 }

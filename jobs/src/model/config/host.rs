@@ -156,8 +156,9 @@ pub struct RemoteConfig {
     /// Path-style addressing (`endpoint/bucket/key`) instead of virtual-host style.
     #[serde(default)]
     pub path_style: bool,
-    /// AWS shared-credentials file (profile `default`); else the `AWS_*` environment, else
-    /// `~/.aws/credentials` (`adapters::remote::credentials` has the exact order).
+    /// AWS shared-credentials file (profile `default`); else the AWS SDK's default chain: the
+    /// `AWS_*` environment, `~/.aws/credentials`, … (`adapters::remote::credentials` has the
+    /// exact order).
     pub credentials_file: Option<PathBuf>,
     /// Remote retention; none = the local policy.
     pub retention: Option<Retention>,
