@@ -1004,17 +1004,24 @@ mod tests {
         assert_eq!(digest(&host), before);
     }
 
-    #[test]
-    fn a_sparse_file_of_a_terabyte_is_copied_sparse_in_its_data_only() {
+    /// A source dir holding `huge`: 1 TiB of holes but for "data in the middle" at 512 GiB
+    /// and whatever `more` writes; the source and copy paths.
+    fn sparse_terabyte(d: &Path, more: impl FnOnce(&File)) -> (std::path::PathBuf, std::path::PathBuf) {
         use std::os::unix::fs::FileExt;
-        let d = tempfile::tempdir().unwrap();
-        let (src, dst) = (d.path().join("src"), d.path().join("copy"));
+        let (src, dst) = (d.join("src"), d.join("copy"));
         fs::create_dir(&src).unwrap();
         let f = File::create(src.join("huge")).unwrap();
         f.set_len(1 << 40).unwrap();
         f.write_all_at(b"data in the middle", 1 << 39).unwrap();
-        f.write_all_at(b"and at the end", (1 << 40) - 14).unwrap();
-        drop(f);
+        more(&f);
+        (src, dst)
+    }
+
+    #[test]
+    fn a_sparse_file_of_a_terabyte_is_copied_sparse_in_its_data_only() {
+        use std::os::unix::fs::FileExt;
+        let d = tempfile::tempdir().unwrap();
+        let (src, dst) = sparse_terabyte(d.path(), |f| f.write_all_at(b"and at the end", (1 << 40) - 14).unwrap());
         let started = std::time::Instant::now();
         mirror(&src, &dst).unwrap();
         let m = fs::metadata(dst.join("huge")).unwrap();
@@ -1045,12 +1052,7 @@ mod tests {
     fn a_racy_sparse_terabyte_is_checked_against_its_copy_by_its_data_only() {
         use std::os::unix::fs::FileExt;
         let d = tempfile::tempdir().unwrap();
-        let (src, dst) = (d.path().join("src"), d.path().join("copy"));
-        fs::create_dir(&src).unwrap();
-        let f = File::create(src.join("huge")).unwrap();
-        f.set_len(1 << 40).unwrap();
-        f.write_all_at(b"data in the middle", 1 << 39).unwrap();
-        drop(f);
+        let (src, dst) = sparse_terabyte(d.path(), |_| {});
         mirror(&src, &dst).unwrap();
         let before = thread_read_bytes();
         // Straight after: the file is racy, so its copy is compared with it, content too.
