@@ -103,23 +103,15 @@ pub async fn status(ctx: &Ctx) -> Result<StatusReport> {
     let engine = Engine::connect(&ctx.cfg.docker).await?;
     let prober = Prober::new()?;
     let mut attention = Vec::new();
-    // Newest snapshot and newest synced snapshot per tenant.
+    // Newest snapshot and newest synced snapshot per tenant. Daily snapshots are the backups; a
+    // rollout snapshot is not a substitute for one.
     let mut newest: HashMap<String, String> = HashMap::new();
     let mut synced: HashMap<String, String> = HashMap::new();
-    for s in ctx.store.snapshots()? {
-        // Daily snapshots are the backups; a rollout snapshot is not a substitute for one.
-        if s.kind != SnapshotKind::Daily.as_str() {
-            continue;
+    for s in ctx.store.newest_snapshots(SnapshotKind::Daily.as_str())? {
+        if let Some(v) = s.synced_at {
+            synced.insert(s.tenant.clone(), v);
         }
-        let Some(t) = s.tenant.clone() else { continue };
-        if newest.get(&t).is_none_or(|c| s.created_at > *c) {
-            newest.insert(t.clone(), s.created_at.clone());
-        }
-        if let Some(v) = &s.remote_verified_at {
-            if synced.get(&t).is_none_or(|c| s.created_at > *c) {
-                synced.insert(t, v.clone());
-            }
-        }
+        newest.insert(s.tenant, s.created_at);
     }
     // Restore drills: each tenant's newest successful one, and its newest of any outcome.
     let drilled: HashMap<String, String> =

@@ -238,6 +238,17 @@ pub struct DrillRow {
     pub finished_at: String,
 }
 
+/// A tenant's newest snapshot of one kind, and when its newest remote copy was verified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewestSnapshot {
+    /// The tenant.
+    pub tenant: String,
+    /// `created_at` of its newest snapshot.
+    pub created_at: String,
+    /// `remote_verified_at` of its newest snapshot verified on a remote, if any.
+    pub synced_at: Option<String>,
+}
+
 impl Store {
     /// Open (creating if needed) and migrate the store at `path`.
     pub fn open(path: &Path) -> Result<Store> {
@@ -585,6 +596,32 @@ impl Store {
         Ok(())
     }
 
+    /// Per tenant with snapshots of `kind`: the creation time of its newest, and the
+    /// `remote_verified_at` of its newest one verified on a remote (what `status` shows). Reads
+    /// the `(tenant, created_at)` index from the newest end, a few rows per tenant, so its cost
+    /// follows the number of tenants, not the years of archives the record holds.
+    pub fn newest_snapshots(&self, kind: &str) -> Result<Vec<NewestSnapshot>> {
+        let mut st = self.conn.prepare(
+            "SELECT t.tenant,
+                 (SELECT created_at FROM snapshots WHERE tenant = t.tenant AND kind = ?1
+                  ORDER BY created_at DESC LIMIT 1),
+                 (SELECT remote_verified_at FROM snapshots WHERE tenant = t.tenant AND kind = ?1
+                  AND remote_verified_at IS NOT NULL ORDER BY created_at DESC LIMIT 1)
+             FROM (SELECT DISTINCT tenant FROM snapshots WHERE tenant IS NOT NULL) t ORDER BY t.tenant",
+        )?;
+        let rows = st.query_map([kind], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?, r.get::<_, Option<String>>(2)?))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (tenant, created_at, synced_at) = row?;
+            if let Some(created_at) = created_at {
+                out.push(NewestSnapshot { tenant, created_at, synced_at });
+            }
+        }
+        Ok(out)
+    }
+
     /// All snapshots, oldest first.
     pub fn snapshots(&self) -> Result<Vec<SnapshotRow>> {
         let mut st = self.conn.prepare(
@@ -638,10 +675,13 @@ impl Store {
 
     /// Each tenant's newest drill (`only_successful`: its newest successful one), by tenant.
     pub fn last_drills(&self, only_successful: bool) -> Result<Vec<DrillRow>> {
+        // One index walk per tenant from its newest drill (the `(tenant, finished_at)` index),
+        // not a scan of every drill ever recorded for each row.
         let filter = if only_successful { "AND outcome = 'success'" } else { "" };
         let mut st = self.conn.prepare(&format!(
-            "SELECT {DRILL_COLS} FROM drills d WHERE finished_at = (SELECT MAX(finished_at) FROM drills \
-             WHERE tenant = d.tenant {filter}) {filter} ORDER BY tenant"
+            "SELECT {DRILL_COLS} FROM drills WHERE rowid IN (SELECT (SELECT rowid FROM drills \
+             WHERE tenant = t.tenant {filter} ORDER BY finished_at DESC LIMIT 1) FROM (SELECT DISTINCT tenant FROM \
+             drills) t) ORDER BY tenant"
         ))?;
         let rows = st.query_map([], |r| {
             Ok(DrillRow {
@@ -811,6 +851,69 @@ mod tests {
         let ok: Vec<(String, String)> =
             s.last_drills(true).unwrap().into_iter().map(|r| (r.tenant, r.finished_at)).collect();
         assert_eq!(ok, [("t1".into(), "2026-11-01T07:00:00Z".into()), ("t2".into(), "2026-11-01T07:01:00Z".into())]);
+    }
+
+    /// `newest_snapshots` answers what status used to compute from every snapshot row: per
+    /// tenant, the newest of the kind asked and the verification time of the newest verified
+    /// one — rollout snapshots, other tenants' rows and unverified newer ones notwithstanding.
+    #[test]
+    fn each_tenants_newest_snapshot_and_newest_synced_one_are_found_from_the_index() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(&d.path().join("state.db")).unwrap();
+        let row = |path: &str, kind: &str, tenant: Option<&str>, created: &str, verified: Option<&str>| SnapshotRow {
+            path: path.into(),
+            kind: kind.into(),
+            snap: "x".into(),
+            tenant: tenant.map(Into::into),
+            run_id: None,
+            sha256: "00".into(),
+            size: 1,
+            files: 1,
+            created_at: created.into(),
+            remote_verified_at: verified.map(Into::into),
+            remote_verified_to: verified.map(|_| "r".into()),
+            remote_retired_at: None,
+        };
+        for r in [
+            row("a1", "daily", Some("a"), "2026-01-01T03:00:00Z", Some("2026-01-01T04:00:00Z")),
+            row("a2", "daily", Some("a"), "2026-01-02T03:00:00Z", Some("2026-01-02T04:00:00Z")),
+            row("a3", "daily", Some("a"), "2026-01-03T03:00:00Z", None),
+            row("a4", "rollout", Some("a"), "2026-01-04T03:00:00Z", Some("2026-01-04T04:00:00Z")),
+            row("b1", "rollout", Some("b"), "2026-01-01T03:00:00Z", None),
+            row("c1", "daily", Some("c"), "2026-01-01T03:00:00Z", None),
+            row("cp", "daily", None, "2026-01-05T03:00:00Z", Some("2026-01-05T04:00:00Z")),
+        ] {
+            s.record_snapshot(&r).unwrap();
+        }
+        let got = s.newest_snapshots("daily").unwrap();
+        let want = vec![
+            NewestSnapshot {
+                tenant: "a".into(),
+                created_at: "2026-01-03T03:00:00Z".into(),
+                synced_at: Some("2026-01-02T04:00:00Z".into()),
+            },
+            NewestSnapshot { tenant: "c".into(), created_at: "2026-01-01T03:00:00Z".into(), synced_at: None },
+        ];
+        assert_eq!(got, want);
+        // The answer the full scan gives, computed the way status did before.
+        let mut newest = std::collections::BTreeMap::new();
+        let mut synced = std::collections::BTreeMap::new();
+        for r in s.snapshots().unwrap().into_iter().filter(|r| r.kind == "daily") {
+            let Some(t) = r.tenant.clone() else { continue };
+            if newest.get(&t).is_none_or(|c: &String| r.created_at > *c) {
+                newest.insert(t.clone(), r.created_at.clone());
+            }
+            if let Some(v) = &r.remote_verified_at {
+                if synced.get(&t).is_none_or(|c: &(String, String)| r.created_at > c.0) {
+                    synced.insert(t, (r.created_at.clone(), v.clone()));
+                }
+            }
+        }
+        let scanned: Vec<NewestSnapshot> = newest
+            .into_iter()
+            .map(|(t, c)| NewestSnapshot { synced_at: synced.get(&t).map(|v| v.1.clone()), tenant: t, created_at: c })
+            .collect();
+        assert_eq!(got, scanned);
     }
 
     #[test]
