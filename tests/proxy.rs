@@ -99,7 +99,8 @@ fn rolled_means_the_proxy_already_routes_every_customer_to_the_new_version() {
         wait_routed(&s, t, "/api/version", "v1");
     }
     s.write_fleet(&s.fleet_app(&v2, &format!("canary_soak_s = 1\n{}", proxy_table(&s, ""))));
-    let out = s.slipway(&["rollout", "--json"]);
+    let metrics = s.root().join("slipway.prom");
+    let out = s.slipway(&["rollout", "--json", "--metrics-file", metrics.to_str().unwrap()]);
     assert_eq!(out.code, 0, "stdout {} stderr {}", out.stdout, out.stderr);
     // Right after slipway said "rolled", with no retry: a customer of every tenant gets v2
     // through Traefik (its Docker provider's throttle is not the customer's problem).
@@ -118,9 +119,16 @@ fn rolled_means_the_proxy_already_routes_every_customer_to_the_new_version() {
         // goes with the stopped container and comes back only after the provider's throttle.
         assert!(p.failed > 0 && p.downtime_ms > 0, "{p:?}");
     }
+    // What reads the run record and the metrics file says the same.
     let human = s.slipway(&["runs", "show", &out.run_id()]);
     assert_eq!(human.code, 0, "{}", human.stderr);
-    assert!(human.stdout.contains("proxy downtime"), "{}", human.stdout);
+    let t1 = report.apps[0].tenants[0].proxy.as_ref().unwrap();
+    let line = format!("{} of {} requests failed, proxy downtime {} ms", t1.failed, t1.requests, t1.downtime_ms);
+    assert!(human.stdout.contains(&line), "{line:?} not in {}", human.stdout);
+    let prom = std::fs::read_to_string(&metrics).unwrap();
+    let series = format!("slipway_rollout_proxy_failed_requests{{tenant=\"t1\"}} {}", t1.failed);
+    assert!(prom.contains(&series), "{series:?} not in {prom}");
+    assert!(prom.contains("slipway_rollout_downtime_seconds{tenant=\"t2\"}"), "{prom}");
 }
 
 #[test]
