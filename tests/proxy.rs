@@ -7,7 +7,7 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::support::reports::Rollout;
+use crate::support::reports::{Doctor, Rollout};
 use crate::support::{sh, tree_hash, Sandbox};
 
 /// This testenv's Traefik: its web entrypoint, the label its Docker provider routes by, the
@@ -99,6 +99,13 @@ fn rolled_means_the_proxy_already_routes_every_customer_to_the_new_version() {
         wait_routed(&s, t, "/api/version", "v1");
     }
     s.write_fleet(&s.fleet_app(&v2, &format!("canary_soak_s = 1\n{}", proxy_table(&s, ""))));
+    // doctor: the proxy routes both; neither keeps a fixed address, so a switch will fail
+    // requests, and doctor says so and what to do.
+    let doctor: Doctor = s.slipway(&["doctor", "--json"]).report();
+    assert_eq!(doctor.line("proxy").level, "ok", "{:?}", doctor.line("proxy"));
+    let hold = doctor.line("proxy_hold");
+    assert_eq!(hold.level, "warn", "{hold:?}");
+    assert!(hold.detail.contains("t1, t2") && hold.fix.as_deref().unwrap_or("").contains("README"), "{hold:?}");
     let metrics = s.root().join("slipway.prom");
     let out = s.slipway(&["rollout", "--json", "--metrics-file", metrics.to_str().unwrap()]);
     assert_eq!(out.code, 0, "stdout {} stderr {}", out.stdout, out.stderr);
@@ -257,6 +264,10 @@ fn a_stop_first_switch_behind_a_held_route_fails_no_customer_request() {
     .unwrap();
     wait_routed(&s, "t1", "/api/version", "v1");
     s.write_fleet(&s.fleet_app(&v2, &proxy_table(&s, "")));
+    let doctor: Doctor = s.slipway(&["doctor", "--json"]).report();
+    for check in ["proxy", "proxy_hold"] {
+        assert_eq!(doctor.line(check).level, "ok", "{:?}", doctor.line(check));
+    }
     let out = s.slipway(&["rollout", "--json"]);
     assert_eq!(out.code, 0, "stdout {} stderr {}", out.stdout, out.stderr);
     let report: Rollout = out.report();
@@ -271,4 +282,22 @@ fn a_stop_first_switch_behind_a_held_route_fails_no_customer_request() {
     assert_eq!(s.inspect(&name)["NetworkSettings"]["Networks"][&net.name]["IPAddress"], ip.as_str());
     assert_eq!(through_proxy(&s, "t1", "/api/version"), (200, "v2".to_string()));
     drop(route);
+}
+
+#[test]
+fn doctor_fails_naming_a_tenant_the_proxy_does_not_route() {
+    let s = Sandbox::new();
+    let v1 = s.push_fixture_as("v1", "app");
+    routed_tenant(&s, "t1", &v1);
+    // No router labels: Traefik does not know this tenant.
+    s.add_tenant("t2", &v1);
+    wait_routed(&s, "t1", "/api/health", "v1 ok");
+    s.write_fleet(&s.fleet_app(&v1, &proxy_table(&s, "")));
+    let out = s.slipway(&["doctor", "--json"]);
+    assert_ne!(out.code, 0, "{}", out.stdout);
+    let doctor: Doctor = out.report();
+    let proxy = doctor.line("proxy");
+    assert_eq!(proxy.level, "fail", "{proxy:?}");
+    assert!(proxy.detail.contains(&host(&s, "t2")) && proxy.detail.contains("HTTP 404"), "{proxy:?}");
+    assert!(!proxy.detail.contains(&host(&s, "t1")), "t1 is routed: {proxy:?}");
 }

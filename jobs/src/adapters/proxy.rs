@@ -108,6 +108,11 @@ impl Proxy {
         Ok(body)
     }
 
+    /// One request for the tenant's host, now: Ok on 2xx, else what came back.
+    pub async fn answers(&self) -> std::result::Result<(), String> {
+        self.get(&self.url, Some(&self.host), Duration::from_secs(5)).await.map(|_| ())
+    }
+
     /// Wait until the proxy answers 2xx for the tenant's host, within `timeout`. `direct` is
     /// the same path at the new container's own address: when it answers the same body twice,
     /// the proxy's answer must be that body (an answer from another backend is not the route
