@@ -41,10 +41,11 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
-# A subnet of its own: the hold set's tenants keep fixed addresses.
+# A subnet of its own: the hold set's tenants keep fixed addresses in its lower half, the
+# engine gives the others addresses from the upper half (--ip-range).
 prefix=
 for n in $(shuf -i 2-250 -n 40); do
-  if docker network create --label "swbench=$$" --subnet "10.214.$n.0/24" "$net" >/dev/null 2>&1; then
+  if docker network create --label "swbench=$$" --subnet "10.214.$n.0/24" --ip-range "10.214.$n.128/25" "$net" >/dev/null 2>&1; then
     prefix=10.214.$n; break
   fi
 done
