@@ -301,3 +301,27 @@ fn doctor_fails_naming_a_tenant_the_proxy_does_not_route() {
     assert!(proxy.detail.contains(&host(&s, "t2")) && proxy.detail.contains("HTTP 404"), "{proxy:?}");
     assert!(!proxy.detail.contains(&host(&s, "t1")), "t1 is routed: {proxy:?}");
 }
+
+#[test]
+fn a_stopped_tenant_behind_the_proxy_is_recreated_without_waiting_for_customers_it_has_not() {
+    let s = Sandbox::new();
+    let v1 = s.push_fixture_as("v1", "app");
+    let v2 = s.push_fixture_as("v2", "app");
+    routed_tenant(&s, "t1", &v1);
+    let stopped = routed_tenant(&s, "t2", &v1);
+    sh(Command::new("docker").args(["stop", "-t", "5", &stopped]));
+    wait_routed(&s, "t1", "/api/version", "v1");
+    s.write_fleet(&s.fleet_app(&v2, &format!("include_stopped = true\n{}", proxy_table(&s, "timeout_s = 30\n"))));
+    let began = Instant::now();
+    let out = s.slipway(&["rollout", "--json"]);
+    assert_eq!(out.code, 0, "stdout {} stderr {}", out.stdout, out.stderr);
+    // The stopped tenant has no route to wait for: no 30 s spent waiting on the proxy for it.
+    assert!(began.elapsed() < Duration::from_secs(20), "took {:?}", began.elapsed());
+    let report: Rollout = out.report();
+    let t2 = report.apps[0].tenants.iter().find(|t| t.tenant == "t2").unwrap();
+    assert_eq!(t2.outcome, "rolled", "{t2:?}");
+    assert!(t2.proxy.is_none(), "{t2:?}");
+    assert_eq!(s.image_of(&stopped), v2);
+    assert_eq!(s.inspect(&stopped)["State"]["Running"], false, "a stopped tenant stays stopped");
+    assert_eq!(through_proxy(&s, "t1", "/api/version"), (200, "v2".to_string()));
+}

@@ -11,6 +11,8 @@ use super::{ms, StepResult, TenantRoll};
 
 /// How long the route is re-checked after the canary's soak.
 const AFTER_SOAK: Duration = Duration::from_secs(5);
+/// How long an interrupted rollout's watch waits for the proxy to answer again.
+const INTERRUPTED_SETTLE: Duration = Duration::from_secs(3);
 
 /// The proxy watch of one tenant's switch, while it runs.
 pub(super) struct ProxyWatch {
@@ -26,7 +28,11 @@ impl TenantRoll<'_> {
     }
 
     /// Just before the stop: the watch begins (what customers see from here on is the switch's).
+    /// A tenant that was not running has no customers to watch (and stays stopped).
     pub(super) fn start_watch(&mut self) {
+        if self.item.stopped {
+            return;
+        }
         match self.proxy() {
             Some(Ok(proxy)) => {
                 let watch = proxy.watch();
@@ -41,7 +47,12 @@ impl TenantRoll<'_> {
     /// again (at most the proxy timeout), then its figures go into the report.
     pub(super) async fn finish_watch(&mut self) {
         let Some(w) = self.proxy_watch.take() else { return };
-        let settle = self.run.app.proxy.as_ref().map_or(Duration::from_secs(30), |p| Duration::from_secs(p.timeout_s));
+        let mut settle =
+            self.run.app.proxy.as_ref().map_or(Duration::from_secs(30), |p| Duration::from_secs(p.timeout_s));
+        // Interrupted: the figures so far, without holding up the exit.
+        if self.run.ctx.cancel.is_cancelled() {
+            settle = settle.min(INTERRUPTED_SETTLE);
+        }
         let mut report = w.watch.finish(settle).await;
         report.route_ms = self.route.map(ms);
         self.proxy_report = Some(report);
