@@ -57,17 +57,27 @@ fn routed_tenant(s: &Sandbox, tenant: &str, image: &str) -> String {
     s.add_tenant_with(tenant, image, &extra)
 }
 
-/// One request through the proxy, as a customer makes it: (status, body).
+/// One request through the proxy, as a customer makes it: (status, body). Asked again (at most
+/// twice) only when the proxy gave no HTTP answer at all (a loaded test machine): any answer,
+/// a 404 or a 502 included, is returned as it came.
 fn through_proxy(s: &Sandbox, tenant: &str, path: &str) -> (u16, String) {
-    let out = Command::new("curl")
-        .args(["-sS", "-m", "5", "-o", "-", "-w", "\n%{http_code}", "-H"])
-        .arg(format!("Host: {}", host(s, tenant)))
-        .arg(format!("{}{path}", traefik().url))
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
-    (code.trim().parse().unwrap_or(0), body.trim().to_string())
+    let mut last = (0, String::new());
+    for _ in 0..3 {
+        let out = Command::new("curl")
+            .args(["-sS", "-m", "10", "-o", "-", "-w", "\n%{http_code}", "-H"])
+            .arg(format!("Host: {}", host(s, tenant)))
+            .arg(format!("{}{path}", traefik().url))
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+        last = (code.trim().parse().unwrap_or(0), body.trim().to_string());
+        if last.0 != 0 {
+            return last;
+        }
+        eprintln!("no answer from Traefik for {}: {}", host(s, tenant), String::from_utf8_lossy(&out.stderr));
+    }
+    last
 }
 
 /// Wait (up to 20 s) until the proxy answers `want` for the tenant's host: Traefik's Docker
