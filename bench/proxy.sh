@@ -77,7 +77,7 @@ for i in $(seq 1 "$N"); do
     run_tenant "$set-t$i" "$V1" $(labels "$set-t$i")
   done
   ip=$prefix.$((10 + i))
-  run_tenant "hd-t$i" "$V1" --ip "$ip"
+  run_tenant "hd-t$i" "$V1" --ip "$ip" -e SWFIX_DRAIN=0.5 # a graceful app (README)
   routers+=$'\n'"    hd-t$i:"$'\n'"      rule: \"Host(\`$(host_of "hd-t$i")\`)\""$'\n'"      entryPoints: [web]"
   routers+=$'\n'"      service: hd-t$i"$'\n'"      middlewares: [hold-$$]"
   services+=$'\n'"    hd-t$i:"$'\n'"      loadBalancer:"$'\n'"        servers:"$'\n'"          - url: \"http://$ip:8080\""
