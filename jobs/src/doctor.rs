@@ -247,6 +247,13 @@ pub async fn doctor(cfg: &HostConfig, config: &Path) -> Result<DoctorReport> {
     let free = dirs.iter().find(|d| d.key == "backup_root").and_then(|d| d.free_bytes);
     checks.push(space_check(free, largest_tenant.as_ref(), tenants_bytes, &cfg.backup_root));
 
+    // The reverse proxy in front of the tenants ([app.proxy]).
+    if let (Some(engine), Some(fleet)) = (&engine, &fleet) {
+        for app in fleet.apps.iter().filter(|a| a.proxy.is_some()) {
+            checks.extend(proxy_checks(engine, app).await);
+        }
+    }
+
     // The remote.
     checks.push(remote_check(cfg).await);
 
@@ -259,6 +266,84 @@ pub async fn doctor(cfg: &HostConfig, config: &Path) -> Result<DoctorReport> {
     }
 
     Ok(DoctorReport { config: config.to_path_buf(), checks, docker, dirs, largest_tenant, tenants_bytes })
+}
+
+/// An app behind a reverse proxy: does the proxy route every tenant's host now (else the proxy
+/// gate would undo every rollout), and does every tenant keep a fixed address (what a held
+/// route to it needs, for a switch no request fails on: README, "A switch no request fails on").
+async fn proxy_checks(engine: &Engine, app: &crate::config::App) -> Vec<Check> {
+    let Some(spec) = &app.proxy else { return Vec::new() };
+    let tenants = match engine.tenants(app).await {
+        Ok(t) => t,
+        Err(e) => {
+            return vec![line("proxy", Level::Warn, format!("app {}: cannot list its tenants: {e}", app.name), None)]
+        }
+    };
+    let (mut unrouted, mut loose) = (Vec::new(), Vec::new());
+    for t in tenants.iter().filter(|t| t.state == "running") {
+        match crate::adapters::proxy::Proxy::new(spec, &app.health, &t.tenant) {
+            Ok(p) => {
+                if let Err(why) = p.answers().await {
+                    unrouted.push(format!("{} ({why})", p.host()));
+                }
+            }
+            Err(e) => unrouted.push(format!("{}: {e}", t.tenant)),
+        }
+        match engine.spec(&t.name).await {
+            Ok(s) if !s.fixed_addresses().is_empty() => {}
+            _ => loose.push(t.tenant.to_string()),
+        }
+    }
+    let mut out = Vec::new();
+    let url = spec.url(&app.health);
+    if unrouted.is_empty() {
+        out.push(line(
+            "proxy",
+            Level::Ok,
+            format!("app {}: {url} answers 2xx for every running tenant's host", app.name),
+            None,
+        ));
+    } else {
+        out.push(line(
+            "proxy",
+            Level::Fail,
+            format!("app {}: {url} does not answer 2xx for {}", app.name, unrouted.join(", ")),
+            Some(format!(
+                "fix the proxy's route to those tenants (router rule, service port, network), or correct [app.proxy] \
+                 (entrypoint {}, host {}): the rollout's proxy gate would undo every release of them",
+                spec.entrypoint, spec.host
+            )),
+        ));
+    }
+    if loose.is_empty() {
+        out.push(line(
+            "proxy_hold",
+            Level::Ok,
+            format!(
+                "app {}: every tenant keeps a fixed address across a switch (a held route can point at it)",
+                app.name
+            ),
+            None,
+        ));
+    } else {
+        out.push(line(
+            "proxy_hold",
+            Level::Warn,
+            format!(
+                "app {}: {} tenant(s) have no fixed address ({}): behind the Docker provider alone, customers' \
+                 requests fail while a switch stops the old container and the provider sees the new one",
+                app.name,
+                loose.len(),
+                loose.join(", ")
+            ),
+            Some(
+                "give each tenant a fixed address (`docker run --ip` on a network with a subnet) and route it from \
+                 Traefik's file provider with the retry middleware: README, \"A switch no request fails on\""
+                    .into(),
+            ),
+        ));
+    }
+    out
 }
 
 fn docker_fail(cfg: &HostConfig, err: &Error) -> Check {

@@ -45,6 +45,8 @@ use crate::types::{Digest, RunId, TenantId};
 use crate::undo::{archive_copy, record_rollout_archive, undo_tenant, ROLLOUT_ZSTD_LEVEL};
 
 mod plan;
+mod proxy_gate;
+pub use crate::adapters::proxy::ProxyReport;
 pub use plan::{copy_plan, plan, CopyPlan, PlanItem, RolloutPlan};
 use plan::{decide_copies, new_volume_problems};
 
@@ -148,6 +150,9 @@ pub struct TenantReport {
     /// The delta pass while it was down.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub copy_delta: Option<MirrorReport>,
+    /// What customers saw through the proxy during the switch (`[app.proxy]`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<ProxyReport>,
     /// Step timings.
     pub timings: StepTimings,
     /// What went wrong, and what state it was left in.
@@ -332,6 +337,9 @@ async fn rollout_app(
             outcome: report.outcome.word().to_string(),
             downtime_ms: report.downtime_ms.map(|d| d as i64),
             detail: report.detail.clone(),
+            proxy_requests: report.proxy.as_ref().map(|p| p.requests as i64),
+            proxy_failed: report.proxy.as_ref().map(|p| p.failed as i64),
+            proxy_downtime_ms: report.proxy.as_ref().map(|p| p.downtime_ms as i64),
         })?;
         tenants.push(report);
     }
@@ -391,6 +399,7 @@ fn not_reached(item: &PlanItem) -> TenantReport {
         snapshot: None,
         pre_copy: None,
         copy_delta: None,
+        proxy: None,
         timings: StepTimings::default(),
         detail: None,
     }
@@ -444,6 +453,12 @@ struct TenantRoll<'a> {
     copy_delta: Option<MirrorReport>,
     /// What the report should say besides the outcome (a fallback, an archive that failed).
     notes: Vec<String>,
+    /// The proxy watch of the switch, while it runs (`[app.proxy]`).
+    proxy_watch: Option<proxy_gate::ProxyWatch>,
+    /// Its figures, once finished.
+    proxy_report: Option<ProxyReport>,
+    /// The container's health gate → the proxy routing to it.
+    route: Option<Duration>,
 }
 
 /// Roll one tenant through [`Step::ALL`]. A failed step or a signal between steps undoes the
@@ -459,6 +474,7 @@ async fn roll_tenant(run: &AppRun<'_>, item: &PlanItem, manifest: &mut Manifest,
         snapshot: None,
         pre_copy: None,
         copy_delta: None,
+        proxy: None,
         timings: StepTimings::default(),
         detail: Some(format!("not touched: {detail}")),
     };
@@ -522,6 +538,9 @@ async fn roll_tenant(run: &AppRun<'_>, item: &PlanItem, manifest: &mut Manifest,
         pre_copy: None,
         copy_delta: None,
         notes: Vec::new(),
+        proxy_watch: None,
+        proxy_report: None,
+        route: None,
     };
     t.go().await
 }
@@ -602,6 +621,7 @@ impl TenantRoll<'_> {
         if self.item.stopped {
             self.notes.insert(0, "recreated on the new image and left stopped, as it was".to_string());
         }
+        self.finish_watch().await;
         let detail = (!self.notes.is_empty()).then(|| self.notes.join("; "));
         Ok(self.report(TenantOutcome::Rolled, detail))
     }
@@ -676,6 +696,7 @@ impl TenantRoll<'_> {
         self.timings.undo_restore_ms = undo.timings.restore_ms;
         self.timings.undo_prior_ms = undo.timings.prior_ms;
         self.downtime = self.t0.map(|t| t.elapsed());
+        self.finish_watch().await;
         let outcome = if undo.ok { TenantOutcome::Restored } else { TenantOutcome::PersonNeeded };
         Ok(self.report(outcome, Some(format!("{why}; {}", undo.detail))))
     }
@@ -690,6 +711,7 @@ impl TenantRoll<'_> {
             snapshot: self.j.snapshot.clone(),
             pre_copy: self.pre_copy.clone(),
             copy_delta: self.copy_delta.clone(),
+            proxy: self.proxy_report.clone(),
             timings: self.timings.clone(),
             detail,
         }
@@ -790,6 +812,7 @@ impl TenantRoll<'_> {
         if self.j.restart.as_ref().is_some_and(Restart::restarts) {
             engine.set_restart(&self.j.name, &Restart::never()).await.map_err(|e| e.to_string())?;
         }
+        self.start_watch();
         self.t0 = Some(Instant::now());
         engine.stop(&self.j.name, self.j.stop_timeout_s).await.map_err(|e| format!("stop failed: {e}"))
     }
@@ -876,7 +899,8 @@ impl TenantRoll<'_> {
         match gate_cancellable(r.ctx, r.engine, r.prober, &self.j.name, &r.app.health).await {
             Ok(Ok(())) => {
                 self.downtime = self.t0.map(|t| t.elapsed());
-                Ok(())
+                // Healthy at its own address; customers reach it through the proxy.
+                self.route_gate(None).await.map_err(|why| format!("new version failed: {why}"))
             }
             Ok(Err(why)) => Err(format!("new version failed: {why}")),
             Err(e) => Err(format!("new version failed: {e}")),
@@ -894,7 +918,7 @@ impl TenantRoll<'_> {
         let unhealthy = |why: &dyn fmt::Display| format!("canary unhealthy after the {soak_s}s soak: {why}");
         // Restarts count from the new container's start (it had none), not from this probe.
         match r.prober.gate_since(r.engine, &self.j.name, &r.app.health, Some(Duration::from_secs(5)), Some(0)).await {
-            Ok(Ok(_)) => Ok(()),
+            Ok(Ok(_)) => self.route_after_soak().await.map_err(|why| unhealthy(&why)),
             Ok(Err(why)) => Err(unhealthy(&why)),
             Err(e) => Err(unhealthy(&e)),
         }
@@ -963,6 +987,9 @@ impl fmt::Display for RolloutReport {
             for t in &app.tenants {
                 let down = t.downtime_ms.map_or(String::new(), |d| format!(" downtime {d} ms"));
                 writeln!(f, "  {:<24} {:<14}{down}", t.tenant.as_str(), t.outcome.word())?;
+                if let Some(p) = &t.proxy {
+                    writeln!(f, "      {p}")?;
+                }
                 if let Some(d) = &t.detail {
                     writeln!(f, "      {d}")?;
                 }

@@ -238,7 +238,20 @@ impl Report {
                     return Counts::default();
                 }
                 let count = |o| apps.iter().flat_map(|a| &a.tenants).filter(|t| t.outcome == o).count() as u64;
+                let switches = apps
+                    .iter()
+                    .flat_map(|a| &a.tenants)
+                    .filter_map(|t| {
+                        let m = metrics::SwitchMetric {
+                            downtime_s: t.downtime_ms? as f64 / 1000.0,
+                            proxy_downtime_s: t.proxy.as_ref().map(|p| p.downtime_ms as f64 / 1000.0),
+                            proxy_failed: t.proxy.as_ref().map(|p| p.failed),
+                        };
+                        Some((t.tenant.to_string(), m))
+                    })
+                    .collect();
                 Counts {
+                    switches,
                     rolled: Some(count(rollout::TenantOutcome::Rolled)),
                     halted: Some(count(rollout::TenantOutcome::Restored) + count(rollout::TenantOutcome::PersonNeeded)),
                     ..Counts::default()
@@ -256,6 +269,7 @@ struct Counts {
     uploaded_bytes: Option<u64>,
     rolled: Option<u64>,
     halted: Option<u64>,
+    switches: std::collections::BTreeMap<String, metrics::SwitchMetric>,
 }
 
 /// A job that ended, with a report or the error that ended it before it had one.
@@ -418,6 +432,7 @@ async fn after_job(
             halted: counts.halted,
             snapshots: newest_daily_snapshots(ctx),
             drills: newest_drills(ctx),
+            switches: counts.switches,
         };
         if let Err(e) = metrics::record(path, &m) {
             tracing::warn!("cannot write the metrics file: {e}");

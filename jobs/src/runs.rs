@@ -82,6 +82,9 @@ impl fmt::Display for RunDetail {
         for t in &self.tenants {
             let down = t.downtime_ms.map_or("-".to_string(), |d| format!("{d} ms"));
             writeln!(f, "  tenant {:<20} {:<14} downtime {down}", t.tenant, t.outcome)?;
+            if let (Some(n), Some(failed), Some(d)) = (t.proxy_requests, t.proxy_failed, t.proxy_downtime_ms) {
+                writeln!(f, "    through the proxy: {failed} of {n} requests failed, proxy downtime {d} ms")?;
+            }
         }
         writeln!(f, "  steps:")?;
         for s in &self.steps {

@@ -20,6 +20,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0003_remote_object_bytes.sql"),
     include_str!("migrations/0004_drills.sql"),
     include_str!("migrations/0005_remote_scope.sql"),
+    include_str!("migrations/0006_proxy_downtime.sql"),
 ];
 
 /// The remote of rows written before schema 5, which named none (adopted by
@@ -146,6 +147,12 @@ pub struct TenantResult {
     pub downtime_ms: Option<i64>,
     /// Free text.
     pub detail: Option<String>,
+    /// Behind a reverse proxy: the requests sent through it during the switch.
+    pub proxy_requests: Option<i64>,
+    /// Of which failed.
+    pub proxy_failed: Option<i64>,
+    /// First → last failed request, in ms.
+    pub proxy_downtime_ms: Option<i64>,
 }
 
 /// An object verified on the remote: the archive (file list, manifest) it holds and, when
@@ -373,9 +380,21 @@ impl Store {
     /// Record (or replace) one tenant's rollout result.
     pub fn record_tenant(&self, t: &TenantResult) -> Result<()> {
         self.conn.execute(
-            "INSERT OR REPLACE INTO run_tenants (run_id, tenant, from_digest, to_digest, outcome, downtime_ms, detail)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            params![t.run_id, t.tenant, t.from_digest, t.to_digest, t.outcome, t.downtime_ms, t.detail],
+            "INSERT OR REPLACE INTO run_tenants (run_id, tenant, from_digest, to_digest, outcome, downtime_ms, detail,
+                                              proxy_requests, proxy_failed, proxy_downtime_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            params![
+                t.run_id,
+                t.tenant,
+                t.from_digest,
+                t.to_digest,
+                t.outcome,
+                t.downtime_ms,
+                t.detail,
+                t.proxy_requests,
+                t.proxy_failed,
+                t.proxy_downtime_ms
+            ],
         )?;
         Ok(())
     }
@@ -474,7 +493,9 @@ impl Store {
     /// Per-tenant results of a run.
     pub fn tenants(&self, run_id: &str) -> Result<Vec<TenantResult>> {
         let mut st = self.conn.prepare(
-            "SELECT run_id, tenant, from_digest, to_digest, outcome, downtime_ms, detail FROM run_tenants WHERE run_id = ?1 ORDER BY rowid",
+            "SELECT run_id, tenant, from_digest, to_digest, outcome, downtime_ms, detail,
+                    proxy_requests, proxy_failed, proxy_downtime_ms
+             FROM run_tenants WHERE run_id = ?1 ORDER BY rowid",
         )?;
         let rows = st.query_map([run_id], |r| {
             Ok(TenantResult {
@@ -485,6 +506,9 @@ impl Store {
                 outcome: r.get(4)?,
                 downtime_ms: r.get(5)?,
                 detail: r.get(6)?,
+                proxy_requests: r.get(7)?,
+                proxy_failed: r.get(8)?,
+                proxy_downtime_ms: r.get(9)?,
             })
         })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
@@ -963,6 +987,9 @@ mod tests {
             outcome: "halted".into(),
             downtime_ms: Some(1200),
             detail: None,
+            proxy_requests: Some(250),
+            proxy_failed: Some(0),
+            proxy_downtime_ms: Some(0),
         })
         .unwrap();
         s.finish_run(id, "halted", 3, "canary t1 failed").unwrap();
@@ -977,6 +1004,7 @@ mod tests {
         s.resolve_run(id, "rollback 20261122T040000Z-0002").unwrap();
         assert!(s.unresolved_halts().unwrap().is_empty());
         assert_eq!(s.tenants(id).unwrap()[0].downtime_ms, Some(1200));
+        assert_eq!(s.tenants(id).unwrap()[0].proxy_requests, Some(250));
     }
 
     #[test]

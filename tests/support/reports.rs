@@ -151,6 +151,18 @@ pub struct TenantResult {
     pub snapshot: Option<PathBuf>,
     pub pre_copy: Option<MirrorPass>,
     pub copy_delta: Option<MirrorPass>,
+    pub proxy: Option<ProxyResult>,
+}
+
+/// What customers saw through the proxy during one tenant's switch.
+#[derive(Debug, Deserialize)]
+pub struct ProxyResult {
+    pub host: String,
+    pub requests: u64,
+    pub failed: u64,
+    pub downtime_ms: u64,
+    pub errors: std::collections::BTreeMap<String, u64>,
+    pub route_ms: Option<u64>,
 }
 
 /// Milliseconds per rollout step (the ones the tests check).

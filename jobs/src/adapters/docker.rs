@@ -1096,6 +1096,19 @@ impl ContainerSpec {
             .collect()
     }
 
+    /// The addresses fixed for the container by its operator (`docker run --ip`), by network:
+    /// a container created from this spec is given the same one when it starts.
+    pub fn fixed_addresses(&self) -> Vec<(String, String)> {
+        self.networks()
+            .into_iter()
+            .filter_map(|(net, ep, _)| {
+                let c = ep.ipam_config?;
+                let a = c.ipv4_address.filter(|a| !a.is_empty()).or(c.ipv6_address.filter(|a| !a.is_empty()))?;
+                Some((net, a))
+            })
+            .collect()
+    }
+
     /// The container's restart policy.
     pub fn restart(&self) -> Restart {
         let policy = self.inspect.host_config.as_ref().and_then(|h| h.restart_policy.clone()).unwrap_or_default();

@@ -16,6 +16,11 @@
 //!   restore drill ended
 //! - `slipway_drill_duration_seconds{tenant}`: how long that drill took from fetching the
 //!   archive to the app answering healthy (the restore time you can expect)
+//! - `slipway_rollout_downtime_seconds{tenant}`: the tenant's last switch, stop → new
+//!   container healthy (container downtime)
+//! - `slipway_rollout_proxy_downtime_seconds{tenant}`, `slipway_rollout_proxy_failed_requests{tenant}`:
+//!   the same switch as customers saw it through the proxy (`[app.proxy]`): first → last failed
+//!   request, and how many failed
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -49,6 +54,20 @@ pub struct JobMetrics {
     /// Newest successful restore drill per tenant.
     #[serde(default)]
     pub drills: BTreeMap<String, DrillMetric>,
+    /// The tenants switched by this run (rollout/reconcile).
+    #[serde(default)]
+    pub switches: BTreeMap<String, SwitchMetric>,
+}
+
+/// A tenant's last switch to another version, as the container and its customers saw it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct SwitchMetric {
+    /// Stop → new container healthy, in seconds.
+    pub downtime_s: f64,
+    /// Through the proxy: first → last failed request, in seconds (`[app.proxy]` only).
+    pub proxy_downtime_s: Option<f64>,
+    /// Through the proxy: requests that failed.
+    pub proxy_failed: Option<u64>,
 }
 
 /// A tenant's newest successful restore drill.
@@ -66,6 +85,8 @@ struct State {
     snapshots: BTreeMap<String, i64>,
     #[serde(default)]
     drills: BTreeMap<String, DrillMetric>,
+    #[serde(default)]
+    switches: BTreeMap<String, SwitchMetric>,
     rolled: Option<u64>,
     halted: Option<u64>,
 }
@@ -83,6 +104,7 @@ pub fn record(path: &Path, m: &JobMetrics) -> Result<()> {
     state.jobs.insert(m.job.clone(), m.clone());
     state.snapshots.extend(m.snapshots.iter().map(|(k, v)| (k.clone(), *v)));
     state.drills.extend(m.drills.iter().map(|(k, v)| (k.clone(), *v)));
+    state.switches.extend(m.switches.iter().map(|(k, v)| (k.clone(), *v)));
     if m.rolled.is_some() || m.halted.is_some() {
         state.rolled = m.rolled;
         state.halted = m.halted;
@@ -173,6 +195,24 @@ fn render(s: &State, now: i64) -> String {
         "How long the tenant's last successful restore drill took, from fetching the archive to healthy.",
         drills(&|d| format!("{:.3}", d.duration_s)),
     );
+    let switches = |f: &dyn Fn(&SwitchMetric) -> Option<String>| -> Vec<(String, String)> {
+        s.switches.iter().filter_map(|(t, m)| f(m).map(|v| (format!("{{tenant=\"{}\"}}", esc(t)), v))).collect()
+    };
+    gauge(
+        "slipway_rollout_downtime_seconds",
+        "The tenant's last switch by rollout: stop to new container healthy.",
+        switches(&|m| Some(format!("{:.3}", m.downtime_s))),
+    );
+    gauge(
+        "slipway_rollout_proxy_downtime_seconds",
+        "The tenant's last switch through the proxy: first to last failed request.",
+        switches(&|m| m.proxy_downtime_s.map(|v| format!("{v:.3}"))),
+    );
+    gauge(
+        "slipway_rollout_proxy_failed_requests",
+        "Requests through the proxy that failed during the tenant's last switch.",
+        switches(&|m| m.proxy_failed.map(|v| v.to_string())),
+    );
     o
 }
 
@@ -195,7 +235,7 @@ mod tests {
         snap.snapshots.insert("t1".into(), 1_699_999_000);
         snap.drills.insert("t1".into(), DrillMetric { at: 1_699_000_000, duration_s: 4.25 });
         record(&p, &snap).unwrap();
-        let roll = JobMetrics {
+        let mut roll = JobMetrics {
             job: "rollout".into(),
             exit_code: 3,
             ended: 1_700_000_100,
@@ -204,6 +244,9 @@ mod tests {
             halted: Some(1),
             ..Default::default()
         };
+        let switch = SwitchMetric { downtime_s: 0.5, proxy_downtime_s: Some(2.25), proxy_failed: Some(112) };
+        roll.switches.insert("t1".into(), switch);
+        roll.switches.insert("t2".into(), SwitchMetric { downtime_s: 0.4, ..Default::default() });
         record(&p, &roll).unwrap();
         let text = std::fs::read_to_string(&p).unwrap();
         let lines = text.lines().map(|l| Ok(l.to_string()));
@@ -231,6 +274,10 @@ mod tests {
         assert!(get("slipway_snapshot_age_seconds", Some(("tenant", "t1"))) > 0.0);
         assert_eq!(get("slipway_drill_last_success_timestamp_seconds", Some(("tenant", "t1"))), 1_699_000_000.0);
         assert_eq!(get("slipway_drill_duration_seconds", Some(("tenant", "t1"))), 4.25);
+        assert_eq!(get("slipway_rollout_downtime_seconds", Some(("tenant", "t2"))), 0.4);
+        assert_eq!(get("slipway_rollout_proxy_downtime_seconds", Some(("tenant", "t1"))), 2.25);
+        assert_eq!(get("slipway_rollout_proxy_failed_requests", Some(("tenant", "t1"))), 112.0);
+        assert!(!text.contains("slipway_rollout_proxy_failed_requests{tenant=\"t2\"}"), "no proxy, no proxy series");
         assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o644);
     }
     use std::os::unix::fs::PermissionsExt;

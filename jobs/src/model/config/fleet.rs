@@ -155,6 +155,74 @@ fn default_health_timeout() -> u64 {
     60
 }
 
+/// How customers reach an app's tenants through the reverse proxy (`[app.proxy]`, opt-in):
+/// after a new container passes its health gate, the rollout waits until the proxy routes the
+/// tenant's host to it, and measures what the tenant's customers saw during the switch.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxySpec {
+    /// The proxy's entrypoint as slipway reaches it from the host, e.g. `http://127.0.0.1:80`.
+    pub entrypoint: String,
+    /// The tenant's Host header, with `{tenant}`, e.g. `{tenant}.cloud.example.com`.
+    pub host: String,
+    /// The path requested through the proxy; default: the health path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// Seconds, after the container's health gate, for the proxy to route the tenant's host to
+    /// the new container (the Docker provider reloads after its throttle, 2 s by default).
+    #[serde(default = "default_proxy_timeout")]
+    pub timeout_s: u64,
+}
+fn default_proxy_timeout() -> u64 {
+    30
+}
+
+impl ProxySpec {
+    /// The Host header of `tenant`.
+    pub fn host_of(&self, tenant: &TenantId) -> String {
+        self.host.replace("{tenant}", tenant.as_str())
+    }
+
+    /// The URL requested through the proxy (the Host header says which tenant).
+    pub fn url(&self, health: &HealthSpec) -> String {
+        let path = self.path.as_deref().unwrap_or(&health.path);
+        format!("{}{path}", self.entrypoint.trim_end_matches('/'))
+    }
+
+    fn validate(&self) -> std::result::Result<(), String> {
+        let Some(rest) = self.entrypoint.strip_prefix("http://") else {
+            return Err(format!(
+                "proxy.entrypoint \"{}\" must be the proxy's plain-HTTP entrypoint as this host reaches it, \
+                 e.g. \"http://127.0.0.1:80\"",
+                self.entrypoint
+            ));
+        };
+        let authority = rest.trim_end_matches('/');
+        if authority.is_empty() || authority.contains(['/', '?', '#', ' ', '@']) {
+            return Err(format!(
+                "proxy.entrypoint \"{}\" must be a scheme and an address only (no path), e.g. \"http://127.0.0.1:80\"",
+                self.entrypoint
+            ));
+        }
+        let host_ok = self.host.matches("{tenant}").count() == 1
+            && self.host.replace("{tenant}", "t").bytes().all(|b| b.is_ascii_alphanumeric() || b"-.:".contains(&b));
+        if !host_ok {
+            return Err(format!(
+                "proxy.host \"{}\" must be a host name with {{tenant}} exactly once (letters, digits, '-', '.'), \
+                 e.g. \"{{tenant}}.cloud.example.com\"",
+                self.host
+            ));
+        }
+        if let Some(p) = self.path.as_deref().filter(|p| !p.starts_with('/')) {
+            return Err(format!("proxy.path \"{p}\" must start with '/'"));
+        }
+        if self.timeout_s == 0 {
+            return Err("proxy.timeout_s must be greater than 0".into());
+        }
+        Ok(())
+    }
+}
+
 /// One `[[app]]` of `fleet.toml`.
 #[derive(Debug, Clone, Serialize)]
 pub struct App {
@@ -176,6 +244,10 @@ pub struct App {
     pub data_volume: Option<String>,
     /// Health probe.
     pub health: HealthSpec,
+    /// The reverse proxy in front of the tenants (`[app.proxy]`), when the rollout should
+    /// gate on it and measure the switch as customers see it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<ProxySpec>,
     /// Seconds `docker stop` waits before SIGKILL.
     pub stop_timeout_s: u64,
     /// The canary tenant; default: first in sorted order.
@@ -222,6 +294,8 @@ struct RawApp {
     #[serde(default)]
     data_volume: Option<String>,
     health: HealthSpec,
+    #[serde(default)]
+    proxy: Option<ProxySpec>,
     #[serde(default = "default_stop_timeout")]
     stop_timeout_s: u64,
     canary: Option<String>,
@@ -358,6 +432,9 @@ impl RawApp {
         if self.health.port == 0 || self.health.timeout_s == 0 {
             return Err("health.port and health.timeout_s must be greater than 0".into());
         }
+        if let Some(p) = &self.proxy {
+            p.validate()?;
+        }
         if let Some(m) = self.scratch_mounts.iter().find(|m| !m.starts_with('/')) {
             return Err(format!(
                 "scratch_mounts: \"{m}\" must be an absolute path in the container, e.g. \"/var/cache/app\""
@@ -374,6 +451,7 @@ impl RawApp {
             data_dir,
             data_volume: self.data_volume,
             health: self.health,
+            proxy: self.proxy,
             stop_timeout_s: self.stop_timeout_s,
             canary,
             canary_soak_s: self.canary_soak_s,

@@ -219,6 +219,17 @@ mod tests {
     }
 
     #[test]
+    fn the_proxy_gate_is_opt_in_and_its_host_is_per_tenant() {
+        assert!(Fleet::parse(&app(""), "fleet.toml").unwrap().apps[0].proxy.is_none());
+        let text = app("[app.proxy]\nentrypoint = \"http://127.0.0.1:8000/\"\nhost = \"{tenant}.cloud.example.com\"\n");
+        let f = Fleet::parse(&text, "fleet.toml").unwrap();
+        let p = f.apps[0].proxy.as_ref().unwrap();
+        assert_eq!(p.timeout_s, 30);
+        assert_eq!(p.host_of(&"t-1".parse().unwrap()), "t-1.cloud.example.com");
+        assert_eq!(p.url(&f.apps[0].health), "http://127.0.0.1:8000/api/health");
+    }
+
+    #[test]
     fn select_is_a_label_filter_or_a_name_prefix() {
         let cases: &[(&str, Result<Selector, &str>)] = &[
             ("pulse.managed=true", Ok(Selector::Label { key: "pulse.managed".into(), value: Some("true".into()) })),
@@ -261,6 +272,27 @@ mod tests {
             (format!("{}\n{}", app(""), app("")), &["used twice"]),
             ("apps = 1\n".into(), &["unknown key `apps`"]),
             ("[[app]\nname=".into(), &["fleet.toml"]),
+            (
+                app("proxy = { entrypoint = \"127.0.0.1:80\", host = \"{tenant}.x\" }\n"),
+                &["proxy.entrypoint", "127.0.0.1:80", "http://"],
+            ),
+            (
+                app("proxy = { entrypoint = \"http://127.0.0.1:80/api\", host = \"{tenant}.x\" }\n"),
+                &["proxy.entrypoint", "no path"],
+            ),
+            (
+                app("proxy = { entrypoint = \"http://127.0.0.1:80\", host = \"pulse.x\" }\n"),
+                &["proxy.host", "pulse.x", "{tenant}"],
+            ),
+            (
+                app("proxy = { entrypoint = \"http://127.0.0.1:80\", host = \"{tenant}.x\", path = \"h\" }\n"),
+                &["proxy.path"],
+            ),
+            (
+                app("proxy = { entrypoint = \"http://127.0.0.1:80\", host = \"{tenant}.x\", timeout_s = 0 }\n"),
+                &["proxy.timeout_s"],
+            ),
+            (app("proxy = { entrypoint = \"http://127.0.0.1:80\", hots = \"{tenant}.x\" }\n"), &["`hots`", "`host`"]),
         ];
         for (text, needles) in cases {
             let e = Fleet::parse(&text, "fleet.toml").unwrap_err().to_string();
