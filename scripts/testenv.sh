@@ -266,6 +266,7 @@ write_env() {
     echo "export SWTEST_S3_START=$STATE/s3-start.sh"
     echo "export SWTEST_TRAEFIK_URL=http://$(cat "$STATE/traefik.web")"
     echo "export SWTEST_TRAEFIK_API=http://$(cat "$STATE/traefik.api")"
+    echo "export SWTEST_ENV_TAG=$(cat "$STATE/env.tag")"
     echo "export SWTEST_TRAEFIK_LABEL=swtest.traefik=$(cat "$STATE/traefik.id")"
     echo "export SWTEST_TRAEFIK_DYNAMIC=$STATE/traefik-dynamic"
     echo "export SWTEST_SYSTEMD_IMAGE=$(cat "$STATE/systemd-image")"
@@ -286,6 +287,7 @@ stop() { # name
 case "${1:-up}" in
   up)
     mkdir -p "$STATE"
+    [ -f "$STATE/env.tag" ] || printf 'e%05x\n' $((RANDOM * 32 + RANDOM % 32)) >"$STATE/env.tag"
     install_packages
     ensure_docker
     start_registry
@@ -300,9 +302,15 @@ case "${1:-up}" in
     stop traefik
     stop s3
     stop registry
-    # Leftover test containers and networks (a test killed before its Drop ran).
-    docker ps -aq --filter label=slipway.test | xargs -r docker rm -f >/dev/null 2>&1 || true
-    docker network ls -q --filter label=slipway.test | xargs -r docker network rm >/dev/null 2>&1 || true
+    # Leftover test containers and networks (a test killed before its Drop ran): only this
+    # testenv's (their slipway.test id starts with its tag), never another work tree's.
+    if [ -f "$STATE/env.tag" ]; then
+      prefix="sw$(cat "$STATE/env.tag")p"
+      docker ps -a --format '{{.ID}} {{.Label "slipway.test"}}' | awk -v p="$prefix" 'index($2, p) == 1 { print $1 }' |
+        xargs -r docker rm -f >/dev/null 2>&1 || true
+      docker network ls --format '{{.ID}} {{.Label "slipway.test"}}' | awk -v p="$prefix" 'index($2, p) == 1 { print $1 }' |
+        xargs -r docker network rm >/dev/null 2>&1 || true
+    fi
     # Fixture and per-test image tags (layers are shared; this only drops names).
     if [ -f "$STATE/registry.addr" ]; then
       reg=$(cat "$STATE/registry.addr")

@@ -196,8 +196,11 @@ impl Sandbox {
     /// `PrivateTmp=yes` sees another `/tmp`).
     pub fn new_in(parent: &Path) -> Sandbox {
         Env::get();
+        // The testenv's tag starts every id, so `testenv.sh down` removes the leftovers of its
+        // own tests only, never those of another work tree's testenv on this engine.
         let id = format!(
-            "sw{}x{}x{}",
+            "sw{}p{}x{}x{}",
+            std::env::var("SWTEST_ENV_TAG").unwrap_or_default(),
             std::process::id(),
             COUNTER.fetch_add(1, Ordering::SeqCst),
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_micros() % 1000
