@@ -114,6 +114,14 @@ pub enum ConfigAction {
         #[arg(long)]
         write: bool,
     },
+    /// Print the Traefik file-provider routes that hold customers' requests across a switch
+    /// (README, "A switch no request fails on") for every tenant of an app with [app.proxy] that
+    /// keeps a fixed address; --write FILE writes them where Traefik's file provider watches.
+    HeldRoutes {
+        /// Write them to FILE (atomically, 0644); its dir must exist.
+        #[arg(long, value_name = "FILE")]
+        write: Option<PathBuf>,
+    },
 }
 
 /// `init`.

@@ -106,6 +106,12 @@ async fn run(cli: &Cli, printer: &Printer, started: Instant) -> Result<ExitKind,
         printer.report("config", None, started, ExitKind::Success, &report);
         return Ok(ExitKind::Success);
     }
+    if let Command::Config { action: ConfigAction::HeldRoutes { write } } = &cli.command {
+        // Not a job either: it reads fleet.toml and the engine and writes at most one file.
+        let report = slipway_jobs::held_routes::held_routes(&cfg, write.as_deref()).await?;
+        printer.report("config", None, started, ExitKind::Success, &report);
+        return Ok(ExitKind::Success);
+    }
     if let Command::Doctor = &cli.command {
         // Not a job: no lock, no run record, so it can run beside any job.
         let report = doctor::doctor(&cfg, &path).await?;
@@ -210,7 +216,7 @@ fn job(command: &Command) -> Result<Option<Job>, Error> {
         | Command::Man { .. }
         | Command::Init(_)
         | Command::Doctor
-        | Command::Config { action: ConfigAction::Sandbox { .. } } => {
+        | Command::Config { action: ConfigAction::Sandbox { .. } | ConfigAction::HeldRoutes { .. } } => {
             return Err(Error::Usage(format!("{} is not a job", command.job())));
         }
     }))

@@ -262,20 +262,16 @@ fn a_stop_first_switch_behind_a_held_route_fails_no_customer_request() {
         "SWFIX_DRAIN=0.5",
         &v1,
     ]));
+    // The route is what `slipway config held-routes` generates from fleet.toml and the engine.
+    s.write_fleet(&s.fleet_app(&v1, &proxy_table(&s, "")));
     let file = traefik().dynamic.join(format!("{}.yml", s.id()));
     let route = DynamicRoute(file.clone());
-    std::fs::write(
-        &route.0,
-        format!(
-            "http:\n  routers:\n    {id}:\n      rule: \"Host(`{host}`)\"\n      entryPoints: [web]\n      service: {id}\n      \
-             middlewares: [{id}-hold]\n  middlewares:\n    {id}-hold:\n      retry:\n        attempts: 30\n        \
-             initialInterval: 50ms\n  services:\n    {id}:\n      loadBalancer:\n        servers:\n          - url: \
-             \"http://{ip}:8080\"\n",
-            id = s.id(),
-            host = host(&s, "t1"),
-        ),
-    )
-    .unwrap();
+    let out = s.slipway(&["config", "held-routes", "--write", file.to_str().unwrap(), "--json"]);
+    assert_eq!(out.code, 0, "stdout {} stderr {}", out.stdout, out.stderr);
+    let generated = std::fs::read_to_string(&file).unwrap();
+    assert!(generated.contains(&format!("Host(`{}`)", host(&s, "t1"))), "{generated}");
+    assert!(generated.contains(&format!("url: \"http://{ip}:8080\"")), "{generated}");
+    assert!(generated.contains("retry:"), "{generated}");
     wait_routed(&s, "t1", "/api/version", "v1");
     s.write_fleet(&s.fleet_app(&v2, &proxy_table(&s, "")));
     let doctor: Doctor = s.slipway(&["doctor", "--json"]).report();
@@ -296,6 +292,51 @@ fn a_stop_first_switch_behind_a_held_route_fails_no_customer_request() {
     assert_eq!(s.inspect(&name)["NetworkSettings"]["Networks"][&net.name]["IPAddress"], ip.as_str());
     assert_eq!(through_proxy(&s, "t1", "/api/version"), (200, "v2".to_string()));
     drop(route);
+}
+
+#[test]
+fn held_routes_route_each_fixed_address_and_name_the_tenants_left_out() {
+    let s = Sandbox::new();
+    let v1 = s.push_fixture_as("v1", "app");
+    let net = SubnetNetwork::new(&s);
+    let ip = format!("{}.20", net.prefix);
+    let (name, label) = (format!("{}-t1", s.id()), format!("slipway.test={}", s.id()));
+    sh(Command::new("docker").args([
+        "run",
+        "-d",
+        "--name",
+        &name,
+        "--network",
+        &net.name,
+        "--ip",
+        &ip,
+        "--label",
+        &label,
+        &v1,
+    ]));
+    // The engine picks t2's address: a held route to it could point at another container later.
+    s.add_tenant("t2", &v1);
+    s.write_fleet(&s.fleet_app(&v1, &proxy_table(&s, "")));
+    let file = s.root().join("routes").join("held.yml");
+    // A --write into a dir that does not exist writes nothing and says which.
+    let out = s.slipway(&["config", "held-routes", "--write", file.to_str().unwrap()]);
+    assert_eq!(out.code, 2, "stdout {} stderr {}", out.stdout, out.stderr);
+    assert!(out.stderr.contains("is not a directory"), "{}", out.stderr);
+    std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+    let out = s.slipway(&["config", "held-routes", "--write", file.to_str().unwrap(), "--json"]);
+    assert_eq!(out.code, 0, "stdout {} stderr {}", out.stdout, out.stderr);
+    let report: serde_json::Value = out.report();
+    let routes = report["routes"].as_array().unwrap();
+    assert_eq!(routes.len(), 1, "{report}");
+    assert_eq!(routes[0]["tenant"], "t1");
+    assert_eq!(routes[0]["url"], format!("http://{ip}:8080"));
+    let unheld = report["unheld"].as_array().unwrap();
+    assert_eq!(unheld.len(), 1, "{report}");
+    assert_eq!(unheld[0]["tenant"], "t2");
+    assert!(unheld[0]["reason"].as_str().unwrap().contains("no fixed address"), "{report}");
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert_eq!(text, report["text"].as_str().unwrap());
+    assert!(text.contains(&host(&s, "t1")) && !text.contains(&host(&s, "t2")), "{text}");
 }
 
 #[test]

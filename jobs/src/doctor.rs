@@ -338,7 +338,8 @@ async fn proxy_checks(engine: &Engine, app: &crate::config::App) -> Vec<Check> {
             ),
             Some(
                 "give each tenant a fixed address (`docker run --ip` on a network with a subnet) and route it from \
-                 Traefik's file provider with the retry middleware: README, \"A switch no request fails on\""
+                 Traefik's file provider with the retry middleware (`slipway config held-routes --write FILE` \
+                 writes those routes): README, \"A switch no request fails on\""
                     .into(),
             ),
         ));

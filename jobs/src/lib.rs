@@ -48,6 +48,7 @@ pub mod types;
 pub mod context;
 pub mod doctor;
 pub mod drill;
+pub mod held_routes;
 pub mod init;
 pub mod offsite;
 pub mod prune;
