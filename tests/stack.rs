@@ -494,3 +494,61 @@ fn a_stack_rollout_killed_at_its_steps_is_undone_or_finished_by_recover() {
         stack_killed_at(&p);
     }
 }
+
+/// SIGTERM once the new app has started (it wrote into its volume), then a kill at each step of
+/// the stack's undo, then `recover`: the undo is finished from its journal, every container
+/// back, both volumes byte-identical.
+fn stack_undo_killed_at(point: &str) {
+    let s = Sandbox::new();
+    let img = images(&s);
+    let t1 = compose_tenant(&s, "t1", &img);
+    let writer = s.push_fixture_as("writer", "app");
+    let vols = |c: &Compose| (tree(&c.volume_dir("appdata")), tree(&c.volume_dir("sidedata")));
+    let before = vols(&t1);
+    let looks_before: Vec<_> = ["app", "side", "worker"].map(|svc| looks(&s, &t1.container(svc))).to_vec();
+    s.write_fleet(&stack_fleet(&s, &writer, &img.worker, &img.side, ""));
+    let env = [("SLIPWAY_TEST_SIGNAL_AT", "after-start"), ("SLIPWAY_TEST_CRASH_AT", point)];
+    let out = s.slipway_env(&["rollout", "--json"], &env);
+    assert!(
+        out.stderr.contains(&format!("slipway test point reached: {point}")),
+        "{point}: {} {}",
+        out.stdout,
+        out.stderr
+    );
+    let rec = s.slipway(&["recover", "--json"]);
+    assert_eq!(rec.code, 0, "{point}: {} {}", rec.stdout, rec.stderr);
+    assert_eq!(rec.report::<Recover>().runs.len(), 1, "{point}: {}", rec.stdout);
+    assert_eq!(vols(&t1), before, "{point}: a volume was not put back");
+    let now: Vec<_> = ["app", "side", "worker"].map(|svc| looks(&s, &t1.container(svc))).to_vec();
+    assert_eq!(now, looks_before, "{point}: the stack is not back as it was");
+}
+
+#[test]
+fn a_stack_undo_killed_at_each_of_its_steps_is_finished_by_recover() {
+    use slipway_jobs::step::UndoStep;
+    // A stack's undo never recreates a prior container: it is renamed back.
+    for u in UndoStep::ALL.into_iter().filter(|u| *u != UndoStep::RecreatePrior) {
+        stack_undo_killed_at(&u.during().to_string());
+    }
+}
+
+#[test]
+fn a_stack_rollout_sent_sigterm_after_its_start_is_undone_and_the_run_says_interrupted() {
+    let s = Sandbox::new();
+    let img = images(&s);
+    let t1 = compose_tenant(&s, "t1", &img);
+    let writer = s.push_fixture_as("writer", "app");
+    let vols = |c: &Compose| (tree(&c.volume_dir("appdata")), tree(&c.volume_dir("sidedata")));
+    let before = vols(&t1);
+    let looks_before: Vec<_> = ["app", "side", "worker"].map(|svc| looks(&s, &t1.container(svc))).to_vec();
+    s.write_fleet(&stack_fleet(&s, &writer, &img.worker, &img.side, ""));
+    let out = s.slipway_env(&["rollout", "--json"], &[("SLIPWAY_TEST_SIGNAL_AT", "after-start")]);
+    assert_eq!(out.code, 7, "{} {}", out.stdout, out.stderr);
+    assert_eq!(out.report::<Rollout>().apps[0].tenants[0].outcome, "restored", "{}", out.stdout);
+    assert_eq!(vols(&t1), before);
+    let now: Vec<_> = ["app", "side", "worker"].map(|svc| looks(&s, &t1.container(svc))).to_vec();
+    assert_eq!(now, looks_before);
+    let runs = s.slipway(&["runs", "--json"]).report::<Runs>().runs;
+    let rollout = runs.iter().find(|r| r.job == "rollout");
+    assert_eq!(rollout.and_then(|r| r.outcome.as_deref()), Some("interrupted"), "{runs:?}");
+}

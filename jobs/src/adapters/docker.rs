@@ -1094,7 +1094,7 @@ fn run_state(i: &ContainerInspectResponse) -> RunState {
         paused: s.paused.unwrap_or(false),
         restart_count: i.restart_count.unwrap_or(0),
         exit_code: s.exit_code.unwrap_or(0),
-        status: s.status.clone().unwrap_or(ContainerStateStatusEnum::EMPTY).to_string(),
+        status: s.status.unwrap_or(ContainerStateStatusEnum::EMPTY).to_string(),
         health: s
             .health
             .and_then(|h| h.status)
