@@ -110,7 +110,7 @@ pub async fn reconcile(ctx: &mut Ctx, opts: &ReconcileOptions) -> Result<Reconci
             }
             Some(st) => {
                 let (members, unmapped) = engine.stack_members(app, st).await?;
-                (rollout::stack::plan_stack(app, st, &state.commit, &members, unmapped, &[])?, st.pin_key())
+                (rollout::stack_plan::plan_stack(app, st, &state.commit, &members, unmapped, &[])?, st.pin_key())
             }
         };
         if plan.items.is_empty() {

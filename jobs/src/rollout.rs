@@ -47,6 +47,7 @@ use crate::undo::{archive_copy, record_rollout_archive, undo_tenant, ROLLOUT_ZST
 mod plan;
 mod proxy_gate;
 pub mod stack;
+pub mod stack_plan;
 pub use crate::adapters::proxy::ProxyReport;
 pub use plan::{copy_plan, plan, CopyPlan, PlanItem, RolloutPlan};
 use plan::{decide_copies, new_volume_problems};
@@ -230,8 +231,8 @@ pub async fn rollout(ctx: &mut Ctx, opts: &RolloutOptions) -> Result<RolloutRepo
             }
             Some(st) => {
                 let (members, unmapped) = engine.stack_members(app, st).await?;
-                let plan = stack::plan_stack(app, st, &state.commit, &members, unmapped, &opts.tenants)?;
-                stack::check_copies(app, &plan, &members).await?;
+                let plan = stack_plan::plan_stack(app, st, &state.commit, &members, unmapped, &opts.tenants)?;
+                stack_plan::check_copies(app, &plan, &members).await?;
                 (Vec::new(), members, plan)
             }
         };

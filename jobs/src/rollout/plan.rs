@@ -45,7 +45,7 @@ pub struct PlanItem {
     /// A stack tenant (`[app.services]`): which services change, which containers stop, which
     /// mounts are copied; `container`, `from` and `to` are then its first changed service's.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub stack: Option<super::stack::StackPlanItem>,
+    pub stack: Option<super::stack_plan::StackPlanItem>,
 }
 
 /// How a tenant's pre-rollout data is kept during its rollout.

@@ -409,6 +409,16 @@ impl RawApp {
                                 as [app.services.<name>] data = [\"/data\"]"
                         .into());
                 }
+                if !self.pre_copy {
+                    return Err("pre_copy = false: a stack's rollout copies each data mount beside itself (it has \
+                                no archive-while-down path); drop pre_copy"
+                        .into());
+                }
+                if self.proxy.is_some() {
+                    return Err("[app.proxy]: the proxy gate is not available for a stack yet; drop [app.proxy] \
+                                (the app's HTTP check still gates the rollout)"
+                        .into());
+                }
                 let stack = super::stack::validate(self.stack, services, &self.scratch_mounts)?;
                 match self.health.service.as_deref() {
                     None => {

@@ -233,6 +233,8 @@ mod tests {
             (stack_app("[app.stack]\ngroup = \"a b\""), &["stack.group", "a b"]),
             (stack_app("scratch_mounts = [\"/data\"]"), &["services.app.data", "scratch_mounts"]),
             (stack_app("").replace("order = 2", "oder = 2"), &["`oder`"]),
+            (stack_app("pre_copy = false"), &["pre_copy = false"]),
+            (stack_app("[app.proxy]\nentrypoint = \"http://127.0.0.1:80\"\nhost = \"{tenant}.x\""), &["[app.proxy]"]),
         ];
         for (text, needles) in cases {
             let e = Fleet::parse(&text, "fleet.toml").unwrap_err().to_string();
