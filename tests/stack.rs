@@ -552,3 +552,33 @@ fn a_stack_rollout_sent_sigterm_after_its_start_is_undone_and_the_run_says_inter
     let rollout = runs.iter().find(|r| r.job == "rollout");
     assert_eq!(rollout.and_then(|r| r.outcome.as_deref()), Some("interrupted"), "{runs:?}");
 }
+
+/// On a host with a stack app beside a single-container app, `snapshot` still takes the single
+/// container's archive and fails loudly for the stack tenant (not yet supported), never skipping
+/// it silently; `status` names the stack app instead of failing.
+#[test]
+fn snapshot_on_a_host_with_a_stack_app_takes_the_other_tenants_and_fails_loudly_for_the_stack() {
+    let s = Sandbox::new();
+    let img = images(&s);
+    let t1 = compose_tenant(&s, "t1", &img);
+    let single = s.push_fixture_as("v1", "single");
+    s.add_tenant("solo", &single);
+    s.write_data("solo", "db/records.txt", "row\n");
+    // The single-container app selects only its own container (the sandbox label alone would
+    // select the stack's too).
+    let solo = s
+        .fleet_app(&single, "")
+        .replace(&format!("select = \"slipway.test={}\"", s.id()), "select = \"app.managed=true\"");
+    let stack = stack_fleet(&s, &img.app, &img.worker, &img.side, "");
+    s.write_fleet(&format!("{solo}\n{stack}"));
+    let out = s.slipway(&["snapshot", "--json"]);
+    assert_eq!(out.code, 1, "{} {}", out.stdout, out.stderr);
+    let report: crate::support::reports::Snapshot = out.report();
+    let of = |t: &str| report.archives.iter().find(|a| a.tenant.as_deref() == Some(t)).unwrap();
+    assert_eq!(of("solo").outcome, "archived");
+    let failed = of(&t1.project);
+    assert_eq!(failed.outcome, "failed");
+    assert!(failed.detail.as_deref().unwrap_or_default().contains("stack"), "{failed:?}");
+    let st = s.slipway(&["status", "--json"]);
+    assert!(st.stdout.contains("agent") && st.stdout.contains("a stack"), "{} {}", st.stdout, st.stderr);
+}

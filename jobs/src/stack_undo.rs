@@ -199,7 +199,7 @@ pub async fn undo_stack(
     // 5. Each running (healthy with a HEALTHCHECK) and answering its HTTP checks.
     let s = begin(UndoStep::HealthPrior, &mut journal_failed);
     for m in &j.members {
-        if let Err(why) = gate_member(engine, prober, &m.name, &m.checks).await {
+        if let Err(why) = gate_member(engine, prober, &m.name, &m.checks, false).await {
             end(s, UndoStep::HealthPrior, "failed", &mut journal_failed);
             let what = format!("{} (service {}) is not healthy after the undo: {why}", m.name, m.service);
             return result(false, Some(what), &done, &journal_failed);
@@ -221,12 +221,16 @@ pub async fn undo_stack(
 }
 
 /// Gate one container of a stack: running — and `healthy` when its image (or its compose
-/// file) gives it a HEALTHCHECK — then answering each HTTP check. Err says why not.
+/// file) gives it a HEALTHCHECK — then answering each HTTP check. `new`: a container created by
+/// this rollout, whose every restart counts; another one's restarts count from the gate on (it
+/// may have restarted before, and a start of a running container resets nothing). Err says
+/// why not.
 pub async fn gate_member(
     engine: &Engine,
     prober: &Prober,
     name: &str,
     checks: &[crate::config::HealthSpec],
+    new: bool,
 ) -> std::result::Result<(), String> {
     let deadline = std::time::Instant::now() + RUNNING_GATE;
     loop {
@@ -245,7 +249,7 @@ pub async fn gate_member(
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     for spec in checks {
-        match prober.gate_since(engine, name, spec, None, Some(0)).await {
+        match prober.gate_since(engine, name, spec, None, new.then_some(0)).await {
             Ok(Ok(_)) => {}
             Ok(Err(why)) => return Err(format!("{} on port {}: {why}", spec.path, spec.port)),
             Err(e) => return Err(e.to_string()),

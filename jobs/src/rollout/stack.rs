@@ -464,7 +464,7 @@ impl StackRoll<'_> {
             if r.ctx.cancel.is_cancelled() {
                 return Err("interrupted by a signal during the health gate".into());
             }
-            gate_member(r.engine, r.prober, &m.name, &m.checks)
+            gate_member(r.engine, r.prober, &m.name, &m.checks, m.changed)
                 .await
                 .map_err(|why| format!("{} (service {}): {why}", m.name, m.service))?;
         }
