@@ -88,11 +88,11 @@ fn images(s: &Sandbox) -> Images {
 
 /// `docker-compose up -d` a three-service tenant `tenant` (project `<sandbox id><tenant>`).
 fn compose_tenant(s: &Sandbox, tenant: &str, img: &Images) -> Compose {
-    compose_tenant_with(s, tenant, img, "")
+    compose_tenant_with(s, tenant, img, "", "")
 }
 
-/// [`compose_tenant`] with `extra` appended to the services (another service, say).
-fn compose_tenant_with(s: &Sandbox, tenant: &str, img: &Images, extra: &str) -> Compose {
+/// [`compose_tenant`] with `extra` appended to the services (another service, say), and `worker_extra` to the worker's definition (a healthcheck, say).
+fn compose_tenant_with(s: &Sandbox, tenant: &str, img: &Images, extra: &str, worker_extra: &str) -> Compose {
     let project = format!("{}{tenant}", s.id()).to_lowercase();
     let file = s.root().join(format!("{tenant}.compose.yml"));
     let id = s.id();
@@ -109,6 +109,7 @@ services:
     image: {worker}
     labels: {{ slipway.test: "{id}" }}
     restart: unless-stopped
+{worker_extra}
   side:
     image: {side}
     labels: {{ slipway.test: "{id}" }}
@@ -318,7 +319,7 @@ fn a_stack_the_fleet_does_not_describe_is_refused_at_plan_time_naming_the_servic
         img.worker,
         s.id()
     );
-    let t1 = compose_tenant_with(&s, "t1", &img, &cache);
+    let t1 = compose_tenant_with(&s, "t1", &img, &cache, "");
     let worker2 = s.push_fixture_as("v2", "worker");
     let ids = t1.ps();
     let fleet = stack_fleet(&s, &img.app, &worker2, &img.side, "");
@@ -581,4 +582,37 @@ fn snapshot_on_a_host_with_a_stack_app_takes_the_other_tenants_and_fails_loudly_
     assert!(failed.detail.as_deref().unwrap_or_default().contains("stack"), "{failed:?}");
     let st = s.slipway(&["status", "--json"]);
     assert!(st.stdout.contains("agent") && st.stdout.contains("a stack"), "{} {}", st.stdout, st.stderr);
+}
+
+/// A compose healthcheck (the operator's, carried to the new container) gates the rollout: a
+/// worker whose new version never turns `healthy` halts the run with the worker back, and one
+/// that does is rolled; `reconcile` rolls a stack and does not retry a halted set of pins.
+#[test]
+fn a_compose_healthcheck_gates_a_changed_service_and_reconcile_does_not_retry_a_halted_stack() {
+    let s = Sandbox::new();
+    let img = images(&s);
+    let check = "    healthcheck:\n      test: [ \"CMD\", \"/bin/busybox\", \"wget\", \"-q\", \"-O\", \"/dev/null\", \"http://127.0.0.1:8080/api/health\" ]\n      interval: 1s\n      timeout: 2s\n      retries: 2\n";
+    let t1 = compose_tenant_with(&s, "t1", &img, "", check);
+    let worker = t1.container("worker");
+    let before = looks(&s, &worker);
+    // The unhealthy fixture runs but answers 404: its HEALTHCHECK turns unhealthy.
+    let sick = s.push_fixture_as("unhealthy", "worker");
+    s.write_fleet(&stack_fleet(&s, &img.app, &sick, &img.side, ""));
+    let out = s.slipway(&["reconcile", "--json"]);
+    assert_eq!(out.code, 3, "{} {}", out.stdout, out.stderr);
+    assert!(out.stdout.contains("HEALTHCHECK says unhealthy"), "{}", out.stdout);
+    assert_eq!(looks(&s, &worker), before, "the worker is not back as it was");
+    // The halted pins are not retried by the every-minute reconcile.
+    let again = s.slipway(&["reconcile", "--json"]);
+    assert_eq!(again.code, 0, "{} {}", again.stdout, again.stderr);
+    assert!(again.stdout.contains("\"skipped_halted\""), "{}", again.stdout);
+    assert_eq!(looks(&s, &worker).0, before.0, "a halted stack release was retried");
+    // A healthy new worker passes the same check and is rolled.
+    let well = s.push_fixture_as("v2", "worker");
+    s.write_fleet(&stack_fleet(&s, &img.app, &well, &img.side, ""));
+    let out = s.slipway(&["reconcile", "--json"]);
+    assert_eq!(out.code, 0, "{} {}", out.stdout, out.stderr);
+    assert_eq!(image_now(&s, &worker), well);
+    assert_eq!(s.inspect(&worker)["State"]["Health"]["Status"], "healthy");
+    assert_eq!(s.inspect(&worker)["Config"]["Healthcheck"]["Interval"], 1_000_000_000u64);
 }
