@@ -453,20 +453,34 @@ impl StackRoll<'_> {
     }
 
     async fn health(&mut self) -> StepResult {
-        self.gate_all().await.map_err(|why| format!("new version failed: {why}"))?;
+        self.gate_all(true).await.map_err(|why| format!("new version failed: {why}"))?;
         self.downtime = self.t0.map(|t| t.elapsed());
         Ok(())
     }
 
-    async fn gate_all(&self) -> StepResult {
+    /// Gate every started container. `cancellable`: a signal ends the gate (the health step's:
+    /// the stack is then undone); after the gate passed (the soak) a signal finishes the stack
+    /// on its new version instead, so it is not heard here.
+    async fn gate_all(&self, cancellable: bool) -> StepResult {
         let r = self.run;
         for m in &self.j.members {
-            if r.ctx.cancel.is_cancelled() {
+            if cancellable && r.ctx.cancel.is_cancelled() {
                 return Err("interrupted by a signal during the health gate".into());
             }
-            gate_member(r.engine, r.prober, &m.name, &m.checks, m.changed)
-                .await
-                .map_err(|why| format!("{} (service {}): {why}", m.name, m.service))?;
+            let gate = gate_member(r.engine, r.prober, &m.name, &m.checks, m.changed);
+            tokio::pin!(gate);
+            let result = loop {
+                tokio::select! {
+                    biased;
+                    _ = tokio::time::sleep(Duration::from_millis(100)), if cancellable => {
+                        if r.ctx.cancel.is_cancelled() {
+                            return Err("interrupted by a signal during the health gate".into());
+                        }
+                    }
+                    g = &mut gate => break g,
+                }
+            };
+            result.map_err(|why| format!("{} (service {}): {why}", m.name, m.service))?;
         }
         Ok(())
     }
@@ -478,7 +492,7 @@ impl StackRoll<'_> {
         while Instant::now() < until && !r.ctx.cancel.is_cancelled() {
             tokio::time::sleep(Duration::from_millis(200).min(until.saturating_duration_since(Instant::now()))).await;
         }
-        self.gate_all().await.map_err(|why| format!("canary unhealthy after the {soak_s}s soak: {why}"))
+        self.gate_all(false).await.map_err(|why| format!("canary unhealthy after the {soak_s}s soak: {why}"))
     }
 
     /// After the health gate: each mount's copy archived into the run's snapshot (one archive

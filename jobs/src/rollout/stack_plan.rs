@@ -446,4 +446,107 @@ mod tests {
             }
         }
     }
+
+    const D1: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
+    const D2: &str = "sha256:2222222222222222222222222222222222222222222222222222222222222222";
+
+    /// A stack app (side, app write /data; worker writes nothing) pinned to `app`, `worker`.
+    fn app(app: &str, worker: &str) -> App {
+        let text = format!(
+            "[[app]]\nname = \"agent\"\nselect = \"x\"\n\
+             health = {{ path = \"/h\", port = 8080, service = \"app\" }}\n\
+             [app.services.side]\nimage = \"r/side@{D1}\"\nwrites = true\norder = 1\ndata = [\"/data\"]\n\
+             [app.services.app]\nimage = \"r/app@{app}\"\nwrites = true\norder = 2\ndata = [\"/data\"]\n\
+             [app.services.worker]\nimage = \"r/worker@{worker}\"\norder = 3\n"
+        );
+        crate::config::Fleet::parse(&text, "fleet.toml").unwrap().apps.remove(0)
+    }
+
+    fn member(service: &str, digest: &str, mounts: Vec<TenantMount>) -> StackMember {
+        StackMember {
+            service: service.into(),
+            labels: Default::default(),
+            container: crate::adapters::docker::TenantContainer {
+                tenant: "p1".parse().unwrap(),
+                name: format!("p1_{service}_1"),
+                id: format!("id-{service}"),
+                image_ref: format!("r/{service}@{digest}"),
+                digest: Some(digest.parse().unwrap()),
+                state: "running".into(),
+                networks: vec!["p1_default".into()],
+                network_mode: "p1_default".into(),
+                mounts,
+                auto_remove: false,
+            },
+        }
+    }
+
+    #[test]
+    fn only_changed_services_roll_and_a_changed_writer_stops_every_writer_with_every_mount_copied() {
+        let root = tempfile::tempdir().unwrap();
+        let (a, b) = (root.path().join("a/_data"), root.path().join("b/_data"));
+        std::fs::create_dir_all(&a).unwrap();
+        std::fs::create_dir_all(&b).unwrap();
+        let vol = |name: &str, dir: &Path| mount("volume", name, &dir.display().to_string(), "local", true);
+        let members = vec![
+            member("side", D1, vec![vol("p1_sidedata", &b)]),
+            member("app", D1, vec![vol("p1_appdata", &a)]),
+            member("worker", D1, vec![]),
+        ];
+        let plan_of = |app: &App| {
+            let st = app.stack.clone().unwrap();
+            plan_stack(app, &st, "c", &members, Vec::new(), &[]).unwrap()
+        };
+        // Only the worker's pin moved: it alone stops, nothing is copied.
+        let p = plan_of(&app(D1, D2));
+        let si = p.items[0].stack.clone().unwrap();
+        assert_eq!(si.changed.iter().map(|c| c.service.as_str()).collect::<Vec<_>>(), ["worker"]);
+        assert_eq!((si.stopped, si.mounts.len()), (vec!["worker".to_string()], 0));
+        // The app's moved: both writers stop (start order), both volumes are copied.
+        let p = plan_of(&app(D2, D1));
+        let si = p.items[0].stack.clone().unwrap();
+        assert_eq!(si.stopped, ["side", "app"]);
+        assert_eq!(si.mounts.len(), 2);
+        assert!(p.items[0].canary);
+        // Every pin as running: up to date.
+        assert_eq!(plan_of(&app(D1, D1)).up_to_date.len(), 1);
+    }
+
+    #[test]
+    fn a_stack_unlike_its_declaration_is_refused_naming_the_tenant_and_the_service() {
+        let root = tempfile::tempdir().unwrap();
+        let a = root.path().join("a/_data");
+        std::fs::create_dir_all(&a).unwrap();
+        let vol = mount("volume", "p1_appdata", &a.display().to_string(), "local", true);
+        let full =
+            || vec![member("side", D1, vec![]), member("app", D1, vec![vol.clone()]), member("worker", D1, vec![])];
+        let app = app(D2, D1);
+        let st = app.stack.clone().unwrap();
+        let refused = |members: Vec<StackMember>, words: &[&str]| {
+            let e = plan_stack(&app, &st, "c", &members, Vec::new(), &[]).unwrap_err().to_string();
+            assert!(e.contains("tenant p1") && e.contains("nothing was touched"), "{e}");
+            for w in words {
+                assert!(e.contains(w), "missing {w:?} in {e}");
+            }
+        };
+        let mut extra = full();
+        extra.push(member("cache", D1, vec![]));
+        refused(extra, &["service \"cache\"", "[app.services.cache]"]);
+        let mut twice = full();
+        twice.push(member("worker", D1, vec![]));
+        refused(twice, &["service \"worker\" has several containers"]);
+        refused(full().into_iter().filter(|m| m.service != "side").collect(), &["no container of service side"]);
+        // The side declares /data, but its container mounts nothing there.
+        refused(full(), &["services.side.data lists /data", "mounts nothing there"]);
+        // A worker (writes = false) mounting the data writable.
+        let mut sneaky = full();
+        sneaky[0].container.mounts.push(vol.clone());
+        sneaky[2].container.mounts.push(vol.clone());
+        refused(sneaky, &["service worker", "writes = false"]);
+        // A tmpfs the fleet does not call scratch.
+        let mut tmp = full();
+        tmp[0].container.mounts.push(vol.clone());
+        tmp[2].container.mounts.push(mount("tmpfs", "", "", "", true));
+        refused(tmp, &["tmpfs mount at /data", "scratch_mounts"]);
+    }
 }
