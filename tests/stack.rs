@@ -616,3 +616,22 @@ fn a_compose_healthcheck_gates_a_changed_service_and_reconcile_does_not_retry_a_
     assert_eq!(s.inspect(&worker)["State"]["Health"]["Status"], "healthy");
     assert_eq!(s.inspect(&worker)["Config"]["Healthcheck"]["Interval"], 1_000_000_000u64);
 }
+
+/// A signal once the canary stack passed its health gate (during its soak) finishes it on the
+/// new version, as for a single container; the tenant after it is not reached.
+#[test]
+fn a_stack_canary_sent_sigterm_during_its_soak_is_kept_on_the_new_version() {
+    let s = Sandbox::new();
+    let img = images(&s);
+    let (t1, t2) = (compose_tenant(&s, "t1", &img), compose_tenant(&s, "t2", &img));
+    let app2 = s.push_fixture_as("v2", "app");
+    s.write_fleet(&stack_fleet(&s, &app2, &img.worker, &img.side, "canary_soak_s = 2"));
+    let out = s.slipway_env(&["rollout", "--json"], &[("SLIPWAY_TEST_SIGNAL_AT", "during-canary-soak")]);
+    assert_eq!(out.code, 7, "{} {}", out.stdout, out.stderr);
+    let report: Rollout = out.report();
+    let t = &report.apps[0].tenants;
+    assert_eq!((t[0].outcome.as_str(), t[1].outcome.as_str()), ("rolled", "not_reached"), "{}", out.stdout);
+    assert_eq!(image_now(&s, &t1.container("app")), app2);
+    assert_eq!(image_now(&s, &t2.container("app")), img.app);
+    assert!(s.containers_named_like(".pre-rollout-").is_empty());
+}
