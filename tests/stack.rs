@@ -280,6 +280,12 @@ fn a_broken_app_digest_halts_at_the_canary_with_both_volumes_byte_identical_and_
     // Both app and worker change: every writer stops, both volumes are copied.
     s.write_fleet(&stack_fleet(&s, &broken, &worker2, &img.side, ""));
 
+    // The dry run names each changed service, what stops and which volumes are copied.
+    let dry = s.slipway(&["rollout", "--dry-run"]);
+    assert_eq!(dry.code, 0, "{}", dry.stderr);
+    for w in ["service app", "service worker", "stops: side, app, worker", "appdata", "sidedata"] {
+        assert!(dry.stdout.contains(w), "missing {w:?} in {}", dry.stdout);
+    }
     let out = s.slipway(&["rollout", "--json"]);
     assert_eq!(out.code, 3, "{} {}", out.stdout, out.stderr);
     let report: Rollout = out.report();
@@ -367,9 +373,18 @@ fn a_stack_made_with_docker_run_and_coolify_labels_rolls_its_app_with_its_data_k
     let tenant = format!("{}c1", s.id()).to_lowercase();
     let vol = format!("{tenant}-data");
     docker(&["volume", "create", "--label", &format!("slipway.test={}", s.id()), &vol]);
+    /// Removed at the end with the containers using it (dropped before the sandbox is).
     struct Vol(String);
     impl Drop for Vol {
         fn drop(&mut self) {
+            let users = Command::new("docker")
+                .args(["ps", "-aq", "--filter", &format!("volume={}", self.0)])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default();
+            for id in users.split_whitespace() {
+                let _ = Command::new("docker").args(["rm", "-f", id]).output();
+            }
             let _ = Command::new("docker").args(["volume", "rm", "-f", &self.0]).output();
         }
     }

@@ -1039,6 +1039,16 @@ impl fmt::Display for RolloutReport {
                     if let Some(c) = &i.copy {
                         writeln!(f, "      {c}")?;
                     }
+                    if let Some(st) = &i.stack {
+                        for c in &st.changed {
+                            let from = c.from.as_ref().map_or("unknown", |d| d.short());
+                            writeln!(f, "      service {} ({}): {from} -> {}", c.service, c.container, c.to.short())?;
+                        }
+                        writeln!(f, "      stops: {}", st.stopped.join(", "))?;
+                        if !st.mounts.is_empty() {
+                            writeln!(f, "      copies: {}", st.mounts.join("; "))?;
+                        }
+                    }
                 }
             }
             for t in &app.tenants {
