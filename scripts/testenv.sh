@@ -53,6 +53,8 @@ install_packages() {
   command -v systemd-analyze >/dev/null || missing+=(systemd)
   command -v mount >/dev/null || missing+=(mount)
   [ -x /usr/sbin/debootstrap ] || missing+=(debootstrap)
+  # The stack tests (tests/stack.rs) make tenants the way operators do: `docker-compose -p … up`.
+  command -v docker-compose >/dev/null || missing+=(docker-compose)
   if [ ${#missing[@]} -gt 0 ]; then
     log "installing ${missing[*]} (Debian)"
     export DEBIAN_FRONTEND=noninteractive

@@ -22,6 +22,7 @@ mod recovery;
 mod remote_truth;
 mod rollout;
 mod safety;
+mod stack;
 mod systemd;
 mod trust;
 mod undo_errors;

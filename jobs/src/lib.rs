@@ -60,6 +60,7 @@ pub mod rollout;
 pub mod runner;
 pub mod runs;
 pub mod snapshot;
+pub mod stack_undo;
 pub mod status;
 pub mod sync;
 pub mod trust;
@@ -96,6 +97,7 @@ mod architecture_tests {
         "retention",
         "context",
         "undo",
+        "stack_undo",
         "trust",
         "offsite",
         "runner",

@@ -103,13 +103,20 @@ pub async fn reconcile(ctx: &mut Ctx, opts: &ReconcileOptions) -> Result<Reconci
     let engine = Engine::connect(&ctx.cfg.docker).await?;
     let mut apps = Vec::new();
     for app in &state.fleet.apps {
-        let (tenants, unmapped) = engine.tenants_and_unmapped(app).await?;
-        let plan = rollout::plan(app, &state.commit, &tenants, unmapped, &[])?;
+        let (plan, digest) = match &app.stack {
+            None => {
+                let (tenants, unmapped) = engine.tenants_and_unmapped(app).await?;
+                (rollout::plan(app, &state.commit, &tenants, unmapped, &[])?, app.image.digest().to_string())
+            }
+            Some(st) => {
+                let (members, unmapped) = engine.stack_members(app, st).await?;
+                (rollout::stack_plan::plan_stack(app, st, &state.commit, &members, unmapped, &[])?, st.pin_key())
+            }
+        };
         if plan.items.is_empty() {
             apps.push(AppAction::UpToDate { app: app.name.clone() });
             continue;
         }
-        let digest = app.image.digest().to_string();
         if !opts.retry {
             if let Some(r) = rejection(ctx, &app.name, &digest)? {
                 apps.push(AppAction::SkippedHalted { app: app.name.clone(), digest, run_id: r.run_id, why: r.why });

@@ -33,7 +33,7 @@ use crate::adapters::health::Prober;
 use crate::context::Ctx;
 use crate::error::{ExitKind, Result};
 use crate::manifest::Manifest;
-use crate::step::{Journaled, Step, TenantJournal, UndoStep};
+use crate::step::{Journaled, StackJournal, Step, TenantJournal, UndoStep};
 use crate::undo::undo_tenant;
 
 /// Options of `recover`.
@@ -392,9 +392,23 @@ async fn recover_rollout(
     // Per tenant: its newest journal and which steps it reached.
     type Reached<'a> = Vec<(Journaled, &'a StepRow)>;
     let mut by_tenant: BTreeMap<String, (TenantJournal, Reached)> = BTreeMap::new();
+    // Stack tenants (`[app.services]`) journal a StackJournal instead.
+    let mut by_stack: BTreeMap<String, (StackJournal, Reached)> = BTreeMap::new();
     for s in steps {
         let Some(t) = &s.tenant else { continue };
         let word = Journaled::of_row(&run.id, s)?;
+        if let Some(sj) = s.detail.as_deref().and_then(|d| serde_json::from_str::<StackJournal>(d).ok()) {
+            let e = by_stack.entry(t.clone()).or_insert_with(|| (sj.clone(), Vec::new()));
+            e.0 = sj;
+            e.1.push((word, s));
+            continue;
+        }
+        if let Some(e) = by_stack.get_mut(t) {
+            // An undo row of a stack tenant (journaled with its stack journal too), or a row
+            // without detail: it counts as reached.
+            e.1.push((word, s));
+            continue;
+        }
         let j = s.detail.as_deref().and_then(|d| serde_json::from_str::<TenantJournal>(d).ok());
         let e = by_tenant.entry(t.clone());
         match (e, j) {
@@ -485,6 +499,35 @@ async fn recover_rollout(
             continue;
         }
         let r = undo_tenant(ctx, engine, prober, &j, restore).await?;
+        out.push(TenantAction { tenant, found, action: r.detail, ok: r.ok });
+    }
+    for (tenant, (j, st)) in by_stack {
+        let ended_ok = |word: Journaled| st.iter().any(|(w, s)| *w == word && s.outcome.as_deref() == Some("ok"));
+        let undoing = st.iter().any(|(w, _)| matches!(w, Journaled::Undo(_)));
+        let last = st.last().map(|(w, s)| format!("{w} ({})", s.outcome.as_deref().unwrap_or("unfinished")));
+        let found = format!("stack; last step {}", last.unwrap_or_default());
+        if run.job == "rollout" && ended_ok(Journaled::Roll(Step::Health)) && !undoing {
+            let run_id: crate::types::RunId = run.id.parse().map_err(crate::error::Error::Other)?;
+            let (action, ok) = crate::rollout::stack::finish_stack(ctx, engine, &run_id, &j, dry_run).await?;
+            out.push(TenantAction { tenant, found, action, ok });
+            continue;
+        }
+        let health_prior = Journaled::Undo(UndoStep::HealthPrior);
+        if ended_ok(health_prior) && st.last().is_some_and(|(w, _)| *w == health_prior) {
+            out.push(TenantAction { tenant, found, action: "already restored".into(), ok: true });
+            continue;
+        }
+        let restore = st.iter().any(|(w, _)| matches!(w, Journaled::Roll(s) if s.new_version_may_have_run()));
+        if dry_run {
+            let action = if restore {
+                "would swap every data mount back and bring back every prior container of the stack"
+            } else {
+                "would bring back every prior container of the stack (its data was not touched)"
+            };
+            out.push(TenantAction { tenant, found, action: action.into(), ok: true });
+            continue;
+        }
+        let r = crate::stack_undo::undo_stack(ctx, engine, prober, &j, restore).await;
         out.push(TenantAction { tenant, found, action: r.detail, ok: r.ok });
     }
     Ok(out)

@@ -16,7 +16,7 @@ use crate::adapters::docker::Engine;
 use crate::adapters::health::Prober;
 use crate::context::Ctx;
 use crate::error::{Error, ExitKind, Result};
-use crate::step::{Journaled, TenantJournal};
+use crate::step::{Journaled, StackJournal, TenantJournal};
 use crate::types::{RunId, TenantId};
 use crate::undo::{check_data, prior_image, undo_tenant, UndoResult};
 
@@ -65,9 +65,28 @@ pub async fn rollback(ctx: &Ctx, opts: &RollbackOptions) -> Result<RollbackRepor
     if run.job != "rollout" {
         return Err(Error::Usage(format!("run {} is a {} run, not a rollout", run.id, run.job)));
     }
+    // A stack tenant's rollout (`[app.services]`) is not rolled back by this command yet:
+    // refused before anything is touched, never half done.
+    let steps = ctx.store.steps(&run.id)?;
+    let stacks: std::collections::BTreeSet<String> = steps
+        .iter()
+        .filter(|s| s.detail.as_deref().is_some_and(|d| serde_json::from_str::<StackJournal>(d).is_ok()))
+        .filter_map(|s| s.tenant.clone())
+        .collect();
+    if !stacks.is_empty() {
+        return Err(Error::Usage(format!(
+            "run {} rolled stack tenant(s) ({}) of app {}: rollback of a stack tenant is not supported yet, so \
+             nothing was touched; pin the previous digests in fleet.toml and roll out (a new release of the prior \
+             images), and restore data from the run's archives in {} if it must go back too",
+            run.id,
+            stacks.into_iter().collect::<Vec<_>>().join(", "),
+            run.app.as_deref().unwrap_or("?"),
+            crate::layout::SnapshotId::rollout(&opts.run).dir(&ctx.cfg.backup_root).display()
+        )));
+    }
     // The newest journal of each tenant the run touched, in the order they were rolled.
     let mut journals: Vec<(TenantJournal, bool)> = Vec::new();
-    for step in ctx.store.steps(&run.id)? {
+    for step in steps {
         let Some(j) = step.detail.as_deref().and_then(|d| serde_json::from_str::<TenantJournal>(d).ok()) else {
             continue;
         };

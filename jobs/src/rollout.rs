@@ -31,7 +31,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::adapters::archive;
 use crate::adapters::desired;
-use crate::adapters::docker::{ContainerSpec, Engine, Restart, TenantContainer};
+use crate::adapters::docker::{ContainerSpec, Engine, Restart, StackMember, TenantContainer};
 use crate::adapters::health::Prober;
 use crate::adapters::mirror::{self, MirrorReport};
 use crate::config::{App, HealthSpec};
@@ -46,6 +46,8 @@ use crate::undo::{archive_copy, record_rollout_archive, undo_tenant, ROLLOUT_ZST
 
 mod plan;
 mod proxy_gate;
+pub mod stack;
+pub mod stack_plan;
 pub use crate::adapters::proxy::ProxyReport;
 pub use plan::{copy_plan, plan, CopyPlan, PlanItem, RolloutPlan};
 use plan::{decide_copies, new_volume_problems};
@@ -220,19 +222,31 @@ pub async fn rollout(ctx: &mut Ctx, opts: &RolloutOptions) -> Result<RolloutRepo
     let engine = Engine::connect(&ctx.cfg.docker).await?;
     let mut reports = Vec::new();
     for app in apps {
-        let (tenants, unmapped) = engine.tenants_and_unmapped(app).await?;
-        let mut plan = plan(app, &state.commit, &tenants, unmapped, &opts.tenants)?;
-        decide_copies(app, &mut plan).await?;
+        let (tenants, members, plan) = match &app.stack {
+            None => {
+                let (tenants, unmapped) = engine.tenants_and_unmapped(app).await?;
+                let mut plan = plan(app, &state.commit, &tenants, unmapped, &opts.tenants)?;
+                decide_copies(app, &mut plan).await?;
+                (tenants, Vec::new(), plan)
+            }
+            Some(st) => {
+                let (members, unmapped) = engine.stack_members(app, st).await?;
+                let plan = stack_plan::plan_stack(app, st, &state.commit, &members, unmapped, &opts.tenants)?;
+                stack_plan::check_copies(app, &plan, &members).await?;
+                (Vec::new(), members, plan)
+            }
+        };
         if opts.dry_run || plan.items.is_empty() {
+            let pin = release_of(app);
             let summary = if plan.items.is_empty() {
-                format!("app {}: every tenant already runs {}", app.name, app.image.digest().short())
+                format!("app {}: every tenant already runs {pin}", app.name)
             } else {
-                format!("app {}: would roll {} tenant(s) to {}", app.name, plan.items.len(), app.image.digest().short())
+                format!("app {}: would roll {} tenant(s) to {pin}", app.name, plan.items.len())
             };
             reports.push(AppReport { plan, run_id: None, tenants: Vec::new(), outcome: ExitKind::Success, summary });
             continue;
         }
-        let report = rollout_app(ctx, &engine, app, plan, &tenants, opts.keep_old).await?;
+        let report = rollout_app(ctx, &engine, app, plan, &tenants, &members, opts.keep_old).await?;
         let stop = report.outcome != ExitKind::Success;
         reports.push(report);
         if stop {
@@ -253,38 +267,77 @@ struct AppRun<'a> {
     keep_old: bool,
 }
 
+/// What an app's tenants are rolled to, for people: the pinned digest, or a stack's
+/// `service@digest` pins.
+fn release_of(app: &App) -> String {
+    match &app.stack {
+        None => app.image.digest().short().to_string(),
+        Some(s) => {
+            s.services.iter().map(|v| format!("{}@{}", v.name, v.image.digest().short())).collect::<Vec<_>>().join(", ")
+        }
+    }
+}
+
 async fn rollout_app(
     ctx: &mut Ctx,
     engine: &Engine,
     app: &App,
     plan: RolloutPlan,
     containers: &[TenantContainer],
+    members: &[StackMember],
     keep_old: bool,
 ) -> Result<AppReport> {
-    // Pre-pull before touching any tenant: a missing digest changes nothing.
-    ctx.progress.start(&format!("pull {}", app.image), None);
-    let pulled = engine.pull(&app.image).await;
-    ctx.progress.finish();
-    pulled?;
+    // Pre-pull before touching any tenant: a missing digest changes nothing. A stack pulls
+    // each service's pin.
+    let images: Vec<&crate::types::PinnedImage> = match &app.stack {
+        None => vec![&app.image],
+        Some(s) => s.services.iter().map(|v| &v.image).collect(),
+    };
+    for image in &images {
+        ctx.progress.start(&format!("pull {image}"), None);
+        let pulled = engine.pull(image).await;
+        ctx.progress.finish();
+        pulled?;
+    }
     // A VOLUME the new image adds would be a fresh anonymous volume in the new container,
     // written by the new version and held by no snapshot: refused before any tenant is touched.
-    let volumes = engine.image_volumes(&app.image.reference()).await?;
-    let unheld: Vec<String> = plan
-        .items
-        .iter()
-        .filter_map(|i| containers.iter().find(|c| c.tenant == i.tenant))
-        .flat_map(|c| new_volume_problems(c, &volumes, &app.scratch_mounts))
-        .collect();
+    let mut unheld: Vec<String> = Vec::new();
+    match &app.stack {
+        None => {
+            let volumes = engine.image_volumes(&app.image.reference()).await?;
+            unheld.extend(
+                plan.items
+                    .iter()
+                    .filter_map(|i| containers.iter().find(|c| c.tenant == i.tenant))
+                    .flat_map(|c| new_volume_problems(c, &volumes, &app.scratch_mounts)),
+            );
+        }
+        Some(s) => {
+            for item in &plan.items {
+                for ch in item.stack.iter().flat_map(|si| &si.changed) {
+                    let Some(svc) = s.service(&ch.service) else { continue };
+                    let volumes = engine.image_volumes(&svc.image.reference()).await?;
+                    let c = members.iter().find(|m| m.container.tenant == item.tenant && m.service == ch.service);
+                    unheld.extend(
+                        c.into_iter().flat_map(|m| new_volume_problems(&m.container, &volumes, &app.scratch_mounts)),
+                    );
+                }
+            }
+        }
+    }
     if !unheld.is_empty() {
         return Err(Error::Config(format!(
-            "app \"{}\": the new image {} would give a tenant state no snapshot holds, so nothing was touched: {}",
+            "app \"{}\": the new image(s) {} would give a tenant state no snapshot holds, so nothing was touched: {}",
             app.name,
-            app.image,
+            images.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(", "),
             unheld.join("; ")
         )));
     }
     ctx.next_run_id();
-    let digest = app.image.digest().to_string();
+    let digest = match &app.stack {
+        None => app.image.digest().to_string(),
+        Some(s) => s.pin_key(),
+    };
     ctx.start_run("rollout", Some(&app.name), Some(&plan.commit), Some(&digest))?;
     let ctx = &*ctx;
     let prober = Prober::new()?;
@@ -312,7 +365,11 @@ async fn rollout_app(
         }
         // The canary soaks only when it gates tenants after it.
         let soak = gate && !item.stopped && n + 1 < plan.items.len();
-        let report = roll_tenant(&run, item, &mut manifest, soak).await?;
+        let report = if app.stack.is_some() {
+            stack::roll_stack(&run, item, members, &mut manifest, soak).await?
+        } else {
+            roll_tenant(&run, item, &mut manifest, soak).await?
+        };
         if report.outcome != TenantOutcome::Skipped {
             gate = false;
         }
@@ -348,7 +405,7 @@ async fn rollout_app(
         tenants.iter().filter(|t| t.outcome == TenantOutcome::Skipped).map(|t| t.tenant.as_str()).collect();
     let summary = match outcome {
         ExitKind::Success if skipped.is_empty() => {
-            format!("app {}: rolled {rolled} tenant(s) to {}", app.name, app.image.digest().short())
+            format!("app {}: rolled {rolled} tenant(s) to {}", app.name, release_of(app))
         }
         ExitKind::Success => format!(
             "app {}: rolled {rolled} tenant(s) to {}; skipped {} (gone before its turn, see its detail)",
@@ -981,6 +1038,16 @@ impl fmt::Display for RolloutReport {
                     )?;
                     if let Some(c) = &i.copy {
                         writeln!(f, "      {c}")?;
+                    }
+                    if let Some(st) = &i.stack {
+                        for c in &st.changed {
+                            let from = c.from.as_ref().map_or("unknown", |d| d.short());
+                            writeln!(f, "      service {} ({}): {from} -> {}", c.service, c.container, c.to.short())?;
+                        }
+                        writeln!(f, "      stops: {}", st.stopped.join(", "))?;
+                        if !st.mounts.is_empty() {
+                            writeln!(f, "      copies: {}", st.mounts.join("; "))?;
+                        }
                     }
                 }
             }

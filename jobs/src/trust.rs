@@ -103,24 +103,31 @@ pub fn admit(ctx: &Ctx, state: &DesiredState, apps: &[&str], allow_rewind: bool)
     }
     let mut images = Vec::new();
     for app in state.fleet.apps.iter().filter(|a| apps.is_empty() || apps.contains(&a.name.as_str())) {
-        let repo = app.image.repo();
-        let rule = match &cfg.allowed_images {
-            None => "any".to_string(),
-            Some(list) => match admitting_rule(list, repo) {
-                Some(r) => r.to_string(),
-                None => {
-                    let why = format!(
-                        "refused: app {} pins image {}, whose repository {} is not in [desired] allowed_images of the \
-                         host config ({}); add it there or pin an allowed image; nothing was pulled or changed",
-                        app.name,
-                        app.image.reference(),
-                        normalise_repo(repo),
-                        list.join(", ")
-                    );
-                    return Err(refuse(ctx, state, Some(&app.name), why));
-                }
-            },
+        let pins: Vec<&crate::types::PinnedImage> = match &app.stack {
+            None => vec![&app.image],
+            Some(st) => st.services.iter().map(|s| &s.image).collect(),
         };
+        let mut rule = String::new();
+        for image in pins {
+            let repo = image.repo();
+            rule = match &cfg.allowed_images {
+                None => "any".to_string(),
+                Some(list) => match admitting_rule(list, repo) {
+                    Some(r) => r.to_string(),
+                    None => {
+                        let why = format!(
+                            "refused: app {} pins image {}, whose repository {} is not in [desired] allowed_images of \
+                             the host config ({}); add it there or pin an allowed image; nothing was pulled or changed",
+                            app.name,
+                            image.reference(),
+                            normalise_repo(repo),
+                            list.join(", ")
+                        );
+                        return Err(refuse(ctx, state, Some(&app.name), why));
+                    }
+                },
+            };
+        }
         if !allow_rewind {
             if let Some(last) = ctx.store.last_deployed_commit(&app.name)? {
                 if !desired::descends_from(cfg, &ctx.cfg.state_dir, &last, &state.commit)? {

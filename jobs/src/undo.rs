@@ -110,7 +110,7 @@ impl UndoJournal<'_> {
 /// its socket gone for seconds) for up to [`ENGINE_WAIT`], then made again; an engine that
 /// answers with an error is not waited for. An undo given up after a few seconds would leave
 /// the tenant down.
-async fn patient<T, F, Fut>(engine: &Engine, mut call: F) -> Result<T>
+pub(crate) async fn patient<T, F, Fut>(engine: &Engine, mut call: F) -> Result<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T>>,
@@ -546,7 +546,7 @@ pub async fn check_data(j: &TenantJournal) -> Result<Option<String>> {
 
 /// Where a journal's rollout copy stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum CopyState {
+pub(crate) enum CopyState {
     /// No copy, or it is gone (archived and removed, or never made).
     Gone,
     /// The copy lies beside the data dir, complete (its inode journaled after copy-delta).
@@ -562,12 +562,18 @@ fn copy_state(j: &TenantJournal) -> CopyState {
     if j.snapshot.is_some() {
         return CopyState::Gone;
     }
+    copy_state_at(copy, ino, &j.data_dir, &j.tenant)
+}
+
+/// Where the complete copy `copy` (inode `ino`) of `data_dir` stands (a stack's mount, or a
+/// tenant's data dir whose copy was not archived yet).
+pub(crate) fn copy_state_at(copy: &Path, ino: u64, data_dir: &Path, tenant: &str) -> CopyState {
     // A swap without RENAME_EXCHANGE that a crash cut short is finished before anything looks.
-    if let Err(e) = confined::finish_swap(&j.data_dir) {
-        tracing::warn!("tenant {}: {e}", j.tenant);
+    if let Err(e) = confined::finish_swap(data_dir) {
+        tracing::warn!("tenant {tenant}: {e}");
     }
     let ino_of = |p: &Path| std::fs::symlink_metadata(p).ok().filter(|m| m.is_dir()).map(|m| m.ino());
-    if ino_of(&j.data_dir) == Some(ino) {
+    if ino_of(data_dir) == Some(ino) {
         CopyState::Swapped
     } else if ino_of(copy) == Some(ino) {
         CopyState::Ready
@@ -580,7 +586,11 @@ fn copy_state(j: &TenantJournal) -> CopyState {
 /// rename, both on one filesystem. Returns where the data it replaced now is (the copy's old
 /// path), if anything is there. Run again after the swap (a crash before it was journaled), it
 /// sees the data dir is already the copy and does nothing more.
-fn swap_in_copy(copy: &Path, ino: u64, data_dir: &Path) -> std::result::Result<Option<PathBuf>, ArchiveError> {
+pub(crate) fn swap_in_copy(
+    copy: &Path,
+    ino: u64,
+    data_dir: &Path,
+) -> std::result::Result<Option<PathBuf>, ArchiveError> {
     let io = |p: &Path| {
         let p = p.to_path_buf();
         move |e: std::io::Error| ArchiveError::Io { path: p, source: e }
@@ -602,7 +612,7 @@ fn swap_in_copy(copy: &Path, ino: u64, data_dir: &Path) -> std::result::Result<O
 }
 
 /// Remove the run's dir of copies (and the copies' dir) beside the data dirs once empty.
-fn remove_empty_parents(copy: &Path) {
+pub(crate) fn remove_empty_parents(copy: &Path) {
     let mut dir = copy.parent();
     for _ in 0..2 {
         match dir {

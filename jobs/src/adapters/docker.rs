@@ -24,7 +24,7 @@ use bollard::Docker;
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 
-use crate::config::{App, DockerConfig};
+use crate::config::{App, DockerConfig, Stack};
 use crate::error::{Error, Result};
 use crate::types::{Digest, PinnedImage, TenantId};
 
@@ -142,6 +142,17 @@ impl TenantContainer {
     }
 }
 
+/// One container of a stack tenant: the service it is, and its labels.
+#[derive(Debug, Clone, Serialize)]
+pub struct StackMember {
+    /// Its service (the stack's service label).
+    pub service: String,
+    /// Every label it carries.
+    pub labels: BTreeMap<String, String>,
+    /// The container.
+    pub container: TenantContainer,
+}
+
 /// A container that matches an app's `select` but cannot be mapped to one tenant.
 #[derive(Debug, Clone, Serialize)]
 pub struct Unmapped {
@@ -222,6 +233,8 @@ pub struct RunState {
     pub exit_code: i64,
     /// Status word.
     pub status: String,
+    /// The image's HEALTHCHECK verdict (`starting`, `healthy`, `unhealthy`); empty without one.
+    pub health: String,
 }
 
 /// What is needed to recreate a container on another image: its full inspect, and the
@@ -494,6 +507,16 @@ impl Engine {
     /// stops the fleet. Containers a rollout set aside or staged ([`crate::naming::is_set_aside`])
     /// and a drill's throw-away containers ([`crate::naming::is_drill`]) are neither.
     pub async fn tenants_and_unmapped(&self, app: &App) -> Result<(Vec<TenantContainer>, Vec<Unmapped>)> {
+        // A stack's tenant is several containers: a job that takes one container per tenant
+        // must not see a stack at all (it would skip every tenant, silently).
+        if app.stack.is_some() {
+            return Err(Error::Usage(format!(
+                "app \"{}\" is a stack ([app.services]): only rollout, reconcile and recover handle stack tenants \
+                 so far; snapshot, restore, drill, status and doctor of a stack are not supported yet (issue #26), \
+                 so nothing was done for it",
+                app.name
+            )));
+        }
         let mut filters = HashMap::new();
         if let Some(label) = app.select.label_filter() {
             filters.insert("label".to_string(), vec![label]);
@@ -532,34 +555,7 @@ impl Engine {
                     continue;
                 }
             };
-            let image_ref = c.image.clone().unwrap_or_default();
-            let digest = match digest_of_ref(&image_ref) {
-                Some(d) => Some(d),
-                None => self.image_digest(c.image_id.as_deref().unwrap_or(&image_ref), &image_ref).await?,
-            };
-            let mut networks: Vec<String> =
-                c.network_settings.and_then(|n| n.networks).unwrap_or_default().into_keys().collect();
-            networks.sort();
-            let id = c.id.unwrap_or_default();
-            // The list does not carry AutoRemove; one inspect does (a container removed since
-            // the list does not auto-remove any more).
-            let auto_remove = match self.docker.inspect_container(&id, None).await {
-                Ok(i) => i.host_config.and_then(|h| h.auto_remove).unwrap_or(false),
-                Err(e) if is_not_found(&e) => false,
-                Err(e) => return Err(derr(format!("inspecting container {name}"), Some(&name), e)),
-            };
-            out.push(TenantContainer {
-                tenant,
-                name,
-                id,
-                image_ref,
-                digest,
-                state: c.state.map(|s| s.to_string()).unwrap_or_default(),
-                networks,
-                network_mode: c.host_config.and_then(|h| h.network_mode).unwrap_or_default(),
-                mounts: c.mounts.unwrap_or_default().into_iter().map(tenant_mount).collect(),
-                auto_remove,
-            });
+            out.push(self.tenant_container(c, name, tenant).await?);
         }
         out.sort_by(|a, b| a.tenant.cmp(&b.tenant));
         // Two containers of one tenant: which one holds the tenant is a person's call.
@@ -577,6 +573,104 @@ impl Engine {
             }
             out.retain(|c| c.tenant != t);
         }
+        Ok((out, unmapped))
+    }
+
+    /// One listed container as a tenant's container (one inspect, for `AutoRemove`).
+    async fn tenant_container(
+        &self,
+        c: bollard::models::ContainerSummary,
+        name: String,
+        tenant: TenantId,
+    ) -> Result<TenantContainer> {
+        let image_ref = c.image.clone().unwrap_or_default();
+        let digest = match digest_of_ref(&image_ref) {
+            Some(d) => Some(d),
+            None => self.image_digest(c.image_id.as_deref().unwrap_or(&image_ref), &image_ref).await?,
+        };
+        let mut networks: Vec<String> =
+            c.network_settings.and_then(|n| n.networks).unwrap_or_default().into_keys().collect();
+        networks.sort();
+        let id = c.id.unwrap_or_default();
+        // The list does not carry AutoRemove; one inspect does (a container removed since
+        // the list does not auto-remove any more).
+        let auto_remove = match self.docker.inspect_container(&id, None).await {
+            Ok(i) => i.host_config.and_then(|h| h.auto_remove).unwrap_or(false),
+            Err(e) if is_not_found(&e) => false,
+            Err(e) => return Err(derr(format!("inspecting container {name}"), Some(&name), e)),
+        };
+        Ok(TenantContainer {
+            tenant,
+            name,
+            id,
+            image_ref,
+            digest,
+            state: c.state.map(|s| s.to_string()).unwrap_or_default(),
+            networks,
+            network_mode: c.host_config.and_then(|h| h.network_mode).unwrap_or_default(),
+            mounts: c.mounts.unwrap_or_default().into_iter().map(tenant_mount).collect(),
+            auto_remove,
+        })
+    }
+
+    /// Every container of a stack app (`[app.services]`), with its service (from the stack's
+    /// service label) and labels: the containers `select` matches, grouped into tenants by
+    /// `tenant_from` (default: the stack's group label). A container that gives no tenant or no
+    /// service is returned as unmapped, with the reason; set-aside, staged and drill containers
+    /// are never members.
+    pub async fn stack_members(&self, app: &App, stack: &Stack) -> Result<(Vec<StackMember>, Vec<Unmapped>)> {
+        let mut filters = HashMap::new();
+        if let Some(label) = app.select.label_filter() {
+            filters.insert("label".to_string(), vec![label]);
+        }
+        let opts = ListContainersOptionsBuilder::default().all(true).filters(&filters).build();
+        let list = self
+            .docker
+            .list_containers(Some(opts))
+            .await
+            .map_err(|e| derr(format!("listing containers of app \"{}\"", app.name), None, e))?;
+        let mut out = Vec::new();
+        let mut unmapped = Vec::new();
+        for c in list {
+            let Some(name) = c.names.as_ref().and_then(|n| n.first()).map(|n| n.trim_start_matches('/').to_string())
+            else {
+                continue;
+            };
+            if crate::naming::is_set_aside(&name) || crate::naming::is_drill(&name) || !app.select.name_matches(&name) {
+                continue;
+            }
+            let labels: BTreeMap<String, String> = c.labels.clone().unwrap_or_default().into_iter().collect();
+            let hl: HashMap<String, String> = labels.clone().into_iter().collect();
+            let tenant = app.tenant_from.tenant_of(&name, &hl).map(|t| t.parse::<TenantId>());
+            let tenant = match tenant {
+                Some(Ok(t)) => t,
+                Some(Err(e)) => {
+                    let reason = format!("tenant_from \"{}\" gives an invalid tenant id: {e}", app.tenant_from);
+                    unmapped.push(Unmapped { container: name, tenant: None, reason });
+                    continue;
+                }
+                None => {
+                    let reason = format!(
+                        "matches select \"{}\" but tenant_from \"{}\" gives no tenant id for it; label it, or \
+                         narrow select",
+                        app.select, app.tenant_from
+                    );
+                    unmapped.push(Unmapped { container: name, tenant: None, reason });
+                    continue;
+                }
+            };
+            let Some(service) = labels.get(&stack.service_label).cloned() else {
+                let reason = format!(
+                    "it has no label {} naming its service, so it is no service of tenant {tenant}'s stack",
+                    stack.service_label
+                );
+                unmapped.push(Unmapped { container: name, tenant: Some(tenant.to_string()), reason });
+                continue;
+            };
+            let container = self.tenant_container(c, name, tenant).await?;
+            out.push(StackMember { service, labels, container });
+        }
+        out.sort_by(|a, b| (&a.container.tenant, &a.service).cmp(&(&b.container.tenant, &b.service)));
         Ok((out, unmapped))
     }
 
@@ -1001,6 +1095,12 @@ fn run_state(i: &ContainerInspectResponse) -> RunState {
         restart_count: i.restart_count.unwrap_or(0),
         exit_code: s.exit_code.unwrap_or(0),
         status: s.status.unwrap_or(ContainerStateStatusEnum::EMPTY).to_string(),
+        health: s
+            .health
+            .and_then(|h| h.status)
+            .map(|h| h.to_string())
+            .filter(|h| !h.is_empty() && h != "none")
+            .unwrap_or_default(),
     }
 }
 

@@ -413,6 +413,88 @@ pub struct TenantJournal {
     pub staged_name: Option<String>,
 }
 
+/// Everything needed to finish or undo a stack tenant's rollout (`[app.services]`), journaled
+/// with every step in place of a [`TenantJournal`] (the two never parse as each other: each has
+/// fields the other lacks). The steps are the same [`Step`]s, each acting on every service
+/// that changes and every data mount at once.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StackJournal {
+    /// App.
+    pub app: String,
+    /// Tenant.
+    pub tenant: String,
+    /// The services whose pin changes, in start order.
+    pub services: Vec<ServiceJournal>,
+    /// Every container the rollout stops (the changed services and, when one of them writes
+    /// the data, every writer of it), in start order: stopped in reverse, started in order.
+    pub members: Vec<MemberJournal>,
+    /// The tenant's data mounts, each copied beside itself before the stop.
+    pub mounts: Vec<MountJournal>,
+    /// Stop timeout.
+    pub stop_timeout_s: u64,
+    /// Keep the prior containers after success.
+    pub keep_old: bool,
+}
+
+/// One changed service of a stack tenant: its prior container and the new one.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ServiceJournal {
+    /// Service name.
+    pub service: String,
+    /// Container name (kept by the new container: compose and Coolify find it by its labels).
+    pub name: String,
+    /// Name the prior container is renamed to.
+    pub pre_name: String,
+    /// The staging name of the new container.
+    pub staged_name: String,
+    /// Id of the prior container.
+    pub old_id: String,
+    /// Image reference of the prior container.
+    pub old_image: String,
+    /// Digest it ran.
+    pub old_digest: Option<String>,
+    /// Image reference rolled to.
+    pub new_image: String,
+    /// Id of the new container, once created.
+    pub new_id: Option<String>,
+    /// The prior container's operator settings (to check the new one against).
+    pub settings: OperatorSettings,
+    /// The prior container's restart policy: `no` while it is aside, put back by undo.
+    pub restart: Restart,
+}
+
+/// A container a stack rollout stops and starts again.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MemberJournal {
+    /// Service name.
+    pub service: String,
+    /// Container name.
+    pub name: String,
+    /// Id of the container as it was before the rollout (the prior one, for a changed service).
+    pub id: String,
+    /// Whether its service changes (its container is replaced).
+    pub changed: bool,
+    /// HTTP checks it must answer (its own, the app's), besides running and healthy.
+    pub checks: Vec<HealthSpec>,
+}
+
+/// One data mount of a stack tenant and its rollout copy.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MountJournal {
+    /// What it is, for people: `volume "x" at /data`.
+    pub what: String,
+    /// Its dir on this host (a bind's source, a local volume's mountpoint).
+    pub data_dir: PathBuf,
+    /// The copy beside it.
+    pub copy: PathBuf,
+    /// The copy's inode once it is exactly the pre-rollout data (after copy-delta).
+    #[serde(default)]
+    pub copy_ino: Option<u64>,
+    /// The run's archive of the copy, once made (after the health gate).
+    #[serde(default)]
+    pub archive: Option<PathBuf>,
+}
+
 fn was_running_default() -> bool {
     true
 }

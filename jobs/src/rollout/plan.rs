@@ -42,6 +42,10 @@ pub struct PlanItem {
     /// made while it is down (decided per tenant once the plan is made).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub copy: Option<CopyPlan>,
+    /// A stack tenant (`[app.services]`): which services change, which containers stop, which
+    /// mounts are copied; `container`, `from` and `to` are then its first changed service's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stack: Option<super::stack_plan::StackPlanItem>,
 }
 
 /// How a tenant's pre-rollout data is kept during its rollout.
@@ -252,6 +256,7 @@ pub fn plan(
                 canary: false,
                 stopped: !c.is_running(),
                 copy: None,
+                stack: None,
             });
         }
     }

@@ -1,11 +1,12 @@
 //! `fleet.toml`, the desired state read from git: every app, its pinned image, how its tenants
 //! are found, where their data lives and how their health is checked.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use super::stack::{RawService, RawStack, Stack};
 use crate::error::{Error, Result};
 use crate::types::{PinnedImage, TenantId};
 
@@ -150,6 +151,9 @@ pub struct HealthSpec {
     /// (a container on several is refused at plan time: never a guess).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<String>,
+    /// A stack's app only: the service whose container answers this check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
 }
 fn default_health_timeout() -> u64 {
     60
@@ -268,6 +272,11 @@ pub struct App {
     /// Rollout copies the data dir beside it while the tenant runs and only the delta while it
     /// is down (default); `false`: archive the whole data dir while the tenant is down.
     pub pre_copy: bool,
+    /// The tenant is a stack of containers (`[app.services]`): its services, their pins and
+    /// data mounts. None for the single-container tenant (then `image`, `data_dir` say it all).
+    /// For a stack, `image` is its first service's pin and `data_dir` is empty.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stack: Option<Stack>,
 }
 
 impl App {
@@ -286,9 +295,11 @@ impl App {
 #[serde(deny_unknown_fields)]
 struct RawApp {
     name: String,
-    image: String,
+    #[serde(default)]
+    image: Option<String>,
     select: String,
-    tenant_from: String,
+    #[serde(default)]
+    tenant_from: Option<String>,
     #[serde(default)]
     data_dir: Option<String>,
     #[serde(default)]
@@ -311,6 +322,10 @@ struct RawApp {
     scratch_mounts: Vec<String>,
     #[serde(default = "default_pre_copy")]
     pre_copy: bool,
+    #[serde(default)]
+    stack: Option<RawStack>,
+    #[serde(default)]
+    services: Option<BTreeMap<String, RawService>>,
 }
 /// Where the engine keeps the data of a `local` volume `<name>`: `<VOLUMES_DIR>/<name>/_data`
 /// (Docker's default root). On a host whose Docker root is elsewhere, give `data_dir` as the
@@ -375,27 +390,93 @@ impl RawApp {
         {
             return Err(format!("name \"{}\" must be letters, digits, '-', '_' or '.'", self.name));
         }
-        let image: PinnedImage = self.image.parse().map_err(|e| format!("image: {e}"))?;
+        if self.services.is_none() && self.stack.is_some() {
+            return Err("[app.stack] without [app.services]: declare each service of the stack as \
+                        [app.services.<name>] (or drop [app.stack] for a single-container tenant)"
+                .into());
+        }
+        let stack = match self.services {
+            None => None,
+            Some(services) => {
+                if let Some(i) = &self.image {
+                    return Err(format!(
+                        "image \"{i}\": a stack pins an image per service ([app.services.<name>] image = …), not \
+                         one for the app"
+                    ));
+                }
+                if self.data_dir.is_some() || self.data_volume.is_some() {
+                    return Err("data_dir / data_volume: a stack keeps its data in its services' mounts; list them \
+                                as [app.services.<name>] data = [\"/data\"]"
+                        .into());
+                }
+                if !self.pre_copy {
+                    return Err("pre_copy = false: a stack's rollout copies each data mount beside itself (it has \
+                                no archive-while-down path); drop pre_copy"
+                        .into());
+                }
+                if self.proxy.is_some() {
+                    return Err("[app.proxy]: the proxy gate is not available for a stack yet; drop [app.proxy] \
+                                (the app's HTTP check still gates the rollout)"
+                        .into());
+                }
+                let stack = super::stack::validate(self.stack, services, &self.scratch_mounts)?;
+                match self.health.service.as_deref() {
+                    None => {
+                        return Err(format!(
+                            "health.service is missing: name the service that answers the app's HTTP check \
+                             (services: {})",
+                            stack.names()
+                        ))
+                    }
+                    Some(s) if stack.service(s).is_none() => {
+                        return Err(format!(
+                            "health.service \"{s}\" is not a service of the stack (services: {})",
+                            stack.names()
+                        ))
+                    }
+                    Some(_) => {}
+                }
+                Some(stack)
+            }
+        };
+        if stack.is_none() && self.health.service.is_some() {
+            return Err("health.service names a service of a stack; this app has no [app.services]".into());
+        }
+        let image: PinnedImage = match (&stack, &self.image) {
+            (Some(s), _) => s.services[0].image.clone(),
+            (None, Some(i)) => i.parse().map_err(|e| format!("image: {e}"))?,
+            (None, None) => {
+                return Err("missing image: the pinned image every tenant runs, e.g. \
+                            \"ghcr.io/x/pulse@sha256:…\" (or [app.services.<name>] for a stack)"
+                    .into())
+            }
+        };
         let select: Selector = self.select.parse()?;
-        let tenant_from = if let Some(pat) = self.tenant_from.strip_prefix("name:") {
+        let tenant_from = match (&self.tenant_from, &stack) {
+            (Some(t), _) => t.clone(),
+            (None, Some(s)) => format!("label:{}", s.group),
+            (None, None) => {
+                return Err("missing tenant_from, e.g. \"name:pulse-{tenant}\" or \"label:pulse.tenant\"".into())
+            }
+        };
+        let tenant_from = if let Some(pat) = tenant_from.strip_prefix("name:") {
             match pat.split_once("{tenant}") {
                 Some((p, s)) if !s.contains("{tenant}") => TenantFrom::Name { prefix: p.into(), suffix: s.into() },
                 _ => {
                     return Err(format!(
-                        "tenant_from \"{}\" must contain {{tenant}} exactly once, e.g. \"name:pulse-{{tenant}}\"",
-                        self.tenant_from
+                        "tenant_from \"{tenant_from}\" must contain {{tenant}} exactly once, e.g. \"name:pulse-{{tenant}}\""
                     ))
                 }
             }
-        } else if let Some(l) = self.tenant_from.strip_prefix("label:").filter(|l| !l.is_empty()) {
+        } else if let Some(l) = tenant_from.strip_prefix("label:").filter(|l| !l.is_empty()) {
             TenantFrom::Label(l.into())
         } else {
             return Err(format!(
-                "tenant_from \"{}\" must be \"name:<pattern with {{tenant}}>\" or \"label:<label key>\"",
-                self.tenant_from
+                "tenant_from \"{tenant_from}\" must be \"name:<pattern with {{tenant}}>\" or \"label:<label key>\""
             ));
         };
         let data_dir = match (self.data_dir, &self.data_volume) {
+            (None, None) if stack.is_some() => String::new(),
             (Some(_), Some(_)) => {
                 return Err("give data_dir (a bind-mounted dir) or data_volume (a named volume), not both".into())
             }
@@ -460,6 +541,7 @@ impl RawApp {
             include_stopped: self.include_stopped,
             scratch_mounts: self.scratch_mounts,
             pre_copy: self.pre_copy,
+            stack,
         })
     }
 }

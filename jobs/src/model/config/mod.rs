@@ -6,9 +6,11 @@
 
 pub mod fleet;
 pub mod host;
+pub mod stack;
 
 pub use fleet::*;
 pub use host::*;
+pub use stack::{Service, Stack};
 
 /// The known word `word` is most likely a typo of, if one is close enough (by edit distance).
 pub fn closest<'a>(word: &str, known: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
