@@ -268,6 +268,10 @@ pub struct App {
     /// Rollout copies the data dir beside it while the tenant runs and only the delta while it
     /// is down (default); `false`: archive the whole data dir while the tenant is down.
     pub pre_copy: bool,
+    /// The database each tenant keeps besides its files (`[app.database]`), dumped into its
+    /// snapshot and replayed by its restore.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub database: Option<super::database::DatabaseSpec>,
 }
 
 impl App {
@@ -311,6 +315,8 @@ struct RawApp {
     scratch_mounts: Vec<String>,
     #[serde(default = "default_pre_copy")]
     pre_copy: bool,
+    #[serde(default)]
+    database: Option<super::database::RawDatabase>,
 }
 /// Where the engine keeps the data of a `local` volume `<name>`: `<VOLUMES_DIR>/<name>/_data`
 /// (Docker's default root). On a host whose Docker root is elsewhere, give `data_dir` as the
@@ -440,6 +446,7 @@ impl RawApp {
                 "scratch_mounts: \"{m}\" must be an absolute path in the container, e.g. \"/var/cache/app\""
             ));
         }
+        let database = self.database.map(|d| d.validate()).transpose()?;
         let tenant = |key: &str, s: String| s.parse::<TenantId>().map_err(|e| format!("{key}: {e}"));
         let canary = self.canary.map(|c| tenant("canary", c)).transpose()?;
         let hold = self.hold.into_iter().map(|h| tenant("hold", h)).collect::<std::result::Result<_, _>>()?;
@@ -460,6 +467,7 @@ impl RawApp {
             include_stopped: self.include_stopped,
             scratch_mounts: self.scratch_mounts,
             pre_copy: self.pre_copy,
+            database,
         })
     }
 }

@@ -4,9 +4,11 @@
 //! `SLIPWAY_…` environment variable). [`fleet`]: `fleet.toml`, the desired state read from git.
 //! Defaults live in these two files and nowhere else; `deploy/config.example.toml` documents them.
 
+pub mod database;
 pub mod fleet;
 pub mod host;
 
+pub use database::*;
 pub use fleet::*;
 pub use host::*;
 
