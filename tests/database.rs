@@ -282,3 +282,21 @@ fn a_failed_replay_leaves_the_database_and_the_files_as_they_were_and_names_the_
     assert_eq!(s.inspect(&name)["State"]["Running"], true);
     assert!(pg.consistent());
 }
+
+#[test]
+fn a_snapshot_killed_at_the_dump_step_counts_nothing_and_the_next_one_is_whole() {
+    let s = Sandbox::new();
+    let pg = Pg::start(&s, "t1");
+    let (_name, image) = add_writer(&s, "t1");
+    s.write_fleet(&db_fleet(&s, &image, "postgres"));
+    pg.rows_at_least(10);
+    let out = s.slipway_env(&["snapshot"], &[("SLIPWAY_TEST_CRASH_AT", "snapshot-dumping")]);
+    assert!(out.stderr.contains("slipway test point reached: snapshot-dumping"), "{}", out.stderr);
+    assert_ne!(out.code, 0);
+    assert!(!manifest_names_tenant(&s, &today(), "t1"), "a killed dump is no backup");
+    // The next run takes both, whole, in one entry.
+    let out = s.slipway(&["snapshot", "--json"]);
+    assert_eq!(out.code, 0, "{} {}", out.stdout, out.stderr);
+    assert!(manifest_names_tenant(&s, &today(), "t1"));
+    assert_eq!(out.json()["report"]["archives"][0]["database"]["dumps"].as_array().map(Vec::len), Some(2));
+}
