@@ -295,6 +295,18 @@ mod tests {
                 &["proxy.timeout_s"],
             ),
             (app("proxy = { entrypoint = \"http://127.0.0.1:80\", hots = \"{tenant}.x\" }\n"), &["`hots`", "`host`"]),
+            (
+                app("database = { kind = \"sqlite\", paths = [\"app.db\"] }\n"),
+                &["fleet.toml", "app \"pulse\"", "database.kind", "not supported yet"],
+            ),
+            (
+                app("database = { kind = \"postgres\", container = \"pg\", databases = \"all\", user = \"u\" }\n"),
+                &["fleet.toml", "app \"pulse\"", "database.container", "\"pg\""],
+            ),
+            (
+                app("database = { kind = \"postgres\", containr = \"pg-{tenant}\" }\n"),
+                &["fleet.toml", "app \"pulse\"", "containr"],
+            ),
         ];
         for (text, needles) in cases {
             let e = Fleet::parse(&text, "fleet.toml").unwrap_err().to_string();
