@@ -300,3 +300,33 @@ fn a_snapshot_killed_at_the_dump_step_counts_nothing_and_the_next_one_is_whole()
     assert!(manifest_names_tenant(&s, &today(), "t1"));
     assert_eq!(out.json()["report"]["archives"][0]["database"]["dumps"].as_array().map(Vec::len), Some(2));
 }
+
+#[test]
+fn the_dumps_go_off_site_with_their_files_and_a_remote_restore_replays_them() {
+    let s = Sandbox::new();
+    let pg = Pg::start(&s, "t1");
+    let (name, image) = add_writer(&s, "t1");
+    s.write_fleet(&db_fleet(&s, &image, "postgres"));
+    let bucket = s.use_shared_remote("");
+    pg.rows_at_least(50);
+    pg.sql("app", "create table marker (what text); insert into marker values ('before')");
+    let out = s.slipway(&["snapshot", "--json"]);
+    assert_eq!(out.code, 0, "{} {}", out.stdout, out.stderr);
+    let dumps = out.json()["report"]["archives"][0]["database"]["dumps"].clone();
+    let out = s.slipway(&["sync", "--json"]);
+    assert_eq!(out.code, 0, "{} {}", out.stdout, out.stderr);
+    // Every dump is on the remote beside the archive; the local copies go, the remote stays.
+    let day = today();
+    for d in dumps.as_array().unwrap() {
+        let rel = d["path"].as_str().unwrap();
+        let key = format!("daily/{day}/{rel}");
+        assert!(!s.remote_object_bytes(&bucket, &key).is_empty(), "{key} is not on the remote");
+    }
+    std::fs::remove_dir_all(s.backups().join("daily")).unwrap();
+    pg.sql("app", "insert into marker values ('after')");
+    let out = s.slipway(&["restore", "--tenant", "t1", "--latest", "--remote", "--json"]);
+    assert_eq!(out.code, 0, "{} {}", out.stdout, out.stderr);
+    assert_eq!(pg.sql("app", "select string_agg(what, ',') from marker"), "before");
+    assert!(pg.consistent());
+    assert_eq!(s.inspect(&name)["State"]["Running"], true);
+}
