@@ -155,6 +155,9 @@ fn a_tenant_writing_rows_during_the_snapshot_restores_to_a_consistent_database_a
     assert_eq!(entries.len(), 1);
     assert_eq!(entries[0]["database"]["dumps"], db["dumps"]);
     let files_at_snapshot = tree_hash(&s.data_dir("t1"));
+    // verify re-hashes the dumps with the archive.
+    let v = s.slipway(&["verify", "--json"]);
+    assert_eq!(v.code, 0, "{} {}", v.stdout, v.stderr);
 
     // After the snapshot: more rows, a marker, a file; then the restore.
     let after = pg.rows_at_least(before + 200);
@@ -281,6 +284,26 @@ fn a_failed_replay_leaves_the_database_and_the_files_as_they_were_and_names_the_
     assert_eq!(tree_hash(&s.data_dir("t1")), files_before);
     assert_eq!(s.inspect(&name)["State"]["Running"], true);
     assert!(pg.consistent());
+    // A dump damaged on disk: verify names it, and a restore refuses before touching anything.
+    let dump = std::fs::read_dir(s.backups().join("daily").join(today()).join("tenants").join("t1.db"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.file_name().is_some_and(|n| n == "1.pgdump"))
+        .unwrap();
+    let mut bytes = std::fs::read(&dump).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(&dump, bytes).unwrap();
+    let v = s.slipway(&["verify", "--json"]);
+    assert_ne!(v.code, 0, "{}", v.stdout);
+    assert!(v.stdout.contains("database dump"), "{}", v.stdout);
+    let id = s.inspect(&name)["Id"].clone();
+    let out = s.slipway(&["restore", "--tenant", "t1", "--latest", "--json"]);
+    assert_ne!(out.code, 0, "{}", out.stdout);
+    assert!(out.stdout.contains("tenant t1") && out.stdout.contains("nothing was touched"), "{}", out.stdout);
+    assert_eq!(s.inspect(&name)["Id"], id);
+    assert_eq!(s.inspect(&name)["State"]["Running"], true);
 }
 
 #[test]
