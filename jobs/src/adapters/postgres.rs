@@ -49,6 +49,8 @@ pub struct Dumped {
 struct Ended {
     code: Option<i64>,
     running: bool,
+    /// The output stream broke before its end: what came through is not all there was.
+    cut: bool,
     stderr: String,
 }
 
@@ -58,6 +60,9 @@ impl Ended {
         let said = if self.stderr.trim().is_empty() { String::new() } else { format!(": {}", self.stderr.trim()) };
         if self.running {
             return Err(format!("{what}: its output ended while it still ran (the stream was cut){said}"));
+        }
+        if self.cut {
+            return Err(format!("{what}: its output stream broke before its end{said}"));
         }
         match self.code {
             Some(0) => Ok(()),
@@ -141,6 +146,7 @@ impl<'a> Postgres<'a> {
                             v.extend_from_slice(&message[..message.len().min(room)]);
                         }
                         Out::Send(tx) => {
+                            // The writer gave up (its own error says why): stop reading.
                             if tx.send(message).await.is_err() {
                                 break;
                             }
@@ -180,10 +186,15 @@ impl<'a> Postgres<'a> {
             inspected = docker.inspect_exec(&created.id).await.map_err(|e| self.derr(&op, e))?;
         }
         let mut said = String::from_utf8_lossy(&stderr[stderr.len().saturating_sub(STDERR_KEEP)..]).into_owned();
-        if let Some(e) = cut {
+        if let Some(e) = &cut {
             said.push_str(&format!(" (the output stream broke: {e})"));
         }
-        let ended = Ended { code: inspected.exit_code, running: inspected.running == Some(true), stderr: said };
+        let ended = Ended {
+            code: inspected.exit_code,
+            running: inspected.running == Some(true),
+            cut: cut.is_some(),
+            stderr: said,
+        };
         Ok((ended, kept))
     }
 
@@ -315,4 +326,28 @@ impl<'a> Postgres<'a> {
 pub fn read_password(path: &Path) -> Result<String> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     Ok(text.lines().next().unwrap_or_default().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ended(code: Option<i64>, running: bool, cut: bool) -> Ended {
+        Ended { code, running, cut, stderr: "last words".into() }
+    }
+
+    #[test]
+    fn only_a_finished_uncut_exit_0_is_a_good_end() {
+        assert!(ended(Some(0), false, false).check("pg_dump").is_ok());
+        for (e, want) in [
+            (ended(Some(1), false, false), "exit code 1: last words"),
+            (ended(Some(137), false, false), "killed (exit code 137, signal 9)"),
+            (ended(Some(0), true, false), "still ran"),
+            (ended(Some(0), false, true), "broke before its end"),
+            (ended(None, false, false), "no exit code"),
+        ] {
+            let why = e.check("pg_dump").unwrap_err();
+            assert!(why.starts_with("pg_dump") && why.contains(want), "{why}");
+        }
+    }
 }
