@@ -21,18 +21,21 @@ net=swbench-db-$$
 mkdir -p bench/out
 cleanup() {
   docker ps -aq --filter "label=swbench=$$" | xargs -r docker rm -f -v >/dev/null 2>&1 || true
+  docker ps -aq --filter "label=swbench-db=$$" | xargs -r docker rm -f -v >/dev/null 2>&1 || true
   docker network rm "$net" >/dev/null 2>&1 || true
   rm -rf "$work"
 }
 trap cleanup EXIT
 docker network create "$net" >/dev/null
-pg=pgb-db-$$
-docker run -d --name "$pg" --network "$net" -l swbench=$$ "$SWTEST_FIXTURE_PG" >/dev/null
+pg=pgb-db-b1-$$
+# Its own label: the app's selector must not take the database for a tenant.
+docker run -d --name "$pg" --network "$net" -l swbench-db=$$ "$SWTEST_FIXTURE_PG" >/dev/null
 psql() { docker exec "$pg" psql -X -q -A -t -v ON_ERROR_STOP=1 -U postgres "$@"; }
 for _ in $(seq 1 100); do psql -c 'select 1' >/dev/null 2>&1 && break; sleep 0.2; done
 psql -c 'create database app' >/dev/null
 echo "filling a ${MIB} MiB database ..." >&2
-# Rows of 1 KiB: md5 text (compresses about 2:1, as real rows do).
+# Rows of 1 KiB: one md5 repeated (very compressible: the dump is about 1/40 of the database,
+# so both sides measure pg_dump reading and compressing, not the bytes written).
 psql -d app -c "create table t (id bigint primary key, body text not null)" >/dev/null
 psql -d app -c "insert into t select g, repeat(md5(g::text), 32) from generate_series(1, $((MIB * 1024 * 9 / 10))) g" >/dev/null
 psql -d app -c "vacuum analyze t" >/dev/null
@@ -53,7 +56,7 @@ data_dir = "$work/data/{tenant}"
 health = { path = "/api/health", port = 8080 }
 [app.database]
 kind = "postgres"
-container = "pgb-db-$$"
+container = "pgb-db-{tenant}-$$"
 databases = ["app"]
 user = "postgres"
 TOML
