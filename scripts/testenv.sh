@@ -16,6 +16,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 STATE=$PWD/.testenv
 FIXTURES="v1 v2 unhealthy crash slow writer cmd2 noterm moved"
+# The Postgres fixtures (fixtures/pg-entry.sh): Debian's server and client binaries.
+PG_FIXTURES="pg pgapp"
+PG_BIN=/usr/lib/postgresql/15/bin
+PG_TOOLS="postgres initdb pg_ctl pg_dump pg_dumpall pg_restore psql pg_isready"
 SETUP_LOG=$STATE/setup.log
 log() { echo "testenv: $*" >&2; }
 
@@ -55,6 +59,7 @@ install_packages() {
   [ -x /usr/sbin/debootstrap ] || missing+=(debootstrap)
   # The stack tests (tests/stack.rs) make tenants the way operators do: `docker-compose -p … up`.
   command -v docker-compose >/dev/null || missing+=(docker-compose)
+  [ -x "$PG_BIN/pg_dump" ] || missing+=(postgresql-15)
   if [ ${#missing[@]} -gt 0 ]; then
     log "installing ${missing[*]} (Debian)"
     export DEBIAN_FRONTEND=noninteractive
@@ -189,7 +194,7 @@ fixture_cmd() { # fixture -> its default CMD
 build_fixtures() {
   local reg; reg=$(cat "$STATE/registry.addr")
   if [ -f "$STATE/fixtures.env" ] && [ "$(cat "$STATE/fixtures.stamp" 2>/dev/null)" = "$(fixture_stamp)" ]; then return 0; fi
-  log "making the fixture images ($FIXTURES) and pushing them to $reg"
+  log "making the fixture images ($FIXTURES $PG_FIXTURES) and pushing them to $reg"
   local ctx; ctx=$(mktemp -d)
   mkdir -p "$ctx/rootfs/bin"
   cp /bin/busybox "$ctx/rootfs/bin/busybox"
@@ -208,8 +213,54 @@ build_fixtures() {
     echo "export SWTEST_FIXTURE_$(echo "$f" | tr '[:lower:]' '[:upper:]')=$ref" >>"$STATE/fixtures.env.tmp"
   done
   rm -rf "$ctx"
+  build_pg_fixtures "$reg"
   mv "$STATE/fixtures.env.tmp" "$STATE/fixtures.env"
   fixture_stamp >"$STATE/fixtures.stamp"
+}
+
+# The Postgres fixtures, FROM scratch like the others: busybox, Debian's postgresql-15 binaries
+# ($PG_TOOLS), every library they link (ldd) and the server's share files, plus /etc/passwd
+# with a non-root `postgres` user. One rootfs, two images (MODE pg: the server; pgapp: a tenant
+# app that writes rows into it).
+build_pg_fixtures() { # registry
+  local reg=$1 ctx lib f
+  ctx=$(mktemp -d)
+  local root=$ctx/rootfs
+  mkdir -p "$root/bin" "$root/etc" "$root/tmp" "$root$PG_BIN" "$root/usr/share/postgresql" \
+    "$root/var/run/postgresql" "$root/var/lib/postgresql" "$root/usr/share/postgresql/15"
+  chmod 1777 "$root/tmp"
+  cp /bin/busybox "$root/bin/busybox"
+  ln -s busybox "$root/bin/sh"
+  cp fixtures/pg-entry.sh "$root/entry.sh"
+  for f in $PG_TOOLS; do cp "$PG_BIN/$f" "$root$PG_BIN/$f"; done
+  # The server's own modules (plpgsql, the snowball dictionaries initdb loads, the encoding
+  # conversions), not the LLVM JIT.
+  mkdir -p "$root/usr/lib/postgresql/15/lib"
+  for f in /usr/lib/postgresql/15/lib/*.so; do
+    case "$f" in */llvmjit*) ;; *) cp "$f" "$root$f" ;; esac
+  done
+  for lib in $( { for f in $PG_TOOLS; do ldd "$PG_BIN/$f"; done; ldd "$root"/usr/lib/postgresql/15/lib/*.so; } |
+      awk '{ for (i = 1; i <= NF; i++) if ($i ~ /^\// && $i !~ /:$/) print $i }' | sort -u); do
+    mkdir -p "$root$(dirname "$lib")"
+    cp -L "$lib" "$root$lib"
+  done
+  cp -a /usr/share/postgresql/15/. "$root/usr/share/postgresql/15"
+  mkdir -p "$root/usr/share/zoneinfo"
+  cp -a /usr/share/zoneinfo/UTC /usr/share/zoneinfo/Etc "$root/usr/share/zoneinfo/"
+  printf 'root:x:0:0:root:/root:/bin/sh\npostgres:x:999:999:PostgreSQL:/var/lib/postgresql:/bin/sh\n' >"$root/etc/passwd"
+  printf 'root:x:0:\npostgres:x:999:\n' >"$root/etc/group"
+  tar --numeric-owner --mtime=@0 -C "$root" -cf "$ctx/rootfs.tar" .
+  for f in $PG_FIXTURES; do
+    quietly "docker import fixture $f" docker import \
+      --change "ENV MODE=$f PATH=$PG_BIN:/bin" \
+      --change "LABEL fixture.version=$f" \
+      --change 'ENTRYPOINT ["/bin/busybox", "sh", "/entry.sh"]' \
+      "$ctx/rootfs.tar" "$reg/fixture:$f"
+    quietly "docker push fixture $f" docker push "$reg/fixture:$f"
+    local ref; ref=$(docker inspect --format '{{range .RepoDigests}}{{println .}}{{end}}' "$reg/fixture:$f" | grep "^$reg/fixture@" | head -1)
+    echo "export SWTEST_FIXTURE_$(echo "$f" | tr '[:lower:]' '[:upper:]')=$ref" >>"$STATE/fixtures.env.tmp"
+  done
+  rm -rf "$ctx"
 }
 
 # The fixtures' sources and their recipe (this script): a change to either remakes them.

@@ -11,6 +11,7 @@ mod adopt;
 mod backup;
 mod crash;
 mod crypt;
+mod database;
 mod drill;
 mod field;
 mod foundation;

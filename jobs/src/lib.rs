@@ -46,6 +46,7 @@ pub mod types;
 // The jobs (one module each) and the job-side rules several of them share: the runner (the
 // job protocol), the job context, undo, trust and the off-site copy.
 pub mod context;
+pub mod database;
 pub mod doctor;
 pub mod drill;
 pub mod held_routes;

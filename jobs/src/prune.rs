@@ -455,7 +455,13 @@ fn apply_local(ctx: &Ctx, inv: &Inventory, items: &[PruneItem]) -> Result<usize>
             kept.write(&dir)?;
         }
         for a in gone {
-            n += rm(&dir.join(&a.path))? + rm(&dir.join(&a.file_list))?;
+            for rel in a.objects() {
+                n += rm(&dir.join(rel))?;
+            }
+            if a.database.is_some() {
+                // The dumps' own dir beside the archive, emptied just now.
+                let _ = std::fs::remove_dir(dir.join(layout::dumps_dir_of(&a.path)));
+            }
             ctx.store.forget_snapshot(&day.key(&a.path))?;
         }
         if kept.archives.is_empty() {
@@ -514,7 +520,7 @@ async fn apply_remote(
         }
         n += 1;
         for a in gone {
-            let keys = vec![day.key(&a.path), day.key(&a.file_list)];
+            let keys: Vec<String> = a.objects().map(|rel| day.key(rel)).collect();
             remote.delete(&keys).await?;
             for k in &keys {
                 ctx.store.forget_remote_object(remote.id(), k)?;

@@ -71,6 +71,8 @@ pub struct RestoreReport {
     /// Where the data the restore replaced is kept (`<backup_root>/replaced/<run_id>/<tenant>`),
     /// if the data dir existed.
     pub replaced: Option<PathBuf>,
+    /// Databases replayed from the snapshot's dumps (`[app.database]`).
+    pub databases: usize,
     /// Whether this was a dry run.
     pub dry_run: bool,
     /// How it ended.
@@ -197,6 +199,15 @@ pub async fn fetch_remote(cfg: &HostConfig, tenant: &TenantId, source: &Source) 
             let list_key = snap.key(&entry.file_list);
             let list = layout::under(&dir, &entry.file_list, &list_key)?;
             remote.download(&list_key, &list, Some(&entry.file_list_sha256)).await?;
+            // And the database dumps beside it, each checked against its entry on the way.
+            for d in entry.database.iter().flat_map(|d| &d.dumps) {
+                let key = snap.key(&d.path);
+                let path = layout::under(&dir, &d.path, &key)?;
+                if let Some(parent) = path.parent() {
+                    crate::fsutil::create_private_dir(parent).map_err(|e| Error::io(parent, e))?;
+                }
+                remote.download(&key, &path, Some(&d.sha256)).await?;
+            }
             Ok::<_, Error>(Some(entry))
         }
         .await;
@@ -346,6 +357,7 @@ pub async fn restore(ctx: &Ctx, opts: &RestoreOptions) -> Result<RestoreReport> 
         container: None,
         entries: 0,
         replaced: None,
+        databases: 0,
         dry_run: opts.dry_run,
         outcome: ExitKind::Success,
         detail: String::new(),
@@ -405,6 +417,19 @@ pub async fn restore(ctx: &Ctx, opts: &RestoreOptions) -> Result<RestoreReport> 
             data_dir.display()
         )));
     }
+    // The database dumps of the snapshot, each re-hashed, before anything is touched; a
+    // snapshot with dumps is never restored as files alone.
+    let dumps = match (&loc.entry.database, &app.database) {
+        (Some(d), Some(_)) => Some(crate::database::verified(&loc.dir, &opts.tenant, d).await?),
+        (Some(_), None) => {
+            return Err(Error::Usage(format!(
+                "tenant {}: the snapshot holds database dumps but app \"{}\" declares no [app.database] to replay them \
+                 into; nothing was touched. Declare it in fleet.toml, or restore the files alone with --to DIR",
+                opts.tenant, app.name
+            )))
+        }
+        (None, _) => None,
+    };
     // The new tree is extracted beside the data dir, and the old one is kept: room for all of it.
     preflight(&loc, data_dir.parent().unwrap_or(&data_dir)).await?;
     if opts.dry_run {
@@ -445,11 +470,62 @@ pub async fn restore(ctx: &Ctx, opts: &RestoreOptions) -> Result<RestoreReport> 
         if restored.is_ok() { "ok" } else { "failed" },
         Some(&serde_json::json!({ "replaced": report.replaced })),
     )?;
+    // The files are back: the database is started if it is not running, and its dumps replayed
+    // (each database in one transaction). A failed replay leaves the database as it was, and
+    // the files go back to what they were too: the tenant is left as the restore found it.
+    let mut replay_failed = None;
+    if let (Ok(_), Some(dumps), Some(spec)) = (&restored, &dumps, &app.database) {
+        let db_container = spec.container_of(&opts.tenant);
+        let s = ctx.begin(Some(opts.tenant.as_str()), "replay", &held)?;
+        let replayed = crate::database::replay(&engine, spec, &opts.tenant, &db_container, dumps).await;
+        ctx.end(s, if replayed.is_ok() { "ok" } else { "failed" }, None::<&()>)?;
+        match replayed {
+            Ok(n) => report.databases = n,
+            Err(e) => {
+                let back = match &report.replaced {
+                    Some(kept) => confined::finish_swap(&data_dir)
+                        .and_then(|_| confined::exchange(kept, &data_dir))
+                        .map_err(|x| Error::io(&data_dir, x)),
+                    None => Ok(()),
+                };
+                replay_failed = Some((e, back));
+            }
+        }
+    }
     let health = if was_running {
         start_and_check(ctx, &engine, &app, &container.name, &opts.tenant, &held).await?
     } else {
         Ok(std::time::Duration::ZERO)
     };
+    if let Some((e, back)) = replay_failed {
+        report.outcome = ExitKind::Failure;
+        report.detail = match (&back, &health) {
+            (Ok(()), Ok(_)) => format!(
+                "{e}; the database is as it was (the replay ran in one transaction) and the files it had are back \
+                 in {}; {} {} on them",
+                data_dir.display(),
+                container.name,
+                if was_running { "runs" } else { "stays stopped" }
+            ),
+            (Err(x), _) => {
+                report.outcome = ExitKind::PersonNeeded;
+                format!("{e}; and the files could not be put back ({x}): a person is needed")
+            }
+            (_, Err(h)) => {
+                report.outcome = ExitKind::PersonNeeded;
+                format!(
+                    "{e}; the files it had are back, but {} is not healthy: {h}; a person is needed",
+                    container.name
+                )
+            }
+        };
+        if back.is_ok() {
+            // The swap back left the restored files where the replaced ones were kept.
+            report.replaced = None;
+        }
+        ctx.finish_run(report.outcome, &report.detail)?;
+        return Ok(report);
+    }
     match (&restored, &health) {
         (Ok(n), Ok(_)) if !was_running => {
             report.entries = *n;
@@ -464,6 +540,9 @@ pub async fn restore(ctx: &Ctx, opts: &RestoreOptions) -> Result<RestoreReport> 
             report.entries = *n;
             report.detail =
                 format!("restored {n} entries into {}; {} is running and healthy", data_dir.display(), container.name);
+            if report.databases > 0 {
+                report.detail.push_str(&format!("; {} database(s) replayed", report.databases));
+            }
         }
         (Err(e), Ok(_)) => {
             report.outcome = ExitKind::Failure;
@@ -531,6 +610,7 @@ async fn restore_replaced(ctx: &Ctx, opts: &RestoreOptions, kept: &Path) -> Resu
         container: Some(container.name.clone()),
         entries: 0,
         replaced: None,
+        databases: 0,
         dry_run: opts.dry_run,
         outcome: ExitKind::Success,
         detail: String::new(),

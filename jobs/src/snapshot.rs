@@ -99,6 +99,9 @@ pub struct ArchiveReport {
     pub note: Option<String>,
     /// Error, if failed.
     pub detail: Option<String>,
+    /// The tenant's database dumps taken with the archive (`[app.database]`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub database: Option<crate::manifest::DatabaseDumps>,
 }
 
 /// The result of `slipway snapshot`.
@@ -230,8 +233,29 @@ pub async fn snapshot(ctx: &Ctx, opts: &SnapshotOptions) -> Result<SnapshotRepor
         } else {
             previous.iter().find_map(|(d, m)| m.tenant(tenant.as_str()).map(|e| (d.clone(), e.clone())))
         };
-        match snapshot_tenant(ctx, &engine, app, tenant, container, &dest, prev).await {
+        // The database first, with the app running: a dump that fails never pauses the tenant,
+        // and its files are not archived without it.
+        let dumped = match &app.database {
+            Some(spec) => crate::database::dump(&engine, spec, tenant, &dir, &rel).await.map(Some),
+            None => Ok(None),
+        };
+        crash_point("snapshot-dumped");
+        let taken = match dumped {
+            Ok(pending) => match snapshot_tenant(ctx, &engine, app, tenant, container, &dest, prev).await {
+                Ok(mut taken) => match pending {
+                    Some(p) => p.place().await.map(|d| {
+                        taken.entry.database = Some(d);
+                        taken
+                    }),
+                    None => Ok(taken),
+                },
+                Err(e) => Err(e),
+            },
+            Err(e) => Err(e),
+        };
+        match taken {
             Ok(taken) => {
+                rep.database = taken.entry.database.clone();
                 rep.outcome = if taken.reused { ArchiveOutcome::Reused } else { ArchiveOutcome::Archived };
                 rep.size = taken.entry.size;
                 rep.bytes_in = taken.bytes_in;
@@ -350,6 +374,7 @@ impl ArchiveReport {
             pre_pass: None,
             note: None,
             detail: None,
+            database: None,
         }
     }
 }
@@ -382,6 +407,7 @@ fn entry_of(rel: &str, tenant: Option<&str>, s: &archive::ArchiveSummary) -> Arc
         file_list: layout::file_list_of(rel),
         file_list_sha256: s.file_list_sha256.clone(),
         created: None,
+        database: None,
     }
 }
 

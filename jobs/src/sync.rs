@@ -106,6 +106,11 @@ fn wanted(snap: &SnapshotDir) -> Result<Vec<Wanted>> {
         let lp = dir.join(&a.file_list);
         let size = std::fs::metadata(&lp).map_err(|e| Error::io(&lp, e))?.len();
         out.push(Wanted { key: id.key(&a.file_list), path: lp, sha256: a.file_list_sha256.clone(), size });
+        // The database dumps of the same entry: off-site with their files, or not at all.
+        for d in a.database.iter().flat_map(|d| &d.dumps) {
+            let path = layout::under(dir, &d.path, &id.key(&d.path))?;
+            out.push(Wanted { key: id.key(&d.path), path, sha256: d.sha256.clone(), size: d.size });
+        }
     }
     let mp = layout::manifest_path(dir);
     let (sha256, size) = archive::sha256_file(&mp)?;
@@ -148,9 +153,7 @@ async fn manifest_to_send(
         return Ok(local);
     };
     let Some(ours) = Manifest::read(&snap.dir)? else { return Ok(local) };
-    let held = |a: &crate::manifest::ArchiveEntry| {
-        listed.contains_key(&snap.id.key(&a.path)) && listed.contains_key(&snap.id.key(&a.file_list))
-    };
+    let held = |a: &crate::manifest::ArchiveEntry| a.objects().all(|rel| listed.contains_key(&snap.id.key(rel)));
     let mut kept = ours.clone();
     kept.archives.retain(|a| !dropped.contains(a));
     let mut merged = kept.merged_with(&theirs, held);
@@ -328,7 +331,7 @@ pub async fn sync(ctx: &Ctx, opts: &SyncOptions) -> Result<SyncReport> {
             Vec::new()
         };
         let skip: Vec<String> =
-            dropped.iter().flat_map(|a| [snap.id.key(&a.path), snap.id.key(&a.file_list)]).collect();
+            dropped.iter().flat_map(|a| a.objects().map(|rel| snap.id.key(rel)).collect::<Vec<_>>()).collect();
         report.retired.extend(dropped.iter().map(|a| snap.id.key(&a.path)));
         let files: Vec<Wanted> = files.into_iter().filter(|w| !skip.contains(&w.key)).collect();
         let (manifest, files): (Vec<Wanted>, Vec<Wanted>) = files.into_iter().partition(|w| w.key == manifest_key);

@@ -690,6 +690,7 @@ pub fn record_rollout_archive(
         file_list: rel(&file_list),
         file_list_sha256: s.file_list_sha256.clone(),
         created: None,
+        database: None,
     };
     manifest.upsert(entry.clone());
     manifest.write(run_dir)?;

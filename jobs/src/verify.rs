@@ -101,6 +101,19 @@ pub fn check_archive(dir: &Path, e: &ArchiveEntry, deep: bool) -> Checked {
                 e.file_list_sha256
             ));
         }
+        // The tenant's database dumps of the same entry: a snapshot is good only with them.
+        for d in e.database.iter().flat_map(|d| &d.dumps) {
+            let dump = crate::layout::under(dir, &d.path, &"a database dump").map_err(|x| x.to_string())?;
+            let (sha, size) = archive::sha256_file(&dump).map_err(|x| format!("{}: {x}", dump.display()))?;
+            if (sha.as_str(), size) != (d.sha256.as_str(), d.size) {
+                return Err(format!(
+                    "database dump {}: {size} bytes with sha256 {sha}, the manifest says {} bytes with sha256 {}",
+                    dump.display(),
+                    d.size,
+                    d.sha256
+                ));
+            }
+        }
         if deep {
             archive::deep_verify(&path, &e.sha256, &list_path).map_err(|x| x.to_string())?;
         }

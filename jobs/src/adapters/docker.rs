@@ -377,6 +377,11 @@ impl Engine {
         }
     }
 
+    /// The engine client, for an adapter that drives one more of its APIs (`postgres`: exec).
+    pub(crate) fn client(&self) -> &Docker {
+        &self.docker
+    }
+
     /// Wait until the engine answers a ping, up to `budget`; whether it did.
     pub async fn wait_ready(&self, budget: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + budget;

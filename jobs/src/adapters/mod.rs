@@ -13,6 +13,7 @@ pub mod lock;
 pub mod metrics;
 pub mod mirror;
 pub mod notify;
+pub mod postgres;
 pub mod proxy;
 pub mod remote;
 pub mod systemd;

@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! <backup_root>/daily/YYYY-MM-DD/tenants/<tenant>.tar.zst   + <tenant>.files.json.zst
+//! <backup_root>/daily/YYYY-MM-DD/tenants/<tenant>.db/<n>.pgdump   its database dumps ([app.database])
 //! <backup_root>/daily/YYYY-MM-DD/control-plane.tar.zst      + control-plane.files.json.zst
 //! <backup_root>/daily/YYYY-MM-DD/MANIFEST.json
 //! <backup_root>/rollout/<run_id>/<tenant>.tar.zst           + <tenant>.files.json.zst
@@ -44,6 +45,10 @@ pub const CONTROL_PLANE: &str = "control-plane";
 const TENANTS: &str = "tenants";
 /// Suffix of an archive.
 const ARCHIVE_SUFFIX: &str = ".tar.zst";
+/// Suffix of the dir of a tenant's database dumps beside its archive.
+const DUMPS_SUFFIX: &str = ".db";
+/// Suffix of one database dump.
+const DUMP_SUFFIX: &str = ".pgdump";
 /// Suffix of the per-file list beside an archive.
 const FILE_LIST_SUFFIX: &str = ".files.json.zst";
 /// The directory under the backup root that keeps the data each restore replaced.
@@ -233,6 +238,20 @@ pub fn tenant_archive(kind: SnapshotKind, tenant: &str) -> String {
         SnapshotKind::Daily => format!("{TENANTS}/{tenant}{ARCHIVE_SUFFIX}"),
         SnapshotKind::Rollout => format!("{tenant}{ARCHIVE_SUFFIX}"),
     }
+}
+
+/// The dir of a tenant's database dumps beside its archive, relative to the snapshot dir:
+/// `tenants/t1.tar.zst` → `tenants/t1.db`. Outside the archive, so no file of the tenant's data
+/// tree can ever be taken for a dump.
+pub fn dumps_dir_of(archive_rel: &str) -> String {
+    let stem = archive_rel.strip_suffix(ARCHIVE_SUFFIX).unwrap_or(archive_rel);
+    format!("{stem}{DUMPS_SUFFIX}")
+}
+
+/// The `n`th dump of a tenant (0: the globals), relative to the snapshot dir: named by its
+/// position, never by the database's name.
+pub fn dump_of(archive_rel: &str, n: usize) -> String {
+    format!("{}/{n}{DUMP_SUFFIX}", dumps_dir_of(archive_rel))
 }
 
 /// The control-plane archive inside a daily snapshot directory.
@@ -472,6 +491,8 @@ mod tests {
         assert_eq!(run.key(&tenant_archive(SnapshotKind::Rollout, "t1")), format!("rollout/{RUN}/t1.tar.zst"));
         assert_eq!(run.key_prefix(), format!("rollout/{RUN}/"));
         assert_eq!(file_list_of("tenants/t1.tar.zst"), "tenants/t1.files.json.zst");
+        assert_eq!(dump_of("tenants/t1.tar.zst", 2), "tenants/t1.db/2.pgdump");
+        assert_eq!(dumps_dir_of("t1.tar.zst"), "t1.db");
         assert_eq!(file_list_path(Path::new("/x/t1.tar.zst")), Path::new("/x/t1.files.json.zst"));
         assert_eq!(tenants_dir(&day.dir(root)), Path::new("/data/backups/daily/2026-11-22/tenants"));
         assert_eq!(staging_dir(root, "t1"), Path::new("/data/backups/staging/t1"));

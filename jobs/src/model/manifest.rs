@@ -30,9 +30,50 @@ pub struct ArchiveEntry {
     /// manifests written before slipway stamped entries.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub created: Option<String>,
+    /// The tenant's database dumps taken with these files (`[app.database]`): one snapshot,
+    /// one entry. Absent for a tenant without a declared database.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database: Option<DatabaseDumps>,
+}
+
+/// The database dumps of one tenant's snapshot, beside its archive.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DatabaseDumps {
+    /// The engine (`postgres`).
+    pub kind: String,
+    /// The container the dumps were taken in.
+    pub container: String,
+    /// The server's version (`SHOW server_version`).
+    pub server_version: String,
+    /// The dump tool's version (`pg_dump --version`), the server's own: it ran in its container.
+    pub tool_version: String,
+    /// Every dump, the globals (roles, tablespaces) first.
+    pub dumps: Vec<DumpEntry>,
+}
+
+/// One dump file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DumpEntry {
+    /// The database, or none for the globals (`pg_dumpall --globals-only`, plain SQL).
+    pub database: Option<String>,
+    /// Path relative to the snapshot directory (`tenants/t1.db/1.pgdump`): never derived from
+    /// the database's name.
+    pub path: String,
+    /// sha256 of the dump bytes.
+    pub sha256: String,
+    /// Size in bytes.
+    pub size: u64,
 }
 
 impl ArchiveEntry {
+    /// Every file of this entry, relative to its snapshot dir: the archive, its file list and
+    /// the database dumps.
+    pub fn objects(&self) -> impl Iterator<Item = &String> {
+        [&self.path, &self.file_list]
+            .into_iter()
+            .chain(self.database.iter().flat_map(|d| d.dumps.iter().map(|x| &x.path)))
+    }
+
     /// When the archive was taken: its stamp, else (older manifests) the time its snapshot's
     /// name gives. Never the manifest's own time, which every rewrite (prune) moves.
     pub fn taken(&self, snap: &SnapshotId) -> Option<jiff::Timestamp> {
@@ -87,8 +128,16 @@ impl Manifest {
     /// same checks as archive entries ([`crate::layout::checked_rel`]). `what` names the manifest.
     pub fn check_paths(&self, what: &dyn std::fmt::Display) -> Result<()> {
         for a in &self.archives {
-            for rel in [&a.path, &a.file_list] {
+            for rel in a.objects() {
                 crate::layout::under(Path::new("."), rel, what)?;
+            }
+            for d in a.database.iter().flat_map(|d| &d.dumps) {
+                if let Some(db) = d.database.as_deref().filter(|db| !crate::config::is_db_name(db)) {
+                    return Err(Error::Backup(format!(
+                        "{what}: refused database name {db:?} of tenant {}: not a name slipway accepts",
+                        a.tenant.as_deref().unwrap_or("?")
+                    )));
+                }
             }
         }
         Ok(())
@@ -154,6 +203,7 @@ mod tests {
             file_list: "l".into(),
             file_list_sha256: "00".into(),
             created: None,
+            database: None,
         }
     }
 

@@ -277,6 +277,10 @@ pub struct App {
     /// For a stack, `image` is its first service's pin and `data_dir` is empty.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stack: Option<Stack>,
+    /// The database each tenant keeps besides its files (`[app.database]`), dumped into its
+    /// snapshot and replayed by its restore.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub database: Option<super::database::DatabaseSpec>,
 }
 
 impl App {
@@ -326,6 +330,7 @@ struct RawApp {
     stack: Option<RawStack>,
     #[serde(default)]
     services: Option<BTreeMap<String, RawService>>,
+    database: Option<super::database::RawDatabase>,
 }
 /// Where the engine keeps the data of a `local` volume `<name>`: `<VOLUMES_DIR>/<name>/_data`
 /// (Docker's default root). On a host whose Docker root is elsewhere, give `data_dir` as the
@@ -521,6 +526,7 @@ impl RawApp {
                 "scratch_mounts: \"{m}\" must be an absolute path in the container, e.g. \"/var/cache/app\""
             ));
         }
+        let database = self.database.map(|d| d.validate()).transpose()?;
         let tenant = |key: &str, s: String| s.parse::<TenantId>().map_err(|e| format!("{key}: {e}"));
         let canary = self.canary.map(|c| tenant("canary", c)).transpose()?;
         let hold = self.hold.into_iter().map(|h| tenant("hold", h)).collect::<std::result::Result<_, _>>()?;
@@ -542,6 +548,7 @@ impl RawApp {
             scratch_mounts: self.scratch_mounts,
             pre_copy: self.pre_copy,
             stack,
+            database,
         })
     }
 }

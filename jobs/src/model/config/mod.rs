@@ -4,10 +4,12 @@
 //! `SLIPWAY_…` environment variable). [`fleet`]: `fleet.toml`, the desired state read from git.
 //! Defaults live in these two files and nowhere else; `deploy/config.example.toml` documents them.
 
+pub mod database;
 pub mod fleet;
 pub mod host;
 pub mod stack;
 
+pub use database::*;
 pub use fleet::*;
 pub use host::*;
 pub use stack::{Service, Stack};
@@ -295,6 +297,18 @@ mod tests {
                 &["proxy.timeout_s"],
             ),
             (app("proxy = { entrypoint = \"http://127.0.0.1:80\", hots = \"{tenant}.x\" }\n"), &["`hots`", "`host`"]),
+            (
+                app("database = { kind = \"sqlite\", paths = [\"app.db\"] }\n"),
+                &["fleet.toml", "app \"pulse\"", "database.kind", "not supported yet"],
+            ),
+            (
+                app("database = { kind = \"postgres\", container = \"pg\", databases = \"all\", user = \"u\" }\n"),
+                &["fleet.toml", "app \"pulse\"", "database.container", "\"pg\""],
+            ),
+            (
+                app("database = { kind = \"postgres\", containr = \"pg-{tenant}\" }\n"),
+                &["fleet.toml", "app \"pulse\"", "containr"],
+            ),
         ];
         for (text, needles) in cases {
             let e = Fleet::parse(&text, "fleet.toml").unwrap_err().to_string();

@@ -1,0 +1,161 @@
+//! A tenant's declared database (`[app.database]`) as the jobs see it: dumped into the tenant's
+//! snapshot beside its archive (one manifest entry for both), checked against that entry, and
+//! replayed by a restore. Shared by `snapshot`, `restore` and `drill`.
+//!
+//! Invariants: dumps are written into a hidden temp dir of the snapshot dir and moved to
+//! `layout::dumps_dir_of` only when every one of them finished cleanly, so a failed or killed
+//! dump leaves nothing a manifest could name; a dump is named by its position, never by its
+//! database's name; before a replay every dump the manifest names is re-hashed (the manifest
+//! and the files are untrusted: they may come from a remote), and nothing is replayed unless
+//! all of them match.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::adapters::archive;
+use crate::adapters::docker::Engine;
+use crate::adapters::postgres::{self, Postgres};
+use crate::config::{DatabaseSpec, Databases};
+use crate::error::{Error, Result};
+use crate::layout;
+use crate::manifest::{DatabaseDumps, DumpEntry};
+use crate::types::TenantId;
+
+/// How long a database that was just started has to accept connections.
+const READY_WAIT: Duration = Duration::from_secs(60);
+
+/// The tenant's database, reached as the spec says.
+fn connect<'a>(engine: &'a Engine, spec: &DatabaseSpec, tenant: &TenantId) -> Result<Postgres<'a>> {
+    let password = spec.password_file.as_deref().map(postgres::read_password).transpose()?;
+    Ok(Postgres::new(engine, &spec.container_of(tenant), &spec.user, password))
+}
+
+/// Dumps taken into a hidden temp dir, not yet in place: dropped, they are removed.
+pub struct Pending {
+    tmp: tempfile::TempDir,
+    final_dir: PathBuf,
+    /// What the manifest entry will say of them.
+    pub dumps: DatabaseDumps,
+}
+
+impl Pending {
+    /// Move the dumps into place beside the archive (replacing a dir an earlier run of today
+    /// left): called once the archive is complete, right before the manifest names both.
+    pub async fn place(self) -> Result<DatabaseDumps> {
+        let (t, f) = (self.tmp.keep(), self.final_dir);
+        crate::blocking::run("placing the database dumps", move || -> Result<()> {
+            crate::adapters::confined::remove_tree(&f).map_err(|e| Error::io(&f, e))?;
+            std::fs::rename(&t, &f).map_err(|e| Error::io(&f, e))?;
+            crate::fsutil::sync_dir(f.parent().unwrap_or(&f)).map_err(|e| Error::io(&f, e))
+        })
+        .await??;
+        Ok(self.dumps)
+    }
+}
+
+/// Dump `tenant`'s database into a temp dir of `snap_dir`, for beside the archive
+/// `archive_rel`: the globals, then every declared database (or every one the server has, for
+/// `all`). Err names the tenant and what failed; then no dump of this run is left.
+pub async fn dump(
+    engine: &Engine,
+    spec: &DatabaseSpec,
+    tenant: &TenantId,
+    snap_dir: &Path,
+    archive_rel: &str,
+) -> Result<Pending> {
+    let pg = connect(engine, spec, tenant)?;
+    let fail = |e: Error| Error::Backup(format!("tenant {tenant}: the database dump failed, no snapshot taken: {e}"));
+    let final_dir = snap_dir.join(layout::dumps_dir_of(archive_rel));
+    let parent = final_dir.parent().unwrap_or(snap_dir).to_path_buf();
+    crate::fsutil::create_private_dir(&parent).map_err(|e| Error::io(&parent, e))?;
+    let tmp = tempfile::Builder::new().prefix(".dumping-").tempdir_in(&parent).map_err(|e| Error::io(&parent, e))?;
+    let (server_version, tool_version) = pg.versions().await.map_err(fail)?;
+    let names = match &spec.databases {
+        Databases::Named(v) => v.clone(),
+        Databases::All => {
+            let listed = pg.databases().await.map_err(fail)?;
+            // What the server lists is input too: a name slipway would not accept is refused.
+            if let Some(bad) = listed.iter().find(|d| !crate::config::is_db_name(d)) {
+                return Err(fail(Error::Backup(format!(
+                    "the server lists a database named {bad:?}, which slipway does not dump by \"all\"; name the \
+                     databases in [app.database] databases"
+                ))));
+            }
+            listed
+        }
+    };
+    let mut dumps = Vec::new();
+    for (n, db) in std::iter::once(None).chain(names.iter().map(|d| Some(d.as_str()))).enumerate() {
+        let rel = layout::dump_of(archive_rel, n);
+        let file = tmp.path().join(Path::new(&rel).file_name().unwrap_or_default());
+        let d = pg.dump(db, &file).await.map_err(fail)?;
+        if n == 1 {
+            crate::context::crash_point("snapshot-dumping");
+        }
+        dumps.push(DumpEntry { database: db.map(str::to_string), path: rel, sha256: d.sha256, size: d.size });
+    }
+    let dumps = DatabaseDumps {
+        kind: spec.kind.as_str().to_string(),
+        container: pg.container().to_string(),
+        server_version,
+        tool_version,
+        dumps,
+    };
+    Ok(Pending { tmp, final_dir, dumps })
+}
+
+/// Every dump `dumps` names under `dir`, each re-hashed against its entry; Err (naming the
+/// tenant and the file) on the first that is missing, outside `dir` or different.
+pub async fn verified(dir: &Path, tenant: &TenantId, dumps: &DatabaseDumps) -> Result<Vec<(Option<String>, PathBuf)>> {
+    let mut out = Vec::new();
+    for d in &dumps.dumps {
+        let path = layout::under(dir, &d.path, &format!("tenant {tenant}'s database dump"))?;
+        let p = path.clone();
+        let got = crate::blocking::run("hashing a database dump", move || archive::sha256_file(&p)).await?;
+        match got {
+            Ok((h, n)) if h == d.sha256 && n == d.size => out.push((d.database.clone(), path)),
+            Ok((h, n)) => {
+                return Err(Error::Backup(format!(
+                    "tenant {tenant}: the database dump {} is {n} bytes with sha256 {h}, its manifest says {} bytes \
+                     with sha256 {}; nothing was touched",
+                    path.display(),
+                    d.size,
+                    d.sha256
+                )))
+            }
+            Err(e) => {
+                return Err(Error::Backup(format!(
+                    "tenant {tenant}: the database dump {} cannot be read: {e}; nothing was touched",
+                    path.display()
+                )))
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Replay `tenant`'s verified dumps into `container` (the tenant's own database container, or
+/// a drill's scratch one): the container is started if it is not running, the server waited
+/// for, then each database replayed in one transaction. The globals are not replayed: the
+/// server keeps its roles (they are in the dump for a rebuild by hand).
+pub async fn replay(
+    engine: &Engine,
+    spec: &DatabaseSpec,
+    tenant: &TenantId,
+    container: &str,
+    dumps: &[(Option<String>, PathBuf)],
+) -> Result<usize> {
+    let password = spec.password_file.as_deref().map(postgres::read_password).transpose()?;
+    let pg = Postgres::new(engine, container, &spec.user, password);
+    let fail = |e: Error| Error::Backup(format!("tenant {tenant}: the database replay failed: {e}"));
+    engine.start(container).await.map_err(fail)?;
+    pg.wait_ready(READY_WAIT).await.map_err(fail)?;
+    let mut n = 0;
+    for (db, path) in dumps {
+        if let Some(db) = db {
+            pg.replay(db, path).await.map_err(fail)?;
+            n += 1;
+        }
+    }
+    Ok(n)
+}

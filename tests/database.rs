@@ -1,0 +1,355 @@
+//! Database-consistent backups (#27), against a real Postgres: the `pg` fixture (Debian's
+//! postgresql-15 in a busybox rootfs) in a container of its own per tenant, and the `pgapp`
+//! fixture as the tenant, writing ledger rows continuously (each transaction one row and one
+//! bump of `tally.rows`, so a consistent database has as many rows as its tally says).
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::support::{sh, tree_hash, Env, Sandbox};
+
+/// A tenant's database container, removed (with its volumes) when dropped. It carries its own
+/// label, not the sandbox's, so the app never takes it for a tenant.
+struct Pg {
+    name: String,
+}
+
+impl Drop for Pg {
+    fn drop(&mut self) {
+        let _ = Command::new("docker").args(["rm", "-f", "-v", &self.name]).output();
+    }
+}
+
+impl Pg {
+    /// Start `<id>-pg-<tenant>` on the sandbox's network (alias `pg-<tenant>`) with a database
+    /// `app`, and wait until it answers.
+    fn start(s: &Sandbox, tenant: &str) -> Pg {
+        let name = format!("{}-pg-{tenant}", s.id());
+        let pg = Pg { name: name.clone() };
+        sh(Command::new("docker").args([
+            "run",
+            "-d",
+            "--name",
+            &name,
+            "--network",
+            s.network(),
+            "--network-alias",
+            &format!("pg-{tenant}"),
+            "--label",
+            &format!("slipway.test.db={}", s.id()),
+            Env::get().fixture("pg"),
+        ]));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while pg.try_sql("postgres", "select 1").is_none() {
+            assert!(Instant::now() < deadline, "the pg fixture did not come up");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        pg.sql("postgres", "create database app");
+        pg
+    }
+
+    fn try_sql(&self, db: &str, sql: &str) -> Option<String> {
+        let o = Command::new("docker")
+            .args(["exec", &self.name, "psql", "-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-U", "postgres"])
+            .args(["-d", db, "-c", sql])
+            .output()
+            .ok()?;
+        o.status.success().then(|| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    }
+
+    /// Run `sql` as postgres in `db`; its output, trimmed.
+    fn sql(&self, db: &str, sql: &str) -> String {
+        self.try_sql(db, sql).unwrap_or_else(|| panic!("psql failed in {db}: {sql}"))
+    }
+
+    /// The ledger's row count once it has at least `n` rows.
+    fn rows_at_least(&self, n: u64) -> u64 {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let c: u64 = self.try_sql("app", "select count(*) from ledger").and_then(|c| c.parse().ok()).unwrap_or(0);
+            if c >= n {
+                return c;
+            }
+            assert!(Instant::now() < deadline, "the writer did not reach {n} rows (at {c})");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Whether the ledger is consistent in one statement (one snapshot of the server): as many
+    /// rows as the tally, numbered 1..=count with no gap, every payload the one of its n.
+    fn consistent(&self) -> bool {
+        self.sql(
+            "app",
+            "select (select count(*) from ledger) = (select rows from tally where id = 1) \
+               and (select count(*) from ledger) = (select coalesce(max(n), 0) from ledger) \
+               and not exists (select 1 from ledger where payload <> repeat(md5(n::text), 8))",
+        ) == "t"
+    }
+}
+
+/// The fleet app for the `pgapp` tenants of `s`, with `[app.database]` naming their Pg.
+fn db_fleet(s: &Sandbox, image: &str, user: &str) -> String {
+    s.fleet_app(
+        image,
+        &format!(
+            "[app.database]\nkind = \"postgres\"\ncontainer = \"{}-pg-{{tenant}}\"\ndatabases = [\"app\"]\nuser = \"{user}\"\n",
+            s.id()
+        ),
+    )
+}
+
+/// A `pgapp` tenant writing into `pg-<tenant>`.
+fn add_writer(s: &Sandbox, tenant: &str) -> (String, String) {
+    let image = Env::get().fixture("pgapp").to_string();
+    let name = s.add_tenant_with(tenant, &image, &["--env", &format!("PGHOST=pg-{tenant}")]);
+    (name, image)
+}
+
+fn manifest_names_tenant(s: &Sandbox, day: &str, tenant: &str) -> bool {
+    let p = s.backups().join("daily").join(day).join("MANIFEST.json");
+    std::fs::read_to_string(p)
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .is_some_and(|m| m["archives"].as_array().is_some_and(|a| a.iter().any(|e| e["tenant"] == tenant)))
+}
+
+fn today() -> String {
+    sh(Command::new("date").args(["-u", "+%Y-%m-%d"])).trim().to_string()
+}
+
+#[test]
+fn a_tenant_writing_rows_during_the_snapshot_restores_to_a_consistent_database_as_at_the_dump() {
+    let s = Sandbox::new();
+    let pg = Pg::start(&s, "t1");
+    let (name, image) = add_writer(&s, "t1");
+    s.write_data("t1", "uploads/a.txt", "a file of the tenant\n");
+    // Hostile: files at the names slipway uses for dumps, inside the tenant's own tree. They are
+    // the tenant's files, archived and restored as such, never taken for (or replayed as) a dump.
+    s.write_data("t1", "t1.db/1.pgdump", "PGDMP not a dump: drop everything\n");
+    s.write_data("t1", ".slipway-db/app.dump", "PGDMP fake\n");
+    s.write_fleet(&db_fleet(&s, &image, "postgres"));
+    let before = pg.rows_at_least(300);
+    pg.sql("app", "create table marker (what text); insert into marker values ('before')");
+
+    let out = s.slipway(&["snapshot", "--json"]);
+    assert_eq!(out.code, 0, "{} {}", out.stdout, out.stderr);
+    let report = &out.json()["report"];
+    let archive = &report["archives"][0];
+    assert_eq!(archive["outcome"], "archived", "{archive}");
+    let db = &archive["database"];
+    assert_eq!(db["kind"], "postgres");
+    assert!(db["server_version"].as_str().unwrap().starts_with("15."), "{db}");
+    assert!(db["tool_version"].as_str().unwrap().contains("pg_dump (PostgreSQL) 15."), "{db}");
+    let dumps = db["dumps"].as_array().unwrap();
+    assert_eq!(dumps.len(), 2, "the globals and database app: {db}");
+    assert_eq!(dumps[0]["database"], serde_json::Value::Null);
+    assert_eq!(dumps[1]["database"], "app");
+    // One manifest entry for the files and the dumps.
+    let day = report["day"].as_str().unwrap();
+    let manifest: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(s.backups().join("daily").join(day).join("MANIFEST.json")).unwrap(),
+    )
+    .unwrap();
+    let entries: Vec<&serde_json::Value> =
+        manifest["archives"].as_array().unwrap().iter().filter(|e| e["tenant"] == "t1").collect();
+    assert_eq!(entries.len(), 1);
+    assert_eq!(entries[0]["database"]["dumps"], db["dumps"]);
+    let files_at_snapshot = tree_hash(&s.data_dir("t1"));
+    // verify re-hashes the dumps with the archive.
+    let v = s.slipway(&["verify", "--json"]);
+    assert_eq!(v.code, 0, "{} {}", v.stdout, v.stderr);
+
+    // After the snapshot: more rows, a marker, a file; then the restore.
+    let after = pg.rows_at_least(before + 200);
+    pg.sql("app", "insert into marker values ('after')");
+    s.write_data("t1", "uploads/late.txt", "written after the snapshot\n");
+    let out = s.slipway(&["restore", "--tenant", "t1", "--day", day, "--json"]);
+    assert_eq!(out.code, 0, "{} {}", out.stdout, out.stderr);
+    assert_eq!(out.json()["report"]["databases"], 1, "{}", out.stdout);
+    // The database is as at the dump: the marker of before, not the one of after; every row
+    // committed before the snapshot, none torn, the tally agreeing.
+    assert_eq!(pg.sql("app", "select string_agg(what, ',') from marker"), "before");
+    assert!(pg.consistent(), "the restored ledger is inconsistent");
+    let restored: u64 = pg.sql("app", &format!("select count(*) from ledger where n <= {before}")).parse().unwrap();
+    assert_eq!(restored, before, "every row committed before the snapshot is back");
+    assert!(after > before);
+    // The files too, hostile names included, byte for byte; the app runs and writes again.
+    assert_eq!(tree_hash(&s.data_dir("t1")), files_at_snapshot);
+    assert_eq!(s.inspect(&name)["State"]["Running"], true);
+    let resumed = pg.sql("app", "select count(*) from ledger").parse::<u64>().unwrap();
+    pg.rows_at_least(resumed + 50);
+    assert!(pg.consistent());
+}
+
+#[test]
+fn a_pg_dump_refused_a_table_fails_the_snapshot_naming_the_tenant_and_counts_nothing() {
+    let s = Sandbox::new();
+    let pg = Pg::start(&s, "t1");
+    // The dump user owns the app's database but may not read one table in it.
+    pg.sql("postgres", "create role dumper login; alter database app owner to dumper");
+    pg.sql("app", "create table secret (x int); revoke all on secret from public");
+    let (name, image) = add_writer(&s, "t1");
+    s.write_fleet(&db_fleet(&s, &image, "dumper"));
+    pg.rows_at_least(10);
+
+    let out = s.slipway(&["snapshot", "--json"]);
+    assert_eq!(out.code, 1, "{} {}", out.stdout, out.stderr);
+    let env = out.json();
+    assert_eq!(env["outcome"], "failed");
+    let archive = &env["report"]["archives"][0];
+    assert_eq!(archive["outcome"], "failed");
+    let detail = archive["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("tenant t1") && detail.contains("permission denied") && detail.contains("exit code 1"),
+        "{detail}"
+    );
+    // Nothing reported as good: no manifest entry, no dumps, no files archive in the record.
+    let day = today();
+    assert!(!manifest_names_tenant(&s, &day, "t1"));
+    let tenants = s.backups().join("daily").join(&day).join("tenants");
+    let left: Vec<_> =
+        std::fs::read_dir(&tenants).map(|r| r.flatten().map(|e| e.file_name()).collect()).unwrap_or_default();
+    assert!(left.is_empty(), "left in {}: {left:?}", tenants.display());
+    // The app was never paused or stopped for it.
+    assert_eq!(s.inspect(&name)["State"]["Running"], true);
+}
+
+#[test]
+fn a_pg_dump_killed_mid_dump_fails_the_snapshot_and_counts_nothing() {
+    let s = Sandbox::new();
+    let pg = Pg::start(&s, "t1");
+    let (_name, image) = add_writer(&s, "t1");
+    s.write_fleet(&db_fleet(&s, &image, "postgres"));
+    pg.rows_at_least(10);
+    // A session holding the ledger locked keeps pg_dump waiting for its lock: running, known.
+    sh(Command::new("docker").args([
+        "exec",
+        "-d",
+        &pg.name,
+        "psql",
+        "-U",
+        "postgres",
+        "-d",
+        "app",
+        "-c",
+        "begin; lock table ledger in access exclusive mode; select pg_sleep(300);",
+    ]));
+    let child = s.spawn(&["snapshot", "--json"], &[]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while pg.sql("postgres", "select count(*) from pg_stat_activity where application_name = 'pg_dump'") == "0" {
+        assert!(Instant::now() < deadline, "pg_dump never started");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    sh(Command::new("docker").args(["exec", &pg.name, "/bin/busybox", "killall", "-9", "pg_dump"]));
+    let out = child.wait_with_output().unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(1), "{stdout} {stderr}");
+    let env: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    let detail = env["report"]["archives"][0]["detail"].as_str().unwrap().to_string();
+    assert!(detail.contains("tenant t1") && detail.contains("killed") && detail.contains("signal 9"), "{detail}");
+    assert!(!manifest_names_tenant(&s, &today(), "t1"));
+    let tenants = s.backups().join("daily").join(today()).join("tenants");
+    let left: Vec<_> =
+        std::fs::read_dir(&tenants).map(|r| r.flatten().map(|e| e.file_name()).collect()).unwrap_or_default();
+    assert!(left.is_empty(), "left in {}: {left:?}", tenants.display());
+}
+
+#[test]
+fn a_failed_replay_leaves_the_database_and_the_files_as_they_were_and_names_the_tenant() {
+    let s = Sandbox::new();
+    let pg = Pg::start(&s, "t1");
+    let (name, image) = add_writer(&s, "t1");
+    s.write_data("t1", "uploads/a.txt", "as at the snapshot\n");
+    s.write_fleet(&db_fleet(&s, &image, "postgres"));
+    pg.rows_at_least(50);
+    let out = s.slipway(&["snapshot", "--json"]);
+    assert_eq!(out.code, 0, "{} {}", out.stdout, out.stderr);
+    // After it: a view on the ledger that the dump does not know, so `--clean` cannot drop the
+    // table and the replay fails half-way.
+    pg.sql("app", "create view ledger_view as select n from ledger");
+    pg.sql("app", "create table marker (what text); insert into marker values ('after')");
+    s.write_data("t1", "uploads/late.txt", "written after the snapshot\n");
+    let files_before = tree_hash(&s.data_dir("t1"));
+
+    let out = s.slipway(&["restore", "--tenant", "t1", "--latest", "--json"]);
+    assert_eq!(out.code, 1, "{} {}", out.stdout, out.stderr);
+    let detail = out.json()["report"]["detail"].as_str().unwrap().to_string();
+    assert!(
+        detail.contains("tenant t1") && detail.contains("replay failed") && detail.contains("as it was"),
+        "{detail}"
+    );
+    // The database is as it was (one transaction), the files it had are back, the app runs.
+    assert_eq!(pg.sql("app", "select string_agg(what, ',') from marker"), "after");
+    assert_eq!(pg.sql("app", "select count(*) from pg_views where viewname = 'ledger_view'"), "1");
+    assert_eq!(tree_hash(&s.data_dir("t1")), files_before);
+    assert_eq!(s.inspect(&name)["State"]["Running"], true);
+    assert!(pg.consistent());
+    // A dump damaged on disk: verify names it, and a restore refuses before touching anything.
+    let dump = std::fs::read_dir(s.backups().join("daily").join(today()).join("tenants").join("t1.db"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.file_name().is_some_and(|n| n == "1.pgdump"))
+        .unwrap();
+    let mut bytes = std::fs::read(&dump).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(&dump, bytes).unwrap();
+    let v = s.slipway(&["verify", "--json"]);
+    assert_ne!(v.code, 0, "{}", v.stdout);
+    assert!(v.stdout.contains("database dump"), "{}", v.stdout);
+    let id = s.inspect(&name)["Id"].clone();
+    let out = s.slipway(&["restore", "--tenant", "t1", "--latest", "--json"]);
+    assert_ne!(out.code, 0, "{}", out.stdout);
+    assert!(out.stdout.contains("tenant t1") && out.stdout.contains("nothing was touched"), "{}", out.stdout);
+    assert_eq!(s.inspect(&name)["Id"], id);
+    assert_eq!(s.inspect(&name)["State"]["Running"], true);
+}
+
+#[test]
+fn a_snapshot_killed_at_the_dump_step_counts_nothing_and_the_next_one_is_whole() {
+    let s = Sandbox::new();
+    let pg = Pg::start(&s, "t1");
+    let (_name, image) = add_writer(&s, "t1");
+    s.write_fleet(&db_fleet(&s, &image, "postgres"));
+    pg.rows_at_least(10);
+    let out = s.slipway_env(&["snapshot"], &[("SLIPWAY_TEST_CRASH_AT", "snapshot-dumping")]);
+    assert!(out.stderr.contains("slipway test point reached: snapshot-dumping"), "{}", out.stderr);
+    assert_ne!(out.code, 0);
+    assert!(!manifest_names_tenant(&s, &today(), "t1"), "a killed dump is no backup");
+    // The next run takes both, whole, in one entry.
+    let out = s.slipway(&["snapshot", "--json"]);
+    assert_eq!(out.code, 0, "{} {}", out.stdout, out.stderr);
+    assert!(manifest_names_tenant(&s, &today(), "t1"));
+    assert_eq!(out.json()["report"]["archives"][0]["database"]["dumps"].as_array().map(Vec::len), Some(2));
+}
+
+#[test]
+fn the_dumps_go_off_site_with_their_files_and_a_remote_restore_replays_them() {
+    let s = Sandbox::new();
+    let pg = Pg::start(&s, "t1");
+    let (name, image) = add_writer(&s, "t1");
+    s.write_fleet(&db_fleet(&s, &image, "postgres"));
+    let bucket = s.use_shared_remote("");
+    pg.rows_at_least(50);
+    pg.sql("app", "create table marker (what text); insert into marker values ('before')");
+    let out = s.slipway(&["snapshot", "--json"]);
+    assert_eq!(out.code, 0, "{} {}", out.stdout, out.stderr);
+    let dumps = out.json()["report"]["archives"][0]["database"]["dumps"].clone();
+    let out = s.slipway(&["sync", "--json"]);
+    assert_eq!(out.code, 0, "{} {}", out.stdout, out.stderr);
+    // Every dump is on the remote beside the archive; the local copies go, the remote stays.
+    let day = today();
+    for d in dumps.as_array().unwrap() {
+        let rel = d["path"].as_str().unwrap();
+        let key = format!("daily/{day}/{rel}");
+        assert!(!s.remote_object_bytes(&bucket, &key).is_empty(), "{key} is not on the remote");
+    }
+    std::fs::remove_dir_all(s.backups().join("daily")).unwrap();
+    pg.sql("app", "insert into marker values ('after')");
+    let out = s.slipway(&["restore", "--tenant", "t1", "--latest", "--remote", "--json"]);
+    assert_eq!(out.code, 0, "{} {}", out.stdout, out.stderr);
+    assert_eq!(pg.sql("app", "select string_agg(what, ',') from marker"), "before");
+    assert!(pg.consistent());
+    assert_eq!(s.inspect(&name)["State"]["Running"], true);
+}
