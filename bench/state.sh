@@ -78,7 +78,7 @@ for i in range(runs):
             drills.append((rid, t, "daily/" + at.strftime("%Y-%m-%d"), 0, "%064x" % i, 1000, 2000, 30, 400, 300, "success", None, stamp))
 c.executemany("INSERT INTO runs (id, job, trigger, app, git_commit, digest, pid, started_at, finished_at, outcome, exit_code, summary, resolved_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", runs_rows)
 c.executemany("INSERT INTO steps (run_id, tenant, step, started_at, finished_at, outcome, detail) VALUES (?,?,?,?,?,?,?)", steps)
-c.executemany("INSERT INTO run_tenants VALUES (?,?,?,?,?,?,?)", tenant_rows)
+c.executemany("INSERT INTO run_tenants (run_id, tenant, from_digest, to_digest, outcome, downtime_ms, detail) VALUES (?,?,?,?,?,?,?)", tenant_rows)
 c.executemany("INSERT INTO drills VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", drills)
 snaps = []
 for d in range(365):
