@@ -17,7 +17,7 @@ cd "$(dirname "$0")/.."
 STATE=$PWD/.testenv
 FIXTURES="v1 v2 unhealthy crash slow writer cmd2 noterm moved"
 # The Postgres fixtures (fixtures/pg-entry.sh): Debian's server and client binaries.
-PG_FIXTURES="pg pgapp"
+PG_FIXTURES="pg pgapp pgmig"
 PG_BIN=/usr/lib/postgresql/15/bin
 PG_TOOLS="postgres initdb pg_ctl pg_dump pg_dumpall pg_restore psql pg_isready"
 SETUP_LOG=$STATE/setup.log

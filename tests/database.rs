@@ -89,10 +89,15 @@ impl Pg {
 
 /// The fleet app for the `pgapp` tenants of `s`, with `[app.database]` naming their Pg.
 fn db_fleet(s: &Sandbox, image: &str, user: &str) -> String {
+    db_fleet_with(s, image, user, "")
+}
+
+/// [`db_fleet`] with `extra` keys of `[app]` (before its `[app.database]`).
+fn db_fleet_with(s: &Sandbox, image: &str, user: &str, extra: &str) -> String {
     s.fleet_app(
         image,
         &format!(
-            "[app.database]\nkind = \"postgres\"\ncontainer = \"{}-pg-{{tenant}}\"\ndatabases = [\"app\"]\nuser = \"{user}\"\n",
+            "{extra}[app.database]\nkind = \"postgres\"\ncontainer = \"{}-pg-{{tenant}}\"\ndatabases = [\"app\"]\nuser = \"{user}\"\n",
             s.id()
         ),
     )
@@ -352,4 +357,172 @@ fn the_dumps_go_off_site_with_their_files_and_a_remote_restore_replays_them() {
     assert_eq!(pg.sql("app", "select string_agg(what, ',') from marker"), "before");
     assert!(pg.consistent());
     assert_eq!(s.inspect(&name)["State"]["Running"], true);
+}
+
+/// What an operator compares of a tenant's database before and after an undo: its schema
+/// (`pg_dump --schema-only`) and a hash of the `customers` rows (no app writes them).
+fn db_state(pg: &Pg) -> (String, String) {
+    let schema =
+        sh(Command::new("docker").args(["exec", &pg.name, "pg_dump", "--schema-only", "-U", "postgres", "-d", "app"]));
+    // pg_dump guards its output with a random `\restrict` key per dump.
+    let schema = schema
+        .lines()
+        .filter(|l| !l.starts_with("\\restrict") && !l.starts_with("\\unrestrict"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let rows =
+        pg.sql("app", "select count(*) || ':' || md5(string_agg(id || '=' || name, ',' order by id)) from customers");
+    (schema, rows)
+}
+
+/// A `pgapp` tenant t1 on its Pg with a `customers` table of 100 rows and some files, and the
+/// fleet rolling it to `pgmig` (whose migration rewrites the database, then fails).
+struct MigCase {
+    s: Sandbox,
+    pg: Pg,
+    name: String,
+    image: String,
+    labels: serde_json::Value,
+    db_before: (String, String),
+    files_before: String,
+}
+
+fn mig_case(extra: &str) -> MigCase {
+    let s = Sandbox::new();
+    let pg = Pg::start(&s, "t1");
+    let (name, image) = add_writer(&s, "t1");
+    pg.rows_at_least(20);
+    pg.sql("app", "create table customers (id int primary key, name text not null)");
+    pg.sql("app", "insert into customers select g, 'customer ' || g from generate_series(1, 100) g");
+    s.write_data("t1", "uploads/a.txt", "before the rollout\n");
+    let db_before = db_state(&pg);
+    let files_before = tree_hash(&s.data_dir("t1"));
+    let labels = s.inspect(&name)["Config"]["Labels"].clone();
+    let mig = Env::get().fixture("pgmig").to_string();
+    s.write_fleet(&db_fleet_with(&s, &mig, "postgres", extra));
+    MigCase { s, pg, name, image, labels, db_before, files_before }
+}
+
+impl MigCase {
+    /// The tenant is back as before the rollout: the prior container (its image, its labels)
+    /// running, its files byte-identical, the database's schema and rows as at the stop, and the
+    /// ledger consistent (the prior app writes again).
+    fn assert_back(&self, what: &str) {
+        let c = self.s.inspect(&self.name);
+        assert_eq!(c["State"]["Running"], true, "{what}: the prior container is not running");
+        assert_eq!(c["Config"]["Image"].as_str(), Some(self.image.as_str()), "{what}: not the prior image");
+        assert_eq!(c["Config"]["Labels"], self.labels, "{what}: labels differ");
+        assert_eq!(tree_hash(&self.s.data_dir("t1")), self.files_before, "{what}: files differ");
+        let now = db_state(&self.pg);
+        assert_eq!(now.1, self.db_before.1, "{what}: customers differ");
+        assert!(now.0 == self.db_before.0, "{what}: the schema differs:\n{}\n---\n{}", self.db_before.0, now.0);
+        assert!(self.pg.consistent(), "{what}: the ledger is not consistent");
+        let leftovers = self.s.containers_named_like(".pre-rollout-");
+        assert!(leftovers.is_empty(), "{what}: {leftovers:?}");
+    }
+
+    /// The rollout run's dir.
+    fn run_dir(&self) -> std::path::PathBuf {
+        let runs = std::fs::read_dir(self.s.backups().join("rollout")).unwrap().flatten().map(|e| e.path());
+        let dirs: Vec<_> = runs.filter(|p| p.is_dir()).collect();
+        assert_eq!(dirs.len(), 1, "{dirs:?}");
+        dirs[0].clone()
+    }
+
+    /// The database as the failed version left it was kept: a dump in the run's dir that holds
+    /// the table only it made, and the replaced database under its `_undone_` name.
+    fn assert_kept(&self, what: &str) {
+        let dump = self.run_dir().join("undo-kept/t1.db/1.pgdump");
+        assert!(dump.is_file(), "{what}: no kept dump {}", dump.display());
+        let f = std::fs::File::open(&dump).unwrap();
+        let o =
+            Command::new("docker").args(["exec", "-i", &self.pg.name, "pg_restore", "-l"]).stdin(f).output().unwrap();
+        assert!(
+            String::from_utf8_lossy(&o.stdout).contains("v2_only"),
+            "{what}: the kept dump lacks the new version's table"
+        );
+        let kept = self.pg.sql("postgres", "select count(*) from pg_database where datname like 'app\\_undone\\_%'");
+        assert_eq!(kept, "1", "{what}: the replaced database is not kept");
+    }
+}
+
+#[test]
+fn a_failed_migration_in_a_rollout_is_undone_with_the_database_as_before_and_the_migrated_one_kept() {
+    // The archive-while-down path: the run's manifest names the archive and the dump in one
+    // entry before the switch.
+    let c = mig_case("pre_copy = false\n");
+    let out = c.s.slipway(&["rollout", "--json"]);
+    assert_eq!(out.code, 3, "{} {}", out.stdout, out.stderr);
+    let t = &out.json()["report"]["apps"][0]["tenants"][0];
+    assert_eq!(t["outcome"], "restored", "{t}");
+    let detail = t["detail"].as_str().unwrap_or_default();
+    assert!(detail.contains("undo-kept/t1.db") && detail.contains("pre-switch dump"), "{detail}");
+    assert!(t["timings"]["db_dump_ms"].as_u64().is_some_and(|ms| ms > 0), "{t}");
+    c.assert_back("undo");
+    c.assert_kept("undo");
+    let m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(c.run_dir().join("MANIFEST.json")).unwrap()).unwrap();
+    let e = &m["archives"][0];
+    assert_eq!(e["tenant"], "t1");
+    assert_eq!(e["database"]["dumps"].as_array().map(Vec::len), Some(2), "{m}");
+    assert_eq!(e["database"]["dumps"][1]["path"], "t1.db/1.pgdump");
+    assert_eq!(e["database"]["dumps"][1]["sha256"].as_str().map(str::len), Some(64));
+    // Nothing is left for recover.
+    let rec = c.s.slipway(&["recover", "--json"]);
+    assert_eq!(rec.code, 0, "{}", rec.stdout);
+}
+
+#[test]
+fn a_rollout_whose_database_dump_fails_leaves_the_tenant_untouched_before_the_switch() {
+    let s = Sandbox::new();
+    let pg = Pg::start(&s, "t1");
+    let (name, image) = add_writer(&s, "t1");
+    pg.rows_at_least(10);
+    let id = s.inspect(&name)["Id"].clone();
+    let mig = Env::get().fixture("pgmig").to_string();
+    // A user the server does not have: the dump fails.
+    s.write_fleet(&db_fleet(&s, &mig, "nobody"));
+    let out = s.slipway(&["rollout", "--json"]);
+    assert_eq!(out.code, 3, "{} {}", out.stdout, out.stderr);
+    let t = &out.json()["report"]["apps"][0]["tenants"][0];
+    let detail = t["detail"].as_str().unwrap_or_default();
+    assert!(detail.contains("tenant t1") && detail.contains("dump failed"), "{detail}");
+    assert_eq!(t["outcome"], "restored");
+    assert_eq!(s.inspect(&name)["Id"], id, "the prior container is the same one");
+    assert_eq!(s.inspect(&name)["Config"]["Image"].as_str(), Some(image.as_str()));
+    assert_eq!(s.inspect(&name)["State"]["Running"], true);
+    assert_eq!(pg.sql("app", "select count(*) from pg_tables where tablename = 'v2_only'"), "0");
+    assert!(pg.consistent());
+}
+
+#[test]
+fn a_rollout_killed_at_its_database_steps_is_finished_by_recover_with_the_database_as_before() {
+    use slipway_jobs::step::{Step, UndoStep};
+    let mut points: Vec<(String, bool)> = Vec::new();
+    for st in Step::ALL.into_iter().filter(|s| s.needs_database()) {
+        points.extend([(st.during().to_string(), false), (st.after().to_string(), false)]);
+    }
+    for u in UndoStep::ALL.into_iter().filter(|u| u.needs_database()) {
+        points.extend([(u.during().to_string(), true), (u.after().to_string(), true)]);
+    }
+    assert_eq!(points.len(), 6);
+    for (point, undoing) in points {
+        let c = mig_case("");
+        let out = c.s.slipway_env(&["rollout", "--json"], &[("SLIPWAY_TEST_CRASH_AT", point.as_str())]);
+        assert!(
+            out.stderr.contains(&format!("slipway test point reached: {point}")),
+            "{point}: {} {}",
+            out.stdout,
+            out.stderr
+        );
+        assert_eq!(out.code, -1, "{point}: {}", out.stdout);
+        let rec = c.s.slipway(&["recover", "--json"]);
+        assert_eq!(rec.code, 0, "{point}: {} {}", rec.stdout, rec.stderr);
+        c.assert_back(&point);
+        if undoing {
+            c.assert_kept(&point);
+        }
+        let again = c.s.slipway(&["recover", "--json"]);
+        assert_eq!(again.code, 0, "{point}");
+    }
 }

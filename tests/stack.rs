@@ -499,7 +499,7 @@ fn a_stack_rollout_killed_at_its_steps_is_undone_or_finished_by_recover() {
     // Every step a stack takes (one tenant: no soak; the copy path: no snapshot), before it
     // acts, halfway through the switch, and just after the health gate passed.
     let mut points: Vec<String> = Vec::new();
-    for st in Step::ALL.into_iter().filter(|s| !matches!(s, Step::Snapshot | Step::Soak)) {
+    for st in Step::ALL.into_iter().filter(|s| !matches!(s, Step::Snapshot | Step::Soak) && !s.needs_database()) {
         points.push(st.during().to_string());
         if let Some(h) = st.halfway() {
             points.push(h.to_string());
@@ -543,7 +543,7 @@ fn stack_undo_killed_at(point: &str) {
 fn a_stack_undo_killed_at_each_of_its_steps_is_finished_by_recover() {
     use slipway_jobs::step::UndoStep;
     // A stack's undo never recreates a prior container: it is renamed back.
-    for u in UndoStep::ALL.into_iter().filter(|u| *u != UndoStep::RecreatePrior) {
+    for u in UndoStep::ALL.into_iter().filter(|u| *u != UndoStep::RecreatePrior && !u.needs_database()) {
         stack_undo_killed_at(&u.during().to_string());
     }
 }

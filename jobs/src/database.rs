@@ -19,6 +19,7 @@ use crate::config::{DatabaseSpec, Databases};
 use crate::error::{Error, Result};
 use crate::layout;
 use crate::manifest::{DatabaseDumps, DumpEntry};
+use crate::step::DbJournal;
 use crate::types::TenantId;
 
 /// How long a database that was just started has to accept connections.
@@ -64,13 +65,24 @@ pub async fn dump(
     archive_rel: &str,
 ) -> Result<Pending> {
     let pg = connect(engine, spec, tenant)?;
+    dump_with(&pg, &spec.databases, tenant, snap_dir, archive_rel).await
+}
+
+/// [`dump`] through `pg`, of `databases`.
+async fn dump_with(
+    pg: &Postgres<'_>,
+    databases: &Databases,
+    tenant: &TenantId,
+    snap_dir: &Path,
+    archive_rel: &str,
+) -> Result<Pending> {
     let fail = |e: Error| Error::Backup(format!("tenant {tenant}: the database dump failed, no snapshot taken: {e}"));
     let final_dir = snap_dir.join(layout::dumps_dir_of(archive_rel));
     let parent = final_dir.parent().unwrap_or(snap_dir).to_path_buf();
     crate::fsutil::create_private_dir(&parent).map_err(|e| Error::io(&parent, e))?;
     let tmp = tempfile::Builder::new().prefix(".dumping-").tempdir_in(&parent).map_err(|e| Error::io(&parent, e))?;
     let (server_version, tool_version) = pg.versions().await.map_err(fail)?;
-    let names = match &spec.databases {
+    let names = match databases {
         Databases::Named(v) => v.clone(),
         Databases::All => {
             let listed = pg.databases().await.map_err(fail)?;
@@ -95,7 +107,7 @@ pub async fn dump(
         dumps.push(DumpEntry { database: db.map(str::to_string), path: rel, sha256: d.sha256, size: d.size });
     }
     let dumps = DatabaseDumps {
-        kind: spec.kind.as_str().to_string(),
+        kind: crate::config::DatabaseKind::Postgres.as_str().to_string(),
         container: pg.container().to_string(),
         server_version,
         tool_version,
@@ -158,4 +170,81 @@ pub async fn replay(
         }
     }
     Ok(n)
+}
+
+/// The tenant's database as a rollout journaled it.
+fn connect_journaled<'a>(engine: &'a Engine, dj: &DbJournal) -> Result<Postgres<'a>> {
+    let password = dj.password_file.as_deref().map(postgres::read_password).transpose()?;
+    Ok(Postgres::new(engine, &dj.container, &dj.user, password))
+}
+
+/// The databases (globals aside) a rollout's pre-switch dumps hold, in order.
+fn dumped_names(dj: &DbJournal) -> Vec<String> {
+    dj.dumps.iter().flat_map(|d| &d.dumps).filter_map(|d| d.database.clone()).collect()
+}
+
+/// Undo of a rollout, before the replay: dump the tenant's database as the failed new version
+/// left it into the run's dir (`layout::undo_kept_dumps_base`), so that what the replay
+/// replaces is kept as a checked dump too. The database container is started if it is not
+/// running. Returns what the dumps are (paths relative to the run dir).
+pub async fn keep_as_left(engine: &Engine, dj: &DbJournal, tenant: &TenantId) -> Result<DatabaseDumps> {
+    let pg = connect_journaled(engine, dj)?;
+    engine.start(&dj.container).await?;
+    pg.wait_ready(READY_WAIT).await?;
+    let names = Databases::Named(dumped_names(dj));
+    let pending = dump_with(&pg, &names, tenant, &dj.run_dir, &layout::undo_kept_dumps_base(tenant.as_str())).await?;
+    pending.place().await
+}
+
+/// The names an undo of run dir `run_dir` gives database `db`'s scratch copy (the replay's
+/// target) and the database it replaces (kept): slipway's own, derived from the run id so that
+/// a second undo of the same run finds them, at most 63 bytes.
+pub fn undo_names(run_dir: &Path, db: &str, n: usize) -> (String, String) {
+    let run = run_dir.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+    let tag: String = run.chars().filter(char::is_ascii_alphanumeric).collect::<String>().to_ascii_lowercase();
+    let tag = &tag[tag.len().saturating_sub(24)..];
+    let scratch = format!("slipway_undo_{tag}_{n}");
+    let head: String = db.chars().take(63 - 8 - tag.len()).collect();
+    (scratch, format!("{head}_undone_{tag}"))
+}
+
+/// Undo of a rollout: make every database of the pre-switch dumps exactly what they hold,
+/// each re-hashed against the journal first (nothing replayed unless all match), replayed into
+/// a scratch database in one transaction and swapped in by renames
+/// ([`Postgres::replay_swapped`]); the database each replaced is kept under its `_undone_`
+/// name. Returns those names. Err names the tenant; then a database whose swap had not
+/// committed is as it was.
+pub async fn replay_pre_switch(engine: &Engine, dj: &DbJournal, tenant: &TenantId) -> Result<Vec<String>> {
+    let fail =
+        |e: Error| Error::Backup(format!("tenant {tenant}: the replay of the pre-switch database dump failed: {e}"));
+    let Some(dumps) = &dj.dumps else { return Ok(Vec::new()) };
+    let files = verified(&dj.run_dir, tenant, dumps).await.map_err(fail)?;
+    let pg = connect_journaled(engine, dj).map_err(fail)?;
+    engine.start(&dj.container).await.map_err(fail)?;
+    pg.wait_ready(READY_WAIT).await.map_err(fail)?;
+    let mut kept = Vec::new();
+    for (n, (db, path)) in files.iter().enumerate() {
+        let Some(db) = db else { continue };
+        let (scratch, replaced) = undo_names(&dj.run_dir, db, n);
+        pg.replay_swapped(db, path, &scratch, &replaced).await.map_err(fail)?;
+        kept.push(replaced);
+    }
+    Ok(kept)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_undo_names_are_the_runs_own_and_fit_postgres() {
+        let run = Path::new("/b/rollout/20261205T211300Z-ab12");
+        let (scratch, replaced) = undo_names(run, "app", 1);
+        assert_eq!(scratch, "slipway_undo_20261205t211300zab12_1");
+        assert_eq!(replaced, "app_undone_20261205t211300zab12");
+        let long = "d".repeat(63);
+        let (s, r) = undo_names(run, &long, 1);
+        assert!(s.len() <= 63 && r.len() <= 63 && crate::config::is_db_name(&r), "{s} {r}");
+        assert_eq!(undo_names(run, "app", 1), (scratch, replaced), "the same run gives the same names");
+    }
 }

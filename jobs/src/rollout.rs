@@ -109,6 +109,8 @@ pub struct StepTimings {
     pub check_ms: u64,
     /// `docker stop`.
     pub stop_ms: u64,
+    /// Dumping the tenant's database (`[app.database]`) while the app is down.
+    pub db_dump_ms: u64,
     /// Archiving the data dir while down (archive-while-down path).
     pub snapshot_ms: u64,
     /// Bringing the copy up to date while down (pre-copy path).
@@ -473,6 +475,7 @@ impl StepTimings {
             Step::Create => &mut self.create_ms,
             Step::Check => &mut self.check_ms,
             Step::Stop => &mut self.stop_ms,
+            Step::DbDump => &mut self.db_dump_ms,
             Step::Snapshot => &mut self.snapshot_ms,
             Step::CopyDelta => &mut self.copy_delta_ms,
             Step::Rename => &mut self.rename_ms,
@@ -581,6 +584,14 @@ async fn roll_tenant(run: &AppRun<'_>, item: &PlanItem, manifest: &mut Manifest,
         copy,
         copy_ino: None,
         staged_name: Some(staged),
+        db: run.app.database.as_ref().map(|d| crate::step::DbJournal {
+            container: d.container_of(&item.tenant),
+            user: d.user.clone(),
+            password_file: d.password_file.clone(),
+            run_dir: run.run_dir.clone(),
+            dumps: None,
+            kept: None,
+        }),
     };
     let mut t = TenantRoll {
         run,
@@ -722,6 +733,7 @@ impl TenantRoll<'_> {
             Step::Snapshot => self.j.copy.is_none(),
             // Only journals of earlier versions hold it: the switch renames the prior aside.
             Step::Rename => false,
+            Step::DbDump => self.j.db.is_some(),
             Step::Create | Step::Check | Step::Stop | Step::Switch => true,
         }
     }
@@ -732,6 +744,7 @@ impl TenantRoll<'_> {
             Step::Create => self.create().await,
             Step::Check => self.check().await,
             Step::Stop => self.stop().await,
+            Step::DbDump => self.db_dump().await,
             Step::Snapshot => self.snapshot().await,
             Step::CopyDelta => self.copy_delta().await,
             Step::Rename => self.rename_aside().await,
@@ -874,6 +887,24 @@ impl TenantRoll<'_> {
         engine.stop(&self.j.name, self.j.stop_timeout_s).await.map_err(|e| format!("stop failed: {e}"))
     }
 
+    /// Down, before the new version starts: every declared database dumped into the run's
+    /// snapshot (`rollout/<run>/<tenant>.db/`), each hashed; the journal holds them for an
+    /// undo. A failure fails the tenant before the switch (its prior container comes back on
+    /// untouched data and database).
+    async fn db_dump(&mut self) -> StepResult {
+        let Some(spec) = self.run.app.database.as_ref() else { return Ok(()) };
+        let r = self.run;
+        let archive_rel = layout::tenant_archive(SnapshotKind::Rollout, &self.j.tenant);
+        let pending = crate::database::dump(r.engine, spec, &self.item.tenant, &r.run_dir, &archive_rel)
+            .await
+            .map_err(|e| e.to_string())?;
+        let dumps = pending.place().await.map_err(|e| format!("tenant {}: {e}", self.j.tenant))?;
+        if let Some(db) = self.j.db.as_mut() {
+            db.dumps = Some(dumps);
+        }
+        Ok(())
+    }
+
     /// The data is still only the prior version's here.
     async fn snapshot(&mut self) -> StepResult {
         let data_dir = self.j.data_dir.clone();
@@ -889,7 +920,8 @@ impl TenantRoll<'_> {
         self.j.sha256 = Some(summary.sha256.clone());
         let r = self.run;
         let run_id = r.ctx.run_id.clone();
-        record_rollout_archive(r.ctx, &run_id, &r.run_dir, self.manifest, &self.j.tenant, &archive_path, &summary)
+        let db = self.j.db.as_ref().and_then(|d| d.dumps.clone());
+        record_rollout_archive(r.ctx, &run_id, &r.run_dir, self.manifest, &self.j.tenant, &archive_path, &summary, db)
             .map_err(|e| failed(&e))
     }
 

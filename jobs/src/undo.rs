@@ -269,6 +269,68 @@ async fn undo(
         journal.end_ok(s, UndoStep::RemoveNew);
         done.push("new container removed".to_string());
     }
+    // The database (`[app.database]`) before the files: with the new version gone, dump what it
+    // left (kept), then make the database exactly the pre-switch dump. A failure here stops
+    // the undo with nothing more changed: the prior version is never started on a database
+    // the new one migrated.
+    if let Some(db) = j.db.clone().filter(|d| restore_data && d.dumps.is_some()) {
+        let tenant_id: crate::types::TenantId = match j.tenant.parse() {
+            Ok(t) => t,
+            Err(e) => {
+                return fail(
+                    journal,
+                    None,
+                    format!("the journal's tenant {:?} is not a tenant id: {e}", j.tenant),
+                    &done,
+                )
+            }
+        };
+        if let Some(p) = pre.as_deref().or(old_by_id.as_deref()) {
+            let _ = patient(engine, || engine.stop(p, j.stop_timeout_s)).await;
+        }
+        let kept_dir = |d: &crate::manifest::DatabaseDumps| {
+            d.dumps.first().and_then(|e| Path::new(&e.path).parent()).map(|p| db.run_dir.join(p))
+        };
+        if db.kept.is_none() {
+            let s = journal.begin(&j, UndoStep::DbKeep);
+            match crate::database::keep_as_left(engine, &db, &tenant_id).await {
+                Ok(kept) => {
+                    if let Some(k) = kept_dir(&kept) {
+                        done.push(format!("the database as the new version left it is kept in {}", k.display()));
+                    }
+                    if let Some(d) = j.db.as_mut() {
+                        d.kept = Some(kept);
+                    }
+                }
+                Err(e) => {
+                    let what = format!(
+                        "the database as the new version left it could not be dumped ({e}); it was not replayed over"
+                    );
+                    return fail(journal, row(s, UndoStep::DbKeep), what, &done);
+                }
+            }
+            // The kept dumps go into the journal with this step's end: a second undo never
+            // dumps again over them (the database may be the pre-switch one by then).
+            journal.end(s, UndoStep::DbKeep, "ok", Some(&j));
+            UndoStep::DbKeep.after().reach();
+        } else if let Some(k) = db.kept.as_ref().and_then(kept_dir) {
+            done.push(format!("the database as the new version left it is kept in {}", k.display()));
+        }
+        let s = journal.begin(&j, UndoStep::DbReplay);
+        match crate::database::replay_pre_switch(engine, &db, &tenant_id).await {
+            Ok(replaced) => {
+                journal.end_ok(s, UndoStep::DbReplay);
+                done.push(format!(
+                    "database replayed from the pre-switch dump (the database it replaced is kept as {})",
+                    replaced.join(", ")
+                ));
+            }
+            Err(e) => {
+                let what = format!("{e}; the prior container was not started, everything is kept");
+                return fail(journal, row(s, UndoStep::DbReplay), what, &done);
+            }
+        }
+    }
     let mut timings = UndoTimings::default();
     let restore_began = std::time::Instant::now();
     let copy_in_place = restore_data && copy_state(&j) != CopyState::Gone;
@@ -495,6 +557,11 @@ pub async fn prior_image(engine: &Engine, j: &TenantJournal) -> Result<String> {
 /// rollout copy is gone (or was never complete) and the run's archive is not there either.
 /// Only what is on disk is looked at (no hashing): the undo of a failed rollout must not wait.
 pub fn missing_data(j: &TenantJournal) -> Option<String> {
+    if let Some(d) = j.db.as_ref().and_then(|d| d.dumps.as_ref().map(|x| (d, x))) {
+        if let Some(gone) = d.1.dumps.iter().map(|e| d.0.run_dir.join(&e.path)).find(|p| !p.is_file()) {
+            return Some(format!("the run's pre-switch database dump {} is gone (pruned, or deleted)", gone.display()));
+        }
+    }
     if copy_state(j) != CopyState::Gone {
         return None;
     }
@@ -659,7 +726,8 @@ pub async fn archive_copy(ctx: &Ctx, run: &RunId, manifest: &mut Manifest, j: &m
     let (src, dest) = (copy.clone(), archive_path.clone());
     let summary =
         crate::blocking::run("archive", move || archive::create_with_level(&src, &dest, ROLLOUT_ZSTD_LEVEL)).await??;
-    record_rollout_archive(ctx, run, &run_dir, manifest, &j.tenant, &archive_path, &summary)?;
+    let db = j.db.as_ref().and_then(|d| d.dumps.clone());
+    record_rollout_archive(ctx, run, &run_dir, manifest, &j.tenant, &archive_path, &summary, db)?;
     j.snapshot = Some(archive_path.clone());
     j.sha256 = Some(summary.sha256.clone());
     // The archive is recorded: from here the copy is only being removed.
@@ -669,7 +737,9 @@ pub async fn archive_copy(ctx: &Ctx, run: &RunId, manifest: &mut Manifest, j: &m
     Ok(archive_path)
 }
 
-/// Put a tenant's rollout archive in run `run`'s manifest (written) and the run record.
+/// Put a tenant's rollout archive (with its pre-switch database dumps, if any: one entry) in
+/// run `run`'s manifest (written) and the run record.
+#[allow(clippy::too_many_arguments)]
 pub fn record_rollout_archive(
     ctx: &Ctx,
     run: &RunId,
@@ -678,6 +748,7 @@ pub fn record_rollout_archive(
     tenant: &str,
     archive_path: &Path,
     s: &archive::ArchiveSummary,
+    database: Option<crate::manifest::DatabaseDumps>,
 ) -> Result<()> {
     let file_list = layout::file_list_path(archive_path);
     let rel = |p: &Path| p.strip_prefix(run_dir).unwrap_or(p).to_string_lossy().into_owned();
@@ -690,7 +761,7 @@ pub fn record_rollout_archive(
         file_list: rel(&file_list),
         file_list_sha256: s.file_list_sha256.clone(),
         created: None,
-        database: None,
+        database,
     };
     manifest.upsert(entry.clone());
     manifest.write(run_dir)?;

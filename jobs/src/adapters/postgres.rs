@@ -322,6 +322,73 @@ impl<'a> Postgres<'a> {
     }
 }
 
+/// A database name as an SQL identifier, quoted.
+fn ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// A value as an SQL string literal.
+fn literal(v: &str) -> String {
+    format!("'{}'", v.replace('\'', "''"))
+}
+
+impl Postgres<'_> {
+    /// Replay the custom-format dump `src` so that database `db` becomes exactly what the dump
+    /// holds, nothing the server had since left in it: the dump is replayed in one transaction
+    /// into the new database `scratch` (made like `db`: owner, encoding, collation), and only
+    /// once that committed are the two swapped by two renames in one transaction: `db` becomes
+    /// `replaced` (kept, never dropped here) and `scratch` becomes `db`. Run again after a
+    /// crash it does nothing more once `replaced` exists (the swap committed), and otherwise
+    /// starts over from a fresh `scratch` (slipway's own name). Err leaves `db` as it was.
+    pub async fn replay_swapped(&self, db: &str, src: &Path, scratch: &str, replaced: &str) -> Result<()> {
+        if self.exists(replaced).await? {
+            return Ok(());
+        }
+        if self.exists(scratch).await? {
+            self.query("postgres", &format!("drop database {}", ident(scratch))).await?;
+        }
+        let like = format!(
+            "select pg_get_userbyid(datdba) || '|' || pg_encoding_to_char(encoding) || '|' || datcollate || '|' || \
+             datctype from pg_database where datname = {}",
+            literal(db)
+        );
+        let create = match self
+            .query("postgres", &like)
+            .await?
+            .first()
+            .map(|r| r.split('|').map(str::to_string).collect::<Vec<_>>())
+        {
+            Some(v) if v.len() == 4 => format!(
+                "create database {} template template0 owner {} encoding {} lc_collate {} lc_ctype {}",
+                ident(scratch),
+                ident(&v[0]),
+                literal(&v[1]),
+                literal(&v[2]),
+                literal(&v[3])
+            ),
+            _ => format!("create database {} template template0", ident(scratch)),
+        };
+        self.query("postgres", &create).await?;
+        let cmd = ["pg_restore", "--single-transaction", "--exit-on-error", "-U", &self.user, "-d", scratch];
+        let (ended, _) = self.exec(&cmd, Some(src), Out::Keep(Vec::new())).await?;
+        ended
+            .check(&format!("pg_restore of database \"{db}\" (into {scratch}) in {}", self.container))
+            .map_err(Error::Backup)?;
+        let swap = if self.exists(db).await? {
+            format!(
+                "alter database {} rename to {}; alter database {} rename to {}",
+                ident(db),
+                ident(replaced),
+                ident(scratch),
+                ident(db)
+            )
+        } else {
+            format!("alter database {} rename to {}", ident(scratch), ident(db))
+        };
+        self.query("postgres", &swap).await.map(|_| ())
+    }
+}
+
 /// Read the password file of `[app.database]`: its first line.
 pub fn read_password(path: &Path) -> Result<String> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;

@@ -7,6 +7,9 @@
 //! <backup_root>/daily/YYYY-MM-DD/control-plane.tar.zst      + control-plane.files.json.zst
 //! <backup_root>/daily/YYYY-MM-DD/MANIFEST.json
 //! <backup_root>/rollout/<run_id>/<tenant>.tar.zst           + <tenant>.files.json.zst
+//! <backup_root>/rollout/<run_id>/<tenant>.db/<n>.pgdump   its pre-switch database dumps
+//! <backup_root>/rollout/<run_id>/undo-kept/<tenant>.db/<n>.pgdump   the database as a failed
+//!                                                            new version left it, dumped by undo
 //! <backup_root>/rollout/<run_id>/MANIFEST.json
 //! <backup_root>/replaced/<run_id>/<tenant>/                  the data a restore replaced, as it was
 //! <backup_root>/staging/<tenant>/                            the daily snapshot's copy of the tenant's
@@ -47,6 +50,8 @@ const TENANTS: &str = "tenants";
 const ARCHIVE_SUFFIX: &str = ".tar.zst";
 /// Suffix of the dir of a tenant's database dumps beside its archive.
 const DUMPS_SUFFIX: &str = ".db";
+/// The dir of a rollout run that holds what its undo dumped before replaying.
+const UNDO_KEPT: &str = "undo-kept";
 /// Suffix of one database dump.
 const DUMP_SUFFIX: &str = ".pgdump";
 /// Suffix of the per-file list beside an archive.
@@ -246,6 +251,13 @@ pub fn tenant_archive(kind: SnapshotKind, tenant: &str) -> String {
 pub fn dumps_dir_of(archive_rel: &str) -> String {
     let stem = archive_rel.strip_suffix(ARCHIVE_SUFFIX).unwrap_or(archive_rel);
     format!("{stem}{DUMPS_SUFFIX}")
+}
+
+/// Where an undo keeps the dumps of a tenant's database as the failed new version left it,
+/// inside the rollout's run dir, as the archive-relative name [`dumps_dir_of`] takes:
+/// `undo-kept/<tenant>.tar.zst` → `undo-kept/<tenant>.db` (a dir no tenant's own files share).
+pub fn undo_kept_dumps_base(tenant: &str) -> String {
+    format!("{UNDO_KEPT}/{tenant}{ARCHIVE_SUFFIX}")
 }
 
 /// The `n`th dump of a tenant (0: the globals), relative to the snapshot dir: named by its
@@ -493,6 +505,7 @@ mod tests {
         assert_eq!(file_list_of("tenants/t1.tar.zst"), "tenants/t1.files.json.zst");
         assert_eq!(dump_of("tenants/t1.tar.zst", 2), "tenants/t1.db/2.pgdump");
         assert_eq!(dumps_dir_of("t1.tar.zst"), "t1.db");
+        assert_eq!(dumps_dir_of(&undo_kept_dumps_base("t1")), "undo-kept/t1.db");
         assert_eq!(file_list_path(Path::new("/x/t1.tar.zst")), Path::new("/x/t1.files.json.zst"));
         assert_eq!(tenants_dir(&day.dir(root)), Path::new("/data/backups/daily/2026-11-22/tenants"));
         assert_eq!(staging_dir(root, "t1"), Path::new("/data/backups/staging/t1"));

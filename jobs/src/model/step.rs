@@ -40,6 +40,9 @@ pub enum Step {
     Check,
     /// Stop the prior container (its stop timeout, then SIGKILL).
     Stop,
+    /// `[app.database]` only: dump every declared database into the run's snapshot, the app
+    /// stopped (no write follows the dump) and the new version not yet started.
+    DbDump,
     /// Archive the data dir; the data is still only the prior version's.
     Snapshot,
     /// Bring the rollout copy up to date (only what changed since the pre-copy): the copy is
@@ -66,11 +69,12 @@ pub enum Step {
 
 impl Step {
     /// Every step, in the order a tenant goes through them.
-    pub const ALL: [Step; 12] = [
+    pub const ALL: [Step; 13] = [
         Step::PreCopy,
         Step::Create,
         Step::Check,
         Step::Stop,
+        Step::DbDump,
         Step::Snapshot,
         Step::CopyDelta,
         Step::Switch,
@@ -97,6 +101,7 @@ impl Step {
             Step::Create => "create",
             Step::Check => "check",
             Step::Stop => "stop",
+            Step::DbDump => "db-dump",
             Step::Snapshot => "snapshot",
             Step::CopyDelta => "copy-delta",
             Step::Rename => "rename",
@@ -107,6 +112,12 @@ impl Step {
             Step::Archive => "archive",
             Step::Cleanup => "cleanup",
         }
+    }
+
+    /// Whether only a tenant whose app declares `[app.database]` goes through this step (the
+    /// crash tests of tenants without one leave it to `tests/database.rs`).
+    pub fn needs_database(self) -> bool {
+        self == Step::DbDump
     }
 
     /// Whether the new version may have run on the data dir once this step has begun: undoing
@@ -163,6 +174,13 @@ pub enum UndoStep {
     RecreatePrior,
     /// Stop and remove the new container.
     RemoveNew,
+    /// `[app.database]` only: dump the database as the new version left it into the run's
+    /// dir, kept (never replayed over without this copy).
+    DbKeep,
+    /// `[app.database]` only: replay the pre-switch dump into a scratch database in one
+    /// transaction, then swap it in by two renames (one transaction); the database it
+    /// replaced is kept under another name.
+    DbReplay,
     /// Restore the data dir: swap the rollout copy back in (a rename), or extract the run's
     /// snapshot archive.
     Restore,
@@ -176,9 +194,11 @@ pub enum UndoStep {
 
 impl UndoStep {
     /// Every undo step, in the order they run.
-    pub const ALL: [UndoStep; 6] = [
+    pub const ALL: [UndoStep; 8] = [
         UndoStep::RecreatePrior,
         UndoStep::RemoveNew,
+        UndoStep::DbKeep,
+        UndoStep::DbReplay,
         UndoStep::Restore,
         UndoStep::RenameBack,
         UndoStep::StartPrior,
@@ -189,12 +209,19 @@ impl UndoStep {
     pub fn as_str(self) -> &'static str {
         match self {
             UndoStep::RemoveNew => "undo-remove-new",
+            UndoStep::DbKeep => "undo-db-keep",
+            UndoStep::DbReplay => "undo-db-replay",
             UndoStep::Restore => "undo-restore",
             UndoStep::RecreatePrior => "undo-recreate-prior",
             UndoStep::RenameBack => "undo-rename-back",
             UndoStep::StartPrior => "undo-start-prior",
             UndoStep::HealthPrior => "undo-health-prior",
         }
+    }
+
+    /// Whether only a tenant whose app declares `[app.database]` goes through this step.
+    pub fn needs_database(self) -> bool {
+        matches!(self, UndoStep::DbKeep | UndoStep::DbReplay)
     }
 
     /// The crash point just after this undo step was journaled as begun, before it acts.
@@ -411,6 +438,31 @@ pub struct TenantJournal {
     /// of earlier versions (they created it under `name`).
     #[serde(default)]
     pub staged_name: Option<String>,
+    /// The tenant's database (`[app.database]`): how it is reached and its dumps. None for a
+    /// tenant without one, and in journals of earlier versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub db: Option<DbJournal>,
+}
+
+/// A tenant's database in a rollout's journal: enough for `undo` (and `recover`, with the
+/// journal alone) to dump it and replay the pre-switch dump.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DbJournal {
+    /// The database's container (the template of `[app.database]` with the tenant put in).
+    pub container: String,
+    /// The user the dump and the replay connect as.
+    pub user: String,
+    /// The password file, if any.
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// The run's snapshot dir (`rollout/<run>`) the dumps lie in.
+    pub run_dir: PathBuf,
+    /// The pre-switch dumps, once taken (paths relative to `run_dir`).
+    #[serde(default)]
+    pub dumps: Option<crate::manifest::DatabaseDumps>,
+    /// The dumps of the database as the new version left it, once an undo took them.
+    #[serde(default)]
+    pub kept: Option<crate::manifest::DatabaseDumps>,
 }
 
 /// Everything needed to finish or undo a stack tenant's rollout (`[app.services]`), journaled
@@ -538,6 +590,9 @@ mod tests {
             "copy-delta",
             "switch",
             "archive",
+            "db-dump",
+            "undo-db-keep",
+            "undo-db-replay",
         ];
         for w in words {
             assert_eq!(w.parse::<Journaled>().map(|j| j.as_str()), Ok(w));
@@ -550,7 +605,7 @@ mod tests {
         let e = "snapshott".parse::<Journaled>().unwrap_err();
         assert_eq!(e.word, "snapshott");
         let msg = e.to_string();
-        assert!(msg.contains("\"snapshott\"") && msg.contains("stop, snapshot"), "{msg}");
+        assert!(msg.contains("\"snapshott\"") && msg.contains("stop, db-dump, snapshot"), "{msg}");
         assert!("undo-stop".parse::<UndoStep>().is_err());
         assert!("undo-remove-new".parse::<Step>().is_err());
     }
@@ -576,9 +631,13 @@ mod tests {
             .filter(|(a, b)| a.journals_with(*b))
             .collect();
         let want = [
+            (Step::Stop, Step::DbDump),
             (Step::Stop, Step::Snapshot),
             (Step::Stop, Step::CopyDelta),
             (Step::Stop, Step::Switch),
+            (Step::DbDump, Step::Snapshot),
+            (Step::DbDump, Step::CopyDelta),
+            (Step::DbDump, Step::Switch),
             (Step::Snapshot, Step::CopyDelta),
             (Step::Snapshot, Step::Switch),
             (Step::CopyDelta, Step::Switch),
@@ -597,6 +656,7 @@ mod tests {
             "settings":{"name":"pulse-t1","labels":{},"networks":{},"mounts":[],"env_keys":[]}}"#;
         let j: TenantJournal = serde_json::from_str(old).unwrap();
         assert_eq!((j.copy, j.copy_ino, j.staged_name, j.old_image_id), (None, None, None, None));
+        assert!(j.db.is_none());
         assert!(j.was_running);
     }
 

@@ -193,7 +193,7 @@ impl StackRoll<'_> {
     fn applies(&self, step: Step) -> bool {
         match step {
             Step::PreCopy | Step::CopyDelta | Step::Archive => !self.j.mounts.is_empty(),
-            Step::Snapshot | Step::Rename => false,
+            Step::Snapshot | Step::Rename | Step::DbDump => false,
             Step::Soak => self.soak,
             Step::Cleanup => !self.run.keep_old,
             _ => true,
@@ -283,7 +283,7 @@ impl StackRoll<'_> {
             Step::Soak => self.soak().await,
             Step::Archive => self.archive().await,
             Step::Cleanup => self.cleanup().await,
-            Step::Snapshot | Step::Rename => Ok(()),
+            Step::Snapshot | Step::Rename | Step::DbDump => Ok(()),
         }
     }
 
@@ -514,7 +514,7 @@ impl StackRoll<'_> {
             .await
             .map_err(|e| e.to_string())?
             .map_err(|e| format!("archive of the rollout copy {} failed ({e}); it stays", m.copy.display()))?;
-            record_rollout_archive(r.ctx, &run_id, &run_dir, self.manifest, &key, &dest, &summary)
+            record_rollout_archive(r.ctx, &run_id, &run_dir, self.manifest, &key, &dest, &summary, None)
                 .map_err(|e| e.to_string())?;
             m.archive = Some(dest);
             crate::context::crash_point("rollout-copy-removing");
@@ -575,7 +575,7 @@ pub async fn finish_stack(
         .await?;
         match made {
             Ok(summary) => {
-                record_rollout_archive(ctx, run_id, &dir, &mut manifest, &key, &dest, &summary)?;
+                record_rollout_archive(ctx, run_id, &dir, &mut manifest, &key, &dest, &summary, None)?;
                 let c = m.copy.clone();
                 let _ = crate::blocking::run("drop copy", move || crate::undo::drop_copy(&c)).await?;
                 done.push(format!("archived the rollout copy of {} to {}", m.what, dest.display()));
