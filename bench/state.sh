@@ -79,7 +79,7 @@ for i in range(runs):
 c.executemany("INSERT INTO runs (id, job, trigger, app, git_commit, digest, pid, started_at, finished_at, outcome, exit_code, summary, resolved_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", runs_rows)
 c.executemany("INSERT INTO steps (run_id, tenant, step, started_at, finished_at, outcome, detail) VALUES (?,?,?,?,?,?,?)", steps)
 c.executemany("INSERT INTO run_tenants (run_id, tenant, from_digest, to_digest, outcome, downtime_ms, detail) VALUES (?,?,?,?,?,?,?)", tenant_rows)
-c.executemany("INSERT INTO drills VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", drills)
+c.executemany("INSERT INTO drills (run_id, tenant, snapshot, remote, sha256, archive_bytes, data_bytes, entries, restore_ms, healthy_ms, outcome, detail, finished_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", drills)
 snaps = []
 for d in range(365):
     day = (t0 + datetime.timedelta(days=d)).strftime("%Y-%m-%d")

@@ -526,3 +526,66 @@ fn a_rollout_killed_at_its_database_steps_is_finished_by_recover_with_the_databa
         assert_eq!(again.code, 0, "{point}");
     }
 }
+
+/// Containers (any label) whose name contains `part`.
+fn containers_like(part: &str) -> Vec<String> {
+    sh(Command::new("docker").args(["ps", "-a", "--format", "{{.Names}}"]))
+        .lines()
+        .filter(|n| n.contains(part))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn a_drill_replays_the_dump_into_a_scratch_database_records_its_check_and_a_failing_check_fails_it() {
+    let s = Sandbox::new();
+    let pg = Pg::start(&s, "t1");
+    let (name, image) = add_writer(&s, "t1");
+    pg.rows_at_least(20);
+    pg.sql("app", "create table customers (id int primary key, name text not null)");
+    pg.sql("app", "insert into customers select g, 'customer ' || g from generate_series(1, 100) g");
+    let fleet = |check: &str| format!("{}check = \"{check}\"\n", db_fleet(&s, &image, "postgres"));
+    s.write_fleet(&fleet("select count(*) from customers"));
+    let out = s.slipway(&["snapshot", "--json"]);
+    assert_eq!(out.code, 0, "{} {}", out.stdout, out.stderr);
+    // After the snapshot the live database changes: the check must answer from the dump.
+    pg.sql("app", "delete from customers where id > 10");
+    let id = s.inspect(&name)["Id"].clone();
+
+    let out = s.slipway(&["drill", "--tenant", "t1", "--json"]);
+    assert_eq!(out.code, 0, "{} {}", out.stdout, out.stderr);
+    let t = &out.json()["report"]["tenants"][0];
+    assert_eq!(t["outcome"], "passed", "{t}");
+    assert_eq!(t["db_check"], "100", "{t}");
+    let db_container = t["db_container"].as_str().unwrap().to_string();
+    assert!(containers_like(&db_container).is_empty(), "the scratch database was not removed");
+    // The live tenant and its database were only looked at.
+    assert_eq!(s.inspect(&name)["Id"], id);
+    assert_eq!(s.inspect(&name)["State"]["Running"], true);
+    assert_eq!(pg.sql("app", "select count(*) from customers"), "10");
+    assert!(pg.consistent());
+    let status = s.slipway(&["status", "--json"]).json();
+    let st = &status["report"]["apps"][0]["tenants"][0];
+    assert_eq!(st["last_db_drill"]["check"], "100", "{st}");
+    let good_at = st["last_db_drill"]["at"].clone();
+    assert!(good_at.is_string(), "{st}");
+
+    // A check that errors fails the drill, naming the tenant; status keeps the last good one.
+    s.write_fleet(&fleet("select count(*) from no_such_table"));
+    let out = s.slipway(&["drill", "--tenant", "t1", "--json"]);
+    assert_eq!(out.code, 1, "{} {}", out.stdout, out.stderr);
+    let t = &out.json()["report"]["tenants"][0];
+    assert_eq!(t["outcome"], "failed", "{t}");
+    let detail = t["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.contains("tenant t1") && detail.contains("check query") && detail.contains("no_such_table"),
+        "{detail}"
+    );
+    assert!(t.get("db_check").is_none_or(|c| c.is_null()), "{t}");
+    assert!(containers_like(t["db_container"].as_str().unwrap()).is_empty());
+    let status = s.slipway(&["status", "--json"]).json();
+    let st = &status["report"]["apps"][0]["tenants"][0];
+    assert_eq!(st["last_db_drill"]["at"], good_at, "{st}");
+    assert_eq!(st["last_db_drill"]["check"], "100", "{st}");
+    assert!(status["report"]["attention"].to_string().contains("restore drill"), "{status}");
+}

@@ -172,6 +172,47 @@ pub async fn replay(
     Ok(n)
 }
 
+/// The longest check answer kept (the rest is cut, marked with `…`).
+const MAX_ANSWER: usize = 200;
+
+/// A drill's database: the tenant's verified dumps replayed into the drill's scratch database
+/// container `container` (started, waited for): the globals first (the roles the dumps' objects
+/// are owned by), then each database in one transaction; then the app's `check` query, run in
+/// the first database. Returns the check's answer ("" without a check). Err names the tenant
+/// and whether the replay or the check failed.
+pub async fn drill(
+    engine: &Engine,
+    spec: &DatabaseSpec,
+    tenant: &TenantId,
+    container: &str,
+    dumps: &[(Option<String>, PathBuf)],
+) -> Result<String> {
+    let password = spec.password_file.as_deref().map(postgres::read_password).transpose()?;
+    let pg = Postgres::new(engine, container, &spec.user, password);
+    let fail = |e: Error| Error::Backup(format!("tenant {tenant}: the drill's database replay failed: {e}"));
+    engine.start(container).await.map_err(fail)?;
+    pg.wait_ready(READY_WAIT).await.map_err(fail)?;
+    for (db, path) in dumps {
+        if db.is_none() {
+            pg.run_script("postgres", path).await.map_err(fail)?;
+        }
+    }
+    replay(engine, spec, tenant, container, dumps).await?;
+    let Some(check) = &spec.check else { return Ok(String::new()) };
+    let Some(first) = dumps.iter().find_map(|(d, _)| d.as_deref()) else {
+        return Err(Error::Backup(format!("tenant {tenant}: the snapshot holds no database dump to run the check in")));
+    };
+    let answer = pg.answer(first, check).await.map_err(|e| {
+        Error::Backup(format!(
+            "tenant {tenant}: the check query {check:?} failed on the replayed database \"{first}\": {e}"
+        ))
+    })?;
+    Ok(match answer.char_indices().nth(MAX_ANSWER) {
+        Some((i, _)) => format!("{}…", &answer[..i]),
+        None => answer,
+    })
+}
+
 /// The tenant's database as a rollout journaled it.
 fn connect_journaled<'a>(engine: &'a Engine, dj: &DbJournal) -> Result<Postgres<'a>> {
     let password = dj.password_file.as_deref().map(postgres::read_password).transpose()?;

@@ -140,6 +140,13 @@ pub struct TenantDrill {
     pub detail: String,
     /// What could not be removed afterwards (the next drill or `slipway recover` removes it).
     pub left: Vec<String>,
+    /// With `[app.database]`: the scratch database container the dumps were replayed into.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub db_container: Option<String>,
+    /// With `[app.database]`: the answer of its `check` query on the replayed dump ("" when
+    /// no check is declared), once the replay and the check passed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub db_check: Option<String>,
 }
 
 /// The result of `slipway drill`.
@@ -198,6 +205,9 @@ pub struct DrillJournal {
     pub drill_container: String,
     /// The scratch dir.
     pub scratch: PathBuf,
+    /// The scratch database container (`[app.database]`).
+    #[serde(default)]
+    pub db_container: Option<String>,
 }
 
 /// Whether a label of the tenant must not reach the drill's container: every `traefik.*`
@@ -307,6 +317,7 @@ pub async fn drill(ctx: &Ctx, opts: &DrillOptions) -> Result<DrillReport> {
             outcome: t.outcome.word().into(),
             detail: Some(t.detail.clone()),
             finished_at: slipway_state::now(),
+            db_check: t.db_check.clone(),
         })?;
         report.tenants.push(t);
     }
@@ -360,8 +371,11 @@ async fn drill_tenant(
         changes: None,
         detail: String::new(),
         left: Vec::new(),
+        db_container: app.database.as_ref().map(|_| crate::naming::drill_db(tenant, &ctx.run_id)),
+        db_check: None,
     };
-    let journal = DrillJournal { drill_container: name.clone(), scratch: scratch.clone() };
+    let journal =
+        DrillJournal { drill_container: name.clone(), scratch: scratch.clone(), db_container: t.db_container.clone() };
     let run = steps(ctx, engine, prober, opts, app, c, &journal, &mut t).await;
     // Whatever happened, nothing of the drill stays (nor a downloaded copy of the archive).
     let s = ctx.begin(Some(tenant), "cleanup", &journal)?;
@@ -386,6 +400,9 @@ async fn drill_tenant(
                 t.restore_ms.unwrap_or(0),
                 t.healthy_ms.unwrap_or(0)
             );
+            if let Some(answer) = &t.db_check {
+                t.detail.push_str(&format!("; database replayed, check answered {answer:?}"));
+            }
         }
         Ok(Err(Stop::Failed(why))) => {
             t.outcome = DrillOutcome::Failed;
@@ -479,6 +496,37 @@ async fn steps(
     .collect();
     let spec = engine.spec(&c.name).await?;
     engine.create_internal_network(&journal.drill_container, &labels).await?;
+    // The database first (`[app.database]`), so the app boots against it: a scratch one from
+    // the same image as the tenant's, on the drill's network, the dump replayed and checked.
+    if let (Some(dbspec), Some(db_name)) = (&app.database, &journal.db_container) {
+        let failed = |why: String| Ok(Err(Stop::Failed(why)));
+        let Some(dumps) = &loc.entry.database else {
+            ctx.end(s, "failed", None::<&()>)?;
+            return failed(format!(
+                "tenant {tenant}: app \"{}\" declares [app.database] but the snapshot {} holds no database dump (taken \
+                 before it was declared?); run `slipway snapshot` and drill again",
+                app.name,
+                t.snapshot.as_deref().unwrap_or("?")
+            ));
+        };
+        let files = match crate::database::verified(&loc.dir, &c.tenant, dumps).await {
+            Ok(f) => f,
+            Err(e) => {
+                ctx.end(s, "failed", None::<&()>)?;
+                return failed(e.to_string());
+            }
+        };
+        let live = engine.spec(&dbspec.container_of(&c.tenant)).await?;
+        engine.create_drill_db(&live, db_name, &journal.drill_container, labels.clone()).await?;
+        match crate::database::drill(engine, dbspec, &c.tenant, db_name, &files).await {
+            Ok(answer) => t.db_check = Some(answer),
+            Err(e) => {
+                ctx.end(s, "failed", None::<&()>)?;
+                return failed(e.to_string());
+            }
+        }
+        crash_point("drill-after-database");
+    }
     let strip_labels = ctx.cfg.drill.strip_labels.clone();
     let strip = move |k: &str| strips_label(k, &strip_labels, app);
     let data_dir = app.data_dir_of(&c.tenant);
@@ -542,8 +590,10 @@ fn unhealthy(u: &Unhealthy, health: &crate::config::HealthSpec, snapshot: Option
 /// returns what could not be removed.
 async fn cleanup(ctx: &Ctx, engine: &Engine, j: &DrillJournal) -> Vec<String> {
     let mut left = Vec::new();
-    if let Err(e) = engine.remove_with_volumes(&j.drill_container).await {
-        left.push(format!("container {} ({e})", j.drill_container));
+    for c in std::iter::once(&j.drill_container).chain(j.db_container.iter()) {
+        if let Err(e) = engine.remove_with_volumes(c).await {
+            left.push(format!("container {c} ({e})"));
+        }
     }
     if let Err(e) = engine.remove_network(&j.drill_container).await {
         left.push(format!("network {} ({e})", j.drill_container));

@@ -53,6 +53,19 @@ pub struct TenantStatus {
     pub last_drill: Option<String>,
     /// Age of that drill in seconds.
     pub drill_age_s: Option<i64>,
+    /// With `[app.database]`: when its last successful drill that replayed the database ended,
+    /// and the answer of its check query then.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_db_drill: Option<DbDrill>,
+}
+
+/// A tenant's last good database drill.
+#[derive(Debug, Clone, Serialize)]
+pub struct DbDrill {
+    /// When it ended.
+    pub at: String,
+    /// The check query's answer ("" when no check is declared).
+    pub check: String,
 }
 
 /// One app.
@@ -119,6 +132,12 @@ pub async fn status(ctx: &Ctx) -> Result<StatusReport> {
     let last_drill: HashMap<String, slipway_state::DrillRow> =
         ctx.store.last_drills(false)?.into_iter().map(|d| (d.tenant.clone(), d)).collect();
     let max_drill_age_s = ctx.cfg.drill.max_age_days as i64 * 86_400;
+    let db_drilled: HashMap<String, DbDrill> = ctx
+        .store
+        .last_db_drills()?
+        .into_iter()
+        .map(|d| (d.tenant, DbDrill { at: d.finished_at, check: d.db_check.unwrap_or_default() }))
+        .collect();
     let unresolved: Vec<String> = ctx.store.unresolved_halts()?.into_iter().map(|r| r.id).collect();
     let mut apps = Vec::new();
     for app in &state.fleet.apps {
@@ -188,6 +207,7 @@ pub async fn status(ctx: &Ctx) -> Result<StatusReport> {
                 sync_age_s: synced.get(&t).and_then(|s| age_s(s)),
                 last_drill: drilled.get(&t).cloned(),
                 drill_age_s,
+                last_db_drill: db_drilled.get(&t).cloned(),
                 last_snapshot,
                 snapshot_age_s,
                 digest: c.digest.map(|d| d.to_string()),
@@ -300,6 +320,9 @@ impl fmt::Display for StatusReport {
                     days(t.drill_age_s),
                     t.behind.as_deref().map_or(String::new(), |b| format!("  {b}"))
                 )?;
+                if let Some(d) = &t.last_db_drill {
+                    writeln!(f, "    database drilled {}: check answered {:?}", d.at, d.check)?;
+                }
             }
         }
         if self.attention.is_empty() {

@@ -21,6 +21,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0004_drills.sql"),
     include_str!("migrations/0005_remote_scope.sql"),
     include_str!("migrations/0006_proxy_downtime.sql"),
+    include_str!("migrations/0007_drill_db_check.sql"),
 ];
 
 /// The remote of rows written before schema 5, which named none (adopted by
@@ -243,6 +244,9 @@ pub struct DrillRow {
     pub detail: Option<String>,
     /// When it ended.
     pub finished_at: String,
+    /// With `[app.database]`: the check query's answer on the replayed dump ("" when no check
+    /// is declared); None without a database.
+    pub db_check: Option<String>,
 }
 
 /// A tenant's newest snapshot of one kind, and when its newest remote copy was verified.
@@ -677,7 +681,7 @@ impl Store {
     /// Record (or replace) one tenant's drill result.
     pub fn record_drill(&self, d: &DrillRow) -> Result<()> {
         self.conn.execute(
-            &format!("INSERT OR REPLACE INTO drills ({DRILL_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"),
+            &format!("INSERT OR REPLACE INTO drills ({DRILL_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"),
             params![
                 d.run_id,
                 d.tenant,
@@ -691,7 +695,8 @@ impl Store {
                 d.healthy_ms,
                 d.outcome,
                 d.detail,
-                d.finished_at
+                d.finished_at,
+                d.db_check
             ],
         )?;
         Ok(())
@@ -699,9 +704,19 @@ impl Store {
 
     /// Each tenant's newest drill (`only_successful`: its newest successful one), by tenant.
     pub fn last_drills(&self, only_successful: bool) -> Result<Vec<DrillRow>> {
+        let filter = if only_successful { "AND outcome = 'success'" } else { "" };
+        self.last_drills_where(filter)
+    }
+
+    /// Each tenant's newest successful drill that replayed its database (`[app.database]`), by
+    /// tenant.
+    pub fn last_db_drills(&self) -> Result<Vec<DrillRow>> {
+        self.last_drills_where("AND outcome = 'success' AND db_check IS NOT NULL")
+    }
+
+    fn last_drills_where(&self, filter: &str) -> Result<Vec<DrillRow>> {
         // One index walk per tenant from its newest drill (the `(tenant, finished_at)` index),
         // not a scan of every drill ever recorded for each row.
-        let filter = if only_successful { "AND outcome = 'success'" } else { "" };
         let mut st = self.conn.prepare(&format!(
             "SELECT {DRILL_COLS} FROM drills WHERE rowid IN (SELECT (SELECT rowid FROM drills \
              WHERE tenant = t.tenant {filter} ORDER BY finished_at DESC LIMIT 1) FROM (SELECT DISTINCT tenant FROM \
@@ -722,6 +737,7 @@ impl Store {
                 outcome: r.get(10)?,
                 detail: r.get(11)?,
                 finished_at: r.get(12)?,
+                db_check: r.get(13)?,
             })
         })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
@@ -729,7 +745,7 @@ impl Store {
 }
 
 const DRILL_COLS: &str = "run_id, tenant, snapshot, remote, sha256, archive_bytes, data_bytes, entries, restore_ms, \
-                          healthy_ms, outcome, detail, finished_at";
+                          healthy_ms, outcome, detail, finished_at, db_check";
 
 const RUN_COLS: &str =
     "id, job, trigger, app, git_commit, digest, pid, started_at, finished_at, outcome, exit_code, summary, resolved_at, resolved_by";
@@ -848,6 +864,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let s = Store::open(&d.path().join("state.db")).unwrap();
         let drill = |run: &str, tenant: &str, outcome: &str, at: &str| {
+            let db_check = (tenant == "t1").then(|| "100".to_string());
             s.start_run(&NewRun { id: run, job: "drill", trigger: "timer", ..Default::default() }).ok();
             s.record_drill(&DrillRow {
                 run_id: run.into(),
@@ -863,6 +880,7 @@ mod tests {
                 outcome: outcome.into(),
                 detail: None,
                 finished_at: at.into(),
+                db_check,
             })
             .unwrap();
         };
@@ -875,6 +893,10 @@ mod tests {
         let ok: Vec<(String, String)> =
             s.last_drills(true).unwrap().into_iter().map(|r| (r.tenant, r.finished_at)).collect();
         assert_eq!(ok, [("t1".into(), "2026-11-01T07:00:00Z".into()), ("t2".into(), "2026-11-01T07:01:00Z".into())]);
+        // The newest good drill that replayed a database: t1's, with its check's answer.
+        let db: Vec<(String, Option<String>)> =
+            s.last_db_drills().unwrap().into_iter().map(|r| (r.tenant, r.db_check)).collect();
+        assert_eq!(db, [("t1".into(), Some("100".into()))]);
     }
 
     /// `newest_snapshots` answers what status used to compute from every snapshot row: per

@@ -973,6 +973,24 @@ impl Engine {
         Ok(Ok(changes))
     }
 
+    /// Create a drill's scratch database container ([`ContainerSpec::drill_db_body`]) from the
+    /// tenant's database container `db`.
+    pub async fn create_drill_db(
+        &self,
+        db: &ContainerSpec,
+        name: &str,
+        network: &str,
+        labels: BTreeMap<String, String>,
+    ) -> Result<()> {
+        let body = db.drill_db_body(name, network, labels);
+        let opts = CreateContainerOptionsBuilder::default().name(name).build();
+        self.docker
+            .create_container(Some(opts), body)
+            .await
+            .map_err(|e| derr(format!("creating the drill's scratch database {name}"), Some(name), e))?;
+        Ok(())
+    }
+
     /// Create an `--internal` bridge network (no route off the host, no published ports)
     /// carrying `labels`. Returns its id.
     pub async fn create_internal_network(&self, name: &str, labels: &BTreeMap<String, String>) -> Result<String> {
@@ -1439,6 +1457,43 @@ impl ContainerSpec {
         &self,
         drill: &DrillSpec<'_>,
     ) -> std::result::Result<(ContainerCreateBody, DrillChanges), String> {
+        let (body, changes, data_binds) = self.drill_body_binds(drill);
+        if data_binds != 1 {
+            return Err(format!(
+                "container {} has {data_binds} binds of its data dir {} (it needs exactly one, `-v {}:<path>`), so a \
+                 restored copy cannot stand in for it; nothing was started",
+                self.name(),
+                drill.data_dir.display(),
+                drill.data_dir.display()
+            ));
+        }
+        Ok((body, changes))
+    }
+
+    /// A drill's scratch database (`[app.database]`) made from the tenant's database container
+    /// (this spec): its image by id (the same digest), env, command and user, on the drill's
+    /// internal network only, answering there to the database container's name and aliases (so
+    /// the drill's app finds it as the tenant's app does), with none of its writable mounts (its
+    /// data dir starts empty: the image's own volumes are fresh anonymous ones), no port, no
+    /// restart, and only the drill's labels.
+    pub fn drill_db_body(&self, name: &str, network: &str, labels: BTreeMap<String, String>) -> ContainerCreateBody {
+        let strip = |_: &str| true;
+        let none = std::path::Path::new("");
+        let drill =
+            DrillSpec { name, network, data_dir: none, data_volume: None, scratch: none, labels, strip: &strip };
+        let (mut body, _, _) = self.drill_body_binds(&drill);
+        let mut aliases: Vec<String> = self.networks().into_iter().flat_map(|(_, _, a)| a).collect();
+        aliases.push(self.name());
+        aliases.sort();
+        aliases.dedup();
+        let endpoint = EndpointSettings { aliases: Some(aliases), ..Default::default() };
+        body.networking_config =
+            Some(NetworkingConfig { endpoints_config: Some([(network.to_string(), endpoint)].into_iter().collect()) });
+        body
+    }
+
+    /// [`ContainerSpec::drill_body`] and how many binds of the data dir it pointed at the copy.
+    fn drill_body_binds(&self, drill: &DrillSpec<'_>) -> (ContainerCreateBody, DrillChanges, usize) {
         let image = self.inspect.image.clone().unwrap_or_else(|| self.image_ref());
         let (mut body, _) = self.create_body(&image);
         let mut changes = DrillChanges::default();
@@ -1535,17 +1590,8 @@ impl ContainerSpec {
             }
         }
         host.mounts = if mounts.is_empty() { None } else { Some(mounts) };
-        if data_binds != 1 {
-            return Err(format!(
-                "container {} has {data_binds} binds of its data dir {} (it needs exactly one, `-v {}:<path>`), so a \
-                 restored copy cannot stand in for it; nothing was started",
-                self.name(),
-                drill.data_dir.display(),
-                drill.data_dir.display()
-            ));
-        }
         body.host_config = Some(host);
-        Ok((body, changes))
+        (body, changes, data_binds)
     }
 }
 

@@ -389,6 +389,23 @@ impl Postgres<'_> {
     }
 }
 
+impl Postgres<'_> {
+    /// Run the plain SQL script `src` (a `pg_dumpall --globals-only` dump) in `db`, on a
+    /// drill's scratch server: statements that fail (a role the image's initdb made already)
+    /// are skipped, as psql does without `ON_ERROR_STOP`; Err only when psql itself failed.
+    pub async fn run_script(&self, db: &str, src: &Path) -> Result<()> {
+        let cmd = ["psql", "-X", "-q", "-U", &self.user, "-d", db];
+        let (ended, _) = self.exec(&cmd, Some(src), Out::Keep(Vec::new())).await?;
+        ended.check(&format!("psql (the globals) in {}", self.container)).map_err(Error::Backup)
+    }
+
+    /// The answer of `sql` in `db` (`psql -tA`), its lines joined by a space; Err (with psql's
+    /// last words) when the query fails.
+    pub async fn answer(&self, db: &str, sql: &str) -> Result<String> {
+        Ok(self.query(db, sql).await?.join(" "))
+    }
+}
+
 /// Read the password file of `[app.database]`: its first line.
 pub fn read_password(path: &Path) -> Result<String> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;

@@ -47,6 +47,12 @@ pub fn drill(tenant: &str, run: &RunId) -> String {
     format!("{DRILL}{run}-{tenant}")
 }
 
+/// The name of the scratch database container (`[app.database]`) drill run `run` makes for
+/// `tenant`, beside its throw-away app container on the same network.
+pub fn drill_db(tenant: &str, run: &RunId) -> String {
+    format!("{}-db", drill(tenant, run))
+}
+
 /// Whether `name` is a drill's throw-away container (never a tenant).
 pub fn is_drill(name: &str) -> bool {
     name.starts_with(DRILL)

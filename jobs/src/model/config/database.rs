@@ -54,6 +54,10 @@ pub struct DatabaseSpec {
     /// A file on this host holding that user's password (given to the tools as `PGPASSWORD`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub password_file: Option<PathBuf>,
+    /// A query a drill runs on the replayed dump (in the first database dumped), through
+    /// `psql -tA`; its answer is recorded, an error fails the drill.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub check: Option<String>,
 }
 
 impl DatabaseSpec {
@@ -76,6 +80,8 @@ pub(crate) struct RawDatabase {
     user: Option<String>,
     #[serde(default)]
     password_file: Option<String>,
+    #[serde(default)]
+    check: Option<String>,
     /// SQLite's paths inside the data dir (parsed so the refusal names the kind, not the key).
     #[serde(default)]
     #[allow(dead_code)]
@@ -88,6 +94,9 @@ enum RawDatabases {
     One(String),
     Many(Vec<String>),
 }
+
+/// The longest `check` query accepted.
+const MAX_CHECK: usize = 4096;
 
 /// Whether `s` is a name slipway passes to a database tool: 1–63 bytes of letters, digits, '_',
 /// '-' or '$', not starting with '-' (never read as an option).
@@ -166,7 +175,24 @@ impl RawDatabase {
             }
             p => p.map(PathBuf::from),
         };
-        Ok(DatabaseSpec { kind, container, databases, user, password_file })
+        let check = match self.check {
+            Some(q) if q.trim().is_empty() => {
+                return Err("database.check is empty: a query whose answer proves the data, e.g. \"select count(*) \
+                            from users\", or remove the key"
+                    .into())
+            }
+            Some(q) if q.len() > MAX_CHECK || q.contains('\0') => {
+                return Err(format!(
+                    "database.check {:?} must be one query of at most {MAX_CHECK} bytes without NUL",
+                    q.chars().take(40).collect::<String>()
+                ))
+            }
+            Some(q) if q.trim_start().starts_with('\\') => return Err(format!(
+                "database.check \"{q}\" is a psql meta-command; give an SQL query, e.g. \"select count(*) from users\""
+            )),
+            q => q,
+        };
+        Ok(DatabaseSpec { kind, container, databases, user, password_file, check })
     }
 }
 
@@ -195,6 +221,12 @@ mod tests {
         .unwrap();
         assert_eq!(all.databases, Databases::All);
         assert_eq!(all.password_file, Some(PathBuf::from("/etc/slipway/pg.pass")));
+        let checked = parse(
+            "kind = \"postgres\"\ncontainer = \"pg-{tenant}\"\ndatabases = [\"app\"]\nuser = \"app\"\n\
+             check = \"select count(*) from users\"\n",
+        )
+        .unwrap();
+        assert_eq!(checked.check.as_deref(), Some("select count(*) from users"));
     }
 
     #[test]
@@ -214,6 +246,9 @@ mod tests {
             (ok.replace("\"app\"\n", "\"-U\"\n"), &["database.user", "-U"]),
             (ok.replace("user = \"app\"\n", ""), &["database.user", "missing"]),
             (format!("{ok}password_file = \"pg.pass\"\n"), &["database.password_file", "pg.pass", "absolute"]),
+            (format!("{ok}check = \" \"\n"), &["database.check", "empty"]),
+            (format!("{ok}check = \"\\\\! rm -rf /\"\n"), &["database.check", "meta-command"]),
+            (format!("{ok}check = \"{}\"\n", "x".repeat(5000)), &["database.check", "4096"]),
         ];
         for (body, want) in cases {
             let e = parse(&format!("kind = \"postgres\"\n{body}").replacen("kind = \"postgres\"\nkind", "kind", 1))
