@@ -187,9 +187,11 @@ impl RawDatabase {
                     q.chars().take(40).collect::<String>()
                 ))
             }
-            Some(q) if q.trim_start().starts_with('\\') => return Err(format!(
+            Some(q) if q.trim_start().starts_with('\\') => {
+                return Err(format!(
                 "database.check \"{q}\" is a psql meta-command; give an SQL query, e.g. \"select count(*) from users\""
-            )),
+            ))
+            }
             q => q,
         };
         Ok(DatabaseSpec { kind, container, databases, user, password_file, check })
