@@ -432,6 +432,13 @@ impl MigCase {
     /// The database as the failed version left it was kept: a dump in the run's dir that holds
     /// the table only it made, and the replaced database under its `_undone_` name.
     fn assert_kept(&self, what: &str) {
+        self.assert_kept_dump(what);
+        let kept = self.pg.sql("postgres", "select count(*) from pg_database where datname like 'app\\_undone\\_%'");
+        assert_eq!(kept, "1", "{what}: the replaced database is not kept");
+    }
+
+    /// The kept dump of the database as the failed version left it holds the table only it made.
+    fn assert_kept_dump(&self, what: &str) {
         let dump = self.run_dir().join("undo-kept/t1.db/1.pgdump");
         assert!(dump.is_file(), "{what}: no kept dump {}", dump.display());
         let f = std::fs::File::open(&dump).unwrap();
@@ -441,8 +448,6 @@ impl MigCase {
             String::from_utf8_lossy(&o.stdout).contains("v2_only"),
             "{what}: the kept dump lacks the new version's table"
         );
-        let kept = self.pg.sql("postgres", "select count(*) from pg_database where datname like 'app\\_undone\\_%'");
-        assert_eq!(kept, "1", "{what}: the replaced database is not kept");
     }
 }
 
@@ -588,4 +593,50 @@ fn a_drill_replays_the_dump_into_a_scratch_database_records_its_check_and_a_fail
     assert_eq!(st["last_db_drill"]["at"], good_at, "{st}");
     assert_eq!(st["last_db_drill"]["check"], "100", "{st}");
     assert!(status["report"]["attention"].to_string().contains("restore drill"), "{status}");
+}
+
+#[test]
+fn an_undo_whose_replay_fails_halts_naming_the_tenant_and_keeps_everything() {
+    // Another client stays connected to the database: the replay into the scratch database
+    // commits, but the swap's rename is refused (one transaction: nothing renamed).
+    let c = mig_case("");
+    let sleeper = format!("{}-sleeper", c.pg.name);
+    sh(Command::new("docker")
+        .args(["exec", "-d", &c.pg.name, "psql", "-U", "postgres", "-d", "app", "-c"])
+        .arg(format!("select pg_sleep(600) /* {sleeper} */")));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while c.pg.sql(
+        "postgres",
+        "select count(*) from pg_stat_activity where query like '%pg_sleep(600)%' and pid <> pg_backend_pid()",
+    ) != "1"
+    {
+        assert!(Instant::now() < deadline, "the sleeping client did not connect");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = c.s.slipway(&["rollout", "--json"]);
+    assert_eq!(out.code, 4, "{} {}", out.stdout, out.stderr);
+    let t = &out.json()["report"]["apps"][0]["tenants"][0];
+    assert_eq!(t["outcome"], "person_needed", "{t}");
+    let detail = t["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.contains("tenant t1") && detail.contains("replay") && detail.contains("everything is kept"),
+        "{detail}"
+    );
+    // Nothing was replayed over the migrated database, and the prior version was not started
+    // on it: it waits, set aside, for a person.
+    assert_eq!(c.pg.sql("app", "select count(*) from v2_only"), "2");
+    assert_eq!(c.pg.sql("app", "select count(*) from customers"), "50");
+    let aside = c.s.containers_named_like(".pre-rollout-");
+    assert_eq!(aside.len(), 1, "{aside:?}");
+    assert_eq!(c.s.inspect(&aside[0])["State"]["Running"], false);
+    // Both dumps are there: the pre-switch one and the migrated one.
+    assert!(c.run_dir().join("t1.db/1.pgdump").is_file());
+    c.assert_kept_dump("replay failed");
+    // Once the client is gone, a person finishes the undo with `rollback`: the database as before.
+    c.pg.sql("postgres", "select pg_terminate_backend(pid) from pg_stat_activity where query like '%pg_sleep(600)%' and pid <> pg_backend_pid()");
+    let run = out.json()["run_id"].as_str().unwrap().to_string();
+    let rb = c.s.slipway(&["rollback", "--run", &run, "--tenant", "t1", "--json"]);
+    assert_eq!(rb.code, 0, "{} {}", rb.stdout, rb.stderr);
+    c.assert_back("rollback after a failed replay");
+    c.assert_kept("rollback after a failed replay");
 }

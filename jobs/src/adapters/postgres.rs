@@ -341,8 +341,22 @@ impl Postgres<'_> {
     /// crash it does nothing more once `replaced` exists (the swap committed), and otherwise
     /// starts over from a fresh `scratch` (slipway's own name). Err leaves `db` as it was.
     pub async fn replay_swapped(&self, db: &str, src: &Path, scratch: &str, replaced: &str) -> Result<()> {
+        // The replayed database carries this comment from before the swap: a `replaced` that
+        // exists while `db` lacks it was not made by this swap, and nothing is assumed done.
+        let marker = format!("slipway: replayed into {scratch}, swapped in for {db} (kept as {replaced})");
         if self.exists(replaced).await? {
-            return Ok(());
+            let sql = format!(
+                "select shobj_description(oid, 'pg_database') from pg_database where datname = {}",
+                literal(db)
+            );
+            if self.query("postgres", &sql).await?.first() == Some(&marker) {
+                return Ok(());
+            }
+            return Err(Error::Backup(format!(
+                "a database named {replaced} exists already in {} and {db} is not the one an earlier replay swapped in; \
+                 nothing was replayed: rename or drop {replaced} once it is known what it holds",
+                self.container
+            )));
         }
         if self.exists(scratch).await? {
             self.query("postgres", &format!("drop database {}", ident(scratch))).await?;
@@ -374,6 +388,7 @@ impl Postgres<'_> {
         ended
             .check(&format!("pg_restore of database \"{db}\" (into {scratch}) in {}", self.container))
             .map_err(Error::Backup)?;
+        self.query("postgres", &format!("comment on database {} is {}", ident(scratch), literal(&marker))).await?;
         let swap = if self.exists(db).await? {
             format!(
                 "alter database {} rename to {}; alter database {} rename to {}",
