@@ -378,8 +378,10 @@ fn db_state(pg: &Pg) -> (String, String) {
 /// A `pgapp` tenant t1 on its Pg with a `customers` table of 100 rows and some files, and the
 /// fleet rolling it to `pgmig` (whose migration rewrites the database, then fails).
 struct MigCase {
-    s: Sandbox,
+    // Dropped in this order: the database container leaves the sandbox's network before the
+    // sandbox removes it.
     pg: Pg,
+    s: Sandbox,
     name: String,
     image: String,
     labels: serde_json::Value,
