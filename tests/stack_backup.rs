@@ -304,3 +304,32 @@ fn a_symlink_in_a_stack_volume_or_instead_of_it_is_never_followed_out_of_the_mou
         assert!(!f.ends_with("secret.txt"), "the host dir was copied: {}", f.display());
     }
 }
+
+/// A stack restore killed before its first swap and between two swaps, then `recover`: every
+/// mount has its data from before the restore, every container runs as before.
+#[test]
+fn a_stack_restore_killed_between_its_swaps_is_undone_by_recover_with_every_mount_back() {
+    let s = Sandbox::new();
+    let img = images(&s);
+    let t1 = compose_tenant(&s, "t1", &img);
+    let (app_vol, side_vol) = vols(&t1);
+    s.write_fleet(&stack_fleet(&s, &img.app, &img.worker, &img.side, ""));
+    let out = s.slipway(&["snapshot", "--json"]);
+    assert_eq!(out.code, 0, "{} {}", out.stdout, out.stderr);
+    for point in ["restore-before-swap", "restore-stack-swapped-one"] {
+        std::fs::write(app_vol.join("newer"), point).unwrap();
+        std::fs::write(side_vol.join("newer"), point).unwrap();
+        let data = (tree(&app_vol), tree(&side_vol));
+        let before: Vec<_> = ["app", "side", "worker"].map(|x| looks(&s, &t1.container(x))).to_vec();
+        let out = s.slipway_env(&["restore", "--latest", "--tenant", &t1.project], &[("SLIPWAY_TEST_CRASH_AT", point)]);
+        assert!(out.stderr.contains(&format!("slipway test point reached: {point}")), "{point}: {}", out.stderr);
+        assert_eq!(out.code, -1, "{point}");
+        let rec = s.slipway(&["recover", "--json"]);
+        assert_eq!(rec.code, 0, "{point}: {} {}", rec.stdout, rec.stderr);
+        assert_eq!((tree(&app_vol), tree(&side_vol)), data, "{point}: a mount was not put back");
+        let now: Vec<_> = ["app", "side", "worker"].map(|x| looks(&s, &t1.container(x))).to_vec();
+        assert_eq!(now, before, "{point}: the stack is not back as it was");
+        let again = s.slipway(&["recover", "--json"]);
+        assert_eq!(again.report::<crate::support::reports::Recover>().runs.len(), 0, "{point}");
+    }
+}

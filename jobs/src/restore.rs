@@ -707,6 +707,9 @@ impl fmt::Display for RestoreReport {
             self.archive.display(),
             &self.sha256[..12.min(self.sha256.len())]
         )?;
+        for m in &self.mounts {
+            writeln!(f, "  {} → {} ({} entries)", m.mount, m.target.display(), m.entries)?;
+        }
         writeln!(f, "  {}", self.detail)
     }
 }

@@ -516,8 +516,8 @@ impl Engine {
         // must not see a stack at all (it would skip every tenant, silently).
         if app.stack.is_some() {
             return Err(Error::Usage(format!(
-                "app \"{}\" is a stack ([app.services]): only rollout, reconcile and recover handle stack tenants \
-                 so far; snapshot, restore, drill, status and doctor of a stack are not supported yet (issue #26), \
+                "app \"{}\" is a stack ([app.services]): only rollout, reconcile, recover, snapshot and restore \
+                 handle stack tenants so far; drill, status and doctor of a stack are not supported yet (issue #26), \
                  so nothing was done for it",
                 app.name
             )));

@@ -26,7 +26,10 @@ use crate::error::{Error, ExitKind, Result};
 use crate::layout;
 use crate::manifest::MountArchive;
 use crate::recover::HeldContainer;
-use crate::stack_tenant::{StackContainer, StackTenant};
+use crate::stack_tenant::{
+    MountSwapDetail, RestorePlanDetail, StackContainer, StackTenant, RESTORE_MOUNTS_STEP, RESTORE_SWAP_STEP,
+    RESTORE_UNDO_STEP,
+};
 
 /// One mount a stack restore put back.
 #[derive(Debug, Clone, Serialize)]
@@ -198,6 +201,9 @@ pub(super) async fn restore_stack(
     }
     ctx.start_run("restore", Some(&app.name), Some(&commit), None)?;
     let t = Some(opts.tenant.as_str());
+    // Every mount it will swap, first: `recover` tells a finished restore from a partial one.
+    let s = ctx.begin(t, RESTORE_MOUNTS_STEP, &RestorePlanDetail { stack_mounts: dirs.clone() })?;
+    ctx.end(s, "ok", None::<&()>)?;
     // The writers stop together, in reverse start order; one not running stays stopped.
     let holds: Vec<HeldContainer> = writers
         .iter()
@@ -220,7 +226,11 @@ pub(super) async fn restore_stack(
     let mut swapped: Vec<(PathBuf, PathBuf)> = Vec::new();
     if failure.is_none() {
         for (n, ((p, path), dir)) in parts.iter().zip(&dirs).enumerate() {
-            let s = ctx.begin(t, "restore", &serde_json::json!({ "mount": p.mount, "dir": dir }))?;
+            if n > 0 {
+                crash_point("restore-stack-swapped-one");
+            }
+            let mut detail = MountSwapDetail { dir: dir.clone(), ..MountSwapDetail::default() };
+            let s = ctx.begin(t, RESTORE_SWAP_STEP, &detail)?;
             let (a, h, d) = (path.clone(), p.sha256.clone(), dir.clone());
             let r = crate::blocking::run("restore", move || archive::restore_swap_keep(&a, &h, &d)).await?;
             let kept = match &r {
@@ -232,7 +242,8 @@ pub(super) async fn restore_stack(
                 )),
                 _ => None,
             };
-            ctx.end(s, if r.is_ok() { "ok" } else { "failed" }, Some(&serde_json::json!({ "replaced": kept })))?;
+            detail.replaced = kept.clone();
+            ctx.end(s, if r.is_ok() { "ok" } else { "failed" }, Some(&detail))?;
             match r {
                 Ok((entries, _)) => {
                     report.entries += entries;
@@ -254,6 +265,7 @@ pub(super) async fn restore_stack(
         }
     }
     let prober = Prober::new()?;
+    let mut undo_journaled = false;
     if failure.is_none() {
         match start_and_gate(ctx, &engine, &prober, &opts.tenant, &writers, &holds).await? {
             Ok(()) => {
@@ -275,6 +287,9 @@ pub(super) async fn restore_stack(
             }
             Err(why) => {
                 failure = Some(format!("the stack failed its gate on the restored data: {why}"));
+                let s = ctx.begin(t, RESTORE_UNDO_STEP, &serde_json::json!({ "why": failure }))?;
+                ctx.end(s, "ok", None::<&()>)?;
+                undo_journaled = true;
                 // Stopped again before its mounts go back.
                 for (c, h) in writers.iter().zip(&holds).rev().filter(|(_, h)| h.hold == "stop") {
                     let s = ctx.begin(t, "stop", h)?;
@@ -286,9 +301,13 @@ pub(super) async fn restore_stack(
     }
     // Every mount swapped so far goes back; the stack starts as it was.
     let why = failure.unwrap_or_default();
+    if !undo_journaled {
+        let s = ctx.begin(t, RESTORE_UNDO_STEP, &serde_json::json!({ "why": why }))?;
+        ctx.end(s, "ok", None::<&()>)?;
+    }
     let mut back_err = Vec::new();
     for (kept, dir) in swapped.iter().rev() {
-        let s = ctx.begin(t, "restore", &serde_json::json!({ "back": dir, "from": kept }))?;
+        let s = ctx.begin(t, RESTORE_SWAP_STEP, &MountSwapDetail { dir: dir.clone(), replaced: None, back: true })?;
         let r = confined::finish_swap(dir).and_then(|_| confined::exchange(kept, dir));
         ctx.end(s, if r.is_ok() { "ok" } else { "failed" }, None::<&()>)?;
         if let Err(e) = r {
