@@ -21,14 +21,14 @@ fn sidecar_writes(c: &Compose, n: u32) {
 }
 
 /// The containers of `names` that the engine paused between `since` and now (docker events).
-fn paused_since(since: u64, names: &[String]) -> Vec<String> {
-    let until = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 1;
+fn paused_since(since: f64, names: &[String]) -> Vec<String> {
+    let until = now_s() + 1.0;
     let out = docker(&[
         "events",
         "--since",
-        &since.to_string(),
+        &format!("{since:.6}"),
         "--until",
-        &until.to_string(),
+        &format!("{until:.6}"),
         "--filter",
         "event=pause",
         "--format",
@@ -40,8 +40,9 @@ fn paused_since(since: u64, names: &[String]) -> Vec<String> {
     v
 }
 
-fn now_s() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+/// Now, in seconds since the epoch, to the microsecond (docker events takes fractions).
+fn now_s() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64()
 }
 
 /// The host dirs of the tenant's two volumes: (appdata, sidedata).
@@ -332,4 +333,63 @@ fn a_stack_restore_killed_between_its_swaps_is_undone_by_recover_with_every_moun
         let again = s.slipway(&["recover", "--json"]);
         assert_eq!(again.report::<crate::support::reports::Recover>().runs.len(), 0, "{point}");
     }
+}
+
+/// Nothing of the drill of `tenant` is left: no drill container or network, no scratch dir.
+fn drill_leftovers(s: &Sandbox, tenant: &str) -> Vec<String> {
+    let mut left: Vec<String> =
+        s.containers_named_like("slipway-drill-").into_iter().filter(|n| n.contains(tenant)).collect();
+    let nets = docker(&["network", "ls", "--filter", "label=slipway.drill", "--format", "{{.Name}}"]);
+    left.extend(nets.lines().filter(|n| n.contains(tenant)).map(str::to_string));
+    let root = s.backups().join("drill");
+    if root.exists() {
+        left.push(root.display().to_string());
+    }
+    left
+}
+
+/// A drill boots every service of the stack on the restored copies of its volumes, never on the
+/// live ones: a snapshot the app cannot start on fails the drill though the live data is fine,
+/// and a good snapshot passes though the live data is one the app would not start on. The live
+/// stack is never stopped or paused, and nothing of the drill is left.
+#[test]
+fn a_stack_drill_boots_every_service_on_the_restored_volumes_and_leaves_nothing() {
+    let s = Sandbox::new();
+    let img = images(&s);
+    let t1 = compose_tenant(&s, "t1", &img);
+    let (app_vol, _) = vols(&t1);
+    std::fs::create_dir_all(app_vol.join("db")).unwrap();
+    s.write_fleet(&stack_fleet(&s, &img.app, &img.worker, &img.side, ""));
+    let started: Vec<_> =
+        ["app", "side", "worker"].map(|x| s.inspect(&t1.container(x))["State"]["StartedAt"].clone()).to_vec();
+    let names: Vec<String> = ["app", "side", "worker"].map(|x| t1.container(x)).to_vec();
+
+    // A snapshot the app refuses to start on; the live data is fine.
+    std::fs::write(app_vol.join("db/corrupt"), "x").unwrap();
+    assert_eq!(s.slipway(&["snapshot"]).code, 0);
+    std::fs::remove_file(app_vol.join("db/corrupt")).unwrap();
+    let out = s.slipway(&["drill", "--tenant", &t1.project, "--latest", "--json"]);
+    assert_eq!(out.code, 1, "{} {}", out.stdout, out.stderr);
+    let r: crate::support::reports::Drill = out.report();
+    assert_eq!(r.tenants[0].outcome, "failed", "{}", out.stdout);
+    assert!(r.tenants[0].detail.contains("service app"), "{}", r.tenants[0].detail);
+    assert!(drill_leftovers(&s, &t1.project).is_empty(), "{:?}", drill_leftovers(&s, &t1.project));
+
+    // A good snapshot; the live data now one the app would not start on.
+    assert_eq!(s.slipway(&["snapshot", "--force"]).code, 0);
+    std::fs::write(app_vol.join("db/corrupt"), "x").unwrap();
+    let since = now_s();
+    let out = s.slipway(&["drill", "--all", "--latest", "--json"]);
+    assert_eq!(out.code, 0, "{} {}", out.stdout, out.stderr);
+    let r: crate::support::reports::Drill = out.report();
+    let t = r.tenants.iter().find(|t| t.tenant == t1.project).unwrap();
+    assert_eq!(t.outcome, "passed", "{}", t.detail);
+    assert!(t.healthy_ms.is_some() && t.entries > 0, "{t:?}");
+    assert!(drill_leftovers(&s, &t1.project).is_empty(), "{:?}", drill_leftovers(&s, &t1.project));
+    // The live stack was only looked at.
+    let now: Vec<_> =
+        ["app", "side", "worker"].map(|x| s.inspect(&t1.container(x))["State"]["StartedAt"].clone()).to_vec();
+    assert_eq!(now, started);
+    assert!(paused_since(since, &names).is_empty());
+    std::fs::remove_file(app_vol.join("db/corrupt")).unwrap();
 }

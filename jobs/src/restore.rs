@@ -27,7 +27,7 @@ use crate::offsite;
 use crate::recover::HeldContainer;
 use crate::types::{RunId, TenantId};
 
-mod stack;
+pub(crate) mod stack;
 
 /// Which snapshot to restore from.
 #[derive(Debug, Clone)]

@@ -23,12 +23,17 @@ pub struct StackContainer {
     pub service: String,
     /// The container's name.
     pub name: String,
+    /// The image it runs, as the engine names it.
+    pub image: String,
     /// Whether the service writes the tenant's data (`writes = true`).
     pub writes: bool,
     /// Whether it was running when listed.
     pub running: bool,
     /// Its HTTP checks: the service's own, and the app's when `health.service` names it.
     pub checks: Vec<HealthSpec>,
+    /// The tenant's data mounts it mounts (read-only ones too), as indexes into
+    /// [`StackTenant::mounts`]: a drill points each at its restored copy.
+    pub data: Vec<usize>,
 }
 
 /// One data mount of a stack tenant.
@@ -140,10 +145,23 @@ pub fn resolve(
         containers.push(StackContainer {
             service: name.clone(),
             name: c.name.clone(),
+            image: c.image_ref.clone(),
             writes: svc.writes,
             running: c.is_running(),
             checks,
+            data: Vec::new(),
         });
+    }
+    for sc in &mut containers {
+        let Some(m) = found.get(sc.service.as_str()) else { continue };
+        for mt in &m.container.mounts {
+            let dir = if mt.kind == "volume" { PathBuf::from(&mt.host_path) } else { PathBuf::from(&mt.source) };
+            if let Some(i) = mounts.iter().position(|d| d.dir == dir) {
+                if !sc.data.contains(&i) {
+                    sc.data.push(i);
+                }
+            }
+        }
     }
     if mounts.is_empty() {
         return Err(format!("tenant {tenant}: no service writes data (no `data` of a `writes = true` service)"));

@@ -64,7 +64,10 @@ pub(super) async fn find(
 
 /// Every part of a stack entry, each re-hashed against the manifest (the first was, by
 /// [`super::fetch_verified`]), with its file list and room checked for `target_of(n)`.
-async fn verified_parts(f: &Fetched, target_of: impl Fn(usize) -> PathBuf) -> Result<Vec<(MountArchive, PathBuf)>> {
+pub(crate) async fn verified_parts(
+    f: &Fetched,
+    target_of: impl Fn(usize) -> PathBuf,
+) -> Result<Vec<(MountArchive, PathBuf)>> {
     let loc = &f.loc;
     let mut out = Vec::new();
     for (n, p) in loc.entry.mounts.iter().enumerate() {
