@@ -393,3 +393,30 @@ fn a_stack_drill_boots_every_service_on_the_restored_volumes_and_leaves_nothing(
     assert!(paused_since(since, &names).is_empty());
     std::fs::remove_file(app_vol.join("db/corrupt")).unwrap();
 }
+
+/// A service that does not write but reads a data volume (mounted read-only) is never paused by
+/// a snapshot, and a restore starts it again on the restored volume: a running container keeps
+/// the dir it was started on.
+#[test]
+fn a_reader_of_a_stack_volume_is_never_paused_and_sees_the_restored_data_after_a_restore() {
+    let s = Sandbox::new();
+    let img = images(&s);
+    let reader = "    volumes: [ \"appdata:/shared:ro\" ]\n";
+    let t1 = crate::stack::compose_tenant_with(&s, "t1", &img, "", reader);
+    let (app_vol, _) = vols(&t1);
+    std::fs::write(app_vol.join("records.txt"), "as snapshotted\n").unwrap();
+    s.write_fleet(&stack_fleet(&s, &img.app, &img.worker, &img.side, ""));
+    let names: Vec<String> = ["app", "side", "worker"].map(|x| t1.container(x)).to_vec();
+    let since = now_s();
+    let out = s.slipway(&["snapshot", "--json"]);
+    assert_eq!(out.code, 0, "{} {}", out.stdout, out.stderr);
+    assert_eq!(paused_since(since, &names), [t1.container("app"), t1.container("side")]);
+    std::fs::write(app_vol.join("records.txt"), "changed after\n").unwrap();
+    let worker = t1.container("worker");
+    let read = || docker(&["exec", &worker, "/bin/busybox", "cat", "/shared/records.txt"]);
+    assert_eq!(read(), "changed after");
+    let out = s.slipway(&["restore", "--latest", "--tenant", &t1.project]);
+    assert_eq!(out.code, 0, "{} {}", out.stdout, out.stderr);
+    assert_eq!(read(), "as snapshotted", "the reader still sees the replaced data");
+    assert_eq!(s.inspect(&worker)["State"]["Running"], true);
+}

@@ -4,7 +4,8 @@
 //! Invariants: every part is re-hashed, and its file list checked with the room it needs,
 //! before anything is touched; each part is found its mount by the mount's source (a volume's
 //! name, a bind's host dir), and a snapshot whose mounts are not exactly the tenant's is
-//! refused. Then the writers are stopped (reverse start order), every mount swapped for its
+//! refused. Then the writers (and any service mounting a data mount read-only) are stopped
+//! (reverse start order), every mount swapped for its
 //! extracted part (extracted beside it first; what it replaced kept under
 //! `replaced/<run>/<t>+<n>`), the writers started in start order and every started container
 //! gated (running, `healthy` where it has a HEALTHCHECK, its HTTP checks). If a swap or the
@@ -190,7 +191,9 @@ pub(super) async fn restore_stack(
     }
     let parts =
         verified_parts(&f, |n| dirs[n].parent().map(Path::to_path_buf).unwrap_or_else(|| dirs[n].clone())).await?;
-    let writers: Vec<&StackContainer> = st.writers().collect();
+    // The writers, and any other service that mounts a data mount (read-only): a running
+    // container keeps the dir it was started on, so each must start again on the swapped one.
+    let writers: Vec<&StackContainer> = st.containers.iter().filter(|c| c.writes || !c.data.is_empty()).collect();
     report.target = dirs.first().cloned().unwrap_or_default();
     report.container = Some(writers.iter().map(|c| c.name.as_str()).collect::<Vec<_>>().join(", "));
     if opts.dry_run {
