@@ -420,3 +420,36 @@ fn a_reader_of_a_stack_volume_is_never_paused_and_sees_the_restored_data_after_a
     assert_eq!(read(), "as snapshotted", "the reader still sees the replaced data");
     assert_eq!(s.inspect(&worker)["State"]["Running"], true);
 }
+
+/// The next day's snapshot of an unchanged stack reuses every mount's archive; prune removes
+/// an old day's parts with its entry and keeps the new day whole (verify, restore).
+#[test]
+fn an_unchanged_stack_reuses_each_mount_archive_and_prune_takes_every_part_of_an_old_day() {
+    let s = Sandbox::new();
+    let img = images(&s);
+    let t1 = compose_tenant(&s, "t1", &img);
+    let (app_vol, side_vol) = vols(&t1);
+    std::fs::write(app_vol.join("records.txt"), "rows\n").unwrap();
+    s.write_fleet(&stack_fleet(&s, &img.app, &img.worker, &img.side, ""));
+    let first: Snapshot = s.slipway(&["snapshot", "--json"]).report();
+    let daily = s.backups().join("daily");
+    let old = daily.join("2000-01-01");
+    std::fs::rename(daily.join(&first.day), &old).unwrap();
+    let out = s.slipway(&["snapshot", "--json"]);
+    assert_eq!(out.code, 0, "{} {}", out.stdout, out.stderr);
+    let second: Snapshot = out.report();
+    let a = second.archives.iter().find(|a| a.tenant.as_deref() == Some(&t1.project)).unwrap();
+    assert_eq!(a.outcome, "reused", "{a:?}");
+    let data = (tree(&app_vol), tree(&side_vol));
+    s.append_config("[retention]\nkeep_last = 1\n");
+    let p = s.slipway(&["prune", "--json"]);
+    assert_eq!(p.code, 0, "{} {}", p.stdout, p.stderr);
+    for n in 0..2 {
+        let part = format!("tenants/{}+{n}.tar.zst", t1.project);
+        assert!(!old.join(&part).exists(), "prune left {part} of the old day");
+        assert!(second.dir.join(&part).is_file(), "prune took {part} of the kept day");
+    }
+    assert_eq!(s.slipway(&["verify"]).code, 0);
+    let (r_app, r_side) = extracted(&s, &t1.project, &[]);
+    assert_eq!((tree(&r_app), tree(&r_side)), data);
+}
