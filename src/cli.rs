@@ -61,7 +61,7 @@ pub enum Command {
     Reconcile(ReconcileArgs),
     /// Undo a halted or finished rollout: prior container and snapshot back.
     Rollback(RollbackArgs),
-    /// Archive every tenant's data dir (and the control plane) into today's daily snapshot.
+    /// Archive every tenant's data (each mount of a stack) and the control plane into today's daily snapshot.
     Snapshot(SnapshotArgs),
     /// Bring one tenant's data back from a daily or rollout snapshot, local or remote.
     Restore(RestoreArgs),
@@ -230,7 +230,7 @@ pub struct RestoreArgs {
     /// Download the archive from the remote first.
     #[arg(long)]
     pub remote: bool,
-    /// Restore into this directory instead; touch no container.
+    /// Restore into this directory instead (a stack tenant: each mount into DIR/<n>); touch no container.
     #[arg(long, value_name = "DIR")]
     pub to: Option<PathBuf>,
     /// Show what would be restored and touch nothing.

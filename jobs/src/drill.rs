@@ -23,6 +23,9 @@
 //! The drill does not run `recover` first: it changes no tenant, so a rollout a crash left
 //! unfinished is not its to settle (and a tenant that crash left stopped can still be drilled:
 //! only its image and settings are used).
+//!
+//! A stack tenant (`[app.services]`) is drilled as a unit by [`stack`]: every mount's archive
+//! into its own scratch dir, every service on the drill's network, each gated.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -33,13 +36,32 @@ use serde::{Deserialize, Serialize};
 
 use crate::adapters::archive;
 use crate::adapters::desired;
-use crate::adapters::docker::{DrillChanges, DrillSpec, Engine, TenantContainer};
+use crate::adapters::docker::{DrillChanges, DrillData, DrillSpec, Engine, TenantContainer};
 use crate::adapters::health::{Prober, Unhealthy};
 use crate::config::{label_matches, App, Selector};
 use crate::context::{crash_point, test_pause, Cancel, Ctx};
 use crate::error::{Error, ExitKind, Result};
 use crate::restore::{self, Fetched, Source};
+use crate::stack_tenant::StackTenant;
 use crate::types::TenantId;
+
+mod stack;
+
+/// A tenant to drill: one container, or a stack (or why the stack cannot be drilled as a unit).
+#[derive(Debug, Clone)]
+enum Chosen {
+    One(TenantContainer),
+    Stack(TenantId, std::result::Result<StackTenant, String>),
+}
+
+impl Chosen {
+    fn tenant(&self) -> &TenantId {
+        match self {
+            Chosen::One(c) => &c.tenant,
+            Chosen::Stack(t, _) => t,
+        }
+    }
+}
 
 /// Options of `drill`.
 #[derive(Debug, Clone)]
@@ -220,20 +242,23 @@ pub fn strips_label(key: &str, strip_labels: &[String], app: &App) -> bool {
 
 /// The tenants to drill, with their app and container, in order; an unknown tenant is a
 /// usage error.
-async fn choose(engine: &Engine, apps: &[App], opts: &DrillOptions) -> Result<Vec<(App, TenantContainer)>> {
+async fn choose(engine: &Engine, apps: &[App], opts: &DrillOptions) -> Result<Vec<(App, Chosen)>> {
     if opts.all != opts.tenants.is_empty() {
         return Err(Error::Usage("drill needs --tenant T (repeatable) or --all, not both".into()));
     }
     let mut found = Vec::new();
     for app in apps {
-        // A stack app has no daily snapshots to drill yet (status names it): the drill of the
-        // other apps' tenants goes on without it.
-        if app.stack.is_some() {
-            tracing::warn!("app {}: a stack ([app.services]); its tenants are not drilled yet (issue #26)", app.name);
+        // A stack app's tenants are drilled as a unit, every service on the restored mounts.
+        if let Some(st) = &app.stack {
+            let (members, _) = engine.stack_members(app, st).await?;
+            for t in crate::stack_tenant::tenants_of(&members) {
+                let resolved = crate::stack_tenant::resolve(app, st, &t, &members);
+                found.push((app.clone(), Chosen::Stack(t, resolved)));
+            }
             continue;
         }
         for c in engine.tenants(app).await? {
-            found.push((app.clone(), c));
+            found.push((app.clone(), Chosen::One(c)));
         }
     }
     if opts.all {
@@ -241,8 +266,8 @@ async fn choose(engine: &Engine, apps: &[App], opts: &DrillOptions) -> Result<Ve
     }
     let mut out = Vec::new();
     for t in &opts.tenants {
-        match found.iter().find(|(_, c)| c.tenant == *t) {
-            Some(x) if !out.iter().any(|(_, c): &(App, TenantContainer)| c.tenant == *t) => out.push(x.clone()),
+        match found.iter().find(|(_, c)| c.tenant() == t) {
+            Some(x) if !out.iter().any(|(_, c): &(App, Chosen)| c.tenant() == t) => out.push(x.clone()),
             Some(_) => {}
             None => {
                 return Err(Error::Usage(format!(
@@ -278,12 +303,31 @@ pub async fn drill(ctx: &Ctx, opts: &DrillOptions) -> Result<DrillReport> {
         },
         tenants: chosen
             .iter()
-            .map(|(app, c)| PlannedDrill {
-                tenant: c.tenant.to_string(),
-                app: app.name.clone(),
-                container: c.name.clone(),
-                image: c.image_ref.clone(),
-                data_dir: app.data_dir_of(&c.tenant),
+            .map(|(app, c)| match c {
+                Chosen::One(c) => PlannedDrill {
+                    tenant: c.tenant.to_string(),
+                    app: app.name.clone(),
+                    container: c.name.clone(),
+                    image: c.image_ref.clone(),
+                    data_dir: app.data_dir_of(&c.tenant),
+                },
+                Chosen::Stack(t, st) => PlannedDrill {
+                    tenant: t.to_string(),
+                    app: app.name.clone(),
+                    container: st.as_ref().map_or_else(Clone::clone, |st| {
+                        st.containers.iter().map(|c| c.name.as_str()).collect::<Vec<_>>().join(", ")
+                    }),
+                    image: st.as_ref().map_or_else(
+                        |_| String::new(),
+                        |st| st.containers.iter().map(|c| c.image.as_str()).collect::<Vec<_>>().join(", "),
+                    ),
+                    data_dir: st
+                        .as_ref()
+                        .ok()
+                        .and_then(|st| st.mounts.first())
+                        .map(|m| m.dir.clone())
+                        .unwrap_or_default(),
+                },
             })
             .collect(),
     };
@@ -302,7 +346,11 @@ pub async fn drill(ctx: &Ctx, opts: &DrillOptions) -> Result<DrillReport> {
         if ctx.cancel.is_cancelled() {
             break;
         }
-        let t = drill_tenant(ctx, &engine, &prober, opts, app, c).await?;
+        let t = match c {
+            Chosen::One(c) => drill_tenant(ctx, &engine, &prober, opts, app, c).await?,
+            Chosen::Stack(_, Ok(st)) => stack::drill_stack_tenant(ctx, &engine, &prober, opts, app, st).await?,
+            Chosen::Stack(t, Err(why)) => stack::refused(app, t, why),
+        };
         ctx.store.record_drill(&slipway_state::DrillRow {
             run_id: ctx.run_id.to_string(),
             tenant: t.tenant.clone(),
@@ -534,9 +582,8 @@ async fn steps(
     let drill = DrillSpec {
         name: &journal.drill_container,
         network: &journal.drill_container,
-        data_dir: &data_dir,
-        data_volume: data_volume.as_deref(),
-        scratch: &journal.scratch,
+        alias: None,
+        data: vec![DrillData { data_dir: &data_dir, data_volume: data_volume.as_deref(), scratch: &journal.scratch }],
         labels,
         strip: &strip,
     };

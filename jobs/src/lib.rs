@@ -61,6 +61,7 @@ pub mod rollout;
 pub mod runner;
 pub mod runs;
 pub mod snapshot;
+pub mod stack_tenant;
 pub mod stack_undo;
 pub mod status;
 pub mod sync;

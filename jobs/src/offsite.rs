@@ -132,8 +132,11 @@ pub async fn download_bytes(
     snap: &SnapshotId,
     archive: &crate::manifest::ArchiveEntry,
 ) -> Result<u64> {
-    let list = remote.head(&snap.key(&archive.file_list)).await?.map_or(0, |h| h.size);
-    Ok(archive.size.saturating_add(list))
+    let mut need = archive.size;
+    for p in std::iter::once(&archive.file_list).chain(archive.other_parts().map(|p| &p.file_list)) {
+        need = need.saturating_add(remote.head(&snap.key(p)).await?.map_or(0, |h| h.size));
+    }
+    Ok(need.saturating_add(archive.other_parts().map(|p| p.size).sum::<u64>()))
 }
 
 /// Keep the plaintext of the encrypted manifest just uploaded for `snap` (see the module doc).

@@ -624,6 +624,42 @@ async fn recover_held(
     dry_run: bool,
 ) -> Result<Vec<TenantAction>> {
     let mut out = Vec::new();
+    // A stack restore cut short: every mount it swapped goes back before its containers start.
+    if run.job == "restore" {
+        let journal: Vec<(String, Option<String>, Option<String>)> =
+            steps.iter().map(|s| (s.step.clone(), s.outcome.clone(), s.detail.clone())).collect();
+        for (kept, dir) in crate::stack_tenant::restore_left_to_undo(&journal) {
+            let tenant = steps.iter().find_map(|s| s.tenant.clone()).unwrap_or_default();
+            let found = format!(
+                "{} swapped by a stack restore cut short; its data from before is in {}",
+                dir.display(),
+                kept.display()
+            );
+            let (action, ok) = if dry_run {
+                ("would be put back".to_string(), true)
+            } else {
+                match crate::adapters::confined::finish_swap(&dir)
+                    .and_then(|_| crate::adapters::confined::exchange(&kept, &dir))
+                {
+                    Ok(()) => {
+                        let d = crate::stack_tenant::MountSwapDetail { dir: dir.clone(), replaced: None, back: true };
+                        let detail =
+                            serde_json::to_string(&d).map_err(|e| crate::error::Error::Other(e.to_string()))?;
+                        let id = ctx.store.begin_step(
+                            &run.id,
+                            Some(&tenant),
+                            crate::stack_tenant::RESTORE_SWAP_STEP,
+                            &detail,
+                        )?;
+                        ctx.store.end_step(id, "ok", None)?;
+                        ("put back (the restored data is left in the kept dir)".to_string(), true)
+                    }
+                    Err(e) => (format!("could not be put back ({e}): a person is needed"), false),
+                }
+            };
+            out.push(TenantAction { tenant, found, action, ok });
+        }
+    }
     for (h, s) in open_holds(steps) {
         if !engine.exists(&h.container).await? {
             continue;

@@ -27,6 +27,8 @@ use crate::offsite;
 use crate::recover::HeldContainer;
 use crate::types::{RunId, TenantId};
 
+pub(crate) mod stack;
+
 /// Which snapshot to restore from.
 #[derive(Debug, Clone)]
 pub enum Source {
@@ -73,6 +75,9 @@ pub struct RestoreReport {
     pub replaced: Option<PathBuf>,
     /// Databases replayed from the snapshot's dumps (`[app.database]`).
     pub databases: usize,
+    /// A stack tenant's mounts, each restored from its archive.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub mounts: Vec<stack::RestoredMount>,
     /// Whether this was a dry run.
     pub dry_run: bool,
     /// How it ended.
@@ -208,6 +213,13 @@ pub async fn fetch_remote(cfg: &HostConfig, tenant: &TenantId, source: &Source) 
                 }
                 remote.download(&key, &path, Some(&d.sha256)).await?;
             }
+            // And a stack tenant's other mounts, each archive and its file list checked.
+            for p in entry.other_parts() {
+                for (rel, sha) in [(&p.path, &p.sha256), (&p.file_list, &p.file_list_sha256)] {
+                    let key = snap.key(rel);
+                    remote.download(&key, &layout::under(&dir, rel, &key)?, Some(sha)).await?;
+                }
+            }
             Ok::<_, Error>(Some(entry))
         }
         .await;
@@ -308,7 +320,7 @@ async fn tenant_container(
     tenant: &TenantId,
 ) -> Result<(String, Option<(crate::config::App, crate::adapters::docker::TenantContainer)>)> {
     let state = desired::read(&ctx.cfg.desired, &ctx.cfg.state_dir, None)?;
-    for app in &state.fleet.apps {
+    for app in state.fleet.apps.iter().filter(|a| a.stack.is_none()) {
         if let Some(c) = engine.tenants(app).await?.into_iter().find(|c| c.tenant == *tenant) {
             return Ok((state.commit, Some((app.clone(), c))));
         }
@@ -337,7 +349,7 @@ pub async fn restore(ctx: &Ctx, opts: &RestoreOptions) -> Result<RestoreReport> 
     }
     // Verified before anything is touched.
     let fetched = fetch_verified(&ctx.cfg, &opts.tenant, &opts.source, opts.remote).await;
-    let Fetched { loc, archive: archive_path, sha256: got } = match (fetched, replaced_by_rollout) {
+    let fetched = match (fetched, replaced_by_rollout) {
         (Err(Error::Usage(why)), Some(kept)) => {
             return Err(Error::Usage(format!(
                 "{why}: that run archived no data of tenant {} (its undo swapped its copy from before the run back into the \
@@ -351,17 +363,23 @@ pub async fn restore(ctx: &Ctx, opts: &RestoreOptions) -> Result<RestoreReport> 
     };
     let mut report = RestoreReport {
         tenant: opts.tenant.to_string(),
-        archive: archive_path.clone(),
-        sha256: got.clone(),
+        archive: fetched.archive.clone(),
+        sha256: fetched.sha256.clone(),
         target: PathBuf::new(),
         container: None,
         entries: 0,
         replaced: None,
         databases: 0,
+        mounts: Vec::new(),
         dry_run: opts.dry_run,
         outcome: ExitKind::Success,
         detail: String::new(),
     };
+    // A stack tenant's snapshot: one archive per mount, restored together.
+    if !fetched.loc.entry.mounts.is_empty() {
+        return stack::restore_stack(ctx, opts, fetched, report).await;
+    }
+    let Fetched { loc, archive: archive_path, sha256: got } = fetched;
     if let Some(to) = &opts.to {
         report.target = to.clone();
         preflight(&loc, to).await?;
@@ -611,6 +629,7 @@ async fn restore_replaced(ctx: &Ctx, opts: &RestoreOptions, kept: &Path) -> Resu
         entries: 0,
         replaced: None,
         databases: 0,
+        mounts: Vec::new(),
         dry_run: opts.dry_run,
         outcome: ExitKind::Success,
         detail: String::new(),
@@ -688,6 +707,9 @@ impl fmt::Display for RestoreReport {
             self.archive.display(),
             &self.sha256[..12.min(self.sha256.len())]
         )?;
+        for m in &self.mounts {
+            writeln!(f, "  {} → {} ({} entries)", m.mount, m.target.display(), m.entries)?;
+        }
         writeln!(f, "  {}", self.detail)
     }
 }

@@ -13,7 +13,8 @@
 //! and passes `PRAGMA integrity_check` before it is archived. The
 //! day's `MANIFEST.json` lists exactly the archives that are complete; it is rewritten
 //! atomically after each one. A tenant whose tree is unchanged since its previous snapshot
-//! reuses that archive (hard link). One failing tenant does not stop the others.
+//! reuses that archive (hard link). One failing tenant does not stop the others. A stack
+//! tenant (`[app.services]`) is taken by [`stack`]: every data mount, its writers held together.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -32,7 +33,17 @@ use crate::fsutil::create_private_dir;
 use crate::layout::{self, SnapshotId, SnapshotKind, CONTROL_PLANE};
 use crate::manifest::{ArchiveEntry, Manifest};
 use crate::recover::HeldContainer;
+use crate::stack_tenant::StackTenant;
 use crate::types::TenantId;
+
+mod stack;
+
+/// What a tenant of the day's work is: one container, or a stack (or why the stack cannot be
+/// snapshotted as a unit: the tenant fails, loudly).
+enum Target {
+    Container(String),
+    Stack(std::result::Result<StackTenant, String>),
+}
 
 /// Options of `snapshot`.
 #[derive(Debug, Clone, Default)]
@@ -152,30 +163,34 @@ pub async fn snapshot(ctx: &Ctx, opts: &SnapshotOptions) -> Result<SnapshotRepor
     let state = desired::read(&ctx.cfg.desired, &ctx.cfg.state_dir, None)?;
     let engine = Engine::connect(&ctx.cfg.docker).await?;
     // Every tenant of every app, checked against --tenant before anything is touched.
-    let mut work: Vec<(&App, TenantId, String)> = Vec::new();
-    // Stack tenants (`[app.services]`) are not snapshotted yet: each is reported as a failed
-    // archive (the run fails, loudly), while every other app's tenants are still taken.
-    let mut stack_tenants: Vec<(&App, TenantId)> = Vec::new();
+    let mut work: Vec<(&App, TenantId, Target)> = Vec::new();
     for app in &state.fleet.apps {
         if let Some(st) = &app.stack {
             let (members, _) = engine.stack_members(app, st).await?;
-            for m in members {
-                if !stack_tenants.iter().any(|(_, t)| *t == m.container.tenant) {
-                    stack_tenants.push((app, m.container.tenant));
-                }
+            for t in crate::stack_tenant::tenants_of(&members) {
+                let resolved = crate::stack_tenant::resolve(app, st, &t, &members);
+                work.push((app, t, Target::Stack(resolved)));
             }
             continue;
         }
         for c in engine.tenants(app).await? {
-            work.push((app, c.tenant, c.name));
+            work.push((app, c.tenant, Target::Container(c.name)));
         }
     }
     for t in &opts.tenants {
-        if !work.iter().any(|(_, w, _)| w == t) && !stack_tenants.iter().any(|(_, w)| w == t) {
+        if !work.iter().any(|(_, w, _)| w == t) {
             return Err(Error::Usage(format!("no tenant \"{t}\" in any app of fleet.toml; see `slipway status`")));
         }
     }
-    let known: std::collections::BTreeSet<String> = work.iter().map(|(_, t, _)| t.to_string()).collect();
+    // The staging copies in use: a tenant's, or each mount's of a stack tenant.
+    let known: std::collections::BTreeSet<String> = work
+        .iter()
+        .flat_map(|(_, t, target)| match target {
+            Target::Container(_) => vec![t.to_string()],
+            Target::Stack(Ok(st)) => (0..st.mounts.len()).map(|n| layout::mount_key(t.as_str(), n)).collect(),
+            Target::Stack(Err(_)) => Vec::new(),
+        })
+        .collect();
     if !opts.tenants.is_empty() {
         work.retain(|(_, t, _)| opts.tenants.contains(t));
     }
@@ -188,26 +203,24 @@ pub async fn snapshot(ctx: &Ctx, opts: &SnapshotOptions) -> Result<SnapshotRepor
         tracing::warn!("{why}");
     }
     let mut archives = Vec::new();
-    for (app, tenant) in stack_tenants.iter().filter(|(_, t)| opts.tenants.is_empty() || opts.tenants.contains(t)) {
-        let dest = dir.join(layout::tenant_archive(SnapshotKind::Daily, tenant.as_str()));
-        let mut rep = ArchiveReport::planned(Some(tenant.as_str()), dest);
-        rep.outcome = ArchiveOutcome::Failed;
-        rep.detail = Some(format!(
-            "app {} is a stack ([app.services]): daily snapshots of a stack tenant are not supported yet (issue \
-             #26 item 3), so this tenant has no daily snapshot; its rollouts still keep an archive of every data \
-             mount",
-            app.name
-        ));
-        archives.push(rep);
-    }
     if !opts.dry_run {
         ctx.start_run("snapshot", None, Some(&state.commit), None)?;
         create_private_dir(&layout::tenants_dir(&dir)).map_err(|e| Error::io(&dir, e))?;
     }
-    for (app, tenant, container) in &work {
-        let rel = layout::tenant_archive(SnapshotKind::Daily, tenant.as_str());
+    for (app, tenant, target) in &work {
+        // A stack tenant's entry is named by its first mount's archive.
+        let rel = match target {
+            Target::Container(_) => layout::tenant_archive(SnapshotKind::Daily, tenant.as_str()),
+            Target::Stack(_) => layout::mount_archive(SnapshotKind::Daily, tenant.as_str(), 0),
+        };
         let dest = dir.join(&rel);
         let mut rep = ArchiveReport::planned(Some(tenant.as_str()), dest.clone());
+        if let Target::Stack(Err(why)) = target {
+            rep.outcome = ArchiveOutcome::Failed;
+            rep.detail = Some(format!("app {} (a stack): {why}; nothing was paused or archived", app.name));
+            archives.push(rep);
+            continue;
+        }
         if already_done(&manifest, &rel, &dest, opts.force) {
             rep.outcome = ArchiveOutcome::AlreadyDone;
             archives.push(rep);
@@ -241,7 +254,13 @@ pub async fn snapshot(ctx: &Ctx, opts: &SnapshotOptions) -> Result<SnapshotRepor
         };
         crash_point("snapshot-dumped");
         let taken = match dumped {
-            Ok(pending) => match snapshot_tenant(ctx, &engine, app, tenant, container, &dest, prev).await {
+            Ok(pending) => match match target {
+                Target::Container(container) => {
+                    snapshot_tenant(ctx, &engine, app, tenant, container, &dest, prev).await
+                }
+                Target::Stack(Ok(st)) => stack::snapshot_stack(ctx, &engine, app, st, &dir, prev).await,
+                Target::Stack(Err(why)) => Err(Error::Other(why.clone())),
+            } {
                 Ok(mut taken) => match pending {
                     Some(p) => p.place().await.map(|d| {
                         taken.entry.database = Some(d);
@@ -257,7 +276,7 @@ pub async fn snapshot(ctx: &Ctx, opts: &SnapshotOptions) -> Result<SnapshotRepor
             Ok(taken) => {
                 rep.database = taken.entry.database.clone();
                 rep.outcome = if taken.reused { ArchiveOutcome::Reused } else { ArchiveOutcome::Archived };
-                rep.size = taken.entry.size;
+                rep.size = taken.size;
                 rep.bytes_in = taken.bytes_in;
                 rep.pause_ms = taken.pause.as_millis() as u64;
                 rep.staging = Some(taken.staging);
@@ -408,6 +427,7 @@ fn entry_of(rel: &str, tenant: Option<&str>, s: &archive::ArchiveSummary) -> Arc
         file_list_sha256: s.file_list_sha256.clone(),
         created: None,
         database: None,
+        mounts: Vec::new(),
     }
 }
 
@@ -501,6 +521,8 @@ pub enum Staging {
 /// What [`snapshot_tenant`] did.
 struct Taken {
     entry: ArchiveEntry,
+    /// Bytes of every archive of it (a stack tenant's parts together).
+    size: u64,
     reused: bool,
     bytes_in: u64,
     /// How long the tenant was paused or stopped.
@@ -670,7 +692,17 @@ async fn snapshot_tenant(
     let (s, reused) = result?;
     let rel = layout::tenant_archive(SnapshotKind::Daily, tenant.as_str());
     let entry = entry_of(&rel, Some(tenant.as_str()), &s);
-    Ok(Taken { entry, reused, bytes_in: s.bytes_in, pause, staging, delta: None, note, checked: None })
+    Ok(Taken {
+        size: entry.size,
+        entry,
+        reused,
+        bytes_in: s.bytes_in,
+        pause,
+        staging,
+        delta: None,
+        note,
+        checked: None,
+    })
 }
 
 /// Bring the staging copy of `data_dir` up to date (reflinked where the filesystem can).
@@ -760,6 +792,7 @@ async fn snapshot_staged(
     let rel = layout::tenant_archive(SnapshotKind::Daily, tenant.as_str());
     let entry = entry_of(&rel, Some(tenant.as_str()), &s);
     Ok(Taken {
+        size: entry.size,
         entry,
         reused,
         bytes_in: s.bytes_in,

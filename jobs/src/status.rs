@@ -144,8 +144,8 @@ pub async fn status(ctx: &Ctx) -> Result<StatusReport> {
         let mut tenants = Vec::new();
         if app.stack.is_some() {
             attention.push(format!(
-                "app {}: a stack ([app.services]); status does not report stack tenants yet (issue #26), and they \
-                 have no daily snapshots",
+                "app {}: a stack ([app.services]); status does not report a stack tenant's health or snapshot age \
+                 yet (issue #26): see `slipway verify` and `slipway runs` for its daily snapshots",
                 app.name
             ));
             let pinned = app.stack.as_ref().map(|s| s.pin_key()).unwrap_or_default();

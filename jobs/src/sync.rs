@@ -111,6 +111,14 @@ fn wanted(snap: &SnapshotDir) -> Result<Vec<Wanted>> {
             let path = layout::under(dir, &d.path, &id.key(&d.path))?;
             out.push(Wanted { key: id.key(&d.path), path, sha256: d.sha256.clone(), size: d.size });
         }
+        // A stack tenant's other mounts: each archive and its file list, with the entry.
+        for p in a.other_parts() {
+            let path = layout::under(dir, &p.path, &id.key(&p.path))?;
+            out.push(Wanted { key: id.key(&p.path), path, sha256: p.sha256.clone(), size: p.size });
+            let lp = layout::under(dir, &p.file_list, &id.key(&p.file_list))?;
+            let size = std::fs::metadata(&lp).map_err(|e| Error::io(&lp, e))?.len();
+            out.push(Wanted { key: id.key(&p.file_list), path: lp, sha256: p.file_list_sha256.clone(), size });
+        }
     }
     let mp = layout::manifest_path(dir);
     let (sha256, size) = archive::sha256_file(&mp)?;

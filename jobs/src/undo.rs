@@ -762,6 +762,7 @@ pub fn record_rollout_archive(
         file_list_sha256: s.file_list_sha256.clone(),
         created: None,
         database,
+        mounts: Vec::new(),
     };
     manifest.upsert(entry.clone());
     manifest.write(run_dir)?;

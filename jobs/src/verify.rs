@@ -117,6 +117,13 @@ pub fn check_archive(dir: &Path, e: &ArchiveEntry, deep: bool) -> Checked {
         if deep {
             archive::deep_verify(&path, &e.sha256, &list_path).map_err(|x| x.to_string())?;
         }
+        // A stack tenant's other mounts, each its own archive of the same snapshot.
+        for part in e.other_parts() {
+            let c = check_archive(dir, &part.as_entry(e.tenant.as_deref()), deep);
+            if let Some(why) = c.detail {
+                return Err(format!("{} ({}): {why}", c.archive.display(), part.mount));
+            }
+        }
         Ok(())
     })()
     .err();
@@ -187,7 +194,13 @@ pub async fn verify_remote(cfg: &HostConfig, opts: &VerifyOptions) -> Result<Ver
                 continue;
             }
         };
-        for a in &m.archives {
+        // A stack tenant's mounts are checked each as an archive of its own.
+        let entries: Vec<crate::manifest::ArchiveEntry> = m
+            .archives
+            .iter()
+            .flat_map(|a| std::iter::once(a.clone()).chain(a.other_parts().map(|p| p.as_entry(a.tenant.as_deref()))))
+            .collect();
+        for a in &entries {
             let key = snap.key(&a.path);
             let mut detail = None;
             match remote.head(&key).await? {

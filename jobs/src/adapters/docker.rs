@@ -299,19 +299,31 @@ pub struct OperatorSettings {
 pub struct DrillSpec<'a> {
     /// Its name.
     pub name: &'a str,
-    /// The only network it joins (internal, the drill's own); no aliases.
+    /// The only network it joins (internal, the drill's own).
     pub network: &'a str,
-    /// The tenant's data dir: its bind is pointed at `scratch` instead.
-    pub data_dir: &'a std::path::Path,
-    /// The named volume holding the tenant's data, when it is one (`data_volume`): its mount is
-    /// replaced by a bind of `scratch` (never the live volume).
-    pub data_volume: Option<&'a str>,
-    /// The restored copy.
-    pub scratch: &'a std::path::Path,
+    /// Its one alias there (a stack's service name, by which its peers find it); none for a
+    /// single container.
+    pub alias: Option<&'a str>,
+    /// The tenant's data mounts it has, each pointed at its restored copy: exactly one for a
+    /// single container; for a service of a stack, the data mounts it mounts (maybe none).
+    pub data: Vec<DrillData<'a>>,
     /// Labels of the drill's own (the run id, the tenant).
     pub labels: BTreeMap<String, String>,
     /// Whether a label key must not reach the container (routing labels, the app's select label).
     pub strip: &'a (dyn Fn(&str) -> bool + Sync),
+}
+
+/// One data mount of a drill's container and the restored copy that stands in for it.
+#[derive(Debug, Clone, Copy)]
+pub struct DrillData<'a> {
+    /// The tenant's data dir (a bind's host dir, or a volume's mountpoint): its bind is pointed
+    /// at `scratch` instead.
+    pub data_dir: &'a std::path::Path,
+    /// The named volume holding the data, when it is one: its mount is replaced by a bind of
+    /// `scratch` (never the live volume).
+    pub data_volume: Option<&'a str>,
+    /// The restored copy.
+    pub scratch: &'a std::path::Path,
 }
 
 /// How a drill's container differs from the tenant's, for the report.
@@ -516,8 +528,8 @@ impl Engine {
         // must not see a stack at all (it would skip every tenant, silently).
         if app.stack.is_some() {
             return Err(Error::Usage(format!(
-                "app \"{}\" is a stack ([app.services]): only rollout, reconcile and recover handle stack tenants \
-                 so far; snapshot, restore, drill, status and doctor of a stack are not supported yet (issue #26), \
+                "app \"{}\" is a stack ([app.services]): only rollout, reconcile, recover, snapshot, restore and \
+                 drill handle stack tenants so far; status and doctor of a stack are not supported yet (issue #26), \
                  so nothing was done for it",
                 app.name
             )));
@@ -1458,13 +1470,13 @@ impl ContainerSpec {
         drill: &DrillSpec<'_>,
     ) -> std::result::Result<(ContainerCreateBody, DrillChanges), String> {
         let (body, changes, data_binds) = self.drill_body_binds(drill);
-        if data_binds != 1 {
+        if let Some((n, d)) = data_binds.iter().zip(&drill.data).find(|(n, _)| **n != 1) {
             return Err(format!(
-                "container {} has {data_binds} binds of its data dir {} (it needs exactly one, `-v {}:<path>`), so a \
+                "container {} has {n} binds of its data dir {} (it needs exactly one, `-v {}:<path>`), so a \
                  restored copy cannot stand in for it; nothing was started",
                 self.name(),
-                drill.data_dir.display(),
-                drill.data_dir.display()
+                d.data_dir.display(),
+                d.data_dir.display()
             ));
         }
         Ok((body, changes))
@@ -1478,9 +1490,7 @@ impl ContainerSpec {
     /// restart, and only the drill's labels.
     pub fn drill_db_body(&self, name: &str, network: &str, labels: BTreeMap<String, String>) -> ContainerCreateBody {
         let strip = |_: &str| true;
-        let none = std::path::Path::new("");
-        let drill =
-            DrillSpec { name, network, data_dir: none, data_volume: None, scratch: none, labels, strip: &strip };
+        let drill = DrillSpec { name, network, alias: None, data: Vec::new(), labels, strip: &strip };
         let (mut body, _, _) = self.drill_body_binds(&drill);
         let mut aliases: Vec<String> = self.networks().into_iter().flat_map(|(_, _, a)| a).collect();
         aliases.push(self.name());
@@ -1492,8 +1502,8 @@ impl ContainerSpec {
         body
     }
 
-    /// [`ContainerSpec::drill_body`] and how many binds of the data dir it pointed at the copy.
-    fn drill_body_binds(&self, drill: &DrillSpec<'_>) -> (ContainerCreateBody, DrillChanges, usize) {
+    /// [`ContainerSpec::drill_body`] and how many binds of each data mount it pointed at its copy.
+    fn drill_body_binds(&self, drill: &DrillSpec<'_>) -> (ContainerCreateBody, DrillChanges, Vec<usize>) {
         let image = self.inspect.image.clone().unwrap_or_else(|| self.image_ref());
         let (mut body, _) = self.create_body(&image);
         let mut changes = DrillChanges::default();
@@ -1515,7 +1525,8 @@ impl ContainerSpec {
 
         changes.networks_left = self.networks().into_iter().map(|(n, _, _)| n).collect();
         changes.networks_left.sort();
-        let endpoint = EndpointSettings::default();
+        let endpoint =
+            EndpointSettings { aliases: drill.alias.map(|a| vec![a.to_string()]), ..EndpointSettings::default() };
         body.networking_config = Some(NetworkingConfig {
             endpoints_config: Some([(drill.network.to_string(), endpoint)].into_iter().collect()),
         });
@@ -1544,15 +1555,22 @@ impl ContainerSpec {
                 *mode = None;
             }
         }
-        let scratch = drill.scratch.to_string_lossy().into_owned();
-        let mut data_binds = 0;
+        // Which of the drill's data mounts a source is, if any.
+        let data_of = |src: &str, volume: bool| {
+            drill
+                .data
+                .iter()
+                .position(|d| (!volume && std::path::Path::new(src) == d.data_dir) || d.data_volume == Some(src))
+        };
+        let mut data_binds = vec![0usize; drill.data.len()];
         let mut binds = Vec::new();
         for b in host.binds.take().unwrap_or_default() {
             let mut parts = b.splitn(3, ':');
             let (src, dst, opts) = (parts.next().unwrap_or_default(), parts.next(), parts.next());
             let read_only = opts.is_some_and(|o| o.split(',').any(|o| o == "ro"));
-            if std::path::Path::new(src) == drill.data_dir || drill.data_volume == Some(src) {
-                data_binds += 1;
+            if let Some(i) = data_of(src, !src.starts_with('/')) {
+                data_binds[i] += 1;
+                let scratch = drill.data[i].scratch.to_string_lossy();
                 let rw: Vec<&str> =
                     opts.unwrap_or_default().split(',').filter(|o| !o.is_empty() && *o != "ro").collect();
                 let opts = if rw.is_empty() { String::new() } else { format!(":{}", rw.join(",")) };
@@ -1566,15 +1584,15 @@ impl ContainerSpec {
         host.binds = if binds.is_empty() { None } else { Some(binds) };
         let mut mounts = Vec::new();
         for mut m in host.mounts.take().unwrap_or_default() {
-            let is_data = (m.typ == Some(MountType::BIND)
-                && m.source.as_deref().is_some_and(|s| std::path::Path::new(s) == drill.data_dir))
-                || (m.typ == Some(MountType::VOLUME)
-                    && drill.data_volume.is_some()
-                    && m.source.as_deref() == drill.data_volume);
-            if is_data {
-                data_binds += 1;
+            let is_data = match (m.typ, m.source.as_deref()) {
+                (Some(MountType::BIND), Some(s)) => data_of(s, false),
+                (Some(MountType::VOLUME), Some(s)) => data_of(s, true),
+                _ => None,
+            };
+            if let Some(i) = is_data {
+                data_binds[i] += 1;
                 m.typ = Some(MountType::BIND);
-                m.source = Some(scratch.clone());
+                m.source = Some(drill.data[i].scratch.to_string_lossy().into_owned());
                 m.read_only = Some(false);
                 m.volume_options = None;
                 mounts.push(m);

@@ -245,6 +245,18 @@ pub fn tenant_archive(kind: SnapshotKind, tenant: &str) -> String {
     }
 }
 
+/// The name a stack tenant's `n`th data mount goes by in the backup store (its archive, its
+/// staging copy, what a restore replaced of it): `<tenant>+<n>`. A tenant id has no `+`.
+pub fn mount_key(tenant: &str, n: usize) -> String {
+    format!("{tenant}+{n}")
+}
+
+/// The archive of a stack tenant's `n`th data mount inside a snapshot directory:
+/// `tenants/<t>+<n>.tar.zst` (daily) or `<t>+<n>.tar.zst` (rollout).
+pub fn mount_archive(kind: SnapshotKind, tenant: &str, n: usize) -> String {
+    tenant_archive(kind, &mount_key(tenant, n))
+}
+
 /// The dir of a tenant's database dumps beside its archive, relative to the snapshot dir:
 /// `tenants/t1.tar.zst` → `tenants/t1.db`. Outside the archive, so no file of the tenant's data
 /// tree can ever be taken for a dump.
@@ -517,6 +529,14 @@ mod tests {
             run.cache_dir(Path::new("/var/lib/slipway")),
             Path::new("/var/lib/slipway/remote-cache/rollout").join(RUN)
         );
+    }
+
+    #[test]
+    fn a_stack_tenants_mount_archives_are_numbered_beside_its_name() {
+        assert_eq!(mount_archive(SnapshotKind::Daily, "t1", 1), "tenants/t1+1.tar.zst");
+        assert_eq!(mount_archive(SnapshotKind::Rollout, "t1", 0), "t1+0.tar.zst");
+        assert_eq!(file_list_of(&mount_archive(SnapshotKind::Daily, "t1", 2)), "tenants/t1+2.files.json.zst");
+        assert_eq!(staging_dir(Path::new("/b"), &mount_key("t1", 0)), Path::new("/b/staging/t1+0"));
     }
 
     #[test]

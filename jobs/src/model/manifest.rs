@@ -34,6 +34,53 @@ pub struct ArchiveEntry {
     /// one entry. Absent for a tenant without a declared database.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub database: Option<DatabaseDumps>,
+    /// A stack tenant's data mounts (`[app.services]`), one archive each, in the tenant's
+    /// mount order: one snapshot, one entry. The first is the entry's own archive (`path` and
+    /// the fields beside it describe it too, so a reader that knows one archive per entry
+    /// still hashes, syncs and prunes it); every other is a part of the same snapshot. Empty
+    /// for a single-container tenant.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mounts: Vec<MountArchive>,
+}
+
+/// The archive of one data mount of a stack tenant's snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MountArchive {
+    /// The mount as an operator names it (`volume "p_appdata" at /data`), for messages.
+    pub mount: String,
+    /// What restore finds the mount by: a volume's name, a bind mount's host dir.
+    pub source: String,
+    /// Path relative to the snapshot directory (`tenants/t1+1.tar.zst`).
+    pub path: String,
+    /// sha256 of the archive bytes.
+    pub sha256: String,
+    /// Archive size in bytes.
+    pub size: u64,
+    /// Entries in the archive.
+    pub files: u64,
+    /// The per-file list beside it.
+    pub file_list: String,
+    /// sha256 of the per-file list.
+    pub file_list_sha256: String,
+}
+
+impl MountArchive {
+    /// This mount's archive as an entry of its own (the tenant's), to hash, reuse or extract it
+    /// the way a single archive is.
+    pub fn as_entry(&self, tenant: Option<&str>) -> ArchiveEntry {
+        ArchiveEntry {
+            path: self.path.clone(),
+            tenant: tenant.map(str::to_string),
+            sha256: self.sha256.clone(),
+            size: self.size,
+            files: self.files,
+            file_list: self.file_list.clone(),
+            file_list_sha256: self.file_list_sha256.clone(),
+            created: None,
+            database: None,
+            mounts: Vec::new(),
+        }
+    }
 }
 
 /// The database dumps of one tenant's snapshot, beside its archive.
@@ -72,6 +119,13 @@ impl ArchiveEntry {
         [&self.path, &self.file_list]
             .into_iter()
             .chain(self.database.iter().flat_map(|d| d.dumps.iter().map(|x| &x.path)))
+            .chain(self.other_parts().flat_map(|m| [&m.path, &m.file_list]))
+    }
+
+    /// The archives of a stack tenant's mounts besides the entry's own (`path`): every one is
+    /// hashed, synced, fetched and pruned with it.
+    pub fn other_parts(&self) -> impl Iterator<Item = &MountArchive> {
+        self.mounts.iter().filter(move |m| m.path != self.path)
     }
 
     /// When the archive was taken: its stamp, else (older manifests) the time its snapshot's
@@ -204,7 +258,33 @@ mod tests {
             file_list_sha256: "00".into(),
             created: None,
             database: None,
+            mounts: Vec::new(),
         }
+    }
+
+    #[test]
+    fn a_stack_entry_names_every_mount_archive_once_and_a_part_outside_its_dir_is_refused() {
+        let part = |n: usize| MountArchive {
+            mount: format!("volume \"v{n}\" at /data"),
+            source: format!("v{n}"),
+            path: format!("tenants/t1+{n}.tar.zst"),
+            sha256: "00".into(),
+            size: 1,
+            files: 1,
+            file_list: format!("tenants/t1+{n}.files.json.zst"),
+            file_list_sha256: "00".into(),
+        };
+        let e = ArchiveEntry { mounts: vec![part(0), part(1)], ..entry("tenants/t1+0.tar.zst") };
+        let objects: Vec<&String> = e.objects().collect();
+        assert_eq!(objects, ["tenants/t1+0.tar.zst", "l", "tenants/t1+1.tar.zst", "tenants/t1+1.files.json.zst"]);
+        let d = tempfile::tempdir().unwrap();
+        let snap = SnapshotId::daily("2026-11-22").unwrap();
+        let mut m = Manifest::new(&snap);
+        let bad = MountArchive { path: "../../owned".into(), ..part(1) };
+        m.upsert(ArchiveEntry { mounts: vec![part(0), bad], ..entry("tenants/t1+0.tar.zst") });
+        m.write(d.path()).unwrap();
+        let err = Manifest::read(d.path()).unwrap_err().to_string();
+        assert!(err.contains("refused path"), "{err}");
     }
 
     #[test]

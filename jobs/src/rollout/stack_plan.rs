@@ -14,6 +14,7 @@ use super::{PlanItem, RolloutPlan};
 use crate::adapters::docker::{StackMember, TenantMount, Unmapped};
 use crate::config::{App, HealthSpec, Stack};
 use crate::error::{Error, Result};
+use crate::stack_tenant::data_mount;
 use crate::types::{Digest, TenantId};
 
 /// One service of a stack tenant whose pin differs.
@@ -297,62 +298,6 @@ fn holds_no_state(m: &TenantMount) -> bool {
         let t = md.file_type();
         t.is_socket() || t.is_char_device() || t.is_block_device() || t.is_fifo()
     })
-}
-
-/// The host dir of a declared data mount, or why it cannot be one: a bind of a real dir (not a
-/// symlink, not a mount point: the copy beside it is swapped back by a rename) or a named
-/// volume of the `local` driver; never a tmpfs, an anonymous volume or another driver's volume.
-fn data_mount(m: &TenantMount) -> std::result::Result<PathBuf, String> {
-    let dir = match m.kind.as_str() {
-        "bind" => PathBuf::from(&m.source),
-        "volume" if m.driver != "local" && !m.driver.is_empty() => {
-            return Err(format!(
-                "its {} uses the volume driver \"{}\", whose data is not a dir on this host that slipway could copy \
-                 or swap back: move the data to a volume of the local driver (or a bind mount)",
-                m.describe(),
-                m.driver
-            ))
-        }
-        "volume" if m.is_anonymous_volume() => {
-            return Err(format!(
-                "its {} is an anonymous volume: give it a name (a named volume in the compose file) so it is \
-                 re-attached by name",
-                m.describe()
-            ))
-        }
-        "volume" if !m.host_path.is_empty() => PathBuf::from(&m.host_path),
-        "tmpfs" => {
-            return Err(format!(
-                "its data mount at {} is a tmpfs, which holds nothing across a restart: drop it from data (list it \
-                 in scratch_mounts)",
-                m.destination
-            ))
-        }
-        _ => return Err(format!("its {} is no bind dir or local volume the engine gives a dir for", m.describe())),
-    };
-    if !m.writable {
-        return Err(format!(
-            "its data mount {} is read-only: a service that only reads data is not a writer",
-            m.describe()
-        ));
-    }
-    match std::fs::symlink_metadata(&dir) {
-        Ok(md) if md.file_type().is_symlink() => {
-            return Err(format!("its data mount {} is a symlink on the host; mount the real dir", m.describe()))
-        }
-        Ok(md) if md.is_dir() => {}
-        _ => {
-            return Err(format!("its data mount {} is not a directory on this host ({})", m.describe(), dir.display()))
-        }
-    }
-    if crate::fsutil::is_mount_point(&dir).unwrap_or(true) {
-        return Err(format!(
-            "its data mount {} ({}) is a mount point: the copy beside it could not be swapped back by a rename",
-            m.describe(),
-            dir.display()
-        ));
-    }
-    Ok(dir)
 }
 
 /// Every plan item's mounts can be copied beside themselves (reads the trees: blocking). A

@@ -1,0 +1,301 @@
+//! The drill of a stack tenant (`[app.services]`): every part of its snapshot restored into a
+//! scratch dir of its own (`drill/<run>/<tenant>+<n>`), then every service booted from the image
+//! its container runs, with its operator settings, on the drill's `--internal` network (aliased
+//! by its service name, so its peers find it) with the scratch copies mounted in place of the
+//! tenant's data mounts, in start order, and every one gated (running, `healthy` where it has
+//! a HEALTHCHECK, its HTTP checks on the drill network). The live stack is only inspected.
+//! Everything made carries the drill's label; all of it is removed at the end, also on failure.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use super::{cancelled, strips_label, DrillJournal, DrillOptions, DrillOutcome, Stop, TenantDrill};
+use crate::adapters::archive;
+use crate::adapters::docker::{DrillData, DrillSpec, Engine};
+use crate::adapters::health::Prober;
+use crate::config::App;
+use crate::context::{crash_point, Ctx};
+use crate::error::{Error, Result};
+use crate::restore::{self, Fetched};
+use crate::stack_tenant::StackTenant;
+
+/// Drill one stack tenant, and always remove what it made.
+pub(super) async fn drill_stack_tenant(
+    ctx: &Ctx,
+    engine: &Engine,
+    prober: &Prober,
+    opts: &DrillOptions,
+    app: &App,
+    st: &StackTenant,
+) -> Result<TenantDrill> {
+    let tenant = st.tenant.as_str();
+    let network = crate::naming::drill(tenant, &ctx.run_id);
+    let names: Vec<String> =
+        st.containers.iter().map(|c| crate::naming::drill(&format!("{tenant}-{}", c.service), &ctx.run_id)).collect();
+    let scratches: Vec<PathBuf> = (0..st.mounts.len())
+        .map(|n| crate::layout::drill_scratch(&ctx.cfg.backup_root, &ctx.run_id, &crate::layout::mount_key(tenant, n)))
+        .collect();
+    let mut t = TenantDrill {
+        tenant: tenant.to_string(),
+        app: app.name.clone(),
+        outcome: DrillOutcome::Passed,
+        snapshot: None,
+        archive: None,
+        sha256: None,
+        archive_bytes: 0,
+        data_bytes: 0,
+        entries: 0,
+        restore_ms: None,
+        healthy_ms: None,
+        container: names.join(", "),
+        changes: None,
+        detail: String::new(),
+        left: Vec::new(),
+        db_container: None,
+        db_check: None,
+    };
+    let journal =
+        DrillJournal {
+            drill_container: network.clone(),
+            scratch: scratches.first().cloned().unwrap_or_default(),
+            db_container: None,
+        };
+    let run = steps(ctx, engine, prober, opts, app, st, (&network, &names, &scratches), &mut t).await;
+    let s = ctx.begin(Some(tenant), "cleanup", &journal)?;
+    for n in &names {
+        if let Err(e) = engine.remove_with_volumes(n).await {
+            t.left.push(format!("container {n} ({e})"));
+        }
+    }
+    if let Err(e) = engine.remove_network(&network).await {
+        t.left.push(format!("network {network} ({e})"));
+    }
+    for sc in &scratches {
+        if let Err(e) = super::remove_scratch(&ctx.cfg.backup_root, sc) {
+            t.left.push(format!("{} ({e})", sc.display()));
+        }
+    }
+    ctx.end(s, if t.left.is_empty() { "ok" } else { "failed" }, None::<&()>)?;
+    match run {
+        Ok(Ok(())) => {
+            t.detail = format!(
+                "restored {} entries ({} bytes) of {} mount(s) from {} in {} ms; {} service(s) healthy after {} ms",
+                t.entries,
+                t.data_bytes,
+                st.mounts.len(),
+                t.snapshot.as_deref().unwrap_or("?"),
+                t.restore_ms.unwrap_or(0),
+                st.containers.len(),
+                t.healthy_ms.unwrap_or(0)
+            );
+        }
+        Ok(Err(Stop::Failed(why))) => {
+            t.outcome = DrillOutcome::Failed;
+            t.detail = why;
+        }
+        Ok(Err(Stop::Interrupted(at))) => {
+            t.outcome = DrillOutcome::Interrupted;
+            t.detail = format!("interrupted {at}; everything the drill made was removed");
+        }
+        Err(e) => {
+            t.outcome = DrillOutcome::Failed;
+            t.detail = e.to_string();
+        }
+    }
+    if !t.left.is_empty() {
+        t.detail.push_str(&format!(
+            "; could not remove {} (the next drill or `slipway recover` removes it)",
+            t.left.join(", ")
+        ));
+    }
+    Ok(t)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn steps(
+    ctx: &Ctx,
+    engine: &Engine,
+    prober: &Prober,
+    opts: &DrillOptions,
+    app: &App,
+    st: &StackTenant,
+    (network, names, scratches): (&str, &[String], &[PathBuf]),
+    t: &mut TenantDrill,
+) -> Result<std::result::Result<(), Stop>> {
+    let tenant = st.tenant.as_str();
+    let started = Instant::now();
+    let detail = serde_json::json!({ "drill_container": network });
+    let s = ctx.begin(Some(tenant), "fetch", &detail)?;
+    let fetched = restore::fetch_verified(&ctx.cfg, &st.tenant, &opts.source, opts.remote).await;
+    ctx.end(s, if fetched.is_ok() { "ok" } else { "failed" }, None::<&()>)?;
+    let f: Fetched = match fetched {
+        Ok(f) => f,
+        Err(e) => return Ok(Err(Stop::Failed(format!("no verified archive: {e}")))),
+    };
+    t.snapshot = Some(f.loc.snapshot.to_string());
+    t.archive = Some(f.archive.clone());
+    t.sha256 = Some(f.sha256.clone());
+    t.archive_bytes = f.loc.entry.mounts.iter().map(|m| m.size).sum::<u64>().max(f.loc.entry.size);
+    if f.loc.entry.mounts.is_empty() {
+        return Ok(Err(Stop::Failed(format!(
+            "the snapshot {} holds one archive, not one per mount of a stack: it was taken before the tenant was a \
+             stack",
+            f.loc.snapshot
+        ))));
+    }
+    // Each part to the tenant's mount it was taken of.
+    let mut slot = Vec::new();
+    for p in &f.loc.entry.mounts {
+        match st.mounts.iter().position(|m| m.source == p.source) {
+            Some(i) => slot.push(i),
+            None => {
+                return Ok(Err(Stop::Failed(format!(
+                    "the snapshot has {}, which the tenant does not mount now",
+                    p.mount
+                ))))
+            }
+        }
+    }
+    let s = ctx.begin(Some(tenant), "extract", &detail)?;
+    let parts = match restore::stack::verified_parts(&f, |n| scratches[slot[n]].clone()).await {
+        Ok(p) => p,
+        Err(e) => {
+            ctx.end(s, "failed", None::<&()>)?;
+            return Ok(Err(Stop::Failed(e.to_string())));
+        }
+    };
+    for (n, (p, path)) in parts.into_iter().enumerate() {
+        let d = scratches[slot[n]].clone();
+        let parent = d.parent().unwrap_or(&d).to_path_buf();
+        crate::fsutil::create_private_dir(&parent).map_err(|e| Error::io(&parent, e))?;
+        let list = f.loc.dir.join(&p.file_list);
+        let sha = p.sha256.clone();
+        let extracted = crate::blocking::run("drill extract", move || {
+            let entries = archive::extract_into(&path, &sha, &d)?;
+            archive::matches_list(&path, &d, &list)?;
+            let (bytes, _) = archive::totals(&list)?;
+            Ok::<_, archive::ArchiveError>((entries, bytes))
+        })
+        .await?;
+        match extracted {
+            Ok((entries, bytes)) => {
+                t.entries += entries;
+                t.data_bytes += bytes;
+            }
+            Err(e) => {
+                ctx.end(s, "failed", None::<&()>)?;
+                return Ok(Err(Stop::Failed(format!("{} does not restore: {e}", p.mount))));
+            }
+        }
+    }
+    ctx.end(s, "ok", None::<&()>)?;
+    t.restore_ms = Some(started.elapsed().as_millis() as u64);
+    crash_point("drill-after-extract");
+    if ctx.cancel.is_cancelled() {
+        return Ok(Err(Stop::Interrupted("after extracting the archives")));
+    }
+
+    // Every service on the drill's internal network, in start order, on the copies.
+    let s = ctx.begin(Some(tenant), "start", &detail)?;
+    let labels: BTreeMap<String, String> = [
+        (crate::naming::DRILL_LABEL.to_string(), ctx.run_id.to_string()),
+        (crate::naming::DRILL_TENANT_LABEL.to_string(), tenant.to_string()),
+    ]
+    .into_iter()
+    .collect();
+    engine.create_internal_network(network, &labels).await?;
+    let strip_labels = ctx.cfg.drill.strip_labels.clone();
+    let strip = move |k: &str| strips_label(k, &strip_labels, app);
+    let started_at = Instant::now();
+    for (c, name) in st.containers.iter().zip(names) {
+        let spec = engine.spec(&c.name).await?;
+        let volumes: Vec<Option<String>> = c
+            .data
+            .iter()
+            .map(|&i| {
+                let m = &st.mounts[i];
+                (!m.source.starts_with('/')).then(|| m.source.clone())
+            })
+            .collect();
+        let data: Vec<DrillData> = c
+            .data
+            .iter()
+            .zip(&volumes)
+            .map(|(&i, v)| DrillData { data_dir: &st.mounts[i].dir, data_volume: v.as_deref(), scratch: &scratches[i] })
+            .collect();
+        let drill = DrillSpec { name, network, alias: Some(&c.service), data, labels: labels.clone(), strip: &strip };
+        match engine.create_drill(&spec, &drill).await? {
+            Ok(changes) => {
+                t.changes.get_or_insert(changes);
+            }
+            Err(why) => {
+                ctx.end(s, "failed", None::<&()>)?;
+                return Ok(Err(Stop::Failed(format!("service {}: {why}", c.service))));
+            }
+        }
+        if let Err(e) = engine.start(name).await {
+            ctx.end(s, "failed", None::<&()>)?;
+            return Ok(Err(Stop::Failed(format!("service {} did not start on the restored copies: {e}", c.service))));
+        }
+    }
+    ctx.end(s, "ok", None::<&()>)?;
+    crash_point("drill-after-start");
+
+    // Every service gated, its HTTP checks on the drill network's address.
+    let s = ctx.begin(Some(tenant), "health", &detail)?;
+    for (c, name) in st.containers.iter().zip(names) {
+        let checks: Vec<crate::config::HealthSpec> = c
+            .checks
+            .iter()
+            .map(|h| crate::config::HealthSpec { network: Some(network.to_string()), ..h.clone() })
+            .collect();
+        let gate = tokio::select! {
+            g = crate::stack_undo::gate_member(engine, prober, name, &checks, true) => Some(g),
+            () = cancelled(&ctx.cancel) => None,
+        };
+        match gate {
+            None => {
+                ctx.end(s, "failed", None::<&()>)?;
+                return Ok(Err(Stop::Interrupted("while the services' health was checked")));
+            }
+            Some(Err(why)) => {
+                ctx.end(s, "failed", None::<&()>)?;
+                return Ok(Err(Stop::Failed(format!(
+                    "service {} did not come up healthy on the data restored from {}: {why}",
+                    c.service,
+                    t.snapshot.as_deref().unwrap_or("the snapshot")
+                ))));
+            }
+            Some(Ok(())) => {}
+        }
+    }
+    ctx.end(s, "ok", None::<&()>)?;
+    t.healthy_ms = Some(started_at.elapsed().as_millis() as u64);
+    crash_point("drill-healthy");
+    Ok(Ok(()))
+}
+
+/// The drill of a stack tenant that cannot be drilled as a unit (its containers are not its
+/// declared services, a data mount is no dir): failed, nothing made.
+pub(super) fn refused(app: &App, tenant: &crate::types::TenantId, why: &str) -> TenantDrill {
+    TenantDrill {
+        tenant: tenant.to_string(),
+        app: app.name.clone(),
+        outcome: DrillOutcome::Failed,
+        snapshot: None,
+        archive: None,
+        sha256: None,
+        archive_bytes: 0,
+        data_bytes: 0,
+        entries: 0,
+        restore_ms: None,
+        healthy_ms: None,
+        container: String::new(),
+        changes: None,
+        detail: format!("app {} (a stack): {why}; nothing was started", app.name),
+        left: Vec::new(),
+        db_container: None,
+        db_check: None,
+    }
+}

@@ -1,0 +1,374 @@
+//! `restore` of a stack tenant (`[app.services]`) from its snapshot's one manifest entry, one
+//! archive per data mount ([`crate::manifest::MountArchive`]).
+//!
+//! Invariants: every part is re-hashed, and its file list checked with the room it needs,
+//! before anything is touched; each part is found its mount by the mount's source (a volume's
+//! name, a bind's host dir), and a snapshot whose mounts are not exactly the tenant's is
+//! refused. Then the writers (and any service mounting a data mount read-only) are stopped
+//! (reverse start order), every mount swapped for its
+//! extracted part (extracted beside it first; what it replaced kept under
+//! `replaced/<run>/<t>+<n>`), the writers started in start order and every started container
+//! gated (running, `healthy` where it has a HEALTHCHECK, its HTTP checks). If a swap or the
+//! gate fails, every mount swapped so far is swapped back and the stack started as it was.
+//! `--to DIR` extracts each part into `DIR/<n>` and touches no container.
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use super::{preflight, Fetched, Located, RestoreOptions, RestoreReport};
+use crate::adapters::archive;
+use crate::adapters::confined;
+use crate::adapters::docker::Engine;
+use crate::adapters::health::Prober;
+use crate::config::App;
+use crate::context::{crash_point, Ctx};
+use crate::error::{Error, ExitKind, Result};
+use crate::layout;
+use crate::manifest::MountArchive;
+use crate::recover::HeldContainer;
+use crate::stack_tenant::{
+    MountSwapDetail, RestorePlanDetail, StackContainer, StackTenant, RESTORE_MOUNTS_STEP, RESTORE_SWAP_STEP,
+    RESTORE_UNDO_STEP,
+};
+
+/// One mount a stack restore put back.
+#[derive(Debug, Clone, Serialize)]
+pub struct RestoredMount {
+    /// The mount as the snapshot names it.
+    pub mount: String,
+    /// Where its data went (the mount's dir, or `DIR/<n>` with `--to`).
+    pub target: PathBuf,
+    /// Entries restored.
+    pub entries: u64,
+    /// Where the data it replaced is kept.
+    pub replaced: Option<PathBuf>,
+}
+
+/// The stack app and tenant `tenant` is, as it runs now; None when no stack app has it.
+pub(super) async fn find(
+    ctx: &Ctx,
+    engine: &Engine,
+    tenant: &crate::types::TenantId,
+) -> Result<Option<(String, App, std::result::Result<StackTenant, String>)>> {
+    let state = crate::adapters::desired::read(&ctx.cfg.desired, &ctx.cfg.state_dir, None)?;
+    for app in &state.fleet.apps {
+        let Some(stack) = &app.stack else { continue };
+        let (members, _) = engine.stack_members(app, stack).await?;
+        if members.iter().any(|m| &m.container.tenant == tenant) {
+            let st = crate::stack_tenant::resolve(app, stack, tenant, &members);
+            return Ok(Some((state.commit, app.clone(), st)));
+        }
+    }
+    Ok(None)
+}
+
+/// Every part of a stack entry, each re-hashed against the manifest (the first was, by
+/// [`super::fetch_verified`]), with its file list and room checked for `target_of(n)`.
+pub(crate) async fn verified_parts(
+    f: &Fetched,
+    target_of: impl Fn(usize) -> PathBuf,
+) -> Result<Vec<(MountArchive, PathBuf)>> {
+    let loc = &f.loc;
+    let mut out = Vec::new();
+    for (n, p) in loc.entry.mounts.iter().enumerate() {
+        let path = layout::under(&loc.dir, &p.path, &"a mount's archive")?;
+        if p.path != loc.entry.path {
+            let (a, want) = (path.clone(), p.sha256.clone());
+            let (got, _) = crate::blocking::run("hash", move || archive::sha256_file(&a)).await??;
+            if got != want {
+                return Err(Error::Archive(archive::ArchiveError::HashMismatch {
+                    archive: path,
+                    expected: want,
+                    actual: got,
+                }));
+            }
+        }
+        let part = Located {
+            dir: loc.dir.clone(),
+            entry: p.as_entry(loc.entry.tenant.as_deref()),
+            snapshot: loc.snapshot.clone(),
+        };
+        preflight(&part, &target_of(n)).await?;
+        out.push((p.clone(), path));
+    }
+    Ok(out)
+}
+
+/// Restore stack tenant `opts.tenant` from `f`, whose entry lists its mounts.
+pub(super) async fn restore_stack(
+    ctx: &Ctx,
+    opts: &RestoreOptions,
+    f: Fetched,
+    mut report: RestoreReport,
+) -> Result<RestoreReport> {
+    if let Some(to) = &opts.to {
+        let parts = verified_parts(&f, |n| to.join(n.to_string())).await?;
+        report.target = to.clone();
+        if opts.dry_run {
+            report.detail = format!("would extract {} mount archive(s) into {}/<n>", parts.len(), to.display());
+            return Ok(report);
+        }
+        if to.exists() && std::fs::read_dir(to).map_err(|e| Error::io(to, e))?.next().is_some() {
+            return Err(Error::Usage(format!(
+                "--to {}: the directory is not empty; give a new or empty one",
+                to.display()
+            )));
+        }
+        crate::fsutil::create_private_dir(to).map_err(|e| Error::io(to, e))?;
+        for (n, (p, path)) in parts.into_iter().enumerate() {
+            let (a, h, d) = (path, p.sha256.clone(), to.join(n.to_string()));
+            let entries = crate::blocking::run("extract", move || archive::extract_into(&a, &h, &d)).await??;
+            report.entries += entries;
+            report.mounts.push(RestoredMount {
+                mount: p.mount,
+                target: to.join(n.to_string()),
+                entries,
+                replaced: None,
+            });
+        }
+        report.detail = format!(
+            "extracted {} entries of {} mount(s) into {}: {}",
+            report.entries,
+            report.mounts.len(),
+            to.display(),
+            report
+                .mounts
+                .iter()
+                .map(|m| format!("{} ← {}", m.target.display(), m.mount))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        return Ok(report);
+    }
+    let engine = Engine::connect(&ctx.cfg.docker).await?;
+    let Some((commit, app, st)) = find(ctx, &engine, &opts.tenant).await? else {
+        return Err(Error::Usage(format!(
+            "tenant {}: its snapshot is a stack's (one archive per mount) but no stack app of fleet.toml has the \
+             tenant now; use --to DIR to extract its mounts elsewhere",
+            opts.tenant
+        )));
+    };
+    let st = st.map_err(|why| Error::Usage(format!("app {} (a stack): {why}; nothing was touched", app.name)))?;
+    if f.loc.entry.database.is_some() {
+        return Err(Error::Usage(format!(
+            "tenant {}: the snapshot holds database dumps, which a restore of a stack tenant does not replay yet; \
+             nothing was touched. Restore the files with --to DIR",
+            opts.tenant
+        )));
+    }
+    // Each part to its mount, by the mount's source; exactly the tenant's mounts.
+    let mut dirs = Vec::new();
+    for p in &f.loc.entry.mounts {
+        match st.mounts.iter().find(|m| m.source == p.source) {
+            Some(m) => dirs.push(m.dir.clone()),
+            None => {
+                return Err(Error::Usage(format!(
+                    "tenant {}: the snapshot has {} but the tenant has no such data mount now (its mounts: {}); \
+                     nothing was touched. Restore it with --to DIR",
+                    opts.tenant,
+                    p.mount,
+                    st.mounts.iter().map(|m| m.what.as_str()).collect::<Vec<_>>().join(", ")
+                )))
+            }
+        }
+    }
+    if let Some(m) = st.mounts.iter().find(|m| !dirs.contains(&m.dir)) {
+        return Err(Error::Usage(format!(
+            "tenant {}: its data mount {} is in no archive of the snapshot (taken before the mount was added?); \
+             nothing was touched. Restore with --to DIR and move the files in",
+            opts.tenant, m.what
+        )));
+    }
+    for d in &dirs {
+        if crate::fsutil::is_mount_point(d).map_err(|e| Error::io(d, e))? {
+            return Err(Error::Usage(format!(
+                "tenant {}: data mount {} is a mount point, which restore cannot swap; nothing was touched",
+                opts.tenant,
+                d.display()
+            )));
+        }
+    }
+    let parts =
+        verified_parts(&f, |n| dirs[n].parent().map(Path::to_path_buf).unwrap_or_else(|| dirs[n].clone())).await?;
+    // The writers, and any other service that mounts a data mount (read-only): a running
+    // container keeps the dir it was started on, so each must start again on the swapped one.
+    let writers: Vec<&StackContainer> = st.containers.iter().filter(|c| c.writes || !c.data.is_empty()).collect();
+    report.target = dirs.first().cloned().unwrap_or_default();
+    report.container = Some(writers.iter().map(|c| c.name.as_str()).collect::<Vec<_>>().join(", "));
+    if opts.dry_run {
+        report.detail = format!(
+            "would stop {}, restore {} mount(s) ({}), start them in start order and gate each",
+            report.container.as_deref().unwrap_or_default(),
+            parts.len(),
+            parts.iter().map(|(p, _)| p.mount.as_str()).collect::<Vec<_>>().join(", ")
+        );
+        return Ok(report);
+    }
+    ctx.start_run("restore", Some(&app.name), Some(&commit), None)?;
+    let t = Some(opts.tenant.as_str());
+    // Every mount it will swap, first: `recover` tells a finished restore from a partial one.
+    let s = ctx.begin(t, RESTORE_MOUNTS_STEP, &RestorePlanDetail { stack_mounts: dirs.clone() })?;
+    ctx.end(s, "ok", None::<&()>)?;
+    // The writers stop together, in reverse start order; one not running stays stopped.
+    let holds: Vec<HeldContainer> = writers
+        .iter()
+        .map(|c| HeldContainer { container: c.name.clone(), hold: if c.running { "stop" } else { "none" }.into() })
+        .collect();
+    let mut stopped = Vec::new();
+    let mut failure: Option<String> = None;
+    for (c, h) in writers.iter().zip(&holds).rev() {
+        let s = ctx.begin(t, "stop", h)?;
+        let r = if c.running { engine.stop(&c.name, app.stop_timeout_s).await } else { Ok(()) };
+        ctx.end(s, if r.is_ok() { "ok" } else { "failed" }, None::<&()>)?;
+        stopped.push(h);
+        if let Err(e) = r {
+            failure = Some(format!("{} could not be stopped: {e}", c.name));
+            break;
+        }
+    }
+    crash_point("restore-before-swap");
+    // Every mount swapped for its part; what it replaced kept.
+    let mut swapped: Vec<(PathBuf, PathBuf)> = Vec::new();
+    if failure.is_none() {
+        for (n, ((p, path), dir)) in parts.iter().zip(&dirs).enumerate() {
+            if n > 0 {
+                crash_point("restore-stack-swapped-one");
+            }
+            let mut detail = MountSwapDetail { dir: dir.clone(), ..MountSwapDetail::default() };
+            let s = ctx.begin(t, RESTORE_SWAP_STEP, &detail)?;
+            let (a, h, d) = (path.clone(), p.sha256.clone(), dir.clone());
+            let r = crate::blocking::run("restore", move || archive::restore_swap_keep(&a, &h, &d)).await?;
+            let kept = match &r {
+                Ok((_, Some(old))) => Some(crate::fsutil::keep_replaced(
+                    &ctx.cfg.backup_root,
+                    &ctx.run_id,
+                    &layout::mount_key(opts.tenant.as_str(), n),
+                    old,
+                )),
+                _ => None,
+            };
+            detail.replaced = kept.clone();
+            ctx.end(s, if r.is_ok() { "ok" } else { "failed" }, Some(&detail))?;
+            match r {
+                Ok((entries, _)) => {
+                    report.entries += entries;
+                    if let Some(k) = &kept {
+                        swapped.push((k.clone(), dir.clone()));
+                    }
+                    report.mounts.push(RestoredMount {
+                        mount: p.mount.clone(),
+                        target: dir.clone(),
+                        entries,
+                        replaced: kept,
+                    });
+                }
+                Err(e) => {
+                    failure = Some(format!("{}: {e}", p.mount));
+                    break;
+                }
+            }
+        }
+    }
+    let prober = Prober::new()?;
+    let mut undo_journaled = false;
+    if failure.is_none() {
+        match start_and_gate(ctx, &engine, &prober, &opts.tenant, &writers, &holds).await? {
+            Ok(()) => {
+                report.detail = format!(
+                    "restored {} entries into {} mount(s) ({}); {} running and healthy",
+                    report.entries,
+                    report.mounts.len(),
+                    report.mounts.iter().map(|m| m.mount.as_str()).collect::<Vec<_>>().join(", "),
+                    report.container.as_deref().unwrap_or_default()
+                );
+                let kept: Vec<String> =
+                    report.mounts.iter().filter_map(|m| m.replaced.as_ref()).map(|p| p.display().to_string()).collect();
+                if !kept.is_empty() {
+                    report.detail.push_str(&format!("; the data it replaced is kept in {}", kept.join(", ")));
+                }
+                report.replaced = report.mounts.first().and_then(|m| m.replaced.clone());
+                ctx.finish_run(report.outcome, &report.detail)?;
+                return Ok(report);
+            }
+            Err(why) => {
+                failure = Some(format!("the stack failed its gate on the restored data: {why}"));
+                let s = ctx.begin(t, RESTORE_UNDO_STEP, &serde_json::json!({ "why": failure }))?;
+                ctx.end(s, "ok", None::<&()>)?;
+                undo_journaled = true;
+                // Stopped again before its mounts go back.
+                for (c, h) in writers.iter().zip(&holds).rev().filter(|(_, h)| h.hold == "stop") {
+                    let s = ctx.begin(t, "stop", h)?;
+                    let r = engine.stop(&c.name, app.stop_timeout_s).await;
+                    ctx.end(s, if r.is_ok() { "ok" } else { "failed" }, None::<&()>)?;
+                }
+            }
+        }
+    }
+    // Every mount swapped so far goes back; the stack starts as it was.
+    let why = failure.unwrap_or_default();
+    if !undo_journaled {
+        let s = ctx.begin(t, RESTORE_UNDO_STEP, &serde_json::json!({ "why": why }))?;
+        ctx.end(s, "ok", None::<&()>)?;
+    }
+    let mut back_err = Vec::new();
+    for (kept, dir) in swapped.iter().rev() {
+        let s = ctx.begin(t, RESTORE_SWAP_STEP, &MountSwapDetail { dir: dir.clone(), replaced: None, back: true })?;
+        let r = confined::finish_swap(dir).and_then(|_| confined::exchange(kept, dir));
+        ctx.end(s, if r.is_ok() { "ok" } else { "failed" }, None::<&()>)?;
+        if let Err(e) = r {
+            back_err.push(format!("{} could not be put back from {} ({e})", dir.display(), kept.display()));
+        }
+    }
+    let gate = start_and_gate(ctx, &engine, &prober, &opts.tenant, &writers, &holds).await?;
+    report.replaced = None;
+    for m in &mut report.mounts {
+        // The swap back left the restored files where the replaced ones were kept.
+        m.replaced = None;
+    }
+    (report.outcome, report.detail) = match (back_err.is_empty(), gate) {
+        (true, Ok(())) => (
+            ExitKind::Failure,
+            format!("{why}; every mount has its data from before the restore again and the stack runs on it as it was"),
+        ),
+        (false, _) => (ExitKind::PersonNeeded, format!("{why}; and {}: a person is needed", back_err.join("; "))),
+        (true, Err(g)) => (
+            ExitKind::PersonNeeded,
+            format!(
+                "{why}; every mount is back as it was, but the stack is not healthy on it: {g}; a person is needed"
+            ),
+        ),
+    };
+    ctx.finish_run(report.outcome, &report.detail)?;
+    Ok(report)
+}
+
+/// Start the writers this restore stopped, in start order (journaled), then gate every one it
+/// started; Err says which failed and why.
+async fn start_and_gate(
+    ctx: &Ctx,
+    engine: &Engine,
+    prober: &Prober,
+    tenant: &crate::types::TenantId,
+    writers: &[&StackContainer],
+    holds: &[HeldContainer],
+) -> Result<std::result::Result<(), String>> {
+    let mut problems = Vec::new();
+    for (c, h) in writers.iter().zip(holds).filter(|(_, h)| h.hold == "stop") {
+        let s = ctx.begin(Some(tenant.as_str()), "start", h)?;
+        let r = engine.start(&c.name).await;
+        ctx.end(s, if r.is_ok() { "ok" } else { "failed" }, None::<&()>)?;
+        if let Err(e) = r {
+            problems.push(format!("{} (service {}) did not start: {e}", c.name, c.service));
+        }
+    }
+    if !problems.is_empty() {
+        return Ok(Err(problems.join("; ")));
+    }
+    for (c, _) in writers.iter().zip(holds).filter(|(_, h)| h.hold == "stop") {
+        if let Err(why) = crate::stack_undo::gate_member(engine, prober, &c.name, &c.checks, false).await {
+            return Ok(Err(format!("{} (service {}): {why}", c.name, c.service)));
+        }
+    }
+    Ok(Ok(()))
+}
