@@ -28,3 +28,4 @@ mod systemd;
 mod trust;
 mod undo_errors;
 mod volumes;
+mod waves;
