@@ -120,6 +120,11 @@ fn forty_tenants_roll_in_waves_in_order_by_order_never_more_at_once_than_max_par
     let dry = s.slipway(&["rollout", "--dry-run", "--json"]);
     assert_eq!(dry.code, 0, "{}", dry.stderr);
     let planned = dry.report::<Rollout>().apps.remove(0).waves;
+    // --max-parallel overrides every wave's but the canary's, for one run.
+    let once = s.slipway(&["rollout", "--dry-run", "--json", "--max-parallel", "2"]).report::<Rollout>().apps.remove(0);
+    let widths: Vec<usize> = once.waves.iter().map(|w| w.max_parallel).collect();
+    assert_eq!(widths, vec![1, 2, 2]);
+    assert_eq!(s.slipway(&["rollout", "--dry-run", "--max-parallel", "0"]).code, 2);
 
     let out = s.slipway(&["rollout", "--json"]);
     assert_eq!(out.code, 0, "stdout {} stderr {}", out.stdout, out.stderr);
@@ -340,4 +345,42 @@ fn a_bad_rollout_table_is_refused_naming_the_key_and_nothing_is_touched() {
         assert!(out.stderr.contains(want) && out.stderr.contains("fleet.toml"), "{extra}: {}", out.stderr);
         assert_eq!(s.image_of(&name), v1);
     }
+}
+
+#[test]
+fn a_waves_bake_soaks_each_of_its_tenants_and_the_next_wave_waits_for_it() {
+    let s = Sandbox::new();
+    let v1 = s.push_fixture_as("v1", "app");
+    let v2 = s.push_fixture_as("v2", "app");
+    let tenants = fleet(&s, 5, &v1);
+    s.write_fleet(&s.fleet_app(&v2, "[[app.rollout.waves]]\nselect = \"tier=free\"\nmax_parallel = 2\nbake_s = 2\n"));
+    let out = s.slipway(&["rollout", "--json"]);
+    assert_eq!(out.code, 0, "stdout {} stderr {}", out.stdout, out.stderr);
+    let run_id = out.run_id();
+    let app = out.report::<Rollout>().apps.remove(0);
+    // t00 the canary; the free tier left (t02, t04) baked, two at a time; then t01, t03.
+    let sets: Vec<Vec<String>> = app.waves.iter().map(|w| w.tenants.clone()).collect();
+    assert_eq!(sets, vec![vec!["t00"], vec!["t02", "t04"], vec!["t01", "t03"]]);
+    for (_, name) in &tenants {
+        assert_eq!(s.image_of(name), v2);
+    }
+    let db = rusqlite::Connection::open(s.state().join("state.db")).unwrap();
+    let soaks = |t: &str| -> Vec<(String, String)> {
+        let mut st = db
+            .prepare(
+                "SELECT started_at, finished_at FROM steps WHERE run_id = ?1 AND tenant = ?2 AND step = 'canary-soak'",
+            )
+            .unwrap();
+        st.query_map([&run_id, t], |r| Ok((r.get(0)?, r.get(1)?))).unwrap().map(|r| r.unwrap()).collect()
+    };
+    for t in ["t02", "t04"] {
+        let soak = soaks(t);
+        assert_eq!(soak.len(), 1, "{t}: {soak:?}");
+        let took = millis(&soak[0].1) - millis(&soak[0].0);
+        assert!(took >= 2000, "{t} soaked {took} ms, bake_s = 2");
+    }
+    assert!(soaks("t01").is_empty() && soaks("t03").is_empty(), "the last wave has no bake");
+    let spans = spans(&s, &run_id);
+    let baked_end = ["t02", "t04"].iter().map(|t| spans[*t].1).max().unwrap();
+    assert!(["t01", "t03"].iter().all(|t| spans[*t].0 >= baked_end), "the next wave started during the bake");
 }

@@ -1,14 +1,17 @@
-//! `rollout`: roll every tenant of an app to the digest pinned in git, canary first, one
-//! tenant at a time. Each tenant goes through the state machine of [`Step::ALL`], one small
-//! function per step, each journaled before and after with everything needed to undo it
+//! `rollout`: roll every tenant of an app to the digest pinned in git, canary first, then one
+//! tenant at a time — or in the waves of `[app.rollout]` ([`waves`]), several tenants of a wave
+//! at once, each on its own, a failure budget letting the run go on past tenants that failed
+//! (each undone as below). Each tenant goes through the state machine of [`Step::ALL`], one
+//! small function per step, each journaled before and after with everything needed to undo it
 //! ([`TenantJournal`]). One place decides to undo (`TenantRoll::go`): a failed step, or a
-//! SIGINT/SIGTERM/SIGHUP between steps before the new version passed its health gate. The
-//! undo ([`undo_tenant`]) removes the new container, puts the pre-rollout data back when the
-//! new version may have written to it, brings the prior container back, starts and
-//! health-checks it; the run halts. A step whose journal row cannot be written is not taken, and
-//! once the tenant is stopped that undoes it too. Customer data is never changed before a copy
-//! of it exists, and the plan refuses (before any tenant is stopped) a tenant that keeps state
-//! outside its data dir, where neither the copy nor the snapshot can see it.
+//! SIGINT/SIGTERM/SIGHUP between steps before the new version passed its health gate. The undo
+//! ([`undo_tenant`]) removes the new container, puts the pre-rollout data back when the new
+//! version may have written to it, brings the prior container back, starts and health-checks
+//! it; the run halts (or, within the budget, goes on). A step whose journal row cannot be
+//! written is not taken, and once the tenant is stopped that undoes it too. Customer data is
+//! never changed before a copy of it exists, and the plan refuses (before any tenant is
+//! stopped) a tenant that keeps state outside its data dir, where neither the copy nor the
+//! snapshot can see it.
 //!
 //! A tenant's downtime does not grow with its data. While the prior version still serves:
 //! pre-copy (mirror the data dir to a copy beside it, on its filesystem — reflinks where the
