@@ -17,7 +17,7 @@ fn fleet(s: &Sandbox, n: usize, image: &str) -> Vec<(String, String)> {
             let t = format!("t{k:02}");
             s.write_data(&t, "db/records.txt", &format!("{t} customer rows\n").repeat(50));
             let value = format!("value={}", (7 * k) % n);
-            let tier = format!("tier={}", if k % 2 == 0 { "free" } else { "paid" });
+            let tier = format!("tier={}", if k.is_multiple_of(2) { "free" } else { "paid" });
             let name = s.add_tenant_with(&t, image, &["--label", &value, "--label", &tier]);
             (t, name)
         })

@@ -138,7 +138,7 @@ mod tests {
         let labels = |t: &TenantId| {
             let n: usize = t.as_str()[1..].parse().unwrap();
             let mut l = BTreeMap::new();
-            l.insert("tier".to_string(), if n % 2 == 0 { "free" } else { "paid" }.to_string());
+            l.insert("tier".to_string(), if n.is_multiple_of(2) { "free" } else { "paid" }.to_string());
             l.insert("value".to_string(), (100 - n).to_string());
             l
         };
