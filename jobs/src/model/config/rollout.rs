@@ -273,6 +273,35 @@ mod tests {
     }
 
     #[test]
+    fn fleet_toml_takes_the_table_and_refuses_parallel_stacks_naming_the_table() {
+        const D: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
+        let app = |extra: &str| {
+            format!(
+                "[[app]]\nname = \"pulse\"\nimage = \"reg/pulse@{D}\"\nselect = \"pulse.managed=true\"\n\
+                 tenant_from = \"name:pulse-{{tenant}}\"\ndata_dir = \"/data/{{tenant}}\"\n\
+                 health = {{ path = \"/h\", port = 8080 }}\n{extra}"
+            )
+        };
+        let text = app("[app.rollout]\norder_by = \"value\"\nmax_failed = 2\n\
+                        [[app.rollout.waves]]\nselect = \"tier=free\"\npercent = 10\nmax_parallel = 4\nbake_s = 60\n");
+        let f = crate::config::Fleet::parse(&text, "fleet.toml").unwrap();
+        let r = &f.apps[0].rollout;
+        assert_eq!((r.order_by.as_deref(), r.max_failed, r.max_parallel), (Some("value"), Some(2), 1));
+        assert_eq!((r.waves[0].size, r.waves[0].max_parallel, r.waves[0].bake_s), (WaveSize::Percent(10.0), 4, 60));
+        assert_eq!(crate::config::Fleet::parse(&app(""), "f").unwrap().apps[0].rollout, RolloutSpec::default());
+        let e = crate::config::Fleet::parse(&app("[app.rollout]\nmax_paralel = 2\n"), "fleet.toml").unwrap_err();
+        assert!(e.to_string().contains("max_paralel") && e.to_string().contains("fleet.toml"), "{e}");
+        let stack = format!(
+            "[[app]]\nname = \"agent\"\nselect = \"cf.app=agent\"\n\
+             health = {{ path = \"/h\", port = 8080, service = \"app\" }}\n\
+             [app.rollout]\nmax_parallel = 4\n\
+             [app.services.app]\nimage = \"reg/app@{D}\"\nwrites = true\ndata = [\"/data\"]\n"
+        );
+        let e = crate::config::Fleet::parse(&stack, "fleet.toml").unwrap_err().to_string();
+        assert!(e.contains("[app.rollout]") && e.contains("one at a time"), "{e}");
+    }
+
+    #[test]
     fn bad_values_are_named_with_their_key() {
         let parse = |t: &str| toml::from_str::<RawRollout>(t).map_err(|e| e.to_string()).and_then(|r| r.validate());
         for (text, want) in [
