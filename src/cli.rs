@@ -162,6 +162,10 @@ pub struct RolloutArgs {
     /// Deploy a commit that is not a descendant of the one last deployed (after a force-push).
     #[arg(long)]
     pub allow_rewind: bool,
+    /// Roll at most N tenants of each wave at once (overrides `max_parallel` of
+    /// `[app.rollout]` and its waves; the canary is always alone).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    pub max_parallel: Option<u16>,
 }
 
 /// `reconcile`.

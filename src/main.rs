@@ -157,6 +157,7 @@ fn job(command: &Command) -> Result<Option<Job>, Error> {
             dry_run: a.dry_run,
             keep_old: a.keep_old,
             allow_rewind: a.allow_rewind,
+            max_parallel: a.max_parallel.map(usize::from),
         }),
         Command::Reconcile(a) => Job::Reconcile(reconcile::ReconcileOptions {
             retry: a.retry,

@@ -29,3 +29,4 @@ mod systemd;
 mod trust;
 mod undo_errors;
 mod volumes;
+mod waves;

@@ -530,6 +530,31 @@ async fn recover_rollout(
         let r = crate::stack_undo::undo_stack(ctx, engine, prober, &j, restore).await;
         out.push(TenantAction { tenant, found, action: r.detail, ok: r.ok });
     }
+    with_waves(ctx, run, out)
+}
+
+/// A rollout's frozen waves (`[app.rollout]`) over what recover did: each tenant it finished
+/// or undid named with its wave, and each tenant of the sets that the run never started
+/// listed as untouched — the sets are exactly those of the run ledger, never made again.
+fn with_waves(ctx: &Ctx, run: &Run, mut out: Vec<TenantAction>) -> Result<Vec<TenantAction>> {
+    let waves = ctx.store.waves(&run.id)?;
+    if waves.is_empty() {
+        return Ok(out);
+    }
+    for a in &mut out {
+        if let Some(w) = waves.iter().find(|w| w.tenant == a.tenant) {
+            a.found = format!("{} (wave {}); {}", w.name, w.wave, a.found);
+        }
+    }
+    let seen: std::collections::BTreeSet<String> = out.iter().map(|a| a.tenant.clone()).collect();
+    for w in waves.iter().filter(|w| !seen.contains(&w.tenant)) {
+        out.push(TenantAction {
+            tenant: w.tenant.clone(),
+            found: format!("{} (wave {}); no step journaled", w.name, w.wave),
+            action: "not started by the run: untouched, on its prior version".into(),
+            ok: true,
+        });
+    }
     Ok(out)
 }
 

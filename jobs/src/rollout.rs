@@ -1,14 +1,17 @@
-//! `rollout`: roll every tenant of an app to the digest pinned in git, canary first, one
-//! tenant at a time. Each tenant goes through the state machine of [`Step::ALL`], one small
-//! function per step, each journaled before and after with everything needed to undo it
+//! `rollout`: roll every tenant of an app to the digest pinned in git, canary first, then one
+//! tenant at a time — or in the waves of `[app.rollout]` ([`waves`]), several tenants of a wave
+//! at once, each on its own, a failure budget letting the run go on past tenants that failed
+//! (each undone as below). Each tenant goes through the state machine of [`Step::ALL`], one
+//! small function per step, each journaled before and after with everything needed to undo it
 //! ([`TenantJournal`]). One place decides to undo (`TenantRoll::go`): a failed step, or a
-//! SIGINT/SIGTERM/SIGHUP between steps before the new version passed its health gate. The
-//! undo ([`undo_tenant`]) removes the new container, puts the pre-rollout data back when the
-//! new version may have written to it, brings the prior container back, starts and
-//! health-checks it; the run halts. A step whose journal row cannot be written is not taken, and
-//! once the tenant is stopped that undoes it too. Customer data is never changed before a copy
-//! of it exists, and the plan refuses (before any tenant is stopped) a tenant that keeps state
-//! outside its data dir, where neither the copy nor the snapshot can see it.
+//! SIGINT/SIGTERM/SIGHUP between steps before the new version passed its health gate. The undo
+//! ([`undo_tenant`]) removes the new container, puts the pre-rollout data back when the new
+//! version may have written to it, brings the prior container back, starts and health-checks
+//! it; the run halts (or, within the budget, goes on). A step whose journal row cannot be
+//! written is not taken, and once the tenant is stopped that undoes it too. Customer data is
+//! never changed before a copy of it exists, and the plan refuses (before any tenant is
+//! stopped) a tenant that keeps state outside its data dir, where neither the copy nor the
+//! snapshot can see it.
 //!
 //! A tenant's downtime does not grow with its data. While the prior version still serves:
 //! pre-copy (mirror the data dir to a copy beside it, on its filesystem — reflinks where the
@@ -48,9 +51,11 @@ mod plan;
 mod proxy_gate;
 pub mod stack;
 pub mod stack_plan;
+pub mod waves;
 pub use crate::adapters::proxy::ProxyReport;
 pub use plan::{copy_plan, plan, CopyPlan, PlanItem, RolloutPlan};
 use plan::{decide_copies, new_volume_problems};
+pub use waves::Wave;
 
 /// What to roll out.
 #[derive(Debug, Clone, Default)]
@@ -67,6 +72,9 @@ pub struct RolloutOptions {
     pub keep_old: bool,
     /// Deploy a commit that does not descend from the one last deployed (a person's decision).
     pub allow_rewind: bool,
+    /// Roll at most this many tenants of a wave at once (`--max-parallel`; overrides
+    /// `[app.rollout]`'s `max_parallel` and its waves'; the canary is always alone).
+    pub max_parallel: Option<usize>,
 }
 
 /// How one tenant ended.
@@ -170,6 +178,10 @@ pub struct AppReport {
     pub plan: RolloutPlan,
     /// Run id (none for a dry run or an empty plan).
     pub run_id: Option<RunId>,
+    /// The waves the plan's tenants roll in (`[app.rollout]`), canary first; frozen in the run
+    /// ledger before the first tenant is touched.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub waves: Vec<Wave>,
     /// Per tenant, in plan order.
     pub tenants: Vec<TenantReport>,
     /// How it ended.
@@ -224,7 +236,7 @@ pub async fn rollout(ctx: &mut Ctx, opts: &RolloutOptions) -> Result<RolloutRepo
     let engine = Engine::connect(&ctx.cfg.docker).await?;
     let mut reports = Vec::new();
     for app in apps {
-        let (tenants, members, plan) = match &app.stack {
+        let (tenants, members, mut plan) = match &app.stack {
             None => {
                 let (tenants, unmapped) = engine.tenants_and_unmapped(app).await?;
                 let mut plan = plan(app, &state.commit, &tenants, unmapped, &opts.tenants)?;
@@ -246,6 +258,7 @@ pub async fn rollout(ctx: &mut Ctx, opts: &RolloutOptions) -> Result<RolloutRepo
                 (Vec::new(), members, plan)
             }
         };
+        let waves = cut_waves(&engine, app, &mut plan, &members, opts.max_parallel).await?;
         if opts.dry_run || plan.items.is_empty() {
             let pin = release_of(app);
             let summary = if plan.items.is_empty() {
@@ -253,10 +266,18 @@ pub async fn rollout(ctx: &mut Ctx, opts: &RolloutOptions) -> Result<RolloutRepo
             } else {
                 format!("app {}: would roll {} tenant(s) to {pin}", app.name, plan.items.len())
             };
-            reports.push(AppReport { plan, run_id: None, tenants: Vec::new(), outcome: ExitKind::Success, summary });
+            let waves = if plan.items.is_empty() { Vec::new() } else { waves };
+            reports.push(AppReport {
+                plan,
+                run_id: None,
+                waves,
+                tenants: Vec::new(),
+                outcome: ExitKind::Success,
+                summary,
+            });
             continue;
         }
-        let report = rollout_app(ctx, &engine, app, plan, &tenants, &members, opts.keep_old).await?;
+        let report = rollout_app(ctx, &engine, app, (plan, waves), &tenants, &members, opts.keep_old).await?;
         let stop = report.outcome != ExitKind::Success;
         reports.push(report);
         if stop {
@@ -264,6 +285,41 @@ pub async fn rollout(ctx: &mut Ctx, opts: &RolloutOptions) -> Result<RolloutRepo
         }
     }
     Ok(RolloutReport { dry_run: opts.dry_run, commit: state.commit, apps: reports, trust: Some(trust) })
+}
+
+/// The plan's tenants cut into waves (`[app.rollout]`; the plan reordered to follow them).
+/// The labels they select and order by are read only when the app's rollout names any.
+async fn cut_waves(
+    engine: &Engine,
+    app: &App,
+    plan: &mut RolloutPlan,
+    members: &[StackMember],
+    max_parallel: Option<usize>,
+) -> Result<Vec<Wave>> {
+    let spec = &app.rollout;
+    let by_label = spec.order_by.is_some() || spec.waves.iter().any(|w| !w.select.0.is_empty());
+    let mut labels: std::collections::HashMap<TenantId, std::collections::BTreeMap<String, String>> =
+        Default::default();
+    if by_label {
+        match &app.stack {
+            // A stack tenant's labels: those of its first service's container.
+            Some(_) => {
+                for m in members {
+                    labels.entry(m.container.tenant.clone()).or_insert_with(|| m.labels.clone());
+                }
+            }
+            None => {
+                let by_name = engine.container_labels(app).await?;
+                for i in &plan.items {
+                    labels.insert(i.tenant.clone(), by_name.get(&i.container).cloned().unwrap_or_default());
+                }
+            }
+        }
+    }
+    let of = |t: &TenantId| labels.get(t).cloned().unwrap_or_default();
+    // A stack's tenants roll one at a time (the fleet config refuses max_parallel for one).
+    let max_parallel = if app.stack.is_some() { Some(1) } else { max_parallel };
+    Ok(waves::cut(spec, &mut plan.items, &of, max_parallel))
 }
 
 /// What every tenant of one app's rollout shares.
@@ -275,6 +331,9 @@ struct AppRun<'a> {
     /// `rollout/<run id>` under the backup root.
     run_dir: PathBuf,
     keep_old: bool,
+    /// The run's manifest, which every tenant's archive is written into: tenants of a wave
+    /// roll at once, so each takes it only while it records its archive.
+    manifest: tokio::sync::Mutex<Manifest>,
 }
 
 /// What an app's tenants are rolled to, for people: the pinned digest, or a stack's
@@ -292,7 +351,7 @@ async fn rollout_app(
     ctx: &mut Ctx,
     engine: &Engine,
     app: &App,
-    plan: RolloutPlan,
+    (plan, waves): (RolloutPlan, Vec<Wave>),
     containers: &[TenantContainer],
     members: &[StackMember],
     keep_old: bool,
@@ -350,6 +409,26 @@ async fn rollout_app(
     };
     ctx.start_run("rollout", Some(&app.name), Some(&plan.commit), Some(&digest))?;
     let ctx = &*ctx;
+    // The waves, frozen in the run ledger before any tenant is touched: `recover` after a
+    // crash reads exactly these sets back.
+    let rows: Vec<slipway_state::WaveRow> = waves
+        .iter()
+        .flat_map(|w| w.tenants.iter().map(move |t| (w, t)))
+        .enumerate()
+        .map(|(position, (w, t))| slipway_state::WaveRow {
+            wave: w.index as i64,
+            position: position as i64,
+            tenant: t.to_string(),
+            name: w.name.clone(),
+            max_parallel: w.max_parallel as i64,
+            bake_s: w.bake_s as i64,
+        })
+        .collect();
+    if let Err(e) = ctx.store.record_waves(ctx.run_id.as_str(), &rows) {
+        let why = format!("app {}: state.db could not record the run's waves, so no tenant was touched: {e}", app.name);
+        ctx.finish_run(ExitKind::Failure, &why)?;
+        return Err(Error::Other(why));
+    }
     let prober = Prober::new()?;
     let run = AppRun {
         ctx,
@@ -358,61 +437,122 @@ async fn rollout_app(
         app,
         run_dir: SnapshotId::rollout(&ctx.run_id).dir(&ctx.cfg.backup_root),
         keep_old,
+        manifest: tokio::sync::Mutex::new(Manifest::new(&SnapshotId::rollout(&ctx.run_id))),
     };
-    let mut tenants = Vec::new();
+    let total = plan.items.len();
+    let mut done: Vec<Option<TenantReport>> = vec![None; total];
     let mut outcome = ExitKind::Success;
-    let mut manifest = Manifest::new(&SnapshotId::rollout(&ctx.run_id));
+    // Tenants that failed (each rolled back with its data), counted against the budget.
+    let mut failed = 0usize;
+    // An error that is no tenant's outcome (the run record, an undo that could not even
+    // start): no tenant starts after it; those in flight finish first, then it is returned.
+    let mut error: Option<Error> = None;
     // Whether the tenant rolled next gates the others (the canary, or the first tenant after
-    // a canary that was skipped).
+    // a canary that was skipped): it rolls alone, and its failure halts whatever the budget.
     let mut gate = true;
-    for (n, item) in plan.items.iter().enumerate() {
-        if outcome != ExitKind::Success || ctx.cancel.is_cancelled() {
-            if outcome == ExitKind::Success {
-                outcome = ExitKind::Interrupted;
+    let at: std::collections::HashMap<&TenantId, usize> =
+        plan.items.iter().enumerate().map(|(n, i)| (&i.tenant, n)).collect();
+    for wave in &waves {
+        let mut queue = wave.tenants.iter().filter_map(|t| at.get(t).copied());
+        let mut running = futures_util::stream::FuturesUnordered::new();
+        // A gating tenant is in flight: nothing starts beside it.
+        let mut gating = false;
+        loop {
+            // Start tenants up to the wave's max_parallel, unless the run is halting: a failure
+            // over budget, an error or a signal starts no further tenant.
+            while outcome == ExitKind::Success
+                && error.is_none()
+                && !ctx.cancel.is_cancelled()
+                && !gating
+                && running.len() < wave.max_parallel
+            {
+                let Some(n) = queue.next() else { break };
+                let item = &plan.items[n];
+                // The canary soaks only when it gates tenants after it; a wave's tenants bake.
+                let soak_s = if gate && !item.stopped && n + 1 < total {
+                    Some(app.canary_soak_s)
+                } else {
+                    (wave.bake_s > 0 && !item.stopped).then_some(wave.bake_s)
+                };
+                gating = gate;
+                let run = &run;
+                running.push(Box::pin(async move { (n, roll_one(run, item, members, soak_s).await) }));
             }
-            tenants.push(not_reached(item));
-            continue;
+            let Some((n, report)) = futures_util::StreamExt::next(&mut running).await else { break };
+            let item = &plan.items[n];
+            let was_gating = std::mem::take(&mut gating);
+            let report = match report {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!("tenant {}: {e}", item.tenant);
+                    error.get_or_insert(e);
+                    continue;
+                }
+            };
+            if report.outcome != TenantOutcome::Skipped {
+                gate = false;
+            }
+            let this = match report.outcome {
+                TenantOutcome::Rolled => ExitKind::Success,
+                // A stopped tenant never ran the new version: its failure says nothing of the
+                // release, so it neither halts the run nor marks the digest bad.
+                TenantOutcome::Restored if item.stopped && !ctx.cancel.is_cancelled() => ExitKind::Success,
+                TenantOutcome::Restored if ctx.cancel.is_cancelled() => ExitKind::Interrupted,
+                // Rolled back with its data; within the budget the run goes on.
+                TenantOutcome::Restored => {
+                    failed += 1;
+                    if was_gating || app.rollout.over_budget(failed, total) {
+                        ExitKind::Halted
+                    } else {
+                        ExitKind::Success
+                    }
+                }
+                TenantOutcome::PersonNeeded => ExitKind::PersonNeeded,
+                TenantOutcome::NotReached => ExitKind::Interrupted,
+                // Gone before its turn: nothing of it was touched, and it says nothing of the
+                // release.
+                TenantOutcome::Skipped => ExitKind::Success,
+            };
+            outcome = worst([outcome, this].into_iter());
+            let recorded = ctx.store.record_tenant(&slipway_state::TenantResult {
+                run_id: ctx.run_id.to_string(),
+                tenant: item.tenant.to_string(),
+                from_digest: item.from.as_ref().map(|d| d.to_string()),
+                to_digest: Some(item.to.to_string()),
+                outcome: report.outcome.word().to_string(),
+                downtime_ms: report.downtime_ms.map(|d| d as i64),
+                detail: report.detail.clone(),
+                proxy_requests: report.proxy.as_ref().map(|p| p.requests as i64),
+                proxy_failed: report.proxy.as_ref().map(|p| p.failed as i64),
+                proxy_downtime_ms: report.proxy.as_ref().map(|p| p.downtime_ms as i64),
+            });
+            if let Err(e) = recorded {
+                error.get_or_insert(e.into());
+            }
+            done[n] = Some(report);
+            // A test's kill in the middle of a parallel wave: one tenant done, others in flight.
+            if wave.index > 0 && !running.is_empty() {
+                crate::context::crash_point("wave-tenant-done");
+            }
         }
-        // The canary soaks only when it gates tenants after it.
-        let soak = gate && !item.stopped && n + 1 < plan.items.len();
-        let report = if app.stack.is_some() {
-            stack::roll_stack(&run, item, members, &mut manifest, soak).await?
-        } else {
-            roll_tenant(&run, item, &mut manifest, soak).await?
-        };
-        if report.outcome != TenantOutcome::Skipped {
-            gate = false;
-        }
-        outcome = match report.outcome {
-            TenantOutcome::Rolled => ExitKind::Success,
-            // A stopped tenant never ran the new version: its failure says nothing of the
-            // release, so it neither halts the run nor marks the digest bad.
-            TenantOutcome::Restored if item.stopped && !ctx.cancel.is_cancelled() => ExitKind::Success,
-            TenantOutcome::Restored if ctx.cancel.is_cancelled() => ExitKind::Interrupted,
-            TenantOutcome::Restored => ExitKind::Halted,
-            TenantOutcome::PersonNeeded => ExitKind::PersonNeeded,
-            TenantOutcome::NotReached => ExitKind::Interrupted,
-            // Gone before its turn: nothing of it was touched, and it says nothing of the
-            // release.
-            TenantOutcome::Skipped => ExitKind::Success,
-        };
-        ctx.store.record_tenant(&slipway_state::TenantResult {
-            run_id: ctx.run_id.to_string(),
-            tenant: item.tenant.to_string(),
-            from_digest: item.from.as_ref().map(|d| d.to_string()),
-            to_digest: Some(item.to.to_string()),
-            outcome: report.outcome.word().to_string(),
-            downtime_ms: report.downtime_ms.map(|d| d as i64),
-            detail: report.detail.clone(),
-            proxy_requests: report.proxy.as_ref().map(|p| p.requests as i64),
-            proxy_failed: report.proxy.as_ref().map(|p| p.failed as i64),
-            proxy_downtime_ms: report.proxy.as_ref().map(|p| p.downtime_ms as i64),
-        })?;
-        tenants.push(report);
+    }
+    if let Some(e) = error {
+        return Err(e);
+    }
+    if done.iter().any(Option::is_none) && outcome == ExitKind::Success && ctx.cancel.is_cancelled() {
+        outcome = ExitKind::Interrupted;
+    }
+    let tenants: Vec<TenantReport> =
+        done.into_iter().zip(&plan.items).map(|(r, item)| r.unwrap_or_else(|| not_reached(item))).collect();
+    // Within the budget, failed tenants (rolled back) leave the run failed, not halted.
+    if outcome == ExitKind::Success && failed > 0 {
+        outcome = ExitKind::Failure;
     }
     let rolled = tenants.iter().filter(|t| t.outcome == TenantOutcome::Rolled).count();
     let skipped: Vec<&str> =
         tenants.iter().filter(|t| t.outcome == TenantOutcome::Skipped).map(|t| t.tenant.as_str()).collect();
+    let restored: Vec<&str> =
+        tenants.iter().filter(|t| t.outcome == TenantOutcome::Restored).map(|t| t.tenant.as_str()).collect();
     let summary = match outcome {
         ExitKind::Success if skipped.is_empty() => {
             format!("app {}: rolled {rolled} tenant(s) to {}", app.name, release_of(app))
@@ -423,11 +563,23 @@ async fn rollout_app(
             app.image.digest().short(),
             skipped.join(", ")
         ),
+        ExitKind::Failure => format!(
+            "app {}: rolled {rolled} tenant(s) to {}; {failed} failed within the failure budget, each restored to its \
+             prior container and data: {}",
+            app.name,
+            release_of(app),
+            restored.join(", ")
+        ),
         ExitKind::Halted => {
             let t = tenants.iter().find(|t| t.outcome == TenantOutcome::Restored);
             let untouched = tenants.iter().filter(|t| t.outcome == TenantOutcome::NotReached).count();
+            let all = if restored.len() > 1 {
+                format!(" ({} failed, over the failure budget, each restored: {})", restored.len(), restored.join(", "))
+            } else {
+                String::new()
+            };
             format!(
-                "app {}: HALTED at tenant {}: restored to its prior container and data; {rolled} rolled, {untouched} untouched",
+                "app {}: HALTED at tenant {}: restored to its prior container and data{all}; {rolled} rolled, {untouched} untouched",
                 app.name,
                 t.map_or("?", |t| t.tenant.as_str()),
             )
@@ -453,7 +605,7 @@ async fn rollout_app(
         _ => "failed",
     };
     ctx.store.finish_run(ctx.run_id.as_str(), word, outcome.code() as i64, &summary)?;
-    Ok(AppReport { plan, run_id: Some(ctx.run_id.clone()), tenants, outcome, summary })
+    Ok(AppReport { plan, run_id: Some(ctx.run_id.clone()), waves, tenants, outcome, summary })
 }
 
 fn not_reached(item: &PlanItem) -> TenantReport {
@@ -505,9 +657,9 @@ type StepResult = std::result::Result<(), String>;
 struct TenantRoll<'a> {
     run: &'a AppRun<'a>,
     item: &'a PlanItem,
-    manifest: &'a mut Manifest,
-    /// Whether this tenant is a canary that soaks before the others follow.
-    soak: bool,
+    /// Seconds it soaks after its health gate: the canary before the others follow, a
+    /// tenant of a wave with `bake_s`; None: no soak.
+    soak_s: Option<u64>,
     /// The prior container as inspected before anything was touched.
     spec: ContainerSpec,
     /// Journaled with every step; updated as the steps learn things (new id, snapshot).
@@ -529,10 +681,26 @@ struct TenantRoll<'a> {
     route: Option<Duration>,
 }
 
+/// Roll one tenant of a wave: a container ([`roll_tenant`]) or a stack ([`stack::roll_stack`],
+/// which holds the run's manifest throughout: a stack's tenants roll one at a time).
+async fn roll_one(
+    run: &AppRun<'_>,
+    item: &PlanItem,
+    members: &[StackMember],
+    soak_s: Option<u64>,
+) -> Result<TenantReport> {
+    if run.app.stack.is_some() {
+        let mut manifest = run.manifest.lock().await;
+        stack::roll_stack(run, item, members, &mut manifest, soak_s.is_some()).await
+    } else {
+        roll_tenant(run, item, soak_s).await
+    }
+}
+
 /// Roll one tenant through [`Step::ALL`]. A failed step or a signal between steps undoes the
 /// tenant from where it was (see [`TenantRoll::undo_from`]); a tenant that cannot even be read
 /// is not touched.
-async fn roll_tenant(run: &AppRun<'_>, item: &PlanItem, manifest: &mut Manifest, soak: bool) -> Result<TenantReport> {
+async fn roll_tenant(run: &AppRun<'_>, item: &PlanItem, soak_s: Option<u64>) -> Result<TenantReport> {
     let untouched = |outcome: TenantOutcome, detail: String| TenantReport {
         tenant: item.tenant.clone(),
         from: item.from.clone(),
@@ -604,8 +772,7 @@ async fn roll_tenant(run: &AppRun<'_>, item: &PlanItem, manifest: &mut Manifest,
     let mut t = TenantRoll {
         run,
         item,
-        manifest,
-        soak,
+        soak_s,
         spec,
         j,
         t0: None,
@@ -733,7 +900,7 @@ impl TenantRoll<'_> {
         match step {
             // A tenant that was not running stays stopped: recreated, checked, never started.
             Step::Start | Step::Health => !self.item.stopped,
-            Step::Soak => self.soak && !self.item.stopped,
+            Step::Soak => self.soak_s.is_some() && !self.item.stopped,
             Step::Cleanup => !self.run.keep_old,
             // One of two paths: a copy beside the data dir (pre-copy, delta, archive after the
             // health gate), or the whole archive while down. A failed pre-copy falls back.
@@ -847,7 +1014,10 @@ impl TenantRoll<'_> {
     async fn archive(&mut self) -> StepResult {
         let r = self.run;
         let run_id = r.ctx.run_id.clone();
-        match archive_copy(r.ctx, &run_id, self.manifest, &mut self.j).await {
+        // The run's manifest is held while the archive is written and recorded: a wave's
+        // tenants archive one at a time (after their health gate, so not downtime).
+        let mut manifest = r.manifest.lock().await;
+        match archive_copy(r.ctx, &run_id, &mut manifest, &mut self.j).await {
             Ok(_) => Ok(()),
             Err(e) => {
                 let copy = self.j.copy.as_deref().map(|c| c.display().to_string()).unwrap_or_default();
@@ -929,7 +1099,8 @@ impl TenantRoll<'_> {
         let r = self.run;
         let run_id = r.ctx.run_id.clone();
         let db = self.j.db.as_ref().and_then(|d| d.dumps.clone());
-        record_rollout_archive(r.ctx, &run_id, &r.run_dir, self.manifest, &self.j.tenant, &archive_path, &summary, db)
+        let mut manifest = r.manifest.lock().await;
+        record_rollout_archive(r.ctx, &run_id, &r.run_dir, &mut manifest, &self.j.tenant, &archive_path, &summary, db)
             .map_err(|e| failed(&e))
     }
 
@@ -993,9 +1164,20 @@ impl TenantRoll<'_> {
 
     async fn health(&mut self) -> StepResult {
         let r = &self.run;
-        match gate_cancellable(r.ctx, r.engine, r.prober, &self.j.name, &r.app.health).await {
+        // `downtime_budget_ms`: stop → healthy within it, or the tenant is failed (and rolled
+        // back with its data) at the budget's end, even if it would have turned healthy later.
+        let budget = r.app.rollout.downtime_budget_ms.map(Duration::from_millis);
+        let deadline = budget.zip(self.t0).map(|(b, t0)| (t0 + b, b));
+        match gate_cancellable(r.ctx, r.engine, r.prober, &self.j.name, &r.app.health, deadline).await {
             Ok(Ok(())) => {
                 self.downtime = self.t0.map(|t| t.elapsed());
+                if let Some((b, down)) = budget.zip(self.downtime).filter(|(b, d)| d > b) {
+                    return Err(format!(
+                        "new version failed: down {} ms, over the downtime budget of {} ms (downtime_budget_ms)",
+                        ms(down),
+                        ms(b)
+                    ));
+                }
                 // Healthy at its own address; customers reach it through the proxy.
                 self.route_gate(None).await.map_err(|why| format!("new version failed: {why}"))
             }
@@ -1007,12 +1189,13 @@ impl TenantRoll<'_> {
     /// After the canary is healthy: wait `canary_soak_s` (cut short by a signal), probe again.
     async fn soak(&mut self) -> StepResult {
         let r = &self.run;
-        let soak_s = r.app.canary_soak_s;
+        let soak_s = self.soak_s.unwrap_or(r.app.canary_soak_s);
         let until = Instant::now() + Duration::from_secs(soak_s);
         while Instant::now() < until && !r.ctx.cancel.is_cancelled() {
             tokio::time::sleep(Duration::from_millis(200).min(until.saturating_duration_since(Instant::now()))).await;
         }
-        let unhealthy = |why: &dyn fmt::Display| format!("canary unhealthy after the {soak_s}s soak: {why}");
+        let who = if self.item.canary { "canary" } else { "tenant" };
+        let unhealthy = |why: &dyn fmt::Display| format!("{who} unhealthy after the {soak_s}s soak: {why}");
         // Restarts count from the new container's start (it had none), not from this probe.
         match r.prober.gate_since(r.engine, &self.j.name, &r.app.health, Some(Duration::from_secs(5)), Some(0)).await {
             Ok(Ok(_)) => self.route_after_soak().await.map_err(|why| unhealthy(&why)),
@@ -1033,6 +1216,7 @@ async fn gate_cancellable(
     prober: &Prober,
     name: &str,
     spec: &HealthSpec,
+    budget: Option<(Instant, Duration)>,
 ) -> Result<std::result::Result<(), String>> {
     let interrupted = || Ok(Err("interrupted by a signal during the health gate".into()));
     if ctx.cancel.is_cancelled() {
@@ -1047,6 +1231,12 @@ async fn gate_cancellable(
             _ = tokio::time::sleep(Duration::from_millis(100)) => {
                 if ctx.cancel.is_cancelled() {
                     return interrupted();
+                }
+                if let Some((_, b)) = budget.filter(|(d, _)| Instant::now() >= *d) {
+                    return Ok(Err(format!(
+                        "not healthy within the downtime budget of {} ms (downtime_budget_ms)",
+                        ms(b)
+                    )));
                 }
             }
             r = &mut gate => return Ok(r?.map(|_| ()).map_err(|u| u.to_string())),
@@ -1065,6 +1255,25 @@ impl fmt::Display for RolloutReport {
             writeln!(f, "app {} -> {} (commit {})", p.app, p.image, &p.commit[..12.min(p.commit.len())])?;
             if let Some(id) = &app.run_id {
                 writeln!(f, "  run {id}")?;
+            }
+            // The waves, when they are more than the canary and then one at a time.
+            if app.waves.len() > 2 || app.waves.iter().any(|w| w.max_parallel > 1 || w.bake_s > 0) {
+                for w in &app.waves {
+                    let mut names: Vec<&str> = w.tenants.iter().take(8).map(|t| t.as_str()).collect();
+                    if w.tenants.len() > names.len() {
+                        names.push("…");
+                    }
+                    let bake = if w.bake_s > 0 { format!(", bake {}s", w.bake_s) } else { String::new() };
+                    writeln!(
+                        f,
+                        "  {} ({}; {} tenant(s), max_parallel {}{bake}): {}",
+                        w.name,
+                        w.select,
+                        w.tenants.len(),
+                        w.max_parallel,
+                        names.join(", ")
+                    )?;
+                }
             }
             if self.dry_run {
                 for i in &p.items {

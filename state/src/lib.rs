@@ -22,6 +22,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0005_remote_scope.sql"),
     include_str!("migrations/0006_proxy_downtime.sql"),
     include_str!("migrations/0007_drill_db_check.sql"),
+    include_str!("migrations/0008_run_waves.sql"),
 ];
 
 /// The remote of rows written before schema 5, which named none (adopted by
@@ -129,6 +130,23 @@ pub struct Step {
     pub outcome: Option<String>,
     /// JSON detail (undo information).
     pub detail: Option<String>,
+}
+
+/// One tenant's place in a rollout's waves, frozen before the first tenant is touched.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct WaveRow {
+    /// 0 is the canary's wave.
+    pub wave: i64,
+    /// Its place in the run's order.
+    pub position: i64,
+    /// Tenant.
+    pub tenant: String,
+    /// The wave's name (`canary`, `wave 1`, …, `rest`).
+    pub name: String,
+    /// Tenants of the wave rolled at once.
+    pub max_parallel: i64,
+    /// Seconds each of its tenants soaks after its health gate.
+    pub bake_s: i64,
 }
 
 /// The result of a rollout for one tenant.
@@ -401,6 +419,41 @@ impl Store {
             ],
         )?;
         Ok(())
+    }
+
+    /// Freeze run `run_id`'s waves: every row in one transaction, before its first switch.
+    pub fn record_waves(&self, run_id: &str, rows: &[WaveRow]) -> Result<()> {
+        let tx = self.conn.unchecked_transaction()?;
+        {
+            let mut st = tx.prepare(
+                "INSERT INTO run_waves (run_id, wave, position, tenant, name, max_parallel, bake_s)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?;
+            for r in rows {
+                st.execute(params![run_id, r.wave, r.position, r.tenant, r.name, r.max_parallel, r.bake_s])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Run `run_id`'s frozen waves, in wave and position order (none for a run before schema 8).
+    pub fn waves(&self, run_id: &str) -> Result<Vec<WaveRow>> {
+        let mut st = self.conn.prepare(
+            "SELECT wave, position, tenant, name, max_parallel, bake_s FROM run_waves
+             WHERE run_id = ?1 ORDER BY wave, position",
+        )?;
+        let rows = st.query_map([run_id], |r| {
+            Ok(WaveRow {
+                wave: r.get(0)?,
+                position: r.get(1)?,
+                tenant: r.get(2)?,
+                name: r.get(3)?,
+                max_parallel: r.get(4)?,
+                bake_s: r.get(5)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
     /// The newest runs first, at most `limit`.
@@ -800,6 +853,27 @@ mod tests {
 
     fn run<'a>(id: &'a str, job: &'a str) -> NewRun<'a> {
         NewRun { id, job, trigger: "manual", app: Some("pulse"), git_commit: Some("abc"), digest: Some("sha256:d1") }
+    }
+
+    #[test]
+    fn a_runs_waves_are_frozen_and_read_back_in_order() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(&d.path().join("state.db")).unwrap();
+        s.start_run(&run("20261122T030000Z-0002", "rollout")).unwrap();
+        let row = |wave, position, tenant: &str, name: &str, max_parallel| WaveRow {
+            wave,
+            position,
+            tenant: tenant.into(),
+            name: name.into(),
+            max_parallel,
+            bake_s: 0,
+        };
+        let rows = vec![row(0, 0, "t1", "canary", 1), row(1, 1, "t3", "wave 1", 4), row(1, 2, "t2", "wave 1", 4)];
+        s.record_waves("20261122T030000Z-0002", &rows).unwrap();
+        assert_eq!(s.waves("20261122T030000Z-0002").unwrap(), rows);
+        assert!(s.waves("20261122T030000Z-0001").unwrap().is_empty());
+        // A tenant is in one wave of a run only.
+        assert!(s.record_waves("20261122T030000Z-0002", &[row(2, 3, "t1", "rest", 1)]).is_err());
     }
 
     #[test]

@@ -66,6 +66,19 @@ pub struct RolloutApp {
     pub run_id: Option<String>,
     /// reconcile only: what it did with the app.
     pub action: Option<String>,
+    /// The waves its tenants rolled in (`[app.rollout]`).
+    #[serde(default)]
+    pub waves: Vec<Wave>,
+}
+
+/// One wave of a rollout.
+#[derive(Debug, Deserialize, PartialEq)]
+pub struct Wave {
+    pub index: usize,
+    pub name: String,
+    pub tenants: Vec<String>,
+    pub max_parallel: usize,
+    pub bake_s: u64,
 }
 
 /// What admitted a rollout's commit (`report.trust`).

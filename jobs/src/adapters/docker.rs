@@ -593,6 +593,28 @@ impl Engine {
         Ok((out, unmapped))
     }
 
+    /// The labels of every container `app` selects, by container name: what a rollout's waves
+    /// select by and `order_by` orders by (`[app.rollout]`). One list call, no inspect.
+    pub async fn container_labels(&self, app: &App) -> Result<HashMap<String, BTreeMap<String, String>>> {
+        let mut filters = HashMap::new();
+        if let Some(label) = app.select.label_filter() {
+            filters.insert("label".to_string(), vec![label]);
+        }
+        let opts = ListContainersOptionsBuilder::default().all(true).filters(&filters).build();
+        let list = self
+            .docker
+            .list_containers(Some(opts))
+            .await
+            .map_err(|e| derr(format!("listing containers of app \"{}\"", app.name), None, e))?;
+        Ok(list
+            .into_iter()
+            .filter_map(|c| {
+                let name = c.names.as_ref()?.first()?.trim_start_matches('/').to_string();
+                Some((name, c.labels.unwrap_or_default().into_iter().collect()))
+            })
+            .collect())
+    }
+
     /// One listed container as a tenant's container (one inspect, for `AutoRemove`).
     async fn tenant_container(
         &self,

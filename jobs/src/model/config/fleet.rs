@@ -281,6 +281,9 @@ pub struct App {
     /// snapshot and replayed by its restore.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub database: Option<super::database::DatabaseSpec>,
+    /// Waves, order and failure budgets of its rollouts (`[app.rollout]`); the default is the
+    /// canary, then one tenant at a time, halting at the first failure.
+    pub rollout: super::rollout::RolloutSpec,
 }
 
 impl App {
@@ -331,6 +334,8 @@ struct RawApp {
     #[serde(default)]
     services: Option<BTreeMap<String, RawService>>,
     database: Option<super::database::RawDatabase>,
+    #[serde(default)]
+    rollout: Option<super::rollout::RawRollout>,
 }
 /// Where the engine keeps the data of a `local` volume `<name>`: `<VOLUMES_DIR>/<name>/_data`
 /// (Docker's default root). On a host whose Docker root is elsewhere, give `data_dir` as the
@@ -527,6 +532,14 @@ impl RawApp {
             ));
         }
         let database = self.database.map(|d| d.validate()).transpose()?;
+        let rollout = self.rollout.unwrap_or_default().validate()?;
+        if stack.is_some()
+            && (rollout.max_parallel > 1 || rollout.waves.iter().any(|w| w.max_parallel > 1 || w.bake_s > 0))
+        {
+            return Err("[app.rollout]: a stack's tenants roll one at a time for now (max_parallel and bake_s are \
+                        not available for a stack yet); drop them (waves, order_by and the budgets apply)"
+                .into());
+        }
         let tenant = |key: &str, s: String| s.parse::<TenantId>().map_err(|e| format!("{key}: {e}"));
         let canary = self.canary.map(|c| tenant("canary", c)).transpose()?;
         let hold = self.hold.into_iter().map(|h| tenant("hold", h)).collect::<std::result::Result<_, _>>()?;
@@ -549,6 +562,7 @@ impl RawApp {
             pre_copy: self.pre_copy,
             stack,
             database,
+            rollout,
         })
     }
 }

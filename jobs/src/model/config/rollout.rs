@@ -1,0 +1,320 @@
+//! `[app.rollout]` of `fleet.toml`: how an app's tenants are rolled after the canary — in
+//! which order (`order_by` a label), in which waves (`[[app.rollout.waves]]`: a label
+//! expression, a count or a percentage of the tenants left, `max_parallel`, `bake_s`), and how
+//! many failed tenants the run takes before it halts (`max_failed`, `max_failure_ratio`), and
+//! how long a tenant may be down (`downtime_budget_ms`). Without the table: canary, then one
+//! tenant at a time, halting at the first failure — as before waves existed.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// One `key=value` or `key!=value` term of a label expression.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LabelTerm {
+    /// Label key.
+    pub key: String,
+    /// Wanted value.
+    pub value: String,
+    /// `!=`: the label is absent or has another value.
+    pub negated: bool,
+}
+
+/// A label expression: terms joined by `,`, all of which must hold (`tier=free,region!=eu`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Default)]
+pub struct LabelExpr(pub Vec<LabelTerm>);
+
+impl LabelExpr {
+    /// Parse `tier=free`, `plan!=enterprise`, `a=b,c!=d`; `*` (or empty) selects every tenant.
+    pub fn parse(s: &str) -> std::result::Result<LabelExpr, String> {
+        let s = s.trim();
+        if s.is_empty() || s == "*" {
+            return Ok(LabelExpr::default());
+        }
+        let mut terms = Vec::new();
+        for part in s.split(',') {
+            let part = part.trim();
+            let (key, value, negated) = match part.split_once("!=") {
+                Some((k, v)) => (k, v, true),
+                None => match part.split_once('=') {
+                    Some((k, v)) => (k, v, false),
+                    None => {
+                        return Err(format!(
+                            "\"{part}\" is not a label term: write key=value or key!=value, joined by ',' \
+                             (e.g. \"tier=free,plan!=enterprise\"), or \"*\" for every tenant"
+                        ))
+                    }
+                },
+            };
+            let (key, value) = (key.trim(), value.trim());
+            if key.is_empty() || key.contains('=') || value.contains('=') {
+                return Err(format!("\"{part}\": a label term is key=value or key!=value with a non-empty key"));
+            }
+            terms.push(LabelTerm { key: key.into(), value: value.into(), negated });
+        }
+        Ok(LabelExpr(terms))
+    }
+
+    /// Whether a tenant with `labels` is selected.
+    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+        self.0.iter().all(|t| (labels.get(&t.key) == Some(&t.value)) != t.negated)
+    }
+}
+
+impl fmt::Display for LabelExpr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.is_empty() {
+            return f.write_str("*");
+        }
+        let terms: Vec<String> =
+            self.0.iter().map(|t| format!("{}{}{}", t.key, if t.negated { "!=" } else { "=" }, t.value)).collect();
+        f.write_str(&terms.join(","))
+    }
+}
+
+/// How many of the tenants a wave's selector matches it takes.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WaveSize {
+    /// Every one.
+    All,
+    /// At most this many.
+    Count(usize),
+    /// This percentage of them, rounded up (at least one when any match).
+    Percent(f64),
+}
+
+impl WaveSize {
+    /// How many of `n` matching tenants the wave takes.
+    pub fn of(self, n: usize) -> usize {
+        match self {
+            WaveSize::All => n,
+            WaveSize::Count(c) => c.min(n),
+            WaveSize::Percent(p) => ((n as f64 * p / 100.0).ceil() as usize).min(n),
+        }
+    }
+}
+
+/// One `[[app.rollout.waves]]`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct WaveSpec {
+    /// Which of the tenants left it takes from.
+    pub select: LabelExpr,
+    /// How many of them.
+    pub size: WaveSize,
+    /// Tenants of the wave rolled at once.
+    pub max_parallel: usize,
+    /// Seconds each tenant of the wave soaks after its health gate (checked again, undone
+    /// with its data if it failed) before the next wave starts.
+    pub bake_s: u64,
+}
+
+/// `[app.rollout]`: waves and failure budgets. The default is the rollout as it always was.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RolloutSpec {
+    /// Tenants rolled at once after the configured waves (the rest of the fleet); default 1.
+    pub max_parallel: usize,
+    /// Order the tenants after the canary by this label's value (numbers numerically, else
+    /// as text; tenants without it first), so "high-value last" is `order_by = "value"`.
+    pub order_by: Option<String>,
+    /// Failed tenants (each one rolled back with its data) the run goes on after; one more
+    /// halts it. Default 0 (with no `max_failure_ratio`): the first failure halts.
+    pub max_failed: Option<usize>,
+    /// The share of the run's tenants (0..1) that may fail before it halts.
+    pub max_failure_ratio: Option<f64>,
+    /// Stop → the new version through its health gate, at most this many milliseconds: a
+    /// tenant slower than that is failed and rolled back with its data, healthy or not.
+    pub downtime_budget_ms: Option<u64>,
+    /// The waves after the canary, in order; the tenants none takes form a last wave.
+    pub waves: Vec<WaveSpec>,
+}
+
+impl Default for RolloutSpec {
+    fn default() -> Self {
+        RolloutSpec {
+            max_parallel: 1,
+            order_by: None,
+            max_failed: None,
+            max_failure_ratio: None,
+            downtime_budget_ms: None,
+            waves: Vec::new(),
+        }
+    }
+}
+
+impl RolloutSpec {
+    /// Whether `failed` failures out of `total` tenants are more than the budget allows.
+    pub fn over_budget(&self, failed: usize, total: usize) -> bool {
+        if failed == 0 {
+            return false;
+        }
+        let by_count = self.max_failed.is_some_and(|m| failed > m);
+        let by_ratio = self.max_failure_ratio.is_some_and(|r| total == 0 || failed as f64 / total as f64 > r);
+        match (self.max_failed, self.max_failure_ratio) {
+            (None, None) => true,
+            _ => by_count || by_ratio,
+        }
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRollout {
+    max_parallel: Option<usize>,
+    order_by: Option<String>,
+    max_failed: Option<usize>,
+    max_failure_ratio: Option<f64>,
+    downtime_budget_ms: Option<u64>,
+    #[serde(default)]
+    waves: Vec<RawWave>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWave {
+    select: Option<String>,
+    count: Option<usize>,
+    percent: Option<f64>,
+    max_parallel: Option<usize>,
+    #[serde(default)]
+    bake_s: u64,
+}
+
+impl RawRollout {
+    pub(crate) fn validate(self) -> std::result::Result<RolloutSpec, String> {
+        let parallel = |key: &str, n: Option<usize>| match n {
+            None => Ok(1),
+            Some(0) => Err(format!("{key} = 0: at least one tenant must roll at a time; give 1 or more")),
+            Some(n) => Ok(n),
+        };
+        let max_parallel = parallel("rollout.max_parallel", self.max_parallel)?;
+        if let Some(k) = self.order_by.as_deref().filter(|k| k.trim().is_empty() || k.contains('=')) {
+            return Err(format!("rollout.order_by = \"{k}\": give a label key, e.g. order_by = \"value\""));
+        }
+        if let Some(r) = self.max_failure_ratio.filter(|r| !(0.0..=1.0).contains(r) || r.is_nan()) {
+            return Err(format!(
+                "rollout.max_failure_ratio = {r}: give a share between 0 and 1 (0.1 = one tenant in ten may fail)"
+            ));
+        }
+        if self.downtime_budget_ms == Some(0) {
+            return Err("rollout.downtime_budget_ms = 0: no tenant can switch without any downtime; give the \
+                        milliseconds a tenant may be down (stop → healthy), e.g. 5000"
+                .into());
+        }
+        let mut waves = Vec::new();
+        for (i, w) in self.waves.into_iter().enumerate() {
+            let at = format!("rollout.waves[{i}]");
+            let select =
+                LabelExpr::parse(w.select.as_deref().unwrap_or("*")).map_err(|e| format!("{at}.select: {e}"))?;
+            let size = match (w.count, w.percent) {
+                (Some(_), Some(_)) => return Err(format!("{at}: give count or percent, not both")),
+                (Some(0), None) => return Err(format!("{at}.count = 0: a wave takes at least one tenant")),
+                (Some(c), None) => WaveSize::Count(c),
+                (None, Some(p)) if !(p > 0.0 && p <= 100.0) => {
+                    return Err(format!("{at}.percent = {p}: give a percentage above 0 and at most 100"))
+                }
+                (None, Some(p)) => WaveSize::Percent(p),
+                (None, None) => WaveSize::All,
+            };
+            let max_parallel = parallel(&format!("{at}.max_parallel"), w.max_parallel)?;
+            waves.push(WaveSpec { select, size, max_parallel, bake_s: w.bake_s });
+        }
+        Ok(RolloutSpec {
+            max_parallel,
+            order_by: self.order_by,
+            max_failed: self.max_failed,
+            max_failure_ratio: self.max_failure_ratio,
+            downtime_budget_ms: self.downtime_budget_ms,
+            waves,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels(kv: &[(&str, &str)]) -> BTreeMap<String, String> {
+        kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn label_expressions_select_by_equal_and_not_equal_all_terms_holding() {
+        let e = LabelExpr::parse("tier=free, plan!=enterprise").unwrap();
+        assert!(e.matches(&labels(&[("tier", "free")])));
+        assert!(e.matches(&labels(&[("tier", "free"), ("plan", "pro")])));
+        assert!(!e.matches(&labels(&[("tier", "free"), ("plan", "enterprise")])));
+        assert!(!e.matches(&labels(&[("tier", "paid")])));
+        assert_eq!(e.to_string(), "tier=free,plan!=enterprise");
+        assert!(LabelExpr::parse("*").unwrap().matches(&labels(&[])));
+        for bad in ["tier", "=free", "a==b", "tier=free,"] {
+            assert!(LabelExpr::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_wave_takes_its_count_or_its_percentage_rounded_up() {
+        assert_eq!(WaveSize::Percent(10.0).of(39), 4);
+        assert_eq!(WaveSize::Percent(10.0).of(1), 1);
+        assert_eq!(WaveSize::Percent(10.0).of(0), 0);
+        assert_eq!(WaveSize::Count(5).of(3), 3);
+        assert_eq!(WaveSize::All.of(7), 7);
+    }
+
+    #[test]
+    fn the_default_budget_halts_at_the_first_failure_and_a_budget_allows_its_count_or_ratio() {
+        let d = RolloutSpec::default();
+        assert!(!d.over_budget(0, 10) && d.over_budget(1, 10));
+        let by_count = RolloutSpec { max_failed: Some(2), ..RolloutSpec::default() };
+        assert!(!by_count.over_budget(2, 10) && by_count.over_budget(3, 10));
+        let by_ratio = RolloutSpec { max_failure_ratio: Some(0.1), ..RolloutSpec::default() };
+        assert!(!by_ratio.over_budget(4, 40) && by_ratio.over_budget(5, 40));
+    }
+
+    #[test]
+    fn fleet_toml_takes_the_table_and_refuses_parallel_stacks_naming_the_table() {
+        const D: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
+        let app = |extra: &str| {
+            format!(
+                "[[app]]\nname = \"pulse\"\nimage = \"reg/pulse@{D}\"\nselect = \"pulse.managed=true\"\n\
+                 tenant_from = \"name:pulse-{{tenant}}\"\ndata_dir = \"/data/{{tenant}}\"\n\
+                 health = {{ path = \"/h\", port = 8080 }}\n{extra}"
+            )
+        };
+        let text = app("[app.rollout]\norder_by = \"value\"\nmax_failed = 2\n\
+                        [[app.rollout.waves]]\nselect = \"tier=free\"\npercent = 10\nmax_parallel = 4\nbake_s = 60\n");
+        let f = crate::config::Fleet::parse(&text, "fleet.toml").unwrap();
+        let r = &f.apps[0].rollout;
+        assert_eq!((r.order_by.as_deref(), r.max_failed, r.max_parallel), (Some("value"), Some(2), 1));
+        assert_eq!((r.waves[0].size, r.waves[0].max_parallel, r.waves[0].bake_s), (WaveSize::Percent(10.0), 4, 60));
+        assert_eq!(crate::config::Fleet::parse(&app(""), "f").unwrap().apps[0].rollout, RolloutSpec::default());
+        let e = crate::config::Fleet::parse(&app("[app.rollout]\nmax_paralel = 2\n"), "fleet.toml").unwrap_err();
+        assert!(e.to_string().contains("max_paralel") && e.to_string().contains("fleet.toml"), "{e}");
+        let stack = format!(
+            "[[app]]\nname = \"agent\"\nselect = \"cf.app=agent\"\n\
+             health = {{ path = \"/h\", port = 8080, service = \"app\" }}\n\
+             [app.rollout]\nmax_parallel = 4\n\
+             [app.services.app]\nimage = \"reg/app@{D}\"\nwrites = true\ndata = [\"/data\"]\n"
+        );
+        let e = crate::config::Fleet::parse(&stack, "fleet.toml").unwrap_err().to_string();
+        assert!(e.contains("[app.rollout]") && e.contains("one at a time"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_are_named_with_their_key() {
+        let parse = |t: &str| toml::from_str::<RawRollout>(t).map_err(|e| e.to_string()).and_then(|r| r.validate());
+        for (text, want) in [
+            ("max_parallel = 0", "rollout.max_parallel = 0"),
+            ("max_failure_ratio = 1.5", "rollout.max_failure_ratio = 1.5"),
+            ("[[waves]]\ncount = 2\npercent = 5", "rollout.waves[0]: give count or percent"),
+            ("[[waves]]\npercent = 0", "rollout.waves[0].percent = 0"),
+            ("[[waves]]\nselect = \"tier\"", "rollout.waves[0].select"),
+            ("downtime_budget_ms = 0", "downtime_budget_ms = 0"),
+        ] {
+            let e = parse(text).unwrap_err();
+            assert!(e.contains(want), "{text}: {e}");
+        }
+        assert_eq!(parse("").unwrap(), RolloutSpec::default());
+    }
+}

@@ -1,0 +1,386 @@
+//! Rollouts at fleet scale (`[app.rollout]`): many tiny tenants rolled in waves after the
+//! canary, several at once, in `order_by` order, with a failure budget. Each test checks what an
+//! operator would: exit codes, which version each tenant runs, its prior container back, its
+//! data byte for byte, the waves frozen in state.db, and from the journal's step times that no
+//! wave ever had more tenants in flight than its `max_parallel`.
+
+use std::collections::BTreeMap;
+
+use crate::support::reports::{Recover, Rollout, Wave};
+use crate::support::{tree_hash, Sandbox};
+
+/// `n` tenants t00.. on `image`, each with some data and the labels `value=<(7 k) mod n>` (an
+/// order unlike the ids') and `tier=free|paid`. Returns (tenant, container) pairs.
+fn fleet(s: &Sandbox, n: usize, image: &str) -> Vec<(String, String)> {
+    (0..n)
+        .map(|k| {
+            let t = format!("t{k:02}");
+            s.write_data(&t, "db/records.txt", &format!("{t} customer rows\n").repeat(50));
+            let value = format!("value={}", (7 * k) % n);
+            let tier = format!("tier={}", if k.is_multiple_of(2) { "free" } else { "paid" });
+            let name = s.add_tenant_with(&t, image, &["--label", &value, "--label", &tier]);
+            (t, name)
+        })
+        .collect()
+}
+
+fn value_of(s: &Sandbox, container: &str) -> i64 {
+    s.inspect(container)["Config"]["Labels"]["value"].as_str().unwrap().parse().unwrap()
+}
+
+/// Milliseconds since the epoch of a stored RFC 3339 UTC time (`2026-12-05T21:20:01.12Z`).
+fn millis(t: &str) -> i64 {
+    let (date, time) = t.trim_end_matches('Z').split_once('T').unwrap();
+    let d: Vec<i64> = date.split('-').map(|x| x.parse().unwrap()).collect();
+    // Days since 1970-01-01 (civil-from-days inverse, Howard Hinnant's algorithm).
+    let (y, m) = if d[1] <= 2 { (d[0] - 1, d[1] + 9) } else { (d[0], d[1] - 3) };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * m + 2) / 5 + d[2] - 1;
+    let days = era * 146097 + yoe * 365 + yoe / 4 - yoe / 100 + doy - 719468;
+    let hms: Vec<f64> = time.split(':').map(|x| x.parse().unwrap()).collect();
+    days * 86_400_000 + ((hms[0] * 3600.0 + hms[1] * 60.0 + hms[2]) * 1000.0).round() as i64
+}
+
+/// Per tenant of run `run_id`: (first step begun, last step ended), from the journal.
+fn spans(s: &Sandbox, run_id: &str) -> BTreeMap<String, (i64, i64)> {
+    let db = rusqlite::Connection::open(s.state().join("state.db")).unwrap();
+    let mut st = db
+        .prepare("SELECT tenant, started_at, COALESCE(finished_at, started_at) FROM steps WHERE run_id = ?1 AND tenant IS NOT NULL")
+        .unwrap();
+    let rows = st
+        .query_map([run_id], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?)))
+        .unwrap();
+    let mut out: BTreeMap<String, (i64, i64)> = BTreeMap::new();
+    for row in rows {
+        let (t, a, b) = row.unwrap();
+        let (a, b) = (millis(&a), millis(&b));
+        let e = out.entry(t).or_insert((a, b));
+        e.0 = e.0.min(a);
+        e.1 = e.1.max(b);
+    }
+    out
+}
+
+/// The most of `tenants` ever in flight at once (an end at the same millisecond as a start
+/// frees its place first).
+fn most_at_once(spans: &BTreeMap<String, (i64, i64)>, tenants: &[String]) -> usize {
+    let mut events: Vec<(i64, i32)> = Vec::new();
+    for t in tenants {
+        let (a, b) = spans[t];
+        events.push((a, 1));
+        events.push((b, -1));
+    }
+    events.sort();
+    let (mut now, mut most) = (0i32, 0i32);
+    for (_, d) in events {
+        now += d;
+        most = most.max(now);
+    }
+    most as usize
+}
+
+/// The waves state.db froze for run `run_id`, as (wave, name, tenants, max_parallel).
+fn frozen_waves(s: &Sandbox, run_id: &str) -> Vec<(i64, String, Vec<String>, i64)> {
+    let db = rusqlite::Connection::open(s.state().join("state.db")).unwrap();
+    let mut st = db
+        .prepare("SELECT wave, name, tenant, max_parallel FROM run_waves WHERE run_id = ?1 ORDER BY wave, position")
+        .unwrap();
+    let rows = st
+        .query_map([run_id], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get(3)?)))
+        .unwrap();
+    let mut out: Vec<(i64, String, Vec<String>, i64)> = Vec::new();
+    for row in rows {
+        let (w, name, t, p) = row.unwrap();
+        match out.last_mut() {
+            Some(last) if last.0 == w => last.2.push(t),
+            _ => out.push((w, name, vec![t], p)),
+        }
+    }
+    out
+}
+
+fn as_frozen(waves: &[Wave]) -> Vec<(i64, String, Vec<String>, i64)> {
+    waves.iter().map(|w| (w.index as i64, w.name.clone(), w.tenants.clone(), w.max_parallel as i64)).collect()
+}
+
+const WAVES: &str = "[app.rollout]\norder_by = \"value\"\nmax_parallel = 8\n\
+                     [[app.rollout.waves]]\npercent = 10\nmax_parallel = 4\n";
+
+#[test]
+fn forty_tenants_roll_in_waves_in_order_by_order_never_more_at_once_than_max_parallel() {
+    let s = Sandbox::new();
+    let v1 = s.push_fixture_as("v1", "app");
+    let v2 = s.push_fixture_as("v2", "app");
+    let tenants = fleet(&s, 40, &v1);
+    let hashes: Vec<String> = tenants.iter().map(|(t, _)| tree_hash(&s.data_dir(t))).collect();
+    s.write_fleet(&s.fleet_app(&v2, WAVES));
+
+    // The plan shows the waves before anything is touched.
+    let dry = s.slipway(&["rollout", "--dry-run", "--json"]);
+    assert_eq!(dry.code, 0, "{}", dry.stderr);
+    let planned = dry.report::<Rollout>().apps.remove(0).waves;
+    // --max-parallel overrides every wave's but the canary's, for one run.
+    let once = s.slipway(&["rollout", "--dry-run", "--json", "--max-parallel", "2"]).report::<Rollout>().apps.remove(0);
+    let widths: Vec<usize> = once.waves.iter().map(|w| w.max_parallel).collect();
+    assert_eq!(widths, vec![1, 2, 2]);
+    assert_eq!(s.slipway(&["rollout", "--dry-run", "--max-parallel", "0"]).code, 2);
+
+    let out = s.slipway(&["rollout", "--json"]);
+    assert_eq!(out.code, 0, "stdout {} stderr {}", out.stdout, out.stderr);
+    let run_id = out.run_id();
+    let app = out.report::<Rollout>().apps.remove(0);
+    assert_eq!(app.waves, planned, "the run rolled other waves than its plan showed");
+    let w = &app.waves;
+    // Canary alone; 10 % of the 39 left (4) four at a time; the 35 others eight at a time.
+    assert_eq!(w.len(), 3, "{w:?}");
+    assert_eq!((w[0].name.as_str(), w[0].tenants.clone(), w[0].max_parallel), ("canary", vec!["t00".to_string()], 1));
+    assert_eq!((w[1].tenants.len(), w[1].max_parallel), (4, 4), "{w:?}");
+    assert_eq!((w[2].name.as_str(), w[2].tenants.len(), w[2].max_parallel), ("rest", 35, 8), "{w:?}");
+    // After the canary, in order_by order: ascending `value`, the whole run through.
+    let name_of: BTreeMap<&str, &str> = tenants.iter().map(|(t, n)| (t.as_str(), n.as_str())).collect();
+    let values: Vec<i64> = w[1..].iter().flat_map(|w| &w.tenants).map(|t| value_of(&s, name_of[t.as_str()])).collect();
+    assert!(values.windows(2).all(|p| p[0] <= p[1]), "not in order_by order: {values:?}");
+    // The sets were frozen in the run ledger, as rolled.
+    assert_eq!(frozen_waves(&s, &run_id), as_frozen(w));
+
+    for (k, (t, name)) in tenants.iter().enumerate() {
+        let r = app.tenants.iter().find(|r| &r.tenant == t).unwrap();
+        assert_eq!(r.outcome, "rolled", "{t}: {r:?}");
+        assert_eq!(s.image_of(name), v2, "{t}");
+        assert_eq!(tree_hash(&s.data_dir(t)), hashes[k], "{t}: v2 writes nothing, the data must be as it was");
+    }
+    // No wave had more in flight than its max_parallel, the waves did not overlap, and the
+    // big wave did roll several at once.
+    let spans = spans(&s, &run_id);
+    assert_eq!(spans.len(), 40);
+    let wave1_most = most_at_once(&spans, &w[1].tenants);
+    assert!((1..=4).contains(&wave1_most), "{wave1_most} tenants of wave 1 at once (max_parallel 4)");
+    let rest_most = most_at_once(&spans, &w[2].tenants);
+    assert!((2..=8).contains(&rest_most), "{rest_most} tenants of the rest wave at once (max_parallel 8)");
+    for pair in w.windows(2) {
+        let end = pair[0].tenants.iter().map(|t| spans[t].1).max().unwrap();
+        let start = pair[1].tenants.iter().map(|t| spans[t].0).min().unwrap();
+        assert!(start >= end, "{} started before {} ended", pair[1].name, pair[0].name);
+    }
+}
+
+#[test]
+fn a_tenant_failing_within_the_budget_is_rolled_back_with_its_data_and_the_others_go_on() {
+    let s = Sandbox::new();
+    let v1 = s.push_fixture_as("v1", "app");
+    let v2 = s.push_fixture_as("v2", "app");
+    let tenants = fleet(&s, 10, &v1);
+    // t05's data makes v2 (only) refuse to start.
+    s.write_data("t05", "refuse-v2", "this tenant's data does not work with v2\n");
+    let before_hash = tree_hash(&s.data_dir("t05"));
+    let before = s.inspect(&tenants[5].1);
+    s.write_fleet(&s.fleet_app(&v2, "[app.rollout]\nmax_parallel = 4\nmax_failed = 1\n"));
+
+    let out = s.slipway(&["rollout", "--json"]);
+    // Within the budget the run goes on; a failed tenant still fails the run (exit 1).
+    assert_eq!(out.code, 1, "stdout {} stderr {}", out.stdout, out.stderr);
+    let app = out.report::<Rollout>().apps.remove(0);
+    for (t, name) in &tenants {
+        let r = app.tenants.iter().find(|r| &r.tenant == t).unwrap();
+        if t == "t05" {
+            assert_eq!(r.outcome, "restored", "{r:?}");
+            let now = s.inspect(name);
+            assert_eq!(now["Id"], before["Id"], "the prior container must be back, not a copy");
+            assert_eq!(now["State"]["Running"], true);
+            assert_eq!(now["Config"]["Labels"], before["Config"]["Labels"]);
+            assert_eq!(s.image_of(name), v1);
+            assert_eq!(tree_hash(&s.data_dir(t)), before_hash, "t05's data must be byte-identical");
+        } else {
+            assert_eq!(r.outcome, "rolled", "{t}: {r:?}");
+            assert_eq!(s.image_of(name), v2, "{t}");
+        }
+    }
+    assert!(s.containers_named_like("pre-rollout").is_empty() && s.containers_named_like("staged").is_empty());
+    let runs = s.slipway(&["runs", "--json"]);
+    assert!(runs.stdout.contains("failed within the failure budget"), "{}", runs.stdout);
+}
+
+#[test]
+fn over_the_budget_the_run_halts_with_3_and_the_tenants_not_started_stay_on_the_prior_version() {
+    let s = Sandbox::new();
+    let v1 = s.push_fixture_as("v1", "app");
+    let v2 = s.push_fixture_as("v2", "app");
+    let tenants = fleet(&s, 12, &v1);
+    // Two failures, one allowed; the failing two start first after the canary.
+    for t in ["t01", "t02"] {
+        s.write_data(t, "refuse-v2", "not with v2\n");
+    }
+    let hashes: BTreeMap<String, String> =
+        tenants.iter().map(|(t, _)| (t.clone(), tree_hash(&s.data_dir(t)))).collect();
+    let ids: BTreeMap<String, serde_json::Value> =
+        tenants.iter().map(|(t, n)| (t.clone(), s.inspect(n)["Id"].clone())).collect();
+    s.write_fleet(&s.fleet_app(&v2, "[app.rollout]\nmax_parallel = 2\nmax_failed = 1\n"));
+
+    let out = s.slipway(&["rollout", "--json"]);
+    assert_eq!(out.code, 3, "stdout {} stderr {}", out.stdout, out.stderr);
+    let app = out.report::<Rollout>().apps.remove(0);
+    let mut untouched = 0;
+    for (t, name) in &tenants {
+        let r = app.tenants.iter().find(|r| &r.tenant == t).unwrap();
+        match r.outcome.as_str() {
+            "restored" => {
+                assert!(t == "t01" || t == "t02", "{t} failed: {r:?}");
+                assert_eq!(s.inspect(name)["Id"], ids[t], "{t}: the prior container must be back");
+                assert_eq!(s.image_of(name), v1);
+            }
+            "rolled" => assert_eq!(s.image_of(name), v2, "{t}"),
+            "not_reached" => {
+                untouched += 1;
+                assert_eq!(s.inspect(name)["Id"], ids[t], "{t} was not reached but its container changed");
+                assert_eq!(s.image_of(name), v1, "{t}");
+            }
+            o => panic!("{t}: {o}"),
+        }
+        assert_eq!(s.inspect(name)["State"]["Running"], true, "{t}");
+        assert_eq!(&tree_hash(&s.data_dir(t)), &hashes[t], "{t}: v1 and v2 write nothing; the data must be as it was");
+    }
+    assert_eq!(app.tenants.iter().filter(|r| r.outcome == "restored").count(), 2);
+    // Two at a time: after the first failure at most one more tenant started.
+    assert!(untouched >= 12 - 1 - 2 - 1, "{untouched} untouched");
+    assert!(s.slipway(&["runs", "--json"]).stdout.contains("over the failure budget"));
+}
+
+#[test]
+fn killed_in_the_middle_of_a_parallel_wave_recover_leaves_every_tenant_on_one_version_with_its_data() {
+    let s = Sandbox::new();
+    let v1 = s.push_fixture_as("v1", "app");
+    let v2 = s.push_fixture_as("v2", "app");
+    let tenants = fleet(&s, 12, &v1);
+    let hashes: Vec<String> = tenants.iter().map(|(t, _)| tree_hash(&s.data_dir(t))).collect();
+    s.write_fleet(&s.fleet_app(&v2, "[app.rollout]\nmax_parallel = 4\n"));
+    let planned = s.slipway(&["rollout", "--dry-run", "--json"]).report::<Rollout>().apps.remove(0).waves;
+
+    // Killed (abort, as SIGKILL) when the first tenant of the parallel wave is done and
+    // others of it are in flight.
+    let out = s.slipway_env(&["rollout", "--json"], &[("SLIPWAY_TEST_CRASH_AT", "wave-tenant-done")]);
+    assert!(out.stderr.contains("slipway test point reached: wave-tenant-done"), "{}", out.stderr);
+    assert_eq!(out.code, -1, "the process should have died: {}", out.stdout);
+    let db = rusqlite::Connection::open(s.state().join("state.db")).unwrap();
+    let run_id: String =
+        db.query_row("SELECT id FROM runs WHERE job = 'rollout' AND finished_at IS NULL", [], |r| r.get(0)).unwrap();
+    assert_eq!(frozen_waves(&s, &run_id), as_frozen(&planned), "the ledger holds other sets than the plan");
+
+    let rec = s.slipway(&["recover", "--json"]);
+    assert_eq!(rec.code, 0, "{} {}", rec.stdout, rec.stderr);
+    let report = rec.report::<Recover>();
+    assert_eq!(report.runs.len(), 1);
+    // Recover went over exactly the frozen sets: every tenant of them, named with its wave.
+    let acted = report.runs[0]["tenants"].as_array().unwrap();
+    let mut seen: Vec<String> = acted.iter().map(|a| a["tenant"].as_str().unwrap().to_string()).collect();
+    seen.sort();
+    assert_eq!(seen, tenants.iter().map(|(t, _)| t.clone()).collect::<Vec<_>>(), "{}", rec.stdout);
+    assert!(acted.iter().all(|a| a["found"].as_str().unwrap().contains("(wave ") && a["ok"] == true), "{}", rec.stdout);
+    assert_eq!(s.slipway(&["recover", "--json"]).report::<Recover>().runs.len(), 0, "recover is not idempotent");
+
+    let mut on_v2 = 0;
+    for (k, (t, name)) in tenants.iter().enumerate() {
+        // Exactly one container of the tenant, running its one version, healthy.
+        let id = s.id().to_string();
+        let mine: Vec<String> = s
+            .containers_named_like(&format!("{id}-{t}"))
+            .into_iter()
+            .filter(|n| n.starts_with(name.as_str()))
+            .collect();
+        assert_eq!(mine, vec![name.clone()], "{t}: left over containers");
+        let c = s.inspect(name);
+        assert_eq!(c["State"]["Running"], true, "{t}");
+        let image = s.image_of(name);
+        assert!(image == v1 || image == v2, "{t}: {image}");
+        on_v2 += usize::from(image == v2);
+        let body = s.http_get(&format!("http://{}:8080/api/health", s.container_ip(name)));
+        assert!(body.contains(if image == v2 { "v2" } else { "v1" }), "{t}: {body}");
+        assert_eq!(tree_hash(&s.data_dir(t)), hashes[k], "{t}: data changed");
+    }
+    // The canary and the first done tenant of the wave at least.
+    assert!(on_v2 >= 2, "{on_v2} on v2");
+    // No rollout copy left beside a data dir.
+    let leftovers: Vec<_> = std::fs::read_dir(s.root().join("data"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+#[test]
+fn a_tenant_over_its_downtime_budget_is_rolled_back_even_though_it_turns_healthy() {
+    let s = Sandbox::new();
+    let v1 = s.push_fixture_as("v1", "app");
+    // Healthy only 4 s after it starts.
+    let slow = s.push_fixture_as("slow", "app");
+    let name = s.add_tenant_with("t1", &v1, &["--env", "SWFIX_DELAY=4"]);
+    s.write_data("t1", "db/records.txt", "rows\n");
+    let (before, hash) = (s.inspect(&name), tree_hash(&s.data_dir("t1")));
+    s.write_fleet(&s.fleet_app(&slow, "[app.rollout]\ndowntime_budget_ms = 1500\n"));
+    let out = s.slipway(&["rollout", "--json"]);
+    assert_eq!(out.code, 3, "stdout {} stderr {}", out.stdout, out.stderr);
+    let r = &out.report::<Rollout>().apps[0].tenants[0];
+    assert_eq!(r.outcome, "restored");
+    assert!(r.detail.as_deref().unwrap_or("").contains("downtime budget of 1500 ms"), "{r:?}");
+    assert_eq!(s.inspect(&name)["Id"], before["Id"]);
+    assert_eq!(s.image_of(&name), v1);
+    assert_eq!(tree_hash(&s.data_dir("t1")), hash);
+}
+
+#[test]
+fn a_bad_rollout_table_is_refused_naming_the_key_and_nothing_is_touched() {
+    let s = Sandbox::new();
+    let v1 = s.push_fixture_as("v1", "app");
+    let v2 = s.push_fixture_as("v2", "app");
+    let name = s.add_tenant("t1", &v1);
+    for (extra, want) in [
+        ("[app.rollout]\nmax_parallel = 0\n", "rollout.max_parallel = 0"),
+        ("[[app.rollout.waves]]\nselect = \"tier\"\n", "rollout.waves[0].select"),
+        ("[[app.rollout.waves]]\ncount = 1\npercent = 10\n", "give count or percent, not both"),
+    ] {
+        s.write_fleet(&s.fleet_app(&v2, extra));
+        let out = s.slipway(&["rollout"]);
+        assert_eq!(out.code, 2, "{extra}: {} {}", out.stdout, out.stderr);
+        assert!(out.stderr.contains(want) && out.stderr.contains("fleet.toml"), "{extra}: {}", out.stderr);
+        assert_eq!(s.image_of(&name), v1);
+    }
+}
+
+#[test]
+fn a_waves_bake_soaks_each_of_its_tenants_and_the_next_wave_waits_for_it() {
+    let s = Sandbox::new();
+    let v1 = s.push_fixture_as("v1", "app");
+    let v2 = s.push_fixture_as("v2", "app");
+    let tenants = fleet(&s, 5, &v1);
+    s.write_fleet(&s.fleet_app(&v2, "[[app.rollout.waves]]\nselect = \"tier=free\"\nmax_parallel = 2\nbake_s = 2\n"));
+    let out = s.slipway(&["rollout", "--json"]);
+    assert_eq!(out.code, 0, "stdout {} stderr {}", out.stdout, out.stderr);
+    let run_id = out.run_id();
+    let app = out.report::<Rollout>().apps.remove(0);
+    // t00 the canary; the free tier left (t02, t04) baked, two at a time; then t01, t03.
+    let sets: Vec<Vec<String>> = app.waves.iter().map(|w| w.tenants.clone()).collect();
+    assert_eq!(sets, vec![vec!["t00"], vec!["t02", "t04"], vec!["t01", "t03"]]);
+    for (_, name) in &tenants {
+        assert_eq!(s.image_of(name), v2);
+    }
+    let db = rusqlite::Connection::open(s.state().join("state.db")).unwrap();
+    let soaks = |t: &str| -> Vec<(String, String)> {
+        let mut st = db
+            .prepare(
+                "SELECT started_at, finished_at FROM steps WHERE run_id = ?1 AND tenant = ?2 AND step = 'canary-soak'",
+            )
+            .unwrap();
+        st.query_map([&run_id, t], |r| Ok((r.get(0)?, r.get(1)?))).unwrap().map(|r| r.unwrap()).collect()
+    };
+    for t in ["t02", "t04"] {
+        let soak = soaks(t);
+        assert_eq!(soak.len(), 1, "{t}: {soak:?}");
+        let took = millis(&soak[0].1) - millis(&soak[0].0);
+        assert!(took >= 2000, "{t} soaked {took} ms, bake_s = 2");
+    }
+    assert!(soaks("t01").is_empty() && soaks("t03").is_empty(), "the last wave has no bake");
+    let spans = spans(&s, &run_id);
+    let baked_end = ["t02", "t04"].iter().map(|t| spans[*t].1).max().unwrap();
+    assert!(["t01", "t03"].iter().all(|t| spans[*t].0 >= baked_end), "the next wave started during the bake");
+}
