@@ -55,12 +55,11 @@ pub(super) async fn drill_stack_tenant(
         db_container: None,
         db_check: None,
     };
-    let journal =
-        DrillJournal {
-            drill_container: network.clone(),
-            scratch: scratches.first().cloned().unwrap_or_default(),
-            db_container: None,
-        };
+    let journal = DrillJournal {
+        drill_container: network.clone(),
+        scratch: scratches.first().cloned().unwrap_or_default(),
+        db_container: None,
+    };
     let run = steps(ctx, engine, prober, opts, app, st, (&network, &names, &scratches), &mut t).await;
     let s = ctx.begin(Some(tenant), "cleanup", &journal)?;
     for n in &names {
