@@ -171,6 +171,57 @@ pub struct TenantDrill {
     pub db_check: Option<String>,
 }
 
+impl TenantDrill {
+    /// A tenant's drill before its steps: passed until one says otherwise.
+    fn new(tenant: &str, app: &App, container: String) -> Self {
+        TenantDrill {
+            tenant: tenant.to_string(),
+            app: app.name.clone(),
+            outcome: DrillOutcome::Passed,
+            snapshot: None,
+            archive: None,
+            sha256: None,
+            archive_bytes: 0,
+            data_bytes: 0,
+            entries: 0,
+            restore_ms: None,
+            healthy_ms: None,
+            container,
+            changes: None,
+            detail: String::new(),
+            left: Vec::new(),
+            db_container: None,
+            db_check: None,
+        }
+    }
+
+    /// How its steps ended into its outcome and detail (`passed` words a drill whose steps
+    /// all passed), then what could not be removed afterwards.
+    fn conclude(&mut self, run: Result<std::result::Result<(), Stop>>, passed: impl FnOnce(&Self) -> String) {
+        match run {
+            Ok(Ok(())) => self.detail = passed(self),
+            Ok(Err(Stop::Failed(why))) => {
+                self.outcome = DrillOutcome::Failed;
+                self.detail = why;
+            }
+            Ok(Err(Stop::Interrupted(at))) => {
+                self.outcome = DrillOutcome::Interrupted;
+                self.detail = format!("interrupted {at}; everything the drill made was removed");
+            }
+            Err(e) => {
+                self.outcome = DrillOutcome::Failed;
+                self.detail = e.to_string();
+            }
+        }
+        if !self.left.is_empty() {
+            self.detail.push_str(&format!(
+                "; could not remove {} (the next drill or `slipway recover` removes it)",
+                self.left.join(", ")
+            ));
+        }
+    }
+}
+
 /// The result of `slipway drill`.
 #[derive(Debug, Clone, Serialize)]
 pub struct DrillReport {
@@ -403,25 +454,8 @@ async fn drill_tenant(
     let tenant = c.tenant.as_str();
     let name = crate::naming::drill(tenant, &ctx.run_id);
     let scratch = crate::layout::drill_scratch(&ctx.cfg.backup_root, &ctx.run_id, tenant);
-    let mut t = TenantDrill {
-        tenant: tenant.to_string(),
-        app: app.name.clone(),
-        outcome: DrillOutcome::Passed,
-        snapshot: None,
-        archive: None,
-        sha256: None,
-        archive_bytes: 0,
-        data_bytes: 0,
-        entries: 0,
-        restore_ms: None,
-        healthy_ms: None,
-        container: name.clone(),
-        changes: None,
-        detail: String::new(),
-        left: Vec::new(),
-        db_container: app.database.as_ref().map(|_| crate::naming::drill_db(tenant, &ctx.run_id)),
-        db_check: None,
-    };
+    let mut t = TenantDrill::new(tenant, app, name.clone());
+    t.db_container = app.database.as_ref().map(|_| crate::naming::drill_db(tenant, &ctx.run_id));
     let journal =
         DrillJournal { drill_container: name.clone(), scratch: scratch.clone(), db_container: t.db_container.clone() };
     let run = steps(ctx, engine, prober, opts, app, c, &journal, &mut t).await;
@@ -438,39 +472,20 @@ async fn drill_tenant(
         }
     }
     ctx.end(s, if t.left.is_empty() { "ok" } else { "failed" }, None::<&()>)?;
-    match run {
-        Ok(Ok(())) => {
-            t.detail = format!(
-                "restored {} entries ({} bytes) from {} in {} ms; healthy after {} ms",
-                t.entries,
-                t.data_bytes,
-                t.snapshot.as_deref().unwrap_or("?"),
-                t.restore_ms.unwrap_or(0),
-                t.healthy_ms.unwrap_or(0)
-            );
-            if let Some(answer) = &t.db_check {
-                t.detail.push_str(&format!("; database replayed, check answered {answer:?}"));
-            }
+    t.conclude(run, |t| {
+        let mut detail = format!(
+            "restored {} entries ({} bytes) from {} in {} ms; healthy after {} ms",
+            t.entries,
+            t.data_bytes,
+            t.snapshot.as_deref().unwrap_or("?"),
+            t.restore_ms.unwrap_or(0),
+            t.healthy_ms.unwrap_or(0)
+        );
+        if let Some(answer) = &t.db_check {
+            detail.push_str(&format!("; database replayed, check answered {answer:?}"));
         }
-        Ok(Err(Stop::Failed(why))) => {
-            t.outcome = DrillOutcome::Failed;
-            t.detail = why;
-        }
-        Ok(Err(Stop::Interrupted(at))) => {
-            t.outcome = DrillOutcome::Interrupted;
-            t.detail = format!("interrupted {at}; everything the drill made was removed");
-        }
-        Err(e) => {
-            t.outcome = DrillOutcome::Failed;
-            t.detail = e.to_string();
-        }
-    }
-    if !t.left.is_empty() {
-        t.detail.push_str(&format!(
-            "; could not remove {} (the next drill or `slipway recover` removes it)",
-            t.left.join(", ")
-        ));
-    }
+        detail
+    });
     Ok(t)
 }
 

@@ -36,25 +36,7 @@ pub(super) async fn drill_stack_tenant(
     let scratches: Vec<PathBuf> = (0..st.mounts.len())
         .map(|n| crate::layout::drill_scratch(&ctx.cfg.backup_root, &ctx.run_id, &crate::layout::mount_key(tenant, n)))
         .collect();
-    let mut t = TenantDrill {
-        tenant: tenant.to_string(),
-        app: app.name.clone(),
-        outcome: DrillOutcome::Passed,
-        snapshot: None,
-        archive: None,
-        sha256: None,
-        archive_bytes: 0,
-        data_bytes: 0,
-        entries: 0,
-        restore_ms: None,
-        healthy_ms: None,
-        container: names.join(", "),
-        changes: None,
-        detail: String::new(),
-        left: Vec::new(),
-        db_container: None,
-        db_check: None,
-    };
+    let mut t = TenantDrill::new(tenant, app, names.join(", "));
     let journal = DrillJournal {
         drill_container: network.clone(),
         scratch: scratches.first().cloned().unwrap_or_default(),
@@ -76,38 +58,18 @@ pub(super) async fn drill_stack_tenant(
         }
     }
     ctx.end(s, if t.left.is_empty() { "ok" } else { "failed" }, None::<&()>)?;
-    match run {
-        Ok(Ok(())) => {
-            t.detail = format!(
-                "restored {} entries ({} bytes) of {} mount(s) from {} in {} ms; {} service(s) healthy after {} ms",
-                t.entries,
-                t.data_bytes,
-                st.mounts.len(),
-                t.snapshot.as_deref().unwrap_or("?"),
-                t.restore_ms.unwrap_or(0),
-                st.containers.len(),
-                t.healthy_ms.unwrap_or(0)
-            );
-        }
-        Ok(Err(Stop::Failed(why))) => {
-            t.outcome = DrillOutcome::Failed;
-            t.detail = why;
-        }
-        Ok(Err(Stop::Interrupted(at))) => {
-            t.outcome = DrillOutcome::Interrupted;
-            t.detail = format!("interrupted {at}; everything the drill made was removed");
-        }
-        Err(e) => {
-            t.outcome = DrillOutcome::Failed;
-            t.detail = e.to_string();
-        }
-    }
-    if !t.left.is_empty() {
-        t.detail.push_str(&format!(
-            "; could not remove {} (the next drill or `slipway recover` removes it)",
-            t.left.join(", ")
-        ));
-    }
+    t.conclude(run, |t| {
+        format!(
+            "restored {} entries ({} bytes) of {} mount(s) from {} in {} ms; {} service(s) healthy after {} ms",
+            t.entries,
+            t.data_bytes,
+            st.mounts.len(),
+            t.snapshot.as_deref().unwrap_or("?"),
+            t.restore_ms.unwrap_or(0),
+            st.containers.len(),
+            t.healthy_ms.unwrap_or(0)
+        )
+    });
     Ok(t)
 }
 
@@ -278,23 +240,8 @@ async fn steps(
 /// The drill of a stack tenant that cannot be drilled as a unit (its containers are not its
 /// declared services, a data mount is no dir): failed, nothing made.
 pub(super) fn refused(app: &App, tenant: &crate::types::TenantId, why: &str) -> TenantDrill {
-    TenantDrill {
-        tenant: tenant.to_string(),
-        app: app.name.clone(),
-        outcome: DrillOutcome::Failed,
-        snapshot: None,
-        archive: None,
-        sha256: None,
-        archive_bytes: 0,
-        data_bytes: 0,
-        entries: 0,
-        restore_ms: None,
-        healthy_ms: None,
-        container: String::new(),
-        changes: None,
-        detail: format!("app {} (a stack): {why}; nothing was started", app.name),
-        left: Vec::new(),
-        db_container: None,
-        db_check: None,
-    }
+    let mut t = TenantDrill::new(tenant.as_str(), app, String::new());
+    t.outcome = DrillOutcome::Failed;
+    t.detail = format!("app {} (a stack): {why}; nothing was started", app.name);
+    t
 }
