@@ -328,6 +328,17 @@ async fn tenant_container(
     Ok((state.commit, None))
 }
 
+/// `--to`'s dir: made if new (private), refused when it holds anything.
+fn fresh_target(to: &Path) -> Result<()> {
+    if to.exists() && std::fs::read_dir(to).map_err(|e| Error::io(to, e))?.next().is_some() {
+        return Err(Error::Usage(format!(
+            "--to {}: the directory is not empty; give a new or empty one",
+            to.display()
+        )));
+    }
+    crate::fsutil::create_private_dir(to).map_err(|e| Error::io(to, e))
+}
+
 /// Run `restore`.
 pub async fn restore(ctx: &Ctx, opts: &RestoreOptions) -> Result<RestoreReport> {
     // `--run` of an earlier restore: put back the data that restore replaced. `--run` of a
@@ -387,13 +398,7 @@ pub async fn restore(ctx: &Ctx, opts: &RestoreOptions) -> Result<RestoreReport> 
             report.detail = format!("would extract into {}", to.display());
             return Ok(report);
         }
-        if to.exists() && std::fs::read_dir(to).map_err(|e| Error::io(to, e))?.next().is_some() {
-            return Err(Error::Usage(format!(
-                "--to {}: the directory is not empty; give a new or empty one",
-                to.display()
-            )));
-        }
-        crate::fsutil::create_private_dir(to).map_err(|e| Error::io(to, e))?;
+        fresh_target(to)?;
         let (a, h, d) = (archive_path, got, to.clone());
         report.entries = crate::blocking::run("extract", move || archive::extract_into(&a, &h, &d)).await??;
         report.detail = format!("extracted {} entries into {}", report.entries, to.display());

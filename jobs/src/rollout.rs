@@ -258,7 +258,7 @@ pub async fn rollout(ctx: &mut Ctx, opts: &RolloutOptions) -> Result<RolloutRepo
                 (Vec::new(), members, plan)
             }
         };
-        let waves = cut_waves(&engine, app, &mut plan, &members, opts.max_parallel).await?;
+        let waves = cut_waves(app, &mut plan, (&tenants, &members), opts.max_parallel);
         if opts.dry_run || plan.items.is_empty() {
             let pin = release_of(app);
             let summary = if plan.items.is_empty() {
@@ -288,38 +288,25 @@ pub async fn rollout(ctx: &mut Ctx, opts: &RolloutOptions) -> Result<RolloutRepo
 }
 
 /// The plan's tenants cut into waves (`[app.rollout]`; the plan reordered to follow them).
-/// The labels they select and order by are read only when the app's rollout names any.
-async fn cut_waves(
-    engine: &Engine,
+/// The labels they select and order by are those listed for the plan.
+fn cut_waves(
     app: &App,
     plan: &mut RolloutPlan,
-    members: &[StackMember],
+    (tenants, members): (&[TenantContainer], &[StackMember]),
     max_parallel: Option<usize>,
-) -> Result<Vec<Wave>> {
+) -> Vec<Wave> {
     let spec = &app.rollout;
-    let by_label = spec.order_by.is_some() || spec.waves.iter().any(|w| !w.select.0.is_empty());
-    let mut labels: std::collections::HashMap<TenantId, std::collections::BTreeMap<String, String>> =
+    // A tenant's labels, as listed for the plan: its container's, or a stack tenant's first
+    // service's.
+    let mut labels: std::collections::HashMap<&TenantId, &std::collections::BTreeMap<String, String>> =
         Default::default();
-    if by_label {
-        match &app.stack {
-            // A stack tenant's labels: those of its first service's container.
-            Some(_) => {
-                for m in members {
-                    labels.entry(m.container.tenant.clone()).or_insert_with(|| m.labels.clone());
-                }
-            }
-            None => {
-                let by_name = engine.container_labels(app).await?;
-                for i in &plan.items {
-                    labels.insert(i.tenant.clone(), by_name.get(&i.container).cloned().unwrap_or_default());
-                }
-            }
-        }
+    for c in tenants.iter().chain(members.iter().map(|m| &m.container)) {
+        labels.entry(&c.tenant).or_insert(&c.labels);
     }
-    let of = |t: &TenantId| labels.get(t).cloned().unwrap_or_default();
+    let of = |t: &TenantId| labels.get(t).map(|l| (*l).clone()).unwrap_or_default();
     // A stack's tenants roll one at a time (the fleet config refuses max_parallel for one).
     let max_parallel = if app.stack.is_some() { Some(1) } else { max_parallel };
-    Ok(waves::cut(spec, &mut plan.items, &of, max_parallel))
+    waves::cut(spec, &mut plan.items, &of, max_parallel)
 }
 
 /// What every tenant of one app's rollout shares.

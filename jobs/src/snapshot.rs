@@ -609,6 +609,27 @@ fn staging_fits(data_dir: &Path, stage: &Path, backup_root: &Path) -> std::resul
     Ok(())
 }
 
+/// A previous archive, if it is still exactly what its manifest recorded: its file list and
+/// its bytes are re-hashed now, before the tenant is paused, so a damaged or missing archive is
+/// never linked into today (a fresh archive is made instead).
+async fn intact_previous(tenant: &str, (dir, e): (PathBuf, ArchiveEntry)) -> Option<(PathBuf, ArchiveEntry)> {
+    let (list, arch) = (dir.join(&e.file_list), dir.join(&e.path));
+    let (fl, es) = (e.file_list_sha256.clone(), (e.sha256.clone(), e.size));
+    let intact = crate::blocking::run("checking the previous archive", move || {
+        archive::sha256_file(&list).is_ok_and(|(h, _)| h == fl)
+            && archive::sha256_file(&arch).is_ok_and(|(h, n)| (h, n) == es)
+    })
+    .await
+    .unwrap_or(false);
+    if !intact {
+        tracing::warn!(
+            "tenant {tenant}: the previous archive {} does not match its manifest; archiving afresh",
+            dir.join(&e.path).display()
+        );
+    }
+    intact.then_some((dir, e))
+}
+
 /// Archive one tenant under its app's quiesce mode.
 async fn snapshot_tenant(
     ctx: &Ctx,
@@ -633,23 +654,7 @@ async fn snapshot_tenant(
     // file list and its bytes are re-hashed now, before the tenant is paused, so a damaged or
     // missing archive is never linked into today (a fresh archive is made instead).
     let prev = match prev {
-        Some((dir, e)) => {
-            let (list, arch) = (dir.join(&e.file_list), dir.join(&e.path));
-            let (fl, es) = (e.file_list_sha256.clone(), (e.sha256.clone(), e.size));
-            let intact = crate::blocking::run("checking the previous archive", move || {
-                archive::sha256_file(&list).is_ok_and(|(h, _)| h == fl)
-                    && archive::sha256_file(&arch).is_ok_and(|(h, n)| (h, n) == es)
-            })
-            .await
-            .unwrap_or(false);
-            if !intact {
-                tracing::warn!(
-                    "tenant {tenant}: the previous archive {} does not match its manifest; archiving afresh",
-                    dir.join(&e.path).display()
-                );
-            }
-            intact.then_some((dir, e))
-        }
+        Some(p) => intact_previous(tenant.as_str(), p).await,
         None => None,
     };
     let stage = layout::staging_dir(&ctx.cfg.backup_root, tenant.as_str());

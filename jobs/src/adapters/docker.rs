@@ -66,6 +66,10 @@ pub struct TenantContainer {
     /// Started with `docker run --rm` (`HostConfig.AutoRemove`): the engine deletes it as soon
     /// as it stops, so a rollout could never bring it back.
     pub auto_remove: bool,
+    /// Its labels, as the engine's list gave them: what a rollout's waves select by and
+    /// `order_by` orders by (`[app.rollout]`). Not in reports.
+    #[serde(skip)]
+    pub labels: BTreeMap<String, String>,
 }
 
 /// One mount of a tenant's container.
@@ -593,28 +597,6 @@ impl Engine {
         Ok((out, unmapped))
     }
 
-    /// The labels of every container `app` selects, by container name: what a rollout's waves
-    /// select by and `order_by` orders by (`[app.rollout]`). One list call, no inspect.
-    pub async fn container_labels(&self, app: &App) -> Result<HashMap<String, BTreeMap<String, String>>> {
-        let mut filters = HashMap::new();
-        if let Some(label) = app.select.label_filter() {
-            filters.insert("label".to_string(), vec![label]);
-        }
-        let opts = ListContainersOptionsBuilder::default().all(true).filters(&filters).build();
-        let list = self
-            .docker
-            .list_containers(Some(opts))
-            .await
-            .map_err(|e| derr(format!("listing containers of app \"{}\"", app.name), None, e))?;
-        Ok(list
-            .into_iter()
-            .filter_map(|c| {
-                let name = c.names.as_ref()?.first()?.trim_start_matches('/').to_string();
-                Some((name, c.labels.unwrap_or_default().into_iter().collect()))
-            })
-            .collect())
-    }
-
     /// One listed container as a tenant's container (one inspect, for `AutoRemove`).
     async fn tenant_container(
         &self,
@@ -623,6 +605,7 @@ impl Engine {
         tenant: TenantId,
     ) -> Result<TenantContainer> {
         let image_ref = c.image.clone().unwrap_or_default();
+        let labels: BTreeMap<String, String> = c.labels.clone().unwrap_or_default().into_iter().collect();
         let digest = match digest_of_ref(&image_ref) {
             Some(d) => Some(d),
             None => self.image_digest(c.image_id.as_deref().unwrap_or(&image_ref), &image_ref).await?,
@@ -649,6 +632,7 @@ impl Engine {
             network_mode: c.host_config.and_then(|h| h.network_mode).unwrap_or_default(),
             mounts: c.mounts.unwrap_or_default().into_iter().map(tenant_mount).collect(),
             auto_remove,
+            labels,
         })
     }
 
@@ -1696,6 +1680,7 @@ mod tests {
             network_mode: mode.into(),
             mounts: Vec::new(),
             auto_remove: false,
+            labels: Default::default(),
         }
     }
 

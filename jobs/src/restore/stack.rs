@@ -109,13 +109,7 @@ pub(super) async fn restore_stack(
             report.detail = format!("would extract {} mount archive(s) into {}/<n>", parts.len(), to.display());
             return Ok(report);
         }
-        if to.exists() && std::fs::read_dir(to).map_err(|e| Error::io(to, e))?.next().is_some() {
-            return Err(Error::Usage(format!(
-                "--to {}: the directory is not empty; give a new or empty one",
-                to.display()
-            )));
-        }
-        crate::fsutil::create_private_dir(to).map_err(|e| Error::io(to, e))?;
+        super::fresh_target(to)?;
         for (n, (p, path)) in parts.into_iter().enumerate() {
             let (a, h, d) = (path, p.sha256.clone(), to.join(n.to_string()));
             let entries = crate::blocking::run("extract", move || archive::extract_into(&a, &h, &d)).await??;

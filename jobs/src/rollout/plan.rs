@@ -474,6 +474,7 @@ mod tests {
             network_mode: "front".into(),
             mounts,
             auto_remove: false,
+            labels: Default::default(),
         }
     }
 

@@ -422,6 +422,7 @@ mod tests {
                 network_mode: "p1_default".into(),
                 mounts,
                 auto_remove: false,
+                labels: Default::default(),
             },
         }
     }

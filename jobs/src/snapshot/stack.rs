@@ -35,21 +35,7 @@ async fn previous_part(
 ) -> Option<(PathBuf, ArchiveEntry)> {
     let (dir, e) = prev?;
     let part = e.mounts.iter().find(|m| m.source == source)?.as_entry(Some(tenant));
-    let (list, arch) = (dir.join(&part.file_list), dir.join(&part.path));
-    let (fl, es) = (part.file_list_sha256.clone(), (part.sha256.clone(), part.size));
-    let intact = crate::blocking::run("checking the previous archive", move || {
-        archive::sha256_file(&list).is_ok_and(|(h, _)| h == fl)
-            && archive::sha256_file(&arch).is_ok_and(|(h, n)| (h, n) == es)
-    })
-    .await
-    .unwrap_or(false);
-    if !intact {
-        tracing::warn!(
-            "tenant {tenant}: the previous archive {} does not match its manifest; archiving afresh",
-            part.path
-        );
-    }
-    intact.then(|| (dir.clone(), part))
+    super::intact_previous(tenant, (dir.clone(), part)).await
 }
 
 /// A journal detail naming a mount: no container hold (recover reads none from it).
