@@ -6,6 +6,7 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use crate::support::reports::Runs;
 use crate::support::{sh, tree_hash, Env, Sandbox};
 
 /// A tenant's database container, removed (with its volumes) when dropped. It carries its own
@@ -595,6 +596,34 @@ fn a_drill_replays_the_dump_into_a_scratch_database_records_its_check_and_a_fail
     assert_eq!(st["last_db_drill"]["at"], good_at, "{st}");
     assert_eq!(st["last_db_drill"]["check"], "100", "{st}");
     assert!(status["report"]["attention"].to_string().contains("restore drill"), "{status}");
+
+    // Killed right after the replay and the check: the scratch database stays (it carries the
+    // drill's label) until `recover` removes it; the live tenant and database were only read.
+    s.write_fleet(&fleet("select count(*) from customers"));
+    let out = s.slipway_env(&["drill", "--tenant", "t1"], &[("SLIPWAY_TEST_CRASH_AT", "drill-after-database")]);
+    assert_eq!(out.code, -1, "{}", out.stderr);
+    let runs: Runs = s.slipway(&["runs", "--json"]).report();
+    let run = runs.runs.into_iter().find(|r| r.job == "drill").map(|r| r.id).expect("the killed drill's run");
+    let made_by = |run: &str| {
+        sh(Command::new("docker").args([
+            "ps",
+            "-a",
+            "--filter",
+            &format!("label=slipway.drill={run}"),
+            "--format",
+            "{{.Names}}",
+        ]))
+        .lines()
+        .map(str::to_string)
+        .collect::<Vec<_>>()
+    };
+    assert!(made_by(&run).iter().any(|n| n.ends_with("-db")), "the kill left no scratch database: {:?}", made_by(&run));
+    let rec = s.slipway(&["recover", "--json"]);
+    assert_eq!(rec.code, 0, "{} {}", rec.stdout, rec.stderr);
+    assert_eq!(made_by(&run), Vec::<String>::new(), "recover left the drill's containers");
+    assert_eq!(s.inspect(&name)["Id"], id);
+    assert_eq!(s.inspect(&name)["State"]["Running"], true);
+    assert_eq!(pg.sql("app", "select count(*) from customers"), "10");
 }
 
 #[test]
