@@ -358,6 +358,39 @@ fn the_dumps_go_off_site_with_their_files_and_a_remote_restore_replays_them() {
     assert_eq!(pg.sql("app", "select string_agg(what, ',') from marker"), "before");
     assert!(pg.consistent());
     assert_eq!(s.inspect(&name)["State"]["Running"], true);
+
+    // verify --remote checks the dumps as it checks the archives: each is listed, and a dump
+    // gone from the remote, or one whose bytes were replaced under its old metadata, fails it
+    // naming the dump's key (plain --remote sees the first, --deep the second).
+    let v = s.slipway(&["verify", "--remote", "--deep", "--json"]);
+    assert_eq!(v.code, 0, "{} {}", v.stdout, v.stderr);
+    let checked = v.json()["report"]["archives"].clone();
+    let keys: Vec<String> =
+        dumps.as_array().unwrap().iter().map(|d| format!("daily/{day}/{}", d["path"].as_str().unwrap())).collect();
+    for key in &keys {
+        let c = checked.as_array().unwrap().iter().find(|c| c["archive"].as_str().unwrap().ends_with(key.as_str()));
+        assert_eq!(c.map(|c| c["ok"].clone()), Some(serde_json::Value::Bool(true)), "{key} not checked: {checked}");
+    }
+    let (gone, rotted) = (&keys[0], &keys[1]);
+    let d_rotted = &dumps[1];
+    let mut bytes = s.remote_object_bytes(&bucket, rotted);
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    s.put_remote_object(&bucket, rotted, &bytes, d_rotted["sha256"].as_str().unwrap());
+    s.delete_remote_object(&bucket, gone);
+    let bad = |v: &crate::support::Out, key: &str| {
+        v.json()["report"]["archives"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["archive"].as_str().unwrap().ends_with(key) && c["ok"] == false)
+    };
+    let v = s.slipway(&["verify", "--remote", "--json"]);
+    assert_eq!(v.code, 1, "{} {}", v.stdout, v.stderr);
+    assert!(bad(&v, gone) && !bad(&v, rotted), "plain --remote: the missing dump only: {}", v.stdout);
+    let v = s.slipway(&["verify", "--remote", "--deep", "--json"]);
+    assert_eq!(v.code, 1, "{} {}", v.stdout, v.stderr);
+    assert!(bad(&v, gone) && bad(&v, rotted), "--deep: both dumps: {}", v.stdout);
 }
 
 /// What an operator compares of a tenant's database before and after an undo: its schema
