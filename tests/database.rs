@@ -568,6 +568,43 @@ fn a_rollout_killed_at_its_database_steps_is_finished_by_recover_with_the_databa
     }
 }
 
+/// systemd stopping the unit (SIGTERM) at each database step of a rollout and of its undo: the
+/// run itself leaves the tenant up on its prior version (no `recover` needed for that), and
+/// `recover` afterwards finds the database and the files exactly as before the rollout.
+#[test]
+fn a_rollout_sent_sigterm_at_its_database_steps_leaves_the_tenant_up_with_the_database_as_before() {
+    use slipway_jobs::step::{Step, UndoStep};
+    let mut points: Vec<(String, bool)> = Vec::new();
+    for st in Step::ALL.into_iter().filter(|s| s.needs_database()) {
+        points.extend([(st.during().to_string(), false), (st.after().to_string(), false)]);
+    }
+    for u in UndoStep::ALL.into_iter().filter(|u| u.needs_database()) {
+        points.extend([(u.during().to_string(), true), (u.after().to_string(), true)]);
+    }
+    assert_eq!(points.len(), 6);
+    for (point, undoing) in points {
+        let c = mig_case("");
+        let out = c.s.slipway_env(&["rollout", "--json"], &[("SLIPWAY_TEST_SIGNAL_AT", point.as_str())]);
+        assert!(
+            out.stderr.contains(&format!("slipway test point reached: {point}")),
+            "{point}: {} {}",
+            out.stdout,
+            out.stderr
+        );
+        assert!(out.code > 0, "{point}: the run must end by itself, failed or interrupted: {}", out.stdout);
+        // Before any recover: the prior container serves again.
+        let live = c.s.inspect(&c.name);
+        assert_eq!(live["State"]["Running"], true, "{point}: the tenant is down after the run: {}", out.stdout);
+        assert_eq!(live["Config"]["Image"].as_str(), Some(c.image.as_str()), "{point}: {}", out.stdout);
+        let rec = c.s.slipway(&["recover", "--json"]);
+        assert_eq!(rec.code, 0, "{point}: {} {}", rec.stdout, rec.stderr);
+        c.assert_back(&point);
+        if undoing {
+            c.assert_kept(&point);
+        }
+    }
+}
+
 /// Containers (any label) whose name contains `part`.
 fn containers_like(part: &str) -> Vec<String> {
     sh(Command::new("docker").args(["ps", "-a", "--format", "{{.Names}}"]))
