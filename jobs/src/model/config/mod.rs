@@ -7,12 +7,14 @@
 pub mod database;
 pub mod fleet;
 pub mod host;
+pub mod notify;
 pub mod rollout;
 pub mod stack;
 
 pub use database::*;
 pub use fleet::*;
 pub use host::*;
+pub use notify::{Format, NotifyLevel, SmtpTls, Target};
 pub use rollout::{LabelExpr, RolloutSpec, WaveSize, WaveSpec};
 pub use stack::{Service, Stack};
 
