@@ -29,6 +29,8 @@ pub struct RollbackOptions {
     pub tenants: Vec<TenantId>,
     /// Show what would be undone, change nothing.
     pub dry_run: bool,
+    /// `rollout abort RUN`: the run must be paused over its failure budget; its pause ends.
+    pub abort: bool,
 }
 
 /// Per tenant.
@@ -64,6 +66,14 @@ pub async fn rollback(ctx: &Ctx, opts: &RollbackOptions) -> Result<RollbackRepor
         .ok_or_else(|| Error::Usage(format!("no run {} in the run record; see `slipway runs`", opts.run)))?;
     if run.job != "rollout" {
         return Err(Error::Usage(format!("run {} is a {} run, not a rollout", run.id, run.job)));
+    }
+    let paused = ctx.store.open_pauses()?.into_iter().any(|p| p.run_id == run.id);
+    if opts.abort && !paused {
+        return Err(Error::Usage(format!(
+            "run {} is not paused, so there is nothing to abort; `slipway rollback --run {}` undoes a halted or \
+             finished rollout",
+            run.id, run.id
+        )));
     }
     // A stack tenant's rollout (`[app.services]`) is not rolled back by this command yet:
     // refused before anything is touched, never half done.
@@ -174,6 +184,10 @@ pub async fn rollback(ctx: &Ctx, opts: &RollbackOptions) -> Result<RollbackRepor
     ctx.finish_run(outcome, &summary)?;
     if outcome == ExitKind::Success {
         ctx.store.resolve_run(&run.id, &format!("rollback {}", ctx.run_id))?;
+        // Undone whole, a paused run has nothing left to resume.
+        if paused && opts.tenants.is_empty() {
+            ctx.store.end_pause(&run.id, if opts.abort { "aborted" } else { "rolled back" })?;
+        }
     }
     Ok(RollbackReport { rollout_run: run.id, dry_run: false, tenants, outcome })
 }

@@ -234,7 +234,18 @@ pub async fn status(ctx: &Ctx) -> Result<StatusReport> {
         }
         apps.push(AppStatus { app: app.name.clone(), pinned: app.image.to_string(), last_rollout, rejected, tenants });
     }
+    let pauses = ctx.store.open_pauses()?;
     for r in ctx.store.unresolved_halts()? {
+        // A paused rollout: the decision a person owes it, and when it is taken for them.
+        if let Some(p) = pauses.iter().find(|p| p.run_id == r.id) {
+            attention.push(format!(
+                "run {} (rollout of app {}) is PAUSED since {} ({}): `slipway rollout resume {}` goes on with its \
+                 waves, `slipway rollout abort {}` rolls back what it changed; past the app's pause_timeout_s the \
+                 next rollout or reconcile aborts it",
+                r.id, p.app, p.paused_at, p.reason, r.id, r.id
+            ));
+            continue;
+        }
         if r.job == "restore" {
             attention.push(format!(
                 "run {} (restore of app {}) is {} and not resolved: see `slipway runs show {}`; a successful \

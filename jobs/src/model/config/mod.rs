@@ -15,7 +15,7 @@ pub use database::*;
 pub use fleet::*;
 pub use host::*;
 pub use notify::{Format, NotifyLevel, SmtpTls, Target};
-pub use rollout::{LabelExpr, RolloutSpec, WaveSize, WaveSpec};
+pub use rollout::{LabelExpr, OnBudget, RolloutSpec, WaveSize, WaveSpec};
 pub use stack::{Service, Stack};
 
 /// The known word `word` is most likely a typo of, if one is close enough (by edit distance).
