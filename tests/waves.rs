@@ -511,3 +511,35 @@ fn a_paused_run_aborted_or_past_its_timeout_rolls_back_every_tenant_it_rolled_wi
         assert_eq!(resume.code, 2, "{how}: an aborted run is not resumed: {}", resume.stderr);
     }
 }
+
+#[test]
+fn a_rollout_killed_as_it_pauses_is_still_paused_after_recover_and_resumes() {
+    let s = Sandbox::new();
+    let v1 = s.push_fixture_as("v1", "app");
+    let v2 = s.push_fixture_as("v2", "app");
+    let tenants = fleet(&s, 6, &v1);
+    s.write_data("t01", "refuse-v2", "not with v2\n");
+    let hashes: BTreeMap<String, String> =
+        tenants.iter().map(|(t, _)| (t.clone(), tree_hash(&s.data_dir(t)))).collect();
+    s.write_fleet(&s.fleet_app(&v2, "[app.rollout]\nmax_parallel = 2\nmax_failed = 0\n"));
+    let out = s.slipway_env(&["rollout", "--json"], &[("SLIPWAY_TEST_CRASH_AT", "rollout-paused")]);
+    assert!(out.stderr.contains("slipway test point reached: rollout-paused"), "{} {}", out.stdout, out.stderr);
+    assert_eq!(out.code, -1, "{}", out.stdout);
+    let rec = s.slipway(&["recover", "--json"]);
+    assert_eq!(rec.code, 0, "{} {}", rec.stdout, rec.stderr);
+    // Every tenant on one version, running, its data as it was; the run still paused.
+    for (t, name) in &tenants {
+        assert_eq!(s.inspect(name)["State"]["Running"], true, "{t}");
+        assert_eq!(&tree_hash(&s.data_dir(t)), &hashes[t], "{t}");
+    }
+    let status = s.slipway(&["status"]);
+    assert!(status.stdout.contains("PAUSED"), "{}", status.stdout);
+    let line = status.stdout.lines().find(|l| l.contains("PAUSED")).unwrap();
+    let run = line.split("run ").nth(1).and_then(|r| r.split_whitespace().next()).unwrap().to_string();
+    let out = s.slipway(&["rollout", "resume", &run, "--json"]);
+    assert_eq!(out.code, 1, "{} {}", out.stdout, out.stderr);
+    for (t, name) in &tenants {
+        let want = if t == "t01" { &v1 } else { &v2 };
+        assert_eq!(&s.image_of(name), want, "{t}");
+    }
+}

@@ -668,6 +668,8 @@ async fn rollout_app(
     if let Some((OnBudget::Pause | OnBudget::RollbackWave, _)) = on_budget {
         let reason = format!("{failed} tenant(s) failed, over the failure budget");
         ctx.store.pause_run(ctx.run_id.as_str(), &app.name, &reason)?;
+        // A test's kill with the pause recorded and the run not yet finished.
+        crate::context::crash_point("rollout-paused");
     }
     ctx.store.finish_run(ctx.run_id.as_str(), word, outcome.code() as i64, &summary)?;
     let paused = matches!(on_budget, Some((OnBudget::Pause | OnBudget::RollbackWave, _)));

@@ -234,16 +234,19 @@ pub async fn status(ctx: &Ctx) -> Result<StatusReport> {
         }
         apps.push(AppStatus { app: app.name.clone(), pinned: app.image.to_string(), last_rollout, rejected, tenants });
     }
+    // A paused rollout: the decision a person owes it, and when it is taken for them (whatever
+    // its run's outcome word: halted, or recovered after a crash as it paused).
     let pauses = ctx.store.open_pauses()?;
+    for p in &pauses {
+        attention.push(format!(
+            "run {} (rollout of app {}) is PAUSED since {} ({}): `slipway rollout resume {}` goes on with its \
+             waves, `slipway rollout abort {}` rolls back what it changed; past the app's pause_timeout_s the next \
+             rollout or reconcile aborts it",
+            p.run_id, p.app, p.paused_at, p.reason, p.run_id, p.run_id
+        ));
+    }
     for r in ctx.store.unresolved_halts()? {
-        // A paused rollout: the decision a person owes it, and when it is taken for them.
-        if let Some(p) = pauses.iter().find(|p| p.run_id == r.id) {
-            attention.push(format!(
-                "run {} (rollout of app {}) is PAUSED since {} ({}): `slipway rollout resume {}` goes on with its \
-                 waves, `slipway rollout abort {}` rolls back what it changed; past the app's pause_timeout_s the \
-                 next rollout or reconcile aborts it",
-                r.id, p.app, p.paused_at, p.reason, r.id, r.id
-            ));
+        if pauses.iter().any(|p| p.run_id == r.id) {
             continue;
         }
         if r.job == "restore" {
