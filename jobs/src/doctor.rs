@@ -1,8 +1,8 @@
 //! `doctor`: what a first run needs, checked one line at a time — the Docker engine and its
 //! API version, the state dir and backup root (writable, which filesystem, whether it clones
 //! files), free space against the largest tenant, the desired-state repo and its head's
-//! `fleet.toml`, the remote (a HEAD on the bucket with the configured credentials) and the
-//! timers. Each line is ok, warn or fail, with the fix; any fail makes the exit code 1.
+//! `fleet.toml`, each stack app's tenants and mounts ([`stack`]), the remote (a HEAD on the
+//! bucket with the configured credentials) and the timers. Each line is ok, warn or fail, with the fix; any fail makes the exit code 1.
 //!
 //! It changes nothing it reports on: the writability and reflink probes are temporary files
 //! removed at once; it takes no lock and records no run, so it can run beside any job.

@@ -1,6 +1,7 @@
 //! `init`: adopt a host whose tenants already run. It inventories the engine's containers
 //! (read only: no container is started, stopped, changed or probed other than by an HTTP GET),
-//! groups the running ones by image repository, and proposes one `[[app]]` per group: `select`
+//! proposes the stacks among the running ones (compose projects of several services: see
+//! [`stack`]), groups the others by image repository, and proposes one `[[app]]` per group: `select`
 //! (a label only that group carries, else a name prefix only it shares), `tenant_from` (the
 //! names' common prefix and suffix, or a label whose value differs per container), `data_dir`
 //! (the bind mount whose source names the tenant, as a template), the health port (the exposed
