@@ -300,13 +300,15 @@ fn a_volume_holding_a_hard_link_into_another_tenant_a_fifo_and_a_device_is_backe
 }
 
 #[test]
-fn a_volume_whose_data_dir_is_a_symlink_is_refused_by_init_and_doctor_and_never_followed() {
+fn a_volume_whose_data_dir_is_a_symlink_is_refused_by_init_doctor_restore_and_drill_and_never_followed() {
     let s = Sandbox::new();
     let img = images(&s);
     let (t1, t2) = (compose_exposed(&s, "t1", &img), compose_exposed(&s, "t2", &img));
     let r = init(&s);
     assert_eq!(r.apps.len(), 1, "{:?}", r.skipped);
     s.write_fleet(&r.fleet.text);
+    let snap = s.slipway(&["snapshot"]);
+    assert_eq!(snap.code, 0, "{} {}", snap.stdout, snap.stderr);
     // t1's sidecar volume's `_data` swapped for a symlink to a host dir.
     let host = s.root().join("host-dir");
     std::fs::create_dir_all(&host).unwrap();
@@ -334,7 +336,15 @@ fn a_volume_whose_data_dir_is_a_symlink_is_refused_by_init_and_doctor_and_never_
     let doc: Doctor = d.report();
     let line = doc.checks.iter().find(|c| c.check == "stack" && c.detail.contains(&t1.project));
     assert!(line.is_some_and(|l| l.level == "fail" && l.detail.contains("symlink")), "{:?}", doc.checks);
-    assert_eq!(tree_hash(&host), host_before, "init or doctor wrote through the symlink");
+    // Nor a restore or a drill of t1: refused naming the symlink, nothing written through it.
+    let out = s.slipway(&["restore", "--latest", "--tenant", &t1.project]);
+    assert_eq!(out.code, 2, "{} {}", out.stdout, out.stderr);
+    assert!(format!("{}{}", out.stdout, out.stderr).contains("symlink"), "{} {}", out.stdout, out.stderr);
+    let out = s.slipway(&["drill", "--tenant", &t1.project, "--latest"]);
+    assert_ne!(out.code, 0, "{} {}", out.stdout, out.stderr);
+    assert!(format!("{}{}", out.stdout, out.stderr).contains("symlink"), "{} {}", out.stdout, out.stderr);
+    assert!(s.containers_named_like("drill").is_empty(), "{:?}", s.containers_named_like("drill"));
+    assert_eq!(tree_hash(&host), host_before, "init, doctor, restore or drill wrote through the symlink");
 }
 
 #[test]

@@ -151,6 +151,24 @@ pub(super) fn propose_stacks<'a>(
             out.rest.extend(members);
             continue;
         }
+        // Every container of the project is one of the tenant's services to snapshot and
+        // restore: one that is stopped or out of scope would be refused by them.
+        let others: Vec<String> = all
+            .iter()
+            .filter(|c| c.labels.get(group) == Some(&name) && !members.iter().any(|m| m.name == c.name))
+            .filter(|c| !crate::naming::is_set_aside(&c.name) && !crate::naming::is_drill(&c.name))
+            .map(|c| format!("{} ({})", c.name, if c.running { "out of --only's scope" } else { "not running" }))
+            .collect();
+        if !others.is_empty() {
+            let why = format!(
+                "compose project {name} has other containers: {}; slipway takes every container of a project as one \
+                 service of the tenant, running: start or remove them (docker-compose rm for a one-off that has \
+                 exited), or widen --only, then run init again",
+                others.join(", ")
+            );
+            out.left.extend(members.iter().map(|c| (*c, why.clone())));
+            continue;
+        }
         match project(group, service_label, &name, &members, kind) {
             Ok(p) => {
                 let shape: Shape = p.shape.iter().map(|(s, (k, _, d))| (s.clone(), k.clone(), d.clone())).collect();
@@ -589,6 +607,17 @@ mod tests {
             ),
             ("a tmpfs", |h| h[1].tmpfs.push("/tmp".into()), &["tmpfs at /tmp", "scratch_mounts"]),
             ("an anonymous volume", |h| h[1].volumes.push("/cache".into()), &["/cache", "anonymous"]),
+            (
+                "a one-off that has exited",
+                |h| {
+                    let mut x = h[1].clone();
+                    x.name = "c1_migrate_1".into();
+                    x.running = false;
+                    x.labels.insert(COMPOSE_SERVICE.into(), "migrate".into());
+                    h.push(x);
+                },
+                &["c1_migrate_1 (not running)", "docker-compose rm"],
+            ),
         ];
         for (what, change, needles) in cases {
             let mut c1 = tenant("c1");
