@@ -394,6 +394,9 @@ fn a_host_of_compose_projects_is_adopted_by_init_then_checked_snapshotted_planne
     let doc: Doctor = d.report();
     let line = doc.checks.iter().find(|c| c.check == "stack").unwrap_or_else(|| panic!("{:?}", doc.checks));
     assert_eq!(line.level, "ok", "{line:?}");
+    // The free space is weighed against the stack tenants' mounts (t1's holds the most).
+    let space = doc.checks.iter().find(|c| c.check == "free_space").unwrap();
+    assert!(space.detail.contains(&format!("the largest tenant, {} of app", t1.project)), "{space:?}");
     let st = s.slipway(&["status", "--json"]);
     let j = st.json();
     let ts = j["report"]["apps"][0]["tenants"].as_array().unwrap_or_else(|| panic!("{}", st.stdout)).clone();
