@@ -638,6 +638,24 @@ mod tests {
     }
 
     #[test]
+    fn coolify_labelled_stacks_are_grouped_by_their_resource_with_its_labels_named() {
+        let mut host: Vec<HostContainer> = ["r1", "r2"].iter().flat_map(|p| tenant(p)).collect();
+        for c in &mut host {
+            let (p, svc) = (c.labels.remove(COMPOSE_PROJECT).unwrap(), c.labels.remove(COMPOSE_SERVICE).unwrap());
+            c.labels.insert("coolify.resourceName".into(), p);
+            c.labels.insert("coolify.service".into(), svc);
+        }
+        let p = propose_with(&host, None, &kind);
+        assert_eq!(p.apps.len(), 1, "{:?}", p.skipped);
+        let st = p.apps[0].stack.as_ref().unwrap();
+        assert_eq!((st.group.as_str(), st.service_label.as_str()), ("coolify.resourceName", "coolify.service"));
+        let text = render_fleet(&p.apps);
+        let f = Fleet::parse(&text, "fleet.toml").unwrap_or_else(|e| panic!("{e}\n{text}"));
+        assert_eq!(f.apps[0].tenant_from.to_string(), "label:coolify.resourceName");
+        assert_eq!(f.apps[0].stack.as_ref().unwrap().service_label, "coolify.service");
+    }
+
+    #[test]
     fn a_service_name_with_a_dot_is_rendered_as_one_quoted_key() {
         let mut host: Vec<HostContainer> = ["c1", "c2"].iter().flat_map(|p| tenant(p)).collect();
         for c in host.iter_mut().filter(|c| c.labels[COMPOSE_SERVICE] == "worker") {
