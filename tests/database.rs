@@ -536,8 +536,8 @@ fn a_rollout_whose_database_dump_fails_leaves_the_tenant_untouched_before_the_sw
     assert!(pg.consistent());
 }
 
-#[test]
-fn a_rollout_killed_at_its_database_steps_is_finished_by_recover_with_the_database_as_before() {
+/// Every test point of a rollout's database steps and of its undo's (whether it is the undo's).
+fn database_points() -> Vec<(String, bool)> {
     use slipway_jobs::step::{Step, UndoStep};
     let mut points: Vec<(String, bool)> = Vec::new();
     for st in Step::ALL.into_iter().filter(|s| s.needs_database()) {
@@ -547,7 +547,12 @@ fn a_rollout_killed_at_its_database_steps_is_finished_by_recover_with_the_databa
         points.extend([(u.during().to_string(), true), (u.after().to_string(), true)]);
     }
     assert_eq!(points.len(), 6);
-    for (point, undoing) in points {
+    points
+}
+
+#[test]
+fn a_rollout_killed_at_its_database_steps_is_finished_by_recover_with_the_database_as_before() {
+    for (point, undoing) in database_points() {
         let c = mig_case("");
         let out = c.s.slipway_env(&["rollout", "--json"], &[("SLIPWAY_TEST_CRASH_AT", point.as_str())]);
         assert!(
@@ -573,16 +578,7 @@ fn a_rollout_killed_at_its_database_steps_is_finished_by_recover_with_the_databa
 /// `recover` afterwards finds the database and the files exactly as before the rollout.
 #[test]
 fn a_rollout_sent_sigterm_at_its_database_steps_leaves_the_tenant_up_with_the_database_as_before() {
-    use slipway_jobs::step::{Step, UndoStep};
-    let mut points: Vec<(String, bool)> = Vec::new();
-    for st in Step::ALL.into_iter().filter(|s| s.needs_database()) {
-        points.extend([(st.during().to_string(), false), (st.after().to_string(), false)]);
-    }
-    for u in UndoStep::ALL.into_iter().filter(|u| u.needs_database()) {
-        points.extend([(u.during().to_string(), true), (u.after().to_string(), true)]);
-    }
-    assert_eq!(points.len(), 6);
-    for (point, undoing) in points {
+    for (point, undoing) in database_points() {
         let c = mig_case("");
         let out = c.s.slipway_env(&["rollout", "--json"], &[("SLIPWAY_TEST_SIGNAL_AT", point.as_str())]);
         assert!(
