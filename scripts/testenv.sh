@@ -62,6 +62,8 @@ install_packages() {
   [ -x "$PG_BIN/pg_dump" ] || missing+=(postgresql-15)
   # The notification tests (tests/ops.rs) deliver e-mail to a real SMTP server: aiosmtpd.
   /usr/bin/python3 -c 'import aiosmtpd' 2>/dev/null || missing+=(python3-aiosmtpd)
+  # Maintenance windows are read in their time zone (tests/waves.rs uses Europe/Berlin).
+  [ -e /usr/share/zoneinfo/Europe/Berlin ] || missing+=(tzdata)
   if [ ${#missing[@]} -gt 0 ]; then
     log "installing ${missing[*]} (Debian)"
     export DEBIAN_FRONTEND=noninteractive

@@ -543,3 +543,94 @@ fn a_rollout_killed_as_it_pauses_is_still_paused_after_recover_and_resumes() {
         assert_eq!(&s.image_of(name), want, "{t}");
     }
 }
+
+/// A cron start (UTC) `offset_s` from now, to the minute: `"M H * * *"`.
+fn daily_at(offset_s: i64) -> String {
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64 + offset_s;
+    let day = t.rem_euclid(86_400);
+    format!("{} {} * * *", (day % 3600) / 60, day / 3600)
+}
+
+#[test]
+fn tenants_outside_their_maintenance_window_are_not_rolled_and_a_deny_window_holds_everyone() {
+    let s = Sandbox::new();
+    let v1 = s.push_fixture_as("v1", "app");
+    let v2 = s.push_fixture_as("v2", "app");
+    let tenants = fleet(&s, 4, &v1);
+    // The paid tier may roll only in a window twelve hours away; the free tier any time.
+    let paid_later = format!(
+        "[app.rollout]\n[[app.rollout.windows]]\nkind = \"allow\"\nselect = \"tier=paid\"\nstart = \"{}\"\nduration_s = 60\n",
+        daily_at(12 * 3600)
+    );
+    // Everyone held: a deny window open all day.
+    let deny = format!(
+        "{paid_later}[[app.rollout.windows]]\nkind = \"deny\"\nstart = \"{}\"\nduration_s = 86400\ntz = \"Europe/Berlin\"\n",
+        daily_at(-60)
+    );
+    s.write_fleet(&s.fleet_app(&v2, &deny));
+    let out = s.slipway(&["reconcile", "--json"]);
+    assert_eq!(out.code, 0, "{} {}", out.stdout, out.stderr);
+    assert!(
+        out.stdout.contains("outside its maintenance window") && out.stdout.contains("deny window"),
+        "{}",
+        out.stdout
+    );
+    for (t, name) in &tenants {
+        assert_eq!(s.image_of(name), v1, "{t} was rolled in a deny window");
+    }
+    s.write_fleet(&s.fleet_app(&v2, &paid_later));
+    let out = s.slipway(&["reconcile", "--json"]);
+    assert_eq!(out.code, 0, "{} {}", out.stdout, out.stderr);
+    for (t, name) in &tenants {
+        let paid = s.inspect(name)["Config"]["Labels"]["tier"] == "paid";
+        assert_eq!(&s.image_of(name), if paid { &v1 } else { &v2 }, "{t}");
+    }
+    let held = &out.json()["report"]["apps"][0]["plan"]["outside_window"];
+    assert_eq!(held.as_array().map(Vec::len), Some(2), "{held}");
+    assert!(held[0]["why"].as_str().unwrap().contains("the next opens at"), "{held}");
+}
+
+#[test]
+fn a_window_that_closes_pauses_the_run_at_the_wave_boundary_and_reconcile_resumes_it_when_it_opens() {
+    let s = Sandbox::new();
+    let v1 = s.push_fixture_as("v1", "app");
+    let v2 = s.push_fixture_as("v2", "app");
+    let tenants = fleet(&s, 5, &v1);
+    let hashes: BTreeMap<String, String> =
+        tenants.iter().map(|(t, _)| (t.clone(), tree_hash(&s.data_dir(t)))).collect();
+    // Open since a minute ago for an hour; the test build's clock moves two hours on after the
+    // canary's wave, so the window has closed at the next wave boundary.
+    let window = format!(
+        "[app.rollout]\nmax_parallel = 2\n[[app.rollout.windows]]\nkind = \"allow\"\nstart = \"{}\"\nduration_s = 3600\n",
+        daily_at(-60)
+    );
+    s.write_fleet(&s.fleet_app(&v2, &window));
+    let out = s.slipway_env(&["rollout", "--json"], &[("SLIPWAY_TEST_WINDOW_SHIFT_S", "7200")]);
+    assert_eq!(out.code, 0, "a window closing is no failure: {} {}", out.stdout, out.stderr);
+    let app = &out.json()["report"]["apps"][0];
+    assert_eq!(app["paused"], true, "{app}");
+    let run = app["run_id"].as_str().unwrap().to_string();
+    let rolled: Vec<&str> = app["tenants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["outcome"] == "rolled")
+        .map(|t| t["tenant"].as_str().unwrap())
+        .collect();
+    assert_eq!(rolled.len(), 1, "only the canary's wave rolled: {app}");
+    let status = s.slipway(&["status"]);
+    assert!(
+        status.stdout.contains("PAUSED") && status.stdout.contains("maintenance window closed"),
+        "{}",
+        status.stdout
+    );
+    // The window is open (no shift): reconcile goes on with the same run.
+    let out = s.slipway(&["reconcile", "--json"]);
+    assert_eq!(out.code, 0, "{} {}", out.stdout, out.stderr);
+    assert_eq!(out.json()["report"]["apps"][0]["run_id"], run.as_str(), "{}", out.stdout);
+    for (t, name) in &tenants {
+        assert_eq!(s.image_of(name), v2, "{t}");
+        assert_eq!(&tree_hash(&s.data_dir(t)), &hashes[t], "{t}");
+    }
+    assert!(!s.slipway(&["status"]).stdout.contains("PAUSED"));
+}

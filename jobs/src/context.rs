@@ -206,6 +206,21 @@ pub fn test_pause(point: &str) {
     let _ = point;
 }
 
+/// The moment maintenance windows are judged at. A test build shifts it by
+/// `SLIPWAY_TEST_WINDOW_SHIFT_S` seconds once the rollout's first wave is done, so a window
+/// can close at a wave boundary without a test waiting for the clock.
+pub fn window_now(after_first_wave: bool) -> jiff::Timestamp {
+    let now = jiff::Timestamp::now();
+    #[cfg(feature = "test-crash")]
+    if after_first_wave {
+        if let Some(s) = std::env::var("SLIPWAY_TEST_WINDOW_SHIFT_S").ok().and_then(|v| v.parse::<i64>().ok()) {
+            return now.checked_add(jiff::SignedDuration::from_secs(s)).unwrap_or(now);
+        }
+    }
+    let _ = after_first_wave;
+    now
+}
+
 /// A test-only crash point: with the `test-crash` feature, the process dies here (no
 /// destructors, no journal update, like SIGKILL) when `SLIPWAY_TEST_CRASH_AT` names `point`;
 /// with `SLIPWAY_TEST_SIGNAL_AT` naming it (`<point>` or `<point>:<SIGNAL>`, e.g.

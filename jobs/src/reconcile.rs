@@ -11,7 +11,7 @@ use serde::Serialize;
 use crate::adapters::desired;
 use crate::adapters::docker::Engine;
 use crate::context::Ctx;
-use crate::error::{ExitKind, Result};
+use crate::error::{Error, ExitKind, Result};
 use crate::rollout::{self, worst, AppReport, RolloutOptions};
 
 /// Options of `reconcile`.
@@ -121,6 +121,20 @@ pub async fn reconcile(ctx: &mut Ctx, opts: &ReconcileOptions) -> Result<Reconci
         } else {
             rollout::open_after_timeouts(ctx, app).await?
         };
+        // A run its maintenance window paused goes on once the window opens (the resume
+        // leaves it paused, touching nothing, while every tenant it has left is still outside).
+        if let Some(p) = paused.as_ref().filter(|p| p.kind == "window" && !opts.dry_run) {
+            let run: crate::types::RunId =
+                p.run_id.parse().map_err(|e| Error::Other(format!("paused run {}: {e}", p.run_id)))?;
+            let ro = RolloutOptions { resume: Some(run), ..Default::default() };
+            let report = rollout::rollout(ctx, &ro).await?;
+            let stop = report.exit_kind() != ExitKind::Success;
+            apps.extend(report.apps.into_iter().map(|a| AppAction::RolledOut(Box::new(a))));
+            if stop {
+                break;
+            }
+            continue;
+        }
         if let Some(p) = paused {
             apps.push(AppAction::Paused {
                 app: app.name.clone(),

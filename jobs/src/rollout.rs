@@ -290,10 +290,18 @@ pub async fn rollout(ctx: &mut Ctx, opts: &RolloutOptions) -> Result<RolloutRepo
                 (Vec::new(), members, plan)
             }
         };
+        hold_outside_windows(app, &mut plan, (&tenants, &members));
         let waves = cut_waves(app, &mut plan, (&tenants, &members), opts.max_parallel);
         if opts.dry_run || plan.items.is_empty() {
             let pin = release_of(app);
-            let summary = if plan.items.is_empty() {
+            let summary = if plan.items.is_empty() && !plan.outside_window.is_empty() {
+                format!(
+                    "app {}: nothing rolled to {pin}: every tenant behind is outside its maintenance window ({}: {})",
+                    app.name,
+                    plan.outside_window.len(),
+                    plan.outside_window.first().map(|o| o.why.as_str()).unwrap_or_default()
+                )
+            } else if plan.items.is_empty() {
                 format!("app {}: every tenant already runs {pin}", app.name)
             } else {
                 format!("app {}: would roll {} tenant(s) to {pin}", app.name, plan.items.len())
@@ -332,17 +340,67 @@ fn cut_waves(
     max_parallel: Option<usize>,
 ) -> Vec<Wave> {
     let spec = &app.rollout;
-    // A tenant's labels, as listed for the plan: its container's, or a stack tenant's first
-    // service's.
+    let labels = tenant_labels(tenants, members);
+    let of = |t: &TenantId| labels.get(t).map(|l| (*l).clone()).unwrap_or_default();
+    // A stack's tenants roll one at a time (the fleet config refuses max_parallel for one).
+    let max_parallel = if app.stack.is_some() { Some(1) } else { max_parallel };
+    waves::cut(spec, &mut plan.items, &of, max_parallel)
+}
+
+/// A tenant's labels, as listed for the plan: its container's, or a stack tenant's first
+/// service's.
+fn tenant_labels<'a>(
+    tenants: &'a [TenantContainer],
+    members: &'a [StackMember],
+) -> std::collections::HashMap<&'a TenantId, &'a std::collections::BTreeMap<String, String>> {
     let mut labels: std::collections::HashMap<&TenantId, &std::collections::BTreeMap<String, String>> =
         Default::default();
     for c in tenants.iter().chain(members.iter().map(|m| &m.container)) {
         labels.entry(&c.tenant).or_insert(&c.labels);
     }
-    let of = |t: &TenantId| labels.get(t).map(|l| (*l).clone()).unwrap_or_default();
-    // A stack's tenants roll one at a time (the fleet config refuses max_parallel for one).
-    let max_parallel = if app.stack.is_some() { Some(1) } else { max_parallel };
-    waves::cut(spec, &mut plan.items, &of, max_parallel)
+    labels
+}
+
+/// Why `tenant` may not be rolled at `now` by the app's maintenance windows, if it may not.
+fn closed_now(
+    app: &App,
+    labels: &std::collections::HashMap<&TenantId, &std::collections::BTreeMap<String, String>>,
+    tenant: &TenantId,
+    now: jiff::Timestamp,
+) -> Option<String> {
+    if app.rollout.windows.is_empty() {
+        return None;
+    }
+    let empty = std::collections::BTreeMap::new();
+    crate::config::closed_for(&app.rollout.windows, labels.get(tenant).copied().unwrap_or(&empty), now)
+}
+
+/// Take the tenants outside their maintenance window now out of the plan (into
+/// `outside_window`, with why); the first tenant left that is running becomes the canary.
+fn hold_outside_windows(app: &App, plan: &mut RolloutPlan, (tenants, members): (&[TenantContainer], &[StackMember])) {
+    if app.rollout.windows.is_empty() {
+        return;
+    }
+    let labels = tenant_labels(tenants, members);
+    let now = crate::context::window_now(false);
+    let had_canary = plan.items.first().is_some_and(|i| i.canary);
+    let (keep, out): (Vec<PlanItem>, Vec<PlanItem>) =
+        std::mem::take(&mut plan.items).into_iter().partition(|i| closed_now(app, &labels, &i.tenant, now).is_none());
+    plan.outside_window = out
+        .into_iter()
+        .map(|i| plan::OutsideWindow {
+            why: closed_now(app, &labels, &i.tenant, now).unwrap_or_default(),
+            tenant: i.tenant,
+        })
+        .collect();
+    plan.items = keep;
+    if had_canary && !plan.items.first().is_some_and(|i| i.canary) {
+        if let Some(pos) = plan.items.iter().position(|i| !i.stopped) {
+            let mut c = plan.items.remove(pos);
+            c.canary = true;
+            plan.items.insert(0, c);
+        }
+    }
 }
 
 /// What every tenant of one app's rollout shares.
@@ -493,7 +551,20 @@ async fn rollout_app(
     let mut gate = !resumed;
     let at: std::collections::HashMap<&TenantId, usize> =
         plan.items.iter().enumerate().map(|(n, i)| (&i.tenant, n)).collect();
-    for wave in &waves {
+    // A maintenance window that closed since the plan pauses the run at the next wave
+    // boundary: no tenant of that wave starts; reconcile resumes it once the window opens.
+    let labels = tenant_labels(containers, members);
+    let mut window_closed: Option<String> = None;
+    for (k, wave) in waves.iter().enumerate() {
+        if k > 0 && outcome == ExitKind::Success && error.is_none() && !ctx.cancel.is_cancelled() {
+            let now = crate::context::window_now(true);
+            if let Some((t, why)) =
+                wave.tenants.iter().find_map(|t| closed_now(app, &labels, t, now).map(|why| (t, why)))
+            {
+                window_closed = Some(format!("{} ({t}: {why})", wave.name));
+                break;
+            }
+        }
         let mut queue = wave.tenants.iter().filter_map(|t| at.get(t).copied());
         let mut running = futures_util::stream::FuturesUnordered::new();
         // A gating tenant is in flight: nothing starts beside it.
@@ -641,6 +712,16 @@ async fn rollout_app(
             )
         }
     };
+    // Paused at a wave boundary by a window: not a failure; the run goes on when it opens.
+    let window_closed = window_closed.filter(|_| matches!(outcome, ExitKind::Success | ExitKind::Failure));
+    let summary = match &window_closed {
+        Some(why) => format!(
+            "{summary}; PAUSED at the wave boundary before {why}: its maintenance window closed; reconcile goes on with \
+             `slipway rollout resume {}` once it opens",
+            ctx.run_id
+        ),
+        None => summary,
+    };
     // Over the budget in a wave: what `on_budget` says (a gating tenant's failure halts).
     let on_budget = match over_in {
         Some(w) if outcome == ExitKind::Halted => Some((app.rollout.on_budget, w)),
@@ -667,12 +748,21 @@ async fn rollout_app(
     // never seen finished and not paused.
     if let Some((OnBudget::Pause | OnBudget::RollbackWave, _)) = on_budget {
         let reason = format!("{failed} tenant(s) failed, over the failure budget");
-        ctx.store.pause_run(ctx.run_id.as_str(), &app.name, &reason)?;
+        ctx.store.pause_run(ctx.run_id.as_str(), &app.name, "budget", &reason)?;
         // A test's kill with the pause recorded and the run not yet finished.
         crate::context::crash_point("rollout-paused");
     }
+    if let Some(why) = &window_closed {
+        ctx.store.pause_run(
+            ctx.run_id.as_str(),
+            &app.name,
+            "window",
+            &format!("maintenance window closed before {why}"),
+        )?;
+        crate::context::crash_point("rollout-paused");
+    }
     ctx.store.finish_run(ctx.run_id.as_str(), word, outcome.code() as i64, &summary)?;
-    let paused = matches!(on_budget, Some((OnBudget::Pause | OnBudget::RollbackWave, _)));
+    let paused = matches!(on_budget, Some((OnBudget::Pause | OnBudget::RollbackWave, _))) || window_closed.is_some();
     let over_in = on_budget.map(|(_, w)| w);
     Ok(AppReport {
         plan,

@@ -157,6 +157,8 @@ pub struct Pause {
     pub run_id: String,
     /// Its app.
     pub app: String,
+    /// `budget` (over its failure budget) or `window` (its maintenance window closed).
+    pub kind: String,
     /// When it paused.
     pub paused_at: String,
     /// Why (the budget it went over).
@@ -388,11 +390,11 @@ impl Store {
         Ok(())
     }
 
-    /// Record rollout run `run_id` of `app` as paused.
-    pub fn pause_run(&self, run_id: &str, app: &str, reason: &str) -> Result<()> {
+    /// Record rollout run `run_id` of `app` as paused, of `kind` (`budget`, `window`).
+    pub fn pause_run(&self, run_id: &str, app: &str, kind: &str, reason: &str) -> Result<()> {
         self.conn.execute(
-            "INSERT INTO run_pauses (run_id, app, paused_at, reason) VALUES (?1, ?2, ?3, ?4)",
-            params![run_id, app, now(), reason],
+            "INSERT INTO run_pauses (run_id, app, kind, paused_at, reason) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![run_id, app, kind, now(), reason],
         )?;
         Ok(())
     }
@@ -409,17 +411,18 @@ impl Store {
     /// Every open pause, oldest first.
     pub fn open_pauses(&self) -> Result<Vec<Pause>> {
         let mut st = self.conn.prepare(
-            "SELECT run_id, app, paused_at, reason, ended_at, ended_by FROM run_pauses
+            "SELECT run_id, app, kind, paused_at, reason, ended_at, ended_by FROM run_pauses
              WHERE ended_at IS NULL ORDER BY id",
         )?;
         let rows = st.query_map([], |r| {
             Ok(Pause {
                 run_id: r.get(0)?,
                 app: r.get(1)?,
-                paused_at: r.get(2)?,
-                reason: r.get(3)?,
-                ended_at: r.get(4)?,
-                ended_by: r.get(5)?,
+                kind: r.get(2)?,
+                paused_at: r.get(3)?,
+                reason: r.get(4)?,
+                ended_at: r.get(5)?,
+                ended_by: r.get(6)?,
             })
         })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
@@ -926,7 +929,7 @@ mod tests {
         let s = Store::open(&d.path().join("state.db")).unwrap();
         s.start_run(&run("R1", "rollout")).unwrap();
         s.finish_run("R1", "halted", 3, "over the failure budget").unwrap();
-        s.pause_run("R1", "app", "2 failed, 1 allowed").unwrap();
+        s.pause_run("R1", "app", "budget", "2 failed, 1 allowed").unwrap();
         let open = s.open_pauses().unwrap();
         assert_eq!((open.len(), open[0].run_id.as_str(), open[0].app.as_str()), (1, "R1", "app"));
         s.reopen_run("R1").unwrap();

@@ -34,6 +34,11 @@ pub(crate) async fn open_after_timeouts(ctx: &mut Ctx, app: &App) -> Result<Opti
     let now = jiff::Timestamp::now();
     let mut left = None;
     for p in open {
+        // A window's pause ends when the window opens (reconcile resumes it), not by a timeout.
+        if p.kind == "window" {
+            left.get_or_insert(p);
+            continue;
+        }
         let since = p.paused_at.parse::<jiff::Timestamp>().map(|t| now.duration_since(t).as_secs()).unwrap_or(0);
         if since < app.rollout.pause_timeout_s as i64 {
             left.get_or_insert(p);
@@ -183,7 +188,40 @@ pub(crate) async fn resume(ctx: &mut Ctx, opts: &RolloutOptions, id: &RunId) -> 
             i
         })
         .collect();
-    // Tenants the plan has but the run never froze (new since) wait for a later rollout.
+    // Tenants the plan has but the run never froze (new since) wait for a later rollout. Those
+    // outside their maintenance window wait for it; with none inside, the run stays paused.
+    super::hold_outside_windows(app, &mut plan, (&tenants, &members));
+    if plan.items.is_empty() {
+        let summary = format!(
+            "app {}: run {id} stays paused: {}",
+            app.name,
+            match plan.outside_window.first() {
+                Some(o) =>
+                    format!("every tenant it has left is outside its maintenance window ({}: {})", o.tenant, o.why),
+                None => "it has no tenant left to roll; `slipway rollout abort` ends it".to_string(),
+            }
+        );
+        let report = AppReport {
+            plan,
+            run_id: Some(id.clone()),
+            waves: Vec::new(),
+            tenants: Vec::new(),
+            outcome: crate::error::ExitKind::Success,
+            summary,
+            paused: true,
+            budget_rollback: None,
+            over_in: None,
+        };
+        return Ok(RolloutReport { dry_run: false, commit: state.commit, apps: vec![report], trust: None });
+    }
+    let waves: Vec<Wave> = waves
+        .into_iter()
+        .map(|mut w| {
+            w.tenants.retain(|t| plan.items.iter().any(|i| &i.tenant == t));
+            w
+        })
+        .filter(|w| !w.tenants.is_empty())
+        .collect();
     let report = rollout_app(
         ctx,
         &engine,

@@ -149,6 +149,19 @@ pub struct RolloutPlan {
     pub stopped: Vec<TenantId>,
     /// Containers skipped because they cannot be mapped to a tenant or lack a data dir.
     pub skipped: Vec<Unmapped>,
+    /// Tenants behind but outside their maintenance window now (`[[app.rollout.windows]]`),
+    /// each with why: left for a later run.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub outside_window: Vec<OutsideWindow>,
+}
+
+/// A tenant a maintenance window keeps from this run.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct OutsideWindow {
+    /// The tenant.
+    pub tenant: TenantId,
+    /// Which window, and when the next opens.
+    pub why: String,
 }
 
 /// Compute the plan: tenants whose digest differs from the pin, minus `hold`, minus stopped
@@ -279,6 +292,7 @@ pub fn plan(
         up_to_date,
         stopped,
         skipped,
+        outside_window: Vec::new(),
     })
 }
 

@@ -280,6 +280,7 @@ pub fn plan_stack(
         up_to_date,
         stopped,
         skipped: unmapped,
+        outside_window: Vec::new(),
     })
 }
 

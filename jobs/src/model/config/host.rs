@@ -319,6 +319,7 @@ const NON_CONFIG_ENV: &[&str] = &[
     "SLIPWAY_TEST_REFUSE",
     "SLIPWAY_TEST_JOURNAL_FAILS_FROM",
     "SLIPWAY_TEST_NO_EXCHANGE",
+    "SLIPWAY_TEST_WINDOW_SHIFT_S",
 ];
 
 #[derive(Clone, Copy)]

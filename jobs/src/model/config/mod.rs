@@ -10,6 +10,7 @@ pub mod host;
 pub mod notify;
 pub mod rollout;
 pub mod stack;
+pub mod window;
 
 pub use database::*;
 pub use fleet::*;
@@ -17,6 +18,7 @@ pub use host::*;
 pub use notify::{Format, NotifyLevel, SmtpTls, Target};
 pub use rollout::{LabelExpr, OnBudget, RolloutSpec, WaveSize, WaveSpec};
 pub use stack::{Service, Stack};
+pub use window::{closed_for, WindowKind, WindowSpec};
 
 /// The known word `word` is most likely a typo of, if one is close enough (by edit distance).
 pub fn closest<'a>(word: &str, known: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {

@@ -167,6 +167,8 @@ pub struct RolloutSpec {
     /// Seconds a paused run waits for `rollout resume` or `rollout abort`; then the next
     /// rollout or reconcile of the app aborts it (rolls back what it changed).
     pub pause_timeout_s: u64,
+    /// Maintenance windows: when which tenants may be rolled.
+    pub windows: Vec<super::window::WindowSpec>,
 }
 
 impl Default for RolloutSpec {
@@ -180,6 +182,7 @@ impl Default for RolloutSpec {
             waves: Vec::new(),
             on_budget: OnBudget::Halt,
             pause_timeout_s: DEFAULT_PAUSE_TIMEOUT_S,
+            windows: Vec::new(),
         }
     }
 }
@@ -211,6 +214,8 @@ pub(crate) struct RawRollout {
     waves: Vec<RawWave>,
     on_budget: Option<OnBudget>,
     pause_timeout_s: Option<u64>,
+    #[serde(default)]
+    windows: Vec<super::window::RawWindow>,
 }
 
 #[derive(Deserialize)]
@@ -278,6 +283,12 @@ impl RawRollout {
             // With the table, a run over its budget pauses unless it says otherwise.
             on_budget: self.on_budget.unwrap_or(OnBudget::Pause),
             pause_timeout_s: self.pause_timeout_s.unwrap_or(DEFAULT_PAUSE_TIMEOUT_S),
+            windows: self
+                .windows
+                .into_iter()
+                .enumerate()
+                .map(|(i, w)| w.validate(&format!("rollout.windows[{i}]")))
+                .collect::<std::result::Result<_, _>>()?,
         })
     }
 }
