@@ -15,6 +15,7 @@ mod database;
 mod drill;
 mod field;
 mod foundation;
+mod hooks;
 mod hostile;
 mod offsite;
 mod ops;

@@ -134,6 +134,9 @@ pub struct StepTimings {
     pub snapshot_ms: u64,
     /// Bringing the copy up to date while down (pre-copy path).
     pub copy_delta_ms: u64,
+    /// The `pre_switch` hook (`[app.hooks]`), while down.
+    #[serde(default)]
+    pub pre_switch_ms: u64,
     /// The switch's first half: renaming the prior container aside.
     pub rename_ms: u64,
     /// The switch's second half: renaming the staged container to the tenant's name.
@@ -588,7 +591,8 @@ async fn rollout_app(
                 };
                 gating = gate;
                 let run = &run;
-                running.push(Box::pin(async move { (n, roll_one(run, item, members, soak_s).await) }));
+                let wave_name = wave.name.as_str();
+                running.push(Box::pin(async move { (n, roll_one(run, item, members, soak_s, wave_name).await) }));
             }
             let Some((n, report)) = futures_util::StreamExt::next(&mut running).await else { break };
             let item = &plan.items[n];
@@ -807,6 +811,7 @@ impl StepTimings {
             Step::DbDump => &mut self.db_dump_ms,
             Step::Snapshot => &mut self.snapshot_ms,
             Step::CopyDelta => &mut self.copy_delta_ms,
+            Step::PreSwitch => &mut self.pre_switch_ms,
             Step::Rename => &mut self.rename_ms,
             // Its two renames are timed apart, by the step itself.
             Step::Switch => return,
@@ -848,6 +853,12 @@ struct TenantRoll<'a> {
     proxy_report: Option<ProxyReport>,
     /// The container's health gate → the proxy routing to it.
     route: Option<Duration>,
+    /// The wave it rolls in (`canary`, `wave 1`, …), for hooks.
+    wave: String,
+    /// The `pre_switch` hook has started: the data is the new version's from then on.
+    hook_ran: bool,
+    /// The `pre_switch` hook exited 75: the tenant is put back and reported skipped.
+    hook_skipped: bool,
 }
 
 /// Roll one tenant of a wave: a container ([`roll_tenant`]) or a stack ([`stack::roll_stack`],
@@ -857,19 +868,20 @@ async fn roll_one(
     item: &PlanItem,
     members: &[StackMember],
     soak_s: Option<u64>,
+    wave: &str,
 ) -> Result<TenantReport> {
     if run.app.stack.is_some() {
         let mut manifest = run.manifest.lock().await;
         stack::roll_stack(run, item, members, &mut manifest, soak_s.is_some()).await
     } else {
-        roll_tenant(run, item, soak_s).await
+        roll_tenant(run, item, soak_s, wave).await
     }
 }
 
 /// Roll one tenant through [`Step::ALL`]. A failed step or a signal between steps undoes the
 /// tenant from where it was (see [`TenantRoll::undo_from`]); a tenant that cannot even be read
 /// is not touched.
-async fn roll_tenant(run: &AppRun<'_>, item: &PlanItem, soak_s: Option<u64>) -> Result<TenantReport> {
+async fn roll_tenant(run: &AppRun<'_>, item: &PlanItem, soak_s: Option<u64>, wave: &str) -> Result<TenantReport> {
     let untouched = |outcome: TenantOutcome, detail: String| TenantReport {
         tenant: item.tenant.clone(),
         from: item.from.clone(),
@@ -953,6 +965,9 @@ async fn roll_tenant(run: &AppRun<'_>, item: &PlanItem, soak_s: Option<u64>) -> 
         proxy_watch: None,
         proxy_report: None,
         route: None,
+        wave: wave.to_string(),
+        hook_ran: false,
+        hook_skipped: false,
     };
     t.go().await
 }
@@ -1078,6 +1093,7 @@ impl TenantRoll<'_> {
             // Only journals of earlier versions hold it: the switch renames the prior aside.
             Step::Rename => false,
             Step::DbDump => self.j.db.is_some(),
+            Step::PreSwitch => self.run.app.hooks.pre_switch.is_some(),
             Step::Create | Step::Check | Step::Stop | Step::Switch => true,
         }
     }
@@ -1091,6 +1107,7 @@ impl TenantRoll<'_> {
             Step::DbDump => self.db_dump().await,
             Step::Snapshot => self.snapshot().await,
             Step::CopyDelta => self.copy_delta().await,
+            Step::PreSwitch => self.pre_switch().await,
             Step::Rename => self.rename_aside().await,
             Step::Switch => self.switch().await,
             Step::Start => self.start().await,
@@ -1105,13 +1122,20 @@ impl TenantRoll<'_> {
     async fn undo_from(&mut self, step: Step, why: String) -> Result<TenantReport> {
         let r = &self.run;
         let began = Instant::now();
-        let undo = undo_tenant(r.ctx, r.engine, r.prober, &self.j, step.new_version_may_have_run()).await?;
+        // Once the pre_switch hook started, the data is the new version's whatever step failed.
+        let restore = step.new_version_may_have_run() || self.hook_ran;
+        let undo = undo_tenant(r.ctx, r.engine, r.prober, &self.j, restore).await?;
         self.timings.undo_ms = ms(began.elapsed());
         self.timings.undo_restore_ms = undo.timings.restore_ms;
         self.timings.undo_prior_ms = undo.timings.prior_ms;
         self.downtime = self.t0.map(|t| t.elapsed());
         self.finish_watch().await;
-        let outcome = if undo.ok { TenantOutcome::Restored } else { TenantOutcome::PersonNeeded };
+        let outcome = match (undo.ok, self.hook_skipped) {
+            // The hook asked for this tenant to be skipped: put back as it was, not a failure.
+            (true, true) => TenantOutcome::Skipped,
+            (true, false) => TenantOutcome::Restored,
+            (false, _) => TenantOutcome::PersonNeeded,
+        };
         Ok(self.report(outcome, Some(format!("{why}; {}", undo.detail))))
     }
 
@@ -1159,6 +1183,48 @@ impl TenantRoll<'_> {
         self.j.copy = None;
         self.notes.push(note);
         Ok(())
+    }
+
+    /// Down, the data before it copied (or archived): the `pre_switch` hook in a one-shot
+    /// container of the new image with the tenant's mounts, env and networks. Exit 0 goes on;
+    /// 75 skips the tenant (undone, reported skipped); anything else, or its timeout, fails it.
+    async fn pre_switch(&mut self) -> StepResult {
+        let r = self.run;
+        let Some(hook) = r.app.hooks.pre_switch.as_ref() else { return Ok(()) };
+        let env = vec![
+            "SLIPWAY_HOOK=pre_switch".to_string(),
+            format!("SLIPWAY_TENANT={}", self.item.tenant),
+            format!("SLIPWAY_OLD_DIGEST={}", self.item.from.as_ref().map(|d| d.to_string()).unwrap_or_default()),
+            format!("SLIPWAY_NEW_DIGEST={}", self.item.to),
+            format!("SLIPWAY_RUN_ID={}", r.ctx.run_id),
+            format!("SLIPWAY_WAVE={}", self.wave),
+        ];
+        self.hook_ran = true;
+        let name = naming::hook(&self.j.pre_name);
+        let ran = r
+            .engine
+            .run_hook(&name, &self.spec, &self.j.new_image, hook, env)
+            .await
+            .map_err(|e| format!("pre_switch hook: {e}"))?;
+        crate::context::test_pause("after-pre-switch-hook");
+        let tail =
+            |t: &str| if t.is_empty() { String::new() } else { format!(": {}", t.lines().last().unwrap_or_default()) };
+        match ran {
+            crate::adapters::docker::HookRun { exit: Some(0), .. } => Ok(()),
+            crate::adapters::docker::HookRun { exit: Some(crate::config::HOOK_SKIP), tail: t, .. } => {
+                self.hook_skipped = true;
+                Err(format!("pre_switch hook exited {} (skip this tenant){}", crate::config::HOOK_SKIP, tail(&t)))
+            }
+            crate::adapters::docker::HookRun { timed_out: true, tail: t, .. } => {
+                Err(format!("pre_switch hook timed out after {} s and was killed{}", hook.timeout_s, tail(&t)))
+            }
+            crate::adapters::docker::HookRun { exit: Some(c), tail: t, .. } => {
+                Err(format!("pre_switch hook exited {c}{}", tail(&t)))
+            }
+            crate::adapters::docker::HookRun { exit: None, tail: t, .. } => {
+                Err(format!("pre_switch hook ended without an exit code{}", tail(&t)))
+            }
+        }
     }
 
     /// Down: bring the copy up to date with only what changed since the pre-copy. The copy is

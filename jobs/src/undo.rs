@@ -182,6 +182,11 @@ async fn undo(
     };
     // A step's journal row, when it could be written, for `fail`.
     let row = |id: Option<i64>, s: UndoStep| id.map(|id| (id, s));
+    // A hook's one-shot container a killed run left (`[app.hooks]`) runs the new version's
+    // code on the tenant's data: it goes before anything is put back (nothing when none).
+    if let Err(e) = engine.remove(&crate::naming::hook(&j.pre_name)).await {
+        tracing::warn!("tenant {tenant}: a hook container may be left: {e}");
+    }
 
     let looked = async {
         let current = look(engine, &j.name).await?;

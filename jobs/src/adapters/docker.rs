@@ -355,6 +355,17 @@ pub struct DrillChanges {
     pub restart_replaced: String,
 }
 
+/// How a hook's container ended.
+#[derive(Debug, Clone)]
+pub struct HookRun {
+    /// Its exit code; none when it was killed for its timeout or the engine did not say.
+    pub exit: Option<i64>,
+    /// Killed after its `timeout_s`.
+    pub timed_out: bool,
+    /// Its last log lines.
+    pub tail: String,
+}
+
 fn derr(op: impl std::fmt::Display, container: Option<&str>, e: bollard::errors::Error) -> Error {
     Error::Docker { op: op.to_string(), container: container.map(str::to_string), source: Some(e) }
 }
@@ -994,6 +1005,63 @@ impl Engine {
         }
     }
 
+    /// Run a hook (`[app.hooks]`) to its end in a one-shot container named `name` made from
+    /// the tenant's `spec` on `image` ([`ContainerSpec::hook_body`]): created, started, waited
+    /// for at most `hook.timeout_s` (then killed), its last log lines read, removed whatever
+    /// happened. A container of that name left by an earlier, killed run is removed first.
+    pub async fn run_hook(
+        &self,
+        name: &str,
+        spec: &ContainerSpec,
+        image: &str,
+        hook: &crate::config::HookSpec,
+        env: Vec<String>,
+    ) -> Result<HookRun> {
+        let _ = self.remove(name).await;
+        let (body, extra) = spec.hook_body(image, hook, env);
+        self.create_body_named(name, body, extra, image).await?;
+        let r = self.wait_hook(name, hook.timeout_s).await;
+        let tail = self.log_tail(name, 20).await;
+        let _ = self.remove(name).await;
+        let (exit, timed_out) = r?;
+        Ok(HookRun { exit, timed_out, tail })
+    }
+
+    async fn wait_hook(&self, name: &str, timeout_s: u64) -> Result<(Option<i64>, bool)> {
+        self.start(name).await?;
+        // The wait is one long request: the client's own timeout must outlast the hook's.
+        let docker = self.docker.clone().with_timeout(Duration::from_secs(CLIENT_TIMEOUT_S + timeout_s));
+        let mut wait = docker.wait_container(name, None::<bollard::query_parameters::WaitContainerOptions>);
+        match tokio::time::timeout(Duration::from_secs(timeout_s), wait.next()).await {
+            Ok(Some(Ok(w))) => Ok((Some(w.status_code), false)),
+            Ok(Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. }))) => Ok((Some(code), false)),
+            Ok(Some(Err(e))) => Err(derr(format!("waiting for hook container {name}"), Some(name), e)),
+            Ok(None) => Ok((None, false)),
+            Err(_) => {
+                let _ = self.docker.kill_container(name, None::<bollard::query_parameters::KillContainerOptions>).await;
+                Ok((None, true))
+            }
+        }
+    }
+
+    /// The last `n` lines a container wrote (stdout and stderr), for a report.
+    async fn log_tail(&self, name: &str, n: usize) -> String {
+        let opts = bollard::query_parameters::LogsOptionsBuilder::default()
+            .stdout(true)
+            .stderr(true)
+            .tail(&n.to_string())
+            .build();
+        let mut logs = self.docker.logs(name, Some(opts));
+        let mut out = String::new();
+        while let Some(Ok(chunk)) = logs.next().await {
+            out.push_str(&String::from_utf8_lossy(&chunk.into_bytes()));
+            if out.len() > 4096 {
+                break;
+            }
+        }
+        out.trim_end().to_string()
+    }
+
     /// Create a drill's throw-away container from the tenant's `spec` (not started): the
     /// tenant's own image and settings, changed as [`ContainerSpec::drill_body`] says.
     /// Ok(Err(why)) when the tenant's settings cannot be drilled safely (nothing was created).
@@ -1486,6 +1554,50 @@ impl ContainerSpec {
 }
 
 impl ContainerSpec {
+    /// The create body of a hook's one-shot container: the container the tenant would run on
+    /// `image` (its env, mounts, user, working dir, networks) with the hook's command (and
+    /// entrypoint, if it gives one), `env` added, and nothing that would let anyone reach it as
+    /// the tenant or keep it: no network alias, no published port, restart `no`, only the
+    /// label naming it a hook (`traefik.enable=false`, so a router never routes to it).
+    pub fn hook_body(
+        &self,
+        image: &str,
+        hook: &crate::config::HookSpec,
+        env: Vec<String>,
+    ) -> (ContainerCreateBody, Vec<(String, EndpointSettings)>) {
+        let (mut body, mut extra) = self.create_body(image);
+        body.cmd = Some(hook.command.clone());
+        if let Some(e) = &hook.entrypoint {
+            body.entrypoint = Some(e.clone());
+        }
+        let mut all_env = body.env.take().unwrap_or_default();
+        all_env.extend(env);
+        body.env = Some(all_env);
+        body.labels = Some(
+            [("slipway.hook".to_string(), self.name()), ("traefik.enable".to_string(), "false".to_string())]
+                .into_iter()
+                .collect(),
+        );
+        body.healthcheck = None;
+        body.exposed_ports = None;
+        body.hostname = None;
+        if let Some(h) = body.host_config.as_mut() {
+            h.restart_policy = Some(RestartPolicy { name: Some(RestartPolicyNameEnum::NO), maximum_retry_count: None });
+            h.port_bindings = None;
+            h.publish_all_ports = Some(false);
+            h.auto_remove = Some(false);
+        }
+        if let Some(n) = body.networking_config.as_mut() {
+            for ep in n.endpoints_config.iter_mut().flat_map(|m| m.values_mut()) {
+                ep.aliases = None;
+            }
+        }
+        for (_, ep) in &mut extra {
+            ep.aliases = None;
+        }
+        (body, extra)
+    }
+
     /// The create body of a drill's throw-away container: the tenant's own image (by id, so
     /// exactly what runs) and operator settings — env, cmd, entrypoint, user, working dir,
     /// limits, read-only mounts — except: `drill.name`; only `drill.network`, with no alias of

@@ -33,6 +33,13 @@ pub fn is_set_aside(name: &str) -> bool {
     is_pre_rollout(name) || name.rsplit_once(STAGED).is_some_and(|(_, run)| run.parse::<RunId>().is_ok())
 }
 
+/// The name of the one-shot container a rollout runs a tenant's hook in (`[app.hooks]`),
+/// made from the prior container's set-aside name `pre_name` (so [`is_set_aside`] holds for
+/// it, and `recover` can tell it from the journal).
+pub fn hook(pre_name: &str) -> String {
+    format!("{pre_name}.hook")
+}
+
 /// What every drill container and network name starts with.
 const DRILL: &str = "slipway-drill-";
 

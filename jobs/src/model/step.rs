@@ -48,6 +48,10 @@ pub enum Step {
     /// Bring the rollout copy up to date (only what changed since the pre-copy): the copy is
     /// then exactly the data before the rollout.
     CopyDelta,
+    /// `[app.hooks] pre_switch` only: run the hook in a one-shot container of the new image
+    /// on the tenant's data (a migration, say), the data before it copied or archived. From
+    /// its begin the new version's code may have written the data, as from the start on.
+    PreSwitch,
     /// Journals of earlier versions only: rename the prior container aside, freeing the
     /// tenant's name (now the first half of [`Step::Switch`]).
     Rename,
@@ -69,7 +73,7 @@ pub enum Step {
 
 impl Step {
     /// Every step, in the order a tenant goes through them.
-    pub const ALL: [Step; 13] = [
+    pub const ALL: [Step; 14] = [
         Step::PreCopy,
         Step::Create,
         Step::Check,
@@ -77,6 +81,7 @@ impl Step {
         Step::DbDump,
         Step::Snapshot,
         Step::CopyDelta,
+        Step::PreSwitch,
         Step::Switch,
         Step::Start,
         Step::Health,
@@ -104,6 +109,7 @@ impl Step {
             Step::DbDump => "db-dump",
             Step::Snapshot => "snapshot",
             Step::CopyDelta => "copy-delta",
+            Step::PreSwitch => "pre-switch",
             Step::Rename => "rename",
             Step::Switch => "switch",
             Step::Start => "start",
@@ -120,10 +126,16 @@ impl Step {
         self == Step::DbDump
     }
 
+    /// Whether only a tenant whose app declares `[app.hooks] pre_switch` goes through this step
+    /// (its crash tests are in `tests/hooks.rs`).
+    pub fn needs_hook(self) -> bool {
+        self == Step::PreSwitch
+    }
+
     /// Whether the new version may have run on the data dir once this step has begun: undoing
     /// from here restores the data from the snapshot.
     pub fn new_version_may_have_run(self) -> bool {
-        self >= Step::Start
+        self >= Step::Start || self == Step::PreSwitch
     }
 
     /// Whether the new version has passed its health gate before this step begins: a signal
@@ -138,7 +150,9 @@ impl Step {
     /// begin stays a row of its own, written after the switch's end, so that a crash before it
     /// leaves a journal that says the new version never ran (and undo has no data to put back).
     pub fn journals_with(self, next: Step) -> bool {
-        let down = |s: Step| (Step::Stop..=Step::Health).contains(&s);
+        // The pre_switch hook's rows stand alone: it runs the new version's code (its begin
+        // must be on disk before), and it takes as long as the hook does.
+        let down = |s: Step| (Step::Stop..=Step::Health).contains(&s) && s != Step::PreSwitch;
         down(self) && down(next) && self < next && self.new_version_may_have_run() == next.new_version_may_have_run()
     }
 
@@ -588,6 +602,7 @@ mod tests {
             "undo-health-prior",
             "pre-copy",
             "copy-delta",
+            "pre-switch",
             "switch",
             "archive",
             "db-dump",
@@ -614,7 +629,10 @@ mod tests {
     fn steps_are_ordered_and_their_rules_follow_the_order() {
         assert!(Step::ALL.windows(2).all(|w| w[0] < w[1]));
         let may_have_run: Vec<Step> = Step::ALL.into_iter().filter(|s| s.new_version_may_have_run()).collect();
-        assert_eq!(may_have_run, [Step::Start, Step::Health, Step::Soak, Step::Archive, Step::Cleanup]);
+        assert_eq!(
+            may_have_run,
+            [Step::PreSwitch, Step::Start, Step::Health, Step::Soak, Step::Archive, Step::Cleanup]
+        );
         let after_gate: Vec<Step> = Step::ALL.into_iter().filter(|s| s.after_health_gate()).collect();
         assert_eq!(after_gate, [Step::Soak, Step::Archive, Step::Cleanup]);
         // Everything before the stop happens while the prior version still serves.

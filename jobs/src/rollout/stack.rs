@@ -193,7 +193,7 @@ impl StackRoll<'_> {
     fn applies(&self, step: Step) -> bool {
         match step {
             Step::PreCopy | Step::CopyDelta | Step::Archive => !self.j.mounts.is_empty(),
-            Step::Snapshot | Step::Rename | Step::DbDump => false,
+            Step::Snapshot | Step::Rename | Step::DbDump | Step::PreSwitch => false,
             Step::Soak => self.soak,
             Step::Cleanup => !self.run.keep_old,
             _ => true,
@@ -283,7 +283,7 @@ impl StackRoll<'_> {
             Step::Soak => self.soak().await,
             Step::Archive => self.archive().await,
             Step::Cleanup => self.cleanup().await,
-            Step::Snapshot | Step::Rename | Step::DbDump => Ok(()),
+            Step::Snapshot | Step::Rename | Step::DbDump | Step::PreSwitch => Ok(()),
         }
     }
 

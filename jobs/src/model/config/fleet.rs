@@ -284,6 +284,9 @@ pub struct App {
     /// Waves, order and failure budgets of its rollouts (`[app.rollout]`); the default is the
     /// canary, then one tenant at a time, halting at the first failure.
     pub rollout: super::rollout::RolloutSpec,
+    /// Commands the rollout runs per tenant in a one-shot container of the new image
+    /// (`[app.hooks]`).
+    pub hooks: super::hooks::Hooks,
 }
 
 impl App {
@@ -336,6 +339,8 @@ struct RawApp {
     database: Option<super::database::RawDatabase>,
     #[serde(default)]
     rollout: Option<super::rollout::RawRollout>,
+    #[serde(default)]
+    hooks: Option<super::hooks::RawHooks>,
 }
 /// Where the engine keeps the data of a `local` volume `<name>`: `<VOLUMES_DIR>/<name>/_data`
 /// (Docker's default root). On a host whose Docker root is elsewhere, give `data_dir` as the
@@ -544,6 +549,12 @@ impl RawApp {
                         not available for a stack yet); drop them (waves, order_by and the budgets apply)"
                 .into());
         }
+        let hooks = self.hooks.unwrap_or_default().validate()?;
+        if stack.is_some() && hooks != super::hooks::Hooks::default() {
+            return Err("[app.hooks]: a stack's rollout does not run hooks yet; drop them, or roll the app as a \
+                        single container"
+                .into());
+        }
         let tenant = |key: &str, s: String| s.parse::<TenantId>().map_err(|e| format!("{key}: {e}"));
         let canary = self.canary.map(|c| tenant("canary", c)).transpose()?;
         let hold = self.hold.into_iter().map(|h| tenant("hold", h)).collect::<std::result::Result<_, _>>()?;
@@ -567,6 +578,7 @@ impl RawApp {
             stack,
             database,
             rollout,
+            hooks,
         })
     }
 }

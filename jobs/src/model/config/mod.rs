@@ -6,6 +6,7 @@
 
 pub mod database;
 pub mod fleet;
+pub mod hooks;
 pub mod host;
 pub mod notify;
 pub mod rollout;
@@ -14,6 +15,7 @@ pub mod window;
 
 pub use database::*;
 pub use fleet::*;
+pub use hooks::{HookSpec, Hooks, HOOK_SKIP};
 pub use host::*;
 pub use notify::{Format, NotifyLevel, SmtpTls, Target};
 pub use rollout::{LabelExpr, OnBudget, RolloutSpec, WaveSize, WaveSpec};

@@ -1,0 +1,135 @@
+//! Lifecycle hooks (`[app.hooks] pre_switch`): a one-shot container of the new image on the
+//! tenant's data, run after its data is copied and before the switch. What an operator checks:
+//! the migration ran with the tenant's data and env; a hook that fails, times out or asks to
+//! skip leaves the tenant on its prior container with its data byte for byte as before (what
+//! the hook wrote undone); a kill at the hook's step is undone by `recover`; no hook container
+//! is ever left.
+
+use crate::support::{tree_hash, Sandbox};
+
+/// A fleet rolling to `image` with a `pre_switch` hook running `script` (busybox sh) with
+/// `timeout_s`.
+fn hooked(s: &Sandbox, image: &str, script: &str, timeout_s: u64) -> String {
+    s.fleet_app(
+        image,
+        &format!(
+            "[app.hooks.pre_switch]\nentrypoint = [\"/bin/busybox\", \"sh\", \"-c\"]\ncommand = [{}]\ntimeout_s = {timeout_s}\n",
+            serde_json::to_string(script).unwrap()
+        ),
+    )
+}
+
+/// The hook containers of the tenant container `name` (they carry none of its labels; their
+/// name starts with its own, and so with this sandbox's id).
+fn hook_containers(name: &str) -> Vec<String> {
+    let out = std::process::Command::new("docker").args(["ps", "-a", "--format", "{{.Names}}"]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|n| n.starts_with(name) && n.ends_with(".hook"))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn a_pre_switch_hook_runs_in_the_new_image_on_the_tenants_data_with_its_env_before_the_switch() {
+    let s = Sandbox::new();
+    let v1 = s.push_fixture_as("v1", "app");
+    let v2 = s.push_fixture_as("v2", "app");
+    let a = s.add_tenant("t1", &v1);
+    let b = s.add_tenant("t2", &v1);
+    s.write_data("t1", "rows.txt", "t1 rows\n");
+    let script = "echo \"$SLIPWAY_HOOK $SLIPWAY_TENANT $SLIPWAY_NEW_DIGEST $SLIPWAY_WAVE $TENANT\" > /data/migrated";
+    s.write_fleet(&hooked(&s, &v2, script, 60));
+    let out = s.slipway(&["rollout", "--json"]);
+    assert_eq!(out.code, 0, "{} {}", out.stdout, out.stderr);
+    let digest = v2.split('@').nth(1).unwrap();
+    for (t, name, wave) in [("t1", &a, "canary"), ("t2", &b, "rest")] {
+        assert_eq!(s.image_of(name), v2, "{t}");
+        let m = std::fs::read_to_string(s.data_dir(t).join("migrated")).unwrap();
+        // The tenant's own env (TENANT) is the container's; the hook's is added.
+        assert_eq!(m.trim(), format!("pre_switch {t} {digest} {wave} {t}"), "{t}");
+    }
+    assert_eq!(std::fs::read_to_string(s.data_dir("t1").join("rows.txt")).unwrap(), "t1 rows\n");
+    let t = &out.json()["report"]["apps"][0]["tenants"][0];
+    assert!(t["timings"]["pre_switch_ms"].as_u64().is_some(), "{t}");
+    assert!(hook_containers(&a).is_empty() && hook_containers(&b).is_empty());
+}
+
+#[test]
+fn a_hook_that_fails_times_out_or_skips_leaves_the_tenant_as_it_was_with_its_data() {
+    for (case, script, timeout_s, code, outcome, words) in [
+        (
+            "fails",
+            "echo broken > /data/rows.txt; echo 'migration 7 failed' >&2; exit 3",
+            60,
+            3,
+            "restored",
+            "exited 3: migration 7 failed",
+        ),
+        (
+            "times out",
+            "echo broken > /data/rows.txt; exec /bin/busybox sleep 60",
+            2,
+            3,
+            "restored",
+            "timed out after 2 s",
+        ),
+        ("skips", "echo broken > /data/rows.txt; exit 75", 60, 0, "skipped", "exited 75 (skip this tenant)"),
+    ] {
+        let s = Sandbox::new();
+        let v1 = s.push_fixture_as("v1", "app");
+        let v2 = s.push_fixture_as("v2", "app");
+        let name = s.add_tenant("t1", &v1);
+        s.write_data("t1", "rows.txt", "t1 rows\n");
+        s.write_data("t1", "db/ledger", &"entry\n".repeat(1000));
+        let before = tree_hash(&s.data_dir("t1"));
+        let id = s.inspect(&name)["Id"].clone();
+        s.write_fleet(&hooked(&s, &v2, script, timeout_s));
+        let out = s.slipway(&["rollout", "--json"]);
+        assert_eq!(out.code, code, "{case}: {} {}", out.stdout, out.stderr);
+        let t = &out.json()["report"]["apps"][0]["tenants"][0];
+        assert_eq!(t["outcome"], outcome, "{case}: {t}");
+        assert!(t["detail"].as_str().unwrap_or_default().contains(words), "{case}: {t}");
+        assert_eq!(s.inspect(&name)["Id"], id, "{case}: the prior container must be the one it had");
+        assert_eq!(s.image_of(&name), v1, "{case}");
+        assert_eq!(s.inspect(&name)["State"]["Running"], true, "{case}");
+        assert_eq!(tree_hash(&s.data_dir("t1")), before, "{case}: what the hook wrote must be undone");
+        assert!(hook_containers(&name).is_empty(), "{case}: {:?}", hook_containers(&name));
+    }
+}
+
+#[test]
+fn a_rollout_killed_at_its_hook_step_is_undone_by_recover_with_the_data_as_before() {
+    use slipway_jobs::step::Step;
+    for point in [Step::PreSwitch.during().to_string(), Step::PreSwitch.after().to_string()] {
+        let s = Sandbox::new();
+        let v1 = s.push_fixture_as("v1", "app");
+        let v2 = s.push_fixture_as("v2", "app");
+        let name = s.add_tenant("t1", &v1);
+        s.write_data("t1", "rows.txt", "t1 rows\n");
+        let before = tree_hash(&s.data_dir("t1"));
+        s.write_fleet(&hooked(&s, &v2, "echo migrated > /data/rows.txt", 60));
+        let out = s.slipway_env(&["rollout", "--json"], &[("SLIPWAY_TEST_CRASH_AT", point.as_str())]);
+        assert!(out.stderr.contains(&format!("slipway test point reached: {point}")), "{point}: {}", out.stderr);
+        assert_eq!(out.code, -1, "{point}");
+        let rec = s.slipway(&["recover", "--json"]);
+        assert_eq!(rec.code, 0, "{point}: {} {}", rec.stdout, rec.stderr);
+        assert_eq!(s.image_of(&name), v1, "{point}");
+        assert_eq!(s.inspect(&name)["State"]["Running"], true, "{point}");
+        assert_eq!(tree_hash(&s.data_dir("t1")), before, "{point}: the hook's write must be undone");
+        assert!(hook_containers(&name).is_empty(), "{point}: {:?}", hook_containers(&name));
+    }
+}
+
+#[test]
+fn bad_hooks_are_refused_naming_the_key_and_nothing_is_touched() {
+    let s = Sandbox::new();
+    let v1 = s.push_fixture_as("v1", "app");
+    let v2 = s.push_fixture_as("v2", "app");
+    let name = s.add_tenant("t1", &v1);
+    s.write_fleet(&s.fleet_app(&v2, "[app.hooks.pre_switch]\ncommand = []\n"));
+    let out = s.slipway(&["rollout"]);
+    assert_eq!(out.code, 2, "{} {}", out.stdout, out.stderr);
+    assert!(out.stderr.contains("hooks.pre_switch.command"), "{}", out.stderr);
+    assert_eq!(s.image_of(&name), v1);
+}
