@@ -634,3 +634,52 @@ fn a_window_that_closes_pauses_the_run_at_the_wave_boundary_and_reconcile_resume
     }
     assert!(!s.slipway(&["status"]).stdout.contains("PAUSED"));
 }
+
+#[test]
+fn a_wave_under_its_min_healthy_or_past_its_progress_deadline_pauses_the_run_before_the_next_wave() {
+    for (case, extra, words) in [
+        // Failures within the run's budget (5), but the wave wants every tenant healthy.
+        (
+            "min_healthy",
+            "max_failed = 5\n[[app.rollout.waves]]\ncount = 3\nmin_healthy = 1.0\n",
+            "under its min_healthy = 1",
+        ),
+        // Each tenant of the wave bakes 2 s: past 1 s the wave starts no one more.
+        (
+            "progress_deadline_s",
+            "[[app.rollout.waves]]\ncount = 3\nbake_s = 2\nprogress_deadline_s = 1\n",
+            "did not finish within its progress_deadline_s = 1",
+        ),
+    ] {
+        let s = Sandbox::new();
+        let v1 = s.push_fixture_as("v1", "app");
+        let v2 = s.push_fixture_as("v2", "app");
+        let tenants = fleet(&s, 6, &v1);
+        if case == "min_healthy" {
+            s.write_data("t01", "refuse-v2", "not with v2\n");
+        }
+        let hashes: BTreeMap<String, String> =
+            tenants.iter().map(|(t, _)| (t.clone(), tree_hash(&s.data_dir(t)))).collect();
+        s.write_fleet(&s.fleet_app(&v2, &format!("[app.rollout]\n{extra}")));
+        let out = s.slipway(&["rollout", "--json"]);
+        assert_eq!(out.code, 3, "{case}: {} {}", out.stdout, out.stderr);
+        let app = out.report::<Rollout>().apps.remove(0);
+        let json = out.json();
+        let report = &json["report"]["apps"][0];
+        assert_eq!(report["paused"], true, "{case}: {report}");
+        assert!(out.stdout.contains(words), "{case}: {}", out.stdout);
+        // The last wave never started: its tenants are untouched, on v1 with their data.
+        let rest = &app.waves.last().unwrap().tenants;
+        for t in rest {
+            let r = app.tenants.iter().find(|r| &r.tenant == t).unwrap();
+            assert_eq!(r.outcome, "not_reached", "{case}: {t}");
+        }
+        for (t, name) in &tenants {
+            assert_eq!(s.inspect(name)["State"]["Running"], true, "{case}: {t}");
+            assert_eq!(&tree_hash(&s.data_dir(t)), &hashes[t], "{case}: {t}");
+            if rest.contains(t) {
+                assert_eq!(s.image_of(name), v1, "{case}: {t}");
+            }
+        }
+    }
+}

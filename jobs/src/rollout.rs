@@ -558,6 +558,9 @@ async fn rollout_app(
     // boundary: no tenant of that wave starts; reconcile resumes it once the window opens.
     let labels = tenant_labels(containers, members);
     let mut window_closed: Option<String> = None;
+    // A wave that missed its progress_deadline_s or ended under its min_healthy: the run is
+    // over its budget there, whatever its failures.
+    let mut budget_why: Option<String> = None;
     for (k, wave) in waves.iter().enumerate() {
         if k > 0 && outcome == ExitKind::Success && error.is_none() && !ctx.cancel.is_cancelled() {
             let now = crate::context::window_now(true);
@@ -568,8 +571,10 @@ async fn rollout_app(
                 break;
             }
         }
-        let mut queue = wave.tenants.iter().filter_map(|t| at.get(t).copied());
+        let mut queue = wave.tenants.iter().filter_map(|t| at.get(t).copied()).peekable();
         let mut running = futures_util::stream::FuturesUnordered::new();
+        let wave_started = Instant::now();
+        let mut deadline_passed = false;
         // A gating tenant is in flight: nothing starts beside it.
         let mut gating = false;
         loop {
@@ -581,6 +586,12 @@ async fn rollout_app(
                 && !gating
                 && running.len() < wave.max_parallel
             {
+                if queue.peek().is_some()
+                    && wave.progress_deadline_s.is_some_and(|d| wave_started.elapsed() >= Duration::from_secs(d))
+                {
+                    deadline_passed = true;
+                    break;
+                }
                 let Some(n) = queue.next() else { break };
                 let item = &plan.items[n];
                 // The canary soaks only when it gates tenants after it; a wave's tenants bake.
@@ -654,6 +665,37 @@ async fn rollout_app(
                 crate::context::crash_point("wave-tenant-done");
             }
         }
+        // The wave is done: did it keep its deadline and its share of healthy tenants?
+        if outcome == ExitKind::Success && error.is_none() && !ctx.cancel.is_cancelled() {
+            let ended: Vec<&TenantReport> = wave
+                .tenants
+                .iter()
+                .filter_map(|t| at.get(t).and_then(|n| done[*n].as_ref()))
+                .filter(|r| r.outcome != TenantOutcome::Skipped)
+                .collect();
+            let healthy = ended.iter().filter(|r| r.outcome == TenantOutcome::Rolled).count();
+            let short = if deadline_passed {
+                Some(format!(
+                    "{} did not finish within its progress_deadline_s = {}",
+                    wave.name,
+                    wave.progress_deadline_s.unwrap_or_default()
+                ))
+            } else {
+                wave.min_healthy.filter(|m| !ended.is_empty() && (healthy as f64) < m * ended.len() as f64).map(|m| {
+                    format!(
+                        "{}: {healthy} of {} tenant(s) healthy, under its min_healthy = {m}",
+                        wave.name,
+                        ended.len()
+                    )
+                })
+            };
+            if let Some(why) = short {
+                over_in.get_or_insert(wave.index);
+                outcome = ExitKind::Halted;
+                budget_why = Some(why);
+                break;
+            }
+        }
     }
     if let Some(e) = error {
         return Err(e);
@@ -697,11 +739,16 @@ async fn rollout_app(
             } else {
                 String::new()
             };
-            format!(
-                "app {}: HALTED at tenant {}: restored to its prior container and data{all}; {rolled} rolled, {untouched} untouched",
-                app.name,
-                t.map_or("?", |t| t.tenant.as_str()),
-            )
+            match (&budget_why, t) {
+                (Some(why), _) => {
+                    format!("app {}: HALTED over its budget: {why}; {rolled} rolled, {untouched} untouched", app.name)
+                }
+                (None, t) => format!(
+                    "app {}: HALTED at tenant {}: restored to its prior container and data{all}; {rolled} rolled, {untouched} untouched",
+                    app.name,
+                    t.map_or("?", |t| t.tenant.as_str()),
+                ),
+            }
         }
         ExitKind::Interrupted => {
             format!("app {}: interrupted; {rolled} tenant(s) rolled, no tenant left stopped", app.name)
@@ -751,7 +798,8 @@ async fn rollout_app(
     // The pause is recorded before the run is finished: a run that ends over its budget is
     // never seen finished and not paused.
     if let Some((OnBudget::Pause | OnBudget::RollbackWave, _)) = on_budget {
-        let reason = format!("{failed} tenant(s) failed, over the failure budget");
+        let reason =
+            budget_why.clone().unwrap_or_else(|| format!("{failed} tenant(s) failed, over the failure budget"));
         ctx.store.pause_run(ctx.run_id.as_str(), &app.name, "budget", &reason)?;
         // A test's kill with the pause recorded and the run not yet finished.
         crate::context::crash_point("rollout-paused");

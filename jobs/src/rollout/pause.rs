@@ -173,6 +173,8 @@ pub(crate) async fn resume(ctx: &mut Ctx, opts: &RolloutOptions, id: &RunId) -> 
                 tenants: Vec::new(),
                 max_parallel: r.max_parallel.max(1) as usize,
                 bake_s: r.bake_s.max(0) as u64,
+                min_healthy: Wave::limits_of(&app.rollout, &r.name).0,
+                progress_deadline_s: Wave::limits_of(&app.rollout, &r.name).1,
             })
             .tenants
             .push(t);

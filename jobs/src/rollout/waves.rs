@@ -27,6 +27,27 @@ pub struct Wave {
     pub max_parallel: usize,
     /// Seconds each tenant soaks after its health gate.
     pub bake_s: u64,
+    /// The share of its tenants that must end rolled for the run to go on past it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min_healthy: Option<f64>,
+    /// Seconds from its first start within which it must be done.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub progress_deadline_s: Option<u64>,
+}
+
+impl Wave {
+    /// `min_healthy` and `progress_deadline_s` of the wave named `name` (as [`cut`] names
+    /// them) under `spec`: a resumed run's waves, read back by name, take them from here.
+    pub fn limits_of(spec: &RolloutSpec, name: &str) -> (Option<f64>, Option<u64>) {
+        if name == "rest" {
+            return (spec.min_healthy, spec.progress_deadline_s);
+        }
+        let n = name.strip_prefix("wave ").and_then(|n| n.parse::<usize>().ok());
+        match n.and_then(|n| spec.waves.get(n.wrapping_sub(1))) {
+            Some(w) => (w.min_healthy, w.progress_deadline_s),
+            None => (None, None),
+        }
+    }
 }
 
 /// Cut `items` (the plan, canary first) into waves and reorder `items` to follow them.
@@ -52,6 +73,8 @@ pub fn cut(
             tenants: vec![c.tenant.clone()],
             max_parallel: 1,
             bake_s: 0,
+            min_healthy: None,
+            progress_deadline_s: None,
         });
         out.push(c);
     }
@@ -81,6 +104,8 @@ pub fn cut(
             tenants: taken.iter().map(|i| i.tenant.clone()).collect(),
             max_parallel: parallel(w.max_parallel),
             bake_s: w.bake_s,
+            min_healthy: w.min_healthy,
+            progress_deadline_s: w.progress_deadline_s,
         });
         out.extend(taken);
     }
@@ -92,6 +117,8 @@ pub fn cut(
             tenants: rest.iter().map(|i| i.tenant.clone()).collect(),
             max_parallel: parallel(spec.max_parallel),
             bake_s: 0,
+            min_healthy: spec.min_healthy,
+            progress_deadline_s: spec.progress_deadline_s,
         });
         out.extend(rest);
     }
@@ -172,8 +199,17 @@ mod tests {
                     size: WaveSize::Percent(10.0),
                     max_parallel: 4,
                     bake_s: 2,
+                    min_healthy: None,
+                    progress_deadline_s: None,
                 },
-                WaveSpec { select: LabelExpr::default(), size: WaveSize::Count(3), max_parallel: 2, bake_s: 0 },
+                WaveSpec {
+                    select: LabelExpr::default(),
+                    size: WaveSize::Count(3),
+                    max_parallel: 2,
+                    bake_s: 0,
+                    min_healthy: None,
+                    progress_deadline_s: None,
+                },
             ],
             ..RolloutSpec::default()
         };

@@ -109,6 +109,12 @@ pub struct WaveSpec {
     /// Seconds each tenant of the wave soaks after its health gate (checked again, undone
     /// with its data if it failed) before the next wave starts.
     pub bake_s: u64,
+    /// The share (0..1] of the wave's tenants that must end on the new version for the run to
+    /// go on past it; below it the run is over its budget (`on_budget`).
+    pub min_healthy: Option<f64>,
+    /// Seconds from the wave's first start within which it must be done; past them no further
+    /// tenant of it starts and the run is over its budget (`on_budget`).
+    pub progress_deadline_s: Option<u64>,
 }
 
 /// What a run does once its failed tenants go over the budget (each failed tenant is rolled
@@ -169,6 +175,10 @@ pub struct RolloutSpec {
     pub pause_timeout_s: u64,
     /// Maintenance windows: when which tenants may be rolled.
     pub windows: Vec<super::window::WindowSpec>,
+    /// `min_healthy` of the last wave (the tenants no wave took).
+    pub min_healthy: Option<f64>,
+    /// `progress_deadline_s` of the last wave.
+    pub progress_deadline_s: Option<u64>,
 }
 
 impl Default for RolloutSpec {
@@ -183,6 +193,8 @@ impl Default for RolloutSpec {
             on_budget: OnBudget::Halt,
             pause_timeout_s: DEFAULT_PAUSE_TIMEOUT_S,
             windows: Vec::new(),
+            min_healthy: None,
+            progress_deadline_s: None,
         }
     }
 }
@@ -216,6 +228,8 @@ pub(crate) struct RawRollout {
     pause_timeout_s: Option<u64>,
     #[serde(default)]
     windows: Vec<super::window::RawWindow>,
+    min_healthy: Option<f64>,
+    progress_deadline_s: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -227,6 +241,8 @@ struct RawWave {
     max_parallel: Option<usize>,
     #[serde(default)]
     bake_s: u64,
+    min_healthy: Option<f64>,
+    progress_deadline_s: Option<u64>,
 }
 
 impl RawRollout {
@@ -255,6 +271,18 @@ impl RawRollout {
                         seconds a paused run waits for `rollout resume` or `abort`, e.g. 86400"
                 .into());
         }
+        let healthy = |key: &str, v: Option<f64>| match v {
+            Some(m) if !(m > 0.0 && m <= 1.0) => {
+                Err(format!("{key} = {m}: give a share above 0 and at most 1 (0.9 = nine tenants in ten)"))
+            }
+            _ => Ok(v),
+        };
+        let deadline = |key: &str, v: Option<u64>| match v {
+            Some(0) => Err(format!("{key} = 0: give the seconds a wave may take, e.g. 1800")),
+            _ => Ok(v),
+        };
+        let min_healthy = healthy("rollout.min_healthy", self.min_healthy)?;
+        let progress_deadline_s = deadline("rollout.progress_deadline_s", self.progress_deadline_s)?;
         let mut waves = Vec::new();
         for (i, w) in self.waves.into_iter().enumerate() {
             let at = format!("rollout.waves[{i}]");
@@ -271,7 +299,14 @@ impl RawRollout {
                 (None, None) => WaveSize::All,
             };
             let max_parallel = parallel(&format!("{at}.max_parallel"), w.max_parallel)?;
-            waves.push(WaveSpec { select, size, max_parallel, bake_s: w.bake_s });
+            waves.push(WaveSpec {
+                select,
+                size,
+                max_parallel,
+                bake_s: w.bake_s,
+                min_healthy: healthy(&format!("{at}.min_healthy"), w.min_healthy)?,
+                progress_deadline_s: deadline(&format!("{at}.progress_deadline_s"), w.progress_deadline_s)?,
+            });
         }
         Ok(RolloutSpec {
             max_parallel,
@@ -289,6 +324,8 @@ impl RawRollout {
                 .enumerate()
                 .map(|(i, w)| w.validate(&format!("rollout.windows[{i}]")))
                 .collect::<std::result::Result<_, _>>()?,
+            min_healthy,
+            progress_deadline_s,
         })
     }
 }
@@ -374,6 +411,9 @@ mod tests {
             ("[[waves]]\nselect = \"tier\"", "rollout.waves[0].select"),
             ("downtime_budget_ms = 0", "downtime_budget_ms = 0"),
             ("pause_timeout_s = 0", "pause_timeout_s = 0"),
+            ("min_healthy = 1.5", "rollout.min_healthy = 1.5"),
+            ("[[waves]]\nmin_healthy = 0", "rollout.waves[0].min_healthy = 0"),
+            ("[[waves]]\nprogress_deadline_s = 0", "rollout.waves[0].progress_deadline_s = 0"),
             ("on_budget = \"wait\"", "on_budget"),
         ] {
             let e = parse(text).unwrap_err();
