@@ -25,6 +25,7 @@ mod rollout;
 mod safety;
 mod stack;
 mod stack_backup;
+mod stack_rollback;
 mod systemd;
 mod trust;
 mod undo_errors;

@@ -505,6 +505,11 @@ pub struct ServiceJournal {
     pub old_image: String,
     /// Digest it ran.
     pub old_digest: Option<String>,
+    /// The id of the prior container's image: what `rollback` recreates it from once the run
+    /// removed it (a tag moved since never gives the service another version). None in
+    /// journals of earlier versions (`old_image` is used then).
+    #[serde(default)]
+    pub old_image_id: Option<String>,
     /// Image reference rolled to.
     pub new_image: String,
     /// Id of the new container, once created.
