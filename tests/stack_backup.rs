@@ -453,3 +453,68 @@ fn an_unchanged_stack_reuses_each_mount_archive_and_prune_takes_every_part_of_an
     let (r_app, r_side) = extracted(&s, &t1.project, &[]);
     assert_eq!((tree(&r_app), tree(&r_side)), data);
 }
+
+/// A stack tenant snapshotted, then written to ("newer"), then restored from the snapshot:
+/// the tenant, the restore's run id, the volumes' trees as restored and as they were newer.
+fn restored_over_newer(s: &Sandbox) -> (Compose, String, (String, String), (String, String)) {
+    let img = images(s);
+    let t1 = compose_tenant(s, "t1", &img);
+    let (app_vol, side_vol) = vols(&t1);
+    std::fs::create_dir_all(app_vol.join("db")).unwrap();
+    std::fs::write(app_vol.join("db/records.txt"), "customer row\n".repeat(200)).unwrap();
+    s.write_fleet(&stack_fleet(s, &img.app, &img.worker, &img.side, ""));
+    let out = s.slipway(&["snapshot", "--json"]);
+    assert_eq!(out.code, 0, "{} {}", out.stdout, out.stderr);
+    let snap = (tree(&app_vol), tree(&side_vol));
+    std::fs::write(app_vol.join("db/records.txt"), "rows written after the snapshot\n").unwrap();
+    std::fs::write(side_vol.join("newer"), "newer").unwrap();
+    let newer = (tree(&app_vol), tree(&side_vol));
+    let out = s.slipway(&["restore", "--latest", "--tenant", &t1.project, "--json"]);
+    assert_eq!(out.code, 0, "{} {}", out.stdout, out.stderr);
+    assert_eq!((tree(&app_vol), tree(&side_vol)), snap);
+    let run = out.json()["run_id"].as_str().unwrap().to_string();
+    (t1, run, snap, newer)
+}
+
+#[test]
+fn restore_run_of_a_stack_restore_puts_back_what_every_mount_held_with_the_writers_stopped_and_started() {
+    let s = Sandbox::new();
+    let (t1, run, snap, newer) = restored_over_newer(&s);
+    let (app_vol, side_vol) = vols(&t1);
+    let before: Vec<_> = ["app", "side", "worker"].map(|x| looks(&s, &t1.container(x))).to_vec();
+    let worker_started = s.inspect(&t1.container("worker"))["State"]["StartedAt"].clone();
+    let dry = s.slipway(&["restore", "--run", &run, "--tenant", &t1.project, "--dry-run"]);
+    assert_eq!(dry.code, 0, "{} {}", dry.stdout, dry.stderr);
+    assert!(dry.stdout.contains("would stop"), "{}", dry.stdout);
+    assert_eq!((tree(&app_vol), tree(&side_vol)), snap, "the dry run touched a volume");
+
+    let out = s.slipway(&["restore", "--run", &run, "--tenant", &t1.project, "--json"]);
+    assert_eq!(out.code, 0, "{} {}", out.stdout, out.stderr);
+    // Every mount has what it held before that restore again, byte for byte.
+    assert_eq!((tree(&app_vol), tree(&side_vol)), newer, "a mount did not get its data back");
+    // The same containers, running; the worker (no data) never stopped.
+    let now: Vec<_> = ["app", "side", "worker"].map(|x| looks(&s, &t1.container(x))).to_vec();
+    assert_eq!(now, before);
+    assert_eq!(s.inspect(&t1.container("worker"))["State"]["StartedAt"], worker_started, "the worker was stopped");
+    // What each mount held (the snapshot's data) is kept in turn.
+    let mounts = out.json()["report"]["mounts"].as_array().cloned().unwrap_or_default();
+    assert_eq!(mounts.len(), 2, "{}", out.stdout);
+    let kept: Vec<String> =
+        mounts.iter().map(|m| tree(Path::new(m["replaced"].as_str().expect("replaced data not kept")))).collect();
+    assert!(kept.contains(&snap.0) && kept.contains(&snap.1), "{}", out.stdout);
+}
+
+#[test]
+fn restore_run_of_a_stack_restore_killed_between_its_swaps_is_undone_by_recover() {
+    let s = Sandbox::new();
+    let (t1, run, snap, _) = restored_over_newer(&s);
+    let (app_vol, side_vol) = vols(&t1);
+    let before: Vec<_> = ["app", "side", "worker"].map(|x| looks(&s, &t1.container(x))).to_vec();
+    let point = "restore-stack-swapped-one";
+    s.slipway_killed_at(&["restore", "--run", &run, "--tenant", &t1.project], point);
+    let rec = s.slipway(&["recover", "--json"]);
+    assert_eq!(rec.code, 0, "{} {}", rec.stdout, rec.stderr);
+    assert_eq!((tree(&app_vol), tree(&side_vol)), snap, "a mount was not put back by recover");
+    let now: Vec<_> = ["app", "side", "worker"].map(|x| looks(&s, &t1.container(x))).to_vec();
+    assert_eq!(now, before, "the stack is not back as it was");
+}
