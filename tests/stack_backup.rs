@@ -518,3 +518,46 @@ fn restore_run_of_a_stack_restore_killed_between_its_swaps_is_undone_by_recover(
     let now: Vec<_> = ["app", "side", "worker"].map(|x| looks(&s, &t1.container(x))).to_vec();
     assert_eq!(now, before, "the stack is not back as it was");
 }
+
+/// A stack drill killed at each of its steps — its scratch copies extracted, one service of
+/// the drill started, all started, all healthy, halfway through its cleanup — leaves its
+/// containers, network and scratch dirs to `recover`, which removes them all; the live stack
+/// is only looked at (the same containers, never restarted, its volumes as they were).
+#[test]
+fn a_stack_drill_killed_at_each_of_its_steps_leaves_nothing_after_recover_and_the_live_stack_untouched() {
+    let s = Sandbox::new();
+    let img = images(&s);
+    let t1 = compose_tenant(&s, "t1", &img);
+    let (app_vol, side_vol) = vols(&t1);
+    std::fs::create_dir_all(app_vol.join("db")).unwrap();
+    std::fs::write(app_vol.join("db/records.txt"), "customer row\n".repeat(100)).unwrap();
+    s.write_fleet(&stack_fleet(&s, &img.app, &img.worker, &img.side, ""));
+    assert_eq!(s.slipway(&["snapshot"]).code, 0);
+    let live = || {
+        let c: Vec<_> = ["app", "side", "worker"]
+            .map(|x| {
+                let i = s.inspect(&t1.container(x));
+                (i["Id"].clone(), i["State"]["StartedAt"].clone(), i["State"]["Running"].clone())
+            })
+            .to_vec();
+        (c, tree(&app_vol), tree(&side_vol))
+    };
+    let before = live();
+    for point in [
+        "drill-after-extract",
+        "drill-stack-started-one",
+        "drill-after-start",
+        "drill-healthy",
+        "drill-stack-cleanup-halfway",
+    ] {
+        s.slipway_killed_at(&["drill", "--tenant", &t1.project, "--latest"], point);
+        assert!(!drill_leftovers(&s, &t1.project).is_empty(), "{point}: the kill left nothing to recover");
+        let rec = s.slipway(&["recover", "--json"]);
+        assert_eq!(rec.code, 0, "{point}: {} {}", rec.stdout, rec.stderr);
+        assert!(drill_leftovers(&s, &t1.project).is_empty(), "{point}: {:?}", drill_leftovers(&s, &t1.project));
+        assert_eq!(live(), before, "{point}: the live stack changed");
+    }
+    let runs = s.slipway(&["runs", "--json"]).report::<crate::support::reports::Runs>().runs;
+    let drills: Vec<_> = runs.iter().filter(|r| r.job == "drill").map(|r| r.outcome.clone()).collect();
+    assert_eq!(drills, vec![Some("recovered".to_string()); 5], "{runs:?}");
+}
