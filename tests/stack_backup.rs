@@ -561,3 +561,86 @@ fn a_stack_drill_killed_at_each_of_its_steps_leaves_nothing_after_recover_and_th
     let drills: Vec<_> = runs.iter().filter(|r| r.job == "drill").map(|r| r.outcome.clone()).collect();
     assert_eq!(drills, vec![Some("recovered".to_string()); 5], "{runs:?}");
 }
+
+/// A Postgres of a stack tenant (`[app.database]`), outside its compose project, as operators
+/// often run it: the pg fixture, a database `app` with a table of customer rows.
+struct StackPg(String);
+
+impl Drop for StackPg {
+    fn drop(&mut self) {
+        let _ = Command::new("docker").args(["rm", "-f", "-v", &self.0]).output();
+    }
+}
+
+impl StackPg {
+    fn sql(&self, sql: &str) -> Option<String> {
+        let o = Command::new("docker")
+            .args(["exec", &self.0, "psql", "-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-U", "postgres"])
+            .args(["-d", "app", "-c", sql])
+            .output()
+            .ok()?;
+        o.status.success().then(|| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    }
+}
+
+#[test]
+fn a_stack_snapshot_with_database_dumps_is_restored_with_its_database_replayed_and_every_volume_back() {
+    let s = Sandbox::new();
+    let img = images(&s);
+    let t1 = compose_tenant(&s, "t1", &img);
+    let (app_vol, side_vol) = vols(&t1);
+    let pg = StackPg(format!("{}-pg-{}", s.id(), t1.project));
+    let label = format!("slipway.test.db={}", s.id());
+    docker(&["run", "-d", "--name", &pg.0, "--label", &label, crate::support::Env::get().fixture("pg")]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while Command::new("docker")
+        .args(["exec", &pg.0, "psql", "-U", "postgres", "-c", "select 1"])
+        .output()
+        .map_or(true, |o| !o.status.success())
+    {
+        assert!(std::time::Instant::now() < deadline, "the pg fixture did not come up");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    docker(&["exec", &pg.0, "psql", "-U", "postgres", "-c", "create database app"]);
+    pg.sql("create table customers (id int primary key, name text); insert into customers select g, 'customer ' || g from generate_series(1, 500) g").unwrap();
+    std::fs::create_dir_all(app_vol.join("db")).unwrap();
+    std::fs::write(app_vol.join("db/records.txt"), "customer row\n".repeat(100)).unwrap();
+    let db = format!(
+        "[app.database]\nkind = \"postgres\"\ncontainer = \"{}-pg-{{tenant}}\"\ndatabases = [\"app\"]\nuser = \"postgres\"\n",
+        s.id()
+    );
+    s.write_fleet(&stack_fleet(&s, &img.app, &img.worker, &img.side, &db));
+    let out = s.slipway(&["snapshot", "--json"]);
+    assert_eq!(out.code, 0, "{} {}", out.stdout, out.stderr);
+    let snap = (tree(&app_vol), tree(&side_vol));
+    let rows = || pg.sql("select count(*) || ':' || md5(string_agg(name, ',' order by id)) from customers").unwrap();
+    let rows_then = rows();
+    // After the snapshot: rows deleted, files changed.
+    pg.sql("delete from customers where id > 100; insert into customers values (9999, 'newer')").unwrap();
+    std::fs::write(app_vol.join("db/records.txt"), "newer\n").unwrap();
+    std::fs::write(side_vol.join("newer"), "newer").unwrap();
+    assert_ne!(rows(), rows_then);
+    let before: Vec<_> = ["app", "side", "worker"].map(|x| looks(&s, &t1.container(x))).to_vec();
+
+    let out = s.slipway(&["restore", "--latest", "--tenant", &t1.project, "--json"]);
+    assert_eq!(out.code, 0, "{} {}", out.stdout, out.stderr);
+    assert_eq!(out.json()["report"]["databases"], 1, "{}", out.stdout);
+    // The database as the snapshot took it, every volume byte-identical, every container back.
+    assert_eq!(rows(), rows_then, "the database was not replayed");
+    assert_eq!((tree(&app_vol), tree(&side_vol)), snap);
+    let now: Vec<_> = ["app", "side", "worker"].map(|x| looks(&s, &t1.container(x))).to_vec();
+    assert_eq!(now, before);
+
+    // Killed inside the replay: recover puts every mount back to match the database, which the
+    // replay (one transaction) left as it was.
+    pg.sql("insert into customers values (10000, 'after the restore')").unwrap();
+    std::fs::write(side_vol.join("after"), "after").unwrap();
+    let (data, rows_now) = ((tree(&app_vol), tree(&side_vol)), rows());
+    s.slipway_killed_at(&["restore", "--latest", "--tenant", &t1.project], "restore-stack-replaying");
+    let rec = s.slipway(&["recover", "--json"]);
+    assert_eq!(rec.code, 0, "{} {}", rec.stdout, rec.stderr);
+    assert_eq!((tree(&app_vol), tree(&side_vol)), data, "a mount was not put back after the killed replay");
+    assert_eq!(rows(), rows_now);
+    let now: Vec<_> = ["app", "side", "worker"].map(|x| looks(&s, &t1.container(x))).to_vec();
+    assert_eq!(now, before);
+}

@@ -8,8 +8,11 @@
 //! (reverse start order), every mount swapped for its
 //! extracted part (extracted beside it first; what it replaced kept under
 //! `replaced/<run>/<t>+<n>`), the writers started in start order and every started container
-//! gated (running, `healthy` where it has a HEALTHCHECK, its HTTP checks). If a swap or the
-//! gate fails, every mount swapped so far is swapped back and the stack started as it was.
+//! gated (running, `healthy` where it has a HEALTHCHECK, its HTTP checks). With
+//! `[app.database]` the snapshot's dumps are re-hashed before anything is touched and replayed
+//! (each database in one transaction) once every mount is swapped, before the start. If a swap,
+//! the replay or the gate fails, every mount swapped so far is swapped back and the stack
+//! started as it was.
 //! `--to DIR` extracts each part into `DIR/<n>` and touches no container.
 
 use std::path::{Path, PathBuf};
@@ -28,8 +31,8 @@ use crate::layout;
 use crate::manifest::MountArchive;
 use crate::recover::HeldContainer;
 use crate::stack_tenant::{
-    MountSwapDetail, RestorePlanDetail, StackContainer, StackTenant, RESTORE_MOUNTS_STEP, RESTORE_SWAP_STEP,
-    RESTORE_UNDO_STEP,
+    MountSwapDetail, RestorePlanDetail, StackContainer, StackTenant, RESTORE_MOUNTS_STEP, RESTORE_REPLAY_STEP,
+    RESTORE_SWAP_STEP, RESTORE_UNDO_STEP,
 };
 
 /// One mount a stack restore put back.
@@ -144,13 +147,19 @@ pub(super) async fn restore_stack(
         )));
     };
     let st = st.map_err(|why| Error::Usage(format!("app {} (a stack): {why}; nothing was touched", app.name)))?;
-    if f.loc.entry.database.is_some() {
-        return Err(Error::Usage(format!(
-            "tenant {}: the snapshot holds database dumps, which a restore of a stack tenant does not replay yet; \
-             nothing was touched. Restore the files with --to DIR",
-            opts.tenant
-        )));
-    }
+    // The database dumps of the snapshot, each re-hashed, before anything is touched; a
+    // snapshot with dumps is never restored as files alone.
+    let replay = match (&f.loc.entry.database, &app.database) {
+        (Some(d), Some(spec)) => Some((spec.clone(), crate::database::verified(&f.loc.dir, &opts.tenant, d).await?)),
+        (Some(_), None) => {
+            return Err(Error::Usage(format!(
+                "tenant {}: the snapshot holds database dumps but app \"{}\" declares no [app.database] to replay \
+                 them into; nothing was touched. Declare it in fleet.toml, or restore the files alone with --to DIR",
+                opts.tenant, app.name
+            )))
+        }
+        (None, _) => None,
+    };
     // Each part to its mount, by the mount's source; exactly the tenant's mounts.
     let mut dirs = Vec::new();
     for p in &f.loc.entry.mounts {
@@ -190,7 +199,7 @@ pub(super) async fn restore_stack(
         .zip(dirs)
         .map(|((p, path), dir)| Swap { mount: p.mount, from: NewData::Archive { path, sha256: p.sha256 }, dir })
         .collect();
-    swap_mounts(ctx, opts, &engine, &app, &commit, &st, swaps, report).await
+    swap_mounts(ctx, opts, &engine, &app, &commit, &st, (swaps, replay), report).await
 }
 
 /// The mounts stack restore run `run` swapped for `tenant` and where what each held is kept
@@ -293,8 +302,11 @@ pub(super) async fn put_back_replaced(
         swaps.push(Swap { mount: m.what.clone(), from: NewData::Kept(k), dir });
     }
     let report = RestoreReport::begun(opts, PathBuf::new(), String::new());
-    swap_mounts(ctx, opts, &engine, &app, &commit, &st, swaps, report).await
+    swap_mounts(ctx, opts, &engine, &app, &commit, &st, (swaps, None), report).await
 }
+
+/// A snapshot's verified database dumps and the `[app.database]` to replay them into.
+type Replay = (crate::config::DatabaseSpec, Vec<(Option<String>, PathBuf)>);
 
 /// What a mount is swapped for: a snapshot's part (extracted beside the mount first), or the
 /// data an earlier restore replaced (a dir on the mount's filesystem, exchanged in one rename).
@@ -311,8 +323,11 @@ struct Swap {
 }
 
 /// Stop the writers of stack tenant `st`, swap every mount of `swaps` (what each replaced
-/// kept), start and gate them; on a failed swap or gate every mount swapped goes back and the
-/// stack starts as it was. Journaled for `recover` (the stack restore's words).
+/// kept), replay the snapshot's database dumps (`replay`: the database started if it is not
+/// running, each database in one transaction), start and gate them; on a failed swap, replay or
+/// gate every mount swapped goes back and the stack starts as it was (a failed replay left the
+/// database as it was). Journaled for `recover` (the stack restore's words; a replay begun and
+/// not ended means the mounts go back).
 #[allow(clippy::too_many_arguments)]
 async fn swap_mounts(
     ctx: &Ctx,
@@ -321,7 +336,7 @@ async fn swap_mounts(
     app: &App,
     commit: &str,
     st: &StackTenant,
-    swaps: Vec<Swap>,
+    (swaps, replay): (Vec<Swap>, Option<Replay>),
     mut report: RestoreReport,
 ) -> Result<RestoreReport> {
     let dirs: Vec<PathBuf> = swaps.iter().map(|s| s.dir.clone()).collect();
@@ -421,6 +436,17 @@ async fn swap_mounts(
             }
         }
     }
+    if let (None, Some((spec, dumps))) = (&failure, &replay) {
+        let s =
+            ctx.begin(t, RESTORE_REPLAY_STEP, &serde_json::json!({ "database": spec.container_of(&opts.tenant) }))?;
+        crash_point("restore-stack-replaying");
+        let r = crate::database::replay(engine, spec, &opts.tenant, &spec.container_of(&opts.tenant), dumps).await;
+        ctx.end(s, if r.is_ok() { "ok" } else { "failed" }, None::<&()>)?;
+        match r {
+            Ok(n) => report.databases = n,
+            Err(e) => failure = Some(format!("{e}; the database is as it was (the replay ran in one transaction)")),
+        }
+    }
     let prober = Prober::new()?;
     let mut undo_journaled = false;
     if failure.is_none() {
@@ -436,6 +462,9 @@ async fn swap_mounts(
                     report.mounts.iter().map(|m| m.mount.as_str()).collect::<Vec<_>>().join(", "),
                     report.container.as_deref().unwrap_or_default()
                 );
+                if report.databases > 0 {
+                    report.detail.push_str(&format!("; {} database(s) replayed", report.databases));
+                }
                 let kept: Vec<String> =
                     report.mounts.iter().filter_map(|m| m.replaced.as_ref()).map(|p| p.display().to_string()).collect();
                 if !kept.is_empty() {
