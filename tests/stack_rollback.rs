@@ -159,3 +159,29 @@ fn a_stack_rollback_killed_at_each_of_its_steps_is_finished_by_recover() {
         rollback_killed_at(&p);
     }
 }
+
+/// A hostile new version, before the rollback: its volume's tree turned into symlinks that
+/// point out of the volume (at a host dir with a canary file). The rollback exchanges whole
+/// dirs and keeps what it replaces by renames: it follows none of them, the host dir is left
+/// as it was, and the volume is byte-identical to before the rollout.
+#[test]
+fn a_rollback_never_follows_the_symlinks_a_hostile_new_version_left_in_its_volume() {
+    let s = Sandbox::new();
+    let (t1, run, looks_before, vols_before, _) = rolled(&s);
+    let host = s.root().join("host-dir");
+    std::fs::create_dir_all(&host).unwrap();
+    std::fs::write(host.join("canary"), "host file").unwrap();
+    let host_before = tree(&host);
+    let app_vol = t1.volume_dir("appdata");
+    std::fs::remove_dir_all(app_vol.join("db")).unwrap();
+    std::os::unix::fs::symlink(&host, app_vol.join("db")).unwrap();
+    std::os::unix::fs::symlink(host.join("canary"), app_vol.join("records.txt")).unwrap();
+    std::os::unix::fs::symlink("/", app_vol.join("root")).unwrap();
+
+    let out = s.slipway(&["rollback", "--run", &run, "--json"]);
+    assert_eq!(out.code, 0, "{} {}", out.stdout, out.stderr);
+    assert_eq!(tree(&host), host_before, "the rollback wrote through a tenant's symlink");
+    assert_eq!(std::fs::read_to_string(host.join("canary")).unwrap(), "host file");
+    assert_eq!(vols(&t1), vols_before, "a volume is not as it was before the rollout");
+    assert_eq!(stack_looks(&s, &t1), looks_before);
+}
