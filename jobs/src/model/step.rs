@@ -170,7 +170,9 @@ impl Step {
 /// One step of undoing a tenant's rollout, in the order they run (each only when needed).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum UndoStep {
-    /// Recreate the prior container aside, from the prior image (it was removed).
+    /// Recreate the prior container aside, from the prior image (it was removed); for a stack
+    /// (`rollback` of a finished run), every such prior container and each mount's copy from
+    /// before the rollout, extracted from the run's archive.
     RecreatePrior,
     /// Stop and remove the new container.
     RemoveNew,
