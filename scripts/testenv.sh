@@ -60,6 +60,8 @@ install_packages() {
   # The stack tests (tests/stack.rs) make tenants the way operators do: `docker-compose -p … up`.
   command -v docker-compose >/dev/null || missing+=(docker-compose)
   [ -x "$PG_BIN/pg_dump" ] || missing+=(postgresql-15)
+  # The notification tests (tests/ops.rs) deliver e-mail to a real SMTP server: aiosmtpd.
+  /usr/bin/python3 -c 'import aiosmtpd' 2>/dev/null || missing+=(python3-aiosmtpd)
   if [ ${#missing[@]} -gt 0 ]; then
     log "installing ${missing[*]} (Debian)"
     export DEBIAN_FRONTEND=noninteractive

@@ -141,9 +141,30 @@ pub struct InitArgs {
     pub only: Option<Selector>,
 }
 
+/// `rollout resume RUN` / `rollout abort RUN`.
+#[derive(Debug, Subcommand)]
+pub enum RolloutAction {
+    /// Go on with a rollout paused over its failure budget: its release, its frozen waves, the tenants it has not reached.
+    Resume {
+        /// The paused rollout run (see `slipway status` or `slipway runs`).
+        #[arg(value_name = "RUN_ID")]
+        run: RunId,
+    },
+    /// End a paused rollout: roll back every tenant it rolled, each with its data.
+    Abort {
+        /// The paused rollout run.
+        #[arg(value_name = "RUN_ID")]
+        run: RunId,
+    },
+}
+
 /// `rollout`.
 #[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct RolloutArgs {
+    /// `resume RUN` or `abort RUN` of a paused rollout; without one, roll out.
+    #[command(subcommand)]
+    pub action: Option<RolloutAction>,
     /// Only this app.
     #[arg(long)]
     pub app: Option<String>,

@@ -150,15 +150,29 @@ async fn run(cli: &Cli, printer: &Printer, started: Instant) -> Result<ExitKind,
 /// The job a command runs with its options; None for `config check`.
 fn job(command: &Command) -> Result<Option<Job>, Error> {
     Ok(Some(match command {
-        Command::Rollout(a) => Job::Rollout(rollout::RolloutOptions {
-            app: a.app.clone(),
-            git_ref: a.git_ref.clone(),
-            tenants: a.tenants.clone(),
-            dry_run: a.dry_run,
-            keep_old: a.keep_old,
-            allow_rewind: a.allow_rewind,
-            max_parallel: a.max_parallel.map(usize::from),
-        }),
+        Command::Rollout(a) => match &a.action {
+            Some(cli::RolloutAction::Abort { run }) => Job::Rollback(rollback::RollbackOptions {
+                run: run.clone(),
+                tenants: Vec::new(),
+                dry_run: false,
+                abort: true,
+            }),
+            Some(cli::RolloutAction::Resume { run }) => Job::Rollout(rollout::RolloutOptions {
+                resume: Some(run.clone()),
+                keep_old: a.keep_old,
+                ..Default::default()
+            }),
+            None => Job::Rollout(rollout::RolloutOptions {
+                app: a.app.clone(),
+                git_ref: a.git_ref.clone(),
+                tenants: a.tenants.clone(),
+                dry_run: a.dry_run,
+                keep_old: a.keep_old,
+                allow_rewind: a.allow_rewind,
+                max_parallel: a.max_parallel.map(usize::from),
+                resume: None,
+            }),
+        },
         Command::Reconcile(a) => Job::Reconcile(reconcile::ReconcileOptions {
             retry: a.retry,
             git_ref: a.git_ref.clone(),
@@ -169,6 +183,7 @@ fn job(command: &Command) -> Result<Option<Job>, Error> {
             run: a.run.clone(),
             tenants: a.tenants.clone(),
             dry_run: a.dry_run,
+            abort: false,
         }),
         Command::Recover(a) => Job::Recover(recover::RecoverOptions { dry_run: a.dry_run }),
         Command::Snapshot(a) => Job::Snapshot(snapshot::SnapshotOptions {

@@ -358,6 +358,39 @@ fn the_dumps_go_off_site_with_their_files_and_a_remote_restore_replays_them() {
     assert_eq!(pg.sql("app", "select string_agg(what, ',') from marker"), "before");
     assert!(pg.consistent());
     assert_eq!(s.inspect(&name)["State"]["Running"], true);
+
+    // verify --remote checks the dumps as it checks the archives: each is listed, and a dump
+    // gone from the remote, or one whose bytes were replaced under its old metadata, fails it
+    // naming the dump's key (plain --remote sees the first, --deep the second).
+    let v = s.slipway(&["verify", "--remote", "--deep", "--json"]);
+    assert_eq!(v.code, 0, "{} {}", v.stdout, v.stderr);
+    let checked = v.json()["report"]["archives"].clone();
+    let keys: Vec<String> =
+        dumps.as_array().unwrap().iter().map(|d| format!("daily/{day}/{}", d["path"].as_str().unwrap())).collect();
+    for key in &keys {
+        let c = checked.as_array().unwrap().iter().find(|c| c["archive"].as_str().unwrap().ends_with(key.as_str()));
+        assert_eq!(c.map(|c| c["ok"].clone()), Some(serde_json::Value::Bool(true)), "{key} not checked: {checked}");
+    }
+    let (gone, rotted) = (&keys[0], &keys[1]);
+    let d_rotted = &dumps[1];
+    let mut bytes = s.remote_object_bytes(&bucket, rotted);
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    s.put_remote_object(&bucket, rotted, &bytes, d_rotted["sha256"].as_str().unwrap());
+    s.delete_remote_object(&bucket, gone);
+    let bad = |v: &crate::support::Out, key: &str| {
+        v.json()["report"]["archives"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["archive"].as_str().unwrap().ends_with(key) && c["ok"] == false)
+    };
+    let v = s.slipway(&["verify", "--remote", "--json"]);
+    assert_eq!(v.code, 1, "{} {}", v.stdout, v.stderr);
+    assert!(bad(&v, gone) && !bad(&v, rotted), "plain --remote: the missing dump only: {}", v.stdout);
+    let v = s.slipway(&["verify", "--remote", "--deep", "--json"]);
+    assert_eq!(v.code, 1, "{} {}", v.stdout, v.stderr);
+    assert!(bad(&v, gone) && bad(&v, rotted), "--deep: both dumps: {}", v.stdout);
 }
 
 /// What an operator compares of a tenant's database before and after an undo: its schema
@@ -503,8 +536,8 @@ fn a_rollout_whose_database_dump_fails_leaves_the_tenant_untouched_before_the_sw
     assert!(pg.consistent());
 }
 
-#[test]
-fn a_rollout_killed_at_its_database_steps_is_finished_by_recover_with_the_database_as_before() {
+/// Every test point of a rollout's database steps and of its undo's (whether it is the undo's).
+fn database_points() -> Vec<(String, bool)> {
     use slipway_jobs::step::{Step, UndoStep};
     let mut points: Vec<(String, bool)> = Vec::new();
     for st in Step::ALL.into_iter().filter(|s| s.needs_database()) {
@@ -514,7 +547,12 @@ fn a_rollout_killed_at_its_database_steps_is_finished_by_recover_with_the_databa
         points.extend([(u.during().to_string(), true), (u.after().to_string(), true)]);
     }
     assert_eq!(points.len(), 6);
-    for (point, undoing) in points {
+    points
+}
+
+#[test]
+fn a_rollout_killed_at_its_database_steps_is_finished_by_recover_with_the_database_as_before() {
+    for (point, undoing) in database_points() {
         let c = mig_case("");
         let out = c.s.slipway_env(&["rollout", "--json"], &[("SLIPWAY_TEST_CRASH_AT", point.as_str())]);
         assert!(
@@ -532,6 +570,34 @@ fn a_rollout_killed_at_its_database_steps_is_finished_by_recover_with_the_databa
         }
         let again = c.s.slipway(&["recover", "--json"]);
         assert_eq!(again.code, 0, "{point}");
+    }
+}
+
+/// systemd stopping the unit (SIGTERM) at each database step of a rollout and of its undo: the
+/// run itself leaves the tenant up on its prior version (no `recover` needed for that), and
+/// `recover` afterwards finds the database and the files exactly as before the rollout.
+#[test]
+fn a_rollout_sent_sigterm_at_its_database_steps_leaves_the_tenant_up_with_the_database_as_before() {
+    for (point, undoing) in database_points() {
+        let c = mig_case("");
+        let out = c.s.slipway_env(&["rollout", "--json"], &[("SLIPWAY_TEST_SIGNAL_AT", point.as_str())]);
+        assert!(
+            out.stderr.contains(&format!("slipway test point reached: {point}")),
+            "{point}: {} {}",
+            out.stdout,
+            out.stderr
+        );
+        assert!(out.code > 0, "{point}: the run must end by itself, failed or interrupted: {}", out.stdout);
+        // Before any recover: the prior container serves again.
+        let live = c.s.inspect(&c.name);
+        assert_eq!(live["State"]["Running"], true, "{point}: the tenant is down after the run: {}", out.stdout);
+        assert_eq!(live["Config"]["Image"].as_str(), Some(c.image.as_str()), "{point}: {}", out.stdout);
+        let rec = c.s.slipway(&["recover", "--json"]);
+        assert_eq!(rec.code, 0, "{point}: {} {}", rec.stdout, rec.stderr);
+        c.assert_back(&point);
+        if undoing {
+            c.assert_kept(&point);
+        }
     }
 }
 

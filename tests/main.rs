@@ -24,6 +24,7 @@ mod remote_truth;
 mod rollout;
 mod safety;
 mod stack;
+mod stack_adopt;
 mod stack_backup;
 mod stack_rollback;
 mod systemd;

@@ -301,3 +301,102 @@ fn the_man_page_and_completions_are_generated_from_the_cli() {
     let comp = Command::new(env!("CARGO_BIN_EXE_slipway")).args(["completions", "bash"]).output().unwrap();
     assert!(comp.status.success() && String::from_utf8_lossy(&comp.stdout).contains("reconcile"));
 }
+
+#[test]
+fn every_notification_url_gets_one_message_per_run_with_a_line_per_tenant_and_no_secret() {
+    use crate::support::receivers::{Recorder, Smtp};
+    let s = Sandbox::new();
+    let v1 = s.push_fixture_as("v1", "app");
+    let bad = s.push_fixture_as("unhealthy", "app");
+    s.add_tenant("t1", &v1);
+    s.add_tenant("t2", &v1);
+    let http = Recorder::start();
+    let smtp = Smtp::start();
+    let a = &http.addr;
+    let secrets = ["secretsecret", "hunter2222", "slacksecret1", "discordsecret9"];
+    let urls = [
+        format!("json+http://{a}/hooks/T000/{}", secrets[0]),
+        format!("ntfy://bob:{}@{a}/alerts?scheme=http", secrets[1]),
+        format!("slack+http://{a}/services/T1/B1/{}", secrets[2]),
+        format!("discord+http://{a}/api/webhooks/1/{}", secrets[3]),
+        format!(
+            "smtp://127.0.0.1:{}/?from=slipway@example.com&to=ops@example.com,oncall@example.com&encryption=None",
+            smtp.port
+        ),
+    ];
+    let list = urls.iter().map(|u| format!("\"{u}\"")).collect::<Vec<_>>().join(", ");
+    s.append_config(&format!("[notify]\nlevel = \"all\"\nurls = [{list}]\n"));
+    s.write_fleet(&s.fleet_app(&bad, "health = { path = \"/api/health\", port = 8080, timeout_s = 3 }\n"));
+    let out = s.slipway(&["rollout", "--json"]);
+    assert_eq!(out.code, 3, "{} {}", out.stdout, out.stderr);
+
+    // One message per target, each in its service's format, each naming the tenant and what
+    // happened to it.
+    let json = http.wait_for("/hooks/", 1);
+    assert_eq!(json.len(), 1, "{json:?}");
+    let body: serde_json::Value = serde_json::from_str(&json[0].body).unwrap();
+    assert_eq!(
+        (body["job"].as_str(), body["outcome"].as_str(), body["exit_code"].as_u64()),
+        (Some("rollout"), Some("halted"), Some(3))
+    );
+    let t1 = body["tenants"].as_array().unwrap().iter().find(|t| t["tenant"] == "t1").cloned();
+    assert_eq!(t1.as_ref().map(|t| t["outcome"].clone()), Some("restored".into()), "{body}");
+    let ntfy = http.wait_for("/alerts", 1);
+    assert_eq!(ntfy.len(), 1);
+    assert!(ntfy[0].header("title").unwrap_or_default().contains("slipway rollout"), "{:?}", ntfy[0]);
+    assert_eq!(ntfy[0].header("priority"), Some("high"));
+    assert!(
+        ntfy[0].header("authorization").is_some_and(|h| h.starts_with("Basic ")),
+        "ntfy's user and password go as basic auth"
+    );
+    let table_line =
+        |text: &str| text.lines().any(|l| l.split_whitespace().take(2).collect::<Vec<_>>() == ["t1", "restored"]);
+    assert!(table_line(&ntfy[0].body), "{}", ntfy[0].body);
+    let slack = http.wait_for("/services/", 1);
+    let text: serde_json::Value = serde_json::from_str(&slack[0].body).unwrap();
+    assert!(table_line(text["text"].as_str().unwrap()), "{text}");
+    let discord = http.wait_for("/api/webhooks/", 1);
+    let content: serde_json::Value = serde_json::from_str(&discord[0].body).unwrap();
+    assert!(table_line(content["content"].as_str().unwrap()), "{content}");
+    let mail = smtp.messages(1);
+    assert_eq!(mail.len(), 1, "{mail:?}");
+    assert!(mail[0].contains("Subject: slipway rollout on") && mail[0].contains("halted"), "{}", mail[0]);
+    assert!(mail[0].contains("oncall@example.com") && table_line(&mail[0]), "{}", mail[0]);
+    // No message carries a token or a password of any target.
+    for r in http.all() {
+        for secret in secrets {
+            assert!(!r.body.contains(secret), "{secret} in a message to {}: {}", r.path, r.body);
+        }
+    }
+    for secret in secrets {
+        assert!(!mail[0].contains(secret), "{secret} in the e-mail");
+    }
+
+    // level = "all": a run that went well is one message too; "failures": it is none.
+    assert_eq!(s.slipway(&["snapshot"]).code, 0);
+    let json = http.wait_for("/hooks/", 2);
+    assert_eq!(json.len(), 2);
+    let body: serde_json::Value = serde_json::from_str(&json[1].body).unwrap();
+    assert_eq!(body["job"], "snapshot");
+    assert_eq!(body["exit_code"], 0);
+    assert_eq!(smtp.messages(2).len(), 2);
+    let cfg = std::fs::read_to_string(s.config_path()).unwrap();
+    std::fs::write(s.config_path(), cfg.replace("level = \"all\"", "level = \"failures\"")).unwrap();
+    assert_eq!(s.slipway(&["snapshot", "--force"]).code, 0);
+    // The job has sent (or given up) before it exits: nothing more came.
+    assert_eq!(http.all().len(), 8, "{:?}", http.all().iter().map(|r| &r.path).collect::<Vec<_>>());
+    assert_eq!(smtp.messages(0).len(), 2);
+}
+
+#[test]
+fn a_notification_url_slipway_cannot_send_to_is_refused_naming_the_entry_not_its_secret() {
+    let s = Sandbox::new();
+    s.append_config(
+        "[notify]\nurls = [\"https://example.com/ok\", \"telegram://123:tok3n-secret@telegram?chats=1\"]\n",
+    );
+    let out = s.slipway(&["config", "check"]);
+    assert_eq!(out.code, 2, "{} {}", out.stdout, out.stderr);
+    let all = format!("{}{}", out.stdout, out.stderr);
+    assert!(all.contains("notify.urls[1]") && all.contains("telegram"), "{all}");
+    assert!(!all.contains("tok3n-secret"), "the refusal must not print the URL's secret: {all}");
+}

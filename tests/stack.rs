@@ -606,8 +606,15 @@ fn snapshot_on_a_host_with_a_stack_app_takes_the_single_container_and_the_stack_
     for n in 0..2 {
         assert!(report.dir.join(format!("tenants/{}+{n}.tar.zst", t1.project)).is_file());
     }
+    // status reports both: the stack tenant with its snapshot and a row per service.
     let st = s.slipway(&["status", "--json"]);
-    assert!(st.stdout.contains("agent") && st.stdout.contains("a stack"), "{} {}", st.stdout, st.stderr);
+    let j = st.json();
+    let tenants: Vec<&serde_json::Value> =
+        j["report"]["apps"].as_array().unwrap().iter().flat_map(|a| a["tenants"].as_array().unwrap()).collect();
+    let of = |t: &str| *tenants.iter().find(|x| x["tenant"] == t).unwrap_or_else(|| panic!("{t}: {}", st.stdout));
+    assert!(of(&t1.project)["snapshot_age_s"].is_i64(), "{}", st.stdout);
+    assert_eq!(of(&t1.project)["services"].as_array().map(Vec::len), Some(3), "{}", st.stdout);
+    assert!(of("solo")["snapshot_age_s"].is_i64() && of("solo").get("services").is_none(), "{}", st.stdout);
 }
 
 /// A compose healthcheck (the operator's, carried to the new container) gates the rollout: a

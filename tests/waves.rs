@@ -384,3 +384,162 @@ fn a_waves_bake_soaks_each_of_its_tenants_and_the_next_wave_waits_for_it() {
     let baked_end = ["t02", "t04"].iter().map(|t| spans[*t].1).max().unwrap();
     assert!(["t01", "t03"].iter().all(|t| spans[*t].0 >= baked_end), "the next wave started during the bake");
 }
+
+/// A paused case: `n` tenants on v1, the fleet pinning v2 with `[app.rollout]` + `extra`, and
+/// t01 refusing v2 (its data says so): one failure, none allowed, so the run pauses after the
+/// canary. Returns the sandbox, v1, v2, the tenants, their data hashes and container ids, and
+/// the paused run's id.
+#[allow(clippy::type_complexity)]
+fn paused(
+    n: usize,
+    extra: &str,
+) -> (
+    Sandbox,
+    String,
+    String,
+    Vec<(String, String)>,
+    BTreeMap<String, String>,
+    BTreeMap<String, serde_json::Value>,
+    String,
+) {
+    let s = Sandbox::new();
+    let v1 = s.push_fixture_as("v1", "app");
+    let v2 = s.push_fixture_as("v2", "app");
+    let tenants = fleet(&s, n, &v1);
+    s.write_data("t01", "refuse-v2", "not with v2\n");
+    let hashes: BTreeMap<String, String> =
+        tenants.iter().map(|(t, _)| (t.clone(), tree_hash(&s.data_dir(t)))).collect();
+    // Each tenant's container id and labels before the run.
+    let ids: BTreeMap<String, serde_json::Value> = tenants
+        .iter()
+        .map(|(t, n)| {
+            let c = s.inspect(n);
+            (t.clone(), serde_json::json!({ "id": c["Id"], "labels": c["Config"]["Labels"] }))
+        })
+        .collect();
+    s.write_fleet(&s.fleet_app(&v2, &format!("[app.rollout]\nmax_parallel = 2\nmax_failed = 0\n{extra}")));
+    let out = s.slipway(&["rollout", "--json"]);
+    assert_eq!(out.code, 3, "stdout {} stderr {}", out.stdout, out.stderr);
+    let run = out.json()["report"]["apps"][0]["run_id"].as_str().unwrap().to_string();
+    (s, v1, v2, tenants, hashes, ids, run)
+}
+
+#[test]
+fn over_the_budget_the_run_pauses_nothing_rolls_past_it_and_resume_goes_on_with_the_same_waves() {
+    let (s, v1, v2, tenants, hashes, ids, run) = paused(8, "");
+    let frozen = frozen_waves(&s, &run);
+    let status = s.slipway(&["status"]);
+    assert_eq!(status.code, 8, "a pause needs a person's decision: {}", status.stdout);
+    assert!(status.stdout.contains(&format!("run {run}")) && status.stdout.contains("PAUSED"), "{}", status.stdout);
+    // Nothing rolls past a paused run: reconcile leaves the app, rollout refuses, each in a
+    // new process (the pause is in state.db, not in the process that paused).
+    let rec = s.slipway(&["reconcile", "--json"]);
+    assert_eq!(rec.code, 0, "{} {}", rec.stdout, rec.stderr);
+    assert_eq!(rec.json()["report"]["apps"][0]["action"], "paused", "{}", rec.stdout);
+    let again = s.slipway(&["rollout"]);
+    assert_eq!(again.code, 2, "{} {}", again.stdout, again.stderr);
+    assert!(again.stderr.contains("is paused") && again.stderr.contains("rollout resume"), "{}", again.stderr);
+    let not_reached: Vec<String> = tenants
+        .iter()
+        .filter(|(_, name)| s.image_of(name) == v1)
+        .map(|(t, _)| t.clone())
+        .filter(|t| t != "t01")
+        .collect();
+    assert!(!not_reached.is_empty(), "the pause must leave tenants to resume");
+
+    let out = s.slipway(&["rollout", "resume", &run, "--json"]);
+    // The run goes on under its own id; its one failure (t01) still fails it, within nothing more.
+    assert_eq!(out.code, 1, "stdout {} stderr {}", out.stdout, out.stderr);
+    assert_eq!(out.json()["report"]["apps"][0]["run_id"], run.as_str());
+    assert_eq!(frozen_waves(&s, &run), frozen, "resume must use the waves frozen by the run");
+    for (t, name) in &tenants {
+        assert_eq!(s.inspect(name)["State"]["Running"], true, "{t}");
+        assert_eq!(&tree_hash(&s.data_dir(t)), &hashes[t], "{t}: data changed");
+        if t == "t01" {
+            assert_eq!(s.image_of(name), v1, "the failed tenant stays on its prior version");
+            assert_eq!(s.inspect(name)["Id"], ids[t]["id"], "t01's prior container must be the one it had");
+        } else {
+            assert_eq!(s.image_of(name), v2, "{t} was not rolled by the resume");
+        }
+    }
+    let resumed: Vec<String> = out.json()["report"]["apps"][0]["tenants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["tenant"].as_str().unwrap().to_string())
+        .collect();
+    let mut want = not_reached.clone();
+    want.sort();
+    let mut got = resumed.clone();
+    got.sort();
+    assert_eq!(got, want, "resume rolls exactly the tenants the run had not reached");
+    let status = s.slipway(&["status"]);
+    assert!(!status.stdout.contains("PAUSED"), "{}", status.stdout);
+    let again = s.slipway(&["rollout", "resume", &run]);
+    assert_eq!(again.code, 2, "a run resumed is no longer paused: {}", again.stderr);
+}
+
+#[test]
+fn a_paused_run_aborted_or_past_its_timeout_rolls_back_every_tenant_it_rolled_with_its_data() {
+    for how in ["abort", "timeout"] {
+        let extra = if how == "timeout" { "pause_timeout_s = 1\n" } else { "" };
+        let (s, v1, _v2, tenants, hashes, ids, run) = paused(6, extra);
+        // What the run rolled comes back recreated from its prior image (the run removed the old
+        // containers once the new ones were healthy), with the labels it had.
+        let rolled: Vec<String> =
+            tenants.iter().filter(|(_, name)| s.image_of(name) != v1).map(|(t, _)| t.clone()).collect();
+        assert!(!rolled.is_empty(), "{how}: the canary at least rolled");
+        let out = if how == "abort" {
+            s.slipway(&["rollout", "abort", &run, "--json"])
+        } else {
+            std::thread::sleep(std::time::Duration::from_millis(2100));
+            s.slipway(&["reconcile", "--json"])
+        };
+        assert_eq!(out.code, 0, "{how}: stdout {} stderr {}", out.stdout, out.stderr);
+        for (t, name) in &tenants {
+            assert_eq!(s.image_of(name), v1, "{how}: {t} is not back on the prior version");
+            assert_eq!(s.inspect(name)["Config"]["Labels"], ids[t]["labels"], "{how}: {t}'s labels");
+            if !rolled.contains(t) {
+                assert_eq!(s.inspect(name)["Id"], ids[t]["id"], "{how}: {t} was not rolled, its container is the same");
+            }
+            assert_eq!(s.inspect(name)["State"]["Running"], true, "{how}: {t}");
+            assert_eq!(&tree_hash(&s.data_dir(t)), &hashes[t], "{how}: {t}: data changed");
+        }
+        let status = s.slipway(&["status"]);
+        assert!(!status.stdout.contains("PAUSED"), "{how}: {}", status.stdout);
+        let resume = s.slipway(&["rollout", "resume", &run]);
+        assert_eq!(resume.code, 2, "{how}: an aborted run is not resumed: {}", resume.stderr);
+    }
+}
+
+#[test]
+fn a_rollout_killed_as_it_pauses_is_still_paused_after_recover_and_resumes() {
+    let s = Sandbox::new();
+    let v1 = s.push_fixture_as("v1", "app");
+    let v2 = s.push_fixture_as("v2", "app");
+    let tenants = fleet(&s, 6, &v1);
+    s.write_data("t01", "refuse-v2", "not with v2\n");
+    let hashes: BTreeMap<String, String> =
+        tenants.iter().map(|(t, _)| (t.clone(), tree_hash(&s.data_dir(t)))).collect();
+    s.write_fleet(&s.fleet_app(&v2, "[app.rollout]\nmax_parallel = 2\nmax_failed = 0\n"));
+    let out = s.slipway_env(&["rollout", "--json"], &[("SLIPWAY_TEST_CRASH_AT", "rollout-paused")]);
+    assert!(out.stderr.contains("slipway test point reached: rollout-paused"), "{} {}", out.stdout, out.stderr);
+    assert_eq!(out.code, -1, "{}", out.stdout);
+    let rec = s.slipway(&["recover", "--json"]);
+    assert_eq!(rec.code, 0, "{} {}", rec.stdout, rec.stderr);
+    // Every tenant on one version, running, its data as it was; the run still paused.
+    for (t, name) in &tenants {
+        assert_eq!(s.inspect(name)["State"]["Running"], true, "{t}");
+        assert_eq!(&tree_hash(&s.data_dir(t)), &hashes[t], "{t}");
+    }
+    let status = s.slipway(&["status"]);
+    assert!(status.stdout.contains("PAUSED"), "{}", status.stdout);
+    let line = status.stdout.lines().find(|l| l.contains("PAUSED")).unwrap();
+    let run = line.split("run ").nth(1).and_then(|r| r.split_whitespace().next()).unwrap().to_string();
+    let out = s.slipway(&["rollout", "resume", &run, "--json"]);
+    assert_eq!(out.code, 1, "{} {}", out.stdout, out.stderr);
+    for (t, name) in &tenants {
+        let want = if t == "t01" { &v1 } else { &v2 };
+        assert_eq!(&s.image_of(name), want, "{t}");
+    }
+}

@@ -76,7 +76,9 @@ async fn dump_with(
     snap_dir: &Path,
     archive_rel: &str,
 ) -> Result<Pending> {
-    let fail = |e: Error| Error::Backup(format!("tenant {tenant}: the database dump failed, no snapshot taken: {e}"));
+    let fail = |e: Error| {
+        Error::Backup(format!("tenant {tenant}: the database dump failed, no snapshot taken: {}", e.detail()))
+    };
     let final_dir = snap_dir.join(layout::dumps_dir_of(archive_rel));
     let parent = final_dir.parent().unwrap_or(snap_dir).to_path_buf();
     crate::fsutil::create_private_dir(&parent).map_err(|e| Error::io(&parent, e))?;
@@ -159,7 +161,7 @@ pub async fn replay(
 ) -> Result<usize> {
     let password = spec.password_file.as_deref().map(postgres::read_password).transpose()?;
     let pg = Postgres::new(engine, container, &spec.user, password);
-    let fail = |e: Error| Error::Backup(format!("tenant {tenant}: the database replay failed: {e}"));
+    let fail = |e: Error| Error::Backup(format!("tenant {tenant}: the database replay failed: {}", e.detail()));
     engine.start(container).await.map_err(fail)?;
     pg.wait_ready(READY_WAIT).await.map_err(fail)?;
     let mut n = 0;
@@ -189,7 +191,7 @@ pub async fn drill(
 ) -> Result<String> {
     let password = spec.password_file.as_deref().map(postgres::read_password).transpose()?;
     let pg = Postgres::new(engine, container, &spec.user, password);
-    let fail = |e: Error| Error::Backup(format!("tenant {tenant}: the drill's database replay failed: {e}"));
+    let fail = |e: Error| Error::Backup(format!("tenant {tenant}: the drill's database replay failed: {}", e.detail()));
     engine.start(container).await.map_err(fail)?;
     pg.wait_ready(READY_WAIT).await.map_err(fail)?;
     for (db, path) in dumps {
@@ -256,8 +258,9 @@ pub fn undo_names(run_dir: &Path, db: &str, n: usize) -> (String, String) {
 /// name. Returns those names. Err names the tenant; then a database whose swap had not
 /// committed is as it was.
 pub async fn replay_pre_switch(engine: &Engine, dj: &DbJournal, tenant: &TenantId) -> Result<Vec<String>> {
-    let fail =
-        |e: Error| Error::Backup(format!("tenant {tenant}: the replay of the pre-switch database dump failed: {e}"));
+    let fail = |e: Error| {
+        Error::Backup(format!("tenant {tenant}: the replay of the pre-switch database dump failed: {}", e.detail()))
+    };
     let Some(dumps) = &dj.dumps else { return Ok(Vec::new()) };
     let files = verified(&dj.run_dir, tenant, dumps).await.map_err(fail)?;
     let pg = connect_journaled(engine, dj).map_err(fail)?;

@@ -1,8 +1,8 @@
 //! `doctor`: what a first run needs, checked one line at a time — the Docker engine and its
 //! API version, the state dir and backup root (writable, which filesystem, whether it clones
 //! files), free space against the largest tenant, the desired-state repo and its head's
-//! `fleet.toml`, the remote (a HEAD on the bucket with the configured credentials) and the
-//! timers. Each line is ok, warn or fail, with the fix; any fail makes the exit code 1.
+//! `fleet.toml`, each stack app's tenants and mounts ([`stack`]), the remote (a HEAD on the
+//! bucket with the configured credentials) and the timers. Each line is ok, warn or fail, with the fix; any fail makes the exit code 1.
 //!
 //! It changes nothing it reports on: the writability and reflink probes are temporary files
 //! removed at once; it takes no lock and records no run, so it can run beside any job.
@@ -18,6 +18,8 @@ use crate::adapters::remote::Remote;
 use crate::adapters::{desired, systemd};
 use crate::config::{Fleet, HostConfig};
 use crate::error::{Error, ExitKind, Result};
+
+mod stack;
 
 /// The oldest Docker API slipway is tested against (Docker 20.10).
 pub const MIN_API: (u32, u32) = (1, 41);
@@ -216,14 +218,22 @@ pub async fn doctor(cfg: &HostConfig, config: &Path) -> Result<DoctorReport> {
         }
     };
 
-    // Free space against the tenants.
+    // The stack apps: their tenants' containers and mounts.
+    let stacks = match (&engine, &fleet) {
+        (Some(engine), Some(fleet)) => stack::stack_checks(engine, fleet).await,
+        _ => stack::StackFacts::default(),
+    };
+    checks.extend(stacks.checks);
+
+    // Free space against the tenants (a stack tenant: all its mounts together).
     let (largest_tenant, tenants_bytes) = match (&engine, &fleet) {
         (Some(engine), Some(fleet)) => {
-            let mut dirs_of = Vec::new();
-            for app in &fleet.apps {
+            let mut dirs_of = stacks.tenants;
+            for app in fleet.apps.iter().filter(|a| a.stack.is_none()) {
                 match engine.tenants(app).await {
                     Ok(ts) => dirs_of.extend(
-                        ts.into_iter().map(|t| (app.name.clone(), t.tenant.to_string(), app.data_dir_of(&t.tenant))),
+                        ts.into_iter()
+                            .map(|t| (app.name.clone(), t.tenant.to_string(), vec![app.data_dir_of(&t.tenant)])),
                     ),
                     Err(e) => tracing::warn!("app {}: cannot list its tenants: {e}", app.name),
                 }
@@ -231,11 +241,12 @@ pub async fn doctor(cfg: &HostConfig, config: &Path) -> Result<DoctorReport> {
             crate::blocking::run("measuring the tenants' data", move || {
                 let mut largest: Option<LargestTenant> = None;
                 let mut total = 0u64;
-                for (app, tenant, dir) in dirs_of {
-                    let bytes = crate::fsutil::tree_size(&dir).unwrap_or(0);
+                for (app, tenant, dirs) in dirs_of {
+                    let bytes = dirs.iter().map(|d| crate::fsutil::tree_size(d).unwrap_or(0)).sum::<u64>();
                     total = total.saturating_add(bytes);
                     if largest.as_ref().is_none_or(|l| bytes > l.bytes) {
-                        largest = Some(LargestTenant { app, tenant, data_dir: dir, bytes });
+                        let data_dir = dirs.into_iter().next().unwrap_or_default();
+                        largest = Some(LargestTenant { app, tenant, data_dir, bytes });
                     }
                 }
                 (largest, Some(total))
@@ -260,7 +271,7 @@ pub async fn doctor(cfg: &HostConfig, config: &Path) -> Result<DoctorReport> {
     // The timers, and the sandbox of the units they start.
     checks.push(crate::blocking::run("asking systemd about the timers", timers_check).await?);
     checks.extend(swap_checks(fleet.as_ref()));
-    let needed = write_paths(cfg, fleet.as_ref());
+    let needed = write_paths(cfg, fleet.as_ref(), &stacks.write_dirs);
     if let Some(c) = crate::blocking::run("asking systemd about the units", move || sandbox_check(&needed)).await? {
         checks.push(c);
     }
@@ -507,17 +518,24 @@ async fn remote_check(cfg: &HostConfig) -> Check {
 }
 
 /// The dirs slipway's jobs write, for the units' sandbox: the state dir, the backup root, the
-/// metrics file's dir, and for each app the dir holding its data dirs (the template's part
-/// before `{tenant}`: the data dirs, the rollout copies beside them and a restore's scratch).
-/// None inside another.
-pub fn write_paths(cfg: &HostConfig, fleet: Option<&Fleet>) -> Vec<PathBuf> {
+/// metrics file's dir, for each app the dir holding its data dirs (the template's part
+/// before `{tenant}`: the data dirs, the rollout copies beside them and a restore's scratch),
+/// and for stack apps the dirs holding their mounts (`stack_dirs`, found on the engine) and the
+/// default volume dir. None inside another.
+pub fn write_paths(cfg: &HostConfig, fleet: Option<&Fleet>, stack_dirs: &[PathBuf]) -> Vec<PathBuf> {
     let mut paths = vec![cfg.state_dir.clone(), cfg.backup_root.clone()];
     if let Some(dir) = cfg.metrics.file.as_ref().and_then(|f| f.parent()) {
         paths.push(dir.to_path_buf());
     }
     for app in fleet.map(|f| f.apps.as_slice()).unwrap_or_default() {
-        paths.push(data_root(&app.data_dir));
+        // A stack has no data_dir: an empty one would be a prefix of every path.
+        if app.stack.is_some() {
+            paths.push(PathBuf::from(crate::config::VOLUMES_DIR));
+        } else {
+            paths.push(data_root(&app.data_dir));
+        }
     }
+    paths.extend(stack_dirs.iter().cloned());
     paths.sort();
     paths.dedup();
     let all = paths.clone();
@@ -587,8 +605,9 @@ fn sandbox_check(needed: &[PathBuf]) -> Option<Check> {
 /// (`RENAME_EXCHANGE`); where they do not (OpenZFS before 2.2, NFS, CIFS) undo and restore
 /// take a journaled swap of three renames, which `recover` finishes after a crash.
 fn swap_checks(fleet: Option<&Fleet>) -> Vec<Check> {
-    let mut roots: Vec<PathBuf> =
-        fleet.map(|f| f.apps.iter().map(|a| data_root(&a.data_dir)).collect()).unwrap_or_default();
+    let mut roots: Vec<PathBuf> = fleet
+        .map(|f| f.apps.iter().filter(|a| a.stack.is_none()).map(|a| data_root(&a.data_dir)).collect())
+        .unwrap_or_default();
     roots.sort();
     roots.dedup();
     roots
@@ -642,7 +661,12 @@ impl fmt::Display for SandboxReport {
 pub async fn sandbox(cfg: &HostConfig, write: bool) -> Result<SandboxReport> {
     let (d, s) = (cfg.desired.clone(), cfg.state_dir.clone());
     let state = crate::blocking::run("reading the desired state", move || desired::read(&d, &s, None)).await??;
-    let paths = write_paths(cfg, Some(&state.fleet));
+    // A stack's mounts are found on the engine; without one, the default volume dir stands in.
+    let stack_dirs = match Engine::connect(&cfg.docker).await {
+        Ok(engine) => stack::stack_checks(&engine, &state.fleet).await.write_dirs,
+        Err(_) => Vec::new(),
+    };
+    let paths = write_paths(cfg, Some(&state.fleet), &stack_dirs);
     let text = systemd::render_dropin(&paths);
     let dropin = PathBuf::from(systemd::DROPIN);
     if write {
@@ -764,7 +788,30 @@ mod tests {
         .unwrap();
         let want: Vec<PathBuf> =
             ["/mnt/disk2", "/srv/tenants", "/var/lib/node", "/var/lib/slipway"].iter().map(PathBuf::from).collect();
-        assert_eq!(write_paths(&cfg, Some(&fleet)), want);
+        assert_eq!(write_paths(&cfg, Some(&fleet), &[]), want);
         assert_eq!(data_root("/data/{tenant}"), PathBuf::from("/data"));
+    }
+
+    /// A stack app has no data_dir: its empty template must not become a prefix of every path
+    /// (which left the units nothing but "" to write); its mounts' dirs are written instead.
+    #[test]
+    fn a_stack_app_makes_the_units_write_its_mounts_dirs_beside_the_state_and_the_backups() {
+        let hex = "0123456789abcdef".repeat(4);
+        let fleet = Fleet::parse(
+            &format!(
+                "[[app]]\nname = \"s\"\nselect = \"s=1\"\nhealth = {{ path = \"/\", port = 80, service = \"app\" }}\n\
+                 [app.services.app]\nimage = \"reg/app@sha256:{hex}\"\nwrites = true\ndata = [\"/data\"]\n"
+            ),
+            "fleet.toml",
+        )
+        .unwrap();
+        let cfg =
+            HostConfig::parse("backup_root = \"/srv/backups\"\n[desired]\nrepo = \"/g\"\n", "config.toml", Vec::new())
+                .unwrap();
+        let want: Vec<PathBuf> = ["/srv/backups", "/srv/binds", "/var/lib/docker/volumes", "/var/lib/slipway"]
+            .iter()
+            .map(PathBuf::from)
+            .collect();
+        assert_eq!(write_paths(&cfg, Some(&fleet), &[PathBuf::from("/srv/binds")]), want);
     }
 }

@@ -1,6 +1,7 @@
 //! `init`: adopt a host whose tenants already run. It inventories the engine's containers
 //! (read only: no container is started, stopped, changed or probed other than by an HTTP GET),
-//! groups the running ones by image repository, and proposes one `[[app]]` per group: `select`
+//! proposes the stacks among the running ones (compose projects of several services: see
+//! [`stack`]), groups the others by image repository, and proposes one `[[app]]` per group: `select`
 //! (a label only that group carries, else a name prefix only it shares), `tenant_from` (the
 //! names' common prefix and suffix, or a label whose value differs per container), `data_dir`
 //! (the bind mount whose source names the tenant, as a template), the health port (the exposed
@@ -25,6 +26,8 @@ use crate::config::{DockerConfig, Fleet, HostConfig, Selector};
 use crate::error::{Error, ExitKind, Result};
 use crate::trust::normalise_repo;
 use crate::types::{Digest, TenantId};
+
+pub mod stack;
 
 /// Health paths tried, in order, on every tenant of an app; the first that answers 2xx on
 /// all of them is proposed.
@@ -88,6 +91,10 @@ pub struct ProposedApp {
     pub tenants: Vec<ProposedTenant>,
     /// What to review: tenants on another digest, other mounts, ports, guesses.
     pub notes: Vec<String>,
+    /// A stack app's `[app.stack]` and `[app.services]` (then `data_dir` is empty and each
+    /// tenant's container is its health service's); None for a single-container app.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stack: Option<stack::ProposedStack>,
 }
 
 /// A running container that is not proposed as a tenant.
@@ -396,10 +403,20 @@ fn operator_labels(c: &HostContainer) -> impl Iterator<Item = (&String, &String)
     c.labels.iter().filter(move |(k, v)| c.image_labels.get(*k) != Some(*v))
 }
 
-/// Group the running containers in scope by image repository and propose an app for each
-/// group that fits; everything else is skipped with the reason. `all` is every container on
-/// the host (running or not): a selector must match no container of another repository.
+/// Group the running containers in scope into stacks (compose projects of several services,
+/// see [`stack`]) and the others by image repository, and propose an app for each group that
+/// fits; everything else is skipped with the reason. `all` is every container on the host
+/// (running or not): a selector must match no container outside its app.
 pub fn propose(all: &[HostContainer], only: Option<&Selector>) -> Proposal {
+    propose_with(all, only, &stack::host_kind)
+}
+
+/// [`propose`], with `kind` saying what a host path is (`lstat`: a stack's data mounts).
+pub fn propose_with(
+    all: &[HostContainer],
+    only: Option<&Selector>,
+    kind: &dyn Fn(&str) -> stack::HostKind,
+) -> Proposal {
     let in_scope = |c: &HostContainer| match only {
         None => true,
         Some(s @ Selector::Name { .. }) => s.name_matches(&c.name),
@@ -412,9 +429,11 @@ pub fn propose(all: &[HostContainer], only: Option<&Selector>) -> Proposal {
     let mut skipped = Vec::new();
     let skip =
         |c: &HostContainer, reason: String| Skipped { container: c.name.clone(), image: c.image_ref.clone(), reason };
+    let stacks = stack::propose_stacks(&candidates, all, kind);
+    skipped.extend(stacks.left.into_iter().map(|(c, r)| skip(c, r)));
     // Normalised repository → (the repository as first seen, its containers).
     let mut groups: BTreeMap<String, (String, Vec<&HostContainer>)> = BTreeMap::new();
-    for &c in &candidates {
+    for &c in &stacks.rest {
         match repository_of(c) {
             Some(r) => groups.entry(normalise_repo(&r)).or_insert_with(|| (r, Vec::new())).1.push(c),
             None => skipped.push(skip(
@@ -432,22 +451,26 @@ pub fn propose(all: &[HostContainer], only: Option<&Selector>) -> Proposal {
         .filter(|c| !crate::naming::is_pre_rollout(&c.name))
         .map(|c| (c, repository_of(c).map(|r| normalise_repo(&r))))
         .collect();
-    let mut apps = Vec::new();
-    let mut names = BTreeSet::new();
+    let mut proposed = stacks.apps;
     for (key, (repo, members)) in groups {
         match propose_app(&key, &repo, &members, &repo_of_any) {
-            Ok((mut app, left)) => {
+            Ok((app, left)) => {
                 skipped.extend(left.into_iter().map(|(c, r)| skip(c, r)));
-                let base = app.name.clone();
-                let mut n = 2;
-                while !names.insert(app.name.clone()) {
-                    app.name = format!("{base}-{n}");
-                    n += 1;
-                }
-                apps.push(app);
+                proposed.push(app);
             }
             Err(left) => skipped.extend(left.into_iter().map(|(c, r)| skip(c, r))),
         }
+    }
+    let mut apps = Vec::new();
+    let mut names = BTreeSet::new();
+    for mut app in proposed {
+        let base = app.name.clone();
+        let mut n = 2;
+        while !names.insert(app.name.clone()) {
+            app.name = format!("{base}-{n}");
+            n += 1;
+        }
+        apps.push(app);
     }
     skipped.sort_by(|a, b| a.container.cmp(&b.container));
     Proposal { containers: candidates.len(), apps, skipped }
@@ -747,6 +770,7 @@ fn propose_app<'a>(
             health_network,
             tenants,
             notes,
+            stack: None,
         },
         left,
     ))
@@ -783,6 +807,10 @@ pub fn render_fleet(apps: &[ProposedApp]) -> String {
          # that changes an image digest is a release (see README \"Adopting a running host\").\n",
     );
     for a in apps {
+        if let Some(st) = &a.stack {
+            stack::render(a, st, &mut out);
+            continue;
+        }
         let tenants: Vec<String> = a.tenants.iter().map(|t| format!("{} ({})", t.tenant, t.container)).collect();
         out.push_str(&format!("\n[[app]]\nname = {}\n", q(&a.name)));
         out.push_str(&format!("# {} tenants: {}\n", a.tenants.len(), tenants.join(", ")));
@@ -800,28 +828,34 @@ pub fn render_fleet(apps: &[ProposedApp]) -> String {
                 out.push_str(&format!("data_dir = {}\n", q(&a.data_dir)));
             }
         }
-        if a.health_port == 0 {
-            out.push_str("# FIXME: no TCP port is exposed by every tenant; set health.port to the app's HTTP port\n");
-        }
-        if !a.health_checked {
-            out.push_str(&format!(
-                "# FIXME: none of {} answered 2xx on every tenant; set health.path to the app's health endpoint\n",
-                HEALTH_PATHS.join(", ")
-            ));
-        } else {
-            out.push_str("# health.path answered 2xx on every tenant when init ran\n");
-        }
-        let network = a.health_network.as_ref().map_or(String::new(), |n| format!(", network = {}", q(n)));
-        out.push_str(&format!(
-            "health = {{ path = {}, port = {}, timeout_s = 60{network} }}\n",
-            q(&a.health_path),
-            if a.health_port == 0 { 80 } else { a.health_port }
-        ));
+        render_health(a, None, &mut out);
         for n in &a.notes {
             out.push_str(&format!("# note: {n}\n"));
         }
     }
     out
+}
+
+/// `health = { … }` of a proposed app (`service`: a stack's health service), with the FIXMEs.
+fn render_health(a: &ProposedApp, service: Option<&str>, out: &mut String) {
+    if a.health_port == 0 {
+        out.push_str("# FIXME: no TCP port is exposed by every tenant; set health.port to the app's HTTP port\n");
+    }
+    if !a.health_checked {
+        out.push_str(&format!(
+            "# FIXME: none of {} answered 2xx on every tenant; set health.path to the app's health endpoint\n",
+            HEALTH_PATHS.join(", ")
+        ));
+    } else {
+        out.push_str("# health.path answered 2xx on every tenant when init ran\n");
+    }
+    let network = a.health_network.as_ref().map_or(String::new(), |n| format!(", network = {}", q(n)));
+    let service = service.map_or(String::new(), |s| format!(", service = {}", q(s)));
+    out.push_str(&format!(
+        "health = {{ path = {}, port = {}, timeout_s = 60{network}{service} }}\n",
+        q(&a.health_path),
+        if a.health_port == 0 { 80 } else { a.health_port }
+    ));
 }
 
 /// The host config: defaults, and the desired repo as a placeholder to fill in.
@@ -894,7 +928,15 @@ impl fmt::Display for InitReport {
             writeln!(f, "  image        {}", a.image)?;
             writeln!(f, "  select       {}   ({})", a.select, a.select_why)?;
             writeln!(f, "  tenant_from  {}", a.tenant_from)?;
-            writeln!(f, "  data_dir     {}   (mounted at {})", a.data_dir, a.data_mount)?;
+            match &a.stack {
+                Some(st) => {
+                    for s in &st.services {
+                        let data = if s.writes { format!(", writes {}", s.data.join(", ")) } else { String::new() };
+                        writeln!(f, "  service      {} (order {}{data}): {}", s.name, s.order, s.image)?;
+                    }
+                }
+                None => writeln!(f, "  data_dir     {}   (mounted at {})", a.data_dir, a.data_mount)?,
+            }
             let checked = if a.health_checked { "answered 2xx on every tenant" } else { "FIXME: not confirmed" };
             writeln!(f, "  health       port {} path {}   ({checked})", a.health_port, a.health_path)?;
             for n in &a.notes {
@@ -943,7 +985,7 @@ mod tests {
     const D2: &str = "sha256:2222222222222222222222222222222222222222222222222222222222222222";
 
     /// A running container of `image` (`repo:tag`) whose image has `digest` in `repo`.
-    fn c(
+    pub(crate) fn c(
         name: &str,
         image: &str,
         digest: Option<&str>,
@@ -966,6 +1008,8 @@ mod tests {
                 .collect(),
             binds: binds.iter().map(|(s, d)| Bind { source: s.to_string(), destination: d.to_string() }).collect(),
             volumes: vec![],
+            tmpfs: vec![],
+            read_only: vec![],
             exposed_ports: vec![8080],
             networks: vec!["front".into()],
         }

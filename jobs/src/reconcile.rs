@@ -47,6 +47,17 @@ pub enum AppAction {
         /// Why it is not retried: `halted`, `person_needed` or `rolled back by run …`.
         why: String,
     },
+    /// A rollout of the app is paused over its failure budget: nothing starts beside it.
+    Paused {
+        /// App.
+        app: String,
+        /// The paused run.
+        run_id: String,
+        /// Since when.
+        since: String,
+        /// Why it paused.
+        reason: String,
+    },
     /// A rollout ran (or would run, in a dry run).
     RolledOut(Box<AppReport>),
 }
@@ -103,6 +114,22 @@ pub async fn reconcile(ctx: &mut Ctx, opts: &ReconcileOptions) -> Result<Reconci
     let engine = Engine::connect(&ctx.cfg.docker).await?;
     let mut apps = Vec::new();
     for app in &state.fleet.apps {
+        // A paused run of the app is resumed or aborted by a person (or by its pause_timeout),
+        // never rolled past.
+        let paused = if opts.dry_run {
+            ctx.store.open_pauses()?.into_iter().find(|p| p.app == app.name)
+        } else {
+            rollout::open_after_timeouts(ctx, app).await?
+        };
+        if let Some(p) = paused {
+            apps.push(AppAction::Paused {
+                app: app.name.clone(),
+                run_id: p.run_id,
+                since: p.paused_at,
+                reason: p.reason,
+            });
+            continue;
+        }
         let (plan, digest) = match &app.stack {
             None => {
                 let (tenants, unmapped) = engine.tenants_and_unmapped(app).await?;
@@ -149,6 +176,11 @@ impl fmt::Display for ReconcileReport {
                 AppAction::SkippedHalted { app, digest, run_id, why } => writeln!(
                     f,
                     "app {app}: {digest} not rolled out: run {run_id} {why}; not retried until git pins another digest or `slipway reconcile --retry`"
+                )?,
+                AppAction::Paused { app, run_id, since, reason } => writeln!(
+                    f,
+                    "app {app}: run {run_id} is paused since {since} ({reason}); nothing started beside it: `slipway \
+                     rollout resume {run_id}` or `slipway rollout abort {run_id}`"
                 )?,
                 AppAction::RolledOut(r) => {
                     let one = rollout::RolloutReport { dry_run: false, commit: self.commit.clone(), apps: vec![(**r).clone()],

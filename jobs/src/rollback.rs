@@ -34,6 +34,8 @@ pub struct RollbackOptions {
     pub tenants: Vec<TenantId>,
     /// Show what would be undone, change nothing.
     pub dry_run: bool,
+    /// `rollout abort RUN`: the run must be paused over its failure budget; its pause ends.
+    pub abort: bool,
 }
 
 /// Per tenant.
@@ -73,10 +75,18 @@ pub async fn rollback(ctx: &Ctx, opts: &RollbackOptions) -> Result<RollbackRepor
     if run.job != "rollout" {
         return Err(Error::Usage(format!("run {} is a {} run, not a rollout", run.id, run.job)));
     }
+    let paused = ctx.store.open_pauses()?.into_iter().any(|p| p.run_id == run.id);
+    if opts.abort && !paused {
+        return Err(Error::Usage(format!(
+            "run {} is not paused, so there is nothing to abort; `slipway rollback --run {}` undoes a halted or \
+             finished rollout",
+            run.id, run.id
+        )));
+    }
     // A stack tenant's rollout (`[app.services]`, one app per run: every tenant is a stack).
     let steps = ctx.store.steps(&run.id)?;
     if steps.iter().any(|s| s.detail.as_deref().is_some_and(|d| serde_json::from_str::<StackJournal>(d).is_ok())) {
-        return stack::rollback_stacks(ctx, opts, &run, &steps).await;
+        return stack::rollback_stacks(ctx, opts, &run, &steps, paused).await;
     }
     // The newest journal of each tenant the run touched, in the order they were rolled.
     let mut journals: Vec<(TenantJournal, bool)> = Vec::new();
@@ -154,7 +164,7 @@ pub async fn rollback(ctx: &Ctx, opts: &RollbackOptions) -> Result<RollbackRepor
             break;
         }
     }
-    finish(ctx, run, tenants, outcome)
+    finish(ctx, opts, (run, paused), tenants, outcome)
 }
 
 /// The journals `rollback` undoes: of the tenants in `opts.tenants`, else of those the run
@@ -185,10 +195,11 @@ impl RollbackTenant {
 }
 
 /// End a rollback that ran: the run record finished with `outcome`, and the rollout run marked
-/// resolved by it when every tenant came back.
+/// resolved by it when every tenant came back (its pause ended, when it was `paused`).
 fn finish(
     ctx: &Ctx,
-    run: slipway_state::Run,
+    opts: &RollbackOptions,
+    (run, paused): (slipway_state::Run, bool),
     tenants: Vec<RollbackTenant>,
     outcome: ExitKind,
 ) -> Result<RollbackReport> {
@@ -198,6 +209,10 @@ fn finish(
     ctx.finish_run(outcome, &summary)?;
     if outcome == ExitKind::Success {
         ctx.store.resolve_run(&run.id, &format!("rollback {}", ctx.run_id))?;
+        // Undone whole, a paused run has nothing left to resume.
+        if paused && opts.tenants.is_empty() {
+            ctx.store.end_pause(&run.id, if opts.abort { "aborted" } else { "rolled back" })?;
+        }
     }
     Ok(RollbackReport { rollout_run: run.id, dry_run: false, tenants, outcome })
 }

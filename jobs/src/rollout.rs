@@ -37,7 +37,7 @@ use crate::adapters::desired;
 use crate::adapters::docker::{ContainerSpec, Engine, Restart, StackMember, TenantContainer};
 use crate::adapters::health::Prober;
 use crate::adapters::mirror::{self, MirrorReport};
-use crate::config::{App, HealthSpec};
+use crate::config::{App, HealthSpec, OnBudget};
 use crate::context::Ctx;
 use crate::error::{Error, ExitKind, Result};
 use crate::layout::{self, SnapshotId, SnapshotKind};
@@ -47,6 +47,8 @@ use crate::step::{Step, TenantJournal};
 use crate::types::{Digest, RunId, TenantId};
 use crate::undo::{archive_copy, record_rollout_archive, undo_tenant, ROLLOUT_ZSTD_LEVEL};
 
+mod pause;
+pub(crate) use pause::open_after_timeouts;
 mod plan;
 mod proxy_gate;
 pub mod stack;
@@ -75,6 +77,15 @@ pub struct RolloutOptions {
     /// Roll at most this many tenants of a wave at once (`--max-parallel`; overrides
     /// `[app.rollout]`'s `max_parallel` and its waves'; the canary is always alone).
     pub max_parallel: Option<usize>,
+    /// Go on with this paused run (`rollout resume RUN`): its release, its frozen waves, the
+    /// tenants it has not reached; its failures still count against its budget.
+    pub resume: Option<RunId>,
+}
+
+/// A paused run gone on with: its id and the tenants that already failed in it.
+struct Resume {
+    run: RunId,
+    failed: usize,
 }
 
 /// How one tenant ended.
@@ -188,6 +199,15 @@ pub struct AppReport {
     pub outcome: ExitKind,
     /// One line for people.
     pub summary: String,
+    /// Paused over its failure budget: `rollout resume` or `rollout abort` of its run.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub paused: bool,
+    /// The run's rollback that `on_budget` asked for (`rollback-wave`, `rollback-all`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub budget_rollback: Option<crate::rollback::RollbackReport>,
+    /// The wave index in which its failures went over the budget, for `on_budget`.
+    #[serde(skip)]
+    over_in: Option<usize>,
 }
 
 /// The result of `slipway rollout`.
@@ -226,11 +246,23 @@ pub fn worst(kinds: impl Iterator<Item = ExitKind>) -> ExitKind {
 
 /// Run `rollout`.
 pub async fn rollout(ctx: &mut Ctx, opts: &RolloutOptions) -> Result<RolloutReport> {
+    if let Some(run) = &opts.resume {
+        return pause::resume(ctx, opts, run).await;
+    }
     let state = desired::read(&ctx.cfg.desired, &ctx.cfg.state_dir, opts.git_ref.as_deref())?;
     let apps: Vec<&App> = match &opts.app {
         Some(name) => vec![state.fleet.app(name)?],
         None => state.fleet.apps.iter().collect(),
     };
+    // A paused run of an app is resumed or aborted, never rolled past; one past its
+    // pause_timeout is aborted first.
+    if !opts.dry_run {
+        for app in &apps {
+            if let Some(p) = pause::open_after_timeouts(ctx, app).await? {
+                return Err(Error::Usage(pause::blocked(&p)));
+            }
+        }
+    }
     let names: Vec<&str> = apps.iter().map(|a| a.name.as_str()).collect();
     let trust = crate::trust::admit(ctx, &state, &names, opts.allow_rewind)?;
     let engine = Engine::connect(&ctx.cfg.docker).await?;
@@ -274,10 +306,14 @@ pub async fn rollout(ctx: &mut Ctx, opts: &RolloutOptions) -> Result<RolloutRepo
                 tenants: Vec::new(),
                 outcome: ExitKind::Success,
                 summary,
+                paused: false,
+                budget_rollback: None,
+                over_in: None,
             });
             continue;
         }
-        let report = rollout_app(ctx, &engine, app, (plan, waves), &tenants, &members, opts.keep_old).await?;
+        let mut report = rollout_app(ctx, &engine, app, (plan, waves), &tenants, &members, opts.keep_old, None).await?;
+        pause::budget_rollback(ctx, app, &mut report).await?;
         let stop = report.outcome != ExitKind::Success;
         reports.push(report);
         if stop {
@@ -334,6 +370,7 @@ fn release_of(app: &App) -> String {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn rollout_app(
     ctx: &mut Ctx,
     engine: &Engine,
@@ -342,6 +379,7 @@ async fn rollout_app(
     containers: &[TenantContainer],
     members: &[StackMember],
     keep_old: bool,
+    resume: Option<Resume>,
 ) -> Result<AppReport> {
     // Pre-pull before touching any tenant: a missing digest changes nothing. A stack pulls
     // each service's pin.
@@ -394,23 +432,36 @@ async fn rollout_app(
         None => app.image.digest().to_string(),
         Some(s) => s.pin_key(),
     };
-    ctx.start_run("rollout", Some(&app.name), Some(&plan.commit), Some(&digest))?;
+    let resumed = resume.is_some();
+    match &resume {
+        // The paused run goes on under its own id: one run, one journal, one rollback.
+        Some(r) => {
+            ctx.run_id = r.run.clone();
+            ctx.store.reopen_run(r.run.as_str())?;
+            ctx.store.end_pause(r.run.as_str(), "resumed")?;
+        }
+        None => ctx.start_run("rollout", Some(&app.name), Some(&plan.commit), Some(&digest))?,
+    }
     let ctx = &*ctx;
     // The waves, frozen in the run ledger before any tenant is touched: `recover` after a
-    // crash reads exactly these sets back.
-    let rows: Vec<slipway_state::WaveRow> = waves
-        .iter()
-        .flat_map(|w| w.tenants.iter().map(move |t| (w, t)))
-        .enumerate()
-        .map(|(position, (w, t))| slipway_state::WaveRow {
-            wave: w.index as i64,
-            position: position as i64,
-            tenant: t.to_string(),
-            name: w.name.clone(),
-            max_parallel: w.max_parallel as i64,
-            bake_s: w.bake_s as i64,
-        })
-        .collect();
+    // crash reads exactly these sets back (a resumed run's are already there).
+    let rows: Vec<slipway_state::WaveRow> = if resumed {
+        Vec::new()
+    } else {
+        waves
+            .iter()
+            .flat_map(|w| w.tenants.iter().map(move |t| (w, t)))
+            .enumerate()
+            .map(|(position, (w, t))| slipway_state::WaveRow {
+                wave: w.index as i64,
+                position: position as i64,
+                tenant: t.to_string(),
+                name: w.name.clone(),
+                max_parallel: w.max_parallel as i64,
+                bake_s: w.bake_s as i64,
+            })
+            .collect()
+    };
     if let Err(e) = ctx.store.record_waves(ctx.run_id.as_str(), &rows) {
         let why = format!("app {}: state.db could not record the run's waves, so no tenant was touched: {e}", app.name);
         ctx.finish_run(ExitKind::Failure, &why)?;
@@ -429,14 +480,17 @@ async fn rollout_app(
     let total = plan.items.len();
     let mut done: Vec<Option<TenantReport>> = vec![None; total];
     let mut outcome = ExitKind::Success;
-    // Tenants that failed (each rolled back with its data), counted against the budget.
-    let mut failed = 0usize;
+    // Tenants that failed (each rolled back with its data), counted against the budget; a
+    // resumed run's earlier failures still count.
+    let mut failed = resume.as_ref().map_or(0, |r| r.failed);
+    // The wave in which the failures went over the budget (not a gating tenant's failure).
+    let mut over_in: Option<usize> = None;
     // An error that is no tenant's outcome (the run record, an undo that could not even
     // start): no tenant starts after it; those in flight finish first, then it is returned.
     let mut error: Option<Error> = None;
     // Whether the tenant rolled next gates the others (the canary, or the first tenant after
     // a canary that was skipped): it rolls alone, and its failure halts whatever the budget.
-    let mut gate = true;
+    let mut gate = !resumed;
     let at: std::collections::HashMap<&TenantId, usize> =
         plan.items.iter().enumerate().map(|(n, i)| (&i.tenant, n)).collect();
     for wave in &waves {
@@ -488,7 +542,10 @@ async fn rollout_app(
                 // Rolled back with its data; within the budget the run goes on.
                 TenantOutcome::Restored => {
                     failed += 1;
-                    if was_gating || app.rollout.over_budget(failed, total) {
+                    if was_gating {
+                        ExitKind::Halted
+                    } else if app.rollout.over_budget(failed, total) {
+                        over_in.get_or_insert(wave.index);
                         ExitKind::Halted
                     } else {
                         ExitKind::Success
@@ -584,6 +641,21 @@ async fn rollout_app(
             )
         }
     };
+    // Over the budget in a wave: what `on_budget` says (a gating tenant's failure halts).
+    let on_budget = match over_in {
+        Some(w) if outcome == ExitKind::Halted => Some((app.rollout.on_budget, w)),
+        _ => None,
+    };
+    let summary = match on_budget {
+        Some((OnBudget::Pause | OnBudget::RollbackWave, _)) => format!(
+            "{summary}; PAUSED over the failure budget: `slipway rollout resume {run}` goes on with the same waves, \
+             `slipway rollout abort {run}` rolls back what it changed (so does the next rollout or reconcile after \
+             pause_timeout_s = {}s)",
+            app.rollout.pause_timeout_s,
+            run = ctx.run_id
+        ),
+        _ => summary,
+    };
     let word = match outcome {
         ExitKind::Success => "success",
         ExitKind::Halted => "halted",
@@ -591,8 +663,28 @@ async fn rollout_app(
         ExitKind::PersonNeeded => "person_needed",
         _ => "failed",
     };
+    // The pause is recorded before the run is finished: a run that ends over its budget is
+    // never seen finished and not paused.
+    if let Some((OnBudget::Pause | OnBudget::RollbackWave, _)) = on_budget {
+        let reason = format!("{failed} tenant(s) failed, over the failure budget");
+        ctx.store.pause_run(ctx.run_id.as_str(), &app.name, &reason)?;
+        // A test's kill with the pause recorded and the run not yet finished.
+        crate::context::crash_point("rollout-paused");
+    }
     ctx.store.finish_run(ctx.run_id.as_str(), word, outcome.code() as i64, &summary)?;
-    Ok(AppReport { plan, run_id: Some(ctx.run_id.clone()), waves, tenants, outcome, summary })
+    let paused = matches!(on_budget, Some((OnBudget::Pause | OnBudget::RollbackWave, _)));
+    let over_in = on_budget.map(|(_, w)| w);
+    Ok(AppReport {
+        plan,
+        run_id: Some(ctx.run_id.clone()),
+        waves,
+        tenants,
+        outcome,
+        summary,
+        paused,
+        budget_rollback: None,
+        over_in,
+    })
 }
 
 fn not_reached(item: &PlanItem) -> TenantReport {

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::adapters::{lock, metrics, notify};
-use crate::config::HostConfig;
+use crate::config::{HostConfig, NotifyLevel};
 use crate::context::{Cancel, Ctx};
 use crate::error::{Error, ExitKind, Result};
 use crate::{drill, prune, reconcile, recover, restore, rollback, rollout, runs, snapshot, status, sync, verify};
@@ -199,6 +199,37 @@ impl Report {
         lines[lines.len().saturating_sub(3)..].join(" / ")
     }
 
+    /// A line per tenant the report names, for notifications: every object of the report (at
+    /// any depth) with a `tenant` and an `outcome`, its detail from `detail`, `error` or
+    /// `skipped`. Read from the report's JSON so that every job's report gives its tenants,
+    /// whatever its shape.
+    pub fn tenant_lines(&self) -> Vec<notify::TenantLine> {
+        fn walk(v: &serde_json::Value, out: &mut Vec<notify::TenantLine>) {
+            match v {
+                serde_json::Value::Object(m) => {
+                    let word = |k: &str| match m.get(k) {
+                        Some(serde_json::Value::String(s)) => Some(s.clone()),
+                        Some(serde_json::Value::Object(o)) => o.keys().next().cloned(),
+                        _ => None,
+                    };
+                    if let (Some(tenant), Some(outcome)) = (word("tenant"), word("outcome")) {
+                        let detail = ["detail", "error", "skipped"].into_iter().find_map(word);
+                        out.push(notify::TenantLine { tenant, outcome, detail });
+                        return;
+                    }
+                    m.values().for_each(|x| walk(x, out));
+                }
+                serde_json::Value::Array(a) => a.iter().for_each(|x| walk(x, out)),
+                _ => {}
+            }
+        }
+        let mut out = Vec::new();
+        if let Ok(v) = serde_json::to_value(self) {
+            walk(&v, &mut out);
+        }
+        out
+    }
+
     /// The rollout reports inside (rollout, or the apps reconcile rolled out).
     fn rollouts(&self) -> Vec<&rollout::AppReport> {
         match self {
@@ -319,7 +350,8 @@ pub async fn run(cfg: HostConfig, job: Job, opts: RunnerOptions) -> Finished {
     };
     if !job.dry_run() {
         let counts = result.as_ref().map(Report::counts).unwrap_or_default();
-        after_job(&ctx, &opts, reported, outcome, run_id.clone(), &summary, counts, started).await;
+        let tenants = result.as_ref().map(Report::tenant_lines).unwrap_or_default();
+        after_job(&ctx, &opts, reported, outcome, run_id.clone(), &summary, counts, tenants, started).await;
     }
     Finished { job: reported, run_id, outcome, result }
 }
@@ -418,6 +450,7 @@ async fn after_job(
     run_id: Option<String>,
     summary: &str,
     counts: Counts,
+    tenants: Vec<notify::TenantLine>,
     started: Instant,
 ) {
     if let Some(path) = opts.metrics_file.as_ref().or(ctx.cfg.metrics.file.as_ref()) {
@@ -438,9 +471,19 @@ async fn after_job(
             tracing::warn!("cannot write the metrics file: {e}");
         }
     }
-    if let (true, Some(hook)) = (notifies(kind), &ctx.cfg.notify.webhook) {
-        let n = notify::Notification::new(job, run_id, kind.word(), kind.code(), summary);
-        notify::send(hook, &n).await;
+    let wanted = match ctx.cfg.notify.level {
+        NotifyLevel::Failures => notifies(kind),
+        // Every run: a job that recorded one, whatever its outcome (never a busy lock: no run).
+        NotifyLevel::All => notifies(kind) || (kind == ExitKind::Success && run_id.is_some()),
+    };
+    let targets = ctx.cfg.notify.targets();
+    if wanted && !targets.is_empty() {
+        let secrets: Vec<String> = targets.iter().flat_map(|t| t.secrets()).collect();
+        let n = notify::Notification::new(job, run_id, kind.word(), kind.code(), summary)
+            .with_tenants(tenants)
+            .scrubbed(&secrets);
+        // One message per run to each target, all at once: a slow one delays no other.
+        futures_util::future::join_all(targets.iter().map(|t| notify::send(t, &n))).await;
     }
 }
 

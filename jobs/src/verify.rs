@@ -3,8 +3,9 @@
 //! dir and checks every file's content hash, mode, owner and mtime against the file list. Any
 //! mismatch names the archive (and file) and makes the job fail; so does a snapshot dir
 //! without a manifest, which nothing can be checked against or restored from. `--remote`
-//! checks the remote copies: each archive's size and sha256 metadata, and its file list's
-//! sha256 metadata, against the remote manifest (with `--deep`, a downloaded copy file by file).
+//! checks the remote copies: each archive's size and sha256 metadata, its file list's sha256
+//! metadata, and each database dump's size and sha256 metadata, against the remote manifest
+//! (with `--deep`, a downloaded copy file by file, and each dump downloaded and re-hashed).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -202,25 +203,10 @@ pub async fn verify_remote(cfg: &HostConfig, opts: &VerifyOptions) -> Result<Ver
             .collect();
         for a in &entries {
             let key = snap.key(&a.path);
-            let mut detail = None;
-            match remote.head(&key).await? {
-                None => detail = Some("missing on the remote".to_string()),
-                // An encrypted object is checked by its plaintext's size and sha256 (metadata);
-                // --deep decrypts it and hashes both.
-                Some(h) if h.content_size() != Some(a.size) || sizes.get(key.as_str()) != Some(&h.size) => {
-                    detail = Some(format!("size is {:?}, the manifest says {}", h.content_size(), a.size))
-                }
-                Some(h) if h.content_sha256().is_some_and(|sha| sha != a.sha256) => {
-                    detail =
-                        Some(format!("sha256 metadata is {:?}, the manifest says {}", h.content_sha256(), a.sha256))
-                }
-                Some(h) if h.content_sha256().is_none() && !opts.deep => {
-                    detail = Some(format!(
-                        "it has no sha256 metadata, so only its bytes can tell; the manifest says {} (run `slipway \
-                         verify --remote --deep` to download and re-hash it)",
-                        a.sha256
-                    ))
-                }
+            let head = remote.head(&key).await?;
+            let mut detail = metadata_mismatch(head.as_ref(), sizes.get(key.as_str()), a.size, &a.sha256, opts.deep);
+            match head {
+                _ if detail.is_some() => {}
                 Some(_) if opts.deep => {
                     // Too little room to download into is the host's problem, not the archive's:
                     // the job fails naming the dir and the bytes, before anything is downloaded.
@@ -258,11 +244,62 @@ pub async fn verify_remote(cfg: &HostConfig, opts: &VerifyOptions) -> Result<Ver
                         Some(_) => {}
                     }
                 }
+                None => {}
+            }
+            archives.push(Checked { archive: PathBuf::from(&key), ok: detail.is_none(), detail });
+        }
+        // The tenants' database dumps: a remote snapshot is good only with them (a restore
+        // --remote replays them), so each is checked like an archive; --deep downloads and
+        // re-hashes it.
+        for d in m.archives.iter().flat_map(|a| a.database.iter().flat_map(|db| &db.dumps)) {
+            let key = snap.key(&d.path);
+            let head = remote.head(&key).await?;
+            let mut detail = metadata_mismatch(head.as_ref(), sizes.get(key.as_str()), d.size, &d.sha256, opts.deep);
+            if detail.is_none() && opts.deep {
+                offsite::check_room(&dir, d.size, &key)?;
+                let r = async {
+                    let local = layout::under(&dir, &d.path, &key)?;
+                    remote.download(&key, &local, Some(&d.sha256)).await?;
+                    let _ = std::fs::remove_file(&local);
+                    Ok::<_, Error>(())
+                }
+                .await;
+                match r {
+                    Err(e @ Error::Config(_)) => return Err(e),
+                    r => detail = r.err().map(|e| e.to_string()),
+                }
             }
             archives.push(Checked { archive: PathBuf::from(&key), ok: detail.is_none(), detail });
         }
     }
     Ok(VerifyReport { archives, incomplete: Vec::new(), deep: opts.deep })
+}
+
+/// What a remote object's head says against the manifest's `size` and `sha256`: `None` when it
+/// matches, or when only its bytes can tell (no sha256 metadata) and `deep` will download them.
+fn metadata_mismatch(
+    head: Option<&crate::adapters::remote::ObjectInfo>,
+    listed: Option<&u64>,
+    size: u64,
+    sha256: &str,
+    deep: bool,
+) -> Option<String> {
+    let Some(h) = head else { return Some("missing on the remote".to_string()) };
+    // An encrypted object is checked by its plaintext's size and sha256 (metadata); --deep
+    // decrypts it and hashes both.
+    if h.content_size() != Some(size) || listed != Some(&h.size) {
+        return Some(format!("size is {:?}, the manifest says {size}", h.content_size()));
+    }
+    match h.content_sha256() {
+        Some(sha) if sha != sha256 => {
+            Some(format!("sha256 metadata is {:?}, the manifest says {sha256}", h.content_sha256()))
+        }
+        None if !deep => Some(format!(
+            "it has no sha256 metadata, so only its bytes can tell; the manifest says {sha256} (run `slipway \
+             verify --remote --deep` to download and re-hash it)"
+        )),
+        _ => None,
+    }
 }
 
 impl fmt::Display for VerifyReport {

@@ -23,6 +23,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0006_proxy_downtime.sql"),
     include_str!("migrations/0007_drill_db_check.sql"),
     include_str!("migrations/0008_run_waves.sql"),
+    include_str!("migrations/0009_run_pauses.sql"),
 ];
 
 /// The remote of rows written before schema 5, which named none (adopted by
@@ -147,6 +148,23 @@ pub struct WaveRow {
     pub max_parallel: i64,
     /// Seconds each of its tenants soaks after its health gate.
     pub bake_s: i64,
+}
+
+/// A rollout paused over its failure budget, open until resumed, aborted or timed out.
+#[derive(Debug, Clone, Serialize)]
+pub struct Pause {
+    /// The paused rollout run.
+    pub run_id: String,
+    /// Its app.
+    pub app: String,
+    /// When it paused.
+    pub paused_at: String,
+    /// Why (the budget it went over).
+    pub reason: String,
+    /// When it ended; none while open.
+    pub ended_at: Option<String>,
+    /// How it ended: `resumed`, `aborted`, `timed out`.
+    pub ended_by: Option<String>,
 }
 
 /// The result of a rollout for one tenant.
@@ -358,6 +376,53 @@ impl Store {
             params![id, now(), outcome, exit_code, summary],
         )?;
         Ok(())
+    }
+
+    /// Open run `id` again to go on with it (`rollout resume`): unfinished, by this process.
+    pub fn reopen_run(&self, id: &str) -> Result<()> {
+        self.conn.execute(
+            "UPDATE runs SET finished_at = NULL, outcome = NULL, exit_code = NULL, summary = NULL, pid = ?2
+             WHERE id = ?1",
+            params![id, std::process::id()],
+        )?;
+        Ok(())
+    }
+
+    /// Record rollout run `run_id` of `app` as paused.
+    pub fn pause_run(&self, run_id: &str, app: &str, reason: &str) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO run_pauses (run_id, app, paused_at, reason) VALUES (?1, ?2, ?3, ?4)",
+            params![run_id, app, now(), reason],
+        )?;
+        Ok(())
+    }
+
+    /// End run `run_id`'s open pause (if any) as `by` (`resumed`, `aborted`, `timed out`).
+    pub fn end_pause(&self, run_id: &str, by: &str) -> Result<()> {
+        self.conn.execute(
+            "UPDATE run_pauses SET ended_at = ?2, ended_by = ?3 WHERE run_id = ?1 AND ended_at IS NULL",
+            params![run_id, now(), by],
+        )?;
+        Ok(())
+    }
+
+    /// Every open pause, oldest first.
+    pub fn open_pauses(&self) -> Result<Vec<Pause>> {
+        let mut st = self.conn.prepare(
+            "SELECT run_id, app, paused_at, reason, ended_at, ended_by FROM run_pauses
+             WHERE ended_at IS NULL ORDER BY id",
+        )?;
+        let rows = st.query_map([], |r| {
+            Ok(Pause {
+                run_id: r.get(0)?,
+                app: r.get(1)?,
+                paused_at: r.get(2)?,
+                reason: r.get(3)?,
+                ended_at: r.get(4)?,
+                ended_by: r.get(5)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
     /// Mark a halted or crashed run as settled by something later (a rollback, recover).
@@ -853,6 +918,24 @@ mod tests {
 
     fn run<'a>(id: &'a str, job: &'a str) -> NewRun<'a> {
         NewRun { id, job, trigger: "manual", app: Some("pulse"), git_commit: Some("abc"), digest: Some("sha256:d1") }
+    }
+
+    #[test]
+    fn a_pause_stays_open_until_ended_and_a_reopened_run_is_unfinished_again() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(&d.path().join("state.db")).unwrap();
+        s.start_run(&run("R1", "rollout")).unwrap();
+        s.finish_run("R1", "halted", 3, "over the failure budget").unwrap();
+        s.pause_run("R1", "app", "2 failed, 1 allowed").unwrap();
+        let open = s.open_pauses().unwrap();
+        assert_eq!((open.len(), open[0].run_id.as_str(), open[0].app.as_str()), (1, "R1", "app"));
+        s.reopen_run("R1").unwrap();
+        assert!(s.unfinished_runs().unwrap().iter().any(|r| r.id == "R1"));
+        s.end_pause("R1", "resumed").unwrap();
+        assert!(s.open_pauses().unwrap().is_empty());
+        // Ending it again changes nothing (no open pause).
+        s.end_pause("R1", "aborted").unwrap();
+        assert!(s.open_pauses().unwrap().is_empty());
     }
 
     #[test]

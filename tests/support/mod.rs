@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod gitserve;
+pub mod receivers;
 pub mod reports;
 
 use std::collections::HashMap;

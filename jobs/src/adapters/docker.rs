@@ -196,6 +196,13 @@ pub struct HostContainer {
     /// The container paths of its other volumes: anonymous ones, other drivers' (running
     /// containers only).
     pub volumes: Vec<String>,
+    /// The container paths of its tmpfs mounts (running containers only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tmpfs: Vec<String>,
+    /// The container paths of its binds and volumes mounted read-only (running containers
+    /// only): never data a rollout could change.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub read_only: Vec<String>,
     /// The TCP ports it exposes, sorted (running containers only).
     pub exposed_ports: Vec<u16>,
     /// The networks it is on, sorted.
@@ -423,6 +430,13 @@ impl Engine {
         })
     }
 
+    /// The dir the engine keeps its named volumes in (`<DockerRootDir>/volumes`).
+    pub async fn volumes_dir(&self) -> Result<std::path::PathBuf> {
+        let i = self.docker.info().await.map_err(|e| derr("asking the engine for its root dir", None, e))?;
+        let root = i.docker_root_dir.filter(|r| !r.is_empty()).unwrap_or_else(|| "/var/lib/docker".into());
+        Ok(std::path::PathBuf::from(root).join("volumes"))
+    }
+
     /// Every container on the host (running or not), with its image's tags and repo digests;
     /// mounts and exposed ports for the running ones. Sorted by name. Read only.
     pub async fn inventory(&self) -> Result<Vec<HostContainer>> {
@@ -480,8 +494,13 @@ impl Engine {
                     Err(e) if is_not_found(&e) => continue,
                     Err(e) => return Err(derr(format!("inspecting container {}", h.name), Some(&h.name), e)),
                 };
+                let tmpfs = i.host_config.as_ref().and_then(|h| h.tmpfs.as_ref());
+                h.tmpfs.extend(tmpfs.into_iter().flat_map(|t| t.keys().cloned()));
                 for m in i.mounts.unwrap_or_default() {
                     let dest = m.destination.unwrap_or_default();
+                    if m.rw == Some(false) {
+                        h.read_only.push(dest.clone());
+                    }
                     match m.typ.as_deref() {
                         Some("bind") => h.binds.push(Bind { source: m.source.unwrap_or_default(), destination: dest }),
                         // A named volume of the local driver is a dir on this host: offered
@@ -496,11 +515,15 @@ impl Engine {
                             h.binds.push(Bind { source: m.source.unwrap_or_default(), destination: dest })
                         }
                         Some("volume") => h.volumes.push(dest),
+                        Some("tmpfs") => h.tmpfs.push(dest),
                         _ => {}
                     }
                 }
                 h.binds.sort();
                 h.volumes.sort();
+                h.tmpfs.sort();
+                h.tmpfs.dedup();
+                h.read_only.sort();
                 let ports = i.config.and_then(|c| c.exposed_ports).unwrap_or_default();
                 h.exposed_ports = ports.iter().filter_map(|p| p.strip_suffix("/tcp")?.parse().ok()).collect();
                 h.exposed_ports.sort_unstable();
@@ -532,9 +555,9 @@ impl Engine {
         // must not see a stack at all (it would skip every tenant, silently).
         if app.stack.is_some() {
             return Err(Error::Usage(format!(
-                "app \"{}\" is a stack ([app.services]): only rollout, reconcile, recover, snapshot, restore and \
-                 drill handle stack tenants so far; status and doctor of a stack are not supported yet (issue #26), \
-                 so nothing was done for it",
+                "app \"{}\" is a stack ([app.services]): this command takes one container per tenant and does not \
+                 handle stack tenants (rollout, reconcile, recover, snapshot, restore, drill, status, doctor and init \
+                 do), so nothing was done for it",
                 app.name
             )));
         }

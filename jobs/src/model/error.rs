@@ -214,6 +214,15 @@ pub enum Error {
 }
 
 impl Error {
+    /// The error's words for wrapping in another [`Error::Backup`]: a `Backup`'s own text without
+    /// its `archive: ` prefix (else the wrapped message says "archive:" twice), any other whole.
+    pub fn detail(&self) -> String {
+        match self {
+            Error::Backup(s) => s.clone(),
+            e => e.to_string(),
+        }
+    }
+
     /// The exit class for this error.
     pub fn exit_kind(&self) -> ExitKind {
         match self {
@@ -393,5 +402,14 @@ mod tests {
             (remote.to_string().as_str(), remote.exit_kind()),
             ("remote: s3://b: uploading k: SlowDown", ExitKind::Failure)
         );
+    }
+
+    #[test]
+    fn a_backup_error_wrapped_in_another_says_archive_once() {
+        let inner = Error::Backup("pg_dump: the dump is empty".into());
+        let outer = Error::Backup(format!("tenant t1: the database dump failed: {}", inner.detail()));
+        assert_eq!(outer.to_string(), "archive: tenant t1: the database dump failed: pg_dump: the dump is empty");
+        let io = Error::Usage("no such tenant".into());
+        assert_eq!(io.detail(), io.to_string());
     }
 }

@@ -27,12 +27,14 @@ use crate::stack_undo::undo_stack;
 use crate::step::StackJournal;
 use crate::undo::{copy_state_at, image_to_recreate, CopyState};
 
-/// Roll back run `run`'s stack tenants (its `steps` journal them).
+/// Roll back run `run`'s stack tenants (its `steps` journal them); `paused`: the run is paused
+/// over its failure budget (its pause ends when every stack came back).
 pub(super) async fn rollback_stacks(
     ctx: &Ctx,
     opts: &RollbackOptions,
     run: &slipway_state::Run,
     steps: &[slipway_state::Step],
+    paused: bool,
 ) -> Result<RollbackReport> {
     // The newest journal of each stack tenant, in the order they were rolled.
     let mut journals: Vec<StackJournal> = Vec::new();
@@ -101,7 +103,7 @@ pub(super) async fn rollback_stacks(
             break;
         }
     }
-    finish(ctx, run.clone(), tenants, outcome)
+    finish(ctx, opts, (run.clone(), paused), tenants, outcome)
 }
 
 /// The run's journal made the rollback's: a mount whose rollout copy was archived (and

@@ -532,7 +532,11 @@ impl RawApp {
             ));
         }
         let database = self.database.map(|d| d.validate()).transpose()?;
-        let rollout = self.rollout.unwrap_or_default().validate()?;
+        // Without the table: the rollout as it always was (the first failure halts, no pause).
+        let rollout = match self.rollout {
+            Some(r) => r.validate()?,
+            None => super::rollout::RolloutSpec::default(),
+        };
         if stack.is_some()
             && (rollout.max_parallel > 1 || rollout.waves.iter().any(|w| w.max_parallel > 1 || w.bake_s > 0))
         {

@@ -190,8 +190,23 @@ fn default_region() -> String {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NotifyConfig {
-    /// JSON POST target on failures and halts (Slack-compatible `text`).
+    /// A JSON POST target (Slack-compatible `text`): the same as one `https://` entry of `urls`.
     pub webhook: Option<String>,
+    /// Where each run's message goes: `https://` (JSON), `generic://`, `ntfy://`, `slack://`,
+    /// `discord://`, `smtp://` (see [`super::notify::Target::parse`]).
+    #[serde(default)]
+    pub urls: Vec<String>,
+    /// Which runs are notified: `failures` (the default) or `all`.
+    #[serde(default)]
+    pub level: super::notify::NotifyLevel,
+}
+
+impl NotifyConfig {
+    /// Every target, `webhook` first; an entry that does not parse is left out (the config's
+    /// validation refuses it before any job runs).
+    pub fn targets(&self) -> Vec<super::notify::Target> {
+        self.webhook.iter().chain(&self.urls).filter_map(|u| super::notify::Target::parse(u).ok()).collect()
+    }
 }
 
 /// `[metrics]`.
@@ -313,6 +328,8 @@ enum Kind {
     Bool,
     PathList,
     CommaList,
+    /// Separated by whitespace (URLs, which may hold commas).
+    SpaceList,
 }
 
 /// `SLIPWAY_…` overrides: variable, key path in the TOML, value kind.
@@ -342,6 +359,8 @@ const ENV_KEYS: &[(&str, &[&str], Kind)] = &[
     ("SLIPWAY_REMOTE_ENCRYPT_RECIPIENTS_FILE", &["remote", "encrypt", "recipients_file"], Kind::Str),
     ("SLIPWAY_REMOTE_IDENTITY_FILE", &["remote", "identity_file"], Kind::Str),
     ("SLIPWAY_NOTIFY_WEBHOOK", &["notify", "webhook"], Kind::Str),
+    ("SLIPWAY_NOTIFY_URLS", &["notify", "urls"], Kind::SpaceList),
+    ("SLIPWAY_NOTIFY_LEVEL", &["notify", "level"], Kind::Str),
     ("SLIPWAY_METRICS_FILE", &["metrics", "file"], Kind::Str),
     ("SLIPWAY_SNAPSHOT_STAGING", &["snapshot", "staging"], Kind::Bool),
     ("SLIPWAY_SNAPSHOT_CHECK_COPY_DAYS", &["snapshot", "check_copy_days"], Kind::Int),
@@ -428,6 +447,9 @@ impl HostConfig {
                 Kind::PathList => toml::Value::Array(
                     value.split(':').filter(|s| !s.is_empty()).map(|s| toml::Value::String(s.into())).collect(),
                 ),
+                Kind::SpaceList => {
+                    toml::Value::Array(value.split_whitespace().map(|s| toml::Value::String(s.into())).collect())
+                }
                 Kind::CommaList => toml::Value::Array(
                     value
                         .split(',')
@@ -516,6 +538,18 @@ impl HostConfig {
                          (a pattern that matches every label would strip the app's own)"
                     ),
                 );
+            }
+        }
+        for (key, url) in self
+            .notify
+            .webhook
+            .iter()
+            .map(|u| ("notify.webhook".to_string(), u))
+            .chain(self.notify.urls.iter().enumerate().map(|(i, u)| (format!("notify.urls[{i}]"), u)))
+        {
+            // The URL itself is not repeated: its path or user part is a secret.
+            if let Err(why) = super::notify::Target::parse(url) {
+                return bad(&key, format!("the URL {why}"));
             }
         }
         if let Some(r) = &self.remote {

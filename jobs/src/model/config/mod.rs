@@ -7,13 +7,15 @@
 pub mod database;
 pub mod fleet;
 pub mod host;
+pub mod notify;
 pub mod rollout;
 pub mod stack;
 
 pub use database::*;
 pub use fleet::*;
 pub use host::*;
-pub use rollout::{LabelExpr, RolloutSpec, WaveSize, WaveSpec};
+pub use notify::{Format, NotifyLevel, SmtpTls, Target};
+pub use rollout::{LabelExpr, OnBudget, RolloutSpec, WaveSize, WaveSpec};
 pub use stack::{Service, Stack};
 
 /// The known word `word` is most likely a typo of, if one is close enough (by edit distance).

@@ -2,7 +2,8 @@
 //! which order (`order_by` a label), in which waves (`[[app.rollout.waves]]`: a label
 //! expression, a count or a percentage of the tenants left, `max_parallel`, `bake_s`), and how
 //! many failed tenants the run takes before it halts (`max_failed`, `max_failure_ratio`), and
-//! how long a tenant may be down (`downtime_budget_ms`). Without the table: canary, then one
+//! how long a tenant may be down (`downtime_budget_ms`), and what a run over its budget does
+//! (`on_budget`: pause, resumable, by default). Without the table: canary, then one
 //! tenant at a time, halting at the first failure — as before waves existed.
 
 use std::collections::BTreeMap;
@@ -110,6 +111,39 @@ pub struct WaveSpec {
     pub bake_s: u64,
 }
 
+/// What a run does once its failed tenants go over the budget (each failed tenant is rolled
+/// back with its data whatever this says).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnBudget {
+    /// Stop; the tenants not reached stay on the prior version (an app without
+    /// `[app.rollout]`: the rollout as it always was).
+    Halt,
+    /// Stop and keep the run resumable (`rollout resume RUN`, `rollout abort RUN`), its waves
+    /// frozen; the default with `[app.rollout]`.
+    Pause,
+    /// Roll back the tenants of the wave in progress that rolled, then pause.
+    RollbackWave,
+    /// Roll back every tenant the run rolled; nothing is left to resume.
+    RollbackAll,
+}
+
+impl OnBudget {
+    /// The word of fleet.toml.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnBudget::Halt => "halt",
+            OnBudget::Pause => "pause",
+            OnBudget::RollbackWave => "rollback-wave",
+            OnBudget::RollbackAll => "rollback-all",
+        }
+    }
+}
+
+/// A paused run's default time before the next rollout or reconcile aborts it: three days, so
+/// a pause on a Friday night is still there on Monday morning.
+pub const DEFAULT_PAUSE_TIMEOUT_S: u64 = 3 * 24 * 3600;
+
 /// `[app.rollout]`: waves and failure budgets. The default is the rollout as it always was.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RolloutSpec {
@@ -128,6 +162,11 @@ pub struct RolloutSpec {
     pub downtime_budget_ms: Option<u64>,
     /// The waves after the canary, in order; the tenants none takes form a last wave.
     pub waves: Vec<WaveSpec>,
+    /// What the run does over its failure budget.
+    pub on_budget: OnBudget,
+    /// Seconds a paused run waits for `rollout resume` or `rollout abort`; then the next
+    /// rollout or reconcile of the app aborts it (rolls back what it changed).
+    pub pause_timeout_s: u64,
 }
 
 impl Default for RolloutSpec {
@@ -139,6 +178,8 @@ impl Default for RolloutSpec {
             max_failure_ratio: None,
             downtime_budget_ms: None,
             waves: Vec::new(),
+            on_budget: OnBudget::Halt,
+            pause_timeout_s: DEFAULT_PAUSE_TIMEOUT_S,
         }
     }
 }
@@ -168,6 +209,8 @@ pub(crate) struct RawRollout {
     downtime_budget_ms: Option<u64>,
     #[serde(default)]
     waves: Vec<RawWave>,
+    on_budget: Option<OnBudget>,
+    pause_timeout_s: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -202,6 +245,11 @@ impl RawRollout {
                         milliseconds a tenant may be down (stop → healthy), e.g. 5000"
                 .into());
         }
+        if self.pause_timeout_s == Some(0) {
+            return Err("rollout.pause_timeout_s = 0: a pause would end before anyone could resume it; give the \
+                        seconds a paused run waits for `rollout resume` or `abort`, e.g. 86400"
+                .into());
+        }
         let mut waves = Vec::new();
         for (i, w) in self.waves.into_iter().enumerate() {
             let at = format!("rollout.waves[{i}]");
@@ -227,6 +275,9 @@ impl RawRollout {
             max_failure_ratio: self.max_failure_ratio,
             downtime_budget_ms: self.downtime_budget_ms,
             waves,
+            // With the table, a run over its budget pauses unless it says otherwise.
+            on_budget: self.on_budget.unwrap_or(OnBudget::Pause),
+            pause_timeout_s: self.pause_timeout_s.unwrap_or(DEFAULT_PAUSE_TIMEOUT_S),
         })
     }
 }
@@ -311,10 +362,14 @@ mod tests {
             ("[[waves]]\npercent = 0", "rollout.waves[0].percent = 0"),
             ("[[waves]]\nselect = \"tier\"", "rollout.waves[0].select"),
             ("downtime_budget_ms = 0", "downtime_budget_ms = 0"),
+            ("pause_timeout_s = 0", "pause_timeout_s = 0"),
+            ("on_budget = \"wait\"", "on_budget"),
         ] {
             let e = parse(text).unwrap_err();
             assert!(e.contains(want), "{text}: {e}");
         }
-        assert_eq!(parse("").unwrap(), RolloutSpec::default());
+        // An empty table is the default but for the budget: a run over it pauses.
+        assert_eq!(parse("").unwrap(), RolloutSpec { on_budget: OnBudget::Pause, ..RolloutSpec::default() });
+        assert_eq!(parse("on_budget = \"rollback-wave\"").unwrap().on_budget, OnBudget::RollbackWave);
     }
 }

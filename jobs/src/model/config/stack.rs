@@ -120,8 +120,16 @@ pub(super) fn validate(
     let mut out = Vec::new();
     for (name, raw) in services {
         let key = format!("services.{name}");
-        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
-            return Err(format!("{key}: the service name \"{name}\" must be letters, digits, '-', '_' or '.'"));
+        // It names a drill's containers (`<tenant>-<service>-…`): never a path, never an option.
+        if name.is_empty()
+            || name.len() > 63
+            || !name.as_bytes()[0].is_ascii_alphanumeric()
+            || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        {
+            return Err(format!(
+                "{key}: the service name \"{name}\" must be letters, digits, '-', '_' or '.', start with a letter or \
+                 digit and be at most 63 characters"
+            ));
         }
         let image: PinnedImage = raw.image.parse().map_err(|e| format!("{key}.image: {e}"))?;
         if let Some(d) = raw.data.iter().find(|d| !d.starts_with('/')) {
@@ -231,6 +239,11 @@ mod tests {
             (stack_app("").replace("writes = true\n", ""), &["services.app", "writes = false"]),
             (stack_app("").replace("reg/worker@", "reg/worker:latest#"), &["services.worker.image"]),
             (stack_app("[app.stack]\ngroup = \"a b\""), &["stack.group", "a b"]),
+            (
+                stack_app("").replace("[app.services.worker]", "[app.services.\"..\"]"),
+                &["services..", "\"..\"", "start with"],
+            ),
+            (stack_app("").replace("[app.services.worker]", "[app.services.-v]"), &["\"-v\"", "start with"]),
             (stack_app("scratch_mounts = [\"/data\"]"), &["services.app.data", "scratch_mounts"]),
             (stack_app("").replace("order = 2", "oder = 2"), &["`oder`"]),
             (stack_app("pre_copy = false"), &["pre_copy = false"]),
