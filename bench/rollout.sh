@@ -12,8 +12,17 @@
 #  3. The failure path: the BIG_MB tenant rolled to a version that fails its health gate, once
 #     on the pre-copy path (the copy swapped back by a rename) and once with pre_copy = false
 #     (the archive extracted): the time to put the data back, and the prior's start + health.
+#  4. A stack tenant (issue #26): a compose project (Debian's docker-compose) of three
+#     services — app (DATA_MB in its named volume), worker (no data), side (a small named
+#     volume) — rolled with a new app and a new worker digest (v1 -> v2 -> v1 -> v2):
+#     - slipway rollout (every writer stopped, both volumes copied, switched, gated)
+#     - the operator's script on a twin project: edit the images in the compose file, then
+#       `docker-compose up -d` (the images pulled before); downtime from compose's first kill
+#       of an old container (docker events) until the new app answers its health check.
+#     Reported beside section 1's single-container downtime of the same run.
 # Needs the test environment (scripts/testenv.sh up) for the registry and fixtures.
-# SLIPWAY_BIN=path uses that binary instead of building a release one.
+# SLIPWAY_BIN=path uses that binary instead of building a release one. BENCH_SKIP_SIZES=1
+# skips sections 2 and 3 (the 1 GiB tenant).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${BENCH_TENANTS:-10}
@@ -36,6 +45,10 @@ work=$(mktemp -d /tmp/slipway-bench-rollout.XXXXXX)
 net=swbench-$$
 mkdir -p bench/out
 cleanup() {
+  for set in sl sh; do
+    [ -f "$work/stack-$set.yml" ] && docker-compose --no-ansi -p "swbstack$$$set" -f "$work/stack-$set.yml" \
+      down -v -t 1 >/dev/null 2>&1
+  done
   docker ps -aq --filter "label=swbench=$$" | xargs -r docker rm -f >/dev/null 2>&1 || true
   docker network rm "$net" >/dev/null 2>&1 || true
   rm -rf "$work"
@@ -129,7 +142,123 @@ for i in $(seq 1 "$N"); do
 done
 sh_total_ms=$(( ($(date +%s%N) - t0) / 1000000 ))
 
+# --- a stack tenant: slipway vs the operator's docker-compose -------------------------------
+stack_yml() { # set app-image worker-image
+  cat > "$work/stack-$1.yml" <<YML
+version: "3.7"
+services:
+  app:
+    image: $2
+    labels: { swbench: "$$", swbench.stack: "$1" }
+    volumes: [ "appdata:/data" ]
+    restart: unless-stopped
+    depends_on: [ side ]
+  worker:
+    image: $3
+    labels: { swbench: "$$", swbench.stack: "$1" }
+    restart: unless-stopped
+  side:
+    image: $V1
+    labels: { swbench: "$$", swbench.stack: "$1" }
+    volumes: [ "sidedata:/data" ]
+    restart: unless-stopped
+volumes:
+  appdata: {}
+  sidedata: {}
+YML
+}
+compose() { # set args...
+  local set=$1
+  shift
+  docker-compose --no-ansi -p "swbstack$$$set" -f "$work/stack-$set.yml" "$@"
+}
+pin_stack() { # image of app and worker
+  cat > "$work/fleet/fleet.toml" <<TOML
+[[app]]
+name = "stack"
+select = "swbench.stack=sl"
+stop_timeout_s = 30
+health = { path = "/api/health", port = 8080, timeout_s = 60, service = "app" }
+[app.services.side]
+image = "$V1"
+writes = true
+order = 1
+data = ["/data"]
+[app.services.app]
+image = "$1"
+writes = true
+order = 2
+data = ["/data"]
+[app.services.worker]
+image = "$1"
+order = 3
+TOML
+  git -C "$work/fleet" add fleet.toml
+  git -C "$work/fleet" -c user.name=bench -c user.email=bench@localhost commit -qm "stack: app and worker $1"
+  git -C "$work/fleet" push -q origin HEAD:main
+}
+echo "setting up a three-service compose tenant ($DATA_MB MB and 1 MB named volumes) for each tool..." >&2
+for set in sl sh; do
+  stack_yml "$set" "$V1" "$V1"
+  compose "$set" up -d >/dev/null 2>&1
+  make_data "$(docker volume inspect -f '{{.Mountpoint}}' "swbstack$$${set}_appdata")"
+  make_data "$(docker volume inspect -f '{{.Mountpoint}}' "swbstack$$${set}_sidedata")" 1
+done
+: > "$work/stack-sh.txt"
+round=0
+for img in "$V2" "$V1" "$V2"; do
+  round=$((round + 1))
+  want=$([ "$img" = "$V2" ] && echo "v2 ok" || echo "v1 ok")
+  pin_stack "$img"
+  "$SLIPWAY" --config "$work/config.toml" rollout --app stack --json > "$work/stack-$round.json"
+  # The operator's script: the new images pulled first, then the compose file edited and up -d.
+  stack_yml sh "$img" "$img"
+  compose sh pull -q >/dev/null 2>&1
+  old="$(docker inspect -f '{{.Id}}' "swbstack$$sh_app_1") $(docker inspect -f '{{.Id}}' "swbstack$$sh_worker_1")"
+  since=$(date +%s)
+  t0=$(date +%s%N)
+  compose sh up -d >/dev/null 2>&1
+  until ip=$(docker inspect -f "{{(index .NetworkSettings.Networks \"swbstack$$sh_default\").IPAddress}}" \
+      "swbstack$$sh_app_1" 2>/dev/null) && [ -n "$ip" ] && curl -fsS -m 1 "http://$ip:8080/api/health" 2>/dev/null \
+      | grep -q "$want"; do
+    sleep 0.02
+  done
+  t1=$(date +%s%N)
+  sleep 1
+  filters=()
+  for id in $old; do filters+=(--filter "container=$id"); done
+  first_kill=$(docker events --since "$since" --until "$(date +%s)" "${filters[@]}" --filter event=kill \
+    --format '{{.TimeNano}}' | sort -n | head -1)
+  echo $(( (t1 - ${first_kill:-$t0}) / 1000000 )) >> "$work/stack-sh.txt"
+done
+
 # --- downtime against data size, and the failure path ----------------------------------------
+python3 - "$work/slipway.json" "$work/shell.txt" "$work/stack-1.json,$work/stack-2.json,$work/stack-3.json" \
+    "$work/stack-sh.txt" "$DATA_MB" <<'PY' | tee bench/out/rollout-stack.md
+import json, statistics, sys
+med = statistics.median
+single = [t["downtime_ms"] for t in json.load(open(sys.argv[1]))["report"]["apps"][0]["tenants"]]
+shell = [int(x) for x in open(sys.argv[2]).read().split()]
+stack, steps = [], []
+for f in sys.argv[3].split(","):
+    t = json.load(open(f))["report"]["apps"][0]["tenants"][0]
+    assert t["outcome"] == "rolled", t
+    stack.append(t["downtime_ms"])
+    steps.append(t["timings"])
+compose = [int(x) for x in open(sys.argv[4]).read().split()]
+print(f"Downtime of a stack tenant beside a single-container one, same run ({sys.argv[5]} MB of data each):\n")
+print("| tenant | slipway | the operator's way | slipway / operator |")
+print("|---|---:|---:|---:|")
+print(f"| single container, median of {len(single)} | {med(single):.0f} ms | {med(shell):.0f} ms (runbook shell steps, `cp -a`) | {med(single)/med(shell):.2f} |")
+print(f"| stack: app + worker + side, 2 named volumes, app and worker digests changed, median of {len(stack)} | {med(stack):.0f} ms | {med(compose):.0f} ms (`docker-compose up -d`, no copy) | {med(stack)/med(compose):.2f} |")
+print(f"\nstack rollouts: slipway {stack} ms, docker-compose {compose} ms")
+part = lambda k: med([g[k] for g in steps])
+print(f"slipway's stack downtime, median per step: stop of the 3 containers {part('stop_ms'):.0f} ms, copy delta of "
+      f"both volumes {part('copy_delta_ms'):.0f} ms, switch of 2 services {part('switch_ms'):.0f} ms, start of 3 "
+      f"{part('start_ms'):.0f} ms, health gate of 3 {part('health_ms'):.0f} ms (pre-copy while running "
+      f"{part('pre_copy_ms'):.0f} ms, archive after healthy {part('archive_ms'):.0f} ms)")
+PY
+[ "${BENCH_SKIP_SIZES:-0}" = 1 ] && exit 0
 echo "rolling the $SMALL_MB MB and $BIG_MB MB tenants three times..." >&2
 round=0
 for img in "$V2" "$V1" "$V2"; do

@@ -27,6 +27,7 @@ mod safety;
 mod stack;
 mod stack_adopt;
 mod stack_backup;
+mod stack_rollback;
 mod systemd;
 mod trust;
 mod undo_errors;

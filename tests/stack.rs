@@ -250,12 +250,16 @@ fn a_new_worker_digest_rolls_only_the_worker_canary_first_and_compose_still_list
     let again = s.slipway(&["rollout", "--json"]);
     assert_eq!(again.code, 0, "{}", again.stderr);
     assert!(again.report::<Rollout>().apps[0].tenants.is_empty(), "{}", again.stdout);
-    // Rollback of a stack run is refused, touching nothing.
+    // Rolled back (the canary alone): its worker is recreated on its prior image with its
+    // labels and network; the other tenant keeps the new worker.
     let run = report.apps[0].run_id.clone().unwrap();
-    let rb = s.slipway(&["rollback", "--run", &run]);
-    assert_eq!(rb.code, 2, "{} {}", rb.stdout, rb.stderr);
-    assert!(rb.stderr.contains("stack") && rb.stderr.contains("nothing was touched"), "{}", rb.stderr);
+    let rb = s.slipway(&["rollback", "--run", &run, "--tenant", &t2.project]);
+    assert_eq!(rb.code, 0, "{} {}", rb.stdout, rb.stderr);
+    let (_, image, labels, nets, running) = looks(&s, &t2.container("worker"));
+    let (_, bimage, blabels, bnets, _) = &before[3 + 2];
+    assert_eq!((&image, &labels, &nets, running), (bimage, blabels, bnets, true));
     assert_eq!(image_now(&s, &t1.container("worker")), worker2);
+    assert_eq!(t2.ps().len(), ps2.len());
 }
 
 fn image_now(s: &Sandbox, name: &str) -> String {
@@ -485,6 +489,12 @@ fn stack_killed_at(point: &str) {
     for svc in ["app", "side", "worker"] {
         assert_eq!(s.inspect(&t1.container(svc))["State"]["Running"], true, "{point}: {svc} left stopped");
     }
+    nothing_left_after_recover(&s, point);
+}
+
+/// After a kill at `point` and `recover`: no set-aside or staged container left, every run
+/// finished.
+pub(crate) fn nothing_left_after_recover(s: &Sandbox, point: &str) {
     let mut leftovers = s.containers_named_like(".pre-rollout-");
     leftovers.extend(s.containers_named_like(".next-"));
     assert!(leftovers.is_empty(), "{point}: {leftovers:?}");

@@ -453,3 +453,194 @@ fn an_unchanged_stack_reuses_each_mount_archive_and_prune_takes_every_part_of_an
     let (r_app, r_side) = extracted(&s, &t1.project, &[]);
     assert_eq!((tree(&r_app), tree(&r_side)), data);
 }
+
+/// A stack tenant snapshotted, then written to ("newer"), then restored from the snapshot:
+/// the tenant, the restore's run id, the volumes' trees as restored and as they were newer.
+fn restored_over_newer(s: &Sandbox) -> (Compose, String, (String, String), (String, String)) {
+    let img = images(s);
+    let t1 = compose_tenant(s, "t1", &img);
+    let (app_vol, side_vol) = vols(&t1);
+    std::fs::create_dir_all(app_vol.join("db")).unwrap();
+    std::fs::write(app_vol.join("db/records.txt"), "customer row\n".repeat(200)).unwrap();
+    s.write_fleet(&stack_fleet(s, &img.app, &img.worker, &img.side, ""));
+    let out = s.slipway(&["snapshot", "--json"]);
+    assert_eq!(out.code, 0, "{} {}", out.stdout, out.stderr);
+    let snap = (tree(&app_vol), tree(&side_vol));
+    std::fs::write(app_vol.join("db/records.txt"), "rows written after the snapshot\n").unwrap();
+    std::fs::write(side_vol.join("newer"), "newer").unwrap();
+    let newer = (tree(&app_vol), tree(&side_vol));
+    let out = s.slipway(&["restore", "--latest", "--tenant", &t1.project, "--json"]);
+    assert_eq!(out.code, 0, "{} {}", out.stdout, out.stderr);
+    assert_eq!((tree(&app_vol), tree(&side_vol)), snap);
+    let run = out.json()["run_id"].as_str().unwrap().to_string();
+    (t1, run, snap, newer)
+}
+
+#[test]
+fn restore_run_of_a_stack_restore_puts_back_what_every_mount_held_with_the_writers_stopped_and_started() {
+    let s = Sandbox::new();
+    let (t1, run, snap, newer) = restored_over_newer(&s);
+    let (app_vol, side_vol) = vols(&t1);
+    let before: Vec<_> = ["app", "side", "worker"].map(|x| looks(&s, &t1.container(x))).to_vec();
+    let worker_started = s.inspect(&t1.container("worker"))["State"]["StartedAt"].clone();
+    let dry = s.slipway(&["restore", "--run", &run, "--tenant", &t1.project, "--dry-run"]);
+    assert_eq!(dry.code, 0, "{} {}", dry.stdout, dry.stderr);
+    assert!(dry.stdout.contains("would stop"), "{}", dry.stdout);
+    assert_eq!((tree(&app_vol), tree(&side_vol)), snap, "the dry run touched a volume");
+
+    let out = s.slipway(&["restore", "--run", &run, "--tenant", &t1.project, "--json"]);
+    assert_eq!(out.code, 0, "{} {}", out.stdout, out.stderr);
+    // Every mount has what it held before that restore again, byte for byte.
+    assert_eq!((tree(&app_vol), tree(&side_vol)), newer, "a mount did not get its data back");
+    // The same containers, running; the worker (no data) never stopped.
+    let now: Vec<_> = ["app", "side", "worker"].map(|x| looks(&s, &t1.container(x))).to_vec();
+    assert_eq!(now, before);
+    assert_eq!(s.inspect(&t1.container("worker"))["State"]["StartedAt"], worker_started, "the worker was stopped");
+    // What each mount held (the snapshot's data) is kept in turn.
+    let mounts = out.json()["report"]["mounts"].as_array().cloned().unwrap_or_default();
+    assert_eq!(mounts.len(), 2, "{}", out.stdout);
+    let kept: Vec<String> =
+        mounts.iter().map(|m| tree(Path::new(m["replaced"].as_str().expect("replaced data not kept")))).collect();
+    assert!(kept.contains(&snap.0) && kept.contains(&snap.1), "{}", out.stdout);
+}
+
+#[test]
+fn restore_run_of_a_stack_restore_killed_between_its_swaps_is_undone_by_recover() {
+    let s = Sandbox::new();
+    let (t1, run, snap, _) = restored_over_newer(&s);
+    let (app_vol, side_vol) = vols(&t1);
+    let before: Vec<_> = ["app", "side", "worker"].map(|x| looks(&s, &t1.container(x))).to_vec();
+    let point = "restore-stack-swapped-one";
+    s.slipway_killed_at(&["restore", "--run", &run, "--tenant", &t1.project], point);
+    let rec = s.slipway(&["recover", "--json"]);
+    assert_eq!(rec.code, 0, "{} {}", rec.stdout, rec.stderr);
+    assert_eq!((tree(&app_vol), tree(&side_vol)), snap, "a mount was not put back by recover");
+    let now: Vec<_> = ["app", "side", "worker"].map(|x| looks(&s, &t1.container(x))).to_vec();
+    assert_eq!(now, before, "the stack is not back as it was");
+}
+
+/// A stack drill killed at each of its steps — its scratch copies extracted, one service of
+/// the drill started, all started, all healthy, halfway through its cleanup — leaves its
+/// containers, network and scratch dirs to `recover`, which removes them all; the live stack
+/// is only looked at (the same containers, never restarted, its volumes as they were).
+#[test]
+fn a_stack_drill_killed_at_each_of_its_steps_leaves_nothing_after_recover_and_the_live_stack_untouched() {
+    let s = Sandbox::new();
+    let img = images(&s);
+    let t1 = compose_tenant(&s, "t1", &img);
+    let (app_vol, side_vol) = vols(&t1);
+    std::fs::create_dir_all(app_vol.join("db")).unwrap();
+    std::fs::write(app_vol.join("db/records.txt"), "customer row\n".repeat(100)).unwrap();
+    s.write_fleet(&stack_fleet(&s, &img.app, &img.worker, &img.side, ""));
+    assert_eq!(s.slipway(&["snapshot"]).code, 0);
+    let live = || {
+        let c: Vec<_> = ["app", "side", "worker"]
+            .map(|x| {
+                let i = s.inspect(&t1.container(x));
+                (i["Id"].clone(), i["State"]["StartedAt"].clone(), i["State"]["Running"].clone())
+            })
+            .to_vec();
+        (c, tree(&app_vol), tree(&side_vol))
+    };
+    let before = live();
+    for point in [
+        "drill-after-extract",
+        "drill-stack-started-one",
+        "drill-after-start",
+        "drill-healthy",
+        "drill-stack-cleanup-halfway",
+    ] {
+        s.slipway_killed_at(&["drill", "--tenant", &t1.project, "--latest"], point);
+        assert!(!drill_leftovers(&s, &t1.project).is_empty(), "{point}: the kill left nothing to recover");
+        let rec = s.slipway(&["recover", "--json"]);
+        assert_eq!(rec.code, 0, "{point}: {} {}", rec.stdout, rec.stderr);
+        assert!(drill_leftovers(&s, &t1.project).is_empty(), "{point}: {:?}", drill_leftovers(&s, &t1.project));
+        assert_eq!(live(), before, "{point}: the live stack changed");
+    }
+    let runs = s.slipway(&["runs", "--json"]).report::<crate::support::reports::Runs>().runs;
+    let drills: Vec<_> = runs.iter().filter(|r| r.job == "drill").map(|r| r.outcome.clone()).collect();
+    assert_eq!(drills, vec![Some("recovered".to_string()); 5], "{runs:?}");
+}
+
+/// A Postgres of a stack tenant (`[app.database]`), outside its compose project, as operators
+/// often run it: the pg fixture, a database `app` with a table of customer rows.
+struct StackPg(String);
+
+impl Drop for StackPg {
+    fn drop(&mut self) {
+        let _ = Command::new("docker").args(["rm", "-f", "-v", &self.0]).output();
+    }
+}
+
+impl StackPg {
+    fn sql(&self, sql: &str) -> Option<String> {
+        let o = Command::new("docker")
+            .args(["exec", &self.0, "psql", "-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-U", "postgres"])
+            .args(["-d", "app", "-c", sql])
+            .output()
+            .ok()?;
+        o.status.success().then(|| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    }
+}
+
+#[test]
+fn a_stack_snapshot_with_database_dumps_is_restored_with_its_database_replayed_and_every_volume_back() {
+    let s = Sandbox::new();
+    let img = images(&s);
+    let t1 = compose_tenant(&s, "t1", &img);
+    let (app_vol, side_vol) = vols(&t1);
+    let pg = StackPg(format!("{}-pg-{}", s.id(), t1.project));
+    let label = format!("slipway.test.db={}", s.id());
+    docker(&["run", "-d", "--name", &pg.0, "--label", &label, crate::support::Env::get().fixture("pg")]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while Command::new("docker")
+        .args(["exec", &pg.0, "psql", "-U", "postgres", "-c", "select 1"])
+        .output()
+        .map_or(true, |o| !o.status.success())
+    {
+        assert!(std::time::Instant::now() < deadline, "the pg fixture did not come up");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    docker(&["exec", &pg.0, "psql", "-U", "postgres", "-c", "create database app"]);
+    pg.sql("create table customers (id int primary key, name text); insert into customers select g, 'customer ' || g from generate_series(1, 500) g").unwrap();
+    std::fs::create_dir_all(app_vol.join("db")).unwrap();
+    std::fs::write(app_vol.join("db/records.txt"), "customer row\n".repeat(100)).unwrap();
+    let db = format!(
+        "[app.database]\nkind = \"postgres\"\ncontainer = \"{}-pg-{{tenant}}\"\ndatabases = [\"app\"]\nuser = \"postgres\"\n",
+        s.id()
+    );
+    s.write_fleet(&stack_fleet(&s, &img.app, &img.worker, &img.side, &db));
+    let out = s.slipway(&["snapshot", "--json"]);
+    assert_eq!(out.code, 0, "{} {}", out.stdout, out.stderr);
+    let snap = (tree(&app_vol), tree(&side_vol));
+    let rows = || pg.sql("select count(*) || ':' || md5(string_agg(name, ',' order by id)) from customers").unwrap();
+    let rows_then = rows();
+    // After the snapshot: rows deleted, files changed.
+    pg.sql("delete from customers where id > 100; insert into customers values (9999, 'newer')").unwrap();
+    std::fs::write(app_vol.join("db/records.txt"), "newer\n").unwrap();
+    std::fs::write(side_vol.join("newer"), "newer").unwrap();
+    assert_ne!(rows(), rows_then);
+    let before: Vec<_> = ["app", "side", "worker"].map(|x| looks(&s, &t1.container(x))).to_vec();
+
+    let out = s.slipway(&["restore", "--latest", "--tenant", &t1.project, "--json"]);
+    assert_eq!(out.code, 0, "{} {}", out.stdout, out.stderr);
+    assert_eq!(out.json()["report"]["databases"], 1, "{}", out.stdout);
+    // The database as the snapshot took it, every volume byte-identical, every container back.
+    assert_eq!(rows(), rows_then, "the database was not replayed");
+    assert_eq!((tree(&app_vol), tree(&side_vol)), snap);
+    let now: Vec<_> = ["app", "side", "worker"].map(|x| looks(&s, &t1.container(x))).to_vec();
+    assert_eq!(now, before);
+
+    // Killed inside the replay: recover puts every mount back to match the database, which the
+    // replay (one transaction) left as it was.
+    pg.sql("insert into customers values (10000, 'after the restore')").unwrap();
+    std::fs::write(side_vol.join("after"), "after").unwrap();
+    let (data, rows_now) = ((tree(&app_vol), tree(&side_vol)), rows());
+    s.slipway_killed_at(&["restore", "--latest", "--tenant", &t1.project], "restore-stack-replaying");
+    let rec = s.slipway(&["recover", "--json"]);
+    assert_eq!(rec.code, 0, "{} {}", rec.stdout, rec.stderr);
+    assert_eq!((tree(&app_vol), tree(&side_vol)), data, "a mount was not put back after the killed replay");
+    assert_eq!(rows(), rows_now);
+    let now: Vec<_> = ["app", "side", "worker"].map(|x| looks(&s, &t1.container(x))).to_vec();
+    assert_eq!(now, before);
+}

@@ -517,7 +517,9 @@ async fn recover_rollout(
             out.push(TenantAction { tenant, found, action: "already restored".into(), ok: true });
             continue;
         }
-        let restore = st.iter().any(|(w, _)| matches!(w, Journaled::Roll(s) if s.new_version_may_have_run()));
+        // A rollback's stack journal is of a stack whose new version ran: its data goes back too.
+        let restore = run.job == "rollback"
+            || st.iter().any(|(w, _)| matches!(w, Journaled::Roll(s) if s.new_version_may_have_run()));
         if dry_run {
             let action = if restore {
                 "would swap every data mount back and bring back every prior container of the stack"

@@ -346,6 +346,9 @@ pub async fn restore(ctx: &Ctx, opts: &RestoreOptions) -> Result<RestoreReport> 
     // wrote (which an undo keeps under the same `replaced/<run>/`).
     let mut replaced_by_rollout = None;
     if let (Source::Run(r), false) = (&opts.source, opts.remote) {
+        if let Some(kept) = stack::replaced_by(ctx, r, &opts.tenant)? {
+            return stack::put_back_replaced(ctx, opts, kept).await;
+        }
         let kept = layout::replaced_dir(&ctx.cfg.backup_root, r, opts.tenant.as_str());
         if kept.is_dir() {
             let job = ctx.store.run(r.as_str())?.map(|run| run.job);
@@ -372,20 +375,7 @@ pub async fn restore(ctx: &Ctx, opts: &RestoreOptions) -> Result<RestoreReport> 
         }
         (r, _) => r?,
     };
-    let mut report = RestoreReport {
-        tenant: opts.tenant.to_string(),
-        archive: fetched.archive.clone(),
-        sha256: fetched.sha256.clone(),
-        target: PathBuf::new(),
-        container: None,
-        entries: 0,
-        replaced: None,
-        databases: 0,
-        mounts: Vec::new(),
-        dry_run: opts.dry_run,
-        outcome: ExitKind::Success,
-        detail: String::new(),
-    };
+    let mut report = RestoreReport::begun(opts, fetched.archive.clone(), fetched.sha256.clone());
     // A stack tenant's snapshot: one archive per mount, restored together.
     if !fetched.loc.entry.mounts.is_empty() {
         return stack::restore_stack(ctx, opts, fetched, report).await;
@@ -626,18 +616,9 @@ async fn restore_replaced(ctx: &Ctx, opts: &RestoreOptions, kept: &Path) -> Resu
     };
     let data_dir = app.data_dir_of(&opts.tenant);
     let mut report = RestoreReport {
-        tenant: opts.tenant.to_string(),
-        archive: kept.to_path_buf(),
-        sha256: String::new(),
         target: data_dir.clone(),
         container: Some(container.name.clone()),
-        entries: 0,
-        replaced: None,
-        databases: 0,
-        mounts: Vec::new(),
-        dry_run: opts.dry_run,
-        outcome: ExitKind::Success,
-        detail: String::new(),
+        ..RestoreReport::begun(opts, kept.to_path_buf(), String::new())
     };
     if !data_dir.is_dir() || crate::fsutil::is_mount_point(&data_dir).map_err(|e| Error::io(&data_dir, e))? {
         return Err(Error::Usage(format!(
@@ -701,6 +682,26 @@ async fn restore_replaced(ctx: &Ctx, opts: &RestoreOptions, kept: &Path) -> Resu
     ctx.store.finish_run(ctx.run_id.as_str(), word, report.outcome.code() as i64, &report.detail)?;
     resolve_earlier(ctx, &opts.tenant, report.outcome)?;
     Ok(report)
+}
+
+impl RestoreReport {
+    /// The report of a restore of `opts.tenant` from `archive` (its `sha256`), before it acts.
+    fn begun(opts: &RestoreOptions, archive: PathBuf, sha256: String) -> RestoreReport {
+        RestoreReport {
+            tenant: opts.tenant.to_string(),
+            archive,
+            sha256,
+            target: PathBuf::new(),
+            container: None,
+            entries: 0,
+            replaced: None,
+            databases: 0,
+            mounts: Vec::new(),
+            dry_run: opts.dry_run,
+            outcome: ExitKind::Success,
+            detail: String::new(),
+        }
+    }
 }
 
 impl fmt::Display for RestoreReport {

@@ -7,6 +7,9 @@
 //! (the id journaled at its create step). A tenant restored at the halt, rolled again by a
 //! later run, or recreated by hand since is skipped with the reason: undoing it would throw
 //! away a newer decision, or restore an old snapshot over data written since.
+//!
+//! A stack tenant's run (`[app.services]`) is rolled back by `rollback/stack.rs` under the same
+//! invariant, every changed service and every data mount at once.
 
 use std::fmt;
 
@@ -19,6 +22,8 @@ use crate::error::{Error, ExitKind, Result};
 use crate::step::{Journaled, StackJournal, TenantJournal};
 use crate::types::{RunId, TenantId};
 use crate::undo::{check_data, prior_image, undo_tenant, UndoResult};
+
+mod stack;
 
 /// Options of `rollback`.
 #[derive(Debug, Clone)]
@@ -43,6 +48,9 @@ pub struct RollbackTenant {
     /// Why it was not touched: its current container is not the one the run created.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub skipped: Option<String>,
+    /// A stack tenant: what goes back (each changed service, each mount), for `--dry-run`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub plan: Vec<String>,
 }
 
 /// The result of `slipway rollback`.
@@ -75,24 +83,10 @@ pub async fn rollback(ctx: &Ctx, opts: &RollbackOptions) -> Result<RollbackRepor
             run.id, run.id
         )));
     }
-    // A stack tenant's rollout (`[app.services]`) is not rolled back by this command yet:
-    // refused before anything is touched, never half done.
+    // A stack tenant's rollout (`[app.services]`, one app per run: every tenant is a stack).
     let steps = ctx.store.steps(&run.id)?;
-    let stacks: std::collections::BTreeSet<String> = steps
-        .iter()
-        .filter(|s| s.detail.as_deref().is_some_and(|d| serde_json::from_str::<StackJournal>(d).is_ok()))
-        .filter_map(|s| s.tenant.clone())
-        .collect();
-    if !stacks.is_empty() {
-        return Err(Error::Usage(format!(
-            "run {} rolled stack tenant(s) ({}) of app {}: rollback of a stack tenant is not supported yet, so \
-             nothing was touched; pin the previous digests in fleet.toml and roll out (a new release of the prior \
-             images), and restore data from the run's archives in {} if it must go back too",
-            run.id,
-            stacks.into_iter().collect::<Vec<_>>().join(", "),
-            run.app.as_deref().unwrap_or("?"),
-            crate::layout::SnapshotId::rollout(&opts.run).dir(&ctx.cfg.backup_root).display()
-        )));
+    if steps.iter().any(|s| s.detail.as_deref().is_some_and(|d| serde_json::from_str::<StackJournal>(d).is_ok())) {
+        return stack::rollback_stacks(ctx, opts, &run, &steps, paused).await;
     }
     // The newest journal of each tenant the run touched, in the order they were rolled.
     let mut journals: Vec<(TenantJournal, bool)> = Vec::new();
@@ -120,23 +114,14 @@ pub async fn rollback(ctx: &Ctx, opts: &RollbackOptions) -> Result<RollbackRepor
             return Err(Error::Usage(format!("run {} did not touch tenant \"{t}\"", run.id)));
         }
     }
-    let chosen: Vec<(TenantJournal, bool)> = journals
-        .into_iter()
-        .filter(|(j, _)| {
-            if opts.tenants.is_empty() {
-                rolled.contains(&j.tenant)
-            } else {
-                opts.tenants.iter().any(|t| t.as_str() == j.tenant)
-            }
-        })
-        .collect();
+    let chosen = chosen(journals, |(j, _)| &j.tenant, opts, |t| rolled.iter().any(|r| r == t));
     let engine = Engine::connect(&ctx.cfg.docker).await?;
     let mut todo = Vec::new();
     let mut tenants = Vec::new();
     for (j, started) in chosen {
         let retry_undo = unfinished.contains(&j.tenant) || run.finished_at.is_none();
         match not_this_runs(&engine, &run.id, &j, retry_undo).await? {
-            Some(why) => tenants.push(RollbackTenant { tenant: j.tenant.clone(), result: None, skipped: Some(why) }),
+            Some(why) => tenants.push(RollbackTenant::skipped(&j.tenant, why)),
             None => todo.push((j, started)),
         }
     }
@@ -162,6 +147,7 @@ pub async fn rollback(ctx: &Ctx, opts: &RollbackOptions) -> Result<RollbackRepor
             tenant: j.tenant.clone(),
             result: None,
             skipped: None,
+            plan: Vec::new(),
         }));
         return Ok(RollbackReport { rollout_run: run.id, dry_run: true, tenants, outcome: ExitKind::Success });
     }
@@ -173,11 +159,50 @@ pub async fn rollback(ctx: &Ctx, opts: &RollbackOptions) -> Result<RollbackRepor
         if !r.ok {
             outcome = ExitKind::PersonNeeded;
         }
-        tenants.push(RollbackTenant { tenant: j.tenant.clone(), result: Some(r), skipped: None });
+        tenants.push(RollbackTenant { tenant: j.tenant.clone(), result: Some(r), skipped: None, plan: Vec::new() });
         if outcome != ExitKind::Success {
             break;
         }
     }
+    finish(ctx, opts, (run, paused), tenants, outcome)
+}
+
+/// The journals `rollback` undoes: of the tenants in `opts.tenants`, else of those the run
+/// `rolled`.
+fn chosen<J>(
+    journals: Vec<J>,
+    tenant: impl Fn(&J) -> &str,
+    opts: &RollbackOptions,
+    rolled: impl Fn(&str) -> bool,
+) -> Vec<J> {
+    journals
+        .into_iter()
+        .filter(|j| {
+            if opts.tenants.is_empty() {
+                rolled(tenant(j))
+            } else {
+                opts.tenants.iter().any(|t| t.as_str() == tenant(j))
+            }
+        })
+        .collect()
+}
+
+impl RollbackTenant {
+    /// A tenant rollback leaves alone, and why.
+    fn skipped(tenant: &str, why: String) -> RollbackTenant {
+        RollbackTenant { tenant: tenant.to_string(), result: None, skipped: Some(why), plan: Vec::new() }
+    }
+}
+
+/// End a rollback that ran: the run record finished with `outcome`, and the rollout run marked
+/// resolved by it when every tenant came back (its pause ended, when it was `paused`).
+fn finish(
+    ctx: &Ctx,
+    opts: &RollbackOptions,
+    (run, paused): (slipway_state::Run, bool),
+    tenants: Vec<RollbackTenant>,
+    outcome: ExitKind,
+) -> Result<RollbackReport> {
     let undone = tenants.iter().filter(|t| t.result.is_some()).count();
     let skipped = tenants.len() - undone;
     let summary = format!("rolled back {undone} tenant(s) of run {}, skipped {skipped}", run.id);
@@ -263,6 +288,11 @@ impl fmt::Display for RollbackReport {
                 }
                 None => writeln!(f, "  {} {verb}", t.tenant)?,
                 Some(r) => writeln!(f, "  {}: {}", t.tenant, r.detail)?,
+            }
+            if t.result.is_none() && t.skipped.is_none() {
+                for line in &t.plan {
+                    writeln!(f, "    {line}")?;
+                }
             }
         }
         if self.tenants.is_empty() {

@@ -233,6 +233,10 @@ pub const RESTORE_MOUNTS_STEP: &str = "mounts";
 pub const RESTORE_UNDO_STEP: &str = "undo-restore";
 /// The journal step of one mount's swap (and of its swap back: [`MountSwapDetail::back`]).
 pub const RESTORE_SWAP_STEP: &str = "restore";
+/// The journal step of a stack restore's database replay (`[app.database]`), after every swap:
+/// begun and not ended `ok`, the restore is undone by `recover` (the replay runs in one
+/// transaction, so the database is as it was; the mounts go back to match it).
+pub const RESTORE_REPLAY_STEP: &str = "replay";
 
 /// The detail of [`RESTORE_MOUNTS_STEP`].
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -267,7 +271,7 @@ pub fn restore_left_to_undo(steps: &[(String, Option<String>, Option<String>)]) 
         let detail = detail.as_deref().unwrap_or_default();
         if step == RESTORE_MOUNTS_STEP {
             plan = serde_json::from_str::<RestorePlanDetail>(detail).ok().map(|p| p.stack_mounts);
-        } else if step == RESTORE_UNDO_STEP {
+        } else if step == RESTORE_UNDO_STEP || (step == RESTORE_REPLAY_STEP && outcome.as_deref() != Some("ok")) {
             undoing = true;
         } else if step == RESTORE_SWAP_STEP && outcome.as_deref() == Some("ok") {
             let Ok(d) = serde_json::from_str::<MountSwapDetail>(detail) else { continue };
@@ -309,7 +313,15 @@ mod tests {
         // Every mount swapped: finished, nothing goes back.
         assert!(restore_left_to_undo(&[plan.clone(), a.clone(), b.clone()]).is_empty());
         // Killed while putting them back: what is left goes back.
-        assert_eq!(restore_left_to_undo(&[plan.clone(), a, b, undo, a_back]), [pair("/k/b", "/v/b")]);
+        assert_eq!(restore_left_to_undo(&[plan.clone(), a.clone(), b.clone(), undo, a_back]), [pair("/k/b", "/v/b")]);
+        // Killed inside the database replay (begun, never ended): every mount goes back.
+        let replay = step(RESTORE_REPLAY_STEP, None, serde_json::json!({ "database": "pg-t" }));
+        assert_eq!(
+            restore_left_to_undo(&[plan.clone(), a.clone(), b.clone(), replay]),
+            [pair("/k/a", "/v/a"), pair("/k/b", "/v/b")]
+        );
+        let replayed = step(RESTORE_REPLAY_STEP, Some("ok"), serde_json::json!({ "database": "pg-t" }));
+        assert!(restore_left_to_undo(&[plan.clone(), a.clone(), b.clone(), replayed]).is_empty());
         // Not a stack restore.
         assert!(
             restore_left_to_undo(&[step("restore", Some("ok"), serde_json::json!({ "replaced": "/k" }))]).is_empty()

@@ -11,14 +11,29 @@
 //! journaled as an [`UndoStep`], so `recover` can run this again after a crash in the middle
 //! of it. It never returns early with an error: what fails is an [`UndoResult`] that says what
 //! was done and what was not (exit 5: a person is needed).
+//!
+//! `rollback` of a finished run uses it too: what the run's cleanup and archive step removed is
+//! made again first ([`UndoStep::RecreatePrior`]), while the stack still runs — each changed
+//! service's prior container, aside, from its new container's settings on its prior image, and
+//! each mount's pre-rollout copy, extracted from the run's archive (checked against the run's
+//! manifest) beside the mount. The new ids and the copies' inodes are journaled before any swap,
+//! so a replay recognises its own copy and never takes another dir for it.
 
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
 use std::time::Duration;
 
+use crate::adapters::archive;
+use crate::adapters::confined;
 use crate::adapters::docker::Engine;
 use crate::adapters::health::Prober;
 use crate::context::Ctx;
+use crate::error::ArchiveError;
+use crate::manifest::Manifest;
 use crate::step::{StackJournal, UndoStep};
-use crate::undo::{copy_state_at, drop_copy, patient, remove_empty_parents, swap_in_copy, CopyState, UndoResult};
+use crate::undo::{
+    copy_state_at, drop_copy, image_to_recreate, patient, remove_empty_parents, swap_in_copy, CopyState, UndoResult,
+};
 
 /// How long each container of the stack gets to be running (and healthy, with a HEALTHCHECK)
 /// when it has no HTTP check of its own.
@@ -34,10 +49,11 @@ pub async fn undo_stack(
     j: &StackJournal,
     restore_data: bool,
 ) -> UndoResult {
+    let mut j = j.clone();
     let mut done: Vec<String> = Vec::new();
     let mut journal_failed: Vec<String> = Vec::new();
     let tenant = j.tenant.clone();
-    let begin = |step: UndoStep, failed: &mut Vec<String>| {
+    let begin = |step: UndoStep, j: &StackJournal, failed: &mut Vec<String>| {
         let id =
             ctx.begin(Some(&tenant), step.as_str(), j).map_err(|e| failed.push(format!("{step} begun ({e})"))).ok();
         step.during().reach();
@@ -61,7 +77,7 @@ pub async fn undo_stack(
         };
         let state = if done.is_empty() { "nothing was undone".to_string() } else { done.join(", ") };
         let detail = match what {
-            Some(w) => format!("UNDO FAILED for stack tenant {}: {w}; done so far: {state}{note}", j.tenant),
+            Some(w) => format!("UNDO FAILED for stack tenant {tenant}: {w}; done so far: {state}{note}"),
             None => format!("{state}{note}"),
         };
         UndoResult { ok, detail, timings: Default::default() }
@@ -74,9 +90,15 @@ pub async fn undo_stack(
             .iter()
             .filter(|m| match m.copy_ino {
                 Some(ino) => copy_state_at(&m.copy, ino, &m.data_dir, &j.tenant) == CopyState::Gone,
-                None => true,
+                None => !m.archive.as_deref().is_some_and(Path::is_file),
             })
-            .map(|m| format!("{} (its copy {} is gone or was never complete)", m.what, m.copy.display()))
+            .map(|m| {
+                format!(
+                    "{} (its copy {} is gone or was never complete, and no archive of it)",
+                    m.what,
+                    m.copy.display()
+                )
+            })
             .collect();
         if !missing.is_empty() {
             let what = format!(
@@ -88,8 +110,13 @@ pub async fn undo_stack(
         }
     }
 
+    // 0. What a finished run removed, made again while the stack runs (see the module doc).
+    if let Err(what) = recreate_removed(ctx, engine, &mut j, restore_data, &mut done, &mut journal_failed).await {
+        return result(false, Some(what), &done, &journal_failed);
+    }
+
     // 1. Every new or staged container goes (never a prior one, recognised by its id).
-    let s = begin(UndoStep::RemoveNew, &mut journal_failed);
+    let s = begin(UndoStep::RemoveNew, &j, &mut journal_failed);
     for svc in &j.services {
         for name in [&svc.name, &svc.staged_name] {
             let id = match patient(engine, || engine.id_of(name)).await {
@@ -123,7 +150,7 @@ pub async fn undo_stack(
     // 2. Every mount back, with every container the rollout stopped stopped again (something
     //    may have started one): nothing may hold the data while it is swapped.
     if restore_data && !j.mounts.is_empty() {
-        let s = begin(UndoStep::Restore, &mut journal_failed);
+        let s = begin(UndoStep::Restore, &j, &mut journal_failed);
         for m in j.members.iter().rev() {
             let _ = patient(engine, || engine.stop(&m.id, j.stop_timeout_s)).await;
         }
@@ -161,7 +188,7 @@ pub async fn undo_stack(
     }
 
     // 3. Every prior container back under its name, its restart policy back.
-    let s = begin(UndoStep::RenameBack, &mut journal_failed);
+    let s = begin(UndoStep::RenameBack, &j, &mut journal_failed);
     for svc in &j.services {
         let under_name = patient(engine, || engine.id_of(&svc.name)).await.ok().flatten();
         if under_name.as_deref() != Some(svc.old_id.as_str()) {
@@ -186,7 +213,7 @@ pub async fn undo_stack(
     end(s, UndoStep::RenameBack, "ok", &mut journal_failed);
 
     // 4. Every container the rollout stopped, started again in start order.
-    let s = begin(UndoStep::StartPrior, &mut journal_failed);
+    let s = begin(UndoStep::StartPrior, &j, &mut journal_failed);
     for m in &j.members {
         if let Err(e) = patient(engine, || engine.start(&m.id)).await {
             end(s, UndoStep::StartPrior, "failed", &mut journal_failed);
@@ -197,7 +224,7 @@ pub async fn undo_stack(
     end(s, UndoStep::StartPrior, "ok", &mut journal_failed);
 
     // 5. Each running (healthy with a HEALTHCHECK) and answering its HTTP checks.
-    let s = begin(UndoStep::HealthPrior, &mut journal_failed);
+    let s = begin(UndoStep::HealthPrior, &j, &mut journal_failed);
     for m in &j.members {
         if let Err(why) = gate_member(engine, prober, &m.name, &m.checks, false).await {
             end(s, UndoStep::HealthPrior, "failed", &mut journal_failed);
@@ -218,6 +245,181 @@ pub async fn undo_stack(
         }
     }
     result(true, None, &done, &journal_failed)
+}
+
+/// Step 0 of [`undo_stack`] ([`UndoStep::RecreatePrior`], only when something is gone): each
+/// changed service whose prior container exists neither aside nor by its id is created again
+/// aside (`pre_name`) from its new container's settings on its prior image; a container found
+/// aside whose journaled prior is gone is the one an earlier, killed pass created, and is taken
+/// as the prior. With `restore_data`, each mount whose copy is gone (archived and removed) gets
+/// it back: the run's archive (its sha256 from the run's manifest, checked while extracting)
+/// extracted at `copy`, whose inode is then journaled. A dir already at `copy` without a
+/// journaled inode is an extraction cut short (no swap happens before the inode is journaled)
+/// and is removed first. Err says why the undo must stop, with nothing of the stack touched.
+async fn recreate_removed(
+    ctx: &Ctx,
+    engine: &Engine,
+    j: &mut StackJournal,
+    restore_data: bool,
+    done: &mut Vec<String>,
+    journal_failed: &mut Vec<String>,
+) -> std::result::Result<(), String> {
+    let mut gone = Vec::new();
+    for (k, svc) in j.services.iter().enumerate() {
+        let looked = async {
+            let aside = patient(engine, || engine.id_of(&svc.pre_name)).await?;
+            let by_id = patient(engine, || engine.id_of(&svc.old_id)).await?;
+            Ok::<_, crate::error::Error>((aside, by_id))
+        };
+        match looked.await {
+            Ok((_, Some(_))) => {}
+            Ok((Some(aside), None)) => gone.push((k, Some(aside))),
+            Ok((None, None)) => gone.push((k, None)),
+            Err(e) => {
+                return Err(format!("cannot tell whether the prior container of service {} exists: {e}", svc.service))
+            }
+        }
+    }
+    let extract: Vec<usize> = if restore_data {
+        j.mounts
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| m.copy_ino.is_none() && m.archive.is_some())
+            .map(|(i, _)| i)
+            .collect()
+    } else {
+        Vec::new()
+    };
+    if gone.is_empty() && extract.is_empty() {
+        return Ok(());
+    }
+    let step = UndoStep::RecreatePrior;
+    let row = match ctx.begin(Some(&j.tenant), step.as_str(), &*j) {
+        Ok(id) => Some(id),
+        Err(e) => {
+            journal_failed.push(format!("{step} begun ({e})"));
+            None
+        }
+    };
+    step.during().reach();
+    let failed = |what: String| {
+        if let Some(id) = row {
+            let _ = ctx.end(id, "failed", Some(&serde_json::json!({ "error": what })));
+        }
+        what
+    };
+    for (k, aside) in gone {
+        let svc = &j.services[k];
+        let prior = match aside {
+            Some(id) => id,
+            None => {
+                let new =
+                    patient(engine, || engine.id_of(&svc.name)).await.ok().flatten().filter(|id| *id != svc.old_id);
+                let Some(new) = new else {
+                    return Err(failed(format!(
+                        "the prior container of service {} is gone and no new container {} is left to take its \
+                         settings from",
+                        svc.service, svc.name
+                    )));
+                };
+                let created = async {
+                    let spec = patient(engine, || engine.spec(&new)).await?;
+                    let image = patient(engine, || {
+                        image_to_recreate(
+                            engine,
+                            &svc.old_image,
+                            svc.old_image_id.as_deref(),
+                            svc.old_digest.as_deref(),
+                            &svc.pre_name,
+                        )
+                    })
+                    .await?;
+                    patient(engine, || engine.create_from(&svc.pre_name, &spec, &image)).await
+                };
+                match created.await {
+                    Ok(id) => {
+                        done.push(format!(
+                            "prior container of service {} recreated from {}",
+                            svc.service, svc.old_image
+                        ));
+                        id
+                    }
+                    Err(e) => {
+                        return Err(failed(format!(
+                            "cannot recreate the prior container of service {} from {}: {e}",
+                            svc.service, svc.old_image
+                        )))
+                    }
+                }
+            }
+        };
+        let was = std::mem::replace(&mut j.services[k].old_id, prior.clone());
+        for m in j.members.iter_mut().filter(|m| m.id == was) {
+            m.id = prior.clone();
+        }
+    }
+    for i in extract {
+        let key = format!("{}+{i}", j.tenant);
+        let m = &j.mounts[i];
+        let archive_path = m.archive.clone().unwrap_or_default();
+        let sha = match archive_path.parent().map(Manifest::read) {
+            Some(Ok(Some(man))) => man.tenant(&key).map(|e| e.sha256.clone()),
+            _ => None,
+        };
+        let Some(sha) = sha else {
+            return Err(failed(format!(
+                "the run's manifest beside {} does not list {key}: the archive of {} cannot be checked, so it was \
+                 not used",
+                archive_path.display(),
+                m.what
+            )));
+        };
+        let (a, copy) = (archive_path.clone(), m.copy.clone());
+        let made = crate::blocking::run("extract", move || {
+            let io = |p: &Path| {
+                let p = p.to_path_buf();
+                move |e: std::io::Error| ArchiveError::Io { path: p, source: e }
+            };
+            confined::remove_tree(&copy).map_err(io(&copy))?;
+            if let Some(parent) = copy.parent() {
+                crate::fsutil::create_private_dir(parent).map_err(io(parent))?;
+            }
+            archive::extract_into(&a, &sha, &copy)?;
+            Ok::<_, ArchiveError>(std::fs::symlink_metadata(&copy).map_err(io(&copy))?.ino())
+        })
+        .await;
+        match made {
+            Ok(Ok(ino)) => {
+                done.push(format!(
+                    "the copy of {} from before the rollout extracted from {}",
+                    m.what,
+                    archive_path.display()
+                ));
+                j.mounts[i].copy_ino = Some(ino);
+            }
+            Ok(Err(e)) => {
+                return Err(failed(format!("extracting {} for {} failed: {e}", archive_path.display(), m.what)))
+            }
+            Err(e) => return Err(failed(format!("extracting {} for {} failed: {e}", archive_path.display(), m.what))),
+        }
+    }
+    // The new ids and the copies' inodes go into the journal with this step's end: without them
+    // written, a replay could not tell its copy from another dir, so nothing is swapped.
+    let written = match row {
+        Some(id) => ctx.end(id, "ok", Some(&*j)).map_err(|e| e.to_string()),
+        None => Err("its begin was not recorded".to_string()),
+    };
+    if let Err(e) = written {
+        if j.mounts.iter().any(|m| m.archive.is_some() && m.copy_ino.is_some()) && restore_data {
+            return Err(format!(
+                "state.db could not record the extracted copies ({e}); nothing was swapped, the copies stay beside \
+                 the mounts"
+            ));
+        }
+        journal_failed.push(format!("{step} ok ({e})"));
+    }
+    step.after().reach();
+    Ok(())
 }
 
 /// Gate one container of a stack: running — and `healthy` when its image (or its compose

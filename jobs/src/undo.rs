@@ -542,20 +542,33 @@ fn short(id: &str) -> String {
 /// `repo@digest` (pulled back when the engine lost it), else the bare id. Journals of earlier
 /// versions hold only the reference: it is used, pulled back by its digest when it is gone.
 pub async fn prior_image(engine: &Engine, j: &TenantJournal) -> Result<String> {
-    if let Some(id) = j.old_image_id.as_deref().filter(|id| !id.is_empty()) {
-        let digest = j.old_digest.clone().or_else(|| digest_of_ref(&j.old_image).map(|d| d.to_string()));
-        return engine.image_ref_for(&j.old_image, id, digest.as_deref()).await;
+    image_to_recreate(engine, &j.old_image, j.old_image_id.as_deref(), j.old_digest.as_deref(), &j.pre_name).await
+}
+
+/// [`prior_image`] from its parts (a stack service's journal has them too): the image
+/// `reference` a container ran, its image id and digest when journaled; `aside` names the
+/// container in the error.
+pub async fn image_to_recreate(
+    engine: &Engine,
+    reference: &str,
+    image_id: Option<&str>,
+    digest: Option<&str>,
+    aside: &str,
+) -> Result<String> {
+    if let Some(id) = image_id.filter(|id| !id.is_empty()) {
+        let digest = digest.map(str::to_string).or_else(|| digest_of_ref(reference).map(|d| d.to_string()));
+        return engine.image_ref_for(reference, id, digest.as_deref()).await;
     }
-    if engine.image_id(&j.old_image).await?.is_some() {
-        return Ok(j.old_image.clone());
+    if engine.image_id(reference).await?.is_some() {
+        return Ok(reference.to_string());
     }
-    let img = j.old_image.parse::<crate::types::PinnedImage>().map_err(|_| Error::Docker {
-        op: format!("the image {} is gone from the engine and has no digest to pull it back by", j.old_image),
-        container: Some(j.pre_name.clone()),
+    let img = reference.parse::<crate::types::PinnedImage>().map_err(|_| Error::Docker {
+        op: format!("the image {reference} is gone from the engine and has no digest to pull it back by"),
+        container: Some(aside.to_string()),
         source: None,
     })?;
     engine.pull(&img).await?;
-    Ok(j.old_image.clone())
+    Ok(reference.to_string())
 }
 
 /// Why the tenant's data from before the rollout cannot be put back, if it cannot: the

@@ -412,6 +412,16 @@ impl Sandbox {
         self.slipway_env(args, &[])
     }
 
+    /// Run slipway with `args`, killed at the test point `point` (feature `test-crash`): the
+    /// point was reached and the process died there.
+    pub fn slipway_killed_at(&self, args: &[&str], point: &str) -> Out {
+        let out = self.slipway_env(args, &[("SLIPWAY_TEST_CRASH_AT", point)]);
+        let reached = format!("slipway test point reached: {point}");
+        assert!(out.stderr.contains(&reached), "{point}: {} {}", out.stdout, out.stderr);
+        assert_eq!(out.code, -1, "{point}: {}", out.stdout);
+        out
+    }
+
     /// Run slipway with extra environment variables.
     pub fn slipway_env(&self, args: &[&str], env: &[(&str, &str)]) -> Out {
         let out = Command::new(env!("CARGO_BIN_EXE_slipway"))

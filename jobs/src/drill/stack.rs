@@ -49,6 +49,7 @@ pub(super) async fn drill_stack_tenant(
             t.left.push(format!("container {n} ({e})"));
         }
     }
+    crash_point("drill-stack-cleanup-halfway");
     if let Err(e) = engine.remove_network(&network).await {
         t.left.push(format!("network {network} ({e})"));
     }
@@ -169,7 +170,10 @@ async fn steps(
     let strip_labels = ctx.cfg.drill.strip_labels.clone();
     let strip = move |k: &str| strips_label(k, &strip_labels, app);
     let started_at = Instant::now();
-    for (c, name) in st.containers.iter().zip(names) {
+    for (n, (c, name)) in st.containers.iter().zip(names).enumerate() {
+        if n == 1 {
+            crash_point("drill-stack-started-one");
+        }
         let spec = engine.spec(&c.name).await?;
         let volumes: Vec<Option<String>> = c
             .data

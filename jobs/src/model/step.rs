@@ -184,7 +184,9 @@ impl Step {
 /// One step of undoing a tenant's rollout, in the order they run (each only when needed).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum UndoStep {
-    /// Recreate the prior container aside, from the prior image (it was removed).
+    /// Recreate the prior container aside, from the prior image (it was removed); for a stack
+    /// (`rollback` of a finished run), every such prior container and each mount's copy from
+    /// before the rollout, extracted from the run's archive.
     RecreatePrior,
     /// Stop and remove the new container.
     RemoveNew,
@@ -519,6 +521,11 @@ pub struct ServiceJournal {
     pub old_image: String,
     /// Digest it ran.
     pub old_digest: Option<String>,
+    /// The id of the prior container's image: what `rollback` recreates it from once the run
+    /// removed it (a tag moved since never gives the service another version). None in
+    /// journals of earlier versions (`old_image` is used then).
+    #[serde(default)]
+    pub old_image_id: Option<String>,
     /// Image reference rolled to.
     pub new_image: String,
     /// Id of the new container, once created.

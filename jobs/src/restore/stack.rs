@@ -8,8 +8,11 @@
 //! (reverse start order), every mount swapped for its
 //! extracted part (extracted beside it first; what it replaced kept under
 //! `replaced/<run>/<t>+<n>`), the writers started in start order and every started container
-//! gated (running, `healthy` where it has a HEALTHCHECK, its HTTP checks). If a swap or the
-//! gate fails, every mount swapped so far is swapped back and the stack started as it was.
+//! gated (running, `healthy` where it has a HEALTHCHECK, its HTTP checks). With
+//! `[app.database]` the snapshot's dumps are re-hashed before anything is touched and replayed
+//! (each database in one transaction) once every mount is swapped, before the start. If a swap,
+//! the replay or the gate fails, every mount swapped so far is swapped back and the stack
+//! started as it was.
 //! `--to DIR` extracts each part into `DIR/<n>` and touches no container.
 
 use std::path::{Path, PathBuf};
@@ -28,8 +31,8 @@ use crate::layout;
 use crate::manifest::MountArchive;
 use crate::recover::HeldContainer;
 use crate::stack_tenant::{
-    MountSwapDetail, RestorePlanDetail, StackContainer, StackTenant, RESTORE_MOUNTS_STEP, RESTORE_SWAP_STEP,
-    RESTORE_UNDO_STEP,
+    MountSwapDetail, RestorePlanDetail, StackContainer, StackTenant, RESTORE_MOUNTS_STEP, RESTORE_REPLAY_STEP,
+    RESTORE_SWAP_STEP, RESTORE_UNDO_STEP,
 };
 
 /// One mount a stack restore put back.
@@ -144,13 +147,19 @@ pub(super) async fn restore_stack(
         )));
     };
     let st = st.map_err(|why| Error::Usage(format!("app {} (a stack): {why}; nothing was touched", app.name)))?;
-    if f.loc.entry.database.is_some() {
-        return Err(Error::Usage(format!(
-            "tenant {}: the snapshot holds database dumps, which a restore of a stack tenant does not replay yet; \
-             nothing was touched. Restore the files with --to DIR",
-            opts.tenant
-        )));
-    }
+    // The database dumps of the snapshot, each re-hashed, before anything is touched; a
+    // snapshot with dumps is never restored as files alone.
+    let replay = match (&f.loc.entry.database, &app.database) {
+        (Some(d), Some(spec)) => Some((spec.clone(), crate::database::verified(&f.loc.dir, &opts.tenant, d).await?)),
+        (Some(_), None) => {
+            return Err(Error::Usage(format!(
+                "tenant {}: the snapshot holds database dumps but app \"{}\" declares no [app.database] to replay \
+                 them into; nothing was touched. Declare it in fleet.toml, or restore the files alone with --to DIR",
+                opts.tenant, app.name
+            )))
+        }
+        (None, _) => None,
+    };
     // Each part to its mount, by the mount's source; exactly the tenant's mounts.
     let mut dirs = Vec::new();
     for p in &f.loc.entry.mounts {
@@ -185,6 +194,152 @@ pub(super) async fn restore_stack(
     }
     let parts =
         verified_parts(&f, |n| dirs[n].parent().map(Path::to_path_buf).unwrap_or_else(|| dirs[n].clone())).await?;
+    let swaps = parts
+        .into_iter()
+        .zip(dirs)
+        .map(|((p, path), dir)| Swap { mount: p.mount, from: NewData::Archive { path, sha256: p.sha256 }, dir })
+        .collect();
+    swap_mounts(ctx, opts, &engine, &app, &commit, &st, (swaps, replay), report).await
+}
+
+/// The mounts stack restore run `run` swapped for `tenant` and where what each held is kept
+/// (pairs of mount dir and kept dir, from its journal), when `run` is a stack restore of that
+/// tenant; None for any other run. Err when that restore put every mount back itself (nothing
+/// of it to put back).
+pub(super) fn replaced_by(
+    ctx: &Ctx,
+    run: &crate::types::RunId,
+    tenant: &crate::types::TenantId,
+) -> Result<Option<Vec<(PathBuf, PathBuf)>>> {
+    let Some(r) = ctx.store.run(run.as_str())? else { return Ok(None) };
+    if r.job != "restore" {
+        return Ok(None);
+    }
+    let mut planned = false;
+    let mut swapped: Vec<(PathBuf, PathBuf)> = Vec::new();
+    for s in ctx.store.steps(&r.id)?.into_iter().filter(|s| s.tenant.as_deref() == Some(tenant.as_str())) {
+        if s.step == RESTORE_MOUNTS_STEP {
+            planned = true;
+        } else if s.step == RESTORE_UNDO_STEP {
+            return Err(Error::Usage(format!(
+                "restore run {run} of tenant {tenant} put every mount back itself (a swap or its gate failed): the \
+                 tenant has its data from before that run, there is nothing of it to put back"
+            )));
+        } else if s.step == RESTORE_SWAP_STEP && s.outcome.as_deref() == Some("ok") {
+            let Some(d) = s.detail.as_deref().and_then(|d| serde_json::from_str::<MountSwapDetail>(d).ok()) else {
+                continue;
+            };
+            match d.replaced {
+                Some(kept) if !d.back => swapped.push((d.dir, kept)),
+                _ => swapped.retain(|(dir, _)| *dir != d.dir),
+            }
+        }
+    }
+    Ok(planned.then_some(swapped))
+}
+
+/// `restore --run RUN` of a stack tenant: every mount the earlier stack restore `RUN` swapped
+/// gets back what it held (`kept`: mount dir, kept dir), the writers stopped and started as a
+/// stack restore does, what each mount holds now kept in turn under this run. Refused, nothing
+/// touched, when a kept dir is gone or its mount is no longer the tenant's.
+pub(super) async fn put_back_replaced(
+    ctx: &Ctx,
+    opts: &RestoreOptions,
+    kept: Vec<(PathBuf, PathBuf)>,
+) -> Result<RestoreReport> {
+    let run = match &opts.source {
+        super::Source::Run(r) => r.to_string(),
+        _ => String::new(),
+    };
+    if opts.to.is_some() {
+        return Err(Error::Usage(format!(
+            "--to: what restore run {run} replaced is kept as plain dirs ({}); copy them with `cp -a` instead",
+            kept.iter().map(|(_, k)| k.display().to_string()).collect::<Vec<_>>().join(", ")
+        )));
+    }
+    let engine = Engine::connect(&ctx.cfg.docker).await?;
+    let Some((commit, app, st)) = find(ctx, &engine, &opts.tenant).await? else {
+        return Err(Error::Usage(format!(
+            "tenant {}: no stack app of fleet.toml has the tenant now; what restore run {run} replaced is in {}",
+            opts.tenant,
+            kept.iter().map(|(_, k)| k.display().to_string()).collect::<Vec<_>>().join(", ")
+        )));
+    };
+    let st = st.map_err(|why| Error::Usage(format!("app {} (a stack): {why}; nothing was touched", app.name)))?;
+    if kept.is_empty() {
+        return Err(Error::Usage(format!(
+            "restore run {run} swapped no mount of tenant {}: there is nothing of it to put back",
+            opts.tenant
+        )));
+    }
+    let mut swaps = Vec::new();
+    for (dir, k) in kept {
+        let Some(m) = st.mounts.iter().find(|m| m.dir == dir) else {
+            return Err(Error::Usage(format!(
+                "tenant {}: restore run {run} swapped {}, which is no data mount of the tenant now (its mounts: {}); \
+                 nothing was touched. What it replaced is in {}: copy it by hand",
+                opts.tenant,
+                dir.display(),
+                st.mounts.iter().map(|m| m.what.as_str()).collect::<Vec<_>>().join(", "),
+                k.display()
+            )));
+        };
+        if !k.is_dir() {
+            return Err(Error::Usage(format!(
+                "tenant {}: what restore run {run} replaced in {} was kept in {}, which is gone; nothing was touched",
+                opts.tenant,
+                m.what,
+                k.display()
+            )));
+        }
+        if crate::fsutil::is_mount_point(&dir).map_err(|e| Error::io(&dir, e))? {
+            return Err(Error::Usage(format!(
+                "tenant {}: data mount {} is a mount point, which restore cannot swap; nothing was touched",
+                opts.tenant,
+                dir.display()
+            )));
+        }
+        swaps.push(Swap { mount: m.what.clone(), from: NewData::Kept(k), dir });
+    }
+    let report = RestoreReport::begun(opts, PathBuf::new(), String::new());
+    swap_mounts(ctx, opts, &engine, &app, &commit, &st, (swaps, None), report).await
+}
+
+/// A snapshot's verified database dumps and the `[app.database]` to replay them into.
+type Replay = (crate::config::DatabaseSpec, Vec<(Option<String>, PathBuf)>);
+
+/// What a mount is swapped for: a snapshot's part (extracted beside the mount first), or the
+/// data an earlier restore replaced (a dir on the mount's filesystem, exchanged in one rename).
+enum NewData {
+    Archive { path: PathBuf, sha256: String },
+    Kept(PathBuf),
+}
+
+/// One mount of a stack restore: named `mount` for people, its dir, and what goes in.
+struct Swap {
+    mount: String,
+    from: NewData,
+    dir: PathBuf,
+}
+
+/// Stop the writers of stack tenant `st`, swap every mount of `swaps` (what each replaced
+/// kept), replay the snapshot's database dumps (`replay`: the database started if it is not
+/// running, each database in one transaction), start and gate them; on a failed swap, replay or
+/// gate every mount swapped goes back and the stack starts as it was (a failed replay left the
+/// database as it was). Journaled for `recover` (the stack restore's words; a replay begun and
+/// not ended means the mounts go back).
+#[allow(clippy::too_many_arguments)]
+async fn swap_mounts(
+    ctx: &Ctx,
+    opts: &RestoreOptions,
+    engine: &Engine,
+    app: &App,
+    commit: &str,
+    st: &StackTenant,
+    (swaps, replay): (Vec<Swap>, Option<Replay>),
+    mut report: RestoreReport,
+) -> Result<RestoreReport> {
+    let dirs: Vec<PathBuf> = swaps.iter().map(|s| s.dir.clone()).collect();
     // The writers, and any other service that mounts a data mount (read-only): a running
     // container keeps the dir it was started on, so each must start again on the swapped one.
     let writers: Vec<&StackContainer> = st.containers.iter().filter(|c| c.writes || !c.data.is_empty()).collect();
@@ -194,12 +349,12 @@ pub(super) async fn restore_stack(
         report.detail = format!(
             "would stop {}, restore {} mount(s) ({}), start them in start order and gate each",
             report.container.as_deref().unwrap_or_default(),
-            parts.len(),
-            parts.iter().map(|(p, _)| p.mount.as_str()).collect::<Vec<_>>().join(", ")
+            swaps.len(),
+            swaps.iter().map(|p| p.mount.as_str()).collect::<Vec<_>>().join(", ")
         );
         return Ok(report);
     }
-    ctx.start_run("restore", Some(&app.name), Some(&commit), None)?;
+    ctx.start_run("restore", Some(&app.name), Some(commit), None)?;
     let t = Some(opts.tenant.as_str());
     // Every mount it will swap, first: `recover` tells a finished restore from a partial one.
     let s = ctx.begin(t, RESTORE_MOUNTS_STEP, &RestorePlanDetail { stack_mounts: dirs.clone() })?;
@@ -225,14 +380,31 @@ pub(super) async fn restore_stack(
     // Every mount swapped for its part; what it replaced kept.
     let mut swapped: Vec<(PathBuf, PathBuf)> = Vec::new();
     if failure.is_none() {
-        for (n, ((p, path), dir)) in parts.iter().zip(&dirs).enumerate() {
+        for (n, sw) in swaps.iter().enumerate() {
+            let dir = &sw.dir;
             if n > 0 {
                 crash_point("restore-stack-swapped-one");
             }
             let mut detail = MountSwapDetail { dir: dir.clone(), ..MountSwapDetail::default() };
             let s = ctx.begin(t, RESTORE_SWAP_STEP, &detail)?;
-            let (a, h, d) = (path.clone(), p.sha256.clone(), dir.clone());
-            let r = crate::blocking::run("restore", move || archive::restore_swap_keep(&a, &h, &d)).await?;
+            let d = dir.clone();
+            let r = match &sw.from {
+                NewData::Archive { path, sha256 } => {
+                    let (a, h) = (path.clone(), sha256.clone());
+                    crate::blocking::run("restore", move || archive::restore_swap_keep(&a, &h, &d)).await?
+                }
+                NewData::Kept(k) => {
+                    // The kept dir and the mount exchanged: `k` then holds what was in place.
+                    let k = k.clone();
+                    crate::blocking::run("restore", move || {
+                        confined::finish_swap(&d)
+                            .and_then(|_| confined::exchange(&k, &d))
+                            .map(|()| (0, Some(k)))
+                            .map_err(|e| archive::ArchiveError::Io { path: d.clone(), source: e })
+                    })
+                    .await?
+                }
+            };
             let kept = match &r {
                 Ok((_, Some(old))) => Some(crate::fsutil::keep_replaced(
                     &ctx.cfg.backup_root,
@@ -251,31 +423,48 @@ pub(super) async fn restore_stack(
                         swapped.push((k.clone(), dir.clone()));
                     }
                     report.mounts.push(RestoredMount {
-                        mount: p.mount.clone(),
+                        mount: sw.mount.clone(),
                         target: dir.clone(),
                         entries,
                         replaced: kept,
                     });
                 }
                 Err(e) => {
-                    failure = Some(format!("{}: {e}", p.mount));
+                    failure = Some(format!("{}: {e}", sw.mount));
                     break;
                 }
             }
         }
     }
+    if let (None, Some((spec, dumps))) = (&failure, &replay) {
+        let s =
+            ctx.begin(t, RESTORE_REPLAY_STEP, &serde_json::json!({ "database": spec.container_of(&opts.tenant) }))?;
+        crash_point("restore-stack-replaying");
+        let r = crate::database::replay(engine, spec, &opts.tenant, &spec.container_of(&opts.tenant), dumps).await;
+        ctx.end(s, if r.is_ok() { "ok" } else { "failed" }, None::<&()>)?;
+        match r {
+            Ok(n) => report.databases = n,
+            Err(e) => failure = Some(format!("{e}; the database is as it was (the replay ran in one transaction)")),
+        }
+    }
     let prober = Prober::new()?;
     let mut undo_journaled = false;
     if failure.is_none() {
-        match start_and_gate(ctx, &engine, &prober, &opts.tenant, &writers, &holds).await? {
+        match start_and_gate(ctx, engine, &prober, &opts.tenant, &writers, &holds).await? {
             Ok(()) => {
+                let what = match swaps.first().map(|s| &s.from) {
+                    Some(NewData::Kept(_)) => "put back what an earlier restore replaced into".to_string(),
+                    _ => format!("restored {} entries into", report.entries),
+                };
                 report.detail = format!(
-                    "restored {} entries into {} mount(s) ({}); {} running and healthy",
-                    report.entries,
+                    "{what} {} mount(s) ({}); {} running and healthy",
                     report.mounts.len(),
                     report.mounts.iter().map(|m| m.mount.as_str()).collect::<Vec<_>>().join(", "),
                     report.container.as_deref().unwrap_or_default()
                 );
+                if report.databases > 0 {
+                    report.detail.push_str(&format!("; {} database(s) replayed", report.databases));
+                }
                 let kept: Vec<String> =
                     report.mounts.iter().filter_map(|m| m.replaced.as_ref()).map(|p| p.display().to_string()).collect();
                 if !kept.is_empty() {
@@ -314,7 +503,7 @@ pub(super) async fn restore_stack(
             back_err.push(format!("{} could not be put back from {} ({e})", dir.display(), kept.display()));
         }
     }
-    let gate = start_and_gate(ctx, &engine, &prober, &opts.tenant, &writers, &holds).await?;
+    let gate = start_and_gate(ctx, engine, &prober, &opts.tenant, &writers, &holds).await?;
     report.replaced = None;
     for m in &mut report.mounts {
         // The swap back left the restored files where the replaced ones were kept.

@@ -146,6 +146,7 @@ pub(super) async fn roll_stack(
                 old_id: c.id.clone(),
                 old_image: spec.image_ref(),
                 old_digest: c.digest.as_ref().map(|d| d.to_string()),
+                old_image_id: Some(spec.image_id()).filter(|i| !i.is_empty()),
                 new_image: svc.image.reference(),
                 new_id: None,
                 settings: spec.operator_settings(),
