@@ -23,6 +23,7 @@ mod recovery;
 mod remote_truth;
 mod rollout;
 mod safety;
+mod sqlite;
 mod stack;
 mod stack_backup;
 mod systemd;
