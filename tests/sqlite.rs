@@ -153,6 +153,11 @@ impl Drop for Writer {
 
 /// A sandbox with tenant t1 (its data dir the app's) running the v1 fixture.
 fn tenant(paths: &str) -> (Sandbox, String) {
+    tenant_with(paths, "")
+}
+
+/// [`tenant`] with `extra` lines in `[app.database]`.
+fn tenant_with(paths: &str, extra: &str) -> (Sandbox, String) {
     let s = Sandbox::new();
     let v1 = s.push_fixture_as("v1", "app");
     let name = s.add_tenant("t1", &v1);
@@ -162,7 +167,7 @@ fn tenant(paths: &str) -> (Sandbox, String) {
     for d in [s.root().to_path_buf(), s.root().join("data")] {
         std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o711)).unwrap();
     }
-    s.write_fleet(&s.fleet_app(&v1, &sqlite_app(paths)));
+    s.write_fleet(&s.fleet_app(&v1, &format!("{}{extra}", sqlite_app(paths))));
     (s, name)
 }
 
@@ -376,4 +381,33 @@ fn a_snapshot_killed_after_a_sqlite_copy_records_nothing_and_the_next_one_takes_
         .filter(|p| p.to_string_lossy().contains(".sqlite-copy-"))
         .collect();
     assert!(left.is_empty(), "{left:?}");
+}
+
+#[test]
+fn a_drill_checks_the_restored_sqlite_copy_with_the_query_and_a_failing_query_fails_it_naming_the_tenant() {
+    let (s, name) = tenant_with("[\"app.db\"]", "check = \"select count(*) from m\"\n");
+    let db = s.data_dir("t1").join("app.db");
+    make_db(&db, "one");
+    sql(&db, "insert into m values ('two'); insert into m values ('three');");
+    let out = s.slipway(&["snapshot", "--json"]);
+    assert_eq!(out.code, 0, "{} {}", out.stdout, out.stderr);
+    // The live database changes after the snapshot: the check answers from the restored copy.
+    sql(&db, "delete from m");
+    let out = s.slipway(&["drill", "--tenant", "t1", "--json"]);
+    assert_eq!(out.code, 0, "{} {}", out.stdout, out.stderr);
+    let t = &out.json()["report"]["tenants"][0];
+    assert_eq!(t["outcome"], "passed", "{t}");
+    assert_eq!(t["db_check"], "3", "{t}");
+    assert_eq!(sql(&db, "select count(*) from m"), "0", "the drill touched the live database");
+    assert_eq!(s.inspect(&name)["State"]["Running"], true);
+
+    // A query that errors fails the drill, naming the tenant and the query.
+    let fleet = std::fs::read_to_string(s.root().join("fleet/fleet.toml")).unwrap();
+    s.write_fleet(&fleet.replace("select count(*) from m", "select count(*) from no_such_table"));
+    let out = s.slipway(&["drill", "--tenant", "t1", "--json"]);
+    assert_eq!(out.code, 1, "{} {}", out.stdout, out.stderr);
+    let t = &out.json()["report"]["tenants"][0];
+    assert_eq!(t["outcome"], "failed", "{t}");
+    let detail = t["detail"].as_str().unwrap_or_default();
+    assert!(detail.contains("tenant t1") && detail.contains("no_such_table"), "{detail}");
 }

@@ -45,6 +45,8 @@ use crate::error::{Error, Result};
 
 /// The hidden first argument that makes the slipway binary the confined copier.
 pub const CHILD_ARG: &str = "__sqlite-copy";
+/// The copier's argument that makes it check a restored file with a query instead.
+const CHECK_FLAG: &str = "--check";
 
 /// Pages copied per backup step of a rollback-journal database.
 pub const STEP_PAGES: i32 = 256;
@@ -67,6 +69,7 @@ mod code {
     pub const COPY: u8 = 73;
     pub const INTEGRITY: u8 = 74;
     pub const WRITE: u8 = 75;
+    pub const CHECK: u8 = 76;
 }
 
 /// What a finished copy is.
@@ -90,34 +93,7 @@ pub fn version() -> String {
 /// written (the caller's temp dir goes).
 pub async fn copy(data_dir: &Path, rel: &str, out: &Path, mount_point: &Path) -> Result<Copied> {
     let fail = |why: String| Error::Other(format!("SQLite file {}: {why}", data_dir.join(rel).display()));
-    let root = Root::open(data_dir).map_err(|e| fail(format!("cannot open the data dir: {e}")))?;
-    // The parent's own look, nothing followed: a symlink, fifo or device is refused here; one
-    // swapped in after this is the chroot's to contain.
-    let live = match root.metadata(rel.as_bytes()) {
-        Ok(Some(m)) if m.is_file() => m,
-        Ok(Some(m)) => {
-            return Err(fail(format!("is not a regular file ({}); declare the database file itself", kind(&m))))
-        }
-        Ok(None) => return Err(fail("does not exist".into())),
-        Err(e) => return Err(fail(format!("cannot be reached without following a symlink: {e}"))),
-    };
-    let mut cmd = tokio::process::Command::new("/proc/self/exe");
-    cmd.arg(CHILD_ARG).arg(rel).arg(mount_point).env_clear();
-    // The tests hold the copier between its checks and SQLite's open, to swap names meanwhile.
-    // (Its stderr then goes straight to slipway's, where the tests see the point reached.)
-    let mut stderr_to = Stdio::piped();
-    #[cfg(feature = "test-crash")]
-    if let Ok(v) = std::env::var("SLIPWAY_TEST_PAUSE_AT") {
-        cmd.env("SLIPWAY_TEST_PAUSE_AT", v);
-        stderr_to = Stdio::inherit();
-    }
-    let mut child = cmd
-        .stdin(Stdio::from(OwnedFd::from(root)))
-        .stdout(Stdio::piped())
-        .stderr(stderr_to)
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| fail(format!("cannot start the confined copier: {e}")))?;
+    let (mut child, live) = start(data_dir, rel, mount_point, None)?;
     let Some(mut stdout) = child.stdout.take() else {
         return Err(fail("the confined copier has no output".into()));
     };
@@ -164,19 +140,8 @@ pub async fn copy(data_dir: &Path, rel: &str, out: &Path, mount_point: &Path) ->
             return Err(fail(format!("the copy did not finish in {} s; killed", COPY_TIMEOUT.as_secs())));
         }
     };
-    let said = String::from_utf8_lossy(&err).trim().to_string();
     if !status.success() {
-        let what = match status.code().map(|c| c as u8) {
-            Some(code::CONFINE) => "the copier could not confine itself to the data dir",
-            Some(code::NOT_FILE) => "is not a regular file",
-            Some(code::NOT_SQLITE) => "is not a SQLite database",
-            Some(code::COPY) => "the online backup failed",
-            Some(code::INTEGRITY) => "the copy failed PRAGMA integrity_check",
-            Some(code::WRITE) => "the copy could not be handed over",
-            Some(_) => "the copier failed",
-            None => "the copier was killed by a signal",
-        };
-        return Err(fail(format!("{what} ({status}): {said}")));
+        return Err(fail(failure(status, &err)));
     }
     let (sha256, size, head) = copied?;
     if size == 0 || head.as_slice() != HEADER {
@@ -187,6 +152,104 @@ pub async fn copy(data_dir: &Path, rel: &str, out: &Path, mount_point: &Path) ->
     file.sync_all().map_err(|e| Error::io(out, e))?;
     confined::set_fd_attrs(&file, &confined::Attrs::of(&live)).map_err(|e| Error::io(out, e))?;
     Ok(Copied { sha256, size })
+}
+
+/// Start the confined copier on the file `rel` of the dir `dir` (with `check`: the drill's
+/// check of a restored file instead of a copy); returns it and the file's metadata as the
+/// parent saw it.
+fn start(
+    dir: &Path,
+    rel: &str,
+    mount_point: &Path,
+    check: Option<&str>,
+) -> Result<(tokio::process::Child, std::fs::Metadata)> {
+    let fail = |why: String| Error::Other(format!("SQLite file {}: {why}", dir.join(rel).display()));
+    let root = Root::open(dir).map_err(|e| fail(format!("cannot open the data dir: {e}")))?;
+    // The parent's own look, nothing followed: a symlink, fifo or device is refused here; one
+    // swapped in after this is the chroot's to contain.
+    let live = match root.metadata(rel.as_bytes()) {
+        Ok(Some(m)) if m.is_file() => m,
+        Ok(Some(m)) => {
+            return Err(fail(format!("is not a regular file ({}); declare the database file itself", kind(&m))))
+        }
+        Ok(None) => return Err(fail("does not exist".into())),
+        Err(e) => return Err(fail(format!("cannot be reached without following a symlink: {e}"))),
+    };
+    let mut cmd = tokio::process::Command::new("/proc/self/exe");
+    cmd.arg(CHILD_ARG).arg(rel).arg(mount_point).env_clear();
+    if let Some(q) = check {
+        cmd.arg(CHECK_FLAG).arg(q);
+    }
+    // The tests hold the copier between its checks and SQLite's open, to swap names meanwhile.
+    // (Its stderr then goes straight to slipway's, where the tests see the point reached.)
+    let mut stderr_to = Stdio::piped();
+    #[cfg(feature = "test-crash")]
+    if let Ok(v) = std::env::var("SLIPWAY_TEST_PAUSE_AT") {
+        cmd.env("SLIPWAY_TEST_PAUSE_AT", v);
+        stderr_to = Stdio::inherit();
+    }
+    let child = cmd
+        .stdin(Stdio::from(OwnedFd::from(root)))
+        .stdout(Stdio::piped())
+        .stderr(stderr_to)
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| fail(format!("cannot start the confined copier: {e}")))?;
+    Ok((child, live))
+}
+
+/// What a failed copier's exit status and stderr say.
+fn failure(status: std::process::ExitStatus, err: &[u8]) -> String {
+    let said = String::from_utf8_lossy(err).trim().to_string();
+    let what = match status.code().map(|c| c as u8) {
+        Some(code::CONFINE) => "the copier could not confine itself to the data dir",
+        Some(code::NOT_FILE) => "is not a regular file",
+        Some(code::NOT_SQLITE) => "is not a SQLite database",
+        Some(code::COPY) => "the online backup failed",
+        Some(code::INTEGRITY) => "failed PRAGMA integrity_check",
+        Some(code::WRITE) => "the copy could not be handed over",
+        Some(code::CHECK) => "the check query failed",
+        Some(_) => "the copier failed",
+        None => "the copier was killed by a signal",
+    };
+    format!("{what} ({status}): {said}")
+}
+
+/// The longest answer of a check query kept.
+const MAX_ANSWER: u64 = 64 * 1024;
+
+/// A drill's check of the restored SQLite file `rel` of the scratch dir `dir`, by the same
+/// confined copier (the restored tree is the tenant's bytes: as untrusted as its data dir):
+/// `PRAGMA integrity_check` must say "ok", then `query` runs read-only; returns its first row,
+/// columns joined by '|' ("" when it returns no row). Err says which failed.
+pub async fn check(dir: &Path, rel: &str, mount_point: &Path, query: &str) -> Result<String> {
+    let fail = |why: String| Error::Other(format!("SQLite file {}: {why}", dir.join(rel).display()));
+    let (mut child, _) = start(dir, rel, mount_point, Some(query))?;
+    let (Some(stdout), stderr) = (child.stdout.take(), child.stderr.take()) else {
+        return Err(fail("the confined copier has no output".into()));
+    };
+    let work = async {
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let mut limited = stdout.take(MAX_ANSWER);
+        let read_out = limited.read_to_end(&mut out);
+        let read_err = async {
+            if let Some(e) = stderr {
+                let _ = e.take(MAX_ANSWER).read_to_end(&mut err).await;
+            }
+        };
+        let (r, ()) = tokio::join!(read_out, read_err);
+        r.map_err(|e| fail(format!("reading the answer: {e}")))?;
+        let status = child.wait().await.map_err(|e| fail(format!("waiting for the confined copier: {e}")))?;
+        Ok::<_, Error>((out, err, status))
+    };
+    let (out, err, status) = match tokio::time::timeout(COPY_TIMEOUT, work).await {
+        Ok(r) => r?,
+        Err(_) => return Err(fail(format!("the check did not finish in {} s; killed", COPY_TIMEOUT.as_secs()))),
+    };
+    if !status.success() {
+        return Err(fail(failure(status, &err)));
+    }
+    Ok(String::from_utf8_lossy(&out).trim_end().to_string())
 }
 
 /// What a non-regular entry is, for messages.
@@ -218,11 +281,23 @@ fn confine_err(what: &str) -> impl FnOnce(rustix::io::Errno) -> Fail + '_ {
 /// it: the file's relative name and the mount point). Runs before any other thread exists.
 /// Returns the exit code; the copy goes to stdout, the reason of a failure to stderr.
 pub fn child_main(args: &[OsString]) -> u8 {
-    let (rel, mount_point) = match args {
-        [rel, mp] => (rel.to_string_lossy().into_owned(), PathBuf::from(mp)),
-        _ => return report(Fail(code::USAGE, "usage: slipway __sqlite-copy <file> <mount point>".into())),
+    let (rel, mount_point, query) = match args {
+        [rel, mp] => (rel.to_string_lossy().into_owned(), PathBuf::from(mp), None),
+        [rel, mp, flag, q] if flag == CHECK_FLAG => {
+            (rel.to_string_lossy().into_owned(), PathBuf::from(mp), Some(q.to_string_lossy().into_owned()))
+        }
+        _ => {
+            return report(Fail(
+                code::USAGE,
+                "usage: slipway __sqlite-copy <file> <mount point> [--check <query>]".into(),
+            ))
+        }
     };
-    match confine(&mount_point).and_then(|()| copy_out(&rel)) {
+    let done = confine(&mount_point).and_then(|()| match &query {
+        None => copy_out(&rel),
+        Some(q) => check_out(&rel, q),
+    });
+    match done {
         Ok(()) => 0,
         Err(f) => report(f),
     }
@@ -263,6 +338,64 @@ fn confine(mount_point: &Path) -> std::result::Result<(), Fail> {
 /// Take the owner of `/<rel>` (inside the chroot, nothing followed), check it and its side
 /// files, back it up into memory, check the copy, write it to stdout.
 fn copy_out(rel: &str) -> std::result::Result<(), Fail> {
+    let path = become_owner(rel)?;
+    // Between the last check and SQLite's own open by path: what a tenant's swap can race.
+    test_hold("sqlite-checked");
+    let copy = backup(&path).map_err(|e| Fail(code::COPY, format!("{rel}: {e}")))?;
+    integrity(&copy, rel)?;
+    let bytes = copy.serialize(rusqlite::MAIN_DB).map_err(|e| Fail(code::WRITE, format!("{rel}: serialize: {e}")))?;
+    let mut out = io::stdout().lock();
+    out.write_all(&bytes).and_then(|()| out.flush()).map_err(|e| Fail(code::WRITE, format!("{rel}: {e}")))?;
+    Ok(())
+}
+
+/// `PRAGMA integrity_check` of `db` must say "ok".
+fn integrity(db: &rusqlite::Connection, rel: &str) -> std::result::Result<(), Fail> {
+    let check: String = db
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .map_err(|e| Fail(code::INTEGRITY, format!("{rel}: integrity_check: {e}")))?;
+    if check != "ok" {
+        return Err(Fail(code::INTEGRITY, format!("{rel}: integrity_check says: {check}")));
+    }
+    Ok(())
+}
+
+/// A drill's check of the restored `/<rel>`: integrity, then `query` read-only; its first row
+/// to stdout, columns joined by '|'.
+fn check_out(rel: &str, query: &str) -> std::result::Result<(), Fail> {
+    use rusqlite::OpenFlags;
+    let path = become_owner(rel)?;
+    let db = rusqlite::Connection::open_with_flags(
+        &path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| Fail(code::COPY, format!("{rel}: {e}")))?;
+    let q = |e: rusqlite::Error| Fail(code::CHECK, format!("{rel}: {query:?}: {e}"));
+    db.pragma_update(None, "temp_store", "memory").map_err(q)?;
+    integrity(&db, rel)?;
+    let mut stmt = db.prepare(query).map_err(q)?;
+    let n = stmt.column_count();
+    let mut rows = stmt.query([]).map_err(q)?;
+    let mut answer = Vec::new();
+    if let Some(row) = rows.next().map_err(q)? {
+        for i in 0..n {
+            use rusqlite::types::ValueRef;
+            answer.push(match row.get_ref(i).map_err(q)? {
+                ValueRef::Null => "NULL".to_string(),
+                ValueRef::Integer(v) => v.to_string(),
+                ValueRef::Real(v) => v.to_string(),
+                ValueRef::Text(t) => String::from_utf8_lossy(t).into_owned(),
+                ValueRef::Blob(b) => format!("<{} bytes>", b.len()),
+            });
+        }
+    }
+    let mut out = io::stdout().lock();
+    writeln!(out, "{}", answer.join("|")).map_err(|e| Fail(code::WRITE, format!("{rel}: {e}")))
+}
+
+/// Check `/<rel>` (inside the chroot, nothing followed) and its side files, become its owner
+/// and check its header; returns its path for SQLite.
+fn become_owner(rel: &str) -> std::result::Result<String, Fail> {
     let path = format!("/{rel}");
     let meta = std::fs::symlink_metadata(&path).map_err(|e| Fail(code::NOT_FILE, format!("{rel}: {e}")))?;
     if !meta.is_file() {
@@ -305,19 +438,21 @@ fn copy_out(rel: &str) -> std::result::Result<(), Fail> {
         }
         Err(e) => return Err(Fail(code::NOT_FILE, format!("{rel}: {e}"))),
     }
-    // Between the last check and SQLite's own open by path: what a tenant's swap can race.
-    crate::context::test_pause("sqlite-checked");
-    let copy = backup(&path).map_err(|e| Fail(code::COPY, format!("{rel}: {e}")))?;
-    let check: String = copy
-        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
-        .map_err(|e| Fail(code::INTEGRITY, format!("{rel}: integrity_check: {e}")))?;
-    if check != "ok" {
-        return Err(Fail(code::INTEGRITY, format!("{rel}: the copy failed integrity_check: {check}")));
+    Ok(path)
+}
+
+/// Tests only (feature `test-crash`): with `SLIPWAY_TEST_PAUSE_AT=<point>:<ms>`, say the point
+/// is reached and sleep, as `context::test_pause` does for the jobs (an adapter uses no job
+/// module, so the copier has its own).
+fn test_hold(point: &str) {
+    #[cfg(feature = "test-crash")]
+    if let Ok(v) = std::env::var("SLIPWAY_TEST_PAUSE_AT") {
+        if let Some(ms) = v.strip_prefix(point).and_then(|r| r.strip_prefix(':')).and_then(|m| m.parse().ok()) {
+            let _ = writeln!(io::stderr(), "slipway test point reached: {point}");
+            std::thread::sleep(Duration::from_millis(ms));
+        }
     }
-    let bytes = copy.serialize(rusqlite::MAIN_DB).map_err(|e| Fail(code::WRITE, format!("{rel}: serialize: {e}")))?;
-    let mut out = io::stdout().lock();
-    out.write_all(&bytes).and_then(|()| out.flush()).map_err(|e| Fail(code::WRITE, format!("{rel}: {e}")))?;
-    Ok(())
+    let _ = point;
 }
 
 /// The online backup of `path` into an in-memory database.
