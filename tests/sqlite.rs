@@ -399,6 +399,8 @@ fn a_drill_checks_the_restored_sqlite_copy_with_the_query_and_a_failing_query_fa
     assert_eq!(t["outcome"], "passed", "{t}");
     assert_eq!(t["db_check"], "3", "{t}");
     assert_eq!(sql(&db, "select count(*) from m"), "0", "the drill touched the live database");
+    let status = s.slipway(&["status", "--json"]).json();
+    assert_eq!(status["report"]["apps"][0]["tenants"][0]["last_db_drill"]["check"], "3", "{status}");
     assert_eq!(s.inspect(&name)["State"]["Running"], true);
 
     // A query that errors fails the drill, naming the tenant and the query.
