@@ -48,9 +48,9 @@ db, mib = sys.argv[1], int(sys.argv[2])
 c = sqlite3.connect(db)
 c.execute("pragma journal_mode=wal")
 c.execute("create table rows(id integer primary key, at real not null, v text not null)")
-n = mib * 1024 // 2  # rows of ~2 KiB (1 KiB of random bytes as hex)
+n = mib * 512  # two rows of ~1.8 KiB (900 random bytes as hex) per 4 KiB page
 c.execute("with recursive g(x) as (select 1 union all select x + 1 from g where x < ?) "
-          "insert into rows(at, v) select 0, hex(randomblob(1024)) from g", (n,))
+          "insert into rows(at, v) select 0, hex(randomblob(900)) from g", (n,))
 c.commit()
 c.execute("pragma wal_checkpoint(truncate)")
 PY
