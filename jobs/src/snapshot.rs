@@ -15,6 +15,8 @@
 //! atomically after each one. A tenant whose tree is unchanged since its previous snapshot
 //! reuses that archive (hard link). One failing tenant does not stop the others. A stack
 //! tenant (`[app.services]`) is taken by [`stack`]: every data mount, its writers held together.
+//! A tenant whose SQLite files are declared (`[app.database] kind = "sqlite"`) is never held:
+//! [`sqlite`] copies them online first, and its archive carries the copies in their place.
 
 use std::fmt;
 use std::path::{Path, PathBuf};

@@ -115,19 +115,26 @@ pub async fn copy(data_dir: &Path, rel: &str, out: &Path, mount_point: &Path) ->
         let copy = async {
             let (mut hash, mut size, mut head) = (Sha256::new(), 0u64, Vec::with_capacity(16));
             let mut buf = vec![0u8; 256 * 1024];
-            loop {
-                let n = stdout.read(&mut buf).await.map_err(|e| fail(format!("reading the copy: {e}")))?;
-                if n == 0 {
-                    break;
-                }
+            let streamed = loop {
+                let n = match stdout.read(&mut buf).await {
+                    Ok(0) => break Ok(()),
+                    Ok(n) => n,
+                    Err(e) => break Err(fail(format!("reading the copy: {e}"))),
+                };
                 if head.len() < 16 {
                     head.extend_from_slice(&buf[..n.min(16 - head.len())]);
                 }
                 hash.update(&buf[..n]);
                 size += n as u64;
-                file.write_all(&buf[..n]).await.map_err(|e| Error::io(out, e))?;
+                if let Err(e) = file.write_all(&buf[..n]).await {
+                    break Err(Error::io(out, e));
+                }
+            };
+            // Not read any more (a full disk, say): the copier must not wait on its pipe.
+            if streamed.is_err() {
+                let _ = child.start_kill();
             }
-            Ok::<_, Error>((hex::encode(hash.finalize()), size, head))
+            streamed.map(|()| (hex::encode(hash.finalize()), size, head))
         };
         let (copied, ()) = tokio::join!(copy, errs);
         let status = child.wait().await.map_err(|e| fail(format!("waiting for the confined copier: {e}")))?;
@@ -140,10 +147,11 @@ pub async fn copy(data_dir: &Path, rel: &str, out: &Path, mount_point: &Path) ->
             return Err(fail(format!("the copy did not finish in {} s; killed", COPY_TIMEOUT.as_secs())));
         }
     };
+    // Our side's failure first (the copier was killed for it), else the copier's.
+    let (sha256, size, head) = copied?;
     if !status.success() {
         return Err(fail(failure(status, &err)));
     }
-    let (sha256, size, head) = copied?;
     if size == 0 || head.as_slice() != HEADER {
         return Err(fail(format!("the copy ({size} bytes) is not a SQLite database; not archived")));
     }
