@@ -8,7 +8,7 @@
 #   slipway  `slipway snapshot` of the tenant with [app.database] kind = "sqlite" (the online
 #            copy by the confined copier, integrity_check, the archive of the whole data dir)
 #   tool     the operator's tool: sqlite3 app.db ".backup copy.db" (Debian's sqlite3: the copy
-#            only), killed after BENCH_SQLITE_TIMEOUT (default 300) s
+#            only), killed after BENCH_SQLITE_TIMEOUT (default 120) s
 # Reports each window's wall time, the commits in it, their p50/p99/max latency, and the
 # tenant's pauses (docker events) in bench/out/sqlite.md. Needs the test environment
 # (scripts/testenv.sh up). BENCH_SLIPWAY=PATH measures that binary instead of a release build.
@@ -16,7 +16,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v sqlite3 >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq sqlite3 >/dev/null; }
 MIB=${BENCH_SQLITE_MIB:-256}
-TOOL_TIMEOUT=${BENCH_SQLITE_TIMEOUT:-300}
+TOOL_TIMEOUT=${BENCH_SQLITE_TIMEOUT:-120}
 APP_UID=1000
 PY=/usr/bin/python3
 [ -f .testenv/env ] || scripts/testenv.sh up >&2
