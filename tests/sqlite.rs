@@ -22,7 +22,7 @@ const APP_UID: u32 = 1000;
 
 /// Run `sql` on the SQLite file `db` with Debian's `sqlite3` (as root: a reader of the test's).
 fn sql(db: &Path, sql: &str) -> String {
-    sh(Command::new("sqlite3").arg(db).arg(sql)).trim().to_string()
+    sh(Command::new("sqlite3").args(["-cmd", ".timeout 10000"]).arg(db).arg(sql)).trim().to_string()
 }
 
 /// A tenant's own SQLite database at `db` holding `marker`, in WAL mode, owned by the app.
@@ -96,9 +96,9 @@ struct Writer {
 
 const WRITER: &str = r#"
 import os, sqlite3, sys, time
-db, stop, ready = sys.argv[1], sys.argv[2], sys.argv[3]
+db, stop, ready, mode = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
 c = sqlite3.connect(db, isolation_level=None, timeout=30)
-c.execute("pragma journal_mode=wal")
+c.execute("pragma journal_mode=" + mode)
 c.execute("create table if not exists rows(id integer primary key, v text not null)")
 c.execute("create table if not exists tally(n integer not null)")
 if c.execute("select count(*) from tally").fetchone()[0] == 0:
@@ -113,7 +113,8 @@ while not os.path.exists(stop):
 "#;
 
 impl Writer {
-    fn start(s: &Sandbox, db: &Path) -> Writer {
+    /// `mode`: the journal mode, "wal" or "delete" (a rollback journal that comes and goes).
+    fn start(s: &Sandbox, db: &Path, mode: &str) -> Writer {
         let flags = s.root().join("writer");
         std::fs::create_dir_all(&flags).unwrap();
         chown_app(&flags);
@@ -123,6 +124,7 @@ impl Writer {
             .args(["/usr/bin/python3", "-c", WRITER])
             .arg(db)
             .args([&stop, &ready])
+            .arg(mode)
             .stdin(Stdio::null())
             .spawn()
             .unwrap();
@@ -312,13 +314,23 @@ fn a_sqlite_path_with_dotdot_in_fleet_toml_is_refused_naming_app_key_and_value_a
 
 #[test]
 fn a_sqlite_tenant_under_constant_writes_is_copied_without_a_pause_and_restores_to_a_consistent_database() {
+    under_writes("wal");
+}
+
+#[test]
+fn a_rollback_journal_sqlite_tenant_under_constant_writes_is_copied_without_a_pause_and_restores_consistent() {
+    under_writes("delete");
+}
+
+/// A tenant whose writer commits constantly in journal mode `mode`, snapshotted and restored.
+fn under_writes(mode: &str) {
     let (s, name) = tenant("[\"db/app.db\"]");
     let dir = s.data_dir("t1").join("db");
     std::fs::create_dir_all(&dir).unwrap();
     chown_app(&dir);
     s.write_data("t1", "notes.txt", "files beside the database\n");
     let db = dir.join("app.db");
-    let writer = Writer::start(&s, &db);
+    let writer = Writer::start(&s, &db, mode);
     std::thread::sleep(Duration::from_millis(500));
     let count = || sql(&db, "select count(*) from rows").parse::<u64>().unwrap();
     let since = now_s();

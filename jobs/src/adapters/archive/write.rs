@@ -111,7 +111,7 @@ enum What {
 /// writeback as it goes. Buffers circulate between the stages, so memory stays bounded
 /// (`CHUNKS` content buffers, `OUT_CHUNKS` output buffers, zstd's jobs).
 pub fn create_with_level(src: &Path, dest: &Path, level: i32) -> Result<ArchiveSummary, ArchiveError> {
-    create_inner(src, dest, level, &Substitutes::default())
+    create_inner(src, dest, level, &Substitutes::default(), false)
 }
 
 /// Files archived in place of what a tree holds at their names, and names left out: a tenant's
@@ -127,17 +127,25 @@ pub struct Substitutes {
     pub skip: std::collections::BTreeSet<Vec<u8>>,
 }
 
-/// [`create`] with `subs` put in place of the tree's files at their names and its skipped names
-/// left out.
+/// [`create`] of a tree that runs (its tenant not held) with `subs` put in place of the tree's
+/// files at their names and its skipped names left out: an entry that vanished or changed type
+/// between the directory read and its open (a rollback journal that comes and goes with each
+/// transaction) is skipped, as the mirror's live pass does.
 pub fn create_substituted(src: &Path, dest: &Path, subs: &Substitutes) -> Result<ArchiveSummary, ArchiveError> {
-    create_inner(src, dest, LEVEL, subs)
+    create_inner(src, dest, LEVEL, subs, true)
 }
 
-fn create_inner(src: &Path, dest: &Path, level: i32, subs: &Substitutes) -> Result<ArchiveSummary, ArchiveError> {
+fn create_inner(
+    src: &Path,
+    dest: &Path,
+    level: i32,
+    subs: &Substitutes,
+    live: bool,
+) -> Result<ArchiveSummary, ArchiveError> {
     if let Some(parent) = dest.parent() {
         create_private_dir(parent).map_err(ioe(parent))?;
     }
-    let mut walk = Walker::open(src)?;
+    let mut walk = if live { Walker::open_live(src)? } else { Walker::open(src)? };
     let root_meta = walk.root_meta().clone();
     let mut file = AtomicFile::create(dest, 0o600).map_err(ioe(dest))?;
     let list_path = file_list_path(dest);
