@@ -190,11 +190,13 @@ fn start(
     }
     // The tests hold the copier between its checks and SQLite's open, to swap names meanwhile.
     // (Its stderr then goes straight to slipway's, where the tests see the point reached.)
-    let mut stderr_to = Stdio::piped();
     #[cfg(feature = "test-crash")]
-    if let Ok(v) = std::env::var("SLIPWAY_TEST_PAUSE_AT") {
+    let held = std::env::var("SLIPWAY_TEST_PAUSE_AT").ok();
+    #[cfg(not(feature = "test-crash"))]
+    let held: Option<String> = None;
+    let stderr_to = if held.is_some() { Stdio::inherit() } else { Stdio::piped() };
+    if let Some(v) = held {
         cmd.env("SLIPWAY_TEST_PAUSE_AT", v);
-        stderr_to = Stdio::inherit();
     }
     let child = cmd
         .stdin(Stdio::from(OwnedFd::from(root)))
