@@ -21,6 +21,13 @@ use crate::cli::{Cli, Command, ConfigAction, RunsShow};
 use crate::output::Printer;
 
 fn main() -> ExitCode {
+    // The confined SQLite copier (slipway_jobs::adapters::sqlite), started by a snapshot: it
+    // must run before any thread exists (it unshares its mount namespace and changes its uid),
+    // so it is dispatched here, before clap, logging and the runtime.
+    let mut args = std::env::args_os().skip(1);
+    if args.next().is_some_and(|a| a == slipway_jobs::adapters::sqlite::CHILD_ARG) {
+        return ExitCode::from(slipway_jobs::adapters::sqlite::child_main(&args.collect::<Vec<_>>()));
+    }
     let cli = Cli::parse();
     output::init_logging(cli.log_format);
     slipway_jobs::fsutil::raise_open_files_limit();

@@ -24,6 +24,7 @@ mod recovery;
 mod remote_truth;
 mod rollout;
 mod safety;
+mod sqlite;
 mod stack;
 mod stack_adopt;
 mod stack_backup;

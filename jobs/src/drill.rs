@@ -482,11 +482,30 @@ async fn drill_tenant(
             t.healthy_ms.unwrap_or(0)
         );
         if let Some(answer) = &t.db_check {
-            detail.push_str(&format!("; database replayed, check answered {answer:?}"));
+            let what = if app.sqlite.is_some() { "SQLite files checked" } else { "database replayed" };
+            detail.push_str(&format!("; {what}, check answered {answer:?}"));
         }
         detail
     });
     Ok(t)
+}
+
+/// The answers of `query` on each SQLite file `paths` of the restored tree `scratch`, joined
+/// by "; " ("<path>: <answer>" when there are several files).
+async fn sqlite_check<'a>(scratch: &Path, paths: impl Iterator<Item = &'a String>, query: &str) -> Result<String> {
+    let parent = scratch.parent().unwrap_or(scratch);
+    let mut answers = Vec::new();
+    for rel in paths {
+        // An empty dir of slipway's own: the copier binds the scratch tree onto it.
+        let mount_point =
+            tempfile::Builder::new().prefix(".sqlite-check-").tempdir_in(parent).map_err(|e| Error::io(parent, e))?;
+        let answer = crate::adapters::sqlite::check(scratch, rel, mount_point.path(), query).await?;
+        answers.push((rel.clone(), answer));
+    }
+    Ok(match answers.as_slice() {
+        [(_, one)] => one.clone(),
+        many => many.iter().map(|(p, a)| format!("{p}: {a}")).collect::<Vec<_>>().join("; "),
+    })
 }
 
 /// The drill's steps for one tenant, journaled; Ok(Err) is the tenant's failure or an
@@ -547,6 +566,15 @@ async fn steps(
     crash_point("drill-after-extract");
     if ctx.cancel.is_cancelled() {
         return Ok(Err(Stop::Interrupted("after extracting the archive")));
+    }
+
+    // SQLite files with a `check` (`[app.database] kind = "sqlite"`): each restored copy
+    // checked (integrity, then the query) by the same confined copier a snapshot uses.
+    if let Some(q) = app.sqlite.as_ref().and_then(|sq| sq.check.as_deref()) {
+        match sqlite_check(&journal.scratch, app.sqlite.iter().flat_map(|sq| &sq.paths), q).await {
+            Ok(answer) => t.db_check = Some(answer),
+            Err(e) => return Ok(Err(Stop::Failed(format!("tenant {tenant}: {e}")))),
+        }
     }
 
     // The throw-away container on its own internal network.

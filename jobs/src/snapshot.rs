@@ -15,6 +15,8 @@
 //! atomically after each one. A tenant whose tree is unchanged since its previous snapshot
 //! reuses that archive (hard link). One failing tenant does not stop the others. A stack
 //! tenant (`[app.services]`) is taken by [`stack`]: every data mount, its writers held together.
+//! A tenant whose SQLite files are declared (`[app.database] kind = "sqlite"`) is never held:
+//! [`sqlite`] copies them online first, and its archive carries the copies in their place.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -36,6 +38,7 @@ use crate::recover::HeldContainer;
 use crate::stack_tenant::StackTenant;
 use crate::types::TenantId;
 
+mod sqlite;
 mod stack;
 
 /// What a tenant of the day's work is: one container, or a stack (or why the stack cannot be
@@ -113,6 +116,10 @@ pub struct ArchiveReport {
     /// The tenant's database dumps taken with the archive (`[app.database]`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub database: Option<crate::manifest::DatabaseDumps>,
+    /// The tenant's SQLite files copied online and archived in place of the live ones
+    /// (`[app.database] kind = "sqlite"`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub sqlite: Vec<crate::manifest::SqliteCopy>,
 }
 
 /// The result of `slipway snapshot`.
@@ -246,28 +253,35 @@ pub async fn snapshot(ctx: &Ctx, opts: &SnapshotOptions) -> Result<SnapshotRepor
         } else {
             previous.iter().find_map(|(d, m)| m.tenant(tenant.as_str()).map(|e| (d.clone(), e.clone())))
         };
-        // The database first, with the app running: a dump that fails never pauses the tenant,
-        // and its files are not archived without it.
-        let dumped = match &app.database {
-            Some(spec) => crate::database::dump(&engine, spec, tenant, &dir, &rel).await.map(Some),
-            None => Ok(None),
+        // The database first, with the app running: a dump or a SQLite copy that fails never
+        // pauses the tenant, and its files are not archived without it.
+        let dumped = match (&app.database, &app.sqlite) {
+            (Some(spec), _) => crate::database::dump(&engine, spec, tenant, &dir, &rel).await.map(|p| (Some(p), None)),
+            (None, Some(spec)) => {
+                let tenants_dir = layout::tenants_dir(&dir);
+                sqlite::take(spec, tenant, &app.data_dir_of(tenant), &tenants_dir).await.map(|c| (None, Some(c)))
+            }
+            (None, None) => Ok((None, None)),
         };
         crash_point("snapshot-dumped");
         let taken = match dumped {
-            Ok(pending) => match match target {
+            Ok((pending, copies)) => match match target {
                 Target::Container(container) => {
-                    snapshot_tenant(ctx, &engine, app, tenant, container, &dest, prev).await
+                    snapshot_tenant(ctx, &engine, app, tenant, container, &dest, prev, copies.as_ref()).await
                 }
                 Target::Stack(Ok(st)) => stack::snapshot_stack(ctx, &engine, app, st, &dir, prev).await,
                 Target::Stack(Err(why)) => Err(Error::Other(why.clone())),
             } {
-                Ok(mut taken) => match pending {
-                    Some(p) => p.place().await.map(|d| {
-                        taken.entry.database = Some(d);
-                        taken
-                    }),
-                    None => Ok(taken),
-                },
+                Ok(mut taken) => {
+                    taken.entry.sqlite = copies.map(|c| c.entries.clone()).unwrap_or_default();
+                    match pending {
+                        Some(p) => p.place().await.map(|d| {
+                            taken.entry.database = Some(d);
+                            taken
+                        }),
+                        None => Ok(taken),
+                    }
+                }
                 Err(e) => Err(e),
             },
             Err(e) => Err(e),
@@ -275,6 +289,7 @@ pub async fn snapshot(ctx: &Ctx, opts: &SnapshotOptions) -> Result<SnapshotRepor
         match taken {
             Ok(taken) => {
                 rep.database = taken.entry.database.clone();
+                rep.sqlite = taken.entry.sqlite.clone();
                 rep.outcome = if taken.reused { ArchiveOutcome::Reused } else { ArchiveOutcome::Archived };
                 rep.size = taken.size;
                 rep.bytes_in = taken.bytes_in;
@@ -394,6 +409,7 @@ impl ArchiveReport {
             note: None,
             detail: None,
             database: None,
+            sqlite: Vec::new(),
         }
     }
 }
@@ -428,6 +444,7 @@ fn entry_of(rel: &str, tenant: Option<&str>, s: &archive::ArchiveSummary) -> Arc
         created: None,
         database: None,
         mounts: Vec::new(),
+        sqlite: Vec::new(),
     }
 }
 
@@ -630,7 +647,9 @@ async fn intact_previous(tenant: &str, (dir, e): (PathBuf, ArchiveEntry)) -> Opt
     intact.then_some((dir, e))
 }
 
-/// Archive one tenant under its app's quiesce mode.
+/// Archive one tenant under its app's quiesce mode — never held when its SQLite files were
+/// copied online (`copies`): those are archived in their live files' place.
+#[allow(clippy::too_many_arguments)]
 async fn snapshot_tenant(
     ctx: &Ctx,
     engine: &Engine,
@@ -639,6 +658,7 @@ async fn snapshot_tenant(
     container: &str,
     dest: &Path,
     prev: Option<(PathBuf, ArchiveEntry)>,
+    copies: Option<&sqlite::Copies>,
 ) -> Result<Taken> {
     let data_dir = app.data_dir_of(tenant);
     if !data_dir.is_dir() {
@@ -646,6 +666,7 @@ async fn snapshot_tenant(
     }
     let running = engine.state(container).await.map(|s| s.running).unwrap_or(false);
     let hold = match app.quiesce {
+        _ if copies.is_some() => None,
         Quiesce::Pause if running => Some("pause"),
         Quiesce::Stop if running => Some("stop"),
         _ => None,
@@ -654,6 +675,8 @@ async fn snapshot_tenant(
     // file list and its bytes are re-hashed now, before the tenant is paused, so a damaged or
     // missing archive is never linked into today (a fresh archive is made instead).
     let prev = match prev {
+        // Its SQLite files are copies made now: never the previous archive's.
+        Some(_) if copies.is_some() => None,
         Some(p) => intact_previous(tenant.as_str(), p).await,
         None => None,
     };
@@ -686,8 +709,12 @@ async fn snapshot_tenant(
         return Err(e);
     }
     crash_point("snapshot-quiesced");
-    let (src, d) = (data_dir.clone(), dest.to_path_buf());
-    let work = crate::blocking::run("archive", move || archive_or_reuse(&src, &d, prev.as_ref())).await;
+    let (src, d, subs) = (data_dir.clone(), dest.to_path_buf(), copies.map(|c| c.subs.clone()));
+    let work = crate::blocking::run("archive", move || match subs {
+        Some(subs) => Ok((archive::create_substituted(&src, &d, &subs)?, false)),
+        None => archive_or_reuse(&src, &d, prev.as_ref()),
+    })
+    .await;
     // Unquiesce right away, whatever happened.
     let resumed = resume(engine, container, hold).await;
     let pause = if hold.is_some() { paused_at.elapsed() } else { Duration::ZERO };

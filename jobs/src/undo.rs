@@ -781,6 +781,7 @@ pub fn record_rollout_archive(
         created: None,
         database,
         mounts: Vec::new(),
+        sqlite: Vec::new(),
     };
     manifest.upsert(entry.clone());
     manifest.write(run_dir)?;

@@ -212,6 +212,18 @@ pub struct SnapshotArchive {
     pub delta: Option<MirrorPass>,
     /// Why the staging copy was not used.
     pub note: Option<String>,
+    /// The SQLite files copied online and archived in place of the live ones.
+    #[serde(default)]
+    pub sqlite: Vec<SqliteCopy>,
+}
+
+/// One SQLite file of a snapshot, as its copy went into the archive.
+#[derive(Debug, Deserialize)]
+pub struct SqliteCopy {
+    pub path: String,
+    pub sha256: String,
+    pub size: u64,
+    pub sqlite_version: String,
 }
 
 /// `sync`.

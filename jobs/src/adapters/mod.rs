@@ -16,6 +16,7 @@ pub mod notify;
 pub mod postgres;
 pub mod proxy;
 pub mod remote;
+pub mod sqlite;
 pub mod systemd;
 
 #[cfg(test)]

@@ -41,6 +41,24 @@ pub struct ArchiveEntry {
     /// for a single-container tenant.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub mounts: Vec<MountArchive>,
+    /// The SQLite files (`[app.database] kind = "sqlite"`) copied online through SQLite's
+    /// backup API and archived in the archive at their own path, in place of the live file
+    /// (whose `-wal`, `-shm` and `-journal` were left out). Empty without them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sqlite: Vec<SqliteCopy>,
+}
+
+/// One SQLite file of a tenant, as its copy went into the archive.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SqliteCopy {
+    /// Its path relative to the data dir (and in the archive).
+    pub path: String,
+    /// sha256 of the copy's bytes.
+    pub sha256: String,
+    /// The copy's size in bytes.
+    pub size: u64,
+    /// The version of SQLite that made the copy (and checked it with `PRAGMA integrity_check`).
+    pub sqlite_version: String,
 }
 
 /// The archive of one data mount of a stack tenant's snapshot.
@@ -79,6 +97,7 @@ impl MountArchive {
             created: None,
             database: None,
             mounts: Vec::new(),
+            sqlite: Vec::new(),
         }
     }
 }
@@ -259,6 +278,7 @@ mod tests {
             created: None,
             database: None,
             mounts: Vec::new(),
+            sqlite: Vec::new(),
         }
     }
 

@@ -47,7 +47,7 @@ mod write;
 pub use check::{deep_verify, matches_list, tree_bytes, tree_digest, tree_unchanged};
 pub use extract::{extract_into, restore_swap, restore_swap_keep};
 pub use list::{read_file_list, totals, EntryKind, FileEntry, FileList};
-pub use write::{create, create_with_level, reuse};
+pub use write::{create, create_substituted, create_with_level, reuse, Substitutes};
 
 /// Where an archive's file list lies (the store's layout decides).
 pub use crate::layout::file_list_path;

@@ -635,3 +635,33 @@ fn a_tree_deeper_than_path_max_is_refused_naming_it() {
     let e = create(&src, &d.path().join("a.tar.zst")).unwrap_err().to_string();
     assert!(e.contains("PATH_MAX") && e.contains(&src.display().to_string()), "{e}");
 }
+
+#[test]
+fn a_substituted_file_is_archived_in_place_of_the_trees_and_skipped_names_are_left_out() {
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("src");
+    fs::create_dir_all(src.join("db")).unwrap();
+    fs::write(src.join("db/app.db"), "the live bytes").unwrap();
+    fs::write(src.join("db/app.db-wal"), "a live log").unwrap();
+    fs::write(src.join("notes"), "notes").unwrap();
+    let copy = d.path().join("copy.db");
+    fs::write(&copy, "the consistent copy").unwrap();
+    let mut subs = Substitutes::default();
+    subs.files.insert(b"db/app.db".to_vec(), copy.clone());
+    subs.skip.insert(b"db/app.db-wal".to_vec());
+    let archive = d.path().join("out/t1.tar.zst");
+    let s = create_substituted(&src, &archive, &subs).unwrap();
+    let to = d.path().join("to");
+    extract_into(&archive, &s.sha256, &to).unwrap();
+    assert_eq!(fs::read_to_string(to.join("db/app.db")).unwrap(), "the consistent copy");
+    assert!(!to.join("db/app.db-wal").exists());
+    assert_eq!(fs::read_to_string(to.join("notes")).unwrap(), "notes");
+    // A name to substitute that the tree does not hold as a regular file fails the archive.
+    fs::remove_file(src.join("db/app.db")).unwrap();
+    symlink("/etc/hostname", src.join("db/app.db")).unwrap();
+    let e = create_substituted(&src, &d.path().join("out/t2.tar.zst"), &subs).unwrap_err();
+    assert!(e.to_string().contains("no longer a regular file"), "{e}");
+    fs::remove_file(src.join("db/app.db")).unwrap();
+    let e = create_substituted(&src, &d.path().join("out/t3.tar.zst"), &subs).unwrap_err();
+    assert!(e.to_string().contains("not every file"), "{e}");
+}

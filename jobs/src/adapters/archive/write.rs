@@ -111,10 +111,41 @@ enum What {
 /// writeback as it goes. Buffers circulate between the stages, so memory stays bounded
 /// (`CHUNKS` content buffers, `OUT_CHUNKS` output buffers, zstd's jobs).
 pub fn create_with_level(src: &Path, dest: &Path, level: i32) -> Result<ArchiveSummary, ArchiveError> {
+    create_inner(src, dest, level, &Substitutes::default(), false)
+}
+
+/// Files archived in place of what a tree holds at their names, and names left out: a tenant's
+/// SQLite file goes into its archive as the copy SQLite's backup API made, without the live
+/// file's `-wal`, `-shm` and `-journal` (which would pair the copy with a stale log).
+#[derive(Debug, Default, Clone)]
+pub struct Substitutes {
+    /// Relative name ('/'-separated bytes) → the file whose bytes and metadata are archived
+    /// under that name (slipway's own file, outside the tree). The tree must hold a regular file
+    /// at each name, else the archive fails naming it.
+    pub files: std::collections::BTreeMap<Vec<u8>, std::path::PathBuf>,
+    /// Relative names left out of the archive.
+    pub skip: std::collections::BTreeSet<Vec<u8>>,
+}
+
+/// [`create`] of a tree that runs (its tenant not held) with `subs` put in place of the tree's
+/// files at their names and its skipped names left out: an entry that vanished or changed type
+/// between the directory read and its open (a rollback journal that comes and goes with each
+/// transaction) is skipped, as the mirror's live pass does.
+pub fn create_substituted(src: &Path, dest: &Path, subs: &Substitutes) -> Result<ArchiveSummary, ArchiveError> {
+    create_inner(src, dest, LEVEL, subs, true)
+}
+
+fn create_inner(
+    src: &Path,
+    dest: &Path,
+    level: i32,
+    subs: &Substitutes,
+    live: bool,
+) -> Result<ArchiveSummary, ArchiveError> {
     if let Some(parent) = dest.parent() {
         create_private_dir(parent).map_err(ioe(parent))?;
     }
-    let mut walk = Walker::open(src)?;
+    let mut walk = if live { Walker::open_live(src)? } else { Walker::open(src)? };
     let root_meta = walk.root_meta().clone();
     let mut file = AtomicFile::create(dest, 0o600).map_err(ioe(dest))?;
     let list_path = file_list_path(dest);
@@ -127,7 +158,7 @@ pub fn create_with_level(src: &Path, dest: &Path, level: i32) -> Result<ArchiveS
             let _ = chunk_tx.send(Vec::with_capacity(BUF));
         }
         let walk = &mut walk;
-        s.spawn(move || read_tree(walk, &piece_tx, &chunk_rx));
+        s.spawn(move || read_tree(walk, subs, &piece_tx, &chunk_rx));
         let (out_tx, out_rx) = sync_channel::<Vec<u8>>(OUT_CHUNKS);
         let (spare_tx, spare_rx) = sync_channel::<Vec<u8>>(OUT_CHUNKS);
         for _ in 0..OUT_CHUNKS - 1 {
@@ -153,15 +184,41 @@ pub fn create_with_level(src: &Path, dest: &Path, level: i32) -> Result<ArchiveS
 
 /// The reader stage: walk, read and hash, in walk order. Stops quietly when the archiver hung
 /// up (it reports its own error).
-fn read_tree(walk: &mut Walker, tx: &SyncSender<Piece>, chunks: &Receiver<Vec<u8>>) {
-    if let Err(e) = feed(walk, tx, chunks) {
+fn read_tree(walk: &mut Walker, subs: &Substitutes, tx: &SyncSender<Piece>, chunks: &Receiver<Vec<u8>>) {
+    if let Err(e) = feed(walk, subs, tx, chunks) {
         let _ = tx.send(Piece::Failed(e));
     }
 }
 
-fn feed(walk: &mut Walker, tx: &SyncSender<Piece>, chunks: &Receiver<Vec<u8>>) -> Result<(), ArchiveError> {
+/// The entry `item` of the walk as archived under `subs`: left out (`None`), or with a
+/// substitute's file and metadata in place of its own. Err when a name to substitute is not a
+/// regular file in the tree.
+fn substituted(walk: &Walker, subs: &Substitutes, item: Item, used: &mut usize) -> Result<Option<Item>, ArchiveError> {
+    if subs.skip.contains(&item.rel) {
+        return Ok(None);
+    }
+    let Some(with) = subs.files.get(&item.rel) else { return Ok(Some(item)) };
+    if !matches!(item.node, Node::File(_)) {
+        let path = walk.path_of(&item.rel);
+        let why = format!("{} is no longer a regular file; its copy is not archived in its place", path.display());
+        return Err(ArchiveError::Io { path, source: io::Error::other(why) });
+    }
+    let f = File::open(with).map_err(ioe(with))?;
+    let meta = f.metadata().map_err(ioe(with))?;
+    *used += 1;
+    Ok(Some(Item { rel: item.rel, meta, node: Node::File(f) }))
+}
+
+fn feed(
+    walk: &mut Walker,
+    subs: &Substitutes,
+    tx: &SyncSender<Piece>,
+    chunks: &Receiver<Vec<u8>>,
+) -> Result<(), ArchiveError> {
     let mut links = Links::default();
-    while let Some(Item { rel, meta, node }) = walk.next_item()? {
+    let mut used = 0;
+    while let Some(item) = walk.next_item()? {
+        let Some(Item { rel, meta, node }) = substituted(walk, subs, item, &mut used)? else { continue };
         let piece = match node {
             Node::Dir => Piece::Entry { rel, meta, what: What::Dir },
             Node::Symlink(target) => Piece::Entry { rel, meta, what: What::Symlink(target) },
@@ -220,6 +277,12 @@ fn feed(walk: &mut Walker, tx: &SyncSender<Piece>, chunks: &Receiver<Vec<u8>>) -
         if tx.send(piece).is_err() {
             return Ok(());
         }
+    }
+    if used < subs.files.len() {
+        let missing: Vec<String> = subs.files.keys().map(|k| walk.path_of(k).display().to_string()).collect();
+        let path = walk.path_of(b"");
+        let why = format!("not every file to archive from its copy was found in the tree: {}", missing.join(", "));
+        return Err(ArchiveError::Io { path, source: io::Error::other(why) });
     }
     Ok(())
 }

@@ -1,10 +1,13 @@
 //! `[app.database]` of `fleet.toml`: the database a tenant keeps besides its files, declared by
-//! the operator and never guessed from an image name. Today: Postgres in a container of its
-//! own per tenant (`container = "pg-{tenant}"`), dumped live inside that container.
+//! the operator and never guessed from an image name: Postgres in a container of its own per
+//! tenant (`container = "pg-{tenant}"`), dumped live inside that container; or SQLite files in
+//! the tenant's data dir (`paths = ["app.db"]`), copied online through SQLite's backup API.
 //!
 //! Invariants: every name that reaches a command line inside the container (database, user) is
 //! validated here — letters, digits, '_', '-', '$', never starting with '-' — so it can never be
-//! read as an option; the container template holds `{tenant}` exactly once.
+//! read as an option; the container template holds `{tenant}` exactly once; a SQLite path is
+//! relative to the data dir, made of plain names (no `..`, `.`, empty component or NUL), and
+//! is not itself a `-wal`, `-shm` or `-journal` file.
 
 use std::path::PathBuf;
 
@@ -67,6 +70,52 @@ impl DatabaseSpec {
     }
 }
 
+/// `[app.database]` with `kind = "sqlite"`: the SQLite files of each tenant's data dir.
+#[derive(Debug, Clone, Serialize)]
+pub struct SqliteSpec {
+    /// Each file, relative to the tenant's data dir, '/'-separated, validated.
+    pub paths: Vec<String>,
+    /// A query a drill runs on each restored copy; its answer is recorded, an error fails the
+    /// drill.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub check: Option<String>,
+}
+
+/// What `[app.database]` declares.
+#[derive(Debug, Clone)]
+pub enum Declared {
+    /// A Postgres server, dumped inside its container.
+    Postgres(DatabaseSpec),
+    /// SQLite files in the data dir, copied online.
+    Sqlite(SqliteSpec),
+}
+
+/// The longest SQLite path accepted (bytes).
+const MAX_SQLITE_PATH: usize = 1024;
+
+/// Why `p` is not a SQLite path slipway accepts in `paths`, if it is not.
+fn bad_sqlite_path(p: &str) -> Option<&'static str> {
+    if p.is_empty() {
+        return Some("is empty");
+    }
+    if p.starts_with('/') {
+        return Some("is absolute; give it relative to the tenant's data dir, e.g. \"app.db\"");
+    }
+    if p.len() > MAX_SQLITE_PATH || p.contains('\0') || p.chars().any(char::is_control) {
+        return Some("must be at most 1024 bytes without NUL or control characters");
+    }
+    if p.split('/').any(|c| c == "..") {
+        return Some("contains \"..\": it must name a file inside the tenant's data dir");
+    }
+    if p.split('/').any(|c| c.is_empty() || c == ".") {
+        return Some("has an empty or \".\" component; write it as plain names joined by '/', e.g. \"db/app.db\"");
+    }
+    if ["-wal", "-shm", "-journal"].iter().any(|s| p.ends_with(s)) {
+        return Some("is a SQLite side file; name the database file itself (its -wal, -shm and -journal go with it)");
+    }
+    None
+}
+
 /// `[app.database]` as written.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -82,9 +131,8 @@ pub(crate) struct RawDatabase {
     password_file: Option<String>,
     #[serde(default)]
     check: Option<String>,
-    /// SQLite's paths inside the data dir (parsed so the refusal names the kind, not the key).
+    /// SQLite's paths inside the data dir.
     #[serde(default)]
-    #[allow(dead_code)]
     paths: Option<Vec<String>>,
 }
 
@@ -108,18 +156,52 @@ pub fn is_db_name(s: &str) -> bool {
 }
 
 impl RawDatabase {
-    pub(crate) fn validate(self) -> std::result::Result<DatabaseSpec, String> {
-        let kind = match self.kind.as_str() {
-            "postgres" => DatabaseKind::Postgres,
-            "sqlite" => {
-                return Err("database.kind \"sqlite\" is not supported yet (only \"postgres\" is); remove \
-                            [app.database] to archive the SQLite files with the data dir as before"
-                    .into())
+    pub(crate) fn validate(self) -> std::result::Result<Declared, String> {
+        match self.kind.as_str() {
+            "postgres" => self.validate_postgres().map(Declared::Postgres),
+            "sqlite" => self.validate_sqlite().map(Declared::Sqlite),
+            k => Err(format!("database.kind \"{k}\" must be \"postgres\" or \"sqlite\"")),
+        }
+    }
+
+    fn validate_sqlite(self) -> std::result::Result<SqliteSpec, String> {
+        for (key, set) in [
+            ("container", self.container.is_some()),
+            ("databases", self.databases.is_some()),
+            ("user", self.user.is_some()),
+            ("password_file", self.password_file.is_some()),
+        ] {
+            if set {
+                return Err(format!(
+                    "database.{key} is for kind \"postgres\"; a SQLite database is named by its file in paths"
+                ));
             }
-            k => return Err(format!("database.kind \"{k}\" must be \"postgres\"")),
+        }
+        let Some(paths) = self.paths else {
+            return Err("database.paths is missing: the SQLite files, relative to the tenant's data dir, e.g. \
+                        paths = [\"app.db\"]"
+                .into());
         };
+        if paths.is_empty() {
+            return Err("database.paths is an empty list: name at least one SQLite file, e.g. [\"app.db\"]".into());
+        }
+        for p in &paths {
+            if let Some(why) = bad_sqlite_path(p) {
+                return Err(format!("database.paths: \"{p}\" {why}"));
+            }
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        if let Some(twice) = paths.iter().find(|p| !seen.insert(p.as_str())) {
+            return Err(format!("database.paths names \"{twice}\" twice"));
+        }
+        let check = check_query(self.check)?;
+        Ok(SqliteSpec { paths, check })
+    }
+
+    fn validate_postgres(self) -> std::result::Result<DatabaseSpec, String> {
+        let kind = DatabaseKind::Postgres;
         if self.paths.is_some() {
-            return Err("database.paths is for kind \"sqlite\", which is not supported yet".into());
+            return Err("database.paths is for kind \"sqlite\"; a Postgres database is named in databases".into());
         }
         let Some(container) = self.container else {
             return Err("database.container is missing: the name of the container the database runs in, with \
@@ -175,36 +257,91 @@ impl RawDatabase {
             }
             p => p.map(PathBuf::from),
         };
-        let check = match self.check {
-            Some(q) if q.trim().is_empty() => {
-                return Err("database.check is empty: a query whose answer proves the data, e.g. \"select count(*) \
-                            from users\", or remove the key"
-                    .into())
-            }
-            Some(q) if q.len() > MAX_CHECK || q.contains('\0') => {
-                return Err(format!(
-                    "database.check {:?} must be one query of at most {MAX_CHECK} bytes without NUL",
-                    q.chars().take(40).collect::<String>()
-                ))
-            }
-            Some(q) if q.trim_start().starts_with('\\') => {
-                return Err(format!(
-                "database.check \"{q}\" is a psql meta-command; give an SQL query, e.g. \"select count(*) from users\""
-            ))
-            }
-            q => q,
-        };
+        let check = check_query(self.check)?;
         Ok(DatabaseSpec { kind, container, databases, user, password_file, check })
     }
+}
+
+/// The `check` query, validated.
+fn check_query(check: Option<String>) -> std::result::Result<Option<String>, String> {
+    Ok(match check {
+        Some(q) if q.trim().is_empty() => {
+            return Err("database.check is empty: a query whose answer proves the data, e.g. \"select count(*) \
+                        from users\", or remove the key"
+                .into())
+        }
+        Some(q) if q.len() > MAX_CHECK || q.contains('\0') => {
+            return Err(format!(
+                "database.check {:?} must be one query of at most {MAX_CHECK} bytes without NUL",
+                q.chars().take(40).collect::<String>()
+            ))
+        }
+        Some(q) if q.trim_start().starts_with('\\') => {
+            return Err(format!(
+                "database.check \"{q}\" is a psql meta-command; give an SQL query, e.g. \"select count(*) from users\""
+            ))
+        }
+        q => q,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn parse(body: &str) -> std::result::Result<DatabaseSpec, String> {
+    fn declared(body: &str) -> std::result::Result<Declared, String> {
         let raw: RawDatabase = toml::from_str(body).map_err(|e| e.message().to_string())?;
         raw.validate()
+    }
+
+    fn parse(body: &str) -> std::result::Result<DatabaseSpec, String> {
+        match declared(body)? {
+            Declared::Postgres(d) => Ok(d),
+            Declared::Sqlite(s) => Err(format!("a sqlite declaration: {s:?}")),
+        }
+    }
+
+    fn sqlite(body: &str) -> std::result::Result<SqliteSpec, String> {
+        match declared(&format!("kind = \"sqlite\"\n{body}"))? {
+            Declared::Sqlite(s) => Ok(s),
+            Declared::Postgres(d) => Err(format!("a postgres declaration: {d:?}")),
+        }
+    }
+
+    #[test]
+    fn a_sqlite_database_is_declared_by_its_files_in_the_data_dir() {
+        let s = sqlite("paths = [\"app.db\", \"db/audit.sqlite3\"]\n").unwrap();
+        assert_eq!(s.paths, vec!["app.db".to_string(), "db/audit.sqlite3".to_string()]);
+        assert_eq!(s.check, None);
+        let checked = sqlite("paths = [\"app.db\"]\ncheck = \"select count(*) from notes\"\n").unwrap();
+        assert_eq!(checked.check.as_deref(), Some("select count(*) from notes"));
+    }
+
+    #[test]
+    fn each_bad_sqlite_path_is_refused_naming_the_key_and_the_value() {
+        let cases: &[(&str, &[&str])] = &[
+            ("paths = [\"../other/app.db\"]", &["database.paths", "../other/app.db", ".."]),
+            ("paths = [\"db/../../etc/shadow\"]", &["database.paths", "db/../../etc/shadow", ".."]),
+            ("paths = [\"/data/app.db\"]", &["database.paths", "/data/app.db", "absolute"]),
+            ("paths = [\"\"]", &["database.paths", "empty"]),
+            ("paths = [\"db//app.db\"]", &["database.paths", "db//app.db", "empty"]),
+            ("paths = [\"./app.db\"]", &["database.paths", "./app.db", "\".\""]),
+            ("paths = [\"db/\"]", &["database.paths", "db/", "empty"]),
+            ("paths = [\"app.db-wal\"]", &["database.paths", "app.db-wal", "side file"]),
+            ("paths = [\"app\\u0000.db\"]", &["database.paths", "NUL"]),
+            ("paths = []", &["database.paths", "empty list"]),
+            ("paths = [\"a.db\", \"a.db\"]", &["database.paths", "twice"]),
+            ("", &["database.paths", "missing"]),
+            ("paths = [\"a.db\"]\ncontainer = \"pg-{tenant}\"", &["database.container", "postgres"]),
+            ("paths = [\"a.db\"]\nuser = \"app\"", &["database.user", "postgres"]),
+            ("paths = [\"a.db\"]\ncheck = \" \"", &["database.check", "empty"]),
+        ];
+        for (body, want) in cases {
+            let e = sqlite(&format!("{body}\n")).unwrap_err();
+            for w in *want {
+                assert!(e.contains(w), "{body}: {e} lacks {w}");
+            }
+        }
     }
 
     #[test]
@@ -235,7 +372,8 @@ mod tests {
     fn each_bad_database_value_is_refused_naming_the_key_and_the_value() {
         let ok = "container = \"pg-{tenant}\"\ndatabases = [\"app\"]\nuser = \"app\"\n";
         let cases: &[(String, &[&str])] = &[
-            (format!("kind = \"sqlite\"\n{ok}"), &["database.kind", "sqlite", "not supported yet"]),
+            (format!("kind = \"sqlite\"\n{ok}"), &["database.container", "is for kind \"postgres\""]),
+            (format!("{ok}paths = [\"app.db\"]\n"), &["database.paths", "sqlite"]),
             (format!("kind = \"mysql\"\n{ok}"), &["database.kind", "mysql"]),
             (ok.replace("pg-{tenant}", "pg"), &["database.container", "\"pg\"", "{tenant}"]),
             (ok.replace("pg-{tenant}", "pg {tenant}"), &["database.container", "pg {tenant}"]),

@@ -281,6 +281,10 @@ pub struct App {
     /// snapshot and replayed by its restore.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub database: Option<super::database::DatabaseSpec>,
+    /// The SQLite files each tenant keeps in its data dir (`[app.database] kind = "sqlite"`),
+    /// copied online through SQLite's backup API into its snapshot, the tenant never paused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sqlite: Option<super::database::SqliteSpec>,
     /// Waves, order and failure budgets of its rollouts (`[app.rollout]`); the default is the
     /// canary, then one tenant at a time, halting at the first failure.
     pub rollout: super::rollout::RolloutSpec,
@@ -536,7 +540,17 @@ impl RawApp {
                 "scratch_mounts: \"{m}\" must be an absolute path in the container, e.g. \"/var/cache/app\""
             ));
         }
-        let database = self.database.map(|d| d.validate()).transpose()?;
+        let (database, sqlite) = match self.database.map(|d| d.validate()).transpose()? {
+            None => (None, None),
+            Some(super::database::Declared::Postgres(d)) => (Some(d), None),
+            Some(super::database::Declared::Sqlite(_)) if stack.is_some() => {
+                return Err("[app.database] kind \"sqlite\" with [app.services]: a stack's SQLite files are not \
+                            copied online yet; remove [app.database] (the files are archived with their mount, the \
+                            writers paused) or declare the tenant as a single container"
+                    .into())
+            }
+            Some(super::database::Declared::Sqlite(s)) => (None, Some(s)),
+        };
         // Without the table: the rollout as it always was (the first failure halts, no pause).
         let rollout = match self.rollout {
             Some(r) => r.validate()?,
@@ -577,6 +591,7 @@ impl RawApp {
             pre_copy: self.pre_copy,
             stack,
             database,
+            sqlite,
             rollout,
             hooks,
         })

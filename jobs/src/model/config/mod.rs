@@ -306,8 +306,8 @@ mod tests {
             ),
             (app("proxy = { entrypoint = \"http://127.0.0.1:80\", hots = \"{tenant}.x\" }\n"), &["`hots`", "`host`"]),
             (
-                app("database = { kind = \"sqlite\", paths = [\"app.db\"] }\n"),
-                &["fleet.toml", "app \"pulse\"", "database.kind", "not supported yet"],
+                app("database = { kind = \"sqlite\", paths = [\"../t2/app.db\"] }\n"),
+                &["fleet.toml", "app \"pulse\"", "database.paths", "\"../t2/app.db\"", ".."],
             ),
             (
                 app("database = { kind = \"postgres\", container = \"pg\", databases = \"all\", user = \"u\" }\n"),
