@@ -1,5 +1,6 @@
-//! Lifecycle hooks (`[app.hooks] pre_switch`): a one-shot container of the new image on the
-//! tenant's data, run after its data is copied and before the switch. What an operator checks:
+//! Lifecycle hooks (`[app.hooks]`): `pre_switch`, a one-shot container of the new image on the
+//! tenant's data, run after its data is copied and before the switch; `post_switch` beside the
+//! healthy new version; `on_failure` (the prior image) once a failed tenant is back. What an operator checks:
 //! the migration ran with the tenant's data and env; a hook that fails, times out or asks to
 //! skip leaves the tenant on its prior container with its data byte for byte as before (what
 //! the hook wrote undone); a kill at the hook's step is undone by `recover`; no hook container
@@ -132,4 +133,69 @@ fn bad_hooks_are_refused_naming_the_key_and_nothing_is_touched() {
     assert_eq!(out.code, 2, "{} {}", out.stdout, out.stderr);
     assert!(out.stderr.contains("hooks.pre_switch.command"), "{}", out.stderr);
     assert_eq!(s.image_of(&name), v1);
+}
+
+#[test]
+fn a_failing_post_switch_hook_undoes_the_tenant_with_its_data_and_on_failure_is_told() {
+    let s = Sandbox::new();
+    let v1 = s.push_fixture_as("v1", "app");
+    let writer = s.push_fixture_as("writer", "app");
+    let name = s.add_tenant("t1", &v1);
+    s.write_data("t1", "rows.txt", "t1 rows\n");
+    let before = tree_hash(&s.data_dir("t1"));
+    let id = s.inspect(&name)["Id"].clone();
+    // The new version (writer) changes the data when it starts; the smoke test then fails.
+    let hooks = "[app.hooks.post_switch]\nentrypoint = [\"/bin/busybox\", \"sh\", \"-c\"]\n\
+                 command = [\"echo smoke > /data/smoke; echo 'smoke test: 500' >&2; exit 1\"]\n\
+                 [app.hooks.on_failure]\nentrypoint = [\"/bin/busybox\", \"sh\", \"-c\"]\n\
+                 command = [\"[ \\\"$SLIPWAY_HOOK\\\" = on_failure ] && [ \\\"$SLIPWAY_TENANT\\\" = t1 ] || exit 9\"]\n";
+    s.write_fleet(&s.fleet_app(&writer, hooks));
+    let out = s.slipway(&["rollout", "--json"]);
+    assert_eq!(out.code, 3, "{} {}", out.stdout, out.stderr);
+    let t = &out.json()["report"]["apps"][0]["tenants"][0];
+    assert_eq!(t["outcome"], "restored", "{t}");
+    let detail = t["detail"].as_str().unwrap_or_default();
+    assert!(detail.contains("post_switch hook exited 1: smoke test: 500"), "{detail}");
+    assert!(detail.contains("on_failure hook ran"), "{detail}");
+    assert_eq!(s.inspect(&name)["Id"], id, "the prior container must be the one it had");
+    assert_eq!(s.image_of(&name), v1);
+    assert_eq!(tree_hash(&s.data_dir("t1")), before, "the new version's and the hook's writes must be undone");
+    assert!(hook_containers(&name).is_empty(), "{:?}", hook_containers(&name));
+    // A post_switch that passes lets the rollout finish.
+    let ok =
+        "[app.hooks.post_switch]\nentrypoint = [\"/bin/busybox\", \"sh\", \"-c\"]\ncommand = [\"test -d /data\"]\n";
+    s.write_fleet(&s.fleet_app(&writer, ok));
+    let out = s.slipway(&["reconcile", "--retry", "--json"]);
+    assert_eq!(out.code, 0, "{} {}", out.stdout, out.stderr);
+    assert_eq!(s.image_of(&name), writer);
+}
+
+#[test]
+fn a_rollout_killed_at_its_post_switch_hook_is_undone_by_recover_unless_the_hook_had_passed() {
+    use slipway_jobs::step::Step;
+    for point in [Step::PostSwitch.during().to_string(), Step::PostSwitch.after().to_string()] {
+        let s = Sandbox::new();
+        let v1 = s.push_fixture_as("v1", "app");
+        let v2 = s.push_fixture_as("v2", "app");
+        let name = s.add_tenant("t1", &v1);
+        s.write_data("t1", "rows.txt", "t1 rows\n");
+        let before = tree_hash(&s.data_dir("t1"));
+        let hooks = "[app.hooks.post_switch]\nentrypoint = [\"/bin/busybox\", \"sh\", \"-c\"]\ncommand = [\"echo smoke > /data/smoke\"]\n";
+        s.write_fleet(&s.fleet_app(&v2, hooks));
+        let out = s.slipway_env(&["rollout", "--json"], &[("SLIPWAY_TEST_CRASH_AT", point.as_str())]);
+        assert!(out.stderr.contains(&format!("slipway test point reached: {point}")), "{point}: {}", out.stderr);
+        let rec = s.slipway(&["recover", "--json"]);
+        assert_eq!(rec.code, 0, "{point}: {} {}", rec.stdout, rec.stderr);
+        assert_eq!(s.inspect(&name)["State"]["Running"], true, "{point}");
+        assert!(hook_containers(&name).is_empty(), "{point}: {:?}", hook_containers(&name));
+        if point.starts_with("during") {
+            // The smoke test never said yes: undone, the hook's write with it.
+            assert_eq!(s.image_of(&name), v1, "{point}");
+            assert_eq!(tree_hash(&s.data_dir("t1")), before, "{point}: the hook's write must be undone");
+        } else {
+            // It did: the new version is kept, as after its health gate.
+            assert_eq!(s.image_of(&name), v2, "{point}");
+            assert!(s.data_dir("t1").join("smoke").exists(), "{point}");
+        }
+    }
 }

@@ -428,7 +428,12 @@ async fn recover_rollout(
     for (tenant, (j, st)) in by_tenant {
         let ended_ok = |word: Journaled| st.iter().any(|(w, s)| *w == word && s.outcome.as_deref() == Some("ok"));
         let undoing = st.iter().any(|(w, _)| matches!(w, Journaled::Undo(_)));
-        let healthy_new = run.job == "rollout" && ended_ok(Journaled::Roll(Step::Health)) && !undoing;
+        // Past its gate: healthy, and its post_switch hook (when it had one) ended ok too.
+        let post_switch = st.iter().any(|(w, _)| *w == Journaled::Roll(Step::PostSwitch));
+        let healthy_new = run.job == "rollout"
+            && ended_ok(Journaled::Roll(Step::Health))
+            && (!post_switch || ended_ok(Journaled::Roll(Step::PostSwitch)))
+            && !undoing;
         let last = st.last().map(|(w, s)| format!("{w} ({})", s.outcome.as_deref().unwrap_or("unfinished")));
         let found = format!("last step {}", last.unwrap_or_default());
         if healthy_new {

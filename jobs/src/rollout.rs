@@ -34,7 +34,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::adapters::archive;
 use crate::adapters::desired;
-use crate::adapters::docker::{ContainerSpec, Engine, Restart, StackMember, TenantContainer};
+use crate::adapters::docker::{ContainerSpec, Engine, HookRun, Restart, StackMember, TenantContainer};
 use crate::adapters::health::Prober;
 use crate::adapters::mirror::{self, MirrorReport};
 use crate::config::{App, HealthSpec, OnBudget};
@@ -137,6 +137,9 @@ pub struct StepTimings {
     /// The `pre_switch` hook (`[app.hooks]`), while down.
     #[serde(default)]
     pub pre_switch_ms: u64,
+    /// The `post_switch` hook, the new version up.
+    #[serde(default)]
+    pub post_switch_ms: u64,
     /// The switch's first half: renaming the prior container aside.
     pub rename_ms: u64,
     /// The switch's second half: renaming the staged container to the tenant's name.
@@ -860,6 +863,7 @@ impl StepTimings {
             Step::Snapshot => &mut self.snapshot_ms,
             Step::CopyDelta => &mut self.copy_delta_ms,
             Step::PreSwitch => &mut self.pre_switch_ms,
+            Step::PostSwitch => &mut self.post_switch_ms,
             Step::Rename => &mut self.rename_ms,
             // Its two renames are timed apart, by the step itself.
             Step::Switch => return,
@@ -1142,6 +1146,7 @@ impl TenantRoll<'_> {
             Step::Rename => false,
             Step::DbDump => self.j.db.is_some(),
             Step::PreSwitch => self.run.app.hooks.pre_switch.is_some(),
+            Step::PostSwitch => self.run.app.hooks.post_switch.is_some() && !self.item.stopped,
             Step::Create | Step::Check | Step::Stop | Step::Switch => true,
         }
     }
@@ -1155,7 +1160,8 @@ impl TenantRoll<'_> {
             Step::DbDump => self.db_dump().await,
             Step::Snapshot => self.snapshot().await,
             Step::CopyDelta => self.copy_delta().await,
-            Step::PreSwitch => self.pre_switch().await,
+            Step::PreSwitch => self.hook_step("pre_switch").await,
+            Step::PostSwitch => self.hook_step("post_switch").await,
             Step::Rename => self.rename_aside().await,
             Step::Switch => self.switch().await,
             Step::Start => self.start().await,
@@ -1178,13 +1184,25 @@ impl TenantRoll<'_> {
         self.timings.undo_prior_ms = undo.timings.prior_ms;
         self.downtime = self.t0.map(|t| t.elapsed());
         self.finish_watch().await;
+        // The tenant is back: `on_failure` (the prior image) is told; its exit is only reported.
+        let mut detail = format!("{why}; {}", undo.detail);
+        let app = self.run.app;
+        if let (true, false, Some(hook)) = (undo.ok, self.hook_skipped, app.hooks.on_failure.as_ref()) {
+            let image = self.j.old_image.clone();
+            detail.push_str(&match self.run_hook("on_failure", hook, &image).await {
+                Ok(HookRun { exit: Some(0), .. }) => "; on_failure hook ran".to_string(),
+                Ok(HookRun { exit: Some(c), .. }) => format!("; on_failure hook exited {c}"),
+                Ok(HookRun { .. }) => "; on_failure hook timed out or was killed".to_string(),
+                Err(e) => format!("; {e}"),
+            });
+        }
         let outcome = match (undo.ok, self.hook_skipped) {
             // The hook asked for this tenant to be skipped: put back as it was, not a failure.
             (true, true) => TenantOutcome::Skipped,
             (true, false) => TenantOutcome::Restored,
             (false, _) => TenantOutcome::PersonNeeded,
         };
-        Ok(self.report(outcome, Some(format!("{why}; {}", undo.detail))))
+        Ok(self.report(outcome, Some(detail)))
     }
 
     fn report(&self, outcome: TenantOutcome, detail: Option<String>) -> TenantReport {
@@ -1233,46 +1251,49 @@ impl TenantRoll<'_> {
         Ok(())
     }
 
-    /// Down, the data before it copied (or archived): the `pre_switch` hook in a one-shot
-    /// container of the new image with the tenant's mounts, env and networks. Exit 0 goes on;
-    /// 75 skips the tenant (undone, reported skipped); anything else, or its timeout, fails it.
-    async fn pre_switch(&mut self) -> StepResult {
+    /// A hook of `[app.hooks]` in a one-shot container of the new image with the tenant's
+    /// mounts, env and networks: `pre_switch` while down, the data before it copied (or
+    /// archived); `post_switch` beside the healthy new version. Exit 0 goes on; 75 skips the
+    /// tenant (undone, reported skipped); anything else, or its timeout, fails it.
+    async fn hook_step(&mut self, which: &str) -> StepResult {
         let r = self.run;
-        let Some(hook) = r.app.hooks.pre_switch.as_ref() else { return Ok(()) };
+        let hook = match which {
+            "pre_switch" => r.app.hooks.pre_switch.as_ref(),
+            _ => r.app.hooks.post_switch.as_ref(),
+        };
+        let Some(hook) = hook else { return Ok(()) };
+        self.hook_ran = true;
+        let ran = self.run_hook(which, hook, &self.j.new_image.clone()).await?;
+        crate::context::test_pause("after-hook");
+        let tail =
+            |t: &str| if t.is_empty() { String::new() } else { format!(": {}", t.lines().last().unwrap_or_default()) };
+        match ran {
+            HookRun { exit: Some(0), .. } => Ok(()),
+            HookRun { exit: Some(crate::config::HOOK_SKIP), tail: t, .. } => {
+                self.hook_skipped = true;
+                Err(format!("{which} hook exited {} (skip this tenant){}", crate::config::HOOK_SKIP, tail(&t)))
+            }
+            HookRun { timed_out: true, tail: t, .. } => {
+                Err(format!("{which} hook timed out after {} s and was killed{}", hook.timeout_s, tail(&t)))
+            }
+            HookRun { exit: Some(c), tail: t, .. } => Err(format!("{which} hook exited {c}{}", tail(&t))),
+            HookRun { exit: None, tail: t, .. } => Err(format!("{which} hook ended without an exit code{}", tail(&t))),
+        }
+    }
+
+    /// Run `hook` (named `which` in its env) for this tenant on `image`.
+    async fn run_hook(&self, which: &str, hook: &crate::config::HookSpec, image: &str) -> Result<HookRun, String> {
+        let r = self.run;
         let env = vec![
-            "SLIPWAY_HOOK=pre_switch".to_string(),
+            format!("SLIPWAY_HOOK={which}"),
             format!("SLIPWAY_TENANT={}", self.item.tenant),
             format!("SLIPWAY_OLD_DIGEST={}", self.item.from.as_ref().map(|d| d.to_string()).unwrap_or_default()),
             format!("SLIPWAY_NEW_DIGEST={}", self.item.to),
             format!("SLIPWAY_RUN_ID={}", r.ctx.run_id),
             format!("SLIPWAY_WAVE={}", self.wave),
         ];
-        self.hook_ran = true;
         let name = naming::hook(&self.j.pre_name);
-        let ran = r
-            .engine
-            .run_hook(&name, &self.spec, &self.j.new_image, hook, env)
-            .await
-            .map_err(|e| format!("pre_switch hook: {e}"))?;
-        crate::context::test_pause("after-pre-switch-hook");
-        let tail =
-            |t: &str| if t.is_empty() { String::new() } else { format!(": {}", t.lines().last().unwrap_or_default()) };
-        match ran {
-            crate::adapters::docker::HookRun { exit: Some(0), .. } => Ok(()),
-            crate::adapters::docker::HookRun { exit: Some(crate::config::HOOK_SKIP), tail: t, .. } => {
-                self.hook_skipped = true;
-                Err(format!("pre_switch hook exited {} (skip this tenant){}", crate::config::HOOK_SKIP, tail(&t)))
-            }
-            crate::adapters::docker::HookRun { timed_out: true, tail: t, .. } => {
-                Err(format!("pre_switch hook timed out after {} s and was killed{}", hook.timeout_s, tail(&t)))
-            }
-            crate::adapters::docker::HookRun { exit: Some(c), tail: t, .. } => {
-                Err(format!("pre_switch hook exited {c}{}", tail(&t)))
-            }
-            crate::adapters::docker::HookRun { exit: None, tail: t, .. } => {
-                Err(format!("pre_switch hook ended without an exit code{}", tail(&t)))
-            }
-        }
+        r.engine.run_hook(&name, &self.spec, image, hook, env).await.map_err(|e| format!("{which} hook: {e}"))
     }
 
     /// Down: bring the copy up to date with only what changed since the pre-copy. The copy is

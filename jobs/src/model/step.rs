@@ -63,6 +63,9 @@ pub enum Step {
     Start,
     /// Wait until the new container answers its health check.
     Health,
+    /// `[app.hooks] post_switch` only: run the hook in a one-shot container of the new image
+    /// beside the healthy new version; its failure undoes the tenant with its data.
+    PostSwitch,
     /// The canary only (when tenants follow it): wait `canary_soak_s`, probe again.
     Soak,
     /// Archive the rollout copy (compressed, hashed, in the run's manifest), then remove it.
@@ -73,7 +76,7 @@ pub enum Step {
 
 impl Step {
     /// Every step, in the order a tenant goes through them.
-    pub const ALL: [Step; 14] = [
+    pub const ALL: [Step; 15] = [
         Step::PreCopy,
         Step::Create,
         Step::Check,
@@ -85,6 +88,7 @@ impl Step {
         Step::Switch,
         Step::Start,
         Step::Health,
+        Step::PostSwitch,
         Step::Soak,
         Step::Archive,
         Step::Cleanup,
@@ -114,6 +118,7 @@ impl Step {
             Step::Switch => "switch",
             Step::Start => "start",
             Step::Health => "health",
+            Step::PostSwitch => "post-switch",
             Step::Soak => "canary-soak",
             Step::Archive => "archive",
             Step::Cleanup => "cleanup",
@@ -129,7 +134,7 @@ impl Step {
     /// Whether only a tenant whose app declares `[app.hooks] pre_switch` goes through this step
     /// (its crash tests are in `tests/hooks.rs`).
     pub fn needs_hook(self) -> bool {
-        self == Step::PreSwitch
+        matches!(self, Step::PreSwitch | Step::PostSwitch)
     }
 
     /// Whether the new version may have run on the data dir once this step has begun: undoing
@@ -141,7 +146,7 @@ impl Step {
     /// Whether the new version has passed its health gate before this step begins: a signal
     /// from here on finishes the tenant on the new version instead of undoing it.
     pub fn after_health_gate(self) -> bool {
-        self > Step::Health
+        self > Step::PostSwitch
     }
 
     /// Whether the end of this step and the begin of `next` are journaled in one write (one
@@ -152,7 +157,7 @@ impl Step {
     pub fn journals_with(self, next: Step) -> bool {
         // The pre_switch hook's rows stand alone: it runs the new version's code (its begin
         // must be on disk before), and it takes as long as the hook does.
-        let down = |s: Step| (Step::Stop..=Step::Health).contains(&s) && s != Step::PreSwitch;
+        let down = |s: Step| (Step::Stop..=Step::Health).contains(&s) && s != Step::PreSwitch && s != Step::PostSwitch;
         down(self) && down(next) && self < next && self.new_version_may_have_run() == next.new_version_may_have_run()
     }
 
@@ -610,6 +615,7 @@ mod tests {
             "pre-copy",
             "copy-delta",
             "pre-switch",
+            "post-switch",
             "switch",
             "archive",
             "db-dump",
@@ -638,7 +644,7 @@ mod tests {
         let may_have_run: Vec<Step> = Step::ALL.into_iter().filter(|s| s.new_version_may_have_run()).collect();
         assert_eq!(
             may_have_run,
-            [Step::PreSwitch, Step::Start, Step::Health, Step::Soak, Step::Archive, Step::Cleanup]
+            [Step::PreSwitch, Step::Start, Step::Health, Step::PostSwitch, Step::Soak, Step::Archive, Step::Cleanup]
         );
         let after_gate: Vec<Step> = Step::ALL.into_iter().filter(|s| s.after_health_gate()).collect();
         assert_eq!(after_gate, [Step::Soak, Step::Archive, Step::Cleanup]);

@@ -194,7 +194,7 @@ impl StackRoll<'_> {
     fn applies(&self, step: Step) -> bool {
         match step {
             Step::PreCopy | Step::CopyDelta | Step::Archive => !self.j.mounts.is_empty(),
-            Step::Snapshot | Step::Rename | Step::DbDump | Step::PreSwitch => false,
+            Step::Snapshot | Step::Rename | Step::DbDump | Step::PreSwitch | Step::PostSwitch => false,
             Step::Soak => self.soak,
             Step::Cleanup => !self.run.keep_old,
             _ => true,
@@ -284,7 +284,7 @@ impl StackRoll<'_> {
             Step::Soak => self.soak().await,
             Step::Archive => self.archive().await,
             Step::Cleanup => self.cleanup().await,
-            Step::Snapshot | Step::Rename | Step::DbDump | Step::PreSwitch => Ok(()),
+            Step::Snapshot | Step::Rename | Step::DbDump | Step::PreSwitch | Step::PostSwitch => Ok(()),
         }
     }
 

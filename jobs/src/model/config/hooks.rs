@@ -1,12 +1,15 @@
 //! `[app.hooks]` of `fleet.toml`: commands a rollout runs for each tenant in a one-shot
-//! container of the new image, with the tenant's mounts, env and networks. Today:
-//! `pre_switch`, run once the tenant is stopped and its data copied (its snapshot taken) and
-//! before the new version is switched in — the place for numbered migrations. A migration that
-//! ran is undone with the tenant's data when the tenant is undone.
+//! container with the tenant's mounts, env and networks: `pre_switch` (the new image), run once
+//! the tenant is stopped and its data copied (its snapshot taken) and before the new version is
+//! switched in — the place for numbered migrations; `post_switch` (the new image), once the new
+//! version passed its health gate — a smoke test, a cache warm-up; `on_failure` (the prior
+//! image), once a failed tenant was put back — a cleanup, a page. A migration that ran is
+//! undone with the tenant's data when the tenant is undone.
 //!
-//! The exit codes, one table for every hook: 0 the tenant goes on; 75 (`EX_TEMPFAIL`) skip this
-//! tenant: it is put back as it was (data, prior container) and does not count as failed;
-//! anything else, a signal or the timeout fails the tenant, which is undone with its data.
+//! The exit codes, one table for `pre_switch` and `post_switch`: 0 the tenant goes on; 75
+//! (`EX_TEMPFAIL`) skip this tenant: it is put back as it was (data, prior container) and does
+//! not count as failed; anything else, a signal or the timeout fails the tenant, which is undone
+//! with its data. `on_failure`'s exit is only reported: the tenant is already back.
 
 use serde::{Deserialize, Serialize};
 
@@ -32,6 +35,12 @@ pub struct Hooks {
     /// Before the switch, the tenant stopped and its data copied.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pre_switch: Option<HookSpec>,
+    /// After the new version's health gate.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub post_switch: Option<HookSpec>,
+    /// After a failed tenant was put back (the prior image).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub on_failure: Option<HookSpec>,
 }
 
 /// The default `timeout_s`: five minutes.
@@ -41,6 +50,8 @@ pub const DEFAULT_HOOK_TIMEOUT_S: u64 = 300;
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawHooks {
     pre_switch: Option<RawHook>,
+    post_switch: Option<RawHook>,
+    on_failure: Option<RawHook>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -67,7 +78,11 @@ impl RawHooks {
             };
             Ok(Some(HookSpec { command, entrypoint: h.entrypoint, timeout_s }))
         };
-        Ok(Hooks { pre_switch: hook("pre_switch", self.pre_switch)? })
+        Ok(Hooks {
+            pre_switch: hook("pre_switch", self.pre_switch)?,
+            post_switch: hook("post_switch", self.post_switch)?,
+            on_failure: hook("on_failure", self.on_failure)?,
+        })
     }
 }
 
@@ -85,7 +100,9 @@ mod tests {
             ("[pre_switch]\ntimeout_s = 5", "hooks.pre_switch.command"),
             ("[pre_switch]\ncommand = [\"x\"]\ntimeout_s = 0", "timeout_s = 0"),
             ("[pre_switch]\ncommand = [\"x\"]\nentrypoint = []", "entrypoint = []"),
-            ("[post_switch]\ncommand = [\"x\"]", "post_switch"),
+            ("[post_switch]\ncommand = []", "hooks.post_switch.command"),
+            ("[on_failure]\ncommand = [\"x\"]\ntimeout_s = 0", "hooks.on_failure.timeout_s"),
+            ("[pre_swich]\ncommand = [\"x\"]", "pre_swich"),
         ] {
             let e = parse(text).unwrap_err();
             assert!(e.contains(want), "{text}: {e}");
