@@ -199,3 +199,36 @@ fn a_rollout_killed_at_its_post_switch_hook_is_undone_by_recover_unless_the_hook
         }
     }
 }
+
+#[test]
+fn recover_removes_a_hook_container_a_dead_rollout_left_and_never_another_slipways() {
+    use crate::support::reports::Runs;
+    let s = Sandbox::new();
+    let v1 = s.push_fixture_as("v1", "app");
+    let name = s.add_tenant("t1", &v1);
+    // A rollout killed once its failed tenant was back (as one killed while its on_failure
+    // hook ran would be) ...
+    let bad = s.push_fixture_as("unhealthy", "app");
+    s.write_fleet(&s.fleet_app(&bad, "health = { path = \"/api/health\", port = 8080, timeout_s = 3 }\n"));
+    let out = s.slipway_env(&["rollout"], &[("SLIPWAY_TEST_CRASH_AT", "after-undo-health-prior")]);
+    assert_eq!(out.code, -1, "{}", out.stderr);
+    let runs = s.slipway(&["runs", "--json"]).report::<Runs>().runs;
+    let run = runs.iter().find(|r| r.job == "rollout").unwrap().id.clone();
+    // ... and the hook container it had left, beside one of a run this record does not know.
+    let mine = format!("{name}.pre-rollout-{run}.hook");
+    let foreign = format!("{name}.pre-rollout-20200101T000000Z-0000.hook");
+    for c in [&mine, &foreign] {
+        let made = std::process::Command::new("docker")
+            .args(["create", "--name", c, "--label", "slipway.hook=x", &v1])
+            .output()
+            .unwrap();
+        assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    }
+    let rec = s.slipway(&["recover", "--json"]);
+    assert_eq!(rec.code, 0, "{} {}", rec.stdout, rec.stderr);
+    let left = hook_containers(&name);
+    let _ = std::process::Command::new("docker").args(["rm", "-f", &foreign]).output();
+    // Gone (by the tenant's undo, or by the sweep when the undo was over), the other kept.
+    assert_eq!(left, vec![foreign.clone()], "{}", rec.stdout);
+    assert_eq!(s.image_of(&name), v1);
+}

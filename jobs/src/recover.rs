@@ -174,6 +174,7 @@ pub async fn recover(ctx: &Ctx, opts: &RecoverOptions) -> Result<RecoverReport> 
     if drill_left {
         swept.extend(sweep_drills(ctx, &engine, opts.dry_run).await?);
     }
+    swept.extend(sweep_hooks(ctx, &engine, opts.dry_run).await?);
     let report = RecoverReport { dry_run: opts.dry_run, runs, swept };
     if !opts.dry_run {
         let kind = report.exit_kind();
@@ -290,6 +291,32 @@ pub(crate) fn kept_copies(ctx: &Ctx) -> Result<Vec<KeptCopy>> {
                 out.push(KeptCopy { copy, tenant: j.tenant.to_string(), run: run.id.clone() });
             }
         }
+    }
+    Ok(out)
+}
+
+/// Remove the one-shot hook containers (`[app.hooks]`, label `slipway.hook`) a killed rollout
+/// of this run record left — one killed while its `on_failure` hook ran, after its tenant was
+/// back, say (a hook killed at `pre_switch` or `post_switch` goes with its tenant's undo). Their
+/// name carries their run's id (`<name>.pre-rollout-<run>.hook`); one of a run this record does
+/// not know is another slipway's and is left alone.
+pub async fn sweep_hooks(ctx: &Ctx, engine: &Engine, dry_run: bool) -> Result<Vec<String>> {
+    let (containers, _) = engine.labelled("slipway.hook").await?;
+    let mut out = Vec::new();
+    for (c, _) in containers {
+        let run = c.rsplit_once(".pre-rollout-").and_then(|(_, r)| r.strip_suffix(".hook"));
+        let Some(run) = run.filter(|r| *r != ctx.run_id.as_str()) else { continue };
+        if ctx.store.run(run)?.is_none_or(|r| r.job != "rollout") {
+            continue;
+        }
+        let r = if dry_run { Ok(()) } else { engine.remove(&c).await };
+        out.push(match r {
+            Ok(()) => format!(
+                "{} container {c} (a hook's, left by rollout {run} that died)",
+                if dry_run { "would remove" } else { "removed" }
+            ),
+            Err(e) => format!("could not remove container {c} (a hook's): {e}"),
+        });
     }
     Ok(out)
 }

@@ -674,12 +674,8 @@ async fn restore_replaced(ctx: &Ctx, opts: &RestoreOptions, kept: &Path) -> Resu
     if let Some(r) = &report.replaced {
         report.detail.push_str(&format!("; the data it replaced is kept in {}", r.display()));
     }
-    let word = match report.outcome {
-        ExitKind::Success => "success",
-        ExitKind::PersonNeeded => "person_needed",
-        _ => "failed",
-    };
-    ctx.store.finish_run(ctx.run_id.as_str(), word, report.outcome.code() as i64, &report.detail)?;
+    // One outcome word per exit code (ExitKind::word), as every job records it.
+    ctx.finish_run(report.outcome, &report.detail)?;
     resolve_earlier(ctx, &opts.tenant, report.outcome)?;
     Ok(report)
 }

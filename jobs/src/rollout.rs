@@ -791,13 +791,6 @@ async fn rollout_app(
         ),
         _ => summary,
     };
-    let word = match outcome {
-        ExitKind::Success => "success",
-        ExitKind::Halted => "halted",
-        ExitKind::Interrupted => "interrupted",
-        ExitKind::PersonNeeded => "person_needed",
-        _ => "failed",
-    };
     // The pause is recorded before the run is finished: a run that ends over its budget is
     // never seen finished and not paused.
     if let Some((OnBudget::Pause | OnBudget::RollbackWave, _)) = on_budget {
@@ -816,7 +809,8 @@ async fn rollout_app(
         )?;
         crate::context::crash_point("rollout-paused");
     }
-    ctx.store.finish_run(ctx.run_id.as_str(), word, outcome.code() as i64, &summary)?;
+    // One outcome word per exit code (ExitKind::word), as every job records it.
+    ctx.finish_run(outcome, &summary)?;
     let paused = matches!(on_budget, Some((OnBudget::Pause | OnBudget::RollbackWave, _))) || window_closed.is_some();
     let over_in = on_budget.map(|(_, w)| w);
     Ok(AppReport {
