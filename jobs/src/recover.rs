@@ -304,7 +304,7 @@ pub async fn sweep_hooks(ctx: &Ctx, engine: &Engine, dry_run: bool) -> Result<Ve
     let (containers, _) = engine.labelled("slipway.hook").await?;
     let mut out = Vec::new();
     for (c, _) in containers {
-        let run = c.rsplit_once(".pre-rollout-").and_then(|(_, r)| r.strip_suffix(".hook"));
+        let run = crate::naming::run_of_hook(&c);
         let Some(run) = run.filter(|r| *r != ctx.run_id.as_str()) else { continue };
         if ctx.store.run(run)?.is_none_or(|r| r.job != "rollout") {
             continue;

@@ -40,6 +40,11 @@ pub fn hook(pre_name: &str) -> String {
     format!("{pre_name}.hook")
 }
 
+/// The run id in a hook container's name ([`hook`]), if it is one.
+pub fn run_of_hook(name: &str) -> Option<&str> {
+    name.rsplit_once(PRE_ROLLOUT).and_then(|(_, r)| r.strip_suffix(".hook"))
+}
+
 /// What every drill container and network name starts with.
 const DRILL: &str = "slipway-drill-";
 
@@ -86,5 +91,9 @@ mod tests {
         let drill = drill("t1", &run);
         assert_eq!(drill, "slipway-drill-20261122T030000Z-7f3a-t1");
         assert!(is_drill(&drill) && !is_pre_rollout(&drill));
+        let hook = hook(&aside);
+        assert!(is_set_aside(&hook), "a hook container is never a tenant");
+        assert_eq!(run_of_hook(&hook), Some("20261122T030000Z-7f3a"));
+        assert_eq!(run_of_hook(&aside), None);
     }
 }
