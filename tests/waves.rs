@@ -385,17 +385,17 @@ fn a_waves_bake_soaks_each_of_its_tenants_and_the_next_wave_waits_for_it() {
     assert!(["t01", "t03"].iter().all(|t| spans[*t].0 >= baked_end), "the next wave started during the bake");
 }
 
-/// A paused case: `n` tenants on v1, the fleet pinning v2 with `[app.rollout]` + `extra`, and
-/// t01 refusing v2 (its data says so): one failure, none allowed, so the run pauses after the
-/// canary. Returns the sandbox, v1, v2, the tenants, their data hashes and container ids, and
-/// the paused run's id.
-#[allow(clippy::type_complexity)]
 /// Waves after the canary: t01 alone (it fails, over a budget of none, so the run pauses
 /// before the next wave), then the rest two at a time. t01 alone makes the pause land at the
 /// same point in every run: beside a parallel tenant the failure could come after every other
 /// tenant had already rolled, leaving a resume nothing to do.
 const ONE_THEN_TWO: &str = "[[app.rollout.waves]]\ncount = 1\n[[app.rollout.waves]]\nmax_parallel = 2\n";
 
+/// A paused case: `n` tenants on v1, the fleet pinning v2 with `[app.rollout]` + `extra`, and
+/// t01 refusing v2 (its data says so): one failure, none allowed, so the run pauses after its
+/// own wave. Returns the sandbox, v1, v2, the tenants, their data hashes and container ids, and
+/// the paused run's id.
+#[allow(clippy::type_complexity)]
 fn paused(
     n: usize,
     extra: &str,
