@@ -567,8 +567,8 @@ impl Engine {
         if app.stack.is_some() {
             return Err(Error::Usage(format!(
                 "app \"{}\" is a stack ([app.services]): this command takes one container per tenant and does not \
-                 handle stack tenants (rollout, reconcile, recover, snapshot, restore, drill, status, doctor and init \
-                 do), so nothing was done for it",
+                 handle stack tenants (rollout, rollback, reconcile, recover, snapshot, restore, drill, status, \
+                 doctor and init do), so nothing was done for it",
                 app.name
             )));
         }
