@@ -17,7 +17,7 @@
 # (fuzz/target, or $FUZZ_TARGET_DIR): the main workspace's builds never see it.
 #
 # Environment: FUZZ_TOOLCHAIN (nightly or stable, to choose), FUZZ_TARGETS (names, space-separated; default all), FUZZ_SANITIZER (default none:
-# slipway has no unsafe code, and the C of zstd is not instrumented either way; `address` builds
+# the code the targets reach has no unsafe (slipway's one unsafe call, the SQLite copier's unshare, is not among it), and the C of zstd is not instrumented either way; `address` builds
 # and runs about twice as slow), FUZZ_TARGET_DIR, SLIPWAY_FUZZ_TMP (the targets' scratch dirs;
 # default /dev/shm).
 set -euo pipefail
