@@ -424,9 +424,14 @@ fn paused(
         })
         .collect();
     s.write_fleet(&s.fleet_app(&v2, &format!("[app.rollout]\nmax_failed = 0\n{extra}{ONE_THEN_TWO}")));
-    let out = s.slipway(&["rollout", "--json"]);
+    let metrics = s.root().join("slipway.prom");
+    let out = s.slipway(&["rollout", "--json", "--metrics-file", metrics.to_str().unwrap()]);
     assert_eq!(out.code, 3, "stdout {} stderr {}", out.stdout, out.stderr);
     let run = out.json()["report"]["apps"][0]["run_id"].as_str().unwrap().to_string();
+    // The pause is in the metrics file, for an alert on a run left paused.
+    let prom = std::fs::read_to_string(&metrics).unwrap();
+    let series = format!("slipway_rollout_paused_since_timestamp_seconds{{app=\"app\",run=\"{run}\",kind=\"budget\"}}");
+    assert!(prom.contains(&series), "no {series} in\n{prom}");
     (s, v1, v2, tenants, hashes, ids, run)
 }
 
@@ -453,7 +458,10 @@ fn over_the_budget_the_run_pauses_nothing_rolls_past_it_and_resume_goes_on_with_
         .collect();
     assert!(!not_reached.is_empty(), "the pause must leave tenants to resume");
 
-    let out = s.slipway(&["rollout", "resume", &run, "--json"]);
+    let metrics = s.root().join("slipway.prom");
+    let out = s.slipway(&["rollout", "resume", &run, "--json", "--metrics-file", metrics.to_str().unwrap()]);
+    let prom = std::fs::read_to_string(&metrics).unwrap();
+    assert!(!prom.contains("slipway_rollout_paused"), "a resumed run is no longer paused:\n{prom}");
     // The run goes on under its own id; its one failure (t01) still fails it, within nothing more.
     assert_eq!(out.code, 1, "stdout {} stderr {}", out.stdout, out.stderr);
     assert_eq!(out.json()["report"]["apps"][0]["run_id"], run.as_str());

@@ -440,6 +440,21 @@ fn newest_drills(ctx: &Ctx) -> BTreeMap<String, metrics::DrillMetric> {
     out
 }
 
+/// The open rollout pauses in the run record; `None` (the file keeps its own) if it cannot be read.
+fn open_pauses(ctx: &Ctx) -> Option<Vec<metrics::PauseMetric>> {
+    let rows = ctx.store.open_pauses().ok()?;
+    Some(
+        rows.into_iter()
+            .map(|p| metrics::PauseMetric {
+                since: p.paused_at.parse::<jiff::Timestamp>().map_or(0, |t| t.as_second()),
+                app: p.app,
+                run: p.run_id,
+                kind: p.kind,
+            })
+            .collect(),
+    )
+}
+
 /// Metrics and notifications after a job; neither can change the job's outcome.
 #[allow(clippy::too_many_arguments)]
 async fn after_job(
@@ -466,6 +481,7 @@ async fn after_job(
             snapshots: newest_daily_snapshots(ctx),
             drills: newest_drills(ctx),
             switches: counts.switches,
+            pauses: open_pauses(ctx),
         };
         if let Err(e) = metrics::record(path, &m) {
             tracing::warn!("cannot write the metrics file: {e}");

@@ -21,6 +21,11 @@
 //! - `slipway_rollout_proxy_downtime_seconds{tenant}`, `slipway_rollout_proxy_failed_requests{tenant}`:
 //!   the same switch as customers saw it through the proxy (`[app.proxy]`): first → last failed
 //!   request, and how many failed
+//! - `slipway_rollout_paused_since_timestamp_seconds{app,run,kind}`: a rollout paused (over its
+//!   budget, or its maintenance window closed) and waiting for `rollout resume` or `abort`, and
+//!   since when; the series is there only while the pause is open (so
+//!   `count(slipway_rollout_paused_since_timestamp_seconds) > 0` alerts on any, and
+//!   `time() - … > 86400` on one left a day)
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -57,6 +62,23 @@ pub struct JobMetrics {
     /// The tenants switched by this run (rollout/reconcile).
     #[serde(default)]
     pub switches: BTreeMap<String, SwitchMetric>,
+    /// The open rollout pauses when the job ended (read from the run record by every job, so a
+    /// pause ended by any job leaves the file at its next write); `None` keeps the file's.
+    #[serde(default)]
+    pub pauses: Option<Vec<PauseMetric>>,
+}
+
+/// An open pause of a rollout run.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PauseMetric {
+    /// The app.
+    pub app: String,
+    /// The paused run.
+    pub run: String,
+    /// `budget` or `window`.
+    pub kind: String,
+    /// When it paused (unix seconds).
+    pub since: i64,
 }
 
 /// A tenant's last switch to another version, as the container and its customers saw it.
@@ -87,6 +109,8 @@ struct State {
     drills: BTreeMap<String, DrillMetric>,
     #[serde(default)]
     switches: BTreeMap<String, SwitchMetric>,
+    #[serde(default)]
+    pauses: Vec<PauseMetric>,
     rolled: Option<u64>,
     halted: Option<u64>,
 }
@@ -105,6 +129,9 @@ pub fn record(path: &Path, m: &JobMetrics) -> Result<()> {
     state.snapshots.extend(m.snapshots.iter().map(|(k, v)| (k.clone(), *v)));
     state.drills.extend(m.drills.iter().map(|(k, v)| (k.clone(), *v)));
     state.switches.extend(m.switches.iter().map(|(k, v)| (k.clone(), *v)));
+    if let Some(p) = &m.pauses {
+        state.pauses.clone_from(p);
+    }
     if m.rolled.is_some() || m.halted.is_some() {
         state.rolled = m.rolled;
         state.halted = m.halted;
@@ -213,6 +240,19 @@ fn render(s: &State, now: i64) -> String {
         "Requests through the proxy that failed during the tenant's last switch.",
         switches(&|m| m.proxy_failed.map(|v| v.to_string())),
     );
+    gauge(
+        "slipway_rollout_paused_since_timestamp_seconds",
+        "A rollout run paused (over its budget, or its window closed) until `rollout resume` or `abort`: since when.",
+        s.pauses
+            .iter()
+            .map(|p| {
+                (
+                    format!("{{app=\"{}\",run=\"{}\",kind=\"{}\"}}", esc(&p.app), esc(&p.run), esc(&p.kind)),
+                    p.since.to_string(),
+                )
+            })
+            .collect(),
+    );
     o
 }
 
@@ -281,4 +321,26 @@ mod tests {
         assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o644);
     }
     use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn an_open_pause_is_a_series_until_a_job_finds_it_ended_and_a_job_that_cannot_tell_keeps_it() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("slipway.prom");
+        let pause = PauseMetric {
+            app: "web".into(),
+            run: "20261206T050103Z-ea6f".into(),
+            kind: "budget".into(),
+            since: 1_700_000_000,
+        };
+        let job = |name: &str, pauses| JobMetrics { job: name.into(), pauses, ..Default::default() };
+        record(&p, &job("rollout", Some(vec![pause]))).unwrap();
+        let series = "slipway_rollout_paused_since_timestamp_seconds{app=\"web\",run=\"20261206T050103Z-ea6f\",kind=\"budget\"} 1700000000";
+        assert!(std::fs::read_to_string(&p).unwrap().contains(series));
+        // A job that could not read the run record says nothing of pauses: the series stays.
+        record(&p, &job("snapshot", None)).unwrap();
+        assert!(std::fs::read_to_string(&p).unwrap().contains(series));
+        // The next job that read none open (resumed, aborted, timed out): gone.
+        record(&p, &job("reconcile", Some(vec![]))).unwrap();
+        assert!(!std::fs::read_to_string(&p).unwrap().contains("slipway_rollout_paused"));
+    }
 }
