@@ -396,6 +396,7 @@ fn a_waves_bake_soaks_each_of_its_tenants_and_the_next_wave_waits_for_it() {
 /// tenant had already rolled, leaving a resume nothing to do.
 const ONE_THEN_TWO: &str = "[[app.rollout.waves]]\ncount = 1\n[[app.rollout.waves]]\nmax_parallel = 2\n";
 
+#[allow(clippy::type_complexity)] // a test's setup handed back whole; each part is named where it is used
 fn paused(
     n: usize,
     extra: &str,
