@@ -507,6 +507,11 @@ pub struct StackJournal {
     pub stop_timeout_s: u64,
     /// Keep the prior containers after success.
     pub keep_old: bool,
+    /// The tenant's database (`[app.database]`): how it is reached and its dumps, as a single
+    /// container's journal holds them. None for a stack without one, and in journals of
+    /// earlier versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub db: Option<DbJournal>,
 }
 
 /// One changed service of a stack tenant: its prior container and the new one.

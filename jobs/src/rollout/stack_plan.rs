@@ -127,11 +127,17 @@ pub fn plan_stack(
             held.push(tenant.clone());
             continue;
         }
-        let writer_changes = changed.iter().any(|s| s.writes);
+        // `[app.database]`'s container, when it is one of the stack's: its data is the database,
+        // kept by its dumps (db-dump), never stopped by the writers' stop, never copied.
+        let db_container = app.database.as_ref().map(|d| d.container_of(tenant));
+        let is_db = |s: &crate::config::Service| Some(&found[s.name.as_str()].container.name) == db_container.as_ref();
+        // A change of the database's own service holds the writers still too: nothing writes
+        // between its dump and the switch.
+        let writer_changes = changed.iter().any(|s| s.writes || is_db(s));
         let to_stop: Vec<&crate::config::Service> = stack
             .services
             .iter()
-            .filter(|s| changed.iter().any(|c| c.name == s.name) || (writer_changes && s.writes))
+            .filter(|s| changed.iter().any(|c| c.name == s.name) || (writer_changes && s.writes && !is_db(s)))
             .collect();
         if to_stop.iter().any(|s| !found[s.name.as_str()].container.is_running()) {
             stopped.push(tenant.clone());
@@ -158,6 +164,18 @@ pub fn plan_stack(
                 if let Some(p) = c.probe_network_problem(h.network.as_deref()) {
                     problems.push(ctx(format!("its health check cannot be aimed: {p}")));
                 }
+            }
+            if is_db(svc) {
+                if !svc.data.is_empty() {
+                    problems.push(ctx(format!(
+                        "it is the database container of [app.database], whose data the rollout dumps with the \
+                         database's own tools and replays on failure; its files cannot also be copied and swapped \
+                         back under the running server: remove services.{}.data",
+                        svc.name
+                    )));
+                }
+                // Its writable mounts are the database's files: the dumps are their copy.
+                continue;
             }
             for d in &svc.data {
                 match c.mounts.iter().find(|m| Path::new(&m.destination) == Path::new(d)) {
