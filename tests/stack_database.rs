@@ -359,3 +359,22 @@ fn a_stack_whose_database_service_changes_too_is_dumped_before_its_stop_and_undo
     let rec = c.s.slipway(&["recover", "--json"]);
     assert_eq!(rec.code, 0, "{}", rec.stdout);
 }
+
+#[test]
+fn a_stack_restore_replays_the_globals_so_a_role_dropped_since_is_back() {
+    let c = case("");
+    c.s.write_fleet(&fleet(&c.s, &c.img, &c.img.app, ""));
+    sql(&c.pg, "postgres", "create role reporter login");
+    sql(&c.pg, "app", "grant select on customers to reporter");
+    let out = c.s.slipway(&["snapshot", "--json"]);
+    assert_eq!(out.code, 0, "{} {}", out.stdout, out.stderr);
+    sql(&c.pg, "app", "revoke select on customers from reporter");
+    sql(&c.pg, "postgres", "drop role reporter");
+    let out = c.s.slipway(&["restore", "--tenant", c.tenant(), "--latest", "--json"]);
+    assert_eq!(out.code, 0, "{} {}", out.stdout, out.stderr);
+    assert_eq!(out.json()["report"]["databases"], 1, "{}", out.stdout);
+    assert_eq!(sql(&c.pg, "app", "select has_table_privilege('reporter', 'customers', 'select')"), "t");
+    // Into a server that has every role: no error.
+    let out = c.s.slipway(&["restore", "--tenant", c.tenant(), "--latest", "--json"]);
+    assert_eq!(out.code, 0, "{} {}", out.stdout, out.stderr);
+}
