@@ -333,6 +333,20 @@ fn a_good_stack_rollout_keeps_the_migrated_database_and_names_its_dump_in_the_ru
     let o = Command::new("docker").args(["exec", "-i", &c.pg, "pg_restore", "-l"]).stdin(f).output().unwrap();
     let listed = String::from_utf8_lossy(&o.stdout);
     assert!(listed.contains("customers") && !listed.contains("v2_only"), "the dump is not the pre-switch one");
+
+    // A person's decision afterwards: `rollback --run` of the finished run replays the
+    // pre-switch dump too (the migrated database kept), the prior app back on it.
+    let run = out.run_id();
+    let rb = c.s.slipway(&["rollback", "--run", &run, "--json"]);
+    assert_eq!(rb.code, 0, "{} {}", rb.stdout, rb.stderr);
+    assert_eq!(c.s.inspect(&app)["Config"]["Image"].as_str(), Some(c.img.app.as_str()));
+    let db = db_state(&c.pg);
+    assert_eq!(db.1, c.db_before.1, "customers differ after the rollback");
+    assert!(db.0 == c.db_before.0, "the schema differs after the rollback:\n{}\n---\n{}", c.db_before.0, db.0);
+    rows_at_least(&c.pg, 1);
+    assert!(consistent(&c.pg), "the ledger is not consistent after the rollback");
+    c.assert_kept("rollback");
+    assert_eq!(tree(&c.c.volume_dir("appdata")), c.files_before, "the files differ after the rollback");
 }
 
 #[test]
