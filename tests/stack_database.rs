@@ -392,3 +392,23 @@ fn a_stack_restore_replays_the_globals_so_a_role_dropped_since_is_back() {
     let out = c.s.slipway(&["restore", "--tenant", c.tenant(), "--latest", "--json"]);
     assert_eq!(out.code, 0, "{} {}", out.stdout, out.stderr);
 }
+
+#[test]
+fn a_stack_whose_database_dump_fails_is_left_untouched_before_the_switch() {
+    let c = case("");
+    // A user the server does not have: the dump fails, with the writers already stopped.
+    let fleet = fleet(&c.s, &c.img, &c.img.mig, "").replace("user = \"postgres\"", "user = \"nobody\"");
+    c.s.write_fleet(&fleet);
+    let out = c.s.slipway(&["rollout", "--json"]);
+    assert_eq!(out.code, 3, "{} {}", out.stdout, out.stderr);
+    let t = &out.json()["report"]["apps"][0]["tenants"][0];
+    assert_eq!(t["outcome"], "restored", "{t}");
+    let detail = t["detail"].as_str().unwrap_or_default();
+    assert!(detail.contains(&format!("tenant {}", c.tenant())) && detail.contains("dump failed"), "{detail}");
+    // Every container the same one, running; the database never migrated; no dump left named.
+    c.assert_back("failed dump");
+    assert_eq!(sql(&c.pg, "app", "select count(*) from pg_tables where tablename = 'v2_only'"), "0");
+    let runs = std::fs::read_dir(c.s.backups().join("rollout")).into_iter().flatten().flatten();
+    let named: Vec<_> = runs.map(|e| e.path().join(format!("{}.db", c.tenant()))).filter(|p| p.exists()).collect();
+    assert!(named.is_empty(), "a failed dump left {named:?}");
+}

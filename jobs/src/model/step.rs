@@ -41,7 +41,9 @@ pub enum Step {
     /// Stop the prior container (its stop timeout, then SIGKILL).
     Stop,
     /// `[app.database]` only: dump every declared database into the run's snapshot, the app
-    /// stopped (no write follows the dump) and the new version not yet started.
+    /// stopped (a stack's writers; never the database itself: a stack's changed database
+    /// service is stopped after its dump) so no write follows the dump, and the new version
+    /// not yet started.
     DbDump,
     /// Archive the data dir; the data is still only the prior version's.
     Snapshot,
@@ -126,7 +128,8 @@ impl Step {
     }
 
     /// Whether only a tenant whose app declares `[app.database]` goes through this step (the
-    /// crash tests of tenants without one leave it to `tests/database.rs`).
+    /// crash tests of tenants without one leave it to `tests/database.rs` and, for stacks,
+    /// `tests/stack_database.rs`).
     pub fn needs_database(self) -> bool {
         self == Step::DbDump
     }
