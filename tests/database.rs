@@ -737,3 +737,63 @@ fn an_undo_whose_replay_fails_halts_naming_the_tenant_and_keeps_everything() {
     c.assert_back("rollback after a failed replay");
     c.assert_kept("rollback after a failed replay");
 }
+
+/// `docker exec` as root in the database container, through busybox (its only tools).
+fn in_pg(pg: &Pg, args: &[&str]) {
+    sh(Command::new("docker").args(["exec", &pg.name, "/bin/busybox"]).args(args));
+}
+
+#[test]
+fn a_restore_replays_the_globals_so_a_role_dropped_since_is_back_and_roles_that_exist_are_no_error() {
+    let s = Sandbox::new();
+    let pg = Pg::start(&s, "t1");
+    let (name, image) = add_writer(&s, "t1");
+    s.write_data("t1", "uploads/a.txt", "as at the snapshot\n");
+    s.write_fleet(&db_fleet(&s, &image, "postgres"));
+    pg.rows_at_least(20);
+    pg.sql("postgres", "create role reporter login connection limit 7");
+    pg.sql("postgres", "create role auditor nologin");
+    pg.sql("app", "create table customers (id int primary key, name text not null)");
+    pg.sql("app", "insert into customers values (1, 'one'); grant select on customers to reporter");
+    in_pg(&pg, &["mkdir", "-p", "/var/lib/postgresql/ts"]);
+    in_pg(&pg, &["chown", "postgres:postgres", "/var/lib/postgresql/ts"]);
+    pg.sql("postgres", "create tablespace ts location '/var/lib/postgresql/ts'");
+    let out = s.slipway(&["snapshot", "--json"]);
+    assert_eq!(out.code, 0, "{} {}", out.stdout, out.stderr);
+
+    // Into the server the snapshot came from: every role and the tablespace are there.
+    let out = s.slipway(&["restore", "--tenant", "t1", "--latest", "--json"]);
+    assert_eq!(out.code, 0, "{} {}", out.stdout, out.stderr);
+    assert_eq!(out.json()["report"]["databases"], 1, "{}", out.stdout);
+
+    // A role dropped since (its grant revoked first) and a role changed since: the dump of the
+    // database needs the first (a grant to it), the second gets the snapshot's attributes back.
+    pg.sql("app", "revoke select on customers from reporter");
+    pg.sql("postgres", "drop role reporter");
+    pg.sql("postgres", "alter role auditor login");
+    let out = s.slipway(&["restore", "--tenant", "t1", "--latest", "--json"]);
+    assert_eq!(out.code, 0, "{} {}", out.stdout, out.stderr);
+    assert_eq!(
+        pg.sql("postgres", "select rolcanlogin || ':' || rolconnlimit from pg_roles where rolname = 'reporter'"),
+        "true:7"
+    );
+    assert_eq!(pg.sql("app", "select has_table_privilege('reporter', 'customers', 'select')"), "t");
+    assert_eq!(pg.sql("postgres", "select rolcanlogin from pg_roles where rolname = 'auditor'"), "f");
+    assert_eq!(s.inspect(&name)["State"]["Running"], true);
+
+    // Any other error in the globals (the tablespace's dir is gone, as on a fresh server): the
+    // restore fails naming the tenant, no database replayed, the files it had back.
+    pg.sql("postgres", "drop tablespace ts");
+    in_pg(&pg, &["rm", "-rf", "/var/lib/postgresql/ts"]);
+    pg.sql("app", "create table marker (what text); insert into marker values ('after')");
+    s.write_data("t1", "uploads/late.txt", "written after the snapshot\n");
+    let files_before = tree_hash(&s.data_dir("t1"));
+    let out = s.slipway(&["restore", "--tenant", "t1", "--latest", "--json"]);
+    assert_eq!(out.code, 1, "{} {}", out.stdout, out.stderr);
+    let detail = out.json()["report"]["detail"].as_str().unwrap().to_string();
+    assert!(detail.contains("tenant t1") && detail.contains("globals") && detail.contains("ts"), "{detail}");
+    assert_eq!(pg.sql("app", "select string_agg(what, ',') from marker"), "after");
+    assert_eq!(tree_hash(&s.data_dir("t1")), files_before);
+    assert_eq!(s.inspect(&name)["State"]["Running"], true);
+    assert!(pg.consistent());
+}

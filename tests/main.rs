@@ -28,6 +28,7 @@ mod sqlite;
 mod stack;
 mod stack_adopt;
 mod stack_backup;
+mod stack_database;
 mod stack_rollback;
 mod systemd;
 mod trust;

@@ -1,6 +1,6 @@
 //! A tenant's declared database (`[app.database]`) as the jobs see it: dumped into the tenant's
 //! snapshot beside its archive (one manifest entry for both), checked against that entry, and
-//! replayed by a restore. Shared by `snapshot`, `restore` and `drill`.
+//! replayed by a restore (the globals first). Shared by `snapshot`, `restore` and `drill`.
 //!
 //! Invariants: dumps are written into a hidden temp dir of the snapshot dir and moved to
 //! `layout::dumps_dir_of` only when every one of them finished cleanly, so a failed or killed
@@ -148,10 +148,11 @@ pub async fn verified(dir: &Path, tenant: &TenantId, dumps: &DatabaseDumps) -> R
     Ok(out)
 }
 
-/// Replay `tenant`'s verified dumps into `container` (the tenant's own database container, or
-/// a drill's scratch one): the container is started if it is not running, the server waited
-/// for, then each database replayed in one transaction. The globals are not replayed: the
-/// server keeps its roles (they are in the dump for a rebuild by hand).
+/// Replay `tenant`'s verified dumps into `container` (the tenant's own database container), for
+/// a restore: the container is started if it is not running, the server waited for, then the
+/// globals replayed (roles and tablespaces: one the server has is not created again, its
+/// `ALTER ROLE` lines still apply; any other failing statement fails the replay before any
+/// database is touched), then each database in one transaction.
 pub async fn replay(
     engine: &Engine,
     spec: &DatabaseSpec,
@@ -164,6 +165,23 @@ pub async fn replay(
     let fail = |e: Error| Error::Backup(format!("tenant {tenant}: the database replay failed: {}", e.detail()));
     engine.start(container).await.map_err(fail)?;
     pg.wait_ready(READY_WAIT).await.map_err(fail)?;
+    for (db, path) in dumps {
+        if db.is_none() {
+            pg.replay_globals(path).await.map_err(|e| {
+                Error::Backup(format!(
+                    "tenant {tenant}: the replay of the globals (roles, tablespaces) failed, no database was \
+                     replayed: {}",
+                    e.detail()
+                ))
+            })?;
+        }
+    }
+    replay_databases(&pg, tenant, dumps).await
+}
+
+/// Each database of `dumps` (the globals aside) replayed into `pg` in one transaction.
+async fn replay_databases(pg: &Postgres<'_>, tenant: &TenantId, dumps: &[(Option<String>, PathBuf)]) -> Result<usize> {
+    let fail = |e: Error| Error::Backup(format!("tenant {tenant}: the database replay failed: {}", e.detail()));
     let mut n = 0;
     for (db, path) in dumps {
         if let Some(db) = db {
@@ -199,7 +217,7 @@ pub async fn drill(
             pg.run_script("postgres", path).await.map_err(fail)?;
         }
     }
-    replay(engine, spec, tenant, container, dumps).await?;
+    replay_databases(&pg, tenant, dumps).await?;
     let Some(check) = &spec.check else { return Ok(String::new()) };
     let Some(first) = dumps.iter().find_map(|(d, _)| d.as_deref()) else {
         return Err(Error::Backup(format!("tenant {tenant}: the snapshot holds no database dump to run the check in")));

@@ -281,14 +281,6 @@ pub async fn rollout(ctx: &mut Ctx, opts: &RolloutOptions) -> Result<RolloutRepo
                 decide_copies(app, &mut plan).await?;
                 (tenants, Vec::new(), plan)
             }
-            Some(_) if app.database.is_some() => {
-                return Err(Error::Config(format!(
-                    "app \"{}\": [app.database] with [app.services]: a stack's rollout does not dump its database \
-                     before the switch yet, so a failed migration could not be undone; nothing was touched. Roll it \
-                     without [app.database], or not as a stack",
-                    app.name
-                )))
-            }
             Some(st) => {
                 let (members, unmapped) = engine.stack_members(app, st).await?;
                 let plan = stack_plan::plan_stack(app, st, &state.commit, &members, unmapped, &opts.tenants)?;

@@ -6,7 +6,9 @@
 //!
 //! The order keeps the data safe: every new (and staged) container is removed and every
 //! container of the stack that the rollout stopped is stopped again before any mount is
-//! swapped back, and nothing is started before every mount is back. Every action is idempotent
+//! swapped back, and nothing is started before every mount is back. With `[app.database]` the
+//! database is made the pre-switch dump again (the one it replaces kept) right after the new
+//! containers go, with the single container's steps (`undo::undo_database`). Every action is idempotent
 //! (a swap is recognised by the copy's inode, a rename done by the container's id) and
 //! journaled as an [`UndoStep`], so `recover` can run this again after a crash in the middle
 //! of it. It never returns early with an error: what fails is an [`UndoResult`] that says what
@@ -32,7 +34,8 @@ use crate::error::ArchiveError;
 use crate::manifest::Manifest;
 use crate::step::{StackJournal, UndoStep};
 use crate::undo::{
-    copy_state_at, drop_copy, image_to_recreate, patient, remove_empty_parents, swap_in_copy, CopyState, UndoResult,
+    copy_state_at, drop_copy, image_to_recreate, patient, remove_empty_parents, swap_in_copy, undo_database, CopyState,
+    UndoJournal, UndoResult,
 };
 
 /// How long each container of the stack gets to be running (and healthy, with a HEALTHCHECK)
@@ -100,6 +103,7 @@ pub async fn undo_stack(
                 )
             })
             .collect();
+        let missing: Vec<String> = missing.into_iter().chain(crate::undo::missing_dumps(j.db.as_ref())).collect();
         if !missing.is_empty() {
             let what = format!(
                 "the data from before the rollout cannot be put back for {}; the stack was left as it is rather than \
@@ -146,6 +150,29 @@ pub async fn undo_stack(
         }
     }
     end(s, UndoStep::RemoveNew, "ok", &mut journal_failed);
+
+    // 1b. The database (`[app.database]`, when the new version ran), as a single container's
+    //     undo does it and before any file: what the new version left dumped and kept, then the
+    //     pre-switch dump replayed; every container of the stack that writes it stopped again
+    //     first. A failure stops the undo here: no prior service starts on a migrated database.
+    if let Some(db) = j.db.clone().filter(|d| restore_data && d.dumps.is_some()) {
+        for m in j.members.iter().rev().filter(|m| m.name != db.container) {
+            let _ = patient(engine, || engine.stop(&m.id, j.stop_timeout_s)).await;
+        }
+        // A changed database service's prior container is aside (not under its name): by its id.
+        let at = j.services.iter().find(|s| s.name == db.container).map(|s| s.old_id.clone());
+        let mut journal = UndoJournal::new(ctx);
+        let failed = undo_database(&mut journal, engine, &tenant, &mut j, |j| j.db.as_mut(), at.as_deref(), &mut done)
+            .await
+            .err();
+        if let Some((row, what)) = &failed {
+            journal.end_failed(*row, what);
+        }
+        journal_failed.append(&mut journal.failed);
+        if let Some((_, what)) = failed {
+            return result(false, Some(what), &done, &journal_failed);
+        }
+    }
 
     // 2. Every mount back, with every container the rollout stopped stopped again (something
     //    may have started one): nothing may hold the data while it is swapped.

@@ -26,7 +26,7 @@ use crate::context::Ctx;
 use crate::error::{ArchiveError, Error, Result};
 use crate::layout::{self, SnapshotId, SnapshotKind};
 use crate::manifest::{ArchiveEntry, Manifest};
-use crate::step::{TenantJournal, UndoStep};
+use crate::step::{DbJournal, TenantJournal, UndoStep};
 use crate::types::RunId;
 
 /// zstd level of rollout archives (taken while the tenant is down on the archive path: speed
@@ -56,16 +56,27 @@ pub struct UndoTimings {
 /// The undo's journal. A write that fails (state.db locked, its disk full) is recorded and the
 /// undo goes on: bringing the tenant back matters more than writing down that it was, and
 /// every undo action is idempotent, so a later `recover` replaying an older row is harmless.
-struct UndoJournal<'a> {
+pub(crate) struct UndoJournal<'a> {
     ctx: &'a Ctx,
     /// Journal writes that failed, for the result's detail.
-    failed: Vec<String>,
+    pub(crate) failed: Vec<String>,
 }
 
-impl UndoJournal<'_> {
+impl<'a> UndoJournal<'a> {
+    /// The journal of an undo run under `ctx`'s run.
+    pub(crate) fn new(ctx: &'a Ctx) -> UndoJournal<'a> {
+        UndoJournal { ctx, failed: Vec::new() }
+    }
+
     /// Journal an undo step as begun (then its crash point).
     fn begin(&mut self, j: &TenantJournal, step: UndoStep) -> Option<i64> {
-        let id = match self.ctx.begin(Some(j.tenant.as_str()), step.as_str(), j) {
+        self.begin_with(&j.tenant, j, step)
+    }
+
+    /// Journal an undo step of `tenant` as begun with `detail` (any tenant's journal: a single
+    /// container's or a stack's), then its crash point.
+    fn begin_with(&mut self, tenant: &str, detail: &impl Serialize, step: UndoStep) -> Option<i64> {
+        let id = match self.ctx.begin(Some(tenant), step.as_str(), detail) {
             Ok(id) => Some(id),
             Err(e) => {
                 self.failed(step, "begun", &e);
@@ -82,6 +93,13 @@ impl UndoJournal<'_> {
             if let Err(e) = self.ctx.end(id, outcome, detail) {
                 self.failed(step, outcome, &e);
             }
+        }
+    }
+
+    /// Journal the undo step of `row` as failed with `what`.
+    pub(crate) fn end_failed(&mut self, row: Option<(i64, UndoStep)>, what: &str) {
+        if let Some((id, s)) = row {
+            self.end(Some(id), s, "failed", Some(&serde_json::json!({"error": what})));
         }
     }
 
@@ -166,9 +184,7 @@ async fn undo(
     let mut done: Vec<String> = Vec::new();
     let tenant = j.tenant.clone();
     let fail = |journal: &mut UndoJournal<'_>, step: Option<(i64, UndoStep)>, what: String, done: &[String]| {
-        if let Some((id, s)) = step {
-            journal.end(Some(id), s, "failed", Some(&serde_json::json!({"error": what})));
-        }
+        journal.end_failed(step, &what);
         let state = if done.is_empty() {
             "nothing was undone".to_string()
         } else {
@@ -278,62 +294,15 @@ async fn undo(
     // left (kept), then make the database exactly the pre-switch dump. A failure here stops
     // the undo with nothing more changed: the prior version is never started on a database
     // the new one migrated.
-    if let Some(db) = j.db.clone().filter(|d| restore_data && d.dumps.is_some()) {
-        let tenant_id: crate::types::TenantId = match j.tenant.parse() {
-            Ok(t) => t,
-            Err(e) => {
-                return fail(
-                    journal,
-                    None,
-                    format!("the journal's tenant {:?} is not a tenant id: {e}", j.tenant),
-                    &done,
-                )
-            }
-        };
+    if restore_data && j.db.as_ref().is_some_and(|d| d.dumps.is_some()) {
         if let Some(p) = pre.as_deref().or(old_by_id.as_deref()) {
             let _ = patient(engine, || engine.stop(p, j.stop_timeout_s)).await;
         }
-        let kept_dir = |d: &crate::manifest::DatabaseDumps| {
-            d.dumps.first().and_then(|e| Path::new(&e.path).parent()).map(|p| db.run_dir.join(p))
-        };
-        if db.kept.is_none() {
-            let s = journal.begin(&j, UndoStep::DbKeep);
-            match crate::database::keep_as_left(engine, &db, &tenant_id).await {
-                Ok(kept) => {
-                    if let Some(k) = kept_dir(&kept) {
-                        done.push(format!("the database as the new version left it is kept in {}", k.display()));
-                    }
-                    if let Some(d) = j.db.as_mut() {
-                        d.kept = Some(kept);
-                    }
-                }
-                Err(e) => {
-                    let what = format!(
-                        "the database as the new version left it could not be dumped ({e}); it was not replayed over"
-                    );
-                    return fail(journal, row(s, UndoStep::DbKeep), what, &done);
-                }
-            }
-            // The kept dumps go into the journal with this step's end: a second undo never
-            // dumps again over them (the database may be the pre-switch one by then).
-            journal.end(s, UndoStep::DbKeep, "ok", Some(&j));
-            UndoStep::DbKeep.after().reach();
-        } else if let Some(k) = db.kept.as_ref().and_then(kept_dir) {
-            done.push(format!("the database as the new version left it is kept in {}", k.display()));
-        }
-        let s = journal.begin(&j, UndoStep::DbReplay);
-        match crate::database::replay_pre_switch(engine, &db, &tenant_id).await {
-            Ok(replaced) => {
-                journal.end_ok(s, UndoStep::DbReplay);
-                done.push(format!(
-                    "database replayed from the pre-switch dump (the database it replaced is kept as {})",
-                    replaced.join(", ")
-                ));
-            }
-            Err(e) => {
-                let what = format!("{e}; the prior container was not started, everything is kept");
-                return fail(journal, row(s, UndoStep::DbReplay), what, &done);
-            }
+        let tenant = j.tenant.clone();
+        if let Err((step, what)) =
+            undo_database(journal, engine, &tenant, &mut j, |j| j.db.as_mut(), None, &mut done).await
+        {
+            return fail(journal, step, what, &done);
         }
     }
     let mut timings = UndoTimings::default();
@@ -532,6 +501,87 @@ async fn undo(
     }
 }
 
+/// Where the database steps of an undo stopped: the failed step's journal row (when it was
+/// written) and what failed.
+pub(crate) type DbUndoFailed = (Option<(i64, UndoStep)>, String);
+
+/// The database steps of an undo (`[app.database]`, the journal holding the pre-switch dumps),
+/// shared by a single container's undo and a stack's: run once the new version is removed and
+/// nothing that writes to the database runs, before the files are put back and before anything
+/// of the prior version starts. First the database as the new version left it is dumped and
+/// kept ([`UndoStep::DbKeep`]; once: the kept dumps go into the journal `j` with the step's
+/// end, so a second undo never dumps again over them), then the database is made exactly the
+/// pre-switch dump ([`UndoStep::DbReplay`]). `db_of` finds the [`DbJournal`] in `j`; `at`
+/// names the container to reach the database in when it is not the journaled one (a stack's
+/// database service whose prior container is aside, by its id). Err: nothing more may be
+/// done (the caller ends the failed row and reports `done` so far).
+pub(crate) async fn undo_database<J: Serialize>(
+    journal: &mut UndoJournal<'_>,
+    engine: &Engine,
+    tenant: &str,
+    j: &mut J,
+    db_of: fn(&mut J) -> Option<&mut DbJournal>,
+    at: Option<&str>,
+    done: &mut Vec<String>,
+) -> std::result::Result<(), DbUndoFailed> {
+    let Some(db) = db_of(j).map(|d| d.clone()) else { return Ok(()) };
+    let tenant_id: crate::types::TenantId =
+        tenant.parse().map_err(|e| (None, format!("the journal's tenant {tenant:?} is not a tenant id: {e}")))?;
+    let mut reach = db.clone();
+    if let Some(c) = at {
+        reach.container = c.to_string();
+    }
+    let kept_dir = |d: &crate::manifest::DatabaseDumps| {
+        d.dumps.first().and_then(|e| Path::new(&e.path).parent()).map(|p| db.run_dir.join(p))
+    };
+    let row = |id: Option<i64>, s: UndoStep| id.map(|id| (id, s));
+    if db.kept.is_none() {
+        let s = journal.begin_with(tenant, &*j, UndoStep::DbKeep);
+        match crate::database::keep_as_left(engine, &reach, &tenant_id).await {
+            Ok(kept) => {
+                if let Some(k) = kept_dir(&kept) {
+                    done.push(format!("the database as the new version left it is kept in {}", k.display()));
+                }
+                if let Some(d) = db_of(j) {
+                    d.kept = Some(kept);
+                }
+            }
+            Err(e) => {
+                let what = format!(
+                    "the database as the new version left it could not be dumped ({e}); it was not replayed over"
+                );
+                return Err((row(s, UndoStep::DbKeep), what));
+            }
+        }
+        journal.end(s, UndoStep::DbKeep, "ok", Some(&*j));
+        UndoStep::DbKeep.after().reach();
+    } else if let Some(k) = db.kept.as_ref().and_then(kept_dir) {
+        done.push(format!("the database as the new version left it is kept in {}", k.display()));
+    }
+    let s = journal.begin_with(tenant, &*j, UndoStep::DbReplay);
+    match crate::database::replay_pre_switch(engine, &reach, &tenant_id).await {
+        Ok(replaced) => {
+            journal.end_ok(s, UndoStep::DbReplay);
+            done.push(format!(
+                "database replayed from the pre-switch dump (the database it replaced is kept as {})",
+                replaced.join(", ")
+            ));
+            Ok(())
+        }
+        Err(e) => {
+            let what = format!("{e}; the prior container was not started, everything is kept");
+            Err((row(s, UndoStep::DbReplay), what))
+        }
+    }
+}
+
+/// Why the pre-switch database dumps a journal names cannot be replayed, if one is gone.
+pub(crate) fn missing_dumps(db: Option<&DbJournal>) -> Option<String> {
+    let (db, dumps) = db.and_then(|d| d.dumps.as_ref().map(|x| (d, x)))?;
+    let gone = dumps.dumps.iter().map(|e| db.run_dir.join(&e.path)).find(|p| !p.is_file())?;
+    Some(format!("the run's pre-switch database dump {} is gone (pruned, or deleted)", gone.display()))
+}
+
 /// The first 12 hex digits of a container or image id.
 fn short(id: &str) -> String {
     id.trim_start_matches("sha256:").chars().take(12).collect()
@@ -575,10 +625,8 @@ pub async fn image_to_recreate(
 /// rollout copy is gone (or was never complete) and the run's archive is not there either.
 /// Only what is on disk is looked at (no hashing): the undo of a failed rollout must not wait.
 pub fn missing_data(j: &TenantJournal) -> Option<String> {
-    if let Some(d) = j.db.as_ref().and_then(|d| d.dumps.as_ref().map(|x| (d, x))) {
-        if let Some(gone) = d.1.dumps.iter().map(|e| d.0.run_dir.join(&e.path)).find(|p| !p.is_file()) {
-            return Some(format!("the run's pre-switch database dump {} is gone (pruned, or deleted)", gone.display()));
-        }
+    if let Some(why) = missing_dumps(j.db.as_ref()) {
+        return Some(why);
     }
     if copy_state(j) != CopyState::Gone {
         return None;

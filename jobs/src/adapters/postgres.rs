@@ -414,11 +414,91 @@ impl Postgres<'_> {
         ended.check(&format!("psql (the globals) in {}", self.container)).map_err(Error::Backup)
     }
 
+    /// Replay the plain SQL script `src` (a `pg_dumpall --globals-only` dump) into the server,
+    /// for a restore: a `CREATE ROLE` of a role the server has (and a `CREATE TABLESPACE` of a
+    /// tablespace it has) is left out — the `ALTER ROLE` lines after it still apply — and any
+    /// other statement that fails stops psql (`ON_ERROR_STOP`): Err with its words. Returns how
+    /// many statements were left out.
+    pub async fn replay_globals(&self, src: &Path) -> Result<usize> {
+        let roles = self.query("postgres", "select rolname from pg_roles").await?;
+        let spaces = self.query("postgres", "select spcname from pg_tablespace").await?;
+        let (src, tmp) = (src.to_path_buf(), std::env::temp_dir());
+        let (file, skipped) = crate::blocking::run("reading the globals dump", move || -> Result<_> {
+            let text = std::fs::read_to_string(&src).map_err(|e| Error::io(&src, e))?;
+            let (script, skipped) = without_existing(&text, &roles, &spaces);
+            // The script holds the roles' password hashes: a private temp file (0600), gone on drop.
+            let mut f = tempfile::Builder::new()
+                .prefix(".slipway-globals-")
+                .tempfile_in(&tmp)
+                .map_err(|e| Error::io(&tmp, e))?;
+            std::io::Write::write_all(&mut f, script.as_bytes()).map_err(|e| Error::io(f.path(), e))?;
+            Ok((f, skipped))
+        })
+        .await??;
+        let cmd = ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-U", &self.user, "-d", "postgres"];
+        let (ended, _) = self.exec(&cmd, Some(file.path()), Out::Keep(Vec::new())).await?;
+        ended.check(&format!("psql (the globals) in {}", self.container)).map_err(Error::Backup)?;
+        Ok(skipped)
+    }
+
     /// The answer of `sql` in `db` (`psql -tA`), its lines joined by a space; Err (with psql's
     /// last words) when the query fails.
     pub async fn answer(&self, db: &str, sql: &str) -> Result<String> {
         Ok(self.query(db, sql).await?.join(" "))
     }
+}
+
+/// A `pg_dumpall --globals-only` script without the lines that create a role in `roles` or a
+/// tablespace in `spaces` (what the server has), and how many it left out. Only lines are taken
+/// out, never written: a line is left out only when it is exactly `CREATE ROLE <name>;` or
+/// starts `CREATE TABLESPACE <name> ` with a name (plain, or double-quoted as pg_dumpall quotes
+/// it) that is there; anything else stays and runs.
+fn without_existing(script: &str, roles: &[String], spaces: &[String]) -> (String, usize) {
+    let mut out = String::with_capacity(script.len());
+    let mut skipped = 0;
+    for line in script.split_inclusive('\n') {
+        let l = line.trim_end_matches(['\n', '\r']);
+        let exists = if let Some(rest) = l.strip_prefix("CREATE ROLE ") {
+            matches!(split_ident(rest), Some((name, ";")) if roles.contains(&name))
+        } else if let Some(rest) = l.strip_prefix("CREATE TABLESPACE ") {
+            matches!(split_ident(rest), Some((name, after)) if after.starts_with(' ') && spaces.contains(&name))
+        } else {
+            false
+        };
+        if exists {
+            skipped += 1;
+        } else {
+            out.push_str(line);
+        }
+    }
+    (out, skipped)
+}
+
+/// The SQL identifier `s` starts with (plain: lowercase letters, digits, `_`, `$`, not
+/// starting with a digit; or double-quoted with `""` for a quote) and what follows it.
+fn split_ident(s: &str) -> Option<(String, &str)> {
+    if let Some(quoted) = s.strip_prefix('"') {
+        let mut name = String::new();
+        let mut chars = quoted.char_indices();
+        while let Some((i, c)) = chars.next() {
+            if c != '"' {
+                name.push(c);
+                continue;
+            }
+            match quoted[i + 1..].chars().next() {
+                Some('"') => {
+                    name.push('"');
+                    chars.next();
+                }
+                _ => return (!name.is_empty()).then(|| (name, &quoted[i + 1..])),
+            }
+        }
+        return None;
+    }
+    let end =
+        s.find(|c: char| !(c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '$')).unwrap_or(s.len());
+    let name = &s[..end];
+    (!name.is_empty() && !name.starts_with(|c: char| c.is_ascii_digit())).then(|| (name.to_string(), &s[end..]))
 }
 
 /// Read the password file of `[app.database]`: its first line.
@@ -433,6 +513,42 @@ mod tests {
 
     fn ended(code: Option<i64>, running: bool, cut: bool) -> Ended {
         Ended { code, running, cut, stderr: "last words".into() }
+    }
+
+    #[test]
+    fn the_globals_replay_leaves_out_only_the_creation_of_what_the_server_has() {
+        let roles: Vec<String> = ["postgres", "app", "we\"ird one"].map(String::from).to_vec();
+        let spaces: Vec<String> = vec!["pg_default".into(), "fast".into()];
+        let script = "SET client_encoding = 'UTF8';\n\
+            CREATE ROLE postgres;\n\
+            ALTER ROLE postgres WITH SUPERUSER;\n\
+            CREATE ROLE reporter;\n\
+            ALTER ROLE reporter WITH LOGIN;\n\
+            CREATE ROLE \"we\"\"ird one\";\n\
+            CREATE ROLE \"app\";\n\
+            CREATE ROLE app; DROP ROLE reporter;\n\
+            CREATE ROLE \"app\"\"; DROP ROLE x; --\";\n\
+            create role app;\n\
+            CREATE TABLESPACE fast OWNER postgres LOCATION '/ts';\n\
+            CREATE TABLESPACE slow OWNER postgres LOCATION '/ts2';\n\
+            GRANT app TO reporter;\n";
+        let (out, skipped) = without_existing(script, &roles, &spaces);
+        assert_eq!(skipped, 4, "{out}");
+        let want = "SET client_encoding = 'UTF8';\n\
+            ALTER ROLE postgres WITH SUPERUSER;\n\
+            CREATE ROLE reporter;\n\
+            ALTER ROLE reporter WITH LOGIN;\n\
+            CREATE ROLE app; DROP ROLE reporter;\n\
+            CREATE ROLE \"app\"\"; DROP ROLE x; --\";\n\
+            create role app;\n\
+            CREATE TABLESPACE slow OWNER postgres LOCATION '/ts2';\n\
+            GRANT app TO reporter;\n";
+        assert_eq!(out, want);
+        // Nothing there: the script runs as it is.
+        assert_eq!(without_existing(script, &[], &[]), (script.to_string(), 0));
+        assert_eq!(split_ident("\"a\"\"b\" rest"), Some(("a\"b".to_string(), " rest")));
+        assert_eq!(split_ident("\"unterminated"), None);
+        assert_eq!(split_ident("9lives;"), None);
     }
 
     #[test]

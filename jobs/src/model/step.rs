@@ -41,7 +41,9 @@ pub enum Step {
     /// Stop the prior container (its stop timeout, then SIGKILL).
     Stop,
     /// `[app.database]` only: dump every declared database into the run's snapshot, the app
-    /// stopped (no write follows the dump) and the new version not yet started.
+    /// stopped (a stack's writers; never the database itself: a stack's changed database
+    /// service is stopped after its dump) so no write follows the dump, and the new version
+    /// not yet started.
     DbDump,
     /// Archive the data dir; the data is still only the prior version's.
     Snapshot,
@@ -126,7 +128,8 @@ impl Step {
     }
 
     /// Whether only a tenant whose app declares `[app.database]` goes through this step (the
-    /// crash tests of tenants without one leave it to `tests/database.rs`).
+    /// crash tests of tenants without one leave it to `tests/database.rs` and, for stacks,
+    /// `tests/stack_database.rs`).
     pub fn needs_database(self) -> bool {
         self == Step::DbDump
     }
@@ -507,6 +510,11 @@ pub struct StackJournal {
     pub stop_timeout_s: u64,
     /// Keep the prior containers after success.
     pub keep_old: bool,
+    /// The tenant's database (`[app.database]`): how it is reached and its dumps, as a single
+    /// container's journal holds them. None for a stack without one, and in journals of
+    /// earlier versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub db: Option<DbJournal>,
 }
 
 /// One changed service of a stack tenant: its prior container and the new one.

@@ -8,8 +8,9 @@
 //! very ones the run left — each changed service's container the one the run created, each
 //! other container it stopped the one it stopped. A stack recreated by hand, rolled again, or
 //! already brought back is skipped with the reason. Everything the undo needs (each mount's
-//! archive re-hashed against the run's manifest, each prior image) is checked for every stack
-//! before any is touched. What a mount holds when it is swapped back is kept under
+//! archive re-hashed against the run's manifest, each prior image, with `[app.database]` the
+//! pre-switch dumps re-hashed against the journal) is checked for every stack before any is
+//! touched; the undo then keeps the database as it is and replays the pre-switch dump. What a mount holds when it is swapped back is kept under
 //! `replaced/<rollback run>/<tenant>+<n>`, never deleted.
 
 use std::collections::BTreeMap;
@@ -172,6 +173,23 @@ async fn plan(engine: &Engine, j: &StackJournal) -> Result<std::result::Result<V
             return Ok(Err(format!("{}: {why}", m.what)));
         }
         lines.push(format!("{}: back from {} (what it holds now is kept)", m.what, a.display()));
+    }
+    // `[app.database]`: the run's pre-switch dumps there and re-hashing to its journal.
+    if let Some((db, dumps)) = j.db.as_ref().and_then(|d| d.dumps.as_ref().map(|x| (d, x))) {
+        let tenant: crate::types::TenantId = match j.tenant.parse() {
+            Ok(t) => t,
+            Err(e) => return Ok(Err(format!("the journal's tenant {:?} is not a tenant id: {e}", j.tenant))),
+        };
+        if let Some(why) = crate::undo::missing_dumps(j.db.as_ref()) {
+            return Ok(Err(why));
+        }
+        if let Err(e) = crate::database::verified(&db.run_dir, &tenant, dumps).await {
+            return Ok(Err(e.detail()));
+        }
+        lines.push(format!(
+            "database in {}: dumped as it is now (kept), then made the run's pre-switch dump again",
+            db.container
+        ));
     }
     let stopped: Vec<&str> = j.members.iter().map(|m| m.service.as_str()).collect();
     lines.push(format!("stops {}, then starts them in this order and gates each", stopped.join(", ")));

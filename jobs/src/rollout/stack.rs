@@ -10,15 +10,18 @@
 //!   while the stack runs; create and check stage each changed service's new container (its
 //!   compose labels, project network and aliases carried over, so `docker compose ps` and
 //!   Coolify still find it);
-//! - stop (reverse start order), copy-delta of every mount, switch (each changed service's
+//! - stop (reverse start order), with `[app.database]` db-dump (the database dumped into the
+//!   run's snapshot as a single container's is: the writers are stopped, the database is not;
+//!   when its own service changes it is stopped after its dump), copy-delta of every mount, switch (each changed service's
 //!   prior container aside, its staged one to its name), start (start order:
 //!   `com.docker.compose.depends_on` when the labels say, else the fleet's), health (every
 //!   started container running, healthy where it has a HEALTHCHECK, and answering its HTTP
 //!   checks, the app's among them), soak (the canary), archive (each mount's copy into the
 //!   run's snapshot), cleanup;
 //! - a failure or a signal before the health gate passed undoes the whole stack
-//!   ([`undo_stack`]): every changed service back to its prior container, every mount swapped
-//!   back, every stopped container started; the run halts.
+//!   ([`undo_stack`]): every changed service back to its prior container, the database (when
+//!   the new version ran) kept as it left it and made the pre-switch dump again, every mount
+//!   swapped back, every stopped container started; the run halts.
 //!
 //! A stack tenant always takes the copy path: a mount that cannot be copied beside itself (a
 //! mount point, too little room) is refused at plan time (`stack_plan`), and so is
@@ -172,6 +175,14 @@ pub(super) async fn roll_stack(
         mounts,
         stop_timeout_s: run.app.stop_timeout_s,
         keep_old: run.keep_old,
+        db: run.app.database.as_ref().map(|d| crate::step::DbJournal {
+            container: d.container_of(&item.tenant),
+            user: d.user.clone(),
+            password_file: d.password_file.clone(),
+            run_dir: run.run_dir.clone(),
+            dumps: None,
+            kept: None,
+        }),
     };
     let mut t = StackRoll {
         run,
@@ -194,7 +205,8 @@ impl StackRoll<'_> {
     fn applies(&self, step: Step) -> bool {
         match step {
             Step::PreCopy | Step::CopyDelta | Step::Archive => !self.j.mounts.is_empty(),
-            Step::Snapshot | Step::Rename | Step::DbDump | Step::PreSwitch | Step::PostSwitch => false,
+            Step::DbDump => self.j.db.is_some(),
+            Step::Snapshot | Step::Rename | Step::PreSwitch | Step::PostSwitch => false,
             Step::Soak => self.soak,
             Step::Cleanup => !self.run.keep_old,
             _ => true,
@@ -261,6 +273,7 @@ impl StackRoll<'_> {
             Step::Create => &mut self.timings.create_ms,
             Step::Check => &mut self.timings.check_ms,
             Step::Stop => &mut self.timings.stop_ms,
+            Step::DbDump => &mut self.timings.db_dump_ms,
             Step::CopyDelta => &mut self.timings.copy_delta_ms,
             Step::Switch => &mut self.timings.switch_ms,
             Step::Start => &mut self.timings.start_ms,
@@ -277,6 +290,7 @@ impl StackRoll<'_> {
             Step::Create => self.create().await,
             Step::Check => self.check().await,
             Step::Stop => self.stop().await,
+            Step::DbDump => self.db_dump().await,
             Step::CopyDelta => self.mirror_all(true).await,
             Step::Switch => self.switch().await,
             Step::Start => self.start().await,
@@ -284,7 +298,7 @@ impl StackRoll<'_> {
             Step::Soak => self.soak().await,
             Step::Archive => self.archive().await,
             Step::Cleanup => self.cleanup().await,
-            Step::Snapshot | Step::Rename | Step::DbDump | Step::PreSwitch | Step::PostSwitch => Ok(()),
+            Step::Snapshot | Step::Rename | Step::PreSwitch | Step::PostSwitch => Ok(()),
         }
     }
 
@@ -393,8 +407,16 @@ impl StackRoll<'_> {
         Ok(())
     }
 
+    /// The database container of `[app.database]`, when it is one the rollout stops (its
+    /// service changes): the db-dump step stops it, after the dump.
+    fn db_member(&self) -> Option<&MemberJournal> {
+        let db = self.j.db.as_ref()?;
+        self.j.members.iter().find(|m| m.name == db.container)
+    }
+
     /// Every container to stop, in reverse start order; a changed one's restart policy set to
-    /// `no` first (it goes aside and must not come back by itself).
+    /// `no` first (it goes aside and must not come back by itself). The database container of
+    /// `[app.database]` is not stopped here: it is dumped first (db-dump).
     async fn stop(&mut self) -> StepResult {
         crate::context::test_pause("before-stop");
         let engine = self.run.engine;
@@ -402,11 +424,38 @@ impl StackRoll<'_> {
             engine.set_restart(&s.old_id, &Restart::never()).await.map_err(|e| e.to_string())?;
         }
         self.t0 = Some(Instant::now());
-        for m in self.j.members.iter().rev() {
+        let db = self.db_member().map(|m| m.id.clone());
+        for m in self.j.members.iter().rev().filter(|m| Some(&m.id) != db.as_ref()) {
             engine
                 .stop(&m.id, self.j.stop_timeout_s)
                 .await
                 .map_err(|e| format!("stop of {} (service {}) failed: {e}", m.name, m.service))?;
+        }
+        Ok(())
+    }
+
+    /// `[app.database]`, the writers stopped and nothing new started: every declared database
+    /// dumped into the run's snapshot (`rollout/<run>/<tenant>.db/`), each hashed, as a single
+    /// container's db-dump does; the journal holds them for an undo. When the database's own
+    /// service changes, its container is stopped after its dump (it is switched with the
+    /// others). A failure fails the tenant before the switch: every container comes back on
+    /// data and database untouched.
+    async fn db_dump(&mut self) -> StepResult {
+        let (Some(spec), true) = (self.run.app.database.as_ref(), self.j.db.is_some()) else { return Ok(()) };
+        let r = self.run;
+        let archive_rel = layout::tenant_archive(SnapshotKind::Rollout, &self.j.tenant);
+        let pending = crate::database::dump(r.engine, spec, &self.item.tenant, &r.run_dir, &archive_rel)
+            .await
+            .map_err(|e| e.to_string())?;
+        let dumps = pending.place().await.map_err(|e| format!("tenant {}: {e}", self.j.tenant))?;
+        if let Some(db) = self.j.db.as_mut() {
+            db.dumps = Some(dumps);
+        }
+        if let Some(m) = self.db_member() {
+            r.engine
+                .stop(&m.id, self.j.stop_timeout_s)
+                .await
+                .map_err(|e| format!("stop of {} (service {}, the database) failed: {e}", m.name, m.service))?;
         }
         Ok(())
     }
@@ -515,7 +564,8 @@ impl StackRoll<'_> {
             .await
             .map_err(|e| e.to_string())?
             .map_err(|e| format!("archive of the rollout copy {} failed ({e}); it stays", m.copy.display()))?;
-            record_rollout_archive(r.ctx, &run_id, &run_dir, self.manifest, &key, &dest, &summary, None)
+            let db = if i == 0 { self.j.db.as_ref().and_then(|d| d.dumps.clone()) } else { None };
+            record_rollout_archive(r.ctx, &run_id, &run_dir, self.manifest, &key, &dest, &summary, db)
                 .map_err(|e| e.to_string())?;
             m.archive = Some(dest);
             crate::context::crash_point("rollout-copy-removing");
@@ -576,7 +626,8 @@ pub async fn finish_stack(
         .await?;
         match made {
             Ok(summary) => {
-                record_rollout_archive(ctx, run_id, &dir, &mut manifest, &key, &dest, &summary, None)?;
+                let db = if i == 0 { j.db.as_ref().and_then(|d| d.dumps.clone()) } else { None };
+                record_rollout_archive(ctx, run_id, &dir, &mut manifest, &key, &dest, &summary, db)?;
                 let c = m.copy.clone();
                 let _ = crate::blocking::run("drop copy", move || crate::undo::drop_copy(&c)).await?;
                 done.push(format!("archived the rollout copy of {} to {}", m.what, dest.display()));

@@ -127,11 +127,17 @@ pub fn plan_stack(
             held.push(tenant.clone());
             continue;
         }
-        let writer_changes = changed.iter().any(|s| s.writes);
+        // `[app.database]`'s container, when it is one of the stack's: its data is the database,
+        // kept by its dumps (db-dump), never stopped by the writers' stop, never copied.
+        let db_container = app.database.as_ref().map(|d| d.container_of(tenant));
+        let is_db = |s: &crate::config::Service| Some(&found[s.name.as_str()].container.name) == db_container.as_ref();
+        // A change of the database's own service holds the writers still too: nothing writes
+        // between its dump and the switch.
+        let writer_changes = changed.iter().any(|s| s.writes || is_db(s));
         let to_stop: Vec<&crate::config::Service> = stack
             .services
             .iter()
-            .filter(|s| changed.iter().any(|c| c.name == s.name) || (writer_changes && s.writes))
+            .filter(|s| changed.iter().any(|c| c.name == s.name) || (writer_changes && s.writes && !is_db(s)))
             .collect();
         if to_stop.iter().any(|s| !found[s.name.as_str()].container.is_running()) {
             stopped.push(tenant.clone());
@@ -158,6 +164,18 @@ pub fn plan_stack(
                 if let Some(p) = c.probe_network_problem(h.network.as_deref()) {
                     problems.push(ctx(format!("its health check cannot be aimed: {p}")));
                 }
+            }
+            if is_db(svc) {
+                if !svc.data.is_empty() {
+                    problems.push(ctx(format!(
+                        "it is the database container of [app.database], whose data the rollout dumps with the \
+                         database's own tools and replays on failure; its files cannot also be copied and swapped \
+                         back under the running server: remove services.{}.data",
+                        svc.name
+                    )));
+                }
+                // Its writable mounts are the database's files: the dumps are their copy.
+                continue;
             }
             for d in &svc.data {
                 match c.mounts.iter().find(|m| Path::new(&m.destination) == Path::new(d)) {
@@ -495,5 +513,56 @@ mod tests {
         tmp[0].container.mounts.push(vol.clone());
         tmp[2].container.mounts.push(mount("tmpfs", "", "", "", true));
         refused(tmp, &["tmpfs mount at /data", "scratch_mounts"]);
+    }
+
+    #[test]
+    fn the_database_service_of_app_database_is_never_stopped_by_the_writers_and_keeps_no_data() {
+        let root = tempfile::tempdir().unwrap();
+        let (a, b, pg) = (root.path().join("a/_data"), root.path().join("b/_data"), root.path().join("pg/_data"));
+        for d in [&a, &b, &pg] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        let vol = |name: &str, dir: &Path| mount("volume", name, &dir.display().to_string(), "local", true);
+        let mut pg_vol = vol("p1_pgdata", &pg);
+        pg_vol.destination = "/var/lib/postgresql/data".into();
+        let members = vec![
+            member("pg", D1, vec![pg_vol]),
+            member("side", D1, vec![vol("p1_sidedata", &b)]),
+            member("app", D1, vec![vol("p1_appdata", &a)]),
+            member("worker", D1, vec![]),
+        ];
+        let fleet = |app: &str, pg: &str, pg_extra: &str, db: bool| {
+            let db = if db {
+                "[app.database]\nkind = \"postgres\"\ncontainer = \"{tenant}_pg_1\"\ndatabases = [\"app\"]\nuser = \"postgres\"\n"
+            } else {
+                ""
+            };
+            let text = format!(
+                "[[app]]\nname = \"agent\"\nselect = \"x\"\n\
+                 health = {{ path = \"/h\", port = 8080, service = \"app\" }}\n\
+                 [app.services.pg]\nimage = \"r/pg@{pg}\"\nwrites = true\norder = 0\n{pg_extra}\
+                 [app.services.side]\nimage = \"r/side@{D1}\"\nwrites = true\norder = 1\ndata = [\"/data\"]\n\
+                 [app.services.app]\nimage = \"r/app@{app}\"\nwrites = true\norder = 2\ndata = [\"/data\"]\n\
+                 [app.services.worker]\nimage = \"r/worker@{D1}\"\norder = 3\n{db}"
+            );
+            crate::config::Fleet::parse(&text, "fleet.toml").unwrap().apps.remove(0)
+        };
+        let plan_of = |app: &App| {
+            let st = app.stack.clone().unwrap();
+            plan_stack(app, &st, "c", &members, Vec::new(), &[])
+        };
+        // The app changes: the writers stop, the database does not; its volume is no data mount
+        // and needs no `data` or scratch declaration (its dumps keep it).
+        let si = plan_of(&fleet(D2, D1, "", true)).unwrap().items[0].stack.clone().unwrap();
+        assert_eq!((si.stopped, si.mounts.len()), (vec!["side".to_string(), "app".to_string()], 2));
+        // The database's own service changes: it stops (after its dump), and every writer with it.
+        let si = plan_of(&fleet(D1, D2, "", true)).unwrap().items[0].stack.clone().unwrap();
+        assert_eq!(si.stopped, ["pg", "side", "app"]);
+        // Its files declared as data (copied and swapped under the running server): refused.
+        let e = plan_of(&fleet(D2, D1, "data = [\"/var/lib/postgresql/data\"]\n", true)).unwrap_err().to_string();
+        assert!(e.contains("services.pg.data") && e.contains("[app.database]") && e.contains("tenant p1"), "{e}");
+        // Without [app.database] its volume is an undeclared writable mount, as before.
+        let e = plan_of(&fleet(D2, D1, "", false)).unwrap_err().to_string();
+        assert!(e.contains("service pg") && e.contains("not declared as data or scratch"), "{e}");
     }
 }
