@@ -396,10 +396,9 @@ fn a_waves_bake_soaks_each_of_its_tenants_and_the_next_wave_waits_for_it() {
 /// tenant had already rolled, leaving a resume nothing to do.
 const ONE_THEN_TWO: &str = "[[app.rollout.waves]]\ncount = 1\n[[app.rollout.waves]]\nmax_parallel = 2\n";
 
-fn paused(
-    n: usize,
-    extra: &str,
-) -> (
+/// What [`paused`] leaves: the sandbox, v1, v2, the tenants, their data's tree hashes, their
+/// containers before the run, and the paused run's id.
+type Paused = (
     Sandbox,
     String,
     String,
@@ -407,7 +406,9 @@ fn paused(
     BTreeMap<String, String>,
     BTreeMap<String, serde_json::Value>,
     String,
-) {
+);
+
+fn paused(n: usize, extra: &str) -> Paused {
     let s = Sandbox::new();
     let v1 = s.push_fixture_as("v1", "app");
     let v2 = s.push_fixture_as("v2", "app");

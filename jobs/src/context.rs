@@ -3,7 +3,8 @@
 //! here: one when the context opens (the id the runner takes the lock with), and a fresh one by
 //! [`Ctx::next_run_id`] when a process starts a second run record (recover before a job, one
 //! rollout run per app). Starting a run record names its job and id as the lock's holder. Also the journal helpers (a step row is
-//! written before the step starts and after it ends) and the test-only crash points.
+//! written before the step starts and after it ends); the test-only crash points are re-exported
+//! from [`crate::testpoint`].
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -15,6 +16,10 @@ use crate::adapters::lock::HostLock;
 use crate::config::HostConfig;
 use crate::error::{Error, ExitKind, Result};
 use crate::types::RunId;
+
+use crate::testpoint::journal_refused;
+/// The test-only points, for the jobs (they live in the model: see [`crate::testpoint`]).
+pub use crate::testpoint::{crash_point, test_pause, test_refuses, window_now};
 
 /// Set when the process got SIGINT or SIGTERM: jobs finish or undo the current step and stop.
 #[derive(Clone, Default)]
@@ -157,104 +162,4 @@ impl Ctx {
         let d = detail.map(|d| serde_json::to_string(d).unwrap_or_default());
         Ok(self.store.end_step(step, outcome, d.as_deref())?)
     }
-}
-
-/// Set once the point `SLIPWAY_TEST_JOURNAL_FAILS_FROM` names is reached: from then on every
-/// journal write fails, as on a state.db that is locked or whose disk is full.
-#[cfg(feature = "test-crash")]
-static JOURNAL_REFUSES: AtomicBool = AtomicBool::new(false);
-
-/// A test-only fault: with the `test-crash` feature, the journal writes after the crash point
-/// `SLIPWAY_TEST_JOURNAL_FAILS_FROM` names fail.
-fn journal_refused() -> Result<()> {
-    #[cfg(feature = "test-crash")]
-    if JOURNAL_REFUSES.load(Ordering::SeqCst) {
-        return Err(Error::Other(
-            "state.db: database is locked (injected by SLIPWAY_TEST_JOURNAL_FAILS_FROM)".to_string(),
-        ));
-    }
-    Ok(())
-}
-
-/// A test-only refusal: with the `test-crash` feature and `SLIPWAY_TEST_REFUSE=<what>`, the
-/// engine call named `what` (e.g. `unpause`) is treated as failed, as a broken engine would.
-pub fn test_refuses(what: &str) -> bool {
-    #[cfg(feature = "test-crash")]
-    return std::env::var("SLIPWAY_TEST_REFUSE").is_ok_and(|v| v.split(',').any(|w| w == what));
-    #[cfg(not(feature = "test-crash"))]
-    {
-        let _ = what;
-        false
-    }
-}
-
-/// A test-only pause: with the `test-crash` feature and `SLIPWAY_TEST_PAUSE_AT=<point>:<ms>`,
-/// sleep there (to hold the host lock long enough for a concurrency test, or to let a test stop
-/// the S3 server at a known point of an upload). It first writes `slipway test point reached:
-/// <point>` to stderr, so a test can act while the job is held there rather than guess when.
-/// The sleep blocks the thread: the job's task, and every request it would send, waits.
-pub fn test_pause(point: &str) {
-    #[cfg(feature = "test-crash")]
-    if let Ok(v) = std::env::var("SLIPWAY_TEST_PAUSE_AT") {
-        if let Some(ms) = v.strip_prefix(point).and_then(|r| r.strip_prefix(':')).and_then(|m| m.parse().ok()) {
-            use std::io::Write;
-            let _ = writeln!(std::io::stderr(), "slipway test point reached: {point}");
-            std::thread::sleep(std::time::Duration::from_millis(ms));
-        }
-    }
-    #[cfg(not(feature = "test-crash"))]
-    let _ = point;
-}
-
-/// The moment maintenance windows are judged at. A test build shifts it by
-/// `SLIPWAY_TEST_WINDOW_SHIFT_S` seconds once the rollout's first wave is done, so a window
-/// can close at a wave boundary without a test waiting for the clock.
-pub fn window_now(after_first_wave: bool) -> jiff::Timestamp {
-    let now = jiff::Timestamp::now();
-    #[cfg(feature = "test-crash")]
-    if after_first_wave {
-        if let Some(s) = std::env::var("SLIPWAY_TEST_WINDOW_SHIFT_S").ok().and_then(|v| v.parse::<i64>().ok()) {
-            return now.checked_add(jiff::SignedDuration::from_secs(s)).unwrap_or(now);
-        }
-    }
-    let _ = after_first_wave;
-    now
-}
-
-/// A test-only crash point: with the `test-crash` feature, the process dies here (no
-/// destructors, no journal update, like SIGKILL) when `SLIPWAY_TEST_CRASH_AT` names `point`;
-/// with `SLIPWAY_TEST_SIGNAL_AT` naming it (`<point>` or `<point>:<SIGNAL>`, e.g.
-/// `after-stop:HUP`), the process sends itself that signal (default TERM) and goes on.
-/// With `SLIPWAY_TEST_JOURNAL_FAILS_FROM` naming it, every later journal write fails.
-/// Either way it first writes `slipway test point reached: <point>` to stderr, so a test can
-/// tell a point that was reached from one that was misspelled or never reached.
-/// Without the feature it compiles to nothing.
-#[inline]
-pub fn crash_point(point: &str) {
-    #[cfg(feature = "test-crash")]
-    {
-        use std::io::Write;
-        let reached = || {
-            let _ = writeln!(std::io::stderr(), "slipway test point reached: {point}");
-        };
-        if std::env::var("SLIPWAY_TEST_JOURNAL_FAILS_FROM").is_ok_and(|p| p == point) {
-            reached();
-            JOURNAL_REFUSES.store(true, Ordering::SeqCst);
-        }
-        if std::env::var("SLIPWAY_TEST_CRASH_AT").is_ok_and(|p| p == point) {
-            reached();
-            std::process::abort();
-        }
-        let signal_at = std::env::var("SLIPWAY_TEST_SIGNAL_AT").unwrap_or_default();
-        let (at, signal) = signal_at.split_once(':').unwrap_or((&signal_at, "TERM"));
-        if at == point {
-            reached();
-            let _ = std::process::Command::new("kill")
-                .args([&format!("-{signal}"), &std::process::id().to_string()])
-                .status();
-            std::thread::sleep(std::time::Duration::from_millis(200));
-        }
-    }
-    #[cfg(not(feature = "test-crash"))]
-    let _ = point;
 }

@@ -22,6 +22,8 @@ pub mod adapters;
 pub mod blocking;
 #[path = "model/config/mod.rs"]
 pub mod config;
+#[path = "model/container.rs"]
+pub mod container;
 #[path = "model/crypt.rs"]
 pub mod crypt;
 #[path = "model/error.rs"]
@@ -40,6 +42,8 @@ pub mod progress;
 pub mod retention;
 #[path = "model/step.rs"]
 pub mod step;
+#[path = "model/testpoint.rs"]
+pub mod testpoint;
 #[path = "model/types.rs"]
 pub mod types;
 
@@ -352,6 +356,41 @@ mod architecture_tests {
             }
         }
         assert!(offences.is_empty(), "adapters must not depend on jobs: {offences:?}");
+    }
+
+    /// The modules of the shared model: the files under `src/model/`.
+    fn model_modules() -> BTreeSet<String> {
+        let model = src_dir().join("model");
+        sources().iter().filter(|p| p.starts_with(&model)).map(|p| module_of(p)).collect()
+    }
+
+    /// The edges of `graph` out of the model into anything that is not model.
+    fn model_offences(graph: &BTreeMap<String, BTreeSet<String>>, model: &BTreeSet<String>) -> Vec<String> {
+        let mut offences = Vec::new();
+        for (from, deps) in graph.iter().filter(|(from, _)| model.contains(*from)) {
+            offences.extend(deps.iter().filter(|d| !model.contains(*d)).map(|d| format!("{from} uses {d}")));
+        }
+        offences
+    }
+
+    #[test]
+    fn the_model_uses_no_adapter_no_run_context_and_no_job() {
+        let model = model_modules();
+        // The walk sees the model: its rooms are there, and the job side is not.
+        for m in ["step", "types", "config", "error", "container", "testpoint"] {
+            assert!(model.contains(m), "{m} not found in the model {model:?}");
+        }
+        assert!(!model.contains("context") && !model.contains("adapters::docker") && !model.contains("undo"));
+        let offences = model_offences(&import_graph(), &model);
+        assert!(
+            offences.is_empty(),
+            "the model (jobs/src/model/) names only the model: move the type into the model, or fire the point \
+             from the caller: {offences:?}"
+        );
+        // The check sees such an edge: a step that imports the engine's types and the context.
+        let mut g = BTreeMap::new();
+        g.insert("step".to_string(), ["adapters::docker", "context", "config"].map(String::from).into());
+        assert_eq!(model_offences(&g, &model), ["step uses adapters::docker", "step uses context"]);
     }
 
     #[test]

@@ -34,10 +34,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::adapters::archive;
 use crate::adapters::desired;
-use crate::adapters::docker::{ContainerSpec, Engine, HookRun, Restart, StackMember, TenantContainer};
+use crate::adapters::docker::{ContainerSpec, Engine, HookRun, StackMember, TenantContainer};
 use crate::adapters::health::Prober;
 use crate::adapters::mirror::{self, MirrorReport};
 use crate::config::{App, HealthSpec, OnBudget};
+use crate::container::Restart;
 use crate::context::Ctx;
 use crate::error::{Error, ExitKind, Result};
 use crate::layout::{self, SnapshotId, SnapshotKind};

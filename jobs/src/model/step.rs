@@ -13,8 +13,8 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::adapters::docker::{OperatorSettings, Restart};
 use crate::config::HealthSpec;
+use crate::container::{OperatorSettings, Restart};
 use crate::error::{Error, Result};
 
 /// One step of rolling a tenant to the pinned digest, in the order they run. A tenant goes
@@ -383,7 +383,7 @@ impl CrashPoint {
     #[inline]
     pub fn reach(self) {
         #[cfg(feature = "test-crash")]
-        crate::context::crash_point(&self.to_string());
+        crate::testpoint::crash_point(&self.to_string());
     }
 }
 

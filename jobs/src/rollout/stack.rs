@@ -29,10 +29,11 @@ use std::time::{Duration, Instant};
 
 use super::stack_plan::item_mount_dirs;
 use super::{AppRun, PlanItem, StepTimings, TenantOutcome, TenantReport};
-use crate::adapters::docker::{Engine, Restart, StackMember};
+use crate::adapters::docker::{Engine, StackMember};
 use crate::adapters::mirror::{self, MirrorReport};
 use crate::config::stack::{depends_on, start_order, COMPOSE_DEPENDS_ON};
 use crate::config::HealthSpec;
+use crate::container::Restart;
 use crate::error::Result;
 use crate::layout::{self, SnapshotId, SnapshotKind};
 use crate::manifest::Manifest;
