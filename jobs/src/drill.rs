@@ -387,7 +387,7 @@ pub async fn drill(ctx: &Ctx, opts: &DrillOptions) -> Result<DrillReport> {
     if opts.dry_run {
         return Ok(report);
     }
-    ctx.start_run("drill", None, Some(&state.commit), None)?;
+    let record = ctx.start_run("drill", None, Some(&state.commit), None)?;
     // Under the host lock no other drill runs: whatever an earlier one left goes first.
     report.swept = crate::recover::sweep_drills(ctx, &engine, false)
         .await
@@ -425,7 +425,7 @@ pub async fn drill(ctx: &Ctx, opts: &DrillOptions) -> Result<DrillReport> {
     } else {
         DrillReport::outcome_of(&report.tenants)
     };
-    ctx.finish_run(report.outcome, &report.summary())?;
+    record.finish(ctx, report.outcome, &report.summary())?;
     Ok(report)
 }
 

@@ -30,6 +30,8 @@ pub mod crypt;
 pub mod error;
 #[path = "model/fsutil.rs"]
 pub mod fsutil;
+#[path = "model/journal.rs"]
+pub mod journal;
 #[path = "model/layout.rs"]
 pub mod layout;
 #[path = "model/manifest.rs"]
@@ -377,7 +379,7 @@ mod architecture_tests {
     fn the_model_uses_no_adapter_no_run_context_and_no_job() {
         let model = model_modules();
         // The walk sees the model: its rooms are there, and the job side is not.
-        for m in ["step", "types", "config", "error", "container", "testpoint"] {
+        for m in ["step", "types", "config", "error", "container", "testpoint", "journal"] {
             assert!(model.contains(m), "{m} not found in the model {model:?}");
         }
         assert!(!model.contains("context") && !model.contains("adapters::docker") && !model.contains("undo"));
@@ -391,6 +393,42 @@ mod architecture_tests {
         let mut g = BTreeMap::new();
         g.insert("step".to_string(), ["adapters::docker", "context", "config"].map(String::from).into());
         assert_eq!(model_offences(&g, &model), ["step uses adapters::docker", "step uses context"]);
+    }
+
+    /// Calls that make a run id or start, reopen or finish a run record: only `context` (the
+    /// run record's owner, through its `RunGuard`) may make them.
+    const RUN_RECORD_CALLS: &[&str] = &["RunId::new(", "store.start_run(", "store.reopen_run(", "store.finish_run("];
+
+    /// The run-record calls in `module`'s non-test code, outside `context`.
+    fn run_record_calls(module: &str, src: &str) -> Vec<String> {
+        let code = lex(src.split("#[cfg(test)]").next().unwrap_or_default()).code;
+        let code: String = code.chars().filter(|c| !c.is_whitespace()).collect();
+        RUN_RECORD_CALLS
+            .iter()
+            .filter(|call| module != "context" && code.contains(**call))
+            .map(|call| format!("{module}: {call}"))
+            .collect()
+    }
+
+    #[test]
+    fn only_the_run_guard_makes_a_run_id_or_starts_or_finishes_a_run() {
+        let mut offences = Vec::new();
+        for path in sources() {
+            let test_only = path.file_name().is_some_and(|n| n.to_string_lossy().ends_with("tests.rs"));
+            if !test_only {
+                offences.extend(run_record_calls(&module_of(&path), &std::fs::read_to_string(&path).unwrap()));
+            }
+        }
+        assert!(
+            offences.is_empty(),
+            "start a run with ctx.start_run and finish it with its RunGuard (context owns the run record): {offences:?}"
+        );
+        // The check sees such a call in code, across a line break, and not in a comment or a test.
+        let src =
+            "// RunId::new() in a comment\nfn f() { let id = RunId::new(); ctx.store\n  .finish_run(&id, w, 1, s) }\n\
+                   #[cfg(test)]\nfn t() { RunId::new(); }";
+        assert_eq!(run_record_calls("trust", src), ["trust: RunId::new(", "trust: store.finish_run("]);
+        assert!(run_record_calls("context", src).is_empty());
     }
 
     #[test]

@@ -137,9 +137,7 @@ pub async fn recover(ctx: &Ctx, opts: &RecoverOptions) -> Result<RecoverReport> 
     // Unfinished runs may have left a tenant down: wait out an engine that is restarting.
     let engine = Engine::connect_within(&ctx.cfg.docker, ENGINE_WAIT).await?;
     let prober = Prober::new()?;
-    if !opts.dry_run {
-        ctx.start_run("recover", None, None, None)?;
-    }
+    let record = if opts.dry_run { None } else { Some(ctx.start_run("recover", None, None, None)?) };
     for run in unfinished {
         let steps = ctx.store.steps(&run.id)?;
         let tenants = match run.job.as_str() {
@@ -151,7 +149,7 @@ pub async fn recover(ctx: &Ctx, opts: &RecoverOptions) -> Result<RecoverReport> 
         // brought back, but what made it fail (an unhealthy tenant after the swap, say) is not
         // recover's to judge. It stays unresolved, in `status`, until a person resolves it.
         let needs_person = run.finished_at.is_some() && run.job == "restore";
-        if !opts.dry_run && !needs_person {
+        if let Some(record) = record.as_ref().filter(|_| !needs_person) {
             let ok = tenants.iter().all(|t| t.ok);
             let what = if run.finished_at.is_some() { "left a tenant frozen" } else { "killed mid-run" };
             let summary = format!(
@@ -159,12 +157,7 @@ pub async fn recover(ctx: &Ctx, opts: &RecoverOptions) -> Result<RecoverReport> 
                 ctx.run_id,
                 tenants.iter().map(|t| format!("{} {}", t.tenant, t.action)).collect::<Vec<_>>().join("; ")
             );
-            let (word, kind) =
-                if ok { ("recovered", ExitKind::Failure) } else { ("person_needed", ExitKind::PersonNeeded) };
-            ctx.store.finish_run(&run.id, word, kind.code() as i64, &summary)?;
-            if ok {
-                ctx.store.resolve_run(&run.id, &format!("recover {}", ctx.run_id))?;
-            }
+            record.finish_dead_run(ctx, &run.id, ok, &summary)?;
         }
         runs.push(RecoveredRun { run_id: run.id, job: run.job, tenants });
     }
@@ -176,10 +169,10 @@ pub async fn recover(ctx: &Ctx, opts: &RecoverOptions) -> Result<RecoverReport> 
     }
     swept.extend(sweep_hooks(ctx, &engine, opts.dry_run).await?);
     let report = RecoverReport { dry_run: opts.dry_run, runs, swept };
-    if !opts.dry_run {
+    if let Some(record) = record {
         let kind = report.exit_kind();
         let summary = format!("recovered {} unfinished run(s)", report.runs.len());
-        ctx.finish_run(kind, &summary)?;
+        record.finish(ctx, kind, &summary)?;
     }
     Ok(report)
 }

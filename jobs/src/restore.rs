@@ -454,7 +454,7 @@ pub async fn restore(ctx: &Ctx, opts: &RestoreOptions) -> Result<RestoreReport> 
         );
         return Ok(report);
     }
-    ctx.start_run("restore", Some(&app.name), Some(&commit), None)?;
+    let record = ctx.start_run("restore", Some(&app.name), Some(&commit), None)?;
     // A tenant that was not running (suspended, stopped by hand) gets its data back and stays
     // stopped: a restore never starts what it did not stop (hold `none`: recover leaves it so).
     let was_running = container.state != "exited" && container.state != "created" && container.state != "dead";
@@ -536,7 +536,7 @@ pub async fn restore(ctx: &Ctx, opts: &RestoreOptions) -> Result<RestoreReport> 
             // The swap back left the restored files where the replaced ones were kept.
             report.replaced = None;
         }
-        ctx.finish_run(report.outcome, &report.detail)?;
+        record.finish(ctx, report.outcome, &report.detail)?;
         return Ok(report);
     }
     match (&restored, &health) {
@@ -573,7 +573,7 @@ pub async fn restore(ctx: &Ctx, opts: &RestoreOptions) -> Result<RestoreReport> 
     if let Some(r) = &report.replaced {
         report.detail.push_str(&format!("; the data it replaced is kept in {}", r.display()));
     }
-    ctx.finish_run(report.outcome, &report.detail)?;
+    record.finish(ctx, report.outcome, &report.detail)?;
     resolve_earlier(ctx, &opts.tenant, report.outcome)?;
     Ok(report)
 }
@@ -634,7 +634,7 @@ async fn restore_replaced(ctx: &Ctx, opts: &RestoreOptions, kept: &Path) -> Resu
             format!("would stop {}, put {} back into {}, start it", container.name, kept.display(), data_dir.display());
         return Ok(report);
     }
-    ctx.start_run("restore", Some(&app.name), Some(&commit), None)?;
+    let record = ctx.start_run("restore", Some(&app.name), Some(&commit), None)?;
     let held = HeldContainer { container: container.name.clone(), hold: "stop".into() };
     let s = ctx.begin(Some(opts.tenant.as_str()), "stop", &held)?;
     engine.stop(&container.name, app.stop_timeout_s).await?;
@@ -674,8 +674,7 @@ async fn restore_replaced(ctx: &Ctx, opts: &RestoreOptions, kept: &Path) -> Resu
     if let Some(r) = &report.replaced {
         report.detail.push_str(&format!("; the data it replaced is kept in {}", r.display()));
     }
-    // One outcome word per exit code (ExitKind::word), as every job records it.
-    ctx.finish_run(report.outcome, &report.detail)?;
+    record.finish(ctx, report.outcome, &report.detail)?;
     resolve_earlier(ctx, &opts.tenant, report.outcome)?;
     Ok(report)
 }

@@ -498,15 +498,15 @@ async fn rollout_app(
         Some(s) => s.pin_key(),
     };
     let resumed = resume.is_some();
-    match &resume {
+    let record = match &resume {
         // The paused run goes on under its own id: one run, one journal, one rollback.
         Some(r) => {
-            ctx.run_id = r.run.clone();
-            ctx.store.reopen_run(r.run.as_str())?;
+            let record = ctx.reopen_run("rollout", &r.run)?;
             ctx.store.end_pause(r.run.as_str(), "resumed")?;
+            record
         }
         None => ctx.start_run("rollout", Some(&app.name), Some(&plan.commit), Some(&digest))?,
-    }
+    };
     let ctx = &*ctx;
     // The waves, frozen in the run ledger before any tenant is touched: `recover` after a
     // crash reads exactly these sets back (a resumed run's are already there).
@@ -529,7 +529,7 @@ async fn rollout_app(
     };
     if let Err(e) = ctx.store.record_waves(ctx.run_id.as_str(), &rows) {
         let why = format!("app {}: state.db could not record the run's waves, so no tenant was touched: {e}", app.name);
-        ctx.finish_run(ExitKind::Failure, &why)?;
+        record.finish(ctx, ExitKind::Failure, &why)?;
         return Err(Error::Other(why));
     }
     let prober = Prober::new()?;
@@ -811,7 +811,7 @@ async fn rollout_app(
         crate::context::crash_point("rollout-paused");
     }
     // One outcome word per exit code (ExitKind::word), as every job records it.
-    ctx.finish_run(outcome, &summary)?;
+    record.finish(ctx, outcome, &summary)?;
     let paused = matches!(on_budget, Some((OnBudget::Pause | OnBudget::RollbackWave, _))) || window_closed.is_some();
     let over_in = on_budget.map(|(_, w)| w);
     Ok(AppReport {

@@ -210,8 +210,8 @@ pub async fn snapshot(ctx: &Ctx, opts: &SnapshotOptions) -> Result<SnapshotRepor
         tracing::warn!("{why}");
     }
     let mut archives = Vec::new();
-    if !opts.dry_run {
-        ctx.start_run("snapshot", None, Some(&state.commit), None)?;
+    let record = if opts.dry_run { None } else { Some(ctx.start_run("snapshot", None, Some(&state.commit), None)?) };
+    if record.is_some() {
         create_private_dir(&layout::tenants_dir(&dir)).map_err(|e| Error::io(&dir, e))?;
     }
     for (app, tenant, target) in &work {
@@ -373,7 +373,9 @@ pub async fn snapshot(ctx: &Ctx, opts: &SnapshotOptions) -> Result<SnapshotRepor
             format!("FAILED: {}", failed.join(", "))
         };
         let kind = report.exit_kind();
-        ctx.finish_run(kind, &summary)?;
+        if let Some(record) = record {
+            record.finish(ctx, kind, &summary)?;
+        }
     }
     Ok(report)
 }

@@ -354,7 +354,7 @@ async fn swap_mounts(
         );
         return Ok(report);
     }
-    ctx.start_run("restore", Some(&app.name), Some(commit), None)?;
+    let record = ctx.start_run("restore", Some(&app.name), Some(commit), None)?;
     let t = Some(opts.tenant.as_str());
     // Every mount it will swap, first: `recover` tells a finished restore from a partial one.
     let s = ctx.begin(t, RESTORE_MOUNTS_STEP, &RestorePlanDetail { stack_mounts: dirs.clone() })?;
@@ -471,7 +471,7 @@ async fn swap_mounts(
                     report.detail.push_str(&format!("; the data it replaced is kept in {}", kept.join(", ")));
                 }
                 report.replaced = report.mounts.first().and_then(|m| m.replaced.clone());
-                ctx.finish_run(report.outcome, &report.detail)?;
+                record.finish(ctx, report.outcome, &report.detail)?;
                 return Ok(report);
             }
             Err(why) => {
@@ -522,7 +522,7 @@ async fn swap_mounts(
             ),
         ),
     };
-    ctx.finish_run(report.outcome, &report.detail)?;
+    record.finish(ctx, report.outcome, &report.detail)?;
     Ok(report)
 }
 
