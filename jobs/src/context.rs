@@ -25,7 +25,7 @@ use slipway_state::{NewRun, Store};
 use crate::adapters::lock::HostLock;
 use crate::config::HostConfig;
 use crate::error::{Error, Result};
-use crate::journal::Outcome;
+use crate::journal::{JournalStep, Outcome};
 use crate::types::RunId;
 
 use crate::testpoint::journal_refused;
@@ -171,20 +171,43 @@ impl Ctx {
     }
 
     /// Journal a step as begun with its undo detail.
-    pub fn begin(&self, tenant: Option<&str>, step: &str, detail: &impl Serialize) -> Result<i64> {
+    pub fn begin(&self, tenant: Option<&str>, step: impl JournalStep, detail: &impl Serialize) -> Result<i64> {
         journal_refused()?;
         let d =
             serde_json::to_string(detail).map_err(|source| Error::Json { what: "a journal step's detail", source })?;
-        Ok(self.store.begin_step(self.run_id.as_str(), tenant, step, &d)?)
+        Ok(self.store.begin_step(self.run_id.as_str(), tenant, step.word(), &d)?)
+    }
+
+    /// `recover` only: journal `step` as done (begun and ended `ok`) in the journal of `run`, a
+    /// run of a dead process whose hold or swap recover gave back, so that the run is not taken
+    /// up again.
+    pub fn journal_done(
+        &self,
+        run: &str,
+        tenant: Option<&str>,
+        step: impl JournalStep,
+        detail: &impl Serialize,
+    ) -> Result<()> {
+        journal_refused()?;
+        let d =
+            serde_json::to_string(detail).map_err(|source| Error::Json { what: "a journal step's detail", source })?;
+        let id = self.store.begin_step(run, tenant, step.word(), &d)?;
+        Ok(self.store.end_step(id, "ok", None)?)
     }
 
     /// Journal step `ended` as ended well and `next` as begun, in one write, both with `detail`
     /// (nothing happens between them, so it is the same). Returns the begun row's id.
-    pub fn end_and_begin(&self, ended: i64, tenant: Option<&str>, next: &str, detail: &impl Serialize) -> Result<i64> {
+    pub fn end_and_begin(
+        &self,
+        ended: i64,
+        tenant: Option<&str>,
+        next: impl JournalStep,
+        detail: &impl Serialize,
+    ) -> Result<i64> {
         journal_refused()?;
         let d =
             serde_json::to_string(detail).map_err(|source| Error::Json { what: "a journal step's detail", source })?;
-        Ok(self.store.end_step_and_begin(ended, "ok", Some(&d), self.run_id.as_str(), tenant, next, &d)?)
+        Ok(self.store.end_step_and_begin(ended, "ok", Some(&d), self.run_id.as_str(), tenant, next.word(), &d)?)
     }
 
     /// Record an archive this run wrote in the run record (`rel` is relative to the backup root;

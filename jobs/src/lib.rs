@@ -395,9 +395,18 @@ mod architecture_tests {
         assert_eq!(model_offences(&g, &model), ["step uses adapters::docker", "step uses context"]);
     }
 
-    /// Calls that make a run id or start, reopen or finish a run record: only `context` (the
-    /// run record's owner, through its `RunGuard`) may make them.
-    const RUN_RECORD_CALLS: &[&str] = &["RunId::new(", "store.start_run(", "store.reopen_run(", "store.finish_run("];
+    /// Calls that make a run id, start, reopen or finish a run record, or write a journal row
+    /// (with a word of its own): only `context` (the run record's owner, through its `RunGuard`
+    /// and its typed `begin`) may make them.
+    const RUN_RECORD_CALLS: &[&str] = &[
+        "RunId::new(",
+        "store.start_run(",
+        "store.reopen_run(",
+        "store.finish_run(",
+        "store.begin_step(",
+        "store.end_step(",
+        "store.end_step_and_begin(",
+    ];
 
     /// The run-record calls in `module`'s non-test code, outside `context`.
     fn run_record_calls(module: &str, src: &str) -> Vec<String> {

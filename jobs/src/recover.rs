@@ -25,13 +25,14 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use slipway_state::{Run, Step as StepRow};
 
 use crate::adapters::docker::{Engine, ENGINE_WAIT};
 use crate::adapters::health::Prober;
 use crate::context::Ctx;
 use crate::error::{ExitKind, Result};
+use crate::journal::{HeldDetail, HeldRow, HeldStep, RestoreStep, SnapshotStep};
 use crate::manifest::Manifest;
 use crate::step::{Journaled, StackJournal, Step, TenantJournal, UndoStep};
 use crate::undo::undo_tenant;
@@ -90,14 +91,8 @@ impl RecoverReport {
     }
 }
 
-/// A container a job paused or stopped while it worked on it (snapshot quiesce, restore).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct HeldContainer {
-    /// Container name.
-    pub container: String,
-    /// `pause` or `stop`.
-    pub hold: String,
-}
+/// A container a job paused or stopped while it worked on it (the model owns it: `journal`).
+pub use crate::journal::HeldContainer;
 
 fn pid_alive(pid: i64) -> bool {
     if pid <= 0 || pid as u32 == std::process::id() {
@@ -117,7 +112,7 @@ pub async fn recover(ctx: &Ctx, opts: &RecoverOptions) -> Result<RecoverReport> 
     for r in ctx.store.unresolved_halts()? {
         if matches!(r.job.as_str(), "snapshot" | "restore")
             && r.id != ctx.run_id.as_str()
-            && !open_holds(&ctx.store.steps(&r.id)?).is_empty()
+            && !open_holds(&HeldRow::parse_all(&r.job, &r.id, &ctx.store.steps(&r.id)?)?).is_empty()
         {
             unfinished.push(r);
         }
@@ -142,7 +137,7 @@ pub async fn recover(ctx: &Ctx, opts: &RecoverOptions) -> Result<RecoverReport> 
         let steps = ctx.store.steps(&run.id)?;
         let tenants = match run.job.as_str() {
             "rollout" | "rollback" => recover_rollout(ctx, &engine, &prober, &run, &steps, opts.dry_run).await?,
-            "drill" => recover_drill(&steps, opts.dry_run),
+            "drill" => recover_drill(&run, &steps, opts.dry_run)?,
             _ => recover_held(ctx, &engine, &run, &steps, opts.dry_run).await?,
         };
         // A restore that finished needing a person keeps needing one: its container is
@@ -384,11 +379,12 @@ pub async fn sweep_drills(ctx: &Ctx, engine: &Engine, dry_run: bool) -> Result<V
 
 /// A killed drill's tenants: nothing of theirs was touched; what the drill made is removed by
 /// [`sweep_drills`].
-fn recover_drill(steps: &[StepRow], dry_run: bool) -> Vec<TenantAction> {
+fn recover_drill(run: &Run, steps: &[StepRow], dry_run: bool) -> Result<Vec<TenantAction>> {
     let mut out: Vec<TenantAction> = Vec::new();
     for s in steps {
+        let step = crate::journal::drill_step(&run.id, s)?;
         let Some(t) = &s.tenant else { continue };
-        let found = format!("drill step {} {}", s.step, s.outcome.as_deref().unwrap_or("unfinished"));
+        let found = format!("drill step {step} {}", s.outcome.as_deref().unwrap_or("unfinished"));
         let action = format!(
             "{} its throw-away container, network and scratch copy (the live tenant was never touched)",
             if dry_run { "would remove" } else { "removed" }
@@ -398,7 +394,7 @@ fn recover_drill(steps: &[StepRow], dry_run: bool) -> Vec<TenantAction> {
             None => out.push(TenantAction { tenant: t.clone(), found, action, ok: true }),
         }
     }
-    out
+    Ok(out)
 }
 
 async fn recover_rollout(
@@ -634,31 +630,22 @@ async fn finish_removing_copy(
     })
 }
 
-/// Steps that, ended `ok`, gave back the hold they journaled: a snapshot's `archive` and
-/// `stage-delta` unpause (or start) the tenant before they end, a restore's `start` starts it.
-/// A restore's `stop` and `restore` end `ok` with the tenant still stopped.
-const RELEASING_STEPS: [&str; 3] = ["archive", "stage-delta", "start"];
-
-/// The step recover journals into a run whose hold it gave back, so that the run is not taken
-/// up again (a finished run that needs a person stays unresolved until a person resolves it).
-const RELEASED_STEP: &str = "released";
-
 /// The holds a run's journal leaves open, newest per container: a pause or stop slipway made
 /// and never gave back. A container the job found stopped (or did not hold: `quiesce = "none"`)
-/// is journaled with hold `none` and is no open hold: recover leaves it as it was found.
-fn open_holds(steps: &[StepRow]) -> Vec<(HeldContainer, &StepRow)> {
+/// is journaled with hold `none` and is no open hold: recover leaves it as it was found. A hold
+/// is given back by the steps that end it ([`HeldStep::releases`]), and by the `released` row
+/// recover journals into the run once it gave the hold back, so that the run is not taken up
+/// again (a finished run that needs a person stays unresolved until a person resolves it).
+fn open_holds(rows: &[HeldRow]) -> Vec<(&HeldContainer, &HeldRow)> {
     let mut out = Vec::new();
     let mut seen = std::collections::BTreeSet::new();
-    for s in steps.iter().rev() {
-        let Some(h) = s.detail.as_deref().and_then(|d| serde_json::from_str::<HeldContainer>(d).ok()) else {
-            continue;
-        };
+    for s in rows.iter().rev() {
+        // A row of a mount, a plan or a swap holds no container.
+        let HeldDetail::Hold(h) = &s.detail else { continue };
         if !seen.insert(h.container.clone()) {
             continue;
         }
-        let released = s.step == RELEASED_STEP
-            || (s.outcome.as_deref() == Some("ok") && RELEASING_STEPS.contains(&s.step.as_str()));
-        if matches!(h.hold.as_str(), "pause" | "stop") && !released {
+        if matches!(h.hold.as_str(), "pause" | "stop") && !s.step.releases(s.ended_ok) {
             out.push((h, s));
         }
     }
@@ -676,11 +663,10 @@ async fn recover_held(
     dry_run: bool,
 ) -> Result<Vec<TenantAction>> {
     let mut out = Vec::new();
+    let rows = HeldRow::parse_all(&run.job, &run.id, steps)?;
     // A stack restore cut short: every mount it swapped goes back before its containers start.
     if run.job == "restore" {
-        let journal: Vec<(String, Option<String>, Option<String>)> =
-            steps.iter().map(|s| (s.step.clone(), s.outcome.clone(), s.detail.clone())).collect();
-        for (kept, dir) in crate::stack_tenant::restore_left_to_undo(&journal) {
+        for (kept, dir) in crate::stack_tenant::restore_left_to_undo(&rows) {
             let tenant = steps.iter().find_map(|s| s.tenant.clone()).unwrap_or_default();
             let found = format!(
                 "{} swapped by a stack restore cut short; its data from before is in {}",
@@ -695,15 +681,7 @@ async fn recover_held(
                 {
                     Ok(()) => {
                         let d = crate::stack_tenant::MountSwapDetail { dir: dir.clone(), replaced: None, back: true };
-                        let detail =
-                            serde_json::to_string(&d).map_err(|e| crate::error::Error::Other(e.to_string()))?;
-                        let id = ctx.store.begin_step(
-                            &run.id,
-                            Some(&tenant),
-                            crate::stack_tenant::RESTORE_SWAP_STEP,
-                            &detail,
-                        )?;
-                        ctx.store.end_step(id, "ok", None)?;
+                        ctx.journal_done(&run.id, Some(&tenant), RestoreStep::Restore, &d)?;
                         ("put back (the restored data is left in the kept dir)".to_string(), true)
                     }
                     Err(e) => (format!("could not be put back ({e}): a person is needed"), false),
@@ -712,7 +690,7 @@ async fn recover_held(
             out.push(TenantAction { tenant, found, action, ok });
         }
     }
-    for (h, s) in open_holds(steps) {
+    for (h, s) in open_holds(&rows) {
         if !engine.exists(&h.container).await? {
             continue;
         }
@@ -745,11 +723,16 @@ async fn recover_held(
         let action = if dry_run && acted { format!("would be {action}") } else { action.to_string() };
         if !dry_run {
             let released = HeldContainer { container: h.container.clone(), hold: "none".into() };
-            let detail = serde_json::to_string(&released).map_err(|e| crate::error::Error::Other(e.to_string()))?;
-            let id = ctx.store.begin_step(&run.id, s.tenant.as_deref(), RELEASED_STEP, &detail)?;
-            ctx.store.end_step(id, "ok", None)?;
+            match s.step {
+                HeldStep::Snapshot(_) => {
+                    ctx.journal_done(&run.id, s.tenant.as_deref(), SnapshotStep::Released, &released)
+                }
+                HeldStep::Restore(_) => {
+                    ctx.journal_done(&run.id, s.tenant.as_deref(), RestoreStep::Released, &released)
+                }
+            }?;
         }
-        out.push(TenantAction { tenant: s.tenant.clone().unwrap_or(h.container), found, action, ok: true });
+        out.push(TenantAction { tenant: s.tenant.clone().unwrap_or(h.container.clone()), found, action, ok: true });
     }
     Ok(out)
 }

@@ -1068,7 +1068,7 @@ impl TenantRoll<'_> {
             let next = Step::ALL.into_iter().find(|n| *n > step && self.applies(*n));
             let written = match next.filter(|n| result.is_ok() && !ctx.cancel.is_cancelled() && step.journals_with(*n))
             {
-                Some(n) => ctx.end_and_begin(id, Some(tenant), n.as_str(), &self.j).map(|id| begun = Some(id)),
+                Some(n) => ctx.end_and_begin(id, Some(tenant), n, &self.j).map(|id| begun = Some(id)),
                 None => ctx.end(id, if result.is_ok() { "ok" } else { "failed" }, Some(&self.j)),
             };
             let result = match written {
@@ -1109,7 +1109,7 @@ impl TenantRoll<'_> {
         last: Option<Step>,
     ) -> std::result::Result<Option<i64>, Result<TenantReport>> {
         let tenant = self.item.tenant.as_str();
-        let e = match self.run.ctx.begin(Some(tenant), step.as_str(), &self.j) {
+        let e = match self.run.ctx.begin(Some(tenant), step, &self.j) {
             Ok(id) => return Ok(Some(id)),
             Err(e) => e,
         };

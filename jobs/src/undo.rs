@@ -65,7 +65,7 @@ struct UndoJournal<'a> {
 impl UndoJournal<'_> {
     /// Journal an undo step as begun (then its crash point).
     fn begin(&mut self, j: &TenantJournal, step: UndoStep) -> Option<i64> {
-        let id = match self.ctx.begin(Some(j.tenant.as_str()), step.as_str(), j) {
+        let id = match self.ctx.begin(Some(j.tenant.as_str()), step, j) {
             Ok(id) => Some(id),
             Err(e) => {
                 self.failed(step, "begun", &e);

@@ -297,7 +297,8 @@ impl fmt::Display for Journaled {
     }
 }
 
-/// A step word that no [`Step`] or [`UndoStep`] has.
+/// A step word that no step of the job has ([`Step`], [`UndoStep`], or a backup job's step in
+/// `journal`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("unknown step \"{word}\" (known: {known})")]
 pub struct UnknownStep {

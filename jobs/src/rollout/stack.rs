@@ -213,7 +213,7 @@ impl StackRoll<'_> {
             if let Some(l) = last.filter(|_| ctx.cancel.is_cancelled() && !step.after_health_gate()) {
                 return self.undo_from(l, "interrupted by a signal".into()).await;
             }
-            let id = match ctx.begin(Some(&tenant), step.as_str(), &self.j) {
+            let id = match ctx.begin(Some(&tenant), step, &self.j) {
                 Ok(id) => id,
                 Err(e) => {
                     let why = format!("state.db could not record step {step} as begun: {e}");
