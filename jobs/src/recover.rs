@@ -44,6 +44,41 @@ pub struct RecoverOptions {
     pub dry_run: bool,
 }
 
+/// What recover decided for one tenant of a run, from its journal and what the engine holds:
+/// the plan `--dry-run` prints, and the real run carries out (the same decision, taken by the
+/// same code before anything is touched).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Planned {
+    /// A rollout tenant past its health gate: keep the new version, finish what the run left
+    /// (its rollout copy archived, the prior container removed).
+    KeepNew,
+    /// A stack tenant past its health gate: keep the new version, finish the stack.
+    FinishStack,
+    /// The tenant's undo already finished: nothing to do.
+    AlreadyRestored,
+    /// Undo: the new container removed, the prior container back (its data was not touched).
+    Undo,
+    /// Undo with the data: the run's snapshot (or rollout copy) put back, the prior container back.
+    UndoWithData,
+    /// Undo a stack tenant: every prior container back.
+    UndoStack,
+    /// Undo a stack tenant with its data: every data mount swapped back, every prior container back.
+    UndoStackWithData,
+    /// Put back a mount a stack restore cut short had swapped.
+    PutBackMount,
+    /// Unpause a container a snapshot paused.
+    Unpause,
+    /// Start a container a snapshot or restore stopped.
+    Start,
+    /// Leave a held container as it is (not paused, not running, or running already).
+    LeaveAsFound,
+    /// A killed drill's tenant: remove what the drill made (the live tenant was never touched).
+    RemoveDrillLeftovers,
+    /// A tenant of the run's waves that the run never started: untouched.
+    Untouched,
+}
+
 /// What was (or would be) done for one tenant.
 #[derive(Debug, Clone, Serialize)]
 pub struct TenantAction {
@@ -51,6 +86,8 @@ pub struct TenantAction {
     pub tenant: String,
     /// What was found.
     pub found: String,
+    /// What recover decided (the same in a dry run and the real one).
+    pub plan: Planned,
     /// What was done.
     pub action: String,
     /// Whether it ended safe (running, healthy).
@@ -391,7 +428,13 @@ fn recover_drill(run: &Run, steps: &[StepRow], dry_run: bool) -> Result<Vec<Tena
         );
         match out.iter_mut().find(|a| a.tenant == *t) {
             Some(a) => a.found = found,
-            None => out.push(TenantAction { tenant: t.clone(), found, action, ok: true }),
+            None => out.push(TenantAction {
+                tenant: t.clone(),
+                found,
+                plan: Planned::RemoveDrillLeftovers,
+                action,
+                ok: true,
+            }),
         }
     }
     Ok(out)
@@ -498,14 +541,20 @@ async fn recover_rollout(
                     engine.remove(&j.pre_name).await?;
                 }
             }
-            out.push(TenantAction { tenant, found, action, ok });
+            out.push(TenantAction { tenant, found, plan: Planned::KeepNew, action, ok });
             continue;
         }
         // Was the tenant touched at all? A journal with only a finished, successful undo is settled.
         let health_prior = Journaled::Undo(UndoStep::HealthPrior);
         let settled = ended_ok(health_prior) && st.last().is_some_and(|(w, _)| *w == health_prior);
         if settled {
-            out.push(TenantAction { tenant, found, action: "already restored".into(), ok: true });
+            out.push(TenantAction {
+                tenant,
+                found,
+                plan: Planned::AlreadyRestored,
+                action: "already restored".into(),
+                ok: true,
+            });
             continue;
         }
         let new_version_ran = st.iter().any(|(w, _)| matches!(w, Journaled::Roll(s) if s.new_version_may_have_run()));
@@ -515,12 +564,13 @@ async fn recover_rollout(
         } else {
             "bring back the prior container (its data was not touched)"
         };
+        let plan = if restore { Planned::UndoWithData } else { Planned::Undo };
         if dry_run {
-            out.push(TenantAction { tenant, found, action: format!("would {action}"), ok: true });
+            out.push(TenantAction { tenant, found, plan, action: format!("would {action}"), ok: true });
             continue;
         }
         let r = undo_tenant(ctx, engine, prober, &j, restore).await?;
-        out.push(TenantAction { tenant, found, action: r.detail, ok: r.ok });
+        out.push(TenantAction { tenant, found, plan, action: r.detail, ok: r.ok });
     }
     for (tenant, (j, st)) in by_stack {
         let ended_ok = |word: Journaled| st.iter().any(|(w, s)| *w == word && s.outcome.as_deref() == Some("ok"));
@@ -530,28 +580,35 @@ async fn recover_rollout(
         if run.job == "rollout" && ended_ok(Journaled::Roll(Step::Health)) && !undoing {
             let run_id: crate::types::RunId = run.id.parse().map_err(crate::error::Error::Other)?;
             let (action, ok) = crate::rollout::stack::finish_stack(ctx, engine, &run_id, &j, dry_run).await?;
-            out.push(TenantAction { tenant, found, action, ok });
+            out.push(TenantAction { tenant, found, plan: Planned::FinishStack, action, ok });
             continue;
         }
         let health_prior = Journaled::Undo(UndoStep::HealthPrior);
         if ended_ok(health_prior) && st.last().is_some_and(|(w, _)| *w == health_prior) {
-            out.push(TenantAction { tenant, found, action: "already restored".into(), ok: true });
+            out.push(TenantAction {
+                tenant,
+                found,
+                plan: Planned::AlreadyRestored,
+                action: "already restored".into(),
+                ok: true,
+            });
             continue;
         }
         // A rollback's stack journal is of a stack whose new version ran: its data goes back too.
         let restore = run.job == "rollback"
             || st.iter().any(|(w, _)| matches!(w, Journaled::Roll(s) if s.new_version_may_have_run()));
+        let plan = if restore { Planned::UndoStackWithData } else { Planned::UndoStack };
         if dry_run {
             let action = if restore {
                 "would swap every data mount back and bring back every prior container of the stack"
             } else {
                 "would bring back every prior container of the stack (its data was not touched)"
             };
-            out.push(TenantAction { tenant, found, action: action.into(), ok: true });
+            out.push(TenantAction { tenant, found, plan, action: action.into(), ok: true });
             continue;
         }
         let r = crate::stack_undo::undo_stack(ctx, engine, prober, &j, restore).await;
-        out.push(TenantAction { tenant, found, action: r.detail, ok: r.ok });
+        out.push(TenantAction { tenant, found, plan, action: r.detail, ok: r.ok });
     }
     with_waves(ctx, run, out)
 }
@@ -574,6 +631,7 @@ fn with_waves(ctx: &Ctx, run: &Run, mut out: Vec<TenantAction>) -> Result<Vec<Te
         out.push(TenantAction {
             tenant: w.tenant.clone(),
             found: format!("{} (wave {}); no step journaled", w.name, w.wave),
+            plan: Planned::Untouched,
             action: "not started by the run: untouched, on its prior version".into(),
             ok: true,
         });
@@ -687,7 +745,7 @@ async fn recover_held(
                     Err(e) => (format!("could not be put back ({e}): a person is needed"), false),
                 }
             };
-            out.push(TenantAction { tenant, found, action, ok });
+            out.push(TenantAction { tenant, found, plan: Planned::PutBackMount, action, ok });
         }
     }
     for (h, s) in open_holds(&rows) {
@@ -719,7 +777,12 @@ async fn recover_held(
             "pause" if !st.running => "left as found (not paused, not running: not started)",
             _ => "already running",
         };
-        let acted = matches!(action, "unpaused" | "started");
+        let plan = match action {
+            "unpaused" => Planned::Unpause,
+            "started" => Planned::Start,
+            _ => Planned::LeaveAsFound,
+        };
+        let acted = plan != Planned::LeaveAsFound;
         let action = if dry_run && acted { format!("would be {action}") } else { action.to_string() };
         if !dry_run {
             let released = HeldContainer { container: h.container.clone(), hold: "none".into() };
@@ -732,7 +795,8 @@ async fn recover_held(
                 }
             }?;
         }
-        out.push(TenantAction { tenant: s.tenant.clone().unwrap_or(h.container.clone()), found, action, ok: true });
+        let tenant = s.tenant.clone().unwrap_or(h.container.clone());
+        out.push(TenantAction { tenant, found, plan, action, ok: true });
     }
     Ok(out)
 }
@@ -744,6 +808,9 @@ impl fmt::Display for RecoverReport {
         }
         if self.runs.is_empty() {
             return writeln!(f, "no unfinished runs; nothing to recover");
+        }
+        if self.dry_run {
+            writeln!(f, "dry run, nothing was touched; `slipway recover` would carry out this plan:")?;
         }
         for r in &self.runs {
             writeln!(f, "run {} ({}) never finished:", r.run_id, r.job)?;
