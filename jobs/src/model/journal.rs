@@ -49,6 +49,11 @@ impl Outcome {
         }
     }
 
+    /// The outcome the run record stores as `word`, if any (a word of another version: None).
+    pub fn of_word(word: &str) -> Option<Outcome> {
+        Outcome::all().find(|o| o.word() == word)
+    }
+
     /// The exit code the run record stores.
     pub fn code(self) -> u8 {
         match self {
@@ -436,6 +441,8 @@ mod tests {
         );
         assert_eq!((Outcome::Refused.code(), Outcome::Recovered.code()), (2, 1));
         assert_eq!(Outcome::from(ExitKind::Halted).code(), 3);
+        assert!(Outcome::all().all(|o| Outcome::of_word(o.word()) == Some(o)));
+        assert_eq!(Outcome::of_word("resumed"), None);
     }
 
     fn row(step: &str, outcome: Option<&str>, detail: &str) -> slipway_state::Step {
