@@ -4,7 +4,7 @@
 //! Each test asserts what an operator checks: the data byte for byte, the archives verifying,
 //! the container's state, the exit codes and what `status` shows.
 
-use crate::support::reports::{Restore, Status};
+use crate::support::reports::{Recover, Restore, Status};
 use crate::support::{tree_hash, Sandbox};
 
 const CRASH: &str = "SLIPWAY_TEST_CRASH_AT";
@@ -158,4 +158,77 @@ fn restore_run_of_a_halted_rollout_restores_the_pre_rollout_snapshot_not_what_th
         out.stdout
     );
     assert_eq!(state(&s, &name), (true, false));
+}
+
+/// Every container of the sandbox: name, id, and whether it runs.
+fn containers(s: &Sandbox) -> Vec<(String, String, bool)> {
+    let mut out: Vec<(String, String, bool)> = s
+        .containers_named_like("")
+        .into_iter()
+        .map(|n| {
+            let c = s.inspect(&n);
+            (n, c["Id"].as_str().unwrap().to_string(), c["State"]["Running"].as_bool().unwrap_or(false))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// A rollout killed as it was about to start the new version (its data may be the new
+/// version's from here, so undo puts the snapshot back): `recover --dry-run --json` prints the
+/// plan — the run, the tenant, an undo with its data — and touches nothing: every container
+/// keeps its id and state, the data its tree, the run stays unfinished. Then `recover` carries
+/// out that same plan: the prior container back under the tenant's name, running, on the data
+/// from before the rollout.
+#[test]
+fn recover_dry_run_prints_the_plan_and_touches_nothing_then_recover_carries_it_out() {
+    let s = Sandbox::new();
+    let v1 = s.push_fixture_as("v1", "app");
+    let v2 = s.push_fixture_as("v2", "app");
+    let name = s.add_tenant("t1", &v1);
+    s.write_data("t1", "db/records.txt", &"customer rows\n".repeat(500));
+    let before = tree_hash(&s.data_dir("t1"));
+    let prior_id = s.inspect(&name)["Id"].as_str().unwrap().to_string();
+    s.write_fleet(&s.fleet_app(&v2, ""));
+    s.slipway_killed_at(&["rollout"], "during-start");
+    let held = containers(&s);
+    assert!(held.iter().any(|(_, id, _)| *id == prior_id), "the prior container is still there, aside: {held:?}");
+
+    let dry = s.slipway(&["recover", "--dry-run", "--json"]);
+    assert_eq!(dry.code, 0, "{} {}", dry.stdout, dry.stderr);
+    let plan = dry.report::<Recover>();
+    assert_eq!(plan.runs.len(), 1, "{}", dry.stdout);
+    let run = &plan.runs[0];
+    assert_eq!(run["job"], "rollout", "{run}");
+    let tenants = run["tenants"].as_array().unwrap();
+    assert_eq!(tenants.len(), 1, "{run}");
+    assert_eq!(tenants[0]["tenant"], "t1", "{run}");
+    assert_eq!(tenants[0]["plan"], "undo-with-data", "{run}");
+    assert!(tenants[0]["action"].as_str().unwrap().starts_with("would "), "{run}");
+    // Nothing was touched: the same containers in the same state, the same data, the run unfinished.
+    assert_eq!(containers(&s), held, "recover --dry-run changed a container");
+    assert_eq!(tree_hash(&s.data_dir("t1")), before, "recover --dry-run changed the data");
+    let human = s.slipway(&["recover", "--dry-run"]);
+    assert_eq!(human.code, 0, "{} {}", human.stdout, human.stderr);
+    assert!(human.stdout.contains("nothing was touched") && human.stdout.contains("t1:"), "{}", human.stdout);
+    assert_eq!(containers(&s), held, "recover --dry-run changed a container");
+
+    let rec = s.slipway(&["recover", "--json"]);
+    assert_eq!(rec.code, 0, "{} {}", rec.stdout, rec.stderr);
+    let done = rec.report::<Recover>();
+    assert_eq!(done.runs.len(), 1, "{}", rec.stdout);
+    assert_eq!(done.runs[0]["run_id"], run["run_id"]);
+    assert_eq!(
+        done.runs[0]["tenants"][0]["plan"], "undo-with-data",
+        "the real run carries out the plan: {}",
+        rec.stdout
+    );
+    assert_eq!(done.runs[0]["tenants"][0]["ok"], true, "{}", rec.stdout);
+    let c = s.inspect(&name);
+    assert_eq!(c["Id"].as_str(), Some(prior_id.as_str()), "the prior container is back under the tenant's name");
+    assert_eq!(c["State"]["Running"].as_bool(), Some(true));
+    assert_eq!(tree_hash(&s.data_dir("t1")), before, "the data from before the rollout");
+    // Planned and done: a second dry run finds nothing.
+    let again = s.slipway(&["recover", "--dry-run", "--json"]).report::<Recover>();
+    assert!(again.runs.is_empty(), "{:?}", again.runs);
 }

@@ -41,6 +41,7 @@ use crate::adapters::health::{Prober, Unhealthy};
 use crate::config::{label_matches, App, Selector};
 use crate::context::{crash_point, test_pause, Cancel, Ctx};
 use crate::error::{Error, ExitKind, Result};
+use crate::journal::DrillStep;
 use crate::restore::{self, Fetched, Source};
 use crate::stack_tenant::StackTenant;
 use crate::types::TenantId;
@@ -387,7 +388,7 @@ pub async fn drill(ctx: &Ctx, opts: &DrillOptions) -> Result<DrillReport> {
     if opts.dry_run {
         return Ok(report);
     }
-    ctx.start_run("drill", None, Some(&state.commit), None)?;
+    let record = ctx.start_run("drill", None, Some(&state.commit), None)?;
     // Under the host lock no other drill runs: whatever an earlier one left goes first.
     report.swept = crate::recover::sweep_drills(ctx, &engine, false)
         .await
@@ -425,7 +426,7 @@ pub async fn drill(ctx: &Ctx, opts: &DrillOptions) -> Result<DrillReport> {
     } else {
         DrillReport::outcome_of(&report.tenants)
     };
-    ctx.finish_run(report.outcome, &report.summary())?;
+    record.finish(ctx, report.outcome, &report.summary())?;
     Ok(report)
 }
 
@@ -460,7 +461,7 @@ async fn drill_tenant(
         DrillJournal { drill_container: name.clone(), scratch: scratch.clone(), db_container: t.db_container.clone() };
     let run = steps(ctx, engine, prober, opts, app, c, &journal, &mut t).await;
     // Whatever happened, nothing of the drill stays (nor a downloaded copy of the archive).
-    let s = ctx.begin(Some(tenant), "cleanup", &journal)?;
+    let s = ctx.begin(Some(tenant), DrillStep::Cleanup, &journal)?;
     t.left = cleanup(ctx, engine, &journal).await;
     if let (true, Some(a)) = (opts.remote, &t.archive) {
         for f in [a.clone(), crate::layout::file_list_path(a)] {
@@ -525,7 +526,7 @@ async fn steps(
     let started = Instant::now();
 
     // Fetch and verify: the same path as `restore` (and `restore --remote`).
-    let s = ctx.begin(Some(tenant), "fetch", journal)?;
+    let s = ctx.begin(Some(tenant), DrillStep::Fetch, journal)?;
     let fetched = restore::fetch_verified(&ctx.cfg, &c.tenant, &opts.source, opts.remote).await;
     ctx.end(s, if fetched.is_ok() { "ok" } else { "failed" }, None::<&()>)?;
     let Fetched { loc, archive: archive_path, sha256 } = match fetched {
@@ -541,7 +542,7 @@ async fn steps(
     }
 
     // Extract into the scratch dir, every entry checked, then compare with the file list.
-    let s = ctx.begin(Some(tenant), "extract", journal)?;
+    let s = ctx.begin(Some(tenant), DrillStep::Extract, journal)?;
     if let Err(e) = restore::preflight(&loc, &journal.scratch).await {
         ctx.end(s, "failed", None::<&()>)?;
         return Ok(Err(Stop::Failed(e.to_string())));
@@ -578,7 +579,7 @@ async fn steps(
     }
 
     // The throw-away container on its own internal network.
-    let s = ctx.begin(Some(tenant), "start", journal)?;
+    let s = ctx.begin(Some(tenant), DrillStep::Start, journal)?;
     let labels: BTreeMap<String, String> = [
         (crate::naming::DRILL_LABEL.to_string(), ctx.run_id.to_string()),
         (crate::naming::DRILL_TENANT_LABEL.to_string(), tenant.to_string()),
@@ -646,7 +647,7 @@ async fn steps(
     crash_point("drill-after-start");
 
     // Health, as a rollout checks it, on the drill network's address.
-    let s = ctx.begin(Some(tenant), "health", journal)?;
+    let s = ctx.begin(Some(tenant), DrillStep::Health, journal)?;
     let mut health = app.health.clone();
     health.network = Some(journal.drill_container.clone());
     let gate = tokio::select! {

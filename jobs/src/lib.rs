@@ -22,12 +22,16 @@ pub mod adapters;
 pub mod blocking;
 #[path = "model/config/mod.rs"]
 pub mod config;
+#[path = "model/container.rs"]
+pub mod container;
 #[path = "model/crypt.rs"]
 pub mod crypt;
 #[path = "model/error.rs"]
 pub mod error;
 #[path = "model/fsutil.rs"]
 pub mod fsutil;
+#[path = "model/journal.rs"]
+pub mod journal;
 #[path = "model/layout.rs"]
 pub mod layout;
 #[path = "model/manifest.rs"]
@@ -40,6 +44,8 @@ pub mod progress;
 pub mod retention;
 #[path = "model/step.rs"]
 pub mod step;
+#[path = "model/testpoint.rs"]
+pub mod testpoint;
 #[path = "model/types.rs"]
 pub mod types;
 
@@ -352,6 +358,86 @@ mod architecture_tests {
             }
         }
         assert!(offences.is_empty(), "adapters must not depend on jobs: {offences:?}");
+    }
+
+    /// The modules of the shared model: the files under `src/model/`.
+    fn model_modules() -> BTreeSet<String> {
+        let model = src_dir().join("model");
+        sources().iter().filter(|p| p.starts_with(&model)).map(|p| module_of(p)).collect()
+    }
+
+    /// The edges of `graph` out of the model into anything that is not model.
+    fn model_offences(graph: &BTreeMap<String, BTreeSet<String>>, model: &BTreeSet<String>) -> Vec<String> {
+        let mut offences = Vec::new();
+        for (from, deps) in graph.iter().filter(|(from, _)| model.contains(*from)) {
+            offences.extend(deps.iter().filter(|d| !model.contains(*d)).map(|d| format!("{from} uses {d}")));
+        }
+        offences
+    }
+
+    #[test]
+    fn the_model_uses_no_adapter_no_run_context_and_no_job() {
+        let model = model_modules();
+        // The walk sees the model: its rooms are there, and the job side is not.
+        for m in ["step", "types", "config", "error", "container", "testpoint", "journal"] {
+            assert!(model.contains(m), "{m} not found in the model {model:?}");
+        }
+        assert!(!model.contains("context") && !model.contains("adapters::docker") && !model.contains("undo"));
+        let offences = model_offences(&import_graph(), &model);
+        assert!(
+            offences.is_empty(),
+            "the model (jobs/src/model/) names only the model: move the type into the model, or fire the point \
+             from the caller: {offences:?}"
+        );
+        // The check sees such an edge: a step that imports the engine's types and the context.
+        let mut g = BTreeMap::new();
+        g.insert("step".to_string(), ["adapters::docker", "context", "config"].map(String::from).into());
+        assert_eq!(model_offences(&g, &model), ["step uses adapters::docker", "step uses context"]);
+    }
+
+    /// Calls that make a run id, start, reopen or finish a run record, or write a journal row
+    /// (with a word of its own): only `context` (the run record's owner, through its `RunGuard`
+    /// and its typed `begin`) may make them.
+    const RUN_RECORD_CALLS: &[&str] = &[
+        "RunId::new(",
+        "store.start_run(",
+        "store.reopen_run(",
+        "store.finish_run(",
+        "store.begin_step(",
+        "store.end_step(",
+        "store.end_step_and_begin(",
+    ];
+
+    /// The run-record calls in `module`'s non-test code, outside `context`.
+    fn run_record_calls(module: &str, src: &str) -> Vec<String> {
+        let code = lex(src.split("#[cfg(test)]").next().unwrap_or_default()).code;
+        let code: String = code.chars().filter(|c| !c.is_whitespace()).collect();
+        RUN_RECORD_CALLS
+            .iter()
+            .filter(|call| module != "context" && code.contains(**call))
+            .map(|call| format!("{module}: {call}"))
+            .collect()
+    }
+
+    #[test]
+    fn only_the_run_guard_makes_a_run_id_or_starts_or_finishes_a_run() {
+        let mut offences = Vec::new();
+        for path in sources() {
+            let test_only = path.file_name().is_some_and(|n| n.to_string_lossy().ends_with("tests.rs"));
+            if !test_only {
+                offences.extend(run_record_calls(&module_of(&path), &std::fs::read_to_string(&path).unwrap()));
+            }
+        }
+        assert!(
+            offences.is_empty(),
+            "start a run with ctx.start_run and finish it with its RunGuard (context owns the run record): {offences:?}"
+        );
+        // The check sees such a call in code, across a line break, and not in a comment or a test.
+        let src =
+            "// RunId::new() in a comment\nfn f() { let id = RunId::new(); ctx.store\n  .finish_run(&id, w, 1, s) }\n\
+                   #[cfg(test)]\nfn t() { RunId::new(); }";
+        assert_eq!(run_record_calls("trust", src), ["trust: RunId::new(", "trust: store.finish_run("]);
+        assert!(run_record_calls("context", src).is_empty());
     }
 
     #[test]

@@ -398,7 +398,7 @@ pub async fn prune(ctx: &Ctx, opts: &PruneOptions) -> Result<PruneReport> {
     let replaced = plan_replaced(layout::replaced(&ctx.cfg.backup_root)?, keep_runs);
     let mut deleted = 0;
     if !opts.dry_run {
-        ctx.start_run("prune", None, None, None)?;
+        let record = ctx.start_run("prune", None, None, None)?;
         deleted += apply_local(ctx, &local, &items)?;
         for r in replaced.iter().filter(|r| !r.keep) {
             confined::remove_tree(&r.dir).map_err(|e| Error::io(&r.dir, e))?;
@@ -411,7 +411,7 @@ pub async fn prune(ctx: &Ctx, opts: &PruneOptions) -> Result<PruneReport> {
         let bad = remote_unreadable.len();
         let summary =
             format!("{gone} snapshot(s) pruned, {deleted} file(s) deleted, {bad} remote manifest(s) unreadable");
-        ctx.finish_run(exit_kind(&remote_unreadable), &summary)?;
+        record.finish(ctx, exit_kind(&remote_unreadable), &summary)?;
     }
     Ok(PruneReport { dry_run: opts.dry_run, items, replaced, unreadable, remote_unreadable, deleted })
 }

@@ -12,6 +12,7 @@ use crate::adapters::desired;
 use crate::adapters::docker::Engine;
 use crate::context::Ctx;
 use crate::error::{Error, ExitKind, Result};
+use crate::journal::Outcome;
 use crate::rollout::{self, worst, AppReport, RolloutOptions};
 
 /// Options of `reconcile`.
@@ -98,8 +99,14 @@ pub fn rejection(ctx: &Ctx, app: &str, digest: &str) -> Result<Option<Rejection>
     let Some(run) = ctx.store.last_run_for("rollout", app, digest)? else {
         return Ok(None);
     };
-    let why = match (run.outcome.as_deref(), run.resolved_by.as_deref()) {
-        (Some(o @ ("halted" | "person_needed" | "failed" | "recovered")), _) => o.to_string(),
+    let outcome = run.outcome.as_deref().and_then(Outcome::of_word);
+    let why = match (outcome, run.resolved_by.as_deref()) {
+        (
+            Some(
+                o @ (Outcome::Exit(ExitKind::Halted | ExitKind::PersonNeeded | ExitKind::Failure) | Outcome::Recovered),
+            ),
+            _,
+        ) => o.word().to_string(),
         // A rollback settles a halted run too; of a finished run it is a person's verdict on
         // the release, and the every-minute timer must not roll it right back out.
         (_, Some(by)) if by.starts_with("rollback ") => format!("rolled back by run {}", &by["rollback ".len()..]),

@@ -25,13 +25,14 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use slipway_state::{Run, Step as StepRow};
 
 use crate::adapters::docker::{Engine, ENGINE_WAIT};
 use crate::adapters::health::Prober;
 use crate::context::Ctx;
 use crate::error::{ExitKind, Result};
+use crate::journal::{HeldDetail, HeldRow, HeldStep, RestoreStep, SnapshotStep};
 use crate::manifest::Manifest;
 use crate::step::{Journaled, StackJournal, Step, TenantJournal, UndoStep};
 use crate::undo::undo_tenant;
@@ -43,6 +44,41 @@ pub struct RecoverOptions {
     pub dry_run: bool,
 }
 
+/// What recover decided for one tenant of a run, from its journal and what the engine holds:
+/// the plan `--dry-run` prints, and the real run carries out (the same decision, taken by the
+/// same code before anything is touched).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Planned {
+    /// A rollout tenant past its health gate: keep the new version, finish what the run left
+    /// (its rollout copy archived, the prior container removed).
+    KeepNew,
+    /// A stack tenant past its health gate: keep the new version, finish the stack.
+    FinishStack,
+    /// The tenant's undo already finished: nothing to do.
+    AlreadyRestored,
+    /// Undo: the new container removed, the prior container back (its data was not touched).
+    Undo,
+    /// Undo with the data: the run's snapshot (or rollout copy) put back, the prior container back.
+    UndoWithData,
+    /// Undo a stack tenant: every prior container back.
+    UndoStack,
+    /// Undo a stack tenant with its data: every data mount swapped back, every prior container back.
+    UndoStackWithData,
+    /// Put back a mount a stack restore cut short had swapped.
+    PutBackMount,
+    /// Unpause a container a snapshot paused.
+    Unpause,
+    /// Start a container a snapshot or restore stopped.
+    Start,
+    /// Leave a held container as it is (not paused, not running, or running already).
+    LeaveAsFound,
+    /// A killed drill's tenant: remove what the drill made (the live tenant was never touched).
+    RemoveDrillLeftovers,
+    /// A tenant of the run's waves that the run never started: untouched.
+    Untouched,
+}
+
 /// What was (or would be) done for one tenant.
 #[derive(Debug, Clone, Serialize)]
 pub struct TenantAction {
@@ -50,6 +86,8 @@ pub struct TenantAction {
     pub tenant: String,
     /// What was found.
     pub found: String,
+    /// What recover decided (the same in a dry run and the real one).
+    pub plan: Planned,
     /// What was done.
     pub action: String,
     /// Whether it ended safe (running, healthy).
@@ -90,14 +128,8 @@ impl RecoverReport {
     }
 }
 
-/// A container a job paused or stopped while it worked on it (snapshot quiesce, restore).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct HeldContainer {
-    /// Container name.
-    pub container: String,
-    /// `pause` or `stop`.
-    pub hold: String,
-}
+/// A container a job paused or stopped while it worked on it (the model owns it: `journal`).
+pub use crate::journal::HeldContainer;
 
 fn pid_alive(pid: i64) -> bool {
     if pid <= 0 || pid as u32 == std::process::id() {
@@ -117,7 +149,7 @@ pub async fn recover(ctx: &Ctx, opts: &RecoverOptions) -> Result<RecoverReport> 
     for r in ctx.store.unresolved_halts()? {
         if matches!(r.job.as_str(), "snapshot" | "restore")
             && r.id != ctx.run_id.as_str()
-            && !open_holds(&ctx.store.steps(&r.id)?).is_empty()
+            && !open_holds(&HeldRow::parse_all(&r.job, &r.id, &ctx.store.steps(&r.id)?)?).is_empty()
         {
             unfinished.push(r);
         }
@@ -137,21 +169,19 @@ pub async fn recover(ctx: &Ctx, opts: &RecoverOptions) -> Result<RecoverReport> 
     // Unfinished runs may have left a tenant down: wait out an engine that is restarting.
     let engine = Engine::connect_within(&ctx.cfg.docker, ENGINE_WAIT).await?;
     let prober = Prober::new()?;
-    if !opts.dry_run {
-        ctx.start_run("recover", None, None, None)?;
-    }
+    let record = if opts.dry_run { None } else { Some(ctx.start_run("recover", None, None, None)?) };
     for run in unfinished {
         let steps = ctx.store.steps(&run.id)?;
         let tenants = match run.job.as_str() {
             "rollout" | "rollback" => recover_rollout(ctx, &engine, &prober, &run, &steps, opts.dry_run).await?,
-            "drill" => recover_drill(&steps, opts.dry_run),
+            "drill" => recover_drill(&run, &steps, opts.dry_run)?,
             _ => recover_held(ctx, &engine, &run, &steps, opts.dry_run).await?,
         };
         // A restore that finished needing a person keeps needing one: its container is
         // brought back, but what made it fail (an unhealthy tenant after the swap, say) is not
         // recover's to judge. It stays unresolved, in `status`, until a person resolves it.
         let needs_person = run.finished_at.is_some() && run.job == "restore";
-        if !opts.dry_run && !needs_person {
+        if let Some(record) = record.as_ref().filter(|_| !needs_person) {
             let ok = tenants.iter().all(|t| t.ok);
             let what = if run.finished_at.is_some() { "left a tenant frozen" } else { "killed mid-run" };
             let summary = format!(
@@ -159,12 +189,7 @@ pub async fn recover(ctx: &Ctx, opts: &RecoverOptions) -> Result<RecoverReport> 
                 ctx.run_id,
                 tenants.iter().map(|t| format!("{} {}", t.tenant, t.action)).collect::<Vec<_>>().join("; ")
             );
-            let (word, kind) =
-                if ok { ("recovered", ExitKind::Failure) } else { ("person_needed", ExitKind::PersonNeeded) };
-            ctx.store.finish_run(&run.id, word, kind.code() as i64, &summary)?;
-            if ok {
-                ctx.store.resolve_run(&run.id, &format!("recover {}", ctx.run_id))?;
-            }
+            record.finish_dead_run(ctx, &run.id, ok, &summary)?;
         }
         runs.push(RecoveredRun { run_id: run.id, job: run.job, tenants });
     }
@@ -176,10 +201,10 @@ pub async fn recover(ctx: &Ctx, opts: &RecoverOptions) -> Result<RecoverReport> 
     }
     swept.extend(sweep_hooks(ctx, &engine, opts.dry_run).await?);
     let report = RecoverReport { dry_run: opts.dry_run, runs, swept };
-    if !opts.dry_run {
+    if let Some(record) = record {
         let kind = report.exit_kind();
         let summary = format!("recovered {} unfinished run(s)", report.runs.len());
-        ctx.finish_run(kind, &summary)?;
+        record.finish(ctx, kind, &summary)?;
     }
     Ok(report)
 }
@@ -391,21 +416,28 @@ pub async fn sweep_drills(ctx: &Ctx, engine: &Engine, dry_run: bool) -> Result<V
 
 /// A killed drill's tenants: nothing of theirs was touched; what the drill made is removed by
 /// [`sweep_drills`].
-fn recover_drill(steps: &[StepRow], dry_run: bool) -> Vec<TenantAction> {
+fn recover_drill(run: &Run, steps: &[StepRow], dry_run: bool) -> Result<Vec<TenantAction>> {
     let mut out: Vec<TenantAction> = Vec::new();
     for s in steps {
+        let step = crate::journal::drill_step(&run.id, s)?;
         let Some(t) = &s.tenant else { continue };
-        let found = format!("drill step {} {}", s.step, s.outcome.as_deref().unwrap_or("unfinished"));
+        let found = format!("drill step {step} {}", s.outcome.as_deref().unwrap_or("unfinished"));
         let action = format!(
             "{} its throw-away container, network and scratch copy (the live tenant was never touched)",
             if dry_run { "would remove" } else { "removed" }
         );
         match out.iter_mut().find(|a| a.tenant == *t) {
             Some(a) => a.found = found,
-            None => out.push(TenantAction { tenant: t.clone(), found, action, ok: true }),
+            None => out.push(TenantAction {
+                tenant: t.clone(),
+                found,
+                plan: Planned::RemoveDrillLeftovers,
+                action,
+                ok: true,
+            }),
         }
     }
-    out
+    Ok(out)
 }
 
 async fn recover_rollout(
@@ -509,14 +541,20 @@ async fn recover_rollout(
                     engine.remove(&j.pre_name).await?;
                 }
             }
-            out.push(TenantAction { tenant, found, action, ok });
+            out.push(TenantAction { tenant, found, plan: Planned::KeepNew, action, ok });
             continue;
         }
         // Was the tenant touched at all? A journal with only a finished, successful undo is settled.
         let health_prior = Journaled::Undo(UndoStep::HealthPrior);
         let settled = ended_ok(health_prior) && st.last().is_some_and(|(w, _)| *w == health_prior);
         if settled {
-            out.push(TenantAction { tenant, found, action: "already restored".into(), ok: true });
+            out.push(TenantAction {
+                tenant,
+                found,
+                plan: Planned::AlreadyRestored,
+                action: "already restored".into(),
+                ok: true,
+            });
             continue;
         }
         let new_version_ran = st.iter().any(|(w, _)| matches!(w, Journaled::Roll(s) if s.new_version_may_have_run()));
@@ -526,12 +564,13 @@ async fn recover_rollout(
         } else {
             "bring back the prior container (its data was not touched)"
         };
+        let plan = if restore { Planned::UndoWithData } else { Planned::Undo };
         if dry_run {
-            out.push(TenantAction { tenant, found, action: format!("would {action}"), ok: true });
+            out.push(TenantAction { tenant, found, plan, action: format!("would {action}"), ok: true });
             continue;
         }
         let r = undo_tenant(ctx, engine, prober, &j, restore).await?;
-        out.push(TenantAction { tenant, found, action: r.detail, ok: r.ok });
+        out.push(TenantAction { tenant, found, plan, action: r.detail, ok: r.ok });
     }
     for (tenant, (j, st)) in by_stack {
         let ended_ok = |word: Journaled| st.iter().any(|(w, s)| *w == word && s.outcome.as_deref() == Some("ok"));
@@ -541,28 +580,35 @@ async fn recover_rollout(
         if run.job == "rollout" && ended_ok(Journaled::Roll(Step::Health)) && !undoing {
             let run_id: crate::types::RunId = run.id.parse().map_err(crate::error::Error::Other)?;
             let (action, ok) = crate::rollout::stack::finish_stack(ctx, engine, &run_id, &j, dry_run).await?;
-            out.push(TenantAction { tenant, found, action, ok });
+            out.push(TenantAction { tenant, found, plan: Planned::FinishStack, action, ok });
             continue;
         }
         let health_prior = Journaled::Undo(UndoStep::HealthPrior);
         if ended_ok(health_prior) && st.last().is_some_and(|(w, _)| *w == health_prior) {
-            out.push(TenantAction { tenant, found, action: "already restored".into(), ok: true });
+            out.push(TenantAction {
+                tenant,
+                found,
+                plan: Planned::AlreadyRestored,
+                action: "already restored".into(),
+                ok: true,
+            });
             continue;
         }
         // A rollback's stack journal is of a stack whose new version ran: its data goes back too.
         let restore = run.job == "rollback"
             || st.iter().any(|(w, _)| matches!(w, Journaled::Roll(s) if s.new_version_may_have_run()));
+        let plan = if restore { Planned::UndoStackWithData } else { Planned::UndoStack };
         if dry_run {
             let action = if restore {
                 "would swap every data mount back and bring back every prior container of the stack"
             } else {
                 "would bring back every prior container of the stack (its data was not touched)"
             };
-            out.push(TenantAction { tenant, found, action: action.into(), ok: true });
+            out.push(TenantAction { tenant, found, plan, action: action.into(), ok: true });
             continue;
         }
         let r = crate::stack_undo::undo_stack(ctx, engine, prober, &j, restore).await;
-        out.push(TenantAction { tenant, found, action: r.detail, ok: r.ok });
+        out.push(TenantAction { tenant, found, plan, action: r.detail, ok: r.ok });
     }
     with_waves(ctx, run, out)
 }
@@ -585,6 +631,7 @@ fn with_waves(ctx: &Ctx, run: &Run, mut out: Vec<TenantAction>) -> Result<Vec<Te
         out.push(TenantAction {
             tenant: w.tenant.clone(),
             found: format!("{} (wave {}); no step journaled", w.name, w.wave),
+            plan: Planned::Untouched,
             action: "not started by the run: untouched, on its prior version".into(),
             ok: true,
         });
@@ -641,31 +688,22 @@ async fn finish_removing_copy(
     })
 }
 
-/// Steps that, ended `ok`, gave back the hold they journaled: a snapshot's `archive` and
-/// `stage-delta` unpause (or start) the tenant before they end, a restore's `start` starts it.
-/// A restore's `stop` and `restore` end `ok` with the tenant still stopped.
-const RELEASING_STEPS: [&str; 3] = ["archive", "stage-delta", "start"];
-
-/// The step recover journals into a run whose hold it gave back, so that the run is not taken
-/// up again (a finished run that needs a person stays unresolved until a person resolves it).
-const RELEASED_STEP: &str = "released";
-
 /// The holds a run's journal leaves open, newest per container: a pause or stop slipway made
 /// and never gave back. A container the job found stopped (or did not hold: `quiesce = "none"`)
-/// is journaled with hold `none` and is no open hold: recover leaves it as it was found.
-fn open_holds(steps: &[StepRow]) -> Vec<(HeldContainer, &StepRow)> {
+/// is journaled with hold `none` and is no open hold: recover leaves it as it was found. A hold
+/// is given back by the steps that end it ([`HeldStep::releases`]), and by the `released` row
+/// recover journals into the run once it gave the hold back, so that the run is not taken up
+/// again (a finished run that needs a person stays unresolved until a person resolves it).
+fn open_holds(rows: &[HeldRow]) -> Vec<(&HeldContainer, &HeldRow)> {
     let mut out = Vec::new();
     let mut seen = std::collections::BTreeSet::new();
-    for s in steps.iter().rev() {
-        let Some(h) = s.detail.as_deref().and_then(|d| serde_json::from_str::<HeldContainer>(d).ok()) else {
-            continue;
-        };
+    for s in rows.iter().rev() {
+        // A row of a mount, a plan or a swap holds no container.
+        let HeldDetail::Hold(h) = &s.detail else { continue };
         if !seen.insert(h.container.clone()) {
             continue;
         }
-        let released = s.step == RELEASED_STEP
-            || (s.outcome.as_deref() == Some("ok") && RELEASING_STEPS.contains(&s.step.as_str()));
-        if matches!(h.hold.as_str(), "pause" | "stop") && !released {
+        if matches!(h.hold.as_str(), "pause" | "stop") && !s.step.releases(s.ended_ok) {
             out.push((h, s));
         }
     }
@@ -683,11 +721,10 @@ async fn recover_held(
     dry_run: bool,
 ) -> Result<Vec<TenantAction>> {
     let mut out = Vec::new();
+    let rows = HeldRow::parse_all(&run.job, &run.id, steps)?;
     // A stack restore cut short: every mount it swapped goes back before its containers start.
     if run.job == "restore" {
-        let journal: Vec<(String, Option<String>, Option<String>)> =
-            steps.iter().map(|s| (s.step.clone(), s.outcome.clone(), s.detail.clone())).collect();
-        for (kept, dir) in crate::stack_tenant::restore_left_to_undo(&journal) {
+        for (kept, dir) in crate::stack_tenant::restore_left_to_undo(&rows) {
             let tenant = steps.iter().find_map(|s| s.tenant.clone()).unwrap_or_default();
             let found = format!(
                 "{} swapped by a stack restore cut short; its data from before is in {}",
@@ -702,24 +739,16 @@ async fn recover_held(
                 {
                     Ok(()) => {
                         let d = crate::stack_tenant::MountSwapDetail { dir: dir.clone(), replaced: None, back: true };
-                        let detail =
-                            serde_json::to_string(&d).map_err(|e| crate::error::Error::Other(e.to_string()))?;
-                        let id = ctx.store.begin_step(
-                            &run.id,
-                            Some(&tenant),
-                            crate::stack_tenant::RESTORE_SWAP_STEP,
-                            &detail,
-                        )?;
-                        ctx.store.end_step(id, "ok", None)?;
+                        ctx.journal_done(&run.id, Some(&tenant), RestoreStep::Restore, &d)?;
                         ("put back (the restored data is left in the kept dir)".to_string(), true)
                     }
                     Err(e) => (format!("could not be put back ({e}): a person is needed"), false),
                 }
             };
-            out.push(TenantAction { tenant, found, action, ok });
+            out.push(TenantAction { tenant, found, plan: Planned::PutBackMount, action, ok });
         }
     }
-    for (h, s) in open_holds(steps) {
+    for (h, s) in open_holds(&rows) {
         if !engine.exists(&h.container).await? {
             continue;
         }
@@ -748,15 +777,26 @@ async fn recover_held(
             "pause" if !st.running => "left as found (not paused, not running: not started)",
             _ => "already running",
         };
-        let acted = matches!(action, "unpaused" | "started");
+        let plan = match action {
+            "unpaused" => Planned::Unpause,
+            "started" => Planned::Start,
+            _ => Planned::LeaveAsFound,
+        };
+        let acted = plan != Planned::LeaveAsFound;
         let action = if dry_run && acted { format!("would be {action}") } else { action.to_string() };
         if !dry_run {
             let released = HeldContainer { container: h.container.clone(), hold: "none".into() };
-            let detail = serde_json::to_string(&released).map_err(|e| crate::error::Error::Other(e.to_string()))?;
-            let id = ctx.store.begin_step(&run.id, s.tenant.as_deref(), RELEASED_STEP, &detail)?;
-            ctx.store.end_step(id, "ok", None)?;
+            match s.step {
+                HeldStep::Snapshot(_) => {
+                    ctx.journal_done(&run.id, s.tenant.as_deref(), SnapshotStep::Released, &released)
+                }
+                HeldStep::Restore(_) => {
+                    ctx.journal_done(&run.id, s.tenant.as_deref(), RestoreStep::Released, &released)
+                }
+            }?;
         }
-        out.push(TenantAction { tenant: s.tenant.clone().unwrap_or(h.container), found, action, ok: true });
+        let tenant = s.tenant.clone().unwrap_or(h.container.clone());
+        out.push(TenantAction { tenant, found, plan, action, ok: true });
     }
     Ok(out)
 }
@@ -768,6 +808,9 @@ impl fmt::Display for RecoverReport {
         }
         if self.runs.is_empty() {
             return writeln!(f, "no unfinished runs; nothing to recover");
+        }
+        if self.dry_run {
+            writeln!(f, "dry run, nothing was touched; `slipway recover` would carry out this plan:")?;
         }
         for r in &self.runs {
             writeln!(f, "run {} ({}) never finished:", r.run_id, r.job)?;

@@ -21,10 +21,10 @@ use crate::adapters::health::Prober;
 use crate::config::HostConfig;
 use crate::context::{crash_point, Ctx};
 use crate::error::{Error, ExitKind, Result};
+use crate::journal::{HeldContainer, ReplacedDetail, RestoreStep};
 use crate::layout::{self, SnapshotId};
 use crate::manifest::{ArchiveEntry, Manifest};
 use crate::offsite;
-use crate::recover::HeldContainer;
 use crate::types::{RunId, TenantId};
 
 pub(crate) mod stack;
@@ -304,7 +304,7 @@ async fn start_and_check(
     tenant: &TenantId,
     held: &HeldContainer,
 ) -> Result<std::result::Result<std::time::Duration, String>> {
-    let s = ctx.begin(Some(tenant.as_str()), "start", held)?;
+    let s = ctx.begin(Some(tenant.as_str()), RestoreStep::Start, held)?;
     let started = engine.start(name).await;
     ctx.end(s, if started.is_ok() { "ok" } else { "failed" }, None::<&()>)?;
     Ok(match started {
@@ -454,19 +454,19 @@ pub async fn restore(ctx: &Ctx, opts: &RestoreOptions) -> Result<RestoreReport> 
         );
         return Ok(report);
     }
-    ctx.start_run("restore", Some(&app.name), Some(&commit), None)?;
+    let record = ctx.start_run("restore", Some(&app.name), Some(&commit), None)?;
     // A tenant that was not running (suspended, stopped by hand) gets its data back and stays
     // stopped: a restore never starts what it did not stop (hold `none`: recover leaves it so).
     let was_running = container.state != "exited" && container.state != "created" && container.state != "dead";
     let held =
         HeldContainer { container: container.name.clone(), hold: if was_running { "stop" } else { "none" }.into() };
     if was_running {
-        let s = ctx.begin(Some(opts.tenant.as_str()), "stop", &held)?;
+        let s = ctx.begin(Some(opts.tenant.as_str()), RestoreStep::Stop, &held)?;
         engine.stop(&container.name, app.stop_timeout_s).await?;
         ctx.end(s, "ok", None::<&()>)?;
     }
     crash_point("restore-before-swap");
-    let s = ctx.begin(Some(opts.tenant.as_str()), "restore", &held)?;
+    let s = ctx.begin(Some(opts.tenant.as_str()), RestoreStep::Restore, &held)?;
     let (a, h, d) = (archive_path.clone(), got.clone(), data_dir.clone());
     let swapped = crate::blocking::run("restore", move || archive::restore_swap_keep(&a, &h, &d)).await?;
     // The data it replaced is kept, never removed: a wrong --day must not be the end of it.
@@ -481,7 +481,7 @@ pub async fn restore(ctx: &Ctx, opts: &RestoreOptions) -> Result<RestoreReport> 
     ctx.end(
         s,
         if restored.is_ok() { "ok" } else { "failed" },
-        Some(&serde_json::json!({ "replaced": report.replaced })),
+        Some(&ReplacedDetail { replaced: report.replaced.clone(), from: None }),
     )?;
     // The files are back: the database is started if it is not running, and its dumps replayed
     // (each database in one transaction). A failed replay leaves the database as it was, and
@@ -489,7 +489,7 @@ pub async fn restore(ctx: &Ctx, opts: &RestoreOptions) -> Result<RestoreReport> 
     let mut replay_failed = None;
     if let (Ok(_), Some(dumps), Some(spec)) = (&restored, &dumps, &app.database) {
         let db_container = spec.container_of(&opts.tenant);
-        let s = ctx.begin(Some(opts.tenant.as_str()), "replay", &held)?;
+        let s = ctx.begin(Some(opts.tenant.as_str()), RestoreStep::Replay, &held)?;
         let replayed = crate::database::replay(&engine, spec, &opts.tenant, &db_container, dumps).await;
         ctx.end(s, if replayed.is_ok() { "ok" } else { "failed" }, None::<&()>)?;
         match replayed {
@@ -536,7 +536,7 @@ pub async fn restore(ctx: &Ctx, opts: &RestoreOptions) -> Result<RestoreReport> 
             // The swap back left the restored files where the replaced ones were kept.
             report.replaced = None;
         }
-        ctx.finish_run(report.outcome, &report.detail)?;
+        record.finish(ctx, report.outcome, &report.detail)?;
         return Ok(report);
     }
     match (&restored, &health) {
@@ -573,7 +573,7 @@ pub async fn restore(ctx: &Ctx, opts: &RestoreOptions) -> Result<RestoreReport> 
     if let Some(r) = &report.replaced {
         report.detail.push_str(&format!("; the data it replaced is kept in {}", r.display()));
     }
-    ctx.finish_run(report.outcome, &report.detail)?;
+    record.finish(ctx, report.outcome, &report.detail)?;
     resolve_earlier(ctx, &opts.tenant, report.outcome)?;
     Ok(report)
 }
@@ -634,12 +634,12 @@ async fn restore_replaced(ctx: &Ctx, opts: &RestoreOptions, kept: &Path) -> Resu
             format!("would stop {}, put {} back into {}, start it", container.name, kept.display(), data_dir.display());
         return Ok(report);
     }
-    ctx.start_run("restore", Some(&app.name), Some(&commit), None)?;
+    let record = ctx.start_run("restore", Some(&app.name), Some(&commit), None)?;
     let held = HeldContainer { container: container.name.clone(), hold: "stop".into() };
-    let s = ctx.begin(Some(opts.tenant.as_str()), "stop", &held)?;
+    let s = ctx.begin(Some(opts.tenant.as_str()), RestoreStep::Stop, &held)?;
     engine.stop(&container.name, app.stop_timeout_s).await?;
     ctx.end(s, "ok", None::<&()>)?;
-    let s = ctx.begin(Some(opts.tenant.as_str()), "restore", &held)?;
+    let s = ctx.begin(Some(opts.tenant.as_str()), RestoreStep::Restore, &held)?;
     let exchanged = confined::finish_swap(&data_dir)
         .and_then(|_| confined::exchange(kept, &data_dir))
         .map_err(|e| Error::io(&data_dir, e));
@@ -651,7 +651,7 @@ async fn restore_replaced(ctx: &Ctx, opts: &RestoreOptions, kept: &Path) -> Resu
     ctx.end(
         s,
         if exchanged.is_ok() { "ok" } else { "failed" },
-        Some(&serde_json::json!({ "from": kept, "replaced": report.replaced })),
+        Some(&ReplacedDetail { replaced: report.replaced.clone(), from: Some(kept.to_path_buf()) }),
     )?;
     let health = start_and_check(ctx, &engine, &app, &container.name, &opts.tenant, &held).await?;
     match (&exchanged, &health) {
@@ -674,8 +674,7 @@ async fn restore_replaced(ctx: &Ctx, opts: &RestoreOptions, kept: &Path) -> Resu
     if let Some(r) = &report.replaced {
         report.detail.push_str(&format!("; the data it replaced is kept in {}", r.display()));
     }
-    // One outcome word per exit code (ExitKind::word), as every job records it.
-    ctx.finish_run(report.outcome, &report.detail)?;
+    record.finish(ctx, report.outcome, &report.detail)?;
     resolve_earlier(ctx, &opts.tenant, report.outcome)?;
     Ok(report)
 }

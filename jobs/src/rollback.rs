@@ -17,7 +17,7 @@ use serde::Serialize;
 
 use crate::adapters::docker::Engine;
 use crate::adapters::health::Prober;
-use crate::context::Ctx;
+use crate::context::{Ctx, RunGuard};
 use crate::error::{Error, ExitKind, Result};
 use crate::step::{Journaled, StackJournal, TenantJournal};
 use crate::types::{RunId, TenantId};
@@ -151,7 +151,7 @@ pub async fn rollback(ctx: &Ctx, opts: &RollbackOptions) -> Result<RollbackRepor
         }));
         return Ok(RollbackReport { rollout_run: run.id, dry_run: true, tenants, outcome: ExitKind::Success });
     }
-    ctx.start_run("rollback", run.app.as_deref(), run.git_commit.as_deref(), run.digest.as_deref())?;
+    let record = ctx.start_run("rollback", run.app.as_deref(), run.git_commit.as_deref(), run.digest.as_deref())?;
     let prober = Prober::new()?;
     let mut outcome = ExitKind::Success;
     for (j, started) in todo {
@@ -164,7 +164,7 @@ pub async fn rollback(ctx: &Ctx, opts: &RollbackOptions) -> Result<RollbackRepor
             break;
         }
     }
-    finish(ctx, opts, (run, paused), tenants, outcome)
+    finish(ctx, record, opts, (run, paused), tenants, outcome)
 }
 
 /// The journals `rollback` undoes: of the tenants in `opts.tenants`, else of those the run
@@ -198,6 +198,7 @@ impl RollbackTenant {
 /// resolved by it when every tenant came back (its pause ended, when it was `paused`).
 fn finish(
     ctx: &Ctx,
+    record: RunGuard,
     opts: &RollbackOptions,
     (run, paused): (slipway_state::Run, bool),
     tenants: Vec<RollbackTenant>,
@@ -206,7 +207,7 @@ fn finish(
     let undone = tenants.iter().filter(|t| t.result.is_some()).count();
     let skipped = tenants.len() - undone;
     let summary = format!("rolled back {undone} tenant(s) of run {}, skipped {skipped}", run.id);
-    ctx.finish_run(outcome, &summary)?;
+    record.finish(ctx, outcome, &summary)?;
     if outcome == ExitKind::Success {
         ctx.store.resolve_run(&run.id, &format!("rollback {}", ctx.run_id))?;
         // Undone whole, a paused run has nothing left to resume.

@@ -34,10 +34,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::adapters::archive;
 use crate::adapters::desired;
-use crate::adapters::docker::{ContainerSpec, Engine, HookRun, Restart, StackMember, TenantContainer};
+use crate::adapters::docker::{ContainerSpec, Engine, HookRun, StackMember, TenantContainer};
 use crate::adapters::health::Prober;
 use crate::adapters::mirror::{self, MirrorReport};
 use crate::config::{App, HealthSpec, OnBudget};
+use crate::container::Restart;
 use crate::context::Ctx;
 use crate::error::{Error, ExitKind, Result};
 use crate::layout::{self, SnapshotId, SnapshotKind};
@@ -489,15 +490,15 @@ async fn rollout_app(
         Some(s) => s.pin_key(),
     };
     let resumed = resume.is_some();
-    match &resume {
+    let record = match &resume {
         // The paused run goes on under its own id: one run, one journal, one rollback.
         Some(r) => {
-            ctx.run_id = r.run.clone();
-            ctx.store.reopen_run(r.run.as_str())?;
+            let record = ctx.reopen_run("rollout", &r.run)?;
             ctx.store.end_pause(r.run.as_str(), "resumed")?;
+            record
         }
         None => ctx.start_run("rollout", Some(&app.name), Some(&plan.commit), Some(&digest))?,
-    }
+    };
     let ctx = &*ctx;
     // The waves, frozen in the run ledger before any tenant is touched: `recover` after a
     // crash reads exactly these sets back (a resumed run's are already there).
@@ -520,7 +521,7 @@ async fn rollout_app(
     };
     if let Err(e) = ctx.store.record_waves(ctx.run_id.as_str(), &rows) {
         let why = format!("app {}: state.db could not record the run's waves, so no tenant was touched: {e}", app.name);
-        ctx.finish_run(ExitKind::Failure, &why)?;
+        record.finish(ctx, ExitKind::Failure, &why)?;
         return Err(Error::Other(why));
     }
     let prober = Prober::new()?;
@@ -802,7 +803,7 @@ async fn rollout_app(
         crate::context::crash_point("rollout-paused");
     }
     // One outcome word per exit code (ExitKind::word), as every job records it.
-    ctx.finish_run(outcome, &summary)?;
+    record.finish(ctx, outcome, &summary)?;
     let paused = matches!(on_budget, Some((OnBudget::Pause | OnBudget::RollbackWave, _))) || window_closed.is_some();
     let over_in = on_budget.map(|(_, w)| w);
     Ok(AppReport {
@@ -1059,7 +1060,7 @@ impl TenantRoll<'_> {
             let next = Step::ALL.into_iter().find(|n| *n > step && self.applies(*n));
             let written = match next.filter(|n| result.is_ok() && !ctx.cancel.is_cancelled() && step.journals_with(*n))
             {
-                Some(n) => ctx.end_and_begin(id, Some(tenant), n.as_str(), &self.j).map(|id| begun = Some(id)),
+                Some(n) => ctx.end_and_begin(id, Some(tenant), n, &self.j).map(|id| begun = Some(id)),
                 None => ctx.end(id, if result.is_ok() { "ok" } else { "failed" }, Some(&self.j)),
             };
             let result = match written {
@@ -1100,7 +1101,7 @@ impl TenantRoll<'_> {
         last: Option<Step>,
     ) -> std::result::Result<Option<i64>, Result<TenantReport>> {
         let tenant = self.item.tenant.as_str();
-        let e = match self.run.ctx.begin(Some(tenant), step.as_str(), &self.j) {
+        let e = match self.run.ctx.begin(Some(tenant), step, &self.j) {
             Ok(id) => return Ok(Some(id)),
             Err(e) => e,
         };

@@ -5,7 +5,8 @@
 //! notification from the typed report. It returns a [`Finished`] for the CLI to print.
 //!
 //! Invariants: the run id the lock names is the id `slipway runs` shows for the run in progress
-//! (see [`Ctx::start_run`]); the outcome word is [`ExitKind::word`] everywhere; neither metrics
+//! (see [`Ctx::start_run`]); a run is finished only through its `context::RunGuard`, with one
+//! outcome word per exit code ([`crate::journal::Outcome`]); neither metrics
 //! nor the webhook can change a job's outcome.
 
 use std::collections::BTreeMap;
@@ -382,11 +383,7 @@ async fn locked(ctx: &mut Ctx, job: &Job, opts: &RunnerOptions) -> (&'static str
                 }
                 // The recover run used this id; the job gets its own.
                 ctx.next_run_id();
-                if let Some(l) = ctx.lock() {
-                    if let Err(e) = l.publish(job.name(), &ctx.run_id) {
-                        tracing::warn!("cannot name run {} as the lock's holder: {e}", ctx.run_id);
-                    }
-                }
+                ctx.publish(job.name());
             }
             Ok(_) => {}
         }

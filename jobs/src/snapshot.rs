@@ -32,9 +32,9 @@ use crate::config::{App, Quiesce};
 use crate::context::{crash_point, Ctx};
 use crate::error::{Error, ExitKind, Result};
 use crate::fsutil::create_private_dir;
+use crate::journal::{HeldContainer, SnapshotStep};
 use crate::layout::{self, SnapshotId, SnapshotKind, CONTROL_PLANE};
 use crate::manifest::{ArchiveEntry, Manifest};
-use crate::recover::HeldContainer;
 use crate::stack_tenant::StackTenant;
 use crate::types::TenantId;
 
@@ -210,8 +210,8 @@ pub async fn snapshot(ctx: &Ctx, opts: &SnapshotOptions) -> Result<SnapshotRepor
         tracing::warn!("{why}");
     }
     let mut archives = Vec::new();
-    if !opts.dry_run {
-        ctx.start_run("snapshot", None, Some(&state.commit), None)?;
+    let record = if opts.dry_run { None } else { Some(ctx.start_run("snapshot", None, Some(&state.commit), None)?) };
+    if record.is_some() {
         create_private_dir(&layout::tenants_dir(&dir)).map_err(|e| Error::io(&dir, e))?;
     }
     for (app, tenant, target) in &work {
@@ -373,7 +373,9 @@ pub async fn snapshot(ctx: &Ctx, opts: &SnapshotOptions) -> Result<SnapshotRepor
             format!("FAILED: {}", failed.join(", "))
         };
         let kind = report.exit_kind();
-        ctx.finish_run(kind, &summary)?;
+        if let Some(record) = record {
+            record.finish(ctx, kind, &summary)?;
+        }
     }
     Ok(report)
 }
@@ -702,7 +704,7 @@ async fn snapshot_tenant(
         return Err(Error::Interrupted(format!("tenant {tenant} not paused")));
     }
     let held = HeldContainer { container: container.to_string(), hold: hold.unwrap_or("none").to_string() };
-    let step = ctx.begin(Some(tenant.as_str()), "archive", &held)?;
+    let step = ctx.begin(Some(tenant.as_str()), SnapshotStep::Archive, &held)?;
     let paused_at = Instant::now();
     if let Err(e) = quiesce(engine, app, container, hold).await {
         ctx.end(step, "failed", None::<&()>)?;
@@ -764,7 +766,7 @@ async fn snapshot_staged(
 ) -> Result<Taken> {
     let t = Some(tenant.as_str());
     let running = HeldContainer { container: container.to_string(), hold: "none".into() };
-    let step = ctx.begin(t, "stage", &running)?;
+    let step = ctx.begin(t, SnapshotStep::Stage, &running)?;
     let check = mirror::CopyCheck {
         period: ctx.cfg.snapshot.check_copy_days,
         turn: jiff::Timestamp::now().as_second().max(0) as u64 / 86_400,
@@ -792,7 +794,7 @@ async fn snapshot_staged(
     }
 
     let held = HeldContainer { container: container.to_string(), hold: hold.to_string() };
-    let step = ctx.begin(t, "stage-delta", &held)?;
+    let step = ctx.begin(t, SnapshotStep::StageDelta, &held)?;
     let paused_at = Instant::now();
     if let Err(e) = quiesce(engine, app, container, Some(hold)).await {
         ctx.end(step, "failed", None::<&()>)?;
@@ -815,7 +817,7 @@ async fn snapshot_staged(
     }
 
     // The copy is the tree as it was at the pause; the tenant runs on meanwhile.
-    let step = ctx.begin(t, "archive", &running)?;
+    let step = ctx.begin(t, SnapshotStep::Archive, &running)?;
     let (src, d) = (stage.to_path_buf(), dest.to_path_buf());
     let work = crate::blocking::run("archive", move || archive_or_reuse(&src, &d, prev.as_ref())).await;
     let result = work.and_then(|r| r);

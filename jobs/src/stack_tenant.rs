@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use crate::adapters::docker::{StackMember, TenantMount};
 use crate::config::stack::{depends_on, start_order, COMPOSE_DEPENDS_ON};
 use crate::config::{App, HealthSpec, Stack};
+use crate::journal::{HeldDetail, HeldRow, HeldStep, RestoreStep};
 use crate::types::TenantId;
 
 /// One container of a stack tenant.
@@ -225,61 +226,33 @@ pub fn data_mount(m: &TenantMount) -> std::result::Result<PathBuf, String> {
     Ok(dir)
 }
 
-/// The journal step a stack restore begins with, naming every mount it will swap
-/// ([`RestorePlanDetail`]): what `recover` needs to tell a finished restore from a partial one.
-pub const RESTORE_MOUNTS_STEP: &str = "mounts";
-/// The journal step a stack restore takes when it puts every mount back (a swap or the gate
-/// failed): `recover` then finishes putting them back.
-pub const RESTORE_UNDO_STEP: &str = "undo-restore";
-/// The journal step of one mount's swap (and of its swap back: [`MountSwapDetail::back`]).
-pub const RESTORE_SWAP_STEP: &str = "restore";
-/// The journal step of a stack restore's database replay (`[app.database]`), after every swap:
-/// begun and not ended `ok`, the restore is undone by `recover` (the replay runs in one
-/// transaction, so the database is as it was; the mounts go back to match it).
-pub const RESTORE_REPLAY_STEP: &str = "replay";
-
-/// The detail of [`RESTORE_MOUNTS_STEP`].
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct RestorePlanDetail {
-    /// Every mount dir the restore swaps.
-    pub stack_mounts: Vec<PathBuf>,
-}
-
-/// The detail of a [`RESTORE_SWAP_STEP`] of a stack restore, begun and ended.
-#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
-pub struct MountSwapDetail {
-    /// The mount's dir.
-    pub dir: PathBuf,
-    /// Where the data it replaced is kept (set when the swap is done).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub replaced: Option<PathBuf>,
-    /// This step swapped the kept data back into the dir (an undo).
-    #[serde(default)]
-    pub back: bool,
-}
+/// The journal details of a stack restore, as `recover` and `restore --run` read them back
+/// (the model owns them: `journal`).
+pub use crate::journal::{MountSwapDetail, RestorePlanDetail};
 
 /// What a stack restore's journal says is left to put back: the mounts it swapped (ended `ok`,
 /// their kept data named) and did not swap back, when the restore must be undone — it was
-/// putting the mounts back ([`RESTORE_UNDO_STEP`]), or it swapped some of its mounts and not
-/// all. Empty for a restore that swapped every mount (finished: its containers are only
-/// started again) or none, and for any other run. Pairs of (kept data, mount dir).
-pub fn restore_left_to_undo(steps: &[(String, Option<String>, Option<String>)]) -> Vec<(PathBuf, PathBuf)> {
-    let mut plan: Option<Vec<PathBuf>> = None;
+/// putting the mounts back ([`RestoreStep::UndoRestore`]), or its database replay was begun and
+/// not ended `ok`, or it swapped some of its mounts and not all. Empty for a restore that
+/// swapped every mount (finished: its containers are only started again) or none, and for any
+/// other run. Pairs of (kept data, mount dir).
+pub fn restore_left_to_undo(rows: &[HeldRow]) -> Vec<(PathBuf, PathBuf)> {
+    let mut plan: Option<&Vec<PathBuf>> = None;
     let mut undoing = false;
     let mut swapped: Vec<(PathBuf, PathBuf)> = Vec::new();
-    for (step, outcome, detail) in steps {
-        let detail = detail.as_deref().unwrap_or_default();
-        if step == RESTORE_MOUNTS_STEP {
-            plan = serde_json::from_str::<RestorePlanDetail>(detail).ok().map(|p| p.stack_mounts);
-        } else if step == RESTORE_UNDO_STEP || (step == RESTORE_REPLAY_STEP && outcome.as_deref() != Some("ok")) {
-            undoing = true;
-        } else if step == RESTORE_SWAP_STEP && outcome.as_deref() == Some("ok") {
-            let Ok(d) = serde_json::from_str::<MountSwapDetail>(detail) else { continue };
-            if d.back {
-                swapped.retain(|(_, dir)| *dir != d.dir);
-            } else if let Some(kept) = d.replaced {
-                swapped.push((kept, d.dir));
+    for r in rows {
+        match (&r.step, &r.detail) {
+            (HeldStep::Restore(RestoreStep::Mounts), HeldDetail::Plan(p)) => plan = Some(&p.stack_mounts),
+            (HeldStep::Restore(RestoreStep::UndoRestore), _) => undoing = true,
+            (HeldStep::Restore(RestoreStep::Replay), _) if !r.ended_ok => undoing = true,
+            (HeldStep::Restore(RestoreStep::Restore), HeldDetail::Swap(d)) if r.ended_ok => {
+                if d.back {
+                    swapped.retain(|(_, dir)| *dir != d.dir);
+                } else if let Some(kept) = &d.replaced {
+                    swapped.push((kept.clone(), d.dir.clone()));
+                }
             }
+            _ => {}
         }
     }
     let Some(plan) = plan else { return Vec::new() };
@@ -295,18 +268,28 @@ pub fn restore_left_to_undo(steps: &[(String, Option<String>, Option<String>)]) 
 mod tests {
     use super::*;
 
-    fn step(step: &str, outcome: Option<&str>, detail: serde_json::Value) -> (String, Option<String>, Option<String>) {
-        (step.into(), outcome.map(str::to_string), Some(detail.to_string()))
+    fn step(step: &str, outcome: Option<&str>, detail: serde_json::Value) -> HeldRow {
+        let row = slipway_state::Step {
+            id: 1,
+            run_id: "r".into(),
+            tenant: Some("t".into()),
+            step: step.into(),
+            started_at: String::new(),
+            finished_at: None,
+            outcome: outcome.map(str::to_string),
+            detail: Some(detail.to_string()),
+        };
+        HeldRow::parse("restore", "r", &row).unwrap()
     }
 
     #[test]
     fn a_stack_restore_cut_short_is_undone_and_one_that_swapped_every_mount_is_finished() {
-        let plan = step(RESTORE_MOUNTS_STEP, Some("ok"), serde_json::json!({ "stack_mounts": ["/v/a", "/v/b"] }));
-        let a = step(RESTORE_SWAP_STEP, Some("ok"), serde_json::json!({ "dir": "/v/a", "replaced": "/k/a" }));
-        let b = step(RESTORE_SWAP_STEP, Some("ok"), serde_json::json!({ "dir": "/v/b", "replaced": "/k/b" }));
-        let b_cut = step(RESTORE_SWAP_STEP, None, serde_json::json!({ "dir": "/v/b" }));
-        let a_back = step(RESTORE_SWAP_STEP, Some("ok"), serde_json::json!({ "dir": "/v/a", "back": true }));
-        let undo = step(RESTORE_UNDO_STEP, Some("ok"), serde_json::json!({}));
+        let plan = step("mounts", Some("ok"), serde_json::json!({ "stack_mounts": ["/v/a", "/v/b"] }));
+        let a = step("restore", Some("ok"), serde_json::json!({ "dir": "/v/a", "replaced": "/k/a" }));
+        let b = step("restore", Some("ok"), serde_json::json!({ "dir": "/v/b", "replaced": "/k/b" }));
+        let b_cut = step("restore", None, serde_json::json!({ "dir": "/v/b" }));
+        let a_back = step("restore", Some("ok"), serde_json::json!({ "dir": "/v/a", "back": true }));
+        let undo = step("undo-restore", Some("ok"), serde_json::json!({}));
         let pair = |k: &str, d: &str| (PathBuf::from(k), PathBuf::from(d));
         // Killed after the first swap: it goes back.
         assert_eq!(restore_left_to_undo(&[plan.clone(), a.clone(), b_cut]), [pair("/k/a", "/v/a")]);
@@ -315,12 +298,12 @@ mod tests {
         // Killed while putting them back: what is left goes back.
         assert_eq!(restore_left_to_undo(&[plan.clone(), a.clone(), b.clone(), undo, a_back]), [pair("/k/b", "/v/b")]);
         // Killed inside the database replay (begun, never ended): every mount goes back.
-        let replay = step(RESTORE_REPLAY_STEP, None, serde_json::json!({ "database": "pg-t" }));
+        let replay = step("replay", None, serde_json::json!({ "database": "pg-t" }));
         assert_eq!(
             restore_left_to_undo(&[plan.clone(), a.clone(), b.clone(), replay]),
             [pair("/k/a", "/v/a"), pair("/k/b", "/v/b")]
         );
-        let replayed = step(RESTORE_REPLAY_STEP, Some("ok"), serde_json::json!({ "database": "pg-t" }));
+        let replayed = step("replay", Some("ok"), serde_json::json!({ "database": "pg-t" }));
         assert!(restore_left_to_undo(&[plan.clone(), a.clone(), b.clone(), replayed]).is_empty());
         // Not a stack restore.
         assert!(

@@ -57,8 +57,7 @@ pub async fn undo_stack(
     let mut journal_failed: Vec<String> = Vec::new();
     let tenant = j.tenant.clone();
     let begin = |step: UndoStep, j: &StackJournal, failed: &mut Vec<String>| {
-        let id =
-            ctx.begin(Some(&tenant), step.as_str(), j).map_err(|e| failed.push(format!("{step} begun ({e})"))).ok();
+        let id = ctx.begin(Some(&tenant), step, j).map_err(|e| failed.push(format!("{step} begun ({e})"))).ok();
         step.during().reach();
         id
     };
@@ -321,7 +320,7 @@ async fn recreate_removed(
         return Ok(());
     }
     let step = UndoStep::RecreatePrior;
-    let row = match ctx.begin(Some(&j.tenant), step.as_str(), &*j) {
+    let row = match ctx.begin(Some(&j.tenant), step, &*j) {
         Ok(id) => Some(id),
         Err(e) => {
             journal_failed.push(format!("{step} begun ({e})"));

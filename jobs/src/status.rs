@@ -239,7 +239,11 @@ pub async fn status(ctx: &Ctx) -> Result<StatusReport> {
         ));
     }
     // The newest rollout decision was a refusal of the desired state (trust rules).
-    if let Some(r) = ctx.store.last_run_of("rollout")?.filter(|r| r.outcome.as_deref() == Some("refused")) {
+    if let Some(r) = ctx
+        .store
+        .last_run_of("rollout")?
+        .filter(|r| r.outcome.as_deref() == Some(crate::journal::Outcome::Refused.word()))
+    {
         attention.push(format!(
             "run {}: the desired state was refused: {}",
             r.id,

@@ -291,8 +291,8 @@ pub async fn sync(ctx: &Ctx, opts: &SyncOptions) -> Result<SyncReport> {
         tempfile::Builder::new().prefix("slipway-sync-").tempdir().map_err(|e| Error::io(std::env::temp_dir(), e))?;
     ctx.store.adopt_unscoped_remote_records(remote.id())?;
     let mut known = ctx.store.remote_objects(remote.id())?;
-    if !opts.dry_run {
-        ctx.start_run("sync", None, None, None)?;
+    let record = if opts.dry_run { None } else { Some(ctx.start_run("sync", None, None, None)?) };
+    if record.is_some() {
         report.aborted_stale_uploads = remote.abort_stale_uploads().await;
     }
     // Archives this remote's retention deleted after they were verified there, with the sha256
@@ -475,7 +475,9 @@ pub async fn sync(ctx: &Ctx, opts: &SyncOptions) -> Result<SyncReport> {
             report.uploaded_bytes,
             report.present
         );
-        ctx.finish_run(kind, &summary)?;
+        if let Some(record) = record {
+            record.finish(ctx, kind, &summary)?;
+        }
     }
     Ok(report)
 }

@@ -17,7 +17,6 @@ use serde::Serialize;
 use crate::adapters::desired::{self, DesiredState, Signature};
 use crate::context::Ctx;
 use crate::error::{Error, Result};
-use crate::types::RunId;
 
 /// Why one app's image was admitted.
 #[derive(Debug, Clone, Serialize)]
@@ -68,21 +67,7 @@ pub fn admitting_rule<'a>(allowed: &'a [String], repo: &str) -> Option<&'a str> 
 
 fn refuse(ctx: &Ctx, state: &DesiredState, app: Option<&str>, why: String) -> Error {
     // The refusal is a run of its own in the record, so `runs` and `status` show it.
-    let id = RunId::new();
-    let recorded = ctx
-        .store
-        .start_run(&slipway_state::NewRun {
-            id: id.as_str(),
-            job: "rollout",
-            trigger: &ctx.trigger,
-            app,
-            git_commit: Some(&state.commit),
-            digest: None,
-        })
-        .and_then(|()| ctx.store.finish_run(id.as_str(), "refused", 2, &why));
-    if let Err(e) = recorded {
-        tracing::warn!("could not record the refused run: {e}");
-    }
+    ctx.record_refused("rollout", app, &state.commit, &why);
     Error::Config(why)
 }
 

@@ -76,7 +76,7 @@ impl<'a> UndoJournal<'a> {
     /// Journal an undo step of `tenant` as begun with `detail` (any tenant's journal: a single
     /// container's or a stack's), then its crash point.
     fn begin_with(&mut self, tenant: &str, detail: &impl Serialize, step: UndoStep) -> Option<i64> {
-        let id = match self.ctx.begin(Some(tenant), step.as_str(), detail) {
+        let id = match self.ctx.begin(Some(tenant), step, detail) {
             Ok(id) => Some(id),
             Err(e) => {
                 self.failed(step, "begun", &e);

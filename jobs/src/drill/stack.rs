@@ -17,6 +17,7 @@ use crate::adapters::health::Prober;
 use crate::config::App;
 use crate::context::{crash_point, Ctx};
 use crate::error::{Error, Result};
+use crate::journal::DrillStep;
 use crate::restore::{self, Fetched};
 use crate::stack_tenant::StackTenant;
 
@@ -43,7 +44,7 @@ pub(super) async fn drill_stack_tenant(
         db_container: None,
     };
     let run = steps(ctx, engine, prober, opts, app, st, (&network, &names, &scratches), &mut t).await;
-    let s = ctx.begin(Some(tenant), "cleanup", &journal)?;
+    let s = ctx.begin(Some(tenant), DrillStep::Cleanup, &journal)?;
     for n in &names {
         if let Err(e) = engine.remove_with_volumes(n).await {
             t.left.push(format!("container {n} ({e})"));
@@ -88,7 +89,7 @@ async fn steps(
     let tenant = st.tenant.as_str();
     let started = Instant::now();
     let detail = serde_json::json!({ "drill_container": network });
-    let s = ctx.begin(Some(tenant), "fetch", &detail)?;
+    let s = ctx.begin(Some(tenant), DrillStep::Fetch, &detail)?;
     let fetched = restore::fetch_verified(&ctx.cfg, &st.tenant, &opts.source, opts.remote).await;
     ctx.end(s, if fetched.is_ok() { "ok" } else { "failed" }, None::<&()>)?;
     let f: Fetched = match fetched {
@@ -119,7 +120,7 @@ async fn steps(
             }
         }
     }
-    let s = ctx.begin(Some(tenant), "extract", &detail)?;
+    let s = ctx.begin(Some(tenant), DrillStep::Extract, &detail)?;
     let parts = match restore::stack::verified_parts(&f, |n| scratches[slot[n]].clone()).await {
         Ok(p) => p,
         Err(e) => {
@@ -159,7 +160,7 @@ async fn steps(
     }
 
     // Every service on the drill's internal network, in start order, on the copies.
-    let s = ctx.begin(Some(tenant), "start", &detail)?;
+    let s = ctx.begin(Some(tenant), DrillStep::Start, &detail)?;
     let labels: BTreeMap<String, String> = [
         (crate::naming::DRILL_LABEL.to_string(), ctx.run_id.to_string()),
         (crate::naming::DRILL_TENANT_LABEL.to_string(), tenant.to_string()),
@@ -208,7 +209,7 @@ async fn steps(
     crash_point("drill-after-start");
 
     // Every service gated, its HTTP checks on the drill network's address.
-    let s = ctx.begin(Some(tenant), "health", &detail)?;
+    let s = ctx.begin(Some(tenant), DrillStep::Health, &detail)?;
     for (c, name) in st.containers.iter().zip(names) {
         let checks: Vec<crate::config::HealthSpec> = c
             .checks

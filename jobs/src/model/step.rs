@@ -13,8 +13,8 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::adapters::docker::{OperatorSettings, Restart};
 use crate::config::HealthSpec;
+use crate::container::{OperatorSettings, Restart};
 use crate::error::{Error, Result};
 
 /// One step of rolling a tenant to the pinned digest, in the order they run. A tenant goes
@@ -300,7 +300,8 @@ impl fmt::Display for Journaled {
     }
 }
 
-/// A step word that no [`Step`] or [`UndoStep`] has.
+/// A step word that no step of the job has ([`Step`], [`UndoStep`], or a backup job's step in
+/// `journal`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("unknown step \"{word}\" (known: {known})")]
 pub struct UnknownStep {
@@ -386,7 +387,7 @@ impl CrashPoint {
     #[inline]
     pub fn reach(self) {
         #[cfg(feature = "test-crash")]
-        crate::context::crash_point(&self.to_string());
+        crate::testpoint::crash_point(&self.to_string());
     }
 }
 

@@ -160,8 +160,9 @@ impl fmt::Display for TenantId {
 pub struct RunId(String);
 
 impl RunId {
-    /// A fresh id for a run starting now.
-    pub fn new() -> RunId {
+    /// A fresh id for a run starting now. Only the run record's owner (`context`) makes one
+    /// (an architecture test checks): a run id is made by starting a run.
+    pub(crate) fn new() -> RunId {
         let now = jiff::Timestamp::now();
         let stamp = now.strftime("%Y%m%dT%H%M%SZ").to_string();
         let mut buf = [0u8; 2];
@@ -174,11 +175,6 @@ impl RunId {
     /// The id as text.
     pub fn as_str(&self) -> &str {
         &self.0
-    }
-}
-impl Default for RunId {
-    fn default() -> Self {
-        RunId::new()
     }
 }
 impl FromStr for RunId {

@@ -27,13 +27,10 @@ use crate::adapters::health::Prober;
 use crate::config::App;
 use crate::context::{crash_point, Ctx};
 use crate::error::{Error, ExitKind, Result};
+use crate::journal::{HeldContainer, HeldDetail, HeldRow, HeldStep, ReplayDetail, RestoreStep, UndoDetail};
 use crate::layout;
 use crate::manifest::MountArchive;
-use crate::recover::HeldContainer;
-use crate::stack_tenant::{
-    MountSwapDetail, RestorePlanDetail, StackContainer, StackTenant, RESTORE_MOUNTS_STEP, RESTORE_REPLAY_STEP,
-    RESTORE_SWAP_STEP, RESTORE_UNDO_STEP,
-};
+use crate::stack_tenant::{MountSwapDetail, RestorePlanDetail, StackContainer, StackTenant};
 
 /// One mount a stack restore put back.
 #[derive(Debug, Clone, Serialize)]
@@ -217,22 +214,21 @@ pub(super) fn replaced_by(
     }
     let mut planned = false;
     let mut swapped: Vec<(PathBuf, PathBuf)> = Vec::new();
-    for s in ctx.store.steps(&r.id)?.into_iter().filter(|s| s.tenant.as_deref() == Some(tenant.as_str())) {
-        if s.step == RESTORE_MOUNTS_STEP {
-            planned = true;
-        } else if s.step == RESTORE_UNDO_STEP {
-            return Err(Error::Usage(format!(
-                "restore run {run} of tenant {tenant} put every mount back itself (a swap or its gate failed): the \
-                 tenant has its data from before that run, there is nothing of it to put back"
-            )));
-        } else if s.step == RESTORE_SWAP_STEP && s.outcome.as_deref() == Some("ok") {
-            let Some(d) = s.detail.as_deref().and_then(|d| serde_json::from_str::<MountSwapDetail>(d).ok()) else {
-                continue;
-            };
-            match d.replaced {
+    let rows = HeldRow::parse_all(&r.job, &r.id, &ctx.store.steps(&r.id)?)?;
+    for s in rows.into_iter().filter(|s| s.tenant.as_deref() == Some(tenant.as_str())) {
+        match (s.step, s.detail) {
+            (HeldStep::Restore(RestoreStep::Mounts), _) => planned = true,
+            (HeldStep::Restore(RestoreStep::UndoRestore), _) => {
+                return Err(Error::Usage(format!(
+                    "restore run {run} of tenant {tenant} put every mount back itself (a swap or its gate failed): \
+                     the tenant has its data from before that run, there is nothing of it to put back"
+                )))
+            }
+            (HeldStep::Restore(RestoreStep::Restore), HeldDetail::Swap(d)) if s.ended_ok => match d.replaced {
                 Some(kept) if !d.back => swapped.push((d.dir, kept)),
                 _ => swapped.retain(|(dir, _)| *dir != d.dir),
-            }
+            },
+            _ => {}
         }
     }
     Ok(planned.then_some(swapped))
@@ -354,10 +350,10 @@ async fn swap_mounts(
         );
         return Ok(report);
     }
-    ctx.start_run("restore", Some(&app.name), Some(commit), None)?;
+    let record = ctx.start_run("restore", Some(&app.name), Some(commit), None)?;
     let t = Some(opts.tenant.as_str());
     // Every mount it will swap, first: `recover` tells a finished restore from a partial one.
-    let s = ctx.begin(t, RESTORE_MOUNTS_STEP, &RestorePlanDetail { stack_mounts: dirs.clone() })?;
+    let s = ctx.begin(t, RestoreStep::Mounts, &RestorePlanDetail { stack_mounts: dirs.clone() })?;
     ctx.end(s, "ok", None::<&()>)?;
     // The writers stop together, in reverse start order; one not running stays stopped.
     let holds: Vec<HeldContainer> = writers
@@ -367,7 +363,7 @@ async fn swap_mounts(
     let mut stopped = Vec::new();
     let mut failure: Option<String> = None;
     for (c, h) in writers.iter().zip(&holds).rev() {
-        let s = ctx.begin(t, "stop", h)?;
+        let s = ctx.begin(t, RestoreStep::Stop, h)?;
         let r = if c.running { engine.stop(&c.name, app.stop_timeout_s).await } else { Ok(()) };
         ctx.end(s, if r.is_ok() { "ok" } else { "failed" }, None::<&()>)?;
         stopped.push(h);
@@ -386,7 +382,7 @@ async fn swap_mounts(
                 crash_point("restore-stack-swapped-one");
             }
             let mut detail = MountSwapDetail { dir: dir.clone(), ..MountSwapDetail::default() };
-            let s = ctx.begin(t, RESTORE_SWAP_STEP, &detail)?;
+            let s = ctx.begin(t, RestoreStep::Restore, &detail)?;
             let d = dir.clone();
             let r = match &sw.from {
                 NewData::Archive { path, sha256 } => {
@@ -437,8 +433,7 @@ async fn swap_mounts(
         }
     }
     if let (None, Some((spec, dumps))) = (&failure, &replay) {
-        let s =
-            ctx.begin(t, RESTORE_REPLAY_STEP, &serde_json::json!({ "database": spec.container_of(&opts.tenant) }))?;
+        let s = ctx.begin(t, RestoreStep::Replay, &ReplayDetail { database: spec.container_of(&opts.tenant) })?;
         crash_point("restore-stack-replaying");
         let r = crate::database::replay(engine, spec, &opts.tenant, &spec.container_of(&opts.tenant), dumps).await;
         ctx.end(s, if r.is_ok() { "ok" } else { "failed" }, None::<&()>)?;
@@ -471,17 +466,17 @@ async fn swap_mounts(
                     report.detail.push_str(&format!("; the data it replaced is kept in {}", kept.join(", ")));
                 }
                 report.replaced = report.mounts.first().and_then(|m| m.replaced.clone());
-                ctx.finish_run(report.outcome, &report.detail)?;
+                record.finish(ctx, report.outcome, &report.detail)?;
                 return Ok(report);
             }
             Err(why) => {
                 failure = Some(format!("the stack failed its gate on the restored data: {why}"));
-                let s = ctx.begin(t, RESTORE_UNDO_STEP, &serde_json::json!({ "why": failure }))?;
+                let s = ctx.begin(t, RestoreStep::UndoRestore, &UndoDetail { why: failure.clone() })?;
                 ctx.end(s, "ok", None::<&()>)?;
                 undo_journaled = true;
                 // Stopped again before its mounts go back.
                 for (c, h) in writers.iter().zip(&holds).rev().filter(|(_, h)| h.hold == "stop") {
-                    let s = ctx.begin(t, "stop", h)?;
+                    let s = ctx.begin(t, RestoreStep::Stop, h)?;
                     let r = engine.stop(&c.name, app.stop_timeout_s).await;
                     ctx.end(s, if r.is_ok() { "ok" } else { "failed" }, None::<&()>)?;
                 }
@@ -491,12 +486,13 @@ async fn swap_mounts(
     // Every mount swapped so far goes back; the stack starts as it was.
     let why = failure.unwrap_or_default();
     if !undo_journaled {
-        let s = ctx.begin(t, RESTORE_UNDO_STEP, &serde_json::json!({ "why": why }))?;
+        let s = ctx.begin(t, RestoreStep::UndoRestore, &UndoDetail { why: Some(why.clone()) })?;
         ctx.end(s, "ok", None::<&()>)?;
     }
     let mut back_err = Vec::new();
     for (kept, dir) in swapped.iter().rev() {
-        let s = ctx.begin(t, RESTORE_SWAP_STEP, &MountSwapDetail { dir: dir.clone(), replaced: None, back: true })?;
+        let s =
+            ctx.begin(t, RestoreStep::Restore, &MountSwapDetail { dir: dir.clone(), replaced: None, back: true })?;
         let r = confined::finish_swap(dir).and_then(|_| confined::exchange(kept, dir));
         ctx.end(s, if r.is_ok() { "ok" } else { "failed" }, None::<&()>)?;
         if let Err(e) = r {
@@ -522,7 +518,7 @@ async fn swap_mounts(
             ),
         ),
     };
-    ctx.finish_run(report.outcome, &report.detail)?;
+    record.finish(ctx, report.outcome, &report.detail)?;
     Ok(report)
 }
 
@@ -538,7 +534,7 @@ async fn start_and_gate(
 ) -> Result<std::result::Result<(), String>> {
     let mut problems = Vec::new();
     for (c, h) in writers.iter().zip(holds).filter(|(_, h)| h.hold == "stop") {
-        let s = ctx.begin(Some(tenant.as_str()), "start", h)?;
+        let s = ctx.begin(Some(tenant.as_str()), RestoreStep::Start, h)?;
         let r = engine.start(&c.name).await;
         ctx.end(s, if r.is_ok() { "ok" } else { "failed" }, None::<&()>)?;
         if let Err(e) = r {

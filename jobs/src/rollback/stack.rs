@@ -90,7 +90,7 @@ pub(super) async fn rollback_stacks(
         }
         return Ok(RollbackReport { rollout_run: run.id.clone(), dry_run: true, tenants, outcome: ExitKind::Success });
     }
-    ctx.start_run("rollback", run.app.as_deref(), run.git_commit.as_deref(), run.digest.as_deref())?;
+    let record = ctx.start_run("rollback", run.app.as_deref(), run.git_commit.as_deref(), run.digest.as_deref())?;
     let prober = Prober::new()?;
     let mut outcome = ExitKind::Success;
     for (j, plan) in todo.into_iter().zip(plans) {
@@ -104,7 +104,7 @@ pub(super) async fn rollback_stacks(
             break;
         }
     }
-    finish(ctx, opts, (run.clone(), paused), tenants, outcome)
+    finish(ctx, record, opts, (run.clone(), paused), tenants, outcome)
 }
 
 /// The run's journal made the rollback's: a mount whose rollout copy was archived (and

@@ -32,10 +32,11 @@ use std::time::{Duration, Instant};
 
 use super::stack_plan::item_mount_dirs;
 use super::{AppRun, PlanItem, StepTimings, TenantOutcome, TenantReport};
-use crate::adapters::docker::{Engine, Restart, StackMember};
+use crate::adapters::docker::{Engine, StackMember};
 use crate::adapters::mirror::{self, MirrorReport};
 use crate::config::stack::{depends_on, start_order, COMPOSE_DEPENDS_ON};
 use crate::config::HealthSpec;
+use crate::container::Restart;
 use crate::error::Result;
 use crate::layout::{self, SnapshotId, SnapshotKind};
 use crate::manifest::Manifest;
@@ -224,7 +225,7 @@ impl StackRoll<'_> {
             if let Some(l) = last.filter(|_| ctx.cancel.is_cancelled() && !step.after_health_gate()) {
                 return self.undo_from(l, "interrupted by a signal".into()).await;
             }
-            let id = match ctx.begin(Some(&tenant), step.as_str(), &self.j) {
+            let id = match ctx.begin(Some(&tenant), step, &self.j) {
                 Ok(id) => id,
                 Err(e) => {
                     let why = format!("state.db could not record step {step} as begun: {e}");

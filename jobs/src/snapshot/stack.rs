@@ -21,9 +21,9 @@ use crate::adapters::mirror;
 use crate::config::{App, Quiesce};
 use crate::context::{crash_point, Ctx};
 use crate::error::{Error, Result};
+use crate::journal::{HeldContainer, MountDetail, SnapshotStep};
 use crate::layout::{self, SnapshotKind};
 use crate::manifest::{ArchiveEntry, MountArchive};
-use crate::recover::HeldContainer;
 use crate::stack_tenant::{StackContainer, StackTenant};
 
 /// The previous archive of mount `source` in the tenant's previous entry, if it still re-hashes
@@ -39,8 +39,8 @@ async fn previous_part(
 }
 
 /// A journal detail naming a mount: no container hold (recover reads none from it).
-fn mount_detail(what: &str) -> serde_json::Value {
-    serde_json::json!({ "mount": what })
+fn mount_detail(what: &str) -> MountDetail {
+    MountDetail { mount: what.to_string() }
 }
 
 /// Snapshot every data mount of stack tenant `st` into today's dir `day_dir`.
@@ -108,7 +108,7 @@ pub(super) async fn snapshot_stack(
             budget: ctx.cfg.snapshot.check_copy_mib.saturating_mul(1 << 20),
         };
         for (m, stage) in st.mounts.iter().zip(&stages) {
-            let step = ctx.begin(t, "stage", &mount_detail(&m.what))?;
+            let step = ctx.begin(t, SnapshotStep::Stage, &mount_detail(&m.what))?;
             let pre = mirror_to(&m.dir, stage, check).await;
             ctx.end(step, if pre.is_ok() { "ok" } else { "failed" }, None::<&()>)?;
             let pre = pre?;
@@ -130,7 +130,7 @@ pub(super) async fn snapshot_stack(
     }
 
     // Hold the writers together, in reverse start order, each journaled before it is held.
-    let step_name = if staged { "stage-delta" } else { "archive" };
+    let step_name = if staged { SnapshotStep::StageDelta } else { SnapshotStep::Archive };
     let dests: Vec<PathBuf> =
         (0..st.mounts.len()).map(|n| day_dir.join(layout::mount_archive(SnapshotKind::Daily, tenant, n))).collect();
     let mut held: Vec<(&StackContainer, Option<&str>, i64)> = Vec::new();
@@ -199,7 +199,7 @@ pub(super) async fn snapshot_stack(
             return Err(Error::Interrupted(format!("tenant {tenant}'s archives (it was paused and runs again)")));
         }
         for (n, m) in st.mounts.iter().enumerate() {
-            let step = ctx.begin(t, "archive", &mount_detail(&m.what))?;
+            let step = ctx.begin(t, SnapshotStep::Archive, &mount_detail(&m.what))?;
             let (src, d, p) = (stages[n].clone(), dests[n].clone(), prevs[n].clone());
             let r =
                 crate::blocking::run("archive", move || archive_or_reuse(&src, &d, p.as_ref())).await.and_then(|r| r);
