@@ -39,16 +39,20 @@ fn a_pre_switch_hook_runs_in_the_new_image_on_the_tenants_data_with_its_env_befo
     let a = s.add_tenant("t1", &v1);
     let b = s.add_tenant("t2", &v1);
     s.write_data("t1", "rows.txt", "t1 rows\n");
-    let script = "echo \"$SLIPWAY_HOOK $SLIPWAY_TENANT $SLIPWAY_NEW_DIGEST $SLIPWAY_WAVE $TENANT\" > /data/migrated";
+    let script = "echo \"$SLIPWAY_HOOK $SLIPWAY_TENANT $SLIPWAY_OLD_DIGEST $SLIPWAY_NEW_DIGEST $SLIPWAY_WAVE \
+                  $SLIPWAY_RUN_ID $TENANT\" > /data/migrated";
     s.write_fleet(&hooked(&s, &v2, script, 60));
     let out = s.slipway(&["rollout", "--json"]);
     assert_eq!(out.code, 0, "{} {}", out.stdout, out.stderr);
     let digest = v2.split('@').nth(1).unwrap();
+    let old = v1.split('@').nth(1).unwrap();
+    let run = out.json()["report"]["apps"][0]["run_id"].as_str().unwrap().to_string();
     for (t, name, wave) in [("t1", &a, "canary"), ("t2", &b, "rest")] {
         assert_eq!(s.image_of(name), v2, "{t}");
         let m = std::fs::read_to_string(s.data_dir(t).join("migrated")).unwrap();
-        // The tenant's own env (TENANT) is the container's; the hook's is added.
-        assert_eq!(m.trim(), format!("pre_switch {t} {digest} {wave} {t}"), "{t}");
+        // The tenant's own env (TENANT) is the container's; the hook's is added: the digest it
+        // runs now, the one it goes to, and the run that records it.
+        assert_eq!(m.trim(), format!("pre_switch {t} {old} {digest} {wave} {run} {t}"), "{t}");
     }
     assert_eq!(std::fs::read_to_string(s.data_dir("t1").join("rows.txt")).unwrap(), "t1 rows\n");
     let t = &out.json()["report"]["apps"][0]["tenants"][0];

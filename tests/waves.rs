@@ -317,6 +317,62 @@ fn killed_in_the_middle_of_a_parallel_wave_recover_leaves_every_tenant_on_one_ve
 }
 
 #[test]
+fn killed_at_a_wave_start_or_in_a_waves_bake_recover_leaves_every_tenant_on_one_version_with_its_data() {
+    for point in ["wave-start", "wave-bake"] {
+        let s = Sandbox::new();
+        let v1 = s.push_fixture_as("v1", "app");
+        let v2 = s.push_fixture_as("v2", "app");
+        let tenants = fleet(&s, 5, &v1);
+        let hashes: BTreeMap<String, String> =
+            tenants.iter().map(|(t, _)| (t.clone(), tree_hash(&s.data_dir(t)))).collect();
+        let ids: BTreeMap<String, serde_json::Value> =
+            tenants.iter().map(|(t, n)| (t.clone(), s.inspect(n)["Id"].clone())).collect();
+        s.write_fleet(&s.fleet_app(
+            &v2,
+            "[app.rollout]\n[[app.rollout.waves]]\ncount = 1\n[[app.rollout.waves]]\nmax_parallel = 2\nbake_s = 2\n",
+        ));
+        let out = s.slipway_env(&["rollout", "--json"], &[("SLIPWAY_TEST_CRASH_AT", point)]);
+        assert!(out.stderr.contains(&format!("slipway test point reached: {point}")), "{point}: {}", out.stderr);
+        assert_eq!(out.code, -1, "{point}: the process should have died: {}", out.stdout);
+        let rec = s.slipway(&["recover", "--json"]);
+        assert_eq!(rec.code, 0, "{point}: {} {}", rec.stdout, rec.stderr);
+        assert_eq!(s.slipway(&["recover", "--json"]).report::<Recover>().runs.len(), 0, "{point}: recover again");
+        let mut on_v2 = 0;
+        for (t, name) in &tenants {
+            let mine: Vec<String> = s
+                .containers_named_like(&format!("{}-{t}", s.id()))
+                .into_iter()
+                .filter(|n| n.starts_with(name.as_str()))
+                .collect();
+            assert_eq!(mine, vec![name.clone()], "{point}: {t}: left over containers");
+            assert_eq!(s.inspect(name)["State"]["Running"], true, "{point}: {t}");
+            let image = s.image_of(name);
+            assert!(image == v1 || image == v2, "{point}: {t}: {image}");
+            if image == v2 {
+                on_v2 += 1;
+            } else {
+                assert_eq!(s.inspect(name)["Id"], ids[t], "{point}: {t} on its prior version is its own container");
+            }
+            assert_eq!(&tree_hash(&s.data_dir(t)), &hashes[t], "{point}: {t}: data changed");
+        }
+        match point {
+            // Killed before the second wave started: only the canary's wave rolled.
+            "wave-start" => assert_eq!(on_v2, 1, "{point}"),
+            // Killed in a tenant's bake: the canary, and at most the two of the wave in flight.
+            _ => assert!((1..=3).contains(&on_v2), "{point}: {on_v2} on v2"),
+        }
+        assert!(!s.slipway(&["status"]).stdout.contains("PAUSED"), "{point}: a crash is no pause");
+        // The digest is not retried by itself after a crash; a person's --retry rolls the rest.
+        let again = s.slipway(&["reconcile", "--retry", "--json"]);
+        assert_eq!(again.code, 0, "{point}: {} {}", again.stdout, again.stderr);
+        for (t, name) in &tenants {
+            assert_eq!(s.image_of(name), v2, "{point}: {t}");
+            assert_eq!(&tree_hash(&s.data_dir(t)), &hashes[t], "{point}: {t}: data changed");
+        }
+    }
+}
+
+#[test]
 fn a_tenant_over_its_downtime_budget_is_rolled_back_even_though_it_turns_healthy() {
     let s = Sandbox::new();
     let v1 = s.push_fixture_as("v1", "app");
@@ -447,6 +503,14 @@ fn paused(
 fn over_the_budget_the_run_pauses_nothing_rolls_past_it_and_resume_goes_on_with_the_same_waves() {
     let (s, v1, v2, tenants, hashes, ids, run) = paused(8, "");
     let frozen = frozen_waves(&s, &run);
+    // The run's record shows its frozen waves and its open pause.
+    let shown = s.slipway(&["runs", "show", &run]);
+    assert_eq!(shown.code, 0, "{}", shown.stderr);
+    for (n, name, members, parallel) in &frozen {
+        let line = format!("wave {n} ({name}, max_parallel {parallel}, bake 0 s): {}", members.join(" "));
+        assert!(shown.stdout.contains(&line), "no `{line}` in\n{}", shown.stdout);
+    }
+    assert!(shown.stdout.contains("PAUSED   since") && shown.stdout.contains("budget:"), "{}", shown.stdout);
     let status = s.slipway(&["status"]);
     assert_eq!(status.code, 8, "a pause needs a person's decision: {}", status.stdout);
     assert!(status.stdout.contains(&format!("run {run}")) && status.stdout.contains("PAUSED"), "{}", status.stdout);
@@ -499,6 +563,11 @@ fn over_the_budget_the_run_pauses_nothing_rolls_past_it_and_resume_goes_on_with_
     assert!(!status.stdout.contains("PAUSED"), "{}", status.stdout);
     let again = s.slipway(&["rollout", "resume", &run]);
     assert_eq!(again.code, 2, "a run resumed is no longer paused: {}", again.stderr);
+    let shown = s.slipway(&["runs", "show", &run, "--json"]).json();
+    let pauses = shown["report"]["pauses"].as_array().unwrap().clone();
+    assert_eq!(pauses.len(), 1, "{shown}");
+    assert_eq!((pauses[0]["kind"].as_str(), pauses[0]["ended_by"].as_str()), (Some("budget"), Some("resumed")));
+    assert_eq!(shown["report"]["waves"].as_array().unwrap().len(), tenants.len(), "{shown}");
 }
 
 #[test]
@@ -535,6 +604,52 @@ fn a_paused_run_aborted_or_past_its_timeout_rolls_back_every_tenant_it_rolled_wi
 }
 
 #[test]
+fn over_the_budget_rollback_wave_undoes_that_waves_tenants_and_rollback_all_undoes_the_run() {
+    for mode in ["rollback-wave", "rollback-all"] {
+        let s = Sandbox::new();
+        let v1 = s.push_fixture_as("v1", "app");
+        let v2 = s.push_fixture_as("v2", "app");
+        let tenants = fleet(&s, 7, &v1);
+        s.write_data("t01", "refuse-v2", "not with v2\n");
+        let hashes: BTreeMap<String, String> =
+            tenants.iter().map(|(t, _)| (t.clone(), tree_hash(&s.data_dir(t)))).collect();
+        let ids: BTreeMap<String, serde_json::Value> =
+            tenants.iter().map(|(t, n)| (t.clone(), s.inspect(n)["Config"]["Labels"].clone())).collect();
+        s.write_fleet(
+            &s.fleet_app(&v2, &format!("[app.rollout]\nmax_failed = 0\non_budget = \"{mode}\"\n{ONE_THEN_TWO}")),
+        );
+        let out = s.slipway(&["rollout", "--json"]);
+        assert_eq!(out.code, 3, "{mode}: {} {}", out.stdout, out.stderr);
+        let run = out.json()["report"]["apps"][0]["run_id"].as_str().unwrap().to_string();
+        let waves = frozen_waves(&s, &run);
+        let failed_in = waves.iter().position(|w| w.2.iter().any(|t| t == "t01")).expect("t01 in a wave");
+        assert!(failed_in > 0, "{mode}: t01 must fail after the first wave: {waves:?}");
+        let earlier: Vec<&String> = waves[..failed_in].iter().flat_map(|w| &w.2).collect();
+        for (t, name) in &tenants {
+            // rollback-wave keeps the waves before the failing one; rollback-all keeps nothing.
+            let want = if mode == "rollback-wave" && earlier.contains(&t) { &v2 } else { &v1 };
+            assert_eq!(&s.image_of(name), want, "{mode}: {t}");
+            assert_eq!(s.inspect(name)["State"]["Running"], true, "{mode}: {t}");
+            assert_eq!(s.inspect(name)["Config"]["Labels"], ids[t], "{mode}: {t}'s labels");
+            assert_eq!(&tree_hash(&s.data_dir(t)), &hashes[t], "{mode}: {t}: data changed");
+        }
+        // rollback-wave leaves the run paused (resume or abort decides the rest); rollback-all
+        // leaves nothing to decide.
+        let status = s.slipway(&["status"]);
+        assert_eq!(status.stdout.contains("PAUSED"), mode == "rollback-wave", "{mode}: {}", status.stdout);
+        if mode == "rollback-wave" {
+            let out = s.slipway(&["rollout", "abort", &run, "--json"]);
+            assert_eq!(out.code, 0, "{mode}: {} {}", out.stdout, out.stderr);
+            for (t, name) in &tenants {
+                assert_eq!(s.image_of(name), v1, "{mode}: abort left {t} on the release");
+                assert_eq!(&tree_hash(&s.data_dir(t)), &hashes[t], "{mode}: {t}: data changed");
+            }
+            assert!(!s.slipway(&["status"]).stdout.contains("PAUSED"), "{mode}");
+        }
+    }
+}
+
+#[test]
 fn a_rollout_killed_as_it_pauses_is_still_paused_after_recover_and_resumes() {
     let s = Sandbox::new();
     let v1 = s.push_fixture_as("v1", "app");
@@ -564,6 +679,42 @@ fn a_rollout_killed_as_it_pauses_is_still_paused_after_recover_and_resumes() {
         let want = if t == "t01" { &v1 } else { &v2 };
         assert_eq!(&s.image_of(name), want, "{t}");
     }
+}
+
+#[test]
+fn a_resume_killed_in_its_wave_is_still_paused_after_recover_and_a_second_resume_finishes_the_frozen_waves() {
+    let (s, v1, v2, tenants, hashes, _ids, run) = paused(8, "");
+    let frozen = frozen_waves(&s, &run);
+    // Killed (abort, as SIGKILL) when a tenant of the resumed parallel wave is done and
+    // another is in flight.
+    let out = s.slipway_env(&["rollout", "resume", &run, "--json"], &[("SLIPWAY_TEST_CRASH_AT", "wave-tenant-done")]);
+    assert!(out.stderr.contains("slipway test point reached: wave-tenant-done"), "{} {}", out.stdout, out.stderr);
+    assert_eq!(out.code, -1, "{}", out.stdout);
+    let rec = s.slipway(&["recover", "--json"]);
+    assert_eq!(rec.code, 0, "{} {}", rec.stdout, rec.stderr);
+    for (t, name) in &tenants {
+        assert_eq!(s.inspect(name)["State"]["Running"], true, "{t}");
+        let image = s.image_of(name);
+        assert!(image == v1 || image == v2, "{t}: {image}");
+        assert_eq!(&tree_hash(&s.data_dir(t)), &hashes[t], "{t}: data changed");
+    }
+    // Still paused: nothing else rolls past it, and a second resume goes on with its waves.
+    let status = s.slipway(&["status"]);
+    assert!(status.stdout.contains(&format!("run {run}")) && status.stdout.contains("PAUSED"), "{}", status.stdout);
+    let again = s.slipway(&["rollout"]);
+    assert_eq!(again.code, 2, "{} {}", again.stdout, again.stderr);
+    let out = s.slipway(&["rollout", "resume", &run, "--json"]);
+    assert_eq!(out.code, 1, "t01's failure still fails the run: {} {}", out.stdout, out.stderr);
+    assert_eq!(out.json()["report"]["apps"][0]["run_id"], run.as_str());
+    assert_eq!(frozen_waves(&s, &run), frozen, "the second resume must use the waves frozen by the run");
+    for (t, name) in &tenants {
+        let want = if t == "t01" { &v1 } else { &v2 };
+        assert_eq!(&s.image_of(name), want, "{t}");
+        assert_eq!(s.inspect(name)["State"]["Running"], true, "{t}");
+        assert_eq!(&tree_hash(&s.data_dir(t)), &hashes[t], "{t}: data changed");
+    }
+    assert!(!s.slipway(&["status"]).stdout.contains("PAUSED"));
+    assert_eq!(s.slipway(&["rollout", "resume", &run]).code, 2, "a finished resume leaves nothing paused");
 }
 
 /// A cron start (UTC) `offset_s` from now, to the minute: `"M H * * *"`.
@@ -643,6 +794,12 @@ fn a_window_that_closes_pauses_the_run_at_the_wave_boundary_and_reconcile_resume
     let status = s.slipway(&["status"]);
     assert!(
         status.stdout.contains("PAUSED") && status.stdout.contains("maintenance window closed"),
+        "{}",
+        status.stdout
+    );
+    // It waits for its window, and status says so: no pause_timeout aborts a window's pause.
+    assert!(
+        status.stdout.contains("once its maintenance window opens") && !status.stdout.contains("pause_timeout_s"),
         "{}",
         status.stdout
     );

@@ -87,6 +87,9 @@ pub struct RolloutOptions {
 struct Resume {
     run: RunId,
     failed: usize,
+    /// How many tenants the run froze in its waves: `max_failure_ratio`'s denominator, the
+    /// same as before its pause (not only the tenants it has left).
+    frozen: usize,
 }
 
 /// How one tenant ended.
@@ -492,11 +495,10 @@ async fn rollout_app(
     let resumed = resume.is_some();
     let record = match &resume {
         // The paused run goes on under its own id: one run, one journal, one rollback.
-        Some(r) => {
-            let record = ctx.reopen_run("rollout", &r.run)?;
-            ctx.store.end_pause(r.run.as_str(), "resumed")?;
-            record
-        }
+        // Its pause stays open until the resumed run ends: killed in the middle, `recover`
+        // leaves every tenant on one version and the run still paused, for another resume of
+        // the same frozen waves (or an abort).
+        Some(r) => ctx.reopen_run("rollout", &r.run)?,
         None => ctx.start_run("rollout", Some(&app.name), Some(&plan.commit), Some(&digest))?,
     };
     let ctx = &*ctx;
@@ -540,6 +542,8 @@ async fn rollout_app(
     // Tenants that failed (each rolled back with its data), counted against the budget; a
     // resumed run's earlier failures still count.
     let mut failed = resume.as_ref().map_or(0, |r| r.failed);
+    // The budget's ratio is of the whole run's tenants, a resumed run's too.
+    let budget_total = resume.as_ref().map_or(total, |r| r.frozen.max(total));
     // The wave in which the failures went over the budget (not a gating tenant's failure).
     let mut over_in: Option<usize> = None;
     // An error that is no tenant's outcome (the run record, an undo that could not even
@@ -566,6 +570,10 @@ async fn rollout_app(
                 window_closed = Some(format!("{} ({t}: {why})", wave.name));
                 break;
             }
+        }
+        // A test's kill at a wave boundary: the waves before it done, none of its tenants started.
+        if k > 0 {
+            crate::context::crash_point("wave-start");
         }
         let mut queue = wave.tenants.iter().filter_map(|t| at.get(t).copied()).peekable();
         let mut running = futures_util::stream::FuturesUnordered::new();
@@ -626,7 +634,7 @@ async fn rollout_app(
                     failed += 1;
                     if was_gating {
                         ExitKind::Halted
-                    } else if app.rollout.over_budget(failed, total) {
+                    } else if app.rollout.over_budget(failed, budget_total) {
                         over_in.get_or_insert(wave.index);
                         ExitKind::Halted
                     } else {
@@ -802,9 +810,14 @@ async fn rollout_app(
         )?;
         crate::context::crash_point("rollout-paused");
     }
+    // A resumed run that did not pause again is no longer paused once it is over (one a
+    // signal cut short stays paused, for another resume of the tenants it did not reach).
+    let paused = matches!(on_budget, Some((OnBudget::Pause | OnBudget::RollbackWave, _))) || window_closed.is_some();
+    if resumed && !paused && outcome != ExitKind::Interrupted {
+        ctx.store.end_pause(ctx.run_id.as_str(), "resumed")?;
+    }
     // One outcome word per exit code (ExitKind::word), as every job records it.
     record.finish(ctx, outcome, &summary)?;
-    let paused = matches!(on_budget, Some((OnBudget::Pause | OnBudget::RollbackWave, _))) || window_closed.is_some();
     let over_in = on_budget.map(|(_, w)| w);
     Ok(AppReport {
         plan,
@@ -1482,6 +1495,10 @@ impl TenantRoll<'_> {
         let r = &self.run;
         let soak_s = self.soak_s.unwrap_or(r.app.canary_soak_s);
         let until = Instant::now() + Duration::from_secs(soak_s);
+        // A test's kill while a wave's tenant bakes (journaled as the canary's soak step).
+        if !self.item.canary {
+            crate::context::crash_point("wave-bake");
+        }
         while Instant::now() < until && !r.ctx.cancel.is_cancelled() {
             tokio::time::sleep(Duration::from_millis(200).min(until.saturating_duration_since(Instant::now()))).await;
         }

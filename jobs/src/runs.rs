@@ -3,7 +3,7 @@
 use std::fmt;
 
 use serde::Serialize;
-use slipway_state::{Run, Step, TenantResult};
+use slipway_state::{Pause, Run, Step, TenantResult, WaveRow};
 
 use crate::context::Ctx;
 use crate::error::{Error, Result};
@@ -22,6 +22,10 @@ pub struct RunDetail {
     pub run: Run,
     /// Per-tenant results (rollouts).
     pub tenants: Vec<TenantResult>,
+    /// The waves a rollout froze before its first tenant, in order (empty for other jobs).
+    pub waves: Vec<WaveRow>,
+    /// Its pauses (over its budget, or its maintenance window closed), oldest first.
+    pub pauses: Vec<Pause>,
     /// Every journaled step.
     pub steps: Vec<Step>,
 }
@@ -35,7 +39,13 @@ pub fn list(ctx: &Ctx, limit: usize) -> Result<RunsReport> {
 pub fn show(ctx: &Ctx, id: &str) -> Result<RunDetail> {
     let run =
         ctx.store.run(id)?.ok_or_else(|| Error::Usage(format!("no run {id} in the run record; see `slipway runs`")))?;
-    Ok(RunDetail { tenants: ctx.store.tenants(id)?, steps: ctx.store.steps(id)?, run })
+    Ok(RunDetail {
+        tenants: ctx.store.tenants(id)?,
+        waves: ctx.store.waves(id)?,
+        pauses: ctx.store.pauses_of(id)?,
+        steps: ctx.store.steps(id)?,
+        run,
+    })
 }
 
 fn outcome(r: &Run) -> &str {
@@ -84,6 +94,34 @@ impl fmt::Display for RunDetail {
             writeln!(f, "  tenant {:<20} {:<14} downtime {down}", t.tenant, t.outcome)?;
             if let (Some(n), Some(failed), Some(d)) = (t.proxy_requests, t.proxy_failed, t.proxy_downtime_ms) {
                 writeln!(f, "    through the proxy: {failed} of {n} requests failed, proxy downtime {d} ms")?;
+            }
+        }
+        // The frozen waves, one line each: its name, limits and tenants in order.
+        let mut waves: Vec<(i64, &str, i64, i64, Vec<&str>)> = Vec::new();
+        for w in &self.waves {
+            match waves.last_mut() {
+                Some(last) if last.0 == w.wave => last.4.push(&w.tenant),
+                _ => waves.push((w.wave, &w.name, w.max_parallel, w.bake_s, vec![&w.tenant])),
+            }
+        }
+        for (n, name, parallel, bake, tenants) in &waves {
+            writeln!(f, "  wave {n} ({name}, max_parallel {parallel}, bake {bake} s): {}", tenants.join(" "))?;
+        }
+        for p in &self.pauses {
+            match (&p.ended_at, &p.ended_by) {
+                (Some(at), by) => writeln!(
+                    f,
+                    "  paused   {} ({}: {}), ended {at} ({})",
+                    p.paused_at,
+                    p.kind,
+                    p.reason,
+                    by.as_deref().unwrap_or("?")
+                )?,
+                (None, _) => writeln!(
+                    f,
+                    "  PAUSED   since {} ({}: {}): `slipway rollout resume {}` or `slipway rollout abort {}`",
+                    p.paused_at, p.kind, p.reason, p.run_id, p.run_id
+                )?,
             }
         }
         writeln!(f, "  steps:")?;

@@ -390,12 +390,22 @@ impl Store {
         Ok(())
     }
 
-    /// Record rollout run `run_id` of `app` as paused, of `kind` (`budget`, `window`).
+    /// Record rollout run `run_id` of `app` as paused, of `kind` (`budget`, `window`). A resumed
+    /// run keeps its pause open until it ends (so a crash in the middle leaves it paused);
+    /// pausing again ends that one as `resumed` in the same transaction, never leaving the run
+    /// without a pause or with two.
     pub fn pause_run(&self, run_id: &str, app: &str, kind: &str, reason: &str) -> Result<()> {
-        self.conn.execute(
-            "INSERT INTO run_pauses (run_id, app, kind, paused_at, reason) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![run_id, app, kind, now(), reason],
+        let tx = self.conn.unchecked_transaction()?;
+        let at = now();
+        tx.execute(
+            "UPDATE run_pauses SET ended_at = ?2, ended_by = 'resumed' WHERE run_id = ?1 AND ended_at IS NULL",
+            params![run_id, at],
         )?;
+        tx.execute(
+            "INSERT INTO run_pauses (run_id, app, kind, paused_at, reason) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![run_id, app, kind, at, reason],
+        )?;
+        tx.commit()?;
         Ok(())
     }
 
@@ -410,11 +420,19 @@ impl Store {
 
     /// Every open pause, oldest first.
     pub fn open_pauses(&self) -> Result<Vec<Pause>> {
-        let mut st = self.conn.prepare(
-            "SELECT run_id, app, kind, paused_at, reason, ended_at, ended_by FROM run_pauses
-             WHERE ended_at IS NULL ORDER BY id",
-        )?;
-        let rows = st.query_map([], |r| {
+        self.pauses_where("ended_at IS NULL", [])
+    }
+
+    /// Every pause of run `run_id`, open or ended, oldest first.
+    pub fn pauses_of(&self, run_id: &str) -> Result<Vec<Pause>> {
+        self.pauses_where("run_id = ?1", [run_id])
+    }
+
+    fn pauses_where<P: rusqlite::Params>(&self, cond: &str, p: P) -> Result<Vec<Pause>> {
+        let mut st = self.conn.prepare(&format!(
+            "SELECT run_id, app, kind, paused_at, reason, ended_at, ended_by FROM run_pauses WHERE {cond} ORDER BY id"
+        ))?;
+        let rows = st.query_map(p, |r| {
             Ok(Pause {
                 run_id: r.get(0)?,
                 app: r.get(1)?,

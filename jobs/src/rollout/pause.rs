@@ -232,7 +232,7 @@ pub(crate) async fn resume(ctx: &mut Ctx, opts: &RolloutOptions, id: &RunId) -> 
         &tenants,
         &members,
         opts.keep_old,
-        Some(Resume { run: id.clone(), failed: failed.len() }),
+        Some(Resume { run: id.clone(), failed: failed.len(), frozen: rows.len() }),
     )
     .await?;
     let mut report = report;

@@ -563,6 +563,13 @@ impl RawApp {
                         not available for a stack yet); drop them (waves, order_by and the budgets apply)"
                 .into());
         }
+        // A stack's switch is timed (its report shows the downtime) but not held to a budget.
+        if stack.is_some() && rollout.downtime_budget_ms.is_some() {
+            return Err("[app.rollout] downtime_budget_ms: a stack's rollout does not hold its tenants to a downtime \
+                        budget yet (its switch is timed and reported); drop the key, or roll the app as a single \
+                        container"
+                .into());
+        }
         let hooks = self.hooks.unwrap_or_default().validate()?;
         if stack.is_some() && hooks != super::hooks::Hooks::default() {
             return Err("[app.hooks]: a stack's rollout does not run hooks yet; drop them, or roll the app as a \

@@ -398,6 +398,14 @@ mod tests {
         );
         let e = crate::config::Fleet::parse(&stack, "fleet.toml").unwrap_err().to_string();
         assert!(e.contains("[app.rollout]") && e.contains("one at a time"), "{e}");
+        // A key a stack's rollout would not keep is refused, not silently ignored.
+        let budget = stack.replace("max_parallel = 4", "downtime_budget_ms = 500");
+        let e = crate::config::Fleet::parse(&budget, "fleet.toml").unwrap_err().to_string();
+        assert!(e.contains("downtime_budget_ms") && e.contains("fleet.toml"), "{e}");
+        let sqlite = stack
+            .replace("[app.rollout]\nmax_parallel = 4\n", "[app.database]\nkind = \"sqlite\"\npaths = [\"app.db\"]\n");
+        let e = crate::config::Fleet::parse(&sqlite, "fleet.toml").unwrap_err().to_string();
+        assert!(e.contains("[app.database]") && e.contains("sqlite") && e.contains("[app.services]"), "{e}");
     }
 
     #[test]
