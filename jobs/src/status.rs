@@ -205,10 +205,16 @@ pub async fn status(ctx: &Ctx) -> Result<StatusReport> {
     // its run's outcome word: halted, or recovered after a crash as it paused).
     let pauses = ctx.store.open_pauses()?;
     for p in &pauses {
+        // A window's pause waits for its window, however long; a budget's is aborted after
+        // the app's pause_timeout_s.
+        let then = if p.kind == "window" {
+            "the first reconcile once its maintenance window opens goes on with it (no timeout aborts it)"
+        } else {
+            "past the app's pause_timeout_s the next rollout or reconcile aborts it"
+        };
         attention.push(format!(
             "run {} (rollout of app {}) is PAUSED since {} ({}): `slipway rollout resume {}` goes on with its \
-             waves, `slipway rollout abort {}` rolls back what it changed; past the app's pause_timeout_s the next \
-             rollout or reconcile aborts it",
+             waves, `slipway rollout abort {}` rolls back what it changed; {then}",
             p.run_id, p.app, p.paused_at, p.reason, p.run_id, p.run_id
         ));
     }
@@ -235,6 +241,21 @@ pub async fn status(ctx: &Ctx) -> Result<StatusReport> {
             r.app.as_deref().unwrap_or("-"),
             r.outcome.as_deref().unwrap_or("?"),
             r.id,
+            r.id
+        ));
+    }
+    // The newest daily snapshot or sync did not succeed: a backup not taken (or not off site)
+    // is said the morning after, not only once the newest good one is over 26 h old.
+    for job in ["snapshot", "sync"] {
+        let Some(r) = ctx.store.last_run_of(job)? else { continue };
+        let Some(word) = r.outcome.as_deref() else { continue };
+        if word == crate::error::ExitKind::Success.word() {
+            continue;
+        }
+        attention.push(format!(
+            "run {} (the last {job}) ended {word}: {}; the next {job} tries again, see `slipway runs show {}`",
+            r.id,
+            r.summary.as_deref().unwrap_or("-").lines().next().unwrap_or("-"),
             r.id
         ));
     }
