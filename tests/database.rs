@@ -7,7 +7,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::support::reports::Runs;
-use crate::support::{sh, tree_hash, Env, Sandbox};
+use crate::support::{sh, tree_hash, Env, Sandbox, Webhook};
 
 /// A tenant's database container, removed (with its volumes) when dropped. It carries its own
 /// label, not the sandbox's, so the app never takes it for a tenant.
@@ -25,6 +25,11 @@ impl Pg {
     /// Start `<id>-pg-<tenant>` on the sandbox's network (alias `pg-<tenant>`) with a database
     /// `app`, and wait until it answers.
     fn start(s: &Sandbox, tenant: &str) -> Pg {
+        Pg::start_from(s, tenant, Env::get().fixture("pg"))
+    }
+
+    /// [`Pg::start`] of `image`.
+    fn start_from(s: &Sandbox, tenant: &str, image: &str) -> Pg {
         let name = format!("{}-pg-{tenant}", s.id());
         let pg = Pg { name: name.clone() };
         sh(Command::new("docker").args([
@@ -38,7 +43,7 @@ impl Pg {
             &format!("pg-{tenant}"),
             "--label",
             &format!("slipway.test.db={}", s.id()),
-            Env::get().fixture("pg"),
+            image,
         ]));
         let deadline = Instant::now() + Duration::from_secs(60);
         while pg.try_sql("postgres", "select 1").is_none() {
@@ -197,9 +202,30 @@ fn a_pg_dump_refused_a_table_fails_the_snapshot_naming_the_tenant_and_counts_not
     let (name, image) = add_writer(&s, "t1");
     s.write_fleet(&db_fleet(&s, &image, "dumper"));
     pg.rows_at_least(10);
+    let hook = Webhook::listen("/hooks/backups");
+    s.append_config(&format!("[notify]\nwebhook = \"{}\"\n", hook.url));
+    let metrics = s.root().join("slipway.prom");
 
-    let out = s.slipway(&["snapshot", "--json"]);
+    let out = s.slipway(&["snapshot", "--json", "--metrics-file", metrics.to_str().unwrap()]);
     assert_eq!(out.code, 1, "{} {}", out.stdout, out.stderr);
+    // Loud where an operator looks: the webhook, the metrics file and status all say so.
+    let body: serde_json::Value = serde_json::from_str(&hook.body()).unwrap();
+    assert_eq!(
+        (body["job"].as_str(), body["outcome"].as_str(), body["exit_code"].as_i64()),
+        (Some("snapshot"), Some("failed"), Some(1)),
+        "{body}"
+    );
+    assert!(body["text"].as_str().unwrap().contains("t1"), "{body}");
+    let prom = std::fs::read_to_string(&metrics).unwrap();
+    assert!(prom.contains("slipway_last_run_success{job=\"snapshot\"} 0"), "{prom}");
+    assert!(!prom.contains("slipway_snapshot_last_success_timestamp_seconds{tenant=\"t1\"}"), "{prom}");
+    let status = s.slipway(&["status"]);
+    assert_eq!(status.code, 8, "{}", status.stdout);
+    assert!(
+        status.stdout.contains("(the last snapshot) ended failed") && status.stdout.contains("FAILED: t1"),
+        "{}",
+        status.stdout
+    );
     let env = out.json();
     assert_eq!(env["outcome"], "failed");
     let archive = &env["report"]["archives"][0];
@@ -690,6 +716,76 @@ fn a_drill_replays_the_dump_into_a_scratch_database_records_its_check_and_a_fail
     assert_eq!(s.inspect(&name)["Id"], id);
     assert_eq!(s.inspect(&name)["State"]["Running"], true);
     assert_eq!(pg.sql("app", "select count(*) from customers"), "10");
+}
+
+/// An image id built `FROM` the pg fixture with one label more: the same server, another image
+/// (as a database upgraded since would be); removed when dropped.
+struct Upgraded(String);
+
+impl Drop for Upgraded {
+    fn drop(&mut self) {
+        let _ = Command::new("docker").args(["rmi", "-f", &self.0]).output();
+    }
+}
+
+#[test]
+fn a_drill_boots_its_scratch_database_from_the_image_the_dump_was_taken_with_not_the_one_running_now() {
+    let s = Sandbox::new();
+    let pg = Pg::start(&s, "t1");
+    let (name, image) = add_writer(&s, "t1");
+    pg.rows_at_least(20);
+    s.write_fleet(&format!("{}check = \"select count(*) > 0 from ledger\"\n", db_fleet(&s, &image, "postgres")));
+    let out = s.slipway(&["snapshot", "--json"]);
+    assert_eq!(out.code, 0, "{} {}", out.stdout, out.stderr);
+    let dumped_with = s.inspect(&pg.name)["Image"].as_str().unwrap().to_string();
+    // The database container is recreated from another image since the snapshot.
+    let tag = format!("slipway-test/pg-upgraded:{}", s.id());
+    let mut build = Command::new("docker")
+        .args(["build", "-q", "-t", &tag, "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(
+        build.stdin.as_mut().unwrap(),
+        format!("FROM {}\nLABEL slipway.test.upgraded={}\n", Env::get().fixture("pg"), s.id()).as_bytes(),
+    )
+    .unwrap();
+    drop(build.stdin.take());
+    let built = build.wait_with_output().unwrap();
+    assert!(built.status.success(), "docker build: {}", String::from_utf8_lossy(&built.stdout));
+    let upgraded = Upgraded(tag.clone());
+    drop(pg);
+    let pg = Pg::start_from(&s, "t1", &upgraded.0);
+    let now_runs = s.inspect(&pg.name)["Image"].as_str().unwrap().to_string();
+    assert_ne!(now_runs, dumped_with, "the test needs another image id");
+
+    // Killed right after the replay and the check: the scratch database is there to inspect.
+    let out = s.slipway_env(&["drill", "--tenant", "t1"], &[("SLIPWAY_TEST_CRASH_AT", "drill-after-database")]);
+    assert_eq!(out.code, -1, "{}", out.stderr);
+    let runs: Runs = s.slipway(&["runs", "--json"]).report();
+    let run = runs.runs.into_iter().find(|r| r.job == "drill").map(|r| r.id).expect("the killed drill's run");
+    let scratch = sh(Command::new("docker").args([
+        "ps",
+        "-a",
+        "--filter",
+        &format!("label=slipway.drill={run}"),
+        "--format",
+        "{{.Names}}",
+    ]))
+    .lines()
+    .find(|n| n.ends_with("-db"))
+    .map(str::to_string)
+    .expect("no scratch database");
+    assert_eq!(s.inspect(&scratch)["Image"].as_str(), Some(dumped_with.as_str()), "the scratch database's image");
+    assert_eq!(s.slipway(&["recover"]).code, 0);
+    // A whole drill passes on it, and the live database container is the one running now.
+    let out = s.slipway(&["drill", "--tenant", "t1", "--json"]);
+    assert_eq!(out.code, 0, "{} {}", out.stdout, out.stderr);
+    assert_eq!(out.json()["report"]["tenants"][0]["db_check"], "t", "{}", out.stdout);
+    assert_eq!(s.inspect(&pg.name)["Image"].as_str(), Some(now_runs.as_str()));
+    assert!(s.inspect(&name)["Id"].is_string());
+    drop(pg);
 }
 
 #[test]

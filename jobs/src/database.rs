@@ -65,7 +65,11 @@ pub async fn dump(
     archive_rel: &str,
 ) -> Result<Pending> {
     let pg = connect(engine, spec, tenant)?;
-    dump_with(&pg, &spec.databases, tenant, snap_dir, archive_rel).await
+    let mut pending = dump_with(&pg, &spec.databases, tenant, snap_dir, archive_rel).await?;
+    // The image the server ran as it dumped, for a drill to boot the same one.
+    pending.dumps.image =
+        engine.spec(pg.container()).await.ok().map(|c| c.image_id()).filter(|i| crate::manifest::is_image_id(i));
+    Ok(pending)
 }
 
 /// [`dump`] through `pg`, of `databases`.
@@ -113,6 +117,7 @@ async fn dump_with(
         container: pg.container().to_string(),
         server_version,
         tool_version,
+        image: None,
         dumps,
     };
     Ok(Pending { tmp, final_dir, dumps })

@@ -1034,15 +1034,19 @@ impl Engine {
     }
 
     /// Create a drill's scratch database container ([`ContainerSpec::drill_db_body`]) from the
-    /// tenant's database container `db`.
+    /// tenant's database container `db`, of `image` (an image id) when given, else of `db`'s.
     pub async fn create_drill_db(
         &self,
         db: &ContainerSpec,
+        image: Option<&str>,
         name: &str,
         network: &str,
         labels: BTreeMap<String, String>,
     ) -> Result<()> {
-        let body = db.drill_db_body(name, network, labels);
+        let mut body = db.drill_db_body(name, network, labels);
+        if let Some(i) = image {
+            body.image = Some(i.to_string());
+        }
         let opts = CreateContainerOptionsBuilder::default().name(name).build();
         self.docker
             .create_container(Some(opts), body)

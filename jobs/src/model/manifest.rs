@@ -113,6 +113,11 @@ pub struct DatabaseDumps {
     pub server_version: String,
     /// The dump tool's version (`pg_dump --version`), the server's own: it ran in its container.
     pub tool_version: String,
+    /// The id (`sha256:…`) of the image the database container ran when dumped: a drill boots
+    /// its scratch database from it, so the dump is proven by the server that wrote it (absent
+    /// in manifests of earlier versions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
     /// Every dump, the globals (roles, tablespaces) first.
     pub dumps: Vec<DumpEntry>,
 }
@@ -129,6 +134,13 @@ pub struct DumpEntry {
     pub sha256: String,
     /// Size in bytes.
     pub size: u64,
+}
+
+/// Whether `s` is an image id as the engine gives it (`sha256:` and 64 lowercase hex digits):
+/// what a manifest names is used only then, never as a reference the engine could pull.
+pub fn is_image_id(s: &str) -> bool {
+    s.strip_prefix("sha256:")
+        .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
 }
 
 impl ArchiveEntry {
@@ -265,6 +277,23 @@ impl Manifest {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_an_image_id_is_taken_from_a_manifest_never_a_reference() {
+        let id = format!("sha256:{}", "ab12".repeat(16));
+        assert!(is_image_id(&id));
+        for bad in [
+            "postgres:16",
+            "registry.example/pg@sha256:".to_string().as_str(),
+            &id.to_uppercase(),
+            &id[..70],
+            &format!("{id}0"),
+            &format!("evil.example/{id}"),
+            "",
+        ] {
+            assert!(!is_image_id(bad), "{bad}");
+        }
+    }
 
     fn entry(path: &str) -> ArchiveEntry {
         ArchiveEntry {
