@@ -40,6 +40,25 @@ pub struct ProposedStack {
     pub health_service: String,
     /// Every service, by name.
     pub services: Vec<ProposedService>,
+    /// A service whose image's name says Postgres: `[app.database]` proposed for it, commented
+    /// out (an image name proposes a database, it never declares one).
+    pub database: Option<ProposedDatabase>,
+}
+
+/// A commented `[app.database]` for a stack's Postgres service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ProposedDatabase {
+    /// The service.
+    pub service: String,
+    /// `container`: its containers' name with the tenant id as `{tenant}`.
+    pub container: String,
+}
+
+/// Whether the repository `repo` names a Postgres server image (`postgres`, `bitnami/postgresql`,
+/// `postgis/postgis`, `timescale/timescaledb`): by its last path component only.
+fn is_postgres_repo(repo: &str) -> bool {
+    let last = repo.rsplit('/').next().unwrap_or(repo).to_ascii_lowercase();
+    ["postgres", "postgresql", "postgis", "timescaledb", "timescaledb-ha"].contains(&last.as_str())
 }
 
 /// One proposed `[app.services.<name>]`.
@@ -431,6 +450,19 @@ fn stack_app(
             }
         })
         .collect();
+    // A Postgres service, by its image's name: proposed, commented, when every tenant's
+    // container of it is named after the tenant the same way.
+    let database = order.iter().find(|s| is_postgres_repo(&first.shape[s.as_str()].1)).and_then(|svc| {
+        let template = |p: &Project| {
+            let name = &p.members[svc.as_str()].name;
+            (name.matches(p.tenant.as_str()).count() == 1).then(|| name.replacen(p.tenant.as_str(), "{tenant}", 1))
+        };
+        let container = template(first)?;
+        projects
+            .iter()
+            .all(|p| template(p).as_deref() == Some(container.as_str()))
+            .then(|| ProposedDatabase { service: svc.clone(), container })
+    });
     let repo = first.shape[&health_service].1.clone();
     Ok(ProposedApp {
         name: app_name(&repo),
@@ -452,6 +484,7 @@ fn stack_app(
             service_label: service_label.to_string(),
             health_service,
             services,
+            database,
         }),
     })
 }
@@ -488,6 +521,20 @@ pub(super) fn render(a: &ProposedApp, st: &ProposedStack, out: &mut String) {
             out.push_str(&format!("writes = true\ndata = [{}]\n", data.join(", ")));
         }
         out.push_str(&format!("order = {}\n", s.order));
+    }
+    if let Some(db) = &st.database {
+        out.push_str(&format!(
+            "# note: service {} runs a Postgres image (by its name: check it). To back it up as a database, not as\n\
+             # files under a running server: uncomment this table (each snapshot then dumps it live inside its\n\
+             # container, a rollout dumps it before the switch and replays it on an undo), drop its `writes` and\n\
+             # `data` above (its data is the database, kept by its dumps), and check user (add password_file\n\
+             # if the server asks for a password).\n",
+            db.service
+        ));
+        out.push_str(&format!(
+            "# [app.database]\n# kind = \"postgres\"\n# container = {}\n# databases = \"all\"\n# user = \"postgres\"\n",
+            q(&db.container),
+        ));
     }
 }
 
@@ -540,6 +587,47 @@ mod tests {
             p if p.contains("link") => HostKind::Symlink,
             _ => HostKind::Dir,
         }
+    }
+
+    #[test]
+    fn a_postgres_service_gets_a_commented_database_table_that_parses_once_uncommented() {
+        let with_db = |p: &str| {
+            let mut t = tenant(p);
+            t.push(member(p, "db", "postgres:16", D2, &[(&vol(p, "pgdata"), "/var/lib/postgresql/data")]));
+            t
+        };
+        let host: Vec<HostContainer> = ["c1", "c2"].iter().flat_map(|p| with_db(p)).collect();
+        let p = propose_with(&host, None, &kind);
+        assert_eq!(p.apps.len(), 1, "{:?}", p.skipped);
+        let db = p.apps[0].stack.as_ref().unwrap().database.clone().expect("a proposed database");
+        assert_eq!((db.service.as_str(), db.container.as_str()), ("db", "{tenant}_db_1"));
+        let text = render_fleet(&p.apps);
+        // As written it declares nothing: the proposal is commented out.
+        let f = Fleet::parse(&text, "fleet.toml").unwrap_or_else(|e| panic!("{e}\n{text}"));
+        assert!(f.apps[0].database.is_none());
+        // Uncommented as its note says (the table, and the db service's data dropped): it parses.
+        let mut uncommented = String::new();
+        let mut in_db = false;
+        let mut db_service = false;
+        for line in text.lines() {
+            db_service = if line.starts_with("[app.services.") { line == "[app.services.db]" } else { db_service };
+            if line == "# [app.database]" {
+                in_db = true;
+            }
+            if db_service && (line.starts_with("writes") || line.starts_with("data")) {
+                continue;
+            }
+            match line.strip_prefix("# ") {
+                Some(l) if in_db => uncommented.push_str(l),
+                _ => uncommented.push_str(line),
+            }
+            uncommented.push('\n');
+        }
+        let f = Fleet::parse(&uncommented, "fleet.toml").unwrap_or_else(|e| panic!("{e}\n{uncommented}"));
+        let d = f.apps[0].database.as_ref().expect("the table parsed");
+        assert_eq!(d.container_of(&"c2".parse().unwrap()), "c2_db_1");
+        // An image that only has "postgres" in its path is not taken for one.
+        assert!(!is_postgres_repo("reg/postgres-exporter") && is_postgres_repo("bitnami/postgresql"));
     }
 
     #[test]
