@@ -573,6 +573,32 @@ impl Drop for StackPg {
 }
 
 impl StackPg {
+    /// The pg fixture as `<sandbox>-pg-<project>`, serving a database `app` (no table yet).
+    fn start(s: &Sandbox, project: &str) -> StackPg {
+        let pg = StackPg(format!("{}-pg-{project}", s.id()));
+        let label = format!("slipway.test.db={}", s.id());
+        docker(&["run", "-d", "--name", &pg.0, "--label", &label, crate::support::Env::get().fixture("pg")]);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while Command::new("docker")
+            .args(["exec", &pg.0, "psql", "-U", "postgres", "-c", "select 1"])
+            .output()
+            .map_or(true, |o| !o.status.success())
+        {
+            assert!(std::time::Instant::now() < deadline, "the pg fixture did not come up");
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+        docker(&["exec", &pg.0, "psql", "-U", "postgres", "-c", "create database app"]);
+        pg
+    }
+
+    /// The `[app.database]` table naming these containers.
+    fn fleet(s: &Sandbox) -> String {
+        format!(
+            "[app.database]\nkind = \"postgres\"\ncontainer = \"{}-pg-{{tenant}}\"\ndatabases = [\"app\"]\nuser = \"postgres\"\n",
+            s.id()
+        )
+    }
+
     fn sql(&self, sql: &str) -> Option<String> {
         let o = Command::new("docker")
             .args(["exec", &self.0, "psql", "-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-U", "postgres"])
@@ -589,27 +615,11 @@ fn a_stack_snapshot_with_database_dumps_is_restored_with_its_database_replayed_a
     let img = images(&s);
     let t1 = compose_tenant(&s, "t1", &img);
     let (app_vol, side_vol) = vols(&t1);
-    let pg = StackPg(format!("{}-pg-{}", s.id(), t1.project));
-    let label = format!("slipway.test.db={}", s.id());
-    docker(&["run", "-d", "--name", &pg.0, "--label", &label, crate::support::Env::get().fixture("pg")]);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while Command::new("docker")
-        .args(["exec", &pg.0, "psql", "-U", "postgres", "-c", "select 1"])
-        .output()
-        .map_or(true, |o| !o.status.success())
-    {
-        assert!(std::time::Instant::now() < deadline, "the pg fixture did not come up");
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    }
-    docker(&["exec", &pg.0, "psql", "-U", "postgres", "-c", "create database app"]);
+    let pg = StackPg::start(&s, &t1.project);
     pg.sql("create table customers (id int primary key, name text); insert into customers select g, 'customer ' || g from generate_series(1, 500) g").unwrap();
     std::fs::create_dir_all(app_vol.join("db")).unwrap();
     std::fs::write(app_vol.join("db/records.txt"), "customer row\n".repeat(100)).unwrap();
-    let db = format!(
-        "[app.database]\nkind = \"postgres\"\ncontainer = \"{}-pg-{{tenant}}\"\ndatabases = [\"app\"]\nuser = \"postgres\"\n",
-        s.id()
-    );
-    s.write_fleet(&stack_fleet(&s, &img.app, &img.worker, &img.side, &db));
+    s.write_fleet(&stack_fleet(&s, &img.app, &img.worker, &img.side, &StackPg::fleet(&s)));
     let out = s.slipway(&["snapshot", "--json"]);
     assert_eq!(out.code, 0, "{} {}", out.stdout, out.stderr);
     let snap = (tree(&app_vol), tree(&side_vol));
@@ -643,4 +653,56 @@ fn a_stack_snapshot_with_database_dumps_is_restored_with_its_database_replayed_a
     assert_eq!(rows(), rows_now);
     let now: Vec<_> = ["app", "side", "worker"].map(|x| looks(&s, &t1.container(x))).to_vec();
     assert_eq!(now, before);
+}
+
+/// A stack whose database runs outside its project: the drill replays the dump into a scratch
+/// database made from that container (on the drill's network only) before the first service
+/// starts, and answers `check` from the dump, not from the live database; the scratch database
+/// goes with the drill, and one a killed drill left goes with `recover`.
+#[test]
+fn a_stack_drill_replays_a_database_outside_the_project_into_a_scratch_one_that_goes_with_it() {
+    let s = Sandbox::new();
+    let img = images(&s);
+    let t1 = compose_tenant(&s, "t1", &img);
+    let pg = StackPg::start(&s, &t1.project);
+    pg.sql("create table customers (id int primary key); insert into customers select generate_series(1, 500)")
+        .unwrap();
+    let with_check = format!("{}check = \"select count(*) from customers\"\n", StackPg::fleet(&s));
+    s.write_fleet(&stack_fleet(&s, &img.app, &img.worker, &img.side, &with_check));
+    let out = s.slipway(&["snapshot", "--json"]);
+    assert_eq!(out.code, 0, "{} {}", out.stdout, out.stderr);
+    // After the snapshot the live database changes: the check must answer from the dump.
+    pg.sql("delete from customers where id > 10").unwrap();
+    let live = || {
+        let c: Vec<_> = ["app", "side", "worker"].map(|x| looks(&s, &t1.container(x))).to_vec();
+        (c, s.inspect(&pg.0)["Id"].clone(), s.inspect(&pg.0)["State"]["StartedAt"].clone())
+    };
+    let before = live();
+
+    let out = s.slipway(&["drill", "--tenant", &t1.project, "--json"]);
+    assert_eq!(out.code, 0, "{} {}", out.stdout, out.stderr);
+    let t = &out.json()["report"]["tenants"][0];
+    assert_eq!(t["outcome"], "passed", "{t}");
+    assert_eq!(t["db_check"], "500", "{t}");
+    let scratch = t["db_container"].as_str().unwrap_or_default().to_string();
+    assert!(scratch.starts_with("slipway-drill-") && scratch.ends_with("--db"), "{t}");
+    assert!(!s.container_exists(&scratch), "the scratch database was not removed");
+    assert!(drill_leftovers(&s, &t1.project).is_empty(), "{:?}", drill_leftovers(&s, &t1.project));
+    assert_eq!(live(), before, "the live stack or its database container changed");
+    assert_eq!(pg.sql("select count(*) from customers").as_deref(), Some("10"));
+
+    // Killed right after the replay: the scratch database carries the drill's label, and
+    // `recover` removes it with the rest.
+    s.slipway_killed_at(&["drill", "--tenant", &t1.project], "drill-after-database");
+    let runs = s.slipway(&["runs", "--json"]).report::<crate::support::reports::Runs>().runs;
+    let run = runs.into_iter().find(|r| r.job == "drill").map(|r| r.id).expect("the killed drill's run");
+    let label = format!("label=slipway.drill={run}");
+    let made = || docker(&["ps", "-a", "--filter", &label, "--format", "{{.Names}}"]);
+    assert!(made().lines().any(|n| n.ends_with("--db")), "the kill left no scratch database: {}", made());
+    let rec = s.slipway(&["recover", "--json"]);
+    assert_eq!(rec.code, 0, "{} {}", rec.stdout, rec.stderr);
+    assert_eq!(made(), "", "recover left the drill's containers");
+    assert!(drill_leftovers(&s, &t1.project).is_empty(), "{:?}", drill_leftovers(&s, &t1.project));
+    assert_eq!(live(), before, "the live stack or its database container changed");
+    assert_eq!(pg.sql("select count(*) from customers").as_deref(), Some("10"));
 }

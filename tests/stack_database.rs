@@ -412,3 +412,125 @@ fn a_stack_whose_database_dump_fails_is_left_untouched_before_the_switch() {
     let named: Vec<_> = runs.map(|e| e.path().join(format!("{}.db", c.tenant()))).filter(|p| p.exists()).collect();
     assert!(named.is_empty(), "a failed dump left {named:?}");
 }
+
+/// The rows of `table` in the database dump of the one daily snapshot, read from the dump
+/// itself (pg_restore's data section, through the `pg_restore` of container `pg`, which reads
+/// the dump from stdin and connects to no server).
+fn dumped_rows(s: &Sandbox, pg: &str, table: &str) -> u64 {
+    let days: Vec<_> = std::fs::read_dir(s.backups().join("daily")).unwrap().flatten().map(|e| e.path()).collect();
+    assert_eq!(days.len(), 1, "{days:?}");
+    let m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(days[0].join("MANIFEST.json")).unwrap()).unwrap();
+    let e = m["archives"].as_array().unwrap().iter().find(|e| e["database"].is_object()).cloned().unwrap_or_default();
+    let dump = days[0].join(e["database"]["dumps"][1]["path"].as_str().unwrap_or_else(|| panic!("no dump in {m}")));
+    let f = std::fs::File::open(&dump).unwrap();
+    let o = Command::new("docker")
+        .args(["exec", "-i", pg, "pg_restore", "--data-only", "--table", table, "-f", "-"])
+        .stdin(f)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "pg_restore: {}", String::from_utf8_lossy(&o.stderr));
+    let text = String::from_utf8_lossy(&o.stdout);
+    let copy = format!("COPY public.{table} ");
+    let rows = text.lines().skip_while(|l| !l.starts_with(&copy)).skip(1).take_while(|l| *l != "\\.");
+    rows.count() as u64
+}
+
+/// What drill run `run` left: containers and networks labelled with it, and the scratch root.
+fn drill_left(s: &Sandbox, run: &str) -> Vec<String> {
+    let label = format!("label=slipway.drill={run}");
+    let mut left: Vec<String> = docker(&["ps", "-a", "--filter", &label, "--format", "{{.Names}}"])
+        .lines()
+        .map(|n| format!("container {n}"))
+        .collect();
+    left.extend(
+        docker(&["network", "ls", "--filter", &label, "--format", "{{.Name}}"]).lines().map(|n| format!("network {n}")),
+    );
+    let root = s.backups().join("drill");
+    if root.exists() {
+        left.push(format!("dir {}", root.display()));
+    }
+    left
+}
+
+/// A stack drill proves the database too: the snapshot's dump is replayed into the database
+/// service's own drill container (a fresh server: none of its writable mounts) before the app's
+/// starts, and `check` answers there exactly what the dump holds. A check that errors fails the
+/// drill naming the tenant; either way the live stack and its database are only looked at and
+/// nothing of the drill is left, its volumes included.
+#[test]
+fn a_stack_drill_replays_the_dump_into_its_database_service_and_a_failing_check_fails_it_naming_the_tenant() {
+    let c = case("");
+    let with_check = |check: &str| format!("{}check = \"{check}\"\n", fleet(&c.s, &c.img, &c.img.app, ""));
+    c.s.write_fleet(&with_check("select * from no_such_table"));
+    let rows_before = rows_at_least(&c.pg, 1);
+    let out = c.s.slipway(&["snapshot", "--json"]);
+    assert_eq!(out.code, 0, "{} {}", out.stdout, out.stderr);
+    let rows_after = rows_at_least(&c.pg, 1);
+    let dumped = dumped_rows(&c.s, &c.pg, "ledger");
+    assert!(rows_before <= dumped && dumped <= rows_after, "{rows_before} <= {dumped} <= {rows_after}");
+
+    // Hostile first: a check that errors on the replayed dump fails the drill (exit 1), naming
+    // the tenant and the query; everything the drill made is gone.
+    let out = c.s.slipway(&["drill", "--tenant", c.tenant(), "--json"]);
+    assert_eq!(out.code, 1, "{} {}", out.stdout, out.stderr);
+    let t = &out.json()["report"]["tenants"][0];
+    assert_eq!(t["outcome"], "failed", "{t}");
+    let detail = t["detail"].as_str().unwrap_or_default();
+    assert!(detail.contains(&format!("tenant {}", c.tenant())) && detail.contains("no_such_table"), "{detail}");
+    assert!(t.get("db_check").is_none_or(|a| a.is_null()), "{t}");
+    assert_eq!(drill_left(&c.s, &out.run_id()), Vec::<String>::new());
+    c.assert_back("the failed drill");
+    let status = c.s.slipway(&["status", "--json"]).json();
+    let st = &status["report"]["apps"][0]["tenants"][0];
+    assert!(st.get("last_db_drill").is_none_or(|d| d.is_null()), "{st}");
+
+    // A check that answers: held once every service is healthy, the drill's database is its
+    // service's own container, on a fresh data dir, and the app's replayed ledger is there.
+    c.s.write_fleet(&with_check("select count(*) from ledger"));
+    let args = ["drill", "--tenant", c.tenant(), "--json"];
+    let (child, reached, stderr) = c.s.spawn_held_at(&args, "drill-healthy", 10_000);
+    assert!(reached, "the drill did not reach its health gate");
+    let tenant_label = format!("label=slipway.drill.tenant={}", c.tenant());
+    let running = docker(&["ps", "--filter", &tenant_label, "--format", "{{.Names}}"]);
+    let drilled: Vec<&str> = running.lines().collect();
+    assert_eq!(drilled.len(), 3, "{drilled:?}");
+    let db = drilled.iter().find(|n| n.ends_with("-postgres")).unwrap_or_else(|| panic!("{drilled:?}")).to_string();
+    let live_volumes: Vec<String> = c.s.inspect(&c.pg)["Mounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["Name"].as_str().map(str::to_string))
+        .collect();
+    let mut volumes = Vec::new();
+    for n in &drilled {
+        for m in c.s.inspect(n)["Mounts"].as_array().cloned().unwrap_or_default() {
+            if let Some(v) = m["Name"].as_str() {
+                assert!(!live_volumes.iter().any(|l| l == v), "{n} mounts the live database's volume {v}");
+                volumes.push(v.to_string());
+            }
+        }
+    }
+    let child = child.wait_with_output().unwrap();
+    let out = crate::support::Out {
+        code: child.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&child.stdout).into_owned(),
+        stderr: stderr.join().unwrap_or_default(),
+    };
+    assert_eq!(out.code, 0, "{} {}", out.stdout, out.stderr);
+    let t = &out.json()["report"]["tenants"][0];
+    assert_eq!(t["outcome"], "passed", "{t}");
+    assert_eq!(t["db_check"], dumped.to_string(), "the check must answer the dump's rows: {t}");
+    assert_eq!(t["db_container"], db.as_str(), "{t}");
+    assert_eq!(drill_left(&c.s, &out.run_id()), Vec::<String>::new());
+    let kept: Vec<&String> = volumes
+        .iter()
+        .filter(|v| Command::new("docker").args(["volume", "inspect", v]).output().unwrap().status.success())
+        .collect();
+    assert!(kept.is_empty(), "the drill left volumes {kept:?}");
+    c.assert_back("the drill");
+    let status = c.s.slipway(&["status", "--json"]).json();
+    let st = &status["report"]["apps"][0]["tenants"][0];
+    assert_eq!(st["last_db_drill"]["check"], dumped.to_string(), "{st}");
+    assert!(st["last_db_drill"]["at"].is_string(), "{st}");
+}

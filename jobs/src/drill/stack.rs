@@ -5,6 +5,13 @@
 //! tenant's data mounts, in start order, and every one gated (running, `healthy` where it has
 //! a HEALTHCHECK, its HTTP checks on the drill network). The live stack is only inspected.
 //! Everything made carries the drill's label; all of it is removed at the end, also on failure.
+//!
+//! With `[app.database]` the snapshot's dumps are re-hashed before anything starts and replayed,
+//! then `check` answered, before any service that could use the database starts: into the
+//! database service's own drill container right after it started (none of its writable mounts,
+//! so the server's data dir is a fresh one), or, when the database runs outside the project,
+//! into a scratch database made from its container ([`crate::naming::drill_stack_db`],
+//! journaled) before the first service.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -14,8 +21,8 @@ use super::{cancelled, strips_label, DrillJournal, DrillOptions, DrillOutcome, S
 use crate::adapters::archive;
 use crate::adapters::docker::{DrillData, DrillSpec, Engine};
 use crate::adapters::health::Prober;
-use crate::config::App;
-use crate::context::{crash_point, Ctx};
+use crate::config::{App, DatabaseSpec};
+use crate::context::{crash_point, test_pause, Ctx};
 use crate::error::{Error, Result};
 use crate::journal::DrillStep;
 use crate::restore::{self, Fetched};
@@ -38,14 +45,24 @@ pub(super) async fn drill_stack_tenant(
         .map(|n| crate::layout::drill_scratch(&ctx.cfg.backup_root, &ctx.run_id, &crate::layout::mount_key(tenant, n)))
         .collect();
     let mut t = TenantDrill::new(tenant, app, names.join(", "));
+    // The database's drill container: its service's, or a scratch one beside the services.
+    let db_service = app.database.as_ref().and_then(|d| {
+        let live = d.container_of(&st.tenant);
+        st.containers.iter().position(|c| c.name == live)
+    });
+    t.db_container = app.database.as_ref().map(|_| match db_service {
+        Some(i) => names[i].clone(),
+        None => crate::naming::drill_stack_db(tenant, &ctx.run_id),
+    });
     let journal = DrillJournal {
         drill_container: network.clone(),
         scratch: scratches.first().cloned().unwrap_or_default(),
-        db_container: None,
+        // Only a container the service loop does not make (and remove) itself.
+        db_container: t.db_container.clone().filter(|_| db_service.is_none()),
     };
-    let run = steps(ctx, engine, prober, opts, app, st, (&network, &names, &scratches), &mut t).await;
+    let run = steps(ctx, engine, prober, opts, app, st, (&journal, &names, &scratches), db_service, &mut t).await;
     let s = ctx.begin(Some(tenant), DrillStep::Cleanup, &journal)?;
-    for n in &names {
+    for n in names.iter().chain(journal.db_container.iter()) {
         if let Err(e) = engine.remove_with_volumes(n).await {
             t.left.push(format!("container {n} ({e})"));
         }
@@ -61,7 +78,7 @@ pub(super) async fn drill_stack_tenant(
     }
     ctx.end(s, if t.left.is_empty() { "ok" } else { "failed" }, None::<&()>)?;
     t.conclude(run, |t| {
-        format!(
+        let mut detail = format!(
             "restored {} entries ({} bytes) of {} mount(s) from {} in {} ms; {} service(s) healthy after {} ms",
             t.entries,
             t.data_bytes,
@@ -70,7 +87,11 @@ pub(super) async fn drill_stack_tenant(
             t.restore_ms.unwrap_or(0),
             st.containers.len(),
             t.healthy_ms.unwrap_or(0)
-        )
+        );
+        if let Some(answer) = &t.db_check {
+            detail.push_str(&format!("; database replayed, check answered {answer:?}"));
+        }
+        detail
     });
     Ok(t)
 }
@@ -83,13 +104,14 @@ async fn steps(
     opts: &DrillOptions,
     app: &App,
     st: &StackTenant,
-    (network, names, scratches): (&str, &[String], &[PathBuf]),
+    (detail, names, scratches): (&DrillJournal, &[String], &[PathBuf]),
+    db_service: Option<usize>,
     t: &mut TenantDrill,
 ) -> Result<std::result::Result<(), Stop>> {
     let tenant = st.tenant.as_str();
+    let network = detail.drill_container.as_str();
     let started = Instant::now();
-    let detail = serde_json::json!({ "drill_container": network });
-    let s = ctx.begin(Some(tenant), DrillStep::Fetch, &detail)?;
+    let s = ctx.begin(Some(tenant), DrillStep::Fetch, detail)?;
     let fetched = restore::fetch_verified(&ctx.cfg, &st.tenant, &opts.source, opts.remote).await;
     ctx.end(s, if fetched.is_ok() { "ok" } else { "failed" }, None::<&()>)?;
     let f: Fetched = match fetched {
@@ -120,7 +142,7 @@ async fn steps(
             }
         }
     }
-    let s = ctx.begin(Some(tenant), DrillStep::Extract, &detail)?;
+    let s = ctx.begin(Some(tenant), DrillStep::Extract, detail)?;
     let parts = match restore::stack::verified_parts(&f, |n| scratches[slot[n]].clone()).await {
         Ok(p) => p,
         Err(e) => {
@@ -158,9 +180,17 @@ async fn steps(
     if ctx.cancel.is_cancelled() {
         return Ok(Err(Stop::Interrupted("after extracting the archives")));
     }
+    // `[app.database]`: the dumps the snapshot names, every one re-hashed before anything starts.
+    let db = match &app.database {
+        None => None,
+        Some(spec) => match dumps_of(&f, &st.tenant, app, t.snapshot.as_deref()).await {
+            Ok(files) => Some((spec, files)),
+            Err(why) => return Ok(Err(Stop::Failed(why))),
+        },
+    };
 
     // Every service on the drill's internal network, in start order, on the copies.
-    let s = ctx.begin(Some(tenant), DrillStep::Start, &detail)?;
+    let s = ctx.begin(Some(tenant), DrillStep::Start, detail)?;
     let labels: BTreeMap<String, String> = [
         (crate::naming::DRILL_LABEL.to_string(), ctx.run_id.to_string()),
         (crate::naming::DRILL_TENANT_LABEL.to_string(), tenant.to_string()),
@@ -168,6 +198,16 @@ async fn steps(
     .into_iter()
     .collect();
     engine.create_internal_network(network, &labels).await?;
+    // A database outside the project: a scratch one from its container, answering on the drill
+    // network to its name and aliases, replayed before any service starts.
+    if let (Some((spec, files)), Some(db_name), None) = (&db, &detail.db_container, db_service) {
+        let live = engine.spec(&spec.container_of(&st.tenant)).await?;
+        engine.create_drill_db(&live, db_name, network, labels.clone()).await?;
+        if let Err(why) = replay_db(engine, spec, st, db_name, files, t).await {
+            ctx.end(s, "failed", None::<&()>)?;
+            return Ok(Err(Stop::Failed(why)));
+        }
+    }
     let strip_labels = ctx.cfg.drill.strip_labels.clone();
     let strip = move |k: &str| strips_label(k, &strip_labels, app);
     let started_at = Instant::now();
@@ -204,12 +244,22 @@ async fn steps(
             ctx.end(s, "failed", None::<&()>)?;
             return Ok(Err(Stop::Failed(format!("service {} did not start on the restored copies: {e}", c.service))));
         }
+        // The database's own service: replayed into its fresh server before a later service
+        // (its clients) starts.
+        if let (Some((spec, files)), Some(i)) = (&db, db_service) {
+            if i == n {
+                if let Err(why) = replay_db(engine, spec, st, name, files, t).await {
+                    ctx.end(s, "failed", None::<&()>)?;
+                    return Ok(Err(Stop::Failed(why)));
+                }
+            }
+        }
     }
     ctx.end(s, "ok", None::<&()>)?;
     crash_point("drill-after-start");
 
     // Every service gated, its HTTP checks on the drill network's address.
-    let s = ctx.begin(Some(tenant), DrillStep::Health, &detail)?;
+    let s = ctx.begin(Some(tenant), DrillStep::Health, detail)?;
     for (c, name) in st.containers.iter().zip(names) {
         let checks: Vec<crate::config::HealthSpec> = c
             .checks
@@ -238,8 +288,45 @@ async fn steps(
     }
     ctx.end(s, "ok", None::<&()>)?;
     t.healthy_ms = Some(started_at.elapsed().as_millis() as u64);
+    test_pause("drill-healthy");
     crash_point("drill-healthy");
     Ok(Ok(()))
+}
+
+/// The verified dumps of stack tenant `tenant`'s snapshot `f`, or why the drill fails (no
+/// dumps in the snapshot, one missing or different), the tenant named.
+async fn dumps_of(
+    f: &Fetched,
+    tenant: &crate::types::TenantId,
+    app: &App,
+    snapshot: Option<&str>,
+) -> std::result::Result<Vec<(Option<String>, PathBuf)>, String> {
+    let Some(dumps) = &f.loc.entry.database else {
+        return Err(format!(
+            "tenant {tenant}: app \"{}\" declares [app.database] but the snapshot {} holds no database dump (taken \
+             before it was declared?); run `slipway snapshot` and drill again",
+            app.name,
+            snapshot.unwrap_or("?")
+        ));
+    };
+    crate::database::verified(&f.loc.dir, tenant, dumps).await.map_err(|e| e.to_string())
+}
+
+/// Replay the verified dumps `files` into the drill's database container `container` and
+/// answer `check` there ([`crate::database::drill`]), the answer kept in `t.db_check`; Err is
+/// why the drill fails, the tenant named.
+async fn replay_db(
+    engine: &Engine,
+    spec: &DatabaseSpec,
+    st: &StackTenant,
+    container: &str,
+    files: &[(Option<String>, PathBuf)],
+    t: &mut TenantDrill,
+) -> std::result::Result<(), String> {
+    let answer = crate::database::drill(engine, spec, &st.tenant, container, files).await.map_err(|e| e.to_string())?;
+    t.db_check = Some(answer);
+    crash_point("drill-after-database");
+    Ok(())
 }
 
 /// The drill of a stack tenant that cannot be drilled as a unit (its containers are not its

@@ -65,6 +65,13 @@ pub fn drill_db(tenant: &str, run: &RunId) -> String {
     format!("{}-db", drill(tenant, run))
 }
 
+/// The name of the scratch database container drill run `run` makes for stack tenant `tenant`
+/// whose database runs outside its project. `--db`, not `-db`: a service name starts with a
+/// letter or digit, so no service's drill container (`<tenant>-<service>`) can be named so.
+pub fn drill_stack_db(tenant: &str, run: &RunId) -> String {
+    format!("{}--db", drill(tenant, run))
+}
+
 /// Whether `name` is a drill's throw-away container (never a tenant).
 pub fn is_drill(name: &str) -> bool {
     name.starts_with(DRILL)
@@ -91,6 +98,9 @@ mod tests {
         let drill = drill("t1", &run);
         assert_eq!(drill, "slipway-drill-20261122T030000Z-7f3a-t1");
         assert!(is_drill(&drill) && !is_pre_rollout(&drill));
+        // A stack's scratch database is no service's drill container, not even a service `db`'s.
+        let db = drill_stack_db("t1", &run);
+        assert!(is_drill(&db) && db != drill_db("t1", &run) && db != super::drill("t1-db", &run), "{db}");
         let hook = hook(&aside);
         assert!(is_set_aside(&hook), "a hook container is never a tenant");
         assert_eq!(run_of_hook(&hook), Some("20261122T030000Z-7f3a"));
