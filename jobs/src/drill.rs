@@ -609,22 +609,7 @@ async fn steps(
             }
         };
         let live = engine.spec(&dbspec.container_of(&c.tenant)).await?;
-        // The server that wrote the dump, by the image id its manifest entry records, while the
-        // engine still has it (a database upgraded since is not what the dump is proven by);
-        // else the image the database runs now, said in the log.
-        let dumped_with = dumps.image.as_deref().filter(|i| crate::manifest::is_image_id(i));
-        let image = match dumped_with {
-            Some(i) if engine.image_id(i).await?.is_some() => Some(i),
-            Some(i) => {
-                tracing::warn!(
-                    "tenant {tenant}: the image the dump was taken with ({i}) is no longer on this engine; the drill's \
-                     scratch database runs the database container's image now ({})",
-                    live.image_id()
-                );
-                None
-            }
-            None => None,
-        };
+        let image = dumped_with(engine, dumps, &live, tenant).await?;
         engine.create_drill_db(&live, image, db_name, &journal.drill_container, labels.clone()).await?;
         match crate::database::drill(engine, dbspec, &c.tenant, db_name, &files).await {
             Ok(answer) => t.db_check = Some(answer),
@@ -763,6 +748,28 @@ impl fmt::Display for DrillReport {
         }
         writeln!(f, "{}", self.summary())
     }
+}
+
+/// The image a drill's scratch database runs: the one the dump was taken with, by the image
+/// id its manifest entry records, while the engine still has it (a database upgraded since is
+/// not what proves the dump); else the image the database container `live` runs now, said in
+/// the log. What the manifest names is used only as an image id, never as a reference.
+pub(crate) async fn dumped_with<'a>(
+    engine: &Engine,
+    dumps: &'a crate::manifest::DatabaseDumps,
+    live: &crate::adapters::docker::ContainerSpec,
+    tenant: &str,
+) -> Result<Option<&'a str>> {
+    let Some(i) = dumps.image.as_deref().filter(|i| crate::manifest::is_image_id(i)) else { return Ok(None) };
+    if engine.image_id(i).await?.is_some() {
+        return Ok(Some(i));
+    }
+    tracing::warn!(
+        "tenant {tenant}: the image the dump was taken with ({i}) is no longer on this engine; the drill's scratch \
+         database runs the database container's image now ({})",
+        live.image_id()
+    );
+    Ok(None)
 }
 
 #[cfg(test)]

@@ -202,7 +202,11 @@ async fn steps(
     // network to its name and aliases, replayed before any service starts.
     if let (Some((spec, files)), Some(db_name), None) = (&db, &detail.db_container, db_service) {
         let live = engine.spec(&spec.container_of(&st.tenant)).await?;
-        engine.create_drill_db(&live, db_name, network, labels.clone()).await?;
+        let image = match &f.loc.entry.database {
+            Some(dumps) => super::dumped_with(engine, dumps, &live, tenant).await?,
+            None => None,
+        };
+        engine.create_drill_db(&live, image, db_name, network, labels.clone()).await?;
         if let Err(why) = replay_db(engine, spec, st, db_name, files, t).await {
             ctx.end(s, "failed", None::<&()>)?;
             return Ok(Err(Stop::Failed(why)));
