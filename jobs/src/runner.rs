@@ -437,6 +437,33 @@ fn newest_drills(ctx: &Ctx) -> BTreeMap<String, metrics::DrillMetric> {
     out
 }
 
+/// The host's own secrets, for no message to carry one even if an error quoted it: the
+/// remote's secret key and session token (its credentials file's, else the environment's) and
+/// the desired repo's token. Values under 8 characters are left out (redacting them would
+/// mangle the message and hide nothing).
+fn host_secrets(cfg: &crate::config::HostConfig) -> Vec<String> {
+    let mut out = Vec::new();
+    let remote_file = cfg.remote.as_ref().and_then(|r| r.credentials_file.as_deref());
+    if let Some(text) = remote_file.and_then(|f| std::fs::read_to_string(f).ok()) {
+        for line in text.lines() {
+            if let Some((k, v)) = line.split_once('=') {
+                if matches!(k.trim(), "aws_secret_access_key" | "aws_session_token") {
+                    out.push(v.trim().to_string());
+                }
+            }
+        }
+    }
+    for var in ["AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"] {
+        out.extend(std::env::var(var).ok());
+    }
+    if let Some(text) = cfg.desired.credentials_file.as_deref().and_then(|f| std::fs::read_to_string(f).ok()) {
+        let token = text.lines().next().unwrap_or("").trim();
+        out.push(token.rsplit_once(':').map_or(token, |(_, t)| t).to_string());
+    }
+    out.retain(|s| s.len() >= 8);
+    out
+}
+
 /// The open rollout pauses in the run record; `None` (the file keeps its own) if it cannot be read.
 fn open_pauses(ctx: &Ctx) -> Option<Vec<metrics::PauseMetric>> {
     let rows = ctx.store.open_pauses().ok()?;
@@ -491,7 +518,8 @@ async fn after_job(
     };
     let targets = ctx.cfg.notify.targets();
     if wanted && !targets.is_empty() {
-        let secrets: Vec<String> = targets.iter().flat_map(|t| t.secrets()).collect();
+        let mut secrets: Vec<String> = targets.iter().flat_map(|t| t.secrets()).collect();
+        secrets.extend(host_secrets(&ctx.cfg));
         let n = notify::Notification::new(job, run_id, kind.word(), kind.code(), summary)
             .with_tenants(tenants)
             .scrubbed(&secrets);
@@ -515,6 +543,39 @@ mod tests {
         assert!(!Job::Prune(prune::PruneOptions { dry_run: false }).recovers_first());
         assert!(!Job::Recover(recover::RecoverOptions { dry_run: false }).recovers_first());
         assert!(Job::Status.read_only() && !snap(false).read_only());
+    }
+
+    #[test]
+    fn the_remotes_secret_key_and_the_repos_token_are_scrubbed_from_every_message() {
+        let dir = tempfile::tempdir().unwrap();
+        let creds = dir.path().join("s3.credentials");
+        std::fs::write(
+            &creds,
+            "[default]\naws_access_key_id = AKIDEXAMPLE\naws_secret_access_key = wJalrXUtnFEMI/K7MDENG+bPxRfiCY\n",
+        )
+        .unwrap();
+        let token = dir.path().join("git.token");
+        std::fs::write(&token, "deploy:ghp_0123456789abcdefTOKEN\n").unwrap();
+        let text = format!(
+            "state_dir = \"{0}/state\"\nbackup_root = \"{0}/backups\"\n[desired]\nrepo = \"https://git.example.com/fleet.git\"\n\
+             credentials_file = \"{1}\"\n[remote]\nendpoint = \"http://127.0.0.1:9\"\nbucket = \"b\"\ncredentials_file = \"{2}\"\n",
+            dir.path().display(),
+            token.display(),
+            creds.display()
+        );
+        let cfg = crate::config::HostConfig::parse(&text, "config.toml", std::iter::empty()).unwrap();
+        let secrets = host_secrets(&cfg);
+        let n = notify::Notification::new(
+            "sync",
+            None,
+            "failed",
+            1,
+            "upload refused for wJalrXUtnFEMI/K7MDENG+bPxRfiCY; git said ghp_0123456789abcdefTOKEN",
+        )
+        .scrubbed(&secrets);
+        let body = n.body();
+        assert!(!body.contains("wJalrXUtnFEMI") && !body.contains("ghp_0123"), "{body}");
+        assert!(body.contains("upload refused for [redacted]"), "{body}");
     }
 
     #[test]
