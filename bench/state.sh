@@ -55,7 +55,7 @@ t0 = datetime.datetime(2025, 1, 1, tzinfo=datetime.timezone.utc)
 names = [f"t{i:03d}" for i in range(tenants)]
 digest = lambda n: "sha256:%064x" % n
 jobs = ["snapshot"] * 5 + ["sync"] * 2 + ["prune", "verify", "rollout", "drill"]
-runs_rows, steps, tenant_rows, drills = [], [], [], []
+runs_rows, steps, tenant_rows, drills, waves, pauses = [], [], [], [], [], []
 for i in range(runs):
     at = t0 + datetime.timedelta(minutes=53 * i)
     rid = at.strftime("%Y%m%dT%H%M%SZ") + "-%04x" % rnd.getrandbits(16)
@@ -66,6 +66,14 @@ for i in range(runs):
                       digest(i) if job == "rollout" else None, 1, stamp, stamp, outcome,
                       3 if outcome == "halted" else 0, f"{job} done", stamp if outcome == "halted" else None))
     if job == "rollout":
+        # Waves as [app.rollout] freezes them: the canary, 10 % four at a time, the rest eight.
+        for pos, t in enumerate(names):
+            w, wname, par = (0, "canary", 1) if pos == 0 else ((1, "wave 1", 4) if pos <= len(names) // 10 else (2, "rest", 8))
+            waves.append((rid, w, pos, t, wname, par, 0))
+        # A halted rollout paused over its budget and resumed; the newest one still paused.
+        if outcome == "halted":
+            ended = None if i + 97 >= runs else stamp
+            pauses.append((rid, "bench", "budget", stamp, "1 tenant(s) failed, over the failure budget", ended, "resumed" if ended else None))
         for t in names:
             tenant_rows.append((rid, t, digest(i - 11), digest(i), "success", 500 + rnd.randrange(200), None))
             for s in ("stop", "snapshot", "create", "start", "health"):
@@ -80,6 +88,8 @@ c.executemany("INSERT INTO runs (id, job, trigger, app, git_commit, digest, pid,
 c.executemany("INSERT INTO steps (run_id, tenant, step, started_at, finished_at, outcome, detail) VALUES (?,?,?,?,?,?,?)", steps)
 c.executemany("INSERT INTO run_tenants (run_id, tenant, from_digest, to_digest, outcome, downtime_ms, detail) VALUES (?,?,?,?,?,?,?)", tenant_rows)
 c.executemany("INSERT INTO drills (run_id, tenant, snapshot, remote, sha256, archive_bytes, data_bytes, entries, restore_ms, healthy_ms, outcome, detail, finished_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", drills)
+c.executemany("INSERT INTO run_waves (run_id, wave, position, tenant, name, max_parallel, bake_s) VALUES (?,?,?,?,?,?,?)", waves)
+c.executemany("INSERT INTO run_pauses (run_id, app, kind, paused_at, reason, ended_at, ended_by) VALUES (?,?,?,?,?,?,?)", pauses)
 snaps = []
 for d in range(365):
     day = (t0 + datetime.timedelta(days=d)).strftime("%Y-%m-%d")
@@ -87,7 +97,7 @@ for d in range(365):
         snaps.append((f"daily/{day}/tenants/{t}.tar.zst", "daily", day, t, None, "%064x" % d, 4096, 12, day + "T03:00:00Z", day + "T04:00:00Z", ""))
 c.executemany("INSERT INTO snapshots (path, kind, snap, tenant, run_id, sha256, size, files, created_at, remote_verified_at, remote_verified_to) VALUES (?,?,?,?,?,?,?,?,?,?,?)", snaps)
 c.commit()
-print(f"runs {len(runs_rows)}, steps {len(steps)}, run_tenants {len(tenant_rows)}, snapshots {len(snaps)}, drills {len(drills)}", file=sys.stderr)
+print(f"runs {len(runs_rows)}, steps {len(steps)}, run_tenants {len(tenant_rows)}, run_waves {len(waves)}, pauses {len(pauses)}, snapshots {len(snaps)}, drills {len(drills)}", file=sys.stderr)
 PY
 ls -l "$work/state/state.db" >&2
 
@@ -108,11 +118,16 @@ PY
 db="$work/state/state.db"
 status_ms=$(median_ms "$SLIPWAY" --config "$work/config.toml" status --json)
 runs_ms=$(median_ms "$SLIPWAY" --config "$work/config.toml" runs --json)
-sq_status_ms=$(median_ms sqlite3 "$db" "SELECT tenant, max(created_at) FROM snapshots GROUP BY tenant; SELECT id FROM runs WHERE outcome IN ('halted','person_needed') AND resolved_at IS NULL; SELECT id FROM runs WHERE finished_at IS NULL;")
+sq_status_ms=$(median_ms sqlite3 "$db" "SELECT tenant, max(created_at) FROM snapshots GROUP BY tenant; SELECT id FROM runs WHERE outcome IN ('halted','person_needed') AND resolved_at IS NULL; SELECT id FROM runs WHERE finished_at IS NULL; SELECT * FROM run_pauses WHERE ended_at IS NULL;")
 sq_runs_ms=$(median_ms sqlite3 "$db" "SELECT * FROM runs ORDER BY id DESC LIMIT 20;")
+# The paused rollout (the newest halted one): its whole record, waves and pause included.
+paused=$(sqlite3 "$db" "SELECT run_id FROM run_pauses WHERE ended_at IS NULL ORDER BY id DESC LIMIT 1;")
+show_ms=$(median_ms "$SLIPWAY" --config "$work/config.toml" runs show "$paused" --json)
+sq_show_ms=$(median_ms sqlite3 "$db" "SELECT * FROM runs WHERE id = '$paused'; SELECT * FROM run_tenants WHERE run_id = '$paused'; SELECT * FROM run_waves WHERE run_id = '$paused' ORDER BY wave, position; SELECT * FROM run_pauses WHERE run_id = '$paused'; SELECT * FROM steps WHERE run_id = '$paused' ORDER BY id;")
 {
   echo "| command ($RUNS runs, $TENANTS tenants, $(du -m "$db" | cut -f1) MB state.db) | slipway | sqlite3 CLI, same questions | target |"
   echo "|---|---:|---:|---:|"
   echo "| \`status\` | ${status_ms} ms | ${sq_status_ms} ms | < 200 ms |"
   echo "| \`runs\` | ${runs_ms} ms | ${sq_runs_ms} ms | < 200 ms |"
+  echo "| \`runs show\` of a paused rollout ($TENANTS tenants' waves and steps) | ${show_ms} ms | ${sq_show_ms} ms | < 200 ms |"
 } | tee bench/out/state.md

@@ -187,6 +187,34 @@ pub struct RolloutArgs {
     /// `[app.rollout]` and its waves; the canary is always alone).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     pub max_parallel: Option<u16>,
+    /// This run's failure budget: at most N tenants may fail (overrides `max_failed` of
+    /// `[app.rollout]`; a `rollout resume` uses fleet.toml's).
+    #[arg(long, value_name = "N")]
+    pub max_failed: Option<u32>,
+    /// This run's failure budget as a share of its tenants, 0 to 1 (overrides
+    /// `max_failure_ratio`).
+    #[arg(long, value_name = "R", value_parser = parse_ratio)]
+    pub max_failure_ratio: Option<f64>,
+    /// What this run does over its budget: halt, pause, rollback-wave or rollback-all
+    /// (overrides `on_budget`).
+    #[arg(long, value_name = "MODE", value_parser = parse_on_budget)]
+    pub on_budget: Option<slipway_jobs::config::OnBudget>,
+}
+
+/// An `on_budget` word, as fleet.toml takes it.
+fn parse_on_budget(s: &str) -> Result<slipway_jobs::config::OnBudget, String> {
+    slipway_jobs::config::OnBudget::ALL
+        .into_iter()
+        .find(|m| m.as_str() == s)
+        .ok_or_else(|| format!("{s:?}: give halt, pause, rollback-wave or rollback-all"))
+}
+
+/// A failure ratio: a number from 0 to 1.
+fn parse_ratio(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
+        _ => Err(format!("{s:?} is not a share of the tenants: give a number from 0 to 1, e.g. 0.05")),
+    }
 }
 
 /// `reconcile`.

@@ -177,6 +177,11 @@ fn job(command: &Command) -> Result<Option<Job>, Error> {
                 keep_old: a.keep_old,
                 allow_rewind: a.allow_rewind,
                 max_parallel: a.max_parallel.map(usize::from),
+                budget: rollout::BudgetOverride {
+                    max_failed: a.max_failed.map(|n| n as usize),
+                    max_failure_ratio: a.max_failure_ratio,
+                    on_budget: a.on_budget,
+                },
                 resume: None,
             }),
         },

@@ -202,6 +202,38 @@ fn a_tenant_failing_within_the_budget_is_rolled_back_with_its_data_and_the_other
 }
 
 #[test]
+fn a_runs_own_budget_overrides_fleet_tomls_for_that_run_only() {
+    let s = Sandbox::new();
+    let v1 = s.push_fixture_as("v1", "app");
+    let v2 = s.push_fixture_as("v2", "app");
+    let tenants = fleet(&s, 5, &v1);
+    s.write_data("t03", "refuse-v2", "this tenant's data does not work with v2\n");
+    let hashes: BTreeMap<String, String> =
+        tenants.iter().map(|(t, _)| (t.clone(), tree_hash(&s.data_dir(t)))).collect();
+    // fleet.toml allows no failure (and would pause); this run allows one.
+    s.write_fleet(&s.fleet_app(&v2, "[app.rollout]\nmax_failed = 0\n"));
+    // A bad value is refused naming the flag, before anything is touched.
+    for bad in [&["--max-failure-ratio", "1.5"][..], &["--on-budget", "wait"][..]] {
+        let mut args = vec!["rollout"];
+        args.extend_from_slice(bad);
+        let out = s.slipway(&args);
+        assert_eq!(out.code, 2, "{bad:?}: {} {}", out.stdout, out.stderr);
+        assert!(out.stderr.contains(bad[0]), "{bad:?}: {}", out.stderr);
+    }
+    assert!(tenants.iter().all(|(_, n)| s.image_of(n) == v1), "a refused run touched a tenant");
+    let out = s.slipway(&["rollout", "--max-failed", "1", "--json"]);
+    // Within this run's budget: t03 is rolled back with its data, the others go on (exit 1).
+    assert_eq!(out.code, 1, "stdout {} stderr {}", out.stdout, out.stderr);
+    assert_eq!(out.json()["report"]["apps"][0]["paused"], false, "{}", out.stdout);
+    for (t, name) in &tenants {
+        let want = if t == "t03" { &v1 } else { &v2 };
+        assert_eq!(&s.image_of(name), want, "{t}");
+        assert_eq!(&tree_hash(&s.data_dir(t)), &hashes[t], "{t}: data changed");
+    }
+    assert!(!s.slipway(&["status"]).stdout.contains("PAUSED"));
+}
+
+#[test]
 fn over_the_budget_the_run_halts_with_3_and_the_tenants_not_started_stay_on_the_prior_version() {
     let s = Sandbox::new();
     let v1 = s.push_fixture_as("v1", "app");

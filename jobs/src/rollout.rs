@@ -78,9 +78,38 @@ pub struct RolloutOptions {
     /// Roll at most this many tenants of a wave at once (`--max-parallel`; overrides
     /// `[app.rollout]`'s `max_parallel` and its waves'; the canary is always alone).
     pub max_parallel: Option<usize>,
+    /// This run's failure budget and what it does over it, instead of `[app.rollout]`'s
+    /// (`--max-failed`, `--max-failure-ratio`, `--on-budget`; a resume uses fleet.toml's).
+    pub budget: BudgetOverride,
     /// Go on with this paused run (`rollout resume RUN`): its release, its frozen waves, the
     /// tenants it has not reached; its failures still count against its budget.
     pub resume: Option<RunId>,
+}
+
+/// A run's own failure budget (`rollout --max-failed N --max-failure-ratio R --on-budget M`):
+/// each key given replaces that key of the app's `[app.rollout]` for this run.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct BudgetOverride {
+    /// `max_failed`.
+    pub max_failed: Option<usize>,
+    /// `max_failure_ratio`, 0..=1.
+    pub max_failure_ratio: Option<f64>,
+    /// `on_budget`.
+    pub on_budget: Option<OnBudget>,
+}
+
+impl BudgetOverride {
+    /// `app` with this run's budget, or None when nothing is overridden.
+    fn apply(&self, app: &App) -> Option<App> {
+        if *self == BudgetOverride::default() {
+            return None;
+        }
+        let mut a = app.clone();
+        a.rollout.max_failed = self.max_failed.or(a.rollout.max_failed);
+        a.rollout.max_failure_ratio = self.max_failure_ratio.or(a.rollout.max_failure_ratio);
+        a.rollout.on_budget = self.on_budget.unwrap_or(a.rollout.on_budget);
+        Some(a)
+    }
 }
 
 /// A paused run gone on with: its id and the tenants that already failed in it.
@@ -278,6 +307,8 @@ pub async fn rollout(ctx: &mut Ctx, opts: &RolloutOptions) -> Result<RolloutRepo
     let engine = Engine::connect(&ctx.cfg.docker).await?;
     let mut reports = Vec::new();
     for app in apps {
+        let overridden = opts.budget.apply(app);
+        let app = overridden.as_ref().unwrap_or(app);
         let (tenants, members, mut plan) = match &app.stack {
             None => {
                 let (tenants, unmapped) = engine.tenants_and_unmapped(app).await?;

@@ -135,6 +135,9 @@ pub enum OnBudget {
 }
 
 impl OnBudget {
+    /// Every mode.
+    pub const ALL: [OnBudget; 4] = [OnBudget::Halt, OnBudget::Pause, OnBudget::RollbackWave, OnBudget::RollbackAll];
+
     /// The word of fleet.toml.
     pub fn as_str(self) -> &'static str {
         match self {
