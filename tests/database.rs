@@ -627,6 +627,21 @@ fn a_rollout_sent_sigterm_at_its_database_steps_leaves_the_tenant_up_with_the_da
     }
 }
 
+/// The containers drill run `run` made (they carry its label), by name.
+fn drill_containers(run: &str) -> Vec<String> {
+    sh(Command::new("docker").args([
+        "ps",
+        "-a",
+        "--filter",
+        &format!("label=slipway.drill={run}"),
+        "--format",
+        "{{.Names}}",
+    ]))
+    .lines()
+    .map(str::to_string)
+    .collect()
+}
+
 /// Containers (any label) whose name contains `part`.
 fn containers_like(part: &str) -> Vec<String> {
     sh(Command::new("docker").args(["ps", "-a", "--format", "{{.Names}}"]))
@@ -696,19 +711,7 @@ fn a_drill_replays_the_dump_into_a_scratch_database_records_its_check_and_a_fail
     assert_eq!(out.code, -1, "{}", out.stderr);
     let runs: Runs = s.slipway(&["runs", "--json"]).report();
     let run = runs.runs.into_iter().find(|r| r.job == "drill").map(|r| r.id).expect("the killed drill's run");
-    let made_by = |run: &str| {
-        sh(Command::new("docker").args([
-            "ps",
-            "-a",
-            "--filter",
-            &format!("label=slipway.drill={run}"),
-            "--format",
-            "{{.Names}}",
-        ]))
-        .lines()
-        .map(str::to_string)
-        .collect::<Vec<_>>()
-    };
+    let made_by = drill_containers;
     assert!(made_by(&run).iter().any(|n| n.ends_with("-db")), "the kill left no scratch database: {:?}", made_by(&run));
     let rec = s.slipway(&["recover", "--json"]);
     assert_eq!(rec.code, 0, "{} {}", rec.stdout, rec.stderr);
@@ -765,18 +768,7 @@ fn a_drill_boots_its_scratch_database_from_the_image_the_dump_was_taken_with_not
     assert_eq!(out.code, -1, "{}", out.stderr);
     let runs: Runs = s.slipway(&["runs", "--json"]).report();
     let run = runs.runs.into_iter().find(|r| r.job == "drill").map(|r| r.id).expect("the killed drill's run");
-    let scratch = sh(Command::new("docker").args([
-        "ps",
-        "-a",
-        "--filter",
-        &format!("label=slipway.drill={run}"),
-        "--format",
-        "{{.Names}}",
-    ]))
-    .lines()
-    .find(|n| n.ends_with("-db"))
-    .map(str::to_string)
-    .expect("no scratch database");
+    let scratch = drill_containers(&run).into_iter().find(|n| n.ends_with("-db")).expect("no scratch database");
     assert_eq!(s.inspect(&scratch)["Image"].as_str(), Some(dumped_with.as_str()), "the scratch database's image");
     assert_eq!(s.slipway(&["recover"]).code, 0);
     // A whole drill passes on it, and the live database container is the one running now.

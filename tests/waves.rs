@@ -24,6 +24,24 @@ fn fleet(s: &Sandbox, n: usize, image: &str) -> Vec<(String, String)> {
         .collect()
 }
 
+/// A sandbox of `n` tenants on v1 (see [`fleet`]), `refuser` (if any) with data v2 refuses:
+/// the sandbox, v1, v2, the tenants and each one's data hash before anything ran.
+#[allow(clippy::type_complexity)]
+fn on_v1(
+    n: usize,
+    refuser: Option<&str>,
+) -> (Sandbox, String, String, Vec<(String, String)>, BTreeMap<String, String>) {
+    let s = Sandbox::new();
+    let v1 = s.push_fixture_as("v1", "app");
+    let v2 = s.push_fixture_as("v2", "app");
+    let tenants = fleet(&s, n, &v1);
+    if let Some(t) = refuser {
+        s.write_data(t, "refuse-v2", "this tenant's data does not work with v2\n");
+    }
+    let hashes = tenants.iter().map(|(t, _)| (t.clone(), tree_hash(&s.data_dir(t)))).collect();
+    (s, v1, v2, tenants, hashes)
+}
+
 fn value_of(s: &Sandbox, container: &str) -> i64 {
     s.inspect(container)["Config"]["Labels"]["value"].as_str().unwrap().parse().unwrap()
 }
@@ -203,13 +221,7 @@ fn a_tenant_failing_within_the_budget_is_rolled_back_with_its_data_and_the_other
 
 #[test]
 fn a_runs_own_budget_overrides_fleet_tomls_for_that_run_only() {
-    let s = Sandbox::new();
-    let v1 = s.push_fixture_as("v1", "app");
-    let v2 = s.push_fixture_as("v2", "app");
-    let tenants = fleet(&s, 5, &v1);
-    s.write_data("t03", "refuse-v2", "this tenant's data does not work with v2\n");
-    let hashes: BTreeMap<String, String> =
-        tenants.iter().map(|(t, _)| (t.clone(), tree_hash(&s.data_dir(t)))).collect();
+    let (s, v1, v2, tenants, hashes) = on_v1(5, Some("t03"));
     // fleet.toml allows no failure (and would pause); this run allows one.
     s.write_fleet(&s.fleet_app(&v2, "[app.rollout]\nmax_failed = 0\n"));
     // A bad value is refused naming the flag, before anything is touched.
@@ -351,12 +363,7 @@ fn killed_in_the_middle_of_a_parallel_wave_recover_leaves_every_tenant_on_one_ve
 #[test]
 fn killed_at_a_wave_start_or_in_a_waves_bake_recover_leaves_every_tenant_on_one_version_with_its_data() {
     for point in ["wave-start", "wave-bake"] {
-        let s = Sandbox::new();
-        let v1 = s.push_fixture_as("v1", "app");
-        let v2 = s.push_fixture_as("v2", "app");
-        let tenants = fleet(&s, 5, &v1);
-        let hashes: BTreeMap<String, String> =
-            tenants.iter().map(|(t, _)| (t.clone(), tree_hash(&s.data_dir(t)))).collect();
+        let (s, v1, v2, tenants, hashes) = on_v1(5, None);
         let ids: BTreeMap<String, serde_json::Value> =
             tenants.iter().map(|(t, n)| (t.clone(), s.inspect(n)["Id"].clone())).collect();
         s.write_fleet(&s.fleet_app(
@@ -504,13 +511,7 @@ fn paused(
     BTreeMap<String, serde_json::Value>,
     String,
 ) {
-    let s = Sandbox::new();
-    let v1 = s.push_fixture_as("v1", "app");
-    let v2 = s.push_fixture_as("v2", "app");
-    let tenants = fleet(&s, n, &v1);
-    s.write_data("t01", "refuse-v2", "not with v2\n");
-    let hashes: BTreeMap<String, String> =
-        tenants.iter().map(|(t, _)| (t.clone(), tree_hash(&s.data_dir(t)))).collect();
+    let (s, v1, v2, tenants, hashes) = on_v1(n, Some("t01"));
     // Each tenant's container id and labels before the run.
     let ids: BTreeMap<String, serde_json::Value> = tenants
         .iter()
@@ -638,13 +639,7 @@ fn a_paused_run_aborted_or_past_its_timeout_rolls_back_every_tenant_it_rolled_wi
 #[test]
 fn over_the_budget_rollback_wave_undoes_that_waves_tenants_and_rollback_all_undoes_the_run() {
     for mode in ["rollback-wave", "rollback-all"] {
-        let s = Sandbox::new();
-        let v1 = s.push_fixture_as("v1", "app");
-        let v2 = s.push_fixture_as("v2", "app");
-        let tenants = fleet(&s, 7, &v1);
-        s.write_data("t01", "refuse-v2", "not with v2\n");
-        let hashes: BTreeMap<String, String> =
-            tenants.iter().map(|(t, _)| (t.clone(), tree_hash(&s.data_dir(t)))).collect();
+        let (s, v1, v2, tenants, hashes) = on_v1(7, Some("t01"));
         let ids: BTreeMap<String, serde_json::Value> =
             tenants.iter().map(|(t, n)| (t.clone(), s.inspect(n)["Config"]["Labels"].clone())).collect();
         s.write_fleet(
@@ -683,13 +678,7 @@ fn over_the_budget_rollback_wave_undoes_that_waves_tenants_and_rollback_all_undo
 
 #[test]
 fn a_rollout_killed_as_it_pauses_is_still_paused_after_recover_and_resumes() {
-    let s = Sandbox::new();
-    let v1 = s.push_fixture_as("v1", "app");
-    let v2 = s.push_fixture_as("v2", "app");
-    let tenants = fleet(&s, 6, &v1);
-    s.write_data("t01", "refuse-v2", "not with v2\n");
-    let hashes: BTreeMap<String, String> =
-        tenants.iter().map(|(t, _)| (t.clone(), tree_hash(&s.data_dir(t)))).collect();
+    let (s, v1, v2, tenants, hashes) = on_v1(6, Some("t01"));
     s.write_fleet(&s.fleet_app(&v2, &format!("[app.rollout]\nmax_failed = 0\n{ONE_THEN_TWO}")));
     let out = s.slipway_env(&["rollout", "--json"], &[("SLIPWAY_TEST_CRASH_AT", "rollout-paused")]);
     assert!(out.stderr.contains("slipway test point reached: rollout-paused"), "{} {}", out.stdout, out.stderr);
