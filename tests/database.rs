@@ -419,6 +419,76 @@ fn the_dumps_go_off_site_with_their_files_and_a_remote_restore_replays_them() {
     assert!(bad(&v, gone) && bad(&v, rotted), "--deep: both dumps: {}", v.stdout);
 }
 
+#[test]
+fn dumps_are_encrypted_off_site_pruned_with_their_archive_and_replayed_from_the_encrypted_copy() {
+    use age::secrecy::ExposeSecret;
+    let s = Sandbox::new();
+    let pg = Pg::start(&s, "t1");
+    let (_name, image) = add_writer(&s, "t1");
+    s.write_fleet(&db_fleet(&s, &image, "postgres"));
+    let id = age::x25519::Identity::generate();
+    let identity = s.root().join("restore.age-identity");
+    std::fs::write(&identity, format!("{}\n", id.to_string().expose_secret())).unwrap();
+    let rf = s.root().join("age-recipients");
+    std::fs::write(&rf, format!("{}\n", id.to_public())).unwrap();
+    let bucket = s.use_shared_remote(&format!("encrypt = {{ recipients_file = \"{}\" }}\n", rf.display()));
+    pg.rows_at_least(20);
+    pg.sql("app", "create table marker (what text); insert into marker values ('old day')");
+    // An older day (its dir and manifest renamed), then today's.
+    let out = s.slipway(&["snapshot", "--json"]);
+    assert_eq!(out.code, 0, "{} {}", out.stdout, out.stderr);
+    let day = today();
+    let old = "2000-01-01";
+    let daily = s.backups().join("daily");
+    std::fs::rename(daily.join(&day), daily.join(old)).unwrap();
+    let m = std::fs::read_to_string(daily.join(old).join("MANIFEST.json")).unwrap().replace(&day, old);
+    std::fs::write(daily.join(old).join("MANIFEST.json"), m).unwrap();
+    pg.sql("app", "update marker set what = 'today'");
+    let out = s.slipway(&["snapshot", "--json"]);
+    assert_eq!(out.code, 0, "{} {}", out.stdout, out.stderr);
+    let dumps: Vec<String> = out.json()["report"]["archives"][0]["database"]["dumps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["path"].as_str().unwrap().to_string())
+        .collect();
+    assert!(dumps.len() >= 2, "the globals and the database: {dumps:?}");
+    let out = s.slipway(&["sync", "--json"]);
+    assert_eq!(out.code, 0, "{} {}", out.stdout, out.stderr);
+    // The bucket holds each day's dumps as age files: no pg_dump header, no row in clear.
+    for d in [old, day.as_str()] {
+        for rel in &dumps {
+            let bytes = s.remote_object_bytes(&bucket, &format!("daily/{d}/{rel}"));
+            assert!(bytes.starts_with(b"age-encryption.org/v1\n"), "daily/{d}/{rel} is not an age file");
+            assert!(!bytes.windows(5).any(|w| w == b"PGDMP"), "daily/{d}/{rel} shows the dump's header");
+        }
+    }
+    // Retention keeps today only: the old day's dumps go with its archive, here and there.
+    s.append_config("[retention]\nkeep_last = 1\n");
+    let out = s.slipway(&["prune", "--json"]);
+    assert_eq!(out.code, 0, "{} {}", out.stdout, out.stderr);
+    let env = Env::get();
+    let left: Vec<String> = s
+        .remote_objects(&env.s3_endpoint, &env.s3_access_key, &env.s3_secret_key, &bucket)
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    assert!(!left.iter().any(|k| k.contains(old)), "the remote kept the old day: {left:?}");
+    assert!(!daily.join(old).exists(), "the old day is still here");
+    for rel in &dumps {
+        assert!(daily.join(&day).join(rel).is_file(), "prune took today's {rel}");
+        assert!(left.iter().any(|k| k.ends_with(&format!("daily/{day}/{rel}"))), "prune took today's {rel} off site");
+    }
+    // Lost host: from the encrypted copy, with the identity, the database comes back as dumped.
+    std::fs::remove_dir_all(&daily).unwrap();
+    pg.sql("app", "update marker set what = 'after'");
+    let id_arg = identity.to_str().unwrap();
+    let out = s.slipway(&["restore", "--tenant", "t1", "--latest", "--remote", "--identity", id_arg, "--json"]);
+    assert_eq!(out.code, 0, "{} {}", out.stdout, out.stderr);
+    assert_eq!(pg.sql("app", "select what from marker"), "today");
+    assert!(pg.consistent());
+}
+
 /// What an operator compares of a tenant's database before and after an undo: its schema
 /// (`pg_dump --schema-only`) and a hash of the `customers` rows (no app writes them).
 fn db_state(pg: &Pg) -> (String, String) {
