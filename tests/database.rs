@@ -30,21 +30,28 @@ impl Pg {
 
     /// [`Pg::start`] of `image`.
     fn start_from(s: &Sandbox, tenant: &str, image: &str) -> Pg {
+        Pg::start_with(s, tenant, image, &[])
+    }
+
+    /// [`Pg::start_from`] with more `docker run` arguments.
+    fn start_with(s: &Sandbox, tenant: &str, image: &str, extra: &[&str]) -> Pg {
         let name = format!("{}-pg-{tenant}", s.id());
         let pg = Pg { name: name.clone() };
-        sh(Command::new("docker").args([
-            "run",
-            "-d",
-            "--name",
-            &name,
-            "--network",
-            s.network(),
-            "--network-alias",
-            &format!("pg-{tenant}"),
-            "--label",
-            &format!("slipway.test.db={}", s.id()),
-            image,
-        ]));
+        sh(Command::new("docker")
+            .args([
+                "run",
+                "-d",
+                "--name",
+                &name,
+                "--network",
+                s.network(),
+                "--network-alias",
+                &format!("pg-{tenant}"),
+                "--label",
+                &format!("slipway.test.db={}", s.id()),
+            ])
+            .args(extra)
+            .arg(image));
         let deadline = Instant::now() + Duration::from_secs(60);
         while pg.try_sql("postgres", "select 1").is_none() {
             assert!(Instant::now() < deadline, "the pg fixture did not come up");
@@ -244,6 +251,36 @@ fn a_pg_dump_refused_a_table_fails_the_snapshot_naming_the_tenant_and_counts_not
     assert!(left.is_empty(), "left in {}: {left:?}", tenants.display());
     // The app was never paused or stopped for it.
     assert_eq!(s.inspect(&name)["State"]["Running"], true);
+}
+
+#[test]
+fn a_database_that_writes_inside_the_tenants_data_dir_is_refused_naming_the_path_and_nothing_is_taken() {
+    let s = Sandbox::new();
+    let spill = s.data_dir("t1").join("pg-spill");
+    std::fs::create_dir_all(&spill).unwrap();
+    let bind = format!("{}:/var/lib/pg-spill", spill.display());
+    let pg = Pg::start_with(&s, "t1", Env::get().fixture("pg"), &["-v", &bind]);
+    let (name, image) = add_writer(&s, "t1");
+    s.write_fleet(&db_fleet(&s, &image, "postgres"));
+    pg.rows_at_least(10);
+    let out = s.slipway(&["snapshot", "--json"]);
+    assert_eq!(out.code, 1, "{} {}", out.stdout, out.stderr);
+    let detail = out.json()["report"]["archives"][0]["detail"].as_str().unwrap().to_string();
+    assert!(
+        detail.contains("tenant t1") && detail.contains("pg-spill") && detail.contains("inside the tenant's data dir"),
+        "{detail}"
+    );
+    assert!(!manifest_names_tenant(&s, &today(), "t1"));
+    assert_eq!(s.inspect(&name)["State"]["Running"], true);
+    // A rollout is refused the same way before its switch: the prior container back, untouched.
+    let id = s.inspect(&name)["Id"].clone();
+    s.write_fleet(&db_fleet(&s, Env::get().fixture("pgmig"), "postgres"));
+    let out = s.slipway(&["rollout", "--json"]);
+    assert_eq!(out.code, 3, "{} {}", out.stdout, out.stderr);
+    assert!(out.stdout.contains("inside the tenant's data dir"), "{}", out.stdout);
+    assert_eq!(s.inspect(&name)["Id"], id);
+    assert_eq!(s.inspect(&name)["State"]["Running"], true);
+    assert!(pg.consistent());
 }
 
 #[test]

@@ -72,6 +72,29 @@ pub async fn dump(
     Ok(pending)
 }
 
+/// Refuse a database container that writes inside the tenant's data dir `data_dir` (its data
+/// dir nested in the tenant's, say): the tenant's file archive would hold a copy of a running
+/// server's files, and a restore or an undo would swap them back under it. Its dumps are the
+/// database's backup; its raw files stay out of the tenant's tree.
+pub async fn refuse_nested(engine: &Engine, spec: &DatabaseSpec, tenant: &TenantId, data_dir: &Path) -> Result<()> {
+    if !data_dir.is_absolute() {
+        return Ok(());
+    }
+    let container = spec.container_of(tenant);
+    let c = engine.spec(&container).await?;
+    if let Some(p) = c.writable_host_paths().into_iter().find(|p| Path::new(p).starts_with(data_dir)) {
+        return Err(Error::Backup(format!(
+            "tenant {tenant}: the database container {container} writes to {p}, inside the tenant's data dir {}: its \
+             files would be archived, and put back by a restore or an undo, under the running server; give the \
+             database a dir or volume of its own outside {} (its dumps are its backup), then run again; nothing was \
+             taken",
+            data_dir.display(),
+            data_dir.display()
+        )));
+    }
+    Ok(())
+}
+
 /// [`dump`] through `pg`, of `databases`.
 async fn dump_with(
     pg: &Postgres<'_>,

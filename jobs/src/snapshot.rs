@@ -256,7 +256,13 @@ pub async fn snapshot(ctx: &Ctx, opts: &SnapshotOptions) -> Result<SnapshotRepor
         // The database first, with the app running: a dump or a SQLite copy that fails never
         // pauses the tenant, and its files are not archived without it.
         let dumped = match (&app.database, &app.sqlite) {
-            (Some(spec), _) => crate::database::dump(&engine, spec, tenant, &dir, &rel).await.map(|p| (Some(p), None)),
+            (Some(spec), _) => {
+                let data_dir = if app.stack.is_none() { app.data_dir_of(tenant) } else { PathBuf::new() };
+                match crate::database::refuse_nested(&engine, spec, tenant, &data_dir).await {
+                    Ok(()) => crate::database::dump(&engine, spec, tenant, &dir, &rel).await.map(|p| (Some(p), None)),
+                    Err(e) => Err(e),
+                }
+            }
             (None, Some(spec)) => {
                 let tenants_dir = layout::tenants_dir(&dir);
                 sqlite::take(spec, tenant, &app.data_dir_of(tenant), &tenants_dir).await.map(|c| (None, Some(c)))

@@ -1310,6 +1310,20 @@ impl ContainerSpec {
         self.inspect.id.clone().unwrap_or_default()
     }
 
+    /// The host paths the container can write to (its writable binds and volumes), as the
+    /// engine reports them.
+    pub fn writable_host_paths(&self) -> Vec<String> {
+        self.inspect
+            .mounts
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .map(tenant_mount)
+            .filter(|m| m.writable && m.host_path.starts_with('/'))
+            .map(|m| m.host_path)
+            .collect()
+    }
+
     /// The id (`sha256:…`) of the image the container runs.
     pub fn image_id(&self) -> String {
         self.inspect.image.clone().unwrap_or_default()
