@@ -1313,15 +1313,12 @@ impl ContainerSpec {
     /// The host paths the container can write to (its writable binds and volumes), as the
     /// engine reports them.
     pub fn writable_host_paths(&self) -> Vec<String> {
-        self.inspect
-            .mounts
-            .clone()
-            .unwrap_or_default()
-            .into_iter()
-            .map(tenant_mount)
-            .filter(|m| m.writable && m.host_path.starts_with('/'))
-            .map(|m| m.host_path)
-            .collect()
+        self.tenant_mounts().filter(|m| m.writable && m.host_path.starts_with('/')).map(|m| m.host_path).collect()
+    }
+
+    /// What is mounted into the container, as the engine reports it.
+    fn tenant_mounts(&self) -> impl Iterator<Item = TenantMount> {
+        self.inspect.mounts.clone().unwrap_or_default().into_iter().map(tenant_mount)
     }
 
     /// The id (`sha256:…`) of the image the container runs.
@@ -1374,12 +1371,7 @@ impl ContainerSpec {
         // A volume by its name, a bind by its host path: an anonymous volume carried to the
         // new container by name is the same mount.
         let mounts = self
-            .inspect
-            .mounts
-            .clone()
-            .unwrap_or_default()
-            .into_iter()
-            .map(tenant_mount)
+            .tenant_mounts()
             .map(|m| format!("{}:{}:{}", m.source, m.destination, if m.writable { "rw" } else { "ro" }))
             .collect();
         OperatorSettings { name: self.name(), labels, networks, mounts, env_keys }
@@ -1400,12 +1392,7 @@ impl ContainerSpec {
                 .filter(|m| m.source.as_deref().is_some_and(|s| !s.is_empty()))
                 .filter_map(|m| m.target),
         );
-        self.inspect
-            .mounts
-            .clone()
-            .unwrap_or_default()
-            .into_iter()
-            .map(tenant_mount)
+        self.tenant_mounts()
             .filter(|m| m.kind == "volume" && !m.source.is_empty() && !named.contains(&m.destination))
             .map(|m| (m.source, m.destination, !m.writable))
             .collect()
