@@ -714,6 +714,9 @@ fn a_resume_killed_in_its_wave_is_still_paused_after_recover_and_a_second_resume
     let out = s.slipway_env(&["rollout", "resume", &run, "--json"], &[("SLIPWAY_TEST_CRASH_AT", "wave-tenant-done")]);
     assert!(out.stderr.contains("slipway test point reached: wave-tenant-done"), "{} {}", out.stdout, out.stderr);
     assert_eq!(out.code, -1, "{}", out.stdout);
+    // Before recover: no resume is offered of a run that has not ended.
+    let status = s.slipway(&["status"]);
+    assert!(status.stdout.contains("is paused but has not ended"), "{}", status.stdout);
     let rec = s.slipway(&["recover", "--json"]);
     assert_eq!(rec.code, 0, "{} {}", rec.stdout, rec.stderr);
     for (t, name) in &tenants {

@@ -205,6 +205,16 @@ pub async fn status(ctx: &Ctx) -> Result<StatusReport> {
     // its run's outcome word: halted, or recovered after a crash as it paused).
     let pauses = ctx.store.open_pauses()?;
     for p in &pauses {
+        // A resumed run keeps its pause open until it ends: while it runs (or once killed) the
+        // decision is not a person's yet.
+        if ctx.store.run(&p.run_id)?.is_some_and(|r| r.finished_at.is_none()) {
+            attention.push(format!(
+                "run {} (rollout of app {}) is paused but has not ended: it runs now (resumed), or it was killed, and \
+                 then `slipway recover` finishes what it left and leaves it paused",
+                p.run_id, p.app
+            ));
+            continue;
+        }
         // A window's pause waits for its window, however long; a budget's is aborted after
         // the app's pause_timeout_s.
         let then = if p.kind == "window" {
