@@ -57,42 +57,40 @@ impl Pending {
 /// Dump `tenant`'s database into a temp dir of `snap_dir`, for beside the archive
 /// `archive_rel`: the globals, then every declared database (or every one the server has, for
 /// `all`). Err names the tenant and what failed; then no dump of this run is left.
+///
+/// With the tenant's data dir (`data_dir`, a single container's), a database container that
+/// writes inside it is refused before anything is dumped: the tenant's file archive would hold a
+/// copy of a running server's files, and a restore or an undo would swap them back under it (its
+/// dumps are its backup). The same inspection records the image the server runs, for a drill to
+/// boot the one that wrote the dump.
 pub async fn dump(
     engine: &Engine,
     spec: &DatabaseSpec,
     tenant: &TenantId,
+    data_dir: Option<&Path>,
     snap_dir: &Path,
     archive_rel: &str,
 ) -> Result<Pending> {
     let pg = connect(engine, spec, tenant)?;
+    let server = engine.spec(pg.container()).await.map_err(|e| {
+        Error::Backup(format!("tenant {tenant}: the database dump failed, no snapshot taken: {}", e.detail()))
+    })?;
+    if let Some(dir) = data_dir {
+        if let Some(p) = server.writable_host_paths().into_iter().find(|p| Path::new(p).starts_with(dir)) {
+            return Err(Error::Backup(format!(
+                "tenant {tenant}: the database container {} writes to {p}, inside the tenant's data dir {}: its \
+                 files would be archived, and put back by a restore or an undo, under the running server; give the \
+                 database a dir or volume of its own outside {} (its dumps are its backup), then run again; nothing \
+                 was taken",
+                pg.container(),
+                dir.display(),
+                dir.display()
+            )));
+        }
+    }
     let mut pending = dump_with(&pg, &spec.databases, tenant, snap_dir, archive_rel).await?;
-    // The image the server ran as it dumped, for a drill to boot the same one.
-    pending.dumps.image =
-        engine.spec(pg.container()).await.ok().map(|c| c.image_id()).filter(|i| crate::manifest::is_image_id(i));
+    pending.dumps.image = Some(server.image_id()).filter(|i| crate::manifest::is_image_id(i));
     Ok(pending)
-}
-
-/// Refuse a database container that writes inside the tenant's data dir `data_dir` (its data
-/// dir nested in the tenant's, say): the tenant's file archive would hold a copy of a running
-/// server's files, and a restore or an undo would swap them back under it. Its dumps are the
-/// database's backup; its raw files stay out of the tenant's tree.
-pub async fn refuse_nested(engine: &Engine, spec: &DatabaseSpec, tenant: &TenantId, data_dir: &Path) -> Result<()> {
-    if !data_dir.is_absolute() {
-        return Ok(());
-    }
-    let container = spec.container_of(tenant);
-    let c = engine.spec(&container).await?;
-    if let Some(p) = c.writable_host_paths().into_iter().find(|p| Path::new(p).starts_with(data_dir)) {
-        return Err(Error::Backup(format!(
-            "tenant {tenant}: the database container {container} writes to {p}, inside the tenant's data dir {}: its \
-             files would be archived, and put back by a restore or an undo, under the running server; give the \
-             database a dir or volume of its own outside {} (its dumps are its backup), then run again; nothing was \
-             taken",
-            data_dir.display(),
-            data_dir.display()
-        )));
-    }
-    Ok(())
 }
 
 /// [`dump`] through `pg`, of `databases`.

@@ -38,10 +38,11 @@ use crate::adapters::archive;
 use crate::adapters::desired;
 use crate::adapters::docker::{DrillChanges, DrillData, DrillSpec, Engine, TenantContainer};
 use crate::adapters::health::{Prober, Unhealthy};
-use crate::config::{label_matches, App, Selector};
+use crate::config::{label_matches, App, DatabaseSpec, Selector};
 use crate::context::{crash_point, test_pause, Cancel, Ctx};
 use crate::error::{Error, ExitKind, Result};
 use crate::journal::DrillStep;
+use crate::manifest::DatabaseDumps;
 use crate::restore::{self, Fetched, Source};
 use crate::stack_tenant::StackTenant;
 use crate::types::TenantId;
@@ -592,25 +593,14 @@ async fn steps(
     // the same image as the tenant's, on the drill's network, the dump replayed and checked.
     if let (Some(dbspec), Some(db_name)) = (&app.database, &journal.db_container) {
         let failed = |why: String| Ok(Err(Stop::Failed(why)));
-        let Some(dumps) = &loc.entry.database else {
-            ctx.end(s, "failed", None::<&()>)?;
-            return failed(format!(
-                "tenant {tenant}: app \"{}\" declares [app.database] but the snapshot {} holds no database dump (taken \
-                 before it was declared?); run `slipway snapshot` and drill again",
-                app.name,
-                t.snapshot.as_deref().unwrap_or("?")
-            ));
-        };
-        let files = match crate::database::verified(&loc.dir, &c.tenant, dumps).await {
-            Ok(f) => f,
-            Err(e) => {
+        let (dumps, files) = match verified_dumps(&loc, &c.tenant, app).await {
+            Ok(d) => d,
+            Err(why) => {
                 ctx.end(s, "failed", None::<&()>)?;
-                return failed(e.to_string());
+                return failed(why);
             }
         };
-        let live = engine.spec(&dbspec.container_of(&c.tenant)).await?;
-        let image = dumped_with(engine, dumps, &live, tenant).await?;
-        engine.create_drill_db(&live, image, db_name, &journal.drill_container, labels.clone()).await?;
+        create_scratch_db(engine, dbspec, &c.tenant, dumps, db_name, &journal.drill_container, &labels).await?;
         match crate::database::drill(engine, dbspec, &c.tenant, db_name, &files).await {
             Ok(answer) => t.db_check = Some(answer),
             Err(e) => {
@@ -750,26 +740,53 @@ impl fmt::Display for DrillReport {
     }
 }
 
-/// The image a drill's scratch database runs: the one the dump was taken with, by the image
-/// id its manifest entry records, while the engine still has it (a database upgraded since is
-/// not what proves the dump); else the image the database container `live` runs now, said in
-/// the log. What the manifest names is used only as an image id, never as a reference.
-pub(crate) async fn dumped_with<'a>(
+/// The dumps `tenant`'s snapshot `loc` names (its app declares `[app.database]`), as its
+/// manifest entry records them and each re-hashed; Err: why the drill fails, the tenant named
+/// (no dumps in the snapshot, one missing or different).
+pub(super) async fn verified_dumps<'a>(
+    loc: &'a restore::Located,
+    tenant: &TenantId,
+    app: &App,
+) -> std::result::Result<(&'a DatabaseDumps, Vec<(Option<String>, PathBuf)>), String> {
+    let Some(dumps) = &loc.entry.database else {
+        return Err(format!(
+            "tenant {tenant}: app \"{}\" declares [app.database] but the snapshot {} holds no database dump (taken \
+             before it was declared?); run `slipway snapshot` and drill again",
+            app.name, loc.snapshot
+        ));
+    };
+    let files = crate::database::verified(&loc.dir, tenant, dumps).await.map_err(|e| e.to_string())?;
+    Ok((dumps, files))
+}
+
+/// Create the drill's scratch database `name` on `network` from `tenant`'s database container
+/// ([`Engine::create_drill_db`]), of the image the dump was taken with, by the image id its
+/// manifest entry records, while the engine still has it (a database upgraded since is not what
+/// proves the dump); else of the image the database runs now, said in the log. What the manifest
+/// names is used only as an image id, never as a reference the engine could pull.
+pub(super) async fn create_scratch_db(
     engine: &Engine,
-    dumps: &'a crate::manifest::DatabaseDumps,
-    live: &crate::adapters::docker::ContainerSpec,
-    tenant: &str,
-) -> Result<Option<&'a str>> {
-    let Some(i) = dumps.image.as_deref().filter(|i| crate::manifest::is_image_id(i)) else { return Ok(None) };
-    if engine.image_id(i).await?.is_some() {
-        return Ok(Some(i));
-    }
-    tracing::warn!(
-        "tenant {tenant}: the image the dump was taken with ({i}) is no longer on this engine; the drill's scratch \
-         database runs the database container's image now ({})",
-        live.image_id()
-    );
-    Ok(None)
+    spec: &DatabaseSpec,
+    tenant: &TenantId,
+    dumps: &DatabaseDumps,
+    name: &str,
+    network: &str,
+    labels: &BTreeMap<String, String>,
+) -> Result<()> {
+    let live = engine.spec(&spec.container_of(tenant)).await?;
+    let image = match dumps.image.as_deref().filter(|i| crate::manifest::is_image_id(i)) {
+        Some(i) if engine.image_id(i).await?.is_some() => Some(i),
+        Some(i) => {
+            tracing::warn!(
+                "tenant {tenant}: the image the dump was taken with ({i}) is no longer on this engine; the drill's \
+                 scratch database runs the database container's image now ({})",
+                live.image_id()
+            );
+            None
+        }
+        None => None,
+    };
+    engine.create_drill_db(&live, image, name, network, labels.clone()).await
 }
 
 #[cfg(test)]

@@ -1408,12 +1408,11 @@ impl TenantRoll<'_> {
         let Some(spec) = self.run.app.database.as_ref() else { return Ok(()) };
         let r = self.run;
         let archive_rel = layout::tenant_archive(SnapshotKind::Rollout, &self.j.tenant);
-        crate::database::refuse_nested(r.engine, spec, &self.item.tenant, &r.app.data_dir_of(&self.item.tenant))
-            .await
-            .map_err(|e| e.to_string())?;
-        let pending = crate::database::dump(r.engine, spec, &self.item.tenant, &r.run_dir, &archive_rel)
-            .await
-            .map_err(|e| e.to_string())?;
+        let data_dir = r.app.data_dir_of(&self.item.tenant);
+        let pending =
+            crate::database::dump(r.engine, spec, &self.item.tenant, Some(&data_dir), &r.run_dir, &archive_rel)
+                .await
+                .map_err(|e| e.to_string())?;
         let dumps = pending.place().await.map_err(|e| format!("tenant {}: {e}", self.j.tenant))?;
         if let Some(db) = self.j.db.as_mut() {
             db.dumps = Some(dumps);

@@ -257,11 +257,10 @@ pub async fn snapshot(ctx: &Ctx, opts: &SnapshotOptions) -> Result<SnapshotRepor
         // pauses the tenant, and its files are not archived without it.
         let dumped = match (&app.database, &app.sqlite) {
             (Some(spec), _) => {
-                let data_dir = if app.stack.is_none() { app.data_dir_of(tenant) } else { PathBuf::new() };
-                match crate::database::refuse_nested(&engine, spec, tenant, &data_dir).await {
-                    Ok(()) => crate::database::dump(&engine, spec, tenant, &dir, &rel).await.map(|p| (Some(p), None)),
-                    Err(e) => Err(e),
-                }
+                let data_dir = app.stack.is_none().then(|| app.data_dir_of(tenant));
+                crate::database::dump(&engine, spec, tenant, data_dir.as_deref(), &dir, &rel)
+                    .await
+                    .map(|p| (Some(p), None))
             }
             (None, Some(spec)) => {
                 let tenants_dir = layout::tenants_dir(&dir);

@@ -183,8 +183,8 @@ async fn steps(
     // `[app.database]`: the dumps the snapshot names, every one re-hashed before anything starts.
     let db = match &app.database {
         None => None,
-        Some(spec) => match dumps_of(&f, &st.tenant, app, t.snapshot.as_deref()).await {
-            Ok(files) => Some((spec, files)),
+        Some(spec) => match super::verified_dumps(&f.loc, &st.tenant, app).await {
+            Ok((dumps, files)) => Some((spec, dumps, files)),
             Err(why) => return Ok(Err(Stop::Failed(why))),
         },
     };
@@ -200,13 +200,8 @@ async fn steps(
     engine.create_internal_network(network, &labels).await?;
     // A database outside the project: a scratch one from its container, answering on the drill
     // network to its name and aliases, replayed before any service starts.
-    if let (Some((spec, files)), Some(db_name), None) = (&db, &detail.db_container, db_service) {
-        let live = engine.spec(&spec.container_of(&st.tenant)).await?;
-        let image = match &f.loc.entry.database {
-            Some(dumps) => super::dumped_with(engine, dumps, &live, tenant).await?,
-            None => None,
-        };
-        engine.create_drill_db(&live, image, db_name, network, labels.clone()).await?;
+    if let (Some((spec, dumps, files)), Some(db_name), None) = (&db, &detail.db_container, db_service) {
+        super::create_scratch_db(engine, spec, &st.tenant, dumps, db_name, network, &labels).await?;
         if let Err(why) = replay_db(engine, spec, st, db_name, files, t).await {
             ctx.end(s, "failed", None::<&()>)?;
             return Ok(Err(Stop::Failed(why)));
@@ -250,7 +245,7 @@ async fn steps(
         }
         // The database's own service: replayed into its fresh server before a later service
         // (its clients) starts.
-        if let (Some((spec, files)), Some(i)) = (&db, db_service) {
+        if let (Some((spec, _, files)), Some(i)) = (&db, db_service) {
             if i == n {
                 if let Err(why) = replay_db(engine, spec, st, name, files, t).await {
                     ctx.end(s, "failed", None::<&()>)?;
@@ -295,25 +290,6 @@ async fn steps(
     test_pause("drill-healthy");
     crash_point("drill-healthy");
     Ok(Ok(()))
-}
-
-/// The verified dumps of stack tenant `tenant`'s snapshot `f`, or why the drill fails (no
-/// dumps in the snapshot, one missing or different), the tenant named.
-async fn dumps_of(
-    f: &Fetched,
-    tenant: &crate::types::TenantId,
-    app: &App,
-    snapshot: Option<&str>,
-) -> std::result::Result<Vec<(Option<String>, PathBuf)>, String> {
-    let Some(dumps) = &f.loc.entry.database else {
-        return Err(format!(
-            "tenant {tenant}: app \"{}\" declares [app.database] but the snapshot {} holds no database dump (taken \
-             before it was declared?); run `slipway snapshot` and drill again",
-            app.name,
-            snapshot.unwrap_or("?")
-        ));
-    };
-    crate::database::verified(&f.loc.dir, tenant, dumps).await.map_err(|e| e.to_string())
 }
 
 /// Replay the verified dumps `files` into the drill's database container `container` and

@@ -445,7 +445,7 @@ impl StackRoll<'_> {
         let (Some(spec), true) = (self.run.app.database.as_ref(), self.j.db.is_some()) else { return Ok(()) };
         let r = self.run;
         let archive_rel = layout::tenant_archive(SnapshotKind::Rollout, &self.j.tenant);
-        let pending = crate::database::dump(r.engine, spec, &self.item.tenant, &r.run_dir, &archive_rel)
+        let pending = crate::database::dump(r.engine, spec, &self.item.tenant, None, &r.run_dir, &archive_rel)
             .await
             .map_err(|e| e.to_string())?;
         let dumps = pending.place().await.map_err(|e| format!("tenant {}: {e}", self.j.tenant))?;
