@@ -842,6 +842,32 @@ fn a_window_that_closes_pauses_the_run_at_the_wave_boundary_and_reconcile_resume
 }
 
 #[test]
+fn after_a_resume_max_failure_ratio_is_of_the_whole_runs_tenants_not_of_those_left() {
+    // Ten tenants, a share of 0.1 allowed: one failure in ten is within it. The window closes
+    // after the canary's wave; the resume has nine left, and one of them (t05) fails: 1/10 is
+    // within the budget, 1/9 would not be.
+    let (s, v1, v2, tenants, hashes) = on_v1(10, Some("t05"));
+    let window = format!(
+        "[app.rollout]\nmax_failure_ratio = 0.1\nmax_parallel = 2\n[[app.rollout.windows]]\nkind = \"allow\"\n\
+         start = \"{}\"\nduration_s = 3600\n",
+        daily_at(-60)
+    );
+    s.write_fleet(&s.fleet_app(&v2, &window));
+    let out = s.slipway_env(&["rollout", "--json"], &[("SLIPWAY_TEST_WINDOW_SHIFT_S", "7200")]);
+    assert_eq!(out.code, 0, "{} {}", out.stdout, out.stderr);
+    assert_eq!(out.json()["report"]["apps"][0]["paused"], true, "{}", out.stdout);
+    let out = s.slipway(&["reconcile", "--json"]);
+    // Within the budget: the run goes on past t05 (rolled back with its data) and ends failed.
+    assert_eq!(out.code, 1, "{} {}", out.stdout, out.stderr);
+    for (t, name) in &tenants {
+        let want = if t == "t05" { &v1 } else { &v2 };
+        assert_eq!(&s.image_of(name), want, "{t}");
+        assert_eq!(&tree_hash(&s.data_dir(t)), &hashes[t], "{t}: data changed");
+    }
+    assert!(!s.slipway(&["status"]).stdout.contains("PAUSED"));
+}
+
+#[test]
 fn a_wave_under_its_min_healthy_or_past_its_progress_deadline_pauses_the_run_before_the_next_wave() {
     for (case, extra, words) in [
         // Failures within the run's budget (5), but the wave wants every tenant healthy.
