@@ -219,6 +219,51 @@ fn an_undo_killed_at_every_undo_step_is_finished_by_recover() {
 }
 
 #[test]
+fn a_rollout_journal_row_recover_cannot_read_stops_it_before_any_tenant_is_touched() {
+    // Killed with the canary stopped; then its newest journal row is changed by hand (or by
+    // another version). recover must refuse the whole run, naming the row, not skip the row
+    // and act on what is left of the journal.
+    let s = Sandbox::new();
+    let v1 = s.push_fixture_as("v1", "app");
+    let v2 = s.push_fixture_as("v2", "app");
+    let name = s.add_tenant("t1", &v1);
+    s.write_data("t1", "db/records.txt", &"customer row\n".repeat(50));
+    let before = tree_hash(&s.data_dir("t1"));
+    s.write_fleet(&s.fleet_app(&v2, ""));
+    let out = s.slipway_env(&["rollout", "--json"], &[(CRASH, "after-stop")]);
+    assert_stopped_at(&out, "after-stop", CRASH);
+    let id = s.inspect(&name)["Id"].clone();
+    assert_eq!(s.inspect(&name)["State"]["Running"], false);
+    let db = rusqlite::Connection::open(s.state().join("state.db")).unwrap();
+    let (row, detail): (i64, String) = db
+        .query_row("SELECT id, detail FROM steps WHERE tenant = 't1' ORDER BY id DESC LIMIT 1", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .unwrap();
+    db.execute("UPDATE steps SET detail = '{\"stopped\":true}' WHERE id = ?1", [row]).unwrap();
+
+    for args in [&["recover", "--dry-run"][..], &["recover"][..]] {
+        let rec = s.slipway(args);
+        assert_ne!(rec.code, 0, "{args:?}: {} {}", rec.stdout, rec.stderr);
+        let said = format!("{}{}", rec.stdout, rec.stderr);
+        assert!(
+            said.contains(&format!("step row {row}")) && said.contains("tenant t1") && said.contains("does not parse"),
+            "{args:?}: {said}"
+        );
+    }
+    // Nothing was done on what was left of the journal: the tenant is as the kill left it.
+    assert_eq!(s.inspect(&name)["Id"], id);
+    assert_eq!(s.inspect(&name)["State"]["Running"], false);
+    // Once the row reads again, recover puts the prior version back on its data.
+    db.execute("UPDATE steps SET detail = ?2 WHERE id = ?1", rusqlite::params![row, detail]).unwrap();
+    let rec = s.slipway(&["recover", "--json"]);
+    assert_eq!(rec.code, 0, "{} {}", rec.stdout, rec.stderr);
+    assert_eq!(s.inspect(&name)["State"]["Running"], true);
+    assert_eq!(image_of(&s, &name), v1);
+    assert_eq!(tree_hash(&s.data_dir("t1")), before);
+}
+
+#[test]
 fn a_misspelled_crash_point_is_reported_as_never_reached() {
     // The guard the tests above rely on: a point no step has lets the rollout finish, and
     // `assert_stopped_at` says so instead of passing.

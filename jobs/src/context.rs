@@ -57,8 +57,9 @@ pub struct Ctx {
     pub cfg: HostConfig,
     /// The run record.
     pub store: Store,
-    /// This run's id.
-    pub run_id: RunId,
+    /// This run's id: read with [`Ctx::run_id`], made only by [`Ctx::next_run_id`] and
+    /// [`Ctx::reopen_run`].
+    run_id: RunId,
     /// manual, timer, hook, reconcile, …
     pub trigger: String,
     /// SIGINT/SIGTERM flag.
@@ -91,6 +92,11 @@ impl Ctx {
     /// Keep the host lock for the rest of the run (released when the context drops).
     pub fn hold_lock(&mut self, lock: HostLock) {
         self.lock = Some(lock);
+    }
+
+    /// This run's id (the run record's, once [`Ctx::start_run`] started it).
+    pub fn run_id(&self) -> &RunId {
+        &self.run_id
     }
 
     /// The host lock, while held.

@@ -405,7 +405,7 @@ pub async fn drill(ctx: &Ctx, opts: &DrillOptions) -> Result<DrillReport> {
             Chosen::Stack(t, Err(why)) => stack::refused(app, t, why),
         };
         ctx.store.record_drill(&slipway_state::DrillRow {
-            run_id: ctx.run_id.to_string(),
+            run_id: ctx.run_id().to_string(),
             tenant: t.tenant.clone(),
             snapshot: t.snapshot.clone(),
             remote: opts.remote,
@@ -454,10 +454,10 @@ async fn drill_tenant(
     c: &TenantContainer,
 ) -> Result<TenantDrill> {
     let tenant = c.tenant.as_str();
-    let name = crate::naming::drill(tenant, &ctx.run_id);
-    let scratch = crate::layout::drill_scratch(&ctx.cfg.backup_root, &ctx.run_id, tenant);
+    let name = crate::naming::drill(tenant, &ctx.run_id());
+    let scratch = crate::layout::drill_scratch(&ctx.cfg.backup_root, &ctx.run_id(), tenant);
     let mut t = TenantDrill::new(tenant, app, name.clone());
-    t.db_container = app.database.as_ref().map(|_| crate::naming::drill_db(tenant, &ctx.run_id));
+    t.db_container = app.database.as_ref().map(|_| crate::naming::drill_db(tenant, &ctx.run_id()));
     let journal =
         DrillJournal { drill_container: name.clone(), scratch: scratch.clone(), db_container: t.db_container.clone() };
     let run = steps(ctx, engine, prober, opts, app, c, &journal, &mut t).await;
@@ -582,7 +582,7 @@ async fn steps(
     // The throw-away container on its own internal network.
     let s = ctx.begin(Some(tenant), DrillStep::Start, journal)?;
     let labels: BTreeMap<String, String> = [
-        (crate::naming::DRILL_LABEL.to_string(), ctx.run_id.to_string()),
+        (crate::naming::DRILL_LABEL.to_string(), ctx.run_id().to_string()),
         (crate::naming::DRILL_TENANT_LABEL.to_string(), tenant.to_string()),
     ]
     .into_iter()

@@ -33,6 +33,7 @@ use crate::adapters::health::Prober;
 use crate::context::Ctx;
 use crate::error::{ExitKind, Result};
 use crate::journal::{HeldDetail, HeldRow, HeldStep, RestoreStep, SnapshotStep};
+use crate::journal::{RolloutDetail, RolloutRow};
 use crate::manifest::Manifest;
 use crate::step::{Journaled, StackJournal, Step, TenantJournal, UndoStep};
 use crate::undo::undo_tenant;
@@ -77,6 +78,8 @@ pub enum Planned {
     RemoveDrillLeftovers,
     /// A tenant of the run's waves that the run never started: untouched.
     Untouched,
+    /// A tenant whose journal rows are only failed steps' reasons: left as it is, for a person.
+    PersonNeeded,
 }
 
 /// What was (or would be) done for one tenant.
@@ -141,14 +144,18 @@ fn pid_alive(pid: i64) -> bool {
 /// Run `recover`.
 pub async fn recover(ctx: &Ctx, opts: &RecoverOptions) -> Result<RecoverReport> {
     let mut runs = Vec::new();
-    let mut unfinished: Vec<Run> =
-        ctx.store.unfinished_runs()?.into_iter().filter(|r| r.id != ctx.run_id.as_str() && !pid_alive(r.pid)).collect();
+    let mut unfinished: Vec<Run> = ctx
+        .store
+        .unfinished_runs()?
+        .into_iter()
+        .filter(|r| r.id != ctx.run_id().as_str() && !pid_alive(r.pid))
+        .collect();
     // A snapshot or restore that finished needing a person with a tenant it could not bring
     // back (left paused or stopped): its journal says which container to bring back. One that
     // needs a person for another reason (a restore whose tenant is unhealthy) is not ours.
     for r in ctx.store.unresolved_halts()? {
         if matches!(r.job.as_str(), "snapshot" | "restore")
-            && r.id != ctx.run_id.as_str()
+            && r.id != ctx.run_id().as_str()
             && !open_holds(&HeldRow::parse_all(&r.job, &r.id, &ctx.store.steps(&r.id)?)?).is_empty()
         {
             unfinished.push(r);
@@ -186,7 +193,7 @@ pub async fn recover(ctx: &Ctx, opts: &RecoverOptions) -> Result<RecoverReport> 
             let what = if run.finished_at.is_some() { "left a tenant frozen" } else { "killed mid-run" };
             let summary = format!(
                 "{what}; recovered by {}: {}",
-                ctx.run_id,
+                ctx.run_id(),
                 tenants.iter().map(|t| format!("{} {}", t.tenant, t.action)).collect::<Vec<_>>().join("; ")
             );
             record.finish_dead_run(ctx, &run.id, ok, &summary)?;
@@ -308,10 +315,9 @@ pub(crate) fn kept_copies(ctx: &Ctx) -> Result<Vec<KeptCopy>> {
         if run.job != "rollout" || run.finished_at.is_none() {
             continue;
         }
-        for s in ctx.store.steps(&run.id)? {
-            let Some(j) = s.detail.as_deref().and_then(|d| serde_json::from_str::<TenantJournal>(d).ok()) else {
-                continue;
-            };
+        let steps = ctx.store.steps(&run.id)?;
+        for r in RolloutRow::parse_all(&run.id, &steps)? {
+            let RolloutDetail::Tenant(j) = r.detail else { continue };
             if let Some(copy) = j.copy.filter(|c| c.is_dir() && seen.insert(c.clone())) {
                 out.push(KeptCopy { copy, tenant: j.tenant.to_string(), run: run.id.clone() });
             }
@@ -330,7 +336,7 @@ pub async fn sweep_hooks(ctx: &Ctx, engine: &Engine, dry_run: bool) -> Result<Ve
     let mut out = Vec::new();
     for (c, _) in containers {
         let run = crate::naming::run_of_hook(&c);
-        let Some(run) = run.filter(|r| *r != ctx.run_id.as_str()) else { continue };
+        let Some(run) = run.filter(|r| *r != ctx.run_id().as_str()) else { continue };
         if ctx.store.run(run)?.is_none_or(|r| r.job != "rollout") {
             continue;
         }
@@ -357,7 +363,7 @@ pub async fn sweep_drills(ctx: &Ctx, engine: &Engine, dry_run: bool) -> Result<V
     let (containers, networks) = engine.labelled(crate::naming::DRILL_LABEL).await?;
     let mut ours = std::collections::HashMap::new();
     let mut is_ours = |run: &str| -> Result<bool> {
-        if run == ctx.run_id.as_str() {
+        if run == ctx.run_id().as_str() {
             return Ok(false);
         }
         if let Some(known) = ours.get(run) {
@@ -448,41 +454,42 @@ async fn recover_rollout(
     steps: &[StepRow],
     dry_run: bool,
 ) -> Result<Vec<TenantAction>> {
-    // Per tenant: its newest journal and which steps it reached.
+    // Per tenant: its newest journal and which steps it reached. Every row is read typed first:
+    // one recover cannot read is the error, before anything is touched.
     type Reached<'a> = Vec<(Journaled, &'a StepRow)>;
+    let rows = RolloutRow::parse_all(&run.id, steps)?;
     let mut by_tenant: BTreeMap<String, (TenantJournal, Reached)> = BTreeMap::new();
     // Stack tenants (`[app.services]`) journal a StackJournal instead.
     let mut by_stack: BTreeMap<String, (StackJournal, Reached)> = BTreeMap::new();
-    for s in steps {
-        let Some(t) = &s.tenant else { continue };
-        let word = Journaled::of_row(&run.id, s)?;
-        if let Some(sj) = s.detail.as_deref().and_then(|d| serde_json::from_str::<StackJournal>(d).ok()) {
-            let e = by_stack.entry(t.clone()).or_insert_with(|| (sj.clone(), Vec::new()));
-            e.0 = sj;
-            e.1.push((word, s));
-            continue;
-        }
-        if let Some(e) = by_stack.get_mut(t) {
-            // An undo row of a stack tenant (journaled with its stack journal too), or a row
-            // without detail: it counts as reached.
-            e.1.push((word, s));
-            continue;
-        }
-        let j = s.detail.as_deref().and_then(|d| serde_json::from_str::<TenantJournal>(d).ok());
-        let e = by_tenant.entry(t.clone());
-        match (e, j) {
-            (std::collections::btree_map::Entry::Occupied(mut o), j) => {
-                if let Some(j) = j {
-                    o.get_mut().0 = j;
+    // Tenants whose rows are only failed steps' reasons: no journal to act on.
+    let mut unreadable: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for r in rows {
+        let reached = (r.step, r.row);
+        match r.detail {
+            RolloutDetail::Stack(sj) => {
+                let e = by_stack.entry(r.tenant.to_string()).or_insert_with(|| (*sj.clone(), Vec::new()));
+                e.0 = *sj;
+                e.1.push(reached);
+            }
+            RolloutDetail::Tenant(j) => {
+                let e = by_tenant.entry(r.tenant.to_string()).or_insert_with(|| (*j.clone(), Vec::new()));
+                e.0 = *j;
+                e.1.push(reached);
+            }
+            // A failed step's end: reached, with the journal the tenant's earlier rows hold.
+            RolloutDetail::Failed(f) => {
+                if let Some(e) = by_stack.get_mut(r.tenant) {
+                    e.1.push(reached);
+                } else if let Some(e) = by_tenant.get_mut(r.tenant) {
+                    e.1.push(reached);
+                } else {
+                    unreadable.entry(r.tenant.to_string()).or_default().push(format!("{} failed: {}", r.step, f.error));
                 }
-                o.get_mut().1.push((word, s));
             }
-            (std::collections::btree_map::Entry::Vacant(v), Some(j)) => {
-                v.insert((j, vec![(word, s)]));
-            }
-            _ => {}
         }
     }
+    // A failed row that came before its tenant's first journal row still counts as reached.
+    unreadable.retain(|t, _| !by_tenant.contains_key(t) && !by_stack.contains_key(t));
     let mut out = Vec::new();
     for (tenant, (j, st)) in by_tenant {
         let ended_ok = |word: Journaled| st.iter().any(|(w, s)| *w == word && s.outcome.as_deref() == Some("ok"));
@@ -609,6 +616,15 @@ async fn recover_rollout(
         }
         let r = crate::stack_undo::undo_stack(ctx, engine, prober, &j, restore).await;
         out.push(TenantAction { tenant, found, plan, action: r.detail, ok: r.ok });
+    }
+    for (tenant, failed) in unreadable {
+        out.push(TenantAction {
+            tenant,
+            found: format!("only failed steps, no journal of what the run changed ({})", failed.join("; ")),
+            plan: Planned::PersonNeeded,
+            action: "left as it is: a person is needed to check the tenant's container and data".into(),
+            ok: false,
+        });
     }
     with_waves(ctx, run, out)
 }

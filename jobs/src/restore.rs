@@ -472,8 +472,9 @@ pub async fn restore(ctx: &Ctx, opts: &RestoreOptions) -> Result<RestoreReport> 
     // The data it replaced is kept, never removed: a wrong --day must not be the end of it.
     let restored = match swapped {
         Ok((n, old)) => {
-            report.replaced = old
-                .map(|old| crate::fsutil::keep_replaced(&ctx.cfg.backup_root, &ctx.run_id, opts.tenant.as_str(), &old));
+            report.replaced = old.map(|old| {
+                crate::fsutil::keep_replaced(&ctx.cfg.backup_root, &ctx.run_id(), opts.tenant.as_str(), &old)
+            });
             Ok(n)
         }
         Err(e) => Err(e),
@@ -586,10 +587,10 @@ fn resolve_earlier(ctx: &Ctx, tenant: &TenantId, outcome: ExitKind) -> Result<()
     }
     for r in ctx.store.unresolved_halts()? {
         if r.job == "restore"
-            && r.id != ctx.run_id.as_str()
+            && r.id != ctx.run_id().as_str()
             && ctx.store.steps(&r.id)?.iter().any(|s| s.tenant.as_deref() == Some(tenant.as_str()))
         {
-            ctx.store.resolve_run(&r.id, &format!("restore {}", ctx.run_id))?;
+            ctx.store.resolve_run(&r.id, &format!("restore {}", ctx.run_id()))?;
         }
     }
     Ok(())
@@ -646,7 +647,7 @@ async fn restore_replaced(ctx: &Ctx, opts: &RestoreOptions, kept: &Path) -> Resu
     if exchanged.is_ok() {
         // `kept` now holds the data that was in place: kept in turn, under this run.
         report.replaced =
-            Some(crate::fsutil::keep_replaced(&ctx.cfg.backup_root, &ctx.run_id, opts.tenant.as_str(), kept));
+            Some(crate::fsutil::keep_replaced(&ctx.cfg.backup_root, &ctx.run_id(), opts.tenant.as_str(), kept));
     }
     ctx.end(
         s,

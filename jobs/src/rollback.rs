@@ -19,7 +19,8 @@ use crate::adapters::docker::Engine;
 use crate::adapters::health::Prober;
 use crate::context::{Ctx, RunGuard};
 use crate::error::{Error, ExitKind, Result};
-use crate::step::{Journaled, StackJournal, TenantJournal};
+use crate::journal::{RolloutDetail, RolloutRow};
+use crate::step::{Journaled, TenantJournal};
 use crate::types::{RunId, TenantId};
 use crate::undo::{check_data, prior_image, undo_tenant, UndoResult};
 
@@ -84,24 +85,24 @@ pub async fn rollback(ctx: &Ctx, opts: &RollbackOptions) -> Result<RollbackRepor
         )));
     }
     // A stack tenant's rollout (`[app.services]`, one app per run: every tenant is a stack).
+    // Every row read typed first: one this version cannot read is the error, nothing touched.
     let steps = ctx.store.steps(&run.id)?;
-    if steps.iter().any(|s| s.detail.as_deref().is_some_and(|d| serde_json::from_str::<StackJournal>(d).is_ok())) {
-        return stack::rollback_stacks(ctx, opts, &run, &steps, paused).await;
+    let rows = RolloutRow::parse_all(&run.id, &steps)?;
+    if RolloutRow::any_stack(&rows) {
+        return stack::rollback_stacks(ctx, opts, &run, rows, paused).await;
     }
-    // The newest journal of each tenant the run touched, in the order they were rolled.
+    // The newest journal of each tenant the run touched, in the order they were rolled (a
+    // failed step's end holds why, not a journal: its tenant's other rows hold that).
     let mut journals: Vec<(TenantJournal, bool)> = Vec::new();
-    for step in steps {
-        let Some(j) = step.detail.as_deref().and_then(|d| serde_json::from_str::<TenantJournal>(d).ok()) else {
-            continue;
-        };
-        let word = Journaled::of_row(&run.id, &step)?;
-        let started = matches!(word, Journaled::Roll(s) if s.new_version_may_have_run());
+    for r in rows {
+        let RolloutDetail::Tenant(j) = r.detail else { continue };
+        let started = matches!(r.step, Journaled::Roll(s) if s.new_version_may_have_run());
         match journals.iter_mut().find(|(x, _)| x.tenant == j.tenant) {
             Some(e) => {
                 e.1 |= started;
-                e.0 = j;
+                e.0 = *j;
             }
-            None => journals.push((j, started)),
+            None => journals.push((*j, started)),
         }
     }
     let results = ctx.store.tenants(&run.id)?;
@@ -209,7 +210,7 @@ fn finish(
     let summary = format!("rolled back {undone} tenant(s) of run {}, skipped {skipped}", run.id);
     record.finish(ctx, outcome, &summary)?;
     if outcome == ExitKind::Success {
-        ctx.store.resolve_run(&run.id, &format!("rollback {}", ctx.run_id))?;
+        ctx.store.resolve_run(&run.id, &format!("rollback {}", ctx.run_id()))?;
         // Undone whole, a paused run has nothing left to resume.
         if paused && opts.tenants.is_empty() {
             ctx.store.end_pause(&run.id, if opts.abort { "aborted" } else { "rolled back" })?;

@@ -549,10 +549,12 @@ async fn rollout_app(
                 name: w.name.clone(),
                 max_parallel: w.max_parallel as i64,
                 bake_s: w.bake_s as i64,
+                min_healthy: Some(w.min_healthy.unwrap_or(0.0)),
+                progress_deadline_s: Some(w.progress_deadline_s.unwrap_or(0) as i64),
             })
             .collect()
     };
-    if let Err(e) = ctx.store.record_waves(ctx.run_id.as_str(), &rows) {
+    if let Err(e) = ctx.store.record_waves(ctx.run_id().as_str(), &rows) {
         let why = format!("app {}: state.db could not record the run's waves, so no tenant was touched: {e}", app.name);
         record.finish(ctx, ExitKind::Failure, &why)?;
         return Err(Error::Other(why));
@@ -563,9 +565,9 @@ async fn rollout_app(
         engine,
         prober: &prober,
         app,
-        run_dir: SnapshotId::rollout(&ctx.run_id).dir(&ctx.cfg.backup_root),
+        run_dir: SnapshotId::rollout(&ctx.run_id()).dir(&ctx.cfg.backup_root),
         keep_old,
-        manifest: tokio::sync::Mutex::new(Manifest::new(&SnapshotId::rollout(&ctx.run_id))),
+        manifest: tokio::sync::Mutex::new(Manifest::new(&SnapshotId::rollout(&ctx.run_id()))),
     };
     let total = plan.items.len();
     let mut done: Vec<Option<TenantReport>> = vec![None; total];
@@ -680,7 +682,7 @@ async fn rollout_app(
             };
             outcome = worst([outcome, this].into_iter());
             let recorded = ctx.store.record_tenant(&slipway_state::TenantResult {
-                run_id: ctx.run_id.to_string(),
+                run_id: ctx.run_id().to_string(),
                 tenant: item.tenant.to_string(),
                 from_digest: item.from.as_ref().map(|d| d.to_string()),
                 to_digest: Some(item.to.to_string()),
@@ -804,7 +806,7 @@ async fn rollout_app(
         Some(why) => format!(
             "{summary}; PAUSED at the wave boundary before {why}: its maintenance window closed; reconcile goes on with \
              `slipway rollout resume {}` once it opens",
-            ctx.run_id
+            ctx.run_id()
         ),
         None => summary,
     };
@@ -819,7 +821,7 @@ async fn rollout_app(
              `slipway rollout abort {run}` rolls back what it changed (so does the next rollout or reconcile after \
              pause_timeout_s = {}s)",
             app.rollout.pause_timeout_s,
-            run = ctx.run_id
+            run = ctx.run_id()
         ),
         _ => summary,
     };
@@ -828,13 +830,13 @@ async fn rollout_app(
     if let Some((OnBudget::Pause | OnBudget::RollbackWave, _)) = on_budget {
         let reason =
             budget_why.clone().unwrap_or_else(|| format!("{failed} tenant(s) failed, over the failure budget"));
-        ctx.store.pause_run(ctx.run_id.as_str(), &app.name, "budget", &reason)?;
+        ctx.store.pause_run(ctx.run_id().as_str(), &app.name, "budget", &reason)?;
         // A test's kill with the pause recorded and the run not yet finished.
         crate::context::crash_point("rollout-paused");
     }
     if let Some(why) = &window_closed {
         ctx.store.pause_run(
-            ctx.run_id.as_str(),
+            ctx.run_id().as_str(),
             &app.name,
             "window",
             &format!("maintenance window closed before {why}"),
@@ -845,14 +847,14 @@ async fn rollout_app(
     // signal cut short stays paused, for another resume of the tenants it did not reach).
     let paused = matches!(on_budget, Some((OnBudget::Pause | OnBudget::RollbackWave, _))) || window_closed.is_some();
     if resumed && !paused && outcome != ExitKind::Interrupted {
-        ctx.store.end_pause(ctx.run_id.as_str(), "resumed")?;
+        ctx.store.end_pause(ctx.run_id().as_str(), "resumed")?;
     }
     // One outcome word per exit code (ExitKind::word), as every job records it.
     record.finish(ctx, outcome, &summary)?;
     let over_in = on_budget.map(|(_, w)| w);
     Ok(AppReport {
         plan,
-        run_id: Some(ctx.run_id.clone()),
+        run_id: Some(ctx.run_id().clone()),
         waves,
         tenants,
         outcome,
@@ -996,15 +998,15 @@ async fn roll_tenant(run: &AppRun<'_>, item: &PlanItem, soak_s: Option<u64>, wav
         return Ok(gone(format!("its data dir {} (container {}) disappeared", data_dir.display(), item.container)));
     }
     let name = item.container.clone();
-    let staged = naming::staged(&name, &run.ctx.run_id);
+    let staged = naming::staged(&name, &run.ctx.run_id());
     let copy = match &item.copy {
-        Some(CopyPlan::PreCopy { .. }) => layout::rollout_copy(&data_dir, &run.ctx.run_id, item.tenant.as_str()),
+        Some(CopyPlan::PreCopy { .. }) => layout::rollout_copy(&data_dir, &run.ctx.run_id(), item.tenant.as_str()),
         _ => None,
     };
     let j = TenantJournal {
         app: run.app.name.clone(),
         tenant: item.tenant.to_string(),
-        pre_name: naming::pre_rollout(&name, &run.ctx.run_id),
+        pre_name: naming::pre_rollout(&name, &run.ctx.run_id()),
         name,
         old_id: spec.id(),
         old_image: spec.image_ref(),
@@ -1320,7 +1322,7 @@ impl TenantRoll<'_> {
             format!("SLIPWAY_TENANT={}", self.item.tenant),
             format!("SLIPWAY_OLD_DIGEST={}", self.item.from.as_ref().map(|d| d.to_string()).unwrap_or_default()),
             format!("SLIPWAY_NEW_DIGEST={}", self.item.to),
-            format!("SLIPWAY_RUN_ID={}", r.ctx.run_id),
+            format!("SLIPWAY_RUN_ID={}", r.ctx.run_id()),
             format!("SLIPWAY_WAVE={}", self.wave),
         ];
         let name = naming::hook(&self.j.pre_name);
@@ -1348,7 +1350,7 @@ impl TenantRoll<'_> {
     /// A failure keeps the copy (named in the report) and the healthy new version.
     async fn archive(&mut self) -> StepResult {
         let r = self.run;
-        let run_id = r.ctx.run_id.clone();
+        let run_id = r.ctx.run_id().clone();
         // The run's manifest is held while the archive is written and recorded: a wave's
         // tenants archive one at a time (after their health gate, so not downtime).
         let mut manifest = r.manifest.lock().await;
@@ -1434,7 +1436,7 @@ impl TenantRoll<'_> {
         self.j.snapshot = Some(archive_path.clone());
         self.j.sha256 = Some(summary.sha256.clone());
         let r = self.run;
-        let run_id = r.ctx.run_id.clone();
+        let run_id = r.ctx.run_id().clone();
         let db = self.j.db.as_ref().and_then(|d| d.dumps.clone());
         let mut manifest = r.manifest.lock().await;
         record_rollout_archive(r.ctx, &run_id, &r.run_dir, &mut manifest, &self.j.tenant, &archive_path, &summary, db)

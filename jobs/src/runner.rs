@@ -255,7 +255,7 @@ impl Report {
                 self.rollouts().iter().rev().find_map(|a| a.run_id.as_ref()).map(|r| r.to_string())
             }
             Report::Verify(_) | Report::Status(_) | Report::Runs(_) | Report::RunShow(_) => None,
-            _ => Some(ctx.run_id.to_string()),
+            _ => Some(ctx.run_id().to_string()),
         }
     }
 
@@ -361,7 +361,7 @@ pub async fn run(cfg: HostConfig, job: Job, opts: RunnerOptions) -> Finished {
 /// report with the result.
 async fn locked(ctx: &mut Ctx, job: &Job, opts: &RunnerOptions) -> (&'static str, Result<Report>) {
     if !job.dry_run() {
-        match lock::acquire(&ctx.cfg.state_dir, job.name(), &ctx.run_id, opts.wait) {
+        match lock::acquire(&ctx.cfg.state_dir, job.name(), &ctx.run_id(), opts.wait) {
             Ok(l) => ctx.hold_lock(l),
             Err(e) => return (job.name(), Err(e)),
         }

@@ -295,7 +295,7 @@ pub async fn status(ctx: &Ctx) -> Result<StatusReport> {
         ));
     }
     for r in ctx.store.unfinished_runs()? {
-        if r.id != ctx.run_id.as_str() {
+        if r.id != ctx.run_id().as_str() {
             attention.push(format!("run {} ({}) never finished; run `slipway recover`", r.id, r.job));
         }
     }

@@ -20,7 +20,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, ExitKind, Result};
-use crate::step::{Journaled, Step, UndoStep, UnknownStep};
+use crate::step::{Journaled, StackJournal, Step, TenantJournal, UndoStep, UnknownStep};
 
 /// How a run ended, as the run record stores it (word and exit code).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -403,6 +403,87 @@ impl HeldRow {
     }
 }
 
+/// The detail of a rollout's (or a rollback's) journal row: the tenant's journal as the step
+/// began or ended with it, or why a step failed.
+#[derive(Debug, Clone)]
+pub enum RolloutDetail {
+    /// A single container's journal.
+    Tenant(Box<TenantJournal>),
+    /// A stack tenant's journal (`[app.services]`).
+    Stack(Box<StackJournal>),
+    /// A step ended failed with why in place of its journal (an undo step's end).
+    Failed(FailedDetail),
+}
+
+/// The end detail of a failed undo step: why it failed.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct FailedDetail {
+    /// Why.
+    pub error: String,
+}
+
+/// One row of a rollout's or a rollback's journal, typed: what `recover` and `rollback` read. A
+/// row of no tenant, a word no rollout or undo step has, or a detail of no shape these steps
+/// write is an error naming the run, the tenant and the row, never skipped.
+#[derive(Debug, Clone)]
+pub struct RolloutRow<'a> {
+    /// The row as stored.
+    pub row: &'a slipway_state::Step,
+    /// Its tenant.
+    pub tenant: &'a str,
+    /// Its step.
+    pub step: Journaled,
+    /// Its detail.
+    pub detail: RolloutDetail,
+}
+
+impl<'a> RolloutRow<'a> {
+    /// Read `row` of run `run` (a `rollout` or `rollback` run).
+    pub fn parse(run: &str, row: &'a slipway_state::Step) -> Result<RolloutRow<'a>> {
+        let bad = |what: String| {
+            Error::Other(format!(
+                "state.db: run {run}, tenant {}, step row {}: {what}; this journal was written by another slipway \
+                 version or changed by hand: run that version's `slipway recover`, or finish run {run} by hand",
+                row.tenant.as_deref().unwrap_or("-"),
+                row.id
+            ))
+        };
+        let step: Journaled = row.step.parse().map_err(|e: UnknownStep| bad(e.to_string()))?;
+        let tenant = row.tenant.as_deref().ok_or_else(|| bad(format!("step \"{step}\" names no tenant")))?;
+        let text = row.detail.as_deref().unwrap_or_default();
+        // No shape parses as another (each has fields the others lack); the common one first.
+        let detail = if let Ok(j) = serde_json::from_str::<TenantJournal>(text) {
+            RolloutDetail::Tenant(Box::new(j))
+        } else if let Ok(j) = serde_json::from_str::<StackJournal>(text) {
+            RolloutDetail::Stack(Box::new(j))
+        } else if let Ok(f) = serde_json::from_str::<FailedDetail>(text) {
+            RolloutDetail::Failed(f)
+        } else {
+            return Err(bad(format!("the detail of step \"{step}\" does not parse: {text:?}")));
+        };
+        let of = match &detail {
+            RolloutDetail::Tenant(j) => Some(j.tenant.as_str()),
+            RolloutDetail::Stack(j) => Some(j.tenant.as_str()),
+            RolloutDetail::Failed(_) => None,
+        };
+        if let Some(of) = of.filter(|of| *of != tenant) {
+            return Err(bad(format!("the detail of step \"{step}\" is tenant {of}'s journal")));
+        }
+        Ok(RolloutRow { row, tenant, step, detail })
+    }
+
+    /// Every row of run `run`, typed (the first that does not parse is the error).
+    pub fn parse_all(run: &str, rows: &'a [slipway_state::Step]) -> Result<Vec<RolloutRow<'a>>> {
+        rows.iter().map(|r| RolloutRow::parse(run, r)).collect()
+    }
+
+    /// Whether the run record's rows are of stack tenants (a run rolls one app: all or none).
+    pub fn any_stack(rows: &[RolloutRow<'_>]) -> bool {
+        rows.iter().any(|r| matches!(r.detail, RolloutDetail::Stack(_)))
+    }
+}
+
 /// Read the word of row `row` of drill run `run` as a [`DrillStep`]; Err names the run, the
 /// tenant and the row.
 pub fn drill_step(run: &str, row: &slipway_state::Step) -> Result<DrillStep> {
@@ -583,5 +664,54 @@ mod tests {
                 "{job} {step} {detail}: {e}"
             );
         }
+    }
+
+    const TENANT_JOURNAL: &str = r#"{"app":"pulse","tenant":"t1","name":"pulse-t1","pre_name":"pulse-t1.pre-rollout-x",
+        "old_id":"abc","old_image":"reg/pulse@sha256:00","old_digest":null,"new_image":"reg/pulse@sha256:11",
+        "new_id":null,"data_dir":"/data/t1","snapshot":null,"sha256":null,
+        "stop_timeout_s":30,"health":{"path":"/api/health","port":8080},"keep_old":false,
+        "settings":{"name":"pulse-t1","labels":{},"networks":{},"mounts":[],"env_keys":[]}}"#;
+    const STACK_JOURNAL: &str =
+        r#"{"app":"shop","tenant":"t1","services":[],"members":[],"mounts":[],"stop_timeout_s":10,"keep_old":false}"#;
+
+    #[test]
+    fn every_detail_a_rollout_or_rollback_writes_reads_back_typed() {
+        let rows = [
+            row("switch", Some("ok"), TENANT_JOURNAL),
+            row("undo-restore", Some("failed"), r#"{"error":"the archive is gone"}"#),
+            row("stop", None, STACK_JOURNAL),
+        ];
+        let typed = RolloutRow::parse_all("r1", &rows).unwrap();
+        assert!(matches!(&typed[0].detail, RolloutDetail::Tenant(j) if j.name == "pulse-t1"));
+        assert_eq!(typed[0].step, Journaled::Roll(Step::Switch));
+        assert!(matches!(&typed[1].detail, RolloutDetail::Failed(f) if f.error == "the archive is gone"));
+        assert_eq!(typed[1].step, Journaled::Undo(UndoStep::Restore));
+        assert!(matches!(&typed[2].detail, RolloutDetail::Stack(j) if j.app == "shop"));
+        assert!(RolloutRow::any_stack(&typed));
+        assert!(!RolloutRow::any_stack(&typed[..2]));
+    }
+
+    #[test]
+    fn a_rollout_row_recover_cannot_read_is_an_error_naming_the_run_the_tenant_and_the_row() {
+        let other_tenant = TENANT_JOURNAL.replace(r#""tenant":"t1""#, r#""tenant":"t2""#);
+        let mut no_tenant = row("switch", None, TENANT_JOURNAL);
+        no_tenant.tenant = None;
+        for (r, want) in [
+            (row("switchh", None, TENANT_JOURNAL), "unknown step \"switchh\""),
+            (row("switch", None, r#"{"app":"pulse","tenant":"t1"}"#), "the detail of step \"switch\" does not parse"),
+            (row("switch", None, "not json"), "does not parse"),
+            (row("undo-restore", Some("failed"), r#"{"error":"x","extra":1}"#), "does not parse"),
+            (row("switch", None, &other_tenant), "is tenant t2's journal"),
+            (no_tenant, "names no tenant"),
+        ] {
+            let e = RolloutRow::parse("20261122T030000Z-7f3a", &r).unwrap_err().to_string();
+            assert!(
+                e.contains("run 20261122T030000Z-7f3a") && e.contains("step row 42") && e.contains(want),
+                "{want}: {e}"
+            );
+        }
+        // One bad row makes the whole journal unreadable: nothing is acted on.
+        let rows = [row("switch", Some("ok"), TENANT_JOURNAL), row("switch", None, "{}")];
+        assert!(RolloutRow::parse_all("r1", &rows).is_err());
     }
 }

@@ -15,7 +15,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::HealthSpec;
 use crate::container::{OperatorSettings, Restart};
-use crate::error::{Error, Result};
 
 /// One step of rolling a tenant to the pinned digest, in the order they run. A tenant goes
 /// through one of two paths (see `rollout`): the pre-copy path (pre-copy, create, check, stop,
@@ -280,17 +279,6 @@ impl Journaled {
     /// Every word a rollout or rollback journal may hold.
     fn known() -> impl Iterator<Item = Journaled> {
         Step::known().map(Journaled::Roll).chain(UndoStep::ALL.into_iter().map(Journaled::Undo))
-    }
-
-    /// Parse the step word of a journal row of run `run`, with an error that names both.
-    pub fn of_row(run: &str, row: &slipway_state::Step) -> Result<Journaled> {
-        row.step.parse().map_err(|e: UnknownStep| {
-            Error::Other(format!(
-                "state.db: run {run}, step row {}: {e}; this journal was written by another slipway version: \
-                 run that version's `slipway recover`, or finish run {run} by hand",
-                row.id
-            ))
-        })
     }
 }
 

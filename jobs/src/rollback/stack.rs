@@ -22,30 +22,29 @@ use crate::adapters::docker::Engine;
 use crate::adapters::health::Prober;
 use crate::context::Ctx;
 use crate::error::{Error, ExitKind, Result};
+use crate::journal::{RolloutDetail, RolloutRow};
 use crate::layout;
 use crate::manifest::Manifest;
 use crate::stack_undo::undo_stack;
 use crate::step::StackJournal;
 use crate::undo::{copy_state_at, image_to_recreate, CopyState};
 
-/// Roll back run `run`'s stack tenants (its `steps` journal them); `paused`: the run is paused
+/// Roll back run `run`'s stack tenants (its `rows` journal them); `paused`: the run is paused
 /// over its failure budget (its pause ends when every stack came back).
 pub(super) async fn rollback_stacks(
     ctx: &Ctx,
     opts: &RollbackOptions,
     run: &slipway_state::Run,
-    steps: &[slipway_state::Step],
+    rows: Vec<RolloutRow<'_>>,
     paused: bool,
 ) -> Result<RollbackReport> {
     // The newest journal of each stack tenant, in the order they were rolled.
     let mut journals: Vec<StackJournal> = Vec::new();
-    for step in steps {
-        let Some(j) = step.detail.as_deref().and_then(|d| serde_json::from_str::<StackJournal>(d).ok()) else {
-            continue;
-        };
+    for r in rows {
+        let RolloutDetail::Stack(j) = r.detail else { continue };
         match journals.iter_mut().find(|x| x.tenant == j.tenant) {
-            Some(e) => *e = j,
-            None => journals.push(j),
+            Some(e) => *e = *j,
+            None => journals.push(*j),
         }
     }
     for t in &opts.tenants {
@@ -113,7 +112,7 @@ pub(super) async fn rollback_stacks(
 fn for_rollback(ctx: &Ctx, mut j: StackJournal) -> StackJournal {
     for (i, m) in j.mounts.iter_mut().enumerate().filter(|(_, m)| m.archive.is_some()) {
         let key = format!("{}+{i}", j.tenant);
-        if let Some(copy) = layout::rollout_copy(&m.data_dir, &ctx.run_id, &key) {
+        if let Some(copy) = layout::rollout_copy(&m.data_dir, &ctx.run_id(), &key) {
             m.copy = copy;
             m.copy_ino = None;
         }

@@ -90,7 +90,7 @@ pub(super) async fn roll_stack(
         return Ok(untouched(TenantOutcome::Restored, "not a stack tenant".into()));
     };
     let engine = run.engine;
-    let run_id = &run.ctx.run_id;
+    let run_id = &run.ctx.run_id();
     let member = |svc: &str| members.iter().find(|m| m.container.tenant == item.tenant && m.service == svc);
     // Start order: the compose labels' depends_on where they say, else the fleet's order.
     let fleet_order: Vec<String> = stack.services.iter().map(|s| s.name.clone()).collect();
@@ -550,7 +550,7 @@ impl StackRoll<'_> {
     /// per mount, all in the run's manifest), then removed. A failure keeps the copy.
     async fn archive(&mut self) -> StepResult {
         let r = self.run;
-        let run_id = r.ctx.run_id.clone();
+        let run_id = r.ctx.run_id().clone();
         let run_dir = SnapshotId::rollout(&run_id).dir(&r.ctx.cfg.backup_root);
         for (i, m) in self.j.mounts.iter_mut().enumerate() {
             if m.archive.is_some() {
