@@ -199,6 +199,11 @@ pub struct RolloutArgs {
     /// (overrides `on_budget`).
     #[arg(long, value_name = "MODE", value_parser = parse_on_budget)]
     pub on_budget: Option<slipway_jobs::config::OnBudget>,
+    /// This run's waves, from FILE: `[[waves]]` tables written as `[[app.rollout.waves]]` are
+    /// (and optionally the last wave's max_parallel, min_healthy, progress_deadline_s, and
+    /// order_by); they replace the app's for this run, and a resume keeps them.
+    #[arg(long, value_name = "FILE")]
+    pub waves: Option<std::path::PathBuf>,
 }
 
 /// An `on_budget` word, as fleet.toml takes it.

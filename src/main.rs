@@ -182,6 +182,7 @@ fn job(command: &Command) -> Result<Option<Job>, Error> {
                     max_failure_ratio: a.max_failure_ratio,
                     on_budget: a.on_budget,
                 },
+                waves: a.waves.clone(),
                 resume: None,
             }),
         },

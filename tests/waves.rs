@@ -246,6 +246,84 @@ fn a_runs_own_budget_overrides_fleet_tomls_for_that_run_only() {
 }
 
 #[test]
+fn a_runs_own_waves_file_replaces_fleet_tomls_waves_and_a_resume_keeps_its_limits() {
+    let (s, v1, v2, tenants, hashes) = on_v1(6, Some("t01"));
+    // fleet.toml: half the fleet three at a time, budget 5 (a failure alone does not pause).
+    s.write_fleet(
+        &s.fleet_app(&v2, "[app.rollout]\nmax_failed = 5\n[[app.rollout.waves]]\npercent = 50\nmax_parallel = 3\n"),
+    );
+    let file = s.root().join("waves.toml");
+    let path = file.to_str().unwrap();
+    // A bad file is refused naming it and the key, before anything is touched.
+    for (bad, key) in [
+        ("[[waves]]\ncount = 2\nparalel = 2\n", "paralel"),
+        ("[[waves]]\npercent = 0\n", "waves[0].percent = 0"),
+        ("[[waves]]\nselect = \"tier\"\n", "waves[0].select"),
+        ("max_failed = 1\n", "max_failed"),
+    ] {
+        std::fs::write(&file, bad).unwrap();
+        let out = s.slipway(&["rollout", "--waves", path]);
+        assert_eq!(out.code, 2, "{bad}: {} {}", out.stdout, out.stderr);
+        assert!(out.stderr.contains(path) && out.stderr.contains(key), "{bad}: {}", out.stderr);
+    }
+    let missing = s.slipway(&["rollout", "--waves", "/nonexistent/waves.toml"]);
+    assert_eq!(missing.code, 2, "{}", missing.stderr);
+    assert!(missing.stderr.contains("/nonexistent/waves.toml"), "{}", missing.stderr);
+    assert!(tenants.iter().all(|(_, n)| s.image_of(n) == v1), "a refused run touched a tenant");
+
+    // This run: by value, then two paid tenants (t01 and t03 by value) two at a time, all of
+    // which must end healthy; then the rest one at a time.
+    std::fs::write(
+        &file,
+        "order_by = \"value\"\n[[waves]]\nselect = \"tier=paid\"\ncount = 2\nmax_parallel = 2\nmin_healthy = 1.0\n",
+    )
+    .unwrap();
+    let dry = s.slipway(&["rollout", "--waves", path, "--dry-run", "--json"]);
+    assert_eq!(dry.code, 0, "{} {}", dry.stdout, dry.stderr);
+    let planned: Vec<(String, Vec<String>, usize)> =
+        dry.report::<Rollout>().apps.remove(0).waves.into_iter().map(|w| (w.name, w.tenants, w.max_parallel)).collect();
+    let names = |v: &[&str]| v.iter().map(|t| t.to_string()).collect::<Vec<_>>();
+    assert_eq!(planned.len(), 3, "{planned:?}");
+    assert_eq!(
+        (planned[0].1.clone(), planned[1].1.clone(), planned[1].2),
+        (names(&["t00"]), names(&["t01", "t03"]), 2)
+    );
+    assert_eq!((planned[2].1.clone(), planned[2].2), (names(&["t02", "t04", "t05"]), 1));
+
+    // t01 refuses v2: within the budget, but its wave is under min_healthy: the run pauses.
+    let out = s.slipway(&["rollout", "--waves", path, "--json"]);
+    assert_eq!(out.code, 3, "{} {}", out.stdout, out.stderr);
+    assert_eq!(out.json()["report"]["apps"][0]["paused"], true, "{}", out.stdout);
+    let run = out.json()["report"]["apps"][0]["run_id"].as_str().unwrap().to_string();
+    // The file's limits are frozen with the sets.
+    let db = rusqlite::Connection::open(s.state().join("state.db")).unwrap();
+    let limits: Vec<(String, f64)> = db
+        .prepare("SELECT tenant, min_healthy FROM run_waves WHERE run_id = ?1 ORDER BY position")
+        .unwrap()
+        .query_map([&run], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(limits.iter().filter(|(_, m)| *m == 1.0).count(), 2, "{limits:?}");
+    for (t, name) in &tenants {
+        assert_eq!(&tree_hash(&s.data_dir(t)), &hashes[t], "{t}: data changed");
+        let want = if ["t00", "t03"].contains(&t.as_str()) { &v2 } else { &v1 };
+        assert_eq!(&s.image_of(name), want, "{t}");
+    }
+    // The file is gone by the morning: the resume goes on with the frozen waves.
+    std::fs::remove_file(&file).unwrap();
+    let res = s.slipway(&["rollout", "resume", &run, "--json"]);
+    assert_ne!(res.code, 3, "{} {}", res.stdout, res.stderr);
+    assert_ne!(res.json()["report"]["apps"][0]["paused"], true, "{}", res.stdout);
+    for (t, name) in &tenants {
+        let want = if t == "t01" { &v1 } else { &v2 };
+        assert_eq!(&s.image_of(name), want, "{t}");
+        assert_eq!(s.inspect(name)["State"]["Running"], true, "{t}");
+    }
+    assert_eq!(tree_hash(&s.data_dir("t01")), hashes["t01"]);
+}
+
+#[test]
 fn over_the_budget_the_run_halts_with_3_and_the_tenants_not_started_stay_on_the_prior_version() {
     let s = Sandbox::new();
     let v1 = s.push_fixture_as("v1", "app");

@@ -37,6 +37,7 @@ use crate::adapters::desired;
 use crate::adapters::docker::{ContainerSpec, Engine, HookRun, StackMember, TenantContainer};
 use crate::adapters::health::Prober;
 use crate::adapters::mirror::{self, MirrorReport};
+use crate::config::rollout::WavesOverride;
 use crate::config::{App, HealthSpec, OnBudget};
 use crate::container::Restart;
 use crate::context::Ctx;
@@ -81,6 +82,9 @@ pub struct RolloutOptions {
     /// This run's failure budget and what it does over it, instead of `[app.rollout]`'s
     /// (`--max-failed`, `--max-failure-ratio`, `--on-budget`; a resume uses fleet.toml's).
     pub budget: BudgetOverride,
+    /// This run's waves instead of `[app.rollout]`'s (`rollout --waves FILE`: `[[waves]]`
+    /// tables written as fleet.toml's are; a resume goes on with the waves the run froze).
+    pub waves: Option<PathBuf>,
     /// Go on with this paused run (`rollout resume RUN`): its release, its frozen waves, the
     /// tenants it has not reached; its failures still count against its budget.
     pub resume: Option<RunId>,
@@ -99,17 +103,29 @@ pub struct BudgetOverride {
 }
 
 impl BudgetOverride {
-    /// `app` with this run's budget, or None when nothing is overridden.
-    fn apply(&self, app: &App) -> Option<App> {
-        if *self == BudgetOverride::default() {
+    /// `app` with this run's budget and waves, or None when nothing is overridden.
+    fn apply(&self, app: &App, waves: Option<&WavesOverride>) -> Option<App> {
+        if *self == BudgetOverride::default() && waves.is_none() {
             return None;
         }
         let mut a = app.clone();
         a.rollout.max_failed = self.max_failed.or(a.rollout.max_failed);
         a.rollout.max_failure_ratio = self.max_failure_ratio.or(a.rollout.max_failure_ratio);
         a.rollout.on_budget = self.on_budget.unwrap_or(a.rollout.on_budget);
+        if let Some(w) = waves {
+            w.apply(&mut a.rollout);
+        }
         Some(a)
     }
+}
+
+/// Read and check a `rollout --waves` file; Err (usage) names the file and the key.
+fn read_waves(path: &Path) -> Result<WavesOverride> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        Error::Usage(format!("--waves {}: cannot read it ({e}); give a file of [[waves]] tables", path.display()))
+    })?;
+    WavesOverride::parse(&text)
+        .map_err(|e| Error::Usage(format!("--waves {}: {e}; nothing was touched", path.display())))
 }
 
 /// A paused run gone on with: its id and the tenants that already failed in it.
@@ -288,11 +304,23 @@ pub async fn rollout(ctx: &mut Ctx, opts: &RolloutOptions) -> Result<RolloutRepo
     if let Some(run) = &opts.resume {
         return pause::resume(ctx, opts, run).await;
     }
+    let waves = opts.waves.as_deref().map(read_waves).transpose()?;
     let state = desired::read(&ctx.cfg.desired, &ctx.cfg.state_dir, opts.git_ref.as_deref())?;
     let apps: Vec<&App> = match &opts.app {
         Some(name) => vec![state.fleet.app(name)?],
         None => state.fleet.apps.iter().collect(),
     };
+    if let (Some(w), Some(path)) = (&waves, &opts.waves) {
+        if let Some(app) = apps.iter().find(|a| a.stack.is_some()) {
+            if let Some(why) = w.refused_for_stack() {
+                return Err(Error::Usage(format!(
+                    "--waves {}: app {}: {why}; nothing was touched",
+                    path.display(),
+                    app.name
+                )));
+            }
+        }
+    }
     // A paused run of an app is resumed or aborted, never rolled past; one past its
     // pause_timeout is aborted first.
     if !opts.dry_run {
@@ -307,7 +335,7 @@ pub async fn rollout(ctx: &mut Ctx, opts: &RolloutOptions) -> Result<RolloutRepo
     let engine = Engine::connect(&ctx.cfg.docker).await?;
     let mut reports = Vec::new();
     for app in apps {
-        let overridden = opts.budget.apply(app);
+        let overridden = opts.budget.apply(app, waves.as_ref());
         let app = overridden.as_ref().unwrap_or(app);
         let (tenants, members, mut plan) = match &app.stack {
             None => {

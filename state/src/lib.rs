@@ -24,6 +24,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0007_drill_db_check.sql"),
     include_str!("migrations/0008_run_waves.sql"),
     include_str!("migrations/0009_run_pauses.sql"),
+    include_str!("migrations/0010_wave_limits.sql"),
 ];
 
 /// The remote of rows written before schema 5, which named none (adopted by
@@ -134,7 +135,7 @@ pub struct Step {
 }
 
 /// One tenant's place in a rollout's waves, frozen before the first tenant is touched.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct WaveRow {
     /// 0 is the canary's wave.
     pub wave: i64,
@@ -148,6 +149,10 @@ pub struct WaveRow {
     pub max_parallel: i64,
     /// Seconds each of its tenants soaks after its health gate.
     pub bake_s: i64,
+    /// The wave's `min_healthy` as frozen (0: none); None in a row of an earlier version.
+    pub min_healthy: Option<f64>,
+    /// The wave's `progress_deadline_s` as frozen (0: none); None in a row of an earlier version.
+    pub progress_deadline_s: Option<i64>,
 }
 
 /// A rollout paused over its failure budget, open until resumed, aborted or timed out.
@@ -512,11 +517,22 @@ impl Store {
         let tx = self.conn.unchecked_transaction()?;
         {
             let mut st = tx.prepare(
-                "INSERT INTO run_waves (run_id, wave, position, tenant, name, max_parallel, bake_s)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                "INSERT INTO run_waves
+                    (run_id, wave, position, tenant, name, max_parallel, bake_s, min_healthy, progress_deadline_s)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             )?;
             for r in rows {
-                st.execute(params![run_id, r.wave, r.position, r.tenant, r.name, r.max_parallel, r.bake_s])?;
+                st.execute(params![
+                    run_id,
+                    r.wave,
+                    r.position,
+                    r.tenant,
+                    r.name,
+                    r.max_parallel,
+                    r.bake_s,
+                    r.min_healthy,
+                    r.progress_deadline_s
+                ])?;
             }
         }
         tx.commit()?;
@@ -526,8 +542,8 @@ impl Store {
     /// Run `run_id`'s frozen waves, in wave and position order (none for a run before schema 8).
     pub fn waves(&self, run_id: &str) -> Result<Vec<WaveRow>> {
         let mut st = self.conn.prepare(
-            "SELECT wave, position, tenant, name, max_parallel, bake_s FROM run_waves
-             WHERE run_id = ?1 ORDER BY wave, position",
+            "SELECT wave, position, tenant, name, max_parallel, bake_s, min_healthy, progress_deadline_s
+             FROM run_waves WHERE run_id = ?1 ORDER BY wave, position",
         )?;
         let rows = st.query_map([run_id], |r| {
             Ok(WaveRow {
@@ -537,6 +553,8 @@ impl Store {
                 name: r.get(3)?,
                 max_parallel: r.get(4)?,
                 bake_s: r.get(5)?,
+                min_healthy: r.get(6)?,
+                progress_deadline_s: r.get(7)?,
             })
         })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
@@ -971,6 +989,8 @@ mod tests {
             name: name.into(),
             max_parallel,
             bake_s: 0,
+            min_healthy: Some(0.9),
+            progress_deadline_s: Some(0),
         };
         let rows = vec![row(0, 0, "t1", "canary", 1), row(1, 1, "t3", "wave 1", 4), row(1, 2, "t2", "wave 1", 4)];
         s.record_waves("20261122T030000Z-0002", &rows).unwrap();

@@ -173,8 +173,16 @@ pub(crate) async fn resume(ctx: &mut Ctx, opts: &RolloutOptions, id: &RunId) -> 
                 tenants: Vec::new(),
                 max_parallel: r.max_parallel.max(1) as usize,
                 bake_s: r.bake_s.max(0) as u64,
-                min_healthy: Wave::limits_of(&app.rollout, &r.name).0,
-                progress_deadline_s: Wave::limits_of(&app.rollout, &r.name).1,
+                // The limits frozen with the sets; a row of an earlier version has none, and
+                // takes fleet.toml's.
+                min_healthy: match r.min_healthy {
+                    Some(m) => Some(m).filter(|m| *m > 0.0),
+                    None => Wave::limits_of(&app.rollout, &r.name).0,
+                },
+                progress_deadline_s: match r.progress_deadline_s {
+                    Some(d) => Some(d.max(0) as u64).filter(|d| *d > 0),
+                    None => Wave::limits_of(&app.rollout, &r.name).1,
+                },
             })
             .tenants
             .push(t);

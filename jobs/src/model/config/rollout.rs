@@ -333,6 +333,87 @@ impl RawRollout {
     }
 }
 
+/// A run's own waves (`rollout --waves FILE`): the wave keys of `[app.rollout]`, replacing the
+/// app's for that run (its budget, windows and pause timeout stay fleet.toml's).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct WavesOverride {
+    /// The waves after the canary (none: the canary, then the rest as one last wave).
+    pub waves: Vec<WaveSpec>,
+    /// `max_parallel` of the last wave, when the file gives it.
+    pub max_parallel: Option<usize>,
+    /// `order_by`, when the file gives it.
+    pub order_by: Option<String>,
+    /// `min_healthy` of the last wave, when the file gives it.
+    pub min_healthy: Option<f64>,
+    /// `progress_deadline_s` of the last wave, when the file gives it.
+    pub progress_deadline_s: Option<u64>,
+}
+
+/// The keys a `--waves` file may hold.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWavesFile {
+    #[serde(default)]
+    waves: Vec<RawWave>,
+    max_parallel: Option<usize>,
+    order_by: Option<String>,
+    min_healthy: Option<f64>,
+    progress_deadline_s: Option<u64>,
+}
+
+impl WavesOverride {
+    /// Read `text`, a `--waves` file: `[[waves]]` tables written as `[[app.rollout.waves]]`
+    /// are, and optionally the last wave's `max_parallel`, `min_healthy`,
+    /// `progress_deadline_s` and `order_by`. Err names the key and the value; every value is
+    /// checked as fleet.toml's is.
+    pub fn parse(text: &str) -> std::result::Result<WavesOverride, String> {
+        let raw: RawWavesFile = toml::from_str(text).map_err(|e| {
+            format!(
+                "{}; the file holds [[waves]] tables (select, count or percent, max_parallel, bake_s, min_healthy, \
+                 progress_deadline_s) and optionally max_parallel, min_healthy, progress_deadline_s and order_by",
+                e.to_string().trim_end()
+            )
+        })?;
+        let given = (raw.max_parallel, raw.order_by.clone(), raw.min_healthy, raw.progress_deadline_s);
+        let spec = RawRollout {
+            max_parallel: raw.max_parallel,
+            order_by: raw.order_by,
+            min_healthy: raw.min_healthy,
+            progress_deadline_s: raw.progress_deadline_s,
+            waves: raw.waves,
+            ..RawRollout::default()
+        }
+        .validate()
+        .map_err(|e| e.strip_prefix("rollout.").map(str::to_string).unwrap_or(e))?;
+        Ok(WavesOverride {
+            waves: spec.waves,
+            max_parallel: given.0.map(|_| spec.max_parallel),
+            order_by: given.1,
+            min_healthy: given.2,
+            progress_deadline_s: given.3,
+        })
+    }
+
+    /// `spec` with these waves.
+    pub fn apply(&self, spec: &mut RolloutSpec) {
+        spec.waves = self.waves.clone();
+        spec.max_parallel = self.max_parallel.unwrap_or(spec.max_parallel);
+        spec.order_by = self.order_by.clone().or(spec.order_by.take());
+        spec.min_healthy = self.min_healthy.or(spec.min_healthy);
+        spec.progress_deadline_s = self.progress_deadline_s.or(spec.progress_deadline_s);
+    }
+
+    /// Why these waves cannot roll a stack's tenants (one at a time, no bake, for now), if so.
+    pub fn refused_for_stack(&self) -> Option<String> {
+        (self.max_parallel.is_some_and(|n| n > 1) || self.waves.iter().any(|w| w.max_parallel > 1 || w.bake_s > 0))
+            .then(|| {
+                "a stack's tenants roll one at a time for now (max_parallel and bake_s are not available for a \
+                 stack yet); drop them from the file (waves, order_by, min_healthy and progress_deadline_s apply)"
+                    .to_string()
+            })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -433,5 +514,44 @@ mod tests {
         // An empty table is the default but for the budget: a run over it pauses.
         assert_eq!(parse("").unwrap(), RolloutSpec { on_budget: OnBudget::Pause, ..RolloutSpec::default() });
         assert_eq!(parse("on_budget = \"rollback-wave\"").unwrap().on_budget, OnBudget::RollbackWave);
+    }
+
+    #[test]
+    fn a_waves_file_replaces_the_waves_keeps_the_budget_and_is_checked_as_fleet_toml_is() {
+        let w = WavesOverride::parse(
+            "order_by = \"value\"\nmax_parallel = 6\n[[waves]]\nselect = \"tier=free\"\npercent = 10\nmax_parallel = 4\nbake_s = 60\n",
+        )
+        .unwrap();
+        assert_eq!(w.waves.len(), 1);
+        assert_eq!((w.waves[0].size, w.waves[0].max_parallel, w.waves[0].bake_s), (WaveSize::Percent(10.0), 4, 60));
+        let mut spec = RolloutSpec {
+            max_failed: Some(2),
+            on_budget: OnBudget::Pause,
+            waves: vec![w.waves[0].clone(), w.waves[0].clone()],
+            min_healthy: Some(0.5),
+            ..RolloutSpec::default()
+        };
+        w.apply(&mut spec);
+        assert_eq!(spec.waves, w.waves);
+        assert_eq!((spec.max_parallel, spec.order_by.as_deref()), (6, Some("value")));
+        // What the file does not give stays the app's: its budget, its last wave's limits.
+        assert_eq!((spec.max_failed, spec.on_budget, spec.min_healthy), (Some(2), OnBudget::Pause, Some(0.5)));
+        // No waves at all: the canary, then the rest.
+        assert!(WavesOverride::parse("").unwrap().waves.is_empty());
+        // Bad values and keys are refused naming them, as fleet.toml's are.
+        for (text, want) in [
+            ("[[waves]]\ncount = 0\n", "waves[0].count = 0"),
+            ("[[waves]]\ncount = 1\npercent = 5\n", "waves[0]: give count or percent"),
+            ("max_parallel = 0\n", "max_parallel = 0"),
+            ("[[waves]]\nmin_healthy = 2.0\n", "waves[0].min_healthy = 2"),
+            ("on_budget = \"pause\"\n", "on_budget"),
+            ("[waves]\n", "waves"),
+        ] {
+            let e = WavesOverride::parse(text).unwrap_err();
+            assert!(e.contains(want) && !e.starts_with("rollout."), "{text}: {e}");
+        }
+        // A stack takes waves one at a time, without a bake.
+        assert!(w.refused_for_stack().is_some());
+        assert!(WavesOverride::parse("[[waves]]\ncount = 2\n").unwrap().refused_for_stack().is_none());
     }
 }
