@@ -774,19 +774,30 @@ pub(super) async fn create_scratch_db(
     labels: &BTreeMap<String, String>,
 ) -> Result<()> {
     let live = engine.spec(&spec.container_of(tenant)).await?;
-    let image = match dumps.image.as_deref().filter(|i| crate::manifest::is_image_id(i)) {
-        Some(i) if engine.image_id(i).await?.is_some() => Some(i),
+    let image = dump_image(engine, tenant, dumps, &live.image_id()).await?;
+    engine.create_drill_db(&live, image.as_deref(), name, network, labels.clone()).await
+}
+
+/// The image a drill boots the database from to replay `dumps`: the one they were taken with
+/// (their manifest entry's image id, used only if it is one, and only while the engine has
+/// it), else None: the image the database runs now (`now`), said in the log.
+pub(super) async fn dump_image(
+    engine: &Engine,
+    tenant: &TenantId,
+    dumps: &DatabaseDumps,
+    now: &str,
+) -> Result<Option<String>> {
+    Ok(match dumps.image.as_deref().filter(|i| crate::manifest::is_image_id(i)) {
+        Some(i) if engine.image_id(i).await?.is_some() => Some(i.to_string()),
         Some(i) => {
             tracing::warn!(
                 "tenant {tenant}: the image the dump was taken with ({i}) is no longer on this engine; the drill's \
-                 scratch database runs the database container's image now ({})",
-                live.image_id()
+                 database runs the database container's image now ({now})"
             );
             None
         }
         None => None,
-    };
-    engine.create_drill_db(&live, image, name, network, labels.clone()).await
+    })
 }
 
 #[cfg(test)]

@@ -1321,6 +1321,14 @@ impl ContainerSpec {
         self.inspect.mounts.clone().unwrap_or_default().into_iter().map(tenant_mount)
     }
 
+    /// This spec on another image (an image id): a drill's database service booted from the
+    /// image its dump was taken with. The settings stay the container's, told from the image
+    /// defaults of the image it runs now.
+    pub fn on_image(mut self, image_id: &str) -> ContainerSpec {
+        self.inspect.image = Some(image_id.to_string());
+        self
+    }
+
     /// The id (`sha256:…`) of the image the container runs.
     pub fn image_id(&self) -> String {
         self.inspect.image.clone().unwrap_or_default()

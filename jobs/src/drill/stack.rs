@@ -9,7 +9,8 @@
 //! With `[app.database]` the snapshot's dumps are re-hashed before anything starts and replayed,
 //! then `check` answered, before any service that could use the database starts: into the
 //! database service's own drill container right after it started (none of its writable mounts,
-//! so the server's data dir is a fresh one), or, when the database runs outside the project,
+//! so the server's data dir is a fresh one; of the image the dump was taken with while the engine
+//! has it), or, when the database runs outside the project,
 //! into a scratch database made from its container ([`crate::naming::drill_stack_db`],
 //! journaled) before the first service.
 
@@ -216,7 +217,16 @@ async fn steps(
         if n == 1 {
             crash_point("drill-stack-started-one");
         }
-        let spec = engine.spec(&c.name).await?;
+        let mut spec = engine.spec(&c.name).await?;
+        // The database's own service boots from the image its dump was taken with, so a server
+        // upgraded since does not prove an old dump.
+        if let (Some((_, dumps, _)), Some(i)) = (&db, db_service) {
+            if i == n {
+                if let Some(image) = super::dump_image(engine, &st.tenant, dumps, &spec.image_id()).await? {
+                    spec = spec.on_image(&image);
+                }
+            }
+        }
         let volumes: Vec<Option<String>> = c
             .data
             .iter()
