@@ -104,6 +104,12 @@ for label, f in (("downtime per tenant, median", lambda ts: med([t['downtime_ms'
                  ("downtime per tenant, max", lambda ts: max(t['downtime_ms'] for t in ts)),
                  ("slipway's own part of it, median", lambda ts: med([own(t) for t in ts])),
                  ("slipway's own part of it, p95", lambda ts: p95([own(t) for t in ts])),
+                 ("  of which the delta copy, median", lambda ts: med([t['timings']['copy_delta_ms'] for t in ts])),
+                 ("  of which the two renames (engine calls), median",
+                  lambda ts: med([t['timings']['rename_ms'] + t['timings']['switch_ms'] for t in ts])),
+                 ("  of which the rest (journal writes, waiting to be polled), median",
+                  lambda ts: med([own(t) - t['timings']['copy_delta_ms'] - t['timings']['rename_ms']
+                                  - t['timings']['switch_ms'] for t in ts])),
                  ("docker stop, median", lambda ts: med([t['timings']['stop_ms'] for t in ts])),
                  ("docker start, median", lambda ts: med([t['timings']['start_ms'] for t in ts])),
                  ("start -> healthy, median", lambda ts: med([t['timings']['health_ms'] for t in ts]))):
