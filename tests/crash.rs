@@ -261,6 +261,13 @@ fn a_rollout_journal_row_recover_cannot_read_stops_it_before_any_tenant_is_touch
     assert_eq!(s.inspect(&name)["State"]["Running"], true);
     assert_eq!(image_of(&s, &name), v1);
     assert_eq!(tree_hash(&s.data_dir("t1")), before);
+    // A finished run's unreadable row stops neither status nor the sweep: both name it.
+    db.execute("UPDATE steps SET detail = '{\"stopped\":true}' WHERE id = ?1", [row]).unwrap();
+    let st = s.slipway(&["status"]);
+    assert!(st.stdout.contains(&format!("step row {row}")) && st.stdout.contains(".slipway-rollout"), "{}", st.stdout);
+    let rec = s.slipway(&["recover", "--json"]);
+    assert_eq!(rec.code, 0, "{} {}", rec.stdout, rec.stderr);
+    assert!(rec.stdout.contains(&format!("step row {row}")), "{}", rec.stdout);
 }
 
 #[test]

@@ -279,6 +279,10 @@ fn sweep(ctx: &Ctx, dry_run: bool) -> Result<Vec<String>> {
         remove(&cache, "what an earlier restore --remote downloaded");
     }
     out.extend(kept_copies(ctx)?.into_iter().map(|k| {
+        let k = match k {
+            Ok(k) => k,
+            Err(why) => return why,
+        };
         format!(
             "kept {} (the rollout copy of tenant {} from run {}, never archived: `slipway rollback --run {} --tenant {}` \
              puts it back, and refuses once it is gone; remove it by hand once that run will not be rolled back)",
@@ -307,8 +311,10 @@ pub(crate) struct KeptCopy {
 
 /// Rollout copies that finished runs left beside data dirs (an archive of the copy that
 /// failed, say): never removed here — one may be the only copy of a tenant's data from
-/// before its rollout —, only listed, with what to do (by the sweep, and by `status`).
-pub(crate) fn kept_copies(ctx: &Ctx) -> Result<Vec<KeptCopy>> {
+/// before its rollout —, only listed, with what to do (by the sweep, and by `status`). A
+/// finished run whose journal cannot be read is listed as such (its copies cannot be told),
+/// never passed over, and stops neither the sweep nor `status`.
+pub(crate) fn kept_copies(ctx: &Ctx) -> Result<Vec<std::result::Result<KeptCopy, String>>> {
     let mut out = Vec::new();
     let mut seen = std::collections::BTreeSet::new();
     for run in ctx.store.runs(COPIES_LOOKBACK_RUNS)? {
@@ -316,10 +322,21 @@ pub(crate) fn kept_copies(ctx: &Ctx) -> Result<Vec<KeptCopy>> {
             continue;
         }
         let steps = ctx.store.steps(&run.id)?;
-        for r in RolloutRow::parse_all(&run.id, &steps)? {
+        let rows = match RolloutRow::parse_all(&run.id, &steps) {
+            Ok(rows) => rows,
+            Err(e) => {
+                out.push(Err(format!(
+                    "{e}; a rollout copy that run kept beside a data dir (a tenant's data from before it) cannot \
+                     be listed: look in .slipway-rollout/{} beside the data dirs",
+                    run.id
+                )));
+                continue;
+            }
+        };
+        for r in rows {
             let RolloutDetail::Tenant(j) = r.detail else { continue };
             if let Some(copy) = j.copy.filter(|c| c.is_dir() && seen.insert(c.clone())) {
-                out.push(KeptCopy { copy, tenant: j.tenant.to_string(), run: run.id.clone() });
+                out.push(Ok(KeptCopy { copy, tenant: j.tenant.to_string(), run: run.id.clone() }));
             }
         }
     }

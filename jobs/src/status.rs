@@ -284,6 +284,13 @@ pub async fn status(ctx: &Ctx) -> Result<StatusReport> {
     // A finished rollout left a tenant's pre-rollout data beside its data dir, unarchived (the
     // archive of the copy failed): that run has no snapshot of it, and the copy holds disk.
     for k in crate::recover::kept_copies(ctx)? {
+        let k = match k {
+            Ok(k) => k,
+            Err(why) => {
+                attention.push(why);
+                continue;
+            }
+        };
         attention.push(format!(
             "tenant {}: run {} could not archive its rollout copy {} (the tenant's data from before that run, kept \
              as the only copy of it); see `slipway runs show {}`, free space on the backup disk, and remove the copy \
