@@ -41,7 +41,7 @@ fn rollout_points() -> Vec<(Step, CrashPoint)> {
     // The steps of a tenant with `[app.database]` are killed in tests/database.rs.
     Step::ALL
         .into_iter()
-        .filter(|s| !s.needs_database() && !s.needs_hook())
+        .filter(|s| !s.needs_database() && !s.needs_hook() && !s.needs_waves())
         .flat_map(|s| [Some(s.during()), s.halfway(), Some(s.after())].into_iter().flatten().map(move |p| (s, p)))
         .collect()
 }

@@ -509,10 +509,9 @@ fn a_stack_rollout_killed_at_its_steps_is_undone_or_finished_by_recover() {
     // Every step a stack takes (one tenant: no soak; the copy path: no snapshot), before it
     // acts, halfway through the switch, and just after the health gate passed.
     let mut points: Vec<String> = Vec::new();
-    for st in Step::ALL
-        .into_iter()
-        .filter(|s| !matches!(s, Step::Snapshot | Step::Soak) && !s.needs_database() && !s.needs_hook())
-    {
+    for st in Step::ALL.into_iter().filter(|s| {
+        !matches!(s, Step::Snapshot | Step::Soak) && !s.needs_database() && !s.needs_hook() && !s.needs_waves()
+    }) {
         points.push(st.during().to_string());
         if let Some(h) = st.halfway() {
             points.push(h.to_string());

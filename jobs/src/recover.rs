@@ -327,8 +327,8 @@ pub(crate) fn kept_copies(ctx: &Ctx) -> Result<Vec<std::result::Result<KeptCopy,
             Err(e) => {
                 out.push(Err(format!(
                     "{e}; a rollout copy that run kept beside a data dir (a tenant's data from before it) cannot \
-                     be listed: look in .slipway-rollout/{} beside the data dirs",
-                    run.id
+                     be listed: look in {} beside the data dirs",
+                    crate::layout::rollout_copies_of(&run.id)
                 )));
                 continue;
             }

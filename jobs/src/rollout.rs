@@ -660,15 +660,15 @@ async fn rollout_app(
                 let Some(n) = queue.next() else { break };
                 let item = &plan.items[n];
                 // The canary soaks only when it gates tenants after it; a wave's tenants bake.
-                let soak_s = if gate && !item.stopped && n + 1 < total {
-                    Some(app.canary_soak_s)
+                let soak = if gate && !item.stopped && n + 1 < total {
+                    Some(Soak::Canary(app.canary_soak_s))
                 } else {
-                    (wave.bake_s > 0 && !item.stopped).then_some(wave.bake_s)
+                    (wave.bake_s > 0 && !item.stopped).then_some(Soak::Bake(wave.bake_s))
                 };
                 gating = gate;
                 let run = &run;
                 let wave_name = wave.name.as_str();
-                running.push(Box::pin(async move { (n, roll_one(run, item, members, soak_s, wave_name).await) }));
+                running.push(Box::pin(async move { (n, roll_one(run, item, members, soak, wave_name).await) }));
             }
             let Some((n, report)) = futures_util::StreamExt::next(&mut running).await else { break };
             let item = &plan.items[n];
@@ -931,7 +931,7 @@ impl StepTimings {
             Step::Start => &mut self.start_ms,
             Step::Health => &mut self.health_ms,
             Step::Archive => &mut self.archive_ms,
-            Step::Soak | Step::Cleanup => return,
+            Step::Soak | Step::Bake | Step::Cleanup => return,
         };
         *slot = ms(took);
     }
@@ -944,9 +944,9 @@ type StepResult = std::result::Result<(), String>;
 struct TenantRoll<'a> {
     run: &'a AppRun<'a>,
     item: &'a PlanItem,
-    /// Seconds it soaks after its health gate: the canary before the others follow, a
-    /// tenant of a wave with `bake_s`; None: no soak.
-    soak_s: Option<u64>,
+    /// Its soak after its health gate: the canary's before the others follow, or a wave's
+    /// bake (`bake_s`); None: no soak.
+    soak: Option<Soak>,
     /// The prior container as inspected before anything was touched.
     spec: ContainerSpec,
     /// Journaled with every step; updated as the steps learn things (new id, snapshot).
@@ -974,27 +974,37 @@ struct TenantRoll<'a> {
     hook_skipped: bool,
 }
 
+/// A tenant's wait after its health gate, probed again at its end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Soak {
+    /// The canary's (`canary_soak_s`), before the tenants after it follow: [`Step::Soak`].
+    Canary(u64),
+    /// A wave's tenant's (`bake_s`), before the next wave starts: [`Step::Bake`].
+    Bake(u64),
+}
+
 /// Roll one tenant of a wave: a container ([`roll_tenant`]) or a stack ([`stack::roll_stack`],
 /// which holds the run's manifest throughout: a stack's tenants roll one at a time).
 async fn roll_one(
     run: &AppRun<'_>,
     item: &PlanItem,
     members: &[StackMember],
-    soak_s: Option<u64>,
+    soak: Option<Soak>,
     wave: &str,
 ) -> Result<TenantReport> {
     if run.app.stack.is_some() {
+        // A stack's waves take no bake (refused in fleet.toml and --waves): only the canary soaks.
         let mut manifest = run.manifest.lock().await;
-        stack::roll_stack(run, item, members, &mut manifest, soak_s.is_some()).await
+        stack::roll_stack(run, item, members, &mut manifest, soak.is_some()).await
     } else {
-        roll_tenant(run, item, soak_s, wave).await
+        roll_tenant(run, item, soak, wave).await
     }
 }
 
 /// Roll one tenant through [`Step::ALL`]. A failed step or a signal between steps undoes the
 /// tenant from where it was (see [`TenantRoll::undo_from`]); a tenant that cannot even be read
 /// is not touched.
-async fn roll_tenant(run: &AppRun<'_>, item: &PlanItem, soak_s: Option<u64>, wave: &str) -> Result<TenantReport> {
+async fn roll_tenant(run: &AppRun<'_>, item: &PlanItem, soak: Option<Soak>, wave: &str) -> Result<TenantReport> {
     let untouched = |outcome: TenantOutcome, detail: String| TenantReport {
         tenant: item.tenant.clone(),
         from: item.from.clone(),
@@ -1066,7 +1076,7 @@ async fn roll_tenant(run: &AppRun<'_>, item: &PlanItem, soak_s: Option<u64>, wav
     let mut t = TenantRoll {
         run,
         item,
-        soak_s,
+        soak,
         spec,
         j,
         t0: None,
@@ -1197,7 +1207,8 @@ impl TenantRoll<'_> {
         match step {
             // A tenant that was not running stays stopped: recreated, checked, never started.
             Step::Start | Step::Health => !self.item.stopped,
-            Step::Soak => self.soak_s.is_some() && !self.item.stopped,
+            Step::Soak => matches!(self.soak, Some(Soak::Canary(_))) && !self.item.stopped,
+            Step::Bake => matches!(self.soak, Some(Soak::Bake(_))) && !self.item.stopped,
             Step::Cleanup => !self.run.keep_old,
             // One of two paths: a copy beside the data dir (pre-copy, delta, archive after the
             // health gate), or the whole archive while down. A failed pre-copy falls back.
@@ -1227,7 +1238,7 @@ impl TenantRoll<'_> {
             Step::Switch => self.switch().await,
             Step::Start => self.start().await,
             Step::Health => self.health().await,
-            Step::Soak => self.soak().await,
+            Step::Soak | Step::Bake => self.soak().await,
             Step::Archive => self.archive().await,
             Step::Cleanup => self.cleanup().await,
         }
@@ -1556,17 +1567,21 @@ impl TenantRoll<'_> {
     /// After the canary is healthy: wait `canary_soak_s` (cut short by a signal), probe again.
     async fn soak(&mut self) -> StepResult {
         let r = &self.run;
-        let soak_s = self.soak_s.unwrap_or(r.app.canary_soak_s);
+        let (soak_s, what) = match self.soak {
+            Some(Soak::Bake(s)) => (s, "bake"),
+            Some(Soak::Canary(s)) => (s, "soak"),
+            None => (r.app.canary_soak_s, "soak"),
+        };
         let until = Instant::now() + Duration::from_secs(soak_s);
-        // A test's kill while a wave's tenant bakes (journaled as the canary's soak step).
-        if !self.item.canary {
+        // A test's kill while a wave's tenant bakes.
+        if what == "bake" {
             crate::context::crash_point("wave-bake");
         }
         while Instant::now() < until && !r.ctx.cancel.is_cancelled() {
             tokio::time::sleep(Duration::from_millis(200).min(until.saturating_duration_since(Instant::now()))).await;
         }
         let who = if self.item.canary { "canary" } else { "tenant" };
-        let unhealthy = |why: &dyn fmt::Display| format!("{who} unhealthy after the {soak_s}s soak: {why}");
+        let unhealthy = |why: &dyn fmt::Display| format!("{who} unhealthy after the {soak_s}s {what}: {why}");
         // Restarts count from the new container's start (it had none), not from this probe.
         match r.prober.gate_since(r.engine, &self.j.name, &r.app.health, Some(Duration::from_secs(5)), Some(0)).await {
             Ok(Ok(_)) => self.route_after_soak().await.map_err(|why| unhealthy(&why)),

@@ -315,6 +315,12 @@ pub fn rollout_copy(data_dir: &Path, run: &RunId, tenant: &str) -> Option<PathBu
     Some(parent.join(ROLLOUT_COPIES).join(run.as_str()).join(tenant))
 }
 
+/// Where run `run` keeps its copies, beside the data dirs, as people read it:
+/// `.slipway-rollout/<run_id>` (one such dir beside each data dir's parent).
+pub fn rollout_copies_of(run: &str) -> String {
+    format!("{ROLLOUT_COPIES}/{run}")
+}
+
 /// The remote cache under the state dir.
 pub fn remote_cache(state_dir: &Path) -> PathBuf {
     state_dir.join(REMOTE_CACHE)

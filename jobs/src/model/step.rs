@@ -69,6 +69,9 @@ pub enum Step {
     PostSwitch,
     /// The canary only (when tenants follow it): wait `canary_soak_s`, probe again.
     Soak,
+    /// A wave's tenant only (`[[app.rollout.waves]] bake_s`): wait `bake_s`, probe again,
+    /// before the next wave starts (journals of earlier versions named it `canary-soak`).
+    Bake,
     /// Archive the rollout copy (compressed, hashed, in the run's manifest), then remove it.
     Archive,
     /// Remove the prior container (unless `--keep-old`).
@@ -77,7 +80,7 @@ pub enum Step {
 
 impl Step {
     /// Every step, in the order a tenant goes through them.
-    pub const ALL: [Step; 15] = [
+    pub const ALL: [Step; 16] = [
         Step::PreCopy,
         Step::Create,
         Step::Check,
@@ -91,6 +94,7 @@ impl Step {
         Step::Health,
         Step::PostSwitch,
         Step::Soak,
+        Step::Bake,
         Step::Archive,
         Step::Cleanup,
     ];
@@ -121,6 +125,7 @@ impl Step {
             Step::Health => "health",
             Step::PostSwitch => "post-switch",
             Step::Soak => "canary-soak",
+            Step::Bake => "bake",
             Step::Archive => "archive",
             Step::Cleanup => "cleanup",
         }
@@ -137,6 +142,12 @@ impl Step {
     /// (its crash tests are in `tests/hooks.rs`).
     pub fn needs_hook(self) -> bool {
         matches!(self, Step::PreSwitch | Step::PostSwitch)
+    }
+
+    /// Whether only a tenant of a wave with `bake_s` goes through this step (its crash tests
+    /// are in `tests/waves.rs`).
+    pub fn needs_waves(self) -> bool {
+        self == Step::Bake
     }
 
     /// Whether the new version may have run on the data dir once this step has begun: undoing
@@ -602,6 +613,7 @@ mod tests {
             "start",
             "health",
             "canary-soak",
+            "bake",
             "cleanup",
             "undo-remove-new",
             "undo-restore",
@@ -641,10 +653,19 @@ mod tests {
         let may_have_run: Vec<Step> = Step::ALL.into_iter().filter(|s| s.new_version_may_have_run()).collect();
         assert_eq!(
             may_have_run,
-            [Step::PreSwitch, Step::Start, Step::Health, Step::PostSwitch, Step::Soak, Step::Archive, Step::Cleanup]
+            [
+                Step::PreSwitch,
+                Step::Start,
+                Step::Health,
+                Step::PostSwitch,
+                Step::Soak,
+                Step::Bake,
+                Step::Archive,
+                Step::Cleanup
+            ]
         );
         let after_gate: Vec<Step> = Step::ALL.into_iter().filter(|s| s.after_health_gate()).collect();
-        assert_eq!(after_gate, [Step::Soak, Step::Archive, Step::Cleanup]);
+        assert_eq!(after_gate, [Step::Soak, Step::Bake, Step::Archive, Step::Cleanup]);
         // Everything before the stop happens while the prior version still serves.
         assert!(Step::PreCopy < Step::Stop && Step::Create < Step::Stop && Step::Check < Step::Stop);
         // A step only earlier journals hold sits where those versions ran it: before the start.

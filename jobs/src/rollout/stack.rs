@@ -209,6 +209,7 @@ impl StackRoll<'_> {
             Step::DbDump => self.j.db.is_some(),
             Step::Snapshot | Step::Rename | Step::PreSwitch | Step::PostSwitch => false,
             Step::Soak => self.soak,
+            Step::Bake => false,
             Step::Cleanup => !self.run.keep_old,
             _ => true,
         }
@@ -296,7 +297,7 @@ impl StackRoll<'_> {
             Step::Switch => self.switch().await,
             Step::Start => self.start().await,
             Step::Health => self.health().await,
-            Step::Soak => self.soak().await,
+            Step::Soak | Step::Bake => self.soak().await,
             Step::Archive => self.archive().await,
             Step::Cleanup => self.cleanup().await,
             Step::Snapshot | Step::Rename | Step::PreSwitch | Step::PostSwitch => Ok(()),
