@@ -95,6 +95,11 @@ pub struct ProposedApp {
     /// tenant's container is its health service's); None for a single-container app.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stack: Option<stack::ProposedStack>,
+    /// A single-container app whose every tenant has a container of its own running a Postgres
+    /// image, named after it the same way: that name with the tenant id as `{tenant}`, proposed
+    /// as `[app.database] container`, commented out (an image name proposes, never declares).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub database: Option<String>,
 }
 
 /// A running container that is not proposed as a tenant.
@@ -461,6 +466,7 @@ pub fn propose_with(
             Err(left) => skipped.extend(left.into_iter().map(|(c, r)| skip(c, r))),
         }
     }
+    propose_databases(&mut proposed, &candidates);
     let mut apps = Vec::new();
     let mut names = BTreeSet::new();
     for mut app in proposed {
@@ -474,6 +480,52 @@ pub fn propose_with(
     }
     skipped.sort_by(|a, b| a.container.cmp(&b.container));
     Proposal { containers: candidates.len(), apps, skipped }
+}
+
+/// For each single-container app: the running containers of a Postgres image (by its
+/// repository's name, [`stack::is_postgres_repo`]) named after its tenants — one per tenant,
+/// every tenant, all named the same way — proposed as its `[app.database] container`. An app
+/// proposed for those Postgres containers themselves is noted as being those databases.
+fn propose_databases(apps: &mut [ProposedApp], running: &[&HostContainer]) {
+    let pg: BTreeSet<&str> = running
+        .iter()
+        .filter(|c| repository_of(c).is_some_and(|r| stack::is_postgres_repo(&r)))
+        .map(|c| c.name.as_str())
+        .collect();
+    if pg.is_empty() {
+        return;
+    }
+    let mut found: Vec<(usize, String)> = Vec::new();
+    for (n, a) in apps.iter().enumerate() {
+        let Some(first) = a.tenants.first() else { continue };
+        if a.stack.is_some() || a.tenants.iter().any(|t| pg.contains(t.container.as_str())) {
+            continue;
+        }
+        // Every name the first tenant's id is in once, as a template, kept if it names a
+        // Postgres container for every tenant.
+        let template = pg
+            .iter()
+            .filter(|name| name.matches(first.tenant.as_str()).count() == 1)
+            .map(|name| name.replacen(first.tenant.as_str(), "{tenant}", 1))
+            .filter(|t| a.tenants.iter().all(|x| pg.contains(t.replace("{tenant}", &x.tenant).as_str())))
+            .min_by_key(|t| (t.len(), t.clone()));
+        if let Some(t) = template {
+            found.push((n, t));
+        }
+    }
+    for (n, template) in found {
+        let (owner, tenants): (String, Vec<String>) =
+            (apps[n].name.clone(), apps[n].tenants.iter().map(|t| template.replace("{tenant}", &t.tenant)).collect());
+        apps[n].database = Some(template);
+        // The Postgres containers proposed as an app of their own: say what they are.
+        for other in apps.iter_mut().filter(|o| o.tenants.iter().any(|t| tenants.contains(&t.container))) {
+            other.notes.push(format!(
+                "these containers are the databases of app {owner}'s tenants (proposed, commented, as its \
+                 [app.database]); rolling them as an app of their own upgrades each tenant's Postgres server: keep \
+                 this app only if that is what you mean"
+            ));
+        }
+    }
 }
 
 type Left<'a> = Vec<(&'a HostContainer, String)>;
@@ -771,6 +823,7 @@ fn propose_app<'a>(
             tenants,
             notes,
             stack: None,
+            database: None,
         },
         left,
     ))
@@ -831,6 +884,19 @@ pub fn render_fleet(apps: &[ProposedApp]) -> String {
         render_health(a, None, &mut out);
         for n in &a.notes {
             out.push_str(&format!("# note: {n}\n"));
+        }
+        if let Some(db) = &a.database {
+            out.push_str(&format!(
+                "# note: every tenant has a container {db} that runs a Postgres image (by its name: check it). To\n\
+                 # back each tenant's database up as a database, not only its files: uncomment this table (each\n\
+                 # snapshot then dumps it live inside its container, a rollout dumps it before the switch and\n\
+                 # replays it on an undo, a restore replays it), and check user (add password_file if the server\n\
+                 # asks for a password).\n"
+            ));
+            out.push_str(&format!(
+                "# [app.database]\n# kind = \"postgres\"\n# container = {}\n# databases = \"all\"\n# user = \"postgres\"\n",
+                q(db)
+            ));
         }
     }
     out
@@ -1216,5 +1282,49 @@ mod tests {
             crate::config::Fleet::parse(&text, "proposal").unwrap_or_else(|e| panic!("{e}\n{text}")).apps[0].clone();
         assert_eq!(app.data_dir_of(&"c1".parse().unwrap()), std::path::PathBuf::from(v1));
         assert_eq!(app.data_volume_of(&"c1".parse().unwrap()).as_deref(), Some("cf-agent-c1_data"));
+    }
+
+    #[test]
+    fn a_postgres_container_per_tenant_is_proposed_commented_as_the_apps_database() {
+        let app =
+            |t: &str| c(&format!("pulse-{t}"), "reg/pulse:v1", Some(D1), &[], &[(&format!("/srv/pulse/{t}"), "/data")]);
+        let pg = |t: &str| {
+            c(
+                &format!("pg-{t}"),
+                "postgres:16",
+                Some(D2),
+                &[],
+                &[(&format!("/srv/pg/{t}"), "/var/lib/postgresql/data")],
+            )
+        };
+        let host = vec![app("t1"), app("t2"), app("t10"), pg("t1"), pg("t2"), pg("t10")];
+        let p = propose(&host, None);
+        let pulse = p.apps.iter().find(|a| a.name == "pulse").unwrap();
+        assert_eq!(pulse.database.as_deref(), Some("pg-{tenant}"));
+        // The Postgres containers proposed as an app of their own say what they are.
+        let pgs = p.apps.iter().find(|a| a.name == "postgres").expect("the pg containers' app");
+        assert!(pgs.database.is_none());
+        assert!(pgs.notes.iter().any(|n| n.contains("databases of app pulse's tenants")), "{:?}", pgs.notes);
+        // As written it declares nothing; uncommented as its note says, it parses.
+        let mut apps = p.apps.clone();
+        for a in &mut apps {
+            a.health_checked = true;
+        }
+        let text = render_fleet(&apps);
+        let f = Fleet::parse(&text, "fleet.toml").unwrap_or_else(|e| panic!("{e}\n{text}"));
+        assert!(f.apps.iter().all(|a| a.database.is_none()));
+        let mut uncommented = String::new();
+        let mut in_db = false;
+        for line in text.lines() {
+            in_db = (in_db || line == "# [app.database]") && !line.starts_with("[[app]]");
+            uncommented.push_str(if in_db { line.strip_prefix("# ").unwrap_or(line) } else { line });
+            uncommented.push('\n');
+        }
+        let f = Fleet::parse(&uncommented, "fleet.toml").unwrap_or_else(|e| panic!("{e}\n{uncommented}"));
+        let d = f.app("pulse").unwrap().database.as_ref().expect("the table parsed");
+        assert_eq!(d.container_of(&"t10".parse().unwrap()), "pg-t10");
+        // A tenant without a database container of that name: nothing is proposed.
+        let p = propose(&[app("t1"), app("t2"), pg("t1")], None);
+        assert!(p.apps.iter().all(|a| a.database.is_none()));
     }
 }

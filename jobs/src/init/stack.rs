@@ -56,7 +56,7 @@ pub struct ProposedDatabase {
 
 /// Whether the repository `repo` names a Postgres server image (`postgres`, `bitnami/postgresql`,
 /// `postgis/postgis`, `timescale/timescaledb`): by its last path component only.
-fn is_postgres_repo(repo: &str) -> bool {
+pub(super) fn is_postgres_repo(repo: &str) -> bool {
     let last = repo.rsplit('/').next().unwrap_or(repo).to_ascii_lowercase();
     ["postgres", "postgresql", "postgis", "timescaledb", "timescaledb-ha"].contains(&last.as_str())
 }
@@ -486,6 +486,7 @@ fn stack_app(
             services,
             database,
         }),
+        database: None,
     })
 }
 
