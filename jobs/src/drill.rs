@@ -454,10 +454,10 @@ async fn drill_tenant(
     c: &TenantContainer,
 ) -> Result<TenantDrill> {
     let tenant = c.tenant.as_str();
-    let name = crate::naming::drill(tenant, &ctx.run_id());
-    let scratch = crate::layout::drill_scratch(&ctx.cfg.backup_root, &ctx.run_id(), tenant);
+    let name = crate::naming::drill(tenant, ctx.run_id());
+    let scratch = crate::layout::drill_scratch(&ctx.cfg.backup_root, ctx.run_id(), tenant);
     let mut t = TenantDrill::new(tenant, app, name.clone());
-    t.db_container = app.database.as_ref().map(|_| crate::naming::drill_db(tenant, &ctx.run_id()));
+    t.db_container = app.database.as_ref().map(|_| crate::naming::drill_db(tenant, ctx.run_id()));
     let journal =
         DrillJournal { drill_container: name.clone(), scratch: scratch.clone(), db_container: t.db_container.clone() };
     let run = steps(ctx, engine, prober, opts, app, c, &journal, &mut t).await;

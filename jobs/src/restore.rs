@@ -473,7 +473,7 @@ pub async fn restore(ctx: &Ctx, opts: &RestoreOptions) -> Result<RestoreReport> 
     let restored = match swapped {
         Ok((n, old)) => {
             report.replaced = old.map(|old| {
-                crate::fsutil::keep_replaced(&ctx.cfg.backup_root, &ctx.run_id(), opts.tenant.as_str(), &old)
+                crate::fsutil::keep_replaced(&ctx.cfg.backup_root, ctx.run_id(), opts.tenant.as_str(), &old)
             });
             Ok(n)
         }
@@ -647,7 +647,7 @@ async fn restore_replaced(ctx: &Ctx, opts: &RestoreOptions, kept: &Path) -> Resu
     if exchanged.is_ok() {
         // `kept` now holds the data that was in place: kept in turn, under this run.
         report.replaced =
-            Some(crate::fsutil::keep_replaced(&ctx.cfg.backup_root, &ctx.run_id(), opts.tenant.as_str(), kept));
+            Some(crate::fsutil::keep_replaced(&ctx.cfg.backup_root, ctx.run_id(), opts.tenant.as_str(), kept));
     }
     ctx.end(
         s,

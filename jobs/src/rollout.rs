@@ -593,9 +593,9 @@ async fn rollout_app(
         engine,
         prober: &prober,
         app,
-        run_dir: SnapshotId::rollout(&ctx.run_id()).dir(&ctx.cfg.backup_root),
+        run_dir: SnapshotId::rollout(ctx.run_id()).dir(&ctx.cfg.backup_root),
         keep_old,
-        manifest: tokio::sync::Mutex::new(Manifest::new(&SnapshotId::rollout(&ctx.run_id()))),
+        manifest: tokio::sync::Mutex::new(Manifest::new(&SnapshotId::rollout(ctx.run_id()))),
     };
     let total = plan.items.len();
     let mut done: Vec<Option<TenantReport>> = vec![None; total];
@@ -1036,15 +1036,15 @@ async fn roll_tenant(run: &AppRun<'_>, item: &PlanItem, soak: Option<Soak>, wave
         return Ok(gone(format!("its data dir {} (container {}) disappeared", data_dir.display(), item.container)));
     }
     let name = item.container.clone();
-    let staged = naming::staged(&name, &run.ctx.run_id());
+    let staged = naming::staged(&name, run.ctx.run_id());
     let copy = match &item.copy {
-        Some(CopyPlan::PreCopy { .. }) => layout::rollout_copy(&data_dir, &run.ctx.run_id(), item.tenant.as_str()),
+        Some(CopyPlan::PreCopy { .. }) => layout::rollout_copy(&data_dir, run.ctx.run_id(), item.tenant.as_str()),
         _ => None,
     };
     let j = TenantJournal {
         app: run.app.name.clone(),
         tenant: item.tenant.to_string(),
-        pre_name: naming::pre_rollout(&name, &run.ctx.run_id()),
+        pre_name: naming::pre_rollout(&name, run.ctx.run_id()),
         name,
         old_id: spec.id(),
         old_image: spec.image_ref(),

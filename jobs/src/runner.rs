@@ -361,7 +361,7 @@ pub async fn run(cfg: HostConfig, job: Job, opts: RunnerOptions) -> Finished {
 /// report with the result.
 async fn locked(ctx: &mut Ctx, job: &Job, opts: &RunnerOptions) -> (&'static str, Result<Report>) {
     if !job.dry_run() {
-        match lock::acquire(&ctx.cfg.state_dir, job.name(), &ctx.run_id(), opts.wait) {
+        match lock::acquire(&ctx.cfg.state_dir, job.name(), ctx.run_id(), opts.wait) {
             Ok(l) => ctx.hold_lock(l),
             Err(e) => return (job.name(), Err(e)),
         }

@@ -190,7 +190,7 @@ pub async fn undo_stack(
                 Ok(old) => {
                     let key = format!("{}+{i}", j.tenant);
                     if let Some(old) = old {
-                        let kept = crate::fsutil::keep_replaced(&ctx.cfg.backup_root, &ctx.run_id(), &key, &old);
+                        let kept = crate::fsutil::keep_replaced(&ctx.cfg.backup_root, ctx.run_id(), &key, &old);
                         done.push(format!(
                             "{} restored from its rollout copy; what it replaced is kept in {}",
                             m.what,

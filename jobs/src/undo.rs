@@ -329,7 +329,7 @@ async fn undo(
             }
         };
         let ctx = journal.ctx;
-        let kept = old.map(|old| crate::fsutil::keep_replaced(&ctx.cfg.backup_root, &ctx.run_id(), &j.tenant, &old));
+        let kept = old.map(|old| crate::fsutil::keep_replaced(&ctx.cfg.backup_root, ctx.run_id(), &j.tenant, &old));
         let _ = std::fs::remove_file(layout::mirror_index(&copy));
         remove_empty_parents(&copy);
         journal.end_ok(s, UndoStep::Restore);
@@ -361,8 +361,7 @@ async fn undo(
             // What the new version wrote is never deleted: it is kept under replaced/<run>/,
             // listed here (and so in the run record), and retired by prune like a rollout run.
             let ctx = journal.ctx;
-            let kept =
-                old.map(|old| crate::fsutil::keep_replaced(&ctx.cfg.backup_root, &ctx.run_id(), &j.tenant, &old));
+            let kept = old.map(|old| crate::fsutil::keep_replaced(&ctx.cfg.backup_root, ctx.run_id(), &j.tenant, &old));
             journal.end_ok(s, UndoStep::Restore);
             done.push(format!("data restored from {}", snap.display()));
             if let Some(k) = kept {

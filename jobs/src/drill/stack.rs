@@ -39,13 +39,11 @@ pub(super) async fn drill_stack_tenant(
     st: &StackTenant,
 ) -> Result<TenantDrill> {
     let tenant = st.tenant.as_str();
-    let network = crate::naming::drill(tenant, &ctx.run_id());
+    let network = crate::naming::drill(tenant, ctx.run_id());
     let names: Vec<String> =
-        st.containers.iter().map(|c| crate::naming::drill(&format!("{tenant}-{}", c.service), &ctx.run_id())).collect();
+        st.containers.iter().map(|c| crate::naming::drill(&format!("{tenant}-{}", c.service), ctx.run_id())).collect();
     let scratches: Vec<PathBuf> = (0..st.mounts.len())
-        .map(|n| {
-            crate::layout::drill_scratch(&ctx.cfg.backup_root, &ctx.run_id(), &crate::layout::mount_key(tenant, n))
-        })
+        .map(|n| crate::layout::drill_scratch(&ctx.cfg.backup_root, ctx.run_id(), &crate::layout::mount_key(tenant, n)))
         .collect();
     let mut t = TenantDrill::new(tenant, app, names.join(", "));
     // The database's drill container: its service's, or a scratch one beside the services.
@@ -55,7 +53,7 @@ pub(super) async fn drill_stack_tenant(
     });
     t.db_container = app.database.as_ref().map(|_| match db_service {
         Some(i) => names[i].clone(),
-        None => crate::naming::drill_stack_db(tenant, &ctx.run_id()),
+        None => crate::naming::drill_stack_db(tenant, ctx.run_id()),
     });
     let journal = DrillJournal {
         drill_container: network.clone(),

@@ -404,7 +404,7 @@ async fn swap_mounts(
             let kept = match &r {
                 Ok((_, Some(old))) => Some(crate::fsutil::keep_replaced(
                     &ctx.cfg.backup_root,
-                    &ctx.run_id(),
+                    ctx.run_id(),
                     &layout::mount_key(opts.tenant.as_str(), n),
                     old,
                 )),

@@ -112,7 +112,7 @@ pub(super) async fn rollback_stacks(
 fn for_rollback(ctx: &Ctx, mut j: StackJournal) -> StackJournal {
     for (i, m) in j.mounts.iter_mut().enumerate().filter(|(_, m)| m.archive.is_some()) {
         let key = format!("{}+{i}", j.tenant);
-        if let Some(copy) = layout::rollout_copy(&m.data_dir, &ctx.run_id(), &key) {
+        if let Some(copy) = layout::rollout_copy(&m.data_dir, ctx.run_id(), &key) {
             m.copy = copy;
             m.copy_ino = None;
         }
