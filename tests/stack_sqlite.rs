@@ -159,7 +159,11 @@ fn a_stack_mount_without_a_declared_sqlite_file_keeps_its_writers_hold_while_the
     let s = Sandbox::new();
     let img = images(&s);
     let t1 = compose_tenant(&s, "t1", &img);
-    let db = t1.volume_dir("appdata").join("app.db");
+    // The app's own data, as an app running as its uid keeps it (its reader makes the WAL's
+    // -shm beside the database as that uid).
+    let vol = t1.volume_dir("appdata");
+    std::os::unix::fs::lchown(&vol, Some(1000), Some(1000)).unwrap();
+    let db = vol.join("app.db");
     make_db(&db, "t1 own");
     let database = sqlite_of("app", "[\"/data/app.db\"]", "");
     s.write_fleet(&format!("{}{database}", stack_fleet(&s, &img.app, &img.worker, &img.side, "")));

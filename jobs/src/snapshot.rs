@@ -264,7 +264,11 @@ pub async fn snapshot(ctx: &Ctx, opts: &SnapshotOptions) -> Result<SnapshotRepor
             }
             (None, Some(spec)) => {
                 let tenants_dir = layout::tenants_dir(&dir);
-                sqlite::take(spec, tenant, &app.data_dir_of(tenant), &tenants_dir).await.map(|c| (None, Some(c)))
+                match target {
+                    Target::Stack(Ok(st)) => sqlite::take_stack(spec, st, &tenants_dir).await,
+                    _ => sqlite::take(spec, tenant, &app.data_dir_of(tenant), &tenants_dir).await,
+                }
+                .map(|c| (None, Some(c)))
             }
             (None, None) => Ok((None, None)),
         };
@@ -274,7 +278,9 @@ pub async fn snapshot(ctx: &Ctx, opts: &SnapshotOptions) -> Result<SnapshotRepor
                 Target::Container(container) => {
                     snapshot_tenant(ctx, &engine, app, tenant, container, &dest, prev, copies.as_ref()).await
                 }
-                Target::Stack(Ok(st)) => stack::snapshot_stack(ctx, &engine, app, st, &dir, prev).await,
+                Target::Stack(Ok(st)) => {
+                    stack::snapshot_stack(ctx, &engine, app, st, &dir, prev, copies.as_ref()).await
+                }
                 Target::Stack(Err(why)) => Err(Error::Other(why.clone())),
             } {
                 Ok(mut taken) => {
@@ -716,7 +722,7 @@ async fn snapshot_tenant(
         return Err(e);
     }
     crash_point("snapshot-quiesced");
-    let (src, d, subs) = (data_dir.clone(), dest.to_path_buf(), copies.map(|c| c.subs.clone()));
+    let (src, d, subs) = (data_dir.clone(), dest.to_path_buf(), copies.and_then(|c| c.subs.first().cloned()));
     let work = crate::blocking::run("archive", move || match subs {
         Some(subs) => Ok((archive::create_substituted(&src, &d, &subs)?, false)),
         None => archive_or_reuse(&src, &d, prev.as_ref()),
