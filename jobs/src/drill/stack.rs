@@ -12,7 +12,9 @@
 //! so the server's data dir is a fresh one; of the image the dump was taken with while the engine
 //! has it), or, when the database runs outside the project,
 //! into a scratch database made from its container ([`crate::naming::drill_stack_db`],
-//! journaled) before the first service.
+//! journaled) before the first service. With SQLite files and a `check`, each copy the
+//! snapshot names is checked in its mount's scratch copy by the confined copier before any
+//! service starts.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

@@ -90,6 +90,13 @@ pub(super) async fn take_stack(spec: &SqliteSpec, st: &StackTenant, tenants_dir:
     take_files(tenant, files, st.mounts.len(), tenants_dir).await
 }
 
+/// The data mounts of stack tenant `st` that hold a file `spec` declares: archived live, never
+/// staged (their staging copies, from before the files were declared, are stale).
+pub(super) fn mounts_holding(spec: &SqliteSpec, st: &StackTenant) -> std::collections::BTreeSet<usize> {
+    let service = spec.service.as_deref().unwrap_or_default();
+    spec.paths.iter().filter_map(|p| st.locate(service, p).ok()).map(|(n, _)| n).collect()
+}
+
 /// Copy `files` into a temp dir of `tenants_dir`, the substitutes of `archives` archives.
 async fn take_files(tenant: &TenantId, files: Vec<File>, archives: usize, tenants_dir: &Path) -> Result<Copies> {
     let fail = |e: Error| Error::Backup(format!("tenant {tenant}: the SQLite copy failed, no snapshot taken: {e}"));
