@@ -30,6 +30,7 @@ mod stack_adopt;
 mod stack_backup;
 mod stack_database;
 mod stack_rollback;
+mod stack_sqlite;
 mod systemd;
 mod trust;
 mod undo_errors;

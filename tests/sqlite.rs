@@ -21,12 +21,12 @@ fn sqlite_app(paths: &str) -> String {
 const APP_UID: u32 = 1000;
 
 /// Run `sql` on the SQLite file `db` with Debian's `sqlite3` (as root: a reader of the test's).
-fn sql(db: &Path, sql: &str) -> String {
+pub(crate) fn sql(db: &Path, sql: &str) -> String {
     sh(Command::new("sqlite3").args(["-cmd", ".timeout 10000"]).arg(db).arg(sql)).trim().to_string()
 }
 
 /// A tenant's own SQLite database at `db` holding `marker`, in WAL mode, owned by the app.
-fn make_db(db: &Path, marker: &str) {
+pub(crate) fn make_db(db: &Path, marker: &str) {
     sql(db, &format!("pragma journal_mode=wal; create table m(v text); insert into m values ('{marker}');"));
     chown_app(db);
 }
@@ -36,20 +36,20 @@ fn chown_app(p: &Path) {
 }
 
 /// (hex sha256, size) of a file.
-fn sha256_file(p: &Path) -> (String, u64) {
+pub(crate) fn sha256_file(p: &Path) -> (String, u64) {
     use sha2::Digest;
     let bytes = std::fs::read(p).unwrap();
     (hex::encode(sha2::Sha256::digest(&bytes)), bytes.len() as u64)
 }
 
 /// A file's bytes and mtime (what a leak or a write would change).
-fn seal(p: &Path) -> (Vec<u8>, i64, i64) {
+pub(crate) fn seal(p: &Path) -> (Vec<u8>, i64, i64) {
     let m = std::fs::symlink_metadata(p).unwrap();
     (std::fs::read(p).unwrap(), m.mtime(), m.mtime_nsec())
 }
 
 /// The names in the tar.zst `archive`.
-fn archived_names(archive: &Path) -> Vec<String> {
+pub(crate) fn archived_names(archive: &Path) -> Vec<String> {
     let out = sh(Command::new("sh").arg("-c").arg(format!("zstd -dc '{}' | tar -t", archive.display())));
     out.lines().map(|l| l.trim_start_matches("./").to_string()).collect()
 }
@@ -89,7 +89,7 @@ fn now_s() -> f64 {
 /// A writer on the host, as the app's uid: python3's sqlite3 committing, in WAL mode, one row
 /// and one bump of `tally.n` per transaction into `db`, until dropped. A consistent copy has
 /// as many rows as its tally says.
-struct Writer {
+pub(crate) struct Writer {
     child: Child,
     stop: PathBuf,
 }
@@ -115,12 +115,18 @@ while not os.path.exists(stop):
 impl Writer {
     /// `mode`: the journal mode, "wal" or "delete" (a rollback journal that comes and goes).
     fn start(s: &Sandbox, db: &Path, mode: &str) -> Writer {
+        Writer::start_as(s, db, mode, APP_UID)
+    }
+
+    /// [`Writer::start`] as `uid` (root, say, for a volume under Docker's root dir, which the
+    /// app's uid cannot reach from the host).
+    pub(crate) fn start_as(s: &Sandbox, db: &Path, mode: &str, uid: u32) -> Writer {
         let flags = s.root().join("writer");
         std::fs::create_dir_all(&flags).unwrap();
         chown_app(&flags);
         let (stop, ready) = (flags.join("stop"), flags.join("ready"));
         let child = Command::new("setpriv")
-            .args(["--reuid", &APP_UID.to_string(), "--regid", &APP_UID.to_string(), "--clear-groups"])
+            .args(["--reuid", &uid.to_string(), "--regid", &uid.to_string(), "--clear-groups"])
             .args(["/usr/bin/python3", "-c", WRITER])
             .arg(db)
             .args([&stop, &ready])

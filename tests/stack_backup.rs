@@ -21,7 +21,7 @@ fn sidecar_writes(c: &Compose, n: u32) {
 }
 
 /// The containers of `names` that the engine paused between `since` and now (docker events).
-fn paused_since(since: f64, names: &[String]) -> Vec<String> {
+pub(crate) fn paused_since(since: f64, names: &[String]) -> Vec<String> {
     let until = now_s() + 1.0;
     let out = docker(&[
         "events",
@@ -41,7 +41,7 @@ fn paused_since(since: f64, names: &[String]) -> Vec<String> {
 }
 
 /// Now, in seconds since the epoch, to the microsecond (docker events takes fractions).
-fn now_s() -> f64 {
+pub(crate) fn now_s() -> f64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64()
 }
 
@@ -51,7 +51,7 @@ fn vols(c: &Compose) -> (PathBuf, PathBuf) {
 }
 
 /// Today's manifest entry of `tenant` (None when the manifest lists it not, or is missing).
-fn entry_of(day_dir: &Path, tenant: &str) -> Option<serde_json::Value> {
+pub(crate) fn entry_of(day_dir: &Path, tenant: &str) -> Option<serde_json::Value> {
     let m = std::fs::read(day_dir.join("MANIFEST.json")).ok()?;
     let m: serde_json::Value = serde_json::from_slice(&m).unwrap();
     m["archives"].as_array()?.iter().find(|a| a["tenant"] == tenant).cloned()

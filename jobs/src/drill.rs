@@ -492,12 +492,12 @@ async fn drill_tenant(
     Ok(t)
 }
 
-/// The answers of `query` on each SQLite file `paths` of the restored tree `scratch`, joined
-/// by "; " ("<path>: <answer>" when there are several files).
-async fn sqlite_check<'a>(scratch: &Path, paths: impl Iterator<Item = &'a String>, query: &str) -> Result<String> {
-    let parent = scratch.parent().unwrap_or(scratch);
+/// The answers of `query` on each SQLite file of `files` (a restored tree and the file's path
+/// beneath it), joined by "; " ("<path>: <answer>" when there are several files).
+async fn sqlite_check<'a>(files: impl Iterator<Item = (&'a Path, &'a String)>, query: &str) -> Result<String> {
     let mut answers = Vec::new();
-    for rel in paths {
+    for (scratch, rel) in files {
+        let parent = scratch.parent().unwrap_or(scratch);
         // An empty dir of slipway's own: the copier binds the scratch tree onto it.
         let mount_point =
             tempfile::Builder::new().prefix(".sqlite-check-").tempdir_in(parent).map_err(|e| Error::io(parent, e))?;
@@ -573,7 +573,8 @@ async fn steps(
     // SQLite files with a `check` (`[app.database] kind = "sqlite"`): each restored copy
     // checked (integrity, then the query) by the same confined copier a snapshot uses.
     if let Some(q) = app.sqlite.as_ref().and_then(|sq| sq.check.as_deref()) {
-        match sqlite_check(&journal.scratch, app.sqlite.iter().flat_map(|sq| &sq.paths), q).await {
+        let files = app.sqlite.iter().flat_map(|sq| &sq.paths).map(|rel| (journal.scratch.as_path(), rel));
+        match sqlite_check(files, q).await {
             Ok(answer) => t.db_check = Some(answer),
             Err(e) => return Ok(Err(Stop::Failed(format!("tenant {tenant}: {e}")))),
         }

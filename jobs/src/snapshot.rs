@@ -16,7 +16,8 @@
 //! reuses that archive (hard link). One failing tenant does not stop the others. A stack
 //! tenant (`[app.services]`) is taken by [`stack`]: every data mount, its writers held together.
 //! A tenant whose SQLite files are declared (`[app.database] kind = "sqlite"`) is never held:
-//! [`sqlite`] copies them online first, and its archive carries the copies in their place.
+//! [`sqlite`] copies them online first, and its archive carries the copies in their place; a
+//! stack tenant's writers are held only for its mounts that hold no declared file.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -189,12 +190,16 @@ pub async fn snapshot(ctx: &Ctx, opts: &SnapshotOptions) -> Result<SnapshotRepor
             return Err(Error::Usage(format!("no tenant \"{t}\" in any app of fleet.toml; see `slipway status`")));
         }
     }
-    // The staging copies in use: a tenant's, or each mount's of a stack tenant.
+    // The staging copies in use: a tenant's, or each mount's of a stack tenant (but a mount
+    // holding declared SQLite files, which is archived live).
     let known: std::collections::BTreeSet<String> = work
         .iter()
-        .flat_map(|(_, t, target)| match target {
+        .flat_map(|(app, t, target)| match target {
             Target::Container(_) => vec![t.to_string()],
-            Target::Stack(Ok(st)) => (0..st.mounts.len()).map(|n| layout::mount_key(t.as_str(), n)).collect(),
+            Target::Stack(Ok(st)) => {
+                let live = app.sqlite.as_ref().map(|sq| sqlite::mounts_holding(sq, st)).unwrap_or_default();
+                (0..st.mounts.len()).filter(|n| !live.contains(n)).map(|n| layout::mount_key(t.as_str(), n)).collect()
+            }
             Target::Stack(Err(_)) => Vec::new(),
         })
         .collect();
@@ -264,7 +269,11 @@ pub async fn snapshot(ctx: &Ctx, opts: &SnapshotOptions) -> Result<SnapshotRepor
             }
             (None, Some(spec)) => {
                 let tenants_dir = layout::tenants_dir(&dir);
-                sqlite::take(spec, tenant, &app.data_dir_of(tenant), &tenants_dir).await.map(|c| (None, Some(c)))
+                match target {
+                    Target::Stack(Ok(st)) => sqlite::take_stack(spec, st, &tenants_dir).await,
+                    _ => sqlite::take(spec, tenant, &app.data_dir_of(tenant), &tenants_dir).await,
+                }
+                .map(|c| (None, Some(c)))
             }
             (None, None) => Ok((None, None)),
         };
@@ -274,7 +283,9 @@ pub async fn snapshot(ctx: &Ctx, opts: &SnapshotOptions) -> Result<SnapshotRepor
                 Target::Container(container) => {
                     snapshot_tenant(ctx, &engine, app, tenant, container, &dest, prev, copies.as_ref()).await
                 }
-                Target::Stack(Ok(st)) => stack::snapshot_stack(ctx, &engine, app, st, &dir, prev).await,
+                Target::Stack(Ok(st)) => {
+                    stack::snapshot_stack(ctx, &engine, app, st, &dir, prev, copies.as_ref()).await
+                }
                 Target::Stack(Err(why)) => Err(Error::Other(why.clone())),
             } {
                 Ok(mut taken) => {
@@ -716,7 +727,7 @@ async fn snapshot_tenant(
         return Err(e);
     }
     crash_point("snapshot-quiesced");
-    let (src, d, subs) = (data_dir.clone(), dest.to_path_buf(), copies.map(|c| c.subs.clone()));
+    let (src, d, subs) = (data_dir.clone(), dest.to_path_buf(), copies.and_then(|c| c.subs.first().cloned()));
     let work = crate::blocking::run("archive", move || match subs {
         Some(subs) => Ok((archive::create_substituted(&src, &d, &subs)?, false)),
         None => archive_or_reuse(&src, &d, prev.as_ref()),

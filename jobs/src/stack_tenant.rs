@@ -35,6 +35,8 @@ pub struct StackContainer {
     /// The tenant's data mounts it mounts (read-only ones too), as indexes into
     /// [`StackTenant::mounts`]: a drill points each at its restored copy.
     pub data: Vec<usize>,
+    /// Every mount of its with a dir on this host: (its path in the container, that dir).
+    pub mounted: Vec<(String, PathBuf)>,
 }
 
 /// One data mount of a stack tenant.
@@ -63,6 +65,37 @@ impl StackTenant {
     /// The writers, in start order.
     pub fn writers(&self) -> impl DoubleEndedIterator<Item = &StackContainer> {
         self.containers.iter().filter(|c| c.writes)
+    }
+
+    /// Where the file at container path `path` of `service`'s container is: the data mount
+    /// holding it (an index into [`StackTenant::mounts`]) and its path beneath that mount. The
+    /// mount is the container's deepest one above `path`, as the engine resolves it; Err names
+    /// the tenant, the service and the path when that is no data mount (or none is).
+    pub fn locate(&self, service: &str, path: &str) -> std::result::Result<(usize, String), String> {
+        let tenant = &self.tenant;
+        let Some(c) = self.containers.iter().find(|c| c.service == service) else {
+            return Err(format!("tenant {tenant}: no container of service {service}"));
+        };
+        let deepest = c
+            .mounted
+            .iter()
+            .filter_map(|(dest, dir)| crate::config::below(path, dest).map(|rest| (dest, dir, rest)))
+            .max_by_key(|(dest, _, _)| dest.trim_end_matches('/').len());
+        let Some((dest, dir, rest)) = deepest else {
+            return Err(format!(
+                "tenant {tenant}: service {service}'s SQLite file {path} is in no mount of container {}; it must be in \
+                 one of its data mounts",
+                c.name
+            ));
+        };
+        match self.mounts.iter().position(|m| &m.dir == dir) {
+            Some(i) => Ok((i, rest.to_string())),
+            None => Err(format!(
+                "tenant {tenant}: service {service}'s SQLite file {path} is in container {}'s mount at {dest}, which \
+                 is no data mount of the stack: it must be in one of the service's data mounts",
+                c.name
+            )),
+        }
     }
 }
 
@@ -151,6 +184,14 @@ pub fn resolve(
             running: c.is_running(),
             checks,
             data: Vec::new(),
+            mounted: c
+                .mounts
+                .iter()
+                .filter_map(|mt| {
+                    let dir = if mt.kind == "volume" { &mt.host_path } else { &mt.source };
+                    (mt.kind != "tmpfs" && !dir.is_empty()).then(|| (mt.destination.clone(), PathBuf::from(dir)))
+                })
+                .collect(),
         });
     }
     for sc in &mut containers {
@@ -280,6 +321,39 @@ mod tests {
             detail: Some(detail.to_string()),
         };
         HeldRow::parse("restore", "r", &row).unwrap()
+    }
+
+    #[test]
+    fn a_stacks_sqlite_file_is_located_in_the_deepest_mount_above_it_and_refused_outside_a_data_mount() {
+        let dir = |d: &str| PathBuf::from(d);
+        let mount = |d: &str| DataMount { what: d.into(), source: d.into(), dir: dir(d) };
+        let st = StackTenant {
+            tenant: "t1".parse().unwrap(),
+            containers: vec![StackContainer {
+                service: "app".into(),
+                name: "t1_app_1".into(),
+                image: String::new(),
+                writes: true,
+                running: true,
+                checks: Vec::new(),
+                data: vec![0, 1],
+                mounted: vec![
+                    ("/data".into(), dir("/v/data")),
+                    ("/data/cache".into(), dir("/v/cache")),
+                    ("/data/more/".into(), dir("/v/more")),
+                ],
+            }],
+            mounts: vec![mount("/v/data"), mount("/v/more")],
+        };
+        assert_eq!(st.locate("app", "/data/db/app.db"), Ok((0, "db/app.db".to_string())));
+        assert_eq!(st.locate("app", "/data/more/x.db"), Ok((1, "x.db".to_string())));
+        assert_eq!(st.locate("app", "/data/cachex.db"), Ok((0, "cachex.db".to_string())));
+        // A mount that is no data mount shadows the data mount beneath it: never its hidden file.
+        let e = st.locate("app", "/data/cache/app.db").unwrap_err();
+        assert!(e.contains("tenant t1") && e.contains("/data/cache/app.db") && e.contains("no data mount"), "{e}");
+        let e = st.locate("app", "/srv/app.db").unwrap_err();
+        assert!(e.contains("/srv/app.db") && e.contains("no mount"), "{e}");
+        assert!(st.locate("worker", "/data/app.db").unwrap_err().contains("worker"));
     }
 
     #[test]

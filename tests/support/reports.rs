@@ -224,6 +224,9 @@ pub struct SqliteCopy {
     pub sha256: String,
     pub size: u64,
     pub sqlite_version: String,
+    /// A stack tenant's: the data mount (its source) whose archive holds the copy at `path`.
+    #[serde(default)]
+    pub mount: Option<String>,
 }
 
 /// `sync`.

@@ -12,7 +12,9 @@
 //! so the server's data dir is a fresh one; of the image the dump was taken with while the engine
 //! has it), or, when the database runs outside the project,
 //! into a scratch database made from its container ([`crate::naming::drill_stack_db`],
-//! journaled) before the first service.
+//! journaled) before the first service. With SQLite files and a `check`, each copy the
+//! snapshot names is checked in its mount's scratch copy by the confined copier before any
+//! service starts.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -90,7 +92,8 @@ pub(super) async fn drill_stack_tenant(
             t.healthy_ms.unwrap_or(0)
         );
         if let Some(answer) = &t.db_check {
-            detail.push_str(&format!("; database replayed, check answered {answer:?}"));
+            let what = if app.sqlite.is_some() { "SQLite files checked" } else { "database replayed" };
+            detail.push_str(&format!("; {what}, check answered {answer:?}"));
         }
         detail
     });
@@ -180,6 +183,34 @@ async fn steps(
     crash_point("drill-after-extract");
     if ctx.cancel.is_cancelled() {
         return Ok(Err(Stop::Interrupted("after extracting the archives")));
+    }
+    // SQLite files with a `check`: each copy the snapshot names, in its mount's restored copy,
+    // checked (integrity, then the query) by the confined copier before any service starts.
+    if let Some(q) = app.sqlite.as_ref().and_then(|sq| sq.check.as_deref()) {
+        let copies = &f.loc.entry.sqlite;
+        if copies.is_empty() {
+            return Ok(Err(Stop::Failed(format!(
+                "tenant {tenant}: the snapshot {} holds no SQLite copy to check: it was taken before \
+                 [app.database] kind = \"sqlite\" was declared",
+                f.loc.snapshot
+            ))));
+        }
+        let mut files = Vec::new();
+        for c in copies {
+            match st.mounts.iter().position(|m| c.mount.as_deref() == Some(m.source.as_str())) {
+                Some(i) => files.push((scratches[i].as_path(), &c.path)),
+                None => {
+                    return Ok(Err(Stop::Failed(format!(
+                        "tenant {tenant}: the snapshot's SQLite copy {} is of a mount the tenant does not mount now",
+                        c.path
+                    ))))
+                }
+            }
+        }
+        match super::sqlite_check(files.into_iter(), q).await {
+            Ok(answer) => t.db_check = Some(answer),
+            Err(e) => return Ok(Err(Stop::Failed(format!("tenant {tenant}: {e}")))),
+        }
     }
     // `[app.database]`: the dumps the snapshot names, every one re-hashed before anything starts.
     let db = match &app.database {

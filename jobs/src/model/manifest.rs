@@ -51,8 +51,12 @@ pub struct ArchiveEntry {
 /// One SQLite file of a tenant, as its copy went into the archive.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SqliteCopy {
-    /// Its path relative to the data dir (and in the archive).
+    /// Its path relative to the data dir (and in the archive); a stack tenant's: relative to
+    /// its data mount (and in that mount's archive).
     pub path: String,
+    /// A stack tenant's only: the data mount holding it, as [`MountArchive::source`] names it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mount: Option<String>,
     /// sha256 of the copy's bytes.
     pub sha256: String,
     /// The copy's size in bytes.

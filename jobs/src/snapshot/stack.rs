@@ -10,6 +10,12 @@
 //! up to date while the stack runs and the hold covers only the last delta of every mount; the
 //! archives are made from the copies with the stack running again. A part that fails fails the
 //! tenant's snapshot: the entry is recorded only once every part is complete.
+//!
+//! With SQLite files declared (`[app.database] kind = "sqlite"`, `service`), a mount that holds
+//! one is archived live, after the hold, with the online copies in the files' place (their
+//! `-wal`, `-shm` and `-journal` left out): the database is its consistent part, as for a
+//! single container. A writer is held only when it mounts a mount that holds no declared file;
+//! such a mount is taken exactly as without SQLite.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -51,6 +57,7 @@ pub(super) async fn snapshot_stack(
     st: &StackTenant,
     day_dir: &Path,
     prev: Option<(PathBuf, ArchiveEntry)>,
+    copies: Option<&super::sqlite::Copies>,
 ) -> Result<Taken> {
     let tenant = st.tenant.as_str();
     let t = Some(tenant);
@@ -63,13 +70,22 @@ pub(super) async fn snapshot_stack(
             )));
         }
     }
+    // A mount holding a declared SQLite file is archived live with the copies in place of the
+    // files (never from a previous archive); every other mount is taken as it always was.
+    let live: Vec<bool> = (0..st.mounts.len()).map(|n| copies.is_some_and(|c| c.holds(n))).collect();
     let mut prevs = Vec::new();
-    for m in &st.mounts {
-        prevs.push(previous_part(prev.as_ref(), &m.source, tenant).await);
+    for (m, live) in st.mounts.iter().zip(&live) {
+        prevs.push(if *live { None } else { previous_part(prev.as_ref(), &m.source, tenant).await });
     }
-    // The writers, never the database container: its dumps were taken with it running.
+    // The writers, never the database container: its dumps were taken with it running; and
+    // only those that mount a mount still held (one that holds no declared SQLite file).
     let db = app.database.as_ref().map(|d| d.container_of(&st.tenant));
-    let writers: Vec<&StackContainer> = st.writers().filter(|c| Some(&c.name) != db.as_ref()).collect();
+    let writers: Vec<&StackContainer> = st
+        .writers()
+        .filter(|c| Some(&c.name) != db.as_ref())
+        .filter(|c| c.data.is_empty() || c.data.iter().any(|n| !live.get(*n).copied().unwrap_or(false)))
+        .collect();
+    let held_mounts: Vec<usize> = (0..st.mounts.len()).filter(|n| !live[*n]).collect();
     let hold_word = match app.quiesce {
         Quiesce::Pause => Some("pause"),
         Quiesce::Stop => Some("stop"),
@@ -85,7 +101,8 @@ pub(super) async fn snapshot_stack(
         (Staging::Off, None)
     } else {
         let mut short = None;
-        for (m, s) in st.mounts.iter().zip(&stages) {
+        for &n in &held_mounts {
+            let (m, s) = (&st.mounts[n], &stages[n]);
             let (d, s, root) = (m.dir.clone(), s.clone(), ctx.cfg.backup_root.clone());
             if let Err(why) =
                 crate::blocking::run("sizing the staging copy", move || staging_fits(&d, &s, &root)).await?
@@ -107,7 +124,8 @@ pub(super) async fn snapshot_stack(
             turn: jiff::Timestamp::now().as_second().max(0) as u64 / 86_400,
             budget: ctx.cfg.snapshot.check_copy_mib.saturating_mul(1 << 20),
         };
-        for (m, stage) in st.mounts.iter().zip(&stages) {
+        for &n in &held_mounts {
+            let (m, stage) = (&st.mounts[n], &stages[n]);
             let step = ctx.begin(t, SnapshotStep::Stage, &mount_detail(&m.what))?;
             let pre = mirror_to(&m.dir, stage, check).await;
             ctx.end(step, if pre.is_ok() { "ok" } else { "failed" }, None::<&()>)?;
@@ -154,10 +172,11 @@ pub(super) async fn snapshot_stack(
     }
     // While held: the last delta of every mount into its copy, or (no staging) every archive.
     let mut deltas: Vec<mirror::MirrorReport> = Vec::new();
-    let mut direct: Vec<(archive::ArchiveSummary, bool)> = Vec::new();
+    let mut parts: Vec<Option<(archive::ArchiveSummary, bool)>> = vec![None; st.mounts.len()];
     if failed.is_none() {
         crash_point("snapshot-quiesced");
-        for (n, m) in st.mounts.iter().enumerate() {
+        for &n in &held_mounts {
+            let m = &st.mounts[n];
             let r = if staged {
                 mirror_to(&m.dir, &stages[n], mirror::CopyCheck::NONE).await.map(|d| deltas.push(d))
             } else {
@@ -165,7 +184,7 @@ pub(super) async fn snapshot_stack(
                 crate::blocking::run("archive", move || archive_or_reuse(&src, &d, p.as_ref()))
                     .await
                     .and_then(|r| r)
-                    .map(|s| direct.push(s))
+                    .map(|s| parts[n] = Some(s))
             };
             if let Err(e) = r {
                 failed = Some(Error::Other(format!("{}: {e}", m.what)));
@@ -193,20 +212,40 @@ pub(super) async fn snapshot_stack(
     }
     crash_point("snapshot-resumed");
 
-    let mut parts: Vec<(archive::ArchiveSummary, bool)> = direct;
     if staged {
         if ctx.cancel.is_cancelled() {
             return Err(Error::Interrupted(format!("tenant {tenant}'s archives (it was paused and runs again)")));
         }
-        for (n, m) in st.mounts.iter().enumerate() {
+        for &n in &held_mounts {
+            let m = &st.mounts[n];
             let step = ctx.begin(t, SnapshotStep::Archive, &mount_detail(&m.what))?;
             let (src, d, p) = (stages[n].clone(), dests[n].clone(), prevs[n].clone());
             let r =
                 crate::blocking::run("archive", move || archive_or_reuse(&src, &d, p.as_ref())).await.and_then(|r| r);
             ctx.end(step, if r.is_ok() { "ok" } else { "failed" }, None::<&()>)?;
-            parts.push(r.map_err(|e| Error::Other(format!("{}: {e}", m.what)))?);
+            parts[n] = Some(r.map_err(|e| Error::Other(format!("{}: {e}", m.what)))?);
         }
     }
+    // The mounts holding SQLite files, read as their writers write them (never held), with the
+    // copies in the files' place.
+    if let Some(c) = copies {
+        for n in (0..st.mounts.len()).filter(|n| live[*n]) {
+            if ctx.cancel.is_cancelled() {
+                return Err(Error::Interrupted(format!("tenant {tenant}'s archives")));
+            }
+            let m = &st.mounts[n];
+            let step = ctx.begin(t, SnapshotStep::Archive, &mount_detail(&m.what))?;
+            let (src, d, subs) = (m.dir.clone(), dests[n].clone(), c.subs[n].clone());
+            let r = crate::blocking::run("archive", move || archive::create_substituted(&src, &d, &subs))
+                .await
+                .and_then(|r| r.map_err(Error::from));
+            ctx.end(step, if r.is_ok() { "ok" } else { "failed" }, None::<&()>)?;
+            parts[n] = Some((r.map_err(|e| Error::Other(format!("{}: {e}", m.what)))?, false));
+        }
+    }
+    let Some(parts) = parts.into_iter().collect::<Option<Vec<_>>>() else {
+        return Err(Error::Other(format!("tenant {tenant}: a data mount was not archived")));
+    };
     let mounts: Vec<MountArchive> = st
         .mounts
         .iter()

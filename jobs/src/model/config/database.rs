@@ -7,7 +7,9 @@
 //! validated here — letters, digits, '_', '-', '$', never starting with '-' — so it can never be
 //! read as an option; the container template holds `{tenant}` exactly once; a SQLite path is
 //! relative to the data dir, made of plain names (no `..`, `.`, empty component or NUL), and
-//! is not itself a `-wal`, `-shm` or `-journal` file.
+//! is not itself a `-wal`, `-shm` or `-journal` file. A stack's SQLite files (`service` set)
+//! are absolute container paths of that service, otherwise held to the same rules; that they
+//! lie under one of the service's `data` paths is checked with the stack (`fleet`).
 
 use std::path::PathBuf;
 
@@ -70,15 +72,60 @@ impl DatabaseSpec {
     }
 }
 
-/// `[app.database]` with `kind = "sqlite"`: the SQLite files of each tenant's data dir.
+/// `[app.database]` with `kind = "sqlite"`: the SQLite files of each tenant's data dir, or of
+/// one service's data mounts for a stack tenant.
 #[derive(Debug, Clone, Serialize)]
 pub struct SqliteSpec {
-    /// Each file, relative to the tenant's data dir, '/'-separated, validated.
+    /// Each file, validated, '/'-separated: relative to the tenant's data dir, or (with
+    /// `service`) an absolute path in that service's container, under one of its `data` paths.
     pub paths: Vec<String>,
+    /// A stack's only: the service whose data mounts hold the files.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
     /// A query a drill runs on each restored copy; its answer is recorded, an error fails the
     /// drill.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub check: Option<String>,
+}
+
+impl SqliteSpec {
+    /// Check a stack app's declaration against its services: `service` names a writer with
+    /// data, and every path lies beneath one of its `data` paths. The error names the key and
+    /// the value.
+    pub(super) fn check_in_stack(&self, stack: &super::stack::Stack) -> std::result::Result<(), String> {
+        let Some(name) = &self.service else {
+            return Err("database.service is missing: the service whose data mounts hold the SQLite files".into());
+        };
+        let Some(svc) = stack.service(name) else {
+            return Err(format!(
+                "database.service \"{name}\" is not a service of the stack (services: {})",
+                stack.names()
+            ));
+        };
+        if !svc.writes || svc.data.is_empty() {
+            return Err(format!(
+                "database.service \"{name}\" writes no data (it needs writes = true and data = […]); its SQLite files \
+                 must be in one of its data mounts"
+            ));
+        }
+        for p in &self.paths {
+            if !svc.data.iter().any(|d| below(p, d).is_some()) {
+                return Err(format!(
+                    "database.paths: \"{p}\" is under none of services.{name}.data ({}); name a file inside one of \
+                     the service's data mounts",
+                    svc.data.join(", ")
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The rest of the container path `path` beneath the container path `dir` (`db/app.db` of
+/// `/data/db/app.db` beneath `/data`), if `path` lies strictly beneath it.
+pub fn below<'a>(path: &'a str, dir: &str) -> Option<&'a str> {
+    let rest = path.strip_prefix(dir.trim_end_matches('/'))?.strip_prefix('/')?;
+    (!rest.is_empty()).then_some(rest)
 }
 
 /// What `[app.database]` declares.
@@ -93,14 +140,23 @@ pub enum Declared {
 /// The longest SQLite path accepted (bytes).
 const MAX_SQLITE_PATH: usize = 1024;
 
-/// Why `p` is not a SQLite path slipway accepts in `paths`, if it is not.
-fn bad_sqlite_path(p: &str) -> Option<&'static str> {
+/// Why `p` is not a SQLite path slipway accepts in `paths`, if it is not: relative to the data
+/// dir, or (`in_stack`) an absolute path in a stack service's container.
+fn bad_sqlite_path(p: &str, in_stack: bool) -> Option<&'static str> {
     if p.is_empty() {
         return Some("is empty");
     }
-    if p.starts_with('/') {
-        return Some("is absolute; give it relative to the tenant's data dir, e.g. \"app.db\"");
-    }
+    let p = match p.strip_prefix('/') {
+        Some(_) if !in_stack => return Some("is absolute; give it relative to the tenant's data dir, e.g. \"app.db\""),
+        None if in_stack => {
+            return Some(
+                "is relative; a stack's SQLite file is its absolute path in the service's container, under one of \
+                 its data paths, e.g. \"/data/app.db\"",
+            )
+        }
+        Some(rest) => rest,
+        None => p,
+    };
     if p.len() > MAX_SQLITE_PATH || p.contains('\0') || p.chars().any(char::is_control) {
         return Some("must be at most 1024 bytes without NUL or control characters");
     }
@@ -131,9 +187,12 @@ pub(crate) struct RawDatabase {
     password_file: Option<String>,
     #[serde(default)]
     check: Option<String>,
-    /// SQLite's paths inside the data dir.
+    /// SQLite's paths inside the data dir (a stack's: in its service's container).
     #[serde(default)]
     paths: Option<Vec<String>>,
+    /// A stack's SQLite files: the service whose data mounts hold them.
+    #[serde(default)]
+    service: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -156,15 +215,16 @@ pub fn is_db_name(s: &str) -> bool {
 }
 
 impl RawDatabase {
-    pub(crate) fn validate(self) -> std::result::Result<Declared, String> {
+    /// Validate `[app.database]` of an app that is a stack (`in_stack`) or a single container.
+    pub(crate) fn validate(self, in_stack: bool) -> std::result::Result<Declared, String> {
         match self.kind.as_str() {
             "postgres" => self.validate_postgres().map(Declared::Postgres),
-            "sqlite" => self.validate_sqlite().map(Declared::Sqlite),
+            "sqlite" => self.validate_sqlite(in_stack).map(Declared::Sqlite),
             k => Err(format!("database.kind \"{k}\" must be \"postgres\" or \"sqlite\"")),
         }
     }
 
-    fn validate_sqlite(self) -> std::result::Result<SqliteSpec, String> {
+    fn validate_sqlite(self, in_stack: bool) -> std::result::Result<SqliteSpec, String> {
         for (key, set) in [
             ("container", self.container.is_some()),
             ("databases", self.databases.is_some()),
@@ -179,14 +239,28 @@ impl RawDatabase {
         }
         let Some(paths) = self.paths else {
             return Err("database.paths is missing: the SQLite files, relative to the tenant's data dir, e.g. \
-                        paths = [\"app.db\"]"
+                        paths = [\"app.db\"] (a stack's: absolute paths in the service's container)"
                 .into());
         };
         if paths.is_empty() {
             return Err("database.paths is an empty list: name at least one SQLite file, e.g. [\"app.db\"]".into());
         }
+        match &self.service {
+            None if in_stack => {
+                return Err("database.service is missing: a stack's SQLite files are named by the service whose \
+                            data mounts hold them (service = \"app\") and their absolute paths in its container \
+                            (paths = [\"/data/app.db\"])"
+                    .into())
+            }
+            Some(_) if !in_stack => {
+                return Err("database.service names a service of a stack; this app has no [app.services] (a single \
+                            container's SQLite paths are relative to its data dir)"
+                    .into())
+            }
+            _ => {}
+        }
         for p in &paths {
-            if let Some(why) = bad_sqlite_path(p) {
+            if let Some(why) = bad_sqlite_path(p, in_stack) {
                 return Err(format!("database.paths: \"{p}\" {why}"));
             }
         }
@@ -195,13 +269,16 @@ impl RawDatabase {
             return Err(format!("database.paths names \"{twice}\" twice"));
         }
         let check = check_query(self.check)?;
-        Ok(SqliteSpec { paths, check })
+        Ok(SqliteSpec { paths, service: self.service, check })
     }
 
     fn validate_postgres(self) -> std::result::Result<DatabaseSpec, String> {
         let kind = DatabaseKind::Postgres;
         if self.paths.is_some() {
             return Err("database.paths is for kind \"sqlite\"; a Postgres database is named in databases".into());
+        }
+        if self.service.is_some() {
+            return Err("database.service is for kind \"sqlite\"; a Postgres database is named by its container".into());
         }
         let Some(container) = self.container else {
             return Err("database.container is missing: the name of the container the database runs in, with \
@@ -291,7 +368,7 @@ mod tests {
 
     fn declared(body: &str) -> std::result::Result<Declared, String> {
         let raw: RawDatabase = toml::from_str(body).map_err(|e| e.message().to_string())?;
-        raw.validate()
+        raw.validate(body.contains("service ="))
     }
 
     fn parse(body: &str) -> std::result::Result<DatabaseSpec, String> {
@@ -341,6 +418,47 @@ mod tests {
             for w in *want {
                 assert!(e.contains(w), "{body}: {e} lacks {w}");
             }
+        }
+    }
+
+    #[test]
+    fn a_stacks_sqlite_file_is_an_absolute_container_path_of_its_service_and_a_relative_one_is_refused() {
+        let s = sqlite("service = \"app\"\npaths = [\"/data/db/app.db\"]\n").unwrap();
+        assert_eq!((s.service.as_deref(), s.paths.as_slice()), (Some("app"), &["/data/db/app.db".to_string()][..]));
+        let cases: &[(&str, &[&str])] = &[
+            ("paths = [\"app.db\"]", &["database.paths", "\"app.db\"", "relative"]),
+            ("paths = [\"/data/../etc/shadow\"]", &["database.paths", "/data/../etc/shadow", ".."]),
+            ("paths = [\"/data//app.db\"]", &["database.paths", "/data//app.db", "empty"]),
+            ("paths = [\"/\"]", &["database.paths", "empty"]),
+            ("paths = [\"/data/app.db-wal\"]", &["database.paths", "side file"]),
+        ];
+        for (body, want) in cases {
+            let e = sqlite(&format!("service = \"app\"\n{body}\n")).unwrap_err();
+            for w in *want {
+                assert!(e.contains(w), "{body}: {e} lacks {w}");
+            }
+        }
+        let pg = "kind = \"postgres\"\ncontainer = \"pg-{tenant}\"\ndatabases = [\"app\"]\nuser = \"app\"\n";
+        let e = declared(&format!("{pg}service = \"app\"\n")).unwrap_err();
+        assert!(e.contains("database.service") && e.contains("sqlite"), "{e}");
+        let raw = |b: &str| toml::from_str::<RawDatabase>(&format!("kind = \"sqlite\"\n{b}")).unwrap();
+        let e = raw("paths = [\"/data/app.db\"]\n").validate(true).unwrap_err();
+        assert!(e.contains("database.service is missing"), "{e}");
+        let e = raw("service = \"app\"\npaths = [\"/data/app.db\"]\n").validate(false).unwrap_err();
+        assert!(e.contains("database.service") && e.contains("no [app.services]"), "{e}");
+    }
+
+    #[test]
+    fn a_container_path_is_beneath_a_dir_only_component_by_component() {
+        for (path, dir, want) in [
+            ("/data/app.db", "/data", Some("app.db")),
+            ("/data/db/app.db", "/data/", Some("db/app.db")),
+            ("/database/app.db", "/data", None),
+            ("/data", "/data", None),
+            ("/data/", "/data", None),
+            ("/app.db", "/", Some("app.db")),
+        ] {
+            assert_eq!(below(path, dir), want, "{path} beneath {dir}");
         }
     }
 

@@ -540,16 +540,15 @@ impl RawApp {
                 "scratch_mounts: \"{m}\" must be an absolute path in the container, e.g. \"/var/cache/app\""
             ));
         }
-        let (database, sqlite) = match self.database.map(|d| d.validate()).transpose()? {
+        let (database, sqlite) = match self.database.map(|d| d.validate(stack.is_some())).transpose()? {
             None => (None, None),
             Some(super::database::Declared::Postgres(d)) => (Some(d), None),
-            Some(super::database::Declared::Sqlite(_)) if stack.is_some() => {
-                return Err("[app.database] kind \"sqlite\" with [app.services]: a stack's SQLite files are not \
-                            copied online yet; remove [app.database] (the files are archived with their mount, the \
-                            writers paused) or declare the tenant as a single container"
-                    .into())
+            Some(super::database::Declared::Sqlite(s)) => {
+                if let Some(st) = &stack {
+                    s.check_in_stack(st)?;
+                }
+                (None, Some(s))
             }
-            Some(super::database::Declared::Sqlite(s)) => (None, Some(s)),
         };
         // Without the table: the rollout as it always was (the first failure halts, no pause).
         let rollout = match self.rollout {

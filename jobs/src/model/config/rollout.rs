@@ -489,7 +489,12 @@ mod tests {
         let sqlite = stack
             .replace("[app.rollout]\nmax_parallel = 4\n", "[app.database]\nkind = \"sqlite\"\npaths = [\"app.db\"]\n");
         let e = crate::config::Fleet::parse(&sqlite, "fleet.toml").unwrap_err().to_string();
-        assert!(e.contains("[app.database]") && e.contains("sqlite") && e.contains("[app.services]"), "{e}");
+        assert!(e.contains("database.service is missing") && e.contains("fleet.toml"), "{e}");
+        // A stack's SQLite files: its service's, by their absolute paths under its data.
+        let sqlite = sqlite.replace("paths = [\"app.db\"]", "service = \"app\"\npaths = [\"/data/app.db\"]");
+        let f = crate::config::Fleet::parse(&sqlite, "fleet.toml").unwrap();
+        let sq = f.apps[0].sqlite.as_ref().unwrap();
+        assert_eq!((sq.service.as_deref(), sq.paths.as_slice()), (Some("app"), &["/data/app.db".to_string()][..]));
     }
 
     #[test]
