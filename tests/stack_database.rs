@@ -349,17 +349,23 @@ fn a_good_stack_rollout_keeps_the_migrated_database_and_names_its_dump_in_the_ru
     assert_eq!(tree(&c.c.volume_dir("appdata")), c.files_before, "the files differ after the rollback");
 }
 
-#[test]
-fn a_stack_whose_database_service_changes_too_is_dumped_before_its_stop_and_undone_in_its_prior_container() {
-    let c = case("");
-    // Another image of the database (a new Postgres build): the pg fixture with one more label.
-    let repo = c.img.pg.split('@').next().unwrap().to_string();
-    let made = docker(&["create", &c.img.pg]);
+/// Another build of the database image (a new Postgres build: the pg fixture with one more
+/// label), pushed: its `repo@sha256:` reference.
+fn pg_build2(img: &Images) -> String {
+    let repo = img.pg.split('@').next().unwrap().to_string();
+    let made = docker(&["create", &img.pg]);
     docker(&["commit", "--change", "LABEL fixture.build=2", &made, &format!("{repo}:build2")]);
     docker(&["rm", &made]);
     let pushed = docker(&["push", &format!("{repo}:build2")]);
     let digest = pushed.split_whitespace().find(|w| w.starts_with("sha256:") && w.len() == 71).unwrap();
-    let pg2 = format!("{repo}@{digest}");
+    format!("{repo}@{digest}")
+}
+
+#[test]
+fn a_stack_whose_database_service_changes_too_is_dumped_before_its_stop_and_undone_in_its_prior_container() {
+    let c = case("");
+    // Another image of the database (a new Postgres build): the pg fixture with one more label.
+    let pg2 = pg_build2(&c.img);
     assert_ne!(pg2, c.img.pg);
     c.s.write_fleet(&fleet_pg(&c.s, &c.img, &pg2, &c.img.mig, ""));
     let out = c.s.slipway(&["rollout", "--json"]);
@@ -546,13 +552,7 @@ fn a_stack_drill_boots_its_database_service_from_the_image_the_dump_was_taken_wi
     assert_eq!(out.code, 0, "{} {}", out.stdout, out.stderr);
     let dumped_with = c.s.inspect(&c.pg)["Image"].as_str().unwrap().to_string();
     // Another build of the database, rolled out to the stack after the snapshot.
-    let repo = c.img.pg.split('@').next().unwrap().to_string();
-    let made = docker(&["create", &c.img.pg]);
-    docker(&["commit", "--change", "LABEL fixture.build=2", &made, &format!("{repo}:build2")]);
-    docker(&["rm", &made]);
-    let pushed = docker(&["push", &format!("{repo}:build2")]);
-    let digest = pushed.split_whitespace().find(|w| w.starts_with("sha256:") && w.len() == 71).unwrap();
-    let pg2 = format!("{repo}@{digest}");
+    let pg2 = pg_build2(&c.img);
     c.s.write_fleet(&format!(
         "{}check = \"select count(*) from ledger\"\n",
         fleet_pg(&c.s, &c.img, &pg2, &c.img.app, "")
