@@ -3,6 +3,8 @@
 # busybox fixture, a few KB of data each) rolled by slipway twice in one run on one host:
 #   1. v1 -> v2 one tenant at a time (`--max-parallel 1`: the default rollout)
 #   2. v2 -> v1 with `--max-parallel 8` (canary alone, then eight at a time)
+# and, same run, the operator's script (docker stop, rm, run, curl until healthy) on the same
+# tenants one at a time and eight at a time: how much faster the engine itself goes.
 # Reports the wall time of each, their ratio (issue target <= 1/5), and per-tenant downtime
 # (median, p95, max) and slipway's own part of it (downtime minus docker stop, start and the
 # app's time to healthy) with and without parallelism, as a table in bench/out/waves.md.
@@ -82,7 +84,34 @@ serial_ms=$(roll "$V2" 1 "$work/serial.json")
 echo "rolling them back, $PAR at a time..." >&2
 par_ms=$(roll "$V1" "$PAR" "$work/parallel.json")
 
-python3 - "$work/serial.json" "$work/parallel.json" "$serial_ms" "$par_ms" "$N" "$PAR" "$(nproc)" <<'PY' | tee bench/out/waves.md
+# The operator's script on the same tenants, same run: per tenant `docker stop`, `docker rm`,
+# `docker run` of the new image with the same settings, then curl until healthy — one at a time
+# (xargs -P 1), then back with xargs -P $PAR. It keeps no copy, no journal, no undo: what it
+# shows is how far the engine itself goes faster with parallelism on this host.
+cat > "$work/swap.sh" <<SH
+#!/usr/bin/env bash
+set -e
+i=\$1; img=\$2
+docker stop -t 10 "wv-t\$i" >/dev/null
+docker rm "wv-t\$i" >/dev/null
+docker run -d --name "wv-t\$i" --network "$net" -l swwaves=$$ -l "value=\$i" -e "TENANT=t\$i" \
+  -v "$work/data/t\$i:/data" --restart unless-stopped --memory 32m "\$img" >/dev/null
+ip=\$(docker inspect -f '{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}' "wv-t\$i")
+until curl -fs -o /dev/null "http://\$ip:8080/api/health"; do sleep 0.05; done
+SH
+chmod +x "$work/swap.sh"
+script() { # image parallel
+  local t0; t0=$(date +%s%N)
+  seq -w 1 "$N" | xargs -P "$2" -I{} "$work/swap.sh" {} "$1"
+  echo $(( ($(date +%s%N) - t0) / 1000000 ))
+}
+echo "the operator's script: one at a time..." >&2
+script_serial_ms=$(script "$V2" 1)
+echo "the operator's script: $PAR at a time..." >&2
+script_par_ms=$(script "$V1" "$PAR")
+
+python3 - "$work/serial.json" "$work/parallel.json" "$serial_ms" "$par_ms" "$N" "$PAR" "$(nproc)" \
+  "$script_serial_ms" "$script_par_ms" <<'PY' | tee bench/out/waves.md
 import json, statistics, sys
 def load(p):
     ts = json.load(open(p))["report"]["apps"][0]["tenants"]
@@ -99,6 +128,10 @@ print(f"{n} tiny tenants (busybox fixture, a few KB of data each), one host with
 print(f"| | one at a time | max_parallel {k} | ratio |")
 print("|---|---:|---:|---:|")
 print(f"| total wall time | {s_ms/1000:.1f} s | {p_ms/1000:.1f} s | {p_ms/s_ms:.2f} (target <= 0.20) |")
+ss_ms, sp_ms = int(sys.argv[8]), int(sys.argv[9])
+print(f"| the operator's script (stop, rm, run, curl), same tenants | {ss_ms/1000:.1f} s | {sp_ms/1000:.1f} s | "
+      f"{sp_ms/ss_ms:.2f} |")
+print(f"| slipway against the script | {s_ms/ss_ms:.2f} | {p_ms/sp_ms:.2f} | |")
 for label, f in (("downtime per tenant, median", lambda ts: med([t['downtime_ms'] for t in ts])),
                  ("downtime per tenant, p95", lambda ts: p95([t['downtime_ms'] for t in ts])),
                  ("downtime per tenant, max", lambda ts: max(t['downtime_ms'] for t in ts)),
