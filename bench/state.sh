@@ -47,7 +47,7 @@ mkdir -p "$work/data" "$work/backups"
 "$SLIPWAY" --config "$work/config.toml" runs --json >/dev/null
 echo "filling state.db: $RUNS runs, $TENANTS tenants ..." >&2
 python3 - "$work/state/state.db" "$RUNS" "$TENANTS" <<'PY'
-import datetime, random, sqlite3, sys
+import datetime, json, random, sqlite3, sys
 db, runs, tenants = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 rnd = random.Random(7)
 c = sqlite3.connect(db)
@@ -75,8 +75,21 @@ for i in range(runs):
             pauses.append((rid, "bench", "budget", stamp, "1 tenant(s) failed, over the failure budget", stamp, "resumed"))
         for t in names:
             tenant_rows.append((rid, t, digest(i - 11), digest(i), "success", 500 + rnd.randrange(200), None))
+            # Each row holds the tenant's journal as the rollout writes it (recover, rollback and
+            # the kept-copies scan of status read every one, typed).
+            journal = json.dumps({
+                "app": "bench", "tenant": t, "name": f"bench-{t}", "pre_name": f"bench-{t}.pre-rollout-{rid}",
+                "old_id": "%064x" % (i * 1000 + 1), "old_image": "reg/bench@" + digest(i - 11),
+                "old_digest": digest(i - 11), "old_image_id": "sha256:%064x" % (i - 11),
+                "new_image": "reg/bench@" + digest(i), "new_id": "%064x" % (i * 1000 + 2),
+                "data_dir": f"/srv/bench/{t}", "snapshot": None, "sha256": "%064x" % i,
+                "copy": f"/srv/.slipway-rollout/{rid}/{t}", "copy_ino": 1234567, "staged_name": f"bench-{t}.next-{rid}",
+                "stop_timeout_s": 30, "health": {"path": "/api/health", "port": 8080},
+                "keep_old": False, "was_running": True,
+                "settings": {"name": f"bench-{t}", "labels": {"swbench.tenant": t, "value": str(i % 100)},
+                             "networks": {"bench": [t]}, "mounts": [], "env_keys": ["TENANT"]}})
             for s in ("stop", "snapshot", "create", "start", "health"):
-                steps.append((rid, t, s, stamp, stamp, "ok", '{"container":"0123456789ab"}'))
+                steps.append((rid, t, s, stamp, stamp, "ok", journal))
     elif job == "snapshot":
         for t in names:
             steps.append((rid, t, "snapshot", stamp, stamp, "ok", "{}"))
@@ -117,6 +130,12 @@ print(f"{statistics.median(ts):.0f}")
 PY
 }
 db="$work/state/state.db"
+# Every rollout row must read back as the journal it is: a bench whose rows status cannot read
+# would time the error path, not the scan.
+if "$SLIPWAY" --config "$work/config.toml" status 2>&1 | grep -q "does not parse"; then
+  echo "state.sh: status cannot read the seeded journal rows; fix the seed" >&2
+  exit 1
+fi
 status_ms=$(median_ms "$SLIPWAY" --config "$work/config.toml" status --json)
 runs_ms=$(median_ms "$SLIPWAY" --config "$work/config.toml" runs --json)
 sq_status_ms=$(median_ms sqlite3 "$db" "SELECT tenant, max(created_at) FROM snapshots GROUP BY tenant; SELECT id FROM runs WHERE outcome IN ('halted','person_needed') AND resolved_at IS NULL; SELECT id FROM runs WHERE finished_at IS NULL; SELECT * FROM run_pauses WHERE ended_at IS NULL;")
