@@ -283,6 +283,41 @@ fn a_database_that_writes_inside_the_tenants_data_dir_is_refused_naming_the_path
     assert!(pg.consistent());
 }
 
+/// A pg_dump that "succeeds" without a dump — exit 0 and no bytes, or exit 0 and bytes that are
+/// no custom-format dump (a wrapper script, a broken build): the failure the backup tools'
+/// trackers are full of, a dump that failed while the backup reported success.
+#[test]
+fn a_pg_dump_that_exits_0_with_an_empty_or_foreign_dump_fails_the_snapshot_and_counts_nothing() {
+    for (case, body, words) in [
+        ("empty", "exit 0", "the dump is empty"),
+        ("foreign", "echo pg_dump finished; exit 0", "does not start as a custom-format dump does"),
+    ] {
+        let s = Sandbox::new();
+        let pg = Pg::start(&s, "t1");
+        let (name, image) = add_writer(&s, "t1");
+        s.write_fleet(&db_fleet(&s, &image, "postgres"));
+        pg.rows_at_least(10);
+        // The wrapper answers `-V` as the real one did (pg_dumpall checks its sibling's version).
+        let script = format!(
+            "cd /usr/lib/postgresql/15/bin && v=\"$(./pg_dump -V)\" && mv pg_dump pg_dump.real && \
+             printf '#!/bin/busybox sh\\ncase \"$1\" in --version|-V) echo \"%s\"; exit 0;; esac\\n{body}\\n' \
+             \"$v\" > pg_dump && chmod 755 pg_dump"
+        );
+        sh(Command::new("docker").args(["exec", "-u", "0", &pg.name, "/bin/busybox", "sh", "-c", &script]));
+        let out = s.slipway(&["snapshot", "--json"]);
+        assert_eq!(out.code, 1, "{case}: {} {}", out.stdout, out.stderr);
+        let detail = out.json()["report"]["archives"][0]["detail"].as_str().unwrap_or_default().to_string();
+        assert!(detail.contains("tenant t1") && detail.contains(words), "{case}: {detail}");
+        assert!(!manifest_names_tenant(&s, &today(), "t1"), "{case}: counted as a backup");
+        let tenants = s.backups().join("daily").join(today()).join("tenants");
+        let left: Vec<_> =
+            std::fs::read_dir(&tenants).map(|r| r.flatten().map(|e| e.file_name()).collect()).unwrap_or_default();
+        assert!(left.is_empty(), "{case}: left in {}: {left:?}", tenants.display());
+        assert_eq!(s.inspect(&name)["State"]["Running"], true, "{case}");
+        drop(pg);
+    }
+}
+
 #[test]
 fn a_pg_dump_killed_mid_dump_fails_the_snapshot_and_counts_nothing() {
     let s = Sandbox::new();
