@@ -274,3 +274,48 @@ fn a_stack_sqlite_declaration_outside_its_services_data_or_of_no_writer_is_refus
     }
     assert_eq!(s.inspect(&t1.container("worker"))["State"]["StartedAt"], worker_started);
 }
+
+/// Killed right after a stack tenant's first SQLite copy (the copy loop's kill point): nothing
+/// of the tenant is recorded or archived, no container of the stack was paused, and the next
+/// snapshot takes it whole, the killed run's copies gone.
+#[test]
+fn a_stack_snapshot_killed_after_a_sqlite_copy_records_nothing_and_the_next_one_takes_it_whole() {
+    let s = Sandbox::new();
+    let img = images(&s);
+    let t1 = app_and_worker(&s, "t1", &img);
+    let vol = t1.volume_dir("appdata");
+    // The app's uid owns its database and the dir it keeps its -wal and -shm in.
+    std::os::unix::fs::chown(&vol, Some(1000), Some(1000)).unwrap();
+    make_db(&vol.join("app.db"), "t1 own");
+    s.write_fleet(&app_and_worker_fleet(&s, &img, &sqlite_of("app", "[\"/data/app.db\"]", "")));
+    let names = vec![t1.container("app"), t1.container("worker")];
+    let since = now_s();
+    let out = s.slipway_env(&["snapshot"], &[("SLIPWAY_TEST_CRASH_AT", "snapshot-sqlite-copying")]);
+    assert!(
+        out.stderr.contains("slipway test point reached: snapshot-sqlite-copying"),
+        "{} {}",
+        out.stdout,
+        out.stderr
+    );
+    assert_ne!(out.code, 0);
+    assert!(!recorded(&s, &t1.project), "a killed copy is no backup");
+    let archives: Vec<_> = crate::support::files_under(&s.backups())
+        .into_iter()
+        .filter(|p| p.to_string_lossy().ends_with(".tar.zst"))
+        .collect();
+    assert!(archives.is_empty(), "{archives:?}");
+    assert!(paused_since(since, &names).is_empty(), "{:?}", paused_since(since, &names));
+    for n in &names {
+        assert_eq!(s.inspect(n)["State"]["Running"], true, "{n}");
+    }
+    let rec = s.slipway(&["recover", "--json"]);
+    assert_eq!(rec.code, 0, "{} {}", rec.stdout, rec.stderr);
+    let out = s.slipway(&["snapshot", "--json"]);
+    assert_eq!(out.code, 0, "{} {}", out.stdout, out.stderr);
+    assert!(recorded(&s, &t1.project));
+    let left: Vec<_> = crate::support::files_under(&s.backups().join("daily"))
+        .into_iter()
+        .filter(|p| p.to_string_lossy().contains(".sqlite-copy-"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
