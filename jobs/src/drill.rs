@@ -483,10 +483,7 @@ async fn drill_tenant(
             t.restore_ms.unwrap_or(0),
             t.healthy_ms.unwrap_or(0)
         );
-        if let Some(answer) = &t.db_check {
-            let what = if app.sqlite.is_some() { "SQLite files checked" } else { "database replayed" };
-            detail.push_str(&format!("; {what}, check answered {answer:?}"));
-        }
+        detail.push_str(&db_check_detail(app, t.db_check.as_deref()));
         detail
     });
     Ok(t)
@@ -739,6 +736,14 @@ impl fmt::Display for DrillReport {
         }
         writeln!(f, "{}", self.summary())
     }
+}
+
+/// What a passed drill's detail adds for its database check (`answer`): the SQLite files
+/// checked, or the dump replayed, and what `check` answered; nothing without a check.
+pub(super) fn db_check_detail(app: &App, answer: Option<&str>) -> String {
+    let Some(answer) = answer else { return String::new() };
+    let what = if app.sqlite.is_some() { "SQLite files checked" } else { "database replayed" };
+    format!("; {what}, check answered {answer:?}")
 }
 
 /// The dumps `tenant`'s snapshot `loc` names (its app declares `[app.database]`), as its

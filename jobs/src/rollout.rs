@@ -311,10 +311,13 @@ pub async fn rollout(ctx: &mut Ctx, opts: &RolloutOptions) -> Result<RolloutRepo
         None => state.fleet.apps.iter().collect(),
     };
     if let (Some(w), Some(path)) = (&waves, &opts.waves) {
-        if let Some(app) = apps.iter().find(|a| a.stack.is_some()) {
-            if let Some(why) = w.refused_for_stack() {
+        for app in apps.iter().filter(|a| a.stack.is_some()) {
+            let mut spec = app.rollout.clone();
+            w.apply(&mut spec);
+            if let Some(why) = spec.stack_refusal() {
                 return Err(Error::Usage(format!(
-                    "--waves {}: app {}: {why}; nothing was touched",
+                    "--waves {}: app {}: {why}; drop them from the file (waves, order_by, min_healthy and \
+                     progress_deadline_s apply); nothing was touched",
                     path.display(),
                     app.name
                 )));
@@ -1567,16 +1570,15 @@ impl TenantRoll<'_> {
     /// After the canary is healthy: wait `canary_soak_s` (cut short by a signal), probe again.
     async fn soak(&mut self) -> StepResult {
         let r = &self.run;
-        let (soak_s, what) = match self.soak {
-            Some(Soak::Bake(s)) => (s, "bake"),
-            Some(Soak::Canary(s)) => (s, "soak"),
-            None => (r.app.canary_soak_s, "soak"),
+        let (soak_s, what) = match self.soak.unwrap_or(Soak::Canary(r.app.canary_soak_s)) {
+            Soak::Bake(s) => {
+                // A test's kill while a wave's tenant bakes.
+                crate::context::crash_point("wave-bake");
+                (s, "bake")
+            }
+            Soak::Canary(s) => (s, "soak"),
         };
         let until = Instant::now() + Duration::from_secs(soak_s);
-        // A test's kill while a wave's tenant bakes.
-        if what == "bake" {
-            crate::context::crash_point("wave-bake");
-        }
         while Instant::now() < until && !r.ctx.cancel.is_cancelled() {
             tokio::time::sleep(Duration::from_millis(200).min(until.saturating_duration_since(Instant::now()))).await;
         }

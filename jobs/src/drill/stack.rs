@@ -91,10 +91,7 @@ pub(super) async fn drill_stack_tenant(
             st.containers.len(),
             t.healthy_ms.unwrap_or(0)
         );
-        if let Some(answer) = &t.db_check {
-            let what = if app.sqlite.is_some() { "SQLite files checked" } else { "database replayed" };
-            detail.push_str(&format!("; {what}, check answered {answer:?}"));
-        }
+        detail.push_str(&super::db_check_detail(app, t.db_check.as_deref()));
         detail
     });
     Ok(t)

@@ -89,13 +89,11 @@ pub struct SqliteSpec {
 }
 
 impl SqliteSpec {
-    /// Check a stack app's declaration against its services: `service` names a writer with
-    /// data, and every path lies beneath one of its `data` paths. The error names the key and
-    /// the value.
+    /// Check a stack app's declaration (validated with `in_stack`, so `service` is set) against
+    /// its services: `service` names a writer with data, and every path lies beneath one of its
+    /// `data` paths. The error names the key and the value.
     pub(super) fn check_in_stack(&self, stack: &super::stack::Stack) -> std::result::Result<(), String> {
-        let Some(name) = &self.service else {
-            return Err("database.service is missing: the service whose data mounts hold the SQLite files".into());
-        };
+        let name = self.service.as_deref().unwrap_or_default();
         let Some(svc) = stack.service(name) else {
             return Err(format!(
                 "database.service \"{name}\" is not a service of the stack (services: {})",

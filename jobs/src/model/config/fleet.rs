@@ -555,12 +555,8 @@ impl RawApp {
             Some(r) => r.validate()?,
             None => super::rollout::RolloutSpec::default(),
         };
-        if stack.is_some()
-            && (rollout.max_parallel > 1 || rollout.waves.iter().any(|w| w.max_parallel > 1 || w.bake_s > 0))
-        {
-            return Err("[app.rollout]: a stack's tenants roll one at a time for now (max_parallel and bake_s are \
-                        not available for a stack yet); drop them (waves, order_by and the budgets apply)"
-                .into());
+        if let Some(why) = rollout.stack_refusal().filter(|_| stack.is_some()) {
+            return Err(format!("[app.rollout]: {why}; drop them (waves, order_by and the budgets apply)"));
         }
         // A stack's switch is timed (its report shows the downtime) but not held to a budget.
         if stack.is_some() && rollout.downtime_budget_ms.is_some() {

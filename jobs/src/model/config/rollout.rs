@@ -203,6 +203,14 @@ impl Default for RolloutSpec {
 }
 
 impl RolloutSpec {
+    /// Why a stack's tenants cannot roll as this spec says, if so: they roll one at a time,
+    /// without a bake, for now (fleet.toml's `[app.rollout]` and a run's `--waves` alike).
+    pub fn stack_refusal(&self) -> Option<&'static str> {
+        (self.max_parallel > 1 || self.waves.iter().any(|w| w.max_parallel > 1 || w.bake_s > 0)).then_some(
+            "a stack's tenants roll one at a time for now (max_parallel and bake_s are not available for a stack yet)",
+        )
+    }
+
     /// Whether `failed` failures out of `total` tenants are more than the budget allows.
     pub fn over_budget(&self, failed: usize, total: usize) -> bool {
         if failed == 0 {
@@ -402,16 +410,6 @@ impl WavesOverride {
         spec.min_healthy = self.min_healthy.or(spec.min_healthy);
         spec.progress_deadline_s = self.progress_deadline_s.or(spec.progress_deadline_s);
     }
-
-    /// Why these waves cannot roll a stack's tenants (one at a time, no bake, for now), if so.
-    pub fn refused_for_stack(&self) -> Option<String> {
-        (self.max_parallel.is_some_and(|n| n > 1) || self.waves.iter().any(|w| w.max_parallel > 1 || w.bake_s > 0))
-            .then(|| {
-                "a stack's tenants roll one at a time for now (max_parallel and bake_s are not available for a \
-                 stack yet); drop them from the file (waves, order_by, min_healthy and progress_deadline_s apply)"
-                    .to_string()
-            })
-    }
 }
 
 #[cfg(test)]
@@ -556,7 +554,12 @@ mod tests {
             assert!(e.contains(want) && !e.starts_with("rollout."), "{text}: {e}");
         }
         // A stack takes waves one at a time, without a bake.
-        assert!(w.refused_for_stack().is_some());
-        assert!(WavesOverride::parse("[[waves]]\ncount = 2\n").unwrap().refused_for_stack().is_none());
+        let for_stack = |w: &WavesOverride| {
+            let mut spec = RolloutSpec::default();
+            w.apply(&mut spec);
+            spec.stack_refusal()
+        };
+        assert!(for_stack(&w).is_some());
+        assert!(for_stack(&WavesOverride::parse("[[waves]]\ncount = 2\n").unwrap()).is_none());
     }
 }
