@@ -328,6 +328,28 @@ fn a_rollback_journal_sqlite_tenant_under_constant_writes_is_copied_without_a_pa
     under_writes("delete");
 }
 
+/// A snapshot taken while a writer commits to `db`: its output, when it began, and the rows
+/// before and after it (checked: it succeeded, and the writer wrote during it).
+pub(crate) struct SnapshotUnderWrites {
+    pub out: crate::support::Out,
+    pub since: f64,
+    pub before: u64,
+    pub after: u64,
+}
+
+/// `slipway snapshot --json` once the writer of `db` has been writing for half a second.
+pub(crate) fn snapshot_under_writes(s: &Sandbox, db: &Path) -> SnapshotUnderWrites {
+    std::thread::sleep(Duration::from_millis(500));
+    let count = || sql(db, "select count(*) from rows").parse::<u64>().unwrap();
+    let since = now_s();
+    let before = count();
+    let out = s.slipway(&["snapshot", "--json"]);
+    let after = count();
+    assert_eq!(out.code, 0, "{} {}", out.stdout, out.stderr);
+    assert!(after > before, "the writer did not write during the snapshot ({before} rows)");
+    SnapshotUnderWrites { out, since, before, after }
+}
+
 /// A tenant whose writer commits constantly in journal mode `mode`, snapshotted and restored.
 fn under_writes(mode: &str) {
     let (s, name) = tenant("[\"db/app.db\"]");
@@ -337,14 +359,7 @@ fn under_writes(mode: &str) {
     s.write_data("t1", "notes.txt", "files beside the database\n");
     let db = dir.join("app.db");
     let writer = Writer::start(&s, &db, mode);
-    std::thread::sleep(Duration::from_millis(500));
-    let count = || sql(&db, "select count(*) from rows").parse::<u64>().unwrap();
-    let since = now_s();
-    let before = count();
-    let out = s.slipway(&["snapshot", "--json"]);
-    let after = count();
-    assert_eq!(out.code, 0, "{} {}", out.stdout, out.stderr);
-    assert!(after > before, "the writer did not write during the snapshot ({before} rows)");
+    let SnapshotUnderWrites { out, since, before, after } = snapshot_under_writes(&s, &db);
     assert!(paused_since(since, &name).is_empty(), "the SQLite tenant was paused");
     let snap: Snapshot = out.report();
     let row = &snap.archives[0];

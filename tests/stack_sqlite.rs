@@ -8,9 +8,10 @@
 
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
-use crate::sqlite::{archived_names, make_db, seal, sha256_file, sql, Writer};
+use crate::sqlite::{
+    archived_names, make_db, seal, sha256_file, snapshot_under_writes, sql, SnapshotUnderWrites, Writer,
+};
 use crate::stack::{compose_tenant, images, stack_fleet, Compose, Images};
 use crate::stack_backup::{entry_of, now_s, paused_since};
 use crate::support::reports::Snapshot;
@@ -88,15 +89,7 @@ fn a_stack_tenants_sqlite_file_written_all_along_is_copied_without_pausing_the_s
     ));
     let names = vec![t1.container("app"), t1.container("worker")];
     let writer = Writer::start_as(&s, &db, "wal", 0);
-    std::thread::sleep(Duration::from_millis(500));
-    let count = || sql(&db, "select count(*) from rows").parse::<u64>().unwrap();
-
-    let since = now_s();
-    let before = count();
-    let out = s.slipway(&["snapshot", "--json"]);
-    let after = count();
-    assert_eq!(out.code, 0, "{} {}", out.stdout, out.stderr);
-    assert!(after > before, "the writer did not write during the snapshot ({before} rows)");
+    let SnapshotUnderWrites { out, since, before, after } = snapshot_under_writes(&s, &db);
     // Its only database is SQLite: no container of the stack was paused.
     assert!(paused_since(since, &names).is_empty(), "{:?}", paused_since(since, &names));
     let snap: Snapshot = out.report();
